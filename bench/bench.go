@@ -1,0 +1,315 @@
+// Package bench is Warren's load generator, a PerfTest-like tool that speaks
+// plain AMQP 0-9-1 through amqp091-go so the same numbers can be taken against
+// Warren and against RabbitMQ.
+//
+// Modes (-mode):
+//
+//	throughput  producers/consumers over N queues or one fanout exchange (default)
+//	churn       open connection, open channel, close; repeat (connections/s)
+//	idle-conns  open -conns idle connections and hold them for -duration
+//	queues      declare -count queues on one channel, then delete them
+//
+// Every producer and every consumer has its own connection, as in PerfTest.
+package bench
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// Config is the parsed command line of one bench run.
+type Config struct {
+	URL         string
+	Mode        string
+	Producers   int
+	Consumers   int // with Fanout > 0: consumers per queue
+	Queues      int
+	Size        int
+	Persistent  bool
+	Confirm     int // publisher confirm window; 0 = no confirms
+	AutoAck     bool
+	Prefetch    int
+	MultiAck    int
+	Fanout      int
+	Rate        float64 // msgs/s per producer; 0 = unlimited
+	Duration    time.Duration
+	DurationSet bool // -duration given explicitly (matters with -pmessages)
+	PMessages   int64
+	Drain       bool
+	JSON        bool
+	QueuePrefix string
+	Exchange    string
+	Keep        bool
+	Conns       int
+	Count       int
+	Quiet       bool
+}
+
+var modes = map[string]bool{"throughput": true, "churn": true, "idle-conns": true, "queues": true}
+
+// ParseFlags parses bench arguments; usage text goes to out.
+func ParseFlags(args []string, out io.Writer) (Config, error) {
+	var c Config
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(out)
+	fs.StringVar(&c.URL, "url", "amqp://guest:guest@localhost:5672/", "broker URL")
+	fs.StringVar(&c.Mode, "mode", "throughput", "throughput | churn | idle-conns | queues")
+	fs.IntVar(&c.Producers, "producers", 1, "producers (one connection each); in churn mode: parallel churners")
+	fs.IntVar(&c.Consumers, "consumers", 1, "consumers (one connection each); with -fanout: per queue")
+	fs.IntVar(&c.Queues, "queues", 1, "queues; producer/consumer i uses queue i mod N")
+	fs.IntVar(&c.Size, "size", 16, "message body size in bytes (>= 8 carries the latency timestamp)")
+	fs.BoolVar(&c.Persistent, "persistent", false, "durable queues and delivery-mode 2 messages")
+	fs.IntVar(&c.Confirm, "confirm", 0, "publisher confirm window (outstanding unconfirmed); 0 = no confirms")
+	fs.BoolVar(&c.AutoAck, "autoack", true, "consume with no-ack")
+	fs.IntVar(&c.Prefetch, "prefetch", 0, "basic.qos prefetch count for consumers (0 = unlimited)")
+	fs.IntVar(&c.MultiAck, "multi-ack", 1, "with manual ack: ack every N deliveries with multiple=true")
+	fs.IntVar(&c.Fanout, "fanout", 0, "if > 0: publish to one fanout exchange bound to N queues")
+	fs.Float64Var(&c.Rate, "rate", 0, "publish rate limit in msgs/s per producer (0 = unlimited)")
+	fs.DurationVar(&c.Duration, "duration", 10*time.Second, "run time (with -pmessages: a timeout, unlimited unless given)")
+	fs.Int64Var(&c.PMessages, "pmessages", 0, "publish exactly N messages per producer then stop")
+	fs.BoolVar(&c.Drain, "drain", false, "consume only: drain the existing queues, report the drain rate")
+	fs.BoolVar(&c.JSON, "json", false, "print the final result as one JSON object (no live lines)")
+	fs.StringVar(&c.QueuePrefix, "queue-prefix", "bench", "queue name prefix (queues are <prefix>-<i>)")
+	fs.StringVar(&c.Exchange, "exchange", "", "exchange to publish to (declared direct, or fanout with -fanout); empty = default exchange")
+	fs.BoolVar(&c.Keep, "keep", false, "keep queues and exchange at the end")
+	fs.IntVar(&c.Conns, "conns", 100, "idle-conns mode: connections to open")
+	fs.IntVar(&c.Count, "count", 1000, "queues mode: queues to declare")
+	fs.BoolVar(&c.Quiet, "quiet", false, "no live per-second lines")
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("bench: unexpected arguments %q", fs.Args())
+	}
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == "duration" {
+			c.DurationSet = true
+		}
+	})
+	return c, c.validate()
+}
+
+func (c *Config) validate() error {
+	switch {
+	case !modes[c.Mode]:
+		return fmt.Errorf("bench: unknown -mode %q", c.Mode)
+	case c.Producers < 0 || c.Consumers < 0:
+		return errors.New("bench: -producers and -consumers must be >= 0")
+	case c.Queues < 1:
+		return errors.New("bench: -queues must be >= 1")
+	case c.Size < 0:
+		return errors.New("bench: -size must be >= 0")
+	case c.Confirm < 0 || c.Prefetch < 0 || c.Fanout < 0 || c.PMessages < 0 || c.Rate < 0:
+		return errors.New("bench: -confirm, -prefetch, -fanout, -pmessages and -rate must be >= 0")
+	case c.MultiAck < 1:
+		return errors.New("bench: -multi-ack must be >= 1")
+	case !c.AutoAck && c.Prefetch > 0 && c.MultiAck > c.Prefetch:
+		// The consumer would wait forever for the delivery that triggers the ack.
+		return fmt.Errorf("bench: -multi-ack %d exceeds -prefetch %d", c.MultiAck, c.Prefetch)
+	case c.Duration <= 0:
+		return errors.New("bench: -duration must be > 0")
+	case c.Mode == "idle-conns" && c.Conns < 1:
+		return errors.New("bench: -conns must be >= 1")
+	case c.Mode == "queues" && c.Count < 1:
+		return errors.New("bench: -count must be >= 1")
+	case c.Mode == "churn" && c.Producers < 1:
+		return errors.New("bench: churn mode needs -producers >= 1")
+	}
+	if _, err := amqp.ParseURI(c.URL); err != nil {
+		return fmt.Errorf("bench: bad -url: %w", err)
+	}
+	return nil
+}
+
+// Result is everything a run measured; -json prints it. Fields that do not
+// apply to the mode are omitted.
+type Result struct {
+	Mode       string  `json:"mode"`
+	URL        string  `json:"url"`
+	Producers  int     `json:"producers,omitempty"`
+	Consumers  int     `json:"consumers,omitempty"`
+	Queues     int     `json:"queues,omitempty"`
+	Size       int     `json:"size,omitempty"`
+	Persistent bool    `json:"persistent,omitempty"`
+	Confirm    int     `json:"confirm,omitempty"`
+	AutoAck    bool    `json:"autoack"`
+	Prefetch   int     `json:"prefetch,omitempty"`
+	MultiAck   int     `json:"multi_ack,omitempty"`
+	Fanout     int     `json:"fanout,omitempty"`
+	Rate       float64 `json:"rate,omitempty"`
+	Seconds    float64 `json:"seconds"`
+
+	Published      int64           `json:"published"`
+	PublishSeconds float64         `json:"publish_seconds,omitempty"`
+	PublishRate    float64         `json:"publish_rate"`
+	Received       int64           `json:"received"`
+	ConsumeRate    float64         `json:"consume_rate"`
+	Confirmed      int64           `json:"confirmed,omitempty"`
+	Nacked         int64           `json:"nacked,omitempty"`
+	ConfirmRate    float64         `json:"confirm_rate,omitempty"`
+	ConfirmLatency *LatencySummary `json:"confirm_latency,omitempty"`
+	Latency        *LatencySummary `json:"latency,omitempty"`
+	Backlog        int64           `json:"backlog,omitempty"` // drain: messages found at start
+
+	Connections    int64           `json:"connections,omitempty"`
+	ConnRate       float64         `json:"conn_rate,omitempty"`
+	ConnLatency    *LatencySummary `json:"conn_latency,omitempty"`
+	Failed         int64           `json:"failed,omitempty"`
+	Alive          int64           `json:"alive,omitempty"`
+	OpenSeconds    float64         `json:"open_seconds,omitempty"`
+	Declared       int64           `json:"declared,omitempty"`
+	DeclareSeconds float64         `json:"declare_seconds,omitempty"`
+	DeclareRate    float64         `json:"declare_rate,omitempty"`
+	DeleteSeconds  float64         `json:"delete_seconds,omitempty"`
+
+	Errors []string `json:"errors,omitempty"`
+}
+
+// Run executes `warren bench args...`, writing live lines and the summary (or
+// the JSON result with -json) to stdout. -h prints usage and returns nil.
+func Run(args []string, stdout io.Writer) error {
+	cfg, err := ParseFlags(args, stdout)
+	if errors.Is(err, flag.ErrHelp) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	res := &Result{
+		Mode: cfg.Mode, URL: redact(cfg.URL), Producers: cfg.Producers, Consumers: cfg.Consumers,
+		Queues: cfg.Queues, Size: cfg.Size, Persistent: cfg.Persistent, Confirm: cfg.Confirm,
+		AutoAck: cfg.AutoAck, Prefetch: cfg.Prefetch, MultiAck: cfg.MultiAck, Fanout: cfg.Fanout, Rate: cfg.Rate,
+	}
+	live := stdout
+	if cfg.JSON || cfg.Quiet {
+		live = io.Discard
+	}
+	switch cfg.Mode {
+	case "throughput":
+		err = runThroughput(&cfg, res, live)
+	case "churn":
+		err = runChurn(&cfg, res, live)
+	case "idle-conns":
+		err = runIdleConns(&cfg, res, live)
+	case "queues":
+		err = runQueues(&cfg, res)
+	}
+	if err != nil {
+		return err
+	}
+	if cfg.JSON {
+		enc := json.NewEncoder(stdout)
+		return enc.Encode(res)
+	}
+	printSummary(stdout, res)
+	return nil
+}
+
+// redact hides the password so results can be pasted into reports.
+func redact(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.User == nil {
+		return raw
+	}
+	if _, ok := u.User.Password(); ok {
+		u.User = url.UserPassword(u.User.Username(), "xxx")
+	}
+	return u.String()
+}
+
+func dial(cfg *Config, name string) (*amqp.Connection, error) {
+	props := amqp.NewConnectionProperties()
+	props.SetClientConnectionName(name)
+	conn, err := amqp.DialConfig(cfg.URL, amqp.Config{Properties: props})
+	if err != nil {
+		return nil, fmt.Errorf("bench: dial %s: %w", name, err)
+	}
+	return conn, nil
+}
+
+func trimFloat(f float64) string {
+	switch {
+	case f >= 100:
+		return strconv.FormatFloat(f, 'f', 0, 64)
+	case f >= 10:
+		return strconv.FormatFloat(f, 'f', 1, 64)
+	default:
+		return strconv.FormatFloat(f, 'f', 2, 64)
+	}
+}
+
+func rate(n int64, secs float64) float64 {
+	if secs <= 0 {
+		return 0
+	}
+	return float64(int64(float64(n)/secs*10)) / 10
+}
+
+func printLat(w io.Writer, name string, l *LatencySummary) {
+	if l == nil || l.Count == 0 {
+		return
+	}
+	fmt.Fprintf(w, "%-18s n=%d mean=%.3fms p50=%.3fms p95=%.3fms p99=%.3fms p99.9=%.3fms max=%.3fms\n",
+		name+":", l.Count, l.MeanMs, l.P50Ms, l.P95Ms, l.P99Ms, l.P999Ms, l.MaxMs)
+}
+
+func printSummary(w io.Writer, r *Result) {
+	var b strings.Builder
+	fmt.Fprintf(&b, "--- bench %s %s: %.2fs\n", r.Mode, r.URL, r.Seconds)
+	switch r.Mode {
+	case "throughput":
+		fmt.Fprintf(&b, "producers=%d consumers=%d queues=%d fanout=%d size=%d persistent=%v confirm=%d autoack=%v prefetch=%d multi-ack=%d\n",
+			r.Producers, r.Consumers, r.Queues, r.Fanout, r.Size, r.Persistent, r.Confirm, r.AutoAck, r.Prefetch, r.MultiAck)
+		if r.Backlog > 0 {
+			fmt.Fprintf(&b, "%-18s %d msgs\n", "backlog:", r.Backlog)
+		}
+		fmt.Fprintf(&b, "%-18s %d msgs, %.1f msgs/s\n", "published:", r.Published, r.PublishRate)
+		if r.Confirm > 0 {
+			fmt.Fprintf(&b, "%-18s %d msgs, %.1f msgs/s, nacked %d\n", "confirmed:", r.Confirmed, r.ConfirmRate, r.Nacked)
+		}
+		fmt.Fprintf(&b, "%-18s %d msgs, %.1f msgs/s\n", "received:", r.Received, r.ConsumeRate)
+		printLat(&b, "confirm latency", r.ConfirmLatency)
+		printLat(&b, "e2e latency", r.Latency)
+	case "churn":
+		fmt.Fprintf(&b, "%-18s %d (%.1f/s), failed %d\n", "connections:", r.Connections, r.ConnRate, r.Failed)
+		printLat(&b, "open+close", r.ConnLatency)
+	case "idle-conns":
+		fmt.Fprintf(&b, "%-18s %d in %.2fs, failed %d, alive at end %d\n", "opened:", r.Connections, r.OpenSeconds, r.Failed, r.Alive)
+	case "queues":
+		fmt.Fprintf(&b, "%-18s %d in %.3fs (%.1f/s), deleted in %.3fs\n", "declared:", r.Declared, r.DeclareSeconds, r.DeclareRate, r.DeleteSeconds)
+	}
+	for _, e := range r.Errors {
+		fmt.Fprintf(&b, "error: %s\n", e)
+	}
+	io.WriteString(w, b.String())
+}
+
+// epoch anchors the latency timestamps: time.Since uses the monotonic clock,
+// and producers and consumers share this process, so body timestamps are
+// comparable without any wall-clock synchronisation.
+var epoch = time.Now()
+
+func nowNanos() int64 { return int64(time.Since(epoch)) }
+
+func putStamp(body []byte, ts int64) {
+	if len(body) >= 8 {
+		binary.LittleEndian.PutUint64(body, uint64(ts))
+	}
+}
+
+func readStamp(body []byte) (int64, bool) {
+	if len(body) < 8 {
+		return 0, false
+	}
+	return int64(binary.LittleEndian.Uint64(body)), true
+}

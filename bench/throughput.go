@@ -1,0 +1,578 @@
+package bench
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// producer is one publishing connection; its counters are read concurrently
+// by the reporter, hence atomics (each worker owns its own, so no contention).
+type producer struct {
+	id       int
+	exchange string
+	key      string
+	conn     *amqp.Connection
+	ch       *amqp.Channel
+	confirms chan amqp.Confirmation
+
+	sent      atomic.Int64
+	confirmed atomic.Int64
+	nacked    atomic.Int64
+	doneAt    atomic.Int64 // nowNanos() when a -pmessages producer finished, 0 while running
+	confLat   Histogram
+}
+
+// consumer is one consuming connection bound to one queue.
+type consumer struct {
+	id         int
+	queue      string
+	conn       *amqp.Connection
+	ch         *amqp.Channel
+	deliveries <-chan amqp.Delivery
+
+	received atomic.Int64
+	lat      Histogram
+}
+
+type throughput struct {
+	cfg       *Config
+	queues    []string
+	exchange  string // "" = default exchange
+	producers []*producer
+	consumers []*consumer
+
+	stop     atomic.Bool
+	stopCh   chan struct{}
+	stopOnce sync.Once
+	errCh    chan error
+	wg       sync.WaitGroup
+}
+
+func (t *throughput) halt() {
+	t.stopOnce.Do(func() {
+		t.stop.Store(true)
+		close(t.stopCh)
+	})
+}
+
+// fail reports a worker error unless the run is already stopping, in which
+// case errors are the expected fallout of closing connections.
+func (t *throughput) fail(err error) {
+	if t.stop.Load() {
+		return
+	}
+	select {
+	case t.errCh <- err:
+	default:
+	}
+}
+
+func runThroughput(cfg *Config, res *Result, live io.Writer) error {
+	t := &throughput{cfg: cfg, stopCh: make(chan struct{}), errCh: make(chan error, 1)}
+	admin, err := dial(cfg, "bench-admin")
+	if err != nil {
+		return err
+	}
+	defer admin.Close()
+	ach, err := admin.Channel()
+	if err != nil {
+		return fmt.Errorf("bench: admin channel: %w", err)
+	}
+
+	nq := cfg.Queues
+	if cfg.Fanout > 0 {
+		nq = cfg.Fanout
+	}
+	for i := 1; i <= nq; i++ {
+		t.queues = append(t.queues, fmt.Sprintf("%s-%d", cfg.QueuePrefix, i))
+	}
+	t.exchange = cfg.Exchange
+	if cfg.Fanout > 0 && t.exchange == "" {
+		t.exchange = cfg.QueuePrefix + "-fanout"
+	}
+	var backlog int64
+	if cfg.Drain {
+		for _, q := range t.queues {
+			info, err := ach.QueueDeclarePassive(q, cfg.Persistent, false, false, false, nil)
+			if err != nil {
+				return fmt.Errorf("bench: drain: queue %s: %w", q, err)
+			}
+			backlog += int64(info.Messages)
+		}
+		res.Backlog = backlog
+	} else if err := t.declare(ach); err != nil {
+		return err
+	}
+	defer t.cleanup(admin, res)
+
+	defer t.closeAll()
+	if err := t.startConsumers(); err != nil {
+		return err
+	}
+	var expected int64 // messages the consumers must get before a -pmessages run is complete
+	if !cfg.Drain {
+		expected, err = t.startProducers()
+		if err != nil {
+			return err
+		}
+	} else {
+		expected = backlog
+	}
+
+	start := time.Now()
+	startNs := nowNanos()
+	for _, c := range t.consumers {
+		t.wg.Add(1)
+		go t.consume(c)
+	}
+	for _, p := range t.producers {
+		t.wg.Add(1)
+		go t.publish(p, startNs)
+	}
+
+	finite := cfg.PMessages > 0 || cfg.Drain
+	var deadline <-chan time.Time
+	if !finite || cfg.DurationSet {
+		tm := time.NewTimer(cfg.Duration)
+		defer tm.Stop()
+		deadline = tm.C
+	}
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	poll := time.NewTicker(5 * time.Millisecond)
+	defer poll.Stop()
+
+	var prev sample
+	prev.lat, prev.conf = &Snapshot{}, &Snapshot{}
+	sec := 0
+loop:
+	for {
+		select {
+		case <-deadline:
+			break loop
+		case err := <-t.errCh:
+			res.Errors = append(res.Errors, err.Error())
+			break loop
+		case <-tick.C:
+			sec++
+			cur := t.sample()
+			t.liveLine(live, sec, &cur, &prev)
+			prev = cur
+		case <-poll.C:
+			if finite && t.complete(expected) {
+				break loop
+			}
+		}
+	}
+	end := time.Now()
+	endNs := nowNanos()
+	t.halt()
+	final := t.sample()
+	elapsed := end.Sub(start).Seconds()
+	res.Seconds = elapsed
+	res.Published = final.sent
+	res.Received = final.received
+	res.Confirmed = final.confirmed
+	res.Nacked = final.nacked
+	pubSecs := elapsed
+	if cfg.PMessages > 0 {
+		// Publishing may end long before the consumers drain the backlog.
+		last := int64(0)
+		for _, p := range t.producers {
+			if d := p.doneAt.Load(); d > last {
+				last = d
+			}
+			if p.doneAt.Load() == 0 {
+				last = endNs
+				break
+			}
+		}
+		if last > startNs {
+			pubSecs = float64(last-startNs) / 1e9
+		}
+		res.PublishSeconds = pubSecs
+	}
+	res.PublishRate = rate(final.sent, pubSecs)
+	res.ConsumeRate = rate(final.received, elapsed)
+	res.ConfirmRate = rate(final.confirmed, pubSecs)
+	if cfg.Confirm > 0 {
+		res.ConfirmLatency = final.conf.Summary()
+	}
+	res.Producers, res.Consumers = len(t.producers), len(t.consumers)
+	// A drained backlog was stamped by another process's clock: no latency.
+	if len(t.consumers) > 0 && cfg.Size >= 8 && !cfg.Drain {
+		res.Latency = final.lat.Summary()
+	}
+	if len(res.Errors) > 0 {
+		return fmt.Errorf("bench: run aborted: %s", strings.Join(res.Errors, "; "))
+	}
+	return nil
+}
+
+func (t *throughput) declare(ch *amqp.Channel) error {
+	cfg := t.cfg
+	for _, q := range t.queues {
+		if _, err := ch.QueueDeclare(q, cfg.Persistent, false, false, false, nil); err != nil {
+			return fmt.Errorf("bench: declare queue %s: %w", q, err)
+		}
+	}
+	kind := "direct"
+	if cfg.Fanout > 0 {
+		kind = "fanout"
+	}
+	if t.exchange == "" {
+		return nil
+	}
+	// Pre-declared amq.* exchanges cannot be redeclared with other flags.
+	if !strings.HasPrefix(t.exchange, "amq.") {
+		if err := ch.ExchangeDeclare(t.exchange, kind, cfg.Persistent, false, false, false, nil); err != nil {
+			return fmt.Errorf("bench: declare exchange %s: %w", t.exchange, err)
+		}
+	}
+	for _, q := range t.queues {
+		key := q
+		if cfg.Fanout > 0 {
+			key = ""
+		}
+		if err := ch.QueueBind(q, key, t.exchange, false, nil); err != nil {
+			return fmt.Errorf("bench: bind %s to %s: %w", q, t.exchange, err)
+		}
+	}
+	return nil
+}
+
+func (t *throughput) startConsumers() error {
+	cfg := t.cfg
+	n := cfg.Consumers
+	switch {
+	case cfg.Drain && n < len(t.queues):
+		n = len(t.queues) // every queue needs a consumer to be drained
+	case cfg.Fanout > 0:
+		n = cfg.Consumers * len(t.queues)
+	}
+	for i := 0; i < n; i++ {
+		c := &consumer{id: i, queue: t.queues[i%len(t.queues)]}
+		conn, err := dial(cfg, fmt.Sprintf("bench-consumer-%d", i))
+		if err != nil {
+			return err
+		}
+		c.conn = conn
+		t.consumers = append(t.consumers, c)
+		if c.ch, err = conn.Channel(); err != nil {
+			return fmt.Errorf("bench: consumer %d channel: %w", i, err)
+		}
+		if cfg.Prefetch > 0 {
+			if err := c.ch.Qos(cfg.Prefetch, 0, false); err != nil {
+				return fmt.Errorf("bench: consumer %d qos: %w", i, err)
+			}
+		}
+		c.deliveries, err = c.ch.Consume(c.queue, fmt.Sprintf("bench-%d", i), cfg.AutoAck, false, false, false, nil)
+		if err != nil {
+			return fmt.Errorf("bench: consumer %d consume %s: %w", i, c.queue, err)
+		}
+	}
+	return nil
+}
+
+// startProducers connects the producers and returns how many deliveries the
+// consumers should see in a -pmessages run.
+func (t *throughput) startProducers() (int64, error) {
+	cfg := t.cfg
+	perQueue := make([]int64, len(t.queues))
+	for i := 0; i < cfg.Producers; i++ {
+		p := &producer{id: i, exchange: t.exchange}
+		switch {
+		case cfg.Fanout > 0:
+			for q := range perQueue {
+				perQueue[q] += cfg.PMessages
+			}
+		default:
+			q := i % len(t.queues)
+			p.key = t.queues[q]
+			perQueue[q] += cfg.PMessages
+		}
+		conn, err := dial(cfg, fmt.Sprintf("bench-producer-%d", i))
+		if err != nil {
+			return 0, err
+		}
+		p.conn = conn
+		t.producers = append(t.producers, p)
+		if p.ch, err = conn.Channel(); err != nil {
+			return 0, fmt.Errorf("bench: producer %d channel: %w", i, err)
+		}
+		if cfg.Confirm > 0 {
+			if err := p.ch.Confirm(false); err != nil {
+				return 0, fmt.Errorf("bench: producer %d confirm.select: %w", i, err)
+			}
+			// Capacity >= the window: amqp091-go's reader blocks on a full
+			// listener, and at most Confirm publishes are ever outstanding.
+			p.confirms = p.ch.NotifyPublish(make(chan amqp.Confirmation, cfg.Confirm+1))
+		}
+	}
+	consumed := make([]bool, len(t.queues))
+	for _, c := range t.consumers {
+		consumed[c.id%len(t.queues)] = true
+	}
+	var expected int64
+	for q, n := range perQueue {
+		if consumed[q] {
+			expected += n
+		}
+	}
+	return expected, nil
+}
+
+func (t *throughput) complete(expected int64) bool {
+	for _, p := range t.producers {
+		if p.doneAt.Load() == 0 {
+			return false
+		}
+	}
+	if len(t.consumers) == 0 {
+		return true
+	}
+	var got int64
+	for _, c := range t.consumers {
+		got += c.received.Load()
+	}
+	return got >= expected
+}
+
+func (t *throughput) publish(p *producer, startNs int64) {
+	defer t.wg.Done()
+	cfg := t.cfg
+	body := make([]byte, cfg.Size) // reused: amqp091-go copies it into its writer before Publish returns
+	msg := amqp.Publishing{Body: body, DeliveryMode: amqp.Transient}
+	if cfg.Persistent {
+		msg.DeliveryMode = amqp.Persistent
+	}
+	window := cfg.Confirm
+	var sentAt []int64 // send time by delivery tag modulo window
+	if window > 0 {
+		sentAt = make([]int64, window)
+	}
+	var tag uint64 // last delivery tag used (confirm mode)
+	outstanding := 0
+	onConfirm := func(c amqp.Confirmation) {
+		outstanding--
+		if c.Ack {
+			p.confirmed.Add(1)
+		} else {
+			p.nacked.Add(1)
+		}
+		p.confLat.Record(nowNanos() - sentAt[c.DeliveryTag%uint64(window)])
+	}
+	// waitConfirm blocks for one confirm; false if the run stops or the channel dies.
+	waitConfirm := func() bool {
+		select {
+		case c, ok := <-p.confirms:
+			if !ok {
+				t.fail(fmt.Errorf("bench: producer %d: channel closed while awaiting confirms", p.id))
+				return false
+			}
+			onConfirm(c)
+			return true
+		case <-t.stopCh:
+			return false
+		}
+	}
+	var timer *time.Timer
+	interval := 0.0
+	if cfg.Rate > 0 {
+		interval = 1e9 / cfg.Rate
+		timer = time.NewTimer(time.Hour)
+		timer.Stop()
+	}
+	for n := int64(0); !t.stop.Load(); n++ {
+		if cfg.PMessages > 0 && n >= cfg.PMessages {
+			for outstanding > 0 {
+				if !waitConfirm() {
+					return
+				}
+			}
+			p.doneAt.Store(nowNanos())
+			return
+		}
+		if interval > 0 {
+			if d := startNs + int64(float64(n)*interval) - nowNanos(); d > 0 {
+				timer.Reset(time.Duration(d))
+				select {
+				case <-timer.C:
+				case <-t.stopCh:
+					return
+				}
+			}
+		}
+		if window > 0 {
+			for outstanding >= window {
+				if !waitConfirm() {
+					return
+				}
+			}
+		}
+		ts := nowNanos()
+		putStamp(body, ts)
+		if err := p.ch.Publish(p.exchange, p.key, false, false, msg); err != nil {
+			t.fail(fmt.Errorf("bench: producer %d publish: %w", p.id, err))
+			return
+		}
+		p.sent.Add(1)
+		if window > 0 {
+			tag++
+			sentAt[tag%uint64(window)] = ts
+			outstanding++
+			// Take whatever confirms already arrived without blocking, so
+			// latency samples are stamped close to their arrival.
+			for drained := false; !drained; {
+				select {
+				case c, ok := <-p.confirms:
+					if !ok {
+						t.fail(fmt.Errorf("bench: producer %d: channel closed", p.id))
+						return
+					}
+					onConfirm(c)
+				default:
+					drained = true
+				}
+			}
+		}
+	}
+}
+
+func (t *throughput) consume(c *consumer) {
+	defer t.wg.Done()
+	autoAck := t.cfg.AutoAck
+	multi := t.cfg.MultiAck
+	unacked := 0
+	for d := range c.deliveries {
+		if ts, ok := readStamp(d.Body); ok {
+			c.lat.Record(nowNanos() - ts)
+		}
+		c.received.Add(1)
+		if !autoAck {
+			unacked++
+			if unacked >= multi {
+				if err := c.ch.Ack(d.DeliveryTag, multi > 1); err != nil {
+					t.fail(fmt.Errorf("bench: consumer %d ack: %w", c.id, err))
+					return
+				}
+				unacked = 0
+			}
+		}
+	}
+	t.fail(fmt.Errorf("bench: consumer %d: delivery channel closed by the broker", c.id))
+}
+
+type sample struct {
+	sent, received, confirmed, nacked int64
+	lat, conf                         *Snapshot
+}
+
+func (t *throughput) sample() sample {
+	s := sample{lat: &Snapshot{}, conf: &Snapshot{}}
+	for _, p := range t.producers {
+		s.sent += p.sent.Load()
+		s.confirmed += p.confirmed.Load()
+		s.nacked += p.nacked.Load()
+		p.confLat.AddTo(s.conf)
+	}
+	for _, c := range t.consumers {
+		s.received += c.received.Load()
+		c.lat.AddTo(s.lat)
+	}
+	return s
+}
+
+func (t *throughput) liveLine(w io.Writer, sec int, cur, prev *sample) {
+	if w == io.Discard {
+		return
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "t=%ds sent=%d/s received=%d/s", sec, cur.sent-prev.sent, cur.received-prev.received)
+	if t.cfg.Confirm > 0 {
+		c := cur.conf.Sub(prev.conf)
+		fmt.Fprintf(&b, " confirmed=%d/s", cur.confirmed-prev.confirmed)
+		if n := cur.nacked - prev.nacked; n > 0 {
+			fmt.Fprintf(&b, " nacked=%d/s", n)
+		}
+		if c.Count > 0 {
+			fmt.Fprintf(&b, " confirm-p50=%s confirm-p99=%s", fmtDur(c.Quantile(0.5)), fmtDur(c.Quantile(0.99)))
+		}
+	}
+	if l := cur.lat.Sub(prev.lat); l.Count > 0 {
+		fmt.Fprintf(&b, " p50=%s p99=%s", fmtDur(l.Quantile(0.5)), fmtDur(l.Quantile(0.99)))
+	}
+	b.WriteByte('\n')
+	io.WriteString(w, b.String())
+}
+
+// closeAll stops the workers by closing their connections (a blocked Publish
+// or a consumer waiting for deliveries only returns that way) and waits a
+// bounded time for them to exit.
+func (t *throughput) closeAll() {
+	t.halt()
+	var cw sync.WaitGroup
+	closeConn := func(c *amqp.Connection) {
+		if c == nil {
+			return
+		}
+		cw.Add(1)
+		go func() {
+			defer cw.Done()
+			c.Close()
+		}()
+	}
+	for _, p := range t.producers {
+		closeConn(p.conn)
+	}
+	for _, c := range t.consumers {
+		closeConn(c.conn)
+	}
+	waitTimeout(&cw, 5*time.Second)
+	waitTimeout(&t.wg, 5*time.Second)
+}
+
+func waitTimeout(wg *sync.WaitGroup, d time.Duration) bool {
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
+// cleanup deletes the queues and exchange on a fresh channel (the run may
+// have closed the admin channel with an error) unless -keep.
+func (t *throughput) cleanup(admin *amqp.Connection, res *Result) {
+	if t.cfg.Keep {
+		return
+	}
+	ch, err := admin.Channel()
+	if err != nil {
+		res.Errors = append(res.Errors, fmt.Sprintf("cleanup: %v", err))
+		return
+	}
+	defer ch.Close()
+	for _, q := range t.queues {
+		if _, err := ch.QueueDelete(q, false, false, false); err != nil {
+			res.Errors = append(res.Errors, fmt.Sprintf("cleanup: delete queue %s: %v", q, err))
+			return
+		}
+	}
+	if t.exchange != "" && !strings.HasPrefix(t.exchange, "amq.") {
+		if err := ch.ExchangeDelete(t.exchange, false, false); err != nil {
+			res.Errors = append(res.Errors, fmt.Sprintf("cleanup: delete exchange %s: %v", t.exchange, err))
+		}
+	}
+}

@@ -1,0 +1,302 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"warren/server"
+)
+
+// envMap turns a map into a lookupEnv function.
+func envMap(m map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) {
+		v, ok := m[k]
+		return v, ok
+	}
+}
+
+// writeConfig writes a YAML file into a temp dir and returns its path.
+func writeConfig(t *testing.T, body string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "warren.yaml")
+	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func TestLoadConfig(t *testing.T) {
+	// Run in an empty directory so the repo's config.yaml is not picked up as the default file.
+	t.Chdir(t.TempDir())
+
+	const fileBody = `
+amqp:
+  listen: 127.0.0.1:6000
+storage:
+  dir: /var/lib/warren
+limits:
+  frame_max: 65536
+  channel_max: 100
+  heartbeat: 30
+  max_message_size: 1048576
+  handshake_timeout: 3s
+users:
+  - name: admin
+    password: s3cret
+    tags: [administrator, monitoring]
+  - name: app
+    password_hash: "kI3GCqW5JLMJa4iX1lo7X4D6XbYqlLgxIs30+P6tENUV2POR"
+loopback_users: []
+vhosts: [/, prod]
+log:
+  level: debug
+  format: json
+`
+	file := writeConfig(t, fileBody)
+
+	tests := []struct {
+		name  string
+		args  []string
+		env   map[string]string
+		check func(t *testing.T, s settings)
+	}{
+		{
+			name: "defaults with no file",
+			check: func(t *testing.T, s settings) {
+				want := defaultSettings()
+				if !reflect.DeepEqual(s, want) {
+					t.Errorf("got %+v\nwant %+v", s, want)
+				}
+				if s.Server.Listen != "0.0.0.0:5672" || s.Server.DataDir != "./data" ||
+					s.Server.FrameMax != 131072 || s.Server.ChannelMax != 2047 || s.Server.Heartbeat != 60 ||
+					s.Server.MaxMessageSize != 134217728 || s.Server.HandshakeTimeout != 10*time.Second ||
+					s.LogLevel != slog.LevelInfo || s.LogFormat != "text" || s.ConfigFile != "" {
+					t.Errorf("unexpected defaults: %+v", s)
+				}
+				if len(s.Server.Users) != 1 || s.Server.Users[0].Name != "guest" || s.Server.Users[0].Password != "guest" {
+					t.Errorf("default users = %+v", s.Server.Users)
+				}
+			},
+		},
+		{
+			name: "file values",
+			args: []string{"-config", file},
+			check: func(t *testing.T, s settings) {
+				want := server.DefaultConfig()
+				want.Listen = "127.0.0.1:6000"
+				want.DataDir = "/var/lib/warren"
+				want.FrameMax = 65536
+				want.ChannelMax = 100
+				want.Heartbeat = 30
+				want.MaxMessageSize = 1 << 20
+				want.HandshakeTimeout = 3 * time.Second
+				want.Users = []server.User{
+					{Name: "admin", Password: "s3cret", Tags: []string{"administrator", "monitoring"}},
+					{Name: "app", PasswordHash: "kI3GCqW5JLMJa4iX1lo7X4D6XbYqlLgxIs30+P6tENUV2POR", Tags: []string{}},
+				}
+				want.LoopbackUsers = []string{}
+				want.VHosts = []string{"/", "prod"}
+				if !reflect.DeepEqual(s.Server, want) {
+					t.Errorf("got  %+v\nwant %+v", s.Server, want)
+				}
+				if s.LogLevel != slog.LevelDebug || s.LogFormat != "json" || s.ConfigFile != file {
+					t.Errorf("log = %v %q, file %q", s.LogLevel, s.LogFormat, s.ConfigFile)
+				}
+			},
+		},
+		{
+			name: "env overrides file",
+			args: []string{"-config", file},
+			env: map[string]string{
+				"WARREN_AMQP_LISTEN":              "127.0.0.1:5673",
+				"WARREN_STORAGE_DIR":              "/tmp/w",
+				"WARREN_LIMITS_FRAME_MAX":         "8192",
+				"WARREN_LIMITS_HANDSHAKE_TIMEOUT": "1m",
+				"WARREN_VHOSTS":                   "/, a ,b",
+				"WARREN_LOG_LEVEL":                "WARN",
+			},
+			check: func(t *testing.T, s settings) {
+				if s.Server.Listen != "127.0.0.1:5673" || s.Server.DataDir != "/tmp/w" || s.Server.FrameMax != 8192 ||
+					s.Server.HandshakeTimeout != time.Minute || s.LogLevel != slog.LevelWarn {
+					t.Errorf("env not applied: %+v", s)
+				}
+				if !reflect.DeepEqual(s.Server.VHosts, []string{"/", "a", "b"}) {
+					t.Errorf("vhosts = %q", s.Server.VHosts)
+				}
+				if s.Server.ChannelMax != 100 || s.LogFormat != "json" {
+					t.Errorf("file values lost: channel_max %d, format %q", s.Server.ChannelMax, s.LogFormat)
+				}
+			},
+		},
+		{
+			name: "env without file",
+			env:  map[string]string{"WARREN_LIMITS_HEARTBEAT": "0", "WARREN_LOOPBACK_USERS": "", "WARREN_STORAGE_DIR": ""},
+			check: func(t *testing.T, s settings) {
+				if s.Server.Heartbeat != 0 || len(s.Server.LoopbackUsers) != 0 || s.Server.DataDir != "" {
+					t.Errorf("got heartbeat %d loopback %q dir %q", s.Server.Heartbeat, s.Server.LoopbackUsers, s.Server.DataDir)
+				}
+			},
+		},
+		{
+			name: "flags override env",
+			args: []string{"-config", file, "-listen", "127.0.0.1:0", "-data-dir", "/tmp/flag"},
+			env:  map[string]string{"WARREN_AMQP_LISTEN": "127.0.0.1:5673", "WARREN_STORAGE_DIR": "/tmp/w"},
+			check: func(t *testing.T, s settings) {
+				if s.Server.Listen != "127.0.0.1:0" || s.Server.DataDir != "/tmp/flag" {
+					t.Errorf("flags not applied: listen %q dir %q", s.Server.Listen, s.Server.DataDir)
+				}
+			},
+		},
+		{
+			name: "users from env as YAML flow list",
+			env:  map[string]string{"WARREN_USERS": "[{name: ops, password: pw, tags: [administrator]}, {name: bot, password: 123}]"},
+			check: func(t *testing.T, s settings) {
+				want := []server.User{
+					{Name: "ops", Password: "pw", Tags: []string{"administrator"}},
+					{Name: "bot", Password: "123", Tags: []string{}},
+				}
+				if !reflect.DeepEqual(s.Server.Users, want) {
+					t.Errorf("users = %+v", s.Server.Users)
+				}
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, err := loadConfig(tt.args, envMap(tt.env))
+			if err != nil {
+				t.Fatalf("loadConfig: %v", err)
+			}
+			tt.check(t, s)
+		})
+	}
+}
+
+func TestLoadConfigErrors(t *testing.T) {
+	t.Chdir(t.TempDir())
+
+	tests := []struct {
+		name string
+		file string // YAML; "" means no file
+		env  map[string]string
+		args []string
+		want []string // substrings of the error
+	}{
+		{name: "unknown key", file: "amqp:\n  lisen: 1.2.3.4:5\n", want: []string{`config: unknown key "amqp.lisen"`}},
+		{name: "unknown top-level key", file: "storage_dir: x\n", want: []string{`unknown key "storage_dir"`}},
+		{name: "section as scalar", file: "limits: 5\n", want: []string{`unknown key "limits"`}},
+		{name: "unknown user field", file: "users:\n  - name: a\n    passwd: b\n", want: []string{"config: users: [0]: unknown key \"passwd\""}},
+		{name: "frame_max too small", file: "limits:\n  frame_max: 100\n", want: []string{"config: limits.frame_max: 100 is below 4096"}},
+		{name: "frame_max too big", env: map[string]string{"WARREN_LIMITS_FRAME_MAX": "4294967296"}, want: []string{"limits.frame_max: 4294967296 is above 4294967295", "WARREN_LIMITS_FRAME_MAX"}},
+		{name: "channel_max zero", file: "limits:\n  channel_max: 0\n", want: []string{"config: limits.channel_max: 0 is below 1"}},
+		{name: "channel_max too big", file: "limits:\n  channel_max: 65536\n", want: []string{"limits.channel_max: 65536 is above 65535"}},
+		{name: "heartbeat negative", file: "limits:\n  heartbeat: -1\n", want: []string{"config: limits.heartbeat: -1 is below 0"}},
+		{name: "heartbeat not a number", env: map[string]string{"WARREN_LIMITS_HEARTBEAT": "60s"}, want: []string{`limits.heartbeat: "60s" is not a whole number`}},
+		{name: "max_message_size text", file: "limits:\n  max_message_size: abc\n", want: []string{`config: limits.max_message_size: "abc" is not a whole number`}},
+		{name: "max_message_size fraction", file: "limits:\n  max_message_size: 1.5\n", want: []string{"limits.max_message_size: 1.5 is not a whole number"}},
+		{name: "max_message_size zero", file: "limits:\n  max_message_size: 0\n", want: []string{"limits.max_message_size: 0 is below 1"}},
+		{name: "bad log level", file: "log:\n  level: verbose\n", want: []string{`config: log.level: "verbose" is not one of debug, info, warn, error`}},
+		{name: "bad log format", env: map[string]string{"WARREN_LOG_FORMAT": "xml"}, want: []string{`config: log.format: "xml" is not one of text, json`}},
+		{name: "bad duration", file: "limits:\n  handshake_timeout: soon\n", want: []string{`config: limits.handshake_timeout: "soon" is not a duration`}},
+		{name: "duration without unit", file: "limits:\n  handshake_timeout: 10\n", want: []string{`limits.handshake_timeout: "10" is not a duration`}},
+		{name: "negative duration", file: "limits:\n  handshake_timeout: -1s\n", want: []string{"limits.handshake_timeout: -1s must be positive"}},
+		{name: "bad listen", args: []string{"-listen", "5672"}, want: []string{`config: amqp.listen: "5672" is not host:port (from flag -listen)`}},
+		{name: "listen is a map", file: "amqp:\n  listen: {a: 1}\n", want: []string{`unknown key "amqp.listen.a"`}},
+		{name: "listen is a list", file: "amqp:\n  listen: [a]\n", want: []string{"amqp.listen: expected a string, got a list"}},
+		{name: "no vhosts", file: "vhosts: []\n", want: []string{"config: vhosts: at least one vhost is required"}},
+		{name: "vhosts not a list", file: "vhosts: 5\n", want: []string{"vhosts: expected a list of strings, got 5"}},
+		{name: "empty vhost name", file: "vhosts: [/, \"\"]\n", want: []string{"vhosts: vhost names must not be empty"}},
+		{name: "user without name", file: "users:\n  - password: x\n", want: []string{"config: users: [0].name: must not be empty"}},
+		{name: "user without password", file: "users:\n  - name: bob\n", want: []string{"config: users: [0] (bob): needs password or password_hash"}},
+		{name: "duplicate user", file: "users:\n  - {name: a, password: x}\n  - {name: a, password: y}\n", want: []string{`config: users: [1]: user "a" is listed twice`}},
+		{name: "users not a list", file: "users:\n  guest: guest\n", want: []string{`unknown key "users.guest"`}},
+		{name: "users env not YAML list", env: map[string]string{"WARREN_USERS": "guest:guest"}, want: []string{"config: users: expected a YAML list of users"}},
+		{name: "key without value", file: "storage:\n  dir:\n", want: []string{"config: storage.dir: has no value"}},
+		{name: "invalid YAML", file: "amqp: [\n", want: []string{"config: reading"}},
+		{name: "missing -config file", args: []string{"-config", "/nonexistent/warren.yaml"}, want: []string{"config: reading /nonexistent/warren.yaml"}},
+		{name: "unknown flag", args: []string{"-port", "1"}, want: []string{"config: flag provided but not defined: -port"}},
+		{name: "stray argument", args: []string{"serve"}, want: []string{`config: unexpected argument "serve"`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			args := tt.args
+			if tt.file != "" {
+				args = append([]string{"-config", writeConfig(t, tt.file)}, args...)
+			}
+			_, err := loadConfig(args, envMap(tt.env))
+			if err == nil {
+				t.Fatalf("loadConfig succeeded, want error containing %q", tt.want)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not contain %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestLoadConfigHelp(t *testing.T) {
+	_, err := loadConfig([]string{"-h"}, envMap(nil))
+	if !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("err = %v, want flag.ErrHelp", err)
+	}
+	var b strings.Builder
+	usage(&b)
+	for _, k := range keys {
+		if !strings.Contains(b.String(), envName(k.name)) {
+			t.Errorf("usage does not mention %s", envName(k.name))
+		}
+	}
+}
+
+// TestDefaultConfigFile checks that the shipped config.yaml sets every key, to exactly the built-in
+// defaults, and that it is read when -config is not given.
+func TestDefaultConfigFile(t *testing.T) {
+	abs, err := filepath.Abs(defaultConfigFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	file, err := readFile(abs)
+	if err != nil {
+		t.Fatalf("shipped %s: %v", defaultConfigFile, err)
+	}
+	for _, k := range keys {
+		if _, ok := file[k.name]; !ok {
+			t.Errorf("%s does not set %s", defaultConfigFile, k.name)
+		}
+	}
+
+	s, err := loadConfig(nil, envMap(nil)) // cwd is the package dir, so config.yaml is the default
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.ConfigFile != defaultConfigFile {
+		t.Errorf("ConfigFile = %q, want %q", s.ConfigFile, defaultConfigFile)
+	}
+	s.ConfigFile = ""
+	if want := defaultSettings(); !reflect.DeepEqual(s, want) {
+		t.Errorf("%s differs from the built-in defaults:\n got  %+v\n want %+v", defaultConfigFile, s, want)
+	}
+}
+
+func TestEnvName(t *testing.T) {
+	tests := map[string]string{
+		"amqp.listen":      "WARREN_AMQP_LISTEN",
+		"storage.dir":      "WARREN_STORAGE_DIR",
+		"limits.frame_max": "WARREN_LIMITS_FRAME_MAX",
+		"loopback_users":   "WARREN_LOOPBACK_USERS",
+	}
+	for k, want := range tests {
+		if got := envName(k); got != want {
+			t.Errorf("envName(%q) = %q, want %q", k, got, want)
+		}
+	}
+}

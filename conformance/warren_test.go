@@ -1,0 +1,35 @@
+//go:build !conformance_external
+
+package conformance
+
+import (
+	"fmt"
+	"os"
+
+	"warren/server"
+)
+
+// startWarren runs Warren in-process on a free loopback port with a throw-away data directory.
+func startWarren() (string, func(), error) {
+	dir, err := os.MkdirTemp("", "warren-conformance-")
+	if err != nil {
+		return "", nil, fmt.Errorf("temp dir: %w", err)
+	}
+	cfg := server.DefaultConfig()
+	cfg.Listen = "127.0.0.1:0"
+	cfg.DataDir = dir
+	srv, err := server.New(cfg)
+	if err != nil {
+		os.RemoveAll(dir)
+		return "", nil, fmt.Errorf("server.New: %w", err)
+	}
+	if err := srv.Start(); err != nil {
+		os.RemoveAll(dir)
+		return "", nil, fmt.Errorf("server.Start: %w", err)
+	}
+	stop := func() {
+		srv.Close()
+		os.RemoveAll(dir)
+	}
+	return "amqp://guest:guest@" + srv.Addr().String() + "/", stop, nil
+}

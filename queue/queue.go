@@ -1,0 +1,601 @@
+package queue
+
+import (
+	"math"
+	"sort"
+	"sync"
+	"time"
+)
+
+// Message is one published message. It is immutable once built and shared by every queue it was
+// routed to, so fan-out never copies the body.
+type Message struct {
+	ID         uint64
+	Exchange   string
+	RoutingKey string
+	// Header is the raw content-header frame payload, written back verbatim on delivery.
+	Header     []byte
+	Body       []byte
+	Persistent bool
+	// ExpiresAt is the absolute expiry from the per-message expiration property (unix nanoseconds);
+	// 0 means none.
+	ExpiresAt int64
+}
+
+// Entry is one queue's reference to a message.
+type Entry struct {
+	Seq uint64
+	Msg *Message
+	// Deliveries counts how often the entry was handed to a consumer or basic.get.
+	Deliveries uint32
+	// Returns counts requeues (RabbitMQ quorum queues' delivery-count), which x-delivery-limit bounds.
+	Returns uint32
+	// ExpiresAt is the earlier of the queue TTL and the message expiration (unix nanoseconds); 0 = never.
+	ExpiresAt int64
+	// Durable is set by the owner when the entry has a copy on disk that must be removed with it.
+	Durable bool
+	readyAt int64
+}
+
+// Redelivered reports whether the entry was delivered before.
+func (e *Entry) Redelivered() bool { return e.Deliveries > 0 }
+
+// Outcome is a consumer's answer to an offered entry.
+type Outcome uint8
+
+const (
+	// Busy means the consumer has no credit now; the queue tries the next consumer.
+	Busy Outcome = iota
+	// Accepted means the entry was delivered and awaits an ack.
+	Accepted
+	// AcceptedNoAck means the entry was delivered and is done (no-ack consumer).
+	AcceptedNoAck
+)
+
+// Consumer receives entries from a queue.
+type Consumer interface {
+	// Deliver is called with the queue's lock held: it must not call back into the queue.
+	Deliver(q *Queue, e *Entry) Outcome
+}
+
+// Reason says why entries left a queue without being acked.
+type Reason uint8
+
+const (
+	// Rejected: basic.reject / basic.nack with requeue=false.
+	Rejected Reason = iota + 1
+	// Expired: the message TTL or expiration passed.
+	Expired
+	// MaxLen: dropped from the head by the drop-head overflow policy.
+	MaxLen
+	// DeliveryLimit: requeued more often than x-delivery-limit allows.
+	DeliveryLimit
+	// Purged: queue.purge or queue deletion; never dead-lettered.
+	Purged
+)
+
+// String returns RabbitMQ's x-death reason name.
+func (r Reason) String() string {
+	switch r {
+	case Rejected:
+		return "rejected"
+	case Expired:
+		return "expired"
+	case MaxLen:
+		return "maxlen"
+	case DeliveryLimit:
+		return "delivery_limit"
+	case Purged:
+		return "purged"
+	}
+	return "unknown"
+}
+
+// Overflow is the x-overflow policy applied when a length limit is reached.
+type Overflow uint8
+
+const (
+	// DropHead drops (and dead-letters) the oldest messages.
+	DropHead Overflow = iota
+	// RejectPublish refuses new messages (publisher confirms get a nack).
+	RejectPublish
+	// RejectPublishDLX refuses new messages and dead-letters them.
+	RejectPublishDLX
+)
+
+// Options are a queue's limits and timing, from its x- arguments. Negative values mean "no limit".
+type Options struct {
+	MessageTTL     time.Duration
+	MaxLength      int64
+	MaxLengthBytes int64
+	Overflow       Overflow
+	DeliveryLimit  int64
+	// RedeliveryDelay holds a requeued entry back this long before it can be delivered again
+	// (Warren extension x-redelivery-delay); each further requeue multiplies it by RedeliveryBackoff,
+	// capped at RedeliveryMaxDelay.
+	RedeliveryDelay    time.Duration
+	RedeliveryBackoff  float64
+	RedeliveryMaxDelay time.Duration
+}
+
+// NoLimits returns Options with every limit off.
+func NoLimits() Options {
+	return Options{MessageTTL: -1, MaxLength: -1, MaxLengthBytes: -1, DeliveryLimit: -1}
+}
+
+// Hooks tell the owner about entries that leave the queue without an ack.
+type Hooks struct {
+	// Dropped is called without the queue's lock held, in the goroutine that caused the drop.
+	Dropped func(q *Queue, es []*Entry, why Reason)
+}
+
+// PushResult says what happened to a pushed entry.
+type PushResult uint8
+
+const (
+	// Enqueued: the entry is in the queue (or already delivered).
+	Enqueued PushResult = iota
+	// Refused: the queue is full with overflow reject-publish, or deleted.
+	Refused
+	// RefusedDeadLetter: the queue is full with overflow reject-publish-dlx: dead-letter the message.
+	RefusedDeadLetter
+)
+
+type drop struct {
+	es  []*Entry
+	why Reason
+}
+
+// Queue is one queue's in-memory state. All methods are safe for concurrent use.
+type Queue struct {
+	Name  string
+	opts  Options
+	hooks Hooks
+
+	mu        sync.Mutex
+	ready     deque
+	delayed   []*Entry // waiting out x-redelivery-delay, ordered by readyAt
+	bytes     int64    // body bytes of ready and delayed entries
+	unacked   int
+	consumers []Consumer
+	rr        int
+	closed    bool
+	drops     []drop
+	timer     *time.Timer
+	timerAt   int64
+
+	seq uint64 // last reserved sequence number; guarded by mu
+	now func() int64
+}
+
+// New creates an empty queue.
+func New(name string, opts Options, hooks Hooks) *Queue {
+	return &Queue{Name: name, opts: opts, hooks: hooks, now: func() int64 { return time.Now().UnixNano() }}
+}
+
+// Options returns the queue's options.
+func (q *Queue) Options() Options { return q.opts }
+
+// NextSeq reserves the next sequence number; entries are kept in Seq order.
+func (q *Queue) NextSeq() uint64 {
+	q.mu.Lock()
+	q.seq++
+	s := q.seq
+	q.mu.Unlock()
+	return s
+}
+
+// Restore appends a recovered entry (from disk) without dispatching; Seq order must be ascending.
+func (q *Queue) Restore(e *Entry) {
+	q.mu.Lock()
+	if e.Seq > q.seq {
+		q.seq = e.Seq
+	}
+	q.ready.pushBack(e)
+	q.bytes += int64(len(e.Msg.Body))
+	q.mu.Unlock()
+}
+
+// NewEntry builds an entry for msg with the queue's TTL applied.
+func (q *Queue) NewEntry(seq uint64, msg *Message) *Entry {
+	e := &Entry{Seq: seq, Msg: msg, ExpiresAt: msg.ExpiresAt}
+	if q.opts.MessageTTL >= 0 {
+		exp := q.now() + int64(q.opts.MessageTTL)
+		if e.ExpiresAt == 0 || exp < e.ExpiresAt {
+			e.ExpiresAt = exp
+		}
+	}
+	return e
+}
+
+// Push adds an entry and delivers what it can.
+func (q *Queue) Push(e *Entry) PushResult {
+	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return Refused
+	}
+	now := q.now()
+	q.expireHead(now)
+	if q.opts.Overflow != DropHead && q.full(len(e.Msg.Body)) {
+		q.mu.Unlock()
+		if q.opts.Overflow == RejectPublishDLX {
+			return RefusedDeadLetter
+		}
+		return Refused
+	}
+	if e.ExpiresAt != 0 && e.ExpiresAt <= now && q.ready.len() == 0 && len(q.delayed) == 0 {
+		// Already expired (TTL 0 or past expiration): deliverable only to a consumer ready right now.
+		if !q.offer(e) {
+			q.drops = append(q.drops, drop{[]*Entry{e}, Expired})
+		}
+	} else {
+		q.ready.insertBySeq(e)
+		q.bytes += int64(len(e.Msg.Body))
+		if q.opts.Overflow == DropHead {
+			q.dropOverflow()
+		}
+		q.dispatch(now)
+	}
+	q.arm(now)
+	d := q.takeDrops()
+	q.mu.Unlock()
+	q.emit(d)
+	return Enqueued
+}
+
+// full reports whether adding size more bytes would break a limit (for reject-publish).
+func (q *Queue) full(size int) bool {
+	n := int64(q.ready.len() + len(q.delayed))
+	if q.opts.MaxLength >= 0 && n >= q.opts.MaxLength {
+		return true
+	}
+	return q.opts.MaxLengthBytes >= 0 && q.bytes+int64(size) > q.opts.MaxLengthBytes
+}
+
+func (q *Queue) dropOverflow() {
+	var dropped []*Entry
+	for q.ready.len() > 0 {
+		n := int64(q.ready.len() + len(q.delayed))
+		if !(q.opts.MaxLength >= 0 && n > q.opts.MaxLength) &&
+			!(q.opts.MaxLengthBytes >= 0 && q.bytes > q.opts.MaxLengthBytes) {
+			break
+		}
+		e := q.ready.popFront()
+		q.bytes -= int64(len(e.Msg.Body))
+		dropped = append(dropped, e)
+	}
+	if len(dropped) > 0 {
+		q.drops = append(q.drops, drop{dropped, MaxLen})
+	}
+}
+
+// offer tries each consumer once, starting after the last one served.
+func (q *Queue) offer(e *Entry) bool {
+	n := len(q.consumers)
+	for i := 0; i < n; i++ {
+		idx := (q.rr + i) % n
+		switch q.consumers[idx].Deliver(q, e) {
+		case Accepted:
+			q.unacked++
+			e.Deliveries++
+		case AcceptedNoAck:
+			e.Deliveries++
+		default:
+			continue
+		}
+		q.rr = (idx + 1) % n
+		return true
+	}
+	return false
+}
+
+// dispatch hands ready entries to consumers until one side runs out.
+func (q *Queue) dispatch(now int64) {
+	q.promoteDelayed(now)
+	for len(q.consumers) > 0 {
+		q.expireHead(now)
+		e := q.ready.front()
+		if e == nil || !q.offer(e) {
+			return
+		}
+		q.ready.popFront()
+		q.bytes -= int64(len(e.Msg.Body))
+	}
+}
+
+// expireHead drops expired entries at the head: like RabbitMQ, expiry is only checked there.
+func (q *Queue) expireHead(now int64) {
+	var expired []*Entry
+	for {
+		e := q.ready.front()
+		if e == nil || e.ExpiresAt == 0 || e.ExpiresAt > now {
+			break
+		}
+		q.ready.popFront()
+		q.bytes -= int64(len(e.Msg.Body))
+		expired = append(expired, e)
+	}
+	if len(expired) > 0 {
+		q.drops = append(q.drops, drop{expired, Expired})
+	}
+}
+
+func (q *Queue) promoteDelayed(now int64) {
+	i := 0
+	for ; i < len(q.delayed) && q.delayed[i].readyAt <= now; i++ {
+		q.delayed[i].readyAt = 0
+		q.ready.insertBySeq(q.delayed[i])
+	}
+	if i > 0 {
+		q.delayed = append(q.delayed[:0], q.delayed[i:]...)
+	}
+}
+
+// arm schedules the timer for the next head expiry or delayed entry becoming due.
+func (q *Queue) arm(now int64) {
+	var next int64
+	if e := q.ready.front(); e != nil && e.ExpiresAt != 0 {
+		next = e.ExpiresAt
+	}
+	if len(q.delayed) > 0 && (next == 0 || q.delayed[0].readyAt < next) {
+		next = q.delayed[0].readyAt
+	}
+	if next == 0 || q.closed || (q.timerAt != 0 && q.timerAt <= next) {
+		return
+	}
+	q.timerAt = next
+	d := time.Duration(next - now)
+	if d < 0 {
+		d = 0
+	}
+	if q.timer == nil {
+		q.timer = time.AfterFunc(d, q.onTimer)
+	} else {
+		q.timer.Reset(d)
+	}
+}
+
+func (q *Queue) onTimer() {
+	q.mu.Lock()
+	q.timerAt = 0
+	q.mu.Unlock()
+	q.Kick()
+}
+
+func (q *Queue) takeDrops() []drop {
+	d := q.drops
+	q.drops = nil
+	return d
+}
+
+func (q *Queue) emit(ds []drop) {
+	if q.hooks.Dropped == nil {
+		return
+	}
+	for _, d := range ds {
+		q.hooks.Dropped(q, d.es, d.why)
+	}
+}
+
+// Kick retries delivery: call it when a consumer regains credit.
+func (q *Queue) Kick() {
+	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return
+	}
+	now := q.now()
+	q.dispatch(now)
+	q.expireHead(now)
+	q.arm(now)
+	d := q.takeDrops()
+	q.mu.Unlock()
+	q.emit(d)
+}
+
+// AddConsumer registers c and delivers to it what is ready.
+func (q *Queue) AddConsumer(c Consumer) {
+	q.mu.Lock()
+	q.consumers = append(q.consumers, c)
+	q.mu.Unlock()
+	q.Kick()
+}
+
+// RemoveConsumer unregisters c and returns how many consumers remain.
+func (q *Queue) RemoveConsumer(c Consumer) int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for i, x := range q.consumers {
+		if x == c {
+			q.consumers = append(q.consumers[:i], q.consumers[i+1:]...)
+			if q.rr > i {
+				q.rr--
+			}
+			if len(q.consumers) > 0 {
+				q.rr %= len(q.consumers)
+			} else {
+				q.rr = 0
+			}
+			break
+		}
+	}
+	return len(q.consumers)
+}
+
+// Get removes the first deliverable entry for basic.get. ok is false when the queue is empty.
+// remaining is the number of ready messages left. With noAck the entry is done at once.
+func (q *Queue) Get(noAck bool) (e *Entry, remaining int, ok bool) {
+	q.mu.Lock()
+	now := q.now()
+	q.promoteDelayed(now)
+	q.expireHead(now)
+	e = q.ready.popFront()
+	if e != nil {
+		q.bytes -= int64(len(e.Msg.Body))
+		e.Deliveries++
+		if !noAck {
+			q.unacked++
+		}
+		q.expireHead(now)
+	}
+	remaining = q.ready.len() + len(q.delayed)
+	q.arm(now)
+	d := q.takeDrops()
+	q.mu.Unlock()
+	q.emit(d)
+	return e, remaining, e != nil
+}
+
+// Ack marks delivered entries as done.
+func (q *Queue) Ack(n int) {
+	q.mu.Lock()
+	q.unacked -= n
+	q.mu.Unlock()
+}
+
+// Reject settles delivered entries for good; they are dropped with reason Rejected (dead-lettered
+// by the owner if the queue has a dead-letter exchange).
+func (q *Queue) Reject(es []*Entry) {
+	if len(es) == 0 {
+		return
+	}
+	q.mu.Lock()
+	q.unacked -= len(es)
+	q.mu.Unlock()
+	q.emit([]drop{{es, Rejected}})
+}
+
+// Requeue returns delivered entries to their original positions. Entries over the delivery limit
+// are dropped with reason DeliveryLimit; with a redelivery delay they wait before being deliverable.
+func (q *Queue) Requeue(es []*Entry) {
+	if len(es) == 0 {
+		return
+	}
+	q.mu.Lock()
+	q.unacked -= len(es)
+	if q.closed {
+		q.mu.Unlock()
+		q.emit([]drop{{es, Purged}})
+		return
+	}
+	now := q.now()
+	var over []*Entry
+	for _, e := range es {
+		e.Returns++
+		if q.opts.DeliveryLimit >= 0 && int64(e.Returns) > q.opts.DeliveryLimit {
+			over = append(over, e)
+			continue
+		}
+		q.bytes += int64(len(e.Msg.Body))
+		if delay := q.redeliveryDelay(e.Returns); delay > 0 {
+			e.readyAt = now + int64(delay)
+			i := sort.Search(len(q.delayed), func(i int) bool { return q.delayed[i].readyAt > e.readyAt })
+			q.delayed = append(q.delayed, nil)
+			copy(q.delayed[i+1:], q.delayed[i:])
+			q.delayed[i] = e
+			continue
+		}
+		q.ready.insertBySeq(e)
+	}
+	if len(over) > 0 {
+		q.drops = append(q.drops, drop{over, DeliveryLimit})
+	}
+	q.dispatch(now)
+	q.arm(now)
+	d := q.takeDrops()
+	q.mu.Unlock()
+	q.emit(d)
+}
+
+func (q *Queue) redeliveryDelay(returns uint32) time.Duration {
+	base := q.opts.RedeliveryDelay
+	if base <= 0 {
+		return 0
+	}
+	f := q.opts.RedeliveryBackoff
+	if f <= 1 || returns <= 1 {
+		return q.capDelay(base)
+	}
+	d := float64(base) * math.Pow(f, float64(returns-1))
+	if d > float64(math.MaxInt64/2) {
+		d = float64(math.MaxInt64 / 2)
+	}
+	return q.capDelay(time.Duration(d))
+}
+
+func (q *Queue) capDelay(d time.Duration) time.Duration {
+	if q.opts.RedeliveryMaxDelay > 0 && d > q.opts.RedeliveryMaxDelay {
+		return q.opts.RedeliveryMaxDelay
+	}
+	return d
+}
+
+// Purge drops every ready message (not the unacked ones) and returns how many.
+func (q *Queue) Purge() int {
+	q.mu.Lock()
+	es := q.ready.drain()
+	es = append(es, q.delayed...)
+	q.delayed = nil
+	q.bytes = 0
+	q.mu.Unlock()
+	if len(es) > 0 {
+		q.emit([]drop{{es, Purged}})
+	}
+	return len(es)
+}
+
+// Close marks the queue deleted and returns its consumers (to be cancelled) and the number of
+// ready messages it held; those are dropped with reason Purged.
+func (q *Queue) Close() (consumers []Consumer, messages int) {
+	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return nil, 0
+	}
+	q.closed = true
+	if q.timer != nil {
+		q.timer.Stop()
+	}
+	consumers = q.consumers
+	q.consumers = nil
+	es := q.ready.drain()
+	es = append(es, q.delayed...)
+	q.delayed = nil
+	q.bytes = 0
+	q.mu.Unlock()
+	if len(es) > 0 {
+		q.emit([]drop{{es, Purged}})
+	}
+	return consumers, len(es)
+}
+
+// Stats is a snapshot of a queue's counters.
+type Stats struct {
+	Ready     int
+	Unacked   int
+	Consumers int
+	Bytes     int64
+}
+
+// Stats returns the queue's counters; expired head messages are removed first, as RabbitMQ does
+// before reporting a message count.
+func (q *Queue) Stats() Stats {
+	q.mu.Lock()
+	now := q.now()
+	q.promoteDelayed(now)
+	q.expireHead(now)
+	s := Stats{Ready: q.ready.len() + len(q.delayed), Unacked: q.unacked, Consumers: len(q.consumers), Bytes: q.bytes}
+	d := q.takeDrops()
+	q.mu.Unlock()
+	q.emit(d)
+	return s
+}
+
+// Counts returns the queue's counters without expiring anything, for callers that must not
+// trigger dead-lettering (they hold locks the dead-letter path needs).
+func (q *Queue) Counts() Stats {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return Stats{Ready: q.ready.len() + len(q.delayed), Unacked: q.unacked, Consumers: len(q.consumers), Bytes: q.bytes}
+}

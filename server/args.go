@@ -1,0 +1,197 @@
+package server
+
+import (
+	"fmt"
+	"math"
+	"time"
+
+	"warren/amqp"
+	"warren/queue"
+)
+
+// queueSpec is what a queue's x- arguments configure.
+type queueSpec struct {
+	opts    queue.Options
+	dlx     string
+	dlrk    *string
+	expires time.Duration
+	quorum  bool
+}
+
+// argError builds RabbitMQ's text for a bad queue argument; the queue and vhost names are filled
+// in by the caller, which knows them.
+func argError(key, reason string, value any) *amqp.Error {
+	return amqp.Errorf(amqp.PreconditionFailed, "invalid arg '%s' for queue '' in vhost '': {%s,%v}", key, reason, value)
+}
+
+// intArg reads an integer-typed argument. RabbitMQ accepts any AMQP integer type.
+func intArg(v any) (int64, bool) {
+	switch n := v.(type) {
+	case int8:
+		return int64(n), true
+	case uint8:
+		return int64(n), true
+	case int16:
+		return int64(n), true
+	case uint16:
+		return int64(n), true
+	case int32:
+		return int64(n), true
+	case uint32:
+		return int64(n), true
+	case int64:
+		return n, true
+	case int:
+		return int64(n), true
+	}
+	return 0, false
+}
+
+func typeName(v any) string {
+	switch v.(type) {
+	case string:
+		return "longstr"
+	case int8, uint8, int16, uint16, int32, uint32, int64, int:
+		return "long"
+	case bool:
+		return "bool"
+	case float32, float64:
+		return "double"
+	case amqp.Table:
+		return "table"
+	case []any:
+		return "array"
+	case []byte:
+		return "binary"
+	case nil:
+		return "void"
+	}
+	return fmt.Sprintf("%T", v)
+}
+
+// parseQueueArgs validates queue arguments the way RabbitMQ does (406 on a bad value) and turns
+// them into queue options. Unknown arguments are kept but ignored, as in RabbitMQ.
+func parseQueueArgs(args amqp.Table) (queueSpec, *amqp.Error) {
+	spec := queueSpec{opts: queue.NoLimits()}
+	nonNeg := func(key string) (int64, bool, *amqp.Error) {
+		v, ok := args[key]
+		if !ok {
+			return 0, false, nil
+		}
+		n, isInt := intArg(v)
+		if !isInt {
+			return 0, false, argError(key, "unacceptable_type", typeName(v))
+		}
+		if n < 0 {
+			return 0, false, argError(key, "value_negative", n)
+		}
+		return n, true, nil
+	}
+	if n, ok, err := nonNeg("x-message-ttl"); err != nil {
+		return spec, err
+	} else if ok {
+		if n > math.MaxUint32 {
+			return spec, argError("x-message-ttl", "value_too_large", n)
+		}
+		spec.opts.MessageTTL = time.Duration(n) * time.Millisecond
+	}
+	if n, ok, err := nonNeg("x-expires"); err != nil {
+		return spec, err
+	} else if ok {
+		if n == 0 {
+			return spec, argError("x-expires", "value_zero", n)
+		}
+		spec.expires = time.Duration(n) * time.Millisecond
+	}
+	if n, ok, err := nonNeg("x-max-length"); err != nil {
+		return spec, err
+	} else if ok {
+		spec.opts.MaxLength = n
+	}
+	if n, ok, err := nonNeg("x-max-length-bytes"); err != nil {
+		return spec, err
+	} else if ok {
+		spec.opts.MaxLengthBytes = n
+	}
+	if n, ok, err := nonNeg("x-delivery-limit"); err != nil {
+		return spec, err
+	} else if ok {
+		spec.opts.DeliveryLimit = n
+	}
+	if n, ok, err := nonNeg("x-redelivery-delay"); err != nil {
+		return spec, err
+	} else if ok {
+		spec.opts.RedeliveryDelay = time.Duration(n) * time.Millisecond
+	}
+	if n, ok, err := nonNeg("x-redelivery-max-delay"); err != nil {
+		return spec, err
+	} else if ok {
+		spec.opts.RedeliveryMaxDelay = time.Duration(n) * time.Millisecond
+	}
+	if v, ok := args["x-redelivery-backoff"]; ok {
+		var f float64
+		switch x := v.(type) {
+		case float64:
+			f = x
+		case float32:
+			f = float64(x)
+		default:
+			n, isInt := intArg(v)
+			if !isInt {
+				return spec, argError("x-redelivery-backoff", "unacceptable_type", typeName(v))
+			}
+			f = float64(n)
+		}
+		if f < 1 || math.IsNaN(f) || math.IsInf(f, 0) {
+			return spec, argError("x-redelivery-backoff", "value_below_one", f)
+		}
+		spec.opts.RedeliveryBackoff = f
+	}
+	if v, ok := args["x-overflow"]; ok {
+		s, isStr := v.(string)
+		if !isStr {
+			return spec, argError("x-overflow", "unacceptable_type", typeName(v))
+		}
+		switch s {
+		case "drop-head":
+			spec.opts.Overflow = queue.DropHead
+		case "reject-publish":
+			spec.opts.Overflow = queue.RejectPublish
+		case "reject-publish-dlx":
+			spec.opts.Overflow = queue.RejectPublishDLX
+		default:
+			return spec, argError("x-overflow", "unknown_value", s)
+		}
+	}
+	if v, ok := args["x-dead-letter-exchange"]; ok {
+		s, isStr := v.(string)
+		if !isStr {
+			return spec, argError("x-dead-letter-exchange", "unacceptable_type", typeName(v))
+		}
+		spec.dlx = s
+	}
+	if v, ok := args["x-dead-letter-routing-key"]; ok {
+		s, isStr := v.(string)
+		if !isStr {
+			return spec, argError("x-dead-letter-routing-key", "unacceptable_type", typeName(v))
+		}
+		if _, hasDLX := args["x-dead-letter-exchange"]; !hasDLX {
+			return spec, amqp.Errorf(amqp.PreconditionFailed, "invalid arg 'x-dead-letter-routing-key' for queue '' in vhost '': {no_dlx,\"%s\"}", s)
+		}
+		spec.dlrk = &s
+	}
+	if v, ok := args["x-queue-type"]; ok {
+		s, isStr := v.(string)
+		if !isStr {
+			return spec, argError("x-queue-type", "unacceptable_type", typeName(v))
+		}
+		switch s {
+		case "classic":
+		case "quorum":
+			spec.quorum = true
+		default:
+			return spec, argError("x-queue-type", "unsupported_queue_type", s)
+		}
+	}
+	return spec, nil
+}

@@ -1,0 +1,1018 @@
+package server
+
+import (
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"warren/amqp"
+	"warren/persistence"
+	"warren/queue"
+)
+
+// delivery is one unacknowledged message on a channel.
+type delivery struct {
+	tag  uint64
+	qs   *queueState
+	e    *queue.Entry
+	cons *consumer // nil for basic.get
+}
+
+// settleKind is what an ack-like method does with its deliveries.
+type settleKind uint8
+
+const (
+	settleAck settleKind = iota
+	settleReject
+	settleRequeue
+)
+
+type txPublish struct {
+	ex        *exchangeState
+	msg       *queue.Message
+	mandatory bool
+}
+
+type txSettle struct {
+	kind settleKind
+	ds   []*delivery
+}
+
+// txState collects a transaction's work until tx.commit.
+type txState struct {
+	publishes []txPublish
+	settles   []txSettle
+}
+
+// channel is one AMQP channel. Fields above mu belong to the connection's reader goroutine;
+// fields below it are shared with the goroutines that deliver messages to this channel's consumers.
+type channel struct {
+	c  *conn
+	id uint16
+	v  *vhost
+
+	closing bool // we sent channel.close and wait for close-ok
+
+	// Content assembly for basic.publish.
+	pub        *amqp.BasicPublish
+	pubSummary amqp.HeaderSummary
+	pubHeader  []byte
+	pubBody    []byte
+	pubGot     int
+
+	rb         routeBuf
+	confirm    bool
+	publishSeq uint64
+	confirms   confirmTracker
+	tx         *txState
+
+	mu               sync.Mutex
+	closed           bool
+	nextTag          uint64
+	unacked          []*delivery // ascending tags
+	inflight         int         // delivered and not yet settled (including acks waiting for tx.commit)
+	prefetch         int         // basic.qos global=true: limit for the whole channel
+	consumerPrefetch int         // basic.qos global=false: limit for consumers created afterwards
+	consumers        map[string]*consumer
+}
+
+func newChannel(c *conn, id uint16) *channel {
+	return &channel{c: c, id: id, v: c.vhost, consumers: map[string]*consumer{}}
+}
+
+// handleFrame processes one frame for this channel. A returned error is a connection exception;
+// channel exceptions are handled here by closing the channel.
+func (ch *channel) handleFrame(f amqp.Frame) error {
+	if ch.closing {
+		if f.Type == amqp.FrameMethod {
+			m, err := amqp.DecodeMethod(f.Payload)
+			if err != nil {
+				return nil
+			}
+			switch m.(type) {
+			case *amqp.ChannelCloseOk:
+				ch.c.removeChannel(ch.id)
+			case *amqp.ChannelClose:
+				ch.c.writeMethod(ch.id, &amqp.ChannelCloseOk{})
+				ch.c.removeChannel(ch.id)
+			}
+		}
+		return nil // everything else on a closing channel is dropped, as the spec says
+	}
+	var aerr *amqp.Error
+	switch {
+	case ch.pub != nil && ch.pubHeader == nil:
+		if f.Type != amqp.FrameHeader {
+			return amqp.Errorf(amqp.UnexpectedFrame, "expected content header for class 60, got non content header frame instead")
+		}
+		aerr = ch.contentHeader(f.Payload)
+	case ch.pub != nil:
+		if f.Type != amqp.FrameBody {
+			return amqp.Errorf(amqp.UnexpectedFrame, "expected content body, got non content body frame instead")
+		}
+		aerr = ch.contentBody(f.Payload)
+	case f.Type == amqp.FrameMethod:
+		m, err := amqp.DecodeMethod(f.Payload)
+		if err != nil {
+			return err
+		}
+		aerr = ch.handleMethod(m)
+	default:
+		return amqp.Errorf(amqp.UnexpectedFrame, "expected method frame, got non method frame instead")
+	}
+	if aerr == nil {
+		return nil
+	}
+	if aerr.Hard() {
+		return aerr
+	}
+	ch.fail(aerr)
+	return nil
+}
+
+// fail closes the channel with a channel exception: resources go at once, close-ok is awaited.
+func (ch *channel) fail(e *amqp.Error) {
+	ch.c.log.Debug("channel error", "channel", ch.id, "code", e.Code, "text", e.Text)
+	ch.closing = true
+	ch.pub, ch.pubHeader, ch.pubBody = nil, nil, nil
+	ch.shutdown()
+	text := e.Text
+	if len(text) > 255 {
+		text = text[:255]
+	}
+	ch.c.writeMethod(ch.id, &amqp.ChannelClose{ReplyCode: e.Code, ReplyText: text, ClassId: e.ClassID, MethodId: e.MethodID})
+}
+
+func (ch *channel) contentHeader(p []byte) *amqp.Error {
+	sum, err := amqp.ScanContentHeader(p)
+	if err != nil {
+		return asAMQP(err)
+	}
+	if sum.ClassID != amqp.ClassBasic {
+		return amqp.Errorf(amqp.FrameError, "content header for class %d, expected 60", sum.ClassID)
+	}
+	if sum.BodySize > uint64(ch.c.srv.cfg.MaxMessageSize) {
+		e := amqp.Errorf(amqp.PreconditionFailed, "message size %d is larger than configured max size %d", sum.BodySize, ch.c.srv.cfg.MaxMessageSize)
+		e.ClassID, e.MethodID = amqp.ClassBasic, 40
+		return e
+	}
+	// One allocation holds the header and the body; the message keeps both for its lifetime.
+	buf := make([]byte, len(p)+int(sum.BodySize))
+	copy(buf, p)
+	ch.pubHeader = buf[:len(p):len(p)]
+	ch.pubBody = buf[len(p):]
+	ch.pubSummary = sum
+	// Re-scan on our copy so HeadersRaw does not alias the frame buffer.
+	ch.pubSummary, _ = amqp.ScanContentHeader(ch.pubHeader)
+	ch.pubGot = 0
+	if sum.BodySize == 0 {
+		return ch.finishPublish()
+	}
+	return nil
+}
+
+func (ch *channel) contentBody(p []byte) *amqp.Error {
+	if ch.pubGot+len(p) > len(ch.pubBody) {
+		return amqp.Errorf(amqp.FrameError, "content body larger than the %d bytes announced", len(ch.pubBody))
+	}
+	copy(ch.pubBody[ch.pubGot:], p)
+	ch.pubGot += len(p)
+	if ch.pubGot == len(ch.pubBody) {
+		return ch.finishPublish()
+	}
+	return nil
+}
+
+func (ch *channel) handleMethod(m amqp.Method) *amqp.Error {
+	err := ch.dispatch(m)
+	if err != nil && err.ClassID == 0 {
+		err.ClassID, err.MethodID = m.ClassID(), m.MethodID()
+	}
+	return err
+}
+
+func (ch *channel) dispatch(m amqp.Method) *amqp.Error {
+	c := ch.c
+	switch m := m.(type) {
+	case *amqp.BasicPublish:
+		if m.Immediate {
+			return amqp.Errorf(amqp.NotImplemented, "immediate=true")
+		}
+		ch.pub = m
+		return nil
+	case *amqp.BasicAck:
+		return ch.settle(m.DeliveryTag, m.Multiple, settleAck)
+	case *amqp.BasicNack:
+		kind := settleReject
+		if m.Requeue {
+			kind = settleRequeue
+		}
+		return ch.settle(m.DeliveryTag, m.Multiple, kind)
+	case *amqp.BasicReject:
+		kind := settleReject
+		if m.Requeue {
+			kind = settleRequeue
+		}
+		return ch.settle(m.DeliveryTag, false, kind)
+	case *amqp.BasicConsume:
+		return ch.consume(m)
+	case *amqp.BasicCancel:
+		ch.cancel(m.ConsumerTag)
+		if !m.NoWait {
+			c.writeMethod(ch.id, &amqp.BasicCancelOk{ConsumerTag: m.ConsumerTag})
+		}
+		return nil
+	case *amqp.BasicGet:
+		return ch.get(m)
+	case *amqp.BasicQos:
+		return ch.qos(m)
+	case *amqp.BasicRecover:
+		if !m.Requeue {
+			return amqp.Errorf(amqp.NotImplemented, "requeue=false")
+		}
+		ch.recover()
+		c.writeMethod(ch.id, &amqp.BasicRecoverOk{})
+		return nil
+	case *amqp.BasicRecoverAsync:
+		if !m.Requeue {
+			return amqp.Errorf(amqp.NotImplemented, "requeue=false")
+		}
+		ch.recover()
+		return nil
+
+	case *amqp.ChannelClose:
+		ch.shutdown()
+		c.writeMethod(ch.id, &amqp.ChannelCloseOk{})
+		c.removeChannel(ch.id)
+		return nil
+	case *amqp.ChannelCloseOk:
+		return nil
+	case *amqp.ChannelFlow:
+		if !m.Active {
+			return amqp.Errorf(amqp.NotImplemented, "active=false")
+		}
+		c.writeMethod(ch.id, &amqp.ChannelFlowOk{Active: true})
+		return nil
+	case *amqp.ChannelFlowOk:
+		return nil
+	case *amqp.ChannelOpen:
+		return amqp.Errorf(amqp.ChannelError, "second 'channel.open' seen")
+
+	case *amqp.ExchangeDeclare:
+		if err := ch.v.declareExchange(m); err != nil {
+			return err
+		}
+		if !m.NoWait {
+			c.writeMethod(ch.id, &amqp.ExchangeDeclareOk{})
+		}
+		return nil
+	case *amqp.ExchangeDelete:
+		if err := ch.v.deleteExchange(m.Exchange, m.IfUnused); err != nil {
+			return err
+		}
+		if !m.NoWait {
+			c.writeMethod(ch.id, &amqp.ExchangeDeleteOk{})
+		}
+		return nil
+	case *amqp.ExchangeBind:
+		if err := ch.v.bind(c, m.Source, m.Destination, true, m.RoutingKey, m.Arguments); err != nil {
+			return err
+		}
+		if !m.NoWait {
+			c.writeMethod(ch.id, &amqp.ExchangeBindOk{})
+		}
+		return nil
+	case *amqp.ExchangeUnbind:
+		if err := ch.v.unbind(c, m.Source, m.Destination, true, m.RoutingKey, m.Arguments); err != nil {
+			return err
+		}
+		if !m.NoWait {
+			c.writeMethod(ch.id, &amqp.ExchangeUnbindOk{})
+		}
+		return nil
+
+	case *amqp.QueueDeclare:
+		qs, err := ch.v.declareQueue(c, m)
+		if err != nil {
+			return err
+		}
+		if !m.NoWait {
+			st := qs.q.Stats()
+			c.writeMethod(ch.id, &amqp.QueueDeclareOk{Queue: qs.name, MessageCount: uint32(st.Ready), ConsumerCount: uint32(st.Consumers)})
+		}
+		return nil
+	case *amqp.QueueBind:
+		if err := ch.v.bind(c, m.Exchange, m.Queue, false, m.RoutingKey, m.Arguments); err != nil {
+			return err
+		}
+		if !m.NoWait {
+			c.writeMethod(ch.id, &amqp.QueueBindOk{})
+		}
+		return nil
+	case *amqp.QueueUnbind:
+		if err := ch.v.unbind(c, m.Exchange, m.Queue, false, m.RoutingKey, m.Arguments); err != nil {
+			return err
+		}
+		c.writeMethod(ch.id, &amqp.QueueUnbindOk{})
+		return nil
+	case *amqp.QueuePurge:
+		ch.v.mu.RLock()
+		qs, err := ch.v.lookupQueue(c, m.Queue)
+		ch.v.mu.RUnlock()
+		if err != nil {
+			return err
+		}
+		n := qs.q.Purge()
+		if !m.NoWait {
+			c.writeMethod(ch.id, &amqp.QueuePurgeOk{MessageCount: uint32(n)})
+		}
+		return nil
+	case *amqp.QueueDelete:
+		n, err := ch.v.deleteQueue(c, m.Queue, m.IfUnused, m.IfEmpty)
+		if err != nil {
+			return err
+		}
+		if !m.NoWait {
+			c.writeMethod(ch.id, &amqp.QueueDeleteOk{MessageCount: uint32(n)})
+		}
+		return nil
+
+	case *amqp.TxSelect:
+		if ch.confirm {
+			return amqp.Errorf(amqp.PreconditionFailed, "cannot switch from confirm to tx mode")
+		}
+		if ch.tx == nil {
+			ch.tx = &txState{}
+		}
+		c.writeMethod(ch.id, &amqp.TxSelectOk{})
+		return nil
+	case *amqp.TxCommit:
+		if ch.tx == nil {
+			return amqp.Errorf(amqp.PreconditionFailed, "channel is not transactional")
+		}
+		ch.commit()
+		return nil
+	case *amqp.TxRollback:
+		if ch.tx == nil {
+			return amqp.Errorf(amqp.PreconditionFailed, "channel is not transactional")
+		}
+		ch.rollback()
+		c.writeMethod(ch.id, &amqp.TxRollbackOk{})
+		return nil
+
+	case *amqp.ConfirmSelect:
+		if ch.tx != nil {
+			return amqp.Errorf(amqp.PreconditionFailed, "cannot switch from tx to confirm mode")
+		}
+		ch.confirm = true
+		if !m.NoWait {
+			c.writeMethod(ch.id, &amqp.ConfirmSelectOk{})
+		}
+		return nil
+	}
+	return amqp.Errorf(amqp.CommandInvalid, "unexpected method %s from client", m.Name())
+}
+
+// --- publish
+
+func (ch *channel) finishPublish() *amqp.Error {
+	m, header, body, sum := ch.pub, ch.pubHeader, ch.pubBody, ch.pubSummary
+	ch.pub, ch.pubHeader, ch.pubBody = nil, nil, nil
+	v := ch.v
+	v.mu.RLock()
+	ex := v.exchanges[m.Exchange]
+	v.mu.RUnlock()
+	if ex == nil {
+		e := v.errNoExchange(m.Exchange)
+		e.ClassID, e.MethodID = amqp.ClassBasic, 40
+		return e
+	}
+	if ex.internal {
+		e := amqp.Errorf(amqp.AccessRefused, "cannot publish to internal exchange '%s' in vhost '%s'", ex.name, v.name)
+		e.ClassID, e.MethodID = amqp.ClassBasic, 40
+		return e
+	}
+	msg := &queue.Message{
+		ID:         ch.c.srv.nextMessageID(),
+		Exchange:   m.Exchange,
+		RoutingKey: m.RoutingKey,
+		Header:     header,
+		Body:       body,
+		Persistent: sum.DeliveryMode == 2,
+	}
+	if sum.Expiration != "" {
+		ms, err := strconv.ParseInt(sum.Expiration, 10, 64)
+		if err != nil || ms < 0 {
+			e := amqp.Errorf(amqp.PreconditionFailed, "invalid expiration '%s'", sum.Expiration)
+			e.ClassID, e.MethodID = amqp.ClassBasic, 40
+			return e
+		}
+		msg.ExpiresAt = time.Now().UnixNano() + ms*int64(time.Millisecond)
+	}
+	if ch.tx != nil {
+		ch.tx.publishes = append(ch.tx.publishes, txPublish{ex: ex, msg: msg, mandatory: m.Mandatory})
+		return nil
+	}
+	var seq uint64
+	if ch.confirm {
+		ch.publishSeq++
+		seq = ch.publishSeq
+		ch.confirms.add(seq)
+	}
+	targets := v.route(ex, m.RoutingKey, sum.HeadersRaw, &ch.rb)
+	if len(targets) == 0 {
+		if m.Mandatory {
+			ch.basicReturn(msg, amqp.NoRoute, "NO_ROUTE")
+		}
+		if seq != 0 {
+			ch.confirms.settle(ch, seq, false)
+		}
+		return nil
+	}
+	var done func(error)
+	if seq != 0 {
+		done = func(err error) { ch.confirms.settle(ch, seq, err != nil) }
+	}
+	refused := v.enqueue(msg, targets, done)
+	if seq != 0 && (refused || !needsDisk(msg, targets)) {
+		ch.confirms.settle(ch, seq, refused)
+	}
+	return nil
+}
+
+// needsDisk reports whether a publish writes to the store (then its confirm waits for the sync).
+func needsDisk(msg *queue.Message, targets []*queueState) bool {
+	if !msg.Persistent {
+		return false
+	}
+	for _, qs := range targets {
+		if qs.durable {
+			return true
+		}
+	}
+	return false
+}
+
+func (ch *channel) basicReturn(msg *queue.Message, code uint16, text string) {
+	ch.c.writeContent(ch.id, &amqp.BasicReturn{ReplyCode: code, ReplyText: text, Exchange: msg.Exchange, RoutingKey: msg.RoutingKey}, msg.Header, msg.Body)
+}
+
+// prepared is a message with its entries built for each target queue, not yet visible.
+type prepared struct {
+	msg     *queue.Message
+	targets []*queueState
+	entries []*queue.Entry
+}
+
+// prepare builds entries for msg in targets and adds the persistent copy for durable queues to
+// batch. Entries become visible only in push, after the batch was submitted, so a consumer's ack
+// can never reach the journal before the publish it removes.
+func (v *vhost) prepare(msg *queue.Message, targets []*queueState, batch *persistence.Batch) prepared {
+	p := prepared{msg: msg, targets: targets, entries: make([]*queue.Entry, len(targets))}
+	var pub persistence.Publish
+	for i, qs := range targets {
+		e := qs.q.NewEntry(qs.q.NextSeq(), msg)
+		if msg.Persistent && qs.durable {
+			e.Durable = true
+			pub.Entries = append(pub.Entries, persistence.Entry{Queue: qs.ref(), Seq: e.Seq, MsgID: msg.ID})
+		}
+		p.entries[i] = e
+	}
+	if len(pub.Entries) > 0 {
+		pub.Msg = &persistence.Message{ID: msg.ID, Exchange: msg.Exchange, RoutingKey: msg.RoutingKey, Header: msg.Header, Body: msg.Body}
+		batch.Publishes = append(batch.Publishes, pub)
+	}
+	return p
+}
+
+// push makes prepared entries visible and reports whether any queue refused the message
+// (a full queue with a reject-publish overflow policy).
+func (v *vhost) push(p prepared) bool {
+	refused := false
+	for i, qs := range p.targets {
+		switch qs.q.Push(p.entries[i]) {
+		case queue.Enqueued:
+			continue
+		case queue.RefusedDeadLetter:
+			v.deadLetter(qs, p.entries[i:i+1], queue.MaxLen)
+		default:
+			v.removeDurable(qs, p.entries[i:i+1], nil)
+		}
+		refused = true
+	}
+	return refused
+}
+
+// enqueue delivers msg to targets; done (may be nil) runs once its durable copy is synced.
+func (v *vhost) enqueue(msg *queue.Message, targets []*queueState, done func(error)) bool {
+	var batch persistence.Batch
+	p := v.prepare(msg, targets, &batch)
+	if len(batch.Publishes) > 0 {
+		v.srv.store.Submit(&batch, done)
+	}
+	return v.push(p)
+}
+
+// --- consumers and deliveries
+
+// consumer is one basic.consume subscription; it implements queue.Consumer.
+type consumer struct {
+	tag       string
+	ch        *channel
+	qs        *queueState
+	noAck     bool
+	exclusive bool
+	prefetch  int
+	unacked   int // guarded by ch.mu
+}
+
+// Deliver is called by the queue with its lock held.
+func (cs *consumer) Deliver(_ *queue.Queue, e *queue.Entry) queue.Outcome {
+	ch := cs.ch
+	ch.mu.Lock()
+	if ch.closed || ch.consumers[cs.tag] != cs {
+		ch.mu.Unlock()
+		return queue.Busy
+	}
+	if !cs.noAck && ((cs.prefetch > 0 && cs.unacked >= cs.prefetch) || (ch.prefetch > 0 && ch.inflight >= ch.prefetch)) {
+		ch.mu.Unlock()
+		return queue.Busy
+	}
+	w := ch.c.w
+	b := w.lock()
+	if w.congestedLocked() {
+		w.unlock(b)
+		ch.mu.Unlock()
+		return queue.Busy
+	}
+	ch.nextTag++
+	tag := ch.nextTag
+	b = amqp.AppendMethodFrame(b, ch.id, &amqp.BasicDeliver{
+		ConsumerTag: cs.tag, DeliveryTag: tag, Redelivered: e.Redelivered(),
+		Exchange: e.Msg.Exchange, RoutingKey: e.Msg.RoutingKey,
+	})
+	b = amqp.AppendContent(b, ch.id, cs.qs.deliveryHeader(e), e.Msg.Body, ch.c.frameMax)
+	w.unlock(b)
+	if !cs.noAck {
+		ch.unacked = append(ch.unacked, &delivery{tag: tag, qs: cs.qs, e: e, cons: cs})
+		cs.unacked++
+		ch.inflight++
+	}
+	ch.mu.Unlock()
+	if e.Durable {
+		cs.qs.journalDelivery(e, cs.noAck)
+	}
+	if cs.noAck {
+		return queue.AcceptedNoAck
+	}
+	return queue.Accepted
+}
+
+// deliveryHeader is the content header to send: the publisher's bytes verbatim, except that
+// quorum-style queues add x-delivery-count to redeliveries, as RabbitMQ does.
+func (qs *queueState) deliveryHeader(e *queue.Entry) []byte {
+	if e.Returns == 0 || (!qs.quorum && qs.q.Options().DeliveryLimit < 0) {
+		return e.Msg.Header
+	}
+	h, err := amqp.DecodeContentHeader(e.Msg.Header)
+	if err != nil {
+		return e.Msg.Header
+	}
+	headers := make(amqp.Table, len(h.Props.Headers)+1)
+	for k, v := range h.Props.Headers {
+		headers[k] = v
+	}
+	headers["x-delivery-count"] = int64(e.Returns)
+	h.Props.Headers = headers
+	return amqp.AppendContentHeader(nil, h.ClassID, h.BodySize, &h.Props)
+}
+
+// journalDelivery records on disk that a durable entry was delivered (so it comes back
+// redelivered after a restart) or, for no-ack deliveries, that it is gone.
+func (qs *queueState) journalDelivery(e *queue.Entry, noAck bool) {
+	store := qs.v.srv.store
+	ent := persistence.Entry{Queue: qs.ref(), Seq: e.Seq, MsgID: e.Msg.ID}
+	if noAck {
+		store.Submit(&persistence.Batch{Removes: []persistence.Entry{ent}}, nil)
+		return
+	}
+	// e.Deliveries is incremented by the queue after Deliver returns.
+	if e.Deliveries == 0 || qs.q.Options().DeliveryLimit >= 0 {
+		store.Submit(&persistence.Batch{Deliveries: []persistence.DeliveryMark{{Entry: ent, Count: e.Deliveries + 1}}}, nil)
+	}
+}
+
+func (ch *channel) consume(m *amqp.BasicConsume) *amqp.Error {
+	v := ch.v
+	v.mu.RLock()
+	qs, err := v.lookupQueue(ch.c, m.Queue)
+	v.mu.RUnlock()
+	if err != nil {
+		return err
+	}
+	tag := m.ConsumerTag
+	if tag == "" {
+		tag = randomName("amq.ctag-")
+	}
+	ch.mu.Lock()
+	if _, dup := ch.consumers[tag]; dup {
+		ch.mu.Unlock()
+		return amqp.Errorf(amqp.NotAllowed, "attempt to reuse consumer tag '%s'", tag)
+	}
+	ch.mu.Unlock()
+	v.mu.Lock()
+	if qs.deleted {
+		v.mu.Unlock()
+		return v.errNoQueue(m.Queue)
+	}
+	if qs.exclusiveConsumer || (m.Exclusive && qs.consumers > 0) {
+		v.mu.Unlock()
+		return amqp.Errorf(amqp.AccessRefused, "queue '%s' in vhost '%s' in exclusive use", qs.name, v.name)
+	}
+	v.mu.Unlock()
+	cs := &consumer{tag: tag, ch: ch, qs: qs, noAck: m.NoAck, exclusive: m.Exclusive}
+	ch.mu.Lock()
+	cs.prefetch = ch.consumerPrefetch
+	ch.consumers[tag] = cs
+	ch.mu.Unlock()
+	v.consumerAdded(qs, m.Exclusive)
+	// consume-ok goes out before any delivery: both share the connection's ordered writer.
+	if !m.NoWait {
+		ch.c.writeMethod(ch.id, &amqp.BasicConsumeOk{ConsumerTag: tag})
+	}
+	qs.q.AddConsumer(cs)
+	return nil
+}
+
+// cancel ends a consumer at the client's request; its unacked messages stay unacked.
+func (ch *channel) cancel(tag string) {
+	ch.mu.Lock()
+	cs := ch.consumers[tag]
+	delete(ch.consumers, tag)
+	ch.mu.Unlock()
+	if cs == nil {
+		return
+	}
+	cs.qs.q.RemoveConsumer(cs)
+	ch.v.consumerRemoved(cs.qs, cs.exclusive)
+}
+
+// serverCancel ends a consumer whose queue was deleted, telling clients that understand it.
+func (ch *channel) serverCancel(cs *consumer) {
+	ch.mu.Lock()
+	if ch.consumers[cs.tag] != cs {
+		ch.mu.Unlock()
+		return
+	}
+	delete(ch.consumers, cs.tag)
+	closed := ch.closed
+	ch.mu.Unlock()
+	if !closed && ch.c.cancelNotify {
+		ch.c.writeMethod(ch.id, &amqp.BasicCancel{ConsumerTag: cs.tag, NoWait: true})
+	}
+}
+
+func (ch *channel) get(m *amqp.BasicGet) *amqp.Error {
+	v := ch.v
+	v.mu.RLock()
+	qs, err := v.lookupQueue(ch.c, m.Queue)
+	v.mu.RUnlock()
+	if err != nil {
+		return err
+	}
+	v.touch(qs)
+	e, remaining, ok := qs.q.Get(m.NoAck)
+	if !ok {
+		ch.c.writeMethod(ch.id, &amqp.BasicGetEmpty{})
+		return nil
+	}
+	ch.mu.Lock()
+	ch.nextTag++
+	tag := ch.nextTag
+	w := ch.c.w
+	b := w.lock()
+	b = amqp.AppendMethodFrame(b, ch.id, &amqp.BasicGetOk{
+		DeliveryTag: tag, Redelivered: e.Deliveries > 1, Exchange: e.Msg.Exchange,
+		RoutingKey: e.Msg.RoutingKey, MessageCount: uint32(remaining),
+	})
+	b = amqp.AppendContent(b, ch.id, qs.deliveryHeader(e), e.Msg.Body, ch.c.frameMax)
+	w.unlock(b)
+	if !m.NoAck {
+		ch.unacked = append(ch.unacked, &delivery{tag: tag, qs: qs, e: e})
+		ch.inflight++
+	}
+	ch.mu.Unlock()
+	if e.Durable {
+		// Get already counted this delivery; journalDelivery expects the count before it.
+		e.Deliveries--
+		qs.journalDelivery(e, m.NoAck)
+		e.Deliveries++
+	}
+	return nil
+}
+
+func (ch *channel) qos(m *amqp.BasicQos) *amqp.Error {
+	if m.PrefetchSize != 0 {
+		return amqp.Errorf(amqp.NotImplemented, "prefetch_size!=0 (%d)", m.PrefetchSize)
+	}
+	ch.mu.Lock()
+	if m.Global {
+		ch.prefetch = int(m.PrefetchCount)
+	} else {
+		ch.consumerPrefetch = int(m.PrefetchCount)
+	}
+	ch.mu.Unlock()
+	ch.c.writeMethod(ch.id, &amqp.BasicQosOk{})
+	ch.kickConsumers()
+	return nil
+}
+
+// kickConsumers retries delivery on every queue this channel consumes from.
+func (ch *channel) kickConsumers() {
+	ch.mu.Lock()
+	qs := make([]*queue.Queue, 0, len(ch.consumers))
+	for _, cs := range ch.consumers {
+		qs = append(qs, cs.qs.q)
+	}
+	ch.mu.Unlock()
+	for _, q := range qs {
+		q.Kick()
+	}
+}
+
+// --- acknowledgements
+
+// takeUnacked removes the deliveries an ack-like method names. tag 0 with multiple means all.
+func (ch *channel) takeUnacked(tag uint64, multiple bool) ([]*delivery, *amqp.Error) {
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	i := sort.Search(len(ch.unacked), func(i int) bool { return ch.unacked[i].tag >= tag })
+	var ds []*delivery
+	switch {
+	case multiple && tag == 0:
+		ds = ch.unacked
+		ch.unacked = nil
+	case i < len(ch.unacked) && ch.unacked[i].tag == tag:
+		if multiple {
+			ds = append([]*delivery(nil), ch.unacked[:i+1]...)
+			ch.unacked = append(ch.unacked[:0], ch.unacked[i+1:]...)
+		} else {
+			ds = []*delivery{ch.unacked[i]}
+			ch.unacked = append(ch.unacked[:i], ch.unacked[i+1:]...)
+		}
+	default:
+		return nil, amqp.Errorf(amqp.PreconditionFailed, "unknown delivery tag %d", tag)
+	}
+	return ds, nil
+}
+
+func (ch *channel) settle(tag uint64, multiple bool, kind settleKind) *amqp.Error {
+	ds, err := ch.takeUnacked(tag, multiple)
+	if err != nil {
+		return err
+	}
+	if ch.tx != nil {
+		ch.tx.settles = append(ch.tx.settles, txSettle{kind: kind, ds: ds})
+		return nil
+	}
+	ch.apply(kind, ds, nil)
+	return nil
+}
+
+// apply settles deliveries for good: credit is returned, queues are told, durable copies go.
+// With batch non-nil (tx.commit) the removals of acked messages join the transaction's batch.
+func (ch *channel) apply(kind settleKind, ds []*delivery, batch *persistence.Batch) {
+	if len(ds) == 0 {
+		return
+	}
+	ch.mu.Lock()
+	for _, d := range ds {
+		if d.cons != nil {
+			d.cons.unacked--
+		}
+	}
+	ch.inflight -= len(ds)
+	ch.mu.Unlock()
+
+	var removes []persistence.Entry
+	for start := 0; start < len(ds); {
+		qs := ds[start].qs
+		end := start + 1
+		for end < len(ds) && ds[end].qs == qs {
+			end++
+		}
+		es := make([]*queue.Entry, end-start)
+		for i, d := range ds[start:end] {
+			es[i] = d.e
+		}
+		switch kind {
+		case settleAck:
+			qs.q.Ack(len(es))
+			for _, e := range es {
+				if e.Durable {
+					removes = append(removes, persistence.Entry{Queue: qs.ref(), Seq: e.Seq, MsgID: e.Msg.ID})
+				}
+			}
+		case settleReject:
+			qs.q.Reject(es)
+		case settleRequeue:
+			qs.q.Requeue(es)
+		}
+		start = end
+	}
+	if len(removes) > 0 {
+		if batch != nil {
+			batch.Removes = append(batch.Removes, removes...)
+		} else {
+			ch.c.srv.store.Submit(&persistence.Batch{Removes: removes}, nil)
+		}
+	}
+	ch.kickConsumers()
+}
+
+// recover requeues everything unacked on the channel (basic.recover requeue=true).
+func (ch *channel) recover() {
+	ds, _ := ch.takeUnacked(0, true)
+	if ch.tx != nil {
+		// Acks waiting for commit are forgotten: those messages go back too.
+		for _, s := range ch.tx.settles {
+			ds = append(ds, s.ds...)
+		}
+		ch.tx.settles = nil
+	}
+	sort.Slice(ds, func(i, j int) bool { return ds[i].tag < ds[j].tag })
+	ch.apply(settleRequeue, groupByQueue(ds), nil)
+}
+
+// groupByQueue orders deliveries so that each queue's run is contiguous, keeping tag order
+// within a queue (requeue positions come from the entries' sequence numbers anyway).
+func groupByQueue(ds []*delivery) []*delivery {
+	sort.SliceStable(ds, func(i, j int) bool { return ds[i].qs.name < ds[j].qs.name })
+	return ds
+}
+
+// --- transactions
+
+func (ch *channel) commit() {
+	tx := ch.tx
+	ch.tx = &txState{}
+	v := ch.v
+	batch := &persistence.Batch{}
+	var pubs []prepared
+	for _, p := range tx.publishes {
+		targets := v.route(p.ex, p.msg.RoutingKey, scanHeaders(p.msg.Header), &ch.rb)
+		if len(targets) == 0 {
+			if p.mandatory {
+				ch.basicReturn(p.msg, amqp.NoRoute, "NO_ROUTE")
+			}
+			continue
+		}
+		pubs = append(pubs, v.prepare(p.msg, append([]*queueState(nil), targets...), batch))
+	}
+	// The publishes and the acks are one atomic store batch, submitted before anything becomes
+	// visible; commit-ok waits for its sync.
+	for _, s := range tx.settles {
+		ch.apply(s.kind, s.ds, batch)
+	}
+	var synced chan error
+	if v.srv.store != nil && (len(batch.Publishes) > 0 || len(batch.Removes) > 0) {
+		synced = make(chan error, 1)
+		v.srv.store.Submit(batch, func(err error) { synced <- err })
+	}
+	for _, p := range pubs {
+		v.push(p)
+	}
+	// commit-ok means on disk and visible; the client is waiting for it, so blocking here costs nothing.
+	if synced != nil {
+		if err := <-synced; err != nil {
+			ch.c.log.Error("tx.commit: store write failed", "err", err)
+		}
+	}
+	ch.c.writeMethod(ch.id, &amqp.TxCommitOk{})
+}
+
+func scanHeaders(header []byte) []byte {
+	sum, err := amqp.ScanContentHeader(header)
+	if err != nil {
+		return nil
+	}
+	return sum.HeadersRaw
+}
+
+// rollback discards the transaction's publishes and forgets its acks: those deliveries are
+// unacked again.
+func (ch *channel) rollback() {
+	tx := ch.tx
+	ch.tx = &txState{}
+	var back []*delivery
+	for _, s := range tx.settles {
+		back = append(back, s.ds...)
+	}
+	if len(back) == 0 {
+		return
+	}
+	ch.mu.Lock()
+	ch.unacked = append(ch.unacked, back...)
+	sort.Slice(ch.unacked, func(i, j int) bool { return ch.unacked[i].tag < ch.unacked[j].tag })
+	ch.mu.Unlock()
+}
+
+// shutdown releases the channel: consumers are cancelled and unacked messages requeued.
+func (ch *channel) shutdown() {
+	ch.mu.Lock()
+	if ch.closed {
+		ch.mu.Unlock()
+		return
+	}
+	ch.closed = true
+	consumers := make([]*consumer, 0, len(ch.consumers))
+	for _, cs := range ch.consumers {
+		consumers = append(consumers, cs)
+	}
+	ch.consumers = map[string]*consumer{}
+	ds := ch.unacked
+	ch.unacked = nil
+	ch.mu.Unlock()
+	if ch.tx != nil {
+		for _, s := range ch.tx.settles {
+			ds = append(ds, s.ds...)
+		}
+		ch.tx = nil
+	}
+	for _, cs := range consumers {
+		cs.qs.q.RemoveConsumer(cs)
+	}
+	sort.Slice(ds, func(i, j int) bool { return ds[i].tag < ds[j].tag })
+	ch.apply(settleRequeue, groupByQueue(ds), nil)
+	for _, cs := range consumers {
+		ch.v.consumerRemoved(cs.qs, cs.exclusive)
+	}
+}
+
+// --- publisher confirms
+
+const (
+	confirmPending uint8 = iota
+	confirmAck
+	confirmNack
+)
+
+// confirmTracker turns out-of-order completions (memory-only publishes finish at once,
+// persistent ones when their batch is synced) into in-order basic.ack/nack frames, folding runs
+// of acks into one multiple=true ack.
+type confirmTracker struct {
+	mu     sync.Mutex
+	base   uint64
+	states []uint8
+}
+
+func (t *confirmTracker) add(seq uint64) {
+	t.mu.Lock()
+	if len(t.states) == 0 {
+		t.base = seq
+	}
+	t.states = append(t.states, confirmPending)
+	t.mu.Unlock()
+}
+
+func (t *confirmTracker) settle(ch *channel, seq uint64, nack bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if seq < t.base || seq >= t.base+uint64(len(t.states)) {
+		return
+	}
+	i := seq - t.base
+	if t.states[i] != confirmPending {
+		return
+	}
+	t.states[i] = confirmAck
+	if nack {
+		t.states[i] = confirmNack
+	}
+	n := 0
+	for n < len(t.states) && t.states[n] != confirmPending {
+		n++
+	}
+	if n == 0 {
+		return
+	}
+	w := ch.c.w
+	b := w.lock()
+	for j := 0; j < n; {
+		if t.states[j] == confirmNack {
+			b = amqp.AppendMethodFrame(b, ch.id, &amqp.BasicNack{DeliveryTag: t.base + uint64(j)})
+			j++
+			continue
+		}
+		k := j
+		for k+1 < n && t.states[k+1] == confirmAck {
+			k++
+		}
+		b = amqp.AppendMethodFrame(b, ch.id, &amqp.BasicAck{DeliveryTag: t.base + uint64(k), Multiple: k > j})
+		j = k + 1
+	}
+	w.unlock(b)
+	t.states = t.states[n:]
+	t.base += uint64(n)
+}

@@ -1,0 +1,457 @@
+package server
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"warren/amqp"
+)
+
+// Version is Warren's version, reported in server-properties.
+const Version = "0.1.0"
+
+// conn is one client connection. The reader goroutine (serve) owns the handshake state, the
+// channel table and every publish; other goroutines only append frames through w.
+type conn struct {
+	srv *Server
+	nc  net.Conn
+	id  uint64
+	log *slog.Logger
+	w   *writer
+
+	fr         *amqp.FrameReader
+	frameMax   uint32
+	channelMax uint16
+	heartbeat  uint16
+	vhost      *vhost
+	user       string
+
+	cancelNotify bool // client understands server-sent basic.cancel
+
+	chMu     sync.Mutex // guards channels for onDrain and shutdown, which run off the reader
+	channels map[uint16]*channel
+
+	closing   atomic.Bool  // connection.close sent by us; waiting for close-ok
+	framesIn  atomic.Int64 // bumped per frame read, watched by the heartbeat monitor
+	closeOnce sync.Once
+	done      chan struct{}
+}
+
+func (s *Server) newConn(nc net.Conn, id uint64) *conn {
+	c := &conn{
+		srv:      s,
+		nc:       nc,
+		id:       id,
+		log:      s.log.With("conn", id, "remote", nc.RemoteAddr().String()),
+		frameMax: amqp.FrameMinSize,
+		channels: make(map[uint16]*channel),
+		done:     make(chan struct{}),
+	}
+	c.w = newWriter(nc, c.onDrain)
+	return c
+}
+
+// serve runs the connection until it closes.
+func (c *conn) serve() {
+	go c.w.run()
+	defer c.teardown()
+	c.fr = amqp.NewFrameReader(c.nc, 128<<10)
+	c.fr.SetMaxFrameSize(amqp.FrameMinSize)
+	_ = c.nc.SetReadDeadline(time.Now().Add(c.srv.cfg.HandshakeTimeout))
+	if err := c.handshake(); err != nil {
+		c.fail(err)
+		return
+	}
+	_ = c.nc.SetReadDeadline(time.Time{})
+	if c.heartbeat > 0 {
+		go c.heartbeatLoop(time.Duration(c.heartbeat) * time.Second)
+	}
+	for {
+		f, err := c.fr.ReadFrame()
+		if err != nil {
+			c.fail(err)
+			return
+		}
+		c.framesIn.Add(1)
+		if err := c.handleFrame(f); err != nil {
+			if errors.Is(err, errClosed) {
+				return
+			}
+			c.fail(err)
+			return
+		}
+	}
+}
+
+// errClosed ends the read loop after a clean connection.close handshake.
+var errClosed = errors.New("connection closed")
+
+// fail reports a read-loop error: AMQP exceptions close the connection with their code; I/O
+// errors just end it.
+func (c *conn) fail(err error) {
+	var ae *amqp.Error
+	if errors.As(err, &ae) {
+		c.log.Info("connection error", "code", ae.Code, "text", ae.Text)
+		c.sendClose(ae)
+		c.awaitCloseOk()
+		return
+	}
+	if c.closing.Load() || errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+		return
+	}
+	c.log.Info("connection lost", "err", err)
+}
+
+// sendClose sends connection.close once; the connection then only waits for close-ok.
+func (c *conn) sendClose(ae *amqp.Error) {
+	if !c.closing.CompareAndSwap(false, true) {
+		return
+	}
+	text := ae.Text
+	if len(text) > 255 {
+		text = text[:255]
+	}
+	c.writeMethod(0, &amqp.ConnectionClose{ReplyCode: ae.Code, ReplyText: text, ClassId: ae.ClassID, MethodId: ae.MethodID})
+}
+
+// awaitCloseOk reads (and drops) frames until close-ok, a read error, or a short timeout.
+func (c *conn) awaitCloseOk() {
+	if c.fr == nil {
+		return
+	}
+	_ = c.nc.SetReadDeadline(time.Now().Add(2 * time.Second))
+	for {
+		f, err := c.fr.ReadFrame()
+		if err != nil {
+			return
+		}
+		if f.Type == amqp.FrameMethod && f.Channel == 0 {
+			if m, err := amqp.DecodeMethod(f.Payload); err == nil {
+				switch m.(type) {
+				case *amqp.ConnectionCloseOk:
+					return
+				case *amqp.ConnectionClose:
+					c.writeMethod(0, &amqp.ConnectionCloseOk{})
+					return
+				}
+			}
+		}
+	}
+}
+
+// teardown releases everything the connection holds: channels (requeueing their unacked
+// messages), exclusive queues, the socket.
+func (c *conn) teardown() {
+	c.closeOnce.Do(func() {
+		close(c.done)
+		c.chMu.Lock()
+		chs := make([]*channel, 0, len(c.channels))
+		for _, ch := range c.channels {
+			chs = append(chs, ch)
+		}
+		c.channels = map[uint16]*channel{}
+		c.chMu.Unlock()
+		for _, ch := range chs {
+			ch.shutdown()
+		}
+		if c.vhost != nil {
+			c.vhost.dropExclusive(c)
+		}
+		c.w.closeAfterFlush()
+		select {
+		case <-c.w.done:
+		case <-time.After(5 * time.Second):
+			c.w.kill()
+		}
+		c.srv.forget(c)
+	})
+}
+
+func (c *conn) heartbeatLoop(interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	last := c.framesIn.Load()
+	missed := 0
+	for {
+		select {
+		case <-c.done:
+			return
+		case <-t.C:
+		}
+		b := c.w.lock()
+		b = amqp.AppendHeartbeat(b)
+		c.w.unlock(b)
+		n := c.framesIn.Load()
+		if n != last {
+			last, missed = n, 0
+			continue
+		}
+		missed++
+		if missed >= 2 {
+			c.log.Info("missed heartbeats from client, closing", "timeout", 2*interval)
+			_ = c.nc.Close()
+			return
+		}
+	}
+}
+
+// writeMethod encodes one method frame.
+func (c *conn) writeMethod(ch uint16, m amqp.Method) {
+	b := c.w.lock()
+	b = amqp.AppendMethodFrame(b, ch, m)
+	c.w.unlock(b)
+}
+
+// writeContent encodes a method with content (deliver, get-ok, return).
+func (c *conn) writeContent(ch uint16, m amqp.Method, header, body []byte) {
+	b := c.w.lock()
+	b = amqp.AppendMethodFrame(b, ch, m)
+	b = amqp.AppendContent(b, ch, header, body, c.frameMax)
+	c.w.unlock(b)
+}
+
+// onDrain runs on the writer goroutine when a congested connection catches up: deliveries
+// paused for it resume.
+func (c *conn) onDrain() {
+	c.chMu.Lock()
+	chs := make([]*channel, 0, len(c.channels))
+	for _, ch := range c.channels {
+		chs = append(chs, ch)
+	}
+	c.chMu.Unlock()
+	for _, ch := range chs {
+		ch.kickConsumers()
+	}
+}
+
+func (c *conn) serverProperties() amqp.Table {
+	return amqp.Table{
+		"product":      "Warren",
+		"version":      Version,
+		"platform":     "Go " + runtime.Version(),
+		"copyright":    "Warren authors",
+		"information":  "AMQP 0-9-1 broker, RabbitMQ compatible",
+		"cluster_name": c.srv.clusterName,
+		"capabilities": amqp.Table{
+			"publisher_confirms":           true,
+			"exchange_exchange_bindings":   true,
+			"basic.nack":                   true,
+			"consumer_cancel_notify":       true,
+			"connection.blocked":           true,
+			"authentication_failure_close": true,
+			"per_consumer_qos":             true,
+		},
+	}
+}
+
+// readMethod reads the next frame during the handshake, which must be a method on channel 0.
+func (c *conn) readMethod() (amqp.Method, error) {
+	for {
+		f, err := c.fr.ReadFrame()
+		if err != nil {
+			return nil, err
+		}
+		if f.Type == amqp.FrameHeartbeat {
+			continue
+		}
+		if f.Type != amqp.FrameMethod || f.Channel != 0 {
+			return nil, amqp.Errorf(amqp.UnexpectedFrame, "expected method frame on channel 0 during handshake, got type %d on channel %d", f.Type, f.Channel)
+		}
+		return amqp.DecodeMethod(f.Payload)
+	}
+}
+
+func (c *conn) handshake() error {
+	var hdr [8]byte
+	if n, err := io.ReadFull(c.nc, hdr[:]); err != nil {
+		if n > 0 {
+			// A short header still learns which protocol we speak.
+			_, _ = c.nc.Write(amqp.ProtocolHeader)
+		}
+		return fmt.Errorf("reading protocol header: %w", err)
+	}
+	if !bytes.Equal(hdr[:], amqp.ProtocolHeader) {
+		_, _ = c.nc.Write(amqp.ProtocolHeader)
+		c.log.Info("bad protocol header, closing", "header", fmt.Sprintf("%q", hdr[:]))
+		return errBadHeader
+	}
+	c.writeMethod(0, &amqp.ConnectionStart{
+		VersionMajor:     0,
+		VersionMinor:     9,
+		ServerProperties: c.serverProperties(),
+		Mechanisms:       "PLAIN AMQPLAIN",
+		Locales:          "en_US",
+	})
+	m, err := c.readMethod()
+	if err != nil {
+		return err
+	}
+	so, ok := m.(*amqp.ConnectionStartOk)
+	if !ok {
+		return commandInvalid(m, "expected connection.start-ok")
+	}
+	if caps, ok := so.ClientProperties["capabilities"].(amqp.Table); ok {
+		c.cancelNotify, _ = caps["consumer_cancel_notify"].(bool)
+	}
+	user, err := c.srv.authenticate(so.Mechanism, so.Response, c.nc.RemoteAddr())
+	if err != nil {
+		return err
+	}
+	c.user = user
+
+	c.writeMethod(0, &amqp.ConnectionTune{
+		ChannelMax: c.srv.cfg.ChannelMax,
+		FrameMax:   c.srv.cfg.FrameMax,
+		Heartbeat:  c.srv.cfg.Heartbeat,
+	})
+	m, err = c.readMethod()
+	if err != nil {
+		return err
+	}
+	to, ok := m.(*amqp.ConnectionTuneOk)
+	if !ok {
+		return commandInvalid(m, "expected connection.tune-ok")
+	}
+	if err := c.applyTune(to); err != nil {
+		return err
+	}
+
+	m, err = c.readMethod()
+	if err != nil {
+		return err
+	}
+	op, ok := m.(*amqp.ConnectionOpen)
+	if !ok {
+		return commandInvalid(m, "expected connection.open")
+	}
+	v := c.srv.vhost(op.VirtualHost)
+	if v == nil {
+		e := amqp.Errorf(amqp.NotAllowed, "vhost %s not found", op.VirtualHost)
+		e.ClassID, e.MethodID = op.ClassID(), op.MethodID()
+		return e
+	}
+	c.vhost = v
+	c.writeMethod(0, &amqp.ConnectionOpenOk{})
+	c.log.Debug("connection open", "user", c.user, "vhost", v.name)
+	return nil
+}
+
+var errBadHeader = errors.New("bad protocol header")
+
+// applyTune checks the client's tune-ok against what we offered.
+func (c *conn) applyTune(to *amqp.ConnectionTuneOk) error {
+	cfg := c.srv.cfg
+	fm := to.FrameMax
+	if fm == 0 {
+		fm = cfg.FrameMax
+	}
+	if fm < amqp.FrameMinSize {
+		return amqp.Errorf(amqp.NotAllowed, "frame_max=%d < %d min size", fm, amqp.FrameMinSize)
+	}
+	if fm > cfg.FrameMax {
+		return amqp.Errorf(amqp.NotAllowed, "frame_max=%d > %d max size", fm, cfg.FrameMax)
+	}
+	cm := to.ChannelMax
+	if cm == 0 {
+		cm = cfg.ChannelMax
+	}
+	if cm > cfg.ChannelMax {
+		return amqp.Errorf(amqp.NotAllowed, "channel_max=%d > %d max size", cm, cfg.ChannelMax)
+	}
+	c.frameMax, c.channelMax, c.heartbeat = fm, cm, to.Heartbeat
+	c.fr.SetMaxFrameSize(fm)
+	return nil
+}
+
+func commandInvalid(m amqp.Method, text string) *amqp.Error {
+	e := amqp.Errorf(amqp.CommandInvalid, "%s, got %s", text, m.Name())
+	e.ClassID, e.MethodID = m.ClassID(), m.MethodID()
+	return e
+}
+
+// handleFrame routes one frame after the handshake.
+func (c *conn) handleFrame(f amqp.Frame) error {
+	if f.Type == amqp.FrameHeartbeat {
+		if f.Channel != 0 {
+			return amqp.Errorf(amqp.FrameError, "heartbeat frame on channel %d", f.Channel)
+		}
+		return nil
+	}
+	if f.Channel == 0 {
+		return c.handleChannel0(f)
+	}
+	if c.closing.Load() {
+		return nil // after we sent connection.close, only close-ok matters
+	}
+	if f.Channel > c.channelMax {
+		return amqp.Errorf(amqp.ChannelError, "channel %d is over the negotiated channel_max %d", f.Channel, c.channelMax)
+	}
+	ch := c.channels[f.Channel]
+	if ch == nil {
+		if f.Type != amqp.FrameMethod {
+			return amqp.Errorf(amqp.ChannelError, "frame type %d on channel %d which is not open", f.Type, f.Channel)
+		}
+		m, err := amqp.DecodeMethod(f.Payload)
+		if err != nil {
+			return err
+		}
+		if _, ok := m.(*amqp.ChannelOpen); !ok {
+			e := amqp.Errorf(amqp.ChannelError, "expected 'channel.open' on channel %d, got '%s'", f.Channel, m.Name())
+			e.ClassID, e.MethodID = m.ClassID(), m.MethodID()
+			return e
+		}
+		ch = newChannel(c, f.Channel)
+		c.chMu.Lock()
+		c.channels[f.Channel] = ch
+		c.chMu.Unlock()
+		c.writeMethod(f.Channel, &amqp.ChannelOpenOk{})
+		return nil
+	}
+	return ch.handleFrame(f)
+}
+
+func (c *conn) handleChannel0(f amqp.Frame) error {
+	if f.Type != amqp.FrameMethod {
+		return amqp.Errorf(amqp.UnexpectedFrame, "frame type %d on channel 0", f.Type)
+	}
+	m, err := amqp.DecodeMethod(f.Payload)
+	if err != nil {
+		return err
+	}
+	switch m := m.(type) {
+	case *amqp.ConnectionClose:
+		c.writeMethod(0, &amqp.ConnectionCloseOk{})
+		c.closing.Store(true)
+		return errClosed
+	case *amqp.ConnectionCloseOk:
+		if c.closing.Load() {
+			return errClosed
+		}
+		return amqp.Errorf(amqp.CommandInvalid, "unexpected connection.close-ok")
+	case *amqp.ConnectionUpdateSecret:
+		c.writeMethod(0, &amqp.ConnectionUpdateSecretOk{})
+		return nil
+	case *amqp.ConnectionBlocked, *amqp.ConnectionUnblocked:
+		return nil
+	default:
+		if c.closing.Load() {
+			return nil
+		}
+		return commandInvalid(m, "unexpected method on channel 0")
+	}
+}
+
+// removeChannel forgets a channel after channel.close / close-ok.
+func (c *conn) removeChannel(id uint16) {
+	c.chMu.Lock()
+	delete(c.channels, id)
+	c.chMu.Unlock()
+}

@@ -1,0 +1,160 @@
+package server
+
+import (
+	"time"
+
+	"warren/amqp"
+	"warren/persistence"
+	"warren/queue"
+)
+
+// onDropped is a queue's hook for entries leaving without an ack: their durable copies are
+// removed and, unless purged, they are dead-lettered when the queue has a dead-letter exchange.
+func (v *vhost) onDropped(qs *queueState) func(*queue.Queue, []*queue.Entry, queue.Reason) {
+	return func(_ *queue.Queue, es []*queue.Entry, why queue.Reason) {
+		if why != queue.Purged && qs.dlx != "" {
+			v.deadLetter(qs, es, why)
+			return
+		}
+		if why == queue.DeliveryLimit {
+			v.srv.log.Info("message over delivery limit dropped (no dead-letter exchange)", "queue", qs.name, "vhost", v.name, "count", len(es))
+		}
+		v.removeDurable(qs, es, nil)
+	}
+}
+
+// removeDurable deletes the disk copies of entries (appending to batch when given).
+func (v *vhost) removeDurable(qs *queueState, es []*queue.Entry, batch *persistence.Batch) {
+	if v.srv.store == nil || (qs.deleted && batch == nil) {
+		return // a deleted queue's entries went with store.DeleteQueue
+	}
+	var removes []persistence.Entry
+	for _, e := range es {
+		if e.Durable {
+			removes = append(removes, persistence.Entry{Queue: qs.ref(), Seq: e.Seq, MsgID: e.Msg.ID})
+		}
+	}
+	if len(removes) == 0 {
+		return
+	}
+	if batch != nil {
+		batch.Removes = append(batch.Removes, removes...)
+		return
+	}
+	v.srv.store.Submit(&persistence.Batch{Removes: removes}, nil)
+}
+
+// deadLetter republishes entries through the queue's dead-letter exchange with RabbitMQ's x-death
+// bookkeeping. The new copies and the removal of the old ones are one store batch.
+func (v *vhost) deadLetter(qs *queueState, es []*queue.Entry, why queue.Reason) {
+	v.mu.RLock()
+	dlx := v.exchanges[qs.dlx]
+	v.mu.RUnlock()
+	var batch persistence.Batch
+	type pending struct {
+		msg     *queue.Message
+		targets []*queueState
+	}
+	var out []pending
+	var rb routeBuf
+	if dlx != nil {
+		for _, e := range es {
+			msg, err := deadLetterMessage(v.srv.nextMessageID(), e.Msg, qs, why)
+			if err != nil {
+				v.srv.log.Warn("cannot dead-letter message with malformed header", "queue", qs.name, "err", err)
+				continue
+			}
+			key := e.Msg.RoutingKey
+			if qs.dlrk != nil {
+				key = *qs.dlrk
+			}
+			msg.RoutingKey = key
+			targets := v.route(dlx, key, scanHeaders(msg.Header), &rb)
+			var keep []*queueState
+			for _, t := range targets {
+				// A message expiring back into its own queue would cycle forever; RabbitMQ drops it.
+				if t == qs && why != queue.Rejected {
+					continue
+				}
+				keep = append(keep, t)
+			}
+			if len(keep) > 0 {
+				out = append(out, pending{msg, keep})
+			}
+		}
+	}
+	v.removeDurable(qs, es, &batch)
+	// Build the whole batch (new copies + removals) before any new entry becomes visible.
+	ps := make([]prepared, len(out))
+	for i, p := range out {
+		ps[i] = v.prepare(p.msg, p.targets, &batch)
+	}
+	if v.srv.store != nil && (len(batch.Publishes) > 0 || len(batch.Removes) > 0) {
+		v.srv.store.Submit(&batch, nil)
+	}
+	for _, p := range ps {
+		v.push(p)
+	}
+}
+
+// deadLetterMessage builds the dead-lettered copy of m: x-death updated, x-first-death-* set
+// once, and the per-message expiration removed (kept as original-expiration), as RabbitMQ does.
+func deadLetterMessage(id uint64, m *queue.Message, qs *queueState, why queue.Reason) (*queue.Message, error) {
+	h, err := amqp.DecodeContentHeader(m.Header)
+	if err != nil {
+		return nil, err
+	}
+	headers := make(amqp.Table, len(h.Props.Headers)+4)
+	for k, v := range h.Props.Headers {
+		headers[k] = v
+	}
+	reason := why.String()
+	deaths, _ := headers["x-death"].([]any)
+	var found amqp.Table
+	rest := make([]any, 0, len(deaths)+1)
+	for _, d := range deaths {
+		t, ok := d.(amqp.Table)
+		if ok && found == nil && t["queue"] == qs.name && t["reason"] == reason {
+			found = t
+			continue
+		}
+		rest = append(rest, d)
+	}
+	if found == nil {
+		found = amqp.Table{
+			"count":        int64(0),
+			"reason":       reason,
+			"queue":        qs.name,
+			"exchange":     m.Exchange,
+			"routing-keys": []any{m.RoutingKey},
+		}
+		if h.Props.Expiration != "" {
+			found["original-expiration"] = h.Props.Expiration
+		}
+	} else {
+		cp := make(amqp.Table, len(found))
+		for k, v := range found {
+			cp[k] = v
+		}
+		found = cp
+	}
+	n, _ := intArg(found["count"])
+	found["count"] = n + 1
+	found["time"] = time.Now().Truncate(time.Second)
+	headers["x-death"] = append([]any{found}, rest...)
+	if _, ok := headers["x-first-death-reason"]; !ok {
+		headers["x-first-death-reason"] = reason
+		headers["x-first-death-queue"] = qs.name
+		headers["x-first-death-exchange"] = m.Exchange
+	}
+	h.Props.Headers = headers
+	h.Props.Expiration = ""
+	return &queue.Message{
+		ID:         id,
+		Exchange:   qs.dlx,
+		RoutingKey: m.RoutingKey,
+		Header:     amqp.AppendContentHeader(nil, h.ClassID, uint64(len(m.Body)), &h.Props),
+		Body:       m.Body,
+		Persistent: m.Persistent,
+	}, nil
+}
