@@ -16,6 +16,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"warren/bench"
 	"warren/server"
 )
 
@@ -81,22 +82,9 @@ func run(args []string, lookupEnv func(string) (string, bool), stderr io.Writer,
 	return 0
 }
 
-// benchRun is bench.Run (package warren/bench), the `warren bench` subcommand.
-//
-// TODO(lead): package warren/bench did not exist when main.go was written; once it does, replace
-// this variable with a direct call to bench.Run in runBenchCommand.
-var benchRun func(args []string, stdout io.Writer) error
-
-// runBenchCommand runs `warren bench ...` and returns the exit code.
+// runBenchCommand runs `warren bench ...` (package bench) and returns the exit code.
 func runBenchCommand(args []string, stdout, stderr io.Writer) int {
-	if benchRun == nil {
-		fmt.Fprintln(stderr, "warren: bench: not built into this binary")
-		return 1
-	}
-	if err := benchRun(args, stdout); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
+	if err := bench.Run(args, stdout); err != nil {
 		fmt.Fprintln(stderr, "warren: bench:", err)
 		return 1
 	}

@@ -198,3 +198,24 @@ func TestRun(t *testing.T) {
 		})
 	}
 }
+
+func TestRunBenchCommand(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		code int
+		want string // in stderr
+	}{
+		{name: "help", args: []string{"-h"}, code: 0},
+		{name: "bad flag", args: []string{"-no-such-flag"}, code: 1, want: "warren: bench:"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stderr bytes.Buffer
+			c := runBenchCommand(tt.args, io.Discard, &stderr)
+			if c != tt.code || !strings.Contains(stderr.String(), tt.want) {
+				t.Errorf("code %d stderr %q; want code %d stderr containing %q", c, stderr.String(), tt.code, tt.want)
+			}
+		})
+	}
+}

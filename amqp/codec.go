@@ -87,6 +87,31 @@ func (r *reader) shortstr() string {
 	return string(r.bytes(uint64(n)))
 }
 
+// shortstrs decodes consecutive short strings with a single allocation:
+// one string holding all of them (length octets included), which the
+// results slice. basic.publish's exchange and routing key cost one
+// allocation instead of two.
+func (r *reader) shortstrs(out ...*string) {
+	start := r.off
+	for range out {
+		n := r.u8()
+		if r.bad {
+			return
+		}
+		r.bytes(uint64(n))
+	}
+	if r.bad {
+		return
+	}
+	all := string(r.b[start:r.off])
+	off := 0
+	for _, p := range out {
+		n := int(all[off])
+		*p = all[off+1 : off+1+n]
+		off += 1 + n
+	}
+}
+
 func (r *reader) longstr() string {
 	n := r.u32()
 	if r.bad {

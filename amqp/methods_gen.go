@@ -400,8 +400,7 @@ func (m *ConnectionOpen) Append(dst []byte) []byte {
 }
 
 func (m *ConnectionOpen) decode(r *reader) {
-	m.VirtualHost = r.shortstr()
-	m.Reserved1 = r.shortstr()
+	r.shortstrs(&m.VirtualHost, &m.Reserved1)
 	{
 		bits := r.u8()
 		m.Reserved2 = bits&1 != 0
@@ -1001,8 +1000,7 @@ func (m *ExchangeDeclare) Append(dst []byte) []byte {
 
 func (m *ExchangeDeclare) decode(r *reader) {
 	m.Reserved1 = r.u16()
-	m.Exchange = r.shortstr()
-	m.Type = r.shortstr()
+	r.shortstrs(&m.Exchange, &m.Type)
 	{
 		bits := r.u8()
 		m.Passive = bits&1 != 0
@@ -1194,9 +1192,7 @@ func (m *ExchangeBind) Append(dst []byte) []byte {
 
 func (m *ExchangeBind) decode(r *reader) {
 	m.Reserved1 = r.u16()
-	m.Destination = r.shortstr()
-	m.Source = r.shortstr()
-	m.RoutingKey = r.shortstr()
+	r.shortstrs(&m.Destination, &m.Source, &m.RoutingKey)
 	{
 		bits := r.u8()
 		m.NoWait = bits&1 != 0
@@ -1291,9 +1287,7 @@ func (m *ExchangeUnbind) Append(dst []byte) []byte {
 
 func (m *ExchangeUnbind) decode(r *reader) {
 	m.Reserved1 = r.u16()
-	m.Destination = r.shortstr()
-	m.Source = r.shortstr()
-	m.RoutingKey = r.shortstr()
+	r.shortstrs(&m.Destination, &m.Source, &m.RoutingKey)
 	{
 		bits := r.u8()
 		m.NoWait = bits&1 != 0
@@ -1510,9 +1504,7 @@ func (m *QueueBind) Append(dst []byte) []byte {
 
 func (m *QueueBind) decode(r *reader) {
 	m.Reserved1 = r.u16()
-	m.Queue = r.shortstr()
-	m.Exchange = r.shortstr()
-	m.RoutingKey = r.shortstr()
+	r.shortstrs(&m.Queue, &m.Exchange, &m.RoutingKey)
 	{
 		bits := r.u8()
 		m.NoWait = bits&1 != 0
@@ -1599,9 +1591,7 @@ func (m *QueueUnbind) Append(dst []byte) []byte {
 
 func (m *QueueUnbind) decode(r *reader) {
 	m.Reserved1 = r.u16()
-	m.Queue = r.shortstr()
-	m.Exchange = r.shortstr()
-	m.RoutingKey = r.shortstr()
+	r.shortstrs(&m.Queue, &m.Exchange, &m.RoutingKey)
 	m.Arguments = r.table()
 }
 
@@ -1986,8 +1976,7 @@ func (m *BasicConsume) Append(dst []byte) []byte {
 
 func (m *BasicConsume) decode(r *reader) {
 	m.Reserved1 = r.u16()
-	m.Queue = r.shortstr()
-	m.ConsumerTag = r.shortstr()
+	r.shortstrs(&m.Queue, &m.ConsumerTag)
 	{
 		bits := r.u8()
 		m.NoLocal = bits&1 != 0
@@ -2180,8 +2169,7 @@ func (m *BasicPublish) Append(dst []byte) []byte {
 
 func (m *BasicPublish) decode(r *reader) {
 	m.Reserved1 = r.u16()
-	m.Exchange = r.shortstr()
-	m.RoutingKey = r.shortstr()
+	r.shortstrs(&m.Exchange, &m.RoutingKey)
 	{
 		bits := r.u8()
 		m.Mandatory = bits&1 != 0
@@ -2232,9 +2220,7 @@ func (m *BasicReturn) Append(dst []byte) []byte {
 
 func (m *BasicReturn) decode(r *reader) {
 	m.ReplyCode = r.u16()
-	m.ReplyText = r.shortstr()
-	m.Exchange = r.shortstr()
-	m.RoutingKey = r.shortstr()
+	r.shortstrs(&m.ReplyText, &m.Exchange, &m.RoutingKey)
 }
 
 // Decode decodes a basic.return method frame payload (ids included) into m,
@@ -2293,8 +2279,7 @@ func (m *BasicDeliver) decode(r *reader) {
 		bits := r.u8()
 		m.Redelivered = bits&1 != 0
 	}
-	m.Exchange = r.shortstr()
-	m.RoutingKey = r.shortstr()
+	r.shortstrs(&m.Exchange, &m.RoutingKey)
 }
 
 // Decode decodes a basic.deliver method frame payload (ids included) into m,
@@ -2406,8 +2391,7 @@ func (m *BasicGetOk) decode(r *reader) {
 		bits := r.u8()
 		m.Redelivered = bits&1 != 0
 	}
-	m.Exchange = r.shortstr()
-	m.RoutingKey = r.shortstr()
+	r.shortstrs(&m.Exchange, &m.RoutingKey)
 	m.MessageCount = r.u32()
 }
 

@@ -204,15 +204,19 @@ func Run(args []string, stdout io.Writer) error {
 	case "queues":
 		err = runQueues(&cfg, res)
 	}
-	if err != nil {
-		return err
+	if err != nil && res.Seconds == 0 {
+		return err // failed during setup: nothing was measured
 	}
+	// A run aborted mid-way (e.g. the broker closed a channel) still reports
+	// what it measured, with the error in Errors, and then fails.
 	if cfg.JSON {
-		enc := json.NewEncoder(stdout)
-		return enc.Encode(res)
+		if perr := json.NewEncoder(stdout).Encode(res); perr != nil {
+			return fmt.Errorf("bench: write result: %w", perr)
+		}
+	} else {
+		printSummary(stdout, res)
 	}
-	printSummary(stdout, res)
-	return nil
+	return err
 }
 
 // redact hides the password so results can be pasted into reports.

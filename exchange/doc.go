@@ -18,6 +18,14 @@
 // per-router destination ids and epoch-stamped mark arrays kept in a
 // sync.Pool, so no per-call map or set is built.
 //
+// # Binding identity
+//
+// A binding is (destination, exchange-or-queue, key, arguments). As in
+// RabbitMQ, argument types are part of the identity (int32 1 and int64 1,
+// or a string and a byte array, make two bindings), while key order and
+// absent-versus-empty arguments are not. Bind of an existing binding
+// reports false so queue.bind stays idempotent.
+//
 // # Topic matching
 //
 // Topic bindings live in a trie keyed by word, with separate "*" and "#"

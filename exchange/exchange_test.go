@@ -278,3 +278,58 @@ func TestConcurrentRouteAndBind(t *testing.T) {
 		})
 	}
 }
+
+// TestBindingIdentityTyped mirrors RabbitMQ 3.10.8 (checked by binding with
+// one table and unbinding with the other): argument types are part of a
+// binding's identity, key order and nil-versus-empty are not.
+func TestBindingIdentityTyped(t *testing.T) {
+	tests := []struct {
+		bind, unbind amqp.Table
+		same         bool
+	}{
+		{amqp.Table{"n": int32(1)}, amqp.Table{"n": int64(1)}, false},
+		{amqp.Table{"n": int32(1)}, amqp.Table{"n": int32(1)}, true},
+		{nil, amqp.Table{}, true},
+		{amqp.Table{"s": "a"}, amqp.Table{"s": []byte("a")}, false},
+		{amqp.Table{"a": "1", "b": "2"}, amqp.Table{"b": "2", "a": "1"}, true},
+		{amqp.Table{"f": float32(1.5)}, amqp.Table{"f": 1.5}, false},
+		{amqp.Table{"t": amqp.Table{"x": nil}}, amqp.Table{"t": map[string]any{"x": nil}}, true},
+	}
+	for _, tc := range tests {
+		r := NewRouter(Direct)
+		r.Bind(Binding{Destination: "q", Key: "k", Args: tc.bind})
+		if got := r.Unbind(Binding{Destination: "q", Key: "k", Args: tc.unbind}); got != tc.same {
+			t.Errorf("bind %v, unbind %v: removed = %v, want %v", tc.bind, tc.unbind, got, tc.same)
+		}
+	}
+}
+
+// TestManyDestsOneKey crosses the destSet switch from linear scan to index
+// map and back down, checking refcounts survive the swap-deletes.
+func TestManyDestsOneKey(t *testing.T) {
+	for _, k := range []Kind{Direct, Fanout, Topic} {
+		r := NewRouter(k)
+		for i := range 20 {
+			r.Bind(Binding{Destination: fmt.Sprint("q", i), Key: "k"})
+			r.Bind(Binding{Destination: fmt.Sprint("q", i), Key: "k", Args: amqp.Table{"i": int32(i)}})
+		}
+		for i := 0; i < 20; i += 2 {
+			r.Unbind(Binding{Destination: fmt.Sprint("q", i), Key: "k"})
+		}
+		if got := r.Route("k", nil, nil); len(got) != 20 {
+			t.Errorf("%v: %d dests after dropping one of two bindings each, want 20", k, len(got))
+		}
+		for i := 0; i < 20; i += 2 {
+			r.Unbind(Binding{Destination: fmt.Sprint("q", i), Key: "k", Args: amqp.Table{"i": int32(i)}})
+		}
+		got := names(r.Route("k", nil, nil))
+		var want []string
+		for i := 1; i < 20; i += 2 {
+			want = append(want, fmt.Sprint("q", i))
+		}
+		slices.Sort(want)
+		if !slices.Equal(got, want) {
+			t.Errorf("%v: got %v, want %v", k, got, want)
+		}
+	}
+}

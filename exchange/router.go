@@ -197,26 +197,48 @@ type destRef struct {
 }
 
 // destSet is an unordered set of destinations with O(1) add and remove
-// (swap-delete) and a plain slice to walk on the hot path.
+// (swap-delete) and a plain slice to walk on the hot path. Most sets are
+// tiny (a topic leaf, a direct key), so the index map is only built once a
+// set outgrows a short linear scan; that keeps 100k-binding tables lean.
 type destSet struct {
 	list []destRef
-	idx  map[Dest]int32
+	idx  map[Dest]int32 // nil while len(list) <= destSetScan
+}
+
+const destSetScan = 8
+
+func (s *destSet) find(d Dest) (int32, bool) {
+	if s.idx != nil {
+		i, ok := s.idx[d]
+		return i, ok
+	}
+	for i := range s.list {
+		if s.list[i].d == d {
+			return int32(i), true
+		}
+	}
+	return 0, false
 }
 
 func (s *destSet) add(d Dest, id int32) {
-	if i, ok := s.idx[d]; ok {
+	if i, ok := s.find(d); ok {
 		s.list[i].refs++
 		return
 	}
-	if s.idx == nil {
-		s.idx = make(map[Dest]int32, 1)
-	}
-	s.idx[d] = int32(len(s.list))
 	s.list = append(s.list, destRef{d: d, id: id, refs: 1})
+	switch n := len(s.list); {
+	case s.idx != nil:
+		s.idx[d] = int32(n - 1)
+	case n > destSetScan:
+		s.idx = make(map[Dest]int32, n)
+		for i := range s.list {
+			s.idx[s.list[i].d] = int32(i)
+		}
+	}
 }
 
 func (s *destSet) remove(d Dest) {
-	i, ok := s.idx[d]
+	i, ok := s.find(d)
 	if !ok {
 		return
 	}
@@ -226,11 +248,15 @@ func (s *destSet) remove(d Dest) {
 	last := int32(len(s.list) - 1)
 	if i != last {
 		s.list[i] = s.list[last]
-		s.idx[s.list[i].d] = i
+		if s.idx != nil {
+			s.idx[s.list[i].d] = i
+		}
 	}
 	s.list[last] = destRef{}
 	s.list = s.list[:last]
-	delete(s.idx, d)
+	if s.idx != nil {
+		delete(s.idx, d)
+	}
 }
 
 func (s *destSet) empty() bool { return len(s.list) == 0 }
@@ -250,6 +276,8 @@ type scratch struct {
 	destMarks []uint32
 	nodeMarks []uint32
 	cur, next []*tnode
+	hvals     []any    // message header values by interned key id
+	hmarks    []uint32 // epoch marks for hvals: stamped = header present
 }
 
 var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
@@ -279,6 +307,7 @@ func (s *scratch) stamp() uint32 {
 	if s.gen == 0 {
 		clear(s.destMarks)
 		clear(s.nodeMarks)
+		clear(s.hmarks)
 		s.gen = 1
 	}
 	return s.gen

@@ -166,8 +166,31 @@ func (ch *channel) contentHeader(p []byte) *amqp.Error {
 	// Re-scan on our copy so HeadersRaw does not alias the frame buffer.
 	ch.pubSummary, _ = amqp.ScanContentHeader(ch.pubHeader)
 	ch.pubGot = 0
+	if err := ch.checkUserID(ch.pubHeader); err != nil {
+		return err
+	}
 	if sum.BodySize == 0 {
 		return ch.finishPublish()
+	}
+	return nil
+}
+
+// userIDFlag is the user-id bit of the basic property flags.
+const userIDFlag = 0x0010
+
+// checkUserID enforces RabbitMQ's rule that a user-id property must name the authenticated user.
+func (ch *channel) checkUserID(header []byte) *amqp.Error {
+	if len(header) < 14 || (uint16(header[12])<<8|uint16(header[13]))&userIDFlag == 0 {
+		return nil
+	}
+	h, err := amqp.DecodeContentHeader(header)
+	if err != nil {
+		return asAMQP(err)
+	}
+	if h.Props.UserID != ch.c.user {
+		e := amqp.Errorf(amqp.PreconditionFailed, "user_id property set to '%s' but authenticated user was '%s'", h.Props.UserID, ch.c.user)
+		e.ClassID, e.MethodID = amqp.ClassBasic, 40
+		return e
 	}
 	return nil
 }
@@ -426,17 +449,17 @@ func (ch *channel) finishPublish() *amqp.Error {
 			ch.basicReturn(msg, amqp.NoRoute, "NO_ROUTE")
 		}
 		if seq != 0 {
-			ch.confirms.settle(ch, seq, false)
+			ch.confirms.settle(seq, false, ch.writeConfirms)
 		}
 		return nil
 	}
 	var done func(error)
 	if seq != 0 {
-		done = func(err error) { ch.confirms.settle(ch, seq, err != nil) }
+		done = func(err error) { ch.confirms.settle(seq, err != nil, ch.writeConfirms) }
 	}
 	refused := v.enqueue(msg, targets, done)
 	if seq != 0 && (refused || !needsDisk(msg, targets)) {
-		ch.confirms.settle(ch, seq, refused)
+		ch.confirms.settle(seq, refused, ch.writeConfirms)
 	}
 	return nil
 }
@@ -833,14 +856,8 @@ func (ch *channel) apply(kind settleKind, ds []*delivery, batch *persistence.Bat
 
 // recover requeues everything unacked on the channel (basic.recover requeue=true).
 func (ch *channel) recover() {
+	// Acks waiting for tx.commit are not unacked any more, so, as in RabbitMQ, they stay out.
 	ds, _ := ch.takeUnacked(0, true)
-	if ch.tx != nil {
-		// Acks waiting for commit are forgotten: those messages go back too.
-		for _, s := range ch.tx.settles {
-			ds = append(ds, s.ds...)
-		}
-		ch.tx.settles = nil
-	}
 	sort.Slice(ds, func(i, j int) bool { return ds[i].tag < ds[j].tag })
 	ch.apply(settleRequeue, groupByQueue(ds), nil)
 }
@@ -965,6 +982,7 @@ type confirmTracker struct {
 	mu     sync.Mutex
 	base   uint64
 	states []uint8
+	ops    []confirmOp
 }
 
 func (t *confirmTracker) add(seq uint64) {
@@ -976,7 +994,16 @@ func (t *confirmTracker) add(seq uint64) {
 	t.mu.Unlock()
 }
 
-func (t *confirmTracker) settle(ch *channel, seq uint64, nack bool) {
+// confirmOp is one basic.ack or basic.nack to send.
+type confirmOp struct {
+	tag      uint64
+	multiple bool
+	nack     bool
+}
+
+// settle records the outcome of publish seq and passes the confirms that became sendable, in
+// order, to emit (called with the tracker locked, so frames from concurrent settles never reorder).
+func (t *confirmTracker) settle(seq uint64, nack bool, emit func([]confirmOp)) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if seq < t.base || seq >= t.base+uint64(len(t.states)) {
@@ -997,11 +1024,10 @@ func (t *confirmTracker) settle(ch *channel, seq uint64, nack bool) {
 	if n == 0 {
 		return
 	}
-	w := ch.c.w
-	b := w.lock()
+	t.ops = t.ops[:0]
 	for j := 0; j < n; {
 		if t.states[j] == confirmNack {
-			b = amqp.AppendMethodFrame(b, ch.id, &amqp.BasicNack{DeliveryTag: t.base + uint64(j)})
+			t.ops = append(t.ops, confirmOp{tag: t.base + uint64(j), nack: true})
 			j++
 			continue
 		}
@@ -1009,10 +1035,24 @@ func (t *confirmTracker) settle(ch *channel, seq uint64, nack bool) {
 		for k+1 < n && t.states[k+1] == confirmAck {
 			k++
 		}
-		b = amqp.AppendMethodFrame(b, ch.id, &amqp.BasicAck{DeliveryTag: t.base + uint64(k), Multiple: k > j})
+		t.ops = append(t.ops, confirmOp{tag: t.base + uint64(k), multiple: k > j})
 		j = k + 1
 	}
-	w.unlock(b)
+	emit(t.ops)
 	t.states = t.states[n:]
 	t.base += uint64(n)
+}
+
+// writeConfirms sends confirm frames.
+func (ch *channel) writeConfirms(ops []confirmOp) {
+	w := ch.c.w
+	b := w.lock()
+	for _, op := range ops {
+		if op.nack {
+			b = amqp.AppendMethodFrame(b, ch.id, &amqp.BasicNack{DeliveryTag: op.tag, Multiple: op.multiple})
+		} else {
+			b = amqp.AppendMethodFrame(b, ch.id, &amqp.BasicAck{DeliveryTag: op.tag, Multiple: op.multiple})
+		}
+	}
+	w.unlock(b)
 }

@@ -39,10 +39,11 @@ type conn struct {
 	chMu     sync.Mutex // guards channels for onDrain and shutdown, which run off the reader
 	channels map[uint16]*channel
 
-	closing   atomic.Bool  // connection.close sent by us; waiting for close-ok
-	framesIn  atomic.Int64 // bumped per frame read, watched by the heartbeat monitor
-	closeOnce sync.Once
-	done      chan struct{}
+	closing     atomic.Bool  // connection.close sent by us; waiting for close-ok
+	framesIn    atomic.Int64 // bumped per frame read, watched by the heartbeat monitor
+	closeOnce   sync.Once
+	releaseOnce sync.Once
+	done        chan struct{}
 }
 
 func (s *Server) newConn(nc net.Conn, id uint64) *conn {
@@ -147,11 +148,11 @@ func (c *conn) awaitCloseOk() {
 	}
 }
 
-// teardown releases everything the connection holds: channels (requeueing their unacked
-// messages), exclusive queues, the socket.
-func (c *conn) teardown() {
-	c.closeOnce.Do(func() {
-		close(c.done)
+// release frees what the connection holds: channels (requeueing their unacked messages) and
+// exclusive queues. It runs before connection.close-ok goes out, so a client that saw close-ok
+// can rely on it, and again (as a no-op) at teardown.
+func (c *conn) release() {
+	c.releaseOnce.Do(func() {
 		c.chMu.Lock()
 		chs := make([]*channel, 0, len(c.channels))
 		for _, ch := range c.channels {
@@ -165,6 +166,14 @@ func (c *conn) teardown() {
 		if c.vhost != nil {
 			c.vhost.dropExclusive(c)
 		}
+	})
+}
+
+// teardown releases everything and closes the socket once queued frames are written.
+func (c *conn) teardown() {
+	c.closeOnce.Do(func() {
+		close(c.done)
+		c.release()
 		c.w.closeAfterFlush()
 		select {
 		case <-c.w.done:
@@ -173,6 +182,18 @@ func (c *conn) teardown() {
 		}
 		c.srv.forget(c)
 	})
+}
+
+// awaitClientHangup gives a client that got close-ok a moment to close the socket itself, as the
+// spec has the closing peer do; closing first would make some clients report a lost connection.
+func (c *conn) awaitClientHangup() {
+	_ = c.nc.SetReadDeadline(time.Now().Add(time.Second))
+	var buf [512]byte
+	for {
+		if _, err := c.nc.Read(buf[:]); err != nil {
+			return
+		}
+	}
 }
 
 func (c *conn) heartbeatLoop(interval time.Duration) {
@@ -428,8 +449,10 @@ func (c *conn) handleChannel0(f amqp.Frame) error {
 	}
 	switch m := m.(type) {
 	case *amqp.ConnectionClose:
-		c.writeMethod(0, &amqp.ConnectionCloseOk{})
 		c.closing.Store(true)
+		c.release()
+		c.writeMethod(0, &amqp.ConnectionCloseOk{})
+		c.awaitClientHangup()
 		return errClosed
 	case *amqp.ConnectionCloseOk:
 		if c.closing.Load() {

@@ -64,7 +64,9 @@ func New(cfg Config) (*Server, error) {
 		}
 		s.store = st
 		s.msgID.Store(st.MaxMessageID())
-		defer func() { log.Info("storage opened", "dir", cfg.DataDir, "took", time.Since(start).Round(time.Millisecond)) }()
+		defer func() {
+			log.Info("storage opened", "dir", cfg.DataDir, "took", time.Since(start).Round(time.Millisecond))
+		}()
 	}
 	for _, name := range cfg.VHosts {
 		s.vhosts[name] = newVHost(s, name)

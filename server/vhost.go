@@ -3,6 +3,7 @@ package server
 import (
 	"crypto/rand"
 	"encoding/base64"
+	"fmt"
 	"strings"
 	"sync"
 	"time"
@@ -235,7 +236,7 @@ func (v *vhost) declareExchange(m *amqp.ExchangeDeclare) *amqp.Error {
 	}
 	kind, ok := exchange.ParseKind(m.Type)
 	if !ok {
-		return amqp.Errorf(amqp.CommandInvalid, "invalid exchange type '%s'", m.Type)
+		return amqp.Errorf(amqp.CommandInvalid, "unknown exchange type '%s'", m.Type)
 	}
 	if ex != nil {
 		return v.checkExchangeEquivalent(ex, m, kind)
@@ -273,17 +274,35 @@ func (v *vhost) checkExchangeEquivalent(ex *exchangeState, m *amqp.ExchangeDecla
 	case m.Internal != ex.internal:
 		return ineq("internal", m.Internal, ex.internal)
 	}
-	if !argsEquivalent(m.Arguments, ex.args) {
-		return amqp.Errorf(amqp.PreconditionFailed, "inequivalent arg 'arguments' for exchange '%s' in vhost '%s'", ex.name, v.name)
-	}
-	return nil
+	// Like RabbitMQ, only alternate-exchange takes part in the comparison.
+	return compareArgs("exchange", ex.name, v.name, m.Arguments, ex.args, []string{"alternate-exchange"})
 }
 
-func argsEquivalent(a, b amqp.Table) bool {
-	if len(a) == 0 && len(b) == 0 {
-		return true
+// equivalenceArgs are the queue arguments compared on redeclare (RabbitMQ ignores the others).
+var equivalenceArgs = []string{
+	"x-expires", "x-message-ttl", "x-dead-letter-exchange", "x-dead-letter-routing-key",
+	"x-max-length", "x-max-length-bytes", "x-max-priority", "x-overflow", "x-queue-mode",
+	"x-single-active-consumer", "x-queue-type", "x-delivery-limit",
+	"x-redelivery-delay", "x-redelivery-backoff", "x-redelivery-max-delay",
+}
+
+// compareArgs returns RabbitMQ's 406 for the first of keys whose value differs.
+func compareArgs(kind, name, vhost string, got, cur amqp.Table, keys []string) *amqp.Error {
+	for _, k := range keys {
+		a, aok := got[k]
+		b, bok := cur[k]
+		if aok == bok && (!aok || (amqp.Table{k: a}).Equal(amqp.Table{k: b})) {
+			continue
+		}
+		describe := func(v any, ok bool) string {
+			if !ok {
+				return "none"
+			}
+			return fmt.Sprintf("the value '%v' of type '%s'", v, typeName(v))
+		}
+		return amqp.Errorf(amqp.PreconditionFailed, "inequivalent arg '%s' for %s '%s' in vhost '%s': received %s but current is %s", k, kind, name, vhost, describe(a, aok), describe(b, bok))
 	}
-	return a.Equal(b)
+	return nil
 }
 
 func (v *vhost) storeExchange(ex *exchangeState) *amqp.Error {
@@ -302,7 +321,7 @@ func (v *vhost) deleteExchange(name string, ifUnused bool) *amqp.Error {
 		return errDefaultExchange()
 	}
 	if strings.HasPrefix(name, "amq.") {
-		return amqp.Errorf(amqp.AccessRefused, "operation not permitted on exchange '%s' in vhost '%s'", name, v.name)
+		return amqp.Errorf(amqp.AccessRefused, "deletion of system exchange '%s' in vhost '%s' not allowed", name, v.name)
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -393,15 +412,18 @@ func (v *vhost) unbind(c *conn, source, dest string, toExchange bool, key string
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	b := exchange.Binding{Destination: dest, ToExchange: toExchange, Key: key, Args: args}
 	durable, err := v.bindingEnds(c, source, dest, toExchange)
 	if err != nil {
-		if err.Code == amqp.NotFound {
-			return nil // unbinding something that is gone succeeds, as in RabbitMQ 3.10
+		// Unbinding something that is gone succeeds, as in RabbitMQ 3.10, which looks for the
+		// binding before it checks exclusivity.
+		if err.Code == amqp.NotFound || !hasBinding(v.exchanges[source], b) {
+			return nil
 		}
 		return err
 	}
 	src := v.exchanges[source]
-	if src.router.Unbind(exchange.Binding{Destination: dest, ToExchange: toExchange, Key: key, Args: args}) {
+	if src.router.Unbind(b) {
 		if durable && v.srv.store != nil {
 			rec := persistence.BindingRecord{VHost: v.name, Source: source, Destination: dest, ToExchange: toExchange, Key: key, Args: encodeArgs(args)}
 			if err := v.srv.store.DeleteBinding(rec); err != nil {
@@ -411,6 +433,25 @@ func (v *vhost) unbind(c *conn, source, dest string, toExchange bool, key string
 		v.maybeAutoDeleteExchangeLocked(src)
 	}
 	return nil
+}
+
+func hasBinding(src *exchangeState, b exchange.Binding) bool {
+	if src == nil || src.router == nil {
+		return false
+	}
+	for _, x := range src.router.Bindings() {
+		if x.Destination == b.Destination && x.ToExchange == b.ToExchange && x.Key == b.Key && argsEqual(x.Args, b.Args) {
+			return true
+		}
+	}
+	return false
+}
+
+func argsEqual(a, b amqp.Table) bool {
+	if len(a) == 0 && len(b) == 0 {
+		return true
+	}
+	return a.Equal(b)
 }
 
 // --- queues
@@ -492,33 +533,7 @@ func (v *vhost) checkQueueEquivalent(qs *queueState, m *amqp.QueueDeclare) *amqp
 	case m.Exclusive != qs.exclusive:
 		return ineq("exclusive", m.Exclusive, qs.exclusive)
 	}
-	for _, k := range unionKeys(m.Arguments, qs.args) {
-		a, aok := m.Arguments[k]
-		b, bok := qs.args[k]
-		if aok != bok || !(amqp.Table{k: a}).Equal(amqp.Table{k: b}) {
-			if !aok {
-				return amqp.Errorf(amqp.PreconditionFailed, "inequivalent arg '%s' for queue '%s' in vhost '%s': received none but current is the value '%v' of type '%s'", k, qs.name, v.name, b, typeName(b))
-			}
-			if !bok {
-				return amqp.Errorf(amqp.PreconditionFailed, "inequivalent arg '%s' for queue '%s' in vhost '%s': received the value '%v' of type '%s' but current is none", k, qs.name, v.name, a, typeName(a))
-			}
-			return amqp.Errorf(amqp.PreconditionFailed, "inequivalent arg '%s' for queue '%s' in vhost '%s': received the value '%v' of type '%s' but current is the value '%v' of type '%s'", k, qs.name, v.name, a, typeName(a), b, typeName(b))
-		}
-	}
-	return nil
-}
-
-func unionKeys(a, b amqp.Table) []string {
-	keys := make([]string, 0, len(a)+len(b))
-	for k := range a {
-		keys = append(keys, k)
-	}
-	for k := range b {
-		if _, ok := a[k]; !ok {
-			keys = append(keys, k)
-		}
-	}
-	return keys
+	return compareArgs("queue", qs.name, v.name, m.Arguments, qs.args, equivalenceArgs)
 }
 
 // deleteQueue implements queue.delete; a missing queue counts as deleted with 0 messages.

@@ -345,6 +345,21 @@ func (g *generator) method(c class, m method) {
 				i = j
 				continue
 			}
+			if t == "shortstr" {
+				j := i
+				for j < len(fields) && g.fieldType(fields[j]) == "shortstr" {
+					j++
+				}
+				if j-i > 1 {
+					var ptrs []string
+					for _, f := range fields[i:j] {
+						ptrs = append(ptrs, "&m."+goName(f.Name))
+					}
+					g.p("r.shortstrs(%s)", strings.Join(ptrs, ", "))
+					i = j
+					continue
+				}
+			}
 			fn := goName(f.Name)
 			switch t {
 			case "octet":

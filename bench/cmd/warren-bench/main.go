@@ -1,0 +1,17 @@
+// Command warren-bench runs the bench load generator standalone, so
+// bench/compare.sh does not depend on the state of the broker's main package.
+package main
+
+import (
+	"fmt"
+	"os"
+
+	"warren/bench"
+)
+
+func main() {
+	if err := bench.Run(os.Args[1:], os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,122 @@
+package server
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"warren/amqp"
+	"warren/queue"
+)
+
+func TestParseQueueArgs(t *testing.T) {
+	tests := []struct {
+		name    string
+		args    amqp.Table
+		wantErr string // substring of the 406 text; "" = valid
+		check   func(t *testing.T, s queueSpec)
+	}{
+		{name: "none", args: nil, check: func(t *testing.T, s queueSpec) {
+			if s.opts.MessageTTL >= 0 || s.opts.MaxLength >= 0 || s.opts.DeliveryLimit >= 0 {
+				t.Errorf("limits should be off: %+v", s.opts)
+			}
+		}},
+		{name: "ttl int32", args: amqp.Table{"x-message-ttl": int32(1500)}, check: func(t *testing.T, s queueSpec) {
+			if s.opts.MessageTTL != 1500*time.Millisecond {
+				t.Errorf("ttl = %v", s.opts.MessageTTL)
+			}
+		}},
+		{name: "ttl negative", args: amqp.Table{"x-message-ttl": int64(-1)}, wantErr: "value_negative"},
+		{name: "ttl string", args: amqp.Table{"x-message-ttl": "10"}, wantErr: "unacceptable_type"},
+		{name: "expires zero", args: amqp.Table{"x-expires": int64(0)}, wantErr: "value_zero"},
+		{name: "delivery limit negative", args: amqp.Table{"x-delivery-limit": int64(-1)}, wantErr: "value_negative"},
+		{name: "overflow", args: amqp.Table{"x-overflow": "reject-publish-dlx", "x-max-length": int64(3)}, check: func(t *testing.T, s queueSpec) {
+			if s.opts.Overflow != queue.RejectPublishDLX || s.opts.MaxLength != 3 {
+				t.Errorf("opts = %+v", s.opts)
+			}
+		}},
+		{name: "overflow unknown", args: amqp.Table{"x-overflow": "drop-tail"}, wantErr: "unknown_value"},
+		{name: "dlrk without dlx", args: amqp.Table{"x-dead-letter-routing-key": "k"}, wantErr: "no_dlx"},
+		{name: "dlx and dlrk", args: amqp.Table{"x-dead-letter-exchange": "dlx", "x-dead-letter-routing-key": "k"}, check: func(t *testing.T, s queueSpec) {
+			if s.dlx != "dlx" || s.dlrk == nil || *s.dlrk != "k" {
+				t.Errorf("dlx=%q dlrk=%v", s.dlx, s.dlrk)
+			}
+		}},
+		{name: "redelivery delay and backoff", args: amqp.Table{"x-redelivery-delay": int32(100), "x-redelivery-backoff": 2.0, "x-redelivery-max-delay": int32(1000)}, check: func(t *testing.T, s queueSpec) {
+			if s.opts.RedeliveryDelay != 100*time.Millisecond || s.opts.RedeliveryBackoff != 2 || s.opts.RedeliveryMaxDelay != time.Second {
+				t.Errorf("opts = %+v", s.opts)
+			}
+		}},
+		{name: "backoff below one", args: amqp.Table{"x-redelivery-backoff": 0.5}, wantErr: "value_below_one"},
+		{name: "quorum", args: amqp.Table{"x-queue-type": "quorum"}, check: func(t *testing.T, s queueSpec) {
+			if !s.quorum {
+				t.Error("quorum not set")
+			}
+		}},
+		{name: "stream unsupported", args: amqp.Table{"x-queue-type": "stream"}, wantErr: "unsupported_queue_type"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			spec, err := parseQueueArgs(tt.args)
+			if tt.wantErr != "" {
+				if err == nil || err.Code != amqp.PreconditionFailed || !strings.Contains(err.Text, tt.wantErr) {
+					t.Fatalf("err = %v, want 406 containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("unexpected error %v", err)
+			}
+			tt.check(t, spec)
+		})
+	}
+}
+
+func TestCheckRabbitHash(t *testing.T) {
+	h := HashPassword([4]byte{1, 2, 3, 4}, "s3cret")
+	if !checkRabbitHash(h, "s3cret") {
+		t.Fatal("hash does not verify its own password")
+	}
+	if checkRabbitHash(h, "wrong") || checkRabbitHash("not base64!", "s3cret") {
+		t.Fatal("hash accepted a wrong password or a malformed hash")
+	}
+	// Exported by RabbitMQ 3.10.8 (rabbitmqctl add_user hashtest s3cret; export_definitions).
+	const fromRabbit = "Y1SROwflvYZBvewJ307LO1IQgMieaa+wNFFMLHPMCED6rgU6"
+	if !checkRabbitHash(fromRabbit, "s3cret") || checkRabbitHash(fromRabbit, "guest") {
+		t.Fatal("RabbitMQ's own hash does not verify")
+	}
+}
+
+func TestConfirmTrackerFoldsRuns(t *testing.T) {
+	// Settle order 2, 1, 3(nack), 5, 4 must produce: ack multiple up to 2, nack 3, ack multiple up to 5.
+	var tr confirmTracker
+	for seq := uint64(1); seq <= 5; seq++ {
+		tr.add(seq)
+	}
+	var got []string
+	emit := func(seq uint64, nack bool) {
+		tr.settle(seq, nack, func(ops []confirmOp) {
+			for _, op := range ops {
+				s := fmt.Sprintf("ack %d", op.tag)
+				if op.nack {
+					s = fmt.Sprintf("nack %d", op.tag)
+				}
+				if op.multiple {
+					s += " multiple"
+				}
+				got = append(got, s)
+			}
+		})
+	}
+	emit(2, false)
+	emit(1, false)
+	emit(3, true)
+	emit(5, false)
+	emit(4, false)
+	emit(4, false) // a second settle of the same tag is ignored
+	want := []string{"ack 2 multiple", "nack 3", "ack 5 multiple"}
+	if strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Fatalf("frames = %v, want %v", got, want)
+	}
+}
