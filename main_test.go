@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
 )
 
 // asMainEnv makes the test binary behave as the warren command, so the process test below
@@ -93,8 +95,9 @@ func checkListening(t *testing.T, addr string) {
 	c.Close()
 }
 
-// TestBinaryStartStop runs warren as a process on a free port, waits for the ready line, sends
-// SIGTERM and expects a clean exit.
+// TestBinaryStartStop runs warren as a process on a free port, waits for the ready line, connects
+// an AMQP client, sends SIGTERM and expects the client to get connection.close 320 and the process
+// to exit 0.
 func TestBinaryStartStop(t *testing.T) {
 	dir := t.TempDir()
 	cmd := exec.Command(os.Args[0], "-listen", "127.0.0.1:0", "-data-dir", filepath.Join(dir, "data"))
@@ -125,9 +128,23 @@ func TestBinaryStartStop(t *testing.T) {
 	var log lockedBuffer
 	addr := waitReady(t, stderr, &log)
 	checkListening(t, addr)
+	client, err := amqp091.Dial("amqp://guest:guest@" + addr + "/")
+	if err != nil {
+		t.Fatalf("AMQP dial %s: %v\n%s", addr, err, log.String())
+	}
+	defer client.Close()
+	closed := client.NotifyClose(make(chan *amqp091.Error, 1))
 
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
+	}
+	select {
+	case e := <-closed:
+		if e == nil || e.Code != amqp091.ConnectionForced {
+			t.Errorf("client saw close %v, want code 320 CONNECTION_FORCED", e)
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("client got no connection.close within 10s of SIGTERM")
 	}
 	go func() { exited <- cmd.Wait() }()
 	select {

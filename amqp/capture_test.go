@@ -553,7 +553,7 @@ func checkCapturedHeader(t *testing.T, h ContentHeader, hf capturedFrame) {
 	}
 	headersRaw, _ := AppendTable(nil, want.Headers)
 	if s.ClassID != ClassBasic || s.BodySize != h.BodySize || s.DeliveryMode != 2 || s.Priority != 7 ||
-		s.Expiration != "60000" || !bytes.Equal(s.HeadersRaw, headersRaw) {
+		s.Expiration != "60000" || s.UserID != "guest" || !bytes.Equal(s.HeadersRaw, headersRaw) {
 		t.Errorf("ScanContentHeader = %+v", s)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unsafe"
 )
 
 // reader decodes big-endian AMQP values from a byte slice. Instead of
@@ -17,12 +18,11 @@ type reader struct {
 	b   []byte
 	off int
 	bad bool
-	err error // the first nested error (from a table), if any
+	// owned means b is a private, never-written copy (the bytes of a
+	// string made for the purpose), so decoded strings may alias it
+	// instead of each being allocated: a table decodes with one copy.
+	owned bool
 }
-
-func (r *reader) fail() { r.bad = true }
-
-func (r *reader) remaining() int { return len(r.b) - r.off }
 
 func (r *reader) u8() uint8 {
 	if r.off >= len(r.b) {
@@ -79,12 +79,24 @@ func (r *reader) bytes(n uint64) []byte {
 	return v
 }
 
+// str returns the next n bytes as a string.
+func (r *reader) str(n uint64) string {
+	b := r.bytes(n)
+	if len(b) == 0 {
+		return ""
+	}
+	if r.owned {
+		return unsafe.String(&b[0], len(b))
+	}
+	return string(b)
+}
+
 func (r *reader) shortstr() string {
 	n := r.u8()
 	if r.bad {
 		return ""
 	}
-	return string(r.bytes(uint64(n)))
+	return r.str(uint64(n))
 }
 
 // shortstrs decodes consecutive short strings with a single allocation:
@@ -103,6 +115,12 @@ func (r *reader) shortstrs(out ...*string) {
 	if r.bad {
 		return
 	}
+	if r.off-start == len(out) { // all empty: no allocation at all
+		for _, p := range out {
+			*p = ""
+		}
+		return
+	}
 	all := string(r.b[start:r.off])
 	off := 0
 	for _, p := range out {
@@ -117,7 +135,7 @@ func (r *reader) longstr() string {
 	if r.bad {
 		return ""
 	}
-	return string(r.bytes(uint64(n)))
+	return r.str(uint64(n))
 }
 
 func (r *reader) timestamp() time.Time {
@@ -132,12 +150,16 @@ func (r *reader) table() Table {
 	if r.bad {
 		return nil
 	}
-	t, n, err := decodeTable(r.b[r.off:], 0)
+	var t Table
+	var n int
+	var err error
+	if r.owned {
+		t, n, err = decodeTable(r.b[r.off:], 0, true)
+	} else {
+		t, n, err = decodeTableCopy(r.b[r.off:])
+	}
 	if err != nil {
 		r.bad = true
-		if r.err == nil {
-			r.err = err
-		}
 		r.off = len(r.b)
 		return nil
 	}

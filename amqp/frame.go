@@ -29,7 +29,7 @@ type Frame struct {
 // readChunk bounds how far a frame's buffer is grown ahead of the bytes
 // that have actually arrived, so a forged size on a connection without a
 // frame_max cannot make the reader allocate gigabytes up front.
-const readChunk = 1 << 20
+const readChunk = 64 << 10
 
 // FrameReader reads frames from a byte stream. It is not safe for
 // concurrent use; one connection reader goroutine owns it.

@@ -174,7 +174,7 @@ func FuzzDecodeContentHeader(f *testing.F) {
 			return
 		}
 		if s.ClassID != h.ClassID || s.BodySize != h.BodySize || s.DeliveryMode != h.Props.DeliveryMode ||
-			s.Priority != h.Props.Priority || s.Expiration != h.Props.Expiration ||
+			s.Priority != h.Props.Priority || s.Expiration != h.Props.Expiration || s.UserID != h.Props.UserID ||
 			(s.HeadersRaw != nil) != (h.Flags&FlagHeaders != 0) {
 			t.Fatalf("summary %+v disagrees with %+v", s, h)
 		}

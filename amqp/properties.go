@@ -54,8 +54,8 @@ type ContentHeader struct {
 }
 
 // HeaderSummary is the hot-path view of a content header: what routing,
-// TTL, priority and persistence need, with no maps and no string
-// allocations except Expiration when present.
+// TTL, priority, persistence and the user-id check need, with no maps and
+// no string allocations except Expiration and UserID when present.
 type HeaderSummary struct {
 	ClassID      uint16
 	BodySize     uint64
@@ -63,6 +63,9 @@ type HeaderSummary struct {
 	Priority     uint8
 	Expiration   string // raw expiration property ("" if absent)
 	HeadersRaw   []byte // the headers table incl. its length prefix (aliases the payload), nil if absent
+	// UserID is the user-id property ("" if absent), which a broker must
+	// compare with the authenticated user on every publish that sets it.
+	UserID string
 }
 
 func headerError(payload []byte) *Error {
@@ -147,7 +150,7 @@ func (r *reader) skipShortstr() {
 // ScanContentHeader validates a whole content header payload exactly as
 // DecodeContentHeader does (the headers table included) and returns the
 // summary, without building the headers table or any string but
-// Expiration. It does not allocate when there is no expiration.
+// Expiration and UserID. It does not allocate when neither is present.
 func ScanContentHeader(payload []byte) (HeaderSummary, error) {
 	r := reader{b: payload}
 	var s HeaderSummary
@@ -197,7 +200,7 @@ func ScanContentHeader(payload []byte) (HeaderSummary, error) {
 		r.skipShortstr()
 	}
 	if f&FlagUserID != 0 {
-		r.skipShortstr()
+		s.UserID = r.shortstr()
 	}
 	if f&FlagAppID != 0 {
 		r.skipShortstr()

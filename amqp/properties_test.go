@@ -88,7 +88,7 @@ func TestContentHeaderEachProperty(t *testing.T) {
 func checkSummary(t *testing.T, s HeaderSummary, h ContentHeader, payload []byte) {
 	t.Helper()
 	if s.ClassID != h.ClassID || s.BodySize != h.BodySize || s.DeliveryMode != h.Props.DeliveryMode ||
-		s.Priority != h.Props.Priority || s.Expiration != h.Props.Expiration {
+		s.Priority != h.Props.Priority || s.Expiration != h.Props.Expiration || s.UserID != h.Props.UserID {
 		t.Fatalf("summary %+v disagrees with %+v", s, h)
 	}
 	if (s.HeadersRaw != nil) != (h.Flags&FlagHeaders != 0) {

@@ -7,6 +7,7 @@ import (
 	"math"
 	"slices"
 	"time"
+	"unsafe"
 )
 
 // Table is an AMQP field table. Decoded values have these Go types, by the
@@ -45,10 +46,29 @@ func tableError(format string, args ...any) *Error {
 // panics and allocates nothing before the length it is about to use has
 // been checked against len(b).
 func DecodeTable(b []byte) (t Table, n int, err error) {
-	return decodeTable(b, 0)
+	return decodeTableCopy(b)
 }
 
-func decodeTable(b []byte, depth int) (Table, int, error) {
+// decodeTableCopy decodes a table from a buffer that may be reused (a
+// frame payload): it copies the table's bytes once into a string and lets
+// every key and string value alias that copy, rather than allocating each.
+func decodeTableCopy(b []byte) (Table, int, error) {
+	if len(b) < 4 {
+		return nil, 0, tableError("truncated field table length")
+	}
+	size := binary.BigEndian.Uint32(b)
+	if uint64(size) > uint64(len(b)-4) {
+		return nil, 0, tableError("field table length %d exceeds the %d bytes available", size, len(b)-4)
+	}
+	if size == 0 {
+		return Table{}, 4, nil
+	}
+	end := 4 + int(size)
+	s := string(b[:end])
+	return decodeTable(unsafe.Slice(unsafe.StringData(s), end), 0, true)
+}
+
+func decodeTable(b []byte, depth int, owned bool) (Table, int, error) {
 	if depth > maxTableDepth {
 		return nil, 0, tableError("field table nested deeper than %d", maxTableDepth)
 	}
@@ -60,7 +80,7 @@ func decodeTable(b []byte, depth int) (Table, int, error) {
 		return nil, 0, tableError("field table length %d exceeds the %d bytes available", size, len(b)-4)
 	}
 	end := 4 + int(size)
-	r := reader{b: b[:end], off: 4}
+	r := reader{b: b[:end], off: 4, owned: owned}
 	t := make(Table)
 	for r.off < end {
 		key := r.shortstr()
@@ -85,7 +105,7 @@ func decodeArray(r *reader, depth int) ([]any, error) {
 	if r.bad {
 		return nil, tableError("field array length exceeds the bytes available")
 	}
-	ar := reader{b: body}
+	ar := reader{b: body, owned: r.owned}
 	// Not pre-sized from the byte length: a hostile length must not turn
 	// into a large allocation (elements are appended as they parse).
 	var out []any
@@ -138,7 +158,8 @@ func decodeField(r *reader, depth int) (any, error) {
 		n := r.u32()
 		raw := r.bytes(uint64(n))
 		if !r.bad {
-			// Copied: the input usually aliases a reused frame buffer.
+			// Copied even from an owned buffer: a []byte may be written
+			// to, the memory behind strings must never be.
 			v = bytes.Clone(raw)
 			if v.([]byte) == nil {
 				v = []byte{}
@@ -156,7 +177,7 @@ func decodeField(r *reader, depth int) (any, error) {
 		if r.bad {
 			break
 		}
-		t, n, err := decodeTable(r.b[r.off:], depth+1)
+		t, n, err := decodeTable(r.b[r.off:], depth+1, r.owned)
 		if err != nil {
 			return nil, err
 		}

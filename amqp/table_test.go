@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math"
 	"reflect"
+	"runtime"
 	"testing"
 	"time"
 )
@@ -257,17 +258,68 @@ func TestTableEqual(t *testing.T) {
 	}
 }
 
-// A decoded 'x' value must not alias the input (frame buffers are reused).
-func TestDecodeTableCopiesBytes(t *testing.T) {
-	enc := tbl(entry("k", 'x', 0, 0, 0, 2, 7, 8))
+// Decoded values must not alias the input (frame buffers are reused).
+func TestDecodeCopiesInput(t *testing.T) {
+	enc := tbl(entry("k", 'x', 0, 0, 0, 2, 7, 8), entry("s", 'S', 0, 0, 0, 2, 'h', 'i'),
+		entry("n", 'F', 0, 0, 0, 7, 1, 'm', 'S', 0, 0, 0, 0))
 	got, _, err := DecodeTable(enc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i := range enc {
-		enc[i] = 0
+	m := &QueueBind{Queue: "queue", Exchange: "exchange", RoutingKey: "key", Arguments: Table{"a": "b"}}
+	payload := m.Append(nil)
+	dm, err := DecodeMethod(payload)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if !bytes.Equal(got["k"].([]byte), []byte{7, 8}) {
-		t.Fatal("decoded bytes alias the input")
+	for _, b := range [][]byte{enc, payload} {
+		for i := range b {
+			b[i] = 'Z'
+		}
+	}
+	want := Table{"k": []byte{7, 8}, "s": "hi", "n": Table{"m": ""}}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("table changed with its input: %#v", got)
+	}
+	if !reflect.DeepEqual(dm, Method(m)) {
+		t.Fatalf("method changed with its input: %#v", dm)
+	}
+}
+
+// Length prefixes claiming up to 4 GiB must fail before any allocation of
+// that size: decoding such inputs allocates only small error values.
+func TestHostileLengthsDoNotAllocate(t *testing.T) {
+	inputs := []struct {
+		name   string
+		decode func() error
+	}{
+		{"table 2^31", func() error { _, _, err := DecodeTable([]byte{0x80, 0, 0, 0, 0}); return err }},
+		{"array 2^31", func() error { _, _, err := DecodeTable(tbl(entry("k", 'A', 0x80, 0, 0, 0))); return err }},
+		{"longstr 2^32-1", func() error { _, _, err := DecodeTable(tbl(entry("k", 'S', 0xff, 0xff, 0xff, 0xff))); return err }},
+		{"bytes 2^31", func() error { _, _, err := DecodeTable(tbl(entry("k", 'x', 0x80, 0, 0, 0))); return err }},
+		{"method longstr 2^31", func() error { _, err := DecodeMethod([]byte{0, 10, 0, 20, 0x80, 0, 0, 0, 1}); return err }},
+		{"method table 2^31", func() error {
+			_, err := DecodeMethod([]byte{0, 50, 0, 10, 0, 0, 1, 'q', 0, 0x80, 0, 0, 0})
+			return err
+		}},
+		{"header table 2^31", func() error {
+			_, err := DecodeContentHeader([]byte{0, 60, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x20, 0, 0x80, 0, 0, 0})
+			return err
+		}},
+	}
+	for _, in := range inputs {
+		t.Run(in.name, func(t *testing.T) {
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			for i := 0; i < 100; i++ {
+				if in.decode() == nil {
+					t.Fatal("decoded without error")
+				}
+			}
+			runtime.ReadMemStats(&after)
+			if per := (after.TotalAlloc - before.TotalAlloc) / 100; per > 4096 {
+				t.Fatalf("%d bytes allocated per decode", per)
+			}
+		})
 	}
 }

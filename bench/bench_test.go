@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"math/rand/v2"
+	"net"
 	"os"
 	"slices"
 	"strings"
@@ -15,7 +16,7 @@ import (
 func TestParseFlags(t *testing.T) {
 	defaults := Config{
 		URL: "amqp://guest:guest@localhost:5672/", Mode: "throughput", Producers: 1, Consumers: 1, Queues: 1,
-		Size: 16, AutoAck: true, MultiAck: 1, Duration: 10 * time.Second, QueuePrefix: "bench", Conns: 100, Count: 1000,
+		Size: 16, AutoAck: true, MultiAck: 1, Duration: 10 * time.Second, QueuePrefix: "bench", Conns: 100, Count: 1000, Coalesce: true,
 	}
 	tests := []struct {
 		name    string
@@ -29,12 +30,12 @@ func TestParseFlags(t *testing.T) {
 			args: []string{"-url", "amqp://u:p@h:1/v", "-producers", "4", "-consumers", "3", "-queues", "2",
 				"-size", "1024", "-persistent", "-confirm", "256", "-autoack=false", "-prefetch", "100",
 				"-multi-ack", "10", "-fanout", "5", "-rate", "500", "-duration", "2s", "-pmessages", "7",
-				"-json", "-queue-prefix", "p", "-exchange", "x", "-keep", "-quiet"},
+				"-json", "-queue-prefix", "p", "-exchange", "x", "-keep", "-quiet", "-coalesce=false"},
 			want: func(c *Config) {
 				c.URL, c.Producers, c.Consumers, c.Queues, c.Size = "amqp://u:p@h:1/v", 4, 3, 2, 1024
 				c.Persistent, c.Confirm, c.AutoAck, c.Prefetch, c.MultiAck = true, 256, false, 100, 10
 				c.Fanout, c.Rate, c.Duration, c.DurationSet, c.PMessages = 5, 500, 2*time.Second, true, 7
-				c.JSON, c.QueuePrefix, c.Exchange, c.Keep, c.Quiet = true, "p", "x", true, true
+				c.JSON, c.QueuePrefix, c.Exchange, c.Keep, c.Quiet, c.Coalesce = true, "p", "x", true, true, false
 			},
 		},
 		{name: "drain", args: []string{"-drain", "-queues", "3"}, want: func(c *Config) { c.Drain, c.Queues = true, 3 }},
@@ -207,7 +208,7 @@ func TestRunEndToEnd(t *testing.T) {
 		args  []string
 		check func(t *testing.T, r *Result)
 	}{
-		{"autoack", []string{"-rate", "2000"}, func(t *testing.T, r *Result) {
+		{"autoack without coalescing", []string{"-rate", "2000", "-coalesce=false"}, func(t *testing.T, r *Result) {
 			if r.Published == 0 || r.Received == 0 || r.Latency == nil || r.Latency.Count == 0 {
 				t.Errorf("nothing measured: %+v", r)
 			}
@@ -290,5 +291,96 @@ func TestStamp(t *testing.T) {
 		if ok != tt.ok || (ok && ts != 123456789) {
 			t.Errorf("size %d: readStamp = %d, %v", tt.size, ts, ok)
 		}
+	}
+}
+
+func TestCoalescingConnPreservesStream(t *testing.T) {
+	tests := []struct {
+		name   string
+		chunks int
+		size   int
+	}{
+		{"many small writes", 20000, 37},
+		{"writes beyond maxPending", 40, maxPending / 3},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			client, server := net.Pipe()
+			cc := newCoalescingConn(client)
+			var want bytes.Buffer
+			got := make(chan []byte)
+			go func() {
+				b, _ := io.ReadAll(server)
+				got <- b
+			}()
+			chunk := make([]byte, tt.size)
+			for i := 0; i < tt.chunks; i++ {
+				for j := range chunk {
+					chunk[j] = byte(i + j)
+				}
+				want.Write(chunk)
+				// Write must not retain chunk: it is overwritten on the next round.
+				if n, err := cc.Write(chunk); err != nil || n != len(chunk) {
+					t.Fatalf("Write = %d, %v", n, err)
+				}
+			}
+			if err := cc.Close(); err != nil {
+				t.Fatalf("Close: %v", err)
+			}
+			if b := <-got; !bytes.Equal(b, want.Bytes()) {
+				t.Fatalf("stream differs: got %d bytes, want %d", len(b), want.Len())
+			}
+			if _, err := cc.Write([]byte("x")); err == nil {
+				t.Fatal("Write after Close succeeded")
+			}
+		})
+	}
+}
+
+func TestCoalescingConnWriteError(t *testing.T) {
+	client, server := net.Pipe()
+	server.Close()
+	cc := newCoalescingConn(client)
+	defer cc.Close()
+	var err error
+	// The first writes are only queued; the flusher's failure must surface.
+	for i := 0; i < 1000 && err == nil; i++ {
+		_, err = cc.Write(make([]byte, 1024))
+		time.Sleep(time.Millisecond)
+	}
+	if err == nil {
+		t.Fatal("writes to a closed peer never failed")
+	}
+}
+
+// TestRunBacklogDrain fills queues with -pmessages (confirmed, so the broker
+// holds every message before the drain starts) and drains them with -drain.
+// Like TestRunEndToEnd it needs BENCH_TEST_URL until it uses in-process Warren.
+func TestRunBacklogDrain(t *testing.T) {
+	url := os.Getenv("BENCH_TEST_URL")
+	if url == "" {
+		t.Skip("BENCH_TEST_URL not set (no in-process broker yet)")
+	}
+	prefix := "bench-drain-" + time.Now().Format("150405.000")
+	run := func(args ...string) *Result {
+		t.Helper()
+		var out bytes.Buffer
+		args = append([]string{"-url", url, "-json", "-queue-prefix", prefix, "-queues", "3", "-duration", "30s"}, args...)
+		if err := Run(args, &out); err != nil {
+			t.Fatalf("Run %v: %v\n%s", args, err, out.String())
+		}
+		var r Result
+		if err := json.Unmarshal(out.Bytes(), &r); err != nil {
+			t.Fatalf("bad JSON: %v\n%s", err, out.String())
+		}
+		return &r
+	}
+	fill := run("-producers", "3", "-consumers", "0", "-pmessages", "1000", "-confirm", "100", "-keep")
+	if fill.Published != 3000 || fill.Confirmed != 3000 || fill.Received != 0 {
+		t.Fatalf("fill: published/confirmed/received = %d/%d/%d", fill.Published, fill.Confirmed, fill.Received)
+	}
+	drain := run("-drain", "-consumers", "1", "-autoack=false", "-prefetch", "50", "-multi-ack", "10")
+	if drain.Backlog != 3000 || drain.Received != 3000 || drain.Consumers != 3 || drain.Latency != nil {
+		t.Fatalf("drain: backlog %d received %d consumers %d latency %v", drain.Backlog, drain.Received, drain.Consumers, drain.Latency)
 	}
 }

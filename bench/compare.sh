@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # compare.sh - run the fixed benchmark matrix against Warren and RabbitMQ and
-# print a markdown table of medians and the Warren/RabbitMQ ratio.
+# print a markdown table of medians, the Warren/RabbitMQ ratio and the
+# run-to-run spread.
 #
 # Runs are interleaved (W,R,W,R,...) per point so drift in machine load hits
 # both brokers alike. RabbitMQ is skipped if it does not answer.
@@ -100,14 +101,17 @@ for p in $POINTS; do
 	done
 done
 
-# median <point> <broker> <jq expr>: median over the runs that produced a number
-median() {
+# stats <point> <broker> <jq expr>: "median spread" over the runs that produced
+# a number; spread is (max-min)/median in percent, to show run-to-run noise.
+stats() {
 	local files=("$OUT/$1-$2-"*.json)
-	[[ -e ${files[0]} ]] || { echo "n/a"; return; }
-	jq -s "[.[] | ($3) | numbers] | sort |
-		if length == 0 then \"n/a\"
-		elif length % 2 == 1 then .[length/2|floor]
-		else (.[length/2-1] + .[length/2]) / 2 end" "${files[@]}"
+	[[ -e ${files[0]} ]] || { echo "n/a n/a"; return; }
+	jq -rs "[.[] | ($3) | numbers] | sort | "'
+		if length == 0 then "n/a n/a" else
+			(if length % 2 == 1 then .[length/2|floor] else (.[length/2-1] + .[length/2]) / 2 end
+			 | . * 1000 | round / 1000) as $m
+			| "\($m) \(if $m == 0 then "n/a" else ((.[-1] - .[0]) / $m * 100 | round | tostring) + "%" end)"
+		end' "${files[@]}"
 }
 
 ratio() {
@@ -118,16 +122,21 @@ ratio() {
 echo
 echo "Warren vs RabbitMQ: medians of $REPEATS runs x $DURATION, interleaved (raw JSON in $OUT)"
 echo
-echo "| point | scenario | metric | Warren | RabbitMQ | W/R |"
-echo "|---|---|---|---:|---:|---:|"
+echo "| point | scenario | metric | Warren | RabbitMQ | W/R | spread W / R |"
+echo "|---|---|---|---:|---:|---:|---:|"
 for p in $POINTS; do
 	IFS=';' read -ra ms <<<"${METRICS[$p]}"
 	for m in "${ms[@]}"; do
 		label=${m%%|*}
 		expr=${m#*|}
-		w=$(median "$p" warren "$expr" | tr -d '"')
-		rb="n/a"
-		[[ " ${BROKERS[*]} " == *" rabbit "* ]] && rb=$(median "$p" rabbit "$expr" | tr -d '"')
-		echo "| $p | ${DESC[$p]} | $label | $w | $rb | $(ratio "$w" "$rb") |"
+		read -r w ws < <(stats "$p" warren "$expr")
+		rb="n/a" rs="n/a"
+		if [[ " ${BROKERS[*]} " == *" rabbit "* ]]; then
+			read -r rb rs < <(stats "$p" rabbit "$expr")
+		fi
+		echo "| $p | ${DESC[$p]} | $label | $w | $rb | $(ratio "$w" "$rb") | $ws / $rs |"
 	done
 done
+echo
+load=$(jq -s '[.[].loadavg // 0] | max' "$OUT"/*.json 2>/dev/null || echo "?")
+echo "Highest 1-min load average seen at the end of a run: $load (on a shared or small host, treat ratios with care)."

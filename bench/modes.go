@@ -21,7 +21,7 @@ func runChurn(cfg *Config, res *Result, live io.Writer) error {
 		firstErr   atomic.Value
 	)
 	cycle := func() error {
-		conn, err := dial(cfg, "bench-churn")
+		conn, err := dial(cfg, "bench-churn", false)
 		if err != nil {
 			return err
 		}
@@ -114,7 +114,7 @@ func runIdleConns(cfg *Config, res *Result, live io.Writer) error {
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			c, err := dial(cfg, fmt.Sprintf("bench-idle-%d", i))
+			c, err := dial(cfg, fmt.Sprintf("bench-idle-%d", i), false)
 			if err != nil {
 				failed.Add(1)
 				firstErr.CompareAndSwap(nil, err.Error())
@@ -172,7 +172,7 @@ func runIdleConns(cfg *Config, res *Result, live io.Writer) error {
 // runQueues declares -count queues back to back on one channel (each declare
 // waits for declare-ok, as a client would), then deletes them the same way.
 func runQueues(cfg *Config, res *Result) error {
-	conn, err := dial(cfg, "bench-queues")
+	conn, err := dial(cfg, "bench-queues", false)
 	if err != nil {
 		return err
 	}

@@ -75,7 +75,7 @@ func (t *throughput) fail(err error) {
 
 func runThroughput(cfg *Config, res *Result, live io.Writer) error {
 	t := &throughput{cfg: cfg, stopCh: make(chan struct{}), errCh: make(chan error, 1)}
-	admin, err := dial(cfg, "bench-admin")
+	admin, err := dial(cfg, "bench-admin", false)
 	if err != nil {
 		return err
 	}
@@ -258,7 +258,7 @@ func (t *throughput) startConsumers() error {
 	}
 	for i := 0; i < n; i++ {
 		c := &consumer{id: i, queue: t.queues[i%len(t.queues)]}
-		conn, err := dial(cfg, fmt.Sprintf("bench-consumer-%d", i))
+		conn, err := dial(cfg, fmt.Sprintf("bench-consumer-%d", i), cfg.Coalesce)
 		if err != nil {
 			return err
 		}
@@ -297,7 +297,7 @@ func (t *throughput) startProducers() (int64, error) {
 			p.key = t.queues[q]
 			perQueue[q] += cfg.PMessages
 		}
-		conn, err := dial(cfg, fmt.Sprintf("bench-producer-%d", i))
+		conn, err := dial(cfg, fmt.Sprintf("bench-producer-%d", i), cfg.Coalesce)
 		if err != nil {
 			return 0, err
 		}

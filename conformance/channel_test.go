@@ -26,6 +26,7 @@ func TestChannelOpenCloseMany(t *testing.T) {
 	}
 	q := declareQueue(t, chs[1], nil)
 	publish(t, chs[3], "", q, "hello")
+	waitCount(t, q, 1) // published on another channel: wait until it is enqueued
 	if m := getOne(t, chs[99], q, true); string(m.Body) != "hello" {
 		t.Fatalf("body %q", m.Body)
 	}
@@ -77,9 +78,7 @@ func TestChannelErrorCodes(t *testing.T) {
 			return ch.QueueBind(q, "k", uname(t, "nx"), false, nil)
 		}, amqp.NotFound},
 		{"ack-unknown-tag", func(t *testing.T, ch *amqp.Channel) error {
-			ch.Ack(42, false)
-			_, err := ch.QueueDeclare(uname(t, "q"), false, true, false, false, nil)
-			return err
+			return awaitClose(t, ch, func() { ch.Ack(42, false) })
 		}, amqp.PreconditionFailed},
 	}
 	for _, tc := range tests {

@@ -1,6 +1,7 @@
 package conformance
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
@@ -24,13 +25,29 @@ func TestExchangeDeclareKinds(t *testing.T) {
 		{"topic", "a.#", nil, "a", nil, true},
 		{"topic", "a.*", nil, "a.b.c", nil, false},
 		{"topic", "#", nil, "", nil, true},
+		{"topic", "#.b", nil, "b", nil, true},
+		{"topic", "a.#.c", nil, "a.c", nil, true},
+		{"topic", "a.#.c", nil, "a.x.y.c", nil, true},
+		{"topic", "a.*.#", nil, "a", nil, false},
+		{"topic", "a.*.#", nil, "a.b", nil, true},
+		{"topic", "*", nil, "", nil, false},
+		{"topic", "a.*", nil, "a.", nil, true},
+		{"topic", "*.*", nil, "a..b", nil, false},
+		{"topic", "a.b", nil, "A.B", nil, false},
+		{"direct", "", nil, "", nil, true},
 		{"headers", "", amqp.Table{"x-match": "all", "h1": "v1", "h2": "v2"}, "", amqp.Table{"h1": "v1", "h2": "v2", "h3": "x"}, true},
 		{"headers", "", amqp.Table{"x-match": "all", "h1": "v1", "h2": "v2"}, "", amqp.Table{"h1": "v1"}, false},
 		{"headers", "", amqp.Table{"x-match": "any", "h1": "v1", "h2": "v2"}, "", amqp.Table{"h2": "v2"}, true},
 		{"headers", "", amqp.Table{"x-match": "any", "h1": "v1"}, "", amqp.Table{"h1": "nope"}, false},
+		{"headers", "", amqp.Table{"h1": "v1", "h2": "v2"}, "", amqp.Table{"h1": "v1"}, false},
+		{"headers", "", amqp.Table{}, "", nil, true},
+		{"headers", "", amqp.Table{"x-match": "all", "n": int32(5)}, "", amqp.Table{"n": int32(5)}, true},
+		{"headers", "", amqp.Table{"x-match": "all", "n": int32(5)}, "", amqp.Table{"n": "5"}, false},
+		{"headers", "", amqp.Table{"x-match": "any", "x-custom": "v"}, "", amqp.Table{"x-custom": "v"}, false},
+		{"headers", "", amqp.Table{"x-match": "any-with-x", "x-custom": "v"}, "", amqp.Table{"x-custom": "v"}, true},
 	}
 	for _, tc := range tests {
-		t.Run(tc.kind+"/"+tc.pubKey, func(t *testing.T) {
+		t.Run(fmt.Sprintf("%s/%s->%s", tc.kind, tc.bindKey, tc.pubKey), func(t *testing.T) {
 			t.Parallel()
 			_, ch := setup(t)
 			x := declareExchange(t, ch, tc.kind, nil)
@@ -118,15 +135,21 @@ func TestExchangeDeclareErrors(t *testing.T) {
 				t.Fatal(err)
 			}
 			cleanupExchange(t, x)
-			publish(t, ch, x, "", "m")
-			_, err := ch.QueueDeclare(uname(t, "sync"), false, true, false, false, nil)
-			return err
+			return awaitClose(t, ch, func() { publish(t, ch, x, "", "m") })
 		}, amqp.AccessRefused, "ACCESS_REFUSED - cannot publish to internal exchange"},
 		{"publish-missing", func(t *testing.T, ch *amqp.Channel) error {
-			publish(t, ch, "conf-missing-exchange", "", "m")
-			_, err := ch.QueueDeclare(uname(t, "sync"), false, true, false, false, nil)
-			return err
+			return awaitClose(t, ch, func() { publish(t, ch, "conf-missing-exchange", "", "m") })
 		}, amqp.NotFound, "NOT_FOUND - no exchange 'conf-missing-exchange' in vhost '/'"},
+		{"headers-bad-x-match", func(t *testing.T, ch *amqp.Channel) error {
+			x := declareExchange(t, ch, "headers", nil)
+			q := declareQueue(t, ch, nil)
+			return ch.QueueBind(q, "", x, false, amqp.Table{"x-match": "nope"})
+		}, amqp.PreconditionFailed, `PRECONDITION_FAILED - Invalid x-match field value <<"nope">>; expected all, any, all-with-x, or any-with-x`},
+		{"headers-x-match-not-string", func(t *testing.T, ch *amqp.Channel) error {
+			x := declareExchange(t, ch, "headers", nil)
+			q := declareQueue(t, ch, nil)
+			return ch.QueueBind(q, "", x, false, amqp.Table{"x-match": int32(1)})
+		}, amqp.PreconditionFailed, "PRECONDITION_FAILED - Invalid x-match field type signedint (value 1); expected longstr"},
 		{"e2e-bind-missing-source", func(t *testing.T, ch *amqp.Channel) error {
 			x := declareExchange(t, ch, "fanout", nil)
 			return ch.ExchangeBind(x, "k", "conf-missing-exchange", false, nil)

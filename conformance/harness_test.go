@@ -31,13 +31,20 @@ var (
 
 const (
 	// wait is how long a test waits for something that must happen.
-	wait = 5 * time.Second
+	wait = 10 * time.Second
 	// quiet is how long a test waits to be reasonably sure something does not happen.
 	quiet = 300 * time.Millisecond
 )
 
 func TestMain(m *testing.M) {
 	flag.Parse()
+	// The tests are I/O-bound (most of their time is spent waiting for the broker), so run more of
+	// them at once than there are CPUs unless -test.parallel was given explicitly.
+	parallelSet := false
+	flag.Visit(func(f *flag.Flag) { parallelSet = parallelSet || f.Name == "test.parallel" })
+	if !parallelSet {
+		flag.Set("test.parallel", "16")
+	}
 	u := *amqpURLFlag
 	if u == "" {
 		u = os.Getenv("AMQP_URL")
@@ -509,3 +516,21 @@ func closeNotify(c *amqp.Connection) chan *amqp.Error {
 }
 
 func timeAfterWait() <-chan time.Time { return time.After(wait) }
+
+// awaitClose registers for ch's close, runs f (typically an asynchronous method such as a publish
+// or an ack that the broker will refuse) and returns the server's close as an error.
+func awaitClose(t *testing.T, ch *amqp.Channel, f func()) error {
+	t.Helper()
+	closes := ch.NotifyClose(make(chan *amqp.Error, 1))
+	f()
+	select {
+	case e := <-closes:
+		if e == nil {
+			return errors.New("channel closed without an error")
+		}
+		return e
+	case <-time.After(wait):
+		t.Fatal("channel not closed by the server")
+	}
+	return nil
+}

@@ -175,8 +175,14 @@ func TestQueueExclusive(t *testing.T) {
 		op   func(ch *amqp.Channel) error
 	}{
 		{"declare", func(ch *amqp.Channel) error { _, err := ch.QueueDeclare(q, false, false, true, false, nil); return err }},
-		{"declare-non-exclusive", func(ch *amqp.Channel) error { _, err := ch.QueueDeclare(q, false, false, false, false, nil); return err }},
-		{"passive", func(ch *amqp.Channel) error { _, err := ch.QueueDeclarePassive(q, false, false, false, false, nil); return err }},
+		{"declare-non-exclusive", func(ch *amqp.Channel) error {
+			_, err := ch.QueueDeclare(q, false, false, false, false, nil)
+			return err
+		}},
+		{"passive", func(ch *amqp.Channel) error {
+			_, err := ch.QueueDeclarePassive(q, false, false, false, false, nil)
+			return err
+		}},
 		{"consume", func(ch *amqp.Channel) error { _, err := ch.Consume(q, "", false, false, false, false, nil); return err }},
 		{"get", func(ch *amqp.Channel) error { _, _, err := ch.Get(q, false); return err }},
 		{"purge", func(ch *amqp.Channel) error { _, err := ch.QueuePurge(q, false); return err }},
@@ -207,9 +213,7 @@ func TestQueueExclusive(t *testing.T) {
 		t.Fatalf("unbind of a missing binding from another connection: %v", err)
 	}
 	// Publishing to it from another connection is allowed.
-	pch := openCh(t, other)
 	publishConfirmed(t, other, "", q, "from-other")
-	_ = pch
 	if m := getOne(t, och2, q, true); string(m.Body) != "from-other" {
 		t.Fatalf("body %q", m.Body)
 	}
@@ -337,4 +341,69 @@ func TestQueueBindingsGoWithQueue(t *testing.T) {
 	if got := getAll(t, ch, q); len(got) != 0 {
 		t.Fatalf("recreated queue received %v through a binding of its predecessor", got)
 	}
+}
+
+func TestQueuePurgeLeavesUnacked(t *testing.T) {
+	t.Parallel()
+	c, ch := setup(t)
+	q := declareQueue(t, ch, nil)
+	publishConfirmed(t, c, "", q, nums(0, 4)...)
+	cch := openCh(t, c)
+	if err := cch.Qos(2, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	held := collect(t, consume(t, cch, q, false), 2)
+	eventually(t, "3 ready messages", func() bool { m, _ := queueCounts(t, q); return m == 3 })
+	n, err := ch.QueuePurge(q, false)
+	if err != nil || n != 3 {
+		t.Fatalf("purge n=%d err=%v, want 3 (unacked messages are not purged)", n, err)
+	}
+	// The unacked ones come back when their channel closes.
+	cch.Close()
+	waitCount(t, q, 2)
+	again := collect(t, consume(t, ch, q, false), 2)
+	assertBodies(t, again, bodies(held)...)
+	assertRedelivered(t, again, true)
+}
+
+func TestQueueDeleteDropsUnacked(t *testing.T) {
+	t.Parallel()
+	c, ch := setup(t)
+	q := declareQueue(t, ch, nil)
+	publishConfirmed(t, c, "", q, nums(0, 2)...)
+	cch := openCh(t, c)
+	collect(t, consume(t, cch, q, false), 3)
+	// delete-ok's message-count counts only ready messages.
+	n, err := ch.QueueDelete(q, false, false, false)
+	if err != nil || n != 0 {
+		t.Fatalf("delete n=%d err=%v, want 0", n, err)
+	}
+	// Acking a message of a deleted queue is not an error.
+	if err := cch.Ack(3, true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cch.QueueDeclare(uname(t, "sync"), false, true, false, false, nil); err != nil {
+		t.Fatalf("channel closed after acking messages of a deleted queue: %v", err)
+	}
+}
+
+func TestQueuePassiveNoWaitStillFails(t *testing.T) {
+	t.Parallel()
+	c, ch := setup(t)
+	err := awaitClose(t, ch, func() {
+		ch.QueueDeclarePassive(uname(t, "missing"), false, false, false, true, nil)
+	})
+	expectChannelClosed(t, c, err, amqp.NotFound)
+}
+
+func TestQueueDurableExclusiveIsTransient(t *testing.T) {
+	t.Parallel()
+	c, ch := setup(t)
+	q := uname(t, "durable-excl")
+	if _, err := ch.QueueDeclare(q, true, false, true, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	cleanupQueue(t, q)
+	c.Close()
+	eventually(t, "durable exclusive queue deletion", func() bool { return !queueExists(t, q) })
 }

@@ -4,7 +4,10 @@ package conformance
 
 import (
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
+	"testing"
 
 	"warren/server"
 )
@@ -18,6 +21,10 @@ func startWarren() (string, func(), error) {
 	cfg := server.DefaultConfig()
 	cfg.Listen = "127.0.0.1:0"
 	cfg.DataDir = dir
+	// Broker logs only clutter a passing run; show them with -v.
+	if !testing.Verbose() {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
 	srv, err := server.New(cfg)
 	if err != nil {
 		os.RemoveAll(dir)

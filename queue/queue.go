@@ -200,7 +200,11 @@ func (q *Queue) Restore(e *Entry) {
 func (q *Queue) NewEntry(seq uint64, msg *Message) *Entry {
 	e := &Entry{Seq: seq, Msg: msg, ExpiresAt: msg.ExpiresAt}
 	if q.opts.MessageTTL >= 0 {
-		exp := q.now() + int64(q.opts.MessageTTL)
+		now := q.now()
+		exp := now + int64(q.opts.MessageTTL)
+		if exp < now { // saturate instead of wrapping into the past
+			exp = math.MaxInt64
+		}
 		if e.ExpiresAt == 0 || exp < e.ExpiresAt {
 			e.ExpiresAt = exp
 		}
@@ -232,10 +236,12 @@ func (q *Queue) Push(e *Entry) PushResult {
 	} else {
 		q.ready.insertBySeq(e)
 		q.bytes += int64(len(e.Msg.Body))
+		// Deliver before applying drop-head, as RabbitMQ does: a message a ready consumer can take
+		// never counts against the limit (max-length 0 must not starve consumers).
+		q.dispatch(now)
 		if q.opts.Overflow == DropHead {
 			q.dropOverflow()
 		}
-		q.dispatch(now)
 	}
 	q.arm(now)
 	d := q.takeDrops()
@@ -328,7 +334,11 @@ func (q *Queue) promoteDelayed(now int64) {
 		q.ready.insertBySeq(q.delayed[i])
 	}
 	if i > 0 {
-		q.delayed = append(q.delayed[:0], q.delayed[i:]...)
+		// Clear the vacated tail: stale pointers there would keep promoted (and later acked)
+		// entries and their bodies reachable.
+		n := copy(q.delayed, q.delayed[i:])
+		clear(q.delayed[n:])
+		q.delayed = q.delayed[:n]
 	}
 }
 
@@ -490,6 +500,9 @@ func (q *Queue) Requeue(es []*Entry) {
 		q.bytes += int64(len(e.Msg.Body))
 		if delay := q.redeliveryDelay(e.Returns); delay > 0 {
 			e.readyAt = now + int64(delay)
+			if e.readyAt < now { // saturate: a huge delay must not wrap into the past
+				e.readyAt = math.MaxInt64
+			}
 			i := sort.Search(len(q.delayed), func(i int) bool { return q.delayed[i].readyAt > e.readyAt })
 			q.delayed = append(q.delayed, nil)
 			copy(q.delayed[i+1:], q.delayed[i:])
@@ -501,6 +514,12 @@ func (q *Queue) Requeue(es []*Entry) {
 	if len(over) > 0 {
 		q.drops = append(q.drops, drop{over, DeliveryLimit})
 	}
+	// As RabbitMQ's requeue_and_run: enforce drop-head and drop an expired head before delivering,
+	// even without consumers (a requeue must not leave the queue over its limit).
+	if q.opts.Overflow == DropHead {
+		q.dropOverflow()
+	}
+	q.expireHead(now)
 	q.dispatch(now)
 	q.arm(now)
 	d := q.takeDrops()

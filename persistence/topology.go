@@ -1,0 +1,272 @@
+package persistence
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+
+	"github.com/dgraph-io/badger/v4"
+)
+
+// PutExchange stores (or replaces) a durable exchange; it is durable when PutExchange returns.
+func (s *Store) PutExchange(r ExchangeRecord) error {
+	return s.do(func(g *group) error {
+		return g.txn.Set(exchangeRecKey(r.VHost, r.Name), encodeExchange(r))
+	})
+}
+
+// DeleteExchange removes an exchange and every binding where it is the source or the
+// destination. Deleting a missing exchange succeeds.
+func (s *Store) DeleteExchange(vhost, name string) error {
+	return s.do(func(g *group) error {
+		if err := g.txn.Delete(exchangeRecKey(vhost, name)); err != nil {
+			return err
+		}
+		return g.deleteBindings(vhost, func(b BindingRecord) bool {
+			return b.Source == name || (b.ToExchange && b.Destination == name)
+		})
+	})
+}
+
+// PutQueue stores (or replaces) a durable queue record.
+func (s *Store) PutQueue(r QueueRecord) error {
+	return s.do(func(g *group) error {
+		return g.txn.Set(queueRecKey(r.VHost, r.Name), encodeQueue(r))
+	})
+}
+
+// DeleteQueue removes a queue, the bindings to it, its index entries and the messages no
+// other queue references. The record and bindings go atomically; the entries are deleted
+// before DeleteQueue returns (resumed by Open after a crash). Deleting a missing queue succeeds.
+func (s *Store) DeleteQueue(vhost, name string) error {
+	return s.do(func(g *group) error {
+		if err := g.txn.Delete(queueRecKey(vhost, name)); err != nil {
+			return err
+		}
+		err := g.deleteBindings(vhost, func(b BindingRecord) bool {
+			return !b.ToExchange && b.Destination == name
+		})
+		if err != nil {
+			return err
+		}
+		return g.markPurge(QueueRef{VHost: vhost, Queue: name})
+	})
+}
+
+// PutBinding stores a binding (idempotent).
+func (s *Store) PutBinding(r BindingRecord) error {
+	return s.do(func(g *group) error {
+		return g.txn.Set(bindingKey(r), nil)
+	})
+}
+
+// DeleteBinding removes the binding identical to r (Args compared byte for byte);
+// deleting a missing binding succeeds.
+func (s *Store) DeleteBinding(r BindingRecord) error {
+	return s.do(func(g *group) error {
+		return g.txn.Delete(bindingKey(r))
+	})
+}
+
+func (g *group) deleteBindings(vhost string, match func(BindingRecord) bool) error {
+	opt := badger.DefaultIteratorOptions
+	opt.Prefix = bindingVHostPrefix(vhost)
+	opt.PrefetchValues = false
+	iter := g.txn.NewIterator(opt)
+	var keys [][]byte
+	var err error
+	for iter.Rewind(); iter.Valid(); iter.Next() {
+		var b BindingRecord
+		if b, err = decodeBindingKey(iter.Item().Key()); err != nil {
+			err = fmt.Errorf("binding key %x: %w", iter.Item().Key(), err)
+			break
+		}
+		if match(b) {
+			keys = append(keys, iter.Item().KeyCopy(nil))
+		}
+	}
+	iter.Close()
+	if err != nil {
+		return err
+	}
+	for _, k := range keys {
+		if err := g.txn.Delete(k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// LoadTopology returns every stored exchange, queue and binding.
+func (s *Store) LoadTopology() (Topology, error) {
+	var t Topology
+	err := s.db.View(func(txn *badger.Txn) error {
+		scan := func(prefix byte, fn func(k, v []byte) error) error {
+			opt := badger.DefaultIteratorOptions
+			opt.Prefix = []byte{prefix}
+			iter := txn.NewIterator(opt)
+			defer iter.Close()
+			for iter.Rewind(); iter.Valid(); iter.Next() {
+				item := iter.Item()
+				err := item.Value(func(v []byte) error { return fn(item.Key(), v) })
+				if err != nil {
+					return fmt.Errorf("record %x: %w", item.Key(), err)
+				}
+			}
+			return nil
+		}
+		err := scan(pfxExchange, func(k, v []byte) error {
+			r, err := decodeExchange(k, v)
+			t.Exchanges = append(t.Exchanges, r)
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		err = scan(pfxQueue, func(k, v []byte) error {
+			r, err := decodeQueue(k, v)
+			t.Queues = append(t.Queues, r)
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		return scan(pfxBinding, func(k, _ []byte) error {
+			r, err := decodeBindingKey(k)
+			t.Bindings = append(t.Bindings, r)
+			return err
+		})
+	})
+	if err != nil {
+		return Topology{}, fmt.Errorf("persistence: load topology from %s: %w", dirName(s.dir), err)
+	}
+	return t, nil
+}
+
+// RecoverQueue calls fn for each index entry of q in ascending Seq with its message and
+// delivery count. msg is freshly allocated and may be kept. An error from fn stops the
+// scan and is returned as is.
+func (s *Store) RecoverQueue(q QueueRef, fn func(seq uint64, msg *Message, deliveries uint32) error) error {
+	var fnErr error
+	err := s.db.View(func(txn *badger.Txn) error {
+		opt := badger.DefaultIteratorOptions
+		opt.Prefix = indexPrefix(q)
+		iter := txn.NewIterator(opt)
+		defer iter.Close()
+		// Messages of one queue are mostly in id order, so a second cursor stepping through
+		// the messages beats a point lookup per entry (which decodes a block each time).
+		mopt := badger.DefaultIteratorOptions
+		mopt.Prefix = []byte{pfxMessage}
+		mopt.PrefetchValues = false
+		msgs := &msgCursor{it: txn.NewIterator(mopt)}
+		defer msgs.it.Close()
+		plen := len(opt.Prefix)
+		for iter.Rewind(); iter.Valid(); iter.Next() {
+			item := iter.Item()
+			k := item.Key()
+			if len(k) != plen+8 {
+				return fmt.Errorf("index key %x: %w", k, errCorrupt)
+			}
+			seq := beUint64(k[plen:])
+			var id uint64
+			var count uint32
+			err := item.Value(func(v []byte) error {
+				var err error
+				id, count, err = decodeIndexValue(v)
+				return err
+			})
+			if err != nil {
+				return fmt.Errorf("index entry %d: %w", seq, err)
+			}
+			m, err := msgs.read(id)
+			if err != nil {
+				return fmt.Errorf("entry %d: %w", seq, err)
+			}
+			if err := fn(seq, m, count); err != nil {
+				fnErr = err
+				return err
+			}
+		}
+		return nil
+	})
+	if fnErr != nil {
+		return fnErr
+	}
+	if err != nil {
+		return fmt.Errorf("persistence: recover queue %q in vhost %q from %s: %w", q.Queue, q.VHost, dirName(s.dir), err)
+	}
+	return nil
+}
+
+// msgCursor reads messages by id through one iterator, stepping forward when the next id
+// is the next key and seeking otherwise.
+type msgCursor struct {
+	it      *badger.Iterator
+	started bool
+}
+
+func (c *msgCursor) read(id uint64) (*Message, error) {
+	key := messageKey(id)
+	switch {
+	case !c.started || !c.it.Valid():
+		c.it.Seek(key)
+		c.started = true
+	default:
+		switch cmp := bytes.Compare(c.it.Item().Key(), key); {
+		case cmp < 0:
+			c.it.Next()
+			if !c.it.Valid() || bytes.Compare(c.it.Item().Key(), key) < 0 {
+				c.it.Seek(key)
+			}
+		case cmp > 0:
+			c.it.Seek(key)
+		}
+	}
+	if !c.it.Valid() || !bytes.Equal(c.it.Item().Key(), key) {
+		return nil, fmt.Errorf("message %d: %w", id, ErrNotFound)
+	}
+	v, err := c.it.Item().ValueCopy(nil)
+	if err != nil {
+		return nil, fmt.Errorf("message %d: %w", id, err)
+	}
+	return decodeMessage(id, v)
+}
+
+// ReadMessage reads a stored message (to page a body back in). A message that is not
+// stored (never was, or no queue references it any more) gives ErrNotFound.
+func (s *Store) ReadMessage(id uint64) (*Message, error) {
+	var m *Message
+	err := s.db.View(func(txn *badger.Txn) error {
+		var err error
+		m, err = readMessage(txn, id)
+		return err
+	})
+	if errors.Is(err, ErrNotFound) {
+		return nil, err
+	}
+	if err != nil {
+		return nil, fmt.Errorf("persistence: read message %d from %s: %w", id, dirName(s.dir), err)
+	}
+	return m, nil
+}
+
+func readMessage(txn *badger.Txn, id uint64) (*Message, error) {
+	item, err := txn.Get(messageKey(id))
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return nil, fmt.Errorf("message %d: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("message %d: %w", id, err)
+	}
+	v, err := item.ValueCopy(nil)
+	if err != nil {
+		return nil, fmt.Errorf("message %d: %w", id, err)
+	}
+	return decodeMessage(id, v)
+}
+
+func beUint64(b []byte) uint64 {
+	_ = b[7]
+	return uint64(b[0])<<56 | uint64(b[1])<<48 | uint64(b[2])<<40 | uint64(b[3])<<32 |
+		uint64(b[4])<<24 | uint64(b[5])<<16 | uint64(b[6])<<8 | uint64(b[7])
+}
