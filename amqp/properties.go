@@ -246,7 +246,7 @@ func validateField(r *reader, depth int) bool {
 		r.u16()
 	case 'I', 'i', 'f':
 		r.u32()
-	case 'l', 'd', 'T':
+	case 'l', 'L', 'd', 'T':
 		r.u64()
 	case 'D':
 		r.u8()

@@ -143,7 +143,10 @@ func decodeField(r *reader, depth int) (any, error) {
 		v = int32(r.u32())
 	case 'i':
 		v = r.u32()
-	case 'l':
+	case 'l', 'L':
+		// 'L' is not in RabbitMQ's table, but py-amqp (and so kombu and Celery) writes every
+		// integer outside the int32 range with it, as a signed 64-bit value; RabbitMQ passes
+		// such headers through untouched, so Warren must accept them too.
 		v = int64(r.u64())
 	case 'f':
 		v = math.Float32frombits(r.u32())

@@ -443,7 +443,20 @@ func TestDeliveryLimitQuorum(t *testing.T) {
 
 func TestDeliveryLimitNegative(t *testing.T) {
 	t.Parallel()
-	_, ch := setup(t)
+	c, ch := setup(t)
+	if isWarren() {
+		// A deliberate difference, required by Warren's issue 4: a negative limit is a
+		// declaration error rather than "dead-letter on the first requeue".
+		q := uname(t, "qq")
+		cleanupQueue(t, q)
+		_, err := ch.QueueDeclare(q, true, false, false, false, amqp.Table{"x-queue-type": "quorum", "x-delivery-limit": int32(-1)})
+		ae := expectChannelClosed(t, c, err, amqp.PreconditionFailed)
+		want := fmt.Sprintf("PRECONDITION_FAILED - invalid arg 'x-delivery-limit' for queue '%s' in vhost '/': {value_negative,-1}", q)
+		if ae.Reason != want {
+			t.Errorf("reply text %q, want %q", ae.Reason, want)
+		}
+		return
+	}
 	dlx, _, dead := dlxSetup(t, ch)
 	// RabbitMQ 3.10 accepts x-delivery-limit = -1; the first requeue already exceeds it.
 	q := declareQuorum(t, ch, amqp.Table{"x-delivery-limit": int32(-1), "x-dead-letter-exchange": dlx})

@@ -13,6 +13,7 @@ import (
 type queueSpec struct {
 	opts    queue.Options
 	dlx     string
+	hasDLX  bool // x-dead-letter-exchange given; "" (the default exchange) is a valid target
 	dlrk    *string
 	expires time.Duration
 	quorum  bool
@@ -22,6 +23,16 @@ type queueSpec struct {
 // in by the caller, which knows them.
 func argError(key, reason string, value any) *amqp.Error {
 	return amqp.Errorf(amqp.PreconditionFailed, "invalid arg '%s' for queue '' in vhost '': {%s,%v}", key, reason, value)
+}
+
+// argTextError is argError for RabbitMQ's errors whose detail is plain text, not a tuple.
+func argTextError(key, detail string) *amqp.Error {
+	return amqp.Errorf(amqp.PreconditionFailed, "invalid arg '%s' for queue '' in vhost '': %s", key, detail)
+}
+
+// argTypeError is RabbitMQ's error for a string argument given another type.
+func argTypeError(key string, v any) *amqp.Error {
+	return amqp.Errorf(amqp.PreconditionFailed, "invalid type '%s' for arg '%s' in queue '' in vhost ''", typeName(v), key)
 }
 
 // intArg reads an integer-typed argument. RabbitMQ accepts any AMQP integer type.
@@ -47,16 +58,35 @@ func intArg(v any) (int64, bool) {
 	return 0, false
 }
 
+// typeName is the field type name RabbitMQ prints for a value.
 func typeName(v any) string {
 	switch v.(type) {
 	case string:
 		return "longstr"
-	case int8, uint8, int16, uint16, int32, uint32, int64, int:
+	case int8:
+		return "byte"
+	case uint8:
+		return "unsignedbyte"
+	case int16:
+		return "short"
+	case uint16:
+		return "unsignedshort"
+	case int32:
+		return "signedint"
+	case uint32:
+		return "unsignedint"
+	case int64, int:
 		return "long"
 	case bool:
 		return "bool"
-	case float32, float64:
+	case float32:
+		return "float"
+	case float64:
 		return "double"
+	case amqp.Decimal:
+		return "decimal"
+	case time.Time:
+		return "timestamp"
 	case amqp.Table:
 		return "table"
 	case []any:
@@ -80,7 +110,7 @@ func parseQueueArgs(args amqp.Table) (queueSpec, *amqp.Error) {
 		}
 		n, isInt := intArg(v)
 		if !isInt {
-			return 0, false, argError(key, "unacceptable_type", typeName(v))
+			return 0, false, argTextError(key, fmt.Sprintf("\"expected integer, got %s\"", typeName(v)))
 		}
 		if n < 0 {
 			return 0, false, argError(key, "value_negative", n)
@@ -150,7 +180,7 @@ func parseQueueArgs(args amqp.Table) (queueSpec, *amqp.Error) {
 	if v, ok := args["x-overflow"]; ok {
 		s, isStr := v.(string)
 		if !isStr {
-			return spec, argError("x-overflow", "unacceptable_type", typeName(v))
+			return spec, argTypeError("x-overflow", v)
 		}
 		switch s {
 		case "drop-head":
@@ -160,20 +190,21 @@ func parseQueueArgs(args amqp.Table) (queueSpec, *amqp.Error) {
 		case "reject-publish-dlx":
 			spec.opts.Overflow = queue.RejectPublishDLX
 		default:
-			return spec, argError("x-overflow", "unknown_value", s)
+			return spec, argTextError("x-overflow", "invalid_overflow")
 		}
 	}
 	if v, ok := args["x-dead-letter-exchange"]; ok {
 		s, isStr := v.(string)
 		if !isStr {
-			return spec, argError("x-dead-letter-exchange", "unacceptable_type", typeName(v))
+			return spec, argTypeError("x-dead-letter-exchange", v)
 		}
 		spec.dlx = s
+		spec.hasDLX = true
 	}
 	if v, ok := args["x-dead-letter-routing-key"]; ok {
 		s, isStr := v.(string)
 		if !isStr {
-			return spec, argError("x-dead-letter-routing-key", "unacceptable_type", typeName(v))
+			return spec, argTypeError("x-dead-letter-routing-key", v)
 		}
 		if _, hasDLX := args["x-dead-letter-exchange"]; !hasDLX {
 			return spec, amqp.Errorf(amqp.PreconditionFailed, "invalid arg 'x-dead-letter-routing-key' for queue '' in vhost '': {no_dlx,\"%s\"}", s)
@@ -183,7 +214,7 @@ func parseQueueArgs(args amqp.Table) (queueSpec, *amqp.Error) {
 	if v, ok := args["x-queue-type"]; ok {
 		s, isStr := v.(string)
 		if !isStr {
-			return spec, argError("x-queue-type", "unacceptable_type", typeName(v))
+			return spec, argTypeError("x-queue-type", v)
 		}
 		switch s {
 		case "classic":

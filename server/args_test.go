@@ -28,7 +28,7 @@ func TestParseQueueArgs(t *testing.T) {
 			}
 		}},
 		{name: "ttl negative", args: amqp.Table{"x-message-ttl": int64(-1)}, wantErr: "value_negative"},
-		{name: "ttl string", args: amqp.Table{"x-message-ttl": "10"}, wantErr: "unacceptable_type"},
+		{name: "ttl string", args: amqp.Table{"x-message-ttl": "10"}, wantErr: "expected integer, got longstr"},
 		{name: "expires zero", args: amqp.Table{"x-expires": int64(0)}, wantErr: "value_zero"},
 		{name: "delivery limit negative", args: amqp.Table{"x-delivery-limit": int64(-1)}, wantErr: "value_negative"},
 		{name: "overflow", args: amqp.Table{"x-overflow": "reject-publish-dlx", "x-max-length": int64(3)}, check: func(t *testing.T, s queueSpec) {
@@ -36,7 +36,7 @@ func TestParseQueueArgs(t *testing.T) {
 				t.Errorf("opts = %+v", s.opts)
 			}
 		}},
-		{name: "overflow unknown", args: amqp.Table{"x-overflow": "drop-tail"}, wantErr: "unknown_value"},
+		{name: "overflow unknown", args: amqp.Table{"x-overflow": "drop-tail"}, wantErr: "invalid_overflow"},
 		{name: "dlrk without dlx", args: amqp.Table{"x-dead-letter-routing-key": "k"}, wantErr: "no_dlx"},
 		{name: "dlx and dlrk", args: amqp.Table{"x-dead-letter-exchange": "dlx", "x-dead-letter-routing-key": "k"}, check: func(t *testing.T, s queueSpec) {
 			if s.dlx != "dlx" || s.dlrk == nil || *s.dlrk != "k" {

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"fmt"
 	"sort"
 	"strconv"
 	"sync"
@@ -57,9 +58,11 @@ type channel struct {
 	// Content assembly for basic.publish.
 	pub        *amqp.BasicPublish
 	pubSummary amqp.HeaderSummary
-	pubHeader  []byte
-	pubBody    []byte
-	pubGot     int
+	pubHeader   []byte
+	pubBody     []byte
+	pubSize     uint64
+	pubGot      uint64
+	pubOverflow bool
 
 	rb         routeBuf
 	confirm    bool
@@ -84,44 +87,36 @@ func newChannel(c *conn, id uint16) *channel {
 // handleFrame processes one frame for this channel. A returned error is a connection exception;
 // channel exceptions are handled here by closing the channel.
 func (ch *channel) handleFrame(f amqp.Frame) error {
-	if ch.closing {
-		if f.Type == amqp.FrameMethod {
-			m, err := amqp.DecodeMethod(f.Payload)
-			if err != nil {
-				return nil
-			}
-			switch m.(type) {
-			case *amqp.ChannelCloseOk:
-				ch.c.removeChannel(ch.id)
-			case *amqp.ChannelClose:
-				ch.c.writeMethod(ch.id, &amqp.ChannelCloseOk{})
-				ch.c.removeChannel(ch.id)
-			}
-		}
-		return nil // everything else on a closing channel is dropped, as the spec says
-	}
 	var aerr *amqp.Error
 	switch {
 	case ch.pub != nil && ch.pubHeader == nil:
+		// Content framing is enforced even on a closing channel, as in RabbitMQ.
 		if f.Type != amqp.FrameHeader {
-			return amqp.Errorf(amqp.UnexpectedFrame, "expected content header for class 60, got non content header frame instead")
+			return contentFrameError("expected content header for class 60, got non content header frame instead")
 		}
 		aerr = ch.contentHeader(f.Payload)
 	case ch.pub != nil:
 		if f.Type != amqp.FrameBody {
-			return amqp.Errorf(amqp.UnexpectedFrame, "expected content body, got non content body frame instead")
+			return contentFrameError("expected content body, got non content body frame instead")
 		}
 		aerr = ch.contentBody(f.Payload)
-	case f.Type == amqp.FrameMethod:
+	case f.Type != amqp.FrameMethod:
+		if ch.closing {
+			return nil
+		}
+		return amqp.Errorf(amqp.UnexpectedFrame, "expected method frame, got non method frame instead")
+	default:
 		m, err := amqp.DecodeMethod(f.Payload)
 		if err != nil {
 			return err
 		}
+		if ch.closing {
+			ch.closingMethod(m)
+			return nil
+		}
 		aerr = ch.handleMethod(m)
-	default:
-		return amqp.Errorf(amqp.UnexpectedFrame, "expected method frame, got non method frame instead")
 	}
-	if aerr == nil {
+	if aerr == nil || ch.closing {
 		return nil
 	}
 	if aerr.Hard() {
@@ -129,6 +124,27 @@ func (ch *channel) handleFrame(f amqp.Frame) error {
 	}
 	ch.fail(aerr)
 	return nil
+}
+
+// contentFrameError is the 505 for a frame out of place inside a basic.publish's content.
+func contentFrameError(text string) *amqp.Error {
+	e := amqp.Errorf(amqp.UnexpectedFrame, "%s", text)
+	e.ClassID, e.MethodID = amqp.ClassBasic, 40
+	return e
+}
+
+// closingMethod handles a method on a channel that waits for close-ok: everything but the close
+// handshake is dropped, as the spec says, though a publish's content is still framed.
+func (ch *channel) closingMethod(m amqp.Method) {
+	switch m.(type) {
+	case *amqp.ChannelCloseOk:
+		ch.c.removeChannel(ch.id)
+	case *amqp.ChannelClose:
+		ch.c.writeMethod(ch.id, &amqp.ChannelCloseOk{})
+		ch.c.removeChannel(ch.id)
+	case *amqp.BasicPublish:
+		ch.pub = m.(*amqp.BasicPublish)
+	}
 }
 
 // fail closes the channel with a channel exception: resources go at once, close-ok is awaited.
@@ -150,61 +166,60 @@ func (ch *channel) contentHeader(p []byte) *amqp.Error {
 		return asAMQP(err)
 	}
 	if sum.ClassID != amqp.ClassBasic {
-		return amqp.Errorf(amqp.FrameError, "content header for class %d, expected 60", sum.ClassID)
+		return contentFrameError(fmt.Sprintf("expected content header for class 60, got class %d", sum.ClassID))
+	}
+	ch.pubSize, ch.pubGot, ch.pubOverflow = sum.BodySize, 0, false
+	if ch.closing {
+		// Framed but discarded: count the body without keeping it.
+		ch.pubHeader = []byte{}
+		return ch.maybeFinish()
 	}
 	if sum.BodySize > uint64(ch.c.srv.cfg.MaxMessageSize) {
+		// fail drops the publish; its body frames then arrive on a closing channel and are ignored.
 		e := amqp.Errorf(amqp.PreconditionFailed, "message size %d is larger than configured max size %d", sum.BodySize, ch.c.srv.cfg.MaxMessageSize)
 		e.ClassID, e.MethodID = amqp.ClassBasic, 40
-		return e
+		ch.fail(e)
+		return nil
 	}
 	// One allocation holds the header and the body; the message keeps both for its lifetime.
 	buf := make([]byte, len(p)+int(sum.BodySize))
 	copy(buf, p)
 	ch.pubHeader = buf[:len(p):len(p)]
 	ch.pubBody = buf[len(p):]
-	ch.pubSummary = sum
-	// Re-scan on our copy so HeadersRaw does not alias the frame buffer.
+	// Scan our copy so HeadersRaw does not alias the frame buffer.
 	ch.pubSummary, _ = amqp.ScanContentHeader(ch.pubHeader)
-	ch.pubGot = 0
-	if err := ch.checkUserID(ch.pubHeader); err != nil {
-		return err
-	}
-	if sum.BodySize == 0 {
-		return ch.finishPublish()
-	}
-	return nil
-}
-
-// userIDFlag is the user-id bit of the basic property flags.
-const userIDFlag = 0x0010
-
-// checkUserID enforces RabbitMQ's rule that a user-id property must name the authenticated user.
-func (ch *channel) checkUserID(header []byte) *amqp.Error {
-	if len(header) < 14 || (uint16(header[12])<<8|uint16(header[13]))&userIDFlag == 0 {
+	if sum.UserID != "" && sum.UserID != ch.c.user {
+		e := amqp.Errorf(amqp.PreconditionFailed, "user_id property set to '%s' but authenticated user was '%s'", sum.UserID, ch.c.user)
+		e.ClassID, e.MethodID = amqp.ClassBasic, 40
+		ch.fail(e)
 		return nil
 	}
-	h, err := amqp.DecodeContentHeader(header)
-	if err != nil {
-		return asAMQP(err)
-	}
-	if h.Props.UserID != ch.c.user {
-		e := amqp.Errorf(amqp.PreconditionFailed, "user_id property set to '%s' but authenticated user was '%s'", h.Props.UserID, ch.c.user)
-		e.ClassID, e.MethodID = amqp.ClassBasic, 40
-		return e
-	}
-	return nil
+	return ch.maybeFinish()
 }
 
+// contentBody collects a body frame. Bytes beyond the announced size are dropped and the content
+// never completes, so the next method frame is a 505, which is what RabbitMQ does.
 func (ch *channel) contentBody(p []byte) *amqp.Error {
-	if ch.pubGot+len(p) > len(ch.pubBody) {
-		return amqp.Errorf(amqp.FrameError, "content body larger than the %d bytes announced", len(ch.pubBody))
+	if ch.pubOverflow || ch.pubGot+uint64(len(p)) > ch.pubSize {
+		ch.pubOverflow = true
+		return nil
 	}
-	copy(ch.pubBody[ch.pubGot:], p)
-	ch.pubGot += len(p)
-	if ch.pubGot == len(ch.pubBody) {
-		return ch.finishPublish()
+	if ch.pubBody != nil {
+		copy(ch.pubBody[ch.pubGot:], p)
 	}
-	return nil
+	ch.pubGot += uint64(len(p))
+	return ch.maybeFinish()
+}
+
+func (ch *channel) maybeFinish() *amqp.Error {
+	if ch.pubGot < ch.pubSize {
+		return nil
+	}
+	if ch.closing {
+		ch.pub, ch.pubHeader, ch.pubBody = nil, nil, nil
+		return nil
+	}
+	return ch.finishPublish()
 }
 
 func (ch *channel) handleMethod(m amqp.Method) *amqp.Error {
@@ -427,7 +442,11 @@ func (ch *channel) finishPublish() *amqp.Error {
 	if sum.Expiration != "" {
 		ms, err := strconv.ParseInt(sum.Expiration, 10, 64)
 		if err != nil || ms < 0 {
-			e := amqp.Errorf(amqp.PreconditionFailed, "invalid expiration '%s'", sum.Expiration)
+			detail := "no_integer"
+			if err == nil {
+				detail = fmt.Sprintf("{value_negative,%d}", ms)
+			}
+			e := amqp.Errorf(amqp.PreconditionFailed, "invalid expiration '%s': %s", sum.Expiration, detail)
 			e.ClassID, e.MethodID = amqp.ClassBasic, 40
 			return e
 		}
@@ -444,6 +463,9 @@ func (ch *channel) finishPublish() *amqp.Error {
 		ch.confirms.add(seq)
 	}
 	targets := v.route(ex, m.RoutingKey, sum.HeadersRaw, &ch.rb)
+	if mayHaveSenderKeys(sum.HeadersRaw) {
+		targets = ch.senderSelected(ex, msg, sum.HeadersRaw)
+	}
 	if len(targets) == 0 {
 		if m.Mandatory {
 			ch.basicReturn(msg, amqp.NoRoute, "NO_ROUTE")
@@ -462,6 +484,25 @@ func (ch *channel) finishPublish() *amqp.Error {
 		ch.confirms.settle(seq, refused, ch.writeConfirms)
 	}
 	return nil
+}
+
+// senderSelected routes a message by its routing key plus its CC and BCC keys, and strips BCC
+// from the message, as RabbitMQ does.
+func (ch *channel) senderSelected(ex *exchangeState, msg *queue.Message, headersRaw []byte) []*queueState {
+	h, _, err := amqp.DecodeTable(headersRaw)
+	if err != nil {
+		return ch.v.route(ex, msg.RoutingKey, headersRaw, &ch.rb)
+	}
+	cc, bcc := senderKeys(h)
+	keys := append(append([]string{msg.RoutingKey}, cc...), bcc...)
+	targets := ch.v.routeKeys(ex, keys, headersRaw, &ch.rb)
+	if _, ok := h["BCC"]; ok {
+		if full, err := amqp.DecodeContentHeader(msg.Header); err == nil {
+			delete(full.Props.Headers, "BCC")
+			msg.Header = amqp.AppendContentHeader(nil, full.ClassID, full.BodySize, &full.Props)
+		}
+	}
+	return targets
 }
 
 // needsDisk reports whether a publish writes to the store (then its confirm waits for the sync).

@@ -322,6 +322,10 @@ func (c *conn) handshake() error {
 	if caps, ok := so.ClientProperties["capabilities"].(amqp.Table); ok {
 		c.cancelNotify, _ = caps["consumer_cancel_notify"].(bool)
 	}
+	if so.Mechanism != "PLAIN" && so.Mechanism != "AMQPLAIN" {
+		// RabbitMQ drops the socket without a close for a mechanism it never offered.
+		return fmt.Errorf("%w %q", errUnknownMechanism, so.Mechanism)
+	}
 	user, err := c.srv.authenticate(so.Mechanism, so.Response, c.nc.RemoteAddr())
 	if err != nil {
 		return err
@@ -365,7 +369,10 @@ func (c *conn) handshake() error {
 	return nil
 }
 
-var errBadHeader = errors.New("bad protocol header")
+var (
+	errBadHeader        = errors.New("bad protocol header")
+	errUnknownMechanism = errors.New("unknown authentication mechanism")
+)
 
 // applyTune checks the client's tune-ok against what we offered.
 func (c *conn) applyTune(to *amqp.ConnectionTuneOk) error {
@@ -412,9 +419,6 @@ func (c *conn) handleFrame(f amqp.Frame) error {
 	if c.closing.Load() {
 		return nil // after we sent connection.close, only close-ok matters
 	}
-	if f.Channel > c.channelMax {
-		return amqp.Errorf(amqp.ChannelError, "channel %d is over the negotiated channel_max %d", f.Channel, c.channelMax)
-	}
 	ch := c.channels[f.Channel]
 	if ch == nil {
 		if f.Type != amqp.FrameMethod {
@@ -428,6 +432,10 @@ func (c *conn) handleFrame(f amqp.Frame) error {
 			e := amqp.Errorf(amqp.ChannelError, "expected 'channel.open' on channel %d, got '%s'", f.Channel, m.Name())
 			e.ClassID, e.MethodID = m.ClassID(), m.MethodID()
 			return e
+		}
+		// Like RabbitMQ, channel_max bounds how many channels are open, not their numbers.
+		if len(c.channels) >= int(c.channelMax) {
+			return amqp.Errorf(amqp.NotAllowed, "number of channels opened (%d) has reached the negotiated channel_max (%d)", len(c.channels), c.channelMax)
 		}
 		ch = newChannel(c, f.Channel)
 		c.chMu.Lock()
@@ -468,7 +476,9 @@ func (c *conn) handleChannel0(f amqp.Frame) error {
 		if c.closing.Load() {
 			return nil
 		}
-		return commandInvalid(m, "unexpected method on channel 0")
+		e := amqp.Errorf(amqp.ChannelError, "unexpected method in connection state running")
+		e.ClassID, e.MethodID = m.ClassID(), m.MethodID()
+		return e
 	}
 }
 

@@ -12,7 +12,7 @@ import (
 // removed and, unless purged, they are dead-lettered when the queue has a dead-letter exchange.
 func (v *vhost) onDropped(qs *queueState) func(*queue.Queue, []*queue.Entry, queue.Reason) {
 	return func(_ *queue.Queue, es []*queue.Entry, why queue.Reason) {
-		if why != queue.Purged && qs.dlx != "" {
+		if why != queue.Purged && qs.hasDLX {
 			v.deadLetter(qs, es, why)
 			return
 		}
@@ -64,12 +64,12 @@ func (v *vhost) deadLetter(qs *queueState, es []*queue.Entry, why queue.Reason) 
 				v.srv.log.Warn("cannot dead-letter message with malformed header", "queue", qs.name, "err", err)
 				continue
 			}
-			key := e.Msg.RoutingKey
+			keys := deathKeys(e.Msg)
 			if qs.dlrk != nil {
-				key = *qs.dlrk
+				keys = []string{*qs.dlrk}
 			}
-			msg.RoutingKey = key
-			targets := v.route(dlx, key, scanHeaders(msg.Header), &rb)
+			msg.RoutingKey = keys[0]
+			targets := v.routeKeys(dlx, keys, scanHeaders(msg.Header), &rb)
 			var keep []*queueState
 			for _, t := range targets {
 				// A message expiring back into its own queue would cycle forever; RabbitMQ drops it.
@@ -126,7 +126,7 @@ func deadLetterMessage(id uint64, m *queue.Message, qs *queueState, why queue.Re
 			"reason":       reason,
 			"queue":        qs.name,
 			"exchange":     m.Exchange,
-			"routing-keys": []any{m.RoutingKey},
+			"routing-keys": stringsToArray(deathKeys(m)),
 		}
 		if h.Props.Expiration != "" {
 			found["original-expiration"] = h.Props.Expiration
@@ -147,6 +147,10 @@ func deadLetterMessage(id uint64, m *queue.Message, qs *queueState, why queue.Re
 		headers["x-first-death-queue"] = qs.name
 		headers["x-first-death-exchange"] = m.Exchange
 	}
+	if qs.dlrk != nil {
+		// An explicit dead-letter routing key replaces the sender-selected ones.
+		delete(headers, "CC")
+	}
 	h.Props.Headers = headers
 	h.Props.Expiration = ""
 	return &queue.Message{
@@ -157,4 +161,24 @@ func deadLetterMessage(id uint64, m *queue.Message, qs *queueState, why queue.Re
 		Body:       m.Body,
 		Persistent: m.Persistent,
 	}, nil
+}
+
+// deathKeys is the message's routing key followed by its CC keys.
+func deathKeys(m *queue.Message) []string {
+	keys := []string{m.RoutingKey}
+	if raw := scanHeaders(m.Header); mayHaveSenderKeys(raw) {
+		if h, _, err := amqp.DecodeTable(raw); err == nil {
+			cc, _ := senderKeys(h)
+			keys = append(keys, cc...)
+		}
+	}
+	return keys
+}
+
+func stringsToArray(ss []string) []any {
+	out := make([]any, len(ss))
+	for i, s := range ss {
+		out[i] = s
+	}
+	return out
 }

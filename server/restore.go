@@ -54,7 +54,7 @@ func (s *Server) restore() error {
 		}
 		qs := &queueState{
 			v: v, name: r.Name, durable: true, declDur: true, autoDelete: r.AutoDelete, args: args,
-			dlx: spec.dlx, dlrk: spec.dlrk, quorum: spec.quorum, expires: spec.expires,
+			dlx: spec.dlx, hasDLX: spec.hasDLX, dlrk: spec.dlrk, quorum: spec.quorum, expires: spec.expires,
 		}
 		qs.q = queue.New(r.Name, spec.opts, queue.Hooks{Dropped: v.onDropped(qs)})
 		err = s.store.RecoverQueue(qs.ref(), func(seq uint64, pm *persistence.Message, deliveries uint32) error {

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/base64"
 	"fmt"
@@ -38,6 +39,7 @@ type queueState struct {
 	owner      *conn
 	args       amqp.Table
 	dlx        string
+	hasDLX     bool
 	dlrk       *string
 	quorum     bool // x-queue-type quorum: adds x-delivery-count like RabbitMQ
 
@@ -192,6 +194,58 @@ func (v *vhost) route(ex *exchangeState, key string, headersRaw []byte, rb *rout
 	}
 	walk(ex)
 	return rb.queues
+}
+
+// senderKeys returns the CC and BCC routing keys of a headers table (RabbitMQ's sender-selected
+// distribution). BCC keys route like CC keys but are removed from the delivered message.
+func senderKeys(h amqp.Table) (cc, bcc []string) {
+	for _, name := range [...]string{"CC", "BCC"} {
+		arr, _ := h[name].([]any)
+		for _, x := range arr {
+			var k string
+			switch v := x.(type) {
+			case string:
+				k = v
+			case []byte:
+				k = string(v)
+			default:
+				continue
+			}
+			if name == "CC" {
+				cc = append(cc, k)
+			} else {
+				bcc = append(bcc, k)
+			}
+		}
+	}
+	return cc, bcc
+}
+
+// mayHaveSenderKeys is a cheap pre-check on raw header bytes so the table is decoded only when a
+// CC or BCC field can be present.
+func mayHaveSenderKeys(headersRaw []byte) bool {
+	return bytes.Contains(headersRaw, []byte("\x02CCA")) || bytes.Contains(headersRaw, []byte("\x03BCCA"))
+}
+
+// routeKeys routes with several routing keys at once; each queue appears once.
+func (v *vhost) routeKeys(ex *exchangeState, keys []string, headersRaw []byte, rb *routeBuf) []*queueState {
+	var out []*queueState
+	var tmp routeBuf
+	for _, k := range keys {
+		for _, qs := range v.route(ex, k, headersRaw, &tmp) {
+			rb.addUnique(&out, qs)
+		}
+	}
+	return out
+}
+
+func (rb *routeBuf) addUnique(out *[]*queueState, qs *queueState) {
+	for _, x := range *out {
+		if x == qs {
+			return
+		}
+	}
+	*out = append(*out, qs)
 }
 
 func (rb *routeBuf) addQueue(qs *queueState) {
@@ -497,14 +551,20 @@ func (v *vhost) declareQueue(c *conn, m *amqp.QueueDeclare) (*queueState, *amqp.
 	}
 	spec, aerr := parseQueueArgs(m.Arguments)
 	if aerr != nil {
-		aerr.Text = strings.Replace(aerr.Text, "for queue ''", "for queue '"+name+"'", 1)
-		aerr.Text = strings.Replace(aerr.Text, "in vhost ''", "in vhost '"+v.name+"'", 1)
+		aerr.Text = strings.Replace(aerr.Text, "queue ''", "queue '"+name+"'", 1)
+		aerr.Text = strings.Replace(aerr.Text, "vhost ''", "vhost '"+v.name+"'", 1)
 		return nil, aerr
+	}
+	if spec.quorum && !m.Durable {
+		return nil, amqp.Errorf(amqp.PreconditionFailed, "invalid property 'non-durable' for queue '%s' in vhost '%s'", name, v.name)
+	}
+	if spec.quorum && m.Exclusive {
+		return nil, amqp.Errorf(amqp.PreconditionFailed, "invalid property 'exclusive-owner' for queue '%s' in vhost '%s'", name, v.name)
 	}
 	qs := &queueState{
 		v: v, name: name, declDur: m.Durable, durable: m.Durable && !m.Exclusive && v.srv.store != nil,
 		exclusive: m.Exclusive, autoDelete: m.AutoDelete, args: m.Arguments,
-		dlx: spec.dlx, dlrk: spec.dlrk, quorum: spec.quorum, expires: spec.expires,
+		dlx: spec.dlx, hasDLX: spec.hasDLX, dlrk: spec.dlrk, quorum: spec.quorum, expires: spec.expires,
 	}
 	if m.Exclusive {
 		qs.owner = c
