@@ -56,8 +56,8 @@ type channel struct {
 	closing bool // we sent channel.close and wait for close-ok
 
 	// Content assembly for basic.publish.
-	pub        *amqp.BasicPublish
-	pubSummary amqp.HeaderSummary
+	pub         *amqp.BasicPublish
+	pubSummary  amqp.HeaderSummary
 	pubHeader   []byte
 	pubBody     []byte
 	pubSize     uint64
