@@ -686,7 +686,7 @@ func (ch *channel) consume(m *amqp.BasicConsume) *amqp.Error {
 	}
 	ch.mu.Unlock()
 	v.mu.Lock()
-	if qs.deleted {
+	if qs.deleted.Load() {
 		v.mu.Unlock()
 		return v.errNoQueue(m.Queue)
 	}

@@ -25,7 +25,7 @@ func (v *vhost) onDropped(qs *queueState) func(*queue.Queue, []*queue.Entry, que
 
 // removeDurable deletes the disk copies of entries (appending to batch when given).
 func (v *vhost) removeDurable(qs *queueState, es []*queue.Entry, batch *persistence.Batch) {
-	if v.srv.store == nil || (qs.deleted && batch == nil) {
+	if v.srv.store == nil || (qs.deleted.Load() && batch == nil) {
 		return // a deleted queue's entries went with store.DeleteQueue
 	}
 	var removes []persistence.Entry

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"warren/amqp"
@@ -47,7 +48,7 @@ type queueState struct {
 	consumers         int
 	exclusiveConsumer bool
 	hadConsumer       bool
-	deleted           bool
+	deleted           atomic.Bool // read without v.mu by the dead-letter path
 	expires           time.Duration
 	expiryTimer       *time.Timer
 }
@@ -630,7 +631,7 @@ func (v *vhost) removeQueueLocked(qs *queueState) {
 		return
 	}
 	delete(v.queues, qs.name)
-	qs.deleted = true
+	qs.deleted.Store(true)
 	if qs.expiryTimer != nil {
 		qs.expiryTimer.Stop()
 	}
@@ -688,7 +689,7 @@ func (v *vhost) touchLocked(qs *queueState) {
 
 func (v *vhost) expireQueue(qs *queueState) {
 	v.mu.Lock()
-	if qs.deleted || qs.consumers > 0 || v.queues[qs.name] != qs {
+	if qs.deleted.Load() || qs.consumers > 0 || v.queues[qs.name] != qs {
 		v.mu.Unlock()
 		return
 	}
@@ -703,7 +704,7 @@ func (v *vhost) touch(qs *queueState) {
 		return
 	}
 	v.mu.Lock()
-	if !qs.deleted {
+	if !qs.deleted.Load() {
 		v.touchLocked(qs)
 	}
 	v.mu.Unlock()
@@ -729,7 +730,7 @@ func (v *vhost) consumerRemoved(qs *queueState, exclusive bool) {
 	if exclusive {
 		qs.exclusiveConsumer = false
 	}
-	if qs.deleted {
+	if qs.deleted.Load() {
 		v.mu.Unlock()
 		return
 	}
