@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -11,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"warren/server"
 )
 
 func TestParseFlags(t *testing.T) {
@@ -190,18 +193,31 @@ func TestSnapshotSub(t *testing.T) {
 	h.Record(-5) // negative clamps to zero, never panics
 }
 
-// TestRunEndToEnd drives Run against a live broker for one second per case.
-//
-// LEAD: this test deliberately starts no broker. It runs only when
-// BENCH_TEST_URL is set (e.g. amqp://guest:guest@127.0.0.1:5672/ for the
-// reference RabbitMQ) and is skipped otherwise. Convert it to start an
-// in-process Warren (server.New + Start on 127.0.0.1:0) once the server works,
-// and drop the skip.
-func TestRunEndToEnd(t *testing.T) {
-	url := os.Getenv("BENCH_TEST_URL")
-	if url == "" {
-		t.Skip("BENCH_TEST_URL not set (no in-process broker yet)")
+// testBrokerURL is BENCH_TEST_URL when set (to measure another broker, e.g. RabbitMQ), otherwise
+// the URL of a Warren started in-process for the test.
+func testBrokerURL(t *testing.T) string {
+	t.Helper()
+	if url := os.Getenv("BENCH_TEST_URL"); url != "" {
+		return url
 	}
+	cfg := server.DefaultConfig()
+	cfg.Listen = "127.0.0.1:0"
+	cfg.DataDir = t.TempDir()
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	srv, err := server.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = srv.Close() })
+	return "amqp://guest:guest@" + srv.Addr().String() + "/"
+}
+
+// TestRunEndToEnd drives Run against a live broker for one second per case.
+func TestRunEndToEnd(t *testing.T) {
+	url := testBrokerURL(t)
 	prefix := "bench-test-" + time.Now().Format("150405.000")
 	tests := []struct {
 		name  string
@@ -355,12 +371,8 @@ func TestCoalescingConnWriteError(t *testing.T) {
 
 // TestRunBacklogDrain fills queues with -pmessages (confirmed, so the broker
 // holds every message before the drain starts) and drains them with -drain.
-// Like TestRunEndToEnd it needs BENCH_TEST_URL until it uses in-process Warren.
 func TestRunBacklogDrain(t *testing.T) {
-	url := os.Getenv("BENCH_TEST_URL")
-	if url == "" {
-		t.Skip("BENCH_TEST_URL not set (no in-process broker yet)")
-	}
+	url := testBrokerURL(t)
 	prefix := "bench-drain-" + time.Now().Format("150405.000")
 	run := func(args ...string) *Result {
 		t.Helper()
