@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"runtime"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -64,6 +65,13 @@ func (s *Server) newConn(nc net.Conn, id uint64) *conn {
 func (c *conn) serve() {
 	go c.w.run()
 	defer c.teardown()
+	// A bug must cost one connection, never the broker: log it and close with 541.
+	defer func() {
+		if r := recover(); r != nil {
+			c.log.Error("internal error, closing connection", "panic", r, "stack", string(debug.Stack()))
+			c.sendClose(amqp.Errorf(amqp.InternalError, "internal error"))
+		}
+	}()
 	c.fr = amqp.NewFrameReader(c.nc, 128<<10)
 	c.fr.SetMaxFrameSize(amqp.FrameMinSize)
 	_ = c.nc.SetReadDeadline(time.Now().Add(c.srv.cfg.HandshakeTimeout))
