@@ -100,6 +100,24 @@ var keys = []key{
 		s.Server.HandshakeTimeout = d
 		return nil
 	}},
+	{name: "memory.high_watermark", set: func(s *settings, raw any) error {
+		v, err := toFloat(raw)
+		if err == nil && (v <= 0 || v > 1) {
+			err = fmt.Errorf("%v must be above 0 and at most 1 (a fraction of system RAM)", v)
+		}
+		s.Server.MemoryHighWatermark = v
+		return err
+	}},
+	{name: "memory.limit", set: func(s *settings, raw any) error {
+		v, err := toIntRange(raw, 0, math.MaxInt64)
+		s.Server.MemoryLimit = v
+		return err
+	}},
+	{name: "disk.free_limit", set: func(s *settings, raw any) error {
+		v, err := toIntRange(raw, 0, math.MaxInt64)
+		s.Server.DiskFreeLimit = v
+		return err
+	}},
 	{name: "users", set: func(s *settings, raw any) error {
 		users, err := toUsers(raw)
 		s.Server.Users = users
@@ -297,6 +315,27 @@ func toString(raw any) (string, error) {
 		return fmt.Sprint(v), nil
 	}
 	return "", fmt.Errorf("expected a string, got %s", describe(raw))
+}
+
+// toFloat accepts a YAML number or a decimal string.
+func toFloat(raw any) (float64, error) {
+	switch v := raw.(type) {
+	case int:
+		return float64(v), nil
+	case int64:
+		return float64(v), nil
+	case uint64:
+		return float64(v), nil
+	case float64:
+		return v, nil
+	case string:
+		f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+		if err != nil {
+			return 0, fmt.Errorf("%q is not a number", v)
+		}
+		return f, nil
+	}
+	return 0, fmt.Errorf("expected a number, got %s", describe(raw))
 }
 
 // toIntRange accepts a YAML integer or a decimal string and checks it against [lo, hi].

@@ -238,6 +238,7 @@ func (ch *channel) dispatch(m amqp.Method) *amqp.Error {
 			return amqp.Errorf(amqp.NotImplemented, "immediate=true")
 		}
 		ch.pub = m
+		ch.c.publisher.Store(true)
 		return nil
 	case *amqp.BasicAck:
 		return ch.settle(m.DeliveryTag, m.Multiple, settleAck)

@@ -29,7 +29,14 @@ type Config struct {
 	Users            []User
 	LoopbackUsers    []string // users that may only connect from a loopback address
 	VHosts           []string
-	Logger           *slog.Logger
+	// MemoryHighWatermark is the fraction of system RAM above which publishers are blocked
+	// (RabbitMQ's vm_memory_high_watermark.relative); MemoryLimit, when positive, is an absolute
+	// limit in bytes that takes its place.
+	MemoryHighWatermark float64
+	MemoryLimit         int64
+	// DiskFreeLimit blocks publishers while the data directory's file system has less free space.
+	DiskFreeLimit int64
+	Logger        *slog.Logger
 }
 
 // DefaultConfig returns RabbitMQ's defaults: guest/guest on vhost "/", loopback only.
@@ -45,6 +52,9 @@ func DefaultConfig() Config {
 		Users:            []User{{Name: "guest", Password: "guest", Tags: []string{"administrator"}}},
 		LoopbackUsers:    []string{"guest"},
 		VHosts:           []string{"/"},
+
+		MemoryHighWatermark: 0.4,
+		DiskFreeLimit:       50 << 20,
 	}
 }
 
@@ -61,6 +71,12 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("limits.max_message_size: %d must be positive", c.MaxMessageSize)
 	case c.HandshakeTimeout <= 0:
 		return fmt.Errorf("limits.handshake_timeout: %s must be positive", c.HandshakeTimeout)
+	case c.MemoryHighWatermark <= 0 || c.MemoryHighWatermark > 1:
+		return fmt.Errorf("memory.high_watermark: %v must be above 0 and at most 1", c.MemoryHighWatermark)
+	case c.MemoryLimit < 0:
+		return fmt.Errorf("memory.limit: %d must not be negative", c.MemoryLimit)
+	case c.DiskFreeLimit < 0:
+		return fmt.Errorf("disk.free_limit: %d must not be negative", c.DiskFreeLimit)
 	case len(c.VHosts) == 0:
 		return errors.New("vhosts: at least one vhost is required")
 	}

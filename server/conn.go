@@ -35,7 +35,10 @@ type conn struct {
 	vhost      *vhost
 	user       string
 
-	cancelNotify bool // client understands server-sent basic.cancel
+	cancelNotify  bool        // client understands server-sent basic.cancel
+	blockedNotify bool        // client understands connection.blocked
+	publisher     atomic.Bool // has published: subject to resource alarms
+	blocked       atomic.Bool // held by an alarm: heartbeats are not expected meanwhile
 
 	chMu     sync.Mutex // guards channels for onDrain and shutdown, which run off the reader
 	channels map[uint16]*channel
@@ -84,6 +87,9 @@ func (c *conn) serve() {
 		go c.heartbeatLoop(time.Duration(c.heartbeat) * time.Second)
 	}
 	for {
+		if c.srv.alarms.active.Load() && c.publisher.Load() {
+			c.waitWhileBlocked()
+		}
 		f, err := c.fr.ReadFrame()
 		if err != nil {
 			c.fail(err)
@@ -219,7 +225,7 @@ func (c *conn) heartbeatLoop(interval time.Duration) {
 		b = amqp.AppendHeartbeat(b)
 		c.w.unlock(b)
 		n := c.framesIn.Load()
-		if n != last {
+		if n != last || c.blocked.Load() {
 			last, missed = n, 0
 			continue
 		}
@@ -329,6 +335,7 @@ func (c *conn) handshake() error {
 	}
 	if caps, ok := so.ClientProperties["capabilities"].(amqp.Table); ok {
 		c.cancelNotify, _ = caps["consumer_cancel_notify"].(bool)
+		c.blockedNotify, _ = caps["connection.blocked"].(bool)
 	}
 	if so.Mechanism != "PLAIN" && so.Mechanism != "AMQPLAIN" {
 		// RabbitMQ drops the socket without a close for a mechanism it never offered.

@@ -29,6 +29,9 @@ type Server struct {
 	msgID  atomic.Uint64
 	connID atomic.Uint64
 
+	alarms alarms
+	quit   chan struct{} // closed by Close
+
 	ln      net.Listener
 	mu      sync.Mutex
 	conns   map[*conn]struct{}
@@ -51,6 +54,7 @@ func New(cfg Config) (*Server, error) {
 		users:       make(map[string]User, len(cfg.Users)),
 		vhosts:      make(map[string]*vhost, len(cfg.VHosts)),
 		conns:       make(map[*conn]struct{}),
+		quit:        make(chan struct{}),
 		clusterName: "warren",
 	}
 	for _, u := range cfg.Users {
@@ -87,8 +91,13 @@ func (s *Server) Start() error {
 		return fmt.Errorf("listening on %s: %w", s.cfg.Listen, err)
 	}
 	s.ln = ln
-	s.serving.Add(1)
+	s.initAlarms()
+	s.serving.Add(2)
 	go s.acceptLoop()
+	go func() {
+		defer s.serving.Done()
+		s.alarmLoop()
+	}()
 	return nil
 }
 
@@ -152,6 +161,7 @@ func (s *Server) Close() error {
 		return nil
 	}
 	s.closed = true
+	close(s.quit)
 	conns := make([]*conn, 0, len(s.conns))
 	for c := range s.conns {
 		conns = append(conns, c)

@@ -92,3 +92,93 @@ func TestCloseForcesClients(t *testing.T) {
 		t.Fatal("client not told about the shutdown")
 	}
 }
+
+// A memory alarm blocks publishing connections (connection.blocked, frames not read) while
+// consumers keep working; when it clears, publishers get connection.unblocked and continue.
+func TestMemoryAlarmBlocksPublishers(t *testing.T) {
+	s := startTestServer(t, nil)
+	url := "amqp://guest:guest@" + s.Addr().String() + "/"
+	pub, err := amqp091.Dial(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+	blocked := pub.NotifyBlocked(make(chan amqp091.Blocking, 4))
+	pch, err := pub.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := pch.QueueDeclare("", false, true, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	publish := func(body string) {
+		if err := pch.Publish("", q.Name, false, false, amqp091.Publishing{Body: []byte(body)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish("before")
+	// A synchronous method on the same channel: the broker has taken "before" once it answers.
+	if st, err := pch.QueueDeclarePassive(q.Name, false, true, false, false, nil); err != nil || st.Messages != 1 {
+		t.Fatalf("queue before the alarm: %+v %v, want 1 message", st, err)
+	}
+
+	s.alarms.memLimit.Store(1) // any process is over one byte
+	// A blocked connection is not read, so its Close would wait forever if the test failed
+	// with the alarm still on: clear it first (deferred calls run last-in first-out).
+	defer func() { s.alarms.memLimit.Store(0); s.checkAlarms() }()
+	s.checkAlarms()
+	publish("during") // read by the broker only after the alarm clears
+	select {
+	case b := <-blocked:
+		if !b.Active || b.Reason != "low on memory" {
+			t.Fatalf("blocking = %+v, want active, low on memory", b)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("publisher not sent connection.blocked")
+	}
+	con, err := amqp091.Dial(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer con.Close()
+	cch, err := con.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, ok, err := cch.Get(q.Name, true)
+	if err != nil || !ok || string(m.Body) != "before" {
+		t.Fatalf("consumer during alarm: %q %v %v, want before", m.Body, ok, err)
+	}
+	if _, ok, _ := cch.Get(q.Name, true); ok {
+		t.Fatal("a publish from a blocked connection was accepted")
+	}
+
+	s.alarms.memLimit.Store(0)
+	s.checkAlarms()
+	select {
+	case b := <-blocked:
+		if b.Active {
+			t.Fatalf("blocking = %+v, want unblocked", b)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("publisher not sent connection.unblocked")
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		m, ok, err := cch.Get(q.Name, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok {
+			if string(m.Body) != "during" {
+				t.Fatalf("got %q, want during", m.Body)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("publish held during the alarm never arrived")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
