@@ -138,7 +138,10 @@ var keys = []key{
 				err = errors.New("vhost names must not be empty")
 			}
 		}
-		s.Server.VHosts = v
+		s.Server.VHosts = nil
+		for _, name := range v {
+			s.Server.VHosts = append(s.Server.VHosts, server.VHost{Name: name})
+		}
 		return err
 	}},
 	{name: "log.level", set: func(s *settings, raw any) error {

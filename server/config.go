@@ -68,7 +68,7 @@ type VHost struct {
 // Permission grants a user access to a vhost: RabbitMQ's configure, write and read regular
 // expressions, matched (unanchored) against exchange and queue names. "" matches nothing.
 type Permission struct {
-	User, VHost             string
+	User, VHost            string
 	Configure, Write, Read string
 }
 
