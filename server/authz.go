@@ -266,6 +266,9 @@ func (c *conn) authorize(k permKind, r resKind, name string) *amqp.Error {
 		clear(c.permCache)
 		c.pubEx, c.pubOK = "", false
 	}
+	if r == resExchange && name == "" {
+		name = "amq.default" // RabbitMQ checks (and names) the default exchange as amq.default
+	}
 	key := permCacheKey{k, r, name}
 	ok, hit := c.permCache[key]
 	if !hit {
@@ -281,9 +284,6 @@ func (c *conn) authorize(k permKind, r resKind, name string) *amqp.Error {
 	kind := "queue"
 	if r == resExchange {
 		kind = "exchange"
-		if name == "" {
-			name = "amq.default"
-		}
 	}
 	return amqp.Errorf(amqp.AccessRefused, "access to %s '%s' in vhost '%s' refused for user '%s'", kind, name, c.vhost.name, c.user)
 }
