@@ -517,6 +517,12 @@ func readDefinitions(path string) (*definitions, error) {
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
+		switch k {
+		case "rabbit_version":
+			_ = json.Unmarshal(raw[k], &d.RabbitVersion)
+		case "rabbitmq_version":
+			_ = json.Unmarshal(raw[k], &d.RabbitMQVersion)
+		}
 		dec, ok := lists[k]
 		if !ok {
 			continue // versions, topic_permissions, global_parameters: nothing Warren uses
