@@ -283,3 +283,27 @@ func TestPasswdCommand(t *testing.T) {
 		t.Fatal("empty password accepted")
 	}
 }
+
+// The configuration example in README.md loads (with its TLS section left out: the certificate
+// files are the reader's).
+func TestREADMEConfigExample(t *testing.T) {
+	b, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(b)
+	start := strings.Index(text, "```yaml\nusers:\n  - name: admin")
+	if start < 0 {
+		t.Fatal("README example not found")
+	}
+	body := text[start+len("```yaml\n"):]
+	body = body[:strings.Index(body, "```")]
+	body = body[:strings.Index(body, "\ntls:\n")]
+	s, err := loadConfig([]string{"-config", writeConfig(t, body)}, envMap(nil))
+	if err != nil {
+		t.Fatalf("README example: %v", err)
+	}
+	if len(s.Server.Users) != 3 || len(s.Server.Policies) != 1 || len(s.Server.Bindings) != 2 {
+		t.Fatalf("README example parsed to %+v", s.Server)
+	}
+}
