@@ -5,7 +5,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -143,22 +142,7 @@ func TestBinaryReloadOnSIGHUP(t *testing.T) {
 	if err := os.WriteFile(path, []byte(appAllowed), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(os.Args[0], "-config", path)
-	cmd.Dir = dir
-	env := []string{asMainEnv + "=1"}
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, envPrefix) {
-			env = append(env, kv)
-		}
-	}
-	cmd.Env = env
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	cmd, stderr := startWarrenProcess(t, dir, "-config", path)
 	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
 	var log lockedBuffer
 	addr := waitReady(t, stderr, &log)
