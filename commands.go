@@ -11,9 +11,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
+	"github.com/spf13/viper"
 	"go.yaml.in/yaml/v3"
 
 	"warren/server"
@@ -250,46 +252,28 @@ func definitionsExport(args []string, lookupEnv func(string) (string, bool), std
 	return writeOut(out, stdout, append(b, '\n'))
 }
 
-// watchFile reports changes to path on changed (coalesced: a burst of writes is one report). It
-// watches the directory, so editors that replace the file by renaming are seen too.
+// watchFile reports changes to path on changed, using viper's file watch (which follows editors
+// that replace the file by renaming, and symlinked files). A burst of writes is reported once:
+// changed holds one pending report. The watch ends when the file is removed; stop makes later
+// events go nowhere.
 func watchFile(path string, changed chan<- struct{}) (stop func(), err error) {
-	abs, err := filepath.Abs(path)
-	if err != nil {
+	if _, err := os.Stat(path); err != nil {
 		return nil, err
 	}
-	w, err := fsnotify.NewWatcher()
-	if err != nil {
-		return nil, err
-	}
-	if err := w.Add(filepath.Dir(abs)); err != nil {
-		_ = w.Close()
-		return nil, err
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		var debounce <-chan time.Time
-		for {
-			select {
-			case ev, ok := <-w.Events:
-				if !ok {
-					return
-				}
-				if filepath.Clean(ev.Name) == abs && ev.Op&(fsnotify.Write|fsnotify.Create|fsnotify.Rename) != 0 {
-					debounce = time.After(200 * time.Millisecond)
-				}
-			case _, ok := <-w.Errors:
-				if !ok {
-					return
-				}
-			case <-debounce:
-				debounce = nil
-				select {
-				case changed <- struct{}{}:
-				default:
-				}
-			}
+	var stopped atomic.Bool
+	v := viper.New()
+	v.SetConfigFile(path)
+	v.SetConfigType("yaml")
+	_ = v.ReadInConfig() // the watch needs a read; errors are loadConfig's to report
+	v.OnConfigChange(func(fsnotify.Event) {
+		if stopped.Load() {
+			return
 		}
-	}()
-	return func() { _ = w.Close(); <-done }, nil
+		select {
+		case changed <- struct{}{}:
+		default:
+		}
+	})
+	v.WatchConfig()
+	return func() { stopped.Store(true) }, nil
 }
