@@ -174,9 +174,9 @@ func (ch *channel) contentHeader(p []byte) *amqp.Error {
 		ch.pubHeader = []byte{}
 		return ch.maybeFinish()
 	}
-	if sum.BodySize > uint64(ch.c.srv.cfg.MaxMessageSize) {
+	if max := ch.c.srv.maxMessageSize(); sum.BodySize > uint64(max) {
 		// fail drops the publish; its body frames then arrive on a closing channel and are ignored.
-		e := amqp.Errorf(amqp.PreconditionFailed, "message size %d is larger than configured max size %d", sum.BodySize, ch.c.srv.cfg.MaxMessageSize)
+		e := amqp.Errorf(amqp.PreconditionFailed, "message size %d is larger than configured max size %d", sum.BodySize, max)
 		e.ClassID, e.MethodID = amqp.ClassBasic, 40
 		ch.fail(e)
 		return nil
@@ -299,7 +299,7 @@ func (ch *channel) dispatch(m amqp.Method) *amqp.Error {
 		return amqp.Errorf(amqp.ChannelError, "second 'channel.open' seen")
 
 	case *amqp.ExchangeDeclare:
-		if err := ch.v.declareExchange(m); err != nil {
+		if err := ch.v.declareExchange(c, m); err != nil {
 			return err
 		}
 		if !m.NoWait {
@@ -307,7 +307,7 @@ func (ch *channel) dispatch(m amqp.Method) *amqp.Error {
 		}
 		return nil
 	case *amqp.ExchangeDelete:
-		if err := ch.v.deleteExchange(m.Exchange, m.IfUnused); err != nil {
+		if err := ch.v.deleteExchange(c, m.Exchange, m.IfUnused); err != nil {
 			return err
 		}
 		if !m.NoWait {
@@ -356,6 +356,9 @@ func (ch *channel) dispatch(m amqp.Method) *amqp.Error {
 		c.writeMethod(ch.id, &amqp.QueueUnbindOk{})
 		return nil
 	case *amqp.QueuePurge:
+		if err := c.authorize(permRead, resQueue, m.Queue); err != nil {
+			return err
+		}
 		ch.v.mu.RLock()
 		qs, err := ch.v.lookupQueue(c, m.Queue)
 		ch.v.mu.RUnlock()
@@ -418,6 +421,9 @@ func (ch *channel) dispatch(m amqp.Method) *amqp.Error {
 func (ch *channel) finishPublish() *amqp.Error {
 	m, header, body, sum := ch.pub, ch.pubHeader, ch.pubBody, ch.pubSummary
 	ch.pub, ch.pubHeader, ch.pubBody = nil, nil, nil
+	if err := ch.authorizePublish(m.Exchange); err != nil {
+		return err
+	}
 	v := ch.v
 	v.mu.RLock()
 	ex := v.exchanges[m.Exchange]
@@ -560,7 +566,7 @@ func (v *vhost) push(p prepared) bool {
 		case queue.Enqueued:
 			continue
 		case queue.RefusedDeadLetter:
-			v.deadLetter(qs, p.entries[i:i+1], queue.MaxLen)
+			v.deadLetterOrDrop(qs, p.entries[i:i+1], queue.MaxLen)
 		default:
 			v.removeDurable(qs, p.entries[i:i+1], nil)
 		}
@@ -669,6 +675,9 @@ func (qs *queueState) journalDelivery(e *queue.Entry, noAck bool) {
 }
 
 func (ch *channel) consume(m *amqp.BasicConsume) *amqp.Error {
+	if err := ch.c.authorize(permRead, resQueue, m.Queue); err != nil {
+		return err
+	}
 	v := ch.v
 	v.mu.RLock()
 	qs, err := v.lookupQueue(ch.c, m.Queue)
@@ -739,6 +748,9 @@ func (ch *channel) serverCancel(cs *consumer) {
 }
 
 func (ch *channel) get(m *amqp.BasicGet) *amqp.Error {
+	if err := ch.c.authorize(permRead, resQueue, m.Queue); err != nil {
+		return err
+	}
 	v := ch.v
 	v.mu.RLock()
 	qs, err := v.lookupQueue(ch.c, m.Queue)
