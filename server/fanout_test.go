@@ -37,9 +37,9 @@ func fanoutBroker(tb testing.TB, n int) *amqp091.Channel {
 	return ch
 }
 
-// publishSync publishes body to the fanout exchange and waits until the broker has taken it
+// publishFanout publishes body to the fanout exchange and waits until the broker has taken it
 // (a synchronous method on the same channel is answered after the publish is routed).
-func publishSync(tb testing.TB, ch *amqp091.Channel, body []byte) {
+func publishFanout(tb testing.TB, ch *amqp091.Channel, body []byte) {
 	tb.Helper()
 	if err := ch.Publish("fan", "", false, false, amqp091.Publishing{Body: body}); err != nil {
 		tb.Fatal(err)
@@ -55,12 +55,12 @@ func TestFanoutStoresBodyOnce(t *testing.T) {
 	const queues, size, messages = 1000, 1 << 20, 8
 	ch := fanoutBroker(t, queues)
 	body := make([]byte, size)
-	publishSync(t, ch, body) // warm up: buffers, route caches
+	publishFanout(t, ch, body) // warm up: buffers, route caches
 	var before, after runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
 	for i := 0; i < messages; i++ {
-		publishSync(t, ch, body)
+		publishFanout(t, ch, body)
 	}
 	runtime.GC()
 	runtime.ReadMemStats(&after)
@@ -80,6 +80,6 @@ func BenchmarkFanout1000Queues(b *testing.B) {
 	body := make([]byte, 1024)
 	b.ReportAllocs()
 	for b.Loop() {
-		publishSync(b, ch, body)
+		publishFanout(b, ch, body)
 	}
 }
