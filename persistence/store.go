@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"sync"
@@ -62,12 +63,14 @@ type Store struct {
 	closeErr    error
 
 	// Owned by the journal goroutine (and by Open before it starts).
-	refs           map[uint64]uint32 // message id -> number of index entries referencing it
-	removedSinceGC int               // message deletions since value-log GC was last kicked
-	failed         error             // sticky: set when a commit fails, the in-memory state can no longer be trusted
+	removedSinceGC int64 // message deletions since value-log GC was last kicked
+	failed         error // sticky: set when a commit fails, the in-memory state can no longer be trusted
 
-	maxID   atomic.Uint64
-	nstored atomic.Int64 // len(refs), readable outside the journal
+	maxID      atomic.Uint64
+	nstored    atomic.Int64  // messages stored, readable outside the journal
+	pageSpaces atomic.Uint64 // last page space handed out by NewPageSpace
+
+	reads readQueue
 
 	statsMu sync.Mutex
 	stats   Stats
@@ -91,6 +94,8 @@ type Stats struct {
 	MaxPublishesPerCommit int
 	// MessagesStored is the number of messages currently stored (referenced by some queue).
 	MessagesStored int
+	// ReadAheads is the number of ReadAhead calls served, ReadEntries the entries they returned.
+	ReadAheads, ReadEntries uint64
 }
 
 // Open opens (creating if needed) the store in dir. An existing store is verified before
@@ -155,7 +160,6 @@ func Open(dir string, opts Options) (*Store, error) {
 		dir:         dir,
 		log:         log,
 		opened:      time.Now(),
-		refs:        make(map[uint64]uint32),
 		journalDone: make(chan struct{}),
 		gcStop:      make(chan struct{}),
 		gcKick:      make(chan struct{}, 1),
@@ -166,9 +170,11 @@ func Open(dir string, opts Options) (*Store, error) {
 		_ = db.Close()
 		return nil, fmt.Errorf("persistence: open %s: %w", dirName(dir), err)
 	}
+	s.reads.init()
 	go s.journal()
+	go s.reader()
 	go s.gcLoop(opts.GCInterval, opts.InMemory)
-	log.Debug("store opened", "dir", dir, "messages", len(s.refs), "max_id", s.maxID.Load())
+	log.Info("store opened", "dir", dirName(dir), "messages", s.nstored.Load(), "took", time.Since(s.opened).Round(time.Millisecond))
 	return s, nil
 }
 
@@ -268,8 +274,9 @@ func verifyTable(path string) (err error) {
 	return t.MmapFile.Close(-1)
 }
 
-// load verifies the metadata, rebuilds the refcounts from the index, finishes interrupted
-// purges and checks that every stored message is readable and referenced.
+// load verifies the metadata, migrates a format 1 store, finishes interrupted purges,
+// wipes the transient pages and checks that stored messages, refcounts and index entries
+// agree - streaming, without holding anything per message.
 func (s *Store) load(fresh bool) error {
 	if fresh {
 		err := s.db.Update(func(txn *badger.Txn) error {
@@ -282,6 +289,87 @@ func (s *Store) load(fresh bool) error {
 			return fmt.Errorf("write metadata: %w", err)
 		}
 	}
+	version, err := s.readMeta()
+	if err != nil {
+		return err
+	}
+	if err := s.wipePages(); err != nil {
+		return err
+	}
+	if version == formatVersionV1 {
+		// Format 1 kept refcounts in memory only; rebuild them on disk first, since
+		// completing a purge needs them.
+		s.log.Warn("migrating store from format 1 (reads every index entry once)", "dir", s.dir)
+		if err := s.repair(); err != nil {
+			return fmt.Errorf("migrate from format 1: %w", err)
+		}
+	}
+
+	// Purges interrupted by a crash are completed before anything can see their queues.
+	type marker struct {
+		k     []byte
+		spans []Span
+	}
+	var markers []marker
+	err = s.db.View(func(txn *badger.Txn) error {
+		opt := badger.DefaultIteratorOptions
+		opt.Prefix = []byte{pfxPurge}
+		iter := txn.NewIterator(opt)
+		defer iter.Close()
+		for iter.Rewind(); iter.Valid(); iter.Next() {
+			item := iter.Item()
+			m := marker{k: item.KeyCopy(nil)}
+			err := item.Value(func(v []byte) error {
+				var err error
+				m.spans, err = decodeSpans(v)
+				return err
+			})
+			if err != nil {
+				return fmt.Errorf("purge marker %x: %w", m.k, err)
+			}
+			markers = append(markers, m)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, m := range markers {
+		vhost, name, rest, err := decodeQueueKey(m.k)
+		if err != nil || len(rest) != 0 {
+			return fmt.Errorf("purge marker %x: %w", m.k, errCorrupt)
+		}
+		s.log.Info("completing interrupted purge", "vhost", vhost, "queue", name)
+		q := QueueRef{VHost: vhost, Queue: name}
+		if err := s.drain(drainJob{prefix: indexPrefix(q), spans: m.spans, index: true, marker: m.k}); err != nil {
+			return err
+		}
+	}
+
+	c, err := s.check()
+	if err != nil {
+		return err
+	}
+	if !c.consistent() {
+		s.log.Warn("index, refcounts and messages disagree: repairing (reads every index entry once)",
+			"dir", s.dir, "messages", c.messages, "references", c.refs, "index_entries", c.entries, "stray_refcounts", c.strayRefs)
+		if err := s.repair(); err != nil {
+			return err
+		}
+		if c, err = s.check(); err != nil {
+			return err
+		}
+		if !c.consistent() {
+			return fmt.Errorf("still inconsistent after repair: %d messages with %d references, %d index entries", c.messages, c.refs, c.entries)
+		}
+	}
+	s.nstored.Store(c.messages)
+	return nil
+}
+
+// readMeta checks the format version (returned) and loads the message-id high-water mark.
+func (s *Store) readMeta() (uint32, error) {
+	var version uint32
 	err := s.db.View(func(txn *badger.Txn) error {
 		it, err := txn.Get(keyFormat)
 		if errors.Is(err, badger.ErrKeyNotFound) {
@@ -294,7 +382,10 @@ func (s *Store) load(fresh bool) error {
 		if err != nil {
 			return fmt.Errorf("read metadata: %w", err)
 		}
-		if len(v) != 4 || binary.BigEndian.Uint32(v) != formatVersion {
+		if len(v) == 4 {
+			version = binary.BigEndian.Uint32(v)
+		}
+		if version != formatVersion && version != formatVersionV1 {
 			return fmt.Errorf("unsupported store format %x", v)
 		}
 		if it, err := txn.Get(keyMaxID); err == nil {
@@ -306,73 +397,76 @@ func (s *Store) load(fresh bool) error {
 		} else if !errors.Is(err, badger.ErrKeyNotFound) {
 			return fmt.Errorf("read message-id high-water mark: %w", err)
 		}
-		// Refcounts from the index.
-		opt := badger.DefaultIteratorOptions
-		opt.Prefix = []byte{pfxIndex}
-		iter := txn.NewIterator(opt)
-		defer iter.Close()
-		for iter.Rewind(); iter.Valid(); iter.Next() {
-			item := iter.Item()
-			var id uint64
-			err := item.Value(func(v []byte) error {
-				var err error
-				id, _, err = decodeIndexValue(v)
-				return err
-			})
-			if err != nil {
-				return fmt.Errorf("index entry %x: %w", item.Key(), err)
-			}
-			s.refs[id]++
-		}
-		s.nstored.Store(int64(len(s.refs)))
 		return nil
 	})
-	if err != nil {
-		return err
-	}
+	return version, err
+}
 
-	// Purges interrupted by a crash are completed before anything can see their queues.
-	var markers [][]byte
-	err = s.db.View(func(txn *badger.Txn) error {
+// wipePages deletes the transient pages of the previous run.
+func (s *Store) wipePages() error {
+	found := false
+	err := s.db.View(func(txn *badger.Txn) error {
 		opt := badger.DefaultIteratorOptions
-		opt.Prefix = []byte{pfxPurge}
+		opt.Prefix = []byte{pfxPage}
 		opt.PrefetchValues = false
 		iter := txn.NewIterator(opt)
 		defer iter.Close()
-		for iter.Rewind(); iter.Valid(); iter.Next() {
-			markers = append(markers, iter.Item().KeyCopy(nil))
-		}
+		iter.Rewind()
+		found = iter.Valid()
 		return nil
 	})
-	if err != nil {
+	if err != nil || !found {
 		return err
 	}
-	for _, mk := range markers {
-		vhost, name, rest, err := decodeQueueKey(mk)
-		if err != nil || len(rest) != 0 {
-			return fmt.Errorf("purge marker %x: %w", mk, errCorrupt)
-		}
-		s.log.Info("completing interrupted purge", "vhost", vhost, "queue", name)
-		if err := s.drain(QueueRef{VHost: vhost, Queue: name}); err != nil {
-			return err
-		}
+	if err := s.db.DropPrefix([]byte{pfxPage}); err != nil {
+		return fmt.Errorf("wipe transient pages: %w", err)
 	}
+	return nil
+}
 
-	// Verify every message: readable (value-log checksums), decodable, referenced.
-	var orphans []uint64
-	seen := 0
-	err = s.db.View(func(txn *badger.Txn) error {
+// checkResult is what check counted.
+type checkResult struct {
+	messages  int64 // message records
+	refs      int64 // references they claim: their refcount, or 1 without a refcount record
+	entries   int64 // index entries
+	strayRefs int64 // refcount records without a message
+	legacy    bool  // a format 1 index value was seen
+}
+
+func (c checkResult) consistent() bool {
+	return c.refs == c.entries && c.strayRefs == 0 && !c.legacy
+}
+
+// check verifies every message (readable - value-log checksums - and decodable) and
+// counts messages, their claimed references and the index entries in three streaming
+// scans. Each index entry is one reference, so the counts agree unless an entry points at
+// a missing message, a message has no entry, or a refcount is wrong.
+func (s *Store) check() (checkResult, error) {
+	var c checkResult
+	err := s.db.View(func(txn *badger.Txn) error {
 		opt := badger.DefaultIteratorOptions
+		opt.PrefetchValues = false
 		opt.Prefix = []byte{pfxMessage}
-		iter := txn.NewIterator(opt)
-		defer iter.Close()
-		for iter.Rewind(); iter.Valid(); iter.Next() {
-			item := iter.Item()
+		msgs := txn.NewIterator(opt)
+		defer msgs.Close()
+		opt.Prefix = []byte{pfxRef}
+		refs := txn.NewIterator(opt)
+		defer refs.Close()
+		refs.Rewind()
+		refID := func() (uint64, error) {
+			k := refs.Item().Key()
+			if len(k) != 9 {
+				return 0, fmt.Errorf("refcount key %x: %w", k, errCorrupt)
+			}
+			return beUint64(k[1:]), nil
+		}
+		for msgs.Rewind(); msgs.Valid(); msgs.Next() {
+			item := msgs.Item()
 			k := item.Key()
 			if len(k) != 9 {
 				return fmt.Errorf("message key %x: %w", k, errCorrupt)
 			}
-			id := binary.BigEndian.Uint64(k[1:])
+			id := beUint64(k[1:])
 			err := item.Value(func(v []byte) error {
 				_, err := decodeMessage(id, v)
 				return err
@@ -383,48 +477,54 @@ func (s *Store) load(fresh bool) error {
 			if id > s.maxID.Load() {
 				s.maxID.Store(id)
 			}
-			if s.refs[id] == 0 {
-				orphans = append(orphans, id)
-			} else {
-				seen++
+			c.messages++
+			n := int64(1)
+			for refs.Valid() {
+				rid, err := refID()
+				if err != nil {
+					return err
+				}
+				if rid > id {
+					break
+				}
+				if rid == id {
+					err := refs.Item().Value(func(v []byte) error {
+						r, err := decodeRef(v)
+						n = int64(r)
+						return err
+					})
+					if err != nil {
+						return fmt.Errorf("refcount of message %d: %w", id, err)
+					}
+				} else {
+					c.strayRefs++
+				}
+				refs.Next()
 			}
+			c.refs += n
+		}
+		for ; refs.Valid(); refs.Next() {
+			c.strayRefs++
+		}
+		opt.Prefix = []byte{pfxIndex}
+		opt.PrefetchValues = true
+		idx := txn.NewIterator(opt)
+		defer idx.Close()
+		for idx.Rewind(); idx.Valid(); idx.Next() {
+			item := idx.Item()
+			err := item.Value(func(v []byte) error {
+				_, legacy, err := decodeIndexValue(v)
+				c.legacy = c.legacy || legacy
+				return err
+			})
+			if err != nil {
+				return fmt.Errorf("index entry %x: %w", item.Key(), err)
+			}
+			c.entries++
 		}
 		return nil
 	})
-	if err != nil {
-		return err
-	}
-	if seen != len(s.refs) {
-		return fmt.Errorf("%d index entries point at missing messages: data files were lost or truncated", s.danglingCount())
-	}
-	if len(orphans) > 0 {
-		s.log.Warn("deleting unreferenced messages", "count", len(orphans))
-		wb := s.db.NewWriteBatch()
-		for _, id := range orphans {
-			if err := wb.Delete(messageKey(id)); err != nil {
-				wb.Cancel()
-				return fmt.Errorf("delete unreferenced message: %w", err)
-			}
-		}
-		if err := wb.Flush(); err != nil {
-			return fmt.Errorf("delete unreferenced messages: %w", err)
-		}
-	}
-	return nil
-}
-
-// danglingCount counts referenced ids whose message is missing (error path only).
-func (s *Store) danglingCount() int {
-	n := 0
-	_ = s.db.View(func(txn *badger.Txn) error {
-		for id := range s.refs {
-			if _, err := txn.Get(messageKey(id)); err != nil {
-				n++
-			}
-		}
-		return nil
-	})
-	return n
+	return c, err
 }
 
 // Close stops accepting work, commits everything already submitted, stops value-log GC
@@ -437,11 +537,17 @@ func (s *Store) Close() error {
 		s.cond.Broadcast()
 		s.mu.Unlock()
 		<-s.journalDone
+		s.reads.close()
 		close(s.gcStop)
 		<-s.gcDone
 		if err := s.db.Close(); err != nil {
 			s.closeErr = fmt.Errorf("persistence: close %s: %w", dirName(s.dir), err)
+			return
 		}
+		st := s.Stats()
+		s.log.Info("store closed", "dir", dirName(s.dir), "messages", st.MessagesStored, "commits", st.Commits,
+			"batches_per_commit", round2(st.AvgBatchesPerCommit), "publishes_per_commit", round2(st.AvgPublishesPerCommit),
+			"max_batches_per_commit", st.MaxBatchesPerCommit)
 	})
 	return s.closeErr
 }
@@ -456,12 +562,15 @@ func (s *Store) Stats() Stats {
 	defer s.statsMu.Unlock()
 	st := s.stats
 	st.MessagesStored = int(s.nstored.Load())
+	st.ReadAheads, st.ReadEntries = s.reads.served.Load(), s.reads.entries.Load()
 	if st.Commits > 0 {
 		st.AvgBatchesPerCommit = float64(st.Batches) / float64(st.Commits)
 		st.AvgPublishesPerCommit = float64(st.Publishes) / float64(st.Commits)
 	}
 	return st
 }
+
+func round2(f float64) float64 { return math.Round(f*100) / 100 }
 
 // gcLoop runs value-log GC every interval and when kicked after large deletions.
 func (s *Store) gcLoop(interval time.Duration, inMemory bool) {

@@ -73,12 +73,12 @@ type recovered struct {
 func recoverAll(t testing.TB, s *Store, q string) []recovered {
 	t.Helper()
 	var out []recovered
-	err := s.RecoverQueue(qref(q), func(seq uint64, m *Message, d uint32) error {
-		want := mkMsg(m.ID)
-		if !reflect.DeepEqual(m, want) {
-			t.Errorf("queue %s seq %d: message %+v, want %+v", q, seq, m, want)
+	_, err := s.RecoverQueue(qref(q), 0, func(st Stored) error {
+		want := mkMsg(st.Msg.ID)
+		if !reflect.DeepEqual(st.Msg, want) {
+			t.Errorf("queue %s seq %d: message %+v, want %+v", q, st.Seq, st.Msg, want)
 		}
-		out = append(out, recovered{seq, m.ID, d})
+		out = append(out, recovered{st.Seq, st.Msg.ID, st.Deliveries})
 		return nil
 	})
 	if err != nil {
@@ -266,12 +266,12 @@ func TestPurgeAndDeleteQueue(t *testing.T) {
 		n     int // messages only in q1 (besides 5 shared with q10); -1 = three purge chunks
 		purge func(s *Store) error
 	}{
-		{"purge small", 10, func(s *Store) error { return s.Commit(&Batch{PurgeQueues: []QueueRef{qref("q1")}}) }},
+		{"purge small", 10, func(s *Store) error { return s.Commit(&Batch{Purges: []Purge{{Queue: qref("q1")}}}) }},
 		{"delete small", 10, func(s *Store) error { return s.DeleteQueue("/", "q1") }},
-		{"purge across chunks", -1, func(s *Store) error { return s.Commit(&Batch{PurgeQueues: []QueueRef{qref("q1")}}) }},
+		{"purge across chunks", -1, func(s *Store) error { return s.Commit(&Batch{Purges: []Purge{{Queue: qref("q1")}}}) }},
 		{"delete across chunks", -1, func(s *Store) error { return s.DeleteQueue("/", "q1") }},
 		{"purge with publish in same batch", 10, func(s *Store) error {
-			return s.Commit(&Batch{Publishes: []Publish{pub(mkMsg(999999), ent("q1", 999999))}, PurgeQueues: []QueueRef{qref("q1")}})
+			return s.Commit(&Batch{Publishes: []Publish{pub(mkMsg(999999), ent("q1", 999999))}, Purges: []Purge{{Queue: qref("q1")}}})
 		}},
 	}
 	for _, tc := range tests {
@@ -374,7 +374,7 @@ func TestDeliveriesAndOrder(t *testing.T) {
 	}
 	stop := errors.New("stop")
 	n := 0
-	err := s.RecoverQueue(qref("q"), func(uint64, *Message, uint32) error { n++; return stop })
+	_, err := s.RecoverQueue(qref("q"), 0, func(Stored) error { n++; return stop })
 	if !errors.Is(err, stop) || n != 1 {
 		t.Errorf("RecoverQueue with failing fn: err=%v calls=%d", err, n)
 	}
@@ -844,10 +844,10 @@ func TestGroupSplitsAtTransactionLimits(t *testing.T) {
 	s = reopen(t, s, dir)
 	defer closeT(t, s)
 	n := 0
-	err := s.RecoverQueue(qref("q"), func(seq uint64, m *Message, _ uint32) error {
+	_, err := s.RecoverQueue(qref("q"), 0, func(st Stored) error {
 		n++
-		if m.ID != seq || !bytes.Equal(m.Body, body) {
-			t.Fatalf("entry %d: message %d with %d-byte body", seq, m.ID, len(m.Body))
+		if st.Msg.ID != st.Seq || !bytes.Equal(st.Msg.Body, body) {
+			t.Fatalf("entry %d: message %d with %d-byte body", st.Seq, st.Msg.ID, len(st.Msg.Body))
 		}
 		return nil
 	})

@@ -57,16 +57,16 @@ func (s *Server) restore() error {
 			dlx: spec.dlx, hasDLX: spec.hasDLX, dlrk: spec.dlrk, quorum: spec.quorum, expires: spec.expires,
 		}
 		qs.q = queue.New(r.Name, spec.opts, queue.Hooks{Dropped: v.onDropped(qs)})
-		err = s.store.RecoverQueue(qs.ref(), func(seq uint64, pm *persistence.Message, deliveries uint32) error {
-			m := cache[pm.ID]
+		_, err = s.store.RecoverQueue(qs.ref(), 0, func(st persistence.Stored) error {
+			m := cache[st.Msg.ID]
 			if m == nil {
-				m = restoredMessage(pm)
-				cache[pm.ID] = m
+				m = restoredMessage(st.Msg)
+				cache[st.Msg.ID] = m
 			}
-			e := qs.q.NewEntry(seq, m)
+			e := qs.q.NewEntry(st.Seq, m)
 			e.Durable = true
-			e.Deliveries = deliveries
-			e.Returns = deliveries
+			e.Deliveries = st.Deliveries
+			e.Returns = st.Deliveries
 			qs.q.Restore(e)
 			messages++
 			return nil
