@@ -118,6 +118,11 @@ var keys = []key{
 		s.Server.DiskFreeLimit = v
 		return err
 	}},
+	{name: "queue.max_ram_messages", set: func(s *settings, raw any) error {
+		v, err := toIntRange(raw, 1, math.MaxInt32)
+		s.Server.MaxRAMMessages = int(v)
+		return err
+	}},
 	{name: "users", set: func(s *settings, raw any) error {
 		users, err := toUsers(raw)
 		s.Server.Users = users

@@ -272,6 +272,36 @@ func TestPagingMaxLength(t *testing.T) {
 			t.Fatalf("delivered %v", got)
 		}
 	})
+	t.Run("publishers wait for the head to be dropped", func(t *testing.T) {
+		opts := NoLimits()
+		opts.MaxLength = 10
+		q, p, r, _ := newPagedQueue(opts, 4)
+		hold := make(chan struct{})
+		p.setHold(hold)
+		pushN(t, q, 30, 1) // the window drains by drop-head, the rest waits on disk
+		if st := q.Counts(); st.Ready <= 10 || st.InMemory != 0 {
+			t.Fatalf("with read-aheads held: %+v", st)
+		}
+		waited := make(chan struct{})
+		go func() {
+			q.AwaitLimits()
+			close(waited)
+		}()
+		select {
+		case <-waited:
+			t.Fatal("AwaitLimits returned while the queue was over its limit")
+		case <-time.After(20 * time.Millisecond):
+		}
+		close(hold)
+		<-waited
+		if st := q.Counts(); st.Ready != 10 {
+			t.Errorf("after AwaitLimits: %+v, want 10 ready", st)
+		}
+		if got := r.dropped(MaxLen); !slices.Equal(got, seqRange(1, 20)) {
+			t.Errorf("dropped %v", got)
+		}
+		q.AwaitLimits() // within limits: returns at once
+	})
 	t.Run("reject-publish", func(t *testing.T) {
 		opts := NoLimits()
 		opts.MaxLength = 20

@@ -4,6 +4,7 @@ import (
 	"math"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -160,7 +161,8 @@ type Queue struct {
 	consumers []Consumer
 	rr        int
 	closed    bool
-	drops     []drop
+	drops     []drop // collected under mu, emitted by unlockEmit
+	emitting  bool   // a goroutine is emitting drops
 	timer     *time.Timer
 	timerAt   int64
 
@@ -177,6 +179,8 @@ type Queue struct {
 	paging   bool          // a page-in is in flight
 	pageWait chan struct{} // closed when the page-in in flight completes
 	pageErr  error         // of the last page-in
+	// overflowing: over a drop-head limit with the head paged out (AwaitLimits).
+	overflowing atomic.Bool
 }
 
 // New creates an empty queue.
@@ -285,9 +289,7 @@ func (q *Queue) Push(e *Entry) PushResult {
 		}
 	}
 	q.settle(now)
-	d := q.takeDrops()
-	q.mu.Unlock()
-	q.emit(d)
+	q.unlockEmit()
 	return Enqueued
 }
 
@@ -398,8 +400,11 @@ func (q *Queue) promoteDelayed(now int64) {
 // settle ends every operation that may have changed the queue: timer, read-ahead, budget.
 func (q *Queue) settle(now int64) {
 	q.arm(now)
-	q.refill()
-	q.syncBudget()
+	if q.pager != nil {
+		q.refill()
+		q.syncBudget()
+		q.overflowing.Store(q.overflowingLocked())
+	}
 }
 
 // arm schedules the timer for the next head expiry or delayed entry becoming due.
@@ -433,10 +438,25 @@ func (q *Queue) onTimer() {
 	q.Kick()
 }
 
-func (q *Queue) takeDrops() []drop {
-	d := q.drops
-	q.drops = nil
-	return d
+// unlockEmit releases q.mu and passes the drops collected so far to the Dropped hook, in the
+// order they happened: if another goroutine is already emitting this queue's drops, it takes
+// these too, so dead letters of one queue are never reordered (expiries found by a timer and
+// by a read-ahead, say).
+func (q *Queue) unlockEmit() {
+	if q.emitting {
+		q.mu.Unlock()
+		return
+	}
+	q.emitting = true
+	for len(q.drops) > 0 {
+		d := q.drops
+		q.drops = nil
+		q.mu.Unlock()
+		q.emit(d)
+		q.mu.Lock()
+	}
+	q.emitting = false
+	q.mu.Unlock()
 }
 
 func (q *Queue) emit(ds []drop) {
@@ -459,9 +479,7 @@ func (q *Queue) Kick() {
 	q.dispatch(now)
 	q.expireHead(now)
 	q.settle(now)
-	d := q.takeDrops()
-	q.mu.Unlock()
-	q.emit(d)
+	q.unlockEmit()
 }
 
 // AddConsumer registers c and delivers to it what is ready.
@@ -507,9 +525,7 @@ func (q *Queue) Get(noAck bool) (e *Entry, remaining int, ok bool) {
 		// The head is on disk: wait for the read-ahead to bring it in.
 		q.refill()
 		wait := q.pageWait
-		d := q.takeDrops()
-		q.mu.Unlock()
-		q.emit(d)
+		q.unlockEmit()
 		<-wait
 		q.mu.Lock()
 		now = q.now()
@@ -528,9 +544,7 @@ func (q *Queue) Get(noAck bool) (e *Entry, remaining int, ok bool) {
 	}
 	remaining = int(q.length())
 	q.settle(now)
-	d := q.takeDrops()
-	q.mu.Unlock()
-	q.emit(d)
+	q.unlockEmit()
 	return e, remaining, e != nil
 }
 
@@ -599,9 +613,7 @@ func (q *Queue) Requeue(es []*Entry) {
 	q.expireHead(now)
 	q.dispatch(now)
 	q.settle(now)
-	d := q.takeDrops()
-	q.mu.Unlock()
-	q.emit(d)
+	q.unlockEmit()
 }
 
 func (q *Queue) redeliveryDelay(returns uint32) time.Duration {
@@ -701,9 +713,7 @@ func (q *Queue) Stats() Stats {
 	s := q.counts()
 	q.refill()
 	q.syncBudget()
-	d := q.takeDrops()
-	q.mu.Unlock()
-	q.emit(d)
+	q.unlockEmit()
 	return s
 }
 
@@ -779,17 +789,43 @@ func (q *Queue) pagedIn(es []*Entry, err error, max int, maxBytes int64, gen uin
 			q.paged.dropBelow(es[len(es)-1].Seq)
 		}
 	}
+	// Expire and enforce limits before delivering: a consumer must not get a message that
+	// was over the limit (or expired) before it could be read back.
 	now := q.now()
-	q.dispatch(now)
 	q.expireHead(now)
 	if q.opts.Overflow == DropHead {
 		q.dropOverflow()
 	}
+	q.dispatch(now)
 	q.settle(now)
-	d := q.takeDrops()
-	q.mu.Unlock()
-	q.emit(d)
+	q.unlockEmit()
 	close(wait)
+}
+
+// AwaitLimits waits while the queue is over a drop-head length limit because its head is
+// paged out, until read-aheads have brought the head in and dropped it. Publishers call it
+// after Push so that a capped queue cannot outgrow its limit faster than it drops; it costs
+// an atomic load otherwise. It must not be called from a Pager's PageIn callback (nor from
+// Dropped hooks, which may run there).
+func (q *Queue) AwaitLimits() {
+	if !q.overflowing.Load() {
+		return
+	}
+	q.mu.Lock()
+	for q.overflowingLocked() && q.pageErr == nil {
+		q.refill()
+		wait := q.pageWait
+		q.unlockEmit()
+		<-wait
+		q.mu.Lock()
+	}
+	q.unlockEmit()
+}
+
+func (q *Queue) overflowingLocked() bool {
+	return q.opts.Overflow == DropHead && q.ready.len() == 0 && q.paged.count > 0 && !q.closed &&
+		((q.opts.MaxLength >= 0 && q.length() > q.opts.MaxLength) ||
+			(q.opts.MaxLengthBytes >= 0 && q.bytes+q.paged.bytes > q.opts.MaxLengthBytes))
 }
 
 // syncBudget keeps the queue's reservation in the shared budget within a chunk of the

@@ -93,7 +93,7 @@ func (v *vhost) deadLetter(qs *queueState, es []*queue.Entry, why queue.Reason) 
 		v.srv.store.Submit(&batch, nil)
 	}
 	for _, p := range ps {
-		v.push(p)
+		v.push(p, false)
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 
 	"warren/amqp"
 	"warren/persistence"
+	"warren/queue"
 )
 
 // Server is one running broker.
@@ -30,6 +31,8 @@ type Server struct {
 	connID atomic.Uint64
 
 	alarms alarms
+	// budget bounds the bodies of ready messages all queues keep in memory (paging).
+	budget *queue.Budget
 	quit   chan struct{} // closed by Close
 
 	ln      net.Listener
@@ -59,6 +62,12 @@ func New(cfg Config) (*Server, error) {
 	}
 	for _, u := range cfg.Users {
 		s.users[u.Name] = u
+	}
+	s.alarms.memLimit.Store(memoryLimit(cfg))
+	if limit := s.alarms.memLimit.Load(); limit > 0 {
+		// As RabbitMQ's vm_memory_high_watermark_paging_ratio: queues page out message bodies
+		// well before the memory alarm would block publishers.
+		s.budget = queue.NewBudget(limit / 2)
 	}
 	if cfg.DataDir != "" {
 		start := time.Now()
@@ -91,7 +100,6 @@ func (s *Server) Start() error {
 		return fmt.Errorf("listening on %s: %w", s.cfg.Listen, err)
 	}
 	s.ln = ln
-	s.initAlarms()
 	s.serving.Add(2)
 	go s.acceptLoop()
 	go func() {

@@ -571,6 +571,7 @@ func (v *vhost) declareQueue(c *conn, m *amqp.QueueDeclare) (*queueState, *amqp.
 		qs.owner = c
 	}
 	qs.q = queue.New(name, spec.opts, queue.Hooks{Dropped: v.onDropped(qs)})
+	v.srv.enablePaging(qs)
 	if qs.durable {
 		rec := persistence.QueueRecord{VHost: v.name, Name: name, AutoDelete: m.AutoDelete, Args: encodeArgs(m.Arguments)}
 		if err := v.srv.store.PutQueue(rec); err != nil {
