@@ -188,7 +188,7 @@ func TestDeepQueueBoundedMemory(t *testing.T) {
 				t.Errorf("queue held up to %d messages in memory, window %d", peak, window)
 			}
 			st := s.store.Stats()
-			if st.ReadAheads < (n-window)/window {
+			if st.ReadAheads < uint64((n-window)/window) {
 				t.Errorf("%d read-aheads for %d paged messages with a window of %d", st.ReadAheads, n-window, window)
 			}
 			s.barrier(t)
