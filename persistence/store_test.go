@@ -474,8 +474,8 @@ func TestBatchAtomicity(t *testing.T) {
 	// tooBig exceeds badger's transaction limit on its own (values below the value-log
 	// threshold count in full); it also removes entry 1, which must not happen.
 	tooBig := &Batch{Removes: []Entry{ent("q", 1)}}
-	body := bytes.Repeat([]byte("x"), 3000)
-	for i := 0; i < 5000; i++ {
+	body := bytes.Repeat([]byte("x"), valueThreshold-40) // in the LSM tree: counts in full
+	for i := 0; i < 20000; i++ {
 		id := uint64(1000 + i)
 		tooBig.Publishes = append(tooBig.Publishes, Publish{Msg: &Message{ID: id, Body: body}, Entries: []Entry{ent("q", id)}})
 	}
@@ -817,8 +817,8 @@ func TestOpenCorruptedDirectory(t *testing.T) {
 func TestGroupSplitsAtTransactionLimits(t *testing.T) {
 	dir := t.TempDir()
 	s := openT(t, dir)
-	body := bytes.Repeat([]byte("z"), 3000) // below the value-log threshold: counts in full
-	const batches, per = 200, 20
+	body := bytes.Repeat([]byte("z"), valueThreshold-40) // in the LSM tree: counts in full
+	const batches, per = 200, 150
 	var wg sync.WaitGroup
 	errs := make(chan error, batches)
 	wg.Add(batches)

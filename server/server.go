@@ -5,6 +5,7 @@
 package server
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -106,7 +107,43 @@ func (s *Server) Start() error {
 		defer s.serving.Done()
 		s.alarmLoop()
 	}()
+	if s.store != nil && s.log.Enabled(context.Background(), slog.LevelDebug) {
+		s.serving.Add(1)
+		go func() {
+			defer s.serving.Done()
+			s.journalStatsLoop()
+		}()
+	}
 	return nil
+}
+
+// journalStatsInterval is how often the debug log reports the journal's group commits.
+const journalStatsInterval = 10 * time.Second
+
+// journalStatsLoop logs, at debug level, how the journal grouped the writes of the last
+// interval: the batch sizes behind group commit's throughput.
+func (s *Server) journalStatsLoop() {
+	t := time.NewTicker(journalStatsInterval)
+	defer t.Stop()
+	prev := s.store.Stats()
+	for {
+		select {
+		case <-s.quit:
+			return
+		case <-t.C:
+		}
+		st := s.store.Stats()
+		commits := st.Commits - prev.Commits
+		if commits == 0 {
+			continue
+		}
+		per := func(n uint64) float64 { return float64(n*100/commits) / 100 }
+		s.log.Debug("journal", "commits", commits, "batches_per_commit", per(st.Batches-prev.Batches),
+			"publishes_per_commit", per(st.Publishes-prev.Publishes), "max_batches_per_commit", st.MaxBatchesPerCommit,
+			"read_aheads", st.ReadAheads-prev.ReadAheads, "read_entries", st.ReadEntries-prev.ReadEntries,
+			"messages_stored", st.MessagesStored)
+		prev = st
+	}
 }
 
 // Addr is the address the listener is bound to.
