@@ -23,11 +23,42 @@ const (
 	gcAfterDeletes = 10000
 )
 
-// request is one unit of journal work: a Batch or a topology change.
+// request is one unit of journal work: a Batch or a topology change. cut marks an op that
+// purges a queue (it must end its group, see commitGroup).
 type request struct {
 	batch *Batch
 	op    func(g *group) error
+	cut   bool
 	done  func(error)
+}
+
+// errUnexpectedCut: an op purged without being marked cut; its group is committed again
+// without the requests after it.
+var errUnexpectedCut = errors.New("purge in an op not marked cut")
+
+// entryKey identifies an index entry in memory.
+type entryKey struct {
+	vhost, queue string
+	seq          uint64
+}
+
+// ackedIn returns the index entries that reqs remove. Entries a group both publishes (or
+// marks delivered) and removes - a consumer acking a message before its publish is
+// committed, the common case - are not written at all: the message never reaches disk.
+func ackedIn(reqs []request) map[entryKey]struct{} {
+	var acked map[entryKey]struct{}
+	for _, r := range reqs {
+		if r.batch == nil {
+			continue
+		}
+		for _, e := range r.batch.Removes {
+			if acked == nil {
+				acked = make(map[entryKey]struct{}, 64)
+			}
+			acked[entryKey{e.Queue.VHost, e.Queue.Queue, e.Seq}] = struct{}{}
+		}
+	}
+	return acked
 }
 
 // Submit queues b for the journal goroutine, which groups the batches of all callers into
@@ -64,9 +95,12 @@ func (s *Store) submit(r request) {
 
 // do runs a topology change through the journal and waits for it to be durable; going
 // through the journal serialises it with message batches (DeleteQueue vs. publishes).
-func (s *Store) do(op func(g *group) error) error {
+func (s *Store) do(op func(g *group) error) error { return s.doOp(op, false) }
+
+// doOp is do for an op that may purge a queue (cut).
+func (s *Store) doOp(op func(g *group) error, cut bool) error {
 	ch := make(chan error, 1)
-	s.submit(request{op: op, done: func(err error) { ch <- err }})
+	s.submit(request{op: op, cut: cut, done: func(err error) { ch <- err }})
 	return <-ch
 }
 
@@ -113,27 +147,31 @@ func (s *Store) process(reqs []request) {
 // group is one journal transaction under construction. Counter changes are applied by
 // merge only after the commit succeeds.
 type group struct {
-	s         *Store
-	txn       *badger.Txn
-	drains    []drainJob // run after the commit (purges, page drops)
-	cut       bool       // a queue purge: later requests must not share this transaction
-	publishes int
-	stored    int64 // messages written
-	removed   int64 // messages deleted
-	maxID     uint64
-	estCount  int64 // estimated badger entries / bytes so far, to cut before ErrTxnTooBig
-	estSize   int64
+	s          *Store
+	txn        *badger.Txn
+	drains     []drainJob            // run after the commit (purges, page drops)
+	cut        bool                  // a queue purge: later requests must not share this transaction
+	acked      map[entryKey]struct{} // entries removed by some request of this group
+	publishes  int
+	stored     int64  // messages written
+	removed    int64  // messages deleted
+	maxID      uint64 // highest message id published, stored or not
+	savedMaxID uint64 // the high-water mark as written (or already on disk)
+	estCount   int64  // estimated badger entries / bytes so far, to cut before ErrTxnTooBig
+	estSize    int64
 }
 
 func (s *Store) newGroup() *group {
-	return &group{s: s, txn: s.db.NewTransaction(true), maxID: s.maxID.Load()}
+	m := s.maxID.Load()
+	return &group{s: s, txn: s.db.NewTransaction(true), maxID: m, savedMaxID: m}
 }
 
 // commitGroup commits a non-empty prefix of reqs in one transaction and returns its length.
 func (s *Store) commitGroup(reqs []request) int {
-	g := s.newGroup()
+	// First decide which requests share the transaction, so that entries published and
+	// removed within it can cancel out before anything is written.
 	n := 0
-	var applyErr error
+	var estCount, estSize int64
 	// Cut groups at 80% of badger's limits by estimate, so ErrTxnTooBig (which costs a
 	// rebuild of the transaction) is the exception.
 	limCount, limSize := s.db.MaxBatchCount()*4/5, s.db.MaxBatchSize()*4/5
@@ -141,43 +179,52 @@ func (s *Store) commitGroup(reqs []request) int {
 		if r.batch != nil {
 			if err := validateBatch(r.batch); err != nil {
 				if j == 0 {
-					g.txn.Discard()
 					r.done(err)
 					return 1
 				}
-				break // nothing of r applied: commit the others, r fails alone next round
+				break // r fails alone next round
 			}
 			c, sz := estimate(r.batch)
-			if j > 0 && (g.estCount+c > limCount || g.estSize+sz > limSize) {
+			if j > 0 && (estCount+c > limCount || estSize+sz > limSize) {
 				break
 			}
-			g.estCount += c
-			g.estSize += sz
-			applyErr = g.applyBatch(r.batch)
-		} else {
-			applyErr = r.op(g)
-		}
-		if applyErr != nil {
-			break
+			estCount += c
+			estSize += sz
 		}
 		n = j + 1
 		// A purge is finished (drain) right after its commit; later requests must not share
 		// its transaction, or the drain would delete entries they add.
-		if g.cut || n >= maxGroup {
+		if r.cut || (r.batch != nil && len(r.batch.Purges) > 0) || n >= maxGroup {
 			break
 		}
 	}
-	if applyErr != nil {
-		// A transaction cannot roll back one request, so start over without it.
-		g.txn.Discard()
-		if n == 0 {
-			if errors.Is(applyErr, badger.ErrTxnTooBig) {
-				applyErr = fmt.Errorf("batch too large for one transaction: %w", applyErr)
-			}
-			reqs[0].done(fmt.Errorf("persistence: %w", applyErr))
-			return 1
+	g := s.newGroup()
+	g.acked = ackedIn(reqs[:n])
+	for j, r := range reqs[:n] {
+		var err error
+		if r.batch != nil {
+			err = g.applyBatch(r.batch)
+		} else {
+			err = r.op(g)
 		}
-		return s.commitGroup(reqs[:n])
+		if err == nil && g.cut && j < n-1 {
+			err = errUnexpectedCut
+		}
+		if err != nil {
+			// A transaction cannot roll back one request, so start over without it.
+			g.txn.Discard()
+			if errors.Is(err, errUnexpectedCut) {
+				return s.commitGroup(reqs[:j+1])
+			}
+			if j == 0 {
+				if errors.Is(err, badger.ErrTxnTooBig) {
+					err = fmt.Errorf("batch too large for one transaction: %w", err)
+				}
+				reqs[0].done(fmt.Errorf("persistence: %w", err))
+				return 1
+			}
+			return s.commitGroup(reqs[:j])
+		}
 	}
 	if err := g.txn.Commit(); err != nil {
 		s.failed = err
@@ -356,18 +403,31 @@ func estimate(b *Batch) (count, size int64) {
 }
 
 func (g *group) applyBatch(b *Batch) error {
-	idBefore := g.maxID
 	for _, p := range b.Publishes {
 		if len(p.Entries) == 0 {
 			continue
 		}
 		id := p.Msg.ID
+		g.publishes++
+		g.maxID = max(g.maxID, id)
+		live := len(p.Entries)
+		for _, e := range p.Entries {
+			if g.isAcked(e.Queue, e.Seq) {
+				live--
+			}
+		}
+		if live == 0 {
+			continue // consumed within this transaction: nothing to store
+		}
 		iv := indexValue{msgID: id, size: uint32(min(len(p.Msg.Body), math.MaxUint32))}
-		shared := len(p.Entries) > 1
+		shared := live > 1
 		if shared {
 			iv.flags = idxShared
 		}
 		for _, e := range p.Entries {
+			if g.isAcked(e.Queue, e.Seq) {
+				continue
+			}
 			k := indexKey(e.Queue, e.Seq)
 			old, ok, err := g.getIndex(k)
 			if err != nil {
@@ -384,21 +444,22 @@ func (g *group) applyBatch(b *Batch) error {
 			}
 		}
 		if shared {
-			if err := g.txn.Set(refKey(id), encodeRef(uint32(len(p.Entries)))); err != nil {
+			if err := g.txn.Set(refKey(id), encodeRef(uint32(live))); err != nil {
 				return err
 			}
 		}
 		if err := g.txn.Set(messageKey(id), encodeMessage(p.Msg)); err != nil {
 			return err
 		}
-		g.publishes++
 		g.stored++
-		g.maxID = max(g.maxID, id)
 	}
-	if g.maxID != idBefore {
+	if g.stored > 0 && g.maxID > g.savedMaxID {
+		// Only ids that reach the disk need to stay unique across restarts: a group whose
+		// messages were all consumed within it writes nothing at all (and needs no sync).
 		if err := g.txn.Set(keyMaxID, binary.BigEndian.AppendUint64(nil, g.maxID)); err != nil {
 			return err
 		}
+		g.savedMaxID = g.maxID
 	}
 	for i := range b.Pages {
 		p := &b.Pages[i]
@@ -407,6 +468,9 @@ func (g *group) applyBatch(b *Batch) error {
 		}
 	}
 	for _, d := range b.Deliveries {
+		if g.isAcked(d.Entry.Queue, d.Entry.Seq) {
+			continue // removed later in this transaction
+		}
 		k := indexKey(d.Entry.Queue, d.Entry.Seq)
 		v, ok, err := g.getIndex(k)
 		if err != nil {
@@ -451,6 +515,14 @@ func (g *group) applyBatch(b *Batch) error {
 		g.drains = append(g.drains, drainJob{prefix: pagePrefix(d.Space), spans: normalizeSpans(d.Spans)})
 	}
 	return nil
+}
+
+func (g *group) isAcked(q QueueRef, seq uint64) bool {
+	if g.acked == nil {
+		return false
+	}
+	_, ok := g.acked[entryKey{q.VHost, q.Queue, seq}]
+	return ok
 }
 
 // markPurge records, atomically with the rest of the transaction, which of q's index

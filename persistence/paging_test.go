@@ -362,3 +362,41 @@ func TestIndexValueCodec(t *testing.T) {
 		}
 	}
 }
+
+// TestAckedInSameGroup: entries published and removed by the same transaction are never
+// written; a shared message keeps only the references that survive it.
+func TestAckedInSameGroup(t *testing.T) {
+	s := openT(t, t.TempDir())
+	defer closeT(t, s)
+	// Submitted without waiting into one group (the journal is held by a slow first request).
+	hold := make(chan struct{})
+	s.submit(request{op: func(*group) error { <-hold; return nil }})
+	errs := make(chan error, 4)
+	done := func(err error) { errs <- err }
+	s.Submit(&Batch{Publishes: []Publish{pub(mkMsg(1), ent("q", 1)), pub(mkMsg(2), ent("q", 2), ent("r", 2))}}, done)
+	s.Submit(&Batch{Deliveries: []DeliveryMark{{Entry: ent("q", 1), Count: 1}, {Entry: ent("q", 2), Count: 1}}}, done)
+	s.Submit(&Batch{Removes: []Entry{ent("q", 1), ent("q", 2)}}, done)
+	close(hold)
+	for i := 0; i < 3; i++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if stored(s, 1) {
+		t.Error("message 1, published and acked in one transaction, was stored")
+	}
+	if got := recoverAll(t, s, "r"); !reflect.DeepEqual(got, []recovered{{2, 2, 0}}) {
+		t.Errorf("r = %v", got)
+	}
+	if got := recoverAll(t, s, "q"); len(got) != 0 {
+		t.Errorf("q = %v", got)
+	}
+	if st := s.Stats(); st.MessagesStored != 1 || st.Publishes != 2 || s.MaxMessageID() != 2 {
+		t.Errorf("stats %+v, max id %d", st, s.MaxMessageID())
+	}
+	// Message 2 kept one reference (r), without a refcount record.
+	commitT(t, s, &Batch{Removes: []Entry{ent("r", 2)}})
+	if stored(s, 2) {
+		t.Error("message 2 kept after its last entry went")
+	}
+}

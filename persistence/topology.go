@@ -38,7 +38,7 @@ func (s *Store) PutQueue(r QueueRecord) error {
 // other queue references. The record and bindings go atomically; the entries are deleted
 // before DeleteQueue returns (resumed by Open after a crash). Deleting a missing queue succeeds.
 func (s *Store) DeleteQueue(vhost, name string) error {
-	return s.do(func(g *group) error {
+	return s.doOp(func(g *group) error {
 		if err := g.txn.Delete(queueRecKey(vhost, name)); err != nil {
 			return err
 		}
@@ -49,7 +49,7 @@ func (s *Store) DeleteQueue(vhost, name string) error {
 			return err
 		}
 		return g.markPurge(QueueRef{VHost: vhost, Queue: name}, nil)
-	})
+	}, true)
 }
 
 // PutBinding stores a binding (idempotent).
