@@ -24,12 +24,15 @@ const (
 )
 
 // request is one unit of journal work: a Batch or a topology change. cut marks an op that
-// purges a queue (it must end its group, see commitGroup).
+// purges a queue (it must end its group, see commitGroup). An exclusive request runs on
+// the journal goroutine outside any transaction, between groups (maintenance that blocks
+// badger's writes).
 type request struct {
-	batch *Batch
-	op    func(g *group) error
-	cut   bool
-	done  func(error)
+	batch     *Batch
+	op        func(g *group) error
+	cut       bool
+	exclusive func() error
+	done      func(error)
 }
 
 // errUnexpectedCut: an op purged without being marked cut; its group is committed again
@@ -168,6 +171,10 @@ func (s *Store) newGroup() *group {
 
 // commitGroup commits a non-empty prefix of reqs in one transaction and returns its length.
 func (s *Store) commitGroup(reqs []request) int {
+	if reqs[0].exclusive != nil {
+		reqs[0].done(reqs[0].exclusive())
+		return 1
+	}
 	// First decide which requests share the transaction, so that entries published and
 	// removed within it can cancel out before anything is written.
 	n := 0
@@ -176,6 +183,9 @@ func (s *Store) commitGroup(reqs []request) int {
 	// rebuild of the transaction) is the exception.
 	limCount, limSize := s.db.MaxBatchCount()*4/5, s.db.MaxBatchSize()*4/5
 	for j, r := range reqs {
+		if r.exclusive != nil {
+			break
+		}
 		if r.batch != nil {
 			if err := validateBatch(r.batch); err != nil {
 				if j == 0 {
@@ -266,6 +276,7 @@ func (s *Store) merge(g *group) {
 	s.nstored.Add(g.stored - g.removed)
 	if g.removed > 0 {
 		s.removedSinceGC += g.removed
+		s.deleted.Add(g.removed)
 		if s.removedSinceGC >= gcAfterDeletes {
 			s.removedSinceGC = 0
 			s.kickGC()

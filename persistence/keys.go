@@ -15,8 +15,9 @@ const (
 	pfxMessage  = 'm'
 	pfxRef      = 'r' // reference count of a message held by more than one queue
 	pfxIndex    = 'i'
-	pfxPurge    = 'p' // pending purge marker: the queue's index entries are being deleted
-	pfxPage     = 't' // transient pages, wiped at Open
+	pfxPurge    = 'p'  // pending purge marker: the queue's index entries are being deleted
+	pfxPage     = 't'  // transient pages, wiped at Open
+	pfxUnused   = 0xff // no key starts with it (see compactIfDrained)
 )
 
 var (

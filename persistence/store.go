@@ -9,6 +9,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -64,8 +65,10 @@ type Store struct {
 	closeErr    error
 
 	// Owned by the journal goroutine (and by Open before it starts).
-	removedSinceGC int64 // message deletions since value-log GC was last kicked
-	failed         error // sticky: set when a commit fails, the in-memory state can no longer be trusted
+	removedSinceGC int64        // message deletions since value-log GC was last kicked
+	deleted        atomic.Int64 // message deletions since Open, for the GC loop
+	garbageAtOpen  bool         // the value log is much larger than the messages in it
+	failed         error        // sticky: set when a commit fails, the in-memory state can no longer be trusted
 
 	maxID      atomic.Uint64
 	nstored    atomic.Int64  // messages stored, readable outside the journal
@@ -146,7 +149,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		// Block compression buffers every compressed block of a table being built in memory
 		// (hundreds of MB at 30k msgs/s); bodies in the value log are not compressed anyway.
 		WithCompression(options.None).
-		WithValueLogFileSize(256 << 20).
+		WithValueLogFileSize(valueLogFileSize).
 		WithBlockCacheSize(32 << 20).
 		WithIndexCacheSize(16 << 20).
 		WithNumCompactors(2).
@@ -371,7 +374,23 @@ func (s *Store) load(fresh bool) error {
 		}
 	}
 	s.nstored.Store(c.messages)
+	// Garbage left in the value log by a backlog drained before the restart: reclaim it too.
+	if s.dir != "" && valueLogBytes(s.dir) > 2*c.bytes+valueLogFileSize {
+		s.garbageAtOpen = true
+	}
 	return nil
+}
+
+// valueLogBytes is the size of the value-log files in dir.
+func valueLogBytes(dir string) int64 {
+	var n int64
+	files, _ := filepath.Glob(filepath.Join(dir, "*.vlog"))
+	for _, p := range files {
+		if fi, err := os.Stat(p); err == nil {
+			n += fi.Size()
+		}
+	}
+	return n
 }
 
 // readMeta checks the format version (returned) and loads the message-id high-water mark.
@@ -434,6 +453,7 @@ func (s *Store) wipePages() error {
 // checkResult is what check counted.
 type checkResult struct {
 	messages  int64 // message records
+	bytes     int64 // their encoded size
 	refs      int64 // references they claim: their refcount, or 1 without a refcount record
 	entries   int64 // index entries
 	strayRefs int64 // refcount records without a message
@@ -476,6 +496,7 @@ func (s *Store) check() (checkResult, error) {
 			id := beUint64(k[1:])
 			err := item.Value(func(v []byte) error {
 				_, err := decodeMessage(id, v)
+				c.bytes += int64(len(v))
 				return err
 			})
 			if err != nil {
@@ -589,15 +610,55 @@ func (s *Store) gcLoop(interval time.Duration, inMemory bool) {
 	}
 	t := time.NewTicker(interval)
 	defer t.Stop()
+	m := maintenance{pending: s.garbageAtOpen}
 	for {
 		select {
 		case <-s.gcStop:
 			return
 		case <-t.C:
+			m.compactIfDrained(s)
 		case <-s.gcKick:
 		}
 		s.runGC()
 	}
+}
+
+// flattenAfterDeletes is how many message deletions make a mostly empty store worth
+// compacting in full (a variable for tests).
+var flattenAfterDeletes int64 = 100000
+
+// maintenance is the GC loop's memory of its last full compaction.
+type maintenance struct {
+	flattenedAt int64 // s.deleted then
+	pending     bool  // compact at the next tick whatever the deletions
+}
+
+// compactIfDrained compacts the whole LSM tree once many messages were deleted and few are
+// left - a drained backlog. The value log learns which of its records are garbage only when
+// compaction drops the keys deleted above them, and an idle tree does not compact, so
+// without this a drained backlog would keep its disk space.
+func (m *maintenance) compactIfDrained(s *Store) {
+	deleted := s.deleted.Load() - m.flattenedAt
+	if !m.pending && (deleted < flattenAfterDeletes || s.nstored.Load()*4 > deleted) {
+		return
+	}
+	m.pending = false
+	m.flattenedAt += deleted
+	start := time.Now()
+	// The latest deletions are still in the memtables, which Flatten leaves alone. DropPrefix
+	// flushes them first; no key has this prefix. It makes concurrent writes fail rather than
+	// wait, so it runs on the journal goroutine, between groups.
+	ch := make(chan error, 1)
+	s.submit(request{exclusive: func() error { return s.db.DropPrefix([]byte{pfxUnused}) }, done: func(err error) { ch <- err }})
+	if err := <-ch; err != nil {
+		s.log.Warn("flushing memtables after a drained backlog failed", "err", err)
+		return
+	}
+	if err := s.db.Flatten(2); err != nil {
+		s.log.Warn("compaction after a drained backlog failed", "err", err)
+		return
+	}
+	s.log.Info("compacted after a drained backlog", "deleted_messages", deleted, "messages", s.nstored.Load(), "took", time.Since(start).Round(time.Millisecond))
 }
 
 // trimInterval is how often trimLoop looks at the memory held by mapped files, and
@@ -668,8 +729,21 @@ func (b badgerLogger) Errorf(f string, a ...any) {
 }
 
 func (b badgerLogger) Warningf(f string, a ...any) {
-	b.l.Log(context.Background(), slog.LevelWarn, "badger: "+trimNL(fmt.Sprintf(f, a...)))
+	msg := trimNL(fmt.Sprintf(f, a...))
+	level := slog.LevelWarn
+	for _, noise := range badgerNoise {
+		if strings.Contains(msg, noise) {
+			level = slog.LevelDebug
+			break
+		}
+	}
+	b.l.Log(context.Background(), level, "badger: "+msg)
 }
+
+// badgerNoise are badger warnings that say nothing is wrong: the block cache's hit rate after
+// Open read every message once (repeated every minute), and two workers of a full
+// compaction competing for the same tables.
+var badgerNoise = []string{"Block cache might be too small", "Cache life expectancy", "Unable to fill tables"}
 
 func (b badgerLogger) Infof(string, ...any)  {}
 func (b badgerLogger) Debugf(string, ...any) {}
@@ -686,6 +760,10 @@ func trimNL(s string) string {
 // memory at several times its size, so this bounds the store's memory more than anything.
 // Tests lower it because each Open zeroes a memtable arena.
 var memTableSize int64 = 16 << 20
+
+// valueLogFileSize is the size of one value-log file; GC rewrites or deletes whole files, so
+// this is also the granularity in which disk space comes back. Tests lower it.
+var valueLogFileSize int64 = 256 << 20
 
 // valueThreshold: values of at least this size go to the value log. Measured with a backlog of
 // 200k persistent 1 KiB messages: 4 KiB (bodies in the LSM tree) peaked at 750 MB of anonymous

@@ -880,3 +880,114 @@ func TestValueLogGCDuringTraffic(t *testing.T) {
 		t.Errorf("MessagesStored = %d, want 1", st.MessagesStored)
 	}
 }
+
+// TestDrainedBacklogGivesDiskBack: once a backlog is drained, the timer-driven maintenance
+// compacts the tree and value-log GC deletes the garbage files, without further traffic.
+func TestDrainedBacklogGivesDiskBack(t *testing.T) {
+	// Small files and memtables: the backlog spreads over several value-log files and levels
+	// of the tree, as a real one does.
+	oldFile, oldFlatten, oldMem := valueLogFileSize, flattenAfterDeletes, memTableSize
+	valueLogFileSize, flattenAfterDeletes, memTableSize = 1<<20, 1000, 1<<20
+	t.Cleanup(func() { valueLogFileSize, flattenAfterDeletes, memTableSize = oldFile, oldFlatten, oldMem })
+	dir := t.TempDir()
+	s, err := Open(dir, Options{Logger: quietLogger(), NoSync: true, GCInterval: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeT(t, s)
+	vlogBytes := func() int64 { return valueLogBytes(dir) }
+	const n = 60000
+	body := bytes.Repeat([]byte("d"), 1<<10) // value log
+	b := &Batch{}
+	for i := uint64(1); i <= n; i++ {
+		b.Publishes = append(b.Publishes, Publish{Msg: &Message{ID: i, Body: body}, Entries: []Entry{ent("q", i)}})
+		if len(b.Publishes) == 500 {
+			commitT(t, s, b)
+			b = &Batch{}
+		}
+	}
+	full := vlogBytes()
+	b = &Batch{}
+	for i := uint64(1); i <= n; i++ {
+		b.Removes = append(b.Removes, ent("q", i))
+		if len(b.Removes) == 500 {
+			commitT(t, s, b)
+			b = &Batch{}
+		}
+	}
+	// Traffic goes on while the maintenance runs: it must never make a commit fail.
+	stop := make(chan struct{})
+	traffic := make(chan error, 1)
+	go func() {
+		id := uint64(n)
+		for {
+			select {
+			case <-stop:
+				traffic <- nil
+				return
+			default:
+			}
+			id++
+			b := &Batch{Publishes: []Publish{pub(mkMsg(id), ent("other", id))}, Removes: []Entry{ent("other", id-1)}}
+			if err := s.Commit(b); err != nil {
+				traffic <- err
+				return
+			}
+		}
+	}()
+	deadline := time.Now().Add(20 * time.Second)
+	for vlogBytes() > full/4 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	close(stop)
+	if err := <-traffic; err != nil {
+		t.Fatalf("a commit failed during maintenance: %v", err)
+	}
+	if got := vlogBytes(); got > full/4 {
+		t.Fatalf("value log still %d bytes after draining (%d with the backlog)", got, full)
+	}
+	if st := s.Stats(); st.MessagesStored != 1 {
+		t.Errorf("MessagesStored = %d, want 1 (the last of the traffic)", st.MessagesStored)
+	}
+}
+
+// TestGarbageLeftBeforeRestartIsReclaimed: a value log much larger than the messages found
+// at Open is compacted and collected without any new deletions.
+func TestGarbageLeftBeforeRestartIsReclaimed(t *testing.T) {
+	oldFile, oldMem := valueLogFileSize, memTableSize
+	valueLogFileSize, memTableSize = 1<<20, 1<<20
+	t.Cleanup(func() { valueLogFileSize, memTableSize = oldFile, oldMem })
+	dir := t.TempDir()
+	s := openT(t, dir)
+	body := bytes.Repeat([]byte("g"), 1<<10)
+	const n = 60000
+	for i := uint64(1); i <= n; i += 500 {
+		b := &Batch{}
+		for j := i; j < i+500; j++ {
+			b.Publishes = append(b.Publishes, Publish{Msg: &Message{ID: j, Body: body}, Entries: []Entry{ent("q", j)}})
+		}
+		commitT(t, s, b)
+		b = &Batch{}
+		for j := i; j < i+500; j++ {
+			b.Removes = append(b.Removes, ent("q", j))
+		}
+		commitT(t, s, b)
+	}
+	closeT(t, s)
+	full := valueLogBytes(dir)
+	s, err := Open(dir, Options{Logger: quietLogger(), NoSync: true, GCInterval: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeT(t, s)
+	if !s.garbageAtOpen {
+		t.Fatalf("a value log of %d bytes without messages was not noticed", full)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for valueLogBytes(dir) > full/4 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if got := valueLogBytes(dir); got > full/4 {
+		t.Fatalf("value log still %d bytes (%d at Open)", got, full)
+	}
+}
