@@ -43,10 +43,11 @@ var ErrNotFound = errors.New("persistence: not found")
 // one badger database, written by a single journal goroutine (see the package doc).
 // All methods are safe for concurrent use.
 type Store struct {
-	db     *badger.DB
-	dir    string
-	log    *slog.Logger
-	opened time.Time
+	db        *badger.DB
+	dir       string
+	mappedDir string // dir as /proc/self/maps shows it, for trimMapped; "" in memory
+	log       *slog.Logger
+	opened    time.Time
 
 	// Journal queue: Submit appends under mu and signals cond; the journal swaps it out.
 	mu      sync.Mutex
@@ -175,6 +176,15 @@ func Open(dir string, opts Options) (*Store, error) {
 		trimDone:    make(chan struct{}),
 	}
 	s.cond = sync.NewCond(&s.mu)
+	if !opts.InMemory {
+		// /proc/self/maps shows absolute, resolved paths.
+		if abs, err := filepath.Abs(dir); err == nil {
+			if real, err := filepath.EvalSymlinks(abs); err == nil {
+				abs = real
+			}
+			s.mappedDir = abs + string(filepath.Separator)
+		}
+	}
 	if err := s.load(fresh); err != nil {
 		_ = db.Close()
 		return nil, fmt.Errorf("persistence: open %s: %w", dirName(dir), err)
@@ -183,7 +193,7 @@ func Open(dir string, opts Options) (*Store, error) {
 	go s.journal()
 	go s.reader()
 	go s.gcLoop(opts.GCInterval, opts.InMemory)
-	go s.trimLoop(opts.InMemory)
+	go s.trimLoop()
 	log.Info("store opened", "dir", dirName(dir), "messages", s.nstored.Load(), "took", time.Since(s.opened).Round(time.Millisecond))
 	return s, nil
 }
@@ -499,6 +509,10 @@ func (s *Store) check() (checkResult, error) {
 				c.bytes += int64(len(v))
 				return err
 			})
+			if c.messages%checkTrimEvery == 0 {
+				// Reading every message maps the whole value log in; keep the resident set down.
+				trimMapped(s.mappedDir, mappedLimit)
+			}
 			if err != nil {
 				return fmt.Errorf("read message %d: %w", id, err)
 			}
@@ -661,6 +675,9 @@ func (m *maintenance) compactIfDrained(s *Store) {
 	s.log.Info("compacted after a drained backlog", "deleted_messages", deleted, "messages", s.nstored.Load(), "took", time.Since(start).Round(time.Millisecond))
 }
 
+// checkTrimEvery is how many messages Open's check reads between trims of mapped pages.
+const checkTrimEvery = 16384
+
 // trimInterval is how often trimLoop looks at the memory held by mapped files, and
 // mappedLimit the file-backed resident memory above which it reclaims the store's mappings.
 const (
@@ -669,18 +686,9 @@ const (
 )
 
 // trimLoop keeps the pages of badger's memory-mapped files from piling up in the resident set.
-func (s *Store) trimLoop(inMemory bool) {
+func (s *Store) trimLoop() {
 	defer close(s.trimDone)
-	dir := ""
-	if !inMemory {
-		// /proc/self/maps shows absolute, resolved paths.
-		if abs, err := filepath.Abs(s.dir); err == nil {
-			if real, err := filepath.EvalSymlinks(abs); err == nil {
-				abs = real
-			}
-			dir = abs + string(filepath.Separator)
-		}
-	}
+	dir := s.mappedDir
 	if dir == "" {
 		<-s.gcStop
 		return
