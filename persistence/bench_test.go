@@ -14,7 +14,7 @@ import (
 // prodMemTable runs a benchmark with the production memtable size (TestMain lowers it).
 func prodMemTable(b *testing.B) {
 	old := memTableSize
-	memTableSize = 64 << 20
+	memTableSize = defaultMemTableSize
 	b.Cleanup(func() { memTableSize = old })
 }
 

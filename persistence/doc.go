@@ -38,8 +38,10 @@
 // possible after damage or a bug - or to migrate a format 1 store (which kept refcounts
 // in memory) does Open rebuild the refcounts from a map over the whole index; an index
 // entry pointing at a missing message then fails Open.
-// Messages up to 4 KiB live in the LSM tree; bigger ones in badger's value log, which is
-// garbage-collected periodically and after many deletions.
+// Messages from 256 bytes up live in badger's value log, smaller ones in the LSM tree, so the
+// tree - whose memtable flushes and compactions run in memory - moves only keys, pointers and
+// index entries. badger reads through mmap; a trimmer reclaims the store's mapped pages
+// (MADV_PAGEOUT) whenever they hold more than 64 MB of the resident set.
 //
 // # Paging
 //
@@ -63,6 +65,13 @@
 // goroutine writes, each transaction's reads (is this entry still there? what is this
 // refcount?) see all earlier commits.
 //
+// The journal first decides which requests share a transaction, then applies them. Index
+// entries that the group both publishes (or marks delivered) and removes - a consumer acking
+// a message before its publish is committed, which is the common case when consumers keep
+// up - are not written at all, and a message none of whose entries survives is never
+// stored; the message-id high-water mark is written only with a stored message. Such a group
+// commits nothing and needs no sync, yet its confirms are exact: the messages were consumed.
+//
 // A Batch is atomic. If adding a Batch makes the transaction too big, the transaction is
 // rebuilt without it and committed, and that Batch starts the next one; a single Batch
 // that is too big on its own fails alone. If a commit fails, the store turns read-only
@@ -74,6 +83,16 @@
 // deletes the queue's entries in bounded transactions before doing anything else; done is
 // called after that. Open completes a purge interrupted by a crash before anything can
 // read the queue. Page drops are drained the same way, without a marker.
+//
+// # Maintenance
+//
+// Value-log GC runs every GCInterval and after every 10,000 message deletions. It can only
+// reclaim what compaction has found dead, and an idle tree does not compact, so after many
+// deletions with few messages left (a drained backlog), or when Open finds the value log far
+// larger than its messages, the GC timer also flushes the memtables (on the journal
+// goroutine: badger fails writes that race with it) and compacts the whole tree; then GC
+// deletes the dead value-log files. Close commits everything submitted, and badger's Close
+// flushes the memtables.
 //
 // # Integrity
 //

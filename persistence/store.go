@@ -767,7 +767,9 @@ func trimNL(s string) string {
 // of messages, their bodies being in the value log). Flushing a memtable builds its table in
 // memory at several times its size, so this bounds the store's memory more than anything.
 // Tests lower it because each Open zeroes a memtable arena.
-var memTableSize int64 = 16 << 20
+var memTableSize int64 = defaultMemTableSize
+
+const defaultMemTableSize = 16 << 20
 
 // valueLogFileSize is the size of one value-log file; GC rewrites or deletes whole files, so
 // this is also the granularity in which disk space comes back. Tests lower it.
