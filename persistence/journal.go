@@ -100,6 +100,13 @@ func (s *Store) submit(r request) {
 // through the journal serialises it with message batches (DeleteQueue vs. publishes).
 func (s *Store) do(op func(g *group) error) error { return s.doOp(op, false) }
 
+// exclusive runs fn on the journal goroutine between groups and waits for it.
+func (s *Store) exclusive(fn func() error) error {
+	ch := make(chan error, 1)
+	s.submit(request{exclusive: fn, done: func(err error) { ch <- err }})
+	return <-ch
+}
+
 // doOp is do for an op that may purge a queue (cut).
 func (s *Store) doOp(op func(g *group) error, cut bool) error {
 	ch := make(chan error, 1)

@@ -662,9 +662,7 @@ func (m *maintenance) compactIfDrained(s *Store) {
 	// The latest deletions are still in the memtables, which Flatten leaves alone. DropPrefix
 	// flushes them first; no key has this prefix. It makes concurrent writes fail rather than
 	// wait, so it runs on the journal goroutine, between groups.
-	ch := make(chan error, 1)
-	s.submit(request{exclusive: func() error { return s.db.DropPrefix([]byte{pfxUnused}) }, done: func(err error) { ch <- err }})
-	if err := <-ch; err != nil {
+	if err := s.exclusive(func() error { return s.db.DropPrefix([]byte{pfxUnused}) }); err != nil {
 		s.log.Warn("flushing memtables after a drained backlog failed", "err", err)
 		return
 	}
@@ -705,6 +703,10 @@ func (s *Store) trimLoop() {
 	}
 }
 
+// runGC collects value-log files, one per journal request: badger's rewrite of a file reads
+// the memtables' version counters without the lock their writers hold, so it must not run
+// while the journal commits (the race detector caught it); one file at a time keeps the
+// journal's pause short (a file is valueLogFileSize).
 func (s *Store) runGC() {
 	for i := 0; i < 16; i++ { // bounded so Close is never held up for long
 		select {
@@ -712,7 +714,7 @@ func (s *Store) runGC() {
 			return
 		default:
 		}
-		err := s.db.RunValueLogGC(0.5)
+		err := s.exclusive(func() error { return s.db.RunValueLogGC(0.5) })
 		if err != nil {
 			if !errors.Is(err, badger.ErrNoRewrite) && !errors.Is(err, badger.ErrRejected) {
 				s.log.Warn("value-log GC failed", "err", err)
@@ -772,8 +774,9 @@ var memTableSize int64 = defaultMemTableSize
 const defaultMemTableSize = 16 << 20
 
 // valueLogFileSize is the size of one value-log file; GC rewrites or deletes whole files, so
-// this is also the granularity in which disk space comes back. Tests lower it.
-var valueLogFileSize int64 = 256 << 20
+// this is the granularity in which disk space comes back and bounds the journal's pause
+// while a file is collected. Tests lower it.
+var valueLogFileSize int64 = 64 << 20
 
 // valueThreshold: values of at least this size go to the value log. Measured with a backlog of
 // 200k persistent 1 KiB messages: 4 KiB (bodies in the LSM tree) peaked at 750 MB of anonymous

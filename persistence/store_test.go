@@ -887,7 +887,7 @@ func TestDrainedBacklogGivesDiskBack(t *testing.T) {
 	// Small files and memtables: the backlog spreads over several value-log files and levels
 	// of the tree, as a real one does.
 	oldFile, oldFlatten, oldMem := valueLogFileSize, flattenAfterDeletes, memTableSize
-	valueLogFileSize, flattenAfterDeletes, memTableSize = 1<<20, 1000, 1<<20
+	valueLogFileSize, flattenAfterDeletes, memTableSize = 1<<20, 1000, 256<<10
 	t.Cleanup(func() { valueLogFileSize, flattenAfterDeletes, memTableSize = oldFile, oldFlatten, oldMem })
 	dir := t.TempDir()
 	s, err := Open(dir, Options{Logger: quietLogger(), NoSync: true, GCInterval: 50 * time.Millisecond})
@@ -896,12 +896,12 @@ func TestDrainedBacklogGivesDiskBack(t *testing.T) {
 	}
 	defer closeT(t, s)
 	vlogBytes := func() int64 { return valueLogBytes(dir) }
-	const n = 60000
+	const n = 15000
 	body := bytes.Repeat([]byte("d"), 1<<10) // value log
 	b := &Batch{}
 	for i := uint64(1); i <= n; i++ {
 		b.Publishes = append(b.Publishes, Publish{Msg: &Message{ID: i, Body: body}, Entries: []Entry{ent("q", i)}})
-		if len(b.Publishes) == 500 {
+		if len(b.Publishes) == 100 {
 			commitT(t, s, b)
 			b = &Batch{}
 		}
@@ -910,7 +910,7 @@ func TestDrainedBacklogGivesDiskBack(t *testing.T) {
 	b = &Batch{}
 	for i := uint64(1); i <= n; i++ {
 		b.Removes = append(b.Removes, ent("q", i))
-		if len(b.Removes) == 500 {
+		if len(b.Removes) == 100 {
 			commitT(t, s, b)
 			b = &Batch{}
 		}
@@ -935,7 +935,7 @@ func TestDrainedBacklogGivesDiskBack(t *testing.T) {
 			}
 		}
 	}()
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(60 * time.Second)
 	for vlogBytes() > full/4 && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -955,20 +955,20 @@ func TestDrainedBacklogGivesDiskBack(t *testing.T) {
 // at Open is compacted and collected without any new deletions.
 func TestGarbageLeftBeforeRestartIsReclaimed(t *testing.T) {
 	oldFile, oldMem := valueLogFileSize, memTableSize
-	valueLogFileSize, memTableSize = 1<<20, 1<<20
+	valueLogFileSize, memTableSize = 1<<20, 256<<10
 	t.Cleanup(func() { valueLogFileSize, memTableSize = oldFile, oldMem })
 	dir := t.TempDir()
 	s := openT(t, dir)
 	body := bytes.Repeat([]byte("g"), 1<<10)
-	const n = 60000
-	for i := uint64(1); i <= n; i += 500 {
+	const n = 15000
+	for i := uint64(1); i <= n; i += 100 {
 		b := &Batch{}
-		for j := i; j < i+500; j++ {
+		for j := i; j < i+100; j++ {
 			b.Publishes = append(b.Publishes, Publish{Msg: &Message{ID: j, Body: body}, Entries: []Entry{ent("q", j)}})
 		}
 		commitT(t, s, b)
 		b = &Batch{}
-		for j := i; j < i+500; j++ {
+		for j := i; j < i+100; j++ {
 			b.Removes = append(b.Removes, ent("q", j))
 		}
 		commitT(t, s, b)
@@ -983,7 +983,7 @@ func TestGarbageLeftBeforeRestartIsReclaimed(t *testing.T) {
 	if !s.garbageAtOpen {
 		t.Fatalf("a value log of %d bytes without messages was not noticed", full)
 	}
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(60 * time.Second)
 	for valueLogBytes(dir) > full/4 && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)
 	}
