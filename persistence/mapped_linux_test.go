@@ -28,7 +28,7 @@ func TestTrimMappedKeepsData(t *testing.T) {
 	for round := 0; round < 2; round++ {
 		trimMapped(real+string(filepath.Separator), 0)
 		for i := 1; i <= 200; i++ {
-			m, err := s.ReadMessage(uint64(i))
+			m, err := readMessage(s, uint64(i))
 			if err != nil || !bytes.Equal(m.Body, body(i)) {
 				t.Fatalf("round %d: message %d after trimming: %v", round, i, err)
 			}

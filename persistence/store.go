@@ -36,7 +36,7 @@ type Options struct {
 // ErrClosed is returned (or passed to done) for operations on a closed Store.
 var ErrClosed = errors.New("persistence: store closed")
 
-// ErrNotFound is returned by ReadMessage when no message has the id.
+// ErrNotFound is wrapped by read errors when an index entry points at a missing message.
 var ErrNotFound = errors.New("persistence: not found")
 
 // Store is Warren's durable storage: topology, messages and per-queue message indexes in

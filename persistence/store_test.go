@@ -103,7 +103,7 @@ func commitT(t testing.TB, s *Store, b *Batch) {
 }
 
 func stored(s *Store, id uint64) bool {
-	_, err := s.ReadMessage(id)
+	_, err := readMessage(s, id)
 	return err == nil
 }
 
@@ -457,8 +457,8 @@ func TestPublishAndRemove(t *testing.T) {
 				}
 			}
 			for _, id := range tc.gone {
-				if _, err := s.ReadMessage(id); !errors.Is(err, ErrNotFound) {
-					t.Errorf("ReadMessage(%d) err = %v, want ErrNotFound", id, err)
+				if _, err := readMessage(s, id); !errors.Is(err, ErrNotFound) {
+					t.Errorf("readMessage(%d) err = %v, want ErrNotFound", id, err)
 				}
 			}
 		})
@@ -872,9 +872,9 @@ func TestValueLogGCDuringTraffic(t *testing.T) {
 	s.kickGC()
 	s = reopen(t, s, dir)
 	defer closeT(t, s)
-	m, err := s.ReadMessage(300)
+	m, err := readMessage(s, 300)
 	if err != nil || !bytes.Equal(m.Body, big) {
-		t.Fatalf("ReadMessage(300) = %v", err)
+		t.Fatalf("readMessage(300) = %v", err)
 	}
 	if st := s.Stats(); st.MessagesStored != 1 {
 		t.Errorf("MessagesStored = %d, want 1", st.MessagesStored)

@@ -1,7 +1,6 @@
 package persistence
 
 import (
-	"errors"
 	"fmt"
 
 	"github.com/dgraph-io/badger/v4"
@@ -140,39 +139,6 @@ func (s *Store) LoadTopology() (Topology, error) {
 		return Topology{}, fmt.Errorf("persistence: load topology from %s: %w", dirName(s.dir), err)
 	}
 	return t, nil
-}
-
-// ReadMessage reads a stored message (to page a body back in). A message that is not
-// stored (never was, or no queue references it any more) gives ErrNotFound.
-func (s *Store) ReadMessage(id uint64) (*Message, error) {
-	var m *Message
-	err := s.db.View(func(txn *badger.Txn) error {
-		var err error
-		m, err = readMessage(txn, id)
-		return err
-	})
-	if errors.Is(err, ErrNotFound) {
-		return nil, err
-	}
-	if err != nil {
-		return nil, fmt.Errorf("persistence: read message %d from %s: %w", id, dirName(s.dir), err)
-	}
-	return m, nil
-}
-
-func readMessage(txn *badger.Txn, id uint64) (*Message, error) {
-	item, err := txn.Get(messageKey(id))
-	if errors.Is(err, badger.ErrKeyNotFound) {
-		return nil, fmt.Errorf("message %d: %w", id, ErrNotFound)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("message %d: %w", id, err)
-	}
-	v, err := item.ValueCopy(nil)
-	if err != nil {
-		return nil, fmt.Errorf("message %d: %w", id, err)
-	}
-	return decodeMessage(id, v)
 }
 
 func beUint64(b []byte) uint64 {
