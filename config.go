@@ -144,6 +144,11 @@ var keys = []key{
 		s.Server.TLS.FailIfNoPeerCert, err = toBool(raw)
 		return
 	}},
+	{name: "queue.max_ram_messages", set: func(s *settings, raw any) error {
+		v, err := toIntRange(raw, 1, math.MaxInt32)
+		s.Server.MaxRAMMessages = int(v)
+		return err
+	}},
 	{name: "users", set: func(s *settings, raw any) error {
 		list, err := sectionList[defUser](raw, "a YAML list of users", nil)
 		if err != nil {

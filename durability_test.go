@@ -34,6 +34,9 @@ const (
 	exitTimeout = 10 * time.Second
 	// opTimeout bounds waits for deliveries and confirms in the tests.
 	opTimeout = 10 * time.Second
+	// childWindow is the child broker's queue.max_ram_messages: far below the tests' queue
+	// depths, so crashes and restarts hit queues that page to disk.
+	childWindow = 64
 )
 
 // crashSeed returns the seed for a test's random choices and logs it so a failure can be
@@ -101,7 +104,10 @@ func spawnBroker(t *testing.T, dataDir string) *childBroker {
 	cmd := exec.Command(os.Args[0], "-listen", "127.0.0.1:0", "-data-dir", dataDir)
 	cmd.Dir = t.TempDir() // no config.yaml here: defaults + flags only
 	// Under -race the child would sleep a second at exit (atexit_sleep_ms defaults to 1000).
-	env := []string{asMainEnv + "=1", "GORACE=" + strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0")}
+	env := []string{
+		asMainEnv + "=1", "GORACE=" + strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"),
+		envPrefix + "QUEUE_MAX_RAM_MESSAGES=" + strconv.Itoa(childWindow),
+	}
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, envPrefix) && !strings.HasPrefix(kv, "GORACE=") {
 			env = append(env, kv)

@@ -3,6 +3,7 @@
 package conformance
 
 import (
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -11,6 +12,8 @@ import (
 
 	"warren/server"
 )
+
+var maxRAMMessages = flag.Int("max-ram-messages", 0, "in-process Warren: queue.max_ram_messages (0 = the default); a small window runs the suite with queues paging to disk")
 
 // startWarren runs Warren in-process on a free loopback port with a throw-away data directory.
 func startWarren() (string, func(), error) { return startWarrenWith(nil) }
@@ -24,6 +27,9 @@ func startWarrenWith(mutate func(*server.Config)) (string, func(), error) {
 	cfg := server.DefaultConfig()
 	cfg.Listen = "127.0.0.1:0"
 	cfg.DataDir = dir
+	if *maxRAMMessages > 0 {
+		cfg.MaxRAMMessages = *maxRAMMessages
+	}
 	// Broker logs only clutter a passing run; show them with -v.
 	if !testing.Verbose() {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))

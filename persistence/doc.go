@@ -1,6 +1,7 @@
 // Package persistence is Warren's durable store: durable exchanges, queues and bindings,
-// and persistent messages with one index entry per durable queue holding them, in a
-// single badger database. It is the only package that imports badger.
+// persistent messages with one index entry per durable queue holding them, and the
+// transient pages of queues whose backlog does not fit their in-memory window, in a single
+// badger database. It is the only package that imports badger.
 //
 // # Key layout
 //
@@ -13,16 +14,45 @@
 //	'q' str(vhost) str(name)                  -> flags(1) bytes(args)
 //	'b' str(vhost) str(source) str(dest) toExchange(1) str(key) bytes(args) -> empty
 //	'm' id(8 BE)                              -> version(1) str(exchange) str(routing key) bytes(header) body
-//	'i' str(vhost) str(queue) seq(8 BE)       -> msgID(8 BE) deliveries(4 BE)
-//	'p' str(vhost) str(queue)                 -> empty: purge in progress
+//	'r' id(8 BE)                              -> refcount(4 BE), only for messages in several queues
+//	'i' str(vhost) str(queue) seq(8 BE)       -> msgID(8) deliveries(4) expiresAt(8) bodySize(4) flags(1)
+//	'p' str(vhost) str(queue)                 -> spans still to purge (empty: all)
+//	't' space(8 BE) seq(8 BE)                 -> flags(1) expiresAt(8) msgID(8) message: a transient page
 //
 // A binding's whole identity is its key, so Args must be encoded deterministically.
-// Index keys sort by queue and then sequence number, so RecoverQueue is one prefix scan.
-// A message is stored once however many queues hold it; an in-memory reference count
-// (message id -> number of index entries), rebuilt from the index at Open, decides when
-// a message goes: exactly when its last entry is removed, purged or deleted with its queue.
-// Messages up to 4 KiB live in the LSM tree; bigger ones in badger's value log, which is
-// garbage-collected periodically and after large purges.
+// Index keys sort by queue and then sequence number, so reading a queue in order is one
+// prefix scan, and its entries carry what a queue needs to count and expire them without
+// reading the messages (size, expiry).
+//
+// # Memory
+//
+// Nothing is held in memory per stored message, so a backlog is bounded by disk, not RAM.
+// A message is stored once however many queues hold it. A message routed to one queue has
+// no reference count: its index entry is its only reference, and removing the entry
+// deletes it. A message routed to several queues gets a refcount record, and its entries
+// the shared flag; removing such an entry decrements the record (the journal is the only
+// writer, so the read-modify-write needs no lock) and the message goes with the last one.
+// Open verifies the store in streaming scans: every message is read (value-log
+// checksums) and decoded, and the references messages claim (refcount or 1) must add up to
+// the number of index entries. Only when they do not - never after atomic commits, but
+// possible after damage or a bug - or to migrate a format 1 store (which kept refcounts
+// in memory) does Open rebuild the refcounts from a map over the whole index; an index
+// entry pointing at a missing message then fails Open.
+// Messages from 256 bytes up live in badger's value log, smaller ones in the LSM tree, so the
+// tree - whose memtable flushes and compactions run in memory - moves only keys, pointers and
+// index entries. badger reads through mmap; a trimmer reclaims the store's mapped pages
+// (MADV_PAGEOUT) whenever they hold more than 64 MB of the resident set.
+//
+// # Paging
+//
+// A queue keeps only a window of its messages in memory (package queue decides which).
+// Durable entries beyond the window are already on disk and are not written again; a
+// transient message beyond it is written as a page into the queue's page space
+// (NewPageSpace). Pages go through the journal like everything else (they are synced only
+// because the transaction is), and are wiped when the store opens. ReadAhead reads a
+// queue's next entries, index and pages merged in sequence order, on a reader goroutine,
+// after a barrier through the journal so that it sees every write submitted before it;
+// pages it returns are deleted.
 //
 // # Group commit
 //
@@ -32,20 +62,37 @@
 // calls each done callback in submission order. While a commit and its fsync are in
 // progress, new batches accumulate, so the group size grows with load and the sync cost
 // is shared: throughput comes from batch size, not from skipping the sync. Because one
-// goroutine writes, the reference counts need no locks, and each transaction's reads
-// (is this entry still there?) see all earlier commits.
+// goroutine writes, each transaction's reads (is this entry still there? what is this
+// refcount?) see all earlier commits.
+//
+// The journal first decides which requests share a transaction, then applies them. Index
+// entries that the group both publishes (or marks delivered) and removes - a consumer acking
+// a message before its publish is committed, which is the common case when consumers keep
+// up - are not written at all, and a message none of whose entries survives is never
+// stored; the message-id high-water mark is written only with a stored message. Such a group
+// commits nothing and needs no sync, yet its confirms are exact: the messages were consumed.
 //
 // A Batch is atomic. If adding a Batch makes the transaction too big, the transaction is
 // rebuilt without it and committed, and that Batch starts the next one; a single Batch
-// that is too big on its own fails alone. Reference-count changes are staged per
-// transaction and applied only after the commit succeeds. If a commit fails, the store
-// turns read-only (every later write fails) since memory and disk may then disagree;
-// reopening recovers from disk.
+// that is too big on its own fails alone. If a commit fails, the store turns read-only
+// (every later write fails) since memory and disk may then disagree; reopening recovers
+// from disk.
 //
-// Purging a queue (PurgeQueues, DeleteQueue) writes a purge marker atomically with the
-// rest of its transaction, ends the group there, and the journal then deletes the queue's
-// entries in bounded transactions before doing anything else; done is called after that.
-// Open completes a purge interrupted by a crash before anything can read the queue.
+// Purging a queue (Batch.Purges, DeleteQueue) writes a purge marker with the spans to purge
+// atomically with the rest of its transaction, ends the group there, and the journal then
+// deletes the queue's entries in bounded transactions before doing anything else; done is
+// called after that. Open completes a purge interrupted by a crash before anything can
+// read the queue. Page drops are drained the same way, without a marker.
+//
+// # Maintenance
+//
+// Value-log GC runs every GCInterval and after every 10,000 message deletions. It can only
+// reclaim what compaction has found dead, and an idle tree does not compact, so after many
+// deletions with few messages left (a drained backlog), or when Open finds the value log far
+// larger than its messages, the GC timer also flushes the memtables (on the journal
+// goroutine: badger fails writes that race with it) and compacts the whole tree; then GC
+// deletes the dead value-log files. Close commits everything submitted, and badger's Close
+// flushes the memtables.
 //
 // # Integrity
 //

@@ -1,9 +1,13 @@
 package persistence
 
 import (
+	"bytes"
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
+	"slices"
 
 	"github.com/dgraph-io/badger/v4"
 )
@@ -19,11 +23,45 @@ const (
 	gcAfterDeletes = 10000
 )
 
-// request is one unit of journal work: a Batch or a topology change.
+// request is one unit of journal work: a Batch or a topology change. cut marks an op that
+// purges a queue (it must end its group, see commitGroup). An exclusive request runs on
+// the journal goroutine outside any transaction, between groups (maintenance that blocks
+// badger's writes).
 type request struct {
-	batch *Batch
-	op    func(g *group) error
-	done  func(error)
+	batch     *Batch
+	op        func(g *group) error
+	cut       bool
+	exclusive func() error
+	done      func(error)
+}
+
+// errUnexpectedCut: an op purged without being marked cut; its group is committed again
+// without the requests after it.
+var errUnexpectedCut = errors.New("purge in an op not marked cut")
+
+// entryKey identifies an index entry in memory.
+type entryKey struct {
+	vhost, queue string
+	seq          uint64
+}
+
+// ackedIn returns the index entries that reqs remove. Entries a group both publishes (or
+// marks delivered) and removes - a consumer acking a message before its publish is
+// committed, the common case - are not written at all: the message never reaches disk.
+func ackedIn(reqs []request) map[entryKey]struct{} {
+	var acked map[entryKey]struct{}
+	for _, r := range reqs {
+		if r.batch == nil {
+			continue
+		}
+		for _, e := range r.batch.Removes {
+			if acked == nil {
+				acked = make(map[entryKey]struct{}, 64)
+			}
+			acked[entryKey{e.Queue.VHost, e.Queue.Queue, e.Seq}] = struct{}{}
+		}
+	}
+	return acked
 }
 
 // Submit queues b for the journal goroutine, which groups the batches of all callers into
@@ -60,9 +98,19 @@ func (s *Store) submit(r request) {
 
 // do runs a topology change through the journal and waits for it to be durable; going
 // through the journal serialises it with message batches (DeleteQueue vs. publishes).
-func (s *Store) do(op func(g *group) error) error {
+func (s *Store) do(op func(g *group) error) error { return s.doOp(op, false) }
+
+// exclusive runs fn on the journal goroutine between groups and waits for it.
+func (s *Store) exclusive(fn func() error) error {
 	ch := make(chan error, 1)
-	s.submit(request{op: op, done: func(err error) { ch <- err }})
+	s.submit(request{exclusive: fn, done: func(err error) { ch <- err }})
+	return <-ch
+}
+
+// doOp is do for an op that may purge a queue (cut).
+func (s *Store) doOp(op func(g *group) error, cut bool) error {
+	ch := make(chan error, 1)
+	s.submit(request{op: op, cut: cut, done: func(err error) { ch <- err }})
 	return <-ch
 }
 
@@ -106,72 +154,94 @@ func (s *Store) process(reqs []request) {
 	}
 }
 
-// group is one journal transaction under construction. Reference-count changes are kept
-// in delta until the commit succeeds, so a failed or abandoned transaction leaves refs intact.
+// group is one journal transaction under construction. Counter changes are applied by
+// merge only after the commit succeeds.
 type group struct {
-	s         *Store
-	txn       *badger.Txn
-	delta     map[uint64]int64
-	drains    []QueueRef
-	publishes int
-	maxID     uint64
-	estCount  int64 // estimated badger entries / bytes so far, to cut before ErrTxnTooBig
-	estSize   int64
+	s          *Store
+	txn        *badger.Txn
+	drains     []drainJob            // run after the commit (purges, page drops)
+	cut        bool                  // a queue purge: later requests must not share this transaction
+	acked      map[entryKey]struct{} // entries removed by some request of this group
+	publishes  int
+	stored     int64  // messages written
+	removed    int64  // messages deleted
+	maxID      uint64 // highest message id published, stored or not
+	savedMaxID uint64 // the high-water mark as written (or already on disk)
+	estCount   int64  // estimated badger entries / bytes so far, to cut before ErrTxnTooBig
+	estSize    int64
 }
 
 func (s *Store) newGroup() *group {
-	return &group{s: s, txn: s.db.NewTransaction(true), delta: make(map[uint64]int64), maxID: s.maxID.Load()}
+	m := s.maxID.Load()
+	return &group{s: s, txn: s.db.NewTransaction(true), maxID: m, savedMaxID: m}
 }
 
 // commitGroup commits a non-empty prefix of reqs in one transaction and returns its length.
 func (s *Store) commitGroup(reqs []request) int {
-	g := s.newGroup()
+	if reqs[0].exclusive != nil {
+		reqs[0].done(reqs[0].exclusive())
+		return 1
+	}
+	// First decide which requests share the transaction, so that entries published and
+	// removed within it can cancel out before anything is written.
 	n := 0
-	var applyErr error
+	var estCount, estSize int64
 	// Cut groups at 80% of badger's limits by estimate, so ErrTxnTooBig (which costs a
 	// rebuild of the transaction) is the exception.
 	limCount, limSize := s.db.MaxBatchCount()*4/5, s.db.MaxBatchSize()*4/5
 	for j, r := range reqs {
+		if r.exclusive != nil {
+			break
+		}
 		if r.batch != nil {
 			if err := validateBatch(r.batch); err != nil {
 				if j == 0 {
-					g.txn.Discard()
 					r.done(err)
 					return 1
 				}
-				break // nothing of r applied: commit the others, r fails alone next round
+				break // r fails alone next round
 			}
 			c, sz := estimate(r.batch)
-			if j > 0 && (g.estCount+c > limCount || g.estSize+sz > limSize) {
+			if j > 0 && (estCount+c > limCount || estSize+sz > limSize) {
 				break
 			}
-			g.estCount += c
-			g.estSize += sz
-			applyErr = g.applyBatch(r.batch)
-		} else {
-			applyErr = r.op(g)
-		}
-		if applyErr != nil {
-			break
+			estCount += c
+			estSize += sz
 		}
 		n = j + 1
 		// A purge is finished (drain) right after its commit; later requests must not share
 		// its transaction, or the drain would delete entries they add.
-		if len(g.drains) > 0 || n >= maxGroup {
+		if r.cut || (r.batch != nil && len(r.batch.Purges) > 0) || n >= maxGroup {
 			break
 		}
 	}
-	if applyErr != nil {
-		// A transaction cannot roll back one request, so start over without it.
-		g.txn.Discard()
-		if n == 0 {
-			if errors.Is(applyErr, badger.ErrTxnTooBig) {
-				applyErr = fmt.Errorf("batch too large for one transaction: %w", applyErr)
-			}
-			reqs[0].done(fmt.Errorf("persistence: %w", applyErr))
-			return 1
+	g := s.newGroup()
+	g.acked = ackedIn(reqs[:n])
+	for j, r := range reqs[:n] {
+		var err error
+		if r.batch != nil {
+			err = g.applyBatch(r.batch)
+		} else {
+			err = r.op(g)
 		}
-		return s.commitGroup(reqs[:n])
+		if err == nil && g.cut && j < n-1 {
+			err = errUnexpectedCut
+		}
+		if err != nil {
+			// A transaction cannot roll back one request, so start over without it.
+			g.txn.Discard()
+			if errors.Is(err, errUnexpectedCut) {
+				return s.commitGroup(reqs[:j+1])
+			}
+			if j == 0 {
+				if errors.Is(err, badger.ErrTxnTooBig) {
+					err = fmt.Errorf("batch too large for one transaction: %w", err)
+				}
+				reqs[0].done(fmt.Errorf("persistence: %w", err))
+				return 1
+			}
+			return s.commitGroup(reqs[:j])
+		}
 	}
 	if err := g.txn.Commit(); err != nil {
 		s.failed = err
@@ -184,8 +254,8 @@ func (s *Store) commitGroup(reqs []request) int {
 	}
 	s.merge(g)
 	var drainErr error
-	for _, q := range g.drains {
-		if err := s.drain(q); err != nil {
+	for _, j := range g.drains {
+		if err := s.drain(j); err != nil {
 			s.failed = err
 			s.log.Error("purge failed; store is now read-only", "dir", s.dir, "err", err)
 			drainErr = fmt.Errorf("persistence: purge in %s: %w", dirName(s.dir), err)
@@ -205,22 +275,15 @@ func (s *Store) commitGroup(reqs []request) int {
 	return n
 }
 
-// merge applies a committed group's refcount changes and id high-water mark.
+// merge applies a committed group's counters and id high-water mark.
 func (s *Store) merge(g *group) {
-	for id, d := range g.delta {
-		n := int64(s.refs[id]) + d
-		if n <= 0 {
-			delete(s.refs, id)
-		} else {
-			s.refs[id] = uint32(n)
-		}
-	}
 	if g.maxID > s.maxID.Load() {
 		s.maxID.Store(g.maxID)
 	}
-	before := s.nstored.Swap(int64(len(s.refs)))
-	if d := before - int64(len(s.refs)); d > 0 {
-		s.removedSinceGC += int(d)
+	s.nstored.Add(g.stored - g.removed)
+	if g.removed > 0 {
+		s.removedSinceGC += g.removed
+		s.deleted.Add(g.removed)
 		if s.removedSinceGC >= gcAfterDeletes {
 			s.removedSinceGC = 0
 			s.kickGC()
@@ -228,36 +291,60 @@ func (s *Store) merge(g *group) {
 	}
 }
 
-func (g *group) refcount(id uint64) int64 { return int64(g.s.refs[id]) + g.delta[id] }
-
-func (g *group) incref(id uint64) { g.delta[id]++ }
-
-// decref drops one reference and deletes the message with its last one.
-func (g *group) decref(id uint64) error {
-	g.delta[id]--
-	if g.refcount(id) <= 0 {
-		return g.txn.Delete(messageKey(id))
+// decref drops one reference to the message of index value v and deletes the message with
+// its last one. Only messages held by several queues have a refcount record; for the others
+// the entry is the only reference.
+func (g *group) decref(v indexValue) error {
+	if v.shared() {
+		k := refKey(v.msgID)
+		item, err := g.txn.Get(k)
+		switch {
+		case err == nil:
+			var n uint32
+			if err := item.Value(func(b []byte) error { n, err = decodeRef(b); return err }); err != nil {
+				return fmt.Errorf("refcount of message %d: %w", v.msgID, err)
+			}
+			if n > 1 {
+				return g.txn.Set(k, encodeRef(n-1))
+			}
+			if err := g.txn.Delete(k); err != nil {
+				return err
+			}
+		case !errors.Is(err, badger.ErrKeyNotFound):
+			return fmt.Errorf("refcount of message %d: %w", v.msgID, err)
+		}
 	}
-	return nil
+	g.removed++
+	return g.txn.Delete(messageKey(v.msgID))
 }
 
 // getIndex reads an index entry as the transaction sees it (its own writes included).
-func (g *group) getIndex(k []byte) (msgID uint64, count uint32, ok bool, err error) {
+func (g *group) getIndex(k []byte) (v indexValue, ok bool, err error) {
 	item, err := g.txn.Get(k)
 	if errors.Is(err, badger.ErrKeyNotFound) {
-		return 0, 0, false, nil
+		return v, false, nil
 	}
 	if err != nil {
-		return 0, 0, false, fmt.Errorf("read index entry: %w", err)
+		return v, false, fmt.Errorf("read index entry: %w", err)
 	}
-	err = item.Value(func(v []byte) error {
-		msgID, count, err = decodeIndexValue(v)
+	err = item.Value(func(b []byte) error {
+		v, err = decodeIndex(b)
 		return err
 	})
 	if err != nil {
-		return 0, 0, false, fmt.Errorf("read index entry: %w", err)
+		return v, false, fmt.Errorf("read index entry: %w", err)
 	}
-	return msgID, count, true, nil
+	return v, true, nil
+}
+
+// decodeIndex decodes an index value outside Open's migration, where format 1 values
+// cannot occur any more.
+func decodeIndex(b []byte) (indexValue, error) {
+	v, legacy, err := decodeIndexValue(b)
+	if err == nil && legacy {
+		err = fmt.Errorf("format 1 index value: %w", errCorrupt)
+	}
+	return v, err
 }
 
 func validateBatch(b *Batch) error {
@@ -280,52 +367,87 @@ func validateBatch(b *Batch) error {
 			}
 		}
 	}
+	for i, p := range b.Pages {
+		if p.Msg == nil || p.Space == 0 {
+			return fmt.Errorf("persistence: invalid batch: page %d has no message or no page space", i)
+		}
+	}
+	for i, d := range b.DropPages {
+		if d.Space == 0 {
+			return fmt.Errorf("persistence: invalid batch: page drop %d has no page space", i)
+		}
+	}
 	return nil
 }
 
 // estimate approximates the badger entries and bytes b adds to a transaction, the way
 // badger counts them (key + value + meta, or a value pointer for big values).
 func estimate(b *Batch) (count, size int64) {
-	const ptr, meta, idxVal, msgKey = 12, 2, indexValueLen, 9
+	const ptr, meta, msgKey, ref = 12, 2, 9, 4
 	entry := func(q QueueRef) int64 { return int64(len(q.VHost) + len(q.Queue) + 4 + 8) }
+	value := func(m *Message) int64 {
+		v := int64(len(m.Exchange) + len(m.RoutingKey) + len(m.Header) + len(m.Body) + 12)
+		if v > valueThreshold {
+			v = ptr
+		}
+		return v
+	}
 	for _, p := range b.Publishes {
 		if len(p.Entries) == 0 {
 			continue
 		}
-		v := int64(len(p.Msg.Exchange) + len(p.Msg.RoutingKey) + len(p.Msg.Header) + len(p.Msg.Body) + 12)
-		if v > valueThreshold {
-			v = ptr
-		}
-		count++
-		size += msgKey + v + meta
+		count += 2 // the message and its refcount
+		size += 2*(msgKey+meta) + value(p.Msg) + ref
 		for _, e := range p.Entries {
-			count += 2 // the entry, and maybe the delete of a replaced entry's message
-			size += entry(e.Queue) + idxVal + meta + msgKey + meta
+			count += 3 // the entry, and maybe the delete of a replaced entry's message and refcount
+			size += entry(e.Queue) + indexValueLen + meta + 2*(msgKey+meta) + ref
 		}
 	}
-	count += int64(len(b.Deliveries)) + 2*int64(len(b.Removes)) + int64(len(b.PurgeQueues)) + 1
+	for _, p := range b.Pages {
+		count++
+		size += 17 + meta + 17 + value(p.Msg)
+	}
+	count += int64(len(b.Deliveries)) + 3*int64(len(b.Removes)) + int64(len(b.Purges)) + 1
 	for _, d := range b.Deliveries {
-		size += entry(d.Entry.Queue) + idxVal + meta
+		size += entry(d.Entry.Queue) + indexValueLen + meta
 	}
 	for _, e := range b.Removes {
-		size += entry(e.Queue) + meta + msgKey + meta
+		size += entry(e.Queue) + meta + 2*(msgKey+meta) + ref
 	}
-	for _, q := range b.PurgeQueues {
-		size += entry(q) + meta
+	for _, p := range b.Purges {
+		size += entry(p.Queue) + meta + 16*int64(len(p.Spans))
 	}
 	return count, size + 16
 }
 
 func (g *group) applyBatch(b *Batch) error {
-	idBefore := g.maxID
 	for _, p := range b.Publishes {
 		if len(p.Entries) == 0 {
 			continue
 		}
 		id := p.Msg.ID
+		g.publishes++
+		g.maxID = max(g.maxID, id)
+		live := len(p.Entries)
 		for _, e := range p.Entries {
+			if g.isAcked(e.Queue, e.Seq) {
+				live--
+			}
+		}
+		if live == 0 {
+			continue // consumed within this transaction: nothing to store
+		}
+		iv := indexValue{msgID: id, size: uint32(min(len(p.Msg.Body), math.MaxUint32))}
+		shared := live > 1
+		if shared {
+			iv.flags = idxShared
+		}
+		for _, e := range p.Entries {
+			if g.isAcked(e.Queue, e.Seq) {
+				continue
+			}
 			k := indexKey(e.Queue, e.Seq)
-			old, _, ok, err := g.getIndex(k)
+			old, ok, err := g.getIndex(k)
 			if err != nil {
 				return err
 			}
@@ -334,37 +456,54 @@ func (g *group) applyBatch(b *Batch) error {
 					return err
 				}
 			}
-			if err := g.txn.Set(k, encodeIndexValue(id, 0)); err != nil {
+			iv.expiresAt = e.ExpiresAt
+			if err := g.txn.Set(k, encodeIndexValue(iv)); err != nil {
 				return err
 			}
-			g.incref(id)
+		}
+		if shared {
+			if err := g.txn.Set(refKey(id), encodeRef(uint32(live))); err != nil {
+				return err
+			}
 		}
 		if err := g.txn.Set(messageKey(id), encodeMessage(p.Msg)); err != nil {
 			return err
 		}
-		g.publishes++
-		g.maxID = max(g.maxID, id)
+		g.stored++
 	}
-	if g.maxID != idBefore {
+	if g.stored > 0 && g.maxID > g.savedMaxID {
+		// Only ids that reach the disk need to stay unique across restarts: a group whose
+		// messages were all consumed within it writes nothing at all (and needs no sync).
 		if err := g.txn.Set(keyMaxID, binary.BigEndian.AppendUint64(nil, g.maxID)); err != nil {
+			return err
+		}
+		g.savedMaxID = g.maxID
+	}
+	for i := range b.Pages {
+		p := &b.Pages[i]
+		if err := g.txn.Set(pageKey(p.Space, p.Seq), encodePage(p)); err != nil {
 			return err
 		}
 	}
 	for _, d := range b.Deliveries {
+		if g.isAcked(d.Entry.Queue, d.Entry.Seq) {
+			continue // removed later in this transaction
+		}
 		k := indexKey(d.Entry.Queue, d.Entry.Seq)
-		id, _, ok, err := g.getIndex(k)
+		v, ok, err := g.getIndex(k)
 		if err != nil {
 			return err
 		}
 		if ok {
-			if err := g.txn.Set(k, encodeIndexValue(id, d.Count)); err != nil {
+			v.deliveries = d.Count
+			if err := g.txn.Set(k, encodeIndexValue(v)); err != nil {
 				return err
 			}
 		}
 	}
 	for _, e := range b.Removes {
 		k := indexKey(e.Queue, e.Seq)
-		id, _, ok, err := g.getIndex(k)
+		v, ok, err := g.getIndex(k)
 		if err != nil {
 			return err
 		}
@@ -374,71 +513,167 @@ func (g *group) applyBatch(b *Batch) error {
 		if err := g.txn.Delete(k); err != nil {
 			return err
 		}
-		if err := g.decref(id); err != nil {
+		if err := g.decref(v); err != nil {
 			return err
 		}
 	}
-	for _, q := range b.PurgeQueues {
-		if err := g.markPurge(q); err != nil {
+	for _, p := range b.Purges {
+		if p.Spans != nil && len(p.Spans) == 0 {
+			continue
+		}
+		if err := g.markPurge(p.Queue, p.Spans); err != nil {
 			return err
 		}
+	}
+	for _, d := range b.DropPages {
+		if d.Spans != nil && len(d.Spans) == 0 {
+			continue
+		}
+		// Pages are never written again under a dropped seq, so a drop needs no cut.
+		g.drains = append(g.drains, drainJob{prefix: pagePrefix(d.Space), spans: normalizeSpans(d.Spans)})
 	}
 	return nil
 }
 
-// markPurge records, atomically with the rest of the transaction, that all of q's index
-// entries are to be deleted; the journal deletes them (drain) in bounded transactions
-// right after the commit, and Open finishes the job if a crash interrupts it.
-func (g *group) markPurge(q QueueRef) error {
-	if err := g.txn.Set(purgeKey(q), nil); err != nil {
+func (g *group) isAcked(q QueueRef, seq uint64) bool {
+	if g.acked == nil {
+		return false
+	}
+	_, ok := g.acked[entryKey{q.VHost, q.Queue, seq}]
+	return ok
+}
+
+// markPurge records, atomically with the rest of the transaction, which of q's index
+// entries are to be deleted (spans, nil = all); the journal deletes them (drain) in
+// bounded transactions right after the commit, and Open finishes the job if a crash
+// interrupts it.
+func (g *group) markPurge(q QueueRef, spans []Span) error {
+	k := purgeKey(q)
+	spans = normalizeSpans(spans)
+	for i := range g.drains {
+		j := &g.drains[i]
+		if j.marker == nil || !bytes.Equal(j.marker, k) {
+			continue
+		}
+		// A second purge of the queue in this transaction: one marker covers both.
+		if j.spans == nil || spans == nil {
+			j.spans = nil
+		} else {
+			j.spans = normalizeSpans(append(j.spans, spans...))
+		}
+		return g.txn.Set(k, encodeSpans(j.spans))
+	}
+	if err := g.txn.Set(k, encodeSpans(spans)); err != nil {
 		return err
 	}
-	g.drains = append(g.drains, q)
+	g.drains = append(g.drains, drainJob{prefix: indexPrefix(q), spans: spans, index: true, marker: k})
+	g.cut = true
 	return nil
 }
 
-// drain deletes q's index entries (and messages losing their last reference) in chunks,
-// then the purge marker. It runs on the journal goroutine (or in Open), never concurrently
-// with a group.
-func (s *Store) drain(q QueueRef) error {
-	prefix := indexPrefix(q)
-	chunk := s.drainChunkFor(prefix)
+// normalizeSpans sorts spans and merges overlapping and adjacent ones (nil stays nil), so
+// that a drain visits every key once.
+func normalizeSpans(spans []Span) []Span {
+	if spans == nil {
+		return nil
+	}
+	out := slices.Clone(spans)
+	slices.SortFunc(out, func(a, b Span) int { return cmp.Compare(a.From, b.From) })
+	n := 0
+	for _, sp := range out {
+		if sp.To < sp.From {
+			continue
+		}
+		if n > 0 && (out[n-1].To == math.MaxUint64 || sp.From <= out[n-1].To+1) {
+			out[n-1].To = max(out[n-1].To, sp.To)
+			continue
+		}
+		out[n] = sp
+		n++
+	}
+	return out[:n]
+}
+
+// drainJob deletes the keys under prefix (a queue's index, or a page space) whose sequence
+// number lies in spans (nil = all). For an index, the messages lose a reference and the
+// purge marker is deleted at the end.
+type drainJob struct {
+	prefix []byte
+	spans  []Span
+	index  bool
+	marker []byte
+}
+
+// drain runs j in bounded transactions. It runs on the journal goroutine (or in Open),
+// never concurrently with a group.
+func (s *Store) drain(j drainJob) error {
+	spans := j.spans
+	if spans == nil {
+		spans = []Span{{0, math.MaxUint64}}
+	}
+	chunk := s.drainChunkFor(j.prefix)
+	si, next := 0, spans[0].From
+	plen := len(j.prefix)
 	for {
 		g := s.newGroup()
 		type ent struct {
-			k  []byte
-			id uint64
+			k []byte
+			v indexValue
 		}
-		ents := make([]ent, 0, 256)
+		ents := make([]ent, 0, min(chunk, 256))
 		opt := badger.DefaultIteratorOptions
-		opt.Prefix = prefix
+		opt.Prefix = j.prefix
+		opt.PrefetchValues = j.index
 		iter := g.txn.NewIterator(opt)
 		var err error
-		for iter.Rewind(); iter.Valid() && len(ents) < chunk; iter.Next() {
-			item := iter.Item()
-			var id uint64
-			err = item.Value(func(v []byte) error {
-				var err error
-				id, _, err = decodeIndexValue(v)
-				return err
-			})
-			if err != nil {
-				break
+	spanLoop:
+		for si < len(spans) && len(ents) < chunk {
+			iter.Seek(binary.BigEndian.AppendUint64(slices.Clip(j.prefix), next))
+			for ; iter.Valid(); iter.Next() {
+				item := iter.Item()
+				k := item.Key()
+				if len(k) != plen+8 {
+					err = fmt.Errorf("key %x: %w", k, errCorrupt)
+					break spanLoop
+				}
+				seq := beUint64(k[plen:])
+				if seq > spans[si].To {
+					break
+				}
+				if len(ents) == chunk {
+					next = seq
+					break spanLoop
+				}
+				e := ent{k: item.KeyCopy(nil)}
+				if j.index {
+					err = item.Value(func(b []byte) error {
+						var err error
+						e.v, err = decodeIndex(b)
+						return err
+					})
+					if err != nil {
+						break spanLoop
+					}
+				}
+				ents = append(ents, e)
 			}
-			ents = append(ents, ent{k: item.KeyCopy(nil), id: id})
+			si++
+			if si < len(spans) {
+				next = spans[si].From
+			}
 		}
 		iter.Close()
-		last := len(ents) < chunk
+		last := si >= len(spans)
 		for _, e := range ents {
 			if err != nil {
 				break
 			}
-			if err = g.txn.Delete(e.k); err == nil {
-				err = g.decref(e.id)
+			if err = g.txn.Delete(e.k); err == nil && j.index {
+				err = g.decref(e.v)
 			}
 		}
-		if err == nil && last {
-			err = g.txn.Delete(purgeKey(q))
+		if err == nil && last && j.marker != nil {
+			err = g.txn.Delete(j.marker)
 		}
 		if err == nil {
 			err = g.txn.Commit()
@@ -446,20 +681,23 @@ func (s *Store) drain(q QueueRef) error {
 			g.txn.Discard()
 		}
 		if err != nil {
-			return fmt.Errorf("purge queue %q in vhost %q: %w", q.Queue, q.VHost, err)
+			if j.marker != nil {
+				q, name, _, _ := decodeQueueKey(j.marker)
+				return fmt.Errorf("purge queue %q in vhost %q: %w", name, q, err)
+			}
+			return fmt.Errorf("drop pages: %w", err)
 		}
 		s.merge(g)
 		if last {
-			break
+			return nil
 		}
 	}
-	return nil
 }
 
 // drainChunkFor sizes purge transactions to stay well inside badger's limits: each entry
-// costs an index delete and possibly a message delete.
+// costs an index delete, possibly a message delete and a refcount update.
 func (s *Store) drainChunkFor(prefix []byte) int {
-	perEntry := int64(2 * (len(prefix) + 8 + 64))
-	n := min(int64(drainChunk), s.db.MaxBatchCount()/3, s.db.MaxBatchSize()/perEntry)
+	perEntry := int64(3 * (len(prefix) + 8 + 64))
+	n := min(int64(drainChunk), s.db.MaxBatchCount()/4, s.db.MaxBatchSize()/perEntry)
 	return int(max(n, 1))
 }

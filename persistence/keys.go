@@ -13,8 +13,11 @@ const (
 	pfxQueue    = 'q'
 	pfxBinding  = 'b'
 	pfxMessage  = 'm'
+	pfxRef      = 'r' // reference count of a message held by more than one queue
 	pfxIndex    = 'i'
-	pfxPurge    = 'p' // pending purge marker: the queue's index entries are being deleted
+	pfxPurge    = 'p'  // pending purge marker: the queue's index entries are being deleted
+	pfxPage     = 't'  // transient pages, wiped at Open
+	pfxUnused   = 0xff // no key starts with it (see compactIfDrained)
 )
 
 var (
@@ -22,11 +25,28 @@ var (
 	keyMaxID  = []byte{pfxMeta, 'h'} // message-id high-water mark (uint64 BE)
 )
 
-// formatVersion is written at creation; Open refuses other versions.
-const formatVersion uint32 = 1
+// formatVersion is written at creation; Open migrates version 1 stores (refcounts kept only
+// in memory, 12-byte index values) and refuses others.
+const (
+	formatVersion   uint32 = 2
+	formatVersionV1 uint32 = 1
+)
 
-// indexValueLen is the size of an index entry value: msgID (8) + delivery count (4).
-const indexValueLen = 12
+// Index entry values: msgID (8) deliveries (4) expiresAt (8) body size (4) flags (1).
+// Format 1 wrote only msgID and deliveries.
+const (
+	indexValueLen   = 25
+	indexValueLenV1 = 12
+)
+
+// Index value flags.
+const (
+	// idxShared: the message is referenced by several index entries and has a refcount
+	// record; without it the entry is the message's only reference.
+	idxShared = 1 << iota
+	// idxExpiryUnknown: migrated from format 1, which did not store the expiry.
+	idxExpiryUnknown
+)
 
 // errCorrupt marks decode failures of stored records.
 var errCorrupt = errors.New("corrupt record")
@@ -114,6 +134,18 @@ func indexKey(q QueueRef, seq uint64) []byte {
 
 func messageKey(id uint64) []byte {
 	return binary.BigEndian.AppendUint64([]byte{pfxMessage}, id)
+}
+
+func refKey(id uint64) []byte {
+	return binary.BigEndian.AppendUint64([]byte{pfxRef}, id)
+}
+
+func pagePrefix(space uint64) []byte {
+	return binary.BigEndian.AppendUint64([]byte{pfxPage}, space)
+}
+
+func pageKey(space, seq uint64) []byte {
+	return binary.BigEndian.AppendUint64(pagePrefix(space), seq)
 }
 
 func bindingVHostPrefix(vhost string) []byte {
@@ -255,16 +287,108 @@ func decodeMessage(id uint64, v []byte) (*Message, error) {
 	return m, nil
 }
 
-func encodeIndexValue(msgID uint64, count uint32) []byte {
-	v := make([]byte, indexValueLen)
-	binary.BigEndian.PutUint64(v, msgID)
-	binary.BigEndian.PutUint32(v[8:], count)
-	return v
+// indexValue is a decoded index entry value.
+type indexValue struct {
+	msgID      uint64
+	deliveries uint32
+	expiresAt  int64
+	size       uint32 // body bytes
+	flags      byte
 }
 
-func decodeIndexValue(v []byte) (msgID uint64, count uint32, err error) {
-	if len(v) != indexValueLen {
-		return 0, 0, fmt.Errorf("index value of %d bytes: %w", len(v), errCorrupt)
+func (v indexValue) shared() bool { return v.flags&idxShared != 0 }
+
+func encodeIndexValue(v indexValue) []byte {
+	b := make([]byte, indexValueLen)
+	binary.BigEndian.PutUint64(b, v.msgID)
+	binary.BigEndian.PutUint32(b[8:], v.deliveries)
+	binary.BigEndian.PutUint64(b[12:], uint64(v.expiresAt))
+	binary.BigEndian.PutUint32(b[20:], v.size)
+	b[24] = v.flags
+	return b
+}
+
+// decodeIndexValue decodes a format 2 value; legacy reports a format 1 value (msgID and
+// deliveries only), which only Open's migration accepts.
+func decodeIndexValue(b []byte) (v indexValue, legacy bool, err error) {
+	switch len(b) {
+	case indexValueLen:
+		v.msgID = binary.BigEndian.Uint64(b)
+		v.deliveries = binary.BigEndian.Uint32(b[8:])
+		v.expiresAt = int64(binary.BigEndian.Uint64(b[12:]))
+		v.size = binary.BigEndian.Uint32(b[20:])
+		v.flags = b[24]
+		return v, false, nil
+	case indexValueLenV1:
+		v.msgID = binary.BigEndian.Uint64(b)
+		v.deliveries = binary.BigEndian.Uint32(b[8:])
+		v.flags = idxExpiryUnknown
+		return v, true, nil
 	}
-	return binary.BigEndian.Uint64(v), binary.BigEndian.Uint32(v[8:]), nil
+	return v, false, fmt.Errorf("index value of %d bytes: %w", len(b), errCorrupt)
+}
+
+func encodeRef(n uint32) []byte { return binary.BigEndian.AppendUint32(nil, n) }
+
+func decodeRef(b []byte) (uint32, error) {
+	if len(b) != 4 {
+		return 0, fmt.Errorf("refcount of %d bytes: %w", len(b), errCorrupt)
+	}
+	return binary.BigEndian.Uint32(b), nil
+}
+
+// Page values: flags (1) expiresAt (8) msgID (8) message (as encodeMessage).
+const pageFlagPersistent = 1
+
+func encodePage(p *Page) []byte {
+	m := encodeMessage(p.Msg)
+	b := make([]byte, 17, 17+len(m))
+	if p.Persistent {
+		b[0] = pageFlagPersistent
+	}
+	binary.BigEndian.PutUint64(b[1:], uint64(p.ExpiresAt))
+	binary.BigEndian.PutUint64(b[9:], p.Msg.ID)
+	return append(b, m...)
+}
+
+// decodePage aliases v like decodeMessage.
+func decodePage(seq uint64, v []byte) (Stored, error) {
+	if len(v) < 17 {
+		return Stored{}, fmt.Errorf("page %d: %w", seq, errCorrupt)
+	}
+	m, err := decodeMessage(binary.BigEndian.Uint64(v[9:]), v[17:])
+	if err != nil {
+		return Stored{}, err
+	}
+	return Stored{Seq: seq, Msg: m, ExpiresAt: int64(binary.BigEndian.Uint64(v[1:])), Persistent: v[0]&pageFlagPersistent != 0}, nil
+}
+
+// encodeSpans is a purge marker's value: the spans still to purge; empty means all.
+func encodeSpans(spans []Span) []byte {
+	if len(spans) == 0 {
+		return nil
+	}
+	b := binary.AppendUvarint(nil, uint64(len(spans)))
+	for _, sp := range spans {
+		b = binary.BigEndian.AppendUint64(b, sp.From)
+		b = binary.BigEndian.AppendUint64(b, sp.To)
+	}
+	return b
+}
+
+func decodeSpans(b []byte) ([]Span, error) {
+	if len(b) == 0 {
+		return nil, nil
+	}
+	n, k := binary.Uvarint(b)
+	if k <= 0 || uint64(len(b)-k) != n*16 {
+		return nil, errCorrupt
+	}
+	b = b[k:]
+	spans := make([]Span, n)
+	for i := range spans {
+		spans[i] = Span{From: binary.BigEndian.Uint64(b), To: binary.BigEndian.Uint64(b[8:])}
+		b = b[16:]
+	}
+	return spans, nil
 }

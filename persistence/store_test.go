@@ -73,12 +73,12 @@ type recovered struct {
 func recoverAll(t testing.TB, s *Store, q string) []recovered {
 	t.Helper()
 	var out []recovered
-	err := s.RecoverQueue(qref(q), func(seq uint64, m *Message, d uint32) error {
-		want := mkMsg(m.ID)
-		if !reflect.DeepEqual(m, want) {
-			t.Errorf("queue %s seq %d: message %+v, want %+v", q, seq, m, want)
+	_, err := s.RecoverQueue(qref(q), 0, func(st Stored) error {
+		want := mkMsg(st.Msg.ID)
+		if !reflect.DeepEqual(st.Msg, want) {
+			t.Errorf("queue %s seq %d: message %+v, want %+v", q, st.Seq, st.Msg, want)
 		}
-		out = append(out, recovered{seq, m.ID, d})
+		out = append(out, recovered{st.Seq, st.Msg.ID, st.Deliveries})
 		return nil
 	})
 	if err != nil {
@@ -103,7 +103,7 @@ func commitT(t testing.TB, s *Store, b *Batch) {
 }
 
 func stored(s *Store, id uint64) bool {
-	_, err := s.ReadMessage(id)
+	_, err := readMessage(s, id)
 	return err == nil
 }
 
@@ -266,12 +266,12 @@ func TestPurgeAndDeleteQueue(t *testing.T) {
 		n     int // messages only in q1 (besides 5 shared with q10); -1 = three purge chunks
 		purge func(s *Store) error
 	}{
-		{"purge small", 10, func(s *Store) error { return s.Commit(&Batch{PurgeQueues: []QueueRef{qref("q1")}}) }},
+		{"purge small", 10, func(s *Store) error { return s.Commit(&Batch{Purges: []Purge{{Queue: qref("q1")}}}) }},
 		{"delete small", 10, func(s *Store) error { return s.DeleteQueue("/", "q1") }},
-		{"purge across chunks", -1, func(s *Store) error { return s.Commit(&Batch{PurgeQueues: []QueueRef{qref("q1")}}) }},
+		{"purge across chunks", -1, func(s *Store) error { return s.Commit(&Batch{Purges: []Purge{{Queue: qref("q1")}}}) }},
 		{"delete across chunks", -1, func(s *Store) error { return s.DeleteQueue("/", "q1") }},
 		{"purge with publish in same batch", 10, func(s *Store) error {
-			return s.Commit(&Batch{Publishes: []Publish{pub(mkMsg(999999), ent("q1", 999999))}, PurgeQueues: []QueueRef{qref("q1")}})
+			return s.Commit(&Batch{Publishes: []Publish{pub(mkMsg(999999), ent("q1", 999999))}, Purges: []Purge{{Queue: qref("q1")}}})
 		}},
 	}
 	for _, tc := range tests {
@@ -374,7 +374,7 @@ func TestDeliveriesAndOrder(t *testing.T) {
 	}
 	stop := errors.New("stop")
 	n := 0
-	err := s.RecoverQueue(qref("q"), func(uint64, *Message, uint32) error { n++; return stop })
+	_, err := s.RecoverQueue(qref("q"), 0, func(Stored) error { n++; return stop })
 	if !errors.Is(err, stop) || n != 1 {
 		t.Errorf("RecoverQueue with failing fn: err=%v calls=%d", err, n)
 	}
@@ -457,8 +457,8 @@ func TestPublishAndRemove(t *testing.T) {
 				}
 			}
 			for _, id := range tc.gone {
-				if _, err := s.ReadMessage(id); !errors.Is(err, ErrNotFound) {
-					t.Errorf("ReadMessage(%d) err = %v, want ErrNotFound", id, err)
+				if _, err := readMessage(s, id); !errors.Is(err, ErrNotFound) {
+					t.Errorf("readMessage(%d) err = %v, want ErrNotFound", id, err)
 				}
 			}
 		})
@@ -474,8 +474,8 @@ func TestBatchAtomicity(t *testing.T) {
 	// tooBig exceeds badger's transaction limit on its own (values below the value-log
 	// threshold count in full); it also removes entry 1, which must not happen.
 	tooBig := &Batch{Removes: []Entry{ent("q", 1)}}
-	body := bytes.Repeat([]byte("x"), 3000)
-	for i := 0; i < 5000; i++ {
+	body := bytes.Repeat([]byte("x"), valueThreshold-40) // in the LSM tree: counts in full
+	for i := 0; i < 20000; i++ {
 		id := uint64(1000 + i)
 		tooBig.Publishes = append(tooBig.Publishes, Publish{Msg: &Message{ID: id, Body: body}, Entries: []Entry{ent("q", id)}})
 	}
@@ -817,8 +817,8 @@ func TestOpenCorruptedDirectory(t *testing.T) {
 func TestGroupSplitsAtTransactionLimits(t *testing.T) {
 	dir := t.TempDir()
 	s := openT(t, dir)
-	body := bytes.Repeat([]byte("z"), 3000) // below the value-log threshold: counts in full
-	const batches, per = 200, 20
+	body := bytes.Repeat([]byte("z"), valueThreshold-40) // in the LSM tree: counts in full
+	const batches, per = 200, 150
 	var wg sync.WaitGroup
 	errs := make(chan error, batches)
 	wg.Add(batches)
@@ -844,10 +844,10 @@ func TestGroupSplitsAtTransactionLimits(t *testing.T) {
 	s = reopen(t, s, dir)
 	defer closeT(t, s)
 	n := 0
-	err := s.RecoverQueue(qref("q"), func(seq uint64, m *Message, _ uint32) error {
+	_, err := s.RecoverQueue(qref("q"), 0, func(st Stored) error {
 		n++
-		if m.ID != seq || !bytes.Equal(m.Body, body) {
-			t.Fatalf("entry %d: message %d with %d-byte body", seq, m.ID, len(m.Body))
+		if st.Msg.ID != st.Seq || !bytes.Equal(st.Msg.Body, body) {
+			t.Fatalf("entry %d: message %d with %d-byte body", st.Seq, st.Msg.ID, len(st.Msg.Body))
 		}
 		return nil
 	})
@@ -872,11 +872,122 @@ func TestValueLogGCDuringTraffic(t *testing.T) {
 	s.kickGC()
 	s = reopen(t, s, dir)
 	defer closeT(t, s)
-	m, err := s.ReadMessage(300)
+	m, err := readMessage(s, 300)
 	if err != nil || !bytes.Equal(m.Body, big) {
-		t.Fatalf("ReadMessage(300) = %v", err)
+		t.Fatalf("readMessage(300) = %v", err)
 	}
 	if st := s.Stats(); st.MessagesStored != 1 {
 		t.Errorf("MessagesStored = %d, want 1", st.MessagesStored)
+	}
+}
+
+// TestDrainedBacklogGivesDiskBack: once a backlog is drained, the timer-driven maintenance
+// compacts the tree and value-log GC deletes the garbage files, without further traffic.
+func TestDrainedBacklogGivesDiskBack(t *testing.T) {
+	// Small files and memtables: the backlog spreads over several value-log files and levels
+	// of the tree, as a real one does.
+	oldFile, oldFlatten, oldMem := valueLogFileSize, flattenAfterDeletes, memTableSize
+	valueLogFileSize, flattenAfterDeletes, memTableSize = 1<<20, 1000, 256<<10
+	t.Cleanup(func() { valueLogFileSize, flattenAfterDeletes, memTableSize = oldFile, oldFlatten, oldMem })
+	dir := t.TempDir()
+	s, err := Open(dir, Options{Logger: quietLogger(), NoSync: true, GCInterval: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeT(t, s)
+	vlogBytes := func() int64 { return valueLogBytes(dir) }
+	const n = 15000
+	body := bytes.Repeat([]byte("d"), 1<<10) // value log
+	b := &Batch{}
+	for i := uint64(1); i <= n; i++ {
+		b.Publishes = append(b.Publishes, Publish{Msg: &Message{ID: i, Body: body}, Entries: []Entry{ent("q", i)}})
+		if len(b.Publishes) == 100 {
+			commitT(t, s, b)
+			b = &Batch{}
+		}
+	}
+	full := vlogBytes()
+	b = &Batch{}
+	for i := uint64(1); i <= n; i++ {
+		b.Removes = append(b.Removes, ent("q", i))
+		if len(b.Removes) == 100 {
+			commitT(t, s, b)
+			b = &Batch{}
+		}
+	}
+	// Traffic goes on while the maintenance runs: it must never make a commit fail.
+	stop := make(chan struct{})
+	traffic := make(chan error, 1)
+	go func() {
+		id := uint64(n)
+		for {
+			select {
+			case <-stop:
+				traffic <- nil
+				return
+			default:
+			}
+			id++
+			b := &Batch{Publishes: []Publish{pub(mkMsg(id), ent("other", id))}, Removes: []Entry{ent("other", id-1)}}
+			if err := s.Commit(b); err != nil {
+				traffic <- err
+				return
+			}
+		}
+	}()
+	deadline := time.Now().Add(60 * time.Second)
+	for vlogBytes() > full/4 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	close(stop)
+	if err := <-traffic; err != nil {
+		t.Fatalf("a commit failed during maintenance: %v", err)
+	}
+	if got := vlogBytes(); got > full/4 {
+		t.Fatalf("value log still %d bytes after draining (%d with the backlog)", got, full)
+	}
+	if st := s.Stats(); st.MessagesStored != 1 {
+		t.Errorf("MessagesStored = %d, want 1 (the last of the traffic)", st.MessagesStored)
+	}
+}
+
+// TestGarbageLeftBeforeRestartIsReclaimed: a value log much larger than the messages found
+// at Open is compacted and collected without any new deletions.
+func TestGarbageLeftBeforeRestartIsReclaimed(t *testing.T) {
+	oldFile, oldMem := valueLogFileSize, memTableSize
+	valueLogFileSize, memTableSize = 1<<20, 256<<10
+	t.Cleanup(func() { valueLogFileSize, memTableSize = oldFile, oldMem })
+	dir := t.TempDir()
+	s := openT(t, dir)
+	body := bytes.Repeat([]byte("g"), 1<<10)
+	const n = 15000
+	for i := uint64(1); i <= n; i += 100 {
+		b := &Batch{}
+		for j := i; j < i+100; j++ {
+			b.Publishes = append(b.Publishes, Publish{Msg: &Message{ID: j, Body: body}, Entries: []Entry{ent("q", j)}})
+		}
+		commitT(t, s, b)
+		b = &Batch{}
+		for j := i; j < i+100; j++ {
+			b.Removes = append(b.Removes, ent("q", j))
+		}
+		commitT(t, s, b)
+	}
+	closeT(t, s)
+	full := valueLogBytes(dir)
+	s, err := Open(dir, Options{Logger: quietLogger(), NoSync: true, GCInterval: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeT(t, s)
+	if !s.garbageAtOpen {
+		t.Fatalf("a value log of %d bytes without messages was not noticed", full)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for valueLogBytes(dir) > full/4 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if got := valueLogBytes(dir); got > full/4 {
+		t.Fatalf("value log still %d bytes (%d at Open)", got, full)
 	}
 }

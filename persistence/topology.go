@@ -1,8 +1,6 @@
 package persistence
 
 import (
-	"bytes"
-	"errors"
 	"fmt"
 
 	"github.com/dgraph-io/badger/v4"
@@ -39,7 +37,7 @@ func (s *Store) PutQueue(r QueueRecord) error {
 // other queue references. The record and bindings go atomically; the entries are deleted
 // before DeleteQueue returns (resumed by Open after a crash). Deleting a missing queue succeeds.
 func (s *Store) DeleteQueue(vhost, name string) error {
-	return s.do(func(g *group) error {
+	return s.doOp(func(g *group) error {
 		if err := g.txn.Delete(queueRecKey(vhost, name)); err != nil {
 			return err
 		}
@@ -49,8 +47,8 @@ func (s *Store) DeleteQueue(vhost, name string) error {
 		if err != nil {
 			return err
 		}
-		return g.markPurge(QueueRef{VHost: vhost, Queue: name})
-	})
+		return g.markPurge(QueueRef{VHost: vhost, Queue: name}, nil)
+	}, true)
 }
 
 // PutBinding stores a binding (idempotent).
@@ -141,128 +139,6 @@ func (s *Store) LoadTopology() (Topology, error) {
 		return Topology{}, fmt.Errorf("persistence: load topology from %s: %w", dirName(s.dir), err)
 	}
 	return t, nil
-}
-
-// RecoverQueue calls fn for each index entry of q in ascending Seq with its message and
-// delivery count. msg is freshly allocated and may be kept. An error from fn stops the
-// scan and is returned as is.
-func (s *Store) RecoverQueue(q QueueRef, fn func(seq uint64, msg *Message, deliveries uint32) error) error {
-	var fnErr error
-	err := s.db.View(func(txn *badger.Txn) error {
-		opt := badger.DefaultIteratorOptions
-		opt.Prefix = indexPrefix(q)
-		iter := txn.NewIterator(opt)
-		defer iter.Close()
-		// Messages of one queue are mostly in id order, so a second cursor stepping through
-		// the messages beats a point lookup per entry (which decodes a block each time).
-		mopt := badger.DefaultIteratorOptions
-		mopt.Prefix = []byte{pfxMessage}
-		mopt.PrefetchValues = false
-		msgs := &msgCursor{it: txn.NewIterator(mopt)}
-		defer msgs.it.Close()
-		plen := len(opt.Prefix)
-		for iter.Rewind(); iter.Valid(); iter.Next() {
-			item := iter.Item()
-			k := item.Key()
-			if len(k) != plen+8 {
-				return fmt.Errorf("index key %x: %w", k, errCorrupt)
-			}
-			seq := beUint64(k[plen:])
-			var id uint64
-			var count uint32
-			err := item.Value(func(v []byte) error {
-				var err error
-				id, count, err = decodeIndexValue(v)
-				return err
-			})
-			if err != nil {
-				return fmt.Errorf("index entry %d: %w", seq, err)
-			}
-			m, err := msgs.read(id)
-			if err != nil {
-				return fmt.Errorf("entry %d: %w", seq, err)
-			}
-			if err := fn(seq, m, count); err != nil {
-				fnErr = err
-				return err
-			}
-		}
-		return nil
-	})
-	if fnErr != nil {
-		return fnErr
-	}
-	if err != nil {
-		return fmt.Errorf("persistence: recover queue %q in vhost %q from %s: %w", q.Queue, q.VHost, dirName(s.dir), err)
-	}
-	return nil
-}
-
-// msgCursor reads messages by id through one iterator, stepping forward when the next id
-// is the next key and seeking otherwise.
-type msgCursor struct {
-	it      *badger.Iterator
-	started bool
-}
-
-func (c *msgCursor) read(id uint64) (*Message, error) {
-	key := messageKey(id)
-	switch {
-	case !c.started || !c.it.Valid():
-		c.it.Seek(key)
-		c.started = true
-	default:
-		switch cmp := bytes.Compare(c.it.Item().Key(), key); {
-		case cmp < 0:
-			c.it.Next()
-			if !c.it.Valid() || bytes.Compare(c.it.Item().Key(), key) < 0 {
-				c.it.Seek(key)
-			}
-		case cmp > 0:
-			c.it.Seek(key)
-		}
-	}
-	if !c.it.Valid() || !bytes.Equal(c.it.Item().Key(), key) {
-		return nil, fmt.Errorf("message %d: %w", id, ErrNotFound)
-	}
-	v, err := c.it.Item().ValueCopy(nil)
-	if err != nil {
-		return nil, fmt.Errorf("message %d: %w", id, err)
-	}
-	return decodeMessage(id, v)
-}
-
-// ReadMessage reads a stored message (to page a body back in). A message that is not
-// stored (never was, or no queue references it any more) gives ErrNotFound.
-func (s *Store) ReadMessage(id uint64) (*Message, error) {
-	var m *Message
-	err := s.db.View(func(txn *badger.Txn) error {
-		var err error
-		m, err = readMessage(txn, id)
-		return err
-	})
-	if errors.Is(err, ErrNotFound) {
-		return nil, err
-	}
-	if err != nil {
-		return nil, fmt.Errorf("persistence: read message %d from %s: %w", id, dirName(s.dir), err)
-	}
-	return m, nil
-}
-
-func readMessage(txn *badger.Txn, id uint64) (*Message, error) {
-	item, err := txn.Get(messageKey(id))
-	if errors.Is(err, badger.ErrKeyNotFound) {
-		return nil, fmt.Errorf("message %d: %w", id, ErrNotFound)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("message %d: %w", id, err)
-	}
-	v, err := item.ValueCopy(nil)
-	if err != nil {
-		return nil, fmt.Errorf("message %d: %w", id, err)
-	}
-	return decodeMessage(id, v)
 }
 
 func beUint64(b []byte) uint64 {

@@ -52,10 +52,14 @@ type Entry struct {
 	Queue QueueRef
 	Seq   uint64
 	MsgID uint64
+	// ExpiresAt is the entry's absolute expiry (unix nanoseconds, 0 = never), stored with a
+	// published entry so that it expires on time when read back (paging, restart).
+	ExpiresAt int64
 }
 
 // Publish stores Msg once plus one index entry per durable queue in Entries. Each entry's
-// MsgID must be 0 (meaning Msg.ID) or Msg.ID. A Publish without entries stores nothing.
+// MsgID must be 0 (meaning Msg.ID) or Msg.ID, and Msg.ID must be new: a message is
+// published once, with all its entries. A Publish without entries stores nothing.
 // Publishing an entry that already exists replaces it (the old message loses a reference).
 type Publish struct {
 	Msg     *Message
@@ -69,14 +73,83 @@ type DeliveryMark struct {
 	Count uint32
 }
 
+// Span is the range of sequence numbers From..To, both included.
+type Span struct {
+	From, To uint64
+}
+
+// Purge deletes a queue's index entries whose Seq lies in one of Spans (all of them when
+// Spans is nil), and the messages that lose their last reference with them.
+type Purge struct {
+	Queue QueueRef
+	Spans []Span
+}
+
+// Page is a transient message that a queue keeps on disk instead of in memory (it
+// overflowed the queue's in-memory window). Pages live in the queue's page space (see
+// NewPageSpace), are never synced for their own sake and are wiped when the store opens.
+type Page struct {
+	Space      uint64
+	Seq        uint64
+	Msg        *Message
+	ExpiresAt  int64 // as Entry.ExpiresAt
+	Persistent bool  // delivery-mode 2 (kept for dead-lettering), though not stored durably
+}
+
+// PageDrop deletes the pages of a page space whose Seq lies in one of Spans (all of them
+// when Spans is nil).
+type PageDrop struct {
+	Space uint64
+	Spans []Span
+}
+
 // Batch is one atomic unit of work: all of it is committed or none. Within a Batch the
-// parts apply in this order: Publishes, Deliveries, Removes, PurgeQueues - so a publish and
-// the remove of the same entry may share a Batch. Removes identify entries by Queue and Seq
-// (MsgID is ignored; the stored index is authoritative) and removing a missing entry is a
-// no-op, so double acks cannot corrupt reference counts.
+// parts apply in this order: Publishes, Pages, Deliveries, Removes, Purges, DropPages - so a
+// publish and the remove of the same entry may share a Batch. Removes identify entries by
+// Queue and Seq (MsgID is ignored; the stored index is authoritative) and removing a
+// missing entry is a no-op, so double acks cannot corrupt reference counts. Purges and
+// DropPages are atomic too: a crash part-way through a purge is completed at the next
+// Open (pages are wiped at Open anyway).
 type Batch struct {
-	Publishes   []Publish
-	Removes     []Entry
-	Deliveries  []DeliveryMark
-	PurgeQueues []QueueRef
+	Publishes  []Publish
+	Pages      []Page
+	Removes    []Entry
+	Deliveries []DeliveryMark
+	Purges     []Purge
+	DropPages  []PageDrop
+}
+
+// Stored is one queue entry read back from the store by RecoverQueue or ReadAhead.
+type Stored struct {
+	Seq        uint64
+	Msg        *Message // freshly allocated, may be kept
+	Deliveries uint32
+	ExpiresAt  int64
+	// ExpiryUnknown is set for entries written by store format 1, which did not keep the
+	// expiry: the caller has to derive it again (from the queue's TTL and the message).
+	ExpiryUnknown bool
+	// Durable: the entry comes from the queue's durable index; otherwise it is a page.
+	Durable    bool
+	Persistent bool
+}
+
+// QueueInfo summarises a queue's durable index.
+type QueueInfo struct {
+	Count  int64  // index entries
+	Bytes  int64  // body bytes of their messages
+	MaxSeq uint64 // highest sequence number, 0 when empty
+}
+
+// ReadRequest asks ReadAhead for a queue's next entries, in Seq order, from its durable
+// index (when Durable) and its page space (when Space is not 0) merged.
+type ReadRequest struct {
+	Queue   QueueRef
+	Durable bool
+	Space   uint64
+	// From is the first sequence number to consider.
+	From uint64
+	// Max bounds the number of entries; MaxBytes their body bytes (at least one entry is
+	// read if there is one).
+	Max      int
+	MaxBytes int64
 }

@@ -7,6 +7,14 @@
 // leave for good (expired, dropped, rejected), so the owner can dead-letter them and delete their
 // durable copies.
 //
+// With SetPaging a queue holds at most a window of ready messages in memory: a message pushed
+// while the window (or a budget shared by queues) is full, or while older messages are paged
+// out, goes to the owner's Pager instead, and the queue keeps only the set of paged sequence
+// numbers, as spans (one span for a whole backlog in the common case). When the window has
+// drained to half, a read-ahead brings the next batch back in the background. Requeued and
+// delayed messages always return to memory; expiry and drop-head apply to the in-memory head,
+// which is where paged messages arrive before they can be delivered.
+//
 // Dispatch runs synchronously in whichever goroutine made a message or credit available (a
 // publisher, an acker, a timer): there is no goroutine per queue. Consumers are offered entries
 // with the queue's lock held, so Consumer.Deliver must never call back into the queue.

@@ -159,17 +159,31 @@ type Queue struct {
 	mu        sync.Mutex
 	ready     deque
 	delayed   []*Entry // waiting out x-redelivery-delay, ordered by readyAt
-	bytes     int64    // body bytes of ready and delayed entries
+	bytes     int64    // body bytes of ready and delayed entries (in memory)
 	unacked   int
 	consumers []Consumer
 	rr        int
 	closed    bool
-	drops     []drop
+	drops     []drop // collected under mu, emitted by unlockEmit
+	emitting  bool   // a goroutine is emitting drops
 	timer     *time.Timer
 	timerAt   int64
 
 	seq uint64 // last reserved sequence number; guarded by mu
 	now func() int64
+
+	// Paging (SetPaging): ready entries beyond the window are paged out and count in the
+	// queue's length without holding memory.
+	pager    Pager
+	window   int
+	budget   *Budget
+	reserved int64 // bytes reserved in budget for q.bytes
+	paged    pageSet
+	paging   bool          // a page-in is in flight
+	pageWait chan struct{} // closed when the page-in in flight completes
+	pageErr  error         // of the last page-in
+	// overflowing: over a drop-head limit with the head paged out (AwaitLimits).
+	overflowing atomic.Bool
 }
 
 // New creates an empty queue.
@@ -177,6 +191,14 @@ func New(name string, opts Options, hooks Hooks) *Queue {
 	q := &Queue{Name: name, opts: opts, hooks: hooks, now: func() int64 { return time.Now().UnixNano() }}
 	q.cur.Store(&opts)
 	return q
+}
+
+// SetPaging bounds the queue's memory with p; call it before the queue is used. Without it
+// every ready message stays in memory.
+func (q *Queue) SetPaging(p Paging) {
+	q.mu.Lock()
+	q.pager, q.window, q.budget = p.Pager, max(p.Window, 1), p.Budget
+	q.mu.Unlock()
 }
 
 // Options returns the queue's options.
@@ -200,10 +222,8 @@ func (q *Queue) SetOptions(opts Options) {
 	}
 	now := q.now()
 	q.dispatch(now)
-	q.arm(now)
-	d := q.takeDrops()
-	q.mu.Unlock()
-	q.emit(d)
+	q.settle(now)
+	q.unlockEmit()
 }
 
 // NextSeq reserves the next sequence number; entries are kept in Seq order.
@@ -223,6 +243,20 @@ func (q *Queue) Restore(e *Entry) {
 	}
 	q.ready.pushBack(e)
 	q.bytes += int64(len(e.Msg.Body))
+	q.syncBudget()
+	q.mu.Unlock()
+}
+
+// RestorePaged adds a recovered backlog left on disk: the n entries (of bytes body bytes)
+// stored with Seq from..to, above every entry restored so far. They are read back through
+// the pager (SetPaging first) as the window drains.
+func (q *Queue) RestorePaged(from, to uint64, n, bytes int64) {
+	if n <= 0 {
+		return
+	}
+	q.mu.Lock()
+	q.seq = max(q.seq, to)
+	q.paged.addDisk(from, to, n, bytes)
 	q.mu.Unlock()
 }
 
@@ -258,10 +292,18 @@ func (q *Queue) Push(e *Entry) PushResult {
 		}
 		return Refused
 	}
-	if e.ExpiresAt != 0 && e.ExpiresAt <= now && q.ready.len() == 0 && len(q.delayed) == 0 {
+	if e.ExpiresAt != 0 && e.ExpiresAt <= now && q.ready.len() == 0 && len(q.delayed) == 0 && q.paged.count == 0 {
 		// Already expired (TTL 0 or past expiration): deliverable only to a consumer ready right now.
 		if !q.offer(e) {
 			q.drops = append(q.drops, drop{[]*Entry{e}, Expired})
+		}
+	} else if q.pageOut() {
+		// Behind the window: on disk only, read back when its turn comes.
+		q.paged.add(e.Seq)
+		q.paged.bytes += int64(len(e.Msg.Body))
+		q.pager.PageOut(e)
+		if q.opts.Overflow == DropHead {
+			q.dropOverflow()
 		}
 	} else {
 		q.ready.insertBySeq(e)
@@ -273,28 +315,38 @@ func (q *Queue) Push(e *Entry) PushResult {
 			q.dropOverflow()
 		}
 	}
-	q.arm(now)
-	d := q.takeDrops()
-	q.mu.Unlock()
-	q.emit(d)
+	q.settle(now)
+	q.unlockEmit()
 	return Enqueued
 }
 
-// full reports whether adding size more bytes would break a limit (for reject-publish).
-func (q *Queue) full(size int) bool {
-	n := int64(q.ready.len() + len(q.delayed))
-	if q.opts.MaxLength >= 0 && n >= q.opts.MaxLength {
-		return true
+// pageOut reports whether a new entry goes to disk: behind other paged entries (order), or
+// when the window or the shared budget is full.
+func (q *Queue) pageOut() bool {
+	if q.pager == nil {
+		return false
 	}
-	return q.opts.MaxLengthBytes >= 0 && q.bytes+int64(size) > q.opts.MaxLengthBytes
+	return q.paged.count > 0 || q.ready.len() >= q.window || (q.budget != nil && q.budget.exhausted())
 }
 
+// length is the number of ready messages, in memory or paged out.
+func (q *Queue) length() int64 { return int64(q.ready.len()+len(q.delayed)) + q.paged.count }
+
+// full reports whether adding size more bytes would break a limit (for reject-publish).
+func (q *Queue) full(size int) bool {
+	if q.opts.MaxLength >= 0 && q.length() >= q.opts.MaxLength {
+		return true
+	}
+	return q.opts.MaxLengthBytes >= 0 && q.bytes+q.paged.bytes+int64(size) > q.opts.MaxLengthBytes
+}
+
+// dropOverflow drops from the head while a limit is exceeded. A paged-out head must be read
+// back first (its body is dead-lettered): the page-in completes the job.
 func (q *Queue) dropOverflow() {
 	var dropped []*Entry
 	for q.ready.len() > 0 {
-		n := int64(q.ready.len() + len(q.delayed))
-		if !(q.opts.MaxLength >= 0 && n > q.opts.MaxLength) &&
-			!(q.opts.MaxLengthBytes >= 0 && q.bytes > q.opts.MaxLengthBytes) {
+		if !(q.opts.MaxLength >= 0 && q.length() > q.opts.MaxLength) &&
+			!(q.opts.MaxLengthBytes >= 0 && q.bytes+q.paged.bytes > q.opts.MaxLengthBytes) {
 			break
 		}
 		e := q.ready.popFront()
@@ -372,6 +424,16 @@ func (q *Queue) promoteDelayed(now int64) {
 	}
 }
 
+// settle ends every operation that may have changed the queue: timer, read-ahead, budget.
+func (q *Queue) settle(now int64) {
+	q.arm(now)
+	if q.pager != nil {
+		q.refill()
+		q.syncBudget()
+		q.overflowing.Store(q.overflowingLocked())
+	}
+}
+
 // arm schedules the timer for the next head expiry or delayed entry becoming due.
 func (q *Queue) arm(now int64) {
 	var next int64
@@ -403,10 +465,25 @@ func (q *Queue) onTimer() {
 	q.Kick()
 }
 
-func (q *Queue) takeDrops() []drop {
-	d := q.drops
-	q.drops = nil
-	return d
+// unlockEmit releases q.mu and passes the drops collected so far to the Dropped hook, in the
+// order they happened: if another goroutine is already emitting this queue's drops, it takes
+// these too, so dead letters of one queue are never reordered (expiries found by a timer and
+// by a read-ahead, say).
+func (q *Queue) unlockEmit() {
+	if q.emitting {
+		q.mu.Unlock()
+		return
+	}
+	q.emitting = true
+	for len(q.drops) > 0 {
+		d := q.drops
+		q.drops = nil
+		q.mu.Unlock()
+		q.emit(d)
+		q.mu.Lock()
+	}
+	q.emitting = false
+	q.mu.Unlock()
 }
 
 func (q *Queue) emit(ds []drop) {
@@ -428,10 +505,8 @@ func (q *Queue) Kick() {
 	now := q.now()
 	q.dispatch(now)
 	q.expireHead(now)
-	q.arm(now)
-	d := q.takeDrops()
-	q.mu.Unlock()
-	q.emit(d)
+	q.settle(now)
+	q.unlockEmit()
 }
 
 // AddConsumer registers c and delivers to it what is ready.
@@ -468,8 +543,23 @@ func (q *Queue) RemoveConsumer(c Consumer) int {
 func (q *Queue) Get(noAck bool) (e *Entry, remaining int, ok bool) {
 	q.mu.Lock()
 	now := q.now()
-	q.promoteDelayed(now)
-	q.expireHead(now)
+	for {
+		q.promoteDelayed(now)
+		q.expireHead(now)
+		if q.ready.len() > 0 || q.paged.count == 0 || q.closed {
+			break
+		}
+		// The head is on disk: wait for the read-ahead to bring it in.
+		q.refill()
+		wait := q.pageWait
+		q.unlockEmit()
+		<-wait
+		q.mu.Lock()
+		now = q.now()
+		if q.pageErr != nil {
+			break
+		}
+	}
 	e = q.ready.popFront()
 	if e != nil {
 		q.bytes -= int64(len(e.Msg.Body))
@@ -479,11 +569,9 @@ func (q *Queue) Get(noAck bool) (e *Entry, remaining int, ok bool) {
 		}
 		q.expireHead(now)
 	}
-	remaining = q.ready.len() + len(q.delayed)
-	q.arm(now)
-	d := q.takeDrops()
-	q.mu.Unlock()
-	q.emit(d)
+	remaining = int(q.length())
+	q.settle(now)
+	q.unlockEmit()
 	return e, remaining, e != nil
 }
 
@@ -551,10 +639,8 @@ func (q *Queue) Requeue(es []*Entry) {
 	}
 	q.expireHead(now)
 	q.dispatch(now)
-	q.arm(now)
-	d := q.takeDrops()
-	q.mu.Unlock()
-	q.emit(d)
+	q.settle(now)
+	q.unlockEmit()
 }
 
 func (q *Queue) redeliveryDelay(returns uint32) time.Duration {
@@ -580,18 +666,30 @@ func (q *Queue) capDelay(d time.Duration) time.Duration {
 	return d
 }
 
-// Purge drops every ready message (not the unacked ones) and returns how many.
+// Purge drops every ready message (not the unacked ones) and returns how many. Paged-out
+// messages are discarded on disk without being read.
 func (q *Queue) Purge() int {
 	q.mu.Lock()
 	es := q.ready.drain()
 	es = append(es, q.delayed...)
 	q.delayed = nil
 	q.bytes = 0
+	n := len(es) + q.discardPaged()
+	q.syncBudget()
 	q.mu.Unlock()
 	if len(es) > 0 {
 		q.emit([]drop{{es, Purged}})
 	}
-	return len(es)
+	return n
+}
+
+// discardPaged drops every paged-out entry and returns how many there were.
+func (q *Queue) discardPaged() int {
+	n := int(q.paged.count)
+	if spans := q.paged.clear(); len(spans) > 0 {
+		q.pager.Discard(spans)
+	}
+	return n
 }
 
 // Close marks the queue deleted and returns its consumers (to be cancelled) and the number of
@@ -612,19 +710,24 @@ func (q *Queue) Close() (consumers []Consumer, messages int) {
 	es = append(es, q.delayed...)
 	q.delayed = nil
 	q.bytes = 0
+	n := len(es) + q.discardPaged()
+	q.syncBudget()
 	q.mu.Unlock()
 	if len(es) > 0 {
 		q.emit([]drop{{es, Purged}})
 	}
-	return consumers, len(es)
+	return consumers, n
 }
 
 // Stats is a snapshot of a queue's counters.
 type Stats struct {
+	// Ready counts the messages waiting, in memory or paged out; Bytes their body bytes.
 	Ready     int
 	Unacked   int
 	Consumers int
 	Bytes     int64
+	// InMemory counts the ready messages held in memory (the rest are paged out).
+	InMemory int
 }
 
 // Stats returns the queue's counters; expired head messages are removed first, as RabbitMQ does
@@ -634,10 +737,10 @@ func (q *Queue) Stats() Stats {
 	now := q.now()
 	q.promoteDelayed(now)
 	q.expireHead(now)
-	s := Stats{Ready: q.ready.len() + len(q.delayed), Unacked: q.unacked, Consumers: len(q.consumers), Bytes: q.bytes}
-	d := q.takeDrops()
-	q.mu.Unlock()
-	q.emit(d)
+	s := q.counts()
+	q.refill()
+	q.syncBudget()
+	q.unlockEmit()
 	return s
 }
 
@@ -646,5 +749,121 @@ func (q *Queue) Stats() Stats {
 func (q *Queue) Counts() Stats {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return Stats{Ready: q.ready.len() + len(q.delayed), Unacked: q.unacked, Consumers: len(q.consumers), Bytes: q.bytes}
+	return q.counts()
+}
+
+func (q *Queue) counts() Stats {
+	inMem := q.ready.len() + len(q.delayed)
+	return Stats{
+		Ready: int(q.length()), Unacked: q.unacked, Consumers: len(q.consumers),
+		Bytes: q.bytes + q.paged.bytes, InMemory: inMem,
+	}
+}
+
+// refill starts a read-ahead when the window has drained to half and entries are paged
+// out. Over the shared budget only an empty window is refilled, and only with a little.
+func (q *Queue) refill() {
+	if q.pager == nil || q.paging || q.paged.count == 0 || q.closed || q.ready.len() > q.window/2 {
+		return
+	}
+	maxBytes := int64(math.MaxInt64)
+	if q.budget != nil {
+		maxBytes = q.budget.limit - q.budget.used.Load()
+		if maxBytes < minPageInBytes {
+			if q.ready.len() > 0 {
+				return
+			}
+			maxBytes = minPageInBytes
+		}
+	}
+	n := q.window - q.ready.len()
+	from, gen := q.paged.min(), q.paged.gen
+	q.paging = true
+	q.pageWait = make(chan struct{})
+	q.pager.PageIn(from, n, maxBytes, func(es []*Entry, err error) { q.pagedIn(es, err, n, maxBytes, gen) })
+}
+
+// pagedIn takes a read-ahead's entries into the window. Entries that are not (or no longer)
+// members are ignored: purged meanwhile, or written by a publisher that has not pushed
+// them yet. When the set did not change since the request, members the read should have
+// returned but did not are lost (their write failed): they are dropped from the count so
+// the queue does not wait for them forever.
+func (q *Queue) pagedIn(es []*Entry, err error, max int, maxBytes int64, gen uint64) {
+	q.mu.Lock()
+	q.paging = false
+	wait := q.pageWait
+	q.pageWait = nil
+	q.pageErr = err
+	if q.closed || err != nil {
+		q.mu.Unlock()
+		close(wait)
+		return
+	}
+	var read int64
+	for _, e := range es {
+		size := int64(len(e.Msg.Body))
+		read += size
+		if !q.paged.take(e.Seq, size) {
+			continue
+		}
+		q.ready.insertBySeq(e)
+		q.bytes += size
+	}
+	if q.paged.gen == gen && q.paged.count > 0 {
+		if len(es) < max && read < maxBytes {
+			q.paged.dropBelow(math.MaxUint64)
+		} else if len(es) > 0 {
+			q.paged.dropBelow(es[len(es)-1].Seq)
+		}
+	}
+	// Expire and enforce limits before delivering: a consumer must not get a message that
+	// was over the limit (or expired) before it could be read back.
+	now := q.now()
+	q.expireHead(now)
+	if q.opts.Overflow == DropHead {
+		q.dropOverflow()
+	}
+	q.dispatch(now)
+	q.settle(now)
+	q.unlockEmit()
+	close(wait)
+}
+
+// AwaitLimits waits while the queue is over a drop-head length limit because its head is
+// paged out, until read-aheads have brought the head in and dropped it. Publishers call it
+// after Push so that a capped queue cannot outgrow its limit faster than it drops; it costs
+// an atomic load otherwise. It must not be called from a Pager's PageIn callback (nor from
+// Dropped hooks, which may run there).
+func (q *Queue) AwaitLimits() {
+	if !q.overflowing.Load() {
+		return
+	}
+	q.mu.Lock()
+	for q.overflowingLocked() && q.pageErr == nil {
+		q.refill()
+		wait := q.pageWait
+		q.unlockEmit()
+		<-wait
+		q.mu.Lock()
+	}
+	q.unlockEmit()
+}
+
+func (q *Queue) overflowingLocked() bool {
+	return q.opts.Overflow == DropHead && q.ready.len() == 0 && q.paged.count > 0 && !q.closed &&
+		((q.opts.MaxLength >= 0 && q.length() > q.opts.MaxLength) ||
+			(q.opts.MaxLengthBytes >= 0 && q.bytes+q.paged.bytes > q.opts.MaxLengthBytes))
+}
+
+// syncBudget keeps the queue's reservation in the shared budget within a chunk of the
+// bytes it holds (none when empty), touching the shared counter only at chunk boundaries.
+func (q *Queue) syncBudget() {
+	if q.budget == nil {
+		return
+	}
+	target := (q.bytes + budgetChunk - 1) / budgetChunk * budgetChunk
+	if q.reserved < q.bytes || q.reserved > target+budgetChunk || (q.bytes == 0 && q.reserved > 0) {
+		q.budget.used.Add(target - q.reserved)
+		q.reserved = target
+	}
 }

@@ -53,14 +53,16 @@ func (a *alarms) current() (string, <-chan struct{}) {
 	return a.reason, a.cleared
 }
 
-func (s *Server) initAlarms() {
-	limit := s.cfg.MemoryLimit
-	if limit <= 0 {
-		if total := systemMemory(); total > 0 {
-			limit = int64(float64(total) * s.cfg.MemoryHighWatermark)
-		}
+// memoryLimit is the memory alarm's threshold in bytes: memory.limit, or the high watermark
+// of the machine's RAM; 0 (alarm off) when neither is known.
+func memoryLimit(cfg Config) int64 {
+	if cfg.MemoryLimit > 0 {
+		return cfg.MemoryLimit
 	}
-	s.alarms.memLimit.Store(limit)
+	if total := systemMemory(); total > 0 {
+		return int64(float64(total) * cfg.MemoryHighWatermark)
+	}
+	return 0
 }
 
 func (s *Server) alarmLoop() {

@@ -546,24 +546,28 @@ func (v *vhost) prepare(msg *queue.Message, targets []*queueState, batch *persis
 		e := qs.q.NewEntry(qs.q.NextSeq(), msg)
 		if msg.Persistent && qs.durable {
 			e.Durable = true
-			pub.Entries = append(pub.Entries, persistence.Entry{Queue: qs.ref(), Seq: e.Seq, MsgID: msg.ID})
+			pub.Entries = append(pub.Entries, persistence.Entry{Queue: qs.ref(), Seq: e.Seq, MsgID: msg.ID, ExpiresAt: e.ExpiresAt})
 		}
 		p.entries[i] = e
 	}
 	if len(pub.Entries) > 0 {
-		pub.Msg = &persistence.Message{ID: msg.ID, Exchange: msg.Exchange, RoutingKey: msg.RoutingKey, Header: msg.Header, Body: msg.Body}
+		pub.Msg = storedMessage(msg)
 		batch.Publishes = append(batch.Publishes, pub)
 	}
 	return p
 }
 
 // push makes prepared entries visible and reports whether any queue refused the message
-// (a full queue with a reject-publish overflow policy).
-func (v *vhost) push(p prepared) bool {
+// (a full queue with a reject-publish overflow policy). A publisher (not dead-lettering,
+// which may run on the store's reader) waits while a capped queue drops its paged-out head.
+func (v *vhost) push(p prepared, publisher bool) bool {
 	refused := false
 	for i, qs := range p.targets {
 		switch qs.q.Push(p.entries[i]) {
 		case queue.Enqueued:
+			if publisher {
+				qs.q.AwaitLimits()
+			}
 			continue
 		case queue.RefusedDeadLetter:
 			v.deadLetterOrDrop(qs, p.entries[i:i+1], queue.MaxLen)
@@ -582,7 +586,7 @@ func (v *vhost) enqueue(msg *queue.Message, targets []*queueState, done func(err
 	if len(batch.Publishes) > 0 {
 		v.srv.store.Submit(&batch, done)
 	}
-	return v.push(p)
+	return v.push(p, true)
 }
 
 // --- consumers and deliveries
@@ -952,7 +956,7 @@ func (ch *channel) commit() {
 		v.srv.store.Submit(batch, func(err error) { synced <- err })
 	}
 	for _, p := range pubs {
-		v.push(p)
+		v.push(p, true)
 	}
 	// commit-ok means on disk and visible; the client is waiting for it, so blocking here costs nothing.
 	if synced != nil {

@@ -145,7 +145,10 @@ type Config struct {
 	MemoryLimit         int64
 	// DiskFreeLimit blocks publishers while the data directory's file system has less free space.
 	DiskFreeLimit int64
-	Logger        *slog.Logger
+	// MaxRAMMessages is the number of ready messages a queue keeps in memory when there is a
+	// store; the rest of its backlog is paged out to disk and read back ahead of the consumers.
+	MaxRAMMessages int
+	Logger         *slog.Logger
 }
 
 // DefaultConfig returns RabbitMQ's defaults: guest/guest with full permissions on vhost "/",
@@ -171,6 +174,7 @@ func DefaultConfig() Config {
 
 		MemoryHighWatermark: 0.4,
 		DiskFreeLimit:       50 << 20,
+		MaxRAMMessages:      4096,
 	}
 }
 
@@ -207,6 +211,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("memory.limit: %d must not be negative", c.MemoryLimit)
 	case c.DiskFreeLimit < 0:
 		return fmt.Errorf("disk.free_limit: %d must not be negative", c.DiskFreeLimit)
+	case c.MaxRAMMessages < 1:
+		return fmt.Errorf("queue.max_ram_messages: %d must be at least 1", c.MaxRAMMessages)
 	case len(c.VHosts) == 0:
 		return errors.New("vhosts: at least one vhost is required")
 	}

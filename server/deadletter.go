@@ -103,7 +103,7 @@ func (v *vhost) deadLetter(qs *queueState, dl *dlConfig, es []*queue.Entry, why 
 		v.srv.store.Submit(&batch, nil)
 	}
 	for _, p := range ps {
-		v.push(p)
+		v.push(p, false)
 	}
 }
 

@@ -2,7 +2,6 @@ package server
 
 import (
 	"fmt"
-	"strconv"
 	"time"
 
 	"warren/amqp"
@@ -11,9 +10,10 @@ import (
 	"warren/queue"
 )
 
-// restore loads durable exchanges, queues (with their messages) and bindings before the listener
-// opens. Messages shared by several queues are loaded once.
+// restore loads durable exchanges, queues (with the first window of their messages) and
+// bindings before the listener opens.
 func (s *Server) restore() error {
+	start := time.Now()
 	topo, err := s.store.LoadTopology()
 	if err != nil {
 		return err
@@ -36,8 +36,9 @@ func (s *Server) restore() error {
 		ex.alternate = v.alternateLocked(ex)
 		v.exchanges[r.Name] = ex
 	}
+	// Messages shared by several queues' windows are loaded once.
 	cache := map[uint64]*queue.Message{}
-	messages := 0
+	var messages, inMemory int64
 	for _, r := range topo.Queues {
 		v := s.vhosts[r.VHost]
 		if v == nil {
@@ -56,23 +57,22 @@ func (s *Server) restore() error {
 			v: v, name: r.Name, durable: true, declDur: true, autoDelete: r.AutoDelete, args: args, spec: spec, quorum: spec.quorum,
 		}
 		v.newQueueLocked(qs)
-		err = s.store.RecoverQueue(qs.ref(), func(seq uint64, pm *persistence.Message, deliveries uint32) error {
-			m := cache[pm.ID]
-			if m == nil {
-				m = restoredMessage(pm)
-				cache[pm.ID] = m
-			}
-			e := qs.q.NewEntry(seq, m)
-			e.Durable = true
-			e.Deliveries = deliveries
-			e.Returns = deliveries
-			qs.q.Restore(e)
-			messages++
+		// Only the window is loaded; the rest of the backlog stays on disk, counted.
+		var last uint64
+		var loaded, loadedBytes int64
+		info, err := s.store.RecoverQueue(qs.ref(), s.cfg.MaxRAMMessages, func(st persistence.Stored) error {
+			qs.q.Restore(qs.storedEntry(st, cache))
+			last = st.Seq
+			loaded++
+			loadedBytes += int64(len(st.Msg.Body))
 			return nil
 		})
 		if err != nil {
 			return fmt.Errorf("recovering queue %q: %w", r.Name, err)
 		}
+		qs.q.RestorePaged(last+1, info.MaxSeq, info.Count-loaded, info.Bytes-loadedBytes)
+		messages += info.Count
+		inMemory += loaded
 		v.queues[r.Name] = qs
 		v.touchLocked(qs)
 	}
@@ -93,19 +93,9 @@ func (s *Server) restore() error {
 			return fmt.Errorf("restoring binding %s -> %s: %w", r.Source, r.Destination, err)
 		}
 	}
-	s.log.Info("durable state restored", "exchanges", len(topo.Exchanges), "queues", len(topo.Queues), "bindings", len(topo.Bindings), "messages", messages)
+	s.log.Info("durable state restored", "exchanges", len(topo.Exchanges), "queues", len(topo.Queues), "bindings", len(topo.Bindings),
+		"messages", messages, "in_memory", inMemory, "took", time.Since(start).Round(time.Millisecond))
 	return nil
-}
-
-func restoredMessage(pm *persistence.Message) *queue.Message {
-	m := &queue.Message{ID: pm.ID, Exchange: pm.Exchange, RoutingKey: pm.RoutingKey, Header: pm.Header, Body: pm.Body, Persistent: true}
-	if sum, err := amqp.ScanContentHeader(pm.Header); err == nil && sum.Expiration != "" {
-		// The publish time is not stored, so a per-message expiration counts from the restart.
-		if ms, err := strconv.ParseInt(sum.Expiration, 10, 64); err == nil && ms >= 0 {
-			m.ExpiresAt = time.Now().UnixNano() + ms*int64(time.Millisecond)
-		}
-	}
-	return m
 }
 
 func decodeArgs(b []byte) (amqp.Table, error) {

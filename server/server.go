@@ -5,6 +5,7 @@
 package server
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 
 	"warren/amqp"
 	"warren/persistence"
+	"warren/queue"
 )
 
 // Server is one running broker.
@@ -38,6 +40,8 @@ type Server struct {
 	connID atomic.Uint64
 
 	alarms alarms
+	// budget bounds the bodies of ready messages all queues keep in memory (paging).
+	budget *queue.Budget
 	quit   chan struct{} // closed by Close
 
 	ln, tlsLn net.Listener
@@ -84,6 +88,12 @@ func New(cfg Config) (*Server, error) {
 	s.rt.Store(rt)
 	for _, w := range rt.warnings {
 		log.Warn("config: " + w)
+	}
+	s.alarms.memLimit.Store(memoryLimit(cfg))
+	if limit := s.alarms.memLimit.Load(); limit > 0 {
+		// As RabbitMQ's vm_memory_high_watermark_paging_ratio: queues page out message bodies
+		// well before the memory alarm would block publishers.
+		s.budget = queue.NewBudget(limit / 2)
 	}
 	if cfg.DataDir != "" {
 		start := time.Now()
@@ -138,14 +148,49 @@ func (s *Server) Start() error {
 		go s.acceptLoop(s.tlsLn)
 	}
 	s.ln = ln
-	s.initAlarms()
 	s.serving.Add(2)
 	go s.acceptLoop(ln)
 	go func() {
 		defer s.serving.Done()
 		s.alarmLoop()
 	}()
+	if s.store != nil && s.log.Enabled(context.Background(), slog.LevelDebug) {
+		s.serving.Add(1)
+		go func() {
+			defer s.serving.Done()
+			s.journalStatsLoop()
+		}()
+	}
 	return nil
+}
+
+// journalStatsInterval is how often the debug log reports the journal's group commits.
+const journalStatsInterval = 10 * time.Second
+
+// journalStatsLoop logs, at debug level, how the journal grouped the writes of the last
+// interval: the batch sizes behind group commit's throughput.
+func (s *Server) journalStatsLoop() {
+	t := time.NewTicker(journalStatsInterval)
+	defer t.Stop()
+	prev := s.store.Stats()
+	for {
+		select {
+		case <-s.quit:
+			return
+		case <-t.C:
+		}
+		st := s.store.Stats()
+		commits := st.Commits - prev.Commits
+		if commits == 0 {
+			continue
+		}
+		per := func(n uint64) float64 { return float64(n*100/commits) / 100 }
+		s.log.Debug("journal", "commits", commits, "batches_per_commit", per(st.Batches-prev.Batches),
+			"publishes_per_commit", per(st.Publishes-prev.Publishes), "max_batches_per_commit", st.MaxBatchesPerCommit,
+			"read_aheads", st.ReadAheads-prev.ReadAheads, "read_entries", st.ReadEntries-prev.ReadEntries,
+			"messages_stored", st.MessagesStored)
+		prev = st
+	}
 }
 
 // Addr is the address the listener is bound to.

@@ -642,6 +642,7 @@ func (v *vhost) newQueueLocked(qs *queueState) {
 	qs.dl.Store(e.dl)
 	qs.expires, qs.policy = e.expires, e.policy
 	qs.q = queue.New(qs.name, e.opts, queue.Hooks{Dropped: v.onDropped(qs)})
+	v.srv.enablePaging(qs)
 }
 
 func (v *vhost) checkQueueEquivalent(qs *queueState, m *amqp.QueueDeclare) *amqp.Error {

@@ -1,0 +1,113 @@
+package server
+
+import (
+	"strconv"
+	"time"
+
+	"warren/amqp"
+	"warren/persistence"
+	"warren/queue"
+)
+
+// pager is a queue's queue.Pager on the store: durable entries are on disk already (their
+// publish was submitted before the push) and are read back from the queue's index;
+// transient ones are written as pages into a page space of the queue's own.
+type pager struct {
+	qs    *queueState
+	store *persistence.Store
+	space uint64
+}
+
+// enablePaging bounds qs's memory to the configured window; without a store everything
+// stays in memory.
+func (s *Server) enablePaging(qs *queueState) {
+	if s.store == nil {
+		return
+	}
+	qs.q.SetPaging(queue.Paging{
+		Pager:  &pager{qs: qs, store: s.store, space: s.store.NewPageSpace()},
+		Window: s.cfg.MaxRAMMessages,
+		Budget: s.budget,
+	})
+}
+
+func (p *pager) PageOut(e *queue.Entry) {
+	if e.Durable {
+		return
+	}
+	p.store.Submit(&persistence.Batch{Pages: []persistence.Page{{
+		Space: p.space, Seq: e.Seq, Msg: storedMessage(e.Msg), ExpiresAt: e.ExpiresAt, Persistent: e.Msg.Persistent,
+	}}}, nil)
+}
+
+func (p *pager) PageIn(from uint64, max int, maxBytes int64, done func([]*queue.Entry, error)) {
+	req := persistence.ReadRequest{Queue: p.qs.ref(), Durable: p.qs.durable, Space: p.space, From: from, Max: max, MaxBytes: maxBytes}
+	p.store.ReadAhead(req, func(sts []persistence.Stored, err error) {
+		if err != nil {
+			p.qs.v.srv.log.Error("reading paged messages", "queue", p.qs.name, "vhost", p.qs.v.name, "err", err)
+		}
+		es := make([]*queue.Entry, len(sts))
+		for i, st := range sts {
+			es[i] = p.qs.storedEntry(st, nil)
+		}
+		done(es, err)
+	})
+}
+
+func (p *pager) Discard(spans []queue.Span) {
+	ss := make([]persistence.Span, len(spans))
+	for i, sp := range spans {
+		ss[i] = persistence.Span{From: sp.From, To: sp.To}
+	}
+	b := &persistence.Batch{DropPages: []persistence.PageDrop{{Space: p.space, Spans: ss}}}
+	// A deleted queue's index goes with store.DeleteQueue.
+	if p.qs.durable && !p.qs.deleted.Load() {
+		b.Purges = []persistence.Purge{{Queue: p.qs.ref(), Spans: ss}}
+	}
+	p.store.Submit(b, nil)
+}
+
+func storedMessage(m *queue.Message) *persistence.Message {
+	return &persistence.Message{ID: m.ID, Exchange: m.Exchange, RoutingKey: m.RoutingKey, Header: m.Header, Body: m.Body}
+}
+
+// storedEntry turns an entry read back from the store into a queue entry. cache, when not
+// nil, shares the message of entries of several queues (restore).
+func (qs *queueState) storedEntry(st persistence.Stored, cache map[uint64]*queue.Message) *queue.Entry {
+	m := cache[st.Msg.ID]
+	if m == nil {
+		pm := st.Msg
+		m = &queue.Message{ID: pm.ID, Exchange: pm.Exchange, RoutingKey: pm.RoutingKey, Header: pm.Header, Body: pm.Body, Persistent: st.Persistent}
+		if cache != nil {
+			cache[pm.ID] = m
+		}
+	}
+	var e *queue.Entry
+	if st.ExpiryUnknown {
+		// Stored by format 1 without its expiry: count the TTL and expiration from now.
+		if m.ExpiresAt == 0 {
+			m.ExpiresAt = expirationFromNow(m.Header)
+		}
+		e = qs.q.NewEntry(st.Seq, m)
+	} else {
+		e = &queue.Entry{Seq: st.Seq, Msg: m, ExpiresAt: st.ExpiresAt}
+	}
+	e.Durable = st.Durable
+	e.Deliveries = st.Deliveries
+	e.Returns = st.Deliveries
+	return e
+}
+
+// expirationFromNow is the absolute expiry of a message's expiration property counted from
+// now; 0 without one.
+func expirationFromNow(header []byte) int64 {
+	sum, err := amqp.ScanContentHeader(header)
+	if err != nil || sum.Expiration == "" {
+		return 0
+	}
+	ms, err := strconv.ParseInt(sum.Expiration, 10, 64)
+	if err != nil || ms < 0 {
+		return 0
+	}
+	return time.Now().UnixNano() + ms*int64(time.Millisecond)
+}
