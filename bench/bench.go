@@ -70,7 +70,8 @@ type Config struct {
 	Conns       int
 	Count       int
 	Quiet       bool
-	Coalesce    bool // batch producer/consumer socket writes (see coalescingConn)
+	Coalesce    bool   // batch producer/consumer socket writes (see coalescingConn)
+	Client      string // "lean" (leanConn) or "amqp091" for producers, consumers and churn
 }
 
 var modes = map[string]bool{"throughput": true, "churn": true, "idle-conns": true, "queues": true}
@@ -103,7 +104,8 @@ func ParseFlags(args []string, out io.Writer) (Config, error) {
 	fs.IntVar(&c.Conns, "conns", 100, "idle-conns mode: connections to open")
 	fs.IntVar(&c.Count, "count", 1000, "queues mode: queues to declare")
 	fs.BoolVar(&c.Quiet, "quiet", false, "no live per-second lines")
-	fs.BoolVar(&c.Coalesce, "coalesce", true, "batch producer/consumer socket writes instead of one write(2) per publish")
+	fs.BoolVar(&c.Coalesce, "coalesce", true, "with -client amqp091: batch producer/consumer socket writes instead of one write(2) per publish")
+	fs.StringVar(&c.Client, "client", "lean", "AMQP client for producers, consumers and churn: lean (the bench's own, cheap per message) or amqp091 (amqp091-go)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -130,6 +132,10 @@ func (c *Config) validate() error {
 		return errors.New("bench: -size must be >= 0")
 	case c.Confirm < 0 || c.Prefetch < 0 || c.Fanout < 0 || c.PMessages < 0 || c.Rate < 0:
 		return errors.New("bench: -confirm, -prefetch, -fanout, -pmessages and -rate must be >= 0")
+	case c.Client != "lean" && c.Client != "amqp091":
+		return fmt.Errorf("bench: unknown -client %q (lean or amqp091)", c.Client)
+	case c.Prefetch > 65535:
+		return errors.New("bench: -prefetch must be at most 65535")
 	case c.MultiAck < 1:
 		return errors.New("bench: -multi-ack must be >= 1")
 	case !c.AutoAck && c.Prefetch > 0 && c.MultiAck > c.Prefetch:
@@ -155,6 +161,7 @@ func (c *Config) validate() error {
 type Result struct {
 	Mode       string  `json:"mode"`
 	URL        string  `json:"url"`
+	Client     string  `json:"client"`
 	Producers  int     `json:"producers,omitempty"`
 	Consumers  int     `json:"consumers,omitempty"`
 	Queues     int     `json:"queues,omitempty"`
@@ -219,7 +226,7 @@ func Run(args []string, stdout io.Writer) error {
 		return err
 	}
 	res := &Result{
-		Mode: cfg.Mode, URL: redact(cfg.URL), Producers: cfg.Producers, Consumers: cfg.Consumers,
+		Mode: cfg.Mode, URL: redact(cfg.URL), Client: cfg.Client, Producers: cfg.Producers, Consumers: cfg.Consumers,
 		Queues: cfg.Queues, Size: cfg.Size, Persistent: cfg.Persistent, Confirm: cfg.Confirm,
 		AutoAck: cfg.AutoAck, Prefetch: cfg.Prefetch, MultiAck: cfg.MultiAck, Fanout: cfg.Fanout, Rate: cfg.Rate,
 	}

@@ -21,6 +21,17 @@ func runChurn(cfg *Config, res *Result, live io.Writer) error {
 		firstErr   atomic.Value
 	)
 	cycle := func() error {
+		if cfg.Client == "lean" {
+			c, err := leanDial(cfg, "bench-churn", 4<<10)
+			if err != nil {
+				return err
+			}
+			defer c.close()
+			if err := c.closeChannel(); err != nil {
+				return fmt.Errorf("bench: churn channel close: %w", err)
+			}
+			return nil
+		}
 		conn, err := dial(cfg, "bench-churn", false)
 		if err != nil {
 			return err
