@@ -39,6 +39,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -72,6 +73,34 @@ type Config struct {
 	Quiet       bool
 	Coalesce    bool   // batch producer/consumer socket writes (see coalescingConn)
 	Client      string // "lean" (leanConn) or "amqp091" for producers, consumers and churn
+	BrokerPID   int    // if > 0: sample this local process's RSS (see Result.RSS)
+
+	server *serverInfo // what the broker said about itself; set by Run
+}
+
+// serverInfo records the broker's product and version from connection.start.
+type serverInfo struct {
+	mu   sync.Mutex
+	name string
+}
+
+func (s *serverInfo) set(props map[string]any) {
+	if s == nil {
+		return
+	}
+	product, _ := props["product"].(string)
+	version, _ := props["version"].(string)
+	s.mu.Lock()
+	if s.name == "" {
+		s.name = strings.TrimSpace(product + " " + version)
+	}
+	s.mu.Unlock()
+}
+
+func (s *serverInfo) get() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.name
 }
 
 var modes = map[string]bool{"throughput": true, "churn": true, "idle-conns": true, "queues": true}
@@ -105,6 +134,7 @@ func ParseFlags(args []string, out io.Writer) (Config, error) {
 	fs.IntVar(&c.Count, "count", 1000, "queues mode: queues to declare")
 	fs.BoolVar(&c.Quiet, "quiet", false, "no live per-second lines")
 	fs.BoolVar(&c.Coalesce, "coalesce", true, "with -client amqp091: batch producer/consumer socket writes instead of one write(2) per publish")
+	fs.IntVar(&c.BrokerPID, "broker-pid", 0, "PID of the broker when it runs on this host: report its RSS before the run and at the measurement point")
 	fs.StringVar(&c.Client, "client", "lean", "AMQP client for producers, consumers and churn: lean (the bench's own, cheap per message) or amqp091 (amqp091-go)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -134,6 +164,8 @@ func (c *Config) validate() error {
 		return errors.New("bench: -confirm, -prefetch, -fanout, -pmessages and -rate must be >= 0")
 	case c.Client != "lean" && c.Client != "amqp091":
 		return fmt.Errorf("bench: unknown -client %q (lean or amqp091)", c.Client)
+	case c.BrokerPID < 0:
+		return errors.New("bench: -broker-pid must be >= 0")
 	case c.Prefetch > 65535:
 		return errors.New("bench: -prefetch must be at most 65535")
 	case c.MultiAck < 1:
@@ -201,6 +233,13 @@ type Result struct {
 	// LoadAvg is the host's 1-minute load average when the run ended (Linux
 	// only): a loaded host makes broker comparisons meaningless.
 	LoadAvg float64 `json:"loadavg,omitempty"`
+	// Server is the broker's product and version from connection.start.
+	Server string `json:"server,omitempty"`
+	// With -broker-pid: the broker's resident set size before the run and at the measurement
+	// point: the end of a throughput run (before queues are deleted; the top of a -pmessages
+	// backlog), all idle connections open, all queues declared.
+	RSSBefore int64 `json:"rss_before_bytes,omitempty"`
+	RSS       int64 `json:"rss_bytes,omitempty"`
 
 	Errors []string `json:"errors,omitempty"`
 }
@@ -230,6 +269,11 @@ func Run(args []string, stdout io.Writer) error {
 		Queues: cfg.Queues, Size: cfg.Size, Persistent: cfg.Persistent, Confirm: cfg.Confirm,
 		AutoAck: cfg.AutoAck, Prefetch: cfg.Prefetch, MultiAck: cfg.MultiAck, Fanout: cfg.Fanout, Rate: cfg.Rate,
 	}
+	if cfg.Mode == "idle-conns" || cfg.Mode == "queues" {
+		res.Client = "amqp091" // these modes always use amqp091-go
+	}
+	cfg.server = &serverInfo{}
+	res.RSSBefore = cfg.rss()
 	live := stdout
 	if cfg.JSON || cfg.Quiet {
 		live = io.Discard
@@ -245,6 +289,7 @@ func Run(args []string, stdout io.Writer) error {
 		err = runQueues(&cfg, res)
 	}
 	res.LoadAvg = loadAvg()
+	res.Server = cfg.server.get()
 	if err != nil && res.Seconds == 0 {
 		return err // failed during setup: nothing was measured
 	}
@@ -258,6 +303,27 @@ func Run(args []string, stdout io.Writer) error {
 		printSummary(stdout, res)
 	}
 	return err
+}
+
+// rss returns the broker's resident set size in bytes (VmRSS), 0 without -broker-pid or /proc.
+func (c *Config) rss() int64 {
+	if c.BrokerPID <= 0 {
+		return 0
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", c.BrokerPID))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			f := strings.Fields(rest)
+			if len(f) > 0 {
+				kb, _ := strconv.ParseInt(f[0], 10, 64)
+				return kb << 10
+			}
+		}
+	}
+	return 0
 }
 
 // redact hides the password so results can be pasted into reports.
@@ -285,6 +351,7 @@ func dial(cfg *Config, name string, coalesce bool) (*amqp.Connection, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bench: dial %s: %w", name, err)
 	}
+	cfg.server.set(conn.Properties)
 	return conn, nil
 }
 
@@ -316,7 +383,10 @@ func printLat(w io.Writer, name string, l *LatencySummary) {
 
 func printSummary(w io.Writer, r *Result) {
 	var b strings.Builder
-	fmt.Fprintf(&b, "--- bench %s %s: %.2fs (load average %.2f)\n", r.Mode, r.URL, r.Seconds, r.LoadAvg)
+	fmt.Fprintf(&b, "--- bench %s %s (%s, client %s): %.2fs (load average %.2f)\n", r.Mode, r.URL, r.Server, r.Client, r.Seconds, r.LoadAvg)
+	if r.RSS > 0 {
+		fmt.Fprintf(&b, "%-18s %.1f MB before, %.1f MB at the measurement point\n", "broker RSS:", float64(r.RSSBefore)/1e6, float64(r.RSS)/1e6)
+	}
 	switch r.Mode {
 	case "throughput":
 		fmt.Fprintf(&b, "producers=%d consumers=%d queues=%d fanout=%d size=%d persistent=%v confirm=%d autoack=%v prefetch=%d multi-ack=%d\n",

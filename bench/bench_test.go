@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -34,13 +35,13 @@ func TestParseFlags(t *testing.T) {
 			args: []string{"-url", "amqp://u:p@h:1/v", "-producers", "4", "-consumers", "3", "-queues", "2",
 				"-size", "1024", "-persistent", "-confirm", "256", "-autoack=false", "-prefetch", "100",
 				"-multi-ack", "10", "-fanout", "5", "-rate", "500", "-duration", "2s", "-pmessages", "7",
-				"-json", "-queue-prefix", "p", "-exchange", "x", "-keep", "-quiet", "-coalesce=false", "-client", "amqp091"},
+				"-json", "-queue-prefix", "p", "-exchange", "x", "-keep", "-quiet", "-coalesce=false", "-client", "amqp091", "-broker-pid", "42"},
 			want: func(c *Config) {
 				c.URL, c.Producers, c.Consumers, c.Queues, c.Size = "amqp://u:p@h:1/v", 4, 3, 2, 1024
 				c.Persistent, c.Confirm, c.AutoAck, c.Prefetch, c.MultiAck = true, 256, false, 100, 10
 				c.Fanout, c.Rate, c.Duration, c.DurationSet, c.PMessages = 5, 500, 2*time.Second, true, 7
 				c.JSON, c.QueuePrefix, c.Exchange, c.Keep, c.Quiet, c.Coalesce = true, "p", "x", true, true, false
-				c.Client = "amqp091"
+				c.Client, c.BrokerPID = "amqp091", 42
 			},
 		},
 		{name: "drain", args: []string{"-drain", "-queues", "3"}, want: func(c *Config) { c.Drain, c.Queues = true, 3 }},
@@ -48,6 +49,7 @@ func TestParseFlags(t *testing.T) {
 		{name: "idle", args: []string{"-mode", "idle-conns", "-conns", "5000"}, want: func(c *Config) { c.Mode, c.Conns = "idle-conns", 5000 }},
 		{name: "queues", args: []string{"-mode", "queues", "-count", "10"}, want: func(c *Config) { c.Mode, c.Count = "queues", 10 }},
 		{name: "bad mode", args: []string{"-mode", "nope"}, wantErr: "unknown -mode"},
+		{name: "negative broker pid", args: []string{"-broker-pid", "-1"}, wantErr: "-broker-pid"},
 		{name: "bad client", args: []string{"-client", "nope"}, wantErr: "unknown -client"},
 		{name: "prefetch too large", args: []string{"-prefetch", "70000"}, wantErr: "at most 65535"},
 		{name: "multi-ack above prefetch", args: []string{"-autoack=false", "-prefetch", "5", "-multi-ack", "10"}, wantErr: "exceeds -prefetch"},
@@ -264,9 +266,13 @@ func TestRunEndToEnd(t *testing.T) {
 				t.Errorf("idle: opened %d alive %d, want 20", r.Connections, r.Alive)
 			}
 		}},
-		{"queues", []string{"-mode", "queues", "-count", "50"}, func(t *testing.T, r *Result) {
+		{"queues", []string{"-mode", "queues", "-count", "50", "-broker-pid", strconv.Itoa(os.Getpid())}, func(t *testing.T, r *Result) {
 			if r.Declared != 50 {
 				t.Errorf("declared %d, want 50", r.Declared)
+			}
+			// The in-process broker's PID is ours; any process's RSS is a fine check of the sampling.
+			if r.RSS <= 0 || r.RSSBefore <= 0 || r.Server == "" {
+				t.Errorf("rss before/at point %d/%d, server %q", r.RSSBefore, r.RSS, r.Server)
 			}
 		}},
 	}

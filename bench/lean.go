@@ -94,7 +94,7 @@ func leanDial(cfg *Config, name string, readBuf int) (*leanConn, error) {
 		stopHB:   make(chan struct{}),
 	}
 	_ = nc.SetDeadline(time.Now().Add(30 * time.Second))
-	if err := c.handshake(&u, name); err != nil {
+	if err := c.handshake(cfg, &u, name); err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("bench: dial %s: %w", name, err)
 	}
@@ -102,7 +102,7 @@ func leanDial(cfg *Config, name string, readBuf int) (*leanConn, error) {
 	return c, nil
 }
 
-func (c *leanConn) handshake(u *amqp091.URI, name string) error {
+func (c *leanConn) handshake(cfg *Config, u *amqp091.URI, name string) error {
 	if _, err := c.nc.Write(amqp.ProtocolHeader); err != nil {
 		return fmt.Errorf("protocol header: %w", err)
 	}
@@ -114,6 +114,7 @@ func (c *leanConn) handshake(u *amqp091.URI, name string) error {
 	if !ok {
 		return fmt.Errorf("expected connection.start, got %s", m.Name())
 	}
+	cfg.server.set(start.ServerProperties)
 	if !strings.Contains(" "+start.Mechanisms+" ", " PLAIN ") {
 		return fmt.Errorf("server offers no PLAIN authentication (%q)", start.Mechanisms)
 	}

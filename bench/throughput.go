@@ -192,6 +192,7 @@ loop:
 	}
 	end := time.Now()
 	endNs := nowNanos()
+	res.RSS = cfg.rss()
 	t.halt()
 	final := t.sample()
 	elapsed := end.Sub(start).Seconds()
