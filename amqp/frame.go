@@ -158,10 +158,9 @@ func AppendFrame(dst []byte, typ byte, channel uint16, payload []byte) []byte {
 // (no intermediate buffer).
 func AppendMethodFrame(dst []byte, channel uint16, m Method) []byte {
 	start := len(dst)
-	dst = append(dst, FrameMethod, byte(channel>>8), byte(channel), 0, 0, 0, 0)
+	dst = BeginMethodFrame(dst, channel)
 	dst = m.Append(dst)
-	binary.BigEndian.PutUint32(dst[start+3:], uint32(len(dst)-start-7))
-	return append(dst, FrameEnd)
+	return EndMethodFrame(dst, start)
 }
 
 // AppendHeartbeat appends a heartbeat frame (type 8, channel 0, empty).

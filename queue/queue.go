@@ -166,11 +166,25 @@ type Queue struct {
 
 	seq uint64 // last reserved sequence number; guarded by mu
 	now func() int64
+	// timed is set once anything in the queue can expire or wait (a TTL, a redelivery delay, an
+	// entry with an expiry); until then clock skips reading the time. Guarded by mu.
+	timed bool
 }
 
 // New creates an empty queue.
 func New(name string, opts Options, hooks Hooks) *Queue {
-	return &Queue{Name: name, opts: opts, hooks: hooks, now: func() int64 { return time.Now().UnixNano() }}
+	return &Queue{Name: name, opts: opts, hooks: hooks, now: func() int64 { return time.Now().UnixNano() },
+		timed: opts.MessageTTL >= 0 || opts.RedeliveryDelay > 0}
+}
+
+// clock returns the time for expiry and delay decisions, or 0 while nothing in the queue can
+// expire or wait, where every such decision holds for any time: reading the clock costs more
+// than the rest of a push. Call with mu held.
+func (q *Queue) clock() int64 {
+	if q.timed {
+		return q.now()
+	}
+	return 0
 }
 
 // Options returns the queue's options.
@@ -193,6 +207,7 @@ func (q *Queue) Restore(e *Entry) {
 	}
 	q.ready.pushBack(e)
 	q.bytes += int64(len(e.Msg.Body))
+	q.timed = q.timed || e.ExpiresAt != 0
 	q.mu.Unlock()
 }
 
@@ -219,7 +234,8 @@ func (q *Queue) Push(e *Entry) PushResult {
 		q.mu.Unlock()
 		return Refused
 	}
-	now := q.now()
+	q.timed = q.timed || e.ExpiresAt != 0
+	now := q.clock()
 	q.expireHead(now)
 	if q.opts.Overflow != DropHead && q.full(len(e.Msg.Body)) {
 		q.mu.Unlock()
@@ -395,7 +411,7 @@ func (q *Queue) Kick() {
 		q.mu.Unlock()
 		return
 	}
-	now := q.now()
+	now := q.clock()
 	q.dispatch(now)
 	q.expireHead(now)
 	q.arm(now)

@@ -1330,3 +1330,51 @@ func (c *chanConsumer) Deliver(_ *Queue, e *Entry) Outcome {
 		return Busy
 	}
 }
+
+// TestClockOnlyWhenSomethingCanExpire: pushes and kicks on a queue where nothing can expire or
+// wait do not read the clock; a TTL, a redelivery delay or one message with an expiration turn
+// it on for good.
+func TestClockOnlyWhenSomethingCanExpire(t *testing.T) {
+	ttl, delay := NoLimits(), NoLimits()
+	ttl.MessageTTL = time.Hour
+	delay.RedeliveryDelay = time.Second
+	tests := []struct {
+		name     string
+		opts     Options
+		expiring bool // push one message with an expiration first
+		wantRead bool
+	}{
+		{"no limits", NoLimits(), false, false},
+		{"queue ttl", ttl, false, true},
+		{"redelivery delay", delay, false, true},
+		{"one message expiration", NoLimits(), true, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			q, _, clk := newTestQueue(tc.opts)
+			var reads atomic.Int64
+			q.now = func() int64 { reads.Add(1); return clk.now() }
+			if tc.expiring {
+				q.Push(q.NewEntry(q.NextSeq(), &Message{ExpiresAt: clk.now() + int64(time.Hour)}))
+			}
+			reads.Store(0)
+			c := newConsumer("c", -1)
+			q.AddConsumer(c)
+			pushN(t, q, 10, 1)
+			q.Kick()
+			if got := reads.Load() > 0; got != tc.wantRead {
+				t.Errorf("clock read %d times, want reads: %v", reads.Load(), tc.wantRead)
+			}
+			if n := len(c.delivered()); n != 10+btoi(tc.expiring) {
+				t.Errorf("delivered %d", n)
+			}
+		})
+	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}

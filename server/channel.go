@@ -1,6 +1,7 @@
 package server
 
 import (
+	"encoding/binary"
 	"fmt"
 	"sort"
 	"strconv"
@@ -56,6 +57,7 @@ type channel struct {
 	closing bool // we sent channel.close and wait for close-ok
 
 	// Content assembly for basic.publish.
+	pubMethod   amqp.BasicPublish // reused by every publish (see scannedPublish)
 	pub         *amqp.BasicPublish
 	pubSummary  amqp.HeaderSummary
 	pubHeader   []byte
@@ -65,6 +67,7 @@ type channel struct {
 	pubOverflow bool
 
 	rb         routeBuf
+	entryBuf   []*queue.Entry // enqueue's reusable entry buffer
 	confirm    bool
 	publishSeq uint64
 	confirms   confirmTracker
@@ -106,9 +109,14 @@ func (ch *channel) handleFrame(f amqp.Frame) error {
 		}
 		return amqp.Errorf(amqp.UnexpectedFrame, "expected method frame, got non method frame instead")
 	default:
-		m, err := amqp.DecodeMethod(f.Payload)
-		if err != nil {
-			return err
+		var m amqp.Method
+		if ps, ok := amqp.ScanBasicPublish(f.Payload); ok {
+			m = ch.scannedPublish(&ps)
+		} else {
+			var err error
+			if m, err = amqp.DecodeMethod(f.Payload); err != nil {
+				return err
+			}
 		}
 		if ch.closing {
 			ch.closingMethod(m)
@@ -124,6 +132,22 @@ func (ch *channel) handleFrame(f amqp.Frame) error {
 	}
 	ch.fail(aerr)
 	return nil
+}
+
+// scannedPublish turns a basic.publish read in place into the channel's reusable BasicPublish
+// (it is done with before the next publish starts). The exchange and routing key strings are
+// kept from the previous publish when they repeat, as they do for most publishers, so the common
+// case allocates nothing.
+func (ch *channel) scannedPublish(ps *amqp.PublishScan) *amqp.BasicPublish {
+	m := &ch.pubMethod
+	if string(ps.Exchange) != m.Exchange {
+		m.Exchange = string(ps.Exchange)
+	}
+	if string(ps.RoutingKey) != m.RoutingKey {
+		m.RoutingKey = string(ps.RoutingKey)
+	}
+	m.Mandatory, m.Immediate = ps.Mandatory, ps.Immediate
+	return m
 }
 
 // contentFrameError is the 505 for a frame out of place inside a basic.publish's content.
@@ -161,7 +185,18 @@ func (ch *channel) fail(e *amqp.Error) {
 }
 
 func (ch *channel) contentHeader(p []byte) *amqp.Error {
-	sum, err := amqp.ScanContentHeader(p)
+	// A message that will be kept gets one allocation for its header and body, made before the
+	// scan so that the summary (HeadersRaw) aliases the copy and the header is scanned once.
+	maxSize := uint64(ch.c.srv.cfg.MaxMessageSize)
+	hdr, buf := p, []byte(nil)
+	if !ch.closing && len(p) >= 12 {
+		if size := binary.BigEndian.Uint64(p[4:12]); size <= maxSize {
+			buf = make([]byte, len(p)+int(size))
+			copy(buf, p)
+			hdr = buf[:len(p):len(p)]
+		}
+	}
+	sum, err := amqp.ScanContentHeader(hdr)
 	if err != nil {
 		return asAMQP(err)
 	}
@@ -174,20 +209,16 @@ func (ch *channel) contentHeader(p []byte) *amqp.Error {
 		ch.pubHeader = []byte{}
 		return ch.maybeFinish()
 	}
-	if sum.BodySize > uint64(ch.c.srv.cfg.MaxMessageSize) {
+	if sum.BodySize > maxSize {
 		// fail drops the publish; its body frames then arrive on a closing channel and are ignored.
 		e := amqp.Errorf(amqp.PreconditionFailed, "message size %d is larger than configured max size %d", sum.BodySize, ch.c.srv.cfg.MaxMessageSize)
 		e.ClassID, e.MethodID = amqp.ClassBasic, 40
 		ch.fail(e)
 		return nil
 	}
-	// One allocation holds the header and the body; the message keeps both for its lifetime.
-	buf := make([]byte, len(p)+int(sum.BodySize))
-	copy(buf, p)
-	ch.pubHeader = buf[:len(p):len(p)]
+	ch.pubHeader = hdr
 	ch.pubBody = buf[len(p):]
-	// Scan our copy so HeadersRaw does not alias the frame buffer.
-	ch.pubSummary, _ = amqp.ScanContentHeader(ch.pubHeader)
+	ch.pubSummary = sum
 	if sum.UserID != "" && sum.UserID != ch.c.user {
 		e := amqp.Errorf(amqp.PreconditionFailed, "user_id property set to '%s' but authenticated user was '%s'", sum.UserID, ch.c.user)
 		e.ClassID, e.MethodID = amqp.ClassBasic, 40
@@ -480,7 +511,7 @@ func (ch *channel) finishPublish() *amqp.Error {
 	if seq != 0 {
 		done = func(err error) { ch.confirms.settle(seq, err != nil, ch.writeConfirms) }
 	}
-	refused := v.enqueue(msg, targets, done)
+	refused := v.enqueue(msg, targets, done, &ch.entryBuf)
 	if seq != 0 && (refused || !needsDisk(msg, targets)) {
 		ch.confirms.settle(seq, refused, ch.writeConfirms)
 	}
@@ -532,9 +563,13 @@ type prepared struct {
 
 // prepare builds entries for msg in targets and adds the persistent copy for durable queues to
 // batch. Entries become visible only in push, after the batch was submitted, so a consumer's ack
-// can never reach the journal before the publish it removes.
-func (v *vhost) prepare(msg *queue.Message, targets []*queueState, batch *persistence.Batch) prepared {
-	p := prepared{msg: msg, targets: targets, entries: make([]*queue.Entry, len(targets))}
+// can never reach the journal before the publish it removes. The entries go into scratch's
+// backing array when it is large enough (the caller's reusable buffer), else a new one.
+func (v *vhost) prepare(msg *queue.Message, targets []*queueState, batch *persistence.Batch, scratch []*queue.Entry) prepared {
+	if cap(scratch) < len(targets) {
+		scratch = make([]*queue.Entry, len(targets))
+	}
+	p := prepared{msg: msg, targets: targets, entries: scratch[:len(targets)]}
 	var pub persistence.Publish
 	for i, qs := range targets {
 		e := qs.q.NewEntry(qs.q.NextSeq(), msg)
@@ -570,13 +605,26 @@ func (v *vhost) push(p prepared) bool {
 }
 
 // enqueue delivers msg to targets; done (may be nil) runs once its durable copy is synced.
-func (v *vhost) enqueue(msg *queue.Message, targets []*queueState, done func(error)) bool {
-	var batch persistence.Batch
-	p := v.prepare(msg, targets, &batch)
-	if len(batch.Publishes) > 0 {
-		v.srv.store.Submit(&batch, done)
+// scratch (may be nil) is a buffer for the entries, reused across calls by one goroutine.
+func (v *vhost) enqueue(msg *queue.Message, targets []*queueState, done func(error), scratch *[]*queue.Entry) bool {
+	var entries []*queue.Entry
+	if scratch != nil {
+		entries = *scratch
 	}
-	return v.push(p)
+	var batch *persistence.Batch // only persistent messages for durable queues need one
+	if needsDisk(msg, targets) {
+		batch = &persistence.Batch{}
+	}
+	p := v.prepare(msg, targets, batch, entries)
+	if batch != nil && len(batch.Publishes) > 0 {
+		v.srv.store.Submit(batch, done)
+	}
+	refused := v.push(p)
+	if scratch != nil {
+		clear(p.entries) // the queues own the entries now; drop our references
+		*scratch = p.entries[:0]
+	}
+	return refused
 }
 
 // --- consumers and deliveries
@@ -613,10 +661,14 @@ func (cs *consumer) Deliver(_ *queue.Queue, e *queue.Entry) queue.Outcome {
 	}
 	ch.nextTag++
 	tag := ch.nextTag
-	b = amqp.AppendMethodFrame(b, ch.id, &amqp.BasicDeliver{
+	start := len(b)
+	b = amqp.BeginMethodFrame(b, ch.id)
+	d := amqp.BasicDeliver{
 		ConsumerTag: cs.tag, DeliveryTag: tag, Redelivered: e.Redelivered(),
 		Exchange: e.Msg.Exchange, RoutingKey: e.Msg.RoutingKey,
-	})
+	}
+	b = d.Append(b)
+	b = amqp.EndMethodFrame(b, start)
 	b = amqp.AppendContent(b, ch.id, cs.qs.deliveryHeader(e), e.Msg.Body, ch.c.frameMax)
 	w.unlock(b)
 	if !cs.noAck {
@@ -927,7 +979,7 @@ func (ch *channel) commit() {
 			}
 			continue
 		}
-		pubs = append(pubs, v.prepare(p.msg, append([]*queueState(nil), targets...), batch))
+		pubs = append(pubs, v.prepare(p.msg, append([]*queueState(nil), targets...), batch, nil))
 	}
 	// The publishes and the acks are one atomic store batch, submitted before anything becomes
 	// visible; commit-ok waits for its sync.

@@ -42,6 +42,7 @@ type conn struct {
 
 	chMu     sync.Mutex // guards channels for onDrain and shutdown, which run off the reader
 	channels map[uint16]*channel
+	lastCh   *channel // the channel of the previous frame: a publish is three frames on one channel
 
 	closing     atomic.Bool  // connection.close sent by us; waiting for close-ok
 	framesIn    atomic.Int64 // bumped per frame read, watched by the heartbeat monitor
@@ -173,6 +174,7 @@ func (c *conn) release() {
 			chs = append(chs, ch)
 		}
 		c.channels = map[uint16]*channel{}
+		c.lastCh = nil
 		c.chMu.Unlock()
 		for _, ch := range chs {
 			ch.shutdown()
@@ -434,7 +436,11 @@ func (c *conn) handleFrame(f amqp.Frame) error {
 	if c.closing.Load() {
 		return nil // after we sent connection.close, only close-ok matters
 	}
-	ch := c.channels[f.Channel]
+	ch := c.lastCh
+	if ch == nil || ch.id != f.Channel {
+		ch = c.channels[f.Channel]
+		c.lastCh = ch
+	}
 	if ch == nil {
 		if f.Type != amqp.FrameMethod {
 			return amqp.Errorf(amqp.ChannelError, "frame type %d on channel %d which is not open", f.Type, f.Channel)
@@ -501,5 +507,8 @@ func (c *conn) handleChannel0(f amqp.Frame) error {
 func (c *conn) removeChannel(id uint16) {
 	c.chMu.Lock()
 	delete(c.channels, id)
+	if c.lastCh != nil && c.lastCh.id == id {
+		c.lastCh = nil
+	}
 	c.chMu.Unlock()
 }
