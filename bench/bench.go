@@ -37,6 +37,7 @@ import (
 	"io"
 	"net/url"
 	"os"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -74,6 +75,7 @@ type Config struct {
 	Coalesce    bool   // batch producer/consumer socket writes (see coalescingConn)
 	Client      string // "lean" (leanConn) or "amqp091" for producers, consumers and churn
 	BrokerPID   int    // if > 0: sample this local process's RSS (see Result.RSS)
+	CPUProfile  string // write the load generator's own CPU profile here
 
 	server *serverInfo // what the broker said about itself; set by Run
 }
@@ -135,6 +137,7 @@ func ParseFlags(args []string, out io.Writer) (Config, error) {
 	fs.BoolVar(&c.Quiet, "quiet", false, "no live per-second lines")
 	fs.BoolVar(&c.Coalesce, "coalesce", true, "with -client amqp091: batch producer/consumer socket writes instead of one write(2) per publish")
 	fs.IntVar(&c.BrokerPID, "broker-pid", 0, "PID of the broker when it runs on this host: report its RSS before the run and at the measurement point")
+	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write the load generator's own CPU profile (pprof) to this file, to check it is not the bottleneck")
 	fs.StringVar(&c.Client, "client", "lean", "AMQP client for producers, consumers and churn: lean (the bench's own, cheap per message) or amqp091 (amqp091-go)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -271,6 +274,17 @@ func Run(args []string, stdout io.Writer) error {
 	}
 	if cfg.Mode == "idle-conns" || cfg.Mode == "queues" {
 		res.Client = "amqp091" // these modes always use amqp091-go
+	}
+	if cfg.CPUProfile != "" {
+		f, err := os.Create(cfg.CPUProfile)
+		if err != nil {
+			return fmt.Errorf("bench: -cpuprofile: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("bench: -cpuprofile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
 	}
 	cfg.server = &serverInfo{}
 	res.RSSBefore = cfg.rss()

@@ -35,13 +35,13 @@ func TestParseFlags(t *testing.T) {
 			args: []string{"-url", "amqp://u:p@h:1/v", "-producers", "4", "-consumers", "3", "-queues", "2",
 				"-size", "1024", "-persistent", "-confirm", "256", "-autoack=false", "-prefetch", "100",
 				"-multi-ack", "10", "-fanout", "5", "-rate", "500", "-duration", "2s", "-pmessages", "7",
-				"-json", "-queue-prefix", "p", "-exchange", "x", "-keep", "-quiet", "-coalesce=false", "-client", "amqp091", "-broker-pid", "42"},
+				"-json", "-queue-prefix", "p", "-exchange", "x", "-keep", "-quiet", "-coalesce=false", "-client", "amqp091", "-broker-pid", "42", "-cpuprofile", "cpu.out"},
 			want: func(c *Config) {
 				c.URL, c.Producers, c.Consumers, c.Queues, c.Size = "amqp://u:p@h:1/v", 4, 3, 2, 1024
 				c.Persistent, c.Confirm, c.AutoAck, c.Prefetch, c.MultiAck = true, 256, false, 100, 10
 				c.Fanout, c.Rate, c.Duration, c.DurationSet, c.PMessages = 5, 500, 2*time.Second, true, 7
 				c.JSON, c.QueuePrefix, c.Exchange, c.Keep, c.Quiet, c.Coalesce = true, "p", "x", true, true, false
-				c.Client, c.BrokerPID = "amqp091", 42
+				c.Client, c.BrokerPID, c.CPUProfile = "amqp091", 42, "cpu.out"
 			},
 		},
 		{name: "drain", args: []string{"-drain", "-queues", "3"}, want: func(c *Config) { c.Drain, c.Queues = true, 3 }},

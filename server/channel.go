@@ -134,6 +134,9 @@ func (ch *channel) handleFrame(f amqp.Frame) error {
 	return nil
 }
 
+// separateBodyMin is the body size from which a message's body gets its own allocation.
+const separateBodyMin = 512
+
 // scannedPublish turns a basic.publish read in place into the channel's reusable BasicPublish
 // (it is done with before the next publish starts). The exchange and routing key strings are
 // kept from the previous publish when they repeat, as they do for most publishers, so the common
@@ -185,15 +188,20 @@ func (ch *channel) fail(e *amqp.Error) {
 }
 
 func (ch *channel) contentHeader(p []byte) *amqp.Error {
-	// A message that will be kept gets one allocation for its header and body, made before the
-	// scan so that the summary (HeadersRaw) aliases the copy and the header is scanned once.
+	// The header of a message that will be kept is copied before the scan, so that the summary
+	// (HeadersRaw) aliases the copy and the header is scanned once. A small body shares that
+	// allocation; a larger one is allocated by contentBody as a copy of its frame, which spares
+	// zeroing it first.
 	maxSize := uint64(ch.c.srv.cfg.MaxMessageSize)
 	hdr, buf := p, []byte(nil)
 	if !ch.closing && len(p) >= 12 {
-		if size := binary.BigEndian.Uint64(p[4:12]); size <= maxSize {
+		if size := binary.BigEndian.Uint64(p[4:12]); size < separateBodyMin {
 			buf = make([]byte, len(p)+int(size))
 			copy(buf, p)
 			hdr = buf[:len(p):len(p)]
+		} else if size <= maxSize {
+			hdr = make([]byte, len(p))
+			copy(hdr, p)
 		}
 	}
 	sum, err := amqp.ScanContentHeader(hdr)
@@ -217,7 +225,10 @@ func (ch *channel) contentHeader(p []byte) *amqp.Error {
 		return nil
 	}
 	ch.pubHeader = hdr
-	ch.pubBody = buf[len(p):]
+	ch.pubBody = nil
+	if buf != nil {
+		ch.pubBody = buf[len(p):]
+	}
 	ch.pubSummary = sum
 	if sum.UserID != "" && sum.UserID != ch.c.user {
 		e := amqp.Errorf(amqp.PreconditionFailed, "user_id property set to '%s' but authenticated user was '%s'", sum.UserID, ch.c.user)
@@ -235,8 +246,16 @@ func (ch *channel) contentBody(p []byte) *amqp.Error {
 		ch.pubOverflow = true
 		return nil
 	}
-	if ch.pubBody != nil {
+	switch {
+	case ch.closing:
+	case ch.pubBody != nil:
 		copy(ch.pubBody[ch.pubGot:], p)
+	case uint64(len(p)) == ch.pubSize:
+		ch.pubBody = make([]byte, len(p))
+		copy(ch.pubBody, p)
+	default:
+		ch.pubBody = make([]byte, ch.pubSize)
+		copy(ch.pubBody, p)
 	}
 	ch.pubGot += uint64(len(p))
 	return ch.maybeFinish()
