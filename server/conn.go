@@ -44,6 +44,7 @@ type conn struct {
 	channels map[uint16]*channel
 	lastCh   *channel // the channel of the previous frame: a publish is three frames on one channel
 
+	hb          *heartbeats  // nil when heartbeats are off; set and stopped by the reader goroutine
 	closing     atomic.Bool  // connection.close sent by us; waiting for close-ok
 	framesIn    atomic.Int64 // bumped per frame read, watched by the heartbeat monitor
 	closeOnce   sync.Once
@@ -67,7 +68,6 @@ func (s *Server) newConn(nc net.Conn, id uint64) *conn {
 
 // serve runs the connection until it closes.
 func (c *conn) serve() {
-	go c.w.run()
 	defer c.teardown()
 	// A bug must cost one connection, never the broker: log it and close with 541.
 	defer func() {
@@ -85,7 +85,7 @@ func (c *conn) serve() {
 	}
 	_ = c.nc.SetReadDeadline(time.Time{})
 	if c.heartbeat > 0 {
-		go c.heartbeatLoop(time.Duration(c.heartbeat) * time.Second)
+		c.startHeartbeats(time.Duration(c.heartbeat) * time.Second)
 	}
 	for {
 		if c.srv.alarms.active.Load() && c.publisher.Load() {
@@ -189,6 +189,9 @@ func (c *conn) release() {
 func (c *conn) teardown() {
 	c.closeOnce.Do(func() {
 		close(c.done)
+		if c.hb != nil {
+			c.hb.stop()
+		}
 		c.release()
 		c.w.closeAfterFlush()
 		select {
@@ -212,32 +215,54 @@ func (c *conn) awaitClientHangup() {
 	}
 }
 
-func (c *conn) heartbeatLoop(interval time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	last := c.framesIn.Load()
-	missed := 0
-	for {
-		select {
-		case <-c.done:
-			return
-		case <-t.C:
-		}
-		b := c.w.lock()
-		b = amqp.AppendHeartbeat(b)
-		c.w.unlock(b)
-		n := c.framesIn.Load()
-		if n != last || c.blocked.Load() {
-			last, missed = n, 0
-			continue
-		}
-		missed++
-		if missed >= 2 {
-			c.log.Info("missed heartbeats from client, closing", "timeout", 2*interval)
-			_ = c.nc.Close()
-			return
-		}
+// heartbeats sends a heartbeat frame every interval and closes the connection once the client
+// has sent nothing for two intervals. It runs on a timer rather than a goroutine, so an idle
+// connection costs no stack for it.
+type heartbeats struct {
+	c        *conn
+	interval time.Duration
+	mu       sync.Mutex
+	t        *time.Timer
+	last     int64 // framesIn at the previous tick
+	missed   int
+}
+
+func (c *conn) startHeartbeats(interval time.Duration) {
+	h := &heartbeats{c: c, interval: interval, last: c.framesIn.Load()}
+	h.mu.Lock()
+	h.t = time.AfterFunc(interval, h.tick)
+	h.mu.Unlock()
+	c.hb = h
+}
+
+// stop ends the ticks; a closed connection must not stay reachable from a pending timer.
+func (h *heartbeats) stop() {
+	h.mu.Lock()
+	h.t.Stop()
+	h.mu.Unlock()
+}
+
+func (h *heartbeats) tick() {
+	c := h.c
+	select {
+	case <-c.done:
+		return
+	default:
 	}
+	b := c.w.lock()
+	b = amqp.AppendHeartbeat(b)
+	c.w.unlock(b)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := c.framesIn.Load()
+	if n != h.last || c.blocked.Load() {
+		h.last, h.missed = n, 0
+	} else if h.missed++; h.missed >= 2 {
+		c.log.Info("missed heartbeats from client, closing", "timeout", 2*h.interval)
+		_ = c.nc.Close()
+		return
+	}
+	h.t.Reset(h.interval)
 }
 
 // writeMethod encodes one method frame.

@@ -92,13 +92,43 @@ func (s *Server) Start() error {
 	}
 	s.ln = ln
 	s.initAlarms()
-	s.serving.Add(2)
+	s.serving.Add(3)
 	go s.acceptLoop()
 	go func() {
 		defer s.serving.Done()
 		s.alarmLoop()
 	}()
+	go func() {
+		defer s.serving.Done()
+		s.trimLoop(trimInterval)
+	}()
 	return nil
+}
+
+// trimInterval is how often idle connections give back their large write buffers.
+const trimInterval = 30 * time.Second
+
+// trimLoop periodically trims the write buffers of connections with nothing to write, so that
+// memory grown by a burst of traffic returns once the connection is quiet.
+func (s *Server) trimLoop(every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.quit:
+			return
+		case <-t.C:
+		}
+		s.mu.Lock()
+		conns := make([]*conn, 0, len(s.conns))
+		for c := range s.conns {
+			conns = append(conns, c)
+		}
+		s.mu.Unlock()
+		for _, c := range conns {
+			c.w.trim()
+		}
+	}
 }
 
 // Addr is the address the listener is bound to.
