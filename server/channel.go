@@ -3,6 +3,7 @@ package server
 import (
 	"encoding/binary"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"sync"
@@ -38,7 +39,7 @@ type txPublish struct {
 
 type txSettle struct {
 	kind settleKind
-	ds   []*delivery
+	ds   []delivery
 }
 
 // txState collects a transaction's work until tx.commit.
@@ -68,6 +69,7 @@ type channel struct {
 
 	rb         routeBuf
 	entryBuf   []*queue.Entry // enqueue's reusable entry buffer
+	settleBuf  []delivery     // settle's reusable delivery buffer
 	confirm    bool
 	publishSeq uint64
 	confirms   confirmTracker
@@ -76,10 +78,10 @@ type channel struct {
 	mu               sync.Mutex
 	closed           bool
 	nextTag          uint64
-	unacked          []*delivery // ascending tags
-	inflight         int         // delivered and not yet settled (including acks waiting for tx.commit)
-	prefetch         int         // basic.qos global=true: limit for the whole channel
-	consumerPrefetch int         // basic.qos global=false: limit for consumers created afterwards
+	unacked          []delivery // ascending tags; values, so a delivery allocates nothing
+	inflight         int        // delivered and not yet settled (including acks waiting for tx.commit)
+	prefetch         int        // basic.qos global=true: limit for the whole channel
+	consumerPrefetch int        // basic.qos global=false: limit for consumers created afterwards
 	consumers        map[string]*consumer
 }
 
@@ -691,7 +693,7 @@ func (cs *consumer) Deliver(_ *queue.Queue, e *queue.Entry) queue.Outcome {
 	b = amqp.AppendContent(b, ch.id, cs.qs.deliveryHeader(e), e.Msg.Body, ch.c.frameMax)
 	w.unlock(b)
 	if !cs.noAck {
-		ch.unacked = append(ch.unacked, &delivery{tag: tag, qs: cs.qs, e: e, cons: cs})
+		ch.unacked = append(ch.unacked, delivery{tag: tag, qs: cs.qs, e: e, cons: cs})
 		cs.unacked++
 		ch.inflight++
 	}
@@ -835,7 +837,7 @@ func (ch *channel) get(m *amqp.BasicGet) *amqp.Error {
 	b = amqp.AppendContent(b, ch.id, qs.deliveryHeader(e), e.Msg.Body, ch.c.frameMax)
 	w.unlock(b)
 	if !m.NoAck {
-		ch.unacked = append(ch.unacked, &delivery{tag: tag, qs: qs, e: e})
+		ch.unacked = append(ch.unacked, delivery{tag: tag, qs: qs, e: e})
 		ch.inflight++
 	}
 	ch.mu.Unlock()
@@ -866,8 +868,9 @@ func (ch *channel) qos(m *amqp.BasicQos) *amqp.Error {
 
 // kickConsumers retries delivery on every queue this channel consumes from.
 func (ch *channel) kickConsumers() {
+	var buf [4]*queue.Queue // the usual handful of consumers stays on the stack
+	qs := buf[:0]
 	ch.mu.Lock()
-	qs := make([]*queue.Queue, 0, len(ch.consumers))
 	for _, cs := range ch.consumers {
 		qs = append(qs, cs.qs.q)
 	}
@@ -880,23 +883,26 @@ func (ch *channel) kickConsumers() {
 // --- acknowledgements
 
 // takeUnacked removes the deliveries an ack-like method names. tag 0 with multiple means all.
-func (ch *channel) takeUnacked(tag uint64, multiple bool) ([]*delivery, *amqp.Error) {
+// They are returned in scratch's backing array when it has room (settle's reusable buffer).
+func (ch *channel) takeUnacked(tag uint64, multiple bool, scratch []delivery) ([]delivery, *amqp.Error) {
 	ch.mu.Lock()
 	defer ch.mu.Unlock()
 	i := sort.Search(len(ch.unacked), func(i int) bool { return ch.unacked[i].tag >= tag })
-	var ds []*delivery
+	var ds []delivery
 	switch {
 	case multiple && tag == 0:
 		ds = ch.unacked
 		ch.unacked = nil
 	case i < len(ch.unacked) && ch.unacked[i].tag == tag:
+		from := i
 		if multiple {
-			ds = append([]*delivery(nil), ch.unacked[:i+1]...)
-			ch.unacked = append(ch.unacked[:0], ch.unacked[i+1:]...)
-		} else {
-			ds = []*delivery{ch.unacked[i]}
-			ch.unacked = append(ch.unacked[:i], ch.unacked[i+1:]...)
+			from = 0
 		}
+		ds = append(scratch[:0], ch.unacked[from:i+1]...)
+		// Close the gap in place and clear the vacated tail, which would keep entries alive.
+		n := from + copy(ch.unacked[from:], ch.unacked[i+1:])
+		clear(ch.unacked[n:])
+		ch.unacked = ch.unacked[:n]
 	default:
 		return nil, amqp.Errorf(amqp.PreconditionFailed, "unknown delivery tag %d", tag)
 	}
@@ -904,21 +910,23 @@ func (ch *channel) takeUnacked(tag uint64, multiple bool) ([]*delivery, *amqp.Er
 }
 
 func (ch *channel) settle(tag uint64, multiple bool, kind settleKind) *amqp.Error {
-	ds, err := ch.takeUnacked(tag, multiple)
+	ds, err := ch.takeUnacked(tag, multiple, ch.settleBuf)
 	if err != nil {
 		return err
 	}
 	if ch.tx != nil {
-		ch.tx.settles = append(ch.tx.settles, txSettle{kind: kind, ds: ds})
-		return nil
+		ch.tx.settles = append(ch.tx.settles, txSettle{kind: kind, ds: slices.Clone(ds)})
+	} else {
+		ch.apply(kind, ds, nil)
 	}
-	ch.apply(kind, ds, nil)
+	clear(ds)
+	ch.settleBuf = ds[:0]
 	return nil
 }
 
 // apply settles deliveries for good: credit is returned, queues are told, durable copies go.
 // With batch non-nil (tx.commit) the removals of acked messages join the transaction's batch.
-func (ch *channel) apply(kind settleKind, ds []*delivery, batch *persistence.Batch) {
+func (ch *channel) apply(kind settleKind, ds []delivery, batch *persistence.Batch) {
 	if len(ds) == 0 {
 		return
 	}
@@ -938,21 +946,23 @@ func (ch *channel) apply(kind settleKind, ds []*delivery, batch *persistence.Bat
 		for end < len(ds) && ds[end].qs == qs {
 			end++
 		}
+		if kind == settleAck {
+			qs.q.Ack(end - start)
+			for _, d := range ds[start:end] {
+				if d.e.Durable {
+					removes = append(removes, persistence.Entry{Queue: qs.ref(), Seq: d.e.Seq, MsgID: d.e.Msg.ID})
+				}
+			}
+			start = end
+			continue
+		}
 		es := make([]*queue.Entry, end-start)
 		for i, d := range ds[start:end] {
 			es[i] = d.e
 		}
-		switch kind {
-		case settleAck:
-			qs.q.Ack(len(es))
-			for _, e := range es {
-				if e.Durable {
-					removes = append(removes, persistence.Entry{Queue: qs.ref(), Seq: e.Seq, MsgID: e.Msg.ID})
-				}
-			}
-		case settleReject:
+		if kind == settleReject {
 			qs.q.Reject(es)
-		case settleRequeue:
+		} else {
 			qs.q.Requeue(es)
 		}
 		start = end
@@ -970,14 +980,14 @@ func (ch *channel) apply(kind settleKind, ds []*delivery, batch *persistence.Bat
 // recover requeues everything unacked on the channel (basic.recover requeue=true).
 func (ch *channel) recover() {
 	// Acks waiting for tx.commit are not unacked any more, so, as in RabbitMQ, they stay out.
-	ds, _ := ch.takeUnacked(0, true)
+	ds, _ := ch.takeUnacked(0, true, nil)
 	sort.Slice(ds, func(i, j int) bool { return ds[i].tag < ds[j].tag })
 	ch.apply(settleRequeue, groupByQueue(ds), nil)
 }
 
 // groupByQueue orders deliveries so that each queue's run is contiguous, keeping tag order
 // within a queue (requeue positions come from the entries' sequence numbers anyway).
-func groupByQueue(ds []*delivery) []*delivery {
+func groupByQueue(ds []delivery) []delivery {
 	sort.SliceStable(ds, func(i, j int) bool { return ds[i].qs.name < ds[j].qs.name })
 	return ds
 }
@@ -1035,7 +1045,7 @@ func scanHeaders(header []byte) []byte {
 func (ch *channel) rollback() {
 	tx := ch.tx
 	ch.tx = &txState{}
-	var back []*delivery
+	var back []delivery
 	for _, s := range tx.settles {
 		back = append(back, s.ds...)
 	}
