@@ -221,7 +221,24 @@ run_point() {
 		bench "$b" "$OUT/$p-$b-$r.json" "$limit" -duration "$DURATION" -queue-prefix "compare-$p" ${ARGS[$p]} || true
 		;;
 	esac
-	sleep 2 # let the broker settle (queue deletion, GC) before the next run
+	settle
+}
+
+# settle waits (at most 30 s) until every broker whose PID is known has been idle for half a
+# second: deleting a deep queue or collecting garbage after a run must not eat into the next
+# run, which may be the other broker's.
+settle() {
+	local pid t0 t1
+	sleep 1
+	for pid in "${PID[@]}"; do
+		[[ -n $pid && -r /proc/$pid/stat ]] || continue
+		for _ in $(seq 60); do
+			t0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+			sleep 0.5
+			t1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+			((t1 - t0 <= 3)) && break # clock ticks (1/100 s): under 6% of a core
+		done
+	done
 }
 
 for p in $POINTS; do
