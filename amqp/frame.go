@@ -226,6 +226,18 @@ func (r *FrameReader) ReadFrame() (Frame, error) {
 	return Frame{Type: typ, Channel: channel, Payload: buf[: need-1 : need-1]}, nil
 }
 
+// ReadNonHeartbeat reads frames until one that is not a heartbeat, for the
+// phases of a connection (handshake, synchronous requests) that only wait
+// for a method.
+func (r *FrameReader) ReadNonHeartbeat() (Frame, error) {
+	for {
+		f, err := r.ReadFrame()
+		if err != nil || f.Type != FrameHeartbeat {
+			return f, err
+		}
+	}
+}
+
 // AppendFrame appends a frame of the given type carrying payload.
 func AppendFrame(dst []byte, typ byte, channel uint16, payload []byte) []byte {
 	n := uint32(len(payload))

@@ -358,3 +358,16 @@ func TestFrameReaderBufferSize(t *testing.T) {
 		t.Errorf("buffer %d after the heartbeats, want %d", got, minReadBuf)
 	}
 }
+
+func TestReadNonHeartbeat(t *testing.T) {
+	stream := AppendHeartbeat(AppendHeartbeat(nil))
+	stream = AppendMethodFrame(stream, 2, &BasicAck{DeliveryTag: 5})
+	fr := NewFrameReader(bytes.NewReader(stream), 4096)
+	f, err := fr.ReadNonHeartbeat()
+	if err != nil || f.Type != FrameMethod || f.Channel != 2 {
+		t.Fatalf("got %+v, %v; want the method frame on channel 2", f, err)
+	}
+	if _, err := fr.ReadNonHeartbeat(); !errors.Is(err, io.EOF) {
+		t.Fatalf("at end: %v, want EOF", err)
+	}
+}

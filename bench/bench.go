@@ -1,7 +1,10 @@
 // Package bench is Warren's load generator, a PerfTest-like tool that speaks
-// plain AMQP 0-9-1 through amqp091-go so the same numbers can be taken against
-// Warren and against RabbitMQ (`warren bench -h` lists the flags; compare.sh
-// runs the Warren/RabbitMQ matrix).
+// plain AMQP 0-9-1, so the same numbers can be taken against Warren and
+// against RabbitMQ (`warren bench -h` lists the flags; compare.sh runs the
+// Warren/RabbitMQ matrix). Producers, consumers and churn use the bench's own
+// lean client (leanConn) by default, or amqp091-go with -client amqp091;
+// topology (declare, bind, delete), idle-conns and queues mode always use
+// amqp091-go.
 //
 // Modes (-mode):
 //

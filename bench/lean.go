@@ -265,26 +265,21 @@ func (c *leanConn) closeChannel() error {
 // readMethod reads the next method frame, skipping heartbeats; a close from the server is
 // answered and returned as an error.
 func (c *leanConn) readMethod() (amqp.Method, error) {
-	for {
-		f, err := c.fr.ReadFrame()
-		if err != nil {
-			return nil, err
-		}
-		if f.Type == amqp.FrameHeartbeat {
-			continue
-		}
-		if f.Type != amqp.FrameMethod {
-			return nil, fmt.Errorf("unexpected frame type %d", f.Type)
-		}
-		m, err := amqp.DecodeMethod(f.Payload)
-		if err != nil {
-			return nil, err
-		}
-		if err := c.serverClose(m); err != nil {
-			return nil, err
-		}
-		return m, nil
+	f, err := c.fr.ReadNonHeartbeat()
+	if err != nil {
+		return nil, err
 	}
+	if f.Type != amqp.FrameMethod {
+		return nil, fmt.Errorf("unexpected frame type %d", f.Type)
+	}
+	m, err := amqp.DecodeMethod(f.Payload)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.serverClose(m); err != nil {
+		return nil, err
+	}
+	return m, nil
 }
 
 // serverClose answers a connection.close or channel.close from the server and returns it as an

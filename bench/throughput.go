@@ -562,33 +562,28 @@ func (t *throughput) liveLine(w io.Writer, sec int, cur, prev *sample) {
 func (t *throughput) closeAll() {
 	t.halt()
 	var cw sync.WaitGroup
-	closeConn := func(c *amqp.Connection) {
-		if c == nil {
-			return
-		}
+	async := func(close func()) {
 		cw.Add(1)
 		go func() {
 			defer cw.Done()
-			c.Close()
-		}()
-	}
-	closeLean := func(c *leanConn) {
-		if c == nil {
-			return
-		}
-		cw.Add(1)
-		go func() {
-			defer cw.Done()
-			c.close()
+			close()
 		}()
 	}
 	for _, p := range t.producers {
-		closeConn(p.conn)
-		closeLean(p.lean)
+		if p.conn != nil {
+			async(func() { p.conn.Close() })
+		}
+		if p.lean != nil {
+			async(p.lean.close)
+		}
 	}
 	for _, c := range t.consumers {
-		closeConn(c.conn)
-		closeLean(c.lean)
+		if c.conn != nil {
+			async(func() { c.conn.Close() })
+		}
+		if c.lean != nil {
+			async(c.lean.close)
+		}
 	}
 	waitTimeout(&cw, 5*time.Second)
 	waitTimeout(&t.wg, 5*time.Second)

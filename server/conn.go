@@ -316,19 +316,14 @@ func (c *conn) serverProperties() amqp.Table {
 
 // readMethod reads the next frame during the handshake, which must be a method on channel 0.
 func (c *conn) readMethod() (amqp.Method, error) {
-	for {
-		f, err := c.fr.ReadFrame()
-		if err != nil {
-			return nil, err
-		}
-		if f.Type == amqp.FrameHeartbeat {
-			continue
-		}
-		if f.Type != amqp.FrameMethod || f.Channel != 0 {
-			return nil, amqp.Errorf(amqp.UnexpectedFrame, "expected method frame on channel 0 during handshake, got type %d on channel %d", f.Type, f.Channel)
-		}
-		return amqp.DecodeMethod(f.Payload)
+	f, err := c.fr.ReadNonHeartbeat()
+	if err != nil {
+		return nil, err
 	}
+	if f.Type != amqp.FrameMethod || f.Channel != 0 {
+		return nil, amqp.Errorf(amqp.UnexpectedFrame, "expected method frame on channel 0 during handshake, got type %d on channel %d", f.Type, f.Channel)
+	}
+	return amqp.DecodeMethod(f.Payload)
 }
 
 func (c *conn) handshake() error {
