@@ -37,6 +37,11 @@
 #   BENCH_ARGS  extra arguments for every bench run, e.g. "-client amqp091"
 #   OUT         directory for the raw JSON results (default: a new temp dir)
 #   BENCH_BIN   prebuilt warren-bench binary (default: built from this tree)
+#   TABLE_ONLY  set: run nothing, print the table from the JSON already in OUT (e.g. after
+#               re-running some POINTS into the same OUT)
+#
+# When this script starts Warren itself, points g, i and j each get a freshly started Warren, so
+# their RSS is not the heap left over from earlier points' backlogs.
 #
 # Needs jq. RSS figures need the brokers on this host (read from /proc/PID/status).
 # Usage: bench/compare.sh      or      WARREN_URL=amqp://guest:guest@127.0.0.1:5673/ bench/compare.sh
@@ -65,32 +70,44 @@ if [[ -z $BIN ]]; then
 fi
 
 WARREN_STARTED=""
-cleanup() {
+stop_warren() {
 	if [[ -n $WARREN_STARTED ]]; then
 		kill "$WARREN_PID" 2>/dev/null || true
 		wait "$WARREN_PID" 2>/dev/null || true
 		rm -rf "$WARREN_DATA"
+		WARREN_STARTED=""
 	fi
 }
-trap cleanup EXIT
+trap stop_warren EXIT
 
-if [[ -z ${WARREN_URL:-} ]]; then
-	go build -o "$OUT/warren" .
+# start_warren: build (once) and start Warren on a free loopback port with a new data directory.
+start_warren() {
+	[[ -x $OUT/warren ]] || go build -o "$OUT/warren" .
 	WARREN_DATA=$(mktemp -d /tmp/warren-compare-data.XXXXXX)
 	# Run from the data dir so no config.yaml is picked up: defaults plus these flags.
-	(cd "$WARREN_DATA" && exec "$OUT/warren" -listen 127.0.0.1:0 -data-dir "$WARREN_DATA/data") 2>"$OUT/warren.log" &
+	local log
+	log=$OUT/warren-$(basename "$WARREN_DATA").log
+	(cd "$WARREN_DATA" && exec "$OUT/warren" -listen 127.0.0.1:0 -data-dir "$WARREN_DATA/data") 2>"$log" &
 	WARREN_PID=$!
 	WARREN_STARTED=1
-	addr=""
+	local addr=""
 	for _ in $(seq 100); do
-		addr=$(sed -n 's/.*msg="warren ready" addr=\([^ ]*\).*/\1/p' "$OUT/warren.log")
+		addr=$(sed -n 's/.*msg="warren ready" addr=\([^ ]*\).*/\1/p' "$log")
 		[[ -n $addr ]] && break
 		kill -0 "$WARREN_PID" 2>/dev/null || break
 		sleep 0.1
 	done
-	[[ -n $addr ]] || { echo "compare.sh: Warren did not start:" >&2; cat "$OUT/warren.log" >&2; exit 1; }
+	[[ -n $addr ]] || { echo "compare.sh: Warren did not start:" >&2; cat "$log" >&2; exit 1; }
 	WARREN_URL="amqp://guest:guest@$addr/"
 	echo "compare.sh: started Warren (pid $WARREN_PID) at $addr, data in $WARREN_DATA" >&2
+}
+
+# The memory points measure a fresh Warren when this script runs it: RSS after earlier points
+# is mostly heap kept from their backlogs, which says nothing about connections or queues.
+OWN_WARREN=""
+if [[ -z ${WARREN_URL:-} && -z ${TABLE_ONLY:-} ]]; then
+	OWN_WARREN=1
+	start_warren
 fi
 
 # pid_of_url URL: the PID listening on the URL's port on this host, or nothing.
@@ -101,6 +118,7 @@ pid_of_url() {
 	command -v ss >/dev/null || return 0
 	ss -ltnpH "sport = :$port" 2>/dev/null | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | head -n 1
 }
+WARREN_URL=${WARREN_URL:-amqp://guest:guest@127.0.0.1:1/} # TABLE_ONLY: never dialled
 WARREN_PID=${WARREN_PID:-$(pid_of_url "$WARREN_URL")}
 RABBIT_PID=${RABBIT_PID:-$(pid_of_url "$RABBIT_URL")}
 
@@ -110,11 +128,15 @@ reachable() {
 
 BROKERS=(warren)
 declare -A URL=([warren]=$WARREN_URL [rabbit]=$RABBIT_URL) PID=([warren]=${WARREN_PID:-} [rabbit]=${RABBIT_PID:-})
-reachable "$WARREN_URL" || { echo "compare.sh: Warren not reachable at $WARREN_URL" >&2; exit 1; }
-if reachable "$RABBIT_URL"; then
+if [[ -n ${TABLE_ONLY:-} ]]; then
 	BROKERS+=(rabbit)
 else
-	echo "compare.sh: RabbitMQ not reachable at $RABBIT_URL, skipping it" >&2
+	reachable "$WARREN_URL" || { echo "compare.sh: Warren not reachable at $WARREN_URL" >&2; exit 1; }
+	if reachable "$RABBIT_URL"; then
+		BROKERS+=(rabbit)
+	else
+		echo "compare.sh: RabbitMQ not reachable at $RABBIT_URL, skipping it" >&2
+	fi
 fi
 
 # idle_conns BROKER: I_CONNS, or half the broker's open-files limit if that is lower.
@@ -195,6 +217,11 @@ limit=$((${secs%%.*} + 60))
 
 run_point() {
 	local p=$1 b=$2 r=$3
+	if [[ $b == warren && -n $OWN_WARREN && $p =~ ^[gij]$ ]]; then
+		stop_warren
+		start_warren
+		URL[warren]=$WARREN_URL PID[warren]=$WARREN_PID
+	fi
 	case $p in
 	g)
 		echo "point g ($b, run $r/$REPEATS): fill $G_MESSAGES, then drain" >&2
@@ -243,6 +270,7 @@ settle() {
 
 for p in $POINTS; do
 	[[ -n ${ARGS[$p]:-} ]] || { echo "compare.sh: unknown point $p" >&2; exit 1; }
+	[[ -n ${TABLE_ONLY:-} ]] && continue
 	for r in $(seq 1 "$REPEATS"); do
 		for b in "${BROKERS[@]}"; do
 			run_point "$p" "$b" "$r"
