@@ -9,12 +9,11 @@ import (
 	"math"
 	"net"
 	"os"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/spf13/viper"
+	"go.yaml.in/yaml/v3"
 
 	"warren/server"
 )
@@ -35,6 +34,9 @@ type settings struct {
 	ConfigFile string // the file actually read; "" when none
 	// PprofListen is the address of the net/http/pprof endpoint; "" (the default) serves none.
 	PprofListen string
+	// LoadDefinitions is a RabbitMQ definitions file merged into the configuration at start-up
+	// and on every reload (RabbitMQ's load_definitions).
+	LoadDefinitions string
 }
 
 // key describes one configuration key: how to apply a raw value (from YAML, an environment
@@ -120,9 +122,36 @@ var keys = []key{
 		s.Server.DiskFreeLimit = v
 		return err
 	}},
+	{name: "limits.max_connections", set: func(s *settings, raw any) error {
+		v, err := toIntRange(raw, -1, math.MaxInt64)
+		s.Server.MaxConnections = server.LimitOf(v)
+		return err
+	}},
+	{name: "tls.listen", set: func(s *settings, raw any) error {
+		v, err := toString(raw)
+		if err != nil {
+			return err
+		}
+		if _, _, err := net.SplitHostPort(v); err != nil {
+			return fmt.Errorf("%q is not host:port", v)
+		}
+		s.Server.TLS.Listen = v
+		return nil
+	}},
+	{name: "tls.cert_file", set: func(s *settings, raw any) (err error) { s.Server.TLS.CertFile, err = toString(raw); return }},
+	{name: "tls.key_file", set: func(s *settings, raw any) (err error) { s.Server.TLS.KeyFile, err = toString(raw); return }},
+	{name: "tls.ca_file", set: func(s *settings, raw any) (err error) { s.Server.TLS.CAFile, err = toString(raw); return }},
+	{name: "tls.verify_peer", set: func(s *settings, raw any) (err error) { s.Server.TLS.VerifyPeer, err = toBool(raw); return }},
+	{name: "tls.fail_if_no_peer_cert", set: func(s *settings, raw any) (err error) {
+		s.Server.TLS.FailIfNoPeerCert, err = toBool(raw)
+		return
+	}},
 	{name: "users", set: func(s *settings, raw any) error {
-		users, err := toUsers(raw)
-		s.Server.Users = users
+		list, err := sectionList[defUser](raw, "a YAML list of users", nil)
+		if err != nil {
+			return err
+		}
+		s.Server.Users, err = convert(list, defUser.toServer)
 		return err
 	}},
 	{name: "loopback_users", set: func(s *settings, raw any) error {
@@ -131,18 +160,70 @@ var keys = []key{
 		return err
 	}},
 	{name: "vhosts", set: func(s *settings, raw any) error {
-		v, err := toStringList(raw)
-		if err == nil && len(v) == 0 {
-			err = errors.New("at least one vhost is required")
-		}
-		for _, h := range v {
-			if h == "" {
-				err = errors.New("vhost names must not be empty")
+		if str, ok := raw.(string); ok && !strings.HasPrefix(strings.TrimSpace(str), "[") {
+			// WARREN_VHOSTS=/,staging: names only.
+			names, err := toStringList(str)
+			if err != nil {
+				return err
 			}
+			raw = stringsToAny(names)
 		}
-		s.Server.VHosts = v
+		list, err := sectionList[defVHost](raw, "a YAML list of vhosts", func(x any) any {
+			if name, ok := x.(string); ok {
+				return map[string]any{"name": name} // a bare name is a vhost without limits
+			}
+			return x
+		})
+		if err != nil {
+			return err
+		}
+		if len(list) == 0 {
+			return errors.New("at least one vhost is required")
+		}
+		s.Server.VHosts, err = convert(list, defVHost.toServer)
 		return err
 	}},
+	{name: "permissions", set: func(s *settings, raw any) error {
+		list, err := sectionList[defPermission](raw, "a YAML list of permissions", nil)
+		if err != nil {
+			return err
+		}
+		s.Server.Permissions, err = convert(list, noErr(defPermission.toServer))
+		return err
+	}},
+	{name: "policies", set: func(s *settings, raw any) error {
+		list, err := sectionList[defPolicy](raw, "a YAML list of policies", nil)
+		if err != nil {
+			return err
+		}
+		s.Server.Policies, err = convert(list, noErr(defPolicy.toServer))
+		return err
+	}},
+	{name: "exchanges", set: func(s *settings, raw any) error {
+		list, err := sectionList[defExchange](raw, "a YAML list of exchanges", nil)
+		if err != nil {
+			return err
+		}
+		s.Server.Exchanges, err = convert(list, defExchange.toServer)
+		return err
+	}},
+	{name: "queues", set: func(s *settings, raw any) error {
+		list, err := sectionList[defQueue](raw, "a YAML list of queues", nil)
+		if err != nil {
+			return err
+		}
+		s.Server.Queues, err = convert(list, defQueue.toServer)
+		return err
+	}},
+	{name: "bindings", set: func(s *settings, raw any) error {
+		list, err := sectionList[defBinding](raw, "a YAML list of bindings", nil)
+		if err != nil {
+			return err
+		}
+		s.Server.Bindings, err = convert(list, defBinding.toServer)
+		return err
+	}},
+	{name: "load_definitions", set: func(s *settings, raw any) (err error) { s.LoadDefinitions, err = toString(raw); return }},
 	{name: "log.level", set: func(s *settings, raw any) error {
 		v, err := toString(raw)
 		if err != nil {
@@ -239,12 +320,14 @@ func loadConfig(args []string, lookupEnv func(string) (string, bool)) (settings,
 		source string
 	}
 	raw := map[string]rawValue{}
+	var file *fileValues
 	if path != "" {
-		file, err := readFile(path)
+		var err error
+		file, err = readFile(path)
 		if err != nil {
 			return settings{}, err
 		}
-		for k, v := range file {
+		for k, v := range file.values {
 			raw[k] = rawValue{v, path}
 		}
 	}
@@ -265,58 +348,151 @@ func loadConfig(args []string, lookupEnv func(string) (string, bool)) (settings,
 			continue
 		}
 		if err := k.set(&s, r.v); err != nil {
-			return settings{}, fmt.Errorf("config: %s: %w (from %s)", k.name, err, r.source)
+			source := r.source
+			if file != nil && r.source == path {
+				key := k.name
+				var fe *fieldError
+				if errors.As(err, &fe) {
+					key += fe.path
+				}
+				source = file.where(key)
+			}
+			return settings{}, fmt.Errorf("config: %s: %w (from %s)", k.name, err, source)
+		}
+	}
+	if s.LoadDefinitions != "" {
+		defs, err := readDefinitions(s.LoadDefinitions)
+		if err == nil {
+			err = defs.apply(&s.Server)
+		}
+		if err != nil {
+			return settings{}, fmt.Errorf("config: load_definitions: %s: %w", s.LoadDefinitions, err)
 		}
 	}
 	// Cross-field checks (and anything server adds later) are the server's; keep its wording.
 	if err := s.Server.Validate(); err != nil {
+		var ce *server.ConfigError
+		if file != nil && errors.As(err, &ce) && file.has(ce.Key) {
+			return settings{}, fmt.Errorf("config: %w (%s)", err, file.where(ce.Key))
+		}
 		return settings{}, fmt.Errorf("config: %w", err)
 	}
 	return s, nil
 }
 
-// readFile reads a YAML file with viper and returns its values by key, rejecting unknown keys.
-func readFile(path string) (map[string]any, error) {
-	v := viper.New()
-	v.SetConfigFile(path)
-	v.SetConfigType("yaml") // whatever the extension, the format is YAML
-	if err := v.ReadInConfig(); err != nil {
+// fileValues are the keys of a YAML file with their values and the line of every key and list
+// entry (paths such as "limits.frame_max", "users[2].limits.max-connections").
+type fileValues struct {
+	path   string
+	values map[string]any
+	lines  map[string]int
+}
+
+// where names a key's place in the file for error messages; for a key the file lacks (a
+// default) the nearest enclosing key that it has.
+func (f *fileValues) where(key string) string {
+	for k := key; k != ""; {
+		if line, ok := f.lines[k]; ok {
+			return fmt.Sprintf("%s line %d", f.path, line)
+		}
+		i := strings.LastIndexAny(k, ".[")
+		if i <= 0 {
+			break
+		}
+		k = k[:i]
+	}
+	return f.path
+}
+
+func (f *fileValues) has(key string) bool {
+	_, ok := f.lines[key]
+	return ok
+}
+
+// readFile reads a YAML file and returns its values by key, rejecting unknown keys. It parses
+// the YAML itself (viper lower-cases map keys, which would change queue arguments and binding
+// headers, and keeps no line numbers).
+func readFile(path string) (*fileValues, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
 		return nil, fmt.Errorf("config: reading %s: %w", path, err)
+	}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(b, &doc); err != nil {
+		return nil, fmt.Errorf("config: reading %s: %w", path, err)
+	}
+	f := &fileValues{path: path, values: map[string]any{}, lines: map[string]int{}}
+	if len(doc.Content) == 0 {
+		return f, nil // an empty file sets nothing
+	}
+	root := doc.Content[0]
+	if root.Kind != yaml.MappingNode {
+		return nil, fmt.Errorf("config: reading %s: line %d: expected a map of keys", path, root.Line)
 	}
 	known := map[string]bool{}
 	sections := map[string]bool{}
 	for _, k := range keys {
 		known[k.name] = true
-		if i := strings.IndexByte(k.name, '.'); i > 0 {
-			sections[k.name[:i]] = true
-		}
-	}
-	out := map[string]any{}
-	all := v.AllKeys()
-	sort.Strings(all) // report the first unknown key deterministically
-	for _, k := range all {
-		val := v.Get(k)
-		switch {
-		case known[k]:
-			if val == nil {
-				return nil, fmt.Errorf("config: %s: has no value (in %s)", k, path)
+		for i := range len(k.name) {
+			if k.name[i] == '.' {
+				sections[k.name[:i]] = true
 			}
-			out[k] = val
-		case sections[k] && isEmpty(val):
-			// "limits:" with nothing under it: harmless.
-		default:
-			return nil, fmt.Errorf("config: unknown key %q (in %s)", k, path)
 		}
 	}
-	return out, nil
+	var walk func(prefix string, m *yaml.Node) error
+	walk = func(prefix string, m *yaml.Node) error {
+		for i := 0; i+1 < len(m.Content); i += 2 {
+			kn, vn := m.Content[i], m.Content[i+1]
+			name := strings.ToLower(kn.Value)
+			if prefix != "" {
+				name = prefix + "." + name
+			}
+			f.lines[name] = kn.Line
+			switch {
+			case known[name]:
+				if vn.Tag == "!!null" {
+					return fmt.Errorf("config: %s: has no value (in %s line %d)", name, path, kn.Line)
+				}
+				var v any
+				if err := vn.Decode(&v); err != nil {
+					return fmt.Errorf("config: %s: %w (in %s line %d)", name, err, path, kn.Line)
+				}
+				f.values[name] = v
+				recordLines(f.lines, name, vn)
+			case vn.Kind == yaml.MappingNode && (sections[name] || len(vn.Content) > 0):
+				if err := walk(name, vn); err != nil {
+					return err
+				}
+			case sections[name] && vn.Tag == "!!null":
+				// "limits:" with nothing under it: harmless.
+			default:
+				return fmt.Errorf("config: unknown key %q (in %s line %d)", name, path, kn.Line)
+			}
+		}
+		return nil
+	}
+	if err := walk("", root); err != nil {
+		return nil, err
+	}
+	return f, nil
 }
 
-func isEmpty(v any) bool {
-	if v == nil {
-		return true
+// recordLines notes the line of every list entry and map key under n.
+func recordLines(lines map[string]int, path string, n *yaml.Node) {
+	switch n.Kind {
+	case yaml.SequenceNode:
+		for i, c := range n.Content {
+			p := fmt.Sprintf("%s[%d]", path, i)
+			lines[p] = c.Line
+			recordLines(lines, p, c)
+		}
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			p := path + "." + n.Content[i].Value
+			lines[p] = n.Content[i].Line
+			recordLines(lines, p, n.Content[i+1])
+		}
 	}
-	m, ok := v.(map[string]any)
-	return ok && len(m) == 0
 }
 
 // toString accepts a YAML scalar as a string. Numbers are allowed so that e.g. a vhost or a
@@ -425,88 +601,53 @@ func toStringList(raw any) ([]string, error) {
 	return out, nil
 }
 
-// userFields are the keys allowed in one entry of the users list.
-var userFields = map[string]bool{"name": true, "password": true, "password_hash": true, "tags": true}
-
-// toUsers accepts the YAML users list, or a string holding the same list in YAML flow style
-// (for WARREN_USERS: '[{name: admin, password: s3cret, tags: [administrator]}]').
-func toUsers(raw any) ([]server.User, error) {
+// sectionList decodes a definitions section (users, vhosts, permissions, ...): a YAML list, or
+// from the environment a string holding one in YAML flow style
+// (WARREN_USERS='[{name: admin, password: s3cret, tags: [administrator]}]').
+func sectionList[T any](raw any, what string, item func(any) any) ([]T, error) {
 	if s, ok := raw.(string); ok {
 		parsed, err := parseYAMLValue(s)
 		if err != nil {
 			return nil, err
 		}
-		if _, isString := parsed.(string); isString {
-			return nil, fmt.Errorf("expected a YAML list of users, got %q", s)
+		if _, isList := parsed.([]any); !isList && parsed != nil {
+			return nil, fmt.Errorf("expected %s, got %q", what, s)
 		}
-		return toUsers(parsed)
+		raw = parsed
 	}
-	if raw == nil {
-		return []server.User{}, nil
+	return decodeList[T](raw, item)
+}
+
+func stringsToAny(ss []string) []any {
+	out := make([]any, len(ss))
+	for i, s := range ss {
+		out[i] = s
 	}
-	list, ok := raw.([]any)
-	if !ok {
-		return nil, fmt.Errorf("expected a list of users, got %s", describe(raw))
+	return out
+}
+
+// toBool accepts a YAML boolean or (from the environment) true/false.
+func toBool(raw any) (bool, error) {
+	switch v := raw.(type) {
+	case bool:
+		return v, nil
+	case string:
+		b, err := strconv.ParseBool(strings.TrimSpace(v))
+		if err != nil {
+			return false, fmt.Errorf("%q is not true or false", v)
+		}
+		return b, nil
 	}
-	users := make([]server.User, 0, len(list))
-	seen := map[string]bool{}
-	for i, item := range list {
-		m, ok := item.(map[string]any)
-		if !ok {
-			return nil, fmt.Errorf("[%d]: expected {name, password, password_hash, tags}, got %s", i, describe(item))
-		}
-		fields := make([]string, 0, len(m))
-		for f := range m {
-			fields = append(fields, f)
-		}
-		sort.Strings(fields)
-		for _, f := range fields {
-			if !userFields[strings.ToLower(f)] {
-				return nil, fmt.Errorf("[%d]: unknown key %q (allowed: name, password, password_hash, tags)", i, f)
-			}
-		}
-		var u server.User
-		var err error
-		for f, v := range m {
-			switch strings.ToLower(f) {
-			case "name":
-				u.Name, err = toString(v)
-			case "password":
-				u.Password, err = toString(v)
-			case "password_hash":
-				u.PasswordHash, err = toString(v)
-			case "tags":
-				u.Tags, err = toStringList(v)
-			}
-			if err != nil {
-				return nil, fmt.Errorf("[%d].%s: %w", i, strings.ToLower(f), err)
-			}
-		}
-		switch {
-		case u.Name == "":
-			return nil, fmt.Errorf("[%d].name: must not be empty", i)
-		case u.Password == "" && u.PasswordHash == "":
-			return nil, fmt.Errorf("[%d] (%s): needs password or password_hash", i, u.Name)
-		case seen[u.Name]:
-			return nil, fmt.Errorf("[%d]: user %q is listed twice", i, u.Name)
-		}
-		seen[u.Name] = true
-		if u.Tags == nil {
-			u.Tags = []string{}
-		}
-		users = append(users, u)
-	}
-	return users, nil
+	return false, fmt.Errorf("expected true or false, got %s", describe(raw))
 }
 
 // parseYAMLValue parses a YAML value given as a string (an environment variable's content).
 func parseYAMLValue(s string) (any, error) {
-	v := viper.New()
-	v.SetConfigType("yaml")
-	if err := v.ReadConfig(strings.NewReader("value: " + s)); err != nil {
+	var v any
+	if err := yaml.Unmarshal([]byte(s), &v); err != nil {
 		return nil, fmt.Errorf("not valid YAML: %w", err)
 	}
-	return v.Get("value"), nil
+	return v, nil
 }
 
 // describe names a YAML value's kind for error messages.

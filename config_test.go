@@ -102,7 +102,7 @@ log:
 					{Name: "app", PasswordHash: "kI3GCqW5JLMJa4iX1lo7X4D6XbYqlLgxIs30+P6tENUV2POR", Tags: []string{}},
 				}
 				want.LoopbackUsers = []string{}
-				want.VHosts = []string{"/", "prod"}
+				want.VHosts = []server.VHost{{Name: "/"}, {Name: "prod"}}
 				if !reflect.DeepEqual(s.Server, want) {
 					t.Errorf("got  %+v\nwant %+v", s.Server, want)
 				}
@@ -127,7 +127,7 @@ log:
 					s.Server.HandshakeTimeout != time.Minute || s.LogLevel != slog.LevelWarn {
 					t.Errorf("env not applied: %+v", s)
 				}
-				if !reflect.DeepEqual(s.Server.VHosts, []string{"/", "a", "b"}) {
+				if !reflect.DeepEqual(s.Server.VHosts, []server.VHost{{Name: "/"}, {Name: "a"}, {Name: "b"}}) {
 					t.Errorf("vhosts = %q", s.Server.VHosts)
 				}
 				if s.Server.ChannelMax != 100 || s.LogFormat != "json" {
@@ -198,10 +198,18 @@ func TestLoadConfigErrors(t *testing.T) {
 		args []string
 		want []string // substrings of the error
 	}{
-		{name: "unknown key", file: "amqp:\n  lisen: 1.2.3.4:5\n", want: []string{`config: unknown key "amqp.lisen"`}},
+		{name: "unknown key", file: "amqp:\n  lisen: 1.2.3.4:5\n", want: []string{`config: unknown key "amqp.lisen"`, "line 2)"}},
 		{name: "unknown top-level key", file: "storage_dir: x\n", want: []string{`unknown key "storage_dir"`}},
 		{name: "section as scalar", file: "limits: 5\n", want: []string{`unknown key "limits"`}},
-		{name: "unknown user field", file: "users:\n  - name: a\n    passwd: b\n", want: []string{"config: users: [0]: unknown key \"passwd\""}},
+		{name: "unknown user field", file: "users:\n  - name: a\n    passwd: b\n", want: []string{"config: users: [0]: unknown key \"passwd\"", "line 2)"}},
+		{name: "bad permission regexp", file: "permissions:\n  - user: guest\n    vhost: /\n    configure: .*\n    write: \"([\"\n    read: .*\n", want: []string{"config: permissions[0].write: invalid regular expression", "line 5)"}},
+		{name: "bad policy value", file: "policies:\n  - name: p\n    pattern: .\n    definition:\n      max-length: lots\n", want: []string{"config: policies[0].definition.max-length: lots is not an integer", "line 5)"}},
+		{name: "bad user limit", file: "users:\n  - name: a\n    password: x\n    limits: {max-connections: many}\n", want: []string{`config: users: [0].limits: max-connections: expected a whole number, got "many"`, "line 4)"}},
+		{name: "queue with bad arguments", file: "queues:\n  - name: q\n    arguments: {x-max-length: -1}\n", want: []string{"config: queues[0].arguments: PRECONDITION_FAILED - invalid arg 'x-max-length' for queue 'q' in vhost '/': {value_negative,-1}", "line 3)"}},
+		{name: "binding to nowhere", file: "bindings:\n  - {source: amq.direct, destination: q, destination_type: table}\n", want: []string{`config: bindings[0].destination_type: "table" is not queue or exchange`}},
+		{name: "tls cert missing", file: "tls:\n  cert_file: /nonexistent.pem\n  key_file: /nonexistent-key.pem\n", want: []string{"config: tls.cert_file: loading /nonexistent.pem", "line 2)"}},
+		{name: "bad tls bool", env: map[string]string{"WARREN_TLS_VERIFY_PEER": "maybe"}, want: []string{`config: tls.verify_peer: "maybe" is not true or false`}},
+		{name: "load_definitions missing", file: "load_definitions: /nonexistent.json\n", want: []string{"config: load_definitions: /nonexistent.json: open /nonexistent.json"}},
 		{name: "frame_max too small", file: "limits:\n  frame_max: 100\n", want: []string{"config: limits.frame_max: 100 is below 4096"}},
 		{name: "frame_max too big", env: map[string]string{"WARREN_LIMITS_FRAME_MAX": "4294967296"}, want: []string{"limits.frame_max: 4294967296 is above 4294967295", "WARREN_LIMITS_FRAME_MAX"}},
 		{name: "channel_max zero", file: "limits:\n  channel_max: 0\n", want: []string{"config: limits.channel_max: 0 is below 1"}},
@@ -218,18 +226,17 @@ func TestLoadConfigErrors(t *testing.T) {
 		{name: "duration without unit", file: "limits:\n  handshake_timeout: 10\n", want: []string{`limits.handshake_timeout: "10" is not a duration`}},
 		{name: "negative duration", file: "limits:\n  handshake_timeout: -1s\n", want: []string{"limits.handshake_timeout: -1s must be positive"}},
 		{name: "bad listen", args: []string{"-listen", "5672"}, want: []string{`config: amqp.listen: "5672" is not host:port (from flag -listen)`}},
-		{name: "listen is a map", file: "amqp:\n  listen: {a: 1}\n", want: []string{`unknown key "amqp.listen.a"`}},
+		{name: "listen is a map", file: "amqp:\n  listen: {a: 1}\n", want: []string{`amqp.listen: expected a string, got a map`}},
 		{name: "listen is a list", file: "amqp:\n  listen: [a]\n", want: []string{"amqp.listen: expected a string, got a list"}},
 		{name: "watermark above one", file: "memory:\n  high_watermark: 1.5\n", want: []string{"config: memory.high_watermark: 1.5 must be above 0 and at most 1"}},
 		{name: "watermark not a number", env: map[string]string{"WARREN_MEMORY_HIGH_WATERMARK": "lots"}, want: []string{`memory.high_watermark: "lots" is not a number`}},
 		{name: "negative disk limit", file: "disk:\n  free_limit: -1\n", want: []string{"config: disk.free_limit: -1 is below 0"}},
 		{name: "no vhosts", file: "vhosts: []\n", want: []string{"config: vhosts: at least one vhost is required"}},
-		{name: "vhosts not a list", file: "vhosts: 5\n", want: []string{"vhosts: expected a list of strings, got 5"}},
-		{name: "empty vhost name", file: "vhosts: [/, \"\"]\n", want: []string{"vhosts: vhost names must not be empty"}},
-		{name: "user without name", file: "users:\n  - password: x\n", want: []string{"config: users: [0].name: must not be empty"}},
-		{name: "user without password", file: "users:\n  - name: bob\n", want: []string{"config: users: [0] (bob): needs password or password_hash"}},
-		{name: "duplicate user", file: "users:\n  - {name: a, password: x}\n  - {name: a, password: y}\n", want: []string{`config: users: [1]: user "a" is listed twice`}},
-		{name: "users not a list", file: "users:\n  guest: guest\n", want: []string{`unknown key "users.guest"`}},
+		{name: "vhosts not a list", file: "vhosts: 5\n", want: []string{"vhosts: expected a list, got 5"}},
+		{name: "empty vhost name", file: "vhosts: [/, \"\"]\n", want: []string{"config: vhosts: [1].name: must not be empty (from ", "line 1)"}},
+		{name: "user without name", file: "users:\n  - password: x\n", want: []string{"config: users: [0].name: must not be empty", "line 2)"}},
+		{name: "duplicate user", file: "users:\n  - {name: a, password: x}\n  - {name: a, password: y}\n", want: []string{`config: users[1]: user "a" is listed twice`, "line 3)"}},
+		{name: "users not a list", file: "users:\n  guest: guest\n", want: []string{`config: users: expected a list, got a map`}},
 		{name: "users env not YAML list", env: map[string]string{"WARREN_USERS": "guest:guest"}, want: []string{"config: users: expected a YAML list of users"}},
 		{name: "key without value", file: "storage:\n  dir:\n", want: []string{"config: storage.dir: has no value"}},
 		{name: "invalid YAML", file: "amqp: [\n", want: []string{"config: reading"}},
@@ -282,7 +289,7 @@ func TestDefaultConfigFile(t *testing.T) {
 		t.Fatalf("shipped %s: %v", defaultConfigFile, err)
 	}
 	for _, k := range keys {
-		if _, ok := file[k.name]; !ok {
+		if _, ok := file.values[k.name]; !ok {
 			t.Errorf("%s does not set %s", defaultConfigFile, k.name)
 		}
 	}

@@ -2,6 +2,9 @@
 //
 //	warren [-config FILE] [-listen ADDR] [-data-dir DIR]   run the broker
 //	warren bench [flags]                                    load-test any AMQP broker
+//	warren passwd [PASSWORD]                                print a password hash
+//	warren definitions import [-o FILE] DEFINITIONS.json    RabbitMQ definitions to config YAML
+//	warren definitions export [-config FILE] [-o FILE]      the configuration as RabbitMQ definitions
 //
 // Configuration loading lives in config.go; this file only wires the pieces together.
 package main
@@ -25,16 +28,24 @@ import (
 )
 
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == "bench" {
-		os.Exit(runBenchCommand(os.Args[2:], os.Stdout, os.Stderr))
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case "bench":
+			os.Exit(runBenchCommand(os.Args[2:], os.Stdout, os.Stderr))
+		case "passwd":
+			os.Exit(runPasswdCommand(os.Args[2:], os.Stdin, os.Stdout, os.Stderr))
+		case "definitions":
+			os.Exit(runDefinitionsCommand(os.Args[2:], os.LookupEnv, os.Stdout, os.Stderr))
+		}
 	}
 	signals := make(chan os.Signal, 2)
-	signal.Notify(signals, syscall.SIGINT, syscall.SIGTERM)
+	signal.Notify(signals, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	os.Exit(run(os.Args[1:], os.LookupEnv, os.Stderr, signals))
 }
 
-// run starts the broker and blocks until a signal arrives on signals, returning the exit code.
-// A second signal while shutting down abandons the graceful close.
+// run starts the broker and blocks until SIGINT or SIGTERM arrives on signals, returning the exit
+// code. SIGHUP, and a change to the configuration file, reload the configuration. A second
+// stop signal while shutting down abandons the graceful close.
 func run(args []string, lookupEnv func(string) (string, bool), stderr io.Writer, signals <-chan os.Signal) int {
 	cfg, err := loadConfig(args, lookupEnv)
 	if errors.Is(err, flag.ErrHelp) {
@@ -75,9 +86,33 @@ func run(args []string, lookupEnv func(string) (string, bool), stderr io.Writer,
 	if cfg.ConfigFile != "" {
 		attrs = append(attrs, "config", cfg.ConfigFile)
 	}
+	if addr := srv.TLSAddr(); addr != nil {
+		attrs = append(attrs, "amqps", addr.String())
+	}
 	logger.Info("warren ready", attrs...)
 
-	sig := <-signals
+	changed := make(chan struct{}, 1)
+	if cfg.ConfigFile != "" {
+		stop, err := watchFile(cfg.ConfigFile, changed)
+		if err != nil {
+			logger.Warn("not watching the configuration file; reload with SIGHUP", "file", cfg.ConfigFile, "err", err)
+		} else {
+			defer stop()
+		}
+	}
+	var sig os.Signal
+	for sig == nil {
+		select {
+		case s := <-signals:
+			if s == syscall.SIGHUP {
+				reload(srv, args, lookupEnv, logger, "SIGHUP")
+				continue
+			}
+			sig = s
+		case <-changed:
+			reload(srv, args, lookupEnv, logger, "file changed")
+		}
+	}
 	logger.Info("shutting down", "signal", sig.String())
 	done := make(chan error, 1)
 	go func() { done <- srv.Close() }()
@@ -112,6 +147,19 @@ func servePprof(addr string, logger *slog.Logger) (stop func(), err error) {
 	go func() { _ = hs.Serve(ln) }()
 	logger.Info("pprof ready", "addr", ln.Addr().String())
 	return func() { _ = hs.Close() }, nil
+}
+
+// reload re-reads the configuration as at start-up (same flags and environment) and applies it.
+// A configuration that does not load is rejected with one log line; the running one stays.
+func reload(srv *server.Server, args []string, lookupEnv func(string) (string, bool), logger *slog.Logger, why string) {
+	cfg, err := loadConfig(args, lookupEnv)
+	if err == nil {
+		cfg.Server.Logger = logger
+		err = srv.Reload(cfg.Server)
+	}
+	if err != nil {
+		logger.Error("config reload rejected, running configuration kept", "trigger", why, "err", err)
+	}
 }
 
 // runBenchCommand runs `warren bench ...` (package bench) and returns the exit code.

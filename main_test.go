@@ -96,13 +96,12 @@ func checkListening(t *testing.T, addr string) {
 	c.Close()
 }
 
-// TestBinaryStartStop runs warren as a process on a free port, waits for the ready line, connects
-// an AMQP client, sends SIGTERM and expects the client to get connection.close 320 and the process
-// to exit 0.
-func TestBinaryStartStop(t *testing.T) {
-	dir := t.TempDir()
-	cmd := exec.Command(os.Args[0], "-listen", "127.0.0.1:0", "-data-dir", filepath.Join(dir, "data"))
-	cmd.Dir = dir // no config.yaml here: defaults + flags only
+// startWarrenProcess runs the test binary as the warren command in dir, without the caller's
+// WARREN_* variables, and returns it with its stderr.
+func startWarrenProcess(t *testing.T, dir string, args ...string) (*exec.Cmd, io.Reader) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Dir = dir
 	env := []string{asMainEnv + "=1"}
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, envPrefix) {
@@ -117,6 +116,16 @@ func TestBinaryStartStop(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	return cmd, stderr
+}
+
+// TestBinaryStartStop runs warren as a process on a free port, waits for the ready line, connects
+// an AMQP client, sends SIGTERM and expects the client to get connection.close 320 and the process
+// to exit 0.
+func TestBinaryStartStop(t *testing.T) {
+	dir := t.TempDir()
+	// No config.yaml in dir: defaults + flags only.
+	cmd, stderr := startWarrenProcess(t, dir, "-listen", "127.0.0.1:0", "-data-dir", filepath.Join(dir, "data"))
 	exited := make(chan error, 1)
 	defer func() {
 		select {

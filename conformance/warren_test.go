@@ -13,7 +13,10 @@ import (
 )
 
 // startWarren runs Warren in-process on a free loopback port with a throw-away data directory.
-func startWarren() (string, func(), error) {
+func startWarren() (string, func(), error) { return startWarrenWith(nil) }
+
+// startWarrenWith is startWarren with a configuration change, for tests of Warren's own settings.
+func startWarrenWith(mutate func(*server.Config)) (string, func(), error) {
 	dir, err := os.MkdirTemp("", "warren-conformance-")
 	if err != nil {
 		return "", nil, fmt.Errorf("temp dir: %w", err)
@@ -24,6 +27,9 @@ func startWarren() (string, func(), error) {
 	// Broker logs only clutter a passing run; show them with -v.
 	if !testing.Verbose() {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if mutate != nil {
+		mutate(&cfg)
 	}
 	srv, err := server.New(cfg)
 	if err != nil {

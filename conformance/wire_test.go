@@ -857,3 +857,64 @@ func TestWireClosingChannelStillFramesContent(t *testing.T) {
 	w.send(1, method(20, 41))
 	w.expectConnectionClose(505, 60, 40, "UNEXPECTED_FRAME - expected content header for class 60, got non content header frame instead")
 }
+
+// connection.update-secret is acknowledged with update-secret-ok. RabbitMQ 3.10 with its internal
+// user database acknowledges any secret (the new secret is only checked by token backends), and
+// the connection keeps working.
+func TestWireUpdateSecret(t *testing.T) {
+	t.Parallel()
+	w := wdial(t)
+	w.handshake(handshakeOpts{})
+	w.send(0, method(10, 70).longstr("guest").shortstr("rotation"))
+	w.expectMethod(0, 10, 71)
+	w.openChannel(1)
+}
+
+// basic.recover-async (deprecated, no reply) requeues the channel's unacked messages like
+// basic.recover; requeue=false is 540 NOT_IMPLEMENTED, a connection exception, as in RabbitMQ.
+func TestWireRecoverAsync(t *testing.T) {
+	t.Parallel()
+	_, ach := setup(t)
+	q := declareQueue(t, ach, nil)
+	publish(t, ach, "", q, "m")
+	w := wdial(t)
+	w.handshake(handshakeOpts{})
+	w.openChannel(1)
+	get := func(wantRedelivered bool) {
+		t.Helper()
+		w.send(1, method(60, 70).short(0).shortstr(q).octet(0)) // basic.get, no-ack=false
+		f := w.expectMethod(1, 60, 71)
+		// get-ok: delivery-tag(8) redelivered(1) ...
+		if redelivered := f.payload[12] != 0; redelivered != wantRedelivered {
+			t.Fatalf("redelivered=%v, want %v", redelivered, wantRedelivered)
+		}
+		w.next() // content header
+		w.next() // body
+	}
+	get(false)
+	w.send(1, method(60, 100).octet(1)) // recover-async requeue=true
+	get(true)
+	w.send(1, method(60, 100).octet(0))
+	w.expectConnectionClose(540, 60, 100, "NOT_IMPLEMENTED")
+	// The unacked message went back to the queue with the connection.
+	waitCount(t, q, 1)
+}
+
+// confirm.select with nowait gets no select-ok, and confirms still arrive.
+func TestWireConfirmSelectNoWait(t *testing.T) {
+	t.Parallel()
+	_, ach := setup(t)
+	q := declareQueue(t, ach, nil)
+	w := wdial(t)
+	w.handshake(handshakeOpts{})
+	w.openChannel(1)
+	w.send(1, method(85, 10).octet(1))
+	w.write(publishMethodFrame(1, "", q))
+	w.write(wframe(wHeader, 1, contentHeader(1, 0, nil)))
+	w.write(wframe(wBody, 1, []byte("x")))
+	f := w.expectMethod(1, 60, 80) // basic.ack, not select-ok
+	if tag := binary.BigEndian.Uint64(f.payload[4:]); tag != 1 {
+		t.Fatalf("confirm delivery-tag %d, want 1", tag)
+	}
+	waitCount(t, q, 1)
+}

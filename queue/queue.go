@@ -4,6 +4,7 @@ import (
 	"math"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -149,8 +150,11 @@ type drop struct {
 // Queue is one queue's in-memory state. All methods are safe for concurrent use.
 type Queue struct {
 	Name  string
-	opts  Options
+	opts  Options // guarded by mu
 	hooks Hooks
+	// cur is opts for readers outside mu (Options, NewEntry on the publish path); SetOptions
+	// replaces both.
+	cur atomic.Pointer[Options]
 
 	mu        sync.Mutex
 	ready     deque
@@ -173,8 +177,10 @@ type Queue struct {
 
 // New creates an empty queue.
 func New(name string, opts Options, hooks Hooks) *Queue {
-	return &Queue{Name: name, opts: opts, hooks: hooks, now: func() int64 { return time.Now().UnixNano() },
-		timed: opts.MessageTTL >= 0 || opts.RedeliveryDelay > 0}
+	q := &Queue{Name: name, opts: opts, hooks: hooks, now: func() int64 { return time.Now().UnixNano() }}
+	q.cur.Store(&opts)
+	q.timed = opts.MessageTTL >= 0 || opts.RedeliveryDelay > 0
+	return q
 }
 
 // clock returns the time for expiry and delay decisions, or 0 while nothing in the queue can
@@ -188,7 +194,32 @@ func (q *Queue) clock() int64 {
 }
 
 // Options returns the queue's options.
-func (q *Queue) Options() Options { return q.opts }
+func (q *Queue) Options() Options { return *q.cur.Load() }
+
+// SetOptions changes a live queue's options (a policy was set or changed). New limits apply at
+// once: with drop-head, messages over a lowered length limit are dropped from the head (and
+// dead-lettered by the owner); under reject-publish the queue only refuses new messages until it
+// is below the limit. A new message TTL applies to messages enqueued from now on, as RabbitMQ's
+// classic queues do; messages already queued keep their expiry.
+func (q *Queue) SetOptions(opts Options) {
+	q.mu.Lock()
+	q.opts = opts
+	q.cur.Store(&opts)
+	q.timed = q.timed || opts.MessageTTL >= 0 || opts.RedeliveryDelay > 0
+	if q.closed {
+		q.mu.Unlock()
+		return
+	}
+	if opts.Overflow == DropHead {
+		q.dropOverflow()
+	}
+	now := q.now()
+	q.dispatch(now)
+	q.arm(now)
+	d := q.takeDrops()
+	q.mu.Unlock()
+	q.emit(d)
+}
 
 // NextSeq reserves the next sequence number; entries are kept in Seq order.
 func (q *Queue) NextSeq() uint64 {
@@ -214,9 +245,9 @@ func (q *Queue) Restore(e *Entry) {
 // NewEntry builds an entry for msg with the queue's TTL applied.
 func (q *Queue) NewEntry(seq uint64, msg *Message) *Entry {
 	e := &Entry{Seq: seq, Msg: msg, ExpiresAt: msg.ExpiresAt}
-	if q.opts.MessageTTL >= 0 {
+	if ttl := q.cur.Load().MessageTTL; ttl >= 0 {
 		now := q.now()
-		exp := now + int64(q.opts.MessageTTL)
+		exp := now + int64(ttl)
 		if exp < now { // saturate instead of wrapping into the past
 			exp = math.MaxInt64
 		}

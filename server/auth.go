@@ -6,17 +6,24 @@ import (
 	"crypto/subtle"
 	"encoding/base64"
 	"net"
-	"slices"
 
 	"warren/amqp"
 )
 
 // authenticate checks a start-ok response and returns the user name. Failures are 403
 // ACCESS_REFUSED with RabbitMQ's wording, sent as connection.close because Warren advertises
-// authentication_failure_close.
-func (s *Server) authenticate(mechanism, response string, remote net.Addr) (string, error) {
+// authentication_failure_close. EXTERNAL logs in as the common name of the verified TLS client
+// certificate (peerCN), as RabbitMQ's rabbitmq_auth_mechanism_ssl does by default.
+func (s *Server) authenticate(mechanism, response, peerCN string, remote net.Addr) (string, error) {
+	rt := s.rt.Load()
+	refused := amqp.Errorf(amqp.AccessRefused, "Login was refused using authentication mechanism %s. For details see the broker logfile.", mechanism)
 	var user, pass string
 	switch mechanism {
+	case "EXTERNAL":
+		if peerCN == "" || rt.users[peerCN] == nil {
+			return "", refused
+		}
+		user = peerCN
 	case "PLAIN":
 		// authzid NUL authcid NUL password
 		parts := bytes.SplitN([]byte(response), []byte{0}, 3)
@@ -39,21 +46,32 @@ func (s *Server) authenticate(mechanism, response string, remote net.Addr) (stri
 	default:
 		return "", amqp.Errorf(amqp.AccessRefused, "unsupported authentication mechanism '%s'", mechanism)
 	}
-	u, ok := s.users[user]
-	if !ok || !checkPassword(u, pass) {
-		return "", amqp.Errorf(amqp.AccessRefused, "Login was refused using authentication mechanism %s. For details see the broker logfile.", mechanism)
+	if mechanism != "EXTERNAL" {
+		u := rt.users[user]
+		if u == nil || !checkPassword(u, pass) {
+			return "", refused
+		}
 	}
-	if slices.Contains(s.cfg.LoopbackUsers, user) && !isLoopback(remote) {
-		return "", amqp.Errorf(amqp.AccessRefused, "Login was refused using authentication mechanism %s. For details see the broker logfile.", mechanism)
+	if rt.loopback[user] && !isLoopback(remote) {
+		return "", refused
 	}
 	return user, nil
 }
 
-func checkPassword(u User, pass string) bool {
-	if u.PasswordHash != "" {
+func checkPassword(u *User, pass string) bool {
+	switch {
+	case u.PasswordHash != "":
 		return checkRabbitHash(u.PasswordHash, pass)
+	case u.Password == "":
+		return false // no password: certificate (EXTERNAL) login only
 	}
 	return subtle.ConstantTimeCompare([]byte(u.Password), []byte(pass)) == 1
+}
+
+// validRabbitHash reports whether hash has the rabbit_password_hashing_sha256 shape.
+func validRabbitHash(hash string) bool {
+	raw, err := base64.StdEncoding.DecodeString(hash)
+	return err == nil && len(raw) == 4+sha256.Size
 }
 
 // checkRabbitHash verifies RabbitMQ's rabbit_password_hashing_sha256 format:

@@ -194,7 +194,7 @@ func (ch *channel) contentHeader(p []byte) *amqp.Error {
 	// (HeadersRaw) aliases the copy and the header is scanned once. A small body shares that
 	// allocation; a larger one is allocated by contentBody as a copy of its frame, which spares
 	// zeroing it first.
-	maxSize := uint64(ch.c.srv.cfg.MaxMessageSize)
+	maxSize := uint64(ch.c.srv.maxMessageSize())
 	hdr, buf := p, []byte(nil)
 	if !ch.closing && len(p) >= 12 {
 		if size := binary.BigEndian.Uint64(p[4:12]); size < separateBodyMin {
@@ -221,7 +221,7 @@ func (ch *channel) contentHeader(p []byte) *amqp.Error {
 	}
 	if sum.BodySize > maxSize {
 		// fail drops the publish; its body frames then arrive on a closing channel and are ignored.
-		e := amqp.Errorf(amqp.PreconditionFailed, "message size %d is larger than configured max size %d", sum.BodySize, ch.c.srv.cfg.MaxMessageSize)
+		e := amqp.Errorf(amqp.PreconditionFailed, "message size %d is larger than configured max size %d", sum.BodySize, maxSize)
 		e.ClassID, e.MethodID = amqp.ClassBasic, 40
 		ch.fail(e)
 		return nil
@@ -351,7 +351,7 @@ func (ch *channel) dispatch(m amqp.Method) *amqp.Error {
 		return amqp.Errorf(amqp.ChannelError, "second 'channel.open' seen")
 
 	case *amqp.ExchangeDeclare:
-		if err := ch.v.declareExchange(m); err != nil {
+		if err := ch.v.declareExchange(c, m); err != nil {
 			return err
 		}
 		if !m.NoWait {
@@ -359,7 +359,7 @@ func (ch *channel) dispatch(m amqp.Method) *amqp.Error {
 		}
 		return nil
 	case *amqp.ExchangeDelete:
-		if err := ch.v.deleteExchange(m.Exchange, m.IfUnused); err != nil {
+		if err := ch.v.deleteExchange(c, m.Exchange, m.IfUnused); err != nil {
 			return err
 		}
 		if !m.NoWait {
@@ -408,6 +408,9 @@ func (ch *channel) dispatch(m amqp.Method) *amqp.Error {
 		c.writeMethod(ch.id, &amqp.QueueUnbindOk{})
 		return nil
 	case *amqp.QueuePurge:
+		if err := c.authorize(permRead, resQueue, m.Queue); err != nil {
+			return err
+		}
 		ch.v.mu.RLock()
 		qs, err := ch.v.lookupQueue(c, m.Queue)
 		ch.v.mu.RUnlock()
@@ -470,6 +473,9 @@ func (ch *channel) dispatch(m amqp.Method) *amqp.Error {
 func (ch *channel) finishPublish() *amqp.Error {
 	m, header, body, sum := ch.pub, ch.pubHeader, ch.pubBody, ch.pubSummary
 	ch.pub, ch.pubHeader, ch.pubBody = nil, nil, nil
+	if err := ch.authorizePublish(m.Exchange); err != nil {
+		return err
+	}
 	v := ch.v
 	v.mu.RLock()
 	ex := v.exchanges[m.Exchange]
@@ -616,7 +622,7 @@ func (v *vhost) push(p prepared) bool {
 		case queue.Enqueued:
 			continue
 		case queue.RefusedDeadLetter:
-			v.deadLetter(qs, p.entries[i:i+1], queue.MaxLen)
+			v.deadLetterOrDrop(qs, p.entries[i:i+1], queue.MaxLen)
 		default:
 			v.removeDurable(qs, p.entries[i:i+1], nil)
 		}
@@ -742,6 +748,9 @@ func (qs *queueState) journalDelivery(e *queue.Entry, noAck bool) {
 }
 
 func (ch *channel) consume(m *amqp.BasicConsume) *amqp.Error {
+	if err := ch.c.authorize(permRead, resQueue, m.Queue); err != nil {
+		return err
+	}
 	v := ch.v
 	v.mu.RLock()
 	qs, err := v.lookupQueue(ch.c, m.Queue)
@@ -812,6 +821,9 @@ func (ch *channel) serverCancel(cs *consumer) {
 }
 
 func (ch *channel) get(m *amqp.BasicGet) *amqp.Error {
+	if err := ch.c.authorize(permRead, resQueue, m.Queue); err != nil {
+		return err
+	}
 	v := ch.v
 	v.mu.RLock()
 	qs, err := v.lookupQueue(ch.c, m.Queue)

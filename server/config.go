@@ -4,8 +4,42 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"time"
+
+	"warren/amqp"
 )
+
+// Limit caps a count (connections, channels, queues). The zero value is "no limit"; LimitOf(0)
+// allows none, as a RabbitMQ limit of 0 does.
+type Limit struct {
+	n   int64
+	set bool
+}
+
+// LimitOf returns a limit of n; a negative n means no limit, as in RabbitMQ.
+func LimitOf(n int64) Limit {
+	if n < 0 {
+		return Limit{}
+	}
+	return Limit{n: n, set: true}
+}
+
+// Value returns the limit and whether there is one.
+func (l Limit) Value() (int64, bool) { return l.n, l.set }
+
+// Int64 is the limit as RabbitMQ writes it: -1 for none.
+func (l Limit) Int64() int64 {
+	if !l.set {
+		return -1
+	}
+	return l.n
+}
+
+// reached reports whether count is at or over the limit.
+func (l Limit) reached(count int) bool { return l.set && int64(count) >= l.n }
+
+func (l Limit) String() string { return strconv.FormatInt(l.Int64(), 10) }
 
 // User is an account that may log in over AMQP.
 type User struct {
@@ -13,9 +47,73 @@ type User struct {
 	// Password is the plain-text password, accepted for configuration convenience.
 	Password string
 	// PasswordHash is a RabbitMQ rabbit_password_hashing_sha256 hash (base64 of salt+sha256(salt+password)).
+	// A user with neither Password nor PasswordHash can only log in with EXTERNAL (a TLS client
+	// certificate), like a RabbitMQ user whose password was cleared.
 	PasswordHash string
 	Tags         []string
+	// MaxConnections and MaxChannels are RabbitMQ's user limits: connections of this user across
+	// all vhosts, and channels across all of its connections.
+	MaxConnections Limit
+	MaxChannels    Limit
 }
+
+// VHost is a virtual host with RabbitMQ's vhost limits.
+type VHost struct {
+	Name           string
+	Description    string
+	MaxConnections Limit
+	MaxQueues      Limit
+}
+
+// Permission grants a user access to a vhost: RabbitMQ's configure, write and read regular
+// expressions, matched (unanchored) against exchange and queue names. "" matches nothing.
+type Permission struct {
+	User, VHost            string
+	Configure, Write, Read string
+}
+
+// Policy is a RabbitMQ policy: Definition applies to the queues and/or exchanges of VHost whose
+// names match Pattern; of several matching policies the one with the highest Priority wins.
+type Policy struct {
+	Name, VHost, Pattern string
+	ApplyTo              string // all (default), queues, exchanges, classic_queues, quorum_queues
+	Priority             int
+	Definition           map[string]any // message-ttl, max-length, dead-letter-exchange, ...
+}
+
+// ExchangeDef is an exchange declared by the configuration (RabbitMQ definitions fields).
+type ExchangeDef struct {
+	Name, VHost, Type             string
+	Durable, AutoDelete, Internal bool
+	Arguments                     amqp.Table
+}
+
+// QueueDef is a queue declared by the configuration.
+type QueueDef struct {
+	Name, VHost         string
+	Durable, AutoDelete bool
+	Arguments           amqp.Table
+}
+
+// BindingDef is a binding declared by the configuration; DestinationType is "queue" or "exchange".
+type BindingDef struct {
+	VHost, Source, Destination, DestinationType, RoutingKey string
+	Arguments                                               amqp.Table
+}
+
+// TLSConfig configures the amqps listener. It is off unless CertFile is set.
+type TLSConfig struct {
+	Listen            string // host:port, RabbitMQ's default is 5671
+	CertFile, KeyFile string // PEM server certificate (chain) and key
+	CAFile            string // PEM CA bundle for client certificates
+	// VerifyPeer asks for a client certificate and verifies it against CAFile when one is sent
+	// (RabbitMQ's verify_peer); FailIfNoPeerCert also refuses clients that send none.
+	VerifyPeer       bool
+	FailIfNoPeerCert bool
+}
+
+// Enabled reports whether the amqps listener runs.
+func (t TLSConfig) Enabled() bool { return t.CertFile != "" }
 
 // Config holds everything the broker needs to run. DefaultConfig gives every field a usable value.
 type Config struct {
@@ -26,9 +124,20 @@ type Config struct {
 	ChannelMax       uint16        // highest channel number we offer
 	Heartbeat        uint16        // heartbeat interval we offer, seconds; 0 disables
 	MaxMessageSize   int64         // largest accepted message body, bytes
+	MaxConnections   Limit         // client connections for the whole broker
 	Users            []User
 	LoopbackUsers    []string // users that may only connect from a loopback address
-	VHosts           []string
+	VHosts           []VHost
+	// Permissions name users and vhosts; entries for a user or vhost that does not exist are
+	// ignored (with a warning), so the default guest permission is harmless when guest is gone.
+	Permissions []Permission
+	Policies    []Policy
+	// Exchanges, Queues and Bindings are declared at start-up and on every reload when missing
+	// (an existing one must be equivalent). Removing them from the configuration deletes nothing.
+	Exchanges []ExchangeDef
+	Queues    []QueueDef
+	Bindings  []BindingDef
+	TLS       TLSConfig
 	// MemoryHighWatermark is the fraction of system RAM above which publishers are blocked
 	// (RabbitMQ's vm_memory_high_watermark.relative); MemoryLimit, when positive, is an absolute
 	// limit in bytes that takes its place.
@@ -39,7 +148,8 @@ type Config struct {
 	Logger        *slog.Logger
 }
 
-// DefaultConfig returns RabbitMQ's defaults: guest/guest on vhost "/", loopback only.
+// DefaultConfig returns RabbitMQ's defaults: guest/guest with full permissions on vhost "/",
+// loopback only.
 func DefaultConfig() Config {
 	return Config{
 		Listen:           "0.0.0.0:5672",
@@ -51,11 +161,31 @@ func DefaultConfig() Config {
 		MaxMessageSize:   128 << 20,
 		Users:            []User{{Name: "guest", Password: "guest", Tags: []string{"administrator"}}},
 		LoopbackUsers:    []string{"guest"},
-		VHosts:           []string{"/"},
+		VHosts:           []VHost{{Name: "/"}},
+		Permissions:      []Permission{{User: "guest", VHost: "/", Configure: ".*", Write: ".*", Read: ".*"}},
+		Policies:         []Policy{},
+		Exchanges:        []ExchangeDef{},
+		Queues:           []QueueDef{},
+		Bindings:         []BindingDef{},
+		TLS:              TLSConfig{Listen: "0.0.0.0:5671"},
 
 		MemoryHighWatermark: 0.4,
 		DiskFreeLimit:       50 << 20,
 	}
+}
+
+// ConfigError is a configuration error about one key; Key is the path in the configuration file
+// (for example "permissions[2].write"), so that callers can point at the line.
+type ConfigError struct {
+	Key string
+	Err error
+}
+
+func (e *ConfigError) Error() string { return e.Key + ": " + e.Err.Error() }
+func (e *ConfigError) Unwrap() error { return e.Err }
+
+func keyErr(key string, format string, a ...any) *ConfigError {
+	return &ConfigError{Key: key, Err: fmt.Errorf(format, a...)}
 }
 
 // Validate reports the first unusable setting, naming its configuration key.
@@ -80,13 +210,6 @@ func (c *Config) Validate() error {
 	case len(c.VHosts) == 0:
 		return errors.New("vhosts: at least one vhost is required")
 	}
-	for i, u := range c.Users {
-		if u.Name == "" {
-			return fmt.Errorf("users[%d].name: must not be empty", i)
-		}
-		if u.Password == "" && u.PasswordHash == "" {
-			return fmt.Errorf("users[%d] (%s): needs password or password_hash", i, u.Name)
-		}
-	}
-	return nil
+	_, err := compile(c)
+	return err
 }

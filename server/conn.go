@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -9,6 +10,7 @@ import (
 	"net"
 	"runtime"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -34,6 +36,15 @@ type conn struct {
 	heartbeat  uint16
 	vhost      *vhost
 	user       string
+	peerCN     string // TLS client certificate's common name, for EXTERNAL; "" without one
+
+	// Permission cache (see authorize); reader goroutine only.
+	permGen   uint64
+	perm      *permission
+	permCache map[permCacheKey]bool
+	pubEx     string // last exchange this connection was allowed to publish to
+	pubOK     bool
+	counted   bool // counted against the connection limits; guarded by srv.mu
 
 	cancelNotify  bool        // client understands server-sent basic.cancel
 	blockedNotify bool        // client understands connection.blocked
@@ -78,7 +89,14 @@ func (c *conn) serve() {
 	}()
 	c.fr = amqp.NewFrameReader(c.nc, 128<<10)
 	c.fr.SetMaxFrameSize(amqp.FrameMinSize)
-	_ = c.nc.SetReadDeadline(time.Now().Add(c.srv.cfg.HandshakeTimeout))
+	deadline := time.Now().Add(c.srv.handshakeTimeout())
+	_ = c.nc.SetReadDeadline(deadline)
+	if tc, ok := c.nc.(*tls.Conn); ok {
+		if err := c.tlsHandshake(tc, deadline); err != nil {
+			c.log.Info("TLS handshake failed", "err", err)
+			return
+		}
+	}
 	if err := c.handshake(); err != nil {
 		c.fail(err)
 		return
@@ -176,6 +194,7 @@ func (c *conn) release() {
 		c.channels = map[uint16]*channel{}
 		c.lastCh = nil
 		c.chMu.Unlock()
+		c.channelsClosed(len(chs))
 		for _, ch := range chs {
 			ch.shutdown()
 		}
@@ -340,11 +359,16 @@ func (c *conn) handshake() error {
 		c.log.Info("bad protocol header, closing", "header", fmt.Sprintf("%q", hdr[:]))
 		return errBadHeader
 	}
+	mechanisms := "PLAIN AMQPLAIN"
+	if c.peerCN != "" {
+		// As RabbitMQ's rabbitmq_auth_mechanism_ssl: offered only to clients with a certificate.
+		mechanisms += " EXTERNAL"
+	}
 	c.writeMethod(0, &amqp.ConnectionStart{
 		VersionMajor:     0,
 		VersionMinor:     9,
 		ServerProperties: c.serverProperties(),
-		Mechanisms:       "PLAIN AMQPLAIN",
+		Mechanisms:       mechanisms,
 		Locales:          "en_US",
 	})
 	m, err := c.readMethod()
@@ -359,20 +383,21 @@ func (c *conn) handshake() error {
 		c.cancelNotify, _ = caps["consumer_cancel_notify"].(bool)
 		c.blockedNotify, _ = caps["connection.blocked"].(bool)
 	}
-	if so.Mechanism != "PLAIN" && so.Mechanism != "AMQPLAIN" {
+	if !strings.Contains(" "+mechanisms+" ", " "+so.Mechanism+" ") {
 		// RabbitMQ drops the socket without a close for a mechanism it never offered.
 		return fmt.Errorf("%w %q", errUnknownMechanism, so.Mechanism)
 	}
-	user, err := c.srv.authenticate(so.Mechanism, so.Response, c.nc.RemoteAddr())
+	user, err := c.srv.authenticate(so.Mechanism, so.Response, c.peerCN, c.nc.RemoteAddr())
 	if err != nil {
 		return err
 	}
 	c.user = user
 
+	tune := &c.srv.rt.Load().cfg
 	c.writeMethod(0, &amqp.ConnectionTune{
-		ChannelMax: c.srv.cfg.ChannelMax,
-		FrameMax:   c.srv.cfg.FrameMax,
-		Heartbeat:  c.srv.cfg.Heartbeat,
+		ChannelMax: tune.ChannelMax,
+		FrameMax:   tune.FrameMax,
+		Heartbeat:  tune.Heartbeat,
 	})
 	m, err = c.readMethod()
 	if err != nil {
@@ -382,7 +407,7 @@ func (c *conn) handshake() error {
 	if !ok {
 		return commandInvalid(m, "expected connection.tune-ok")
 	}
-	if err := c.applyTune(to); err != nil {
+	if err := c.applyTune(tune, to); err != nil {
 		return err
 	}
 
@@ -394,13 +419,11 @@ func (c *conn) handshake() error {
 	if !ok {
 		return commandInvalid(m, "expected connection.open")
 	}
-	v := c.srv.vhost(op.VirtualHost)
-	if v == nil {
-		e := amqp.Errorf(amqp.NotAllowed, "vhost %s not found", op.VirtualHost)
+	v, e := c.openVHost(op.VirtualHost)
+	if e != nil {
 		e.ClassID, e.MethodID = op.ClassID(), op.MethodID()
 		return e
 	}
-	c.vhost = v
 	c.writeMethod(0, &amqp.ConnectionOpenOk{})
 	c.log.Debug("connection open", "user", c.user, "vhost", v.name)
 	return nil
@@ -412,8 +435,7 @@ var (
 )
 
 // applyTune checks the client's tune-ok against what we offered.
-func (c *conn) applyTune(to *amqp.ConnectionTuneOk) error {
-	cfg := c.srv.cfg
+func (c *conn) applyTune(cfg *Config, to *amqp.ConnectionTuneOk) error {
 	fm := to.FrameMax
 	if fm == 0 {
 		fm = cfg.FrameMax
@@ -478,6 +500,9 @@ func (c *conn) handleFrame(f amqp.Frame) error {
 		if len(c.channels) >= int(c.channelMax) {
 			return amqp.Errorf(amqp.NotAllowed, "number of channels opened (%d) has reached the negotiated channel_max (%d)", len(c.channels), c.channelMax)
 		}
+		if err := c.openChannel(); err != nil {
+			return err
+		}
 		ch = newChannel(c, f.Channel)
 		c.chMu.Lock()
 		c.channels[f.Channel] = ch
@@ -526,9 +551,29 @@ func (c *conn) handleChannel0(f amqp.Frame) error {
 // removeChannel forgets a channel after channel.close / close-ok.
 func (c *conn) removeChannel(id uint16) {
 	c.chMu.Lock()
+	_, ok := c.channels[id]
 	delete(c.channels, id)
 	if c.lastCh != nil && c.lastCh.id == id {
 		c.lastCh = nil
 	}
 	c.chMu.Unlock()
+	if ok {
+		c.channelsClosed(1)
+	}
+}
+
+// tlsHandshake completes the TLS handshake before any AMQP is read, so that EXTERNAL can be
+// offered to a client that presented a verified certificate.
+func (c *conn) tlsHandshake(tc *tls.Conn, deadline time.Time) error {
+	_ = tc.SetWriteDeadline(deadline)
+	defer func() { _ = tc.SetWriteDeadline(time.Time{}) }()
+	if err := tc.Handshake(); err != nil {
+		return err
+	}
+	st := tc.ConnectionState()
+	if len(st.VerifiedChains) > 0 && len(st.PeerCertificates) > 0 {
+		c.peerCN = st.PeerCertificates[0].Subject.CommonName
+	}
+	c.log = c.log.With("tls", tls.VersionName(st.Version))
+	return nil
 }

@@ -12,8 +12,8 @@ import (
 // removed and, unless purged, they are dead-lettered when the queue has a dead-letter exchange.
 func (v *vhost) onDropped(qs *queueState) func(*queue.Queue, []*queue.Entry, queue.Reason) {
 	return func(_ *queue.Queue, es []*queue.Entry, why queue.Reason) {
-		if why != queue.Purged && qs.hasDLX {
-			v.deadLetter(qs, es, why)
+		if dl := qs.dl.Load(); why != queue.Purged && dl != nil {
+			v.deadLetter(qs, dl, es, why)
 			return
 		}
 		if why == queue.DeliveryLimit {
@@ -21,6 +21,16 @@ func (v *vhost) onDropped(qs *queueState) func(*queue.Queue, []*queue.Entry, que
 		}
 		v.removeDurable(qs, es, nil)
 	}
+}
+
+// deadLetterOrDrop dead-letters entries refused by a reject-publish-dlx queue, or drops them when
+// the queue has no dead-letter exchange.
+func (v *vhost) deadLetterOrDrop(qs *queueState, es []*queue.Entry, why queue.Reason) {
+	if dl := qs.dl.Load(); dl != nil {
+		v.deadLetter(qs, dl, es, why)
+		return
+	}
+	v.removeDurable(qs, es, nil)
 }
 
 // removeDurable deletes the disk copies of entries (appending to batch when given).
@@ -46,9 +56,9 @@ func (v *vhost) removeDurable(qs *queueState, es []*queue.Entry, batch *persiste
 
 // deadLetter republishes entries through the queue's dead-letter exchange with RabbitMQ's x-death
 // bookkeeping. The new copies and the removal of the old ones are one store batch.
-func (v *vhost) deadLetter(qs *queueState, es []*queue.Entry, why queue.Reason) {
+func (v *vhost) deadLetter(qs *queueState, dl *dlConfig, es []*queue.Entry, why queue.Reason) {
 	v.mu.RLock()
-	dlx := v.exchanges[qs.dlx]
+	dlx := v.exchanges[dl.exchange]
 	v.mu.RUnlock()
 	var batch persistence.Batch
 	type pending struct {
@@ -59,14 +69,14 @@ func (v *vhost) deadLetter(qs *queueState, es []*queue.Entry, why queue.Reason) 
 	var rb routeBuf
 	if dlx != nil {
 		for _, e := range es {
-			msg, err := deadLetterMessage(v.srv.nextMessageID(), e.Msg, qs, why)
+			msg, err := deadLetterMessage(v.srv.nextMessageID(), e.Msg, qs.name, dl, why)
 			if err != nil {
 				v.srv.log.Warn("cannot dead-letter message with malformed header", "queue", qs.name, "err", err)
 				continue
 			}
 			keys := deathKeys(e.Msg)
-			if qs.dlrk != nil {
-				keys = []string{*qs.dlrk}
+			if dl.routingKey != nil {
+				keys = []string{*dl.routingKey}
 			}
 			msg.RoutingKey = keys[0]
 			targets := v.routeKeys(dlx, keys, scanHeaders(msg.Header), &rb)
@@ -99,7 +109,7 @@ func (v *vhost) deadLetter(qs *queueState, es []*queue.Entry, why queue.Reason) 
 
 // deadLetterMessage builds the dead-lettered copy of m: x-death updated, x-first-death-* set
 // once, and the per-message expiration removed (kept as original-expiration), as RabbitMQ does.
-func deadLetterMessage(id uint64, m *queue.Message, qs *queueState, why queue.Reason) (*queue.Message, error) {
+func deadLetterMessage(id uint64, m *queue.Message, queueName string, dl *dlConfig, why queue.Reason) (*queue.Message, error) {
 	h, err := amqp.DecodeContentHeader(m.Header)
 	if err != nil {
 		return nil, err
@@ -114,7 +124,7 @@ func deadLetterMessage(id uint64, m *queue.Message, qs *queueState, why queue.Re
 	rest := make([]any, 0, len(deaths)+1)
 	for _, d := range deaths {
 		t, ok := d.(amqp.Table)
-		if ok && found == nil && t["queue"] == qs.name && t["reason"] == reason {
+		if ok && found == nil && t["queue"] == queueName && t["reason"] == reason {
 			found = t
 			continue
 		}
@@ -124,7 +134,7 @@ func deadLetterMessage(id uint64, m *queue.Message, qs *queueState, why queue.Re
 		found = amqp.Table{
 			"count":        int64(0),
 			"reason":       reason,
-			"queue":        qs.name,
+			"queue":        queueName,
 			"exchange":     m.Exchange,
 			"routing-keys": stringsToArray(deathKeys(m)),
 		}
@@ -144,10 +154,10 @@ func deadLetterMessage(id uint64, m *queue.Message, qs *queueState, why queue.Re
 	headers["x-death"] = append([]any{found}, rest...)
 	if _, ok := headers["x-first-death-reason"]; !ok {
 		headers["x-first-death-reason"] = reason
-		headers["x-first-death-queue"] = qs.name
+		headers["x-first-death-queue"] = queueName
 		headers["x-first-death-exchange"] = m.Exchange
 	}
-	if qs.dlrk != nil {
+	if dl.routingKey != nil {
 		// An explicit dead-letter routing key replaces the sender-selected ones.
 		delete(headers, "CC")
 	}
@@ -155,7 +165,7 @@ func deadLetterMessage(id uint64, m *queue.Message, qs *queueState, why queue.Re
 	h.Props.Expiration = ""
 	return &queue.Message{
 		ID:         id,
-		Exchange:   qs.dlx,
+		Exchange:   dl.exchange,
 		RoutingKey: m.RoutingKey,
 		Header:     amqp.AppendContentHeader(nil, h.ClassID, uint64(len(m.Body)), &h.Props),
 		Body:       m.Body,

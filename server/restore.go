@@ -33,7 +33,7 @@ func (s *Server) restore() error {
 			return fmt.Errorf("exchange %q arguments: %w", r.Name, err)
 		}
 		ex := &exchangeState{name: r.Name, kind: kind, durable: true, autoDelete: r.AutoDelete, internal: r.Internal, args: args, router: exchange.NewRouter(kind)}
-		ex.alternate, _ = args["alternate-exchange"].(string)
+		ex.alternate = v.alternateLocked(ex)
 		v.exchanges[r.Name] = ex
 	}
 	cache := map[uint64]*queue.Message{}
@@ -53,10 +53,9 @@ func (s *Server) restore() error {
 			return fmt.Errorf("queue %q arguments: %s", r.Name, aerr.Text)
 		}
 		qs := &queueState{
-			v: v, name: r.Name, durable: true, declDur: true, autoDelete: r.AutoDelete, args: args,
-			dlx: spec.dlx, hasDLX: spec.hasDLX, dlrk: spec.dlrk, quorum: spec.quorum, expires: spec.expires,
+			v: v, name: r.Name, durable: true, declDur: true, autoDelete: r.AutoDelete, args: args, spec: spec, quorum: spec.quorum,
 		}
-		qs.q = queue.New(r.Name, spec.opts, queue.Hooks{Dropped: v.onDropped(qs)})
+		v.newQueueLocked(qs)
 		err = s.store.RecoverQueue(qs.ref(), func(seq uint64, pm *persistence.Message, deliveries uint32) error {
 			m := cache[pm.ID]
 			if m == nil {

@@ -5,6 +5,7 @@
 package server
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -19,12 +20,19 @@ import (
 
 // Server is one running broker.
 type Server struct {
-	cfg         Config
+	cfg         Config // as given to New; what can be reloaded is read from rt
 	log         *slog.Logger
-	users       map[string]User
-	vhosts      map[string]*vhost
 	store       *persistence.Store
 	clusterName string
+
+	// rt is the reloadable configuration (users, permissions, limits, policies, TLS), replaced
+	// whole by Reload.
+	rt       atomic.Pointer[runtimeConfig]
+	reloadMu sync.Mutex // one Reload at a time
+
+	vhMu    sync.RWMutex
+	vhosts  map[string]*vhost
+	retired map[string]*vhost // removed from the configuration; their stored data is kept
 
 	msgID  atomic.Uint64
 	connID atomic.Uint64
@@ -32,11 +40,18 @@ type Server struct {
 	alarms alarms
 	quit   chan struct{} // closed by Close
 
-	ln      net.Listener
-	mu      sync.Mutex
-	conns   map[*conn]struct{}
-	closed  bool
-	serving sync.WaitGroup
+	ln, tlsLn net.Listener
+	mu        sync.Mutex
+	conns     map[*conn]struct{}
+	closed    bool
+	serving   sync.WaitGroup
+	// Connection and channel counts for the limits, guarded by mu. openConns are the connections
+	// past connection.open.
+	openConns    map[*conn]struct{}
+	opened       int
+	vhostConns   map[string]int
+	userConns    map[string]int
+	userChannels map[string]int
 }
 
 // New validates cfg, opens the store and restores durable state. The listener opens in Start.
@@ -44,21 +59,31 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	rt, err := compile(&cfg)
+	if err != nil {
+		return nil, err
+	}
+	rt.gen = 1
 	log := cfg.Logger
 	if log == nil {
 		log = slog.Default()
 	}
 	s := &Server{
-		cfg:         cfg,
-		log:         log,
-		users:       make(map[string]User, len(cfg.Users)),
-		vhosts:      make(map[string]*vhost, len(cfg.VHosts)),
-		conns:       make(map[*conn]struct{}),
-		quit:        make(chan struct{}),
-		clusterName: "warren",
+		cfg:          cfg,
+		log:          log,
+		vhosts:       make(map[string]*vhost, len(cfg.VHosts)),
+		retired:      map[string]*vhost{},
+		conns:        make(map[*conn]struct{}),
+		openConns:    make(map[*conn]struct{}),
+		vhostConns:   map[string]int{},
+		userConns:    map[string]int{},
+		userChannels: map[string]int{},
+		quit:         make(chan struct{}),
+		clusterName:  "warren",
 	}
-	for _, u := range cfg.Users {
-		s.users[u.Name] = u
+	s.rt.Store(rt)
+	for _, w := range rt.warnings {
+		log.Warn("config: " + w)
 	}
 	if cfg.DataDir != "" {
 		start := time.Now()
@@ -72,8 +97,8 @@ func New(cfg Config) (*Server, error) {
 			log.Info("storage opened", "dir", cfg.DataDir, "took", time.Since(start).Round(time.Millisecond))
 		}()
 	}
-	for _, name := range cfg.VHosts {
-		s.vhosts[name] = newVHost(s, name)
+	for _, v := range cfg.VHosts {
+		s.vhosts[v.Name] = newVHost(s, v.Name, rt.policies[v.Name])
 	}
 	if s.store != nil {
 		if err := s.restore(); err != nil {
@@ -81,19 +106,41 @@ func New(cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("restoring durable state from %s: %w", cfg.DataDir, err)
 		}
 	}
+	if errs := s.declareTopology(&cfg); len(errs) > 0 {
+		if s.store != nil {
+			_ = s.store.Close()
+		}
+		return nil, errs[0]
+	}
 	return s, nil
 }
 
-// Start opens the listener and accepts connections in the background.
+// Start opens the listeners (AMQP, and amqps when TLS is configured) and accepts connections in
+// the background.
 func (s *Server) Start() error {
 	ln, err := net.Listen("tcp", s.cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", s.cfg.Listen, err)
 	}
+	if s.cfg.TLS.Enabled() {
+		tln, err := net.Listen("tcp", s.cfg.TLS.Listen)
+		if err != nil {
+			_ = ln.Close()
+			return fmt.Errorf("listening for amqps on %s: %w", s.cfg.TLS.Listen, err)
+		}
+		// Each handshake takes the TLS settings of the current configuration, so a reload
+		// replaces certificates without a restart.
+		base := &tls.Config{GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+			return s.rt.Load().tls, nil
+		}}
+		s.tlsLn = tls.NewListener(tln, base)
+		s.serving.Add(1)
+		go s.acceptLoop(s.tlsLn)
+	}
 	s.ln = ln
 	s.initAlarms()
 	s.serving.Add(3)
-	go s.acceptLoop()
+	go s.acceptLoop(ln)
 	go func() {
 		defer s.serving.Done()
 		s.alarmLoop()
@@ -139,10 +186,18 @@ func (s *Server) Addr() net.Addr {
 	return s.ln.Addr()
 }
 
-func (s *Server) acceptLoop() {
+// TLSAddr is the address of the amqps listener, nil when TLS is off.
+func (s *Server) TLSAddr() net.Addr {
+	if s.tlsLn == nil {
+		return nil
+	}
+	return s.tlsLn.Addr()
+}
+
+func (s *Server) acceptLoop(ln net.Listener) {
 	defer s.serving.Done()
 	for {
-		nc, err := s.ln.Accept()
+		nc, err := ln.Accept()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
@@ -174,10 +229,18 @@ func (s *Server) acceptLoop() {
 func (s *Server) forget(c *conn) {
 	s.mu.Lock()
 	delete(s.conns, c)
+	s.uncountLocked(c)
 	s.mu.Unlock()
 }
 
-func (s *Server) vhost(name string) *vhost { return s.vhosts[name] }
+func (s *Server) vhost(name string) *vhost {
+	s.vhMu.RLock()
+	defer s.vhMu.RUnlock()
+	return s.vhosts[name]
+}
+
+// maxMessageSize is the current limits.max_message_size.
+func (s *Server) maxMessageSize() int64 { return s.rt.Load().cfg.MaxMessageSize }
 
 // nextMessageID numbers messages uniquely across restarts (ids continue from the store's maximum).
 func (s *Server) nextMessageID() uint64 { return s.msgID.Add(1) }
@@ -200,6 +263,9 @@ func (s *Server) Close() error {
 	if s.ln != nil {
 		_ = s.ln.Close()
 	}
+	if s.tlsLn != nil {
+		_ = s.tlsLn.Close()
+	}
 	for _, c := range conns {
 		c.sendClose(amqp.Errorf(amqp.ConnectionForced, "broker forced connection closure with reason 'shutdown'"))
 		// The reader goroutine is blocked in a read; a deadline makes it finish soon even if the
@@ -217,9 +283,14 @@ func (s *Server) Close() error {
 		}
 		<-waited
 	}
+	s.vhMu.RLock()
 	for _, v := range s.vhosts {
 		v.stopTimers()
 	}
+	for _, v := range s.retired {
+		v.stopTimers()
+	}
+	s.vhMu.RUnlock()
 	if s.store != nil {
 		if err := s.store.Close(); err != nil {
 			return fmt.Errorf("closing storage: %w", err)

@@ -11,7 +11,7 @@ import (
 	"warren/amqp"
 )
 
-func startTestServer(t *testing.T, mutate func(*Config)) *Server {
+func startTestServer(t testing.TB, mutate func(*Config)) *Server {
 	t.Helper()
 	cfg := DefaultConfig()
 	cfg.Listen = "127.0.0.1:0"

@@ -39,10 +39,11 @@ type queueState struct {
 	autoDelete bool
 	owner      *conn
 	args       amqp.Table
-	dlx        string
-	hasDLX     bool
-	dlrk       *string
-	quorum     bool // x-queue-type quorum: adds x-delivery-count like RabbitMQ
+	spec       queueSpec // from args; policies combine with it
+	quorum     bool      // x-queue-type quorum: adds x-delivery-count like RabbitMQ
+	// dl is the effective dead-letter target (argument or policy), read without v.mu by the
+	// dead-letter path and replaced when policies change.
+	dl atomic.Pointer[dlConfig]
 
 	// Guarded by v.mu.
 	consumers         int
@@ -50,6 +51,7 @@ type queueState struct {
 	hadConsumer       bool
 	deleted           atomic.Bool // read without v.mu by the dead-letter path
 	expires           time.Duration
+	policy            string // name of the policy applied, "" for none
 	expiryTimer       *time.Timer
 }
 
@@ -65,6 +67,7 @@ type vhost struct {
 	mu        sync.RWMutex
 	exchanges map[string]*exchangeState
 	queues    map[string]*queueState
+	policies  []*policy // highest priority first
 }
 
 var defaultExchanges = []struct {
@@ -78,8 +81,8 @@ var defaultExchanges = []struct {
 	{"amq.match", exchange.Headers},
 }
 
-func newVHost(s *Server, name string) *vhost {
-	v := &vhost{srv: s, name: name, exchanges: map[string]*exchangeState{}, queues: map[string]*queueState{}}
+func newVHost(s *Server, name string, policies []*policy) *vhost {
+	v := &vhost{srv: s, name: name, exchanges: map[string]*exchangeState{}, queues: map[string]*queueState{}, policies: policies}
 	v.exchanges[""] = &exchangeState{name: "", kind: exchange.Direct, durable: true}
 	for _, d := range defaultExchanges {
 		v.exchanges[d.name] = &exchangeState{name: d.name, kind: d.kind, durable: true, router: exchange.NewRouter(d.kind)}
@@ -276,15 +279,16 @@ func (rb *routeBuf) addQueue(qs *queueState) {
 
 // --- exchanges
 
-func (v *vhost) declareExchange(m *amqp.ExchangeDeclare) *amqp.Error {
+// declareExchange implements exchange.declare for c (nil: declared by the configuration).
+func (v *vhost) declareExchange(c *conn, m *amqp.ExchangeDeclare) *amqp.Error {
 	if m.Exchange == "" {
 		return errDefaultExchange()
 	}
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	ex := v.exchanges[m.Exchange]
 	if m.Passive {
-		if ex == nil {
+		// RabbitMQ checks no permission for a passive declare.
+		v.mu.RLock()
+		defer v.mu.RUnlock()
+		if v.exchanges[m.Exchange] == nil {
 			return v.errNoExchange(m.Exchange)
 		}
 		return nil
@@ -293,19 +297,33 @@ func (v *vhost) declareExchange(m *amqp.ExchangeDeclare) *amqp.Error {
 	if !ok {
 		return amqp.Errorf(amqp.CommandInvalid, "unknown exchange type '%s'", m.Type)
 	}
+	if err := c.authorize(permConfigure, resExchange, m.Exchange); err != nil {
+		return err
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	ex := v.exchanges[m.Exchange]
 	if ex != nil {
 		return v.checkExchangeEquivalent(ex, m, kind)
 	}
 	if strings.HasPrefix(m.Exchange, "amq.") {
 		return amqp.Errorf(amqp.AccessRefused, "exchange name '%s' contains reserved prefix 'amq.*'", m.Exchange)
 	}
+	if ae, ok := m.Arguments["alternate-exchange"].(string); ok {
+		// As RabbitMQ: declaring an alternate exchange needs read on the new exchange and write
+		// on the alternate.
+		if err := c.authorize(permRead, resExchange, m.Exchange); err != nil {
+			return err
+		}
+		if err := c.authorize(permWrite, resExchange, ae); err != nil {
+			return err
+		}
+	}
 	ex = &exchangeState{
 		name: m.Exchange, kind: kind, durable: m.Durable, autoDelete: m.AutoDelete, internal: m.Internal,
 		args: m.Arguments, router: exchange.NewRouter(kind),
 	}
-	if ae, ok := m.Arguments["alternate-exchange"].(string); ok {
-		ex.alternate = ae
-	}
+	ex.alternate = v.alternateLocked(ex)
 	if ex.durable {
 		if err := v.storeExchange(ex); err != nil {
 			return err
@@ -371,12 +389,15 @@ func (v *vhost) storeExchange(ex *exchangeState) *amqp.Error {
 	return nil
 }
 
-func (v *vhost) deleteExchange(name string, ifUnused bool) *amqp.Error {
+func (v *vhost) deleteExchange(c *conn, name string, ifUnused bool) *amqp.Error {
 	if name == "" {
 		return errDefaultExchange()
 	}
 	if strings.HasPrefix(name, "amq.") {
 		return amqp.Errorf(amqp.AccessRefused, "deletion of system exchange '%s' in vhost '%s' not allowed", name, v.name)
+	}
+	if err := c.authorize(permConfigure, resExchange, name); err != nil {
+		return err
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -412,10 +433,26 @@ func (v *vhost) maybeAutoDeleteExchangeLocked(ex *exchangeState) {
 	}
 }
 
-// bind adds a binding from source to a queue or exchange destination.
-func (v *vhost) bind(c *conn, source, dest string, toExchange bool, key string, args amqp.Table) *amqp.Error {
+// authorizeBinding makes RabbitMQ's checks for queue.bind, exchange.bind and their unbinds, in
+// its order: write on the destination, then the default exchange, then read on the source.
+func authorizeBinding(c *conn, source, dest string, toExchange bool) *amqp.Error {
+	destKind := resQueue
+	if toExchange {
+		destKind = resExchange
+	}
+	if err := c.authorize(permWrite, destKind, dest); err != nil {
+		return err
+	}
 	if source == "" || (toExchange && dest == "") {
 		return errDefaultExchange()
+	}
+	return c.authorize(permRead, resExchange, source)
+}
+
+// bind adds a binding from source to a queue or exchange destination.
+func (v *vhost) bind(c *conn, source, dest string, toExchange bool, key string, args amqp.Table) *amqp.Error {
+	if err := authorizeBinding(c, source, dest, toExchange); err != nil {
+		return err
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -462,8 +499,8 @@ func (v *vhost) bindingEnds(c *conn, source, dest string, toExchange bool) (bool
 }
 
 func (v *vhost) unbind(c *conn, source, dest string, toExchange bool, key string, args amqp.Table) *amqp.Error {
-	if source == "" || (toExchange && dest == "") {
-		return errDefaultExchange()
+	if err := authorizeBinding(c, source, dest, toExchange); err != nil {
+		return err
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -522,9 +559,10 @@ func randomName(prefix string) string {
 // and dead-lettering them needs the lock.
 func (v *vhost) declareQueue(c *conn, m *amqp.QueueDeclare) (*queueState, *amqp.Error) {
 	name := m.Queue
-	v.mu.Lock()
-	defer v.mu.Unlock()
 	if m.Passive {
+		// RabbitMQ checks no permission for a passive declare.
+		v.mu.Lock()
+		defer v.mu.Unlock()
 		if name == "" {
 			return nil, v.errNoQueue(name)
 		}
@@ -540,6 +578,11 @@ func (v *vhost) declareQueue(c *conn, m *amqp.QueueDeclare) (*queueState, *amqp.
 	} else if strings.HasPrefix(name, "amq.") {
 		return nil, amqp.Errorf(amqp.AccessRefused, "queue name '%s' contains reserved prefix 'amq.*'", name)
 	}
+	if err := c.authorize(permConfigure, resQueue, name); err != nil {
+		return nil, err
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
 	if qs := v.queues[name]; qs != nil {
 		if qs.exclusive && qs.owner != c {
 			return nil, v.errLocked(name)
@@ -550,10 +593,21 @@ func (v *vhost) declareQueue(c *conn, m *amqp.QueueDeclare) (*queueState, *amqp.
 		v.touchLocked(qs)
 		return qs, nil
 	}
+	if err := v.queueLimitError(c, name); err != nil {
+		return nil, err
+	}
+	if dlx, ok := m.Arguments["x-dead-letter-exchange"].(string); ok {
+		// As RabbitMQ: a dead-letter exchange needs read on the queue and write on the exchange.
+		if err := c.authorize(permRead, resQueue, name); err != nil {
+			return nil, err
+		}
+		if err := c.authorize(permWrite, resExchange, dlx); err != nil {
+			return nil, err
+		}
+	}
 	spec, aerr := parseQueueArgs(m.Arguments)
 	if aerr != nil {
-		aerr.Text = strings.Replace(aerr.Text, "queue ''", "queue '"+name+"'", 1)
-		aerr.Text = strings.Replace(aerr.Text, "vhost ''", "vhost '"+v.name+"'", 1)
+		aerr.Text = fillQueueName(aerr.Text, name, v.name)
 		return nil, aerr
 	}
 	if spec.quorum && !m.Durable {
@@ -564,13 +618,12 @@ func (v *vhost) declareQueue(c *conn, m *amqp.QueueDeclare) (*queueState, *amqp.
 	}
 	qs := &queueState{
 		v: v, name: name, declDur: m.Durable, durable: m.Durable && !m.Exclusive && v.srv.store != nil,
-		exclusive: m.Exclusive, autoDelete: m.AutoDelete, args: m.Arguments,
-		dlx: spec.dlx, hasDLX: spec.hasDLX, dlrk: spec.dlrk, quorum: spec.quorum, expires: spec.expires,
+		exclusive: m.Exclusive, autoDelete: m.AutoDelete, args: m.Arguments, spec: spec, quorum: spec.quorum,
 	}
 	if m.Exclusive {
 		qs.owner = c
 	}
-	qs.q = queue.New(name, spec.opts, queue.Hooks{Dropped: v.onDropped(qs)})
+	v.newQueueLocked(qs)
 	if qs.durable {
 		rec := persistence.QueueRecord{VHost: v.name, Name: name, AutoDelete: m.AutoDelete, Args: encodeArgs(m.Arguments)}
 		if err := v.srv.store.PutQueue(rec); err != nil {
@@ -580,6 +633,15 @@ func (v *vhost) declareQueue(c *conn, m *amqp.QueueDeclare) (*queueState, *amqp.
 	v.queues[name] = qs
 	v.touchLocked(qs)
 	return qs, nil
+}
+
+// newQueueLocked builds qs's queue with its arguments combined with the matching policy; call
+// with v.mu held.
+func (v *vhost) newQueueLocked(qs *queueState) {
+	e := v.effectiveLocked(qs.name, qs.spec, qs.args)
+	qs.dl.Store(e.dl)
+	qs.expires, qs.policy = e.expires, e.policy
+	qs.q = queue.New(qs.name, e.opts, queue.Hooks{Dropped: v.onDropped(qs)})
 }
 
 func (v *vhost) checkQueueEquivalent(qs *queueState, m *amqp.QueueDeclare) *amqp.Error {
@@ -599,6 +661,9 @@ func (v *vhost) checkQueueEquivalent(qs *queueState, m *amqp.QueueDeclare) *amqp
 
 // deleteQueue implements queue.delete; a missing queue counts as deleted with 0 messages.
 func (v *vhost) deleteQueue(c *conn, name string, ifUnused, ifEmpty bool) (int, *amqp.Error) {
+	if err := c.authorize(permConfigure, resQueue, name); err != nil {
+		return 0, err
+	}
 	v.mu.Lock()
 	qs := v.queues[name]
 	if qs == nil {

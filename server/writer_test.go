@@ -9,17 +9,6 @@ import (
 	"time"
 )
 
-// waitFor polls cond for up to two seconds.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
-		if cond() {
-			return
-		}
-	}
-	t.Fatalf("timed out waiting for %s", what)
-}
-
 func (w *writer) isRunning() bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()

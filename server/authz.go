@@ -1,0 +1,413 @@
+package server
+
+import (
+	"crypto/tls"
+	"fmt"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	"warren/amqp"
+	"warren/exchange"
+)
+
+// runtimeConfig is the reloadable part of the configuration, compiled: regular expressions,
+// lookup maps, the TLS configuration. The server holds it in an atomic pointer and replaces it
+// whole on reload; readers never lock. gen changes with every reload, which is how connections
+// know their cached permission decisions are stale.
+type runtimeConfig struct {
+	gen      uint64
+	cfg      Config // the source, for what is read directly (limits, tuning)
+	users    map[string]*User
+	loopback map[string]bool
+	perms    map[userVHost]*permission
+	vhosts   map[string]*VHost
+	policies map[string][]*policy // by vhost, highest priority first
+	tls      *tls.Config          // nil when TLS is off
+	warnings []string             // ignored entries, logged once per load
+}
+
+type userVHost struct{ user, vhost string }
+
+// permission is one user's compiled permissions on one vhost.
+type permission struct {
+	configure, write, read matcher
+}
+
+// matcher is a compiled permission regexp. The common ".*" and "" skip the regexp engine.
+type matcher struct {
+	re   *regexp.Regexp
+	all  bool
+	none bool
+}
+
+func newMatcher(key, expr string) (matcher, error) {
+	switch expr {
+	case "":
+		return matcher{none: true}, nil // RabbitMQ: an empty pattern grants nothing
+	case ".*", "^.*", "^.*$", ".*$":
+		return matcher{all: true}, nil
+	}
+	re, err := regexp.Compile(expr)
+	if err != nil {
+		return matcher{}, &ConfigError{Key: key, Err: fmt.Errorf("invalid regular expression %q: %w", expr, err)}
+	}
+	return matcher{re: re}, nil
+}
+
+func (m *matcher) match(name string) bool {
+	switch {
+	case m.all:
+		return true
+	case m.none:
+		return false
+	}
+	return m.re.MatchString(name)
+}
+
+// permKind is what an operation needs on a resource, in RabbitMQ's terms.
+type permKind uint8
+
+const (
+	permConfigure permKind = iota
+	permWrite
+	permRead
+)
+
+func (p *permission) matcher(k permKind) *matcher {
+	switch k {
+	case permConfigure:
+		return &p.configure
+	case permWrite:
+		return &p.write
+	}
+	return &p.read
+}
+
+// resKind is the kind of resource a permission is checked on.
+type resKind uint8
+
+const (
+	resQueue resKind = iota
+	resExchange
+)
+
+// compile checks cfg and builds its runtime form. Errors name the configuration key.
+func compile(cfg *Config) (*runtimeConfig, error) {
+	rt := &runtimeConfig{
+		cfg:      *cfg,
+		users:    make(map[string]*User, len(cfg.Users)),
+		loopback: make(map[string]bool, len(cfg.LoopbackUsers)),
+		perms:    make(map[userVHost]*permission, len(cfg.Permissions)),
+		vhosts:   make(map[string]*VHost, len(cfg.VHosts)),
+		policies: map[string][]*policy{},
+	}
+	for i := range cfg.Users {
+		u := &cfg.Users[i]
+		key := fmt.Sprintf("users[%d]", i)
+		if u.Name == "" {
+			return nil, keyErr(key+".name", "must not be empty")
+		}
+		if rt.users[u.Name] != nil {
+			return nil, keyErr(key, "user %q is listed twice", u.Name)
+		}
+		if u.PasswordHash != "" && !validRabbitHash(u.PasswordHash) {
+			return nil, keyErr(key+".password_hash", "user %q: not a rabbit_password_hashing_sha256 hash (base64 of 36 bytes)", u.Name)
+		}
+		rt.users[u.Name] = u
+	}
+	for _, name := range cfg.LoopbackUsers {
+		rt.loopback[name] = true
+	}
+	for i := range cfg.VHosts {
+		v := &cfg.VHosts[i]
+		if v.Name == "" {
+			return nil, keyErr(fmt.Sprintf("vhosts[%d].name", i), "must not be empty")
+		}
+		if rt.vhosts[v.Name] != nil {
+			return nil, keyErr(fmt.Sprintf("vhosts[%d]", i), "vhost %q is listed twice", v.Name)
+		}
+		rt.vhosts[v.Name] = v
+	}
+	for i, p := range cfg.Permissions {
+		key := fmt.Sprintf("permissions[%d]", i)
+		var cp permission
+		var err error
+		if cp.configure, err = newMatcher(key+".configure", p.Configure); err != nil {
+			return nil, err
+		}
+		if cp.write, err = newMatcher(key+".write", p.Write); err != nil {
+			return nil, err
+		}
+		if cp.read, err = newMatcher(key+".read", p.Read); err != nil {
+			return nil, err
+		}
+		switch {
+		case rt.users[p.User] == nil:
+			rt.warnings = append(rt.warnings, fmt.Sprintf("%s ignored: no user %q", key, p.User))
+			continue
+		case rt.vhosts[p.VHost] == nil:
+			rt.warnings = append(rt.warnings, fmt.Sprintf("%s ignored: no vhost %q", key, p.VHost))
+			continue
+		}
+		k := userVHost{p.User, p.VHost}
+		if rt.perms[k] != nil {
+			return nil, keyErr(key, "user %q has two permission entries for vhost %q", p.User, p.VHost)
+		}
+		rt.perms[k] = &cp
+	}
+	for i, p := range cfg.Policies {
+		cp, warn, err := compilePolicy(fmt.Sprintf("policies[%d]", i), p)
+		if err != nil {
+			return nil, err
+		}
+		rt.warnings = append(rt.warnings, warn...)
+		if rt.vhosts[p.VHost] == nil {
+			return nil, keyErr(fmt.Sprintf("policies[%d].vhost", i), "no vhost %q", p.VHost)
+		}
+		for _, other := range rt.policies[p.VHost] {
+			if other.name == p.Name {
+				return nil, keyErr(fmt.Sprintf("policies[%d]", i), "policy %q is listed twice in vhost %q", p.Name, p.VHost)
+			}
+		}
+		rt.policies[p.VHost] = append(rt.policies[p.VHost], cp)
+	}
+	for _, ps := range rt.policies {
+		slices.SortStableFunc(ps, func(a, b *policy) int {
+			if a.priority != b.priority {
+				return b.priority - a.priority
+			}
+			return strings.Compare(a.name, b.name)
+		})
+	}
+	if err := checkTopology(cfg, rt); err != nil {
+		return nil, err
+	}
+	if cfg.TLS.Enabled() {
+		tc, err := loadTLS(cfg.TLS)
+		if err != nil {
+			return nil, err
+		}
+		rt.tls = tc
+	}
+	return rt, nil
+}
+
+// checkTopology validates the declared exchanges, queues and bindings without declaring them.
+func checkTopology(cfg *Config, rt *runtimeConfig) error {
+	for i, x := range cfg.Exchanges {
+		key := fmt.Sprintf("exchanges[%d]", i)
+		switch {
+		case x.Name == "":
+			return keyErr(key+".name", "must not be empty")
+		case strings.HasPrefix(x.Name, "amq."):
+			return keyErr(key+".name", "exchange name '%s' contains reserved prefix 'amq.*'", x.Name)
+		case rt.vhosts[x.VHost] == nil:
+			return keyErr(key+".vhost", "no vhost %q", x.VHost)
+		}
+		if _, ok := exchange.ParseKind(x.Type); !ok {
+			return keyErr(key+".type", "unknown exchange type %q", x.Type)
+		}
+	}
+	for i, q := range cfg.Queues {
+		key := fmt.Sprintf("queues[%d]", i)
+		switch {
+		case q.Name == "":
+			return keyErr(key+".name", "must not be empty")
+		case strings.HasPrefix(q.Name, "amq."):
+			return keyErr(key+".name", "queue name '%s' contains reserved prefix 'amq.*'", q.Name)
+		case rt.vhosts[q.VHost] == nil:
+			return keyErr(key+".vhost", "no vhost %q", q.VHost)
+		}
+		spec, aerr := parseQueueArgs(q.Arguments)
+		if aerr != nil {
+			return keyErr(key+".arguments", "%s", fillQueueName(aerr.Text, q.Name, q.VHost))
+		}
+		if spec.quorum && !q.Durable {
+			return keyErr(key+".durable", "a quorum queue must be durable")
+		}
+	}
+	for i, b := range cfg.Bindings {
+		key := fmt.Sprintf("bindings[%d]", i)
+		switch {
+		case b.Source == "":
+			return keyErr(key+".source", "the default exchange cannot be bound")
+		case b.Destination == "":
+			return keyErr(key+".destination", "must not be empty")
+		case b.DestinationType != "queue" && b.DestinationType != "exchange":
+			return keyErr(key+".destination_type", "%q is not queue or exchange", b.DestinationType)
+		case rt.vhosts[b.VHost] == nil:
+			return keyErr(key+".vhost", "no vhost %q", b.VHost)
+		}
+	}
+	return nil
+}
+
+func fillQueueName(text, queue, vhost string) string {
+	text = strings.Replace(text, "queue ''", "queue '"+queue+"'", 1)
+	return strings.Replace(text, "vhost ''", "vhost '"+vhost+"'", 1)
+}
+
+// --- checks made by connections
+
+// authorize checks that the connection's user has permission k on a resource, as RabbitMQ's
+// check_resource_access: 403 ACCESS_REFUSED naming the resource. Decisions are cached per
+// connection until the next reload. c == nil is the broker itself (declared topology): allowed.
+// Runs on the connection's reader goroutine only.
+func (c *conn) authorize(k permKind, r resKind, name string) *amqp.Error {
+	if c == nil {
+		return nil
+	}
+	rt := c.srv.rt.Load()
+	if rt.gen != c.permGen {
+		c.perm = rt.perms[userVHost{c.user, c.vhost.name}]
+		c.permGen = rt.gen
+		clear(c.permCache)
+		c.pubEx, c.pubOK = "", false
+	}
+	if r == resExchange && name == "" {
+		name = "amq.default" // RabbitMQ checks (and names) the default exchange as amq.default
+	}
+	key := permCacheKey{k, r, name}
+	ok, hit := c.permCache[key]
+	if !hit {
+		ok = c.perm != nil && c.perm.matcher(k).match(name)
+		if c.permCache == nil || len(c.permCache) >= permCacheSize {
+			c.permCache = make(map[permCacheKey]bool, 8)
+		}
+		c.permCache[key] = ok
+	}
+	if ok {
+		return nil
+	}
+	kind := "queue"
+	if r == resExchange {
+		kind = "exchange"
+	}
+	return amqp.Errorf(amqp.AccessRefused, "access to %s '%s' in vhost '%s' refused for user '%s'", kind, name, c.vhost.name, c.user)
+}
+
+// permCacheSize bounds a connection's cache of permission decisions (RabbitMQ keeps 12 per channel).
+const permCacheSize = 64
+
+type permCacheKey struct {
+	perm permKind
+	res  resKind
+	name string
+}
+
+// authorizePublish is the write check of basic.publish. A channel usually publishes to one
+// exchange, so the last allowed exchange is remembered: the common case is one atomic load and
+// one string comparison.
+func (ch *channel) authorizePublish(exchange string) *amqp.Error {
+	c := ch.c
+	if c.pubOK && c.pubEx == exchange && c.srv.rt.Load().gen == c.permGen {
+		return nil
+	}
+	if err := c.authorize(permWrite, resExchange, exchange); err != nil {
+		err.ClassID, err.MethodID = amqp.ClassBasic, 40
+		return err
+	}
+	c.pubEx, c.pubOK = exchange, true
+	return nil
+}
+
+// openVHost applies connection.open's checks in RabbitMQ's order: node, vhost and user connection
+// limits, then the user's access to the vhost. On success the connection is counted against the
+// limits until it closes.
+func (c *conn) openVHost(name string) (*vhost, *amqp.Error) {
+	s := c.srv
+	v := s.vhost(name)
+	if v == nil {
+		return nil, amqp.Errorf(amqp.NotAllowed, "vhost %s not found", name)
+	}
+	rt := s.rt.Load()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if rt.cfg.MaxConnections.reached(s.opened) {
+		n, _ := rt.cfg.MaxConnections.Value()
+		return nil, amqp.Errorf(amqp.NotAllowed, "connection refused: node connection limit (%d) is reached", n)
+	}
+	if vl := rt.vhosts[name]; vl != nil && vl.MaxConnections.reached(s.vhostConns[name]) {
+		n, _ := vl.MaxConnections.Value()
+		return nil, amqp.Errorf(amqp.NotAllowed, "access to vhost '%s' refused for user '%s': connection limit (%d) is reached", name, c.user, n)
+	}
+	if u := rt.users[c.user]; u != nil && u.MaxConnections.reached(s.userConns[c.user]) {
+		n, _ := u.MaxConnections.Value()
+		return nil, amqp.Errorf(amqp.NotAllowed, "connection refused for user '%s': user connection limit (%d) is reached", c.user, n)
+	}
+	if rt.perms[userVHost{c.user, name}] == nil {
+		return nil, amqp.Errorf(amqp.NotAllowed, "access to vhost '%s' refused for user '%s'", name, c.user)
+	}
+	if s.closed {
+		return nil, amqp.Errorf(amqp.ConnectionForced, "broker forced connection closure with reason 'shutdown'")
+	}
+	s.opened++
+	s.vhostConns[name]++
+	s.userConns[c.user]++
+	s.openConns[c] = struct{}{}
+	c.counted = true
+	c.vhost = v // under s.mu: Reload reads it for the connections in openConns
+	return v, nil
+}
+
+// openChannel counts a new channel against the user's channel limit (530, as RabbitMQ).
+func (c *conn) openChannel() *amqp.Error {
+	s := c.srv
+	u := s.rt.Load().users[c.user]
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if u != nil && u.MaxChannels.reached(s.userChannels[c.user]) {
+		n, _ := u.MaxChannels.Value()
+		return amqp.Errorf(amqp.NotAllowed, "number of channels opened for user '%s' has reached the maximum allowed user limit of (%d)", c.user, n)
+	}
+	s.userChannels[c.user]++
+	return nil
+}
+
+// channelsClosed gives n channels back to the user's channel count.
+func (c *conn) channelsClosed(n int) {
+	if n == 0 {
+		return
+	}
+	s := c.srv
+	s.mu.Lock()
+	if s.userChannels[c.user] -= n; s.userChannels[c.user] <= 0 {
+		delete(s.userChannels, c.user)
+	}
+	s.mu.Unlock()
+}
+
+// uncountLocked removes a closing connection from the limits' counts; call with s.mu held.
+func (s *Server) uncountLocked(c *conn) {
+	if !c.counted {
+		return
+	}
+	c.counted = false
+	delete(s.openConns, c)
+	s.opened--
+	if s.vhostConns[c.vhost.name]--; s.vhostConns[c.vhost.name] <= 0 {
+		delete(s.vhostConns, c.vhost.name)
+	}
+	if s.userConns[c.user]--; s.userConns[c.user] <= 0 {
+		delete(s.userConns, c.user)
+	}
+}
+
+// queueLimitError is RabbitMQ's 406 when the vhost's max-queues limit is reached; checked before a
+// queue is created (call with v.mu held).
+func (v *vhost) queueLimitError(c *conn, name string) *amqp.Error {
+	if c == nil {
+		return nil // declared by the configuration: the operator's own queues
+	}
+	vl := v.srv.rt.Load().vhosts[v.name]
+	if vl == nil || !vl.MaxQueues.reached(len(v.queues)) {
+		return nil
+	}
+	n, _ := vl.MaxQueues.Value()
+	return amqp.Errorf(amqp.PreconditionFailed, "cannot declare queue '%s': queue limit in vhost '%s' (%d) is reached", name, v.name, n)
+}
+
+// handshakeTimeout is the current limits.handshake_timeout.
+func (s *Server) handshakeTimeout() time.Duration { return s.rt.Load().cfg.HandshakeTimeout }

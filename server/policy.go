@@ -1,0 +1,344 @@
+package server
+
+import (
+	"encoding/json"
+	"fmt"
+	"math"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"warren/amqp"
+	"warren/queue"
+)
+
+// policy is a compiled Policy. Numeric fields are -1 when the policy does not set them.
+type policy struct {
+	name     string
+	re       *regexp.Regexp
+	applyTo  string
+	priority int
+
+	messageTTL, expires, maxLength, maxLengthBytes, deliveryLimit int64
+	redeliveryDelay, redeliveryMaxDelay                           int64
+	redeliveryBackoff                                             float64 // 0: unset
+	overflow                                                      *queue.Overflow
+	dlx, dlrk, alternateExchange                                  *string
+}
+
+// ignoredPolicyKeys are RabbitMQ policy keys Warren accepts (so that real definitions import)
+// but has no use for: mirroring, queue modes and locators, streams, federation.
+var ignoredPolicyKeys = map[string]bool{
+	"ha-mode": true, "ha-params": true, "ha-sync-mode": true, "ha-sync-batch-size": true,
+	"ha-promote-on-shutdown": true, "ha-promote-on-failure": true, "queue-mode": true,
+	"queue-master-locator": true, "queue-leader-locator": true, "queue-version": true,
+	"max-in-memory-length": true, "max-in-memory-bytes": true, "max-age": true,
+	"stream-max-segment-size-bytes": true, "initial-cluster-size": true,
+	"federation-upstream": true, "federation-upstream-set": true, "consumer-timeout": true,
+}
+
+var policyApplyTo = map[string]bool{"all": true, "queues": true, "exchanges": true, "classic_queues": true, "quorum_queues": true, "streams": true}
+
+// compilePolicy validates a policy as RabbitMQ's rabbit_policies does and returns warnings for
+// keys that are accepted but ignored.
+func compilePolicy(key string, p Policy) (*policy, []string, error) {
+	cp := &policy{
+		name: p.Name, applyTo: p.ApplyTo, priority: p.Priority,
+		messageTTL: -1, expires: -1, maxLength: -1, maxLengthBytes: -1, deliveryLimit: -1,
+		redeliveryDelay: -1, redeliveryMaxDelay: -1,
+	}
+	if p.Name == "" {
+		return nil, nil, keyErr(key+".name", "must not be empty")
+	}
+	if cp.applyTo == "" {
+		cp.applyTo = "all"
+	}
+	if !policyApplyTo[cp.applyTo] {
+		return nil, nil, keyErr(key+".apply-to", "%q is not one of all, queues, exchanges, classic_queues, quorum_queues, streams", p.ApplyTo)
+	}
+	re, err := regexp.Compile(p.Pattern)
+	if err != nil {
+		return nil, nil, keyErr(key+".pattern", "invalid regular expression %q: %v", p.Pattern, err)
+	}
+	cp.re = re
+	if len(p.Definition) == 0 {
+		return nil, nil, keyErr(key+".definition", "must not be empty")
+	}
+	var warnings []string
+	names := make([]string, 0, len(p.Definition))
+	for k := range p.Definition {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		v := p.Definition[k]
+		dkey := key + ".definition." + k
+		intVal := func(min int64) (int64, error) {
+			n, ok := policyInt(v)
+			if !ok {
+				return 0, keyErr(dkey, "%v is not an integer", v)
+			}
+			if n < min {
+				return 0, keyErr(dkey, "%d is below %d", n, min)
+			}
+			return n, nil
+		}
+		strVal := func() (*string, error) {
+			s, ok := v.(string)
+			if !ok {
+				return nil, keyErr(dkey, "%v is not a string", v)
+			}
+			return &s, nil
+		}
+		var err error
+		switch k {
+		case "message-ttl":
+			cp.messageTTL, err = intVal(0)
+		case "expires":
+			cp.expires, err = intVal(1)
+		case "max-length":
+			cp.maxLength, err = intVal(0)
+		case "max-length-bytes":
+			cp.maxLengthBytes, err = intVal(0)
+		case "delivery-limit":
+			cp.deliveryLimit, err = intVal(0)
+		case "redelivery-delay":
+			cp.redeliveryDelay, err = intVal(0)
+		case "redelivery-max-delay":
+			cp.redeliveryMaxDelay, err = intVal(0)
+		case "redelivery-backoff":
+			f, ok := policyFloat(v)
+			if !ok || f < 1 || math.IsInf(f, 0) {
+				err = keyErr(dkey, "%v is not a number of at least 1", v)
+			}
+			cp.redeliveryBackoff = f
+		case "overflow":
+			s, _ := v.(string)
+			var o queue.Overflow
+			switch s {
+			case "drop-head":
+				o = queue.DropHead
+			case "reject-publish":
+				o = queue.RejectPublish
+			case "reject-publish-dlx":
+				o = queue.RejectPublishDLX
+			default:
+				err = keyErr(dkey, "%v is not one of drop-head, reject-publish, reject-publish-dlx", v)
+			}
+			cp.overflow = &o
+		case "dead-letter-exchange":
+			cp.dlx, err = strVal()
+		case "dead-letter-routing-key":
+			cp.dlrk, err = strVal()
+		case "alternate-exchange":
+			cp.alternateExchange, err = strVal()
+		default:
+			if !ignoredPolicyKeys[k] {
+				return nil, nil, keyErr(dkey, "unknown policy key")
+			}
+			warnings = append(warnings, fmt.Sprintf("%s: policy key %q accepted but has no effect in Warren", key, k))
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+	}
+	return cp, warnings, nil
+}
+
+// policyInt accepts the integer forms YAML and JSON decoders produce.
+func policyInt(v any) (int64, bool) {
+	switch n := v.(type) {
+	case float64:
+		if n != math.Trunc(n) || math.Abs(n) > 1<<53 {
+			return 0, false
+		}
+		return int64(n), true
+	case json.Number:
+		i, err := n.Int64()
+		return i, err == nil
+	case uint64:
+		if n > math.MaxInt64 {
+			return 0, false
+		}
+		return int64(n), true
+	}
+	return intArg(v)
+}
+
+func policyFloat(v any) (float64, bool) {
+	switch n := v.(type) {
+	case float64:
+		return n, true
+	case json.Number:
+		f, err := n.Float64()
+		return f, err == nil
+	}
+	i, ok := policyInt(v)
+	return float64(i), ok
+}
+
+// matchQueue returns the policy that applies to a queue: of the matching ones, the highest
+// priority (then the first by name). RabbitMQ applies one policy at a time; so does Warren.
+func matchQueue(ps []*policy, name string, quorum bool) *policy {
+	for _, p := range ps {
+		switch p.applyTo {
+		case "exchanges", "streams":
+			continue
+		case "classic_queues":
+			if quorum {
+				continue
+			}
+		case "quorum_queues":
+			if !quorum {
+				continue
+			}
+		}
+		if p.re.MatchString(name) {
+			return p
+		}
+	}
+	return nil
+}
+
+func matchExchange(ps []*policy, name string) *policy {
+	for _, p := range ps {
+		if (p.applyTo == "all" || p.applyTo == "exchanges") && p.re.MatchString(name) {
+			return p
+		}
+	}
+	return nil
+}
+
+// dlConfig is a queue's effective dead-letter target; a nil *dlConfig means none.
+type dlConfig struct {
+	exchange   string
+	routingKey *string
+}
+
+// effective is what a queue runs with: its arguments combined with its policy.
+type effective struct {
+	opts    queue.Options
+	dl      *dlConfig
+	expires time.Duration
+	policy  string
+}
+
+// combine applies RabbitMQ's precedence between a queue's arguments and its policy: for
+// message-ttl, expires, max-length, max-length-bytes and delivery-limit the lower value wins; for
+// dead-letter-exchange, dead-letter-routing-key and overflow (and Warren's redelivery settings) the
+// argument wins.
+func combine(spec queueSpec, args amqp.Table, p *policy) effective {
+	e := effective{opts: spec.opts, expires: spec.expires}
+	if spec.hasDLX {
+		e.dl = &dlConfig{exchange: spec.dlx, routingKey: spec.dlrk}
+	}
+	if p == nil {
+		return e
+	}
+	e.policy = p.name
+	lower := func(arg *int64, pol int64) {
+		if pol >= 0 && (*arg < 0 || pol < *arg) {
+			*arg = pol
+		}
+	}
+	ttl := int64(-1)
+	if e.opts.MessageTTL >= 0 {
+		ttl = e.opts.MessageTTL.Milliseconds()
+	}
+	lower(&ttl, p.messageTTL)
+	if ttl >= 0 {
+		e.opts.MessageTTL = time.Duration(ttl) * time.Millisecond
+	}
+	lower(&e.opts.MaxLength, p.maxLength)
+	lower(&e.opts.MaxLengthBytes, p.maxLengthBytes)
+	lower(&e.opts.DeliveryLimit, p.deliveryLimit)
+	if p.expires > 0 && (e.expires <= 0 || time.Duration(p.expires)*time.Millisecond < e.expires) {
+		e.expires = time.Duration(p.expires) * time.Millisecond
+	}
+	if _, set := args["x-overflow"]; !set && p.overflow != nil {
+		e.opts.Overflow = *p.overflow
+	}
+	if _, set := args["x-redelivery-delay"]; !set && p.redeliveryDelay >= 0 {
+		e.opts.RedeliveryDelay = time.Duration(p.redeliveryDelay) * time.Millisecond
+	}
+	if _, set := args["x-redelivery-max-delay"]; !set && p.redeliveryMaxDelay >= 0 {
+		e.opts.RedeliveryMaxDelay = time.Duration(p.redeliveryMaxDelay) * time.Millisecond
+	}
+	if _, set := args["x-redelivery-backoff"]; !set && p.redeliveryBackoff > 0 {
+		e.opts.RedeliveryBackoff = p.redeliveryBackoff
+	}
+	if e.dl == nil && p.dlx != nil {
+		e.dl = &dlConfig{exchange: *p.dlx}
+	}
+	if e.dl != nil && e.dl.routingKey == nil && p.dlrk != nil {
+		e.dl.routingKey = p.dlrk
+	}
+	return e
+}
+
+// effectiveLocked is a queue's settings under the vhost's current policies; call with v.mu held.
+func (v *vhost) effectiveLocked(name string, spec queueSpec, args amqp.Table) effective {
+	return combine(spec, args, matchQueue(v.policies, name, spec.quorum))
+}
+
+// alternateLocked is an exchange's effective alternate exchange: the argument wins over a policy.
+func (v *vhost) alternateLocked(ex *exchangeState) string {
+	if ae, ok := ex.args["alternate-exchange"].(string); ok {
+		return ae
+	}
+	if ex.name == "" {
+		return ""
+	}
+	if p := matchExchange(v.policies, ex.name); p != nil && p.alternateExchange != nil {
+		return *p.alternateExchange
+	}
+	return ""
+}
+
+// setPolicies installs a vhost's policies and re-applies them to every queue and exchange, as
+// RabbitMQ does when a policy is set, changed or cleared.
+func (v *vhost) setPolicies(ps []*policy) {
+	type change struct {
+		qs   *queueState
+		opts queue.Options
+	}
+	var changes []change
+	v.mu.Lock()
+	v.policies = ps
+	for _, ex := range v.exchanges {
+		if ex.router != nil {
+			ex.alternate = v.alternateLocked(ex)
+		}
+	}
+	for _, qs := range v.queues {
+		e := v.effectiveLocked(qs.name, qs.spec, qs.args)
+		qs.dl.Store(e.dl)
+		qs.policy = e.policy
+		if e.expires != qs.expires {
+			qs.expires = e.expires
+			if qs.expiryTimer != nil {
+				qs.expiryTimer.Stop()
+				qs.expiryTimer = nil
+			}
+			v.touchLocked(qs)
+		}
+		if e.opts != qs.q.Options() {
+			changes = append(changes, change{qs, e.opts})
+		}
+	}
+	v.mu.Unlock()
+	// Outside the lock: a lowered limit drops messages, and dead-lettering them takes v.mu.
+	for _, ch := range changes {
+		ch.qs.q.SetOptions(ch.opts)
+	}
+}
+
+// policyNames lists the policies by name for log lines.
+func policyNames(ps []*policy) string {
+	names := make([]string, len(ps))
+	for i, p := range ps {
+		names[i] = p.name
+	}
+	return strings.Join(names, ",")
+}

@@ -1,0 +1,177 @@
+package server
+
+import (
+	"fmt"
+	"time"
+
+	"warren/amqp"
+)
+
+// Reload applies a new configuration to the running broker: users, loopback users, permissions,
+// vhosts and their limits, user and connection limits, policies, tuning values offered to new
+// connections (frame_max, channel_max, heartbeat, handshake timeout, max message size), TLS
+// certificates, and the declared topology. An invalid cfg changes nothing and returns the error.
+//
+// Live connections see the change at once: the next operation is checked against the new
+// permissions. As in RabbitMQ, the connections of a user or vhost that is no longer configured
+// are closed with 320 CONNECTION_FORCED ("user 'u' is deleted"); a user whose permissions on the
+// vhost were removed keeps the connection but is refused (403) on anything that needs a
+// permission. Stored data of a removed vhost is kept, and comes back with the vhost.
+//
+// amqp.listen, storage.dir, tls.listen (or turning TLS on or off) and the resource alarm
+// settings need a restart; changes to them are logged and otherwise ignored.
+func (s *Server) Reload(cfg Config) error {
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	rt, err := compile(&cfg)
+	if err != nil {
+		return err
+	}
+	old := s.rt.Load()
+	rt.gen = old.gen + 1
+	if restart := s.restartKeys(&cfg); len(restart) > 0 {
+		s.log.Warn("config reload: changed settings need a restart to take effect", "keys", restart)
+	}
+	if s.cfg.TLS.Enabled() != cfg.TLS.Enabled() {
+		rt.tls = old.tls // the listener runs (or not) as started
+	}
+	for _, w := range rt.warnings {
+		s.log.Warn("config: " + w)
+	}
+
+	// Vhosts first, so that a connection.open that sees the new permissions finds its vhost.
+	s.vhMu.Lock()
+	var gone []string
+	for name, v := range s.vhosts {
+		if rt.vhosts[name] == nil {
+			delete(s.vhosts, name)
+			s.retired[name] = v
+			gone = append(gone, name)
+		}
+	}
+	for name := range rt.vhosts {
+		if s.vhosts[name] != nil {
+			continue
+		}
+		if v := s.retired[name]; v != nil {
+			delete(s.retired, name)
+			s.vhosts[name] = v
+		} else {
+			s.vhosts[name] = newVHost(s, name, nil)
+		}
+	}
+	vhosts := make([]*vhost, 0, len(s.vhosts))
+	for _, v := range s.vhosts {
+		vhosts = append(vhosts, v)
+	}
+	s.vhMu.Unlock()
+	s.rt.Store(rt)
+
+	closed := s.closeRemoved(old, rt, gone)
+	for _, v := range vhosts {
+		v.setPolicies(rt.policies[v.name])
+	}
+	errs := s.declareTopology(&cfg)
+	for _, e := range errs {
+		s.log.Error("config reload: declared topology", "err", e)
+	}
+	s.log.Info("config reloaded", "users", len(rt.users), "vhosts", len(rt.vhosts), "permissions", len(rt.perms),
+		"policies", len(cfg.Policies), "connections_closed", closed, "topology_errors", len(errs))
+	return nil
+}
+
+// restartKeys lists the settings in cfg that differ from the running ones but need a restart.
+func (s *Server) restartKeys(cfg *Config) []string {
+	var keys []string
+	add := func(changed bool, key string) {
+		if changed {
+			keys = append(keys, key)
+		}
+	}
+	add(cfg.Listen != s.cfg.Listen, "amqp.listen")
+	add(cfg.DataDir != s.cfg.DataDir, "storage.dir")
+	add(cfg.TLS.Listen != s.cfg.TLS.Listen || cfg.TLS.Enabled() != s.cfg.TLS.Enabled(), "tls.listen")
+	add(cfg.MemoryHighWatermark != s.cfg.MemoryHighWatermark, "memory.high_watermark")
+	add(cfg.MemoryLimit != s.cfg.MemoryLimit, "memory.limit")
+	add(cfg.DiskFreeLimit != s.cfg.DiskFreeLimit, "disk.free_limit")
+	return keys
+}
+
+// closeRemoved closes, with 320 CONNECTION_FORCED, the connections of users and vhosts that the
+// new configuration no longer has, and returns how many.
+func (s *Server) closeRemoved(old, rt *runtimeConfig, goneVHosts []string) int {
+	gone := map[string]bool{}
+	for _, name := range goneVHosts {
+		gone[name] = true
+	}
+	type victim struct {
+		c    *conn
+		text string
+	}
+	var victims []victim
+	s.mu.Lock()
+	for c := range s.openConns {
+		switch {
+		case old.users[c.user] != nil && rt.users[c.user] == nil:
+			victims = append(victims, victim{c, fmt.Sprintf("user '%s' is deleted", c.user)})
+		case gone[c.vhost.name]:
+			victims = append(victims, victim{c, fmt.Sprintf("vhost '%s' is deleted", c.vhost.name)})
+		}
+	}
+	s.mu.Unlock()
+	for _, v := range victims {
+		v.c.log.Info("closing connection: " + v.text)
+		v.c.forceClose(amqp.Errorf(amqp.ConnectionForced, "%s", v.text))
+	}
+	return len(victims)
+}
+
+// forceClose sends connection.close from outside the reader goroutine; the reader then only waits
+// for close-ok, and a deadline ends it if the client never answers.
+func (c *conn) forceClose(e *amqp.Error) {
+	c.sendClose(e)
+	_ = c.nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+}
+
+// declareTopology declares the configured exchanges, queues and bindings that do not exist yet,
+// as the broker itself (no permission checks, no queue limit). Existing ones must be equivalent.
+// It returns one error per declaration that failed, naming the configuration entry.
+func (s *Server) declareTopology(cfg *Config) []error {
+	var errs []error
+	fail := func(key, what string, e *amqp.Error) {
+		errs = append(errs, &ConfigError{Key: key, Err: fmt.Errorf("%s: %s", what, e.Text)})
+	}
+	for i, x := range cfg.Exchanges {
+		v := s.vhost(x.VHost)
+		if v == nil {
+			continue // checked by compile; a vhost can only be missing in a race with Reload
+		}
+		m := &amqp.ExchangeDeclare{Exchange: x.Name, Type: x.Type, Durable: x.Durable, AutoDelete: x.AutoDelete, Internal: x.Internal, Arguments: x.Arguments}
+		if e := v.declareExchange(nil, m); e != nil {
+			fail(fmt.Sprintf("exchanges[%d]", i), fmt.Sprintf("exchange '%s' in vhost '%s'", x.Name, x.VHost), e)
+		}
+	}
+	for i, q := range cfg.Queues {
+		v := s.vhost(q.VHost)
+		if v == nil {
+			continue
+		}
+		m := &amqp.QueueDeclare{Queue: q.Name, Durable: q.Durable, AutoDelete: q.AutoDelete, Arguments: q.Arguments}
+		if _, e := v.declareQueue(nil, m); e != nil {
+			fail(fmt.Sprintf("queues[%d]", i), fmt.Sprintf("queue '%s' in vhost '%s'", q.Name, q.VHost), e)
+		}
+	}
+	for i, b := range cfg.Bindings {
+		v := s.vhost(b.VHost)
+		if v == nil {
+			continue
+		}
+		if e := v.bind(nil, b.Source, b.Destination, b.DestinationType == "exchange", b.RoutingKey, b.Arguments); e != nil {
+			fail(fmt.Sprintf("bindings[%d]", i), fmt.Sprintf("binding '%s' -> '%s' in vhost '%s'", b.Source, b.Destination, b.VHost), e)
+		}
+	}
+	return errs
+}
