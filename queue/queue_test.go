@@ -1341,17 +1341,22 @@ func TestClockOnlyWhenSomethingCanExpire(t *testing.T) {
 	tests := []struct {
 		name     string
 		opts     Options
-		expiring bool // push one message with an expiration first
+		policy   *Options // set with SetOptions after creation (a policy)
+		expiring bool     // push one message with an expiration first
 		wantRead bool
 	}{
-		{"no limits", NoLimits(), false, false},
-		{"queue ttl", ttl, false, true},
-		{"redelivery delay", delay, false, true},
-		{"one message expiration", NoLimits(), true, true},
+		{"no limits", NoLimits(), nil, false, false},
+		{"queue ttl", ttl, nil, false, true},
+		{"redelivery delay", delay, nil, false, true},
+		{"ttl from a policy", NoLimits(), &ttl, false, true},
+		{"one message expiration", NoLimits(), nil, true, true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			q, _, clk := newTestQueue(tc.opts)
+			if tc.policy != nil {
+				q.SetOptions(*tc.policy)
+			}
 			var reads atomic.Int64
 			q.now = func() int64 { reads.Add(1); return clk.now() }
 			if tc.expiring {
