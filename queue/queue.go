@@ -168,8 +168,9 @@ type Queue struct {
 	timer     *time.Timer
 	timerAt   int64
 
-	seq uint64 // last reserved sequence number; guarded by mu
-	now func() int64
+	seq       uint64 // last reserved sequence number; guarded by mu
+	delivered uint64 // entries consumers accepted, ever; guarded by mu
+	now       func() int64
 	// timed is set once anything in the queue can expire or wait (a TTL, a redelivery delay, an
 	// entry with an expiry); until then clock skips reading the time. Guarded by mu.
 	timed bool
@@ -337,6 +338,7 @@ func (q *Queue) offer(e *Entry) bool {
 		default:
 			continue
 		}
+		q.delivered++
 		q.rr = (idx + 1) % n
 		return true
 	}
@@ -656,6 +658,14 @@ func (q *Queue) Stats() Stats {
 	q.mu.Unlock()
 	q.emit(d)
 	return s
+}
+
+// Delivered returns how many entries consumers have accepted since the queue was created: a
+// number that moves while the queue is being drained (flow control watches it).
+func (q *Queue) Delivered() uint64 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.delivered
 }
 
 // Counts returns the queue's counters without expiring anything, for callers that must not

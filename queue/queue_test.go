@@ -1383,3 +1383,17 @@ func btoi(b bool) int {
 	}
 	return 0
 }
+
+// Delivered counts what consumers accepted, not what they refused or what basic.get took.
+func TestDelivered(t *testing.T) {
+	q, _, _ := newTestQueue(NoLimits())
+	c := newConsumer("c", 3)
+	q.AddConsumer(c)
+	pushN(t, q, 5, 1)
+	if _, _, ok := q.Get(true); !ok {
+		t.Fatal("get found nothing")
+	}
+	if got := q.Delivered(); got != 3 {
+		t.Fatalf("Delivered = %d, want 3 (credit 3; the busy offers and the get do not count)", got)
+	}
+}

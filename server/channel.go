@@ -70,6 +70,7 @@ type channel struct {
 	rb         routeBuf
 	entryBuf   []*queue.Entry // enqueue's reusable entry buffer
 	settleBuf  []delivery     // settle's reusable delivery buffer
+	pubCount   uint64         // publishes, for flowCheck
 	confirm    bool
 	publishSeq uint64
 	confirms   confirmTracker
@@ -542,6 +543,7 @@ func (ch *channel) finishPublish() *amqp.Error {
 	if seq != 0 && (refused || !needsDisk(msg, targets)) {
 		ch.confirms.settle(seq, refused, ch.writeConfirms)
 	}
+	ch.flowCheck(targets)
 	return nil
 }
 
