@@ -32,6 +32,8 @@ type settings struct {
 	LogLevel   slog.Level
 	LogFormat  string // "text" or "json"
 	ConfigFile string // the file actually read; "" when none
+	// PprofListen is the address of the net/http/pprof endpoint; "" (the default) serves none.
+	PprofListen string
 	// LoadDefinitions is a RabbitMQ definitions file merged into the configuration at start-up
 	// and on every reload (RabbitMQ's load_definitions).
 	LoadDefinitions string
@@ -244,6 +246,18 @@ var keys = []key{
 		default:
 			return fmt.Errorf("%q is not one of debug, info, warn, error", v)
 		}
+		return nil
+	}},
+	{name: "debug.pprof_listen", set: func(s *settings, raw any) error {
+		v, err := toString(raw)
+		if err != nil || v == "" {
+			s.PprofListen = ""
+			return err
+		}
+		if _, _, err := net.SplitHostPort(v); err != nil {
+			return fmt.Errorf("%q is not host:port", v)
+		}
+		s.PprofListen = v
 		return nil
 	}},
 	{name: "log.format", set: func(s *settings, raw any) error {

@@ -155,6 +155,15 @@ log:
 			},
 		},
 		{
+			name: "pprof endpoint from file, off by default",
+			args: []string{"-config", writeConfig(t, "debug:\n  pprof_listen: 127.0.0.1:6060\n")},
+			check: func(t *testing.T, s settings) {
+				if s.PprofListen != "127.0.0.1:6060" || defaultSettings().PprofListen != "" {
+					t.Errorf("pprof_listen = %q, default %q", s.PprofListen, defaultSettings().PprofListen)
+				}
+			},
+		},
+		{
 			name: "users from env as YAML flow list",
 			env:  map[string]string{"WARREN_USERS": "[{name: ops, password: pw, tags: [administrator]}, {name: bot, password: 123}]"},
 			check: func(t *testing.T, s settings) {
@@ -212,6 +221,7 @@ func TestLoadConfigErrors(t *testing.T) {
 		{name: "max_message_size zero", file: "limits:\n  max_message_size: 0\n", want: []string{"limits.max_message_size: 0 is below 1"}},
 		{name: "bad log level", file: "log:\n  level: verbose\n", want: []string{`config: log.level: "verbose" is not one of debug, info, warn, error`}},
 		{name: "bad log format", env: map[string]string{"WARREN_LOG_FORMAT": "xml"}, want: []string{`config: log.format: "xml" is not one of text, json`}},
+		{name: "bad pprof listen", env: map[string]string{"WARREN_DEBUG_PPROF_LISTEN": "6060"}, want: []string{`config: debug.pprof_listen: "6060" is not host:port`}},
 		{name: "bad duration", file: "limits:\n  handshake_timeout: soon\n", want: []string{`config: limits.handshake_timeout: "soon" is not a duration`}},
 		{name: "duration without unit", file: "limits:\n  handshake_timeout: 10\n", want: []string{`limits.handshake_timeout: "10" is not a duration`}},
 		{name: "negative duration", file: "limits:\n  handshake_timeout: -1s\n", want: []string{"limits.handshake_timeout: -1s must be positive"}},

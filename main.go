@@ -15,9 +15,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"warren/bench"
 	"warren/server"
@@ -65,6 +69,15 @@ func run(args []string, lookupEnv func(string) (string, bool), stderr io.Writer,
 		fmt.Fprintln(stderr, "warren: start:", err)
 		_ = srv.Close() // releases the store that New opened
 		return 1
+	}
+	if cfg.PprofListen != "" {
+		stop, err := servePprof(cfg.PprofListen, logger)
+		if err != nil {
+			fmt.Fprintln(stderr, "warren: debug.pprof_listen:", err)
+			_ = srv.Close()
+			return 1
+		}
+		defer stop()
 	}
 	attrs := []any{"addr", srv.Addr().String(), "data_dir", cfg.Server.DataDir}
 	if cfg.Server.DataDir == "" {
@@ -115,6 +128,25 @@ func run(args []string, lookupEnv func(string) (string, bool), stderr io.Writer,
 	}
 	logger.Info("stopped")
 	return 0
+}
+
+// servePprof serves net/http/pprof's profiles on addr (debug.pprof_listen) until stop is called.
+// The endpoint has no authentication: bind it to a loopback address.
+func servePprof(addr string, logger *slog.Logger) (stop func(), err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = hs.Serve(ln) }()
+	logger.Info("pprof ready", "addr", ln.Addr().String())
+	return func() { _ = hs.Close() }, nil
 }
 
 // reload re-reads the configuration as at start-up (same flags and environment) and applies it.

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -190,6 +191,36 @@ func TestRun(t *testing.T) {
 			}
 		case <-time.After(10 * time.Second):
 			t.Fatal("run did not return 10s after the signal")
+		}
+	})
+
+	t.Run("pprof endpoint", func(t *testing.T) {
+		pr, pw := io.Pipe()
+		signals := make(chan os.Signal, 1)
+		code := make(chan int, 1)
+		env := envMap(map[string]string{"WARREN_DEBUG_PPROF_LISTEN": "127.0.0.1:0"})
+		go func() {
+			code <- run([]string{"-listen", "127.0.0.1:0", "-data-dir", ""}, env, pw, signals)
+			pw.Close()
+		}()
+		var log lockedBuffer
+		waitReady(t, pr, &log) // the pprof line comes first
+		m := regexp.MustCompile(`msg="pprof ready" addr=(\S+)`).FindStringSubmatch(log.String())
+		if m == nil {
+			t.Fatalf("no pprof ready line:\n%s", log.String())
+		}
+		resp, err := http.Get("http://" + m[1] + "/debug/pprof/heap?debug=1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "heap profile") {
+			t.Errorf("GET heap profile: %s\n%.200s", resp.Status, body)
+		}
+		signals <- syscall.SIGINT
+		if c := <-code; c != 0 {
+			t.Fatalf("exit code %d, want 0", c)
 		}
 	})
 

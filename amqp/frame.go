@@ -1,7 +1,6 @@
 package amqp
 
 import (
-	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -31,20 +30,38 @@ type Frame struct {
 // frame_max cannot make the reader allocate gigabytes up front.
 const readChunk = 64 << 10
 
+// Read buffer sizing: a FrameReader starts with minReadBuf bytes and grows
+// (doubling, up to its maximum) whenever a read fills the buffer, i.e. when
+// the peer sends faster than frames are consumed. After shrinkAfter reads in
+// a row of at most smallRead bytes (heartbeats, acks, a trickle of small
+// messages) it drops back to minReadBuf, so an idle connection holds 1 KiB,
+// not the buffer of its busiest moment.
+const (
+	minReadBuf  = 1 << 10
+	smallRead   = 512
+	shrinkAfter = 4
+)
+
 // FrameReader reads frames from a byte stream. It is not safe for
 // concurrent use; one connection reader goroutine owns it.
 type FrameReader struct {
-	br  *bufio.Reader
-	max uint32
-	buf []byte // for frames larger than the bufio buffer
+	rd     io.Reader
+	buf    []byte // buf[r:w] holds bytes read but not yet returned
+	r, w   int
+	maxBuf int
+	small  int   // consecutive reads that used little of a grown buffer
+	err    error // sticky read error, returned once the buffered bytes are used up
+	max    uint32
+	big    []byte // for frames larger than maxBuf
 }
 
-// NewFrameReader returns a FrameReader reading from r through a
-// bufio.Reader of bufSize bytes. Frames that fit in that buffer are returned
-// without being copied, so bufSize should exceed the usual frame size
-// (frame_max is 128 KiB by default).
+// NewFrameReader returns a FrameReader reading from r with a read buffer of
+// up to bufSize bytes (it starts smaller and grows under load). Frames that
+// fit in that buffer are returned without being copied, so bufSize should
+// exceed the usual frame size (frame_max is 128 KiB by default).
 func NewFrameReader(r io.Reader, bufSize int) *FrameReader {
-	return &FrameReader{br: bufio.NewReaderSize(r, bufSize)}
+	bufSize = max(bufSize, 16)
+	return &FrameReader{rd: r, buf: make([]byte, min(bufSize, minReadBuf)), maxBuf: bufSize}
 }
 
 // SetMaxFrameSize sets the largest frame accepted, FrameOverhead included
@@ -55,7 +72,71 @@ func (r *FrameReader) SetMaxFrameSize(n uint32) { r.max = n }
 // Buffered returns the number of bytes read from the connection but not
 // yet returned as frames, so a writer can tell whether more input is
 // already waiting.
-func (r *FrameReader) Buffered() int { return r.br.Buffered() }
+func (r *FrameReader) Buffered() int { return r.w - r.r }
+
+// BufferSize returns the current size of the read buffer.
+func (r *FrameReader) BufferSize() int { return len(r.buf) }
+
+// fill makes at least n bytes (n <= maxBuf) available in buf[r:w], reading
+// as little as once per call when the peer is quick.
+func (r *FrameReader) fill(n int) error {
+	for r.w-r.r < n {
+		if r.err != nil {
+			return r.err
+		}
+		if len(r.buf) < n {
+			size := len(r.buf)
+			for size < n {
+				size *= 2
+			}
+			r.resize(min(size, r.maxBuf))
+		} else if free := len(r.buf) - r.w; r.r > 0 && (free < n-(r.w-r.r) || free < len(r.buf)/2) {
+			// Move the unread bytes to the front, so the read gets (at least) half the buffer.
+			r.w = copy(r.buf, r.buf[r.r:r.w])
+			r.r = 0
+		}
+		free := len(r.buf) - r.w
+		m, err := r.rd.Read(r.buf[r.w:])
+		if m < 0 || m > free {
+			m, err = 0, errors.New("amqp: reader returned an invalid count")
+		}
+		r.w += m
+		r.err = err
+		switch {
+		case m == free && len(r.buf) < r.maxBuf:
+			// The peer had more than fitted: grow for the next read.
+			r.resize(min(2*len(r.buf), r.maxBuf))
+			r.small = 0
+		case len(r.buf) > minReadBuf && m <= smallRead:
+			r.small++
+		default:
+			r.small = 0
+		}
+	}
+	return nil
+}
+
+// resize moves the unread bytes into a new buffer of size bytes.
+func (r *FrameReader) resize(size int) {
+	nb := make([]byte, max(size, r.w-r.r))
+	r.w = copy(nb, r.buf[r.r:r.w])
+	r.r = 0
+	r.buf = nb
+}
+
+// readFull copies exactly len(p) bytes, the buffered ones first.
+func (r *FrameReader) readFull(p []byte) (int, error) {
+	n := copy(p, r.buf[r.r:r.w])
+	r.r += n
+	if n == len(p) {
+		return n, nil
+	}
+	if r.err != nil {
+		return n, r.err
+	}
+	m, err := io.ReadFull(r.rd, p[n:])
+	return n + m, err
+}
 
 // ReadFrame reads the next frame. A bad frame-end octet, an unknown frame
 // type, a heartbeat with a payload or a frame over the maximum size yields
@@ -66,13 +147,16 @@ func (r *FrameReader) Buffered() int { return r.br.Buffered() }
 // payload is only allocated as its bytes arrive, never more than the
 // frame's own size.
 func (r *FrameReader) ReadFrame() (Frame, error) {
-	hdr, err := r.br.Peek(7)
-	if err != nil {
-		if len(hdr) > 0 && errors.Is(err, io.EOF) {
+	if r.r == r.w && r.small >= shrinkAfter {
+		r.buf, r.r, r.w, r.small = make([]byte, minReadBuf), 0, 0, 0
+	}
+	if err := r.fill(7); err != nil {
+		if r.w > r.r && errors.Is(err, io.EOF) {
 			err = io.ErrUnexpectedEOF
 		}
 		return Frame{}, fmt.Errorf("amqp: read frame header: %w", err)
 	}
+	hdr := r.buf[r.r : r.r+7]
 	typ := hdr[0]
 	channel := binary.BigEndian.Uint16(hdr[1:3])
 	size := binary.BigEndian.Uint32(hdr[3:7])
@@ -97,29 +181,25 @@ func (r *FrameReader) ReadFrame() (Frame, error) {
 		return Frame{}, Errorf(FrameError, "frame size %d too large for this platform", total)
 	}
 
-	// Fast path: the whole frame fits in the bufio buffer; alias it.
-	if int(total) <= r.br.Size() {
-		b, err := r.br.Peek(int(total))
-		if err != nil {
+	// Fast path: the whole frame fits in the read buffer; alias it.
+	if int(total) <= r.maxBuf {
+		if err := r.fill(int(total)); err != nil {
 			if errors.Is(err, io.EOF) {
 				err = io.ErrUnexpectedEOF
 			}
 			return Frame{}, fmt.Errorf("amqp: read frame payload: %w", err)
 		}
-		if _, err := r.br.Discard(int(total)); err != nil {
-			return Frame{}, fmt.Errorf("amqp: read frame payload: %w", err)
-		}
+		b := r.buf[r.r : r.r+int(total)]
+		r.r += int(total)
 		if end := b[total-1]; end != FrameEnd {
 			return Frame{}, Errorf(FrameError, "bad frame end octet 0x%02x", end)
 		}
 		return Frame{Type: typ, Channel: channel, Payload: b[7 : total-1 : total-1]}, nil
 	}
 
-	if _, err := r.br.Discard(7); err != nil {
-		return Frame{}, fmt.Errorf("amqp: read frame header: %w", err)
-	}
+	r.r += 7
 	need := int(size) + 1
-	buf := r.buf[:0]
+	buf := r.big[:0]
 	for len(buf) < need {
 		n := min(need-len(buf), readChunk)
 		if cap(buf)-len(buf) < n {
@@ -129,21 +209,33 @@ func (r *FrameReader) ReadFrame() (Frame, error) {
 			copy(nb, buf)
 			buf = nb
 		}
-		m, err := io.ReadFull(r.br, buf[len(buf):len(buf)+n])
+		m, err := r.readFull(buf[len(buf) : len(buf)+n])
 		buf = buf[:len(buf)+m]
 		if err != nil {
-			r.buf = buf
+			r.big = buf
 			if errors.Is(err, io.EOF) {
 				err = io.ErrUnexpectedEOF
 			}
 			return Frame{}, fmt.Errorf("amqp: read frame payload: %w", err)
 		}
 	}
-	r.buf = buf
+	r.big = buf
 	if end := buf[need-1]; end != FrameEnd {
 		return Frame{}, Errorf(FrameError, "bad frame end octet 0x%02x", end)
 	}
 	return Frame{Type: typ, Channel: channel, Payload: buf[: need-1 : need-1]}, nil
+}
+
+// ReadNonHeartbeat reads frames until one that is not a heartbeat, for the
+// phases of a connection (handshake, synchronous requests) that only wait
+// for a method.
+func (r *FrameReader) ReadNonHeartbeat() (Frame, error) {
+	for {
+		f, err := r.ReadFrame()
+		if err != nil || f.Type != FrameHeartbeat {
+			return f, err
+		}
+	}
 }
 
 // AppendFrame appends a frame of the given type carrying payload.
@@ -158,10 +250,9 @@ func AppendFrame(dst []byte, typ byte, channel uint16, payload []byte) []byte {
 // (no intermediate buffer).
 func AppendMethodFrame(dst []byte, channel uint16, m Method) []byte {
 	start := len(dst)
-	dst = append(dst, FrameMethod, byte(channel>>8), byte(channel), 0, 0, 0, 0)
+	dst = BeginMethodFrame(dst, channel)
 	dst = m.Append(dst)
-	binary.BigEndian.PutUint32(dst[start+3:], uint32(len(dst)-start-7))
-	return append(dst, FrameEnd)
+	return EndMethodFrame(dst, start)
 }
 
 // AppendHeartbeat appends a heartbeat frame (type 8, channel 0, empty).

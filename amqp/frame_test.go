@@ -269,6 +269,17 @@ func TestZeroAllocs(t *testing.T) {
 		{"AppendMethodFrame", func() { buf = AppendMethodFrame(buf[:0], 1, deliver) }},
 		{"AppendContent", func() { buf = AppendContent(buf[:0], 1, header, body, 4096) }},
 		{"AppendHeartbeat", func() { buf = AppendHeartbeat(buf[:0]) }},
+		{"BeginMethodFrame+Append+EndMethodFrame", func() {
+			buf = BeginMethodFrame(buf[:0], 1)
+			d := BasicDeliver{ConsumerTag: "ctag", DeliveryTag: 99, Exchange: "x", RoutingKey: "k"}
+			buf = d.Append(buf)
+			buf = EndMethodFrame(buf, 0)
+		}},
+		{"ScanBasicPublish", func() {
+			if _, ok := ScanBasicPublish([]byte{0, 60, 0, 40, 0, 0, 1, 'x', 1, 'k', 0}); !ok {
+				t.Fatal("not scanned")
+			}
+		}},
 		{"ScanContentHeader", func() {
 			if _, err := ScanContentHeader(header); err != nil {
 				t.Fatal(err)
@@ -287,5 +298,76 @@ func TestZeroAllocs(t *testing.T) {
 				t.Fatalf("%v allocs per run", n)
 			}
 		})
+	}
+}
+
+// chunkReader returns its chunks one per Read call (a chunk larger than p is split).
+type chunkReader struct{ chunks [][]byte }
+
+func (c *chunkReader) Read(p []byte) (int, error) {
+	if len(c.chunks) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, c.chunks[0])
+	if c.chunks[0] = c.chunks[0][n:]; len(c.chunks[0]) == 0 {
+		c.chunks = c.chunks[1:]
+	}
+	return n, nil
+}
+
+// The read buffer starts small, grows while reads fill it and drops back once reads are small:
+// an idle connection must not hold the maximum.
+func TestFrameReaderBufferSize(t *testing.T) {
+	frame := AppendFrame(nil, FrameBody, 1, make([]byte, 1000))
+	var burst []byte
+	for len(burst) < 1<<20 {
+		burst = append(burst, frame...)
+	}
+	src := &chunkReader{chunks: [][]byte{burst}}
+	for i := 0; i < 10; i++ { // 1 KiB messages one by one: not small enough to shrink
+		src.chunks = append(src.chunks, frame)
+	}
+	for i := 0; i < 10; i++ { // then heartbeats only
+		src.chunks = append(src.chunks, AppendHeartbeat(nil))
+	}
+	fr := NewFrameReader(src, 128<<10)
+	if got := fr.BufferSize(); got != minReadBuf {
+		t.Fatalf("initial buffer %d, want %d", got, minReadBuf)
+	}
+	peak, beforeHeartbeats := 0, 0
+	for n := 0; ; n++ {
+		f, err := fr.ReadFrame()
+		if f.Type == FrameHeartbeat && beforeHeartbeats == 0 {
+			beforeHeartbeats = fr.BufferSize() // after the first heartbeat's read
+		}
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil || (f.Type == FrameBody && len(f.Payload) != 1000) {
+			t.Fatalf("frame %d: %v", n, err)
+		}
+		peak = max(peak, fr.BufferSize())
+	}
+	if beforeHeartbeats != 128<<10 {
+		t.Errorf("buffer %d while 1 KiB messages trickled in, want it kept at %d", beforeHeartbeats, 128<<10)
+	}
+	if peak != 128<<10 {
+		t.Errorf("buffer peaked at %d during the burst, want %d", peak, 128<<10)
+	}
+	if got := fr.BufferSize(); got != minReadBuf {
+		t.Errorf("buffer %d after the heartbeats, want %d", got, minReadBuf)
+	}
+}
+
+func TestReadNonHeartbeat(t *testing.T) {
+	stream := AppendHeartbeat(AppendHeartbeat(nil))
+	stream = AppendMethodFrame(stream, 2, &BasicAck{DeliveryTag: 5})
+	fr := NewFrameReader(bytes.NewReader(stream), 4096)
+	f, err := fr.ReadNonHeartbeat()
+	if err != nil || f.Type != FrameMethod || f.Channel != 2 {
+		t.Fatalf("got %+v, %v; want the method frame on channel 2", f, err)
+	}
+	if _, err := fr.ReadNonHeartbeat(); !errors.Is(err, io.EOF) {
+		t.Fatalf("at end: %v, want EOF", err)
 	}
 }

@@ -1,7 +1,10 @@
 // Package bench is Warren's load generator, a PerfTest-like tool that speaks
-// plain AMQP 0-9-1 through amqp091-go so the same numbers can be taken against
-// Warren and against RabbitMQ (`warren bench -h` lists the flags; compare.sh
-// runs the Warren/RabbitMQ matrix).
+// plain AMQP 0-9-1, so the same numbers can be taken against Warren and
+// against RabbitMQ (`warren bench -h` lists the flags; compare.sh runs the
+// Warren/RabbitMQ matrix). Producers, consumers and churn use the bench's own
+// lean client (leanConn) by default, or amqp091-go with -client amqp091;
+// topology (declare, bind, delete), idle-conns and queues mode always use
+// amqp091-go.
 //
 // Modes (-mode):
 //
@@ -37,8 +40,10 @@ import (
 	"io"
 	"net/url"
 	"os"
+	"runtime/pprof"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -70,7 +75,37 @@ type Config struct {
 	Conns       int
 	Count       int
 	Quiet       bool
-	Coalesce    bool // batch producer/consumer socket writes (see coalescingConn)
+	Coalesce    bool   // batch producer/consumer socket writes (see coalescingConn)
+	Client      string // "lean" (leanConn) or "amqp091" for producers, consumers and churn
+	BrokerPID   int    // if > 0: sample this local process's RSS (see Result.RSS)
+	CPUProfile  string // write the load generator's own CPU profile here
+
+	server *serverInfo // what the broker said about itself; set by Run
+}
+
+// serverInfo records the broker's product and version from connection.start.
+type serverInfo struct {
+	mu   sync.Mutex
+	name string
+}
+
+func (s *serverInfo) set(props map[string]any) {
+	if s == nil {
+		return
+	}
+	product, _ := props["product"].(string)
+	version, _ := props["version"].(string)
+	s.mu.Lock()
+	if s.name == "" {
+		s.name = strings.TrimSpace(product + " " + version)
+	}
+	s.mu.Unlock()
+}
+
+func (s *serverInfo) get() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.name
 }
 
 var modes = map[string]bool{"throughput": true, "churn": true, "idle-conns": true, "queues": true}
@@ -103,7 +138,10 @@ func ParseFlags(args []string, out io.Writer) (Config, error) {
 	fs.IntVar(&c.Conns, "conns", 100, "idle-conns mode: connections to open")
 	fs.IntVar(&c.Count, "count", 1000, "queues mode: queues to declare")
 	fs.BoolVar(&c.Quiet, "quiet", false, "no live per-second lines")
-	fs.BoolVar(&c.Coalesce, "coalesce", true, "batch producer/consumer socket writes instead of one write(2) per publish")
+	fs.BoolVar(&c.Coalesce, "coalesce", true, "with -client amqp091: batch producer/consumer socket writes instead of one write(2) per publish")
+	fs.IntVar(&c.BrokerPID, "broker-pid", 0, "PID of the broker when it runs on this host: report its RSS before the run and at the measurement point")
+	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write the load generator's own CPU profile (pprof) to this file, to check it is not the bottleneck")
+	fs.StringVar(&c.Client, "client", "lean", "AMQP client for producers, consumers and churn: lean (the bench's own, cheap per message) or amqp091 (amqp091-go)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -130,6 +168,12 @@ func (c *Config) validate() error {
 		return errors.New("bench: -size must be >= 0")
 	case c.Confirm < 0 || c.Prefetch < 0 || c.Fanout < 0 || c.PMessages < 0 || c.Rate < 0:
 		return errors.New("bench: -confirm, -prefetch, -fanout, -pmessages and -rate must be >= 0")
+	case c.Client != "lean" && c.Client != "amqp091":
+		return fmt.Errorf("bench: unknown -client %q (lean or amqp091)", c.Client)
+	case c.BrokerPID < 0:
+		return errors.New("bench: -broker-pid must be >= 0")
+	case c.Prefetch > 65535:
+		return errors.New("bench: -prefetch must be at most 65535")
 	case c.MultiAck < 1:
 		return errors.New("bench: -multi-ack must be >= 1")
 	case !c.AutoAck && c.Prefetch > 0 && c.MultiAck > c.Prefetch:
@@ -155,6 +199,7 @@ func (c *Config) validate() error {
 type Result struct {
 	Mode       string  `json:"mode"`
 	URL        string  `json:"url"`
+	Client     string  `json:"client"`
 	Producers  int     `json:"producers,omitempty"`
 	Consumers  int     `json:"consumers,omitempty"`
 	Queues     int     `json:"queues,omitempty"`
@@ -194,6 +239,13 @@ type Result struct {
 	// LoadAvg is the host's 1-minute load average when the run ended (Linux
 	// only): a loaded host makes broker comparisons meaningless.
 	LoadAvg float64 `json:"loadavg,omitempty"`
+	// Server is the broker's product and version from connection.start.
+	Server string `json:"server,omitempty"`
+	// With -broker-pid: the broker's resident set size before the run and at the measurement
+	// point: the end of a throughput run (before queues are deleted; the top of a -pmessages
+	// backlog), all idle connections open, all queues declared.
+	RSSBefore int64 `json:"rss_before_bytes,omitempty"`
+	RSS       int64 `json:"rss_bytes,omitempty"`
 
 	Errors []string `json:"errors,omitempty"`
 }
@@ -219,10 +271,26 @@ func Run(args []string, stdout io.Writer) error {
 		return err
 	}
 	res := &Result{
-		Mode: cfg.Mode, URL: redact(cfg.URL), Producers: cfg.Producers, Consumers: cfg.Consumers,
+		Mode: cfg.Mode, URL: redact(cfg.URL), Client: cfg.Client, Producers: cfg.Producers, Consumers: cfg.Consumers,
 		Queues: cfg.Queues, Size: cfg.Size, Persistent: cfg.Persistent, Confirm: cfg.Confirm,
 		AutoAck: cfg.AutoAck, Prefetch: cfg.Prefetch, MultiAck: cfg.MultiAck, Fanout: cfg.Fanout, Rate: cfg.Rate,
 	}
+	if cfg.Mode == "idle-conns" || cfg.Mode == "queues" {
+		res.Client = "amqp091" // these modes always use amqp091-go
+	}
+	if cfg.CPUProfile != "" {
+		f, err := os.Create(cfg.CPUProfile)
+		if err != nil {
+			return fmt.Errorf("bench: -cpuprofile: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("bench: -cpuprofile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
+	}
+	cfg.server = &serverInfo{}
+	res.RSSBefore = cfg.rss()
 	live := stdout
 	if cfg.JSON || cfg.Quiet {
 		live = io.Discard
@@ -238,6 +306,7 @@ func Run(args []string, stdout io.Writer) error {
 		err = runQueues(&cfg, res)
 	}
 	res.LoadAvg = loadAvg()
+	res.Server = cfg.server.get()
 	if err != nil && res.Seconds == 0 {
 		return err // failed during setup: nothing was measured
 	}
@@ -251,6 +320,27 @@ func Run(args []string, stdout io.Writer) error {
 		printSummary(stdout, res)
 	}
 	return err
+}
+
+// rss returns the broker's resident set size in bytes (VmRSS), 0 without -broker-pid or /proc.
+func (c *Config) rss() int64 {
+	if c.BrokerPID <= 0 {
+		return 0
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", c.BrokerPID))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			f := strings.Fields(rest)
+			if len(f) > 0 {
+				kb, _ := strconv.ParseInt(f[0], 10, 64)
+				return kb << 10
+			}
+		}
+	}
+	return 0
 }
 
 // redact hides the password so results can be pasted into reports.
@@ -278,6 +368,7 @@ func dial(cfg *Config, name string, coalesce bool) (*amqp.Connection, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bench: dial %s: %w", name, err)
 	}
+	cfg.server.set(conn.Properties)
 	return conn, nil
 }
 
@@ -309,7 +400,10 @@ func printLat(w io.Writer, name string, l *LatencySummary) {
 
 func printSummary(w io.Writer, r *Result) {
 	var b strings.Builder
-	fmt.Fprintf(&b, "--- bench %s %s: %.2fs (load average %.2f)\n", r.Mode, r.URL, r.Seconds, r.LoadAvg)
+	fmt.Fprintf(&b, "--- bench %s %s (%s, client %s): %.2fs (load average %.2f)\n", r.Mode, r.URL, r.Server, r.Client, r.Seconds, r.LoadAvg)
+	if r.RSS > 0 {
+		fmt.Fprintf(&b, "%-18s %.1f MB before, %.1f MB at the measurement point\n", "broker RSS:", float64(r.RSSBefore)/1e6, float64(r.RSS)/1e6)
+	}
 	switch r.Mode {
 	case "throughput":
 		fmt.Fprintf(&b, "producers=%d consumers=%d queues=%d fanout=%d size=%d persistent=%v confirm=%d autoack=%v prefetch=%d multi-ack=%d\n",

@@ -3,12 +3,14 @@ package bench
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -19,7 +21,7 @@ import (
 func TestParseFlags(t *testing.T) {
 	defaults := Config{
 		URL: "amqp://guest:guest@localhost:5672/", Mode: "throughput", Producers: 1, Consumers: 1, Queues: 1,
-		Size: 16, AutoAck: true, MultiAck: 1, Duration: 10 * time.Second, QueuePrefix: "bench", Conns: 100, Count: 1000, Coalesce: true,
+		Size: 16, AutoAck: true, MultiAck: 1, Duration: 10 * time.Second, QueuePrefix: "bench", Conns: 100, Count: 1000, Coalesce: true, Client: "lean",
 	}
 	tests := []struct {
 		name    string
@@ -33,12 +35,13 @@ func TestParseFlags(t *testing.T) {
 			args: []string{"-url", "amqp://u:p@h:1/v", "-producers", "4", "-consumers", "3", "-queues", "2",
 				"-size", "1024", "-persistent", "-confirm", "256", "-autoack=false", "-prefetch", "100",
 				"-multi-ack", "10", "-fanout", "5", "-rate", "500", "-duration", "2s", "-pmessages", "7",
-				"-json", "-queue-prefix", "p", "-exchange", "x", "-keep", "-quiet", "-coalesce=false"},
+				"-json", "-queue-prefix", "p", "-exchange", "x", "-keep", "-quiet", "-coalesce=false", "-client", "amqp091", "-broker-pid", "42", "-cpuprofile", "cpu.out"},
 			want: func(c *Config) {
 				c.URL, c.Producers, c.Consumers, c.Queues, c.Size = "amqp://u:p@h:1/v", 4, 3, 2, 1024
 				c.Persistent, c.Confirm, c.AutoAck, c.Prefetch, c.MultiAck = true, 256, false, 100, 10
 				c.Fanout, c.Rate, c.Duration, c.DurationSet, c.PMessages = 5, 500, 2*time.Second, true, 7
 				c.JSON, c.QueuePrefix, c.Exchange, c.Keep, c.Quiet, c.Coalesce = true, "p", "x", true, true, false
+				c.Client, c.BrokerPID, c.CPUProfile = "amqp091", 42, "cpu.out"
 			},
 		},
 		{name: "drain", args: []string{"-drain", "-queues", "3"}, want: func(c *Config) { c.Drain, c.Queues = true, 3 }},
@@ -46,6 +49,9 @@ func TestParseFlags(t *testing.T) {
 		{name: "idle", args: []string{"-mode", "idle-conns", "-conns", "5000"}, want: func(c *Config) { c.Mode, c.Conns = "idle-conns", 5000 }},
 		{name: "queues", args: []string{"-mode", "queues", "-count", "10"}, want: func(c *Config) { c.Mode, c.Count = "queues", 10 }},
 		{name: "bad mode", args: []string{"-mode", "nope"}, wantErr: "unknown -mode"},
+		{name: "negative broker pid", args: []string{"-broker-pid", "-1"}, wantErr: "-broker-pid"},
+		{name: "bad client", args: []string{"-client", "nope"}, wantErr: "unknown -client"},
+		{name: "prefetch too large", args: []string{"-prefetch", "70000"}, wantErr: "at most 65535"},
 		{name: "multi-ack above prefetch", args: []string{"-autoack=false", "-prefetch", "5", "-multi-ack", "10"}, wantErr: "exceeds -prefetch"},
 		{name: "multi-ack above prefetch fine with autoack", args: []string{"-prefetch", "5", "-multi-ack", "10"},
 			want: func(c *Config) { c.Prefetch, c.MultiAck = 5, 10 }},
@@ -224,7 +230,7 @@ func TestRunEndToEnd(t *testing.T) {
 		args  []string
 		check func(t *testing.T, r *Result)
 	}{
-		{"autoack without coalescing", []string{"-rate", "2000", "-coalesce=false"}, func(t *testing.T, r *Result) {
+		{"autoack without coalescing", []string{"-rate", "2000", "-client", "amqp091", "-coalesce=false"}, func(t *testing.T, r *Result) {
 			if r.Published == 0 || r.Received == 0 || r.Latency == nil || r.Latency.Count == 0 {
 				t.Errorf("nothing measured: %+v", r)
 			}
@@ -244,6 +250,12 @@ func TestRunEndToEnd(t *testing.T) {
 					t.Errorf("published/received/confirmed = %d/%d/%d, want 1000 each", r.Published, r.Received, r.Confirmed)
 				}
 			}},
+		{"bodies split over frames", []string{"-size", "300000", "-rate", "200", "-autoack=false", "-prefetch", "4", "-multi-ack", "2"},
+			func(t *testing.T, r *Result) {
+				if r.Received == 0 || r.Latency == nil || r.Latency.Count != uint64(r.Received) {
+					t.Errorf("large bodies not received and stamped: %+v", r)
+				}
+			}},
 		{"churn", []string{"-mode", "churn"}, func(t *testing.T, r *Result) {
 			if r.Connections == 0 || r.Failed != 0 {
 				t.Errorf("churn: %d connections, %d failed", r.Connections, r.Failed)
@@ -254,31 +266,40 @@ func TestRunEndToEnd(t *testing.T) {
 				t.Errorf("idle: opened %d alive %d, want 20", r.Connections, r.Alive)
 			}
 		}},
-		{"queues", []string{"-mode", "queues", "-count", "50"}, func(t *testing.T, r *Result) {
+		{"queues", []string{"-mode", "queues", "-count", "50", "-broker-pid", strconv.Itoa(os.Getpid())}, func(t *testing.T, r *Result) {
 			if r.Declared != 50 {
 				t.Errorf("declared %d, want 50", r.Declared)
 			}
+			// The in-process broker's PID is ours; any process's RSS is a fine check of the sampling.
+			if r.RSS <= 0 || r.RSSBefore <= 0 || r.Server == "" {
+				t.Errorf("rss before/at point %d/%d, server %q", r.RSSBefore, r.RSS, r.Server)
+			}
 		}},
 	}
-	for i, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			args := append([]string{"-url", url, "-duration", "1s", "-json", "-queue-prefix", prefix + "-" + string(rune('a'+i))}, tt.args...)
-			if slices.Contains(tt.args, "-pmessages") {
-				args = append(args, "-duration", "20s") // a timeout only
-			}
-			var out bytes.Buffer
-			if err := Run(args, &out); err != nil {
-				t.Fatalf("Run: %v\n%s", err, out.String())
-			}
-			var r Result
-			if err := json.Unmarshal(out.Bytes(), &r); err != nil {
-				t.Fatalf("output is not one JSON object: %v\n%s", err, out.String())
-			}
-			if len(r.Errors) > 0 {
-				t.Errorf("errors: %v", r.Errors)
-			}
-			tt.check(t, &r)
-		})
+	n := 0
+	for _, client := range []string{"lean", "amqp091"} {
+		for _, tt := range tests {
+			n++
+			t.Run(client+"/"+tt.name, func(t *testing.T) {
+				args := append([]string{"-url", url, "-duration", "1s", "-json", "-client", client,
+					"-queue-prefix", fmt.Sprintf("%s-%d", prefix, n)}, tt.args...)
+				if slices.Contains(tt.args, "-pmessages") {
+					args = append(args, "-duration", "20s") // a timeout only
+				}
+				var out bytes.Buffer
+				if err := Run(args, &out); err != nil {
+					t.Fatalf("Run: %v\n%s", err, out.String())
+				}
+				var r Result
+				if err := json.Unmarshal(out.Bytes(), &r); err != nil {
+					t.Fatalf("output is not one JSON object: %v\n%s", err, out.String())
+				}
+				if len(r.Errors) > 0 {
+					t.Errorf("errors: %v", r.Errors)
+				}
+				tt.check(t, &r)
+			})
+		}
 	}
 }
 
@@ -395,4 +416,63 @@ func TestRunBacklogDrain(t *testing.T) {
 	if drain.Backlog != 3000 || drain.Received != 3000 || drain.Consumers != 3 || drain.Latency != nil {
 		t.Fatalf("drain: backlog %d received %d consumers %d latency %v", drain.Backlog, drain.Received, drain.Consumers, drain.Latency)
 	}
+}
+
+func TestConfirmWindow(t *testing.T) {
+	type settle struct {
+		tag      uint64
+		multiple bool
+	}
+	tests := []struct {
+		name    string
+		size    int
+		sent    int
+		settles []settle
+		want    []uint64 // tags settled, in order
+		wantLow uint64
+	}{
+		{"in order singles", 4, 3, []settle{{1, false}, {2, false}, {3, false}}, []uint64{1, 2, 3}, 4},
+		{"multiple covers older", 8, 5, []settle{{4, true}}, []uint64{1, 2, 3, 4}, 5},
+		{"out of order", 4, 3, []settle{{2, false}, {1, false}}, []uint64{2, 1}, 3},
+		{"gap holds low", 4, 3, []settle{{3, false}}, []uint64{3}, 1},
+		{"duplicate and unknown ignored", 4, 2, []settle{{1, false}, {1, false}, {9, false}, {2, true}}, []uint64{1, 2}, 3},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			w := newConfirmWindow(tt.size)
+			for i := 0; i < tt.sent; i++ {
+				if tag, ok := w.reserve(nil); !ok || tag != uint64(i+1) {
+					t.Fatalf("reserve = %d, %v", tag, ok)
+				}
+			}
+			var got []uint64
+			for _, s := range tt.settles {
+				w.settle(s.tag, s.multiple, func(tag uint64) { got = append(got, tag) })
+			}
+			if !slices.Equal(got, tt.want) || w.low != tt.wantLow {
+				t.Errorf("settled %v low %d, want %v low %d", got, w.low, tt.want, tt.wantLow)
+			}
+		})
+	}
+	t.Run("full window waits, abort releases", func(t *testing.T) {
+		w := newConfirmWindow(2)
+		w.reserve(nil)
+		w.reserve(nil)
+		flushed := make(chan struct{})
+		res := make(chan bool)
+		go func() {
+			_, ok := w.reserve(func() { close(flushed) })
+			res <- ok
+		}()
+		<-flushed // the producer flushes before it sleeps
+		w.settle(1, false, func(uint64) {})
+		if ok := <-res; !ok {
+			t.Fatal("reserve failed after a settle made room")
+		}
+		go func() { res <- w.drained() }()
+		w.abort()
+		if <-res {
+			t.Fatal("drained reported success after abort")
+		}
+	})
 }

@@ -6,35 +6,153 @@
 # Runs are interleaved (W,R,W,R,...) per point so drift in machine load hits
 # both brokers alike. RabbitMQ is skipped if it does not answer.
 #
-# Environment:
-#   WARREN_URL  Warren broker URL (required), e.g. amqp://guest:guest@127.0.0.1:5673/
-#   RABBIT_URL  RabbitMQ URL (default amqp://guest:guest@127.0.0.1:5672/)
-#   DURATION    per-run duration (default 10s)
-#   REPEATS     runs per broker per point (default 3)
-#   POINTS      subset of points to run, e.g. "a c f" (default: all)
-#   OUT         directory for the raw JSON results (default: a new temp dir)
-#   BENCH_BIN   prebuilt warren-bench binary (default: built once into /tmp)
+# Points (issue 7's matrix):
+#   a  transient 16 B, 1p/1c, autoack
+#   b  transient 1 KiB, manual ack, prefetch 100, multi-ack 10
+#   c  persistent 1 KiB, confirm window 256, manual ack
+#   d  4 producers / 4 queues / 4 consumers, transient 1 KiB
+#   e  fanout 1 -> 10 queues, 1 KiB
+#   f  persistent 1 KiB, confirm window 1 (confirm latency)
+#   g  backlog: G_MESSAGES persistent 1 KiB messages published (confirmed), then drained; RSS at the top
+#   h  connection churn: open connection + channel, close, repeat
+#   i  I_CONNS idle connections: broker RSS
+#   j  J_QUEUES queues declared: time and RSS
+#   k  fixed rate 5000 msgs/s, 1 KiB, 1p/1c: end-to-end latency
 #
-# Needs jq. Usage: WARREN_URL=... bench/compare.sh
+# Environment:
+#   WARREN_URL  Warren broker URL. Unset: Warren is built from this tree and started on a free
+#               loopback port with a temporary data directory, and stopped at the end.
+#   WARREN_PID  PID of that broker (for RSS) when WARREN_URL is given; found from the
+#               listening port when unset (needs ss, same host)
+#   RABBIT_URL  RabbitMQ URL (default amqp://guest:guest@127.0.0.1:5672/)
+#   RABBIT_PID  PID of RabbitMQ's beam.smp; found from the listening port when unset
+#   DURATION    per-run duration of the throughput points (default 10s)
+#   REPEATS     runs per broker per point (default 3)
+#   POINTS      subset of points to run, e.g. "a c f" (default: all, g last)
+#   G_MESSAGES  backlog size for g (default 1000000)
+#   I_CONNS     idle connections for i (default 10000). A broker whose open-files limit is
+#               lower gets half its limit instead (RabbitMQ's Debian default is 1024); compare
+#               the per-connection figure then.
+#   J_QUEUES    queues for j (default 100000)
+#   BENCH_ARGS  extra arguments for every bench run, e.g. "-client amqp091"
+#   OUT         directory for the raw JSON results (default: a new temp dir)
+#   BENCH_BIN   prebuilt warren-bench binary (default: built from this tree)
+#   TABLE_ONLY  set: run nothing, print the table from the JSON already in OUT (e.g. after
+#               re-running some POINTS into the same OUT)
+#
+# When this script starts Warren itself, points g, i and j each get a freshly started Warren, so
+# their RSS is not the heap left over from earlier points' backlogs.
+#
+# Needs jq. RSS figures need the brokers on this host (read from /proc/PID/status).
+# Usage: bench/compare.sh      or      WARREN_URL=amqp://guest:guest@127.0.0.1:5673/ bench/compare.sh
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 command -v jq >/dev/null || { echo "compare.sh: jq is required" >&2; exit 1; }
-: "${WARREN_URL:?set WARREN_URL to the Warren broker URL}"
 RABBIT_URL=${RABBIT_URL:-amqp://guest:guest@127.0.0.1:5672/}
 DURATION=${DURATION:-10s}
 REPEATS=${REPEATS:-3}
-POINTS=${POINTS:-a b c d e f h}
+POINTS=${POINTS:-a b c d e f h k i j g}
+G_MESSAGES=${G_MESSAGES:-1000000}
+I_CONNS=${I_CONNS:-10000}
+J_QUEUES=${J_QUEUES:-100000}
+BENCH_ARGS=${BENCH_ARGS:-}
 OUT=${OUT:-$(mktemp -d /tmp/warren-compare.XXXXXX)}
 mkdir -p "$OUT"
 
+# Idle connections need file descriptors on both sides of the socket.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
 BIN=${BENCH_BIN:-}
 if [[ -z $BIN ]]; then
-	BIN=/tmp/warren-bench-compare
+	BIN=$OUT/warren-bench
 	go build -o "$BIN" ./bench/cmd/warren-bench
 fi
 
-# point -> description and bench arguments
+WARREN_STARTED=""
+stop_warren() {
+	if [[ -n $WARREN_STARTED ]]; then
+		kill "$WARREN_PID" 2>/dev/null || true
+		wait "$WARREN_PID" 2>/dev/null || true
+		rm -rf "$WARREN_DATA"
+		WARREN_STARTED=""
+	fi
+}
+trap stop_warren EXIT
+
+# start_warren: build (once) and start Warren on a free loopback port with a new data directory.
+start_warren() {
+	[[ -x $OUT/warren ]] || go build -o "$OUT/warren" .
+	WARREN_DATA=$(mktemp -d /tmp/warren-compare-data.XXXXXX)
+	# Run from the data dir so no config.yaml is picked up: defaults plus these flags.
+	local log
+	log=$OUT/warren-$(basename "$WARREN_DATA").log
+	(cd "$WARREN_DATA" && exec "$OUT/warren" -listen 127.0.0.1:0 -data-dir "$WARREN_DATA/data") 2>"$log" &
+	WARREN_PID=$!
+	WARREN_STARTED=1
+	local addr=""
+	for _ in $(seq 100); do
+		addr=$(sed -n 's/.*msg="warren ready" addr=\([^ ]*\).*/\1/p' "$log")
+		[[ -n $addr ]] && break
+		kill -0 "$WARREN_PID" 2>/dev/null || break
+		sleep 0.1
+	done
+	[[ -n $addr ]] || { echo "compare.sh: Warren did not start:" >&2; cat "$log" >&2; exit 1; }
+	WARREN_URL="amqp://guest:guest@$addr/"
+	echo "compare.sh: started Warren (pid $WARREN_PID) at $addr, data in $WARREN_DATA" >&2
+}
+
+# The memory points measure a fresh Warren when this script runs it: RSS after earlier points
+# is mostly heap kept from their backlogs, which says nothing about connections or queues.
+OWN_WARREN=""
+if [[ -z ${WARREN_URL:-} && -z ${TABLE_ONLY:-} ]]; then
+	OWN_WARREN=1
+	start_warren
+fi
+
+# pid_of_url URL: the PID listening on the URL's port on this host, or nothing.
+pid_of_url() {
+	local port
+	port=$(sed -E 's#^amqps?://([^@/]*@)?[^:/]*:?([0-9]*).*#\2#' <<<"$1")
+	[[ -z $port ]] && port=5672
+	command -v ss >/dev/null || return 0
+	ss -ltnpH "sport = :$port" 2>/dev/null | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | head -n 1
+}
+WARREN_URL=${WARREN_URL:-amqp://guest:guest@127.0.0.1:1/} # TABLE_ONLY: never dialled
+WARREN_PID=${WARREN_PID:-$(pid_of_url "$WARREN_URL")}
+RABBIT_PID=${RABBIT_PID:-$(pid_of_url "$RABBIT_URL")}
+
+reachable() {
+	timeout 15 "$BIN" -url "$1" -mode queues -count 1 -queue-prefix compare-probe -json >/dev/null 2>&1
+}
+
+BROKERS=(warren)
+declare -A URL=([warren]=$WARREN_URL [rabbit]=$RABBIT_URL) PID=([warren]=${WARREN_PID:-} [rabbit]=${RABBIT_PID:-})
+if [[ -n ${TABLE_ONLY:-} ]]; then
+	BROKERS+=(rabbit)
+else
+	reachable "$WARREN_URL" || { echo "compare.sh: Warren not reachable at $WARREN_URL" >&2; exit 1; }
+	if reachable "$RABBIT_URL"; then
+		BROKERS+=(rabbit)
+	else
+		echo "compare.sh: RabbitMQ not reachable at $RABBIT_URL, skipping it" >&2
+	fi
+fi
+
+# idle_conns BROKER: I_CONNS, or half the broker's open-files limit if that is lower.
+idle_conns() {
+	local pid=${PID[$1]} lim
+	if [[ -n $pid && -r /proc/$pid/limits ]]; then
+		lim=$(awk '/^Max open files/ {print $4}' "/proc/$pid/limits")
+		if [[ $lim =~ ^[0-9]+$ ]] && ((lim / 2 < I_CONNS)); then
+			echo $((lim / 2))
+			return
+		fi
+	fi
+	echo "$I_CONNS"
+}
+
+# point -> description and bench arguments (g is two runs, see run_point)
 declare -A DESC ARGS
 DESC[a]="transient 16 B, 1p/1c, autoack"
 ARGS[a]="-size 16"
@@ -48,34 +166,47 @@ DESC[e]="fanout 1 -> 10 queues, 1 KiB, autoack"
 ARGS[e]="-fanout 10 -size 1024"
 DESC[f]="persistent 1 KiB, confirm window 1 (latency)"
 ARGS[f]="-size 1024 -persistent -confirm 1"
+DESC[g]="backlog of $G_MESSAGES persistent 1 KiB msgs: publish (confirm 256), then drain"
+ARGS[g]="(two runs)"
 DESC[h]="connection churn (open conn+channel, close)"
 ARGS[h]="-mode churn"
+DESC[i]="$I_CONNS idle connections"
+ARGS[i]="-mode idle-conns -duration 15s"
+DESC[j]="$J_QUEUES queues declared"
+ARGS[j]="-mode queues -count $J_QUEUES -duration 1h"
+DESC[k]="fixed 5000 msgs/s, 1 KiB, 1p/1c, autoack (latency)"
+ARGS[k]="-size 1024 -rate 5000"
 
-# point -> "label|jq expression" metrics, separated by ';'
+# point -> "label~jq expression[~result file prefix]" metrics, separated by ';'
 declare -A METRICS
-THR="recv msg/s (hi)|.consume_rate;sent msg/s (hi)|.publish_rate;e2e p50 ms (lo)|.latency.p50_ms"
+THR="recv msg/s (hi)~.consume_rate;sent msg/s (hi)~.publish_rate;e2e p50 ms (lo)~.latency.p50_ms;e2e p99 ms (lo)~.latency.p99_ms"
 METRICS[a]=$THR
 METRICS[b]=$THR
-METRICS[c]="recv msg/s (hi)|.consume_rate;confirmed msg/s (hi)|.confirm_rate;confirm p50 ms (lo)|.confirm_latency.p50_ms;confirm p99 ms (lo)|.confirm_latency.p99_ms"
+METRICS[c]="recv msg/s (hi)~.consume_rate;confirmed msg/s (hi)~.confirm_rate;confirm p50 ms (lo)~.confirm_latency.p50_ms;confirm p99 ms (lo)~.confirm_latency.p99_ms"
 METRICS[d]=$THR
 METRICS[e]=$THR
-METRICS[f]="confirmed msg/s (hi)|.confirm_rate;confirm p50 ms (lo)|.confirm_latency.p50_ms;confirm p99 ms (lo)|.confirm_latency.p99_ms;e2e p50 ms (lo)|.latency.p50_ms"
-METRICS[h]="connections/s (hi)|.conn_rate;open+close p50 ms (lo)|.conn_latency.p50_ms"
+METRICS[f]="confirmed msg/s (hi)~.confirm_rate;confirm p50 ms (lo)~.confirm_latency.p50_ms;confirm p99 ms (lo)~.confirm_latency.p99_ms"
+METRICS[g]="publish msg/s, confirmed (hi)~.confirm_rate~gfill;RSS MB at top of backlog (lo)~.rss_bytes / 1e6 | round~gfill;drain msg/s (hi)~.consume_rate~gdrain;RSS MB after drain (lo)~.rss_bytes / 1e6 | round~gdrain"
+METRICS[h]="connections/s (hi)~.conn_rate;open+close p50 ms (lo)~.conn_latency.p50_ms"
+METRICS[i]="connections held (hi)~.alive;RSS MB (lo)~.rss_bytes / 1e6 | round;RSS KB per connection (lo)~(.rss_bytes - .rss_before_bytes) / .connections / 1024 | round"
+METRICS[j]="declare s (lo)~.declare_seconds;declares/s (hi)~.declare_rate;RSS MB with all declared (lo)~.rss_bytes / 1e6 | round;RSS KB per queue (lo)~(.rss_bytes - .rss_before_bytes) / .declared / 1024 * 10 | round / 10"
+METRICS[k]="recv msg/s~.consume_rate;e2e p50 ms (lo)~.latency.p50_ms;e2e p99 ms (lo)~.latency.p99_ms;e2e p99.9 ms (lo)~.latency.p999_ms"
 
-reachable() {
-	timeout 15 "$BIN" -url "$1" -mode queues -count 1 -queue-prefix compare-probe -json >/dev/null 2>&1
+# bench BROKER FILE TIMEOUT ARGS...: one bench run, JSON to FILE; a failed run leaves no FILE.
+bench() {
+	local b=$1 f=$2 limit=$3
+	shift 3
+	local pidarg=()
+	[[ -n ${PID[$b]} ]] && pidarg=(-broker-pid "${PID[$b]}")
+	# shellcheck disable=SC2086 # BENCH_ARGS holds several words on purpose
+	if ! timeout "$limit" "$BIN" -url "${URL[$b]}" -json "${pidarg[@]}" $BENCH_ARGS "$@" >"$f" 2>"${f%.json}.err"; then
+		echo "  failed: $(tail -n 1 "${f%.json}.err")" >&2
+		rm -f "$f"
+		return 1
+	fi
 }
 
-BROKERS=(warren)
-declare -A URL=([warren]=$WARREN_URL [rabbit]=$RABBIT_URL)
-reachable "$WARREN_URL" || { echo "compare.sh: Warren not reachable at $WARREN_URL" >&2; exit 1; }
-if reachable "$RABBIT_URL"; then
-	BROKERS+=(rabbit)
-else
-	echo "compare.sh: RabbitMQ not reachable at $RABBIT_URL, skipping it" >&2
-fi
-
-# Runs are killed if they overrun their duration by a minute.
+# Throughput runs are killed if they overrun their duration by a minute.
 case $DURATION in
 *ms) secs=1 ;;
 *s) secs=${DURATION%s} ;;
@@ -84,24 +215,70 @@ case $DURATION in
 esac
 limit=$((${secs%%.*} + 60))
 
+run_point() {
+	local p=$1 b=$2 r=$3
+	if [[ $b == warren && -n $OWN_WARREN && $p =~ ^[gij]$ ]]; then
+		stop_warren
+		start_warren
+		URL[warren]=$WARREN_URL PID[warren]=$WARREN_PID
+	fi
+	case $p in
+	g)
+		echo "point g ($b, run $r/$REPEATS): fill $G_MESSAGES, then drain" >&2
+		bench "$b" "$OUT/gfill-$b-$r.json" 3600 -queue-prefix compare-g -size 1024 -persistent \
+			-pmessages "$G_MESSAGES" -consumers 0 -confirm 256 -keep -duration 50m || true
+		bench "$b" "$OUT/gdrain-$b-$r.json" 3600 -queue-prefix compare-g -size 1024 -persistent \
+			-drain -consumers 1 -autoack=false -prefetch 100 -multi-ack 10 -duration 50m || true
+		;;
+	i)
+		local n
+		n=$(idle_conns "$b")
+		echo "point i ($b, run $r/$REPEATS): $n idle connections" >&2
+		# shellcheck disable=SC2086
+		bench "$b" "$OUT/i-$b-$r.json" 600 ${ARGS[i]} -conns "$n" || true
+		;;
+	j)
+		echo "point j ($b, run $r/$REPEATS): ${ARGS[j]}" >&2
+		# shellcheck disable=SC2086
+		bench "$b" "$OUT/j-$b-$r.json" 3600 -queue-prefix "compare-j-$r" ${ARGS[j]} || true
+		;;
+	*)
+		echo "point $p ($b, run $r/$REPEATS): ${ARGS[$p]}" >&2
+		# shellcheck disable=SC2086 # ARGS holds several words on purpose
+		bench "$b" "$OUT/$p-$b-$r.json" "$limit" -duration "$DURATION" -queue-prefix "compare-$p" ${ARGS[$p]} || true
+		;;
+	esac
+	settle
+}
+
+# settle waits (at most 30 s) until every broker whose PID is known has been idle for half a
+# second: deleting a deep queue or collecting garbage after a run must not eat into the next
+# run, which may be the other broker's.
+settle() {
+	local pid t0 t1
+	sleep 1
+	for pid in "${PID[@]}"; do
+		[[ -n $pid && -r /proc/$pid/stat ]] || continue
+		for _ in $(seq 60); do
+			t0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+			sleep 0.5
+			t1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+			((t1 - t0 <= 3)) && break # clock ticks (1/100 s): under 6% of a core
+		done
+	done
+}
+
 for p in $POINTS; do
 	[[ -n ${ARGS[$p]:-} ]] || { echo "compare.sh: unknown point $p" >&2; exit 1; }
+	[[ -n ${TABLE_ONLY:-} ]] && continue
 	for r in $(seq 1 "$REPEATS"); do
 		for b in "${BROKERS[@]}"; do
-			f="$OUT/$p-$b-$r.json"
-			echo "point $p ($b, run $r/$REPEATS): ${ARGS[$p]}" >&2
-			# shellcheck disable=SC2086 # ARGS holds several words on purpose
-			if ! timeout "$limit" "$BIN" -url "${URL[$b]}" -duration "$DURATION" -json \
-				-queue-prefix "compare-$p" ${ARGS[$p]} >"$f" 2>"$OUT/$p-$b-$r.err"; then
-				echo "  failed: $(tail -n 1 "$OUT/$p-$b-$r.err")" >&2
-				rm -f "$f"
-			fi
-			sleep 1 # let the broker settle (queue deletion, GC) before the next run
+			run_point "$p" "$b" "$r"
 		done
 	done
 done
 
-# stats <point> <broker> <jq expr>: "median spread" over the runs that produced
+# stats <file prefix> <broker> <jq expr>: "median spread" over the runs that produced
 # a number; spread is (max-min)/median in percent, to show run-to-run noise.
 stats() {
 	local files=("$OUT/$1-$2-"*.json)
@@ -119,22 +296,39 @@ ratio() {
 	jq -n "if $2 == 0 then \"n/a\" else ($1 / $2 * 100 | round) / 100 end" | tr -d '"'
 }
 
+# server BROKER: product and version as the broker reported them.
+server() {
+	local f
+	f=$(ls "$OUT"/*-"$1"-*.json 2>/dev/null | head -n 1)
+	[[ -n $f ]] && jq -r '.server // "?"' "$f" || echo "?"
+}
+
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo "?")
+git diff --quiet 2>/dev/null || commit="$commit+changes"
 echo
-echo "Warren vs RabbitMQ: medians of $REPEATS runs x $DURATION, interleaved (raw JSON in $OUT)"
+echo "Warren vs RabbitMQ: medians of $REPEATS runs, throughput points $DURATION each, interleaved (raw JSON in $OUT)"
+echo
+echo "- date: $(date -u +%Y-%m-%dT%H:%MZ); machine: $(nproc) cores, $(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -n 1), $(awk '/MemTotal/ {printf "%.0f GB RAM", $2/1048576}' /proc/meminfo), Linux $(uname -r)"
+echo "- Warren: $(server warren) (commit $commit), $(go version | cut -d' ' -f3); RabbitMQ: $(server rabbit)"
+echo "- load generator: warren-bench ${BENCH_ARGS:-(-client lean)}, on the same host"
 echo
 echo "| point | scenario | metric | Warren | RabbitMQ | W/R | spread W / R |"
 echo "|---|---|---|---:|---:|---:|---:|"
 for p in $POINTS; do
 	IFS=';' read -ra ms <<<"${METRICS[$p]}"
+	desc=${DESC[$p]}
+	if [[ $p == i ]]; then
+		desc="idle connections (Warren $(idle_conns warren), RabbitMQ $(idle_conns rabbit))"
+	fi
 	for m in "${ms[@]}"; do
-		label=${m%%|*}
-		expr=${m#*|}
-		read -r w ws < <(stats "$p" warren "$expr")
+		IFS='~' read -r label expr prefix <<<"$m"
+		prefix=${prefix:-$p}
+		read -r w ws < <(stats "$prefix" warren "$expr")
 		rb="n/a" rs="n/a"
 		if [[ " ${BROKERS[*]} " == *" rabbit "* ]]; then
-			read -r rb rs < <(stats "$p" rabbit "$expr")
+			read -r rb rs < <(stats "$prefix" rabbit "$expr")
 		fi
-		echo "| $p | ${DESC[$p]} | $label | $w | $rb | $(ratio "$w" "$rb") | $ws / $rs |"
+		echo "| $p | $desc | $label | $w | $rb | $(ratio "$w" "$rb") | $ws / $rs |"
 	done
 done
 echo

@@ -21,6 +21,17 @@ func runChurn(cfg *Config, res *Result, live io.Writer) error {
 		firstErr   atomic.Value
 	)
 	cycle := func() error {
+		if cfg.Client == "lean" {
+			c, err := leanDial(cfg, "bench-churn", 4<<10)
+			if err != nil {
+				return err
+			}
+			defer c.close()
+			if err := c.closeChannel(); err != nil {
+				return fmt.Errorf("bench: churn channel close: %w", err)
+			}
+			return nil
+		}
 		conn, err := dial(cfg, "bench-churn", false)
 		if err != nil {
 			return err
@@ -80,6 +91,7 @@ func runChurn(cfg *Config, res *Result, live io.Writer) error {
 	}
 	elapsed := time.Since(start).Seconds()
 	n := ok.Load()
+	res.RSS = cfg.rss()
 	stop.Store(true)
 	wg.Wait()
 	res.Seconds = elapsed
@@ -134,6 +146,7 @@ func runIdleConns(cfg *Config, res *Result, live io.Writer) error {
 	}
 	fmt.Fprintf(live, "opened %d connections in %.2fs, failed %d; holding for %s\n", opened, res.OpenSeconds, failed.Load(), cfg.Duration)
 	time.Sleep(cfg.Duration)
+	res.RSS = cfg.rss()
 	var alive int64
 	for i, c := range conns {
 		if c == nil {
@@ -196,6 +209,7 @@ func runQueues(cfg *Config, res *Result) error {
 		declared++
 	}
 	res.DeclareSeconds = time.Since(start).Seconds()
+	res.RSS = cfg.rss()
 	res.Declared = int64(declared)
 	res.DeclareRate = rate(int64(declared), res.DeclareSeconds)
 	if !cfg.Keep {

@@ -17,9 +17,11 @@ type producer struct {
 	id       int
 	exchange string
 	key      string
-	conn     *amqp.Connection
+	conn     *amqp.Connection // -client amqp091
 	ch       *amqp.Channel
 	confirms chan amqp.Confirmation
+	lean     *leanConn // -client lean
+	window   *confirmWindow
 
 	sent      atomic.Int64
 	confirmed atomic.Int64
@@ -32,9 +34,10 @@ type producer struct {
 type consumer struct {
 	id         int
 	queue      string
-	conn       *amqp.Connection
+	conn       *amqp.Connection // -client amqp091
 	ch         *amqp.Channel
 	deliveries <-chan amqp.Delivery
+	lean       *leanConn // -client lean
 
 	received atomic.Int64
 	lat      Histogram
@@ -58,6 +61,11 @@ func (t *throughput) halt() {
 	t.stopOnce.Do(func() {
 		t.stop.Store(true)
 		close(t.stopCh)
+		for _, p := range t.producers {
+			if p.window != nil {
+				p.window.abort()
+			}
+		}
 	})
 }
 
@@ -129,11 +137,23 @@ func runThroughput(cfg *Config, res *Result, live io.Writer) error {
 	startNs := nowNanos()
 	for _, c := range t.consumers {
 		t.wg.Add(1)
-		go t.consume(c)
+		if c.lean != nil {
+			c.lean.reader = true
+			go t.consumeLean(c)
+		} else {
+			go t.consume(c)
+		}
 	}
 	for _, p := range t.producers {
 		t.wg.Add(1)
-		go t.publish(p, startNs)
+		if p.lean != nil {
+			t.wg.Add(1)
+			p.lean.reader = true
+			go t.confirmReader(p)
+			go t.publishLean(p, startNs)
+		} else {
+			go t.publish(p, startNs)
+		}
 	}
 
 	finite := cfg.PMessages > 0 || cfg.Drain
@@ -172,6 +192,7 @@ loop:
 	}
 	end := time.Now()
 	endNs := nowNanos()
+	res.RSS = cfg.rss()
 	t.halt()
 	final := t.sample()
 	elapsed := end.Sub(start).Seconds()
@@ -258,7 +279,27 @@ func (t *throughput) startConsumers() error {
 	}
 	for i := 0; i < n; i++ {
 		c := &consumer{id: i, queue: t.queues[i%len(t.queues)]}
-		conn, err := dial(cfg, fmt.Sprintf("bench-consumer-%d", i), cfg.Coalesce)
+		name := fmt.Sprintf("bench-consumer-%d", i)
+		ctag := fmt.Sprintf("bench-%d", i)
+		if cfg.Client == "lean" {
+			// Room for a whole frame, so deliveries are parsed in place.
+			lc, err := leanDial(cfg, name, 256<<10)
+			if err != nil {
+				return err
+			}
+			c.lean = lc
+			t.consumers = append(t.consumers, c)
+			if cfg.Prefetch > 0 {
+				if err := lc.qos(cfg.Prefetch); err != nil {
+					return fmt.Errorf("bench: consumer %d qos: %w", i, err)
+				}
+			}
+			if err := lc.consume(c.queue, ctag, cfg.AutoAck); err != nil {
+				return fmt.Errorf("bench: consumer %d consume %s: %w", i, c.queue, err)
+			}
+			continue
+		}
+		conn, err := dial(cfg, name, cfg.Coalesce)
 		if err != nil {
 			return err
 		}
@@ -272,7 +313,7 @@ func (t *throughput) startConsumers() error {
 				return fmt.Errorf("bench: consumer %d qos: %w", i, err)
 			}
 		}
-		c.deliveries, err = c.ch.Consume(c.queue, fmt.Sprintf("bench-%d", i), cfg.AutoAck, false, false, false, nil)
+		c.deliveries, err = c.ch.Consume(c.queue, ctag, cfg.AutoAck, false, false, false, nil)
 		if err != nil {
 			return fmt.Errorf("bench: consumer %d consume %s: %w", i, c.queue, err)
 		}
@@ -297,7 +338,23 @@ func (t *throughput) startProducers() (int64, error) {
 			p.key = t.queues[q]
 			perQueue[q] += cfg.PMessages
 		}
-		conn, err := dial(cfg, fmt.Sprintf("bench-producer-%d", i), cfg.Coalesce)
+		name := fmt.Sprintf("bench-producer-%d", i)
+		if cfg.Client == "lean" {
+			lc, err := leanDial(cfg, name, 16<<10)
+			if err != nil {
+				return 0, err
+			}
+			p.lean = lc
+			t.producers = append(t.producers, p)
+			if cfg.Confirm > 0 {
+				if err := lc.confirmSelect(); err != nil {
+					return 0, fmt.Errorf("bench: producer %d confirm.select: %w", i, err)
+				}
+				p.window = newConfirmWindow(cfg.Confirm)
+			}
+			continue
+		}
+		conn, err := dial(cfg, name, cfg.Coalesce)
 		if err != nil {
 			return 0, err
 		}
@@ -382,13 +439,7 @@ func (t *throughput) publish(p *producer, startNs int64) {
 			return false
 		}
 	}
-	var timer *time.Timer
-	interval := 0.0
-	if cfg.Rate > 0 {
-		interval = 1e9 / cfg.Rate
-		timer = time.NewTimer(time.Hour)
-		timer.Stop()
-	}
+	pace := newPacer(cfg.Rate, startNs)
 	for n := int64(0); !t.stop.Load(); n++ {
 		if cfg.PMessages > 0 && n >= cfg.PMessages {
 			for outstanding > 0 {
@@ -399,15 +450,8 @@ func (t *throughput) publish(p *producer, startNs int64) {
 			p.doneAt.Store(nowNanos())
 			return
 		}
-		if interval > 0 {
-			if d := startNs + int64(float64(n)*interval) - nowNanos(); d > 0 {
-				timer.Reset(time.Duration(d))
-				select {
-				case <-timer.C:
-				case <-t.stopCh:
-					return
-				}
-			}
+		if !pace.wait(n, t.stopCh) {
+			return
 		}
 		if window > 0 {
 			for outstanding >= window {
@@ -518,21 +562,28 @@ func (t *throughput) liveLine(w io.Writer, sec int, cur, prev *sample) {
 func (t *throughput) closeAll() {
 	t.halt()
 	var cw sync.WaitGroup
-	closeConn := func(c *amqp.Connection) {
-		if c == nil {
-			return
-		}
+	async := func(close func()) {
 		cw.Add(1)
 		go func() {
 			defer cw.Done()
-			c.Close()
+			close()
 		}()
 	}
 	for _, p := range t.producers {
-		closeConn(p.conn)
+		if p.conn != nil {
+			async(func() { p.conn.Close() })
+		}
+		if p.lean != nil {
+			async(p.lean.close)
+		}
 	}
 	for _, c := range t.consumers {
-		closeConn(c.conn)
+		if c.conn != nil {
+			async(func() { c.conn.Close() })
+		}
+		if c.lean != nil {
+			async(c.lean.close)
+		}
 	}
 	waitTimeout(&cw, 5*time.Second)
 	waitTimeout(&t.wg, 5*time.Second)
@@ -574,5 +625,257 @@ func (t *throughput) cleanup(admin *amqp.Connection, res *Result) {
 		if err := ch.ExchangeDelete(t.exchange, false, false); err != nil {
 			res.Errors = append(res.Errors, fmt.Sprintf("cleanup: delete exchange %s: %v", t.exchange, err))
 		}
+	}
+}
+
+// pacer spaces a producer's publishes for -rate: publish n is due at start + n/rate, so a
+// producer that fell behind catches up instead of drifting.
+type pacer struct {
+	interval float64 // ns between publishes; 0 = unlimited
+	startNs  int64
+	timer    *time.Timer
+}
+
+func newPacer(rate float64, startNs int64) *pacer {
+	p := &pacer{startNs: startNs}
+	if rate > 0 {
+		p.interval = 1e9 / rate
+		p.timer = time.NewTimer(time.Hour)
+		p.timer.Stop()
+	}
+	return p
+}
+
+// due reports how long until publish n may go; <= 0 means now.
+func (p *pacer) due(n int64) time.Duration {
+	if p.interval == 0 {
+		return 0
+	}
+	return time.Duration(p.startNs + int64(float64(n)*p.interval) - nowNanos())
+}
+
+// wait sleeps until publish n is due; false if stop closed first.
+func (p *pacer) wait(n int64, stop <-chan struct{}) bool {
+	d := p.due(n)
+	if d <= 0 {
+		return true
+	}
+	p.timer.Reset(d)
+	select {
+	case <-p.timer.C:
+		return true
+	case <-stop:
+		return false
+	}
+}
+
+// confirmWindow tracks a lean producer's unconfirmed publishes: the producer waits while the span
+// from the oldest unconfirmed tag to the next one reaches the window, the connection's reader
+// settles tags as basic.ack / basic.nack arrive (in any order, multiple or not).
+type confirmWindow struct {
+	mu      sync.Mutex
+	cond    *sync.Cond
+	size    uint64
+	low     uint64 // oldest unconfirmed tag (tags start at 1)
+	next    uint64 // tag of the next publish
+	settled []bool // by tag % size, for tags in [low, next)
+	sentAt  []atomic.Int64
+	dead    bool
+}
+
+func newConfirmWindow(size int) *confirmWindow {
+	w := &confirmWindow{size: uint64(size), low: 1, next: 1, settled: make([]bool, size), sentAt: make([]atomic.Int64, size)}
+	w.cond = sync.NewCond(&w.mu)
+	return w
+}
+
+// reserve waits for room and returns the tag of the next publish; false if aborted.
+func (w *confirmWindow) reserve(beforeWait func()) (uint64, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for w.next-w.low >= w.size && !w.dead {
+		if beforeWait != nil {
+			w.mu.Unlock()
+			beforeWait()
+			w.mu.Lock()
+			beforeWait = nil
+			continue
+		}
+		w.cond.Wait()
+	}
+	if w.dead {
+		return 0, false
+	}
+	tag := w.next
+	w.next++
+	return tag, true
+}
+
+// drained waits until every reserved tag is settled; false if aborted.
+func (w *confirmWindow) drained() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for w.low < w.next && !w.dead {
+		w.cond.Wait()
+	}
+	return !w.dead
+}
+
+// settle marks tag (and with multiple every older unsettled tag) confirmed, calling each for
+// every tag settled now, and wakes the producer.
+func (w *confirmWindow) settle(tag uint64, multiple bool, each func(tag uint64)) {
+	w.mu.Lock()
+	first := tag
+	if multiple {
+		first = w.low
+	}
+	for t := max(first, w.low); t <= tag && t < w.next; t++ {
+		if !w.settled[t%w.size] {
+			w.settled[t%w.size] = true
+			each(t)
+		}
+	}
+	for w.low < w.next && w.settled[w.low%w.size] {
+		w.settled[w.low%w.size] = false
+		w.low++
+	}
+	w.mu.Unlock()
+	w.cond.Broadcast()
+}
+
+// abort wakes and fails every waiter (run stopping or connection gone).
+func (w *confirmWindow) abort() {
+	w.mu.Lock()
+	w.dead = true
+	w.mu.Unlock()
+	w.cond.Broadcast()
+}
+
+// publishLean is publish for -client lean.
+func (t *throughput) publishLean(p *producer, startNs int64) {
+	defer t.wg.Done()
+	cfg := t.cfg
+	tmpl := newPublishTemplate(p.exchange, p.key, cfg.Size, cfg.Persistent, p.lean.frameMax)
+	pace := newPacer(cfg.Rate, startNs)
+	w := p.window
+	var firstAt int64 // stamp of the oldest buffered publish, 0 = none
+	flush := func() {
+		if firstAt != 0 {
+			firstAt = 0
+			if err := p.lean.flush(); err != nil {
+				t.fail(fmt.Errorf("bench: producer %d: %w", p.id, err))
+			}
+		}
+	}
+	for n := int64(0); !t.stop.Load(); n++ {
+		if cfg.PMessages > 0 && n >= cfg.PMessages {
+			flush()
+			if w != nil && !w.drained() {
+				return
+			}
+			p.doneAt.Store(nowNanos())
+			return
+		}
+		if pace.due(n) > 0 {
+			flush()
+			if !pace.wait(n, t.stopCh) {
+				return
+			}
+		}
+		var tag uint64
+		if w != nil {
+			var ok bool
+			if tag, ok = w.reserve(flush); !ok {
+				return
+			}
+		}
+		ts := nowNanos()
+		if w != nil {
+			w.sentAt[tag%w.size].Store(ts)
+		}
+		var err error
+		if firstAt, err = p.lean.publish(&tmpl, ts, firstAt); err != nil {
+			t.fail(fmt.Errorf("bench: producer %d publish: %w", p.id, err))
+			return
+		}
+		p.sent.Add(1)
+	}
+	flush()
+}
+
+// confirmReader reads a lean producer's connection: confirms, and the broker closing it.
+func (t *throughput) confirmReader(p *producer) {
+	defer t.wg.Done()
+	h := &leanHandler{}
+	if w := p.window; w != nil {
+		h.confirm = func(tag uint64, multiple, nack bool) {
+			now := nowNanos()
+			w.settle(tag, multiple, func(tag uint64) {
+				if nack {
+					p.nacked.Add(1)
+				} else {
+					p.confirmed.Add(1)
+				}
+				p.confLat.Record(now - w.sentAt[tag%w.size].Load())
+			})
+		}
+	}
+	h.message = func(uint64, int64, bool) error { return nil }
+	err := p.lean.readLoop(h)
+	if p.window != nil {
+		p.window.abort()
+	}
+	if err != nil {
+		t.fail(fmt.Errorf("bench: producer %d: %w", p.id, err))
+	} else if !t.stop.Load() {
+		t.fail(fmt.Errorf("bench: producer %d: connection closed", p.id))
+	}
+}
+
+// consumeLean is consume for -client lean: deliveries are handled on the reading goroutine.
+func (t *throughput) consumeLean(c *consumer) {
+	defer t.wg.Done()
+	autoAck := t.cfg.AutoAck
+	multi := t.cfg.MultiAck
+	// Acks are written when the input runs dry, or earlier once half the prefetch window
+	// waits on them, so the broker never stalls for credit we hold back.
+	flushAt := 1 << 30
+	if t.cfg.Prefetch > 0 {
+		flushAt = max(1, t.cfg.Prefetch/2)
+	}
+	unacked, buffered := 0, 0
+	h := &leanHandler{
+		message: func(tag uint64, stamp int64, stamped bool) error {
+			if stamped {
+				c.lat.Record(nowNanos() - stamp)
+			}
+			c.received.Add(1)
+			if autoAck {
+				return nil
+			}
+			if unacked++; unacked < multi {
+				return nil
+			}
+			c.lean.ack(tag, multi > 1)
+			buffered += unacked
+			unacked = 0
+			if buffered >= flushAt {
+				buffered = 0
+				return c.lean.flush()
+			}
+			return nil
+		},
+		idle: func() error {
+			if buffered == 0 {
+				return nil
+			}
+			buffered = 0
+			return c.lean.flush()
+		},
+	}
+	if err := c.lean.readLoop(h); err != nil {
+		t.fail(fmt.Errorf("bench: consumer %d: %w", c.id, err))
+	} else if !t.stop.Load() {
+		t.fail(fmt.Errorf("bench: consumer %d: connection closed", c.id))
 	}
 }

@@ -919,19 +919,18 @@ func TestDrainedBacklogGivesDiskBack(t *testing.T) {
 	stop := make(chan struct{})
 	traffic := make(chan error, 1)
 	go func() {
-		id := uint64(n)
-		for {
+		// At least one commit, even when the maintenance finished before this goroutine ran.
+		for id := uint64(n + 1); ; id++ {
+			b := &Batch{Publishes: []Publish{pub(mkMsg(id), ent("other", id))}, Removes: []Entry{ent("other", id-1)}}
+			if err := s.Commit(b); err != nil {
+				traffic <- err
+				return
+			}
 			select {
 			case <-stop:
 				traffic <- nil
 				return
 			default:
-			}
-			id++
-			b := &Batch{Publishes: []Publish{pub(mkMsg(id), ent("other", id))}, Removes: []Entry{ent("other", id-1)}}
-			if err := s.Commit(b); err != nil {
-				traffic <- err
-				return
 			}
 		}
 	}()

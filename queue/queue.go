@@ -169,8 +169,12 @@ type Queue struct {
 	timer     *time.Timer
 	timerAt   int64
 
-	seq uint64 // last reserved sequence number; guarded by mu
-	now func() int64
+	seq       uint64 // last reserved sequence number; guarded by mu
+	delivered uint64 // entries consumers accepted, ever; guarded by mu
+	now       func() int64
+	// timed is set once anything in the queue can expire or wait (a TTL, a redelivery delay, an
+	// entry with an expiry); until then clock skips reading the time. Guarded by mu.
+	timed bool
 
 	// Paging (SetPaging): ready entries beyond the window are paged out and count in the
 	// queue's length without holding memory.
@@ -190,6 +194,7 @@ type Queue struct {
 func New(name string, opts Options, hooks Hooks) *Queue {
 	q := &Queue{Name: name, opts: opts, hooks: hooks, now: func() int64 { return time.Now().UnixNano() }}
 	q.cur.Store(&opts)
+	q.timed = opts.MessageTTL >= 0 || opts.RedeliveryDelay > 0
 	return q
 }
 
@@ -199,6 +204,16 @@ func (q *Queue) SetPaging(p Paging) {
 	q.mu.Lock()
 	q.pager, q.window, q.budget = p.Pager, max(p.Window, 1), p.Budget
 	q.mu.Unlock()
+}
+
+// clock returns the time for expiry and delay decisions, or 0 while nothing in the queue can
+// expire or wait, where every such decision holds for any time: reading the clock costs more
+// than the rest of a push. Call with mu held.
+func (q *Queue) clock() int64 {
+	if q.timed {
+		return q.now()
+	}
+	return 0
 }
 
 // Options returns the queue's options.
@@ -213,6 +228,7 @@ func (q *Queue) SetOptions(opts Options) {
 	q.mu.Lock()
 	q.opts = opts
 	q.cur.Store(&opts)
+	q.timed = q.timed || opts.MessageTTL >= 0 || opts.RedeliveryDelay > 0
 	if q.closed {
 		q.mu.Unlock()
 		return
@@ -243,6 +259,7 @@ func (q *Queue) Restore(e *Entry) {
 	}
 	q.ready.pushBack(e)
 	q.bytes += int64(len(e.Msg.Body))
+	q.timed = q.timed || e.ExpiresAt != 0
 	q.syncBudget()
 	q.mu.Unlock()
 }
@@ -283,7 +300,8 @@ func (q *Queue) Push(e *Entry) PushResult {
 		q.mu.Unlock()
 		return Refused
 	}
-	now := q.now()
+	q.timed = q.timed || e.ExpiresAt != 0
+	now := q.clock()
 	q.expireHead(now)
 	if q.opts.Overflow != DropHead && q.full(len(e.Msg.Body)) {
 		q.mu.Unlock()
@@ -372,6 +390,7 @@ func (q *Queue) offer(e *Entry) bool {
 		default:
 			continue
 		}
+		q.delivered++
 		q.rr = (idx + 1) % n
 		return true
 	}
@@ -502,7 +521,7 @@ func (q *Queue) Kick() {
 		q.mu.Unlock()
 		return
 	}
-	now := q.now()
+	now := q.clock()
 	q.dispatch(now)
 	q.expireHead(now)
 	q.settle(now)
@@ -744,6 +763,14 @@ func (q *Queue) Stats() Stats {
 	return s
 }
 
+// Delivered returns how many entries consumers have accepted since the queue was created: a
+// number that moves while the queue is being drained (flow control watches it).
+func (q *Queue) Delivered() uint64 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.delivered
+}
+
 // Counts returns the queue's counters without expiring anything, for callers that must not
 // trigger dead-lettering (they hold locks the dead-letter path needs).
 func (q *Queue) Counts() Stats {
@@ -808,6 +835,7 @@ func (q *Queue) pagedIn(es []*Entry, err error, max int, maxBytes int64, gen uin
 		}
 		q.ready.insertBySeq(e)
 		q.bytes += size
+		q.timed = q.timed || e.ExpiresAt != 0 // restored from disk without a Push
 	}
 	if q.paged.gen == gen && q.paged.count > 0 {
 		if len(es) < max && read < maxBytes {

@@ -1334,3 +1334,70 @@ func (c *chanConsumer) Deliver(_ *Queue, e *Entry) Outcome {
 		return Busy
 	}
 }
+
+// TestClockOnlyWhenSomethingCanExpire: pushes and kicks on a queue where nothing can expire or
+// wait do not read the clock; a TTL, a redelivery delay or one message with an expiration turn
+// it on for good.
+func TestClockOnlyWhenSomethingCanExpire(t *testing.T) {
+	ttl, delay := NoLimits(), NoLimits()
+	ttl.MessageTTL = time.Hour
+	delay.RedeliveryDelay = time.Second
+	tests := []struct {
+		name     string
+		opts     Options
+		policy   *Options // set with SetOptions after creation (a policy)
+		expiring bool     // push one message with an expiration first
+		wantRead bool
+	}{
+		{"no limits", NoLimits(), nil, false, false},
+		{"queue ttl", ttl, nil, false, true},
+		{"redelivery delay", delay, nil, false, true},
+		{"ttl from a policy", NoLimits(), &ttl, false, true},
+		{"one message expiration", NoLimits(), nil, true, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			q, _, clk := newTestQueue(tc.opts)
+			if tc.policy != nil {
+				q.SetOptions(*tc.policy)
+			}
+			var reads atomic.Int64
+			q.now = func() int64 { reads.Add(1); return clk.now() }
+			if tc.expiring {
+				q.Push(q.NewEntry(q.NextSeq(), &Message{ExpiresAt: clk.now() + int64(time.Hour)}))
+			}
+			reads.Store(0)
+			c := newConsumer("c", -1)
+			q.AddConsumer(c)
+			pushN(t, q, 10, 1)
+			q.Kick()
+			if got := reads.Load() > 0; got != tc.wantRead {
+				t.Errorf("clock read %d times, want reads: %v", reads.Load(), tc.wantRead)
+			}
+			if n := len(c.delivered()); n != 10+btoi(tc.expiring) {
+				t.Errorf("delivered %d", n)
+			}
+		})
+	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// Delivered counts what consumers accepted, not what they refused or what basic.get took.
+func TestDelivered(t *testing.T) {
+	q, _, _ := newTestQueue(NoLimits())
+	c := newConsumer("c", 3)
+	q.AddConsumer(c)
+	pushN(t, q, 5, 1)
+	if _, _, ok := q.Get(true); !ok {
+		t.Fatal("get found nothing")
+	}
+	if got := q.Delivered(); got != 3 {
+		t.Fatalf("Delivered = %d, want 3 (credit 3; the busy offers and the get do not count)", got)
+	}
+}

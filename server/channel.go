@@ -1,7 +1,9 @@
 package server
 
 import (
+	"encoding/binary"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"sync"
@@ -37,7 +39,7 @@ type txPublish struct {
 
 type txSettle struct {
 	kind settleKind
-	ds   []*delivery
+	ds   []delivery
 }
 
 // txState collects a transaction's work until tx.commit.
@@ -56,6 +58,7 @@ type channel struct {
 	closing bool // we sent channel.close and wait for close-ok
 
 	// Content assembly for basic.publish.
+	pubMethod   amqp.BasicPublish // reused by every publish (see scannedPublish)
 	pub         *amqp.BasicPublish
 	pubSummary  amqp.HeaderSummary
 	pubHeader   []byte
@@ -65,6 +68,9 @@ type channel struct {
 	pubOverflow bool
 
 	rb         routeBuf
+	entryBuf   []*queue.Entry // enqueue's reusable entry buffer
+	settleBuf  []delivery     // settle's reusable delivery buffer
+	pubCount   uint64         // publishes, for flowCheck
 	confirm    bool
 	publishSeq uint64
 	confirms   confirmTracker
@@ -73,10 +79,10 @@ type channel struct {
 	mu               sync.Mutex
 	closed           bool
 	nextTag          uint64
-	unacked          []*delivery // ascending tags
-	inflight         int         // delivered and not yet settled (including acks waiting for tx.commit)
-	prefetch         int         // basic.qos global=true: limit for the whole channel
-	consumerPrefetch int         // basic.qos global=false: limit for consumers created afterwards
+	unacked          []delivery // ascending tags; values, so a delivery allocates nothing
+	inflight         int        // delivered and not yet settled (including acks waiting for tx.commit)
+	prefetch         int        // basic.qos global=true: limit for the whole channel
+	consumerPrefetch int        // basic.qos global=false: limit for consumers created afterwards
 	consumers        map[string]*consumer
 }
 
@@ -106,9 +112,14 @@ func (ch *channel) handleFrame(f amqp.Frame) error {
 		}
 		return amqp.Errorf(amqp.UnexpectedFrame, "expected method frame, got non method frame instead")
 	default:
-		m, err := amqp.DecodeMethod(f.Payload)
-		if err != nil {
-			return err
+		var m amqp.Method
+		if ps, ok := amqp.ScanBasicPublish(f.Payload); ok {
+			m = ch.scannedPublish(&ps)
+		} else {
+			var err error
+			if m, err = amqp.DecodeMethod(f.Payload); err != nil {
+				return err
+			}
 		}
 		if ch.closing {
 			ch.closingMethod(m)
@@ -124,6 +135,25 @@ func (ch *channel) handleFrame(f amqp.Frame) error {
 	}
 	ch.fail(aerr)
 	return nil
+}
+
+// separateBodyMin is the body size from which a message's body gets its own allocation.
+const separateBodyMin = 512
+
+// scannedPublish turns a basic.publish read in place into the channel's reusable BasicPublish
+// (it is done with before the next publish starts). The exchange and routing key strings are
+// kept from the previous publish when they repeat, as they do for most publishers, so the common
+// case allocates nothing.
+func (ch *channel) scannedPublish(ps *amqp.PublishScan) *amqp.BasicPublish {
+	m := &ch.pubMethod
+	if string(ps.Exchange) != m.Exchange {
+		m.Exchange = string(ps.Exchange)
+	}
+	if string(ps.RoutingKey) != m.RoutingKey {
+		m.RoutingKey = string(ps.RoutingKey)
+	}
+	m.Mandatory, m.Immediate = ps.Mandatory, ps.Immediate
+	return m
 }
 
 // contentFrameError is the 505 for a frame out of place inside a basic.publish's content.
@@ -161,7 +191,23 @@ func (ch *channel) fail(e *amqp.Error) {
 }
 
 func (ch *channel) contentHeader(p []byte) *amqp.Error {
-	sum, err := amqp.ScanContentHeader(p)
+	// The header of a message that will be kept is copied before the scan, so that the summary
+	// (HeadersRaw) aliases the copy and the header is scanned once. A small body shares that
+	// allocation; a larger one is allocated by contentBody as a copy of its frame, which spares
+	// zeroing it first.
+	maxSize := uint64(ch.c.srv.maxMessageSize())
+	hdr, buf := p, []byte(nil)
+	if !ch.closing && len(p) >= 12 {
+		if size := binary.BigEndian.Uint64(p[4:12]); size < separateBodyMin {
+			buf = make([]byte, len(p)+int(size))
+			copy(buf, p)
+			hdr = buf[:len(p):len(p)]
+		} else if size <= maxSize {
+			hdr = make([]byte, len(p))
+			copy(hdr, p)
+		}
+	}
+	sum, err := amqp.ScanContentHeader(hdr)
 	if err != nil {
 		return asAMQP(err)
 	}
@@ -174,20 +220,19 @@ func (ch *channel) contentHeader(p []byte) *amqp.Error {
 		ch.pubHeader = []byte{}
 		return ch.maybeFinish()
 	}
-	if max := ch.c.srv.maxMessageSize(); sum.BodySize > uint64(max) {
+	if sum.BodySize > maxSize {
 		// fail drops the publish; its body frames then arrive on a closing channel and are ignored.
-		e := amqp.Errorf(amqp.PreconditionFailed, "message size %d is larger than configured max size %d", sum.BodySize, max)
+		e := amqp.Errorf(amqp.PreconditionFailed, "message size %d is larger than configured max size %d", sum.BodySize, maxSize)
 		e.ClassID, e.MethodID = amqp.ClassBasic, 40
 		ch.fail(e)
 		return nil
 	}
-	// One allocation holds the header and the body; the message keeps both for its lifetime.
-	buf := make([]byte, len(p)+int(sum.BodySize))
-	copy(buf, p)
-	ch.pubHeader = buf[:len(p):len(p)]
-	ch.pubBody = buf[len(p):]
-	// Scan our copy so HeadersRaw does not alias the frame buffer.
-	ch.pubSummary, _ = amqp.ScanContentHeader(ch.pubHeader)
+	ch.pubHeader = hdr
+	ch.pubBody = nil
+	if buf != nil {
+		ch.pubBody = buf[len(p):]
+	}
+	ch.pubSummary = sum
 	if sum.UserID != "" && sum.UserID != ch.c.user {
 		e := amqp.Errorf(amqp.PreconditionFailed, "user_id property set to '%s' but authenticated user was '%s'", sum.UserID, ch.c.user)
 		e.ClassID, e.MethodID = amqp.ClassBasic, 40
@@ -204,8 +249,16 @@ func (ch *channel) contentBody(p []byte) *amqp.Error {
 		ch.pubOverflow = true
 		return nil
 	}
-	if ch.pubBody != nil {
+	switch {
+	case ch.closing:
+	case ch.pubBody != nil:
 		copy(ch.pubBody[ch.pubGot:], p)
+	case uint64(len(p)) == ch.pubSize:
+		ch.pubBody = make([]byte, len(p))
+		copy(ch.pubBody, p)
+	default:
+		ch.pubBody = make([]byte, ch.pubSize)
+		copy(ch.pubBody, p)
 	}
 	ch.pubGot += uint64(len(p))
 	return ch.maybeFinish()
@@ -486,10 +539,11 @@ func (ch *channel) finishPublish() *amqp.Error {
 	if seq != 0 {
 		done = func(err error) { ch.confirms.settle(seq, err != nil, ch.writeConfirms) }
 	}
-	refused := v.enqueue(msg, targets, done)
+	refused := v.enqueue(msg, targets, done, &ch.entryBuf)
 	if seq != 0 && (refused || !needsDisk(msg, targets)) {
 		ch.confirms.settle(seq, refused, ch.writeConfirms)
 	}
+	ch.flowCheck(targets)
 	return nil
 }
 
@@ -538,9 +592,13 @@ type prepared struct {
 
 // prepare builds entries for msg in targets and adds the persistent copy for durable queues to
 // batch. Entries become visible only in push, after the batch was submitted, so a consumer's ack
-// can never reach the journal before the publish it removes.
-func (v *vhost) prepare(msg *queue.Message, targets []*queueState, batch *persistence.Batch) prepared {
-	p := prepared{msg: msg, targets: targets, entries: make([]*queue.Entry, len(targets))}
+// can never reach the journal before the publish it removes. The entries go into scratch's
+// backing array when it is large enough (the caller's reusable buffer), else a new one.
+func (v *vhost) prepare(msg *queue.Message, targets []*queueState, batch *persistence.Batch, scratch []*queue.Entry) prepared {
+	if cap(scratch) < len(targets) {
+		scratch = make([]*queue.Entry, len(targets))
+	}
+	p := prepared{msg: msg, targets: targets, entries: scratch[:len(targets)]}
 	var pub persistence.Publish
 	for i, qs := range targets {
 		e := qs.q.NewEntry(qs.q.NextSeq(), msg)
@@ -580,13 +638,26 @@ func (v *vhost) push(p prepared, publisher bool) bool {
 }
 
 // enqueue delivers msg to targets; done (may be nil) runs once its durable copy is synced.
-func (v *vhost) enqueue(msg *queue.Message, targets []*queueState, done func(error)) bool {
-	var batch persistence.Batch
-	p := v.prepare(msg, targets, &batch)
-	if len(batch.Publishes) > 0 {
-		v.srv.store.Submit(&batch, done)
+// scratch (may be nil) is a buffer for the entries, reused across calls by one goroutine.
+func (v *vhost) enqueue(msg *queue.Message, targets []*queueState, done func(error), scratch *[]*queue.Entry) bool {
+	var entries []*queue.Entry
+	if scratch != nil {
+		entries = *scratch
 	}
-	return v.push(p, true)
+	var batch *persistence.Batch // only persistent messages for durable queues need one
+	if needsDisk(msg, targets) {
+		batch = &persistence.Batch{}
+	}
+	p := v.prepare(msg, targets, batch, entries)
+	if batch != nil && len(batch.Publishes) > 0 {
+		v.srv.store.Submit(batch, done)
+	}
+	refused := v.push(p, true)
+	if scratch != nil {
+		clear(p.entries) // the queues own the entries now; drop our references
+		*scratch = p.entries[:0]
+	}
+	return refused
 }
 
 // --- consumers and deliveries
@@ -623,14 +694,18 @@ func (cs *consumer) Deliver(_ *queue.Queue, e *queue.Entry) queue.Outcome {
 	}
 	ch.nextTag++
 	tag := ch.nextTag
-	b = amqp.AppendMethodFrame(b, ch.id, &amqp.BasicDeliver{
+	start := len(b)
+	b = amqp.BeginMethodFrame(b, ch.id)
+	d := amqp.BasicDeliver{
 		ConsumerTag: cs.tag, DeliveryTag: tag, Redelivered: e.Redelivered(),
 		Exchange: e.Msg.Exchange, RoutingKey: e.Msg.RoutingKey,
-	})
+	}
+	b = d.Append(b)
+	b = amqp.EndMethodFrame(b, start)
 	b = amqp.AppendContent(b, ch.id, cs.qs.deliveryHeader(e), e.Msg.Body, ch.c.frameMax)
 	w.unlock(b)
 	if !cs.noAck {
-		ch.unacked = append(ch.unacked, &delivery{tag: tag, qs: cs.qs, e: e, cons: cs})
+		ch.unacked = append(ch.unacked, delivery{tag: tag, qs: cs.qs, e: e, cons: cs})
 		cs.unacked++
 		ch.inflight++
 	}
@@ -780,7 +855,7 @@ func (ch *channel) get(m *amqp.BasicGet) *amqp.Error {
 	b = amqp.AppendContent(b, ch.id, qs.deliveryHeader(e), e.Msg.Body, ch.c.frameMax)
 	w.unlock(b)
 	if !m.NoAck {
-		ch.unacked = append(ch.unacked, &delivery{tag: tag, qs: qs, e: e})
+		ch.unacked = append(ch.unacked, delivery{tag: tag, qs: qs, e: e})
 		ch.inflight++
 	}
 	ch.mu.Unlock()
@@ -811,8 +886,9 @@ func (ch *channel) qos(m *amqp.BasicQos) *amqp.Error {
 
 // kickConsumers retries delivery on every queue this channel consumes from.
 func (ch *channel) kickConsumers() {
+	var buf [4]*queue.Queue // the usual handful of consumers stays on the stack
+	qs := buf[:0]
 	ch.mu.Lock()
-	qs := make([]*queue.Queue, 0, len(ch.consumers))
 	for _, cs := range ch.consumers {
 		qs = append(qs, cs.qs.q)
 	}
@@ -825,23 +901,26 @@ func (ch *channel) kickConsumers() {
 // --- acknowledgements
 
 // takeUnacked removes the deliveries an ack-like method names. tag 0 with multiple means all.
-func (ch *channel) takeUnacked(tag uint64, multiple bool) ([]*delivery, *amqp.Error) {
+// They are returned in scratch's backing array when it has room (settle's reusable buffer).
+func (ch *channel) takeUnacked(tag uint64, multiple bool, scratch []delivery) ([]delivery, *amqp.Error) {
 	ch.mu.Lock()
 	defer ch.mu.Unlock()
 	i := sort.Search(len(ch.unacked), func(i int) bool { return ch.unacked[i].tag >= tag })
-	var ds []*delivery
+	var ds []delivery
 	switch {
 	case multiple && tag == 0:
 		ds = ch.unacked
 		ch.unacked = nil
 	case i < len(ch.unacked) && ch.unacked[i].tag == tag:
+		from := i
 		if multiple {
-			ds = append([]*delivery(nil), ch.unacked[:i+1]...)
-			ch.unacked = append(ch.unacked[:0], ch.unacked[i+1:]...)
-		} else {
-			ds = []*delivery{ch.unacked[i]}
-			ch.unacked = append(ch.unacked[:i], ch.unacked[i+1:]...)
+			from = 0
 		}
+		ds = append(scratch[:0], ch.unacked[from:i+1]...)
+		// Close the gap in place and clear the vacated tail, which would keep entries alive.
+		n := from + copy(ch.unacked[from:], ch.unacked[i+1:])
+		clear(ch.unacked[n:])
+		ch.unacked = ch.unacked[:n]
 	default:
 		return nil, amqp.Errorf(amqp.PreconditionFailed, "unknown delivery tag %d", tag)
 	}
@@ -849,21 +928,23 @@ func (ch *channel) takeUnacked(tag uint64, multiple bool) ([]*delivery, *amqp.Er
 }
 
 func (ch *channel) settle(tag uint64, multiple bool, kind settleKind) *amqp.Error {
-	ds, err := ch.takeUnacked(tag, multiple)
+	ds, err := ch.takeUnacked(tag, multiple, ch.settleBuf)
 	if err != nil {
 		return err
 	}
 	if ch.tx != nil {
-		ch.tx.settles = append(ch.tx.settles, txSettle{kind: kind, ds: ds})
-		return nil
+		ch.tx.settles = append(ch.tx.settles, txSettle{kind: kind, ds: slices.Clone(ds)})
+	} else {
+		ch.apply(kind, ds, nil)
 	}
-	ch.apply(kind, ds, nil)
+	clear(ds)
+	ch.settleBuf = ds[:0]
 	return nil
 }
 
 // apply settles deliveries for good: credit is returned, queues are told, durable copies go.
 // With batch non-nil (tx.commit) the removals of acked messages join the transaction's batch.
-func (ch *channel) apply(kind settleKind, ds []*delivery, batch *persistence.Batch) {
+func (ch *channel) apply(kind settleKind, ds []delivery, batch *persistence.Batch) {
 	if len(ds) == 0 {
 		return
 	}
@@ -883,21 +964,23 @@ func (ch *channel) apply(kind settleKind, ds []*delivery, batch *persistence.Bat
 		for end < len(ds) && ds[end].qs == qs {
 			end++
 		}
+		if kind == settleAck {
+			qs.q.Ack(end - start)
+			for _, d := range ds[start:end] {
+				if d.e.Durable {
+					removes = append(removes, persistence.Entry{Queue: qs.ref(), Seq: d.e.Seq, MsgID: d.e.Msg.ID})
+				}
+			}
+			start = end
+			continue
+		}
 		es := make([]*queue.Entry, end-start)
 		for i, d := range ds[start:end] {
 			es[i] = d.e
 		}
-		switch kind {
-		case settleAck:
-			qs.q.Ack(len(es))
-			for _, e := range es {
-				if e.Durable {
-					removes = append(removes, persistence.Entry{Queue: qs.ref(), Seq: e.Seq, MsgID: e.Msg.ID})
-				}
-			}
-		case settleReject:
+		if kind == settleReject {
 			qs.q.Reject(es)
-		case settleRequeue:
+		} else {
 			qs.q.Requeue(es)
 		}
 		start = end
@@ -915,14 +998,14 @@ func (ch *channel) apply(kind settleKind, ds []*delivery, batch *persistence.Bat
 // recover requeues everything unacked on the channel (basic.recover requeue=true).
 func (ch *channel) recover() {
 	// Acks waiting for tx.commit are not unacked any more, so, as in RabbitMQ, they stay out.
-	ds, _ := ch.takeUnacked(0, true)
+	ds, _ := ch.takeUnacked(0, true, nil)
 	sort.Slice(ds, func(i, j int) bool { return ds[i].tag < ds[j].tag })
 	ch.apply(settleRequeue, groupByQueue(ds), nil)
 }
 
 // groupByQueue orders deliveries so that each queue's run is contiguous, keeping tag order
 // within a queue (requeue positions come from the entries' sequence numbers anyway).
-func groupByQueue(ds []*delivery) []*delivery {
+func groupByQueue(ds []delivery) []delivery {
 	sort.SliceStable(ds, func(i, j int) bool { return ds[i].qs.name < ds[j].qs.name })
 	return ds
 }
@@ -943,7 +1026,7 @@ func (ch *channel) commit() {
 			}
 			continue
 		}
-		pubs = append(pubs, v.prepare(p.msg, append([]*queueState(nil), targets...), batch))
+		pubs = append(pubs, v.prepare(p.msg, append([]*queueState(nil), targets...), batch, nil))
 	}
 	// The publishes and the acks are one atomic store batch, submitted before anything becomes
 	// visible; commit-ok waits for its sync.
@@ -980,7 +1063,7 @@ func scanHeaders(header []byte) []byte {
 func (ch *channel) rollback() {
 	tx := ch.tx
 	ch.tx = &txState{}
-	var back []*delivery
+	var back []delivery
 	for _, s := range tx.settles {
 		back = append(back, s.ds...)
 	}

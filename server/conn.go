@@ -53,7 +53,9 @@ type conn struct {
 
 	chMu     sync.Mutex // guards channels for onDrain and shutdown, which run off the reader
 	channels map[uint16]*channel
+	lastCh   *channel // the channel of the previous frame: a publish is three frames on one channel
 
+	hb          *heartbeats  // nil when heartbeats are off; set and stopped by the reader goroutine
 	closing     atomic.Bool  // connection.close sent by us; waiting for close-ok
 	framesIn    atomic.Int64 // bumped per frame read, watched by the heartbeat monitor
 	closeOnce   sync.Once
@@ -75,17 +77,34 @@ func (s *Server) newConn(nc net.Conn, id uint64) *conn {
 	return c
 }
 
-// serve runs the connection until it closes.
+// serve runs the connection until it closes: the handshake here, then the read loop on a fresh
+// goroutine. The handshake (TLS, authentication, decoding the client's tables) can grow a stack
+// to 8 KiB and more, which an idle connection would otherwise keep until a GC shrinks it; at
+// 10,000 idle connections that was 40 MB.
 func (c *conn) serve() {
-	go c.w.run()
-	defer c.teardown()
-	// A bug must cost one connection, never the broker: log it and close with 541.
-	defer func() {
-		if r := recover(); r != nil {
-			c.log.Error("internal error, closing connection", "panic", r, "stack", string(debug.Stack()))
-			c.sendClose(amqp.Errorf(amqp.InternalError, "internal error"))
-		}
+	if !c.open() {
+		c.teardown()
+		return
+	}
+	c.srv.serving.Add(1)
+	go func() {
+		defer c.srv.serving.Done()
+		c.readLoop()
 	}()
+}
+
+// recoverPanic, deferred, turns a panic into a logged 541 close: a bug must cost one
+// connection, never the broker.
+func (c *conn) recoverPanic() {
+	if r := recover(); r != nil {
+		c.log.Error("internal error, closing connection", "panic", r, "stack", string(debug.Stack()))
+		c.sendClose(amqp.Errorf(amqp.InternalError, "internal error"))
+	}
+}
+
+// open performs the TLS and AMQP handshakes; false means the connection is done.
+func (c *conn) open() (ok bool) {
+	defer c.recoverPanic()
 	c.fr = amqp.NewFrameReader(c.nc, 128<<10)
 	c.fr.SetMaxFrameSize(amqp.FrameMinSize)
 	deadline := time.Now().Add(c.srv.handshakeTimeout())
@@ -93,17 +112,24 @@ func (c *conn) serve() {
 	if tc, ok := c.nc.(*tls.Conn); ok {
 		if err := c.tlsHandshake(tc, deadline); err != nil {
 			c.log.Info("TLS handshake failed", "err", err)
-			return
+			return false
 		}
 	}
 	if err := c.handshake(); err != nil {
 		c.fail(err)
-		return
+		return false
 	}
 	_ = c.nc.SetReadDeadline(time.Time{})
 	if c.heartbeat > 0 {
-		go c.heartbeatLoop(time.Duration(c.heartbeat) * time.Second)
+		c.startHeartbeats(time.Duration(c.heartbeat) * time.Second)
 	}
+	return true
+}
+
+// readLoop reads and handles frames until the connection ends, then tears it down.
+func (c *conn) readLoop() {
+	defer c.teardown()
+	defer c.recoverPanic()
 	for {
 		if c.srv.alarms.active.Load() && c.publisher.Load() {
 			c.waitWhileBlocked()
@@ -191,6 +217,7 @@ func (c *conn) release() {
 			chs = append(chs, ch)
 		}
 		c.channels = map[uint16]*channel{}
+		c.lastCh = nil
 		c.chMu.Unlock()
 		c.channelsClosed(len(chs))
 		for _, ch := range chs {
@@ -206,6 +233,9 @@ func (c *conn) release() {
 func (c *conn) teardown() {
 	c.closeOnce.Do(func() {
 		close(c.done)
+		if c.hb != nil {
+			c.hb.stop()
+		}
 		c.release()
 		c.w.closeAfterFlush()
 		select {
@@ -229,32 +259,54 @@ func (c *conn) awaitClientHangup() {
 	}
 }
 
-func (c *conn) heartbeatLoop(interval time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	last := c.framesIn.Load()
-	missed := 0
-	for {
-		select {
-		case <-c.done:
-			return
-		case <-t.C:
-		}
-		b := c.w.lock()
-		b = amqp.AppendHeartbeat(b)
-		c.w.unlock(b)
-		n := c.framesIn.Load()
-		if n != last || c.blocked.Load() {
-			last, missed = n, 0
-			continue
-		}
-		missed++
-		if missed >= 2 {
-			c.log.Info("missed heartbeats from client, closing", "timeout", 2*interval)
-			_ = c.nc.Close()
-			return
-		}
+// heartbeats sends a heartbeat frame every interval and closes the connection once the client
+// has sent nothing for two intervals. It runs on a timer rather than a goroutine, so an idle
+// connection costs no stack for it.
+type heartbeats struct {
+	c        *conn
+	interval time.Duration
+	mu       sync.Mutex
+	t        *time.Timer
+	last     int64 // framesIn at the previous tick
+	missed   int
+}
+
+func (c *conn) startHeartbeats(interval time.Duration) {
+	h := &heartbeats{c: c, interval: interval, last: c.framesIn.Load()}
+	h.mu.Lock()
+	h.t = time.AfterFunc(interval, h.tick)
+	h.mu.Unlock()
+	c.hb = h
+}
+
+// stop ends the ticks; a closed connection must not stay reachable from a pending timer.
+func (h *heartbeats) stop() {
+	h.mu.Lock()
+	h.t.Stop()
+	h.mu.Unlock()
+}
+
+func (h *heartbeats) tick() {
+	c := h.c
+	select {
+	case <-c.done:
+		return
+	default:
 	}
+	b := c.w.lock()
+	b = amqp.AppendHeartbeat(b)
+	c.w.unlock(b)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := c.framesIn.Load()
+	if n != h.last || c.blocked.Load() {
+		h.last, h.missed = n, 0
+	} else if h.missed++; h.missed >= 2 {
+		c.log.Info("missed heartbeats from client, closing", "timeout", 2*h.interval)
+		_ = c.nc.Close()
+		return
+	}
+	h.t.Reset(h.interval)
 }
 
 // writeMethod encodes one method frame.
@@ -308,19 +360,14 @@ func (c *conn) serverProperties() amqp.Table {
 
 // readMethod reads the next frame during the handshake, which must be a method on channel 0.
 func (c *conn) readMethod() (amqp.Method, error) {
-	for {
-		f, err := c.fr.ReadFrame()
-		if err != nil {
-			return nil, err
-		}
-		if f.Type == amqp.FrameHeartbeat {
-			continue
-		}
-		if f.Type != amqp.FrameMethod || f.Channel != 0 {
-			return nil, amqp.Errorf(amqp.UnexpectedFrame, "expected method frame on channel 0 during handshake, got type %d on channel %d", f.Type, f.Channel)
-		}
-		return amqp.DecodeMethod(f.Payload)
+	f, err := c.fr.ReadNonHeartbeat()
+	if err != nil {
+		return nil, err
 	}
+	if f.Type != amqp.FrameMethod || f.Channel != 0 {
+		return nil, amqp.Errorf(amqp.UnexpectedFrame, "expected method frame on channel 0 during handshake, got type %d on channel %d", f.Type, f.Channel)
+	}
+	return amqp.DecodeMethod(f.Payload)
 }
 
 func (c *conn) handshake() error {
@@ -456,7 +503,11 @@ func (c *conn) handleFrame(f amqp.Frame) error {
 	if c.closing.Load() {
 		return nil // after we sent connection.close, only close-ok matters
 	}
-	ch := c.channels[f.Channel]
+	ch := c.lastCh
+	if ch == nil || ch.id != f.Channel {
+		ch = c.channels[f.Channel]
+		c.lastCh = ch
+	}
 	if ch == nil {
 		if f.Type != amqp.FrameMethod {
 			return amqp.Errorf(amqp.ChannelError, "frame type %d on channel %d which is not open", f.Type, f.Channel)
@@ -527,6 +578,9 @@ func (c *conn) removeChannel(id uint16) {
 	c.chMu.Lock()
 	_, ok := c.channels[id]
 	delete(c.channels, id)
+	if c.lastCh != nil && c.lastCh.id == id {
+		c.lastCh = nil
+	}
 	c.chMu.Unlock()
 	if ok {
 		c.channelsClosed(1)

@@ -97,7 +97,7 @@ func (v *vhost) deadLetter(qs *queueState, dl *dlConfig, es []*queue.Entry, why 
 	// Build the whole batch (new copies + removals) before any new entry becomes visible.
 	ps := make([]prepared, len(out))
 	for i, p := range out {
-		ps[i] = v.prepare(p.msg, p.targets, &batch)
+		ps[i] = v.prepare(p.msg, p.targets, &batch, nil)
 	}
 	if v.srv.store != nil && (len(batch.Publishes) > 0 || len(batch.Removes) > 0) {
 		v.srv.store.Submit(&batch, nil)

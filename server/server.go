@@ -148,11 +148,15 @@ func (s *Server) Start() error {
 		go s.acceptLoop(s.tlsLn)
 	}
 	s.ln = ln
-	s.serving.Add(2)
+	s.serving.Add(3)
 	go s.acceptLoop(ln)
 	go func() {
 		defer s.serving.Done()
 		s.alarmLoop()
+	}()
+	go func() {
+		defer s.serving.Done()
+		s.trimLoop(trimInterval)
 	}()
 	if s.store != nil && s.log.Enabled(context.Background(), slog.LevelDebug) {
 		s.serving.Add(1)
@@ -162,6 +166,32 @@ func (s *Server) Start() error {
 		}()
 	}
 	return nil
+}
+
+// trimInterval is how often idle connections give back their large write buffers.
+const trimInterval = 30 * time.Second
+
+// trimLoop periodically trims the write buffers of connections with nothing to write, so that
+// memory grown by a burst of traffic returns once the connection is quiet.
+func (s *Server) trimLoop(every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.quit:
+			return
+		case <-t.C:
+		}
+		s.mu.Lock()
+		conns := make([]*conn, 0, len(s.conns))
+		for c := range s.conns {
+			conns = append(conns, c)
+		}
+		s.mu.Unlock()
+		for _, c := range conns {
+			c.w.trim()
+		}
+	}
 }
 
 // journalStatsInterval is how often the debug log reports the journal's group commits.

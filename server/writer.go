@@ -13,26 +13,33 @@ const (
 	lowWater  = 1 << 20
 	// spareCap is the largest buffer kept for reuse after a flush.
 	spareCap = 8 << 20
+	// idleCap is the largest buffer an idle writer keeps through a trim (see Server.trimLoop):
+	// a connection that went quiet must not hold the buffers of its busiest moment.
+	idleCap = 16 << 10
 )
 
-// writer is a connection's outbound frame queue. Any goroutine appends encoded frames under mu; one
-// goroutine swaps the buffer out and writes it with a single syscall, so under load many frames
-// share one write and nothing is flushed while more is already queued.
+// writer is a connection's outbound frame queue. Any goroutine appends encoded frames under mu; a
+// flusher goroutine swaps the buffer out and writes it with a single syscall, so under load many
+// frames share one write and nothing is flushed while more is already queued. The flusher runs
+// only while there is something to write: it is started by the append that finds it stopped and
+// exits once the buffer is empty, so an idle connection has no writer goroutine (and no stack).
 type writer struct {
-	nc   net.Conn
-	mu   sync.Mutex
-	buf  []byte
-	wake chan struct{}
+	nc      net.Conn
+	mu      sync.Mutex
+	buf     []byte
+	spare   []byte // the buffer of the previous flush, reused for appends
+	running bool   // a flusher goroutine is active
 	// closing: write what is queued, then close the socket.
 	closing   bool
 	dead      bool
 	throttled bool
 	onDrain   func()
-	done      chan struct{}
+	done      chan struct{} // closed when the writer is dead (socket closed)
 }
 
 func newWriter(nc net.Conn, onDrain func()) *writer {
-	return &writer{nc: nc, wake: make(chan struct{}, 1), done: make(chan struct{}), onDrain: onDrain, buf: make([]byte, 0, 64<<10)}
+	// The buffer is allocated by the first append and grows with the traffic.
+	return &writer{nc: nc, done: make(chan struct{}), onDrain: onDrain}
 }
 
 // lock returns the buffer to append to; unlock must follow.
@@ -41,17 +48,26 @@ func (w *writer) lock() []byte {
 	return w.buf
 }
 
-// unlock stores the appended buffer and wakes the writer goroutine.
+// unlock stores the appended buffer and starts the flusher if it is not running.
 func (w *writer) unlock(b []byte) {
 	if w.dead {
 		b = b[:0]
 	}
 	w.buf = b
+	start := w.startLocked()
 	w.mu.Unlock()
-	select {
-	case w.wake <- struct{}{}:
-	default:
+	if start {
+		go w.run()
 	}
+}
+
+// startLocked reports whether the caller must start a flusher, marking it running.
+func (w *writer) startLocked() bool {
+	if w.running || w.dead || (len(w.buf) == 0 && !w.closing) {
+		return false
+	}
+	w.running = true
+	return true
 }
 
 // congested reports whether deliveries should pause; call with mu held (inside lock/unlock) or not.
@@ -74,56 +90,77 @@ func (w *writer) congested() bool {
 func (w *writer) closeAfterFlush() {
 	w.mu.Lock()
 	w.closing = true
+	start := w.startLocked()
 	w.mu.Unlock()
-	select {
-	case w.wake <- struct{}{}:
-	default:
+	if start {
+		go w.run()
 	}
 }
 
-// run is the writer goroutine.
+// run is the flusher: it writes until the buffer is empty, then exits (or, when closing, closes
+// the socket).
 func (w *writer) run() {
-	defer close(w.done)
-	var spare []byte
-	for range w.wake {
+	for {
 		w.mu.Lock()
 		b := w.buf
-		w.buf = spare[:0]
-		closing := w.closing
-		w.mu.Unlock()
-		if len(b) > 0 {
-			if _, err := w.nc.Write(b); err != nil {
+		if len(b) == 0 {
+			closing := w.closing
+			w.running = false
+			w.mu.Unlock()
+			if closing {
 				w.kill()
-				return
 			}
+			return
 		}
-		if cap(b) <= spareCap {
-			spare = b[:0]
-		} else {
-			spare = nil
+		w.buf = w.spare[:0]
+		w.spare = nil
+		w.mu.Unlock()
+		if _, err := w.nc.Write(b); err != nil {
+			w.mu.Lock()
+			w.running = false
+			w.mu.Unlock()
+			w.kill()
+			return
 		}
 		w.mu.Lock()
+		if cap(b) <= spareCap {
+			w.spare = b[:0]
+		}
 		drained := w.throttled && len(w.buf) < lowWater
 		if drained {
 			w.throttled = false
 		}
-		more := len(w.buf) > 0
 		w.mu.Unlock()
 		if drained && w.onDrain != nil {
 			w.onDrain()
 		}
-		if closing && !more {
-			w.kill()
-			return
+	}
+}
+
+// trim drops buffers larger than idleCap while the writer has nothing to write; they are
+// reallocated (and regrown) if traffic resumes.
+func (w *writer) trim() {
+	w.mu.Lock()
+	if !w.running && len(w.buf) == 0 {
+		if cap(w.buf) > idleCap {
+			w.buf = nil
+		}
+		if cap(w.spare) > idleCap {
+			w.spare = nil
 		}
 	}
+	w.mu.Unlock()
 }
 
 // kill stops the writer and closes the socket; later appends are dropped.
 func (w *writer) kill() {
 	w.mu.Lock()
+	first := !w.dead
 	w.dead = true
-	w.buf = nil
+	w.buf, w.spare = nil, nil
 	w.mu.Unlock()
 	_ = w.nc.Close()
+	if first {
+		close(w.done)
+	}
 }
