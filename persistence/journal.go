@@ -29,6 +29,7 @@ const (
 // badger's writes).
 type request struct {
 	batch     *Batch
+	size      int64 // memory batch holds (queuedBytes), counted in Store.queued
 	op        func(g *group) error
 	cut       bool
 	exclusive func() error
@@ -71,8 +72,26 @@ func ackedIn(reqs []request) map[entryKey]struct{} {
 // done(ErrClosed) is called at once on the caller's goroutine. b must not be modified
 // until done is called.
 func (s *Store) Submit(b *Batch, done func(error)) {
-	s.submit(request{batch: b, done: done})
+	s.submit(request{batch: b, size: b.queuedBytes(), done: done})
 }
+
+// AwaitRoom waits while batches holding more than max bytes of messages are submitted and not yet committed, so
+// that a producer faster than the disk (publishers, queues paging out) is held back instead
+// of growing the journal's queue in memory without bound. It returns at once when the store
+// is closing. It must not be called from a done callback or a ReadAhead callback.
+func (s *Store) AwaitRoom(max int64) {
+	if s.queued.Load() <= max {
+		return
+	}
+	s.mu.Lock()
+	for s.queued.Load() > max && !s.closing {
+		s.room.Wait()
+	}
+	s.mu.Unlock()
+}
+
+// Queued returns the bytes of messages submitted and not yet committed.
+func (s *Store) Queued() int64 { return s.queued.Load() }
 
 // Commit submits b and waits until it is durable (or failed).
 func (s *Store) Commit(b *Batch) error {
@@ -92,6 +111,7 @@ func (s *Store) submit(r request) {
 		return
 	}
 	s.pending = append(s.pending, r)
+	s.queued.Add(r.size)
 	s.cond.Signal()
 	s.mu.Unlock()
 }
@@ -133,9 +153,15 @@ func (s *Store) journal() {
 
 		s.process(reqs)
 
+		var done int64
+		for _, r := range reqs {
+			done += r.size
+		}
 		clear(reqs)
 		s.mu.Lock()
 		s.spare = reqs[:0]
+		s.queued.Add(-done)
+		s.room.Broadcast()
 		s.mu.Unlock()
 	}
 }

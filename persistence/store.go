@@ -56,6 +56,10 @@ type Store struct {
 	spare   []request
 	closing bool
 	closed  bool
+	// queued is the message bytes of the batches submitted and not yet committed; room is
+	// broadcast (on mu) when the journal has taken some of them off (AwaitRoom).
+	queued atomic.Int64 // written under mu
+	room   *sync.Cond
 
 	journalDone chan struct{}
 	gcStop      chan struct{}
@@ -176,6 +180,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		trimDone:    make(chan struct{}),
 	}
 	s.cond = sync.NewCond(&s.mu)
+	s.room = sync.NewCond(&s.mu)
 	if !opts.InMemory {
 		// /proc/self/maps shows absolute, resolved paths.
 		if abs, err := filepath.Abs(dir); err == nil {
@@ -577,6 +582,7 @@ func (s *Store) Close() error {
 		s.mu.Lock()
 		s.closing = true
 		s.cond.Broadcast()
+		s.room.Broadcast()
 		s.mu.Unlock()
 		<-s.journalDone
 		s.reads.close()

@@ -119,6 +119,29 @@ type Batch struct {
 	DropPages  []PageDrop
 }
 
+// messageOverhead approximates what a queued message costs in memory beside its header and
+// body (the Message, its strings, the request), so that small messages count too.
+const messageOverhead = 128
+
+// queuedBytes approximates the memory b holds until it is committed: its messages.
+func (b *Batch) queuedBytes() int64 {
+	var n int64
+	for _, p := range b.Publishes {
+		n += messageSize(p.Msg)
+	}
+	for _, p := range b.Pages {
+		n += messageSize(p.Msg)
+	}
+	return n
+}
+
+func messageSize(m *Message) int64 {
+	if m == nil {
+		return 0
+	}
+	return int64(len(m.Header)+len(m.Body)+len(m.Exchange)+len(m.RoutingKey)) + messageOverhead
+}
+
 // Stored is one queue entry read back from the store by RecoverQueue or ReadAhead.
 type Stored struct {
 	Seq        uint64

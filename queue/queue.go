@@ -764,11 +764,13 @@ func (q *Queue) Stats() Stats {
 }
 
 // Delivered returns how many entries consumers have accepted since the queue was created: a
-// number that moves while the queue is being drained (flow control watches it).
-func (q *Queue) Delivered() uint64 {
+// number that moves while the queue is being drained (flow control watches it), and whether
+// a read-ahead of paged-out entries is in flight, during which consumers may wait for the
+// disk without the number moving.
+func (q *Queue) Delivered() (n uint64, pagingIn bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return q.delivered
+	return q.delivered, q.paging
 }
 
 // Counts returns the queue's counters without expiring anything, for callers that must not

@@ -2,46 +2,68 @@ package server
 
 import "time"
 
-// Queue flow control. A publisher that keeps a queue's backlog growing while the queue's consumers
-// are busy draining it only costs: the backlog eats memory, every message waits longer, and the
-// CPU spent accepting messages nobody can take yet is taken from the consumers. RabbitMQ's credit
-// flow throttles such publishers; here the publishing connection's reader pauses (so TCP pushes
-// back on the client) while a queue it just published to holds more than flowHigh ready messages
-// and its consumers are taking them, until the backlog is below flowLow. A queue without
-// consumers, or whose consumers have stopped taking messages, never holds a publisher back:
-// filling a queue for later is not slowed down.
+// Flow control holds a publishing connection's reader (so TCP pushes back on the client) in
+// two cases, much as RabbitMQ's credit flow throttles publishers that outrun a queue or its
+// message store:
+//
+//   - The store's journal has more than journalRoom bytes of messages waiting to be written
+//     (persistent publishes, or transient backlogs paging out): the publisher waits for the disk,
+//     instead of the journal's queue growing in memory without bound.
+//   - A queue it just published to holds more than its high mark of ready messages while the
+//     queue's consumers are taking them, until the backlog is at half the mark. Such a backlog
+//     only costs: it eats memory (or goes through the disk, past the paging window), every
+//     message waits longer, and the CPU spent accepting messages nobody can take yet is taken
+//     from the consumers. A queue without consumers, or whose consumers have stopped taking
+//     messages, never holds a publisher back: filling a queue for later is not slowed down.
 const (
-	flowHigh       = 50_000
-	flowLow        = flowHigh / 2
-	flowCheckEvery = 256 // publishes on a channel between two looks at the backlog
+	flowHigh       = 50_000 // the high mark without paging; with it, half the paging window if lower
+	flowCheckEvery = 256    // publishes on a channel between two looks at the backlog
 	flowStep       = time.Millisecond
 	flowMaxWait    = 100 * time.Millisecond
+	journalRoom    = 16 << 20
 )
+
+// flowHighFor is the backlog high mark for a server with cfg: a backlog that its consumers
+// are draining stays in the paging window, in memory.
+func flowHighFor(cfg Config, paging bool) int {
+	if paging && cfg.MaxRAMMessages/2 < flowHigh {
+		// Half the window: a publisher is held before its backlog starts paging out, even
+		// with a few hundred publishes between two looks at the backlog.
+		return cfg.MaxRAMMessages / 2
+	}
+	return flowHigh
+}
 
 // flowCheck runs on the publishing connection's reader after a publish routed to targets.
 func (ch *channel) flowCheck(targets []*queueState) {
+	srv := ch.c.srv
+	if srv.store != nil {
+		srv.store.AwaitRoom(journalRoom)
+	}
 	ch.pubCount++
 	if ch.pubCount%flowCheckEvery != 0 {
 		return
 	}
 	for _, qs := range targets {
-		qs.awaitDrain(flowStep, flowMaxWait)
+		qs.awaitDrain(srv.flowHigh, flowStep, flowMaxWait)
 	}
 }
 
-// awaitDrain blocks while the queue is over flowHigh and being drained, checking every step, at
-// most maxWait.
-func (qs *queueState) awaitDrain(step, maxWait time.Duration) {
-	if st := qs.q.Counts(); st.Ready <= flowHigh || st.Consumers == 0 {
+// awaitDrain blocks while the queue is over high and being drained, checking every step, at
+// most maxWait, until it is at high/2.
+func (qs *queueState) awaitDrain(high int, step, maxWait time.Duration) {
+	if st := qs.q.Counts(); st.Ready <= high || st.Consumers == 0 {
 		return
 	}
 	for waited := time.Duration(0); waited < maxWait; waited += step {
-		before := qs.q.Delivered()
+		before, _ := qs.q.Delivered()
 		time.Sleep(step)
-		if qs.q.Delivered() == before {
+		// Consumers waiting for a read-ahead are not stalled: the disk is what they wait for,
+		// and the publisher must not outrun it either.
+		if after, pagingIn := qs.q.Delivered(); after == before && !pagingIn {
 			return // the consumers stalled: waiting for them would only stall the publisher too
 		}
-		if qs.q.Counts().Ready < flowLow {
+		if qs.q.Counts().Ready <= high/2 {
 			return
 		}
 	}

@@ -58,16 +58,16 @@ func TestAwaitDrain(t *testing.T) {
 	t.Run("small backlog does not wait", func(t *testing.T) {
 		qs := backloggedQueue(t, flowHigh)
 		qs.q.AddConsumer(&creditConsumer{})
-		returnsSoon(t, "at flowHigh", func() { qs.awaitDrain(time.Millisecond, forever) })
+		returnsSoon(t, "at flowHigh", func() { qs.awaitDrain(flowHigh, time.Millisecond, forever) })
 	})
 	t.Run("no consumers does not wait", func(t *testing.T) {
 		qs := backloggedQueue(t, flowHigh+1000)
-		returnsSoon(t, "no consumers", func() { qs.awaitDrain(time.Millisecond, forever) })
+		returnsSoon(t, "no consumers", func() { qs.awaitDrain(flowHigh, time.Millisecond, forever) })
 	})
 	t.Run("stalled consumers do not hold the publisher", func(t *testing.T) {
 		qs := backloggedQueue(t, flowHigh+1000)
 		qs.q.AddConsumer(&creditConsumer{}) // never has credit
-		returnsSoon(t, "stalled consumer", func() { qs.awaitDrain(time.Millisecond, forever) })
+		returnsSoon(t, "stalled consumer", func() { qs.awaitDrain(flowHigh, time.Millisecond, forever) })
 		if got := qs.q.Counts().Ready; got != flowHigh+1000 {
 			t.Fatalf("ready %d: nothing should have been delivered", got)
 		}
@@ -90,9 +90,28 @@ func TestAwaitDrain(t *testing.T) {
 		}()
 		defer close(stop)
 		// A step long enough that a loaded test machine never pauses the trickle for a whole one.
-		returnsSoon(t, "draining consumer", func() { qs.awaitDrain(50*time.Millisecond, forever) })
-		if got := qs.q.Counts().Ready; got >= flowLow {
-			t.Fatalf("returned with %d ready, want below flowLow %d", got, flowLow)
+		returnsSoon(t, "draining consumer", func() { qs.awaitDrain(flowHigh, 50*time.Millisecond, forever) })
+		if got := qs.q.Counts().Ready; got > flowHigh/2 {
+			t.Fatalf("returned with %d ready, want at most half of flowHigh %d", got, flowHigh)
 		}
 	})
+}
+
+func TestFlowHighFor(t *testing.T) {
+	for _, tc := range []struct {
+		window int
+		paging bool
+		want   int
+	}{
+		{4096, true, 2048}, // held at half the window, before the backlog pages out
+		{1, true, 0},       // every queue paging: held whenever consumers are behind
+		{1_000_000, true, 50_000},
+		{4096, false, flowHigh}, // no store: no window to stay in
+	} {
+		cfg := DefaultConfig()
+		cfg.MaxRAMMessages = tc.window
+		if got := flowHighFor(cfg, tc.paging); got != tc.want {
+			t.Errorf("window %d paging %v: %d, want %d", tc.window, tc.paging, got, tc.want)
+		}
+	}
 }

@@ -42,7 +42,9 @@ type Server struct {
 	alarms alarms
 	// budget bounds the bodies of ready messages all queues keep in memory (paging).
 	budget *queue.Budget
-	quit   chan struct{} // closed by Close
+	// flowHigh is the ready backlog over which a queue being drained holds its publishers.
+	flowHigh int
+	quit     chan struct{} // closed by Close
 
 	ln, tlsLn net.Listener
 	mu        sync.Mutex
@@ -107,6 +109,7 @@ func New(cfg Config) (*Server, error) {
 			log.Info("storage opened", "dir", cfg.DataDir, "took", time.Since(start).Round(time.Millisecond))
 		}()
 	}
+	s.flowHigh = flowHighFor(cfg, s.store != nil)
 	for _, v := range cfg.VHosts {
 		s.vhosts[v.Name] = newVHost(s, v.Name, rt.policies[v.Name])
 	}

@@ -1,0 +1,67 @@
+package persistence
+
+import (
+	"bytes"
+	"testing"
+	"time"
+)
+
+// A publisher faster than the disk waits in AwaitRoom until the journal has written what it
+// queued, and the journal's queue counts the messages it holds.
+func TestAwaitRoomWaitsForTheJournal(t *testing.T) {
+	s := openT(t, t.TempDir())
+	defer closeT(t, s)
+
+	// Hold the journal goroutine so that submitted batches stay queued.
+	release := make(chan struct{})
+	held := make(chan struct{})
+	go func() {
+		_ = s.exclusive(func() error { close(held); <-release; return nil })
+	}()
+	<-held
+
+	body := bytes.Repeat([]byte("x"), 64<<10)
+	committed := make(chan error, 1)
+	s.Submit(&Batch{Publishes: []Publish{pub(&Message{ID: 1, Body: body}, ent("q", 1))}}, func(err error) { committed <- err })
+	if got, min := s.Queued(), int64(len(body)); got < min {
+		t.Fatalf("Queued = %d with a %d-byte message waiting", got, min)
+	}
+	s.AwaitRoom(1 << 20) // under the limit: returns at once
+
+	waited := make(chan struct{})
+	go func() { s.AwaitRoom(1024); close(waited) }()
+	select {
+	case <-waited:
+		t.Fatal("AwaitRoom returned while the journal still held the batch")
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(release)
+	<-waited
+	if err := <-committed; err != nil {
+		t.Fatal(err)
+	}
+	if got := s.Queued(); got != 0 {
+		t.Fatalf("Queued = %d after the journal wrote everything", got)
+	}
+}
+
+// AwaitRoom never blocks a caller once the store is closing.
+func TestAwaitRoomReturnsOnClose(t *testing.T) {
+	s := openT(t, t.TempDir())
+	release := make(chan struct{})
+	held := make(chan struct{})
+	go func() {
+		_ = s.exclusive(func() error { close(held); <-release; return nil })
+	}()
+	<-held
+	s.Submit(&Batch{Publishes: []Publish{pub(&Message{ID: 1, Body: make([]byte, 4096)}, ent("q", 1))}}, nil)
+	waited := make(chan struct{})
+	go func() { s.AwaitRoom(0); close(waited) }()
+	closed := make(chan error, 1)
+	go func() { closed <- s.Close() }()
+	close(release)
+	<-waited
+	if err := <-closed; err != nil {
+		t.Fatal(err)
+	}
+}
