@@ -46,20 +46,21 @@ type entryKey struct {
 	seq          uint64
 }
 
-// ackedIn returns the index entries that reqs remove. Entries a group both publishes (or
-// marks delivered) and removes - a consumer acking a message before its publish is
-// committed, the common case - are not written at all: the message never reaches disk.
-func ackedIn(reqs []request) map[entryKey]struct{} {
-	var acked map[entryKey]struct{}
-	for _, r := range reqs {
+// ackedIn maps the index entries that reqs remove to the last request removing each.
+// Entries a group both publishes (or marks delivered) and then removes - a consumer acking
+// a message before its publish is committed, the common case - are not written at all: the
+// message never reaches disk. A publish after the last removal of its entry is written.
+func ackedIn(reqs []request) map[entryKey]int {
+	var acked map[entryKey]int
+	for j, r := range reqs {
 		if r.batch == nil {
 			continue
 		}
 		for _, e := range r.batch.Removes {
 			if acked == nil {
-				acked = make(map[entryKey]struct{}, 64)
+				acked = make(map[entryKey]int, 64)
 			}
-			acked[entryKey{e.Queue.VHost, e.Queue.Queue, e.Seq}] = struct{}{}
+			acked[entryKey{e.Queue.VHost, e.Queue.Queue, e.Seq}] = j
 		}
 	}
 	return acked
@@ -75,10 +76,11 @@ func (s *Store) Submit(b *Batch, done func(error)) {
 	s.submit(request{batch: b, size: b.queuedBytes(), done: done})
 }
 
-// AwaitRoom waits while batches holding more than max bytes of messages are submitted and not yet committed, so
-// that a producer faster than the disk (publishers, queues paging out) is held back instead
-// of growing the journal's queue in memory without bound. It returns at once when the store
-// is closing. It must not be called from a done callback or a ReadAhead callback.
+// AwaitRoom waits while batches holding more than max bytes of messages are submitted and
+// not yet committed, so that a producer faster than the disk (publishers, queues paging
+// out) is held back instead of growing the journal's queue in memory without bound. It
+// returns at once when the store is closing. It must not be called from a done callback or
+// a ReadAhead callback.
 func (s *Store) AwaitRoom(max int64) {
 	if s.queued.Load() <= max {
 		return
@@ -185,9 +187,10 @@ func (s *Store) process(reqs []request) {
 type group struct {
 	s          *Store
 	txn        *badger.Txn
-	drains     []drainJob            // run after the commit (purges, page drops)
-	cut        bool                  // a queue purge: later requests must not share this transaction
-	acked      map[entryKey]struct{} // entries removed by some request of this group
+	drains     []drainJob       // run after the commit (purges, page drops)
+	cut        bool             // a queue purge: later requests must not share this transaction
+	acked      map[entryKey]int // entries removed in this group, to the last request removing each
+	cur        int              // index in the group of the request being applied
 	publishes  int
 	stored     int64  // messages written
 	removed    int64  // messages deleted
@@ -244,6 +247,7 @@ func (s *Store) commitGroup(reqs []request) int {
 	g := s.newGroup()
 	g.acked = ackedIn(reqs[:n])
 	for j, r := range reqs[:n] {
+		g.cur = j
 		var err error
 		if r.batch != nil {
 			err = g.applyBatch(r.batch)
@@ -561,12 +565,14 @@ func (g *group) applyBatch(b *Batch) error {
 	return nil
 }
 
+// isAcked reports whether the entry is removed by the current request (whose Removes apply
+// after its Publishes and Deliveries) or a later one of the group.
 func (g *group) isAcked(q QueueRef, seq uint64) bool {
 	if g.acked == nil {
 		return false
 	}
-	_, ok := g.acked[entryKey{q.VHost, q.Queue, seq}]
-	return ok
+	j, ok := g.acked[entryKey{q.VHost, q.Queue, seq}]
+	return ok && j >= g.cur
 }
 
 // markPurge records, atomically with the rest of the transaction, which of q's index
@@ -654,7 +660,7 @@ func (s *Store) drain(j drainJob) error {
 		var err error
 	spanLoop:
 		for si < len(spans) && len(ents) < chunk {
-			iter.Seek(binary.BigEndian.AppendUint64(slices.Clip(j.prefix), next))
+			iter.Seek(seqKey(j.prefix, next))
 			for ; iter.Valid(); iter.Next() {
 				item := iter.Item()
 				k := item.Key()

@@ -257,7 +257,15 @@ func decodeQueue(k, v []byte) (QueueRecord, error) {
 const messageVersion = 1
 
 func encodeMessage(m *Message) []byte {
-	v := make([]byte, 0, 1+len(m.Exchange)+len(m.RoutingKey)+len(m.Header)+len(m.Body)+12)
+	return appendMessage(make([]byte, 0, messageLen(m)), m)
+}
+
+// messageLen bounds the encoded size of m (its length prefixes are varints).
+func messageLen(m *Message) int {
+	return 1 + len(m.Exchange) + len(m.RoutingKey) + len(m.Header) + len(m.Body) + 12
+}
+
+func appendMessage(v []byte, m *Message) []byte {
 	v = append(v, messageVersion)
 	v = appendStr(v, m.Exchange)
 	v = appendStr(v, m.RoutingKey)
@@ -341,14 +349,13 @@ func decodeRef(b []byte) (uint32, error) {
 const pageFlagPersistent = 1
 
 func encodePage(p *Page) []byte {
-	m := encodeMessage(p.Msg)
-	b := make([]byte, 17, 17+len(m))
+	b := make([]byte, 17, 17+messageLen(p.Msg))
 	if p.Persistent {
 		b[0] = pageFlagPersistent
 	}
 	binary.BigEndian.PutUint64(b[1:], uint64(p.ExpiresAt))
 	binary.BigEndian.PutUint64(b[9:], p.Msg.ID)
-	return append(b, m...)
+	return appendMessage(b, p.Msg)
 }
 
 // decodePage aliases v like decodeMessage.
@@ -381,7 +388,7 @@ func decodeSpans(b []byte) ([]Span, error) {
 		return nil, nil
 	}
 	n, k := binary.Uvarint(b)
-	if k <= 0 || uint64(len(b)-k) != n*16 {
+	if k <= 0 || n > uint64(len(b)-k)/16 || uint64(len(b)-k) != n*16 { // n*16 may overflow
 		return nil, errCorrupt
 	}
 	b = b[k:]

@@ -344,6 +344,11 @@ func TestSpanCodec(t *testing.T) {
 	if _, err := decodeSpans([]byte{2, 0}); !errors.Is(err, errCorrupt) {
 		t.Errorf("short spans: %v", err)
 	}
+	// A count whose byte length overflows to the length present must not reach make.
+	huge := append(binary.AppendUvarint(nil, 1<<60+1), make([]byte, 16)...)
+	if _, err := decodeSpans(huge); !errors.Is(err, errCorrupt) {
+		t.Errorf("overflowing span count: %v", err)
+	}
 	got := normalizeSpans([]Span{{10, 20}, {1, 3}, {4, 5}, {15, 30}, {9, 8}, {40, 1<<64 - 1}, {50, 60}})
 	if want := []Span{{1, 5}, {10, 30}, {40, 1<<64 - 1}}; !reflect.DeepEqual(got, want) {
 		t.Errorf("normalizeSpans = %v, want %v", got, want)
@@ -365,6 +370,32 @@ func TestIndexValueCodec(t *testing.T) {
 
 // TestAckedInSameGroup: entries published and removed by the same transaction are never
 // written; a shared message keeps only the references that survive it.
+// An entry removed and then published again within one group ends up stored: only a removal
+// at or after a publish cancels it.
+func TestRemoveThenPublishInSameGroup(t *testing.T) {
+	s := openT(t, t.TempDir())
+	defer closeT(t, s)
+	commitT(t, s, &Batch{Publishes: []Publish{pub(mkMsg(1), ent("q", 5))}})
+	hold := make(chan struct{})
+	s.submit(request{op: func(*group) error { <-hold; return nil }})
+	errs := make(chan error, 2)
+	done := func(err error) { errs <- err }
+	s.Submit(&Batch{Removes: []Entry{ent("q", 5)}}, done)
+	s.Submit(&Batch{Publishes: []Publish{pub(mkMsg(2), ent("q", 5))}}, done)
+	close(hold)
+	for i := 0; i < 2; i++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := recoverAll(t, s, "q"); !reflect.DeepEqual(got, []recovered{{5, 2, 0}}) {
+		t.Errorf("q = %v, want message 2 at seq 5", got)
+	}
+	if stored(s, 1) || !stored(s, 2) {
+		t.Errorf("stored: message 1 %v (want false), message 2 %v (want true)", stored(s, 1), stored(s, 2))
+	}
+}
+
 func TestAckedInSameGroup(t *testing.T) {
 	s := openT(t, t.TempDir())
 	defer closeT(t, s)

@@ -2,8 +2,10 @@ package persistence
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"math"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -112,11 +114,11 @@ func (s *Store) read(r ReadRequest) ([]Stored, error) {
 	err := s.db.View(func(txn *badger.Txn) error {
 		var idx, pg *cursor
 		if r.Durable {
-			idx = newCursor(txn, indexPrefix(r.Queue), r.From)
+			idx = newCursor(txn, indexPrefix(r.Queue), r.From, r.Max)
 			defer idx.close()
 		}
 		if r.Space != 0 {
-			pg = newCursor(txn, pagePrefix(r.Space), r.From)
+			pg = newCursor(txn, pagePrefix(r.Space), r.From, r.Max)
 			defer pg.close()
 		}
 		var msgs *msgCursor
@@ -173,19 +175,19 @@ type cursor struct {
 	prefix []byte
 }
 
-func newCursor(txn *badger.Txn, prefix []byte, from uint64) *cursor {
+// newCursor starts at from; it reads at most want values ahead (page values are large).
+func newCursor(txn *badger.Txn, prefix []byte, from uint64, want int) *cursor {
 	opt := badger.DefaultIteratorOptions
 	opt.Prefix = prefix
-	opt.PrefetchSize = 64
+	opt.PrefetchSize = max(1, min(want, 64))
 	c := &cursor{it: txn.NewIterator(opt), prefix: prefix}
 	c.it.Seek(seqKey(prefix, from))
 	return c
 }
 
+// seqKey is prefix followed by seq, big-endian, in a new slice.
 func seqKey(prefix []byte, seq uint64) []byte {
-	k := make([]byte, len(prefix), len(prefix)+8)
-	copy(k, prefix)
-	return append(k, byte(seq>>56), byte(seq>>48), byte(seq>>40), byte(seq>>32), byte(seq>>24), byte(seq>>16), byte(seq>>8), byte(seq))
+	return binary.BigEndian.AppendUint64(slices.Clip(prefix), seq)
 }
 
 func (c *cursor) close() { c.it.Close() }
@@ -245,7 +247,7 @@ func (s *Store) RecoverQueue(q QueueRef, limit int, fn func(Stored) error) (Queu
 	var info QueueInfo
 	var fnErr error
 	err := s.db.View(func(txn *badger.Txn) error {
-		c := newCursor(txn, indexPrefix(q), 0)
+		c := newCursor(txn, indexPrefix(q), 0, limit)
 		defer c.close()
 		// Messages of one queue are mostly in id order, so a second cursor stepping through
 		// the messages beats a point lookup per entry (which decodes a block each time).

@@ -57,10 +57,20 @@ func TestAwaitRoomReturnsOnClose(t *testing.T) {
 	s.Submit(&Batch{Publishes: []Publish{pub(&Message{ID: 1, Body: make([]byte, 4096)}, ent("q", 1))}}, nil)
 	waited := make(chan struct{})
 	go func() { s.AwaitRoom(0); close(waited) }()
+	select {
+	case <-waited:
+		t.Fatal("AwaitRoom returned while the journal held the batch")
+	case <-time.After(50 * time.Millisecond): // AwaitRoom is waiting by now
+	}
 	closed := make(chan error, 1)
 	go func() { closed <- s.Close() }()
+	// The journal is still held, so only Close can be what wakes AwaitRoom.
+	select {
+	case <-waited:
+	case <-time.After(10 * time.Second):
+		t.Fatal("AwaitRoom still blocked after Close began")
+	}
 	close(release)
-	<-waited
 	if err := <-closed; err != nil {
 		t.Fatal(err)
 	}
