@@ -44,7 +44,8 @@ func TestScanBasicPublish(t *testing.T) {
 		{"trailing byte", append(valid(&BasicPublish{RoutingKey: "q"}), 0), false},
 		{"truncated bits", valid(&BasicPublish{RoutingKey: "q"})[:9], false},
 		{"truncated key", valid(&BasicPublish{RoutingKey: "queue"})[:10], false},
-		{"other method", valid(&BasicPublish{})[:0:0], false},
+		{"other basic method", (&BasicGet{Queue: "q"}).Append(nil), false},
+		{"empty", nil, false},
 		{"basic.ack", (&BasicAck{DeliveryTag: 1}).Append(nil), false},
 		{"short", []byte{0, 60}, false},
 	}

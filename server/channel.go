@@ -253,12 +253,12 @@ func (ch *channel) contentBody(p []byte) *amqp.Error {
 	case ch.closing:
 	case ch.pubBody != nil:
 		copy(ch.pubBody[ch.pubGot:], p)
-	case uint64(len(p)) == ch.pubSize:
-		ch.pubBody = make([]byte, len(p))
-		copy(ch.pubBody, p)
 	default:
-		ch.pubBody = make([]byte, ch.pubSize)
-		copy(ch.pubBody, p)
+		// make+copy into a local compiles to makeslicecopy, which zeroes only the part not
+		// copied; into the field it would zero the whole body first.
+		b := make([]byte, ch.pubSize)
+		copy(b, p)
+		ch.pubBody = b
 	}
 	ch.pubGot += uint64(len(p))
 	return ch.maybeFinish()
@@ -539,8 +539,8 @@ func (ch *channel) finishPublish() *amqp.Error {
 	if seq != 0 {
 		done = func(err error) { ch.confirms.settle(seq, err != nil, ch.writeConfirms) }
 	}
-	refused := v.enqueue(msg, targets, done, &ch.entryBuf)
-	if seq != 0 && (refused || !needsDisk(msg, targets)) {
+	refused, onDisk := v.enqueue(msg, targets, done, &ch.entryBuf)
+	if seq != 0 && (refused || !onDisk) {
 		ch.confirms.settle(seq, refused, ch.writeConfirms)
 	}
 	ch.flowCheck(targets)
@@ -637,27 +637,22 @@ func (v *vhost) push(p prepared, publisher bool) bool {
 	return refused
 }
 
-// enqueue delivers msg to targets; done (may be nil) runs once its durable copy is synced.
-// scratch (may be nil) is a buffer for the entries, reused across calls by one goroutine.
-func (v *vhost) enqueue(msg *queue.Message, targets []*queueState, done func(error), scratch *[]*queue.Entry) bool {
-	var entries []*queue.Entry
-	if scratch != nil {
-		entries = *scratch
-	}
+// enqueue delivers msg to targets; done (may be nil) runs once its durable copy is synced,
+// which onDisk reports is needed. scratch is a buffer for the entries, reused across calls by
+// one goroutine.
+func (v *vhost) enqueue(msg *queue.Message, targets []*queueState, done func(error), scratch *[]*queue.Entry) (refused, onDisk bool) {
 	var batch *persistence.Batch // only persistent messages for durable queues need one
-	if needsDisk(msg, targets) {
+	if onDisk = needsDisk(msg, targets); onDisk {
 		batch = &persistence.Batch{}
 	}
-	p := v.prepare(msg, targets, batch, entries)
-	if batch != nil && len(batch.Publishes) > 0 {
+	p := v.prepare(msg, targets, batch, *scratch)
+	if onDisk {
 		v.srv.store.Submit(batch, done)
 	}
-	refused := v.push(p, true)
-	if scratch != nil {
-		clear(p.entries) // the queues own the entries now; drop our references
-		*scratch = p.entries[:0]
-	}
-	return refused
+	refused = v.push(p, true)
+	clear(p.entries) // the queues own the entries now; drop our references
+	*scratch = p.entries[:0]
+	return refused, onDisk
 }
 
 // --- consumers and deliveries
@@ -927,6 +922,10 @@ func (ch *channel) takeUnacked(tag uint64, multiple bool, scratch []delivery) ([
 	return ds, nil
 }
 
+// maxKeptSettleBuf bounds the delivery buffer a channel keeps between acks: one ack of a
+// huge multiple run must not pin its array for the channel's lifetime.
+const maxKeptSettleBuf = 1024
+
 func (ch *channel) settle(tag uint64, multiple bool, kind settleKind) *amqp.Error {
 	ds, err := ch.takeUnacked(tag, multiple, ch.settleBuf)
 	if err != nil {
@@ -938,7 +937,9 @@ func (ch *channel) settle(tag uint64, multiple bool, kind settleKind) *amqp.Erro
 		ch.apply(kind, ds, nil)
 	}
 	clear(ds)
-	ch.settleBuf = ds[:0]
+	if cap(ds) <= maxKeptSettleBuf {
+		ch.settleBuf = ds[:0]
+	}
 	return nil
 }
 
