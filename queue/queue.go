@@ -183,8 +183,7 @@ type Queue struct {
 	budget   *Budget
 	reserved int64 // bytes reserved in budget for q.bytes
 	paged    pageSet
-	paging   bool          // a page-in is in flight
-	pageWait chan struct{} // closed when the page-in in flight completes
+	pageWait chan struct{} // a page-in is in flight; closed when it completes
 	pageErr  error         // of the last page-in
 	// overflowing: over a drop-head limit with the head paged out (AwaitLimits).
 	overflowing atomic.Bool
@@ -770,7 +769,7 @@ func (q *Queue) Stats() Stats {
 func (q *Queue) Delivered() (n uint64, pagingIn bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return q.delivered, q.paging
+	return q.delivered, q.pageWait != nil
 }
 
 // Counts returns the queue's counters without expiring anything, for callers that must not
@@ -792,7 +791,7 @@ func (q *Queue) counts() Stats {
 // refill starts a read-ahead when the window has drained to half and entries are paged
 // out. Over the shared budget only an empty window is refilled, and only with a little.
 func (q *Queue) refill() {
-	if q.pager == nil || q.paging || q.paged.count == 0 || q.closed || q.ready.len() > q.window/2 {
+	if q.pager == nil || q.pageWait != nil || q.paged.count == 0 || q.closed || q.ready.len() > q.window/2 {
 		return
 	}
 	maxBytes := int64(math.MaxInt64)
@@ -807,7 +806,6 @@ func (q *Queue) refill() {
 	}
 	n := q.window - q.ready.len()
 	from, gen := q.paged.min(), q.paged.gen
-	q.paging = true
 	q.pageWait = make(chan struct{})
 	q.pager.PageIn(from, n, maxBytes, func(es []*Entry, err error) { q.pagedIn(es, err, n, maxBytes, gen) })
 }
@@ -819,7 +817,6 @@ func (q *Queue) refill() {
 // the queue does not wait for them forever.
 func (q *Queue) pagedIn(es []*Entry, err error, max int, maxBytes int64, gen uint64) {
 	q.mu.Lock()
-	q.paging = false
 	wait := q.pageWait
 	q.pageWait = nil
 	q.pageErr = err

@@ -78,7 +78,8 @@ func TestSetOptionsTTLAppliesToNewMessages(t *testing.T) {
 	}
 }
 
-// SetOptions on a deleted queue changes nothing observable and does not panic.
+// SetOptions on a deleted queue records the options, drops nothing and does not panic; the
+// queue stays closed.
 func TestSetOptionsClosed(t *testing.T) {
 	q, r, _ := newTestQueue(NoLimits())
 	pushN(t, q, 3, 1)
@@ -88,5 +89,11 @@ func TestSetOptionsClosed(t *testing.T) {
 	q.SetOptions(opts)
 	if got := r.dropped(MaxLen); len(got) != 0 {
 		t.Fatalf("closed queue dropped %v", got)
+	}
+	if got := q.Options(); got.MaxLength != 0 {
+		t.Errorf("Options().MaxLength = %d after SetOptions, want 0", got.MaxLength)
+	}
+	if got := q.Push(q.NewEntry(q.NextSeq(), &Message{})); got != Refused {
+		t.Errorf("Push on the closed queue = %v, want Refused", got)
 	}
 }

@@ -7,7 +7,6 @@ import (
 	"sort"
 	"strconv"
 	"sync"
-	"time"
 
 	"warren/amqp"
 	"warren/persistence"
@@ -510,7 +509,7 @@ func (ch *channel) finishPublish() *amqp.Error {
 			e.ClassID, e.MethodID = amqp.ClassBasic, 40
 			return e
 		}
-		msg.ExpiresAt = time.Now().UnixNano() + ms*int64(time.Millisecond)
+		msg.ExpiresAt = expiresAfter(ms)
 	}
 	if ch.tx != nil {
 		ch.tx.publishes = append(ch.tx.publishes, txPublish{ex: ex, msg: msg, mandatory: m.Mandatory})
@@ -628,7 +627,7 @@ func (v *vhost) push(p prepared, publisher bool) bool {
 			}
 			continue
 		case queue.RefusedDeadLetter:
-			v.deadLetterOrDrop(qs, p.entries[i:i+1], queue.MaxLen)
+			v.dropped(qs, p.entries[i:i+1], queue.MaxLen)
 		default:
 			v.removeDurable(qs, p.entries[i:i+1], nil)
 		}
@@ -717,7 +716,7 @@ func (cs *consumer) Deliver(_ *queue.Queue, e *queue.Entry) queue.Outcome {
 // deliveryHeader is the content header to send: the publisher's bytes verbatim, except that
 // quorum-style queues add x-delivery-count to redeliveries, as RabbitMQ does.
 func (qs *queueState) deliveryHeader(e *queue.Entry) []byte {
-	if e.Returns == 0 || (!qs.quorum && qs.q.Options().DeliveryLimit < 0) {
+	if e.Returns == 0 || (!qs.spec.quorum && qs.q.Options().DeliveryLimit < 0) {
 		return e.Msg.Header
 	}
 	h, err := amqp.DecodeContentHeader(e.Msg.Header)

@@ -11,24 +11,19 @@ import (
 // onDropped is a queue's hook for entries leaving without an ack: their durable copies are
 // removed and, unless purged, they are dead-lettered when the queue has a dead-letter exchange.
 func (v *vhost) onDropped(qs *queueState) func(*queue.Queue, []*queue.Entry, queue.Reason) {
-	return func(_ *queue.Queue, es []*queue.Entry, why queue.Reason) {
-		if dl := qs.dl.Load(); why != queue.Purged && dl != nil {
-			v.deadLetter(qs, dl, es, why)
-			return
-		}
-		if why == queue.DeliveryLimit {
-			v.srv.log.Info("message over delivery limit dropped (no dead-letter exchange)", "queue", qs.name, "vhost", v.name, "count", len(es))
-		}
-		v.removeDurable(qs, es, nil)
-	}
+	return func(_ *queue.Queue, es []*queue.Entry, why queue.Reason) { v.dropped(qs, es, why) }
 }
 
-// deadLetterOrDrop dead-letters entries refused by a reject-publish-dlx queue, or drops them when
-// the queue has no dead-letter exchange.
-func (v *vhost) deadLetterOrDrop(qs *queueState, es []*queue.Entry, why queue.Reason) {
-	if dl := qs.dl.Load(); dl != nil {
+// dropped dead-letters entries a queue let go (expired, over a limit, rejected, refused by a
+// reject-publish-dlx queue), or drops them when the queue has no dead-letter exchange or they
+// were purged.
+func (v *vhost) dropped(qs *queueState, es []*queue.Entry, why queue.Reason) {
+	if dl := qs.dl.Load(); why != queue.Purged && dl != nil {
 		v.deadLetter(qs, dl, es, why)
 		return
+	}
+	if why == queue.DeliveryLimit {
+		v.srv.log.Info("message over delivery limit dropped (no dead-letter exchange)", "queue", qs.name, "vhost", v.name, "count", len(es))
 	}
 	v.removeDurable(qs, es, nil)
 }

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"math"
 	"strconv"
 	"time"
 
@@ -109,5 +110,15 @@ func expirationFromNow(header []byte) int64 {
 	if err != nil || ms < 0 {
 		return 0
 	}
-	return time.Now().UnixNano() + ms*int64(time.Millisecond)
+	return expiresAfter(ms)
+}
+
+// expiresAfter is the absolute expiry (unix nanoseconds) ms milliseconds from now, saturated:
+// an expiration of centuries must not wrap into the past and expire at once.
+func expiresAfter(ms int64) int64 {
+	now := time.Now().UnixNano()
+	if ms > (math.MaxInt64-now)/int64(time.Millisecond) {
+		return math.MaxInt64
+	}
+	return now + ms*int64(time.Millisecond)
 }

@@ -54,7 +54,7 @@ func (s *Server) restore() error {
 			return fmt.Errorf("queue %q arguments: %s", r.Name, aerr.Text)
 		}
 		qs := &queueState{
-			v: v, name: r.Name, durable: true, declDur: true, autoDelete: r.AutoDelete, args: args, spec: spec, quorum: spec.quorum,
+			v: v, name: r.Name, durable: true, declDur: true, autoDelete: r.AutoDelete, args: args, spec: spec,
 		}
 		v.newQueueLocked(qs)
 		// Only the window is loaded; the rest of the backlog stays on disk, counted.

@@ -40,7 +40,6 @@ type queueState struct {
 	owner      *conn
 	args       amqp.Table
 	spec       queueSpec // from args; policies combine with it
-	quorum     bool      // x-queue-type quorum: adds x-delivery-count like RabbitMQ
 	// dl is the effective dead-letter target (argument or policy), read without v.mu by the
 	// dead-letter path and replaced when policies change.
 	dl atomic.Pointer[dlConfig]
@@ -618,7 +617,7 @@ func (v *vhost) declareQueue(c *conn, m *amqp.QueueDeclare) (*queueState, *amqp.
 	}
 	qs := &queueState{
 		v: v, name: name, declDur: m.Durable, durable: m.Durable && !m.Exclusive && v.srv.store != nil,
-		exclusive: m.Exclusive, autoDelete: m.AutoDelete, args: m.Arguments, spec: spec, quorum: spec.quorum,
+		exclusive: m.Exclusive, autoDelete: m.AutoDelete, args: m.Arguments, spec: spec,
 	}
 	if m.Exclusive {
 		qs.owner = c
