@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -47,12 +46,7 @@ func runPasswdCommand(args []string, stdin io.Reader, stdout, stderr io.Writer) 
 		fmt.Fprintln(stderr, "warren: passwd: empty password")
 		return 1
 	}
-	var salt [4]byte
-	if _, err := rand.Read(salt[:]); err != nil {
-		fmt.Fprintln(stderr, "warren: passwd:", err)
-		return 1
-	}
-	fmt.Fprintln(stdout, server.HashPassword(salt, pass))
+	fmt.Fprintln(stdout, server.NewPasswordHash(pass))
 	return 0
 }
 

@@ -151,14 +151,7 @@ var keys = []key{
 		s.Server.MaxRAMMessages = int(v)
 		return err
 	}},
-	{name: "users", set: func(s *settings, raw any) error {
-		list, err := sectionList[defUser](raw, "a YAML list of users", nil)
-		if err != nil {
-			return err
-		}
-		s.Server.Users, err = convert(list, defUser.toServer)
-		return err
-	}},
+	sectionKey("users", "a YAML list of users", defUser.toServer, func(s *settings) *[]server.User { return &s.Server.Users }),
 	{name: "loopback_users", set: func(s *settings, raw any) error {
 		v, err := toStringList(raw)
 		s.Server.LoopbackUsers = v
@@ -188,46 +181,11 @@ var keys = []key{
 		s.Server.VHosts, err = convert(list, defVHost.toServer)
 		return err
 	}},
-	{name: "permissions", set: func(s *settings, raw any) error {
-		list, err := sectionList[defPermission](raw, "a YAML list of permissions", nil)
-		if err != nil {
-			return err
-		}
-		s.Server.Permissions, err = convert(list, noErr(defPermission.toServer))
-		return err
-	}},
-	{name: "policies", set: func(s *settings, raw any) error {
-		list, err := sectionList[defPolicy](raw, "a YAML list of policies", nil)
-		if err != nil {
-			return err
-		}
-		s.Server.Policies, err = convert(list, noErr(defPolicy.toServer))
-		return err
-	}},
-	{name: "exchanges", set: func(s *settings, raw any) error {
-		list, err := sectionList[defExchange](raw, "a YAML list of exchanges", nil)
-		if err != nil {
-			return err
-		}
-		s.Server.Exchanges, err = convert(list, defExchange.toServer)
-		return err
-	}},
-	{name: "queues", set: func(s *settings, raw any) error {
-		list, err := sectionList[defQueue](raw, "a YAML list of queues", nil)
-		if err != nil {
-			return err
-		}
-		s.Server.Queues, err = convert(list, defQueue.toServer)
-		return err
-	}},
-	{name: "bindings", set: func(s *settings, raw any) error {
-		list, err := sectionList[defBinding](raw, "a YAML list of bindings", nil)
-		if err != nil {
-			return err
-		}
-		s.Server.Bindings, err = convert(list, defBinding.toServer)
-		return err
-	}},
+	sectionKey("permissions", "a YAML list of permissions", noErr(defPermission.toServer), func(s *settings) *[]server.Permission { return &s.Server.Permissions }),
+	sectionKey("policies", "a YAML list of policies", noErr(defPolicy.toServer), func(s *settings) *[]server.Policy { return &s.Server.Policies }),
+	sectionKey("exchanges", "a YAML list of exchanges", defExchange.toServer, func(s *settings) *[]server.ExchangeDef { return &s.Server.Exchanges }),
+	sectionKey("queues", "a YAML list of queues", defQueue.toServer, func(s *settings) *[]server.QueueDef { return &s.Server.Queues }),
+	sectionKey("bindings", "a YAML list of bindings", defBinding.toServer, func(s *settings) *[]server.BindingDef { return &s.Server.Bindings }),
 	{name: "load_definitions", set: func(s *settings, raw any) (err error) { s.LoadDefinitions, err = toString(raw); return }},
 	{name: "log.level", set: func(s *settings, raw any) error {
 		v, err := toString(raw)
@@ -609,6 +567,19 @@ func toStringList(raw any) ([]string, error) {
 // sectionList decodes a definitions section (users, vhosts, permissions, ...): a YAML list, or
 // from the environment a string holding one in YAML flow style
 // (WARREN_USERS='[{name: admin, password: s3cret, tags: [administrator]}]').
+// sectionKey is the key of a config section holding a list of definitions records (D, as in
+// RabbitMQ's definitions JSON) that conv turns into the server's entries, stored in dst.
+func sectionKey[D, S any](name, what string, conv func(D) (S, error), dst func(*settings) *[]S) key {
+	return key{name: name, set: func(s *settings, raw any) error {
+		list, err := sectionList[D](raw, what, nil)
+		if err != nil {
+			return err
+		}
+		*dst(s), err = convert(list, conv)
+		return err
+	}}
+}
+
 func sectionList[T any](raw any, what string, item func(any) any) ([]T, error) {
 	if s, ok := raw.(string); ok {
 		parsed, err := parseYAMLValue(s)

@@ -2,13 +2,13 @@ package main
 
 import (
 	"bytes"
-	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
 	"os"
 	"reflect"
+	"slices"
 	"sort"
 	"strings"
 
@@ -89,14 +89,16 @@ type defVHost struct {
 
 type vhostLimits map[string]any
 
+// UnmarshalJSON keeps numbers as json.Number, as the rest of a definitions file is read, so
+// that limitValue range-checks them.
 func (l *vhostLimits) UnmarshalJSON(b []byte) error {
 	m := map[string]any{}
-	if json.Unmarshal(b, &m) == nil {
+	if unmarshalNumbers(b, &m) == nil {
 		*l = m
 		return nil
 	}
 	var pairs [][]any
-	if err := json.Unmarshal(b, &pairs); err != nil {
+	if err := unmarshalNumbers(b, &pairs); err != nil {
 		return errors.New("limits: expected {max-connections: N, max-queues: N}")
 	}
 	for _, p := range pairs {
@@ -331,9 +333,9 @@ func limitValue(v any) (server.Limit, error) {
 			return server.Limit{}, fmt.Errorf("%s is not a whole number", x)
 		}
 		n = i
-	case float64:
-		if x != math.Trunc(x) {
-			return server.Limit{}, fmt.Errorf("%v is not a whole number", x)
+	case float64: // YAML's 1e6 and the like
+		if x != math.Trunc(x) || math.Abs(x) > 1<<53 {
+			return server.Limit{}, fmt.Errorf("%v is not a whole number in range", x)
 		}
 		n = int64(x)
 	case int:
@@ -354,7 +356,7 @@ func limits(m map[string]any, allowed ...string) (map[string]server.Limit, error
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
-		if !contains(allowed, k) {
+		if !slices.Contains(allowed, k) {
 			return nil, fmt.Errorf("unknown limit %q (allowed: %s)", k, strings.Join(allowed, ", "))
 		}
 		l, err := limitValue(m[k])
@@ -366,13 +368,10 @@ func limits(m map[string]any, allowed ...string) (map[string]server.Limit, error
 	return out, nil
 }
 
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
+func unmarshalNumbers(b []byte, v any) error {
+	d := json.NewDecoder(bytes.NewReader(b))
+	d.UseNumber()
+	return d.Decode(v)
 }
 
 // --- sections to server configuration
@@ -644,11 +643,7 @@ func exportDefinitions(cfg *server.Config) (*definitions, error) {
 	for _, u := range cfg.Users {
 		hash := u.PasswordHash
 		if hash == "" && u.Password != "" {
-			var salt [4]byte
-			if _, err := rand.Read(salt[:]); err != nil {
-				return nil, err
-			}
-			hash = server.HashPassword(salt, u.Password)
+			hash = server.NewPasswordHash(u.Password)
 		}
 		du := defUser{Name: u.Name, PasswordHash: hash, HashingAlgorithm: "rabbit_password_hashing_sha256", Tags: u.Tags, Limits: map[string]any{}}
 		if du.Tags == nil {

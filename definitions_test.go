@@ -307,3 +307,22 @@ func TestREADMEConfigExample(t *testing.T) {
 		t.Fatalf("README example parsed to %+v", s.Server)
 	}
 }
+
+// Limits out of int64's range are refused, in JSON numbers (definitions) and in YAML floats
+// (config), never wrapped into a negative "no limit".
+func TestVHostLimitOutOfRange(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "defs.json")
+	if err := os.WriteFile(path, []byte(`{"vhosts": [{"name": "/", "limits": {"max-queues": 1e19}}]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d, err := readDefinitions(path)
+	if err == nil {
+		_, err = d.VHosts[0].toServer()
+	}
+	if err == nil {
+		t.Fatal("max-queues 1e19 accepted")
+	}
+	if _, err := limitValue(1e19); err == nil {
+		t.Error("limitValue(1e19 as a YAML float) accepted")
+	}
+}

@@ -182,16 +182,11 @@ func parseQueueArgs(args amqp.Table) (queueSpec, *amqp.Error) {
 		if !isStr {
 			return spec, argTypeError("x-overflow", v)
 		}
-		switch s {
-		case "drop-head":
-			spec.opts.Overflow = queue.DropHead
-		case "reject-publish":
-			spec.opts.Overflow = queue.RejectPublish
-		case "reject-publish-dlx":
-			spec.opts.Overflow = queue.RejectPublishDLX
-		default:
+		o, valid := parseOverflow(s)
+		if !valid {
 			return spec, argTextError("x-overflow", "invalid_overflow")
 		}
+		spec.opts.Overflow = o
 	}
 	if v, ok := args["x-dead-letter-exchange"]; ok {
 		s, isStr := v.(string)
@@ -225,4 +220,17 @@ func parseQueueArgs(args amqp.Table) (queueSpec, *amqp.Error) {
 		}
 	}
 	return spec, nil
+}
+
+// parseOverflow reads an overflow behaviour as x-overflow and the overflow policy key name it.
+func parseOverflow(s string) (queue.Overflow, bool) {
+	switch s {
+	case "drop-head":
+		return queue.DropHead, true
+	case "reject-publish":
+		return queue.RejectPublish, true
+	case "reject-publish-dlx":
+		return queue.RejectPublishDLX, true
+	}
+	return 0, false
 }

@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
@@ -88,6 +89,13 @@ func checkRabbitHash(hash, pass string) bool {
 }
 
 // HashPassword returns a RabbitMQ-compatible salted SHA-256 hash of pass using salt.
+// NewPasswordHash hashes pass as HashPassword with a fresh random salt.
+func NewPasswordHash(pass string) string {
+	var salt [4]byte
+	_, _ = rand.Read(salt[:]) // crypto/rand.Read never fails (Go 1.24 and later)
+	return HashPassword(salt, pass)
+}
+
 func HashPassword(salt [4]byte, pass string) string {
 	h := sha256.New()
 	h.Write(salt[:])

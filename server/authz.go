@@ -322,9 +322,11 @@ func (c *conn) openVHost(name string) (*vhost, *amqp.Error) {
 	if v == nil {
 		return nil, amqp.Errorf(amqp.NotAllowed, "vhost %s not found", name)
 	}
-	rt := s.rt.Load()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	// Loaded under s.mu: either a reload's pass over the connections (under s.mu too) sees
+	// this one, or this one sees the new configuration.
+	rt := s.rt.Load()
 	if rt.cfg.MaxConnections.reached(s.opened) {
 		n, _ := rt.cfg.MaxConnections.Value()
 		return nil, amqp.Errorf(amqp.NotAllowed, "connection refused: node connection limit (%d) is reached", n)

@@ -194,6 +194,20 @@ func keyErr(key string, format string, a ...any) *ConfigError {
 
 // Validate reports the first unusable setting, naming its configuration key.
 func (c *Config) Validate() error {
+	_, err := c.validate()
+	return err
+}
+
+// validate is Validate returning the compiled configuration, so that New and Reload compile
+// (regexps, TLS certificates) once.
+func (c *Config) validate() (*runtimeConfig, error) {
+	if err := c.checkSettings(); err != nil {
+		return nil, err
+	}
+	return compile(c)
+}
+
+func (c *Config) checkSettings() error {
 	switch {
 	case c.Listen == "":
 		return errors.New("amqp.listen: must not be empty")
@@ -216,6 +230,5 @@ func (c *Config) Validate() error {
 	case len(c.VHosts) == 0:
 		return errors.New("vhosts: at least one vhost is required")
 	}
-	_, err := compile(c)
-	return err
+	return nil
 }

@@ -109,21 +109,14 @@ func compilePolicy(key string, p Policy) (*policy, []string, error) {
 			cp.redeliveryMaxDelay, err = intVal(0)
 		case "redelivery-backoff":
 			f, ok := policyFloat(v)
-			if !ok || f < 1 || math.IsInf(f, 0) {
+			if !ok || f < 1 || math.IsNaN(f) || math.IsInf(f, 0) {
 				err = keyErr(dkey, "%v is not a number of at least 1", v)
 			}
 			cp.redeliveryBackoff = f
 		case "overflow":
 			s, _ := v.(string)
-			var o queue.Overflow
-			switch s {
-			case "drop-head":
-				o = queue.DropHead
-			case "reject-publish":
-				o = queue.RejectPublish
-			case "reject-publish-dlx":
-				o = queue.RejectPublishDLX
-			default:
+			o, valid := parseOverflow(s)
+			if !valid {
 				err = keyErr(dkey, "%v is not one of drop-head, reject-publish, reject-publish-dlx", v)
 			}
 			cp.overflow = &o

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"math"
 	"testing"
 	"time"
 
@@ -151,6 +152,19 @@ func TestCombinePrecedence(t *testing.T) {
 	for _, bad := range []map[string]any{{"message-ttl": -1}, {"expires": 0}, {"overflow": "drop-tail"}, {"dead-letter-exchange": 5}, {"no-such-key": 1}, {}} {
 		if _, _, err := compilePolicy("p", Policy{Name: "p", Pattern: ".", Definition: bad}); err == nil {
 			t.Errorf("policy definition %v accepted", bad)
+		}
+	}
+}
+
+// Definition values a policy cannot use are refused with the key named.
+func TestCompilePolicyRejects(t *testing.T) {
+	for _, def := range []map[string]any{
+		{"redelivery-backoff": math.NaN()},
+		{"redelivery-backoff": 0.5},
+		{"overflow": "drop-tail"},
+	} {
+		if _, _, err := compilePolicy("policies[0]", Policy{Name: "p", Pattern: ".*", Definition: def}); err == nil {
+			t.Errorf("definition %v accepted", def)
 		}
 	}
 }

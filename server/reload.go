@@ -18,15 +18,12 @@ import (
 // vhost were removed keeps the connection but is refused (403) on anything that needs a
 // permission. Stored data of a removed vhost is kept, and comes back with the vhost.
 //
-// amqp.listen, storage.dir, tls.listen (or turning TLS on or off) and the resource alarm
-// settings need a restart; changes to them are logged and otherwise ignored.
+// amqp.listen, storage.dir, tls.listen (or turning TLS on or off), queue.max_ram_messages and
+// the resource alarm settings need a restart; changes to them are logged and otherwise ignored.
 func (s *Server) Reload(cfg Config) error {
 	s.reloadMu.Lock()
 	defer s.reloadMu.Unlock()
-	if err := cfg.Validate(); err != nil {
-		return err
-	}
-	rt, err := compile(&cfg)
+	rt, err := cfg.validate()
 	if err != nil {
 		return err
 	}
@@ -97,6 +94,7 @@ func (s *Server) restartKeys(cfg *Config) []string {
 	add(cfg.MemoryHighWatermark != s.cfg.MemoryHighWatermark, "memory.high_watermark")
 	add(cfg.MemoryLimit != s.cfg.MemoryLimit, "memory.limit")
 	add(cfg.DiskFreeLimit != s.cfg.DiskFreeLimit, "disk.free_limit")
+	add(cfg.MaxRAMMessages != s.cfg.MaxRAMMessages, "queue.max_ram_messages")
 	return keys
 }
 

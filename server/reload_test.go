@@ -1,6 +1,7 @@
 package server
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -167,4 +168,23 @@ func TestReloadLimits(t *testing.T) {
 		return ch.Publish("", "x", false, false, amqp091.Publishing{Body: make([]byte, 11)})
 	})
 	checkAMQPError(t, "message over the new max size", err, 406, "PRECONDITION_FAILED - message size 11 is larger than configured max size 10")
+}
+
+// Settings read only at start-up are named when a reload changes them.
+func TestRestartKeys(t *testing.T) {
+	s := &Server{cfg: DefaultConfig()}
+	for _, tc := range []struct {
+		change func(*Config)
+		want   []string
+	}{
+		{func(*Config) {}, nil},
+		{func(c *Config) { c.MaxRAMMessages = 10 }, []string{"queue.max_ram_messages"}},
+		{func(c *Config) { c.DiskFreeLimit = 1; c.Listen = "127.0.0.1:1" }, []string{"amqp.listen", "disk.free_limit"}},
+	} {
+		cfg := DefaultConfig()
+		tc.change(&cfg)
+		if got := s.restartKeys(&cfg); !slices.Equal(got, tc.want) {
+			t.Errorf("restartKeys = %v, want %v", got, tc.want)
+		}
+	}
 }

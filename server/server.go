@@ -62,10 +62,7 @@ type Server struct {
 
 // New validates cfg, opens the store and restores durable state. The listener opens in Start.
 func New(cfg Config) (*Server, error) {
-	if err := cfg.Validate(); err != nil {
-		return nil, err
-	}
-	rt, err := compile(&cfg)
+	rt, err := cfg.validate()
 	if err != nil {
 		return nil, err
 	}
