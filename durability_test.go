@@ -916,6 +916,107 @@ func TestRestartUnackedRedelivered(t *testing.T) {
 	}
 }
 
+// TestSharedMessageAckRestart: messages fanned out to two durable queues are stored once.
+// Draining one queue (acking messages published in this run, then ones read back after a
+// restart) must leave the other queue's copies intact, and draining both leaves nothing.
+func TestSharedMessageAckRestart(t *testing.T) {
+	queues := []string{"shared.a", "shared.b"}
+	dataDir := filepath.Join(t.TempDir(), "data")
+	b := startBroker(t, dataDir)
+	ch := b.channel()
+	if err := ch.ExchangeDeclare("shared.fan", "fanout", true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range queues {
+		declareDurable(t, ch, q)
+		if err := ch.QueueBind(q, "", "shared.fan", false, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	declareDurable(t, ch, "shared.solo")
+	if err := ch.Confirm(false); err != nil {
+		t.Fatal(err)
+	}
+	const n = 200
+	var bodies []string
+	for i := 0; i < n; i++ {
+		bodies = append(bodies, fmt.Sprintf("s%03d", i))
+		if err := ch.Publish("shared.fan", "", false, false, persistent(bodies[i])); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publishConfirmed(t, ch, "shared.solo", bodies) // also waits for the fan-out confirms
+
+	if got := b.drain("shared.a"); len(got) != n {
+		t.Fatalf("drained %d from shared.a, want %d", len(got), n)
+	}
+	b = b.checkEmptyAfterRestart("shared.a")
+	// Read back from disk now: shared.b's entries and shared.solo's (sole references).
+	for _, q := range []string{"shared.b", "shared.solo"} {
+		got := b.drain(q)
+		if len(got) != n {
+			t.Fatalf("drained %d from %s after the restart, want %d", len(got), q, n)
+		}
+		for i, d := range got {
+			if d.body != bodies[i] {
+				t.Fatalf("%s message %d = %q, want %q", q, i, d.body, bodies[i])
+			}
+		}
+	}
+	b = b.checkEmptyAfterRestart(append(queues, "shared.solo")...)
+	if !strings.Contains(b.log.String(), "messages=0") {
+		t.Errorf("store not empty after draining every queue:\n%s", b.log.String())
+	}
+}
+
+// TestAckAfterQueueRedeclared: a delivery of a durable queue is acked after the queue was
+// deleted and declared again, and the new queue holds a message under the same sequence
+// number. The ack must not delete it: after a restart (clean or SIGKILL) it is there.
+func TestAckAfterQueueRedeclared(t *testing.T) {
+	for _, kill := range []bool{false, true} {
+		t.Run(fmt.Sprintf("kill=%v", kill), func(t *testing.T) {
+			const queue = "redeclared"
+			dataDir := filepath.Join(t.TempDir(), "data")
+			b := startBroker(t, dataDir)
+			pub := b.channel()
+			declareDurable(t, pub, queue)
+			publishConfirmed(t, pub, queue, []string{"old"})
+
+			cons := b.channel()
+			msgs, err := cons.Consume(queue, "", false, false, false, false, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var old amqp091.Delivery
+			select {
+			case old = <-msgs:
+			case <-time.After(opTimeout):
+				t.Fatal("no delivery")
+			}
+			if _, err := pub.QueueDelete(queue, false, false, false); err != nil {
+				t.Fatal(err)
+			}
+			declareDurable(t, pub, queue)
+			publishConfirmed(t, pub, queue, []string{"new"})
+			if err := old.Ack(false); err != nil {
+				t.Fatal(err)
+			}
+			// A confirmed publish after the ack is written after it (the journal keeps order).
+			declareDurable(t, pub, "redeclared.barrier")
+			publishConfirmed(t, pub, "redeclared.barrier", []string{"barrier"})
+			if kill {
+				b.kill()
+			} else {
+				b.stop()
+			}
+			b = startBroker(t, dataDir)
+			if got := b.drain(queue); len(got) != 1 || got[0].body != "new" {
+				t.Errorf("%s after the restart = %+v, want the new message", queue, got)
+			}
+		})
+	}
+}
+
 // TestDurableTopologyRestart: durable exchanges (with an alternate exchange), a durable
 // queue with arguments, queue and exchange-to-exchange bindings and persistent messages
 // survive a restart and still route; transient and exclusive entities and transient

@@ -72,6 +72,15 @@
 // stored; the message-id high-water mark is written only with a stored message. Such a group
 // commits nothing and needs no sync, yet its confirms are exact: the messages were consumed.
 //
+// Reading the index costs more than writing it (a lookup through every level of the tree),
+// so the hot paths write blind: the server promises that published entries are new
+// (Publish.NewEntries: sequence numbers are never reused) and that an acked entry is its
+// message's only reference when the message went to one durable queue (Entry.SoleRef), and
+// the store then deletes entry and message without reading them. Delivery marks and acks
+// that nobody waits for (lazy requests) wait up to lazyDelay (10 ms) for other requests
+// before they are committed, so that a message's ack usually meets its delivery mark in one
+// group and the mark is never written; any other request commits them at once, in order.
+//
 // A Batch is atomic. If adding a Batch makes the transaction too big, the transaction is
 // rebuilt without it and committed, and that Batch starts the next one; a single Batch
 // that is too big on its own fails alone. If a commit fails, the store turns read-only

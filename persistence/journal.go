@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"time"
 
 	"github.com/dgraph-io/badger/v4"
 )
@@ -22,6 +23,13 @@ const (
 	// gcAfterDeletes kicks value-log GC after this many message deletions (acks, purges).
 	gcAfterDeletes = 10000
 )
+
+// lazyDelay is how long the journal lets lazy requests (delivery marks and acks nobody waits
+// for) gather before committing them, unless another request comes first: a consumer's ack
+// then usually meets the delivery mark of its message in one group, and neither the mark nor
+// a read of the index entry is needed. An ack reaches the disk this much later at most
+// (RabbitMQ does not sync acks at all). Tests change it.
+var lazyDelay = 10 * time.Millisecond
 
 // request is one unit of journal work: a Batch or a topology change. cut marks an op that
 // purges a queue (it must end its group, see commitGroup). An exclusive request runs on
@@ -103,6 +111,7 @@ func (s *Store) Commit(b *Batch) error {
 }
 
 func (s *Store) submit(r request) {
+	lazy := r.lazy()
 	if r.done == nil {
 		r.done = func(error) {}
 	}
@@ -112,10 +121,30 @@ func (s *Store) submit(r request) {
 		r.done(ErrClosed)
 		return
 	}
+	// Only a change the journal acts on wakes it: the first request (it starts the lazy
+	// clock), an urgent one, or a full group.
+	wake := len(s.pending) == 0 || len(s.pending)+1 >= maxGroup
+	if len(s.pending) == 0 {
+		s.lazySince = time.Now()
+	}
+	if !lazy && !s.urgent {
+		s.urgent = true
+		wake = true
+	}
 	s.pending = append(s.pending, r)
 	s.queued.Add(r.size)
-	s.cond.Signal()
+	if wake {
+		s.cond.Signal()
+	}
 	s.mu.Unlock()
+}
+
+// lazy reports whether r may wait for company (see lazyDelay): a batch of delivery marks
+// and removals that nobody waits for.
+func (r *request) lazy() bool {
+	b := r.batch
+	return r.done == nil && b != nil && len(b.Publishes) == 0 && len(b.Pages) == 0 &&
+		len(b.Purges) == 0 && len(b.DropPages) == 0
 }
 
 // do runs a topology change through the journal and waits for it to be durable; going
@@ -140,7 +169,14 @@ func (s *Store) journal() {
 	defer close(s.journalDone)
 	for {
 		s.mu.Lock()
-		for len(s.pending) == 0 && !s.closing {
+		for !s.closing && (len(s.pending) == 0 || !s.urgent && len(s.pending) < maxGroup) {
+			if len(s.pending) > 0 {
+				wait := time.Until(s.lazySince.Add(lazyDelay))
+				if wait <= 0 {
+					break
+				}
+				s.lazyTimer.Reset(wait)
+			}
 			s.cond.Wait()
 		}
 		if len(s.pending) == 0 {
@@ -151,6 +187,7 @@ func (s *Store) journal() {
 		reqs := s.pending
 		s.pending = s.spare[:0]
 		s.spare = nil
+		s.urgent = false
 		s.mu.Unlock()
 
 		s.process(reqs)
@@ -187,11 +224,13 @@ func (s *Store) process(reqs []request) {
 type group struct {
 	s          *Store
 	txn        *badger.Txn
-	drains     []drainJob       // run after the commit (purges, page drops)
-	cut        bool             // a queue purge: later requests must not share this transaction
-	acked      map[entryKey]int // entries removed in this group, to the last request removing each
-	cur        int              // index in the group of the request being applied
+	drains     []drainJob            // run after the commit (purges, page drops)
+	cut        bool                  // a queue purge: later requests must not share this transaction
+	acked      map[entryKey]int      // entries removed in this group, to the last request removing each
+	gone       map[entryKey]struct{} // entries not on disk for a blind removal (see removeSole)
+	cur        int                   // index in the group of the request being applied
 	publishes  int
+	indexReads int
 	stored     int64  // messages written
 	removed    int64  // messages deleted
 	maxID      uint64 // highest message id published, stored or not
@@ -296,6 +335,7 @@ func (s *Store) commitGroup(reqs []request) int {
 	s.stats.Commits++
 	s.stats.Batches += uint64(n)
 	s.stats.Publishes += uint64(g.publishes)
+	s.stats.IndexReads += uint64(g.indexReads)
 	s.stats.MaxBatchesPerCommit = max(s.stats.MaxBatchesPerCommit, n)
 	s.stats.MaxPublishesPerCommit = max(s.stats.MaxPublishesPerCommit, g.publishes)
 	s.statsMu.Unlock()
@@ -350,6 +390,7 @@ func (g *group) decref(v indexValue) error {
 
 // getIndex reads an index entry as the transaction sees it (its own writes included).
 func (g *group) getIndex(k []byte) (v indexValue, ok bool, err error) {
+	g.indexReads++
 	item, err := g.txn.Get(k)
 	if errors.Is(err, badger.ErrKeyNotFound) {
 		return v, false, nil
@@ -464,6 +505,13 @@ func (g *group) applyBatch(b *Batch) error {
 				live--
 			}
 		}
+		if live < len(p.Entries) {
+			for _, e := range p.Entries {
+				if g.isAcked(e.Queue, e.Seq) {
+					g.markGone(e.Queue, e.Seq)
+				}
+			}
+		}
 		if live == 0 {
 			continue // consumed within this transaction: nothing to store
 		}
@@ -477,19 +525,22 @@ func (g *group) applyBatch(b *Batch) error {
 				continue
 			}
 			k := indexKey(e.Queue, e.Seq)
-			old, ok, err := g.getIndex(k)
-			if err != nil {
-				return err
-			}
-			if ok {
-				if err := g.decref(old); err != nil {
+			if !p.NewEntries {
+				old, ok, err := g.getIndex(k)
+				if err != nil {
 					return err
+				}
+				if ok {
+					if err := g.decref(old); err != nil {
+						return err
+					}
 				}
 			}
 			iv.expiresAt = e.ExpiresAt
 			if err := g.txn.Set(k, encodeIndexValue(iv)); err != nil {
 				return err
 			}
+			g.forget(e.Queue, e.Seq)
 		}
 		if shared {
 			if err := g.txn.Set(refKey(id), encodeRef(uint32(live))); err != nil {
@@ -533,6 +584,12 @@ func (g *group) applyBatch(b *Batch) error {
 	}
 	for _, e := range b.Removes {
 		k := indexKey(e.Queue, e.Seq)
+		if e.SoleRef && e.MsgID != 0 {
+			if err := g.removeSole(e, k); err != nil {
+				return err
+			}
+			continue
+		}
 		v, ok, err := g.getIndex(k)
 		if err != nil {
 			return err
@@ -546,6 +603,7 @@ func (g *group) applyBatch(b *Batch) error {
 		if err := g.decref(v); err != nil {
 			return err
 		}
+		g.markGone(e.Queue, e.Seq)
 	}
 	for _, p := range b.Purges {
 		if p.Spans != nil && len(p.Spans) == 0 {
@@ -563,6 +621,37 @@ func (g *group) applyBatch(b *Batch) error {
 		g.drains = append(g.drains, drainJob{prefix: pagePrefix(d.Space), spans: normalizeSpans(d.Spans)})
 	}
 	return nil
+}
+
+// removeSole deletes entry e (index key k) and its message, which the caller promises is
+// referenced by nothing else (Entry.SoleRef), without reading either: blind deletes. An
+// entry that this group removed already, or whose publish it skipped, is not there.
+func (g *group) removeSole(e Entry, k []byte) error {
+	if _, gone := g.gone[entryKey{e.Queue.VHost, e.Queue.Queue, e.Seq}]; gone {
+		return nil
+	}
+	g.markGone(e.Queue, e.Seq)
+	if err := g.txn.Delete(k); err != nil {
+		return err
+	}
+	g.removed++
+	return g.txn.Delete(messageKey(e.MsgID))
+}
+
+// markGone records that an entry is not on disk as this group sees it: removed, or its
+// publish skipped because a later request of the group removes it.
+func (g *group) markGone(q QueueRef, seq uint64) {
+	if g.gone == nil {
+		g.gone = make(map[entryKey]struct{}, 64)
+	}
+	g.gone[entryKey{q.VHost, q.Queue, seq}] = struct{}{}
+}
+
+// forget notes that the group writes an entry, so a later blind removal deletes it.
+func (g *group) forget(q QueueRef, seq uint64) {
+	if g.gone != nil {
+		delete(g.gone, entryKey{q.VHost, q.Queue, seq})
+	}
 }
 
 // isAcked reports whether the entry is removed by the current request (whose Removes apply

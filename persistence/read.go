@@ -222,7 +222,7 @@ func (c *cursor) entry(msgs *msgCursor) (Stored, error) {
 	c.it.Next()
 	return Stored{
 		Seq: seq, Msg: m, Deliveries: v.deliveries, ExpiresAt: v.expiresAt,
-		ExpiryUnknown: v.flags&idxExpiryUnknown != 0, Durable: true, Persistent: true,
+		ExpiryUnknown: v.flags&idxExpiryUnknown != 0, Durable: true, Shared: v.shared(), Persistent: true,
 	}, nil
 }
 

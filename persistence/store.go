@@ -56,6 +56,11 @@ type Store struct {
 	spare   []request
 	closing bool
 	closed  bool
+	// urgent: pending holds a request that must not wait for company (see lazy); lazySince
+	// is when the first of pending was submitted, lazyTimer wakes the journal after lazyDelay.
+	urgent    bool
+	lazySince time.Time
+	lazyTimer *time.Timer
 	// queued is the message bytes of the batches submitted and not yet committed; room is
 	// broadcast (on mu) when the journal has taken some of them off (AwaitRoom).
 	queued atomic.Int64 // written under mu
@@ -101,6 +106,9 @@ type Stats struct {
 	AvgPublishesPerCommit float64
 	// MaxPublishesPerCommit is the largest number of messages written in one transaction.
 	MaxPublishesPerCommit int
+	// IndexReads is the number of index entries the journal read to apply batches (delivery
+	// marks, removals without Entry.SoleRef, publishes without Publish.NewEntries).
+	IndexReads uint64
 	// MessagesStored is the number of messages currently stored (referenced by some queue).
 	MessagesStored int
 	// ReadAheads is the number of ReadAhead calls served, ReadEntries the entries they returned.
@@ -181,6 +189,12 @@ func Open(dir string, opts Options) (*Store, error) {
 	}
 	s.cond = sync.NewCond(&s.mu)
 	s.room = sync.NewCond(&s.mu)
+	s.lazyTimer = time.AfterFunc(time.Hour, func() {
+		s.mu.Lock()
+		s.cond.Signal()
+		s.mu.Unlock()
+	})
+	s.lazyTimer.Stop()
 	if !opts.InMemory {
 		// /proc/self/maps shows absolute, resolved paths.
 		if abs, err := filepath.Abs(dir); err == nil {
@@ -585,6 +599,7 @@ func (s *Store) Close() error {
 		s.room.Broadcast()
 		s.mu.Unlock()
 		<-s.journalDone
+		s.lazyTimer.Stop()
 		s.reads.close()
 		close(s.gcStop)
 		<-s.gcDone

@@ -55,15 +55,24 @@ type Entry struct {
 	// ExpiresAt is the entry's absolute expiry (unix nanoseconds, 0 = never), stored with a
 	// published entry so that it expires on time when read back (paging, restart).
 	ExpiresAt int64
+	// SoleRef, in a Remove, promises that the stored entry points at MsgID and is that
+	// message's only index entry (it was published to one durable queue, or read back
+	// without Stored.Shared): the store then deletes both without reading the index, which
+	// is what makes draining a backlog cheap. Without it the stored index is authoritative.
+	SoleRef bool
 }
 
 // Publish stores Msg once plus one index entry per durable queue in Entries. Each entry's
 // MsgID must be 0 (meaning Msg.ID) or Msg.ID, and Msg.ID must be new: a message is
 // published once, with all its entries. A Publish without entries stores nothing.
-// Publishing an entry that already exists replaces it (the old message loses a reference).
+// Publishing an entry that already exists replaces it (the old message loses a reference),
+// unless NewEntries promises that no entry exists under those sequence numbers: then the
+// store writes without reading the index first (and an existing entry's message would be
+// left behind unreferenced until a repair).
 type Publish struct {
-	Msg     *Message
-	Entries []Entry
+	Msg        *Message
+	Entries    []Entry
+	NewEntries bool
 }
 
 // DeliveryMark records that Entry has been delivered Count times (for redelivered flags
@@ -106,10 +115,15 @@ type PageDrop struct {
 // Batch is one atomic unit of work: all of it is committed or none. Within a Batch the
 // parts apply in this order: Publishes, Pages, Deliveries, Removes, Purges, DropPages - so a
 // publish and the remove of the same entry may share a Batch. Removes identify entries by
-// Queue and Seq (MsgID is ignored; the stored index is authoritative) and removing a
-// missing entry is a no-op, so double acks cannot corrupt reference counts. Purges and
-// DropPages are atomic too: a crash part-way through a purge is completed at the next
-// Open (pages are wiped at Open anyway).
+// Queue and Seq (MsgID is ignored unless SoleRef is set; the stored index is authoritative)
+// and removing a missing entry is a no-op, so double acks cannot corrupt reference counts
+// (a SoleRef removal of a missing entry writes tombstones and miscounts MessagesStored, but
+// deletes nothing else). Purges and DropPages are atomic too: a crash part-way through a
+// purge is completed at the next Open (pages are wiped at Open anyway).
+//
+// A Batch of only Deliveries and Removes submitted without a done callback may wait up to
+// lazyDelay for company in the journal, so that the delivery marks of messages acked soon
+// after are never written; any other request commits it at once, in order.
 type Batch struct {
 	Publishes  []Publish
 	Pages      []Page
@@ -152,7 +166,9 @@ type Stored struct {
 	// expiry: the caller has to derive it again (from the queue's TTL and the message).
 	ExpiryUnknown bool
 	// Durable: the entry comes from the queue's durable index; otherwise it is a page.
-	Durable    bool
+	Durable bool
+	// Shared: the message may have index entries in other queues too (see Entry.SoleRef).
+	Shared     bool
 	Persistent bool
 }
 

@@ -35,7 +35,9 @@ type Entry struct {
 	ExpiresAt int64
 	// Durable is set by the owner when the entry has a copy on disk that must be removed with it.
 	Durable bool
-	readyAt int64
+	// SharedOnDisk is set by the owner when that copy may be referenced by other queues' entries.
+	SharedOnDisk bool
+	readyAt      int64
 }
 
 // Redelivered reports whether the entry was delivered before.

@@ -598,7 +598,9 @@ func (v *vhost) prepare(msg *queue.Message, targets []*queueState, batch *persis
 		scratch = make([]*queue.Entry, len(targets))
 	}
 	p := prepared{msg: msg, targets: targets, entries: scratch[:len(targets)]}
-	var pub persistence.Publish
+	// Sequence numbers are never reused (a queue's restart continues after the stored ones;
+	// a deleted queue's entries are gone before anything else is written).
+	pub := persistence.Publish{NewEntries: true}
 	for i, qs := range targets {
 		e := qs.q.NewEntry(qs.q.NextSeq(), msg)
 		if msg.Persistent && qs.durable {
@@ -606,6 +608,11 @@ func (v *vhost) prepare(msg *queue.Message, targets []*queueState, batch *persis
 			pub.Entries = append(pub.Entries, persistence.Entry{Queue: qs.ref(), Seq: e.Seq, MsgID: msg.ID, ExpiresAt: e.ExpiresAt})
 		}
 		p.entries[i] = e
+	}
+	if len(pub.Entries) > 1 {
+		for _, e := range p.entries {
+			e.SharedOnDisk = e.Durable
+		}
 	}
 	if len(pub.Entries) > 0 {
 		pub.Msg = storedMessage(msg)
@@ -736,7 +743,7 @@ func (qs *queueState) deliveryHeader(e *queue.Entry) []byte {
 // redelivered after a restart) or, for no-ack deliveries, that it is gone.
 func (qs *queueState) journalDelivery(e *queue.Entry, noAck bool) {
 	store := qs.v.srv.store
-	ent := persistence.Entry{Queue: qs.ref(), Seq: e.Seq, MsgID: e.Msg.ID}
+	ent := qs.diskEntry(e)
 	if noAck {
 		store.Submit(&persistence.Batch{Removes: []persistence.Entry{ent}}, nil)
 		return
@@ -966,9 +973,11 @@ func (ch *channel) apply(kind settleKind, ds []delivery, batch *persistence.Batc
 		}
 		if kind == settleAck {
 			qs.q.Ack(end - start)
-			for _, d := range ds[start:end] {
-				if d.e.Durable {
-					removes = append(removes, persistence.Entry{Queue: qs.ref(), Seq: d.e.Seq, MsgID: d.e.Msg.ID})
+			if !qs.deleted.Load() { // a deleted queue's entries went with store.DeleteQueue
+				for _, d := range ds[start:end] {
+					if d.e.Durable {
+						removes = append(removes, qs.diskEntry(d.e))
+					}
 				}
 			}
 			start = end

@@ -36,7 +36,7 @@ func (v *vhost) removeDurable(qs *queueState, es []*queue.Entry, batch *persiste
 	var removes []persistence.Entry
 	for _, e := range es {
 		if e.Durable {
-			removes = append(removes, persistence.Entry{Queue: qs.ref(), Seq: e.Seq, MsgID: e.Msg.ID})
+			removes = append(removes, qs.diskEntry(e))
 		}
 	}
 	if len(removes) == 0 {

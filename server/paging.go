@@ -94,6 +94,7 @@ func (qs *queueState) storedEntry(st persistence.Stored, cache map[uint64]*queue
 		e = &queue.Entry{Seq: st.Seq, Msg: m, ExpiresAt: st.ExpiresAt}
 	}
 	e.Durable = st.Durable
+	e.SharedOnDisk = st.Shared
 	e.Deliveries = st.Deliveries
 	e.Returns = st.Deliveries
 	return e

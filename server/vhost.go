@@ -58,6 +58,11 @@ func (qs *queueState) ref() persistence.QueueRef {
 	return persistence.QueueRef{VHost: qs.v.name, Queue: qs.name}
 }
 
+// diskEntry names a durable entry's disk copy for the store's Removes and delivery marks.
+func (qs *queueState) diskEntry(e *queue.Entry) persistence.Entry {
+	return persistence.Entry{Queue: qs.ref(), Seq: e.Seq, MsgID: e.Msg.ID, SoleRef: !e.SharedOnDisk}
+}
+
 // vhost is an isolated namespace of exchanges, queues and bindings.
 type vhost struct {
 	srv  *Server
