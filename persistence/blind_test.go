@@ -1,7 +1,6 @@
 package persistence
 
 import (
-	"errors"
 	"slices"
 	"testing"
 	"time"
@@ -18,6 +17,16 @@ func holdJournal(t *testing.T, s *Store) (release func()) {
 	}()
 	<-held
 	return func() { close(ch) }
+}
+
+// openMemT opens an in-memory store.
+func openMemT(t *testing.T) *Store {
+	t.Helper()
+	s, err := Open("", Options{InMemory: true, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }
 
 // setLazyDelay changes lazyDelay for one test.
@@ -110,10 +119,7 @@ func TestBlindWrites(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			s, err := Open("", Options{InMemory: true, Logger: quietLogger()})
-			if err != nil {
-				t.Fatal(err)
-			}
+			s := openMemT(t)
 			defer closeT(t, s)
 			for _, group := range tc.groups {
 				release := holdJournal(t, s)
@@ -128,19 +134,7 @@ func TestBlindWrites(t *testing.T) {
 					}
 				}
 			}
-			if got := ids(recoverAll(t, s, "q")); !slices.Equal(got, tc.wantQ) {
-				t.Errorf("q = %v, want %v", got, tc.wantQ)
-			}
-			for _, id := range tc.stored {
-				if !stored(s, id) {
-					t.Errorf("message %d not stored", id)
-				}
-			}
-			for _, id := range tc.gone {
-				if _, err := readMessage(s, id); !errors.Is(err, ErrNotFound) {
-					t.Errorf("readMessage(%d) err = %v, want ErrNotFound", id, err)
-				}
-			}
+			checkContents(t, s, tc.wantQ, tc.stored, tc.gone)
 			st := s.Stats()
 			if st.MessagesStored != tc.nstored {
 				t.Errorf("MessagesStored = %d, want %d", st.MessagesStored, tc.nstored)
@@ -155,10 +149,7 @@ func TestBlindWrites(t *testing.T) {
 // A stored entry read back says whether its message is shared, which is what lets the
 // caller promise SoleRef.
 func TestStoredShared(t *testing.T) {
-	s, err := Open("", Options{InMemory: true, Logger: quietLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := openMemT(t)
 	defer closeT(t, s)
 	if err := s.Commit(&Batch{Publishes: []Publish{pub(mkMsg(1), ent("q", 1)), pub(mkMsg(2), ent("q", 2), ent("r", 1))}}); err != nil {
 		t.Fatal(err)
@@ -181,10 +172,7 @@ func TestLazyRequests(t *testing.T) {
 	const wait = time.Hour // never reached: something else must commit them
 	t.Run("a waiting request commits them", func(t *testing.T) {
 		setLazyDelay(t, wait)
-		s, err := Open("", Options{InMemory: true, Logger: quietLogger()})
-		if err != nil {
-			t.Fatal(err)
-		}
+		s := openMemT(t)
 		defer closeT(t, s)
 		if err := s.Commit(&Batch{Publishes: []Publish{pub(mkMsg(1), ent("q", 1)), pub(mkMsg(2), ent("q", 2))}}); err != nil {
 			t.Fatal(err)
@@ -216,10 +204,7 @@ func TestLazyRequests(t *testing.T) {
 	})
 	t.Run("they commit alone after lazyDelay", func(t *testing.T) {
 		setLazyDelay(t, 5*time.Millisecond)
-		s, err := Open("", Options{InMemory: true, Logger: quietLogger()})
-		if err != nil {
-			t.Fatal(err)
-		}
+		s := openMemT(t)
 		defer closeT(t, s)
 		if err := s.Commit(&Batch{Publishes: []Publish{pub(mkMsg(1), ent("q", 1))}}); err != nil {
 			t.Fatal(err)

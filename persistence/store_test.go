@@ -95,6 +95,25 @@ func ids(rs []recovered) []uint64 {
 	return out
 }
 
+// checkContents requires queue "q" to hold messages wantQ in order, the messages stored to
+// be readable and the messages gone to be deleted.
+func checkContents(t *testing.T, s *Store, wantQ, storedIDs, gone []uint64) {
+	t.Helper()
+	if got := ids(recoverAll(t, s, "q")); !slices.Equal(got, wantQ) {
+		t.Errorf("q = %v, want %v", got, wantQ)
+	}
+	for _, id := range storedIDs {
+		if !stored(s, id) {
+			t.Errorf("message %d not stored", id)
+		}
+	}
+	for _, id := range gone {
+		if _, err := readMessage(s, id); !errors.Is(err, ErrNotFound) {
+			t.Errorf("readMessage(%d) err = %v, want ErrNotFound", id, err)
+		}
+	}
+}
+
 func commitT(t testing.TB, s *Store, b *Batch) {
 	t.Helper()
 	if err := s.Commit(b); err != nil {
@@ -448,19 +467,7 @@ func TestPublishAndRemove(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			if got := ids(recoverAll(t, s, "q")); !slices.Equal(got, tc.wantQ) {
-				t.Errorf("q = %v, want %v", got, tc.wantQ)
-			}
-			for _, id := range tc.stored {
-				if !stored(s, id) {
-					t.Errorf("message %d not stored", id)
-				}
-			}
-			for _, id := range tc.gone {
-				if _, err := readMessage(s, id); !errors.Is(err, ErrNotFound) {
-					t.Errorf("readMessage(%d) err = %v, want ErrNotFound", id, err)
-				}
-			}
+			checkContents(t, s, tc.wantQ, tc.stored, tc.gone)
 		})
 	}
 }
