@@ -598,8 +598,9 @@ func (v *vhost) prepare(msg *queue.Message, targets []*queueState, batch *persis
 		scratch = make([]*queue.Entry, len(targets))
 	}
 	p := prepared{msg: msg, targets: targets, entries: scratch[:len(targets)]}
-	// Sequence numbers are never reused (a queue's restart continues after the stored ones;
-	// a deleted queue's entries are gone before anything else is written).
+	// Sequence numbers are never reused: a queue's restart continues after the stored ones,
+	// and a queue declared again after a delete waits until the store has dropped the old
+	// entries (vhost.deleting).
 	pub := persistence.Publish{NewEntries: true}
 	for i, qs := range targets {
 		e := qs.q.NewEntry(qs.q.NextSeq(), msg)

@@ -72,6 +72,16 @@ type vhost struct {
 	exchanges map[string]*exchangeState
 	queues    map[string]*queueState
 	policies  []*policy // highest priority first
+	// deleting holds the durable queues removed from queues whose store.DeleteQueue has not
+	// returned yet, closed when it has: a queue declared again under the name waits, or the
+	// old queue's purge would delete the new one's first messages (same sequence numbers).
+	deleting map[string]deletion
+}
+
+// deletion is a durable queue being deleted from the store.
+type deletion struct {
+	qs   *queueState
+	done chan struct{}
 }
 
 var defaultExchanges = []struct {
@@ -587,6 +597,11 @@ func (v *vhost) declareQueue(c *conn, m *amqp.QueueDeclare) (*queueState, *amqp.
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	for d, ok := v.deleting[name]; ok; d, ok = v.deleting[name] {
+		v.mu.Unlock()
+		<-d.done
+		v.mu.Lock()
+	}
 	if qs := v.queues[name]; qs != nil {
 		if qs.exclusive && qs.owner != c {
 			return nil, v.errLocked(name)
@@ -702,6 +717,12 @@ func (v *vhost) removeQueueLocked(qs *queueState) {
 	}
 	delete(v.queues, qs.name)
 	qs.deleted.Store(true)
+	if qs.durable {
+		if v.deleting == nil {
+			v.deleting = make(map[string]deletion)
+		}
+		v.deleting[qs.name] = deletion{qs: qs, done: make(chan struct{})}
+	}
 	if qs.expiryTimer != nil {
 		qs.expiryTimer.Stop()
 	}
@@ -723,6 +744,12 @@ func (v *vhost) finishQueueRemoval(qs *queueState) int {
 		if err := v.srv.store.DeleteQueue(v.name, qs.name); err != nil {
 			v.srv.log.Error("deleting durable queue", "queue", qs.name, "err", err)
 		}
+		v.mu.Lock()
+		if d, ok := v.deleting[qs.name]; ok && d.qs == qs {
+			delete(v.deleting, qs.name)
+			close(d.done)
+		}
+		v.mu.Unlock()
 	}
 	return n
 }
