@@ -564,9 +564,6 @@ func toStringList(raw any) ([]string, error) {
 	return out, nil
 }
 
-// sectionList decodes a definitions section (users, vhosts, permissions, ...): a YAML list, or
-// from the environment a string holding one in YAML flow style
-// (WARREN_USERS='[{name: admin, password: s3cret, tags: [administrator]}]').
 // sectionKey is the key of a config section holding a list of definitions records (D, as in
 // RabbitMQ's definitions JSON) that conv turns into the server's entries, stored in dst.
 func sectionKey[D, S any](name, what string, conv func(D) (S, error), dst func(*settings) *[]S) key {
@@ -580,6 +577,9 @@ func sectionKey[D, S any](name, what string, conv func(D) (S, error), dst func(*
 	}}
 }
 
+// sectionList decodes a definitions section (users, vhosts, permissions, ...): a YAML list, or
+// from the environment a string holding one in YAML flow style
+// (WARREN_USERS='[{name: admin, password: s3cret, tags: [administrator]}]').
 func sectionList[T any](raw any, what string, item func(any) any) ([]T, error) {
 	if s, ok := raw.(string); ok {
 		parsed, err := parseYAMLValue(s)

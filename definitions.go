@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
 	"os"
 	"reflect"
 	"slices"
@@ -323,27 +322,16 @@ func fromFieldValue(v any) any {
 	return v
 }
 
-// limitValue reads a RabbitMQ limit: a whole number, negative for none.
+// limitValue reads a RabbitMQ limit: a whole number, negative for none. Every source
+// decodes numbers as json.Number (YAML values pass through JSON on the way).
 func limitValue(v any) (server.Limit, error) {
-	var n int64
-	switch x := v.(type) {
-	case json.Number:
-		i, err := x.Int64()
-		if err != nil {
-			return server.Limit{}, fmt.Errorf("%s is not a whole number", x)
-		}
-		n = i
-	case float64: // YAML's 1e6 and the like
-		if x != math.Trunc(x) || math.Abs(x) > 1<<53 {
-			return server.Limit{}, fmt.Errorf("%v is not a whole number in range", x)
-		}
-		n = int64(x)
-	case int:
-		n = int64(x)
-	case int64:
-		n = x
-	default:
+	x, ok := v.(json.Number)
+	if !ok {
 		return server.Limit{}, fmt.Errorf("expected a whole number, got %s", describe(v))
+	}
+	n, err := x.Int64()
+	if err != nil {
+		return server.Limit{}, fmt.Errorf("%s is not a whole number", x)
 	}
 	return server.LimitOf(n), nil
 }

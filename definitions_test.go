@@ -322,7 +322,8 @@ func TestVHostLimitOutOfRange(t *testing.T) {
 	if err == nil {
 		t.Fatal("max-queues 1e19 accepted")
 	}
-	if _, err := limitValue(1e19); err == nil {
-		t.Error("limitValue(1e19 as a YAML float) accepted")
+	cfg := writeConfig(t, "vhosts:\n  - {name: /, limits: {max-queues: 1e19}}\n")
+	if _, err := loadConfig([]string{"-config", cfg}, envMap(nil)); err == nil {
+		t.Error("max-queues 1e19 as a YAML float accepted")
 	}
 }

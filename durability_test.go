@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -964,56 +965,74 @@ func TestSharedMessageAckRestart(t *testing.T) {
 		}
 	}
 	b = b.checkEmptyAfterRestart(append(queues, "shared.solo")...)
-	if !strings.Contains(b.log.String(), "messages=0") {
+	if !regexp.MustCompile(`msg="store opened" .* messages=0 `).MatchString(b.log.String()) {
 		t.Errorf("store not empty after draining every queue:\n%s", b.log.String())
 	}
 }
 
-// TestAckAfterQueueRedeclared: a delivery of a durable queue is acked after the queue was
-// deleted and declared again, and the new queue holds a message under the same sequence
-// number. The ack must not delete it: after a restart (clean or SIGKILL) it is there.
+// TestAckAfterQueueRedeclared: a delivery of a durable queue is settled (acked, or rejected
+// into a dead-letter queue) after the queue was deleted and declared again, and the new queue
+// holds a message under the same sequence number. The settlement must not delete it: after
+// a restart (clean or SIGKILL) it is there.
 func TestAckAfterQueueRedeclared(t *testing.T) {
-	for _, kill := range []bool{false, true} {
-		t.Run(fmt.Sprintf("kill=%v", kill), func(t *testing.T) {
-			const queue = "redeclared"
-			dataDir := filepath.Join(t.TempDir(), "data")
-			b := startBroker(t, dataDir)
-			pub := b.channel()
-			declareDurable(t, pub, queue)
-			publishConfirmed(t, pub, queue, []string{"old"})
+	dlx := amqp091.Table{"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "redeclared.dlq"}
+	settles := []struct {
+		name   string
+		settle func(amqp091.Delivery) error
+	}{
+		{"ack", func(d amqp091.Delivery) error { return d.Ack(false) }},
+		{"reject to a dead-letter queue", func(d amqp091.Delivery) error { return d.Reject(false) }},
+	}
+	for _, st := range settles {
+		for _, kill := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/kill=%v", st.name, kill), func(t *testing.T) {
+				const queue = "redeclared"
+				dataDir := filepath.Join(t.TempDir(), "data")
+				b := startBroker(t, dataDir)
+				pub := b.channel()
+				declare := func() {
+					if _, err := pub.QueueDeclare(queue, true, false, false, false, dlx); err != nil {
+						t.Fatal(err)
+					}
+				}
+				declareDurable(t, pub, "redeclared.dlq")
+				declare()
+				publishConfirmed(t, pub, queue, []string{"old"})
 
-			cons := b.channel()
-			msgs, err := cons.Consume(queue, "", false, false, false, false, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var old amqp091.Delivery
-			select {
-			case old = <-msgs:
-			case <-time.After(opTimeout):
-				t.Fatal("no delivery")
-			}
-			if _, err := pub.QueueDelete(queue, false, false, false); err != nil {
-				t.Fatal(err)
-			}
-			declareDurable(t, pub, queue)
-			publishConfirmed(t, pub, queue, []string{"new"})
-			if err := old.Ack(false); err != nil {
-				t.Fatal(err)
-			}
-			// A confirmed publish after the ack is written after it (the journal keeps order).
-			declareDurable(t, pub, "redeclared.barrier")
-			publishConfirmed(t, pub, "redeclared.barrier", []string{"barrier"})
-			if kill {
-				b.kill()
-			} else {
-				b.stop()
-			}
-			b = startBroker(t, dataDir)
-			if got := b.drain(queue); len(got) != 1 || got[0].body != "new" {
-				t.Errorf("%s after the restart = %+v, want the new message", queue, got)
-			}
-		})
+				cons := b.channel()
+				msgs, err := cons.Consume(queue, "", false, false, false, false, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var old amqp091.Delivery
+				select {
+				case old = <-msgs:
+				case <-time.After(opTimeout):
+					t.Fatal("no delivery")
+				}
+				if _, err := pub.QueueDelete(queue, false, false, false); err != nil {
+					t.Fatal(err)
+				}
+				declare()
+				publishConfirmed(t, pub, queue, []string{"new"})
+				if err := st.settle(old); err != nil {
+					t.Fatal(err)
+				}
+				// A confirmed publish after the settlement is written after it (the journal
+				// keeps order).
+				declareDurable(t, pub, "redeclared.barrier")
+				publishConfirmed(t, pub, "redeclared.barrier", []string{"barrier"})
+				if kill {
+					b.kill()
+				} else {
+					b.stop()
+				}
+				b = startBroker(t, dataDir)
+				if got := b.drain(queue); len(got) != 1 || got[0].body != "new" {
+					t.Errorf("%s after the restart = %+v, want the new message", queue, got)
+				}
+			})
+		}
 	}
 }
 

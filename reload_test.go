@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -82,8 +83,16 @@ func TestRunReload(t *testing.T) {
 	pr, pw := io.Pipe()
 	signals := make(chan os.Signal, 1)
 	code := make(chan int, 1)
+	var envMu sync.Mutex
+	env := map[string]string{}
+	lookupEnv := func(k string) (string, bool) {
+		envMu.Lock()
+		defer envMu.Unlock()
+		v, ok := env[k]
+		return v, ok
+	}
 	go func() {
-		code <- run([]string{"-config", path}, envMap(nil), pw, signals)
+		code <- run([]string{"-config", path}, lookupEnv, pw, signals)
 		pw.Close()
 	}()
 	var log lockedBuffer
@@ -92,12 +101,20 @@ func TestRunReload(t *testing.T) {
 		t.Fatalf("before reload: %v", err)
 	}
 
-	// SIGHUP: the new permissions apply.
+	// SIGHUP: the new permissions apply. They come from the environment, so that the file
+	// watch has nothing to see and only the signal can reload them.
+	envMu.Lock()
+	env["WARREN_PERMISSIONS"] = `[{user: guest, vhost: /, configure: .*, write: .*, read: .*}, {user: app, vhost: /, configure: "", write: "", read: .*}]`
+	envMu.Unlock()
+	signals <- syscall.SIGHUP
+	waitUntil(t, "write permission is gone", &log, func() bool { return isRefused(declareResult(addr)) })
+	// The file says the same from now on (its watch may reload it; nothing changes).
 	if err := os.WriteFile(path, []byte(appReadOnly), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	signals <- syscall.SIGHUP
-	waitUntil(t, "write permission is gone", &log, func() bool { return isRefused(declareResult(addr)) })
+	envMu.Lock()
+	delete(env, "WARREN_PERMISSIONS")
+	envMu.Unlock()
 
 	// A broken file is rejected; the read-only permissions stay.
 	if err := os.WriteFile(path, []byte(broken), 0o600); err != nil {

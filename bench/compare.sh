@@ -70,6 +70,7 @@ if [[ -z $BIN ]]; then
 fi
 
 WARREN_STARTED=""
+WARREN_BUILT=""
 stop_warren() {
 	if [[ -n $WARREN_STARTED ]]; then
 		kill "$WARREN_PID" 2>/dev/null || true
@@ -82,7 +83,8 @@ trap stop_warren EXIT
 
 # start_warren: build (once) and start Warren on a free loopback port with a new data directory.
 start_warren() {
-	[[ -x $OUT/warren ]] || go build -o "$OUT/warren" .
+	# Built once per run of this script (a reused OUT may hold a binary of another commit).
+	[[ -n $WARREN_BUILT ]] || { go build -o "$OUT/warren" . && WARREN_BUILT=1; }
 	WARREN_DATA=$(mktemp -d /tmp/warren-compare-data.XXXXXX)
 	# Run from the data dir so no config.yaml is picked up: defaults plus these flags.
 	local log

@@ -482,7 +482,7 @@ func (c *leanConn) publish(t *publishTemplate, ts, firstAt int64) (int64, error)
 }
 
 // ack buffers a basic.ack; the consumer's idle callback (or the prefetch rule) writes it. The
-// frame is encoded by hand: going through amqp.Method would allocate per ack.
+// frame is encoded by hand (a fixed 21-byte frame), so the ack path allocates nothing.
 func (c *leanConn) ack(tag uint64, multiple bool) {
 	var bits byte
 	if multiple {

@@ -12,22 +12,24 @@ func TestAckTagFromAnotherChannel(t *testing.T) {
 	t.Parallel()
 	c, ch := setup(t)
 	q := declareQueue(t, ch, nil)
-	publishN(t, ch, q, 2)
+	publishN(t, ch, q, 3)
+	waitCount(t, q, 3)
 	a := openCh(t, c)
-	ma := getOne(t, a, q, false)
+	getOne(t, a, q, false)       // tag 1 on a
+	ma := getOne(t, a, q, false) // tag 2 on a
 	b := openCh(t, c)
-	getOne(t, b, q, false) // tag 1 on b as well
-	ae := expectChannelClosed(t, c, awaitClose(t, b, func() { b.Ack(ma.DeliveryTag+1, false) }), amqp.PreconditionFailed)
+	getOne(t, b, q, false) // tag 1 on b; b never had a tag 2
+	ae := expectChannelClosed(t, c, awaitClose(t, b, func() { b.Ack(ma.DeliveryTag, false) }), amqp.PreconditionFailed)
 	if ae.Reason != "PRECONDITION_FAILED - unknown delivery tag 2" {
 		t.Errorf("reply text %q", ae.Reason)
 	}
-	// b's message went back when b closed; a's is still unacked on a and can be acked there.
+	// b's message went back when b closed; a's are still unacked on a and can be acked there.
 	waitCount(t, q, 1)
-	if err := a.Ack(ma.DeliveryTag, false); err != nil {
+	if err := a.Ack(ma.DeliveryTag, true); err != nil {
 		t.Fatal(err)
 	}
-	if got := getOne(t, a, q, true); string(got.Body) != "1" || !got.Redelivered {
-		t.Fatalf("got %q redelivered=%v, want b's message 1 redelivered", got.Body, got.Redelivered)
+	if got := getOne(t, a, q, true); string(got.Body) != "2" || !got.Redelivered {
+		t.Fatalf("got %q redelivered=%v, want b's message 2 redelivered", got.Body, got.Redelivered)
 	}
 	if m, _ := queueCounts(t, q); m != 0 {
 		t.Fatalf("%d messages left", m)

@@ -503,13 +503,7 @@ func (g *group) applyBatch(b *Batch) error {
 		for _, e := range p.Entries {
 			if g.isAcked(e.Queue, e.Seq) {
 				live--
-			}
-		}
-		if live < len(p.Entries) {
-			for _, e := range p.Entries {
-				if g.isAcked(e.Queue, e.Seq) {
-					g.markGone(e.Queue, e.Seq)
-				}
+				g.markGone(e.Queue, e.Seq)
 			}
 		}
 		if live == 0 {
@@ -540,7 +534,9 @@ func (g *group) applyBatch(b *Batch) error {
 			if err := g.txn.Set(k, encodeIndexValue(iv)); err != nil {
 				return err
 			}
-			g.forget(e.Queue, e.Seq)
+			if !p.NewEntries { // a new entry cannot have been removed earlier in the group
+				g.forget(e.Queue, e.Seq)
+			}
 		}
 		if shared {
 			if err := g.txn.Set(refKey(id), encodeRef(uint32(live))); err != nil {

@@ -13,12 +13,7 @@ func TestAwaitRoomWaitsForTheJournal(t *testing.T) {
 	defer closeT(t, s)
 
 	// Hold the journal goroutine so that submitted batches stay queued.
-	release := make(chan struct{})
-	held := make(chan struct{})
-	go func() {
-		_ = s.exclusive(func() error { close(held); <-release; return nil })
-	}()
-	<-held
+	release := holdJournal(t, s)
 
 	body := bytes.Repeat([]byte("x"), 64<<10)
 	committed := make(chan error, 1)
@@ -35,7 +30,7 @@ func TestAwaitRoomWaitsForTheJournal(t *testing.T) {
 		t.Fatal("AwaitRoom returned while the journal still held the batch")
 	case <-time.After(50 * time.Millisecond):
 	}
-	close(release)
+	release()
 	<-waited
 	if err := <-committed; err != nil {
 		t.Fatal(err)
@@ -48,12 +43,7 @@ func TestAwaitRoomWaitsForTheJournal(t *testing.T) {
 // AwaitRoom never blocks a caller once the store is closing.
 func TestAwaitRoomReturnsOnClose(t *testing.T) {
 	s := openT(t, t.TempDir())
-	release := make(chan struct{})
-	held := make(chan struct{})
-	go func() {
-		_ = s.exclusive(func() error { close(held); <-release; return nil })
-	}()
-	<-held
+	release := holdJournal(t, s)
 	s.Submit(&Batch{Publishes: []Publish{pub(&Message{ID: 1, Body: make([]byte, 4096)}, ent("q", 1))}}, nil)
 	waited := make(chan struct{})
 	go func() { s.AwaitRoom(0); close(waited) }()
@@ -70,7 +60,7 @@ func TestAwaitRoomReturnsOnClose(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("AwaitRoom still blocked after Close began")
 	}
-	close(release)
+	release()
 	if err := <-closed; err != nil {
 		t.Fatal(err)
 	}

@@ -69,17 +69,23 @@ func checkPassword(u *User, pass string) bool {
 	return subtle.ConstantTimeCompare([]byte(u.Password), []byte(pass)) == 1
 }
 
-// validRabbitHash reports whether hash has the rabbit_password_hashing_sha256 shape.
-func validRabbitHash(hash string) bool {
+// decodeRabbitHash decodes RabbitMQ's rabbit_password_hashing_sha256 format,
+// base64(salt[4] ++ sha256(salt ++ password)); ok is false for anything else.
+func decodeRabbitHash(hash string) (raw []byte, ok bool) {
 	raw, err := base64.StdEncoding.DecodeString(hash)
-	return err == nil && len(raw) == 4+sha256.Size
+	return raw, err == nil && len(raw) == 4+sha256.Size
 }
 
-// checkRabbitHash verifies RabbitMQ's rabbit_password_hashing_sha256 format:
-// base64(salt[4] ++ sha256(salt ++ password)).
+// validRabbitHash reports whether hash has the rabbit_password_hashing_sha256 shape.
+func validRabbitHash(hash string) bool {
+	_, ok := decodeRabbitHash(hash)
+	return ok
+}
+
+// checkRabbitHash verifies pass against a rabbit_password_hashing_sha256 hash.
 func checkRabbitHash(hash, pass string) bool {
-	raw, err := base64.StdEncoding.DecodeString(hash)
-	if err != nil || len(raw) != 4+sha256.Size {
+	raw, ok := decodeRabbitHash(hash)
+	if !ok {
 		return false
 	}
 	h := sha256.New()
@@ -88,7 +94,6 @@ func checkRabbitHash(hash, pass string) bool {
 	return subtle.ConstantTimeCompare(h.Sum(nil), raw[4:]) == 1
 }
 
-// HashPassword returns a RabbitMQ-compatible salted SHA-256 hash of pass using salt.
 // NewPasswordHash hashes pass as HashPassword with a fresh random salt.
 func NewPasswordHash(pass string) string {
 	var salt [4]byte
@@ -96,6 +101,7 @@ func NewPasswordHash(pass string) string {
 	return HashPassword(salt, pass)
 }
 
+// HashPassword returns a RabbitMQ-compatible salted SHA-256 hash of pass using salt.
 func HashPassword(salt [4]byte, pass string) string {
 	h := sha256.New()
 	h.Write(salt[:])

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"crypto/tls"
 	"fmt"
 	"regexp"
@@ -175,8 +176,8 @@ func compile(cfg *Config) (*runtimeConfig, error) {
 	}
 	for _, ps := range rt.policies {
 		slices.SortStableFunc(ps, func(a, b *policy) int {
-			if a.priority != b.priority {
-				return b.priority - a.priority
+			if c := cmp.Compare(b.priority, a.priority); c != 0 {
+				return c
 			}
 			return strings.Compare(a.name, b.name)
 		})

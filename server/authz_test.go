@@ -10,7 +10,7 @@ import (
 	amqp091 "github.com/rabbitmq/amqp091-go"
 )
 
-// testUser adds a user with a password and permissions on vhost "/" to cfg.
+// addUser adds a user with a password and permissions on vhost "/" to cfg.
 func addUser(cfg *Config, name string, perms ...string) {
 	cfg.Users = append(cfg.Users, User{Name: name, Password: "pw"})
 	if len(perms) == 3 {
@@ -45,7 +45,7 @@ func mustChannel(t *testing.T, c *amqp091.Connection) *amqp091.Channel {
 	return ch
 }
 
-// amqpError checks err against a reply code and text ("" accepts any text); code 0 means success.
+// checkAMQPError checks err against a reply code and text ("" accepts any text); code 0 means success.
 func checkAMQPError(t *testing.T, what string, err error, code int, text string) {
 	t.Helper()
 	if code == 0 {

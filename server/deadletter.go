@@ -30,8 +30,8 @@ func (v *vhost) dropped(qs *queueState, es []*queue.Entry, why queue.Reason) {
 
 // removeDurable deletes the disk copies of entries (appending to batch when given).
 func (v *vhost) removeDurable(qs *queueState, es []*queue.Entry, batch *persistence.Batch) {
-	if v.srv.store == nil || (qs.deleted.Load() && batch == nil) {
-		return // a deleted queue's entries went with store.DeleteQueue
+	if v.srv.store == nil || qs.deleted.Load() {
+		return // a deleted queue's entries go with store.DeleteQueue
 	}
 	var removes []persistence.Entry
 	for _, e := range es {

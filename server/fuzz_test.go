@@ -95,7 +95,7 @@ func fuzzSeeds() [][]byte {
 	b = amqp.AppendMethodFrame(b, 1, &amqp.ExchangeDeclare{Exchange: "fz.t", Type: "topic", AutoDelete: true})
 	b = amqp.AppendMethodFrame(b, 1, &amqp.ExchangeDeclare{Exchange: "fz.h", Type: "headers", Arguments: amqp.Table{"alternate-exchange": "fz.t"}})
 	b = amqp.AppendMethodFrame(b, 1, &amqp.ExchangeBind{Destination: "fz.t", Source: "fz.h", Arguments: amqp.Table{"x-match": "any", "a": int32(1)}})
-	b = amqp.AppendMethodFrame(b, 1, &amqp.QueueDeclare{Queue: "", Arguments: amqp.Table{"x-message-ttl": int32(10), "x-delivery-limit": int32(1)}})
+	b = amqp.AppendMethodFrame(b, 1, &amqp.QueueDeclare{Queue: "fz.q", Arguments: amqp.Table{"x-message-ttl": int32(10), "x-delivery-limit": int32(1)}})
 	b = amqp.AppendMethodFrame(b, 1, &amqp.QueueBind{Queue: "fz.q", Exchange: "fz.t", RoutingKey: "a.#"})
 	b = publish(b, 1, "fz.h", "a.b.c", &amqp.Properties{Headers: amqp.Table{"a": int32(1), "CC": []any{"x.y"}}}, "h")
 	b = amqp.AppendMethodFrame(b, 2, &amqp.ChannelOpen{})

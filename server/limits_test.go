@@ -70,13 +70,15 @@ func TestLimits(t *testing.T) {
 		case <-time.After(5 * time.Second):
 			t.Fatal("connection not closed")
 		}
-		// The closed connection gave its channel back: a closes one and opens two.
+		// The closed connection gives its channel back: then a closes one and opens two.
+		waitFor(t, "b's channel given back", func() bool {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			return s.userChannels["lim"] == 1
+		})
 		ch.Close()
 		mustChannel(t, a)
-		waitFor(t, "channel count freed", func() bool {
-			ch, err := a.Channel()
-			return err == nil && ch != nil
-		})
+		mustChannel(t, a)
 	})
 	t.Run("channel_max per connection", func(t *testing.T) {
 		s := startTestServer(t, func(c *Config) { c.ChannelMax = 1 })

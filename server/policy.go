@@ -6,7 +6,6 @@ import (
 	"math"
 	"regexp"
 	"sort"
-	"strings"
 	"time"
 
 	"warren/amqp"
@@ -325,13 +324,4 @@ func (v *vhost) setPolicies(ps []*policy) {
 	for _, ch := range changes {
 		ch.qs.q.SetOptions(ch.opts)
 	}
-}
-
-// policyNames lists the policies by name for log lines.
-func policyNames(ps []*policy) string {
-	names := make([]string, len(ps))
-	for i, p := range ps {
-		names[i] = p.name
-	}
-	return strings.Join(names, ",")
 }

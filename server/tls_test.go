@@ -132,7 +132,7 @@ func TestTLSListener(t *testing.T) {
 		plain.Close()
 		t.Fatal("plain AMQP client connected to the TLS port")
 	}
-	if _, err := amqp091.DialTLS(url, &tls.Config{RootCAs: pki.pool, MaxVersion: tls.VersionTLS11}); err == nil {
+	if _, err := amqp091.DialTLS(url, &tls.Config{RootCAs: pki.pool, MinVersion: tls.VersionTLS10, MaxVersion: tls.VersionTLS11}); err == nil {
 		t.Fatal("TLS 1.1 client connected")
 	}
 	other := newTestPKI(t, "other")

@@ -75,13 +75,7 @@ type vhost struct {
 	// deleting holds the durable queues removed from queues whose store.DeleteQueue has not
 	// returned yet, closed when it has: a queue declared again under the name waits, or the
 	// old queue's purge would delete the new one's first messages (same sequence numbers).
-	deleting map[string]deletion
-}
-
-// deletion is a durable queue being deleted from the store.
-type deletion struct {
-	qs   *queueState
-	done chan struct{}
+	deleting map[string]chan struct{}
 }
 
 var defaultExchanges = []struct {
@@ -597,9 +591,9 @@ func (v *vhost) declareQueue(c *conn, m *amqp.QueueDeclare) (*queueState, *amqp.
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	for d, ok := v.deleting[name]; ok; d, ok = v.deleting[name] {
+	for done, ok := v.deleting[name]; ok; done, ok = v.deleting[name] {
 		v.mu.Unlock()
-		<-d.done
+		<-done
 		v.mu.Lock()
 	}
 	if qs := v.queues[name]; qs != nil {
@@ -719,9 +713,9 @@ func (v *vhost) removeQueueLocked(qs *queueState) {
 	qs.deleted.Store(true)
 	if qs.durable {
 		if v.deleting == nil {
-			v.deleting = make(map[string]deletion)
+			v.deleting = make(map[string]chan struct{})
 		}
-		v.deleting[qs.name] = deletion{qs: qs, done: make(chan struct{})}
+		v.deleting[qs.name] = make(chan struct{})
 	}
 	if qs.expiryTimer != nil {
 		qs.expiryTimer.Stop()
@@ -745,9 +739,10 @@ func (v *vhost) finishQueueRemoval(qs *queueState) int {
 			v.srv.log.Error("deleting durable queue", "queue", qs.name, "err", err)
 		}
 		v.mu.Lock()
-		if d, ok := v.deleting[qs.name]; ok && d.qs == qs {
+		// A queue of that name cannot be declared (and deleted) again before this returns.
+		if done, ok := v.deleting[qs.name]; ok {
 			delete(v.deleting, qs.name)
-			close(d.done)
+			close(done)
 		}
 		v.mu.Unlock()
 	}
