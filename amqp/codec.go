@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unicode/utf8"
 	"unsafe"
 )
 
@@ -217,9 +218,16 @@ func appendU64(dst []byte, v uint64) []byte {
 // hold more than 255 bytes, so longer values are truncated: the methods'
 // Append has no error result, and truncating a reply text (the usual case:
 // long names quoted in an error) is what RabbitMQ does too.
+//
+// The cut falls on a UTF-8 character boundary, so a client never gets half a
+// character.
 func appendShortstr(dst []byte, s string) []byte {
 	if len(s) > 255 {
-		s = s[:255]
+		n := 255
+		for n > 252 && !utf8.RuneStart(s[n]) {
+			n--
+		}
+		s = s[:n]
 	}
 	dst = append(dst, byte(len(s)))
 	return append(dst, s...)

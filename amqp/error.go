@@ -43,3 +43,11 @@ func ReplyName(code uint16) string {
 	}
 	return "UNKNOWN_" + strconv.Itoa(int(code))
 }
+
+// AsError returns err as an *Error: itself when it is one, else 541 INTERNAL_ERROR with its text.
+func AsError(err error) *Error {
+	if ae, ok := err.(*Error); ok {
+		return ae
+	}
+	return Errorf(InternalError, "%v", err)
+}

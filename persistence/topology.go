@@ -7,30 +7,43 @@ import (
 )
 
 // PutExchange stores (or replaces) a durable exchange; it is durable when PutExchange returns.
-func (s *Store) PutExchange(r ExchangeRecord) error {
-	return s.do(func(g *group) error {
+func (s *Store) PutExchange(r ExchangeRecord) error { return wait(s.PutExchangeAsync, r) }
+
+// PutExchangeAsync is PutExchange without the wait: done runs once the record is durable. Topology
+// changes and message batches are journalled in the order they are submitted, so a caller may
+// submit under a lock (fixing the order) and wait for done after releasing it.
+func (s *Store) PutExchangeAsync(r ExchangeRecord, done func(error)) {
+	s.submit(request{op: func(g *group) error {
 		return g.txn.Set(exchangeRecKey(r.VHost, r.Name), encodeExchange(r))
-	})
+	}, done: done})
 }
 
 // DeleteExchange removes an exchange and every binding where it is the source or the
 // destination. Deleting a missing exchange succeeds.
 func (s *Store) DeleteExchange(vhost, name string) error {
-	return s.do(func(g *group) error {
+	return wait(func(r ExchangeRecord, done func(error)) { s.DeleteExchangeAsync(r.VHost, r.Name, done) }, ExchangeRecord{VHost: vhost, Name: name})
+}
+
+// DeleteExchangeAsync is DeleteExchange without the wait (see PutExchangeAsync).
+func (s *Store) DeleteExchangeAsync(vhost, name string, done func(error)) {
+	s.submit(request{op: func(g *group) error {
 		if err := g.txn.Delete(exchangeRecKey(vhost, name)); err != nil {
 			return err
 		}
 		return g.deleteBindings(vhost, func(b BindingRecord) bool {
 			return b.Source == name || (b.ToExchange && b.Destination == name)
 		})
-	})
+	}, done: done})
 }
 
 // PutQueue stores (or replaces) a durable queue record.
-func (s *Store) PutQueue(r QueueRecord) error {
-	return s.do(func(g *group) error {
+func (s *Store) PutQueue(r QueueRecord) error { return wait(s.PutQueueAsync, r) }
+
+// PutQueueAsync is PutQueue without the wait (see PutExchangeAsync).
+func (s *Store) PutQueueAsync(r QueueRecord, done func(error)) {
+	s.submit(request{op: func(g *group) error {
 		return g.txn.Set(queueRecKey(r.VHost, r.Name), encodeQueue(r))
-	})
+	}, done: done})
 }
 
 // DeleteQueue removes a queue, the bindings to it, its index entries and the messages no
@@ -52,18 +65,27 @@ func (s *Store) DeleteQueue(vhost, name string) error {
 }
 
 // PutBinding stores a binding (idempotent).
-func (s *Store) PutBinding(r BindingRecord) error {
-	return s.do(func(g *group) error {
-		return g.txn.Set(bindingKey(r), nil)
-	})
+func (s *Store) PutBinding(r BindingRecord) error { return wait(s.PutBindingAsync, r) }
+
+// PutBindingAsync is PutBinding without the wait (see PutExchangeAsync).
+func (s *Store) PutBindingAsync(r BindingRecord, done func(error)) {
+	s.submit(request{op: func(g *group) error { return g.txn.Set(bindingKey(r), nil) }, done: done})
 }
 
 // DeleteBinding removes the binding identical to r (Args compared byte for byte);
 // deleting a missing binding succeeds.
-func (s *Store) DeleteBinding(r BindingRecord) error {
-	return s.do(func(g *group) error {
-		return g.txn.Delete(bindingKey(r))
-	})
+func (s *Store) DeleteBinding(r BindingRecord) error { return wait(s.DeleteBindingAsync, r) }
+
+// DeleteBindingAsync is DeleteBinding without the wait (see PutExchangeAsync).
+func (s *Store) DeleteBindingAsync(r BindingRecord, done func(error)) {
+	s.submit(request{op: func(g *group) error { return g.txn.Delete(bindingKey(r)) }, done: done})
+}
+
+// wait runs an asynchronous topology change and waits for it.
+func wait[R any](async func(R, func(error)), r R) error {
+	ch := make(chan error, 1)
+	async(r, func(err error) { ch <- err })
+	return <-ch
 }
 
 func (g *group) deleteBindings(vhost string, match func(BindingRecord) bool) error {

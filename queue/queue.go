@@ -529,12 +529,18 @@ func (q *Queue) Kick() {
 	q.unlockEmit()
 }
 
-// AddConsumer registers c and delivers to it what is ready.
-func (q *Queue) AddConsumer(c Consumer) {
+// AddConsumer registers c and delivers to it what is ready. A closed queue refuses it (false):
+// Close has already handed its consumers back, so c would never receive anything.
+func (q *Queue) AddConsumer(c Consumer) bool {
 	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return false
+	}
 	q.consumers = append(q.consumers, c)
 	q.mu.Unlock()
 	q.Kick()
+	return true
 }
 
 // RemoveConsumer unregisters c and returns how many consumers remain.

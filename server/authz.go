@@ -1,15 +1,15 @@
 package server
 
 import (
-	"cmp"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"regexp"
-	"slices"
 	"strings"
 	"time"
 
 	"warren/amqp"
+	"warren/broker"
 	"warren/exchange"
 )
 
@@ -24,9 +24,9 @@ type runtimeConfig struct {
 	loopback map[string]bool
 	perms    map[userVHost]*permission
 	vhosts   map[string]*VHost
-	policies map[string][]*policy // by vhost, highest priority first
-	tls      *tls.Config          // nil when TLS is off
-	warnings []string             // ignored entries, logged once per load
+	policies map[string][]*broker.Policy // by vhost, highest priority first
+	tls      *tls.Config                 // nil when TLS is off
+	warnings []string                    // ignored entries, logged once per load
 }
 
 type userVHost struct{ user, vhost string }
@@ -67,32 +67,15 @@ func (m *matcher) match(name string) bool {
 	return m.re.MatchString(name)
 }
 
-// permKind is what an operation needs on a resource, in RabbitMQ's terms.
-type permKind uint8
-
-const (
-	permConfigure permKind = iota
-	permWrite
-	permRead
-)
-
-func (p *permission) matcher(k permKind) *matcher {
+func (p *permission) matcher(k broker.Perm) *matcher {
 	switch k {
-	case permConfigure:
+	case broker.PermConfigure:
 		return &p.configure
-	case permWrite:
+	case broker.PermWrite:
 		return &p.write
 	}
 	return &p.read
 }
-
-// resKind is the kind of resource a permission is checked on.
-type resKind uint8
-
-const (
-	resQueue resKind = iota
-	resExchange
-)
 
 // compile checks cfg and builds its runtime form. Errors name the configuration key.
 func compile(cfg *Config) (*runtimeConfig, error) {
@@ -102,7 +85,7 @@ func compile(cfg *Config) (*runtimeConfig, error) {
 		loopback: make(map[string]bool, len(cfg.LoopbackUsers)),
 		perms:    make(map[userVHost]*permission, len(cfg.Permissions)),
 		vhosts:   make(map[string]*VHost, len(cfg.VHosts)),
-		policies: map[string][]*policy{},
+		policies: map[string][]*broker.Policy{},
 	}
 	for i := range cfg.Users {
 		u := &cfg.Users[i]
@@ -159,7 +142,7 @@ func compile(cfg *Config) (*runtimeConfig, error) {
 		rt.perms[k] = &cp
 	}
 	for i, p := range cfg.Policies {
-		cp, warn, err := compilePolicy(fmt.Sprintf("policies[%d]", i), p)
+		cp, warn, err := broker.CompilePolicy(fmt.Sprintf("policies[%d]", i), p)
 		if err != nil {
 			return nil, err
 		}
@@ -168,19 +151,14 @@ func compile(cfg *Config) (*runtimeConfig, error) {
 			return nil, keyErr(fmt.Sprintf("policies[%d].vhost", i), "no vhost %q", p.VHost)
 		}
 		for _, other := range rt.policies[p.VHost] {
-			if other.name == p.Name {
+			if other.Name() == p.Name {
 				return nil, keyErr(fmt.Sprintf("policies[%d]", i), "policy %q is listed twice in vhost %q", p.Name, p.VHost)
 			}
 		}
 		rt.policies[p.VHost] = append(rt.policies[p.VHost], cp)
 	}
 	for _, ps := range rt.policies {
-		slices.SortStableFunc(ps, func(a, b *policy) int {
-			if c := cmp.Compare(b.priority, a.priority); c != 0 {
-				return c
-			}
-			return strings.Compare(a.name, b.name)
-		})
+		broker.SortPolicies(ps)
 	}
 	if err := checkTopology(cfg, rt); err != nil {
 		return nil, err
@@ -221,12 +199,11 @@ func checkTopology(cfg *Config, rt *runtimeConfig) error {
 		case rt.vhosts[q.VHost] == nil:
 			return keyErr(key+".vhost", "no vhost %q", q.VHost)
 		}
-		spec, aerr := parseQueueArgs(q.Arguments)
-		if aerr != nil {
-			return keyErr(key+".arguments", "%s", fillQueueName(aerr.Text, q.Name, q.VHost))
-		}
-		if spec.quorum && !q.Durable {
-			return keyErr(key+".durable", "a quorum queue must be durable")
+		if err := broker.CheckQueueArgs(q.Name, q.VHost, q.Durable, q.Arguments); err != nil {
+			if errors.Is(err, broker.ErrQuorumDurable) {
+				return keyErr(key+".durable", "%v", err)
+			}
+			return keyErr(key+".arguments", "%v", err)
 		}
 	}
 	for i, b := range cfg.Bindings {
@@ -245,29 +222,30 @@ func checkTopology(cfg *Config, rt *runtimeConfig) error {
 	return nil
 }
 
-func fillQueueName(text, queue, vhost string) string {
-	text = strings.Replace(text, "queue ''", "queue '"+queue+"'", 1)
-	return strings.Replace(text, "vhost ''", "vhost '"+vhost+"'", 1)
+// vhostSettings is what the broker core is told of the configured vhosts.
+func (rt *runtimeConfig) vhostSettings() []broker.VHostSettings {
+	out := make([]broker.VHostSettings, 0, len(rt.vhosts))
+	for name, v := range rt.vhosts {
+		out = append(out, broker.VHostSettings{Name: name, MaxQueues: v.MaxQueues.Int64(), Policies: rt.policies[name]})
+	}
+	return out
 }
 
 // --- checks made by connections
 
-// authorize checks that the connection's user has permission k on a resource, as RabbitMQ's
-// check_resource_access: 403 ACCESS_REFUSED naming the resource. Decisions are cached per
-// connection until the next reload. c == nil is the broker itself (declared topology): allowed.
-// Runs on the connection's reader goroutine only.
-func (c *conn) authorize(k permKind, r resKind, name string) *amqp.Error {
-	if c == nil {
-		return nil
-	}
+// Authorize checks that the connection's user has permission k on a resource, as RabbitMQ's
+// check_resource_access: 403 ACCESS_REFUSED naming the resource; it makes conn the
+// broker.Authorizer of its actor. Decisions are cached per connection until the next reload.
+// Runs on the connection's reader goroutine only (the core calls it from the reader's calls).
+func (c *conn) Authorize(k broker.Perm, r broker.Resource, name string) *amqp.Error {
 	rt := c.srv.rt.Load()
 	if rt.gen != c.permGen {
-		c.perm = rt.perms[userVHost{c.user, c.vhost.name}]
+		c.perm = rt.perms[userVHost{c.user, c.vhost.Name()}]
 		c.permGen = rt.gen
 		clear(c.permCache)
 		c.pubEx, c.pubOK = "", false
 	}
-	if r == resExchange && name == "" {
+	if r == broker.ResExchange && name == "" {
 		name = "amq.default" // RabbitMQ checks (and names) the default exchange as amq.default
 	}
 	key := permCacheKey{k, r, name}
@@ -283,18 +261,18 @@ func (c *conn) authorize(k permKind, r resKind, name string) *amqp.Error {
 		return nil
 	}
 	kind := "queue"
-	if r == resExchange {
+	if r == broker.ResExchange {
 		kind = "exchange"
 	}
-	return amqp.Errorf(amqp.AccessRefused, "access to %s '%s' in vhost '%s' refused for user '%s'", kind, name, c.vhost.name, c.user)
+	return amqp.Errorf(amqp.AccessRefused, "access to %s '%s' in vhost '%s' refused for user '%s'", kind, name, c.vhost.Name(), c.user)
 }
 
 // permCacheSize bounds a connection's cache of permission decisions (RabbitMQ keeps 12 per channel).
 const permCacheSize = 64
 
 type permCacheKey struct {
-	perm permKind
-	res  resKind
+	perm broker.Perm
+	res  broker.Resource
 	name string
 }
 
@@ -306,7 +284,7 @@ func (ch *channel) authorizePublish(exchange string) *amqp.Error {
 	if c.pubOK && c.pubEx == exchange && c.srv.rt.Load().gen == c.permGen {
 		return nil
 	}
-	if err := c.authorize(permWrite, resExchange, exchange); err != nil {
+	if err := c.Authorize(broker.PermWrite, broker.ResExchange, exchange); err != nil {
 		err.ClassID, err.MethodID = amqp.ClassBasic, 40
 		return err
 	}
@@ -317,9 +295,9 @@ func (ch *channel) authorizePublish(exchange string) *amqp.Error {
 // openVHost applies connection.open's checks in RabbitMQ's order: node, vhost and user connection
 // limits, then the user's access to the vhost. On success the connection is counted against the
 // limits until it closes.
-func (c *conn) openVHost(name string) (*vhost, *amqp.Error) {
+func (c *conn) openVHost(name string) (*broker.VHost, *amqp.Error) {
 	s := c.srv
-	v := s.vhost(name)
+	v := s.b.VHost(name)
 	if v == nil {
 		return nil, amqp.Errorf(amqp.NotAllowed, "vhost %s not found", name)
 	}
@@ -390,26 +368,12 @@ func (s *Server) uncountLocked(c *conn) {
 	c.counted = false
 	delete(s.openConns, c)
 	s.opened--
-	if s.vhostConns[c.vhost.name]--; s.vhostConns[c.vhost.name] <= 0 {
-		delete(s.vhostConns, c.vhost.name)
+	if s.vhostConns[c.vhost.Name()]--; s.vhostConns[c.vhost.Name()] <= 0 {
+		delete(s.vhostConns, c.vhost.Name())
 	}
 	if s.userConns[c.user]--; s.userConns[c.user] <= 0 {
 		delete(s.userConns, c.user)
 	}
-}
-
-// queueLimitError is RabbitMQ's 406 when the vhost's max-queues limit is reached; checked before a
-// queue is created (call with v.mu held).
-func (v *vhost) queueLimitError(c *conn, name string) *amqp.Error {
-	if c == nil {
-		return nil // declared by the configuration: the operator's own queues
-	}
-	vl := v.srv.rt.Load().vhosts[v.name]
-	if vl == nil || !vl.MaxQueues.reached(len(v.queues)) {
-		return nil
-	}
-	n, _ := vl.MaxQueues.Value()
-	return amqp.Errorf(amqp.PreconditionFailed, "cannot declare queue '%s': queue limit in vhost '%s' (%d) is reached", name, v.name, n)
 }
 
 // handshakeTimeout is the current limits.handshake_timeout.

@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"warren/amqp"
+	"warren/broker"
 )
 
 // BenchmarkAuthorizePublish is the permission check basic.publish pays: a cached decision for
@@ -29,7 +30,7 @@ func BenchmarkAuthorizePublish(b *testing.B) {
 			rt.gen = 1
 			s := &Server{}
 			s.rt.Store(rt)
-			c := &conn{srv: s, user: "guest", vhost: &vhost{name: "/"}}
+			c := &conn{srv: s, user: "guest", vhost: testVHost(b)}
 			ch := &channel{c: c}
 			b.ReportAllocs()
 			for i := 0; b.Loop(); i++ {
@@ -48,7 +49,7 @@ func TestAuthorizeCacheInvalidatedByReload(t *testing.T) {
 	rt.gen = 1
 	s := &Server{}
 	s.rt.Store(rt)
-	c := &conn{srv: s, user: "guest", vhost: &vhost{name: "/"}}
+	c := &conn{srv: s, user: "guest", vhost: testVHost(t)}
 	ch := &channel{c: c}
 	if err := ch.authorizePublish("x"); err != nil {
 		t.Fatal(err)
@@ -61,7 +62,17 @@ func TestAuthorizeCacheInvalidatedByReload(t *testing.T) {
 	if err == nil || err.Code != amqp.AccessRefused {
 		t.Fatalf("after the reload: %v, want 403", err)
 	}
-	if err := c.authorize(permWrite, resExchange, "y"); err != nil {
+	if err := c.Authorize(broker.PermWrite, broker.ResExchange, "y"); err != nil {
 		t.Fatalf("newly allowed exchange: %v", err)
 	}
+}
+
+// testVHost is vhost "/" of an in-memory broker core, for tests of a conn without a server.
+func testVHost(t testing.TB) *broker.VHost {
+	b, err := broker.New(broker.Options{VHosts: []broker.VHostSettings{{Name: "/", MaxQueues: -1}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Close() })
+	return b.VHost("/")
 }

@@ -5,39 +5,29 @@ import (
 	"fmt"
 	"slices"
 	"sort"
-	"strconv"
 	"sync"
 
 	"warren/amqp"
-	"warren/persistence"
+	"warren/broker"
 	"warren/queue"
 )
 
 // delivery is one unacknowledged message on a channel.
 type delivery struct {
 	tag  uint64
-	qs   *queueState
+	qs   *broker.Queue
 	e    *queue.Entry
 	cons *consumer // nil for basic.get
 }
 
-// settleKind is what an ack-like method does with its deliveries.
-type settleKind uint8
-
-const (
-	settleAck settleKind = iota
-	settleReject
-	settleRequeue
-)
-
 type txPublish struct {
-	ex        *exchangeState
+	ex        *broker.Exchange
 	msg       *queue.Message
 	mandatory bool
 }
 
 type txSettle struct {
-	kind settleKind
+	kind broker.Settlement
 	ds   []delivery
 }
 
@@ -50,15 +40,16 @@ type txState struct {
 // channel is one AMQP channel. Fields above mu belong to the connection's reader goroutine;
 // fields below it are shared with the goroutines that deliver messages to this channel's consumers.
 type channel struct {
-	c  *conn
-	id uint16
-	v  *vhost
+	c   *conn
+	id  uint16
+	v   *broker.VHost
+	pub *broker.Publisher
 
 	closing bool // we sent channel.close and wait for close-ok
 
 	// Content assembly for basic.publish.
-	pubMethod   amqp.BasicPublish // reused by every publish (see scannedPublish)
-	pub         *amqp.BasicPublish
+	pubMethod   amqp.BasicPublish  // reused by every publish (see scannedPublish)
+	pubM        *amqp.BasicPublish // the publish whose content is being assembled
 	pubSummary  amqp.HeaderSummary
 	pubHeader   []byte
 	pubBody     []byte
@@ -66,10 +57,8 @@ type channel struct {
 	pubGot      uint64
 	pubOverflow bool
 
-	rb         routeBuf
-	entryBuf   []*queue.Entry // enqueue's reusable entry buffer
 	settleBuf  []delivery     // settle's reusable delivery buffer
-	pubCount   uint64         // publishes, for flowCheck
+	entryBuf   []*queue.Entry // apply's reusable buffer for acked entries
 	confirm    bool
 	publishSeq uint64
 	confirms   confirmTracker
@@ -86,7 +75,7 @@ type channel struct {
 }
 
 func newChannel(c *conn, id uint16) *channel {
-	return &channel{c: c, id: id, v: c.vhost, consumers: map[string]*consumer{}}
+	return &channel{c: c, id: id, v: c.vhost, pub: c.vhost.NewPublisher(), consumers: map[string]*consumer{}}
 }
 
 // handleFrame processes one frame for this channel. A returned error is a connection exception;
@@ -94,13 +83,13 @@ func newChannel(c *conn, id uint16) *channel {
 func (ch *channel) handleFrame(f amqp.Frame) error {
 	var aerr *amqp.Error
 	switch {
-	case ch.pub != nil && ch.pubHeader == nil:
+	case ch.pubM != nil && ch.pubHeader == nil:
 		// Content framing is enforced even on a closing channel, as in RabbitMQ.
 		if f.Type != amqp.FrameHeader {
 			return contentFrameError("expected content header for class 60, got non content header frame instead")
 		}
 		aerr = ch.contentHeader(f.Payload)
-	case ch.pub != nil:
+	case ch.pubM != nil:
 		if f.Type != amqp.FrameBody {
 			return contentFrameError("expected content body, got non content body frame instead")
 		}
@@ -172,7 +161,7 @@ func (ch *channel) closingMethod(m amqp.Method) {
 		ch.c.writeMethod(ch.id, &amqp.ChannelCloseOk{})
 		ch.c.removeChannel(ch.id)
 	case *amqp.BasicPublish:
-		ch.pub = m.(*amqp.BasicPublish)
+		ch.pubM = m.(*amqp.BasicPublish)
 	}
 }
 
@@ -180,13 +169,9 @@ func (ch *channel) closingMethod(m amqp.Method) {
 func (ch *channel) fail(e *amqp.Error) {
 	ch.c.log.Debug("channel error", "channel", ch.id, "code", e.Code, "text", e.Text)
 	ch.closing = true
-	ch.pub, ch.pubHeader, ch.pubBody = nil, nil, nil
+	ch.pubM, ch.pubHeader, ch.pubBody = nil, nil, nil
 	ch.shutdown()
-	text := e.Text
-	if len(text) > 255 {
-		text = text[:255]
-	}
-	ch.c.writeMethod(ch.id, &amqp.ChannelClose{ReplyCode: e.Code, ReplyText: text, ClassId: e.ClassID, MethodId: e.MethodID})
+	ch.c.writeMethod(ch.id, &amqp.ChannelClose{ReplyCode: e.Code, ReplyText: e.Text, ClassId: e.ClassID, MethodId: e.MethodID})
 }
 
 func (ch *channel) contentHeader(p []byte) *amqp.Error {
@@ -208,7 +193,7 @@ func (ch *channel) contentHeader(p []byte) *amqp.Error {
 	}
 	sum, err := amqp.ScanContentHeader(hdr)
 	if err != nil {
-		return asAMQP(err)
+		return amqp.AsError(err)
 	}
 	if sum.ClassID != amqp.ClassBasic {
 		return contentFrameError(fmt.Sprintf("expected content header for class 60, got class %d", sum.ClassID))
@@ -268,7 +253,7 @@ func (ch *channel) maybeFinish() *amqp.Error {
 		return nil
 	}
 	if ch.closing {
-		ch.pub, ch.pubHeader, ch.pubBody = nil, nil, nil
+		ch.pubM, ch.pubHeader, ch.pubBody = nil, nil, nil
 		return nil
 	}
 	return ch.finishPublish()
@@ -289,21 +274,21 @@ func (ch *channel) dispatch(m amqp.Method) *amqp.Error {
 		if m.Immediate {
 			return amqp.Errorf(amqp.NotImplemented, "immediate=true")
 		}
-		ch.pub = m
+		ch.pubM = m
 		ch.c.publisher.Store(true)
 		return nil
 	case *amqp.BasicAck:
-		return ch.settle(m.DeliveryTag, m.Multiple, settleAck)
+		return ch.settle(m.DeliveryTag, m.Multiple, broker.Ack)
 	case *amqp.BasicNack:
-		kind := settleReject
+		kind := broker.Reject
 		if m.Requeue {
-			kind = settleRequeue
+			kind = broker.Requeue
 		}
 		return ch.settle(m.DeliveryTag, m.Multiple, kind)
 	case *amqp.BasicReject:
-		kind := settleReject
+		kind := broker.Reject
 		if m.Requeue {
-			kind = settleRequeue
+			kind = broker.Requeue
 		}
 		return ch.settle(m.DeliveryTag, false, kind)
 	case *amqp.BasicConsume:
@@ -351,7 +336,9 @@ func (ch *channel) dispatch(m amqp.Method) *amqp.Error {
 		return amqp.Errorf(amqp.ChannelError, "second 'channel.open' seen")
 
 	case *amqp.ExchangeDeclare:
-		if err := ch.v.declareExchange(c, m); err != nil {
+		spec := broker.ExchangeSpec{Name: m.Exchange, Type: m.Type, Passive: m.Passive, Durable: m.Durable,
+			AutoDelete: m.AutoDelete, Internal: m.Internal, Args: m.Arguments}
+		if err := ch.v.DeclareExchange(c.actor, spec); err != nil {
 			return err
 		}
 		if !m.NoWait {
@@ -359,7 +346,7 @@ func (ch *channel) dispatch(m amqp.Method) *amqp.Error {
 		}
 		return nil
 	case *amqp.ExchangeDelete:
-		if err := ch.v.deleteExchange(c, m.Exchange, m.IfUnused); err != nil {
+		if err := ch.v.DeleteExchange(c.actor, m.Exchange, m.IfUnused); err != nil {
 			return err
 		}
 		if !m.NoWait {
@@ -367,7 +354,8 @@ func (ch *channel) dispatch(m amqp.Method) *amqp.Error {
 		}
 		return nil
 	case *amqp.ExchangeBind:
-		if err := ch.v.bind(c, m.Source, m.Destination, true, m.RoutingKey, m.Arguments); err != nil {
+		b := broker.BindingSpec{Source: m.Source, Destination: m.Destination, ToExchange: true, Key: m.RoutingKey, Args: m.Arguments}
+		if err := ch.v.Bind(c.actor, b); err != nil {
 			return err
 		}
 		if !m.NoWait {
@@ -375,7 +363,8 @@ func (ch *channel) dispatch(m amqp.Method) *amqp.Error {
 		}
 		return nil
 	case *amqp.ExchangeUnbind:
-		if err := ch.v.unbind(c, m.Source, m.Destination, true, m.RoutingKey, m.Arguments); err != nil {
+		b := broker.BindingSpec{Source: m.Source, Destination: m.Destination, ToExchange: true, Key: m.RoutingKey, Args: m.Arguments}
+		if err := ch.v.Unbind(c.actor, b); err != nil {
 			return err
 		}
 		if !m.NoWait {
@@ -384,17 +373,20 @@ func (ch *channel) dispatch(m amqp.Method) *amqp.Error {
 		return nil
 
 	case *amqp.QueueDeclare:
-		qs, err := ch.v.declareQueue(c, m)
+		spec := broker.QueueSpec{Name: m.Queue, Passive: m.Passive, Durable: m.Durable, Exclusive: m.Exclusive,
+			AutoDelete: m.AutoDelete, Args: m.Arguments}
+		qs, err := ch.v.DeclareQueue(c.actor, spec)
 		if err != nil {
 			return err
 		}
 		if !m.NoWait {
-			st := qs.q.Stats()
-			c.writeMethod(ch.id, &amqp.QueueDeclareOk{Queue: qs.name, MessageCount: uint32(st.Ready), ConsumerCount: uint32(st.Consumers)})
+			st := qs.Q().Stats()
+			c.writeMethod(ch.id, &amqp.QueueDeclareOk{Queue: qs.Name(), MessageCount: uint32(st.Ready), ConsumerCount: uint32(st.Consumers)})
 		}
 		return nil
 	case *amqp.QueueBind:
-		if err := ch.v.bind(c, m.Exchange, m.Queue, false, m.RoutingKey, m.Arguments); err != nil {
+		b := broker.BindingSpec{Source: m.Exchange, Destination: m.Queue, Key: m.RoutingKey, Args: m.Arguments}
+		if err := ch.v.Bind(c.actor, b); err != nil {
 			return err
 		}
 		if !m.NoWait {
@@ -402,28 +394,23 @@ func (ch *channel) dispatch(m amqp.Method) *amqp.Error {
 		}
 		return nil
 	case *amqp.QueueUnbind:
-		if err := ch.v.unbind(c, m.Exchange, m.Queue, false, m.RoutingKey, m.Arguments); err != nil {
+		b := broker.BindingSpec{Source: m.Exchange, Destination: m.Queue, Key: m.RoutingKey, Args: m.Arguments}
+		if err := ch.v.Unbind(c.actor, b); err != nil {
 			return err
 		}
 		c.writeMethod(ch.id, &amqp.QueueUnbindOk{})
 		return nil
 	case *amqp.QueuePurge:
-		if err := c.authorize(permRead, resQueue, m.Queue); err != nil {
-			return err
-		}
-		ch.v.mu.RLock()
-		qs, err := ch.v.lookupQueue(c, m.Queue)
-		ch.v.mu.RUnlock()
+		n, err := ch.v.PurgeQueue(c.actor, m.Queue)
 		if err != nil {
 			return err
 		}
-		n := qs.q.Purge()
 		if !m.NoWait {
 			c.writeMethod(ch.id, &amqp.QueuePurgeOk{MessageCount: uint32(n)})
 		}
 		return nil
 	case *amqp.QueueDelete:
-		n, err := ch.v.deleteQueue(c, m.Queue, m.IfUnused, m.IfEmpty)
+		n, err := ch.v.DeleteQueue(c.actor, m.Queue, m.IfUnused, m.IfEmpty)
 		if err != nil {
 			return err
 		}
@@ -445,8 +432,7 @@ func (ch *channel) dispatch(m amqp.Method) *amqp.Error {
 		if ch.tx == nil {
 			return amqp.Errorf(amqp.PreconditionFailed, "channel is not transactional")
 		}
-		ch.commit()
-		return nil
+		return ch.commit()
 	case *amqp.TxRollback:
 		if ch.tx == nil {
 			return amqp.Errorf(amqp.PreconditionFailed, "channel is not transactional")
@@ -470,205 +456,67 @@ func (ch *channel) dispatch(m amqp.Method) *amqp.Error {
 
 // --- publish
 
+// basicError is err as a channel exception of basic.publish.
+func basicError(e *amqp.Error) *amqp.Error {
+	e.ClassID, e.MethodID = amqp.ClassBasic, 40
+	return e
+}
+
 func (ch *channel) finishPublish() *amqp.Error {
-	m, header, body, sum := ch.pub, ch.pubHeader, ch.pubBody, ch.pubSummary
-	ch.pub, ch.pubHeader, ch.pubBody = nil, nil, nil
+	m, header, body, sum := ch.pubM, ch.pubHeader, ch.pubBody, ch.pubSummary
+	ch.pubM, ch.pubHeader, ch.pubBody = nil, nil, nil
 	if err := ch.authorizePublish(m.Exchange); err != nil {
 		return err
 	}
-	v := ch.v
-	v.mu.RLock()
-	ex := v.exchanges[m.Exchange]
-	v.mu.RUnlock()
-	if ex == nil {
-		e := v.errNoExchange(m.Exchange)
-		e.ClassID, e.MethodID = amqp.ClassBasic, 40
-		return e
+	ex, err := ch.v.Exchange(m.Exchange)
+	if err != nil {
+		return basicError(err)
 	}
-	if ex.internal {
-		e := amqp.Errorf(amqp.AccessRefused, "cannot publish to internal exchange '%s' in vhost '%s'", ex.name, v.name)
-		e.ClassID, e.MethodID = amqp.ClassBasic, 40
-		return e
+	if ex.Internal() {
+		return basicError(amqp.Errorf(amqp.AccessRefused, "cannot publish to internal exchange '%s' in vhost '%s'", ex.Name(), ch.v.Name()))
 	}
-	msg := &queue.Message{
-		ID:         ch.c.srv.nextMessageID(),
-		Exchange:   m.Exchange,
-		RoutingKey: m.RoutingKey,
-		Header:     header,
-		Body:       body,
-		Persistent: sum.DeliveryMode == 2,
-	}
-	if sum.Expiration != "" {
-		ms, err := strconv.ParseInt(sum.Expiration, 10, 64)
-		if err != nil || ms < 0 {
-			detail := "no_integer"
-			if err == nil {
-				detail = fmt.Sprintf("{value_negative,%d}", ms)
-			}
-			e := amqp.Errorf(amqp.PreconditionFailed, "invalid expiration '%s': %s", sum.Expiration, detail)
-			e.ClassID, e.MethodID = amqp.ClassBasic, 40
-			return e
-		}
-		msg.ExpiresAt = expiresAfter(ms)
+	msg, err := ch.c.srv.b.NewMessage(ex, m.RoutingKey, header, &sum, body)
+	if err != nil {
+		return basicError(err)
 	}
 	if ch.tx != nil {
 		ch.tx.publishes = append(ch.tx.publishes, txPublish{ex: ex, msg: msg, mandatory: m.Mandatory})
 		return nil
 	}
 	var seq uint64
+	var done func(error)
 	if ch.confirm {
 		ch.publishSeq++
 		seq = ch.publishSeq
 		ch.confirms.add(seq)
-	}
-	targets := v.route(ex, m.RoutingKey, sum.HeadersRaw, &ch.rb)
-	if mayHaveSenderKeys(sum.HeadersRaw) {
-		targets = ch.senderSelected(ex, msg, sum.HeadersRaw)
-	}
-	if len(targets) == 0 {
-		if m.Mandatory {
-			ch.basicReturn(msg, amqp.NoRoute, "NO_ROUTE")
-		}
-		if seq != 0 {
-			ch.confirms.settle(seq, false, ch.writeConfirms)
-		}
-		return nil
-	}
-	var done func(error)
-	if seq != 0 {
 		done = func(err error) { ch.confirms.settle(seq, err != nil, ch.writeConfirms) }
 	}
-	refused, onDisk := v.enqueue(msg, targets, done, &ch.entryBuf)
-	if seq != 0 && (refused || !onDisk) {
-		ch.confirms.settle(seq, refused, ch.writeConfirms)
+	res, targets := ch.pub.Publish(ex, msg, sum.HeadersRaw, done)
+	if !res.Routed && m.Mandatory {
+		ch.basicReturn(msg, amqp.NoRoute, "NO_ROUTE")
 	}
-	ch.flowCheck(targets)
+	if seq != 0 && !res.OnDisk {
+		ch.confirms.settle(seq, res.Refused, ch.writeConfirms)
+	} else if seq != 0 && res.Refused {
+		ch.confirms.settle(seq, true, ch.writeConfirms)
+	}
+	if res.Routed {
+		ch.pub.Flow(targets)
+	}
 	return nil
-}
-
-// senderSelected routes a message by its routing key plus its CC and BCC keys, and strips BCC
-// from the message, as RabbitMQ does.
-func (ch *channel) senderSelected(ex *exchangeState, msg *queue.Message, headersRaw []byte) []*queueState {
-	h, _, err := amqp.DecodeTable(headersRaw)
-	if err != nil {
-		return ch.v.route(ex, msg.RoutingKey, headersRaw, &ch.rb)
-	}
-	cc, bcc := senderKeys(h)
-	keys := append(append([]string{msg.RoutingKey}, cc...), bcc...)
-	targets := ch.v.routeKeys(ex, keys, headersRaw, &ch.rb)
-	if _, ok := h["BCC"]; ok {
-		if full, err := amqp.DecodeContentHeader(msg.Header); err == nil {
-			delete(full.Props.Headers, "BCC")
-			msg.Header = amqp.AppendContentHeader(nil, full.ClassID, full.BodySize, &full.Props)
-		}
-	}
-	return targets
-}
-
-// needsDisk reports whether a publish writes to the store (then its confirm waits for the sync).
-func needsDisk(msg *queue.Message, targets []*queueState) bool {
-	if !msg.Persistent {
-		return false
-	}
-	for _, qs := range targets {
-		if qs.durable {
-			return true
-		}
-	}
-	return false
 }
 
 func (ch *channel) basicReturn(msg *queue.Message, code uint16, text string) {
 	ch.c.writeContent(ch.id, &amqp.BasicReturn{ReplyCode: code, ReplyText: text, Exchange: msg.Exchange, RoutingKey: msg.RoutingKey}, msg.Header, msg.Body)
 }
 
-// prepared is a message with its entries built for each target queue, not yet visible.
-type prepared struct {
-	msg     *queue.Message
-	targets []*queueState
-	entries []*queue.Entry
-}
-
-// prepare builds entries for msg in targets and adds the persistent copy for durable queues to
-// batch. Entries become visible only in push, after the batch was submitted, so a consumer's ack
-// can never reach the journal before the publish it removes. The entries go into scratch's
-// backing array when it is large enough (the caller's reusable buffer), else a new one.
-func (v *vhost) prepare(msg *queue.Message, targets []*queueState, batch *persistence.Batch, scratch []*queue.Entry) prepared {
-	if cap(scratch) < len(targets) {
-		scratch = make([]*queue.Entry, len(targets))
-	}
-	p := prepared{msg: msg, targets: targets, entries: scratch[:len(targets)]}
-	// Sequence numbers are never reused: a queue's restart continues after the stored ones,
-	// and a queue declared again after a delete waits until the store has dropped the old
-	// entries (vhost.deleting).
-	pub := persistence.Publish{NewEntries: true}
-	for i, qs := range targets {
-		e := qs.q.NewEntry(qs.q.NextSeq(), msg)
-		if msg.Persistent && qs.durable {
-			e.Durable = true
-			pub.Entries = append(pub.Entries, persistence.Entry{Queue: qs.ref(), Seq: e.Seq, MsgID: msg.ID, ExpiresAt: e.ExpiresAt})
-		}
-		p.entries[i] = e
-	}
-	if len(pub.Entries) > 1 {
-		for _, e := range p.entries {
-			e.SharedOnDisk = e.Durable
-		}
-	}
-	if len(pub.Entries) > 0 {
-		pub.Msg = storedMessage(msg)
-		batch.Publishes = append(batch.Publishes, pub)
-	}
-	return p
-}
-
-// push makes prepared entries visible and reports whether any queue refused the message
-// (a full queue with a reject-publish overflow policy). A publisher (not dead-lettering,
-// which may run on the store's reader) waits while a capped queue drops its paged-out head.
-func (v *vhost) push(p prepared, publisher bool) bool {
-	refused := false
-	for i, qs := range p.targets {
-		switch qs.q.Push(p.entries[i]) {
-		case queue.Enqueued:
-			if publisher {
-				qs.q.AwaitLimits()
-			}
-			continue
-		case queue.RefusedDeadLetter:
-			v.dropped(qs, p.entries[i:i+1], queue.MaxLen)
-		default:
-			v.removeDurable(qs, p.entries[i:i+1], nil)
-		}
-		refused = true
-	}
-	return refused
-}
-
-// enqueue delivers msg to targets; done (may be nil) runs once its durable copy is synced,
-// which onDisk reports is needed. scratch is a buffer for the entries, reused across calls by
-// one goroutine.
-func (v *vhost) enqueue(msg *queue.Message, targets []*queueState, done func(error), scratch *[]*queue.Entry) (refused, onDisk bool) {
-	var batch *persistence.Batch // only persistent messages for durable queues need one
-	if onDisk = needsDisk(msg, targets); onDisk {
-		batch = &persistence.Batch{}
-	}
-	p := v.prepare(msg, targets, batch, *scratch)
-	if onDisk {
-		v.srv.store.Submit(batch, done)
-	}
-	refused = v.push(p, true)
-	clear(p.entries) // the queues own the entries now; drop our references
-	*scratch = p.entries[:0]
-	return refused, onDisk
-}
-
 // --- consumers and deliveries
 
-// consumer is one basic.consume subscription; it implements queue.Consumer.
+// consumer is one basic.consume subscription; it implements broker.Consumer.
 type consumer struct {
 	tag       string
 	ch        *channel
-	qs        *queueState
+	qs        *broker.Queue
 	noAck     bool
 	exclusive bool
 	prefetch  int
@@ -704,7 +552,7 @@ func (cs *consumer) Deliver(_ *queue.Queue, e *queue.Entry) queue.Outcome {
 	}
 	b = d.Append(b)
 	b = amqp.EndMethodFrame(b, start)
-	b = amqp.AppendContent(b, ch.id, cs.qs.deliveryHeader(e), e.Msg.Body, ch.c.frameMax)
+	b = amqp.AppendContent(b, ch.id, cs.qs.DeliveryHeader(e), e.Msg.Body, ch.c.frameMax)
 	w.unlock(b)
 	if !cs.noAck {
 		ch.unacked = append(ch.unacked, delivery{tag: tag, qs: cs.qs, e: e, cons: cs})
@@ -712,109 +560,17 @@ func (cs *consumer) Deliver(_ *queue.Queue, e *queue.Entry) queue.Outcome {
 		ch.inflight++
 	}
 	ch.mu.Unlock()
-	if e.Durable {
-		cs.qs.journalDelivery(e, cs.noAck)
-	}
+	// e.Deliveries is incremented by the queue after Deliver returns.
+	cs.qs.Delivered(e, e.Deliveries, cs.noAck)
 	if cs.noAck {
 		return queue.AcceptedNoAck
 	}
 	return queue.Accepted
 }
 
-// deliveryHeader is the content header to send: the publisher's bytes verbatim, except that
-// quorum-style queues add x-delivery-count to redeliveries, as RabbitMQ does.
-func (qs *queueState) deliveryHeader(e *queue.Entry) []byte {
-	if e.Returns == 0 || (!qs.spec.quorum && qs.q.Options().DeliveryLimit < 0) {
-		return e.Msg.Header
-	}
-	h, err := amqp.DecodeContentHeader(e.Msg.Header)
-	if err != nil {
-		return e.Msg.Header
-	}
-	headers := make(amqp.Table, len(h.Props.Headers)+1)
-	for k, v := range h.Props.Headers {
-		headers[k] = v
-	}
-	headers["x-delivery-count"] = int64(e.Returns)
-	h.Props.Headers = headers
-	return amqp.AppendContentHeader(nil, h.ClassID, h.BodySize, &h.Props)
-}
-
-// journalDelivery records on disk that a durable entry was delivered (so it comes back
-// redelivered after a restart) or, for no-ack deliveries, that it is gone.
-func (qs *queueState) journalDelivery(e *queue.Entry, noAck bool) {
-	store := qs.v.srv.store
-	ent := qs.diskEntry(e)
-	if noAck {
-		store.Submit(&persistence.Batch{Removes: []persistence.Entry{ent}}, nil)
-		return
-	}
-	// e.Deliveries is incremented by the queue after Deliver returns.
-	if e.Deliveries == 0 || qs.q.Options().DeliveryLimit >= 0 {
-		store.Submit(&persistence.Batch{Deliveries: []persistence.DeliveryMark{{Entry: ent, Count: e.Deliveries + 1}}}, nil)
-	}
-}
-
-func (ch *channel) consume(m *amqp.BasicConsume) *amqp.Error {
-	if err := ch.c.authorize(permRead, resQueue, m.Queue); err != nil {
-		return err
-	}
-	v := ch.v
-	v.mu.RLock()
-	qs, err := v.lookupQueue(ch.c, m.Queue)
-	v.mu.RUnlock()
-	if err != nil {
-		return err
-	}
-	tag := m.ConsumerTag
-	if tag == "" {
-		tag = randomName("amq.ctag-")
-	}
-	ch.mu.Lock()
-	if _, dup := ch.consumers[tag]; dup {
-		ch.mu.Unlock()
-		return amqp.Errorf(amqp.NotAllowed, "attempt to reuse consumer tag '%s'", tag)
-	}
-	ch.mu.Unlock()
-	v.mu.Lock()
-	if qs.deleted.Load() {
-		v.mu.Unlock()
-		return v.errNoQueue(m.Queue)
-	}
-	if qs.exclusiveConsumer || (m.Exclusive && qs.consumers > 0) {
-		v.mu.Unlock()
-		return amqp.Errorf(amqp.AccessRefused, "queue '%s' in vhost '%s' in exclusive use", qs.name, v.name)
-	}
-	v.mu.Unlock()
-	cs := &consumer{tag: tag, ch: ch, qs: qs, noAck: m.NoAck, exclusive: m.Exclusive}
-	ch.mu.Lock()
-	cs.prefetch = ch.consumerPrefetch
-	ch.consumers[tag] = cs
-	ch.mu.Unlock()
-	v.consumerAdded(qs, m.Exclusive)
-	// consume-ok goes out before any delivery: both share the connection's ordered writer.
-	if !m.NoWait {
-		ch.c.writeMethod(ch.id, &amqp.BasicConsumeOk{ConsumerTag: tag})
-	}
-	qs.q.AddConsumer(cs)
-	return nil
-}
-
-// cancel ends a consumer at the client's request; its unacked messages stay unacked.
-func (ch *channel) cancel(tag string) {
-	ch.mu.Lock()
-	cs := ch.consumers[tag]
-	delete(ch.consumers, tag)
-	ch.mu.Unlock()
-	if cs == nil {
-		return
-	}
-	cs.qs.q.RemoveConsumer(cs)
-	ch.v.consumerRemoved(cs.qs, cs.exclusive)
-}
-
-// serverCancel ends a consumer whose queue was deleted, telling clients that understand it.
-func (ch *channel) serverCancel(cs *consumer) {
+// QueueDeleted ends a consumer whose queue was deleted, telling clients that understand it.
+func (cs *consumer) QueueDeleted() {
+	ch := cs.ch
 	ch.mu.Lock()
 	if ch.consumers[cs.tag] != cs {
 		ch.mu.Unlock()
@@ -828,19 +584,49 @@ func (ch *channel) serverCancel(cs *consumer) {
 	}
 }
 
-func (ch *channel) get(m *amqp.BasicGet) *amqp.Error {
-	if err := ch.c.authorize(permRead, resQueue, m.Queue); err != nil {
-		return err
+func (ch *channel) consume(m *amqp.BasicConsume) *amqp.Error {
+	tag := m.ConsumerTag
+	if tag == "" {
+		tag = broker.RandomName("amq.ctag-")
 	}
-	v := ch.v
-	v.mu.RLock()
-	qs, err := v.lookupQueue(ch.c, m.Queue)
-	v.mu.RUnlock()
+	ch.mu.Lock()
+	if _, dup := ch.consumers[tag]; dup {
+		ch.mu.Unlock()
+		return amqp.Errorf(amqp.NotAllowed, "attempt to reuse consumer tag '%s'", tag)
+	}
+	ch.mu.Unlock()
+	cs := &consumer{tag: tag, ch: ch, noAck: m.NoAck, exclusive: m.Exclusive}
+	_, err := ch.v.Consume(ch.c.actor, m.Queue, cs, m.Exclusive, func(qs *broker.Queue) {
+		cs.qs = qs
+		ch.mu.Lock()
+		cs.prefetch = ch.consumerPrefetch
+		ch.consumers[tag] = cs
+		ch.mu.Unlock()
+		// consume-ok goes out before any delivery: both share the connection's ordered writer.
+		if !m.NoWait {
+			ch.c.writeMethod(ch.id, &amqp.BasicConsumeOk{ConsumerTag: tag})
+		}
+	})
+	return err
+}
+
+// cancel ends a consumer at the client's request; its unacked messages stay unacked.
+func (ch *channel) cancel(tag string) {
+	ch.mu.Lock()
+	cs := ch.consumers[tag]
+	delete(ch.consumers, tag)
+	ch.mu.Unlock()
+	if cs == nil {
+		return
+	}
+	ch.v.Cancel(cs.qs, cs, cs.exclusive)
+}
+
+func (ch *channel) get(m *amqp.BasicGet) *amqp.Error {
+	qs, e, remaining, ok, err := ch.v.Get(ch.c.actor, m.Queue, m.NoAck)
 	if err != nil {
 		return err
 	}
-	v.touch(qs)
-	e, remaining, ok := qs.q.Get(m.NoAck)
 	if !ok {
 		ch.c.writeMethod(ch.id, &amqp.BasicGetEmpty{})
 		return nil
@@ -854,19 +640,15 @@ func (ch *channel) get(m *amqp.BasicGet) *amqp.Error {
 		DeliveryTag: tag, Redelivered: e.Deliveries > 1, Exchange: e.Msg.Exchange,
 		RoutingKey: e.Msg.RoutingKey, MessageCount: uint32(remaining),
 	})
-	b = amqp.AppendContent(b, ch.id, qs.deliveryHeader(e), e.Msg.Body, ch.c.frameMax)
+	b = amqp.AppendContent(b, ch.id, qs.DeliveryHeader(e), e.Msg.Body, ch.c.frameMax)
 	w.unlock(b)
 	if !m.NoAck {
 		ch.unacked = append(ch.unacked, delivery{tag: tag, qs: qs, e: e})
 		ch.inflight++
 	}
 	ch.mu.Unlock()
-	if e.Durable {
-		// Get already counted this delivery; journalDelivery expects the count before it.
-		e.Deliveries--
-		qs.journalDelivery(e, m.NoAck)
-		e.Deliveries++
-	}
+	// Get already counted this delivery.
+	qs.Delivered(e, e.Deliveries-1, m.NoAck)
 	return nil
 }
 
@@ -892,7 +674,7 @@ func (ch *channel) kickConsumers() {
 	qs := buf[:0]
 	ch.mu.Lock()
 	for _, cs := range ch.consumers {
-		qs = append(qs, cs.qs.q)
+		qs = append(qs, cs.qs.Q())
 	}
 	ch.mu.Unlock()
 	for _, q := range qs {
@@ -933,7 +715,7 @@ func (ch *channel) takeUnacked(tag uint64, multiple bool, scratch []delivery) ([
 // huge multiple run must not pin its array for the channel's lifetime.
 const maxKeptSettleBuf = 1024
 
-func (ch *channel) settle(tag uint64, multiple bool, kind settleKind) *amqp.Error {
+func (ch *channel) settle(tag uint64, multiple bool, kind broker.Settlement) *amqp.Error {
 	ds, err := ch.takeUnacked(tag, multiple, ch.settleBuf)
 	if err != nil {
 		return err
@@ -941,7 +723,7 @@ func (ch *channel) settle(tag uint64, multiple bool, kind settleKind) *amqp.Erro
 	if ch.tx != nil {
 		ch.tx.settles = append(ch.tx.settles, txSettle{kind: kind, ds: slices.Clone(ds)})
 	} else {
-		ch.apply(kind, ds, nil)
+		ch.apply(kind, ds)
 	}
 	clear(ds)
 	if cap(ds) <= maxKeptSettleBuf {
@@ -950,12 +732,8 @@ func (ch *channel) settle(tag uint64, multiple bool, kind settleKind) *amqp.Erro
 	return nil
 }
 
-// apply settles deliveries for good: credit is returned, queues are told, durable copies go.
-// With batch non-nil (tx.commit) the removals of acked messages join the transaction's batch.
-func (ch *channel) apply(kind settleKind, ds []delivery, batch *persistence.Batch) {
-	if len(ds) == 0 {
-		return
-	}
+// released gives back the prefetch credit of settled deliveries.
+func (ch *channel) released(ds []delivery) {
 	ch.mu.Lock()
 	for _, d := range ds {
 		if d.cons != nil {
@@ -964,43 +742,47 @@ func (ch *channel) apply(kind settleKind, ds []delivery, batch *persistence.Batc
 	}
 	ch.inflight -= len(ds)
 	ch.mu.Unlock()
+}
 
-	var removes []persistence.Entry
+// forEachQueue calls fn with each run of deliveries of one queue (ds grouped by queue), as the
+// entries of that run.
+func forEachQueue(ds []delivery, scratch []*queue.Entry, fn func(qs *broker.Queue, es []*queue.Entry)) {
 	for start := 0; start < len(ds); {
 		qs := ds[start].qs
 		end := start + 1
 		for end < len(ds) && ds[end].qs == qs {
 			end++
 		}
-		if kind == settleAck {
-			qs.q.Ack(end - start)
-			if !qs.deleted.Load() { // a deleted queue's entries went with store.DeleteQueue
-				for _, d := range ds[start:end] {
-					if d.e.Durable {
-						removes = append(removes, qs.diskEntry(d.e))
-					}
-				}
-			}
-			start = end
-			continue
+		es := scratch[:0]
+		for _, d := range ds[start:end] {
+			es = append(es, d.e)
 		}
-		es := make([]*queue.Entry, end-start)
-		for i, d := range ds[start:end] {
-			es[i] = d.e
-		}
-		if kind == settleReject {
-			qs.q.Reject(es)
-		} else {
-			qs.q.Requeue(es)
-		}
+		fn(qs, es)
 		start = end
 	}
-	if len(removes) > 0 {
-		if batch != nil {
-			batch.Removes = append(batch.Removes, removes...)
-		} else {
-			ch.c.srv.store.Submit(&persistence.Batch{Removes: removes}, nil)
+}
+
+// apply settles deliveries for good: credit is returned, queues are told, durable copies go.
+func (ch *channel) apply(kind broker.Settlement, ds []delivery) {
+	if len(ds) == 0 {
+		return
+	}
+	ch.released(ds)
+	var scratch []*queue.Entry
+	if kind == broker.Ack {
+		// Acked entries are not kept by the queue: the buffer is reused. Rejected and requeued
+		// ones are, so they get a slice of their own.
+		scratch = ch.entryBuf
+	}
+	forEachQueue(ds, scratch, func(qs *broker.Queue, es []*queue.Entry) {
+		qs.Settle(kind, es, nil)
+		if kind == broker.Ack {
+			scratch = es
 		}
+	})
+	if kind == broker.Ack && cap(scratch) <= maxKeptSettleBuf {
+		clear(scratch[:cap(scratch)])
+		ch.entryBuf = scratch[:0]
 	}
 	ch.kickConsumers()
 }
@@ -1010,62 +792,60 @@ func (ch *channel) recover() {
 	// Acks waiting for tx.commit are not unacked any more, so, as in RabbitMQ, they stay out.
 	ds, _ := ch.takeUnacked(0, true, nil)
 	sort.Slice(ds, func(i, j int) bool { return ds[i].tag < ds[j].tag })
-	ch.apply(settleRequeue, groupByQueue(ds), nil)
+	ch.apply(broker.Requeue, groupByQueue(ds))
 }
 
 // groupByQueue orders deliveries so that each queue's run is contiguous, keeping tag order
 // within a queue (requeue positions come from the entries' sequence numbers anyway).
 func groupByQueue(ds []delivery) []delivery {
-	sort.SliceStable(ds, func(i, j int) bool { return ds[i].qs.name < ds[j].qs.name })
+	sort.SliceStable(ds, func(i, j int) bool { return ds[i].qs.Name() < ds[j].qs.Name() })
 	return ds
 }
 
 // --- transactions
 
-func (ch *channel) commit() {
+// commit commits the channel's transaction in the core. A store failure is never acknowledged:
+// the channel closes with 541 and, as nothing of the transaction was applied, its acked
+// deliveries are requeued by the close like any unacked ones.
+func (ch *channel) commit() *amqp.Error {
 	tx := ch.tx
 	ch.tx = &txState{}
-	v := ch.v
-	batch := &persistence.Batch{}
-	var pubs []prepared
+	t := ch.v.NewTxn()
 	for _, p := range tx.publishes {
-		targets := v.route(p.ex, p.msg.RoutingKey, scanHeaders(p.msg.Header), &ch.rb)
-		if len(targets) == 0 {
-			if p.mandatory {
-				ch.basicReturn(p.msg, amqp.NoRoute, "NO_ROUTE")
-			}
-			continue
-		}
-		pubs = append(pubs, v.prepare(p.msg, append([]*queueState(nil), targets...), batch, nil))
+		t.Publish(p.ex, p.msg, p.mandatory)
 	}
-	// The publishes and the acks are one atomic store batch, submitted before anything becomes
-	// visible; commit-ok waits for its sync.
 	for _, s := range tx.settles {
-		ch.apply(s.kind, s.ds, batch)
+		forEachQueue(s.ds, nil, func(qs *broker.Queue, es []*queue.Entry) { t.Settle(s.kind, qs, es) })
 	}
-	var synced chan error
-	if v.srv.store != nil && (len(batch.Publishes) > 0 || len(batch.Removes) > 0) {
-		synced = make(chan error, 1)
-		v.srv.store.Submit(batch, func(err error) { synced <- err })
-	}
-	for _, p := range pubs {
-		v.push(p, true)
-	}
-	// commit-ok means on disk and visible; the client is waiting for it, so blocking here costs nothing.
-	if synced != nil {
-		if err := <-synced; err != nil {
-			ch.c.log.Error("tx.commit: store write failed", "err", err)
+	err := t.Commit(func(msg *queue.Message) { ch.basicReturn(msg, amqp.NoRoute, "NO_ROUTE") })
+	if err != nil {
+		ch.c.log.Error("tx.commit failed", "err", err)
+		var back []delivery
+		for _, s := range tx.settles {
+			back = append(back, s.ds...)
 		}
+		ch.restoreUnacked(back)
+		return amqp.Errorf(amqp.InternalError, "tx.commit failed: %v", err)
+	}
+	for _, s := range tx.settles {
+		ch.released(s.ds)
+	}
+	if len(tx.settles) > 0 {
+		ch.kickConsumers()
 	}
 	ch.c.writeMethod(ch.id, &amqp.TxCommitOk{})
+	return nil
 }
 
-func scanHeaders(header []byte) []byte {
-	sum, err := amqp.ScanContentHeader(header)
-	if err != nil {
-		return nil
+// restoreUnacked puts deliveries back among the unacked ones, in tag order.
+func (ch *channel) restoreUnacked(back []delivery) {
+	if len(back) == 0 {
+		return
 	}
-	return sum.HeadersRaw
+	ch.mu.Lock()
+	ch.unacked = append(ch.unacked, back...)
+	sort.Slice(ch.unacked, func(i, j int) bool { return ch.unacked[i].tag < ch.unacked[j].tag })
+	ch.mu.Unlock()
 }
 
 // rollback discards the transaction's publishes and forgets its acks: those deliveries are
@@ -1077,13 +857,7 @@ func (ch *channel) rollback() {
 	for _, s := range tx.settles {
 		back = append(back, s.ds...)
 	}
-	if len(back) == 0 {
-		return
-	}
-	ch.mu.Lock()
-	ch.unacked = append(ch.unacked, back...)
-	sort.Slice(ch.unacked, func(i, j int) bool { return ch.unacked[i].tag < ch.unacked[j].tag })
-	ch.mu.Unlock()
+	ch.restoreUnacked(back)
 }
 
 // shutdown releases the channel: consumers are cancelled and unacked messages requeued.
@@ -1108,13 +882,16 @@ func (ch *channel) shutdown() {
 		}
 		ch.tx = nil
 	}
+	// Consumers leave their queues before the requeue, so that requeued messages go to other
+	// consumers; the queues' consumer counts drop after it (an auto-delete queue must not be
+	// deleted with the messages still out).
 	for _, cs := range consumers {
-		cs.qs.q.RemoveConsumer(cs)
+		cs.qs.Q().RemoveConsumer(cs)
 	}
 	sort.Slice(ds, func(i, j int) bool { return ds[i].tag < ds[j].tag })
-	ch.apply(settleRequeue, groupByQueue(ds), nil)
+	ch.apply(broker.Requeue, groupByQueue(ds))
 	for _, cs := range consumers {
-		ch.v.consumerRemoved(cs.qs, cs.exclusive)
+		ch.v.ConsumerRemoved(cs.qs, cs.exclusive)
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"warren/amqp"
+	"warren/broker"
 )
 
 // Limit caps a count (connections, channels, queues). The zero value is "no limit"; LimitOf(0)
@@ -72,14 +73,8 @@ type Permission struct {
 	Configure, Write, Read string
 }
 
-// Policy is a RabbitMQ policy: Definition applies to the queues and/or exchanges of VHost whose
-// names match Pattern; of several matching policies the one with the highest Priority wins.
-type Policy struct {
-	Name, VHost, Pattern string
-	ApplyTo              string // all (default), queues, exchanges, classic_queues, quorum_queues
-	Priority             int
-	Definition           map[string]any // message-ttl, max-length, dead-letter-exchange, ...
-}
+// Policy is a RabbitMQ policy (compiled and applied by the broker core).
+type Policy = broker.PolicyDef
 
 // ExchangeDef is an exchange declared by the configuration (RabbitMQ definitions fields).
 type ExchangeDef struct {
@@ -180,13 +175,7 @@ func DefaultConfig() Config {
 
 // ConfigError is a configuration error about one key; Key is the path in the configuration file
 // (for example "permissions[2].write"), so that callers can point at the line.
-type ConfigError struct {
-	Key string
-	Err error
-}
-
-func (e *ConfigError) Error() string { return e.Key + ": " + e.Err.Error() }
-func (e *ConfigError) Unwrap() error { return e.Err }
+type ConfigError = broker.KeyError
 
 func keyErr(key string, format string, a ...any) *ConfigError {
 	return &ConfigError{Key: key, Err: fmt.Errorf(format, a...)}

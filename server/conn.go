@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"warren/amqp"
+	"warren/broker"
 )
 
 // Version is Warren's version, reported in server-properties.
@@ -34,7 +35,8 @@ type conn struct {
 	frameMax   uint32
 	channelMax uint16
 	heartbeat  uint16
-	vhost      *vhost
+	vhost      *broker.VHost
+	actor      broker.Actor // this connection acting in the core: owner of its exclusive queues
 	user       string
 	peerCN     string // TLS client certificate's common name, for EXTERNAL; "" without one
 
@@ -174,11 +176,7 @@ func (c *conn) sendClose(ae *amqp.Error) {
 	if !c.closing.CompareAndSwap(false, true) {
 		return
 	}
-	text := ae.Text
-	if len(text) > 255 {
-		text = text[:255]
-	}
-	c.writeMethod(0, &amqp.ConnectionClose{ReplyCode: ae.Code, ReplyText: text, ClassId: ae.ClassID, MethodId: ae.MethodID})
+	c.writeMethod(0, &amqp.ConnectionClose{ReplyCode: ae.Code, ReplyText: ae.Text, ClassId: ae.ClassID, MethodId: ae.MethodID})
 }
 
 // awaitCloseOk reads (and drops) frames until close-ok, a read error, or a short timeout.
@@ -224,7 +222,7 @@ func (c *conn) release() {
 			ch.shutdown()
 		}
 		if c.vhost != nil {
-			c.vhost.dropExclusive(c)
+			c.vhost.DropExclusive(c.actor.Owner)
 		}
 	})
 }
@@ -449,8 +447,9 @@ func (c *conn) handshake() error {
 		e.ClassID, e.MethodID = op.ClassID(), op.MethodID()
 		return e
 	}
+	c.actor = broker.Actor{Owner: broker.OwnerID(c.id), Authz: c}
 	c.writeMethod(0, &amqp.ConnectionOpenOk{})
-	c.log.Debug("connection open", "user", c.user, "vhost", v.name)
+	c.log.Debug("connection open", "user", c.user, "vhost", v.Name())
 	return nil
 }
 

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"warren/amqp"
+	"warren/broker"
 )
 
 // errorLog is a slog handler that keeps the first error-level record: the connection's panic
@@ -193,11 +194,11 @@ func TestFuzzHarnessReachesBroker(t *testing.T) {
 	if err := serveFrames(s, append(fuzzPrelude(), fuzzSeeds()[0]...)); err != nil {
 		t.Fatal(err)
 	}
-	v := s.vhost("/")
-	v.mu.RLock()
-	_, dl := v.queues["fz.dl"]
-	_, fz := v.queues["fz"]
-	v.mu.RUnlock()
+	v := s.Broker().VHost("/")
+	_, err := v.Queue(broker.System, "fz.dl")
+	dl := err == nil
+	_, err = v.Queue(broker.System, "fz")
+	fz := err == nil
 	if !dl || fz {
 		t.Fatalf("after the seed: fz.dl exists=%v (want true), fz exists=%v (want false)", dl, fz)
 	}

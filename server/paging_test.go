@@ -1,13 +1,13 @@
 package server
 
 import (
-	"math"
 	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
+	"warren/broker"
 	"warren/persistence"
 )
 
@@ -35,14 +35,11 @@ func dialT(t *testing.T, s *Server) *amqp091.Channel {
 }
 
 func (s *Server) testQueueStats(name string) (st struct{ ready, inMemory int }, ok bool) {
-	v := s.vhosts["/"]
-	v.mu.RLock()
-	qs := v.queues[name]
-	v.mu.RUnlock()
-	if qs == nil {
+	qs, err := s.Broker().VHost("/").Queue(broker.System, name)
+	if err != nil {
 		return st, false
 	}
-	c := qs.q.Counts()
+	c := qs.Q().Counts()
 	st.ready, st.inMemory = c.Ready, c.InMemory
 	return st, true
 }
@@ -149,7 +146,7 @@ func drainInOrder(t *testing.T, ch *amqp091.Channel, queue string, from, n int) 
 // barrier waits until the journal has processed everything submitted so far.
 func (s *Server) barrier(t *testing.T) {
 	t.Helper()
-	if err := s.store.Commit(&persistence.Batch{}); err != nil {
+	if err := s.Broker().Store().Commit(&persistence.Batch{}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -188,12 +185,12 @@ func TestDeepQueueBoundedMemory(t *testing.T) {
 			if peak := stop(); peak > window {
 				t.Errorf("queue held up to %d messages in memory, window %d", peak, window)
 			}
-			st := s.store.Stats()
+			st := s.Broker().Store().Stats()
 			if st.ReadAheads < uint64((n-window)/window) {
 				t.Errorf("%d read-aheads for %d paged messages with a window of %d", st.ReadAheads, n-window, window)
 			}
 			s.barrier(t)
-			if st := s.store.Stats(); st.MessagesStored != 0 {
+			if st := s.Broker().Store().Stats(); st.MessagesStored != 0 {
 				t.Errorf("%d messages still stored after draining", st.MessagesStored)
 			}
 		})
@@ -236,7 +233,7 @@ func TestDeepQueueRestart(t *testing.T) {
 		t.Errorf("%d redelivered, want %d", got, unacked)
 	}
 	s.barrier(t)
-	if st := s.store.Stats(); st.MessagesStored != 0 {
+	if st := s.Broker().Store().Stats(); st.MessagesStored != 0 {
 		t.Errorf("%d messages stored after draining", st.MessagesStored)
 	}
 }
@@ -266,7 +263,7 @@ func TestDeepQueuePurgeAndDelete(t *testing.T) {
 				t.Fatalf("reported %d messages (%v), want %d", n, err, persistent+transient)
 			}
 			s.barrier(t)
-			if st := s.store.Stats(); st.MessagesStored != 0 {
+			if st := s.Broker().Store().Stats(); st.MessagesStored != 0 {
 				t.Errorf("%d messages stored after the purge", st.MessagesStored)
 			}
 			if st, ok := s.testQueueStats("deep"); ok && (st.ready != 0 || st.inMemory != 0) {
@@ -325,24 +322,7 @@ func TestPagedMaxLength(t *testing.T) {
 	}
 	drainInOrder(t, ch, "capped", n-max, max)
 	s.barrier(t)
-	if st := s.store.Stats(); st.MessagesStored != 0 {
+	if st := s.Broker().Store().Stats(); st.MessagesStored != 0 {
 		t.Errorf("%d messages stored after draining", st.MessagesStored)
-	}
-}
-
-func TestExpiresAfter(t *testing.T) {
-	now := time.Now().UnixNano()
-	for _, tc := range []struct {
-		ms       int64
-		min, max int64
-	}{
-		{0, now, now + int64(time.Minute)},
-		{1000, now + int64(time.Second), now + int64(time.Second+time.Minute)},
-		{10_000_000_000_000, math.MaxInt64, math.MaxInt64}, // ~317 years: saturates, never wraps
-		{math.MaxInt64, math.MaxInt64, math.MaxInt64},
-	} {
-		if got := expiresAfter(tc.ms); got < tc.min || got > tc.max {
-			t.Errorf("expiresAfter(%d) = %d, want in [%d, %d]", tc.ms, got, tc.min, tc.max)
-		}
 	}
 }

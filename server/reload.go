@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"warren/amqp"
+	"warren/broker"
 )
 
 // Reload applies a new configuration to the running broker: users, loopback users, permissions,
@@ -40,37 +41,12 @@ func (s *Server) Reload(cfg Config) error {
 	}
 
 	// Vhosts first, so that a connection.open that sees the new permissions finds its vhost.
-	s.vhMu.Lock()
-	var gone []string
-	for name, v := range s.vhosts {
-		if rt.vhosts[name] == nil {
-			delete(s.vhosts, name)
-			s.retired[name] = v
-			gone = append(gone, name)
-		}
-	}
-	for name := range rt.vhosts {
-		if s.vhosts[name] != nil {
-			continue
-		}
-		if v := s.retired[name]; v != nil {
-			delete(s.retired, name)
-			s.vhosts[name] = v
-		} else {
-			s.vhosts[name] = newVHost(s, name, nil)
-		}
-	}
-	vhosts := make([]*vhost, 0, len(s.vhosts))
-	for _, v := range s.vhosts {
-		vhosts = append(vhosts, v)
-	}
-	s.vhMu.Unlock()
+	// The core also re-applies the policies and limits here; the connections of removed
+	// vhosts are closed after the new configuration is in place.
+	gone := s.b.SetVHosts(rt.vhostSettings())
 	s.rt.Store(rt)
 
 	closed := s.closeRemoved(old, rt, gone)
-	for _, v := range vhosts {
-		v.setPolicies(rt.policies[v.name])
-	}
 	errs := s.declareTopology(&cfg)
 	for _, e := range errs {
 		s.log.Error("config reload: declared topology", "err", e)
@@ -115,8 +91,8 @@ func (s *Server) closeRemoved(old, rt *runtimeConfig, goneVHosts []string) int {
 		switch {
 		case old.users[c.user] != nil && rt.users[c.user] == nil:
 			victims = append(victims, victim{c, fmt.Sprintf("user '%s' is deleted", c.user)})
-		case gone[c.vhost.name]:
-			victims = append(victims, victim{c, fmt.Sprintf("vhost '%s' is deleted", c.vhost.name)})
+		case gone[c.vhost.Name()]:
+			victims = append(victims, victim{c, fmt.Sprintf("vhost '%s' is deleted", c.vhost.Name())})
 		}
 	}
 	s.mu.Unlock()
@@ -143,31 +119,32 @@ func (s *Server) declareTopology(cfg *Config) []error {
 		errs = append(errs, &ConfigError{Key: key, Err: fmt.Errorf("%s: %s", what, e.Text)})
 	}
 	for i, x := range cfg.Exchanges {
-		v := s.vhost(x.VHost)
+		v := s.b.VHost(x.VHost)
 		if v == nil {
 			continue // checked by compile; a vhost can only be missing in a race with Reload
 		}
-		m := &amqp.ExchangeDeclare{Exchange: x.Name, Type: x.Type, Durable: x.Durable, AutoDelete: x.AutoDelete, Internal: x.Internal, Arguments: x.Arguments}
-		if e := v.declareExchange(nil, m); e != nil {
+		spec := broker.ExchangeSpec{Name: x.Name, Type: x.Type, Durable: x.Durable, AutoDelete: x.AutoDelete, Internal: x.Internal, Args: x.Arguments}
+		if e := v.DeclareExchange(broker.System, spec); e != nil {
 			fail(fmt.Sprintf("exchanges[%d]", i), fmt.Sprintf("exchange '%s' in vhost '%s'", x.Name, x.VHost), e)
 		}
 	}
 	for i, q := range cfg.Queues {
-		v := s.vhost(q.VHost)
+		v := s.b.VHost(q.VHost)
 		if v == nil {
 			continue
 		}
-		m := &amqp.QueueDeclare{Queue: q.Name, Durable: q.Durable, AutoDelete: q.AutoDelete, Arguments: q.Arguments}
-		if _, e := v.declareQueue(nil, m); e != nil {
+		spec := broker.QueueSpec{Name: q.Name, Durable: q.Durable, AutoDelete: q.AutoDelete, Args: q.Arguments}
+		if _, e := v.DeclareQueue(broker.System, spec); e != nil {
 			fail(fmt.Sprintf("queues[%d]", i), fmt.Sprintf("queue '%s' in vhost '%s'", q.Name, q.VHost), e)
 		}
 	}
 	for i, b := range cfg.Bindings {
-		v := s.vhost(b.VHost)
+		v := s.b.VHost(b.VHost)
 		if v == nil {
 			continue
 		}
-		if e := v.bind(nil, b.Source, b.Destination, b.DestinationType == "exchange", b.RoutingKey, b.Arguments); e != nil {
+		spec := broker.BindingSpec{Source: b.Source, Destination: b.Destination, ToExchange: b.DestinationType == "exchange", Key: b.RoutingKey, Args: b.Arguments}
+		if e := v.Bind(broker.System, spec); e != nil {
 			fail(fmt.Sprintf("bindings[%d]", i), fmt.Sprintf("binding '%s' -> '%s' in vhost '%s'", b.Source, b.Destination, b.VHost), e)
 		}
 	}

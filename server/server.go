@@ -1,7 +1,8 @@
-// Package server runs Warren's AMQP 0-9-1 listener: connections and channels as state machines,
-// authentication, heartbeats, and the per-vhost registry of exchanges, queues and bindings. It turns
-// decoded methods into calls on package exchange (routing) and package queue (delivery), and on
-// package persistence for durable state.
+// Package server is Warren's AMQP 0-9-1 front end: listeners, TLS, the handshake and
+// authentication, connections and channels as state machines, framing, heartbeats, flow control
+// and resource alarms, access control and limits from the configuration. It turns decoded
+// methods into calls on the broker core (package broker), which owns vhosts, queues, exchanges,
+// routing and the store. See broker/doc.go for the goroutine model and the lock order.
 package server
 
 import (
@@ -16,15 +17,14 @@ import (
 	"time"
 
 	"warren/amqp"
-	"warren/persistence"
-	"warren/queue"
+	"warren/broker"
 )
 
 // Server is one running broker.
 type Server struct {
 	cfg         Config // as given to New; what can be reloaded is read from rt
 	log         *slog.Logger
-	store       *persistence.Store
+	b           *broker.Broker
 	clusterName string
 
 	// rt is the reloadable configuration (users, permissions, limits, policies, TLS), replaced
@@ -32,19 +32,10 @@ type Server struct {
 	rt       atomic.Pointer[runtimeConfig]
 	reloadMu sync.Mutex // one Reload at a time
 
-	vhMu    sync.RWMutex
-	vhosts  map[string]*vhost
-	retired map[string]*vhost // removed from the configuration; their stored data is kept
-
-	msgID  atomic.Uint64
 	connID atomic.Uint64
 
 	alarms alarms
-	// budget bounds the bodies of ready messages all queues keep in memory (paging).
-	budget *queue.Budget
-	// flowHigh is the ready backlog over which a queue being drained holds its publishers.
-	flowHigh int
-	quit     chan struct{} // closed by Close
+	quit   chan struct{} // closed by Close
 
 	ln, tlsLn net.Listener
 	mu        sync.Mutex
@@ -74,8 +65,6 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{
 		cfg:          cfg,
 		log:          log,
-		vhosts:       make(map[string]*vhost, len(cfg.VHosts)),
-		retired:      map[string]*vhost{},
 		conns:        make(map[*conn]struct{}),
 		openConns:    make(map[*conn]struct{}),
 		vhostConns:   map[string]int{},
@@ -89,37 +78,19 @@ func New(cfg Config) (*Server, error) {
 		log.Warn("config: " + w)
 	}
 	s.alarms.memLimit.Store(memoryLimit(cfg))
+	opts := broker.Options{DataDir: cfg.DataDir, MaxRAMMessages: cfg.MaxRAMMessages, VHosts: rt.vhostSettings(), Logger: log}
 	if limit := s.alarms.memLimit.Load(); limit > 0 {
 		// As RabbitMQ's vm_memory_high_watermark_paging_ratio: queues page out message bodies
 		// well before the memory alarm would block publishers.
-		s.budget = queue.NewBudget(limit / 2)
+		opts.MemoryBudget = limit / 2
 	}
-	if cfg.DataDir != "" {
-		start := time.Now()
-		st, err := persistence.Open(cfg.DataDir, persistence.Options{Logger: log})
-		if err != nil {
-			return nil, fmt.Errorf("opening storage: %w", err)
-		}
-		s.store = st
-		s.msgID.Store(st.MaxMessageID())
-		defer func() {
-			log.Info("storage opened", "dir", cfg.DataDir, "took", time.Since(start).Round(time.Millisecond))
-		}()
+	b, err := broker.New(opts)
+	if err != nil {
+		return nil, err
 	}
-	s.flowHigh = flowHighFor(cfg, s.store != nil)
-	for _, v := range cfg.VHosts {
-		s.vhosts[v.Name] = newVHost(s, v.Name, rt.policies[v.Name])
-	}
-	if s.store != nil {
-		if err := s.restore(); err != nil {
-			_ = s.store.Close()
-			return nil, fmt.Errorf("restoring durable state from %s: %w", cfg.DataDir, err)
-		}
-	}
+	s.b = b
 	if errs := s.declareTopology(&cfg); len(errs) > 0 {
-		if s.store != nil {
-			_ = s.store.Close()
-		}
+		_ = b.Close()
 		return nil, errs[0]
 	}
 	return s, nil
@@ -158,7 +129,7 @@ func (s *Server) Start() error {
 		defer s.serving.Done()
 		s.trimLoop(trimInterval)
 	}()
-	if s.store != nil && s.log.Enabled(context.Background(), slog.LevelDebug) {
+	if s.b.Store() != nil && s.log.Enabled(context.Background(), slog.LevelDebug) {
 		s.serving.Add(1)
 		go func() {
 			defer s.serving.Done()
@@ -202,14 +173,15 @@ const journalStatsInterval = 10 * time.Second
 func (s *Server) journalStatsLoop() {
 	t := time.NewTicker(journalStatsInterval)
 	defer t.Stop()
-	prev := s.store.Stats()
+	store := s.b.Store()
+	prev := store.Stats()
 	for {
 		select {
 		case <-s.quit:
 			return
 		case <-t.C:
 		}
-		st := s.store.Stats()
+		st := store.Stats()
 		commits := st.Commits - prev.Commits
 		if commits == 0 {
 			continue
@@ -278,17 +250,11 @@ func (s *Server) forget(c *conn) {
 	s.mu.Unlock()
 }
 
-func (s *Server) vhost(name string) *vhost {
-	s.vhMu.RLock()
-	defer s.vhMu.RUnlock()
-	return s.vhosts[name]
-}
+// Broker is the broker core the server fronts, for other front ends (the management API).
+func (s *Server) Broker() *broker.Broker { return s.b }
 
 // maxMessageSize is the current limits.max_message_size.
 func (s *Server) maxMessageSize() int64 { return s.rt.Load().cfg.MaxMessageSize }
-
-// nextMessageID numbers messages uniquely across restarts (ids continue from the store's maximum).
-func (s *Server) nextMessageID() uint64 { return s.msgID.Add(1) }
 
 // Close stops accepting, sends connection.close 320 CONNECTION_FORCED to every client, waits for
 // the connections to finish (a few seconds at most), then flushes and closes the store.
@@ -328,18 +294,5 @@ func (s *Server) Close() error {
 		}
 		<-waited
 	}
-	s.vhMu.RLock()
-	for _, v := range s.vhosts {
-		v.stopTimers()
-	}
-	for _, v := range s.retired {
-		v.stopTimers()
-	}
-	s.vhMu.RUnlock()
-	if s.store != nil {
-		if err := s.store.Close(); err != nil {
-			return fmt.Errorf("closing storage: %w", err)
-		}
-	}
-	return nil
+	return s.b.Close()
 }

@@ -1,4 +1,4 @@
-package server
+package broker
 
 import "time"
 
@@ -23,35 +23,36 @@ const (
 	journalRoom    = 16 << 20
 )
 
-// flowHighFor is the backlog high mark for a server with cfg: a backlog that its consumers
-// are draining stays in the paging window, in memory.
-func flowHighFor(cfg Config, paging bool) int {
-	if paging && cfg.MaxRAMMessages/2 < flowHigh {
+// flowHighFor is the backlog high mark for a broker whose queues keep maxRAM messages in
+// memory: a backlog that its consumers are draining stays in the paging window, in memory.
+func flowHighFor(maxRAM int, paging bool) int {
+	if paging && maxRAM/2 < flowHigh {
 		// Half the window: a publisher is held before its backlog starts paging out, even
 		// with a few hundred publishes between two looks at the backlog.
-		return cfg.MaxRAMMessages / 2
+		return maxRAM / 2
 	}
 	return flowHigh
 }
 
-// flowCheck runs on the publishing connection's reader after a publish routed to targets.
-func (ch *channel) flowCheck(targets []*queueState) {
-	srv := ch.c.srv
-	if srv.store != nil {
-		srv.store.AwaitRoom(journalRoom)
+// Flow runs on the publisher's goroutine (an AMQP connection's reader) after a publish routed
+// to targets, and holds it as described above.
+func (p *Publisher) Flow(targets []*Queue) {
+	b := p.v.b
+	if b.store != nil {
+		b.store.AwaitRoom(journalRoom)
 	}
-	ch.pubCount++
-	if ch.pubCount%flowCheckEvery != 0 {
+	p.count++
+	if p.count%flowCheckEvery != 0 {
 		return
 	}
 	for _, qs := range targets {
-		qs.awaitDrain(srv.flowHigh, flowStep, flowMaxWait)
+		qs.awaitDrain(b.flowHigh, flowStep, flowMaxWait)
 	}
 }
 
 // awaitDrain blocks while the queue is over high and being drained, checking every step, at
 // most maxWait, until it is at high/2.
-func (qs *queueState) awaitDrain(high int, step, maxWait time.Duration) {
+func (qs *Queue) awaitDrain(high int, step, maxWait time.Duration) {
 	if st := qs.q.Counts(); st.Ready <= high || st.Consumers == 0 {
 		return
 	}

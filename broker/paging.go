@@ -1,4 +1,4 @@
-package server
+package broker
 
 import (
 	"math"
@@ -14,21 +14,21 @@ import (
 // publish was submitted before the push) and are read back from the queue's index;
 // transient ones are written as pages into a page space of the queue's own.
 type pager struct {
-	qs    *queueState
+	qs    *Queue
 	store *persistence.Store
 	space uint64
 }
 
 // enablePaging bounds qs's memory to the configured window; without a store everything
 // stays in memory.
-func (s *Server) enablePaging(qs *queueState) {
-	if s.store == nil {
+func (b *Broker) enablePaging(qs *Queue) {
+	if b.store == nil {
 		return
 	}
 	qs.q.SetPaging(queue.Paging{
-		Pager:  &pager{qs: qs, store: s.store, space: s.store.NewPageSpace()},
-		Window: s.cfg.MaxRAMMessages,
-		Budget: s.budget,
+		Pager:  &pager{qs: qs, store: b.store, space: b.store.NewPageSpace()},
+		Window: b.maxRAMMessages,
+		Budget: b.budget,
 	})
 }
 
@@ -45,7 +45,7 @@ func (p *pager) PageIn(from uint64, max int, maxBytes int64, done func([]*queue.
 	req := persistence.ReadRequest{Queue: p.qs.ref(), Durable: p.qs.durable, Space: p.space, From: from, Max: max, MaxBytes: maxBytes}
 	p.store.ReadAhead(req, func(sts []persistence.Stored, err error) {
 		if err != nil {
-			p.qs.v.srv.log.Error("reading paged messages", "queue", p.qs.name, "vhost", p.qs.v.name, "err", err)
+			p.qs.v.b.log.Error("reading paged messages", "queue", p.qs.name, "vhost", p.qs.v.name, "err", err)
 		}
 		es := make([]*queue.Entry, len(sts))
 		for i, st := range sts {
@@ -74,7 +74,7 @@ func storedMessage(m *queue.Message) *persistence.Message {
 
 // storedEntry turns an entry read back from the store into a queue entry. cache, when not
 // nil, shares the message of entries of several queues (restore).
-func (qs *queueState) storedEntry(st persistence.Stored, cache map[uint64]*queue.Message) *queue.Entry {
+func (qs *Queue) storedEntry(st persistence.Stored, cache map[uint64]*queue.Message) *queue.Entry {
 	m := cache[st.Msg.ID]
 	if m == nil {
 		pm := st.Msg

@@ -1,8 +1,10 @@
-package server
+package broker
 
 import (
+	"errors"
 	"fmt"
 	"math"
+	"strings"
 	"time"
 
 	"warren/amqp"
@@ -234,3 +236,26 @@ func parseOverflow(s string) (queue.Overflow, bool) {
 	}
 	return 0, false
 }
+
+// fillQueueName puts the queue and vhost names into an argument error's text (argError leaves
+// them empty: the parser does not know them).
+func fillQueueName(text, queue, vhost string) string {
+	text = strings.Replace(text, "queue ''", "queue '"+queue+"'", 1)
+	return strings.Replace(text, "vhost ''", "vhost '"+vhost+"'", 1)
+}
+
+// CheckQueueArgs validates a configured queue's arguments as queue.declare would (RabbitMQ's 406
+// texts, with the names filled in); the text is returned for the configuration error.
+func CheckQueueArgs(name, vhost string, durable bool, args amqp.Table) error {
+	spec, aerr := parseQueueArgs(args)
+	if aerr != nil {
+		return errors.New(fillQueueName(aerr.Text, name, vhost))
+	}
+	if spec.quorum && !durable {
+		return ErrQuorumDurable
+	}
+	return nil
+}
+
+// ErrQuorumDurable is CheckQueueArgs's error for a quorum queue declared non-durable.
+var ErrQuorumDurable = errors.New("a quorum queue must be durable")

@@ -1,4 +1,4 @@
-package server
+package broker
 
 import (
 	"fmt"
@@ -12,16 +12,16 @@ import (
 
 // restore loads durable exchanges, queues (with the first window of their messages) and
 // bindings before the listener opens.
-func (s *Server) restore() error {
+func (b *Broker) restore() error {
 	start := time.Now()
-	topo, err := s.store.LoadTopology()
+	topo, err := b.store.LoadTopology()
 	if err != nil {
 		return err
 	}
 	for _, r := range topo.Exchanges {
-		v := s.vhosts[r.VHost]
+		v := b.vhosts[r.VHost]
 		if v == nil {
-			s.log.Warn("stored exchange in unknown vhost ignored", "vhost", r.VHost, "exchange", r.Name)
+			b.log.Warn("stored exchange in unknown vhost ignored", "vhost", r.VHost, "exchange", r.Name)
 			continue
 		}
 		kind, ok := exchange.ParseKind(r.Kind)
@@ -32,7 +32,7 @@ func (s *Server) restore() error {
 		if err != nil {
 			return fmt.Errorf("exchange %q arguments: %w", r.Name, err)
 		}
-		ex := &exchangeState{name: r.Name, kind: kind, durable: true, autoDelete: r.AutoDelete, internal: r.Internal, args: args, router: exchange.NewRouter(kind)}
+		ex := &Exchange{name: r.Name, kind: kind, durable: true, autoDelete: r.AutoDelete, internal: r.Internal, args: args, router: exchange.NewRouter(kind)}
 		ex.alternate = v.alternateLocked(ex)
 		v.exchanges[r.Name] = ex
 	}
@@ -40,9 +40,9 @@ func (s *Server) restore() error {
 	cache := map[uint64]*queue.Message{}
 	var messages, inMemory int64
 	for _, r := range topo.Queues {
-		v := s.vhosts[r.VHost]
+		v := b.vhosts[r.VHost]
 		if v == nil {
-			s.log.Warn("stored queue in unknown vhost ignored", "vhost", r.VHost, "queue", r.Name)
+			b.log.Warn("stored queue in unknown vhost ignored", "vhost", r.VHost, "queue", r.Name)
 			continue
 		}
 		args, err := decodeArgs(r.Args)
@@ -53,14 +53,14 @@ func (s *Server) restore() error {
 		if aerr != nil {
 			return fmt.Errorf("queue %q arguments: %s", r.Name, aerr.Text)
 		}
-		qs := &queueState{
+		qs := &Queue{
 			v: v, name: r.Name, durable: true, declDur: true, autoDelete: r.AutoDelete, args: args, spec: spec,
 		}
 		v.newQueueLocked(qs)
 		// Only the window is loaded; the rest of the backlog stays on disk, counted.
 		var last uint64
 		var loaded, loadedBytes int64
-		info, err := s.store.RecoverQueue(qs.ref(), s.cfg.MaxRAMMessages, func(st persistence.Stored) error {
+		info, err := b.store.RecoverQueue(qs.ref(), b.maxRAMMessages, func(st persistence.Stored) error {
 			qs.q.Restore(qs.storedEntry(st, cache))
 			last = st.Seq
 			loaded++
@@ -77,12 +77,12 @@ func (s *Server) restore() error {
 		v.touchLocked(qs)
 	}
 	for _, r := range topo.Bindings {
-		v := s.vhosts[r.VHost]
+		v := b.vhosts[r.VHost]
 		if v == nil {
 			continue
 		}
 		src := v.exchanges[r.Source]
-		if src == nil || src.router == nil {
+		if src == nil {
 			continue
 		}
 		args, err := decodeArgs(r.Args)
@@ -93,7 +93,7 @@ func (s *Server) restore() error {
 			return fmt.Errorf("restoring binding %s -> %s: %w", r.Source, r.Destination, err)
 		}
 	}
-	s.log.Info("durable state restored", "exchanges", len(topo.Exchanges), "queues", len(topo.Queues), "bindings", len(topo.Bindings),
+	b.log.Info("durable state restored", "exchanges", len(topo.Exchanges), "queues", len(topo.Queues), "bindings", len(topo.Bindings),
 		"messages", messages, "in_memory", inMemory, "took", time.Since(start).Round(time.Millisecond))
 	return nil
 }

@@ -1,4 +1,4 @@
-package server
+package broker
 
 import (
 	"time"
@@ -10,27 +10,27 @@ import (
 
 // onDropped is a queue's hook for entries leaving without an ack: their durable copies are
 // removed and, unless purged, they are dead-lettered when the queue has a dead-letter exchange.
-func (v *vhost) onDropped(qs *queueState) func(*queue.Queue, []*queue.Entry, queue.Reason) {
+func (v *VHost) onDropped(qs *Queue) func(*queue.Queue, []*queue.Entry, queue.Reason) {
 	return func(_ *queue.Queue, es []*queue.Entry, why queue.Reason) { v.dropped(qs, es, why) }
 }
 
 // dropped dead-letters entries a queue let go (expired, over a limit, rejected, refused by a
 // reject-publish-dlx queue), or drops them when the queue has no dead-letter exchange or they
 // were purged.
-func (v *vhost) dropped(qs *queueState, es []*queue.Entry, why queue.Reason) {
+func (v *VHost) dropped(qs *Queue, es []*queue.Entry, why queue.Reason) {
 	if dl := qs.dl.Load(); why != queue.Purged && dl != nil {
 		v.deadLetter(qs, dl, es, why)
 		return
 	}
 	if why == queue.DeliveryLimit {
-		v.srv.log.Info("message over delivery limit dropped (no dead-letter exchange)", "queue", qs.name, "vhost", v.name, "count", len(es))
+		v.b.log.Info("message over delivery limit dropped (no dead-letter exchange)", "queue", qs.name, "vhost", v.name, "count", len(es))
 	}
 	v.removeDurable(qs, es, nil)
 }
 
 // removeDurable deletes the disk copies of entries (appending to batch when given).
-func (v *vhost) removeDurable(qs *queueState, es []*queue.Entry, batch *persistence.Batch) {
-	if v.srv.store == nil || qs.deleted.Load() {
+func (v *VHost) removeDurable(qs *Queue, es []*queue.Entry, batch *persistence.Batch) {
+	if v.b.store == nil || qs.deleted.Load() {
 		return // a deleted queue's entries go with store.DeleteQueue
 	}
 	var removes []persistence.Entry
@@ -46,27 +46,27 @@ func (v *vhost) removeDurable(qs *queueState, es []*queue.Entry, batch *persiste
 		batch.Removes = append(batch.Removes, removes...)
 		return
 	}
-	v.srv.store.Submit(&persistence.Batch{Removes: removes}, nil)
+	v.b.store.Submit(&persistence.Batch{Removes: removes}, nil)
 }
 
 // deadLetter republishes entries through the queue's dead-letter exchange with RabbitMQ's x-death
 // bookkeeping. The new copies and the removal of the old ones are one store batch.
-func (v *vhost) deadLetter(qs *queueState, dl *dlConfig, es []*queue.Entry, why queue.Reason) {
+func (v *VHost) deadLetter(qs *Queue, dl *dlConfig, es []*queue.Entry, why queue.Reason) {
 	v.mu.RLock()
 	dlx := v.exchanges[dl.exchange]
 	v.mu.RUnlock()
 	var batch persistence.Batch
 	type pending struct {
 		msg     *queue.Message
-		targets []*queueState
+		targets []*Queue
 	}
 	var out []pending
-	var rb routeBuf
+	var rb RouteBuf
 	if dlx != nil {
 		for _, e := range es {
-			msg, err := deadLetterMessage(v.srv.nextMessageID(), e.Msg, qs.name, dl, why)
+			msg, err := deadLetterMessage(v.b.NextMessageID(), e.Msg, qs.name, dl, why)
 			if err != nil {
-				v.srv.log.Warn("cannot dead-letter message with malformed header", "queue", qs.name, "err", err)
+				v.b.log.Warn("cannot dead-letter message with malformed header", "queue", qs.name, "err", err)
 				continue
 			}
 			keys := deathKeys(e.Msg)
@@ -75,7 +75,7 @@ func (v *vhost) deadLetter(qs *queueState, dl *dlConfig, es []*queue.Entry, why 
 			}
 			msg.RoutingKey = keys[0]
 			targets := v.routeKeys(dlx, keys, scanHeaders(msg.Header), &rb)
-			var keep []*queueState
+			var keep []*Queue
 			for _, t := range targets {
 				// A message expiring back into its own queue would cycle forever; RabbitMQ drops it.
 				if t == qs && why != queue.Rejected {
@@ -94,8 +94,8 @@ func (v *vhost) deadLetter(qs *queueState, dl *dlConfig, es []*queue.Entry, why 
 	for i, p := range out {
 		ps[i] = v.prepare(p.msg, p.targets, &batch, nil)
 	}
-	if v.srv.store != nil && (len(batch.Publishes) > 0 || len(batch.Removes) > 0) {
-		v.srv.store.Submit(&batch, nil)
+	if v.b.store != nil && (len(batch.Publishes) > 0 || len(batch.Removes) > 0) {
+		v.b.store.Submit(&batch, nil)
 	}
 	for _, p := range ps {
 		v.push(p, false)

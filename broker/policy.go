@@ -1,19 +1,46 @@
-package server
+package broker
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"math"
 	"regexp"
+	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"warren/amqp"
 	"warren/queue"
 )
 
-// policy is a compiled Policy. Numeric fields are -1 when the policy does not set them.
-type policy struct {
+// PolicyDef is a RabbitMQ policy as configured: Definition applies to the queues and/or
+// exchanges of VHost whose names match Pattern; of several matching policies the one with the
+// highest Priority wins.
+type PolicyDef struct {
+	Name, VHost, Pattern string
+	ApplyTo              string // all (default), queues, exchanges, classic_queues, quorum_queues
+	Priority             int
+	Definition           map[string]any // message-ttl, max-length, dead-letter-exchange, ...
+}
+
+// KeyError is an invalid setting, named by its configuration key (for example
+// "policies[2].definition.max-length"), so that callers can point at the line.
+type KeyError struct {
+	Key string
+	Err error
+}
+
+func (e *KeyError) Error() string { return e.Key + ": " + e.Err.Error() }
+func (e *KeyError) Unwrap() error { return e.Err }
+
+func keyErr(key string, format string, a ...any) *KeyError {
+	return &KeyError{Key: key, Err: fmt.Errorf(format, a...)}
+}
+
+// Policy is a compiled PolicyDef. Numeric fields are -1 when the policy does not set them.
+type Policy struct {
 	name     string
 	re       *regexp.Regexp
 	applyTo  string
@@ -39,10 +66,10 @@ var ignoredPolicyKeys = map[string]bool{
 
 var policyApplyTo = map[string]bool{"all": true, "queues": true, "exchanges": true, "classic_queues": true, "quorum_queues": true, "streams": true}
 
-// compilePolicy validates a policy as RabbitMQ's rabbit_policies does and returns warnings for
-// keys that are accepted but ignored.
-func compilePolicy(key string, p Policy) (*policy, []string, error) {
-	cp := &policy{
+// CompilePolicy validates a policy as RabbitMQ's rabbit_policies does and returns warnings for
+// keys that are accepted but ignored. Errors are *KeyError under key (the policy's own key).
+func CompilePolicy(key string, p PolicyDef) (*Policy, []string, error) {
+	cp := &Policy{
 		name: p.Name, applyTo: p.ApplyTo, priority: p.Priority,
 		messageTTL: -1, expires: -1, maxLength: -1, maxLengthBytes: -1, deliveryLimit: -1,
 		redeliveryDelay: -1, redeliveryMaxDelay: -1,
@@ -170,9 +197,23 @@ func policyFloat(v any) (float64, bool) {
 	return float64(i), ok
 }
 
+// SortPolicies orders a vhost's policies as matching wants them: highest priority first, then
+// by name.
+func SortPolicies(ps []*Policy) {
+	slices.SortStableFunc(ps, func(a, b *Policy) int {
+		if c := cmp.Compare(b.priority, a.priority); c != 0 {
+			return c
+		}
+		return strings.Compare(a.name, b.name)
+	})
+}
+
+// Name is the policy's name.
+func (p *Policy) Name() string { return p.name }
+
 // matchQueue returns the policy that applies to a queue: of the matching ones, the highest
 // priority (then the first by name). RabbitMQ applies one policy at a time; so does Warren.
-func matchQueue(ps []*policy, name string, quorum bool) *policy {
+func matchQueue(ps []*Policy, name string, quorum bool) *Policy {
 	for _, p := range ps {
 		switch p.applyTo {
 		case "exchanges", "streams":
@@ -193,7 +234,7 @@ func matchQueue(ps []*policy, name string, quorum bool) *policy {
 	return nil
 }
 
-func matchExchange(ps []*policy, name string) *policy {
+func matchExchange(ps []*Policy, name string) *Policy {
 	for _, p := range ps {
 		if (p.applyTo == "all" || p.applyTo == "exchanges") && p.re.MatchString(name) {
 			return p
@@ -220,7 +261,7 @@ type effective struct {
 // message-ttl, expires, max-length, max-length-bytes and delivery-limit the lower value wins; for
 // dead-letter-exchange, dead-letter-routing-key and overflow (and Warren's redelivery settings) the
 // argument wins.
-func combine(spec queueSpec, args amqp.Table, p *policy) effective {
+func combine(spec queueSpec, args amqp.Table, p *Policy) effective {
 	e := effective{opts: spec.opts, expires: spec.expires}
 	if spec.hasDLX {
 		e.dl = &dlConfig{exchange: spec.dlx, routingKey: spec.dlrk}
@@ -270,12 +311,12 @@ func combine(spec queueSpec, args amqp.Table, p *policy) effective {
 }
 
 // effectiveLocked is a queue's settings under the vhost's current policies; call with v.mu held.
-func (v *vhost) effectiveLocked(name string, spec queueSpec, args amqp.Table) effective {
+func (v *VHost) effectiveLocked(name string, spec queueSpec, args amqp.Table) effective {
 	return combine(spec, args, matchQueue(v.policies, name, spec.quorum))
 }
 
 // alternateLocked is an exchange's effective alternate exchange: the argument wins over a policy.
-func (v *vhost) alternateLocked(ex *exchangeState) string {
+func (v *VHost) alternateLocked(ex *Exchange) string {
 	if ae, ok := ex.args["alternate-exchange"].(string); ok {
 		return ae
 	}
@@ -290,18 +331,16 @@ func (v *vhost) alternateLocked(ex *exchangeState) string {
 
 // setPolicies installs a vhost's policies and re-applies them to every queue and exchange, as
 // RabbitMQ does when a policy is set, changed or cleared.
-func (v *vhost) setPolicies(ps []*policy) {
+func (v *VHost) setPolicies(ps []*Policy) {
 	type change struct {
-		qs   *queueState
+		qs   *Queue
 		opts queue.Options
 	}
 	var changes []change
 	v.mu.Lock()
 	v.policies = ps
 	for _, ex := range v.exchanges {
-		if ex.router != nil {
-			ex.alternate = v.alternateLocked(ex)
-		}
+		ex.alternate = v.alternateLocked(ex)
 	}
 	for _, qs := range v.queues {
 		e := v.effectiveLocked(qs.name, qs.spec, qs.args)

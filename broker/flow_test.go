@@ -1,4 +1,4 @@
-package server
+package broker
 
 import (
 	"sync"
@@ -31,13 +31,13 @@ func (c *creditConsumer) grant(n int) {
 	c.mu.Unlock()
 }
 
-func backloggedQueue(t *testing.T, n int) *queueState {
+func backloggedQueue(t *testing.T, n int) *Queue {
 	t.Helper()
 	q := queue.New("q", queue.NoLimits(), queue.Hooks{})
 	for i := 0; i < n; i++ {
 		q.Push(q.NewEntry(q.NextSeq(), &queue.Message{}))
 	}
-	return &queueState{name: "q", q: q}
+	return &Queue{name: "q", q: q}
 }
 
 // returnsSoon runs f and fails if it has not returned within a minute (it would hang otherwise).
@@ -108,9 +108,7 @@ func TestFlowHighFor(t *testing.T) {
 		{1_000_000, true, 50_000},
 		{4096, false, flowHigh}, // no store: no window to stay in
 	} {
-		cfg := DefaultConfig()
-		cfg.MaxRAMMessages = tc.window
-		if got := flowHighFor(cfg, tc.paging); got != tc.want {
+		if got := flowHighFor(tc.window, tc.paging); got != tc.want {
 			t.Errorf("window %d paging %v: %d, want %d", tc.window, tc.paging, got, tc.want)
 		}
 	}

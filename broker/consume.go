@@ -1,0 +1,182 @@
+package broker
+
+import (
+	"warren/amqp"
+	"warren/persistence"
+	"warren/queue"
+)
+
+// Consumer is a subscription's delivery sink, implemented by a front end (an AMQP channel's
+// consumer). Deliver is called by the queue with its lock held (see queue.Consumer).
+type Consumer interface {
+	queue.Consumer
+	// QueueDeleted tells the consumer its queue is gone; it is already removed from the queue.
+	// Called without broker locks.
+	QueueDeleted()
+}
+
+// Consume registers c on the named queue for a, checking atomically that the queue exists, that
+// a may use it, and that no exclusive consumer holds it (or, for an exclusive consumer, that it
+// has no consumer). started runs once the registration is decided and before c can receive
+// anything (the front end sends consume-ok there). If the queue is deleted in between, c is told
+// with QueueDeleted.
+func (v *VHost) Consume(a Actor, name string, c Consumer, exclusive bool, started func(*Queue)) (*Queue, *amqp.Error) {
+	if err := a.authorize(PermRead, ResQueue, name); err != nil {
+		return nil, err
+	}
+	v.mu.Lock()
+	qs, err := v.lookupQueue(a, name)
+	if err != nil {
+		v.mu.Unlock()
+		return nil, err
+	}
+	if qs.exclusiveConsumer || (exclusive && qs.consumers > 0) {
+		v.mu.Unlock()
+		return nil, amqp.Errorf(amqp.AccessRefused, "queue '%s' in vhost '%s' in exclusive use", qs.name, v.name)
+	}
+	qs.consumers++
+	qs.hadConsumer = true
+	if exclusive {
+		qs.exclusiveConsumer = true
+	}
+	if qs.expiryTimer != nil {
+		qs.expiryTimer.Stop()
+	}
+	v.mu.Unlock()
+	if started != nil {
+		started(qs)
+	}
+	if !qs.q.AddConsumer(c) {
+		// Deleted since the check: the consumer never existed for the queue.
+		v.ConsumerRemoved(qs, exclusive)
+		c.QueueDeleted()
+	}
+	return qs, nil
+}
+
+// Cancel removes a consumer from its queue and releases what it held of the queue (exclusive
+// use, the auto-delete and x-expires counts).
+func (v *VHost) Cancel(qs *Queue, c Consumer, exclusive bool) {
+	qs.q.RemoveConsumer(c)
+	v.ConsumerRemoved(qs, exclusive)
+}
+
+// ConsumerRemoved releases a consumer's hold on the queue after the front end removed it from
+// qs.Q() itself (channel shutdown removes every consumer first, then requeues, then releases):
+// an auto-delete queue whose last consumer went is deleted.
+func (v *VHost) ConsumerRemoved(qs *Queue, exclusive bool) {
+	v.mu.Lock()
+	qs.consumers--
+	if exclusive {
+		qs.exclusiveConsumer = false
+	}
+	if qs.deleted.Load() {
+		v.mu.Unlock()
+		return
+	}
+	if qs.consumers == 0 && qs.autoDelete && qs.hadConsumer {
+		v.removeQueueLocked(qs)
+		v.mu.Unlock()
+		v.finishQueueRemoval(qs)
+		return
+	}
+	v.touchLocked(qs)
+	v.mu.Unlock()
+}
+
+// Get implements basic.get for a: the queue's head, or ok false when it has none.
+func (v *VHost) Get(a Actor, name string, noAck bool) (qs *Queue, e *queue.Entry, remaining int, ok bool, err *amqp.Error) {
+	if err := a.authorize(PermRead, ResQueue, name); err != nil {
+		return nil, nil, 0, false, err
+	}
+	qs, err = v.Queue(a, name)
+	if err != nil {
+		return nil, nil, 0, false, err
+	}
+	v.touch(qs)
+	e, remaining, ok = qs.q.Get(noAck)
+	return qs, e, remaining, ok, nil
+}
+
+// Delivered records a delivery of a durable entry on disk (so that it comes back redelivered
+// after a restart) or, for a no-ack delivery, that it is gone. deliveries is the entry's count of
+// deliveries before this one. Front ends call it after handing the entry to their client.
+func (qs *Queue) Delivered(e *queue.Entry, deliveries uint32, noAck bool) {
+	if !e.Durable {
+		return
+	}
+	store := qs.v.b.store
+	ent := qs.diskEntry(e)
+	if noAck {
+		store.Submit(&persistence.Batch{Removes: []persistence.Entry{ent}}, nil)
+		return
+	}
+	if deliveries == 0 || qs.q.Options().DeliveryLimit >= 0 {
+		store.Submit(&persistence.Batch{Deliveries: []persistence.DeliveryMark{{Entry: ent, Count: deliveries + 1}}}, nil)
+	}
+}
+
+// DeliveryHeader is the content header to send: the publisher's bytes verbatim, except that
+// quorum-style queues add x-delivery-count to redeliveries, as RabbitMQ does.
+func (qs *Queue) DeliveryHeader(e *queue.Entry) []byte {
+	if e.Returns == 0 || (!qs.spec.quorum && qs.q.Options().DeliveryLimit < 0) {
+		return e.Msg.Header
+	}
+	h, err := amqp.DecodeContentHeader(e.Msg.Header)
+	if err != nil {
+		return e.Msg.Header
+	}
+	headers := make(amqp.Table, len(h.Props.Headers)+1)
+	for k, v := range h.Props.Headers {
+		headers[k] = v
+	}
+	headers["x-delivery-count"] = int64(e.Returns)
+	h.Props.Headers = headers
+	return amqp.AppendContentHeader(nil, h.ClassID, h.BodySize, &h.Props)
+}
+
+// Settlement is what an ack-like method does with deliveries.
+type Settlement uint8
+
+// The three ways to settle a delivery.
+const (
+	Ack     Settlement = iota // basic.ack: gone for good
+	Reject                    // reject/nack without requeue: dead-lettered or dropped
+	Requeue                   // reject/nack with requeue, recover, channel close
+)
+
+// Settle settles es, deliveries of qs: the queue is told (returning credit, requeueing or
+// dead-lettering) and the durable copies of acked entries are removed - added to batch when it
+// is not nil (a transaction, whose caller submits it), else submitted now.
+func (qs *Queue) Settle(kind Settlement, es []*queue.Entry, batch *persistence.Batch) {
+	switch kind {
+	case Ack:
+		qs.q.Ack(len(es))
+		qs.removeAcked(es, batch)
+	case Reject:
+		qs.q.Reject(es)
+	default:
+		qs.q.Requeue(es)
+	}
+}
+
+// removeAcked removes the durable copies of acked entries (see Settle).
+func (qs *Queue) removeAcked(es []*queue.Entry, batch *persistence.Batch) {
+	if qs.deleted.Load() || qs.v.b.store == nil { // a deleted queue's entries went with store.DeleteQueue
+		return
+	}
+	var removes []persistence.Entry
+	for _, e := range es {
+		if e.Durable {
+			removes = append(removes, qs.diskEntry(e))
+		}
+	}
+	if len(removes) == 0 {
+		return
+	}
+	if batch != nil {
+		batch.Removes = append(batch.Removes, removes...)
+		return
+	}
+	qs.v.b.store.Submit(&persistence.Batch{Removes: removes}, nil)
+}

@@ -1,0 +1,275 @@
+package broker
+
+import (
+	"fmt"
+	"strconv"
+
+	"warren/amqp"
+	"warren/persistence"
+	"warren/queue"
+)
+
+// Publisher is one front-end publisher's state in the core: its routing scratch space and its
+// reusable entry buffer. One goroutine uses it at a time (an AMQP connection's reader).
+type Publisher struct {
+	v        *VHost
+	rb       RouteBuf
+	entryBuf []*queue.Entry
+	count    uint64 // publishes, for Flow
+}
+
+// NewPublisher returns a publisher into v.
+func (v *VHost) NewPublisher() *Publisher { return &Publisher{v: v} }
+
+// NewMessage builds a message to publish through ex: the header is the content header's raw
+// bytes (kept and sent verbatim), sum its scan. An invalid expiration property is RabbitMQ's 406.
+func (b *Broker) NewMessage(ex *Exchange, routingKey string, header []byte, sum *amqp.HeaderSummary, body []byte) (*queue.Message, *amqp.Error) {
+	msg := &queue.Message{
+		ID:         b.NextMessageID(),
+		Exchange:   ex.name,
+		RoutingKey: routingKey,
+		Header:     header,
+		Body:       body,
+		Persistent: sum.DeliveryMode == 2,
+	}
+	if sum.Expiration != "" {
+		ms, err := strconv.ParseInt(sum.Expiration, 10, 64)
+		if err != nil || ms < 0 {
+			detail := "no_integer"
+			if err == nil {
+				detail = fmt.Sprintf("{value_negative,%d}", ms)
+			}
+			return nil, amqp.Errorf(amqp.PreconditionFailed, "invalid expiration '%s': %s", sum.Expiration, detail)
+		}
+		msg.ExpiresAt = expiresAfter(ms)
+	}
+	return msg, nil
+}
+
+// PublishResult says what became of a publish.
+type PublishResult struct {
+	Routed  bool // reached at least one queue
+	Refused bool // a queue refused it (reject-publish overflow): a confirm is a nack
+	// OnDisk: its durable copy is being written; done runs once it is synced (or failed).
+	OnDisk bool
+}
+
+// Publish routes msg from ex (headersRaw: the raw headers table of the content header, for
+// headers exchanges and sender-selected distribution) and enqueues it. done, when not nil, runs
+// once the durable copy is synced, only when the result says OnDisk.
+func (p *Publisher) Publish(ex *Exchange, msg *queue.Message, headersRaw []byte, done func(error)) (PublishResult, []*Queue) {
+	v := p.v
+	targets := v.route(ex, msg.RoutingKey, headersRaw, &p.rb)
+	if mayHaveSenderKeys(headersRaw) {
+		targets = v.senderSelected(ex, msg, headersRaw, &p.rb)
+	}
+	if len(targets) == 0 {
+		return PublishResult{}, nil
+	}
+	refused, onDisk := v.enqueue(msg, targets, done, &p.entryBuf)
+	return PublishResult{Routed: true, Refused: refused, OnDisk: onDisk}, targets
+}
+
+// senderSelected routes a message by its routing key plus its CC and BCC keys, and strips BCC
+// from the message, as RabbitMQ does.
+func (v *VHost) senderSelected(ex *Exchange, msg *queue.Message, headersRaw []byte, rb *RouteBuf) []*Queue {
+	h, _, err := amqp.DecodeTable(headersRaw)
+	if err != nil {
+		return v.route(ex, msg.RoutingKey, headersRaw, rb)
+	}
+	cc, bcc := senderKeys(h)
+	keys := append(append([]string{msg.RoutingKey}, cc...), bcc...)
+	targets := v.routeKeys(ex, keys, headersRaw, rb)
+	if _, ok := h["BCC"]; ok {
+		if full, err := amqp.DecodeContentHeader(msg.Header); err == nil {
+			delete(full.Props.Headers, "BCC")
+			msg.Header = amqp.AppendContentHeader(nil, full.ClassID, full.BodySize, &full.Props)
+		}
+	}
+	return targets
+}
+
+// needsDisk reports whether a publish writes to the store (then its confirm waits for the sync).
+func needsDisk(msg *queue.Message, targets []*Queue) bool {
+	if !msg.Persistent {
+		return false
+	}
+	for _, qs := range targets {
+		if qs.durable {
+			return true
+		}
+	}
+	return false
+}
+
+// prepared is a message with its entries built for each target queue, not yet visible.
+type prepared struct {
+	msg     *queue.Message
+	targets []*Queue
+	entries []*queue.Entry
+}
+
+// prepare builds entries for msg in targets and adds the persistent copy for durable queues to
+// batch. Entries become visible only in push, after the batch was submitted, so a consumer's ack
+// can never reach the journal before the publish it removes. The entries go into scratch's
+// backing array when it is large enough (the caller's reusable buffer), else a new one.
+func (v *VHost) prepare(msg *queue.Message, targets []*Queue, batch *persistence.Batch, scratch []*queue.Entry) prepared {
+	if cap(scratch) < len(targets) {
+		scratch = make([]*queue.Entry, len(targets))
+	}
+	p := prepared{msg: msg, targets: targets, entries: scratch[:len(targets)]}
+	// Sequence numbers are never reused: a queue's restart continues after the stored ones,
+	// and a queue declared again after a delete waits until the store has dropped the old
+	// entries (VHost.deleting).
+	pub := persistence.Publish{NewEntries: true}
+	for i, qs := range targets {
+		e := qs.q.NewEntry(qs.q.NextSeq(), msg)
+		if msg.Persistent && qs.durable {
+			e.Durable = true
+			pub.Entries = append(pub.Entries, persistence.Entry{Queue: qs.ref(), Seq: e.Seq, MsgID: msg.ID, ExpiresAt: e.ExpiresAt})
+		}
+		p.entries[i] = e
+	}
+	if len(pub.Entries) > 1 {
+		for _, e := range p.entries {
+			e.SharedOnDisk = e.Durable
+		}
+	}
+	if len(pub.Entries) > 0 {
+		pub.Msg = storedMessage(msg)
+		batch.Publishes = append(batch.Publishes, pub)
+	}
+	return p
+}
+
+// push makes prepared entries visible and reports whether any queue refused the message
+// (a full queue with a reject-publish overflow policy). A publisher (not dead-lettering,
+// which may run on the store's reader) waits while a capped queue drops its paged-out head.
+func (v *VHost) push(p prepared, publisher bool) bool {
+	refused := false
+	for i, qs := range p.targets {
+		switch qs.q.Push(p.entries[i]) {
+		case queue.Enqueued:
+			if publisher {
+				qs.q.AwaitLimits()
+			}
+			continue
+		case queue.RefusedDeadLetter:
+			v.dropped(qs, p.entries[i:i+1], queue.MaxLen)
+		default:
+			v.removeDurable(qs, p.entries[i:i+1], nil)
+		}
+		refused = true
+	}
+	return refused
+}
+
+// enqueue delivers msg to targets; done (may be nil) runs once its durable copy is synced,
+// which onDisk reports is needed. scratch is a buffer for the entries, reused across calls by
+// one goroutine.
+func (v *VHost) enqueue(msg *queue.Message, targets []*Queue, done func(error), scratch *[]*queue.Entry) (refused, onDisk bool) {
+	var batch *persistence.Batch // only persistent messages for durable queues need one
+	if onDisk = needsDisk(msg, targets); onDisk {
+		batch = &persistence.Batch{}
+	}
+	p := v.prepare(msg, targets, batch, *scratch)
+	if onDisk {
+		v.b.store.Submit(batch, done)
+	}
+	refused = v.push(p, true)
+	clear(p.entries) // the queues own the entries now; drop our references
+	*scratch = p.entries[:0]
+	return refused, onDisk
+}
+
+// Txn collects a transaction's publishes and settlements; Commit applies them atomically.
+type Txn struct {
+	v         *VHost
+	publishes []txPublish
+	settles   []txSettle
+}
+
+type txPublish struct {
+	ex        *Exchange
+	msg       *queue.Message
+	mandatory bool
+}
+
+type txSettle struct {
+	kind Settlement
+	qs   *Queue
+	es   []*queue.Entry
+}
+
+// NewTxn starts a transaction on v.
+func (v *VHost) NewTxn() *Txn { return &Txn{v: v} }
+
+// Publish adds a publish to the transaction; it is routed at commit.
+func (t *Txn) Publish(ex *Exchange, msg *queue.Message, mandatory bool) {
+	t.publishes = append(t.publishes, txPublish{ex: ex, msg: msg, mandatory: mandatory})
+}
+
+// Settle adds a settlement of deliveries of qs to the transaction (es is kept).
+func (t *Txn) Settle(kind Settlement, qs *Queue, es []*queue.Entry) {
+	t.settles = append(t.settles, txSettle{kind: kind, qs: qs, es: es})
+}
+
+// Commit routes the publishes, writes them and the acks' removals as one atomic store batch and
+// waits for it to be synced; only then does anything become visible: messages enter their queues
+// and the settlements reach their queues. unroutable is called (before anything is visible) for
+// each mandatory publish that reached no queue. On a store failure nothing is applied and the error is
+// returned: the front end must not acknowledge the commit (RabbitMQ's 541), and the deliveries it
+// settled are still its unacked ones. Either way the transaction is empty afterwards.
+func (t *Txn) Commit(unroutable func(*queue.Message)) error {
+	v := t.v
+	var batch persistence.Batch
+	var pubs []prepared
+	var rb RouteBuf
+	for _, p := range t.publishes {
+		targets := v.route(p.ex, p.msg.RoutingKey, scanHeaders(p.msg.Header), &rb)
+		if len(targets) == 0 {
+			if p.mandatory && unroutable != nil {
+				unroutable(p.msg)
+			}
+			continue
+		}
+		pubs = append(pubs, v.prepare(p.msg, append([]*Queue(nil), targets...), &batch, nil))
+	}
+	for _, s := range t.settles {
+		if s.kind == Ack {
+			s.qs.removeAcked(s.es, &batch)
+		}
+	}
+	settles := t.settles
+	t.publishes, t.settles = nil, nil
+	if v.b.store != nil && (len(batch.Publishes) > 0 || len(batch.Removes) > 0) {
+		if err := v.b.store.Commit(&batch); err != nil {
+			return fmt.Errorf("tx.commit: store write failed: %w", err)
+		}
+	}
+	for _, p := range pubs {
+		v.push(p, true)
+	}
+	for _, x := range settles {
+		switch x.kind {
+		case Ack:
+			x.qs.q.Ack(len(x.es))
+		case Reject:
+			x.qs.q.Reject(x.es)
+		default:
+			x.qs.q.Requeue(x.es)
+		}
+	}
+	return nil
+}
+
+// Rollback discards the transaction's publishes and settlements.
+func (t *Txn) Rollback() { t.publishes, t.settles = nil, nil }
+
+func scanHeaders(header []byte) []byte {
+	sum, err := amqp.ScanContentHeader(header)
+	if err != nil {
+		return nil
+	}
+	return sum.HeadersRaw
+}
