@@ -1,0 +1,70 @@
+// Package broker is Warren's core: the vhosts with their exchanges, queues and bindings,
+// routing, the publish pipeline, dead-lettering, policies, restoring durable state at start-up,
+// paging queues through the store, and every promise the store relies on.
+//
+// Front ends drive it. The AMQP server (package server) is one; the management API is another,
+// and a cluster peer will be a third. None of them needs a connection to do what a channel does:
+// declare, bind, publish (Publisher, Txn), consume (Consume with a Consumer sink), get, ack
+// (Queue.Settle), purge and delete all take an Actor - who acts, as an owner id for exclusive
+// queues and an Authorizer for permissions - and answer with RabbitMQ's *amqp.Error.
+//
+// # Promises made to persistence
+//
+//   - Sequence numbers are fresh: a queue's restart continues after its stored entries, and a
+//     durable queue declared again after a delete waits (VHost.deleting) until the store has
+//     dropped the old entries, which share the new queue's first sequence numbers.
+//     persistence.Publish.NewEntries relies on it.
+//   - An entry's SoleRef flag (Entry.SharedOnDisk false) is right: set at publish when the
+//     message went to one durable queue, read back from the index otherwise.
+//   - A publish is submitted before its entries become visible (prepare, then push), so an ack
+//     can never reach the journal before the publish it removes.
+//   - Nothing is journalled for a deleted queue (its entries go with store.DeleteQueue): acks,
+//     rejects and page drops of a deleted queue write nothing, or they would delete the entries
+//     of a queue declared again under the name.
+//
+// # Goroutines
+//
+// The core starts none of its own. Its code runs on the goroutines of its callers and of the
+// timers and store it uses:
+//
+//   - per AMQP connection (package server): one reader goroutine that runs the handshake, reads
+//     frames and runs every method of every channel of the connection, publishes included; and
+//     one writer goroutine while there is something to write. Heartbeats are a timer. Channels
+//     have no goroutine of their own.
+//   - per queue: none. TTL expiry and delayed redelivery run on a time.AfterFunc timer of the
+//     queue (package queue), x-expires on a timer of the vhost.
+//   - the store (package persistence): one journal goroutine that commits every write in
+//     groups, one reader goroutine for read-aheads (a paged queue's pagedIn callback, and the
+//     pushes and dead-letterings it causes, run there), value-log GC and trim loops.
+//
+// Deliveries (Consumer.Deliver) run on whichever goroutine made messages deliverable: a
+// publisher's reader, a consumer's reader acking (credit), a writer that drained (kick), a queue
+// timer, the store's reader.
+//
+// # Lock order
+//
+// A lock may be taken while holding only locks listed above it:
+//
+//	Broker.vhMu        the vhost table (read: VHost; write: SetVHosts)
+//	VHost.mu           exchanges, queues, bindings, policies, queue ownership and consumer
+//	                   counts, deleting
+//	queue.Queue.mu     one queue's messages and consumers (package queue)
+//	channel.mu         a channel's consumers, unacked deliveries and prefetch (package server;
+//	                   taken by Consumer.Deliver under queue.Queue.mu)
+//	confirmTracker.mu  a channel's publisher confirms (package server)
+//	writer.mu          a connection's output buffer (package server)
+//	persistence        the journal's queue (Store.Submit): a leaf, taken under any of the above
+//
+// What may run under which lock:
+//
+//   - Under VHost.mu: map and router changes, queue.Queue calls that do not deliver (Counts,
+//     Options, New), and store *submissions* (Submit, the *Async topology writes), which fix
+//     the journal order. Never a wait for the store: a durable declare, bind, unbind or delete
+//     submits under the lock and waits for the sync after releasing it, so one durable declare
+//     never stalls the routing of every publisher of the vhost. Never a delivery: a consumer is
+//     added to its queue (which delivers) after VHost.mu is released.
+//   - Under queue.Queue.mu: the queue's own state and Consumer.Deliver; hooks (Dropped, and
+//     so dead-lettering, which takes VHost.mu) are emitted after the lock is released.
+//   - Waiting for the store (Txn.Commit, Store.Commit, DeleteQueue, AwaitRoom, flow control's
+//     AwaitDrain) happens with no lock of this list held.
+package broker
