@@ -382,7 +382,8 @@ func TestNoGoroutineLeakTwoBrokers(t *testing.T) {
 }
 
 // BenchmarkStart measures starting an in-memory broker until it accepts AMQP connections, and
-// closing it. heap-B/broker is the live heap an idle broker holds (measured on 20 brokers).
+// closing it. heap-B/broker and stack-B/broker are the live heap and the goroutine stacks an idle
+// broker holds (averaged over 20 brokers).
 func BenchmarkStart(b *testing.B) {
 	for b.Loop() {
 		br, err := embedded.Start(embedded.Options{})
@@ -394,7 +395,27 @@ func BenchmarkStart(b *testing.B) {
 		}
 	}
 	b.StopTimer()
-	b.ReportMetric(idleHeap(b, 20), "heap-B/broker")
+	heap, stack := idleMemory(b, 20, func() string { return "" })
+	b.ReportMetric(heap, "heap-B/broker")
+	b.ReportMetric(stack, "stack-B/broker")
+}
+
+// BenchmarkStartDataDir is BenchmarkStart with a store: an empty data directory opened, restored
+// and closed each time.
+func BenchmarkStartDataDir(b *testing.B) {
+	for b.Loop() {
+		br, err := embedded.Start(embedded.Options{DataDir: b.TempDir()})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := br.Close(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	heap, stack := idleMemory(b, 5, b.TempDir)
+	b.ReportMetric(heap, "heap-B/broker")
+	b.ReportMetric(stack, "stack-B/broker")
 }
 
 // BenchmarkStartToFirstConnection measures what a test waits for: from Start until an amqp091-go
@@ -419,15 +440,16 @@ func BenchmarkStartToFirstConnection(b *testing.B) {
 	}
 }
 
-// idleHeap is the average growth of the live heap when n idle in-memory brokers run.
-func idleHeap(b *testing.B, n int) float64 {
+// idleMemory is the average growth of the live heap and of goroutine stacks while n idle brokers
+// run, each with the data directory dir returns.
+func idleMemory(b *testing.B, n int, dir func() string) (heap, stack float64) {
 	var before, after runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
 	brokers := make([]*embedded.Broker, n)
 	for i := range brokers {
 		var err error
-		if brokers[i], err = embedded.Start(embedded.Options{}); err != nil {
+		if brokers[i], err = embedded.Start(embedded.Options{DataDir: dir()}); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -436,5 +458,6 @@ func idleHeap(b *testing.B, n int) float64 {
 	for _, br := range brokers {
 		_ = br.Close()
 	}
-	return float64(after.HeapAlloc-before.HeapAlloc) / float64(n)
+	return float64(int64(after.HeapAlloc)-int64(before.HeapAlloc)) / float64(n),
+		float64(int64(after.StackInuse)-int64(before.StackInuse)) / float64(n)
 }
