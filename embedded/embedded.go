@@ -24,6 +24,12 @@
 // A broker has RabbitMQ's defaults: user guest (password guest) with full permissions on the
 // vhost "/", allowed from loopback addresses only. Users, vhosts, permissions, policies and the
 // topology to declare at start-up are typed values in Options.
+//
+// The broker shares its process with the program that embeds it, so its memory alarm (publishers
+// are blocked above 40% of the machine's RAM, as in RabbitMQ) counts the whole process's memory;
+// set server.Config.MemoryLimit through Options.Configure to choose another threshold.
+//
+// Loading a configuration file is not part of this package yet.
 package embedded
 
 import (
