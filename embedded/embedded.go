@@ -1,7 +1,7 @@
 // Package embedded runs a Warren AMQP 0-9-1 broker inside a Go program or test: no Docker, no
-// daemon, no fixed port. A broker starts in about a millisecond when it keeps everything in memory,
-// listens on a free loopback port by default, and stops with Close, leaving no goroutines behind.
-// Several brokers can run in one process.
+// daemon, no fixed port. A broker that keeps everything in memory starts in well under a
+// millisecond, listens on a free loopback port by default, and stops with Close, leaving no
+// goroutines behind. Several brokers can run in one process.
 //
 // In a test, NewTestBroker starts a broker that is closed when the test ends, in the spirit of
 // net/http/httptest.NewServer:
