@@ -126,11 +126,7 @@ type Broker struct {
 // state, declares the configured topology and opens the listener. When Start returns without an
 // error the broker accepts connections; there is nothing to poll.
 func Start(opts Options) (*Broker, error) {
-	cfg, err := opts.serverConfig()
-	if err != nil {
-		return nil, err
-	}
-	srv, err := server.New(cfg)
+	srv, err := server.New(opts.serverConfig())
 	if err != nil {
 		return nil, fmt.Errorf("embedded: starting broker: %w", err)
 	}
@@ -142,8 +138,9 @@ func Start(opts Options) (*Broker, error) {
 	return &Broker{srv: srv, addr: srv.Addr().String()}, nil
 }
 
-// serverConfig turns opts into the broker's configuration.
-func (opts Options) serverConfig() (server.Config, error) {
+// serverConfig turns opts into the broker's configuration; server.New validates it, naming the
+// offending key (for example "queues[0].vhost").
+func (opts Options) serverConfig() server.Config {
 	cfg := server.DefaultConfig()
 	cfg.Listen = opts.Addr
 	if cfg.Listen == "" {
@@ -184,10 +181,7 @@ func (opts Options) serverConfig() (server.Config, error) {
 	if opts.Configure != nil {
 		opts.Configure(&cfg)
 	}
-	if err := cfg.Validate(); err != nil {
-		return server.Config{}, fmt.Errorf("embedded: invalid options: %w", err)
-	}
-	return cfg, nil
+	return cfg
 }
 
 // orRoot is vhost, or "/" when it is empty.
