@@ -5,17 +5,18 @@ package conformance
 import (
 	"flag"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"testing"
 
+	"warren/embedded"
 	"warren/server"
 )
 
 var maxRAMMessages = flag.Int("max-ram-messages", 0, "in-process Warren: queue.max_ram_messages (0 = the default); a small window runs the suite with queues paging to disk")
 
-// startWarren runs Warren in-process on a free loopback port with a throw-away data directory.
+// startWarren runs Warren in-process on a free loopback port with a throw-away data directory,
+// through the public package embedded, as any Go program would.
 func startWarren() (string, func(), error) { return startWarrenWith(nil) }
 
 // startWarrenWith is startWarren with a configuration change, for tests of Warren's own settings.
@@ -24,31 +25,29 @@ func startWarrenWith(mutate func(*server.Config)) (string, func(), error) {
 	if err != nil {
 		return "", nil, fmt.Errorf("temp dir: %w", err)
 	}
-	cfg := server.DefaultConfig()
-	cfg.Listen = "127.0.0.1:0"
-	cfg.DataDir = dir
-	if *maxRAMMessages > 0 {
-		cfg.MaxRAMMessages = *maxRAMMessages
+	opts := embedded.Options{
+		DataDir: dir,
+		Configure: func(c *server.Config) {
+			if *maxRAMMessages > 0 {
+				c.MaxRAMMessages = *maxRAMMessages
+			}
+			if mutate != nil {
+				mutate(c)
+			}
+		},
 	}
-	// Broker logs only clutter a passing run; show them with -v.
-	if !testing.Verbose() {
-		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	// Broker logs only clutter a passing run (embedded discards them by default); show them with -v.
+	if testing.Verbose() {
+		opts.Logger = slog.Default()
 	}
-	if mutate != nil {
-		mutate(&cfg)
-	}
-	srv, err := server.New(cfg)
+	b, err := embedded.Start(opts)
 	if err != nil {
 		os.RemoveAll(dir)
-		return "", nil, fmt.Errorf("server.New: %w", err)
-	}
-	if err := srv.Start(); err != nil {
-		os.RemoveAll(dir)
-		return "", nil, fmt.Errorf("server.Start: %w", err)
+		return "", nil, err
 	}
 	stop := func() {
-		srv.Close()
+		b.Close()
 		os.RemoveAll(dir)
 	}
-	return "amqp://guest:guest@" + srv.Addr().String() + "/", stop, nil
+	return b.URL(), stop, nil
 }

@@ -9,25 +9,14 @@ import (
 	"testing"
 	"time"
 
-	"warren/server"
+	"warren/embedded"
 )
 
-// startWarren runs a Warren broker in-process with its own data directory.
+// startWarren runs a Warren broker in-process with its own data directory (the pipeline relies on
+// durable queues and persistent messages) for the duration of the test.
 func startWarren(t *testing.T) string {
 	t.Helper()
-	cfg := server.DefaultConfig()
-	cfg.Listen = "127.0.0.1:0"
-	cfg.DataDir = t.TempDir()
-	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-	srv, err := server.New(cfg)
-	if err != nil {
-		t.Fatalf("server.New: %v", err)
-	}
-	if err := srv.Start(); err != nil {
-		t.Fatalf("server.Start: %v", err)
-	}
-	t.Cleanup(func() { _ = srv.Close() })
-	return "amqp://guest:guest@" + srv.Addr().String() + "/"
+	return embedded.NewTestBrokerWith(t, embedded.Options{DataDir: t.TempDir()}).URL()
 }
 
 func TestPipelineReconciles(t *testing.T) {
