@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 func TestMethodRoundTrip(t *testing.T) {
@@ -218,14 +219,28 @@ func TestStructDecodeWrongIDs(t *testing.T) {
 }
 
 func TestShortstrTruncatedTo255(t *testing.T) {
-	long := strings.Repeat("x", 300)
-	m := &ChannelClose{ReplyCode: 404, ReplyText: long}
-	got, err := DecodeMethod(m.Append(nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if txt := got.(*ChannelClose).ReplyText; txt != long[:255] {
-		t.Fatalf("reply text has %d bytes, want 255", len(txt))
+	for _, tc := range []struct {
+		name string
+		text string
+		want int // bytes kept
+	}{
+		{"ascii", strings.Repeat("x", 300), 255},
+		// 254 ASCII bytes then 2-byte characters: the character at 254-255 does not fit whole.
+		{"2-byte char across the cut", strings.Repeat("x", 254) + strings.Repeat("é", 10), 254},
+		{"3-byte chars", strings.Repeat("€", 100), 255},                    // 85 whole characters
+		{"4-byte char across the cut", "x" + strings.Repeat("😀", 80), 253}, // 1 + 63*4
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := &ChannelClose{ReplyCode: 404, ReplyText: tc.text}
+			got, err := DecodeMethod(m.Append(nil))
+			if err != nil {
+				t.Fatal(err)
+			}
+			txt := got.(*ChannelClose).ReplyText
+			if len(txt) != tc.want || txt != tc.text[:tc.want] || !utf8.ValidString(txt) {
+				t.Fatalf("reply text has %d bytes (valid UTF-8: %v), want %d", len(txt), utf8.ValidString(txt), tc.want)
+			}
+		})
 	}
 }
 
