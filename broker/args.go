@@ -101,6 +101,9 @@ func typeName(v any) string {
 	return fmt.Sprintf("%T", v)
 }
 
+// maxExpiry is RabbitMQ's ?MAX_EXPIRY_TIMER: the largest TTL or expiry, in milliseconds.
+const maxExpiry = math.MaxUint32
+
 // parseQueueArgs validates queue arguments the way RabbitMQ does (406 on a bad value) and turns
 // them into queue options. Unknown arguments are kept but ignored, as in RabbitMQ.
 func parseQueueArgs(args amqp.Table) (queueSpec, *amqp.Error) {
@@ -119,21 +122,32 @@ func parseQueueArgs(args amqp.Table) (queueSpec, *amqp.Error) {
 		}
 		return n, true, nil
 	}
-	if n, ok, err := nonNeg("x-message-ttl"); err != nil {
-		return spec, err
-	} else if ok {
-		if n > math.MaxUint32 {
-			return spec, argError("x-message-ttl", "value_too_large", n)
+	// millis reads a time in milliseconds with RabbitMQ's bound (rabbit_misc:check_expiry: at
+	// most 2^32-1 ms, about 49.7 days), so that no value overflows a time.Duration.
+	millis := func(key string) (time.Duration, bool, *amqp.Error) {
+		n, ok, err := nonNeg(key)
+		if err != nil || !ok {
+			return 0, false, err
 		}
-		spec.opts.MessageTTL = time.Duration(n) * time.Millisecond
+		if n > maxExpiry {
+			return 0, false, argError(key, "value_too_large", n)
+		}
+		return time.Duration(n) * time.Millisecond, true, nil
 	}
-	if n, ok, err := nonNeg("x-expires"); err != nil {
+	if d, ok, err := millis("x-message-ttl"); err != nil {
 		return spec, err
 	} else if ok {
-		if n == 0 {
+		spec.opts.MessageTTL = d
+	}
+	if v, ok := args["x-expires"]; ok {
+		if n, isInt := intArg(v); isInt && n == 0 {
 			return spec, argError("x-expires", "value_zero", n)
 		}
-		spec.expires = time.Duration(n) * time.Millisecond
+	}
+	if d, ok, err := millis("x-expires"); err != nil {
+		return spec, err
+	} else if ok {
+		spec.expires = d
 	}
 	if n, ok, err := nonNeg("x-max-length"); err != nil {
 		return spec, err
@@ -150,15 +164,15 @@ func parseQueueArgs(args amqp.Table) (queueSpec, *amqp.Error) {
 	} else if ok {
 		spec.opts.DeliveryLimit = n
 	}
-	if n, ok, err := nonNeg("x-redelivery-delay"); err != nil {
+	if d, ok, err := millis("x-redelivery-delay"); err != nil {
 		return spec, err
 	} else if ok {
-		spec.opts.RedeliveryDelay = time.Duration(n) * time.Millisecond
+		spec.opts.RedeliveryDelay = d
 	}
-	if n, ok, err := nonNeg("x-redelivery-max-delay"); err != nil {
+	if d, ok, err := millis("x-redelivery-max-delay"); err != nil {
 		return spec, err
 	} else if ok {
-		spec.opts.RedeliveryMaxDelay = time.Duration(n) * time.Millisecond
+		spec.opts.RedeliveryMaxDelay = d
 	}
 	if v, ok := args["x-redelivery-backoff"]; ok {
 		var f float64

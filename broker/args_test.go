@@ -29,6 +29,17 @@ func TestParseQueueArgs(t *testing.T) {
 		{name: "ttl negative", args: amqp.Table{"x-message-ttl": int64(-1)}, wantErr: "value_negative"},
 		{name: "ttl string", args: amqp.Table{"x-message-ttl": "10"}, wantErr: "expected integer, got longstr"},
 		{name: "expires zero", args: amqp.Table{"x-expires": int64(0)}, wantErr: "value_zero"},
+		// Found by the hostile-client review: milliseconds beyond RabbitMQ's 2^32-1 overflowed
+		// time.Duration and deleted the queue within a second.
+		{name: "expires too large", args: amqp.Table{"x-expires": int64(76480200929599801)}, wantErr: "{value_too_large,76480200929599801}"},
+		{name: "expires max", args: amqp.Table{"x-expires": int64(4294967295)}, check: func(t *testing.T, s queueSpec) {
+			if s.expires != 4294967295*time.Millisecond {
+				t.Errorf("expires = %v", s.expires)
+			}
+		}},
+		{name: "ttl too large", args: amqp.Table{"x-message-ttl": int64(4294967296)}, wantErr: "value_too_large"},
+		{name: "redelivery delay too large", args: amqp.Table{"x-redelivery-delay": int64(1) << 62}, wantErr: "value_too_large"},
+		{name: "redelivery max delay too large", args: amqp.Table{"x-redelivery-max-delay": int64(1) << 40}, wantErr: "value_too_large"},
 		{name: "delivery limit negative", args: amqp.Table{"x-delivery-limit": int64(-1)}, wantErr: "value_negative"},
 		{name: "overflow", args: amqp.Table{"x-overflow": "reject-publish-dlx", "x-max-length": int64(3)}, check: func(t *testing.T, s queueSpec) {
 			if s.opts.Overflow != queue.RejectPublishDLX || s.opts.MaxLength != 3 {

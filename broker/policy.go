@@ -110,6 +110,14 @@ func CompilePolicy(key string, p PolicyDef) (*Policy, []string, error) {
 			}
 			return n, nil
 		}
+		// millis is a time in milliseconds, bounded as queue arguments are (maxExpiry).
+		millis := func(min int64) (int64, error) {
+			n, err := intVal(min)
+			if err == nil && n > maxExpiry {
+				return 0, keyErr(dkey, "%d is above %d (RabbitMQ's largest expiry, in milliseconds)", n, int64(maxExpiry))
+			}
+			return n, err
+		}
 		strVal := func() (*string, error) {
 			s, ok := v.(string)
 			if !ok {
@@ -120,9 +128,9 @@ func CompilePolicy(key string, p PolicyDef) (*Policy, []string, error) {
 		var err error
 		switch k {
 		case "message-ttl":
-			cp.messageTTL, err = intVal(0)
+			cp.messageTTL, err = millis(0)
 		case "expires":
-			cp.expires, err = intVal(1)
+			cp.expires, err = millis(1)
 		case "max-length":
 			cp.maxLength, err = intVal(0)
 		case "max-length-bytes":
@@ -130,9 +138,9 @@ func CompilePolicy(key string, p PolicyDef) (*Policy, []string, error) {
 		case "delivery-limit":
 			cp.deliveryLimit, err = intVal(0)
 		case "redelivery-delay":
-			cp.redeliveryDelay, err = intVal(0)
+			cp.redeliveryDelay, err = millis(0)
 		case "redelivery-max-delay":
-			cp.redeliveryMaxDelay, err = intVal(0)
+			cp.redeliveryMaxDelay, err = millis(0)
 		case "redelivery-backoff":
 			f, ok := policyFloat(v)
 			if !ok || f < 1 || math.IsNaN(f) || math.IsInf(f, 0) {

@@ -37,7 +37,7 @@ func TestCombinePrecedence(t *testing.T) {
 		e.expires != 5*time.Second || e.opts.Overflow != 0 || e.dl.exchange != "adlx" || *e.dl.routingKey != "pk" {
 		t.Fatalf("arguments and policy: %+v dl %+v", e, e.dl)
 	}
-	for _, bad := range []map[string]any{{"message-ttl": -1}, {"expires": 0}, {"overflow": "drop-tail"}, {"dead-letter-exchange": 5}, {"no-such-key": 1}, {}} {
+	for _, bad := range []map[string]any{{"message-ttl": -1}, {"expires": int64(76480200929599801)}, {"redelivery-delay": int64(1) << 40}, {"expires": 0}, {"overflow": "drop-tail"}, {"dead-letter-exchange": 5}, {"no-such-key": 1}, {}} {
 		if _, _, err := CompilePolicy("p", PolicyDef{Name: "p", Pattern: ".", Definition: bad}); err == nil {
 			t.Errorf("policy definition %v accepted", bad)
 		}
