@@ -128,6 +128,11 @@ func (ch *channel) handleFrame(f amqp.Frame) error {
 // separateBodyMin is the body size from which a message's body gets its own allocation.
 const separateBodyMin = 512
 
+// bodyGrowth sizes a multi-frame body's first buffer: this many frames' worth (append grows it
+// from there), so a large body is copied a few times at most while memory still follows the
+// bytes actually received.
+const bodyGrowth = 8
+
 // scannedPublish turns a basic.publish read in place into the channel's reusable BasicPublish
 // (it is done with before the next publish starts). The exchange and routing key strings are
 // kept from the previous publish when they repeat, as they do for most publishers, so the common
@@ -214,7 +219,7 @@ func (ch *channel) contentHeader(p []byte) *amqp.Error {
 	ch.pubHeader = hdr
 	ch.pubBody = nil
 	if buf != nil {
-		ch.pubBody = buf[len(p):]
+		ch.pubBody = buf[len(p):len(p)]
 	}
 	ch.pubSummary = sum
 	if sum.UserID != "" && sum.UserID != ch.c.user {
@@ -236,11 +241,19 @@ func (ch *channel) contentBody(p []byte) *amqp.Error {
 	switch {
 	case ch.closing:
 	case ch.pubBody != nil:
-		copy(ch.pubBody[ch.pubGot:], p)
+		// A small body in the header's allocation (sized by contentHeader, < 512 B), or the
+		// next frame of a large one.
+		ch.pubBody = append(ch.pubBody, p...)
+	case uint64(len(p)) == ch.pubSize:
+		// The whole body in one frame, the common case. make+copy into a local compiles to
+		// makeslicecopy, which zeroes nothing; into the field it would zero the body first.
+		b := make([]byte, len(p))
+		copy(b, p)
+		ch.pubBody = b
 	default:
-		// make+copy into a local compiles to makeslicecopy, which zeroes only the part not
-		// copied; into the field it would zero the whole body first.
-		b := make([]byte, ch.pubSize)
+		// The buffer grows with the bytes received, never from the size the header declares:
+		// a header announcing 128 MiB followed by one byte must cost one byte, not 128 MiB.
+		b := make([]byte, len(p), min(ch.pubSize, uint64(len(p))*bodyGrowth))
 		copy(b, p)
 		ch.pubBody = b
 	}
@@ -273,6 +286,11 @@ func (ch *channel) dispatch(m amqp.Method) *amqp.Error {
 	case *amqp.BasicPublish:
 		if m.Immediate {
 			return amqp.Errorf(amqp.NotImplemented, "immediate=true")
+		}
+		// Authorized at the method frame, before any of the content is buffered: a client
+		// without write permission cannot make the broker hold its bodies.
+		if err := ch.authorizePublish(m.Exchange); err != nil {
+			return err
 		}
 		ch.pubM = m
 		ch.c.publisher.Store(true)
@@ -465,9 +483,6 @@ func basicError(e *amqp.Error) *amqp.Error {
 func (ch *channel) finishPublish() *amqp.Error {
 	m, header, body, sum := ch.pubM, ch.pubHeader, ch.pubBody, ch.pubSummary
 	ch.pubM, ch.pubHeader, ch.pubBody = nil, nil, nil
-	if err := ch.authorizePublish(m.Exchange); err != nil {
-		return err
-	}
 	ex, err := ch.v.Exchange(m.Exchange)
 	if err != nil {
 		return basicError(err)

@@ -110,6 +110,9 @@ type TLSConfig struct {
 // Enabled reports whether the amqps listener runs.
 func (t TLSConfig) Enabled() bool { return t.CertFile != "" }
 
+// MaxMessageSizeLimit is the largest limits.max_message_size, RabbitMQ's cap (512 MiB).
+const MaxMessageSizeLimit = 512 << 20
+
 // Config holds everything the broker needs to run. DefaultConfig gives every field a usable value.
 type Config struct {
 	Listen           string        // TCP address for AMQP; "127.0.0.1:0" picks a free port
@@ -206,6 +209,8 @@ func (c *Config) checkSettings() error {
 		return errors.New("limits.channel_max: must be at least 1")
 	case c.MaxMessageSize <= 0:
 		return fmt.Errorf("limits.max_message_size: %d must be positive", c.MaxMessageSize)
+	case c.MaxMessageSize > MaxMessageSizeLimit:
+		return fmt.Errorf("limits.max_message_size: %d is above %d (512 MiB, RabbitMQ's maximum)", c.MaxMessageSize, MaxMessageSizeLimit)
 	case c.HandshakeTimeout <= 0:
 		return fmt.Errorf("limits.handshake_timeout: %s must be positive", c.HandshakeTimeout)
 	case c.MemoryHighWatermark <= 0 || c.MemoryHighWatermark > 1:

@@ -136,6 +136,11 @@ func (c *conn) readLoop() {
 		if c.srv.alarms.active.Load() && c.publisher.Load() {
 			c.waitWhileBlocked()
 		}
+		if c.w.full.Load() {
+			// The client is not reading what it asked for: read nothing more from it until
+			// it does (a missed heartbeat ends a client that never will).
+			c.w.awaitRoom()
+		}
 		f, err := c.fr.ReadFrame()
 		if err != nil {
 			c.fail(err)
@@ -265,12 +270,12 @@ type heartbeats struct {
 	interval time.Duration
 	mu       sync.Mutex
 	t        *time.Timer
-	last     int64 // framesIn at the previous tick
+	last     int64 // c.activity() at the previous tick
 	missed   int
 }
 
 func (c *conn) startHeartbeats(interval time.Duration) {
-	h := &heartbeats{c: c, interval: interval, last: c.framesIn.Load()}
+	h := &heartbeats{c: c, interval: interval, last: c.activity()}
 	h.mu.Lock()
 	h.t = time.AfterFunc(interval, h.tick)
 	h.mu.Unlock()
@@ -296,7 +301,7 @@ func (h *heartbeats) tick() {
 	c.w.unlock(b)
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	n := c.framesIn.Load()
+	n := c.activity()
 	if n != h.last || c.blocked.Load() {
 		h.last, h.missed = n, 0
 	} else if h.missed++; h.missed >= 2 {
@@ -306,6 +311,10 @@ func (h *heartbeats) tick() {
 	}
 	h.t.Reset(h.interval)
 }
+
+// activity counts signs of life from the client: frames read, and writes it took from us (a
+// reader that stopped reading because the client reads slowly must not take the client for dead).
+func (c *conn) activity() int64 { return c.framesIn.Load() + c.w.writes.Load() }
 
 // writeMethod encodes one method frame.
 func (c *conn) writeMethod(ch uint16, m amqp.Method) {

@@ -3,6 +3,7 @@ package server
 import (
 	"net"
 	"sync"
+	"sync/atomic"
 )
 
 // Writer flow control: a consumer stops receiving deliveries while its connection has more than
@@ -35,11 +36,31 @@ type writer struct {
 	throttled bool
 	onDrain   func()
 	done      chan struct{} // closed when the writer is dead (socket closed)
+	// full is set while more than highWater bytes wait (any kind of output: replies, get-ok,
+	// returns, deliveries): the connection's reader then stops reading (awaitRoom), so what a
+	// client that does not read can make the broker hold is bounded. room is signalled by the
+	// flusher (and kill) for awaitRoom.
+	full atomic.Bool
+	room *sync.Cond
+	// writes counts completed socket writes: the client is reading (see conn.activity).
+	writes atomic.Int64
 }
 
 func newWriter(nc net.Conn, onDrain func()) *writer {
 	// The buffer is allocated by the first append and grows with the traffic.
-	return &writer{nc: nc, done: make(chan struct{}), onDrain: onDrain}
+	w := &writer{nc: nc, done: make(chan struct{}), onDrain: onDrain}
+	w.room = sync.NewCond(&w.mu)
+	return w
+}
+
+// awaitRoom blocks while more than lowWater bytes wait to be written; it returns at once when the
+// writer is dead. The connection's reader calls it when full is set, before reading on.
+func (w *writer) awaitRoom() {
+	w.mu.Lock()
+	for len(w.buf) > lowWater && !w.dead {
+		w.room.Wait()
+	}
+	w.mu.Unlock()
 }
 
 // lock returns the buffer to append to; unlock must follow.
@@ -54,6 +75,9 @@ func (w *writer) unlock(b []byte) {
 		b = b[:0]
 	}
 	w.buf = b
+	if len(b) > highWater {
+		w.full.Store(true)
+	}
 	start := w.startLocked()
 	w.mu.Unlock()
 	if start {
@@ -122,6 +146,7 @@ func (w *writer) run() {
 			w.kill()
 			return
 		}
+		w.writes.Add(1)
 		w.mu.Lock()
 		if cap(b) <= spareCap {
 			w.spare = b[:0]
@@ -129,6 +154,10 @@ func (w *writer) run() {
 		drained := w.throttled && len(w.buf) < lowWater
 		if drained {
 			w.throttled = false
+		}
+		if w.full.Load() && len(w.buf) <= lowWater {
+			w.full.Store(false)
+			w.room.Broadcast()
 		}
 		w.mu.Unlock()
 		if drained && w.onDrain != nil {
@@ -158,6 +187,8 @@ func (w *writer) kill() {
 	first := !w.dead
 	w.dead = true
 	w.buf, w.spare = nil, nil
+	w.full.Store(false)
+	w.room.Broadcast()
 	w.mu.Unlock()
 	_ = w.nc.Close()
 	if first {

@@ -92,3 +92,53 @@ func TestWriterTrim(t *testing.T) {
 		}
 	}
 }
+
+// Output for a client that does not read is bounded: past highWater the writer is full and the
+// reader waits in awaitRoom until the client has read it down to lowWater (or the writer dies).
+func TestWriterFullHoldsReader(t *testing.T) {
+	client, srv := net.Pipe()
+	defer client.Close()
+	w := newWriter(srv, nil)
+	chunk := make([]byte, 1<<20)
+	// 12 MiB, nobody reading: the flusher holds one buffer in its blocked write, the rest
+	// (at least 6 MiB) waits in the writer.
+	for i := 0; i < 12; i++ {
+		b := w.lock()
+		w.unlock(append(b, chunk...))
+	}
+	if !w.full.Load() {
+		t.Fatal("writer not full with 12 MiB written to a client that reads nothing")
+	}
+	waited := make(chan struct{})
+	go func() { w.awaitRoom(); close(waited) }()
+	select {
+	case <-waited:
+		t.Fatal("awaitRoom returned while nothing was read")
+	case <-time.After(50 * time.Millisecond):
+	}
+	go func() { _, _ = io.Copy(io.Discard, client) }() // the client reads at last
+	select {
+	case <-waited:
+	case <-time.After(10 * time.Second):
+		t.Fatal("awaitRoom still waiting after the client read everything")
+	}
+	if w.full.Load() {
+		t.Fatal("writer still full after draining")
+	}
+
+	// A writer that dies (the socket closed) releases a waiting reader too.
+	client2, srv2 := net.Pipe()
+	w2 := newWriter(srv2, nil)
+	for i := 0; i < 12; i++ {
+		b := w2.lock()
+		w2.unlock(append(b, chunk...))
+	}
+	done := make(chan struct{})
+	go func() { w2.awaitRoom(); close(done) }()
+	_ = client2.Close()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("awaitRoom still waiting after the socket closed")
+	}
+}
