@@ -66,6 +66,8 @@ type HeaderSummary struct {
 	// UserID is the user-id property ("" if absent), which a broker must
 	// compare with the authenticated user on every publish that sets it.
 	UserID string
+	// HasUserID tells a present but empty user-id from an absent one.
+	HasUserID bool
 }
 
 func headerError(payload []byte) *Error {
@@ -200,7 +202,7 @@ func ScanContentHeader(payload []byte) (HeaderSummary, error) {
 		r.skipShortstr()
 	}
 	if f&FlagUserID != 0 {
-		s.UserID = r.shortstr()
+		s.UserID, s.HasUserID = r.shortstr(), true
 	}
 	if f&FlagAppID != 0 {
 		r.skipShortstr()

@@ -94,6 +94,9 @@ func checkSummary(t *testing.T, s HeaderSummary, h ContentHeader, payload []byte
 	if (s.HeadersRaw != nil) != (h.Flags&FlagHeaders != 0) {
 		t.Fatalf("HeadersRaw presence wrong: %v", s.HeadersRaw)
 	}
+	if s.HasUserID != (h.Flags&FlagUserID != 0) {
+		t.Fatalf("HasUserID = %v with flags %#x", s.HasUserID, h.Flags)
+	}
 	if s.HeadersRaw != nil {
 		tbl, n, err := DecodeTable(s.HeadersRaw)
 		if err != nil || n != len(s.HeadersRaw) || !tbl.Equal(h.Props.Headers) {

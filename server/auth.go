@@ -31,6 +31,11 @@ func (s *Server) authenticate(mechanism, response, peerCN string, remote net.Add
 		if len(parts) != 3 {
 			return "", amqp.Errorf(amqp.AccessRefused, "Login was refused using authentication mechanism PLAIN: malformed response")
 		}
+		if len(parts[0]) != 0 {
+			// RabbitMQ's PLAIN takes no authorization identity: acting as another user is
+			// not something a login may ask for.
+			return "", refused
+		}
 		user, pass = string(parts[1]), string(parts[2])
 	case "AMQPLAIN":
 		// A field table without its length prefix.

@@ -2,6 +2,7 @@ package server
 
 import (
 	"fmt"
+	"net"
 	"strings"
 	"testing"
 )
@@ -51,5 +52,26 @@ func TestConfirmTrackerFoldsRuns(t *testing.T) {
 	want := []string{"ack 2 multiple", "nack 3", "ack 5 multiple"}
 	if strings.Join(got, ",") != strings.Join(want, ",") {
 		t.Fatalf("frames = %v, want %v", got, want)
+	}
+}
+
+// PLAIN's authorization identity must be empty, as in RabbitMQ: a login cannot ask to act as
+// another user (nor name itself).
+func TestPlainRefusesAuthzid(t *testing.T) {
+	s := startTestServer(t, nil)
+	local := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)}
+	for _, tc := range []struct {
+		response string
+		ok       bool
+	}{
+		{"\x00guest\x00guest", true},
+		{"admin\x00guest\x00guest", false},
+		{"guest\x00guest\x00guest", false},
+		{"\x00guest\x00wrong", false},
+	} {
+		_, err := s.authenticate("PLAIN", tc.response, "", local)
+		if (err == nil) != tc.ok {
+			t.Errorf("PLAIN %q: err %v, want ok=%v", tc.response, err, tc.ok)
+		}
 	}
 }

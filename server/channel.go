@@ -222,7 +222,7 @@ func (ch *channel) contentHeader(p []byte) *amqp.Error {
 		ch.pubBody = buf[len(p):len(p)]
 	}
 	ch.pubSummary = sum
-	if sum.UserID != "" && sum.UserID != ch.c.user {
+	if sum.HasUserID && sum.UserID != ch.c.user { // an empty user-id is refused too, as RabbitMQ does
 		e := amqp.Errorf(amqp.PreconditionFailed, "user_id property set to '%s' but authenticated user was '%s'", sum.UserID, ch.c.user)
 		e.ClassID, e.MethodID = amqp.ClassBasic, 40
 		ch.fail(e)
