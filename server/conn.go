@@ -312,9 +312,10 @@ func (h *heartbeats) tick() {
 	h.t.Reset(h.interval)
 }
 
-// activity counts signs of life from the client: frames read, and writes it took from us (a
-// reader that stopped reading because the client reads slowly must not take the client for dead).
-func (c *conn) activity() int64 { return c.framesIn.Load() + c.w.writes.Load() }
+// activity counts signs of life from the client: frames read, and output it took from a full
+// writer (a reader that stopped reading because the client reads slowly must not take the
+// client for dead).
+func (c *conn) activity() int64 { return c.framesIn.Load() + c.w.fullWrites.Load() }
 
 // writeMethod encodes one method frame.
 func (c *conn) writeMethod(ch uint16, m amqp.Method) {
@@ -421,6 +422,11 @@ func (c *conn) handshake() error {
 	}
 	user, err := c.srv.authenticate(so.Mechanism, so.Response, c.peerCN, c.nc.RemoteAddr())
 	if err != nil {
+		delay := c.srv.logins.failed(c.nc.RemoteAddr(), time.Now())
+		select {
+		case <-time.After(delay):
+		case <-c.srv.quit:
+		}
 		return err
 	}
 	c.user = user

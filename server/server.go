@@ -35,6 +35,7 @@ type Server struct {
 	connID atomic.Uint64
 
 	alarms alarms
+	logins loginThrottle
 	quit   chan struct{} // closed by Close
 
 	ln, tlsLn net.Listener

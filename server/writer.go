@@ -42,8 +42,10 @@ type writer struct {
 	// flusher (and kill) for awaitRoom.
 	full atomic.Bool
 	room *sync.Cond
-	// writes counts completed socket writes: the client is reading (see conn.activity).
-	writes atomic.Int64
+	// fullWrites counts socket writes completed while the writer was full: behind megabytes of
+	// queued output, a completed write means the client is reading (see conn.activity). Writes
+	// of an unclogged writer prove nothing: the kernel takes them whether the client reads or not.
+	fullWrites atomic.Int64
 }
 
 func newWriter(nc net.Conn, onDrain func()) *writer {
@@ -146,7 +148,9 @@ func (w *writer) run() {
 			w.kill()
 			return
 		}
-		w.writes.Add(1)
+		if w.full.Load() {
+			w.fullWrites.Add(1)
+		}
 		w.mu.Lock()
 		if cap(b) <= spareCap {
 			w.spare = b[:0]
