@@ -6,7 +6,7 @@
 //	warren definitions import [-o FILE] DEFINITIONS.json    RabbitMQ definitions to config YAML
 //	warren definitions export [-config FILE] [-o FILE]      the configuration as RabbitMQ definitions
 //
-// Configuration loading lives in config.go; this file only wires the pieces together.
+// Configuration loading lives in package config; this file only wires the pieces together.
 package main
 
 import (
@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"warren/bench"
+	"warren/config"
 	"warren/server"
 )
 
@@ -47,9 +48,9 @@ func main() {
 // code. SIGHUP, and a change to the configuration file, reload the configuration. A second
 // stop signal while shutting down abandons the graceful close.
 func run(args []string, lookupEnv func(string) (string, bool), stderr io.Writer, signals <-chan os.Signal) int {
-	cfg, err := loadConfig(args, lookupEnv)
+	cfg, err := config.Load(args, lookupEnv)
 	if errors.Is(err, flag.ErrHelp) {
-		usage(stderr)
+		config.Usage(stderr)
 		return 0
 	}
 	if err != nil {
@@ -93,7 +94,7 @@ func run(args []string, lookupEnv func(string) (string, bool), stderr io.Writer,
 
 	changed := make(chan struct{}, 1)
 	if cfg.ConfigFile != "" {
-		stop, err := watchFile(cfg.ConfigFile, changed)
+		stop, err := config.Watch(cfg.ConfigFile, changed)
 		if err != nil {
 			logger.Warn("not watching the configuration file; reload with SIGHUP", "file", cfg.ConfigFile, "err", err)
 		} else {
@@ -152,7 +153,7 @@ func servePprof(addr string, logger *slog.Logger) (stop func(), err error) {
 // reload re-reads the configuration as at start-up (same flags and environment) and applies it.
 // A configuration that does not load is rejected with one log line; the running one stays.
 func reload(srv *server.Server, args []string, lookupEnv func(string) (string, bool), logger *slog.Logger, why string) {
-	cfg, err := loadConfig(args, lookupEnv)
+	cfg, err := config.Load(args, lookupEnv)
 	if err == nil {
 		cfg.Server.Logger = logger
 		err = srv.Reload(cfg.Server)
@@ -160,6 +161,15 @@ func reload(srv *server.Server, args []string, lookupEnv func(string) (string, b
 	if err != nil {
 		logger.Error("config reload rejected, running configuration kept", "trigger", why, "err", err)
 	}
+}
+
+// newLogger builds the process logger from the log.* settings.
+func newLogger(w io.Writer, s *config.Settings) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: s.LogLevel}
+	if s.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
 }
 
 // runBenchCommand runs `warren bench ...` (package bench) and returns the exit code.

@@ -1,7 +1,6 @@
-package main
+package config
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"io"
@@ -26,7 +25,7 @@ const realExport = "testdata/rabbitmq-3.10.8-definitions.json"
 // startFromConfig loads a config file as the broker does and starts it on free ports.
 func startFromConfig(t *testing.T, path string) *server.Server {
 	t.Helper()
-	s, err := loadConfig([]string{"-config", path, "-listen", "127.0.0.1:0", "-data-dir", ""}, envMap(nil))
+	s, err := Load([]string{"-config", path, "-listen", "127.0.0.1:0", "-data-dir", ""}, envMap(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,14 +147,15 @@ func waitForDepth(t *testing.T, depth func(string) int, q string, n int) {
 	}
 }
 
-// `warren definitions import` turns a real RabbitMQ export into config.yaml sections that
-// recreate its users, vhosts, permissions, limits, exchanges, queues, bindings and policies.
+// ImportDefinitions (`warren definitions import`) turns a real RabbitMQ export into config.yaml
+// sections that recreate its users, vhosts, permissions, limits, exchanges, queues, bindings
+// and policies.
 func TestDefinitionsImportRealExport(t *testing.T) {
-	var out, stderr bytes.Buffer
-	if code := runDefinitionsCommand([]string{"import", realExport}, envMap(nil), &out, &stderr); code != 0 {
-		t.Fatalf("import exit %d: %s", code, stderr.String())
+	out, err := ImportDefinitions(realExport, time.Now())
+	if err != nil {
+		t.Fatalf("import: %v", err)
 	}
-	yamlText := out.String()
+	yamlText := string(out)
 	for _, want := range []string{"password_hash: E54LOp9W1BsAjj7/zL1cgUDfifAY6KiFWDJKNm1ovHFzIJXf", "max-connections: 100", "apply-to: exchanges", "x-match: any"} {
 		if !strings.Contains(yamlText, want) {
 			t.Errorf("imported YAML lacks %q:\n%s", want, yamlText)
@@ -184,12 +184,16 @@ func TestLoadDefinitionsRealExport(t *testing.T) {
 func TestDefinitionsExportRoundTrip(t *testing.T) {
 	abs, _ := filepath.Abs(realExport)
 	cfgPath := writeConfig(t, "users:\n  - {name: plain, password: pw, limits: {max-channels: 3}}\nload_definitions: "+abs+"\n")
-	var out, stderr bytes.Buffer
-	if code := runDefinitionsCommand([]string{"export", "-config", cfgPath}, envMap(nil), &out, &stderr); code != 0 {
-		t.Fatalf("export exit %d: %s", code, stderr.String())
+	a, err := Load([]string{"-config", cfgPath}, envMap(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := ExportDefinitions(a)
+	if err != nil {
+		t.Fatalf("export: %v", err)
 	}
 	var doc map[string]any
-	if err := json.Unmarshal(out.Bytes(), &doc); err != nil {
+	if err := json.Unmarshal(out, &doc); err != nil {
 		t.Fatalf("export is not JSON: %v", err)
 	}
 	for _, k := range []string{"users", "vhosts", "permissions", "parameters", "policies", "queues", "exchanges", "bindings"} {
@@ -198,14 +202,10 @@ func TestDefinitionsExportRoundTrip(t *testing.T) {
 		}
 	}
 	exported := filepath.Join(t.TempDir(), "export.json")
-	if err := os.WriteFile(exported, out.Bytes(), 0o600); err != nil {
+	if err := os.WriteFile(exported, out, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	a, err := loadConfig([]string{"-config", cfgPath}, envMap(nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := loadConfig([]string{"-config", writeConfig(t, "users: []\nvhosts: [/]\npermissions: []\nload_definitions: "+exported+"\n")}, envMap(nil))
+	b, err := Load([]string{"-config", writeConfig(t, "users: []\nvhosts: [/]\npermissions: []\nload_definitions: "+exported+"\n")}, envMap(nil))
 	if err != nil {
 		t.Fatalf("re-importing the export: %v", err)
 	}
@@ -233,61 +233,10 @@ func TestDefinitionsExportRoundTrip(t *testing.T) {
 	}
 }
 
-func TestDefinitionsImportErrors(t *testing.T) {
-	dir := t.TempDir()
-	write := func(name, body string) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	tests := []struct {
-		name, body, want string
-	}{
-		{"syntax", "{\n\"users\": [\n}", "line 3"},
-		{"unknown user field", `{"users": [{"name": "a", "password_hash": "", "passwd": "x"}]}`, `users[0]: unknown key "passwd"`},
-		{"other hashing", `{"users": [{"name": "a", "password_hash": "x", "hashing_algorithm": "rabbit_password_hashing_md5"}]}`, "users[0].hashing_algorithm"},
-		{"bad regexp", `{"users": [{"name": "a", "password_hash": "", "tags": ""}], "vhosts": [{"name": "/"}], "permissions": [{"user": "a", "vhost": "/", "configure": "(", "write": "", "read": ""}]}`, "permissions[0].configure"},
-		{"bad policy", `{"vhosts": [{"name": "/"}], "policies": [{"vhost": "/", "name": "p", "pattern": ".", "apply-to": "queues", "definition": {"message-ttl": -5}, "priority": 0}]}`, "policies[0].definition.message-ttl"},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			var out, stderr bytes.Buffer
-			code := runDefinitionsCommand([]string{"import", write(tc.name+".json", tc.body)}, envMap(nil), &out, &stderr)
-			if code != 1 || !strings.Contains(stderr.String(), tc.want) {
-				t.Errorf("exit %d, stderr %q; want 1 and %q", code, stderr.String(), tc.want)
-			}
-		})
-	}
-}
-
-func TestPasswdCommand(t *testing.T) {
-	var out, stderr bytes.Buffer
-	if code := runPasswdCommand([]string{"s3cret"}, strings.NewReader(""), &out, &stderr); code != 0 {
-		t.Fatalf("exit %d: %s", code, stderr.String())
-	}
-	hash := strings.TrimSpace(out.String())
-	// The hash logs in: a broker configured with it accepts the password.
-	path := writeConfig(t, "users:\n  - {name: app, password_hash: \""+hash+"\"}\npermissions:\n  - {user: app, vhost: /, configure: .*, write: .*, read: .*}\n")
-	srv := startFromConfig(t, path)
-	dialURL(t, "amqp://app:s3cret@"+srv.Addr().String()+"/")
-	if _, err := amqp091.Dial("amqp://app:other@" + srv.Addr().String() + "/"); err == nil {
-		t.Fatal("another password accepted")
-	}
-	out.Reset()
-	if code := runPasswdCommand(nil, strings.NewReader("from-stdin\n"), &out, &stderr); code != 0 || len(strings.TrimSpace(out.String())) != 48 {
-		t.Fatalf("stdin: exit %d, %q", code, out.String())
-	}
-	if code := runPasswdCommand(nil, strings.NewReader(""), &out, &stderr); code != 1 {
-		t.Fatal("empty password accepted")
-	}
-}
-
 // The configuration example in README.md loads (with its TLS section left out: the certificate
 // files are the reader's).
 func TestREADMEConfigExample(t *testing.T) {
-	b, err := os.ReadFile("README.md")
+	b, err := os.ReadFile("../README.md")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -299,7 +248,7 @@ func TestREADMEConfigExample(t *testing.T) {
 	body := text[start+len("```yaml\n"):]
 	body = body[:strings.Index(body, "```")]
 	body = body[:strings.Index(body, "\ntls:\n")]
-	s, err := loadConfig([]string{"-config", writeConfig(t, body)}, envMap(nil))
+	s, err := Load([]string{"-config", writeConfig(t, body)}, envMap(nil))
 	if err != nil {
 		t.Fatalf("README example: %v", err)
 	}
@@ -323,7 +272,7 @@ func TestVHostLimitOutOfRange(t *testing.T) {
 		t.Fatal("max-queues 1e19 accepted")
 	}
 	cfg := writeConfig(t, "vhosts:\n  - {name: /, limits: {max-queues: 1e19}}\n")
-	if _, err := loadConfig([]string{"-config", cfg}, envMap(nil)); err == nil {
+	if _, err := Load([]string{"-config", cfg}, envMap(nil)); err == nil {
 		t.Error("max-queues 1e19 as a YAML float accepted")
 	}
 }

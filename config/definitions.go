@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"bytes"
@@ -248,7 +248,7 @@ func jsonKind(goType string) string {
 		return "a whole number"
 	case strings.HasPrefix(goType, "map"):
 		return "a map"
-	case strings.HasPrefix(goType, "[]"), goType == "main.tagList":
+	case strings.HasPrefix(goType, "[]"), goType == "config.tagList":
 		return "a list"
 	}
 	return goType
