@@ -602,19 +602,23 @@ func (d *definitions) apply(cfg *server.Config) error {
 	return nil
 }
 
+// merge returns base with each entry of add replacing the first entry of the same identity, or
+// appended when there is none. The index keeps it linear: a definitions file of 10,000 queues
+// compared every entry with every other (50 million id strings built per load).
 func merge[T any](base, add []T, id func(T) string) []T {
 	out := append([]T(nil), base...)
+	at := make(map[string]int, len(base)+len(add))
+	for i := len(out) - 1; i >= 0; i-- {
+		at[id(out[i])] = i // the first of duplicates wins
+	}
 	for _, a := range add {
-		replaced := false
-		for i := range out {
-			if id(out[i]) == id(a) {
-				out[i], replaced = a, true
-				break
-			}
+		k := id(a)
+		if i, ok := at[k]; ok {
+			out[i] = a
+			continue
 		}
-		if !replaced {
-			out = append(out, a)
-		}
+		at[k] = len(out)
+		out = append(out, a)
 	}
 	return out
 }

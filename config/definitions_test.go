@@ -3,10 +3,12 @@ package config
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -274,5 +276,36 @@ func TestVHostLimitOutOfRange(t *testing.T) {
 	cfg := writeConfig(t, "vhosts:\n  - {name: /, limits: {max-queues: 1e19}}\n")
 	if _, err := Load([]string{"-config", cfg}, envMap(nil)); err == nil {
 		t.Error("max-queues 1e19 as a YAML float accepted")
+	}
+}
+
+// merge replaces by identity (the first entry with the same id, also one added earlier by the
+// same call) and appends the rest in order.
+func TestMerge(t *testing.T) {
+	type e struct{ id, v string }
+	id := func(x e) string { return x.id }
+	base := []e{{"a", "1"}, {"b", "1"}, {"a", "dup"}}
+	got := merge(base, []e{{"b", "2"}, {"c", "2"}, {"a", "2"}, {"c", "3"}}, id)
+	want := []e{{"a", "2"}, {"b", "2"}, {"a", "dup"}, {"c", "3"}}
+	if !slices.Equal(got, want) {
+		t.Errorf("merge = %v, want %v", got, want)
+	}
+	if base[0].v != "1" {
+		t.Error("merge changed its base")
+	}
+}
+
+// merge is linear: loading a definitions file of 10,000 queues took seconds when every added
+// entry was compared with every other, building two id strings per comparison.
+func TestMergeLinear(t *testing.T) {
+	const n = 2000
+	add := make([]server.QueueDef, n)
+	for i := range add {
+		add[i] = server.QueueDef{Name: fmt.Sprintf("q%d", i), VHost: "/"}
+	}
+	id := func(q server.QueueDef) string { return q.VHost + "\x00" + q.Name }
+	allocs := testing.AllocsPerRun(3, func() { merge(nil, add, id) })
+	if allocs > 10*n {
+		t.Errorf("merging %d queues made %.0f allocations; more than %d means it is not linear", n, allocs, 10*n)
 	}
 }
