@@ -40,6 +40,10 @@ type Settings struct {
 	// LoadDefinitions is a RabbitMQ definitions file merged into the configuration at start-up
 	// and on every reload (RabbitMQ's load_definitions).
 	LoadDefinitions string
+
+	// emptyFile is set when ConfigFile holds no settings at all (empty, or only whitespace and
+	// comments): fine at start-up, suspicious on a reload (see CheckReload).
+	emptyFile bool
 }
 
 // key describes one configuration key: how to apply a raw value (from YAML, an environment
@@ -303,6 +307,7 @@ func Load(args []string, lookupEnv func(string) (string, bool)) (*Settings, erro
 
 	s := Default()
 	s.ConfigFile = path
+	s.emptyFile = file != nil && file.empty
 	for _, k := range keys {
 		r, ok := raw[k.name]
 		if !ok {
@@ -347,6 +352,7 @@ type fileValues struct {
 	path   string
 	values map[string]any
 	lines  map[string]int
+	empty  bool // no YAML content: nothing but whitespace and comments
 }
 
 // where names a key's place in the file for error messages; for a key the file lacks (a
@@ -384,6 +390,7 @@ func readFile(path string) (*fileValues, error) {
 	}
 	f := &fileValues{path: path, values: map[string]any{}, lines: map[string]int{}}
 	if len(doc.Content) == 0 {
+		f.empty = true
 		return f, nil // an empty file sets nothing
 	}
 	root := doc.Content[0]

@@ -8,6 +8,10 @@
 // load_definitions is merged last. Every error names the key and where its value came from: the
 // file and line, the environment variable, or the flag. Unknown keys are errors.
 //
+// Watch reports changes to the file once it has been quiet for WatchQuiet, so that a file being
+// written is never read half-done; CheckReload refuses a reload that would turn an emptied file
+// into the defaults or remove every user or every vhost.
+//
 // # Adding a key or a section
 //
 // A key is one entry in the keys table in config.go; that entry is the only list of keys. For a

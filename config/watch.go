@@ -2,34 +2,66 @@ package config
 
 import (
 	"os"
-	"sync/atomic"
+	"sync"
+	"time"
 
 	"github.com/fsnotify/fsnotify"
 	"github.com/spf13/viper"
 )
 
-// Watch reports changes to path on changed, using viper's file watch (which follows editors
-// that replace the file by renaming, and symlinked files). A burst of writes is reported once:
-// changed holds one pending report. The watch ends when the file is removed; stop makes later
-// events go nowhere.
-func Watch(path string, changed chan<- struct{}) (stop func(), err error) {
+// WatchQuiet is how long a watched file must go unchanged before Watch reports it: long enough
+// for an editor or a copy to finish writing (a truncation followed by the new text is one change),
+// short enough that a saved file applies at once to a person looking.
+const WatchQuiet = 300 * time.Millisecond
+
+// Watch reports changes to path on changed once the file has stopped changing for quiet, using
+// viper's file watch (which follows editors that replace the file by renaming, and symlinked
+// files). Every change restarts the wait, so a file being written is never reported half-done;
+// a burst of writes is reported once, and changed holds one pending report. The watch ends when
+// the file is removed; stop makes later events go nowhere.
+func Watch(path string, quiet time.Duration, changed chan<- struct{}) (stop func(), err error) {
 	if _, err := os.Stat(path); err != nil {
 		return nil, err
 	}
-	var stopped atomic.Bool
-	v := viper.New()
-	v.SetConfigFile(path)
-	v.SetConfigType("yaml")
-	_ = v.ReadInConfig() // the watch needs a read; errors are Load's to report
-	v.OnConfigChange(func(fsnotify.Event) {
-		if stopped.Load() {
+	var (
+		mu      sync.Mutex
+		timer   *time.Timer
+		stopped bool
+	)
+	report := func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if stopped {
 			return
 		}
 		select {
 		case changed <- struct{}{}:
 		default:
 		}
+	}
+	v := viper.New()
+	v.SetConfigFile(path)
+	v.SetConfigType("yaml")
+	_ = v.ReadInConfig() // the watch needs a read; errors are Load's to report
+	v.OnConfigChange(func(fsnotify.Event) {
+		mu.Lock()
+		defer mu.Unlock()
+		if stopped {
+			return
+		}
+		if timer == nil {
+			timer = time.AfterFunc(quiet, report)
+		} else {
+			timer.Reset(quiet)
+		}
 	})
 	v.WatchConfig()
-	return func() { stopped.Store(true) }, nil
+	return func() {
+		mu.Lock()
+		defer mu.Unlock()
+		stopped = true
+		if timer != nil {
+			timer.Stop()
+		}
+	}, nil
 }
