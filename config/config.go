@@ -169,7 +169,7 @@ var keys = []key{
 		return err
 	}},
 	sectionKey("permissions", "a YAML list of permissions", noErr(defPermission.toServer), func(s *Settings) *[]server.Permission { return &s.Server.Permissions }),
-	sectionKey("policies", "a YAML list of policies", noErr(defPolicy.toServer), func(s *Settings) *[]server.Policy { return &s.Server.Policies }),
+	sectionKey("policies", "a YAML list of policies", defPolicy.toServer, func(s *Settings) *[]server.Policy { return &s.Server.Policies }),
 	sectionKey("exchanges", "a YAML list of exchanges", defExchange.toServer, func(s *Settings) *[]server.ExchangeDef { return &s.Server.Exchanges }),
 	sectionKey("queues", "a YAML list of queues", defQueue.toServer, func(s *Settings) *[]server.QueueDef { return &s.Server.Queues }),
 	sectionKey("bindings", "a YAML list of bindings", defBinding.toServer, func(s *Settings) *[]server.BindingDef { return &s.Server.Bindings }),
@@ -332,7 +332,7 @@ func Load(args []string, lookupEnv func(string) (string, bool)) (*Settings, erro
 			err = defs.apply(&s.Server)
 		}
 		if err != nil {
-			return nil, fmt.Errorf("config: load_definitions: %s: %w", s.LoadDefinitions, err)
+			return nil, fmt.Errorf("config: load_definitions: %s: %w%s", s.LoadDefinitions, err, definitionsLine(s.LoadDefinitions, err))
 		}
 	}
 	// Cross-field checks (and anything server adds later) are the server's; keep its wording.
@@ -358,9 +358,17 @@ type fileValues struct {
 // where names a key's place in the file for error messages; for a key the file lacks (a
 // default) the nearest enclosing key that it has.
 func (f *fileValues) where(key string) string {
+	if line, ok := f.lineOf(key); ok {
+		return fmt.Sprintf("%s line %d", f.path, line)
+	}
+	return f.path
+}
+
+// lineOf is the line of key, or of the nearest enclosing key the file has.
+func (f *fileValues) lineOf(key string) (int, bool) {
 	for k := key; k != ""; {
 		if line, ok := f.lines[k]; ok {
-			return fmt.Sprintf("%s line %d", f.path, line)
+			return line, true
 		}
 		i := strings.LastIndexAny(k, ".[")
 		if i <= 0 {
@@ -368,7 +376,7 @@ func (f *fileValues) where(key string) string {
 		}
 		k = k[:i]
 	}
-	return f.path
+	return 0, false
 }
 
 func (f *fileValues) has(key string) bool {
@@ -415,11 +423,18 @@ func readFile(path string) (*fileValues, error) {
 			if prefix != "" {
 				name = prefix + "." + name
 			}
+			if first, dup := f.lines[name]; dup {
+				// YAML forbids it, and the second would silently win (keys differing in case too).
+				return fmt.Errorf("config: duplicate key %q (in %s line %d; first at line %d)", name, path, kn.Line, first)
+			}
 			f.lines[name] = kn.Line
 			switch {
 			case known[name]:
 				if vn.Tag == "!!null" {
 					return fmt.Errorf("config: %s: has no value (in %s line %d)", name, path, kn.Line)
+				}
+				if err := checkDuplicates(name, vn); err != nil {
+					return fmt.Errorf("config: %w (in %s line %d; first at line %d)", err, path, err.line, err.first)
 				}
 				var v any
 				if err := vn.Decode(&v); err != nil {
@@ -443,6 +458,44 @@ func readFile(path string) (*fileValues, error) {
 		return nil, err
 	}
 	return f, nil
+}
+
+// duplicateError is a map key given twice inside a value (a user with two names).
+type duplicateError struct {
+	key         string
+	line, first int
+}
+
+func (e *duplicateError) Error() string { return fmt.Sprintf("duplicate key %q", e.key) }
+
+// checkDuplicates finds a map key given twice anywhere under n, whose path is path. Map keys
+// inside values (queue arguments, policy definitions) are case-sensitive.
+func checkDuplicates(path string, n *yaml.Node) *duplicateError {
+	switch n.Kind {
+	case yaml.SequenceNode:
+		for i, c := range n.Content {
+			if err := checkDuplicates(fmt.Sprintf("%s[%d]", path, i), c); err != nil {
+				return err
+			}
+		}
+	case yaml.MappingNode:
+		seen := make(map[string]int, len(n.Content)/2)
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k := n.Content[i]
+			if k.Kind != yaml.ScalarNode || k.Value == "<<" {
+				continue // a merge key brings in keys that the map may override
+			}
+			p := path + "." + k.Value
+			if first, dup := seen[k.Value]; dup {
+				return &duplicateError{key: p, line: k.Line, first: first}
+			}
+			seen[k.Value] = k.Line
+			if err := checkDuplicates(p, n.Content[i+1]); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // recordLines notes the line of every list entry and map key under n.

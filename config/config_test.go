@@ -243,6 +243,20 @@ func TestLoadConfigErrors(t *testing.T) {
 		{name: "missing -config file", args: []string{"-config", "/nonexistent/warren.yaml"}, want: []string{"config: reading /nonexistent/warren.yaml"}},
 		{name: "unknown flag", args: []string{"-port", "1"}, want: []string{"config: flag provided but not defined: -port"}},
 		{name: "stray argument", args: []string{"serve"}, want: []string{`config: unexpected argument "serve"`}},
+		// Issue 23 finding 8: duplicate keys used to be read silently, the last one winning.
+		{name: "duplicate section", file: "amqp:\n  listen: 127.0.0.1:1\namqp:\n  listen: 127.0.0.1:2\n", want: []string{`config: duplicate key "amqp" (in `, "line 3; first at line 1)"}},
+		{name: "duplicate key", file: "limits:\n  frame_max: 8192\n  frame_max: 4096\n", want: []string{`config: duplicate key "limits.frame_max" (in `, "line 3; first at line 2)"}},
+		{name: "duplicate key in other case", file: "log:\n  level: info\n  Level: debug\n", want: []string{`config: duplicate key "log.level"`, "line 3; first at line 2)"}},
+		{name: "duplicate top-level list", file: "vhosts: [/]\nusers: []\nvhosts: [prod]\n", want: []string{`config: duplicate key "vhosts"`, "line 3; first at line 1)"}},
+		{name: "duplicate user field", file: "users:\n  - name: a\n    password: x\n    password: y\n", want: []string{`config: duplicate key "users[0].password" (in `, "line 4; first at line 3)"}},
+		{name: "duplicate queue argument", file: "queues:\n  - name: q\n    arguments:\n      x-max-length: 1\n      x-max-length: 2\n", want: []string{`config: duplicate key "queues[0].arguments.x-max-length"`, "line 5; first at line 4)"}},
+		{name: "duplicate in environment list", env: map[string]string{"WARREN_USERS": "[{name: a, password: x, password: y}]"}, want: []string{"config: users:", `"password" already defined`, "WARREN_USERS"}},
+		{name: "password and hash", file: "users:\n  - name: a\n    password: x\n    password_hash: \"kI3GCqW5JLMJa4iX1lo7X4D6XbYqlLgxIs30+P6tENUV2POR\"\n", want: []string{`config: users: [0].password_hash: user "a" has both password and password_hash; give one`, "line 4)"}},
+		{name: "long queue name", file: "queues:\n  - name: q\n  - name: " + strings.Repeat("q", 256) + "\n", want: []string{"config: queues: [1].name: 256 bytes, longer than 255 (an AMQP short string)", "line 3)"}},
+		{name: "long user name", file: "users:\n  - {name: " + strings.Repeat("u", 300) + ", password: x}\n", want: []string{"config: users: [0].name: 300 bytes, longer than 255", "line 2)"}},
+		{name: "long vhost name", env: map[string]string{"WARREN_VHOSTS": "/," + strings.Repeat("v", 256)}, want: []string{"config: vhosts: [1].name: 256 bytes, longer than 255", "WARREN_VHOSTS"}},
+		{name: "long exchange name", file: "exchanges:\n  - {name: " + strings.Repeat("x", 256) + ", type: direct}\n", want: []string{"config: exchanges: [0].name: 256 bytes", "line 2)"}},
+		{name: "long policy name", file: "policies:\n  - {name: " + strings.Repeat("p", 256) + ", pattern: ., definition: {max-length: 1}}\n", want: []string{"config: policies: [0].name: 256 bytes", "line 2)"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -309,3 +309,81 @@ func TestMergeLinear(t *testing.T) {
 		t.Errorf("merging %d queues made %.0f allocations; more than %d means it is not linear", n, allocs, 10*n)
 	}
 }
+
+// Issue 23 finding 8: a definitions file with names no client can send (over 255 bytes) or a user
+// with both password and password_hash is refused, naming the key and its line, by
+// load_definitions and by `warren definitions import` alike.
+func TestDefinitionsRefused(t *testing.T) {
+	long := func(c string, n int) string { return strings.Repeat(c, n) }
+	tests := []struct {
+		name, body string
+		want       []string
+	}{
+		{"long queue name", `{
+  "queues": [
+    {"name": "ok", "vhost": "/", "durable": true, "auto_delete": false, "arguments": {}},
+    {"name": "` + long("q", 256) + `", "vhost": "/", "durable": true, "auto_delete": false, "arguments": {}}
+  ]
+}`, []string{"queues[1].name: 256 bytes, longer than 255 (an AMQP short string) (line 4)"}},
+		{"long exchange name", `{"exchanges": [
+  {"name": "` + long("x", 300) + `", "vhost": "/", "type": "direct", "durable": true, "auto_delete": false, "internal": false, "arguments": {}}
+]}`, []string{"exchanges[0].name: 300 bytes", "(line 2)"}},
+		{"long user name", `{"users": [
+  {"name": "` + long("u", 256) + `", "password_hash": "", "tags": []}
+]}`, []string{"users[0].name: 256 bytes", "(line 2)"}},
+		{"long vhost name", `{"vhosts": [
+  {"name": "/"},
+  {"name": "` + long("v", 256) + `"}
+]}`, []string{"vhosts[1].name: 256 bytes", "(line 3)"}},
+		{"long policy name", `{"vhosts": [{"name": "/"}], "policies": [
+  {"vhost": "/", "name": "` + long("p", 256) + `", "pattern": ".", "apply-to": "queues", "definition": {"max-length": 1}, "priority": 0}
+]}`, []string{"policies[0].name: 256 bytes", "(line 2)"}},
+		{"password and hash", `{"users": [
+  {
+    "name": "a",
+    "password": "x",
+    "password_hash": "kI3GCqW5JLMJa4iX1lo7X4D6XbYqlLgxIs30+P6tENUV2POR",
+    "tags": []
+  }
+]}`, []string{`users[0].password_hash: user "a" has both password and password_hash; give one (line 5)`}},
+		{"unknown parameter component", `{"vhosts": [{"name": "/"}],
+  "parameters": [{"vhost": "/", "component": "federation-upstream", "name": "x", "value": {}}]}`,
+			[]string{`parameters[0].component: "federation-upstream" is not supported (only vhost-limits) (line 2)`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "defs.json")
+			if err := os.WriteFile(path, []byte(tt.body), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			_, err := Load([]string{"-config", writeConfig(t, "load_definitions: "+path+"\n")}, envMap(nil))
+			if err == nil {
+				t.Fatal("load_definitions accepted it")
+			}
+			for _, w := range append([]string{"config: load_definitions: " + path + ": "}, tt.want...) {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("load_definitions: error %q does not contain %q", err, w)
+				}
+			}
+			_, err = ImportDefinitions(path, time.Now())
+			if err == nil {
+				t.Fatal("import accepted it")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("import: error %q does not contain %q", err, w)
+				}
+			}
+		})
+	}
+	// 255 bytes is a name a client can send.
+	path := filepath.Join(t.TempDir(), "defs.json")
+	body := `{"queues": [{"name": "` + long("q", 255) + `", "vhost": "/", "durable": true, "auto_delete": false, "arguments": {}}]}`
+	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s, err := Load([]string{"-config", writeConfig(t, "load_definitions: "+path+"\n")}, envMap(nil))
+	if err != nil || len(s.Server.Queues) != 1 {
+		t.Fatalf("a 255-byte queue name: %v", err)
+	}
+}

@@ -17,12 +17,12 @@ import (
 func ImportDefinitions(path string, now time.Time) ([]byte, error) {
 	defs, err := readDefinitions(path)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, fmt.Errorf("%s: %w%s", path, err, definitionsLine(path, err))
 	}
 	check := server.DefaultConfig()
 	check.Users, check.VHosts, check.Permissions = nil, nil, nil
 	if err := defs.apply(&check); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, fmt.Errorf("%s: %w%s", path, err, definitionsLine(path, err))
 	}
 	if len(check.VHosts) == 0 {
 		check.VHosts = []server.VHost{{Name: "/"}}
