@@ -468,7 +468,15 @@ func (p defPolicy) toServer() (server.Policy, error) {
 	if err := checkName(p.Name); err != nil {
 		return server.Policy{}, err
 	}
-	return server.Policy{Name: p.Name, VHost: orSlash(p.VHost), Pattern: p.Pattern, ApplyTo: p.ApplyTo, Priority: p.Priority, Definition: p.Definition}, nil
+	var def map[string]any
+	if p.Definition != nil {
+		// Numbers arrive as json.Number; the server gets plain int64 and float64.
+		def = make(map[string]any, len(p.Definition))
+		for k, v := range p.Definition {
+			def[k] = plainValue(v)
+		}
+	}
+	return server.Policy{Name: p.Name, VHost: orSlash(p.VHost), Pattern: p.Pattern, ApplyTo: p.ApplyTo, Priority: p.Priority, Definition: def}, nil
 }
 
 // maxNameLen is the longest name of a user, vhost, exchange, queue or policy: clients send

@@ -387,3 +387,40 @@ func TestDefinitionsRefused(t *testing.T) {
 		t.Fatalf("a 255-byte queue name: %v", err)
 	}
 }
+
+// The server is given plain numbers, never json.Number: policy definitions from config.yaml and
+// from definitions files alike.
+func TestPolicyDefinitionTyped(t *testing.T) {
+	abs, err := filepath.Abs(realExport)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := Load([]string{"-config", writeConfig(t, "policies:\n  - {name: p, pattern: ., definition: {max-length: 5, redelivery-backoff: 1.5}}\nload_definitions: "+abs+"\n")}, envMap(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var check func(path string, v any)
+	check = func(path string, v any) {
+		switch x := v.(type) {
+		case json.Number:
+			t.Errorf("%s is a json.Number (%s)", path, x)
+		case map[string]any:
+			for k, e := range x {
+				check(path+"."+k, e)
+			}
+		case []any:
+			for i, e := range x {
+				check(fmt.Sprintf("%s[%d]", path, i), e)
+			}
+		}
+	}
+	if len(s.Server.Policies) < 2 {
+		t.Fatalf("policies = %+v", s.Server.Policies)
+	}
+	for _, p := range s.Server.Policies {
+		check(p.Name, p.Definition)
+	}
+	if got := s.Server.Policies[0].Definition; got["max-length"] != int64(5) || got["redelivery-backoff"] != 1.5 {
+		t.Errorf("definition = %#v", got)
+	}
+}
