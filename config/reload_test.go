@@ -54,7 +54,7 @@ func TestCheckReload(t *testing.T) {
 	}
 }
 
-// Watch reports a file once it has been quiet: five writes 40 ms apart are one report, made no
+// Watch reports a file once it has been quiet: five writes 20 ms apart are one report, made no
 // sooner than quiet after the last write.
 func TestWatchQuiet(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "warren.yaml")
@@ -62,7 +62,7 @@ func TestWatchQuiet(t *testing.T) {
 		t.Fatal(err)
 	}
 	changed := make(chan struct{}, 1)
-	const quiet = 200 * time.Millisecond
+	const quiet = 500 * time.Millisecond
 	stop, err := Watch(path, quiet, changed)
 	if err != nil {
 		t.Fatal(err)
@@ -74,7 +74,7 @@ func TestWatchQuiet(t *testing.T) {
 			t.Fatal(err)
 		}
 		last = time.Now()
-		time.Sleep(40 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond)
 	}
 	select {
 	case <-changed:

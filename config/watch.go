@@ -26,19 +26,9 @@ func Watch(path string, quiet time.Duration, changed chan<- struct{}) (stop func
 	var (
 		mu      sync.Mutex
 		timer   *time.Timer
+		gen     uint64 // counts changes; only the timer of the latest one reports
 		stopped bool
 	)
-	report := func() {
-		mu.Lock()
-		defer mu.Unlock()
-		if stopped {
-			return
-		}
-		select {
-		case changed <- struct{}{}:
-		default:
-		}
-	}
 	v := viper.New()
 	v.SetConfigFile(path)
 	v.SetConfigType("yaml")
@@ -49,11 +39,22 @@ func Watch(path string, quiet time.Duration, changed chan<- struct{}) (stop func
 		if stopped {
 			return
 		}
-		if timer == nil {
-			timer = time.AfterFunc(quiet, report)
-		} else {
-			timer.Reset(quiet)
+		gen++
+		g := gen
+		if timer != nil {
+			timer.Stop()
 		}
+		timer = time.AfterFunc(quiet, func() {
+			mu.Lock()
+			defer mu.Unlock()
+			if stopped || g != gen {
+				return // a later change restarted the wait
+			}
+			select {
+			case changed <- struct{}{}:
+			default:
+			}
+		})
 	})
 	v.WatchConfig()
 	return func() {
