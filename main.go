@@ -6,7 +6,7 @@
 //	warren definitions import [-o FILE] DEFINITIONS.json    RabbitMQ definitions to config YAML
 //	warren definitions export [-config FILE] [-o FILE]      the configuration as RabbitMQ definitions
 //
-// Configuration loading lives in config.go; this file only wires the pieces together.
+// Configuration loading lives in package config; this file only wires the pieces together.
 package main
 
 import (
@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"warren/bench"
+	"warren/config"
 	"warren/server"
 )
 
@@ -47,9 +48,9 @@ func main() {
 // code. SIGHUP, and a change to the configuration file, reload the configuration. A second
 // stop signal while shutting down abandons the graceful close.
 func run(args []string, lookupEnv func(string) (string, bool), stderr io.Writer, signals <-chan os.Signal) int {
-	cfg, err := loadConfig(args, lookupEnv)
+	cfg, err := config.Load(args, lookupEnv)
 	if errors.Is(err, flag.ErrHelp) {
-		usage(stderr)
+		config.Usage(stderr)
 		return 0
 	}
 	if err != nil {
@@ -89,28 +90,30 @@ func run(args []string, lookupEnv func(string) (string, bool), stderr io.Writer,
 	if addr := srv.TLSAddr(); addr != nil {
 		attrs = append(attrs, "amqps", addr.String())
 	}
-	logger.Info("warren ready", attrs...)
-
+	// The watch starts before the ready line, so that a change made once a caller sees it is seen.
 	changed := make(chan struct{}, 1)
 	if cfg.ConfigFile != "" {
-		stop, err := watchFile(cfg.ConfigFile, changed)
+		stop, err := config.Watch(cfg.ConfigFile, config.WatchQuiet, changed)
 		if err != nil {
 			logger.Warn("not watching the configuration file; reload with SIGHUP", "file", cfg.ConfigFile, "err", err)
 		} else {
 			defer stop()
 		}
 	}
+	logger.Info("warren ready", attrs...)
+
+	running := cfg
 	var sig os.Signal
 	for sig == nil {
 		select {
 		case s := <-signals:
 			if s == syscall.SIGHUP {
-				reload(srv, args, lookupEnv, logger, "SIGHUP")
+				running = reload(srv, running, args, lookupEnv, logger, "SIGHUP")
 				continue
 			}
 			sig = s
 		case <-changed:
-			reload(srv, args, lookupEnv, logger, "file changed")
+			running = reload(srv, running, args, lookupEnv, logger, "file changed")
 		}
 	}
 	logger.Info("shutting down", "signal", sig.String())
@@ -149,17 +152,33 @@ func servePprof(addr string, logger *slog.Logger) (stop func(), err error) {
 	return func() { _ = hs.Close() }, nil
 }
 
-// reload re-reads the configuration as at start-up (same flags and environment) and applies it.
-// A configuration that does not load is rejected with one log line; the running one stays.
-func reload(srv *server.Server, args []string, lookupEnv func(string) (string, bool), logger *slog.Logger, why string) {
-	cfg, err := loadConfig(args, lookupEnv)
+// reload re-reads the configuration as at start-up (same flags and environment) and applies it,
+// returning the settings now running. A configuration that does not load, or that
+// config.CheckReload takes for a truncated file, is rejected with one log line; the running one
+// stays.
+func reload(srv *server.Server, running *config.Settings, args []string, lookupEnv func(string) (string, bool), logger *slog.Logger, why string) *config.Settings {
+	cfg, err := config.Load(args, lookupEnv)
+	if err == nil {
+		err = config.CheckReload(running, cfg)
+	}
 	if err == nil {
 		cfg.Server.Logger = logger
 		err = srv.Reload(cfg.Server)
 	}
 	if err != nil {
 		logger.Error("config reload rejected, running configuration kept", "trigger", why, "err", err)
+		return running
 	}
+	return cfg
+}
+
+// newLogger builds the process logger from the log.* settings.
+func newLogger(w io.Writer, s *config.Settings) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: s.LogLevel}
+	if s.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
 }
 
 // runBenchCommand runs `warren bench ...` (package bench) and returns the exit code.

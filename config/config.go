@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"errors"
@@ -22,21 +22,28 @@ import (
 // file is not an error, so `go run .` works in an empty directory.
 const defaultConfigFile = "config.yaml"
 
-// envPrefix starts every environment variable that overrides a key (WARREN_AMQP_LISTEN, ...).
-const envPrefix = "WARREN_"
+// EnvPrefix starts every environment variable that overrides a key (WARREN_AMQP_LISTEN, ...).
+const EnvPrefix = "WARREN_"
 
-// settings is everything loadConfig produces: the broker's configuration plus what main needs to
-// build the logger (logging is not the server's concern).
-type settings struct {
-	Server     server.Config
-	LogLevel   slog.Level
-	LogFormat  string // "text" or "json"
-	ConfigFile string // the file actually read; "" when none
+// Settings is everything Load produces: the broker's configuration plus what main needs to
+// build the logger and the debug endpoint (neither is the server's concern).
+type Settings struct {
+	// Server is the broker's configuration, validated by server.Config.Validate.
+	Server server.Config
+	// LogLevel is log.level; LogFormat is log.format, "text" or "json".
+	LogLevel  slog.Level
+	LogFormat string
+	// ConfigFile is the file actually read; "" when none.
+	ConfigFile string
 	// PprofListen is the address of the net/http/pprof endpoint; "" (the default) serves none.
 	PprofListen string
 	// LoadDefinitions is a RabbitMQ definitions file merged into the configuration at start-up
 	// and on every reload (RabbitMQ's load_definitions).
 	LoadDefinitions string
+
+	// emptyFile is set when ConfigFile holds no settings at all (empty, or only whitespace and
+	// comments): fine at start-up, suspicious on a reload (see CheckReload).
+	emptyFile bool
 }
 
 // key describes one configuration key: how to apply a raw value (from YAML, an environment
@@ -46,50 +53,40 @@ type key struct {
 	name  string
 	flag  string // command-line flag overriding the key, "" when none
 	usage string
-	set   func(s *settings, raw any) error
+	set   func(s *Settings, raw any) error
 }
 
 // keys is the complete list of configuration keys; anything else in a file is an error.
 var keys = []key{
-	{name: "amqp.listen", flag: "listen", usage: "AMQP listen address (host:port; port 0 picks a free one)",
-		set: func(s *settings, raw any) error {
-			v, err := toString(raw)
-			if err != nil {
-				return err
-			}
-			if _, _, err := net.SplitHostPort(v); err != nil {
-				return fmt.Errorf("%q is not host:port", v)
-			}
-			s.Server.Listen = v
-			return nil
-		}},
+	withFlag(addrKey("amqp.listen", false, func(s *Settings) *string { return &s.Server.Listen }),
+		"listen", "AMQP listen address (host:port; port 0 picks a free one)"),
 	{name: "storage.dir", flag: "data-dir", usage: "Badger data directory (\"\" keeps everything in memory)",
-		set: func(s *settings, raw any) error {
+		set: func(s *Settings, raw any) error {
 			v, err := toString(raw)
 			s.Server.DataDir = v
 			return err
 		}},
-	{name: "limits.frame_max", set: func(s *settings, raw any) error {
+	{name: "limits.frame_max", set: func(s *Settings, raw any) error {
 		v, err := toIntRange(raw, 4096, math.MaxUint32)
 		s.Server.FrameMax = uint32(v)
 		return err
 	}},
-	{name: "limits.channel_max", set: func(s *settings, raw any) error {
+	{name: "limits.channel_max", set: func(s *Settings, raw any) error {
 		v, err := toIntRange(raw, 1, math.MaxUint16)
 		s.Server.ChannelMax = uint16(v)
 		return err
 	}},
-	{name: "limits.heartbeat", set: func(s *settings, raw any) error {
+	{name: "limits.heartbeat", set: func(s *Settings, raw any) error {
 		v, err := toIntRange(raw, 0, math.MaxUint16)
 		s.Server.Heartbeat = uint16(v)
 		return err
 	}},
-	{name: "limits.max_message_size", set: func(s *settings, raw any) error {
+	{name: "limits.max_message_size", set: func(s *Settings, raw any) error {
 		v, err := toIntRange(raw, 1, math.MaxInt64)
 		s.Server.MaxMessageSize = v
 		return err
 	}},
-	{name: "limits.handshake_timeout", set: func(s *settings, raw any) error {
+	{name: "limits.handshake_timeout", set: func(s *Settings, raw any) error {
 		v, err := toString(raw)
 		if err != nil {
 			return err
@@ -104,7 +101,7 @@ var keys = []key{
 		s.Server.HandshakeTimeout = d
 		return nil
 	}},
-	{name: "memory.high_watermark", set: func(s *settings, raw any) error {
+	{name: "memory.high_watermark", set: func(s *Settings, raw any) error {
 		v, err := toFloat(raw)
 		if err == nil && (v <= 0 || v > 1) {
 			err = fmt.Errorf("%v must be above 0 and at most 1 (a fraction of system RAM)", v)
@@ -112,52 +109,42 @@ var keys = []key{
 		s.Server.MemoryHighWatermark = v
 		return err
 	}},
-	{name: "memory.limit", set: func(s *settings, raw any) error {
+	{name: "memory.limit", set: func(s *Settings, raw any) error {
 		v, err := toIntRange(raw, 0, math.MaxInt64)
 		s.Server.MemoryLimit = v
 		return err
 	}},
-	{name: "disk.free_limit", set: func(s *settings, raw any) error {
+	{name: "disk.free_limit", set: func(s *Settings, raw any) error {
 		v, err := toIntRange(raw, 0, math.MaxInt64)
 		s.Server.DiskFreeLimit = v
 		return err
 	}},
-	{name: "limits.max_connections", set: func(s *settings, raw any) error {
+	{name: "limits.max_connections", set: func(s *Settings, raw any) error {
 		v, err := toIntRange(raw, -1, math.MaxInt64)
 		s.Server.MaxConnections = server.LimitOf(v)
 		return err
 	}},
-	{name: "tls.listen", set: func(s *settings, raw any) error {
-		v, err := toString(raw)
-		if err != nil {
-			return err
-		}
-		if _, _, err := net.SplitHostPort(v); err != nil {
-			return fmt.Errorf("%q is not host:port", v)
-		}
-		s.Server.TLS.Listen = v
-		return nil
-	}},
-	{name: "tls.cert_file", set: func(s *settings, raw any) (err error) { s.Server.TLS.CertFile, err = toString(raw); return }},
-	{name: "tls.key_file", set: func(s *settings, raw any) (err error) { s.Server.TLS.KeyFile, err = toString(raw); return }},
-	{name: "tls.ca_file", set: func(s *settings, raw any) (err error) { s.Server.TLS.CAFile, err = toString(raw); return }},
-	{name: "tls.verify_peer", set: func(s *settings, raw any) (err error) { s.Server.TLS.VerifyPeer, err = toBool(raw); return }},
-	{name: "tls.fail_if_no_peer_cert", set: func(s *settings, raw any) (err error) {
+	addrKey("tls.listen", false, func(s *Settings) *string { return &s.Server.TLS.Listen }),
+	{name: "tls.cert_file", set: func(s *Settings, raw any) (err error) { s.Server.TLS.CertFile, err = toString(raw); return }},
+	{name: "tls.key_file", set: func(s *Settings, raw any) (err error) { s.Server.TLS.KeyFile, err = toString(raw); return }},
+	{name: "tls.ca_file", set: func(s *Settings, raw any) (err error) { s.Server.TLS.CAFile, err = toString(raw); return }},
+	{name: "tls.verify_peer", set: func(s *Settings, raw any) (err error) { s.Server.TLS.VerifyPeer, err = toBool(raw); return }},
+	{name: "tls.fail_if_no_peer_cert", set: func(s *Settings, raw any) (err error) {
 		s.Server.TLS.FailIfNoPeerCert, err = toBool(raw)
 		return
 	}},
-	{name: "queue.max_ram_messages", set: func(s *settings, raw any) error {
+	{name: "queue.max_ram_messages", set: func(s *Settings, raw any) error {
 		v, err := toIntRange(raw, 1, math.MaxInt32)
 		s.Server.MaxRAMMessages = int(v)
 		return err
 	}},
-	sectionKey("users", "a YAML list of users", defUser.toServer, func(s *settings) *[]server.User { return &s.Server.Users }),
-	{name: "loopback_users", set: func(s *settings, raw any) error {
+	sectionKey("users", "a YAML list of users", defUser.toServer, func(s *Settings) *[]server.User { return &s.Server.Users }),
+	{name: "loopback_users", set: func(s *Settings, raw any) error {
 		v, err := toStringList(raw)
 		s.Server.LoopbackUsers = v
 		return err
 	}},
-	{name: "vhosts", set: func(s *settings, raw any) error {
+	{name: "vhosts", set: func(s *Settings, raw any) error {
 		if str, ok := raw.(string); ok && !strings.HasPrefix(strings.TrimSpace(str), "[") {
 			// WARREN_VHOSTS=/,staging: names only.
 			names, err := toStringList(str)
@@ -181,13 +168,13 @@ var keys = []key{
 		s.Server.VHosts, err = convert(list, defVHost.toServer)
 		return err
 	}},
-	sectionKey("permissions", "a YAML list of permissions", noErr(defPermission.toServer), func(s *settings) *[]server.Permission { return &s.Server.Permissions }),
-	sectionKey("policies", "a YAML list of policies", noErr(defPolicy.toServer), func(s *settings) *[]server.Policy { return &s.Server.Policies }),
-	sectionKey("exchanges", "a YAML list of exchanges", defExchange.toServer, func(s *settings) *[]server.ExchangeDef { return &s.Server.Exchanges }),
-	sectionKey("queues", "a YAML list of queues", defQueue.toServer, func(s *settings) *[]server.QueueDef { return &s.Server.Queues }),
-	sectionKey("bindings", "a YAML list of bindings", defBinding.toServer, func(s *settings) *[]server.BindingDef { return &s.Server.Bindings }),
-	{name: "load_definitions", set: func(s *settings, raw any) (err error) { s.LoadDefinitions, err = toString(raw); return }},
-	{name: "log.level", set: func(s *settings, raw any) error {
+	sectionKey("permissions", "a YAML list of permissions", noErr(defPermission.toServer), func(s *Settings) *[]server.Permission { return &s.Server.Permissions }),
+	sectionKey("policies", "a YAML list of policies", defPolicy.toServer, func(s *Settings) *[]server.Policy { return &s.Server.Policies }),
+	sectionKey("exchanges", "a YAML list of exchanges", defExchange.toServer, func(s *Settings) *[]server.ExchangeDef { return &s.Server.Exchanges }),
+	sectionKey("queues", "a YAML list of queues", defQueue.toServer, func(s *Settings) *[]server.QueueDef { return &s.Server.Queues }),
+	sectionKey("bindings", "a YAML list of bindings", defBinding.toServer, func(s *Settings) *[]server.BindingDef { return &s.Server.Bindings }),
+	{name: "load_definitions", set: func(s *Settings, raw any) (err error) { s.LoadDefinitions, err = toString(raw); return }},
+	{name: "log.level", set: func(s *Settings, raw any) error {
 		v, err := toString(raw)
 		if err != nil {
 			return err
@@ -206,19 +193,8 @@ var keys = []key{
 		}
 		return nil
 	}},
-	{name: "debug.pprof_listen", set: func(s *settings, raw any) error {
-		v, err := toString(raw)
-		if err != nil || v == "" {
-			s.PprofListen = ""
-			return err
-		}
-		if _, _, err := net.SplitHostPort(v); err != nil {
-			return fmt.Errorf("%q is not host:port", v)
-		}
-		s.PprofListen = v
-		return nil
-	}},
-	{name: "log.format", set: func(s *settings, raw any) error {
+	addrKey("debug.pprof_listen", true, func(s *Settings) *string { return &s.PprofListen }),
+	{name: "log.format", set: func(s *Settings, raw any) error {
 		v, err := toString(raw)
 		if err != nil {
 			return err
@@ -233,20 +209,46 @@ var keys = []key{
 	}},
 }
 
+// addrKey is a key holding a listen address, host:port, stored in *dst. With optional, "" is
+// allowed and means "no listener".
+func addrKey(name string, optional bool, dst func(*Settings) *string) key {
+	return key{name: name, set: func(s *Settings, raw any) error {
+		v, err := toString(raw)
+		if err != nil {
+			return err
+		}
+		if v != "" || !optional {
+			if _, _, err := net.SplitHostPort(v); err != nil {
+				return fmt.Errorf("%q is not host:port", v)
+			}
+		}
+		*dst(s) = v
+		return nil
+	}}
+}
+
+// withFlag gives k a command-line flag that overrides it.
+func withFlag(k key, flag, usage string) key {
+	k.flag, k.usage = flag, usage
+	return k
+}
+
 // envName is the environment variable that overrides a key: WARREN_ + upper case, '.' -> '_'.
 func envName(k string) string {
-	return envPrefix + strings.ToUpper(strings.ReplaceAll(k, ".", "_"))
+	return EnvPrefix + strings.ToUpper(strings.ReplaceAll(k, ".", "_"))
 }
 
-// defaultSettings is what Warren runs with when nothing is configured.
-func defaultSettings() settings {
-	return settings{Server: server.DefaultConfig(), LogLevel: slog.LevelInfo, LogFormat: "text"}
+// Default is what Warren runs with when nothing is configured.
+func Default() Settings {
+	return Settings{Server: server.DefaultConfig(), LogLevel: slog.LevelInfo, LogFormat: "text"}
 }
 
-// loadConfig builds the settings from, in increasing precedence: built-in defaults, the YAML file,
-// WARREN_* environment variables (looked up with lookupEnv, normally os.LookupEnv) and the
-// command-line flags in args. Errors name the offending key.
-func loadConfig(args []string, lookupEnv func(string) (string, bool)) (settings, error) {
+// Load builds the settings from, in increasing precedence: built-in defaults, the YAML file
+// (-config, or ./config.yaml when it exists), WARREN_* environment variables (looked up with
+// lookupEnv, normally os.LookupEnv), the command-line flags in args, and last the RabbitMQ
+// definitions file named by load_definitions. Errors name the offending key and where it was set
+// (file and line, environment variable or flag). -h gives an error matching flag.ErrHelp.
+func Load(args []string, lookupEnv func(string) (string, bool)) (*Settings, error) {
 	fs := flag.NewFlagSet("warren", flag.ContinueOnError)
 	fs.SetOutput(io.Discard) // main prints usage itself; tests stay quiet
 	configPath := fs.String("config", "", "YAML configuration file (default \"config.yaml\" if it exists)")
@@ -258,12 +260,12 @@ func loadConfig(args []string, lookupEnv func(string) (string, bool)) (settings,
 	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return settings{}, err
+			return nil, err
 		}
-		return settings{}, fmt.Errorf("config: %w", err)
+		return nil, fmt.Errorf("config: %w", err)
 	}
 	if fs.NArg() > 0 {
-		return settings{}, fmt.Errorf("config: unexpected argument %q", fs.Arg(0))
+		return nil, fmt.Errorf("config: unexpected argument %q", fs.Arg(0))
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
@@ -274,7 +276,7 @@ func loadConfig(args []string, lookupEnv func(string) (string, bool)) (settings,
 			path = defaultConfigFile
 		}
 	} else if path == "" {
-		return settings{}, errors.New("config: -config needs a file name")
+		return nil, errors.New("config: -config needs a file name")
 	}
 
 	// Collect raw values layer by layer; a later layer replaces an earlier one.
@@ -288,7 +290,7 @@ func loadConfig(args []string, lookupEnv func(string) (string, bool)) (settings,
 		var err error
 		file, err = readFile(path)
 		if err != nil {
-			return settings{}, err
+			return nil, err
 		}
 		for k, v := range file.values {
 			raw[k] = rawValue{v, path}
@@ -303,8 +305,9 @@ func loadConfig(args []string, lookupEnv func(string) (string, bool)) (settings,
 		}
 	}
 
-	s := defaultSettings()
+	s := Default()
 	s.ConfigFile = path
+	s.emptyFile = file != nil && file.empty
 	for _, k := range keys {
 		r, ok := raw[k.name]
 		if !ok {
@@ -320,7 +323,7 @@ func loadConfig(args []string, lookupEnv func(string) (string, bool)) (settings,
 				}
 				source = file.where(key)
 			}
-			return settings{}, fmt.Errorf("config: %s: %w (from %s)", k.name, err, source)
+			return nil, fmt.Errorf("config: %s: %w (from %s)", k.name, err, source)
 		}
 	}
 	if s.LoadDefinitions != "" {
@@ -329,18 +332,18 @@ func loadConfig(args []string, lookupEnv func(string) (string, bool)) (settings,
 			err = defs.apply(&s.Server)
 		}
 		if err != nil {
-			return settings{}, fmt.Errorf("config: load_definitions: %s: %w", s.LoadDefinitions, err)
+			return nil, fmt.Errorf("config: load_definitions: %s: %w%s", s.LoadDefinitions, err, definitionsLine(s.LoadDefinitions, err))
 		}
 	}
 	// Cross-field checks (and anything server adds later) are the server's; keep its wording.
 	if err := s.Server.Validate(); err != nil {
 		var ce *server.ConfigError
 		if file != nil && errors.As(err, &ce) && file.has(ce.Key) {
-			return settings{}, fmt.Errorf("config: %w (%s)", err, file.where(ce.Key))
+			return nil, fmt.Errorf("config: %w (%s)", err, file.where(ce.Key))
 		}
-		return settings{}, fmt.Errorf("config: %w", err)
+		return nil, fmt.Errorf("config: %w", err)
 	}
-	return s, nil
+	return &s, nil
 }
 
 // fileValues are the keys of a YAML file with their values and the line of every key and list
@@ -349,14 +352,23 @@ type fileValues struct {
 	path   string
 	values map[string]any
 	lines  map[string]int
+	empty  bool // no YAML content: nothing but whitespace and comments
 }
 
 // where names a key's place in the file for error messages; for a key the file lacks (a
 // default) the nearest enclosing key that it has.
 func (f *fileValues) where(key string) string {
+	if line, ok := f.lineOf(key); ok {
+		return fmt.Sprintf("%s line %d", f.path, line)
+	}
+	return f.path
+}
+
+// lineOf is the line of key, or of the nearest enclosing key the file has.
+func (f *fileValues) lineOf(key string) (int, bool) {
 	for k := key; k != ""; {
 		if line, ok := f.lines[k]; ok {
-			return fmt.Sprintf("%s line %d", f.path, line)
+			return line, true
 		}
 		i := strings.LastIndexAny(k, ".[")
 		if i <= 0 {
@@ -364,7 +376,7 @@ func (f *fileValues) where(key string) string {
 		}
 		k = k[:i]
 	}
-	return f.path
+	return 0, false
 }
 
 func (f *fileValues) has(key string) bool {
@@ -386,6 +398,7 @@ func readFile(path string) (*fileValues, error) {
 	}
 	f := &fileValues{path: path, values: map[string]any{}, lines: map[string]int{}}
 	if len(doc.Content) == 0 {
+		f.empty = true
 		return f, nil // an empty file sets nothing
 	}
 	root := doc.Content[0]
@@ -410,11 +423,18 @@ func readFile(path string) (*fileValues, error) {
 			if prefix != "" {
 				name = prefix + "." + name
 			}
+			if first, dup := f.lines[name]; dup {
+				// YAML forbids it, and the second would silently win (keys differing in case too).
+				return fmt.Errorf("config: duplicate key %q (in %s line %d; first at line %d)", name, path, kn.Line, first)
+			}
 			f.lines[name] = kn.Line
 			switch {
 			case known[name]:
 				if vn.Tag == "!!null" {
 					return fmt.Errorf("config: %s: has no value (in %s line %d)", name, path, kn.Line)
+				}
+				if err := checkDuplicates(name, vn); err != nil {
+					return fmt.Errorf("config: %w (in %s line %d; first at line %d)", err, path, err.line, err.first)
 				}
 				var v any
 				if err := vn.Decode(&v); err != nil {
@@ -438,6 +458,44 @@ func readFile(path string) (*fileValues, error) {
 		return nil, err
 	}
 	return f, nil
+}
+
+// duplicateError is a map key given twice inside a value (a user with two names).
+type duplicateError struct {
+	key         string
+	line, first int
+}
+
+func (e *duplicateError) Error() string { return fmt.Sprintf("duplicate key %q", e.key) }
+
+// checkDuplicates finds a map key given twice anywhere under n, whose path is path. Map keys
+// inside values (queue arguments, policy definitions) are case-sensitive.
+func checkDuplicates(path string, n *yaml.Node) *duplicateError {
+	switch n.Kind {
+	case yaml.SequenceNode:
+		for i, c := range n.Content {
+			if err := checkDuplicates(fmt.Sprintf("%s[%d]", path, i), c); err != nil {
+				return err
+			}
+		}
+	case yaml.MappingNode:
+		seen := make(map[string]int, len(n.Content)/2)
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k := n.Content[i]
+			if k.Kind != yaml.ScalarNode || k.Value == "<<" {
+				continue // a merge key brings in keys that the map may override
+			}
+			p := path + "." + k.Value
+			if first, dup := seen[k.Value]; dup {
+				return &duplicateError{key: p, line: k.Line, first: first}
+			}
+			seen[k.Value] = k.Line
+			if err := checkDuplicates(p, n.Content[i+1]); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // recordLines notes the line of every list entry and map key under n.
@@ -566,8 +624,8 @@ func toStringList(raw any) ([]string, error) {
 
 // sectionKey is the key of a config section holding a list of definitions records (D, as in
 // RabbitMQ's definitions JSON) that conv turns into the server's entries, stored in dst.
-func sectionKey[D, S any](name, what string, conv func(D) (S, error), dst func(*settings) *[]S) key {
-	return key{name: name, set: func(s *settings, raw any) error {
+func sectionKey[D, S any](name, what string, conv func(D) (S, error), dst func(*Settings) *[]S) key {
+	return key{name: name, set: func(s *Settings, raw any) error {
 		list, err := sectionList[D](raw, what, nil)
 		if err != nil {
 			return err
@@ -641,17 +699,8 @@ func describe(v any) string {
 	return fmt.Sprintf("%v", v)
 }
 
-// newLogger builds the process logger from the log.* settings.
-func newLogger(w io.Writer, s settings) *slog.Logger {
-	opts := &slog.HandlerOptions{Level: s.LogLevel}
-	if s.LogFormat == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
-	}
-	return slog.New(slog.NewTextHandler(w, opts))
-}
-
-// usage writes the command-line help.
-func usage(w io.Writer) {
+// Usage writes the command-line help: the flags, and every key with its environment variable.
+func Usage(w io.Writer) {
 	fmt.Fprintf(w, `Usage: warren [flags]
        warren bench [bench flags]
 

@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"errors"
@@ -65,13 +65,13 @@ log:
 		name  string
 		args  []string
 		env   map[string]string
-		check func(t *testing.T, s settings)
+		check func(t *testing.T, s *Settings)
 	}{
 		{
 			name: "defaults with no file",
-			check: func(t *testing.T, s settings) {
-				want := defaultSettings()
-				if !reflect.DeepEqual(s, want) {
+			check: func(t *testing.T, s *Settings) {
+				want := Default()
+				if !reflect.DeepEqual(*s, want) {
 					t.Errorf("got %+v\nwant %+v", s, want)
 				}
 				if s.Server.Listen != "0.0.0.0:5672" || s.Server.DataDir != "./data" ||
@@ -88,7 +88,7 @@ log:
 		{
 			name: "file values",
 			args: []string{"-config", file},
-			check: func(t *testing.T, s settings) {
+			check: func(t *testing.T, s *Settings) {
 				want := server.DefaultConfig()
 				want.Listen = "127.0.0.1:6000"
 				want.DataDir = "/var/lib/warren"
@@ -122,7 +122,7 @@ log:
 				"WARREN_VHOSTS":                   "/, a ,b",
 				"WARREN_LOG_LEVEL":                "WARN",
 			},
-			check: func(t *testing.T, s settings) {
+			check: func(t *testing.T, s *Settings) {
 				if s.Server.Listen != "127.0.0.1:5673" || s.Server.DataDir != "/tmp/w" || s.Server.FrameMax != 8192 ||
 					s.Server.HandshakeTimeout != time.Minute || s.LogLevel != slog.LevelWarn {
 					t.Errorf("env not applied: %+v", s)
@@ -138,7 +138,7 @@ log:
 		{
 			name: "env without file",
 			env:  map[string]string{"WARREN_LIMITS_HEARTBEAT": "0", "WARREN_LOOPBACK_USERS": "", "WARREN_STORAGE_DIR": ""},
-			check: func(t *testing.T, s settings) {
+			check: func(t *testing.T, s *Settings) {
 				if s.Server.Heartbeat != 0 || len(s.Server.LoopbackUsers) != 0 || s.Server.DataDir != "" {
 					t.Errorf("got heartbeat %d loopback %q dir %q", s.Server.Heartbeat, s.Server.LoopbackUsers, s.Server.DataDir)
 				}
@@ -148,7 +148,7 @@ log:
 			name: "flags override env",
 			args: []string{"-config", file, "-listen", "127.0.0.1:0", "-data-dir", "/tmp/flag"},
 			env:  map[string]string{"WARREN_AMQP_LISTEN": "127.0.0.1:5673", "WARREN_STORAGE_DIR": "/tmp/w"},
-			check: func(t *testing.T, s settings) {
+			check: func(t *testing.T, s *Settings) {
 				if s.Server.Listen != "127.0.0.1:0" || s.Server.DataDir != "/tmp/flag" {
 					t.Errorf("flags not applied: listen %q dir %q", s.Server.Listen, s.Server.DataDir)
 				}
@@ -157,16 +157,16 @@ log:
 		{
 			name: "pprof endpoint from file, off by default",
 			args: []string{"-config", writeConfig(t, "debug:\n  pprof_listen: 127.0.0.1:6060\n")},
-			check: func(t *testing.T, s settings) {
-				if s.PprofListen != "127.0.0.1:6060" || defaultSettings().PprofListen != "" {
-					t.Errorf("pprof_listen = %q, default %q", s.PprofListen, defaultSettings().PprofListen)
+			check: func(t *testing.T, s *Settings) {
+				if s.PprofListen != "127.0.0.1:6060" || Default().PprofListen != "" {
+					t.Errorf("pprof_listen = %q, default %q", s.PprofListen, Default().PprofListen)
 				}
 			},
 		},
 		{
 			name: "users from env as YAML flow list",
 			env:  map[string]string{"WARREN_USERS": "[{name: ops, password: pw, tags: [administrator]}, {name: bot, password: 123}]"},
-			check: func(t *testing.T, s settings) {
+			check: func(t *testing.T, s *Settings) {
 				want := []server.User{
 					{Name: "ops", Password: "pw", Tags: []string{"administrator"}},
 					{Name: "bot", Password: "123", Tags: []string{}},
@@ -179,9 +179,9 @@ log:
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			s, err := loadConfig(tt.args, envMap(tt.env))
+			s, err := Load(tt.args, envMap(tt.env))
 			if err != nil {
-				t.Fatalf("loadConfig: %v", err)
+				t.Fatalf("Load: %v", err)
 			}
 			tt.check(t, s)
 		})
@@ -243,6 +243,20 @@ func TestLoadConfigErrors(t *testing.T) {
 		{name: "missing -config file", args: []string{"-config", "/nonexistent/warren.yaml"}, want: []string{"config: reading /nonexistent/warren.yaml"}},
 		{name: "unknown flag", args: []string{"-port", "1"}, want: []string{"config: flag provided but not defined: -port"}},
 		{name: "stray argument", args: []string{"serve"}, want: []string{`config: unexpected argument "serve"`}},
+		// Issue 23 finding 8: duplicate keys used to be read silently, the last one winning.
+		{name: "duplicate section", file: "amqp:\n  listen: 127.0.0.1:1\namqp:\n  listen: 127.0.0.1:2\n", want: []string{`config: duplicate key "amqp" (in `, "line 3; first at line 1)"}},
+		{name: "duplicate key", file: "limits:\n  frame_max: 8192\n  frame_max: 4096\n", want: []string{`config: duplicate key "limits.frame_max" (in `, "line 3; first at line 2)"}},
+		{name: "duplicate key in other case", file: "log:\n  level: info\n  Level: debug\n", want: []string{`config: duplicate key "log.level"`, "line 3; first at line 2)"}},
+		{name: "duplicate top-level list", file: "vhosts: [/]\nusers: []\nvhosts: [prod]\n", want: []string{`config: duplicate key "vhosts"`, "line 3; first at line 1)"}},
+		{name: "duplicate user field", file: "users:\n  - name: a\n    password: x\n    password: y\n", want: []string{`config: duplicate key "users[0].password" (in `, "line 4; first at line 3)"}},
+		{name: "duplicate queue argument", file: "queues:\n  - name: q\n    arguments:\n      x-max-length: 1\n      x-max-length: 2\n", want: []string{`config: duplicate key "queues[0].arguments.x-max-length"`, "line 5; first at line 4)"}},
+		{name: "duplicate in environment list", env: map[string]string{"WARREN_USERS": "[{name: a, password: x, password: y}]"}, want: []string{"config: users:", `"password" already defined`, "WARREN_USERS"}},
+		{name: "password and hash", file: "users:\n  - name: a\n    password: x\n    password_hash: \"kI3GCqW5JLMJa4iX1lo7X4D6XbYqlLgxIs30+P6tENUV2POR\"\n", want: []string{`config: users: [0].password_hash: user "a" has both password and password_hash; give one`, "line 4)"}},
+		{name: "long queue name", file: "queues:\n  - name: q\n  - name: " + strings.Repeat("q", 256) + "\n", want: []string{"config: queues: [1].name: 256 bytes, longer than 255 (an AMQP short string)", "line 3)"}},
+		{name: "long user name", file: "users:\n  - {name: " + strings.Repeat("u", 300) + ", password: x}\n", want: []string{"config: users: [0].name: 300 bytes, longer than 255", "line 2)"}},
+		{name: "long vhost name", env: map[string]string{"WARREN_VHOSTS": "/," + strings.Repeat("v", 256)}, want: []string{"config: vhosts: [1].name: 256 bytes, longer than 255", "WARREN_VHOSTS"}},
+		{name: "long exchange name", file: "exchanges:\n  - {name: " + strings.Repeat("x", 256) + ", type: direct}\n", want: []string{"config: exchanges: [0].name: 256 bytes", "line 2)"}},
+		{name: "long policy name", file: "policies:\n  - {name: " + strings.Repeat("p", 256) + ", pattern: ., definition: {max-length: 1}}\n", want: []string{"config: policies: [0].name: 256 bytes", "line 2)"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -250,9 +264,9 @@ func TestLoadConfigErrors(t *testing.T) {
 			if tt.file != "" {
 				args = append([]string{"-config", writeConfig(t, tt.file)}, args...)
 			}
-			_, err := loadConfig(args, envMap(tt.env))
+			_, err := Load(args, envMap(tt.env))
 			if err == nil {
-				t.Fatalf("loadConfig succeeded, want error containing %q", tt.want)
+				t.Fatalf("Load succeeded, want error containing %q", tt.want)
 			}
 			for _, w := range tt.want {
 				if !strings.Contains(err.Error(), w) {
@@ -264,12 +278,12 @@ func TestLoadConfigErrors(t *testing.T) {
 }
 
 func TestLoadConfigHelp(t *testing.T) {
-	_, err := loadConfig([]string{"-h"}, envMap(nil))
+	_, err := Load([]string{"-h"}, envMap(nil))
 	if !errors.Is(err, flag.ErrHelp) {
 		t.Fatalf("err = %v, want flag.ErrHelp", err)
 	}
 	var b strings.Builder
-	usage(&b)
+	Usage(&b)
 	for _, k := range keys {
 		if !strings.Contains(b.String(), envName(k.name)) {
 			t.Errorf("usage does not mention %s", envName(k.name))
@@ -280,6 +294,7 @@ func TestLoadConfigHelp(t *testing.T) {
 // TestDefaultConfigFile checks that the shipped config.yaml sets every key, to exactly the built-in
 // defaults, and that it is read when -config is not given.
 func TestDefaultConfigFile(t *testing.T) {
+	t.Chdir("..") // the shipped file is at the repository root, next to main.go
 	abs, err := filepath.Abs(defaultConfigFile)
 	if err != nil {
 		t.Fatal(err)
@@ -294,7 +309,7 @@ func TestDefaultConfigFile(t *testing.T) {
 		}
 	}
 
-	s, err := loadConfig(nil, envMap(nil)) // cwd is the package dir, so config.yaml is the default
+	s, err := Load(nil, envMap(nil)) // cwd is the repository root, so config.yaml is the default
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -302,7 +317,7 @@ func TestDefaultConfigFile(t *testing.T) {
 		t.Errorf("ConfigFile = %q, want %q", s.ConfigFile, defaultConfigFile)
 	}
 	s.ConfigFile = ""
-	if want := defaultSettings(); !reflect.DeepEqual(s, want) {
+	if want := Default(); !reflect.DeepEqual(*s, want) {
 		t.Errorf("%s differs from the built-in defaults:\n got  %+v\n want %+v", defaultConfigFile, s, want)
 	}
 }

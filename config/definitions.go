@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"bytes"
@@ -10,6 +10,8 @@ import (
 	"slices"
 	"sort"
 	"strings"
+
+	"go.yaml.in/yaml/v3"
 
 	"warren/amqp"
 	"warren/server"
@@ -248,7 +250,7 @@ func jsonKind(goType string) string {
 		return "a whole number"
 	case strings.HasPrefix(goType, "map"):
 		return "a map"
-	case strings.HasPrefix(goType, "[]"), goType == "main.tagList":
+	case strings.HasPrefix(goType, "[]"), goType == "config.tagList":
 		return "a list"
 	}
 	return goType
@@ -371,6 +373,13 @@ func (u defUser) toServer() (server.User, error) {
 	if u.Name == "" {
 		return server.User{}, &fieldError{".name", errors.New("must not be empty")}
 	}
+	if err := checkName(u.Name); err != nil {
+		return server.User{}, err
+	}
+	if u.Password != "" && u.PasswordHash != "" {
+		// Which one would log in is anybody's guess: refuse rather than pick.
+		return server.User{}, &fieldError{".password_hash", fmt.Errorf("user %q has both password and password_hash; give one", u.Name)}
+	}
 	l, err := limits(u.Limits, "max-connections", "max-channels")
 	if err != nil {
 		return server.User{}, &fieldError{".limits", err}
@@ -386,6 +395,9 @@ func (u defUser) toServer() (server.User, error) {
 func (v defVHost) toServer() (server.VHost, error) {
 	if v.Name == "" {
 		return server.VHost{}, &fieldError{".name", errors.New("must not be empty")}
+	}
+	if err := checkName(v.Name); err != nil {
+		return server.VHost{}, err
 	}
 	l, err := limits(v.Limits, "max-connections", "max-queues")
 	if err != nil {
@@ -408,6 +420,9 @@ func orSlash(vhost string) string {
 func durable(b *bool) bool { return b == nil || *b }
 
 func (x defExchange) toServer() (server.ExchangeDef, error) {
+	if err := checkName(x.Name); err != nil {
+		return server.ExchangeDef{}, err
+	}
 	args, err := toTable(x.Arguments)
 	if err != nil {
 		return server.ExchangeDef{}, &fieldError{".arguments", err}
@@ -417,6 +432,9 @@ func (x defExchange) toServer() (server.ExchangeDef, error) {
 }
 
 func (q defQueue) toServer() (server.QueueDef, error) {
+	if err := checkName(q.Name); err != nil {
+		return server.QueueDef{}, err
+	}
 	args, err := toTable(q.Arguments)
 	if err != nil {
 		return server.QueueDef{}, &fieldError{".arguments", err}
@@ -446,8 +464,32 @@ func (b defBinding) toServer() (server.BindingDef, error) {
 		RoutingKey: b.RoutingKey, Arguments: args}, nil
 }
 
-func (p defPolicy) toServer() server.Policy {
-	return server.Policy{Name: p.Name, VHost: orSlash(p.VHost), Pattern: p.Pattern, ApplyTo: p.ApplyTo, Priority: p.Priority, Definition: p.Definition}
+func (p defPolicy) toServer() (server.Policy, error) {
+	if err := checkName(p.Name); err != nil {
+		return server.Policy{}, err
+	}
+	var def map[string]any
+	if p.Definition != nil {
+		// Numbers arrive as json.Number; the server gets plain int64 and float64.
+		def = make(map[string]any, len(p.Definition))
+		for k, v := range p.Definition {
+			def[k] = plainValue(v)
+		}
+	}
+	return server.Policy{Name: p.Name, VHost: orSlash(p.VHost), Pattern: p.Pattern, ApplyTo: p.ApplyTo, Priority: p.Priority, Definition: def}, nil
+}
+
+// maxNameLen is the longest name of a user, vhost, exchange, queue or policy: clients send
+// names as AMQP short strings. RabbitMQ 3.10 imports longer ones from definitions, making
+// queues no client can name; Warren refuses the file instead.
+const maxNameLen = 255
+
+// checkName refuses a name no client could ever use.
+func checkName(name string) error {
+	if len(name) > maxNameLen {
+		return &fieldError{".name", fmt.Errorf("%d bytes, longer than %d (an AMQP short string)", len(name), maxNameLen)}
+	}
+	return nil
 }
 
 func (p defPermission) toServer() server.Permission {
@@ -521,24 +563,54 @@ func readDefinitions(path string) (*definitions, error) {
 			return nil, fmt.Errorf("%s: %w", k, err)
 		}
 		if err := dec(v); err != nil {
-			return nil, fmt.Errorf("%s%s", k, prefixPath(err))
+			return nil, inSection(k, err)
 		}
 	}
 	for i, p := range d.Parameters {
 		if p.Component != "vhost-limits" {
-			return nil, fmt.Errorf("parameters[%d]: component %q is not supported (only vhost-limits)", i, p.Component)
+			return nil, &fieldError{fmt.Sprintf("parameters[%d].component", i), fmt.Errorf("%q is not supported (only vhost-limits)", p.Component)}
 		}
 	}
 	return d, nil
 }
 
-// prefixPath renders an error so that it continues a key: "[2].name: ..." or ": ...".
-func prefixPath(err error) string {
+// inSection makes err, from decoding or converting the entries of section k, an error about
+// the key it names ("queues[2].name"), so that the line can be found.
+func inSection(k string, err error) error {
 	var fe *fieldError
 	if errors.As(err, &fe) {
-		return fe.path + ": " + fe.err.Error()
+		return &fieldError{k + fe.path, fe.err}
 	}
-	return ": " + err.Error()
+	return &fieldError{k, err}
+}
+
+// definitionsLine returns " (line N)" for the key that err names in the definitions file at
+// path, or "" when it cannot tell. Only errors pay for it: the file is parsed again as YAML (of
+// which JSON is a subset) to find the line.
+func definitionsLine(path string, err error) string {
+	var fe *fieldError
+	if !errors.As(err, &fe) {
+		return ""
+	}
+	b, rerr := os.ReadFile(path)
+	if rerr != nil {
+		return ""
+	}
+	var doc yaml.Node
+	if yaml.Unmarshal(b, &doc) != nil || len(doc.Content) == 0 || doc.Content[0].Kind != yaml.MappingNode {
+		return ""
+	}
+	f := &fileValues{lines: map[string]int{}}
+	root := doc.Content[0]
+	for i := 0; i+1 < len(root.Content); i += 2 {
+		k := root.Content[i].Value
+		f.lines[k] = root.Content[i].Line
+		recordLines(f.lines, k, root.Content[i+1])
+	}
+	if line, ok := f.lineOf(strings.TrimPrefix(fe.path, ".")); ok {
+		return fmt.Sprintf(" (line %d)", line)
+	}
+	return ""
 }
 
 func jsonSyntaxError(b []byte, err error) error {
@@ -556,16 +628,16 @@ func jsonSyntaxError(b []byte, err error) error {
 func (d *definitions) apply(cfg *server.Config) error {
 	users, err := convert(d.Users, defUser.toServer)
 	if err != nil {
-		return fmt.Errorf("users%s", prefixPath(err))
+		return inSection("users", err)
 	}
 	vhosts, err := convert(d.VHosts, defVHost.toServer)
 	if err != nil {
-		return fmt.Errorf("vhosts%s", prefixPath(err))
+		return inSection("vhosts", err)
 	}
 	for i, p := range d.Parameters {
 		l, err := limits(p.Value, "max-connections", "max-queues")
 		if err != nil {
-			return fmt.Errorf("parameters[%d].value: %w", i, err)
+			return &fieldError{fmt.Sprintf("parameters[%d].value", i), err}
 		}
 		found := false
 		for j := range vhosts {
@@ -575,23 +647,26 @@ func (d *definitions) apply(cfg *server.Config) error {
 			}
 		}
 		if !found {
-			return fmt.Errorf("parameters[%d]: vhost-limits for vhost %q, which the file does not define", i, p.VHost)
+			return &fieldError{fmt.Sprintf("parameters[%d].vhost", i), fmt.Errorf("vhost-limits for vhost %q, which the file does not define", p.VHost)}
 		}
 	}
 	exchanges, err := convert(d.Exchanges, defExchange.toServer)
 	if err != nil {
-		return fmt.Errorf("exchanges%s", prefixPath(err))
+		return inSection("exchanges", err)
 	}
 	queues, err := convert(d.Queues, defQueue.toServer)
 	if err != nil {
-		return fmt.Errorf("queues%s", prefixPath(err))
+		return inSection("queues", err)
 	}
 	bindings, err := convert(d.Bindings, defBinding.toServer)
 	if err != nil {
-		return fmt.Errorf("bindings%s", prefixPath(err))
+		return inSection("bindings", err)
 	}
 	perms, _ := convert(d.Permissions, noErr(defPermission.toServer))
-	policies, _ := convert(d.Policies, noErr(defPolicy.toServer))
+	policies, err := convert(d.Policies, defPolicy.toServer)
+	if err != nil {
+		return inSection("policies", err)
+	}
 	cfg.Users = merge(cfg.Users, users, func(u server.User) string { return u.Name })
 	cfg.VHosts = merge(cfg.VHosts, vhosts, func(v server.VHost) string { return v.Name })
 	cfg.Permissions = merge(cfg.Permissions, perms, func(p server.Permission) string { return p.User + "\x00" + p.VHost })
@@ -602,19 +677,23 @@ func (d *definitions) apply(cfg *server.Config) error {
 	return nil
 }
 
+// merge returns base with each entry of add replacing the first entry of the same identity, or
+// appended when there is none. The index keeps it linear: a definitions file of 10,000 queues
+// compared every entry with every other (50 million id strings built per load).
 func merge[T any](base, add []T, id func(T) string) []T {
 	out := append([]T(nil), base...)
+	at := make(map[string]int, len(base)+len(add))
+	for i := len(out) - 1; i >= 0; i-- {
+		at[id(out[i])] = i // the first of duplicates wins
+	}
 	for _, a := range add {
-		replaced := false
-		for i := range out {
-			if id(out[i]) == id(a) {
-				out[i], replaced = a, true
-				break
-			}
+		k := id(a)
+		if i, ok := at[k]; ok {
+			out[i] = a
+			continue
 		}
-		if !replaced {
-			out = append(out, a)
-		}
+		at[k] = len(out)
+		out = append(out, a)
 	}
 	return out
 }
