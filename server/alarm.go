@@ -139,20 +139,31 @@ const (
 // for minutes after a spike (a GC only runs when the heap grows, and freed pages go back to
 // the OS slowly).
 type memoryCheck struct {
-	mu     sync.Mutex
-	over   bool      // the decision of the last forced collection, kept until the next one
-	lastGC time.Time // when the last forced collection ran
-	wait   time.Duration
+	mu      sync.Mutex
+	over    bool      // the last decision, kept until the next forced collection
+	started bool      // the first reading has been taken
+	lastGC  time.Time // when the last forced collection ran
+	wait    time.Duration
 }
 
 // check reports whether memory use is over limit (0: no limit) and the use measured.
 func (m *memoryCheck) check(limit uint64) (bool, uint64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	first := !m.started
+	m.started = true
 	used := processMemory()
 	if limit == 0 || used <= limit {
 		m.over, m.wait = false, 0
 		return false, used
+	}
+	if first {
+		// The first reading decides without a collection: a broker started over its limit
+		// blocks from its first publish rather than after a full GC (tens of milliseconds
+		// with a large heap) during which clients already connect. Start-up garbage can
+		// raise the alarm once; the next check collects and clears it.
+		m.over = true
+		return true, used
 	}
 	if !m.lastGC.IsZero() && time.Since(m.lastGC) < m.wait {
 		// Too soon for another collection: keep the last decision. An alarm that is on stays
