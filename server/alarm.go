@@ -1,14 +1,13 @@
 package server
 
 import (
-	"bufio"
-	"os"
+	"log/slog"
+	"runtime"
+	"runtime/debug"
 	"runtime/metrics"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"warren/amqp"
@@ -21,8 +20,10 @@ const alarmInterval = 500 * time.Millisecond
 // disk space under the limit, connections that publish are blocked (connection.blocked is sent
 // and their frames are not read) until the alarm clears; consumers keep draining.
 type alarms struct {
-	memLimit atomic.Int64 // bytes; 0 disables the memory alarm
-	active   atomic.Bool  // fast check for the per-frame read loop
+	memLimit    atomic.Int64 // bytes; 0 disables the memory alarm
+	active      atomic.Bool  // fast check for the per-frame read loop
+	memory      memoryCheck
+	diskUnknown atomic.Bool // the disk alarm's "off on this system" line was logged
 
 	mu      sync.Mutex
 	reason  string        // "" when no alarm is active
@@ -54,15 +55,29 @@ func (a *alarms) current() (string, <-chan struct{}) {
 }
 
 // memoryLimit is the memory alarm's threshold in bytes: memory.limit, or the high watermark
-// of the machine's RAM; 0 (alarm off) when neither is known.
+// of the memory available to the process - the machine's RAM or, in a container, the cgroup's
+// limit when that is smaller, as RabbitMQ does; 0 (alarm off) when neither is known. It logs
+// which one it used, since a limit taken from the wrong source blocks publishers for no reason
+// (or lets the kernel kill the broker first).
 func memoryLimit(cfg Config) int64 {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
 	if cfg.MemoryLimit > 0 {
+		log.Info("memory alarm limit", "limit", cfg.MemoryLimit, "source", "memory.limit")
 		return cfg.MemoryLimit
 	}
-	if total := systemMemory(); total > 0 {
-		return int64(float64(total) * cfg.MemoryHighWatermark)
+	total, source := totalMemory()
+	if total == 0 {
+		log.Warn("memory alarm off: the memory available is unknown on this system; set memory.limit to enable it",
+			"os", runtime.GOOS)
+		return 0
 	}
-	return 0
+	limit := int64(float64(total) * cfg.MemoryHighWatermark)
+	log.Info("memory alarm limit", "limit", limit, "high_watermark", cfg.MemoryHighWatermark,
+		"total", total, "source", source)
+	return limit
 }
 
 func (s *Server) alarmLoop() {
@@ -80,12 +95,18 @@ func (s *Server) alarmLoop() {
 
 func (s *Server) checkAlarms() {
 	var reasons []string
-	if limit := s.alarms.memLimit.Load(); limit > 0 && processMemory() > uint64(limit) {
+	over, used := s.alarms.memory.check(uint64(max(s.alarms.memLimit.Load(), 0)))
+	if over {
 		reasons = append(reasons, "memory")
 	}
 	if s.cfg.DataDir != "" && s.cfg.DiskFreeLimit > 0 {
-		if free, ok := freeDisk(s.cfg.DataDir); ok && free < uint64(s.cfg.DiskFreeLimit) {
+		free, ok := freeDisk(s.cfg.DataDir)
+		if ok && free < uint64(s.cfg.DiskFreeLimit) {
 			reasons = append(reasons, "disk")
+		}
+		if !ok && s.alarms.diskUnknown.CompareAndSwap(false, true) {
+			s.log.Warn("disk alarm off: free space of the data directory is unknown on this system",
+				"dir", s.cfg.DataDir, "os", runtime.GOOS)
 		}
 	}
 	reason := ""
@@ -94,11 +115,72 @@ func (s *Server) checkAlarms() {
 	}
 	if s.alarms.set(reason) {
 		if reason != "" {
-			s.log.Warn("resource alarm set: blocking publishers", "reason", reason, "memory", processMemory(), "memory_limit", s.alarms.memLimit.Load())
+			s.log.Warn("resource alarm set: blocking publishers", "reason", reason, "memory", used, "memory_limit", s.alarms.memLimit.Load())
 		} else {
-			s.log.Info("resource alarm cleared: publishers unblocked")
+			s.log.Info("resource alarm cleared: publishers unblocked", "memory", used)
 		}
 	}
+}
+
+// Bounds on how often the memory check forces a collection. The first collection after
+// memory goes over the limit is immediate; while collections keep finding it over (a real
+// backlog, not garbage), the wait doubles up to the maximum so a broker at its limit spends
+// at most one full GC per memGCMaxWait on the check. The maximum also bounds how long the
+// alarm outlives the memory that caused it.
+const (
+	memGCMinWait = time.Second
+	memGCMaxWait = 8 * time.Second
+)
+
+// memoryCheck decides whether the process is over its memory limit. It measures what the
+// runtime holds from the OS (what RSS and the cgroup's OOM killer see), but only trusts a
+// measurement over the limit once a forced collection has run: garbage and freed pages the
+// runtime keeps for reuse are not load, and without a forced collection they kept the alarm on
+// for minutes after a spike (a GC only runs when the heap grows, and freed pages go back to
+// the OS slowly).
+type memoryCheck struct {
+	mu      sync.Mutex
+	over    bool      // the last decision, kept until the next forced collection
+	started bool      // the first reading has been taken
+	lastGC  time.Time // when the last forced collection ran
+	wait    time.Duration
+}
+
+// check reports whether memory use is over limit (0: no limit) and the use measured.
+func (m *memoryCheck) check(limit uint64) (bool, uint64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	first := !m.started
+	m.started = true
+	used := processMemory()
+	if limit == 0 || used <= limit {
+		m.over, m.wait = false, 0
+		return false, used
+	}
+	if first {
+		// The first reading decides without a collection: a broker started over its limit
+		// blocks from its first publish rather than after a full GC (tens of milliseconds
+		// with a large heap) during which clients already connect. Start-up garbage can
+		// raise the alarm once; the next check collects and clears it.
+		m.over = true
+		return true, used
+	}
+	if !m.lastGC.IsZero() && time.Since(m.lastGC) < m.wait {
+		// Too soon for another collection: keep the last decision. An alarm that is on stays
+		// on; one that is off stays off until a collection shows the growth is live memory,
+		// which delays it by at most m.wait (RabbitMQ checks memory every 2.5 s).
+		return m.over, used
+	}
+	debug.FreeOSMemory() // a full collection, then the free pages go back to the OS
+	m.lastGC = time.Now()
+	used = processMemory()
+	m.over = used > limit
+	if m.over {
+		m.wait = min(max(2*m.wait, memGCMinWait), memGCMaxWait)
+	} else {
+		m.wait = memGCMinWait
+	}
+	return m.over, used
 }
 
 var memSamples = []metrics.Sample{
@@ -113,35 +195,6 @@ func processMemory() uint64 {
 	copy(s, memSamples)
 	metrics.Read(s)
 	return s[0].Value.Uint64() - s[1].Value.Uint64()
-}
-
-// systemMemory reads MemTotal from /proc/meminfo; 0 if unknown (the memory alarm is then off
-// unless an absolute limit is configured).
-func systemMemory() uint64 {
-	f, err := os.Open("/proc/meminfo")
-	if err != nil {
-		return 0
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) >= 2 && fields[0] == "MemTotal:" {
-			kb, err := strconv.ParseUint(fields[1], 10, 64)
-			if err == nil {
-				return kb << 10
-			}
-		}
-	}
-	return 0
-}
-
-func freeDisk(dir string) (uint64, bool) {
-	var st syscall.Statfs_t
-	if err := syscall.Statfs(dir, &st); err != nil {
-		return 0, false
-	}
-	return st.Bavail * uint64(st.Bsize), true
 }
 
 // waitWhileBlocked holds a publishing connection's reader while an alarm is active: nothing
