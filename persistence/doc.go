@@ -77,7 +77,7 @@
 // (Publish.NewEntries: sequence numbers are never reused) and that an acked entry is its
 // message's only reference when the message went to one durable queue (Entry.SoleRef), and
 // the store then deletes entry and message without reading them. Delivery marks and acks
-// that nobody waits for (lazy requests) wait up to lazyDelay (10 ms) for other requests
+// that nobody waits for (lazy requests) wait up to Options.LazyDelay (10 ms) for other requests
 // before they are committed, so that a message's ack usually meets its delivery mark in one
 // group and the mark is never written; any other request commits them at once, in order.
 //

@@ -24,13 +24,6 @@ const (
 	gcAfterDeletes = 10000
 )
 
-// lazyDelay is how long the journal lets lazy requests (delivery marks and acks nobody waits
-// for) gather before committing them, unless another request comes first: a consumer's ack
-// then usually meets the delivery mark of its message in one group, and neither the mark nor
-// a read of the index entry is needed. An ack reaches the disk this much later at most
-// (RabbitMQ does not sync acks at all). Tests change it.
-var lazyDelay = 10 * time.Millisecond
-
 // request is one unit of journal work: a Batch or a topology change. cut marks an op that
 // purges a queue (it must end its group, see commitGroup). An exclusive request runs on
 // the journal goroutine outside any transaction, between groups (maintenance that blocks
@@ -139,7 +132,7 @@ func (s *Store) submit(r request) {
 	s.mu.Unlock()
 }
 
-// lazy reports whether r may wait for company (see lazyDelay): a batch of delivery marks
+// lazy reports whether r may wait for company (Options.LazyDelay): a batch of delivery marks
 // and removals that nobody waits for.
 func (r *request) lazy() bool {
 	b := r.batch
@@ -171,7 +164,7 @@ func (s *Store) journal() {
 		s.mu.Lock()
 		for !s.closing && (len(s.pending) == 0 || !s.urgent && len(s.pending) < maxGroup) {
 			if len(s.pending) > 0 {
-				wait := time.Until(s.lazySince.Add(lazyDelay))
+				wait := time.Until(s.lazySince.Add(s.opts.LazyDelay))
 				if wait <= 0 {
 					break
 				}
