@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -133,6 +134,9 @@ type Store struct {
 	deleted        atomic.Int64 // message deletions since Open, for the GC loop
 	garbageAtOpen  bool         // the value log is much larger than the messages in it
 	failed         error        // sticky: set when a commit fails, the in-memory state can no longer be trusted
+	res            *reserver    // space reserved for badger's mapped writes; nil in memory
+
+	writeErr atomic.Pointer[error] // see WriteError
 
 	maxID      atomic.Uint64
 	nstored    atomic.Int64  // messages stored, readable outside the journal
@@ -186,6 +190,13 @@ func Open(dir string, opts Options) (*Store, error) {
 		var err error
 		if fresh, err = preflight(dir); err != nil {
 			return nil, err
+		}
+		if err := removeReservedLogs(dir); err != nil {
+			return nil, fmt.Errorf("persistence: open %s: %w", dir, err)
+		}
+		if free, err := freeBytes(dir); err == nil && free < minFreeToOpen {
+			return nil, fmt.Errorf("persistence: open %s: %w: %d bytes free, %d needed to start: %w",
+				dir, ErrDiskFull, free, minFreeToOpen, syscall.ENOSPC)
 		}
 	} else {
 		dir = ""
@@ -245,6 +256,16 @@ func Open(dir string, opts Options) (*Store, error) {
 	})
 	s.lazyTimer.Stop()
 	if !opts.InMemory {
+		s.res = &reserver{dir: dir, walSize: 2 * opts.MemTableSize, vlogSize: opts.ValueLogFileSize,
+			flushKeep: flushReserve(opts.MemTableSize)}
+		if err := s.res.init(); err != nil {
+			if !errors.Is(err, ErrDiskFull) {
+				_ = db.Close()
+				return nil, fmt.Errorf("persistence: open %s: %w", dir, err)
+			}
+			// Reads work on a full disk; commits retry the reservation.
+			s.setWriteError(err)
+		}
 		// /proc/self/maps shows absolute, resolved paths.
 		if abs, err := filepath.Abs(dir); err == nil {
 			if real, err := filepath.EvalSymlinks(abs); err == nil {
@@ -657,6 +678,13 @@ func (s *Store) Close() error {
 			s.closeErr = fmt.Errorf("persistence: close %s: %w", dirName(s.dir), err)
 			return
 		}
+		if s.res != nil {
+			// The next memtable's log, created ahead of badger: badger refuses empty ones.
+			if err := removeReservedLogs(s.dir); err != nil {
+				s.closeErr = fmt.Errorf("persistence: close %s: %w", s.dir, err)
+				return
+			}
+		}
 		st := s.Stats()
 		s.log.Info("store closed", "dir", dirName(s.dir), "messages", st.MessagesStored, "commits", st.Commits,
 			"batches_per_commit", round2(st.AvgBatchesPerCommit), "publishes_per_commit", round2(st.AvgPublishesPerCommit),
@@ -780,9 +808,23 @@ func (s *Store) runGC() {
 			return
 		default:
 		}
-		err := s.exclusive(func() error { return s.db.RunValueLogGC(0.5) })
+		err := s.exclusive(func() error {
+			if s.res != nil {
+				// A rewrite moves up to a file's worth of messages into the value log and may
+				// start the next file (and memtable) on the way: both must fit.
+				if err := s.res.ensure(s.opts.ValueLogFileSize); err != nil {
+					return err
+				}
+				if err := s.res.room(s.res.flushKeep + s.opts.ValueLogFileSize); err != nil {
+					return err
+				}
+			}
+			return s.db.RunValueLogGC(0.5)
+		})
 		if err != nil {
-			if !errors.Is(err, badger.ErrNoRewrite) && !errors.Is(err, badger.ErrRejected) {
+			if errors.Is(err, ErrDiskFull) {
+				s.log.Debug("value-log GC postponed", "err", err)
+			} else if !errors.Is(err, badger.ErrNoRewrite) && !errors.Is(err, badger.ErrRejected) {
 				s.log.Warn("value-log GC failed", "err", err)
 			}
 			return

@@ -16,9 +16,15 @@ import (
 	"time"
 )
 
+// childModes are the child processes tests start by running the test binary again with
+// one of these environment variables set to a store directory.
+var childModes = map[string]func(dir string) int{crashChildEnv: crashChild}
+
 func TestMain(m *testing.M) {
-	if dir := os.Getenv(crashChildEnv); dir != "" {
-		os.Exit(crashChild(dir))
+	for env, child := range childModes {
+		if dir := os.Getenv(env); dir != "" {
+			os.Exit(child(dir))
+		}
 	}
 	os.Exit(m.Run())
 }
