@@ -47,6 +47,7 @@ type reserver struct {
 	vlogSize  int64 // Options.ValueLogFileSize
 	flushKeep int64 // free bytes groups adding messages leave: flushReserve(MemTableSize)
 	mem       int   // fid of the newest memtable log badger uses
+	memAhead  int   // fid of the memtable log created and reserved ahead of badger
 	vlog      int   // fid of the newest value-log file
 	vlogTo    int64 // bytes of vlog reserved from its start
 	disabled  bool  // the file system (or OS) does not support fallocate: reserve nothing
@@ -178,8 +179,11 @@ func (r *reserver) ensure(vlogBytes int64) error {
 		}
 		r.mem++
 	}
-	if err := r.fallocate(memPath(r.dir, r.mem+1), 0, r.walSize); err != nil {
-		return err
+	if r.memAhead != r.mem+1 {
+		if err := r.fallocate(memPath(r.dir, r.mem+1), 0, r.walSize); err != nil {
+			return err
+		}
+		r.memAhead = r.mem + 1
 	}
 	for {
 		if _, err := os.Stat(vlogPath(r.dir, r.vlog+1)); err != nil {
