@@ -334,3 +334,82 @@ func TestDiskFull(t *testing.T) {
 		})
 	}
 }
+
+// TestReservations: after every commit, the memtable log after the current one exists,
+// empty, with its blocks allocated, and the value log being written has its blocks
+// allocated up to ValueLogFileSize - across memtable and value-log rotations; Close
+// leaves no empty log behind for badger to trip over at the next Open.
+func TestReservations(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	opts := diskFullOpts
+	opts.NoSync = true
+	s := openWith(t, dir, opts)
+	allocated := func(p string) (size, blocks int64) {
+		t.Helper()
+		var st syscall.Stat_t
+		if err := syscall.Stat(p, &st); err != nil {
+			t.Fatal(err)
+		}
+		return st.Size, st.Blocks * 512
+	}
+	check := func(when string) {
+		t.Helper()
+		mem, err := newestFid(dir, ".mem")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if size, blocks := allocated(memPath(dir, mem+1)); size != 0 || blocks < 2*opts.MemTableSize {
+			t.Fatalf("%s: next memtable log %d: size %d, %d bytes allocated; want empty with %d reserved", when, mem+1, size, blocks, 2*opts.MemTableSize)
+		}
+		if _, blocks := allocated(memPath(dir, mem)); blocks < 2*opts.MemTableSize {
+			t.Fatalf("%s: memtable log %d: %d bytes allocated, want %d", when, mem, blocks, 2*opts.MemTableSize)
+		}
+		vlog, err := newestFid(dir, ".vlog")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, blocks := allocated(vlogPath(dir, vlog)); blocks < opts.ValueLogFileSize {
+			t.Fatalf("%s: value log %d: %d bytes allocated, want %d", when, vlog, blocks, opts.ValueLogFileSize)
+		}
+	}
+	// Commit (on the journal) before checking: reservations are made ahead of each group.
+	commitT(t, s, &Batch{})
+	check("after Open")
+	body := bytes.Repeat([]byte("r"), 8<<10)
+	small := bytes.Repeat([]byte("s"), 180) // in the LSM tree: fills memtables
+	firstMem, _ := newestFid(dir, ".mem")
+	firstVlog, _ := newestFid(dir, ".vlog")
+	const n = 4000
+	for i := uint64(1); i <= n; i++ {
+		b := &Batch{Publishes: []Publish{
+			{Msg: &Message{ID: 3 * i, Body: body}, Entries: []Entry{ent("q", 3*i)}, NewEntries: true},
+			{Msg: &Message{ID: 3*i + 1, Body: small}, Entries: []Entry{ent("q", 3*i+1)}, NewEntries: true},
+			{Msg: &Message{ID: 3*i + 2, Body: small}, Entries: []Entry{ent("q", 3*i+2)}, NewEntries: true},
+		}}
+		commitT(t, s, b)
+		commitT(t, s, &Batch{})
+		check(fmt.Sprintf("after commit %d", i))
+	}
+	mem, _ := newestFid(dir, ".mem")
+	vlog, _ := newestFid(dir, ".vlog")
+	if mem == firstMem || vlog == firstVlog {
+		t.Errorf("memtable log %d -> %d, value log %d -> %d: the test did not rotate both", firstMem, mem, firstVlog, vlog)
+	}
+	closeT(t, s)
+	files, _ := filepath.Glob(filepath.Join(dir, "*.mem"))
+	for _, p := range files {
+		if size, _ := allocated(p); size == 0 {
+			t.Errorf("Close left the empty log %s", filepath.Base(p))
+		}
+	}
+	s = openWith(t, dir, opts)
+	defer closeT(t, s)
+	got := 0
+	if _, err := s.RecoverQueue(qref("q"), 0, func(Stored) error { got++; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if got != 3*n {
+		t.Errorf("%d messages after reopening, want %d", got, 3*n)
+	}
+}

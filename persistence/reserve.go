@@ -143,23 +143,22 @@ func newestFid(dir, ext string) (int, error) {
 	return best, nil
 }
 
-// init reserves the files badger opened with the store: its memtable logs (all of them:
-// the older ones may still be written when replayed ones are flushed), the value log being
-// written, and the next memtable log.
+// init reserves the memtable log badger opened the store with (the older ones, replayed
+// from a previous run, are only read), the next one, and the value log being written.
 func (r *reserver) init() error {
-	files, err := filepath.Glob(filepath.Join(r.dir, "*.mem"))
-	if err != nil {
-		return err
-	}
-	for _, p := range files {
-		if fi, err := os.Stat(p); err == nil && fi.Size() > 0 {
-			if err := r.fallocate(p, fi.Size(), 0); err != nil {
-				return err
-			}
-		}
-	}
+	var err error
 	if r.mem, err = newestFid(r.dir, ".mem"); err != nil {
 		return err
+	}
+	if r.mem > 0 {
+		p := memPath(r.dir, r.mem)
+		fi, err := os.Stat(p)
+		if err != nil {
+			return fmt.Errorf("reserve memtable log: %w", err)
+		}
+		if err := r.fallocate(p, false, fi.Size(), 0); err != nil {
+			return err
+		}
 	}
 	if r.vlog, err = newestFid(r.dir, ".vlog"); err != nil {
 		return err
@@ -180,7 +179,7 @@ func (r *reserver) ensure(vlogBytes int64) error {
 		r.mem++
 	}
 	if r.memAhead != r.mem+1 {
-		if err := r.fallocate(memPath(r.dir, r.mem+1), 0, r.walSize); err != nil {
+		if err := r.fallocate(memPath(r.dir, r.mem+1), true, 0, r.walSize); err != nil {
 			return err
 		}
 		r.memAhead = r.mem + 1
@@ -199,7 +198,7 @@ func (r *reserver) ensure(vlogBytes int64) error {
 			if err != nil {
 				return fmt.Errorf("reserve value log: %w", err)
 			}
-			if err := r.fallocate(p, min(fi.Size(), to), max(0, to-fi.Size())); err != nil {
+			if err := r.fallocate(p, false, min(fi.Size(), to), max(0, to-fi.Size())); err != nil {
 				return err
 			}
 			r.vlogTo = to
@@ -226,12 +225,16 @@ func (r *reserver) room(keep int64) error {
 }
 
 // fallocate reserves the first inside bytes of path (within its size) and beyond more
-// bytes past its end without changing its size, creating the file if needed.
-func (r *reserver) fallocate(path string, inside, beyond int64) error {
+// bytes past its end without changing its size, creating the file if create is set.
+func (r *reserver) fallocate(path string, create bool, inside, beyond int64) error {
 	if r.disabled || inside+beyond == 0 {
 		return nil
 	}
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	flags := os.O_RDWR
+	if create {
+		flags |= os.O_CREATE
+	}
+	f, err := os.OpenFile(path, flags, 0o644)
 	if err != nil {
 		return fmt.Errorf("reserve %s: %w", filepath.Base(path), err)
 	}

@@ -810,12 +810,14 @@ func (s *Store) runGC() {
 		}
 		err := s.exclusive(func() error {
 			if s.res != nil {
-				// A rewrite moves up to a file's worth of messages into the value log and may
-				// start the next file (and memtable) on the way: both must fit.
-				if err := s.res.ensure(s.opts.ValueLogFileSize); err != nil {
+				// A rewrite moves the live half (at most) of a file into the value log, which
+				// may start the next file on the way, and the memtable, which may be flushed.
+				// It must be able to run when space is short, since it is what gives space
+				// back after acks: it needs less than the groups adding messages.
+				if err := s.res.ensure(s.opts.ValueLogFileSize / 2); err != nil {
 					return err
 				}
-				if err := s.res.room(s.res.flushKeep + s.opts.ValueLogFileSize); err != nil {
+				if err := s.res.room(s.opts.ValueLogFileSize/2 + s.opts.MemTableSize); err != nil {
 					return err
 				}
 			}
