@@ -30,7 +30,8 @@ const diskFullBody = 16 << 10
 // diskFullChild is the child side of TestDiskFull. It obeys commands read from stdin:
 // "fill" publishes batches until a commit fails, printing "P id" per confirmed message and
 // then "E <ErrDiskFull?> <ENOSPC?> <WriteError set?> <error>"; "ack N" removes messages
-// 1..N (which must have been confirmed) and prints "A <error or ok>"; "resume" retries a publish
+// 1..N (which must have been confirmed) and prints "A <error or ok>"; "clear" waits up to
+// 10 s for WriteError to clear without committing and prints "C <cleared?>"; "resume" retries a publish
 // until one succeeds (printing "P id") and then prints "OK <WriteError clear?>"; "close"
 // closes the store and exits 0. Any other outcome exits non-zero; a crash (SIGBUS) shows
 // in the parent as a signalled exit.
@@ -84,6 +85,12 @@ func diskFullChild(dir string) int {
 					break
 				}
 			}
+		case "clear":
+			deadline := time.Now().Add(10 * time.Second)
+			for s.WriteError() != nil && time.Now().Before(deadline) {
+				time.Sleep(10 * time.Millisecond)
+			}
+			fmt.Printf("C %v\n", s.WriteError() == nil)
 		case "resume":
 			deadline := time.Now().Add(30 * time.Second)
 			for {
@@ -294,6 +301,11 @@ func TestDiskFull(t *testing.T) {
 
 			if err := errors.Join(os.Remove(filler), os.Remove(filler+"2")); err != nil {
 				t.Fatal(err)
+			}
+			// The store notices by itself (a disk alarm blocking every publisher commits nothing).
+			send("clear")
+			if c := await("C "); c != "C true" {
+				t.Errorf("WriteError after freeing the disk, without commits: %q; want it cleared", c)
 			}
 			send("resume")
 			if ok := await("OK "); ok != "OK true" {

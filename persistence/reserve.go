@@ -79,14 +79,37 @@ func (s *Store) DiskReserve() int64 {
 	return s.opts.ValueLogFileSize + 2*s.opts.MemTableSize + flushReserve(s.opts.MemTableSize)
 }
 
-// WriteError returns the error of the last commit if it failed for lack of disk space (or
-// the error that made the store read-only), and nil once a commit succeeds again. A server
-// polls it to raise its disk alarm: while it is non-nil, commits adding messages fail.
+// WriteError returns why commits adding messages fail - ErrDiskFull (with the free space
+// found) as the last group saw it, or the error that made the store read-only - and nil
+// once a group adding messages could commit again. It is cheap (an atomic load): a server
+// polls it to raise its disk alarm and lowers the alarm when it returns nil.
 func (s *Store) WriteError() error {
 	if p := s.writeErr.Load(); p != nil {
 		return *p
 	}
 	return nil
+}
+
+// probeSpace checks, on the journal goroutine, whether space has come back while commits
+// are refused for lack of it, so that WriteError clears even when nothing is committed (a
+// server whose disk alarm blocks every publisher commits nothing). One probe at a time.
+func (s *Store) probeSpace() {
+	p := s.writeErr.Load()
+	if s.res == nil || p == nil || !errors.Is(*p, ErrDiskFull) || !s.probing.CompareAndSwap(false, true) {
+		return
+	}
+	s.submit(request{exclusive: func() error {
+		defer s.probing.Store(false)
+		if s.failed != nil {
+			return nil // read-only for good: WriteError keeps saying so
+		}
+		err := s.res.ensure(0)
+		if err == nil {
+			err = s.res.room(s.res.flushKeep)
+		}
+		s.setWriteError(err)
+		return nil
+	}, done: func(error) { s.probing.Store(false) }})
 }
 
 // setWriteError records err (nil clears it) for WriteError.
@@ -99,7 +122,7 @@ func (s *Store) setWriteError(err error) {
 		return
 	}
 	if s.writeErr.Load() == nil {
-		s.log.Warn("commit refused", "dir", s.dir, "err", err)
+		s.log.Warn("commits adding messages are refused", "dir", s.dir, "err", err)
 	}
 	s.writeErr.Store(&err)
 }

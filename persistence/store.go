@@ -137,6 +137,7 @@ type Store struct {
 	res            *reserver    // space reserved for badger's mapped writes; nil in memory
 
 	writeErr atomic.Pointer[error] // see WriteError
+	probing  atomic.Bool           // a probeSpace request is queued
 
 	maxID      atomic.Uint64
 	nstored    atomic.Int64  // messages stored, readable outside the journal
@@ -777,11 +778,12 @@ const (
 	mappedLimit  = 64 << 20
 )
 
-// trimLoop keeps the pages of badger's memory-mapped files from piling up in the resident set.
+// trimLoop keeps the pages of badger's memory-mapped files from piling up in the resident
+// set, and looks again for disk space while commits are refused for lack of it.
 func (s *Store) trimLoop() {
 	defer close(s.trimDone)
 	dir := s.mappedDir
-	if dir == "" {
+	if dir == "" && s.res == nil {
 		<-s.gcStop
 		return
 	}
@@ -793,6 +795,7 @@ func (s *Store) trimLoop() {
 			return
 		case <-t.C:
 			trimMapped(dir, mappedLimit)
+			s.probeSpace()
 		}
 	}
 }
