@@ -270,6 +270,9 @@ func (r *reserver) fallocate(path string, create bool, inside, beyond int64) err
 		return fmt.Errorf("%w: reserve %d bytes of %s: %w", ErrDiskFull, inside+beyond, filepath.Base(path), err)
 	case errors.Is(err, errors.ErrUnsupported):
 		r.disabled = true
+		if create {
+			_ = os.Remove(path) // badger creates its own, unreserved
+		}
 		return nil
 	default:
 		return fmt.Errorf("reserve %s: %w", filepath.Base(path), err)

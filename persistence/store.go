@@ -267,6 +267,9 @@ func Open(dir string, opts Options) (*Store, error) {
 			// Reads work on a full disk; commits retry the reservation.
 			s.setWriteError(err)
 		}
+		if s.res.disabled {
+			log.Warn("the file system cannot reserve space (no fallocate): a full disk may crash the store", "dir", dir)
+		}
 		// /proc/self/maps shows absolute, resolved paths.
 		if abs, err := filepath.Abs(dir); err == nil {
 			if real, err := filepath.EvalSymlinks(abs); err == nil {
