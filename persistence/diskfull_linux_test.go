@@ -31,7 +31,8 @@ const diskFullBody = 16 << 10
 // "fill" publishes batches until a commit fails, printing "P id" per confirmed message and
 // then "E <ErrDiskFull?> <ENOSPC?> <WriteError set?> <error>"; "ack N" removes messages
 // 1..N (which must have been confirmed) and prints "A <error or ok>"; "clear" waits up to
-// 10 s for WriteError to clear without committing and prints "C <cleared?>"; "resume" retries a publish
+// 10 s for WriteError to clear without committing and prints "C <cleared?>"; "big" publishes
+// 6 MB in one batch and prints "B <error or ok>"; "resume" retries a publish
 // until one succeeds (printing "P id") and then prints "OK <WriteError clear?>"; "close"
 // closes the store and exits 0. Any other outcome exits non-zero; a crash (SIGBUS) shows
 // in the parent as a signalled exit.
@@ -77,6 +78,14 @@ func diskFullChild(dir string) int {
 			continue
 		}
 		switch sc.Text() {
+		case "big":
+			// One group larger than a value-log file: badger grows the file past its
+			// mapped size, into blocks reserved beyond its end.
+			if _, err := publish(6 << 20 / diskFullBody); err != nil {
+				fmt.Printf("B %s\n", strings.ReplaceAll(err.Error(), "\n", " "))
+			} else {
+				fmt.Println("B ok")
+			}
 		case "fill":
 			for {
 				if _, err := publish(8); err != nil {
@@ -273,6 +282,10 @@ func TestDiskFull(t *testing.T) {
 			// reserved at Open, so the child fills the disk itself, across file rotations.
 			filler := filepath.Join(mnt, "filler")
 			fillDisk(t, filler, 24<<20)
+			send("big")
+			if b := await("B "); b != "B ok" {
+				t.Errorf("a 6 MB batch with 24 MB free: %q; want it committed", b)
+			}
 			send("fill")
 			e := strings.Fields(await("E "))
 			if len(e) < 4 || e[1] != "true" || e[2] != "true" || e[3] != "true" {
