@@ -22,18 +22,7 @@ func holdJournal(t *testing.T, s *Store) (release func()) {
 // openMemT opens an in-memory store.
 func openMemT(t *testing.T) *Store {
 	t.Helper()
-	s, err := Open("", Options{InMemory: true, Logger: quietLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
-
-// setLazyDelay changes lazyDelay for one test.
-func setLazyDelay(t *testing.T, d time.Duration) {
-	old := lazyDelay
-	lazyDelay = d
-	t.Cleanup(func() { lazyDelay = old })
+	return openWith(t, "", Options{InMemory: true})
 }
 
 func sole(e Entry, msgID uint64) Entry {
@@ -45,6 +34,7 @@ func sole(e Entry, msgID uint64) Entry {
 // (Publish.NewEntries) do not read the index, and still leave the store exactly as the
 // reading paths do: entries and messages gone, MessagesStored right.
 func TestBlindWrites(t *testing.T) {
+	t.Parallel()
 	newPub := func(m *Message, es ...Entry) Publish {
 		p := pub(m, es...)
 		p.NewEntries = true
@@ -149,6 +139,7 @@ func TestBlindWrites(t *testing.T) {
 // A stored entry read back says whether its message is shared, which is what lets the
 // caller promise SoleRef.
 func TestStoredShared(t *testing.T) {
+	t.Parallel()
 	s := openMemT(t)
 	defer closeT(t, s)
 	if err := s.Commit(&Batch{Publishes: []Publish{pub(mkMsg(1), ent("q", 1)), pub(mkMsg(2), ent("q", 2), ent("r", 1))}}); err != nil {
@@ -166,13 +157,14 @@ func TestStoredShared(t *testing.T) {
 	}
 }
 
-// Delivery marks and acks nobody waits for wait for company up to lazyDelay; any other
+// Delivery marks and acks nobody waits for wait for company up to Options.LazyDelay; any other
 // request takes them along at once, in order, and Close writes them too.
 func TestLazyRequests(t *testing.T) {
+	t.Parallel()
 	const wait = time.Hour // never reached: something else must commit them
 	t.Run("a waiting request commits them", func(t *testing.T) {
-		setLazyDelay(t, wait)
-		s := openMemT(t)
+		t.Parallel()
+		s := openWith(t, "", Options{InMemory: true, LazyDelay: wait})
 		defer closeT(t, s)
 		if err := s.Commit(&Batch{Publishes: []Publish{pub(mkMsg(1), ent("q", 1)), pub(mkMsg(2), ent("q", 2))}}); err != nil {
 			t.Fatal(err)
@@ -202,9 +194,9 @@ func TestLazyRequests(t *testing.T) {
 			t.Errorf("q after the group = %+v, want entry 2 delivered once", got)
 		}
 	})
-	t.Run("they commit alone after lazyDelay", func(t *testing.T) {
-		setLazyDelay(t, 5*time.Millisecond)
-		s := openMemT(t)
+	t.Run("they commit alone after LazyDelay", func(t *testing.T) {
+		t.Parallel()
+		s := openWith(t, "", Options{InMemory: true, LazyDelay: 5 * time.Millisecond})
 		defer closeT(t, s)
 		if err := s.Commit(&Batch{Publishes: []Publish{pub(mkMsg(1), ent("q", 1))}}); err != nil {
 			t.Fatal(err)
@@ -219,9 +211,9 @@ func TestLazyRequests(t *testing.T) {
 		}
 	})
 	t.Run("close writes them", func(t *testing.T) {
-		setLazyDelay(t, wait)
+		t.Parallel()
 		dir := t.TempDir()
-		s := openT(t, dir)
+		s := openWith(t, dir, Options{NoSync: true, LazyDelay: wait})
 		if err := s.Commit(&Batch{Publishes: []Publish{pub(mkMsg(1), ent("q", 1)), pub(mkMsg(2), ent("q", 2))}}); err != nil {
 			t.Fatal(err)
 		}

@@ -68,6 +68,7 @@ func crashChild(dir string) int {
 }
 
 func TestKill9(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	confirmed := map[uint64]bool{} // id -> still expected in q (false once its removal is confirmed)
 	rounds := 3

@@ -77,7 +77,7 @@
 // (Publish.NewEntries: sequence numbers are never reused) and that an acked entry is its
 // message's only reference when the message went to one durable queue (Entry.SoleRef), and
 // the store then deletes entry and message without reading them. Delivery marks and acks
-// that nobody waits for (lazy requests) wait up to lazyDelay (10 ms) for other requests
+// that nobody waits for (lazy requests) wait up to Options.LazyDelay (10 ms) for other requests
 // before they are committed, so that a message's ack usually meets its delivery mark in one
 // group and the mark is never written; any other request commits them at once, in order.
 //
@@ -85,13 +85,27 @@
 // rebuilt without it and committed, and that Batch starts the next one; a single Batch
 // that is too big on its own fails alone. If a commit fails, the store turns read-only
 // (every later write fails) since memory and disk may then disagree; reopening recovers
-// from disk.
+// from disk. A group refused for lack of disk space (below) is the exception: it is
+// refused before anything is written, and later groups commit once space returns.
 //
 // Purging a queue (Batch.Purges, DeleteQueue) writes a purge marker with the spans to purge
 // atomically with the rest of its transaction, ends the group there, and the journal then
 // deletes the queue's entries in bounded transactions before doing anything else; done is
 // called after that. Open completes a purge interrupted by a crash before anything can
 // read the queue. Page drops are drained the same way, without a marker.
+//
+// # Disk space
+//
+// badger writes its memtable logs and value logs through writable maps of sparse files,
+// and a write fault on a full file system is a SIGBUS that kills the process. Before each
+// group the journal reserves (fallocate) what the group can write through a map - the value
+// log up to ValueLogFileSize plus the group's bytes, the memtable log, and the next memtable
+// log, created ahead of badger - and refuses groups that add messages while less than five
+// memtables' worth is free (for badger's flushes and compactions, which it cannot reserve).
+// A refused group fails with ErrDiskFull (and syscall.ENOSPC) and writes nothing; groups
+// of acks and delivery marks still commit while their logs can be reserved, and value-log
+// GC still runs while half a value-log file and a memtable fit. WriteError reports the refusal until a group commits again; DiskReserve is
+// the space the store may still claim, which a disk alarm must keep free. See reserve.go.
 //
 // # Maintenance
 //

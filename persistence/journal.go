@@ -24,13 +24,6 @@ const (
 	gcAfterDeletes = 10000
 )
 
-// lazyDelay is how long the journal lets lazy requests (delivery marks and acks nobody waits
-// for) gather before committing them, unless another request comes first: a consumer's ack
-// then usually meets the delivery mark of its message in one group, and neither the mark nor
-// a read of the index entry is needed. An ack reaches the disk this much later at most
-// (RabbitMQ does not sync acks at all). Tests change it.
-var lazyDelay = 10 * time.Millisecond
-
 // request is one unit of journal work: a Batch or a topology change. cut marks an op that
 // purges a queue (it must end its group, see commitGroup). An exclusive request runs on
 // the journal goroutine outside any transaction, between groups (maintenance that blocks
@@ -139,7 +132,7 @@ func (s *Store) submit(r request) {
 	s.mu.Unlock()
 }
 
-// lazy reports whether r may wait for company (see lazyDelay): a batch of delivery marks
+// lazy reports whether r may wait for company (Options.LazyDelay): a batch of delivery marks
 // and removals that nobody waits for.
 func (r *request) lazy() bool {
 	b := r.batch
@@ -171,7 +164,7 @@ func (s *Store) journal() {
 		s.mu.Lock()
 		for !s.closing && (len(s.pending) == 0 || !s.urgent && len(s.pending) < maxGroup) {
 			if len(s.pending) > 0 {
-				wait := time.Until(s.lazySince.Add(lazyDelay))
+				wait := time.Until(s.lazySince.Add(s.opts.LazyDelay))
 				if wait <= 0 {
 					break
 				}
@@ -247,13 +240,21 @@ func (s *Store) newGroup() *group {
 // commitGroup commits a non-empty prefix of reqs in one transaction and returns its length.
 func (s *Store) commitGroup(reqs []request) int {
 	if reqs[0].exclusive != nil {
-		reqs[0].done(reqs[0].exclusive())
+		var err error
+		if s.res != nil {
+			err = s.res.ensure(0) // maintenance may start a memtable (DropPrefix flushes)
+		}
+		if err == nil {
+			err = reqs[0].exclusive()
+		}
+		reqs[0].done(err)
 		return 1
 	}
 	// First decide which requests share the transaction, so that entries published and
 	// removed within it can cancel out before anything is written.
 	n := 0
-	var estCount, estSize int64
+	var estCount, estSize, vlog int64
+	addsMessages := false
 	// Cut groups at 80% of badger's limits by estimate, so ErrTxnTooBig (which costs a
 	// rebuild of the transaction) is the exception.
 	limCount, limSize := s.db.MaxBatchCount()*4/5, s.db.MaxBatchSize()*4/5
@@ -275,12 +276,34 @@ func (s *Store) commitGroup(reqs []request) int {
 			}
 			estCount += c
 			estSize += sz
+			vlog += vlogBytes(r.batch)
+			addsMessages = addsMessages || len(r.batch.Publishes) > 0 || len(r.batch.Pages) > 0
 		}
 		n = j + 1
 		// A purge is finished (drain) right after its commit; later requests must not share
 		// its transaction, or the drain would delete entries they add.
 		if r.cut || (r.batch != nil && len(r.batch.Purges) > 0) || n >= maxGroup {
 			break
+		}
+	}
+	// Reserve what the group may write through badger's memory maps before writing anything
+	// (see reserve.go): a group refused here wrote nothing, so the store stays usable.
+	var lowSpace error
+	if s.res != nil {
+		err := s.res.ensure(vlog)
+		if err == nil {
+			lowSpace = s.res.room(s.res.flushKeep)
+			if addsMessages {
+				err = lowSpace
+			}
+		}
+		if err != nil {
+			s.setWriteError(err)
+			err = fmt.Errorf("persistence: commit to %s: %w", s.dir, err)
+			for _, r := range reqs[:n] {
+				r.done(err)
+			}
+			return n
 		}
 	}
 	g := s.newGroup()
@@ -316,11 +339,14 @@ func (s *Store) commitGroup(reqs []request) int {
 		s.failed = err
 		s.log.Error("journal commit failed; store is now read-only", "dir", s.dir, "err", err)
 		err = fmt.Errorf("persistence: commit to %s: %w", dirName(s.dir), err)
+		s.setWriteError(err)
 		for _, r := range reqs[:n] {
 			r.done(err)
 		}
 		return n
 	}
+	// Commits adding messages fail while space is low, even if this one (acks) went through.
+	s.setWriteError(lowSpace)
 	s.merge(g)
 	var drainErr error
 	for _, j := range g.drains {
@@ -791,6 +817,9 @@ func (s *Store) drain(j drainJob) error {
 		}
 		if err == nil && last && j.marker != nil {
 			err = g.txn.Delete(j.marker)
+		}
+		if err == nil && s.res != nil {
+			err = s.res.ensure(0) // the deletes may fill the memtable and start the next
 		}
 		if err == nil {
 			err = g.txn.Commit()

@@ -9,6 +9,7 @@ import (
 // TestTrimMappedKeepsData: reclaiming the store's mapped pages (also right after writing, with
 // dirty pages) loses nothing; the data is read from disk again.
 func TestTrimMappedKeepsData(t *testing.T) {
+	t.Parallel()
 	if residentFileBytes() <= 0 {
 		t.Fatal("RssFile not readable from /proc/self/status")
 	}

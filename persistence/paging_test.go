@@ -39,6 +39,7 @@ func page(space, seq uint64) Page {
 }
 
 func TestReadAheadMergesIndexAndPages(t *testing.T) {
+	t.Parallel()
 	s := openT(t, t.TempDir())
 	defer closeT(t, s)
 	space := s.NewPageSpace()
@@ -96,6 +97,7 @@ func TestReadAheadMergesIndexAndPages(t *testing.T) {
 }
 
 func TestPagesWipedAtOpen(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	s := openT(t, dir)
 	space := s.NewPageSpace()
@@ -113,6 +115,7 @@ func TestPagesWipedAtOpen(t *testing.T) {
 }
 
 func TestDropPages(t *testing.T) {
+	t.Parallel()
 	s := openT(t, t.TempDir())
 	defer closeT(t, s)
 	space := s.NewPageSpace()
@@ -134,6 +137,7 @@ func TestDropPages(t *testing.T) {
 }
 
 func TestPurgeSpans(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	s := openT(t, dir)
 	b := &Batch{}
@@ -185,6 +189,7 @@ func TestPurgeSpans(t *testing.T) {
 }
 
 func TestRecoverQueueLimit(t *testing.T) {
+	t.Parallel()
 	s := openT(t, t.TempDir())
 	defer closeT(t, s)
 	b := &Batch{}
@@ -223,6 +228,7 @@ func rawSet(t *testing.T, s *Store, fn func(txn *badger.Txn) error) {
 }
 
 func TestOpenRepairsInconsistentCounts(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name    string
 		damage  func(txn *badger.Txn) error
@@ -282,6 +288,7 @@ func TestOpenRepairsInconsistentCounts(t *testing.T) {
 // TestOpenMigratesFormat1 builds a format 1 store by hand (12-byte index values, no
 // refcount records) and opens it.
 func TestOpenMigratesFormat1(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	s := openT(t, dir)
 	legacy := func(id uint64, deliveries uint32) []byte {
@@ -335,6 +342,7 @@ func TestOpenMigratesFormat1(t *testing.T) {
 }
 
 func TestSpanCodec(t *testing.T) {
+	t.Parallel()
 	for _, spans := range [][]Span{nil, {{1, 2}}, {{0, 0}, {5, 1 << 60}}} {
 		got, err := decodeSpans(encodeSpans(spans))
 		if err != nil || !reflect.DeepEqual(got, spans) {
@@ -356,6 +364,7 @@ func TestSpanCodec(t *testing.T) {
 }
 
 func TestIndexValueCodec(t *testing.T) {
+	t.Parallel()
 	v := indexValue{msgID: 1<<63 + 5, deliveries: 7, expiresAt: -1, size: 1 << 31, flags: idxShared}
 	got, legacy, err := decodeIndexValue(encodeIndexValue(v))
 	if err != nil || legacy || got != v {
@@ -373,6 +382,7 @@ func TestIndexValueCodec(t *testing.T) {
 // An entry removed and then published again within one group ends up stored: only a removal
 // at or after a publish cancels it.
 func TestRemoveThenPublishInSameGroup(t *testing.T) {
+	t.Parallel()
 	s := openT(t, t.TempDir())
 	defer closeT(t, s)
 	commitT(t, s, &Batch{Publishes: []Publish{pub(mkMsg(1), ent("q", 5))}})
@@ -397,6 +407,7 @@ func TestRemoveThenPublishInSameGroup(t *testing.T) {
 }
 
 func TestAckedInSameGroup(t *testing.T) {
+	t.Parallel()
 	s := openT(t, t.TempDir())
 	defer closeT(t, s)
 	// Submitted without waiting into one group (the journal is held by a slow first request).

@@ -9,6 +9,7 @@ import (
 // A publisher faster than the disk waits in AwaitRoom until the journal has written what it
 // queued, and the journal's queue counts the messages it holds.
 func TestAwaitRoomWaitsForTheJournal(t *testing.T) {
+	t.Parallel()
 	s := openT(t, t.TempDir())
 	defer closeT(t, s)
 
@@ -42,6 +43,7 @@ func TestAwaitRoomWaitsForTheJournal(t *testing.T) {
 
 // AwaitRoom never blocks a caller once the store is closing.
 func TestAwaitRoomReturnsOnClose(t *testing.T) {
+	t.Parallel()
 	s := openT(t, t.TempDir())
 	release := holdJournal(t, s)
 	s.Submit(&Batch{Publishes: []Publish{pub(&Message{ID: 1, Body: make([]byte, 4096)}, ent("q", 1))}}, nil)

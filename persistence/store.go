@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -31,6 +32,58 @@ type Options struct {
 	// NoSync skips fsync after commits. Only for tests and benchmarks: a crash of the
 	// machine (not just the process) may then lose confirmed batches.
 	NoSync bool
+
+	// The tuning knobs below default to the production settings when zero; tests lower them
+	// to exercise file rotation, compaction or timing without large amounts of data.
+
+	// LazyDelay is how long delivery marks and acks that nobody waits for may wait for
+	// other requests before they are committed, so that an ack usually meets its message's
+	// delivery mark in one group and the mark is never written (see the package doc); an
+	// ack reaches the disk this much later at most (RabbitMQ does not sync acks at all).
+	// 0 means 10 ms.
+	LazyDelay time.Duration
+	// MemTableSize is badger's memtable size; 0 means 16 MiB. A transaction may use 15% of
+	// it, and flushing a memtable builds its table in memory at several times its size, so
+	// this bounds the store's memory more than anything.
+	MemTableSize int64
+	// ValueLogFileSize is the size of one value-log file; 0 means 64 MiB. GC rewrites or
+	// deletes whole files, so this is the granularity in which disk space comes back, and it
+	// bounds the journal's pause while a file is collected.
+	ValueLogFileSize int64
+	// FlattenAfterDeletes is how many message deletions make a mostly empty store worth
+	// compacting in full (see compactIfDrained); 0 means 100,000.
+	FlattenAfterDeletes int64
+}
+
+// Production defaults of the Options tuning knobs.
+const (
+	defaultLazyDelay           = 10 * time.Millisecond
+	defaultMemTableSize        = 16 << 20
+	defaultValueLogFileSize    = 64 << 20
+	defaultFlattenAfterDeletes = 100000
+)
+
+// withDefaults returns o with every zero tuning knob set to its production default.
+func (o Options) withDefaults() Options {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.GCInterval <= 0 {
+		o.GCInterval = 5 * time.Minute
+	}
+	if o.LazyDelay <= 0 {
+		o.LazyDelay = defaultLazyDelay
+	}
+	if o.MemTableSize <= 0 {
+		o.MemTableSize = defaultMemTableSize
+	}
+	if o.ValueLogFileSize <= 0 {
+		o.ValueLogFileSize = defaultValueLogFileSize
+	}
+	if o.FlattenAfterDeletes <= 0 {
+		o.FlattenAfterDeletes = defaultFlattenAfterDeletes
+	}
+	return o
 }
 
 // ErrClosed is returned (or passed to done) for operations on a closed Store.
@@ -49,6 +102,8 @@ type Store struct {
 	log       *slog.Logger
 	opened    time.Time
 
+	opts Options // as given to Open with defaults applied; read-only
+
 	// Journal queue: Submit appends under mu and signals cond; the journal swaps it out.
 	mu      sync.Mutex
 	cond    *sync.Cond
@@ -57,7 +112,7 @@ type Store struct {
 	closing bool
 	closed  bool
 	// urgent: pending holds a request that must not wait for company (see lazy); lazySince
-	// is when the first of pending was submitted, lazyTimer wakes the journal after lazyDelay.
+	// is when the first of pending was submitted, lazyTimer wakes the journal after Options.LazyDelay.
 	urgent    bool
 	lazySince time.Time
 	lazyTimer *time.Timer
@@ -79,6 +134,10 @@ type Store struct {
 	deleted        atomic.Int64 // message deletions since Open, for the GC loop
 	garbageAtOpen  bool         // the value log is much larger than the messages in it
 	failed         error        // sticky: set when a commit fails, the in-memory state can no longer be trusted
+	res            *reserver    // space reserved for badger's mapped writes; nil in memory
+
+	writeErr atomic.Pointer[error] // see WriteError
+	probing  atomic.Bool           // a probeSpace request is queued
 
 	maxID      atomic.Uint64
 	nstored    atomic.Int64  // messages stored, readable outside the journal
@@ -121,14 +180,8 @@ type Stats struct {
 // because starting empty or partial would silently lose confirmed messages.
 // A non-empty dir that is not a Warren store is refused as well.
 func Open(dir string, opts Options) (*Store, error) {
-	log := opts.Logger
-	if log == nil {
-		log = slog.Default()
-	}
-	log = log.With("component", "persistence")
-	if opts.GCInterval <= 0 {
-		opts.GCInterval = 5 * time.Minute
-	}
+	opts = opts.withDefaults()
+	log := opts.Logger.With("component", "persistence")
 
 	fresh := true
 	if !opts.InMemory {
@@ -138,6 +191,13 @@ func Open(dir string, opts Options) (*Store, error) {
 		var err error
 		if fresh, err = preflight(dir); err != nil {
 			return nil, err
+		}
+		if err := removeReservedLogs(dir); err != nil {
+			return nil, fmt.Errorf("persistence: open %s: %w", dir, err)
+		}
+		if free, err := freeBytes(dir); err == nil && free < minFreeToOpen {
+			return nil, fmt.Errorf("persistence: open %s: %w: %d bytes free, %d needed to start: %w",
+				dir, ErrDiskFull, free, minFreeToOpen, syscall.ENOSPC)
 		}
 	} else {
 		dir = ""
@@ -151,7 +211,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		WithDetectConflicts(false).
 		WithMetricsEnabled(false).
 		WithNumVersionsToKeep(1).
-		WithMemTableSize(memTableSize).
+		WithMemTableSize(opts.MemTableSize).
 		WithNumMemtables(3).
 		WithNumLevelZeroTables(5).
 		WithNumLevelZeroTablesStall(15).
@@ -162,7 +222,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		// Block compression buffers every compressed block of a table being built in memory
 		// (hundreds of MB at 30k msgs/s); bodies in the value log are not compressed anyway.
 		WithCompression(options.None).
-		WithValueLogFileSize(valueLogFileSize).
+		WithValueLogFileSize(opts.ValueLogFileSize).
 		WithBlockCacheSize(32 << 20).
 		WithIndexCacheSize(16 << 20).
 		WithNumCompactors(2).
@@ -179,6 +239,7 @@ func Open(dir string, opts Options) (*Store, error) {
 	s := &Store{
 		db:          db,
 		dir:         dir,
+		opts:        opts,
 		log:         log,
 		opened:      time.Now(),
 		journalDone: make(chan struct{}),
@@ -196,6 +257,19 @@ func Open(dir string, opts Options) (*Store, error) {
 	})
 	s.lazyTimer.Stop()
 	if !opts.InMemory {
+		s.res = &reserver{dir: dir, walSize: 2 * opts.MemTableSize, vlogSize: opts.ValueLogFileSize,
+			flushKeep: flushReserve(opts.MemTableSize)}
+		if err := s.res.init(); err != nil {
+			if !errors.Is(err, ErrDiskFull) {
+				_ = db.Close()
+				return nil, fmt.Errorf("persistence: open %s: %w", dir, err)
+			}
+			// Reads work on a full disk; commits retry the reservation.
+			s.setWriteError(err)
+		}
+		if s.res.disabled {
+			log.Warn("the file system cannot reserve space (no fallocate): a full disk may crash the store", "dir", dir)
+		}
 		// /proc/self/maps shows absolute, resolved paths.
 		if abs, err := filepath.Abs(dir); err == nil {
 			if real, err := filepath.EvalSymlinks(abs); err == nil {
@@ -404,7 +478,7 @@ func (s *Store) load(fresh bool) error {
 	}
 	s.nstored.Store(c.messages)
 	// Garbage left in the value log by a backlog drained before the restart: reclaim it too.
-	if s.dir != "" && valueLogBytes(s.dir) > 2*c.bytes+valueLogFileSize {
+	if s.dir != "" && valueLogBytes(s.dir) > 2*c.bytes+s.opts.ValueLogFileSize {
 		s.garbageAtOpen = true
 	}
 	return nil
@@ -608,6 +682,13 @@ func (s *Store) Close() error {
 			s.closeErr = fmt.Errorf("persistence: close %s: %w", dirName(s.dir), err)
 			return
 		}
+		if s.res != nil {
+			// The next memtable's log, created ahead of badger: badger refuses empty ones.
+			if err := removeReservedLogs(s.dir); err != nil {
+				s.closeErr = fmt.Errorf("persistence: close %s: %w", s.dir, err)
+				return
+			}
+		}
 		st := s.Stats()
 		s.log.Info("store closed", "dir", dirName(s.dir), "messages", st.MessagesStored, "commits", st.Commits,
 			"batches_per_commit", round2(st.AvgBatchesPerCommit), "publishes_per_commit", round2(st.AvgPublishesPerCommit),
@@ -658,10 +739,6 @@ func (s *Store) gcLoop(interval time.Duration, inMemory bool) {
 	}
 }
 
-// flattenAfterDeletes is how many message deletions make a mostly empty store worth
-// compacting in full (a variable for tests).
-var flattenAfterDeletes int64 = 100000
-
 // maintenance is the GC loop's memory of its last full compaction.
 type maintenance struct {
 	flattenedAt int64 // s.deleted then
@@ -674,7 +751,7 @@ type maintenance struct {
 // without this a drained backlog would keep its disk space.
 func (m *maintenance) compactIfDrained(s *Store) {
 	deleted := s.deleted.Load() - m.flattenedAt
-	if !m.pending && (deleted < flattenAfterDeletes || s.nstored.Load()*4 > deleted) {
+	if !m.pending && (deleted < s.opts.FlattenAfterDeletes || s.nstored.Load()*4 > deleted) {
 		return
 	}
 	m.pending = false
@@ -704,11 +781,12 @@ const (
 	mappedLimit  = 64 << 20
 )
 
-// trimLoop keeps the pages of badger's memory-mapped files from piling up in the resident set.
+// trimLoop keeps the pages of badger's memory-mapped files from piling up in the resident
+// set, and looks again for disk space while commits are refused for lack of it.
 func (s *Store) trimLoop() {
 	defer close(s.trimDone)
 	dir := s.mappedDir
-	if dir == "" {
+	if dir == "" && s.res == nil {
 		<-s.gcStop
 		return
 	}
@@ -720,6 +798,7 @@ func (s *Store) trimLoop() {
 			return
 		case <-t.C:
 			trimMapped(dir, mappedLimit)
+			s.probeSpace()
 		}
 	}
 }
@@ -727,7 +806,7 @@ func (s *Store) trimLoop() {
 // runGC collects value-log files, one per journal request: badger's rewrite of a file reads
 // the memtables' version counters without the lock their writers hold, so it must not run
 // while the journal commits (the race detector caught it); one file at a time keeps the
-// journal's pause short (a file is valueLogFileSize).
+// journal's pause short (a file is Options.ValueLogFileSize).
 func (s *Store) runGC() {
 	for i := 0; i < 16; i++ { // bounded so Close is never held up for long
 		select {
@@ -735,9 +814,25 @@ func (s *Store) runGC() {
 			return
 		default:
 		}
-		err := s.exclusive(func() error { return s.db.RunValueLogGC(0.5) })
+		err := s.exclusive(func() error {
+			if s.res != nil {
+				// A rewrite moves the live half (at most) of a file into the value log, which
+				// may start the next file on the way, and the memtable, which may be flushed.
+				// It must be able to run when space is short, since it is what gives space
+				// back after acks: it needs less than the groups adding messages.
+				if err := s.res.ensure(s.opts.ValueLogFileSize / 2); err != nil {
+					return err
+				}
+				if err := s.res.room(s.opts.ValueLogFileSize/2 + s.opts.MemTableSize); err != nil {
+					return err
+				}
+			}
+			return s.db.RunValueLogGC(0.5)
+		})
 		if err != nil {
-			if !errors.Is(err, badger.ErrNoRewrite) && !errors.Is(err, badger.ErrRejected) {
+			if errors.Is(err, ErrDiskFull) {
+				s.log.Debug("value-log GC postponed", "err", err)
+			} else if !errors.Is(err, badger.ErrNoRewrite) && !errors.Is(err, badger.ErrRejected) {
 				s.log.Warn("value-log GC failed", "err", err)
 			}
 			return
@@ -785,19 +880,6 @@ func trimNL(s string) string {
 	}
 	return s
 }
-
-// memTableSize is badger's memtable size; a transaction may use 15% of it (2.4 MB: thousands
-// of messages, their bodies being in the value log). Flushing a memtable builds its table in
-// memory at several times its size, so this bounds the store's memory more than anything.
-// Tests lower it because each Open zeroes a memtable arena.
-var memTableSize int64 = defaultMemTableSize
-
-const defaultMemTableSize = 16 << 20
-
-// valueLogFileSize is the size of one value-log file; GC rewrites or deletes whole files, so
-// this is the granularity in which disk space comes back and bounds the journal's pause
-// while a file is collected. Tests lower it.
-var valueLogFileSize int64 = 64 << 20
 
 // valueThreshold: values of at least this size go to the value log. Measured with a backlog of
 // 200k persistent 1 KiB messages: 4 KiB (bodies in the LSM tree) peaked at 750 MB of anonymous

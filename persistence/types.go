@@ -122,7 +122,7 @@ type PageDrop struct {
 // purge is completed at the next Open (pages are wiped at Open anyway).
 //
 // A Batch of only Deliveries and Removes submitted without a done callback may wait up to
-// lazyDelay for company in the journal, so that the delivery marks of messages acked soon
+// Options.LazyDelay for company in the journal, so that the delivery marks of messages acked soon
 // after are never written; any other request commits it at once, in order.
 type Batch struct {
 	Publishes  []Publish
