@@ -109,24 +109,32 @@ func (r *prioReady) popFront() *Entry {
 	return e
 }
 
-// back returns the entry delivered last: the newest of the lowest non-empty priority.
-func (r *prioReady) back() *Entry {
-	for p := range r.levels {
-		if d := &r.levels[p]; d.len() > 0 {
-			return d.at(d.len() - 1)
-		}
-	}
-	return nil
-}
+// evictScan bounds how many requeued entries evictLast steps over, so a window full of them
+// costs a push little: they may then hold the window over its size, as in a plain queue.
+const evictScan = 64
 
-// popBack removes back().
-func (r *prioReady) popBack() *Entry {
+// evictLast removes and returns the never-delivered entry delivered last, if it comes after
+// seq and is not the head: the one to page out when the window is over. Entries delivered before (requeued) stay,
+// as the owner's stored copy lacks their delivery state.
+func (r *prioReady) evictLast(seq uint64) *Entry {
+	scanned := 0
 	for p := range r.levels {
-		if d := &r.levels[p]; d.len() > 0 {
-			e := d.popBack()
-			r.n--
-			r.settleTop()
-			return e
+		d := &r.levels[p]
+		for i := d.len() - 1; i >= 0 && scanned < evictScan; i-- {
+			e := d.at(i)
+			if e.Seq <= seq {
+				return nil
+			}
+			if p == r.top && i == 0 {
+				return nil // never the head: the queue would wait to read it back at once
+			}
+			if e.Deliveries == 0 {
+				d.removeAt(i)
+				r.n--
+				r.settleTop()
+				return e
+			}
+			scanned++
 		}
 	}
 	return nil

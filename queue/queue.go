@@ -398,15 +398,14 @@ func (q *Queue) pageOutEntry(e *Entry) {
 	q.pager.PageOut(e)
 }
 
-// evictBack pages out the priority queue's in-memory entry that is delivered last, if it comes
-// after seq and was never delivered (a delivered one carries state the stored copy lacks), and
-// reports whether it did.
+// evictBack pages out the priority queue's in-memory entry that is delivered last among the
+// never delivered ones (see prioReady.evictLast), if it comes after seq, and reports whether it
+// did. A paged entry followed by entries in memory is fine: head() waits for it.
 func (q *Queue) evictBack(seq uint64) bool {
-	b := q.prio.back()
-	if b == nil || b.Seq <= seq || b.Deliveries > 0 {
+	b := q.prio.evictLast(seq)
+	if b == nil {
 		return false
 	}
-	q.prio.popBack()
 	q.bytes -= int64(len(b.Msg.Body))
 	q.pageOutEntry(b)
 	return true
@@ -505,6 +504,12 @@ func (q *Queue) promoteDelayed(now int64) {
 
 // settle ends every operation that may have changed the queue: timer, read-ahead, budget.
 func (q *Queue) settle(now int64) {
+	if q.prio != nil && q.pager != nil {
+		// Entries that came before paged ones (a higher priority, a read-ahead past the head)
+		// may have pushed the window over: page out its tail again.
+		for q.readyLen() > q.window && q.evictBack(0) {
+		}
+	}
 	q.arm(now)
 	if q.pager != nil {
 		q.refill()
@@ -891,10 +896,6 @@ func (q *Queue) pagedIn(es []*Entry, err error, max int, maxBytes int64, gen uin
 			q.paged.dropBelow(math.MaxUint64)
 		} else if len(es) > 0 {
 			q.paged.dropBelow(es[len(es)-1].Seq)
-		}
-	}
-	if q.prio != nil {
-		for q.readyLen() > q.window && q.evictBack(0) {
 		}
 	}
 	// Expire and enforce limits before delivering: a consumer must not get a message that
