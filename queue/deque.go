@@ -116,21 +116,6 @@ func (d *deque) drain() []*Entry {
 	return out
 }
 
-// popBack removes and returns the newest entry.
-func (d *deque) popBack() *Entry {
-	if d.n == 0 {
-		return nil
-	}
-	i := (d.head + d.n - 1) & (len(d.buf) - 1)
-	e := d.buf[i]
-	d.buf[i] = nil
-	d.n--
-	if d.n == 0 {
-		d.head = 0
-	}
-	return e
-}
-
 // removeAt removes and returns the entry at i, shifting whichever side is shorter.
 func (d *deque) removeAt(i int) *Entry {
 	e := d.at(i)

@@ -54,11 +54,11 @@ func (q *Queue) NextSeqFor(msg *Message) uint64 {
 // range of a queue that is not a priority queue, for p 0). A restarting owner looks up the largest
 // stored seq in each priority's range and passes it to RestoreSeq.
 func (q *Queue) SeqRange(p int) Span {
-	p = min(max(p, 0), q.maxPrio)
-	base := uint64(q.maxPrio-p) << levelShift
 	if q.maxPrio == 0 {
 		return Span{From: 1, To: 1<<64 - 1}
 	}
+	p = min(max(p, 0), q.maxPrio)
+	base := uint64(q.maxPrio-p) << levelShift
 	return Span{From: base + 1, To: base + counterMask}
 }
 

@@ -141,8 +141,9 @@ type Hooks struct {
 	// Dropped is called without the queue's lock held, in the goroutine that caused the drop.
 	Dropped func(q *Queue, es []*Entry, why Reason)
 	// ActiveChanged is called, for a single-active-consumer queue, when the active consumer
-	// changes: c is the new one, nil when the last consumer left. Like Dropped it runs without
-	// the lock, in order with the queue's other hook calls.
+	// changes: c is the new one, nil when the last consumer left (not when the queue is
+	// closed). Like Dropped it runs without the lock, in order with the queue's other hook calls,
+	// possibly after c received its first entries.
 	ActiveChanged func(q *Queue, c Consumer)
 }
 
