@@ -461,3 +461,49 @@ func TestPriorityRestore(t *testing.T) {
 		t.Fatalf("after restart %v (new %v), want %v (new %v)", got, fresh, wantIDs, wantFresh)
 	}
 }
+
+// Drop-head on a paged priority queue drops what RabbitMQ would: after each publish, the head
+// of the priority order while over the limit - even the message just published, when it has the
+// highest priority - including heads that must be read back first (AwaitLimits).
+func TestPriorityDropHeadPaged(t *testing.T) {
+	for _, window := range []int{0, 2, 8} {
+		t.Run("window"+string(rune('0'+window)), func(t *testing.T) {
+			const maxLen = 5
+			rng := rand.New(rand.NewSource(int64(window) + 3))
+			opts := NoLimits()
+			opts.MaxPriority, opts.MaxLength = 4, maxLen
+			q, r, _ := newTestQueue(opts)
+			if window > 0 {
+				q.SetPaging(Paging{Pager: newFakePager(), Window: window})
+			}
+			model := &prioModel{max: 4}
+			bySeq := map[uint64]uint64{}
+			var wantDropped []uint64
+			for i := 0; i < 300; i++ {
+				m := &Message{ID: uint64(i), Priority: uint8(rng.Intn(6)), Body: []byte("x")}
+				e := q.NewEntry(q.NextSeqFor(m), m)
+				bySeq[e.Seq] = m.ID
+				q.Push(e)
+				q.AwaitLimits()
+				model.add(e)
+				for len(model.ready) > maxLen {
+					wantDropped = append(wantDropped, model.pop().Msg.ID)
+				}
+			}
+			var dropped []uint64
+			for _, s := range r.dropped(MaxLen) {
+				dropped = append(dropped, bySeq[s])
+			}
+			if !slices.Equal(dropped, wantDropped) {
+				t.Fatalf("dropped %v\nwant    %v", dropped, wantDropped)
+			}
+			var want []uint64
+			for e := model.pop(); e != nil; e = model.pop() {
+				want = append(want, e.Msg.ID)
+			}
+			if got := drainGet(q); !slices.Equal(got, want) {
+				t.Fatalf("left %v, want %v", got, want)
+			}
+		})
+	}
+}
