@@ -4,6 +4,7 @@ import (
 	"math/rand"
 	"slices"
 	"sort"
+	"sync"
 	"testing"
 	"time"
 )
@@ -505,5 +506,52 @@ func TestPriorityDropHeadPaged(t *testing.T) {
 				t.Fatalf("left %v, want %v", got, want)
 			}
 		})
+	}
+}
+
+// Concurrent publishers and a consumer on a paged priority queue under a tight shared budget:
+// every message is delivered exactly once, and each publisher's messages of one priority
+// arrive in the order it published them.
+func TestPriorityPagingConcurrent(t *testing.T) {
+	const publishers, perPublisher = 4, 500
+	opts := NoLimits()
+	opts.MaxPriority = 9
+	q, _, _ := newTestQueue(opts)
+	q.SetPaging(Paging{Pager: newFakePager(), Window: 8, Budget: NewBudget(1)})
+	c := newConsumer("c", -1)
+	c.noAck = true
+	var wg sync.WaitGroup
+	for p := 0; p < publishers; p++ {
+		wg.Add(1)
+		go func(p int) {
+			defer wg.Done()
+			rng := rand.New(rand.NewSource(int64(p)))
+			for i := 0; i < perPublisher; i++ {
+				m := &Message{ID: uint64(p*perPublisher + i), Priority: uint8(rng.Intn(10)), Body: []byte("x")}
+				q.Push(q.NewEntry(q.NextSeqFor(m), m))
+				if i == perPublisher/2 && p == 0 {
+					q.AddConsumer(c)
+				}
+			}
+		}(p)
+	}
+	wg.Wait()
+	c.waitDelivered(t, publishers*perPublisher, 20*time.Second)
+	seen := map[uint64]bool{}
+	last := map[[2]uint64]uint64{} // (publisher, priority) -> last ID
+	for _, e := range c.entries() {
+		id := e.Msg.ID
+		if seen[id] {
+			t.Fatalf("ID %d delivered twice", id)
+		}
+		seen[id] = true
+		k := [2]uint64{id / perPublisher, uint64(e.Msg.Priority)}
+		if prev, ok := last[k]; ok && prev > id {
+			t.Fatalf("publisher %d priority %d: %d after %d", k[0], k[1], id, prev)
+		}
+		last[k] = id
+	}
+	if st := q.Counts(); st.Ready != 0 || st.InMemory != 0 {
+		t.Fatalf("counts %+v after draining", st)
 	}
 }
