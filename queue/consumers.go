@@ -25,8 +25,11 @@ func (q *Queue) AddConsumer(c Consumer) { q.AddConsumerWith(c, ConsumerOptions{}
 func (q *Queue) AddConsumerWith(c Consumer, o ConsumerOptions) {
 	q.mu.Lock()
 	q.consumers = append(q.consumers, c)
-	q.joinGroup(c, o.Priority)
-	if q.sac && len(q.consumers) == 1 {
+	switch {
+	case !q.sac:
+		q.joinGroup(c, o.Priority)
+	case len(q.consumers) == 1:
+		q.groups = []consumerGroup{{cs: []Consumer{c}}}
 		q.drops = append(q.drops, drop{activeChanged: true, active: c})
 	}
 	if q.closed {
@@ -104,6 +107,9 @@ func (q *Queue) RemoveConsumers(cs []Consumer, requeue []*Entry) int {
 	n := len(q.consumers)
 	after := q.activeLocked()
 	changed := after != before
+	if changed && after != nil {
+		q.groups = []consumerGroup{{cs: []Consumer{after}}}
+	}
 	if changed && !q.closed {
 		q.drops = append(q.drops, drop{activeChanged: true, active: after})
 	}
@@ -136,13 +142,10 @@ func (q *Queue) activeLocked() Consumer {
 	return q.consumers[0]
 }
 
-// offer offers e to the consumers in dispatch order until one takes it: to the active one
-// only in a single-active-consumer queue, else by priority, round-robin within a priority
-// starting after the consumer served last.
+// offer offers e to the consumers in dispatch order until one takes it: by priority,
+// round-robin within a priority starting after the consumer served last (in a
+// single-active-consumer queue, groups holds just the active one).
 func (q *Queue) offer(e *Entry) bool {
-	if q.sac {
-		return len(q.consumers) > 0 && q.deliver(q.consumers[0], e)
-	}
 	for gi := range q.groups {
 		g := &q.groups[gi]
 		n := len(g.cs)
@@ -151,28 +154,21 @@ func (q *Queue) offer(e *Entry) bool {
 			if idx >= n {
 				idx -= n
 			}
-			if q.deliver(g.cs[idx], e) {
-				g.rr = idx + 1
-				if g.rr == n {
-					g.rr = 0
-				}
-				return true
+			switch g.cs[idx].Deliver(q, e) {
+			case Accepted:
+				q.unacked++
+			case AcceptedNoAck:
+			default:
+				continue
 			}
+			e.Deliveries++
+			q.delivered++
+			g.rr = idx + 1
+			if g.rr == n {
+				g.rr = 0
+			}
+			return true
 		}
 	}
 	return false
-}
-
-// deliver offers e to c and counts it if c took it.
-func (q *Queue) deliver(c Consumer, e *Entry) bool {
-	switch c.Deliver(q, e) {
-	case Accepted:
-		q.unacked++
-	case AcceptedNoAck:
-	default:
-		return false
-	}
-	e.Deliveries++
-	q.delivered++
-	return true
 }

@@ -177,19 +177,25 @@ type Queue struct {
 	// replaces both.
 	cur atomic.Pointer[Options]
 
-	mu        sync.Mutex
-	ready     deque
+	mu    sync.Mutex
+	ready deque
+	// prio holds a priority queue's ready entries instead of ready (Options.MaxPriority > 0;
+	// maxPrio is that maximum). See priority.go. Kept next to ready: every push reads them.
+	prio      *prioReady
+	maxPrio   int
 	delayed   []*Entry // waiting out x-redelivery-delay, ordered by readyAt
 	bytes     int64    // body bytes of ready and delayed entries (in memory)
 	unacked   int
-	consumers []Consumer      // in registration order
-	groups    []consumerGroup // dispatch order: by consumer priority, highest first
-	sac       bool            // single active consumer: only consumers[0] is offered entries
-	closed    bool
-	drops     []drop // collected under mu, emitted by unlockEmit
-	emitting  bool   // a goroutine is emitting drops
-	timer     *time.Timer
-	timerAt   int64
+	consumers []Consumer // in registration order
+	// groups are the consumers offered entries, by consumer priority, highest first; with a
+	// single active consumer (sac) only consumers[0], in one group.
+	groups   []consumerGroup
+	sac      bool
+	closed   bool
+	emitting bool   // a goroutine is emitting drops
+	drops    []drop // collected under mu, emitted by unlockEmit
+	timer    *time.Timer
+	timerAt  int64
 
 	seq       uint64 // last reserved sequence number; guarded by mu
 	delivered uint64 // entries consumers accepted, ever; guarded by mu
@@ -210,10 +216,7 @@ type Queue struct {
 	// overflowing: over a drop-head limit with the head paged out (AwaitLimits).
 	overflowing atomic.Bool
 
-	// Priority queue (Options.MaxPriority > 0): ready entries live in prio instead of ready,
-	// and prioSeq[p] is the last counter reserved for priority p. See priority.go.
-	maxPrio int
-	prio    *prioReady
+	// prioSeq[p] is the last counter reserved for priority p in a priority queue.
 	prioSeq []uint64
 }
 
@@ -353,14 +356,18 @@ func (q *Queue) Push(e *Entry) PushResult {
 		if !q.offer(e) {
 			q.drops = append(q.drops, drop{es: []*Entry{e}, why: Expired})
 		}
-	} else if q.pageOut(e) {
+	} else if q.pager != nil && q.pageOut(e) {
 		// Behind the window: on disk only, read back when its turn comes.
 		q.pageOutEntry(e)
 		if q.opts.Overflow == DropHead {
 			q.dropOverflow()
 		}
 	} else {
-		q.readyInsert(e)
+		if q.prio == nil { // the hot path branches itself: a wrapper would cost a call per push
+			q.ready.insertBySeq(e)
+		} else {
+			q.readyInsert(e)
+		}
 		q.bytes += int64(len(e.Msg.Body))
 		// Deliver before applying drop-head, as RabbitMQ does: a message a ready consumer can take
 		// never counts against the limit (max-length 0 must not starve consumers).
@@ -374,14 +381,11 @@ func (q *Queue) Push(e *Entry) PushResult {
 	return Enqueued
 }
 
-// pageOut reports whether a new entry e goes to disk: behind other paged entries (order), or
+// pageOut reports whether a new entry e goes to a queue's pager (not nil): behind other paged entries (order), or
 // when the window or the shared budget is full. In a priority queue e may come before paged
 // entries (a higher priority): it stays in memory if there is room, or if room can be made by
 // paging out the entry in memory that is delivered last instead.
 func (q *Queue) pageOut(e *Entry) bool {
-	if q.pager == nil {
-		return false
-	}
 	full := q.readyLen() >= q.window || (q.budget != nil && q.budget.exhausted())
 	if q.prio == nil {
 		return q.paged.count > 0 || full
@@ -414,10 +418,17 @@ func (q *Queue) evictBack(seq uint64) bool {
 
 // head returns the entry to deliver next, or nil when none is in memory: the queue is empty,
 // or (in a priority queue) a paged-out entry comes first - its read-ahead must bring it in.
+// The hottest callers (dispatch, expireHead, arm) spell it out as q.ready.front() plus
+// prioHead: head itself is just over the inliner's budget.
 func (q *Queue) head() *Entry {
-	if q.prio == nil {
-		return q.ready.front()
+	if q.prio != nil {
+		return q.prioHead()
 	}
+	return q.ready.front()
+}
+
+// prioHead is head for a priority queue (a separate function so that head can be inlined).
+func (q *Queue) prioHead() *Entry {
 	e := q.prio.front()
 	if e != nil && q.paged.count > 0 && e.Seq > q.paged.min() {
 		return nil
@@ -443,9 +454,9 @@ func (q *Queue) full(size int) bool {
 // back first (its body is dead-lettered): the page-in completes the job.
 func (q *Queue) dropOverflow() {
 	var dropped []*Entry
-	for q.head() != nil {
-		if !(q.opts.MaxLength >= 0 && q.length() > q.opts.MaxLength) &&
-			!(q.opts.MaxLengthBytes >= 0 && q.bytes+q.paged.bytes > q.opts.MaxLengthBytes) {
+	for (q.opts.MaxLength >= 0 && q.length() > q.opts.MaxLength) ||
+		(q.opts.MaxLengthBytes >= 0 && q.bytes+q.paged.bytes > q.opts.MaxLengthBytes) {
+		if q.head() == nil {
 			break
 		}
 		e := q.readyPop()
@@ -462,11 +473,18 @@ func (q *Queue) dispatch(now int64) {
 	q.promoteDelayed(now)
 	for len(q.consumers) > 0 {
 		q.expireHead(now)
-		e := q.head()
+		e := q.ready.front()
+		if q.prio != nil {
+			e = q.prioHead()
+		}
 		if e == nil || !q.offer(e) {
 			return
 		}
-		q.readyPop()
+		if q.prio == nil {
+			q.ready.popFront()
+		} else {
+			q.prio.popFront()
+		}
 		q.bytes -= int64(len(e.Msg.Body))
 	}
 }
@@ -475,7 +493,10 @@ func (q *Queue) dispatch(now int64) {
 func (q *Queue) expireHead(now int64) {
 	var expired []*Entry
 	for {
-		e := q.head()
+		e := q.ready.front()
+		if q.prio != nil {
+			e = q.prioHead()
+		}
 		if e == nil || e.ExpiresAt == 0 || e.ExpiresAt > now {
 			break
 		}
@@ -505,14 +526,14 @@ func (q *Queue) promoteDelayed(now int64) {
 
 // settle ends every operation that may have changed the queue: timer, read-ahead, budget.
 func (q *Queue) settle(now int64) {
-	if q.prio != nil && q.pager != nil {
-		// Entries that came before paged ones (a higher priority, a read-ahead past the head)
-		// may have pushed the window over: page out its tail again.
-		for q.readyLen() > q.window && q.evictBack(0) {
-		}
-	}
 	q.arm(now)
 	if q.pager != nil {
+		if q.prio != nil {
+			// Entries that came before paged ones (a higher priority, a read-ahead past the
+			// head) may have pushed the window over: page out its tail (never the head) again.
+			for q.readyLen() > q.window && q.evictBack(0) {
+			}
+		}
 		q.refill()
 		q.syncBudget()
 		q.overflowing.Store(q.overflowingLocked())
@@ -522,7 +543,11 @@ func (q *Queue) settle(now int64) {
 // arm schedules the timer for the next head expiry or delayed entry becoming due.
 func (q *Queue) arm(now int64) {
 	var next int64
-	if e := q.head(); e != nil && e.ExpiresAt != 0 {
+	e := q.ready.front()
+	if q.prio != nil {
+		e = q.prioHead()
+	}
+	if e != nil && e.ExpiresAt != 0 {
 		next = e.ExpiresAt
 	}
 	if len(q.delayed) > 0 && (next == 0 || q.delayed[0].readyAt < next) {
@@ -621,7 +646,11 @@ func (q *Queue) Get(noAck bool) (e *Entry, remaining int, ok bool) {
 		}
 	}
 	if e = q.head(); e != nil {
-		q.readyPop()
+		if q.prio == nil {
+			q.ready.popFront()
+		} else {
+			q.prio.popFront()
+		}
 		q.bytes -= int64(len(e.Msg.Body))
 		e.Deliveries++
 		if !noAck {
