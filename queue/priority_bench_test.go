@@ -83,8 +83,8 @@ func BenchmarkConsumerPriorityDeliver(b *testing.B) {
 }
 
 // BenchmarkPriorityPaged: a 10-priority queue with a 1,000-entry window and a 100k backlog of
-// priority 0 on "disk", pushing messages of all priorities and getting them back: the higher
-// ones overtake the paged backlog through the window's tail eviction.
+// priority 0 (99k of it paged out), pushing messages of priorities 1-9 and getting them back:
+// they stay in memory ahead of the paged backlog (the first by paging out the window's tail).
 func BenchmarkPriorityPaged(b *testing.B) {
 	opts := NoLimits()
 	opts.MaxPriority = 9
