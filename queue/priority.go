@@ -114,8 +114,8 @@ func (r *prioReady) popFront() *Entry {
 const evictScan = 64
 
 // evictLast removes and returns the never-delivered entry delivered last, if it comes after
-// seq and is not the head: the one to page out when the window is over. Entries delivered before (requeued) stay,
-// as the owner's stored copy lacks their delivery state.
+// seq and is not the head: the one to page out when the window is over. Entries delivered
+// before (requeued) stay, as the owner's stored copy lacks their delivery state.
 func (r *prioReady) evictLast(seq uint64) *Entry {
 	scanned := 0
 	for p := range r.levels {
@@ -175,13 +175,6 @@ func (q *Queue) readyLen() int {
 		return q.prio.n
 	}
 	return q.ready.len()
-}
-
-func (q *Queue) readyFront() *Entry {
-	if q.prio != nil {
-		return q.prio.front()
-	}
-	return q.ready.front()
 }
 
 func (q *Queue) readyPop() *Entry {
