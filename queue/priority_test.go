@@ -555,3 +555,33 @@ func TestPriorityPagingConcurrent(t *testing.T) {
 		t.Fatalf("counts %+v after draining", st)
 	}
 }
+
+// A redelivery delay holds a requeued entry back, then it returns to its place in its
+// priority; a policy change (SetOptions) cannot turn the priority queue into a plain one.
+func TestPriorityDelayAndSetOptions(t *testing.T) {
+	opts := NoLimits()
+	opts.MaxPriority = 5
+	opts.RedeliveryDelay = time.Hour
+	q, _, clk := newTestQueue(opts)
+	pushPrio(t, q, []uint8{5, 0, 5})
+	e, _, _ := q.Get(false)
+	if e.Msg.ID != 0 {
+		t.Fatalf("got %d, want 0", e.Msg.ID)
+	}
+	q.Requeue([]*Entry{e})
+	plain := NoLimits() // a policy that knows nothing of priorities
+	plain.RedeliveryDelay = time.Hour
+	q.SetOptions(plain)
+	if got := q.Options(); got.MaxPriority != 5 {
+		t.Fatalf("SetOptions changed MaxPriority to %d", got.MaxPriority)
+	}
+	if e, _, _ := q.Get(true); e.Msg.ID != 2 {
+		t.Fatalf("while 0 waits: got %d, want 2", e.Msg.ID)
+	}
+	m := &Message{ID: 3, Priority: 5}
+	q.Push(q.NewEntry(q.NextSeqFor(m), m))
+	clk.advance(2 * time.Hour)
+	if got := drainGet(q); !slices.Equal(got, []uint64{0, 3, 1}) {
+		t.Fatalf("after the delay %v, want [0 3 1]", got)
+	}
+}
