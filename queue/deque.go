@@ -115,3 +115,25 @@ func (d *deque) drain() []*Entry {
 	}
 	return out
 }
+
+// removeAt removes and returns the entry at i, shifting whichever side is shorter.
+func (d *deque) removeAt(i int) *Entry {
+	e := d.at(i)
+	if i < d.n/2 {
+		for j := i; j > 0; j-- {
+			d.set(j, d.at(j-1))
+		}
+		d.set(0, nil)
+		d.head = (d.head + 1) & (len(d.buf) - 1)
+	} else {
+		for j := i; j < d.n-1; j++ {
+			d.set(j, d.at(j+1))
+		}
+		d.set(d.n-1, nil)
+	}
+	d.n--
+	if d.n == 0 {
+		d.head = 0
+	}
+	return e
+}

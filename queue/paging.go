@@ -16,7 +16,9 @@ type Span struct {
 // the queue's lock held, so they must not block or call back into the queue.
 type Pager interface {
 	// PageOut takes an entry the queue will not keep in memory. An entry with Durable set is
-	// stored already (its write was submitted before Push); any other must be written.
+	// stored already (its write was submitted before Push); any other must be written. A
+	// priority queue also pages out never-delivered entries it held in memory, including ones
+	// it paged in before, to keep its window when higher priorities arrive.
 	PageOut(e *Entry)
 	// PageIn reads, in the background, up to max entries with Seq >= from in ascending order
 	// (stopping once about maxBytes of bodies are read, but not before the first), seeing at

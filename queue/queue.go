@@ -21,6 +21,9 @@ type Message struct {
 	// ExpiresAt is the absolute expiry from the per-message expiration property (unix nanoseconds);
 	// 0 means none.
 	ExpiresAt int64
+	// Priority is the priority property (0 when absent). Only a priority queue looks at it, in
+	// NextSeqFor, capped at its MaxPriority.
+	Priority uint8
 }
 
 // Entry is one queue's reference to a message.
@@ -119,6 +122,13 @@ type Options struct {
 	RedeliveryDelay    time.Duration
 	RedeliveryBackoff  float64
 	RedeliveryMaxDelay time.Duration
+	// MaxPriority makes a priority queue (x-max-priority, 1..MaxPriorityLimit; 0 = not one):
+	// entries are delivered highest priority first, FIFO within a priority (see NextSeqFor). It is
+	// fixed when the queue is created: SetOptions keeps the value New was given.
+	MaxPriority int
+	// SingleActiveConsumer (x-single-active-consumer): only the earliest registered consumer
+	// still present receives; the others wait their turn. Fixed at New like MaxPriority.
+	SingleActiveConsumer bool
 }
 
 // NoLimits returns Options with every limit off.
@@ -130,6 +140,11 @@ func NoLimits() Options {
 type Hooks struct {
 	// Dropped is called without the queue's lock held, in the goroutine that caused the drop.
 	Dropped func(q *Queue, es []*Entry, why Reason)
+	// ActiveChanged is called, for a single-active-consumer queue, when the active consumer
+	// changes: c is the new one, nil when the last consumer left (not when the queue is
+	// closed). Like Dropped it runs without the lock, in order with the queue's other hook calls,
+	// possibly after c received its first entries.
+	ActiveChanged func(q *Queue, c Consumer)
 }
 
 // PushResult says what happened to a pushed entry.
@@ -144,9 +159,13 @@ const (
 	RefusedDeadLetter
 )
 
+// drop is a hook call collected under mu: entries that left (es, why) or, with activeChanged,
+// a new active consumer.
 type drop struct {
-	es  []*Entry
-	why Reason
+	es            []*Entry
+	why           Reason
+	activeChanged bool
+	active        Consumer
 }
 
 // Queue is one queue's in-memory state. All methods are safe for concurrent use.
@@ -158,18 +177,25 @@ type Queue struct {
 	// replaces both.
 	cur atomic.Pointer[Options]
 
-	mu        sync.Mutex
-	ready     deque
+	mu    sync.Mutex
+	ready deque
+	// prio holds a priority queue's ready entries instead of ready (Options.MaxPriority > 0;
+	// maxPrio is that maximum). See priority.go. Kept next to ready: every push reads them.
+	prio      *prioReady
+	maxPrio   int
 	delayed   []*Entry // waiting out x-redelivery-delay, ordered by readyAt
 	bytes     int64    // body bytes of ready and delayed entries (in memory)
 	unacked   int
-	consumers []Consumer
-	rr        int
-	closed    bool
-	drops     []drop // collected under mu, emitted by unlockEmit
-	emitting  bool   // a goroutine is emitting drops
-	timer     *time.Timer
-	timerAt   int64
+	consumers []Consumer // in registration order
+	// groups are the consumers offered entries, by consumer priority, highest first; with a
+	// single active consumer (sac) only consumers[0], in one group.
+	groups   []consumerGroup
+	sac      bool
+	closed   bool
+	emitting bool   // a goroutine is emitting drops
+	drops    []drop // collected under mu, emitted by unlockEmit
+	timer    *time.Timer
+	timerAt  int64
 
 	seq       uint64 // last reserved sequence number; guarded by mu
 	delivered uint64 // entries consumers accepted, ever; guarded by mu
@@ -189,11 +215,22 @@ type Queue struct {
 	pageErr  error         // of the last page-in
 	// overflowing: over a drop-head limit with the head paged out (AwaitLimits).
 	overflowing atomic.Bool
+
+	// prioSeq[p] is the last counter reserved for priority p in a priority queue.
+	prioSeq []uint64
 }
 
 // New creates an empty queue.
 func New(name string, opts Options, hooks Hooks) *Queue {
 	q := &Queue{Name: name, opts: opts, hooks: hooks, now: func() int64 { return time.Now().UnixNano() }}
+	if opts.MaxPriority > 0 {
+		q.maxPrio = min(opts.MaxPriority, MaxPriorityLimit)
+		q.opts.MaxPriority = q.maxPrio
+		q.prio = newPrioReady(q.maxPrio)
+		q.prioSeq = make([]uint64, q.maxPrio+1)
+	}
+	q.sac = opts.SingleActiveConsumer
+	opts = q.opts
 	q.cur.Store(&opts)
 	q.timed = opts.MessageTTL >= 0 || opts.RedeliveryDelay > 0
 	return q
@@ -227,6 +264,7 @@ func (q *Queue) Options() Options { return *q.cur.Load() }
 // classic queues do; messages already queued keep their expiry.
 func (q *Queue) SetOptions(opts Options) {
 	q.mu.Lock()
+	opts.MaxPriority, opts.SingleActiveConsumer = q.opts.MaxPriority, q.opts.SingleActiveConsumer
 	q.opts = opts
 	q.cur.Store(&opts)
 	q.timed = q.timed || opts.MessageTTL >= 0 || opts.RedeliveryDelay > 0
@@ -243,8 +281,12 @@ func (q *Queue) SetOptions(opts Options) {
 	q.unlockEmit()
 }
 
-// NextSeq reserves the next sequence number; entries are kept in Seq order.
+// NextSeq reserves the next sequence number; entries are kept in Seq order. In a priority queue
+// it is priority 0's: use NextSeqFor there.
 func (q *Queue) NextSeq() uint64 {
+	if q.maxPrio > 0 {
+		return q.NextSeqFor(&Message{})
+	}
 	q.mu.Lock()
 	q.seq++
 	s := q.seq
@@ -255,10 +297,8 @@ func (q *Queue) NextSeq() uint64 {
 // Restore appends a recovered entry (from disk) without dispatching; Seq order must be ascending.
 func (q *Queue) Restore(e *Entry) {
 	q.mu.Lock()
-	if e.Seq > q.seq {
-		q.seq = e.Seq
-	}
-	q.ready.pushBack(e)
+	q.noteSeq(e.Seq)
+	q.readyInsert(e)
 	q.bytes += int64(len(e.Msg.Body))
 	q.timed = q.timed || e.ExpiresAt != 0
 	q.syncBudget()
@@ -273,7 +313,7 @@ func (q *Queue) RestorePaged(from, to uint64, n, bytes int64) {
 		return
 	}
 	q.mu.Lock()
-	q.seq = max(q.seq, to)
+	q.noteSeq(to)
 	q.paged.addDisk(from, to, n, bytes)
 	q.mu.Unlock()
 }
@@ -311,21 +351,23 @@ func (q *Queue) Push(e *Entry) PushResult {
 		}
 		return Refused
 	}
-	if e.ExpiresAt != 0 && e.ExpiresAt <= now && q.ready.len() == 0 && len(q.delayed) == 0 && q.paged.count == 0 {
+	if e.ExpiresAt != 0 && e.ExpiresAt <= now && q.readyLen() == 0 && len(q.delayed) == 0 && q.paged.count == 0 {
 		// Already expired (TTL 0 or past expiration): deliverable only to a consumer ready right now.
 		if !q.offer(e) {
-			q.drops = append(q.drops, drop{[]*Entry{e}, Expired})
+			q.drops = append(q.drops, drop{es: []*Entry{e}, why: Expired})
 		}
-	} else if q.pageOut() {
+	} else if q.pager != nil && q.pageOut(e) {
 		// Behind the window: on disk only, read back when its turn comes.
-		q.paged.add(e.Seq)
-		q.paged.bytes += int64(len(e.Msg.Body))
-		q.pager.PageOut(e)
+		q.pageOutEntry(e)
 		if q.opts.Overflow == DropHead {
 			q.dropOverflow()
 		}
 	} else {
-		q.ready.insertBySeq(e)
+		if q.prio == nil { // the hot path branches itself: a wrapper would cost a call per push
+			q.ready.insertBySeq(e)
+		} else {
+			q.readyInsert(e)
+		}
 		q.bytes += int64(len(e.Msg.Body))
 		// Deliver before applying drop-head, as RabbitMQ does: a message a ready consumer can take
 		// never counts against the limit (max-length 0 must not starve consumers).
@@ -339,17 +381,66 @@ func (q *Queue) Push(e *Entry) PushResult {
 	return Enqueued
 }
 
-// pageOut reports whether a new entry goes to disk: behind other paged entries (order), or
-// when the window or the shared budget is full.
-func (q *Queue) pageOut() bool {
-	if q.pager == nil {
-		return false
+// pageOut reports whether a new entry e goes to a queue's pager (not nil): behind other paged entries (order), or
+// when the window or the shared budget is full. In a priority queue e may come before paged
+// entries (a higher priority): it stays in memory if there is room, or if room can be made by
+// paging out the entry in memory that is delivered last instead.
+func (q *Queue) pageOut(e *Entry) bool {
+	full := q.readyLen() >= q.window || (q.budget != nil && q.budget.exhausted())
+	if q.prio == nil {
+		return q.paged.count > 0 || full
 	}
-	return q.paged.count > 0 || q.ready.len() >= q.window || (q.budget != nil && q.budget.exhausted())
+	if q.paged.count > 0 && e.Seq > q.paged.min() {
+		return true
+	}
+	return full && !q.evictBack(e.Seq)
 }
 
+// pageOutEntry hands e, which is not in memory (any more), to the pager.
+func (q *Queue) pageOutEntry(e *Entry) {
+	q.paged.add(e.Seq)
+	q.paged.bytes += int64(len(e.Msg.Body))
+	q.pager.PageOut(e)
+}
+
+// evictBack pages out the priority queue's in-memory entry that is delivered last among the
+// never delivered ones (see prioReady.evictLast), if it comes after seq, and reports whether it
+// did. A paged entry followed by entries in memory is fine: head() waits for it.
+func (q *Queue) evictBack(seq uint64) bool {
+	b := q.prio.evictLast(seq)
+	if b == nil {
+		return false
+	}
+	q.bytes -= int64(len(b.Msg.Body))
+	q.pageOutEntry(b)
+	return true
+}
+
+// head returns the entry to deliver next, or nil when none is in memory: the queue is empty,
+// or (in a priority queue) a paged-out entry comes first - its read-ahead must bring it in.
+// The hottest callers (dispatch, expireHead, arm) spell it out as q.ready.front() plus
+// prioHead: head itself is just over the inliner's budget.
+func (q *Queue) head() *Entry {
+	if q.prio != nil {
+		return q.prioHead()
+	}
+	return q.ready.front()
+}
+
+// prioHead is head for a priority queue (a separate function so that head can be inlined).
+func (q *Queue) prioHead() *Entry {
+	e := q.prio.front()
+	if e != nil && q.paged.count > 0 && e.Seq > q.paged.min() {
+		return nil
+	}
+	return e
+}
+
+// headPaged reports whether the next entry to deliver is paged out.
+func (q *Queue) headPaged() bool { return q.paged.count > 0 && q.head() == nil }
+
 // length is the number of ready messages, in memory or paged out.
-func (q *Queue) length() int64 { return int64(q.ready.len()+len(q.delayed)) + q.paged.count }
+func (q *Queue) length() int64 { return int64(q.readyLen()+len(q.delayed)) + q.paged.count }
 
 // full reports whether adding size more bytes would break a limit (for reject-publish).
 func (q *Queue) full(size int) bool {
@@ -363,39 +454,18 @@ func (q *Queue) full(size int) bool {
 // back first (its body is dead-lettered): the page-in completes the job.
 func (q *Queue) dropOverflow() {
 	var dropped []*Entry
-	for q.ready.len() > 0 {
-		if !(q.opts.MaxLength >= 0 && q.length() > q.opts.MaxLength) &&
-			!(q.opts.MaxLengthBytes >= 0 && q.bytes+q.paged.bytes > q.opts.MaxLengthBytes) {
+	for (q.opts.MaxLength >= 0 && q.length() > q.opts.MaxLength) ||
+		(q.opts.MaxLengthBytes >= 0 && q.bytes+q.paged.bytes > q.opts.MaxLengthBytes) {
+		if q.head() == nil {
 			break
 		}
-		e := q.ready.popFront()
+		e := q.readyPop()
 		q.bytes -= int64(len(e.Msg.Body))
 		dropped = append(dropped, e)
 	}
 	if len(dropped) > 0 {
-		q.drops = append(q.drops, drop{dropped, MaxLen})
+		q.drops = append(q.drops, drop{es: dropped, why: MaxLen})
 	}
-}
-
-// offer tries each consumer once, starting after the last one served.
-func (q *Queue) offer(e *Entry) bool {
-	n := len(q.consumers)
-	for i := 0; i < n; i++ {
-		idx := (q.rr + i) % n
-		switch q.consumers[idx].Deliver(q, e) {
-		case Accepted:
-			q.unacked++
-			e.Deliveries++
-		case AcceptedNoAck:
-			e.Deliveries++
-		default:
-			continue
-		}
-		q.delivered++
-		q.rr = (idx + 1) % n
-		return true
-	}
-	return false
 }
 
 // dispatch hands ready entries to consumers until one side runs out.
@@ -404,10 +474,17 @@ func (q *Queue) dispatch(now int64) {
 	for len(q.consumers) > 0 {
 		q.expireHead(now)
 		e := q.ready.front()
+		if q.prio != nil {
+			e = q.prioHead()
+		}
 		if e == nil || !q.offer(e) {
 			return
 		}
-		q.ready.popFront()
+		if q.prio == nil {
+			q.ready.popFront()
+		} else {
+			q.prio.popFront()
+		}
 		q.bytes -= int64(len(e.Msg.Body))
 	}
 }
@@ -417,15 +494,18 @@ func (q *Queue) expireHead(now int64) {
 	var expired []*Entry
 	for {
 		e := q.ready.front()
+		if q.prio != nil {
+			e = q.prioHead()
+		}
 		if e == nil || e.ExpiresAt == 0 || e.ExpiresAt > now {
 			break
 		}
-		q.ready.popFront()
+		q.readyPop()
 		q.bytes -= int64(len(e.Msg.Body))
 		expired = append(expired, e)
 	}
 	if len(expired) > 0 {
-		q.drops = append(q.drops, drop{expired, Expired})
+		q.drops = append(q.drops, drop{es: expired, why: Expired})
 	}
 }
 
@@ -433,7 +513,7 @@ func (q *Queue) promoteDelayed(now int64) {
 	i := 0
 	for ; i < len(q.delayed) && q.delayed[i].readyAt <= now; i++ {
 		q.delayed[i].readyAt = 0
-		q.ready.insertBySeq(q.delayed[i])
+		q.readyInsert(q.delayed[i])
 	}
 	if i > 0 {
 		// Clear the vacated tail: stale pointers there would keep promoted (and later acked)
@@ -448,6 +528,12 @@ func (q *Queue) promoteDelayed(now int64) {
 func (q *Queue) settle(now int64) {
 	q.arm(now)
 	if q.pager != nil {
+		if q.prio != nil {
+			// Entries that came before paged ones (a higher priority, a read-ahead past the
+			// head) may have pushed the window over: page out its tail (never the head) again.
+			for q.readyLen() > q.window && q.evictBack(0) {
+			}
+		}
 		q.refill()
 		q.syncBudget()
 		q.overflowing.Store(q.overflowingLocked())
@@ -457,7 +543,11 @@ func (q *Queue) settle(now int64) {
 // arm schedules the timer for the next head expiry or delayed entry becoming due.
 func (q *Queue) arm(now int64) {
 	var next int64
-	if e := q.ready.front(); e != nil && e.ExpiresAt != 0 {
+	e := q.ready.front()
+	if q.prio != nil {
+		e = q.prioHead()
+	}
+	if e != nil && e.ExpiresAt != 0 {
 		next = e.ExpiresAt
 	}
 	if len(q.delayed) > 0 && (next == 0 || q.delayed[0].readyAt < next) {
@@ -507,11 +597,15 @@ func (q *Queue) unlockEmit() {
 }
 
 func (q *Queue) emit(ds []drop) {
-	if q.hooks.Dropped == nil {
-		return
-	}
 	for _, d := range ds {
-		q.hooks.Dropped(q, d.es, d.why)
+		switch {
+		case d.activeChanged:
+			if q.hooks.ActiveChanged != nil {
+				q.hooks.ActiveChanged(q, d.active)
+			}
+		case q.hooks.Dropped != nil:
+			q.hooks.Dropped(q, d.es, d.why)
+		}
 	}
 }
 
@@ -529,41 +623,6 @@ func (q *Queue) Kick() {
 	q.unlockEmit()
 }
 
-// AddConsumer registers c and delivers to it what is ready. A closed queue refuses it (false):
-// Close has already handed its consumers back, so c would never receive anything.
-func (q *Queue) AddConsumer(c Consumer) bool {
-	q.mu.Lock()
-	if q.closed {
-		q.mu.Unlock()
-		return false
-	}
-	q.consumers = append(q.consumers, c)
-	q.mu.Unlock()
-	q.Kick()
-	return true
-}
-
-// RemoveConsumer unregisters c and returns how many consumers remain.
-func (q *Queue) RemoveConsumer(c Consumer) int {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	for i, x := range q.consumers {
-		if x == c {
-			q.consumers = append(q.consumers[:i], q.consumers[i+1:]...)
-			if q.rr > i {
-				q.rr--
-			}
-			if len(q.consumers) > 0 {
-				q.rr %= len(q.consumers)
-			} else {
-				q.rr = 0
-			}
-			break
-		}
-	}
-	return len(q.consumers)
-}
-
 // Get removes the first deliverable entry for basic.get. ok is false when the queue is empty.
 // remaining is the number of ready messages left. With noAck the entry is done at once.
 func (q *Queue) Get(noAck bool) (e *Entry, remaining int, ok bool) {
@@ -572,7 +631,7 @@ func (q *Queue) Get(noAck bool) (e *Entry, remaining int, ok bool) {
 	for {
 		q.promoteDelayed(now)
 		q.expireHead(now)
-		if q.ready.len() > 0 || q.paged.count == 0 || q.closed {
+		if !q.headPaged() || q.closed {
 			break
 		}
 		// The head is on disk: wait for the read-ahead to bring it in.
@@ -586,8 +645,12 @@ func (q *Queue) Get(noAck bool) (e *Entry, remaining int, ok bool) {
 			break
 		}
 	}
-	e = q.ready.popFront()
-	if e != nil {
+	if e = q.head(); e != nil {
+		if q.prio == nil {
+			q.ready.popFront()
+		} else {
+			q.prio.popFront()
+		}
 		q.bytes -= int64(len(e.Msg.Body))
 		e.Deliveries++
 		if !noAck {
@@ -617,7 +680,7 @@ func (q *Queue) Reject(es []*Entry) {
 	q.mu.Lock()
 	q.unacked -= len(es)
 	q.mu.Unlock()
-	q.emit([]drop{{es, Rejected}})
+	q.emit([]drop{{es: es, why: Rejected}})
 }
 
 // Requeue returns delivered entries to their original positions. Entries over the delivery limit
@@ -627,10 +690,15 @@ func (q *Queue) Requeue(es []*Entry) {
 		return
 	}
 	q.mu.Lock()
+	q.requeue(es)
+	q.unlockEmit()
+}
+
+// requeue is Requeue with mu held; the caller emits with unlockEmit.
+func (q *Queue) requeue(es []*Entry) {
 	q.unacked -= len(es)
 	if q.closed {
-		q.mu.Unlock()
-		q.emit([]drop{{es, Purged}})
+		q.drops = append(q.drops, drop{es: es, why: Purged})
 		return
 	}
 	now := q.now()
@@ -653,10 +721,10 @@ func (q *Queue) Requeue(es []*Entry) {
 			q.delayed[i] = e
 			continue
 		}
-		q.ready.insertBySeq(e)
+		q.readyInsert(e)
 	}
 	if len(over) > 0 {
-		q.drops = append(q.drops, drop{over, DeliveryLimit})
+		q.drops = append(q.drops, drop{es: over, why: DeliveryLimit})
 	}
 	// As RabbitMQ's requeue_and_run: enforce drop-head and drop an expired head before delivering,
 	// even without consumers (a requeue must not leave the queue over its limit).
@@ -666,7 +734,6 @@ func (q *Queue) Requeue(es []*Entry) {
 	q.expireHead(now)
 	q.dispatch(now)
 	q.settle(now)
-	q.unlockEmit()
 }
 
 func (q *Queue) redeliveryDelay(returns uint32) time.Duration {
@@ -696,7 +763,7 @@ func (q *Queue) capDelay(d time.Duration) time.Duration {
 // messages are discarded on disk without being read.
 func (q *Queue) Purge() int {
 	q.mu.Lock()
-	es := q.ready.drain()
+	es := q.readyDrain()
 	es = append(es, q.delayed...)
 	q.delayed = nil
 	q.bytes = 0
@@ -704,7 +771,7 @@ func (q *Queue) Purge() int {
 	q.syncBudget()
 	q.mu.Unlock()
 	if len(es) > 0 {
-		q.emit([]drop{{es, Purged}})
+		q.emit([]drop{{es: es, why: Purged}})
 	}
 	return n
 }
@@ -731,8 +798,8 @@ func (q *Queue) Close() (consumers []Consumer, messages int) {
 		q.timer.Stop()
 	}
 	consumers = q.consumers
-	q.consumers = nil
-	es := q.ready.drain()
+	q.consumers, q.groups = nil, nil
+	es := q.readyDrain()
 	es = append(es, q.delayed...)
 	q.delayed = nil
 	q.bytes = 0
@@ -740,7 +807,7 @@ func (q *Queue) Close() (consumers []Consumer, messages int) {
 	q.syncBudget()
 	q.mu.Unlock()
 	if len(es) > 0 {
-		q.emit([]drop{{es, Purged}})
+		q.emit([]drop{{es: es, why: Purged}})
 	}
 	return consumers, n
 }
@@ -789,7 +856,7 @@ func (q *Queue) Counts() Stats {
 }
 
 func (q *Queue) counts() Stats {
-	inMem := q.ready.len() + len(q.delayed)
+	inMem := q.readyLen() + len(q.delayed)
 	return Stats{
 		Ready: int(q.length()), Unacked: q.unacked, Consumers: len(q.consumers),
 		Bytes: q.bytes + q.paged.bytes, InMemory: inMem,
@@ -797,22 +864,32 @@ func (q *Queue) counts() Stats {
 }
 
 // refill starts a read-ahead when the window has drained to half and entries are paged
-// out. Over the shared budget only an empty window is refilled, and only with a little.
+// out. Over the shared budget only an empty window is refilled, and only with a little. A
+// priority queue whose head is paged out (it came after the window filled) is refilled at once.
 func (q *Queue) refill() {
-	if q.pager == nil || q.pageWait != nil || q.paged.count == 0 || q.closed || q.ready.len() > q.window/2 {
+	if q.pager == nil || q.pageWait != nil || q.paged.count == 0 || q.closed {
+		return
+	}
+	blocked := q.prio != nil && q.headPaged()
+	if q.readyLen() > q.window/2 && !blocked {
 		return
 	}
 	maxBytes := int64(math.MaxInt64)
 	if q.budget != nil {
 		maxBytes = q.budget.limit - q.budget.used.Load()
 		if maxBytes < minPageInBytes {
-			if q.ready.len() > 0 {
+			if q.readyLen() > 0 && !blocked {
 				return
 			}
 			maxBytes = minPageInBytes
 		}
 	}
-	n := q.window - q.ready.len()
+	n := q.window - q.readyLen()
+	if blocked {
+		// The window is full of entries that come after the head: read a good batch anyway;
+		// pagedIn pages out the window's tail again to stay within it.
+		n = max(n, q.window/2, 1)
+	}
 	from, gen := q.paged.min(), q.paged.gen
 	q.pageWait = make(chan struct{})
 	q.pager.PageIn(from, n, maxBytes, func(es []*Entry, err error) { q.pagedIn(es, err, n, maxBytes, gen) })
@@ -840,7 +917,7 @@ func (q *Queue) pagedIn(es []*Entry, err error, max int, maxBytes int64, gen uin
 		if !q.paged.take(e.Seq, size) {
 			continue
 		}
-		q.ready.insertBySeq(e)
+		q.readyInsert(e)
 		q.bytes += size
 		q.timed = q.timed || e.ExpiresAt != 0 // restored from disk without a Push
 	}
@@ -885,7 +962,7 @@ func (q *Queue) AwaitLimits() {
 }
 
 func (q *Queue) overflowingLocked() bool {
-	return q.opts.Overflow == DropHead && q.ready.len() == 0 && q.paged.count > 0 && !q.closed &&
+	return q.opts.Overflow == DropHead && q.headPaged() && !q.closed &&
 		((q.opts.MaxLength >= 0 && q.length() > q.opts.MaxLength) ||
 			(q.opts.MaxLengthBytes >= 0 && q.bytes+q.paged.bytes > q.opts.MaxLengthBytes))
 }
