@@ -40,6 +40,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	rssMax := fs.Int64("rss-max-mib", 0, "fail a case whose peak broker RSS exceeds this many MiB (0: no absolute bound)")
 	alarmCmd := fs.String("alarm-cmd", "", "shell command that raises a resource alarm (e.g. \"rabbitmqctl set_vm_memory_high_watermark 0.000001\"); enables the alarm cases")
 	clearCmd := fs.String("clear-alarm-cmd", "", "shell command that clears the alarm again (e.g. \"rabbitmqctl set_vm_memory_high_watermark 0.4\")")
+	alarmOn := fs.Bool("alarm-on", false, "the broker's alarm is on for the whole run (Warren with memory.limit: 1): run only the alarm cases that need nothing published first")
 	only := fs.String("run", "", "run only the cases whose name matches this regular expression")
 	list := fs.Bool("list", false, "list the cases with what they send and expect, and exit")
 	verbose := fs.Bool("v", false, "print each case's notes (measured times, counts)")
@@ -70,6 +71,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		log.Error("bad arguments: -alarm-cmd and -clear-alarm-cmd go together")
 		return 2
 	}
+	env.AlarmOn = *alarmOn
 	if *alarmCmd != "" {
 		env.RaiseAlarm = shellHook(*alarmCmd)
 		env.ClearAlarm = shellHook(*clearCmd)

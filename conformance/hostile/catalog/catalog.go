@@ -4,7 +4,7 @@ package catalog
 // that an alarm left on by a failing hook cannot disturb the others.
 func Catalogue() []Case {
 	var cs []Case
-	for _, group := range [][]Case{wireCases(), contentCases(), floodCases(), permissionCases(), argumentCases(), alarmCases()} {
+	for _, group := range [][]Case{wireCases(), contentCases(), floodCases(), permissionCases(), argumentCases(), memoryCases(), alarmCases()} {
 		cs = append(cs, group...)
 	}
 	return cs

@@ -29,6 +29,9 @@ const (
 	NeedAlarm
 	// NeedWarren: the case tests a Warren extension that other brokers ignore.
 	NeedWarren
+	// NeedAlarmHook: like NeedAlarm, but the alarm must be raised by the case (it publishes first),
+	// so a broker whose alarm is on for the whole run (Env.AlarmOn) does not do.
+	NeedAlarmHook
 )
 
 // Case is one hostile input.
@@ -55,6 +58,10 @@ type Env struct {
 	RestrictedUser, RestrictedPass string
 	// RaiseAlarm and ClearAlarm switch a resource alarm on and off (nil: alarm cases are skipped).
 	RaiseAlarm, ClearAlarm func(ctx context.Context) error
+	// AlarmOn says the broker's alarm is on for the whole run (Warren with memory.limit: 1, whose
+	// alarm cannot be switched while it runs): only the alarm cases run, with nothing published
+	// before the alarm.
+	AlarmOn bool
 	// Product is the broker's "product" server property ("RabbitMQ", "Warren"), set by Probe.
 	Product string
 	// Prefix starts every name the cases declare, unique per run.
@@ -356,8 +363,12 @@ func (r *Runner) skipReason(c *Case) string {
 	switch {
 	case c.Needs&NeedRestricted != 0 && r.Env.RestrictedURL == "":
 		return "needs a user without configure/write permission (-restricted-url)"
-	case c.Needs&NeedAlarm != 0 && (r.Env.RaiseAlarm == nil || r.Env.ClearAlarm == nil):
+	case r.Env.AlarmOn && c.Needs&NeedAlarm == 0:
+		return "the broker is under an alarm for the whole run (-alarm-on): only alarm cases run"
+	case c.Needs&NeedAlarmHook != 0 && (r.Env.RaiseAlarm == nil || r.Env.ClearAlarm == nil):
 		return "needs a way to raise and clear a resource alarm (-alarm-cmd and -clear-alarm-cmd)"
+	case c.Needs&NeedAlarm != 0 && (r.Env.RaiseAlarm == nil || r.Env.ClearAlarm == nil) && !r.Env.AlarmOn:
+		return "needs a way to raise and clear a resource alarm (-alarm-cmd and -clear-alarm-cmd, or -alarm-on)"
 	case c.Needs&NeedWarren != 0 && r.Env.Product != "Warren":
 		return fmt.Sprintf("tests a Warren extension; the broker is %q", r.Env.Product)
 	}
