@@ -184,8 +184,12 @@ func (b BlockedPublisher) WaitTornDown(ctx context.Context, e *Env) (time.Durati
 		}
 		select {
 		case <-ctx.Done():
-			return time.Since(start), fmt.Errorf("dead blocked client not torn down after %s: its exclusive queue answers %v, its unacked message ready: %v",
-				time.Since(start).Round(time.Millisecond), exclErr, ready >= 1)
+			unacked := "no unacked message in this run"
+			if b.Shared != "" {
+				unacked = fmt.Sprintf("its unacked message requeued: %v", ready >= 1)
+			}
+			return time.Since(start), fmt.Errorf("dead blocked client not torn down after %s: its exclusive queue answers %v; %s",
+				time.Since(start).Round(time.Millisecond), exclErr, unacked)
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
