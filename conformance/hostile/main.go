@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -44,6 +45,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	only := fs.String("run", "", "run only the cases whose name matches this regular expression")
 	list := fs.Bool("list", false, "list the cases with what they send and expect, and exit")
 	verbose := fs.Bool("v", false, "print each case's notes (measured times, counts)")
+	allowRemote := fs.Bool("allow-remote", false, "allow a broker URL whose host is not a loopback address (these inputs are meant to hurt a broker)")
 	total := fs.Duration("timeout", 3*time.Minute, "bound on the whole run")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -65,6 +67,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	env, err := catalog.NewEnv(*url, *restricted)
 	if err != nil {
 		log.Error("bad arguments", "err", err)
+		return 2
+	}
+	if !*allowRemote && !isLoopback(env.Addr) {
+		log.Error("bad arguments: the broker is not on a loopback address; pass -allow-remote if you mean it", "addr", env.Addr)
 		return 2
 	}
 	if (*alarmCmd == "") != (*clearCmd == "") {
@@ -175,6 +181,19 @@ func rssMode(r *catalog.Runner) string {
 		s += fmt.Sprintf(", peak <= %s", catalog.MiB(r.RSSMax))
 	}
 	return s
+}
+
+// isLoopback reports whether host:port names this machine.
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // shellHook runs cmd with sh -c; a non-zero exit is an error carrying its output.

@@ -25,6 +25,7 @@ func TestBadArguments(t *testing.T) {
 		{"-run", "("},                                     // bad pattern
 		{"-url", "amqps://guest:guest@127.0.0.1/"},        // raw cases need plain TCP
 		{"-url", "amqp://127.0.0.1:1/", "-timeout", "2s"}, // nothing listening: exit 2, not a hang
+		{"-url", "amqp://guest:guest@192.0.2.1:5672/"},    // not loopback without -allow-remote
 	} {
 		var out, errOut bytes.Buffer
 		if code := run(args, &out, &errOut); code != 2 {

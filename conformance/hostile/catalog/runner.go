@@ -135,7 +135,9 @@ func redact(u string) string {
 // T is a running case's handle: its deadline, its environment, and what to close when it ends
 // (even when it ends by timing out, so a stuck case leaves no connection behind).
 type T struct {
+	// Ctx ends at the case's deadline; every dial, read and write of the case is bounded by it.
 	Ctx context.Context
+	// Env is the broker under test.
 	Env *Env
 
 	mu       sync.Mutex
