@@ -118,10 +118,14 @@ func publishRefused(t *T, ch *amqp091.Channel, exchange, key string) error {
 	}
 }
 
+// floodTimeout bounds the flood cases: RabbitMQ needs 2-4 s for them on an idle machine, more on
+// a busy one, and a flood that times out says nothing about the broker.
+const floodTimeout = 20 * time.Second
+
 func floodCases() []Case {
 	return []Case{
 		sessionCase(Case{Name: "channel-max-flood", Sends: "2047 pipelined channel.open (the offered channel_max) and then one more",
-			Expect: "2047 open-oks, then connection.close 530 NOT_ALLOWED"},
+			Expect: "2047 open-oks, then connection.close 530 NOT_ALLOWED", Timeout: floodTimeout},
 			func(t *T, r *rawConn) error {
 				var b []byte
 				for ch := 2; ch <= int(r.chMax)+1; ch++ {
@@ -137,7 +141,7 @@ func floodCases() []Case {
 				return r.expectConnClose(530, "NOT_ALLOWED")
 			}),
 		sessionCase(Case{Name: "channel-churn", Sends: "2000 pipelined channel.open + channel.close pairs",
-			Expect: "every open-ok and close-ok, the connection still works"},
+			Expect: "every open-ok and close-ok, the connection still works", Timeout: floodTimeout},
 			func(t *T, r *rawConn) error {
 				var b []byte
 				for ch := 2; ch < 2002; ch++ {
@@ -153,7 +157,7 @@ func floodCases() []Case {
 				return r.roundTrip(1)
 			}),
 		sessionCase(Case{Name: "queue-flood-exclusive", Sends: "1000 pipelined exclusive queue.declare (no-wait), then the connection closes",
-			Expect: "all are declared; all are gone once the connection is"},
+			Expect: "all are declared; all are gone once the connection is", Timeout: floodTimeout},
 			func(t *T, r *rawConn) error {
 				base := t.Env.name("flood")
 				var b []byte
@@ -186,7 +190,7 @@ func floodCases() []Case {
 				}
 			}),
 		sessionCase(Case{Name: "consumer-flood", Sends: "5000 pipelined basic.consume (no-wait) on one queue, then the connection closes",
-			Expect: "the queue counts 5000 consumers, then 0"},
+			Expect: "the queue counts 5000 consumers, then 0", Timeout: floodTimeout},
 			func(t *T, r *rawConn) error {
 				q, err := t.Queue(nil)
 				if err != nil {
@@ -209,7 +213,7 @@ func floodCases() []Case {
 				return waitQueue(t, q, "0 consumers", func(_, c int) bool { return c == 0 })
 			}),
 		sessionCase(Case{Name: "binding-flood", Sends: "5000 pipelined queue.bind (no-wait) of one queue to amq.direct, then the queue is deleted",
-			Expect: "all accepted, the connection still works"},
+			Expect: "all accepted, the connection still works", Timeout: floodTimeout},
 			func(t *T, r *rawConn) error {
 				q, err := t.Queue(nil)
 				if err != nil {
