@@ -5,9 +5,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"warren/amqp"
@@ -111,9 +113,41 @@ func (r *rawConn) expect(ch uint16, want string) (amqp.Method, error) {
 		return nil, fmt.Errorf("waiting for %s: %w", want, err)
 	}
 	if f.method == nil || f.method.Name() != want || f.channel != ch {
-		return nil, fmt.Errorf("got %s%s, want %s on channel %d", f, closeText(f.method), want, ch)
+		return nil, &unexpectedError{got: f, want: fmt.Sprintf("%s on channel %d", want, ch)}
 	}
 	return f.method, nil
+}
+
+// unexpectedError is a frame other than the one a case waited for.
+type unexpectedError struct {
+	got  frame
+	want string
+}
+
+func (e *unexpectedError) Error() string {
+	return fmt.Sprintf("got %s%s, want %s", e.got, closeText(e.got.method), e.want)
+}
+
+// closeCode returns the reply code of the connection.close or channel.close err reports, or 0.
+func closeCode(err error) uint16 {
+	var ue *unexpectedError
+	if !errors.As(err, &ue) {
+		return 0
+	}
+	switch c := ue.got.method.(type) {
+	case *amqp.ConnectionClose:
+		return c.ReplyCode
+	case *amqp.ChannelClose:
+		return c.ReplyCode
+	}
+	return 0
+}
+
+// closedByPeer reports whether err is the socket being closed or reset under a read (not a
+// timeout, not a frame).
+func closedByPeer(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.EPIPE) || errors.Is(err, net.ErrClosed)
 }
 
 func closeText(m amqp.Method) string {

@@ -3,6 +3,7 @@ package catalog
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -215,5 +216,22 @@ func TestRunnerCasesAgainstWarren(t *testing.T) {
 		if x.Err != nil || x.Skipped != "" {
 			t.Errorf("%s: err %v, skipped %q", x.Case.Name, x.Err, x.Skipped)
 		}
+	}
+}
+
+func TestCloseCode(t *testing.T) {
+	closeErr := &unexpectedError{got: frame{typ: amqp.FrameMethod, method: &amqp.ConnectionClose{ReplyCode: 403}}, want: "connection.tune"}
+	if got := closeCode(fmt.Errorf("handshake: %w", closeErr)); got != 403 {
+		t.Errorf("closeCode of a wrapped connection.close 403 = %d", got)
+	}
+	other := &unexpectedError{got: frame{typ: amqp.FrameMethod, method: &amqp.ConnectionTune{}}, want: "connection.open-ok"}
+	if got := closeCode(other); got != 0 {
+		t.Errorf("closeCode of a tune = %d, want 0", got)
+	}
+	if closeCode(errors.New("x")) != 0 || closedByPeer(errors.New("x")) {
+		t.Error("a plain error counts as a close")
+	}
+	if !closedByPeer(fmt.Errorf("read: %w", io.EOF)) {
+		t.Error("EOF does not count as closed by the peer")
 	}
 }
