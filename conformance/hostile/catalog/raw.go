@@ -344,19 +344,17 @@ func (r *rawConn) expectDropped(allowed uint16) error {
 	return fmt.Errorf("want the connection dropped, got %s%s", f, closeText(f.method))
 }
 
-// eofOrTimeout turns a read error into nil when the socket was closed (EOF, reset, a frame the
-// broker cut short) and into an error when the deadline passed first.
+// eofOrTimeout turns a read error into nil when the broker closed or reset the socket, and into
+// an error when the deadline passed first or the bytes were not a frame.
 func eofOrTimeout(err error) error {
+	if closedByPeer(err) {
+		return nil
+	}
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {
 		return errors.New("broker did not close the connection")
 	}
-	var ae *amqp.Error
-	if errors.As(err, &ae) {
-		return fmt.Errorf("unreadable frame from broker: %w", err)
-	}
-	// EOF, ECONNRESET and friends all mean the broker closed the socket.
-	return nil
+	return fmt.Errorf("reading from the broker: %w", err)
 }
 
 // roundTrip proves the broker has processed everything sent on ch so far: channel frames are
