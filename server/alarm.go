@@ -209,14 +209,35 @@ func (c *conn) waitWhileBlocked() {
 	if c.blockedNotify {
 		c.writeMethod(0, &amqp.ConnectionBlocked{Reason: reason})
 	}
-	select {
-	case <-cleared:
-	case <-c.srv.quit:
-		return
-	case <-c.done:
-		return
+	// Nothing is read meanwhile, so the client's FIN or its silence is not seen by the reader:
+	// the kernel is asked instead, and a client that went is torn down at once, releasing its
+	// connection slot, exclusive queues and unacked messages (the socket close ends the reader).
+	var idle time.Duration
+	if c.heartbeat > 0 {
+		idle = 2 * time.Duration(c.heartbeat) * time.Second
 	}
-	if c.blockedNotify {
-		c.writeMethod(0, &amqp.ConnectionUnblocked{})
+	check := time.NewTicker(blockedPeerCheck)
+	defer check.Stop()
+	for {
+		select {
+		case <-cleared:
+			if c.blockedNotify {
+				c.writeMethod(0, &amqp.ConnectionUnblocked{})
+			}
+			return
+		case <-c.srv.quit:
+			return
+		case <-c.done:
+			return
+		case <-check.C:
+			if peerGone(c.nc, idle) {
+				c.log.Info("client gone while blocked by an alarm, closing")
+				_ = c.nc.Close()
+				return
+			}
+		}
 	}
 }
+
+// blockedPeerCheck is how often a connection held by an alarm asks whether its client is gone.
+const blockedPeerCheck = 500 * time.Millisecond

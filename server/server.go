@@ -78,6 +78,9 @@ func New(cfg Config) (*Server, error) {
 	for _, w := range rt.warnings {
 		log.Warn("config: " + w)
 	}
+	if !peerCheckSupported {
+		log.Warn("a client that goes while its connection is blocked by an alarm is noticed only when the alarm clears (the check needs Linux's TCP_INFO)")
+	}
 	s.alarms.memLimit.Store(memoryLimit(cfg))
 	opts := broker.Options{DataDir: cfg.DataDir, MaxRAMMessages: cfg.MaxRAMMessages, VHosts: rt.vhostSettings(), Logger: log}
 	if limit := s.alarms.memLimit.Load(); limit > 0 {
