@@ -31,10 +31,11 @@ type Decimal struct {
 	Value int32
 }
 
-// maxTableDepth bounds the nesting of tables and arrays. It is the limit
-// amqp091-go enforces when reading, so nothing deeper could reach one of
-// its clients anyway, and it keeps recursion shallow on hostile input.
-const maxTableDepth = 32
+// maxTableDepth bounds the nesting of tables and arrays, so that recursion
+// on hostile input stays within a few megabytes of stack. RabbitMQ accepts
+// headers nested 5000 deep (the hostile-client catalogue checks it), and so
+// must Warren; amqp091-go reads only 32 levels, other clients more.
+const maxTableDepth = 8192
 
 func tableError(format string, args ...any) *Error {
 	return Errorf(FrameError, format, args...)
