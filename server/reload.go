@@ -2,6 +2,8 @@ package server
 
 import (
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"warren/amqp"
@@ -114,38 +116,74 @@ func (c *conn) forceClose(e *amqp.Error) {
 // as the broker itself (no permission checks, no queue limit). Existing ones must be equivalent.
 // It returns one error per declaration that failed, naming the configuration entry.
 func (s *Server) declareTopology(cfg *Config) []error {
+	// Each phase declares in parallel: a new durable object waits for its disk sync, and
+	// concurrent declarations share the journal's group commits (10,000 durable queues took
+	// 17.9 s one sync at a time). Exchanges and queues come before the bindings between them.
 	var errs []error
-	fail := func(key, what string, e *amqp.Error) {
-		errs = append(errs, &ConfigError{Key: key, Err: fmt.Errorf("%s: %s", what, e.Text)})
-	}
-	for i, x := range cfg.Exchanges {
+	errs = append(errs, declareEach(len(cfg.Exchanges), func(i int) error {
+		x := cfg.Exchanges[i]
 		v := s.b.VHost(x.VHost)
 		if v == nil {
-			continue // checked by compile; a vhost can only be missing in a race with Reload
+			return nil // checked by compile; a vhost can only be missing in a race with Reload
 		}
 		spec := broker.ExchangeSpec{Name: x.Name, Type: x.Type, Durable: x.Durable, AutoDelete: x.AutoDelete, Internal: x.Internal, Args: x.Arguments}
-		if e := v.DeclareExchange(broker.System, spec); e != nil {
-			fail(fmt.Sprintf("exchanges[%d]", i), fmt.Sprintf("exchange '%s' in vhost '%s'", x.Name, x.VHost), e)
-		}
-	}
-	for i, q := range cfg.Queues {
+		return topologyError(fmt.Sprintf("exchanges[%d]", i), fmt.Sprintf("exchange '%s' in vhost '%s'", x.Name, x.VHost),
+			v.DeclareExchange(broker.System, spec))
+	})...)
+	errs = append(errs, declareEach(len(cfg.Queues), func(i int) error {
+		q := cfg.Queues[i]
 		v := s.b.VHost(q.VHost)
 		if v == nil {
-			continue
+			return nil
 		}
 		spec := broker.QueueSpec{Name: q.Name, Durable: q.Durable, AutoDelete: q.AutoDelete, Args: q.Arguments}
-		if _, e := v.DeclareQueue(broker.System, spec); e != nil {
-			fail(fmt.Sprintf("queues[%d]", i), fmt.Sprintf("queue '%s' in vhost '%s'", q.Name, q.VHost), e)
-		}
-	}
-	for i, b := range cfg.Bindings {
+		_, e := v.DeclareQueue(broker.System, spec)
+		return topologyError(fmt.Sprintf("queues[%d]", i), fmt.Sprintf("queue '%s' in vhost '%s'", q.Name, q.VHost), e)
+	})...)
+	errs = append(errs, declareEach(len(cfg.Bindings), func(i int) error {
+		b := cfg.Bindings[i]
 		v := s.b.VHost(b.VHost)
 		if v == nil {
-			continue
+			return nil
 		}
 		spec := broker.BindingSpec{Source: b.Source, Destination: b.Destination, ToExchange: b.DestinationType == "exchange", Key: b.RoutingKey, Args: b.Arguments}
-		if e := v.Bind(broker.System, spec); e != nil {
-			fail(fmt.Sprintf("bindings[%d]", i), fmt.Sprintf("binding '%s' -> '%s' in vhost '%s'", b.Source, b.Destination, b.VHost), e)
+		return topologyError(fmt.Sprintf("bindings[%d]", i), fmt.Sprintf("binding '%s' -> '%s' in vhost '%s'", b.Source, b.Destination, b.VHost),
+			v.Bind(broker.System, spec))
+	})...)
+	return errs
+}
+
+// topologyError names the configuration entry of a failed declaration; nil when e is nil.
+func topologyError(key, what string, e *amqp.Error) error {
+	if e == nil {
+		return nil
+	}
+	return &ConfigError{Key: key, Err: fmt.Errorf("%s: %s", what, e.Text)}
+}
+
+// declareWorkers is how many configured objects are declared at once at start-up and reload.
+const declareWorkers = 64
+
+// declareEach runs declare(0..n-1) on up to declareWorkers goroutines and returns the errors in
+// index order.
+func declareEach(n int, declare func(i int) error) []error {
+	results := make([]error, n)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for w := 0; w < min(n, declareWorkers); w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := int(next.Add(1)) - 1; i < n; i = int(next.Add(1)) - 1 {
+				results[i] = declare(i)
+			}
+		}()
+	}
+	wg.Wait()
+	var errs []error
+	for _, e := range results {
+		if e != nil {
+			errs = append(errs, e)
 		}
 	}
 	return errs
