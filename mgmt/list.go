@@ -1,0 +1,178 @@
+package mgmt
+
+import (
+	"fmt"
+	"net/http"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// row is one item of a list endpoint. Rendering is deferred so that filtering, sorting by name
+// and paging a list of 100,000 queues renders only the page.
+type row struct {
+	vhost, name string
+	render      func() obj
+	o           obj
+}
+
+func (r *row) get() obj {
+	if r.o == nil {
+		r.o = r.render()
+	}
+	return r.o
+}
+
+// listParams are RabbitMQ's list parameters.
+type listParams struct {
+	paged       bool
+	page, size  int
+	name        string
+	useRegex    bool
+	re          *regexp.Regexp
+	sort        string
+	reverse     bool
+	columns     []string
+	noStats     bool
+	queueTotals bool
+}
+
+const (
+	defaultPageSize = 100
+	maxPageSize     = 500
+)
+
+// parseList reads the list parameters; it answers 400 and returns false when they are invalid.
+func parseList(w http.ResponseWriter, r *http.Request) (listParams, bool) {
+	q := r.URL.Query()
+	p := listParams{page: 1, size: defaultPageSize}
+	bad := func() (listParams, bool) {
+		badRequest(w, "Pagination parameters are invalid")
+		return p, false
+	}
+	if s := q.Get("page"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			return bad()
+		}
+		p.page, p.paged = n, true
+	}
+	if s := q.Get("page_size"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > maxPageSize {
+			return bad()
+		}
+		p.size, p.paged = n, true
+	}
+	p.name = q.Get("name")
+	p.useRegex = q.Get("use_regex") == "true"
+	if p.name != "" {
+		pat := p.name
+		if !p.useRegex {
+			pat = regexp.QuoteMeta(pat)
+		}
+		re, err := regexp.Compile("(?i)" + pat)
+		if err != nil {
+			badRequest(w, fmt.Sprintf("invalid regular expression in name: %v", err))
+			return p, false
+		}
+		p.re = re
+	}
+	p.sort = q.Get("sort")
+	p.reverse = q.Get("sort_reverse") == "true"
+	if s := q.Get("columns"); s != "" {
+		for _, c := range strings.Split(s, ",") {
+			if c = strings.TrimSpace(c); c != "" {
+				p.columns = append(p.columns, c)
+			}
+		}
+	}
+	p.noStats = q.Get("disable_stats") == "true"
+	p.queueTotals = q.Get("enable_queue_totals") == "true"
+	return p, true
+}
+
+// writeList filters, sorts, pages and renders rows, in RabbitMQ's envelope when a page was asked
+// for and as a plain array otherwise.
+func writeList(w http.ResponseWriter, p listParams, rows []row) {
+	total := len(rows)
+	if p.re != nil {
+		kept := rows[:0:0]
+		for _, r := range rows {
+			if p.re.MatchString(r.name) {
+				kept = append(kept, r)
+			}
+		}
+		rows = kept
+	}
+	sortRows(rows, p.sort, p.reverse)
+	filtered := len(rows)
+	if p.paged {
+		pageCount := (filtered + p.size - 1) / p.size
+		if p.page > pageCount && !(p.page == 1 && filtered == 0) {
+			writeError(w, http.StatusBadRequest, "page_out_of_range",
+				fmt.Sprintf("Page out of range, page: %d page size: %d, len: %d", p.page, p.size, filtered))
+			return
+		}
+		start := (p.page - 1) * p.size
+		end := min(start+p.size, filtered)
+		items := renderRows(rows[start:end], p.columns)
+		writeJSON(w, http.StatusOK, obj{
+			"filtered_count": filtered, "item_count": len(items), "items": items,
+			"page": p.page, "page_count": pageCount, "page_size": p.size, "total_count": total,
+		})
+		return
+	}
+	writeJSON(w, http.StatusOK, renderRows(rows, p.columns))
+}
+
+func renderRows(rows []row, columns []string) []obj {
+	out := make([]obj, 0, len(rows))
+	for i := range rows {
+		o := rows[i].get()
+		if len(columns) > 0 {
+			o = project(o, columns)
+		}
+		out = append(out, o)
+	}
+	return out
+}
+
+// sortRows orders by the sort key (a dotted field path), then vhost and name; sorting by name
+// or vhost (and the default order) renders nothing.
+func sortRows(rows []row, key string, reverse bool) {
+	byName := func(a, b *row) int {
+		if c := strings.Compare(a.vhost, b.vhost); c != 0 {
+			return c
+		}
+		return strings.Compare(a.name, b.name)
+	}
+	var cmp func(a, b row) int
+	switch key {
+	case "", "vhost":
+		cmp = func(a, b row) int { return byName(&a, &b) }
+	case "name":
+		cmp = func(a, b row) int {
+			if c := strings.Compare(a.name, b.name); c != 0 {
+				return c
+			}
+			return strings.Compare(a.vhost, b.vhost)
+		}
+	default:
+		for i := range rows {
+			rows[i].get()
+		}
+		cmp = func(a, b row) int {
+			if c := less(lookup(a.o, key), lookup(b.o, key)); c != 0 {
+				return c
+			}
+			return byName(&a, &b)
+		}
+	}
+	if reverse {
+		slices.SortStableFunc(rows, func(a, b row) int { return -cmp(a, b) })
+		return
+	}
+	slices.SortStableFunc(rows, cmp)
+}
