@@ -225,7 +225,7 @@ func (f *fakeBroker) Users() []UserInfo {
 }
 
 func (f *fakeBroker) Permissions() []PermissionInfo { return slices.Clone(f.perms) }
-func (f *fakeBroker) Policies() []PolicyInfo       { return slices.Clone(f.policies) }
+func (f *fakeBroker) Policies() []PolicyInfo        { return slices.Clone(f.policies) }
 
 func (f *fakeBroker) Authenticate(user, password string) ([]string, bool) {
 	f.mu.Lock()
