@@ -351,12 +351,14 @@ func (a *api) connections(w http.ResponseWriter, r *http.Request) {
 	}
 	node := a.b.Overview().Node
 	now := a.opts.now()
-	var rows []row
-	for _, c := range a.b.Connections() {
+	all := a.b.Connections()
+	rows := make([]row, 0, len(all))
+	for i := range all {
+		c := &all[i]
 		if (vhost != "" && c.VHost != vhost) || (!u.isMonitor() && c.User != u.name) {
 			continue
 		}
-		rows = append(rows, row{vhost: c.VHost, name: c.Name, render: func() obj { return a.connectionJSON(&c, node, now, !p.noStats) }})
+		rows = append(rows, row{vhost: c.VHost, name: c.Name, render: func() obj { return a.connectionJSON(c, node, now, !p.noStats) }})
 	}
 	writeList(w, p, rows)
 }
@@ -422,8 +424,10 @@ func (a *api) channels(w http.ResponseWriter, r *http.Request) {
 	single := pathValue(r, "channel")
 	node := a.b.Overview().Node
 	now := a.opts.now()
-	var rows []row
-	for _, c := range a.b.Channels() {
+	all := a.b.Channels()
+	rows := make([]row, 0, len(all))
+	for i := range all {
+		c := &all[i]
 		name := channelName(c.Connection, c.Number)
 		if (vhost != "" && c.VHost != vhost) || (conn != "" && c.Connection != conn) ||
 			(!u.isMonitor() && c.User != u.name) {
@@ -431,12 +435,12 @@ func (a *api) channels(w http.ResponseWriter, r *http.Request) {
 		}
 		if single != "" {
 			if name == single {
-				one(w, r, a.channelJSON(&c, node, now, true))
+				one(w, r, a.channelJSON(c, node, now, true))
 				return
 			}
 			continue
 		}
-		rows = append(rows, row{vhost: c.VHost, name: name, render: func() obj { return a.channelJSON(&c, node, now, !p.noStats) }})
+		rows = append(rows, row{vhost: c.VHost, name: name, render: func() obj { return a.channelJSON(c, node, now, !p.noStats) }})
 	}
 	if single != "" {
 		notFound(w)
@@ -456,12 +460,14 @@ func (a *api) consumers(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	node := a.b.Overview().Node
-	var rows []row
-	for _, c := range a.b.Consumers() {
+	all := a.b.Consumers()
+	rows := make([]row, 0, len(all))
+	for i := range all {
+		c := &all[i]
 		if (vhost != "" && c.VHost != vhost) || !u.seesVHost(c.VHost) {
 			continue
 		}
-		rows = append(rows, row{vhost: c.VHost, name: c.Queue + "\x00" + c.Tag, render: func() obj { return consumerJSON(&c, node) }})
+		rows = append(rows, row{vhost: c.VHost, name: c.Queue + "\x00" + c.Tag, render: func() obj { return consumerJSON(c, node) }})
 	}
 	writeList(w, p, rows)
 }
@@ -487,12 +493,14 @@ func (a *api) exchanges(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	now := a.opts.now()
-	var rows []row
-	for _, e := range a.b.Exchanges(vhost) {
+	all := a.b.Exchanges(vhost)
+	rows := make([]row, 0, len(all))
+	for i := range all {
+		e := &all[i]
 		if !u.seesVHost(e.VHost) {
 			continue
 		}
-		rows = append(rows, row{vhost: e.VHost, name: e.Name, render: func() obj { return a.exchangeJSON(&e, now, !p.noStats) }})
+		rows = append(rows, row{vhost: e.VHost, name: e.Name, render: func() obj { return a.exchangeJSON(e, now, !p.noStats) }})
 	}
 	writeList(w, p, rows)
 }
@@ -667,13 +675,15 @@ func (a *api) queues(w http.ResponseWriter, r *http.Request) {
 	}
 	node := a.b.Overview().Node
 	now := a.opts.now()
-	var rows []row
-	for _, q := range a.b.Queues(vhost) {
+	all := a.b.Queues(vhost)
+	rows := make([]row, 0, len(all))
+	for i := range all {
+		q := &all[i]
 		if !u.seesVHost(q.VHost) {
 			continue
 		}
 		rows = append(rows, row{vhost: q.VHost, name: q.Name, render: func() obj {
-			o := a.queueJSON(&q, node, now, !p.noStats)
+			o := a.queueJSON(q, node, now, !p.noStats)
 			if p.noStats && p.queueTotals {
 				o["messages"], o["messages_ready"], o["messages_unacknowledged"] = q.Messages, q.MessagesReady, q.MessagesUnacked
 			}
@@ -897,13 +907,15 @@ func (a *api) writeBindings(w http.ResponseWriter, r *http.Request, vhost string
 	if !ok {
 		return
 	}
-	var rows []row
-	for _, b := range a.b.Bindings(vhost) {
-		if !u.seesVHost(b.VHost) || !keep(&b) {
+	all := a.b.Bindings(vhost)
+	rows := make([]row, 0, len(all))
+	for i := range all {
+		b := &all[i]
+		if !u.seesVHost(b.VHost) || !keep(b) {
 			continue
 		}
 		rows = append(rows, row{vhost: b.VHost, name: b.Source + "\x00" + b.DestinationType + "\x00" + b.Destination + "\x00" + b.RoutingKey,
-			render: func() obj { return bindingJSON(&b) }})
+			render: func() obj { return bindingJSON(b) }})
 	}
 	writeList(w, p, rows)
 }
@@ -1036,12 +1048,14 @@ func (a *api) vhosts(w http.ResponseWriter, r *http.Request) {
 	}
 	node := a.b.Overview().Node
 	now := a.opts.now()
-	var rows []row
-	for _, v := range a.b.VHosts() {
+	all := a.b.VHosts()
+	rows := make([]row, 0, len(all))
+	for i := range all {
+		v := &all[i]
 		if !u.seesVHost(v.Name) {
 			continue
 		}
-		rows = append(rows, row{name: v.Name, render: func() obj { return a.vhostJSON(&v, node, now, !p.noStats) }})
+		rows = append(rows, row{name: v.Name, render: func() obj { return a.vhostJSON(v, node, now, !p.noStats) }})
 	}
 	writeList(w, p, rows)
 }
@@ -1068,9 +1082,11 @@ func (a *api) users(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	var rows []row
-	for _, u := range a.b.Users() {
-		rows = append(rows, row{name: u.Name, render: func() obj { return userJSON(&u) }})
+	all := a.b.Users()
+	rows := make([]row, 0, len(all))
+	for i := range all {
+		u := &all[i]
+		rows = append(rows, row{name: u.Name, render: func() obj { return userJSON(u) }})
 	}
 	writeList(w, p, rows)
 }
@@ -1116,12 +1132,14 @@ func (a *api) permissions(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	var rows []row
-	for _, x := range a.b.Permissions() {
+	all := a.b.Permissions()
+	rows := make([]row, 0, len(all))
+	for i := range all {
+		x := &all[i]
 		if (vhost != "" && x.VHost != vhost) || (user != "" && x.User != user) {
 			continue
 		}
-		rows = append(rows, row{vhost: x.VHost, name: x.User, render: func() obj { return permissionJSON(&x) }})
+		rows = append(rows, row{vhost: x.VHost, name: x.User, render: func() obj { return permissionJSON(x) }})
 	}
 	writeList(w, p, rows)
 }
@@ -1149,13 +1167,15 @@ func (a *api) policies(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	var rows []row
-	for _, x := range a.b.Policies() {
+	all := a.b.Policies()
+	rows := make([]row, 0, len(all))
+	for i := range all {
+		x := &all[i]
 		// Policies are visible to policymakers (and administrators) on their vhosts, as in RabbitMQ.
 		if (vhost != "" && x.VHost != vhost) || !(u.isAdmin() || u.isPolicymaker() && u.seesVHost(x.VHost)) {
 			continue
 		}
-		rows = append(rows, row{vhost: x.VHost, name: x.Name, render: func() obj { return policyJSON(&x) }})
+		rows = append(rows, row{vhost: x.VHost, name: x.Name, render: func() obj { return policyJSON(x) }})
 	}
 	writeList(w, p, rows)
 }
