@@ -232,6 +232,8 @@ func TestBadInput(t *testing.T) {
 		{"unknown vhost", "GET", "/api/queues/nope", "", 404, "Object Not Found", "Not Found"},
 		{"unknown vhost on declare", "PUT", "/api/queues/nope/x", "{}", 404, "Object Not Found", "Not Found"},
 		{"unknown queue", "DELETE", "/api/queues/%2F/nope", "", 404, "Object Not Found", "Not Found"},
+		{"not a boolean", "PUT", "/api/queues/%2F/x", `{"durable":"maybe"}`, 400, "bad_request", "[not_boolean maybe]"},
+		{"arguments not an object", "PUT", "/api/queues/%2F/x", `{"arguments":[1]}`, 400, "bad_request", "JSON object"},
 		{"bad argument", "PUT", "/api/queues/%2F/x", `{"arguments":{"x-max-length":"abc"}}`, 400, "bad_request", "invalid arg 'x-max-length'"},
 		{"reserved name", "PUT", "/api/exchanges/%2F/amq.x", `{"type":"direct"}`, 401, "not_authorised", "Access refused."},
 		{"unknown path", "GET", "/api/nothing/here", "", 404, "Object Not Found", "Not Found"},

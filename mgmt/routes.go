@@ -529,13 +529,49 @@ func (a *api) exchange(w http.ResponseWriter, r *http.Request) {
 	one(w, r, o)
 }
 
-// declareBody is the body of PUT /api/exchanges/v/n and PUT /api/queues/v/n.
-type declareBody struct {
-	Type       string         `json:"type"`
-	Durable    *bool          `json:"durable"`
-	AutoDelete bool           `json:"auto_delete"`
-	Internal   bool           `json:"internal"`
-	Arguments  map[string]any `json:"arguments"`
+// boolField reads a boolean of a request body; like RabbitMQ it also takes the strings "true"
+// and "false", which rabbitmqadmin sends.
+func boolField(m map[string]any, k string) (bool, error) {
+	switch v := m[k].(type) {
+	case nil:
+		return false, nil
+	case bool:
+		return v, nil
+	case string:
+		switch v {
+		case "true":
+			return true, nil
+		case "false":
+			return false, nil
+		}
+	}
+	return false, fmt.Errorf("%v", m[k])
+}
+
+// declareFields reads the booleans of a declare body, answering RabbitMQ's 400 for a bad one.
+func declareFields(w http.ResponseWriter, body map[string]any, keys ...string) ([]bool, bool) {
+	out := make([]bool, len(keys))
+	for i, k := range keys {
+		b, err := boolField(body, k)
+		if err != nil {
+			writeJSON(w, http.StatusBadRequest, obj{"error": "bad_request", "reason": []string{"not_boolean", err.Error()}})
+			return nil, false
+		}
+		out[i] = b
+	}
+	return out, true
+}
+
+// argumentsField reads the arguments object of a body.
+func argumentsField(w http.ResponseWriter, body map[string]any) (map[string]any, bool) {
+	switch v := body["arguments"].(type) {
+	case nil:
+		return nil, true
+	case map[string]any:
+		return normalize(v), true
+	}
+	badRequest(w, "arguments must be a JSON object")
+	return nil, false
 }
 
 func (a *api) declareExchange(w http.ResponseWriter, r *http.Request) {
@@ -544,16 +580,24 @@ func (a *api) declareExchange(w http.ResponseWriter, r *http.Request) {
 	if !a.openVHost(w, u, vhost) || !a.requirePerm(w, u, vhost, "configure", name) {
 		return
 	}
-	var body declareBody
+	var body map[string]any
 	if !readJSON(w, r, &body) {
 		return
 	}
-	if body.Type == "" {
-		body.Type = "direct"
+	flags, ok := declareFields(w, body, "durable", "auto_delete", "internal")
+	if !ok {
+		return
+	}
+	args, ok := argumentsField(w, body)
+	if !ok {
+		return
+	}
+	typ, _ := body["type"].(string)
+	if typ == "" {
+		typ = "direct"
 	}
 	created, err := a.b.DeclareExchange(vhost, name, ExchangeOptions{
-		Type: body.Type, Durable: body.Durable != nil && *body.Durable, AutoDelete: body.AutoDelete,
-		Internal: body.Internal, Arguments: normalize(body.Arguments),
+		Type: typ, Durable: flags[0], AutoDelete: flags[1], Internal: flags[2], Arguments: args,
 	})
 	if err != nil {
 		a.brokerError(w, r, err)
@@ -738,13 +782,19 @@ func (a *api) declareQueue(w http.ResponseWriter, r *http.Request) {
 	if !a.openVHost(w, u, vhost) || !a.requirePerm(w, u, vhost, "configure", name) {
 		return
 	}
-	var body declareBody
+	var body map[string]any
 	if !readJSON(w, r, &body) {
 		return
 	}
-	created, err := a.b.DeclareQueue(vhost, name, QueueOptions{
-		Durable: body.Durable != nil && *body.Durable, AutoDelete: body.AutoDelete, Arguments: normalize(body.Arguments),
-	})
+	flags, ok := declareFields(w, body, "durable", "auto_delete")
+	if !ok {
+		return
+	}
+	args, ok := argumentsField(w, body)
+	if !ok {
+		return
+	}
+	created, err := a.b.DeclareQueue(vhost, name, QueueOptions{Durable: flags[0], AutoDelete: flags[1], Arguments: args})
 	if err != nil {
 		a.brokerError(w, r, err)
 		return
@@ -1005,14 +1055,16 @@ func (a *api) bind(w http.ResponseWriter, r *http.Request) {
 	if !a.requirePerm(w, u, b.VHost, "write", b.Destination) || !a.requirePerm(w, u, b.VHost, "read", b.Source) {
 		return
 	}
-	var body struct {
-		RoutingKey string         `json:"routing_key"`
-		Arguments  map[string]any `json:"arguments"`
-	}
+	var body map[string]any
 	if !readJSON(w, r, &body) {
 		return
 	}
-	b.RoutingKey, b.Arguments = body.RoutingKey, normalize(body.Arguments)
+	args, ok := argumentsField(w, body)
+	if !ok {
+		return
+	}
+	b.RoutingKey, _ = body["routing_key"].(string)
+	b.Arguments = args
 	if err := a.b.Bind(b); err != nil {
 		a.brokerError(w, r, err)
 		return
