@@ -54,6 +54,14 @@ func (b *broker) Queues(vhost string) []mgmt.QueueInfo {
 	}
 	return out
 }
+func (b *broker) Queue(vhost, name string) (mgmt.QueueInfo, bool) {
+	for _, q := range b.Queues(vhost) {
+		if q.Name == name {
+			return q, true
+		}
+	}
+	return mgmt.QueueInfo{}, false
+}
 func (b *broker) Exchanges(vhost string) []mgmt.ExchangeInfo {
 	return []mgmt.ExchangeInfo{{VHost: "/", Name: "", Type: "direct", Durable: true}, {VHost: "/", Name: "amq.topic", Type: "topic", Durable: true}}
 }

@@ -11,7 +11,9 @@ import (
 // inversion), so the API never fakes an AMQP connection.
 //
 // Lists return snapshots; they are called per request or per scrape, never per message, and must
-// not block the publish path (read counters that the hot path keeps as atomics). Errors returned
+// not block the publish path (read counters that the hot path keeps as atomics). Overview and
+// VHosts are called on most requests (node name, vhost existence): keep them cheap, with totals
+// kept as counters rather than summed over all queues per call. Errors returned
 // by the mutating methods should be *Error values (see NotFound, PreconditionFailed, ...) so
 // the API answers with RabbitMQ's status codes; any other error becomes a 500.
 type Broker interface {
@@ -21,6 +23,9 @@ type Broker interface {
 	VHosts() []VHostInfo
 	// Queues lists the queues of vhost, or of all vhosts when vhost is "".
 	Queues(vhost string) []QueueInfo
+	// Queue returns one queue. It exists beside Queues because monitoring tools (KEDA's scaler,
+	// dashboards) poll single queues often and a broker may hold 100,000 of them.
+	Queue(vhost, name string) (QueueInfo, bool)
 	// Exchanges lists the exchanges of vhost, or of all vhosts when vhost is "", the default
 	// exchange ("") and the amq.* ones included.
 	Exchanges(vhost string) []ExchangeInfo

@@ -167,6 +167,16 @@ func (f *fakeBroker) Queues(vhost string) []QueueInfo {
 	return out
 }
 
+func (f *fakeBroker) Queue(vhost, name string) (QueueInfo, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	q, ok := f.queues[key(vhost, name)]
+	if !ok {
+		return QueueInfo{}, false
+	}
+	return f.queueInfo(q), true
+}
+
 func (f *fakeBroker) Exchanges(vhost string) []ExchangeInfo {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -738,12 +738,7 @@ func (a *api) queues(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *api) findQueue(vhost, name string) (QueueInfo, bool) {
-	for _, q := range a.b.Queues(vhost) {
-		if q.Name == name {
-			return q, true
-		}
-	}
-	return QueueInfo{}, false
+	return a.b.Queue(vhost, name)
 }
 
 func (a *api) queue(w http.ResponseWriter, r *http.Request) {
@@ -756,11 +751,12 @@ func (a *api) queue(w http.ResponseWriter, r *http.Request) {
 		notFound(w)
 		return
 	}
-	o := a.queueJSON(&q, a.b.Overview().Node, a.opts.now(), true)
+	node := a.b.Overview().Node
+	o := a.queueJSON(&q, node, a.opts.now(), true)
 	var details []obj
 	for _, c := range a.b.Consumers() {
 		if c.VHost == vhost && c.Queue == q.Name {
-			details = append(details, consumerJSON(&c, a.b.Overview().Node))
+			details = append(details, consumerJSON(&c, node))
 		}
 	}
 	o["consumer_details"] = orEmptyList(details)
