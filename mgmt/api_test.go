@@ -236,6 +236,7 @@ func TestBadInput(t *testing.T) {
 		{"arguments not an object", "PUT", "/api/queues/%2F/x", `{"arguments":[1]}`, 400, "bad_request", "JSON object"},
 		{"bad argument", "PUT", "/api/queues/%2F/x", `{"arguments":{"x-max-length":"abc"}}`, 400, "bad_request", "invalid arg 'x-max-length'"},
 		{"reserved name", "PUT", "/api/exchanges/%2F/amq.x", `{"type":"direct"}`, 401, "not_authorised", "Access refused."},
+		{"vhost / not encoded", "GET", "/api/queues//q1", "", 404, "Object Not Found", "Not Found"},
 		{"unknown path", "GET", "/api/nothing/here", "", 404, "Object Not Found", "Not Found"},
 		{"outside /api", "GET", "/index.html", "", 404, "Object Not Found", "Not Found"},
 		{"bad binding destination type", "POST", "/api/bindings/%2F/e/ex1/x/q1", "{}", 404, "Object Not Found", "Not Found"},
@@ -264,6 +265,9 @@ func TestBadInput(t *testing.T) {
 				t.Errorf("reason %q lacks %q", reason, tc.reasonHas)
 			}
 		})
+	}
+	if r := call(t, h, "GET", "/api/queues/%2F/q1/", "guest", ""); r.status != 200 || r.field("name") != "q1" {
+		t.Errorf("trailing slash: %d %s", r.status, r.raw)
 	}
 	// Method not allowed on an existing path: 405 with Allow, as RabbitMQ.
 	if r := call(t, h, "POST", "/api/overview", "guest", "{}"); r.status != 405 || r.header.Get("Allow") == "" {

@@ -138,8 +138,13 @@ func (a *api) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	r = r.WithContext(context.WithValue(r.Context(), ctxKey{}, u))
-	if !slashSafe(r) {
+	switch slashSafe(r) {
+	case pathBadEscape:
 		badRequest(w, "malformed URL encoding in path")
+		return
+	case pathEmptySegment:
+		// e.g. /api/queues//q1: a vhost "/" that is not encoded as %2F. RabbitMQ answers 404.
+		notFound(w)
 		return
 	}
 	h, pattern := a.mux.Handler(r)
@@ -154,21 +159,32 @@ func (a *api) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // slashSafe rewrites the request path so that an encoded slash inside a segment (vhost "/" is
 // %2F) stays inside its segment: ServeMux matches decoded paths, so each segment is decoded here
 // with its slashes turned into NUL, which pathValue turns back. It returns false for invalid
-// escapes.
-func slashSafe(r *http.Request) bool {
-	segs := strings.Split(r.URL.EscapedPath(), "/")
+// escapes and empty segments; a trailing slash is dropped, as RabbitMQ ignores it.
+func slashSafe(r *http.Request) pathCheck {
+	segs := strings.Split(strings.TrimSuffix(r.URL.EscapedPath(), "/"), "/")
 	for i, s := range segs {
+		if i > 0 && s == "" {
+			return pathEmptySegment
+		}
 		u, err := url.PathUnescape(s)
 		if err != nil {
-			return false
+			return pathBadEscape
 		}
 		segs[i] = strings.ReplaceAll(u, "/", "\x00")
 	}
 	u := *r.URL
 	u.Path, u.RawPath = strings.Join(segs, "/"), ""
 	r.URL = &u
-	return true
+	return pathOK
 }
+
+type pathCheck int
+
+const (
+	pathOK pathCheck = iota
+	pathBadEscape
+	pathEmptySegment
+)
 
 // pathValue is r.PathValue with the slashes slashSafe hid restored.
 func pathValue(r *http.Request, name string) string {
