@@ -2,6 +2,7 @@ package mgmt
 
 import (
 	"bufio"
+	"compress/gzip"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -152,6 +153,19 @@ func TestMetricsMatchRabbitMQ(t *testing.T) {
 		t.Errorf("fsync histogram %v", h)
 	}
 	per := scrape(t, f, "/metrics/per-object")
+	// Gzipped, as Prometheus asks for it.
+	w := httptest.NewRecorder()
+	r := httptest.NewRequest("GET", "/metrics/per-object", nil)
+	r.Header.Set("Accept-Encoding", "gzip, deflate")
+	NewMetricsHandler(f).ServeHTTP(w, r)
+	zr, err := gzip.NewReader(w.Body)
+	if err != nil || w.Header().Get("Content-Encoding") != "gzip" {
+		t.Fatalf("gzip: %v %v", err, w.Header())
+	}
+	var p expfmt.TextParser
+	if fams, err := p.TextToMetricFamilies(zr); err != nil || fams["rabbitmq_queue_messages_ready"] == nil {
+		t.Errorf("gzipped per-object: %v", err)
+	}
 	if v, ok := value(per["rabbitmq_queue_messages_ready"], "vhost", "/", "queue", "q1"); !ok || v != 3 {
 		t.Errorf("per-object q1 ready = %v %v", v, ok)
 	}
@@ -192,13 +206,22 @@ func BenchmarkQueuesPage100k(b *testing.B) {
 	}
 }
 
-// BenchmarkPerObjectMetrics100k is one /metrics/per-object scrape with 100,000 queues.
+// BenchmarkPerObjectMetrics100k is one /metrics/per-object scrape with 100,000 queues, plain
+// and gzipped as Prometheus asks.
 func BenchmarkPerObjectMetrics100k(b *testing.B) {
+	for _, enc := range []string{"identity", "gzip"} {
+		b.Run(enc, func(b *testing.B) { benchPerObject(b, enc) })
+	}
+}
+
+func benchPerObject(b *testing.B, encoding string) {
 	h := NewMetricsHandler(newBig(100_000))
 	var w countingWriter
 	for b.Loop() {
 		w = countingWriter{header: http.Header{}}
-		h.ServeHTTP(&w, httptest.NewRequest("GET", "/metrics/per-object", nil))
+		r := httptest.NewRequest("GET", "/metrics/per-object", nil)
+		r.Header.Set("Accept-Encoding", encoding)
+		h.ServeHTTP(&w, r)
 		if w.code != 0 && w.code != 200 {
 			b.Fatal(w.code)
 		}
