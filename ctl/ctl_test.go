@@ -128,6 +128,12 @@ func (b *broker) CloseConnection(name, reason string) error {
 	return nil
 }
 
+func (b *broker) closedReason(name string) string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.closed[name]
+}
+
 func run(t *testing.T, args ...string) (int, string, string) {
 	t.Helper()
 	var out, errb bytes.Buffer
@@ -205,8 +211,8 @@ func TestCommands(t *testing.T) {
 	if code, _, errs := run(t, u, "delete_queue", "nope"); code != 1 || !strings.Contains(errs, "not found") {
 		t.Errorf("delete_queue of a missing queue: %d %s", code, errs)
 	}
-	if code, _, errs := run(t, u, "close_connection", "10.0.0.1:5000 -> 10.0.0.2:5672", "maintenance"); code != 0 || b.closed["10.0.0.1:5000 -> 10.0.0.2:5672"] != "maintenance" {
-		t.Errorf("close_connection: %d %s %v", code, errs, b.closed)
+	if code, _, errs := run(t, u, "close_connection", "10.0.0.1:5000 -> 10.0.0.2:5672", "maintenance"); code != 0 || b.closedReason("10.0.0.1:5000 -> 10.0.0.2:5672") != "maintenance" {
+		t.Errorf("close_connection: %d %s", code, errs)
 	}
 
 	file := filepath.Join(t.TempDir(), "defs.json")

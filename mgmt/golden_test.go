@@ -213,7 +213,7 @@ func TestGoldenRabbitMQ(t *testing.T) {
 		t.Fatalf("close connection: %v %v", resp, err)
 	}
 	resp.Body.Close()
-	if r, ok := f.closed["127.0.0.1:33296 -> 127.0.0.1:5672"]; !ok || r != "Closed via management plugin" {
+	if r, ok := f.closedReason("127.0.0.1:33296 -> 127.0.0.1:5672"); !ok || r != "Closed via management plugin" {
 		t.Errorf("connection not closed through the API: %q %v", r, ok)
 	}
 }

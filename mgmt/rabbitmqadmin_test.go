@@ -63,14 +63,14 @@ func TestRabbitmqadmin(t *testing.T) {
 	if q, _ := f.findQueueForTest("/", "adm"); q.Arguments["x-max-length"] != int64(5) {
 		t.Errorf("arguments of the declared queue: %v", q.Arguments)
 	}
-	if n := len(f.queues[key("/", "adm")].msgs); n != 0 {
+	if n := f.readyCount("/", "adm"); n != 0 {
 		t.Errorf("%d messages after purge", n)
 	}
 	expect(ra("delete", "binding", "source=adm.x", "destination=adm", "destination_type=queue", "properties_key=r"), "binding deleted")
 	expect(ra("delete", "queue", "name=adm"), "queue deleted")
 	expect(ra("delete", "exchange", "name=adm.x"), "exchange deleted")
 	expect(ra("close", "connection", "name=127.0.0.1:33296 -> 127.0.0.1:5672"), "connection closed")
-	if _, ok := f.closed["127.0.0.1:33296 -> 127.0.0.1:5672"]; !ok {
+	if _, ok := f.closedReason("127.0.0.1:33296 -> 127.0.0.1:5672"); !ok {
 		t.Error("connection not closed")
 	}
 	file := filepath.Join(t.TempDir(), "defs.json")
