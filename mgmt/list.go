@@ -67,7 +67,7 @@ func parseList(w http.ResponseWriter, r *http.Request) (listParams, bool) {
 	}
 	p.name = q.Get("name")
 	p.useRegex = q.Get("use_regex") == "true"
-	if p.name != "" {
+	if p.name != "" && p.paged {
 		pat := p.name
 		if !p.useRegex {
 			pat = regexp.QuoteMeta(pat)
@@ -94,13 +94,14 @@ func parseList(w http.ResponseWriter, r *http.Request) (listParams, bool) {
 }
 
 // writeList filters, sorts, pages and renders rows, in RabbitMQ's envelope when a page was asked
-// for and as a plain array otherwise. It sorts indexes, not rows, so that a list of 100,000
+// for and as a plain array otherwise. As in RabbitMQ, the name filter applies only to paged
+// requests (RabbitMQ 3.10 ignores ?name= without page or page_size) and sorting to both. It sorts indexes, not rows, so that a list of 100,000
 // moves little memory.
 func writeList(w http.ResponseWriter, p listParams, rows []row) {
 	total := len(rows)
 	order := make([]int32, 0, len(rows))
 	for i := range rows {
-		if p.re == nil || p.re.MatchString(rows[i].name) {
+		if !p.paged || p.re == nil || p.re.MatchString(rows[i].name) {
 			order = append(order, int32(i))
 		}
 	}
