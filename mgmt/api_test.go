@@ -197,10 +197,20 @@ func TestPagingSortingColumns(t *testing.T) {
 		}
 		prev = m
 	}
-	for _, q := range []string{"page=0", "page=x", "page_size=501", "page_size=0"} {
-		if r := call(t, h, "GET", "/api/queues?"+q, "guest", ""); r.status != 400 || r.field("reason") != "Pagination parameters are invalid" {
+	for q, reason := range map[string]string{
+		"page=x":               "Pagination parameters are invalid",
+		"page=1&page_size=x":   "Pagination parameters are invalid",
+		"page=0":               "Invalid pagination parameters: page number 0, page size undefined",
+		"page=1&page_size=501": "Invalid pagination parameters: page number 1, page size 501",
+		"page=1&page_size=0":   "Invalid pagination parameters: page number 1, page size 0",
+	} {
+		if r := call(t, h, "GET", "/api/queues?"+q, "guest", ""); r.status != 400 || r.field("reason") != reason {
 			t.Errorf("%s: %d %s", q, r.status, r.raw)
 		}
+	}
+	// page_size without page is ignored, as in RabbitMQ.
+	if r := call(t, h, "GET", "/api/queues?page_size=2", "guest", ""); len(r.names()) != 252 || r.field("items") != nil {
+		t.Errorf("page_size alone: %d items", len(r.names()))
 	}
 	if r := call(t, h, "GET", "/api/queues?page=4&page_size=100", "guest", ""); r.status != 400 || r.field("error") != "page_out_of_range" {
 		t.Errorf("page out of range: %d %s", r.status, r.raw)

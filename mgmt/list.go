@@ -51,19 +51,26 @@ func parseList(w http.ResponseWriter, r *http.Request) (listParams, bool) {
 		badRequest(w, "Pagination parameters are invalid")
 		return p, false
 	}
+	// RabbitMQ pages only when "page" is given; page_size alone is ignored.
 	if s := q.Get("page"); s != "" {
 		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 {
+		if err != nil {
 			return bad()
 		}
 		p.page, p.paged = n, true
-	}
-	if s := q.Get("page_size"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 || n > maxPageSize {
-			return bad()
+		sizeText := "undefined"
+		if s := q.Get("page_size"); s != "" {
+			m, err := strconv.Atoi(s)
+			if err != nil {
+				return bad()
+			}
+			p.size, sizeText = m, s
 		}
-		p.size, p.paged = n, true
+		if p.page < 1 || p.size < 1 || p.size > maxPageSize {
+			writeError(w, http.StatusBadRequest, "invalid_pagination_parameters",
+				fmt.Sprintf("Invalid pagination parameters: page number %d, page size %s", p.page, sizeText))
+			return p, false
+		}
 	}
 	p.name = q.Get("name")
 	p.useRegex = q.Get("use_regex") == "true"
