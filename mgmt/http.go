@@ -360,3 +360,36 @@ func (a *api) requirePerm(w http.ResponseWriter, u *user, vhost, what, name stri
 	}
 	return true
 }
+
+// normalize turns the json.Numbers of a decoded body into int64 (or float64) so that the broker
+// sees the types an AMQP client would send.
+func normalize(m map[string]any) map[string]any {
+	if m == nil {
+		return nil
+	}
+	out := make(map[string]any, len(m))
+	for k, v := range m {
+		out[k] = normalizeValue(v)
+	}
+	return out
+}
+
+func normalizeValue(v any) any {
+	switch x := v.(type) {
+	case json.Number:
+		if i, err := x.Int64(); err == nil {
+			return i
+		}
+		f, _ := x.Float64()
+		return f
+	case map[string]any:
+		return normalize(x)
+	case []any:
+		out := make([]any, len(x))
+		for i, e := range x {
+			out[i] = normalizeValue(e)
+		}
+		return out
+	}
+	return v
+}
