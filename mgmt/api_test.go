@@ -2,6 +2,7 @@ package mgmt
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -483,5 +484,113 @@ func TestDefinitionsAndHealth(t *testing.T) {
 		if r.status != 503 || r.field("status") != "failed" || !strings.Contains(r.raw, `"resource":"disk"`) {
 			t.Errorf("%s with a disk alarm: %d %s", p, r.status, r.raw)
 		}
+	}
+}
+
+// TestReadEndpoints covers the single-object and less used read paths.
+func TestReadEndpoints(t *testing.T) {
+	f := newFake()
+	f.users["guest"] = fakeUser{pass: "guest", info: UserInfo{Name: "guest", Tags: []string{"administrator"}, Limits: map[string]any{"max-connections": int64(5)}}}
+	h := NewHandler(f, Options{})
+	conn := "127.0.0.1%3A33296%20-%3E%20127.0.0.1%3A5672"
+	for _, tc := range []struct {
+		path, user string
+		status     int
+		field      string // dotted field of an object answer, or "len" for a list's length
+		want       any
+	}{
+		{"/api/cluster-name", "guest", 200, "name", "warren@test"},
+		{"/api/nodes/warren@test", "mon", 200, "name", "warren@test"},
+		{"/api/nodes/other@host", "mon", 404, "error", "Object Not Found"},
+		{"/api/whoami", "mgr", 200, "tags", []any{"management"}},
+		{"/api/connections/" + conn + "/channels", "guest", 200, "len", 2},
+		{"/api/channels/" + conn + "%20(2)", "guest", 200, "consumer_count", float64(1)},
+		{"/api/channels/nope", "guest", 404, "error", "Object Not Found"},
+		{"/api/vhosts/%2F/connections", "guest", 200, "len", 1},
+		{"/api/vhosts/other/channels", "guest", 200, "len", 0},
+		{"/api/consumers/%2F", "guest", 200, "len", 1},
+		{"/api/exchanges/%2F/amq.fanout/bindings/destination", "guest", 200, "len", 1},
+		{"/api/exchanges/%2F/nope/bindings/source", "guest", 404, "error", "Object Not Found"},
+		{"/api/queues/%2F/q1/bindings", "guest", 200, "len", 2}, // default exchange + ex1
+		{"/api/queues/%2F/nope/bindings", "guest", 404, "error", "Object Not Found"},
+		{"/api/users/guest", "guest", 200, "limits.max-connections", float64(5)},
+		{"/api/users/nobody", "guest", 404, "error", "Object Not Found"},
+		{"/api/users/guest/permissions", "guest", 200, "len", 1},
+		{"/api/vhosts/%2F/permissions", "guest", 200, "len", 1},
+		{"/api/permissions/other/mgr", "guest", 200, "configure", ".*"},
+		{"/api/permissions/other/guest", "guest", 404, "error", "Object Not Found"},
+		{"/api/user-limits", "guest", 200, "len", 1},
+		{"/api/user-limits", "mgr", 200, "len", 0},
+		{"/api/policies/%2F/ttlpol", "guest", 200, "definition.message-ttl", float64(120000)},
+		{"/api/policies/%2F/nope", "guest", 404, "error", "Object Not Found"},
+		{"/api/policies/other/ttlpol", "mgr", 401, "reason", "Not policymaker user"},
+		{"/api/vhost-limits/other", "guest", 200, "len", 1},
+		{"/api/vhosts/%2F", "guest", 200, "messages", float64(10)},
+		{"/api/topic-permissions", "guest", 200, "len", 0},
+		{"/api/topic-permissions", "mon", 401, "reason", "Not administrator user"},
+		{"/api/extensions", "mgr", 200, "len", 0},
+		{"/api/overview?columns=object_totals.queues,node", "guest", 200, "object_totals.queues", float64(2)},
+		{"/api/overview", "mgr", 200, "object_totals.queues", float64(0)}, // mgr sees only vhost other
+		{"/api/health/checks/virtual-hosts", "mgr", 200, "status", "ok"},
+		{"/api/health/checks/port-listener/1234", "mgr", 503, "missing", float64(1234)},
+		{"/api/aliveness-test/other", "guest", 401, "reason", vhostRefused},
+	} {
+		r := call(t, h, "GET", tc.path, tc.user, "")
+		if r.status != tc.status {
+			t.Errorf("%s as %s: %d, want %d: %s", tc.path, tc.user, r.status, tc.status, r.raw)
+			continue
+		}
+		var got any
+		if tc.field == "len" {
+			l, _ := r.body.([]any)
+			got = len(l)
+		} else {
+			got = r.field(tc.field)
+		}
+		if fmt.Sprint(got) != fmt.Sprint(tc.want) {
+			t.Errorf("%s as %s: %s = %v, want %v", tc.path, tc.user, tc.field, got, tc.want)
+		}
+	}
+}
+
+// failingBroker answers every declare with the given error, to check the error mapping.
+type failingBroker struct {
+	*fakeBroker
+	err error
+}
+
+func (b failingBroker) DeclareQueue(string, string, QueueOptions) (bool, error) { return false, b.err }
+
+func TestBrokerErrorMapping(t *testing.T) {
+	for _, tc := range []struct {
+		err     error
+		status  int
+		errText string
+		reason  string
+	}{
+		{NotFound(""), 404, "Object Not Found", "Not Found"},
+		{NotFound("no vhost 'x'"), 404, "not_found", "no vhost 'x'"},
+		{PreconditionFailed("in use"), 400, "bad_request", "in use"},
+		{ResourceLocked("cannot obtain exclusive access to locked queue 'q'"), 400, "bad_request", "cannot obtain exclusive access to locked queue 'q'"},
+		{BadRequest("bad arg"), 400, "bad_request", "bad arg"},
+		{AccessRefused("reserved"), 401, "not_authorised", "Access refused."},
+		{fmt.Errorf("declaring: %w", PreconditionFailed("wrapped")), 400, "bad_request", "wrapped"},
+		{fmt.Errorf("disk on fire"), 500, "internal_server_error", "disk on fire"},
+	} {
+		h := NewHandler(failingBroker{newFake(), tc.err}, Options{})
+		r := call(t, h, "PUT", "/api/queues/%2F/x", "guest", "{}")
+		if r.status != tc.status || r.field("error") != tc.errText || r.field("reason") != tc.reason {
+			t.Errorf("%v: %d %s", tc.err, r.status, r.raw)
+		}
+		// The aliveness test reports a broker failure as 503.
+		if tc.status == 500 {
+			if r := call(t, h, "GET", "/api/aliveness-test/%2F", "guest", ""); r.status != 503 || r.field("status") != "failed" {
+				t.Errorf("aliveness with a failing broker: %d %s", r.status, r.raw)
+			}
+		}
+	}
+	var e *Error
+	if err := fmt.Errorf("x: %w", NotFound("y")); !errors.As(err, &e) || e.Kind != KindNotFound || err.Error() != "x: y" {
+		t.Errorf("Error wrapping: %v", err)
 	}
 }
