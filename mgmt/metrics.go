@@ -163,6 +163,7 @@ var (
 	dOpenFDs           = desc("rabbitmq_process_open_fds", "Open file descriptors")
 	dMaxFDs            = desc("rabbitmq_process_max_fds", "Open file descriptors limit")
 	dOpenSockets       = desc("rabbitmq_process_open_tcp_sockets", "Open TCP sockets")
+	dMaxSockets        = desc("rabbitmq_process_max_tcp_sockets", "Open TCP sockets limit (the file descriptor limit: Go has no separate one)")
 	dUptime            = desc("rabbitmq_erlang_uptime_seconds", "Node uptime")
 	dAlarmMem          = desc("rabbitmq_alarms_memory_used_watermark", "is 1 if VM memory watermark alarm is in effect")
 	dAlarmDisk         = desc("rabbitmq_alarms_free_disk_space_watermark", "is 1 if free disk space watermark alarm is in effect")
@@ -252,7 +253,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		dConnections, dChannels, dConsumers, dQueues, dConnOpened, dConnClosed, dChanOpened, dChanClosed,
 		dQueuesDeclared, dQueuesCreated, dQueuesDeleted, dMemLimit, dMemUsed, dDiskFree, dDiskLimit,
-		dOpenFDs, dMaxFDs, dOpenSockets, dUptime, dAlarmMem, dAlarmDisk, dAlarmFD, dIdentity, dBuild,
+		dOpenFDs, dMaxFDs, dOpenSockets, dMaxSockets, dUptime, dAlarmMem, dAlarmDisk, dAlarmFD, dIdentity, dBuild,
 		dGlobalReceived, dGlobalConfirmed, dGlobalRouted, dGlobalDropped, dGlobalReturned, dGlobalConsumers,
 		dGlobalDelivered, dGlobalConsManual, dGlobalConsAuto, dGlobalGetManual, dGlobalGetAuto,
 		dGlobalGetEmpty, dGlobalRedelivered, dGlobalAcked,
@@ -306,6 +307,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(dOpenFDs, float64(o.FDUsed))
 	gauge(dMaxFDs, float64(o.FDTotal))
 	gauge(dOpenSockets, float64(o.Connections))
+	gauge(dMaxSockets, float64(o.FDTotal))
 	if !o.StartedAt.IsZero() {
 		gauge(dUptime, time.Since(o.StartedAt).Seconds())
 	}
