@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -89,7 +90,7 @@ func (b *broker) Permissions() []mgmt.PermissionInfo {
 	return []mgmt.PermissionInfo{{User: "guest", VHost: "/", Configure: ".*", Write: ".*", Read: ".*"}, {User: "viewer", VHost: "/", Read: ".*"}}
 }
 func (b *broker) Policies() []mgmt.PolicyInfo { return nil }
-func (b *broker) Authenticate(user, pass string) ([]string, bool) {
+func (b *broker) Authenticate(user, pass string, _ netip.Addr) ([]string, bool) {
 	switch {
 	case user == "guest" && pass == "guest":
 		return []string{"administrator"}, true

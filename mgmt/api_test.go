@@ -128,6 +128,24 @@ func TestAuthAndVisibility(t *testing.T) {
 	}
 }
 
+// TestLoopbackUsers: a loopback-only user (guest by default) may use the API only from a
+// loopback address, as in RabbitMQ.
+func TestLoopbackUsers(t *testing.T) {
+	f := newFake()
+	f.users["local"] = fakeUser{pass: "local", info: UserInfo{Name: "local", Tags: []string{"administrator"}}, loopbackOnly: true}
+	h := NewHandler(f, Options{})
+	for addr, want := range map[string]int{"127.0.0.1:40000": 200, "[::1]:40000": 200, "[::ffff:127.0.0.1]:40000": 200, "192.0.2.7:40000": 401} {
+		r := httptest.NewRequest("GET", "/api/whoami", nil)
+		r.RemoteAddr = addr
+		r.SetBasicAuth("local", "local")
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		if w.Code != want {
+			t.Errorf("from %s: %d, want %d", addr, w.Code, want)
+		}
+	}
+}
+
 func TestPermissionRegexps(t *testing.T) {
 	f := newFake()
 	f.users["app"] = fakeUser{pass: "app", info: UserInfo{Name: "app", Tags: []string{"management"}}}

@@ -3,6 +3,7 @@ package mgmt
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"time"
 )
 
@@ -43,8 +44,10 @@ type Broker interface {
 	Users() []UserInfo
 	Permissions() []PermissionInfo
 	Policies() []PolicyInfo
-	// Authenticate checks a password and returns the user's tags.
-	Authenticate(user, password string) (tags []string, ok bool)
+	// Authenticate checks a password and returns the user's tags. peer is the HTTP client's
+	// address: the configuration's loopback_users (guest by default) may only log in from a
+	// loopback address, over HTTP as over AMQP, as in RabbitMQ. It is the zero Addr when unknown.
+	Authenticate(user, password string, peer netip.Addr) (tags []string, ok bool)
 
 	// DeclareQueue declares a queue as queue.declare would; created reports whether it is new
 	// (201) or already existed with equivalent properties (204).

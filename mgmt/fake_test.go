@@ -3,6 +3,7 @@ package mgmt
 import (
 	"fmt"
 	"maps"
+	"net/netip"
 	"reflect"
 	"slices"
 	"strings"
@@ -29,8 +30,9 @@ type fakeBroker struct {
 }
 
 type fakeUser struct {
-	pass string
-	info UserInfo
+	pass         string
+	info         UserInfo
+	loopbackOnly bool // as loopback_users
 }
 
 type fakeQueue struct {
@@ -237,11 +239,14 @@ func (f *fakeBroker) Users() []UserInfo {
 func (f *fakeBroker) Permissions() []PermissionInfo { return slices.Clone(f.perms) }
 func (f *fakeBroker) Policies() []PolicyInfo        { return slices.Clone(f.policies) }
 
-func (f *fakeBroker) Authenticate(user, password string) ([]string, bool) {
+func (f *fakeBroker) Authenticate(user, password string, peer netip.Addr) ([]string, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	u, ok := f.users[user]
 	if !ok || u.pass != password {
+		return nil, false
+	}
+	if u.loopbackOnly && !peer.IsLoopback() {
 		return nil, false
 	}
 	return u.info.Tags, true

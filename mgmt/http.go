@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"regexp"
 	"slices"
@@ -121,7 +122,11 @@ func (a *api) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusUnauthorized, "not_authorized", "Login failed")
 		return
 	}
-	tags, ok := a.b.Authenticate(name, pass)
+	var peer netip.Addr
+	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+		peer = ap.Addr().Unmap()
+	}
+	tags, ok := a.b.Authenticate(name, pass, peer)
 	if !ok {
 		w.Header().Set("WWW-Authenticate", realm)
 		writeError(w, http.StatusUnauthorized, "not_authorized", "Login failed")
