@@ -128,6 +128,7 @@ func (a *api) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	tags, ok := a.b.Authenticate(name, pass, peer)
 	if !ok {
+		a.log.Warn("management API login failed", "user", name, "peer", peer.String())
 		w.Header().Set("WWW-Authenticate", realm)
 		writeError(w, http.StatusUnauthorized, "not_authorized", "Login failed")
 		return
@@ -163,7 +164,8 @@ func (a *api) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // slashSafe rewrites the request path so that an encoded slash inside a segment (vhost "/" is
 // %2F) stays inside its segment: ServeMux matches decoded paths, so each segment is decoded here
-// with its slashes turned into NUL, which pathValue turns back. It returns false for invalid
+// with its slashes turned into NUL, which pathValue turns back (a name holding a real NUL, %00,
+// would read as "/": AMQP names with NUL are not worth a router of our own). It reports invalid
 // escapes and empty segments; a trailing slash is dropped, as RabbitMQ ignores it.
 func slashSafe(r *http.Request) pathCheck {
 	segs := strings.Split(strings.TrimSuffix(r.URL.EscapedPath(), "/"), "/")
