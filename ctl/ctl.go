@@ -50,6 +50,10 @@ Commands:
   list_connections [COLUMN...]    default columns: name user peer_host peer_port state
   list_channels [COLUMN...]       default columns: name user consumer_count messages_unacknowledged
   list_consumers [COLUMN...]      default columns: queue.name channel_details.name consumer_tag ack_required prefetch_count active
+  list_vhosts [COLUMN...]         default columns: name messages
+  list_users [COLUMN...]          default columns: name tags
+  list_permissions [COLUMN...]    default columns: user vhost configure write read (all vhosts)
+  list_policies [COLUMN...]       default columns: vhost name pattern apply-to definition priority
   purge_queue QUEUE               remove the ready messages of a queue
   delete_queue QUEUE              delete a queue (--if-empty, --if-unused)
   close_connection NAME [REASON]  close a client connection (NAME as list_connections shows it)
@@ -198,6 +202,14 @@ func Run(args []string, stdout, stderr io.Writer) int {
 		err = r.list("/api/channels", rest, []string{"name", "user", "consumer_count", "messages_unacknowledged"})
 	case "list_consumers":
 		err = r.list("/api/consumers/"+url.PathEscape(o.vhost), rest, []string{"queue.name", "channel_details.name", "consumer_tag", "ack_required", "prefetch_count", "active"})
+	case "list_vhosts":
+		err = r.list("/api/vhosts", rest, []string{"name", "messages"})
+	case "list_users":
+		err = r.list("/api/users", rest, []string{"name", "tags"})
+	case "list_permissions":
+		err = r.list("/api/permissions", rest, []string{"user", "vhost", "configure", "write", "read"})
+	case "list_policies":
+		err = r.list("/api/policies", rest, []string{"vhost", "name", "pattern", "apply-to", "definition", "priority"})
 	case "purge_queue":
 		err = r.queueOp(rest, "purge")
 	case "delete_queue":
