@@ -360,6 +360,18 @@ func cell(v any) string {
 		return x.String()
 	case bool:
 		return strconv.FormatBool(x)
+	case []any:
+		// A list of strings (tags) reads better as rabbitmqctl prints it: [a, b].
+		parts := make([]string, 0, len(x))
+		for _, e := range x {
+			s, ok := e.(string)
+			if !ok {
+				b, _ := json.Marshal(v)
+				return string(b)
+			}
+			parts = append(parts, s)
+		}
+		return "[" + strings.Join(parts, ", ") + "]"
 	}
 	b, _ := json.Marshal(v)
 	return string(b)

@@ -183,7 +183,7 @@ func TestCommands(t *testing.T) {
 		{"list_channels", []string{"consumer_count", "10.0.0.1:5000 -> 10.0.0.2:5672 (1)"}},
 		{"list_consumers", []string{"consumer_tag", "orders", "c1", "true", "5"}},
 		{"list_vhosts", []string{"name", "other"}},
-		{"list_users", []string{"viewer", `["management"]`}},
+		{"list_users", []string{"viewer", "[management]"}},
 		{"list_permissions", []string{"configure", "viewer", ".*"}},
 		{"list_policies", []string{"pattern"}},
 		{"status", []string{"Node", "warren@h", "Uptime", "1m30s", "Alarms", "memory", "amqp :::5672", "Total queues"}},
