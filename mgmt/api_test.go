@@ -264,6 +264,7 @@ func TestBadInput(t *testing.T) {
 		errText, reasonHas       string
 	}{
 		{"malformed JSON", "PUT", "/api/queues/%2F/x", `{"durable": `, 400, "bad_request", "not_json"},
+		{"JSON with trailing junk", "PUT", "/api/queues/%2F/x", `{"durable": true} {"x":1}`, 400, "bad_request", "not_json"},
 		{"JSON of the wrong shape", "PUT", "/api/queues/%2F/x", `[1,2]`, 400, "bad_request", "not_json"},
 		{"body too large", "PUT", "/api/queues/%2F/x", `{"arguments":{"x":"` + strings.Repeat("a", 2000) + `"}}`, 413, "bad_request", "larger than 1000"},
 		{"unknown vhost", "GET", "/api/queues/nope", "", 404, "Object Not Found", "Not Found"},

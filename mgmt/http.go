@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode"
 )
 
 // Options tunes the API handler. The zero value is usable.
@@ -290,7 +291,8 @@ func readJSON(w http.ResponseWriter, r *http.Request, v any) bool {
 	}
 	d := json.NewDecoder(strings.NewReader(string(body)))
 	d.UseNumber()
-	if err := d.Decode(v); err != nil {
+	if err := d.Decode(v); err != nil || d.InputOffset() != int64(len(strings.TrimRightFunc(string(body), unicode.IsSpace))) {
+		// Also refuses a second value after the first: {"a":1} junk is not JSON either.
 		badRequest(w, "not_json")
 		return false
 	}
