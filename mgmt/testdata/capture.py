@@ -1,3 +1,18 @@
+# Captures RabbitMQ's management API answers for mgmt's golden tests (golden_test.go replays
+# them in this file's order against Warren's handler). Reproduce with RabbitMQ 3.10.8:
+#   rabbitmq-plugins enable rabbitmq_management rabbitmq_prometheus; rabbitmq-server -detached
+#   rabbitmqctl add_user mon mon; rabbitmqctl set_user_tags mon monitoring
+#   rabbitmqctl add_user mgr mgr; rabbitmqctl set_user_tags mgr management
+#   rabbitmqctl add_user notag notag
+#   rabbitmqctl add_user pm pm; rabbitmqctl set_user_tags pm policymaker
+#   rabbitmqctl add_vhost other; rabbitmqctl set_permissions -p other mgr ".*" ".*" ".*"
+#   rabbitmqctl set_policy -p / ttlpol '^q2$' '{"message-ttl":120000}' --apply-to queues
+#   rabbitmqctl set_vhost_limits -p other '{"max-connections": 10}'
+#   run capture_holder.go.txt (as a Go program with amqp091-go) and leave it running: it
+#   declares q1, q2, ex1 and its bindings, publishes 10 messages and consumes from q1
+#   python3 capture.py mgmt/testdata/rabbitmq   (the last step closes the holder's connection)
+# The Prometheus lists come from curl localhost:15692/metrics and /metrics/per-object, reduced
+# to "name type label-keys" lines.
 import json, sys, urllib.request, urllib.error, base64, os, re
 BASE = "http://127.0.0.1:15672"
 OUT = sys.argv[1]
