@@ -2,6 +2,7 @@ package mgmt
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -67,9 +68,9 @@ func captureOrder(t *testing.T) []string {
 	return names
 }
 
-// paths flattens a JSON value into the set of its field paths; arrays contribute their items'
-// paths under "[]" (union over items), opaque fields stop the descent.
-func paths(v any, prefix string, out map[string]bool) {
+// paths flattens a JSON value into its field paths and the JSON kinds seen at each; arrays
+// contribute their items' paths under "[]" (union over items), opaque fields stop the descent.
+func paths(v any, prefix string, out map[string]map[string]bool) {
 	switch x := v.(type) {
 	case map[string]any:
 		for k, e := range x {
@@ -77,7 +78,10 @@ func paths(v any, prefix string, out map[string]bool) {
 			if prefix != "" {
 				p = prefix + "." + k
 			}
-			out[p] = true
+			if out[p] == nil {
+				out[p] = map[string]bool{}
+			}
+			out[p][kind(e)] = true
 			if !goldenOpaque[k] {
 				paths(e, p, out)
 			}
@@ -87,6 +91,38 @@ func paths(v any, prefix string, out map[string]bool) {
 			paths(e, prefix+"[]", out)
 		}
 	}
+}
+
+// kind is a JSON value's type; typed clients (rabbit-hole, KEDA) fail on a change of kind.
+func kind(v any) string {
+	switch v.(type) {
+	case nil:
+		return "null"
+	case string:
+		return "string"
+	case float64:
+		return "number"
+	case bool:
+		return "bool"
+	case []any:
+		return "array"
+	}
+	return "object"
+}
+
+// goldenKindOK are fields whose JSON kind differs from RabbitMQ's on purpose.
+var goldenKindOK = map[string]string{
+	"properties": "RabbitMQ sends [] for no properties (an Erlang empty list); Warren sends {}",
+	"tags":       "RabbitMQ 3.10 sends \"\" for a vhost created without tags; Warren always sends a list",
+}
+
+func keys(m map[string]bool) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
 }
 
 func missingOK(p string) bool {
@@ -191,18 +227,36 @@ func TestGoldenRabbitMQ(t *testing.T) {
 				continue
 			}
 		}
-		wantPaths, gotPaths := map[string]bool{}, map[string]bool{}
+		wantPaths, gotPaths := map[string]map[string]bool{}, map[string]map[string]bool{}
 		paths(g.Body, "", wantPaths)
 		paths(gotBody, "", gotPaths)
-		var missing []string
-		for p := range wantPaths {
-			if !gotPaths[p] && !missingOK(p) {
-				missing = append(missing, p)
+		var missing, kinds []string
+		for p, wk := range wantPaths {
+			gk, ok := gotPaths[p]
+			if !ok {
+				if !missingOK(p) {
+					missing = append(missing, p)
+				}
+				continue
+			}
+			last := p[strings.LastIndex(p, ".")+1:]
+			if _, ok := goldenKindOK[strings.TrimPrefix(last, "[]")]; ok {
+				continue
+			}
+			// null stands for "not set" on either side; other kinds must agree.
+			for k := range gk {
+				if k != "null" && !wk[k] && !wk["null"] {
+					kinds = append(kinds, fmt.Sprintf("%s: %s, RabbitMQ %v", p, k, keys(wk)))
+				}
 			}
 		}
 		sort.Strings(missing)
+		sort.Strings(kinds)
 		if len(missing) > 0 {
 			t.Errorf("%s: %s %s: fields RabbitMQ has and Warren lacks: %v", name, g.Method, g.Path, missing)
+		}
+		if len(kinds) > 0 {
+			t.Errorf("%s: %s %s: JSON kinds differ: %v", name, g.Method, g.Path, kinds)
 		}
 	}
 	// capture.py closed the connection last, outside req().
