@@ -22,9 +22,9 @@ func (a *api) writeBindings(w http.ResponseWriter, r *http.Request, vhost string
 			continue
 		}
 		rows = append(rows, row{vhost: b.VHost, name: b.Source + "\x00" + b.DestinationType + "\x00" + b.Destination + "\x00" + b.RoutingKey,
-			render: func() obj { return bindingJSON(b) }})
+			i: int32(i)})
 	}
-	writeList(w, p, rows)
+	writeList(w, p, rows, func(i int) obj { return bindingJSON(&all[i]) })
 }
 
 func (a *api) bindings(w http.ResponseWriter, r *http.Request) {

@@ -25,9 +25,12 @@ func (a *api) vhosts(w http.ResponseWriter, r *http.Request) {
 		if !u.seesVHost(v.Name) {
 			continue
 		}
-		rows = append(rows, row{name: v.Name, render: func() obj { return a.vhostJSON(v, node, now, !p.noStats) }})
+		rows = append(rows, row{name: v.Name, i: int32(i)})
 	}
-	writeList(w, p, rows)
+	writeList(w, p, rows, func(i int) obj {
+		v := &all[i]
+		return a.vhostJSON(v, node, now, !p.noStats)
+	})
 }
 
 func (a *api) vhost(w http.ResponseWriter, r *http.Request) {
@@ -56,9 +59,12 @@ func (a *api) users(w http.ResponseWriter, r *http.Request) {
 	rows := make([]row, 0, len(all))
 	for i := range all {
 		u := &all[i]
-		rows = append(rows, row{name: u.Name, render: func() obj { return userJSON(u) }})
+		rows = append(rows, row{name: u.Name, i: int32(i)})
 	}
-	writeList(w, p, rows)
+	writeList(w, p, rows, func(i int) obj {
+		u := &all[i]
+		return userJSON(u)
+	})
 }
 
 func (a *api) user(w http.ResponseWriter, r *http.Request) {
@@ -109,9 +115,12 @@ func (a *api) permissions(w http.ResponseWriter, r *http.Request) {
 		if (vhost != "" && x.VHost != vhost) || (user != "" && x.User != user) {
 			continue
 		}
-		rows = append(rows, row{vhost: x.VHost, name: x.User, render: func() obj { return permissionJSON(x) }})
+		rows = append(rows, row{vhost: x.VHost, name: x.User, i: int32(i)})
 	}
-	writeList(w, p, rows)
+	writeList(w, p, rows, func(i int) obj {
+		x := &all[i]
+		return permissionJSON(x)
+	})
 }
 
 func (a *api) permission(w http.ResponseWriter, r *http.Request) {
@@ -145,9 +154,12 @@ func (a *api) policies(w http.ResponseWriter, r *http.Request) {
 		if (vhost != "" && x.VHost != vhost) || !(u.isAdmin() || u.isPolicymaker() && u.seesVHost(x.VHost)) {
 			continue
 		}
-		rows = append(rows, row{vhost: x.VHost, name: x.Name, render: func() obj { return policyJSON(x) }})
+		rows = append(rows, row{vhost: x.VHost, name: x.Name, i: int32(i)})
 	}
-	writeList(w, p, rows)
+	writeList(w, p, rows, func(i int) obj {
+		x := &all[i]
+		return policyJSON(x)
+	})
 }
 
 func (a *api) policy(w http.ResponseWriter, r *http.Request) {

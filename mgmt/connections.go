@@ -25,9 +25,12 @@ func (a *api) connections(w http.ResponseWriter, r *http.Request) {
 		if (vhost != "" && c.VHost != vhost) || (!u.isMonitor() && c.User != u.name) {
 			continue
 		}
-		rows = append(rows, row{vhost: c.VHost, name: c.Name, render: func() obj { return a.connectionJSON(c, node, now, !p.noStats) }})
+		rows = append(rows, row{vhost: c.VHost, name: c.Name, i: int32(i)})
 	}
-	writeList(w, p, rows)
+	writeList(w, p, rows, func(i int) obj {
+		c := &all[i]
+		return a.connectionJSON(c, node, now, !p.noStats)
+	})
 }
 
 // findConnection returns the named connection if u may see it.
@@ -107,13 +110,16 @@ func (a *api) channels(w http.ResponseWriter, r *http.Request) {
 			}
 			continue
 		}
-		rows = append(rows, row{vhost: c.VHost, name: name, render: func() obj { return a.channelJSON(c, node, now, !p.noStats) }})
+		rows = append(rows, row{vhost: c.VHost, name: name, i: int32(i)})
 	}
 	if single != "" {
 		notFound(w)
 		return
 	}
-	writeList(w, p, rows)
+	writeList(w, p, rows, func(i int) obj {
+		c := &all[i]
+		return a.channelJSON(c, node, now, !p.noStats)
+	})
 }
 
 func (a *api) consumers(w http.ResponseWriter, r *http.Request) {
@@ -134,7 +140,10 @@ func (a *api) consumers(w http.ResponseWriter, r *http.Request) {
 		if (vhost != "" && c.VHost != vhost) || !u.seesVHost(c.VHost) {
 			continue
 		}
-		rows = append(rows, row{vhost: c.VHost, name: c.Queue + "\x00" + c.Tag, render: func() obj { return consumerJSON(c, node) }})
+		rows = append(rows, row{vhost: c.VHost, name: c.Queue + "\x00" + c.Tag, i: int32(i)})
 	}
-	writeList(w, p, rows)
+	writeList(w, p, rows, func(i int) obj {
+		c := &all[i]
+		return consumerJSON(c, node)
+	})
 }

@@ -35,9 +35,12 @@ func (a *api) exchanges(w http.ResponseWriter, r *http.Request) {
 		if !u.seesVHost(e.VHost) {
 			continue
 		}
-		rows = append(rows, row{vhost: e.VHost, name: e.Name, render: func() obj { return a.exchangeJSON(e, now, !p.noStats) }})
+		rows = append(rows, row{vhost: e.VHost, name: e.Name, i: int32(i)})
 	}
-	writeList(w, p, rows)
+	writeList(w, p, rows, func(i int) obj {
+		e := &all[i]
+		return a.exchangeJSON(e, now, !p.noStats)
+	})
 }
 
 func (a *api) findExchange(vhost, name string) (ExchangeInfo, bool) {

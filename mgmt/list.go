@@ -9,17 +9,19 @@ import (
 	"strings"
 )
 
-// row is one item of a list endpoint. Rendering is deferred so that filtering, sorting by name
-// and paging a list of 100,000 queues renders only the page.
+// row is one item of a list endpoint: i indexes the broker's list, which the endpoint's render
+// function turns into JSON. Rendering is deferred so that filtering, sorting by name and paging
+// a list of 100,000 queues renders only the page (and allocates no closure per row).
 type row struct {
 	vhost, name string
-	render      func() obj
+	i           int32
 	o           obj
 }
 
-func (r *row) get() obj {
+// rendered returns the row's JSON, rendering it on first use.
+func (r *row) rendered(render func(int) obj) obj {
 	if r.o == nil {
-		r.o = r.render()
+		r.o = render(int(r.i))
 	}
 	return r.o
 }
@@ -104,7 +106,7 @@ func parseList(w http.ResponseWriter, r *http.Request) (listParams, bool) {
 // for and as a plain array otherwise. As in RabbitMQ, the name filter applies only to paged
 // requests (RabbitMQ 3.10 ignores ?name= without page or page_size) and sorting to both. It sorts indexes, not rows, so that a list of 100,000
 // moves little memory.
-func writeList(w http.ResponseWriter, p listParams, rows []row) {
+func writeList(w http.ResponseWriter, p listParams, rows []row, render func(int) obj) {
 	total := len(rows)
 	order := make([]int32, 0, len(rows))
 	for i := range rows {
@@ -112,7 +114,7 @@ func writeList(w http.ResponseWriter, p listParams, rows []row) {
 			order = append(order, int32(i))
 		}
 	}
-	sortRows(rows, order, p.sort, p.reverse)
+	sortRows(rows, order, p.sort, p.reverse, render)
 	filtered := len(order)
 	if p.paged {
 		pageCount := (filtered + p.size - 1) / p.size
@@ -123,20 +125,20 @@ func writeList(w http.ResponseWriter, p listParams, rows []row) {
 		}
 		start := (p.page - 1) * p.size
 		end := min(start+p.size, filtered)
-		items := renderRows(rows, order[start:end], p.columns)
+		items := renderRows(rows, order[start:end], p.columns, render)
 		writeJSON(w, http.StatusOK, obj{
 			"filtered_count": filtered, "item_count": len(items), "items": items,
 			"page": p.page, "page_count": pageCount, "page_size": p.size, "total_count": total,
 		})
 		return
 	}
-	writeJSON(w, http.StatusOK, renderRows(rows, order, p.columns))
+	writeJSON(w, http.StatusOK, renderRows(rows, order, p.columns, render))
 }
 
-func renderRows(rows []row, order []int32, columns []string) []obj {
+func renderRows(rows []row, order []int32, columns []string, render func(int) obj) []obj {
 	out := make([]obj, 0, len(order))
 	for _, i := range order {
-		o := rows[i].get()
+		o := rows[i].rendered(render)
 		if len(columns) > 0 {
 			o = project(o, columns)
 		}
@@ -147,7 +149,7 @@ func renderRows(rows []row, order []int32, columns []string) []obj {
 
 // sortRows orders the indexes in order by the sort key (a dotted field path), then vhost and
 // name; sorting by name or vhost (and the default order) renders nothing.
-func sortRows(rows []row, order []int32, key string, reverse bool) {
+func sortRows(rows []row, order []int32, key string, reverse bool, render func(int) obj) {
 	byName := func(a, b *row) int {
 		if c := strings.Compare(a.vhost, b.vhost); c != 0 {
 			return c
@@ -167,7 +169,7 @@ func sortRows(rows []row, order []int32, key string, reverse bool) {
 		}
 	default:
 		for _, i := range order {
-			rows[i].get()
+			rows[i].rendered(render)
 		}
 		cmp = func(a, b *row) int {
 			if c := less(lookup(a.o, key), lookup(b.o, key)); c != 0 {

@@ -31,15 +31,16 @@ func (a *api) queues(w http.ResponseWriter, r *http.Request) {
 		if !u.seesVHost(q.VHost) {
 			continue
 		}
-		rows = append(rows, row{vhost: q.VHost, name: q.Name, render: func() obj {
-			o := a.queueJSON(q, node, now, !p.noStats)
-			if p.noStats && p.queueTotals {
-				o["messages"], o["messages_ready"], o["messages_unacknowledged"] = q.Messages, q.MessagesReady, q.MessagesUnacked
-			}
-			return o
-		}})
+		rows = append(rows, row{vhost: q.VHost, name: q.Name, i: int32(i)})
 	}
-	writeList(w, p, rows)
+	writeList(w, p, rows, func(i int) obj {
+		q := &all[i]
+		o := a.queueJSON(q, node, now, !p.noStats)
+		if p.noStats && p.queueTotals {
+			o["messages"], o["messages_ready"], o["messages_unacknowledged"] = q.Messages, q.MessagesReady, q.MessagesUnacked
+		}
+		return o
+	})
 }
 
 func (a *api) findQueue(vhost, name string) (QueueInfo, bool) {

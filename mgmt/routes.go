@@ -312,7 +312,7 @@ func (a *api) nodes(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	writeList(w, p, []row{{name: o.Node, render: func() obj { return a.nodeJSON(&o) }}})
+	writeList(w, p, []row{{name: o.Node}}, func(int) obj { return a.nodeJSON(&o) })
 }
 
 func (a *api) node(w http.ResponseWriter, r *http.Request) {
