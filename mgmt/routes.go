@@ -262,7 +262,6 @@ func addCounters(dst, c *Counters) {
 	dst.PublishOut += c.PublishOut
 }
 
-
 func (a *api) clusterName(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, obj{"name": a.b.Overview().ClusterName})
 }
