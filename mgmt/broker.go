@@ -342,6 +342,7 @@ type Error struct {
 	Err    error  // the underlying error, if any
 }
 
+// Error returns the reason, RabbitMQ's text for the error.
 func (e *Error) Error() string {
 	if e.Reason != "" {
 		return e.Reason
@@ -352,6 +353,7 @@ func (e *Error) Error() string {
 	return "not found"
 }
 
+// Unwrap returns the underlying error.
 func (e *Error) Unwrap() error { return e.Err }
 
 // NotFound is a missing vhost, queue, exchange, binding or connection.
