@@ -160,8 +160,11 @@ func (m *Management) Overview() mgmt.Overview {
 	c := m.s.Counters()
 	o.Stats.Publish, o.Stats.Confirm = c.Published, c.Confirmed
 	o.Stats.ReturnUnroutable, o.Stats.DropUnroutable = c.Returned, c.Dropped
+	bs := m.b.Stats()
 	o.Churn = mgmt.Churn{ConnectionsOpened: c.ConnectionsOpened, ConnectionsClosed: c.ConnectionsClosed,
-		ChannelsOpened: c.ChannelsOpened, ChannelsClosed: c.ChannelsClosed}
+		ChannelsOpened: c.ChannelsOpened, ChannelsClosed: c.ChannelsClosed,
+		QueuesCreated: bs.QueuesCreated, QueuesDeclared: bs.QueuesCreated, QueuesDeleted: bs.QueuesDeleted}
+	o.Warren.FlowPauses = bs.FlowPauses
 	r := m.s.Resources()
 	o.MemUsed, o.MemLimit, o.MemAlarm = r.MemUsed, r.MemLimit, r.MemAlarm
 	o.DiskFree, o.DiskFreeLimit, o.DiskAlarm = r.DiskFree, r.DiskFreeLimit, r.DiskAlarm
