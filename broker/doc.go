@@ -55,6 +55,11 @@
 //	writer.mu          a connection's output buffer (package server)
 //	persistence        the journal's queue (Store.Submit): a leaf, taken under any of the above
 //
+// The AMQP front end's own tables sit beside this chain, never around a call into the core:
+//
+//	Server.mu          the connection table and the limits' counts (package server)
+//	conn.chMu          one connection's channel table; under it, channel.mu (listings)
+//
 // What may run under which lock:
 //
 //   - Under VHost.mu: map and router changes, queue.Queue calls that do not deliver (Counts,
