@@ -222,6 +222,26 @@ func parseQueueArgs(args amqp.Table) (queueSpec, *amqp.Error) {
 		}
 		spec.dlrk = &s
 	}
+	if v, ok := args["x-max-priority"]; ok {
+		// RabbitMQ 3.10.8 (measured): an integer 0..255, 0 meaning a plain queue.
+		n, isInt := intArg(v)
+		switch {
+		case !isInt:
+			return spec, argTextError("x-max-priority", fmt.Sprintf("\"expected integer, got %s\"", typeName(v)))
+		case n < 0:
+			return spec, argError("x-max-priority", "value_negative", n)
+		case n > queue.MaxPriorityLimit:
+			return spec, argError("x-max-priority", "max_value_exceeded", n)
+		}
+		spec.opts.MaxPriority = int(n)
+	}
+	if v, ok := args["x-single-active-consumer"]; ok {
+		b, isBool := v.(bool)
+		if !isBool {
+			return spec, argError("x-single-active-consumer", "unacceptable_type", typeName(v))
+		}
+		spec.opts.SingleActiveConsumer = b
+	}
 	if v, ok := args["x-queue-type"]; ok {
 		s, isStr := v.(string)
 		if !isStr {

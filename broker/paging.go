@@ -79,6 +79,11 @@ func (qs *Queue) storedEntry(st persistence.Stored, cache map[uint64]*queue.Mess
 	if m == nil {
 		pm := st.Msg
 		m = &queue.Message{ID: pm.ID, Exchange: pm.Exchange, RoutingKey: pm.RoutingKey, Header: pm.Header, Body: pm.Body, Persistent: st.Persistent}
+		// The store keeps only the raw header: the priority is read back from it, for the
+		// queues this message may be dead-lettered into (the seq already holds it here).
+		if sum, err := amqp.ScanContentHeader(pm.Header); err == nil {
+			m.Priority = sum.Priority
+		}
 		if cache != nil {
 			cache[pm.ID] = m
 		}

@@ -31,6 +31,7 @@ func (b *Broker) NewMessage(ex *Exchange, routingKey string, header []byte, sum 
 		Header:     header,
 		Body:       body,
 		Persistent: sum.DeliveryMode == 2,
+		Priority:   sum.Priority,
 	}
 	if sum.Expiration != "" {
 		ms, err := strconv.ParseInt(sum.Expiration, 10, 64)
@@ -123,7 +124,8 @@ func (v *VHost) prepare(msg *queue.Message, targets []*Queue, batch *persistence
 	// entries (VHost.deleting).
 	pub := persistence.Publish{NewEntries: true}
 	for i, qs := range targets {
-		e := qs.q.NewEntry(qs.q.NextSeq(), msg)
+		// NextSeqFor: in a priority queue the seq encodes msg's priority (delivery order).
+		e := qs.q.NewEntry(qs.q.NextSeqFor(msg), msg)
 		if msg.Persistent && qs.durable {
 			e.Durable = true
 			pub.Entries = append(pub.Entries, persistence.Entry{Queue: qs.ref(), Seq: e.Seq, MsgID: msg.ID, ExpiresAt: e.ExpiresAt})

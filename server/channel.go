@@ -611,7 +611,8 @@ func (ch *channel) consume(m *amqp.BasicConsume) *amqp.Error {
 	}
 	ch.mu.Unlock()
 	cs := &consumer{tag: tag, ch: ch, noAck: m.NoAck, exclusive: m.Exclusive}
-	_, err := ch.v.Consume(ch.c.actor, m.Queue, cs, m.Exclusive, func(qs *broker.Queue) {
+	o := broker.ConsumeOptions{Exclusive: m.Exclusive, Args: m.Arguments}
+	_, err := ch.v.ConsumeWith(ch.c.actor, m.Queue, cs, o, func(qs *broker.Queue) {
 		cs.qs = qs
 		ch.mu.Lock()
 		cs.prefetch = ch.consumerPrefetch
@@ -875,6 +876,13 @@ func (ch *channel) rollback() {
 	ch.restoreUnacked(back)
 }
 
+// leaving is what a closing channel takes out of one queue: its consumers and its unacked
+// entries (in delivery order).
+type leaving struct {
+	cs []queue.Consumer
+	es []*queue.Entry
+}
+
 // shutdown releases the channel: consumers are cancelled and unacked messages requeued.
 func (ch *channel) shutdown() {
 	ch.mu.Lock()
@@ -897,14 +905,35 @@ func (ch *channel) shutdown() {
 		}
 		ch.tx = nil
 	}
-	// Consumers leave their queues before the requeue, so that requeued messages go to other
-	// consumers; the queues' consumer counts drop after it (an auto-delete queue must not be
-	// deleted with the messages still out).
+	// Per queue, the consumers leave and the unacked messages are requeued in one step
+	// (RemoveConsumers), so that requeued messages go to other consumers, and the next single
+	// active consumer gets them before anything newer. The queues' consumer counts drop after
+	// it (an auto-delete queue must not be deleted with the messages still out).
+	ch.released(ds)
+	byQueue := map[*broker.Queue]*leaving{}
+	var order []*broker.Queue
+	at := func(qs *broker.Queue) *leaving {
+		l := byQueue[qs]
+		if l == nil {
+			l = &leaving{}
+			byQueue[qs] = l
+			order = append(order, qs)
+		}
+		return l
+	}
 	for _, cs := range consumers {
-		cs.qs.Q().RemoveConsumer(cs)
+		l := at(cs.qs)
+		l.cs = append(l.cs, cs)
 	}
 	sort.Slice(ds, func(i, j int) bool { return ds[i].tag < ds[j].tag })
-	ch.apply(broker.Requeue, groupByQueue(ds))
+	for _, d := range ds {
+		l := at(d.qs)
+		l.es = append(l.es, d.e)
+	}
+	for _, qs := range order {
+		l := byQueue[qs]
+		qs.Q().RemoveConsumers(l.cs, l.es)
+	}
 	for _, cs := range consumers {
 		ch.v.ConsumerRemoved(cs.qs, cs.exclusive)
 	}
