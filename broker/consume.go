@@ -48,7 +48,7 @@ func (v *VHost) ConsumeWith(a Actor, name string, c Consumer, o ConsumeOptions, 
 		v.mu.Unlock()
 		return nil, err
 	}
-	copts, aerr := parseConsumeArgs(o.Args)
+	copts, aerr := parseConsumeArgs(o.Args, qs.spec.quorum)
 	if aerr != nil {
 		v.mu.Unlock()
 		aerr.Text = fillQueueName(aerr.Text, qs.name, v.name)
@@ -209,10 +209,19 @@ func (qs *Queue) removeAcked(es []*queue.Entry, batch *persistence.Batch) {
 }
 
 // parseConsumeArgs reads basic.consume's arguments as RabbitMQ 3.10 checks them
-// (rabbit_amqqueue:check_consume_arguments): x-priority must be an integer (406
-// "expected integer, got longstr" otherwise, measured).
-func parseConsumeArgs(args amqp.Table) (queue.ConsumerOptions, *amqp.Error) {
+// (rabbit_amqqueue:check_consume_arguments, measured): ConsumeArguments says which the queue's
+// type takes, x-priority must be an integer ("expected integer, got longstr" otherwise) and
+// x-cancel-on-ha-failover a boolean.
+func parseConsumeArgs(args amqp.Table, quorum bool) (queue.ConsumerOptions, *amqp.Error) {
 	var o queue.ConsumerOptions
+	if err := checkKnownArgs(ConsumeArguments, args, quorum); err != nil {
+		return o, err
+	}
+	if v, ok := args["x-cancel-on-ha-failover"]; ok {
+		if _, isBool := v.(bool); !isBool {
+			return o, argError("x-cancel-on-ha-failover", "unacceptable_type", typeName(v))
+		}
+	}
 	if v, ok := args["x-priority"]; ok {
 		n, isInt := intArg(v)
 		if !isInt {

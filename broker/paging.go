@@ -19,15 +19,18 @@ type pager struct {
 	space uint64
 }
 
-// enablePaging bounds qs's memory to the configured window; without a store everything
-// stays in memory.
-func (b *Broker) enablePaging(qs *Queue) {
+// enablePaging bounds qs's memory to the configured window, or to window when it is smaller
+// (a lazy queue's, or x-max-in-memory-length); without a store everything stays in memory.
+func (b *Broker) enablePaging(qs *Queue, window int) {
 	if b.store == nil {
 		return
 	}
+	if window <= 0 || window > b.maxRAMMessages {
+		window = b.maxRAMMessages
+	}
 	qs.q.SetPaging(queue.Paging{
 		Pager:  &pager{qs: qs, store: b.store, space: b.store.NewPageSpace()},
-		Window: b.maxRAMMessages,
+		Window: window,
 		Budget: b.budget,
 	})
 }

@@ -154,7 +154,7 @@ func (v *VHost) newQueueLocked(qs *Queue) {
 	qs.dl.Store(e.dl)
 	qs.expires, qs.policy = e.expires, e.policy
 	qs.q = queue.New(qs.name, e.opts, queue.Hooks{Dropped: v.onDropped(qs)})
-	v.b.enablePaging(qs)
+	v.b.enablePaging(qs, e.window)
 }
 
 func (v *VHost) checkQueueEquivalent(qs *Queue, m QueueSpec) *amqp.Error {
