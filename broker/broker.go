@@ -52,6 +52,8 @@ type Broker struct {
 	maxRAMMessages int
 	// flowHigh is the ready backlog over which a queue being drained holds its publishers.
 	flowHigh int
+	// replies maps the direct reply-to names in use to their ReplySink (see replyto.go).
+	replies sync.Map
 }
 
 // New opens the store (when opts.DataDir is set) and restores durable state.

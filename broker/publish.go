@@ -60,6 +60,10 @@ type PublishResult struct {
 // once the durable copy is synced, only when the result says OnDisk.
 func (p *Publisher) Publish(ex *Exchange, msg *queue.Message, headersRaw []byte, done func(error)) (PublishResult, []*Queue) {
 	v := p.v
+	if ex.name == "" && IsReplyName(msg.RoutingKey) {
+		v.b.deliverReply(msg)
+		return PublishResult{}, nil
+	}
 	targets := v.route(ex, msg.RoutingKey, headersRaw, &p.rb)
 	if mayHaveSenderKeys(headersRaw) {
 		targets = v.senderSelected(ex, msg, headersRaw, &p.rb)
@@ -227,7 +231,17 @@ func (t *Txn) Commit(unroutable func(*queue.Message)) error {
 	var batch persistence.Batch
 	var pubs []prepared
 	var rb RouteBuf
+	var replies []*queue.Message
 	for _, p := range t.publishes {
+		if p.ex.name == "" && IsReplyName(p.msg.RoutingKey) {
+			// Delivered with the commit's other effects, after the store write; counts as
+			// unroutable, as outside a transaction.
+			replies = append(replies, p.msg)
+			if p.mandatory && unroutable != nil {
+				unroutable(p.msg)
+			}
+			continue
+		}
 		targets := v.route(p.ex, p.msg.RoutingKey, scanHeaders(p.msg.Header), &rb)
 		if len(targets) == 0 {
 			if p.mandatory && unroutable != nil {
@@ -251,6 +265,9 @@ func (t *Txn) Commit(unroutable func(*queue.Message)) error {
 	}
 	for _, p := range pubs {
 		v.push(p, true)
+	}
+	for _, m := range replies {
+		v.b.deliverReply(m)
 	}
 	for _, x := range settles {
 		switch x.kind {

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"slices"
@@ -72,6 +73,7 @@ type channel struct {
 	prefetch         int        // basic.qos global=true: limit for the whole channel
 	consumerPrefetch int        // basic.qos global=false: limit for consumers created afterwards
 	consumers        map[string]*consumer
+	reply            *replyConsumer // the direct reply-to consumer, nil without one
 }
 
 func newChannel(c *conn, id uint16) *channel {
@@ -391,6 +393,9 @@ func (ch *channel) dispatch(m amqp.Method) *amqp.Error {
 		return nil
 
 	case *amqp.QueueDeclare:
+		if m.Queue == broker.ReplyToQueue || (m.Passive && broker.IsReplyName(m.Queue)) {
+			return ch.declareReplyTo(m)
+		}
 		spec := broker.QueueSpec{Name: m.Queue, Passive: m.Passive, Durable: m.Durable, Exclusive: m.Exclusive,
 			AutoDelete: m.AutoDelete, Args: m.Arguments}
 		qs, err := ch.v.DeclareQueue(c.actor, spec)
@@ -489,6 +494,9 @@ func (ch *channel) finishPublish() *amqp.Error {
 	}
 	if ex.Internal() {
 		return basicError(amqp.Errorf(amqp.AccessRefused, "cannot publish to internal exchange '%s' in vhost '%s'", ex.Name(), ch.v.Name()))
+	}
+	if header, err = ch.stampReplyTo(header); err != nil {
+		return basicError(err)
 	}
 	msg, err := ch.c.srv.b.NewMessage(ex, m.RoutingKey, header, &sum, body)
 	if err != nil {
@@ -609,6 +617,10 @@ func (ch *channel) consume(m *amqp.BasicConsume) *amqp.Error {
 		ch.mu.Unlock()
 		return amqp.Errorf(amqp.NotAllowed, "attempt to reuse consumer tag '%s'", tag)
 	}
+	if m.Queue == broker.ReplyToQueue {
+		defer ch.mu.Unlock()
+		return ch.consumeRepliesLocked(tag, m)
+	}
 	ch.mu.Unlock()
 	cs := &consumer{tag: tag, ch: ch, noAck: m.NoAck, exclusive: m.Exclusive}
 	o := broker.ConsumeOptions{Exclusive: m.Exclusive, Args: m.Arguments}
@@ -629,6 +641,12 @@ func (ch *channel) consume(m *amqp.BasicConsume) *amqp.Error {
 // cancel ends a consumer at the client's request; its unacked messages stay unacked.
 func (ch *channel) cancel(tag string) {
 	ch.mu.Lock()
+	if rc := ch.reply; rc != nil && rc.tag == tag {
+		ch.reply = nil
+		ch.mu.Unlock()
+		ch.c.srv.b.UnregisterReplyTo(rc.name)
+		return
+	}
 	cs := ch.consumers[tag]
 	delete(ch.consumers, tag)
 	ch.mu.Unlock()
@@ -818,6 +836,98 @@ func groupByQueue(ds []delivery) []delivery {
 	return ds
 }
 
+// --- direct reply-to (RabbitMQ's amq.rabbitmq.reply-to; texts measured on RabbitMQ 3.10.8)
+
+// replyConsumer is a channel's consumer of the direct reply-to pseudo-queue; it implements
+// broker.ReplySink.
+type replyConsumer struct {
+	ch   *channel
+	tag  string
+	name string // the reply name stamped on the channel's requests
+}
+
+// consumeRepliesLocked starts the channel's reply consumer; call with ch.mu held.
+func (ch *channel) consumeRepliesLocked(tag string, m *amqp.BasicConsume) *amqp.Error {
+	switch {
+	case ch.reply != nil:
+		return amqp.Errorf(amqp.PreconditionFailed, "reply consumer already set")
+	case !m.NoAck:
+		return amqp.Errorf(amqp.PreconditionFailed, "reply consumer cannot acknowledge")
+	}
+	rc := &replyConsumer{ch: ch, tag: tag}
+	rc.name = ch.c.srv.b.RegisterReplyTo(rc)
+	ch.reply = rc
+	// No reply can arrive before consume-ok: the name is only known once a request carries it.
+	if !m.NoWait {
+		ch.c.writeMethod(ch.id, &amqp.BasicConsumeOk{ConsumerTag: tag})
+	}
+	return nil
+}
+
+// DeliverReply sends a reply to the client as a no-ack delivery of the reply consumer. A reply
+// that finds the channel closed, or its connection's output over the high-water mark, is dropped:
+// no queue holds replies, and a client that does not read must not grow the broker's buffers.
+func (rc *replyConsumer) DeliverReply(msg *queue.Message) {
+	ch := rc.ch
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	if ch.closed || ch.reply != rc {
+		return
+	}
+	w := ch.c.w
+	b := w.lock()
+	if w.congestedLocked() {
+		w.unlock(b)
+		return
+	}
+	// As RabbitMQ 3.10.8 (measured): a reply carries the tag the channel's next delivery will
+	// get, without taking it; no-ack deliveries cannot be acked, so the tag only has to keep
+	// the channel's acked deliveries numbered as RabbitMQ numbers them.
+	start := len(b)
+	b = amqp.BeginMethodFrame(b, ch.id)
+	d := amqp.BasicDeliver{ConsumerTag: rc.tag, DeliveryTag: ch.nextTag + 1, Exchange: msg.Exchange, RoutingKey: msg.RoutingKey}
+	b = d.Append(b)
+	b = amqp.EndMethodFrame(b, start)
+	b = amqp.AppendContent(b, ch.id, msg.Header, msg.Body, ch.c.frameMax)
+	w.unlock(b)
+}
+
+// replyToBytes finds candidate headers cheaply, before a full decode.
+var replyToBytes = []byte(broker.ReplyToQueue)
+
+// stampReplyTo replaces a reply_to of amq.rabbitmq.reply-to with the channel's reply name; a
+// channel without a reply consumer gets RabbitMQ's 406.
+func (ch *channel) stampReplyTo(header []byte) ([]byte, *amqp.Error) {
+	if !bytes.Contains(header, replyToBytes) {
+		return header, nil
+	}
+	h, err := amqp.DecodeContentHeader(header)
+	if err != nil || h.Props.ReplyTo != broker.ReplyToQueue {
+		return header, nil
+	}
+	ch.mu.Lock()
+	rc := ch.reply
+	ch.mu.Unlock()
+	if rc == nil {
+		return nil, amqp.Errorf(amqp.PreconditionFailed, "fast reply consumer does not exist")
+	}
+	h.Props.ReplyTo = rc.name
+	return amqp.AppendContentHeader(nil, h.ClassID, h.BodySize, &h.Props), nil
+}
+
+// declareReplyTo answers queue.declare of the pseudo-queue (always declare-ok, with one
+// consumer) and a passive one of a reply name (declare-ok while its consumer exists, so that an
+// RPC server can check that the client is still there; 404 otherwise).
+func (ch *channel) declareReplyTo(m *amqp.QueueDeclare) *amqp.Error {
+	if m.Queue != broker.ReplyToQueue && !ch.c.srv.b.ReplyToExists(m.Queue) {
+		return amqp.Errorf(amqp.NotFound, "no queue '%s' in vhost '%s'", m.Queue, ch.v.Name())
+	}
+	if !m.NoWait {
+		ch.c.writeMethod(ch.id, &amqp.QueueDeclareOk{Queue: m.Queue, ConsumerCount: 1})
+	}
+	return nil
+}
+
 // --- transactions
 
 // commit commits the channel's transaction in the core. A store failure is never acknowledged:
@@ -898,6 +1008,10 @@ func (ch *channel) shutdown() {
 	ch.consumers = map[string]*consumer{}
 	ds := ch.unacked
 	ch.unacked = nil
+	if rc := ch.reply; rc != nil {
+		ch.reply = nil
+		ch.c.srv.b.UnregisterReplyTo(rc.name) // later replies to it are dropped
+	}
 	ch.mu.Unlock()
 	if ch.tx != nil {
 		for _, s := range ch.tx.settles {
