@@ -23,6 +23,8 @@ type queueSpec struct {
 	// queue's paging window, fixed when the queue is created.
 	lazy     bool
 	inMemory int64
+	// consumerTimeout: x-consumer-timeout (-1: not set; 0: none for this queue).
+	consumerTimeout time.Duration
 }
 
 // argError builds RabbitMQ's text for a bad queue argument; the queue and vhost names are filled
@@ -111,7 +113,7 @@ const maxExpiry = math.MaxUint32
 // parseQueueArgs validates queue arguments the way RabbitMQ does (406 on a bad value) and turns
 // them into queue options. Unknown arguments are kept but ignored, as in RabbitMQ.
 func parseQueueArgs(args amqp.Table) (queueSpec, *amqp.Error) {
-	spec := queueSpec{opts: queue.NoLimits(), inMemory: -1}
+	spec := queueSpec{opts: queue.NoLimits(), inMemory: -1, consumerTimeout: -1}
 	// The type first: RabbitMQ refuses a known argument that the type does not take.
 	if v, ok := args["x-queue-type"]; ok {
 		s, isStr := v.(string)
@@ -184,6 +186,11 @@ func parseQueueArgs(args amqp.Table) (queueSpec, *amqp.Error) {
 		return spec, err
 	} else if ok {
 		spec.opts.DeliveryLimit = n
+	}
+	if d, ok, err := millis("x-consumer-timeout"); err != nil {
+		return spec, err
+	} else if ok {
+		spec.consumerTimeout = d
 	}
 	if d, ok, err := millis("x-redelivery-delay"); err != nil {
 		return spec, err

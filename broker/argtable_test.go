@@ -3,6 +3,7 @@ package broker
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"warren/amqp"
 )
@@ -192,5 +193,38 @@ func TestPagingWindowArgs(t *testing.T) {
 	qs, _ := v.Queue(System, "lz")
 	if st := qs.Q().Stats(); st.Ready != 10 || st.InMemory > 1 {
 		t.Fatalf("lazy queue stats %+v, want 10 ready, at most 1 in memory", st)
+	}
+}
+
+// x-consumer-timeout and the consumer-timeout policy key: the lower wins; without either the
+// server's setting applies.
+func TestConsumerTimeoutPrecedence(t *testing.T) {
+	pol, _, err := CompilePolicy("p", PolicyDef{Name: "p", Pattern: ".", Definition: map[string]any{"consumer-timeout": 5000}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		args amqp.Table
+		p    *Policy
+		want time.Duration
+	}{
+		{"none", nil, nil, -1},
+		{"argument", amqp.Table{"x-consumer-timeout": int32(2000)}, nil, 2 * time.Second},
+		{"policy", nil, pol, 5 * time.Second},
+		{"lower argument", amqp.Table{"x-consumer-timeout": int32(2000)}, pol, 2 * time.Second},
+		{"lower policy", amqp.Table{"x-consumer-timeout": int32(9000)}, pol, 5 * time.Second},
+		{"argument off", amqp.Table{"x-consumer-timeout": int32(0)}, pol, 0},
+	} {
+		spec, aerr := parseQueueArgs(tc.args)
+		if aerr != nil {
+			t.Fatalf("%s: %v", tc.name, aerr)
+		}
+		if got := combine(spec, tc.args, tc.p).consumerTimeout; got != tc.want {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
+		}
+	}
+	if _, _, err := CompilePolicy("p", PolicyDef{Name: "p", Pattern: ".", Definition: map[string]any{"consumer-timeout": -1}}); err == nil {
+		t.Error("consumer-timeout -1 accepted")
 	}
 }

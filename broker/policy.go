@@ -53,6 +53,7 @@ type Policy struct {
 	dlx, dlrk, alternateExchange                                  *string
 	queueMode                                                     *string // queue-mode: default or lazy
 	maxInMemoryLength                                             int64
+	consumerTimeout                                               int64 // ms
 }
 
 var policyApplyTo = map[string]bool{"all": true, "queues": true, "exchanges": true, "classic_queues": true, "quorum_queues": true, "streams": true}
@@ -63,7 +64,7 @@ func CompilePolicy(key string, p PolicyDef) (*Policy, []string, error) {
 	cp := &Policy{
 		name: p.Name, applyTo: p.ApplyTo, priority: p.Priority,
 		messageTTL: -1, expires: -1, maxLength: -1, maxLengthBytes: -1, deliveryLimit: -1,
-		redeliveryDelay: -1, redeliveryMaxDelay: -1, maxInMemoryLength: -1,
+		redeliveryDelay: -1, redeliveryMaxDelay: -1, maxInMemoryLength: -1, consumerTimeout: -1,
 	}
 	if p.Name == "" {
 		return nil, nil, keyErr(key+".name", "must not be empty")
@@ -156,6 +157,8 @@ func CompilePolicy(key string, p PolicyDef) (*Policy, []string, error) {
 			if err == nil && *cp.queueMode != "default" && *cp.queueMode != "lazy" {
 				err = keyErr(dkey, "%q is not one of default, lazy", *cp.queueMode)
 			}
+		case "consumer-timeout":
+			cp.consumerTimeout, err = millis(0)
 		case "max-in-memory-length":
 			cp.maxInMemoryLength, err = intVal(0)
 		case "dead-letter-strategy":
@@ -275,6 +278,9 @@ type effective struct {
 	dl      *dlConfig
 	expires time.Duration
 	policy  string
+	// consumerTimeout is how long a delivery may stay unacked (-1: the server's setting; 0:
+	// none), from x-consumer-timeout and consumer-timeout, the lower winning.
+	consumerTimeout time.Duration
 	// window caps the queue's paging window (0: queue.max_ram_messages): x-queue-mode lazy and
 	// x-max-in-memory-length or their policy keys. Used when the queue is created.
 	window int
@@ -290,6 +296,7 @@ func combine(spec queueSpec, args amqp.Table, p *Policy) (e effective) {
 		e.dl = &dlConfig{exchange: spec.dlx, routingKey: spec.dlrk}
 	}
 	lazy, inMemory := spec.lazy, spec.inMemory
+	e.consumerTimeout = spec.consumerTimeout
 	defer func() {
 		// As RabbitMQ: x-queue-mode wins over queue-mode; the lower in-memory length wins.
 		if p != nil {
@@ -327,6 +334,12 @@ func combine(spec queueSpec, args amqp.Table, p *Policy) (e effective) {
 	lower(&e.opts.MaxLength, p.maxLength)
 	lower(&e.opts.MaxLengthBytes, p.maxLengthBytes)
 	lower(&e.opts.DeliveryLimit, p.deliveryLimit)
+	if p.consumerTimeout >= 0 {
+		ct := time.Duration(p.consumerTimeout) * time.Millisecond
+		if e.consumerTimeout < 0 || ct < e.consumerTimeout {
+			e.consumerTimeout = ct
+		}
+	}
 	if p.expires > 0 && (e.expires <= 0 || time.Duration(p.expires)*time.Millisecond < e.expires) {
 		e.expires = time.Duration(p.expires) * time.Millisecond
 	}
@@ -386,6 +399,7 @@ func (v *VHost) setPolicies(ps []*Policy) {
 	for _, qs := range v.queues {
 		e := v.effectiveLocked(qs.name, qs.spec, qs.args)
 		qs.dl.Store(e.dl)
+		qs.consumerTimeout.Store(int64(e.consumerTimeout))
 		qs.policy = e.policy
 		if e.expires != qs.expires {
 			qs.expires = e.expires

@@ -82,7 +82,6 @@ func TestArgumentsNotSupported(t *testing.T) {
 	warrenOnly(t)
 	t.Parallel()
 	for _, args := range []amqp.Table{
-		{"x-consumer-timeout": int32(1000)},
 		{"x-queue-type": "quorum", "x-max-in-memory-bytes": int32(1000)},
 		{"x-queue-type": "quorum", "x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"},
 	} {

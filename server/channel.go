@@ -7,6 +7,8 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"warren/amqp"
 	"warren/broker"
@@ -74,6 +76,12 @@ type channel struct {
 	consumerPrefetch int        // basic.qos global=false: limit for consumers created afterwards
 	consumers        map[string]*consumer
 	reply            *replyConsumer // the direct reply-to consumer, nil without one
+	ackMarks         []tagMark      // for the consumer timeout (see consumerTimedOut)
+
+	// closeSent: a channel.close went out (the reader's fail, or the consumer timeout). Only
+	// one may. timedOut: the consumer timeout closed the channel off the reader goroutine; the
+	// reader finishes the close at its next frame for the channel.
+	closeSent, timedOut atomic.Bool
 }
 
 func newChannel(c *conn, id uint16) *channel {
@@ -83,6 +91,12 @@ func newChannel(c *conn, id uint16) *channel {
 // handleFrame processes one frame for this channel. A returned error is a connection exception;
 // channel exceptions are handled here by closing the channel.
 func (ch *channel) handleFrame(f amqp.Frame) error {
+	if !ch.closing && ch.timedOut.Load() {
+		// The consumer timeout sent channel.close: from now on, as after fail.
+		ch.closing = true
+		ch.pubM, ch.pubHeader, ch.pubBody = nil, nil, nil
+		ch.shutdown()
+	}
 	var aerr *amqp.Error
 	switch {
 	case ch.pubM != nil && ch.pubHeader == nil:
@@ -178,7 +192,9 @@ func (ch *channel) fail(e *amqp.Error) {
 	ch.closing = true
 	ch.pubM, ch.pubHeader, ch.pubBody = nil, nil, nil
 	ch.shutdown()
-	ch.c.writeMethod(ch.id, &amqp.ChannelClose{ReplyCode: e.Code, ReplyText: e.Text, ClassId: e.ClassID, MethodId: e.MethodID})
+	if ch.closeSent.CompareAndSwap(false, true) { // else the consumer timeout closed it first
+		ch.c.writeMethod(ch.id, &amqp.ChannelClose{ReplyCode: e.Code, ReplyText: e.Text, ClassId: e.ClassID, MethodId: e.MethodID})
+	}
 }
 
 func (ch *channel) contentHeader(p []byte) *amqp.Error {
@@ -993,13 +1009,26 @@ type leaving struct {
 	es []*queue.Entry
 }
 
-// shutdown releases the channel: consumers are cancelled and unacked messages requeued.
+// shutdown releases the channel: consumers are cancelled and unacked messages requeued, those
+// acked in an uncommitted transaction included. It runs on the reader goroutine (or once the
+// reader is gone), and may run again: what an earlier call (or the consumer timeout's detach)
+// took is not there any more.
 func (ch *channel) shutdown() {
-	ch.mu.Lock()
-	if ch.closed {
-		ch.mu.Unlock()
-		return
+	consumers, ds := ch.detach()
+	if ch.tx != nil {
+		for _, s := range ch.tx.settles {
+			ds = append(ds, s.ds...)
+		}
+		ch.tx = nil
 	}
+	ch.releaseHeld(consumers, ds)
+}
+
+// detach marks the channel closed (no more deliveries) and takes its consumers, unacked
+// deliveries and reply consumer; safe on any goroutine. Whatever the reader adds after it
+// (a consume or basic.get under way) is taken by the reader's shutdown.
+func (ch *channel) detach() ([]*consumer, []delivery) {
+	ch.mu.Lock()
 	ch.closed = true
 	consumers := make([]*consumer, 0, len(ch.consumers))
 	for _, cs := range ch.consumers {
@@ -1012,12 +1041,16 @@ func (ch *channel) shutdown() {
 		ch.reply = nil
 		ch.c.srv.b.UnregisterReplyTo(rc.name) // later replies to it are dropped
 	}
+	ch.ackMarks = nil
 	ch.mu.Unlock()
-	if ch.tx != nil {
-		for _, s := range ch.tx.settles {
-			ds = append(ds, s.ds...)
-		}
-		ch.tx = nil
+	return consumers, ds
+}
+
+// releaseHeld removes consumers from their queues and requeues deliveries; safe on any
+// goroutine.
+func (ch *channel) releaseHeld(consumers []*consumer, ds []delivery) {
+	if len(consumers) == 0 && len(ds) == 0 {
+		return
 	}
 	// Per queue, the consumers leave and the unacked messages are requeued in one step
 	// (RemoveConsumers), so that requeued messages go to other consumers, and the next single
@@ -1051,6 +1084,66 @@ func (ch *channel) shutdown() {
 	for _, cs := range consumers {
 		ch.v.ConsumerRemoved(cs.qs, cs.exclusive)
 	}
+}
+
+// --- consumer timeout (RabbitMQ's consumer_timeout, x-consumer-timeout, consumer-timeout)
+
+// tagMark records that every delivery up to tag had been made by at.
+type tagMark struct {
+	tag uint64
+	at  time.Time
+}
+
+// maxAckMarks bounds a channel's marks; beyond it the second oldest is dropped, which only
+// delays (never advances) the timeout of the deliveries it covered.
+const maxAckMarks = 64
+
+// consumerTimedOut is called periodically (Server.consumerTimeoutLoop) and reports RabbitMQ's
+// 406 when the channel's oldest unacked delivery has been out longer than its queue's consumer
+// timeout (def: the server's). Like RabbitMQ, only the oldest delivery is checked. No clock is
+// read per delivery: each check marks the delivery tag reached, and a delivery's age is at least
+// the age of the first mark at or above its tag, so a timeout can come up to two check
+// intervals late, never early.
+func (ch *channel) consumerTimedOut(now time.Time, def time.Duration) *amqp.Error {
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	if ch.closed || len(ch.unacked) == 0 {
+		ch.ackMarks = ch.ackMarks[:0]
+		return nil
+	}
+	oldest := ch.unacked[0]
+	marks := ch.ackMarks
+	i := 0
+	for i < len(marks) && marks[i].tag < oldest.tag {
+		i++
+	}
+	marks = append(marks[:0], marks[i:]...)
+	if n := len(marks); n == 0 || marks[n-1].tag != ch.nextTag {
+		if n >= maxAckMarks {
+			marks = append(marks[:1], marks[2:]...)
+		}
+		marks = append(marks, tagMark{tag: ch.nextTag, at: now})
+	}
+	ch.ackMarks = marks
+	timeout := oldest.qs.ConsumerTimeout(def)
+	if timeout <= 0 || now.Sub(marks[0].at) <= timeout {
+		return nil
+	}
+	return amqp.Errorf(amqp.PreconditionFailed, "delivery acknowledgement on channel %d timed out. Timeout value used: %d ms. "+
+		"This timeout value can be configured, see consumers doc guide to learn more", ch.id, timeout.Milliseconds())
+}
+
+// timeOut closes the channel for a consumer timeout, off the reader goroutine: consumers and
+// unacked deliveries are released at once (the messages requeued), channel.close goes out, and
+// the reader treats the channel as closing from its next frame on.
+func (ch *channel) timeOut(e *amqp.Error) {
+	if !ch.closeSent.CompareAndSwap(false, true) {
+		return // the reader is closing it already
+	}
+	ch.c.log.Warn("consumer timeout: delivery not acknowledged in time, closing channel", "channel", ch.id, "text", e.Text)
+	ch.timedOut.Store(true)
+	ch.releaseHeld(ch.detach())
+	ch.c.writeMethod(ch.id, &amqp.ChannelClose{ReplyCode: e.Code, ReplyText: e.Text})
 }
 
 // --- publisher confirms
