@@ -53,6 +53,8 @@ type Broker struct {
 	// flowHigh is the ready backlog over which a queue being drained holds its publishers.
 	flowHigh int
 	stats    brokerStats
+	// replies maps the direct reply-to names in use to their ReplySink (see replyto.go).
+	replies sync.Map
 }
 
 // brokerStats count events off the message path (churn) and flow-control pauses.

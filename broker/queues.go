@@ -153,9 +153,10 @@ func (v *VHost) queueLimitError(a Actor, name string) *amqp.Error {
 func (v *VHost) newQueueLocked(qs *Queue) {
 	e := v.effectiveLocked(qs.name, qs.spec, qs.args)
 	qs.dl.Store(e.dl)
+	qs.consumerTimeout.Store(int64(e.consumerTimeout))
 	qs.expires, qs.policy = e.expires, e.policy
 	qs.q = queue.New(qs.name, e.opts, queue.Hooks{Dropped: v.onDropped(qs)})
-	v.b.enablePaging(qs)
+	v.b.enablePaging(qs, e.window)
 }
 
 func (v *VHost) checkQueueEquivalent(qs *Queue, m QueueSpec) *amqp.Error {
