@@ -1,0 +1,458 @@
+package ui
+
+// End-to-end test of the UI in headless Chromium (chromedp), against a real management API:
+// the issue's scenario, driven through the pages as a user would, with the broker checked
+// from an AMQP client (amqp091-go) on the other side.
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/chromedp/cdproto/cdp"
+	"github.com/chromedp/cdproto/log"
+	"github.com/chromedp/cdproto/runtime"
+	"github.com/chromedp/chromedp"
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+var (
+	mgmtURLFlag   = flag.String("mgmt-url", "", "management API under test, e.g. http://guest:guest@127.0.0.1:15672 (default: $WARREN_MGMT_URL)")
+	amqpURLFlag   = flag.String("amqp-url", "", "AMQP URL of the same broker (default: $AMQP_URL, else the API host on port 5672 with the API's credentials)")
+	artifactsFlag = flag.String("ui-artifacts", "", "directory for the screenshots (default: $WARREN_UI_ARTIFACTS, else <tmp>/warren-ui-artifacts)")
+)
+
+// backend is the broker the browser test drives: its management API and its AMQP URL.
+type backend struct {
+	api        *url.URL // scheme://host:port, no credentials
+	user, pass string   // management (and, by default, AMQP) credentials
+	amqpURL    string
+}
+
+// testBackend says where the broker under test is. It is the one place to change when the
+// test starts an in-process Warren with the management API wired: build the broker here
+// (free ports, t.TempDir() data dir, t.Cleanup to stop it) and return its addresses.
+// Today it takes the API from -mgmt-url / WARREN_MGMT_URL (RabbitMQ's management plugin works
+// as well as Warren's) and skips the test when none is given or it does not answer.
+func testBackend(t *testing.T) backend {
+	t.Helper()
+	raw := *mgmtURLFlag
+	if raw == "" {
+		raw = os.Getenv("WARREN_MGMT_URL")
+	}
+	if raw == "" {
+		t.Skip("no management API: set WARREN_MGMT_URL (or -mgmt-url), e.g. WARREN_MGMT_URL=http://guest:guest@127.0.0.1:15672")
+	}
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" {
+		t.Fatalf("management URL %q: not an http(s) URL with a host (%v)", raw, err)
+	}
+	b := backend{user: "guest", pass: "guest"}
+	if u.User != nil {
+		b.user = u.User.Username()
+		if p, ok := u.User.Password(); ok {
+			b.pass = p
+		}
+	}
+	b.api = &url.URL{Scheme: u.Scheme, Host: u.Host}
+
+	req, _ := http.NewRequest(http.MethodGet, b.api.String()+"/api/whoami", nil)
+	req.SetBasicAuth(b.user, b.pass)
+	res, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
+	if err != nil {
+		t.Skipf("management API %s does not answer (%v): start the broker with its management listener", b.api, err)
+	}
+	io.Copy(io.Discard, res.Body)
+	res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		t.Fatalf("management API %s: GET /api/whoami as %q gave %s", b.api, b.user, res.Status)
+	}
+
+	b.amqpURL = *amqpURLFlag
+	if b.amqpURL == "" {
+		b.amqpURL = os.Getenv("AMQP_URL")
+	}
+	if b.amqpURL == "" {
+		b.amqpURL = (&url.URL{Scheme: "amqp", User: url.UserPassword(b.user, b.pass), Host: net.JoinHostPort(u.Hostname(), "5672"), Path: "/"}).String()
+	}
+	return b
+}
+
+// chromiumPath finds the browser, or skips the test saying how to get one.
+func chromiumPath(t *testing.T) string {
+	t.Helper()
+	if p := os.Getenv("WARREN_CHROME"); p != "" {
+		return p
+	}
+	for _, name := range []string{"chromium", "chromium-browser", "google-chrome", "google-chrome-stable"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	t.Skip("no Chromium found: apt-get install -y chromium (or set WARREN_CHROME to a Chrome binary)")
+	return ""
+}
+
+// artifactsDir is where screenshots go; it is outside the repository unless told otherwise.
+func artifactsDir(t *testing.T) string {
+	t.Helper()
+	d := *artifactsFlag
+	if d == "" {
+		d = os.Getenv("WARREN_UI_ARTIFACTS")
+	}
+	if d == "" {
+		d = filepath.Join(os.TempDir(), "warren-ui-artifacts")
+	}
+	if err := os.MkdirAll(d, 0o755); err != nil {
+		t.Fatalf("artifacts dir: %v", err)
+	}
+	return d
+}
+
+// uiServer serves the UI as the management listener will: the UI at "/", the API at "/api/"
+// (here a reverse proxy to the backend, so the page and its API share one origin).
+func uiServer(t *testing.T, api *url.URL) *httptest.Server {
+	t.Helper()
+	mux := http.NewServeMux()
+	proxy := httputil.NewSingleHostReverseProxy(api)
+	mux.Handle("/api/", proxy)
+	mux.Handle("/", Handler())
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// browser starts headless Chromium with a fresh profile and the flags this machine needs (no
+// background networking: the sandbox refuses outside connections), at 1280x800.
+func browser(t *testing.T, execPath string) (context.Context, *pageErrors) {
+	t.Helper()
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(execPath),
+		chromedp.NoSandbox,
+		chromedp.DisableGPU,
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.WindowSize(1280, 900),
+		chromedp.Flag("disable-quic", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+	)
+	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	ctx, cancelCtx := chromedp.NewContext(actx)
+	t.Cleanup(func() { cancelCtx(); cancelAlloc() })
+
+	// Start the browser now, so that a missing or broken Chromium fails here, clearly. The
+	// viewport is the 1280x800 the UI is designed for (the window is larger by its frame).
+	if err := chromedp.Do(ctx, chromedp.EmulateViewport(1280, 800)); err != nil {
+		t.Fatalf("start Chromium %s: %v", execPath, err)
+	}
+	// Any uncaught exception, console.error or CSP violation in the page fails the test.
+	errs := &pageErrors{}
+	exceptions := chromedp.Events(ctx, runtime.ExceptionThrown)
+	console := chromedp.Events(ctx, runtime.ConsoleAPICalled)
+	logs := chromedp.Events(ctx, log.EntryAdded)
+	go func() {
+		for e, err := range exceptions {
+			if err != nil {
+				return
+			}
+			d := e.ExceptionDetails
+			msg := d.Text
+			if d.Exception != nil {
+				msg += " " + d.Exception.Description
+			}
+			errs.add(fmt.Sprintf("exception: %s (%s:%d)", msg, d.URL, d.LineNumber+1))
+		}
+	}()
+	go func() {
+		for e, err := range console {
+			if err != nil {
+				return
+			}
+			if e.Type == runtime.ConsoleAPICalledTypeError {
+				var parts []string
+				for _, a := range e.Args {
+					parts = append(parts, string(a.Value)+a.Description)
+				}
+				errs.add("console.error: " + strings.Join(parts, " "))
+			}
+		}
+	}()
+	go func() {
+		for e, err := range logs {
+			if err != nil {
+				return
+			}
+			// Failed requests (the network source) are expected: a 404 for a deleted queue is
+			// shown to the user, not an error of the page.
+			if e.Entry.Level == log.EntryLevelError && e.Entry.Source != log.EntrySourceNetwork {
+				errs.add(fmt.Sprintf("log (%s): %s %s", e.Entry.Source, e.Entry.Text, e.Entry.URL))
+			}
+		}
+	}()
+	if _, err := chromedp.Call(ctx, log.Enable, cdp.Empty{}); err != nil {
+		t.Fatalf("enable the browser log: %v", err)
+	}
+	return ctx, errs
+}
+
+type pageErrors struct {
+	mu   sync.Mutex
+	msgs []string
+}
+
+func (p *pageErrors) add(s string) { p.mu.Lock(); p.msgs = append(p.msgs, s); p.mu.Unlock() }
+func (p *pageErrors) check(t *testing.T) {
+	t.Helper()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, m := range p.msgs {
+		t.Errorf("page error: %s", m)
+	}
+	p.msgs = nil
+}
+
+// waitFor polls a JavaScript expression in the page until it is truthy.
+func waitFor(ctx context.Context, t *testing.T, what, expr string, timeout time.Duration) {
+	t.Helper()
+	if _, err := chromedp.Run(ctx, chromedp.Poll[bool](expr, chromedp.WithPollingTimeout(timeout), chromedp.WithPollingInterval(200*time.Millisecond))); err != nil {
+		text, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`'toast: ' + document.getElementById('toast').textContent + '\n' + document.querySelector('main').innerText.slice(0, 1500)`))
+		if buf, err := chromedp.Run(ctx, chromedp.CaptureScreenshot()); err == nil {
+			_ = os.WriteFile(filepath.Join(os.TempDir(), "warren-ui-failed.png"), buf, 0o644)
+		}
+		t.Fatalf("waiting for %s (%s): %v\n(screenshot in %s)\npage text:\n%s", what, expr, err, filepath.Join(os.TempDir(), "warren-ui-failed.png"), text)
+	}
+}
+
+func js(s string) string { return strconv.Quote(s) }
+
+func screenshot(ctx context.Context, t *testing.T, dir, name string) {
+	t.Helper()
+	// Let the last refresh paint before the capture.
+	if err := chromedp.Do(ctx, chromedp.Sleep(300*time.Millisecond)); err != nil {
+		t.Fatalf("screenshot %s: %v", name, err)
+	}
+	buf, err := chromedp.Run(ctx, chromedp.CaptureScreenshot())
+	if err != nil {
+		t.Fatalf("screenshot %s: %v", name, err)
+	}
+	p := filepath.Join(dir, name+".png")
+	if err := os.WriteFile(p, buf, 0o644); err != nil {
+		t.Fatalf("screenshot %s: %v", name, err)
+	}
+	t.Logf("screenshot %s", p)
+}
+
+func textOf(ctx context.Context, t *testing.T, sel string) string {
+	t.Helper()
+	s, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(sel)))
+	if err != nil {
+		t.Fatalf("text of %s: %v", sel, err)
+	}
+	return s
+}
+
+func run(ctx context.Context, t *testing.T, what string, actions ...chromedp.Action[chromedp.Void]) {
+	t.Helper()
+	tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := chromedp.Do(tctx, actions...); err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+}
+
+func TestBrowserScenario(t *testing.T) {
+	if testing.Short() {
+		t.Skip("browser test skipped in -short mode")
+	}
+	chrome := chromiumPath(t)
+	be := testBackend(t)
+	dir := artifactsDir(t)
+	srv := uiServer(t, be.api)
+	ctx, errs := browser(t, chrome)
+	defer errs.check(t)
+
+	suffix := strconv.FormatInt(time.Now().UnixNano()%1e9, 36)
+	qname := "ui-e2e-" + suffix
+	connName := "ui-e2e-client-" + suffix
+
+	// The client whose queue and connection the page will see and operate.
+	conn, err := amqp.DialConfig(be.amqpURL, amqp.Config{Properties: amqp.Table{"connection_name": connName}})
+	if err != nil {
+		t.Fatalf("AMQP %s: %v", be.amqpURL, err)
+	}
+	defer conn.Close()
+	closed := conn.NotifyClose(make(chan *amqp.Error, 1))
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { deleteQueue(t, be, qname) })
+
+	// 1. Log in.
+	run(ctx, t, "open login page",
+		chromedp.Navigate(srv.URL+"/"),
+		chromedp.WaitVisible(chromedp.ID("login-user")))
+	screenshot(ctx, t, dir, "01-login")
+	run(ctx, t, "log in",
+		chromedp.SendKeys(chromedp.ID("login-user"), be.user),
+		chromedp.SendKeys(chromedp.ID("login-pass"), be.pass),
+		chromedp.Click(chromedp.ID("login-submit")),
+		chromedp.WaitVisible(chromedp.ID("chart-rates")))
+	waitFor(ctx, t, "overview totals", `document.querySelector('[data-field=connections]').textContent !== '–'`, 15*time.Second)
+	if who := textOf(ctx, t, "#who-name"); who != be.user {
+		t.Errorf("header shows user %q, want %q", who, be.user)
+	}
+
+	// 2. A client declares a queue; the filtered queue list shows it.
+	if _, err := ch.QueueDeclare(qname, false, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	qlink := fmt.Sprintf(`a[href="#/queues/%%2F/%s"]`, qname)
+	run(ctx, t, "open queue list", chromedp.Navigate(srv.URL+"/#/queues?name="+qname))
+	waitFor(ctx, t, "the new queue in the list", `!!document.querySelector(`+js(qlink)+`)`, 30*time.Second)
+	screenshot(ctx, t, dir, "05-queues")
+
+	// 3. The client publishes: first one known message, then a steady stream. The queue page
+	// shows the depth and the publish-rate chart rising.
+	body := "hello from the browser test " + suffix
+	if err := ch.Publish("", qname, false, false, amqp.Publishing{
+		ContentType: "text/plain", Headers: amqp.Table{"x-e2e": "yes"}, Body: []byte(body),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var published atomic.Int64
+	stop := make(chan struct{})
+	pubDone := make(chan error, 1)
+	go func() {
+		tick := time.NewTicker(5 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				pubDone <- nil
+				return
+			case <-tick.C:
+				if err := ch.Publish("", qname, false, false, amqp.Publishing{Body: []byte("load")}); err != nil {
+					pubDone <- err
+					return
+				}
+				published.Add(1)
+			}
+		}
+	}()
+	stopPublishing := func() {
+		if stop != nil {
+			close(stop)
+			stop = nil
+			if err := <-pubDone; err != nil {
+				t.Errorf("publisher: %v", err)
+			}
+		}
+	}
+	defer stopPublishing()
+
+	run(ctx, t, "open queue page", chromedp.Click(chromedp.CSS(qlink)), chromedp.WaitVisible(chromedp.ID("chart-queue-rates")))
+	waitFor(ctx, t, "queue depth above 0", `Number(document.querySelector('#main [data-field=messages]').textContent.replace(/,/g,'')) > 0`, 30*time.Second)
+	waitFor(ctx, t, "publish-rate chart rising",
+		`(() => { const li = document.querySelector('#chart-queue-rates li[data-series=publish]');
+		          return li && Number(li.dataset.peak) > 0 && Number(li.dataset.points) >= 2; })()`, 40*time.Second)
+	screenshot(ctx, t, dir, "06-queue")
+
+	// The overview's charts see the same traffic.
+	run(ctx, t, "open overview", chromedp.Navigate(srv.URL+"/#/"), chromedp.WaitVisible(chromedp.ID("chart-rates")))
+	waitFor(ctx, t, "overview publish rate above 0",
+		`Number(document.querySelector('#chart-rates li[data-series=publish]').dataset.peak) > 0`, 40*time.Second)
+	waitFor(ctx, t, "overview queued chart", `Number(document.querySelector('#chart-queued li[data-series=messages_ready]').dataset.peak) > 0`, 20*time.Second)
+	screenshot(ctx, t, dir, "02-overview")
+	stopPublishing()
+	t.Logf("published %d messages while the charts were watched", published.Load()+1)
+
+	// 4. Get the first message (requeued) and read its body and header on the page.
+	run(ctx, t, "open queue page again", chromedp.Navigate(srv.URL+"/#/queues/%2F/"+qname), chromedp.WaitVisible(chromedp.ID("get-submit")))
+	run(ctx, t, "get a message",
+		chromedp.SetValue(chromedp.ID("get-ackmode"), "ack_requeue_true"),
+		chromedp.Click(chromedp.ID("get-submit")))
+	waitFor(ctx, t, "the message body", `(document.querySelector('#get-results pre.payload')||{}).textContent === `+js(body), 15*time.Second)
+	if got := textOf(ctx, t, "#get-results .message"); !strings.Contains(got, "x-e2e") || !strings.Contains(got, "text/plain") {
+		t.Errorf("message shows no header x-e2e or content_type text/plain:\n%s", got)
+	}
+	screenshot(ctx, t, dir, "07-queue-get")
+
+	// 5. Purge from the page; the page and the broker both see it empty.
+	run(ctx, t, "purge", chromedp.Click(chromedp.ID("purge")), chromedp.WaitVisible(chromedp.ID("confirm-ok")), chromedp.Click(chromedp.ID("confirm-ok")))
+	waitFor(ctx, t, "queue depth 0 after purge", `document.querySelector('#main [data-field=messages]').textContent === '0'`, 30*time.Second)
+	if q, err := ch.QueueDeclarePassive(qname, false, false, false, false, nil); err != nil || q.Messages != 0 {
+		t.Errorf("after purge from the page the broker says %d messages (err %v), want 0", q.Messages, err)
+	}
+	screenshot(ctx, t, dir, "08-queue-purged")
+
+	// 6. Close the client's connection from the connections page, with a reason.
+	local := conn.LocalAddr().(*net.TCPAddr)
+	filter := net.JoinHostPort(local.IP.String(), strconv.Itoa(local.Port)) + " ->"
+	closeBtn := `button[data-action=close][aria-label*=` + js(filter) + `]`
+	run(ctx, t, "open connections", chromedp.Navigate(srv.URL+"/#/connections?name="+url.QueryEscape(filter)))
+	waitFor(ctx, t, "the client's connection", `!!document.querySelector(`+js(closeBtn)+`)`, 30*time.Second)
+	if row := textOf(ctx, t, "#main table.list tbody"); !strings.Contains(row, connName) {
+		t.Errorf("connection row does not show the client-provided name %q:\n%s", connName, row)
+	}
+	screenshot(ctx, t, dir, "03-connections")
+	reason := "closed from the UI test " + suffix
+	run(ctx, t, "close the connection",
+		chromedp.Click(chromedp.CSS(closeBtn)),
+		chromedp.WaitVisible(chromedp.ID("confirm-reason")),
+		chromedp.Evaluate[chromedp.Void](`document.getElementById('confirm-reason').select()`),
+		chromedp.SendKeys(chromedp.ID("confirm-reason"), reason),
+		chromedp.Click(chromedp.ID("confirm-ok")))
+	select {
+	case e := <-closed:
+		if e == nil || e.Code != amqp.ConnectionForced || !strings.Contains(e.Reason, reason) {
+			t.Errorf("client notified with %v, want 320 CONNECTION_FORCED with reason %q", e, reason)
+		} else {
+			t.Logf("client notified: %d %s", e.Code, e.Reason)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("the client was not notified of the close within 15 s")
+	}
+	waitFor(ctx, t, "the closed connection leaves the list", `!document.querySelector(`+js(closeBtn)+`)`, 30*time.Second)
+
+	// 7. The remaining pages render, with what they must show.
+	run(ctx, t, "channels", chromedp.Navigate(srv.URL+"/#/channels"), chromedp.WaitVisible(chromedp.CSS("#main table.list")))
+	waitFor(ctx, t, "channels list loaded", `/Page \d/.test(document.querySelector('.count').textContent)`, 15*time.Second)
+	screenshot(ctx, t, dir, "04-channels")
+
+	run(ctx, t, "exchanges", chromedp.Navigate(srv.URL+"/#/exchanges?vhost=%2F"), chromedp.WaitVisible(chromedp.ID("declare-exchange")))
+	waitFor(ctx, t, "amq.direct in the exchange list", `!!document.querySelector('a[href="#/exchanges/%2F/amq.direct"]')`, 15*time.Second)
+	screenshot(ctx, t, dir, "09-exchanges")
+
+	run(ctx, t, "admin", chromedp.Navigate(srv.URL+"/#/admin"), chromedp.WaitVisible(chromedp.ID("sec-users")))
+	waitFor(ctx, t, "users listed with their config key", `document.querySelector('#admin-users').textContent.includes(`+js(be.user)+`) && document.querySelector('#admin-users').textContent.includes('users[].name')`, 15*time.Second)
+	screenshot(ctx, t, dir, "11-admin")
+}
+
+// deleteQueue removes the test's queue through the API, whatever the test did.
+func deleteQueue(t *testing.T, be backend, name string) {
+	req, _ := http.NewRequest(http.MethodDelete, be.api.String()+"/api/queues/%2F/"+url.PathEscape(name), nil)
+	req.SetBasicAuth(be.user, be.pass)
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Logf("cleanup: delete queue %s: %v", name, err)
+		return
+	}
+	res.Body.Close()
+}
+
