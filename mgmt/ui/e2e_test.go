@@ -230,12 +230,19 @@ func (p *pageErrors) check(t *testing.T) {
 func waitFor(ctx context.Context, t *testing.T, what, expr string, timeout time.Duration) {
 	t.Helper()
 	if _, err := chromedp.Run(ctx, chromedp.Poll[bool](expr, chromedp.WithPollingTimeout(timeout), chromedp.WithPollingInterval(200*time.Millisecond))); err != nil {
-		text, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`'toast: ' + document.getElementById('toast').textContent + '\n' + document.querySelector('main').innerText.slice(0, 1500)`))
-		if buf, err := chromedp.Run(ctx, chromedp.CaptureScreenshot()); err == nil {
-			_ = os.WriteFile(filepath.Join(os.TempDir(), "warren-ui-failed.png"), buf, 0o644)
-		}
-		t.Fatalf("waiting for %s (%s): %v\n(screenshot in %s)\npage text:\n%s", what, expr, err, filepath.Join(os.TempDir(), "warren-ui-failed.png"), text)
+		t.Fatalf("waiting for %s (%s): %v\n%s", what, expr, err, failureState(ctx))
 	}
+}
+
+// failureState saves a screenshot of the page as it is and returns the page's text and last
+// message, for the failure report.
+func failureState(ctx context.Context) string {
+	text, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`'last message: ' + document.getElementById('toast').textContent + '\n' + document.querySelector('main').innerText.slice(0, 1500)`))
+	shot := filepath.Join(os.TempDir(), "warren-ui-failed.png")
+	if buf, err := chromedp.Run(ctx, chromedp.CaptureScreenshot()); err == nil {
+		_ = os.WriteFile(shot, buf, 0o644)
+	}
+	return fmt.Sprintf("(screenshot of the page: %s)\npage text:\n%s", shot, text)
 }
 
 func js(s string) string { return strconv.Quote(s) }
@@ -271,7 +278,7 @@ func run(ctx context.Context, t *testing.T, what string, actions ...chromedp.Act
 	tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	if err := chromedp.Do(tctx, actions...); err != nil {
-		t.Fatalf("%s: %v", what, err)
+		t.Fatalf("%s: %v\n%s", what, err, failureState(ctx))
 	}
 }
 
@@ -455,4 +462,3 @@ func deleteQueue(t *testing.T, be backend, name string) {
 	}
 	res.Body.Close()
 }
-

@@ -75,7 +75,7 @@ export function mount(view, route, ctx) {
     h('p', { class: 'note' }, 'Warren is configured by its configuration file: users, virtual hosts, permissions, policies and limits are edited in ',
       h('code', null, 'config.yaml'), ' and applied by a reload (SIGHUP or saving the file). They are read-only here; each column names the key it comes from.'),
     h('nav', { 'aria-label': 'Admin sections', class: 'subnav' }, h('ul', null, shown.map((s) => h('li', null, h('a', { href: `#/admin`, 'data-target': `sec-${s.id}`, onclick: (ev) => { ev.preventDefault(); document.getElementById(`sec-${s.id}`).scrollIntoView(); document.getElementById(`sec-${s.id}`).focus(); } }, s.title))))),
-    shown.map((s) => h('section', { id: `sec-${s.id}`, tabindex: -1 },
+    ...shown.map((s) => h('section', { id: `sec-${s.id}`, tabindex: -1 },
       h('h2', null, s.title, ' ', h('code', { class: 'cfgkey' }, `config.yaml: ${s.key}`)), bodies.get(s.id))));
   return {
     title: 'Admin',
