@@ -27,7 +27,6 @@ const SECTIONS = [
       { label: keyed('Name', 'vhosts[].name'), render: (v) => v.name },
       { label: keyed('Description', 'vhosts[].description'), render: (v) => v.description || '' },
       { label: ['Messages', h('br'), h('span', { class: 'muted' }, 'runtime')], num: true, render: (v) => num(v.messages) },
-      { label: ['Connections', h('br'), h('span', { class: 'muted' }, 'runtime')], num: true, render: (v) => num(v.connections ?? undefined) },
     ],
   },
   {

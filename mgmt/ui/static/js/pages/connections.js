@@ -28,8 +28,8 @@ export function mount(view, route) {
     state: stateFromQuery(route.query),
     onState: keepStateInURL('connections'),
     columns: [
-      { label: 'Name', key: 'name', width: '22%', text: (c) => c.name },
-      { label: 'Client name', key: 'user_provided_name', text: (c) => c.user_provided_name || at(c, 'client_properties.connection_name') || '' },
+      { label: 'Name', key: 'name', width: '20%', text: (c) => c.name },
+      { label: 'Client name', key: 'user_provided_name', width: '14%', text: (c) => c.user_provided_name || at(c, 'client_properties.connection_name') || '' },
       { label: 'Vhost', key: 'vhost', text: (c) => c.vhost },
       { label: 'User', key: 'user', text: (c) => c.user },
       { label: 'State', key: 'state', text: (c) => c.state || '' },
