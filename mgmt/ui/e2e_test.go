@@ -1,4 +1,4 @@
-package ui
+package ui_test
 
 // End-to-end test of the UI in headless Chromium (chromedp), against a real management API:
 // the scenario, driven through the pages as a user would, with the broker checked
@@ -9,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -29,6 +30,10 @@ import (
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"warren/mgmt/ui"
+	"warren/node"
+	"warren/server"
 )
 
 var (
@@ -44,11 +49,10 @@ type backend struct {
 	amqpURL    string
 }
 
-// testBackend says where the broker under test is. It is the one place to change when the
-// test starts an in-process Warren with the management API wired: build the broker here
-// (free ports, t.TempDir() data dir, t.Cleanup to stop it) and return its addresses.
-// Today it takes the API from -mgmt-url / WARREN_MGMT_URL (RabbitMQ's management plugin works
-// as well as Warren's) and skips the test when none is given or it does not answer.
+// testBackend says where the broker under test is: the one place that decides it. With
+// -mgmt-url / WARREN_MGMT_URL it is that management API (RabbitMQ's management plugin works as
+// well as Warren's; the test skips when it does not answer); otherwise a Warren started here,
+// in process, on free ports with a temporary data directory, as main wires it.
 func testBackend(t *testing.T) backend {
 	t.Helper()
 	raw := *mgmtURLFlag
@@ -56,7 +60,7 @@ func testBackend(t *testing.T) backend {
 		raw = os.Getenv("WARREN_MGMT_URL")
 	}
 	if raw == "" {
-		t.Skip("no management API: set WARREN_MGMT_URL (or -mgmt-url), e.g. WARREN_MGMT_URL=http://guest:guest@127.0.0.1:15672")
+		return inProcessWarren(t)
 	}
 	u, err := url.Parse(raw)
 	if err != nil || u.Host == "" {
@@ -91,6 +95,34 @@ func testBackend(t *testing.T) backend {
 		b.amqpURL = (&url.URL{Scheme: "amqp", User: url.UserPassword(b.user, b.pass), Host: net.JoinHostPort(u.Hostname(), "5672"), Path: "/"}).String()
 	}
 	return b
+}
+
+// inProcessWarren starts a broker with the management API on free ports and a temporary data
+// directory; it stops with the test.
+func inProcessWarren(t *testing.T) backend {
+	t.Helper()
+	cfg := server.DefaultConfig()
+	cfg.Listen, cfg.DataDir = "127.0.0.1:0", t.TempDir()
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	cfg.Users[0].Tags = []string{"administrator"}
+	s, err := server.New(cfg)
+	if err != nil {
+		t.Fatalf("warren: %v", err)
+	}
+	if err := s.Start(); err != nil {
+		t.Fatalf("warren: %v", err)
+	}
+	h, err := node.ServeHTTP(s, node.HTTPOptions{ManagementListen: "127.0.0.1:0", Logger: cfg.Logger, DataDir: cfg.DataDir})
+	if err != nil {
+		_ = s.Close()
+		t.Fatalf("warren management API: %v", err)
+	}
+	t.Cleanup(func() { _ = h.Close(); _ = s.Close() })
+	return backend{
+		api:  &url.URL{Scheme: "http", Host: h.ManagementAddr().String()},
+		user: "guest", pass: "guest",
+		amqpURL: "amqp://guest:guest@" + s.Addr().String() + "/",
+	}
 }
 
 // chromiumPath finds the browser, or skips the test saying how to get one.
@@ -131,7 +163,7 @@ func uiServer(t *testing.T, api *url.URL) *httptest.Server {
 	mux := http.NewServeMux()
 	proxy := httputil.NewSingleHostReverseProxy(api)
 	mux.Handle("/api/", proxy)
-	mux.Handle("/", Handler())
+	mux.Handle("/", ui.Handler())
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
 	return srv
