@@ -29,6 +29,7 @@ import (
 	"github.com/chromedp/cdproto/log"
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
+	"github.com/chromedp/chromedp/kb"
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"warren/mgmt/ui"
@@ -340,17 +341,17 @@ func TestBrowserScenario(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { deleteQueue(t, be, qname) })
+	t.Cleanup(func() { deleteObject(t, be, "queues", qname) })
 
 	// 1. Log in.
 	run(ctx, t, "open login page",
 		chromedp.Navigate(srv.URL+"/"),
 		chromedp.WaitVisible(chromedp.ID("login-user")))
 	screenshot(ctx, t, dir, "01-login")
+	// By keyboard only: the form submits with Enter.
 	run(ctx, t, "log in",
 		chromedp.SendKeys(chromedp.ID("login-user"), be.user),
-		chromedp.SendKeys(chromedp.ID("login-pass"), be.pass),
-		chromedp.Click(chromedp.ID("login-submit")),
+		chromedp.SendKeys(chromedp.ID("login-pass"), be.pass+kb.Enter),
 		chromedp.WaitVisible(chromedp.ID("chart-rates")))
 	waitFor(ctx, t, "overview totals", `document.querySelector('[data-field=connections]').textContent !== '–'`, 15*time.Second)
 	if who := textOf(ctx, t, "#who-name"); who != be.user {
@@ -407,9 +408,27 @@ func TestBrowserScenario(t *testing.T) {
 
 	run(ctx, t, "open queue page", chromedp.Click(chromedp.CSS(qlink)), chromedp.WaitVisible(chromedp.ID("chart-queue-rates")))
 	waitFor(ctx, t, "queue depth above 0", `Number(document.querySelector('#main [data-field=messages]').textContent.replace(/,/g,'')) > 0`, 30*time.Second)
+	// From here on the page only refreshes while the numbers change: it must not move.
+	// Chromium's layout-shift entries measure exactly that (0 = nothing moved).
+	run(ctx, t, "watch layout shifts", chromedp.Evaluate[chromedp.Void](`window.__shift = 0;
+		new PerformanceObserver((l) => { for (const e of l.getEntries()) window.__shift += e.value; }).observe({ type: 'layout-shift' });`))
 	waitFor(ctx, t, "publish-rate chart rising",
 		`(() => { const li = document.querySelector('#chart-queue-rates li[data-series=publish]');
 		          return li && Number(li.dataset.peak) > 0 && Number(li.dataset.points) >= 2; })()`, 40*time.Second)
+	waitFor(ctx, t, "two more refreshes", `Number(document.querySelector('#chart-queue-rates li[data-series=publish]').dataset.points) >= 4`, 20*time.Second)
+	shift, err := chromedp.Run(ctx, chromedp.Evaluate[float64](`window.__shift`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("layout shift over 3 refreshes of the queue page while its numbers change: %.4f", shift)
+	if shift > 0.001 {
+		t.Errorf("the queue page moved while refreshing: cumulative layout shift %.4f, want 0", shift)
+	}
+	// The measure itself works: pushing the page down by 100 px is seen as a shift.
+	run(ctx, t, "provoke a shift", chromedp.Evaluate[chromedp.Void](`(() => { const d = document.createElement('div');
+		d.id = 'shift-probe'; d.style.height = '100px'; document.getElementById('main').prepend(d); })()`))
+	waitFor(ctx, t, "the provoked shift to be measured", `window.__shift > 0.01`, 5*time.Second)
+	run(ctx, t, "remove the probe", chromedp.Evaluate[chromedp.Void](`document.getElementById('shift-probe').remove()`))
 	screenshot(ctx, t, dir, "06-queue")
 
 	// The overview's charts see the same traffic.
@@ -439,6 +458,50 @@ func TestBrowserScenario(t *testing.T) {
 		t.Errorf("after purge from the page the broker says %d messages (err %v), want 0", q.Messages, err)
 	}
 	screenshot(ctx, t, dir, "08-queue-purged")
+
+	// 5b. Exchanges from the page: declare one, bind the queue to it, publish a binary
+	// message through it, read the message back as base64 on the queue page, delete it.
+	xname := "ui-e2e-x-" + suffix
+	xlink := fmt.Sprintf(`a[href="#/exchanges/%%2F/%s"]`, xname)
+	run(ctx, t, "declare an exchange",
+		chromedp.Navigate(srv.URL+"/#/exchanges?name="+xname),
+		chromedp.WaitVisible(chromedp.ID("declare-exchange")),
+		chromedp.SendKeys(chromedp.CSS("#declare-exchange input[name=name]"), xname),
+		chromedp.SetValue(chromedp.CSS("#declare-exchange select[name=type]"), "fanout"),
+		chromedp.SetValue(chromedp.CSS("#declare-exchange select[name=durable]"), "false"),
+		chromedp.Click(chromedp.CSS("#declare-exchange button[type=submit]")))
+	waitFor(ctx, t, "the declared exchange in the list", `!!document.querySelector(`+js(xlink)+`)`, 30*time.Second)
+	t.Cleanup(func() { deleteObject(t, be, "exchanges", xname) })
+	run(ctx, t, "bind the queue",
+		chromedp.Click(chromedp.CSS(xlink)),
+		chromedp.WaitVisible(chromedp.ID("bind-exchange")),
+		chromedp.SendKeys(chromedp.CSS("#bind-exchange input[name=destination]"), qname),
+		chromedp.SendKeys(chromedp.CSS("#bind-exchange input[name=routing_key]"), "k"),
+		chromedp.Click(chromedp.CSS("#bind-exchange button[type=submit]")))
+	waitFor(ctx, t, "the binding in the exchange's bindings", `document.querySelector('#bindings-out').textContent.includes(`+js(qname)+`)`, 15*time.Second)
+	run(ctx, t, "publish a binary message",
+		chromedp.SendKeys(chromedp.CSS("#publish textarea[name=payload]"), "/wAB"), // bytes ff 00 01
+		chromedp.SetValue(chromedp.CSS("#publish select[name=payload_encoding]"), "base64"),
+		chromedp.Click(chromedp.CSS("#publish button[type=submit]")))
+	waitFor(ctx, t, "publish routed", `document.getElementById('publish-result').textContent.includes('routed') && !document.getElementById('publish-result').textContent.includes('not routed')`, 15*time.Second)
+	screenshot(ctx, t, dir, "10-exchange")
+	run(ctx, t, "get the binary message",
+		chromedp.Navigate(srv.URL+"/#/queues/%2F/"+qname),
+		chromedp.WaitVisible(chromedp.ID("get-submit")),
+		chromedp.SetValue(chromedp.ID("get-ackmode"), "ack_requeue_false"),
+		chromedp.Click(chromedp.ID("get-submit")))
+	waitFor(ctx, t, "the body as base64", `(() => { const p = document.querySelector('#get-results pre.payload');
+		return p && p.dataset.encoding === 'base64' && p.textContent === '/wAB'; })()`, 15*time.Second)
+	run(ctx, t, "delete the exchange",
+		chromedp.Navigate(srv.URL+"/#/exchanges/%2F/"+xname),
+		chromedp.WaitVisible(chromedp.ID("delete-exchange")),
+		chromedp.Click(chromedp.ID("delete-exchange")),
+		chromedp.WaitVisible(chromedp.ID("confirm-ok")),
+		chromedp.Click(chromedp.ID("confirm-ok")))
+	waitFor(ctx, t, "back on the exchange list", `location.hash.startsWith('#/exchanges') && !location.hash.includes(`+js(xname)+`)`, 15*time.Second)
+	if code := apiStatus(t, be, "/api/exchanges/%2F/"+url.PathEscape(xname)); code != http.StatusNotFound {
+		t.Errorf("exchange deleted from the page: GET gives %d, want 404", code)
+	}
 
 	// 6. Close the client's connection from the connections page, with a reason.
 	local := conn.LocalAddr().(*net.TCPAddr)
@@ -483,14 +546,28 @@ func TestBrowserScenario(t *testing.T) {
 	screenshot(ctx, t, dir, "11-admin")
 }
 
-// deleteQueue removes the test's queue through the API, whatever the test did.
-func deleteQueue(t *testing.T, be backend, name string) {
-	req, _ := http.NewRequest(http.MethodDelete, be.api.String()+"/api/queues/%2F/"+url.PathEscape(name), nil)
+// deleteObject removes a queue or exchange of the test through the API, whatever the test did
+// (the shared RabbitMQ outlives the test; an in-process Warren does not care).
+func deleteObject(t *testing.T, be backend, kind, name string) {
+	req, _ := http.NewRequest(http.MethodDelete, be.api.String()+"/api/"+kind+"/%2F/"+url.PathEscape(name), nil)
 	req.SetBasicAuth(be.user, be.pass)
 	res, err := http.DefaultClient.Do(req)
 	if err != nil {
-		t.Logf("cleanup: delete queue %s: %v", name, err)
+		t.Logf("cleanup: delete %s %s: %v", kind, name, err)
 		return
 	}
 	res.Body.Close()
+}
+
+// apiStatus is the status code of a GET on the API.
+func apiStatus(t *testing.T, be backend, p string) int {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, be.api.String()+p, nil)
+	req.SetBasicAuth(be.user, be.pass)
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", p, err)
+	}
+	res.Body.Close()
+	return res.StatusCode
 }
