@@ -100,12 +100,17 @@ func testBackend(t *testing.T) backend {
 
 // inProcessWarren starts a broker with the management API on free ports and a temporary data
 // directory; it stops with the test.
-func inProcessWarren(t *testing.T) backend {
+// Extra users get full permissions on "/".
+func inProcessWarren(t *testing.T, extra ...server.User) backend {
 	t.Helper()
 	cfg := server.DefaultConfig()
 	cfg.Listen, cfg.DataDir = "127.0.0.1:0", t.TempDir()
 	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	cfg.Users[0].Tags = []string{"administrator"}
+	for _, u := range extra {
+		cfg.Users = append(cfg.Users, u)
+		cfg.Permissions = append(cfg.Permissions, server.Permission{User: u.Name, VHost: "/", Configure: ".*", Write: ".*", Read: ".*"})
+	}
 	s, err := server.New(cfg)
 	if err != nil {
 		t.Fatalf("warren: %v", err)
@@ -570,4 +575,57 @@ func apiStatus(t *testing.T, be backend, p string) int {
 	}
 	res.Body.Close()
 	return res.StatusCode
+}
+
+// The user's tags decide what the UI shows, as in RabbitMQ: a user without a management tag
+// cannot log in, a "management" user sees no users, permissions or policies.
+func TestBrowserTagsDecideWhatIsShown(t *testing.T) {
+	if testing.Short() {
+		t.Skip("browser test skipped in -short mode")
+	}
+	chrome := chromiumPath(t)
+	if *mgmtURLFlag != "" || os.Getenv("WARREN_MGMT_URL") != "" {
+		t.Skip("this test configures its own users, so it runs only against the in-process Warren")
+	}
+	be := inProcessWarren(t,
+		server.User{Name: "app", Password: "app-pw"},
+		server.User{Name: "ops", Password: "ops-pw", Tags: []string{"management"}})
+	dir := artifactsDir(t)
+	srv := uiServer(t, be.api)
+	ctx, errs := browser(t, chrome)
+	defer errs.check(t)
+
+	run(ctx, t, "log in without a management tag",
+		chromedp.Navigate(srv.URL+"/"),
+		chromedp.WaitVisible(chromedp.ID("login-user")),
+		chromedp.SendKeys(chromedp.ID("login-user"), "app"),
+		chromedp.SendKeys(chromedp.ID("login-pass"), "app-pw"+kb.Enter))
+	waitFor(ctx, t, "the login refused", `document.getElementById('login-error').textContent.startsWith('Login failed')`, 10*time.Second)
+	if msg := textOf(ctx, t, "#login-error"); !strings.Contains(strings.ToLower(msg), "management") {
+		t.Errorf("refusal %q does not say the user lacks a management tag", msg)
+	}
+	visible, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`document.getElementById('top').hidden && !document.getElementById('login').hidden`))
+	if err != nil || !visible {
+		t.Errorf("after a refused login the page left the login form (err %v)", err)
+	}
+	screenshot(ctx, t, dir, "12-login-refused")
+
+	run(ctx, t, "log in as a management user",
+		chromedp.Evaluate[chromedp.Void](`document.getElementById('login-user').value = ''`),
+		chromedp.SendKeys(chromedp.ID("login-user"), "ops"),
+		chromedp.SendKeys(chromedp.ID("login-pass"), "ops-pw"+kb.Enter),
+		chromedp.WaitVisible(chromedp.ID("chart-rates")))
+	if tags := textOf(ctx, t, "#who-tags"); tags != "management" {
+		t.Errorf("header shows tags %q, want management", tags)
+	}
+	run(ctx, t, "admin as a management user", chromedp.Navigate(srv.URL+"/#/admin"), chromedp.WaitVisible(chromedp.ID("sec-vhosts")))
+	waitFor(ctx, t, "vhosts listed", `document.getElementById('admin-vhosts').textContent.includes('vhosts[].name')`, 15*time.Second)
+	sections, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](`[...document.querySelectorAll('#main section[id^=sec-]')].map((s) => s.id)`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(sections, ",") != "sec-vhosts" {
+		t.Errorf("a management user sees admin sections %v, want only sec-vhosts", sections)
+	}
+	screenshot(ctx, t, dir, "13-admin-management-user")
 }

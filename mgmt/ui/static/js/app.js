@@ -116,6 +116,9 @@ $('login-form').addEventListener('submit', async (ev) => {
       ? `Login failed: ${(e.body && e.body.reason) || 'wrong user name or password'}`
       : e.message;
     setText($('login-error'), msg);
+    // A failed password is not kept for the next try.
+    $('login-pass').value = '';
+    $('login-pass').focus();
   } finally {
     btn.disabled = false;
   }
