@@ -6,10 +6,12 @@ package ui_test
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -168,6 +170,12 @@ func uiServer(t *testing.T, api *url.URL) *httptest.Server {
 	t.Helper()
 	mux := http.NewServeMux()
 	proxy := httputil.NewSingleHostReverseProxy(api)
+	proxy.ErrorHandler = func(w http.ResponseWriter, r *http.Request, err error) {
+		if errors.Is(err, context.Canceled) {
+			return // the browser went away mid-request (end of test): nothing to report
+		}
+		http.Error(w, "proxy: "+err.Error(), http.StatusBadGateway)
+	}
 	mux.Handle("/api/", proxy)
 	mux.Handle("/", ui.Handler())
 	srv := httptest.NewServer(mux)
@@ -628,4 +636,200 @@ func TestBrowserTagsDecideWhatIsShown(t *testing.T) {
 		t.Errorf("a management user sees admin sections %v, want only sec-vhosts", sections)
 	}
 	screenshot(ctx, t, dir, "13-admin-management-user")
+}
+
+// With 10,000 queues the queue list stays responsive: the browser only ever holds one page of
+// rows, and filtering and sorting happen in the API.
+func TestBrowserTenThousandQueues(t *testing.T) {
+	if testing.Short() {
+		t.Skip("browser test skipped in -short mode")
+	}
+	chrome := chromiumPath(t)
+	if *mgmtURLFlag != "" || os.Getenv("WARREN_MGMT_URL") != "" {
+		t.Skip("this test declares 10,000 queues, so it runs only against the in-process Warren")
+	}
+	be := inProcessWarren(t)
+	conn, err := amqp.Dial(be.amqpURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 10000
+	start := time.Now()
+	for i := range n {
+		if _, err := ch.QueueDeclare(fmt.Sprintf("q-%05d", i), false, false, false, true, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A last declare with a reply: every no-wait declare before it on the channel is done.
+	if _, err := ch.QueueDeclare("q-last", false, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	// Some depth to sort by: q-04242 gets the most messages.
+	for i := range 3 {
+		if err := ch.Publish("", "q-04242", false, false, amqp.Publishing{Body: []byte{byte(i)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := ch.Publish("", "q-00007", false, false, amqp.Publishing{Body: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("declared %d queues in %v", n+1, time.Since(start).Round(time.Millisecond))
+
+	dir := artifactsDir(t)
+	srv := uiServer(t, be.api)
+	ctx, errs := browser(t, chrome)
+	defer errs.check(t)
+	run(ctx, t, "log in",
+		chromedp.Navigate(srv.URL+"/"),
+		chromedp.WaitVisible(chromedp.ID("login-user")),
+		chromedp.SendKeys(chromedp.ID("login-user"), be.user),
+		chromedp.SendKeys(chromedp.ID("login-pass"), be.pass+kb.Enter),
+		chromedp.WaitVisible(chromedp.ID("chart-rates")))
+
+	rows := `document.querySelectorAll('#main table.list tbody tr[data-key]')`
+	start = time.Now()
+	run(ctx, t, "open the queue list", chromedp.Navigate(srv.URL+"/#/queues"))
+	waitFor(ctx, t, "the first page", rows+`.length === 100 && /of 10,001/.test(document.querySelector('.count').textContent)`, 20*time.Second)
+	load := time.Since(start)
+
+	start = time.Now()
+	run(ctx, t, "sort by total, largest first",
+		chromedp.Click(chromedp.CSS(`th button[data-sort=messages]`)),
+		chromedp.Click(chromedp.CSS(`th button[data-sort=messages]`)))
+	waitFor(ctx, t, "q-04242 first, q-00007 second", `(() => { const r = `+rows+`; return r.length === 100 &&
+		r[0].textContent.includes('q-04242') && r[1].textContent.includes('q-00007'); })()`, 20*time.Second)
+	sorted := time.Since(start)
+
+	start = time.Now()
+	run(ctx, t, "filter", chromedp.SendKeys(chromedp.CSS(`.listview input[type=search]`), "q-0999"))
+	waitFor(ctx, t, "ten matches", rows+`.length === 10`, 20*time.Second)
+	filtered := time.Since(start) // includes the UI's 250 ms typing debounce
+	screenshot(ctx, t, dir, "14-queues-10k-filtered")
+
+	start = time.Now()
+	run(ctx, t, "clear the filter and go to the last page",
+		chromedp.Evaluate[chromedp.Void](`(() => { const f = document.querySelector('.listview input[type=search]'); f.value = ''; f.dispatchEvent(new Event('input')); })()`))
+	waitFor(ctx, t, "page 1 of 101", `/Page 1 of 101/.test(document.querySelector('.count').textContent)`, 20*time.Second)
+	for range 3 {
+		run(ctx, t, "next page", chromedp.Click(chromedp.CSS(`.pager-next`)))
+	}
+	waitFor(ctx, t, "page 4", `/Page 4 of 101/.test(document.querySelector('.count').textContent) && `+rows+`.length === 100`, 20*time.Second)
+	paged := time.Since(start)
+
+	t.Logf("10,001 queues: first page %v, sort %v, filter %v (with 250 ms debounce), clear + 3 pages %v",
+		load.Round(time.Millisecond), sorted.Round(time.Millisecond), filtered.Round(time.Millisecond), paged.Round(time.Millisecond))
+	for what, d := range map[string]time.Duration{"first page": load, "sort": sorted, "filter": filtered} {
+		if d > 3*time.Second {
+			t.Errorf("%s took %v with 10,000 queues, want under 3 s", what, d)
+		}
+	}
+}
+
+// TestBrowserDocScreenshots makes the README's screenshots: minutes of varied traffic (publish
+// with confirms, consume with acks, some requeues) watched by the overview and a queue page, so
+// that the charts have a history. It runs only when WARREN_UI_DOCS names the output directory
+// (docs/img): WARREN_UI_DOCS=$PWD/docs/img go test ./mgmt/ui -run DocScreenshots -timeout 15m
+func TestBrowserDocScreenshots(t *testing.T) {
+	out := os.Getenv("WARREN_UI_DOCS")
+	if out == "" {
+		t.Skip("set WARREN_UI_DOCS=<dir> to make the README screenshots (takes about 5 minutes)")
+	}
+	chrome := chromiumPath(t)
+	be := testBackend(t)
+	watch := 150 * time.Second
+	if d, err := time.ParseDuration(os.Getenv("WARREN_UI_DOCS_WATCH")); err == nil {
+		watch = d
+	}
+
+	conn, err := amqp.Dial(be.amqpURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	pub, _ := conn.Channel()
+	sub, _ := conn.Channel()
+	if err := pub.Confirm(false); err != nil {
+		t.Fatal(err)
+	}
+	confirms := pub.NotifyPublish(make(chan amqp.Confirmation, 4096))
+	go func() {
+		for range confirms {
+		}
+	}()
+	queues := []string{"orders", "invoices", "emails", "audit"}
+	for _, q := range queues {
+		if _, err := pub.QueueDeclare(q, true, false, false, false, amqp.Table{"x-max-length": int32(100000)}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { deleteObject(t, be, "queues", q) })
+	}
+	if err := sub.Qos(50, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	deliveries, err := sub.Consume("orders", "billing-worker", false, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { // publisher: a rate that swells and ebbs over about two minutes
+		defer wg.Done()
+		begin := time.Now()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			phase := float64(time.Since(begin)%(120*time.Second)) / float64(120*time.Second)
+			perTick := 1 + int(6*(1+math.Sin(2*math.Pi*phase)))
+			for j := range perTick {
+				q := queues[(i+j)%len(queues)]
+				_ = pub.Publish("", q, false, false, amqp.Publishing{DeliveryMode: 2, ContentType: "application/json",
+					Body: []byte(fmt.Sprintf(`{"order":%d,"sku":"A-%d"}`, i, j))})
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	go func() { // consumer: acks, requeues one in twenty
+		defer wg.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			case d, ok := <-deliveries:
+				if !ok {
+					return
+				}
+				if i%20 == 0 {
+					_ = d.Nack(false, true)
+				} else {
+					_ = d.Ack(false)
+				}
+				time.Sleep(8 * time.Millisecond)
+			}
+		}
+	}()
+	defer func() { close(stop); wg.Wait() }()
+
+	srv := uiServer(t, be.api)
+	ctx, errs := browser(t, chrome)
+	defer errs.check(t)
+	run(ctx, t, "log in",
+		chromedp.Navigate(srv.URL+"/"),
+		chromedp.WaitVisible(chromedp.ID("login-user")),
+		chromedp.SendKeys(chromedp.ID("login-user"), be.user),
+		chromedp.SendKeys(chromedp.ID("login-pass"), be.pass+kb.Enter),
+		chromedp.WaitVisible(chromedp.ID("chart-rates")))
+	time.Sleep(watch)
+	screenshot(ctx, t, out, "overview")
+	run(ctx, t, "queue page", chromedp.Navigate(srv.URL+"/#/queues/%2F/orders"), chromedp.WaitVisible(chromedp.ID("chart-queue-rates")))
+	time.Sleep(watch)
+	screenshot(ctx, t, out, "queue")
 }
