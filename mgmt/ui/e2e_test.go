@@ -144,6 +144,9 @@ func chromiumPath(t *testing.T) string {
 			return p
 		}
 	}
+	if os.Getenv("WARREN_REQUIRE_BROWSER") != "" {
+		t.Fatal("WARREN_REQUIRE_BROWSER is set but no Chromium was found (apt-get install -y chromium, or set WARREN_CHROME)")
+	}
 	t.Skip("no Chromium found: apt-get install -y chromium (or set WARREN_CHROME to a Chrome binary)")
 	return ""
 }
@@ -738,6 +741,9 @@ func TestBrowserDocScreenshots(t *testing.T) {
 	out := os.Getenv("WARREN_UI_DOCS")
 	if out == "" {
 		t.Skip("set WARREN_UI_DOCS=<dir> to make the README screenshots (takes about 5 minutes)")
+	}
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		t.Fatal(err)
 	}
 	chrome := chromiumPath(t)
 	be := testBackend(t)

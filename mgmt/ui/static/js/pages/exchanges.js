@@ -64,7 +64,8 @@ function declareForm(list) {
 }
 
 function exchangePage(view, vhost, name) {
-  const xpath = path('exchanges', vhost, name);
+  // The API names the default exchange "amq.default" in paths (its real name is "").
+  const xpath = path('exchanges', vhost, name || 'amq.default');
   const details = h('div', { id: 'exchange-details' });
   const out = h('div', { id: 'bindings-out' });
   const inb = h('div', { id: 'bindings-in' });
