@@ -344,7 +344,8 @@ stats() {
 }
 
 ratio() {
-	if [[ $1 == n/a || $2 == n/a || $2 == "null" ]]; then echo "n/a"; return; fi
+	# A zero divisor is caught here: jq folds a constant division by zero into a compile error.
+	if [[ $1 == n/a || $2 == n/a || $2 == "null" || $2 =~ ^0*(\.0*)?$ ]]; then echo "n/a"; return; fi
 	jq -n "if $2 == 0 then \"n/a\" else ($1 / $2 * 100 | round) / 100 end" | tr -d '"'
 }
 
@@ -387,7 +388,7 @@ for p in $POINTS; do
 	[[ $p == n ]] || continue
 	for b in "${BROKERS[@]}"; do
 		f=$OUT/n-$b-1.json
-		[[ -e $f ]] && echo "- ramp ($b): $(jq -r '[.ramp[] | "\(.clients): p99 \(.p99_ms) ms, \(.consume_rate | round)/s"] | join("; ")' "$f"); stopped: $(jq -r '.ramp_stop // "?"' "$f")"
+		[[ -e $f ]] && echo "- ramp ($b): $(jq -r '[.ramp[] | "\(.clients): p99 \(.p99_ms) ms, \(.consume_rate | round)/s, load \(.loadavg // "?")"] | join("; ")' "$f"); stopped: $(jq -r '.ramp_stop // "?"' "$f")"
 	done
 done
 floor_points=""

@@ -144,6 +144,7 @@ type RampStep struct {
 	BrokerCPU      float64 `json:"broker_cpu_percent,omitempty"`
 	BrokerUsPerMsg float64 `json:"broker_us_per_msg,omitempty"`
 	RSS            int64   `json:"rss_bytes,omitempty"`
+	LoadAvg        float64 `json:"loadavg,omitempty"` // the host's, at the step's end: a loaded host inflates p99
 	Error          string  `json:"error,omitempty"`
 }
 
@@ -166,7 +167,7 @@ func runRamp(cfg *Config, res *Result, live io.Writer) error {
 		sr := &Result{}
 		err := runThroughput(&step, sr, io.Discard)
 		st := RampStep{Clients: n, PublishRate: sr.PublishRate, ConsumeRate: sr.ConsumeRate,
-			BrokerCPU: sr.BrokerCPUPercent, BrokerUsPerMsg: sr.BrokerUsPerMsg, RSS: sr.RSS}
+			BrokerCPU: sr.BrokerCPUPercent, BrokerUsPerMsg: sr.BrokerUsPerMsg, RSS: sr.RSS, LoadAvg: loadAvg()}
 		if sr.Latency != nil {
 			st.P50Ms, st.P99Ms, st.P999Ms = sr.Latency.P50Ms, sr.Latency.P99Ms, sr.Latency.P999Ms
 		}
@@ -175,8 +176,8 @@ func runRamp(cfg *Config, res *Result, live io.Writer) error {
 		}
 		res.Ramp = append(res.Ramp, st)
 		res.Producers, res.Consumers, res.Queues = n, n, n
-		fmt.Fprintf(live, "ramp %d clients: sent=%.0f/s received=%.0f/s p50=%.1fms p99=%.1fms cpu=%.0f%% (%.1f us/msg)%s\n",
-			n, st.PublishRate, st.ConsumeRate, st.P50Ms, st.P99Ms, st.BrokerCPU, st.BrokerUsPerMsg, errSuffix(st.Error))
+		fmt.Fprintf(live, "ramp %d clients: sent=%.0f/s received=%.0f/s p50=%.1fms p99=%.1fms cpu=%.0f%% (%.1f us/msg) load %.2f%s\n",
+			n, st.PublishRate, st.ConsumeRate, st.P50Ms, st.P99Ms, st.BrokerCPU, st.BrokerUsPerMsg, st.LoadAvg, errSuffix(st.Error))
 		switch {
 		case err != nil:
 			res.RampStopCause = fmt.Sprintf("%d clients: %v", n, err)
