@@ -452,8 +452,11 @@ func printSummary(w io.Writer, r *Result) {
 		fmt.Fprintf(&b, "%-18s %.1f MB before, %.1f MB at the measurement point\n", "broker RSS:", float64(r.RSSBefore)/1e6, float64(r.RSS)/1e6)
 	}
 	if r.BrokerCPUSeconds > 0 {
-		fmt.Fprintf(&b, "%-18s %.1f%% of a core, %.1f us per consumed message (load generator: %.1f%%)\n",
-			"broker CPU:", r.BrokerCPUPercent, r.BrokerUsPerMsg, r.BenchCPUPercent)
+		fmt.Fprintf(&b, "%-18s %.1f%% of a core", "broker CPU:", r.BrokerCPUPercent)
+		if r.BrokerUsPerMsg > 0 {
+			fmt.Fprintf(&b, ", %.1f us per consumed message", r.BrokerUsPerMsg)
+		}
+		fmt.Fprintf(&b, " (load generator: %.1f%%)\n", r.BenchCPUPercent)
 	}
 	switch r.Mode {
 	case "ramp":
