@@ -202,10 +202,11 @@ DESC[m]="fixed 5000 msgs/s, 1 KiB, 1p/1c, autoack (CPU/msg)"
 ARGS[m]="-size 1024 -rate 5000"
 DESC[n]="ramp of 25 msgs/s clients ($RAMP_COUNTS), $RAMP_STEP per step"
 ARGS[n]="-mode ramp -rate 25 -ramp-counts $RAMP_COUNTS -ramp-p99 100ms"
-# Points that also run the floor, and its arguments (the same load, no acks: see floor.go).
+# Points that also run the floor, and its arguments: the same load, with acks read (and
+# dropped) by the forwarder where the broker gets manual acks, none where it runs autoack.
 declare -A FLOOR_ARGS
-FLOOR_ARGS[l]="-mode floor -producers 400 -rate 25"
-FLOOR_ARGS[m]="-mode floor -producers 1 -rate 5000 -size 1024"
+FLOOR_ARGS[l]="-mode floor -producers 400 -rate 25 -autoack=false -prefetch 10"
+FLOOR_ARGS[m]="-mode floor -producers 1 -rate 5000 -size 1024 -autoack"
 
 # point -> "label~jq expression[~result file prefix]" metrics, separated by ';'
 declare -A METRICS
@@ -397,7 +398,7 @@ for p in $POINTS; do
 done
 if [[ -n $floor_points ]]; then
 	echo
-	echo "Against the floor (a bare forwarder, no acks; same load, same host, interleaved with the brokers):"
+	echo "Against the floor (a bare forwarder; acks read and dropped for l, none for m; same load, same host, interleaved with the brokers):"
 	echo
 	echo "| point | metric | Warren | RabbitMQ | floor | W/floor | R/floor |"
 	echo "|---|---|---:|---:|---:|---:|---:|"

@@ -21,7 +21,12 @@ import (
 // read(2) and one write(2) per message when messages come one at a time (a buffered reader,
 // and a buffered writer flushed whenever the reader has nothing more buffered, so messages that
 // arrive together leave together, as they would from a broker's writer). No routing, no
-// queue, no acks, no AMQP framing. -mode floor runs the many-clients load through it and
+// queue, no AMQP framing. Acks: with -autoack=false (the default in floor mode, as in many
+// mode) each consumer sends an 8-byte ack per message back over its socket, batched as the
+// bench's AMQP consumers batch theirs (written when its input runs dry or half of -prefetch
+// waits), and the forwarder reads and drops them on a second goroutine per pair: the read(2)
+// and goroutine wake-up an ack costs a broker, and nothing else. With -autoack there are none:
+// the bare forwarder of issue 22. -mode floor runs the many-clients load through it and
 // measures its CPU exactly as a broker's, so broker and floor are compared on the same host
 // in the same run.
 //
@@ -106,6 +111,9 @@ func acceptForward(ln net.Listener) {
 func forward(p, c net.Conn) {
 	defer p.Close()
 	defer c.Close()
+	// Acks from the consumer, if it sends any: read and dropped (see above). This goroutine
+	// ends when c is closed.
+	go func() { _, _ = io.CopyBuffer(io.Discard, c, make([]byte, 4<<10)) }()
 	br := bufio.NewReaderSize(p, 64<<10)
 	bw := bufio.NewWriterSize(c, 64<<10)
 	var hdr [4]byte
@@ -192,7 +200,7 @@ func dialFloor(addr string, role byte, id int) (*floorClient, error) {
 // -size bytes, and measures rates, end-to-end latency and the forwarder's CPU and RSS.
 func runFloor(cfg *Config, res *Result, live io.Writer) error {
 	res.Client = "raw"
-	res.Consumers, res.Queues, res.AutoAck, res.Prefetch, res.MultiAck = cfg.Producers, 0, true, 0, 0
+	res.Consumers, res.Queues, res.MultiAck = cfg.Producers, 0, 0
 	addr, pid := cfg.FloorAddr, cfg.BrokerPID
 	if addr == "" {
 		a, cmd, stdin, err := startForwarder()
@@ -261,7 +269,19 @@ func runFloor(cfg *Config, res *Result, live io.Writer) error {
 			br := bufio.NewReaderSize(c.conn, 64<<10)
 			var hdr [4]byte
 			body := make([]byte, cfg.Size)
+			var acks []byte // unwritten acks: one 8-byte stamp per message
+			flushAt := 1 << 30
+			if cfg.Prefetch > 0 {
+				flushAt = max(1, cfg.Prefetch/2)
+			}
 			for {
+				if len(acks) > 0 && (br.Buffered() == 0 || len(acks)/8 >= flushAt) {
+					if _, err := c.conn.Write(acks); err != nil {
+						failOnce(fmt.Errorf("bench: floor consumer %d ack: %w", c.id, err))
+						return
+					}
+					acks = acks[:0]
+				}
 				if _, err := io.ReadFull(br, hdr[:]); err != nil {
 					failOnce(fmt.Errorf("bench: floor consumer %d: %w", c.id, err))
 					return
@@ -274,10 +294,14 @@ func runFloor(cfg *Config, res *Result, live io.Writer) error {
 					failOnce(fmt.Errorf("bench: floor consumer %d: %w", c.id, err))
 					return
 				}
-				if ts, ok := readStamp(body[:n]); ok {
+				ts, ok := readStamp(body[:n])
+				if ok {
 					c.lat.Record(nowNanos() - ts)
 				}
 				c.n.Add(1)
+				if !cfg.AutoAck {
+					acks = binary.BigEndian.AppendUint64(acks, uint64(ts))
+				}
 			}
 		}()
 	}
@@ -348,8 +372,8 @@ loop:
 		}
 	}
 	elapsed := time.Since(start).Seconds()
-	sent, recv, lat := sum()
-	cpu.stop(res, recv)
+	_, recvAtEnd, _ := sum()
+	cpu.stop(res, recvAtEnd)
 	res.RSS = meas.rss()
 	stop.Store(true)
 	close(stopCh)
@@ -357,6 +381,9 @@ loop:
 		c.conn.Close()
 	}
 	waitTimeout(&wg, 5*time.Second)
+	// Counted once the workers are gone, so sent, received and the latency count agree (a
+	// running consumer can count a message before its producer has counted it sent).
+	sent, recv, lat := sum()
 	res.Seconds = elapsed
 	res.Published, res.Received = sent, recv
 	res.PublishRate, res.ConsumeRate = rate(sent, elapsed), rate(recv, elapsed)

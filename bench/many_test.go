@@ -96,15 +96,19 @@ func TestManyAndRamp(t *testing.T) {
 // TestFloorChildProcess runs the floor mode as in real use: the forwarder is a child process
 // (this test binary, see TestMain) whose CPU and RSS are measured.
 func TestFloorChildProcess(t *testing.T) {
-	r := runJSON(t, "-mode", "floor", "-producers", "3", "-rate", "200", "-duration", "1s")
-	if r.Client != "raw" || r.Producers != 3 || r.Consumers != 3 {
-		t.Errorf("floor shape: %+v", r)
-	}
-	if r.Received < 400 || r.Received > r.Published || r.Latency == nil || r.Latency.Count != uint64(r.Received) {
-		t.Errorf("floor: published %d received %d latency %+v", r.Published, r.Received, r.Latency)
-	}
-	if r.RSS <= 0 || r.BrokerCPUSeconds < 0 {
-		t.Errorf("forwarder not measured: rss %d cpu %.3f", r.RSS, r.BrokerCPUSeconds)
+	for _, acks := range []string{"-autoack=false", "-autoack"} {
+		t.Run(acks, func(t *testing.T) {
+			r := runJSON(t, "-mode", "floor", "-producers", "3", "-rate", "200", "-duration", "1s", acks)
+			if r.Client != "raw" || r.Producers != 3 || r.Consumers != 3 || r.AutoAck != (acks == "-autoack") {
+				t.Errorf("floor shape: %+v", r)
+			}
+			if r.Received < 400 || r.Received > r.Published || r.Latency == nil || r.Latency.Count != uint64(r.Received) {
+				t.Errorf("floor: published %d received %d latency %+v", r.Published, r.Received, r.Latency)
+			}
+			if r.RSS <= 0 || r.BrokerCPUSeconds < 0 {
+				t.Errorf("forwarder not measured: rss %d cpu %.3f", r.RSS, r.BrokerCPUSeconds)
+			}
+		})
 	}
 }
 
