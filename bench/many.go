@@ -7,7 +7,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 )
 
@@ -45,16 +44,6 @@ func parseCounts(s string) ([]int, error) {
 		out = append(out, n)
 	}
 	return out, nil
-}
-
-// raiseFileLimit lifts the soft open-files limit to the hard one: a many-clients run holds two
-// sockets per producer/consumer pair, and shells often start with a soft limit of 1024.
-func raiseFileLimit() {
-	var l syscall.Rlimit
-	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l) == nil && l.Cur < l.Max {
-		l.Cur = l.Max
-		_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &l)
-	}
 }
 
 // clockTick is USER_HZ, the unit of utime and stime in /proc/PID/stat. It is 100 on every
