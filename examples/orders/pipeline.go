@@ -608,9 +608,13 @@ func (p *pipeline) storefront(ctx context.Context) error {
 			return fmt.Errorf("storefront: encode: %w", err)
 		}
 		p.outstanding.Add(p.copies(exchangeOrders, keyOrderPlaced))
+		var prio uint8
+		if o.Express {
+			prio = expressPriority
+		}
 		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, exchangeOrders, keyOrderPlaced, false, false, amqp.Publishing{
 			ContentType: "application/json", DeliveryMode: amqp.Persistent, Type: keyOrderPlaced,
-			MessageId: o.ID, Timestamp: time.Now(), Body: body,
+			MessageId: o.ID, Timestamp: time.Now(), Priority: prio, Body: body,
 		})
 		if err != nil {
 			if ctx.Err() != nil {

@@ -29,7 +29,8 @@ func topology(cfg Config) []queueDef {
 		payment["x-redelivery-backoff"] = cfg.RetryBackoff
 	}
 	return []queueDef{
-		{name: queueProcessing, exchange: exchangeOrders, keys: []string{keyOrderPlaced}},
+		// A priority queue: express orders (priority 9) overtake the standard ones waiting.
+		{name: queueProcessing, exchange: exchangeOrders, keys: []string{keyOrderPlaced}, args: amqp.Table{"x-max-priority": int32(expressPriority)}},
 		{name: queuePayment, exchange: exchangeOrders, keys: []string{keyPaymentRequested}, args: payment},
 		{name: queueInventory, exchange: exchangeOrders, keys: []string{keyPaymentProcessed, keyOrderCancelled}},
 		{name: queueCatalog, exchange: exchangeOrders, keys: []string{keyInventoryUpdated}},
