@@ -80,6 +80,9 @@ func TestPipelineReconciles(t *testing.T) {
 				t.Errorf("delivered/refunded/dead = %d/%d/%d, want %d/%d/%d",
 					rep.Delivered, rep.Refunded, rep.DeadLettered, tt.wantDelivered, tt.wantRefunded, tt.wantDead)
 			}
+			if rep.Priced != cfg.Orders {
+				t.Errorf("%d orders priced over direct reply-to, want %d", rep.Priced, cfg.Orders)
+			}
 			if rep.PaymentDeclines != tt.wantDeclines {
 				t.Errorf("payment declines = %d, want %d", rep.PaymentDeclines, tt.wantDeclines)
 			}

@@ -74,6 +74,13 @@ func declare(conn *amqp.Connection, cfg Config) error {
 			}
 		}
 	}
+	// The pricing service's request queue (default exchange; replies over direct reply-to).
+	if _, err := ch.QueueDelete(queuePricing, false, false, false); err != nil {
+		return fmt.Errorf("delete queue %s: %w", queuePricing, err)
+	}
+	if _, err := ch.QueueDeclare(queuePricing, false, false, false, false, nil); err != nil {
+		return fmt.Errorf("declare queue %s: %w", queuePricing, err)
+	}
 	return nil
 }
 
