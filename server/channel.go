@@ -923,7 +923,10 @@ var replyToBytes = []byte(broker.ReplyToQueue)
 // stampReplyTo replaces a reply_to of amq.rabbitmq.reply-to with the channel's reply name; a
 // channel without a reply consumer gets RabbitMQ's 406.
 func (ch *channel) stampReplyTo(header []byte) ([]byte, *amqp.Error) {
-	if !bytes.Contains(header, replyToBytes) {
+	// The property flags follow class id, weight and body size (2+2+8 bytes): most publishes
+	// have no reply_to, and skip the search.
+	if len(header) < 14 || binary.BigEndian.Uint16(header[12:14])&amqp.FlagReplyTo == 0 ||
+		!bytes.Contains(header, replyToBytes) {
 		return header, nil
 	}
 	h, err := amqp.DecodeContentHeader(header)

@@ -115,3 +115,23 @@ func TestConsumerTimeoutAckedAndOff(t *testing.T) {
 	case <-time.After(600 * time.Millisecond):
 	}
 }
+
+// consumer_timeout is applied by a reload, without a restart.
+func TestConsumerTimeoutReload(t *testing.T) {
+	s := startTestServer(t, func(c *Config) { c.ConsumerTimeout = 0 })
+	_, _, d, closes := consumerTimeoutSetup(t, s, "reload", nil, 1)
+	<-d
+	cfg := s.cfg
+	cfg.ConsumerTimeout = 200 * time.Millisecond
+	if err := s.Reload(cfg); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case e := <-closes:
+		if e == nil || e.Code != 406 {
+			t.Fatalf("closed with %v, want 406", e)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a reloaded consumer_timeout did not apply")
+	}
+}
