@@ -18,7 +18,8 @@ const (
 	DefaultMaxSegmentBytes = 500_000_000
 	// DefaultMaxChunkBytes bounds the data of one chunk (a batch larger than this is split):
 	// it is the unit a reader holds in memory and the stream protocol sends in one frame.
-	DefaultMaxChunkBytes = 1 << 20
+	// A whole chunk of this size fits a reader's read window, so reading allocates nothing.
+	DefaultMaxChunkBytes = windowSize - ChunkHeaderSize - trailerSize
 )
 
 var (
