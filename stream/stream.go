@@ -235,6 +235,52 @@ func (s *Stream) Append(rec []byte, done func(offset uint64, err error)) {
 	}
 }
 
+// AppendBatch queues recs to be written together, as one chunk when they fit in one
+// (MaxChunkBytes, 65535 records), with consecutive offsets; done gets the first offset once
+// all are synced. recs must not be modified until done is called.
+func (s *Stream) AppendBatch(recs [][]byte, done func(first uint64, err error)) {
+	if len(recs) == 0 {
+		done(0, nil)
+		return
+	}
+	for _, rec := range recs {
+		if len(rec) > MaxRecordSize {
+			done(0, fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, len(rec), MaxRecordSize))
+			return
+		}
+	}
+	n := uint64(len(recs))
+	last := func(off uint64, err error) {
+		if err != nil {
+			done(0, err)
+		} else {
+			done(off-(n-1), nil)
+		}
+	}
+	s.qmu.Lock()
+	if err := s.qerr; err != nil {
+		s.qmu.Unlock()
+		done(0, err)
+		return
+	}
+	// Under one lock hold, so the writer takes them in one batch.
+	for i, rec := range recs {
+		p := pending{data: rec}
+		if i == len(recs)-1 {
+			p.done = last
+		}
+		s.queue = append(s.queue, p)
+	}
+	first := len(s.queue) == len(recs)
+	s.qmu.Unlock()
+	if first {
+		select {
+		case s.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
 // AppendSync appends rec and waits until it is on disk.
 func (s *Stream) AppendSync(rec []byte) (uint64, error) {
 	type result struct {
@@ -277,7 +323,9 @@ func (s *Stream) writer() {
 			}
 			off := s.wnext - uint64(len(batch))
 			for i, p := range batch {
-				if err != nil {
+				if p.done == nil {
+					// Inside an AppendBatch: its last record reports.
+				} else if err != nil {
 					p.done(0, err)
 				} else {
 					p.done(off+uint64(i), nil)

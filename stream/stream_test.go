@@ -100,6 +100,25 @@ func appendBatch(t testing.TB, s *Stream, from uint64, n int, size int) {
 	}
 }
 
+// appendChunkT appends n records as one batch (so one chunk) and waits.
+func appendChunkT(t testing.TB, s *Stream, from uint64, n int, size int) {
+	t.Helper()
+	recs := make([][]byte, n)
+	for i := range recs {
+		recs[i] = payload(from+uint64(i), size)
+	}
+	ch := make(chan error, 1)
+	s.AppendBatch(recs, func(first uint64, err error) {
+		if err == nil && first != from {
+			err = fmt.Errorf("batch from %d got offset %d", from, first)
+		}
+		ch <- err
+	})
+	if err := <-ch; err != nil {
+		t.Fatal(err)
+	}
+}
+
 // readAll reads from r until it has caught up and checks records are consecutive payloads.
 func readAll(t testing.TB, r *Reader) (first, next uint64, n int) {
 	t.Helper()
@@ -186,7 +205,7 @@ func TestReaderSpecs(t *testing.T) {
 	// 40 chunks of 10 records of 64 B, one second apart, over several 4 KiB segments.
 	t0 := clk.Now()
 	for c := 0; c < 40; c++ {
-		appendBatch(t, s, uint64(c*10), 10, 64)
+		appendChunkT(t, s, uint64(c*10), 10, 64)
 		clk.Advance(time.Second)
 	}
 	if s.Info().Segments < 5 {
@@ -362,14 +381,17 @@ func TestTornTail(t *testing.T) {
 			dir := t.TempDir()
 			s := openT(t, dir, Options{NoSync: true})
 			for c := 0; c < 10; c++ {
-				appendBatch(t, s, uint64(c*10), 10, 32)
+				appendChunkT(t, s, uint64(c*10), 10, 32)
 			}
 			s.mu.Lock()
 			seg := s.act
-			last := seg.lastPos
+			last, lastChunk := seg.lastPos, seg.lastChunk
 			s.mu.Unlock()
 			s.Close()
 			tc.damage(t, seg.path, last)
+			if lastChunk != 90 {
+				t.Fatalf("last chunk starts at %d, want 90", lastChunk)
+			}
 			s = openT(t, dir, Options{NoSync: true})
 			defer s.Close()
 			if got := s.Info().Next; got != tc.keep {
