@@ -19,6 +19,7 @@ type queueSpec struct {
 	dlrk    *string
 	expires time.Duration
 	quorum  bool
+	stream  bool
 }
 
 // argError builds RabbitMQ's text for a bad queue argument; the queue and vhost names are filled
@@ -231,6 +232,8 @@ func parseQueueArgs(args amqp.Table) (queueSpec, *amqp.Error) {
 		case "classic":
 		case "quorum":
 			spec.quorum = true
+		case "stream":
+			spec.stream = true
 		default:
 			return spec, argError("x-queue-type", "unsupported_queue_type", s)
 		}

@@ -65,6 +65,9 @@ func (v *VHost) Cancel(qs *Queue, c Consumer, exclusive bool) {
 // qs.Q() itself (channel shutdown removes every consumer first, then requeues, then releases):
 // an auto-delete queue whose last consumer went is deleted.
 func (v *VHost) ConsumerRemoved(qs *Queue, exclusive bool) {
+	if qs.sq != nil {
+		qs.streamConsumerGone()
+	}
 	v.mu.Lock()
 	qs.consumers--
 	if exclusive {
@@ -93,6 +96,9 @@ func (v *VHost) Get(a Actor, name string, noAck bool) (qs *Queue, e *queue.Entry
 	if err != nil {
 		return nil, nil, 0, false, err
 	}
+	if qs.sq != nil {
+		return nil, nil, 0, false, amqp.Errorf(amqp.NotImplemented, "basic.get not supported by stream queues %s", qs.rs())
+	}
 	v.touch(qs)
 	e, remaining, ok = qs.q.Get(noAck)
 	return qs, e, remaining, ok, nil
@@ -119,6 +125,9 @@ func (qs *Queue) Delivered(e *queue.Entry, deliveries uint32, noAck bool) {
 // DeliveryHeader is the content header to send: the publisher's bytes verbatim, except that
 // quorum-style queues add x-delivery-count to redeliveries, as RabbitMQ does.
 func (qs *Queue) DeliveryHeader(e *queue.Entry) []byte {
+	if qs.sq != nil {
+		return streamHeader(e)
+	}
 	if e.Returns == 0 || (!qs.spec.quorum && qs.q.Options().DeliveryLimit < 0) {
 		return e.Msg.Header
 	}
@@ -149,6 +158,10 @@ const (
 // dead-lettering) and the durable copies of acked entries are removed - added to batch when it
 // is not nil (a transaction, whose caller submits it), else submitted now.
 func (qs *Queue) Settle(kind Settlement, es []*queue.Entry, batch *persistence.Batch) {
+	if qs.sq != nil {
+		qs.kickStream() // a stream's acks only return credit
+		return
+	}
 	switch kind {
 	case Ack:
 		qs.q.Ack(len(es))
