@@ -228,15 +228,21 @@ func (qs *Queue) Kick() {
 }
 
 // streamOffset parses a consumer's x-stream-offset as RabbitMQ does: first, last, next (the
-// default), a numeric offset, an AMQP timestamp (seconds) or an interval string ("1h", as
-// x-max-age) meaning that long ago.
-func streamOffset(args amqp.Table, now time.Time) (stream.Spec, *amqp.Error) {
+// default), a numeric offset (a negative one is the first), an AMQP timestamp (seconds) or an
+// interval string ("1h", as x-max-age) meaning that long ago. A bad value is RabbitMQ's 406
+// (RabbitMQ 3.10 answers some of them, such as "sometime" or a double, with 541 by crashing).
+func streamOffset(qs *Queue, args amqp.Table, now time.Time) (stream.Spec, *amqp.Error) {
 	v, ok := args["x-stream-offset"]
 	if !ok {
 		return stream.Next(), nil
 	}
 	bad := func() (stream.Spec, *amqp.Error) {
-		return stream.Spec{}, amqp.Errorf(amqp.PreconditionFailed, "Invalid x-stream-offset: %v", v)
+		val := fmt.Sprint(v)
+		if s, isStr := v.(string); isStr {
+			val = fmt.Sprintf("<<\"%s\">>", s)
+		}
+		return stream.Spec{}, amqp.Errorf(amqp.PreconditionFailed,
+			"invalid arg 'x-stream-offset' for %s: {invalid_stream_offset_arg,{%s,%s}}", qs.rs(), typeName(v), val)
 	}
 	switch x := v.(type) {
 	case string:
@@ -257,10 +263,10 @@ func streamOffset(args amqp.Table, now time.Time) (stream.Spec, *amqp.Error) {
 		return stream.AtTime(x), nil
 	}
 	n, isInt := intArg(v)
-	if !isInt || n < 0 {
+	if !isInt {
 		return bad()
 	}
-	return stream.AtOffset(uint64(n)), nil
+	return stream.AtOffset(uint64(max(n, 0))), nil
 }
 
 // ConsumeStream registers c on the stream queue name: RabbitMQ's checks (a prefetch is
@@ -288,7 +294,7 @@ func (v *VHost) ConsumeStream(a Actor, name string, c StreamSink, m StreamConsum
 		v.mu.Unlock()
 		return nil, amqp.Errorf(amqp.NotImplemented, "automatic acknowledgement not supported by stream queues %s", qs.rs())
 	}
-	spec, aerr := streamOffset(m.Args, time.Now())
+	spec, aerr := streamOffset(qs, m.Args, time.Now())
 	if aerr != nil {
 		v.mu.Unlock()
 		return nil, aerr
