@@ -41,6 +41,7 @@ func (p *Publisher) Flow(targets []*Queue) {
 	if b.store != nil {
 		b.store.AwaitRoom(journalRoom)
 	}
+	awaitStreams(targets)
 	p.count++
 	if p.count%flowCheckEvery != 0 {
 		return

@@ -260,6 +260,10 @@ func (t *Txn) Commit(unroutable func(*queue.Message)) error {
 		v.push(p, true)
 	}
 	for _, x := range settles {
+		if x.qs.sq != nil {
+			x.qs.kickStream() // a stream's acks only return credit
+			continue
+		}
 		switch x.kind {
 		case Ack:
 			x.qs.q.Ack(len(x.es))

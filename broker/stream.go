@@ -564,3 +564,14 @@ func (b *Broker) closeStreams() {
 		}
 	}
 }
+
+// awaitStreams holds a publisher while a stream queue it published to has more than
+// journalRoom bytes waiting for its writer, as the store's journal does: without confirms a
+// publisher could otherwise grow that queue in memory without bound.
+func awaitStreams(targets []*Queue) {
+	for _, qs := range targets {
+		if qs.sq != nil {
+			qs.sq.log.AwaitRoom(journalRoom)
+		}
+	}
+}

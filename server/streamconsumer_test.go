@@ -300,3 +300,78 @@ func TestStreamQueueThroughput(t *testing.T) {
 	t.Logf("%d msgs: publish with confirms %.0f msgs/s; 3 consumers from first %.0f msgs/s each",
 		n, float64(n)/pub.Seconds(), float64(n)/read.Seconds())
 }
+
+// Publishes in a transaction reach the stream at commit; acks in a transaction return credit at
+// commit; nacks return credit without redelivery (a stream is not a queue).
+func TestStreamQueueTxAndNack(t *testing.T) {
+	s := startTestServer(t, nil)
+	c, ch := dialStreamT(t, s)
+	if _, err := ch.QueueDeclare("txs", true, false, false, false, streamArgs); err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.Tx(); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 4; i++ {
+		if err := ch.Publish("", "txs", false, false, amqp091.Publishing{Body: []byte(fmt.Sprintf("m%d", i))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := ch.TxCommit(); err != nil {
+		t.Fatal(err)
+	}
+	cch, err := c.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cch.Qos(1, 0, false); err != nil { // one at a time: each next delivery needs credit back
+		t.Fatal(err)
+	}
+	if err := cch.Tx(); err != nil {
+		t.Fatal(err)
+	}
+	ds, err := cch.Consume("txs", "", false, false, false, false, amqp091.Table{"x-stream-offset": "first"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := func(want string) amqp091.Delivery {
+		t.Helper()
+		select {
+		case d := <-ds:
+			if string(d.Body) != want || d.Redelivered {
+				t.Fatalf("got %q (redelivered %v), want %s", d.Body, d.Redelivered, want)
+			}
+			return d
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s not delivered", want)
+		}
+		return amqp091.Delivery{}
+	}
+	d := next("m0")
+	if err := d.Ack(false); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case d := <-ds:
+		t.Fatalf("delivery %q before the ack was committed", d.Body)
+	case <-time.After(200 * time.Millisecond):
+	}
+	if err := cch.TxCommit(); err != nil {
+		t.Fatal(err)
+	}
+	d = next("m1")
+	if err := d.Nack(false, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := cch.TxCommit(); err != nil {
+		t.Fatal(err)
+	}
+	d = next("m2") // not m1 again
+	if err := d.Reject(false); err != nil {
+		t.Fatal(err)
+	}
+	if err := cch.TxCommit(); err != nil {
+		t.Fatal(err)
+	}
+	next("m3")
+}

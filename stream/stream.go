@@ -68,7 +68,9 @@ type Stream struct {
 	qmu    sync.Mutex
 	queue  []pending
 	spare  []pending
-	qerr   error // set once: the stream is closed or failed, later appends get it
+	qbytes int64      // bytes of the records in queue
+	room   *sync.Cond // on qmu: broadcast when the writer takes the queue
+	qerr   error      // set once: the stream is closed or failed, later appends get it
 	wake   chan struct{}
 	doneCh chan struct{} // closed when the writer goroutine has exited
 
@@ -123,6 +125,7 @@ func Open(dir string, opts Options) (*Stream, error) {
 		wake: make(chan struct{}, 1), doneCh: make(chan struct{}),
 		notify: make(chan struct{}), closed: make(chan struct{}),
 	}
+	s.room = sync.NewCond(&s.qmu)
 	for i, seg := range segs {
 		last := i == len(segs)-1
 		if !last && seg.loadFromIndex() {
@@ -225,6 +228,7 @@ func (s *Stream) Append(rec []byte, done func(offset uint64, err error)) {
 		return
 	}
 	s.queue = append(s.queue, pending{data: rec, done: done})
+	s.qbytes += int64(len(rec))
 	first := len(s.queue) == 1
 	s.qmu.Unlock()
 	if first {
@@ -270,6 +274,7 @@ func (s *Stream) AppendBatch(recs [][]byte, done func(first uint64, err error)) 
 			p.done = last
 		}
 		s.queue = append(s.queue, p)
+		s.qbytes += int64(len(rec))
 	}
 	first := len(s.queue) == len(recs)
 	s.qmu.Unlock()
@@ -279,6 +284,16 @@ func (s *Stream) AppendBatch(recs [][]byte, done func(first uint64, err error)) 
 		default:
 		}
 	}
+}
+
+// AwaitRoom blocks while more than max bytes of records wait for the writer (they are in
+// memory): a publisher that does not wait for confirms calls it to be held to the disk's pace.
+func (s *Stream) AwaitRoom(max int64) {
+	s.qmu.Lock()
+	for s.qbytes > max && s.qerr == nil {
+		s.room.Wait()
+	}
+	s.qmu.Unlock()
 }
 
 // AppendSync appends rec and waits until it is on disk.
@@ -313,6 +328,8 @@ func (s *Stream) writer() {
 			}
 			// Double buffering: appends go to the spare slice while this batch is written.
 			s.queue, s.spare = s.spare[:0], nil
+			s.qbytes = 0
+			s.room.Broadcast()
 			s.qmu.Unlock()
 			err := failed
 			if err == nil {
@@ -347,6 +364,7 @@ func (s *Stream) fail(err error) {
 	if s.qerr == nil {
 		s.qerr = err
 	}
+	s.room.Broadcast()
 	s.qmu.Unlock()
 	s.mu.Lock()
 	s.failed = err
@@ -550,6 +568,7 @@ func (s *Stream) Close() error {
 	if s.qerr == nil {
 		s.qerr = ErrClosed
 	}
+	s.room.Broadcast()
 	s.qmu.Unlock()
 	select {
 	case s.wake <- struct{}{}:

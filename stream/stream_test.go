@@ -657,3 +657,27 @@ func flip(t *testing.T, p string, at int64) {
 		t.Fatal(err)
 	}
 }
+
+// AwaitRoom holds a publisher while the queued bytes exceed the bound, and lets it go once
+// the writer has taken them.
+func TestAwaitRoom(t *testing.T) {
+	t.Parallel()
+	s := openT(t, t.TempDir(), Options{})
+	defer s.Close()
+	var wg sync.WaitGroup
+	rec := make([]byte, 1024)
+	for i := 0; i < 2000; i++ {
+		wg.Add(1)
+		s.Append(rec, func(uint64, error) { wg.Done() })
+		s.AwaitRoom(64 << 10)
+		s.qmu.Lock()
+		queued := s.qbytes
+		s.qmu.Unlock()
+		if queued > 64<<10 {
+			t.Fatalf("AwaitRoom returned with %d bytes queued", queued)
+		}
+	}
+	wg.Wait()
+	s.Close()
+	s.AwaitRoom(0) // a closed stream holds nobody
+}
