@@ -23,12 +23,20 @@ const envPrefix = config.EnvPrefix
 const realExport = "config/testdata/rabbitmq-3.10.8-definitions.json"
 
 // envMap turns a map into a lookupEnv function.
+// The HTTP listeners are off unless m sets them: their default ports (RabbitMQ's 15672 and
+// 15692) may be taken, by RabbitMQ itself or by another test.
 func envMap(m map[string]string) func(string) (string, bool) {
 	return func(k string) (string, bool) {
 		v, ok := m[k]
+		if !ok && (k == envPrefix+"MANAGEMENT_LISTEN" || k == envPrefix+"PROMETHEUS_LISTEN") {
+			return "", true
+		}
 		return v, ok
 	}
 }
+
+// httpOff are the environment variables that turn the HTTP listeners off in a child broker.
+var httpOff = []string{envPrefix + "MANAGEMENT_LISTEN=", envPrefix + "PROMETHEUS_LISTEN="}
 
 // writeConfig writes a YAML file into a temp dir and returns its path.
 func writeConfig(t *testing.T, body string) string {

@@ -109,6 +109,7 @@ func spawnBroker(t *testing.T, dataDir string) *childBroker {
 		asMainEnv + "=1", "GORACE=" + strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"),
 		envPrefix + "QUEUE_MAX_RAM_MESSAGES=" + strconv.Itoa(childWindow),
 	}
+	env = append(env, httpOff...)
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, envPrefix) && !strings.HasPrefix(kv, "GORACE=") {
 			env = append(env, kv)

@@ -5,6 +5,7 @@
 //	warren passwd [PASSWORD]                                print a password hash
 //	warren definitions import [-o FILE] DEFINITIONS.json    RabbitMQ definitions to config YAML
 //	warren definitions export [-config FILE] [-o FILE]      the configuration as RabbitMQ definitions
+//	warren ctl COMMAND [flags]                              rabbitmqctl-style CLI over the management API
 //
 // Configuration loading lives in package config; this file only wires the pieces together.
 package main
@@ -25,6 +26,8 @@ import (
 
 	"warren/bench"
 	"warren/config"
+	"warren/ctl"
+	"warren/node"
 	"warren/server"
 )
 
@@ -37,6 +40,8 @@ func main() {
 			os.Exit(runPasswdCommand(os.Args[2:], os.Stdin, os.Stdout, os.Stderr))
 		case "definitions":
 			os.Exit(runDefinitionsCommand(os.Args[2:], os.LookupEnv, os.Stdout, os.Stderr))
+		case "ctl":
+			os.Exit(ctl.Run(os.Args[2:], os.Stdout, os.Stderr))
 		}
 	}
 	signals := make(chan os.Signal, 2)
@@ -71,6 +76,19 @@ func run(args []string, lookupEnv func(string) (string, bool), stderr io.Writer,
 		_ = srv.Close() // releases the store that New opened
 		return 1
 	}
+	var configFiles []string
+	if cfg.ConfigFile != "" {
+		configFiles = []string{cfg.ConfigFile}
+	}
+	web, err := node.ServeHTTP(srv, node.HTTPOptions{ManagementListen: cfg.ManagementListen, CertFile: cfg.ManagementCertFile,
+		KeyFile: cfg.ManagementKeyFile, PrometheusListen: cfg.PrometheusListen, Logger: logger, DataDir: cfg.Server.DataDir,
+		ConfigFiles: configFiles})
+	if err != nil {
+		fmt.Fprintln(stderr, "warren:", err)
+		_ = srv.Close()
+		return 1
+	}
+	defer web.Close()
 	if cfg.PprofListen != "" {
 		stop, err := servePprof(cfg.PprofListen, logger)
 		if err != nil {

@@ -102,7 +102,7 @@ func startWarrenProcess(t *testing.T, dir string, args ...string) (*exec.Cmd, io
 	t.Helper()
 	cmd := exec.Command(os.Args[0], args...)
 	cmd.Dir = dir
-	env := []string{asMainEnv + "=1"}
+	env := append([]string{asMainEnv + "=1"}, httpOff...)
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, envPrefix) {
 			env = append(env, kv)

@@ -90,8 +90,7 @@ func TestRunReload(t *testing.T) {
 	lookupEnv := func(k string) (string, bool) {
 		envMu.Lock()
 		defer envMu.Unlock()
-		v, ok := env[k]
-		return v, ok
+		return envMap(env)(k)
 	}
 	go func() {
 		code <- run([]string{"-config", path}, lookupEnv, pw, signals)

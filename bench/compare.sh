@@ -89,7 +89,7 @@ start_warren() {
 	# Run from the data dir so no config.yaml is picked up: defaults plus these flags.
 	local log
 	log=$OUT/warren-$(basename "$WARREN_DATA").log
-	(cd "$WARREN_DATA" && exec "$OUT/warren" -listen 127.0.0.1:0 -data-dir "$WARREN_DATA/data") 2>"$log" &
+	(cd "$WARREN_DATA" && WARREN_MANAGEMENT_LISTEN= WARREN_PROMETHEUS_LISTEN= exec "$OUT/warren" -listen 127.0.0.1:0 -data-dir "$WARREN_DATA/data") 2>"$log" &
 	WARREN_PID=$!
 	WARREN_STARTED=1
 	local addr=""

@@ -54,6 +54,26 @@ type Broker struct {
 	maxRAMMessages int
 	// flowHigh is the ready backlog over which a queue being drained holds its publishers.
 	flowHigh int
+	stats    brokerStats
+}
+
+// brokerStats count events off the message path (churn) and flow-control pauses.
+type brokerStats struct {
+	queuesCreated, queuesDeleted, flowPauses atomic.Uint64
+}
+
+// Stats are the broker's event counters since start.
+type Stats struct {
+	QueuesCreated, QueuesDeleted uint64
+	// FlowPauses counts the times a publisher was held by flow control (journal room or a
+	// queue being drained).
+	FlowPauses uint64
+}
+
+// Stats returns the broker's event counters.
+func (b *Broker) Stats() Stats {
+	return Stats{QueuesCreated: b.stats.queuesCreated.Load(), QueuesDeleted: b.stats.queuesDeleted.Load(),
+		FlowPauses: b.stats.flowPauses.Load()}
 }
 
 // New opens the store (when opts.DataDir is set) and restores durable state.

@@ -101,13 +101,41 @@ func (v *VHost) Get(a Actor, name string, noAck bool) (qs *Queue, e *queue.Entry
 	}
 	v.touch(qs)
 	e, remaining, ok = qs.q.Get(noAck)
-	return qs, e, remaining, ok, nil
+	c := &qs.counters
+	switch {
+	case !ok:
+		c.getEmpty.n.Add(1)
+		return qs, nil, 0, false, nil
+	case noAck:
+		c.getNoAck.n.Add(1)
+	default:
+		c.get.n.Add(1)
+	}
+	if e.Deliveries > 1 {
+		c.redeliver.n.Add(1)
+	}
+	qs.journal(e, e.Deliveries-1, noAck) // Get already counted this delivery
+	return qs, e, remaining, true, nil
 }
 
-// Delivered records a delivery of a durable entry on disk (so that it comes back redelivered
-// after a restart) or, for a no-ack delivery, that it is gone. deliveries is the entry's count of
-// deliveries before this one. Front ends call it after handing the entry to their client.
+// Delivered records a delivery to a consumer: counted, and for a durable entry written to disk
+// (so that it comes back redelivered after a restart) or, for a no-ack delivery, removed from
+// it. deliveries is the entry's count of deliveries before this one. Front ends call it after
+// handing the entry to their client.
 func (qs *Queue) Delivered(e *queue.Entry, deliveries uint32, noAck bool) {
+	if noAck {
+		qs.counters.deliverNoAck.n.Add(1)
+	} else {
+		qs.counters.deliver.n.Add(1)
+	}
+	if deliveries > 0 {
+		qs.counters.redeliver.n.Add(1)
+	}
+	qs.journal(e, deliveries, noAck)
+}
+
+// journal writes a delivery of a durable entry (see Delivered).
+func (qs *Queue) journal(e *queue.Entry, deliveries uint32, noAck bool) {
 	if !e.Durable {
 		return
 	}
@@ -165,6 +193,7 @@ func (qs *Queue) Settle(kind Settlement, es []*queue.Entry, batch *persistence.B
 	switch kind {
 	case Ack:
 		qs.q.Ack(len(es))
+		qs.counters.ack.n.Add(uint64(len(es)))
 		qs.removeAcked(es, batch)
 	case Reject:
 		qs.q.Reject(es)

@@ -62,6 +62,11 @@
 //	                   takes channel.mu under it. The log's own locks (package stream) are
 //	                   leaves.
 //
+// The AMQP front end's own tables sit beside this chain, never around a call into the core:
+//
+//	Server.mu          the connection table and the limits' counts (package server)
+//	conn.chMu          one connection's channel table; under it, channel.mu (listings)
+//
 // What may run under which lock:
 //
 //   - Under VHost.mu: map and router changes, queue.Queue calls that do not deliver (Counts,

@@ -38,7 +38,8 @@ func flowHighFor(maxRAM int, paging bool) int {
 // to targets, and holds it as described above.
 func (p *Publisher) Flow(targets []*Queue) {
 	b := p.v.b
-	if b.store != nil {
+	if b.store != nil && b.store.Queued() > journalRoom {
+		b.stats.flowPauses.Add(1)
 		b.store.AwaitRoom(journalRoom)
 	}
 	awaitStreams(targets)
@@ -47,15 +48,17 @@ func (p *Publisher) Flow(targets []*Queue) {
 		return
 	}
 	for _, qs := range targets {
-		qs.awaitDrain(b.flowHigh, flowStep, flowMaxWait)
+		if qs.awaitDrain(b.flowHigh, flowStep, flowMaxWait) {
+			b.stats.flowPauses.Add(1)
+		}
 	}
 }
 
 // awaitDrain blocks while the queue is over high and being drained, checking every step, at
 // most maxWait, until it is at high/2.
-func (qs *Queue) awaitDrain(high int, step, maxWait time.Duration) {
+func (qs *Queue) awaitDrain(high int, step, maxWait time.Duration) (held bool) {
 	if st := qs.q.Counts(); st.Ready <= high || st.Consumers == 0 {
-		return
+		return false
 	}
 	for waited := time.Duration(0); waited < maxWait; waited += step {
 		before, _ := qs.q.Delivered()
@@ -63,10 +66,11 @@ func (qs *Queue) awaitDrain(high int, step, maxWait time.Duration) {
 		// Consumers waiting for a read-ahead are not stalled: the disk is what they wait for,
 		// and the publisher must not outrun it either.
 		if after, pagingIn := qs.q.Delivered(); after == before && !pagingIn {
-			return // the consumers stalled: waiting for them would only stall the publisher too
+			return true // the consumers stalled: waiting for them would only stall the publisher too
 		}
 		if qs.q.Counts().Ready <= high/2 {
-			return
+			return true
 		}
 	}
+	return true
 }

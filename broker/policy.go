@@ -41,6 +41,7 @@ func keyErr(key string, format string, a ...any) *KeyError {
 
 // Policy is a compiled PolicyDef. Numeric fields are -1 when the policy does not set them.
 type Policy struct {
+	def      map[string]any // as configured, for the management API
 	name     string
 	re       *regexp.Regexp
 	applyTo  string
@@ -70,7 +71,7 @@ var policyApplyTo = map[string]bool{"all": true, "queues": true, "exchanges": tr
 // keys that are accepted but ignored. Errors are *KeyError under key (the policy's own key).
 func CompilePolicy(key string, p PolicyDef) (*Policy, []string, error) {
 	cp := &Policy{
-		name: p.Name, applyTo: p.ApplyTo, priority: p.Priority,
+		name: p.Name, applyTo: p.ApplyTo, priority: p.Priority, def: p.Definition,
 		messageTTL: -1, expires: -1, maxLength: -1, maxLengthBytes: -1, deliveryLimit: -1,
 		redeliveryDelay: -1, redeliveryMaxDelay: -1,
 	}

@@ -157,6 +157,7 @@ func (v *VHost) push(p prepared, publisher bool) bool {
 		}
 		switch qs.q.Push(p.entries[i]) {
 		case queue.Enqueued:
+			qs.counters.publish.n.Add(1)
 			if publisher {
 				qs.q.AwaitLimits()
 			}
@@ -267,6 +268,7 @@ func (t *Txn) Commit(unroutable func(*queue.Message)) error {
 		switch x.kind {
 		case Ack:
 			x.qs.q.Ack(len(x.es))
+			x.qs.counters.ack.n.Add(uint64(len(x.es)))
 		case Reject:
 			x.qs.q.Reject(x.es)
 		default:

@@ -135,6 +135,7 @@ func (v *VHost) newQueue(a Actor, name string, m QueueSpec) (*Queue, chan error,
 	}
 	v.newQueueLocked(qs)
 	v.queues[name] = qs
+	v.b.stats.queuesCreated.Add(1)
 	v.touchLocked(qs)
 	return qs, synced, nil
 }
@@ -238,6 +239,7 @@ func (v *VHost) removeQueueLocked(qs *Queue) {
 	}
 	delete(v.queues, qs.name)
 	qs.deleted.Store(true)
+	v.b.stats.queuesDeleted.Add(1)
 	if qs.durable {
 		if v.deleting == nil {
 			v.deleting = make(map[string]chan struct{})

@@ -57,6 +57,8 @@ type Queue struct {
 	expires           time.Duration
 	policy            string // name of the policy applied, "" for none
 	expiryTimer       *time.Timer
+
+	counters QueueCounters
 }
 
 // Name is the queue's name.

@@ -37,6 +37,12 @@ type Settings struct {
 	ConfigFile string
 	// PprofListen is the address of the net/http/pprof endpoint; "" (the default) serves none.
 	PprofListen string
+	// ManagementListen is the management HTTP API's address (management.listen; "" is off),
+	// served over TLS with ManagementCertFile and ManagementKeyFile when both are set.
+	ManagementListen                      string
+	ManagementCertFile, ManagementKeyFile string
+	// PrometheusListen is the address of /metrics (prometheus.listen; "" is off).
+	PrometheusListen string
 	// LoadDefinitions is a RabbitMQ definitions file merged into the configuration at start-up
 	// and on every reload (RabbitMQ's load_definitions).
 	LoadDefinitions string
@@ -194,6 +200,10 @@ var keys = []key{
 		return nil
 	}},
 	addrKey("debug.pprof_listen", true, func(s *Settings) *string { return &s.PprofListen }),
+	addrKey("management.listen", true, func(s *Settings) *string { return &s.ManagementListen }),
+	{name: "management.tls.cert_file", set: func(s *Settings, raw any) (err error) { s.ManagementCertFile, err = toString(raw); return }},
+	{name: "management.tls.key_file", set: func(s *Settings, raw any) (err error) { s.ManagementKeyFile, err = toString(raw); return }},
+	addrKey("prometheus.listen", true, func(s *Settings) *string { return &s.PrometheusListen }),
 	{name: "log.format", set: func(s *Settings, raw any) error {
 		v, err := toString(raw)
 		if err != nil {
@@ -240,7 +250,8 @@ func envName(k string) string {
 
 // Default is what Warren runs with when nothing is configured.
 func Default() Settings {
-	return Settings{Server: server.DefaultConfig(), LogLevel: slog.LevelInfo, LogFormat: "text"}
+	return Settings{Server: server.DefaultConfig(), LogLevel: slog.LevelInfo, LogFormat: "text",
+		ManagementListen: "0.0.0.0:15672", PrometheusListen: "0.0.0.0:15692"}
 }
 
 // Load builds the settings from, in increasing precedence: built-in defaults, the YAML file

@@ -44,6 +44,7 @@ import (
 	"time"
 
 	"warren/amqp"
+	"warren/config"
 	"warren/server"
 )
 
@@ -106,6 +107,13 @@ type Options struct {
 	// Logger receives the broker's structured logs; nil discards them.
 	Logger *slog.Logger
 
+	// ConfigFile, when set, is a Warren config.yaml whose settings (users, vhosts, permissions,
+	// policies, limits, declared topology, ...) replace the built-in defaults; the fields above
+	// then apply on top of it. The listen address and the data directory always come from Addr
+	// and DataDir, so that an embedded broker never takes port 5672 or ./data by surprise.
+	// Environment variables are not read.
+	ConfigFile string
+
 	// Configure, when set, is called last with the complete server configuration, for settings
 	// that Options does not name (limits, heartbeat, memory alarm, TLS). Prefer the fields above:
 	// this configuration's shape follows the broker's internals.
@@ -126,7 +134,11 @@ type Broker struct {
 // state, declares the configured topology and opens the listener. When Start returns without an
 // error the broker accepts connections; there is nothing to poll.
 func Start(opts Options) (*Broker, error) {
-	srv, err := server.New(opts.serverConfig())
+	cfg, err := opts.serverConfig()
+	if err != nil {
+		return nil, fmt.Errorf("embedded: %w", err)
+	}
+	srv, err := server.New(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("embedded: starting broker: %w", err)
 	}
@@ -140,8 +152,15 @@ func Start(opts Options) (*Broker, error) {
 
 // serverConfig turns opts into the broker's configuration; server.New validates it, naming the
 // offending key (for example "queues[0].vhost").
-func (opts Options) serverConfig() server.Config {
+func (opts Options) serverConfig() (server.Config, error) {
 	cfg := server.DefaultConfig()
+	if opts.ConfigFile != "" {
+		settings, err := config.Load([]string{"-config", opts.ConfigFile}, func(string) (string, bool) { return "", false })
+		if err != nil {
+			return cfg, err
+		}
+		cfg = settings.Server
+	}
 	cfg.Listen = opts.Addr
 	if cfg.Listen == "" {
 		cfg.Listen = DefaultAddr
@@ -181,7 +200,7 @@ func (opts Options) serverConfig() server.Config {
 	if opts.Configure != nil {
 		opts.Configure(&cfg)
 	}
-	return cfg
+	return cfg, nil
 }
 
 // orRoot is vhost, or "/" when it is empty.

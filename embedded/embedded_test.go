@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
@@ -460,4 +462,40 @@ func idleMemory(b *testing.B, n int, dir func() string) (heap, stack float64) {
 	}
 	return float64(int64(after.HeapAlloc)-int64(before.HeapAlloc)) / float64(n),
 		float64(int64(after.StackInuse)-int64(before.StackInuse)) / float64(n)
+}
+
+// A config.yaml supplies users, permissions and topology; the listen address and the data
+// directory still come from Options.
+func TestConfigFile(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "config.yaml")
+	yaml := `users:
+  - {name: app, password: s3cret}
+vhosts: [/]
+permissions:
+  - {user: app, vhost: /, configure: ".*", write: ".*", read: ".*"}
+queues:
+  - {name: from-file, vhost: /, durable: false}
+`
+	if err := os.WriteFile(file, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b := embedded.NewTestBrokerWith(t, embedded.Options{ConfigFile: file})
+	if !strings.HasPrefix(b.Addr(), "127.0.0.1:") {
+		t.Fatalf("listening on %s, want the embedded default", b.Addr())
+	}
+	conn, err := amqp091.Dial(b.URLFor("app", "s3cret", "/"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ch.QueueDeclarePassive("from-file", false, false, false, false, nil); err != nil {
+		t.Fatalf("the queue declared by the file: %v", err)
+	}
+	if _, err := embedded.Start(embedded.Options{ConfigFile: filepath.Join(t.TempDir(), "missing.yaml")}); err == nil {
+		t.Fatal("a missing config file started a broker")
+	}
 }

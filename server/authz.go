@@ -328,6 +328,7 @@ func (c *conn) openVHost(name string) (*broker.VHost, *amqp.Error) {
 	s.vhostConns[name]++
 	s.userConns[c.user]++
 	s.openConns[c] = struct{}{}
+	s.churn.connsOpened.Add(1)
 	c.counted = true
 	c.vhost = v // under s.mu: Reload reads it for the connections in openConns
 	return v, nil
@@ -344,6 +345,7 @@ func (c *conn) openChannel() *amqp.Error {
 		return amqp.Errorf(amqp.NotAllowed, "number of channels opened for user '%s' has reached the maximum allowed user limit of (%d)", c.user, n)
 	}
 	s.userChannels[c.user]++
+	s.churn.chansOpened.Add(1)
 	return nil
 }
 
@@ -353,6 +355,7 @@ func (c *conn) channelsClosed(n int) {
 		return
 	}
 	s := c.srv
+	s.churn.chansClosed.Add(uint64(n))
 	s.mu.Lock()
 	if s.userChannels[c.user] -= n; s.userChannels[c.user] <= 0 {
 		delete(s.userChannels, c.user)
@@ -367,6 +370,7 @@ func (s *Server) uncountLocked(c *conn) {
 	}
 	c.counted = false
 	delete(s.openConns, c)
+	s.churn.connsClosed.Add(1)
 	s.opened--
 	if s.vhostConns[c.vhost.Name()]--; s.vhostConns[c.vhost.Name()] <= 0 {
 		delete(s.vhostConns, c.vhost.Name())

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 
 	"warren/amqp"
 	"warren/broker"
@@ -61,8 +62,10 @@ type channel struct {
 	entryBuf   []*queue.Entry // apply's reusable buffer for acked entries
 	confirm    bool
 	publishSeq uint64
-	confirms   confirmTracker
-	tx         *txState
+	// confirmMode and txMode mirror confirm and tx != nil for readers off the reader goroutine.
+	confirmMode, txMode atomic.Bool
+	confirms            confirmTracker
+	tx                  *txState
 
 	mu               sync.Mutex
 	closed           bool
@@ -443,6 +446,7 @@ func (ch *channel) dispatch(m amqp.Method) *amqp.Error {
 		}
 		if ch.tx == nil {
 			ch.tx = &txState{}
+			ch.txMode.Store(true)
 		}
 		c.writeMethod(ch.id, &amqp.TxSelectOk{})
 		return nil
@@ -464,6 +468,7 @@ func (ch *channel) dispatch(m amqp.Method) *amqp.Error {
 			return amqp.Errorf(amqp.PreconditionFailed, "cannot switch from tx to confirm mode")
 		}
 		ch.confirm = true
+		ch.confirmMode.Store(true)
 		if !m.NoWait {
 			c.writeMethod(ch.id, &amqp.ConfirmSelectOk{})
 		}
@@ -494,6 +499,7 @@ func (ch *channel) finishPublish() *amqp.Error {
 	if err != nil {
 		return basicError(err)
 	}
+	ch.c.stats.published.Add(1)
 	if ch.tx != nil {
 		ch.tx.publishes = append(ch.tx.publishes, txPublish{ex: ex, msg: msg, mandatory: m.Mandatory})
 		return nil
@@ -507,8 +513,13 @@ func (ch *channel) finishPublish() *amqp.Error {
 		done = func(err error) { ch.confirms.settle(seq, err != nil, ch.writeConfirms) }
 	}
 	res, targets := ch.pub.Publish(ex, msg, sum.HeadersRaw, done)
-	if !res.Routed && m.Mandatory {
-		ch.basicReturn(msg, amqp.NoRoute, "NO_ROUTE")
+	if !res.Routed {
+		if m.Mandatory {
+			ch.c.stats.returned.Add(1)
+			ch.basicReturn(msg, amqp.NoRoute, "NO_ROUTE")
+		} else {
+			ch.c.stats.dropped.Add(1)
+		}
 	}
 	if seq != 0 && !res.OnDisk {
 		ch.confirms.settle(seq, res.Refused, ch.writeConfirms)
@@ -529,6 +540,7 @@ func (ch *channel) basicReturn(msg *queue.Message, code uint16, text string) {
 
 // consumer is one basic.consume subscription; it implements broker.Consumer.
 type consumer struct {
+	args      amqp.Table // as given to basic.consume, for the management API
 	tag       string
 	ch        *channel
 	qs        *broker.Queue
@@ -610,7 +622,7 @@ func (ch *channel) consume(m *amqp.BasicConsume) *amqp.Error {
 		return amqp.Errorf(amqp.NotAllowed, "attempt to reuse consumer tag '%s'", tag)
 	}
 	ch.mu.Unlock()
-	cs := &consumer{tag: tag, ch: ch, noAck: m.NoAck, exclusive: m.Exclusive}
+	cs := &consumer{tag: tag, ch: ch, noAck: m.NoAck, exclusive: m.Exclusive, args: m.Arguments}
 	if handled, err := ch.consumeStream(m, cs); handled {
 		return err
 	}
@@ -665,8 +677,6 @@ func (ch *channel) get(m *amqp.BasicGet) *amqp.Error {
 		ch.inflight++
 	}
 	ch.mu.Unlock()
-	// Get already counted this delivery.
-	qs.Delivered(e, e.Deliveries-1, m.NoAck)
 	return nil
 }
 
@@ -929,6 +939,7 @@ type confirmTracker struct {
 	base   uint64
 	states []uint8
 	ops    []confirmOp
+	acked  atomic.Uint64 // publishes confirmed with basic.ack, for the management API
 }
 
 func (t *confirmTracker) add(seq uint64) {
@@ -970,6 +981,13 @@ func (t *confirmTracker) settle(seq uint64, nack bool, emit func([]confirmOp)) {
 	if n == 0 {
 		return
 	}
+	acked := 0
+	for _, st := range t.states[:n] {
+		if st == confirmAck {
+			acked++
+		}
+	}
+	t.acked.Add(uint64(acked))
 	t.ops = t.ops[:0]
 	for j := 0; j < n; {
 		if t.states[j] == confirmNack {

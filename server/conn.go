@@ -57,9 +57,17 @@ type conn struct {
 	channels map[uint16]*channel
 	lastCh   *channel // the channel of the previous frame: a publish is three frames on one channel
 
-	hb          *heartbeats  // nil when heartbeats are off; set and stopped by the reader goroutine
-	closing     atomic.Bool  // connection.close sent by us; waiting for close-ok
-	framesIn    atomic.Int64 // bumped per frame read, watched by the heartbeat monitor
+	hb       *heartbeats  // nil when heartbeats are off; set and stopped by the reader goroutine
+	closing  atomic.Bool  // connection.close sent by us; waiting for close-ok
+	framesIn atomic.Int64 // bumped per frame read, watched by the heartbeat monitor
+	recvOct  atomic.Uint64
+	stats    connStats // message counters, for the management API
+	// closedConfirms keeps the confirm counts of the connection's closed channels.
+	closedConfirms atomic.Uint64
+	// Set once by the handshake, before the connection is listed (openConns), then read-only.
+	clientProps amqp.Table
+	mechanism   string
+	connectedAt time.Time
 	closeOnce   sync.Once
 	releaseOnce sync.Once
 	done        chan struct{}
@@ -74,6 +82,8 @@ func (s *Server) newConn(nc net.Conn, id uint64) *conn {
 		frameMax: amqp.FrameMinSize,
 		channels: make(map[uint16]*channel),
 		done:     make(chan struct{}),
+
+		connectedAt: time.Now(),
 	}
 	c.w = newWriter(nc, c.onDrain)
 	return c
@@ -147,6 +157,7 @@ func (c *conn) readLoop() {
 			return
 		}
 		c.framesIn.Add(1)
+		c.recvOct.Add(uint64(len(f.Payload)) + frameOverhead)
 		if err := c.handleFrame(f); err != nil {
 			if errors.Is(err, errClosed) {
 				return
@@ -221,6 +232,9 @@ func (c *conn) release() {
 		}
 		c.channels = map[uint16]*channel{}
 		c.lastCh = nil
+		for _, ch := range chs {
+			c.closedConfirms.Add(ch.confirms.acked.Load())
+		}
 		c.chMu.Unlock()
 		c.channelsClosed(len(chs))
 		for _, ch := range chs {
@@ -412,6 +426,7 @@ func (c *conn) handshake() error {
 	if !ok {
 		return commandInvalid(m, "expected connection.start-ok")
 	}
+	c.clientProps, c.mechanism = so.ClientProperties, so.Mechanism
 	if caps, ok := so.ClientProperties["capabilities"].(amqp.Table); ok {
 		c.cancelNotify, _ = caps["consumer_cancel_notify"].(bool)
 		c.blockedNotify, _ = caps["connection.blocked"].(bool)
@@ -590,7 +605,10 @@ func (c *conn) handleChannel0(f amqp.Frame) error {
 // removeChannel forgets a channel after channel.close / close-ok.
 func (c *conn) removeChannel(id uint16) {
 	c.chMu.Lock()
-	_, ok := c.channels[id]
+	ch, ok := c.channels[id]
+	if ok {
+		c.closedConfirms.Add(ch.confirms.acked.Load())
+	}
 	delete(c.channels, id)
 	if c.lastCh != nil && c.lastCh.id == id {
 		c.lastCh = nil

@@ -50,6 +50,9 @@ type Server struct {
 	vhostConns   map[string]int
 	userConns    map[string]int
 	userChannels map[string]int
+	// closedCounters keeps the message counters of closed connections, guarded by mu.
+	closedCounters Counters
+	churn          churn
 }
 
 // New validates cfg, opens the store and restores durable state. The listener opens in Start.
@@ -249,6 +252,7 @@ func (s *Server) acceptLoop(ln net.Listener) {
 
 func (s *Server) forget(c *conn) {
 	s.mu.Lock()
+	c.counters(&s.closedCounters)
 	delete(s.conns, c)
 	s.uncountLocked(c)
 	s.mu.Unlock()

@@ -42,6 +42,8 @@ type writer struct {
 	// flusher (and kill) for awaitRoom.
 	full atomic.Bool
 	room *sync.Cond
+	// sentOct counts bytes written to the socket, for the management API.
+	sentOct atomic.Uint64
 	// fullWrites counts socket writes completed while the writer was full: behind megabytes of
 	// queued output, a completed write means the client is reading (see conn.activity). Writes
 	// of an unclogged writer prove nothing: the kernel takes them whether the client reads or not.
@@ -148,6 +150,7 @@ func (w *writer) run() {
 			w.kill()
 			return
 		}
+		w.sentOct.Add(uint64(len(b)))
 		if w.full.Load() {
 			w.fullWrites.Add(1)
 		}

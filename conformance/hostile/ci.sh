@@ -24,7 +24,7 @@ hostile() {
 	shift
 	local data addr="" pid rc=0
 	data="$(mktemp -d)"
-	env "${wenv[@]}" "${hdir}/warren" -config "${hdir}/hostile.yaml" -listen 127.0.0.1:0 -data-dir "${data}/store" >"${data}/log" 2>&1 &
+	env WARREN_MANAGEMENT_LISTEN=127.0.0.1:0 WARREN_PROMETHEUS_LISTEN=127.0.0.1:0 "${wenv[@]}" "${hdir}/warren" -config "${hdir}/hostile.yaml" -listen 127.0.0.1:0 -data-dir "${data}/store" >"${data}/log" 2>&1 &
 	pid=$!
 	for _ in $(seq 100); do
 		addr="$(sed -n 's/.*msg="warren ready" addr=\([^ ]*\).*/\1/p' "${data}/log")"

@@ -112,7 +112,7 @@ else
   AMQP_HOST=127.0.0.1
   AMQP_PORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   mkdir -p "$tmp/data"
-  "$tmp/warren" -listen "127.0.0.1:$AMQP_PORT" -data-dir "$tmp/data" >"$tmp/warren.log" 2>&1 &
+  WARREN_MANAGEMENT_LISTEN=127.0.0.1:0 WARREN_PROMETHEUS_LISTEN=127.0.0.1:0 "$tmp/warren" -listen "127.0.0.1:$AMQP_PORT" -data-dir "$tmp/data" >"$tmp/warren.log" 2>&1 &
   BROKER_PID=$!
   up=0
   for _ in $(seq 1 300); do

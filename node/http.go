@@ -1,0 +1,111 @@
+package node
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"warren/mgmt"
+	"warren/server"
+)
+
+// HTTPOptions configure the node's HTTP listeners; an empty address leaves that one off.
+type HTTPOptions struct {
+	ManagementListen string // management.listen
+	// CertFile and KeyFile (management.tls.*) serve the API over HTTPS when both are set.
+	CertFile, KeyFile string
+	PrometheusListen  string // prometheus.listen
+	Logger            *slog.Logger
+	DataDir           string
+	ConfigFiles       []string
+}
+
+// HTTP is the node's running HTTP front ends: the management API and the Prometheus metrics.
+type HTTP struct {
+	servers          []*http.Server
+	mgmtAddr, prAddr net.Addr
+}
+
+// ServeHTTP opens the listeners of o and serves the management API and the metrics for s until
+// Close. Both serve from the same Management view, so they agree.
+func ServeHTTP(s *server.Server, o HTTPOptions) (*HTTP, error) {
+	log := o.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	h := &HTTP{}
+	var lns []net.Listener
+	var listeners []mgmt.Listener
+	fail := func(key string, err error) (*HTTP, error) {
+		for _, ln := range lns {
+			_ = ln.Close()
+		}
+		return nil, fmt.Errorf("%s: %w", key, err)
+	}
+	var mgmtLn, prLn net.Listener
+	if o.ManagementListen != "" {
+		ln, err := net.Listen("tcp", o.ManagementListen)
+		if err != nil {
+			return fail("management.listen", err)
+		}
+		proto := "http"
+		if o.CertFile != "" && o.KeyFile != "" {
+			cert, err := tls.LoadX509KeyPair(o.CertFile, o.KeyFile)
+			if err != nil {
+				_ = ln.Close()
+				return fail("management.tls", err)
+			}
+			ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
+			proto = "https"
+		}
+		lns = append(lns, ln)
+		mgmtLn, h.mgmtAddr = ln, ln.Addr()
+		listeners = append(listeners, listenerOf(proto, ln.Addr()))
+	}
+	if o.PrometheusListen != "" {
+		ln, err := net.Listen("tcp", o.PrometheusListen)
+		if err != nil {
+			return fail("prometheus.listen", err)
+		}
+		lns = append(lns, ln)
+		prLn, h.prAddr = ln, ln.Addr()
+		listeners = append(listeners, listenerOf("http/prometheus", ln.Addr()))
+	}
+	m := NewManagement(s, Options{Listeners: listeners, DataDir: o.DataDir, ConfigFiles: o.ConfigFiles})
+	serve := func(ln net.Listener, handler http.Handler, what string) {
+		hs := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+		h.servers = append(h.servers, hs)
+		go func() {
+			if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error(what+" stopped", "err", err)
+			}
+		}()
+		log.Info(what+" ready", "addr", ln.Addr().String())
+	}
+	if mgmtLn != nil {
+		serve(mgmtLn, mgmt.NewHandler(m, mgmt.Options{Logger: log}), "management API")
+	}
+	if prLn != nil {
+		serve(prLn, mgmt.NewMetricsHandler(m), "prometheus metrics")
+	}
+	return h, nil
+}
+
+// ManagementAddr is the management API's address, nil when it is off.
+func (h *HTTP) ManagementAddr() net.Addr { return h.mgmtAddr }
+
+// PrometheusAddr is the metrics listener's address, nil when it is off.
+func (h *HTTP) PrometheusAddr() net.Addr { return h.prAddr }
+
+// Close stops the listeners and closes open HTTP connections.
+func (h *HTTP) Close() error {
+	var errs []error
+	for _, hs := range h.servers {
+		errs = append(errs, hs.Close())
+	}
+	return errors.Join(errs...)
+}
