@@ -55,7 +55,8 @@
 // index entries, fdatasyncs the segment once, makes the records visible to readers and then
 // calls the appends' done callbacks in offset order: a done callback (a publisher confirm)
 // means the record is on disk. Throughput comes from batch size: the more publishers wait, the
-// larger the next batch. A segment is sealed (segment and index synced) when the next chunk
+// larger the next batch. AwaitRoom holds a publisher that does not wait for confirms while
+// too many bytes wait for the writer. A segment is sealed (segment and index synced) when the next chunk
 // would take it past MaxSegmentBytes; a new one is created and the directory synced.
 //
 // # Recovery

@@ -550,7 +550,7 @@ func (s *Stream) EnforceRetention() {
 type Info struct {
 	First    uint64 // offset of the oldest record kept
 	Next     uint64 // offset the next record will get; First == Next when the stream is empty
-	Bytes    int64  // bytes on disk, headers and indexes' data excluded
+	Bytes    int64  // bytes of the segment files (index files excluded)
 	Segments int
 }
 
