@@ -302,22 +302,28 @@ func TestWaitingReaderWakesPromptly(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	got := make(chan time.Time, 1)
-	go func() {
-		if _, err := r.Next(context.Background()); err == nil {
-			got <- time.Now()
+	// The fastest of several wake-ups, so that a loaded machine's scheduling delays do not
+	// count; a reader that polled would show its polling interval in every round.
+	fastest := time.Hour
+	for i := uint64(0); i < 5; i++ {
+		got := make(chan time.Time, 1)
+		go func() {
+			if _, err := r.Next(context.Background()); err == nil {
+				got <- time.Now()
+			}
+		}()
+		time.Sleep(50 * time.Millisecond) // the reader is waiting
+		start := time.Now()
+		appendT(t, s, payload(i, 16))
+		select {
+		case at := <-got:
+			fastest = min(fastest, at.Sub(start))
+		case <-time.After(5 * time.Second):
+			t.Fatal("reader not woken")
 		}
-	}()
-	time.Sleep(50 * time.Millisecond) // the reader is waiting
-	start := time.Now()
-	appendT(t, s, payload(0, 16))
-	select {
-	case at := <-got:
-		if d := at.Sub(start); d > 100*time.Millisecond {
-			t.Fatalf("reader woke %v after the append", d)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("reader not woken")
+	}
+	if fastest > 50*time.Millisecond {
+		t.Fatalf("a waiting reader woke %v after the append at best", fastest)
 	}
 	// Close wakes a waiting reader with ErrClosed.
 	done := make(chan error, 1)
