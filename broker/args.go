@@ -25,6 +25,7 @@ type queueSpec struct {
 	inMemory int64
 	// consumerTimeout: x-consumer-timeout (-1: not set; 0: none for this queue).
 	consumerTimeout time.Duration
+	stream          bool // x-queue-type stream: an append-only log (broker/stream.go)
 }
 
 // argError builds RabbitMQ's text for a bad queue argument; the queue and vhost names are filled
@@ -124,9 +125,21 @@ func parseQueueArgs(args amqp.Table) (queueSpec, *amqp.Error) {
 		case "classic":
 		case "quorum":
 			spec.quorum = true
+		case "stream":
+			spec.stream = true
 		default:
 			return spec, argError("x-queue-type", "unsupported_queue_type", s)
 		}
+	}
+	if spec.stream {
+		// A stream takes its own arguments (broker/stream.go reads them); RabbitMQ refuses
+		// the other queue arguments it knows for rabbit_stream_queue.
+		for k := range args {
+			if _, known := QueueArguments[k]; known && !streamArguments[k] {
+				return spec, amqp.Errorf(amqp.PreconditionFailed, "invalid arg '%s' for queue '' in vhost '' of queue type rabbit_stream_queue", k)
+			}
+		}
+		return spec, nil
 	}
 	if err := checkKnownArgs(QueueArguments, args, spec.quorum); err != nil {
 		return spec, err
@@ -385,3 +398,10 @@ func CheckQueueArgs(name, vhost string, durable bool, args amqp.Table) error {
 
 // ErrQuorumDurable is CheckQueueArgs's error for a quorum queue declared non-durable.
 var ErrQuorumDurable = errors.New("a quorum queue must be durable")
+
+// streamArguments are the queue arguments a stream takes (RabbitMQ 3.10's rabbit_stream_queue
+// capabilities).
+var streamArguments = map[string]bool{
+	"x-queue-type": true, "x-max-length-bytes": true, "x-max-age": true,
+	"x-stream-max-segment-size-bytes": true, "x-initial-cluster-size": true, "x-queue-leader-locator": true,
+}

@@ -27,7 +27,8 @@ const (
 	// one format, and the choice changes nothing a client can observe.
 	StorageFormat
 	// StreamsOnly: a policy key that only applies to streams, which RabbitMQ skips for classic
-	// and quorum queues too; Warren refuses to declare streams (x-queue-type stream).
+	// and quorum queues too. Warren's streams take these settings as x- arguments; a policy
+	// does not set them yet.
 	StreamsOnly
 	// Refused: queue.declare and basic.consume answer 406 PRECONDITION_FAILED, a policy is a
 	// configuration error; the text says Warren does not support it.
@@ -45,7 +46,7 @@ func (s Support) String() string {
 	case StorageFormat:
 		return "accepted: storage format"
 	case StreamsOnly:
-		return "streams only (streams refused)"
+		return "streams only (as a policy: not applied yet; the x- argument works)"
 	case Refused:
 		return "refused"
 	}
@@ -78,7 +79,7 @@ var QueueArguments = map[string]ArgInfo{
 	"x-overflow":                      {Implemented, true, true, "reject-publish", "drop-head, reject-publish, reject-publish-dlx"},
 	"x-max-priority":                  {Implemented, true, false, int32(10), "1-255 (0: a plain queue); quorum queues refuse it, as in RabbitMQ"},
 	"x-single-active-consumer":        {Implemented, true, true, true, ""},
-	"x-queue-type":                    {Implemented, true, true, "classic", "classic, quorum; stream is refused (not supported by Warren)"},
+	"x-queue-type":                    {Implemented, true, true, "classic", "classic, quorum, stream"},
 	"x-queue-mode":                    {Implemented, true, false, "lazy", "lazy keeps one ready message in memory per queue (the paging window is 1); default uses queue.max_ram_messages. Fixed when the queue is created"},
 	"x-max-in-memory-length":          {Implemented, false, true, int32(100), "caps the queue's paging window (0 behaves as 1). Fixed when the queue is created"},
 	"x-max-in-memory-bytes":           {Refused, false, true, int32(1 << 20), "per-queue byte bound of memory; Warren bounds memory with queue.max_ram_messages and the shared paging budget"},
@@ -88,9 +89,9 @@ var QueueArguments = map[string]ArgInfo{
 	"x-queue-master-locator":          {SingleNode, true, false, "client-local", ""},
 	"x-queue-leader-locator":          {SingleNode, false, true, "balanced", "client-local or balanced, validated"},
 	"x-quorum-initial-group-size":     {SingleNode, false, true, int32(3), "a positive integer, validated"},
-	"x-initial-cluster-size":          {Refused, false, false, int32(3), "streams only; streams are not supported by Warren"},
-	"x-max-age":                       {Refused, false, false, "1D", "streams only; streams are not supported by Warren"},
-	"x-stream-max-segment-size-bytes": {Refused, false, false, int32(1 << 20), "streams only; streams are not supported by Warren"},
+	"x-initial-cluster-size":          {SingleNode, false, false, int32(3), "streams only; one node"},
+	"x-max-age":                       {Implemented, false, false, "1D", "streams only: retention by age"},
+	"x-stream-max-segment-size-bytes": {Implemented, false, false, int32(1 << 20), "streams only: segment file size"},
 	"x-consumer-timeout":              {Implemented, true, true, int32(60000), "RabbitMQ 3.12+: milliseconds a delivery may stay unacked before its channel is closed (406); 0: none for this queue; the lower of argument and policy wins"},
 	"x-redelivery-delay":              {Extension, true, true, int32(100), "Warren: delay before a requeued message is deliverable again"},
 	"x-redelivery-backoff":            {Extension, true, true, 2.0, "Warren: factor applied to the delay on each further requeue"},

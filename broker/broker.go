@@ -41,6 +41,8 @@ type VHostSettings struct {
 type Broker struct {
 	log   *slog.Logger
 	store *persistence.Store // nil: in memory only
+	// dataDir is the data directory; stream queues' logs live in dataDir/streams.
+	dataDir string
 
 	vhMu    sync.RWMutex
 	vhosts  map[string]*VHost
@@ -87,6 +89,7 @@ func New(opts Options) (*Broker, error) {
 		vhosts:         make(map[string]*VHost, len(opts.VHosts)),
 		retired:        map[string]*VHost{},
 		maxRAMMessages: opts.MaxRAMMessages,
+		dataDir:        opts.DataDir,
 	}
 	if opts.MemoryBudget > 0 {
 		b.budget = queue.NewBudget(opts.MemoryBudget)
@@ -193,6 +196,7 @@ func (b *Broker) Close() error {
 		v.stopTimers()
 	}
 	b.vhMu.RUnlock()
+	b.closeStreams()
 	if b.store != nil {
 		if err := b.store.Close(); err != nil {
 			return fmt.Errorf("closing storage: %w", err)

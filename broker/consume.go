@@ -92,6 +92,9 @@ func (v *VHost) Cancel(qs *Queue, c Consumer, exclusive bool) {
 // qs.Q() itself (channel shutdown removes every consumer first, then requeues, then releases):
 // an auto-delete queue whose last consumer went is deleted.
 func (v *VHost) ConsumerRemoved(qs *Queue, exclusive bool) {
+	if qs.sq != nil {
+		qs.streamConsumerGone()
+	}
 	v.mu.Lock()
 	qs.consumers--
 	if exclusive {
@@ -119,6 +122,9 @@ func (v *VHost) Get(a Actor, name string, noAck bool) (qs *Queue, e *queue.Entry
 	qs, err = v.Queue(a, name)
 	if err != nil {
 		return nil, nil, 0, false, err
+	}
+	if qs.sq != nil {
+		return nil, nil, 0, false, amqp.Errorf(amqp.NotImplemented, "basic.get not supported by stream queues %s", qs.rs())
 	}
 	v.touch(qs)
 	e, remaining, ok = qs.q.Get(noAck)
@@ -174,6 +180,9 @@ func (qs *Queue) journal(e *queue.Entry, deliveries uint32, noAck bool) {
 // DeliveryHeader is the content header to send: the publisher's bytes verbatim, except that
 // quorum-style queues add x-delivery-count to redeliveries, as RabbitMQ does.
 func (qs *Queue) DeliveryHeader(e *queue.Entry) []byte {
+	if qs.sq != nil {
+		return streamHeader(e)
+	}
 	if e.Returns == 0 || (!qs.spec.quorum && qs.q.Options().DeliveryLimit < 0) {
 		return e.Msg.Header
 	}
@@ -204,6 +213,10 @@ const (
 // dead-lettering) and the durable copies of acked entries are removed - added to batch when it
 // is not nil (a transaction, whose caller submits it), else submitted now.
 func (qs *Queue) Settle(kind Settlement, es []*queue.Entry, batch *persistence.Batch) {
+	if qs.sq != nil {
+		qs.kickStream() // a stream's acks only return credit
+		return
+	}
 	switch kind {
 	case Ack:
 		qs.q.Ack(len(es))

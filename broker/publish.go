@@ -128,6 +128,9 @@ func (v *VHost) prepare(msg *queue.Message, targets []*Queue, batch *persistence
 	// entries (VHost.deleting).
 	pub := persistence.Publish{NewEntries: true}
 	for i, qs := range targets {
+		if qs.sq != nil {
+			continue // appended to its log by push
+		}
 		// NextSeqFor: in a priority queue the seq encodes msg's priority (delivery order).
 		e := qs.q.NewEntry(qs.q.NextSeqFor(msg), msg)
 		if msg.Persistent && qs.durable {
@@ -154,6 +157,10 @@ func (v *VHost) prepare(msg *queue.Message, targets []*Queue, batch *persistence
 func (v *VHost) push(p prepared, publisher bool) bool {
 	refused := false
 	for i, qs := range p.targets {
+		if qs.sq != nil {
+			qs.sq.log.Append(encodeStreamRecord(p.msg), func(uint64, error) {})
+			continue
+		}
 		switch qs.q.Push(p.entries[i]) {
 		case queue.Enqueued:
 			qs.counters.publish.n.Add(1)
@@ -175,6 +182,8 @@ func (v *VHost) push(p prepared, publisher bool) bool {
 // which onDisk reports is needed. scratch is a buffer for the entries, reused across calls by
 // one goroutine.
 func (v *VHost) enqueue(msg *queue.Message, targets []*Queue, done func(error), scratch *[]*queue.Entry) (refused, onDisk bool) {
+	// Stream queues get the message in their log; a confirm waits for their sync too.
+	targets, done, streamed := appendToStreams(msg, targets, done)
 	var batch *persistence.Batch // only persistent messages for durable queues need one
 	if onDisk = needsDisk(msg, targets); onDisk {
 		batch = &persistence.Batch{}
@@ -186,7 +195,7 @@ func (v *VHost) enqueue(msg *queue.Message, targets []*Queue, done func(error), 
 	refused = v.push(p, true)
 	clear(p.entries) // the queues own the entries now; drop our references
 	*scratch = p.entries[:0]
-	return refused, onDisk
+	return refused, onDisk || streamed
 }
 
 // Txn collects a transaction's publishes and settlements; Commit applies them atomically.
@@ -271,6 +280,10 @@ func (t *Txn) Commit(unroutable func(*queue.Message)) error {
 		v.b.deliverReply(m)
 	}
 	for _, x := range settles {
+		if x.qs.sq != nil {
+			x.qs.kickStream() // a stream's acks only return credit
+			continue
+		}
 		switch x.kind {
 		case Ack:
 			x.qs.q.Ack(len(x.es))

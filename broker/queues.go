@@ -115,6 +115,11 @@ func (v *VHost) newQueue(a Actor, name string, m QueueSpec) (*Queue, chan error,
 		v: v, name: name, declDur: m.Durable, durable: m.Durable && !m.Exclusive && v.b.store != nil,
 		exclusive: m.Exclusive, autoDelete: m.AutoDelete, args: m.Args, spec: spec,
 	}
+	if spec.stream {
+		if err := v.declareStream(qs, m); err != nil {
+			return nil, nil, err
+		}
+	}
 	if m.Exclusive {
 		qs.owner = a.Owner
 	}
@@ -221,6 +226,9 @@ func (v *VHost) PurgeQueue(a Actor, name string) (int, *amqp.Error) {
 	if err != nil {
 		return 0, err
 	}
+	if qs.sq != nil {
+		return 0, amqp.Errorf(amqp.NotImplemented, "queue.purge not supported by stream queues %s", qs.rs())
+	}
 	return qs.q.Purge(), nil
 }
 
@@ -253,6 +261,7 @@ func (v *VHost) removeQueueLocked(qs *Queue) {
 // state; it returns the number of messages the queue held.
 func (v *VHost) finishQueueRemoval(qs *Queue) int {
 	consumers, n := qs.q.Close()
+	qs.closeStream(true)
 	for _, c := range consumers {
 		if cs, ok := c.(Consumer); ok {
 			cs.QueueDeleted()

@@ -57,6 +57,13 @@ func (b *Broker) restore() error {
 			v: v, name: r.Name, durable: true, declDur: true, autoDelete: r.AutoDelete, args: args, spec: spec,
 		}
 		v.newQueueLocked(qs)
+		if spec.stream {
+			if err := v.restoreStream(qs); err != nil {
+				return err
+			}
+			v.queues[r.Name] = qs // its messages are in its log, not in the store
+			continue
+		}
 		// Only the window is loaded; the rest of the backlog stays on disk, counted.
 		var last uint64
 		var loaded, loadedBytes int64

@@ -43,6 +43,8 @@ type Queue struct {
 	owner      OwnerID
 	args       amqp.Table
 	spec       queueSpec // from args; policies combine with it
+	// sq is the log of an x-queue-type: stream queue; nil for other queues.
+	sq *streamQueue
 	// dl is the effective dead-letter target (argument or policy), read without v.mu by the
 	// dead-letter path and replaced when policies change.
 	dl atomic.Pointer[dlConfig]

@@ -650,6 +650,9 @@ func (ch *channel) consume(m *amqp.BasicConsume) *amqp.Error {
 	}
 	ch.mu.Unlock()
 	cs := &consumer{tag: tag, ch: ch, noAck: m.NoAck, exclusive: m.Exclusive, args: m.Arguments}
+	if handled, err := ch.consumeStream(m, cs); handled {
+		return err
+	}
 	o := broker.ConsumeOptions{Exclusive: m.Exclusive, Args: m.Arguments}
 	_, err := ch.v.ConsumeWith(ch.c.actor, m.Queue, cs, o, func(qs *broker.Queue) {
 		cs.qs = qs
@@ -729,11 +732,11 @@ func (ch *channel) qos(m *amqp.BasicQos) *amqp.Error {
 
 // kickConsumers retries delivery on every queue this channel consumes from.
 func (ch *channel) kickConsumers() {
-	var buf [4]*queue.Queue // the usual handful of consumers stays on the stack
+	var buf [4]*broker.Queue // the usual handful of consumers stays on the stack
 	qs := buf[:0]
 	ch.mu.Lock()
 	for _, cs := range ch.consumers {
-		qs = append(qs, cs.qs.Q())
+		qs = append(qs, cs.qs)
 	}
 	ch.mu.Unlock()
 	for _, q := range qs {
