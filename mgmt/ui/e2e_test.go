@@ -394,7 +394,7 @@ func TestBrowserScenario(t *testing.T) {
 	var published atomic.Int64
 	stop := make(chan struct{})
 	pubDone := make(chan error, 1)
-	go func() {
+	go func(stop <-chan struct{}) { // its own copy: stopPublishing sets the variable to nil
 		tick := time.NewTicker(5 * time.Millisecond)
 		defer tick.Stop()
 		for {
@@ -410,7 +410,7 @@ func TestBrowserScenario(t *testing.T) {
 				published.Add(1)
 			}
 		}
-	}()
+	}(stop)
 	stopPublishing := func() {
 		if stop != nil {
 			close(stop)
