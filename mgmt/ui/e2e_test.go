@@ -394,7 +394,7 @@ func TestBrowserScenario(t *testing.T) {
 	var published atomic.Int64
 	stop := make(chan struct{})
 	pubDone := make(chan error, 1)
-	go func(stop <-chan struct{}) { // its own copy: stopPublishing sets the variable to nil
+	go func() {
 		tick := time.NewTicker(5 * time.Millisecond)
 		defer tick.Stop()
 		for {
@@ -410,15 +410,15 @@ func TestBrowserScenario(t *testing.T) {
 				published.Add(1)
 			}
 		}
-	}(stop)
+	}()
+	var stopOnce sync.Once
 	stopPublishing := func() {
-		if stop != nil {
+		stopOnce.Do(func() {
 			close(stop)
-			stop = nil
 			if err := <-pubDone; err != nil {
 				t.Errorf("publisher: %v", err)
 			}
-		}
+		})
 	}
 	defer stopPublishing()
 
@@ -726,10 +726,16 @@ func TestBrowserTenThousandQueues(t *testing.T) {
 
 	t.Logf("10,001 queues: first page %v, sort %v, filter %v (with 250 ms debounce), clear + 3 pages %v",
 		load.Round(time.Millisecond), sorted.Round(time.Millisecond), filtered.Round(time.Millisecond), paged.Round(time.Millisecond))
+	// The times are mostly the API's; the bound only catches a UI that stops paging (on this
+	// 2-core machine, under -race and a load of 11, the filter took 3.7 s; idle, 0.7 s).
 	for what, d := range map[string]time.Duration{"first page": load, "sort": sorted, "filter": filtered} {
-		if d > 3*time.Second {
-			t.Errorf("%s took %v with 10,000 queues, want under 3 s", what, d)
+		if d > 10*time.Second {
+			t.Errorf("%s took %v with 10,000 queues, want under 10 s", what, d)
 		}
+	}
+	// What keeps the page light whatever the number of queues: it holds one page of rows.
+	if n, err := chromedp.Run(ctx, chromedp.Evaluate[int](`document.querySelectorAll('#main tr').length`)); err != nil || n > 101 {
+		t.Errorf("the queue list page holds %d table rows (err %v), want at most one page (100) and a header", n, err)
 	}
 }
 

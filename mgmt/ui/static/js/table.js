@@ -3,7 +3,7 @@
 // sends one page, never the whole list. Refreshes update rows in place: a focused button keeps
 // its focus and the table keeps its size.
 
-import { h, fill, setText, num, at } from './dom.js';
+import { h, fill, setText, num } from './dom.js';
 import { get, ApiError } from './api.js';
 
 let nextId = 0;
@@ -94,10 +94,15 @@ export class ListView {
       page: this.s.page, page_size: this.s.pageSize, name: this.s.name,
       use_regex: this.s.regex ? 'true' : '', sort: this.s.sort, sort_reverse: this.s.reverse ? 'true' : 'false',
     };
+    // A user's change and the 5 s refresh may overlap: only the latest request may paint.
+    const seq = (this.seq = (this.seq || 0) + 1);
     let res;
     try {
       res = await get(this.o.endpoint(this.s.vhost), q);
+      if (seq !== this.seq) return;
     } catch (e) {
+      if (seq !== this.seq) return;
+      if (e instanceof ApiError && e.status === 401) throw e; // the app logs out
       if (e instanceof ApiError && e.status === 400 && this.s.page > 1) {
         // page_out_of_range after the list shrank: go back to the first page.
         this.s.page = 1;
@@ -151,4 +156,3 @@ export function smallTable(el, label, columns, rows) {
       h('tbody', null, rows.map((r) => h('tr', null, columns.map((c) => h('td', { class: c.num ? 'num' : null }, c.render(r))))))));
 }
 
-export { at };
