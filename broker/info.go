@@ -47,8 +47,9 @@ type QueueInfo struct {
 	Stats                          QueueStats
 }
 
-// Queues returns the vhost's queues sorted by name. The registry is read under the vhost's read
-// lock; the counts are read after it is released (queue locks are not taken under it here).
+// Queues returns the vhost's queues, in no particular order (listings sort what they show). The
+// registry is read under the vhost's read lock; the counts are read after it is released (queue
+// locks are not taken under it here).
 func (v *VHost) Queues() []QueueInfo {
 	v.mu.RLock()
 	qs := make([]*Queue, 0, len(v.queues))
@@ -56,10 +57,31 @@ func (v *VHost) Queues() []QueueInfo {
 		qs = append(qs, q)
 	}
 	v.mu.RUnlock()
-	sort.Slice(qs, func(i, j int) bool { return qs[i].name < qs[j].name })
 	out := make([]QueueInfo, len(qs))
 	for i, q := range qs {
 		out[i] = q.Info()
+	}
+	return out
+}
+
+// QueueInfo describes the named queue, exclusive or not (inspection needs no ownership).
+func (v *VHost) QueueInfo(name string) (QueueInfo, bool) {
+	v.mu.RLock()
+	qs := v.queues[name]
+	v.mu.RUnlock()
+	if qs == nil {
+		return QueueInfo{}, false
+	}
+	return qs.Info(), true
+}
+
+// QueueNames returns the names of the vhost's queues, in no particular order.
+func (v *VHost) QueueNames() []string {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	out := make([]string, 0, len(v.queues))
+	for name := range v.queues {
+		out = append(out, name)
 	}
 	return out
 }

@@ -16,7 +16,7 @@ func (a *api) vhosts(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	node := a.b.Overview().Node
+	node := a.nodeName()
 	now := a.opts.now()
 	all := a.b.VHosts()
 	rows := make([]row, 0, len(all))
@@ -40,7 +40,7 @@ func (a *api) vhost(w http.ResponseWriter, r *http.Request) {
 	}
 	for _, v := range a.b.VHosts() {
 		if v.Name == vhost {
-			one(w, r, a.vhostJSON(&v, a.b.Overview().Node, a.opts.now(), true))
+			one(w, r, a.vhostJSON(&v, a.nodeName(), a.opts.now(), true))
 			return
 		}
 	}

@@ -16,7 +16,7 @@ func (a *api) connections(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	node := a.b.Overview().Node
+	node := a.nodeName()
 	now := a.opts.now()
 	all := a.b.Connections()
 	rows := make([]row, 0, len(all))
@@ -49,7 +49,7 @@ func (a *api) connection(w http.ResponseWriter, r *http.Request) {
 		notFound(w)
 		return
 	}
-	one(w, r, a.connectionJSON(&c, a.b.Overview().Node, a.opts.now(), true))
+	one(w, r, a.connectionJSON(&c, a.nodeName(), a.opts.now(), true))
 }
 
 func (a *api) closeConnection(w http.ResponseWriter, r *http.Request) {
@@ -92,7 +92,7 @@ func (a *api) channels(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	single := pathValue(r, "channel")
-	node := a.b.Overview().Node
+	node := a.nodeName()
 	now := a.opts.now()
 	all := a.b.Channels()
 	rows := make([]row, 0, len(all))
@@ -132,7 +132,7 @@ func (a *api) consumers(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	node := a.b.Overview().Node
+	node := a.nodeName()
 	all := a.b.Consumers()
 	rows := make([]row, 0, len(all))
 	for i := range all {

@@ -301,12 +301,35 @@ func readJSON(w http.ResponseWriter, r *http.Request, v any) bool {
 
 // vhostExists reports whether vhost is configured.
 func (a *api) vhostExists(vhost string) bool {
+	if c, ok := a.b.(VHostChecker); ok {
+		return c.VHostExists(vhost)
+	}
 	for _, v := range a.b.VHosts() {
 		if v.Name == vhost {
 			return true
 		}
 	}
 	return false
+}
+
+// VHostChecker is implemented by a Broker that can tell whether a vhost exists without
+// listing every vhost with its totals (which sums over every queue): every vhost-scoped request
+// asks, and a broker with 100,000 queues must not pay a full count for it.
+type VHostChecker interface {
+	VHostExists(name string) bool
+}
+
+// NodeNamer is implemented by a Broker that can give its node's name without computing the whole
+// Overview (which sums over every queue): every listing names the node of each row.
+type NodeNamer interface {
+	NodeName() string
+}
+
+func (a *api) nodeName() string {
+	if n, ok := a.b.(NodeNamer); ok {
+		return n.NodeName()
+	}
+	return a.b.Overview().Node
 }
 
 // openVHost checks that the path's vhost exists (404) and that u may open it (401); it answers

@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
@@ -229,13 +230,34 @@ func (m *Management) VHosts() []mgmt.VHostInfo {
 	return out
 }
 
+// NodeName implements mgmt.NodeNamer.
+func (m *Management) NodeName() string { return m.node }
+
+// VHostExists implements mgmt.VHostChecker.
+func (m *Management) VHostExists(name string) bool { return m.b.VHost(name) != nil }
+
 // Queues implements mgmt.Broker.
 func (m *Management) Queues(vhost string) []mgmt.QueueInfo {
 	var out []mgmt.QueueInfo
 	owners := map[broker.OwnerID]string{}
 	for _, v := range m.vhosts(vhost) {
-		for _, q := range v.Queues() {
+		qs := v.Queues()
+		out = slices.Grow(out, len(qs))
+		for _, q := range qs {
 			out = append(out, m.queueInfo(q, owners))
+		}
+	}
+	return out
+}
+
+// QueueNames implements mgmt.QueueNamer.
+func (m *Management) QueueNames(vhost string) []mgmt.QueueName {
+	var out []mgmt.QueueName
+	for _, v := range m.vhosts(vhost) {
+		names := v.QueueNames()
+		out = slices.Grow(out, len(names))
+		for _, n := range names {
+			out = append(out, mgmt.QueueName{VHost: v.Name(), Name: n})
 		}
 	}
 	return out
@@ -247,23 +269,12 @@ func (m *Management) Queue(vhost, name string) (mgmt.QueueInfo, bool) {
 	if v == nil {
 		return mgmt.QueueInfo{}, false
 	}
-	qs, err := v.Queue(broker.Actor{Owner: ownerAny}, name)
-	if err != nil && err.Code != amqp.ResourceLocked {
+	q, ok := v.QueueInfo(name)
+	if !ok {
 		return mgmt.QueueInfo{}, false
 	}
-	if qs == nil { // exclusive to a connection: listed all the same
-		for _, q := range v.Queues() {
-			if q.Name == name {
-				return m.queueInfo(q, map[broker.OwnerID]string{}), true
-			}
-		}
-		return mgmt.QueueInfo{}, false
-	}
-	return m.queueInfo(qs.Info(), map[broker.OwnerID]string{}), true
+	return m.queueInfo(q, map[broker.OwnerID]string{}), true
 }
-
-// ownerAny is an owner id no connection has (ids start at 1 and count up).
-const ownerAny = broker.OwnerID(math.MaxUint64)
 
 func (m *Management) queueInfo(q broker.QueueInfo, owners map[broker.OwnerID]string) mgmt.QueueInfo {
 	info := mgmt.QueueInfo{

@@ -16,7 +16,7 @@ import (
 
 // startNode runs a broker (in memory, or on dir) with the management API and metrics on free
 // ports, as main wires them.
-func startNode(t *testing.T, dir string) (*server.Server, *HTTP) {
+func startNode(t testing.TB, dir string) (*server.Server, *HTTP) {
 	t.Helper()
 	cfg := server.DefaultConfig()
 	cfg.Listen, cfg.DataDir = "127.0.0.1:0", dir
