@@ -29,14 +29,21 @@ func TestProcCPU(t *testing.T) {
 	if !ok {
 		t.Skip("no /proc on this system") // the CPU figures are documented as Linux only
 	}
-	// Burn ~50 ms of CPU: the counter ticks every 10 ms.
+	// Spin until the counter (10 ms ticks) has moved, for at most 10 s of wall time: on a loaded
+	// machine a fixed 50 ms of wall time may get no CPU at all.
 	x := 0
-	for end := time.Now().Add(50 * time.Millisecond); time.Now().Before(end); {
-		x++
+	after := before
+	for end := time.Now().Add(10 * time.Second); time.Now().Before(end) && after-before < 0.02; {
+		for i := 0; i < 1_000_000; i++ {
+			x++
+		}
+		after, ok = procCPU(os.Getpid())
+		if !ok {
+			t.Fatal("procCPU(own pid) failed")
+		}
 	}
-	after, ok := procCPU(os.Getpid())
-	if !ok || after-before < 0.02 {
-		t.Errorf("CPU %.3f -> %.3f s after a 50 ms busy loop (%d spins)", before, after, x)
+	if after-before < 0.02 {
+		t.Errorf("CPU %.3f -> %.3f s after 10 s of spinning (%d spins)", before, after, x)
 	}
 	if _, ok := procCPU(1 << 30); ok {
 		t.Error("a process that does not exist has a CPU time")
