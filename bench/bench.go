@@ -13,6 +13,14 @@
 //	            -producers sets how many churn in parallel
 //	idle-conns  open -conns idle connections and hold them for -duration
 //	queues      declare -count queues on one channel, then delete them
+//	many        many small clients: throughput with one queue per producer/consumer
+//	            pair, defaults -producers 400 -rate 25 -size 1024 -autoack=false
+//	            -prefetch 10 (consumers and queues follow -producers)
+//	ramp        many, repeated for each count in -ramp-counts until end-to-end p99
+//	            passes -ramp-p99 or the consumers fall behind; reports the largest
+//	            count that kept up
+//	floor       the same load through a bare forwarder in its own process (see
+//	            floor.go): the CPU per message any broker must spend at least
 //
 // Throughput topology: queues are <prefix>-1..N; producer i publishes to
 // queue i mod N (default exchange, or -exchange declared direct and bound by
@@ -24,6 +32,10 @@
 // to its basic.ack) and end-to-end latency (the producer stamps the first 8
 // body bytes with a monotonic clock reading the consumer subtracts from its
 // own), both in a fixed-size log-linear histogram (~3% resolution).
+//
+// With -broker-pid the broker's CPU time (utime+stime from /proc/PID/stat)
+// over the measured interval is reported as a share of one core and as
+// microseconds per consumed message.
 //
 // Backlogs: -pmessages N -consumers 0 -keep -confirm W fills the queues (use
 // confirms so the broker holds every message when the run returns), then
@@ -75,10 +87,13 @@ type Config struct {
 	Conns       int
 	Count       int
 	Quiet       bool
-	Coalesce    bool   // batch producer/consumer socket writes (see coalescingConn)
-	Client      string // "lean" (leanConn) or "amqp091" for producers, consumers and churn
-	BrokerPID   int    // if > 0: sample this local process's RSS (see Result.RSS)
-	CPUProfile  string // write the load generator's own CPU profile here
+	Coalesce    bool          // batch producer/consumer socket writes (see coalescingConn)
+	Client      string        // "lean" (leanConn) or "amqp091" for producers, consumers and churn
+	BrokerPID   int           // if > 0: sample this local process's RSS and CPU time (see Result)
+	CPUProfile  string        // write the load generator's own CPU profile here
+	RampCounts  string        // ramp mode: client counts to try, ascending, comma-separated
+	RampP99     time.Duration // ramp mode: the end-to-end p99 a step must stay under
+	FloorAddr   string        // floor mode: address of a running forwarder; "" = start one
 
 	server *serverInfo // what the broker said about itself; set by Run
 }
@@ -108,7 +123,8 @@ func (s *serverInfo) get() string {
 	return s.name
 }
 
-var modes = map[string]bool{"throughput": true, "churn": true, "idle-conns": true, "queues": true}
+var modes = map[string]bool{"throughput": true, "churn": true, "idle-conns": true, "queues": true,
+	"many": true, "ramp": true, "floor": true}
 
 // ParseFlags parses bench arguments; usage text goes to out.
 func ParseFlags(args []string, out io.Writer) (Config, error) {
@@ -116,7 +132,7 @@ func ParseFlags(args []string, out io.Writer) (Config, error) {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(out)
 	fs.StringVar(&c.URL, "url", "amqp://guest:guest@localhost:5672/", "broker URL")
-	fs.StringVar(&c.Mode, "mode", "throughput", "throughput | churn | idle-conns | queues")
+	fs.StringVar(&c.Mode, "mode", "throughput", "throughput | churn | idle-conns | queues | many | ramp | floor")
 	fs.IntVar(&c.Producers, "producers", 1, "producers (one connection each); in churn mode: parallel churners")
 	fs.IntVar(&c.Consumers, "consumers", 1, "consumers (one connection each); with -fanout: per queue")
 	fs.IntVar(&c.Queues, "queues", 1, "queues; producer/consumer i uses queue i mod N")
@@ -139,20 +155,25 @@ func ParseFlags(args []string, out io.Writer) (Config, error) {
 	fs.IntVar(&c.Count, "count", 1000, "queues mode: queues to declare")
 	fs.BoolVar(&c.Quiet, "quiet", false, "no live per-second lines")
 	fs.BoolVar(&c.Coalesce, "coalesce", true, "with -client amqp091: batch producer/consumer socket writes instead of one write(2) per publish")
-	fs.IntVar(&c.BrokerPID, "broker-pid", 0, "PID of the broker when it runs on this host: report its RSS before the run and at the measurement point")
+	fs.IntVar(&c.BrokerPID, "broker-pid", 0, "PID of the broker when it runs on this host: report its RSS before the run and at the measurement point, and its CPU time over the measured interval")
 	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write the load generator's own CPU profile (pprof) to this file, to check it is not the bottleneck")
 	fs.StringVar(&c.Client, "client", "lean", "AMQP client for producers, consumers and churn: lean (the bench's own, cheap per message) or amqp091 (amqp091-go)")
+	fs.StringVar(&c.RampCounts, "ramp-counts", "100,200,400,600,800,1000,1200,1600,2000", "ramp mode: comma-separated client counts to try, ascending")
+	fs.DurationVar(&c.RampP99, "ramp-p99", 100*time.Millisecond, "ramp mode: a step passes while its end-to-end p99 stays under this")
+	fs.StringVar(&c.FloorAddr, "floor-addr", "", "floor mode: host:port of a forwarder already running (-broker-pid its PID); empty = start one in a child process")
 	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if _, err := parseCounts(c.RampCounts); err != nil {
 		return c, err
 	}
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("bench: unexpected arguments %q", fs.Args())
 	}
-	fs.Visit(func(f *flag.Flag) {
-		if f.Name == "duration" {
-			c.DurationSet = true
-		}
-	})
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	c.DurationSet = set["duration"]
+	c.manyDefaults(set)
 	return c, c.validate()
 }
 
@@ -247,6 +268,20 @@ type Result struct {
 	RSSBefore int64 `json:"rss_before_bytes,omitempty"`
 	RSS       int64 `json:"rss_bytes,omitempty"`
 
+	// With -broker-pid (or the floor's own forwarder): the broker's CPU time over the measured
+	// interval (utime+stime from /proc/PID/stat, 10 ms ticks), as a share of one core, and per
+	// consumed message; BenchCPUPercent is this load generator's own share, for comparison.
+	BrokerCPUSeconds float64 `json:"broker_cpu_seconds,omitempty"`
+	BrokerCPUPercent float64 `json:"broker_cpu_percent,omitempty"`
+	BrokerUsPerMsg   float64 `json:"broker_us_per_msg,omitempty"`
+	BenchCPUPercent  float64 `json:"bench_cpu_percent,omitempty"`
+
+	// Ramp mode: one entry per count tried, and the largest count whose step kept up
+	// (consumed >= 95% of published) with its p99 under -ramp-p99 (0: none did).
+	Ramp          []RampStep `json:"ramp,omitempty"`
+	RampMax       int        `json:"ramp_max_clients,omitempty"`
+	RampStopCause string     `json:"ramp_stop,omitempty"`
+
 	Errors []string `json:"errors,omitempty"`
 }
 
@@ -263,6 +298,10 @@ func loadAvg() float64 {
 // Run executes `warren bench args...`, writing live lines and the summary (or
 // the JSON result with -json) to stdout. -h prints usage and returns nil.
 func Run(args []string, stdout io.Writer) error {
+	if os.Getenv(forwarderEnv) != "" {
+		// This process is the child a floor run started: be the forwarder, nothing else.
+		return serveForwarder(os.Stdin, stdout)
+	}
 	cfg, err := ParseFlags(args, stdout)
 	if errors.Is(err, flag.ErrHelp) {
 		return nil
@@ -290,6 +329,8 @@ func Run(args []string, stdout io.Writer) error {
 		defer pprof.StopCPUProfile()
 	}
 	cfg.server = &serverInfo{}
+	// Many connections need as many descriptors on this side of the sockets.
+	raiseFileLimit()
 	res.RSSBefore = cfg.rss()
 	live := stdout
 	if cfg.JSON || cfg.Quiet {
@@ -304,6 +345,12 @@ func Run(args []string, stdout io.Writer) error {
 		err = runIdleConns(&cfg, res, live)
 	case "queues":
 		err = runQueues(&cfg, res)
+	case "many":
+		err = runThroughput(&cfg, res, live)
+	case "ramp":
+		err = runRamp(&cfg, res, live)
+	case "floor":
+		err = runFloor(&cfg, res, live)
 	}
 	res.LoadAvg = loadAvg()
 	res.Server = cfg.server.get()
@@ -404,8 +451,21 @@ func printSummary(w io.Writer, r *Result) {
 	if r.RSS > 0 {
 		fmt.Fprintf(&b, "%-18s %.1f MB before, %.1f MB at the measurement point\n", "broker RSS:", float64(r.RSSBefore)/1e6, float64(r.RSS)/1e6)
 	}
+	if r.BrokerCPUSeconds > 0 {
+		fmt.Fprintf(&b, "%-18s %.1f%% of a core", "broker CPU:", r.BrokerCPUPercent)
+		if r.BrokerUsPerMsg > 0 {
+			fmt.Fprintf(&b, ", %.1f us per consumed message", r.BrokerUsPerMsg)
+		}
+		fmt.Fprintf(&b, " (load generator: %.1f%%)\n", r.BenchCPUPercent)
+	}
 	switch r.Mode {
-	case "throughput":
+	case "ramp":
+		for _, s := range r.Ramp {
+			fmt.Fprintf(&b, "%5d clients: sent %.0f/s received %.0f/s p50=%.1fms p99=%.1fms p99.9=%.1fms cpu=%.0f%% (%.1f us/msg)%s\n",
+				s.Clients, s.PublishRate, s.ConsumeRate, s.P50Ms, s.P99Ms, s.P999Ms, s.BrokerCPU, s.BrokerUsPerMsg, errSuffix(s.Error))
+		}
+		fmt.Fprintf(&b, "%-18s %d (stopped: %s)\n", "max clients:", r.RampMax, r.RampStopCause)
+	case "throughput", "many", "floor":
 		fmt.Fprintf(&b, "producers=%d consumers=%d queues=%d fanout=%d size=%d persistent=%v confirm=%d autoack=%v prefetch=%d multi-ack=%d\n",
 			r.Producers, r.Consumers, r.Queues, r.Fanout, r.Size, r.Persistent, r.Confirm, r.AutoAck, r.Prefetch, r.MultiAck)
 		if r.Backlog > 0 {

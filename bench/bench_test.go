@@ -22,6 +22,7 @@ func TestParseFlags(t *testing.T) {
 	defaults := Config{
 		URL: "amqp://guest:guest@localhost:5672/", Mode: "throughput", Producers: 1, Consumers: 1, Queues: 1,
 		Size: 16, AutoAck: true, MultiAck: 1, Duration: 10 * time.Second, QueuePrefix: "bench", Conns: 100, Count: 1000, Coalesce: true, Client: "lean",
+		RampCounts: "100,200,400,600,800,1000,1200,1600,2000", RampP99: 100 * time.Millisecond,
 	}
 	tests := []struct {
 		name    string
@@ -48,6 +49,22 @@ func TestParseFlags(t *testing.T) {
 		{name: "churn", args: []string{"-mode", "churn", "-producers", "2"}, want: func(c *Config) { c.Mode, c.Producers = "churn", 2 }},
 		{name: "idle", args: []string{"-mode", "idle-conns", "-conns", "5000"}, want: func(c *Config) { c.Mode, c.Conns = "idle-conns", 5000 }},
 		{name: "queues", args: []string{"-mode", "queues", "-count", "10"}, want: func(c *Config) { c.Mode, c.Count = "queues", 10 }},
+		{name: "many defaults: issue 22's load", args: []string{"-mode", "many"}, want: func(c *Config) {
+			c.Mode, c.Producers, c.Consumers, c.Queues, c.Rate, c.Size, c.AutoAck, c.Prefetch = "many", 400, 400, 400, 25, 1024, false, 10
+		}},
+		{name: "many: consumers and queues follow producers", args: []string{"-mode", "many", "-producers", "7", "-rate", "5"}, want: func(c *Config) {
+			c.Mode, c.Producers, c.Consumers, c.Queues, c.Rate, c.Size, c.AutoAck, c.Prefetch = "many", 7, 7, 7, 5, 1024, false, 10
+		}},
+		{name: "many: explicit flags win", args: []string{"-mode", "many", "-queues", "2", "-autoack", "-prefetch", "0", "-size", "16"}, want: func(c *Config) {
+			c.Mode, c.Producers, c.Consumers, c.Queues, c.Rate, c.Size, c.AutoAck, c.Prefetch = "many", 400, 400, 2, 25, 16, true, 0
+		}},
+		{name: "throughput keeps its own defaults", args: []string{"-rate", "5"}, want: func(c *Config) { c.Rate = 5 }},
+		{name: "ramp", args: []string{"-mode", "ramp", "-ramp-counts", "10, 20", "-ramp-p99", "50ms", "-floor-addr", "h:1"}, want: func(c *Config) {
+			c.Mode, c.Producers, c.Consumers, c.Queues, c.Rate, c.Size, c.AutoAck, c.Prefetch = "ramp", 400, 400, 400, 25, 1024, false, 10
+			c.RampCounts, c.RampP99, c.FloorAddr = "10, 20", 50*time.Millisecond, "h:1"
+		}},
+		{name: "ramp counts must ascend", args: []string{"-ramp-counts", "10,10"}, wantErr: "must ascend"},
+		{name: "ramp counts are counts", args: []string{"-ramp-counts", "10,x"}, wantErr: "not a positive count"},
 		{name: "bad mode", args: []string{"-mode", "nope"}, wantErr: "unknown -mode"},
 		{name: "negative broker pid", args: []string{"-broker-pid", "-1"}, wantErr: "-broker-pid"},
 		{name: "bad client", args: []string{"-client", "nope"}, wantErr: "unknown -client"},

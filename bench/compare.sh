@@ -18,6 +18,19 @@
 #   i  I_CONNS idle connections: broker RSS
 #   j  J_QUEUES queues declared: time and RSS
 #   k  fixed rate 5000 msgs/s, 1 KiB, 1p/1c: end-to-end latency
+#   l  many small clients (issue 22): 400 producers x 25 msgs/s, 400 queues, 400 consumers
+#      (manual ack, prefetch 10), 1 KiB: latency, broker CPU per message, RSS; also run
+#      through the bare forwarder (the floor)
+#   m  fixed 5000 msgs/s, 1 KiB, 1p/1c, autoack: broker CPU per message; also the floor
+#   n  ramp: the many-clients load at RAMP_COUNTS clients until p99 passes 100 ms or the
+#      consumers fall behind; the largest count that kept up (one run per broker)
+#
+# Points l and m also run the floor (warren-bench -mode floor: a length-prefixed forwarder in
+# a child process, measured like a broker) as a third column, interleaved W,R,floor, and print
+# a second table: Warren and RabbitMQ per message against the floor. Their CPU figures need
+# the brokers' PIDs (same host). RabbitMQ's Debian package starts it through su with the
+# open-files limit of /etc/security/limits.d (1024 by default: 832 sockets, ~415 clients);
+# raise it there and restart RabbitMQ before point n, or n stops RabbitMQ at its fd limit.
 #
 # Environment:
 #   WARREN_URL  Warren broker URL. Unset: Warren is built from this tree and started on a free
@@ -34,6 +47,8 @@
 #               lower gets half its limit instead (RabbitMQ's Debian default is 1024); compare
 #               the per-connection figure then.
 #   J_QUEUES    queues for j (default 100000)
+#   RAMP_COUNTS client counts for n (default 100,200,400,600,800,1000,1200,1600,2000)
+#   RAMP_STEP   duration of each ramp step (default 10s)
 #   BENCH_ARGS  extra arguments for every bench run, e.g. "-client amqp091"
 #   OUT         directory for the raw JSON results (default: a new temp dir)
 #   BENCH_BIN   prebuilt warren-bench binary (default: built from this tree)
@@ -52,7 +67,9 @@ command -v jq >/dev/null || { echo "compare.sh: jq is required" >&2; exit 1; }
 RABBIT_URL=${RABBIT_URL:-amqp://guest:guest@127.0.0.1:5672/}
 DURATION=${DURATION:-10s}
 REPEATS=${REPEATS:-3}
-POINTS=${POINTS:-a b c d e f h k i j g}
+POINTS=${POINTS:-a b c d e f h k l m n i j g}
+RAMP_COUNTS=${RAMP_COUNTS:-100,200,400,600,800,1000,1200,1600,2000}
+RAMP_STEP=${RAMP_STEP:-10s}
 G_MESSAGES=${G_MESSAGES:-1000000}
 I_CONNS=${I_CONNS:-10000}
 J_QUEUES=${J_QUEUES:-100000}
@@ -129,7 +146,8 @@ reachable() {
 }
 
 BROKERS=(warren)
-declare -A URL=([warren]=$WARREN_URL [rabbit]=$RABBIT_URL) PID=([warren]=${WARREN_PID:-} [rabbit]=${RABBIT_PID:-})
+# floor: the bench starts its own forwarder process per run and measures it; no URL or PID.
+declare -A URL=([warren]=$WARREN_URL [rabbit]=$RABBIT_URL [floor]=$WARREN_URL) PID=([warren]=${WARREN_PID:-} [rabbit]=${RABBIT_PID:-} [floor]="")
 if [[ -n ${TABLE_ONLY:-} ]]; then
 	BROKERS+=(rabbit)
 else
@@ -178,6 +196,17 @@ DESC[j]="$J_QUEUES queues declared"
 ARGS[j]="-mode queues -count $J_QUEUES -duration 1h"
 DESC[k]="fixed 5000 msgs/s, 1 KiB, 1p/1c, autoack (latency)"
 ARGS[k]="-size 1024 -rate 5000"
+DESC[l]="400p x 25 msgs/s, 400 q, 400c manual ack prefetch 10, 1 KiB"
+ARGS[l]="-mode many -producers 400 -rate 25"
+DESC[m]="fixed 5000 msgs/s, 1 KiB, 1p/1c, autoack (CPU/msg)"
+ARGS[m]="-size 1024 -rate 5000"
+DESC[n]="ramp of 25 msgs/s clients ($RAMP_COUNTS), $RAMP_STEP per step"
+ARGS[n]="-mode ramp -rate 25 -ramp-counts $RAMP_COUNTS -ramp-p99 100ms"
+# Points that also run the floor, and its arguments: the same load, with acks read (and
+# dropped) by the forwarder where the broker gets manual acks, none where it runs autoack.
+declare -A FLOOR_ARGS
+FLOOR_ARGS[l]="-mode floor -producers 400 -rate 25 -autoack=false -prefetch 10"
+FLOOR_ARGS[m]="-mode floor -producers 1 -rate 5000 -size 1024 -autoack"
 
 # point -> "label~jq expression[~result file prefix]" metrics, separated by ';'
 declare -A METRICS
@@ -193,6 +222,11 @@ METRICS[h]="connections/s (hi)~.conn_rate;open+close p50 ms (lo)~.conn_latency.p
 METRICS[i]="connections held (hi)~.alive;RSS MB (lo)~.rss_bytes / 1e6 | round;RSS KB per connection (lo)~(.rss_bytes - .rss_before_bytes) / .connections / 1024 | round"
 METRICS[j]="declare s (lo)~.declare_seconds;declares/s (hi)~.declare_rate;RSS MB with all declared (lo)~.rss_bytes / 1e6 | round;RSS KB per queue (lo)~(.rss_bytes - .rss_before_bytes) / .declared / 1024 * 10 | round / 10"
 METRICS[k]="recv msg/s~.consume_rate;e2e p50 ms (lo)~.latency.p50_ms;e2e p99 ms (lo)~.latency.p99_ms;e2e p99.9 ms (lo)~.latency.p999_ms"
+CPU="recv msg/s (hi)~.consume_rate;e2e p50 ms (lo)~.latency.p50_ms;e2e p99 ms (lo)~.latency.p99_ms;e2e p99.9 ms (lo)~.latency.p999_ms;broker CPU % of a core (lo)~.broker_cpu_percent;broker CPU us/msg (lo)~.broker_us_per_msg;RSS MB (lo)~.rss_bytes / 1e6 | round"
+METRICS[l]=$CPU
+METRICS[m]=$CPU
+AT_MAX='(.ramp_max_clients) as $m | [.ramp[] | select(.clients == $m)][0]'
+METRICS[n]="clients kept under p99 100 ms (hi)~.ramp_max_clients // 0;msgs/s at that count (hi)~$AT_MAX | .consume_rate;p99 ms at that count (lo)~$AT_MAX | .p99_ms;broker CPU % at that count~$AT_MAX | .broker_cpu_percent"
 
 # bench BROKER FILE TIMEOUT ARGS...: one bench run, JSON to FILE; a failed run leaves no FILE.
 bench() {
@@ -239,12 +273,26 @@ run_point() {
 		# shellcheck disable=SC2086
 		bench "$b" "$OUT/i-$b-$r.json" 600 ${ARGS[i]} -conns "$n" || true
 		;;
+	n)
+		# A ramp is long (up to one RAMP_STEP per count plus connection set-up): once per broker.
+		((r == 1)) || return 0
+		echo "point n ($b): ${ARGS[n]}" >&2
+		# shellcheck disable=SC2086
+		bench "$b" "$OUT/n-$b-$r.json" 3600 -duration "$RAMP_STEP" -queue-prefix compare-n ${ARGS[n]} || true
+		;;
 	j)
 		echo "point j ($b, run $r/$REPEATS): ${ARGS[j]}" >&2
 		# shellcheck disable=SC2086
 		bench "$b" "$OUT/j-$b-$r.json" 3600 -queue-prefix "compare-j-$r" ${ARGS[j]} || true
 		;;
 	*)
+		if [[ $b == floor ]]; then
+			echo "point $p (floor, run $r/$REPEATS): ${FLOOR_ARGS[$p]}" >&2
+			# shellcheck disable=SC2086
+			bench floor "$OUT/$p-floor-$r.json" "$limit" -duration "$DURATION" ${FLOOR_ARGS[$p]} || true
+			settle
+			return
+		fi
 		echo "point $p ($b, run $r/$REPEATS): ${ARGS[$p]}" >&2
 		# shellcheck disable=SC2086 # ARGS holds several words on purpose
 		bench "$b" "$OUT/$p-$b-$r.json" "$limit" -duration "$DURATION" -queue-prefix "compare-$p" ${ARGS[$p]} || true
@@ -277,6 +325,9 @@ for p in $POINTS; do
 		for b in "${BROKERS[@]}"; do
 			run_point "$p" "$b" "$r"
 		done
+		if [[ -n ${FLOOR_ARGS[$p]:-} ]]; then
+			run_point "$p" floor "$r"
+		fi
 	done
 done
 
@@ -294,7 +345,8 @@ stats() {
 }
 
 ratio() {
-	if [[ $1 == n/a || $2 == n/a || $2 == "null" ]]; then echo "n/a"; return; fi
+	# A zero divisor is caught here: jq folds a constant division by zero into a compile error.
+	if [[ $1 == n/a || $2 == n/a || $2 == "null" || $2 =~ ^0*(\.0*)?$ ]]; then echo "n/a"; return; fi
 	jq -n "if $2 == 0 then \"n/a\" else ($1 / $2 * 100 | round) / 100 end" | tr -d '"'
 }
 
@@ -333,6 +385,33 @@ for p in $POINTS; do
 		echo "| $p | $desc | $label | $w | $rb | $(ratio "$w" "$rb") | $ws / $rs |"
 	done
 done
+for p in $POINTS; do
+	[[ $p == n ]] || continue
+	for b in "${BROKERS[@]}"; do
+		f=$OUT/n-$b-1.json
+		[[ -e $f ]] && echo "- ramp ($b): $(jq -r '[.ramp[] | "\(.clients): p99 \(.p99_ms) ms, \(.consume_rate | round)/s, load \(.loadavg // "?")"] | join("; ")' "$f"); stopped: $(jq -r '.ramp_stop // "?"' "$f")"
+	done
+done
+floor_points=""
+for p in $POINTS; do
+	if [[ -n ${FLOOR_ARGS[$p]:-} ]]; then floor_points+=" $p"; fi
+done
+if [[ -n $floor_points ]]; then
+	echo
+	echo "Against the floor (a bare forwarder; acks read and dropped for l, none for m; same load, same host, interleaved with the brokers):"
+	echo
+	echo "| point | metric | Warren | RabbitMQ | floor | W/floor | R/floor |"
+	echo "|---|---|---:|---:|---:|---:|---:|"
+	for p in $floor_points; do
+		for m in "broker CPU us/msg (lo)~.broker_us_per_msg" "broker CPU % of a core (lo)~.broker_cpu_percent" "e2e p99 ms (lo)~.latency.p99_ms" "RSS MB (lo)~.rss_bytes / 1e6 | round"; do
+			IFS='~' read -r label expr <<<"$m"
+			read -r w _ < <(stats "$p" warren "$expr")
+			read -r rb _ < <(stats "$p" rabbit "$expr")
+			read -r f _ < <(stats "$p" floor "$expr")
+			echo "| $p | $label | $w | $rb | $f | $(ratio "$w" "$f") | $(ratio "$rb" "$f") |"
+		done
+	done
+fi
 echo
 load=$(jq -s '[.[].loadavg // 0] | max' "$OUT"/*.json 2>/dev/null || echo "?")
 echo "Highest 1-min load average seen at the end of a run: $load (on a shared or small host, treat ratios with care)."

@@ -145,7 +145,11 @@ func runIdleConns(cfg *Config, res *Result, live io.Writer) error {
 		}
 	}
 	fmt.Fprintf(live, "opened %d connections in %.2fs, failed %d; holding for %s\n", opened, res.OpenSeconds, failed.Load(), cfg.Duration)
+	// What idle connections cost the broker in CPU: heartbeats (amqp091-go asks for 10 s) and
+	// whatever timers it keeps per connection. No messages: only the CPU fields are filled.
+	cpu := startCPU(cfg.BrokerPID)
 	time.Sleep(cfg.Duration)
+	cpu.stop(res, 0)
 	res.RSS = cfg.rss()
 	var alive int64
 	for i, c := range conns {

@@ -135,6 +135,7 @@ func runThroughput(cfg *Config, res *Result, live io.Writer) error {
 
 	start := time.Now()
 	startNs := nowNanos()
+	cpu := startCPU(cfg.BrokerPID)
 	for _, c := range t.consumers {
 		t.wg.Add(1)
 		if c.lean != nil {
@@ -192,6 +193,7 @@ loop:
 	}
 	end := time.Now()
 	endNs := nowNanos()
+	cpu.stop(res, t.sample().received)
 	res.RSS = cfg.rss()
 	t.halt()
 	final := t.sample()
@@ -439,7 +441,7 @@ func (t *throughput) publish(p *producer, startNs int64) {
 			return false
 		}
 	}
-	pace := newPacer(cfg.Rate, startNs)
+	pace := newPacer(cfg.Rate, startNs+t.phase(p.id))
 	for n := int64(0); !t.stop.Load(); n++ {
 		if cfg.PMessages > 0 && n >= cfg.PMessages {
 			for outstanding > 0 {
@@ -628,6 +630,16 @@ func (t *throughput) cleanup(admin *amqp.Connection, res *Result) {
 	}
 }
 
+// phase staggers rate-limited producers evenly over one publish interval, so N producers at R
+// msgs/s offer a steady N*R msgs/s instead of N publishes at the same instant every 1/R s
+// (clients in production are not synchronised either).
+func (t *throughput) phase(id int) int64 {
+	if t.cfg.Rate <= 0 || t.cfg.Producers <= 1 {
+		return 0
+	}
+	return int64(1e9 / t.cfg.Rate * float64(id) / float64(t.cfg.Producers))
+}
+
 // pacer spaces a producer's publishes for -rate: publish n is due at start + n/rate, so a
 // producer that fell behind catches up instead of drifting.
 type pacer struct {
@@ -756,7 +768,7 @@ func (t *throughput) publishLean(p *producer, startNs int64) {
 	defer t.wg.Done()
 	cfg := t.cfg
 	tmpl := newPublishTemplate(p.exchange, p.key, cfg.Size, cfg.Persistent, p.lean.frameMax)
-	pace := newPacer(cfg.Rate, startNs)
+	pace := newPacer(cfg.Rate, startNs+t.phase(p.id))
 	w := p.window
 	var firstAt int64 // stamp of the oldest buffered publish, 0 = none
 	flush := func() {

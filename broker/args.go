@@ -19,6 +19,13 @@ type queueSpec struct {
 	dlrk    *string
 	expires time.Duration
 	quorum  bool
+	// lazy: x-queue-mode lazy; inMemory: x-max-in-memory-length (-1: not set). Both bound the
+	// queue's paging window, fixed when the queue is created.
+	lazy     bool
+	inMemory int64
+	// consumerTimeout: x-consumer-timeout (-1: not set; 0: none for this queue).
+	consumerTimeout time.Duration
+	stream          bool // x-queue-type stream: an append-only log (broker/stream.go)
 }
 
 // argError builds RabbitMQ's text for a bad queue argument; the queue and vhost names are filled
@@ -107,7 +114,36 @@ const maxExpiry = math.MaxUint32
 // parseQueueArgs validates queue arguments the way RabbitMQ does (406 on a bad value) and turns
 // them into queue options. Unknown arguments are kept but ignored, as in RabbitMQ.
 func parseQueueArgs(args amqp.Table) (queueSpec, *amqp.Error) {
-	spec := queueSpec{opts: queue.NoLimits()}
+	spec := queueSpec{opts: queue.NoLimits(), inMemory: -1, consumerTimeout: -1}
+	// The type first: RabbitMQ refuses a known argument that the type does not take.
+	if v, ok := args["x-queue-type"]; ok {
+		s, isStr := v.(string)
+		if !isStr {
+			return spec, argTypeError("x-queue-type", v)
+		}
+		switch s {
+		case "classic":
+		case "quorum":
+			spec.quorum = true
+		case "stream":
+			spec.stream = true
+		default:
+			return spec, argError("x-queue-type", "unsupported_queue_type", s)
+		}
+	}
+	if spec.stream {
+		// A stream takes its own arguments (broker/stream.go reads them); RabbitMQ refuses
+		// the other queue arguments it knows for rabbit_stream_queue.
+		for k := range args {
+			if _, known := QueueArguments[k]; known && !streamArguments[k] {
+				return spec, amqp.Errorf(amqp.PreconditionFailed, "invalid arg '%s' for queue '' in vhost '' of queue type rabbit_stream_queue", k)
+			}
+		}
+		return spec, nil
+	}
+	if err := checkKnownArgs(QueueArguments, args, spec.quorum); err != nil {
+		return spec, err
+	}
 	nonNeg := func(key string) (int64, bool, *amqp.Error) {
 		v, ok := args[key]
 		if !ok {
@@ -163,6 +199,11 @@ func parseQueueArgs(args amqp.Table) (queueSpec, *amqp.Error) {
 		return spec, err
 	} else if ok {
 		spec.opts.DeliveryLimit = n
+	}
+	if d, ok, err := millis("x-consumer-timeout"); err != nil {
+		return spec, err
+	} else if ok {
+		spec.consumerTimeout = d
 	}
 	if d, ok, err := millis("x-redelivery-delay"); err != nil {
 		return spec, err
@@ -222,20 +263,104 @@ func parseQueueArgs(args amqp.Table) (queueSpec, *amqp.Error) {
 		}
 		spec.dlrk = &s
 	}
-	if v, ok := args["x-queue-type"]; ok {
-		s, isStr := v.(string)
-		if !isStr {
-			return spec, argTypeError("x-queue-type", v)
+	if v, ok := args["x-max-priority"]; ok {
+		// RabbitMQ 3.10.8 (measured): an integer 0..255, 0 meaning a plain queue.
+		n, isInt := intArg(v)
+		switch {
+		case !isInt:
+			return spec, argTextError("x-max-priority", fmt.Sprintf("\"expected integer, got %s\"", typeName(v)))
+		case n < 0:
+			return spec, argError("x-max-priority", "value_negative", n)
+		case n > queue.MaxPriorityLimit:
+			return spec, argError("x-max-priority", "max_value_exceeded", n)
 		}
-		switch s {
-		case "classic":
-		case "quorum":
-			spec.quorum = true
-		default:
-			return spec, argError("x-queue-type", "unsupported_queue_type", s)
+		spec.opts.MaxPriority = int(n)
+	}
+	if v, ok := args["x-single-active-consumer"]; ok {
+		b, isBool := v.(bool)
+		if !isBool {
+			return spec, argError("x-single-active-consumer", "unacceptable_type", typeName(v))
 		}
+		spec.opts.SingleActiveConsumer = b
+	}
+	if err := spec.parseStorageArgs(args); err != nil {
+		return spec, err
 	}
 	return spec, nil
+}
+
+// parseStorageArgs reads the arguments about where a queue keeps its messages and where it
+// lives in a cluster, with RabbitMQ 3.10.8's texts (measured). checkKnownArgs has refused
+// those the queue's type does not take.
+func (spec *queueSpec) parseStorageArgs(args amqp.Table) *amqp.Error {
+	str := func(key string) (string, bool, *amqp.Error) {
+		v, ok := args[key]
+		if !ok {
+			return "", false, nil
+		}
+		s, isStr := v.(string)
+		if !isStr {
+			return "", false, argError(key, "unacceptable_type", typeName(v))
+		}
+		return s, true, nil
+	}
+	integer := func(key string) (int64, bool, *amqp.Error) {
+		v, ok := args[key]
+		if !ok {
+			return 0, false, nil
+		}
+		n, isInt := intArg(v)
+		if !isInt {
+			return 0, false, argTextError(key, fmt.Sprintf("\"expected integer, got %s\"", typeName(v)))
+		}
+		return n, true, nil
+	}
+	if s, ok, err := str("x-queue-mode"); err != nil {
+		return err
+	} else if ok {
+		if s != "default" && s != "lazy" {
+			return argTextError("x-queue-mode", fmt.Sprintf("\"unsupported queue mode '%s'\"", s))
+		}
+		spec.lazy = s == "lazy"
+	}
+	if n, ok, err := integer("x-queue-version"); err != nil {
+		return err
+	} else if ok && n != 1 && n != 2 {
+		return argTextError("x-queue-version", fmt.Sprintf("\"unsupported queue version '%d'\"", n))
+	}
+	if n, ok, err := integer("x-max-in-memory-length"); err != nil {
+		return err
+	} else if ok {
+		if n < 0 {
+			return argError("x-max-in-memory-length", "value_negative", n)
+		}
+		spec.inMemory = n
+	}
+	if s, ok, err := str("x-dead-letter-strategy"); err != nil {
+		return err
+	} else if ok {
+		switch s {
+		case "at-most-once":
+		case "at-least-once":
+			return notSupported("x-dead-letter-strategy", "at-least-once dead-lettering")
+		default:
+			return argTextError("x-dead-letter-strategy", "invalid_dlx_strategy")
+		}
+	}
+	if s, ok, err := str("x-queue-leader-locator"); err != nil {
+		return err
+	} else if ok && s != "client-local" && s != "balanced" {
+		return argTextError("x-queue-leader-locator", "invalid_queue_locator_arg")
+	}
+	if n, ok, err := integer("x-quorum-initial-group-size"); err != nil {
+		return err
+	} else if ok && n <= 0 {
+		if n == 0 {
+			return argError("x-quorum-initial-group-size", "value_zero", n)
+		}
+		return argError("x-quorum-initial-group-size", "value_negative", n)
+	}
+	return nil
 }
 
 // parseOverflow reads an overflow behaviour as x-overflow and the overflow policy key name it.
@@ -273,3 +398,10 @@ func CheckQueueArgs(name, vhost string, durable bool, args amqp.Table) error {
 
 // ErrQuorumDurable is CheckQueueArgs's error for a quorum queue declared non-durable.
 var ErrQuorumDurable = errors.New("a quorum queue must be durable")
+
+// streamArguments are the queue arguments a stream takes (RabbitMQ 3.10's rabbit_stream_queue
+// capabilities).
+var streamArguments = map[string]bool{
+	"x-queue-type": true, "x-max-length-bytes": true, "x-max-age": true,
+	"x-stream-max-segment-size-bytes": true, "x-initial-cluster-size": true, "x-queue-leader-locator": true,
+}

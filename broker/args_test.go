@@ -64,7 +64,7 @@ func TestParseQueueArgs(t *testing.T) {
 				t.Error("quorum not set")
 			}
 		}},
-		{name: "stream unsupported", args: amqp.Table{"x-queue-type": "stream"}, wantErr: "unsupported_queue_type"},
+		{name: "unknown type unsupported", args: amqp.Table{"x-queue-type": "fancy"}, wantErr: "unsupported_queue_type"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -41,6 +41,8 @@ type VHostSettings struct {
 type Broker struct {
 	log   *slog.Logger
 	store *persistence.Store // nil: in memory only
+	// dataDir is the data directory; stream queues' logs live in dataDir/streams.
+	dataDir string
 
 	vhMu    sync.RWMutex
 	vhosts  map[string]*VHost
@@ -53,6 +55,8 @@ type Broker struct {
 	// flowHigh is the ready backlog over which a queue being drained holds its publishers.
 	flowHigh int
 	stats    brokerStats
+	// replies maps the direct reply-to names in use to their ReplySink (see replyto.go).
+	replies sync.Map
 }
 
 // brokerStats count events off the message path (churn) and flow-control pauses.
@@ -85,6 +89,7 @@ func New(opts Options) (*Broker, error) {
 		vhosts:         make(map[string]*VHost, len(opts.VHosts)),
 		retired:        map[string]*VHost{},
 		maxRAMMessages: opts.MaxRAMMessages,
+		dataDir:        opts.DataDir,
 	}
 	if opts.MemoryBudget > 0 {
 		b.budget = queue.NewBudget(opts.MemoryBudget)
@@ -191,6 +196,7 @@ func (b *Broker) Close() error {
 		v.stopTimers()
 	}
 	b.vhMu.RUnlock()
+	b.closeStreams()
 	if b.store != nil {
 		if err := b.store.Close(); err != nil {
 			return fmt.Errorf("closing storage: %w", err)

@@ -1,6 +1,9 @@
 package broker
 
 import (
+	"fmt"
+	"math"
+
 	"warren/amqp"
 	"warren/persistence"
 	"warren/queue"
@@ -21,6 +24,21 @@ type Consumer interface {
 // anything (the front end sends consume-ok there). If the queue is deleted in between, c is told
 // with QueueDeleted.
 func (v *VHost) Consume(a Actor, name string, c Consumer, exclusive bool, started func(*Queue)) (*Queue, *amqp.Error) {
+	return v.ConsumeWith(a, name, c, ConsumeOptions{Exclusive: exclusive}, started)
+}
+
+// ConsumeOptions are a basic.consume's flags and arguments.
+type ConsumeOptions struct {
+	Exclusive bool
+	// Args are basic.consume's arguments: x-priority (consumer priority) is used; the
+	// others are checked as in RabbitMQ (see parseConsumeArgs).
+	Args amqp.Table
+}
+
+// ConsumeWith is Consume with basic.consume's arguments. An invalid argument is RabbitMQ's 406,
+// checked once the queue is found (its text names the queue).
+func (v *VHost) ConsumeWith(a Actor, name string, c Consumer, o ConsumeOptions, started func(*Queue)) (*Queue, *amqp.Error) {
+	exclusive := o.Exclusive
 	if err := a.authorize(PermRead, ResQueue, name); err != nil {
 		return nil, err
 	}
@@ -30,7 +48,16 @@ func (v *VHost) Consume(a Actor, name string, c Consumer, exclusive bool, starte
 		v.mu.Unlock()
 		return nil, err
 	}
-	if qs.exclusiveConsumer || (exclusive && qs.consumers > 0) {
+	copts, aerr := parseConsumeArgs(o.Args, qs.spec.quorum)
+	if aerr != nil {
+		v.mu.Unlock()
+		aerr.Text = fillQueueName(aerr.Text, qs.name, v.name)
+		return nil, aerr
+	}
+	// RabbitMQ 3.10.8 (measured) refuses an exclusive consumer on a single-active-consumer
+	// queue with the same error as on a queue in exclusive use.
+	sac := qs.q.Options().SingleActiveConsumer
+	if qs.exclusiveConsumer || (exclusive && (qs.consumers > 0 || sac)) {
 		v.mu.Unlock()
 		return nil, amqp.Errorf(amqp.AccessRefused, "queue '%s' in vhost '%s' in exclusive use", qs.name, v.name)
 	}
@@ -46,7 +73,7 @@ func (v *VHost) Consume(a Actor, name string, c Consumer, exclusive bool, starte
 	if started != nil {
 		started(qs)
 	}
-	if !qs.q.AddConsumer(c) {
+	if !qs.q.AddConsumerWith(c, copts) {
 		// Deleted since the check: the consumer never existed for the queue.
 		v.ConsumerRemoved(qs, exclusive)
 		c.QueueDeleted()
@@ -65,6 +92,9 @@ func (v *VHost) Cancel(qs *Queue, c Consumer, exclusive bool) {
 // qs.Q() itself (channel shutdown removes every consumer first, then requeues, then releases):
 // an auto-delete queue whose last consumer went is deleted.
 func (v *VHost) ConsumerRemoved(qs *Queue, exclusive bool) {
+	if qs.sq != nil {
+		qs.streamConsumerGone()
+	}
 	v.mu.Lock()
 	qs.consumers--
 	if exclusive {
@@ -92,6 +122,9 @@ func (v *VHost) Get(a Actor, name string, noAck bool) (qs *Queue, e *queue.Entry
 	qs, err = v.Queue(a, name)
 	if err != nil {
 		return nil, nil, 0, false, err
+	}
+	if qs.sq != nil {
+		return nil, nil, 0, false, amqp.Errorf(amqp.NotImplemented, "basic.get not supported by stream queues %s", qs.rs())
 	}
 	v.touch(qs)
 	e, remaining, ok = qs.q.Get(noAck)
@@ -147,6 +180,9 @@ func (qs *Queue) journal(e *queue.Entry, deliveries uint32, noAck bool) {
 // DeliveryHeader is the content header to send: the publisher's bytes verbatim, except that
 // quorum-style queues add x-delivery-count to redeliveries, as RabbitMQ does.
 func (qs *Queue) DeliveryHeader(e *queue.Entry) []byte {
+	if qs.sq != nil {
+		return streamHeader(e)
+	}
 	if e.Returns == 0 || (!qs.spec.quorum && qs.q.Options().DeliveryLimit < 0) {
 		return e.Msg.Header
 	}
@@ -177,6 +213,10 @@ const (
 // dead-lettering) and the durable copies of acked entries are removed - added to batch when it
 // is not nil (a transaction, whose caller submits it), else submitted now.
 func (qs *Queue) Settle(kind Settlement, es []*queue.Entry, batch *persistence.Batch) {
+	if qs.sq != nil {
+		qs.kickStream() // a stream's acks only return credit
+		return
+	}
 	switch kind {
 	case Ack:
 		qs.q.Ack(len(es))
@@ -208,4 +248,28 @@ func (qs *Queue) removeAcked(es []*queue.Entry, batch *persistence.Batch) {
 		return
 	}
 	qs.v.b.store.Submit(&persistence.Batch{Removes: removes}, nil)
+}
+
+// parseConsumeArgs reads basic.consume's arguments as RabbitMQ 3.10 checks them
+// (rabbit_amqqueue:check_consume_arguments, measured): ConsumeArguments says which the queue's
+// type takes, x-priority must be an integer ("expected integer, got longstr" otherwise) and
+// x-cancel-on-ha-failover a boolean.
+func parseConsumeArgs(args amqp.Table, quorum bool) (queue.ConsumerOptions, *amqp.Error) {
+	var o queue.ConsumerOptions
+	if err := checkKnownArgs(ConsumeArguments, args, quorum); err != nil {
+		return o, err
+	}
+	if v, ok := args["x-cancel-on-ha-failover"]; ok {
+		if _, isBool := v.(bool); !isBool {
+			return o, argError("x-cancel-on-ha-failover", "unacceptable_type", typeName(v))
+		}
+	}
+	if v, ok := args["x-priority"]; ok {
+		n, isInt := intArg(v)
+		if !isInt {
+			return o, argTextError("x-priority", fmt.Sprintf("\"expected integer, got %s\"", typeName(v)))
+		}
+		o.Priority = int(max(min(n, math.MaxInt32), math.MinInt32))
+	}
+	return o, nil
 }

@@ -165,6 +165,7 @@ func deadLetterMessage(id uint64, m *queue.Message, queueName string, dl *dlConf
 		Header:     amqp.AppendContentHeader(nil, h.ClassID, uint64(len(m.Body)), &h.Props),
 		Body:       m.Body,
 		Persistent: m.Persistent,
+		Priority:   h.Props.Priority,
 	}, nil
 }
 

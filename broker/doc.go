@@ -36,6 +36,10 @@
 //   - the store (package persistence): one journal goroutine that commits every write in
 //     groups, one reader goroutine for read-aheads (a paged queue's pagedIn callback, and the
 //     pushes and dead-letterings it causes, run there), value-log GC and trim loops.
+//   - per stream queue (stream.go): the log's writer goroutine (package stream; publishers'
+//     confirms run there), a max-age timer, and one goroutine per consumer that reads the log
+//     and calls Consumer.Deliver with no broker lock held, waiting for credit (Settle kicks it)
+//     or for new records.
 //
 // Deliveries (Consumer.Deliver) run on whichever goroutine made messages deliverable: a
 // publisher's reader, a consumer's reader acking (credit), a writer that drained (kick), a queue
@@ -54,6 +58,14 @@
 //	confirmTracker.mu  a channel's publisher confirms (package server)
 //	writer.mu          a connection's output buffer (package server)
 //	persistence        the journal's queue (Store.Submit): a leaf, taken under any of the above
+//	streamQueue.mu     a stream queue's consumer set (stream.go); never under VHost.mu; Gone
+//	                   takes channel.mu under it. The log's own locks (package stream) are
+//	                   leaves.
+//
+// The AMQP front end's own tables sit beside this chain, never around a call into the core:
+//
+//	Server.mu          the connection table and the limits' counts (package server)
+//	conn.chMu          one connection's channel table; under it, channel.mu (listings)
 //
 // What may run under which lock:
 //

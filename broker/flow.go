@@ -42,6 +42,7 @@ func (p *Publisher) Flow(targets []*Queue) {
 		b.stats.flowPauses.Add(1)
 		b.store.AwaitRoom(journalRoom)
 	}
+	awaitStreams(targets)
 	p.count++
 	if p.count%flowCheckEvery != 0 {
 		return

@@ -19,15 +19,18 @@ type pager struct {
 	space uint64
 }
 
-// enablePaging bounds qs's memory to the configured window; without a store everything
-// stays in memory.
-func (b *Broker) enablePaging(qs *Queue) {
+// enablePaging bounds qs's memory to the configured window, or to window when it is smaller
+// (a lazy queue's, or x-max-in-memory-length); without a store everything stays in memory.
+func (b *Broker) enablePaging(qs *Queue, window int) {
 	if b.store == nil {
 		return
 	}
+	if window <= 0 || window > b.maxRAMMessages {
+		window = b.maxRAMMessages
+	}
 	qs.q.SetPaging(queue.Paging{
 		Pager:  &pager{qs: qs, store: b.store, space: b.store.NewPageSpace()},
-		Window: b.maxRAMMessages,
+		Window: window,
 		Budget: b.budget,
 	})
 }
@@ -79,6 +82,11 @@ func (qs *Queue) storedEntry(st persistence.Stored, cache map[uint64]*queue.Mess
 	if m == nil {
 		pm := st.Msg
 		m = &queue.Message{ID: pm.ID, Exchange: pm.Exchange, RoutingKey: pm.RoutingKey, Header: pm.Header, Body: pm.Body, Persistent: st.Persistent}
+		// The store keeps only the raw header: the priority is read back from it, for the
+		// queues this message may be dead-lettered into (the seq already holds it here).
+		if sum, err := amqp.ScanContentHeader(pm.Header); err == nil {
+			m.Priority = sum.Priority
+		}
 		if cache != nil {
 			cache[pm.ID] = m
 		}

@@ -52,17 +52,9 @@ type Policy struct {
 	redeliveryBackoff                                             float64 // 0: unset
 	overflow                                                      *queue.Overflow
 	dlx, dlrk, alternateExchange                                  *string
-}
-
-// ignoredPolicyKeys are RabbitMQ policy keys Warren accepts (so that real definitions import)
-// but has no use for: mirroring, queue modes and locators, streams, federation.
-var ignoredPolicyKeys = map[string]bool{
-	"ha-mode": true, "ha-params": true, "ha-sync-mode": true, "ha-sync-batch-size": true,
-	"ha-promote-on-shutdown": true, "ha-promote-on-failure": true, "queue-mode": true,
-	"queue-master-locator": true, "queue-leader-locator": true, "queue-version": true,
-	"max-in-memory-length": true, "max-in-memory-bytes": true, "max-age": true,
-	"stream-max-segment-size-bytes": true, "initial-cluster-size": true,
-	"federation-upstream": true, "federation-upstream-set": true, "consumer-timeout": true,
+	queueMode                                                     *string // queue-mode: default or lazy
+	maxInMemoryLength                                             int64
+	consumerTimeout                                               int64 // ms
 }
 
 var policyApplyTo = map[string]bool{"all": true, "queues": true, "exchanges": true, "classic_queues": true, "quorum_queues": true, "streams": true}
@@ -73,7 +65,7 @@ func CompilePolicy(key string, p PolicyDef) (*Policy, []string, error) {
 	cp := &Policy{
 		name: p.Name, applyTo: p.ApplyTo, priority: p.Priority, def: p.Definition,
 		messageTTL: -1, expires: -1, maxLength: -1, maxLengthBytes: -1, deliveryLimit: -1,
-		redeliveryDelay: -1, redeliveryMaxDelay: -1,
+		redeliveryDelay: -1, redeliveryMaxDelay: -1, maxInMemoryLength: -1, consumerTimeout: -1,
 	}
 	if p.Name == "" {
 		return nil, nil, keyErr(key+".name", "must not be empty")
@@ -161,11 +153,34 @@ func CompilePolicy(key string, p PolicyDef) (*Policy, []string, error) {
 			cp.dlrk, err = strVal()
 		case "alternate-exchange":
 			cp.alternateExchange, err = strVal()
-		default:
-			if !ignoredPolicyKeys[k] {
-				return nil, nil, keyErr(dkey, "unknown policy key")
+		case "queue-mode":
+			cp.queueMode, err = strVal()
+			if err == nil && *cp.queueMode != "default" && *cp.queueMode != "lazy" {
+				err = keyErr(dkey, "%q is not one of default, lazy", *cp.queueMode)
 			}
-			warnings = append(warnings, fmt.Sprintf("%s: policy key %q accepted but has no effect in Warren", key, k))
+		case "consumer-timeout":
+			cp.consumerTimeout, err = millis(0)
+		case "max-in-memory-length":
+			cp.maxInMemoryLength, err = intVal(0)
+		case "dead-letter-strategy":
+			if s, _ := v.(string); s != "at-most-once" {
+				err = keyErr(dkey, "%v: Warren supports at-most-once only", v)
+			}
+		case "queue-version":
+			if n, ok := policyInt(v); !ok || (n != 1 && n != 2) {
+				err = keyErr(dkey, "%v is not 1 or 2", v)
+			}
+		default:
+			info, known := PolicyKeys[k]
+			switch {
+			case !known:
+				return nil, nil, keyErr(dkey, "unknown policy key")
+			case info.Support == Refused:
+				return nil, nil, keyErr(dkey, "not supported by Warren (%s)", info.Note)
+			case info.Support == StreamsOnly:
+				warnings = append(warnings, fmt.Sprintf("%s: policy key %q applies to streams only, which Warren does not support", key, k))
+			}
+			// SingleNode keys: mirroring and placement hold trivially on a single node.
 		}
 		if err != nil {
 			return nil, nil, err
@@ -264,17 +279,42 @@ type effective struct {
 	dl      *dlConfig
 	expires time.Duration
 	policy  string
+	// consumerTimeout is how long a delivery may stay unacked (-1: the server's setting; 0:
+	// none), from x-consumer-timeout and consumer-timeout, the lower winning.
+	consumerTimeout time.Duration
+	// window caps the queue's paging window (0: queue.max_ram_messages): x-queue-mode lazy and
+	// x-max-in-memory-length or their policy keys. Used when the queue is created.
+	window int
 }
 
 // combine applies RabbitMQ's precedence between a queue's arguments and its policy: for
 // message-ttl, expires, max-length, max-length-bytes and delivery-limit the lower value wins; for
 // dead-letter-exchange, dead-letter-routing-key and overflow (and Warren's redelivery settings) the
 // argument wins.
-func combine(spec queueSpec, args amqp.Table, p *Policy) effective {
-	e := effective{opts: spec.opts, expires: spec.expires}
+func combine(spec queueSpec, args amqp.Table, p *Policy) (e effective) {
+	e = effective{opts: spec.opts, expires: spec.expires}
 	if spec.hasDLX {
 		e.dl = &dlConfig{exchange: spec.dlx, routingKey: spec.dlrk}
 	}
+	lazy, inMemory := spec.lazy, spec.inMemory
+	e.consumerTimeout = spec.consumerTimeout
+	defer func() {
+		// As RabbitMQ: x-queue-mode wins over queue-mode; the lower in-memory length wins.
+		if p != nil {
+			if _, set := args["x-queue-mode"]; !set && p.queueMode != nil {
+				lazy = *p.queueMode == "lazy"
+			}
+			if p.maxInMemoryLength >= 0 && (inMemory < 0 || p.maxInMemoryLength < inMemory) {
+				inMemory = p.maxInMemoryLength
+			}
+		}
+		switch {
+		case lazy:
+			e.window = 1
+		case inMemory >= 0:
+			e.window = int(max(inMemory, 1))
+		}
+	}()
 	if p == nil {
 		return e
 	}
@@ -295,6 +335,12 @@ func combine(spec queueSpec, args amqp.Table, p *Policy) effective {
 	lower(&e.opts.MaxLength, p.maxLength)
 	lower(&e.opts.MaxLengthBytes, p.maxLengthBytes)
 	lower(&e.opts.DeliveryLimit, p.deliveryLimit)
+	if p.consumerTimeout >= 0 {
+		ct := time.Duration(p.consumerTimeout) * time.Millisecond
+		if e.consumerTimeout < 0 || ct < e.consumerTimeout {
+			e.consumerTimeout = ct
+		}
+	}
 	if p.expires > 0 && (e.expires <= 0 || time.Duration(p.expires)*time.Millisecond < e.expires) {
 		e.expires = time.Duration(p.expires) * time.Millisecond
 	}
@@ -354,6 +400,7 @@ func (v *VHost) setPolicies(ps []*Policy) {
 	for _, qs := range v.queues {
 		e := v.effectiveLocked(qs.name, qs.spec, qs.args)
 		qs.dl.Store(e.dl)
+		qs.consumerTimeout.Store(int64(e.consumerTimeout))
 		qs.policy = e.policy
 		if e.expires != qs.expires {
 			qs.expires = e.expires

@@ -31,6 +31,7 @@ func (b *Broker) NewMessage(ex *Exchange, routingKey string, header []byte, sum 
 		Header:     header,
 		Body:       body,
 		Persistent: sum.DeliveryMode == 2,
+		Priority:   sum.Priority,
 	}
 	if sum.Expiration != "" {
 		ms, err := strconv.ParseInt(sum.Expiration, 10, 64)
@@ -59,6 +60,10 @@ type PublishResult struct {
 // once the durable copy is synced, only when the result says OnDisk.
 func (p *Publisher) Publish(ex *Exchange, msg *queue.Message, headersRaw []byte, done func(error)) (PublishResult, []*Queue) {
 	v := p.v
+	if ex.name == "" && IsReplyName(msg.RoutingKey) {
+		v.b.deliverReply(msg)
+		return PublishResult{}, nil
+	}
 	targets := v.route(ex, msg.RoutingKey, headersRaw, &p.rb)
 	if mayHaveSenderKeys(headersRaw) {
 		targets = v.senderSelected(ex, msg, headersRaw, &p.rb)
@@ -123,7 +128,11 @@ func (v *VHost) prepare(msg *queue.Message, targets []*Queue, batch *persistence
 	// entries (VHost.deleting).
 	pub := persistence.Publish{NewEntries: true}
 	for i, qs := range targets {
-		e := qs.q.NewEntry(qs.q.NextSeq(), msg)
+		if qs.sq != nil {
+			continue // appended to its log by push
+		}
+		// NextSeqFor: in a priority queue the seq encodes msg's priority (delivery order).
+		e := qs.q.NewEntry(qs.q.NextSeqFor(msg), msg)
 		if msg.Persistent && qs.durable {
 			e.Durable = true
 			pub.Entries = append(pub.Entries, persistence.Entry{Queue: qs.ref(), Seq: e.Seq, MsgID: msg.ID, ExpiresAt: e.ExpiresAt})
@@ -148,6 +157,10 @@ func (v *VHost) prepare(msg *queue.Message, targets []*Queue, batch *persistence
 func (v *VHost) push(p prepared, publisher bool) bool {
 	refused := false
 	for i, qs := range p.targets {
+		if qs.sq != nil {
+			qs.sq.log.Append(encodeStreamRecord(p.msg), func(uint64, error) {})
+			continue
+		}
 		switch qs.q.Push(p.entries[i]) {
 		case queue.Enqueued:
 			qs.counters.publish.n.Add(1)
@@ -169,6 +182,8 @@ func (v *VHost) push(p prepared, publisher bool) bool {
 // which onDisk reports is needed. scratch is a buffer for the entries, reused across calls by
 // one goroutine.
 func (v *VHost) enqueue(msg *queue.Message, targets []*Queue, done func(error), scratch *[]*queue.Entry) (refused, onDisk bool) {
+	// Stream queues get the message in their log; a confirm waits for their sync too.
+	targets, done, streamed := appendToStreams(msg, targets, done)
 	var batch *persistence.Batch // only persistent messages for durable queues need one
 	if onDisk = needsDisk(msg, targets); onDisk {
 		batch = &persistence.Batch{}
@@ -180,7 +195,7 @@ func (v *VHost) enqueue(msg *queue.Message, targets []*Queue, done func(error), 
 	refused = v.push(p, true)
 	clear(p.entries) // the queues own the entries now; drop our references
 	*scratch = p.entries[:0]
-	return refused, onDisk
+	return refused, onDisk || streamed
 }
 
 // Txn collects a transaction's publishes and settlements; Commit applies them atomically.
@@ -226,7 +241,17 @@ func (t *Txn) Commit(unroutable func(*queue.Message)) error {
 	var batch persistence.Batch
 	var pubs []prepared
 	var rb RouteBuf
+	var replies []*queue.Message
 	for _, p := range t.publishes {
+		if p.ex.name == "" && IsReplyName(p.msg.RoutingKey) {
+			// Delivered with the commit's other effects, after the store write; counts as
+			// unroutable, as outside a transaction.
+			replies = append(replies, p.msg)
+			if p.mandatory && unroutable != nil {
+				unroutable(p.msg)
+			}
+			continue
+		}
 		targets := v.route(p.ex, p.msg.RoutingKey, scanHeaders(p.msg.Header), &rb)
 		if len(targets) == 0 {
 			if p.mandatory && unroutable != nil {
@@ -251,7 +276,14 @@ func (t *Txn) Commit(unroutable func(*queue.Message)) error {
 	for _, p := range pubs {
 		v.push(p, true)
 	}
+	for _, m := range replies {
+		v.b.deliverReply(m)
+	}
 	for _, x := range settles {
+		if x.qs.sq != nil {
+			x.qs.kickStream() // a stream's acks only return credit
+			continue
+		}
 		switch x.kind {
 		case Ack:
 			x.qs.q.Ack(len(x.es))

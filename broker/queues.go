@@ -115,6 +115,11 @@ func (v *VHost) newQueue(a Actor, name string, m QueueSpec) (*Queue, chan error,
 		v: v, name: name, declDur: m.Durable, durable: m.Durable && !m.Exclusive && v.b.store != nil,
 		exclusive: m.Exclusive, autoDelete: m.AutoDelete, args: m.Args, spec: spec,
 	}
+	if spec.stream {
+		if err := v.declareStream(qs, m); err != nil {
+			return nil, nil, err
+		}
+	}
 	if m.Exclusive {
 		qs.owner = a.Owner
 	}
@@ -153,9 +158,10 @@ func (v *VHost) queueLimitError(a Actor, name string) *amqp.Error {
 func (v *VHost) newQueueLocked(qs *Queue) {
 	e := v.effectiveLocked(qs.name, qs.spec, qs.args)
 	qs.dl.Store(e.dl)
+	qs.consumerTimeout.Store(int64(e.consumerTimeout))
 	qs.expires, qs.policy = e.expires, e.policy
 	qs.q = queue.New(qs.name, e.opts, queue.Hooks{Dropped: v.onDropped(qs)})
-	v.b.enablePaging(qs)
+	v.b.enablePaging(qs, e.window)
 }
 
 func (v *VHost) checkQueueEquivalent(qs *Queue, m QueueSpec) *amqp.Error {
@@ -220,6 +226,9 @@ func (v *VHost) PurgeQueue(a Actor, name string) (int, *amqp.Error) {
 	if err != nil {
 		return 0, err
 	}
+	if qs.sq != nil {
+		return 0, amqp.Errorf(amqp.NotImplemented, "queue.purge not supported by stream queues %s", qs.rs())
+	}
 	return qs.q.Purge(), nil
 }
 
@@ -252,6 +261,7 @@ func (v *VHost) removeQueueLocked(qs *Queue) {
 // state; it returns the number of messages the queue held.
 func (v *VHost) finishQueueRemoval(qs *Queue) int {
 	consumers, n := qs.q.Close()
+	qs.closeStream(true)
 	for _, c := range consumers {
 		if cs, ok := c.(Consumer); ok {
 			cs.QueueDeleted()

@@ -57,6 +57,13 @@ func (b *Broker) restore() error {
 			v: v, name: r.Name, durable: true, declDur: true, autoDelete: r.AutoDelete, args: args, spec: spec,
 		}
 		v.newQueueLocked(qs)
+		if spec.stream {
+			if err := v.restoreStream(qs); err != nil {
+				return err
+			}
+			v.queues[r.Name] = qs // its messages are in its log, not in the store
+			continue
+		}
 		// Only the window is loaded; the rest of the backlog stays on disk, counted.
 		var last uint64
 		var loaded, loadedBytes int64
@@ -71,6 +78,9 @@ func (b *Broker) restore() error {
 			return fmt.Errorf("recovering queue %q: %w", r.Name, err)
 		}
 		qs.q.RestorePaged(last+1, info.MaxSeq, info.Count-loaded, info.Bytes-loadedBytes)
+		if err := b.restorePrioritySeqs(qs); err != nil {
+			return err
+		}
 		messages += info.Count
 		inMemory += loaded
 		v.queues[r.Name] = qs
@@ -95,6 +105,28 @@ func (b *Broker) restore() error {
 	}
 	b.log.Info("durable state restored", "exchanges", len(topo.Exchanges), "queues", len(topo.Queues), "bindings", len(topo.Bindings),
 		"messages", messages, "in_memory", inMemory, "took", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// restorePrioritySeqs continues each priority's sequence numbers after its largest stored one.
+// A priority queue encodes the priority in the seq; RestorePaged only knows the backlog's overall
+// range, so without this a priority whose last entries lie in the paged-out span would reuse
+// (and reorder) their seqs.
+func (b *Broker) restorePrioritySeqs(qs *Queue) error {
+	maxPrio := qs.q.Options().MaxPriority
+	if maxPrio == 0 {
+		return nil
+	}
+	for p := 0; p <= maxPrio; p++ {
+		r := qs.q.SeqRange(p)
+		seq, ok, err := b.store.MaxIndexSeq(qs.ref(), r.From, r.To)
+		if err != nil {
+			return fmt.Errorf("recovering queue %q: %w", qs.name, err)
+		}
+		if ok {
+			qs.q.RestoreSeq(seq)
+		}
+	}
 	return nil
 }
 

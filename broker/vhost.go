@@ -43,9 +43,14 @@ type Queue struct {
 	owner      OwnerID
 	args       amqp.Table
 	spec       queueSpec // from args; policies combine with it
+	// sq is the log of an x-queue-type: stream queue; nil for other queues.
+	sq *streamQueue
 	// dl is the effective dead-letter target (argument or policy), read without v.mu by the
 	// dead-letter path and replaced when policies change.
 	dl atomic.Pointer[dlConfig]
+	// consumerTimeout is the effective consumer timeout in nanoseconds (see ConsumerTimeout),
+	// replaced when policies change.
+	consumerTimeout atomic.Int64
 
 	// Guarded by v.mu.
 	consumers         int
@@ -205,4 +210,14 @@ func encodeArgs(t amqp.Table) ([]byte, *amqp.Error) {
 		return nil, amqp.Errorf(amqp.InternalError, "encoding arguments: %v", err)
 	}
 	return b, nil
+}
+
+// ConsumerTimeout is how long a delivery from this queue may stay unacknowledged before its
+// channel is closed: the queue's x-consumer-timeout or consumer-timeout policy (the lower of
+// the two), else def (the server's consumer_timeout). 0 means no limit.
+func (qs *Queue) ConsumerTimeout(def time.Duration) time.Duration {
+	if d := time.Duration(qs.consumerTimeout.Load()); d >= 0 {
+		return d
+	}
+	return def
 }

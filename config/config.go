@@ -139,6 +139,12 @@ var keys = []key{
 		s.Server.TLS.FailIfNoPeerCert, err = toBool(raw)
 		return
 	}},
+	{name: "consumer_timeout", set: func(s *Settings, raw any) error {
+		// RabbitMQ's name and unit (milliseconds); 0 turns the check off.
+		v, err := toIntRange(raw, 0, math.MaxUint32)
+		s.Server.ConsumerTimeout = time.Duration(v) * time.Millisecond
+		return err
+	}},
 	{name: "queue.max_ram_messages", set: func(s *Settings, raw any) error {
 		v, err := toIntRange(raw, 1, math.MaxInt32)
 		s.Server.MaxRAMMessages = int(v)

@@ -210,7 +210,15 @@ func TestHostileGetRecoverUnreadBounded(t *testing.T) {
 	if after > heapBound {
 		t.Errorf("heap still +%s 5 s after the client disconnected (bound %s)", catalog.MiB(after), catalog.MiB(heapBound))
 	}
-	st, err := ch.QueueDeclarePassive("big", false, false, false, false, nil)
+	// The flood's unacked delivery is requeued when the broker has torn its connection down,
+	// which under -race can take a moment after the socket closed.
+	var st amqp091.Queue
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		st, err = ch.QueueDeclarePassive("big", false, false, false, false, nil)
+		if err != nil || st.Messages == 1 || time.Now().After(deadline) {
+			break
+		}
+	}
 	if err != nil || st.Messages != 1 {
 		t.Errorf("queue after the flood: %+v %v, want its 1 message ready", st, err)
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"warren/mgmt"
+	"warren/mgmt/ui"
 	"warren/server"
 )
 
@@ -87,7 +88,11 @@ func ServeHTTP(s *server.Server, o HTTPOptions) (*HTTP, error) {
 		log.Info(what+" ready", "addr", ln.Addr().String())
 	}
 	if mgmtLn != nil {
-		serve(mgmtLn, mgmt.NewHandler(m, mgmt.Options{Logger: log}), "management API")
+		// The web UI is static files that call the API from the browser, on the same listener.
+		mux := http.NewServeMux()
+		mux.Handle("/api/", mgmt.NewHandler(m, mgmt.Options{Logger: log}))
+		mux.Handle("/", ui.Handler())
+		serve(mgmtLn, mux, "management API and UI")
 	}
 	if prLn != nil {
 		serve(prLn, mgmt.NewMetricsHandler(m), "prometheus metrics")

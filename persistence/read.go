@@ -332,3 +332,32 @@ func (c *msgCursor) read(id uint64) (*Message, error) {
 	}
 	return decodeMessage(id, v)
 }
+
+// MaxIndexSeq returns the largest sequence number of q's stored entries within from..to (ok
+// false when there is none). A priority queue encodes each priority in a range of sequence
+// numbers; on restart its owner asks for each range so that new entries of a priority continue
+// after the stored ones, including those beyond the window it loaded. Page spaces need no
+// lookup: they do not survive a restart.
+func (s *Store) MaxIndexSeq(q QueueRef, from, to uint64) (seq uint64, ok bool, err error) {
+	err = s.db.View(func(txn *badger.Txn) error {
+		opt := badger.DefaultIteratorOptions
+		opt.Prefix = indexPrefix(q)
+		opt.PrefetchValues = false
+		opt.Reverse = true
+		it := txn.NewIterator(opt)
+		defer it.Close()
+		c := &cursor{it: it, prefix: opt.Prefix}
+		// In reverse, Seek lands on the largest key <= the one given.
+		it.Seek(seqKey(opt.Prefix, to))
+		n, valid, err := c.peek()
+		if err != nil || !valid || n < from {
+			return err
+		}
+		seq, ok = n, true
+		return nil
+	})
+	if err != nil {
+		return 0, false, fmt.Errorf("persistence: max seq of queue %q in vhost %q from %s: %w", q.Queue, q.VHost, dirName(s.dir), err)
+	}
+	return seq, ok, nil
+}

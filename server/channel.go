@@ -1,12 +1,14 @@
 package server
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"warren/amqp"
 	"warren/broker"
@@ -75,6 +77,13 @@ type channel struct {
 	prefetch         int        // basic.qos global=true: limit for the whole channel
 	consumerPrefetch int        // basic.qos global=false: limit for consumers created afterwards
 	consumers        map[string]*consumer
+	reply            *replyConsumer // the direct reply-to consumer, nil without one
+	ackMarks         []tagMark      // for the consumer timeout (see consumerTimedOut)
+
+	// closeSent: a channel.close went out (the reader's fail, or the consumer timeout). Only
+	// one may. timedOut: the consumer timeout closed the channel off the reader goroutine; the
+	// reader finishes the close at its next frame for the channel.
+	closeSent, timedOut atomic.Bool
 }
 
 func newChannel(c *conn, id uint16) *channel {
@@ -84,6 +93,12 @@ func newChannel(c *conn, id uint16) *channel {
 // handleFrame processes one frame for this channel. A returned error is a connection exception;
 // channel exceptions are handled here by closing the channel.
 func (ch *channel) handleFrame(f amqp.Frame) error {
+	if !ch.closing && ch.timedOut.Load() {
+		// The consumer timeout sent channel.close: from now on, as after fail.
+		ch.closing = true
+		ch.pubM, ch.pubHeader, ch.pubBody = nil, nil, nil
+		ch.shutdown()
+	}
 	var aerr *amqp.Error
 	switch {
 	case ch.pubM != nil && ch.pubHeader == nil:
@@ -179,7 +194,9 @@ func (ch *channel) fail(e *amqp.Error) {
 	ch.closing = true
 	ch.pubM, ch.pubHeader, ch.pubBody = nil, nil, nil
 	ch.shutdown()
-	ch.c.writeMethod(ch.id, &amqp.ChannelClose{ReplyCode: e.Code, ReplyText: e.Text, ClassId: e.ClassID, MethodId: e.MethodID})
+	if ch.closeSent.CompareAndSwap(false, true) { // else the consumer timeout closed it first
+		ch.c.writeMethod(ch.id, &amqp.ChannelClose{ReplyCode: e.Code, ReplyText: e.Text, ClassId: e.ClassID, MethodId: e.MethodID})
+	}
 }
 
 func (ch *channel) contentHeader(p []byte) *amqp.Error {
@@ -394,6 +411,9 @@ func (ch *channel) dispatch(m amqp.Method) *amqp.Error {
 		return nil
 
 	case *amqp.QueueDeclare:
+		if m.Queue == broker.ReplyToQueue || (m.Passive && broker.IsReplyName(m.Queue)) {
+			return ch.declareReplyTo(m)
+		}
 		spec := broker.QueueSpec{Name: m.Queue, Passive: m.Passive, Durable: m.Durable, Exclusive: m.Exclusive,
 			AutoDelete: m.AutoDelete, Args: m.Arguments}
 		qs, err := ch.v.DeclareQueue(c.actor, spec)
@@ -494,6 +514,9 @@ func (ch *channel) finishPublish() *amqp.Error {
 	}
 	if ex.Internal() {
 		return basicError(amqp.Errorf(amqp.AccessRefused, "cannot publish to internal exchange '%s' in vhost '%s'", ex.Name(), ch.v.Name()))
+	}
+	if header, err = ch.stampReplyTo(header); err != nil {
+		return basicError(err)
 	}
 	msg, err := ch.c.srv.b.NewMessage(ex, m.RoutingKey, header, &sum, body)
 	if err != nil {
@@ -621,9 +644,17 @@ func (ch *channel) consume(m *amqp.BasicConsume) *amqp.Error {
 		ch.mu.Unlock()
 		return amqp.Errorf(amqp.NotAllowed, "attempt to reuse consumer tag '%s'", tag)
 	}
+	if m.Queue == broker.ReplyToQueue {
+		defer ch.mu.Unlock()
+		return ch.consumeRepliesLocked(tag, m)
+	}
 	ch.mu.Unlock()
 	cs := &consumer{tag: tag, ch: ch, noAck: m.NoAck, exclusive: m.Exclusive, args: m.Arguments}
-	_, err := ch.v.Consume(ch.c.actor, m.Queue, cs, m.Exclusive, func(qs *broker.Queue) {
+	if handled, err := ch.consumeStream(m, cs); handled {
+		return err
+	}
+	o := broker.ConsumeOptions{Exclusive: m.Exclusive, Args: m.Arguments}
+	_, err := ch.v.ConsumeWith(ch.c.actor, m.Queue, cs, o, func(qs *broker.Queue) {
 		cs.qs = qs
 		ch.mu.Lock()
 		cs.prefetch = ch.consumerPrefetch
@@ -640,6 +671,12 @@ func (ch *channel) consume(m *amqp.BasicConsume) *amqp.Error {
 // cancel ends a consumer at the client's request; its unacked messages stay unacked.
 func (ch *channel) cancel(tag string) {
 	ch.mu.Lock()
+	if rc := ch.reply; rc != nil && rc.tag == tag {
+		ch.reply = nil
+		ch.mu.Unlock()
+		ch.c.srv.b.UnregisterReplyTo(rc.name)
+		return
+	}
 	cs := ch.consumers[tag]
 	delete(ch.consumers, tag)
 	ch.mu.Unlock()
@@ -695,11 +732,11 @@ func (ch *channel) qos(m *amqp.BasicQos) *amqp.Error {
 
 // kickConsumers retries delivery on every queue this channel consumes from.
 func (ch *channel) kickConsumers() {
-	var buf [4]*queue.Queue // the usual handful of consumers stays on the stack
+	var buf [4]*broker.Queue // the usual handful of consumers stays on the stack
 	qs := buf[:0]
 	ch.mu.Lock()
 	for _, cs := range ch.consumers {
-		qs = append(qs, cs.qs.Q())
+		qs = append(qs, cs.qs)
 	}
 	ch.mu.Unlock()
 	for _, q := range qs {
@@ -827,6 +864,101 @@ func groupByQueue(ds []delivery) []delivery {
 	return ds
 }
 
+// --- direct reply-to (RabbitMQ's amq.rabbitmq.reply-to; texts measured on RabbitMQ 3.10.8)
+
+// replyConsumer is a channel's consumer of the direct reply-to pseudo-queue; it implements
+// broker.ReplySink.
+type replyConsumer struct {
+	ch   *channel
+	tag  string
+	name string // the reply name stamped on the channel's requests
+}
+
+// consumeRepliesLocked starts the channel's reply consumer; call with ch.mu held.
+func (ch *channel) consumeRepliesLocked(tag string, m *amqp.BasicConsume) *amqp.Error {
+	switch {
+	case ch.reply != nil:
+		return amqp.Errorf(amqp.PreconditionFailed, "reply consumer already set")
+	case !m.NoAck:
+		return amqp.Errorf(amqp.PreconditionFailed, "reply consumer cannot acknowledge")
+	}
+	rc := &replyConsumer{ch: ch, tag: tag}
+	rc.name = ch.c.srv.b.RegisterReplyTo(rc)
+	ch.reply = rc
+	// No reply can arrive before consume-ok: the name is only known once a request carries it.
+	if !m.NoWait {
+		ch.c.writeMethod(ch.id, &amqp.BasicConsumeOk{ConsumerTag: tag})
+	}
+	return nil
+}
+
+// DeliverReply sends a reply to the client as a no-ack delivery of the reply consumer. A reply
+// that finds the channel closed, or its connection's output over the high-water mark, is dropped:
+// no queue holds replies, and a client that does not read must not grow the broker's buffers.
+func (rc *replyConsumer) DeliverReply(msg *queue.Message) {
+	ch := rc.ch
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	if ch.closed || ch.reply != rc {
+		return
+	}
+	w := ch.c.w
+	b := w.lock()
+	if w.congestedLocked() {
+		w.unlock(b)
+		return
+	}
+	// As RabbitMQ 3.10.8 (measured): a reply carries the tag the channel's next delivery will
+	// get, without taking it; no-ack deliveries cannot be acked, so the tag only has to keep
+	// the channel's acked deliveries numbered as RabbitMQ numbers them.
+	start := len(b)
+	b = amqp.BeginMethodFrame(b, ch.id)
+	d := amqp.BasicDeliver{ConsumerTag: rc.tag, DeliveryTag: ch.nextTag + 1, Exchange: msg.Exchange, RoutingKey: msg.RoutingKey}
+	b = d.Append(b)
+	b = amqp.EndMethodFrame(b, start)
+	b = amqp.AppendContent(b, ch.id, msg.Header, msg.Body, ch.c.frameMax)
+	w.unlock(b)
+}
+
+// replyToBytes finds candidate headers cheaply, before a full decode.
+var replyToBytes = []byte(broker.ReplyToQueue)
+
+// stampReplyTo replaces a reply_to of amq.rabbitmq.reply-to with the channel's reply name; a
+// channel without a reply consumer gets RabbitMQ's 406.
+func (ch *channel) stampReplyTo(header []byte) ([]byte, *amqp.Error) {
+	// The property flags follow class id, weight and body size (2+2+8 bytes): most publishes
+	// have no reply_to, and skip the search.
+	if len(header) < 14 || binary.BigEndian.Uint16(header[12:14])&amqp.FlagReplyTo == 0 ||
+		!bytes.Contains(header, replyToBytes) {
+		return header, nil
+	}
+	h, err := amqp.DecodeContentHeader(header)
+	if err != nil || h.Props.ReplyTo != broker.ReplyToQueue {
+		return header, nil
+	}
+	ch.mu.Lock()
+	rc := ch.reply
+	ch.mu.Unlock()
+	if rc == nil {
+		return nil, amqp.Errorf(amqp.PreconditionFailed, "fast reply consumer does not exist")
+	}
+	h.Props.ReplyTo = rc.name
+	return amqp.AppendContentHeader(nil, h.ClassID, h.BodySize, &h.Props), nil
+}
+
+// declareReplyTo answers queue.declare of the pseudo-queue (always declare-ok, with one
+// consumer) and a passive one of a reply name (declare-ok while its consumer exists, so that an
+// RPC server can check that the client is still there; 404 otherwise).
+func (ch *channel) declareReplyTo(m *amqp.QueueDeclare) *amqp.Error {
+	if m.Queue != broker.ReplyToQueue && !ch.c.srv.b.ReplyToExists(m.Queue) {
+		return amqp.Errorf(amqp.NotFound, "no queue '%s' in vhost '%s'", m.Queue, ch.v.Name())
+	}
+	if !m.NoWait {
+		ch.c.writeMethod(ch.id, &amqp.QueueDeclareOk{Queue: m.Queue, ConsumerCount: 1})
+	}
+	return nil
+}
+
 // --- transactions
 
 // commit commits the channel's transaction in the core. A store failure is never acknowledged:
@@ -885,13 +1017,33 @@ func (ch *channel) rollback() {
 	ch.restoreUnacked(back)
 }
 
-// shutdown releases the channel: consumers are cancelled and unacked messages requeued.
+// leaving is what a closing channel takes out of one queue: its consumers and its unacked
+// entries (in delivery order).
+type leaving struct {
+	cs []queue.Consumer
+	es []*queue.Entry
+}
+
+// shutdown releases the channel: consumers are cancelled and unacked messages requeued, those
+// acked in an uncommitted transaction included. It runs on the reader goroutine (or once the
+// reader is gone), and may run again: what an earlier call (or the consumer timeout's detach)
+// took is not there any more.
 func (ch *channel) shutdown() {
-	ch.mu.Lock()
-	if ch.closed {
-		ch.mu.Unlock()
-		return
+	consumers, ds := ch.detach()
+	if ch.tx != nil {
+		for _, s := range ch.tx.settles {
+			ds = append(ds, s.ds...)
+		}
+		ch.tx = nil
 	}
+	ch.releaseHeld(consumers, ds)
+}
+
+// detach marks the channel closed (no more deliveries) and takes its consumers, unacked
+// deliveries and reply consumer; safe on any goroutine. Whatever the reader adds after it
+// (a consume or basic.get under way) is taken by the reader's shutdown.
+func (ch *channel) detach() ([]*consumer, []delivery) {
+	ch.mu.Lock()
 	ch.closed = true
 	consumers := make([]*consumer, 0, len(ch.consumers))
 	for _, cs := range ch.consumers {
@@ -900,24 +1052,113 @@ func (ch *channel) shutdown() {
 	ch.consumers = map[string]*consumer{}
 	ds := ch.unacked
 	ch.unacked = nil
-	ch.mu.Unlock()
-	if ch.tx != nil {
-		for _, s := range ch.tx.settles {
-			ds = append(ds, s.ds...)
-		}
-		ch.tx = nil
+	if rc := ch.reply; rc != nil {
+		ch.reply = nil
+		ch.c.srv.b.UnregisterReplyTo(rc.name) // later replies to it are dropped
 	}
-	// Consumers leave their queues before the requeue, so that requeued messages go to other
-	// consumers; the queues' consumer counts drop after it (an auto-delete queue must not be
-	// deleted with the messages still out).
+	ch.ackMarks = nil
+	ch.mu.Unlock()
+	return consumers, ds
+}
+
+// releaseHeld removes consumers from their queues and requeues deliveries; safe on any
+// goroutine.
+func (ch *channel) releaseHeld(consumers []*consumer, ds []delivery) {
+	if len(consumers) == 0 && len(ds) == 0 {
+		return
+	}
+	// Per queue, the consumers leave and the unacked messages are requeued in one step
+	// (RemoveConsumers), so that requeued messages go to other consumers, and the next single
+	// active consumer gets them before anything newer. The queues' consumer counts drop after
+	// it (an auto-delete queue must not be deleted with the messages still out).
+	ch.released(ds)
+	byQueue := map[*broker.Queue]*leaving{}
+	var order []*broker.Queue
+	at := func(qs *broker.Queue) *leaving {
+		l := byQueue[qs]
+		if l == nil {
+			l = &leaving{}
+			byQueue[qs] = l
+			order = append(order, qs)
+		}
+		return l
+	}
 	for _, cs := range consumers {
-		cs.qs.Q().RemoveConsumer(cs)
+		l := at(cs.qs)
+		l.cs = append(l.cs, cs)
 	}
 	sort.Slice(ds, func(i, j int) bool { return ds[i].tag < ds[j].tag })
-	ch.apply(broker.Requeue, groupByQueue(ds))
+	for _, d := range ds {
+		l := at(d.qs)
+		l.es = append(l.es, d.e)
+	}
+	for _, qs := range order {
+		l := byQueue[qs]
+		qs.Q().RemoveConsumers(l.cs, l.es)
+	}
 	for _, cs := range consumers {
 		ch.v.ConsumerRemoved(cs.qs, cs.exclusive)
 	}
+}
+
+// --- consumer timeout (RabbitMQ's consumer_timeout, x-consumer-timeout, consumer-timeout)
+
+// tagMark records that every delivery up to tag had been made by at.
+type tagMark struct {
+	tag uint64
+	at  time.Time
+}
+
+// maxAckMarks bounds a channel's marks; beyond it the second oldest is dropped, which only
+// delays (never advances) the timeout of the deliveries it covered.
+const maxAckMarks = 64
+
+// consumerTimedOut is called periodically (Server.consumerTimeoutLoop) and reports RabbitMQ's
+// 406 when the channel's oldest unacked delivery has been out longer than its queue's consumer
+// timeout (def: the server's). Like RabbitMQ, only the oldest delivery is checked. No clock is
+// read per delivery: each check marks the delivery tag reached, and a delivery's age is at least
+// the age of the first mark at or above its tag, so a timeout can come up to two check
+// intervals late, never early.
+func (ch *channel) consumerTimedOut(now time.Time, def time.Duration) *amqp.Error {
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	if ch.closed || len(ch.unacked) == 0 {
+		ch.ackMarks = ch.ackMarks[:0]
+		return nil
+	}
+	oldest := ch.unacked[0]
+	marks := ch.ackMarks
+	i := 0
+	for i < len(marks) && marks[i].tag < oldest.tag {
+		i++
+	}
+	marks = append(marks[:0], marks[i:]...)
+	if n := len(marks); n == 0 || marks[n-1].tag != ch.nextTag {
+		if n >= maxAckMarks {
+			marks = append(marks[:1], marks[2:]...)
+		}
+		marks = append(marks, tagMark{tag: ch.nextTag, at: now})
+	}
+	ch.ackMarks = marks
+	timeout := oldest.qs.ConsumerTimeout(def)
+	if timeout <= 0 || now.Sub(marks[0].at) <= timeout {
+		return nil
+	}
+	return amqp.Errorf(amqp.PreconditionFailed, "delivery acknowledgement on channel %d timed out. Timeout value used: %d ms. "+
+		"This timeout value can be configured, see consumers doc guide to learn more", ch.id, timeout.Milliseconds())
+}
+
+// timeOut closes the channel for a consumer timeout, off the reader goroutine: consumers and
+// unacked deliveries are released at once (the messages requeued), channel.close goes out, and
+// the reader treats the channel as closing from its next frame on.
+func (ch *channel) timeOut(e *amqp.Error) {
+	if !ch.closeSent.CompareAndSwap(false, true) {
+		return // the reader is closing it already
+	}
+	ch.c.log.Warn("consumer timeout: delivery not acknowledged in time, closing channel", "channel", ch.id, "text", e.Text)
+	ch.timedOut.Store(true)
+	ch.releaseHeld(ch.detach())
+	ch.c.writeMethod(ch.id, &amqp.ChannelClose{ReplyCode: e.Code, ReplyText: e.Text})
 }
 
 // --- publisher confirms

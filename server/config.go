@@ -146,7 +146,11 @@ type Config struct {
 	// MaxRAMMessages is the number of ready messages a queue keeps in memory when there is a
 	// store; the rest of its backlog is paged out to disk and read back ahead of the consumers.
 	MaxRAMMessages int
-	Logger         *slog.Logger
+	// ConsumerTimeout (RabbitMQ's consumer_timeout): a delivery left unacknowledged longer closes
+	// its channel with 406; a queue's x-consumer-timeout or consumer-timeout policy replaces it.
+	// 0 turns the check off.
+	ConsumerTimeout time.Duration
+	Logger          *slog.Logger
 }
 
 // DefaultConfig returns RabbitMQ's defaults: guest/guest with full permissions on vhost "/",
@@ -173,6 +177,7 @@ func DefaultConfig() Config {
 		MemoryHighWatermark: 0.4,
 		DiskFreeLimit:       50 << 20,
 		MaxRAMMessages:      4096,
+		ConsumerTimeout:     30 * time.Minute,
 	}
 }
 

@@ -126,8 +126,12 @@ func (s *Server) Start() error {
 		go s.acceptLoop(s.tlsLn)
 	}
 	s.ln = ln
-	s.serving.Add(3)
+	s.serving.Add(4)
 	go s.acceptLoop(ln)
+	go func() {
+		defer s.serving.Done()
+		s.consumerTimeoutLoop(consumerTimeoutInterval)
+	}()
 	go func() {
 		defer s.serving.Done()
 		s.alarmLoop()
@@ -168,6 +172,50 @@ func (s *Server) trimLoop(every time.Duration) {
 		s.mu.Unlock()
 		for _, c := range conns {
 			c.w.trim()
+		}
+	}
+}
+
+// consumerTimeoutInterval is how often unacked deliveries are checked against their consumer
+// timeout; a channel is closed at most two intervals after its timeout (RabbitMQ checks once a
+// minute).
+const consumerTimeoutInterval = 250 * time.Millisecond
+
+// consumerTimeoutLoop closes the channels whose oldest unacked delivery is older than its
+// consumer timeout (see channel.consumerTimedOut). The server's consumer_timeout is read at each
+// check, so a reload applies at once.
+func (s *Server) consumerTimeoutLoop(every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	var conns []*conn
+	var chs []*channel
+	for {
+		select {
+		case <-s.quit:
+			return
+		case now := <-t.C:
+			def := s.rt.Load().cfg.ConsumerTimeout
+			s.mu.Lock()
+			conns = conns[:0]
+			for c := range s.conns {
+				conns = append(conns, c)
+			}
+			s.mu.Unlock()
+			for _, c := range conns {
+				c.chMu.Lock()
+				chs = chs[:0]
+				for _, ch := range c.channels {
+					chs = append(chs, ch)
+				}
+				c.chMu.Unlock()
+				for _, ch := range chs {
+					if e := ch.consumerTimedOut(now, def); e != nil {
+						ch.timeOut(e)
+					}
+				}
+			}
+			clear(conns)
+			clear(chs)
 		}
 	}
 }

@@ -136,6 +136,7 @@ confirms tx-commit tx-rollback basic-get get-empty mandatory-return consumer-can
 cases_of() {
   case $1 in
     kombu) echo "connect auth-refused topic-properties simple-queue" ;;
+    pika | amqplib) echo "$FULL_CASES priority direct-reply-to" ;;
     amqp-tools) echo "connect auth-refused direct fanout topic headers properties-publish properties
       large-body ack unacked-requeue ack-nack-requeue confirms tx-commit tx-rollback basic-get get-empty
       mandatory-return consumer-cancel-notify" ;;

@@ -37,6 +37,9 @@ type Config struct {
 	// UndeliverableRate is the share of paid orders that shipping cannot deliver: they are
 	// cancelled and refunded.
 	UndeliverableRate float64
+	// ExpressRate is the share of orders placed as express: priority 9 on the priority queue
+	// orders.processing (x-max-priority 9), so they overtake the standard ones waiting there.
+	ExpressRate float64
 
 	// DeliveryLimit is x-delivery-limit on the payment queue (N: delivered N+1 times at most).
 	DeliveryLimit int
@@ -76,6 +79,7 @@ func DefaultConfig() Config {
 		FlakyRate:         0.10,
 		FlakyFailures:     2,
 		UndeliverableRate: 0.02,
+		ExpressRate:       0.10,
 		DeliveryLimit:     3,
 		RetryDelay:        200 * time.Millisecond,
 		RetryBackoff:      2,
@@ -94,6 +98,8 @@ func (c Config) validate() error {
 	switch {
 	case c.Orders < 1:
 		return errors.New("-orders must be at least 1")
+	case c.ExpressRate < 0 || c.ExpressRate > 1:
+		return fmt.Errorf("-express-rate %v must be between 0 and 1", c.ExpressRate)
 	case c.FailRate < 0 || c.FlakyRate < 0 || c.UndeliverableRate < 0 ||
 		c.FailRate+c.FlakyRate+c.UndeliverableRate > 1:
 		return errors.New("-fail-rate, -flaky-rate and -undeliverable-rate must be >= 0 and add up to at most 1")
@@ -126,6 +132,7 @@ func main() {
 	fs.Float64Var(&cfg.FlakyRate, "flaky-rate", cfg.FlakyRate, "share of orders whose payment fails transiently and succeeds on retry")
 	fs.IntVar(&cfg.FlakyFailures, "flaky-failures", cfg.FlakyFailures, "declines before a flaky payment succeeds (more than -delivery-limit means dead-lettered)")
 	fs.Float64Var(&cfg.UndeliverableRate, "undeliverable-rate", cfg.UndeliverableRate, "share of orders that are paid, then cancelled by shipping and refunded")
+	fs.Float64Var(&cfg.ExpressRate, "express-rate", cfg.ExpressRate, "share of orders placed as express (message priority 9 on the priority queue orders.processing)")
 	fs.IntVar(&cfg.DeliveryLimit, "delivery-limit", cfg.DeliveryLimit, "x-delivery-limit of the payment queue")
 	fs.DurationVar(&cfg.RetryDelay, "retry-delay", cfg.RetryDelay, "x-redelivery-delay of the payment queue (Warren only; RabbitMQ ignores it)")
 	fs.Float64Var(&cfg.RetryBackoff, "retry-backoff", cfg.RetryBackoff, "x-redelivery-backoff of the payment queue (Warren only)")

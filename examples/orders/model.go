@@ -68,7 +68,12 @@ type Order struct {
 	Amount   int64  `json:"amount_cents"`
 	Card     string `json:"card"`
 	Address  string `json:"address"`
+	Express  bool   `json:"express,omitempty"` // placed with message priority expressPriority
 }
+
+// expressPriority is the message priority of express orders; orders.processing is a priority
+// queue with this maximum (standard orders have none, which counts as 0).
+const expressPriority = 9
 
 // Event is the JSON body of every message on the orders exchange; fields not used by an event
 // type are left out.
@@ -124,6 +129,11 @@ func planOrders(cfg Config) []Order {
 	}
 	for _, i := range take(count(cfg.UndeliverableRate)) {
 		orders[i].Address = addressUndeliverable
+	}
+	// Drawn independently of the failures (and after them, so that a seed injects the same
+	// failures whatever the express rate).
+	for i := range orders {
+		orders[i].Express = rng.Float64() < cfg.ExpressRate
 	}
 	return orders
 }

@@ -80,6 +80,9 @@ func TestPipelineReconciles(t *testing.T) {
 				t.Errorf("delivered/refunded/dead = %d/%d/%d, want %d/%d/%d",
 					rep.Delivered, rep.Refunded, rep.DeadLettered, tt.wantDelivered, tt.wantRefunded, tt.wantDead)
 			}
+			if rep.Priced != cfg.Orders {
+				t.Errorf("%d orders priced over direct reply-to, want %d", rep.Priced, cfg.Orders)
+			}
 			if rep.PaymentDeclines != tt.wantDeclines {
 				t.Errorf("payment declines = %d, want %d", rep.PaymentDeclines, tt.wantDeclines)
 			}
@@ -123,6 +126,30 @@ func TestPlanOrdersIsDeterministic(t *testing.T) {
 	}
 }
 
+// Express orders are about ExpressRate of the plan and do not change which orders get the
+// injected failures.
+func TestPlanOrdersExpress(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Orders, cfg.ExpressRate = 2000, 0.25
+	plan := planOrders(cfg)
+	cfg.ExpressRate = 0
+	plain := planOrders(cfg)
+	express := 0
+	for i := range plan {
+		if plan[i].Express {
+			express++
+		}
+		o := plan[i]
+		o.Express = false
+		if o != plain[i] {
+			t.Fatalf("order %d changed with the express rate: %+v vs %+v", i, plan[i], plain[i])
+		}
+	}
+	if express < 400 || express > 600 {
+		t.Errorf("%d express orders of 2000 at rate 0.25", express)
+	}
+}
+
 func TestConfigValidate(t *testing.T) {
 	tests := []struct {
 		name string
@@ -132,6 +159,7 @@ func TestConfigValidate(t *testing.T) {
 		{"defaults", func(*Config) {}, true},
 		{"no orders", func(c *Config) { c.Orders = 0 }, false},
 		{"rates over one", func(c *Config) { c.FailRate, c.FlakyRate = 0.6, 0.6 }, false},
+		{"express rate over one", func(c *Config) { c.ExpressRate = 1.5 }, false},
 		{"backoff below one", func(c *Config) { c.RetryBackoff = 0.5 }, false},
 		{"no workers", func(c *Config) { c.Workers = 0 }, false},
 	}

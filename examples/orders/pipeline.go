@@ -48,6 +48,8 @@ type pipeline struct {
 	// redelivered counts order.placed deliveries that order processing had seen before (the
 	// ones rolled back by a crash).
 	redelivered atomic.Int64
+	// priced counts the storefront's price checks answered over direct reply-to.
+	priced atomic.Int64
 }
 
 // run declares the topology, starts every service, places the orders, waits until everything
@@ -88,7 +90,12 @@ func run(ctx context.Context, cfg Config) (*Report, error) {
 		wg.Go(func() { p.runService(svcCtx, s) })
 	}
 	wg.Go(func() { p.consumerSystem(svcCtx) })
-	prodErr := make(chan error, 2)
+	prodErr := make(chan error, 3)
+	wg.Go(func() {
+		if err := p.pricingService(svcCtx); err != nil {
+			prodErr <- err
+		}
+	})
 	wg.Go(func() { prodErr <- p.storefront(svcCtx) })
 	wg.Go(func() { prodErr <- p.integrationSystem(svcCtx) })
 
@@ -567,6 +574,10 @@ func (p *pipeline) storefront(ctx context.Context) error {
 	if err := ch.Confirm(false); err != nil {
 		return fmt.Errorf("storefront: confirm.select: %w", err)
 	}
+	pr, err := newPricer(conn, 10*time.Second)
+	if err != nil {
+		return fmt.Errorf("storefront: %w", err)
+	}
 	var pace <-chan time.Time
 	if p.cfg.Rate > 0 {
 		t := time.NewTicker(time.Duration(float64(time.Second) / p.cfg.Rate))
@@ -603,14 +614,28 @@ func (p *pipeline) storefront(ctx context.Context) error {
 			case <-pace:
 			}
 		}
+		// The price comes from the pricing service, an RPC over direct reply-to.
+		amount, err := pr.price(ctx, o)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("storefront: %w", err)
+		}
+		o.Amount = amount
+		p.priced.Add(1)
 		body, err := json.Marshal(Event{Order: o})
 		if err != nil {
 			return fmt.Errorf("storefront: encode: %w", err)
 		}
 		p.outstanding.Add(p.copies(exchangeOrders, keyOrderPlaced))
+		var prio uint8
+		if o.Express {
+			prio = expressPriority
+		}
 		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, exchangeOrders, keyOrderPlaced, false, false, amqp.Publishing{
 			ContentType: "application/json", DeliveryMode: amqp.Persistent, Type: keyOrderPlaced,
-			MessageId: o.ID, Timestamp: time.Now(), Body: body,
+			MessageId: o.ID, Timestamp: time.Now(), Priority: prio, Body: body,
 		})
 		if err != nil {
 			if ctx.Err() != nil {

@@ -22,6 +22,9 @@ type Report struct {
 	DeadReasons                       map[string]int // x-death reason -> messages
 	RetryGaps                         []time.Duration
 
+	// Priced counts the orders priced by the pricing service over direct reply-to.
+	Priced int
+
 	Crashes, Restarts int
 	// Redelivered counts orders that order processing received again after its crash.
 	Redelivered int
@@ -59,6 +62,7 @@ func (p *pipeline) report(elapsed time.Duration, timedOut bool) *Report {
 		Crashes:         int(p.crashes.Load()),
 		Restarts:        int(p.restarts.Load()),
 		Redelivered:     int(p.redelivered.Load()),
+		Priced:          int(p.priced.Load()),
 	}
 	problem := func(format string, args ...any) { r.Problems = append(r.Problems, fmt.Sprintf(format, args...)) }
 	if timedOut {
@@ -209,6 +213,7 @@ func (r *Report) print(w io.Writer, cfg Config) {
 			fmt.Fprintf(w, "                     retries came sooner than x-redelivery-delay: the broker ignores it (RabbitMQ does)\n")
 		}
 	}
+	fmt.Fprintf(w, "  pricing            %d orders priced by RPC over direct reply-to (amq.rabbitmq.reply-to)\n", r.Priced)
 	fmt.Fprintf(w, "  order processing   %d crash(es) between ack and tx.commit, %d order(s) redelivered and committed once; services restarted %d time(s)\n",
 		r.Crashes, r.Redelivered, r.Restarts)
 	fmt.Fprintf(w, "  customer sync      %d/%d records applied in order (%d out of order, %d duplicates); consumer system stopped %d time(s), %d records queued when it came back\n",

@@ -29,7 +29,8 @@ func topology(cfg Config) []queueDef {
 		payment["x-redelivery-backoff"] = cfg.RetryBackoff
 	}
 	return []queueDef{
-		{name: queueProcessing, exchange: exchangeOrders, keys: []string{keyOrderPlaced}},
+		// A priority queue: express orders (priority 9) overtake the standard ones waiting.
+		{name: queueProcessing, exchange: exchangeOrders, keys: []string{keyOrderPlaced}, args: amqp.Table{"x-max-priority": int32(expressPriority)}},
 		{name: queuePayment, exchange: exchangeOrders, keys: []string{keyPaymentRequested}, args: payment},
 		{name: queueInventory, exchange: exchangeOrders, keys: []string{keyPaymentProcessed, keyOrderCancelled}},
 		{name: queueCatalog, exchange: exchangeOrders, keys: []string{keyInventoryUpdated}},
@@ -72,6 +73,13 @@ func declare(conn *amqp.Connection, cfg Config) error {
 				return fmt.Errorf("bind queue %s to %s with %q: %w", q.name, q.exchange, k, err)
 			}
 		}
+	}
+	// The pricing service's request queue (default exchange; replies over direct reply-to).
+	if _, err := ch.QueueDelete(queuePricing, false, false, false); err != nil {
+		return fmt.Errorf("delete queue %s: %w", queuePricing, err)
+	}
+	if _, err := ch.QueueDeclare(queuePricing, false, false, false, false, nil); err != nil {
+		return fmt.Errorf("declare queue %s: %w", queuePricing, err)
 	}
 	return nil
 }

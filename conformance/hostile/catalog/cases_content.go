@@ -25,7 +25,7 @@ import (
 func dialSmallRcvBuf(ctx context.Context, e *Env) (*rawConn, error) {
 	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
 		var serr error
-		err := c.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+		err := c.Control(func(fd uintptr) { serr = setRcvBuf(fd, 4096) })
 		return errors.Join(err, serr)
 	}}
 	c, err := d.DialContext(ctx, "tcp", e.Addr)

@@ -355,6 +355,65 @@ async function caseConsumerCancel() {
   });
 }
 
+// A priority queue delivers higher priorities first, FIFO within one; none counts as 0 and
+// above the maximum as the maximum.
+async function casePriority() {
+  const q = name('q-prio');
+  const conn = await connect();
+  try {
+    const ch = await conn.createConfirmChannel();
+    await ch.assertQueue(q, { durable: false, arguments: { 'x-max-priority': 10 } });
+    try {
+      const sent = [['p1', 1], ['p9a', 9], ['none', undefined], ['p5', 5], ['p200', 200], ['p9b', 9]];
+      for (const [body, priority] of sent) {
+        ch.sendToQueue(q, Buffer.from(body), priority === undefined ? {} : { priority });
+      }
+      await within(WAIT, 'publisher confirms', ch.waitForConfirms());
+      const got = [];
+      for (let i = 0; i < sent.length; i++) {
+        const m = await ch.get(q, { noAck: true });
+        check(m !== false, `queue emptied early after ${show(got)}`);
+        got.push(m.content.toString());
+      }
+      const want = ['p200', 'p9a', 'p9b', 'p5', 'p1', 'none'];
+      check(show(got) === show(want), `order ${show(got)}, want ${show(want)}`);
+    } finally {
+      await ch.deleteQueue(q);
+    }
+  } finally {
+    await conn.close();
+  }
+}
+
+// RPC over amq.rabbitmq.reply-to: the request's reply_to is stamped with a generated name, and
+// the reply published to it reaches the client's no-ack reply consumer.
+async function caseDirectReplyTo() {
+  const q = name('q-rpc');
+  await session(async (conn, cli) => {
+    const srv = await conn.createChannel();
+    await srv.assertQueue(q, { durable: false });
+    try {
+      let gotReply;
+      const reply = new Promise((res) => { gotReply = res; });
+      await cli.consume('amq.rabbitmq.reply-to', (m) => { if (m) gotReply(m); }, { noAck: true });
+      let stamped;
+      await srv.consume(q, (m) => {
+        if (!m) return;
+        stamped = m.properties.replyTo;
+        srv.sendToQueue(stamped, Buffer.from('4'), { correlationId: m.properties.correlationId });
+      }, { noAck: true });
+      cli.sendToQueue(q, Buffer.from('2+2'), { replyTo: 'amq.rabbitmq.reply-to', correlationId: 'c1' });
+      const m = await within(WAIT, 'reply', reply);
+      check(stamped.startsWith('amq.rabbitmq.reply-to.') && stamped.length > 22,
+        `request reply_to ${show(stamped)}, want a generated amq.rabbitmq.reply-to.<token>`);
+      check(m.content.toString() === '4' && m.properties.correlationId === 'c1' && m.fields.routingKey === stamped,
+        `reply ${show(m.content.toString())} correlationId ${show(m.properties.correlationId)} routingKey ${show(m.fields.routingKey)}`);
+    } finally {
+      await srv.deleteQueue(q);
+    }
+  });
+}
+
 const CASES = [
   ['connect', caseConnect],
   ['auth-refused', caseAuthRefused],
@@ -372,6 +431,8 @@ const CASES = [
   ['get-empty', caseGetEmpty],
   ['mandatory-return', caseMandatoryReturn],
   ['consumer-cancel-notify', caseConsumerCancel],
+  ['priority', casePriority],
+  ['direct-reply-to', caseDirectReplyTo],
 ];
 
 async function main() {

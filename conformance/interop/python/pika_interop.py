@@ -311,6 +311,58 @@ def case_consumer_cancel():
         check(cancelled, "no server basic.cancel within %.0fs" % WAIT)
 
 
+def case_priority():
+    # A priority queue delivers higher priorities first, FIFO within one; none counts as 0
+    # and above the maximum as the maximum.
+    q = name("q-prio")
+    with Session() as s:
+        s.ch.queue_declare(q, arguments={"x-max-priority": 10})
+        try:
+            s.ch.confirm_delivery()  # each publish waits for its ack: all are queued before the gets
+            sent = [("p1", 1), ("p9a", 9), ("none", None), ("p5", 5), ("p200", 200), ("p9b", 9)]
+            for body, prio in sent:
+                s.ch.basic_publish("", q, body.encode(), pika.BasicProperties(priority=prio))
+            got = []
+            for _ in sent:
+                m, p, body = s.ch.basic_get(q, auto_ack=True)
+                check(m is not None, "queue emptied early after %r" % got)
+                got.append(body.decode())
+            want = ["p200", "p9a", "p9b", "p5", "p1", "none"]
+            check(got == want, "order %r, want %r" % (got, want))
+        finally:
+            s.ch.queue_delete(q)
+
+
+def case_direct_reply_to():
+    # RPC over amq.rabbitmq.reply-to: the request's reply_to is stamped with a generated
+    # name, and the reply published to it reaches the client's no-ack reply consumer.
+    q = name("q-rpc")
+    with Session() as s:
+        srv = s.conn.channel()
+        srv.queue_declare(q)
+        try:
+            replies, requests = [], []
+            s.ch.basic_consume("amq.rabbitmq.reply-to", lambda c, m, p, b: replies.append((m, p, b)), auto_ack=True)
+            srv.basic_consume(q, lambda c, m, p, b: requests.append((m, p, b)), auto_ack=True)
+            s.ch.basic_publish("", q, b"2+2", pika.BasicProperties(reply_to="amq.rabbitmq.reply-to", correlation_id="c1"))
+            deadline = time.monotonic() + WAIT
+            while not requests and time.monotonic() < deadline:
+                s.conn.process_data_events(time_limit=0.05)
+            check(requests, "no request within %.0fs" % WAIT)
+            _, props, _ = requests[0]
+            check(props.reply_to.startswith("amq.rabbitmq.reply-to.") and len(props.reply_to) > 22,
+                  "request reply_to %r, want a generated amq.rabbitmq.reply-to.<token>" % props.reply_to)
+            srv.basic_publish("", props.reply_to, b"4", pika.BasicProperties(correlation_id=props.correlation_id))
+            while not replies and time.monotonic() < deadline + WAIT:
+                s.conn.process_data_events(time_limit=0.05)
+            check(replies, "no reply within %.0fs" % WAIT)
+            m, p, body = replies[0]
+            check(body == b"4" and p.correlation_id == "c1" and m.routing_key == props.reply_to,
+                  "reply body %r correlation_id %r routing_key %r" % (body, p.correlation_id, m.routing_key))
+        finally:
+            srv.queue_delete(q)
+
+
 CASES = [
     ("connect", case_connect),
     ("auth-refused", case_auth_refused),
@@ -328,6 +380,8 @@ CASES = [
     ("get-empty", case_get_empty),
     ("mandatory-return", case_mandatory_return),
     ("consumer-cancel-notify", case_consumer_cancel),
+    ("priority", case_priority),
+    ("direct-reply-to", case_direct_reply_to),
 ]
 
 if __name__ == "__main__":

@@ -1,0 +1,196 @@
+package broker
+
+import (
+	"bytes"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"warren/amqp"
+	"warren/queue"
+	"warren/stream"
+)
+
+// streamSink is a StreamSink with a credit of one: it takes an entry only when the previous one
+// was acked.
+type streamSink struct {
+	mu      sync.Mutex
+	got     []*queue.Entry
+	busy    bool
+	gone    bool
+	deleted chan struct{}
+}
+
+func newStreamSink() *streamSink { return &streamSink{deleted: make(chan struct{})} }
+
+func (s *streamSink) Deliver(_ *queue.Queue, e *queue.Entry) queue.Outcome {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.busy || s.gone {
+		return queue.Busy
+	}
+	s.busy = true
+	s.got = append(s.got, e)
+	return queue.Accepted
+}
+func (s *streamSink) QueueDeleted() { close(s.deleted) }
+func (s *streamSink) Gone() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.gone
+}
+
+// await waits until the streamSink holds n entries.
+func (s *streamSink) await(t *testing.T, n int) []*queue.Entry {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		s.mu.Lock()
+		if len(s.got) >= n {
+			got := append([]*queue.Entry(nil), s.got...)
+			s.mu.Unlock()
+			return got
+		}
+		s.mu.Unlock()
+		time.Sleep(time.Millisecond)
+	}
+	t.Fatalf("streamSink did not get %d entries", n)
+	return nil
+}
+
+// ack returns the streamSink's credit through the queue, as a channel's basic.ack does.
+func (s *streamSink) ack(qs *Queue) {
+	s.mu.Lock()
+	e := s.got[len(s.got)-1]
+	s.busy = false
+	s.mu.Unlock()
+	qs.Settle(Ack, []*queue.Entry{e}, nil)
+}
+
+// The core without AMQP: a stream queue gets confirmed publishes, a consumer reads it with
+// credit from its offset, leaves when its front end removes it, and a delete tells the others.
+func TestStreamQueueCore(t *testing.T) {
+	b := newTestBroker(t, "") // in memory: the log goes to a temporary directory
+	v := b.VHost("/")
+	if _, err := v.DeclareQueue(System, QueueSpec{Name: "s", Durable: true, Args: amqp.Table{"x-queue-type": "stream"}}); err != nil {
+		t.Fatal(err)
+	}
+	p := v.NewPublisher()
+	for _, body := range []string{"a", "b", "c"} {
+		if res := publish(t, v, p, "", "s", body); !res.Routed || !res.OnDisk {
+			t.Fatalf("publish to a stream: %+v, want routed and confirmed after the sync", res)
+		}
+	}
+	if _, _, _, _, err := v.Get(System, "s", false); err == nil || err.Code != amqp.NotImplemented {
+		t.Fatalf("basic.get on a stream: %v", err)
+	}
+	s1 := newStreamSink()
+	qs, err := v.ConsumeStream(System, "s", s1, StreamConsume{Prefetch: 1, Args: amqp.Table{"x-stream-offset": int64(1)}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := s1.await(t, 1)
+	if string(got[0].Msg.Body) != "b" || got[0].Seq != 1 {
+		t.Fatalf("first delivery %q at %d", got[0].Msg.Body, got[0].Seq)
+	}
+	time.Sleep(20 * time.Millisecond)
+	if n := len(s1.await(t, 1)); n != 1 {
+		t.Fatalf("%d deliveries with a credit of one", n)
+	}
+	s1.ack(qs)
+	got = s1.await(t, 2)
+	if string(got[1].Msg.Body) != "c" {
+		t.Fatalf("after the ack: %q", got[1].Msg.Body)
+	}
+	h, herr := amqp.DecodeContentHeader(qs.DeliveryHeader(got[1]))
+	if herr != nil || h.Props.Headers["x-stream-offset"] != int64(2) || h.Props.DeliveryMode != 2 {
+		t.Fatalf("delivery header %+v, %v", h.Props, herr)
+	}
+	// The front end removes s1: its reader stops.
+	s1.mu.Lock()
+	s1.gone = true
+	s1.mu.Unlock()
+	v.ConsumerRemoved(qs, false)
+	qs.sq.mu.Lock()
+	left := len(qs.sq.consumers)
+	qs.sq.mu.Unlock()
+	if left != 0 {
+		t.Fatalf("%d stream consumers left after removal", left)
+	}
+	// Deleting the queue ends the other consumers and removes the log.
+	s2 := newStreamSink()
+	if _, err := v.ConsumeStream(System, "s", s2, StreamConsume{Prefetch: 1}, nil); err != nil {
+		t.Fatal(err)
+	}
+	dir := qs.sq.dir
+	if _, err := v.DeleteQueue(System, "s", false, false); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-s2.deleted:
+	case <-time.After(5 * time.Second):
+		t.Fatal("consumer not told of the delete")
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatalf("log directory left after delete: %v", err)
+	}
+}
+
+func TestStreamOffsetArgument(t *testing.T) {
+	now := time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC)
+	qs := &Queue{name: "s", v: &VHost{name: "/"}}
+	for _, tc := range []struct {
+		v    any
+		want stream.Spec
+		bad  bool
+	}{
+		{nil, stream.Next(), false},
+		{"first", stream.First(), false},
+		{"last", stream.Last(), false},
+		{"next", stream.Next(), false},
+		{int64(7), stream.AtOffset(7), false},
+		{int8(7), stream.AtOffset(7), false},
+		{int64(-3), stream.AtOffset(0), false},
+		{"2h", stream.AtTime(now.Add(-2 * time.Hour)), false},
+		{now.Add(-time.Minute), stream.AtTime(now.Add(-time.Minute)), false},
+		{"1x", stream.Spec{}, true},
+		{"", stream.Spec{}, true},
+		{3.5, stream.Spec{}, true},
+		{true, stream.Spec{}, true},
+	} {
+		args := amqp.Table{}
+		if tc.v != nil {
+			args["x-stream-offset"] = tc.v
+		}
+		got, err := streamOffset(qs, args, now)
+		if tc.bad {
+			if err == nil || err.Code != amqp.PreconditionFailed {
+				t.Errorf("%v: %v, want 406", tc.v, err)
+			}
+			continue
+		}
+		if err != nil || got.Kind != tc.want.Kind || got.Offset != tc.want.Offset || !got.Time.Equal(tc.want.Time) {
+			t.Errorf("%v: %+v %v, want %+v", tc.v, got, err, tc.want)
+		}
+	}
+}
+
+func TestStreamRecordFormat(t *testing.T) {
+	msg := &queue.Message{Exchange: "orders", RoutingKey: "eu.de", Header: []byte{1, 2, 3}, Body: []byte("body")}
+	rec := encodeStreamRecord(msg)
+	back, err := decodeStreamRecord(rec)
+	if err != nil || back.Exchange != "orders" || back.RoutingKey != "eu.de" ||
+		!bytes.Equal(back.Header, msg.Header) || !bytes.Equal(back.Body, msg.Body) {
+		t.Fatalf("round trip: %+v %v", back, err)
+	}
+	rec[len(rec)-1] = 'X' // decoding copied: the reader's buffer may change
+	if string(back.Body) != "body" {
+		t.Fatal("decoded message aliases the record")
+	}
+	for n := 0; n < len(rec)-len(msg.Body); n++ {
+		if _, err := decodeStreamRecord(rec[:n]); err == nil {
+			t.Fatalf("a record cut at %d bytes decoded", n)
+		}
+	}
+}

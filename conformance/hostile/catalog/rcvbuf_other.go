@@ -1,0 +1,10 @@
+//go:build !windows
+
+package catalog
+
+import "syscall"
+
+// setRcvBuf sets a socket's receive buffer (SO_RCVBUF) before it connects.
+func setRcvBuf(fd uintptr, n int) error {
+	return syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, n)
+}
