@@ -50,6 +50,9 @@ type backend struct {
 	api        *url.URL // scheme://host:port, no credentials
 	user, pass string   // management (and, by default, AMQP) credentials
 	amqpURL    string
+	// page is where the broker itself serves the UI ("" when it does not, as RabbitMQ: the
+	// test then serves it, see uiURL).
+	page string
 }
 
 // testBackend says where the broker under test is: the one place that decides it. With
@@ -126,10 +129,12 @@ func inProcessWarren(t *testing.T, extra ...server.User) backend {
 		t.Fatalf("warren management API: %v", err)
 	}
 	t.Cleanup(func() { _ = h.Close(); _ = s.Close() })
+	api := &url.URL{Scheme: "http", Host: h.ManagementAddr().String()}
 	return backend{
-		api:  &url.URL{Scheme: "http", Host: h.ManagementAddr().String()},
+		api:  api,
 		user: "guest", pass: "guest",
 		amqpURL: "amqp://guest:guest@" + s.Addr().String() + "/",
+		page:    api.String(),
 	}
 }
 
@@ -167,12 +172,17 @@ func artifactsDir(t *testing.T) string {
 	return d
 }
 
-// uiServer serves the UI as the management listener will: the UI at "/", the API at "/api/"
-// (here a reverse proxy to the backend, so the page and its API share one origin).
-func uiServer(t *testing.T, api *url.URL) *httptest.Server {
+// uiURL is where the browser opens the UI. An in-process Warren serves it itself, next to
+// its API on the management listener (node wires it), so that wiring is what is tested. For
+// another API (RabbitMQ's), the test serves ui.Handler() with /api/ reverse-proxied to it, so
+// the page and its API share one origin as in Warren.
+func uiURL(t *testing.T, be backend) string {
 	t.Helper()
+	if be.page != "" {
+		return be.page
+	}
 	mux := http.NewServeMux()
-	proxy := httputil.NewSingleHostReverseProxy(api)
+	proxy := httputil.NewSingleHostReverseProxy(be.api)
 	proxy.ErrorHandler = func(w http.ResponseWriter, r *http.Request, err error) {
 		if errors.Is(err, context.Canceled) {
 			return // the browser went away mid-request (end of test): nothing to report
@@ -183,7 +193,7 @@ func uiServer(t *testing.T, api *url.URL) *httptest.Server {
 	mux.Handle("/", ui.Handler())
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
-	return srv
+	return srv.URL
 }
 
 // browser starts headless Chromium with a fresh profile and the flags this machine needs (no
@@ -338,7 +348,7 @@ func TestBrowserScenario(t *testing.T) {
 	chrome := chromiumPath(t)
 	be := testBackend(t)
 	dir := artifactsDir(t)
-	srv := uiServer(t, be.api)
+	page := uiURL(t, be)
 	ctx, errs := browser(t, chrome)
 	defer errs.check(t)
 
@@ -361,7 +371,7 @@ func TestBrowserScenario(t *testing.T) {
 
 	// 1. Log in.
 	run(ctx, t, "open login page",
-		chromedp.Navigate(srv.URL+"/"),
+		chromedp.Navigate(page+"/"),
 		chromedp.WaitVisible(chromedp.ID("login-user")))
 	screenshot(ctx, t, dir, "01-login")
 	// By keyboard only: the form submits with Enter.
@@ -379,7 +389,7 @@ func TestBrowserScenario(t *testing.T) {
 		t.Fatal(err)
 	}
 	qlink := fmt.Sprintf(`a[href="#/queues/%%2F/%s"]`, qname)
-	run(ctx, t, "open queue list", chromedp.Navigate(srv.URL+"/#/queues?name="+qname))
+	run(ctx, t, "open queue list", chromedp.Navigate(page+"/#/queues?name="+qname))
 	waitFor(ctx, t, "the new queue in the list", `!!document.querySelector(`+js(qlink)+`)`, 30*time.Second)
 	screenshot(ctx, t, dir, "05-queues")
 
@@ -448,7 +458,7 @@ func TestBrowserScenario(t *testing.T) {
 	screenshot(ctx, t, dir, "06-queue")
 
 	// The overview's charts see the same traffic.
-	run(ctx, t, "open overview", chromedp.Navigate(srv.URL+"/#/"), chromedp.WaitVisible(chromedp.ID("chart-rates")))
+	run(ctx, t, "open overview", chromedp.Navigate(page+"/#/"), chromedp.WaitVisible(chromedp.ID("chart-rates")))
 	waitFor(ctx, t, "overview publish rate above 0",
 		`Number(document.querySelector('#chart-rates li[data-series=publish]').dataset.peak) > 0`, 40*time.Second)
 	waitFor(ctx, t, "overview queued chart", `Number(document.querySelector('#chart-queued li[data-series=messages_ready]').dataset.peak) > 0`, 20*time.Second)
@@ -457,7 +467,7 @@ func TestBrowserScenario(t *testing.T) {
 	t.Logf("published %d messages while the charts were watched", published.Load()+1)
 
 	// 4. Get the first message (requeued) and read its body and header on the page.
-	run(ctx, t, "open queue page again", chromedp.Navigate(srv.URL+"/#/queues/%2F/"+qname), chromedp.WaitVisible(chromedp.ID("get-submit")))
+	run(ctx, t, "open queue page again", chromedp.Navigate(page+"/#/queues/%2F/"+qname), chromedp.WaitVisible(chromedp.ID("get-submit")))
 	run(ctx, t, "get a message",
 		chromedp.SetValue(chromedp.ID("get-ackmode"), "ack_requeue_true"),
 		chromedp.Click(chromedp.ID("get-submit")))
@@ -480,7 +490,7 @@ func TestBrowserScenario(t *testing.T) {
 	xname := "ui-e2e-x-" + suffix
 	xlink := fmt.Sprintf(`a[href="#/exchanges/%%2F/%s"]`, xname)
 	run(ctx, t, "declare an exchange",
-		chromedp.Navigate(srv.URL+"/#/exchanges?name="+xname),
+		chromedp.Navigate(page+"/#/exchanges?name="+xname),
 		chromedp.WaitVisible(chromedp.ID("declare-exchange")),
 		chromedp.SendKeys(chromedp.CSS("#declare-exchange input[name=name]"), xname),
 		chromedp.SetValue(chromedp.CSS("#declare-exchange select[name=type]"), "fanout"),
@@ -502,14 +512,14 @@ func TestBrowserScenario(t *testing.T) {
 	waitFor(ctx, t, "publish routed", `document.getElementById('publish-result').textContent.includes('routed') && !document.getElementById('publish-result').textContent.includes('not routed')`, 15*time.Second)
 	screenshot(ctx, t, dir, "10-exchange")
 	run(ctx, t, "get the binary message",
-		chromedp.Navigate(srv.URL+"/#/queues/%2F/"+qname),
+		chromedp.Navigate(page+"/#/queues/%2F/"+qname),
 		chromedp.WaitVisible(chromedp.ID("get-submit")),
 		chromedp.SetValue(chromedp.ID("get-ackmode"), "ack_requeue_false"),
 		chromedp.Click(chromedp.ID("get-submit")))
 	waitFor(ctx, t, "the body as base64", `(() => { const p = document.querySelector('#get-results pre.payload');
 		return p && p.dataset.encoding === 'base64' && p.textContent === '/wAB'; })()`, 15*time.Second)
 	run(ctx, t, "delete the exchange",
-		chromedp.Navigate(srv.URL+"/#/exchanges/%2F/"+xname),
+		chromedp.Navigate(page+"/#/exchanges/%2F/"+xname),
 		chromedp.WaitVisible(chromedp.ID("delete-exchange")),
 		chromedp.Click(chromedp.ID("delete-exchange")),
 		chromedp.WaitVisible(chromedp.ID("confirm-ok")),
@@ -523,7 +533,7 @@ func TestBrowserScenario(t *testing.T) {
 	local := conn.LocalAddr().(*net.TCPAddr)
 	filter := net.JoinHostPort(local.IP.String(), strconv.Itoa(local.Port)) + " ->"
 	closeBtn := `button[data-action=close][aria-label*=` + js(filter) + `]`
-	run(ctx, t, "open connections", chromedp.Navigate(srv.URL+"/#/connections?name="+url.QueryEscape(filter)))
+	run(ctx, t, "open connections", chromedp.Navigate(page+"/#/connections?name="+url.QueryEscape(filter)))
 	waitFor(ctx, t, "the client's connection", `!!document.querySelector(`+js(closeBtn)+`)`, 30*time.Second)
 	if row := textOf(ctx, t, "#main table.list tbody"); !strings.Contains(row, connName) {
 		t.Errorf("connection row does not show the client-provided name %q:\n%s", connName, row)
@@ -549,15 +559,15 @@ func TestBrowserScenario(t *testing.T) {
 	waitFor(ctx, t, "the closed connection leaves the list", `!document.querySelector(`+js(closeBtn)+`)`, 30*time.Second)
 
 	// 7. The remaining pages render, with what they must show.
-	run(ctx, t, "channels", chromedp.Navigate(srv.URL+"/#/channels"), chromedp.WaitVisible(chromedp.CSS("#main table.list")))
+	run(ctx, t, "channels", chromedp.Navigate(page+"/#/channels"), chromedp.WaitVisible(chromedp.CSS("#main table.list")))
 	waitFor(ctx, t, "channels list loaded", `/Page \d/.test(document.querySelector('.count').textContent)`, 15*time.Second)
 	screenshot(ctx, t, dir, "04-channels")
 
-	run(ctx, t, "exchanges", chromedp.Navigate(srv.URL+"/#/exchanges?vhost=%2F"), chromedp.WaitVisible(chromedp.ID("declare-exchange")))
+	run(ctx, t, "exchanges", chromedp.Navigate(page+"/#/exchanges?vhost=%2F"), chromedp.WaitVisible(chromedp.ID("declare-exchange")))
 	waitFor(ctx, t, "amq.direct in the exchange list", `!!document.querySelector('a[href="#/exchanges/%2F/amq.direct"]')`, 15*time.Second)
 	screenshot(ctx, t, dir, "09-exchanges")
 
-	run(ctx, t, "admin", chromedp.Navigate(srv.URL+"/#/admin"), chromedp.WaitVisible(chromedp.ID("sec-users")))
+	run(ctx, t, "admin", chromedp.Navigate(page+"/#/admin"), chromedp.WaitVisible(chromedp.ID("sec-users")))
 	waitFor(ctx, t, "users listed with their config key", `document.querySelector('#admin-users').textContent.includes(`+js(be.user)+`) && document.querySelector('#admin-users').textContent.includes('users[].name')`, 15*time.Second)
 	screenshot(ctx, t, dir, "11-admin")
 }
@@ -602,12 +612,12 @@ func TestBrowserTagsDecideWhatIsShown(t *testing.T) {
 		server.User{Name: "app", Password: "app-pw"},
 		server.User{Name: "ops", Password: "ops-pw", Tags: []string{"management"}})
 	dir := artifactsDir(t)
-	srv := uiServer(t, be.api)
+	page := uiURL(t, be)
 	ctx, errs := browser(t, chrome)
 	defer errs.check(t)
 
 	run(ctx, t, "log in without a management tag",
-		chromedp.Navigate(srv.URL+"/"),
+		chromedp.Navigate(page+"/"),
 		chromedp.WaitVisible(chromedp.ID("login-user")),
 		chromedp.SendKeys(chromedp.ID("login-user"), "app"),
 		chromedp.SendKeys(chromedp.ID("login-pass"), "app-pw"+kb.Enter))
@@ -629,7 +639,7 @@ func TestBrowserTagsDecideWhatIsShown(t *testing.T) {
 	if tags := textOf(ctx, t, "#who-tags"); tags != "management" {
 		t.Errorf("header shows tags %q, want management", tags)
 	}
-	run(ctx, t, "admin as a management user", chromedp.Navigate(srv.URL+"/#/admin"), chromedp.WaitVisible(chromedp.ID("sec-vhosts")))
+	run(ctx, t, "admin as a management user", chromedp.Navigate(page+"/#/admin"), chromedp.WaitVisible(chromedp.ID("sec-vhosts")))
 	waitFor(ctx, t, "vhosts listed", `document.getElementById('admin-vhosts').textContent.includes('vhosts[].name')`, 15*time.Second)
 	sections, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](`[...document.querySelectorAll('#main section[id^=sec-]')].map((s) => s.id)`))
 	if err != nil {
@@ -684,11 +694,11 @@ func TestBrowserTenThousandQueues(t *testing.T) {
 	t.Logf("declared %d queues in %v", n+1, time.Since(start).Round(time.Millisecond))
 
 	dir := artifactsDir(t)
-	srv := uiServer(t, be.api)
+	page := uiURL(t, be)
 	ctx, errs := browser(t, chrome)
 	defer errs.check(t)
 	run(ctx, t, "log in",
-		chromedp.Navigate(srv.URL+"/"),
+		chromedp.Navigate(page+"/"),
 		chromedp.WaitVisible(chromedp.ID("login-user")),
 		chromedp.SendKeys(chromedp.ID("login-user"), be.user),
 		chromedp.SendKeys(chromedp.ID("login-pass"), be.pass+kb.Enter),
@@ -696,7 +706,7 @@ func TestBrowserTenThousandQueues(t *testing.T) {
 
 	rows := `document.querySelectorAll('#main table.list tbody tr[data-key]')`
 	start = time.Now()
-	run(ctx, t, "open the queue list", chromedp.Navigate(srv.URL+"/#/queues"))
+	run(ctx, t, "open the queue list", chromedp.Navigate(page+"/#/queues"))
 	waitFor(ctx, t, "the first page", rows+`.length === 100 && /of 10,001/.test(document.querySelector('.count').textContent)`, 20*time.Second)
 	load := time.Since(start)
 
@@ -830,18 +840,18 @@ func TestBrowserDocScreenshots(t *testing.T) {
 	}()
 	defer func() { close(stop); wg.Wait() }()
 
-	srv := uiServer(t, be.api)
+	page := uiURL(t, be)
 	ctx, errs := browser(t, chrome)
 	defer errs.check(t)
 	run(ctx, t, "log in",
-		chromedp.Navigate(srv.URL+"/"),
+		chromedp.Navigate(page+"/"),
 		chromedp.WaitVisible(chromedp.ID("login-user")),
 		chromedp.SendKeys(chromedp.ID("login-user"), be.user),
 		chromedp.SendKeys(chromedp.ID("login-pass"), be.pass+kb.Enter),
 		chromedp.WaitVisible(chromedp.ID("chart-rates")))
 	time.Sleep(watch)
 	screenshot(ctx, t, out, "overview")
-	run(ctx, t, "queue page", chromedp.Navigate(srv.URL+"/#/queues/%2F/orders"), chromedp.WaitVisible(chromedp.ID("chart-queue-rates")))
+	run(ctx, t, "queue page", chromedp.Navigate(page+"/#/queues/%2F/orders"), chromedp.WaitVisible(chromedp.ID("chart-queue-rates")))
 	time.Sleep(watch)
 	screenshot(ctx, t, out, "queue")
 }

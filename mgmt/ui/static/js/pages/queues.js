@@ -225,6 +225,8 @@ function getForm(qpath, name) {
       const msgs = await call(`${qpath}/get`, { method: 'POST', body: { count: Number(count.value), ackmode: ackmode.value, encoding: encoding.value, truncate: Number(truncate.value) } });
       fill(out, msgs.length === 0 ? h('p', { class: 'muted' }, `Queue "${name}" is empty.`) : msgs.map(showMessage));
     } catch (e) { fill(out, h('p', { class: 'error' }, `Get failed: ${e.message}`)); }
+    // The answer is below the form, often below the fold: bring it into view.
+    out.scrollIntoView({ block: 'start' });
   });
   return h('section', null, h('h2', null, 'Get messages'),
     h('p', { class: 'muted' }, 'Getting a message is destructive unless it is requeued; a requeued message is marked redelivered.'),
