@@ -20,6 +20,7 @@ import (
 	"warren/amqp"
 	"warren/broker"
 	"warren/mgmt"
+	"warren/persistence"
 	"warren/queue"
 	"warren/server"
 )
@@ -175,6 +176,11 @@ func (m *Management) Overview() mgmt.Overview {
 		js := st.Stats()
 		o.Warren.JournalCommits = js.Commits
 		o.Warren.JournalCommitMessages = js.Publishes
+		h := mgmt.Histogram{Count: js.CommitSeconds.Count, Sum: js.CommitSeconds.Sum, Buckets: map[float64]uint64{}}
+		for i, b := range persistence.CommitBuckets {
+			h.Buckets[b] = js.CommitSeconds.Counts[i]
+		}
+		o.Warren.Fsync = h
 	}
 	return o
 }

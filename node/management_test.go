@@ -159,6 +159,9 @@ func TestManagementAgainstBroker(t *testing.T) {
 	}
 	metrics, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
+	if !strings.Contains(string(metrics), "warren_journal_fsync_seconds_count ") || strings.Contains(string(metrics), "warren_journal_fsync_seconds_count 0\n") {
+		t.Errorf("/metrics has no timed journal commits:\n%s", metrics)
+	}
 	for _, want := range []string{"rabbitmq_queues 1", "rabbitmq_connections 1", `rabbitmq_global_messages_received_total{protocol="amqp091"} 3`, "rabbitmq_connections_opened_total 1"} {
 		if !strings.Contains(string(metrics), want+"\n") {
 			t.Errorf("/metrics lacks %q", want)

@@ -335,6 +335,7 @@ func (s *Store) commitGroup(reqs []request) int {
 			return s.commitGroup(reqs[:j])
 		}
 	}
+	commitStart := time.Now()
 	if err := g.txn.Commit(); err != nil {
 		s.failed = err
 		s.log.Error("journal commit failed; store is now read-only", "dir", s.dir, "err", err)
@@ -357,7 +358,9 @@ func (s *Store) commitGroup(reqs []request) int {
 			break
 		}
 	}
+	took := time.Since(commitStart)
 	s.statsMu.Lock()
+	s.stats.CommitSeconds.observe(took.Seconds())
 	s.stats.Commits++
 	s.stats.Batches += uint64(n)
 	s.stats.Publishes += uint64(g.publishes)

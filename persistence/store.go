@@ -153,6 +153,8 @@ type Store struct {
 type Stats struct {
 	// Commits is the number of badger transactions the journal committed (each one sync).
 	Commits uint64
+	// CommitSeconds is the distribution of those commits' durations, sync included.
+	CommitSeconds Histogram
 	// Batches is the number of submitted requests (Batches and topology changes) committed.
 	Batches uint64
 	// Publishes is the number of messages written by committed batches.
@@ -713,6 +715,27 @@ func (s *Store) Stats() Stats {
 		st.AvgPublishesPerCommit = float64(st.Publishes) / float64(st.Commits)
 	}
 	return st
+}
+
+// CommitBuckets are the upper bounds, in seconds, of Histogram's buckets.
+var CommitBuckets = [...]float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5}
+
+// Histogram counts observations in CommitBuckets: Counts[i] is the number at or below
+// CommitBuckets[i] (cumulative, as Prometheus wants them); Count and Sum cover all of them.
+type Histogram struct {
+	Counts [len(CommitBuckets)]uint64
+	Count  uint64
+	Sum    float64
+}
+
+func (h *Histogram) observe(v float64) {
+	h.Count++
+	h.Sum += v
+	for i, b := range CommitBuckets {
+		if v <= b {
+			h.Counts[i]++
+		}
+	}
 }
 
 func round2(f float64) float64 { return math.Round(f*100) / 100 }
