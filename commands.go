@@ -10,8 +10,8 @@ import (
 	"strings"
 	"time"
 
-	"warren/config"
-	"warren/server"
+	"github.com/warrenmq/warren/config"
+	"github.com/warrenmq/warren/server"
 )
 
 // runPasswdCommand prints a rabbit_password_hashing_sha256 hash of the password given as the

@@ -12,8 +12,8 @@ import (
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
-	"warren/config"
-	"warren/server"
+	"github.com/warrenmq/warren/config"
+	"github.com/warrenmq/warren/server"
 )
 
 // envPrefix starts the variables a child warren process must not inherit from the test's environment.

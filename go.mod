@@ -1,4 +1,4 @@
-module warren
+module github.com/warrenmq/warren
 
 go 1.26.8
 

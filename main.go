@@ -24,11 +24,11 @@ import (
 	"syscall"
 	"time"
 
-	"warren/bench"
-	"warren/config"
-	"warren/ctl"
-	"warren/node"
-	"warren/server"
+	"github.com/warrenmq/warren/bench"
+	"github.com/warrenmq/warren/config"
+	"github.com/warrenmq/warren/ctl"
+	"github.com/warrenmq/warren/node"
+	"github.com/warrenmq/warren/server"
 )
 
 func main() {

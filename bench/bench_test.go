@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"warren/server"
+	"github.com/warrenmq/warren/server"
 )
 
 func TestParseFlags(t *testing.T) {

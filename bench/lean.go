@@ -14,7 +14,7 @@ import (
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
-	"warren/amqp"
+	"github.com/warrenmq/warren/amqp"
 )
 
 // leanConn is the bench's own AMQP 0-9-1 client for the producer and consumer connections

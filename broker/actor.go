@@ -1,6 +1,6 @@
 package broker
 
-import "warren/amqp"
+import "github.com/warrenmq/warren/amqp"
 
 // Perm is what an operation needs on a resource, in RabbitMQ's terms.
 type Perm uint8

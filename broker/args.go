@@ -7,8 +7,8 @@ import (
 	"strings"
 	"time"
 
-	"warren/amqp"
-	"warren/queue"
+	"github.com/warrenmq/warren/amqp"
+	"github.com/warrenmq/warren/queue"
 )
 
 // queueSpec is what a queue's x- arguments configure.

@@ -5,8 +5,8 @@ import (
 	"testing"
 	"time"
 
-	"warren/amqp"
-	"warren/queue"
+	"github.com/warrenmq/warren/amqp"
+	"github.com/warrenmq/warren/queue"
 )
 
 func TestParseQueueArgs(t *testing.T) {

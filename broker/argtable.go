@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"sort"
 
-	"warren/amqp"
+	"github.com/warrenmq/warren/amqp"
 )
 
 // Support says what Warren does with an argument or policy key that RabbitMQ knows. No name in

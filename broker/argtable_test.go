@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"warren/amqp"
+	"github.com/warrenmq/warren/amqp"
 )
 
 // The names RabbitMQ 3.10.8 knows, read from the running broker (rabbit_amqqueue:declare_args()

@@ -7,8 +7,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"warren/persistence"
-	"warren/queue"
+	"github.com/warrenmq/warren/persistence"
+	"github.com/warrenmq/warren/queue"
 )
 
 // Options configure a Broker.

@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"warren/amqp"
-	"warren/queue"
+	"github.com/warrenmq/warren/amqp"
+	"github.com/warrenmq/warren/queue"
 )
 
 func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }

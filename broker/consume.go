@@ -4,9 +4,9 @@ import (
 	"fmt"
 	"math"
 
-	"warren/amqp"
-	"warren/persistence"
-	"warren/queue"
+	"github.com/warrenmq/warren/amqp"
+	"github.com/warrenmq/warren/persistence"
+	"github.com/warrenmq/warren/queue"
 )
 
 // Consumer is a subscription's delivery sink, implemented by a front end (an AMQP channel's

@@ -3,9 +3,9 @@ package broker
 import (
 	"time"
 
-	"warren/amqp"
-	"warren/persistence"
-	"warren/queue"
+	"github.com/warrenmq/warren/amqp"
+	"github.com/warrenmq/warren/persistence"
+	"github.com/warrenmq/warren/queue"
 )
 
 // onDropped is a queue's hook for entries leaving without an ack: their durable copies are

@@ -4,9 +4,9 @@ import (
 	"fmt"
 	"strings"
 
-	"warren/amqp"
-	"warren/exchange"
-	"warren/persistence"
+	"github.com/warrenmq/warren/amqp"
+	"github.com/warrenmq/warren/exchange"
+	"github.com/warrenmq/warren/persistence"
 )
 
 // ExchangeSpec is an exchange.declare.

@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"warren/queue"
+	"github.com/warrenmq/warren/queue"
 )
 
 // creditConsumer takes messages only while it has credit, like a consumer with a prefetch

@@ -4,8 +4,8 @@ import (
 	"sort"
 	"sync/atomic"
 
-	"warren/amqp"
-	"warren/queue"
+	"github.com/warrenmq/warren/amqp"
+	"github.com/warrenmq/warren/queue"
 )
 
 // QueueCounters are a queue's message counters since it was created (RabbitMQ's message_stats):

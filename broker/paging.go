@@ -5,9 +5,9 @@ import (
 	"strconv"
 	"time"
 
-	"warren/amqp"
-	"warren/persistence"
-	"warren/queue"
+	"github.com/warrenmq/warren/amqp"
+	"github.com/warrenmq/warren/persistence"
+	"github.com/warrenmq/warren/queue"
 )
 
 // pager is a queue's queue.Pager on the store: durable entries are on disk already (their

@@ -11,8 +11,8 @@ import (
 	"strings"
 	"time"
 
-	"warren/amqp"
-	"warren/queue"
+	"github.com/warrenmq/warren/amqp"
+	"github.com/warrenmq/warren/queue"
 )
 
 // PolicyDef is a RabbitMQ policy as configured: Definition applies to the queues and/or

@@ -4,8 +4,8 @@ import (
 	"strings"
 	"testing"
 
-	"warren/amqp"
-	"warren/queue"
+	"github.com/warrenmq/warren/amqp"
+	"github.com/warrenmq/warren/queue"
 )
 
 // publishPrio publishes a persistent message with a priority property to the default exchange.

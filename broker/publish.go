@@ -4,9 +4,9 @@ import (
 	"fmt"
 	"strconv"
 
-	"warren/amqp"
-	"warren/persistence"
-	"warren/queue"
+	"github.com/warrenmq/warren/amqp"
+	"github.com/warrenmq/warren/persistence"
+	"github.com/warrenmq/warren/queue"
 )
 
 // Publisher is one front-end publisher's state in the core: its routing scratch space and its

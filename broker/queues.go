@@ -6,9 +6,9 @@ import (
 	"strings"
 	"time"
 
-	"warren/amqp"
-	"warren/persistence"
-	"warren/queue"
+	"github.com/warrenmq/warren/amqp"
+	"github.com/warrenmq/warren/persistence"
+	"github.com/warrenmq/warren/queue"
 )
 
 // RandomName is prefix followed by 22 random URL-safe characters, as RabbitMQ names generated

@@ -3,7 +3,7 @@ package broker
 import (
 	"strings"
 
-	"warren/queue"
+	"github.com/warrenmq/warren/queue"
 )
 
 // Direct reply-to (RabbitMQ's amq.rabbitmq.reply-to pseudo-queue): an RPC client consumes

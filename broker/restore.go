@@ -4,10 +4,10 @@ import (
 	"fmt"
 	"time"
 
-	"warren/amqp"
-	"warren/exchange"
-	"warren/persistence"
-	"warren/queue"
+	"github.com/warrenmq/warren/amqp"
+	"github.com/warrenmq/warren/exchange"
+	"github.com/warrenmq/warren/persistence"
+	"github.com/warrenmq/warren/queue"
 )
 
 // restore loads durable exchanges, queues (with the first window of their messages) and

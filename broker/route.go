@@ -3,8 +3,8 @@ package broker
 import (
 	"bytes"
 
-	"warren/amqp"
-	"warren/exchange"
+	"github.com/warrenmq/warren/amqp"
+	"github.com/warrenmq/warren/exchange"
 )
 
 // defaultRouter is the default exchange's router: every routing key names the queue of that name

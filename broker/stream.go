@@ -11,9 +11,9 @@ import (
 	"sync"
 	"time"
 
-	"warren/amqp"
-	"warren/queue"
-	"warren/stream"
+	"github.com/warrenmq/warren/amqp"
+	"github.com/warrenmq/warren/queue"
+	"github.com/warrenmq/warren/stream"
 )
 
 // streamQueue is the log behind an x-queue-type: stream queue and its consumers' readers.

@@ -7,9 +7,9 @@ import (
 	"testing"
 	"time"
 
-	"warren/amqp"
-	"warren/queue"
-	"warren/stream"
+	"github.com/warrenmq/warren/amqp"
+	"github.com/warrenmq/warren/queue"
+	"github.com/warrenmq/warren/stream"
 )
 
 // streamSink is a StreamSink with a credit of one: it takes an entry only when the previous one

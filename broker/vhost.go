@@ -5,10 +5,10 @@ import (
 	"sync/atomic"
 	"time"
 
-	"warren/amqp"
-	"warren/exchange"
-	"warren/persistence"
-	"warren/queue"
+	"github.com/warrenmq/warren/amqp"
+	"github.com/warrenmq/warren/exchange"
+	"github.com/warrenmq/warren/persistence"
+	"github.com/warrenmq/warren/queue"
 )
 
 // Exchange is one exchange of a vhost. Its fields are fixed at declare except alternate

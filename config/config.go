@@ -15,7 +15,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
-	"warren/server"
+	"github.com/warrenmq/warren/server"
 )
 
 // defaultConfigFile is read when -config is not given, but only if it exists: a missing default

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"warren/server"
+	"github.com/warrenmq/warren/server"
 )
 
 // envMap turns a map into a lookupEnv function.

@@ -13,8 +13,8 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
-	"warren/amqp"
-	"warren/server"
+	"github.com/warrenmq/warren/amqp"
+	"github.com/warrenmq/warren/server"
 )
 
 // This file holds RabbitMQ's definitions format (rabbitmqctl export_definitions): the JSON that

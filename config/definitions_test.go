@@ -15,7 +15,7 @@ import (
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
-	"warren/server"
+	"github.com/warrenmq/warren/server"
 )
 
 // realExport is `rabbitmqctl export_definitions` from RabbitMQ 3.10.8, reduced to one vhost

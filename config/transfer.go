@@ -8,7 +8,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
-	"warren/server"
+	"github.com/warrenmq/warren/server"
 )
 
 // ImportDefinitions reads a RabbitMQ definitions file (rabbitmqctl export_definitions), checks

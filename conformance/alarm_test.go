@@ -8,7 +8,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
-	"warren/server"
+	"github.com/warrenmq/warren/server"
 )
 
 // connection.blocked: under a memory alarm (here a one-byte limit, so it is on from the start)

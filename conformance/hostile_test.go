@@ -21,8 +21,8 @@ import (
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
-	"warren/conformance/hostile/catalog"
-	"warren/server"
+	"github.com/warrenmq/warren/conformance/hostile/catalog"
+	"github.com/warrenmq/warren/server"
 )
 
 // hostileWarren starts a Warren of the test's own on dir (a new temp dir when "") with cfg

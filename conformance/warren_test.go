@@ -9,8 +9,8 @@ import (
 	"os"
 	"testing"
 
-	"warren/embedded"
-	"warren/server"
+	"github.com/warrenmq/warren/embedded"
+	"github.com/warrenmq/warren/server"
 )
 
 var maxRAMMessages = flag.Int("max-ram-messages", 0, "in-process Warren: queue.max_ram_messages (0 = the default); a small window runs the suite with queues paging to disk")

@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"warren/mgmt"
+	"github.com/warrenmq/warren/mgmt"
 )
 
 // broker is a small mgmt.Broker behind the real management handler; methods ctl never reaches

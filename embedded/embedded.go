@@ -43,9 +43,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	"warren/amqp"
-	"warren/config"
-	"warren/server"
+	"github.com/warrenmq/warren/amqp"
+	"github.com/warrenmq/warren/config"
+	"github.com/warrenmq/warren/server"
 )
 
 // The configuration types are the broker's own (see package server for their fields' details), so

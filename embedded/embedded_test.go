@@ -14,8 +14,8 @@ import (
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
-	"warren/embedded"
-	"warren/server"
+	"github.com/warrenmq/warren/embedded"
+	"github.com/warrenmq/warren/server"
 )
 
 const wait = 10 * time.Second

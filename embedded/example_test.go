@@ -9,7 +9,7 @@ import (
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
-	"warren/embedded"
+	"github.com/warrenmq/warren/embedded"
 )
 
 // Start a broker, publish a message with a publisher confirm and consume it. In a test,

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"warren/amqp"
+	"github.com/warrenmq/warren/amqp"
 )
 
 func BenchmarkDirectRoute(b *testing.B) {

@@ -6,7 +6,7 @@ import (
 	"sync"
 	"testing"
 
-	"warren/amqp"
+	"github.com/warrenmq/warren/amqp"
 )
 
 func TestKind(t *testing.T) {

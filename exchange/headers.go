@@ -4,7 +4,7 @@ import (
 	"slices"
 	"strings"
 
-	"warren/amqp"
+	"github.com/warrenmq/warren/amqp"
 )
 
 // hmatcher is a headers binding compiled at Bind time, so Route does no

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"warren/amqp"
+	"github.com/warrenmq/warren/amqp"
 )
 
 // Bindings and messages below were run through RabbitMQ 3.10.8 (headers

@@ -1,7 +1,7 @@
 package exchange
 
 import (
-	"warren/amqp"
+	"github.com/warrenmq/warren/amqp"
 )
 
 // Kind selects the routing algorithm of an exchange; it is fixed at declare

@@ -6,7 +6,7 @@ import (
 	"slices"
 	"sync"
 
-	"warren/amqp"
+	"github.com/warrenmq/warren/amqp"
 )
 
 // table is the kind-specific part of a router. All methods run with the

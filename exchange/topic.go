@@ -3,7 +3,7 @@ package exchange
 import (
 	"strings"
 
-	"warren/amqp"
+	"github.com/warrenmq/warren/amqp"
 )
 
 // tnode is a trie node: the state reached after matching a prefix of a

@@ -11,7 +11,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
-	"warren/amqp"
+	"github.com/warrenmq/warren/amqp"
 )
 
 // num is a decoded numeric field value. RabbitMQ compares header values with

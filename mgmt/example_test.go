@@ -5,7 +5,7 @@ import (
 	"net/http"
 	"time"
 
-	"warren/mgmt"
+	"github.com/warrenmq/warren/mgmt"
 )
 
 // The wiring serves the API and the metrics on their own listeners (management.listen and

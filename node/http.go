@@ -9,9 +9,9 @@ import (
 	"net/http"
 	"time"
 
-	"warren/mgmt"
-	"warren/mgmt/ui"
-	"warren/server"
+	"github.com/warrenmq/warren/mgmt"
+	"github.com/warrenmq/warren/mgmt/ui"
+	"github.com/warrenmq/warren/server"
 )
 
 // HTTPOptions configure the node's HTTP listeners; an empty address leaves that one off.

@@ -17,12 +17,12 @@ import (
 	"strings"
 	"time"
 
-	"warren/amqp"
-	"warren/broker"
-	"warren/mgmt"
-	"warren/persistence"
-	"warren/queue"
-	"warren/server"
+	"github.com/warrenmq/warren/amqp"
+	"github.com/warrenmq/warren/broker"
+	"github.com/warrenmq/warren/mgmt"
+	"github.com/warrenmq/warren/persistence"
+	"github.com/warrenmq/warren/queue"
+	"github.com/warrenmq/warren/server"
 )
 
 // Management implements mgmt.Broker over a running server and its broker core.

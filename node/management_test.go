@@ -10,8 +10,8 @@ import (
 	"time"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
-	"warren/ctl"
-	"warren/server"
+	"github.com/warrenmq/warren/ctl"
+	"github.com/warrenmq/warren/server"
 )
 
 // startNode runs a broker (in memory, or on dir) with the management API and metrics on free

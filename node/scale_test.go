@@ -7,8 +7,8 @@ import (
 	"net/http/httptest"
 	"testing"
 
-	"warren/broker"
-	"warren/mgmt"
+	"github.com/warrenmq/warren/broker"
+	"github.com/warrenmq/warren/mgmt"
 )
 
 // BenchmarkManagement100kQueues is what monitoring pays with 100,000 queues on the real broker:

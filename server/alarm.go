@@ -10,8 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"warren/amqp"
-	"warren/persistence"
+	"github.com/warrenmq/warren/amqp"
+	"github.com/warrenmq/warren/persistence"
 )
 
 // alarmInterval is how often memory use and free disk space are checked.

@@ -8,7 +8,7 @@ import (
 	"encoding/base64"
 	"net"
 
-	"warren/amqp"
+	"github.com/warrenmq/warren/amqp"
 )
 
 // authenticate checks a start-ok response and returns the user name. Failures are 403

@@ -8,9 +8,9 @@ import (
 	"strings"
 	"time"
 
-	"warren/amqp"
-	"warren/broker"
-	"warren/exchange"
+	"github.com/warrenmq/warren/amqp"
+	"github.com/warrenmq/warren/broker"
+	"github.com/warrenmq/warren/exchange"
 )
 
 // runtimeConfig is the reloadable part of the configuration, compiled: regular expressions,

@@ -3,8 +3,8 @@ package server
 import (
 	"testing"
 
-	"warren/amqp"
-	"warren/broker"
+	"github.com/warrenmq/warren/amqp"
+	"github.com/warrenmq/warren/broker"
 )
 
 // BenchmarkAuthorizePublish is the permission check basic.publish pays: a cached decision for

@@ -10,9 +10,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	"warren/amqp"
-	"warren/broker"
-	"warren/queue"
+	"github.com/warrenmq/warren/amqp"
+	"github.com/warrenmq/warren/broker"
+	"github.com/warrenmq/warren/queue"
 )
 
 // delivery is one unacknowledged message on a channel.

@@ -7,8 +7,8 @@ import (
 	"strconv"
 	"time"
 
-	"warren/amqp"
-	"warren/broker"
+	"github.com/warrenmq/warren/amqp"
+	"github.com/warrenmq/warren/broker"
 )
 
 // Limit caps a count (connections, channels, queues). The zero value is "no limit"; LimitOf(0)

@@ -15,8 +15,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"warren/amqp"
-	"warren/broker"
+	"github.com/warrenmq/warren/amqp"
+	"github.com/warrenmq/warren/broker"
 )
 
 // Version is Warren's version, reported in server-properties.

@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"warren/amqp"
-	"warren/broker"
+	"github.com/warrenmq/warren/amqp"
+	"github.com/warrenmq/warren/broker"
 )
 
 // errorLog is a slog handler that keeps the first error-level record: the connection's panic

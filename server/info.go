@@ -10,8 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"warren/amqp"
-	"warren/broker"
+	"github.com/warrenmq/warren/amqp"
+	"github.com/warrenmq/warren/broker"
 )
 
 // What the server shows of itself to other front ends (the management API): connections,

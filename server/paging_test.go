@@ -7,8 +7,8 @@ import (
 	"time"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
-	"warren/broker"
-	"warren/persistence"
+	"github.com/warrenmq/warren/broker"
+	"github.com/warrenmq/warren/persistence"
 )
 
 // pagedServer runs a broker with a store and a small in-memory window per queue.

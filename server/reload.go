@@ -6,8 +6,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"warren/amqp"
-	"warren/broker"
+	"github.com/warrenmq/warren/amqp"
+	"github.com/warrenmq/warren/broker"
 )
 
 // Reload applies a new configuration to the running broker: users, loopback users, permissions,

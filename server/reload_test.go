@@ -8,7 +8,7 @@ import (
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
-	"warren/amqp"
+	"github.com/warrenmq/warren/amqp"
 )
 
 func reloadOrFail(t *testing.T, s *Server, mutate func(*Config)) {

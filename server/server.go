@@ -16,8 +16,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"warren/amqp"
-	"warren/broker"
+	"github.com/warrenmq/warren/amqp"
+	"github.com/warrenmq/warren/broker"
 )
 
 // Server is one running broker.

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
-	"warren/amqp"
+	"github.com/warrenmq/warren/amqp"
 )
 
 func startTestServer(t testing.TB, mutate func(*Config)) *Server {

@@ -1,8 +1,8 @@
 package server
 
 import (
-	"warren/amqp"
-	"warren/broker"
+	"github.com/warrenmq/warren/amqp"
+	"github.com/warrenmq/warren/broker"
 )
 
 // Gone reports that the channel no longer has this consumer (cancelled, channel closed): the

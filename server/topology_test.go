@@ -6,7 +6,7 @@ import (
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
-	"warren/amqp"
+	"github.com/warrenmq/warren/amqp"
 )
 
 // Exchanges, queues and bindings in the configuration exist at start, route, and are declared

@@ -6,7 +6,7 @@ import (
 	"time"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
-	"warren/broker"
+	"github.com/warrenmq/warren/broker"
 )
 
 // A tx.commit whose store write fails is never acknowledged: it is answered with 541

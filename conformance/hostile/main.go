@@ -23,7 +23,7 @@ import (
 	"strings"
 	"time"
 
-	"warren/conformance/hostile/catalog"
+	"github.com/warrenmq/warren/conformance/hostile/catalog"
 )
 
 func main() {

@@ -11,7 +11,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
-	"warren/embedded"
+	"github.com/warrenmq/warren/embedded"
 )
 
 func TestPublishConsumeWithConfirms(t *testing.T) {

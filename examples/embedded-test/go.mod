@@ -2,11 +2,11 @@ module example.com/embedded-test
 
 go 1.26.8
 
-replace warren => ../..
+replace github.com/warrenmq/warren => ../..
 
 require (
 	github.com/rabbitmq/amqp091-go v1.16.0
-	warren v0.0.0-00010101000000-000000000000
+	github.com/warrenmq/warren v0.0.0-00010101000000-000000000000
 )
 
 require (

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"warren/embedded"
+	"github.com/warrenmq/warren/embedded"
 )
 
 // startWarren runs a Warren broker in-process with its own data directory (the pipeline relies on

@@ -34,9 +34,9 @@ import (
 	"github.com/chromedp/chromedp/kb"
 	amqp "github.com/rabbitmq/amqp091-go"
 
-	"warren/mgmt/ui"
-	"warren/node"
-	"warren/server"
+	"github.com/warrenmq/warren/mgmt/ui"
+	"github.com/warrenmq/warren/node"
+	"github.com/warrenmq/warren/server"
 )
 
 var (

@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"os"
 
-	"warren/bench"
+	"github.com/warrenmq/warren/bench"
 )
 
 func main() {

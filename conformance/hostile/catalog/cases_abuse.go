@@ -10,7 +10,7 @@ import (
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
-	"warren/amqp"
+	"github.com/warrenmq/warren/amqp"
 )
 
 // Floods, permission bypass attempts and queue arguments RabbitMQ refuses.

@@ -9,7 +9,7 @@ import (
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
-	"warren/amqp"
+	"github.com/warrenmq/warren/amqp"
 )
 
 // Alarm cases: they need Env.RaiseAlarm and Env.ClearAlarm, and always clear the alarm when

@@ -9,7 +9,7 @@ import (
 	"net"
 	"time"
 
-	"warren/amqp"
+	"github.com/warrenmq/warren/amqp"
 )
 
 // Cases about the protocol header, the handshake and framing.

@@ -12,7 +12,7 @@ import (
 	"syscall"
 	"time"
 
-	"warren/amqp"
+	"github.com/warrenmq/warren/amqp"
 )
 
 // rawConn is a hand-driven AMQP connection: the hostile cases need to send what no client

@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"warren/amqp"
-	"warren/server"
+	"github.com/warrenmq/warren/amqp"
+	"github.com/warrenmq/warren/server"
 )
 
 // startWarren runs a Warren in-process on a free loopback port with a temp data dir.
