@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dlclark/regexp2"
 	"github.com/warrenmq/warren/amqp"
 	"github.com/warrenmq/warren/broker"
 	"github.com/warrenmq/warren/exchange"
@@ -39,9 +40,14 @@ type permission struct {
 // matcher is a compiled permission regexp. The common ".*" and "" skip the regexp engine.
 type matcher struct {
 	re   *regexp.Regexp
+	pcre *regexp2.Regexp // a pattern Go's regexp cannot take (lookaround, backreferences)
 	all  bool
 	none bool
 }
+
+// pcreMatchTimeout bounds one match of a pattern compiled by regexp2, whose backtracking can be
+// exponential on a hostile name; a match that times out grants nothing.
+const pcreMatchTimeout = 10 * time.Millisecond
 
 func newMatcher(key, expr string) (matcher, error) {
 	switch expr {
@@ -51,10 +57,18 @@ func newMatcher(key, expr string) (matcher, error) {
 		return matcher{all: true}, nil
 	}
 	re, err := regexp.Compile(expr)
-	if err != nil {
+	if err == nil {
+		return matcher{re: re}, nil
+	}
+	// RabbitMQ matches permissions with Erlang's re (PCRE): exported definitions use lookahead,
+	// e.g. ^(?!amq\.).* for "everything but amq.*", which Go's RE2 syntax lacks. Such patterns
+	// go to a backtracking engine with PCRE's syntax.
+	pcre, perr := regexp2.Compile(expr, regexp2.None)
+	if perr != nil {
 		return matcher{}, &ConfigError{Key: key, Err: fmt.Errorf("invalid regular expression %q: %w", expr, err)}
 	}
-	return matcher{re: re}, nil
+	pcre.MatchTimeout = pcreMatchTimeout
+	return matcher{pcre: pcre}, nil
 }
 
 func (m *matcher) match(name string) bool {
@@ -63,6 +77,10 @@ func (m *matcher) match(name string) bool {
 		return true
 	case m.none:
 		return false
+	}
+	if m.pcre != nil {
+		ok, err := m.pcre.MatchString(name)
+		return err == nil && ok
 	}
 	return m.re.MatchString(name)
 }

@@ -305,3 +305,32 @@ func TestVHostIsolation(t *testing.T) {
 	_, err = cha.QueueDeclarePassive("only-b", false, false, false, false, nil)
 	checkAMQPError(t, "queue of another vhost", err, 404, "NOT_FOUND - no queue 'only-b' in vhost '/'")
 }
+
+// Permission patterns use RabbitMQ's regular expression dialect (PCRE): the lookahead that
+// exported definitions use for "everything but amq.*" works, and a pattern neither engine takes
+// is still a configuration error.
+func TestPermissionPatternsPCRE(t *testing.T) {
+	for _, tc := range []struct {
+		expr    string
+		name    string
+		allowed bool
+	}{
+		{`^(?!amq\.).*`, "orders", true},
+		{`^(?!amq\.).*`, "amq.gen-1", false},
+		{`^(?!tmp-)orders\.(?=eu)`, "orders.eu", true},
+		{`^(?!tmp-)orders\.(?=eu)`, "orders.us", false},
+		{`^(?=(a+)+$)`, strings.Repeat("a", 40) + "!", false}, // catastrophic backtracking: times out, denied
+		{`^orders\.`, "orders.eu", true},                      // plain patterns stay on Go's regexp
+	} {
+		m, err := newMatcher("permissions[0].write", tc.expr)
+		if err != nil {
+			t.Fatalf("%q: %v", tc.expr, err)
+		}
+		if got := m.match(tc.name); got != tc.allowed {
+			t.Errorf("%q on %q: %v, want %v", tc.expr, tc.name, got, tc.allowed)
+		}
+	}
+	if _, err := newMatcher("permissions[0].write", "(["); err == nil {
+		t.Error("an invalid pattern was accepted")
+	}
+}
