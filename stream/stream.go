@@ -8,8 +8,6 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // Defaults, RabbitMQ's where RabbitMQ has one.
@@ -451,7 +449,7 @@ func (s *Stream) flush(c *commit) error {
 		return fmt.Errorf("stream: write index %s: %w", s.act.idxPath, err)
 	}
 	if !s.opts.NoSync {
-		if err := unix.Fdatasync(int(s.actF.Fd())); err != nil {
+		if err := datasync(s.actF); err != nil {
 			return fmt.Errorf("stream: sync segment %s: %w", s.act.path, err)
 		}
 	}
