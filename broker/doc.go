@@ -24,8 +24,8 @@
 //
 // # Goroutines
 //
-// The core starts none of its own. Its code runs on the goroutines of its callers and of the
-// timers and store it uses:
+// The core starts goroutines only for stream queues (below). Otherwise its code runs on the
+// goroutines of its callers and of the timers and store it uses:
 //
 //   - per AMQP connection (package server): one reader goroutine that runs the handshake, reads
 //     frames and runs every method of every channel of the connection, publishes included; and
