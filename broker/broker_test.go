@@ -284,3 +284,42 @@ func TestTxnCommitStoreFailure(t *testing.T) {
 		t.Fatalf("%d messages visible after a failed commit", n)
 	}
 }
+
+// Exchange counters (publish_in/out) are gathered per publisher and added in batches: on Flush,
+// when the publisher moves to another exchange, and every exchangeStatsBatch publishes.
+func TestExchangeCountersBatched(t *testing.T) {
+	b := newTestBroker(t, "")
+	v := b.VHost("/")
+	if _, err := v.DeclareQueue(System, QueueSpec{Name: "q"}); err != nil {
+		t.Fatal(err)
+	}
+	stats := func(name string) (uint64, uint64) {
+		for _, x := range v.Exchanges() {
+			if x.Name == name {
+				return x.PublishIn, x.PublishOut
+			}
+		}
+		t.Fatalf("no exchange %q", name)
+		return 0, 0
+	}
+	p := v.NewPublisher()
+	publish(t, v, p, "", "q", "routed")
+	publish(t, v, p, "", "nowhere", "dropped")
+	if in, _ := stats(""); in != 0 {
+		t.Fatalf("counted before a flush: %d", in)
+	}
+	publish(t, v, p, "amq.direct", "x", "other exchange") // moving on flushes the default exchange's
+	if in, out := stats(""); in != 2 || out != 1 {
+		t.Fatalf("default exchange after switching: in %d out %d, want 2 and 1", in, out)
+	}
+	for i := 0; i < exchangeStatsBatch; i++ {
+		publish(t, v, p, "amq.direct", "x", "batch")
+	}
+	if in, _ := stats("amq.direct"); in != exchangeStatsBatch {
+		t.Fatalf("amq.direct after a full batch: %d, want %d", in, exchangeStatsBatch)
+	}
+	p.Flush()
+	if in, out := stats("amq.direct"); in != exchangeStatsBatch+1 || out != 0 {
+		t.Fatalf("amq.direct after Flush: in %d out %d", in, out)
+	}
+}

@@ -108,6 +108,9 @@ type ExchangeInfo struct {
 	Durable, AutoDelete, Internal bool
 	Args                          amqp.Table
 	Policy                        *Policy // for alternate-exchange; nil when none applies
+	// PublishIn and PublishOut: messages published to it, and those it routed (counted in
+	// batches of up to 64 per publisher, so a listing may lag the last few).
+	PublishIn, PublishOut uint64
 }
 
 // Exchanges returns the vhost's exchanges sorted by name, the default exchange ("") first.
@@ -120,7 +123,8 @@ func (v *VHost) Exchanges() []ExchangeInfo {
 			pol = matchExchange(v.policies, ex.name)
 		}
 		out = append(out, ExchangeInfo{VHost: v.name, Name: ex.name, Type: ex.kind.String(), Durable: ex.durable,
-			AutoDelete: ex.autoDelete, Internal: ex.internal, Args: ex.args, Policy: pol})
+			AutoDelete: ex.autoDelete, Internal: ex.internal, Args: ex.args, Policy: pol,
+			PublishIn: ex.publishIn.Load(), PublishOut: ex.publishOut.Load()})
 	}
 	v.mu.RUnlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })

@@ -22,6 +22,9 @@ type Exchange struct {
 	args       amqp.Table
 	alternate  string // alternate-exchange argument or policy
 	router     exchange.Router
+	// publishIn counts messages published to the exchange, publishOut those it routed to at
+	// least one queue (RabbitMQ's publish_in / publish_out); added in batches by Publishers.
+	publishIn, publishOut atomic.Uint64
 }
 
 // Name is the exchange's name ("" for the default exchange).

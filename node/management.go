@@ -330,7 +330,8 @@ func (m *Management) Exchanges(vhost string) []mgmt.ExchangeInfo {
 	for _, v := range m.vhosts(vhost) {
 		for _, x := range v.Exchanges() {
 			info := mgmt.ExchangeInfo{VHost: x.VHost, Name: x.Name, Type: x.Type, Durable: x.Durable,
-				AutoDelete: x.AutoDelete, Internal: x.Internal, Arguments: tableToJSON(x.Args)}
+				AutoDelete: x.AutoDelete, Internal: x.Internal, Arguments: tableToJSON(x.Args),
+				Stats: mgmt.Counters{PublishIn: x.PublishIn, PublishOut: x.PublishOut}}
 			if x.Policy != nil {
 				info.Policy = x.Policy.Name()
 			}
@@ -633,7 +634,9 @@ func (m *Management) Publish(vhost, exchange string, p mgmt.Publishing) (bool, e
 		return false, apiError(e)
 	}
 	done := make(chan error, 1)
-	res, _ := v.NewPublisher().Publish(ex, msg, sum.HeadersRaw, func(err error) { done <- err })
+	pub := v.NewPublisher()
+	res, _ := pub.Publish(ex, msg, sum.HeadersRaw, func(err error) { done <- err })
+	pub.Flush()
 	if res.OnDisk {
 		if err := <-done; err != nil {
 			return false, &mgmt.Error{Kind: mgmt.KindInternal, Reason: "storing the message failed", Err: err}

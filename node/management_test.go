@@ -131,6 +131,18 @@ func TestManagementAgainstBroker(t *testing.T) {
 		t.Fatalf("publish: %d %s", code, b)
 	}
 
+	// The exchange counted the API's publish (publish_in and publish_out).
+	var ex struct {
+		Stats struct {
+			In  int `json:"publish_in"`
+			Out int `json:"publish_out"`
+		} `json:"message_stats"`
+	}
+	getJSON(t, api+"/api/exchanges/%2F/api.x", &ex)
+	if ex.Stats.In != 1 || ex.Stats.Out != 1 {
+		t.Fatalf("exchange api.x message_stats: %+v, want publish_in 1, publish_out 1", ex.Stats)
+	}
+
 	// Purge through the API.
 	if code, b := call(t, "DELETE", api+"/api/queues/%2F/orders/contents", ""); code != 204 {
 		t.Fatalf("purge: %d %s", code, b)

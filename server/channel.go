@@ -1029,6 +1029,7 @@ type leaving struct {
 // reader is gone), and may run again: what an earlier call (or the consumer timeout's detach)
 // took is not there any more.
 func (ch *channel) shutdown() {
+	ch.pub.Flush()
 	consumers, ds := ch.detach()
 	if ch.tx != nil {
 		for _, s := range ch.tx.settles {
