@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"sync/atomic"
 )
 
 // FrameOverhead is the bytes a frame adds around its payload: the 7-byte
@@ -53,7 +54,14 @@ type FrameReader struct {
 	err    error // sticky read error, returned once the buffered bytes are used up
 	max    uint32
 	big    []byte // for frames larger than maxBuf
+	// bytesIn counts the bytes read from rd, bumped once per read call (not per frame), so
+	// that a connection's received octets cost the hot path almost nothing.
+	bytesIn atomic.Uint64
 }
+
+// BytesRead returns how many bytes have been read from the underlying reader; safe to call
+// from any goroutine.
+func (r *FrameReader) BytesRead() uint64 { return r.bytesIn.Load() }
 
 // NewFrameReader returns a FrameReader reading from r with a read buffer of
 // up to bufSize bytes (it starts smaller and grows under load). Frames that
@@ -101,6 +109,7 @@ func (r *FrameReader) fill(n int) error {
 			m, err = 0, errors.New("amqp: reader returned an invalid count")
 		}
 		r.w += m
+		r.bytesIn.Add(uint64(m))
 		r.err = err
 		switch {
 		case m == free && len(r.buf) < r.maxBuf:
@@ -135,6 +144,7 @@ func (r *FrameReader) readFull(p []byte) (int, error) {
 		return n, r.err
 	}
 	m, err := io.ReadFull(r.rd, p[n:])
+	r.bytesIn.Add(uint64(m))
 	return n + m, err
 }
 

@@ -58,16 +58,17 @@ type ContentHeader struct {
 // no string allocations except Expiration and UserID when present.
 type HeaderSummary struct {
 	ClassID      uint16
-	BodySize     uint64
 	DeliveryMode uint8
 	Priority     uint8
-	Expiration   string // raw expiration property ("" if absent)
-	HeadersRaw   []byte // the headers table incl. its length prefix (aliases the payload), nil if absent
+	// HasUserID tells a present but empty user-id from an absent one. (The small fields come
+	// first: the summary is copied per publish and packs into 72 bytes this way.)
+	HasUserID  bool
+	BodySize   uint64
+	Expiration string // raw expiration property ("" if absent)
+	HeadersRaw []byte // the headers table incl. its length prefix (aliases the payload), nil if absent
 	// UserID is the user-id property ("" if absent), which a broker must
 	// compare with the authenticated user on every publish that sets it.
 	UserID string
-	// HasUserID tells a present but empty user-id from an absent one.
-	HasUserID bool
 }
 
 func headerError(payload []byte) *Error {

@@ -482,6 +482,12 @@ func appendToStreams(msg *queue.Message, targets []*Queue, done func(error)) (re
 	if n == 0 {
 		return targets, done, false
 	}
+	// In a function of its own: its closures capture done and joined, which would otherwise be
+	// moved to the heap on every publish, streams or not.
+	return appendToStreamsSlow(msg, targets, done, n)
+}
+
+func appendToStreamsSlow(msg *queue.Message, targets []*Queue, done func(error), n int) (rest []*Queue, joined func(error), streamed bool) {
 	rest = make([]*Queue, 0, len(targets)-n)
 	for _, qs := range targets {
 		if qs.sq == nil {

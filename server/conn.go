@@ -157,7 +157,6 @@ func (c *conn) readLoop() {
 			return
 		}
 		c.framesIn.Add(1)
-		c.recvOct.Add(uint64(len(f.Payload)) + frameOverhead)
 		if err := c.handleFrame(f); err != nil {
 			if errors.Is(err, errClosed) {
 				return

@@ -18,8 +18,15 @@ import (
 // channels, consumers, counters, the configuration's users and permissions. Everything here is
 // read off the hot path's own counters and state; nothing is kept for it.
 
-// frameOverhead is a frame's bytes besides its payload: type, channel, size and end octet.
-const frameOverhead = 8
+// recvOctets is what the connection has read from its socket. c.fr is set by the handshake
+// before the connection is counted in openConns (under Server.mu), and never again, so a
+// listing that found the connection there may read it.
+func (c *conn) recvOctets() uint64 {
+	if c.fr == nil {
+		return 0
+	}
+	return c.fr.BytesRead()
+}
 
 // churn counts connections and channels opened and closed; bumped off the message path.
 type churn struct {
@@ -126,7 +133,7 @@ func (c *conn) info() ConnectionInfo {
 		PeerHost: peerHost, PeerPort: peerPort, Host: host, Port: port,
 		Mechanism: c.mechanism, Blocked: c.blocked.Load(), Channels: n,
 		ChannelMax: int(c.channelMax), FrameMax: int(c.frameMax), Heartbeat: int(c.heartbeat),
-		ClientProperties: c.clientProps, RecvOct: c.recvOct.Load(), SendOct: c.w.sentOct.Load(),
+		ClientProperties: c.clientProps, RecvOct: c.recvOctets(), SendOct: c.w.sentOct.Load(),
 		RecvCnt: uint64(c.framesIn.Load()), ConnectedAt: c.connectedAt, TLS: isTLS || c.peerCN != "",
 		Published: c.stats.published.Load(), Unroutable: c.stats.returned.Load() + c.stats.dropped.Load(),
 	}
