@@ -85,12 +85,12 @@ func (s *Server) alarmLoop() {
 	t := time.NewTicker(alarmInterval)
 	defer t.Stop()
 	for {
-		s.checkAlarms()
-		select {
+		select { // Start made the first check
 		case <-s.quit:
 			return
 		case <-t.C:
 		}
+		s.checkAlarms()
 	}
 }
 

@@ -126,6 +126,9 @@ func (s *Server) Start() error {
 		go s.acceptLoop(s.tlsLn)
 	}
 	s.ln = ln
+	// The alarms are decided before the first connection is accepted: a broker that starts
+	// over its memory limit must block the first publish, not one a check later.
+	s.checkAlarms()
 	s.serving.Add(4)
 	go s.acceptLoop(ln)
 	go func() {
