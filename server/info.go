@@ -1,6 +1,7 @@
 package server
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -127,14 +128,14 @@ func (c *conn) info() ConnectionInfo {
 	c.chMu.Lock()
 	n := len(c.channels)
 	c.chMu.Unlock()
-	_, isTLS := c.nc.(interface{ ConnectionState() })
+	_, isTLS := c.nc.(*tls.Conn)
 	return ConnectionInfo{
 		ID: c.id, Name: connName(c.nc), User: c.user, VHost: c.vhost.Name(),
 		PeerHost: peerHost, PeerPort: peerPort, Host: host, Port: port,
 		Mechanism: c.mechanism, Blocked: c.blocked.Load(), Channels: n,
 		ChannelMax: int(c.channelMax), FrameMax: int(c.frameMax), Heartbeat: int(c.heartbeat),
 		ClientProperties: c.clientProps, RecvOct: c.recvOctets(), SendOct: c.w.sentOct.Load(),
-		RecvCnt: uint64(c.framesIn.Load()), ConnectedAt: c.connectedAt, TLS: isTLS || c.peerCN != "",
+		RecvCnt: uint64(c.framesIn.Load()), ConnectedAt: c.connectedAt, TLS: isTLS,
 		Published: c.stats.published.Load(), Unroutable: c.stats.returned.Load() + c.stats.dropped.Load(),
 	}
 }

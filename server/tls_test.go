@@ -125,6 +125,9 @@ func TestTLSListener(t *testing.T) {
 	if _, err := ch.QueueDeclare("over-tls", false, true, false, false, nil); err != nil {
 		t.Fatal(err)
 	}
+	if conns := s.Connections(); len(conns) != 1 || !conns[0].TLS {
+		t.Errorf("the management listing of a TLS connection: %+v, want TLS", conns)
+	}
 	c.Close()
 
 	plain, err := amqp091.DialConfig("amqp://guest:guest@"+s.TLSAddr().String()+"/", amqp091.Config{Dial: amqp091.DefaultDial(2 * time.Second)})
