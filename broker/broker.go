@@ -57,6 +57,8 @@ type Broker struct {
 	stats    brokerStats
 	// replies maps the direct reply-to names in use to their ReplySink (see replyto.go).
 	replies sync.Map
+	// testPages, set by tests only, replaces the store for queues' page writes and reads.
+	testPages pageStore
 }
 
 // brokerStats count events off the message path (churn) and flow-control pauses.

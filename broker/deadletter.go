@@ -95,7 +95,16 @@ func (v *VHost) deadLetter(qs *Queue, dl *dlConfig, es []*queue.Entry, why queue
 		ps[i] = v.prepare(p.msg, p.targets, &batch, nil)
 	}
 	if v.b.store != nil && (len(batch.Publishes) > 0 || len(batch.Removes) > 0) {
-		v.b.store.Submit(&batch, nil)
+		copies := len(batch.Publishes)
+		v.b.store.Submit(&batch, func(err error) {
+			// Nobody waits for this batch, so say it when the store refuses it (a full disk):
+			// nothing of it was written, so the originals stay on disk and come back at the
+			// next start, and the copies live in memory only.
+			if err != nil {
+				v.b.log.Warn("dead-lettered messages not stored; the originals come back at restart",
+					"queue", qs.name, "vhost", v.name, "messages", len(es), "durable_copies", copies, "err", err)
+			}
+		})
 	}
 	for _, p := range ps {
 		v.push(p, false)

@@ -2,7 +2,9 @@ package broker
 
 import (
 	"math"
+	"sort"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/warrenmq/warren/amqp"
@@ -15,8 +17,30 @@ import (
 // transient ones are written as pages into a page space of the queue's own.
 type pager struct {
 	qs    *Queue
-	store *persistence.Store
+	store pageStore
 	space uint64
+
+	// refused holds the transient entries whose page write the store refused (a full disk):
+	// they are nowhere else, so they stay here, in memory, and PageIn returns them in order
+	// with what it reads, until they are read or discarded. Losing them instead would drop
+	// messages nobody was told about; memory is the lesser evil while the disk alarm blocks
+	// publishers.
+	mu      sync.Mutex
+	refused map[uint64]*queue.Entry
+}
+
+// pageStore is what a pager needs of the store (tests wrap it to refuse writes).
+type pageStore interface {
+	Submit(b *persistence.Batch, done func(error))
+	ReadAhead(r persistence.ReadRequest, done func([]persistence.Stored, error))
+}
+
+// pageStore returns the store pagers write to: b.store, unless a test replaced it.
+func (b *Broker) pageStore() pageStore {
+	if b.testPages != nil {
+		return b.testPages
+	}
+	return b.store
 }
 
 // enablePaging bounds qs's memory to the configured window, or to window when it is smaller
@@ -29,7 +53,7 @@ func (b *Broker) enablePaging(qs *Queue, window int) {
 		window = b.maxRAMMessages
 	}
 	qs.q.SetPaging(queue.Paging{
-		Pager:  &pager{qs: qs, store: b.store, space: b.store.NewPageSpace()},
+		Pager:  &pager{qs: qs, store: b.pageStore(), space: b.store.NewPageSpace()},
 		Window: window,
 		Budget: b.budget,
 	})
@@ -41,7 +65,57 @@ func (p *pager) PageOut(e *queue.Entry) {
 	}
 	p.store.Submit(&persistence.Batch{Pages: []persistence.Page{{
 		Space: p.space, Seq: e.Seq, Msg: storedMessage(e.Msg), ExpiresAt: e.ExpiresAt, Persistent: e.Msg.Persistent,
-	}}}, nil)
+	}}}, func(err error) {
+		if err != nil {
+			p.keepRefused(e, err)
+		}
+	})
+}
+
+// keepRefused keeps e, whose page write failed with err, in memory (see pager.refused).
+func (p *pager) keepRefused(e *queue.Entry, err error) {
+	p.mu.Lock()
+	if p.refused == nil {
+		p.refused = make(map[uint64]*queue.Entry)
+	}
+	first := len(p.refused) == 0
+	p.refused[e.Seq] = e
+	p.mu.Unlock()
+	if first { // one line per episode, not per message
+		p.qs.v.b.log.Warn("page write refused; keeping paged-out messages of the queue in memory",
+			"queue", p.qs.name, "vhost", p.qs.v.name, "err", err)
+	}
+}
+
+// withRefused merges the refused entries into es, a read from seq from that stopped at its
+// limits (full) or at the end of the stored ones: the refused entries up to where the read
+// got, or all from `from` on when it reached the end. The result may hold more than the
+// read's max: the store drops the pages it read, so none of es may be left out. The entries
+// returned leave p.refused.
+func (p *pager) withRefused(es []*queue.Entry, from uint64, full bool) []*queue.Entry {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.refused) == 0 {
+		return es
+	}
+	limit := uint64(math.MaxUint64)
+	if full && len(es) > 0 {
+		limit = es[len(es)-1].Seq
+	}
+	n := len(es)
+	for seq, e := range p.refused {
+		if seq >= from && seq <= limit {
+			es = append(es, e)
+		}
+	}
+	if len(es) == n {
+		return es
+	}
+	sort.Slice(es, func(i, j int) bool { return es[i].Seq < es[j].Seq })
+	for _, e := range es {
+		delete(p.refused, e.Seq)
+	}
+	return es
 }
 
 func (p *pager) PageIn(from uint64, max int, maxBytes int64, done func([]*queue.Entry, error)) {
@@ -51,8 +125,13 @@ func (p *pager) PageIn(from uint64, max int, maxBytes int64, done func([]*queue.
 			p.qs.v.b.log.Error("reading paged messages", "queue", p.qs.name, "vhost", p.qs.v.name, "err", err)
 		}
 		es := make([]*queue.Entry, len(sts))
+		var read int64
 		for i, st := range sts {
 			es[i] = p.qs.storedEntry(st, nil)
+			read += int64(len(st.Msg.Body))
+		}
+		if err == nil {
+			es = p.withRefused(es, from, len(es) >= max || read >= maxBytes)
 		}
 		done(es, err)
 	})
@@ -63,6 +142,16 @@ func (p *pager) Discard(spans []queue.Span) {
 	for i, sp := range spans {
 		ss[i] = persistence.Span{From: sp.From, To: sp.To}
 	}
+	p.mu.Lock()
+	for seq := range p.refused {
+		for _, sp := range spans {
+			if seq >= sp.From && seq <= sp.To {
+				delete(p.refused, seq)
+				break
+			}
+		}
+	}
+	p.mu.Unlock()
 	b := &persistence.Batch{DropPages: []persistence.PageDrop{{Space: p.space, Spans: ss}}}
 	// A deleted queue's index goes with store.DeleteQueue.
 	if p.qs.durable && !p.qs.deleted.Load() {
