@@ -564,18 +564,51 @@ func appendToStreamsSlow(msg *queue.Message, targets []*Queue, done func(error),
 	return rest, joined, true
 }
 
-// declareStream makes a new stream queue's checks and opens its log with its arguments and
-// policy; call with v.mu held (opening a new log creates two small files).
-func (v *VHost) declareStream(qs *Queue, m QueueSpec) *amqp.Error {
+// reserveStreamLocked makes a new stream queue's checks and reserves its name in v.opening;
+// call with v.mu held. openReservedStream then creates the log without v.mu: creating it
+// syncs two new files and the directory, a wait that would stall every publisher of the vhost
+// (routing takes v.mu).
+func (v *VHost) reserveStreamLocked(qs *Queue, m QueueSpec) *amqp.Error {
 	if _, aerr := checkStreamDeclare(qs.name, v.name, m); aerr != nil {
 		return aerr
 	}
-	opts := v.effectiveLocked(qs.name, qs.spec, qs.args).stream
-	if err := v.openStream(qs, opts); err != nil {
-		v.b.log.Error("opening stream", "queue", qs.name, "err", err)
-		return amqp.Errorf(amqp.InternalError, "cannot open stream for queue '%s' in vhost '%s'", qs.name, v.name)
+	if v.opening == nil {
+		v.opening = make(map[string]chan struct{})
 	}
+	v.opening[qs.name] = make(chan struct{})
 	return nil
+}
+
+// openReservedStream opens the log of a stream queue reserved by reserveStreamLocked, with no
+// lock held, then registers the queue (submitting its store write, reported by the returned
+// channel) and lifts the reservation, waking the declares that wait for the name: they find
+// the queue. A failed open lifts the reservation with nothing registered: a waiting declare
+// then tries itself, as if this one had never been made.
+func (v *VHost) openReservedStream(qs *Queue, m QueueSpec) (chan error, *amqp.Error) {
+	v.mu.RLock()
+	opts := v.effectiveLocked(qs.name, qs.spec, qs.args).stream
+	v.mu.RUnlock()
+	err := v.openStream(qs, opts)
+	var args []byte
+	if err == nil && qs.durable {
+		args, _ = encodeArgs(m.Args) // newQueue encoded them already: cannot fail
+	}
+	v.mu.Lock()
+	done := v.opening[qs.name]
+	delete(v.opening, qs.name)
+	if err != nil {
+		v.mu.Unlock()
+		close(done)
+		v.b.log.Error("opening stream", "queue", qs.name, "err", err)
+		return nil, amqp.Errorf(amqp.InternalError, "cannot open stream for queue '%s' in vhost '%s'", qs.name, v.name)
+	}
+	synced := v.registerQueueLocked(qs, args)
+	// The policies may have changed while the log was being opened.
+	now := v.effectiveLocked(qs.name, qs.spec, qs.args).stream
+	v.mu.Unlock()
+	close(done)
+	qs.sq.setRetention(now) // a no-op when they did not
+	return synced, nil
 }
 
 // restoreStream reopens a restored stream queue's log (recovering it after a crash), with its
