@@ -171,3 +171,48 @@ func publishPlain(v *VHost, queue, body string) error {
 	}
 	return nil
 }
+
+// A transaction's persistent publish routed to a stream and to two durable queues commits
+// (prepare left a nil entry for the stream and then marked every entry shared on disk: a
+// nil dereference that closed the connection with 541, found by the orders example).
+func TestTxnPublishToStreamAndQueues(t *testing.T) {
+	b := newTestBroker(t, t.TempDir())
+	v := b.VHost("/")
+	if err := v.DeclareExchange(System, ExchangeSpec{Name: "events", Type: "topic", Durable: true}); err != nil {
+		t.Fatal(err)
+	}
+	declareTestStream(t, v, "log", nil)
+	for _, q := range []string{"a", "b"} {
+		if _, err := v.DeclareQueue(System, QueueSpec{Name: q, Durable: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, q := range []string{"log", "a", "b"} {
+		if err := v.Bind(System, BindingSpec{Source: "events", Destination: q, Key: "#"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ex, _ := v.Exchange("events")
+	props := amqp.Properties{DeliveryMode: 2}
+	header := amqp.AppendContentHeader(nil, amqp.ClassBasic, 1, &props)
+	sum, _ := amqp.ScanContentHeader(header)
+	msg, _ := b.NewMessage(ex, "order.placed", header, &sum, []byte("x"))
+	tx := v.NewTxn()
+	tx.Publish(ex, msg, false)
+	if err := tx.Commit(nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{"a", "b"} {
+		qs, _ := v.Queue(System, q)
+		if n := qs.Q().Counts().Ready; n != 1 {
+			t.Fatalf("queue %s holds %d messages after the commit, want 1", q, n)
+		}
+	}
+	s := newStreamSink()
+	if _, err := v.ConsumeStream(System, "log", s, StreamConsume{Prefetch: 1, Args: amqp.Table{"x-stream-offset": "first"}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.await(t, 1); string(got[0].Msg.Body) != "x" {
+		t.Fatalf("stream record %q", got[0].Msg.Body)
+	}
+}
