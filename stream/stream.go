@@ -92,7 +92,7 @@ type Stream struct {
 	wbuf   []byte
 	ibuf   []byte
 	recs   [][]byte
-	retain sync.Mutex // one retention pass at a time; guards opts.MaxLengthBytes and MaxAge (SetRetention)
+	retain sync.Mutex // one retention pass at a time
 }
 
 // Open opens (or creates) the stream stored in dir. It verifies the active segment, cuts off
@@ -546,7 +546,8 @@ func (s *Stream) EnforceRetention() {
 
 // SetRetention changes MaxLengthBytes and MaxAge of an open stream (a policy changed) and
 // applies them at once. MaxSegmentBytes is left as opened: as in RabbitMQ, a new segment size
-// takes effect when the stream is next opened.
+// takes effect when the stream is next opened. The two limits are read and written under
+// s.retain only.
 func (s *Stream) SetRetention(maxLengthBytes int64, maxAge time.Duration) {
 	s.retain.Lock()
 	s.opts.MaxLengthBytes, s.opts.MaxAge = maxLengthBytes, maxAge
