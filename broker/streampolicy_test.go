@@ -264,3 +264,29 @@ func TestStreamPolicyKeysRejected(t *testing.T) {
 		}
 	}
 }
+
+// The max-age timer a policy arms trims a stream nobody publishes to: with the injected clock
+// a minute ahead, the timer (every second for a max-age of 5s) removes the old segments.
+func TestStreamPolicyMaxAgeTimer(t *testing.T) {
+	clk := &testClock{now: time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC)}
+	withStreamClock(t, clk)
+	b := newTestBroker(t, t.TempDir())
+	v := b.VHost("/")
+	qs := declareTestStream(t, v, "idle", amqp.Table{"x-stream-max-segment-size-bytes": 4096})
+	fillStream(t, v, "idle", 40, 500)
+	setStreamPolicies(t, b, PolicyDef{Name: "short", Pattern: "^idle$", Definition: map[string]any{"max-age": "5s"}})
+	if info := qs.sq.log.Info(); info.First != 0 {
+		t.Fatalf("max-age 5s trimmed records written now: %+v", info)
+	}
+	clk.Advance(time.Minute)
+	deadline := time.Now().Add(5 * time.Second)
+	for qs.sq.log.Info().Segments > 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the max-age timer did not trim an idle stream: %+v", qs.sq.log.Info())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if info := qs.sq.log.Info(); info.First == 0 {
+		t.Fatalf("after the timer: %+v", info)
+	}
+}
