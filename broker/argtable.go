@@ -26,9 +26,9 @@ const (
 	// StorageFormat: RabbitMQ's on-disk format choice (x-queue-version). Validated; Warren has
 	// one format, and the choice changes nothing a client can observe.
 	StorageFormat
-	// StreamsOnly: a policy key that only applies to streams, which RabbitMQ skips for classic
-	// and quorum queues too. Warren's streams take these settings as x- arguments; a policy
-	// does not set them yet.
+	// StreamsOnly: a policy key that only applies to streams and that Warren's streams do not
+	// apply yet (accepted with a warning). No key is in this state today: max-age,
+	// stream-max-segment-size-bytes and max-length-bytes apply to streams (policy.go).
 	StreamsOnly
 	// Refused: queue.declare and basic.consume answer 406 PRECONDITION_FAILED, a policy is a
 	// configuration error; the text says Warren does not support it.
@@ -120,7 +120,7 @@ var PolicyKeys = map[string]ArgInfo{
 	"message-ttl":                   {Implemented, true, true, 60000, "the lower of argument and policy wins"},
 	"expires":                       {Implemented, true, true, 60000, "the lower wins"},
 	"max-length":                    {Implemented, true, true, 1000, "the lower wins"},
-	"max-length-bytes":              {Implemented, true, true, 1 << 20, "the lower wins"},
+	"max-length-bytes":              {Implemented, true, true, 1 << 20, "the lower wins; for a stream the policy wins"},
 	"overflow":                      {Implemented, true, true, "drop-head", "the argument wins"},
 	"dead-letter-exchange":          {Implemented, true, true, "dlx", "the argument wins"},
 	"dead-letter-routing-key":       {Implemented, true, true, "k", "the argument wins"},
@@ -139,9 +139,9 @@ var PolicyKeys = map[string]ArgInfo{
 	"ha-promote-on-failure":         {SingleNode, true, false, "always", ""},
 	"queue-master-locator":          {SingleNode, true, false, "min-masters", ""},
 	"queue-leader-locator":          {SingleNode, false, true, "balanced", ""},
-	"initial-cluster-size":          {StreamsOnly, false, false, 3, ""},
-	"max-age":                       {StreamsOnly, false, false, "1D", ""},
-	"stream-max-segment-size-bytes": {StreamsOnly, false, false, 1 << 20, ""},
+	"initial-cluster-size":          {SingleNode, false, false, 3, "streams: one node is the whole cluster"},
+	"max-age":                       {Implemented, false, false, "1D", "streams: the policy wins over x-max-age; applied to existing streams"},
+	"stream-max-segment-size-bytes": {Implemented, false, false, 1 << 20, "streams: the policy wins; an existing stream takes it when next opened"},
 	"federation-upstream":           {Refused, true, true, "up", "federation is not supported by Warren"},
 	"federation-upstream-set":       {Refused, true, true, "all", "federation is not supported by Warren"},
 	"consumer-timeout":              {Implemented, true, true, 60000, "as x-consumer-timeout; the lower wins"},

@@ -51,7 +51,7 @@
 //
 //	Broker.vhMu        the vhost table (read: VHost; write: SetVHosts)
 //	VHost.mu           exchanges, queues, bindings, policies, queue ownership and consumer
-//	                   counts, deleting
+//	                   counts, deleting, opening
 //	queue.Queue.mu     one queue's messages and consumers (package queue)
 //	channel.mu         a channel's consumers, unacked deliveries and prefetch (package server;
 //	                   taken by Consumer.Deliver under queue.Queue.mu)
@@ -74,7 +74,12 @@
 //     the journal order. Never a wait for the store: a durable declare, bind, unbind or delete
 //     submits under the lock and waits for the sync after releasing it, so one durable declare
 //     never stalls the routing of every publisher of the vhost. Never a delivery: a consumer is
-//     added to its queue (which delivers) after VHost.mu is released.
+//     added to its queue (which delivers) after VHost.mu is released. Never a file created or
+//     synced either: a new stream queue's name is reserved under the lock (VHost.opening), its
+//     log's files are created and synced without it, and the queue is registered under it
+//     again; a declare of the same name waits for the reservation, then finds the stream (or,
+//     when the open failed, declares it itself). A policy change that shortens a stream's
+//     retention removes its segments after VHost.mu is released too.
 //   - Under queue.Queue.mu: the queue's own state and Consumer.Deliver; hooks (Dropped, and
 //     so dead-lettering, which takes VHost.mu) are emitted after the lock is released.
 //   - Waiting for the store (Txn.Commit, Store.Commit, DeleteQueue, AwaitRoom, flow control's

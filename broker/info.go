@@ -92,7 +92,7 @@ func (qs *Queue) Info() QueueInfo {
 	v.mu.RLock()
 	var pol *Policy
 	if qs.policy != "" {
-		pol = matchQueue(v.policies, qs.name, qs.spec.quorum)
+		pol = matchQueue(v.policies, qs.name, qs.spec)
 	}
 	v.mu.RUnlock()
 	return QueueInfo{

@@ -13,6 +13,7 @@ import (
 
 	"github.com/warrenmq/warren/amqp"
 	"github.com/warrenmq/warren/queue"
+	"github.com/warrenmq/warren/stream"
 )
 
 // PolicyDef is a RabbitMQ policy as configured: Definition applies to the queues and/or
@@ -55,6 +56,10 @@ type Policy struct {
 	queueMode                                                     *string // queue-mode: default or lazy
 	maxInMemoryLength                                             int64
 	consumerTimeout                                               int64 // ms
+	// Stream keys: max-age (0: unset) and stream-max-segment-size-bytes (-1: unset); with
+	// max-length-bytes they set a stream's retention (see combine).
+	maxAge                time.Duration
+	streamMaxSegmentBytes int64
 }
 
 var policyApplyTo = map[string]bool{"all": true, "queues": true, "exchanges": true, "classic_queues": true, "quorum_queues": true, "streams": true}
@@ -66,6 +71,7 @@ func CompilePolicy(key string, p PolicyDef) (*Policy, []string, error) {
 		name: p.Name, applyTo: p.ApplyTo, priority: p.Priority, def: p.Definition,
 		messageTTL: -1, expires: -1, maxLength: -1, maxLengthBytes: -1, deliveryLimit: -1,
 		redeliveryDelay: -1, redeliveryMaxDelay: -1, maxInMemoryLength: -1, consumerTimeout: -1,
+		streamMaxSegmentBytes: -1,
 	}
 	if p.Name == "" {
 		return nil, nil, keyErr(key+".name", "must not be empty")
@@ -166,6 +172,16 @@ func CompilePolicy(key string, p PolicyDef) (*Policy, []string, error) {
 			if s, _ := v.(string); s != "at-most-once" {
 				err = keyErr(dkey, "%v: Warren supports at-most-once only", v)
 			}
+		case "max-age":
+			// As RabbitMQ's validator: a string that x-max-age would accept ("7D", "12h").
+			s, isStr := v.(string)
+			d, perr := stream.ParseMaxAge(s)
+			if !isStr || perr != nil {
+				err = keyErr(dkey, "%v is not a valid max age (a positive number and a unit: Y, M, D, h, m, s)", v)
+			}
+			cp.maxAge = d
+		case "stream-max-segment-size-bytes":
+			cp.streamMaxSegmentBytes, err = intVal(0)
 		case "queue-version":
 			if n, ok := policyInt(v); !ok || (n != 1 && n != 2) {
 				err = keyErr(dkey, "%v is not 1 or 2", v)
@@ -180,7 +196,8 @@ func CompilePolicy(key string, p PolicyDef) (*Policy, []string, error) {
 			case info.Support == StreamsOnly:
 				warnings = append(warnings, fmt.Sprintf("%s: policy key %q applies to streams only, which Warren does not support", key, k))
 			}
-			// SingleNode keys: mirroring and placement hold trivially on a single node.
+			// SingleNode keys: mirroring and placement (initial-cluster-size included) hold
+			// trivially on a single node.
 		}
 		if err != nil {
 			return nil, nil, err
@@ -237,17 +254,22 @@ func (p *Policy) Name() string { return p.name }
 
 // matchQueue returns the policy that applies to a queue: of the matching ones, the highest
 // priority (then the first by name). RabbitMQ applies one policy at a time; so does Warren.
-func matchQueue(ps []*Policy, name string, quorum bool) *Policy {
+// apply-to queues (and all) covers every queue type, streams included, as in RabbitMQ.
+func matchQueue(ps []*Policy, name string, spec queueSpec) *Policy {
 	for _, p := range ps {
 		switch p.applyTo {
-		case "exchanges", "streams":
+		case "exchanges":
 			continue
 		case "classic_queues":
-			if quorum {
+			if spec.quorum || spec.stream {
 				continue
 			}
 		case "quorum_queues":
-			if !quorum {
+			if !spec.quorum {
+				continue
+			}
+		case "streams":
+			if !spec.stream {
 				continue
 			}
 		}
@@ -285,6 +307,9 @@ type effective struct {
 	// window caps the queue's paging window (0: queue.max_ram_messages): x-queue-mode lazy and
 	// x-max-in-memory-length or their policy keys. Used when the queue is created.
 	window int
+	// stream is a stream queue's log settings: its x- arguments, each overridden by the
+	// policy's key when the policy sets it (see combineStream).
+	stream stream.Options
 }
 
 // combine applies RabbitMQ's precedence between a queue's arguments and its policy: for
@@ -292,6 +317,9 @@ type effective struct {
 // dead-letter-exchange, dead-letter-routing-key and overflow (and Warren's redelivery settings) the
 // argument wins.
 func combine(spec queueSpec, args amqp.Table, p *Policy) (e effective) {
+	if spec.stream {
+		return combineStream(spec, args, p)
+	}
 	e = effective{opts: spec.opts, expires: spec.expires}
 	if spec.hasDLX {
 		e.dl = &dlConfig{exchange: spec.dlx, routingKey: spec.dlrk}
@@ -365,9 +393,33 @@ func combine(spec queueSpec, args amqp.Table, p *Policy) (e effective) {
 	return e
 }
 
+// combineStream is combine for a stream queue. RabbitMQ 3.10's rabbit_stream_queue resolves
+// max-length-bytes, max-age and stream-max-segment-size-bytes with policy_precedence: the
+// policy's value wins over the queue's argument (not the lower, as for classic queues). The
+// other keys (message-ttl, expires, dead-letter-*, max-length, ...) are among its
+// unsupported_policies: ignored for streams, though the policy is still the queue's policy.
+func combineStream(spec queueSpec, args amqp.Table, p *Policy) effective {
+	e := effective{opts: spec.opts, expires: spec.expires, consumerTimeout: spec.consumerTimeout}
+	e.stream, _ = streamOptions(args) // checked when the stream was declared
+	if p == nil {
+		return e
+	}
+	e.policy = p.name
+	if p.maxLengthBytes >= 0 {
+		e.stream.MaxLengthBytes = p.maxLengthBytes
+	}
+	if p.maxAge > 0 {
+		e.stream.MaxAge = p.maxAge
+	}
+	if p.streamMaxSegmentBytes >= 0 {
+		e.stream.MaxSegmentBytes = p.streamMaxSegmentBytes
+	}
+	return e
+}
+
 // effectiveLocked is a queue's settings under the vhost's current policies; call with v.mu held.
 func (v *VHost) effectiveLocked(name string, spec queueSpec, args amqp.Table) effective {
-	return combine(spec, args, matchQueue(v.policies, name, spec.quorum))
+	return combine(spec, args, matchQueue(v.policies, name, spec))
 }
 
 // alternateLocked is an exchange's effective alternate exchange: the argument wins over a policy.
@@ -392,6 +444,11 @@ func (v *VHost) setPolicies(ps []*Policy) {
 		opts queue.Options
 	}
 	var changes []change
+	type streamChange struct {
+		sq   *streamQueue
+		opts stream.Options
+	}
+	var streams []streamChange
 	v.mu.Lock()
 	v.policies = ps
 	for _, ex := range v.exchanges {
@@ -410,7 +467,9 @@ func (v *VHost) setPolicies(ps []*Policy) {
 			}
 			v.touchLocked(qs)
 		}
-		if e.opts != qs.q.Options() {
+		if qs.sq != nil {
+			streams = append(streams, streamChange{qs.sq, e.stream})
+		} else if e.opts != qs.q.Options() {
 			changes = append(changes, change{qs, e.opts})
 		}
 	}
@@ -418,5 +477,10 @@ func (v *VHost) setPolicies(ps []*Policy) {
 	// Outside the lock: a lowered limit drops messages, and dead-lettering them takes v.mu.
 	for _, ch := range changes {
 		ch.qs.q.SetOptions(ch.opts)
+	}
+	// And a stream's new retention removes segment files (streamQueue.mu is never taken under
+	// v.mu either).
+	for _, sc := range streams {
+		sc.sq.setRetention(sc.opts)
 	}
 }

@@ -164,7 +164,8 @@ func (v *VHost) prepare(msg *queue.Message, targets []*Queue, batch *persistence
 	pub := persistence.Publish{NewEntries: true}
 	for i, qs := range targets {
 		if qs.sq != nil {
-			continue // appended to its log by push
+			p.entries[i] = nil // appended to its log by push; scratch may hold an old entry
+			continue
 		}
 		// NextSeqFor: in a priority queue the seq encodes msg's priority (delivery order).
 		e := qs.q.NewEntry(qs.q.NextSeqFor(msg), msg)
@@ -176,7 +177,9 @@ func (v *VHost) prepare(msg *queue.Message, targets []*Queue, batch *persistence
 	}
 	if len(pub.Entries) > 1 {
 		for _, e := range p.entries {
-			e.SharedOnDisk = e.Durable
+			if e != nil { // nil: a stream target
+				e.SharedOnDisk = e.Durable
+			}
 		}
 	}
 	if len(pub.Entries) > 0 {

@@ -54,7 +54,16 @@ func (v *VHost) DeclareQueue(a Actor, m QueueSpec) (*Queue, *amqp.Error) {
 		return nil, err
 	}
 	v.mu.Lock()
-	for done, ok := v.deleting[name]; ok; done, ok = v.deleting[name] {
+	// Wait while the name is being deleted (the store drops the old entries) or a stream of
+	// that name is being opened (then it exists, or its open failed and this declare tries).
+	for {
+		done, ok := v.deleting[name]
+		if !ok {
+			done, ok = v.opening[name]
+		}
+		if !ok {
+			break
+		}
 		v.mu.Unlock()
 		<-done
 		v.mu.Lock()
@@ -75,6 +84,12 @@ func (v *VHost) DeclareQueue(a Actor, m QueueSpec) (*Queue, *amqp.Error) {
 	if err != nil {
 		return nil, err
 	}
+	if qs.spec.stream {
+		// newQueue reserved the name; the log is created without v.mu (stream.go).
+		if synced, err = v.openReservedStream(qs, m); err != nil {
+			return nil, err
+		}
+	}
 	if err := wait(synced, "storing queue"); err != nil {
 		v.mu.Lock()
 		v.removeQueueLocked(qs)
@@ -86,7 +101,8 @@ func (v *VHost) DeclareQueue(a Actor, m QueueSpec) (*Queue, *amqp.Error) {
 }
 
 // newQueue makes the checks of a new queue and creates it; call with v.mu held. The returned
-// channel reports the queue's store write, to wait for after v.mu is released.
+// channel reports the queue's store write, to wait for after v.mu is released. A stream queue
+// is only reserved (v.opening): DeclareQueue opens and registers it after releasing v.mu.
 func (v *VHost) newQueue(a Actor, name string, m QueueSpec) (*Queue, chan error, *amqp.Error) {
 	if err := v.queueLimitError(a, name); err != nil {
 		return nil, nil, err
@@ -115,29 +131,40 @@ func (v *VHost) newQueue(a Actor, name string, m QueueSpec) (*Queue, chan error,
 		v: v, name: name, declDur: m.Durable, durable: m.Durable && !m.Exclusive && v.b.store != nil,
 		exclusive: m.Exclusive, autoDelete: m.AutoDelete, args: m.Args, spec: spec,
 	}
-	if spec.stream {
-		if err := v.declareStream(qs, m); err != nil {
-			return nil, nil, err
-		}
-	}
 	if m.Exclusive {
 		qs.owner = a.Owner
 	}
-	var synced chan error
+	var args []byte
 	if qs.durable {
-		args, err := encodeArgs(m.Args)
-		if err != nil {
+		var err *amqp.Error
+		if args, err = encodeArgs(m.Args); err != nil {
 			return nil, nil, err
 		}
+	}
+	if spec.stream {
+		if err := v.reserveStreamLocked(qs, m); err != nil {
+			return nil, nil, err
+		}
+		return qs, nil, nil
+	}
+	return qs, v.registerQueueLocked(qs, args), nil
+}
+
+// registerQueueLocked submits a new queue's store write (when durable; args are its encoded
+// arguments) and makes it visible; call with v.mu held. The returned channel reports the
+// write.
+func (v *VHost) registerQueueLocked(qs *Queue, args []byte) chan error {
+	var synced chan error
+	if qs.durable {
 		var done func(error)
 		done, synced = submitted()
-		v.b.store.PutQueueAsync(persistence.QueueRecord{VHost: v.name, Name: name, AutoDelete: m.AutoDelete, Args: args}, done)
+		v.b.store.PutQueueAsync(persistence.QueueRecord{VHost: v.name, Name: qs.name, AutoDelete: qs.autoDelete, Args: args}, done)
 	}
 	v.newQueueLocked(qs)
-	v.queues[name] = qs
+	v.queues[qs.name] = qs
 	v.b.stats.queuesCreated.Add(1)
 	v.touchLocked(qs)
-	return qs, synced, nil
+	return synced
 }
 
 // queueLimitError is RabbitMQ's 406 when the vhost's max-queues limit is reached; checked before a
@@ -147,7 +174,7 @@ func (v *VHost) queueLimitError(a Actor, name string) *amqp.Error {
 		return nil // declared by the configuration: the operator's own queues
 	}
 	n := v.maxQueues.Load()
-	if n < 0 || int64(len(v.queues)) < n {
+	if n < 0 || int64(len(v.queues)+len(v.opening)) < n { // streams being opened count
 		return nil
 	}
 	return amqp.Errorf(amqp.PreconditionFailed, "cannot declare queue '%s': queue limit in vhost '%s' (%d) is reached", name, v.name, n)

@@ -26,8 +26,14 @@ type streamQueue struct {
 
 	mu        sync.Mutex
 	consumers map[*streamConsumer]struct{}
-	retention *time.Timer
-	closed    bool
+	// maxLengthBytes and maxAge are the retention in force (arguments and policy, see
+	// combineStream); retention is the max-age timer, gen its generation (a tick of an older
+	// generation does not re-arm itself).
+	maxLengthBytes int64
+	maxAge         time.Duration
+	retention      *time.Timer
+	gen            uint64
+	closed         bool
 }
 
 // streamConsumer is one basic.consume on a stream queue: a goroutine that reads the log from
@@ -130,9 +136,13 @@ func (b *Broker) streamDir(vhost, name string) string {
 	return filepath.Join(b.dataDir, "streams", hex.EncodeToString([]byte(vhost)), hex.EncodeToString([]byte(name)))
 }
 
+// openStreamLog opens a stream queue's log: stream.Open, replaced by tests that need a slow
+// open or an injected clock.
+var openStreamLog = stream.Open
+
 // openStream opens (or creates) qs's log with opts and starts its max-age timer.
 func (v *VHost) openStream(qs *Queue, opts stream.Options) error {
-	sq := &streamQueue{consumers: map[*streamConsumer]struct{}{}}
+	sq := &streamQueue{consumers: map[*streamConsumer]struct{}{}, maxLengthBytes: opts.MaxLengthBytes, maxAge: opts.MaxAge}
 	if v.b.dataDir != "" {
 		sq.dir = v.b.streamDir(v.name, qs.name)
 	} else {
@@ -143,27 +153,60 @@ func (v *VHost) openStream(qs *Queue, opts stream.Options) error {
 		sq.dir, sq.tmp = dir, true
 	}
 	opts.Logger = v.b.log
-	log, err := stream.Open(sq.dir, opts)
+	log, err := openStreamLog(sq.dir, opts)
 	if err != nil {
+		if sq.tmp {
+			os.RemoveAll(sq.dir)
+		}
 		return fmt.Errorf("stream queue %q: %w", qs.name, err)
 	}
 	sq.log = log
-	if opts.MaxAge > 0 {
-		// Max-age applies to a stream nobody writes to as well.
-		every := min(max(opts.MaxAge/10, time.Second), time.Minute)
-		var tick func()
-		tick = func() {
-			log.EnforceRetention()
-			sq.mu.Lock()
-			if !sq.closed {
-				sq.retention = time.AfterFunc(every, tick)
-			}
-			sq.mu.Unlock()
-		}
-		sq.retention = time.AfterFunc(every, tick)
-	}
+	sq.mu.Lock()
+	sq.armRetentionLocked()
+	sq.mu.Unlock()
 	qs.sq = sq
 	return nil
+}
+
+// armRetentionLocked (re)starts the max-age timer for sq.maxAge: max-age applies to a stream
+// nobody writes to as well. Call with sq.mu held.
+func (sq *streamQueue) armRetentionLocked() {
+	if sq.retention != nil {
+		sq.retention.Stop()
+		sq.retention = nil
+	}
+	sq.gen++
+	if sq.maxAge <= 0 || sq.closed {
+		return
+	}
+	gen, every := sq.gen, min(max(sq.maxAge/10, time.Second), time.Minute)
+	var tick func()
+	tick = func() {
+		sq.log.EnforceRetention()
+		sq.mu.Lock()
+		if !sq.closed && sq.gen == gen {
+			sq.retention = time.AfterFunc(every, tick)
+		}
+		sq.mu.Unlock()
+	}
+	sq.retention = time.AfterFunc(every, tick)
+}
+
+// setRetention applies a changed retention (a policy set, changed or cleared) to an open
+// stream: at once, removing the segments it no longer keeps. The segment size is kept until
+// the log is next opened, as RabbitMQ's osiris writer keeps it until it restarts.
+func (sq *streamQueue) setRetention(o stream.Options) {
+	sq.mu.Lock()
+	if sq.closed || (o.MaxLengthBytes == sq.maxLengthBytes && o.MaxAge == sq.maxAge) {
+		sq.mu.Unlock()
+		return
+	}
+	sq.maxLengthBytes, sq.maxAge = o.MaxLengthBytes, o.MaxAge
+	sq.armRetentionLocked()
+	sq.mu.Unlock()
+	// Not under sq.mu: enforcing removes files. A concurrent close makes it a no-op on a
+	// closed log at worst (the log's own locks are leaves).
+	sq.log.SetRetention(o.MaxLengthBytes, o.MaxAge)
 }
 
 // closeStream stops qs's consumers (telling them the queue is gone when deleted), closes its
@@ -521,27 +564,60 @@ func appendToStreamsSlow(msg *queue.Message, targets []*Queue, done func(error),
 	return rest, joined, true
 }
 
-// declareStream makes a new stream queue's checks and opens its log; call with v.mu held
-// (opening a new log creates two small files).
-func (v *VHost) declareStream(qs *Queue, m QueueSpec) *amqp.Error {
-	opts, aerr := checkStreamDeclare(qs.name, v.name, m)
-	if aerr != nil {
+// reserveStreamLocked makes a new stream queue's checks and reserves its name in v.opening;
+// call with v.mu held. openReservedStream then creates the log without v.mu: creating it
+// syncs two new files and the directory, a wait that would stall every publisher of the vhost
+// (routing takes v.mu).
+func (v *VHost) reserveStreamLocked(qs *Queue, m QueueSpec) *amqp.Error {
+	if _, aerr := checkStreamDeclare(qs.name, v.name, m); aerr != nil {
 		return aerr
 	}
-	if err := v.openStream(qs, opts); err != nil {
-		v.b.log.Error("opening stream", "queue", qs.name, "err", err)
-		return amqp.Errorf(amqp.InternalError, "cannot open stream for queue '%s' in vhost '%s'", qs.name, v.name)
+	if v.opening == nil {
+		v.opening = make(map[string]chan struct{})
 	}
+	v.opening[qs.name] = make(chan struct{})
 	return nil
 }
 
-// restoreStream reopens a restored stream queue's log (recovering it after a crash).
+// openReservedStream opens the log of a stream queue reserved by reserveStreamLocked, with no
+// lock held, then registers the queue (submitting its store write, reported by the returned
+// channel) and lifts the reservation, waking the declares that wait for the name: they find
+// the queue. A failed open lifts the reservation with nothing registered: a waiting declare
+// then tries itself, as if this one had never been made.
+func (v *VHost) openReservedStream(qs *Queue, m QueueSpec) (chan error, *amqp.Error) {
+	v.mu.RLock()
+	opts := v.effectiveLocked(qs.name, qs.spec, qs.args).stream
+	v.mu.RUnlock()
+	err := v.openStream(qs, opts)
+	var args []byte
+	if err == nil && qs.durable {
+		args, _ = encodeArgs(m.Args) // newQueue encoded them already: cannot fail
+	}
+	v.mu.Lock()
+	done := v.opening[qs.name]
+	delete(v.opening, qs.name)
+	if err != nil {
+		v.mu.Unlock()
+		close(done)
+		v.b.log.Error("opening stream", "queue", qs.name, "err", err)
+		return nil, amqp.Errorf(amqp.InternalError, "cannot open stream for queue '%s' in vhost '%s'", qs.name, v.name)
+	}
+	synced := v.registerQueueLocked(qs, args)
+	// The policies may have changed while the log was being opened.
+	now := v.effectiveLocked(qs.name, qs.spec, qs.args).stream
+	v.mu.Unlock()
+	close(done)
+	qs.sq.setRetention(now) // a no-op when they did not
+	return synced, nil
+}
+
+// restoreStream reopens a restored stream queue's log (recovering it after a crash), with its
+// arguments and the vhost's policy.
 func (v *VHost) restoreStream(qs *Queue) error {
-	opts, aerr := streamOptions(qs.args)
-	if aerr != nil {
+	if _, aerr := streamOptions(qs.args); aerr != nil {
 		return fmt.Errorf("stream queue %q arguments: %s", qs.name, aerr.Text)
 	}
-	return v.openStream(qs, opts)
+	return v.openStream(qs, v.effectiveLocked(qs.name, qs.spec, qs.args).stream)
 }
 
 // closeStreams closes every stream queue's log (broker shutdown; nothing is deleted but

@@ -100,6 +100,10 @@ type VHost struct {
 	// returned yet, closed when it has: a queue declared again under the name waits, or the
 	// old queue's purge would delete the new one's first messages (same sequence numbers).
 	deleting map[string]chan struct{}
+	// opening holds the names of new stream queues whose log is being created without mu
+	// (stream.go), closed once the queue is in queues or its open failed: a declare of the
+	// name waits, and the queue limit counts them.
+	opening map[string]chan struct{}
 }
 
 var defaultExchanges = []struct {

@@ -510,11 +510,11 @@ func (s *Stream) roll() error {
 // a stream nobody writes to. Readers reading a removed segment finish it (the open file
 // outlives the unlink) and continue at the new start.
 func (s *Stream) EnforceRetention() {
+	s.retain.Lock()
+	defer s.retain.Unlock()
 	if s.opts.MaxLengthBytes <= 0 && s.opts.MaxAge <= 0 {
 		return
 	}
-	s.retain.Lock()
-	defer s.retain.Unlock()
 	cutoff := s.opts.Now().Add(-s.opts.MaxAge).UnixMilli()
 	s.mu.Lock()
 	var drop []*segment
@@ -542,6 +542,17 @@ func (s *Stream) EnforceRetention() {
 		s.log.Info("stream: retention removed a segment", "segment", filepath.Base(seg.path),
 			"first_offset", seg.base, "next_offset", seg.next, "bytes", seg.size)
 	}
+}
+
+// SetRetention changes MaxLengthBytes and MaxAge of an open stream (a policy changed) and
+// applies them at once. MaxSegmentBytes is left as opened: as in RabbitMQ, a new segment size
+// takes effect when the stream is next opened. The two limits are read and written under
+// s.retain only.
+func (s *Stream) SetRetention(maxLengthBytes int64, maxAge time.Duration) {
+	s.retain.Lock()
+	s.opts.MaxLengthBytes, s.opts.MaxAge = maxLengthBytes, maxAge
+	s.retain.Unlock()
+	s.EnforceRetention()
 }
 
 // Info is a snapshot of a stream's extent.

@@ -1,7 +1,9 @@
 // Command orders runs an e-commerce order pipeline over any AMQP 0-9-1 broker: a topic exchange,
 // one durable queue per subscribing service, a transactional order-processing step, payment
-// retries with a redelivery delay and a delivery limit that end in a dead-letter queue, and a
-// queued real-time sync of customer records to a consumer system that is down for a while.
+// retries with a redelivery delay and a delivery limit that end in a dead-letter queue, a
+// queued real-time sync of customer records to a consumer system that is down for a while, and
+// an order-events stream read from the start by analytics after the run and followed by an
+// audit log that resumes from the offset it stored.
 //
 // It uses only github.com/rabbitmq/amqp091-go, so it runs unchanged against Warren or RabbitMQ.
 // At the end it reconciles: every order is delivered, refunded or dead-lettered, exactly once.
@@ -57,7 +59,8 @@ type Config struct {
 	Customers        int
 	CustomerInterval time.Duration
 	// SyncDowntime is how long the consumer system is stopped, after it has applied a quarter of
-	// the records; 0 keeps it running.
+	// the records, and the order-events audit log after about a third of the events; 0 keeps
+	// them running.
 	SyncDowntime time.Duration
 
 	Workers  int // consumers (channels) per service
@@ -139,7 +142,7 @@ func main() {
 	fs.IntVar(&cfg.CrashAfter, "crash-after", cfg.CrashAfter, "order processing crashes mid-transaction after this many orders (0 = never)")
 	fs.IntVar(&cfg.Customers, "customers", cfg.Customers, "customer records the integration system forwards")
 	fs.DurationVar(&cfg.CustomerInterval, "customer-interval", cfg.CustomerInterval, "time between two customer records")
-	fs.DurationVar(&cfg.SyncDowntime, "sync-downtime", cfg.SyncDowntime, "how long the consumer system is stopped (0 = never stopped)")
+	fs.DurationVar(&cfg.SyncDowntime, "sync-downtime", cfg.SyncDowntime, "how long the consumer system and the order-events audit log are stopped (0 = never stopped)")
 	fs.IntVar(&cfg.Workers, "workers", cfg.Workers, "consumers per service")
 	fs.IntVar(&cfg.Prefetch, "prefetch", cfg.Prefetch, "prefetch (basic.qos) per consumer")
 	fs.DurationVar(&cfg.Timeout, "timeout", cfg.Timeout, "give up if the pipeline has not settled by then")

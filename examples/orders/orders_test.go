@@ -106,6 +106,21 @@ func TestPipelineReconciles(t *testing.T) {
 			if cfg.SyncDowntime > 0 && rep.SyncBacklog == 0 {
 				t.Error("consumer system had no backlog to catch up after its downtime")
 			}
+			// The order-events stream: analytics read it all from first after the run; the
+			// audit log, down for a while, resumed after the offset it stored.
+			e := rep.Events
+			if e.Placed != cfg.Orders || e.Delivered != tt.wantDelivered || e.Cancelled != tt.wantRefunded+tt.wantDead || e.Declines != tt.wantDeclines {
+				t.Errorf("order-events read by analytics: %+v", e)
+			}
+			if e.AuditApplied != e.Logged || e.AuditMissed != 0 || e.AuditTwice != 0 {
+				t.Errorf("audit log applied %d of %d events, %d missed, %d twice", e.AuditApplied, e.Logged, e.AuditMissed, e.AuditTwice)
+			}
+			if cfg.SyncDowntime > 0 {
+				if e.AuditStops != 1 || len(e.AuditResumedAt) != 1 || e.AuditResumedAt[0] <= 0 || e.AuditBacklog == 0 {
+					t.Errorf("audit log stopped %d time(s), resumed at %v, read %d events after: want one stop mid-stream",
+						e.AuditStops, e.AuditResumedAt, e.AuditBacklog)
+				}
+			}
 		})
 	}
 }
@@ -201,5 +216,30 @@ func TestCopies(t *testing.T) {
 		if got := topicMatch(m.pattern, m.key); got != m.want {
 			t.Errorf("topicMatch(%q, %q) = %v", m.pattern, m.key, got)
 		}
+	}
+}
+
+// The audit log's bookkeeping: an offset applied a second time (a consumer that resumed at
+// the stored offset instead of the one after it) is counted, and the downtime comes once.
+func TestAuditLogApply(t *testing.T) {
+	a := newAuditLog()
+	if got := a.nextOffset(); got != "first" {
+		t.Fatalf("first connect at %v, want first", got)
+	}
+	for off := int64(0); off < 3; off++ {
+		end, down := a.apply(logged{Offset: off, Key: keyOrderPlaced}, 3)
+		if end || down != (off == 2) {
+			t.Fatalf("offset %d: end %v down %v", off, end, down)
+		}
+	}
+	if got := a.nextOffset(); got != int64(3) {
+		t.Fatalf("resume at %v, want 3 (the stored offset + 1)", got)
+	}
+	a.apply(logged{Offset: 2, Key: keyOrderPlaced}, 3) // a resume at the stored offset
+	if a.twice != 1 || a.stops != 1 {
+		t.Fatalf("twice %d stops %d, want 1 and 1", a.twice, a.stops)
+	}
+	if end, _ := a.apply(logged{Offset: 9, Key: keyEventsEnd}, 3); !end || !a.done {
+		t.Fatal("the end marker did not end the audit log")
 	}
 }

@@ -32,6 +32,9 @@ type pipeline struct {
 	inv    *inventory
 	cat    *catalog
 	sync   *syncState
+	// audit follows the order-events stream; auditDone is closed when runAudit returns.
+	audit     *auditLog
+	auditDone chan struct{}
 
 	// outstanding counts queued message copies not yet fully handled (acked after their own
 	// follow-up events were published). A publish counts one per queue it routes to before it is
@@ -71,6 +74,7 @@ func run(ctx context.Context, cfg Config) (*Report, error) {
 	p := &pipeline{
 		cfg: cfg, log: log, orders: planOrders(cfg), led: newLedger(),
 		gw: newGateway(cfg), inv: newInventory(), cat: newCatalog(), sync: &syncState{},
+		audit: newAuditLog(), auditDone: make(chan struct{}),
 	}
 
 	admin, err := dial(cfg.URL, "orders-admin")
@@ -83,6 +87,11 @@ func run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 
 	start := time.Now()
+	// The audit log outlives the services: once they are done it still reads up to the end
+	// marker.
+	auditCtx, stopAudit := context.WithCancel(ctx)
+	defer func() { stopAudit(); <-p.auditDone }()
+	go p.runAudit(auditCtx)
 	svcCtx, stopServices := context.WithCancel(ctx)
 	defer stopServices()
 	var wg sync.WaitGroup
@@ -137,6 +146,11 @@ wait:
 	}
 
 	rep := p.report(elapsed, timedOut)
+	if !timedOut {
+		if err := p.readEvents(ctx, admin, rep); err != nil {
+			return nil, err
+		}
+	}
 	if left, err := leftovers(admin, cfg); err != nil {
 		rep.Problems = append(rep.Problems, err.Error())
 	} else {

@@ -32,6 +32,9 @@ type Report struct {
 	SyncPublished, SyncApplied, SyncOutOfOrder, SyncDuplicates int
 	SyncStops, SyncBacklog                                     int
 
+	// Events is what the order-events stream's readers found.
+	Events eventReport
+
 	Leftovers map[string]int
 	// Problems lists every reconciliation failure; empty means the run reconciled.
 	Problems []string
@@ -218,6 +221,11 @@ func (r *Report) print(w io.Writer, cfg Config) {
 		r.Crashes, r.Redelivered, r.Restarts)
 	fmt.Fprintf(w, "  customer sync      %d/%d records applied in order (%d out of order, %d duplicates); consumer system stopped %d time(s), %d records queued when it came back\n",
 		r.SyncApplied, r.SyncPublished, r.SyncOutOfOrder, r.SyncDuplicates, r.SyncStops, r.SyncBacklog)
+	e := r.Events
+	fmt.Fprintf(w, "  order-events       %d events in the stream; analytics (from first, after the run) counted %d placed, %d delivered, %d cancelled, %d declines\n",
+		e.Logged, e.Placed, e.Delivered, e.Cancelled, e.Declines)
+	fmt.Fprintf(w, "  audit log          %d events applied (%d missed, %d twice); stopped %d time(s), resumed at offset(s) %v and read %d events from there\n",
+		e.AuditApplied, e.AuditMissed, e.AuditTwice, e.AuditStops, e.AuditResumedAt, e.AuditBacklog)
 	if r.Reconciled() {
 		fmt.Fprintf(w, "RECONCILED: every order delivered, refunded or dead-lettered, none twice; all queues empty\n")
 		return

@@ -13,6 +13,9 @@ type queueDef struct {
 	exchange string
 	keys     []string
 	args     amqp.Table
+	// stream: an x-queue-type: stream queue, read later rather than drained: not counted as
+	// a copy to handle, never "left over".
+	stream bool
 }
 
 // topology lists every queue. The payment queue is the only one with retry arguments; it is a
@@ -40,6 +43,8 @@ func topology(cfg Config) []queueDef {
 		{name: queueFraud, exchange: exchangeOrders, keys: []string{"payment.*"}},
 		{name: queueDead, exchange: exchangeDLX, keys: []string{""}},
 		{name: queueCustomers, exchange: exchangeCustomers, keys: []string{keyCustomerUpsert}},
+		// Every order event, kept: read from the start by analytics, followed by the audit log.
+		{name: queueEvents, exchange: exchangeOrders, keys: []string{"#"}, args: eventsArgs, stream: true},
 	}
 }
 
@@ -93,6 +98,9 @@ func leftovers(conn *amqp.Connection, cfg Config) (map[string]int, error) {
 	defer ch.Close()
 	left := map[string]int{}
 	for _, q := range topology(cfg) {
+		if q.stream {
+			continue // a stream keeps its messages: it is never empty
+		}
 		st, err := ch.QueueDeclarePassive(q.name, true, false, false, false, q.args)
 		if err != nil {
 			return nil, fmt.Errorf("inspect queue %s: %w", q.name, err)
@@ -109,7 +117,7 @@ func leftovers(conn *amqp.Connection, cfg Config) (map[string]int, error) {
 func (p *pipeline) copies(exchange, key string) int64 {
 	var n int64
 	for _, q := range topology(p.cfg) {
-		if q.exchange != exchange {
+		if q.exchange != exchange || q.stream {
 			continue
 		}
 		for _, k := range q.keys {
