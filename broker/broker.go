@@ -57,6 +57,8 @@ type Broker struct {
 	stats    brokerStats
 	// replies maps the direct reply-to names in use to their ReplySink (see replyto.go).
 	replies sync.Map
+	// replicator, when set, makes topology changes go through the cluster (replicate.go).
+	replicator TopologyReplicator
 }
 
 // brokerStats count events off the message path (churn) and flow-control pauses.
