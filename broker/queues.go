@@ -251,8 +251,8 @@ func (v *VHost) PurgeQueue(a Actor, name string) (int, *amqp.Error) {
 // removeQueueLocked unlinks qs from the registry and its bindings; finishQueueRemoval (called
 // without v.mu) then closes it and cancels its consumers.
 func (v *VHost) removeQueueLocked(qs *Queue) {
-	if v.queues[qs.name] != qs {
-		return
+	if v.queues[qs.name] != qs || (qs.home != "" && !qs.removedByLog) {
+		return // a remote entry goes only when the cluster's log removes its queue
 	}
 	delete(v.queues, qs.name)
 	qs.deleted.Store(true)

@@ -331,9 +331,9 @@ func (v *VHost) applyDeclareQueue(op TopologyOp) *amqp.Error {
 // step. Call with v.mu held.
 func (v *VHost) newRemoteQueue(m QueueSpec, home string, owner OwnerID) *Queue {
 	spec, _ := parseQueueArgs(m.Args) // valid: checked by the node that proposed the declare
-	// autoDelete stays false: auto-deletion is the home node's (its consumers are there); a
-	// consumer refused here must not delete the queue when it goes.
-	qs := &Queue{v: v, name: m.Name, declDur: m.Durable, exclusive: m.Exclusive,
+	// Auto-deletion and expiry are the home node's (its consumers are there): a remote entry
+	// has no expiry timer, and removeQueueLocked leaves it alone unless the log removes it.
+	qs := &Queue{v: v, name: m.Name, declDur: m.Durable, exclusive: m.Exclusive, autoDelete: m.AutoDelete,
 		owner: owner, args: m.Args, spec: spec, home: home}
 	qs.q = queue.New(m.Name, queue.NoLimits(), queue.Hooks{})
 	qs.q.Close()
@@ -401,7 +401,7 @@ func (v *VHost) applyUnbind(b BindingSpec) {
 // already, and its caller may hold no promise of waiting for consensus.
 func (v *VHost) proposeLocalRemoval(qs *Queue) {
 	r := v.b.replicator
-	if r == nil || qs.removedByLog {
+	if r == nil || qs.removedByLog || qs.home != "" {
 		return
 	}
 	op := TopologyOp{Kind: OpDeleteQueue, VHost: v.name, Queue: QueueSpec{Name: qs.name}, Epoch: qs.epoch,
