@@ -10,6 +10,7 @@ import (
 
 	"github.com/warrenmq/warren/amqp"
 	"github.com/warrenmq/warren/broker"
+	"github.com/warrenmq/warren/queue"
 )
 
 // testCluster is n brokers in one process sharing one in-memory metadata log.
@@ -20,6 +21,13 @@ type testCluster struct {
 }
 
 func newTestCluster(t *testing.T, n int, dataDirs bool) *testCluster {
+	t.Helper()
+	return newCluster(t, n, dataDirs)
+}
+
+func newTestClusterTB(b *testing.B, n int) *testCluster { return newCluster(b, n, false) }
+
+func newCluster(t testing.TB, n int, dataDirs bool) *testCluster {
 	t.Helper()
 	tc := &testCluster{log: &memLog{down: map[int]bool{}}}
 	var nodes []string
@@ -333,4 +341,38 @@ func TestClusterConcurrentDeclares(t *testing.T) {
 			t.Errorf("state machine %d differs", i)
 		}
 	}
+}
+
+// cancelled is a consumer that records being cancelled and takes nothing.
+type cancelled struct{ gone chan struct{} }
+
+func (c *cancelled) Deliver(*queue.Queue, *queue.Entry) queue.Outcome { return queue.Busy }
+func (c *cancelled) QueueDeleted()                                    { close(c.gone) }
+
+// A consumer on a remote entry is cancelled at once, and the entry - of an auto-delete queue -
+// stays: only its home decides auto-deletion.
+func TestClusterConsumeRemoteQueue(t *testing.T) {
+	tc := newTestCluster(t, 3, false)
+	if _, err := tc.vhost(0).DeclareQueue(broker.System, broker.QueueSpec{Name: "ad", AutoDelete: true}); err != nil {
+		t.Fatal(err)
+	}
+	c := &cancelled{gone: make(chan struct{})}
+	if _, err := tc.vhost(1).Consume(broker.System, "ad", c, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-c.gone:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the consumer of a remote queue was not cancelled")
+	}
+	if _, _, _, ok, err := tc.vhost(1).Get(broker.System, "ad", true); ok || err != nil {
+		t.Errorf("basic.get on a remote queue: ok %v, %v", ok, err)
+	}
+	time.Sleep(50 * time.Millisecond) // a wrongly proposed removal would run on its own goroutine
+	for i := range 3 {
+		if names := tc.vhost(i).QueueNames(); !slices.Equal(names, []string{"ad"}) {
+			t.Errorf("node %d has %v, want [ad]", i+1, names)
+		}
+	}
+	tc.sameTopology(t)
 }
