@@ -89,12 +89,18 @@ func (tc *testCluster) sameTopology(t *testing.T) string {
 // reached as name@home (home "" for a queue of broker i), sorted, and the publish result.
 func (tc *testCluster) route(t *testing.T, i int, exName, key string) ([]string, broker.PublishResult) {
 	t.Helper()
+	return tc.publish(t, i, exName, key, 1)
+}
+
+// publish is route with a delivery mode (2: persistent, waiting for the store's sync).
+func (tc *testCluster) publish(t *testing.T, i int, exName, key string, mode uint8) ([]string, broker.PublishResult) {
+	t.Helper()
 	v := tc.vhost(i)
 	ex, err := v.Exchange(exName)
 	if err != nil {
 		t.Fatal(err)
 	}
-	props := amqp.Properties{DeliveryMode: 1}
+	props := amqp.Properties{DeliveryMode: mode}
 	header := amqp.AppendContentHeader(nil, amqp.ClassBasic, 1, &props)
 	sum, serr := amqp.ScanContentHeader(header)
 	if serr != nil {
@@ -104,7 +110,13 @@ func (tc *testCluster) route(t *testing.T, i int, exName, key string) ([]string,
 	if aerr != nil {
 		t.Fatal(aerr)
 	}
-	res, targets := v.NewPublisher().Publish(ex, msg, sum.HeadersRaw, nil)
+	synced := make(chan error, 1)
+	res, targets := v.NewPublisher().Publish(ex, msg, sum.HeadersRaw, func(err error) { synced <- err })
+	if res.OnDisk {
+		if err := <-synced; err != nil {
+			t.Fatal(err)
+		}
+	}
 	var names []string
 	for _, qs := range targets {
 		names = append(names, qs.Name()+"@"+qs.Home())
@@ -373,6 +385,85 @@ func TestClusterConsumeRemoteQueue(t *testing.T) {
 		if names := tc.vhost(i).QueueNames(); !slices.Equal(names, []string{"ad"}) {
 			t.Errorf("node %d has %v, want [ad]", i+1, names)
 		}
+	}
+	tc.sameTopology(t)
+}
+
+// A node that restarts (same data directory) restores its durable queues from its store, then
+// replays the log: the replay changes nothing that is already there, adds what the node missed,
+// and the node ends with the others' topology and its messages.
+func TestClusterNodeRestartReplays(t *testing.T) {
+	dir := t.TempDir()
+	open := func() *broker.Broker {
+		b, err := broker.New(broker.Options{DataDir: dir, MaxRAMMessages: 4096, Logger: quietLog(),
+			VHosts: []broker.VHostSettings{{Name: "/", MaxQueues: -1}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	tc := newTestCluster(t, 2, false)
+	b3 := open()
+	m3 := NewMetadata(b3, quietLog())
+	b3.SetReplicator(NewReplicator("n3", tc.log.join(m3)))
+	tc.brokers, tc.meta = append(tc.brokers, b3), append(tc.meta, m3)
+
+	v3 := b3.VHost("/")
+	if err := v3.DeclareExchange(broker.System, broker.ExchangeSpec{Name: "d", Type: "direct", Durable: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v3.DeclareQueue(broker.System, broker.QueueSpec{Name: "kept", Durable: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tc.vhost(0).Bind(broker.System, broker.BindingSpec{Source: "d", Destination: "kept", Key: "k"}); err != nil {
+		t.Fatal(err)
+	}
+	if got, res := tc.publish(t, 2, "d", "k", 2); !slices.Equal(got, []string{"kept@"}) || res.Refused || !res.OnDisk {
+		t.Fatalf("publish on the home: %v %+v", got, res)
+	}
+	before := tc.sameTopology(t)
+
+	// Node 3 stops; node 1 declares a queue meanwhile (node 3 will learn it from the log).
+	tc.log.mu.Lock()
+	tc.log.machines[2] = NewMetadata(nil, quietLog()) // the stopped node applies nothing
+	tc.log.mu.Unlock()
+	if err := b3.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tc.vhost(0).DeclareQueue(broker.System, broker.QueueSpec{Name: "while-away", Durable: true}); err != nil {
+		t.Fatal(err)
+	}
+
+	b3 = open()
+	t.Cleanup(func() { _ = b3.Close() })
+	m3 = NewMetadata(b3, quietLog())
+	b3.SetReplicator(NewReplicator("n3", memMember{l: tc.log, i: 2}))
+	tc.log.mu.Lock()
+	for i, e := range tc.log.entries {
+		if r := m3.Apply(uint64(i+1), e).(Result); r.Code != 0 && !strings.Contains(r.Text, "inequivalent") {
+			t.Errorf("replaying entry %d: %s", i+1, r.Text)
+		}
+	}
+	tc.log.machines[2] = m3
+	tc.log.mu.Unlock()
+	tc.brokers[2], tc.meta[2] = b3, m3
+
+	after := tc.sameTopology(t)
+	if !strings.Contains(after, `queue "while-away"`) || after == before {
+		t.Errorf("the restarted node did not learn what it missed:\n%s", after)
+	}
+	for _, q := range b3.VHost("/").Queues() {
+		if q.Name == "kept" && q.Counts.Ready != 1 {
+			t.Errorf("kept holds %d messages after the restart, want 1", q.Counts.Ready)
+		}
+	}
+	// The queue restored from the store is the replicated queue: deleting it through another
+	// node deletes it here, with its message.
+	if _, err := tc.vhost(0).DeleteQueue(broker.System, "kept", false, false); err != nil {
+		t.Fatal(err)
+	}
+	if slices.Contains(b3.VHost("/").QueueNames(), "kept") {
+		t.Error("kept survived its replicated delete on its home")
 	}
 	tc.sameTopology(t)
 }
