@@ -302,9 +302,7 @@ func (v *VHost) finishQueueRemoval(qs *Queue) int {
 // DropExclusive deletes the exclusive queues owned by a closing connection.
 func (v *VHost) DropExclusive(owner OwnerID) {
 	if v.b.replicator != nil {
-		if _, err := v.replicate(Actor{Owner: owner}, TopologyOp{Kind: OpDropOwner}); err != nil {
-			v.b.log.Error("cluster: dropping a closed connection's exclusive queues", "vhost", v.name, "err", err)
-		}
+		v.replicatedDropExclusive(owner)
 		return
 	}
 	v.mu.Lock()

@@ -199,6 +199,27 @@ func (v *VHost) replicatedBind(a Actor, kind TopologyKind, b BindingSpec) *amqp.
 	return err
 }
 
+// replicatedDropExclusive is DropExclusive through the log. An exclusive queue always lives on
+// its connection's node, so this node knows whether the connection owns any: most connections
+// own none, and their close writes nothing to the log.
+func (v *VHost) replicatedDropExclusive(owner OwnerID) {
+	v.mu.RLock()
+	owns := false
+	for _, qs := range v.queues {
+		if qs.exclusive && qs.owner == owner && qs.home == "" {
+			owns = true
+			break
+		}
+	}
+	v.mu.RUnlock()
+	if !owns {
+		return
+	}
+	if _, err := v.replicate(Actor{Owner: owner}, TopologyOp{Kind: OpDropOwner}); err != nil {
+		v.b.log.Error("cluster: dropping a closed connection's exclusive queues", "vhost", v.name, "err", err)
+	}
+}
+
 // ownerFor is the local owner of an exclusive queue the log says is owned by op's connection.
 func (b *Broker) ownerFor(op TopologyOp) OwnerID {
 	if !op.Queue.Exclusive {

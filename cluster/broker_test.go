@@ -250,6 +250,13 @@ func TestClusterExclusiveQueues(t *testing.T) {
 		t.Fatal(err)
 	}
 	tc.sameTopology(t)
+	// A connection owning no exclusive queue closes: nothing goes through the log.
+	entries := len(tc.log.entries)
+	tc.vhost(0).DropExclusive(99)
+	tc.vhost(1).DropExclusive(7) // connection 7 of node 2 owns nothing either
+	if len(tc.log.entries) != entries {
+		t.Errorf("closing connections without exclusive queues wrote %d log entries", len(tc.log.entries)-entries)
+	}
 	// The owner's connection closes: the queue goes on every node.
 	tc.vhost(0).DropExclusive(7)
 	for i := range 3 {
