@@ -474,3 +474,22 @@ func TestClusterNodeRestartReplays(t *testing.T) {
 	}
 	tc.sameTopology(t)
 }
+
+// Names the log's JSON cannot carry faithfully are refused, never changed.
+func TestClusterRefusesNonUTF8Names(t *testing.T) {
+	tc := newTestCluster(t, 2, false)
+	_, err := tc.vhost(0).DeclareQueue(broker.System, broker.QueueSpec{Name: "q\xff"})
+	if err == nil || err.Code != amqp.PreconditionFailed || !strings.Contains(err.Text, "not valid UTF-8") {
+		t.Fatalf("declare of a non-UTF-8 name: %v", err)
+	}
+	if _, err := tc.vhost(0).DeclareQueue(broker.System, broker.QueueSpec{Name: "q"}); err != nil {
+		t.Fatal(err)
+	}
+	err = tc.vhost(1).Bind(broker.System, broker.BindingSpec{Source: "amq.direct", Destination: "q", Key: "\xfe"})
+	if err == nil || err.Code != amqp.PreconditionFailed {
+		t.Fatalf("bind with a non-UTF-8 key: %v", err)
+	}
+	if len(tc.log.entries) != 2 { // set_nodes and the declare of q
+		t.Errorf("%d log entries, want 2", len(tc.log.entries))
+	}
+}

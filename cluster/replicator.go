@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"time"
+	"unicode/utf8"
 
 	"github.com/warrenmq/warren/amqp"
 	"github.com/warrenmq/warren/broker"
@@ -45,6 +46,13 @@ func (r *Replicator) Replicate(ctx context.Context, op broker.TopologyOp) (broke
 	c, err := r.command(op)
 	if err != nil {
 		return broker.TopologyResult{}, amqp.Errorf(amqp.InternalError, "cluster: %v", err)
+	}
+	for _, s := range [...]string{c.Name, c.Source, c.Destination, c.Key} {
+		if !utf8.ValidString(s) {
+			// The log's JSON would turn the invalid bytes into U+FFFD: every node would apply
+			// another name than the client gave. Refused rather than changed.
+			return broker.TopologyResult{}, amqp.Errorf(amqp.PreconditionFailed, "name or routing key %q is not valid UTF-8, which a cluster does not support", s)
+		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
