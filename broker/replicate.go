@@ -258,7 +258,7 @@ func (b *Broker) ApplyTopology(op TopologyOp) (TopologyResult, *amqp.Error) {
 	case OpDeleteQueue:
 		v.mu.Lock()
 		qs := v.queues[op.Queue.Name]
-		if qs == nil || (op.Epoch != 0 && qs.epoch != 0 && qs.epoch != op.Epoch) {
+		if qs == nil || (op.Epoch != 0 && qs.epoch.Load() != 0 && qs.epoch.Load() != op.Epoch) {
 			v.mu.Unlock()
 			return TopologyResult{}, nil
 		}
@@ -316,16 +316,14 @@ func (v *VHost) applyDeclareQueue(op TopologyOp) *amqp.Error {
 		v.mu.Lock()
 	}
 	if qs := v.queues[m.Name]; qs != nil {
-		if qs.epoch == 0 {
-			qs.epoch = op.Epoch // restored from this node's store before the log replayed
-		}
+		qs.epoch.CompareAndSwap(0, op.Epoch) // restored from this node's store before the log replayed
 		v.mu.Unlock()
 		return nil
 	}
 	owner := v.b.ownerFor(op)
 	if !local {
 		qs := v.newRemoteQueue(m, op.Home, owner)
-		qs.epoch = op.Epoch
+		qs.epoch.Store(op.Epoch)
 		v.queues[m.Name] = qs
 		v.mu.Unlock()
 		return nil
@@ -336,7 +334,7 @@ func (v *VHost) applyDeclareQueue(op TopologyOp) *amqp.Error {
 		v.b.log.Error("cluster: applying a queue declare", "vhost", v.name, "queue", m.Name, "err", err)
 		return err
 	}
-	qs.epoch = op.Epoch
+	qs.epoch.Store(op.Epoch)
 	v.mu.Unlock()
 	if err := wait(synced, "storing queue"); err != nil {
 		v.b.log.Error("cluster: storing a declared queue", "vhost", v.name, "queue", m.Name, "err", err)
@@ -425,7 +423,7 @@ func (v *VHost) proposeLocalRemoval(qs *Queue) {
 	if r == nil || qs.removedByLog || qs.home != "" {
 		return
 	}
-	op := TopologyOp{Kind: OpDeleteQueue, VHost: v.name, Queue: QueueSpec{Name: qs.name}, Epoch: qs.epoch,
+	op := TopologyOp{Kind: OpDeleteQueue, VHost: v.name, Queue: QueueSpec{Name: qs.name}, Epoch: qs.epoch.Load(),
 		Owner: qs.owner, OwnerNode: r.LocalNode()}
 	go func() {
 		if _, err := r.Replicate(context.Background(), op); err != nil {

@@ -49,10 +49,11 @@ type Queue struct {
 	// sq is the log of an x-queue-type: stream queue; nil for other queues.
 	sq *streamQueue
 	// home is the node a queue homed on another cluster node lives on ("" for a queue of this
-	// node); epoch is the cluster log index of its declare (0 on a single node). Both are set
-	// before the queue is visible and never change (replicate.go).
+	// node), set before the queue is visible. epoch is the cluster log index of its declare (0
+	// on a single node; set late for a queue restored from the store before the log replayed,
+	// hence atomic: removals read it without v.mu). See replicate.go.
 	home  string
-	epoch uint64
+	epoch atomic.Uint64
 	// removedByLog is set (under v.mu) when the cluster's log removed the queue, so that its
 	// removal is not proposed again.
 	removedByLog bool
