@@ -59,6 +59,8 @@ type Broker struct {
 	replies sync.Map
 	// testPages, set by tests only, replaces the store for queues' page writes and reads.
 	testPages pageStore
+	// replicator, when set, makes topology changes go through the cluster (replicate.go).
+	replicator TopologyReplicator
 }
 
 // brokerStats count events off the message path (churn) and flow-control pauses.

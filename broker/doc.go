@@ -49,6 +49,9 @@
 //
 // A lock may be taken while holding only locks listed above it:
 //
+//	cluster.Metadata.mu held by the replicated log's apply goroutine while the broker applies
+//	                   a topology change (ApplyTopology); the broker never calls into the
+//	                   cluster under its own locks (Replicate runs with none held)
 //	Broker.vhMu        the vhost table (read: VHost; write: SetVHosts)
 //	VHost.mu           exchanges, queues, bindings, policies, queue ownership and consumer
 //	                   counts, deleting, opening

@@ -52,6 +52,10 @@ func (v *VHost) DeclareExchange(a Actor, m ExchangeSpec) *amqp.Error {
 			return err
 		}
 	}
+	if v.b.replicator != nil {
+		_, err := v.replicate(a, TopologyOp{Kind: OpDeclareExchange, Exchange: m})
+		return err
+	}
 	v.mu.Lock()
 	if ex := v.exchanges[m.Name]; ex != nil {
 		v.mu.Unlock()
@@ -125,6 +129,10 @@ func (v *VHost) DeleteExchange(a Actor, name string, ifUnused bool) *amqp.Error 
 		return amqp.Errorf(amqp.AccessRefused, "deletion of system exchange '%s' in vhost '%s' not allowed", name, v.name)
 	}
 	if err := a.authorize(PermConfigure, ResExchange, name); err != nil {
+		return err
+	}
+	if v.b.replicator != nil {
+		_, err := v.replicate(a, TopologyOp{Kind: OpDeleteExchange, Exchange: ExchangeSpec{Name: name}, IfUnused: ifUnused})
 		return err
 	}
 	v.mu.Lock()
@@ -229,6 +237,9 @@ func (v *VHost) Bind(a Actor, b BindingSpec) *amqp.Error {
 	if aerr != nil {
 		return aerr
 	}
+	if v.b.replicator != nil {
+		return v.replicatedBind(a, OpBind, b)
+	}
 	v.mu.Lock()
 	durable, err := v.bindingEnds(a, b.Source, b.Destination, b.ToExchange)
 	if err != nil {
@@ -283,6 +294,9 @@ func (v *VHost) Unbind(a Actor, b BindingSpec) *amqp.Error {
 	args, aerr := encodeArgs(b.Args)
 	if aerr != nil {
 		return aerr
+	}
+	if v.b.replicator != nil {
+		return v.replicatedBind(a, OpUnbind, b)
 	}
 	eb := exchange.Binding{Destination: b.Destination, ToExchange: b.ToExchange, Key: b.Key, Args: b.Args}
 	var sw storeWaits

@@ -53,6 +53,9 @@ func (v *VHost) DeclareQueue(a Actor, m QueueSpec) (*Queue, *amqp.Error) {
 	if err := a.authorize(PermConfigure, ResQueue, name); err != nil {
 		return nil, err
 	}
+	if v.b.replicator != nil {
+		return v.replicatedDeclareQueue(a, name, m)
+	}
 	v.mu.Lock()
 	// Wait while the name is being deleted (the store drops the old entries) or a stream of
 	// that name is being opened (then it exists, or its open failed and this declare tries).
@@ -104,28 +107,9 @@ func (v *VHost) DeclareQueue(a Actor, m QueueSpec) (*Queue, *amqp.Error) {
 // channel reports the queue's store write, to wait for after v.mu is released. A stream queue
 // is only reserved (v.opening): DeclareQueue opens and registers it after releasing v.mu.
 func (v *VHost) newQueue(a Actor, name string, m QueueSpec) (*Queue, chan error, *amqp.Error) {
-	if err := v.queueLimitError(a, name); err != nil {
+	spec, err := v.checkNewQueue(a, name, m)
+	if err != nil {
 		return nil, nil, err
-	}
-	if dlx, ok := m.Args["x-dead-letter-exchange"].(string); ok {
-		// As RabbitMQ: a dead-letter exchange needs read on the queue and write on the exchange.
-		if err := a.authorize(PermRead, ResQueue, name); err != nil {
-			return nil, nil, err
-		}
-		if err := a.authorize(PermWrite, ResExchange, dlx); err != nil {
-			return nil, nil, err
-		}
-	}
-	spec, aerr := parseQueueArgs(m.Args)
-	if aerr != nil {
-		aerr.Text = fillQueueName(aerr.Text, name, v.name)
-		return nil, nil, aerr
-	}
-	if spec.quorum && !m.Durable {
-		return nil, nil, amqp.Errorf(amqp.PreconditionFailed, "invalid property 'non-durable' for queue '%s' in vhost '%s'", name, v.name)
-	}
-	if spec.quorum && m.Exclusive {
-		return nil, nil, amqp.Errorf(amqp.PreconditionFailed, "invalid property 'exclusive-owner' for queue '%s' in vhost '%s'", name, v.name)
 	}
 	qs := &Queue{
 		v: v, name: name, declDur: m.Durable, durable: m.Durable && !m.Exclusive && v.b.store != nil,
@@ -165,6 +149,35 @@ func (v *VHost) registerQueueLocked(qs *Queue, args []byte) chan error {
 	v.b.stats.queuesCreated.Add(1)
 	v.touchLocked(qs)
 	return synced
+}
+
+// checkNewQueue makes a new queue's checks for a (limits, permissions its arguments need, the
+// arguments themselves) and returns its parsed arguments; call with v.mu held (read is enough).
+func (v *VHost) checkNewQueue(a Actor, name string, m QueueSpec) (queueSpec, *amqp.Error) {
+	if err := v.queueLimitError(a, name); err != nil {
+		return queueSpec{}, err
+	}
+	if dlx, ok := m.Args["x-dead-letter-exchange"].(string); ok {
+		// As RabbitMQ: a dead-letter exchange needs read on the queue and write on the exchange.
+		if err := a.authorize(PermRead, ResQueue, name); err != nil {
+			return queueSpec{}, err
+		}
+		if err := a.authorize(PermWrite, ResExchange, dlx); err != nil {
+			return queueSpec{}, err
+		}
+	}
+	spec, aerr := parseQueueArgs(m.Args)
+	if aerr != nil {
+		aerr.Text = fillQueueName(aerr.Text, name, v.name)
+		return queueSpec{}, aerr
+	}
+	if spec.quorum && !m.Durable {
+		return queueSpec{}, amqp.Errorf(amqp.PreconditionFailed, "invalid property 'non-durable' for queue '%s' in vhost '%s'", name, v.name)
+	}
+	if spec.quorum && m.Exclusive {
+		return queueSpec{}, amqp.Errorf(amqp.PreconditionFailed, "invalid property 'exclusive-owner' for queue '%s' in vhost '%s'", name, v.name)
+	}
+	return spec, nil
 }
 
 // queueLimitError is RabbitMQ's 406 when the vhost's max-queues limit is reached; checked before a
@@ -219,6 +232,9 @@ func (v *VHost) DeleteQueue(a Actor, name string, ifUnused, ifEmpty bool) (int, 
 	if err := a.authorize(PermConfigure, ResQueue, name); err != nil {
 		return 0, err
 	}
+	if v.b.replicator != nil {
+		return v.replicatedDeleteQueue(a, name, ifUnused, ifEmpty)
+	}
 	v.mu.Lock()
 	qs := v.queues[name]
 	if qs == nil {
@@ -262,8 +278,8 @@ func (v *VHost) PurgeQueue(a Actor, name string) (int, *amqp.Error) {
 // removeQueueLocked unlinks qs from the registry and its bindings; finishQueueRemoval (called
 // without v.mu) then closes it and cancels its consumers.
 func (v *VHost) removeQueueLocked(qs *Queue) {
-	if v.queues[qs.name] != qs {
-		return
+	if v.queues[qs.name] != qs || (qs.home != "" && !qs.removedByLog) {
+		return // a remote entry goes only when the cluster's log removes its queue
 	}
 	delete(v.queues, qs.name)
 	qs.deleted.Store(true)
@@ -287,6 +303,7 @@ func (v *VHost) removeQueueLocked(qs *Queue) {
 // finishQueueRemoval closes a removed queue, cancels its consumers and deletes its stored
 // state; it returns the number of messages the queue held.
 func (v *VHost) finishQueueRemoval(qs *Queue) int {
+	v.proposeLocalRemoval(qs)
 	consumers, n := qs.q.Close()
 	qs.closeStream(true)
 	for _, c := range consumers {
@@ -311,6 +328,10 @@ func (v *VHost) finishQueueRemoval(qs *Queue) int {
 
 // DropExclusive deletes the exclusive queues owned by a closing connection.
 func (v *VHost) DropExclusive(owner OwnerID) {
+	if v.b.replicator != nil {
+		v.replicatedDropExclusive(owner)
+		return
+	}
 	v.mu.Lock()
 	var gone []*Queue
 	for _, qs := range v.queues {

@@ -48,6 +48,15 @@ type Queue struct {
 	spec       queueSpec // from args; policies combine with it
 	// sq is the log of an x-queue-type: stream queue; nil for other queues.
 	sq *streamQueue
+	// home is the node a queue homed on another cluster node lives on ("" for a queue of this
+	// node), set before the queue is visible. epoch is the cluster log index of its declare (0
+	// on a single node; set late for a queue restored from the store before the log replayed,
+	// hence atomic: removals read it without v.mu). See replicate.go.
+	home  string
+	epoch atomic.Uint64
+	// removedByLog is set (under v.mu) when the cluster's log removed the queue, so that its
+	// removal is not proposed again.
+	removedByLog bool
 	// dl is the effective dead-letter target (argument or policy), read without v.mu by the
 	// dead-letter path and replaced when policies change.
 	dl atomic.Pointer[dlConfig]

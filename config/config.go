@@ -46,6 +46,8 @@ type Settings struct {
 	// LoadDefinitions is a RabbitMQ definitions file merged into the configuration at start-up
 	// and on every reload (RabbitMQ's load_definitions).
 	LoadDefinitions string
+	// Cluster is the cluster section; its zero value is a single node (see ClusterSettings).
+	Cluster ClusterSettings
 
 	// emptyFile is set when ConfigFile holds no settings at all (empty, or only whitespace and
 	// comments): fine at start-up, suspicious on a reload (see CheckReload).
@@ -351,6 +353,13 @@ func Load(args []string, lookupEnv func(string) (string, bool)) (*Settings, erro
 		if err != nil {
 			return nil, fmt.Errorf("config: load_definitions: %s: %w%s", s.LoadDefinitions, err, definitionsLine(s.LoadDefinitions, err))
 		}
+	}
+	if ce := s.Cluster.validate(); ce != nil {
+		where := ""
+		if file != nil {
+			where = " (" + file.where(ce.key) + ")"
+		}
+		return nil, fmt.Errorf("config: %w%s", ce, where)
 	}
 	// Cross-field checks (and anything server adds later) are the server's; keep its wording.
 	if err := s.Server.Validate(); err != nil {

@@ -14,6 +14,8 @@ import (
 //   - next keeps none of the running users, or none of the running vhosts, which would close
 //     every connection.
 //
+// It also refuses the cluster changes CheckClusterReload names (cluster.nodes may change).
+//
 // Replacing all users or all vhosts at once needs a restart, or two reloads (add the new ones,
 // then remove the old). The error names what would have been lost.
 func CheckReload(running, next *Settings) error {
@@ -40,7 +42,7 @@ func CheckReload(running, next *Settings) error {
 	if noneKept(oldVHosts, newVHosts) {
 		return fmt.Errorf("config: the new configuration%s removes every vhost (%s); restart, or add the new vhosts in one reload and remove the old ones in another", from(next), strings.Join(oldVHosts, ", "))
 	}
-	return nil
+	return CheckClusterReload(&running.Cluster, &next.Cluster)
 }
 
 // noneKept reports whether there were names and next keeps none of them.

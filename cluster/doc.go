@@ -1,0 +1,32 @@
+// Package cluster makes several Warren nodes one broker: it replicates the runtime topology of
+// every vhost (exchanges, queues with their home node, bindings, exclusive-queue ownership,
+// auto-delete) through a Raft log, so that every node routes with the same tables.
+//
+// # Consensus
+//
+// The log is Raft from an existing library, never Warren's own: go.etcd.io/raft/v3, the engine
+// under etcd, CockroachDB and Dgraph. It leaves storage and transport to the application and
+// runs many groups over one transport and one log (multi-Raft), which the next step - quorum
+// queues, one Raft group per queue - needs; hashicorp/raft runs one group per instance, with a
+// transport and a store of its own. The engine lives in package cluster/multiraft (built
+// beside this package); this package depends only on the small Log interface below, which a
+// multiraft group satisfies: Propose waits until the command is applied locally and returns
+// what the state machine's Apply returned.
+//
+// # What is replicated, and what is not
+//
+// Metadata is the state machine of the metadata group. Every topology change is a Command
+// (versioned JSON, DecodeCommand); Apply decides it from the replicated state alone - exists,
+// equivalent or 406, exclusive to another connection (405), missing (404), which node is a
+// new queue's home (x-queue-leader-locator: client-local, the default, or balanced) - so every
+// node reaches the same verdict, then hands the accepted change to the local broker
+// (Applier, implemented by *broker.Broker). Snapshot and Restore carry the whole state.
+//
+// Access control (users, vhosts, permissions) and policies are not replicated: each node reads
+// them from its own config.yaml, and nodes compare a digest of those sections (ConfigDigest)
+// to report a node whose file differs.
+//
+// Messages are not replicated here: a queue lives on its home node; other nodes route to it
+// through a remote entry (see broker.Queue.Home). Forwarding publishes to the home node and
+// proxying consumers to it are the next step.
+package cluster

@@ -1,0 +1,620 @@
+package cluster
+
+import (
+	"cmp"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+
+	"github.com/warrenmq/warren/amqp"
+	"github.com/warrenmq/warren/broker"
+)
+
+// Applier is the local broker: it makes its registry follow the changes the log accepted.
+// *broker.Broker implements it.
+type Applier interface {
+	ApplyTopology(op broker.TopologyOp) (broker.TopologyResult, *amqp.Error)
+}
+
+// Result is what Apply returns for a command: the verdict (Code 0: applied or already so) and
+// what applying it produced on this node. Every node computes the same Code and Text.
+type Result struct {
+	Code uint16
+	Text string
+	// Messages is the number of messages a deleted queue held on this node (its home).
+	Messages int
+	// Epoch is the incarnation (log index of the declare) of the queue declared or found.
+	Epoch uint64
+	// Home is the home node of the queue declared or found.
+	Home string
+}
+
+// Err is the verdict as RabbitMQ's error, nil when the command was applied.
+func (r Result) Err() *amqp.Error {
+	if r.Code == 0 {
+		return nil
+	}
+	return &amqp.Error{Code: r.Code, Text: r.Text}
+}
+
+func resultOf(err *amqp.Error) Result {
+	if err == nil {
+		return Result{}
+	}
+	return Result{Code: err.Code, Text: err.Text}
+}
+
+// Metadata is the replicated state machine of the cluster's topology: it implements the
+// StateMachine of cluster/multiraft (Apply, Snapshot, Restore). Apply depends only on the
+// state and the command, so every node decides every command alike; the local broker is then
+// told of accepted changes through the Applier.
+//
+// Lock order: Metadata.mu is taken by the log's apply goroutine and held while the Applier
+// runs, so it sits above every lock of the broker; the broker never calls into Metadata.
+type Metadata struct {
+	log     *slog.Logger
+	applier Applier // nil: the state alone (tests of the state machine)
+
+	mu sync.Mutex
+	st state
+}
+
+// stateVersion is the version of the snapshot encoding.
+const stateVersion = 1
+
+// state is the whole replicated topology.
+type state struct {
+	V     int    `json:"v"`
+	Index uint64 `json:"index"` // last applied log index
+	// Nodes are the members balanced queues are spread over (set_nodes), sorted.
+	Nodes  []string               `json:"nodes,omitempty"`
+	VHosts map[string]*vhostState `json:"vhosts"`
+}
+
+type vhostState struct {
+	Exchanges map[string]*exchangeRec `json:"exchanges"`
+	Queues    map[string]*queueRec    `json:"queues"`
+	// bindings is kept as a set; the snapshot carries Bindings, sorted.
+	bindings map[bindingKey]struct{}
+	Bindings []bindingKey `json:"bindings"`
+}
+
+type exchangeRec struct {
+	Type       string `json:"type"`
+	Durable    bool   `json:"durable,omitempty"`
+	AutoDelete bool   `json:"auto_delete,omitempty"`
+	Internal   bool   `json:"internal,omitempty"`
+	Args       []byte `json:"args,omitempty"`
+}
+
+type queueRec struct {
+	Durable    bool   `json:"durable,omitempty"`
+	Exclusive  bool   `json:"exclusive,omitempty"`
+	AutoDelete bool   `json:"auto_delete,omitempty"`
+	Args       []byte `json:"args,omitempty"`
+	Home       string `json:"home"`
+	// OwnerNode and Owner are an exclusive queue's connection.
+	OwnerNode string `json:"owner_node,omitempty"`
+	Owner     uint64 `json:"owner,omitempty"`
+	Epoch     uint64 `json:"epoch"`
+}
+
+// bindingKey is one binding; Args is the binding's argument table encoding.
+type bindingKey struct {
+	Source      string  `json:"source"`
+	Destination string  `json:"destination"`
+	ToExchange  bool    `json:"to_exchange,omitempty"`
+	Key         string  `json:"key"`
+	Args        rawArgs `json:"args,omitempty"`
+}
+
+// rawArgs is an argument table's encoding kept as a string (so that a bindingKey is comparable);
+// in JSON it is base64, as []byte is: the table's bytes are not UTF-8 text.
+type rawArgs string
+
+// MarshalText implements encoding.TextMarshaler.
+func (r rawArgs) MarshalText() ([]byte, error) {
+	return []byte(base64.StdEncoding.EncodeToString([]byte(r))), nil
+}
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (r *rawArgs) UnmarshalText(b []byte) error {
+	d, err := base64.StdEncoding.DecodeString(string(b))
+	*r = rawArgs(d)
+	return err
+}
+
+// NewMetadata returns an empty state machine that applies accepted changes to applier (nil for
+// none).
+func NewMetadata(applier Applier, log *slog.Logger) *Metadata {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Metadata{log: log, applier: applier, st: state{V: stateVersion, VHosts: map[string]*vhostState{}}}
+}
+
+// AppliedIndex is the index of the last command applied.
+func (m *Metadata) AppliedIndex() uint64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.st.Index
+}
+
+// Apply applies one log entry and returns its Result. A corrupt entry changes nothing and is
+// refused with 541 (every node refuses it alike).
+func (m *Metadata) Apply(index uint64, cmd []byte) any {
+	c, err := DecodeCommand(cmd)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if index > m.st.Index {
+		m.st.Index = index
+	}
+	if err != nil {
+		m.log.Error("cluster: refusing a metadata log entry", "index", index, "err", err)
+		return Result{Code: amqp.InternalError, Text: amqp.ReplyName(amqp.InternalError) + " - " + err.Error()}
+	}
+	switch c.Op {
+	case OpSetNodes:
+		nodes := slices.Clone(c.Nodes)
+		slices.Sort(nodes)
+		m.st.Nodes = slices.Compact(nodes)
+		return Result{}
+	case OpNodeGone, OpDropOwner:
+		m.dropOwners(c)
+		return Result{}
+	}
+	vs := m.vhost(c.VHost)
+	args, _ := decodeArgs(c.Args) // checked by DecodeCommand
+	switch c.Op {
+	case OpDeclareExchange:
+		return m.declareExchange(vs, c, args)
+	case OpDeleteExchange:
+		return m.deleteExchange(vs, c)
+	case OpDeclareQueue:
+		return m.declareQueue(vs, c, args, index)
+	case OpDeleteQueue:
+		return m.deleteQueue(vs, c)
+	case OpBind:
+		return m.bind(vs, c, args)
+	default: // OpUnbind
+		return m.unbind(vs, c, args)
+	}
+}
+
+// vhost is the state of a vhost, created with its default exchanges on first use.
+func (m *Metadata) vhost(name string) *vhostState {
+	vs := m.st.VHosts[name]
+	if vs == nil {
+		vs = &vhostState{Exchanges: map[string]*exchangeRec{}, Queues: map[string]*queueRec{}, bindings: map[bindingKey]struct{}{}}
+		for n, kind := range broker.DefaultExchanges() {
+			vs.Exchanges[n] = &exchangeRec{Type: kind, Durable: true}
+		}
+		m.st.VHosts[name] = vs
+	}
+	return vs
+}
+
+// apply hands an accepted change to the local broker; a failure there (a store write) is
+// logged: the log has decided, and this node's registry is behind until it restarts.
+func (m *Metadata) apply(op broker.TopologyOp) broker.TopologyResult {
+	if m.applier == nil {
+		return broker.TopologyResult{}
+	}
+	res, err := m.applier.ApplyTopology(op)
+	if err != nil {
+		m.log.Error("cluster: applying a topology change locally", "vhost", op.VHost, "kind", op.Kind, "err", err)
+	}
+	return res
+}
+
+func exchangeSpec(name string, x *exchangeRec) broker.ExchangeSpec {
+	args, _ := decodeArgs(x.Args)
+	return broker.ExchangeSpec{Name: name, Type: x.Type, Durable: x.Durable, AutoDelete: x.AutoDelete, Internal: x.Internal, Args: args}
+}
+
+func queueSpec(name string, q *queueRec) broker.QueueSpec {
+	args, _ := decodeArgs(q.Args)
+	return broker.QueueSpec{Name: name, Durable: q.Durable, Exclusive: q.Exclusive, AutoDelete: q.AutoDelete, Args: args}
+}
+
+func (m *Metadata) declareExchange(vs *vhostState, c Command, args amqp.Table) Result {
+	got := broker.ExchangeSpec{Name: c.Name, Type: c.Type, Durable: c.Durable, AutoDelete: c.AutoDelete, Internal: c.Internal, Args: args}
+	if x := vs.Exchanges[c.Name]; x != nil {
+		return resultOf(broker.CheckExchangeEquivalent(c.VHost, exchangeSpec(c.Name, x), got))
+	}
+	if err := broker.CheckExchangeEquivalent(c.VHost, got, got); err != nil {
+		return resultOf(err) // an unknown type
+	}
+	vs.Exchanges[c.Name] = &exchangeRec{Type: c.Type, Durable: c.Durable, AutoDelete: c.AutoDelete, Internal: c.Internal, Args: c.Args}
+	m.apply(broker.TopologyOp{Kind: broker.OpDeclareExchange, VHost: c.VHost, Exchange: got})
+	return Result{}
+}
+
+func (m *Metadata) deleteExchange(vs *vhostState, c Command) Result {
+	if vs.Exchanges[c.Name] == nil {
+		return Result{}
+	}
+	if c.IfUnused && vs.hasBindingsFrom(c.Name) {
+		return resultOf(amqp.Errorf(amqp.PreconditionFailed, "exchange '%s' in vhost '%s' in use", c.Name, c.VHost))
+	}
+	vs.removeExchange(c.Name)
+	m.apply(broker.TopologyOp{Kind: broker.OpDeleteExchange, VHost: c.VHost, Exchange: broker.ExchangeSpec{Name: c.Name}})
+	return Result{}
+}
+
+// owns reports whether c's connection owns exclusive queue q.
+func owns(q *queueRec, c Command) bool {
+	return q.OwnerNode == c.Node && q.Owner == c.Conn
+}
+
+func (m *Metadata) declareQueue(vs *vhostState, c Command, args amqp.Table, index uint64) Result {
+	got := broker.QueueSpec{Name: c.Name, Durable: c.Durable, Exclusive: c.Exclusive, AutoDelete: c.AutoDelete, Args: args}
+	if q := vs.Queues[c.Name]; q != nil {
+		if q.Exclusive && !owns(q, c) {
+			return resultOf(broker.ErrLocked(c.VHost, c.Name))
+		}
+		if err := broker.CheckQueueEquivalent(c.VHost, queueSpec(c.Name, q), got); err != nil {
+			return resultOf(err)
+		}
+		return Result{Epoch: q.Epoch, Home: q.Home}
+	}
+	q := &queueRec{Durable: c.Durable, Exclusive: c.Exclusive, AutoDelete: c.AutoDelete, Args: c.Args,
+		Home: m.home(c, args), Epoch: index}
+	if c.Exclusive {
+		q.OwnerNode, q.Owner = c.Node, c.Conn
+	}
+	vs.Queues[c.Name] = q
+	m.apply(broker.TopologyOp{Kind: broker.OpDeclareQueue, VHost: c.VHost, Queue: got, Home: q.Home,
+		OwnerNode: q.OwnerNode, Owner: broker.OwnerID(q.Owner), Epoch: q.Epoch})
+	return Result{Epoch: q.Epoch, Home: q.Home}
+}
+
+// home decides a new queue's home node, as RabbitMQ's queue_leader_locator: client-local (the
+// default, and always for an exclusive queue) is the node the client declared it on; balanced
+// is the member with the fewest queues (the first in name order on a tie).
+func (m *Metadata) home(c Command, args amqp.Table) string {
+	loc, _ := args["x-queue-leader-locator"].(string)
+	if c.Exclusive || loc != "balanced" || len(m.st.Nodes) == 0 {
+		return c.Node
+	}
+	count := make(map[string]int, len(m.st.Nodes))
+	for _, vs := range m.st.VHosts {
+		for _, q := range vs.Queues {
+			count[q.Home]++
+		}
+	}
+	best := m.st.Nodes[0]
+	for _, n := range m.st.Nodes[1:] {
+		if count[n] < count[best] {
+			best = n
+		}
+	}
+	return best
+}
+
+func (m *Metadata) deleteQueue(vs *vhostState, c Command) Result {
+	q := vs.Queues[c.Name]
+	if q == nil {
+		return Result{}
+	}
+	if c.Epoch != 0 {
+		// A removal the home node made by itself (auto-delete, x-expires): only of the
+		// incarnation it removed, whoever owned it.
+		if q.Epoch != c.Epoch {
+			return Result{}
+		}
+	} else if q.Exclusive && !owns(q, c) {
+		return resultOf(broker.ErrLocked(c.VHost, c.Name))
+	}
+	res := m.removeQueue(vs, c.VHost, c.Name, q)
+	return Result{Messages: res.Messages}
+}
+
+// removeQueue deletes a queue and its bindings (and the auto-delete exchanges left without
+// bindings), then tells the broker.
+func (m *Metadata) removeQueue(vs *vhostState, vhost, name string, q *queueRec) broker.TopologyResult {
+	delete(vs.Queues, name)
+	var sources []string
+	for b := range vs.bindings {
+		if !b.ToExchange && b.Destination == name {
+			delete(vs.bindings, b)
+			sources = append(sources, b.Source)
+		}
+	}
+	for _, s := range sources {
+		vs.maybeAutoDelete(s)
+	}
+	return m.apply(broker.TopologyOp{Kind: broker.OpDeleteQueue, VHost: vhost, Queue: broker.QueueSpec{Name: name}, Epoch: q.Epoch})
+}
+
+// dropOwners deletes the exclusive queues of a connection (drop_owner) or of every connection
+// of a node (node_gone), in name order.
+func (m *Metadata) dropOwners(c Command) {
+	vhosts := make([]string, 0, len(m.st.VHosts))
+	for name := range m.st.VHosts {
+		if c.Op == OpNodeGone || name == c.VHost || c.VHost == "" {
+			vhosts = append(vhosts, name)
+		}
+	}
+	slices.Sort(vhosts)
+	for _, vn := range vhosts {
+		vs := m.st.VHosts[vn]
+		var names []string
+		for name, q := range vs.Queues {
+			if q.Exclusive && q.OwnerNode == c.Node && (c.Op == OpNodeGone || q.Owner == c.Conn) {
+				names = append(names, name)
+			}
+		}
+		slices.Sort(names)
+		for _, name := range names {
+			m.removeQueue(vs, vn, name, vs.Queues[name])
+		}
+	}
+}
+
+// bindingEnds checks a binding's ends as the broker does (destination first, then source).
+func (vs *vhostState) bindingEnds(c Command) *amqp.Error {
+	if c.ToExchange {
+		if vs.Exchanges[c.Destination] == nil {
+			return broker.ErrNoExchange(c.VHost, c.Destination)
+		}
+	} else {
+		q := vs.Queues[c.Destination]
+		if q == nil {
+			return broker.ErrNoQueue(c.VHost, c.Destination)
+		}
+		if q.Exclusive && !owns(q, c) {
+			return broker.ErrLocked(c.VHost, c.Destination)
+		}
+	}
+	if vs.Exchanges[c.Source] == nil {
+		return broker.ErrNoExchange(c.VHost, c.Source)
+	}
+	return nil
+}
+
+func keyOf(c Command) bindingKey {
+	return bindingKey{Source: c.Source, Destination: c.Destination, ToExchange: c.ToExchange, Key: c.Key, Args: rawArgs(c.Args)}
+}
+
+func bindingSpec(c Command, args amqp.Table) broker.BindingSpec {
+	return broker.BindingSpec{Source: c.Source, Destination: c.Destination, ToExchange: c.ToExchange, Key: c.Key, Args: args}
+}
+
+func (m *Metadata) bind(vs *vhostState, c Command, args amqp.Table) Result {
+	if err := vs.bindingEnds(c); err != nil {
+		return resultOf(err)
+	}
+	k := keyOf(c)
+	if _, ok := vs.bindings[k]; ok {
+		return Result{}
+	}
+	vs.bindings[k] = struct{}{}
+	m.apply(broker.TopologyOp{Kind: broker.OpBind, VHost: c.VHost, Binding: bindingSpec(c, args)})
+	return Result{}
+}
+
+func (m *Metadata) unbind(vs *vhostState, c Command, args amqp.Table) Result {
+	k := keyOf(c)
+	_, exists := vs.bindings[k]
+	if err := vs.bindingEnds(c); err != nil {
+		// As the broker (RabbitMQ 3.10): unbinding what is gone succeeds.
+		if err.Code == amqp.NotFound || !exists {
+			return Result{}
+		}
+		return resultOf(err)
+	}
+	if !exists {
+		return Result{}
+	}
+	delete(vs.bindings, k)
+	vs.maybeAutoDelete(c.Source)
+	m.apply(broker.TopologyOp{Kind: broker.OpUnbind, VHost: c.VHost, Binding: bindingSpec(c, args)})
+	return Result{}
+}
+
+func (vs *vhostState) hasBindingsFrom(source string) bool {
+	for b := range vs.bindings {
+		if b.Source == source {
+			return true
+		}
+	}
+	return false
+}
+
+// removeExchange deletes an exchange with every binding from or to it, and the auto-delete
+// exchanges that leaves without bindings (the broker's removeExchangeLocked, on the state).
+func (vs *vhostState) removeExchange(name string) {
+	delete(vs.Exchanges, name)
+	var sources []string
+	for b := range vs.bindings {
+		switch {
+		case b.Source == name:
+			delete(vs.bindings, b)
+		case b.ToExchange && b.Destination == name:
+			delete(vs.bindings, b)
+			sources = append(sources, b.Source)
+		}
+	}
+	for _, s := range sources {
+		vs.maybeAutoDelete(s)
+	}
+}
+
+// maybeAutoDelete deletes an auto-delete exchange that has no bindings left.
+func (vs *vhostState) maybeAutoDelete(name string) {
+	if x := vs.Exchanges[name]; x != nil && x.AutoDelete && !vs.hasBindingsFrom(name) {
+		vs.removeExchange(name)
+	}
+}
+
+// Snapshot is the whole state, encoded as versioned JSON (bindings sorted, map keys sorted by
+// encoding/json): equal states have equal snapshots.
+func (m *Metadata) Snapshot() ([]byte, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, vs := range m.st.VHosts {
+		vs.Bindings = vs.sortedBindings()
+	}
+	b, err := json.Marshal(&m.st)
+	for _, vs := range m.st.VHosts {
+		vs.Bindings = nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("cluster: encoding the metadata snapshot: %w", err)
+	}
+	return b, nil
+}
+
+func (vs *vhostState) sortedBindings() []bindingKey {
+	out := make([]bindingKey, 0, len(vs.bindings))
+	for b := range vs.bindings {
+		out = append(out, b)
+	}
+	slices.SortFunc(out, func(a, b bindingKey) int {
+		return cmp.Or(cmp.Compare(a.Source, b.Source), cmp.Compare(a.Destination, b.Destination),
+			cmp.Compare(boolInt(a.ToExchange), boolInt(b.ToExchange)), cmp.Compare(a.Key, b.Key), cmp.Compare(a.Args, b.Args))
+	})
+	return out
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// DecodeSnapshot reads a snapshot, refusing an unknown version and records no command could
+// have produced.
+func decodeSnapshot(b []byte) (state, error) {
+	var st state
+	if err := json.Unmarshal(b, &st); err != nil {
+		return state{}, fmt.Errorf("cluster: decoding a metadata snapshot: %w", err)
+	}
+	if st.V != stateVersion {
+		return state{}, fmt.Errorf("cluster: metadata snapshot version %d, this node knows %d", st.V, stateVersion)
+	}
+	if st.VHosts == nil {
+		st.VHosts = map[string]*vhostState{}
+	}
+	for name, vs := range st.VHosts {
+		if vs == nil {
+			return state{}, fmt.Errorf("cluster: metadata snapshot: vhost %q has no state", name)
+		}
+		if vs.Exchanges == nil {
+			vs.Exchanges = map[string]*exchangeRec{}
+		}
+		if vs.Queues == nil {
+			vs.Queues = map[string]*queueRec{}
+		}
+		for xn, x := range vs.Exchanges {
+			if x == nil {
+				return state{}, fmt.Errorf("cluster: metadata snapshot: exchange %q has no state", xn)
+			}
+			if _, err := decodeArgs(x.Args); err != nil {
+				return state{}, fmt.Errorf("cluster: metadata snapshot: exchange %q: %w", xn, err)
+			}
+		}
+		for qn, q := range vs.Queues {
+			if q == nil {
+				return state{}, fmt.Errorf("cluster: metadata snapshot: queue %q has no state", qn)
+			}
+			if _, err := decodeArgs(q.Args); err != nil {
+				return state{}, fmt.Errorf("cluster: metadata snapshot: queue %q: %w", qn, err)
+			}
+		}
+		vs.bindings = make(map[bindingKey]struct{}, len(vs.Bindings))
+		for _, b := range vs.Bindings {
+			if _, err := decodeArgs([]byte(b.Args)); err != nil {
+				return state{}, fmt.Errorf("cluster: metadata snapshot: binding of %q: %w", b.Source, err)
+			}
+			vs.bindings[b] = struct{}{}
+		}
+		vs.Bindings = nil
+	}
+	return st, nil
+}
+
+// Restore replaces the state with a snapshot's, and brings the local broker to it: what the
+// snapshot lacks is deleted (bindings, then queues, then exchanges), what it adds is declared
+// (exchanges, queues, then bindings). The comparison is with the state this machine had, so a
+// node that restarts empty and restores a snapshot declares everything.
+func (m *Metadata) Restore(b []byte) error {
+	st, err := decodeSnapshot(b)
+	if err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	old := m.st
+	m.st = st
+	names := func(mp map[string]*vhostState) []string {
+		out := make([]string, 0, len(mp))
+		for n := range mp {
+			out = append(out, n)
+		}
+		slices.Sort(out)
+		return out
+	}
+	empty := &vhostState{Exchanges: map[string]*exchangeRec{}, Queues: map[string]*queueRec{}, bindings: map[bindingKey]struct{}{}}
+	for _, vn := range names(old.VHosts) {
+		was, now := old.VHosts[vn], st.VHosts[vn]
+		if now == nil {
+			now = empty
+		}
+		for _, k := range was.sortedBindings() {
+			if _, ok := now.bindings[k]; !ok {
+				args, _ := decodeArgs([]byte(k.Args))
+				m.apply(broker.TopologyOp{Kind: broker.OpUnbind, VHost: vn, Binding: broker.BindingSpec{Source: k.Source, Destination: k.Destination, ToExchange: k.ToExchange, Key: k.Key, Args: args}})
+			}
+		}
+		for _, qn := range sortedKeys(was.Queues) {
+			if q := now.Queues[qn]; q == nil || q.Epoch != was.Queues[qn].Epoch {
+				m.apply(broker.TopologyOp{Kind: broker.OpDeleteQueue, VHost: vn, Queue: broker.QueueSpec{Name: qn}})
+			}
+		}
+		for _, xn := range sortedKeys(was.Exchanges) {
+			if now.Exchanges[xn] == nil {
+				m.apply(broker.TopologyOp{Kind: broker.OpDeleteExchange, VHost: vn, Exchange: broker.ExchangeSpec{Name: xn}})
+			}
+		}
+	}
+	for _, vn := range names(st.VHosts) {
+		now, was := st.VHosts[vn], old.VHosts[vn]
+		if was == nil {
+			was = empty
+		}
+		for _, xn := range sortedKeys(now.Exchanges) {
+			if was.Exchanges[xn] == nil {
+				m.apply(broker.TopologyOp{Kind: broker.OpDeclareExchange, VHost: vn, Exchange: exchangeSpec(xn, now.Exchanges[xn])})
+			}
+		}
+		for _, qn := range sortedKeys(now.Queues) {
+			q := now.Queues[qn]
+			if w := was.Queues[qn]; w == nil || w.Epoch != q.Epoch {
+				m.apply(broker.TopologyOp{Kind: broker.OpDeclareQueue, VHost: vn, Queue: queueSpec(qn, q), Home: q.Home,
+					OwnerNode: q.OwnerNode, Owner: broker.OwnerID(q.Owner), Epoch: q.Epoch})
+			}
+		}
+		for _, k := range now.sortedBindings() {
+			if _, ok := was.bindings[k]; !ok {
+				args, _ := decodeArgs([]byte(k.Args))
+				m.apply(broker.TopologyOp{Kind: broker.OpBind, VHost: vn, Binding: broker.BindingSpec{Source: k.Source, Destination: k.Destination, ToExchange: k.ToExchange, Key: k.Key, Args: args}})
+			}
+		}
+	}
+	return nil
+}
+
+func sortedKeys[V any](mp map[string]V) []string {
+	out := make([]string, 0, len(mp))
+	for k := range mp {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}
