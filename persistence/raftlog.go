@@ -47,8 +47,9 @@ type RaftLogOptions struct {
 // snapshot and compaction point per group, in one badger database. Storage returns the
 // raft.Storage of one group; Save persists the output of a Ready round of many groups at once.
 type RaftLog struct {
-	db  *badger.DB
-	log *slog.Logger
+	db     *badger.DB
+	log    *slog.Logger
+	noSync bool
 
 	mu     sync.Mutex
 	groups map[uint64]*RaftStorage
@@ -62,7 +63,10 @@ func OpenRaftLog(dir string, opts RaftLogOptions) (*RaftLog, error) {
 	}
 	bo := badger.DefaultOptions(dir).
 		WithInMemory(opts.InMemory).
-		WithSyncWrites(!opts.NoSync).
+		// Syncs are explicit (Save's sync argument): a round that only moves commit indices
+		// needs no fsync. Every synced write is followed by db.Sync before the next write, so
+		// it is in the active memtable's WAL when that is synced.
+		WithSyncWrites(false).
 		WithLogger(badgerLogger{log}).
 		WithLoggingLevel(badger.WARNING).
 		WithDetectConflicts(false).
@@ -85,11 +89,15 @@ func OpenRaftLog(dir string, opts RaftLogOptions) (*RaftLog, error) {
 	if err != nil {
 		return nil, fmt.Errorf("persistence: open raft log %s: %w", dirName(dir), err)
 	}
-	return &RaftLog{db: db, log: log, groups: make(map[uint64]*RaftStorage)}, nil
+	return &RaftLog{db: db, log: log, noSync: opts.NoSync, groups: make(map[uint64]*RaftStorage)}, nil
 }
 
-// Close closes the database. Storages of the log must not be used afterwards.
+// Close syncs and closes the database. Storages of the log must not be used afterwards.
 func (l *RaftLog) Close() error {
+	if err := l.sync(); err != nil {
+		_ = l.db.Close()
+		return fmt.Errorf("persistence: close raft log: %w", err)
+	}
 	if err := l.db.Close(); err != nil {
 		return fmt.Errorf("persistence: close raft log: %w", err)
 	}
@@ -249,10 +257,19 @@ func (w *rlWriter) discard() {
 	}
 }
 
-// Save persists the updates of several groups, with one sync when they fit one badger
-// transaction. Storages of groups in updates must have been obtained with Storage. When
-// Save returns, raft may be told the entries are stable and messages may be sent.
-func (l *RaftLog) Save(updates []RaftUpdate) error {
+func (l *RaftLog) sync() error {
+	if l.noSync {
+		return nil
+	}
+	return l.db.Sync()
+}
+
+// Save persists the updates of several groups, in one badger transaction when they fit, and
+// then syncs if sync is set (raft's Ready.MustSync of any of them: new entries, term or vote;
+// a round that only advances commit indices may skip it, since a lost commit index is
+// learnt again from the leader). When Save returns, raft may be told the entries are stable
+// and messages may be sent.
+func (l *RaftLog) Save(updates []RaftUpdate, sync bool) error {
 	type after struct {
 		s                    *RaftStorage
 		snap                 *pb.SnapshotMetadata
@@ -340,6 +357,11 @@ func (l *RaftLog) Save(updates []RaftUpdate) error {
 	}
 	if err := w.commit(); err != nil {
 		return fmt.Errorf("persistence: save raft state: %w", err)
+	}
+	if sync {
+		if err := l.sync(); err != nil {
+			return fmt.Errorf("persistence: sync raft log: %w", err)
+		}
 	}
 	for _, a := range results {
 		s := a.s
@@ -535,7 +557,24 @@ func (s *RaftStorage) CreateSnapshot(i uint64, cs *pb.ConfState, data []byte, ke
 	if err != nil {
 		return fmt.Errorf("persistence: raft group %d: encode snapshot: %w", s.group, err)
 	}
-	if err := s.log.db.Update(func(txn *badger.Txn) error { return txn.Set(rlKey(rlSnapshot, s.group), b) }); err != nil {
+	// The hard state goes with it: its commit index (at least i) may have been saved without
+	// a sync, and a restart from this snapshot needs commit >= the snapshot's index.
+	s.mu.Lock()
+	hs, err := proto.Marshal(s.hs)
+	s.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("persistence: raft group %d: encode hard state: %w", s.group, err)
+	}
+	err = s.log.db.Update(func(txn *badger.Txn) error {
+		if err := txn.Set(rlKey(rlSnapshot, s.group), b); err != nil {
+			return err
+		}
+		return txn.Set(rlKey(rlHardState, s.group), hs)
+	})
+	if err == nil {
+		err = s.log.sync()
+	}
+	if err != nil {
 		return fmt.Errorf("persistence: raft group %d: write snapshot: %w", s.group, err)
 	}
 	s.mu.Lock()

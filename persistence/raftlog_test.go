@@ -119,7 +119,7 @@ func TestRaftLogStorage(t *testing.T) {
 				t.Fatal(err)
 			}
 			for _, u := range tt.updates {
-				if err := l.Save(u); err != nil {
+				if err := l.Save(u, true); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -185,7 +185,7 @@ func TestRaftLogEntriesSizeAndSnapshot(t *testing.T) {
 	dir := t.TempDir()
 	l := openRaftLogT(t, dir)
 	s, _ := l.Storage(9)
-	if err := l.Save([]RaftUpdate{{Group: 9, Entries: rents(1, 10, 1)}}); err != nil {
+	if err := l.Save([]RaftUpdate{{Group: 9, Entries: rents(1, 10, 1)}}, true); err != nil {
 		t.Fatal(err)
 	}
 	one := uint64(len(mustMarshal(t, rent(1, 1))))
@@ -233,10 +233,10 @@ func TestRaftLogRejectsGaps(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	if err := l.Save([]RaftUpdate{{Group: 1, Entries: rents(1, 3, 1)}}); err != nil {
+	if err := l.Save([]RaftUpdate{{Group: 1, Entries: rents(1, 3, 1)}}, true); err != nil {
 		t.Fatal(err)
 	}
-	if err := l.Save([]RaftUpdate{{Group: 1, Entries: rents(5, 6, 1)}}); err == nil {
+	if err := l.Save([]RaftUpdate{{Group: 1, Entries: rents(5, 6, 1)}}, true); err == nil {
 		t.Error("gap accepted")
 	}
 }

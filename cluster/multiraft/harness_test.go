@@ -70,7 +70,7 @@ func testLogger() *slog.Logger {
 // testCluster is n hosts in one process. All inter-node traffic goes through one fault proxy
 // per pair of nodes (the pair's single connection is dialled by the name that sorts first).
 type testCluster struct {
-	t       *testing.T
+	t       testing.TB
 	names   []string
 	dirs    map[string]string
 	hosts   map[string]*Host
@@ -86,7 +86,7 @@ func pairKey(a, b string) [2]string {
 	return [2]string{a, b}
 }
 
-func newTestCluster(t *testing.T, n int, tweak func(*Config)) *testCluster {
+func newTestCluster(t testing.TB, n int, tweak func(*Config)) *testCluster {
 	t.Helper()
 	c := &testCluster{t: t, dirs: map[string]string{}, hosts: map[string]*Host{},
 		proxies: map[[2]string]*faultproxy.Proxy{}, secret: []byte("s3cret-cookie"), tweak: tweak}
@@ -184,7 +184,7 @@ func (c *testCluster) groups(id uint64) (map[string]*Group, map[string]*logSM) {
 }
 
 // waitLeader waits until every given group agrees on one leader among them, and returns it.
-func waitLeader(t *testing.T, gs map[string]*Group, timeout time.Duration) string {
+func waitLeader(t testing.TB, gs map[string]*Group, timeout time.Duration) string {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
@@ -274,3 +274,14 @@ func checkGoroutines(t *testing.T, before int) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// newBenchCluster is a 3-host cluster at production timing with fsync.
+func newBenchCluster(b *testing.B) *testCluster {
+	return newTestCluster(b, 3, func(cfg *Config) {
+		cfg.TickInterval = DefaultTickInterval
+		cfg.ElectionTicks = DefaultElectionTicks
+		cfg.NoSync = false
+	})
+}
+
+func waitLeaderB(b *testing.B, gs map[string]*Group) string { return waitLeader(b, gs, 20*time.Second) }

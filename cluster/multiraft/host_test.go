@@ -86,7 +86,11 @@ func TestProposeAppliesInOrderOnAll(t *testing.T) {
 // proposals; the time from the kill to the first applied proposal is measured.
 func TestLeaderFailover(t *testing.T) {
 	// Production timing: 100 ms ticks, election after 10-20 ticks.
-	c := newTestCluster(t, 3, func(cfg *Config) { cfg.TickInterval = DefaultTickInterval; cfg.NoSync = false })
+	c := newTestCluster(t, 3, func(cfg *Config) {
+		cfg.TickInterval = DefaultTickInterval
+		cfg.ElectionTicks = DefaultElectionTicks
+		cfg.NoSync = false
+	})
 	gs, sms := c.groups(MetadataGroup)
 	lead := waitLeader(t, gs, 10*time.Second)
 	propose(t, gs[lead], "before")

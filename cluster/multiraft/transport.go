@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	pb "go.etcd.io/raft/v3/raftpb"
@@ -75,6 +76,8 @@ type transport struct {
 
 	stop chan struct{}
 	wg   sync.WaitGroup
+
+	sent, received, frames atomic.Uint64
 }
 
 func newTransport(self, listen string, secret []byte, tlsCfg *tls.Config, log *slog.Logger, hooks transportHooks) (*transport, error) {
@@ -459,6 +462,8 @@ func (p *peer) serve(c net.Conn) bool {
 			}
 			return true
 		}
+		p.t.frames.Add(1)
+		p.t.sent.Add(uint64(len(batch)))
 		for _, m := range batch {
 			if m.msg.GetType() == pb.MessageType_MsgSnap {
 				p.t.hooks.snapshotSent(m.group, p.id)
@@ -542,6 +547,7 @@ func (p *peer) readLoop(c net.Conn) {
 			if m.GetFrom() != p.id {
 				return
 			}
+			p.t.received.Add(1)
 			p.t.hooks.deliver(group, m)
 		})
 		if err != nil {
