@@ -35,10 +35,11 @@ func rssMB() float64 {
 // Many groups (quorum queues to come) on three hosts in this process, at production timing
 // (100 ms tick, heartbeat every tick): every group elects a leader and takes a proposal, then
 // the idle cost is measured - CPU over 10 s and RSS - and printed. MULTIRAFT_GROUPS sets the
-// number of groups (default 1000; 100 with -short).
+// number of groups (default 1000; 100 with -short or the race detector, which slow the
+// hosts down too much for 3,000 group replicas on a shared 2-core machine).
 func TestManyGroupsIdleCost(t *testing.T) {
 	n := 1000
-	if testing.Short() {
+	if testing.Short() || raceEnabled {
 		n = 100
 	}
 	if v := os.Getenv("MULTIRAFT_GROUPS"); v != "" {
@@ -85,11 +86,19 @@ func TestManyGroupsIdleCost(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			if _, err := g.Propose(ctx, []byte("hello")); err != nil {
-				t.Errorf("group %d: %v", g.ID(), err)
+			// A proposal forwarded to a leader that lost its leadership meanwhile is lost
+			// (Propose documents it); like a client, try again (the command may then apply
+			// twice, which this test does not mind).
+			var err error
+			for try := 0; try < 4; try++ {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				_, err = g.Propose(ctx, []byte("hello"))
+				cancel()
+				if err == nil {
+					return
+				}
 			}
+			t.Errorf("group %d: %v", g.ID(), err)
 		}()
 	}
 	wg.Wait()
