@@ -1,7 +1,6 @@
 package multiraft
 
 import (
-	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
@@ -309,7 +308,7 @@ func (h *Host) Group(id uint64, sm StateMachine) (*Group, error) {
 	if err != nil {
 		return nil, fmt.Errorf("multiraft: group %d: %w", id, err)
 	}
-	g := &Group{h: h, id: id, sm: sm, storage: st, pending: make(map[uint64]chan proposalResult), placedAt: make(map[uint64]uint64),
+	g := &Group{h: h, id: id, sm: sm, storage: st, pending: make(map[uint64]*pendingProp), placedAt: make(map[uint64]uint64), dedupe: make(dedupeTable),
 		log: h.log.With("group", id)}
 	hs, cs, _ := st.InitialState()
 	g.confState = cs
@@ -318,7 +317,7 @@ func (h *Host) Group(id uint64, sm StateMachine) (*Group, error) {
 		if err != nil {
 			return nil, fmt.Errorf("multiraft: group %d: %w", id, err)
 		}
-		if err := sm.Restore(snap.GetData()); err != nil {
+		if err := g.restore(snap.GetData()); err != nil {
 			return nil, fmt.Errorf("multiraft: group %d: restore snapshot at %d: %w", id, si, err)
 		}
 		g.applied, g.snapIndex = si, si
@@ -593,8 +592,12 @@ type Group struct {
 	// overwritten in a leader change and can never apply.
 	placedAt map[uint64]uint64
 
+	// dedupe holds, per proposer incarnation, which in-flight requests were applied, so that
+	// a proposal sent twice applies once (loop goroutine only; carried in snapshots).
+	dedupe dedupeTable
+
 	pmu     sync.Mutex // guards pending, stopped
-	pending map[uint64]chan proposalResult
+	pending map[uint64]*pendingProp
 	stopped bool
 	nextReq atomic.Uint64
 }
@@ -642,51 +645,6 @@ func (g *Group) reconcile(desired []uint64) {
 	g.lastConfChange, g.lastConfChangeFrom = time.Now(), proto.Clone(cs).(*pb.ConfState)
 }
 
-// Proposal entries carry who proposed them, so that the proposer (and only it) hands the
-// state machine's result to the waiting caller:
-//
-//	version(1)=1 proposerID(8) incarnation(8) request(8) command
-const proposalHeader = 25
-
-type proposalResult struct {
-	v    any
-	lost bool // overwritten by another entry: never applied, safe to propose again
-}
-
-// parseHeader returns the proposal header of entry data (ok false: not a proposal).
-func parseHeader(d []byte) (proposer, inc, req uint64, ok bool) {
-	if len(d) < proposalHeader || d[0] != 1 {
-		return 0, 0, 0, false
-	}
-	return binary.BigEndian.Uint64(d[1:]), binary.BigEndian.Uint64(d[9:]), binary.BigEndian.Uint64(d[17:]), true
-}
-
-// notePlaced records where this incarnation's proposals landed in the log (loop goroutine).
-func (g *Group) notePlaced(ents []*pb.Entry) {
-	for _, e := range ents {
-		proposer, inc, req, ok := parseHeader(e.GetData())
-		ours := ok && proposer == g.h.id && inc == g.h.incarnation
-		// An entry of ours overwritten by a new leader's entry can never apply.
-		if old, had := g.placedAt[e.GetIndex()]; had && (!ours || old != req) {
-			delete(g.placedAt, e.GetIndex())
-			g.finish(old, proposalResult{lost: true})
-		}
-		if ours {
-			g.placedAt[e.GetIndex()] = req
-		}
-	}
-}
-
-func (g *Group) finish(req uint64, r proposalResult) {
-	g.pmu.Lock()
-	ch := g.pending[req]
-	delete(g.pending, req)
-	g.pmu.Unlock()
-	if ch != nil {
-		ch <- r
-	}
-}
-
 // apply applies a Ready's snapshot and committed entries (loop goroutine).
 func (g *Group) apply(rd raft.Ready) {
 	if !raft.IsEmptySnap(rd.Snapshot) {
@@ -699,7 +657,7 @@ func (g *Group) apply(rd raft.Ready) {
 				delete(g.placedAt, idx)
 			}
 		}
-		if err := g.sm.Restore(rd.Snapshot.GetData()); err != nil {
+		if err := g.restore(rd.Snapshot.GetData()); err != nil {
 			// The state machine cannot take the leader's state: nothing after it can be applied.
 			g.log.Error("restore of a snapshot from the leader failed", "index", md.GetIndex(), "err", err)
 		}
@@ -714,8 +672,8 @@ func (g *Group) apply(rd raft.Ready) {
 		}
 		if req, ok := g.placedAt[idx]; ok {
 			delete(g.placedAt, idx)
-			proposer, inc, r, isProp := parseHeader(e.GetData())
-			if e.GetType() != pb.EntryType_EntryNormal || !isProp || proposer != g.h.id || inc != g.h.incarnation || r != req {
+			ph, isProp := parseHeader(e.GetData())
+			if e.GetType() != pb.EntryType_EntryNormal || !isProp || ph.proposer != g.h.id || ph.inc != g.h.incarnation || ph.req != req {
 				g.finish(req, proposalResult{lost: true})
 			}
 		}
@@ -725,14 +683,17 @@ func (g *Group) apply(rd raft.Ready) {
 			if len(d) == 0 {
 				break // a new leader's empty entry
 			}
-			proposer, inc, req, ok := parseHeader(d)
+			ph, ok := parseHeader(d)
 			if !ok {
 				g.log.Error("malformed raft entry skipped", "index", idx)
 				break
 			}
+			if !g.dedupe.admit(ph, idx) {
+				break // a second copy of a proposal already applied (or given up)
+			}
 			res := g.sm.Apply(idx, d[proposalHeader:])
-			if proposer == g.h.id && inc == g.h.incarnation {
-				g.finish(req, proposalResult{v: res})
+			if ph.proposer == g.h.id && ph.inc == g.h.incarnation {
+				g.finish(ph.req, proposalResult{v: res})
 			}
 		case pb.EntryType_EntryConfChange:
 			var cc pb.ConfChange
@@ -758,7 +719,7 @@ func (g *Group) apply(rd raft.Ready) {
 	}
 	every := g.h.cfg.SnapshotEvery
 	if g.applied-g.snapIndex >= every {
-		data, err := g.sm.Snapshot()
+		data, err := g.snapshot()
 		if err != nil {
 			g.log.Error("state machine snapshot failed", "index", g.applied, "err", err)
 			return
@@ -768,77 +729,6 @@ func (g *Group) apply(rd raft.Ready) {
 			return
 		}
 		g.snapIndex = g.applied
-	}
-}
-
-// Propose replicates cmd through the group's log and waits until this node has applied it,
-// returning the state machine's result. A follower forwards the proposal to the leader. A
-// proposal overwritten in a leader change (seen when another entry is applied at its index)
-// is proposed again, since it can never apply. If ctx ends first the command may still be
-// applied later (a forwarded proposal lost on the wire, or a reply still on its way): the
-// caller cannot tell, so commands should be safe to retry.
-func (g *Group) Propose(ctx context.Context, cmd []byte) (any, error) {
-	for {
-		r, err := g.proposeOnce(ctx, cmd)
-		if err != nil {
-			return nil, err
-		}
-		if !r.lost {
-			return r.v, nil
-		}
-		g.log.Debug("proposal overwritten in a leader change; proposing again")
-	}
-}
-
-func (g *Group) proposeOnce(ctx context.Context, cmd []byte) (proposalResult, error) {
-	req := g.nextReq.Add(1)
-	data := make([]byte, proposalHeader, proposalHeader+len(cmd))
-	data[0] = 1
-	binary.BigEndian.PutUint64(data[1:], g.h.id)
-	binary.BigEndian.PutUint64(data[9:], g.h.incarnation)
-	binary.BigEndian.PutUint64(data[17:], req)
-	data = append(data, cmd...)
-	ch := make(chan proposalResult, 1)
-	g.pmu.Lock()
-	if g.stopped {
-		g.pmu.Unlock()
-		return proposalResult{}, ErrClosed
-	}
-	g.pending[req] = ch
-	g.pmu.Unlock()
-	defer func() {
-		g.pmu.Lock()
-		delete(g.pending, req)
-		g.pmu.Unlock()
-	}()
-	for {
-		g.mu.Lock()
-		err := g.rn.Propose(data)
-		g.mu.Unlock()
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, raft.ErrProposalDropped) {
-			return proposalResult{}, fmt.Errorf("multiraft: group %d: propose: %w", g.id, err)
-		}
-		// No leader known yet (election in progress): nothing was appended anywhere, so
-		// trying again cannot apply the command twice.
-		select {
-		case <-ctx.Done():
-			return proposalResult{}, fmt.Errorf("multiraft: group %d: no leader: %w", g.id, ctx.Err())
-		case <-g.h.stop:
-			return proposalResult{}, ErrClosed
-		case <-time.After(g.h.cfg.TickInterval / 2):
-		}
-	}
-	g.h.markDirty(g)
-	select {
-	case r := <-ch:
-		return r, nil
-	case <-ctx.Done():
-		return proposalResult{}, fmt.Errorf("multiraft: group %d: %w", g.id, ctx.Err())
-	case <-g.h.stop:
-		return proposalResult{}, ErrClosed
 	}
 }
 
