@@ -15,10 +15,10 @@
 // goroutine per follower (its replication.go), and its own transport connections, so
 // thousands of quorum queues would cost thousands of goroutine sets and connections; it also has no multi-group batching of fsyncs. Measured
 // here with etcd raft (TestManyGroupsIdleCost, 2 shared cores, 100 ms tick): 1,000 groups on
-// 3 in-process hosts elect leaders in 1.8 s and then idle at about 21% of one core and
-// 100 MB RSS for the three hosts together (40,000 heartbeat messages/s, carried in one frame
+// 3 in-process hosts elect leaders in 2-3 s and then idle at 21-26% of one core and
+// about 100 MB RSS for the three hosts together (40,000 heartbeat messages/s, carried in one frame
 // per peer pair and round, no fsync); a killed leader is replaced and a proposal applied
-// within 0.9-1.4 s (TestLeaderFailover). NOTES-raft.md in the repository root has the rest.
+// within 0.9-1.5 s (TestLeaderFailover). NOTES-raft.md in the repository root has the rest.
 // Nothing in this package decides elections or membership: it drives raft.RawNode.
 //
 // # Goroutines
@@ -45,12 +45,16 @@
 //
 // # Proposals
 //
-// Propose appends a header (proposer ID, process incarnation, request number) to the
-// command; the entry is applied on every member, and on the proposer the state machine's
-// result is handed to the waiting call. A follower's proposal is forwarded to the leader by
-// raft itself (MsgProp). The proposer notes at which index its entries land (Ready.Entries);
-// when another entry is written or applied at that index, the proposal was overwritten in a
-// leader change, can never apply, and is proposed again. A forwarded proposal lost on the
-// wire is not retried: the call waits until its context ends, and the caller cannot tell
-// whether the command was applied.
+// Propose prefixes the command with a header (proposer ID, process incarnation, request
+// number, watermark); the entry is applied on every member, and on the proposer the state
+// machine's result is handed to the waiting call. A follower's proposal is forwarded to the
+// leader by raft itself (MsgProp). The proposer notes at which index its entries land
+// (Ready.Entries). A proposal overwritten in a leader change (another entry written or
+// applied at its index), or not in the local log two election timeouts after it was sent
+// (a MsgProp lost on the wire or dropped by a deposed leader), is sent again. Copies are
+// harmless: every member keeps, per proposer incarnation, the requests applied at or above
+// the proposer's watermark (its lowest request still waiting), built only from the log and
+// carried in snapshots ahead of the state machine's data, and skips a request it has
+// applied or that is below the watermark. So a command applies at most once, and once the
+// proposer has moved past a request it has given up on, never.
 package multiraft
