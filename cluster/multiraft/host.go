@@ -1,0 +1,781 @@
+package multiraft
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.etcd.io/raft/v3"
+	pb "go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/warrenmq/warren/persistence"
+)
+
+// MetadataGroup is the group of the cluster's replicated metadata.
+const MetadataGroup uint64 = 1
+
+// Defaults of Config.
+const (
+	DefaultTickInterval   = 100 * time.Millisecond
+	DefaultElectionTicks  = 8
+	DefaultHeartbeatTicks = 1
+	DefaultSnapshotEvery  = 10000
+)
+
+// ErrClosed is returned by calls on a closed Host or its groups.
+var ErrClosed = errors.New("multiraft: host closed")
+
+// StateMachine is the replicated state of one group (cluster metadata now, a quorum queue
+// later). Its methods are called from the host's Ready loop, one at a time.
+type StateMachine interface {
+	// Apply applies a committed command. It is called with committed entries in log order,
+	// on every member; the result goes to the proposer (Propose's return value).
+	Apply(index uint64, cmd []byte) any
+	// Snapshot returns the state as of the last applied index (for log compaction).
+	Snapshot() ([]byte, error)
+	// Restore replaces the state (a member catching up, or a restart).
+	Restore(snapshot []byte) error
+}
+
+// Config configures a Host.
+type Config struct {
+	// NodeName is this node's name; it must be a key of Peers.
+	NodeName string
+	// ListenAddr is the inter-node listener ("host:port"; port 0 picks one, see Host.Addr).
+	ListenAddr string
+	// Peers maps every member's name to its inter-node address, this node included.
+	Peers map[string]string
+	// Secret authenticates nodes to each other (HMAC challenge at connect). Required; never logged.
+	Secret []byte
+	// TLS, when set, wraps inter-node connections in TLS; it must serve both as server and
+	// client configuration (certificate, ClientCAs with RequireAndVerifyClientCert, RootCAs)
+	// for mutual TLS.
+	TLS *tls.Config
+	// DataDir holds the Raft log of every group of this node.
+	DataDir string
+	// Logger receives diagnostics; nil means slog.Default().
+	Logger *slog.Logger
+	// TickInterval is Raft's logical clock (default 100ms). ElectionTicks (default 8) and
+	// HeartbeatTicks (default 1) count in ticks: a leader is suspected after 8 to 16 ticks
+	// (raft randomizes), which keeps failover under 2 s at the default tick.
+	TickInterval                  time.Duration
+	ElectionTicks, HeartbeatTicks int
+	// SnapshotEvery is the number of applied entries after which a group snapshots its state
+	// machine and compacts its log (default 10000). That many entries are kept behind the
+	// snapshot for followers that are slightly behind.
+	SnapshotEvery uint64
+	// Join says this node joins an existing cluster: groups with no local state wait for the
+	// leader to send them the log (or a snapshot) instead of bootstrapping with Peers. Set it
+	// for a node added to a running cluster, or restarted with an empty data directory after
+	// the cluster's membership has changed since it was formed.
+	Join bool
+	// NoSync skips fsync of the Raft log (tests and benchmarks only: unsafe on power loss).
+	NoSync bool
+}
+
+// NodeID is the Raft ID of a node name: the first 8 bytes (big-endian) of
+// SHA-256("warren-node:" + name), with 0 (Raft's "none") mapped to 1. Every node computes
+// the same ID from the same name, so IDs never need to be agreed on or stored; NewHost and
+// SetPeers refuse a set of names with colliding IDs.
+func NodeID(name string) uint64 {
+	sum := sha256.Sum256([]byte("warren-node:" + name))
+	id := binary.BigEndian.Uint64(sum[:8])
+	if id == 0 {
+		id = 1
+	}
+	return id
+}
+
+// Host runs every Raft group of one node over one transport, one log store and one loop.
+type Host struct {
+	cfg  Config
+	id   uint64
+	log  *slog.Logger
+	rlog *persistence.RaftLog
+	tr   *transport
+	// incarnation tells this process's proposals from those of an earlier run of this node,
+	// whose entries may still be replayed.
+	incarnation uint64
+
+	mu     sync.Mutex
+	groups map[uint64]*Group
+	peers  map[string]string
+	names  map[uint64]string // raft ID -> node name
+	dirty  map[uint64]*Group
+	closed bool
+
+	saves atomic.Uint64 // Raft log writes (each one sync), for Stats
+
+	wake      chan struct{}
+	stop      chan struct{}
+	done      chan struct{}
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// NewHost opens the data directory, starts the listener and the loop.
+func NewHost(cfg Config) (*Host, error) {
+	if cfg.NodeName == "" {
+		return nil, errors.New("multiraft: NodeName is required")
+	}
+	if len(cfg.Secret) == 0 {
+		return nil, errors.New("multiraft: a cluster secret is required")
+	}
+	if cfg.DataDir == "" {
+		return nil, errors.New("multiraft: DataDir is required")
+	}
+	names, err := checkPeers(cfg.NodeName, cfg.Peers)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.TickInterval <= 0 {
+		cfg.TickInterval = DefaultTickInterval
+	}
+	if cfg.ElectionTicks <= 0 {
+		cfg.ElectionTicks = DefaultElectionTicks
+	}
+	if cfg.HeartbeatTicks <= 0 {
+		cfg.HeartbeatTicks = DefaultHeartbeatTicks
+	}
+	if cfg.HeartbeatTicks >= cfg.ElectionTicks {
+		return nil, fmt.Errorf("multiraft: HeartbeatTicks (%d) must be less than ElectionTicks (%d)", cfg.HeartbeatTicks, cfg.ElectionTicks)
+	}
+	if cfg.SnapshotEvery == 0 {
+		cfg.SnapshotEvery = DefaultSnapshotEvery
+	}
+	log := cfg.Logger.With("node", cfg.NodeName)
+	dir := filepath.Join(cfg.DataDir, "raft")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("multiraft: %w", err)
+	}
+	rlog, err := persistence.OpenRaftLog(dir, persistence.RaftLogOptions{Logger: log, NoSync: cfg.NoSync})
+	if err != nil {
+		return nil, fmt.Errorf("multiraft: %w", err)
+	}
+	var inc [8]byte
+	_, _ = rand.Read(inc[:])
+	h := &Host{
+		cfg: cfg, id: NodeID(cfg.NodeName), log: log, rlog: rlog,
+		incarnation: binary.BigEndian.Uint64(inc[:]),
+		groups:      make(map[uint64]*Group), peers: maps(cfg.Peers), names: names,
+		dirty: make(map[uint64]*Group),
+		wake:  make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
+	}
+	h.tr, err = newTransport(cfg.NodeName, cfg.ListenAddr, cfg.Secret, cfg.TLS, log, h)
+	if err != nil {
+		_ = rlog.Close()
+		return nil, err
+	}
+	h.tr.setPeers(cfg.Peers)
+	go h.run()
+	return h, nil
+}
+
+func maps(m map[string]string) map[string]string {
+	c := make(map[string]string, len(m))
+	for k, v := range m {
+		c[k] = v
+	}
+	return c
+}
+
+// checkPeers validates a peer set and returns its ID -> name map.
+func checkPeers(self string, peers map[string]string) (map[uint64]string, error) {
+	if _, ok := peers[self]; !ok {
+		return nil, fmt.Errorf("multiraft: peers must include this node %q", self)
+	}
+	names := make(map[uint64]string, len(peers))
+	for name := range peers {
+		if name == "" || len(name) > 255 {
+			return nil, fmt.Errorf("multiraft: bad node name %q (1 to 255 bytes)", name)
+		}
+		id := NodeID(name)
+		if other, ok := names[id]; ok {
+			return nil, fmt.Errorf("multiraft: node names %q and %q map to the same Raft ID", name, other)
+		}
+		names[id] = name
+	}
+	return names, nil
+}
+
+// Addr is the address the inter-node listener is bound to.
+func (h *Host) Addr() string { return h.tr.addr() }
+
+// Stats are a host's counters since it started.
+type Stats struct {
+	Groups           int
+	MessagesSent     uint64 // Raft messages written to peers
+	MessagesReceived uint64
+	Frames           uint64 // writes to peer connections (each carries a batch of messages)
+	LogSaves         uint64 // Raft log writes, each one sync for every group with work
+}
+
+// Stats returns the host's counters.
+func (h *Host) Stats() Stats {
+	h.mu.Lock()
+	n := len(h.groups)
+	h.mu.Unlock()
+	return Stats{Groups: n, MessagesSent: h.tr.sent.Load(), MessagesReceived: h.tr.received.Load(),
+		Frames: h.tr.frames.Load(), LogSaves: h.saves.Load()}
+}
+
+// ID is this node's Raft ID (NodeID of its name).
+func (h *Host) ID() uint64 { return h.id }
+
+// Close stops every group and the transport and closes the log. Proposals waiting get
+// ErrClosed. It does not hand leadership over: to the other nodes it looks like a crash.
+func (h *Host) Close() error {
+	h.closeOnce.Do(func() {
+		h.mu.Lock()
+		h.closed = true
+		h.mu.Unlock()
+		close(h.stop)
+		<-h.done
+		h.tr.close()
+		h.closeErr = h.rlog.Close()
+	})
+	return h.closeErr
+}
+
+// SetPeers replaces the member set (a reload of cluster.nodes): the transport connects to
+// new nodes and drops removed ones, and every group this node leads changes its Raft
+// configuration towards the new set through conf changes, one node at a time (additions
+// first), which the other groups' leaders do on their nodes when they get the same set.
+func (h *Host) SetPeers(peers map[string]string) error {
+	names, err := checkPeers(h.cfg.NodeName, peers)
+	if err != nil {
+		return err
+	}
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		return ErrClosed
+	}
+	// Removed nodes stay resolvable: messages to them still flow until the conf change.
+	for id, n := range h.names {
+		if _, ok := names[id]; !ok {
+			names[id] = n
+		}
+	}
+	h.peers, h.names = maps(peers), names
+	h.mu.Unlock()
+	h.tr.setPeers(peers)
+	h.log.Info("cluster peers changed", "peers", len(peers))
+	return nil
+}
+
+// Group starts (or, after a restart, rejoins) group id with sm as its state machine. All
+// members call it with the same id. A group with no local state bootstraps with the current
+// peers as members (unless Config.Join); a group with state restores sm from its snapshot and
+// replays the log after it.
+func (h *Host) Group(id uint64, sm StateMachine) (*Group, error) {
+	if id == 0 {
+		return nil, errors.New("multiraft: group id 0 is reserved")
+	}
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		return nil, ErrClosed
+	}
+	if _, ok := h.groups[id]; ok {
+		h.mu.Unlock()
+		return nil, fmt.Errorf("multiraft: group %d already started", id)
+	}
+	peers := make([]raft.Peer, 0, len(h.peers))
+	for name := range h.peers {
+		peers = append(peers, raft.Peer{ID: NodeID(name)})
+	}
+	h.mu.Unlock()
+	// Bootstrap entries must be identical on every member: sorted by ID.
+	sort.Slice(peers, func(i, j int) bool { return peers[i].ID < peers[j].ID })
+
+	st, err := h.rlog.Storage(id)
+	if err != nil {
+		return nil, fmt.Errorf("multiraft: group %d: %w", id, err)
+	}
+	g := &Group{h: h, id: id, sm: sm, storage: st, pending: make(map[uint64]*pendingProp), placedAt: make(map[uint64]uint64), dedupe: make(dedupeTable),
+		log: h.log.With("group", id)}
+	hs, cs, _ := st.InitialState()
+	g.confState = cs
+	if si := st.SnapshotIndex(); si > 0 {
+		snap, err := st.Snapshot()
+		if err != nil {
+			return nil, fmt.Errorf("multiraft: group %d: %w", id, err)
+		}
+		if err := g.restore(snap.GetData()); err != nil {
+			return nil, fmt.Errorf("multiraft: group %d: restore snapshot at %d: %w", id, si, err)
+		}
+		g.applied, g.snapIndex = si, si
+	}
+	rn, err := raft.NewRawNode(&raft.Config{
+		ID:                        h.id,
+		ElectionTick:              h.cfg.ElectionTicks,
+		HeartbeatTick:             h.cfg.HeartbeatTicks,
+		Storage:                   st,
+		Applied:                   g.applied,
+		MaxSizePerMsg:             1 << 20,
+		MaxInflightMsgs:           256,
+		MaxUncommittedEntriesSize: 64 << 20,
+		CheckQuorum:               true,
+		PreVote:                   true,
+		StepDownOnRemoval:         true,
+		Logger:                    raftLogger{g.log},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("multiraft: group %d: %w", id, err)
+	}
+	last, _ := st.LastIndex()
+	if last == 0 && raft.IsEmptyHardState(hs) && !h.cfg.Join {
+		if err := rn.Bootstrap(peers); err != nil {
+			return nil, fmt.Errorf("multiraft: group %d: bootstrap: %w", id, err)
+		}
+	}
+	g.rn = rn
+	h.mu.Lock()
+	if _, ok := h.groups[id]; ok || h.closed {
+		h.mu.Unlock()
+		return nil, fmt.Errorf("multiraft: group %d already started (or host closed)", id)
+	}
+	h.groups[id] = g
+	h.dirty[id] = g
+	h.mu.Unlock()
+	h.kick()
+	return g, nil
+}
+
+func (h *Host) kick() {
+	select {
+	case h.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (h *Host) markDirty(g *Group) {
+	h.mu.Lock()
+	h.dirty[g.id] = g
+	h.mu.Unlock()
+	h.kick()
+}
+
+func (h *Host) nameOf(id uint64) (string, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n, ok := h.names[id]
+	return n, ok
+}
+
+func (h *Host) group(id uint64) *Group {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.groups[id]
+}
+
+// deliver implements transportHooks: a message from a peer steps its group.
+func (h *Host) deliver(group uint64, m *pb.Message) {
+	g := h.group(group)
+	if g == nil {
+		return // not (yet) a member here; Raft retransmits
+	}
+	if m.GetType() == pb.MessageType_MsgHeartbeat {
+		// A heartbeat's commit index is at most what the leader believes this node has
+		// stored. A node restarted with an empty data directory has less, which raft treats
+		// as a corrupted log (it panics). Clamping lets the leader's next append be rejected
+		// and the node catch up from a snapshot; the entries it still has are the bootstrap
+		// entries, identical on every member, or none.
+		if last, _ := g.storage.LastIndex(); m.GetCommit() > last {
+			m.Commit = &last
+		}
+	}
+	g.mu.Lock()
+	err := g.rn.Step(m)
+	g.mu.Unlock()
+	if err != nil && !errors.Is(err, raft.ErrStepPeerNotFound) {
+		g.log.Debug("raft step", "type", m.GetType().String(), "err", err)
+	}
+	h.markDirty(g)
+}
+
+func (h *Host) unreachable(group, id uint64, snap bool) {
+	g := h.group(group)
+	if g == nil {
+		return
+	}
+	g.mu.Lock()
+	g.rn.ReportUnreachable(id)
+	if snap {
+		g.rn.ReportSnapshot(id, raft.SnapshotFailure)
+	}
+	g.mu.Unlock()
+}
+
+func (h *Host) snapshotSent(group, id uint64) {
+	if g := h.group(group); g != nil {
+		g.mu.Lock()
+		g.rn.ReportSnapshot(id, raft.SnapshotFinish)
+		g.mu.Unlock()
+	}
+}
+
+// run is the loop of every group: one ticker, and one Ready round over all groups with work,
+// persisted with one sync.
+func (h *Host) run() {
+	defer close(h.done)
+	ticker := time.NewTicker(h.cfg.TickInterval)
+	defer ticker.Stop()
+	var ticks uint64
+	for {
+		select {
+		case <-h.stop:
+			h.failPending()
+			return
+		case <-ticker.C:
+			ticks++
+			h.tickAll(ticks%uint64(h.cfg.ElectionTicks) == 0)
+		case <-h.wake:
+		}
+		if err := h.ready(); err != nil {
+			// The log cannot be written: Raft's promises no longer hold on this node. Stop
+			// taking part rather than acknowledge what is not on disk.
+			h.log.Error("raft log write failed; this node stops serving its groups", "err", err)
+			<-h.stop
+			h.failPending()
+			return
+		}
+	}
+}
+
+func (h *Host) failPending() {
+	h.mu.Lock()
+	gs := make([]*Group, 0, len(h.groups))
+	for _, g := range h.groups {
+		gs = append(gs, g)
+	}
+	h.mu.Unlock()
+	for _, g := range gs {
+		g.pmu.Lock()
+		g.stopped = true
+		g.pmu.Unlock()
+	}
+}
+
+func (h *Host) tickAll(reconcile bool) {
+	h.mu.Lock()
+	gs := make([]*Group, 0, len(h.groups))
+	for _, g := range h.groups {
+		gs = append(gs, g)
+		h.dirty[g.id] = g
+	}
+	var desired []uint64
+	if reconcile {
+		for name := range h.peers {
+			desired = append(desired, NodeID(name))
+		}
+	}
+	h.mu.Unlock()
+	for _, g := range gs {
+		g.mu.Lock()
+		g.rn.Tick()
+		if reconcile {
+			g.reconcile(desired)
+		}
+		g.mu.Unlock()
+	}
+}
+
+type readyWork struct {
+	g  *Group
+	rd raft.Ready
+}
+
+func (h *Host) ready() error {
+	h.mu.Lock()
+	if len(h.dirty) == 0 {
+		h.mu.Unlock()
+		return nil
+	}
+	dirty := h.dirty
+	h.dirty = make(map[uint64]*Group, len(dirty))
+	h.mu.Unlock()
+
+	var work []readyWork
+	var updates []persistence.RaftUpdate
+	mustSync := false
+	for _, g := range dirty {
+		g.mu.Lock()
+		if g.rn.HasReady() {
+			rd := g.rn.Ready()
+			work = append(work, readyWork{g, rd})
+			if !raft.IsEmptySnap(rd.Snapshot) || len(rd.Entries) > 0 || !raft.IsEmptyHardState(rd.HardState) {
+				updates = append(updates, persistence.RaftUpdate{Group: g.id, Snapshot: rd.Snapshot, Entries: rd.Entries, HardState: rd.HardState})
+				mustSync = mustSync || rd.MustSync || !raft.IsEmptySnap(rd.Snapshot)
+			}
+		}
+		g.mu.Unlock()
+	}
+	if len(work) == 0 {
+		return nil
+	}
+	if len(updates) > 0 {
+		if err := h.rlog.Save(updates, mustSync); err != nil {
+			return err
+		}
+		h.saves.Add(1)
+	}
+	// Messages leave only once what they acknowledge is on disk.
+	out := make(map[uint64][]outMsg)
+	for _, w := range work {
+		for _, m := range w.rd.Messages {
+			out[m.GetTo()] = append(out[m.GetTo()], outMsg{group: w.g.id, msg: m})
+		}
+	}
+	for to, ms := range out {
+		name, ok := h.nameOf(to)
+		if !ok {
+			for _, m := range ms {
+				h.unreachable(m.group, to, m.msg.GetType() == pb.MessageType_MsgSnap)
+			}
+			continue
+		}
+		h.tr.send(name, ms)
+	}
+	for _, w := range work {
+		w.g.notePlaced(w.rd.Entries)
+		w.g.apply(w.rd)
+		w.g.mu.Lock()
+		w.g.rn.Advance(w.rd)
+		more := w.g.rn.HasReady()
+		w.g.mu.Unlock()
+		if more {
+			h.markDirty(w.g)
+		}
+	}
+	return nil
+}
+
+// Group is one Raft group on this host.
+type Group struct {
+	h       *Host
+	id      uint64
+	sm      StateMachine
+	storage *persistence.RaftStorage
+	log     *slog.Logger
+
+	mu sync.Mutex // guards rn
+	rn *raft.RawNode
+
+	// Owned by the loop goroutine (and Group before it starts).
+	confState          *pb.ConfState
+	snapIndex          uint64
+	lastConfChange     time.Time
+	lastConfChangeFrom *pb.ConfState
+
+	appliedIndex atomic.Uint64
+	applied      uint64
+
+	// placedAt maps log indices to this incarnation's proposals seen at them in Ready.Entries
+	// (loop goroutine only): when another entry is applied at such an index, the proposal was
+	// overwritten in a leader change and can never apply.
+	placedAt map[uint64]uint64
+
+	// dedupe holds, per proposer incarnation, which in-flight requests were applied, so that
+	// a proposal sent twice applies once (loop goroutine only; carried in snapshots).
+	dedupe dedupeTable
+
+	pmu     sync.Mutex // guards pending, stopped
+	pending map[uint64]*pendingProp
+	stopped bool
+	nextReq atomic.Uint64
+}
+
+// ID is the group's id.
+func (g *Group) ID() uint64 { return g.id }
+
+// reconcile (leader only, g.mu held) proposes one conf change towards the desired voters.
+func (g *Group) reconcile(desired []uint64) {
+	if g.rn.BasicStatus().RaftState != raft.StateLeader || len(desired) == 0 {
+		return
+	}
+	cs := g.confState
+	if len(cs.GetVotersOutgoing()) > 0 {
+		return // joint configuration: raft leaves it by itself
+	}
+	// One change in flight: wait until it applied (confState changes) or 5 s passed.
+	if g.lastConfChangeFrom != nil && proto.Equal(g.lastConfChangeFrom, cs) && time.Since(g.lastConfChange) < 5*time.Second {
+		return
+	}
+	voters := cs.GetVoters()
+	var cc *pb.ConfChange
+	for _, id := range desired {
+		if !slices.Contains(voters, id) {
+			cc = &pb.ConfChange{Type: pb.ConfChangeType_ConfChangeAddNode.Enum(), NodeId: &id}
+			break
+		}
+	}
+	if cc == nil {
+		for _, id := range voters {
+			if !slices.Contains(desired, id) {
+				cc = &pb.ConfChange{Type: pb.ConfChangeType_ConfChangeRemoveNode.Enum(), NodeId: &id}
+				break
+			}
+		}
+	}
+	if cc == nil {
+		return
+	}
+	if err := g.rn.ProposeConfChange(cc); err != nil {
+		g.log.Debug("conf change not proposed", "change", cc.GetType().String(), "node", cc.GetNodeId(), "err", err)
+		return
+	}
+	g.log.Info("raft membership change proposed", "change", cc.GetType().String(), "node", cc.GetNodeId())
+	g.lastConfChange, g.lastConfChangeFrom = time.Now(), proto.Clone(cs).(*pb.ConfState)
+}
+
+// apply applies a Ready's snapshot and committed entries (loop goroutine).
+func (g *Group) apply(rd raft.Ready) {
+	if !raft.IsEmptySnap(rd.Snapshot) {
+		md := rd.Snapshot.GetMetadata()
+		// Whatever was placed at or below the snapshot and not yet applied here is either in
+		// the snapshot's state or was overwritten; the result cannot be told, so the callers
+		// wait for their context.
+		for idx := range g.placedAt {
+			if idx <= md.GetIndex() {
+				delete(g.placedAt, idx)
+			}
+		}
+		if err := g.restore(rd.Snapshot.GetData()); err != nil {
+			// The state machine cannot take the leader's state: nothing after it can be applied.
+			g.log.Error("restore of a snapshot from the leader failed", "index", md.GetIndex(), "err", err)
+		}
+		g.confState = pb.EnsureConfState(md.GetConfState())
+		g.applied, g.snapIndex = md.GetIndex(), md.GetIndex()
+		g.appliedIndex.Store(g.applied)
+	}
+	for _, e := range rd.CommittedEntries {
+		idx := e.GetIndex()
+		if idx <= g.applied {
+			continue
+		}
+		if req, ok := g.placedAt[idx]; ok {
+			delete(g.placedAt, idx)
+			ph, isProp := parseHeader(e.GetData())
+			if e.GetType() != pb.EntryType_EntryNormal || !isProp || ph.proposer != g.h.id || ph.inc != g.h.incarnation || ph.req != req {
+				g.finish(req, proposalResult{lost: true})
+			}
+		}
+		switch e.GetType() {
+		case pb.EntryType_EntryNormal:
+			d := e.GetData()
+			if len(d) == 0 {
+				break // a new leader's empty entry
+			}
+			ph, ok := parseHeader(d)
+			if !ok {
+				g.log.Error("malformed raft entry skipped", "index", idx)
+				break
+			}
+			if !g.dedupe.admit(ph, idx) {
+				break // a second copy of a proposal already applied (or given up)
+			}
+			res := g.sm.Apply(idx, d[proposalHeader:])
+			if ph.proposer == g.h.id && ph.inc == g.h.incarnation {
+				g.finish(ph.req, proposalResult{v: res})
+			}
+		case pb.EntryType_EntryConfChange:
+			var cc pb.ConfChange
+			if err := proto.Unmarshal(e.GetData(), &cc); err != nil {
+				g.log.Error("malformed conf change", "index", idx, "err", err)
+				break
+			}
+			g.mu.Lock()
+			g.confState = g.rn.ApplyConfChange(&cc)
+			g.mu.Unlock()
+		case pb.EntryType_EntryConfChangeV2:
+			var cc pb.ConfChangeV2
+			if err := proto.Unmarshal(e.GetData(), &cc); err != nil {
+				g.log.Error("malformed conf change", "index", idx, "err", err)
+				break
+			}
+			g.mu.Lock()
+			g.confState = g.rn.ApplyConfChange(&cc)
+			g.mu.Unlock()
+		}
+		g.applied = idx
+		g.appliedIndex.Store(idx)
+	}
+	every := g.h.cfg.SnapshotEvery
+	if g.applied-g.snapIndex >= every {
+		data, err := g.snapshot()
+		if err != nil {
+			g.log.Error("state machine snapshot failed", "index", g.applied, "err", err)
+			return
+		}
+		if err := g.storage.CreateSnapshot(g.applied, g.confState, data, every); err != nil {
+			g.log.Error("raft snapshot failed", "index", g.applied, "err", err)
+			return
+		}
+		g.snapIndex = g.applied
+	}
+}
+
+// Leader is the current leader's node name, if one is known.
+func (g *Group) Leader() (node string, ok bool) {
+	g.mu.Lock()
+	lead := g.rn.BasicStatus().Lead
+	g.mu.Unlock()
+	if lead == raft.None {
+		return "", false
+	}
+	return g.h.nameOf(lead)
+}
+
+// GroupStatus is a group's Raft state as seen by this node.
+type GroupStatus struct {
+	Group   uint64
+	Node    string // this node
+	State   string // StateFollower, StateCandidate, StateLeader, StatePreCandidate
+	Leader  string // "" when none is known
+	Term    uint64
+	Commit  uint64
+	Applied uint64
+	Members []string // voters, sorted (unknown IDs as hex)
+}
+
+// Status reports the group's term, indices, leader and members.
+func (g *Group) Status() GroupStatus {
+	g.mu.Lock()
+	bs := g.rn.BasicStatus()
+	var voters []uint64
+	for id := range g.rn.Status().Config.Voters.IDs() {
+		voters = append(voters, id)
+	}
+	g.mu.Unlock()
+	st := GroupStatus{Group: g.id, Node: g.h.cfg.NodeName, State: bs.RaftState.String(),
+		Term: bs.HardState.GetTerm(), Commit: bs.HardState.GetCommit(), Applied: g.appliedIndex.Load()}
+	if bs.Lead != raft.None {
+		st.Leader, _ = g.h.nameOf(bs.Lead)
+	}
+	for _, id := range voters {
+		n, ok := g.h.nameOf(id)
+		if !ok {
+			n = fmt.Sprintf("%016x", id)
+		}
+		st.Members = append(st.Members, n)
+	}
+	sort.Strings(st.Members)
+	return st
+}

@@ -1,0 +1,626 @@
+package persistence
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/dgraph-io/badger/v4/options"
+	"go.etcd.io/raft/v3"
+	pb "go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/protobuf/proto"
+)
+
+// The Raft log lives in its own badger database (RaftLog), not in the broker's Store: its
+// writes are small and frequent, come from one Ready loop rather than the journal, and must
+// be synced before Raft messages leave the node. One database holds every group of a node
+// (multi-Raft), so a Ready round of many groups costs one sync.
+//
+// Raft log key layout (all integers big-endian, so a group's entries sort by index):
+//
+//	'e' group(8) index(8) -> raftpb.Entry
+//	'h' group(8)          -> raftpb.HardState
+//	's' group(8)          -> raftpb.Snapshot (metadata and state machine data)
+//	't' group(8)          -> truncated index(8) term(8): entries up to it are compacted
+const (
+	rlEntry     = 'e'
+	rlHardState = 'h'
+	rlSnapshot  = 's'
+	rlTrunc     = 't'
+)
+
+// RaftLogOptions configures OpenRaftLog.
+type RaftLogOptions struct {
+	// Logger receives badger diagnostics; nil means slog.Default().
+	Logger *slog.Logger
+	// InMemory keeps everything in memory (tests): nothing survives Close.
+	InMemory bool
+	// NoSync skips the fsync after each Save (tests and benchmarks only: a crash may lose
+	// entries this node acknowledged, which Raft's safety argument does not allow).
+	NoSync bool
+}
+
+// RaftLog is the durable Raft state of every Raft group of one node: entries, hard state,
+// snapshot and compaction point per group, in one badger database. Storage returns the
+// raft.Storage of one group; Save persists the output of a Ready round of many groups at once.
+type RaftLog struct {
+	db     *badger.DB
+	log    *slog.Logger
+	noSync bool
+
+	mu     sync.Mutex
+	groups map[uint64]*RaftStorage
+}
+
+// OpenRaftLog opens (creating if needed) the Raft log database in dir.
+func OpenRaftLog(dir string, opts RaftLogOptions) (*RaftLog, error) {
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	bo := badger.DefaultOptions(dir).
+		WithInMemory(opts.InMemory).
+		// Syncs are explicit (Save's sync argument): a round that only moves commit indices
+		// needs no fsync. Every synced write is followed by db.Sync before the next write, so
+		// it is in the active memtable's WAL when that is synced.
+		WithSyncWrites(false).
+		WithLogger(badgerLogger{log}).
+		WithLoggingLevel(badger.WARNING).
+		WithDetectConflicts(false).
+		WithMetricsEnabled(false).
+		WithNumVersionsToKeep(1).
+		// The log is small (it is compacted behind snapshots): small memtables and caches keep
+		// an idle node's footprint low.
+		WithMemTableSize(8 << 20).
+		WithNumMemtables(2).
+		WithValueThreshold(1 << 10).
+		WithCompression(options.None).
+		WithValueLogFileSize(64 << 20).
+		WithBlockCacheSize(4 << 20).
+		WithIndexCacheSize(2 << 20).
+		WithNumCompactors(2)
+	if opts.InMemory {
+		bo = bo.WithDir("").WithValueDir("")
+	}
+	db, err := badger.Open(bo)
+	if err != nil {
+		return nil, fmt.Errorf("persistence: open raft log %s: %w", dirName(dir), err)
+	}
+	return &RaftLog{db: db, log: log, noSync: opts.NoSync, groups: make(map[uint64]*RaftStorage)}, nil
+}
+
+// Close syncs and closes the database. Storages of the log must not be used afterwards.
+func (l *RaftLog) Close() error {
+	if err := l.sync(); err != nil {
+		_ = l.db.Close()
+		return fmt.Errorf("persistence: close raft log: %w", err)
+	}
+	if err := l.db.Close(); err != nil {
+		return fmt.Errorf("persistence: close raft log: %w", err)
+	}
+	return nil
+}
+
+func rlKey(kind byte, group uint64) []byte {
+	k := make([]byte, 9, 17)
+	k[0] = kind
+	binary.BigEndian.PutUint64(k[1:], group)
+	return k
+}
+
+func rlEntryKey(group, index uint64) []byte {
+	return binary.BigEndian.AppendUint64(rlKey(rlEntry, group), index)
+}
+
+// Storage returns the raft.Storage of group, loading its state on first use. Every call for
+// the same group returns the same value.
+func (l *RaftLog) Storage(group uint64) (*RaftStorage, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if s, ok := l.groups[group]; ok {
+		return s, nil
+	}
+	s := &RaftStorage{log: l, group: group, hs: &pb.HardState{}, snapMeta: &pb.SnapshotMetadata{ConfState: &pb.ConfState{}}}
+	err := l.db.View(func(txn *badger.Txn) error {
+		if err := getProto(txn, rlKey(rlHardState, group), s.hs); err != nil {
+			return err
+		}
+		var snap pb.Snapshot
+		if err := getProto(txn, rlKey(rlSnapshot, group), &snap); err != nil {
+			return err
+		}
+		if snap.Metadata != nil {
+			s.snapMeta = pb.EnsureSnapshotMetadata(snap.Metadata)
+		}
+		item, err := txn.Get(rlKey(rlTrunc, group))
+		switch {
+		case errors.Is(err, badger.ErrKeyNotFound):
+		case err != nil:
+			return err
+		default:
+			v, err := item.ValueCopy(nil)
+			if err != nil {
+				return err
+			}
+			if len(v) != 16 {
+				return fmt.Errorf("truncation record of group %d: %w", group, errCorrupt)
+			}
+			s.truncIndex, s.truncTerm = binary.BigEndian.Uint64(v), binary.BigEndian.Uint64(v[8:])
+		}
+		s.lastIndex, s.lastTerm = s.truncIndex, s.truncTerm
+		// The last entry: seek backwards from the largest possible key of the group.
+		opt := badger.DefaultIteratorOptions
+		opt.Reverse = true
+		opt.Prefix = rlKey(rlEntry, group)
+		it := txn.NewIterator(opt)
+		defer it.Close()
+		it.Seek(rlEntryKey(group, ^uint64(0)))
+		if it.ValidForPrefix(opt.Prefix) {
+			var e pb.Entry
+			if err := it.Item().Value(func(v []byte) error { return proto.Unmarshal(v, &e) }); err != nil {
+				return err
+			}
+			if e.GetIndex() > s.lastIndex {
+				s.lastIndex, s.lastTerm = e.GetIndex(), e.GetTerm()
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("persistence: load raft group %d: %w", group, err)
+	}
+	l.groups[group] = s
+	return s, nil
+}
+
+// DropGroup deletes everything stored for group (a group this node no longer serves).
+func (l *RaftLog) DropGroup(group uint64) error {
+	l.mu.Lock()
+	delete(l.groups, group)
+	l.mu.Unlock()
+	for _, kind := range []byte{rlEntry, rlHardState, rlSnapshot, rlTrunc} {
+		if err := l.db.DropPrefix(rlKey(kind, group)); err != nil {
+			return fmt.Errorf("persistence: drop raft group %d: %w", group, err)
+		}
+	}
+	return nil
+}
+
+func getProto(txn *badger.Txn, key []byte, m proto.Message) error {
+	item, err := txn.Get(key)
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return item.Value(func(v []byte) error { return proto.Unmarshal(v, m) })
+}
+
+// RaftUpdate is what one group's Ready asks to persist: a snapshot received from the leader
+// (applied first), new entries (replacing any conflicting suffix), and the hard state.
+type RaftUpdate struct {
+	Group     uint64
+	Snapshot  *pb.Snapshot // nil or empty: none
+	Entries   []*pb.Entry
+	HardState *pb.HardState // nil or empty: unchanged
+}
+
+// rlWriter applies a sequence of writes in as few transactions as badger allows, in order:
+// when a transaction is full it is committed and a new one started, so a crash can leave a
+// prefix of the writes but never a later write without an earlier one.
+type rlWriter struct {
+	db  *badger.DB
+	txn *badger.Txn
+	n   int
+}
+
+func (w *rlWriter) op(f func(*badger.Txn) error) error {
+	if w.txn == nil {
+		w.txn = w.db.NewTransaction(true)
+	}
+	err := f(w.txn)
+	if errors.Is(err, badger.ErrTxnTooBig) {
+		if err := w.txn.Commit(); err != nil {
+			return err
+		}
+		w.txn = w.db.NewTransaction(true)
+		err = f(w.txn)
+	}
+	w.n++
+	return err
+}
+
+func (w *rlWriter) set(k, v []byte) error {
+	return w.op(func(t *badger.Txn) error { return t.Set(k, v) })
+}
+
+func (w *rlWriter) del(k []byte) error {
+	return w.op(func(t *badger.Txn) error { return t.Delete(k) })
+}
+
+func (w *rlWriter) commit() error {
+	if w.txn == nil {
+		return nil
+	}
+	err := w.txn.Commit()
+	w.txn = nil
+	return err
+}
+
+func (w *rlWriter) discard() {
+	if w.txn != nil {
+		w.txn.Discard()
+	}
+}
+
+func (l *RaftLog) sync() error {
+	if l.noSync {
+		return nil
+	}
+	return l.db.Sync()
+}
+
+// Save persists the updates of several groups, in one badger transaction when they fit, and
+// then syncs if sync is set (raft's Ready.MustSync of any of them: new entries, term or vote;
+// a round that only advances commit indices may skip it, since a lost commit index is
+// learnt again from the leader). When Save returns, raft may be told the entries are stable
+// and messages may be sent.
+func (l *RaftLog) Save(updates []RaftUpdate, sync bool) error {
+	type after struct {
+		s                    *RaftStorage
+		snap                 *pb.SnapshotMetadata
+		hs                   *pb.HardState
+		lastIndex, lastTerm  uint64
+		truncIndex, truncTrm uint64
+	}
+	w := &rlWriter{db: l.db}
+	defer w.discard()
+	results := make([]*after, 0, len(updates))
+	pending := make(map[uint64]*after, len(updates)) // a group may appear more than once
+	for _, u := range updates {
+		a := pending[u.Group]
+		if a == nil {
+			s, err := l.Storage(u.Group)
+			if err != nil {
+				return err
+			}
+			s.mu.Lock()
+			a = &after{s: s, lastIndex: s.lastIndex, lastTerm: s.lastTerm, truncIndex: s.truncIndex, truncTrm: s.truncTerm}
+			s.mu.Unlock()
+			pending[u.Group] = a
+			results = append(results, a)
+		}
+		first := a.truncIndex + 1
+		if u.Snapshot != nil && !raft.IsEmptySnap(u.Snapshot) {
+			// Raft's ApplySnapshot: the snapshot replaces the whole log.
+			md := pb.EnsureSnapshotMetadata(u.Snapshot.Metadata)
+			for i := first; i <= a.lastIndex; i++ {
+				if err := w.del(rlEntryKey(u.Group, i)); err != nil {
+					return fmt.Errorf("persistence: raft group %d: %w", u.Group, err)
+				}
+			}
+			b, err := proto.Marshal(u.Snapshot)
+			if err != nil {
+				return fmt.Errorf("persistence: raft group %d: encode snapshot: %w", u.Group, err)
+			}
+			if err := w.set(rlKey(rlSnapshot, u.Group), b); err != nil {
+				return fmt.Errorf("persistence: raft group %d: %w", u.Group, err)
+			}
+			a.truncIndex, a.truncTrm = md.GetIndex(), md.GetTerm()
+			if err := w.set(rlKey(rlTrunc, u.Group), truncValue(a.truncIndex, a.truncTrm)); err != nil {
+				return fmt.Errorf("persistence: raft group %d: %w", u.Group, err)
+			}
+			a.lastIndex, a.lastTerm = a.truncIndex, a.truncTrm
+			a.snap = md
+			first = a.truncIndex + 1
+		}
+		if n := len(u.Entries); n > 0 {
+			lo := u.Entries[0].GetIndex()
+			if lo < first {
+				return fmt.Errorf("persistence: raft group %d: append at %d below first index %d", u.Group, lo, first)
+			}
+			if lo > a.lastIndex+1 {
+				return fmt.Errorf("persistence: raft group %d: append at %d leaves a gap after %d", u.Group, lo, a.lastIndex)
+			}
+			for _, e := range u.Entries {
+				b, err := proto.Marshal(e)
+				if err != nil {
+					return fmt.Errorf("persistence: raft group %d: encode entry: %w", u.Group, err)
+				}
+				if err := w.set(rlEntryKey(u.Group, e.GetIndex()), b); err != nil {
+					return fmt.Errorf("persistence: raft group %d: %w", u.Group, err)
+				}
+			}
+			last := u.Entries[n-1]
+			// A new suffix replaces a conflicting one: entries past it are gone.
+			for i := last.GetIndex() + 1; i <= a.lastIndex; i++ {
+				if err := w.del(rlEntryKey(u.Group, i)); err != nil {
+					return fmt.Errorf("persistence: raft group %d: %w", u.Group, err)
+				}
+			}
+			a.lastIndex, a.lastTerm = last.GetIndex(), last.GetTerm()
+		}
+		if u.HardState != nil && !raft.IsEmptyHardState(u.HardState) {
+			b, err := proto.Marshal(u.HardState)
+			if err != nil {
+				return fmt.Errorf("persistence: raft group %d: encode hard state: %w", u.Group, err)
+			}
+			if err := w.set(rlKey(rlHardState, u.Group), b); err != nil {
+				return fmt.Errorf("persistence: raft group %d: %w", u.Group, err)
+			}
+			a.hs = proto.Clone(u.HardState).(*pb.HardState)
+		}
+	}
+	if err := w.commit(); err != nil {
+		return fmt.Errorf("persistence: save raft state: %w", err)
+	}
+	if sync {
+		if err := l.sync(); err != nil {
+			return fmt.Errorf("persistence: sync raft log: %w", err)
+		}
+	}
+	for _, a := range results {
+		s := a.s
+		s.mu.Lock()
+		if a.snap != nil {
+			s.snapMeta = a.snap
+		}
+		if a.hs != nil {
+			s.hs = a.hs
+		}
+		s.lastIndex, s.lastTerm = a.lastIndex, a.lastTerm
+		s.truncIndex, s.truncTerm = a.truncIndex, a.truncTrm
+		s.mu.Unlock()
+	}
+	return nil
+}
+
+func truncValue(index, term uint64) []byte {
+	v := binary.BigEndian.AppendUint64(nil, index)
+	return binary.BigEndian.AppendUint64(v, term)
+}
+
+// RaftStorage is the raft.Storage of one group in a RaftLog. Its methods are safe for
+// concurrent use; writes go through RaftLog.Save, CreateSnapshot and Compact, which for one
+// group must be called from one goroutine at a time (the Ready loop).
+type RaftStorage struct {
+	log   *RaftLog
+	group uint64
+
+	mu                    sync.Mutex
+	hs                    *pb.HardState
+	snapMeta              *pb.SnapshotMetadata // of the stored snapshot; index 0: none
+	truncIndex, truncTerm uint64               // entries up to truncIndex are compacted
+	lastIndex, lastTerm   uint64
+}
+
+var _ raft.Storage = (*RaftStorage)(nil)
+
+// InitialState implements raft.Storage. The configuration is the snapshot's: entries after
+// it (conf changes included) are applied again by the application at restart.
+func (s *RaftStorage) InitialState() (*pb.HardState, *pb.ConfState, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return proto.Clone(s.hs).(*pb.HardState), proto.Clone(pb.EnsureConfState(s.snapMeta.ConfState)).(*pb.ConfState), nil
+}
+
+// Entries implements raft.Storage.
+func (s *RaftStorage) Entries(lo, hi, maxSize uint64) ([]*pb.Entry, error) {
+	s.mu.Lock()
+	trunc, last := s.truncIndex, s.lastIndex
+	s.mu.Unlock()
+	if lo <= trunc {
+		return nil, raft.ErrCompacted
+	}
+	if hi > last+1 {
+		return nil, fmt.Errorf("persistence: raft group %d: entries [%d,%d) beyond last index %d: %w", s.group, lo, hi, last, raft.ErrUnavailable)
+	}
+	if lo >= hi {
+		return nil, nil
+	}
+	var ents []*pb.Entry
+	var size uint64
+	err := s.log.db.View(func(txn *badger.Txn) error {
+		opt := badger.DefaultIteratorOptions
+		opt.Prefix = rlKey(rlEntry, s.group)
+		opt.PrefetchValues = false
+		it := txn.NewIterator(opt)
+		defer it.Close()
+		next := lo
+		for it.Seek(rlEntryKey(s.group, lo)); it.ValidForPrefix(opt.Prefix) && next < hi; it.Next() {
+			e := &pb.Entry{}
+			if err := it.Item().Value(func(v []byte) error { return proto.Unmarshal(v, e) }); err != nil {
+				return err
+			}
+			if e.GetIndex() != next {
+				return raft.ErrUnavailable
+			}
+			size += uint64(proto.Size(e))
+			if len(ents) > 0 && size > maxSize {
+				break
+			}
+			ents = append(ents, e)
+			next++
+		}
+		if len(ents) == 0 {
+			return raft.ErrUnavailable
+		}
+		return nil
+	})
+	if err != nil {
+		if errors.Is(err, raft.ErrUnavailable) {
+			// Compacted meanwhile?
+			s.mu.Lock()
+			trunc = s.truncIndex
+			s.mu.Unlock()
+			if lo <= trunc {
+				return nil, raft.ErrCompacted
+			}
+			return nil, raft.ErrUnavailable
+		}
+		return nil, fmt.Errorf("persistence: raft group %d: read entries: %w", s.group, err)
+	}
+	return ents, nil
+}
+
+// Term implements raft.Storage.
+func (s *RaftStorage) Term(i uint64) (uint64, error) {
+	s.mu.Lock()
+	trunc, truncTerm, last, lastTerm := s.truncIndex, s.truncTerm, s.lastIndex, s.lastTerm
+	s.mu.Unlock()
+	switch {
+	case i == trunc:
+		return truncTerm, nil
+	case i < trunc:
+		return 0, raft.ErrCompacted
+	case i > last:
+		return 0, raft.ErrUnavailable
+	case i == last:
+		return lastTerm, nil
+	}
+	var e pb.Entry
+	err := s.log.db.View(func(txn *badger.Txn) error {
+		item, err := txn.Get(rlEntryKey(s.group, i))
+		if err != nil {
+			return err
+		}
+		return item.Value(func(v []byte) error { return proto.Unmarshal(v, &e) })
+	})
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if i <= s.truncIndex {
+			return 0, raft.ErrCompacted
+		}
+		return 0, raft.ErrUnavailable
+	}
+	if err != nil {
+		return 0, fmt.Errorf("persistence: raft group %d: read term %d: %w", s.group, i, err)
+	}
+	return e.GetTerm(), nil
+}
+
+// LastIndex implements raft.Storage.
+func (s *RaftStorage) LastIndex() (uint64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lastIndex, nil
+}
+
+// FirstIndex implements raft.Storage.
+func (s *RaftStorage) FirstIndex() (uint64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.truncIndex + 1, nil
+}
+
+// Snapshot implements raft.Storage: the latest snapshot, read from disk (it may be large,
+// so it is not kept in memory).
+func (s *RaftStorage) Snapshot() (*pb.Snapshot, error) {
+	snap := &pb.Snapshot{}
+	err := s.log.db.View(func(txn *badger.Txn) error {
+		return getProto(txn, rlKey(rlSnapshot, s.group), snap)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("persistence: raft group %d: read snapshot: %w", s.group, err)
+	}
+	return pb.EnsureSnapshot(snap), nil
+}
+
+// SnapshotIndex is the index of the stored snapshot (0: none).
+func (s *RaftStorage) SnapshotIndex() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.snapMeta.GetIndex()
+}
+
+// CreateSnapshot stores a snapshot of the state machine as of applied index i, with the
+// configuration cs in force at i, and then compacts the log up to i-keep (entries kept
+// behind the snapshot let a follower that is a little behind catch up without it).
+func (s *RaftStorage) CreateSnapshot(i uint64, cs *pb.ConfState, data []byte, keep uint64) error {
+	term, err := s.Term(i)
+	if err != nil {
+		return fmt.Errorf("persistence: raft group %d: snapshot at %d: %w", s.group, i, err)
+	}
+	s.mu.Lock()
+	old := s.snapMeta.GetIndex()
+	s.mu.Unlock()
+	if i <= old {
+		return raft.ErrSnapOutOfDate
+	}
+	md := &pb.SnapshotMetadata{Index: &i, Term: &term, ConfState: proto.Clone(pb.EnsureConfState(cs)).(*pb.ConfState)}
+	b, err := proto.Marshal(&pb.Snapshot{Metadata: md, Data: data})
+	if err != nil {
+		return fmt.Errorf("persistence: raft group %d: encode snapshot: %w", s.group, err)
+	}
+	// The hard state goes with it: its commit index (at least i) may have been saved without
+	// a sync, and a restart from this snapshot needs commit >= the snapshot's index.
+	s.mu.Lock()
+	hs, err := proto.Marshal(s.hs)
+	s.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("persistence: raft group %d: encode hard state: %w", s.group, err)
+	}
+	err = s.log.db.Update(func(txn *badger.Txn) error {
+		if err := txn.Set(rlKey(rlSnapshot, s.group), b); err != nil {
+			return err
+		}
+		return txn.Set(rlKey(rlHardState, s.group), hs)
+	})
+	if err == nil {
+		err = s.log.sync()
+	}
+	if err != nil {
+		return fmt.Errorf("persistence: raft group %d: write snapshot: %w", s.group, err)
+	}
+	s.mu.Lock()
+	s.snapMeta = md
+	s.mu.Unlock()
+	if i > keep {
+		return s.Compact(i - keep)
+	}
+	return nil
+}
+
+// Compact discards the entries up to and including index (never beyond the snapshot, whose
+// state is what replaces them).
+func (s *RaftStorage) Compact(index uint64) error {
+	s.mu.Lock()
+	trunc, snapIndex := s.truncIndex, s.snapMeta.GetIndex()
+	s.mu.Unlock()
+	if index > snapIndex {
+		index = snapIndex
+	}
+	if index <= trunc {
+		return nil
+	}
+	term, err := s.Term(index)
+	if err != nil {
+		return fmt.Errorf("persistence: raft group %d: compact to %d: %w", s.group, index, err)
+	}
+	w := &rlWriter{db: s.log.db}
+	defer w.discard()
+	// The truncation record first: a crash after it and before the deletions leaves entries
+	// below the first index, which are never read.
+	if err := w.set(rlKey(rlTrunc, s.group), truncValue(index, term)); err != nil {
+		return fmt.Errorf("persistence: raft group %d: compact: %w", s.group, err)
+	}
+	for i := trunc + 1; i <= index; i++ {
+		if err := w.del(rlEntryKey(s.group, i)); err != nil {
+			return fmt.Errorf("persistence: raft group %d: compact: %w", s.group, err)
+		}
+	}
+	if err := w.commit(); err != nil {
+		return fmt.Errorf("persistence: raft group %d: compact: %w", s.group, err)
+	}
+	s.mu.Lock()
+	if index > s.truncIndex {
+		s.truncIndex, s.truncTerm = index, term
+	}
+	s.mu.Unlock()
+	return nil
+}

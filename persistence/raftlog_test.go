@@ -1,0 +1,251 @@
+package persistence
+
+import (
+	"errors"
+	"testing"
+
+	"go.etcd.io/raft/v3"
+	pb "go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/protobuf/proto"
+)
+
+func rent(index, term uint64) *pb.Entry {
+	return &pb.Entry{Index: &index, Term: &term, Data: []byte{byte(index), byte(term)}}
+}
+
+func rents(lo, hi, term uint64) []*pb.Entry {
+	var es []*pb.Entry
+	for i := lo; i <= hi; i++ {
+		es = append(es, rent(i, term))
+	}
+	return es
+}
+
+func hardState(term, vote, commit uint64) *pb.HardState {
+	return &pb.HardState{Term: &term, Vote: &vote, Commit: &commit}
+}
+
+func openRaftLogT(t *testing.T, dir string) *RaftLog {
+	t.Helper()
+	l, err := OpenRaftLog(dir, RaftLogOptions{Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// indexTerms reads [first, last] back and returns index->term, failing on any gap.
+func indexTerms(t *testing.T, s *RaftStorage) map[uint64]uint64 {
+	t.Helper()
+	first, _ := s.FirstIndex()
+	last, _ := s.LastIndex()
+	got := map[uint64]uint64{}
+	if last < first {
+		return got
+	}
+	es, err := s.Entries(first, last+1, ^uint64(0))
+	if err != nil {
+		t.Fatalf("Entries(%d,%d): %v", first, last+1, err)
+	}
+	for _, e := range es {
+		got[e.GetIndex()] = e.GetTerm()
+	}
+	if uint64(len(es)) != last-first+1 {
+		t.Fatalf("Entries(%d,%d) returned %d entries", first, last+1, len(es))
+	}
+	return got
+}
+
+// The storage keeps Raft's log invariants through appends, conflicting suffixes, snapshots
+// from a leader and local compaction, and a reopened log reads back the same.
+func TestRaftLogStorage(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name      string
+		updates   [][]RaftUpdate
+		snapshot  uint64 // CreateSnapshot at this index after the updates (0: none)
+		keep      uint64
+		first     uint64
+		last      uint64
+		terms     map[uint64]uint64 // expected term of chosen indices
+		compacted []uint64          // Term of these must be ErrCompacted
+		hs        *pb.HardState
+	}{
+		{
+			name:    "append",
+			updates: [][]RaftUpdate{{{Group: 1, Entries: rents(1, 5, 1), HardState: hardState(1, 2, 3)}}},
+			first:   1, last: 5, terms: map[uint64]uint64{1: 1, 5: 1}, hs: hardState(1, 2, 3),
+		},
+		{
+			name: "conflicting suffix replaced and truncated",
+			updates: [][]RaftUpdate{
+				{{Group: 1, Entries: rents(1, 10, 1)}},
+				{{Group: 1, Entries: rents(4, 6, 2), HardState: hardState(2, 0, 3)}},
+			},
+			first: 1, last: 6, terms: map[uint64]uint64{3: 1, 4: 2, 6: 2}, hs: hardState(2, 0, 3),
+		},
+		{
+			name: "snapshot from the leader replaces the log",
+			updates: [][]RaftUpdate{
+				{{Group: 1, Entries: rents(1, 4, 1)}},
+				{{Group: 1, Snapshot: &pb.Snapshot{Data: []byte("state"), Metadata: &pb.SnapshotMetadata{Index: new(uint64(20)), Term: new(uint64(3)), ConfState: &pb.ConfState{Voters: []uint64{1, 2}}}}, HardState: hardState(3, 0, 20)}},
+				{{Group: 1, Entries: rents(21, 22, 3)}},
+			},
+			first: 21, last: 22, terms: map[uint64]uint64{20: 3, 21: 3}, compacted: []uint64{4, 19}, hs: hardState(3, 0, 20),
+		},
+		{
+			name:     "local snapshot compacts behind it",
+			updates:  [][]RaftUpdate{{{Group: 1, Entries: rents(1, 30, 2)}}},
+			snapshot: 25, keep: 5,
+			first: 21, last: 30, terms: map[uint64]uint64{20: 2, 30: 2}, compacted: []uint64{1, 19},
+		},
+		{
+			name: "groups are independent",
+			updates: [][]RaftUpdate{{
+				{Group: 1, Entries: rents(1, 3, 1)},
+				{Group: 2, Entries: rents(1, 9, 4)},
+				{Group: 1, Entries: rents(4, 4, 1)},
+			}},
+			first: 1, last: 4, terms: map[uint64]uint64{4: 1},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			l := openRaftLogT(t, dir)
+			s, err := l.Storage(1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, u := range tt.updates {
+				if err := l.Save(u, true); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tt.snapshot > 0 {
+				if err := s.CreateSnapshot(tt.snapshot, &pb.ConfState{Voters: []uint64{7}}, []byte("sm"), tt.keep); err != nil {
+					t.Fatal(err)
+				}
+			}
+			check := func(s *RaftStorage) {
+				t.Helper()
+				if f, _ := s.FirstIndex(); f != tt.first {
+					t.Errorf("FirstIndex = %d, want %d", f, tt.first)
+				}
+				if l, _ := s.LastIndex(); l != tt.last {
+					t.Errorf("LastIndex = %d, want %d", l, tt.last)
+				}
+				for i, want := range tt.terms {
+					if got, err := s.Term(i); err != nil || got != want {
+						t.Errorf("Term(%d) = %d, %v; want %d", i, got, err, want)
+					}
+				}
+				for _, i := range tt.compacted {
+					if _, err := s.Term(i); !errors.Is(err, raft.ErrCompacted) {
+						t.Errorf("Term(%d) err = %v, want ErrCompacted", i, err)
+					}
+					if _, err := s.Entries(i, i+1, 1<<20); !errors.Is(err, raft.ErrCompacted) {
+						t.Errorf("Entries(%d) err = %v, want ErrCompacted", i, err)
+					}
+				}
+				if _, err := s.Term(tt.last + 1); !errors.Is(err, raft.ErrUnavailable) {
+					t.Errorf("Term(last+1) err = %v, want ErrUnavailable", err)
+				}
+				got := indexTerms(t, s)
+				for i := tt.first; i <= tt.last; i++ {
+					if _, ok := got[i]; !ok {
+						t.Errorf("entry %d missing", i)
+					}
+				}
+				hs, _, _ := s.InitialState()
+				if tt.hs != nil && (hs.GetTerm() != tt.hs.GetTerm() || hs.GetVote() != tt.hs.GetVote() || hs.GetCommit() != tt.hs.GetCommit()) {
+					t.Errorf("hard state = %v, want %v", hs, tt.hs)
+				}
+			}
+			check(s)
+			if err := l.Close(); err != nil {
+				t.Fatal(err)
+			}
+			l = openRaftLogT(t, dir)
+			defer l.Close()
+			s, err = l.Storage(1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			check(s)
+		})
+	}
+}
+
+// Entries honours maxSize but always returns at least one entry; a snapshot and its
+// configuration survive a reopen.
+func TestRaftLogEntriesSizeAndSnapshot(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	l := openRaftLogT(t, dir)
+	s, _ := l.Storage(9)
+	if err := l.Save([]RaftUpdate{{Group: 9, Entries: rents(1, 10, 1)}}, true); err != nil {
+		t.Fatal(err)
+	}
+	one := uint64(len(mustMarshal(t, rent(1, 1))))
+	for _, tt := range []struct{ max, want uint64 }{{0, 1}, {one, 1}, {2*one + 1, 2}, {1 << 30, 10}} {
+		es, err := s.Entries(1, 11, tt.max)
+		if err != nil || uint64(len(es)) != tt.want {
+			t.Errorf("Entries(max=%d) = %d entries, %v; want %d", tt.max, len(es), err, tt.want)
+		}
+	}
+	if err := s.CreateSnapshot(8, &pb.ConfState{Voters: []uint64{1, 2, 3}}, []byte("data"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateSnapshot(8, nil, nil, 0); !errors.Is(err, raft.ErrSnapOutOfDate) {
+		t.Errorf("second snapshot at 8: %v, want ErrSnapOutOfDate", err)
+	}
+	l.Close()
+	l = openRaftLogT(t, dir)
+	defer l.Close()
+	s, _ = l.Storage(9)
+	snap, err := s.Snapshot()
+	if err != nil || string(snap.GetData()) != "data" || snap.GetMetadata().GetIndex() != 8 || snap.GetMetadata().GetTerm() != 1 {
+		t.Fatalf("snapshot = %v, %v", snap, err)
+	}
+	_, cs, _ := s.InitialState()
+	if len(cs.GetVoters()) != 3 {
+		t.Errorf("conf state = %v", cs)
+	}
+	if f, _ := s.FirstIndex(); f != 9 {
+		t.Errorf("FirstIndex = %d, want 9", f)
+	}
+	if err := l.DropGroup(9); err != nil {
+		t.Fatal(err)
+	}
+	s, _ = l.Storage(9)
+	if last, _ := s.LastIndex(); last != 0 {
+		t.Errorf("after DropGroup LastIndex = %d", last)
+	}
+}
+
+// Appends that would leave a gap or rewrite compacted entries are refused.
+func TestRaftLogRejectsGaps(t *testing.T) {
+	t.Parallel()
+	l, err := OpenRaftLog("", RaftLogOptions{InMemory: true, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if err := l.Save([]RaftUpdate{{Group: 1, Entries: rents(1, 3, 1)}}, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Save([]RaftUpdate{{Group: 1, Entries: rents(5, 6, 1)}}, true); err == nil {
+		t.Error("gap accepted")
+	}
+}
+
+func mustMarshal(t *testing.T, e *pb.Entry) []byte {
+	t.Helper()
+	b, err := proto.Marshal(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
