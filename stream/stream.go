@@ -93,6 +93,11 @@ type Stream struct {
 	ibuf   []byte
 	recs   [][]byte
 	retain sync.Mutex // one retention pass at a time
+
+	// Zero-ahead preallocation of the active segment (prealloc.go), writer goroutine only.
+	zeroTo  int64    // actF holds synced zeros from wsize up to here
+	zeroing *zeroing // a zero-fill in progress, or nil
+	zeroed  bool     // a zero-fill was started on actF: trim it before sealing or closing
 }
 
 // Open opens (or creates) the stream stored in dir. It verifies the active segment, cuts off
@@ -310,6 +315,12 @@ func (s *Stream) AppendSync(rec []byte) (uint64, error) {
 // batch was being synced and writes it as the next batch.
 func (s *Stream) writer() {
 	defer close(s.doneCh)
+	defer func() {
+		// A clean close leaves the active segment ending at its last chunk.
+		if err := s.trimZeros(); err != nil {
+			s.log.Warn("stream: closing", "err", err)
+		}
+	}()
 	var failed error
 	for {
 		<-s.wake
@@ -441,6 +452,8 @@ func (s *Stream) flush(c *commit) error {
 	if c.chunks == 0 {
 		return nil
 	}
+	end := s.wsize + int64(len(s.wbuf))
+	s.awaitZeroing(end)
 	if _, err := s.actF.WriteAt(s.wbuf, s.wsize); err != nil {
 		return fmt.Errorf("stream: write segment %s: %w", s.act.path, err)
 	}
@@ -453,8 +466,9 @@ func (s *Stream) flush(c *commit) error {
 			return fmt.Errorf("stream: sync segment %s: %w", s.act.path, err)
 		}
 	}
-	s.wsize += int64(len(s.wbuf))
+	s.wsize = end
 	s.wbuf, s.ibuf = s.wbuf[:0], s.ibuf[:0]
+	s.startZeroing(end)
 	s.mu.Lock()
 	seg := s.act
 	if seg.chunks == 0 {
@@ -476,6 +490,9 @@ func (s *Stream) flush(c *commit) error {
 // roll seals the active segment (its index synced, so Open can trust it) and starts a new
 // one at the next offset, then applies retention.
 func (s *Stream) roll() error {
+	if err := s.trimZeros(); err != nil {
+		return err
+	}
 	if err := s.idxF.Sync(); err != nil {
 		return fmt.Errorf("stream: sync index %s: %w", s.act.idxPath, err)
 	}
