@@ -439,14 +439,14 @@ func shortHeader(h []byte, n int) bool {
 // encodeStreamRecord encodes msg as a v2 record that names its exchange and routing key.
 func encodeStreamRecord(msg *queue.Message) []byte { return encodeRecord(msg, false) }
 
-// streamRecordFor encodes msg as a v2 record for the stream queue qs.
-func streamRecordFor(msg *queue.Message, qs *Queue) []byte {
-	return encodeRecord(msg, msg.Exchange == "" && msg.RoutingKey == qs.name)
-}
-
 // encodeRecord encodes msg as a v2 record; own leaves out the exchange and routing key (the
 // default exchange and the stream's name).
 func encodeRecord(msg *queue.Message, own bool) []byte {
+	return append(recordHead(msg, own, len(msg.Body)), msg.Body...)
+}
+
+// recordHead is the v2 record of msg up to its body, allocated with room for extra bytes more.
+func recordHead(msg *queue.Message, own bool, extra int) []byte {
 	var flags byte
 	if own {
 		flags |= flagOwnQueue
@@ -456,7 +456,7 @@ func encodeRecord(msg *queue.Message, own bool) []byte {
 		flags |= flagShortHeader
 		h = h[shortHeaderCut:]
 	}
-	n := 2 + binary.MaxVarintLen32 + len(h) + len(msg.Body)
+	n := 2 + binary.MaxVarintLen32 + len(h) + extra
 	if !own {
 		n += 2 + len(msg.Exchange) + len(msg.RoutingKey)
 	}
@@ -469,8 +469,7 @@ func encodeRecord(msg *queue.Message, own bool) []byte {
 		b = append(b, msg.RoutingKey...)
 	}
 	b = binary.AppendUvarint(b, uint64(len(h)))
-	b = append(b, h...)
-	return append(b, msg.Body...)
+	return append(b, h...)
 }
 
 var errBadStreamRecord = errors.New("malformed stream record")
@@ -582,11 +581,13 @@ func appendToStreamsSlow(msg *queue.Message, targets []*Queue, done func(error),
 		// The usual stream publish: one stream and nothing else, so its sync is the confirm;
 		// no join (a mutex and two closures per message).
 		qs := targets[0]
-		rec := streamRecordFor(msg, qs)
+		// The body is not copied: the record is written as head and body (a message is
+		// immutable once assembled).
+		head := recordHead(msg, msg.Exchange == "" && msg.RoutingKey == qs.name, 0)
 		if done == nil {
-			qs.sq.log.Append(rec, ignoreAppend)
+			qs.sq.log.AppendParts(head, msg.Body, ignoreAppend)
 		} else {
-			qs.sq.log.Append(rec, func(_ uint64, err error) { done(err) })
+			qs.sq.log.AppendParts(head, msg.Body, func(_ uint64, err error) { done(err) })
 		}
 		return targets[:0], done, true
 	}
