@@ -21,9 +21,12 @@ import (
 // segments keep their "last chunk ends at end of file" invariant.
 
 const (
-	// zeroAhead is how much one zeroing adds; a new one starts when the writer is within half
+	// zeroAhead is the most one zeroing adds; a new one starts when the writer is within half
 	// of it of the end of the zeros. 16 MiB is ~5% of a second at 300 MB/s of appends.
 	zeroAhead = 16 << 20
+	// minZeroAhead is the least: a zeroing adds as much as the segment holds already, between
+	// the two, so that many slowly written streams do not each hold 16 MiB of zeros.
+	minZeroAhead = 64 << 10
 	// zeroBufSize is the zero buffer written repeatedly (read-only, shared by all streams).
 	zeroBufSize = 1 << 20
 )
@@ -39,15 +42,16 @@ type zeroing struct {
 // startZeroing starts zero-filling the active segment after end, the end of what the writer
 // has written, if the zeros ahead of it are running short and none is in progress.
 func (s *Stream) startZeroing(end int64) {
-	if s.opts.NoSync || s.zeroing != nil || end+zeroAhead/2 <= s.zeroTo {
+	ahead := min(zeroAhead, max(minZeroAhead, end))
+	if s.opts.NoSync || s.zeroing != nil || end+ahead/2 <= s.zeroTo {
 		return
 	}
 	// Not right at end: the writer's next batch goes there and would wait for this zeroing.
-	// The gap is written as the file grows, once per segment.
-	gap := min(zeroBufSize, (s.opts.MaxSegmentBytes-end)/8)
+	// The gap is written as the file grows.
+	gap := min(zeroBufSize, ahead/8, (s.opts.MaxSegmentBytes-end)/8)
 	from := max(s.zeroTo, end+gap)
 	// Not past the segment's size limit: the segment rolls there.
-	to := min(from+zeroAhead, s.opts.MaxSegmentBytes)
+	to := min(from+ahead, s.opts.MaxSegmentBytes)
 	if to <= from {
 		return
 	}

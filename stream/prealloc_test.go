@@ -185,3 +185,30 @@ func TestAppendParts(t *testing.T) {
 		}
 	}
 }
+
+// TestPreallocSmallStream checks that a stream holding little keeps few zeros ahead: the
+// zero-fill grows with the segment, so many quiet streams do not each take zeroAhead of disk.
+func TestPreallocSmallStream(t *testing.T) {
+	t.Parallel()
+	s := openT(t, t.TempDir(), Options{})
+	defer s.Close()
+	var path string
+	var committed int64
+	deadline := time.Now().Add(10 * time.Second)
+	for i := uint64(0); ; i++ {
+		appendT(t, s, payload(i, 100))
+		s.mu.Lock()
+		path, committed = s.act.path, s.act.size
+		s.mu.Unlock()
+		if fileSize(t, path) > committed {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no preallocated tail")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if got := fileSize(t, path); got > committed+2*minZeroAhead {
+		t.Errorf("a %d-byte segment preallocated to %d bytes", committed, got)
+	}
+}
