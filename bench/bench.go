@@ -95,6 +95,11 @@ type Config struct {
 	RampP99     time.Duration // ramp mode: the end-to-end p99 a step must stay under
 	FloorAddr   string        // floor mode: address of a running forwarder; "" = start one
 
+	// Streams (see stream.go).
+	Stream       bool   // queues are x-queue-type: stream
+	StreamOffset string // stream consumers' x-stream-offset: first, last, next, spread or a number
+	StreamLength int64  // -drain -stream: messages in each stream
+
 	server *serverInfo // what the broker said about itself; set by Run
 }
 
@@ -161,6 +166,9 @@ func ParseFlags(args []string, out io.Writer) (Config, error) {
 	fs.StringVar(&c.RampCounts, "ramp-counts", "100,200,400,600,800,1000,1200,1600,2000", "ramp mode: comma-separated client counts to try, ascending")
 	fs.DurationVar(&c.RampP99, "ramp-p99", 100*time.Millisecond, "ramp mode: a step passes while its end-to-end p99 stays under this")
 	fs.StringVar(&c.FloorAddr, "floor-addr", "", "floor mode: host:port of a forwarder already running (-broker-pid its PID); empty = start one in a child process")
+	fs.BoolVar(&c.Stream, "stream", false, "declare the queues as streams (x-queue-type: stream, durable; implies -persistent); consumers need -autoack=false and -prefetch")
+	fs.StringVar(&c.StreamOffset, "stream-offset", "next", "with -stream: consumers' x-stream-offset: first, last, next, an offset, or spread (consumer i of n on a stream starts at i*N/n of -stream-length N; needs -drain)")
+	fs.Int64Var(&c.StreamLength, "stream-length", 0, "with -drain -stream: messages in each stream; each consumer reads from its offset to the end")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -174,6 +182,9 @@ func ParseFlags(args []string, out io.Writer) (Config, error) {
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	c.DurationSet = set["duration"]
 	c.manyDefaults(set)
+	if c.Stream {
+		c.Persistent = true // streams are durable
+	}
 	return c, c.validate()
 }
 
@@ -209,6 +220,9 @@ func (c *Config) validate() error {
 	case c.Mode == "churn" && c.Producers < 1:
 		return errors.New("bench: churn mode needs -producers >= 1")
 	}
+	if err := c.validateStream(); err != nil {
+		return err
+	}
 	if _, err := amqp.ParseURI(c.URL); err != nil {
 		return fmt.Errorf("bench: bad -url: %w", err)
 	}
@@ -232,6 +246,8 @@ type Result struct {
 	MultiAck   int     `json:"multi_ack,omitempty"`
 	Fanout     int     `json:"fanout,omitempty"`
 	Rate       float64 `json:"rate,omitempty"`
+	Stream     bool    `json:"stream,omitempty"`
+	Offset     string  `json:"stream_offset,omitempty"`
 	Seconds    float64 `json:"seconds"`
 
 	Published      int64           `json:"published"`
@@ -267,6 +283,9 @@ type Result struct {
 	// backlog), all idle connections open, all queues declared.
 	RSSBefore int64 `json:"rss_before_bytes,omitempty"`
 	RSS       int64 `json:"rss_bytes,omitempty"`
+	// RSSMax is the largest RSS seen, sampled once a second during a throughput run and at its
+	// measurement point.
+	RSSMax int64 `json:"rss_max_bytes,omitempty"`
 
 	// With -broker-pid (or the floor's own forwarder): the broker's CPU time over the measured
 	// interval (utime+stime from /proc/PID/stat, 10 ms ticks), as a share of one core, and per
@@ -313,6 +332,10 @@ func Run(args []string, stdout io.Writer) error {
 		Mode: cfg.Mode, URL: redact(cfg.URL), Client: cfg.Client, Producers: cfg.Producers, Consumers: cfg.Consumers,
 		Queues: cfg.Queues, Size: cfg.Size, Persistent: cfg.Persistent, Confirm: cfg.Confirm,
 		AutoAck: cfg.AutoAck, Prefetch: cfg.Prefetch, MultiAck: cfg.MultiAck, Fanout: cfg.Fanout, Rate: cfg.Rate,
+		Stream: cfg.Stream,
+	}
+	if cfg.Stream {
+		res.Offset = cfg.StreamOffset
 	}
 	if cfg.Mode == "idle-conns" || cfg.Mode == "queues" {
 		res.Client = "amqp091" // these modes always use amqp091-go
@@ -449,7 +472,11 @@ func printSummary(w io.Writer, r *Result) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "--- bench %s %s (%s, client %s): %.2fs (load average %.2f)\n", r.Mode, r.URL, r.Server, r.Client, r.Seconds, r.LoadAvg)
 	if r.RSS > 0 {
-		fmt.Fprintf(&b, "%-18s %.1f MB before, %.1f MB at the measurement point\n", "broker RSS:", float64(r.RSSBefore)/1e6, float64(r.RSS)/1e6)
+		fmt.Fprintf(&b, "%-18s %.1f MB before, %.1f MB at the measurement point", "broker RSS:", float64(r.RSSBefore)/1e6, float64(r.RSS)/1e6)
+		if r.RSSMax > r.RSS {
+			fmt.Fprintf(&b, ", %.1f MB at most", float64(r.RSSMax)/1e6)
+		}
+		b.WriteByte('\n')
 	}
 	if r.BrokerCPUSeconds > 0 {
 		fmt.Fprintf(&b, "%-18s %.1f%% of a core", "broker CPU:", r.BrokerCPUPercent)
@@ -466,8 +493,12 @@ func printSummary(w io.Writer, r *Result) {
 		}
 		fmt.Fprintf(&b, "%-18s %d (stopped: %s)\n", "max clients:", r.RampMax, r.RampStopCause)
 	case "throughput", "many", "floor":
-		fmt.Fprintf(&b, "producers=%d consumers=%d queues=%d fanout=%d size=%d persistent=%v confirm=%d autoack=%v prefetch=%d multi-ack=%d\n",
+		fmt.Fprintf(&b, "producers=%d consumers=%d queues=%d fanout=%d size=%d persistent=%v confirm=%d autoack=%v prefetch=%d multi-ack=%d",
 			r.Producers, r.Consumers, r.Queues, r.Fanout, r.Size, r.Persistent, r.Confirm, r.AutoAck, r.Prefetch, r.MultiAck)
+		if r.Stream {
+			fmt.Fprintf(&b, " stream offset=%s", r.Offset)
+		}
+		b.WriteByte('\n')
 		if r.Backlog > 0 {
 			fmt.Fprintf(&b, "%-18s %d msgs\n", "backlog:", r.Backlog)
 		}

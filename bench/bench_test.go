@@ -23,6 +23,7 @@ func TestParseFlags(t *testing.T) {
 		URL: "amqp://guest:guest@localhost:5672/", Mode: "throughput", Producers: 1, Consumers: 1, Queues: 1,
 		Size: 16, AutoAck: true, MultiAck: 1, Duration: 10 * time.Second, QueuePrefix: "bench", Conns: 100, Count: 1000, Coalesce: true, Client: "lean",
 		RampCounts: "100,200,400,600,800,1000,1200,1600,2000", RampP99: 100 * time.Millisecond,
+		StreamOffset: "next",
 	}
 	tests := []struct {
 		name    string

@@ -24,6 +24,13 @@
 #   m  fixed 5000 msgs/s, 1 KiB, 1p/1c, autoack: broker CPU per message; also the floor
 #   n  ramp: the many-clients load at RAMP_COUNTS clients until p99 passes 100 ms or the
 #      consumers fall behind; the largest count that kept up (one run per broker)
+#   sa stream (issue 19): publish 16 B with confirms (window 256), 1 producer, no consumer
+#   sb stream: publish 1 KiB with confirms (window 256)
+#   sc stream: SC_MESSAGES x 16 B published (confirm 256), read from first by one consumer
+#      (prefetch 1000, multi-ack 100), then by 10 consumers at offsets 0, N/10, ..., 9N/10
+#   sd stream: SD_MESSAGES x 16 B published, then read from first: the broker's largest RSS
+#      during each (sampled every second) and the disk the stream takes (du of the brokers'
+#      stream directories before and after); only run when named in POINTS (100M by default)
 #
 # Points l and m also run the floor (warren-bench -mode floor: a length-prefixed forwarder in
 # a child process, measured like a broker) as a third column, interleaved W,R,floor, and print
@@ -49,6 +56,11 @@
 #   J_QUEUES    queues for j (default 100000)
 #   RAMP_COUNTS client counts for n (default 100,200,400,600,800,1000,1200,1600,2000)
 #   RAMP_STEP   duration of each ramp step (default 10s)
+#   SC_MESSAGES stream length for sc (default 10000000)
+#   SD_MESSAGES stream length for sd (default 100000000)
+#   WARREN_STREAM_DIR, RABBIT_STREAM_DIR  the brokers' stream directories, for sd's disk use
+#               (default: the data dir of the Warren this script starts; RabbitMQ's Debian
+#               default /var/lib/rabbitmq/mnesia/rabbit@<short hostname>/stream)
 #   BENCH_ARGS  extra arguments for every bench run, e.g. "-client amqp091"
 #   OUT         directory for the raw JSON results (default: a new temp dir)
 #   BENCH_BIN   prebuilt warren-bench binary (default: built from this tree)
@@ -56,7 +68,7 @@
 #               re-running some POINTS into the same OUT)
 #
 # When this script starts Warren itself, points g, i and j each get a freshly started Warren, so
-# their RSS is not the heap left over from earlier points' backlogs.
+# their RSS is not the heap left over from earlier points' backlogs; so do sc and sd.
 #
 # Needs jq. RSS figures need the brokers on this host (read from /proc/PID/status).
 # Usage: bench/compare.sh      or      WARREN_URL=amqp://guest:guest@127.0.0.1:5673/ bench/compare.sh
@@ -67,6 +79,7 @@ command -v jq >/dev/null || { echo "compare.sh: jq is required" >&2; exit 1; }
 RABBIT_URL=${RABBIT_URL:-amqp://guest:guest@127.0.0.1:5672/}
 DURATION=${DURATION:-10s}
 REPEATS=${REPEATS:-3}
+POINTS_GIVEN=${POINTS:+1}
 POINTS=${POINTS:-a b c d e f h k l m n i j g}
 RAMP_COUNTS=${RAMP_COUNTS:-100,200,400,600,800,1000,1200,1600,2000}
 RAMP_STEP=${RAMP_STEP:-10s}
@@ -74,6 +87,11 @@ G_MESSAGES=${G_MESSAGES:-1000000}
 I_CONNS=${I_CONNS:-10000}
 J_QUEUES=${J_QUEUES:-100000}
 BENCH_ARGS=${BENCH_ARGS:-}
+# Stream points: sa, sb and sc join the default matrix; sd (100M messages) runs when named.
+[[ -z $POINTS_GIVEN ]] && POINTS="$POINTS sa sb sc"
+SC_MESSAGES=${SC_MESSAGES:-10000000}
+SD_MESSAGES=${SD_MESSAGES:-100000000}
+RABBIT_STREAM_DIR=${RABBIT_STREAM_DIR:-/var/lib/rabbitmq/mnesia/rabbit@$(hostname -s)/stream}
 OUT=${OUT:-$(mktemp -d /tmp/warren-compare.XXXXXX)}
 mkdir -p "$OUT"
 
@@ -208,6 +226,17 @@ declare -A FLOOR_ARGS
 FLOOR_ARGS[l]="-mode floor -producers 400 -rate 25 -autoack=false -prefetch 10"
 FLOOR_ARGS[m]="-mode floor -producers 1 -rate 5000 -size 1024 -autoack"
 
+# Stream points (issue 19).
+STREAM_READ="-stream -drain -autoack=false -prefetch 1000 -multi-ack 100"
+DESC[sa]="stream: publish 16 B, confirm window 256"
+ARGS[sa]="-stream -size 16 -confirm 256 -consumers 0"
+DESC[sb]="stream: publish 1 KiB, confirm window 256"
+ARGS[sb]="-stream -size 1024 -confirm 256 -consumers 0"
+DESC[sc]="stream of $SC_MESSAGES x 16 B: publish (confirm 256), read from first, 10 consumers at offsets k*N/10"
+ARGS[sc]="(three runs)"
+DESC[sd]="stream of $SD_MESSAGES x 16 B: publish (confirm 256), read from first; RSS and disk"
+ARGS[sd]="(two runs)"
+
 # point -> "label~jq expression[~result file prefix]" metrics, separated by ';'
 declare -A METRICS
 THR="recv msg/s (hi)~.consume_rate;sent msg/s (hi)~.publish_rate;e2e p50 ms (lo)~.latency.p50_ms;e2e p99 ms (lo)~.latency.p99_ms"
@@ -225,6 +254,10 @@ METRICS[k]="recv msg/s~.consume_rate;e2e p50 ms (lo)~.latency.p50_ms;e2e p99 ms 
 CPU="recv msg/s (hi)~.consume_rate;e2e p50 ms (lo)~.latency.p50_ms;e2e p99 ms (lo)~.latency.p99_ms;e2e p99.9 ms (lo)~.latency.p999_ms;broker CPU % of a core (lo)~.broker_cpu_percent;broker CPU us/msg (lo)~.broker_us_per_msg;RSS MB (lo)~.rss_bytes / 1e6 | round"
 METRICS[l]=$CPU
 METRICS[m]=$CPU
+METRICS[sa]="confirmed msg/s (hi)~.confirm_rate;confirm p50 ms (lo)~.confirm_latency.p50_ms;confirm p99 ms (lo)~.confirm_latency.p99_ms"
+METRICS[sb]=${METRICS[sa]}
+METRICS[sc]="publish msg/s, confirmed (hi)~.confirm_rate~scfill;read from first msg/s (hi)~.consume_rate~scfirst;10 consumers at 10 offsets, msg/s in all (hi)~.consume_rate~scspread;largest RSS MB (lo)~[.rss_max_bytes // 0] | max / 1e6 | round~scall"
+METRICS[sd]="publish msg/s, confirmed (hi)~.confirm_rate~sdfill;largest RSS MB while publishing (lo)~.rss_max_bytes / 1e6 | round~sdfill;read from first msg/s (hi)~.consume_rate~sdfirst;largest RSS MB while reading (lo)~.rss_max_bytes / 1e6 | round~sdfirst;disk bytes per message (lo)~.disk_bytes / .messages * 100 | round / 100~sddisk;disk / (body + content header) (lo)~.disk_bytes / .messages / (.size + 15) * 100 | round / 100~sddisk"
 AT_MAX='(.ramp_max_clients) as $m | [.ramp[] | select(.clients == $m)][0]'
 METRICS[n]="clients kept under p99 100 ms (hi)~.ramp_max_clients // 0;msgs/s at that count (hi)~$AT_MAX | .consume_rate;p99 ms at that count (lo)~$AT_MAX | .p99_ms;broker CPU % at that count~$AT_MAX | .broker_cpu_percent"
 
@@ -259,6 +292,9 @@ run_point() {
 		URL[warren]=$WARREN_URL PID[warren]=$WARREN_PID
 	fi
 	case $p in
+	sc | sd)
+		run_stream_point "$p" "$b" "$r"
+		;;
 	g)
 		echo "point g ($b, run $r/$REPEATS): fill $G_MESSAGES, then drain" >&2
 		bench "$b" "$OUT/gfill-$b-$r.json" 3600 -queue-prefix compare-g -size 1024 -persistent \
@@ -299,6 +335,59 @@ run_point() {
 		;;
 	esac
 	settle
+}
+
+# stream_dir BROKER: where the broker keeps its streams (for sd's disk use), or nothing.
+stream_dir() {
+	case $1 in
+	warren) if [[ -n ${WARREN_STREAM_DIR:-} ]]; then echo "$WARREN_STREAM_DIR"; elif [[ -n $WARREN_STARTED ]]; then echo "$WARREN_DATA/data/streams"; fi ;;
+	rabbit) echo "$RABBIT_STREAM_DIR" ;;
+	esac
+}
+
+# dir_bytes DIR: bytes of the files under DIR (0 if it does not exist yet).
+dir_bytes() {
+	if [[ -d $1 ]]; then du -sb "$1" | cut -f1; else echo 0; fi
+}
+
+# run_stream_point POINT BROKER RUN: sc (publish, read from first, read at 10 offsets) or sd
+# (publish, read from first, disk use), on one stream that is deleted at the end.
+run_stream_point() {
+	local p=$1 b=$2 r=$3 n q dir before after
+	if [[ $b == warren && -n $OWN_WARREN ]]; then
+		stop_warren
+		start_warren
+		URL[warren]=$WARREN_URL PID[warren]=$WARREN_PID
+	fi
+	n=$SC_MESSAGES
+	[[ $p == sd ]] && n=$SD_MESSAGES
+	q="compare-$p-$r"
+	# The publish is bounded by 1 hour per 10M messages at RabbitMQ's worst; the reads likewise.
+	local limit=$((3600 * (n / 10000000 + 1)))
+	dir=$(stream_dir "$b")
+	before=$(dir_bytes "$dir")
+	echo "point $p ($b, run $r/$REPEATS): publish $n x 16 B to a stream" >&2
+	bench "$b" "$OUT/${p}fill-$b-$r.json" "$limit" -queue-prefix "$q" -stream -size 16 -confirm 256 \
+		-consumers 0 -pmessages "$n" -keep -duration "${limit}s" || true
+	if [[ $p == sd && -n $dir ]]; then
+		sync
+		after=$(dir_bytes "$dir")
+		jq -n --argjson d $((after - before)) --argjson m "$n" '{disk_bytes: $d, messages: $m, size: 16}' >"$OUT/sddisk-$b-$r.json"
+	fi
+	echo "point $p ($b, run $r/$REPEATS): read $n from first" >&2
+	# shellcheck disable=SC2086
+	bench "$b" "$OUT/${p}first-$b-$r.json" "$limit" -queue-prefix "$q" $STREAM_READ -stream-length "$n" \
+		-stream-offset first -keep -duration "${limit}s" || true
+	if [[ $p == sc ]]; then
+		echo "point sc ($b, run $r/$REPEATS): 10 consumers from offsets k*$n/10" >&2
+		# shellcheck disable=SC2086
+		bench "$b" "$OUT/scspread-$b-$r.json" "$limit" -queue-prefix "$q" $STREAM_READ -stream-length "$n" \
+			-stream-offset spread -consumers 10 -keep -duration "${limit}s" || true
+		jq -s '{rss_max_bytes: ([.[].rss_max_bytes // 0] | max)}' "$OUT"/sc{fill,first,spread}-"$b-$r".json >"$OUT/scall-$b-$r.json" 2>/dev/null || true
+	fi
+	# Delete the stream: a one-message run on it without -keep deletes its queue at the end.
+	bench "$b" "$OUT/${p}delete-$b-$r.json" 600 -queue-prefix "$q" -stream -consumers 0 -pmessages 1 -confirm 1 || true
+	rm -f "$OUT/${p}delete-$b-$r.json"
 }
 
 # settle waits (at most 30 s) until every broker whose PID is known has been idle for half a

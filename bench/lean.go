@@ -246,8 +246,12 @@ func (c *leanConn) qos(prefetch int) error {
 	return err
 }
 
-func (c *leanConn) consume(queue, tag string, noAck bool) error {
-	_, err := c.rpc(&amqp.BasicConsume{Queue: queue, ConsumerTag: tag, NoAck: noAck}, "basic.consume-ok")
+func (c *leanConn) consume(queue, tag string, noAck bool, args amqp091.Table) error {
+	m := &amqp.BasicConsume{Queue: queue, ConsumerTag: tag, NoAck: noAck}
+	if len(args) > 0 {
+		m.Arguments = amqp.Table(args)
+	}
+	_, err := c.rpc(m, "basic.consume-ok")
 	return err
 }
 

@@ -50,6 +50,9 @@ type throughput struct {
 	producers []*producer
 	consumers []*consumer
 
+	// streamExpected is what the consumers of a -drain -stream run read in all.
+	streamExpected int64
+
 	stop     atomic.Bool
 	stopCh   chan struct{}
 	stopOnce sync.Once
@@ -113,6 +116,9 @@ func runThroughput(cfg *Config, res *Result, live io.Writer) error {
 			}
 			backlog += int64(info.Messages)
 		}
+		if cfg.Stream {
+			backlog = 0 // counted per consumer in startConsumers
+		}
 		res.Backlog = backlog
 	} else if err := t.declare(ach); err != nil {
 		return err
@@ -131,6 +137,10 @@ func runThroughput(cfg *Config, res *Result, live io.Writer) error {
 		}
 	} else {
 		expected = backlog
+		if cfg.Stream {
+			expected = t.streamExpected
+			res.Backlog = expected
+		}
 	}
 
 	start := time.Now()
@@ -182,6 +192,9 @@ loop:
 			break loop
 		case <-tick.C:
 			sec++
+			if r := cfg.rss(); r > res.RSSMax {
+				res.RSSMax = r
+			}
 			cur := t.sample()
 			t.liveLine(live, sec, &cur, &prev)
 			prev = cur
@@ -195,6 +208,7 @@ loop:
 	endNs := nowNanos()
 	cpu.stop(res, t.sample().received)
 	res.RSS = cfg.rss()
+	res.RSSMax = max(res.RSSMax, res.RSS)
 	t.halt()
 	final := t.sample()
 	elapsed := end.Sub(start).Seconds()
@@ -240,8 +254,12 @@ loop:
 
 func (t *throughput) declare(ch *amqp.Channel) error {
 	cfg := t.cfg
+	var args amqp.Table
+	if cfg.Stream {
+		args = streamArgs()
+	}
 	for _, q := range t.queues {
-		if _, err := ch.QueueDeclare(q, cfg.Persistent, false, false, false, nil); err != nil {
+		if _, err := ch.QueueDeclare(q, cfg.Persistent, false, false, false, args); err != nil {
 			return fmt.Errorf("bench: declare queue %s: %w", q, err)
 		}
 	}
@@ -283,6 +301,8 @@ func (t *throughput) startConsumers() error {
 		c := &consumer{id: i, queue: t.queues[i%len(t.queues)]}
 		name := fmt.Sprintf("bench-consumer-%d", i)
 		ctag := fmt.Sprintf("bench-%d", i)
+		args, expect := t.streamConsumeArgs(i, n)
+		t.streamExpected += expect
 		if cfg.Client == "lean" {
 			// Room for a whole frame, so deliveries are parsed in place.
 			lc, err := leanDial(cfg, name, 256<<10)
@@ -296,7 +316,7 @@ func (t *throughput) startConsumers() error {
 					return fmt.Errorf("bench: consumer %d qos: %w", i, err)
 				}
 			}
-			if err := lc.consume(c.queue, ctag, cfg.AutoAck); err != nil {
+			if err := lc.consume(c.queue, ctag, cfg.AutoAck, args); err != nil {
 				return fmt.Errorf("bench: consumer %d consume %s: %w", i, c.queue, err)
 			}
 			continue
@@ -315,7 +335,7 @@ func (t *throughput) startConsumers() error {
 				return fmt.Errorf("bench: consumer %d qos: %w", i, err)
 			}
 		}
-		c.deliveries, err = c.ch.Consume(c.queue, ctag, cfg.AutoAck, false, false, false, nil)
+		c.deliveries, err = c.ch.Consume(c.queue, ctag, cfg.AutoAck, false, false, false, args)
 		if err != nil {
 			return fmt.Errorf("bench: consumer %d consume %s: %w", i, c.queue, err)
 		}

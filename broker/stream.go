@@ -398,7 +398,7 @@ func (sc *streamConsumer) run(ctx context.Context, c StreamSink) {
 			}
 			return
 		}
-		msg, err := decodeStreamRecord(rec.Data)
+		msg, err := decodeStreamRecord(rec.Data, sc.qs.name)
 		if err != nil {
 			sc.qs.v.b.log.Error("stream record skipped", "queue", sc.qs.name, "offset", rec.Offset, "err", err)
 			continue
@@ -444,35 +444,95 @@ func (qs *Queue) streamConsumerGone() {
 	}
 }
 
-// streamRecordV1 marks Warren's first stream record format:
+// Stream record formats. The first byte says which:
 //
-//	0x01, exchange (u8 length + bytes), routing key (u8 length + bytes),
-//	content header (u32 length + the publisher's raw bytes), body (the rest)
+//	v1: 0x01, exchange (u8 length + bytes), routing key (u8 length + bytes),
+//	    content header (u32 length + the publisher's raw bytes), body (the rest)
+//	v2: 0x02, flags (u8), [exchange, routing key as in v1, unless flagOwnQueue],
+//	    content header (uvarint length + bytes: without its first 12 bytes if flagShortHeader),
+//	    body (the rest)
 //
-// The content header is kept verbatim, as for other queues. (The stream protocol carries AMQP
-// 1.0 messages: serving these records on port 5552 needs a second format or a conversion.)
-const streamRecordV1 = 0x01
+// v2 (written since issue 19's measurements) drops what a record can rebuild: with
+// flagOwnQueue the message came through the default exchange with the stream's own name as
+// routing key (the usual stream publish), so neither is stored; with flagShortHeader the
+// content header's class (60), weight (0) and body size (the body's length) are left out and
+// only the property flags and properties are kept, verbatim. A 16-byte persistent message is
+// then a 22-byte record instead of 50. v1 records are still read. The content header is never
+// re-encoded, as for other queues. (The stream protocol carries AMQP 1.0 messages: serving
+// these records on port 5552 needs a further format or a conversion.)
+const (
+	streamRecordV1 = 0x01
+	streamRecordV2 = 0x02
 
-func encodeStreamRecord(msg *queue.Message) []byte {
-	b := make([]byte, 0, 1+2+len(msg.Exchange)+len(msg.RoutingKey)+4+len(msg.Header)+len(msg.Body))
-	b = append(b, streamRecordV1, byte(len(msg.Exchange)))
-	b = append(b, msg.Exchange...)
-	b = append(b, byte(len(msg.RoutingKey)))
-	b = append(b, msg.RoutingKey...)
-	b = binary.BigEndian.AppendUint32(b, uint32(len(msg.Header)))
-	b = append(b, msg.Header...)
-	return append(b, msg.Body...)
+	flagOwnQueue    = 1 << 0
+	flagShortHeader = 1 << 1
+
+	// shortHeaderCut is the part of a basic content header v2 can rebuild: class id (u16),
+	// weight (u16), body size (u64).
+	shortHeaderCut = 12
+)
+
+// shortHeader reports whether h is a basic content header of weight 0 for a body of n bytes,
+// so that its first 12 bytes need not be stored.
+func shortHeader(h []byte, n int) bool {
+	return len(h) >= shortHeaderCut+2 && binary.BigEndian.Uint16(h) == amqp.ClassBasic &&
+		binary.BigEndian.Uint16(h[2:]) == 0 && binary.BigEndian.Uint64(h[4:]) == uint64(n)
+}
+
+// encodeStreamRecord encodes msg as a v2 record that names its exchange and routing key.
+func encodeStreamRecord(msg *queue.Message) []byte { return encodeRecord(msg, false) }
+
+// encodeRecord encodes msg as a v2 record; own leaves out the exchange and routing key (the
+// default exchange and the stream's name).
+func encodeRecord(msg *queue.Message, own bool) []byte {
+	return append(recordHead(msg, own, len(msg.Body)), msg.Body...)
+}
+
+// recordHead is the v2 record of msg up to its body, allocated with room for extra bytes more.
+func recordHead(msg *queue.Message, own bool, extra int) []byte {
+	var flags byte
+	if own {
+		flags |= flagOwnQueue
+	}
+	h := msg.Header
+	if shortHeader(h, len(msg.Body)) {
+		flags |= flagShortHeader
+		h = h[shortHeaderCut:]
+	}
+	n := 2 + binary.MaxVarintLen32 + len(h) + extra
+	if !own {
+		n += 2 + len(msg.Exchange) + len(msg.RoutingKey)
+	}
+	b := make([]byte, 0, n)
+	b = append(b, streamRecordV2, flags)
+	if !own {
+		b = append(b, byte(len(msg.Exchange)))
+		b = append(b, msg.Exchange...)
+		b = append(b, byte(len(msg.RoutingKey)))
+		b = append(b, msg.RoutingKey...)
+	}
+	b = binary.AppendUvarint(b, uint64(len(h)))
+	return append(b, h...)
 }
 
 var errBadStreamRecord = errors.New("malformed stream record")
 
-// decodeStreamRecord rebuilds a message from a record; it copies, since the record's bytes
-// are the reader's buffer.
-func decodeStreamRecord(rec []byte) (*queue.Message, error) {
-	if len(rec) < 1 || rec[0] != streamRecordV1 {
+// decodeStreamRecord rebuilds a message from a record of the stream queue named queueName; it
+// copies, since the record's bytes are the reader's buffer.
+func decodeStreamRecord(rec []byte, queueName string) (*queue.Message, error) {
+	if len(rec) < 1 || (rec[0] != streamRecordV1 && rec[0] != streamRecordV2) {
 		return nil, errBadStreamRecord
 	}
+	v2 := rec[0] == streamRecordV2
 	p := 1
+	var flags byte
+	if v2 {
+		if len(rec) < 2 || rec[1]&^(flagOwnQueue|flagShortHeader) != 0 {
+			return nil, errBadStreamRecord
+		}
+		flags = rec[1]
+		p = 2
+	}
 	str := func() (string, bool) {
 		if p >= len(rec) || p+1+int(rec[p]) > len(rec) {
 			return "", false
@@ -482,18 +542,47 @@ func decodeStreamRecord(rec []byte) (*queue.Message, error) {
 		p += 1 + n
 		return s, true
 	}
-	ex, ok1 := str()
-	rk, ok2 := str()
-	if !ok1 || !ok2 || p+4 > len(rec) {
+	ex, rk := "", queueName
+	if flags&flagOwnQueue == 0 {
+		var ok1, ok2 bool
+		ex, ok1 = str()
+		rk, ok2 = str()
+		if !ok1 || !ok2 {
+			return nil, errBadStreamRecord
+		}
+	}
+	var hl int
+	if v2 {
+		n, w := binary.Uvarint(rec[p:])
+		if w <= 0 || n > uint64(len(rec)-p-w) {
+			return nil, errBadStreamRecord
+		}
+		hl, p = int(n), p+w
+	} else {
+		if p+4 > len(rec) {
+			return nil, errBadStreamRecord
+		}
+		hl = int(binary.BigEndian.Uint32(rec[p:]))
+		p += 4
+		if hl > len(rec)-p {
+			return nil, errBadStreamRecord
+		}
+	}
+	if flags&flagShortHeader == 0 {
+		own := append([]byte(nil), rec[p:]...)
+		return &queue.Message{Exchange: ex, RoutingKey: rk, Header: own[:hl:hl], Body: own[hl:]}, nil
+	}
+	if hl < 2 {
 		return nil, errBadStreamRecord
 	}
-	hl := int(binary.BigEndian.Uint32(rec[p:]))
-	p += 4
-	if hl > len(rec)-p {
-		return nil, errBadStreamRecord
-	}
-	own := append([]byte(nil), rec[p:]...)
-	return &queue.Message{Exchange: ex, RoutingKey: rk, Header: own[:hl:hl], Body: own[hl:]}, nil
+	// Rebuild the 12 bytes left out, then the stored properties and the body, in one buffer.
+	bodyLen := len(rec) - p - hl
+	own := make([]byte, shortHeaderCut, shortHeaderCut+len(rec)-p)
+	binary.BigEndian.PutUint16(own, amqp.ClassBasic)
+	binary.BigEndian.PutUint64(own[4:], uint64(bodyLen))
+	own = append(own, rec[p:]...)
+	full := shortHeaderCut + hl
+	return &queue.Message{Exchange: ex, RoutingKey: rk, Header: own[:full:full], Body: own[full:]}, nil
 }
 
 // streamHeader is the content header of a stream delivery: the publisher's, plus the
@@ -531,6 +620,20 @@ func appendToStreams(msg *queue.Message, targets []*Queue, done func(error)) (re
 }
 
 func appendToStreamsSlow(msg *queue.Message, targets []*Queue, done func(error), n int) (rest []*Queue, joined func(error), streamed bool) {
+	if len(targets) == 1 {
+		// The usual stream publish: one stream and nothing else, so its sync is the confirm;
+		// no join (a mutex and two closures per message).
+		qs := targets[0]
+		// The body is not copied: the record is written as head and body (a message is
+		// immutable once assembled).
+		head := recordHead(msg, msg.Exchange == "" && msg.RoutingKey == qs.name, 0)
+		if done == nil {
+			qs.sq.log.AppendParts(head, msg.Body, ignoreAppend)
+		} else {
+			qs.sq.log.AppendParts(head, msg.Body, func(_ uint64, err error) { done(err) })
+		}
+		return targets[:0], done, true
+	}
 	rest = make([]*Queue, 0, len(targets)-n)
 	for _, qs := range targets {
 		if qs.sq == nil {
@@ -555,6 +658,8 @@ func appendToStreamsSlow(msg *queue.Message, targets []*Queue, done func(error),
 			done(firstErr)
 		}
 	}
+	// Several targets (not through the default exchange, which routes to one queue): one
+	// record naming the exchange and routing key serves every stream.
 	rec := encodeStreamRecord(msg)
 	for _, qs := range targets {
 		if qs.sq != nil {
@@ -563,6 +668,9 @@ func appendToStreamsSlow(msg *queue.Message, targets []*Queue, done func(error),
 	}
 	return rest, joined, true
 }
+
+// ignoreAppend is the done callback of a stream append nobody waits for.
+func ignoreAppend(uint64, error) {}
 
 // reserveStreamLocked makes a new stream queue's checks and reserves its name in v.opening;
 // call with v.mu held. openReservedStream then creates the log without v.mu: creating it

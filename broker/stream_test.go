@@ -2,6 +2,7 @@ package broker
 
 import (
 	"bytes"
+	"encoding/binary"
 	"os"
 	"sync"
 	"testing"
@@ -176,21 +177,136 @@ func TestStreamOffsetArgument(t *testing.T) {
 	}
 }
 
+// v1Record is a record as Warren wrote streams before format v2.
+func v1Record(msg *queue.Message) []byte {
+	b := []byte{streamRecordV1, byte(len(msg.Exchange))}
+	b = append(b, msg.Exchange...)
+	b = append(b, byte(len(msg.RoutingKey)))
+	b = append(b, msg.RoutingKey...)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(msg.Header)))
+	b = append(b, msg.Header...)
+	return append(b, msg.Body...)
+}
+
 func TestStreamRecordFormat(t *testing.T) {
-	msg := &queue.Message{Exchange: "orders", RoutingKey: "eu.de", Header: []byte{1, 2, 3}, Body: []byte("body")}
-	rec := encodeStreamRecord(msg)
-	back, err := decodeStreamRecord(rec)
-	if err != nil || back.Exchange != "orders" || back.RoutingKey != "eu.de" ||
-		!bytes.Equal(back.Header, msg.Header) || !bytes.Equal(back.Body, msg.Body) {
-		t.Fatalf("round trip: %+v %v", back, err)
+	body := []byte("0123456789abcdef")
+	persistent := amqp.AppendContentHeader(nil, amqp.ClassBasic, uint64(len(body)), &amqp.Properties{DeliveryMode: 2})
+	rich := amqp.AppendContentHeader(nil, amqp.ClassBasic, uint64(len(body)), &amqp.Properties{
+		ContentType: "text/plain", DeliveryMode: 2, Headers: amqp.Table{"k": "v"}})
+	const stream = "events"
+	tests := []struct {
+		name    string
+		msg     *queue.Message
+		rec     func(*queue.Message) []byte
+		maxSize int // record size limit, 0 = unchecked
+	}{
+		{"own stream, 16 B persistent: 22 bytes", &queue.Message{RoutingKey: stream, Header: persistent, Body: body},
+			func(m *queue.Message) []byte { return encodeRecord(m, true) }, 22},
+		{"own stream, properties and headers", &queue.Message{RoutingKey: stream, Header: rich, Body: body},
+			func(m *queue.Message) []byte { return encodeRecord(m, true) }, 0},
+		{"named exchange", &queue.Message{Exchange: "orders", RoutingKey: "eu.de", Header: persistent, Body: body},
+			encodeStreamRecord, 0},
+		{"header that is not rebuilt (body size differs)", &queue.Message{Exchange: "x", RoutingKey: "k", Header: persistent, Body: []byte("short")},
+			encodeStreamRecord, 0},
+		{"raw header bytes", &queue.Message{Exchange: "orders", RoutingKey: "eu.de", Header: []byte{1, 2, 3}, Body: []byte("body")},
+			encodeStreamRecord, 0},
+		{"empty body", &queue.Message{RoutingKey: stream, Header: amqp.AppendContentHeader(nil, amqp.ClassBasic, 0, &amqp.Properties{}), Body: []byte{}},
+			func(m *queue.Message) []byte { return encodeRecord(m, true) }, 0},
+		{"v1 record", &queue.Message{Exchange: "orders", RoutingKey: "eu.de", Header: persistent, Body: body}, v1Record, 0},
 	}
-	rec[len(rec)-1] = 'X' // decoding copied: the reader's buffer may change
-	if string(back.Body) != "body" {
-		t.Fatal("decoded message aliases the record")
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rec := tt.rec(tt.msg)
+			if tt.maxSize > 0 && len(rec) > tt.maxSize {
+				t.Errorf("record is %d bytes, want at most %d", len(rec), tt.maxSize)
+			}
+			back, err := decodeStreamRecord(rec, stream)
+			if err != nil || back.Exchange != tt.msg.Exchange || back.RoutingKey != tt.msg.RoutingKey ||
+				!bytes.Equal(back.Header, tt.msg.Header) || !bytes.Equal(back.Body, tt.msg.Body) {
+				t.Fatalf("round trip: %+v %v", back, err)
+			}
+			if len(back.Body) > 0 {
+				want := string(back.Body)
+				rec[len(rec)-1] ^= 0xff // decoding copied: the reader's buffer may change
+				if string(back.Body) != want {
+					t.Fatal("decoded message aliases the record")
+				}
+			}
+			// Cut before the body: never a message (chunk checksums catch a cut body).
+			for n := 0; n < len(rec)-len(tt.msg.Body); n++ {
+				if m, err := decodeStreamRecord(rec[:n], stream); err == nil {
+					t.Fatalf("a record cut at %d bytes decoded: %+v", n, m)
+				}
+			}
+		})
 	}
-	for n := 0; n < len(rec)-len(msg.Body); n++ {
-		if _, err := decodeStreamRecord(rec[:n]); err == nil {
-			t.Fatalf("a record cut at %d bytes decoded", n)
+	if _, err := decodeStreamRecord([]byte{streamRecordV2, 0x80, 0}, stream); err == nil {
+		t.Error("unknown flags decoded")
+	}
+	if _, err := decodeStreamRecord([]byte{0x03}, stream); err == nil {
+		t.Error("unknown version decoded")
+	}
+}
+
+// FuzzStreamRecord checks that decoding never panics, and that what decodes re-encodes to a
+// record that decodes to the same message.
+func FuzzStreamRecord(f *testing.F) {
+	body := []byte("0123456789abcdef")
+	h := amqp.AppendContentHeader(nil, amqp.ClassBasic, uint64(len(body)), &amqp.Properties{DeliveryMode: 2})
+	f.Add(encodeRecord(&queue.Message{RoutingKey: "s", Header: h, Body: body}, true))
+	f.Add(encodeStreamRecord(&queue.Message{Exchange: "x", RoutingKey: "k", Header: h, Body: body}))
+	f.Add(v1Record(&queue.Message{Exchange: "x", RoutingKey: "k", Header: []byte{1}, Body: body}))
+	f.Fuzz(func(t *testing.T, rec []byte) {
+		m, err := decodeStreamRecord(rec, "s")
+		if err != nil {
+			return
+		}
+		again, err := decodeStreamRecord(encodeRecord(m, m.Exchange == "" && m.RoutingKey == "s"), "s")
+		if err != nil || again.Exchange != m.Exchange || again.RoutingKey != m.RoutingKey ||
+			!bytes.Equal(again.Header, m.Header) || !bytes.Equal(again.Body, m.Body) {
+			t.Fatalf("re-encoded %+v decodes to %+v, %v", m, again, err)
+		}
+	})
+}
+
+// TestStreamRecordsKeepRouting publishes to streams through the default exchange (records
+// without exchange and routing key) and through a fanout to two streams (one shared record
+// naming them), then reads each stream back: every delivery has its own exchange and key.
+func TestStreamRecordsKeepRouting(t *testing.T) {
+	b := newTestBroker(t, t.TempDir())
+	v := b.VHost("/")
+	for _, q := range []string{"s1", "s2"} {
+		if _, err := v.DeclareQueue(System, QueueSpec{Name: q, Durable: true, Args: amqp.Table{"x-queue-type": "stream"}}); err != nil {
+			t.Fatal(err)
+		}
+		if err := v.Bind(System, BindingSpec{Source: "amq.fanout", Destination: q}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := v.NewPublisher()
+	publish(t, v, p, "", "s1", "direct to s1")
+	publish(t, v, p, "amq.fanout", "any.key", "fanned out")
+	publish(t, v, p, "", "s2", "direct to s2")
+	want := map[string][][3]string{
+		"s1": {{"", "s1", "direct to s1"}, {"amq.fanout", "any.key", "fanned out"}},
+		"s2": {{"amq.fanout", "any.key", "fanned out"}, {"", "s2", "direct to s2"}},
+	}
+	for q, msgs := range want {
+		sink := newStreamSink()
+		qs, err := v.ConsumeStream(System, q, sink, StreamConsume{Prefetch: 1, Args: amqp.Table{"x-stream-offset": "first"}}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, m := range msgs {
+			e := sink.await(t, i+1)[i]
+			if e.Msg.Exchange != m[0] || e.Msg.RoutingKey != m[1] || string(e.Msg.Body) != m[2] {
+				t.Errorf("%s offset %d: exchange %q key %q body %q, want %q", q, i, e.Msg.Exchange, e.Msg.RoutingKey, e.Msg.Body, m)
+			}
+			h, herr := amqp.DecodeContentHeader(qs.DeliveryHeader(e))
+			if herr != nil || h.BodySize != uint64(len(m[2])) || h.Props.DeliveryMode != 2 {
+				t.Errorf("%s offset %d: delivery header %+v %v", q, i, h, herr)
+			}
+			sink.ack(qs)
 		}
 	}
 }

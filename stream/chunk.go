@@ -113,11 +113,21 @@ func verifyChunk(h *chunkHeader, chunk []byte) ([]byte, error) {
 
 // appendChunk encodes one chunk holding recs, the first at offset first, onto buf.
 func appendChunk(buf []byte, first uint64, tsMillis int64, recs [][]byte) []byte {
+	ps := make([]pending, len(recs))
+	for i, r := range recs {
+		ps[i].data = r
+	}
+	return appendChunkOf(buf, first, tsMillis, ps)
+}
+
+// appendChunkOf is appendChunk for queued records, each its head followed by its data.
+func appendChunkOf(buf []byte, first uint64, tsMillis int64, recs []pending) []byte {
 	start := len(buf)
 	buf = append(buf, make([]byte, ChunkHeaderSize)...)
 	for _, r := range recs {
-		buf = binary.BigEndian.AppendUint32(buf, uint32(len(r)))
-		buf = append(buf, r...)
+		buf = binary.BigEndian.AppendUint32(buf, uint32(r.size()))
+		buf = append(buf, r.head...)
+		buf = append(buf, r.data...)
 	}
 	data := buf[start+ChunkHeaderSize:]
 	h := chunkHeader{

@@ -59,6 +59,12 @@
 // too many bytes wait for the writer. A segment is sealed (segment and index synced) when the next chunk
 // would take it past MaxSegmentBytes; a new one is created and the directory synced.
 //
+// The active segment is preallocated with written, synced zeros a few MiB ahead of the
+// writer (prealloc.go, by a helper goroutine): a batch's fdatasync then overwrites blocks
+// already in the file instead of growing it, so it does not wait for a journal commit of the
+// new size - about 1.5-2x the confirmed appends per second on ext4. Sealing and closing cut
+// the zeros off; the writer never writes into a zeroing in progress.
+//
 // # Recovery
 //
 // Open trusts a sealed segment's index when it is consistent with the segment file (its last
@@ -66,7 +72,8 @@
 // segment chunk by chunk, checking both checksums, offsets and timestamps, rewrites its index
 // and truncates the file after the last whole chunk: a crash can leave a torn chunk at the
 // tail, never one a done callback reported (it was synced first) and never a visible torn
-// record. Damage inside a sealed segment is an error, not a truncation, since cutting it would
+// record. Preallocated zeros after the last chunk are cut the same way (a zero byte is not a
+// chunk's magic), without a torn-tail warning. Damage inside a sealed segment is an error, not a truncation, since cutting it would
 // renumber every later record.
 //
 // # Reading

@@ -265,10 +265,14 @@ func (seg *segment) recover(truncate bool) (dropped int64, err error) {
 		if end == 0 {
 			end = fileHeaderSize
 		}
+		// Zeros after the last chunk are the writer's preallocation (prealloc.go), not a
+		// torn write: cut them all the same, without reporting them.
+		if !allZero(f, end, st.Size()) {
+			dropped = st.Size() - end
+		}
 		if err := f.Truncate(end); err != nil {
 			return 0, fmt.Errorf("stream: truncate torn tail: %w", err)
 		}
-		dropped = st.Size() - end
 	}
 	if err := f.Sync(); err != nil {
 		return 0, fmt.Errorf("stream: sync segment: %w", err)

@@ -49,11 +49,15 @@ type Options struct {
 	Logger *slog.Logger
 }
 
-// pending is one record waiting for the writer.
+// pending is one record waiting for the writer: head followed by data (AppendParts saves
+// the caller a copy of a message body into a record).
 type pending struct {
+	head []byte
 	data []byte
 	done func(offset uint64, err error)
 }
+
+func (p *pending) size() int { return len(p.head) + len(p.data) }
 
 // Stream is an append-only log of records stored as segment files in one directory. Records
 // get consecutive offsets from 0. Append and NewReader may be called from any goroutine.
@@ -91,8 +95,13 @@ type Stream struct {
 	wnext  uint64
 	wbuf   []byte
 	ibuf   []byte
-	recs   [][]byte
+	recs   []pending  // the records of the chunk being built
 	retain sync.Mutex // one retention pass at a time
+
+	// Zero-ahead preallocation of the active segment (prealloc.go), writer goroutine only.
+	zeroTo  int64    // actF holds synced zeros from wsize up to here
+	zeroing *zeroing // a zero-fill in progress, or nil
+	zeroed  bool     // a zero-fill was started on actF: trim it before sealing or closing
 }
 
 // Open opens (or creates) the stream stored in dir. It verifies the active segment, cuts off
@@ -215,8 +224,15 @@ func syncDir(dir string) error {
 // rec must not be modified until done is called. Concurrent appends are written as one chunk
 // per batch and synced once per batch (group commit).
 func (s *Stream) Append(rec []byte, done func(offset uint64, err error)) {
-	if len(rec) > MaxRecordSize {
-		done(0, fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, len(rec), MaxRecordSize))
+	s.AppendParts(nil, rec, done)
+}
+
+// AppendParts is Append for the record head followed by body, written without joining them
+// first; neither may be modified until done is called.
+func (s *Stream) AppendParts(head, body []byte, done func(offset uint64, err error)) {
+	p := pending{head: head, data: body, done: done}
+	if n := p.size(); n > MaxRecordSize {
+		done(0, fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, n, MaxRecordSize))
 		return
 	}
 	s.qmu.Lock()
@@ -225,8 +241,8 @@ func (s *Stream) Append(rec []byte, done func(offset uint64, err error)) {
 		done(0, err)
 		return
 	}
-	s.queue = append(s.queue, pending{data: rec, done: done})
-	s.qbytes += int64(len(rec))
+	s.queue = append(s.queue, p)
+	s.qbytes += int64(p.size())
 	first := len(s.queue) == 1
 	s.qmu.Unlock()
 	if first {
@@ -310,6 +326,12 @@ func (s *Stream) AppendSync(rec []byte) (uint64, error) {
 // batch was being synced and writes it as the next batch.
 func (s *Stream) writer() {
 	defer close(s.doneCh)
+	defer func() {
+		// A clean close leaves the active segment ending at its last chunk.
+		if err := s.trimZeros(); err != nil {
+			s.log.Warn("stream: closing", "err", err)
+		}
+	}()
 	var failed error
 	for {
 		<-s.wake
@@ -391,11 +413,11 @@ func (s *Stream) writeBatch(batch []pending) (err error) {
 		s.recs = s.recs[:0]
 		size := 0
 		for ; i < len(batch) && len(s.recs) < maxEntries; i++ {
-			if len(s.recs) > 0 && size+entryHeaderSize+len(batch[i].data) > s.opts.MaxChunkBytes {
+			if len(s.recs) > 0 && size+entryHeaderSize+batch[i].size() > s.opts.MaxChunkBytes {
 				break
 			}
-			s.recs = append(s.recs, batch[i].data)
-			size += entryHeaderSize + len(batch[i].data)
+			s.recs = append(s.recs, batch[i])
+			size += entryHeaderSize + batch[i].size()
 		}
 		chunkLen := int64(ChunkHeaderSize + size + trailerSize)
 		pos := s.wsize + int64(len(s.wbuf))
@@ -408,7 +430,7 @@ func (s *Stream) writeBatch(batch []pending) (err error) {
 			}
 			pos = s.wsize
 		}
-		s.wbuf = appendChunk(s.wbuf, s.wnext, now, s.recs)
+		s.wbuf = appendChunkOf(s.wbuf, s.wnext, now, s.recs)
 		s.ibuf = appendIdx(s.ibuf, idxRecord{offset: s.wnext, ts: now, pos: pos, n: uint32(len(s.recs))})
 		c.add(s.wnext, now, pos, len(s.recs))
 		s.wnext += uint64(len(s.recs))
@@ -441,6 +463,8 @@ func (s *Stream) flush(c *commit) error {
 	if c.chunks == 0 {
 		return nil
 	}
+	end := s.wsize + int64(len(s.wbuf))
+	s.awaitZeroing(end)
 	if _, err := s.actF.WriteAt(s.wbuf, s.wsize); err != nil {
 		return fmt.Errorf("stream: write segment %s: %w", s.act.path, err)
 	}
@@ -453,8 +477,9 @@ func (s *Stream) flush(c *commit) error {
 			return fmt.Errorf("stream: sync segment %s: %w", s.act.path, err)
 		}
 	}
-	s.wsize += int64(len(s.wbuf))
+	s.wsize = end
 	s.wbuf, s.ibuf = s.wbuf[:0], s.ibuf[:0]
+	s.startZeroing(end)
 	s.mu.Lock()
 	seg := s.act
 	if seg.chunks == 0 {
@@ -476,6 +501,9 @@ func (s *Stream) flush(c *commit) error {
 // roll seals the active segment (its index synced, so Open can trust it) and starts a new
 // one at the next offset, then applies retention.
 func (s *Stream) roll() error {
+	if err := s.trimZeros(); err != nil {
+		return err
+	}
 	if err := s.idxF.Sync(); err != nil {
 		return fmt.Errorf("stream: sync index %s: %w", s.act.idxPath, err)
 	}
