@@ -244,7 +244,10 @@ func (b *broker) unmount() {
 
 // sample is one reading of the broker's resources.
 type sample struct {
-	RSSKiB     int64
+	RSSKiB     int64 // VmRSS: all resident pages, the store's memory-mapped files included
+	AnonKiB    int64 // RssAnon: the process's own memory (heap, stacks), what a leak grows
+	ShmemKiB   int64 // RssShmem: resident pages of mapped tmpfs files (the store, here)
+	StoreBytes int64 // size of the data directory
 	Goroutines int64
 	HeapInuse  int64
 	HeapAlloc  int64
@@ -279,13 +282,29 @@ func (b *broker) sample(gc bool) (sample, error) {
 		return s, err
 	}
 	for _, line := range strings.Split(string(status), "\n") {
+		kib := func(v string) int64 {
+			n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return n
+		}
 		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			s.RSSKiB, _ = strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			s.RSSKiB = kib(v)
+		} else if v, ok := strings.CutPrefix(line, "RssAnon:"); ok {
+			s.AnonKiB = kib(v)
+		} else if v, ok := strings.CutPrefix(line, "RssShmem:"); ok {
+			s.ShmemKiB = kib(v)
 		}
 	}
 	if fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid)); err == nil {
 		s.FDs = int64(len(fds))
 	}
+	_ = filepath.WalkDir(b.dataDir, func(_ string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			if info, err := d.Info(); err == nil {
+				s.StoreBytes += info.Size()
+			}
+		}
+		return nil // files vanish while the store compacts: count what is there
+	})
 	g, err := b.get("/debug/pprof/goroutine?debug=1")
 	if err != nil {
 		return s, err

@@ -95,21 +95,22 @@ func TestSlopeAndMedian(t *testing.T) {
 
 func TestWindows(t *testing.T) {
 	var ps []point
-	ps = append(ps, point{T: 0, Phase: "idle-before", sample: sample{RSSKiB: 1 << 20, Goroutines: 999}})
+	ps = append(ps, point{T: 0, Phase: "idle-before", sample: sample{AnonKiB: 1 << 20, Goroutines: 999}})
 	for i, rss := range []int64{10, 30, 20, 40, 50, 45} {
-		ps = append(ps, point{T: time.Duration(i) * time.Minute, Phase: "load", sample: sample{RSSKiB: rss * 1024, Goroutines: int64(100 + i)}})
+		ps = append(ps, point{T: time.Duration(i) * time.Minute, Phase: "load",
+			sample: sample{AnonKiB: rss * 1024, RSSKiB: (rss + 100) * 1024, Goroutines: int64(100 + i)}})
 	}
 	ws := windows(ps, 3*time.Minute)
 	want := []window{
-		{From: 0, To: 3 * time.Minute, N: 3, RSSMin: 10, RSSMax: 30, RSSFirst: 10, RSSLast: 20, GorMin: 100, GorMax: 102, GorFirst: 100, Gor: 102},
-		{From: 3 * time.Minute, To: 6 * time.Minute, N: 3, RSSMin: 40, RSSMax: 50, RSSFirst: 40, RSSLast: 45, GorMin: 103, GorMax: 105, GorFirst: 103, Gor: 105},
+		{From: 0, To: 3 * time.Minute, N: 3, RSSMin: 10, RSSMax: 30, RSSFirst: 10, RSSLast: 20, VmRSSMax: 130, GorMin: 100, GorMax: 102, GorFirst: 100, Gor: 102},
+		{From: 3 * time.Minute, To: 6 * time.Minute, N: 3, RSSMin: 40, RSSMax: 50, RSSFirst: 40, RSSLast: 45, VmRSSMax: 150, GorMin: 103, GorMax: 105, GorFirst: 103, Gor: 105},
 	}
 	if !slices.Equal(ws, want) {
 		t.Fatalf("windows =\n%+v\nwant\n%+v", ws, want)
 	}
 	var b strings.Builder
 	printWindows(&b, ws)
-	if !strings.Contains(b.String(), "| 0-3 | 10 | 30 | 10 | 20 | 100 | 102 | 100 | 102 |") ||
+	if !strings.Contains(b.String(), "| 0-3 | 10 | 30 | 10 | 20 | 130 | 100 | 102 | 100 | 102 |") ||
 		!strings.Contains(b.String(), "▁█") {
 		t.Errorf("printWindows:\n%s", b.String())
 	}

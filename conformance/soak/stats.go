@@ -76,8 +76,9 @@ func between(ps []point, from, to time.Duration) []point {
 type window struct {
 	From, To                      time.Duration
 	N                             int
-	RSSMin, RSSMax, RSSFirst      float64 // MiB
+	RSSMin, RSSMax, RSSFirst      float64 // anonymous RSS, MiB
 	RSSLast                       float64
+	VmRSSMax                      float64 // MiB, with the store's mapped files
 	GorMin, GorMax, GorFirst, Gor float64 // Gor: last
 }
 
@@ -89,7 +90,7 @@ func windows(ps []point, w time.Duration) []window {
 			continue
 		}
 		from := p.T / w * w
-		rss, gor := float64(p.RSSKiB)/1024, float64(p.Goroutines)
+		rss, gor := float64(p.AnonKiB)/1024, float64(p.Goroutines)
 		if len(out) == 0 || out[len(out)-1].From != from {
 			out = append(out, window{From: from, To: from + w, RSSMin: rss, RSSMax: rss, RSSFirst: rss,
 				GorMin: gor, GorMax: gor, GorFirst: gor})
@@ -97,6 +98,7 @@ func windows(ps []point, w time.Duration) []window {
 		x := &out[len(out)-1]
 		x.N++
 		x.RSSMin, x.RSSMax, x.RSSLast = min(x.RSSMin, rss), max(x.RSSMax, rss), rss
+		x.VmRSSMax = max(x.VmRSSMax, float64(p.RSSKiB)/1024)
 		x.GorMin, x.GorMax, x.Gor = min(x.GorMin, gor), max(x.GorMax, gor), gor
 	}
 	return out
@@ -125,16 +127,16 @@ func sparkline(ys []float64) string {
 
 // printWindows writes the windows as a markdown table plus sparklines of RSS and goroutines.
 func printWindows(w io.Writer, ws []window) {
-	fmt.Fprintln(w, "| minutes | RSS MiB min | max | first | last | goroutines min | max | first | last |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|")
+	fmt.Fprintln(w, "| minutes | anon RSS MiB min | max | first | last | VmRSS max | goroutines min | max | first | last |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|")
 	var rss, gor []float64
 	for _, x := range ws {
-		fmt.Fprintf(w, "| %s-%s | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f |\n",
-			minutes(x.From), minutes(x.To), x.RSSMin, x.RSSMax, x.RSSFirst, x.RSSLast, x.GorMin, x.GorMax, x.GorFirst, x.Gor)
+		fmt.Fprintf(w, "| %s-%s | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f |\n",
+			minutes(x.From), minutes(x.To), x.RSSMin, x.RSSMax, x.RSSFirst, x.RSSLast, x.VmRSSMax, x.GorMin, x.GorMax, x.GorFirst, x.Gor)
 		rss = append(rss, x.RSSMax)
 		gor = append(gor, x.GorMax)
 	}
-	fmt.Fprintf(w, "\nRSS max per window:        %s\n", sparkline(rss))
+	fmt.Fprintf(w, "\nanon RSS max per window:   %s\n", sparkline(rss))
 	fmt.Fprintf(w, "goroutines max per window: %s\n", sparkline(gor))
 }
 
