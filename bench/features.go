@@ -376,10 +376,10 @@ const sacWarmup = 20
 // (a variable so that tests can make it smaller).
 var sacBacklog = 300000
 
-// sacMaxFailovers ends a sac run early, before a backlog runs out: each failover takes
-// sacWarmup deliveries and up to twice the prefetch more.
-func sacMaxFailovers(prefetch int) int64 {
-	return int64(min(2000, sacBacklog/(sacWarmup+2*prefetch+10)))
+// sacMaxFailovers ends a sac run early, before a backlog runs out: each consumer acks
+// sacWarmup deliveries (and holds up to a prefetch more, requeued when it goes).
+func sacMaxFailovers() int64 {
+	return int64(min(2000, sacBacklog/(2*sacWarmup)))
 }
 
 // sacStall is how long a failover may take before it counts as a stall.
@@ -485,8 +485,15 @@ func runSAC(cfg *Config, res *Result, live io.Writer) error {
 						ds = nil
 						continue
 					}
-					if c.n.Add(1) == 1 {
+					n := c.n.Add(1)
+					if n == 1 {
 						c.first <- nowNanos()
+					}
+					// Only the first sacWarmup are acked: then the prefetch fills and the
+					// consumer takes nothing more, so each failover uses a bounded part of
+					// the backlog. The rest go back to the queue when the channel closes.
+					if n > sacWarmup {
+						continue
 					}
 					if err := d.Ack(false); err != nil && !f.stop.Load() {
 						return fmt.Errorf("bench: ack: %w", err)
@@ -530,7 +537,7 @@ func runSAC(cfg *Config, res *Result, live io.Writer) error {
 	}
 	t0 := time.Now()
 	deadline := t0.Add(cfg.Duration)
-	for time.Now().Before(deadline) && !f.stop.Load() && failovers.Load()+stalls.Load() < sacMaxFailovers(prefetch) {
+	for time.Now().Before(deadline) && !f.stop.Load() && failovers.Load()+stalls.Load() < sacMaxFailovers() {
 		next, err := start()
 		if err != nil {
 			return err
