@@ -359,6 +359,9 @@ func Run(args []string, stdout io.Writer) error {
 	if cfg.JSON || cfg.Quiet {
 		live = io.Discard
 	}
+	if run := featureModes[cfg.Mode]; run != nil { // features.go
+		err = run(&cfg, res, live)
+	}
 	switch cfg.Mode {
 	case "throughput":
 		err = runThroughput(&cfg, res, live)
@@ -521,6 +524,7 @@ func printSummary(w io.Writer, r *Result) {
 	case "queues":
 		fmt.Fprintf(&b, "%-18s %d in %.3fs (%.1f/s), deleted in %.3fs\n", "declared:", r.Declared, r.DeclareSeconds, r.DeclareRate, r.DeleteSeconds)
 	}
+	printFeature(&b, r) // features.go
 	for _, e := range r.Errors {
 		fmt.Fprintf(&b, "error: %s\n", e)
 	}

@@ -31,6 +31,11 @@
 #   sd stream: SD_MESSAGES x 16 B published, then read from first: the broker's largest RSS
 #      during each (sampled every second) and the disk the stream takes (du of the brokers'
 #      stream directories before and after); only run when named in POINTS (100M by default)
+#   pq     issue 18: a 10-priority queue at full speed (priorities 0-9 spread), 1 KiB, manual ack
+#   rpc1   issue 18: RPC round trips over direct reply-to, 1 caller
+#   rpc16  issue 18: the same with 16 concurrent callers
+#   sac    issue 18: single-active-consumer failover, cancel of the active consumer to the first
+#          delivery on the next, over a backlog (bench -mode sac; stalls: no delivery in 5 s)
 #
 # Points l and m also run the floor (warren-bench -mode floor: a length-prefixed forwarder in
 # a child process, measured like a broker) as a third column, interleaved W,R,floor, and print
@@ -80,7 +85,7 @@ RABBIT_URL=${RABBIT_URL:-amqp://guest:guest@127.0.0.1:5672/}
 DURATION=${DURATION:-10s}
 REPEATS=${REPEATS:-3}
 POINTS_GIVEN=${POINTS:+1}
-POINTS=${POINTS:-a b c d e f h k l m n i j g}
+POINTS=${POINTS:-a b c d e f h k l m n pq rpc1 rpc16 sac i j g}
 RAMP_COUNTS=${RAMP_COUNTS:-100,200,400,600,800,1000,1200,1600,2000}
 RAMP_STEP=${RAMP_STEP:-10s}
 G_MESSAGES=${G_MESSAGES:-1000000}
@@ -260,6 +265,21 @@ METRICS[sc]="publish msg/s, confirmed (hi)~.confirm_rate~scfill;read from first 
 METRICS[sd]="publish msg/s, confirmed (hi)~.confirm_rate~sdfill;largest RSS MB while publishing (lo)~.rss_max_bytes / 1e6 | round~sdfill;read from first msg/s (hi)~.consume_rate~sdfirst;largest RSS MB while reading (lo)~.rss_max_bytes / 1e6 | round~sdfirst;disk bytes per message (lo)~.disk_bytes / .messages * 100 | round / 100~sddisk;disk / (body + content header) (lo)~.disk_bytes / .messages / (.size + 15) * 100 | round / 100~sddisk"
 AT_MAX='(.ramp_max_clients) as $m | [.ramp[] | select(.clients == $m)][0]'
 METRICS[n]="clients kept under p99 100 ms (hi)~.ramp_max_clients // 0;msgs/s at that count (hi)~$AT_MAX | .consume_rate;p99 ms at that count (lo)~$AT_MAX | .p99_ms;broker CPU % at that count~$AT_MAX | .broker_cpu_percent"
+
+# Issue 18's queue-feature points (bench/features.go).
+DESC[pq]="x-max-priority 10, priorities 0-9, 1 KiB, 1p/1c manual ack prefetch 100, multi-ack 10"
+ARGS[pq]="-mode priority -size 1024 -autoack=false -prefetch 100 -multi-ack 10"
+METRICS[pq]=$THR
+DESC[rpc1]="RPC over direct reply-to, 1 caller, 16 B"
+ARGS[rpc1]="-mode rpc -producers 1"
+DESC[rpc16]="RPC over direct reply-to, 16 callers, 16 B"
+ARGS[rpc16]="-mode rpc -producers 16"
+RPC="round trips/s (hi)~.consume_rate;round trip p50 ms (lo)~.latency.p50_ms;round trip p99 ms (lo)~.latency.p99_ms"
+METRICS[rpc1]=$RPC
+METRICS[rpc16]=$RPC
+DESC[sac]="single-active-consumer failover (cancel -> first delivery to the next), backlog, prefetch 10"
+ARGS[sac]="-mode sac -prefetch 10"
+METRICS[sac]="failovers (hi)~.received;stalls (lo)~.failed // 0;failover p50 ms (lo)~.latency.p50_ms;failover p99 ms (lo)~.latency.p99_ms"
 
 # bench BROKER FILE TIMEOUT ARGS...: one bench run, JSON to FILE; a failed run leaves no FILE.
 bench() {
