@@ -21,6 +21,8 @@
 //	            count that kept up
 //	floor       the same load through a bare forwarder in its own process (see
 //	            floor.go): the CPU per message any broker must spend at least
+//	delayed     -pmessages messages through an x-delayed-message exchange, due times
+//	            spread over -delay-span: lateness of delivery and broker RSS (delayed.go)
 //
 // Throughput topology: queues are <prefix>-1..N; producer i publishes to
 // queue i mod N (default exchange, or -exchange declared direct and bound by
@@ -94,6 +96,7 @@ type Config struct {
 	RampCounts  string        // ramp mode: client counts to try, ascending, comma-separated
 	RampP99     time.Duration // ramp mode: the end-to-end p99 a step must stay under
 	FloorAddr   string        // floor mode: address of a running forwarder; "" = start one
+	DelaySpan   time.Duration // delayed mode: the due times are spread over this (delayed.go)
 
 	server *serverInfo // what the broker said about itself; set by Run
 }
@@ -161,6 +164,7 @@ func ParseFlags(args []string, out io.Writer) (Config, error) {
 	fs.StringVar(&c.RampCounts, "ramp-counts", "100,200,400,600,800,1000,1200,1600,2000", "ramp mode: comma-separated client counts to try, ascending")
 	fs.DurationVar(&c.RampP99, "ramp-p99", 100*time.Millisecond, "ramp mode: a step passes while its end-to-end p99 stays under this")
 	fs.StringVar(&c.FloorAddr, "floor-addr", "", "floor mode: host:port of a forwarder already running (-broker-pid its PID); empty = start one in a child process")
+	fs.DurationVar(&c.DelaySpan, "delay-span", time.Minute, "delayed mode (x-delayed-message, see delayed.go): spread the due times of the -pmessages messages over this")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -282,6 +286,9 @@ type Result struct {
 	RampMax       int        `json:"ramp_max_clients,omitempty"`
 	RampStopCause string     `json:"ramp_stop,omitempty"`
 
+	// Delayed mode: messages that arrived more than 1 ms before they were due.
+	Early int64 `json:"early,omitempty"`
+
 	Errors []string `json:"errors,omitempty"`
 }
 
@@ -351,6 +358,8 @@ func Run(args []string, stdout io.Writer) error {
 		err = runRamp(&cfg, res, live)
 	case "floor":
 		err = runFloor(&cfg, res, live)
+	case "delayed":
+		err = runDelayed(&cfg, res, live)
 	}
 	res.LoadAvg = loadAvg()
 	res.Server = cfg.server.get()
@@ -482,6 +491,8 @@ func printSummary(w io.Writer, r *Result) {
 		fmt.Fprintf(&b, "%-18s %d msgs, %.1f msgs/s\n", "received:", r.Received, r.ConsumeRate)
 		printLat(&b, "confirm latency", r.ConfirmLatency)
 		printLat(&b, "e2e latency", r.Latency)
+	case "delayed":
+		printDelayed(&b, r)
 	case "churn":
 		fmt.Fprintf(&b, "%-18s %d (%.1f/s), failed %d\n", "connections:", r.Connections, r.ConnRate, r.Failed)
 		printLat(&b, "open+close", r.ConnLatency)
