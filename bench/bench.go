@@ -164,7 +164,7 @@ func ParseFlags(args []string, out io.Writer) (Config, error) {
 	fs.StringVar(&c.RampCounts, "ramp-counts", "100,200,400,600,800,1000,1200,1600,2000", "ramp mode: comma-separated client counts to try, ascending")
 	fs.DurationVar(&c.RampP99, "ramp-p99", 100*time.Millisecond, "ramp mode: a step passes while its end-to-end p99 stays under this")
 	fs.StringVar(&c.FloorAddr, "floor-addr", "", "floor mode: host:port of a forwarder already running (-broker-pid its PID); empty = start one in a child process")
-	fs.DurationVar(&c.DelaySpan, "delay-span", time.Minute, "delayed mode (x-delayed-message, see delayed.go): spread the due times of the -pmessages messages over this")
+	fs.DurationVar(&c.DelaySpan, "delay-span", 0, "delayed mode (x-delayed-message, see delayed.go): spread the due times of the -pmessages messages over this (0: 1m)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}

@@ -31,7 +31,10 @@ func runDelayed(cfg *Config, res *Result, live io.Writer) error {
 		n = 100_000
 	}
 	span := cfg.DelaySpan
-	if span <= 0 {
+	if span == 0 {
+		span = time.Minute
+	}
+	if span < 0 {
 		return fmt.Errorf("bench: -delay-span must be > 0")
 	}
 	size := max(cfg.Size, 8)
