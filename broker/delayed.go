@@ -164,6 +164,8 @@ func (realClock) AfterFunc(d time.Duration, f func()) delayTimer {
 // heldMsg is a held message in memory.
 type heldMsg struct {
 	key        persistence.DelayedKey
+	inMem      bool // in the heap (or routed): a late commit must not add it again
+	synced     bool // its write has committed (read from disk, or committed called)
 	routingKey string
 	header     []byte // as delivered (x-delay negated)
 	body       []byte
@@ -195,12 +197,14 @@ func dk(k persistence.DelayedKey) dkey { return dkey{k.Due, k.Seq} }
 
 // delayer holds the delayed exchanges' messages of a broker until they are due.
 //
-// The invariant that makes the on-disk index safe to read ahead: every stored message with a
-// key up to frontier is in the heap (or already routed); every stored message beyond it is
-// only on disk, with a key up to maxDisk. A read (ReadDelayedAsync) runs on the journal
-// goroutine in submission order, so it sees exactly the messages stored before it was
-// submitted; those stored while it is in flight with a key it covers are kept aside
-// (arrived) and join the heap when it returns.
+// The invariant that makes the on-disk index safe to read ahead: every held message with a key
+// up to frontier is in the heap (or already routed); every one beyond it is only on disk (or on
+// its way there), with a key up to maxDisk. A read ahead reads a snapshot of the store on a
+// goroutine of its own, so a slow journal (a disk sync, a compaction stall) never delays it;
+// the snapshot may miss messages whose write had not committed when it was taken. So a message
+// held beyond the frontier stays in memory (unsynced) until its write has committed, and one
+// that commits while a read is in flight is kept aside (arrived): when the read returns, those
+// up to its end join the heap with what it read, once each.
 type delayer struct {
 	b           *Broker
 	store       *persistence.Store // nil: everything in memory
@@ -216,8 +220,8 @@ type delayer struct {
 	frontier persistence.DelayedKey
 	maxDisk  persistence.DelayedKey
 	reading  bool
-	readTo   persistence.DelayedKey
-	arrived  []*heldMsg
+	arrived  []*heldMsg        // committed while a read was in flight
+	unsynced map[*heldMsg]bool // held beyond the frontier, write not yet committed
 	recent   map[dkey]struct{} // routed, removal not yet committed
 	timer    delayTimer
 	timerAt  int64 // unix ms the timer is set for; 0: none
@@ -233,13 +237,13 @@ type delayer struct {
 
 	deliverMu sync.Mutex // one delivery round at a time, in due order
 	pubs      map[*VHost]*Publisher
-	drops     sync.WaitGroup
+	drops     sync.WaitGroup // background drops and the read ahead in flight
 }
 
 func newDelayer(b *Broker, clock delayClock) *delayer {
 	return &delayer{
 		b: b, store: b.store, clock: clock, window: delayWindow, maxMem: delayMaxMem, maxMemBytes: delayMaxMemBytes,
-		live: map[uint64]*Exchange{}, recent: map[dkey]struct{}{}, pubs: map[*VHost]*Publisher{},
+		live: map[uint64]*Exchange{}, recent: map[dkey]struct{}{}, pubs: map[*VHost]*Publisher{}, unsynced: map[*heldMsg]bool{},
 	}
 }
 
@@ -318,6 +322,7 @@ func (d *delayer) startDrop(inc uint64) {
 	d.drops.Add(1)
 	go func() {
 		defer d.drops.Done()
+		var from persistence.DelayedKey
 		for {
 			d.mu.Lock()
 			closed := d.closed
@@ -325,16 +330,17 @@ func (d *delayer) startDrop(inc uint64) {
 			if closed {
 				return
 			}
-			n, err := d.store.DropDelayedChunk(inc)
+			n, next, done, err := d.store.DropDelayedChunk(inc, from)
 			if err != nil {
 				d.b.log.Error("dropping delayed messages of a deleted exchange", "err", err)
 				return
 			}
 			d.held.Add(-int64(n))
 			d.dropped.Add(uint64(n))
-			if n == 0 {
+			if done {
 				return
 			}
+			from = next
 		}
 	}()
 }
@@ -406,14 +412,19 @@ func (d *delayer) add(h *heldMsg, done func(error)) (onDisk bool) {
 	d.seq = max(d.seq+1, uint64(time.Now().UnixNano()))
 	h.key.Seq = d.seq
 	ex := d.live[h.key.Incarnation]
+	now := d.clock.Now()
+	d.place(h, now.UnixMilli())
 	if d.store != nil {
 		d.store.PutDelayedAsync([]persistence.Delayed{{
 			Key: h.key, VHost: ex.delayed.v.name, Exchange: ex.name, RoutingKey: h.routingKey, Header: h.header, Body: h.body,
-		}}, done)
+		}}, func(err error) {
+			d.committed(h)
+			if done != nil {
+				done(err)
+			}
+		})
 	}
 	d.held.Add(1)
-	now := d.clock.Now()
-	d.place(h, now.UnixMilli())
 	d.arm(now)
 	d.mu.Unlock()
 	if d.store != nil && d.store.Queued() > journalRoom {
@@ -444,19 +455,34 @@ func (d *delayer) place(h *heldMsg, nowMs int64) {
 	if d.maxDisk.Less(h.key) {
 		d.maxDisk = h.key
 	}
-	if d.reading && !d.readTo.Less(h.key) {
-		d.arrived = append(d.arrived, h) // stored after the read was submitted: it cannot see it
+	d.unsynced[h] = true
+}
+
+// committed runs on the journal goroutine once h's write has committed (or failed: then the
+// message is not on disk, and a read ahead never finds it; it stays held in memory only if it
+// already was).
+func (d *delayer) committed(h *heldMsg) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	h.synced = true
+	if !d.unsynced[h] {
+		return
+	}
+	delete(d.unsynced, h)
+	if d.reading && !h.inMem {
+		d.arrived = append(d.arrived, h) // the read's snapshot may predate the commit
 	}
 }
 
 func (d *delayer) push(h *heldMsg) {
+	h.inMem = true
 	heap.Push(&d.heap, h)
 	d.memBytes += h.size()
 }
 
 // evict keeps memory bounded when many messages are due soon: the latest quarter goes back
-// to disk only (they are stored: their writes were submitted before any later read) and the
-// frontier moves back before them. Not while a read is in flight: its result assumes the
+// to disk only (those whose write has not committed yet stay in unsynced until it has) and
+// the frontier moves back before them. Not while a read is in flight: its result assumes the
 // frontier it started from. Called with d.mu held.
 func (d *delayer) evict() {
 	if d.store == nil || d.reading || (len(d.heap) <= d.maxMem && d.memBytes <= d.maxMemBytes) {
@@ -489,6 +515,10 @@ func (d *delayer) evict() {
 	d.frontier = all[keep-1].key
 	for _, h := range all[keep:] {
 		d.memBytes -= h.size()
+		h.inMem = false
+		if !h.synced {
+			d.unsynced[h] = true // a read's snapshot may not have it yet
+		}
 	}
 	clear(all[keep:])
 	d.heap = heldHeap(all[:keep]) // sorted, so a valid heap
@@ -526,8 +556,8 @@ func (d *delayer) arm(now time.Time) {
 	d.timer = d.clock.AfterFunc(time.UnixMilli(next).Sub(now), d.fire)
 }
 
-// startRead reads the stored messages due within the window into memory, if there is room.
-// Called with d.mu held.
+// startRead reads the stored messages due within the window into memory, if there is room,
+// on a goroutine of its own. Called with d.mu held.
 func (d *delayer) startRead(nowMs int64) {
 	room := d.maxMem - len(d.heap)
 	if room < d.maxMem/4 || d.memBytes > d.maxMemBytes/2 {
@@ -535,14 +565,18 @@ func (d *delayer) startRead(nowMs int64) {
 	}
 	from := d.frontier
 	to := persistence.DelayedKey{Due: max(nowMs, from.Due) + d.window.Milliseconds(), Seq: math.MaxUint64}
-	d.reading, d.readTo = true, to
-	d.store.ReadDelayedAsync(from, to.Due, room, func(ds []persistence.Delayed, capped bool, err error) {
-		d.readDone(to, ds, capped, err)
-	})
+	d.reading = true
+	d.drops.Add(1)
+	go func() {
+		defer d.drops.Done()
+		ds, capped, err := d.store.ReadDelayed(from, to.Due, room)
+		d.readDone(from, to, ds, capped, err)
+	}()
 }
 
-// readDone runs on the store's journal goroutine when a read ahead is done.
-func (d *delayer) readDone(to persistence.DelayedKey, ds []persistence.Delayed, capped bool, err error) {
+// readDone puts what a read ahead found, and the messages committed meanwhile or still
+// uncommitted that it covers, in the heap.
+func (d *delayer) readDone(from, to persistence.DelayedKey, ds []persistence.Delayed, capped bool, err error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.reading = false
@@ -568,15 +602,26 @@ func (d *delayer) readDone(to persistence.DelayedKey, ds []persistence.Delayed, 
 	if capped && len(ds) > 0 {
 		newF = ds[len(ds)-1].Key
 	}
+	covered := func(k persistence.DelayedKey) bool { return from.Less(k) && !newF.Less(k) }
+	seen := make(map[dkey]bool, len(ds))
 	for i := range ds {
 		s := &ds[i]
+		seen[dk(s.Key)] = true
 		if _, ok := d.recent[dk(s.Key)]; ok {
 			continue
 		}
-		d.push(&heldMsg{key: s.Key, routingKey: s.RoutingKey, header: s.Header, body: s.Body})
+		d.push(&heldMsg{key: s.Key, routingKey: s.RoutingKey, header: s.Header, body: s.Body, synced: true})
 	}
 	for _, h := range arrived {
-		if !newF.Less(h.key) {
+		if covered(h.key) && !h.inMem && !seen[dk(h.key)] {
+			seen[dk(h.key)] = true
+			d.push(h)
+		}
+	}
+	for h := range d.unsynced {
+		if covered(h.key) && !seen[dk(h.key)] {
+			seen[dk(h.key)] = true
+			delete(d.unsynced, h)
 			d.push(h)
 		}
 	}

@@ -445,8 +445,8 @@ func TestDelayedMillionHeapBounded(t *testing.T) {
 	done := make(chan error, 1)
 	start := time.Now()
 	for i := 0; i < n; i++ {
-		// From 10 s to 10 min: nothing is due while the test runs.
-		delay := 10_000 + int64(i)*590_000/int64(n)
+		// From 2 to 12 min: nothing is due while the test runs.
+		delay := 120_000 + int64(i)*600_000/int64(n)
 		props := amqp.Properties{DeliveryMode: 2, Headers: amqp.Table{delayHeader: int32(delay)}}
 		header := amqp.AppendContentHeader(nil, amqp.ClassBasic, uint64(len(body)), &props)
 		sum, _ := amqp.ScanContentHeader(header)
@@ -477,11 +477,11 @@ func TestDelayedMillionHeapBounded(t *testing.T) {
 		t.Errorf("%d held messages in memory, bound %d", st.InMemory, delayMaxMem)
 	}
 	// The messages alone are over 200 MB at a million (100-byte bodies plus headers and keys).
-	// Profiled at a million: Warren holds under 10 MB; the rest is badger's memtables and
-	// the buffers of the tables it is flushing and compacting at that moment (130-150 MB,
-	// as for any write-heavy load). The bound is the 300 MB RSS target with room
-	// for the runtime.
-	if growth > 256<<20 {
+	// They go to badger's value log (persistence/delayed.go pads them to its threshold), so
+	// the in-memory LSM tree carries only keys and pointers: measured +7 MB at a million.
+	// When they stayed in the LSM tree, the buffers of its flushes and compactions made it
+	// +157 MB.
+	if growth > 64<<20 {
 		t.Errorf("heap grew by %d MB for %d held messages", growth>>20, n)
 	}
 }

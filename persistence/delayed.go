@@ -3,28 +3,32 @@ package persistence
 import (
 	"encoding/binary"
 	"fmt"
+	"slices"
 
 	"github.com/dgraph-io/badger/v4"
 )
 
 // Delayed messages (x-delayed-message exchanges) wait in a due-time index until they are
-// routed. Three key spaces, all written through the journal so that they are ordered with
-// message batches and topology changes:
+// routed. Two key spaces, written through the journal so that they are ordered with message
+// batches and topology changes:
 //
-//	'w' due(8) seq(8)             -> incarnation(8) str(vhost) str(exchange) str(routing key)
-//	                                 bytes(header) body - the message, stored once
-//	'W' incarnation(8) due(8) seq(8) -> empty: the same entry found by exchange, so deleting
-//	                                 an exchange finds its messages without a full scan
-//	'X' str(vhost) str(exchange)  -> incarnation(8): the durable delayed exchanges
+//	'w' due(8) seq(8) incarnation(8) -> str(vhost) str(exchange) str(routing key) bytes(header)
+//	                                    bytes(body), zero-padded to valueThreshold
+//	'X' str(vhost) str(exchange)     -> incarnation(8): the durable delayed exchanges
 //
 // due is unix milliseconds and seq a tie-breaker, both big-endian, so Badger's key order is
 // due order. An incarnation names one life of an exchange: a delayed exchange deleted and
 // declared again under the same name gets a new one, so dropping the old one's messages in
-// the background can never touch the new one's.
+// the background can never touch the new one's. Keys alone (no value read) give an
+// incarnation's messages for a drop and the summary at start.
+//
+// Values are padded to valueThreshold so that every message goes to the value log: the LSM
+// tree (whose memtables, flushes and compactions are all in memory while they run) then moves
+// only 25-byte keys and value pointers, which is what keeps a million held messages' memory
+// small.
 const (
-	pfxDelayed     = 'w'
-	pfxDelayedByEx = 'W'
-	pfxDelayedEx   = 'X'
+	pfxDelayed   = 'w'
+	pfxDelayedEx = 'X'
 )
 
 // DelayedKey identifies a held message: its due time (unix ms) and a sequence number that
@@ -53,21 +57,22 @@ type Delayed struct {
 	Body       []byte
 }
 
-func delayedKey(due int64, seq uint64) []byte {
-	k := make([]byte, 17)
-	k[0] = pfxDelayed
-	binary.BigEndian.PutUint64(k[1:], uint64(due))
-	binary.BigEndian.PutUint64(k[9:], seq)
-	return k
+func delayedKey(k DelayedKey) []byte {
+	b := make([]byte, delayedKeyLen)
+	b[0] = pfxDelayed
+	binary.BigEndian.PutUint64(b[1:], uint64(k.Due))
+	binary.BigEndian.PutUint64(b[9:], k.Seq)
+	binary.BigEndian.PutUint64(b[17:], k.Incarnation)
+	return b
 }
 
-func delayedByExKey(inc uint64, due int64, seq uint64) []byte {
-	k := make([]byte, 25)
-	k[0] = pfxDelayedByEx
-	binary.BigEndian.PutUint64(k[1:], inc)
-	binary.BigEndian.PutUint64(k[9:], uint64(due))
-	binary.BigEndian.PutUint64(k[17:], seq)
-	return k
+const delayedKeyLen = 25
+
+func decodeDelayedKey(b []byte) (DelayedKey, error) {
+	if len(b) != delayedKeyLen || b[0] != pfxDelayed {
+		return DelayedKey{}, fmt.Errorf("delayed message key %x: %w", b, errCorrupt)
+	}
+	return DelayedKey{Due: int64(beUint64(b[1:])), Seq: beUint64(b[9:]), Incarnation: beUint64(b[17:])}, nil
 }
 
 func delayedExKey(vhost, name string) []byte {
@@ -75,29 +80,34 @@ func delayedExKey(vhost, name string) []byte {
 }
 
 func encodeDelayed(d *Delayed) []byte {
-	v := make([]byte, 8, 8+len(d.VHost)+len(d.Exchange)+len(d.RoutingKey)+len(d.Header)+len(d.Body)+20)
-	binary.BigEndian.PutUint64(v, d.Key.Incarnation)
+	n := len(d.VHost) + len(d.Exchange) + len(d.RoutingKey) + len(d.Header) + len(d.Body) + 30
+	v := make([]byte, 0, max(n, valueThreshold))
 	v = appendStr(v, d.VHost)
 	v = appendStr(v, d.Exchange)
 	v = appendStr(v, d.RoutingKey)
 	v = appendBytes(v, d.Header)
-	return append(v, d.Body...)
+	v = appendBytes(v, d.Body)
+	for len(v) < valueThreshold {
+		v = append(v, 0)
+	}
+	return v
 }
 
 func decodeDelayed(k, v []byte) (Delayed, error) {
-	if len(k) != 17 || len(v) < 8 {
-		return Delayed{}, fmt.Errorf("delayed message %x: %w", k, errCorrupt)
+	key, err := decodeDelayedKey(k)
+	if err != nil {
+		return Delayed{}, err
 	}
-	d := Delayed{Key: DelayedKey{Due: int64(beUint64(k[1:])), Seq: beUint64(k[9:]), Incarnation: beUint64(v)}}
-	dec := decoder{b: v[8:]}
+	d := Delayed{Key: key}
+	dec := decoder{b: v}
 	d.VHost = dec.str()
 	d.Exchange = dec.str()
 	d.RoutingKey = dec.str()
 	d.Header = cloneBytes(dec.bytes())
+	d.Body = cloneBytes(dec.bytes())
 	if dec.err != nil {
 		return Delayed{}, fmt.Errorf("delayed message %x: %w", k, dec.err)
 	}
-	d.Body = cloneBytes(dec.b)
 	return d, nil
 }
 
@@ -115,11 +125,7 @@ func delayedSize(ds []Delayed) int64 {
 func (s *Store) PutDelayedAsync(ds []Delayed, done func(error)) {
 	s.submit(request{size: delayedSize(ds), op: func(g *group) error {
 		for i := range ds {
-			d := &ds[i]
-			if err := g.txn.Set(delayedKey(d.Key.Due, d.Key.Seq), encodeDelayed(d)); err != nil {
-				return err
-			}
-			if err := g.txn.Set(delayedByExKey(d.Key.Incarnation, d.Key.Due, d.Key.Seq), nil); err != nil {
+			if err := g.txn.Set(delayedKey(ds[i].Key), encodeDelayed(&ds[i])); err != nil {
 				return err
 			}
 		}
@@ -133,10 +139,7 @@ func (s *Store) PutDelayedAsync(ds []Delayed, done func(error)) {
 func (s *Store) RemoveDelayedAsync(keys []DelayedKey, done func(error)) {
 	s.submit(request{op: func(g *group) error {
 		for _, k := range keys {
-			if err := g.txn.Delete(delayedKey(k.Due, k.Seq)); err != nil {
-				return err
-			}
-			if err := g.txn.Delete(delayedByExKey(k.Incarnation, k.Due, k.Seq)); err != nil {
+			if err := g.txn.Delete(delayedKey(k)); err != nil {
 				return err
 			}
 		}
@@ -144,29 +147,28 @@ func (s *Store) RemoveDelayedAsync(keys []DelayedKey, done func(error)) {
 	}, done: done})
 }
 
-// ReadDelayedAsync reads, in key order, up to max held messages with a key after from and a
-// due time no later than upTo. It runs on the journal goroutine, ordered with the writes: it
-// sees every PutDelayedAsync submitted before it and none submitted after, which is what lets
-// the caller know exactly which messages it has in memory. done gets the messages and whether
-// max cut the read short.
-func (s *Store) ReadDelayedAsync(from DelayedKey, upTo int64, max int, done func([]Delayed, bool, error)) {
-	var out []Delayed
-	var capped bool
-	s.submit(request{op: func(g *group) error {
-		out, capped = out[:0], false // the op runs again if its group is retried
+// ReadDelayed reads, in key order, up to max held messages with a key after from and a due
+// time no later than upTo, from a snapshot: it does not wait for the journal, and it sees the
+// writes committed before it started (a caller that needs the ones in flight keeps them, see
+// broker/delayed.go). capped reports that max cut the read short.
+func (s *Store) ReadDelayed(from DelayedKey, upTo int64, max int) (out []Delayed, capped bool, err error) {
+	err = s.db.View(func(txn *badger.Txn) error {
 		opt := badger.DefaultIteratorOptions
 		opt.Prefix = []byte{pfxDelayed}
 		opt.PrefetchSize = min(max, 100)
-		it := g.txn.NewIterator(opt)
+		it := txn.NewIterator(opt)
 		defer it.Close()
-		start := delayedKey(from.Due, from.Seq)
-		for it.Seek(start); it.Valid(); it.Next() {
+		for it.Seek(delayedKey(DelayedKey{Due: from.Due, Seq: from.Seq})); it.Valid(); it.Next() {
 			item := it.Item()
 			k := item.Key()
-			if len(k) == 17 && string(k) == string(start) {
-				continue
+			key, err := decodeDelayedKey(k)
+			if err != nil {
+				return err
 			}
-			if len(k) != 17 || int64(beUint64(k[1:])) > upTo {
+			if !from.Less(key) {
+				continue // from itself, under any incarnation
+			}
+			if key.Due > upTo {
 				break
 			}
 			if len(out) >= max {
@@ -174,7 +176,7 @@ func (s *Store) ReadDelayedAsync(from DelayedKey, upTo int64, max int, done func
 				break
 			}
 			var d Delayed
-			err := item.Value(func(v []byte) error {
+			err = item.Value(func(v []byte) error {
 				var err error
 				d, err = decodeDelayed(k, v)
 				return err
@@ -185,7 +187,11 @@ func (s *Store) ReadDelayedAsync(from DelayedKey, upTo int64, max int, done func
 			out = append(out, d)
 		}
 		return nil
-	}, done: func(err error) { done(out, capped, err) }})
+	})
+	if err != nil {
+		return nil, false, fmt.Errorf("persistence: reading delayed messages: %w", err)
+	}
+	return out, capped, nil
 }
 
 // PutDelayedExchangeAsync records a durable delayed exchange's incarnation.
@@ -203,35 +209,46 @@ func (s *Store) DeleteDelayedExchangeAsync(vhost, name string, done func(error))
 	}, done: done})
 }
 
-// dropDelayedChunk bounds the entries one DropDelayed transaction deletes.
-const dropDelayedChunk = 5000
+// dropDelayedChunk bounds the entries one DropDelayedChunk transaction deletes, and
+// dropDelayedScan the keys it looks at.
+const (
+	dropDelayedChunk = 5000
+	dropDelayedScan  = 200_000
+)
 
-// DropDelayedChunk deletes up to dropDelayedChunk held messages of an incarnation in one
-// transaction and returns how many it deleted: 0 when none is left. A caller drops an
-// exchange's messages by calling it until then; a crash part-way leaves the rest, which
-// LoadDelayed's Incarnations lists again.
-func (s *Store) DropDelayedChunk(inc uint64) (int, error) {
-	prefix := binary.BigEndian.AppendUint64([]byte{pfxDelayedByEx}, inc)
-	n := 0
-	err := s.do(func(g *group) error {
-		n = 0
+// DropDelayedChunk deletes, in one transaction, the held messages of an incarnation among the
+// keys from from on (at most dropDelayedChunk deletions, dropDelayedScan keys looked at). It
+// returns how many it deleted and where to go on; done when it reached the end. A caller
+// drops an exchange's messages by calling it until done; a crash part-way leaves the rest,
+// which LoadDelayed's Incarnations lists again.
+func (s *Store) DropDelayedChunk(inc uint64, from DelayedKey) (n int, next DelayedKey, done bool, err error) {
+	err = s.do(func(g *group) error {
+		n, next, done = 0, from, true
 		opt := badger.DefaultIteratorOptions
-		opt.Prefix = prefix
+		opt.Prefix = []byte{pfxDelayed}
 		opt.PrefetchValues = false
 		it := g.txn.NewIterator(opt)
 		var keys [][]byte
-		for it.Rewind(); it.Valid() && len(keys) < dropDelayedChunk; it.Next() {
-			keys = append(keys, it.Item().KeyCopy(nil))
+		scanned := 0
+		for it.Seek(delayedKey(from)); it.Valid(); it.Next() {
+			k := it.Item().Key()
+			key, err := decodeDelayedKey(k)
+			if err != nil {
+				it.Close()
+				return err
+			}
+			if len(keys) >= dropDelayedChunk || scanned >= dropDelayedScan {
+				next, done = key, false
+				break
+			}
+			scanned++
+			if key.Incarnation == inc {
+				keys = append(keys, it.Item().KeyCopy(nil))
+			}
 		}
 		it.Close()
 		for _, k := range keys {
-			if len(k) != 25 {
-				return fmt.Errorf("delayed index key %x: %w", k, errCorrupt)
-			}
 			if err := g.txn.Delete(k); err != nil {
-				return err
-			}
-			if err := g.txn.Delete(delayedKey(int64(beUint64(k[9:])), beUint64(k[17:]))); err != nil {
 				return err
 			}
 		}
@@ -239,9 +256,9 @@ func (s *Store) DropDelayedChunk(inc uint64) (int, error) {
 		return nil
 	})
 	if err != nil {
-		return 0, fmt.Errorf("dropping delayed messages of incarnation %d: %w", inc, err)
+		return 0, from, false, fmt.Errorf("dropping delayed messages of incarnation %d: %w", inc, err)
 	}
-	return n, nil
+	return n, next, done, nil
 }
 
 // DelayedState is what Open's caller needs to resume delayed exchanges.
@@ -255,8 +272,8 @@ type DelayedState struct {
 	Count int64
 }
 
-// LoadDelayed reads the delayed exchanges' incarnations and summarises their held messages:
-// one seek per incarnation plus a key-only count, no message is read.
+// LoadDelayed reads the delayed exchanges' incarnations and summarises their held messages
+// from the keys alone (no message is read).
 func (s *Store) LoadDelayed() (DelayedState, error) {
 	st := DelayedState{Exchanges: map[[2]string]uint64{}}
 	err := s.db.View(func(txn *badger.Txn) error {
@@ -287,35 +304,24 @@ func (s *Store) LoadDelayed() (DelayedState, error) {
 		it.Close()
 
 		opt = badger.DefaultIteratorOptions
-		opt.Prefix = []byte{pfxDelayedByEx}
+		opt.Prefix = []byte{pfxDelayed}
 		opt.PrefetchValues = false
 		it = txn.NewIterator(opt)
-		for it.Rewind(); it.Valid(); {
-			k := it.Item().Key()
-			if len(k) != 25 {
-				it.Close()
-				return fmt.Errorf("delayed index key %x: %w", k, errCorrupt)
-			}
-			inc := beUint64(k[1:])
-			st.Incarnations = append(st.Incarnations, inc)
-			if inc == ^uint64(0) {
-				break
-			}
-			it.Seek(binary.BigEndian.AppendUint64([]byte{pfxDelayedByEx}, inc+1))
-		}
-		it.Close()
-
-		opt.Prefix = []byte{pfxDelayed}
-		it = txn.NewIterator(opt)
 		defer it.Close()
+		seen := map[uint64]bool{}
 		for it.Rewind(); it.Valid(); it.Next() {
-			k := it.Item().Key()
-			if len(k) != 17 {
-				return fmt.Errorf("delayed message key %x: %w", k, errCorrupt)
+			key, err := decodeDelayedKey(it.Item().Key())
+			if err != nil {
+				return err
 			}
 			st.Count++
-			st.Last = DelayedKey{Due: int64(beUint64(k[1:])), Seq: beUint64(k[9:])}
+			st.Last = key
+			if !seen[key.Incarnation] {
+				seen[key.Incarnation] = true
+				st.Incarnations = append(st.Incarnations, key.Incarnation)
+			}
 		}
+		slices.Sort(st.Incarnations)
 		return nil
 	})
 	return st, err

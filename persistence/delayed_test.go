@@ -17,18 +17,11 @@ func putDelayed(t *testing.T, s *Store, ds ...Delayed) {
 
 func readDelayed(t *testing.T, s *Store, from DelayedKey, upTo int64, max int) ([]Delayed, bool) {
 	t.Helper()
-	type res struct {
-		ds     []Delayed
-		capped bool
-		err    error
+	ds, capped, err := s.ReadDelayed(from, upTo, max)
+	if err != nil {
+		t.Fatal(err)
 	}
-	ch := make(chan res, 1)
-	s.ReadDelayedAsync(from, upTo, max, func(ds []Delayed, capped bool, err error) { ch <- res{ds, capped, err} })
-	r := <-ch
-	if r.err != nil {
-		t.Fatal(r.err)
-	}
-	return r.ds, r.capped
+	return ds, capped
 }
 
 // Held messages come back in due order (then sequence), bounded by due time and count, and
@@ -80,15 +73,15 @@ func TestDelayedIndex(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Count != 4 || st.Last != (DelayedKey{Due: 300, Seq: 1}) || len(st.Incarnations) != 2 ||
+	if st.Count != 4 || st.Last != (DelayedKey{Due: 300, Seq: 1, Incarnation: 7}) || len(st.Incarnations) != 2 ||
 		st.Incarnations[0] != 7 || st.Incarnations[1] != 9 || st.Exchanges[[2]string{"/", "dx"}] != 9 {
 		t.Fatalf("after reopen: %+v", st)
 	}
-	if n, err := s.DropDelayedChunk(7); err != nil || n != 2 {
-		t.Fatalf("drop incarnation 7: %d %v", n, err)
+	if n, _, done, err := s.DropDelayedChunk(7, DelayedKey{}); err != nil || n != 2 || !done {
+		t.Fatalf("drop incarnation 7: %d %v %v", n, done, err)
 	}
-	if n, err := s.DropDelayedChunk(7); err != nil || n != 0 {
-		t.Fatalf("drop again: %d %v", n, err)
+	if n, _, done, err := s.DropDelayedChunk(7, DelayedKey{}); err != nil || n != 0 || !done {
+		t.Fatalf("drop again: %d %v %v", n, done, err)
 	}
 	ch2 := make(chan error, 1)
 	s.RemoveDelayedAsync([]DelayedKey{{Due: 100, Seq: 1, Incarnation: 9}}, func(err error) { ch2 <- err })
@@ -111,13 +104,14 @@ func TestDelayedIndex(t *testing.T) {
 func FuzzDecodeDelayed(f *testing.F) {
 	f.Add(encodeDelayed(&Delayed{Key: DelayedKey{Incarnation: 3}, VHost: "/", Exchange: "x", RoutingKey: "k", Header: []byte{9}, Body: []byte("b")}))
 	f.Add([]byte{})
-	f.Add([]byte{0, 0, 0, 0, 0, 0, 0, 1, 200})
+	f.Add([]byte{1, 47, 0, 0, 200})
 	f.Fuzz(func(t *testing.T, v []byte) {
-		d, err := decodeDelayed(delayedKey(5, 6), v)
+		k := delayedKey(DelayedKey{Due: 5, Seq: 6, Incarnation: 7})
+		d, err := decodeDelayed(k, v)
 		if err != nil {
 			return
 		}
-		again, err := decodeDelayed(delayedKey(5, 6), encodeDelayed(&d))
+		again, err := decodeDelayed(k, encodeDelayed(&d))
 		if err != nil {
 			t.Fatalf("re-decode: %v", err)
 		}
