@@ -300,6 +300,13 @@ func (d *delayer) unregister(ex *Exchange, sw *storeWaits) {
 	clear(d.heap[len(kept):])
 	d.heap = kept
 	heap.Init(&d.heap)
+	// Those on their way to disk are dropped there (and counted) by startDrop.
+	for h := range d.unsynced {
+		if h.key.Incarnation == inc {
+			delete(d.unsynced, h)
+		}
+	}
+	d.arrived = slices.DeleteFunc(d.arrived, func(h *heldMsg) bool { return h.key.Incarnation == inc })
 	if d.store == nil {
 		d.held.Add(-dropped)
 		d.dropped.Add(uint64(dropped))
