@@ -29,9 +29,9 @@ import (
 // directory) they are all kept in memory.
 //
 // Locking: delayer.mu sits below VHost.mu (an exchange is registered and dropped under
-// VHost.mu) and above the store's journal queue (writes and reads are submitted under it, which
-// fixes their order, see ReadDelayedAsync). Routing a due message takes VHost.mu and the
-// queues' locks with delayer.mu released.
+// VHost.mu) and above the store's journal queue (writes are submitted under it; the journal's
+// done callbacks take it, see committed). Routing a due message takes VHost.mu and the queues'
+// locks with delayer.mu released; a read ahead reads the store with no lock held.
 
 const (
 	delayedType    = "x-delayed-message"

@@ -34,7 +34,8 @@
 //   - per queue: none. TTL expiry and delayed redelivery run on a time.AfterFunc timer of the
 //     queue (package queue), x-expires on a timer of the vhost.
 //   - delayed messages (delayed.go): one time.AfterFunc timer for the broker routes them when
-//     due; deleting a delayed exchange drops its stored messages on a goroutine of its own.
+//     due; a read ahead of the stored ones (at most one at a time) and the drop of a deleted
+//     delayed exchange's stored messages each run on a goroutine of their own.
 //   - the store (package persistence): one journal goroutine that commits every write in
 //     groups, one reader goroutine for read-aheads (a paged queue's pagedIn callback, and the
 //     pushes and dead-letterings it causes, run there), value-log GC and trim loops.
