@@ -21,6 +21,8 @@
 //	            count that kept up
 //	floor       the same load through a bare forwarder in its own process (see
 //	            floor.go): the CPU per message any broker must spend at least
+//	delayed     -pmessages messages through an x-delayed-message exchange, due times
+//	            spread over -delay-span: lateness of delivery and broker RSS (delayed.go)
 //
 // Throughput topology: queues are <prefix>-1..N; producer i publishes to
 // queue i mod N (default exchange, or -exchange declared direct and bound by
@@ -94,6 +96,7 @@ type Config struct {
 	RampCounts  string        // ramp mode: client counts to try, ascending, comma-separated
 	RampP99     time.Duration // ramp mode: the end-to-end p99 a step must stay under
 	FloorAddr   string        // floor mode: address of a running forwarder; "" = start one
+	DelaySpan   time.Duration // delayed mode: the due times are spread over this (delayed.go)
 
 	// Streams (see stream.go).
 	Stream       bool   // queues are x-queue-type: stream
@@ -169,6 +172,7 @@ func ParseFlags(args []string, out io.Writer) (Config, error) {
 	fs.BoolVar(&c.Stream, "stream", false, "declare the queues as streams (x-queue-type: stream, durable; implies -persistent); consumers need -autoack=false and -prefetch")
 	fs.StringVar(&c.StreamOffset, "stream-offset", "next", "with -stream: consumers' x-stream-offset: first, last, next, an offset, or spread (consumer i of n on a stream starts at i*N/n of -stream-length N; needs -drain)")
 	fs.Int64Var(&c.StreamLength, "stream-length", 0, "with -drain -stream: messages in each stream; each consumer reads from its offset to the end")
+	fs.DurationVar(&c.DelaySpan, "delay-span", 0, "delayed mode (x-delayed-message, see delayed.go): spread the due times of the -pmessages messages over this (0: 1m)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -301,6 +305,9 @@ type Result struct {
 	RampMax       int        `json:"ramp_max_clients,omitempty"`
 	RampStopCause string     `json:"ramp_stop,omitempty"`
 
+	// Delayed mode: messages that arrived more than 1 ms before they were due.
+	Early int64 `json:"early,omitempty"`
+
 	Errors []string `json:"errors,omitempty"`
 }
 
@@ -377,6 +384,8 @@ func Run(args []string, stdout io.Writer) error {
 		err = runRamp(&cfg, res, live)
 	case "floor":
 		err = runFloor(&cfg, res, live)
+	case "delayed":
+		err = runDelayed(&cfg, res, live)
 	}
 	res.LoadAvg = loadAvg()
 	res.Server = cfg.server.get()
@@ -516,6 +525,8 @@ func printSummary(w io.Writer, r *Result) {
 		fmt.Fprintf(&b, "%-18s %d msgs, %.1f msgs/s\n", "received:", r.Received, r.ConsumeRate)
 		printLat(&b, "confirm latency", r.ConfirmLatency)
 		printLat(&b, "e2e latency", r.Latency)
+	case "delayed":
+		printDelayed(&b, r)
 	case "churn":
 		fmt.Fprintf(&b, "%-18s %d (%.1f/s), failed %d\n", "connections:", r.Connections, r.ConnRate, r.Failed)
 		printLat(&b, "open+close", r.ConnLatency)

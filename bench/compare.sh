@@ -36,6 +36,10 @@
 #   rpc16  issue 18: the same with 16 concurrent callers
 #   sac    issue 18: single-active-consumer failover, cancel of the active consumer to the first
 #          delivery on the next, over a backlog (bench -mode sac; stalls: no delivery in 5 s)
+#   dl delayed messages (issue 18): DL_MESSAGES persistent messages through an
+#      x-delayed-message exchange, due times spread over DL_SPAN: lateness (arrival - due)
+#      and the broker's largest RSS. Warren only (RabbitMQ's Debian package lacks the plugin);
+#      not in the default POINTS (it lasts DL_SPAN): POINTS="dl" bench/compare.sh
 #
 # Points l and m also run the floor (warren-bench -mode floor: a length-prefixed forwarder in
 # a child process, measured like a broker) as a third column, interleaved W,R,floor, and print
@@ -66,6 +70,7 @@
 #   WARREN_STREAM_DIR, RABBIT_STREAM_DIR  the brokers' stream directories, for sd's disk use
 #               (default: the data dir of the Warren this script starts; RabbitMQ's Debian
 #               default /var/lib/rabbitmq/mnesia/rabbit@<short hostname>/stream)
+#   DL_MESSAGES, DL_SPAN  point dl: messages (default 1000000) and span of due times (default 10m)
 #   BENCH_ARGS  extra arguments for every bench run, e.g. "-client amqp091"
 #   OUT         directory for the raw JSON results (default: a new temp dir)
 #   BENCH_BIN   prebuilt warren-bench binary (default: built from this tree)
@@ -225,6 +230,10 @@ DESC[m]="fixed 5000 msgs/s, 1 KiB, 1p/1c, autoack (CPU/msg)"
 ARGS[m]="-size 1024 -rate 5000"
 DESC[n]="ramp of 25 msgs/s clients ($RAMP_COUNTS), $RAMP_STEP per step"
 ARGS[n]="-mode ramp -rate 25 -ramp-counts $RAMP_COUNTS -ramp-p99 100ms"
+DL_MESSAGES=${DL_MESSAGES:-1000000}
+DL_SPAN=${DL_SPAN:-10m}
+DESC[dl]="$DL_MESSAGES delayed msgs (x-delayed-message, persistent, confirm 256), due over $DL_SPAN"
+ARGS[dl]="-mode delayed -pmessages $DL_MESSAGES -delay-span $DL_SPAN -persistent -confirm 256 -size 100"
 # Points that also run the floor, and its arguments: the same load, with acks read (and
 # dropped) by the forwarder where the broker gets manual acks, none where it runs autoack.
 declare -A FLOOR_ARGS
@@ -265,6 +274,7 @@ METRICS[sc]="publish msg/s, confirmed (hi)~.confirm_rate~scfill;read from first 
 METRICS[sd]="publish msg/s, confirmed (hi)~.confirm_rate~sdfill;largest RSS MB while publishing (lo)~.rss_max_bytes / 1e6 | round~sdfill;read from first msg/s (hi)~.consume_rate~sdfirst;largest RSS MB while reading (lo)~.rss_max_bytes / 1e6 | round~sdfirst;disk bytes per message (lo)~.disk_bytes / .messages * 100 | round / 100~sddisk;disk / (body + content header) (lo)~.disk_bytes / .messages / (.size + 15) * 100 | round / 100~sddisk"
 AT_MAX='(.ramp_max_clients) as $m | [.ramp[] | select(.clients == $m)][0]'
 METRICS[n]="clients kept under p99 100 ms (hi)~.ramp_max_clients // 0;msgs/s at that count (hi)~$AT_MAX | .consume_rate;p99 ms at that count (lo)~$AT_MAX | .p99_ms;broker CPU % at that count~$AT_MAX | .broker_cpu_percent"
+METRICS[dl]="published msg/s (hi)~.publish_rate;lateness p50 ms (lo)~.latency.p50_ms;lateness p99 ms (lo)~.latency.p99_ms;lateness max ms (lo)~.latency.max_ms;largest RSS MB (lo)~.rss_bytes / 1e6 | round;received (hi)~.received"
 
 # Issue 18's queue-feature points (bench/features.go).
 DESC[pq]="x-max-priority 10, priorities 0-9, 1 KiB, 1p/1c manual ack prefetch 100, multi-ack 10"
@@ -314,6 +324,18 @@ run_point() {
 	case $p in
 	sc | sd)
 		run_stream_point "$p" "$b" "$r"
+		;;
+	dl)
+		# Warren only; a fresh Warren when this script runs it, so RSS is the delayed load's.
+		[[ $b == warren ]] || return 0
+		if [[ -n $OWN_WARREN ]]; then
+			stop_warren
+			start_warren
+			URL[warren]=$WARREN_URL PID[warren]=$WARREN_PID
+		fi
+		echo "point dl ($b, run $r/$REPEATS): ${ARGS[dl]}" >&2
+		# shellcheck disable=SC2086
+		bench "$b" "$OUT/dl-$b-$r.json" 7200 -queue-prefix "compare-dl-$r" ${ARGS[dl]} || true
 		;;
 	g)
 		echo "point g ($b, run $r/$REPEATS): fill $G_MESSAGES, then drain" >&2

@@ -107,10 +107,12 @@ var ConsumeArguments = map[string]ArgInfo{
 }
 
 // ExchangeArguments lists the arguments of exchange.declare that RabbitMQ 3.10.8 knows; its
-// core knows no x- exchange argument (plugins' exchange types, such as x-delayed-message,
-// are refused as unknown types, as RabbitMQ does without the plugin).
+// core knows no x- exchange argument. x-delayed-type is the delayed-message plugin's
+// (x-delayed-message exchanges, delayed.go); other plugins' exchange types are refused as
+// unknown types, as RabbitMQ does without them.
 var ExchangeArguments = map[string]ArgInfo{
 	"alternate-exchange": {Implemented, false, false, "ae", ""},
+	"x-delayed-type":     {Implemented, false, false, "direct", "x-delayed-message exchanges (the delayed-message plugin's): the routing of the held messages"},
 }
 
 // PolicyKeys lists the policy definition keys RabbitMQ 3.10.8 knows (its policy validators,

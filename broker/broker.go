@@ -61,6 +61,8 @@ type Broker struct {
 	testPages pageStore
 	// replicator, when set, makes topology changes go through the cluster (replicate.go).
 	replicator TopologyReplicator
+	// delayed holds the messages of x-delayed-message exchanges until they are due.
+	delayed *delayer
 }
 
 // brokerStats count events off the message path (churn) and flow-control pauses.
@@ -111,6 +113,7 @@ func New(opts Options) (*Broker, error) {
 		}()
 	}
 	b.flowHigh = flowHighFor(opts.MaxRAMMessages, b.store != nil)
+	b.delayed = newDelayer(b, realClock{})
 	for _, vs := range opts.VHosts {
 		b.vhosts[vs.Name] = newVHost(b, vs)
 	}
@@ -119,6 +122,12 @@ func New(opts Options) (*Broker, error) {
 			_ = b.store.Close()
 			return nil, fmt.Errorf("restoring durable state from %s: %w", opts.DataDir, err)
 		}
+	}
+	if err := b.startDelayed(); err != nil {
+		if b.store != nil {
+			_ = b.store.Close()
+		}
+		return nil, fmt.Errorf("restoring delayed messages from %s: %w", opts.DataDir, err)
 	}
 	return b, nil
 }
@@ -200,6 +209,7 @@ func (b *Broker) Close() error {
 		v.stopTimers()
 	}
 	b.vhMu.RUnlock()
+	b.delayed.close()
 	b.closeStreams()
 	if b.store != nil {
 		if err := b.store.Close(); err != nil {

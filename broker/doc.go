@@ -33,6 +33,9 @@
 //     have no goroutine of their own.
 //   - per queue: none. TTL expiry and delayed redelivery run on a time.AfterFunc timer of the
 //     queue (package queue), x-expires on a timer of the vhost.
+//   - delayed messages (delayed.go): one time.AfterFunc timer for the broker routes them when
+//     due; a read ahead of the stored ones (at most one at a time) and the drop of a deleted
+//     delayed exchange's stored messages each run on a goroutine of their own.
 //   - the store (package persistence): one journal goroutine that commits every write in
 //     groups, one reader goroutine for read-aheads (a paged queue's pagedIn callback, and the
 //     pushes and dead-letterings it causes, run there), value-log GC and trim loops.
@@ -55,6 +58,8 @@
 //	Broker.vhMu        the vhost table (read: VHost; write: SetVHosts)
 //	VHost.mu           exchanges, queues, bindings, policies, queue ownership and consumer
 //	                   counts, deleting, opening
+//	delayer.mu         the held messages of x-delayed-message exchanges in memory (delayed.go);
+//	                   under it only store submissions
 //	queue.Queue.mu     one queue's messages and consumers (package queue)
 //	channel.mu         a channel's consumers, unacked deliveries and prefetch (package server;
 //	                   taken by Consumer.Deliver under queue.Queue.mu)

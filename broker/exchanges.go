@@ -28,7 +28,7 @@ func (v *VHost) DeclareExchange(a Actor, m ExchangeSpec) *amqp.Error {
 		return err
 	}
 	kind, ok := exchange.ParseKind(m.Type)
-	if !ok {
+	if !ok && m.Type != delayedType {
 		return amqp.Errorf(amqp.CommandInvalid, "unknown exchange type '%s'", m.Type)
 	}
 	if err := a.authorize(PermConfigure, ResExchange, m.Name); err != nil {
@@ -59,13 +59,25 @@ func (v *VHost) DeclareExchange(a Actor, m ExchangeSpec) *amqp.Error {
 	v.mu.Lock()
 	if ex := v.exchanges[m.Name]; ex != nil {
 		v.mu.Unlock()
-		return v.checkExchangeEquivalent(ex, m, kind)
+		return v.checkExchangeEquivalent(ex, m)
+	}
+	var delayed *delayedExchange
+	if m.Type == delayedType {
+		// As the plugin, x-delayed-type is checked when the exchange is created only.
+		k, err := parseDelayedType(m.Args)
+		if err != nil {
+			v.mu.Unlock()
+			return err
+		}
+		kind = k
+		delayed = &delayedExchange{v: v, inc: v.b.delayed.newIncarnation()}
 	}
 	ex := &Exchange{
 		name: m.Name, kind: kind, durable: m.Durable, autoDelete: m.AutoDelete, internal: m.Internal,
-		args: m.Args, router: exchange.NewRouter(kind),
+		args: m.Args, router: exchange.NewRouter(kind), delayed: delayed,
 	}
 	var synced chan error
+	var sw storeWaits
 	if ex.durable && v.b.store != nil {
 		args, aerr := encodeArgs(ex.args)
 		if aerr != nil {
@@ -74,22 +86,29 @@ func (v *VHost) DeclareExchange(a Actor, m ExchangeSpec) *amqp.Error {
 		}
 		var done func(error)
 		done, synced = submitted()
-		v.b.store.PutExchangeAsync(persistence.ExchangeRecord{VHost: v.name, Name: ex.name, Kind: ex.kind.String(), Durable: true,
+		v.b.store.PutExchangeAsync(persistence.ExchangeRecord{VHost: v.name, Name: ex.name, Kind: ex.typeName(), Durable: true,
 			AutoDelete: ex.autoDelete, Internal: ex.internal, Args: args}, done)
+		if delayed != nil {
+			v.b.store.PutDelayedExchangeAsync(v.name, ex.name, delayed.inc, sw.add(v.b, "storing delayed exchange"))
+		}
+	}
+	if delayed != nil {
+		v.b.delayed.register(ex)
 	}
 	ex.alternate = v.alternateLocked(ex)
 	v.exchanges[ex.name] = ex
 	v.mu.Unlock()
+	sw.wait(v.b, "storing delayed exchange")
 	return wait(synced, "storing exchange")
 }
 
-func (v *VHost) checkExchangeEquivalent(ex *Exchange, m ExchangeSpec, kind exchange.Kind) *amqp.Error {
+func (v *VHost) checkExchangeEquivalent(ex *Exchange, m ExchangeSpec) *amqp.Error {
 	ineq := func(arg string, got, cur any) *amqp.Error {
 		return amqp.Errorf(amqp.PreconditionFailed, "inequivalent arg '%s' for exchange '%s' in vhost '%s': received '%v' but current is '%v'", arg, ex.name, v.name, got, cur)
 	}
 	switch {
-	case kind != ex.kind:
-		return ineq("type", m.Type, ex.kind.String())
+	case m.Type != ex.typeName():
+		return ineq("type", m.Type, ex.typeName())
 	case m.Durable != ex.durable:
 		return ineq("durable", m.Durable, ex.durable)
 	case m.AutoDelete != ex.autoDelete:
@@ -184,6 +203,9 @@ func (sw storeWaits) wait(b *Broker, what string) {
 // removeExchangeLocked deletes ex and every binding to or from it.
 func (v *VHost) removeExchangeLocked(ex *Exchange, sw *storeWaits) {
 	delete(v.exchanges, ex.name)
+	if ex.delayed != nil {
+		v.b.delayed.unregister(ex, sw)
+	}
 	for _, other := range v.exchanges {
 		if other.router.UnbindDestination(ex.name, true) > 0 {
 			v.maybeAutoDeleteExchangeLocked(other, sw)

@@ -122,7 +122,7 @@ func (v *VHost) Exchanges() []ExchangeInfo {
 		if ex.name != "" {
 			pol = matchExchange(v.policies, ex.name)
 		}
-		out = append(out, ExchangeInfo{VHost: v.name, Name: ex.name, Type: ex.kind.String(), Durable: ex.durable,
+		out = append(out, ExchangeInfo{VHost: v.name, Name: ex.name, Type: ex.typeName(), Durable: ex.durable,
 			AutoDelete: ex.autoDelete, Internal: ex.internal, Args: ex.args, Policy: pol,
 			PublishIn: ex.publishIn.Load(), PublishOut: ex.publishOut.Load()})
 	}

@@ -98,6 +98,14 @@ func (p *Publisher) Publish(ex *Exchange, msg *queue.Message, headersRaw []byte,
 		v.b.deliverReply(msg)
 		return PublishResult{}, nil
 	}
+	if ex.delayed != nil {
+		if h := v.b.delayed.prepare(ex, msg.RoutingKey, msg.Header, headersRaw, msg.Body); h != nil {
+			// Held, not routed: like the plugin, a mandatory publish is returned (312
+			// NO_ROUTE) although the message is routed when due (see delayed.go).
+			p.countExchange(ex, false)
+			return PublishResult{OnDisk: v.b.delayed.add(h, done)}, nil
+		}
+	}
 	targets := v.route(ex, msg.RoutingKey, headersRaw, &p.rb)
 	if mayHaveSenderKeys(headersRaw) {
 		targets = v.senderSelected(ex, msg, headersRaw, &p.rb)
@@ -280,7 +288,19 @@ func (t *Txn) Commit(unroutable func(*queue.Message)) error {
 	var pubs []prepared
 	var rb RouteBuf
 	var replies []*queue.Message
+	var holds []*heldMsg
 	for _, p := range t.publishes {
+		if p.ex.delayed != nil {
+			if h := v.b.delayed.prepare(p.ex, p.msg.RoutingKey, p.msg.Header, scanHeaders(p.msg.Header), p.msg.Body); h != nil {
+				// Held at the commit, after the batch; returned if mandatory, as outside one.
+				holds = append(holds, h)
+				p.ex.publishIn.Add(1)
+				if p.mandatory && unroutable != nil {
+					unroutable(p.msg)
+				}
+				continue
+			}
+		}
 		if p.ex.name == "" && IsReplyName(p.msg.RoutingKey) {
 			// Delivered with the commit's other effects, after the store write; counts as
 			// unroutable, as outside a transaction.
@@ -317,6 +337,9 @@ func (t *Txn) Commit(unroutable func(*queue.Message)) error {
 	}
 	for _, p := range pubs {
 		v.push(p, true)
+	}
+	if err := v.b.delayed.addAll(holds); err != nil {
+		return fmt.Errorf("tx.commit: storing delayed messages failed: %w", err)
 	}
 	for _, m := range replies {
 		v.b.deliverReply(m)

@@ -91,17 +91,21 @@ func (qs *Queue) Home() string { return qs.home }
 // declared as cur, with RabbitMQ's 406: the check a cluster's state machine makes, so that every
 // node decides alike.
 func CheckExchangeEquivalent(vhost string, cur, m ExchangeSpec) *amqp.Error {
-	kind, ok := exchange.ParseKind(cur.Type)
-	if !ok {
-		return amqp.Errorf(amqp.CommandInvalid, "unknown exchange type '%s'", cur.Type)
+	ex := &Exchange{name: cur.Name, durable: cur.Durable, autoDelete: cur.AutoDelete, internal: cur.Internal, args: cur.Args}
+	if cur.Type == delayedType {
+		ex.delayed = &delayedExchange{} // only its type name takes part in the check
+	} else {
+		kind, ok := exchange.ParseKind(cur.Type)
+		if !ok {
+			return amqp.Errorf(amqp.CommandInvalid, "unknown exchange type '%s'", cur.Type)
+		}
+		ex.kind = kind
 	}
-	mk, ok := exchange.ParseKind(m.Type)
-	if !ok {
+	if _, ok := exchange.ParseKind(m.Type); !ok && m.Type != delayedType {
 		return amqp.Errorf(amqp.CommandInvalid, "unknown exchange type '%s'", m.Type)
 	}
 	v := &VHost{name: vhost}
-	ex := &Exchange{name: cur.Name, kind: kind, durable: cur.Durable, autoDelete: cur.AutoDelete, internal: cur.Internal, args: cur.Args}
-	return v.checkExchangeEquivalent(ex, m, mk)
+	return v.checkExchangeEquivalent(ex, m)
 }
 
 // CheckQueueEquivalent is queue.declare's equivalence check of a redeclare m of a queue declared

@@ -25,14 +25,26 @@ func (b *Broker) restore() error {
 			continue
 		}
 		kind, ok := exchange.ParseKind(r.Kind)
-		if !ok {
+		if !ok && r.Kind != delayedType {
 			return fmt.Errorf("exchange %q in vhost %q has unknown type %q", r.Name, r.VHost, r.Kind)
 		}
 		args, err := decodeArgs(r.Args)
 		if err != nil {
 			return fmt.Errorf("exchange %q arguments: %w", r.Name, err)
 		}
+		if r.Kind == delayedType {
+			k, aerr := parseDelayedType(args)
+			if aerr != nil {
+				return fmt.Errorf("exchange %q in vhost %q: %s", r.Name, r.VHost, aerr.Text)
+			}
+			kind = k
+		}
 		ex := &Exchange{name: r.Name, kind: kind, durable: true, autoDelete: r.AutoDelete, internal: r.Internal, args: args, router: exchange.NewRouter(kind)}
+		if r.Kind == delayedType {
+			if err := b.delayed.restoreExchange(v, ex); err != nil {
+				return fmt.Errorf("exchange %q in vhost %q: %w", r.Name, r.VHost, err)
+			}
+		}
 		ex.alternate = v.alternateLocked(ex)
 		v.exchanges[r.Name] = ex
 	}

@@ -22,6 +22,7 @@ type Exchange struct {
 	args       amqp.Table
 	alternate  string // alternate-exchange argument or policy
 	router     exchange.Router
+	delayed    *delayedExchange // x-delayed-message: kind and router are its x-delayed-type's
 	// publishIn counts messages published to the exchange, publishOut those it routed to at
 	// least one queue (RabbitMQ's publish_in / publish_out); added in batches by Publishers.
 	publishIn, publishOut atomic.Uint64

@@ -50,6 +50,10 @@ type Config struct {
 	RetryDelay   time.Duration
 	RetryBackoff float64
 
+	// ReminderDelay is the x-delay of the payment reminder order processing schedules through
+	// the delayed exchange orders.reminders with every payment request (reminder.go); 0: none.
+	ReminderDelay time.Duration
+
 	// CrashAfter makes order processing crash once, between acking its Nth order and committing
 	// the transaction; 0 never crashes.
 	CrashAfter int
@@ -86,6 +90,7 @@ func DefaultConfig() Config {
 		DeliveryLimit:     3,
 		RetryDelay:        200 * time.Millisecond,
 		RetryBackoff:      2,
+		ReminderDelay:     time.Second,
 		CrashAfter:        100,
 		Customers:         200,
 		CustomerInterval:  10 * time.Millisecond,
@@ -112,6 +117,8 @@ func (c Config) validate() error {
 		return errors.New("-delivery-limit must be >= 0")
 	case c.RetryDelay < 0:
 		return errors.New("-retry-delay must be >= 0")
+	case c.ReminderDelay < 0:
+		return errors.New("-reminder-delay must be >= 0")
 	case c.RetryBackoff < 1:
 		return errors.New("-retry-backoff must be >= 1")
 	case c.CrashAfter < 0 || c.Customers < 0 || c.CustomerInterval < 0 || c.SyncDowntime < 0 || c.Rate < 0:
@@ -139,6 +146,7 @@ func main() {
 	fs.IntVar(&cfg.DeliveryLimit, "delivery-limit", cfg.DeliveryLimit, "x-delivery-limit of the payment queue")
 	fs.DurationVar(&cfg.RetryDelay, "retry-delay", cfg.RetryDelay, "x-redelivery-delay of the payment queue (Warren only; RabbitMQ ignores it)")
 	fs.Float64Var(&cfg.RetryBackoff, "retry-backoff", cfg.RetryBackoff, "x-redelivery-backoff of the payment queue (Warren only)")
+	fs.DurationVar(&cfg.ReminderDelay, "reminder-delay", cfg.ReminderDelay, "payment reminder scheduled through the x-delayed-message exchange with every payment request (0 = none)")
 	fs.IntVar(&cfg.CrashAfter, "crash-after", cfg.CrashAfter, "order processing crashes mid-transaction after this many orders (0 = never)")
 	fs.IntVar(&cfg.Customers, "customers", cfg.Customers, "customer records the integration system forwards")
 	fs.DurationVar(&cfg.CustomerInterval, "customer-interval", cfg.CustomerInterval, "time between two customer records")

@@ -53,6 +53,8 @@ type pipeline struct {
 	redelivered atomic.Int64
 	// priced counts the storefront's price checks answered over direct reply-to.
 	priced atomic.Int64
+	// rem is the payment reminder service's bookkeeping (reminder.go).
+	rem *reminders
 }
 
 // run declares the topology, starts every service, places the orders, waits until everything
@@ -74,7 +76,16 @@ func run(ctx context.Context, cfg Config) (*Report, error) {
 	p := &pipeline{
 		cfg: cfg, log: log, orders: planOrders(cfg), led: newLedger(),
 		gw: newGateway(cfg), inv: newInventory(), cat: newCatalog(), sync: &syncState{},
-		audit: newAuditLog(), auditDone: make(chan struct{}),
+		audit: newAuditLog(), auditDone: make(chan struct{}), rem: &reminders{},
+	}
+	if cfg.ReminderDelay > 0 {
+		off, err := declareReminders(cfg)
+		if err != nil {
+			return nil, err
+		}
+		if off != "" {
+			cfg.ReminderDelay, p.cfg.ReminderDelay, p.rem.off = 0, 0, off
+		}
 	}
 
 	admin, err := dial(cfg.URL, "orders-admin")
@@ -244,7 +255,11 @@ type service struct {
 }
 
 func (p *pipeline) services() []service {
-	return []service{
+	var reminder []service
+	if p.cfg.ReminderDelay > 0 {
+		reminder = append(reminder, service{name: "payment-reminder", queue: queueReminders, handle: p.remind})
+	}
+	return append(reminder, []service{
 		{name: "order-processing", queue: queueProcessing, tx: true, handle: p.processOrder},
 		{name: "payment", queue: queuePayment, handle: p.pay},
 		{name: "inventory", queue: queueInventory, handle: p.inventoryHandler},
@@ -254,7 +269,7 @@ func (p *pipeline) services() []service {
 		{name: "refund", queue: queueRefund, handle: p.refund},
 		{name: "fraud-check", queue: queueFraud, handle: p.fraud},
 		{name: "dead-letter", queue: queueDead, handle: p.deadLetter},
-	}
+	}...)
 }
 
 // runService keeps a service consuming until ctx ends, reconnecting after a crash or a lost
@@ -393,7 +408,12 @@ func (p *pipeline) processOrder(ctx context.Context, pb publisher, d amqp.Delive
 	if err := pb.publish(ctx, exchangeOrders, keyPaymentRequested, Event{Order: ev.Order}); err != nil {
 		return err
 	}
-	copies := p.copies(exchangeOrders, keyPaymentRequested)
+	if p.cfg.ReminderDelay > 0 {
+		if err := pb.scheduleReminder(ctx, ev.Order); err != nil {
+			return err
+		}
+	}
+	copies := p.copies(exchangeOrders, keyPaymentRequested) + p.reminderCopies()
 	if err := d.Ack(false); err != nil {
 		p.outstanding.Add(-copies) // the publish dies with the transaction
 		return fmt.Errorf("ack: %w", err)

@@ -24,6 +24,11 @@ type Report struct {
 
 	// Priced counts the orders priced by the pricing service over direct reply-to.
 	Priced int
+	// RemindersSent and RemindersSkipped count the payment reminders that came due for unpaid
+	// and for paid orders; RemindersOff says why there were none (reminder.go).
+	RemindersSent, RemindersSkipped int
+	ReminderMinWait                 time.Duration
+	RemindersOff                    string
 
 	Crashes, Restarts int
 	// Redelivered counts orders that order processing received again after its crash.
@@ -122,6 +127,9 @@ func (p *pipeline) report(elapsed time.Duration, timedOut bool) *Report {
 		if paid != (steps[keyPaymentProcessed] == 1) {
 			note("payment.processed seen by fraud check", o.ID)
 		}
+		if cfg.ReminderDelay > 0 && steps[keyPaymentReminder] != 1 {
+			note("payment reminder not handled exactly once", o.ID)
+		}
 		if want == outcomeDead && steps["voided"] != 1 {
 			note("dead-lettered order not cancelled (voided)", o.ID)
 		}
@@ -139,6 +147,13 @@ func (p *pipeline) report(elapsed time.Duration, timedOut bool) *Report {
 		}
 		problem("%s: %d orders (%s%s)", kind, len(bad[kind]), strings.Join(ids, ", "), more)
 	}
+	rm := p.rem
+	rm.mu.Lock()
+	r.RemindersSent, r.RemindersSkipped, r.ReminderMinWait, r.RemindersOff = rm.sent, rm.skipped, rm.minWait, rm.off
+	if len(rm.early) > 0 {
+		problem("payment reminders delivered before their %s delay: %d (%s)", cfg.ReminderDelay, len(rm.early), strings.Join(rm.early[:min(len(rm.early), problemLimit)], ", "))
+	}
+	rm.mu.Unlock()
 	if r.Delivered+r.Refunded+r.DeadLettered != len(p.orders) {
 		problem("outcomes add up to %d, not %d orders", r.Delivered+r.Refunded+r.DeadLettered, len(p.orders))
 	}
@@ -217,6 +232,12 @@ func (r *Report) print(w io.Writer, cfg Config) {
 		}
 	}
 	fmt.Fprintf(w, "  pricing            %d orders priced by RPC over direct reply-to (amq.rabbitmq.reply-to)\n", r.Priced)
+	if r.RemindersOff != "" {
+		fmt.Fprintf(w, "  payment reminders  off: %s\n", r.RemindersOff)
+	} else if cfg.ReminderDelay > 0 {
+		fmt.Fprintf(w, "  payment reminders  %d sent (order unpaid when due), %d dropped (paid meanwhile); scheduled with x-delay %s, shortest wait %s\n",
+			r.RemindersSent, r.RemindersSkipped, cfg.ReminderDelay, r.ReminderMinWait.Round(time.Millisecond))
+	}
 	fmt.Fprintf(w, "  order processing   %d crash(es) between ack and tx.commit, %d order(s) redelivered and committed once; services restarted %d time(s)\n",
 		r.Crashes, r.Redelivered, r.Restarts)
 	fmt.Fprintf(w, "  customer sync      %d/%d records applied in order (%d out of order, %d duplicates); consumer system stopped %d time(s), %d records queued when it came back\n",

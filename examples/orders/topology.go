@@ -31,7 +31,12 @@ func topology(cfg Config) []queueDef {
 		payment["x-redelivery-delay"] = cfg.RetryDelay.Milliseconds()
 		payment["x-redelivery-backoff"] = cfg.RetryBackoff
 	}
-	return []queueDef{
+	var reminders []queueDef
+	if cfg.ReminderDelay > 0 {
+		// Fed by the delayed exchange orders.reminders (declared by declareReminders).
+		reminders = append(reminders, queueDef{name: queueReminders, exchange: exchangeReminders, keys: []string{keyPaymentReminder}})
+	}
+	return append(reminders, []queueDef{
 		// A priority queue: express orders (priority 9) overtake the standard ones waiting.
 		{name: queueProcessing, exchange: exchangeOrders, keys: []string{keyOrderPlaced}, args: amqp.Table{"x-max-priority": int32(expressPriority)}},
 		{name: queuePayment, exchange: exchangeOrders, keys: []string{keyPaymentRequested}, args: payment},
@@ -45,7 +50,7 @@ func topology(cfg Config) []queueDef {
 		{name: queueCustomers, exchange: exchangeCustomers, keys: []string{keyCustomerUpsert}},
 		// Every order event, kept: read from the start by analytics, followed by the audit log.
 		{name: queueEvents, exchange: exchangeOrders, keys: []string{"#"}, args: eventsArgs, stream: true},
-	}
+	}...)
 }
 
 // declare creates the exchanges and queues. The queues are deleted first: a demo run starts

@@ -1,0 +1,794 @@
+package broker
+
+import (
+	"bytes"
+	"container/heap"
+	"math"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/warrenmq/warren/amqp"
+	"github.com/warrenmq/warren/exchange"
+	"github.com/warrenmq/warren/persistence"
+)
+
+// The x-delayed-message exchange, with the semantics of RabbitMQ's delayed-message-exchange
+// plugin: declared with an x-delayed-type argument (direct, fanout, topic or headers) that
+// routes; a message published with a positive x-delay header (milliseconds, at most
+// 4294967295 as the plugin's Erlang timer) is held and routed when due, through the bindings
+// as they are then; the routed copy carries x-delay negated (so it is never delayed again, and
+// consumers can tell). Other messages route at once.
+//
+// Unlike the plugin, held messages go through the store's journal like persistent messages (a
+// confirm means synced), they are indexed on disk by due time (persistence/delayed.go), and
+// only a window of them - those due within delayWindow, at most delayMaxMem - is in memory.
+// One timer for the whole broker routes them (delayer.fire). Without a store (no data
+// directory) they are all kept in memory.
+//
+// Locking: delayer.mu sits below VHost.mu (an exchange is registered and dropped under
+// VHost.mu) and above the store's journal queue (writes are submitted under it; the journal's
+// done callbacks take it, see committed). Routing a due message takes VHost.mu and the queues'
+// locks with delayer.mu released; a read ahead reads the store with no lock held.
+
+const (
+	delayedType    = "x-delayed-message"
+	delayedTypeArg = "x-delayed-type"
+	delayHeader    = "x-delay"
+	// maxDelay is the plugin's bound (Erlang's timer limit): a larger x-delay routes at once.
+	maxDelay = 4294967295
+	// delayWindow is how far ahead held messages are read into memory.
+	delayWindow = 2 * time.Second
+	// delayMaxMem and delayMaxMemBytes bound the held messages kept in memory.
+	delayMaxMem      = 20000
+	delayMaxMemBytes = 32 << 20
+)
+
+// delayedExchange is what an x-delayed-message exchange has beside its x-delayed-type router.
+type delayedExchange struct {
+	v *VHost
+	// inc is this life of the exchange: its held messages are stored under it.
+	inc uint64
+}
+
+// typeName is the exchange's type as declared.
+func (ex *Exchange) typeName() string {
+	if ex.delayed != nil {
+		return delayedType
+	}
+	return ex.kind.String()
+}
+
+// parseDelayedType validates an x-delayed-message declare's arguments as the plugin does and
+// returns the routing kind.
+func parseDelayedType(args amqp.Table) (exchange.Kind, *amqp.Error) {
+	var t string
+	switch x := args[delayedTypeArg].(type) {
+	case string:
+		t = x
+	case []byte:
+		t = string(x)
+	default:
+		return 0, amqp.Errorf(amqp.PreconditionFailed, "Invalid argument, 'x-delayed-type' must be an existing exchange type")
+	}
+	kind, ok := exchange.ParseKind(t)
+	if !ok {
+		// rabbit_exchange:check_type's error; x-delayed-message itself would make the plugin
+		// recurse, Warren refuses it the same way.
+		return 0, amqp.Errorf(amqp.CommandInvalid, "unknown exchange type '%s'", t)
+	}
+	return kind, nil
+}
+
+// delayOf reads a message's x-delay as the plugin does: integers, strings holding an integer
+// and floats (truncated). ok is false when the message routes at once (absent, not a number,
+// zero, negative or beyond maxDelay).
+func delayOf(h amqp.Table) (ms int64, ok bool) {
+	switch x := h[delayHeader].(type) {
+	case int8:
+		ms = int64(x)
+	case uint8:
+		ms = int64(x)
+	case int16:
+		ms = int64(x)
+	case uint16:
+		ms = int64(x)
+	case int32:
+		ms = int64(x)
+	case uint32:
+		ms = int64(x)
+	case int64:
+		ms = x
+	case string:
+		n, err := strconv.ParseInt(x, 10, 64)
+		if err != nil {
+			return 0, false
+		}
+		ms = n
+	case float32:
+		ms = truncMillis(float64(x))
+	case float64:
+		ms = truncMillis(x)
+	case amqp.Decimal:
+		ms = truncMillis(float64(x.Value) / math.Pow10(int(x.Scale)))
+	default:
+		return 0, false
+	}
+	return ms, ms > 0 && ms <= maxDelay
+}
+
+func truncMillis(f float64) int64 {
+	if math.IsNaN(f) || f > maxDelay+1 || f < 0 {
+		return 0
+	}
+	return int64(f)
+}
+
+// withDelayHeader returns the content header with x-delay set to -ms, as the plugin delivers
+// it.
+func withDelayHeader(header []byte, ms int64) ([]byte, error) {
+	full, err := amqp.DecodeContentHeader(header)
+	if err != nil {
+		return nil, err
+	}
+	h := make(amqp.Table, len(full.Props.Headers))
+	for k, v := range full.Props.Headers {
+		h[k] = v
+	}
+	if ms <= math.MaxInt32 {
+		h[delayHeader] = int32(-ms)
+	} else {
+		h[delayHeader] = -ms
+	}
+	full.Props.Headers = h
+	return amqp.AppendContentHeader(nil, full.ClassID, full.BodySize, &full.Props), nil
+}
+
+// delayClock is the time source of the scheduler; tests inject a manual one.
+type delayClock interface {
+	Now() time.Time
+	AfterFunc(d time.Duration, f func()) delayTimer
+}
+
+type delayTimer interface{ Stop() bool }
+
+type realClock struct{}
+
+func (realClock) Now() time.Time { return time.Now() }
+func (realClock) AfterFunc(d time.Duration, f func()) delayTimer {
+	return time.AfterFunc(d, f)
+}
+
+// heldMsg is a held message in memory.
+type heldMsg struct {
+	key        persistence.DelayedKey
+	inMem      bool // in the heap (or routed): a late commit must not add it again
+	synced     bool // its write has committed (read from disk, or committed called)
+	routingKey string
+	header     []byte // as delivered (x-delay negated)
+	body       []byte
+}
+
+func (h *heldMsg) size() int64 { return int64(len(h.header)+len(h.body)+len(h.routingKey)) + 96 }
+
+type heldHeap []*heldMsg
+
+func (h heldHeap) Len() int           { return len(h) }
+func (h heldHeap) Less(i, j int) bool { return h[i].key.Less(h[j].key) }
+func (h heldHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *heldHeap) Push(x any)        { *h = append(*h, x.(*heldMsg)) }
+func (h *heldHeap) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	return x
+}
+
+// dkey is a held message's identity without its incarnation.
+type dkey struct {
+	due int64
+	seq uint64
+}
+
+func dk(k persistence.DelayedKey) dkey { return dkey{k.Due, k.Seq} }
+
+// delayer holds the delayed exchanges' messages of a broker until they are due.
+//
+// The invariant that makes the on-disk index safe to read ahead: every held message with a key
+// up to frontier is in the heap (or already routed); every one beyond it is only on disk (or on
+// its way there), with a key up to maxDisk. A read ahead reads a snapshot of the store on a
+// goroutine of its own, so a slow journal (a disk sync, a compaction stall) never delays it;
+// the snapshot may miss messages whose write had not committed when it was taken. So a message
+// held beyond the frontier stays in memory (unsynced) until its write has committed, and one
+// that commits while a read is in flight is kept aside (arrived): when the read returns, those
+// up to its end join the heap with what it read, once each.
+type delayer struct {
+	b           *Broker
+	store       *persistence.Store // nil: everything in memory
+	clock       delayClock
+	window      time.Duration
+	maxMem      int
+	maxMemBytes int64
+
+	mu       sync.Mutex
+	live     map[uint64]*Exchange // incarnation -> its exchange
+	heap     heldHeap
+	memBytes int64
+	frontier persistence.DelayedKey
+	maxDisk  persistence.DelayedKey
+	reading  bool
+	arrived  []*heldMsg        // committed while a read was in flight
+	unsynced map[*heldMsg]bool // held beyond the frontier, write not yet committed
+	recent   map[dkey]struct{} // routed, removal not yet committed
+	timer    delayTimer
+	timerAt  int64 // unix ms the timer is set for; 0: none
+	seq      uint64
+	lastInc  uint64
+	closed   bool
+	readErrs int
+	state    *persistence.DelayedState // loaded at restore, nil after start
+
+	held    atomic.Int64 // messages held, in memory or on disk
+	routed  atomic.Uint64
+	dropped atomic.Uint64 // held messages whose exchange was deleted
+
+	deliverMu sync.Mutex // one delivery round at a time, in due order
+	pubs      map[*VHost]*Publisher
+	drops     sync.WaitGroup // background drops and the read ahead in flight
+}
+
+func newDelayer(b *Broker, clock delayClock) *delayer {
+	return &delayer{
+		b: b, store: b.store, clock: clock, window: delayWindow, maxMem: delayMaxMem, maxMemBytes: delayMaxMemBytes,
+		live: map[uint64]*Exchange{}, recent: map[dkey]struct{}{}, pubs: map[*VHost]*Publisher{}, unsynced: map[*heldMsg]bool{},
+	}
+}
+
+// DelayedStats counts the delayed exchanges' messages.
+type DelayedStats struct {
+	Held     int64  // waiting, in memory or on disk
+	InMemory int    // of which in memory
+	Routed   uint64 // routed when due since start
+	Dropped  uint64 // dropped with their exchange since start
+}
+
+// DelayedStats returns the delayed exchanges' counters.
+func (b *Broker) DelayedStats() DelayedStats {
+	d := b.delayed
+	d.mu.Lock()
+	n := len(d.heap)
+	d.mu.Unlock()
+	return DelayedStats{Held: d.held.Load(), InMemory: n, Routed: d.routed.Load(), Dropped: d.dropped.Load()}
+}
+
+// newIncarnation names a new life of a delayed exchange: unique across restarts as long as
+// the clock does not go back past the last one.
+func (d *delayer) newIncarnation() uint64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.lastInc = max(d.lastInc+1, uint64(time.Now().UnixNano()))
+	return d.lastInc
+}
+
+// register makes ex's held messages routable (declare, restore). Called under VHost.mu.
+func (d *delayer) register(ex *Exchange) {
+	d.mu.Lock()
+	d.live[ex.delayed.inc] = ex
+	d.lastInc = max(d.lastInc, ex.delayed.inc)
+	d.mu.Unlock()
+}
+
+// unregister drops ex's held messages: at once from memory, in the background from disk.
+// Called under VHost.mu with the exchange's store deletion (sw) submitted.
+func (d *delayer) unregister(ex *Exchange, sw *storeWaits) {
+	inc := ex.delayed.inc
+	d.mu.Lock()
+	delete(d.live, inc)
+	kept := d.heap[:0]
+	dropped := int64(0)
+	for _, h := range d.heap {
+		if h.key.Incarnation == inc {
+			d.memBytes -= h.size()
+			dropped++
+			continue
+		}
+		kept = append(kept, h)
+	}
+	clear(d.heap[len(kept):])
+	d.heap = kept
+	heap.Init(&d.heap)
+	// Those on their way to disk are dropped there (and counted) by startDrop.
+	for h := range d.unsynced {
+		if h.key.Incarnation == inc {
+			delete(d.unsynced, h)
+		}
+	}
+	d.arrived = slices.DeleteFunc(d.arrived, func(h *heldMsg) bool { return h.key.Incarnation == inc })
+	if d.store == nil {
+		d.held.Add(-dropped)
+		d.dropped.Add(uint64(dropped))
+	} else {
+		if ex.durable {
+			d.store.DeleteDelayedExchangeAsync(ex.delayed.v.name, ex.name, sw.add(d.b, "deleting delayed exchange"))
+		}
+		d.startDrop(inc)
+	}
+	d.mu.Unlock()
+}
+
+// startDrop deletes an incarnation's stored messages on a goroutine of its own (there may be
+// millions; nobody waits for them: the scheduler skips messages of unknown incarnations).
+// Called with d.mu held.
+func (d *delayer) startDrop(inc uint64) {
+	if d.closed {
+		return
+	}
+	d.drops.Add(1)
+	go func() {
+		defer d.drops.Done()
+		var from persistence.DelayedKey
+		for {
+			d.mu.Lock()
+			closed := d.closed
+			d.mu.Unlock()
+			if closed {
+				return
+			}
+			n, next, done, err := d.store.DropDelayedChunk(inc, from)
+			if err != nil {
+				d.b.log.Error("dropping delayed messages of a deleted exchange", "err", err)
+				return
+			}
+			d.held.Add(-int64(n))
+			d.dropped.Add(uint64(n))
+			if done {
+				return
+			}
+			from = next
+		}
+	}()
+}
+
+// start resumes after restore: incarnations on disk that no restored exchange owns (transient
+// exchanges, or deletes interrupted by a crash) are dropped, and the timer is armed.
+func (d *delayer) start(st persistence.DelayedState) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.held.Store(st.Count)
+	d.maxDisk = st.Last
+	d.seq = st.Last.Seq
+	for _, inc := range st.Incarnations {
+		if d.live[inc] == nil {
+			d.startDrop(inc)
+		}
+	}
+	d.arm(d.clock.Now())
+}
+
+// close stops the timer and waits for a delivery round and the background drops in progress.
+func (d *delayer) close() {
+	d.mu.Lock()
+	d.closed = true
+	if d.timer != nil {
+		d.timer.Stop()
+		d.timer = nil
+	}
+	d.mu.Unlock()
+	d.deliverMu.Lock()
+	//lint:ignore SA2001 waiting for the round in progress
+	d.deliverMu.Unlock()
+	d.drops.Wait()
+}
+
+// prepare returns the held message a publish to a delayed exchange becomes, or nil when the
+// message routes at once.
+func (d *delayer) prepare(ex *Exchange, routingKey string, header, headersRaw, body []byte) *heldMsg {
+	if !bytes.Contains(headersRaw, []byte("\x07"+delayHeader)) {
+		return nil
+	}
+	h, _, err := amqp.DecodeTable(headersRaw)
+	if err != nil {
+		return nil
+	}
+	ms, ok := delayOf(h)
+	if !ok {
+		return nil
+	}
+	nh, err := withDelayHeader(header, ms)
+	if err != nil {
+		return nil
+	}
+	return &heldMsg{
+		key:        persistence.DelayedKey{Due: d.clock.Now().UnixMilli() + ms, Incarnation: ex.delayed.inc},
+		routingKey: routingKey, header: nh, body: body,
+	}
+}
+
+// add holds h: stored (done runs once it is synced) and, when due soon, kept in memory. It
+// reports whether done waits for the store; false when the exchange is gone (h is dropped, as
+// a publish to a deleted exchange) or there is no store.
+func (d *delayer) add(h *heldMsg, done func(error)) (onDisk bool) {
+	d.mu.Lock()
+	if d.closed || d.live[h.key.Incarnation] == nil {
+		d.mu.Unlock()
+		return false
+	}
+	d.seq = max(d.seq+1, uint64(time.Now().UnixNano()))
+	h.key.Seq = d.seq
+	ex := d.live[h.key.Incarnation]
+	now := d.clock.Now()
+	d.place(h, now.UnixMilli())
+	if d.store != nil {
+		d.store.PutDelayedAsync([]persistence.Delayed{{
+			Key: h.key, VHost: ex.delayed.v.name, Exchange: ex.name, RoutingKey: h.routingKey, Header: h.header, Body: h.body,
+		}}, func(err error) {
+			d.committed(h)
+			if done != nil {
+				done(err)
+			}
+		})
+	}
+	d.held.Add(1)
+	d.arm(now)
+	d.mu.Unlock()
+	if d.store != nil && d.store.Queued() > journalRoom {
+		d.b.stats.flowPauses.Add(1)
+		d.store.AwaitRoom(journalRoom)
+	}
+	return d.store != nil
+}
+
+// place puts a newly stored message in memory when its key is within the frontier. Called
+// with d.mu held.
+func (d *delayer) place(h *heldMsg, nowMs int64) {
+	if d.store == nil {
+		d.push(h)
+		return
+	}
+	if !d.reading && !d.frontier.Less(d.maxDisk) {
+		// Nothing stored beyond the frontier: it moves without a read.
+		if t := (persistence.DelayedKey{Due: nowMs + d.window.Milliseconds(), Seq: math.MaxUint64}); d.frontier.Less(t) {
+			d.frontier = t
+		}
+	}
+	if !d.frontier.Less(h.key) {
+		d.push(h)
+		d.evict()
+		return
+	}
+	if d.maxDisk.Less(h.key) {
+		d.maxDisk = h.key
+	}
+	d.unsynced[h] = true
+}
+
+// committed runs on the journal goroutine once h's write has committed (or failed: then the
+// message is not on disk, and a read ahead never finds it; it stays held in memory only if it
+// already was).
+func (d *delayer) committed(h *heldMsg) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	h.synced = true
+	if !d.unsynced[h] {
+		return
+	}
+	delete(d.unsynced, h)
+	if d.reading && !h.inMem {
+		d.arrived = append(d.arrived, h) // the read's snapshot may predate the commit
+	}
+}
+
+func (d *delayer) push(h *heldMsg) {
+	h.inMem = true
+	heap.Push(&d.heap, h)
+	d.memBytes += h.size()
+}
+
+// evict keeps memory bounded when many messages are due soon: the latest quarter goes back
+// to disk only (those whose write has not committed yet stay in unsynced until it has) and
+// the frontier moves back before them. Not while a read is in flight: its result assumes the
+// frontier it started from. Called with d.mu held.
+func (d *delayer) evict() {
+	if d.store == nil || d.reading || (len(d.heap) <= d.maxMem && d.memBytes <= d.maxMemBytes) {
+		return
+	}
+	all := []*heldMsg(d.heap)
+	slices.SortFunc(all, func(a, b *heldMsg) int {
+		if a.key.Less(b.key) {
+			return -1
+		}
+		if b.key.Less(a.key) {
+			return 1
+		}
+		return 0
+	})
+	keep := len(all) * 3 / 4
+	var bytes int64
+	for i, h := range all {
+		if bytes+h.size() > d.maxMemBytes*3/4 && i > 0 {
+			keep = min(keep, i)
+			break
+		}
+		bytes += h.size()
+	}
+	keep = max(keep, 1)
+	last := all[len(all)-1].key
+	if d.maxDisk.Less(last) {
+		d.maxDisk = last
+	}
+	d.frontier = all[keep-1].key
+	for _, h := range all[keep:] {
+		d.memBytes -= h.size()
+		h.inMem = false
+		if !h.synced {
+			d.unsynced[h] = true // a read's snapshot may not have it yet
+		}
+	}
+	clear(all[keep:])
+	d.heap = heldHeap(all[:keep]) // sorted, so a valid heap
+}
+
+// arm starts a read ahead if one is due and sets the timer for the next due message or read.
+// Called with d.mu held.
+func (d *delayer) arm(now time.Time) {
+	if d.closed {
+		return
+	}
+	nowMs := now.UnixMilli()
+	next := int64(math.MaxInt64)
+	if len(d.heap) > 0 {
+		next = d.heap[0].key.Due
+	}
+	if d.store != nil && !d.reading && d.frontier.Less(d.maxDisk) {
+		readAt := d.frontier.Due - d.window.Milliseconds()/2
+		if readAt <= nowMs {
+			d.startRead(nowMs)
+		} else if readAt < next {
+			next = readAt
+		}
+	}
+	if next == math.MaxInt64 {
+		return
+	}
+	if d.timer != nil && d.timerAt <= next {
+		return // it fires first and arms again
+	}
+	if d.timer != nil {
+		d.timer.Stop()
+	}
+	d.timerAt = next
+	d.timer = d.clock.AfterFunc(time.UnixMilli(next).Sub(now), d.fire)
+}
+
+// startRead reads the stored messages due within the window into memory, if there is room,
+// on a goroutine of its own. Called with d.mu held.
+func (d *delayer) startRead(nowMs int64) {
+	room := d.maxMem - len(d.heap)
+	if room < d.maxMem/4 || d.memBytes > d.maxMemBytes/2 {
+		return // routing the messages in memory makes room; fire arms again
+	}
+	from := d.frontier
+	to := persistence.DelayedKey{Due: max(nowMs, from.Due) + d.window.Milliseconds(), Seq: math.MaxUint64}
+	d.reading = true
+	d.drops.Add(1)
+	go func() {
+		defer d.drops.Done()
+		ds, capped, err := d.store.ReadDelayed(from, to.Due, room)
+		d.readDone(from, to, ds, capped, err)
+	}()
+}
+
+// readDone puts what a read ahead found, and the messages committed meanwhile or still
+// uncommitted that it covers, in the heap.
+func (d *delayer) readDone(from, to persistence.DelayedKey, ds []persistence.Delayed, capped bool, err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.reading = false
+	arrived := d.arrived
+	d.arrived = nil
+	if err != nil {
+		// The frontier stays; the messages stay on disk and the read is tried again.
+		d.readErrs++
+		if d.readErrs == 1 || d.readErrs%100 == 0 {
+			d.b.log.Error("reading delayed messages ahead", "err", err, "failures", d.readErrs)
+		}
+		if !d.closed {
+			if d.timer != nil {
+				d.timer.Stop()
+			}
+			d.timerAt = d.clock.Now().Add(100 * time.Millisecond).UnixMilli()
+			d.timer = d.clock.AfterFunc(100*time.Millisecond, d.fire)
+		}
+		return
+	}
+	d.readErrs = 0
+	newF := to
+	if capped && len(ds) > 0 {
+		newF = ds[len(ds)-1].Key
+	}
+	covered := func(k persistence.DelayedKey) bool { return from.Less(k) && !newF.Less(k) }
+	seen := make(map[dkey]bool, len(ds))
+	for i := range ds {
+		s := &ds[i]
+		seen[dk(s.Key)] = true
+		if _, ok := d.recent[dk(s.Key)]; ok {
+			continue
+		}
+		d.push(&heldMsg{key: s.Key, routingKey: s.RoutingKey, header: s.Header, body: s.Body, synced: true})
+	}
+	for _, h := range arrived {
+		if covered(h.key) && !h.inMem && !seen[dk(h.key)] {
+			seen[dk(h.key)] = true
+			d.push(h)
+		}
+	}
+	for h := range d.unsynced {
+		if covered(h.key) && !seen[dk(h.key)] {
+			seen[dk(h.key)] = true
+			delete(d.unsynced, h)
+			d.push(h)
+		}
+	}
+	d.frontier = newF
+	d.evict()
+	d.arm(d.clock.Now())
+}
+
+// fire routes the messages that are due. It runs on the timer's goroutine.
+func (d *delayer) fire() {
+	d.deliverMu.Lock()
+	defer d.deliverMu.Unlock()
+	now := d.clock.Now()
+	nowMs := now.UnixMilli()
+	type due struct {
+		h  *heldMsg
+		ex *Exchange
+	}
+	var batch []due
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return
+	}
+	d.timer, d.timerAt = nil, 0
+	for len(d.heap) > 0 && d.heap[0].key.Due <= nowMs {
+		h := heap.Pop(&d.heap).(*heldMsg)
+		d.memBytes -= h.size()
+		if d.store != nil {
+			d.recent[dk(h.key)] = struct{}{}
+		}
+		batch = append(batch, due{h, d.live[h.key.Incarnation]})
+	}
+	d.mu.Unlock()
+
+	var keys []persistence.DelayedKey
+	for _, x := range batch {
+		keys = append(keys, x.h.key)
+		d.held.Add(-1)
+		if x.ex == nil {
+			d.dropped.Add(1)
+			continue
+		}
+		d.route(x.ex, x.h)
+	}
+	for _, p := range d.pubs {
+		p.Flush()
+	}
+	if d.store != nil && len(keys) > 0 {
+		// Submitted after the routed copies' publish batches: removed with or after them.
+		d.store.RemoveDelayedAsync(keys, func(err error) {
+			if err != nil {
+				d.b.log.Error("removing routed delayed messages", "err", err)
+			}
+			d.mu.Lock()
+			for _, k := range keys {
+				delete(d.recent, dk(k))
+			}
+			d.mu.Unlock()
+		})
+	}
+	d.mu.Lock()
+	d.arm(d.clock.Now())
+	d.mu.Unlock()
+}
+
+// route publishes a due message through its exchange's x-delayed-type routing, as a new
+// message (its x-delay is negative: it is not held again).
+func (d *delayer) route(ex *Exchange, h *heldMsg) {
+	v := ex.delayed.v
+	p := d.pubs[v]
+	if p == nil {
+		p = v.NewPublisher()
+		d.pubs[v] = p
+	}
+	sum, err := amqp.ScanContentHeader(h.header)
+	if err != nil {
+		d.b.log.Error("held message with a bad content header dropped", "exchange", ex.name, "err", err)
+		return
+	}
+	msg, aerr := d.b.NewMessage(ex, h.routingKey, h.header, &sum, h.body)
+	if aerr != nil {
+		d.b.log.Error("held message dropped", "exchange", ex.name, "err", aerr)
+		return
+	}
+	d.routed.Add(1)
+	p.Publish(ex, msg, sum.HeadersRaw, nil)
+}
+
+// loadState reads the store's delayed state once (restore needs the incarnations, start the
+// rest).
+func (d *delayer) loadState() (*persistence.DelayedState, error) {
+	if d.state != nil || d.store == nil {
+		if d.state == nil {
+			d.state = &persistence.DelayedState{}
+		}
+		return d.state, nil
+	}
+	st, err := d.store.LoadDelayed()
+	if err != nil {
+		return nil, err
+	}
+	d.state = &st
+	return d.state, nil
+}
+
+// restoreExchange gives a restored durable delayed exchange its incarnation and registers it.
+func (d *delayer) restoreExchange(v *VHost, ex *Exchange) error {
+	st, err := d.loadState()
+	if err != nil {
+		return err
+	}
+	inc, ok := st.Exchanges[[2]string{v.name, ex.name}]
+	if !ok {
+		// Its record was committed without the incarnation's (a crash between the two
+		// writes): it never held a message.
+		inc = d.newIncarnation()
+		if err := persistenceWait(func(done func(error)) { d.store.PutDelayedExchangeAsync(v.name, ex.name, inc, done) }); err != nil {
+			return err
+		}
+	}
+	ex.delayed = &delayedExchange{v: v, inc: inc}
+	d.register(ex)
+	return nil
+}
+
+func persistenceWait(submit func(func(error))) error {
+	ch := make(chan error, 1)
+	submit(func(err error) { ch <- err })
+	return <-ch
+}
+
+// startDelayed starts routing held messages, after restore.
+func (b *Broker) startDelayed() error {
+	st, err := b.delayed.loadState()
+	if err != nil {
+		return err
+	}
+	b.delayed.start(*st)
+	b.delayed.state = nil
+	return nil
+}
+
+// addAll holds a transaction's delayed messages and waits until they are stored.
+func (d *delayer) addAll(hs []*heldMsg) error {
+	if len(hs) == 0 {
+		return nil
+	}
+	ch := make(chan error, len(hs))
+	waits := 0
+	for _, h := range hs {
+		if d.add(h, func(err error) { ch <- err }) {
+			waits++
+		}
+	}
+	var first error
+	for ; waits > 0; waits-- {
+		if err := <-ch; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
