@@ -20,6 +20,8 @@ import (
 	"time"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	"github.com/warrenmq/warren/ctl"
 )
 
 var mgmtReady = regexp.MustCompile(`msg="management API and UI ready" addr=(\S+)`)
@@ -470,7 +472,35 @@ func TestClusterThreeProcesses(t *testing.T) {
 			time.Sleep(200 * time.Millisecond)
 		}
 	}
+	// warren ctl cluster_status against a node shows the members and the Raft leader.
+	var out, errOut strings.Builder
+	if code := ctl.Run([]string{"-url=http://" + tc.nodes["n2"].mgmt, "cluster_status"}, &out, &errOut); code != 0 {
+		t.Fatalf("ctl cluster_status: %d %s", code, errOut.String())
+	}
+	for _, want := range []string{"Cluster name", "test", "Running nodes", "n1, n2, n3", "Raft leader", "config_digest_match"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("cluster_status lacks %q:\n%s", want, out.String())
+		}
+	}
 	for _, n := range tc.names {
 		tc.nodes[n].stop()
+	}
+}
+
+// TestSingleNodeHasNoCluster: without a cluster section nothing of the cluster starts (no Raft
+// log in the data directory, no cluster log line) and the broker serves as before.
+func TestSingleNodeHasNoCluster(t *testing.T) {
+	dir := t.TempDir()
+	b := startBroker(t, dir)
+	ch := b.channel()
+	if _, err := ch.QueueDeclare("single", true, false, false, false, nil); err != nil {
+		t.Fatalf("declare: %v", err)
+	}
+	b.stop()
+	if _, err := os.Stat(filepath.Join(dir, "raft")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a single node created %s (err %v)", filepath.Join(dir, "raft"), err)
+	}
+	if strings.Contains(b.log.String(), "cluster") {
+		t.Errorf("a single node logged about a cluster:\n%s", b.log.String())
 	}
 }
