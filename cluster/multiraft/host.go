@@ -619,6 +619,9 @@ type Group struct {
 	rn *raft.RawNode
 	// lostLogHandover is when this leader last handed over for a follower that lost its log.
 	lostLogHandover time.Time
+	// lastLead is the last leader this node knew (loop goroutine): when another one is
+	// elected, proposals not yet in this node's log are sent again (resendUnplaced).
+	lastLead uint64
 
 	// Owned by the loop goroutine (and Group before it starts).
 	confState          *pb.ConfState
@@ -689,6 +692,12 @@ func (g *Group) reconcile(desired []uint64) {
 
 // apply applies a Ready's snapshot and committed entries (loop goroutine).
 func (g *Group) apply(rd raft.Ready) {
+	if ss := rd.SoftState; ss != nil && ss.Lead != raft.None && ss.Lead != g.lastLead {
+		if g.lastLead != raft.None {
+			g.resendUnplaced()
+		}
+		g.lastLead = ss.Lead
+	}
 	if !raft.IsEmptySnap(rd.Snapshot) {
 		md := rd.Snapshot.GetMetadata()
 		// Whatever was placed at or below the snapshot and not yet applied here is either in
