@@ -41,6 +41,10 @@ type NodeConfig struct {
 	ConfigDigest string
 	// Logger receives the cluster's diagnostics; nil means slog.Default().
 	Logger *slog.Logger
+	// Join starts a node added to a running cluster: with no Raft state it waits for the
+	// leader's log instead of bootstrapping (multiraft.Config.Join). No configuration key sets
+	// it yet.
+	Join bool
 
 	// Raft timing and durability, zero for multiraft's defaults (tests shorten them).
 	TickInterval  time.Duration
@@ -83,7 +87,7 @@ func StartNode(cfg NodeConfig, b *broker.Broker) (*Node, error) {
 	log := cfg.Logger
 	h, err := multiraft.NewHost(multiraft.Config{NodeName: cfg.NodeName, ListenAddr: cfg.Listen, Peers: maps.Clone(cfg.Nodes),
 		Secret: []byte(cfg.Name + "\x00" + cfg.Secret), TLS: cfg.TLS, DataDir: cfg.DataDir, Logger: log,
-		TickInterval: cfg.TickInterval, ElectionTicks: cfg.ElectionTicks, NoSync: cfg.NoSync})
+		TickInterval: cfg.TickInterval, ElectionTicks: cfg.ElectionTicks, NoSync: cfg.NoSync, Join: cfg.Join})
 	if err != nil {
 		return nil, fmt.Errorf("cluster: starting node %s: %w", cfg.NodeName, err)
 	}
