@@ -25,6 +25,8 @@ import (
 	"time"
 
 	"github.com/warrenmq/warren/bench"
+	"github.com/warrenmq/warren/broker"
+	"github.com/warrenmq/warren/cluster"
 	"github.com/warrenmq/warren/config"
 	"github.com/warrenmq/warren/ctl"
 	"github.com/warrenmq/warren/node"
@@ -66,14 +68,41 @@ func run(args []string, lookupEnv func(string) (string, bool), stderr io.Writer,
 	slog.SetDefault(logger)
 	cfg.Server.Logger = logger
 
+	// A cluster node joins its cluster inside server.New, once the broker has restored its
+	// durable state and before the configured topology is declared or a client is accepted, so
+	// that both go through the metadata log.
+	var cn *cluster.Node
+	if cfg.Cluster.Enabled() {
+		nc, err := clusterConfig(cfg, logger)
+		if err != nil {
+			fmt.Fprintln(stderr, "warren:", err)
+			return 1
+		}
+		cfg.Server.Attach = func(b *broker.Broker) error {
+			n, err := cluster.StartNode(nc, b)
+			cn = n
+			return err
+		}
+	}
+	// closeCluster stops the node's Raft host: always after the AMQP server, whose clients'
+	// declares in flight still need the log.
+	closeCluster := func() {
+		if cn != nil {
+			if err := cn.Close(); err != nil {
+				logger.Error("cluster: closing the node", "err", err)
+			}
+		}
+	}
 	srv, err := server.New(cfg.Server)
 	if err != nil {
+		closeCluster()
 		fmt.Fprintln(stderr, "warren:", err)
 		return 1
 	}
 	if err := srv.Start(); err != nil {
 		fmt.Fprintln(stderr, "warren: start:", err)
 		_ = srv.Close() // releases the store that New opened
+		closeCluster()
 		return 1
 	}
 	var configFiles []string
@@ -82,10 +111,11 @@ func run(args []string, lookupEnv func(string) (string, bool), stderr io.Writer,
 	}
 	web, err := node.ServeHTTP(srv, node.HTTPOptions{ManagementListen: cfg.ManagementListen, CertFile: cfg.ManagementCertFile,
 		KeyFile: cfg.ManagementKeyFile, PrometheusListen: cfg.PrometheusListen, Logger: logger, DataDir: cfg.Server.DataDir,
-		ConfigFiles: configFiles})
+		ConfigFiles: configFiles, Cluster: clusterStatus(cn)})
 	if err != nil {
 		fmt.Fprintln(stderr, "warren:", err)
 		_ = srv.Close()
+		closeCluster()
 		return 1
 	}
 	defer web.Close()
@@ -94,6 +124,7 @@ func run(args []string, lookupEnv func(string) (string, bool), stderr io.Writer,
 		if err != nil {
 			fmt.Fprintln(stderr, "warren: debug.pprof_listen:", err)
 			_ = srv.Close()
+			closeCluster()
 			return 1
 		}
 		defer stop()
@@ -107,6 +138,9 @@ func run(args []string, lookupEnv func(string) (string, bool), stderr io.Writer,
 	}
 	if addr := srv.TLSAddr(); addr != nil {
 		attrs = append(attrs, "amqps", addr.String())
+	}
+	if cn != nil {
+		attrs = append(attrs, "cluster_addr", cn.Addr())
 	}
 	// The watch starts before the ready line, so that a change made once a caller sees it is seen.
 	changed := make(chan struct{}, 1)
@@ -126,12 +160,12 @@ func run(args []string, lookupEnv func(string) (string, bool), stderr io.Writer,
 		select {
 		case s := <-signals:
 			if s == syscall.SIGHUP {
-				running = reload(srv, running, args, lookupEnv, logger, "SIGHUP")
+				running = reload(srv, cn, running, args, lookupEnv, logger, "SIGHUP")
 				continue
 			}
 			sig = s
 		case <-changed:
-			running = reload(srv, running, args, lookupEnv, logger, "file changed")
+			running = reload(srv, cn, running, args, lookupEnv, logger, "file changed")
 		}
 	}
 	logger.Info("shutting down", "signal", sig.String())
@@ -143,6 +177,7 @@ func run(args []string, lookupEnv func(string) (string, bool), stderr io.Writer,
 		logger.Error("second signal, exiting without a clean shutdown", "signal", sig.String())
 		return 1
 	}
+	closeCluster()
 	if err != nil {
 		logger.Error("shutdown failed", "err", err)
 		return 1
@@ -174,7 +209,7 @@ func servePprof(addr string, logger *slog.Logger) (stop func(), err error) {
 // returning the settings now running. A configuration that does not load, or that
 // config.CheckReload takes for a truncated file, is rejected with one log line; the running one
 // stays.
-func reload(srv *server.Server, running *config.Settings, args []string, lookupEnv func(string) (string, bool), logger *slog.Logger, why string) *config.Settings {
+func reload(srv *server.Server, cn *cluster.Node, running *config.Settings, args []string, lookupEnv func(string) (string, bool), logger *slog.Logger, why string) *config.Settings {
 	cfg, err := config.Load(args, lookupEnv)
 	if err == nil {
 		err = config.CheckReload(running, cfg)
@@ -187,7 +222,50 @@ func reload(srv *server.Server, running *config.Settings, args []string, lookupE
 		logger.Error("config reload rejected, running configuration kept", "trigger", why, "err", err)
 		return running
 	}
+	if cn != nil {
+		// The broker's part is applied; a failure here (a node name colliding with another's
+		// Raft ID) leaves the old member set and is logged, as a rejected reload is.
+		if err := cn.Reload(clusterNodes(&cfg.Cluster), cfg.AccessDigest()); err != nil {
+			logger.Error("config reload: cluster.nodes not applied, running member set kept", "trigger", why, "err", err)
+		}
+	}
 	return cfg
+}
+
+// clusterConfig is the cluster node's configuration from the cluster section. The Raft log
+// lives in the data directory, which a cluster node must have.
+func clusterConfig(cfg *config.Settings, logger *slog.Logger) (cluster.NodeConfig, error) {
+	c := &cfg.Cluster
+	if cfg.Server.DataDir == "" {
+		return cluster.NodeConfig{}, errors.New("cluster: a cluster node needs a data directory (storage.data_dir or -data-dir) for its Raft log")
+	}
+	nc := cluster.NodeConfig{Name: c.Name, NodeName: c.NodeName, Listen: c.Listen, Nodes: clusterNodes(c),
+		Secret: c.Secret.Reveal(), DataDir: cfg.Server.DataDir, ConfigDigest: cfg.AccessDigest(), Logger: logger}
+	if c.TLS.CertFile != "" {
+		t, err := cluster.LoadTLS(c.TLS.CertFile, c.TLS.KeyFile, c.TLS.CAFile)
+		if err != nil {
+			return cluster.NodeConfig{}, err
+		}
+		nc.TLS = t
+	}
+	return nc, nil
+}
+
+// clusterNodes is cluster.nodes as name -> address.
+func clusterNodes(c *config.ClusterSettings) map[string]string {
+	m := make(map[string]string, len(c.Nodes))
+	for _, n := range c.Nodes {
+		m[n.Name] = n.Address
+	}
+	return m
+}
+
+// clusterStatus is the management API's view of the cluster; nil on a single node.
+func clusterStatus(cn *cluster.Node) func() cluster.Status {
+	if cn == nil {
+		return nil
+	}
+	return cn.Status
 }
 
 // newLogger builds the process logger from the log.* settings.

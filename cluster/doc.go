@@ -8,10 +8,12 @@
 // under etcd, CockroachDB and Dgraph. It leaves storage and transport to the application and
 // runs many groups over one transport and one log (multi-Raft), which the next step - quorum
 // queues, one Raft group per queue - needs; hashicorp/raft runs one group per instance, with a
-// transport and a store of its own. The engine lives in package cluster/multiraft (built
-// beside this package); this package depends only on the small Log interface below, which a
-// multiraft group satisfies: Propose waits until the command is applied locally and returns
-// what the state machine's Apply returned.
+// transport and a store of its own. The engine lives in package cluster/multiraft. The
+// metadata code depends only on the small Log interface, which a multiraft group satisfies:
+// Propose waits until the command is applied locally and returns what the state machine's
+// Apply returned. Node (StartNode) is the wiring: the multiraft host, the metadata group
+// (multiraft.MetadataGroup) and the status group (StatusGroup, each node's NodeStatus for
+// ConfigCheck and the status APIs), and the broker's replicator.
 //
 // # What is replicated, and what is not
 //

@@ -43,7 +43,8 @@ const usage = `Usage: warren ctl [flags] COMMAND [ARGS] [flags]
 
 Commands:
   status                          node status: version, uptime, listeners, memory, disk, alarms, totals
-  cluster_status                  cluster name and nodes (one node)
+  cluster_status                  cluster name, nodes, and on a Warren cluster the Raft leader, term
+                                  and each node's applied index and configuration digest match
   list_queues [COLUMN...]         default columns: name messages
   list_exchanges [COLUMN...]      default columns: name type
   list_bindings [COLUMN...]       default columns: source destination destination_type routing_key arguments
@@ -455,6 +456,11 @@ func (r *runner) status() error {
 	if len(nodes) > 0 {
 		node = nodes[0]
 	}
+	for _, n := range nodes {
+		if n["name"] == ov["node"] { // a cluster lists every member; this node's has the resources
+			node = n
+		}
+	}
 	if r.o.formatter == "json" {
 		return r.json(map[string]any{"overview": ov, "node": node})
 	}
@@ -537,14 +543,36 @@ func (r *runner) clusterStatus() error {
 	}
 	sort.Strings(all)
 	sort.Strings(running)
+	// Warren's cluster nodes carry their Raft state (raft_leader); a single node and RabbitMQ
+	// do not.
+	raft := len(nodes) > 0 && nodes[0]["raft_leader"] != nil
 	if r.o.formatter == "json" {
-		return r.json(map[string]any{"cluster_name": name["name"], "disk_nodes": all, "running_nodes": running})
+		out := map[string]any{"cluster_name": name["name"], "disk_nodes": all, "running_nodes": running}
+		if raft {
+			out["nodes"] = nodes
+		}
+		return r.json(out)
 	}
-	return r.keyValues("Cluster status of node "+strings.Join(all, ", "), [][2]string{
+	pairs := [][2]string{
 		{"Cluster name", cell(name["name"])},
 		{"Disk nodes", strings.Join(all, ", ")},
 		{"Running nodes", strings.Join(running, ", ")},
-	})
+	}
+	if raft {
+		pairs = append(pairs, [2]string{"Raft leader", cell(nodes[0]["raft_leader"])},
+			[2]string{"Raft term / commit index", cell(nodes[0]["raft_term"]) + " / " + cell(nodes[0]["raft_commit_index"])})
+	}
+	if err := r.keyValues("Cluster status of node "+strings.Join(all, ", "), pairs); err != nil || !raft {
+		return err
+	}
+	fmt.Fprintln(r.out)
+	tw := tabwriter.NewWriter(r.out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "node\trunning\tvoter\tleader\tapplied_index\tconfig_digest_match\tcluster_address")
+	for _, n := range nodes {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", cell(n["name"]), cell(n["running"]), cell(n["raft_voter"]),
+			cell(n["raft_is_leader"]), cell(n["raft_applied_index"]), cell(n["config_digest_match"]), cell(n["cluster_address"]))
+	}
+	return tw.Flush()
 }
 
 func (r *runner) queueOp(args []string, op string) error {

@@ -21,9 +21,10 @@ import (
 // are left to the embedded nil interface (a call would panic and fail the test).
 type broker struct {
 	mgmt.Broker
-	mu     sync.Mutex
-	queues []mgmt.QueueInfo
-	closed map[string]string
+	mu      sync.Mutex
+	queues  []mgmt.QueueInfo
+	closed  map[string]string
+	cluster *mgmt.ClusterInfo // nil: a single node
 }
 
 func newBroker() *broker {
@@ -41,7 +42,7 @@ func newBroker() *broker {
 func (b *broker) Overview() mgmt.Overview {
 	return mgmt.Overview{ClusterName: "warren@h", Node: "warren@h", Version: "0.9", StartedAt: time.Now().Add(-90 * time.Second),
 		Listeners: []mgmt.Listener{{Protocol: "amqp", IP: "::", Port: 5672}}, Queues: 3, Connections: 1,
-		MemUsed: 3 << 20, MemLimit: 1 << 30, DiskFree: 5 << 30, DiskFreeLimit: 50 << 20, MemAlarm: true}
+		MemUsed: 3 << 20, MemLimit: 1 << 30, DiskFree: 5 << 30, DiskFreeLimit: 50 << 20, MemAlarm: true, Cluster: b.cluster}
 }
 func (b *broker) VHosts() []mgmt.VHostInfo { return []mgmt.VHostInfo{{Name: "/"}, {Name: "other"}} }
 func (b *broker) Queues(vhost string) []mgmt.QueueInfo {
@@ -283,5 +284,52 @@ func TestEnvironment(t *testing.T) {
 	}
 	if code, out, _ := run(t, "--help"); code != 0 || !strings.Contains(out, "list_queues") {
 		t.Errorf("--help: %d", code)
+	}
+}
+
+// TestClusterStatus: on a cluster node, /api/nodes lists every member with its Raft fields, and
+// cluster_status and status show them (status with this node's resources, not the first
+// member's).
+func TestClusterStatus(t *testing.T) {
+	b := newBroker()
+	b.cluster = &mgmt.ClusterInfo{Leader: "n1", State: "StateFollower", Term: 4, CommitIndex: 57, AppliedIndex: 57, ConfigDigest: "abc",
+		Members: []mgmt.ClusterMember{
+			{Name: "n1", Address: "10.0.0.1:25672", Running: true, Voter: true, ConfigDigest: "abc", ConfigMatch: true, AppliedIndex: 57},
+			{Name: "n2", Address: "10.0.0.2:25672", Running: false, Voter: true, ConfigDigest: "def", AppliedIndex: 40},
+			{Name: "warren@h", Address: "10.0.0.3:25672", Running: true, Voter: true, ConfigDigest: "abc", ConfigMatch: true, AppliedIndex: 57},
+		}}
+	srv := httptest.NewServer(mgmt.NewHandler(b, mgmt.Options{}))
+	defer srv.Close()
+	u := "-url=" + srv.URL
+	for _, tc := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"cluster_status"}, []string{"Disk nodes", "n1, n2, warren@h", "Running nodes", "n1, warren@h", "Raft leader", "n1",
+			"4 / 57", "applied_index", "n2        false    true   false   40", "10.0.0.3:25672"}},
+		{[]string{"status"}, []string{"Memory used / limit", "3.0 MiB / 1.0 GiB"}},
+	} {
+		code, out, errs := run(t, append([]string{u}, tc.args...)...)
+		if code != 0 {
+			t.Fatalf("%v: %d %s", tc.args, code, errs)
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(out, w) {
+				t.Errorf("%v output lacks %q:\n%s", tc.args, w, out)
+			}
+		}
+	}
+	code, out, _ := run(t, u, "cluster_status", "--formatter", "json")
+	var st struct {
+		Nodes []map[string]any `json:"nodes"`
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &st) != nil || len(st.Nodes) != 3 {
+		t.Fatalf("cluster_status json: %d %q", code, out)
+	}
+	if n := st.Nodes[1]; n["name"] != "n2" || n["running"] != false || n["config_digest_match"] != false || n["raft_is_leader"] != false {
+		t.Errorf("n2 in json: %v", n)
+	}
+	if n := st.Nodes[0]; n["raft_is_leader"] != true || n["cluster_address"] != "10.0.0.1:25672" {
+		t.Errorf("n1 in json: %v", n)
 	}
 }

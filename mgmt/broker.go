@@ -105,6 +105,28 @@ type Overview struct {
 	ConfigFiles                 []string
 	DataDir                     string
 	MemoryHighWatermarkRelative float64
+	// Cluster is the cluster as this node sees it; nil on a single node.
+	Cluster *ClusterInfo
+}
+
+// ClusterInfo is the cluster state behind /api/nodes on a cluster node: the metadata Raft
+// group as this node sees it and every configured member.
+type ClusterInfo struct {
+	Leader, State                   string // the Raft leader's name ("" when unknown), this node's Raft state
+	Term, CommitIndex, AppliedIndex uint64
+	ConfigDigest                    string // this node's access-control and policy digest
+	Members                         []ClusterMember
+}
+
+// ClusterMember is one configured node of the cluster.
+type ClusterMember struct {
+	Name, Address string
+	Running       bool // this node, or one whose status is recent
+	Voter         bool // in the metadata group's Raft configuration
+	ConfigDigest  string
+	ConfigMatch   bool // its digest equals this node's
+	AppliedIndex  uint64
+	LastSeen      time.Time
 }
 
 // Listener is one open listening socket.

@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // APIVersion is the RabbitMQ management API version whose paths and fields Warren serves (the
@@ -305,7 +306,39 @@ func (a *api) nodes(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	writeList(w, p, []row{{name: o.Node}}, func(int) obj { return a.nodeJSON(&o) })
+	if o.Cluster == nil {
+		writeList(w, p, []row{{name: o.Node}}, func(int) obj { return a.nodeJSON(&o) })
+		return
+	}
+	rows := make([]row, len(o.Cluster.Members))
+	for i, m := range o.Cluster.Members {
+		rows[i] = row{name: m.Name, i: int32(i)}
+	}
+	writeList(w, p, rows, func(i int) obj { return a.memberJSON(&o, o.Cluster.Members[i]) })
+}
+
+// memberJSON is a cluster member in /api/nodes: this node's full entry, or for another node
+// RabbitMQ's name, type and running (its resources are on its own /api/nodes), both with
+// Warren's cluster fields.
+func (a *api) memberJSON(o *Overview, m ClusterMember) obj {
+	res := obj{"name": m.Name, "type": "disc", "running": m.Running}
+	if m.Name == o.Node {
+		res = a.nodeJSON(o)
+	}
+	c := o.Cluster
+	res["cluster_address"] = m.Address
+	res["raft_voter"] = m.Voter
+	res["raft_leader"] = c.Leader
+	res["raft_is_leader"] = c.Leader == m.Name
+	res["raft_term"] = c.Term
+	res["raft_commit_index"] = c.CommitIndex
+	res["raft_applied_index"] = m.AppliedIndex
+	res["config_digest"] = m.ConfigDigest
+	res["config_digest_match"] = m.ConfigMatch
+	if !m.LastSeen.IsZero() {
+		res["last_seen"] = m.LastSeen.UTC().Format(time.RFC3339)
+	}
+	return res
 }
 
 func (a *api) node(w http.ResponseWriter, r *http.Request) {
@@ -313,7 +346,16 @@ func (a *api) node(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	o := a.b.Overview()
-	if pathValue(r, "node") != o.Node {
+	name := pathValue(r, "node")
+	if o.Cluster != nil {
+		for _, m := range o.Cluster.Members {
+			if m.Name == name {
+				one(w, r, a.memberJSON(&o, m))
+				return
+			}
+		}
+	}
+	if name != o.Node {
 		notFound(w)
 		return
 	}

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/warrenmq/warren/cluster"
 	"github.com/warrenmq/warren/mgmt"
 	"github.com/warrenmq/warren/mgmt/ui"
 	"github.com/warrenmq/warren/server"
@@ -23,6 +24,8 @@ type HTTPOptions struct {
 	Logger            *slog.Logger
 	DataDir           string
 	ConfigFiles       []string
+	// Cluster reports the cluster's state on a cluster node (nil on a single node).
+	Cluster func() cluster.Status
 }
 
 // HTTP is the node's running HTTP front ends: the management API and the Prometheus metrics.
@@ -76,7 +79,7 @@ func ServeHTTP(s *server.Server, o HTTPOptions) (*HTTP, error) {
 		prLn, h.prAddr = ln, ln.Addr()
 		listeners = append(listeners, listenerOf("http/prometheus", ln.Addr()))
 	}
-	m := NewManagement(s, Options{Listeners: listeners, DataDir: o.DataDir, ConfigFiles: o.ConfigFiles})
+	m := NewManagement(s, Options{Listeners: listeners, DataDir: o.DataDir, ConfigFiles: o.ConfigFiles, Cluster: o.Cluster})
 	serve := func(ln net.Listener, handler http.Handler, what string) {
 		hs := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 		h.servers = append(h.servers, hs)

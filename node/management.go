@@ -19,6 +19,7 @@ import (
 
 	"github.com/warrenmq/warren/amqp"
 	"github.com/warrenmq/warren/broker"
+	"github.com/warrenmq/warren/cluster"
 	"github.com/warrenmq/warren/mgmt"
 	"github.com/warrenmq/warren/persistence"
 	"github.com/warrenmq/warren/queue"
@@ -34,6 +35,7 @@ type Management struct {
 	listeners []mgmt.Listener
 	dataDir   string
 	config    []string
+	cluster   func() cluster.Status // nil on a single node
 }
 
 // Options are what Management cannot read from the server: the node's name and the HTTP
@@ -43,16 +45,22 @@ type Options struct {
 	Listeners   []mgmt.Listener // http and http/prometheus listeners
 	DataDir     string
 	ConfigFiles []string
+	// Cluster reports the cluster on a cluster node: the node is then named by its
+	// cluster.node_name and the cluster by cluster.name. Nil on a single node.
+	Cluster func() cluster.Status
 }
 
 // NewManagement returns the management view of s.
 func NewManagement(s *server.Server, opts Options) *Management {
 	name := opts.Node
+	if name == "" && opts.Cluster != nil {
+		name = opts.Cluster().Node
+	}
 	if name == "" {
 		host, _ := os.Hostname()
 		name = "warren@" + host
 	}
-	m := &Management{s: s, b: s.Broker(), started: time.Now(), node: name, dataDir: opts.DataDir, config: opts.ConfigFiles}
+	m := &Management{s: s, b: s.Broker(), started: time.Now(), node: name, dataDir: opts.DataDir, config: opts.ConfigFiles, cluster: opts.Cluster}
 	for _, a := range []net.Addr{s.Addr(), s.TLSAddr()} {
 		if a == nil {
 			continue
@@ -140,7 +148,7 @@ func (m *Management) Overview() mgmt.Overview {
 	cfg := m.s.Config()
 	chans, cons := m.s.Channels()
 	o := mgmt.Overview{
-		ClusterName: "warren", Node: m.node, Version: server.Version, Listeners: m.listeners, StartedAt: m.started,
+		ClusterName: m.clusterName(), Node: m.node, Version: server.Version, Listeners: m.listeners, StartedAt: m.started,
 		Connections: len(m.s.Connections()), Channels: len(chans), Consumers: len(cons),
 		Processors: runtime.NumCPU(), RunQueue: runtime.NumGoroutine(),
 		ExchangeTypes:  []string{"direct", "fanout", "headers", "topic"},
@@ -181,6 +189,9 @@ func (m *Management) Overview() mgmt.Overview {
 			h.Buckets[b] = js.CommitSeconds.Counts[i]
 		}
 		o.Warren.Fsync = h
+	}
+	if m.cluster != nil {
+		o.Cluster = clusterInfo(m.cluster())
 	}
 	return o
 }
@@ -826,4 +837,25 @@ func propertiesFromJSON(m map[string]any) (amqp.Properties, error) {
 		}
 	}
 	return p, nil
+}
+
+// clusterName is cluster.name on a cluster node, "warren" (the default cluster_name) otherwise.
+func (m *Management) clusterName() string {
+	if m.cluster != nil {
+		if n := m.cluster().Cluster; n != "" {
+			return n
+		}
+	}
+	return "warren"
+}
+
+// clusterInfo is the management API's view of a cluster status.
+func clusterInfo(st cluster.Status) *mgmt.ClusterInfo {
+	ci := &mgmt.ClusterInfo{Leader: st.Leader, State: st.State, Term: st.Term, CommitIndex: st.CommitIndex,
+		AppliedIndex: st.AppliedIndex, ConfigDigest: st.ConfigDigest}
+	for _, m := range st.Members {
+		ci.Members = append(ci.Members, mgmt.ClusterMember{Name: m.Name, Address: m.Address, Running: m.Running,
+			Voter: m.Voter, ConfigDigest: m.ConfigDigest, ConfigMatch: m.ConfigMatch, AppliedIndex: m.AppliedIndex, LastSeen: m.LastSeen})
+	}
+	return ci
 }

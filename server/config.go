@@ -151,6 +151,11 @@ type Config struct {
 	// 0 turns the check off.
 	ConsumerTimeout time.Duration
 	Logger          *slog.Logger
+	// Attach, when set, is called by New with the broker once it has restored its durable state
+	// and before the configuration's topology is declared: a cluster node sets its replicator
+	// there, so that the configured exchanges, queues and bindings go through the cluster's
+	// metadata log like a client's. An error fails New. Not reloadable.
+	Attach func(*broker.Broker) error `json:"-"`
 }
 
 // DefaultConfig returns RabbitMQ's defaults: guest/guest with full permissions on vhost "/",

@@ -96,6 +96,12 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.b = b
+	if cfg.Attach != nil {
+		if err := cfg.Attach(b); err != nil {
+			_ = b.Close()
+			return nil, err
+		}
+	}
 	if errs := s.declareTopology(&cfg); len(errs) > 0 {
 		_ = b.Close()
 		return nil, errs[0]

@@ -50,8 +50,9 @@
 // machine's result is handed to the waiting call. A follower's proposal is forwarded to the
 // leader by raft itself (MsgProp). The proposer notes at which index its entries land
 // (Ready.Entries). A proposal overwritten in a leader change (another entry written or
-// applied at its index), or not in the local log two election timeouts after it was sent
-// (a MsgProp lost on the wire or dropped by a deposed leader), is sent again. Copies are
+// applied at its index), or not in the local log when a new leader is elected (a MsgProp that
+// died with its leader) or two election timeouts after it was sent (lost on the wire or
+// dropped by a deposed leader), is sent again. Copies are
 // harmless: every member keeps, per proposer incarnation, the requests applied at or above
 // the proposer's watermark (its lowest request still waiting), built only from the log and
 // carried in snapshots ahead of the state machine's data, and skips a request it has

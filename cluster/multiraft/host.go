@@ -402,12 +402,52 @@ func (h *Host) deliver(group uint64, m *pb.Message) {
 		}
 	}
 	g.mu.Lock()
+	if m.GetType() == pb.MessageType_MsgAppResp && m.GetReject() {
+		g.handOverIfLogLost(m)
+	}
 	err := g.rn.Step(m)
 	g.mu.Unlock()
 	if err != nil && !errors.Is(err, raft.ErrStepPeerNotFound) {
 		g.log.Debug("raft step", "type", m.GetType().String(), "err", err)
 	}
 	h.markDirty(g)
+}
+
+// handOverIfLogLost handles a follower that lost its log (restarted with an empty data
+// directory): it rejects appends below the index it had acknowledged, and raft's leader ignores
+// a rejection at or below a follower's match index as stale, so it would never send the
+// follower the entries again. A new leader starts with no match index for anyone and probes
+// down to what the follower has: the leader hands leadership to an up-to-date other voter (at
+// most once per election timeout). With no such voter the follower waits for the next leader
+// change. Call with g.mu held, before stepping m.
+func (g *Group) handOverIfLogLost(m *pb.Message) {
+	st := g.rn.Status()
+	if st.RaftState != raft.StateLeader {
+		return
+	}
+	pr, ok := st.Progress[m.GetFrom()]
+	if !ok || m.GetRejectHint() >= pr.Match || st.LeadTransferee != raft.None {
+		return
+	}
+	now := time.Now()
+	if now.Sub(g.lostLogHandover) < time.Duration(g.h.cfg.ElectionTicks)*g.h.cfg.TickInterval {
+		return
+	}
+	var to, best uint64
+	for id, p := range st.Progress {
+		if id != st.ID && id != m.GetFrom() && !p.IsLearner && p.Match >= best {
+			to, best = id, p.Match
+		}
+	}
+	if to == raft.None || best < st.HardState.GetCommit() {
+		return
+	}
+	g.lostLogHandover = now
+	from, _ := g.h.nameOf(m.GetFrom())
+	target, _ := g.h.nameOf(to)
+	g.log.Warn("a follower lost its Raft log (restarted with an empty data directory?); handing leadership over so that a new leader sends it the log",
+		"follower", from, "had", pr.Match, "has", m.GetRejectHint(), "new_leader", target)
+	g.rn.TransferLeader(to)
 }
 
 func (h *Host) unreachable(group, id uint64, snap bool) {
@@ -575,8 +615,13 @@ type Group struct {
 	storage *persistence.RaftStorage
 	log     *slog.Logger
 
-	mu sync.Mutex // guards rn
+	mu sync.Mutex // guards rn and lostLogHandover
 	rn *raft.RawNode
+	// lostLogHandover is when this leader last handed over for a follower that lost its log.
+	lostLogHandover time.Time
+	// lastLead is the last leader this node knew (loop goroutine): when another one is
+	// elected, proposals not yet in this node's log are sent again (resendUnplaced).
+	lastLead uint64
 
 	// Owned by the loop goroutine (and Group before it starts).
 	confState          *pb.ConfState
@@ -647,6 +692,12 @@ func (g *Group) reconcile(desired []uint64) {
 
 // apply applies a Ready's snapshot and committed entries (loop goroutine).
 func (g *Group) apply(rd raft.Ready) {
+	if ss := rd.SoftState; ss != nil && ss.Lead != raft.None && ss.Lead != g.lastLead {
+		if g.lastLead != raft.None {
+			g.resendUnplaced()
+		}
+		g.lastLead = ss.Lead
+	}
 	if !raft.IsEmptySnap(rd.Snapshot) {
 		md := rd.Snapshot.GetMetadata()
 		// Whatever was placed at or below the snapshot and not yet applied here is either in

@@ -170,13 +170,22 @@ func TestRestartRestoresState(t *testing.T) {
 	sameLogs(t, sms)
 }
 
-// A node restarted with an empty data directory rejoins and catches up through a snapshot
-// (the leader compacted the log it would need), both as an initial member that bootstraps
-// again and with Join set.
+// A node restarted with an empty data directory rejoins and catches up: through a snapshot
+// when the leader compacted the log it would need, both as an initial member that bootstraps
+// again and with Join set; and through the log when nothing was compacted, which needs the
+// leader to hand over (raft ignores the node's rejections below the index it had acknowledged).
 func TestRejoinWithEmptyDataDir(t *testing.T) {
-	for _, join := range []bool{false, true} {
-		t.Run(fmt.Sprintf("join=%v", join), func(t *testing.T) {
-			c := newTestCluster(t, 3, func(cfg *Config) { cfg.SnapshotEvery = 10 })
+	for _, tc := range []struct {
+		join     bool
+		snapshot bool
+	}{{false, true}, {true, true}, {false, false}} {
+		join := tc.join
+		t.Run(fmt.Sprintf("join=%v,snapshot=%v", join, tc.snapshot), func(t *testing.T) {
+			every := uint64(10)
+			if !tc.snapshot {
+				every = 100000
+			}
+			c := newTestCluster(t, 3, func(cfg *Config) { cfg.SnapshotEvery = every })
 			gs, sms := c.groups(MetadataGroup)
 			lead := waitLeader(t, gs, 10*time.Second)
 			victim := "n3"
@@ -205,8 +214,8 @@ func TestRejoinWithEmptyDataDir(t *testing.T) {
 			gs[victim], sms[victim] = g, sm
 			waitApplied(t, sms, 100, 15*time.Second)
 			sameLogs(t, sms)
-			if sm.restoreCount() == 0 {
-				t.Errorf("%s caught up without a snapshot", victim)
+			if got := sm.restoreCount() > 0; got != tc.snapshot {
+				t.Errorf("%s caught up with a snapshot: %v, want %v", victim, got, tc.snapshot)
 			}
 			propose(t, gs[victim], "from-rejoined")
 			waitApplied(t, sms, 101, 10*time.Second)

@@ -247,6 +247,23 @@ func (g *Group) finish(req uint64, r proposalResult) {
 	p.ch <- r
 }
 
+// resendUnplaced makes every proposal of this node that is not in its log yet propose again
+// (loop goroutine, on a leader change): one forwarded to a leader that died was lost with it,
+// and waiting for the two election timeouts of Propose's retry would add them to the failover
+// time. A copy that did reach the log applies once anyway (the dedupe table).
+func (g *Group) resendUnplaced() {
+	g.pmu.Lock()
+	defer g.pmu.Unlock()
+	for _, p := range g.pending {
+		if !p.placed.Load() {
+			select {
+			case p.ch <- proposalResult{lost: true}:
+			default: // a lost signal is already waiting
+			}
+		}
+	}
+}
+
 // watermark is the lowest request of this group still waiting (or the next one).
 func (g *Group) watermark() uint64 {
 	w := g.nextReq.Load() + 1
@@ -261,7 +278,8 @@ func (g *Group) watermark() uint64 {
 // Propose replicates cmd through the group's log and waits until this node has applied it,
 // returning the state machine's result. A follower forwards the proposal to the leader.
 // A proposal that is not in this node's log after two election timeouts (lost on the wire,
-// or dropped by a deposed leader), or that was overwritten in a leader change, is sent again;
+// or dropped by a deposed leader) or when a new leader is elected, or that was overwritten in a
+// leader change, is sent again;
 // every member applies a request once however many copies reach the log. If ctx ends first,
 // the command may or may not be applied, but once this node's later proposals are applied,
 // a copy of it no longer can be.
@@ -297,7 +315,7 @@ func (g *Group) Propose(ctx context.Context, cmd []byte) (any, error) {
 					timer.Stop()
 					return r.v, nil
 				}
-				g.log.Debug("proposal overwritten in a leader change; proposing again", "req", req)
+				g.log.Debug("proposal overwritten, or not in the log when a new leader came; proposing again", "req", req)
 				break wait
 			case <-timer.C:
 				if !p.placed.Load() {

@@ -1,0 +1,312 @@
+package cluster
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"os"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/warrenmq/warren/broker"
+	"github.com/warrenmq/warren/cluster/multiraft"
+)
+
+// StatusInterval is how often a node proposes its NodeStatus. A node whose last status is older
+// than three intervals is reported as not running.
+const StatusInterval = 5 * time.Second
+
+// NodeConfig is what a Node needs from the cluster section of config.yaml.
+type NodeConfig struct {
+	// Name is cluster.name. It is mixed into the secret, so that nodes of two clusters sharing a
+	// secret still refuse each other.
+	Name string
+	// NodeName is cluster.node_name, Listen cluster.listen.
+	NodeName, Listen string
+	// Nodes is cluster.nodes: node name -> inter-node address, this node included.
+	Nodes map[string]string
+	// Secret is cluster.secret (never logged).
+	Secret string
+	// TLS is the mutual TLS of the inter-node connections (LoadTLS), nil for none.
+	TLS *tls.Config
+	// DataDir is the node's data directory; the Raft log goes in DataDir/raft.
+	DataDir string
+	// ConfigDigest is config.Settings.AccessDigest of the node's configuration.
+	ConfigDigest string
+	// Logger receives the cluster's diagnostics; nil means slog.Default().
+	Logger *slog.Logger
+	// Join starts a node added to a running cluster: with no Raft state it waits for the
+	// leader's log instead of bootstrapping (multiraft.Config.Join). No configuration key sets
+	// it yet.
+	Join bool
+
+	// Raft timing and durability, zero for multiraft's defaults (tests shorten them).
+	TickInterval  time.Duration
+	ElectionTicks int
+	NoSync        bool
+}
+
+// Node is this process's membership of a cluster: the multiraft host, the metadata group
+// applying the topology to the local broker, the status group and the configuration check.
+type Node struct {
+	cfg   NodeConfig
+	log   *slog.Logger
+	host  *multiraft.Host
+	meta  *Metadata
+	mg    *multiraft.Group
+	sg    *multiraft.Group
+	board *StatusBoard
+	check *ConfigCheck
+
+	mu     sync.Mutex
+	digest string
+	nodes  map[string]string
+	kick   chan struct{} // asks the status loop to report now
+	stop   chan struct{}
+	done   chan struct{}
+	closed bool
+}
+
+// StartNode starts the node's Raft host, opens the metadata group on b (restoring its
+// snapshot and replaying its log into b) and the status group, and sets b's replicator: from
+// now on b's declares, deletes and binds go through the cluster. Call it before b serves
+// clients and before the configuration's topology is declared (server.Config.Attach).
+func StartNode(cfg NodeConfig, b *broker.Broker) (*Node, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Secret == "" {
+		return nil, errors.New("cluster: cluster.secret is required")
+	}
+	log := cfg.Logger
+	h, err := multiraft.NewHost(multiraft.Config{NodeName: cfg.NodeName, ListenAddr: cfg.Listen, Peers: maps.Clone(cfg.Nodes),
+		Secret: []byte(cfg.Name + "\x00" + cfg.Secret), TLS: cfg.TLS, DataDir: cfg.DataDir, Logger: log,
+		TickInterval: cfg.TickInterval, ElectionTicks: cfg.ElectionTicks, NoSync: cfg.NoSync, Join: cfg.Join})
+	if err != nil {
+		return nil, fmt.Errorf("cluster: starting node %s: %w", cfg.NodeName, err)
+	}
+	n := &Node{cfg: cfg, log: log, host: h, digest: cfg.ConfigDigest, nodes: maps.Clone(cfg.Nodes),
+		kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+	n.check = NewConfigCheck(cfg.NodeName, cfg.ConfigDigest, log)
+	n.meta = NewMetadata(b, log)
+	// The replicator is set before the group opens: replaying the log applies queue declares,
+	// which ask the broker's replicator which node is local. Nothing proposes through it before
+	// StartNode returns (no client is served yet), when n.mg is set.
+	b.SetReplicator(NewReplicator(cfg.NodeName, nodeLog{n}))
+	if n.mg, err = h.Group(multiraft.MetadataGroup, n.meta); err != nil {
+		_ = h.Close()
+		return nil, fmt.Errorf("cluster: opening the metadata group: %w", err)
+	}
+	n.board = NewStatusBoard(n.check)
+	if n.sg, err = h.Group(StatusGroup, n.board); err != nil {
+		_ = h.Close()
+		return nil, fmt.Errorf("cluster: opening the status group: %w", err)
+	}
+	go n.statusLoop()
+	log.Info("cluster node started", "cluster", cfg.Name, "node", cfg.NodeName, "listen", h.Addr(), "nodes", len(cfg.Nodes))
+	return n, nil
+}
+
+// LoadTLS builds the mutual TLS configuration of the inter-node connections from cluster.tls:
+// this node's certificate, and the CA that signs every node's certificate, checked both ways.
+func LoadTLS(certFile, keyFile, caFile string) (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("cluster.tls: %w", err)
+	}
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("cluster.tls.ca_file: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("cluster.tls.ca_file %s: no PEM certificate", caFile)
+	}
+	return &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, ClientCAs: pool,
+		ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS12}, nil
+}
+
+// nodeLog is the metadata group as the replicator's Log, read once the group is open.
+type nodeLog struct{ n *Node }
+
+// Propose implements Log.
+func (l nodeLog) Propose(ctx context.Context, cmd []byte) (any, error) {
+	return l.n.mg.Propose(ctx, cmd)
+}
+
+// Addr is the inter-node listener's address.
+func (n *Node) Addr() string { return n.host.Addr() }
+
+// statusLoop proposes this node's status now, when kicked (a reload) and every
+// StatusInterval, and the member list (set_nodes) once at start and after every change of it.
+func (n *Node) statusLoop() {
+	defer close(n.done)
+	t := time.NewTicker(StatusInterval)
+	defer t.Stop()
+	membersSent := false
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), StatusInterval)
+		if !membersSent {
+			membersSent = n.proposeMembers(ctx) == nil
+		}
+		if err := n.proposeStatus(ctx); err != nil && !n.isClosed() {
+			n.log.Debug("cluster: status not reported yet", "err", err)
+		}
+		cancel()
+		select {
+		case <-n.stop:
+			return
+		case <-n.kick:
+			membersSent = false
+		case <-t.C:
+		}
+	}
+}
+
+func (n *Node) isClosed() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.closed
+}
+
+func (n *Node) proposeStatus(ctx context.Context) error {
+	n.mu.Lock()
+	st := NodeStatus{Node: n.cfg.NodeName, ConfigDigest: n.digest, AppliedIndex: n.mg.Status().Applied, At: time.Now().UTC()}
+	n.mu.Unlock()
+	b, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	_, err = n.sg.Propose(ctx, b)
+	return err
+}
+
+// proposeMembers tells the metadata the members a balanced queue may be homed on. Every node
+// proposes it (at start, after a reload): the command is idempotent.
+func (n *Node) proposeMembers(ctx context.Context) error {
+	n.mu.Lock()
+	c := Command{Op: OpSetNodes, Nodes: slices.Sorted(maps.Keys(n.nodes))}
+	n.mu.Unlock()
+	_, err := n.mg.Propose(ctx, c.Encode())
+	return err
+}
+
+// Reload applies a reload: the new cluster.nodes (a membership change: the transport and every
+// group this node leads move to the new set) and the new configuration digest. A node no longer
+// listed is told to the metadata (node_gone: its connections' exclusive queues go) once.
+func (n *Node) Reload(nodes map[string]string, digest string) error {
+	if err := n.host.SetPeers(maps.Clone(nodes)); err != nil {
+		return fmt.Errorf("cluster: reload of cluster.nodes: %w", err)
+	}
+	n.check.SetLocal(digest)
+	n.mu.Lock()
+	var gone []string
+	for name := range n.nodes {
+		if _, ok := nodes[name]; !ok {
+			gone = append(gone, name)
+		}
+	}
+	n.nodes, n.digest = maps.Clone(nodes), digest
+	n.mu.Unlock()
+	for _, name := range gone {
+		n.check.Forget(name)
+		n.board.Forget(name)
+		go func() {
+			c := Command{Op: OpNodeGone, Node: name}
+			ctx, cancel := context.WithTimeout(context.Background(), DefaultProposeTimeout)
+			defer cancel()
+			if _, err := n.mg.Propose(ctx, c.Encode()); err != nil {
+				n.log.Warn("cluster: could not drop a removed node's exclusive queues", "node", name, "err", err)
+			}
+		}()
+	}
+	select {
+	case n.kick <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// Close stops the status reports and the Raft host. Close the AMQP server first: a client's
+// declare in flight still needs the log.
+func (n *Node) Close() error {
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		return nil
+	}
+	n.closed = true
+	n.mu.Unlock()
+	close(n.stop)
+	err := n.host.Close()
+	<-n.done
+	return err
+}
+
+// MemberStatus is one member as this node sees it (warren ctl cluster_status, /api/nodes).
+type MemberStatus struct {
+	Name    string `json:"name"`
+	Address string `json:"address"`
+	// Running: this node, or a node whose last status is recent (3 x StatusInterval).
+	Running bool `json:"running"`
+	// Voter: the node is in the metadata group's Raft configuration.
+	Voter bool `json:"voter"`
+	// ConfigDigest and AppliedIndex are from the node's last status ("" / 0 before one came).
+	ConfigDigest string `json:"config_digest,omitempty"`
+	AppliedIndex uint64 `json:"applied_index"`
+	// ConfigMatch: its digest equals this node's.
+	ConfigMatch bool `json:"config_match"`
+	// LastSeen is when the node sent its last status.
+	LastSeen time.Time `json:"last_seen,omitzero"`
+}
+
+// Status is the cluster as this node sees it.
+type Status struct {
+	Cluster string `json:"cluster_name"`
+	Node    string `json:"node"`
+	// Leader is the metadata group's leader ("" while none is known); State this node's Raft
+	// state in it.
+	Leader       string         `json:"raft_leader"`
+	State        string         `json:"raft_state"`
+	Term         uint64         `json:"raft_term"`
+	CommitIndex  uint64         `json:"raft_commit_index"`
+	AppliedIndex uint64         `json:"raft_applied_index"`
+	ConfigDigest string         `json:"config_digest"`
+	Mismatched   []string       `json:"config_mismatched_nodes"`
+	Members      []MemberStatus `json:"members"`
+}
+
+// Status reports the metadata group's Raft state and every configured node's last status.
+func (n *Node) Status() Status {
+	gs := n.mg.Status()
+	n.mu.Lock()
+	digest := n.digest
+	nodes := maps.Clone(n.nodes)
+	n.mu.Unlock()
+	st := Status{Cluster: n.cfg.Name, Node: n.cfg.NodeName, Leader: gs.Leader, State: gs.State, Term: gs.Term,
+		CommitIndex: gs.Commit, AppliedIndex: gs.Applied, ConfigDigest: digest, Mismatched: n.check.Mismatched()}
+	if st.Mismatched == nil {
+		st.Mismatched = []string{}
+	}
+	seen := n.board.Nodes()
+	now := time.Now()
+	for _, name := range slices.Sorted(maps.Keys(nodes)) {
+		m := MemberStatus{Name: name, Address: nodes[name], Voter: slices.Contains(gs.Members, name)}
+		if s, ok := seen[name]; ok {
+			m.ConfigDigest, m.AppliedIndex, m.LastSeen = s.ConfigDigest, s.AppliedIndex, s.At
+			m.Running = now.Sub(s.At) < 3*StatusInterval
+		}
+		if name == n.cfg.NodeName {
+			m.Running, m.ConfigDigest, m.AppliedIndex = true, digest, gs.Applied
+		}
+		m.ConfigMatch = m.ConfigDigest == digest
+		st.Members = append(st.Members, m)
+	}
+	return st
+}
