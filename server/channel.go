@@ -533,7 +533,9 @@ func (ch *channel) finishPublish() *amqp.Error {
 		ch.publishSeq++
 		seq = ch.publishSeq
 		ch.confirms.add(seq)
-		done = func(err error) { ch.confirms.settle(seq, err != nil, ch.writeConfirms) }
+		// done runs on the store's journal (or a stream log's writer) goroutine, which
+		// completes the confirms of every connection: it must not write to sockets itself.
+		done = func(err error) { ch.confirms.settle(seq, err != nil, ch.writeConfirmsAsync) }
 	}
 	res, targets := ch.pub.Publish(ex, msg, sum.HeadersRaw, done)
 	if !res.Routed {
@@ -1246,10 +1248,20 @@ func (t *confirmTracker) settle(seq uint64, nack bool, emit func([]confirmOp)) {
 	t.base += uint64(n)
 }
 
-// writeConfirms sends confirm frames.
+// writeConfirms sends confirm frames (written inline when the connection is idle; see
+// writer.unlock).
 func (ch *channel) writeConfirms(ops []confirmOp) {
 	w := ch.c.w
-	b := w.lock()
+	w.unlock(ch.appendConfirms(w.lock(), ops))
+}
+
+// writeConfirmsAsync sends confirm frames through the connection's flusher.
+func (ch *channel) writeConfirmsAsync(ops []confirmOp) {
+	w := ch.c.w
+	w.unlockAsync(ch.appendConfirms(w.lock(), ops))
+}
+
+func (ch *channel) appendConfirms(b []byte, ops []confirmOp) []byte {
 	for _, op := range ops {
 		if op.nack {
 			b = amqp.AppendMethodFrame(b, ch.id, &amqp.BasicNack{DeliveryTag: op.tag, Multiple: op.multiple})
@@ -1257,5 +1269,5 @@ func (ch *channel) writeConfirms(ops []confirmOp) {
 			b = amqp.AppendMethodFrame(b, ch.id, &amqp.BasicAck{DeliveryTag: op.tag, Multiple: op.multiple})
 		}
 	}
-	w.unlock(b)
+	return b
 }
