@@ -527,7 +527,7 @@ func (ch *channel) finishPublish() *amqp.Error {
 	if err != nil {
 		return basicError(err)
 	}
-	ch.c.stats.published.Add(1)
+	ch.c.pendPublished++ // added to c.stats.published by countFrame
 	if ch.tx != nil {
 		ch.tx.publishes = append(ch.tx.publishes, txPublish{ex: ex, msg: msg, mandatory: m.Mandatory})
 		return nil

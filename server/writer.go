@@ -41,6 +41,9 @@ func monoNow() int64 { return int64(time.Since(clockBase)) }
 // frames share one write and nothing is flushed while more is already queued. The flusher runs
 // only while there is something to write: it is started by the append that finds it stopped and
 // exits once the buffer is empty, so an idle connection has no writer goroutine (and no stack).
+// An append to a connection that has been idle for inlineIdle is written by the appending
+// goroutine itself with one non-blocking write (writeInline): a trickle of deliveries then
+// costs no goroutine start and exit each, and the flusher takes over whatever that write leaves.
 type writer struct {
 	nc net.Conn
 	// raw is the socket's file descriptor for inline writes (see unlock); nil when the
