@@ -80,7 +80,7 @@ func newWriter(nc net.Conn, onDrain func()) *writer {
 	// The buffer is allocated by the first append and grows with the traffic.
 	w := &writer{nc: nc, done: make(chan struct{}), onDrain: onDrain}
 	w.room = sync.NewCond(&w.mu)
-	if sc, ok := nc.(syscall.Conn); ok {
+	if sc, ok := nc.(syscall.Conn); ok && canInline {
 		if rc, err := sc.SyscallConn(); err == nil {
 			w.raw = rc
 		}
@@ -162,7 +162,7 @@ func (w *writer) writeInline(now int64) {
 	var werr error
 	err := w.raw.Write(func(fd uintptr) bool {
 		for n < len(b) {
-			m, err := syscall.Write(int(fd), b[n:])
+			m, err := rawWrite(fd, b[n:])
 			if err == syscall.EINTR {
 				continue
 			}
@@ -173,6 +173,9 @@ func (w *writer) writeInline(now int64) {
 				break
 			}
 			n += m
+			if m == 0 {
+				break
+			}
 		}
 		return true // done either way: never wait for the socket to become writable
 	})
