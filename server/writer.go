@@ -52,6 +52,12 @@ type writer struct {
 	lastOut int64 // monoNow() when the last write ended (or began, for a flusher); under mu
 	// inlined counts writes made by writeInline (under mu; for tests and debugging).
 	inlined int64
+	// The state of the inline write in progress, owned by the goroutine that set running for
+	// it; writeFd is w.writeToFd, made once so that a write allocates no closure.
+	inB     []byte
+	inN     int
+	inErr   error
+	writeFd func(fd uintptr) bool
 	mu      sync.Mutex
 	buf     []byte
 	spare   []byte // the buffer of the previous flush, reused for appends
@@ -83,6 +89,7 @@ func newWriter(nc net.Conn, onDrain func()) *writer {
 	if sc, ok := nc.(syscall.Conn); ok && canInline {
 		if rc, err := sc.SyscallConn(); err == nil {
 			w.raw = rc
+			w.writeFd = w.writeToFd
 		}
 	}
 	return w
@@ -158,27 +165,10 @@ func (w *writer) writeInline(now int64) {
 	w.spare = nil
 	w.lastOut = now
 	w.mu.Unlock()
-	n := 0
-	var werr error
-	err := w.raw.Write(func(fd uintptr) bool {
-		for n < len(b) {
-			m, err := rawWrite(fd, b[n:])
-			if err == syscall.EINTR {
-				continue
-			}
-			if err != nil {
-				if err != syscall.EAGAIN {
-					werr = err
-				}
-				break
-			}
-			n += m
-			if m == 0 {
-				break
-			}
-		}
-		return true // done either way: never wait for the socket to become writable
-	})
+	w.inB, w.inN, w.inErr = b, 0, nil
+	err := w.raw.Write(w.writeFd)
+	n, werr := w.inN, w.inErr
+	w.inB, w.inErr = nil, nil
 	if n > 0 {
 		w.sentOct.Add(uint64(n))
 	}
@@ -295,6 +285,29 @@ func (w *writer) run() {
 			w.onDrain()
 		}
 	}
+}
+
+// writeToFd writes w.inB from w.inN on with non-blocking writes until it is written or the
+// socket is full (EAGAIN) or fails; it is the RawConn.Write callback of writeInline and always
+// reports done: it never waits for the socket to become writable.
+func (w *writer) writeToFd(fd uintptr) bool {
+	for w.inN < len(w.inB) {
+		m, err := rawWrite(fd, w.inB[w.inN:])
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			if err != syscall.EAGAIN {
+				w.inErr = err
+			}
+			break
+		}
+		w.inN += m
+		if m == 0 {
+			break
+		}
+	}
+	return true
 }
 
 // trim drops buffers larger than idleCap while the writer has nothing to write; they are

@@ -209,6 +209,15 @@ func TestWriterInlineWhenIdle(t *testing.T) {
 	if got := w.sentOct.Load(); got != 3 {
 		t.Fatalf("sent octets %d, want 3", got)
 	}
+	go io.Copy(io.Discard, client)
+	allocs := testing.AllocsPerRun(100, func() {
+		w.forgetLastWrite()
+		b := w.lock()
+		w.unlock(append(b, "0123456789abcdef"...))
+	})
+	if allocs != 0 {
+		t.Fatalf("an inline write allocates %v times, want 0", allocs)
+	}
 
 	pc, ps := net.Pipe()
 	defer pc.Close()
