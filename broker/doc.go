@@ -29,8 +29,10 @@
 //
 //   - per AMQP connection (package server): one reader goroutine that runs the handshake, reads
 //     frames and runs every method of every channel of the connection, publishes included; and
-//     one writer goroutine while there is something to write. Heartbeats are a timer. Channels
-//     have no goroutine of their own.
+//     one writer goroutine while there is something to write. Output to a connection that has
+//     been idle (a delivery to a consumer receiving a trickle) is written by the goroutine that
+//     produced it, with one non-blocking write(2); the writer goroutine takes what that write
+//     leaves. Heartbeats are a timer. Channels have no goroutine of their own.
 //   - per queue: none. TTL expiry and delayed redelivery run on a time.AfterFunc timer of the
 //     queue (package queue), x-expires on a timer of the vhost.
 //   - delayed messages (delayed.go): one time.AfterFunc timer for the broker routes them when
@@ -64,7 +66,9 @@
 //	channel.mu         a channel's consumers, unacked deliveries and prefetch (package server;
 //	                   taken by Consumer.Deliver under queue.Queue.mu)
 //	confirmTracker.mu  a channel's publisher confirms (package server)
-//	writer.mu          a connection's output buffer (package server)
+//	writer.mu          a connection's output buffer (package server). Not held during a
+//	                   write; a non-blocking write(2) of an idle connection may be made
+//	                   under the locks above it (Consumer.Deliver), never one that waits.
 //	persistence        the journal's queue (Store.Submit): a leaf, taken under any of the above
 //	streamQueue.mu     a stream queue's consumer set (stream.go); never under VHost.mu; Gone
 //	                   takes channel.mu under it. The log's own locks (package stream) are

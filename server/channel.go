@@ -80,6 +80,11 @@ type channel struct {
 	reply            *replyConsumer // the direct reply-to consumer, nil without one
 	ackMarks         []tagMark      // for the consumer timeout (see consumerTimedOut)
 
+	// starved: a delivery was refused for want of prefetch credit since the last settle, so
+	// the next settle must kick the channel's queues. Without it an ack returns credit nobody
+	// waits for, and the kick (every consumer's queue locked and dispatched) is wasted.
+	starved bool
+
 	// closeSent: a channel.close went out (the reader's fail, or the consumer timeout). Only
 	// one may. timedOut: the consumer timeout closed the channel off the reader goroutine; the
 	// reader finishes the close at its next frame for the channel.
@@ -522,7 +527,7 @@ func (ch *channel) finishPublish() *amqp.Error {
 	if err != nil {
 		return basicError(err)
 	}
-	ch.c.stats.published.Add(1)
+	ch.c.pendPublished++ // added to c.stats.published by countFrame
 	if ch.tx != nil {
 		ch.tx.publishes = append(ch.tx.publishes, txPublish{ex: ex, msg: msg, mandatory: m.Mandatory})
 		return nil
@@ -533,7 +538,9 @@ func (ch *channel) finishPublish() *amqp.Error {
 		ch.publishSeq++
 		seq = ch.publishSeq
 		ch.confirms.add(seq)
-		done = func(err error) { ch.confirms.settle(seq, err != nil, ch.writeConfirms) }
+		// done runs on the store's journal (or a stream log's writer) goroutine, which
+		// completes the confirms of every connection: it must not write to sockets itself.
+		done = func(err error) { ch.confirms.settle(seq, err != nil, ch.writeConfirmsAsync) }
 	}
 	res, targets := ch.pub.Publish(ex, msg, sum.HeadersRaw, done)
 	if !res.Routed {
@@ -582,6 +589,7 @@ func (cs *consumer) Deliver(_ *queue.Queue, e *queue.Entry) queue.Outcome {
 		return queue.Busy
 	}
 	if !cs.noAck && ((cs.prefetch > 0 && cs.unacked >= cs.prefetch) || (ch.prefetch > 0 && ch.inflight >= ch.prefetch)) {
+		ch.starved = true
 		ch.mu.Unlock()
 		return queue.Busy
 	}
@@ -794,8 +802,9 @@ func (ch *channel) settle(tag uint64, multiple bool, kind broker.Settlement) *am
 	return nil
 }
 
-// released gives back the prefetch credit of settled deliveries.
-func (ch *channel) released(ds []delivery) {
+// released gives back the prefetch credit of settled deliveries and reports whether a
+// delivery was refused for want of it since the last call (see starved).
+func (ch *channel) released(ds []delivery) (starved bool) {
 	ch.mu.Lock()
 	for _, d := range ds {
 		if d.cons != nil {
@@ -803,7 +812,9 @@ func (ch *channel) released(ds []delivery) {
 		}
 	}
 	ch.inflight -= len(ds)
+	starved, ch.starved = ch.starved, false
 	ch.mu.Unlock()
+	return starved
 }
 
 // forEachQueue calls fn with each run of deliveries of one queue (ds grouped by queue), as the
@@ -829,7 +840,7 @@ func (ch *channel) apply(kind broker.Settlement, ds []delivery) {
 	if len(ds) == 0 {
 		return
 	}
-	ch.released(ds)
+	starved := ch.released(ds)
 	var scratch []*queue.Entry
 	if kind == broker.Ack {
 		// Acked entries are not kept by the queue: the buffer is reused. Rejected and requeued
@@ -846,7 +857,12 @@ func (ch *channel) apply(kind broker.Settlement, ds []delivery) {
 		clear(scratch[:cap(scratch)])
 		ch.entryBuf = scratch[:0]
 	}
-	ch.kickConsumers()
+	// Credit returned by an ack matters only to a consumer that was refused for want of it
+	// (a refusal for a congested writer is retried by onDrain, one for a closed channel never).
+	// Rejects and requeues kick always: they change the queues, not only the credit.
+	if starved || kind != broker.Ack {
+		ch.kickConsumers()
+	}
 }
 
 // recover requeues everything unacked on the channel (basic.recover requeue=true).
@@ -1246,10 +1262,20 @@ func (t *confirmTracker) settle(seq uint64, nack bool, emit func([]confirmOp)) {
 	t.base += uint64(n)
 }
 
-// writeConfirms sends confirm frames.
+// writeConfirms sends confirm frames (written inline when the connection is idle; see
+// writer.unlock).
 func (ch *channel) writeConfirms(ops []confirmOp) {
 	w := ch.c.w
-	b := w.lock()
+	w.unlock(ch.appendConfirms(w.lock(), ops))
+}
+
+// writeConfirmsAsync sends confirm frames through the connection's flusher.
+func (ch *channel) writeConfirmsAsync(ops []confirmOp) {
+	w := ch.c.w
+	w.unlockAsync(ch.appendConfirms(w.lock(), ops))
+}
+
+func (ch *channel) appendConfirms(b []byte, ops []confirmOp) []byte {
 	for _, op := range ops {
 		if op.nack {
 			b = amqp.AppendMethodFrame(b, ch.id, &amqp.BasicNack{DeliveryTag: op.tag, Multiple: op.multiple})
@@ -1257,5 +1283,5 @@ func (ch *channel) writeConfirms(ops []confirmOp) {
 			b = amqp.AppendMethodFrame(b, ch.id, &amqp.BasicAck{DeliveryTag: op.tag, Multiple: op.multiple})
 		}
 	}
-	w.unlock(b)
+	return b
 }

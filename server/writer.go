@@ -4,6 +4,8 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
+	"time"
 )
 
 // Writer flow control: a consumer stops receiving deliveries while its connection has more than
@@ -17,15 +19,45 @@ const (
 	// idleCap is the largest buffer an idle writer keeps through a trim (see Server.trimLoop):
 	// a connection that went quiet must not hold the buffers of its busiest moment.
 	idleCap = 16 << 10
+	// inlineIdle: an append to a writer that has written nothing for at least this long is
+	// written at once by the appending goroutine (see unlock). A connection that receives a
+	// trickle (hundreds of clients at tens of messages a second each) then costs no goroutine
+	// start and exit per delivery, while one under load keeps batching in the flusher: after
+	// an inline write the next append within inlineIdle goes to the flusher, so a busy
+	// connection gets at most one unbatched write per inlineIdle.
+	inlineIdle = 100 * time.Microsecond
+	// inlineMax is the largest buffer written inline; more goes to the flusher.
+	inlineMax = 64 << 10
 )
+
+// clockBase makes writer timestamps small monotonic durations (time.Since reads the monotonic
+// clock).
+var clockBase = time.Now()
+
+func monoNow() int64 { return int64(time.Since(clockBase)) }
 
 // writer is a connection's outbound frame queue. Any goroutine appends encoded frames under mu; a
 // flusher goroutine swaps the buffer out and writes it with a single syscall, so under load many
 // frames share one write and nothing is flushed while more is already queued. The flusher runs
 // only while there is something to write: it is started by the append that finds it stopped and
 // exits once the buffer is empty, so an idle connection has no writer goroutine (and no stack).
+// An append to a connection that has been idle for inlineIdle is written by the appending
+// goroutine itself with one non-blocking write (writeInline): a trickle of deliveries then
+// costs no goroutine start and exit each, and the flusher takes over whatever that write leaves.
 type writer struct {
-	nc      net.Conn
+	nc net.Conn
+	// raw is the socket's file descriptor for inline writes (see unlock); nil when the
+	// connection has none (TLS, in-memory pipes): then the flusher writes everything.
+	raw     syscall.RawConn
+	lastOut int64 // monoNow() when the last write ended (or began, for a flusher); under mu
+	// inlined counts writes made by writeInline (under mu; for tests and debugging).
+	inlined int64
+	// The state of the inline write in progress, owned by the goroutine that set running for
+	// it; writeFd is w.writeToFd, made once so that a write allocates no closure.
+	inB     []byte
+	inN     int
+	inErr   error
+	writeFd func(fd uintptr) bool
 	mu      sync.Mutex
 	buf     []byte
 	spare   []byte // the buffer of the previous flush, reused for appends
@@ -54,6 +86,12 @@ func newWriter(nc net.Conn, onDrain func()) *writer {
 	// The buffer is allocated by the first append and grows with the traffic.
 	w := &writer{nc: nc, done: make(chan struct{}), onDrain: onDrain}
 	w.room = sync.NewCond(&w.mu)
+	if sc, ok := nc.(syscall.Conn); ok && canInline {
+		if rc, err := sc.SyscallConn(); err == nil {
+			w.raw = rc
+			w.writeFd = w.writeToFd
+		}
+	}
 	return w
 }
 
@@ -73,8 +111,33 @@ func (w *writer) lock() []byte {
 	return w.buf
 }
 
-// unlock stores the appended buffer and starts the flusher if it is not running.
+// unlock stores the appended buffer and has it written: at once on the calling goroutine when
+// the writer has been idle for inlineIdle (writeInline), otherwise by the flusher, started if it
+// is not running.
 func (w *writer) unlock(b []byte) {
+	if w.dead {
+		b = b[:0]
+	}
+	w.buf = b
+	if len(b) > highWater {
+		w.full.Store(true)
+	}
+	if w.raw != nil && !w.running && !w.dead && !w.closing && !w.throttled && len(b) > 0 && len(b) <= inlineMax {
+		if now := monoNow(); now-w.lastOut >= int64(inlineIdle) {
+			w.writeInline(now)
+			return
+		}
+	}
+	start := w.startLocked()
+	w.mu.Unlock()
+	if start {
+		go w.run()
+	}
+}
+
+// unlockAsync is unlock that never writes on the calling goroutine, for callers that must not
+// spend a system call (the journal's goroutine completing confirms for every connection).
+func (w *writer) unlockAsync(b []byte) {
 	if w.dead {
 		b = b[:0]
 	}
@@ -87,6 +150,56 @@ func (w *writer) unlock(b []byte) {
 	if start {
 		go w.run()
 	}
+}
+
+// writeInline writes the buffer with one non-blocking write on the calling goroutine, with mu
+// held on entry and released on return. The writer counts as running meanwhile, so appends made
+// during the write queue behind it, in order. What the socket does not take (it is full), what
+// was appended meanwhile, a close requested meanwhile and any error (the flusher's write meets
+// it again and kills the writer, off the caller's locks) go to the flusher. Callers may hold
+// queue and channel locks (Consumer.Deliver): the write never waits for the peer.
+func (w *writer) writeInline(now int64) {
+	b := w.buf
+	w.running = true
+	w.buf = w.spare[:0]
+	w.spare = nil
+	w.lastOut = now
+	w.mu.Unlock()
+	w.inB, w.inN, w.inErr = b, 0, nil
+	err := w.raw.Write(w.writeFd)
+	n, werr := w.inN, w.inErr
+	w.inB, w.inErr = nil, nil
+	if n > 0 {
+		w.sentOct.Add(uint64(n))
+	}
+	w.mu.Lock()
+	w.inlined++
+	if w.dead {
+		w.running = false
+		w.mu.Unlock()
+		return
+	}
+	if n == len(b) && err == nil && werr == nil {
+		w.lastOut = monoNow()
+		if len(w.buf) == 0 && !w.closing {
+			if cap(b) <= spareCap {
+				w.spare = b[:0]
+			}
+			w.running = false
+			w.mu.Unlock()
+			return
+		}
+	} else {
+		// The rest of b goes first, then what was appended during the write.
+		k := copy(b, b[n:])
+		b = append(b[:k], w.buf...)
+		w.spare, w.buf = w.buf[:0], b
+		if len(b) > highWater {
+			w.full.Store(true)
+		}
+	}
+	w.mu.Unlock()
+	go w.run() // running stays true: the flusher takes over
 }
 
 // startLocked reports whether the caller must start a flusher, marking it running.
@@ -155,6 +268,7 @@ func (w *writer) run() {
 			w.fullWrites.Add(1)
 		}
 		w.mu.Lock()
+		w.lastOut = monoNow()
 		if cap(b) <= spareCap {
 			w.spare = b[:0]
 		}
@@ -171,6 +285,29 @@ func (w *writer) run() {
 			w.onDrain()
 		}
 	}
+}
+
+// writeToFd writes w.inB from w.inN on with non-blocking writes until it is written or the
+// socket is full (EAGAIN) or fails; it is the RawConn.Write callback of writeInline and always
+// reports done: it never waits for the socket to become writable.
+func (w *writer) writeToFd(fd uintptr) bool {
+	for w.inN < len(w.inB) {
+		m, err := rawWrite(fd, w.inB[w.inN:])
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			if err != syscall.EAGAIN {
+				w.inErr = err
+			}
+			break
+		}
+		w.inN += m
+		if m == 0 {
+			break
+		}
+	}
+	return true
 }
 
 // trim drops buffers larger than idleCap while the writer has nothing to write; they are

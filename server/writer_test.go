@@ -142,3 +142,166 @@ func TestWriterFullHoldsReader(t *testing.T) {
 		t.Fatal("awaitRoom still waiting after the socket closed")
 	}
 }
+
+// tcpPair returns both ends of a loopback TCP connection.
+func tcpPair(t *testing.T) (client, srv net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		accepted <- c
+	}()
+	client, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv = <-accepted
+	if srv == nil {
+		t.Fatal("accept failed")
+	}
+	return client, srv
+}
+
+func (w *writer) inlineCount() int64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.inlined
+}
+
+// forgetLastWrite makes the next append find the writer idle for long enough to write inline.
+func (w *writer) forgetLastWrite() {
+	w.mu.Lock()
+	w.lastOut = monoNow() - int64(inlineIdle)
+	w.mu.Unlock()
+}
+
+// An append to a writer idle for inlineIdle is written by the appending goroutine, with no
+// flusher; a TLS-like connection without a file descriptor always uses the flusher.
+func TestWriterInlineWhenIdle(t *testing.T) {
+	client, srv := tcpPair(t)
+	defer client.Close()
+	w := newWriter(srv, nil)
+	defer w.kill()
+	if w.raw == nil {
+		t.Fatal("TCP connection without a raw fd")
+	}
+	for i := 0; i < 3; i++ {
+		w.forgetLastWrite()
+		b := w.lock()
+		w.unlock(append(b, 'a'+byte(i)))
+		if w.isRunning() {
+			t.Fatalf("append %d: a flusher is running after an inline write", i)
+		}
+		if got := w.inlineCount(); got != int64(i+1) {
+			t.Fatalf("append %d: %d inline writes, want %d", i, got, i+1)
+		}
+		var one [1]byte
+		_ = client.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(client, one[:]); err != nil || one[0] != 'a'+byte(i) {
+			t.Fatalf("append %d: read %q, %v", i, one[:], err)
+		}
+	}
+	if got := w.sentOct.Load(); got != 3 {
+		t.Fatalf("sent octets %d, want 3", got)
+	}
+	go io.Copy(io.Discard, client)
+	allocs := testing.AllocsPerRun(100, func() {
+		w.forgetLastWrite()
+		b := w.lock()
+		w.unlock(append(b, "0123456789abcdef"...))
+	})
+	if allocs != 0 {
+		t.Fatalf("an inline write allocates %v times, want 0", allocs)
+	}
+
+	pc, ps := net.Pipe()
+	defer pc.Close()
+	wp := newWriter(ps, nil)
+	defer wp.kill()
+	go io.Copy(io.Discard, pc)
+	b := wp.lock()
+	wp.unlock(append(b, 'x'))
+	if wp.raw != nil || wp.inlineCount() != 0 {
+		t.Fatal("a connection without a file descriptor was written inline")
+	}
+}
+
+// A socket that takes only part of an inline write (the peer does not read) leaves the rest to
+// the flusher, ahead of whatever was appended meanwhile; concurrent appenders keep their order
+// and nothing is lost or duplicated.
+func TestWriterInlinePartialAndOrder(t *testing.T) {
+	client, srv := tcpPair(t)
+	defer client.Close()
+	_ = srv.(*net.TCPConn).SetWriteBuffer(16 << 10)
+	_ = client.(*net.TCPConn).SetReadBuffer(16 << 10)
+	w := newWriter(srv, nil)
+	// Fill the socket while the client reads nothing: inline writes come back short or with
+	// EAGAIN, and the flusher takes over.
+	const chunk = 8 << 10
+	var want []byte
+	for i := 0; i < 40; i++ {
+		w.forgetLastWrite()
+		b := w.lock()
+		start := len(b)
+		for j := 0; j < chunk; j++ {
+			b = append(b, byte(i))
+		}
+		want = append(want, b[start:]...)
+		w.unlock(b)
+	}
+	if w.inlineCount() == 0 {
+		t.Fatal("no inline write attempted")
+	}
+	// Concurrent appenders, some of them finding the writer idle.
+	const writers, frames = 4, 300
+	var wg sync.WaitGroup
+	for i := 0; i < writers; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := 0; j < frames; j++ {
+				if j%50 == 0 {
+					w.forgetLastWrite()
+				}
+				b := w.lock()
+				b = append(b, 0xf0|byte(i), byte(j>>8), byte(j))
+				w.unlock(b)
+			}
+		}()
+	}
+	got := make(chan []byte)
+	go func() {
+		b, _ := io.ReadAll(client)
+		got <- b
+	}()
+	wg.Wait()
+	w.closeAfterFlush()
+	select {
+	case <-w.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("writer not done after closeAfterFlush")
+	}
+	out := <-got
+	if len(out) != len(want)+writers*frames*3 {
+		t.Fatalf("got %d bytes, want %d", len(out), len(want)+writers*frames*3)
+	}
+	if !bytes.Equal(out[:len(want)], want) {
+		t.Fatal("the bytes of the partial inline writes came out of order")
+	}
+	next := make([]int, writers)
+	for k := len(want); k+3 <= len(out); k += 3 {
+		i, j := int(out[k]&0x0f), int(out[k+1])<<8|int(out[k+2])
+		if out[k]&0xf0 != 0xf0 || j != next[i] {
+			t.Fatalf("writer %d: frame %d arrived when %d was due", i, j, next[i])
+		}
+		next[i]++
+	}
+	if got := w.sentOct.Load(); got != uint64(len(out)) {
+		t.Fatalf("sent octets %d, want %d", got, len(out))
+	}
+}
