@@ -222,6 +222,7 @@ type delayer struct {
 	reading  bool
 	arrived  []*heldMsg        // committed while a read was in flight
 	unsynced map[*heldMsg]bool // held beyond the frontier, write not yet committed
+	pending  map[dkey]struct{} // a transaction's, being written: placed by commitTx, not by a read
 	recent   map[dkey]struct{} // routed, removal not yet committed
 	timer    delayTimer
 	timerAt  int64 // unix ms the timer is set for; 0: none
@@ -244,6 +245,7 @@ func newDelayer(b *Broker, clock delayClock) *delayer {
 	return &delayer{
 		b: b, store: b.store, clock: clock, window: delayWindow, maxMem: delayMaxMem, maxMemBytes: delayMaxMemBytes,
 		live: map[uint64]*Exchange{}, recent: map[dkey]struct{}{}, pubs: map[*VHost]*Publisher{}, unsynced: map[*heldMsg]bool{},
+		pending: map[dkey]struct{}{},
 	}
 }
 
@@ -291,6 +293,7 @@ func (d *delayer) unregister(ex *Exchange, sw *storeWaits) {
 	dropped := int64(0)
 	for _, h := range d.heap {
 		if h.key.Incarnation == inc {
+			h.inMem = false // dropped: a failed write no longer leaves it held (committed)
 			d.memBytes -= h.size()
 			dropped++
 			continue
@@ -422,14 +425,26 @@ func (d *delayer) add(h *heldMsg, done func(error)) (onDisk bool) {
 	now := d.clock.Now()
 	d.place(h, now.UnixMilli())
 	if d.store != nil {
-		d.store.PutDelayedAsync([]persistence.Delayed{{
-			Key: h.key, VHost: ex.delayed.v.name, Exchange: ex.name, RoutingKey: h.routingKey, Header: h.header, Body: h.body,
-		}}, func(err error) {
-			d.committed(h)
+		finish := func(err error) {
+			d.committed(h, err)
 			if done != nil {
 				done(err)
 			}
+		}
+		// Submitted under d.mu so that it is ordered before the drop of an exchange deleted
+		// from now on (startDrop). The store calls done at once when it is closing, on this
+		// goroutine, which holds d.mu: finish (which takes it) then runs on its own.
+		var submitted atomic.Bool
+		d.store.PutDelayedAsync([]persistence.Delayed{{
+			Key: h.key, VHost: ex.delayed.v.name, Exchange: ex.name, RoutingKey: h.routingKey, Header: h.header, Body: h.body,
+		}}, func(err error) {
+			if !submitted.Load() {
+				go finish(err)
+				return
+			}
+			finish(err)
 		})
+		submitted.Store(true)
 	}
 	d.held.Add(1)
 	d.arm(now)
@@ -468,9 +483,22 @@ func (d *delayer) place(h *heldMsg, nowMs int64) {
 // committed runs on the journal goroutine once h's write has committed (or failed: then the
 // message is not on disk, and a read ahead never finds it; it stays held in memory only if it
 // already was).
-func (d *delayer) committed(h *heldMsg) {
+func (d *delayer) committed(h *heldMsg, err error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if err != nil && !h.inMem {
+		// Neither on disk nor in memory (nor routed): it is no longer held. One in memory
+		// stays held until routed; one of a deleted exchange is not on disk for its drop to
+		// count.
+		d.held.Add(-1)
+		delete(d.unsynced, h)
+		return
+	}
+	d.markSynced(h)
+}
+
+// markSynced records that h's write has committed. Called with d.mu held.
+func (d *delayer) markSynced(h *heldMsg) {
 	h.synced = true
 	if !d.unsynced[h] {
 		return
@@ -616,6 +644,12 @@ func (d *delayer) readDone(from, to persistence.DelayedKey, ds []persistence.Del
 		seen[dk(s.Key)] = true
 		if _, ok := d.recent[dk(s.Key)]; ok {
 			continue
+		}
+		if _, ok := d.pending[dk(s.Key)]; ok {
+			continue // commitTx places it once its commit returns
+		}
+		if d.live[s.Key.Incarnation] == nil {
+			continue // its exchange is gone: startDrop deletes and counts it
 		}
 		d.push(&heldMsg{key: s.Key, routingKey: s.RoutingKey, header: s.Header, body: s.Body, synced: true})
 	}
@@ -772,23 +806,62 @@ func (b *Broker) startDelayed() error {
 	return nil
 }
 
-// addAll holds a transaction's delayed messages and waits until they are stored.
-func (d *delayer) addAll(hs []*heldMsg) error {
-	if len(hs) == 0 {
+// commitTx writes a transaction's batch and its held messages hs in one journal transaction
+// and waits for it: both are durable or neither is, so a failure leaves nothing applied (the
+// caller's promise to the front end). The held messages are placed only once committed. Without
+// a store they are held in memory.
+func (d *delayer) commitTx(batch *persistence.Batch, hs []*heldMsg) error {
+	if d.store == nil {
+		for _, h := range hs {
+			d.add(h, nil)
+		}
 		return nil
 	}
-	ch := make(chan error, len(hs))
-	waits := 0
+	d.mu.Lock()
+	var kept []*heldMsg
+	var ds []persistence.Delayed
 	for _, h := range hs {
-		if d.add(h, func(err error) { ch <- err }) {
-			waits++
+		ex := d.live[h.key.Incarnation]
+		if d.closed || ex == nil {
+			continue // dropped, as a publish to a deleted exchange
 		}
+		d.seq = max(d.seq+1, uint64(time.Now().UnixNano()))
+		h.key.Seq = d.seq
+		kept = append(kept, h)
+		d.pending[dk(h.key)] = struct{}{}
+		ds = append(ds, persistence.Delayed{
+			Key: h.key, VHost: ex.delayed.v.name, Exchange: ex.name, RoutingKey: h.routingKey, Header: h.header, Body: h.body,
+		})
 	}
-	var first error
-	for ; waits > 0; waits-- {
-		if err := <-ch; err != nil && first == nil {
-			first = err
+	if len(ds) == 0 && len(batch.Publishes) == 0 && len(batch.Removes) == 0 {
+		d.mu.Unlock()
+		return nil
+	}
+	d.held.Add(int64(len(kept)))
+	// Submitted under d.mu so that it is ordered before the drop of an exchange deleted from
+	// now on (startDrop); done does not take d.mu (it may run synchronously, store closing).
+	ch := make(chan error, 1)
+	d.store.SubmitWithDelayed(batch, ds, func(err error) { ch <- err })
+	d.mu.Unlock()
+	err := <-ch
+
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, h := range kept {
+		delete(d.pending, dk(h.key))
+	}
+	if err != nil {
+		d.held.Add(-int64(len(kept)))
+		return err
+	}
+	now := d.clock.Now()
+	for _, h := range kept {
+		if d.live[h.key.Incarnation] == nil {
+			continue // deleted meanwhile: its drop deletes (and counts) it on disk
 		}
+		d.place(h, now.UnixMilli())
+		d.markSynced(h)
 	}
-	return first
+	d.arm(now)
+	return nil
 }

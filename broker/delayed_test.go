@@ -1,7 +1,9 @@
 package broker
 
 import (
+	"errors"
 	"fmt"
+	"math"
 	"math/rand"
 	"runtime"
 	"sort"
@@ -11,6 +13,8 @@ import (
 	"time"
 
 	"github.com/warrenmq/warren/amqp"
+	"github.com/warrenmq/warren/persistence"
+	"github.com/warrenmq/warren/queue"
 )
 
 // fakeClock is a manual delayClock: timers fire, on the caller's goroutine, when Advance
@@ -483,5 +487,131 @@ func TestDelayedMillionHeapBounded(t *testing.T) {
 	// +157 MB.
 	if growth > 64<<20 {
 		t.Errorf("heap grew by %d MB for %d held messages", growth>>20, n)
+	}
+}
+
+// A transaction whose held message cannot be stored applies nothing: its ack is not removed on
+// disk while the delivery goes back to the front end as still unacked (it would be delivered
+// again now and be gone after a restart), and its other publishes are not visible.
+func TestDelayedTxnStoreFailureAppliesNothing(t *testing.T) {
+	dir := t.TempDir()
+	b, v, _ := delayedFixture(t, dir, time.Second, 1000)
+	p := v.NewPublisher()
+	publish(t, v, p, "", "q", "acked in the tx")
+	p.Flush()
+	qs, e, _, ok, aerr := v.Get(System, "q", false)
+	if aerr != nil || !ok {
+		t.Fatalf("get: %v %v", ok, aerr)
+	}
+	dx, _ := v.Exchange("dx")
+	def, _ := v.Exchange("")
+	mk := func(ex *Exchange, key string, body []byte, headers amqp.Table) *queue.Message {
+		props := amqp.Properties{DeliveryMode: 2, Headers: headers}
+		header := amqp.AppendContentHeader(nil, amqp.ClassBasic, uint64(len(body)), &props)
+		sum, err := amqp.ScanContentHeader(header)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg, aerr := b.NewMessage(ex, key, header, &sum, body)
+		if aerr != nil {
+			t.Fatal(aerr)
+		}
+		return msg
+	}
+	tx := v.NewTxn()
+	tx.Settle(Ack, qs, []*queue.Entry{e})
+	tx.Publish(def, mk(def, "q", []byte("published in the tx"), nil), false)
+	// A value larger than a value-log file: badger refuses it, the batch alone it would take.
+	tx.Publish(dx, mk(dx, "k", make([]byte, 65<<20), amqp.Table{delayHeader: int32(1000)}), false)
+	if err := tx.Commit(nil); err == nil {
+		t.Fatal("commit reported success though the held message was not stored")
+	}
+	if n := qs.Q().Counts().Ready; n != 0 {
+		t.Fatalf("%d messages visible after a failed commit", n)
+	}
+	if st := b.DelayedStats(); st.Held != 0 {
+		t.Fatalf("held after a failed commit: %+v", st)
+	}
+	qs.Settle(Requeue, []*queue.Entry{e}, nil) // the front end's unacked delivery goes back
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b2 := newTestBroker(t, dir)
+	if bodies, _ := getAll(t, b2.VHost("/"), "q"); len(bodies) != 1 || bodies[0] != "acked in the tx" {
+		t.Fatalf("after restart: %q; want the message whose ack failed to commit", bodies)
+	}
+	if st := b2.DelayedStats(); st.Held != 0 {
+		t.Fatalf("held after restart: %+v", st)
+	}
+}
+
+// A read ahead in flight when its exchange is deleted does not bring the deleted exchange's
+// messages back: they are dropped (and counted) once, by the background drop.
+func TestDelayedReadAheadAcrossDelete(t *testing.T) {
+	b, v, clock := delayedFixture(t, t.TempDir(), 100*time.Millisecond, 1000)
+	d := b.delayed
+	p := v.NewPublisher()
+	const n = 20
+	for i := 0; i < n; i++ {
+		publishDelayed(t, v, p, "dx", "k", fmt.Sprint(i), int32(1000+i), true) // beyond the window: on disk only
+	}
+	settle(t, d)
+	// A read ahead starts (as startRead does) and reads its snapshot before the delete.
+	d.mu.Lock()
+	if d.reading {
+		d.mu.Unlock()
+		t.Fatal("a read ahead is in flight")
+	}
+	d.reading = true
+	from := d.frontier
+	d.mu.Unlock()
+	to := persistence.DelayedKey{Due: clock.Now().UnixMilli() + 2000, Seq: math.MaxUint64}
+	ds, capped, err := b.store.ReadDelayed(from, to.Due, 1000)
+	if err != nil || len(ds) != n {
+		t.Fatalf("read %d held messages (%v); want %d", len(ds), err, n)
+	}
+	if err := v.DeleteExchange(System, "dx", false); err != nil {
+		t.Fatal(err)
+	}
+	d.drops.Wait()
+	d.readDone(from, to, ds, capped, nil)
+	clock.Advance(2 * time.Second)
+	if st := b.DelayedStats(); st.Held != 0 || st.Dropped != n || st.InMemory != 0 {
+		t.Fatalf("stats %+v; want %d dropped once, none held", st, n)
+	}
+}
+
+// A held message whose write fails is no longer held (unless it is in memory, to be routed).
+// With the store closing, the failure is reported at once, on the publishing goroutine, which
+// must not deadlock on the scheduler's lock.
+func TestDelayedFailedPutNotHeld(t *testing.T) {
+	b, v, _ := delayedFixture(t, t.TempDir(), 100*time.Millisecond, 1000)
+	d := b.delayed
+	dx, _ := v.Exchange("dx")
+	if err := b.store.Close(); err != nil {
+		t.Fatal(err)
+	}
+	props := amqp.Properties{DeliveryMode: 2, Headers: amqp.Table{delayHeader: int32(5000)}}
+	header := amqp.AppendContentHeader(nil, amqp.ClassBasic, 1, &props)
+	sum, serr := amqp.ScanContentHeader(header)
+	if serr != nil {
+		t.Fatal(serr)
+	}
+	h := d.prepare(dx, "k", header, sum.HeadersRaw, []byte("x"))
+	if h == nil {
+		t.Fatal("not held")
+	}
+	done := make(chan error, 1)
+	go d.add(h, func(err error) { done <- err })
+	select {
+	case err := <-done:
+		if !errors.Is(err, persistence.ErrClosed) {
+			t.Fatalf("put with the store closed: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("add deadlocked with the store closing")
+	}
+	if st := b.DelayedStats(); st.Held != 0 {
+		t.Fatalf("stats %+v; want the failed put not held", st)
 	}
 }

@@ -292,7 +292,7 @@ func (t *Txn) Commit(unroutable func(*queue.Message)) error {
 	for _, p := range t.publishes {
 		if p.ex.delayed != nil {
 			if h := v.b.delayed.prepare(p.ex, p.msg.RoutingKey, p.msg.Header, scanHeaders(p.msg.Header), p.msg.Body); h != nil {
-				// Held at the commit, after the batch; returned if mandatory, as outside one.
+				// Held at the commit, in the batch's transaction; returned if mandatory, as outside one.
 				holds = append(holds, h)
 				p.ex.publishIn.Add(1)
 				if p.mandatory && unroutable != nil {
@@ -330,16 +330,13 @@ func (t *Txn) Commit(unroutable func(*queue.Message)) error {
 	}
 	settles := t.settles
 	t.publishes, t.settles = nil, nil
-	if v.b.store != nil && (len(batch.Publishes) > 0 || len(batch.Removes) > 0) {
-		if err := v.b.store.Commit(&batch); err != nil {
-			return fmt.Errorf("tx.commit: store write failed: %w", err)
-		}
+	// The held messages are written in the batch's transaction: on a failure nothing is
+	// durable, so nothing is applied.
+	if err := v.b.delayed.commitTx(&batch, holds); err != nil {
+		return fmt.Errorf("tx.commit: store write failed: %w", err)
 	}
 	for _, p := range pubs {
 		v.push(p, true)
-	}
-	if err := v.b.delayed.addAll(holds); err != nil {
-		return fmt.Errorf("tx.commit: storing delayed messages failed: %w", err)
 	}
 	for _, m := range replies {
 		v.b.deliverReply(m)

@@ -120,17 +120,47 @@ func delayedSize(ds []Delayed) int64 {
 	return n
 }
 
-// PutDelayedAsync stores held messages; done runs once they are durable. Like every journal
-// write it is ordered with the writes submitted before and after it.
-func (s *Store) PutDelayedAsync(ds []Delayed, done func(error)) {
-	s.submit(request{size: delayedSize(ds), op: func(g *group) error {
-		for i := range ds {
-			if err := g.txn.Set(delayedKey(ds[i].Key), encodeDelayed(&ds[i])); err != nil {
-				return err
-			}
+// estimateDelayed is estimate (journal.go) for held messages: one entry each, its value in
+// the value log (padded to valueThreshold).
+func estimateDelayed(ds []Delayed) (count, size int64) {
+	const ptr, meta = 12, 2
+	return int64(len(ds)), int64(len(ds)) * (delayedKeyLen + meta + ptr)
+}
+
+// vlogDelayed is vlogBytes (reserve.go) for held messages: all of them go to the value log.
+func vlogDelayed(ds []Delayed) int64 {
+	const overhead = 64 // key, value encoding, badger's header and checksum
+	var n int64
+	for i := range ds {
+		d := &ds[i]
+		n += max(int64(len(d.VHost)+len(d.Exchange)+len(d.RoutingKey)+len(d.Header)+len(d.Body)+30),
+			valueThreshold) + overhead
+	}
+	return n
+}
+
+// putDelayed writes held messages in the group's transaction.
+func (g *group) putDelayed(ds []Delayed) error {
+	for i := range ds {
+		if err := g.txn.Set(delayedKey(ds[i].Key), encodeDelayed(&ds[i])); err != nil {
+			return err
 		}
-		return nil
-	}, done: done})
+	}
+	return nil
+}
+
+// PutDelayedAsync stores held messages; done runs once they are durable. Like every journal
+// write it is ordered with the writes submitted before and after it, and like a publish it
+// is refused while disk space is low.
+func (s *Store) PutDelayedAsync(ds []Delayed, done func(error)) {
+	s.submit(request{delayed: ds, size: delayedSize(ds), done: done})
+}
+
+// SubmitWithDelayed is Submit for a batch that is written together with held messages, in
+// one transaction: both are durable or neither is (a transaction's publishes, acks and
+// delayed publishes). Neither b nor ds may be modified until done is called.
+func (s *Store) SubmitWithDelayed(b *Batch, ds []Delayed, done func(error)) {
+	s.submit(request{batch: b, delayed: ds, size: b.queuedBytes() + delayedSize(ds), done: done})
 }
 
 // RemoveDelayedAsync deletes held messages (routed, or of a deleted exchange). Submitted

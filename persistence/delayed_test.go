@@ -2,6 +2,8 @@ package persistence
 
 import (
 	"bytes"
+	"errors"
+	"math"
 	"strings"
 	"testing"
 )
@@ -120,4 +122,51 @@ func FuzzDecodeDelayed(f *testing.F) {
 			t.Fatalf("round trip: %+v != %+v", again, d)
 		}
 	})
+}
+
+// Held messages are message data: while disk space is low they are refused like a publish,
+// and a batch submitted with them is written with them or not at all.
+func TestDelayedSpaceAndAtomicity(t *testing.T) {
+	s := openT(t, t.TempDir())
+	if s.res == nil {
+		t.Fatal("no space reservations on this platform")
+	}
+	held := func(seq uint64) []Delayed {
+		return []Delayed{{Key: DelayedKey{Due: 100, Seq: seq, Incarnation: 1}, VHost: "/", Exchange: "dx", Body: []byte("x")}}
+	}
+	wait := func(submit func(func(error))) error {
+		ch := make(chan error, 1)
+		submit(func(err error) { ch <- err })
+		return <-ch
+	}
+
+	// A batch that fails validation takes its held messages with it.
+	bad := &Batch{Publishes: []Publish{{Msg: nil, Entries: []Entry{ent("q", 1)}}}}
+	if err := wait(func(done func(error)) { s.SubmitWithDelayed(bad, held(1), done) }); err == nil {
+		t.Fatal("invalid batch committed")
+	}
+	if ds, _ := readDelayed(t, s, DelayedKey{}, 1000, 10); len(ds) != 0 {
+		t.Fatalf("held message of a failed batch stored: %+v", ds)
+	}
+	good := &Batch{Publishes: []Publish{{Msg: &Message{ID: 1, Body: []byte("m")}, Entries: []Entry{ent("q", 1)}, NewEntries: true}}}
+	if err := wait(func(done func(error)) { s.SubmitWithDelayed(good, held(2), done) }); err != nil {
+		t.Fatal(err)
+	}
+	if ds, _ := readDelayed(t, s, DelayedKey{}, 1000, 10); len(ds) != 1 || ds[0].Key.Seq != 2 {
+		t.Fatalf("held messages after a committed batch: %+v", ds)
+	}
+	if _, err := readMessage(s, 1); err != nil {
+		t.Fatalf("message of the committed batch: %v", err)
+	}
+
+	s.res.flushKeep = math.MaxInt64 // as if the disk were full: no free space is enough
+	if err := wait(func(done func(error)) { s.PutDelayedAsync(held(3), done) }); !errors.Is(err, ErrDiskFull) {
+		t.Errorf("held message with low space: %v; want ErrDiskFull", err)
+	}
+	if err := wait(func(done func(error)) { s.SubmitWithDelayed(&Batch{}, held(4), done) }); !errors.Is(err, ErrDiskFull) {
+		t.Errorf("batch with a held message with low space: %v; want ErrDiskFull", err)
+	}
+	if ds, _ := readDelayed(t, s, DelayedKey{}, 1000, 10); len(ds) != 1 {
+		t.Fatalf("held messages stored while space is low: %+v", ds)
+	}
 }

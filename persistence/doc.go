@@ -18,11 +18,15 @@
 //	'i' str(vhost) str(queue) seq(8 BE)       -> msgID(8) deliveries(4) expiresAt(8) bodySize(4) flags(1)
 //	'p' str(vhost) str(queue)                 -> spans still to purge (empty: all)
 //	't' space(8 BE) seq(8 BE)                 -> flags(1) expiresAt(8) msgID(8) message: a transient page
+//	'w' due(8 BE) seq(8 BE) incarnation(8 BE) -> str(vhost) str(exchange) str(routing key) bytes(header)
+//	                                             bytes(body), zero-padded to valueThreshold: a held message
+//	'X' str(vhost) str(name)                  -> incarnation(8 BE): a durable delayed exchange
 //
 // A binding's whole identity is its key, so Args must be encoded deterministically.
 // Index keys sort by queue and then sequence number, so reading a queue in order is one
 // prefix scan, and its entries carry what a queue needs to count and expire them without
-// reading the messages (size, expiry).
+// reading the messages (size, expiry). Held messages of x-delayed-message exchanges sort by
+// due time; see delayed.go.
 //
 // # Memory
 //

@@ -30,7 +30,8 @@ const (
 // badger's writes).
 type request struct {
 	batch     *Batch
-	size      int64 // memory batch holds (queuedBytes), counted in Store.queued
+	delayed   []Delayed // held messages written with batch, in the same transaction
+	size      int64     // memory batch and delayed hold (queuedBytes), counted in Store.queued
 	op        func(g *group) error
 	cut       bool
 	exclusive func() error
@@ -136,7 +137,7 @@ func (s *Store) submit(r request) {
 // and removals that nobody waits for.
 func (r *request) lazy() bool {
 	b := r.batch
-	return r.done == nil && b != nil && len(b.Publishes) == 0 && len(b.Pages) == 0 &&
+	return r.done == nil && b != nil && len(r.delayed) == 0 && len(b.Publishes) == 0 && len(b.Pages) == 0 &&
 		len(b.Purges) == 0 && len(b.DropPages) == 0
 }
 
@@ -279,6 +280,18 @@ func (s *Store) commitGroup(reqs []request) int {
 			vlog += vlogBytes(r.batch)
 			addsMessages = addsMessages || len(r.batch.Publishes) > 0 || len(r.batch.Pages) > 0
 		}
+		if len(r.delayed) > 0 {
+			// Held messages are message data in the value log like publishes: reserved for,
+			// and refused while space is low.
+			c, sz := estimateDelayed(r.delayed)
+			if j > 0 && (estCount+c > limCount || estSize+sz > limSize) {
+				break
+			}
+			estCount += c
+			estSize += sz
+			vlog += vlogDelayed(r.delayed)
+			addsMessages = true
+		}
 		n = j + 1
 		// A purge is finished (drain) right after its commit; later requests must not share
 		// its transaction, or the drain would delete entries they add.
@@ -311,10 +324,16 @@ func (s *Store) commitGroup(reqs []request) int {
 	for j, r := range reqs[:n] {
 		g.cur = j
 		var err error
-		if r.batch != nil {
+		switch {
+		case r.batch != nil:
 			err = g.applyBatch(r.batch)
-		} else {
+			if err == nil {
+				err = g.putDelayed(r.delayed)
+			}
+		case r.op != nil:
 			err = r.op(g)
+		default:
+			err = g.putDelayed(r.delayed)
 		}
 		if err == nil && g.cut && j < n-1 {
 			err = errUnexpectedCut
