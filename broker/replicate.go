@@ -331,7 +331,11 @@ func (v *VHost) applyDeclareQueue(op TopologyOp) *amqp.Error {
 		v.mu.Lock()
 	}
 	if qs := v.queues[m.Name]; qs != nil {
-		qs.epoch.CompareAndSwap(0, op.Epoch) // restored from this node's store before the log replayed
+		// Restored from this node's store before the log replayed: its stored epoch names its
+		// incarnation, so a replayed delete of an earlier queue of the name does not match it.
+		// A record stored before epochs were (0) adopts the first declare replayed; a replayed
+		// delete of an earlier incarnation can then still remove it (docs/cluster.md).
+		qs.epoch.CompareAndSwap(0, op.Epoch)
 		v.mu.Unlock()
 		return nil
 	}
@@ -343,13 +347,12 @@ func (v *VHost) applyDeclareQueue(op TopologyOp) *amqp.Error {
 		v.mu.Unlock()
 		return nil
 	}
-	qs, synced, err := v.newQueue(Actor{Owner: owner}, m.Name, m)
+	_, synced, err := v.newQueue(Actor{Owner: owner}, m.Name, m, op.Epoch)
 	if err != nil {
 		v.mu.Unlock()
 		v.b.log.Error("cluster: applying a queue declare", "vhost", v.name, "queue", m.Name, "err", err)
 		return err
 	}
-	qs.epoch.Store(op.Epoch)
 	v.mu.Unlock()
 	if err := wait(synced, "storing queue"); err != nil {
 		v.b.log.Error("cluster: storing a declared queue", "vhost", v.name, "queue", m.Name, "err", err)

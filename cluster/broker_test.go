@@ -517,3 +517,74 @@ func TestClusterRefusesDelayedAndStream(t *testing.T) {
 	}
 	tc.sameTopology(t)
 }
+
+// A restart replays a delete of an earlier queue of a name: it must not delete the queue of that
+// name restored from the store (a later incarnation) with its confirmed messages. The queue's
+// stored epoch tells the incarnations apart.
+func TestClusterRestartKeepsRedeclaredQueue(t *testing.T) {
+	dir := t.TempDir()
+	open := func() *broker.Broker {
+		b, err := broker.New(broker.Options{DataDir: dir, MaxRAMMessages: 4096, Logger: quietLog(),
+			VHosts: []broker.VHostSettings{{Name: "/", MaxQueues: -1}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	tc := newTestCluster(t, 2, false)
+	b3 := open()
+	m3 := NewMetadata(b3, quietLog())
+	b3.SetReplicator(NewReplicator("n3", tc.log.join(m3)))
+	tc.brokers, tc.meta = append(tc.brokers, b3), append(tc.meta, m3)
+
+	v3 := b3.VHost("/")
+	if _, err := v3.DeclareQueue(broker.System, broker.QueueSpec{Name: "q", Durable: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v3.DeleteQueue(broker.System, "q", false, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v3.DeclareQueue(broker.System, broker.QueueSpec{Name: "q", Durable: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := v3.Bind(broker.System, broker.BindingSpec{Source: "amq.direct", Destination: "q", Key: "k"}); err != nil {
+		t.Fatal(err)
+	}
+	if got, res := tc.publish(t, 2, "amq.direct", "k", 2); !slices.Equal(got, []string{"q@"}) || res.Refused || !res.OnDisk {
+		t.Fatalf("publish on the home: %v %+v", got, res)
+	}
+
+	tc.log.mu.Lock()
+	tc.log.machines[2] = NewMetadata(nil, quietLog())
+	tc.log.mu.Unlock()
+	if err := b3.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b3 = open()
+	t.Cleanup(func() { _ = b3.Close() })
+	m3 = NewMetadata(b3, quietLog())
+	b3.SetReplicator(NewReplicator("n3", memMember{l: tc.log, i: 2}))
+	tc.log.mu.Lock()
+	for i, e := range tc.log.entries {
+		if r := m3.Apply(uint64(i+1), e).(Result); r.Code != 0 {
+			t.Errorf("replaying entry %d: %s", i+1, r.Text)
+		}
+	}
+	tc.log.machines[2] = m3
+	tc.log.mu.Unlock()
+	tc.brokers[2], tc.meta[2] = b3, m3
+
+	found := false
+	for _, q := range b3.VHost("/").Queues() {
+		if q.Name == "q" {
+			found = true
+			if q.Counts.Ready != 1 {
+				t.Errorf("q holds %d messages after the restart, want 1", q.Counts.Ready)
+			}
+		}
+	}
+	if !found {
+		t.Error("q is gone after the restart")
+	}
+	tc.sameTopology(t)
+}
