@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"math/rand/v2"
 
 	"github.com/warrenmq/warren/amqp"
 	"github.com/warrenmq/warren/exchange"
@@ -79,9 +80,29 @@ type TopologyResult struct {
 // connection has this id, so none may use them (405), as in RabbitMQ.
 const remoteOwner = ^OwnerID(0)
 
+// incarnationMask is the part of an owner proposed to the cluster that names the process
+// (incarnation) of its node; the rest is the connection's id on it (connection ids restart at 1
+// with every process and stay below 2^32).
+const incarnationMask = OwnerID(0xffffffff) << 32
+
 // SetReplicator makes the broker a cluster member (see TopologyReplicator). Call it before any
-// front end serves; nil (the default) is a single node.
-func (b *Broker) SetReplicator(r TopologyReplicator) { b.replicator = r }
+// front end serves; nil (the default) is a single node. It draws this process's incarnation.
+func (b *Broker) SetReplicator(r TopologyReplicator) {
+	b.replicator = r
+	// 1..2^31: never 0 (an untagged owner) nor remoteOwner's all-ones.
+	b.incarnation = OwnerID(rand.Uint32N(1<<31)+1) << 32
+}
+
+// Incarnation identifies this process among the starts of its cluster node: the high 32 bits of
+// every owner it proposes (TopologyOp.Owner). An exclusive queue whose owner has another
+// incarnation of this node belonged to a connection of an earlier process, gone with it.
+func (b *Broker) Incarnation() uint64 { return uint64(b.incarnation) }
+
+// IncarnationOf is the incarnation part of an owner proposed to the cluster.
+func IncarnationOf(owner uint64) uint64 { return owner & uint64(incarnationMask) }
+
+// clusterOwner is a local owner as proposed to the cluster: tagged with this incarnation.
+func (b *Broker) clusterOwner(o OwnerID) OwnerID { return o&^incarnationMask | b.incarnation }
 
 // Home is the node the queue lives on; "" for a queue of this node (always so on a single node).
 // A queue homed elsewhere takes part in routing, but this node holds none of its messages.
@@ -129,7 +150,7 @@ func DefaultExchanges() map[string]string {
 // replicate proposes op for a; the front-end half of every replicated change.
 func (v *VHost) replicate(a Actor, op TopologyOp) (TopologyResult, *amqp.Error) {
 	op.VHost = v.name
-	op.Owner = a.Owner
+	op.Owner = v.b.clusterOwner(a.Owner)
 	op.OwnerNode = v.b.replicator.LocalNode()
 	return v.b.replicator.Replicate(context.Background(), op)
 }
@@ -235,13 +256,16 @@ func errNotInCluster(what string) *amqp.Error {
 	return amqp.Errorf(amqp.NotImplemented, "%s not supported in a Warren cluster yet", what)
 }
 
-// ownerFor is the local owner of an exclusive queue the log says is owned by op's connection.
+// ownerFor is the local owner of an exclusive queue the log says is owned by op's connection:
+// that connection if it is one of this process, else remoteOwner. A connection of an earlier
+// process of this node (replayed after a restart) is gone: its id may be reused by a new
+// connection, which must not take the queue over.
 func (b *Broker) ownerFor(op TopologyOp) OwnerID {
 	if !op.Queue.Exclusive {
 		return 0
 	}
-	if op.OwnerNode == b.replicator.LocalNode() {
-		return op.Owner
+	if op.OwnerNode == b.replicator.LocalNode() && op.Owner&incarnationMask == b.incarnation {
+		return op.Owner &^ incarnationMask
 	}
 	return remoteOwner
 }
@@ -442,7 +466,7 @@ func (v *VHost) proposeLocalRemoval(qs *Queue) {
 		return
 	}
 	op := TopologyOp{Kind: OpDeleteQueue, VHost: v.name, Queue: QueueSpec{Name: qs.name}, Epoch: qs.epoch.Load(),
-		Owner: qs.owner, OwnerNode: r.LocalNode()}
+		Owner: v.b.clusterOwner(qs.owner), OwnerNode: r.LocalNode()}
 	go func() {
 		if _, err := r.Replicate(context.Background(), op); err != nil {
 			v.b.log.Error("cluster: replicating the removal of a queue", "vhost", v.name, "queue", qs.name, "err", err)

@@ -588,3 +588,68 @@ func TestClusterRestartKeepsRedeclaredQueue(t *testing.T) {
 	}
 	tc.sameTopology(t)
 }
+
+// A node that crashed with exclusive queues does not hand them to a new connection after its
+// restart (connection ids restart at 1): the replayed owner belongs to an earlier process, and
+// the restarted node's node_restarted command drops those queues on every node.
+func TestClusterRestartDropsEarlierExclusiveQueues(t *testing.T) {
+	tc := newTestCluster(t, 2, false)
+	b3, err := broker.New(broker.Options{MaxRAMMessages: 4096, Logger: quietLog(), VHosts: []broker.VHostSettings{{Name: "/", MaxQueues: -1}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m3 := NewMetadata(b3, quietLog())
+	b3.SetReplicator(NewReplicator("n3", tc.log.join(m3)))
+	if _, err := b3.VHost("/").DeclareQueue(actor(1), broker.QueueSpec{Name: "mine", Exclusive: true}); err != nil {
+		t.Fatal(err)
+	}
+	// A queue of this node's live process survives node_restarted of another process of n3.
+	if _, err := tc.vhost(0).DeclareQueue(actor(1), broker.QueueSpec{Name: "n1s", Exclusive: true}); err != nil {
+		t.Fatal(err)
+	}
+
+	// n3 crashes (no drop_owner) and starts again as a new process.
+	tc.log.mu.Lock()
+	tc.log.machines[2] = NewMetadata(nil, quietLog())
+	tc.log.mu.Unlock()
+	_ = b3.Close()
+	b3, err = broker.New(broker.Options{MaxRAMMessages: 4096, Logger: quietLog(), VHosts: []broker.VHostSettings{{Name: "/", MaxQueues: -1}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b3.Close() })
+	m3 = NewMetadata(b3, quietLog())
+	member := memMember{l: tc.log, i: 2}
+	b3.SetReplicator(NewReplicator("n3", member))
+	tc.log.mu.Lock()
+	for i, e := range tc.log.entries {
+		m3.Apply(uint64(i+1), e)
+	}
+	tc.log.machines[2] = m3
+	tc.log.mu.Unlock()
+	tc.brokers, tc.meta = append(tc.brokers, b3), append(tc.meta, m3)
+
+	// Connection 1 of the new process is not the owner of the earlier process's queue.
+	if _, err := b3.VHost("/").DeclareQueue(actor(1), broker.QueueSpec{Name: "mine", Exclusive: true}); err == nil || err.Code != amqp.ResourceLocked {
+		t.Fatalf("a new connection redeclaring the crashed process's exclusive queue: %v, want 405", err)
+	}
+	if _, err := b3.VHost("/").DeleteQueue(actor(1), "mine", false, false); err == nil || err.Code != amqp.ResourceLocked {
+		t.Fatalf("a new connection deleting the crashed process's exclusive queue: %v, want 405", err)
+	}
+
+	restart := RestartCommand("n3", b3.Incarnation())
+	if _, err := member.Propose(t.Context(), restart.Encode()); err != nil {
+		t.Fatal(err)
+	}
+	for i := range tc.brokers {
+		names := tc.vhost(i).QueueNames()
+		if slices.Contains(names, "mine") || !slices.Contains(names, "n1s") {
+			t.Errorf("node %d after node_restarted: %v, want n1s without mine", i+1, names)
+		}
+	}
+	// The name is free for the new process's connections.
+	if _, err := b3.VHost("/").DeclareQueue(actor(1), broker.QueueSpec{Name: "mine", Exclusive: true}); err != nil {
+		t.Fatal(err)
+	}
+	tc.sameTopology(t)
+}
