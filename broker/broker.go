@@ -61,6 +61,8 @@ type Broker struct {
 	testPages pageStore
 	// replicator, when set, makes topology changes go through the cluster (replicate.go).
 	replicator TopologyReplicator
+	// incarnation tags the owners this process proposes to the cluster (SetReplicator).
+	incarnation OwnerID
 	// delayed holds the messages of x-delayed-message exchanges until they are due.
 	delayed *delayer
 }

@@ -82,7 +82,7 @@ func (v *VHost) DeclareQueue(a Actor, m QueueSpec) (*Queue, *amqp.Error) {
 		v.touchLocked(qs)
 		return qs, nil
 	}
-	qs, synced, err := v.newQueue(a, name, m)
+	qs, synced, err := v.newQueue(a, name, m, 0)
 	v.mu.Unlock()
 	if err != nil {
 		return nil, err
@@ -106,7 +106,8 @@ func (v *VHost) DeclareQueue(a Actor, m QueueSpec) (*Queue, *amqp.Error) {
 // newQueue makes the checks of a new queue and creates it; call with v.mu held. The returned
 // channel reports the queue's store write, to wait for after v.mu is released. A stream queue
 // is only reserved (v.opening): DeclareQueue opens and registers it after releasing v.mu.
-func (v *VHost) newQueue(a Actor, name string, m QueueSpec) (*Queue, chan error, *amqp.Error) {
+// epoch is the cluster's incarnation of the queue (0 on a single node), stored with it.
+func (v *VHost) newQueue(a Actor, name string, m QueueSpec, epoch uint64) (*Queue, chan error, *amqp.Error) {
 	spec, err := v.checkNewQueue(a, name, m)
 	if err != nil {
 		return nil, nil, err
@@ -118,6 +119,7 @@ func (v *VHost) newQueue(a Actor, name string, m QueueSpec) (*Queue, chan error,
 	if m.Exclusive {
 		qs.owner = a.Owner
 	}
+	qs.epoch.Store(epoch)
 	var args []byte
 	if qs.durable {
 		var err *amqp.Error
@@ -142,7 +144,8 @@ func (v *VHost) registerQueueLocked(qs *Queue, args []byte) chan error {
 	if qs.durable {
 		var done func(error)
 		done, synced = submitted()
-		v.b.store.PutQueueAsync(persistence.QueueRecord{VHost: v.name, Name: qs.name, AutoDelete: qs.autoDelete, Args: args}, done)
+		v.b.store.PutQueueAsync(persistence.QueueRecord{VHost: v.name, Name: qs.name, AutoDelete: qs.autoDelete, Args: args,
+			Epoch: qs.epoch.Load()}, done)
 	}
 	v.newQueueLocked(qs)
 	v.queues[qs.name] = qs

@@ -68,6 +68,7 @@ func (b *Broker) restore() error {
 		qs := &Queue{
 			v: v, name: r.Name, durable: true, declDur: true, autoDelete: r.AutoDelete, args: args, spec: spec,
 		}
+		qs.epoch.Store(r.Epoch)
 		v.newQueueLocked(qs)
 		if spec.stream {
 			if err := v.restoreStream(qs); err != nil {

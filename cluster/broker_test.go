@@ -493,3 +493,163 @@ func TestClusterRefusesNonUTF8Names(t *testing.T) {
 		t.Errorf("%d log entries, want 2", len(tc.log.entries))
 	}
 }
+
+// Delayed-message exchanges and stream queues are not yet created by the log's apply path: a
+// cluster member refuses them before proposing (540), never a declare-ok for something no node has.
+func TestClusterRefusesDelayedAndStream(t *testing.T) {
+	tc := newTestCluster(t, 2, true)
+	entries := len(tc.log.entries)
+	err := tc.vhost(0).DeclareExchange(broker.System, broker.ExchangeSpec{Name: "later", Type: "x-delayed-message", Durable: true,
+		Args: amqp.Table{"x-delayed-type": "direct"}})
+	if err == nil || err.Code != amqp.NotImplemented || !strings.Contains(err.Text, "not supported in a Warren cluster yet") {
+		t.Fatalf("x-delayed-message declare: %v", err)
+	}
+	_, err = tc.vhost(1).DeclareQueue(broker.System, broker.QueueSpec{Name: "s", Durable: true, Args: amqp.Table{"x-queue-type": "stream"}})
+	if err == nil || err.Code != amqp.NotImplemented || !strings.Contains(err.Text, "not supported in a Warren cluster yet") {
+		t.Fatalf("stream declare: %v", err)
+	}
+	if len(tc.log.entries) != entries {
+		t.Errorf("refused declares reached the log: %d entries, want %d", len(tc.log.entries), entries)
+	}
+	// The name is free: no reservation leaked.
+	if _, err := tc.vhost(1).DeclareQueue(broker.System, broker.QueueSpec{Name: "s", Durable: true}); err != nil {
+		t.Fatalf("declare of the name after the refusal: %v", err)
+	}
+	tc.sameTopology(t)
+}
+
+// A restart replays a delete of an earlier queue of a name: it must not delete the queue of that
+// name restored from the store (a later incarnation) with its confirmed messages. The queue's
+// stored epoch tells the incarnations apart.
+func TestClusterRestartKeepsRedeclaredQueue(t *testing.T) {
+	dir := t.TempDir()
+	open := func() *broker.Broker {
+		b, err := broker.New(broker.Options{DataDir: dir, MaxRAMMessages: 4096, Logger: quietLog(),
+			VHosts: []broker.VHostSettings{{Name: "/", MaxQueues: -1}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	tc := newTestCluster(t, 2, false)
+	b3 := open()
+	m3 := NewMetadata(b3, quietLog())
+	b3.SetReplicator(NewReplicator("n3", tc.log.join(m3)))
+	tc.brokers, tc.meta = append(tc.brokers, b3), append(tc.meta, m3)
+
+	v3 := b3.VHost("/")
+	if _, err := v3.DeclareQueue(broker.System, broker.QueueSpec{Name: "q", Durable: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v3.DeleteQueue(broker.System, "q", false, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v3.DeclareQueue(broker.System, broker.QueueSpec{Name: "q", Durable: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := v3.Bind(broker.System, broker.BindingSpec{Source: "amq.direct", Destination: "q", Key: "k"}); err != nil {
+		t.Fatal(err)
+	}
+	if got, res := tc.publish(t, 2, "amq.direct", "k", 2); !slices.Equal(got, []string{"q@"}) || res.Refused || !res.OnDisk {
+		t.Fatalf("publish on the home: %v %+v", got, res)
+	}
+
+	tc.log.mu.Lock()
+	tc.log.machines[2] = NewMetadata(nil, quietLog())
+	tc.log.mu.Unlock()
+	if err := b3.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b3 = open()
+	t.Cleanup(func() { _ = b3.Close() })
+	m3 = NewMetadata(b3, quietLog())
+	b3.SetReplicator(NewReplicator("n3", memMember{l: tc.log, i: 2}))
+	tc.log.mu.Lock()
+	for i, e := range tc.log.entries {
+		if r := m3.Apply(uint64(i+1), e).(Result); r.Code != 0 {
+			t.Errorf("replaying entry %d: %s", i+1, r.Text)
+		}
+	}
+	tc.log.machines[2] = m3
+	tc.log.mu.Unlock()
+	tc.brokers[2], tc.meta[2] = b3, m3
+
+	found := false
+	for _, q := range b3.VHost("/").Queues() {
+		if q.Name == "q" {
+			found = true
+			if q.Counts.Ready != 1 {
+				t.Errorf("q holds %d messages after the restart, want 1", q.Counts.Ready)
+			}
+		}
+	}
+	if !found {
+		t.Error("q is gone after the restart")
+	}
+	tc.sameTopology(t)
+}
+
+// A node that crashed with exclusive queues does not hand them to a new connection after its
+// restart (connection ids restart at 1): the replayed owner belongs to an earlier process, and
+// the restarted node's node_restarted command drops those queues on every node.
+func TestClusterRestartDropsEarlierExclusiveQueues(t *testing.T) {
+	tc := newTestCluster(t, 2, false)
+	b3, err := broker.New(broker.Options{MaxRAMMessages: 4096, Logger: quietLog(), VHosts: []broker.VHostSettings{{Name: "/", MaxQueues: -1}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m3 := NewMetadata(b3, quietLog())
+	b3.SetReplicator(NewReplicator("n3", tc.log.join(m3)))
+	if _, err := b3.VHost("/").DeclareQueue(actor(1), broker.QueueSpec{Name: "mine", Exclusive: true}); err != nil {
+		t.Fatal(err)
+	}
+	// A queue of this node's live process survives node_restarted of another process of n3.
+	if _, err := tc.vhost(0).DeclareQueue(actor(1), broker.QueueSpec{Name: "n1s", Exclusive: true}); err != nil {
+		t.Fatal(err)
+	}
+
+	// n3 crashes (no drop_owner) and starts again as a new process.
+	tc.log.mu.Lock()
+	tc.log.machines[2] = NewMetadata(nil, quietLog())
+	tc.log.mu.Unlock()
+	_ = b3.Close()
+	b3, err = broker.New(broker.Options{MaxRAMMessages: 4096, Logger: quietLog(), VHosts: []broker.VHostSettings{{Name: "/", MaxQueues: -1}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b3.Close() })
+	m3 = NewMetadata(b3, quietLog())
+	member := memMember{l: tc.log, i: 2}
+	b3.SetReplicator(NewReplicator("n3", member))
+	tc.log.mu.Lock()
+	for i, e := range tc.log.entries {
+		m3.Apply(uint64(i+1), e)
+	}
+	tc.log.machines[2] = m3
+	tc.log.mu.Unlock()
+	tc.brokers, tc.meta = append(tc.brokers, b3), append(tc.meta, m3)
+
+	// Connection 1 of the new process is not the owner of the earlier process's queue.
+	if _, err := b3.VHost("/").DeclareQueue(actor(1), broker.QueueSpec{Name: "mine", Exclusive: true}); err == nil || err.Code != amqp.ResourceLocked {
+		t.Fatalf("a new connection redeclaring the crashed process's exclusive queue: %v, want 405", err)
+	}
+	if _, err := b3.VHost("/").DeleteQueue(actor(1), "mine", false, false); err == nil || err.Code != amqp.ResourceLocked {
+		t.Fatalf("a new connection deleting the crashed process's exclusive queue: %v, want 405", err)
+	}
+
+	restart := RestartCommand("n3", b3.Incarnation())
+	if _, err := member.Propose(t.Context(), restart.Encode()); err != nil {
+		t.Fatal(err)
+	}
+	for i := range tc.brokers {
+		names := tc.vhost(i).QueueNames()
+		if slices.Contains(names, "mine") || !slices.Contains(names, "n1s") {
+			t.Errorf("node %d after node_restarted: %v, want n1s without mine", i+1, names)
+		}
+	}
+	// The name is free for the new process's connections.
+	if _, err := b3.VHost("/").DeclareQueue(actor(1), broker.QueueSpec{Name: "mine", Exclusive: true}); err != nil {
+		t.Fatal(err)
+	}
+	tc.sameTopology(t)
+}

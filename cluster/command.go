@@ -25,6 +25,10 @@ const (
 	// OpNodeGone deletes the exclusive queues of every connection of node Node (the node left
 	// or died: its connections are gone).
 	OpNodeGone = "node_gone"
+	// OpNodeRestarted deletes the exclusive queues of node Node's connections of earlier
+	// processes: those whose owner's incarnation (broker.IncarnationOf) is not Conn's. A node
+	// proposes it at every start.
+	OpNodeRestarted = "node_restarted"
 	// OpSetNodes sets the members a balanced queue may be homed on.
 	OpSetNodes = "set_nodes"
 )
@@ -94,7 +98,7 @@ func DecodeCommand(b []byte) (Command, error) {
 		if c.VHost == "" && c.Op != OpDropOwner {
 			return Command{}, fmt.Errorf("cluster: %s command without a vhost", c.Op)
 		}
-	case OpNodeGone, OpSetNodes:
+	case OpNodeGone, OpNodeRestarted, OpSetNodes:
 	default:
 		return Command{}, fmt.Errorf("cluster: unknown command %q", c.Op)
 	}
@@ -106,7 +110,7 @@ func DecodeCommand(b []byte) (Command, error) {
 	if (c.Op == OpDeclareQueue || c.Op == OpDeleteQueue || c.Op == OpDeclareExchange) && c.Name == "" {
 		return Command{}, fmt.Errorf("cluster: %s command without a name", c.Op)
 	}
-	if (c.Op == OpDropOwner || c.Op == OpNodeGone) && c.Node == "" {
+	if (c.Op == OpDropOwner || c.Op == OpNodeGone || c.Op == OpNodeRestarted) && c.Node == "" {
 		return Command{}, fmt.Errorf("cluster: %s command without a node", c.Op)
 	}
 	if _, err := decodeArgs(c.Args); err != nil {

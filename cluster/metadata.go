@@ -162,7 +162,7 @@ func (m *Metadata) Apply(index uint64, cmd []byte) any {
 		slices.Sort(nodes)
 		m.st.Nodes = slices.Compact(nodes)
 		return Result{}
-	case OpNodeGone, OpDropOwner:
+	case OpNodeGone, OpDropOwner, OpNodeRestarted:
 		m.dropOwners(c)
 		return Result{}
 	}
@@ -330,12 +330,12 @@ func (m *Metadata) removeQueue(vs *vhostState, vhost, name string, q *queueRec) 
 	return m.apply(broker.TopologyOp{Kind: broker.OpDeleteQueue, VHost: vhost, Queue: broker.QueueSpec{Name: name}, Epoch: q.Epoch})
 }
 
-// dropOwners deletes the exclusive queues of a connection (drop_owner) or of every connection
-// of a node (node_gone), in name order.
+// dropOwners deletes the exclusive queues of a connection (drop_owner), of every connection of
+// a node (node_gone) or of its earlier processes (node_restarted), in name order.
 func (m *Metadata) dropOwners(c Command) {
 	vhosts := make([]string, 0, len(m.st.VHosts))
 	for name := range m.st.VHosts {
-		if c.Op == OpNodeGone || name == c.VHost || c.VHost == "" {
+		if c.Op != OpDropOwner || name == c.VHost || c.VHost == "" {
 			vhosts = append(vhosts, name)
 		}
 	}
@@ -344,7 +344,7 @@ func (m *Metadata) dropOwners(c Command) {
 		vs := m.st.VHosts[vn]
 		var names []string
 		for name, q := range vs.Queues {
-			if q.Exclusive && q.OwnerNode == c.Node && (c.Op == OpNodeGone || q.Owner == c.Conn) {
+			if q.Exclusive && q.OwnerNode == c.Node && ownerGone(q, c) {
 				names = append(names, name)
 			}
 		}
@@ -353,6 +353,24 @@ func (m *Metadata) dropOwners(c Command) {
 			m.removeQueue(vs, vn, name, vs.Queues[name])
 		}
 	}
+}
+
+// ownerGone reports whether exclusive queue q of c's node goes with drop_owner, node_gone or
+// node_restarted c.
+func ownerGone(q *queueRec, c Command) bool {
+	switch c.Op {
+	case OpNodeGone:
+		return true
+	case OpNodeRestarted:
+		return broker.IncarnationOf(q.Owner) != broker.IncarnationOf(c.Conn)
+	}
+	return q.Owner == c.Conn
+}
+
+// RestartCommand is the node_restarted command a node's process of incarnation inc
+// (broker.Incarnation) proposes at start.
+func RestartCommand(node string, inc uint64) Command {
+	return Command{Op: OpNodeRestarted, Node: node, Conn: inc}
 }
 
 // bindingEnds checks a binding's ends as the broker does (destination first, then source).

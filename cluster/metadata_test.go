@@ -98,6 +98,12 @@ func TestMetadataApply(t *testing.T) {
 			{cmd: q("shared", "n2", 6)},
 			{cmd: Command{Op: OpNodeGone, Node: "n2"}},
 		}, queues: map[string]bool{"a": false, "b": false, "shared": true}},
+		{name: "node_restarted deletes the node's exclusive queues of earlier processes only", steps: []step{
+			{cmd: with(q("old", "n2", 1<<32|5), func(c *Command) { c.Exclusive = true })},
+			{cmd: with(q("new", "n2", 2<<32|5), func(c *Command) { c.Exclusive = true })},
+			{cmd: with(q("n1s", "n1", 1<<32|5), func(c *Command) { c.Exclusive = true })},
+			{cmd: RestartCommand("n2", 2<<32)},
+		}, queues: map[string]bool{"old": false, "new": true, "n1s": true}},
 		{name: "bind needs both ends", steps: []step{
 			{cmd: q("a", "n1", 1)},
 			{cmd: bind("nope", "a", "k", "n1", 1), code: amqp.NotFound, text: "no exchange 'nope' in vhost '/'"},
@@ -285,6 +291,7 @@ func TestDecodeCommandErrors(t *testing.T) {
 		{`{"v":1,"op":"bind"}`, "bind command without a vhost"},
 		{`{"v":1,"op":"declare_queue","vhost":"/"}`, "declare_queue command without a name"},
 		{`{"v":1,"op":"node_gone"}`, "node_gone command without a node"},
+		{`{"v":1,"op":"node_restarted","conn":4294967296}`, "node_restarted command without a node"},
 		{`{"v":1,"op":"declare_queue","vhost":"/","name":"q","args":"AAAAAQ=="}`, "arguments:"},
 		{`{"v":1,"op":"declare_queue","vhost":"/","name":"` + strings.Repeat("q", 256) + `"}`, "a name of 256 bytes"},
 	} {

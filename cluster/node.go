@@ -63,6 +63,8 @@ type Node struct {
 	sg    *multiraft.Group
 	board *StatusBoard
 	check *ConfigCheck
+	// restart is this process's node_restarted command, proposed at start.
+	restart Command
 
 	mu     sync.Mutex
 	digest string
@@ -99,6 +101,7 @@ func StartNode(cfg NodeConfig, b *broker.Broker) (*Node, error) {
 	// which ask the broker's replicator which node is local. Nothing proposes through it before
 	// StartNode returns (no client is served yet), when n.mg is set.
 	b.SetReplicator(NewReplicator(cfg.NodeName, nodeLog{n}))
+	n.restart = RestartCommand(cfg.NodeName, b.Incarnation())
 	if n.mg, err = h.Group(multiraft.MetadataGroup, n.meta); err != nil {
 		_ = h.Close()
 		return nil, fmt.Errorf("cluster: opening the metadata group: %w", err)
@@ -144,14 +147,19 @@ func (l nodeLog) Propose(ctx context.Context, cmd []byte) (any, error) {
 func (n *Node) Addr() string { return n.host.Addr() }
 
 // statusLoop proposes this node's status now, when kicked (a reload) and every
-// StatusInterval, and the member list (set_nodes) once at start and after every change of it.
+// StatusInterval, the member list (set_nodes) once at start and after every change of it, and
+// node_restarted once at start (the exclusive queues of the previous process's connections go).
 func (n *Node) statusLoop() {
 	defer close(n.done)
 	t := time.NewTicker(StatusInterval)
 	defer t.Stop()
-	membersSent := false
+	membersSent, restartSent := false, false
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), StatusInterval)
+		if !restartSent {
+			_, err := n.mg.Propose(ctx, n.restart.Encode())
+			restartSent = err == nil
+		}
 		if !membersSent {
 			membersSent = n.proposeMembers(ctx) == nil
 		}

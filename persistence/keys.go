@@ -238,7 +238,12 @@ func encodeQueue(r QueueRecord) []byte {
 	if r.AutoDelete {
 		f |= flagAutoDelete
 	}
-	return appendBytes([]byte{f}, r.Args)
+	v := appendBytes([]byte{f}, r.Args)
+	if r.Epoch != 0 {
+		// Optional trailing field: records written before it existed decode with epoch 0.
+		v = binary.AppendUvarint(v, r.Epoch)
+	}
+	return v
 }
 
 func decodeQueue(k, v []byte) (QueueRecord, error) {
@@ -250,6 +255,13 @@ func decodeQueue(k, v []byte) (QueueRecord, error) {
 	r := QueueRecord{VHost: vhost, Name: name}
 	r.AutoDelete = d.byte1()&flagAutoDelete != 0
 	r.Args = cloneBytes(d.bytes())
+	if d.err == nil && len(d.b) > 0 {
+		n, k := binary.Uvarint(d.b)
+		if k <= 0 || k != len(d.b) {
+			return QueueRecord{}, errCorrupt
+		}
+		r.Epoch = n
+	}
 	return r, d.err
 }
 

@@ -145,7 +145,7 @@ func TestTopologyRoundTrip(t *testing.T) {
 	exB := ExchangeRecord{VHost: "/", Name: "b", Kind: "fanout", Durable: true, AutoDelete: true, Internal: true}
 	exOther := ExchangeRecord{VHost: "other", Name: "a", Kind: "direct", Durable: true}
 	q1 := QueueRecord{VHost: "/", Name: "q1", Args: []byte("args")}
-	q2 := QueueRecord{VHost: "/", Name: "q2", AutoDelete: true}
+	q2 := QueueRecord{VHost: "/", Name: "q2", AutoDelete: true, Epoch: 11}
 	qOther := QueueRecord{VHost: "other", Name: "q1"}
 	bA1 := BindingRecord{VHost: "/", Source: "a", Destination: "q1", Key: "k.#"}
 	bA1args := BindingRecord{VHost: "/", Source: "a", Destination: "q1", Key: "k.#", Args: []byte{1, 2}}

@@ -13,6 +13,10 @@ type QueueRecord struct {
 	VHost, Name string
 	AutoDelete  bool
 	Args        []byte
+	// Epoch is the cluster's incarnation of the queue (the log index of its declare; 0 on a
+	// single node or in a record written before it was stored): a node replaying the log after
+	// a restart must not take a delete of an earlier queue of the name for this one.
+	Epoch uint64
 }
 
 // BindingRecord is a durable binding from exchange Source to a queue or (ToExchange)
