@@ -408,11 +408,16 @@ func TestFailedRestoreStopsGroup(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(15 * time.Second)
+	// Proposals go on meanwhile (as in TestRejoinWithEmptyDataDir): the leader learns the new
+	// follower is behind its log and sends the snapshot.
+	n := 60
+	deadline := time.Now().Add(30 * time.Second)
 	for g.Status().Failed == "" {
 		if time.Now().After(deadline) {
 			t.Fatalf("group not stopped after a failed restore; restores tried: %d", sm.restoreCount())
 		}
+		propose(t, gs[lead], fmt.Sprintf("c%d", n))
+		n++
 		time.Sleep(10 * time.Millisecond)
 	}
 	if st := g.Status(); !strings.Contains(st.Failed, "restore refused") {
@@ -420,10 +425,11 @@ func TestFailedRestoreStopsGroup(t *testing.T) {
 	}
 	applied := g.Status().Applied
 	delete(sms, victim)
-	for i := 60; i < 80; i++ {
-		propose(t, gs[lead], fmt.Sprintf("c%d", i))
+	for i := 0; i < 20; i++ {
+		propose(t, gs[lead], fmt.Sprintf("c%d", n))
+		n++
 	}
-	waitApplied(t, sms, 80, 10*time.Second)
+	waitApplied(t, sms, n, 10*time.Second)
 	if n := len(sm.list()); n != 0 {
 		t.Errorf("stopped group applied %d entries after the failed restore", n)
 	}
