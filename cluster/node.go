@@ -261,7 +261,8 @@ func (n *Node) Close() error {
 type MemberStatus struct {
 	Name    string `json:"name"`
 	Address string `json:"address"`
-	// Running: this node, or a node whose last status is recent (3 x StatusInterval).
+	// Running: this node, or a node whose last status arrived recently (3 x StatusInterval,
+	// by this node's clock).
 	Running bool `json:"running"`
 	// Voter: the node is in the metadata group's Raft configuration.
 	Voter bool `json:"voter"`
@@ -270,7 +271,7 @@ type MemberStatus struct {
 	AppliedIndex uint64 `json:"applied_index"`
 	// ConfigMatch: its digest equals this node's.
 	ConfigMatch bool `json:"config_match"`
-	// LastSeen is when the node sent its last status.
+	// LastSeen is when the node sent its last status (by its own clock).
 	LastSeen time.Time `json:"last_seen,omitzero"`
 }
 
@@ -298,17 +299,16 @@ func (n *Node) Status() Status {
 	nodes := maps.Clone(n.nodes)
 	n.mu.Unlock()
 	st := Status{Cluster: n.cfg.Name, Node: n.cfg.NodeName, Leader: gs.Leader, State: gs.State, Term: gs.Term,
-		CommitIndex: gs.Commit, AppliedIndex: gs.Applied, ConfigDigest: digest, Mismatched: n.check.Mismatched()}
-	if st.Mismatched == nil {
-		st.Mismatched = []string{}
-	}
+		CommitIndex: gs.Commit, AppliedIndex: gs.Applied, ConfigDigest: digest, Mismatched: members(n.check.Mismatched(), nodes)}
 	seen := n.board.Nodes()
 	now := time.Now()
 	for _, name := range slices.Sorted(maps.Keys(nodes)) {
 		m := MemberStatus{Name: name, Address: nodes[name], Voter: slices.Contains(gs.Members, name)}
 		if s, ok := seen[name]; ok {
 			m.ConfigDigest, m.AppliedIndex, m.LastSeen = s.ConfigDigest, s.AppliedIndex, s.At
-			m.Running = now.Sub(s.At) < 3*StatusInterval
+		}
+		if at, ok := n.check.Arrived(name); ok {
+			m.Running = now.Sub(at) < 3*StatusInterval
 		}
 		if name == n.cfg.NodeName {
 			m.Running, m.ConfigDigest, m.AppliedIndex = true, digest, gs.Applied
@@ -317,4 +317,16 @@ func (n *Node) Status() Status {
 		st.Members = append(st.Members, m)
 	}
 	return st
+}
+
+// members returns the names that are configured nodes (never nil): a removed node's statuses
+// stay in the status log and come back on a restart.
+func members(names []string, nodes map[string]string) []string {
+	out := []string{}
+	for _, name := range names {
+		if _, ok := nodes[name]; ok {
+			out = append(out, name)
+		}
+	}
+	return out
 }

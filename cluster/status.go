@@ -31,6 +31,15 @@ type ConfigCheck struct {
 	mu     sync.Mutex
 	digest string            // this node's digest
 	peers  map[string]string // the last digest each other node reported
+
+	// arrived is when (this node's clock) each other node's last live status was applied:
+	// Running is judged by it, not by the status's At, which is the sender's clock.
+	arrived map[string]time.Time
+	// started is when the check was made; live is set once this node applied a status of its
+	// own sent since then. Statuses are applied in log order, so those applied before it are
+	// a replay of the log (a restart) and say nothing about whether their node still runs.
+	started time.Time
+	live    bool
 }
 
 // NewConfigCheck returns the check of node local, whose configuration digest is digest.
@@ -38,7 +47,8 @@ func NewConfigCheck(local, digest string, log *slog.Logger) *ConfigCheck {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &ConfigCheck{log: log, local: local, digest: digest, peers: map[string]string{}}
+	return &ConfigCheck{log: log, local: local, digest: digest, peers: map[string]string{},
+		arrived: map[string]time.Time{}, started: time.Now()}
 }
 
 // SetLocal records this node's new digest after a reload, and reports the nodes that now
@@ -58,11 +68,18 @@ func (c *ConfigCheck) SetLocal(digest string) {
 
 // Observe records a status received from another node.
 func (c *ConfigCheck) Observe(st NodeStatus) {
-	if st.Node == c.local {
-		return
-	}
+	now := time.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if st.Node == c.local {
+		if !st.At.Before(c.started) {
+			c.live = true
+		}
+		return
+	}
+	if c.live {
+		c.arrived[st.Node] = now
+	}
 	prev, known := c.peers[st.Node]
 	c.peers[st.Node] = st.ConfigDigest
 	if known && prev == st.ConfigDigest {
@@ -76,6 +93,16 @@ func (c *ConfigCheck) Forget(node string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	delete(c.peers, node)
+	delete(c.arrived, node)
+}
+
+// Arrived is when (this node's clock) node's last status was applied here; false when none
+// arrived since this node caught up with the status log.
+func (c *ConfigCheck) Arrived(node string) (time.Time, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t, ok := c.arrived[node]
+	return t, ok
 }
 
 // report logs node's state when it changed; wasDiffering is what was last reported. Call with

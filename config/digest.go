@@ -2,7 +2,9 @@ package config
 
 import (
 	"cmp"
+	"crypto/hmac"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"slices"
@@ -10,13 +12,15 @@ import (
 	"github.com/warrenmq/warren/server"
 )
 
-// AccessDigest is a SHA-256 digest of the sections every node of a cluster must agree on but
+// AccessDigest is an HMAC-SHA256 of the sections every node of a cluster must agree on but
 // reads from its own file: users, vhosts, permissions and policies. The cluster compares the
 // nodes' digests and reports a node whose file differs (access control and policies are not
 // replicated). Order in the file does not matter: entries are sorted first, so two files
 // listing the same entries in another order have the same digest. Passwords take part (a user
 // whose password differs between nodes logs in on some nodes only) but only through the hash,
-// never in the clear.
+// never in the clear. The HMAC is keyed with cluster.name and cluster.secret: the digest is
+// shown to monitoring users (/api/nodes), and an unkeyed hash over plain-text passwords could
+// be checked against guesses offline; without the secret it cannot.
 func (s *Settings) AccessDigest() string {
 	c := s.Server
 	users := slices.Clone(c.Users)
@@ -47,6 +51,15 @@ func (s *Settings) AccessDigest() string {
 		// encoded would hide differences, so this node's digest matches no other.
 		return "unencodable: " + err.Error()
 	}
-	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:])
+	mac := hmac.New(sha256.New, digestKey(s.Cluster.Name, s.Cluster.Secret.Reveal()))
+	mac.Write(b)
+	return hex.EncodeToString(mac.Sum(nil))
+}
+
+// digestKey is the AccessDigest key: the name and the secret, length-prefixed so that no other
+// pair makes the same key.
+func digestKey(name, secret string) []byte {
+	k := binary.BigEndian.AppendUint32(nil, uint32(len(name)))
+	k = append(k, name...)
+	return append(k, secret...)
 }

@@ -63,3 +63,35 @@ policies:
 		t.Error("the digest shows a password")
 	}
 }
+
+// The digest is keyed with the cluster name and secret: nodes of one cluster agree, and whoever
+// reads it (monitoring users, /api/nodes) cannot check password guesses against it without the
+// secret.
+func TestAccessDigestKeyed(t *testing.T) {
+	t.Chdir(t.TempDir())
+	s, err := Load([]string{"-config", writeConfig(t, "users:\n  - {name: app, password: app}\n"+clusterFile)}, envMap(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := s.AccessDigest()
+	if again := s.AccessDigest(); again != base {
+		t.Fatalf("digest not stable: %s, %s", base, again)
+	}
+	for _, tc := range []struct {
+		name   string
+		change func(*Settings)
+	}{
+		{"another secret", func(s *Settings) { s.Cluster.Secret += "x" }},
+		{"another cluster name", func(s *Settings) { s.Cluster.Name = "staging" }},
+		// The key is length-prefixed: moving bytes between name and secret changes it.
+		{"name and secret split elsewhere", func(s *Settings) {
+			s.Cluster.Name, s.Cluster.Secret = s.Cluster.Name+"s", Secret(strings.TrimPrefix(s.Cluster.Secret.Reveal(), "s"))
+		}},
+	} {
+		c := *s
+		tc.change(&c)
+		if got := c.AccessDigest(); got == base {
+			t.Errorf("%s: same digest", tc.name)
+		}
+	}
+}

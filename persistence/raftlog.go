@@ -53,6 +53,8 @@ type RaftLog struct {
 
 	mu     sync.Mutex
 	groups map[uint64]*RaftStorage
+
+	testHooks *rlTestHooks // Save's writes (tests only)
 }
 
 // OpenRaftLog opens (creating if needed) the Raft log database in dir.
@@ -216,22 +218,67 @@ type rlWriter struct {
 	db  *badger.DB
 	txn *badger.Txn
 	n   int
+	t   *rlTestHooks // nil outside tests
+}
+
+// rlTestHooks let tests split a write sequence into small transactions and stop it after
+// some of them (a crash between two commits).
+type rlTestHooks struct {
+	txnOps   int          // ops per transaction (0: as many as badger takes)
+	commit   func() error // called before every commit; an error stops the sequence there
+	inTxnOps int
 }
 
 func (w *rlWriter) op(f func(*badger.Txn) error) error {
 	if w.txn == nil {
 		w.txn = w.db.NewTransaction(true)
 	}
-	err := f(w.txn)
+	var err error
+	if w.t != nil && w.t.txnOps > 0 && w.t.inTxnOps >= w.t.txnOps {
+		err = badger.ErrTxnTooBig
+	} else {
+		err = f(w.txn)
+	}
 	if errors.Is(err, badger.ErrTxnTooBig) {
-		if err := w.txn.Commit(); err != nil {
+		if err := w.commitTxn(); err != nil {
 			return err
 		}
 		w.txn = w.db.NewTransaction(true)
 		err = f(w.txn)
 	}
+	if w.t != nil {
+		w.t.inTxnOps++
+	}
 	w.n++
 	return err
+}
+
+// atomically applies ops in one transaction of their own: what was written before is
+// committed first, and the ops must fit in one transaction.
+func (w *rlWriter) atomically(ops ...func(*badger.Txn) error) error {
+	if err := w.commit(); err != nil {
+		return err
+	}
+	w.txn = w.db.NewTransaction(true)
+	for _, f := range ops {
+		if err := f(w.txn); err != nil {
+			return err
+		}
+		w.n++
+	}
+	return w.commit()
+}
+
+func (w *rlWriter) commitTxn() error {
+	if w.t != nil {
+		w.t.inTxnOps = 0
+		if w.t.commit != nil {
+			if err := w.t.commit(); err != nil {
+				return err
+			}
+		}
+	}
+	return w.txn.Commit()
 }
 
 func (w *rlWriter) set(k, v []byte) error {
@@ -246,7 +293,10 @@ func (w *rlWriter) commit() error {
 	if w.txn == nil {
 		return nil
 	}
-	err := w.txn.Commit()
+	err := w.commitTxn()
+	if err != nil {
+		w.txn.Discard()
+	}
 	w.txn = nil
 	return err
 }
@@ -277,7 +327,7 @@ func (l *RaftLog) Save(updates []RaftUpdate, sync bool) error {
 		lastIndex, lastTerm  uint64
 		truncIndex, truncTrm uint64
 	}
-	w := &rlWriter{db: l.db}
+	w := &rlWriter{db: l.db, t: l.testHooks}
 	defer w.discard()
 	results := make([]*after, 0, len(updates))
 	pending := make(map[uint64]*after, len(updates)) // a group may appear more than once
@@ -295,25 +345,43 @@ func (l *RaftLog) Save(updates []RaftUpdate, sync bool) error {
 			results = append(results, a)
 		}
 		first := a.truncIndex + 1
+		hsDone := false
 		if u.Snapshot != nil && !raft.IsEmptySnap(u.Snapshot) {
-			// Raft's ApplySnapshot: the snapshot replaces the whole log.
+			// Raft's ApplySnapshot: the snapshot replaces the whole log. Snapshot, truncation
+			// record and hard state (whose commit index is the snapshot's) go in one
+			// transaction of their own: any two of them alone make a state raft panics on.
+			// Only then the old entries go: those at or below the snapshot are not read any
+			// more; those above it (a suffix that conflicted with the snapshot, never
+			// committed) go from the highest down, so that what is left is always a log.
 			md := pb.EnsureSnapshotMetadata(u.Snapshot.Metadata)
-			for i := first; i <= a.lastIndex; i++ {
-				if err := w.del(rlEntryKey(u.Group, i)); err != nil {
-					return fmt.Errorf("persistence: raft group %d: %w", u.Group, err)
-				}
-			}
 			b, err := proto.Marshal(u.Snapshot)
 			if err != nil {
 				return fmt.Errorf("persistence: raft group %d: encode snapshot: %w", u.Group, err)
 			}
-			if err := w.set(rlKey(rlSnapshot, u.Group), b); err != nil {
-				return fmt.Errorf("persistence: raft group %d: %w", u.Group, err)
+			ops := []func(*badger.Txn) error{
+				func(t *badger.Txn) error { return t.Set(rlKey(rlSnapshot, u.Group), b) },
+				func(t *badger.Txn) error {
+					return t.Set(rlKey(rlTrunc, u.Group), truncValue(md.GetIndex(), md.GetTerm()))
+				},
+			}
+			if u.HardState != nil && !raft.IsEmptyHardState(u.HardState) {
+				hb, err := proto.Marshal(u.HardState)
+				if err != nil {
+					return fmt.Errorf("persistence: raft group %d: encode hard state: %w", u.Group, err)
+				}
+				ops = append(ops, func(t *badger.Txn) error { return t.Set(rlKey(rlHardState, u.Group), hb) })
+				a.hs = proto.Clone(u.HardState).(*pb.HardState)
+				hsDone = true
+			}
+			if err := w.atomically(ops...); err != nil {
+				return fmt.Errorf("persistence: raft group %d: install snapshot: %w", u.Group, err)
+			}
+			for i := a.lastIndex; i >= first && i > 0; i-- {
+				if err := w.del(rlEntryKey(u.Group, i)); err != nil {
+					return fmt.Errorf("persistence: raft group %d: %w", u.Group, err)
+				}
 			}
 			a.truncIndex, a.truncTrm = md.GetIndex(), md.GetTerm()
-			if err := w.set(rlKey(rlTrunc, u.Group), truncValue(a.truncIndex, a.truncTrm)); err != nil {
-				return fmt.Errorf("persistence: raft group %d: %w", u.Group, err)
-			}
 			a.lastIndex, a.lastTerm = a.truncIndex, a.truncTrm
 			a.snap = md
 			first = a.truncIndex + 1
@@ -326,6 +394,16 @@ func (l *RaftLog) Save(updates []RaftUpdate, sync bool) error {
 			if lo > a.lastIndex+1 {
 				return fmt.Errorf("persistence: raft group %d: append at %d leaves a gap after %d", u.Group, lo, a.lastIndex)
 			}
+			// A new suffix replaces a conflicting one (raft hands over entries at stored
+			// indices only from the first conflict on: none of them is committed). The old
+			// suffix goes first, from the highest index down, then the new entries in order:
+			// after any of the commits this may take, the stored log is a prefix of the old
+			// one or of the new one, never a mix.
+			for i := a.lastIndex; i >= lo; i-- {
+				if err := w.del(rlEntryKey(u.Group, i)); err != nil {
+					return fmt.Errorf("persistence: raft group %d: %w", u.Group, err)
+				}
+			}
 			for _, e := range u.Entries {
 				b, err := proto.Marshal(e)
 				if err != nil {
@@ -336,15 +414,9 @@ func (l *RaftLog) Save(updates []RaftUpdate, sync bool) error {
 				}
 			}
 			last := u.Entries[n-1]
-			// A new suffix replaces a conflicting one: entries past it are gone.
-			for i := last.GetIndex() + 1; i <= a.lastIndex; i++ {
-				if err := w.del(rlEntryKey(u.Group, i)); err != nil {
-					return fmt.Errorf("persistence: raft group %d: %w", u.Group, err)
-				}
-			}
 			a.lastIndex, a.lastTerm = last.GetIndex(), last.GetTerm()
 		}
-		if u.HardState != nil && !raft.IsEmptyHardState(u.HardState) {
+		if !hsDone && u.HardState != nil && !raft.IsEmptyHardState(u.HardState) {
 			b, err := proto.Marshal(u.HardState)
 			if err != nil {
 				return fmt.Errorf("persistence: raft group %d: encode hard state: %w", u.Group, err)

@@ -249,3 +249,81 @@ func mustMarshal(t *testing.T, e *pb.Entry) []byte {
 	}
 	return b
 }
+
+// Save may commit in several transactions; a crash between any two of them leaves a log raft
+// can start from: no gap in [FirstIndex, LastIndex], the commit index within it, the first
+// index right after the snapshot, terms never decreasing (no mix of old and new suffix), and
+// nothing at or below the commit index lost.
+func TestRaftLogSaveCrashBetweenCommits(t *testing.T) {
+	snap := func(index, term uint64) *pb.Snapshot {
+		return &pb.Snapshot{Data: []byte("state"), Metadata: &pb.SnapshotMetadata{Index: &index, Term: &term,
+			ConfState: &pb.ConfState{Voters: []uint64{1}}}}
+	}
+	for _, tc := range []struct {
+		name string
+		u    RaftUpdate
+	}{
+		{"conflicting suffix", RaftUpdate{Entries: rents(6, 8, 2), HardState: hardState(2, 1, 5)}},
+		{"snapshot", RaftUpdate{Snapshot: snap(7, 2), Entries: rents(8, 9, 2), HardState: hardState(2, 1, 7)}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for cut := 0; ; cut++ {
+				dir := t.TempDir()
+				l := openRaftLogT(t, dir)
+				if err := l.Save([]RaftUpdate{{Group: 1, Entries: rents(1, 10, 1), HardState: hardState(1, 1, 5)}}, true); err != nil {
+					t.Fatal(err)
+				}
+				commits := 0
+				l.testHooks = &rlTestHooks{txnOps: 1, commit: func() error {
+					if commits == cut {
+						return errors.New("crash")
+					}
+					commits++
+					return nil
+				}}
+				u := tc.u
+				u.Group = 1
+				err := l.Save([]RaftUpdate{u}, true)
+				if err := l.Close(); err != nil {
+					t.Fatal(err)
+				}
+				l = openRaftLogT(t, dir)
+				s, serr := l.Storage(1)
+				if serr != nil {
+					t.Fatal(serr)
+				}
+				got := indexTerms(t, s) // fails on a gap
+				first, _ := s.FirstIndex()
+				last, _ := s.LastIndex()
+				hs, _, _ := s.InitialState()
+				if c := hs.GetCommit(); c+1 < first || c > last {
+					t.Errorf("cut %d: commit %d outside [%d, %d]", cut, c, first-1, last)
+				}
+				if si := s.SnapshotIndex(); si != first-1 {
+					t.Errorf("cut %d: snapshot at %d, first index %d", cut, si, first)
+				}
+				for i := uint64(1); i <= hs.GetCommit(); i++ {
+					if _, ok := got[i]; !ok && i >= first {
+						t.Errorf("cut %d: committed entry %d lost", cut, i)
+					}
+				}
+				prev := uint64(0)
+				for i := first; i <= last; i++ {
+					if got[i] < prev {
+						t.Errorf("cut %d: term %d at %d after term %d", cut, got[i], i, prev)
+					}
+					prev = got[i]
+				}
+				if err := l.Close(); err != nil {
+					t.Fatal(err)
+				}
+				if err == nil {
+					if cut < 2 {
+						t.Fatalf("Save committed in %d transactions: the test splits nothing", cut)
+					}
+					return // every cut point tried
+				}
+			}
+		})
+	}
+}

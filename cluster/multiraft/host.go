@@ -391,6 +391,9 @@ func (h *Host) deliver(group uint64, m *pb.Message) {
 	if g == nil {
 		return // not (yet) a member here; Raft retransmits
 	}
+	if g.failed.Load() != nil {
+		return // stopped on this node (see Group.fail)
+	}
 	if m.GetType() == pb.MessageType_MsgHeartbeat {
 		// A heartbeat's commit index is at most what the leader believes this node has
 		// stored. A node restarted with an empty data directory has less, which raft treats
@@ -528,6 +531,9 @@ func (h *Host) tickAll(reconcile bool) {
 	}
 	h.mu.Unlock()
 	for _, g := range gs {
+		if g.failed.Load() != nil {
+			continue
+		}
 		g.mu.Lock()
 		g.rn.Tick()
 		if reconcile {
@@ -556,6 +562,9 @@ func (h *Host) ready() error {
 	var updates []persistence.RaftUpdate
 	mustSync := false
 	for _, g := range dirty {
+		if g.failed.Load() != nil {
+			continue // stopped: takes no further part
+		}
 		g.mu.Lock()
 		if g.rn.HasReady() {
 			rd := g.rn.Ready()
@@ -644,6 +653,10 @@ type Group struct {
 	pmu     sync.Mutex // guards pending, stopped
 	pending map[uint64]*pendingProp
 	stopped bool
+
+	// failed is why the group stopped on its own (a snapshot its state machine could not
+	// restore); nil while it runs. Once set, the loop no longer ticks, steps or applies it.
+	failed  atomic.Pointer[error]
 	nextReq atomic.Uint64
 }
 
@@ -709,8 +722,11 @@ func (g *Group) apply(rd raft.Ready) {
 			}
 		}
 		if err := g.restore(rd.Snapshot.GetData()); err != nil {
-			// The state machine cannot take the leader's state: nothing after it can be applied.
-			g.log.Error("restore of a snapshot from the leader failed", "index", md.GetIndex(), "err", err)
+			// The state machine cannot take the leader's state: nothing after it can be
+			// applied, so the group stops here (its state is still the one before).
+			g.log.Error("restore of a snapshot from the leader failed; the group stops", "index", md.GetIndex(), "err", err)
+			g.fail(fmt.Errorf("restore snapshot at %d: %w", md.GetIndex(), err))
+			return
 		}
 		g.confState = pb.EnsureConfState(md.GetConfState())
 		g.applied, g.snapIndex = md.GetIndex(), md.GetIndex()
@@ -804,6 +820,9 @@ type GroupStatus struct {
 	Commit  uint64
 	Applied uint64
 	Members []string // voters, sorted (unknown IDs as hex)
+	// Failed is why the group stopped on this node ("" while it runs): its state machine
+	// could not restore a snapshot, so nothing more is applied here.
+	Failed string
 }
 
 // Status reports the group's term, indices, leader and members.
@@ -828,5 +847,17 @@ func (g *Group) Status() GroupStatus {
 		st.Members = append(st.Members, n)
 	}
 	sort.Strings(st.Members)
+	if err := g.failed.Load(); err != nil {
+		st.Failed = (*err).Error()
+	}
 	return st
+}
+
+// fail stops the group on this node (loop goroutine): proposals are refused with ErrClosed
+// and the loop leaves the group alone from the next round on.
+func (g *Group) fail(err error) {
+	g.failed.Store(&err)
+	g.pmu.Lock()
+	g.stopped = true
+	g.pmu.Unlock()
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -369,5 +370,78 @@ func waitMembers(t *testing.T, g *Group, n int) {
 			t.Fatalf("members = %v, want %d", g.Status().Members, n)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// failRestoreSM is a logSM whose Restore always fails.
+type failRestoreSM struct{ logSM }
+
+func (s *failRestoreSM) Restore([]byte) error {
+	s.mu.Lock()
+	s.restores++
+	s.mu.Unlock()
+	return errors.New("restore refused")
+}
+
+// A follower whose state machine cannot restore the leader's snapshot stops the group: it
+// applies nothing after it (its state is not the snapshot's), says why in Status and refuses
+// proposals; its dedupe table is left as it was.
+func TestFailedRestoreStopsGroup(t *testing.T) {
+	c := newTestCluster(t, 3, func(cfg *Config) { cfg.SnapshotEvery = 10 })
+	gs, sms := c.groups(MetadataGroup)
+	lead := waitLeader(t, gs, 10*time.Second)
+	victim := "n3"
+	if lead == victim {
+		victim = "n2"
+	}
+	for i := 0; i < 60; i++ {
+		propose(t, gs[lead], fmt.Sprintf("c%d", i))
+	}
+	c.stop(victim)
+	if err := os.RemoveAll(c.dirs[victim]); err != nil {
+		t.Fatal(err)
+	}
+	c.dirs[victim] = t.TempDir()
+	h := c.start(victim)
+	sm := &failRestoreSM{}
+	g, err := h.Group(MetadataGroup, sm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Proposals go on meanwhile (as in TestRejoinWithEmptyDataDir): the leader learns the new
+	// follower is behind its log and sends the snapshot.
+	n := 60
+	deadline := time.Now().Add(30 * time.Second)
+	for g.Status().Failed == "" {
+		if time.Now().After(deadline) {
+			t.Fatalf("group not stopped after a failed restore; restores tried: %d", sm.restoreCount())
+		}
+		propose(t, gs[lead], fmt.Sprintf("c%d", n))
+		n++
+		time.Sleep(10 * time.Millisecond)
+	}
+	if st := g.Status(); !strings.Contains(st.Failed, "restore refused") {
+		t.Errorf("Status().Failed = %q, want the restore error", st.Failed)
+	}
+	applied := g.Status().Applied
+	delete(sms, victim)
+	for i := 0; i < 20; i++ {
+		propose(t, gs[lead], fmt.Sprintf("c%d", n))
+		n++
+	}
+	waitApplied(t, sms, n, 10*time.Second)
+	if n := len(sm.list()); n != 0 {
+		t.Errorf("stopped group applied %d entries after the failed restore", n)
+	}
+	if a := g.Status().Applied; a != applied || a >= 60 {
+		t.Errorf("stopped group's applied index: %d, was %d at the failure (below the snapshot)", a, applied)
+	}
+	if len(g.dedupe) != 0 {
+		t.Errorf("dedupe table replaced by the failed snapshot's: %d entries", len(g.dedupe))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if _, err := g.Propose(ctx, []byte("x")); !errors.Is(err, ErrClosed) {
+		t.Errorf("Propose on the stopped group: %v, want ErrClosed", err)
 	}
 }

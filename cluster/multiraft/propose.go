@@ -184,8 +184,12 @@ func (g *Group) restore(b []byte) error {
 	if err != nil {
 		return err
 	}
+	if err := g.sm.Restore(rest); err != nil {
+		return err
+	}
+	// Only now: a failed restore leaves the table matching the state machine's old state.
 	g.dedupe = t
-	return g.sm.Restore(rest)
+	return nil
 }
 
 type proposalResult struct {

@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
+	"io"
 	"math/big"
 	"net"
 	"testing"
@@ -178,7 +179,9 @@ func testTLS(t *testing.T) *tls.Config {
 	}
 }
 
-// Over mutual TLS (through the fault proxies, which see only ciphertext) the group works.
+// Over mutual TLS (through the fault proxies, which see only ciphertext) the group works, and
+// the listener refuses a peer that knows the secret but not the CA: plain TCP, no client
+// certificate, or one from another CA.
 func TestMutualTLS(t *testing.T) {
 	cfg := testTLS(t)
 	c := newTestCluster(t, 3, func(c *Config) { c.TLS = cfg })
@@ -187,4 +190,49 @@ func TestMutualTLS(t *testing.T) {
 	propose(t, gs[lead], "over-tls")
 	waitApplied(t, sms, 1, 10*time.Second)
 	sameLogs(t, sms)
+
+	addr := c.hosts["n2"].Addr() // n1 dials n2: "n1" with the right secret passes the HMAC
+	t.Run("plain TCP", func(t *testing.T) {
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		// A plain listener greets first; a TLS one waits for a ClientHello.
+		_ = conn.SetReadDeadline(time.Now().Add(time.Second))
+		hello := make([]byte, len(wireMagic))
+		if _, err := io.ReadFull(conn, hello); err == nil {
+			t.Fatalf("TLS listener spoke plain TCP: %q", hello)
+		}
+	})
+	other := testTLS(t) // a certificate signed by another CA
+	for _, tc := range []struct {
+		name  string
+		certs []tls.Certificate
+	}{
+		{"client certificate from another CA", other.Certificates},
+		{"no client certificate", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ccfg := &tls.Config{Certificates: tc.certs, RootCAs: cfg.RootCAs, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS13}
+			raw, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			conn := tls.Client(raw, ccfg)
+			defer conn.Close()
+			if err := handshakeSide("n1", string(c.secret), "n2").dialHandshake(conn, "n2"); err == nil {
+				t.Fatal("handshake succeeded")
+			}
+		})
+	}
+	t.Run("server certificate from another CA", func(t *testing.T) {
+		ccfg := other.Clone()
+		ccfg.ServerName = "127.0.0.1"
+		conn, err := tls.Dial("tcp", addr, ccfg)
+		if err == nil {
+			conn.Close()
+			t.Fatal("a client trusting another CA accepted the node's certificate")
+		}
+	})
 }
