@@ -104,8 +104,16 @@ func (p *pageSet) add(seq uint64) {
 			return
 		}
 	}
-	// Out of order (publishers racing for sequence numbers): insert, merging neighbours.
 	i := p.find(seq)
+	if i < len(p.spans) && p.spans[i].disk && p.spans[i].lo <= seq {
+		// Inside a disk span (a priority queue's entry of a priority whose backlog was found
+		// at start-up): the span holds whatever is on disk in its range, and seq is on disk
+		// too, so it is one more of its n. A separate span inside it would break the order of
+		// the spans, and a read of the disk span would take seq a second time.
+		p.spans[i].n++
+		return
+	}
+	// Out of order (publishers racing for sequence numbers): insert, merging neighbours.
 	p.spans = append(p.spans, pageSpan{})
 	copy(p.spans[i+1:], p.spans[i:])
 	p.spans[i] = pageSpan{lo: seq, hi: seq, n: 1}

@@ -539,3 +539,26 @@ func TestPageSet(t *testing.T) {
 		t.Fatalf("at the top: %+v", p.spans)
 	}
 }
+
+// An entry added inside a disk span (a priority queue's new entry whose priority's backlog was
+// found at start-up) is one more of the span's entries, not a span of its own: a read of the
+// span takes it once, and the span's other entries are not counted as lost.
+func TestPageSetAddInsideDiskSpan(t *testing.T) {
+	var p pageSet
+	p.addDisk(10, 40, 4, 4) // 10, 20, 30, 40 on disk
+	p.add(25)               // pushed after the restart, on disk as well
+	if p.count != 5 || len(p.spans) != 1 || p.min() != 10 {
+		t.Fatalf("after add: count %d spans %+v, want one disk span of 5 from 10", p.count, p.spans)
+	}
+	for _, seq := range []uint64{10, 20, 25, 30, 40} {
+		if !p.take(seq, 1) {
+			t.Fatalf("take(%d) = false, want a member", seq)
+		}
+	}
+	if p.take(25, 1) {
+		t.Fatal("25 taken twice")
+	}
+	if p.count != 0 || len(p.spans) != 0 {
+		t.Fatalf("after reading everything: count %d spans %+v", p.count, p.spans)
+	}
+}
