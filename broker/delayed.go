@@ -405,7 +405,7 @@ func (d *delayer) prepare(ex *Exchange, routingKey string, header, headersRaw, b
 		return nil
 	}
 	return &heldMsg{
-		key:        persistence.DelayedKey{Due: d.clock.Now().UnixMilli() + ms, Incarnation: ex.delayed.inc},
+		key:        persistence.DelayedKey{Due: ceilMilli(d.clock.Now()) + ms, Incarnation: ex.delayed.inc},
 		routingKey: routingKey, header: nh, body: body,
 	}
 }
@@ -864,4 +864,14 @@ func (d *delayer) commitTx(batch *persistence.Batch, hs []*heldMsg) error {
 	}
 	d.arm(now)
 	return nil
+}
+
+// ceilMilli is t in Unix milliseconds rounded up: a due time counted from the truncated
+// millisecond would let a message out up to 1 ms before its x-delay has passed.
+func ceilMilli(t time.Time) int64 {
+	ms := t.UnixMilli()
+	if t.Sub(time.UnixMilli(ms)) > 0 {
+		ms++
+	}
+	return ms
 }

@@ -615,3 +615,21 @@ func TestDelayedFailedPutNotHeld(t *testing.T) {
 		t.Fatalf("stats %+v; want the failed put not held", st)
 	}
 }
+
+// Due times round up to the millisecond, so a held message never leaves before its x-delay.
+func TestCeilMilli(t *testing.T) {
+	base := time.UnixMilli(1_700_000_000_000)
+	for _, tc := range []struct {
+		t    time.Time
+		want int64
+	}{
+		{base, base.UnixMilli()},
+		{base.Add(time.Nanosecond), base.UnixMilli() + 1},
+		{base.Add(999 * time.Microsecond), base.UnixMilli() + 1},
+		{base.Add(time.Millisecond), base.UnixMilli() + 1},
+	} {
+		if got := ceilMilli(tc.t); got != tc.want {
+			t.Errorf("ceilMilli(%v) = %d, want %d", tc.t, got, tc.want)
+		}
+	}
+}
