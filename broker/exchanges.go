@@ -274,11 +274,21 @@ func (v *VHost) Bind(a Actor, b BindingSpec) *amqp.Error {
 		v.mu.Unlock()
 		return err
 	}
-	src := v.exchanges[b.Source]
-	added, berr := src.router.Bind(exchange.Binding{Destination: b.Destination, ToExchange: b.ToExchange, Key: b.Key, Args: b.Args})
+	synced, err := v.addBindingLocked(b, args, durable)
+	v.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return wait(synced, "storing binding")
+}
+
+// addBindingLocked adds b (whose ends exist) to its source's router and submits its store
+// write when it is new and durable; call with v.mu held, and wait for the returned channel
+// after releasing it.
+func (v *VHost) addBindingLocked(b BindingSpec, args []byte, durable bool) (chan error, *amqp.Error) {
+	added, berr := v.exchanges[b.Source].router.Bind(exchange.Binding{Destination: b.Destination, ToExchange: b.ToExchange, Key: b.Key, Args: b.Args})
 	if berr != nil {
-		v.mu.Unlock()
-		return amqp.AsError(berr)
+		return nil, amqp.AsError(berr)
 	}
 	var synced chan error
 	if added && durable && v.b.store != nil {
@@ -286,8 +296,7 @@ func (v *VHost) Bind(a Actor, b BindingSpec) *amqp.Error {
 		done, synced = submitted()
 		v.b.store.PutBindingAsync(b.record(v.name, args), done)
 	}
-	v.mu.Unlock()
-	return wait(synced, "storing binding")
+	return synced, nil
 }
 
 // bindingEnds checks both ends of a binding exist and reports whether the binding is durable

@@ -415,19 +415,11 @@ func (v *VHost) applyBind(b BindingSpec) *amqp.Error {
 	if err != nil { // locked: exclusivity was the state machine's to decide
 		durable = v.exchanges[b.Source] != nil && v.exchanges[b.Source].durable && v.queues[b.Destination].durable
 	}
-	src := v.exchanges[b.Source]
-	added, berr := src.router.Bind(exchange.Binding{Destination: b.Destination, ToExchange: b.ToExchange, Key: b.Key, Args: b.Args})
-	if berr != nil {
-		v.mu.Unlock()
-		return amqp.AsError(berr)
-	}
-	var synced chan error
-	if added && durable && v.b.store != nil {
-		var done func(error)
-		done, synced = submitted()
-		v.b.store.PutBindingAsync(b.record(v.name, args), done)
-	}
+	synced, err := v.addBindingLocked(b, args, durable)
 	v.mu.Unlock()
+	if err != nil {
+		return err
+	}
 	return wait(synced, "storing binding")
 }
 
