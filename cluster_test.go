@@ -35,6 +35,13 @@ type testCluster struct {
 	cfgs  map[string]string // node -> config file
 	dirs  map[string]string // node -> data dir
 	nodes map[string]*clusterChild
+	addrs map[string]string // node -> its inter-node listener
+	// members are the nodes each config lists (names unless changed: a node added later).
+	members []string
+	// peer, when set, is the address node from dials to reach node to (a faultproxy).
+	peer func(from, to string) string
+	// env are extra environment variables of every node (WARREN_...=...).
+	env []string
 }
 
 // clusterChild is one running node with its management API address.
@@ -56,36 +63,48 @@ func freePort(t *testing.T) string {
 }
 
 func newTestCluster(t *testing.T, names ...string) *testCluster {
-	tc := &testCluster{t: t, names: names, cfgs: map[string]string{}, dirs: map[string]string{}, nodes: map[string]*clusterChild{}}
-	addrs := map[string]string{}
-	var list strings.Builder
-	for _, n := range names {
-		addrs[n] = freePort(t)
-		fmt.Fprintf(&list, "    - {name: %s, address: %q}\n", n, addrs[n])
-	}
+	tc := &testCluster{t: t, names: names, cfgs: map[string]string{}, dirs: map[string]string{}, nodes: map[string]*clusterChild{},
+		addrs: map[string]string{}, members: names}
 	root := t.TempDir()
 	for _, n := range names {
+		tc.addrs[n] = freePort(t)
 		dir := filepath.Join(root, n)
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			t.Fatal(err)
 		}
-		cfg := fmt.Sprintf("cluster:\n  name: test\n  node_name: %s\n  listen: %q\n  secret: \"a-test-secret-of-enough-length\"\n  nodes:\n%s", n, addrs[n], list.String())
 		tc.cfgs[n] = filepath.Join(dir, "config.yaml")
 		tc.dirs[n] = filepath.Join(dir, "data")
-		if err := os.WriteFile(tc.cfgs[n], []byte(cfg), 0o600); err != nil {
-			t.Fatal(err)
-		}
 	}
+	tc.writeConfigs()
 	return tc
 }
 
+// writeConfigs writes every node's config.yaml listing tc.members (as reached through tc.peer).
+func (tc *testCluster) writeConfigs() {
+	for _, n := range tc.names {
+		var list strings.Builder
+		for _, m := range tc.members {
+			addr := tc.addrs[m]
+			if tc.peer != nil && m != n {
+				addr = tc.peer(n, m)
+			}
+			fmt.Fprintf(&list, "    - {name: %s, address: %q}\n", m, addr)
+		}
+		cfg := fmt.Sprintf("cluster:\n  name: test\n  node_name: %s\n  listen: %q\n  secret: \"a-test-secret-of-enough-length\"\n  nodes:\n%s", n, tc.addrs[n], list.String())
+		if err := os.WriteFile(tc.cfgs[n], []byte(cfg), 0o600); err != nil {
+			tc.t.Fatal(err)
+		}
+	}
+}
+
 // spawn starts node n without waiting for it.
-func (tc *testCluster) spawn(n string) *clusterChild {
+func (tc *testCluster) spawn(n string, extraEnv ...string) *clusterChild {
 	t := tc.t
 	cmd := exec.Command(os.Args[0], "-config", tc.cfgs[n], "-listen", "127.0.0.1:0", "-data-dir", tc.dirs[n])
 	cmd.Dir = filepath.Dir(tc.cfgs[n])
 	env := []string{asMainEnv + "=1", "GORACE=" + strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"),
 		envPrefix + "MANAGEMENT_LISTEN=127.0.0.1:0", envPrefix + "PROMETHEUS_LISTEN="}
+	env = append(append(env, tc.env...), extraEnv...)
 	if lvl := os.Getenv("CLUSTER_TEST_LOG_LEVEL"); lvl != "" { // e.g. debug, to see Raft's messages
 		env = append(env, envPrefix+"LOG_LEVEL="+lvl)
 	}
@@ -224,6 +243,51 @@ func (c *clusterChild) topology() (string, error) {
 	return strings.Join(lines, "\n"), nil
 }
 
+// running lists the nodes whose process runs.
+func (tc *testCluster) running() []string {
+	var out []string
+	for _, n := range tc.names {
+		if c := tc.nodes[n]; c != nil {
+			select {
+			case <-c.done:
+			default:
+				out = append(out, n)
+			}
+		}
+	}
+	return out
+}
+
+// queueNames is the set of queue names c's management API lists.
+func (c *clusterChild) queueNames() (map[string]bool, error) {
+	var qs []map[string]any
+	if err := c.api("/api/queues", &qs); err != nil {
+		return nil, err
+	}
+	out := map[string]bool{}
+	for _, q := range qs {
+		out[fmt.Sprint(q["name"])] = true
+	}
+	return out, nil
+}
+
+// passiveUntil waits until a passive declare of queue name on c succeeds.
+func passiveUntil(t *testing.T, c *clusterChild, name string, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		ch := channelOn(t, c)
+		_, err := ch.QueueDeclarePassive(name, true, false, false, false, nil)
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s does not know queue %s after %v: %v", c.name, name, within, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 // channelOn opens a channel on a new connection to c.
 func channelOn(t *testing.T, c *clusterChild) *amqp091.Channel {
 	t.Helper()
@@ -288,7 +352,7 @@ func (tc *testCluster) sameTopology(within time.Duration) string {
 	for {
 		var first, firstNode string
 		differ := ""
-		for _, n := range tc.names {
+		for _, n := range tc.running() {
 			c := tc.nodes[n]
 			top, err := c.topology()
 			if err != nil {
@@ -573,6 +637,123 @@ func measureDeclares(t *testing.T, tc *testCluster) {
 	all := time.Since(start)
 	t.Logf("declare rate, 3 nodes: 1 channel in sequence %.0f/s (%v each); 12 channels on 3 nodes %.0f/s",
 		seq/one.Seconds(), (one / seq).Round(10*time.Microsecond), 12*per/all.Seconds())
+}
+
+// TestClusterJoinAndDeadNode: a fourth node joins a running 3-node cluster (the running nodes
+// reload their lists, the new node starts with cluster.join) and gets the topology; a node
+// killed with SIGKILL and silent for cluster.node_timeout is taken for dead: its exclusive and
+// non-durable queues go, its durable queue answers RabbitMQ's 404; restarted, it serves its
+// durable queue with the confirmed message; a joiner wiped of its data directory rejoins.
+func TestClusterJoinAndDeadNode(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts four broker processes")
+	}
+	tc := newTestCluster(t, "n1", "n2", "n3", "n4")
+	tc.env = []string{envPrefix + "CLUSTER_NODE_TIMEOUT=2s"}
+	tc.members = []string{"n1", "n2", "n3"}
+	tc.writeConfigs()
+	tc.start("n1", "n2", "n3")
+	n1, n3 := tc.nodes["n1"], tc.nodes["n3"]
+	n1.leader(15 * time.Second)
+	declareUntil(t, n1, "q-before-join", 15*time.Second)
+
+	// n4 joins: the running nodes first, then n4 as a joiner.
+	tc.members = tc.names
+	tc.writeConfigs()
+	for _, n := range []string{"n1", "n2", "n3"} {
+		if err := tc.nodes[n].cmd.Process.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n4 := tc.spawn("n4", envPrefix+"CLUSTER_JOIN=true").wait()
+	passiveUntil(t, n4, "q-before-join", 15*time.Second)
+	declareUntil(t, n4, "q-on-n4", 10*time.Second)
+	tc.sameTopology(10 * time.Second)
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		var nodes []apiNode
+		err := n1.api("/api/nodes", &nodes)
+		voters := 0
+		for _, m := range nodes {
+			if m.Voter {
+				voters++
+			}
+		}
+		if err == nil && voters == 4 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("n4 not a voter: %+v %v", nodes, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	// On n3: a durable queue with a confirmed persistent message, a transient queue, an
+	// exclusive queue of a connection that stays open until n3 dies.
+	ch3 := channelOn(t, n3)
+	for _, q := range []struct {
+		name               string
+		durable, exclusive bool
+	}{{"d3", true, false}, {"t3", false, false}, {"e3", false, true}} {
+		if _, err := ch3.QueueDeclare(q.name, q.durable, false, q.exclusive, false, nil); err != nil {
+			t.Fatalf("declare %s on n3: %v", q.name, err)
+		}
+	}
+	if err := ch3.Confirm(false); err != nil {
+		t.Fatal(err)
+	}
+	confirms := ch3.NotifyPublish(make(chan amqp091.Confirmation, 1))
+	if err := ch3.Publish("", "d3", false, false, amqp091.Publishing{DeliveryMode: amqp091.Persistent, Body: []byte("kept")}); err != nil {
+		t.Fatal(err)
+	}
+	if c := <-confirms; !c.Ack {
+		t.Fatal("publish to d3 on its home n3 nacked")
+	}
+	tc.sameTopology(10 * time.Second)
+
+	n3.kill()
+	killed := time.Now()
+	deadline = time.Now().Add(20 * time.Second)
+	for {
+		qs, err := n1.queueNames()
+		if err == nil && !qs["t3"] && !qs["e3"] && qs["d3"] {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("n1 still lists n3's transient or exclusive queues %v after n3 died (%v)", qs, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("n3 killed: its exclusive and transient queues gone after %v (node_timeout 2s)", time.Since(killed).Round(time.Millisecond))
+	_, err := channelOn(t, n1).QueueDeclare("d3", true, false, false, false, nil)
+	if want := "home node 'n3' of durable queue 'd3' in vhost '/' is down or inaccessible"; amqpCode(err) != amqp091.NotFound || !strings.Contains(err.Error(), want) {
+		t.Fatalf("declare of d3 (home n3 dead) on n1: %v, want 404 %q", err, want)
+	}
+
+	// n3 comes back with its durable queue and message.
+	n3 = tc.spawn("n3").wait()
+	msg, ok, err := channelOn(t, n3).Get("d3", true)
+	if err != nil || !ok || string(msg.Body) != "kept" {
+		t.Fatalf("basic.get d3 on the restarted n3: %q %v %v", msg.Body, ok, err)
+	}
+	declareUntil(t, n1, "d3", 10*time.Second)
+
+	// n4, wiped, rejoins as a joiner and gets the whole topology.
+	n4.stop()
+	if err := os.RemoveAll(tc.dirs["n4"]); err != nil {
+		t.Fatal(err)
+	}
+	n4 = tc.spawn("n4", envPrefix+"CLUSTER_JOIN=true").wait()
+	passiveUntil(t, n4, "d3", 15*time.Second)
+	top := tc.sameTopology(15 * time.Second)
+	for _, want := range []string{"queue / q-before-join ", "queue / q-on-n4 ", "queue / d3 "} {
+		if !strings.Contains(top, want) {
+			t.Errorf("final topology lacks %q:\n%s", want, top)
+		}
+	}
+	for _, n := range tc.running() {
+		tc.nodes[n].stop()
+	}
 }
 
 // TestSingleNodeHasNoCluster: without a cluster section nothing of the cluster starts (no Raft
