@@ -16,12 +16,14 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
+	"github.com/warrenmq/warren/cluster/faultproxy"
 	"github.com/warrenmq/warren/ctl"
 )
 
@@ -752,6 +754,144 @@ func TestClusterJoinAndDeadNode(t *testing.T) {
 		}
 	}
 	for _, n := range tc.running() {
+		tc.nodes[n].stop()
+	}
+}
+
+// declareOnce declares durable queue name on a new connection to c and returns the error (nil:
+// declare-ok) and how long the answer took; a declare still unanswered after within counts as
+// hanging (an error).
+func declareOnce(c *clusterChild, name string, within time.Duration) (error, time.Duration) {
+	start := time.Now()
+	done := make(chan error, 1)
+	go func() {
+		conn, err := amqp091.DialConfig("amqp://guest:guest@"+c.addr+"/", amqp091.Config{Dial: amqp091.DefaultDial(5 * time.Second)})
+		if err != nil {
+			done <- err
+			return
+		}
+		defer conn.Close()
+		ch, err := conn.Channel()
+		if err == nil {
+			_, err = ch.QueueDeclare(name, true, false, false, false, nil)
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		return err, time.Since(start)
+	case <-time.After(within):
+		return fmt.Errorf("declare of %s on %s unanswered after %v", name, c.name, within), time.Since(start)
+	}
+}
+
+// TestClusterPartition: every inter-node connection goes through a faultproxy; one node is
+// cut off from the two others (the Raft leader, then a follower). The majority keeps serving
+// declares; the cut-off node answers its declares with an error in bounded time (541, never a
+// hang); after healing, every node has the same topology and every declare that returned
+// declare-ok is in it.
+func TestClusterPartition(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts three broker processes")
+	}
+	tc := newTestCluster(t, "n1", "n2", "n3")
+	proxies := map[[2]string]*faultproxy.Proxy{}
+	for _, from := range tc.names {
+		for _, to := range tc.names {
+			if from != to {
+				p, err := faultproxy.New(tc.addrs[to])
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { _ = p.Close() })
+				proxies[[2]string{from, to}] = p
+			}
+		}
+	}
+	tc.peer = func(from, to string) string { return proxies[[2]string{from, to}].Addr() }
+	tc.writeConfigs()
+	tc.start(tc.names...)
+	n1 := tc.nodes["n1"]
+	n1.leader(15 * time.Second)
+	declareUntil(t, n1, "before-partition", 15*time.Second)
+	var acked []string // every queue that got declare-ok
+	acked = append(acked, "before-partition")
+
+	isolate := func(node string, cut bool) {
+		for k, p := range proxies {
+			if k[0] == node || k[1] == node {
+				if cut {
+					p.Partition()
+				} else {
+					p.Heal()
+				}
+			}
+		}
+	}
+	for round, which := range []string{"leader", "follower"} {
+		leader := n1.leader(10 * time.Second)
+		victim := leader
+		if which == "follower" {
+			for _, n := range tc.names {
+				if n != leader {
+					victim = n
+					break
+				}
+			}
+		}
+		isolate(victim, true)
+		cut := time.Now()
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		majorityOK := map[string]int{}
+		var minorityErrs []string
+		for _, n := range tc.names {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; time.Since(cut) < 12*time.Second; i++ {
+					name := fmt.Sprintf("r%d-%s-%d", round, n, i)
+					err, took := declareOnce(tc.nodes[n], name, 15*time.Second)
+					mu.Lock()
+					if err == nil {
+						acked = append(acked, name)
+						if n != victim {
+							majorityOK[n]++
+						}
+					} else if n == victim {
+						minorityErrs = append(minorityErrs, fmt.Sprintf("%s after %v: %v", name, took.Round(time.Millisecond), err))
+					}
+					mu.Unlock()
+					time.Sleep(50 * time.Millisecond) // a steady trickle, not a benchmark
+				}
+			}()
+		}
+		wg.Wait()
+		isolate(victim, false)
+		t.Logf("%s %s cut off for 12s: declare-ok on the majority %v; on %s: %d errors (%v)", which, victim, majorityOK, victim, len(minorityErrs), minorityErrs)
+		for _, n := range tc.names {
+			if n != victim && majorityOK[n] == 0 {
+				t.Errorf("majority node %s served no declare while %s was cut off", n, victim)
+			}
+		}
+		if len(minorityErrs) == 0 {
+			t.Errorf("the cut-off %s answered no declare with an error", victim)
+		}
+		for _, e := range minorityErrs {
+			if strings.Contains(e, "unanswered") {
+				t.Errorf("a declare on the cut-off node hung: %s", e)
+			} else if !strings.Contains(e, "541") && !strings.Contains(e, "cluster metadata unavailable") {
+				t.Errorf("a declare on the cut-off node failed otherwise than with 541: %s", e)
+			}
+		}
+		top := tc.sameTopology(20 * time.Second)
+		for _, q := range acked {
+			if !strings.Contains(top, "queue / "+q+" ") {
+				t.Errorf("after healing, queue %s (declare-ok) is missing", q)
+			}
+		}
+	}
+	for _, n := range tc.names {
 		tc.nodes[n].stop()
 	}
 }
