@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strconv"
 	"strings"
 	"sync"
@@ -151,9 +152,15 @@ func publisher(ctx context.Context, l *ledger, addr, q string, interval time.Dur
 }
 
 // consumer consumes queue q on the node at addr with manual acks until ctx ends, recording
-// every delivery; it reconnects after a failure.
-func consumer(ctx context.Context, l *ledger, addr, q string) {
+// every delivery; it reconnects after a failure. With pauses, it consumes for 1 to 4 s, then
+// stays away for 0.5 to 3 s, so that the queue holds a backlog when a fault strikes (messages
+// that must come back from the home node's disk after a kill -9).
+func consumer(ctx context.Context, l *ledger, addr, q string, pauses bool) {
 	for ctx.Err() == nil {
+		var turn <-chan time.Time
+		if pauses {
+			turn = time.After(time.Second + rand.N(3*time.Second))
+		}
 		conn, err := dial(addr)
 		if err != nil {
 			sleepCtx(ctx, 200*time.Millisecond)
@@ -175,6 +182,10 @@ func consumer(ctx context.Context, l *ledger, addr, q string) {
 		for {
 			select {
 			case <-ctx.Done():
+				break deliveries
+			case <-turn:
+				conn.Close() // unacked deliveries go back to the queue
+				sleepCtx(ctx, 500*time.Millisecond+rand.N(2500*time.Millisecond))
 				break deliveries
 			case d, ok := <-ds:
 				if !ok {

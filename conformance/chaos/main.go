@@ -218,7 +218,7 @@ func chaos(ctx context.Context, o options, f *fleet, logf func(string, ...any)) 
 			declarer(pubCtx, l, addr, "chaos-decl-"+q, o.declareEvery*time.Duration(o.queuesPerNode), p.qargs)
 		}()
 		cons.Add(1)
-		go func() { defer cons.Done(); consumer(conCtx, l, addr, q) }()
+		go func() { defer cons.Done(); consumer(conCtx, l, addr, q, true) }()
 	}
 
 	// The fault schedule: one at a time, each followed by recovery.
@@ -325,6 +325,16 @@ func chaos(ctx context.Context, o options, f *fleet, logf func(string, ...any)) 
 	}
 	stopPub()
 	pubs.Wait()
+	// Consumers that never pause drain what is left.
+	stopCon()
+	cons.Wait()
+	conCtx, stopCon = context.WithCancel(ctx)
+	defer stopCon()
+	for q, home := range p.homes {
+		addr := f.node(home).amqp
+		cons.Add(1)
+		go func() { defer cons.Done(); consumer(conCtx, l, addr, q, false) }()
+	}
 	// Consumers drain what was confirmed.
 	drainEnd := time.Now().Add(30 * time.Second)
 	for time.Now().Before(drainEnd) && len(l.lost(excludedBelow)) > 0 {
