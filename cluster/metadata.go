@@ -638,6 +638,8 @@ func decodeSnapshot(b []byte) (state, error) {
 	if st.VHosts == nil {
 		st.VHosts = map[string]*vhostState{}
 	}
+	slices.Sort(st.Down) // searched with BinarySearch
+	st.Down = slices.Compact(st.Down)
 	for name, vs := range st.VHosts {
 		if vs == nil {
 			return state{}, fmt.Errorf("cluster: metadata snapshot: vhost %q has no state", name)

@@ -239,6 +239,7 @@ func TestMetadataReplicasAgreeAndSnapshot(t *testing.T) {
 		{Op: OpBind, VHost: "/", Source: "orders", Destination: "eu", Key: "eu.#"},
 		{Op: OpBind, VHost: "/", Source: "orders", Destination: "eu", Key: "x", Args: args(t, amqp.Table{"x-match": "all", "n": int32(-1), "s": "\xff\xfe"})},
 		{Op: OpBind, VHost: "/", Source: "amq.fanout", Destination: "orders", ToExchange: true},
+		{Op: OpNodeDown}, // of n3 (Node set below): the down set travels in the snapshot
 	}
 	for i, c := range cmds {
 		c.Node = []string{"n1", "n2", "n3"}[i%3]
@@ -269,6 +270,9 @@ func TestMetadataReplicasAgreeAndSnapshot(t *testing.T) {
 		if op.Kind == broker.OpBind && op.Binding.Key == "x" && (op.Binding.Args["n"] != int32(-1) || op.Binding.Args["s"] != "\xff\xfe") {
 			t.Errorf("binding arguments changed through the snapshot: %v", op.Binding.Args)
 		}
+	}
+	if !fresh.IsDown("n3") || fresh.IsDown("n1") {
+		t.Errorf("restored down set: n3 %v, n1 %v; want n3 only", fresh.IsDown("n3"), fresh.IsDown("n1"))
 	}
 	again, _ := fresh.Snapshot()
 	if !bytes.Equal(again, snaps[0]) {
