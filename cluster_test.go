@@ -651,7 +651,7 @@ func TestClusterJoinAndDeadNode(t *testing.T) {
 		t.Skip("starts four broker processes")
 	}
 	tc := newTestCluster(t, "n1", "n2", "n3", "n4")
-	tc.env = []string{envPrefix + "CLUSTER_NODE_TIMEOUT=2s"}
+	tc.env = []string{envPrefix + "CLUSTER_NODE_TIMEOUT=3s"}
 	tc.members = []string{"n1", "n2", "n3"}
 	tc.writeConfigs()
 	tc.start("n1", "n2", "n3")
@@ -726,7 +726,7 @@ func TestClusterJoinAndDeadNode(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	t.Logf("n3 killed: its exclusive and transient queues gone after %v (node_timeout 2s)", time.Since(killed).Round(time.Millisecond))
+	t.Logf("n3 killed: its exclusive and transient queues gone after %v (node_timeout 3s)", time.Since(killed).Round(time.Millisecond))
 	_, err := channelOn(t, n1).QueueDeclare("d3", true, false, false, false, nil)
 	if want := "home node 'n3' of durable queue 'd3' in vhost '/' is down or inaccessible"; amqpCode(err) != amqp091.NotFound || !strings.Contains(err.Error(), want) {
 		t.Fatalf("declare of d3 (home n3 dead) on n1: %v, want 404 %q", err, want)
