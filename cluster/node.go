@@ -209,9 +209,10 @@ func (l nodeLog) Propose(ctx context.Context, cmd []byte) (any, error) {
 // Addr is the inter-node listener's address.
 func (n *Node) Addr() string { return n.host.Addr() }
 
-// statusLoop proposes this node's status now, when kicked (a reload) and every
-// statusEvery (the leader then also looks for dead members, watchMembers), the member list (set_nodes) once at start and after every change of it, and
-// node_restarted once at start (the exclusive queues of the previous process's connections go).
+// statusLoop proposes this node's status now, when kicked (a reload) and every statusEvery
+// (the leader then also looks for dead members, watchMembers), the member list (set_nodes)
+// once at start and after every change of it, and node_restarted once at start unless the
+// catch-up committed it (the exclusive queues of the previous process's connections go).
 func (n *Node) statusLoop() {
 	defer close(n.done)
 	t := time.NewTicker(n.statusEvery)

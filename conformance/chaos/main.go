@@ -22,7 +22,8 @@
 //     failures: delivery is at least once). With -queue-type classic, a queue's messages
 //     confirmed before its home node was wiped are legitimately lost with the data directory:
 //     they are left out of the check and counted as excluded (a quorum queue keeps them);
-//   - no declare and no confirm went unanswered (a hang).
+//   - no declare and no confirm went unanswered (a hang);
+//   - no node reported a data race (with -race, warren is built with the race detector).
 //
 // It prints what it checked and exits 1 on a violation. Loopback only; bounded in time.
 //
@@ -62,6 +63,7 @@ type options struct {
 	keep            bool
 	faults          string
 	recoveryTimeout time.Duration
+	race            bool
 }
 
 // allFaults are the fault kinds, in -faults' spelling.
@@ -74,6 +76,7 @@ func parseFlags(args []string, out io.Writer) (options, error) {
 	fs.DurationVar(&o.duration, "duration", time.Minute, "how long faults are injected (set-up and the final checks come on top)")
 	fs.StringVar(&o.repo, "repo", ".", "Warren repository root to build")
 	fs.StringVar(&o.bin, "warren", "", "prebuilt Warren binary (default: go build of -repo)")
+	fs.BoolVar(&o.race, "race", false, "build Warren with the race detector (a race reported by a node is a violation either way)")
 	fs.StringVar(&o.queueType, "queue-type", "classic", "x-queue-type of the checked queues: classic, or quorum (messages replicated: a wiped node loses none)")
 	fs.IntVar(&o.queuesPerNode, "queues", 2, "checked durable queues homed on each node (one publisher and one consumer each)")
 	fs.DurationVar(&o.faultEvery, "fault-every", 8*time.Second, "mean time from one fault's recovery to the next fault")
@@ -129,7 +132,11 @@ func run(ctx context.Context, o options, out io.Writer) int {
 	if bin == "" {
 		bin = filepath.Join(dir, "warren")
 		logf("building warren from %s", o.repo)
-		cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, ".")
+		build := []string{"build", "-o", bin}
+		if o.race {
+			build = append(build, "-race")
+		}
+		cmd := exec.CommandContext(ctx, "go", append(build, ".")...)
 		cmd.Dir, cmd.Stdout, cmd.Stderr = o.repo, os.Stderr, os.Stderr
 		if err := cmd.Run(); err != nil {
 			logf("error: go build: %v", err)
@@ -507,7 +514,18 @@ func check(f *fleet, l *ledger, p plan, excludedBelow map[string]uint64, logf fu
 	if confirmed == 0 {
 		violations = append(violations, "no message was confirmed: the load did not run")
 	}
-	// 4. Nothing hung.
+	// 4. No node reported a data race (a warren built with -race).
+	races := 0
+	for _, n := range f.nodes {
+		if data, err := os.ReadFile(n.logPath); err == nil {
+			if c := strings.Count(string(data), "WARNING: DATA RACE"); c > 0 {
+				races += c
+				violations = append(violations, fmt.Sprintf("%s reported %d data race(s), see its log", n.name, c))
+			}
+		}
+	}
+	logf("checked: no data race reported by a node: %d", races)
+	// 5. Nothing hung.
 	logf("checked: no declare or confirm left unanswered: %d hung", len(hung))
 	for _, h := range hung {
 		violations = append(violations, "no answer: "+h)
