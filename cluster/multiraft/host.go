@@ -282,10 +282,43 @@ func (h *Host) SetPeers(peers map[string]string) error {
 // Group starts (or, after a restart, rejoins) group id with sm as its state machine. All
 // members call it with the same id. A group with no local state bootstraps with the current
 // peers as members (unless Config.Join); a group with state restores sm from its snapshot and
-// replays the log after it.
+// replays the log after it. Its members follow the host's peers (SetPeers); GroupWith places
+// a group on some of the nodes only.
 func (h *Host) Group(id uint64, sm StateMachine) (*Group, error) {
-	if id == 0 {
-		return nil, errors.New("multiraft: group id 0 is reserved")
+	return h.group0(id, sm, GroupOptions{Join: h.cfg.Join}, true)
+}
+
+// GroupOptions configure a group started with GroupWith.
+type GroupOptions struct {
+	// Voters are the node names of the group's members when it bootstraps (no local state
+	// and not Join): a quorum queue of three replicas in a five-node cluster lives on three
+	// of them. Every member must pass the same list; this node must be in it. After that the
+	// members change only through AddMember and RemoveMember (SetPeers leaves the group
+	// alone), and a group with local state takes its members from its log.
+	Voters []string
+	// Join says the group has no local state here and is being added to a running group:
+	// it waits for the leader to send it the log or a snapshot (call AddMember for this node
+	// on a member). Voters is then not used.
+	Join bool
+}
+
+// GroupWith starts (or, after a restart, rejoins) group id on the members opts names: the
+// other nodes never start it and never receive its messages.
+func (h *Host) GroupWith(id uint64, sm StateMachine, opts GroupOptions) (*Group, error) {
+	if !opts.Join {
+		if len(opts.Voters) == 0 {
+			return nil, fmt.Errorf("multiraft: group %d: GroupOptions needs Voters or Join", id)
+		}
+		if !slices.Contains(opts.Voters, h.cfg.NodeName) {
+			return nil, fmt.Errorf("multiraft: group %d: this node %q is not one of its voters %v (start it with Join to add it)", id, h.cfg.NodeName, opts.Voters)
+		}
+	}
+	return h.group0(id, sm, opts, false)
+}
+
+func (h *Host) group0(id uint64, sm StateMachine, opts GroupOptions, followPeers bool) (*Group, error) {
+	if id == 0 || id >= quiesceFlag {
+		return nil, fmt.Errorf("multiraft: group id %d out of range (1 to 2^63-1)", id)
 	}
 	h.mu.Lock()
 	if h.closed {
@@ -296,9 +329,22 @@ func (h *Host) Group(id uint64, sm StateMachine) (*Group, error) {
 		h.mu.Unlock()
 		return nil, fmt.Errorf("multiraft: group %d already started", id)
 	}
-	peers := make([]raft.Peer, 0, len(h.peers))
-	for name := range h.peers {
-		peers = append(peers, raft.Peer{ID: NodeID(name)})
+	var peers []raft.Peer
+	if followPeers {
+		for name := range h.peers {
+			peers = append(peers, raft.Peer{ID: NodeID(name)})
+		}
+	} else {
+		for _, name := range opts.Voters {
+			if _, ok := h.peers[name]; !ok && !opts.Join {
+				h.mu.Unlock()
+				return nil, fmt.Errorf("multiraft: group %d: voter %q is not a cluster peer", id, name)
+			}
+			id := NodeID(name)
+			if !slices.ContainsFunc(peers, func(p raft.Peer) bool { return p.ID == id }) {
+				peers = append(peers, raft.Peer{ID: id})
+			}
+		}
 	}
 	h.mu.Unlock()
 	// Bootstrap entries must be identical on every member: sorted by ID.
@@ -308,7 +354,7 @@ func (h *Host) Group(id uint64, sm StateMachine) (*Group, error) {
 	if err != nil {
 		return nil, fmt.Errorf("multiraft: group %d: %w", id, err)
 	}
-	g := &Group{h: h, id: id, sm: sm, storage: st, pending: make(map[uint64]*pendingProp), placedAt: make(map[uint64]uint64), dedupe: make(dedupeTable),
+	g := &Group{h: h, id: id, sm: sm, storage: st, followPeers: followPeers, pending: make(map[uint64]*pendingProp), placedAt: make(map[uint64]uint64), dedupe: make(dedupeTable),
 		log: h.log.With("group", id)}
 	hs, cs, _ := st.InitialState()
 	g.confState = cs
@@ -340,7 +386,7 @@ func (h *Host) Group(id uint64, sm StateMachine) (*Group, error) {
 		return nil, fmt.Errorf("multiraft: group %d: %w", id, err)
 	}
 	last, _ := st.LastIndex()
-	if last == 0 && raft.IsEmptyHardState(hs) && !h.cfg.Join {
+	if last == 0 && raft.IsEmptyHardState(hs) && !opts.Join {
 		if err := rn.Bootstrap(peers); err != nil {
 			return nil, fmt.Errorf("multiraft: group %d: bootstrap: %w", id, err)
 		}
@@ -536,7 +582,7 @@ func (h *Host) tickAll(reconcile bool) {
 		}
 		g.mu.Lock()
 		g.rn.Tick()
-		if reconcile {
+		if reconcile && g.followPeers {
 			g.reconcile(desired)
 		}
 		g.mu.Unlock()
@@ -623,6 +669,9 @@ type Group struct {
 	sm      StateMachine
 	storage *persistence.RaftStorage
 	log     *slog.Logger
+	// followPeers: the members are the host's peers, reconciled after SetPeers (Host.Group);
+	// false: they change only through AddMember and RemoveMember (GroupWith).
+	followPeers bool
 
 	mu sync.Mutex // guards rn and lostLogHandover
 	rn *raft.RawNode

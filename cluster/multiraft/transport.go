@@ -556,3 +556,7 @@ func (p *peer) readLoop(c net.Conn) {
 		}
 	}
 }
+
+// quiesceFlag marks, in a frame's group field, a leader's quiesce heartbeat (see quiesce.go);
+// group ids stay below it.
+const quiesceFlag uint64 = 1 << 63
