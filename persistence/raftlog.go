@@ -25,11 +25,13 @@ import (
 //	'h' group(8)          -> raftpb.HardState
 //	's' group(8)          -> raftpb.Snapshot (metadata and state machine data)
 //	't' group(8)          -> truncated index(8) term(8): entries up to it are compacted
+//	'x' group(8)          -> (empty) tombstone: the group was deleted on this node
 const (
 	rlEntry     = 'e'
 	rlHardState = 'h'
 	rlSnapshot  = 's'
 	rlTrunc     = 't'
+	rlTombstone = 'x'
 )
 
 // rlKinds are the key kinds stored per group.
@@ -181,17 +183,96 @@ func (l *RaftLog) Storage(group uint64) (*RaftStorage, error) {
 	return s, nil
 }
 
-// DropGroup deletes everything stored for group (a group this node no longer serves).
+// DropGroup deletes everything stored for group (a group this node no longer serves), in
+// transactions of at most DropBatch keys, so that a long log neither builds one huge
+// transaction nor holds up the Saves of other groups for long (badger's DropPrefix would
+// block every write to the database while it runs). The caller makes sure nothing else
+// writes the group meanwhile; a crash part way leaves some of its keys, which a tombstone
+// (MarkDeleted) lets the caller find and drop again.
 func (l *RaftLog) DropGroup(group uint64) error {
 	l.mu.Lock()
 	delete(l.groups, group)
 	l.mu.Unlock()
-	for _, kind := range []byte{rlEntry, rlHardState, rlSnapshot, rlTrunc} {
-		if err := l.db.DropPrefix(rlKey(kind, group)); err != nil {
-			return fmt.Errorf("persistence: drop raft group %d: %w", group, err)
+	for _, kind := range rlKinds {
+		prefix := rlKey(kind, group)
+		for {
+			var keys [][]byte
+			err := l.db.View(func(txn *badger.Txn) error {
+				opt := badger.DefaultIteratorOptions
+				opt.Prefix = prefix
+				opt.PrefetchValues = false
+				it := txn.NewIterator(opt)
+				defer it.Close()
+				for it.Rewind(); it.Valid() && len(keys) < DropBatch; it.Next() {
+					keys = append(keys, it.Item().KeyCopy(nil))
+				}
+				return nil
+			})
+			if err == nil && len(keys) > 0 {
+				err = l.db.Update(func(txn *badger.Txn) error {
+					for _, k := range keys {
+						if err := txn.Delete(k); err != nil {
+							return err
+						}
+					}
+					return nil
+				})
+			}
+			if err != nil {
+				return fmt.Errorf("persistence: drop raft group %d: %w", group, err)
+			}
+			if len(keys) < DropBatch {
+				break
+			}
 		}
 	}
 	return nil
+}
+
+// DropBatch is the most keys DropGroup deletes in one transaction.
+const DropBatch = 1024
+
+// MarkDeleted records (synced) that group is deleted on this node, before its keys are
+// dropped: after a crash, Tombstones says which groups to drop again.
+func (l *RaftLog) MarkDeleted(group uint64) error {
+	err := l.db.Update(func(txn *badger.Txn) error { return txn.Set(rlKey(rlTombstone, group), nil) })
+	if err == nil {
+		err = l.sync()
+	}
+	if err != nil {
+		return fmt.Errorf("persistence: raft group %d: write tombstone: %w", group, err)
+	}
+	return nil
+}
+
+// ClearTombstone removes group's tombstone (the group is created again).
+func (l *RaftLog) ClearTombstone(group uint64) error {
+	if err := l.db.Update(func(txn *badger.Txn) error { return txn.Delete(rlKey(rlTombstone, group)) }); err != nil {
+		return fmt.Errorf("persistence: raft group %d: clear tombstone: %w", group, err)
+	}
+	return nil
+}
+
+// Tombstones lists the groups marked deleted.
+func (l *RaftLog) Tombstones() ([]uint64, error) {
+	var ids []uint64
+	err := l.db.View(func(txn *badger.Txn) error {
+		opt := badger.DefaultIteratorOptions
+		opt.Prefix = []byte{rlTombstone}
+		opt.PrefetchValues = false
+		it := txn.NewIterator(opt)
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			if k := it.Item().Key(); len(k) == 9 {
+				ids = append(ids, binary.BigEndian.Uint64(k[1:]))
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("persistence: raft log tombstones: %w", err)
+	}
+	return ids, nil
 }
 
 // GroupDiskUsage counts the keys stored for group and their size (keys and values as

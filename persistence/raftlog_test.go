@@ -327,3 +327,56 @@ func TestRaftLogSaveCrashBetweenCommits(t *testing.T) {
 		})
 	}
 }
+
+// DropGroup removes every key of a group, however many batches it takes, and leaves other
+// groups alone; tombstones are listed until cleared.
+func TestRaftLogDropGroupBatches(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	l := openRaftLogT(t, dir)
+	n := uint64(3*DropBatch + 17)
+	for _, g := range []uint64{5, 6} {
+		var es []*pb.Entry
+		for lo := uint64(1); lo <= n; lo += 500 {
+			es = rents(lo, min(lo+499, n), 1)
+			if err := l.Save([]RaftUpdate{{Group: g, Entries: es, HardState: hardState(1, 0, lo)}}, false); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	s5, _ := l.Storage(5)
+	if err := s5.CreateSnapshot(n/2, &pb.ConfState{Voters: []uint64{1}}, []byte("state"), 10); err != nil {
+		t.Fatal(err)
+	}
+	if keys, _, err := l.GroupDiskUsage(5); err != nil || keys < int(n/2) {
+		t.Fatalf("group 5 before the drop: %d keys, %v", keys, err)
+	}
+	if err := l.MarkDeleted(5); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.DropGroup(5); err != nil {
+		t.Fatal(err)
+	}
+	if keys, _, err := l.GroupDiskUsage(5); err != nil || keys != 0 {
+		t.Fatalf("group 5 after the drop: %d keys, %v", keys, err)
+	}
+	if keys, _, _ := l.GroupDiskUsage(6); keys != int(n)+1 {
+		t.Fatalf("group 6: %d keys, want %d", keys, n+1)
+	}
+	l.Close()
+	l = openRaftLogT(t, dir)
+	defer l.Close()
+	if ts, err := l.Tombstones(); err != nil || len(ts) != 1 || ts[0] != 5 {
+		t.Fatalf("tombstones after reopen = %v, %v", ts, err)
+	}
+	s5, _ = l.Storage(5)
+	if last, _ := s5.LastIndex(); last != 0 || s5.SnapshotIndex() != 0 {
+		t.Fatalf("group 5 after reopen: last %d, snapshot %d", last, s5.SnapshotIndex())
+	}
+	if err := l.ClearTombstone(5); err != nil {
+		t.Fatal(err)
+	}
+	if ts, _ := l.Tombstones(); len(ts) != 0 {
+		t.Fatalf("tombstones after clear = %v", ts)
+	}
+}

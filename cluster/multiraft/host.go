@@ -115,6 +115,12 @@ type Host struct {
 	names  map[uint64]string // raft ID -> node name
 	dirty  map[uint64]*Group
 	closed bool
+	// deleted holds the groups with a tombstone: deleted on this node, their keys being
+	// dropped until the channel is closed.
+	deleted map[uint64]chan struct{}
+	bg      sync.WaitGroup // drops of deleted groups (Close waits for them)
+
+	detachCh chan detachReq // DeleteGroup -> loop
 
 	saves atomic.Uint64 // Raft log writes (each one sync), for Stats
 
@@ -173,8 +179,27 @@ func NewHost(cfg Config) (*Host, error) {
 		cfg: cfg, id: NodeID(cfg.NodeName), log: log, rlog: rlog,
 		incarnation: binary.BigEndian.Uint64(inc[:]),
 		groups:      make(map[uint64]*Group), peers: maps(cfg.Peers), names: names,
-		dirty: make(map[uint64]*Group),
-		wake:  make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
+		dirty: make(map[uint64]*Group), deleted: make(map[uint64]chan struct{}), detachCh: make(chan detachReq),
+		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
+	}
+	// Deletions a crash interrupted are finished in the background; a group created again
+	// meanwhile waits for its drop (group0).
+	tombs, err := rlog.Tombstones()
+	if err != nil {
+		_ = rlog.Close()
+		return nil, fmt.Errorf("multiraft: %w", err)
+	}
+	for _, id := range tombs {
+		ch := make(chan struct{})
+		h.deleted[id] = ch
+		h.bg.Add(1)
+		go func() {
+			defer h.bg.Done()
+			defer close(ch)
+			if err := rlog.DropGroup(id); err != nil {
+				log.Error("dropping a deleted raft group failed", "group", id, "err", err)
+			}
+		}()
 	}
 	h.tr, err = newTransport(cfg.NodeName, cfg.ListenAddr, cfg.Secret, cfg.TLS, log, h)
 	if err != nil {
@@ -247,6 +272,7 @@ func (h *Host) Close() error {
 		close(h.stop)
 		<-h.done
 		h.tr.close()
+		h.bg.Wait()
 		h.closeErr = h.rlog.Close()
 	})
 	return h.closeErr
@@ -320,6 +346,9 @@ func (h *Host) group0(id uint64, sm StateMachine, opts GroupOptions, followPeers
 	if id == 0 || id >= quiesceFlag {
 		return nil, fmt.Errorf("multiraft: group id %d out of range (1 to 2^63-1)", id)
 	}
+	if err := h.undelete(id); err != nil {
+		return nil, err
+	}
 	h.mu.Lock()
 	if h.closed {
 		h.mu.Unlock()
@@ -354,7 +383,7 @@ func (h *Host) group0(id uint64, sm StateMachine, opts GroupOptions, followPeers
 	if err != nil {
 		return nil, fmt.Errorf("multiraft: group %d: %w", id, err)
 	}
-	g := &Group{h: h, id: id, sm: sm, storage: st, followPeers: followPeers, pending: make(map[uint64]*pendingProp), placedAt: make(map[uint64]uint64), dedupe: make(dedupeTable),
+	g := &Group{h: h, id: id, sm: sm, storage: st, followPeers: followPeers, done: make(chan struct{}), pending: make(map[uint64]*pendingProp), placedAt: make(map[uint64]uint64), dedupe: make(dedupeTable),
 		log: h.log.With("group", id)}
 	hs, cs, _ := st.InitialState()
 	g.confState = cs
@@ -412,6 +441,9 @@ func (h *Host) kick() {
 }
 
 func (h *Host) markDirty(g *Group) {
+	if g.deleted.Load() {
+		return // detached: never saved again
+	}
 	h.mu.Lock()
 	h.dirty[g.id] = g
 	h.mu.Unlock()
@@ -536,6 +568,9 @@ func (h *Host) run() {
 			ticks++
 			h.tickAll(ticks%uint64(h.cfg.ElectionTicks) == 0)
 		case <-h.wake:
+		case r := <-h.detachCh:
+			h.detach(r.g)
+			close(r.done)
 		}
 		if err := h.ready(); err != nil {
 			// The log cannot be written: Raft's promises no longer hold on this node. Stop
@@ -608,7 +643,7 @@ func (h *Host) ready() error {
 	var updates []persistence.RaftUpdate
 	mustSync := false
 	for _, g := range dirty {
-		if g.failed.Load() != nil {
+		if g.failed.Load() != nil || g.deleted.Load() {
 			continue // stopped: takes no further part
 		}
 		g.mu.Lock()
@@ -707,6 +742,10 @@ type Group struct {
 	// restore); nil while it runs. Once set, the loop no longer ticks, steps or applies it.
 	failed  atomic.Pointer[error]
 	nextReq atomic.Uint64
+
+	// deleted is set (and done closed) when DeleteGroup detached the group from the loop.
+	deleted atomic.Bool
+	done    chan struct{}
 }
 
 // ID is the group's id.

@@ -100,6 +100,8 @@ func (g *Group) changeMember(ctx context.Context, node string, add bool) error {
 				return fmt.Errorf("multiraft: group %d: %s %s: %w", g.id, typ.String(), node, ctx.Err())
 			case <-g.h.stop:
 				return ErrClosed
+			case <-g.done:
+				return ErrClosed
 			case <-time.After(poll):
 			}
 		}
