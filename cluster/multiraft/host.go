@@ -122,6 +122,8 @@ type Host struct {
 
 	detachCh chan detachReq // DeleteGroup -> loop
 
+	lastLive map[uint64]peerLiveness // peers' liveness at the last tick (loop goroutine)
+
 	saves atomic.Uint64 // Raft log writes (each one sync), for Stats
 
 	wake      chan struct{}
@@ -201,7 +203,7 @@ func NewHost(cfg Config) (*Host, error) {
 			}
 		}()
 	}
-	h.tr, err = newTransport(cfg.NodeName, cfg.ListenAddr, cfg.Secret, cfg.TLS, log, h)
+	h.tr, err = newTransport(cfg.NodeName, cfg.ListenAddr, cfg.Secret, cfg.TLS, log, h, cfg.TickInterval)
 	if err != nil {
 		_ = rlog.Close()
 		return nil, err
@@ -247,16 +249,29 @@ type Stats struct {
 	MessagesSent     uint64 // Raft messages written to peers
 	MessagesReceived uint64
 	Frames           uint64 // writes to peer connections (each carries a batch of messages)
+	NodeHeartbeats   uint64 // frames with no message: one per idle node pair and tick
 	LogSaves         uint64 // Raft log writes, each one sync for every group with work
+	Quiesced         int    // groups not ticked now (idle and caught up)
 }
 
 // Stats returns the host's counters.
 func (h *Host) Stats() Stats {
 	h.mu.Lock()
-	n := len(h.groups)
+	gs := make([]*Group, 0, len(h.groups))
+	for _, g := range h.groups {
+		gs = append(gs, g)
+	}
 	h.mu.Unlock()
-	return Stats{Groups: n, MessagesSent: h.tr.sent.Load(), MessagesReceived: h.tr.received.Load(),
-		Frames: h.tr.frames.Load(), LogSaves: h.saves.Load()}
+	q := 0
+	for _, g := range gs {
+		g.mu.Lock()
+		if g.quiesced {
+			q++
+		}
+		g.mu.Unlock()
+	}
+	return Stats{Groups: len(gs), MessagesSent: h.tr.sent.Load(), MessagesReceived: h.tr.received.Load(),
+		Frames: h.tr.frames.Load(), NodeHeartbeats: h.tr.heartbeats.Load(), LogSaves: h.saves.Load(), Quiesced: q}
 }
 
 // ID is this node's Raft ID (NodeID of its name).
@@ -465,6 +480,8 @@ func (h *Host) group(id uint64) *Group {
 
 // deliver implements transportHooks: a message from a peer steps its group.
 func (h *Host) deliver(group uint64, m *pb.Message) {
+	quiesce := group&quiesceFlag != 0
+	group &^= quiesceFlag
 	g := h.group(group)
 	if g == nil {
 		return // not (yet) a member here; Raft retransmits
@@ -472,6 +489,7 @@ func (h *Host) deliver(group uint64, m *pb.Message) {
 	if g.failed.Load() != nil {
 		return // stopped on this node (see Group.fail)
 	}
+	commit := m.GetCommit()
 	if m.GetType() == pb.MessageType_MsgHeartbeat {
 		// A heartbeat's commit index is at most what the leader believes this node has
 		// stored. A node restarted with an empty data directory has less, which raft treats
@@ -486,7 +504,18 @@ func (h *Host) deliver(group uint64, m *pb.Message) {
 	if m.GetType() == pb.MessageType_MsgAppResp && m.GetReject() {
 		g.handOverIfLogLost(m)
 	}
+	if quiesce && m.GetType() != pb.MessageType_MsgHeartbeat {
+		quiesce = false // only heartbeats quiesce: anything else is stepped as usual
+	}
+	if !quiesce && m.GetType() != pb.MessageType_MsgHeartbeatResp {
+		// Anything but a heartbeat's answer is activity (a quiesced leader gets answers to
+		// its quiesce heartbeats).
+		g.quiesced = false
+	}
 	err := g.rn.Step(m)
+	if quiesce {
+		g.quiesceFollowerLocked(m, commit)
+	}
 	g.mu.Unlock()
 	if err != nil && !errors.Is(err, raft.ErrStepPeerNotFound) {
 		g.log.Debug("raft step", "type", m.GetType().String(), "err", err)
@@ -598,11 +627,11 @@ func (h *Host) failPending() {
 }
 
 func (h *Host) tickAll(reconcile bool) {
+	live, changed := h.peerEvents()
 	h.mu.Lock()
 	gs := make([]*Group, 0, len(h.groups))
 	for _, g := range h.groups {
 		gs = append(gs, g)
-		h.dirty[g.id] = g
 	}
 	var desired []uint64
 	if reconcile {
@@ -611,16 +640,38 @@ func (h *Host) tickAll(reconcile bool) {
 		}
 	}
 	h.mu.Unlock()
+	q := quiesceRound{live: live, out: make(map[uint64][]outMsg)}
+	var dirty []*Group
 	for _, g := range gs {
 		if g.failed.Load() != nil {
 			continue
 		}
 		g.mu.Lock()
-		g.rn.Tick()
+		if g.quiesced && len(changed) > 0 {
+			g.wakeOnPeerEventLocked(changed)
+		}
 		if reconcile && g.followPeers {
 			g.reconcile(desired)
 		}
+		if !g.quiesced {
+			// Before the tick: a leader's tick makes heartbeats (a Ready).
+			g.maybeQuiesceLocked(&q)
+		}
+		if !g.quiesced {
+			g.rn.Tick()
+			dirty = append(dirty, g)
+		}
 		g.mu.Unlock()
+	}
+	h.mu.Lock()
+	for _, g := range dirty {
+		h.dirty[g.id] = g
+	}
+	h.mu.Unlock()
+	for to, ms := range q.out {
+		if name, ok := h.nameOf(to); ok {
+			h.tr.send(name, ms)
+		}
 	}
 }
 
@@ -743,6 +794,10 @@ type Group struct {
 	failed  atomic.Pointer[error]
 	nextReq atomic.Uint64
 
+	// quiesced (g.mu): the group is idle and caught up everywhere, so it is not ticked:
+	// no heartbeats from its leader, no election timer on its followers (quiesce.go).
+	quiesced bool
+
 	// deleted is set (and done closed) when DeleteGroup detached the group from the loop.
 	deleted atomic.Bool
 	done    chan struct{}
@@ -783,6 +838,7 @@ func (g *Group) reconcile(desired []uint64) {
 	if cc == nil {
 		return
 	}
+	g.quiesced = false
 	if err := g.rn.ProposeConfChange(cc); err != nil {
 		g.log.Debug("conf change not proposed", "change", cc.GetType().String(), "node", cc.GetNodeId(), "err", err)
 		return
@@ -911,19 +967,22 @@ type GroupStatus struct {
 	// Failed is why the group stopped on this node ("" while it runs): its state machine
 	// could not restore a snapshot, so nothing more is applied here.
 	Failed string
+	// Quiesced: idle, not ticked (no heartbeats, no election timer) until activity.
+	Quiesced bool
 }
 
 // Status reports the group's term, indices, leader and members.
 func (g *Group) Status() GroupStatus {
 	g.mu.Lock()
 	bs := g.rn.BasicStatus()
+	quiesced := g.quiesced
 	var voters []uint64
 	for id := range g.rn.Status().Config.Voters.IDs() {
 		voters = append(voters, id)
 	}
 	g.mu.Unlock()
 	st := GroupStatus{Group: g.id, Node: g.h.cfg.NodeName, State: bs.RaftState.String(),
-		Term: bs.HardState.GetTerm(), Commit: bs.HardState.GetCommit(), Applied: g.appliedIndex.Load()}
+		Term: bs.HardState.GetTerm(), Commit: bs.HardState.GetCommit(), Applied: g.appliedIndex.Load(), Quiesced: quiesced}
 	if bs.Lead != raft.None {
 		st.Leader, _ = g.h.nameOf(bs.Lead)
 	}

@@ -84,6 +84,7 @@ func (g *Group) changeMember(ctx context.Context, node string, add bool) error {
 			g.mu.Unlock()
 			return fmt.Errorf("multiraft: group %d: %q is its last voter", g.id, node)
 		}
+		g.quiesced = false
 		err := g.rn.ProposeConfChange(cc)
 		g.mu.Unlock()
 		if err != nil && !errors.Is(err, raft.ErrProposalDropped) {

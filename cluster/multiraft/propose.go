@@ -346,6 +346,7 @@ func (g *Group) Propose(ctx context.Context, cmd []byte) (any, error) {
 func (g *Group) submit(ctx context.Context, data []byte) error {
 	for {
 		g.mu.Lock()
+		g.quiesced = false
 		err := g.rn.Propose(data)
 		g.mu.Unlock()
 		if err == nil {
