@@ -1,6 +1,7 @@
 package multiraft
 
 import (
+	"cmp"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
@@ -32,6 +33,7 @@ const (
 	DefaultElectionTicks  = 8
 	DefaultHeartbeatTicks = 1
 	DefaultSnapshotEvery  = 10000
+	DefaultSnapshotBytes  = 16 << 20
 )
 
 // ErrClosed is returned by calls on a closed Host or its groups.
@@ -73,9 +75,13 @@ type Config struct {
 	TickInterval                  time.Duration
 	ElectionTicks, HeartbeatTicks int
 	// SnapshotEvery is the number of applied entries after which a group snapshots its state
-	// machine and compacts its log (default 10000). That many entries are kept behind the
-	// snapshot for followers that are slightly behind.
+	// machine and compacts its log (default 10000); SnapshotBytes the size of the commands
+	// applied (default 16 MiB), whichever comes first. The log is compacted up to the
+	// previous snapshot: the entries since it are kept for followers that are slightly
+	// behind, so a group's log holds at most two such intervals whatever its history.
+	// GroupOptions override both per group.
 	SnapshotEvery uint64
+	SnapshotBytes uint64
 	// Join says this node joins an existing cluster: groups with no local state wait for the
 	// leader to send them the log (or a snapshot) instead of bootstrapping with Peers. Set it
 	// for a node added to a running cluster, or restarted with an empty data directory after
@@ -165,6 +171,9 @@ func NewHost(cfg Config) (*Host, error) {
 	}
 	if cfg.SnapshotEvery == 0 {
 		cfg.SnapshotEvery = DefaultSnapshotEvery
+	}
+	if cfg.SnapshotBytes == 0 {
+		cfg.SnapshotBytes = DefaultSnapshotBytes
 	}
 	log := cfg.Logger.With("node", cfg.NodeName)
 	dir := filepath.Join(cfg.DataDir, "raft")
@@ -341,6 +350,10 @@ type GroupOptions struct {
 	// it waits for the leader to send it the log or a snapshot (call AddMember for this node
 	// on a member). Voters is then not used.
 	Join bool
+	// SnapshotEvery and SnapshotBytes override the host's (Config) for this group: a quorum
+	// queue's log is compacted after its state machine's snapshot so that its disk use
+	// follows its backlog, not its history. 0: the host's.
+	SnapshotEvery, SnapshotBytes uint64
 }
 
 // GroupWith starts (or, after a restart, rejoins) group id on the members opts names: the
@@ -398,7 +411,8 @@ func (h *Host) group0(id uint64, sm StateMachine, opts GroupOptions, followPeers
 	if err != nil {
 		return nil, fmt.Errorf("multiraft: group %d: %w", id, err)
 	}
-	g := &Group{h: h, id: id, sm: sm, storage: st, followPeers: followPeers, done: make(chan struct{}), pending: make(map[uint64]*pendingProp), placedAt: make(map[uint64]uint64), dedupe: make(dedupeTable),
+	g := &Group{h: h, id: id, sm: sm, storage: st, followPeers: followPeers, done: make(chan struct{}),
+		snapEvery: cmp.Or(opts.SnapshotEvery, h.cfg.SnapshotEvery), snapBytes: cmp.Or(opts.SnapshotBytes, h.cfg.SnapshotBytes), pending: make(map[uint64]*pendingProp), placedAt: make(map[uint64]uint64), dedupe: make(dedupeTable),
 		log: h.log.With("group", id)}
 	hs, cs, _ := st.InitialState()
 	g.confState = cs
@@ -770,6 +784,9 @@ type Group struct {
 	// Owned by the loop goroutine (and Group before it starts).
 	confState          *pb.ConfState
 	snapIndex          uint64
+	snapEvery          uint64 // entries between snapshots
+	snapBytes          uint64 // command bytes between snapshots
+	bytesSinceSnap     uint64 // command bytes applied since the last snapshot (0 at start)
 	lastConfChange     time.Time
 	lastConfChangeFrom *pb.ConfState
 
@@ -874,6 +891,7 @@ func (g *Group) apply(rd raft.Ready) {
 		}
 		g.confState = pb.EnsureConfState(md.GetConfState())
 		g.applied, g.snapIndex = md.GetIndex(), md.GetIndex()
+		g.bytesSinceSnap = 0
 		g.appliedIndex.Store(g.applied)
 	}
 	for _, e := range rd.CommittedEntries {
@@ -891,6 +909,7 @@ func (g *Group) apply(rd raft.Ready) {
 		switch e.GetType() {
 		case pb.EntryType_EntryNormal:
 			d := e.GetData()
+			g.bytesSinceSnap += uint64(len(d))
 			if len(d) == 0 {
 				break // a new leader's empty entry
 			}
@@ -928,18 +947,18 @@ func (g *Group) apply(rd raft.Ready) {
 		g.applied = idx
 		g.appliedIndex.Store(idx)
 	}
-	every := g.h.cfg.SnapshotEvery
-	if g.applied-g.snapIndex >= every {
+	if since := g.applied - g.snapIndex; since > 0 && (since >= g.snapEvery || g.bytesSinceSnap >= g.snapBytes) {
 		data, err := g.snapshot()
 		if err != nil {
 			g.log.Error("state machine snapshot failed", "index", g.applied, "err", err)
 			return
 		}
-		if err := g.storage.CreateSnapshot(g.applied, g.confState, data, every); err != nil {
+		// Compacted up to the previous snapshot: one interval of entries stays behind.
+		if err := g.storage.CreateSnapshot(g.applied, g.confState, data, since); err != nil {
 			g.log.Error("raft snapshot failed", "index", g.applied, "err", err)
 			return
 		}
-		g.snapIndex = g.applied
+		g.snapIndex, g.bytesSinceSnap = g.applied, 0
 	}
 }
 
