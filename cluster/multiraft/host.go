@@ -518,13 +518,16 @@ func (h *Host) deliver(group uint64, m *pb.Message) {
 	if m.GetType() == pb.MessageType_MsgAppResp && m.GetReject() {
 		g.handOverIfLogLost(m)
 	}
-	if quiesce && m.GetType() != pb.MessageType_MsgHeartbeat {
-		quiesce = false // only heartbeats quiesce: anything else is stepped as usual
-	}
-	if !quiesce && m.GetType() != pb.MessageType_MsgHeartbeatResp {
-		// Anything but a heartbeat's answer is activity (a quiesced leader gets answers to
-		// its quiesce heartbeats).
+	switch {
+	case quiesce && m.GetType() == pb.MessageType_MsgHeartbeat:
+		// A leader's quiesce heartbeat: stepped, then quiesceFollowerLocked.
+	case m.GetType() == pb.MessageType_MsgHeartbeatResp && !quiesce:
+		// An answer to a heartbeat (a quiesced leader gets them for its quiesce heartbeats).
+	default:
+		// Anything else is activity, a follower's wake-up call (a flagged heartbeat
+		// answer, see wakeOnPeerEventLocked) included.
 		g.quiesced = false
+		quiesce = false
 	}
 	err := g.rn.Step(m)
 	if quiesce {
@@ -662,7 +665,7 @@ func (h *Host) tickAll(reconcile bool) {
 		}
 		g.mu.Lock()
 		if g.quiesced && len(changed) > 0 {
-			g.wakeOnPeerEventLocked(changed)
+			g.wakeOnPeerEventLocked(changed, &q)
 		}
 		if reconcile && g.followPeers {
 			g.reconcile(desired)

@@ -22,7 +22,8 @@ import (
 //     stops ticking if it is then a follower of that leader, in its term, at its commit index.
 //   - Anything else wakes a group: a proposal or conf change on any member (a follower's is
 //     forwarded, which wakes the leader), any message but a heartbeat's answer, and a change of
-//     a peer's liveness.
+//     a peer's liveness. A follower woken by its leader's node changing sends the leader a
+//     wake-up call (a heartbeat answer flagged with quiesceFlag).
 //
 // Liveness is per node pair, not per group: the transport writes an empty frame on a
 // connection that was silent for a tick, and a peer is live while connected and heard from
@@ -69,12 +70,21 @@ func (h *Host) peerEvents() (live, changed map[uint64]bool) {
 }
 
 // wakeOnPeerEventLocked wakes a quiesced group when a peer it depends on changed: for a
-// leader any member, for a follower its leader (g.mu held).
-func (g *Group) wakeOnPeerEventLocked(changed map[uint64]bool) {
+// leader any member, for a follower its leader (g.mu held). A follower also wakes its
+// leader (a heartbeat answer flagged with quiesceFlag): if the leader is alive after all (a
+// silence that only looked like death, a reconnect) its heartbeats resume and keep the
+// follower from campaigning; if it is gone the message is lost and the follower's election
+// timer decides.
+func (g *Group) wakeOnPeerEventLocked(changed map[uint64]bool, q *quiesceRound) {
 	bs := g.rn.BasicStatus()
 	if bs.RaftState != raft.StateLeader {
 		if bs.Lead == raft.None || changed[bs.Lead] {
 			g.quiesced = false
+			if lead := bs.Lead; lead != raft.None {
+				term := bs.HardState.GetTerm()
+				m := &pb.Message{Type: pb.MessageType_MsgHeartbeatResp.Enum(), To: &lead, From: &g.h.id, Term: &term}
+				q.out[lead] = append(q.out[lead], outMsg{group: g.id | quiesceFlag, msg: m})
+			}
 		}
 		return
 	}

@@ -74,7 +74,9 @@ func TestQuiesceIdleGroups(t *testing.T) {
 	waitQuiesced(t, c, c.names, n, 20*time.Second)
 	sent0, hb0 := sentMessages(c), c.hosts["n1"].Stats().NodeHeartbeats
 	time.Sleep(time.Second)
-	if d := sentMessages(c) - sent0; d != 0 {
+	// Awake, the 20 groups would send about 800 (a heartbeat and its answer per follower and
+	// tick); a busy machine may wake a few (a node heartbeat late looks like a death).
+	if d := sentMessages(c) - sent0; d > 2*n {
 		t.Errorf("%d raft messages sent in 1 s by %d quiesced groups", d, n)
 	}
 	// n1 writes to 2 peers; 10 ticks/s each, when its side of the pair was silent.
