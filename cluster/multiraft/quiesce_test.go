@@ -244,3 +244,50 @@ func TestQuiescedLeaderSilentPartition(t *testing.T) {
 	sameLogs(t, sms)
 	waitQuiesced(t, c, c.names, 1, 15*time.Second)
 }
+
+// A quiesced follower that wakes because its leader's node seemed to change (here: forced,
+// as a late node heartbeat on a busy machine would) wakes the leader at once, and the group
+// quiesces again well before the follower's election timeout (2 s here), with no election.
+func TestWokenFollowerWakesLeader(t *testing.T) {
+	c := newTestCluster(t, 3, func(cfg *Config) {
+		productionTiming(cfg)
+		cfg.ElectionTicks = 20
+	})
+	gs, _ := c.groups(MetadataGroup)
+	lead := waitLeader(t, gs, 10*time.Second)
+	propose(t, gs[lead], "x")
+	waitQuiesced(t, c, c.names, 1, 10*time.Second)
+	var follower string
+	for _, name := range c.names {
+		if name != lead {
+			follower = name
+			break
+		}
+	}
+	g := gs[follower]
+	term := g.Status().Term
+	q := quiesceRound{out: map[uint64][]outMsg{}}
+	g.mu.Lock()
+	g.wakeOnPeerEventLocked(map[uint64]bool{NodeID(lead): true}, &q)
+	woke := !g.quiesced
+	g.mu.Unlock()
+	if !woke || len(q.out[NodeID(lead)]) != 1 {
+		t.Fatalf("follower woke: %v, wake-up calls: %d", woke, len(q.out[NodeID(lead)]))
+	}
+	start := time.Now()
+	c.hosts[follower].tr.send(lead, q.out[NodeID(lead)])
+	for !g.Status().Quiesced {
+		if time.Since(start) > 5*time.Second {
+			t.Fatal("follower not quiesced again")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	d := time.Since(start)
+	t.Logf("quiesced again after %v", d)
+	if d > time.Second {
+		t.Errorf("quiesced again after %v: the leader was not woken (the follower's election timeout did it)", d)
+	}
+	if st := g.Status(); st.Term != term || st.Leader != lead {
+		t.Errorf("term %d -> %d, leader %s -> %s", term, st.Term, lead, st.Leader)
+	}
+}
