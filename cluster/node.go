@@ -65,6 +65,9 @@ type Node struct {
 	check *ConfigCheck
 	// restart is this process's node_restarted command, proposed at start.
 	restart Command
+	// link is the data link to the other nodes (link_node.go), on broker.
+	link   *Link
+	broker *broker.Broker
 
 	mu     sync.Mutex
 	digest string
@@ -111,6 +114,7 @@ func StartNode(cfg NodeConfig, b *broker.Broker) (*Node, error) {
 		_ = h.Close()
 		return nil, fmt.Errorf("cluster: opening the status group: %w", err)
 	}
+	n.startLink(b)
 	go n.statusLoop()
 	log.Info("cluster node started", "cluster", cfg.Name, "node", cfg.NodeName, "listen", h.Addr(), "nodes", len(cfg.Nodes))
 	return n, nil
@@ -185,7 +189,8 @@ func (n *Node) isClosed() bool {
 
 func (n *Node) proposeStatus(ctx context.Context) error {
 	n.mu.Lock()
-	st := NodeStatus{Node: n.cfg.NodeName, ConfigDigest: n.digest, AppliedIndex: n.mg.Status().Applied, At: time.Now().UTC()}
+	st := NodeStatus{Node: n.cfg.NodeName, ConfigDigest: n.digest, AppliedIndex: n.mg.Status().Applied, At: time.Now().UTC(),
+		AMQPAddr: n.localAMQPAddr()}
 	n.mu.Unlock()
 	b, err := json.Marshal(st)
 	if err != nil {
@@ -252,6 +257,7 @@ func (n *Node) Close() error {
 	n.closed = true
 	n.mu.Unlock()
 	close(n.stop)
+	n.link.Close()
 	err := n.host.Close()
 	<-n.done
 	return err
