@@ -220,7 +220,6 @@ func (ch *channel) closeRemote() {
 	}
 }
 
-
 // applyRemote settles proxied deliveries for good: their credit is returned here and the home
 // nodes are told (see settleRemote).
 func (ch *channel) applyRemote(kind broker.Settlement, ds []delivery, multiple bool) {
