@@ -16,6 +16,10 @@ type Proxy interface {
 	Consume(home, vhost, queue string, o ProxyConsume, sink ProxySink) (ProxyChannel, *amqp.Error)
 	// Getter opens a channel to home for basic.get on vhost's queues of that node.
 	Getter(home, vhost string) (ProxyGetter, *amqp.Error)
+	// Counts are the queue's ready messages and consumers on its home (queue.declare-ok).
+	Counts(home, vhost, queue string) (messages, consumers int, err *amqp.Error)
+	// Purge purges the queue on its home and returns the number of messages purged.
+	Purge(home, vhost, queue string) (int, *amqp.Error)
 }
 
 // ProxyConsume are a proxied basic.consume's parameters.
@@ -24,7 +28,9 @@ type ProxyConsume struct {
 	NoAck     bool
 	Exclusive bool
 	Args      amqp.Table
-	Prefetch  int
+	// Prefetch is the consumer's limit (basic.qos global=false), ChannelPrefetch the limit of
+	// the client's channel (global=true), applied to the link channel; 0 is none.
+	Prefetch, ChannelPrefetch int
 }
 
 // ProxyDelivery is a message the home node delivered over the link.
@@ -47,8 +53,10 @@ type ProxySink interface {
 	// channel closed): the link then requeues it on the home node.
 	Deliver(d ProxyDelivery) bool
 	// Ended tells that the home node cancelled the consumer (its queue was deleted) or that the
-	// link to it was lost. It is not called after Cancel or Close.
-	Ended()
+	// link to it was lost (err nil), or that the home closed the consumer's channel with a
+	// channel error (err, e.g. its consumer timeout's 406). It is not called after Cancel or
+	// Close.
+	Ended(err *amqp.Error)
 }
 
 // ProxyChannel is one link channel to a home node: a proxied consumer's, or a getter's.
@@ -133,4 +141,18 @@ func (v *VHost) RemoteQueue(a Actor, name string) (*Queue, *amqp.Error) {
 		return nil, nil
 	}
 	return qs, nil
+}
+
+// QueueHome is the home node of the named queue when it lives on another node and a proxy can
+// reach it, else "" (a queue of this node, a missing one, a single node). No check is made.
+func (v *VHost) QueueHome(name string) string {
+	if v.b.cluster.proxy == nil {
+		return ""
+	}
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	if qs := v.queues[name]; qs != nil {
+		return qs.home
+	}
+	return ""
 }

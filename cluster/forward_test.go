@@ -23,6 +23,13 @@ type linkedCluster struct {
 
 func startLinked(t *testing.T, n int) *linkedCluster {
 	t.Helper()
+	return startLinkedWith(t, n, nil, nil)
+}
+
+// startLinkedWith is startLinked with the members balanced queues may be homed on (nil: all)
+// and each node's default queue leader locator (nil: client-local everywhere).
+func startLinkedWith(t *testing.T, n int, members []string, locators []string) *linkedCluster {
+	t.Helper()
 	log := &memLog{down: map[int]bool{}}
 	lc := &linkedCluster{addrs: map[string]string{}}
 	var nodes []string
@@ -38,7 +45,11 @@ func startLinked(t *testing.T, n int) *linkedCluster {
 		name := fmt.Sprintf("n%d", i+1)
 		nodes = append(nodes, name)
 		b := s.Broker()
-		b.SetReplicator(NewReplicator(name, log.join(NewMetadata(b, quietLog()))))
+		r := NewReplicator(name, log.join(NewMetadata(b, quietLog())))
+		if i < len(locators) {
+			r.SetLocator(locators[i])
+		}
+		b.SetReplicator(r)
 		l := NewLink(LinkConfig{Cluster: "test", Node: name, Secret: "a-test-secret-of-some-length", Logger: quietLog(),
 			Timeout: 2 * time.Second, Addr: lc.addr})
 		l.Install(b)
@@ -52,6 +63,9 @@ func startLinked(t *testing.T, n int) *linkedCluster {
 		lc.servers = append(lc.servers, s)
 		lc.links = append(lc.links, l)
 		lc.urls = append(lc.urls, "amqp://guest:guest@"+s.Addr().String()+"/")
+	}
+	if members != nil {
+		nodes = members
 	}
 	if _, err := log.join(NewMetadata(nil, quietLog())).Propose(t.Context(), (&Command{Op: OpSetNodes, Nodes: nodes}).Encode()); err != nil {
 		t.Fatal(err)

@@ -145,6 +145,9 @@ type peer struct {
 	node, vhost string
 	fwd         chan fwdItem
 
+	// unsent counts the forwards queued and not yet written (or failed), for barrier.
+	unsent atomic.Int64
+
 	mu       sync.Mutex
 	conn     *amqp091.Connection
 	failedAt time.Time
@@ -219,6 +222,9 @@ func (p *peer) within(c *amqp091.Connection, f func() error) error {
 // --- forwarding
 
 type fwdItem struct {
+	// barrier, when not nil, is no message: the sender closes it once every forward queued
+	// before it is written to the link (see peer.barrier).
+	barrier    chan struct{}
 	queues     []string
 	msg        *queue.Message
 	done       func(error)
@@ -240,6 +246,7 @@ func (l *Link) Forward(home, vhost string, queues []string, msg *queue.Message, 
 		it.finish(err)
 		return
 	}
+	p.unsent.Add(1)
 	select {
 	case p.fwd <- it:
 		return
@@ -250,9 +257,33 @@ func (l *Link) Forward(home, vhost string, queues []string, msg *queue.Message, 
 	select {
 	case p.fwd <- it:
 	case <-t.C:
+		p.unsent.Add(-1)
 		it.finish(fmt.Errorf("cluster link to node %s: forward queue full: %w", home, errLinkTimeout))
 	case <-l.stop:
+		p.unsent.Add(-1)
 		it.finish(errLinkClosed)
+	}
+}
+
+// barrier waits (bounded) until every forward queued to the peer so far is written to its
+// link connection. The home node reads one connection's frames in order, so a proxied get,
+// consume or count sent afterwards sees those messages in their queues, as a client's get
+// after its publish does on one node (and on RabbitMQ).
+func (p *peer) barrier() {
+	if p.unsent.Load() == 0 {
+		return
+	}
+	b := fwdItem{barrier: make(chan struct{})}
+	t := time.NewTimer(p.l.cfg.Timeout)
+	defer t.Stop()
+	select {
+	case p.fwd <- b:
+	case <-t.C:
+		return
+	}
+	select {
+	case <-b.barrier:
+	case <-t.C:
 	}
 }
 
@@ -311,9 +342,14 @@ type pubChannel struct {
 func (p *peer) sendLoop() {
 	var pc *pubChannel
 	for {
-		var it fwdItem
 		select {
-		case it = <-p.fwd:
+		case it := <-p.fwd:
+			if it.barrier != nil {
+				close(it.barrier)
+				continue
+			}
+			pc = p.send(pc, it)
+			p.unsent.Add(-1)
 		case <-p.l.stop:
 			if pc != nil {
 				pc.pending.kill(errLinkClosed)
@@ -321,37 +357,42 @@ func (p *peer) sendLoop() {
 			p.failQueued(errLinkClosed)
 			return
 		}
-		if pc == nil || pc.pending.isDead() {
-			var err error
-			if pc, err = p.openPublisher(); err != nil {
-				it.finish(err)
-				p.failQueued(err) // a peer down: every waiting forward is nacked now
-				continue
-			}
-		}
-		done := it.done
-		if done == nil {
-			done = func(error) {}
-		}
-		if err := pc.pending.push(done); err != nil {
+	}
+}
+
+// send publishes one forward on pc (opened first when there is none) and returns the channel
+// to use for the next one (nil once it broke).
+func (p *peer) send(pc *pubChannel, it fwdItem) *pubChannel {
+	if pc == nil || pc.pending.isDead() {
+		var err error
+		if pc, err = p.openPublisher(); err != nil {
 			it.finish(err)
-			pc = nil
-			continue
-		}
-		pc.buf = broker.EncodeForward(pc.buf[:0], it.queues, it.msg.Exchange, it.msg.RoutingKey, it.msg.Header, it.msg.Body)
-		mode := amqp091.Transient
-		if it.persistent {
-			mode = amqp091.Persistent
-		}
-		// amqp091-go writes the frames before Publish returns, so the buffer is reused.
-		err := pc.ch.PublishWithContext(context.Background(), broker.ForwardExchange, "", false, false,
-			amqp091.Publishing{DeliveryMode: mode, Body: pc.buf})
-		if err != nil {
-			// The channel is broken: its confirm goroutine fails what is pending, this one too.
-			pc.pending.kill(fmt.Errorf("cluster link to node %s: %w", p.node, err))
-			pc = nil
+			p.failQueued(err) // a peer down: every waiting forward is nacked now
+			return nil
 		}
 	}
+	done := it.done
+	if done == nil {
+		done = func(error) {}
+	}
+	if err := pc.pending.push(done); err != nil {
+		it.finish(err)
+		return nil
+	}
+	pc.buf = broker.EncodeForward(pc.buf[:0], it.queues, it.msg.Exchange, it.msg.RoutingKey, it.msg.Header, it.msg.Body)
+	mode := amqp091.Transient
+	if it.persistent {
+		mode = amqp091.Persistent
+	}
+	// amqp091-go writes the frames before Publish returns, so the buffer is reused.
+	err := pc.ch.PublishWithContext(context.Background(), broker.ForwardExchange, "", false, false,
+		amqp091.Publishing{DeliveryMode: mode, Body: pc.buf})
+	if err != nil {
+		// The channel is broken: what is pending on it (this one too) fails.
+		pc.pending.kill(fmt.Errorf("cluster link to node %s: %w", p.node, err))
+		return nil
+	}
+	return pc
 }
 
 func (q *pending) isDead() bool {
@@ -365,7 +406,12 @@ func (p *peer) failQueued(err error) {
 	for {
 		select {
 		case it := <-p.fwd:
+			if it.barrier != nil {
+				close(it.barrier)
+				continue
+			}
 			it.finish(err)
+			p.unsent.Add(-1)
 		default:
 			return
 		}
@@ -413,7 +459,13 @@ func (p *peer) openPublisher() (*pubChannel, error) {
 func linkError(node string, err error) *amqp.Error {
 	var ae *amqp091.Error
 	if errors.As(err, &ae) && ae.Server && ae.Recover {
-		return amqp.Errorf(uint16(ae.Code), "%s", ae.Reason)
+		// The reason arrives as the home wrote it, "NAME - text"; the client's error gets
+		// the text, to which the name is added again when it is sent.
+		text := ae.Reason
+		if name, rest, ok := strings.Cut(text, " - "); ok && name == strings.ToUpper(name) && !strings.Contains(name, " ") {
+			text = rest
+		}
+		return amqp.Errorf(uint16(ae.Code), "%s", text)
 	}
 	return amqp.Errorf(amqp.InternalError, "cluster: queue's node %s not reachable: %v", node, err)
 }
@@ -424,6 +476,7 @@ func (l *Link) Consume(home, vhost, queueName string, o broker.ProxyConsume, sin
 	if err != nil {
 		return nil, linkError(home, err)
 	}
+	p.barrier()
 	c, err := p.connect()
 	if err != nil {
 		return nil, linkError(home, err)
@@ -434,6 +487,11 @@ func (l *Link) Consume(home, vhost, queueName string, o broker.ProxyConsume, sin
 		var err error
 		if ch, err = c.Channel(); err != nil {
 			return err
+		}
+		if o.ChannelPrefetch > 0 {
+			if err := ch.Qos(o.ChannelPrefetch, 0, true); err != nil {
+				return err
+			}
 		}
 		if o.Prefetch > 0 {
 			if err := ch.Qos(o.Prefetch, 0, false); err != nil {
@@ -446,7 +504,8 @@ func (l *Link) Consume(home, vhost, queueName string, o broker.ProxyConsume, sin
 	if err != nil {
 		return nil, linkError(home, err)
 	}
-	return &proxyChannel{p: p, ch: ch, tag: o.Tag, noAck: o.NoAck, deliveries: deliveries, sink: sink}, nil
+	return &proxyChannel{p: p, ch: ch, tag: o.Tag, noAck: o.NoAck, deliveries: deliveries, sink: sink,
+		closes: ch.NotifyClose(make(chan *amqp091.Error, 1))}, nil
 }
 
 // Getter implements broker.Proxy.
@@ -478,9 +537,25 @@ type proxyChannel struct {
 	tag        string
 	noAck      bool
 	deliveries <-chan amqp091.Delivery
+	closes     chan *amqp091.Error
 	sink       broker.ProxySink
+	relayDone  chan struct{} // closed when the relay goroutine ends (Start)
 	// stopped: Cancel or Close was called, so the end of the deliveries is not news.
 	stopped atomic.Bool
+	// mu orders settlements before the channel.close: a frame on a channel the home has
+	// closed is a connection error there, which would end every other use of the link.
+	mu     sync.Mutex
+	closed bool
+}
+
+// send runs f, which writes a frame on the channel, unless the channel is closing.
+func (pc *proxyChannel) send(f func() error) error {
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	if pc.closed {
+		return amqp091.ErrClosed
+	}
+	return f()
 }
 
 // Start implements broker.ProxyChannel: the relay goroutine of the consumer.
@@ -488,46 +563,71 @@ func (pc *proxyChannel) Start() {
 	if pc.deliveries == nil {
 		return
 	}
+	pc.relayDone = make(chan struct{})
 	go func() {
+		defer close(pc.relayDone)
 		for d := range pc.deliveries {
 			if !pc.sink.Deliver(fromDelivery(d)) && !pc.noAck {
 				// The consumer is gone on this node: the message goes back to its place.
-				_ = pc.ch.Nack(d.DeliveryTag, false, true)
+				_ = pc.send(func() error { return pc.ch.Nack(d.DeliveryTag, false, true) })
 			}
 		}
-		if !pc.stopped.Load() {
-			pc.sink.Ended()
+		if pc.stopped.Load() {
+			return
 		}
+		var err *amqp.Error
+		select {
+		case e := <-pc.closes: // sent before the deliveries end
+			if e != nil && e.Server && e.Recover {
+				err = linkError(pc.p.node, e)
+			}
+		default:
+		}
+		pc.sink.Ended(err)
 	}()
 }
 
 // Settle implements broker.ProxyChannel.
 func (pc *proxyChannel) Settle(kind broker.Settlement, tag uint64, multiple bool) {
-	var err error
-	switch kind {
-	case broker.Ack:
-		err = pc.ch.Ack(tag, multiple)
-	case broker.Reject:
-		err = pc.ch.Nack(tag, multiple, false)
-	default:
-		err = pc.ch.Nack(tag, multiple, true)
-	}
+	err := pc.send(func() error {
+		switch kind {
+		case broker.Ack:
+			return pc.ch.Ack(tag, multiple)
+		case broker.Reject:
+			return pc.ch.Nack(tag, multiple, false)
+		default:
+			return pc.ch.Nack(tag, multiple, true)
+		}
+	})
 	if err != nil && !errors.Is(err, amqp091.ErrClosed) {
 		pc.p.l.log.Debug("cluster: settling a proxied delivery", "node", pc.p.node, "err", err)
 	}
 }
 
-// Cancel implements broker.ProxyChannel. It does not wait for the home's cancel-ok: what the
-// home delivers meanwhile is requeued by the relay (the consumer is gone here).
+// Cancel implements broker.ProxyChannel. It waits (bounded) for the home's cancel-ok and for
+// the relay to pass on what the home delivered before it, so that the client gets those
+// before its own cancel-ok, as from a local queue, and nothing is delivered after it.
 func (pc *proxyChannel) Cancel() {
 	pc.stopped.Store(true)
-	go func() { _ = pc.ch.Cancel(pc.tag, false) }()
+	_ = pc.p.within(nil, func() error { return pc.send(func() error { return pc.ch.Cancel(pc.tag, false) }) })
+	if pc.relayDone == nil {
+		return
+	}
+	t := time.NewTimer(pc.p.l.cfg.Timeout)
+	defer t.Stop()
+	select {
+	case <-pc.relayDone:
+	case <-t.C:
+	}
 }
 
 // Close implements broker.ProxyChannel. Not waited for either: the home requeues what is
 // unsettled when the channel.close arrives (or the connection goes).
 func (pc *proxyChannel) Close() {
 	pc.stopped.Store(true)
+	pc.mu.Lock()
+	pc.closed = true
+	pc.mu.Unlock()
 	go func() { _ = pc.ch.Close() }()
 }
 
@@ -535,14 +635,14 @@ func (pc *proxyChannel) Close() {
 func (pc *proxyChannel) Get(queueName string, noAck bool) (broker.ProxyDelivery, bool, *amqp.Error) {
 	var d amqp091.Delivery
 	var ok bool
+	pc.p.barrier()
 	err := pc.p.within(nil, func() error {
 		var err error
 		d, ok, err = pc.ch.Get(queueName, noAck)
 		return err
 	})
 	if err != nil {
-		pc.stopped.Store(true)
-		go func() { _ = pc.ch.Close() }()
+		pc.Close()
 		return broker.ProxyDelivery{}, false, linkError(pc.p.node, err)
 	}
 	if !ok {
@@ -677,4 +777,53 @@ func amqpAddrFor(reported, clusterAddr string) string {
 		host = chost
 	}
 	return net.JoinHostPort(host, port)
+}
+
+// Counts implements broker.Proxy: a passive queue.declare on the home, on a channel of its own
+// (a missing queue closes it).
+func (l *Link) Counts(home, vhost, queueName string) (int, int, *amqp.Error) {
+	var st amqp091.Queue
+	err := l.onChannel(home, vhost, func(ch *amqp091.Channel) error {
+		var err error
+		st, err = ch.QueueDeclarePassive(queueName, false, false, false, false, nil)
+		return err
+	})
+	return st.Messages, st.Consumers, err
+}
+
+// Purge implements broker.Proxy.
+func (l *Link) Purge(home, vhost, queueName string) (int, *amqp.Error) {
+	var n int
+	err := l.onChannel(home, vhost, func(ch *amqp091.Channel) error {
+		var err error
+		n, err = ch.QueuePurge(queueName, false)
+		return err
+	})
+	return n, err
+}
+
+// onChannel runs f on a new link channel to home (after the forwards queued so far), bounded
+// by the timeout, and closes the channel.
+func (l *Link) onChannel(home, vhost string, f func(*amqp091.Channel) error) *amqp.Error {
+	p, err := l.peer(home, vhost)
+	if err != nil {
+		return linkError(home, err)
+	}
+	p.barrier()
+	c, err := p.connect()
+	if err != nil {
+		return linkError(home, err)
+	}
+	err = p.within(c, func() error {
+		ch, err := c.Channel()
+		if err != nil {
+			return err
+		}
+		defer func() { go func() { _ = ch.Close() }() }()
+		return f(ch)
+	})
+	if err != nil {
+		return linkError(home, err)
+	}
+	return nil
 }

@@ -433,7 +433,13 @@ func (ch *channel) dispatch(m amqp.Method) *amqp.Error {
 		}
 		if !m.NoWait {
 			st := qs.Q().Stats()
-			c.writeMethod(ch.id, &amqp.QueueDeclareOk{Queue: qs.Name(), MessageCount: uint32(st.Ready), ConsumerCount: uint32(st.Consumers)})
+			ready, consumers := st.Ready, st.Consumers
+			if qs.Home() != "" {
+				if ready, consumers, err = ch.remoteCounts(qs); err != nil {
+					return err
+				}
+			}
+			c.writeMethod(ch.id, &amqp.QueueDeclareOk{Queue: qs.Name(), MessageCount: uint32(ready), ConsumerCount: uint32(consumers)})
 		}
 		return nil
 	case *amqp.QueueBind:
@@ -453,7 +459,7 @@ func (ch *channel) dispatch(m amqp.Method) *amqp.Error {
 		c.writeMethod(ch.id, &amqp.QueueUnbindOk{})
 		return nil
 	case *amqp.QueuePurge:
-		n, err := ch.v.PurgeQueue(c.actor, m.Queue)
+		n, err := ch.purge(m.Queue)
 		if err != nil {
 			return err
 		}
@@ -462,7 +468,7 @@ func (ch *channel) dispatch(m amqp.Method) *amqp.Error {
 		}
 		return nil
 	case *amqp.QueueDelete:
-		n, err := ch.v.DeleteQueue(c.actor, m.Queue, m.IfUnused, m.IfEmpty)
+		n, err := ch.deleteQueue(m.Queue, m.IfUnused, m.IfEmpty)
 		if err != nil {
 			return err
 		}
@@ -699,13 +705,17 @@ func (ch *channel) cancel(tag string) {
 		return
 	}
 	cs := ch.consumers[tag]
+	if cs != nil && cs.remote != nil {
+		// On its home first: what the home delivered before its cancel-ok still reaches the
+		// client. The link channel stays open for the acks of what it delivered (proxy.go).
+		ch.mu.Unlock()
+		cs.remote.Cancel()
+		ch.mu.Lock()
+		cs = ch.consumers[tag] // gone meanwhile if the home ended it
+	}
 	delete(ch.consumers, tag)
 	ch.mu.Unlock()
-	if cs == nil {
-		return
-	}
-	if cs.remote != nil {
-		cs.remote.Cancel() // its link channel stays open for the acks of what it delivered
+	if cs == nil || cs.remote != nil {
 		return
 	}
 	ch.v.Cancel(cs.qs, cs, cs.exclusive)
@@ -760,6 +770,8 @@ func (ch *channel) qos(m *amqp.BasicQos) *amqp.Error {
 
 // kickConsumers retries delivery on every queue this channel consumes from.
 func (ch *channel) kickConsumers() {
+	// Proxied deliveries waiting for the global prefetch first (proxy.go).
+	ch.sendHeld()
 	var buf [4]*broker.Queue // the usual handful of consumers stays on the stack
 	qs := buf[:0]
 	ch.mu.Lock()
@@ -893,7 +905,9 @@ func (ch *channel) recover() {
 	ds, _ := ch.takeUnacked(0, true, nil)
 	sort.Slice(ds, func(i, j int) bool { return ds[i].tag < ds[j].tag })
 	local, remote := splitRemote(ds)
-	ch.applyRemote(broker.Requeue, remote, true)
+	// One requeue up to the highest link tag covers exactly these, unless acks wait in a
+	// transaction: the home still counts those deliveries as unacked.
+	ch.applyRemote(broker.Requeue, remote, ch.tx == nil)
 	ch.apply(broker.Requeue, groupByQueue(local))
 }
 

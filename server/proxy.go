@@ -16,6 +16,16 @@ import (
 type remoteLinks struct {
 	all     []broker.ProxyChannel
 	getters map[string]broker.ProxyGetter
+	// held are deliveries the home sent over the channel's global prefetch (basic.qos
+	// global=true, which each home can only apply per link channel): they wait here, in
+	// arrival order, for credit. The home counts them as delivered; they are requeued there if
+	// the channel closes first.
+	held []heldDelivery
+}
+
+type heldDelivery struct {
+	rs *remoteSink
+	d  broker.ProxyDelivery
 }
 
 // remoteSink relays a proxied consumer's deliveries into the channel.
@@ -33,6 +43,21 @@ func (rs *remoteSink) Deliver(d broker.ProxyDelivery) bool {
 		ch.mu.Unlock()
 		return false
 	}
+	if !cs.noAck && ch.prefetch > 0 && (ch.inflight >= ch.prefetch || len(ch.remote.held) > 0) {
+		ch.remote.held = append(ch.remote.held, heldDelivery{rs: rs, d: d})
+		ch.starved = true
+		ch.mu.Unlock()
+		return true
+	}
+	rs.writeLocked(d)
+	ch.mu.Unlock()
+	return true
+}
+
+// writeLocked sends a delivery to the client; call with ch.mu held.
+func (rs *remoteSink) writeLocked(d broker.ProxyDelivery) {
+	cs := rs.cs
+	ch := cs.ch
 	ch.nextTag++
 	tag := ch.nextTag
 	w := ch.c.w
@@ -49,13 +74,52 @@ func (rs *remoteSink) Deliver(d broker.ProxyDelivery) bool {
 		cs.unacked++
 		ch.inflight++
 	}
+}
+
+// sendHeld sends the held deliveries the channel's global prefetch now allows (after a
+// settlement returned credit); those of consumers gone since are requeued on their home.
+func (ch *channel) sendHeld() {
+	var back []heldDelivery
+	ch.mu.Lock()
+	if ch.remote == nil || len(ch.remote.held) == 0 {
+		ch.mu.Unlock()
+		return
+	}
+	held := ch.remote.held
+	n := 0
+	for n < len(held) && (ch.prefetch == 0 || ch.inflight < ch.prefetch) {
+		h := held[n]
+		n++
+		if ch.closed || ch.consumers[h.rs.cs.tag] != h.rs.cs {
+			back = append(back, h)
+			continue
+		}
+		h.rs.writeLocked(h.d)
+	}
+	clear(held[:n])
+	ch.remote.held = held[n:]
 	ch.mu.Unlock()
-	return true
+	for _, h := range back {
+		h.rs.pc.Settle(broker.Requeue, h.d.Tag, false)
+	}
 }
 
 // Ended implements broker.ProxySink: the home node cancelled the consumer (queue deleted) or
-// the link was lost; the client is told as for a deleted queue.
-func (rs *remoteSink) Ended() { rs.cs.QueueDeleted() }
+// the link was lost, and the client is told as for a deleted queue; or the home closed the
+// link channel with a channel error (its consumer timeout), and this channel closes with it.
+func (rs *remoteSink) Ended(err *amqp.Error) {
+	if err == nil {
+		rs.cs.QueueDeleted()
+		return
+	}
+	ch := rs.cs.ch
+	if !ch.closeSent.CompareAndSwap(false, true) {
+		return // the reader is closing it already
+	}
+	ch.timedOut.Store(true) // the reader treats the channel as closing from its next frame
+	ch.releaseHeld(ch.detach())
+	ch.c.writeMethod(ch.id, &amqp.ChannelClose{ReplyCode: err.Code, ReplyText: err.Text})
+}
 
 // consumeRemote handles basic.consume of a queue homed on another node; handled is false for a
 // local queue (or a single node).
@@ -71,17 +135,14 @@ func (ch *channel) consumeRemote(m *amqp.BasicConsume, cs *consumer) (handled bo
 	if qs == nil {
 		return false, nil
 	}
+	// A channel-wide limit (global=true) applies to the link channel as a whole: exact for a
+	// channel's only consumer, per consumer when it has several on other nodes.
 	ch.mu.Lock()
-	prefetch := ch.consumerPrefetch
-	if prefetch == 0 {
-		// A channel-wide limit applies to the link channel as a whole: the nearest the home
-		// node can keep to it for this consumer.
-		prefetch = ch.prefetch
-	}
+	prefetch, chPrefetch := ch.consumerPrefetch, ch.prefetch
 	ch.mu.Unlock()
 	rs := &remoteSink{cs: cs}
 	pc, err := p.Consume(qs.Home(), ch.v.Name(), m.Queue, broker.ProxyConsume{Tag: cs.tag, NoAck: m.NoAck,
-		Exclusive: m.Exclusive, Args: m.Arguments, Prefetch: prefetch}, rs)
+		Exclusive: m.Exclusive, Args: m.Arguments, Prefetch: prefetch, ChannelPrefetch: chPrefetch}, rs)
 	if err != nil {
 		return true, err
 	}
@@ -231,4 +292,59 @@ func (ch *channel) applyRemote(kind broker.Settlement, ds []delivery, multiple b
 	if starved {
 		ch.kickConsumers()
 	}
+}
+
+// remoteCounts are queue.declare-ok's counts of a queue of another node, from its home (a
+// single node, or no proxy: the remote entry's zeros).
+func (ch *channel) remoteCounts(qs *broker.Queue) (ready, consumers int, err *amqp.Error) {
+	p := ch.c.srv.b.Proxy()
+	if p == nil {
+		return 0, 0, nil
+	}
+	return p.Counts(qs.Home(), ch.v.Name(), qs.Name())
+}
+
+// purge is queue.purge: on the queue's home when it lives on another node.
+func (ch *channel) purge(name string) (int, *amqp.Error) {
+	if p := ch.c.srv.b.Proxy(); p != nil {
+		qs, err := ch.v.RemoteQueue(ch.c.actor, name) // purge needs read permission, as a get
+		if err != nil {
+			return 0, err
+		}
+		if qs != nil {
+			return p.Purge(qs.Home(), ch.v.Name(), name)
+		}
+	}
+	return ch.v.PurgeQueue(ch.c.actor, name)
+}
+
+// deleteQueue is queue.delete: for a queue of another node, if-unused and if-empty are checked
+// against its home's counts (and the count deleted is the home's), then the delete goes
+// through the cluster's log as any other.
+func (ch *channel) deleteQueue(name string, ifUnused, ifEmpty bool) (int, *amqp.Error) {
+	home := ch.v.QueueHome(name)
+	if home == "" {
+		return ch.v.DeleteQueue(ch.c.actor, name, ifUnused, ifEmpty)
+	}
+	if err := ch.c.actor.Authz.Authorize(broker.PermConfigure, broker.ResQueue, name); err != nil {
+		return 0, err
+	}
+	qs, err := ch.v.Queue(ch.c.actor, name)
+	if err != nil {
+		return 0, err
+	}
+	ready, consumers, err := ch.c.srv.b.Proxy().Counts(home, ch.v.Name(), name)
+	if err != nil {
+		return 0, err
+	}
+	switch {
+	case ifUnused && consumers > 0:
+		return 0, amqp.Errorf(amqp.PreconditionFailed, "queue '%s' in vhost '%s' in use", qs.Name(), ch.v.Name())
+	case ifEmpty && ready > 0:
+		return 0, amqp.Errorf(amqp.PreconditionFailed, "queue '%s' in vhost '%s' is not empty", qs.Name(), ch.v.Name())
+	}
+	if _, err := ch.v.DeleteQueue(ch.c.actor, name, false, false); err != nil {
+		return 0, err
+	}
+	return ready, nil
 }
