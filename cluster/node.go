@@ -41,6 +41,9 @@ type NodeConfig struct {
 	ConfigDigest string
 	// Logger receives the cluster's diagnostics; nil means slog.Default().
 	Logger *slog.Logger
+	// QueueLeaderLocator is this node's default for declares without x-queue-leader-locator:
+	// "client-local" (or "") or "balanced", RabbitMQ's queue_leader_locator (Replicator.SetLocator).
+	QueueLeaderLocator string
 	// Join starts a node added to a running cluster: with no Raft state it waits for the
 	// leader's log instead of bootstrapping (multiraft.Config.Join). No configuration key sets
 	// it yet.
@@ -103,7 +106,9 @@ func StartNode(cfg NodeConfig, b *broker.Broker) (*Node, error) {
 	// The replicator is set before the group opens: replaying the log applies queue declares,
 	// which ask the broker's replicator which node is local. Nothing proposes through it before
 	// StartNode returns (no client is served yet), when n.mg is set.
-	b.SetReplicator(NewReplicator(cfg.NodeName, nodeLog{n}))
+	r := NewReplicator(cfg.NodeName, nodeLog{n})
+	r.SetLocator(cfg.QueueLeaderLocator)
+	b.SetReplicator(r)
 	n.restart = RestartCommand(cfg.NodeName, b.Incarnation())
 	if n.mg, err = h.Group(multiraft.MetadataGroup, n.meta); err != nil {
 		_ = h.Close()
