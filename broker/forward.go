@@ -270,11 +270,11 @@ func DecodeForward(b []byte) (Forwarded, error) {
 // the named queues, with nothing routed again. A queue that is gone (deleted meanwhile) is
 // skipped, as a publish routed after the delete would have; a queue that is not this node's
 // refuses it. done runs as for Publish when the result says OnDisk; scratch is the caller's
-// reusable entry buffer.
-func (v *VHost) DeliverForwarded(f Forwarded, done func(error), scratch *[]*queue.Entry) (PublishResult, *amqp.Error) {
+// reusable entry buffer. The queues it reached are returned for flow control (Publisher.Flow).
+func (v *VHost) DeliverForwarded(f Forwarded, done func(error), scratch *[]*queue.Entry) (PublishResult, []*Queue, *amqp.Error) {
 	sum, err := amqp.ScanContentHeader(f.Header)
 	if err != nil {
-		return PublishResult{}, amqp.Errorf(amqp.SyntaxError, "forwarded message: %v", err)
+		return PublishResult{}, nil, amqp.Errorf(amqp.SyntaxError, "forwarded message: %v", err)
 	}
 	msg := &queue.Message{
 		ID: v.b.NextMessageID(), Exchange: f.Exchange, RoutingKey: f.RoutingKey,
@@ -301,8 +301,8 @@ func (v *VHost) DeliverForwarded(f Forwarded, done func(error), scratch *[]*queu
 	}
 	v.mu.RUnlock()
 	if len(targets) == 0 {
-		return PublishResult{Refused: refused}, nil
+		return PublishResult{Refused: refused}, nil, nil
 	}
 	r, onDisk := v.enqueue(msg, targets, done, scratch)
-	return PublishResult{Routed: true, Refused: refused || r, OnDisk: onDisk}, nil
+	return PublishResult{Routed: true, Refused: refused || r, OnDisk: onDisk}, targets, nil
 }

@@ -53,8 +53,13 @@ const DefaultLinkTimeout = 5 * time.Second
 const DefaultLinkHeartbeat = 2 * time.Second
 
 // forwardQueueLen bounds the messages waiting to be forwarded to one (node, vhost). A publisher
-// finding it full waits up to the timeout (back-pressure), then gets a nack.
+// finding it full waits (back-pressure, as flow control on one node) up to forwardWaitMax,
+// then gets a nack. A dead peer frees the queue long before: its connection's loss (at most
+// about three heartbeats) fails what waits.
 const forwardQueueLen = 4096
+
+// forwardWaitMax bounds a publisher's wait for room in a forward queue.
+const forwardWaitMax = 30 * time.Second
 
 // redialAfter is how long a peer that could not be reached is not dialled again: meanwhile
 // forwards to it fail at once (a nack) instead of each waiting for a connect timeout.
@@ -138,31 +143,78 @@ func (l *Link) peer(node, vhost string) (*peer, error) {
 	return p, nil
 }
 
-// peer is the link to one node for one vhost: a connection (redialled after a loss), the
-// forward queue and its sender goroutine.
+// peer is the link to one node for one vhost: two connections (redialled after a loss), the
+// forward queue and its sender goroutine. Forwards go on one connection, proxied consumers,
+// gets and their acks on the other: the home reads each connection with one goroutine, and
+// acks queued behind a backlog of forwarded messages would hold every proxied consumer to a
+// crawl (RabbitMQ advises clients to separate publishing and consuming connections for the
+// same reason). Order across the two is restored where a client can see it: a forward waits
+// until the settlements made before its publish was received are processed (syncAcks), and a
+// proxied get, consume or count waits until the forwards queued before it are confirmed
+// (barrier). At most forwardWindow forwards are unconfirmed at a time.
 type peer struct {
 	l           *Link
 	node, vhost string
 	fwd         chan fwdItem
 
-	// unsent counts the forwards queued and not yet written (or failed), for barrier.
-	unsent atomic.Int64
+	// queued counts the forwards queued, completed those whose outcome is known (confirmed,
+	// nacked or failed: in queue order), for barrier.
+	queued, completed atomic.Uint64
+	waitMu            sync.Mutex
+	waiters           []barrierWaiter
+
+	// acksSent counts the settlements sent on the proxy connection; acksSynced is the count
+	// the last syncAcks covered (sender goroutine only).
+	acksSent   atomic.Uint64
+	acksSynced uint64
+	syncCh     *amqp091.Channel // the proxy connection's channel for syncAcks (sender only)
 
 	mu       sync.Mutex
-	conn     *amqp091.Connection
+	conns    [2]*amqp091.Connection // connPub, connProxy
 	failedAt time.Time
 	lastErr  error
 }
 
+// The two connections of a peer (see peer).
+const (
+	connPub   = 0
+	connProxy = 1
+)
+
+// forwardWindow bounds the forwards published to a peer and not yet confirmed.
+const forwardWindow = 512
+
+type barrierWaiter struct {
+	target uint64
+	ch     chan struct{}
+}
+
+// complete records the outcome of one forward and wakes the barriers it satisfies.
+func (p *peer) complete() {
+	n := p.completed.Add(1)
+	p.waitMu.Lock()
+	kept := p.waiters[:0]
+	for _, w := range p.waiters {
+		if w.target <= n {
+			close(w.ch)
+		} else {
+			kept = append(kept, w)
+		}
+	}
+	p.waiters = kept
+	p.waitMu.Unlock()
+}
+
 // connect returns the peer's connection, dialling it when there is none (bounded by the
-// timeout; a peer that failed is not dialled again for redialAfter).
-func (p *peer) connect() (*amqp091.Connection, error) {
+// timeout; a peer that failed is not dialled again for redialAfter). The socket batches
+// writes (coalescingConn).
+func (p *peer) connect(kind int) (*amqp091.Connection, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.conn != nil && !p.conn.IsClosed() {
-		return p.conn, nil
+	if c := p.conns[kind]; c != nil && !c.IsClosed() {
+		return c, nil
 	}
-	p.conn = nil
+	p.conns[kind] = nil
 	if time.Since(p.failedAt) < redialAfter {
 		return nil, p.lastErr
 	}
@@ -176,7 +228,7 @@ func (p *peer) connect() (*amqp091.Connection, error) {
 		Vhost:     p.vhost,
 		Heartbeat: p.l.cfg.Heartbeat,
 		Locale:    "en_US",
-		Dial:      amqp091.DefaultDial(p.l.cfg.Timeout),
+		Dial:      coalescingDial(p.l.cfg.Timeout),
 		Properties: amqp091.Table{"connection_name": "warren-link " + p.l.cfg.Node + " -> " + p.node,
 			"capabilities": amqp091.Table{"consumer_cancel_notify": true, "publisher_confirms": true}},
 	}
@@ -186,20 +238,52 @@ func (p *peer) connect() (*amqp091.Connection, error) {
 		p.l.log.Warn("cluster: link connection failed", "node", p.node, "vhost", p.vhost, "err", err)
 		return nil, p.lastErr
 	}
-	p.conn = c
+	p.conns[kind] = c
 	return c, nil
 }
 
-// drop closes c (the peer's current connection when nil), e.g. after a wait on it timed out.
+// drop closes c (the peer's connections when nil), e.g. after a wait on it timed out.
 func (p *peer) drop(c *amqp091.Connection) {
+	var gone []*amqp091.Connection
 	p.mu.Lock()
-	if c == nil || c == p.conn {
-		c, p.conn = p.conn, nil
+	for i, pc := range p.conns {
+		if pc != nil && (c == nil || c == pc) {
+			gone = append(gone, pc)
+			p.conns[i] = nil
+		}
 	}
 	p.mu.Unlock()
-	if c != nil {
+	for _, c := range gone {
 		go func() { _ = c.Close() }()
 	}
+}
+
+// syncAcks waits (bounded) until the home has processed every settlement sent on the proxy
+// connection before count acks: a basic.qos round trip on that connection, which the home
+// answers after the frames before it. Sender goroutine only.
+func (p *peer) syncAcks(acks uint64) {
+	if acks <= p.acksSynced {
+		return
+	}
+	target := p.acksSent.Load()
+	c, err := p.connect(connProxy)
+	if err == nil {
+		err = p.within(c, func() error {
+			if p.syncCh == nil || p.syncCh.IsClosed() {
+				ch, err := c.Channel()
+				if err != nil {
+					return err
+				}
+				p.syncCh = ch
+			}
+			return p.syncCh.Qos(0, 0, false)
+		})
+	}
+	if err != nil {
+		// The proxy connection is gone, and the home requeued what it had: nothing to order.
+		p.syncCh = nil
+	}
+	p.acksSynced = target
 }
 
 // within runs f, a call that waits for the peer, giving up after the timeout: then the
@@ -222,9 +306,7 @@ func (p *peer) within(c *amqp091.Connection, f func() error) error {
 // --- forwarding
 
 type fwdItem struct {
-	// barrier, when not nil, is no message: the sender closes it once every forward queued
-	// before it is written to the link (see peer.barrier).
-	barrier    chan struct{}
+	acks       uint64 // the peer's acksSent when the publish was received (syncAcks)
 	queues     []string
 	msg        *queue.Message
 	done       func(error)
@@ -240,49 +322,56 @@ func (it fwdItem) finish(err error) {
 // Forward implements broker.Forwarder: msg joins the bounded queue of (home, vhost), whose
 // sender goroutine publishes it on the link with confirms.
 func (l *Link) Forward(home, vhost string, queues []string, msg *queue.Message, done func(error)) {
-	it := fwdItem{queues: queues, msg: msg, done: done, persistent: msg.Persistent}
 	p, err := l.peer(home, vhost)
 	if err != nil {
-		it.finish(err)
+		if done != nil {
+			done(err)
+		}
 		return
 	}
-	p.unsent.Add(1)
+	p.queued.Add(1)
+	it := fwdItem{acks: p.acksSent.Load(), queues: queues, msg: msg, persistent: msg.Persistent, done: func(err error) {
+		if done != nil {
+			done(err)
+		}
+		p.complete()
+	}}
 	select {
 	case p.fwd <- it:
 		return
 	default:
 	}
-	t := time.NewTimer(l.cfg.Timeout)
+	t := time.NewTimer(forwardWaitMax)
 	defer t.Stop()
 	select {
 	case p.fwd <- it:
 	case <-t.C:
-		p.unsent.Add(-1)
 		it.finish(fmt.Errorf("cluster link to node %s: forward queue full: %w", home, errLinkTimeout))
 	case <-l.stop:
-		p.unsent.Add(-1)
 		it.finish(errLinkClosed)
 	}
 }
 
-// barrier waits (bounded) until every forward queued to the peer so far is written to its
-// link connection. The home node reads one connection's frames in order, so a proxied get,
-// consume or count sent afterwards sees those messages in their queues, as a client's get
-// after its publish does on one node (and on RabbitMQ).
+// barrier waits (bounded) until every forward queued to the peer so far has its outcome: the
+// home node has them in their queues, so a proxied get, consume or count sent afterwards sees
+// them, as a client's get after its publish does on one node (and on RabbitMQ).
 func (p *peer) barrier() {
-	if p.unsent.Load() == 0 {
+	target := p.queued.Load()
+	if p.completed.Load() >= target {
 		return
 	}
-	b := fwdItem{barrier: make(chan struct{})}
+	w := barrierWaiter{target: target, ch: make(chan struct{})}
+	p.waitMu.Lock()
+	if p.completed.Load() >= target {
+		p.waitMu.Unlock()
+		return
+	}
+	p.waiters = append(p.waiters, w)
+	p.waitMu.Unlock()
 	t := time.NewTimer(p.l.cfg.Timeout)
 	defer t.Stop()
 	select {
-	case p.fwd <- b:
-	case <-t.C:
-		return
-	}
-	select {
-	case <-b.barrier:
+	case <-w.ch:
 	case <-t.C:
 	}
 }
@@ -293,6 +382,13 @@ type pending struct {
 	mu    sync.Mutex
 	items []func(error)
 	dead  error
+	gone  chan struct{} // closed with dead
+}
+
+func (q *pending) err() error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.dead
 }
 
 func (q *pending) push(done func(error)) error {
@@ -320,8 +416,13 @@ func (q *pending) pop() func(error) {
 // kill fails every pending forward: its channel is gone, so its confirms never come.
 func (q *pending) kill(err error) {
 	q.mu.Lock()
+	if q.dead != nil {
+		q.mu.Unlock()
+		return
+	}
 	items := q.items
 	q.items, q.dead = nil, err
+	close(q.gone)
 	q.mu.Unlock()
 	for _, f := range items {
 		if f != nil {
@@ -335,6 +436,7 @@ type pubChannel struct {
 	ch      *amqp091.Channel
 	pending *pending
 	buf     []byte
+	slots   chan struct{} // one per unconfirmed forward (forwardWindow)
 }
 
 // sendLoop publishes the peer's forwards in order, on one link channel (opened again after a
@@ -344,12 +446,7 @@ func (p *peer) sendLoop() {
 	for {
 		select {
 		case it := <-p.fwd:
-			if it.barrier != nil {
-				close(it.barrier)
-				continue
-			}
 			pc = p.send(pc, it)
-			p.unsent.Add(-1)
 		case <-p.l.stop:
 			if pc != nil {
 				pc.pending.kill(errLinkClosed)
@@ -371,11 +468,14 @@ func (p *peer) send(pc *pubChannel, it fwdItem) *pubChannel {
 			return nil
 		}
 	}
-	done := it.done
-	if done == nil {
-		done = func(error) {}
+	p.syncAcks(it.acks)
+	select {
+	case pc.slots <- struct{}{}:
+	case <-pc.pending.gone:
+		it.finish(pc.pending.err())
+		return nil
 	}
-	if err := pc.pending.push(done); err != nil {
+	if err := pc.pending.push(it.done); err != nil {
 		it.finish(err)
 		return nil
 	}
@@ -406,12 +506,7 @@ func (p *peer) failQueued(err error) {
 	for {
 		select {
 		case it := <-p.fwd:
-			if it.barrier != nil {
-				close(it.barrier)
-				continue
-			}
 			it.finish(err)
-			p.unsent.Add(-1)
 		default:
 			return
 		}
@@ -420,7 +515,7 @@ func (p *peer) failQueued(err error) {
 
 // openPublisher opens the forwarding channel and starts its confirm goroutine.
 func (p *peer) openPublisher() (*pubChannel, error) {
-	c, err := p.connect()
+	c, err := p.connect(connPub)
 	if err != nil {
 		return nil, err
 	}
@@ -435,11 +530,12 @@ func (p *peer) openPublisher() (*pubChannel, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cluster link to node %s: opening the forwarding channel: %w", p.node, err)
 	}
-	pc := &pubChannel{ch: ch, pending: &pending{}}
+	pc := &pubChannel{ch: ch, pending: &pending{gone: make(chan struct{})}, slots: make(chan struct{}, forwardWindow)}
 	confirms := ch.NotifyPublish(make(chan amqp091.Confirmation, forwardQueueLen))
 	go func() {
 		for cf := range confirms {
 			if f := pc.pending.pop(); f != nil {
+				<-pc.slots
 				if cf.Ack {
 					f(nil)
 				} else {
@@ -477,7 +573,7 @@ func (l *Link) Consume(home, vhost, queueName string, o broker.ProxyConsume, sin
 		return nil, linkError(home, err)
 	}
 	p.barrier()
-	c, err := p.connect()
+	c, err := p.connect(connProxy)
 	if err != nil {
 		return nil, linkError(home, err)
 	}
@@ -514,7 +610,7 @@ func (l *Link) Getter(home, vhost string) (broker.ProxyGetter, *amqp.Error) {
 	if err != nil {
 		return nil, linkError(home, err)
 	}
-	c, err := p.connect()
+	c, err := p.connect(connProxy)
 	if err != nil {
 		return nil, linkError(home, err)
 	}
@@ -589,6 +685,8 @@ func (pc *proxyChannel) Start() {
 
 // Settle implements broker.ProxyChannel.
 func (pc *proxyChannel) Settle(kind broker.Settlement, tag uint64, multiple bool) {
+	// Counted once written: a forward that syncAcks covers comes after it (see peer).
+	defer pc.p.acksSent.Add(1)
 	err := pc.send(func() error {
 		switch kind {
 		case broker.Ack:
@@ -810,7 +908,7 @@ func (l *Link) onChannel(home, vhost string, f func(*amqp091.Channel) error) *am
 		return linkError(home, err)
 	}
 	p.barrier()
-	c, err := p.connect()
+	c, err := p.connect(connProxy)
 	if err != nil {
 		return linkError(home, err)
 	}

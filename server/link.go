@@ -40,12 +40,17 @@ func (ch *channel) finishForwarded(body []byte) *amqp.Error {
 		ch.confirms.add(seq)
 		done = func(err error) { ch.confirms.settle(seq, err != nil, ch.writeConfirmsAsync) }
 	}
-	res, aerr := ch.v.DeliverForwarded(f, done, &ch.fwdEntries)
+	res, targets, aerr := ch.v.DeliverForwarded(f, done, &ch.fwdEntries)
 	if aerr != nil {
 		return basicError(aerr)
 	}
 	if seq != 0 && (!res.OnDisk || res.Refused) {
 		ch.confirms.settle(seq, res.Refused, ch.writeConfirms)
+	}
+	if res.Routed {
+		// Flow control as for a local publisher: the link's forwarding connection waits while
+		// a queue being drained is far behind (its consumers' acks use another connection).
+		ch.pub.Flow(targets)
 	}
 	return nil
 }
