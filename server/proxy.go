@@ -177,16 +177,21 @@ func (ch *channel) getRemote(m *amqp.BasicGet) (handled bool, err *amqp.Error) {
 		return false, nil
 	}
 	ch.mu.Lock()
-	if ch.remote == nil {
-		ch.remote = &remoteLinks{}
+	var g broker.ProxyGetter
+	if ch.remote != nil {
+		g = ch.remote.getters[qs.Home()]
 	}
-	g := ch.remote.getters[qs.Home()]
 	ch.mu.Unlock()
 	if g == nil {
 		if g, err = p.Getter(qs.Home(), ch.v.Name()); err != nil {
 			return true, err
 		}
 		ch.mu.Lock()
+		// ch.remote may have gone meanwhile (the channel closed off the reader goroutine):
+		// a new one is closed by the reader's shutdown.
+		if ch.remote == nil {
+			ch.remote = &remoteLinks{}
+		}
 		if ch.remote.getters == nil {
 			ch.remote.getters = map[string]broker.ProxyGetter{}
 		}
@@ -198,7 +203,9 @@ func (ch *channel) getRemote(m *amqp.BasicGet) (handled bool, err *amqp.Error) {
 	if err != nil {
 		// The home closed the link channel: a new one is opened for the next get.
 		ch.mu.Lock()
-		delete(ch.remote.getters, qs.Home())
+		if ch.remote != nil && ch.remote.getters[qs.Home()] == g {
+			delete(ch.remote.getters, qs.Home())
+		}
 		ch.mu.Unlock()
 		return true, err
 	}
