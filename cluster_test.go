@@ -429,12 +429,12 @@ func TestClusterThreeProcesses(t *testing.T) {
 		}
 	}
 
-	// A publish on n2 routed to q1, homed on n1: no forwarding yet, so a confirm is a nack
-	// (docs/cluster.md); on q1's home it is an ack.
+	// A publish on n2 routed to q1, homed on n1, is forwarded to n1 and acked once n1 has it
+	// (docs/cluster.md, Forwarding and proxying); on q1's home it is an ack too.
 	for _, tcase := range []struct {
 		node *clusterChild
 		ack  bool
-	}{{n2, false}, {n1, true}} {
+	}{{n2, true}, {n1, true}} {
 		ch := channelOn(t, tcase.node)
 		if err := ch.Confirm(false); err != nil {
 			t.Fatal(err)

@@ -61,6 +61,8 @@ type Broker struct {
 	testPages pageStore
 	// replicator, when set, makes topology changes go through the cluster (replicate.go).
 	replicator TopologyReplicator
+	// cluster holds the data link's hooks: forwarding, proxying, the link login (forward.go).
+	cluster clusterHooks
 	// incarnation tags the owners this process proposes to the cluster (SetReplicator).
 	incarnation OwnerID
 	// delayed holds the messages of x-delayed-message exchanges until they are due.

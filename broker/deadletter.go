@@ -61,6 +61,7 @@ func (v *VHost) deadLetter(qs *Queue, dl *dlConfig, es []*queue.Entry, why queue
 		targets []*Queue
 	}
 	var out []pending
+	var forwards []txForward // copies for queues of other nodes (forward.go)
 	var rb RouteBuf
 	if dlx != nil {
 		for _, e := range es {
@@ -82,6 +83,10 @@ func (v *VHost) deadLetter(qs *Queue, dl *dlConfig, es []*queue.Entry, why queue
 					continue
 				}
 				keep = append(keep, t)
+			}
+			keep, remote := v.splitRemote(keep)
+			for home, queues := range remote {
+				forwards = append(forwards, txForward{home: home, queues: queues, msg: msg})
 			}
 			if len(keep) > 0 {
 				out = append(out, pending{msg, keep})
@@ -108,6 +113,10 @@ func (v *VHost) deadLetter(qs *Queue, dl *dlConfig, es []*queue.Entry, why queue
 	}
 	for _, p := range ps {
 		v.push(p, false)
+	}
+	// At most once, as RabbitMQ's classic dead-lettering: nobody waits for these.
+	for _, f := range forwards {
+		v.b.cluster.forwarder.Forward(f.home, v.name, f.queues, f.msg, nil)
 	}
 }
 

@@ -16,6 +16,8 @@ type Publisher struct {
 	rb       RouteBuf
 	entryBuf []*queue.Entry
 	count    uint64 // publishes, for Flow
+	// localBuf and remoteBuf are publishSplit's reusable target buffers (forward.go).
+	localBuf, remoteBuf []*Queue
 
 	// Exchange counters are gathered here and added to the exchange every exchangeStatsBatch
 	// publishes (or when the exchange changes, or at Flush): an atomic add per publish on the
@@ -85,7 +87,8 @@ func (b *Broker) NewMessage(ex *Exchange, routingKey string, header []byte, sum 
 type PublishResult struct {
 	Routed  bool // reached at least one queue
 	Refused bool // a queue refused it (reject-publish overflow): a confirm is a nack
-	// OnDisk: its durable copy is being written; done runs once it is synced (or failed).
+	// OnDisk: its durable copy is being written, or it was forwarded to other nodes (the
+	// cluster's Forwarder); done runs once it is synced and accepted (or failed).
 	OnDisk bool
 }
 
@@ -113,6 +116,9 @@ func (p *Publisher) Publish(ex *Exchange, msg *queue.Message, headersRaw []byte,
 	p.countExchange(ex, len(targets) > 0)
 	if len(targets) == 0 {
 		return PublishResult{}, nil
+	}
+	if v.b.cluster.forwarder != nil && hasRemote(targets) {
+		return p.publishSplit(msg, targets, done), targets
 	}
 	refused, onDisk := v.enqueue(msg, targets, done, &p.entryBuf)
 	return PublishResult{Routed: true, Refused: refused, OnDisk: onDisk}, targets
@@ -289,6 +295,7 @@ func (t *Txn) Commit(unroutable func(*queue.Message)) error {
 	var rb RouteBuf
 	var replies []*queue.Message
 	var holds []*heldMsg
+	var forwards []txForward
 	for _, p := range t.publishes {
 		if p.ex.delayed != nil {
 			if h := v.b.delayed.prepare(p.ex, p.msg.RoutingKey, p.msg.Header, scanHeaders(p.msg.Header), p.msg.Body); h != nil {
@@ -321,7 +328,13 @@ func (t *Txn) Commit(unroutable func(*queue.Message)) error {
 			}
 			continue
 		}
-		pubs = append(pubs, v.prepare(p.msg, append([]*Queue(nil), targets...), &batch, nil))
+		local, remote := v.splitRemote(targets)
+		for home, queues := range remote {
+			forwards = append(forwards, txForward{home: home, queues: queues, msg: p.msg})
+		}
+		if len(local) > 0 {
+			pubs = append(pubs, v.prepare(p.msg, append([]*Queue(nil), local...), &batch, nil))
+		}
 	}
 	for _, s := range t.settles {
 		if s.kind == Ack {
@@ -337,6 +350,12 @@ func (t *Txn) Commit(unroutable func(*queue.Message)) error {
 	}
 	for _, p := range pubs {
 		v.push(p, true)
+	}
+	// Messages for queues of other nodes: commit-ok waits until their homes accepted them.
+	// Their failure cannot undo the local part any more; it is logged, and the message is lost
+	// as to a queue whose node is down.
+	if err := v.forwardAll(forwards); err != nil {
+		v.b.log.Warn("tx.commit: a message for a queue of another node was not accepted", "vhost", v.name, "err", err)
 	}
 	for _, m := range replies {
 		v.b.deliverReply(m)

@@ -386,10 +386,11 @@ func (v *VHost) applyDeclareQueue(op TopologyOp) *amqp.Error {
 }
 
 // newRemoteQueue is the entry of a queue homed on another node: it routes like the queue, holds
-// no messages and takes no consumers. Its queue is closed, so a message routed to it is refused
-// as by a full reject-publish queue (a confirm is a basic.nack) instead of being kept here,
-// where no consumer of the queue would ever see it: forwarding to the home node is the next
-// step. Call with v.mu held.
+// no messages and takes no consumers. With a Forwarder (the cluster's data link) a message
+// routed to it goes to the home node (publishSplit), and with a Proxy its consumers and gets
+// are the home's (RemoteQueue); without them, its closed queue refuses a message as a full
+// reject-publish queue does (a confirm is a basic.nack) instead of keeping it here, where no
+// consumer of the queue would ever see it. Call with v.mu held.
 func (v *VHost) newRemoteQueue(m QueueSpec, home string, owner OwnerID) *Queue {
 	spec, _ := parseQueueArgs(m.Args) // valid: checked by the node that proposed the declare
 	// Auto-deletion and expiry are the home node's (its consumers are there): a remote entry

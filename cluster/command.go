@@ -71,6 +71,11 @@ type Command struct {
 	IfUnused bool `json:"if_unused,omitempty"`
 	IfEmpty  bool `json:"if_empty,omitempty"`
 
+	// Locator is the proposing node's default queue leader locator (its
+	// cluster.queue_leader_locator) for a declare_queue whose arguments name none; "" is
+	// client-local.
+	Locator string `json:"locator,omitempty"`
+
 	// Node proposed the command for its connection Conn (0: not a connection).
 	Node string `json:"node,omitempty"`
 	Conn uint64 `json:"conn,omitempty"`

@@ -29,6 +29,13 @@
 // to report a node whose file differs.
 //
 // Messages are not replicated here: a queue lives on its home node; other nodes route to it
-// through a remote entry (see broker.Queue.Home). Forwarding publishes to the home node and
-// proxying consumers to it are the next step.
+// through a remote entry (see broker.Queue.Home).
+//
+// # The data link
+//
+// Any node serves any client: Link (link.go) connects this node to the AMQP listeners of the
+// others (amqp091-go as the client, the WARREN-LINK login of LinkAuth), forwards to each home
+// node the messages routed to its queues (broker.Forwarder) and proxies consumers, basic.get,
+// acks and counts of queues homed elsewhere (broker.Proxy). Node starts it (link_node.go);
+// each node's AMQP address reaches the others in its NodeStatus.
 package cluster

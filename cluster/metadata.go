@@ -386,6 +386,9 @@ func (m *Metadata) declareQueue(vs *vhostState, c Command, args amqp.Table, inde
 // is the member with the fewest queues (the first in name order on a tie).
 func (m *Metadata) home(c Command, args amqp.Table) string {
 	loc, _ := args["x-queue-leader-locator"].(string)
+	if _, set := args["x-queue-leader-locator"]; !set {
+		loc = c.Locator
+	}
 	if c.Exclusive || loc != "balanced" || len(m.st.Nodes) == 0 {
 		return c.Node
 	}

@@ -48,6 +48,9 @@ type NodeConfig struct {
 	ConfigDigest string
 	// Logger receives the cluster's diagnostics; nil means slog.Default().
 	Logger *slog.Logger
+	// QueueLeaderLocator is this node's default for declares without x-queue-leader-locator:
+	// "client-local" (or "") or "balanced", RabbitMQ's queue_leader_locator (Replicator.SetLocator).
+	QueueLeaderLocator string
 	// Join starts a node added to a running cluster (cluster.join): with no Raft state it waits
 	// for the leader's log instead of bootstrapping (multiraft.Config.Join).
 	Join bool
@@ -85,6 +88,9 @@ type Node struct {
 	restartSent bool
 	// watch is the leader's view of when each member was last heard from (statusLoop only).
 	watch map[string]time.Time
+	// link is the data link to the other nodes (link_node.go), on broker.
+	link   *Link
+	broker *broker.Broker
 
 	mu     sync.Mutex
 	digest string
@@ -120,7 +126,9 @@ func StartNode(cfg NodeConfig, b *broker.Broker) (*Node, error) {
 	// The replicator is set before the group opens: replaying the log applies queue declares,
 	// which ask the broker's replicator which node is local. Nothing proposes through it before
 	// StartNode returns (no client is served yet), when n.mg is set.
-	b.SetReplicator(NewReplicator(cfg.NodeName, nodeLog{n}))
+	r := NewReplicator(cfg.NodeName, nodeLog{n})
+	r.SetLocator(cfg.QueueLeaderLocator)
+	b.SetReplicator(r)
 	n.restart = RestartCommand(cfg.NodeName, b.Incarnation())
 	if n.cfg.NodeTimeout <= 0 {
 		n.cfg.NodeTimeout = DefaultNodeTimeout
@@ -143,6 +151,7 @@ func StartNode(cfg NodeConfig, b *broker.Broker) (*Node, error) {
 		return nil, fmt.Errorf("cluster: opening the status group: %w", err)
 	}
 	n.catchUp()
+	n.startLink(b)
 	go n.statusLoop()
 	log.Info("cluster node started", "cluster", cfg.Name, "node", cfg.NodeName, "listen", h.Addr(), "nodes", len(cfg.Nodes), "join", cfg.Join)
 	return n, nil
@@ -304,7 +313,8 @@ func (n *Node) isClosed() bool {
 
 func (n *Node) proposeStatus(ctx context.Context) error {
 	n.mu.Lock()
-	st := NodeStatus{Node: n.cfg.NodeName, ConfigDigest: n.digest, AppliedIndex: n.mg.Status().Applied, At: time.Now().UTC()}
+	st := NodeStatus{Node: n.cfg.NodeName, ConfigDigest: n.digest, AppliedIndex: n.mg.Status().Applied, At: time.Now().UTC(),
+		AMQPAddr: n.localAMQPAddr()}
 	n.mu.Unlock()
 	b, err := json.Marshal(st)
 	if err != nil {
@@ -371,6 +381,7 @@ func (n *Node) Close() error {
 	n.closed = true
 	n.mu.Unlock()
 	close(n.stop)
+	n.link.Close()
 	err := n.host.Close()
 	<-n.done
 	n.meta.StopWorker()

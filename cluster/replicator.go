@@ -28,11 +28,23 @@ type Replicator struct {
 	node    string
 	log     Log
 	timeout time.Duration
+	// locator is the default queue leader locator of this node's declares (SetLocator).
+	locator string
 }
 
 // NewReplicator returns the replicator of node (its cluster.node_name) proposing to log.
 func NewReplicator(node string, log Log) *Replicator {
 	return &Replicator{node: node, log: log, timeout: DefaultProposeTimeout}
+}
+
+// SetLocator sets this node's default queue leader locator, RabbitMQ's queue_leader_locator:
+// "client-local" (or "", the default) or "balanced", for declares whose arguments have no
+// x-queue-leader-locator. Call it before the node serves clients.
+func (r *Replicator) SetLocator(loc string) {
+	if loc == "client-local" {
+		loc = ""
+	}
+	r.locator = loc
 }
 
 // LocalNode implements broker.TopologyReplicator.
@@ -91,6 +103,7 @@ func (r *Replicator) command(op broker.TopologyOp) (Command, error) {
 	case broker.OpDeclareQueue:
 		q := op.Queue
 		c.Op, c.Name, c.Durable, c.Exclusive, c.AutoDelete = OpDeclareQueue, q.Name, q.Durable, q.Exclusive, q.AutoDelete
+		c.Locator = r.locator
 		c.Args, err = encodeArgs(q.Args)
 	case broker.OpDeleteQueue:
 		c.Op, c.Name = OpDeleteQueue, op.Queue.Name

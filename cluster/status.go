@@ -19,6 +19,8 @@ type NodeStatus struct {
 	AppliedIndex uint64 `json:"applied_index"`
 	// At is when the node sent the status.
 	At time.Time `json:"at"`
+	// AMQPAddr is the node's AMQP listener, where the other nodes' data links connect.
+	AMQPAddr string `json:"amqp_addr,omitempty"`
 }
 
 // ConfigCheck compares the configuration digest of every node with this node's and reports the

@@ -9,6 +9,7 @@ import (
 	"net"
 
 	"github.com/warrenmq/warren/amqp"
+	"github.com/warrenmq/warren/broker"
 )
 
 // authenticate checks a start-ok response and returns the user name. Failures are 403
@@ -25,6 +26,8 @@ func (s *Server) authenticate(mechanism, response, peerCN string, remote net.Add
 			return "", refused
 		}
 		user = peerCN
+	case broker.LinkMechanism:
+		return s.authenticateLink(response, refused)
 	case "PLAIN":
 		// authzid NUL authcid NUL password
 		parts := bytes.SplitN([]byte(response), []byte{0}, 3)

@@ -256,6 +256,9 @@ func (rt *runtimeConfig) vhostSettings() []broker.VHostSettings {
 // broker.Authorizer of its actor. Decisions are cached per connection until the next reload.
 // Runs on the connection's reader goroutine only (the core calls it from the reader's calls).
 func (c *conn) Authorize(k broker.Perm, r broker.Resource, name string) *amqp.Error {
+	if c.link {
+		return nil // another node of the cluster, acting for clients it checked itself
+	}
 	rt := c.srv.rt.Load()
 	if rt.gen != c.permGen {
 		c.perm = rt.perms[userVHost{c.user, c.vhost.Name()}]
@@ -336,7 +339,7 @@ func (c *conn) openVHost(name string) (*broker.VHost, *amqp.Error) {
 		n, _ := u.MaxConnections.Value()
 		return nil, amqp.Errorf(amqp.NotAllowed, "connection refused for user '%s': user connection limit (%d) is reached", c.user, n)
 	}
-	if rt.perms[userVHost{c.user, name}] == nil {
+	if !c.link && rt.perms[userVHost{c.user, name}] == nil {
 		return nil, amqp.Errorf(amqp.NotAllowed, "access to vhost '%s' refused for user '%s'", name, c.user)
 	}
 	if s.closed {

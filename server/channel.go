@@ -21,6 +21,10 @@ type delivery struct {
 	qs   *broker.Queue
 	e    *queue.Entry
 	cons *consumer // nil for basic.get
+	// rem is the link channel of a delivery proxied from a queue of another node (e is nil),
+	// rtag its delivery tag there (proxy.go).
+	rem  broker.ProxyChannel
+	rtag uint64
 }
 
 type txPublish struct {
@@ -61,6 +65,7 @@ type channel struct {
 	pubOverflow bool
 
 	settleBuf  []delivery     // settle's reusable delivery buffer
+	fwdEntries []*queue.Entry // a link connection's reusable entry buffer (finishForwarded)
 	entryBuf   []*queue.Entry // apply's reusable buffer for acked entries
 	confirm    bool
 	publishSeq uint64
@@ -78,6 +83,7 @@ type channel struct {
 	consumerPrefetch int        // basic.qos global=false: limit for consumers created afterwards
 	consumers        map[string]*consumer
 	reply            *replyConsumer // the direct reply-to consumer, nil without one
+	remote           *remoteLinks   // link channels to other nodes' queues (proxy.go), nil without
 	ackMarks         []tagMark      // for the consumer timeout (see consumerTimedOut)
 
 	// starved: a delivery was refused for want of prefetch credit since the last settle, so
@@ -427,7 +433,13 @@ func (ch *channel) dispatch(m amqp.Method) *amqp.Error {
 		}
 		if !m.NoWait {
 			st := qs.Q().Stats()
-			c.writeMethod(ch.id, &amqp.QueueDeclareOk{Queue: qs.Name(), MessageCount: uint32(st.Ready), ConsumerCount: uint32(st.Consumers)})
+			ready, consumers := st.Ready, st.Consumers
+			if qs.Home() != "" {
+				if ready, consumers, err = ch.remoteCounts(qs); err != nil {
+					return err
+				}
+			}
+			c.writeMethod(ch.id, &amqp.QueueDeclareOk{Queue: qs.Name(), MessageCount: uint32(ready), ConsumerCount: uint32(consumers)})
 		}
 		return nil
 	case *amqp.QueueBind:
@@ -447,7 +459,7 @@ func (ch *channel) dispatch(m amqp.Method) *amqp.Error {
 		c.writeMethod(ch.id, &amqp.QueueUnbindOk{})
 		return nil
 	case *amqp.QueuePurge:
-		n, err := ch.v.PurgeQueue(c.actor, m.Queue)
+		n, err := ch.purge(m.Queue)
 		if err != nil {
 			return err
 		}
@@ -456,7 +468,7 @@ func (ch *channel) dispatch(m amqp.Method) *amqp.Error {
 		}
 		return nil
 	case *amqp.QueueDelete:
-		n, err := ch.v.DeleteQueue(c.actor, m.Queue, m.IfUnused, m.IfEmpty)
+		n, err := ch.deleteQueue(m.Queue, m.IfUnused, m.IfEmpty)
 		if err != nil {
 			return err
 		}
@@ -513,6 +525,9 @@ func basicError(e *amqp.Error) *amqp.Error {
 func (ch *channel) finishPublish() *amqp.Error {
 	m, header, body, sum := ch.pubM, ch.pubHeader, ch.pubBody, ch.pubSummary
 	ch.pubM, ch.pubHeader, ch.pubBody = nil, nil, nil
+	if ch.c.link && m.Exchange == broker.ForwardExchange {
+		return ch.finishForwarded(body)
+	}
 	ex, err := ch.v.Exchange(m.Exchange)
 	if err != nil {
 		return basicError(err)
@@ -577,7 +592,8 @@ type consumer struct {
 	noAck     bool
 	exclusive bool
 	prefetch  int
-	unacked   int // guarded by ch.mu
+	unacked   int                 // guarded by ch.mu
+	remote    broker.ProxyChannel // a consumer of a queue of another node: its link channel (proxy.go)
 }
 
 // Deliver is called by the queue with its lock held.
@@ -661,6 +677,9 @@ func (ch *channel) consume(m *amqp.BasicConsume) *amqp.Error {
 	if handled, err := ch.consumeStream(m, cs); handled {
 		return err
 	}
+	if handled, err := ch.consumeRemote(m, cs); handled {
+		return err
+	}
 	o := broker.ConsumeOptions{Exclusive: m.Exclusive, Args: m.Arguments}
 	_, err := ch.v.ConsumeWith(ch.c.actor, m.Queue, cs, o, func(qs *broker.Queue) {
 		cs.qs = qs
@@ -686,15 +705,26 @@ func (ch *channel) cancel(tag string) {
 		return
 	}
 	cs := ch.consumers[tag]
+	if cs != nil && cs.remote != nil {
+		// On its home first: what the home delivered before its cancel-ok still reaches the
+		// client. The link channel stays open for the acks of what it delivered (proxy.go).
+		ch.mu.Unlock()
+		cs.remote.Cancel()
+		ch.mu.Lock()
+		cs = ch.consumers[tag] // gone meanwhile if the home ended it
+	}
 	delete(ch.consumers, tag)
 	ch.mu.Unlock()
-	if cs == nil {
+	if cs == nil || cs.remote != nil {
 		return
 	}
 	ch.v.Cancel(cs.qs, cs, cs.exclusive)
 }
 
 func (ch *channel) get(m *amqp.BasicGet) *amqp.Error {
+	if handled, err := ch.getRemote(m); handled {
+		return err
+	}
 	qs, e, remaining, ok, err := ch.v.Get(ch.c.actor, m.Queue, m.NoAck)
 	if err != nil {
 		return err
@@ -740,6 +770,8 @@ func (ch *channel) qos(m *amqp.BasicQos) *amqp.Error {
 
 // kickConsumers retries delivery on every queue this channel consumes from.
 func (ch *channel) kickConsumers() {
+	// Proxied deliveries waiting for the global prefetch first (proxy.go).
+	ch.sendHeld()
 	var buf [4]*broker.Queue // the usual handful of consumers stays on the stack
 	qs := buf[:0]
 	ch.mu.Lock()
@@ -793,7 +825,9 @@ func (ch *channel) settle(tag uint64, multiple bool, kind broker.Settlement) *am
 	if ch.tx != nil {
 		ch.tx.settles = append(ch.tx.settles, txSettle{kind: kind, ds: slices.Clone(ds)})
 	} else {
-		ch.apply(kind, ds)
+		local, remote := splitRemote(ds)
+		ch.applyRemote(kind, remote, multiple)
+		ch.apply(kind, local)
 	}
 	clear(ds)
 	if cap(ds) <= maxKeptSettleBuf {
@@ -870,7 +904,11 @@ func (ch *channel) recover() {
 	// Acks waiting for tx.commit are not unacked any more, so, as in RabbitMQ, they stay out.
 	ds, _ := ch.takeUnacked(0, true, nil)
 	sort.Slice(ds, func(i, j int) bool { return ds[i].tag < ds[j].tag })
-	ch.apply(broker.Requeue, groupByQueue(ds))
+	local, remote := splitRemote(ds)
+	// One requeue up to the highest link tag covers exactly these, unless acks wait in a
+	// transaction: the home still counts those deliveries as unacked.
+	ch.applyRemote(broker.Requeue, remote, ch.tx == nil)
+	ch.apply(broker.Requeue, groupByQueue(local))
 }
 
 // groupByQueue orders deliveries so that each queue's run is contiguous, keeping tag order
@@ -987,8 +1025,13 @@ func (ch *channel) commit() *amqp.Error {
 	for _, p := range tx.publishes {
 		t.Publish(p.ex, p.msg, p.mandatory)
 	}
+	var remote []txSettle // settlements of proxied deliveries, sent once the commit succeeded
 	for _, s := range tx.settles {
-		forEachQueue(s.ds, nil, func(qs *broker.Queue, es []*queue.Entry) { t.Settle(s.kind, qs, es) })
+		local, rem := splitRemote(slices.Clone(s.ds))
+		if len(rem) > 0 {
+			remote = append(remote, txSettle{kind: s.kind, ds: rem})
+		}
+		forEachQueue(local, nil, func(qs *broker.Queue, es []*queue.Entry) { t.Settle(s.kind, qs, es) })
 	}
 	err := t.Commit(func(msg *queue.Message) { ch.basicReturn(msg, amqp.NoRoute, "NO_ROUTE") })
 	if err != nil {
@@ -999,6 +1042,9 @@ func (ch *channel) commit() *amqp.Error {
 		}
 		ch.restoreUnacked(back)
 		return amqp.Errorf(amqp.InternalError, "tx.commit failed: %v", err)
+	}
+	for _, s := range remote {
+		ch.settleRemote(s.kind, s.ds, false)
 	}
 	for _, s := range tx.settles {
 		ch.released(s.ds)
@@ -1081,6 +1127,7 @@ func (ch *channel) detach() ([]*consumer, []delivery) {
 // releaseHeld removes consumers from their queues and requeues deliveries; safe on any
 // goroutine.
 func (ch *channel) releaseHeld(consumers []*consumer, ds []delivery) {
+	ch.closeRemote() // the home nodes requeue the proxied deliveries
 	if len(consumers) == 0 && len(ds) == 0 {
 		return
 	}
@@ -1101,11 +1148,17 @@ func (ch *channel) releaseHeld(consumers []*consumer, ds []delivery) {
 		return l
 	}
 	for _, cs := range consumers {
+		if cs.remote != nil {
+			continue
+		}
 		l := at(cs.qs)
 		l.cs = append(l.cs, cs)
 	}
 	sort.Slice(ds, func(i, j int) bool { return ds[i].tag < ds[j].tag })
 	for _, d := range ds {
+		if d.rem != nil {
+			continue
+		}
 		l := at(d.qs)
 		l.es = append(l.es, d.e)
 	}
@@ -1114,7 +1167,9 @@ func (ch *channel) releaseHeld(consumers []*consumer, ds []delivery) {
 		qs.Q().RemoveConsumers(l.cs, l.es)
 	}
 	for _, cs := range consumers {
-		ch.v.ConsumerRemoved(cs.qs, cs.exclusive)
+		if cs.remote == nil {
+			ch.v.ConsumerRemoved(cs.qs, cs.exclusive)
+		}
 	}
 }
 

@@ -49,6 +49,7 @@ type conn struct {
 	counted   bool // counted against the connection limits; guarded by srv.mu
 
 	cancelNotify  bool        // client understands server-sent basic.cancel
+	link          bool        // another cluster node's data link (logged in with broker.LinkMechanism)
 	blockedNotify bool        // client understands connection.blocked
 	publisher     atomic.Bool // has published: subject to resource alarms
 	blocked       atomic.Bool // held by an alarm: heartbeats are not expected meanwhile
@@ -442,6 +443,9 @@ func (c *conn) handshake() error {
 		// As RabbitMQ's rabbitmq_auth_mechanism_ssl: offered only to clients with a certificate.
 		mechanisms += " EXTERNAL"
 	}
+	if c.srv.b.LinkAuth() != nil {
+		mechanisms += " " + broker.LinkMechanism // a cluster member takes its peers' links
+	}
 	c.writeMethod(0, &amqp.ConnectionStart{
 		VersionMajor:     0,
 		VersionMinor:     9,
@@ -476,6 +480,7 @@ func (c *conn) handshake() error {
 		return err
 	}
 	c.user = user
+	c.link = so.Mechanism == broker.LinkMechanism
 
 	tune := &c.srv.rt.Load().cfg
 	c.writeMethod(0, &amqp.ConnectionTune{

@@ -132,6 +132,7 @@ func (s *Server) Start() error {
 		go s.acceptLoop(s.tlsLn)
 	}
 	s.ln = ln
+	s.b.SetAMQPAddr(ln.Addr().String()) // where a cluster's peers open their data links
 	// The alarms are decided before the first connection is accepted: a broker that starts
 	// over its memory limit must block the first publish, not one a check later.
 	s.checkAlarms()

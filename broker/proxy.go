@@ -1,0 +1,158 @@
+package broker
+
+import (
+	"github.com/warrenmq/warren/amqp"
+)
+
+// Proxy reaches queues homed on other nodes for this node's consumers and basic.get (the
+// cluster's data link implements it). The home node's queue does everything a queue does
+// (prefetch, redelivery, requeue position, single active consumer); this node relays.
+type Proxy interface {
+	// Consume subscribes to queue (of vhost, homed on home) with basic.consume's tag, flags,
+	// arguments and a prefetch limit (0: none), and waits (bounded) for the home's consume-ok.
+	// Nothing reaches sink until Start is called on the returned channel. An error carries the
+	// home node's reply code and text (404, 403 exclusive use, 406 arguments) or, when the home
+	// cannot be reached, 541 INTERNAL_ERROR.
+	Consume(home, vhost, queue string, o ProxyConsume, sink ProxySink) (ProxyChannel, *amqp.Error)
+	// Getter opens a channel to home for basic.get on vhost's queues of that node.
+	Getter(home, vhost string) (ProxyGetter, *amqp.Error)
+	// Counts are the queue's ready messages and consumers on its home (queue.declare-ok).
+	Counts(home, vhost, queue string) (messages, consumers int, err *amqp.Error)
+	// Purge purges the queue on its home and returns the number of messages purged.
+	Purge(home, vhost, queue string) (int, *amqp.Error)
+}
+
+// ProxyConsume are a proxied basic.consume's parameters.
+type ProxyConsume struct {
+	Tag       string
+	NoAck     bool
+	Exclusive bool
+	Args      amqp.Table
+	// Prefetch is the consumer's limit (basic.qos global=false), ChannelPrefetch the limit of
+	// the client's channel (global=true), applied to the link channel; 0 is none.
+	Prefetch, ChannelPrefetch int
+}
+
+// ProxyDelivery is a message the home node delivered over the link.
+type ProxyDelivery struct {
+	// Tag is the home node's delivery tag on the link channel (settled with it).
+	Tag         uint64
+	Redelivered bool
+	Exchange    string
+	RoutingKey  string
+	Header      []byte // content header to send to the client
+	Body        []byte
+	// MessageCount is basic.get-ok's count of messages left.
+	MessageCount uint32
+}
+
+// ProxySink receives a proxied consumer's deliveries, on the link's relay goroutine (one per
+// proxied consumer; never under a broker lock).
+type ProxySink interface {
+	// Deliver hands a delivery to the client; false when the consumer is gone (cancelled, the
+	// channel closed): the link then requeues it on the home node.
+	Deliver(d ProxyDelivery) bool
+	// Ended tells that the home node cancelled the consumer (its queue was deleted) or that the
+	// link to it was lost (err nil), or that the home closed the consumer's channel with a
+	// channel error (err, e.g. its consumer timeout's 406). It is not called after Cancel or
+	// Close.
+	Ended(err *amqp.Error)
+}
+
+// ProxyChannel is one link channel to a home node: a proxied consumer's, or a getter's.
+type ProxyChannel interface {
+	// Start begins relaying deliveries to the sink (after the client got its consume-ok).
+	Start()
+	// Settle acks, rejects or requeues the delivery tag (with multiple, every unsettled one up
+	// to it) on the home node. A channel that is gone ignores it: its deliveries went back to
+	// their queue when it closed.
+	Settle(kind Settlement, tag uint64, multiple bool)
+	// Cancel stops the consumer on the home node; its unsettled deliveries stay unsettled.
+	Cancel()
+	// Close closes the link channel: the home node requeues what is unsettled on it.
+	Close()
+}
+
+// ProxyGetter is a link channel for basic.get.
+type ProxyGetter interface {
+	ProxyChannel
+	// Get is basic.get of queue on the home node; ok false when it is empty.
+	Get(queue string, noAck bool) (d ProxyDelivery, ok bool, err *amqp.Error)
+}
+
+// SetProxy installs the cluster's proxy (see Proxy). Call it before front ends serve.
+func (b *Broker) SetProxy(p Proxy) { b.cluster.proxy = p }
+
+// Proxy is the cluster's proxy, nil on a single node.
+func (b *Broker) Proxy() Proxy { return b.cluster.proxy }
+
+// LinkMechanism is the SASL mechanism of the cluster's link connections, offered only by a
+// cluster member (one with a LinkAuth).
+const LinkMechanism = "WARREN-LINK"
+
+// LinkAuth checks the login of another node's link connection (mechanism LinkMechanism).
+type LinkAuth interface {
+	// VerifyLink checks a start-ok response and returns the connecting node's name.
+	VerifyLink(response string) (node string, ok bool)
+}
+
+// SetLinkAuth installs the check of link logins. Call it before front ends serve.
+func (b *Broker) SetLinkAuth(a LinkAuth) { b.cluster.linkAuth = a }
+
+// LinkAuth is the check of link logins, nil when this node takes none.
+func (b *Broker) LinkAuth() LinkAuth { return b.cluster.linkAuth }
+
+// SetAMQPAddr records the address the AMQP front end listens on, for a cluster to tell the
+// other nodes where this node's link connections go.
+func (b *Broker) SetAMQPAddr(addr string) { b.cluster.amqpAddr.Store(&addr) }
+
+// AMQPAddr is the address SetAMQPAddr recorded, "" before.
+func (b *Broker) AMQPAddr() string {
+	if p := b.cluster.amqpAddr.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
+// RemoteQueue makes basic.consume's and basic.get's checks for a (read permission, the queue
+// exists, it is not another connection's exclusive queue) and returns the queue when it lives
+// on another node and a proxy can reach it; nil (and no error) when the queue is this node's
+// or there is no proxy, for the local path to handle.
+func (v *VHost) RemoteQueue(a Actor, name string) (*Queue, *amqp.Error) {
+	if v.b.cluster.proxy == nil {
+		return nil, nil
+	}
+	v.mu.RLock()
+	qs := v.queues[name]
+	v.mu.RUnlock()
+	if qs == nil || qs.home == "" {
+		return nil, nil
+	}
+	if err := a.authorize(PermRead, ResQueue, name); err != nil {
+		return nil, err
+	}
+	v.mu.Lock()
+	qs, err := v.lookupQueue(a, name)
+	v.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	if qs.home == "" {
+		return nil, nil
+	}
+	return qs, nil
+}
+
+// QueueHome is the home node of the named queue when it lives on another node and a proxy can
+// reach it, else "" (a queue of this node, a missing one, a single node). No check is made.
+func (v *VHost) QueueHome(name string) string {
+	if v.b.cluster.proxy == nil {
+		return ""
+	}
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	if qs := v.queues[name]; qs != nil {
+		return qs.home
+	}
+	return ""
+}

@@ -1,0 +1,315 @@
+package cluster
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
+)
+
+func next(t *testing.T, ds <-chan amqp091.Delivery) amqp091.Delivery {
+	t.Helper()
+	select {
+	case d, ok := <-ds:
+		if !ok {
+			t.Fatal("consumer ended")
+		}
+		return d
+	case <-time.After(5 * time.Second):
+		t.Fatal("no delivery within 5 s")
+	}
+	return amqp091.Delivery{}
+}
+
+func none(t *testing.T, ds <-chan amqp091.Delivery, what string) {
+	t.Helper()
+	select {
+	case d := <-ds:
+		t.Fatalf("%s: unexpected delivery %q (tag %d)", what, d.Body, d.DeliveryTag)
+	case <-time.After(150 * time.Millisecond):
+	}
+}
+
+func publishN(t *testing.T, ch *amqp091.Channel, q string, from, to int) {
+	t.Helper()
+	for i := from; i < to; i++ {
+		if err := ch.Publish("", q, false, false, amqp091.Publishing{Body: []byte(fmt.Sprint(i))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func ready(t *testing.T, ch *amqp091.Channel, q string, want int) {
+	t.Helper()
+	var n int
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		st, err := ch.QueueDeclarePassive(q, false, false, false, false, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n = st.Messages; n == want {
+			return
+		}
+	}
+	t.Fatalf("queue %s: %d ready, want %d", q, n, want)
+}
+
+// A consumer on n2 of a queue homed on n1 gets RabbitMQ's semantics from the home queue:
+// prefetch, ack (single and multiple), nack with requeue to the original position and the
+// redelivered flag, reject without requeue, basic.recover, and requeue when the channel closes.
+func TestProxyConsumeSemantics(t *testing.T) {
+	lc := startLinked(t, 3)
+	_, ch1 := dial(t, lc.urls[0])
+	_, ch2 := dial(t, lc.urls[1])
+	if _, err := ch1.QueueDeclare("work", true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	publishN(t, ch1, "work", 0, 10)
+	ready(t, ch1, "work", 10)
+
+	if err := ch2.Qos(3, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	ds, err := ch2.Consume("work", "c1", false, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		d := next(t, ds)
+		if string(d.Body) != fmt.Sprint(i) || d.DeliveryTag != uint64(i+1) || d.Redelivered || d.ConsumerTag != "c1" || d.RoutingKey != "work" {
+			t.Fatalf("delivery %d: %q tag %d redelivered %v ctag %q", i, d.Body, d.DeliveryTag, d.Redelivered, d.ConsumerTag)
+		}
+	}
+	none(t, ds, "prefetch 3 reached")
+	// ack 1 -> "3" arrives (tag 4); nack 2 with requeue -> "1" comes back first, redelivered.
+	if err := ch2.Ack(1, false); err != nil {
+		t.Fatal(err)
+	}
+	if d := next(t, ds); string(d.Body) != "3" || d.DeliveryTag != 4 {
+		t.Fatalf("after ack: %q tag %d", d.Body, d.DeliveryTag)
+	}
+	if err := ch2.Nack(2, false, true); err != nil {
+		t.Fatal(err)
+	}
+	if d := next(t, ds); string(d.Body) != "1" || d.DeliveryTag != 5 || !d.Redelivered {
+		t.Fatalf("after nack requeue: %q tag %d redelivered %v", d.Body, d.DeliveryTag, d.Redelivered)
+	}
+	// reject 3 ("2") without requeue: gone; "4" arrives.
+	if err := ch2.Reject(3, false); err != nil {
+		t.Fatal(err)
+	}
+	if d := next(t, ds); string(d.Body) != "4" || d.DeliveryTag != 6 {
+		t.Fatalf("after reject: %q tag %d", d.Body, d.DeliveryTag)
+	}
+	// ack multiple up to 5 ("3", "1"): two more, "5" and "6".
+	if err := ch2.Ack(5, true); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"5", "6"} {
+		if d := next(t, ds); string(d.Body) != want {
+			t.Fatalf("after ack multiple: %q, want %q", d.Body, want)
+		}
+	}
+	none(t, ds, "prefetch 3 reached again")
+	// recover: "4", "5", "6" come back redelivered, in order, with new tags.
+	if err := ch2.Recover(true); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"4", "5", "6"} {
+		if d := next(t, ds); string(d.Body) != want || !d.Redelivered {
+			t.Fatalf("after recover: %q redelivered %v, want %q", d.Body, d.Redelivered, want)
+		}
+	}
+	// Closing the channel requeues the three unacked on n1: of 10, three acked and one
+	// rejected, so 6 ready once the channel is gone.
+	if err := ch2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ready(t, ch1, "work", 6)
+	// The order on the home queue is the original one.
+	for _, want := range []string{"4", "5", "6", "7", "8", "9"} {
+		d, ok, err := ch1.Get("work", true)
+		if err != nil || !ok || string(d.Body) != want {
+			t.Fatalf("after close: %v %v %q, want %q", err, ok, d.Body, want)
+		}
+	}
+}
+
+// basic.get on n2 of a queue homed on n1: the message count, the redelivered flag of a
+// requeued message, ack, and get-empty.
+func TestProxyGet(t *testing.T) {
+	lc := startLinked(t, 2)
+	_, ch1 := dial(t, lc.urls[0])
+	_, ch2 := dial(t, lc.urls[1])
+	if _, err := ch1.QueueDeclare("g", false, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	publishN(t, ch1, "g", 0, 3)
+	ready(t, ch1, "g", 3)
+	d, ok, err := ch2.Get("g", false)
+	if err != nil || !ok || string(d.Body) != "0" || d.MessageCount != 2 || d.Redelivered {
+		t.Fatalf("get: %v %v %q count %d redelivered %v", err, ok, d.Body, d.MessageCount, d.Redelivered)
+	}
+	if err := d.Nack(false, true); err != nil {
+		t.Fatal(err)
+	}
+	d, ok, err = ch2.Get("g", false)
+	if err != nil || !ok || string(d.Body) != "0" || !d.Redelivered {
+		t.Fatalf("get after requeue: %v %v %q redelivered %v", err, ok, d.Body, d.Redelivered)
+	}
+	if err := d.Ack(false); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"1", "2"} {
+		if d, ok, err := ch2.Get("g", true); err != nil || !ok || string(d.Body) != want {
+			t.Fatalf("get no-ack: %v %v %q", err, ok, d.Body)
+		}
+	}
+	if _, ok, err := ch2.Get("g", true); err != nil || ok {
+		t.Fatalf("get of an empty queue: %v %v", ok, err)
+	}
+	ready(t, ch1, "g", 0)
+	// An unknown delivery tag is still this channel's 406.
+	closed := ch2.NotifyClose(make(chan *amqp091.Error, 1))
+	if err := ch2.Ack(99, false); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-closed:
+		if amqpCode(err) != 406 {
+			t.Fatalf("ack of an unknown tag: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("ack of an unknown tag did not close the channel")
+	}
+}
+
+// The end of a proxied consumer: a cancel stops deliveries (what was delivered can still be
+// acked), the home's 403 for an exclusive consumer reaches the client, and the queue deleted
+// on its home or its home stopping cancel the consumer (basic.cancel to the client).
+func TestProxyConsumerEnds(t *testing.T) {
+	lc := startLinked(t, 3)
+	_, ch1 := dial(t, lc.urls[0])
+	_, ch2 := dial(t, lc.urls[1])
+	for _, q := range []string{"a", "b"} {
+		if _, err := ch1.QueueDeclare(q, false, false, false, false, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publishN(t, ch1, "a", 0, 2)
+	if err := ch2.Qos(1, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	ds, err := ch2.Consume("a", "ca", false, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := next(t, ds)
+	if err := ch2.Cancel("ca", false); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Ack(false); err != nil {
+		t.Fatal(err)
+	}
+	ready(t, ch1, "a", 1) // "1" stays ready: no consumer took it after the cancel
+
+	// An exclusive consumer on the home: the proxied one gets the home's 403.
+	if _, err := ch1.Consume("b", "excl", true, true, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	_, ch2b := dial(t, lc.urls[1])
+	if _, err := ch2b.Consume("b", "", true, false, false, false, nil); amqpCode(err) != 403 {
+		t.Fatalf("consume of a queue in exclusive use on its home: %v", err)
+	}
+
+	// Deleted on its home: the consumer on n2 is cancelled.
+	_, ch2c := dial(t, lc.urls[1])
+	cancels := ch2c.NotifyCancel(make(chan string, 2))
+	if _, err := ch2c.Consume("a", "cdel", false, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ch1.QueueDelete("a", false, false, false); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case tag := <-cancels:
+		if tag != "cdel" {
+			t.Fatalf("cancelled %q", tag)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no basic.cancel after the queue was deleted on its home")
+	}
+
+	// The home stops: the consumer of a queue of n3 on n2 is cancelled too.
+	_, ch3 := dial(t, lc.urls[2])
+	if _, err := ch3.QueueDeclare("c", false, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	_, ch2d := dial(t, lc.urls[1])
+	cancels = ch2d.NotifyCancel(make(chan string, 2))
+	if _, err := ch2d.Consume("c", "clost", false, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	_ = lc.servers[2].Close()
+	select {
+	case tag := <-cancels:
+		if tag != "clost" {
+			t.Fatalf("cancelled %q", tag)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no basic.cancel after the queue's home stopped")
+	}
+	// A consume while the home is down: RabbitMQ's 541 class of error, not a hang.
+	start := time.Now()
+	if _, err := ch2d.Consume("c", "again", false, false, false, false, nil); err == nil {
+		t.Fatal("consume of a queue whose home is down succeeded")
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("consume with the home down took %v", d)
+	}
+}
+
+// Transactions across nodes: a publish on n2 to a queue of n1 is on n1 when tx.commit-ok
+// arrives, and an ack of a proxied delivery takes effect at the commit, not before; a rollback
+// leaves it unacked.
+func TestProxyTransactions(t *testing.T) {
+	lc := startLinked(t, 2)
+	_, ch1 := dial(t, lc.urls[0])
+	_, ch2 := dial(t, lc.urls[1])
+	if _, err := ch1.QueueDeclare("tx", false, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := ch2.Tx(); err != nil {
+		t.Fatal(err)
+	}
+	publishN(t, ch2, "tx", 0, 2)
+	ready(t, ch1, "tx", 0)
+	if err := ch2.TxCommit(); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := ch1.QueueDeclarePassive("tx", false, false, false, false, nil); err != nil || st.Messages != 2 {
+		t.Fatalf("after tx.commit-ok: %+v %v", st, err)
+	}
+	d, ok, err := ch2.Get("tx", false)
+	if err != nil || !ok {
+		t.Fatalf("get: %v %v", ok, err)
+	}
+	if err := d.Ack(false); err != nil {
+		t.Fatal(err)
+	}
+	if err := ch2.TxRollback(); err != nil {
+		t.Fatal(err)
+	}
+	if err := ch2.Ack(d.DeliveryTag, false); err != nil { // unacked again after the rollback
+		t.Fatal(err)
+	}
+	if err := ch2.TxCommit(); err != nil {
+		t.Fatal(err)
+	}
+	// Acked on n1: closing the channel requeues nothing.
+	if err := ch2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ready(t, ch1, "tx", 1)
+}

@@ -1,0 +1,357 @@
+package server
+
+import (
+	"github.com/warrenmq/warren/amqp"
+	"github.com/warrenmq/warren/broker"
+)
+
+// This file is the client-node half of a cluster's data link: basic.consume and basic.get of a
+// queue homed on another node are proxied over a link channel to that node (broker.Proxy). The
+// home node's queue decides everything (prefetch, redelivered, requeue position); this channel
+// gives the deliveries its own delivery tags and maps settlements back to the link's.
+
+// remoteLinks are the link channels a channel opened: its proxied consumers' (kept after a
+// cancel, for the acks of what they delivered) and one getter per home node. All are closed
+// with the channel, which requeues on the home nodes what the client had not settled.
+type remoteLinks struct {
+	all     []broker.ProxyChannel
+	getters map[string]broker.ProxyGetter
+	// held are deliveries the home sent over the channel's global prefetch (basic.qos
+	// global=true, which each home can only apply per link channel): they wait here, in
+	// arrival order, for credit. The home counts them as delivered; they are requeued there if
+	// the channel closes first.
+	held []heldDelivery
+}
+
+type heldDelivery struct {
+	rs *remoteSink
+	d  broker.ProxyDelivery
+}
+
+// remoteSink relays a proxied consumer's deliveries into the channel.
+type remoteSink struct {
+	cs *consumer
+	pc broker.ProxyChannel
+}
+
+// Deliver implements broker.ProxySink (on the link's relay goroutine).
+func (rs *remoteSink) Deliver(d broker.ProxyDelivery) bool {
+	cs := rs.cs
+	ch := cs.ch
+	ch.mu.Lock()
+	if ch.closed || ch.consumers[cs.tag] != cs {
+		ch.mu.Unlock()
+		return false
+	}
+	if !cs.noAck && ch.prefetch > 0 && (ch.inflight >= ch.prefetch || len(ch.remote.held) > 0) {
+		ch.remote.held = append(ch.remote.held, heldDelivery{rs: rs, d: d})
+		ch.starved = true
+		ch.mu.Unlock()
+		return true
+	}
+	rs.writeLocked(d)
+	ch.mu.Unlock()
+	return true
+}
+
+// writeLocked sends a delivery to the client; call with ch.mu held.
+func (rs *remoteSink) writeLocked(d broker.ProxyDelivery) {
+	cs := rs.cs
+	ch := cs.ch
+	ch.nextTag++
+	tag := ch.nextTag
+	w := ch.c.w
+	b := w.lock()
+	start := len(b)
+	b = amqp.BeginMethodFrame(b, ch.id)
+	m := amqp.BasicDeliver{ConsumerTag: cs.tag, DeliveryTag: tag, Redelivered: d.Redelivered, Exchange: d.Exchange, RoutingKey: d.RoutingKey}
+	b = m.Append(b)
+	b = amqp.EndMethodFrame(b, start)
+	b = amqp.AppendContent(b, ch.id, d.Header, d.Body, ch.c.frameMax)
+	w.unlock(b)
+	if !cs.noAck {
+		ch.unacked = append(ch.unacked, delivery{tag: tag, qs: cs.qs, cons: cs, rem: rs.pc, rtag: d.Tag})
+		cs.unacked++
+		ch.inflight++
+	}
+}
+
+// sendHeld sends the held deliveries the channel's global prefetch now allows (after a
+// settlement returned credit); those of consumers gone since are requeued on their home.
+func (ch *channel) sendHeld() {
+	var back []heldDelivery
+	ch.mu.Lock()
+	if ch.remote == nil || len(ch.remote.held) == 0 {
+		ch.mu.Unlock()
+		return
+	}
+	held := ch.remote.held
+	n := 0
+	for n < len(held) && (ch.prefetch == 0 || ch.inflight < ch.prefetch) {
+		h := held[n]
+		n++
+		if ch.closed || ch.consumers[h.rs.cs.tag] != h.rs.cs {
+			back = append(back, h)
+			continue
+		}
+		h.rs.writeLocked(h.d)
+	}
+	clear(held[:n])
+	ch.remote.held = held[n:]
+	ch.mu.Unlock()
+	for _, h := range back {
+		h.rs.pc.Settle(broker.Requeue, h.d.Tag, false)
+	}
+}
+
+// Ended implements broker.ProxySink: the home node cancelled the consumer (queue deleted) or
+// the link was lost, and the client is told as for a deleted queue; or the home closed the
+// link channel with a channel error (its consumer timeout), and this channel closes with it.
+func (rs *remoteSink) Ended(err *amqp.Error) {
+	if err == nil {
+		rs.cs.QueueDeleted()
+		return
+	}
+	ch := rs.cs.ch
+	if !ch.closeSent.CompareAndSwap(false, true) {
+		return // the reader is closing it already
+	}
+	ch.timedOut.Store(true) // the reader treats the channel as closing from its next frame
+	ch.releaseHeld(ch.detach())
+	ch.c.writeMethod(ch.id, &amqp.ChannelClose{ReplyCode: err.Code, ReplyText: err.Text})
+}
+
+// consumeRemote handles basic.consume of a queue homed on another node; handled is false for a
+// local queue (or a single node).
+func (ch *channel) consumeRemote(m *amqp.BasicConsume, cs *consumer) (handled bool, err *amqp.Error) {
+	p := ch.c.srv.b.Proxy()
+	if p == nil {
+		return false, nil
+	}
+	qs, err := ch.v.RemoteQueue(ch.c.actor, m.Queue)
+	if err != nil {
+		return true, err
+	}
+	if qs == nil {
+		return false, nil
+	}
+	// A channel-wide limit (global=true) applies to the link channel as a whole: exact for a
+	// channel's only consumer, per consumer when it has several on other nodes.
+	ch.mu.Lock()
+	prefetch, chPrefetch := ch.consumerPrefetch, ch.prefetch
+	ch.mu.Unlock()
+	rs := &remoteSink{cs: cs}
+	pc, err := p.Consume(qs.Home(), ch.v.Name(), m.Queue, broker.ProxyConsume{Tag: cs.tag, NoAck: m.NoAck,
+		Exclusive: m.Exclusive, Args: m.Arguments, Prefetch: prefetch, ChannelPrefetch: chPrefetch}, rs)
+	if err != nil {
+		return true, err
+	}
+	rs.pc = pc
+	cs.qs, cs.remote = qs, pc
+	ch.mu.Lock()
+	cs.prefetch = ch.consumerPrefetch
+	ch.consumers[cs.tag] = cs
+	if ch.remote == nil {
+		ch.remote = &remoteLinks{}
+	}
+	ch.remote.all = append(ch.remote.all, pc)
+	ch.mu.Unlock()
+	if !m.NoWait {
+		ch.c.writeMethod(ch.id, &amqp.BasicConsumeOk{ConsumerTag: cs.tag})
+	}
+	pc.Start()
+	return true, nil
+}
+
+// getRemote handles basic.get of a queue homed on another node (see consumeRemote).
+func (ch *channel) getRemote(m *amqp.BasicGet) (handled bool, err *amqp.Error) {
+	p := ch.c.srv.b.Proxy()
+	if p == nil {
+		return false, nil
+	}
+	qs, err := ch.v.RemoteQueue(ch.c.actor, m.Queue)
+	if err != nil {
+		return true, err
+	}
+	if qs == nil {
+		return false, nil
+	}
+	ch.mu.Lock()
+	var g broker.ProxyGetter
+	if ch.remote != nil {
+		g = ch.remote.getters[qs.Home()]
+	}
+	ch.mu.Unlock()
+	if g == nil {
+		if g, err = p.Getter(qs.Home(), ch.v.Name()); err != nil {
+			return true, err
+		}
+		ch.mu.Lock()
+		// ch.remote may have gone meanwhile (the channel closed off the reader goroutine):
+		// a new one is closed by the reader's shutdown.
+		if ch.remote == nil {
+			ch.remote = &remoteLinks{}
+		}
+		if ch.remote.getters == nil {
+			ch.remote.getters = map[string]broker.ProxyGetter{}
+		}
+		ch.remote.getters[qs.Home()] = g
+		ch.remote.all = append(ch.remote.all, g)
+		ch.mu.Unlock()
+	}
+	d, ok, err := g.Get(m.Queue, m.NoAck)
+	if err != nil {
+		// The home closed the link channel: a new one is opened for the next get.
+		ch.mu.Lock()
+		if ch.remote != nil && ch.remote.getters[qs.Home()] == g {
+			delete(ch.remote.getters, qs.Home())
+		}
+		ch.mu.Unlock()
+		return true, err
+	}
+	if !ok {
+		ch.c.writeMethod(ch.id, &amqp.BasicGetEmpty{})
+		return true, nil
+	}
+	ch.mu.Lock()
+	ch.nextTag++
+	tag := ch.nextTag
+	w := ch.c.w
+	b := w.lock()
+	b = amqp.AppendMethodFrame(b, ch.id, &amqp.BasicGetOk{DeliveryTag: tag, Redelivered: d.Redelivered, Exchange: d.Exchange,
+		RoutingKey: d.RoutingKey, MessageCount: d.MessageCount})
+	b = amqp.AppendContent(b, ch.id, d.Header, d.Body, ch.c.frameMax)
+	w.unlock(b)
+	if !m.NoAck {
+		ch.unacked = append(ch.unacked, delivery{tag: tag, qs: qs, rem: g, rtag: d.Tag})
+		ch.inflight++
+	}
+	ch.mu.Unlock()
+	return true, nil
+}
+
+// splitRemote moves the proxied deliveries of ds out (in place) and returns the local ones
+// and the proxied ones.
+func splitRemote(ds []delivery) (local, remote []delivery) {
+	n := 0
+	for _, d := range ds {
+		if d.rem != nil {
+			remote = append(remote, d)
+		} else {
+			ds[n] = d
+			n++
+		}
+	}
+	return ds[:n], remote
+}
+
+// settleRemote settles proxied deliveries on their home nodes: with multiple (a client's
+// multiple=true, or recover, which take every unacked delivery up to a tag) one settlement up
+// to the highest link tag of each link channel, else one per delivery.
+func (ch *channel) settleRemote(kind broker.Settlement, ds []delivery, multiple bool) {
+	if len(ds) == 0 {
+		return
+	}
+	if !multiple {
+		for _, d := range ds {
+			d.rem.Settle(kind, d.rtag, false)
+		}
+		return
+	}
+	top := map[broker.ProxyChannel]uint64{}
+	var order []broker.ProxyChannel
+	for _, d := range ds {
+		if t, ok := top[d.rem]; !ok {
+			order = append(order, d.rem)
+			top[d.rem] = d.rtag
+		} else if d.rtag > t {
+			top[d.rem] = d.rtag
+		}
+	}
+	for _, pc := range order {
+		pc.Settle(kind, top[pc], true)
+	}
+}
+
+// closeRemote closes every link channel of the channel: the home nodes requeue what the client
+// had not settled, as a closing channel requeues its local deliveries.
+func (ch *channel) closeRemote() {
+	ch.mu.Lock()
+	rl := ch.remote
+	ch.remote = nil
+	ch.mu.Unlock()
+	if rl == nil {
+		return
+	}
+	for _, pc := range rl.all {
+		pc.Close()
+	}
+}
+
+// applyRemote settles proxied deliveries for good: their credit is returned here and the home
+// nodes are told (see settleRemote).
+func (ch *channel) applyRemote(kind broker.Settlement, ds []delivery, multiple bool) {
+	if len(ds) == 0 {
+		return
+	}
+	starved := ch.released(ds)
+	ch.settleRemote(kind, ds, multiple)
+	if starved {
+		ch.kickConsumers()
+	}
+}
+
+// remoteCounts are queue.declare-ok's counts of a queue of another node, from its home (a
+// single node, or no proxy: the remote entry's zeros).
+func (ch *channel) remoteCounts(qs *broker.Queue) (ready, consumers int, err *amqp.Error) {
+	p := ch.c.srv.b.Proxy()
+	if p == nil {
+		return 0, 0, nil
+	}
+	return p.Counts(qs.Home(), ch.v.Name(), qs.Name())
+}
+
+// purge is queue.purge: on the queue's home when it lives on another node.
+func (ch *channel) purge(name string) (int, *amqp.Error) {
+	if p := ch.c.srv.b.Proxy(); p != nil {
+		qs, err := ch.v.RemoteQueue(ch.c.actor, name) // purge needs read permission, as a get
+		if err != nil {
+			return 0, err
+		}
+		if qs != nil {
+			return p.Purge(qs.Home(), ch.v.Name(), name)
+		}
+	}
+	return ch.v.PurgeQueue(ch.c.actor, name)
+}
+
+// deleteQueue is queue.delete: for a queue of another node, if-unused and if-empty are checked
+// against its home's counts (and the count deleted is the home's), then the delete goes
+// through the cluster's log as any other.
+func (ch *channel) deleteQueue(name string, ifUnused, ifEmpty bool) (int, *amqp.Error) {
+	home := ch.v.QueueHome(name)
+	if home == "" {
+		return ch.v.DeleteQueue(ch.c.actor, name, ifUnused, ifEmpty)
+	}
+	if err := ch.c.actor.Authz.Authorize(broker.PermConfigure, broker.ResQueue, name); err != nil {
+		return 0, err
+	}
+	qs, err := ch.v.Queue(ch.c.actor, name)
+	if err != nil {
+		return 0, err
+	}
+	ready, consumers, err := ch.c.srv.b.Proxy().Counts(home, ch.v.Name(), name)
+	if err != nil {
+		return 0, err
+	}
+	switch {
+	case ifUnused && consumers > 0:
+		return 0, amqp.Errorf(amqp.PreconditionFailed, "queue '%s' in vhost '%s' in use", qs.Name(), ch.v.Name())
+	case ifEmpty && ready > 0:
+		return 0, amqp.Errorf(amqp.PreconditionFailed, "queue '%s' in vhost '%s' is not empty", qs.Name(), ch.v.Name())
+	}
+	if _, err := ch.v.DeleteQueue(ch.c.actor, name, false, false); err != nil {
+		return 0, err
+	}
+	return ready, nil
+}
