@@ -504,6 +504,8 @@ func recordHead(msg *queue.Message, own bool, extra int) []byte {
 	n := 2*len(msg.Header) + 32 + extra
 	if !own {
 		n += 48 + len(msg.Exchange) + len(msg.RoutingKey)
+	} else if len(msg.Header) == 15 {
+		n = 12 + extra // a delivery mode only: header and data sections, 12 bytes
 	}
 	b, err := stream.AppendAMQP10Head(make([]byte, 0, n), msg.Header, len(msg.Body), !own, msg.Exchange, msg.RoutingKey)
 	if err != nil {

@@ -284,6 +284,15 @@ func appendSym(dst []byte, s string) []byte {
 // exchange, the stream's own name as routing key), which is what RabbitMQ's reader assumes
 // when they are absent. A malformed header is an error (the caller keeps another format).
 func AppendAMQP10Head(dst, header []byte, bodyLen int, annotate bool, exchange, routingKey string) ([]byte, error) {
+	if len(header) == 15 && header[12] == fDeliveryMode>>8 && header[13] == 0 && (header[14] == 1 || header[14] == 2) && !annotate {
+		// The usual stream publish: only a delivery mode, through the default exchange.
+		durable := byte(t10False)
+		if header[14] == 2 {
+			durable = t10True
+		}
+		dst = append(dst, t10Described, t10SmallUlng, secHeader, t10List8, 2, 1, durable)
+		return appendData(dst, bodyLen), nil
+	}
 	p, err := parseProps091(header)
 	if err != nil {
 		return dst, err
@@ -390,11 +399,16 @@ func AppendAMQP10Head(dst, header []byte, bodyLen int, annotate bool, exchange, 
 			return dst[:start], errBadHeader091
 		}
 	}
+	return appendData(dst, bodyLen), nil
+}
+
+// appendData appends a data section's descriptor and length, for a body of n bytes.
+func appendData(dst []byte, n int) []byte {
 	dst = appendSection(dst, secData)
-	if bodyLen <= 0xff {
-		return append(dst, t10Vbin8, byte(bodyLen)), nil
+	if n <= 0xff {
+		return append(dst, t10Vbin8, byte(n))
 	}
-	return binary.BigEndian.AppendUint32(append(dst, t10Vbin32), uint32(bodyLen)), nil
+	return binary.BigEndian.AppendUint32(append(dst, t10Vbin32), uint32(n))
 }
 
 func appendOpt(dst []byte, present bool, code8, code32 byte, v []byte) []byte {
