@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/warrenmq/warren/amqp"
@@ -34,6 +35,10 @@ type streamQueue struct {
 	retention      *time.Timer
 	gen            uint64
 	closed         bool
+	// retentionGen is the streamPolicyGen of the retention in force; applyMu serializes
+	// setRetention (taken before mu).
+	retentionGen uint64
+	applyMu      sync.Mutex
 }
 
 // streamConsumer is one basic.consume on a stream queue: a goroutine that reads the log from
@@ -192,12 +197,29 @@ func (sq *streamQueue) armRetentionLocked() {
 	sq.retention = time.AfterFunc(every, tick)
 }
 
+// streamPolicyGen numbers the policy changes (setPolicies increments it under the vhost's
+// lock): a retention computed from older policies never replaces one computed from newer
+// ones. Retention is computed under v.mu but applied after it is released, so a stream
+// declare that read the policies just before a reload could otherwise apply its stale value
+// after the reload's (and two reloads could cross the same way).
+var streamPolicyGen atomic.Uint64
+
 // setRetention applies a changed retention (a policy set, changed or cleared) to an open
-// stream: at once, removing the segments it no longer keeps. The segment size is kept until
+// stream: at once, removing the segments it no longer keeps. gen is streamPolicyGen when o
+// was computed; an o older than the one in force is ignored. The segment size is kept until
 // the log is next opened, as RabbitMQ's osiris writer keeps it until it restarts.
-func (sq *streamQueue) setRetention(o stream.Options) {
+func (sq *streamQueue) setRetention(o stream.Options, gen uint64) {
+	// applyMu orders the log's updates as the fields' (sq.mu is released while the log
+	// removes files).
+	sq.applyMu.Lock()
+	defer sq.applyMu.Unlock()
 	sq.mu.Lock()
-	if sq.closed || (o.MaxLengthBytes == sq.maxLengthBytes && o.MaxAge == sq.maxAge) {
+	if sq.closed || gen < sq.retentionGen {
+		sq.mu.Unlock()
+		return
+	}
+	sq.retentionGen = gen
+	if o.MaxLengthBytes == sq.maxLengthBytes && o.MaxAge == sq.maxAge {
 		sq.mu.Unlock()
 		return
 	}
@@ -778,10 +800,10 @@ func (v *VHost) openReservedStream(qs *Queue, m QueueSpec) (chan error, *amqp.Er
 	}
 	synced := v.registerQueueLocked(qs, args)
 	// The policies may have changed while the log was being opened.
-	now := v.effectiveLocked(qs.name, qs.spec, qs.args).stream
+	now, gen := v.effectiveLocked(qs.name, qs.spec, qs.args).stream, streamPolicyGen.Load()
 	v.mu.Unlock()
 	close(done)
-	qs.sq.setRetention(now) // a no-op when they did not
+	qs.sq.setRetention(now, gen) // a no-op when they did not, or when a reload came after
 	return synced, nil
 }
 

@@ -423,3 +423,42 @@ func TestStreamRecordsKeepRouting(t *testing.T) {
 		}
 	}
 }
+
+// TestStreamRetentionOrder checks that a retention computed from older policies never replaces
+// a newer one, whatever order they are applied in: a stream declare that read the policies
+// before a reload applies its value after the reload's, or two reloads cross.
+func TestStreamRetentionOrder(t *testing.T) {
+	b := newTestBroker(t, "")
+	v := b.VHost("/")
+	if _, err := v.DeclareQueue(System, QueueSpec{Name: "s", Durable: true, Args: amqp.Table{"x-queue-type": "stream"}}); err != nil {
+		t.Fatal(err)
+	}
+	v.mu.RLock()
+	sq := v.queues["s"].sq
+	v.mu.RUnlock()
+	base := streamPolicyGen.Load()
+	sq.setRetention(stream.Options{MaxLengthBytes: 2000, MaxAge: time.Hour}, base+2)
+	sq.setRetention(stream.Options{MaxLengthBytes: 1000}, base+1) // stale: ignored
+	sq.mu.Lock()
+	got, age := sq.maxLengthBytes, sq.maxAge
+	sq.mu.Unlock()
+	if got != 2000 || age != time.Hour {
+		t.Fatalf("retention %d %v after a stale update, want 2000 1h", got, age)
+	}
+	// Many crossing updates: the newest generation is what stays.
+	var wg sync.WaitGroup
+	for i := 1; i <= 50; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			sq.setRetention(stream.Options{MaxLengthBytes: int64(i) * 1000}, base+2+uint64(i))
+		}(i)
+	}
+	wg.Wait()
+	sq.mu.Lock()
+	got = sq.maxLengthBytes
+	sq.mu.Unlock()
+	if got != 50000 {
+		t.Fatalf("retention %d after crossing updates, want 50000 (the newest)", got)
+	}
+}
