@@ -520,14 +520,14 @@ func recordHead(msg *queue.Message, own bool, extra int) []byte {
 	if !shortHeader(msg.Header, len(msg.Body)) {
 		return recordHeadV2(msg, own, extra)
 	}
-	// AMQP 1.0 takes at most a few bytes more than 0-9-1 per property and header entry, and
-	// fewer for strings: twice the header and the fixed parts is room enough in practice
-	// (append grows it if not).
-	n := 2*len(msg.Header) + 32 + extra
+	// AMQP 1.0 takes a few bytes more than 0-9-1 per property and header entry, and fewer
+	// for long strings: one and a half times the header and the fixed parts is room enough in
+	// practice (append grows it if not).
+	n := len(msg.Header) + len(msg.Header)/2 + 32 + extra
 	if !own {
 		n += 48 + len(msg.Exchange) + len(msg.RoutingKey)
 	} else if len(msg.Header) == 15 {
-		n = 12 + extra // a delivery mode only: header and data sections, 12 bytes
+		n = 15 + extra // a delivery mode only: header and data sections, 12 bytes (15 for a body over 255)
 	}
 	b, err := stream.AppendAMQP10Head(make([]byte, 0, n), msg.Header, len(msg.Body), !own, msg.Exchange, msg.RoutingKey)
 	if err != nil {

@@ -181,13 +181,12 @@ func (r *rd) shortstr() []byte { return r.n(int(r.u8())) }
 
 // parseProps091 reads a basic content header payload (class, weight, body size, flags,
 // properties).
-func parseProps091(h []byte) (props091, error) {
+func parseProps091(p *props091, h []byte) error {
 	r := rd{b: h}
-	var p props091
 	r.n(12) // class id, weight, body size: rebuilt from the body on the way back
 	p.flags = r.u16()
 	if r.bad || p.flags&3 != 0 {
-		return p, errBadHeader091
+		return errBadHeader091
 	}
 	f := p.flags
 	if f&fContentType != 0 {
@@ -233,9 +232,9 @@ func parseProps091(h []byte) (props091, error) {
 		p.clID = r.shortstr()
 	}
 	if r.bad || r.off != len(h) {
-		return p, errBadHeader091
+		return errBadHeader091
 	}
-	return p, nil
+	return nil
 }
 
 // compound starts a list or map: 9 bytes reserved for the 32-bit form, shrunk by
@@ -293,8 +292,8 @@ func AppendAMQP10Head(dst, header []byte, bodyLen int, annotate bool, exchange, 
 		dst = append(dst, t10Described, t10SmallUlng, secHeader, t10List8, 2, 1, durable)
 		return appendData(dst, bodyLen), nil
 	}
-	p, err := parseProps091(header)
-	if err != nil {
+	var p props091
+	if err := parseProps091(&p, header); err != nil {
 		return dst, err
 	}
 	start := len(dst)
