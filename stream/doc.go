@@ -1,6 +1,7 @@
 // Package stream is the storage of x-queue-type: stream queues: an append-only log of
 // records, numbered by consecutive offsets from 0, kept as segment files that are written
-// once, read sequentially and deleted whole by retention. It does no AMQP; the broker maps
+// once, read sequentially and deleted whole by retention. Its records are AMQP 1.0 messages
+// (amqp10.go converts them from and to AMQP 0-9-1 content headers, on bytes); the broker maps
 // queue arguments and consumers onto it.
 //
 // # Files
