@@ -451,6 +451,7 @@ func (v *VHost) setPolicies(ps []*Policy) {
 	var streams []streamChange
 	v.mu.Lock()
 	v.policies = ps
+	gen := streamPolicyGen.Add(1)
 	for _, ex := range v.exchanges {
 		ex.alternate = v.alternateLocked(ex)
 	}
@@ -481,6 +482,6 @@ func (v *VHost) setPolicies(ps []*Policy) {
 	// And a stream's new retention removes segment files (streamQueue.mu is never taken under
 	// v.mu either).
 	for _, sc := range streams {
-		sc.sq.setRetention(sc.opts)
+		sc.sq.setRetention(sc.opts, gen)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/warrenmq/warren/amqp"
@@ -34,6 +35,10 @@ type streamQueue struct {
 	retention      *time.Timer
 	gen            uint64
 	closed         bool
+	// retentionGen is the streamPolicyGen of the retention in force; applyMu serializes
+	// setRetention (taken before mu).
+	retentionGen uint64
+	applyMu      sync.Mutex
 }
 
 // streamConsumer is one basic.consume on a stream queue: a goroutine that reads the log from
@@ -192,12 +197,29 @@ func (sq *streamQueue) armRetentionLocked() {
 	sq.retention = time.AfterFunc(every, tick)
 }
 
+// streamPolicyGen numbers the policy changes (setPolicies increments it under the vhost's
+// lock): a retention computed from older policies never replaces one computed from newer
+// ones. Retention is computed under v.mu but applied after it is released, so a stream
+// declare that read the policies just before a reload could otherwise apply its stale value
+// after the reload's (and two reloads could cross the same way).
+var streamPolicyGen atomic.Uint64
+
 // setRetention applies a changed retention (a policy set, changed or cleared) to an open
-// stream: at once, removing the segments it no longer keeps. The segment size is kept until
+// stream: at once, removing the segments it no longer keeps. gen is streamPolicyGen when o
+// was computed; an o older than the one in force is ignored. The segment size is kept until
 // the log is next opened, as RabbitMQ's osiris writer keeps it until it restarts.
-func (sq *streamQueue) setRetention(o stream.Options) {
+func (sq *streamQueue) setRetention(o stream.Options, gen uint64) {
+	// applyMu orders the log's updates as the fields' (sq.mu is released while the log
+	// removes files).
+	sq.applyMu.Lock()
+	defer sq.applyMu.Unlock()
 	sq.mu.Lock()
-	if sq.closed || (o.MaxLengthBytes == sq.maxLengthBytes && o.MaxAge == sq.maxAge) {
+	if sq.closed || gen < sq.retentionGen {
+		sq.mu.Unlock()
+		return
+	}
+	sq.retentionGen = gen
+	if o.MaxLengthBytes == sq.maxLengthBytes && o.MaxAge == sq.maxAge {
 		sq.mu.Unlock()
 		return
 	}
@@ -398,7 +420,7 @@ func (sc *streamConsumer) run(ctx context.Context, c StreamSink) {
 			}
 			return
 		}
-		msg, err := decodeStreamRecord(rec.Data, sc.qs.name)
+		msg, err := decodeStreamDelivery(rec.Data, sc.qs.name, rec.Offset)
 		if err != nil {
 			sc.qs.v.b.log.Error("stream record skipped", "queue", sc.qs.name, "offset", rec.Offset, "err", err)
 			continue
@@ -451,15 +473,18 @@ func (qs *Queue) streamConsumerGone() {
 //	v2: 0x02, flags (u8), [exchange, routing key as in v1, unless flagOwnQueue],
 //	    content header (uvarint length + bytes: without its first 12 bytes if flagShortHeader),
 //	    body (the rest)
+//	v3: an AMQP 1.0 message (first byte 0x00, a described section), as RabbitMQ stores a
+//	    message published over AMQP 0-9-1 in a stream; stream.AppendAMQP10Head and
+//	    stream.DecodeAMQP091 convert, stream/doc.go has the mapping
 //
-// v2 (written since issue 19's measurements) drops what a record can rebuild: with
-// flagOwnQueue the message came through the default exchange with the stream's own name as
-// routing key (the usual stream publish), so neither is stored; with flagShortHeader the
-// content header's class (60), weight (0) and body size (the body's length) are left out and
-// only the property flags and properties are kept, verbatim. A 16-byte persistent message is
-// then a 22-byte record instead of 50. v1 records are still read. The content header is never
-// re-encoded, as for other queues. (The stream protocol carries AMQP 1.0 messages: serving
-// these records on port 5552 needs a further format or a conversion.)
+// v3 is written since the stream protocol needs AMQP 1.0 records (issue 19): a future port
+// 5552 front end can then send chunks from the segment files unchanged. v1 and v2 records,
+// in segments written before, are still read, so a stream may mix formats across segments;
+// v2 is also written when a content header cannot be converted (a malformed one, or one
+// whose class, weight or body size v3 would not rebuild as they were; the front end lets
+// neither through). The x-exchange and x-routing-key annotations (v2's
+// flagOwnQueue) are left out for the usual publish through the default exchange with the
+// stream's name as routing key: RabbitMQ's reader assumes the same defaults.
 const (
 	streamRecordV1 = 0x01
 	streamRecordV2 = 0x02
@@ -479,17 +504,45 @@ func shortHeader(h []byte, n int) bool {
 		binary.BigEndian.Uint16(h[2:]) == 0 && binary.BigEndian.Uint64(h[4:]) == uint64(n)
 }
 
-// encodeStreamRecord encodes msg as a v2 record that names its exchange and routing key.
+// encodeStreamRecord encodes msg as a record that names its exchange and routing key.
 func encodeStreamRecord(msg *queue.Message) []byte { return encodeRecord(msg, false) }
 
-// encodeRecord encodes msg as a v2 record; own leaves out the exchange and routing key (the
+// encodeRecord encodes msg as a v3 record; own leaves out the exchange and routing key (the
 // default exchange and the stream's name).
 func encodeRecord(msg *queue.Message, own bool) []byte {
 	return append(recordHead(msg, own, len(msg.Body)), msg.Body...)
 }
 
-// recordHead is the v2 record of msg up to its body, allocated with room for extra bytes more.
+// recordHead is the v3 record of msg up to its body (the data section's length included),
+// allocated with room for extra bytes more; v2 if the content header cannot be converted or
+// is not the usual one (class 60, weight 0, the body's size), which v3 rebuilds.
 func recordHead(msg *queue.Message, own bool, extra int) []byte {
+	if !shortHeader(msg.Header, len(msg.Body)) {
+		return recordHeadV2(msg, own, extra)
+	}
+	// AMQP 1.0 takes a few bytes more than 0-9-1 per property and header entry, and fewer
+	// for long strings: one and a half times the header and the fixed parts is room enough in
+	// practice (append grows it if not).
+	n := len(msg.Header) + len(msg.Header)/2 + 32 + extra
+	if !own {
+		n += 48 + len(msg.Exchange) + len(msg.RoutingKey)
+	} else if len(msg.Header) == 15 {
+		n = 15 + extra // a delivery mode only: header and data sections, 12 bytes (15 for a body over 255)
+	}
+	b, err := stream.AppendAMQP10Head(make([]byte, 0, n), msg.Header, len(msg.Body), !own, msg.Exchange, msg.RoutingKey)
+	if err != nil {
+		return recordHeadV2(msg, own, extra)
+	}
+	return b
+}
+
+// encodeRecordV2 encodes msg as a v2 record (the format before v3).
+func encodeRecordV2(msg *queue.Message, own bool) []byte {
+	return append(recordHeadV2(msg, own, len(msg.Body)), msg.Body...)
+}
+
+// recordHeadV2 is the v2 record of msg up to its body, allocated with room for extra bytes more.
+func recordHeadV2(msg *queue.Message, own bool, extra int) []byte {
 	var flags byte
 	if own {
 		flags |= flagOwnQueue
@@ -517,9 +570,40 @@ func recordHead(msg *queue.Message, own bool, extra int) []byte {
 
 var errBadStreamRecord = errors.New("malformed stream record")
 
+// decodeStreamDelivery is decodeStreamRecord for a delivery of the record at offset: its
+// content header carries the x-stream-offset header RabbitMQ adds. For a v3 record that is
+// one conversion from AMQP 1.0; v1 and v2 records' headers are decoded and re-encoded.
+func decodeStreamDelivery(rec []byte, queueName string, offset uint64) (*queue.Message, error) {
+	if stream.IsAMQP10(rec) {
+		return decodeV3(rec, queueName, offset, true)
+	}
+	msg, err := decodeStreamRecord(rec, queueName)
+	if err != nil {
+		return nil, err
+	}
+	msg.Header = withStreamOffset(msg.Header, offset)
+	return msg, nil
+}
+
+// decodeV3 converts a v3 record to a message for AMQP 0-9-1 consumers.
+func decodeV3(rec []byte, queueName string, offset uint64, withOffset bool) (*queue.Message, error) {
+	m, err := stream.DecodeAMQP091(rec, int64(offset), withOffset)
+	if err != nil {
+		return nil, err
+	}
+	msg := &queue.Message{Exchange: m.Exchange, RoutingKey: queueName, Header: m.Header, Body: m.Body}
+	if m.HasRoutingKey {
+		msg.RoutingKey = m.RoutingKey
+	}
+	return msg, nil
+}
+
 // decodeStreamRecord rebuilds a message from a record of the stream queue named queueName; it
 // copies, since the record's bytes are the reader's buffer.
 func decodeStreamRecord(rec []byte, queueName string) (*queue.Message, error) {
+	if stream.IsAMQP10(rec) {
+		return decodeV3(rec, queueName, 0, false)
+	}
 	if len(rec) < 1 || (rec[0] != streamRecordV1 && rec[0] != streamRecordV2) {
 		return nil, errBadStreamRecord
 	}
@@ -585,18 +669,22 @@ func decodeStreamRecord(rec []byte, queueName string) (*queue.Message, error) {
 	return &queue.Message{Exchange: ex, RoutingKey: rk, Header: own[:full:full], Body: own[full:]}, nil
 }
 
-// streamHeader is the content header of a stream delivery: the publisher's, plus the
-// x-stream-offset header RabbitMQ adds.
-func streamHeader(e *queue.Entry) []byte {
-	h, err := amqp.DecodeContentHeader(e.Msg.Header)
+// streamHeader is the content header of a stream delivery: the publisher's properties plus
+// the x-stream-offset header RabbitMQ adds, which decodeStreamDelivery put in when it read
+// the record (a stream entry exists only for its delivery).
+func streamHeader(e *queue.Entry) []byte { return e.Msg.Header }
+
+// withStreamOffset adds the x-stream-offset header to a v1 or v2 record's content header.
+func withStreamOffset(header []byte, offset uint64) []byte {
+	h, err := amqp.DecodeContentHeader(header)
 	if err != nil {
-		return e.Msg.Header
+		return header
 	}
 	headers := make(amqp.Table, len(h.Props.Headers)+1)
 	for k, v := range h.Props.Headers {
 		headers[k] = v
 	}
-	headers["x-stream-offset"] = int64(e.Seq)
+	headers[stream.StreamOffsetHeader] = int64(offset)
 	h.Props.Headers = headers
 	return amqp.AppendContentHeader(nil, h.ClassID, h.BodySize, &h.Props)
 }
@@ -712,10 +800,10 @@ func (v *VHost) openReservedStream(qs *Queue, m QueueSpec) (chan error, *amqp.Er
 	}
 	synced := v.registerQueueLocked(qs, args)
 	// The policies may have changed while the log was being opened.
-	now := v.effectiveLocked(qs.name, qs.spec, qs.args).stream
+	now, gen := v.effectiveLocked(qs.name, qs.spec, qs.args).stream, streamPolicyGen.Load()
 	v.mu.Unlock()
 	close(done)
-	qs.sq.setRetention(now) // a no-op when they did not
+	qs.sq.setRetention(now, gen) // a no-op when they did not, or when a reload came after
 	return synced, nil
 }
 

@@ -188,42 +188,83 @@ func v1Record(msg *queue.Message) []byte {
 	return append(b, msg.Body...)
 }
 
+// sameContent compares content headers as a consumer sees them: decoded, then encoded with
+// sorted keys (raw bytes that do not decode are compared as they are).
+func sameContent(a, b []byte) bool {
+	ha, erra := amqp.DecodeContentHeader(a)
+	hb, errb := amqp.DecodeContentHeader(b)
+	if erra != nil || errb != nil {
+		return erra != nil && errb != nil && bytes.Equal(a, b)
+	}
+	return ha.ClassID == hb.ClassID && ha.BodySize == hb.BodySize &&
+		bytes.Equal(amqp.AppendContentHeader(nil, ha.ClassID, ha.BodySize, &ha.Props), amqp.AppendContentHeader(nil, hb.ClassID, hb.BodySize, &hb.Props))
+}
+
 func TestStreamRecordFormat(t *testing.T) {
 	body := []byte("0123456789abcdef")
 	persistent := amqp.AppendContentHeader(nil, amqp.ClassBasic, uint64(len(body)), &amqp.Properties{DeliveryMode: 2})
 	rich := amqp.AppendContentHeader(nil, amqp.ClassBasic, uint64(len(body)), &amqp.Properties{
-		ContentType: "text/plain", DeliveryMode: 2, Headers: amqp.Table{"k": "v"}})
+		ContentType: "text/plain", DeliveryMode: 2, Headers: amqp.Table{"k": "v", "n": amqp.Table{"a": []any{int32(1)}}},
+		Priority: 4, MessageID: "m", Timestamp: time.Unix(1e9, 0), Type: "t", AppID: "a", ClusterID: "c"})
 	const stream = "events"
+	own := func(m *queue.Message) []byte { return encodeRecord(m, true) }
+	ownV2 := func(m *queue.Message) []byte { return encodeRecordV2(m, true) }
+	namedV2 := func(m *queue.Message) []byte { return encodeRecordV2(m, false) }
 	tests := []struct {
 		name    string
 		msg     *queue.Message
 		rec     func(*queue.Message) []byte
-		maxSize int // record size limit, 0 = unchecked
+		version byte // first byte of the record: 0 for v3 (AMQP 1.0)
+		maxSize int  // record size limit, 0 = unchecked
+		exact   bool // the header comes back byte for byte (v1, v2)
 	}{
-		{"own stream, 16 B persistent: 22 bytes", &queue.Message{RoutingKey: stream, Header: persistent, Body: body},
-			func(m *queue.Message) []byte { return encodeRecord(m, true) }, 22},
-		{"own stream, properties and headers", &queue.Message{RoutingKey: stream, Header: rich, Body: body},
-			func(m *queue.Message) []byte { return encodeRecord(m, true) }, 0},
-		{"named exchange", &queue.Message{Exchange: "orders", RoutingKey: "eu.de", Header: persistent, Body: body},
-			encodeStreamRecord, 0},
-		{"header that is not rebuilt (body size differs)", &queue.Message{Exchange: "x", RoutingKey: "k", Header: persistent, Body: []byte("short")},
-			encodeStreamRecord, 0},
-		{"raw header bytes", &queue.Message{Exchange: "orders", RoutingKey: "eu.de", Header: []byte{1, 2, 3}, Body: []byte("body")},
-			encodeStreamRecord, 0},
-		{"empty body", &queue.Message{RoutingKey: stream, Header: amqp.AppendContentHeader(nil, amqp.ClassBasic, 0, &amqp.Properties{}), Body: []byte{}},
-			func(m *queue.Message) []byte { return encodeRecord(m, true) }, 0},
-		{"v1 record", &queue.Message{Exchange: "orders", RoutingKey: "eu.de", Header: persistent, Body: body}, v1Record, 0},
+		{"v3 own stream, 16 B persistent: 28 bytes", &queue.Message{RoutingKey: stream, Header: persistent, Body: body}, own, 0, 28, false},
+		{"v3 own stream, properties and headers", &queue.Message{RoutingKey: stream, Header: rich, Body: body}, own, 0, 0, false},
+		{"v3 named exchange", &queue.Message{Exchange: "orders", RoutingKey: "eu.de", Header: rich, Body: body}, encodeStreamRecord, 0, 0, false},
+		{"v3 empty body", &queue.Message{RoutingKey: stream, Header: amqp.AppendContentHeader(nil, amqp.ClassBasic, 0, &amqp.Properties{}), Body: []byte{}}, own, 0, 0, false},
+		{"v2 for a header v3 cannot convert", &queue.Message{Exchange: "orders", RoutingKey: "eu.de", Header: []byte{1, 2, 3}, Body: []byte("body")}, encodeStreamRecord, 2, 0, true},
+		{"v2 own stream, 16 B persistent: 22 bytes", &queue.Message{RoutingKey: stream, Header: persistent, Body: body}, ownV2, 2, 22, true},
+		{"v2 own stream, properties and headers", &queue.Message{RoutingKey: stream, Header: rich, Body: body}, ownV2, 2, 0, true},
+		{"v2 named exchange", &queue.Message{Exchange: "orders", RoutingKey: "eu.de", Header: persistent, Body: body}, namedV2, 2, 0, true},
+		{"v2 header that is not rebuilt (body size differs)", &queue.Message{Exchange: "x", RoutingKey: "k", Header: persistent, Body: []byte("short")}, namedV2, 2, 0, true},
+		{"v2 empty body", &queue.Message{RoutingKey: stream, Header: amqp.AppendContentHeader(nil, amqp.ClassBasic, 0, &amqp.Properties{}), Body: []byte{}}, ownV2, 2, 0, true},
+		{"v1 record", &queue.Message{Exchange: "orders", RoutingKey: "eu.de", Header: persistent, Body: body}, v1Record, 1, 0, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			rec := tt.rec(tt.msg)
+			if rec[0] != tt.version {
+				t.Fatalf("record starts with %#x, want %#x", rec[0], tt.version)
+			}
 			if tt.maxSize > 0 && len(rec) > tt.maxSize {
 				t.Errorf("record is %d bytes, want at most %d", len(rec), tt.maxSize)
 			}
 			back, err := decodeStreamRecord(rec, stream)
 			if err != nil || back.Exchange != tt.msg.Exchange || back.RoutingKey != tt.msg.RoutingKey ||
-				!bytes.Equal(back.Header, tt.msg.Header) || !bytes.Equal(back.Body, tt.msg.Body) {
+				!bytes.Equal(back.Body, tt.msg.Body) {
 				t.Fatalf("round trip: %+v %v", back, err)
+			}
+			if tt.exact && !bytes.Equal(back.Header, tt.msg.Header) || !sameContent(back.Header, tt.msg.Header) {
+				t.Fatalf("header\n% x\nwant\n% x", back.Header, tt.msg.Header)
+			}
+			// A delivery's header: the same, plus x-stream-offset.
+			d, err := decodeStreamDelivery(rec, stream, 9)
+			if err != nil || !bytes.Equal(d.Body, tt.msg.Body) {
+				t.Fatalf("delivery: %+v %v", d, err)
+			}
+			if h, err := amqp.DecodeContentHeader(d.Header); err == nil {
+				if h.Props.Headers["x-stream-offset"] != int64(9) {
+					t.Errorf("delivery headers %v", h.Props.Headers)
+				}
+				delete(h.Props.Headers, "x-stream-offset")
+				if w, _ := amqp.DecodeContentHeader(tt.msg.Header); len(h.Props.Headers) == 0 && w.Props.Headers == nil {
+					h.Props.Headers = nil
+				}
+				if !sameContent(amqp.AppendContentHeader(nil, h.ClassID, h.BodySize, &h.Props), tt.msg.Header) {
+					t.Errorf("delivery header %+v", h.Props)
+				}
+			} else if !bytes.Equal(d.Header, tt.msg.Header) {
+				t.Errorf("undecodable header changed: % x", d.Header)
 			}
 			if len(back.Body) > 0 {
 				want := string(back.Body)
@@ -248,13 +289,15 @@ func TestStreamRecordFormat(t *testing.T) {
 	}
 }
 
-// FuzzStreamRecord checks that decoding never panics, and that what decodes re-encodes to a
-// record that decodes to the same message.
+// FuzzStreamRecord checks that decoding never panics, and that what decodes re-encodes (as v3,
+// or v2 when the header does not convert) to a record that decodes to the same message.
 func FuzzStreamRecord(f *testing.F) {
 	body := []byte("0123456789abcdef")
-	h := amqp.AppendContentHeader(nil, amqp.ClassBasic, uint64(len(body)), &amqp.Properties{DeliveryMode: 2})
+	h := amqp.AppendContentHeader(nil, amqp.ClassBasic, uint64(len(body)), &amqp.Properties{DeliveryMode: 2, Headers: amqp.Table{"k": int8(1)}})
 	f.Add(encodeRecord(&queue.Message{RoutingKey: "s", Header: h, Body: body}, true))
 	f.Add(encodeStreamRecord(&queue.Message{Exchange: "x", RoutingKey: "k", Header: h, Body: body}))
+	f.Add(encodeRecordV2(&queue.Message{RoutingKey: "s", Header: h, Body: body}, true))
+	f.Add(encodeRecordV2(&queue.Message{Exchange: "x", RoutingKey: "k", Header: h, Body: body}, false))
 	f.Add(v1Record(&queue.Message{Exchange: "x", RoutingKey: "k", Header: []byte{1}, Body: body}))
 	f.Fuzz(func(t *testing.T, rec []byte) {
 		m, err := decodeStreamRecord(rec, "s")
@@ -263,10 +306,80 @@ func FuzzStreamRecord(f *testing.F) {
 		}
 		again, err := decodeStreamRecord(encodeRecord(m, m.Exchange == "" && m.RoutingKey == "s"), "s")
 		if err != nil || again.Exchange != m.Exchange || again.RoutingKey != m.RoutingKey ||
-			!bytes.Equal(again.Header, m.Header) || !bytes.Equal(again.Body, m.Body) {
+			!sameContent(again.Header, m.Header) || !bytes.Equal(again.Body, m.Body) {
 			t.Fatalf("re-encoded %+v decodes to %+v, %v", m, again, err)
 		}
+		if _, err := decodeStreamDelivery(rec, "s", 1); err != nil {
+			t.Fatalf("record decodes but not as a delivery: %v", err)
+		}
 	})
+}
+
+// TestStreamMixedRecordFormats reads a stream whose older segments hold v1 and v2 records
+// (written with the encoders of those versions) and whose newer ones hold v3 records, across
+// a restart: every delivery has its message, routing and x-stream-offset.
+func TestStreamMixedRecordFormats(t *testing.T) {
+	dir := t.TempDir()
+	b := newTestBroker(t, dir)
+	v := b.VHost("/")
+	// Segments of ~100 bytes: each batch below starts a new one.
+	args := amqp.Table{"x-queue-type": "stream", "x-stream-max-segment-size-bytes": int64(100)}
+	if _, err := v.DeclareQueue(System, QueueSpec{Name: "s", Durable: true, Args: args}); err != nil {
+		t.Fatal(err)
+	}
+	v.mu.RLock()
+	qs := v.queues["s"]
+	v.mu.RUnlock()
+	rich := amqp.AppendContentHeader(nil, amqp.ClassBasic, 2, &amqp.Properties{
+		ContentType: "a/b", DeliveryMode: 2, Headers: amqp.Table{"h": int64(5)}, CorrelationID: "c"})
+	old := []struct {
+		rec      []byte
+		exchange string
+		rk       string
+	}{
+		{v1Record(&queue.Message{Exchange: "amq.fanout", RoutingKey: "x", Header: rich, Body: []byte("v1")}), "amq.fanout", "x"},
+		{encodeRecordV2(&queue.Message{RoutingKey: "s", Header: rich, Body: []byte("v2")}, true), "", "s"},
+		{encodeRecordV2(&queue.Message{Exchange: "e", RoutingKey: "k", Header: rich, Body: []byte("V2")}, false), "e", "k"},
+	}
+	for _, o := range old {
+		done := make(chan error, 1)
+		qs.sq.log.Append(o.rec, func(_ uint64, err error) { done <- err })
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := v.NewPublisher()
+	publish(t, v, p, "", "s", "v3")
+	publish(t, v, p, "", "s", "V3")
+	if n := qs.sq.log.Info().Segments; n < 3 {
+		t.Fatalf("%d segments, want the formats in several", n)
+	}
+	b.Close()
+
+	b = newTestBroker(t, dir)
+	v = b.VHost("/")
+	sink := newStreamSink()
+	qs, err := v.ConsumeStream(System, "s", sink, StreamConsume{Prefetch: 1, Args: amqp.Table{"x-stream-offset": "first"}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []struct{ exchange, rk, body string }{
+		{"amq.fanout", "x", "v1"}, {"", "s", "v2"}, {"e", "k", "V2"}, {"", "s", "v3"}, {"", "s", "V3"},
+	}
+	for i, w := range want {
+		e := sink.await(t, i+1)[i]
+		if e.Msg.Exchange != w.exchange || e.Msg.RoutingKey != w.rk || string(e.Msg.Body) != w.body || e.Seq != uint64(i) {
+			t.Errorf("offset %d: %q %q %q at %d, want %v", i, e.Msg.Exchange, e.Msg.RoutingKey, e.Msg.Body, e.Seq, w)
+		}
+		h, err := amqp.DecodeContentHeader(qs.DeliveryHeader(e))
+		if err != nil || h.Props.Headers["x-stream-offset"] != int64(i) || h.Props.DeliveryMode != 2 || h.BodySize != 2 {
+			t.Fatalf("offset %d: header %+v %v", i, h, err)
+		}
+		if i < 3 && (h.Props.ContentType != "a/b" || h.Props.CorrelationID != "c" || h.Props.Headers["h"] != int64(5)) {
+			t.Errorf("offset %d: properties %+v", i, h.Props)
+		}
+		sink.ack(qs)
+	}
 }
 
 // TestStreamRecordsKeepRouting publishes to streams through the default exchange (records
@@ -308,5 +421,44 @@ func TestStreamRecordsKeepRouting(t *testing.T) {
 			}
 			sink.ack(qs)
 		}
+	}
+}
+
+// TestStreamRetentionOrder checks that a retention computed from older policies never replaces
+// a newer one, whatever order they are applied in: a stream declare that read the policies
+// before a reload applies its value after the reload's, or two reloads cross.
+func TestStreamRetentionOrder(t *testing.T) {
+	b := newTestBroker(t, "")
+	v := b.VHost("/")
+	if _, err := v.DeclareQueue(System, QueueSpec{Name: "s", Durable: true, Args: amqp.Table{"x-queue-type": "stream"}}); err != nil {
+		t.Fatal(err)
+	}
+	v.mu.RLock()
+	sq := v.queues["s"].sq
+	v.mu.RUnlock()
+	base := streamPolicyGen.Load()
+	sq.setRetention(stream.Options{MaxLengthBytes: 2000, MaxAge: time.Hour}, base+2)
+	sq.setRetention(stream.Options{MaxLengthBytes: 1000}, base+1) // stale: ignored
+	sq.mu.Lock()
+	got, age := sq.maxLengthBytes, sq.maxAge
+	sq.mu.Unlock()
+	if got != 2000 || age != time.Hour {
+		t.Fatalf("retention %d %v after a stale update, want 2000 1h", got, age)
+	}
+	// Many crossing updates: the newest generation is what stays.
+	var wg sync.WaitGroup
+	for i := 1; i <= 50; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			sq.setRetention(stream.Options{MaxLengthBytes: int64(i) * 1000}, base+2+uint64(i))
+		}(i)
+	}
+	wg.Wait()
+	sq.mu.Lock()
+	got = sq.maxLengthBytes
+	sq.mu.Unlock()
+	if got != 50000 {
+		t.Fatalf("retention %d after crossing updates, want 50000 (the newest)", got)
 	}
 }

@@ -34,6 +34,10 @@ var (
 
 	// errTorn reports a chunk that is incomplete or fails its checksum.
 	errTorn = errors.New("torn or corrupt chunk")
+
+	// ErrCompressedBatch reports a sub-batch entry whose records are compressed (by a
+	// stream-protocol publisher): the chunk is whole, but its records cannot be read yet.
+	ErrCompressedBatch = errors.New("stream: compressed sub-batch entries are not supported")
 )
 
 // chunkHeader is the decoded form of an osiris chunk header.
@@ -71,7 +75,7 @@ func parseHeader(b []byte) (chunkHeader, error) {
 		trailerLen:  binary.BigEndian.Uint32(b[40:]),
 		bloomSize:   b[44],
 	}
-	if h.numEntries == 0 || uint32(h.numEntries) != h.numRecords || h.trailerLen != trailerSize || h.bloomSize != 0 ||
+	if h.numEntries == 0 || uint32(h.numEntries) > h.numRecords || h.trailerLen != trailerSize || h.bloomSize != 0 ||
 		uint64(h.dataLen) < uint64(h.numEntries)*entryHeaderSize {
 		return chunkHeader{}, fmt.Errorf("%w: inconsistent header (entries %d, records %d, data %d, trailer %d)",
 			errTorn, h.numEntries, h.numRecords, h.dataLen, h.trailerLen)
@@ -143,23 +147,83 @@ func appendChunkOf(buf []byte, first uint64, tsMillis int64, recs []pending) []b
 	return binary.BigEndian.AppendUint32(buf, crc32.Checksum(buf[start:], crcC))
 }
 
-// entries iterates over a verified data section, calling fn with each record's bytes.
-func entries(data []byte, n int, fn func(i int, rec []byte)) error {
-	p := 0
+// subBatchHeaderSize is the head of an osiris sub-batch entry (the stream protocol's
+// compressed batch): type bit 1 with the compression in the next 3 bits (1 byte), number of
+// records (u16), uncompressed length (u32), length (u32); then length bytes of records.
+const subBatchHeaderSize = 11
+
+// entries iterates over a verified data section of n entries holding records records, calling
+// fn with each record's bytes. Simple entries are one record each; a sub-batch entry (written
+// by stream-protocol publishers batching records, not by Warren) holds several, each a u32
+// length and the record, and is read when uncompressed (compression 0); compressed ones
+// (gzip, snappy, lz4, zstd) are reported as unsupported.
+func entries(data []byte, n int, records uint32, fn func(i int, rec []byte)) error {
+	p, r := 0, 0
+	var unsupported error
 	for i := 0; i < n; i++ {
 		if len(data)-p < entryHeaderSize {
 			return fmt.Errorf("%w: entry %d header past data end", errTorn, i)
 		}
 		v := binary.BigEndian.Uint32(data[p:])
 		if v&0x80000000 != 0 {
-			return fmt.Errorf("stream: sub-batch entries are not supported (entry %d)", i)
+			if len(data)-p < subBatchHeaderSize {
+				return fmt.Errorf("%w: sub-batch entry %d header past data end", errTorn, i)
+			}
+			comp := data[p] >> 4 & 7
+			count := int(binary.BigEndian.Uint16(data[p+1:]))
+			ulen := binary.BigEndian.Uint32(data[p+3:])
+			size := binary.BigEndian.Uint32(data[p+7:])
+			p += subBatchHeaderSize
+			if uint64(len(data)-p) < uint64(size) {
+				return fmt.Errorf("%w: sub-batch entry %d past data end", errTorn, i)
+			}
+			if count == 0 {
+				return fmt.Errorf("%w: sub-batch entry %d without records", errTorn, i)
+			}
+			if comp != 0 {
+				// Counted, not read: the chunk is whole (recovery keeps it), a reader cannot
+				// return its records.
+				if unsupported == nil {
+					unsupported = fmt.Errorf("%w (entry %d, compression %d)", ErrCompressedBatch, i, comp)
+				}
+				r += count
+				p += int(size)
+				continue
+			}
+			if ulen != size {
+				return fmt.Errorf("%w: sub-batch entry %d: %d records, length %d, uncompressed %d", errTorn, i, count, size, ulen)
+			}
+			sub := data[p : p+int(size)]
+			q := 0
+			for j := 0; j < count; j++ {
+				if len(sub)-q < entryHeaderSize {
+					return fmt.Errorf("%w: sub-batch entry %d record %d header past its end", errTorn, i, j)
+				}
+				m := binary.BigEndian.Uint32(sub[q:])
+				q += entryHeaderSize
+				if uint64(len(sub)-q) < uint64(m) {
+					return fmt.Errorf("%w: sub-batch entry %d record %d past its end", errTorn, i, j)
+				}
+				fn(r, sub[q:q+int(m)])
+				q += int(m)
+				r++
+			}
+			if q != len(sub) {
+				return fmt.Errorf("%w: sub-batch entry %d has %d bytes after its records", errTorn, i, len(sub)-q)
+			}
+			p += int(size)
+			continue
 		}
 		p += entryHeaderSize
 		if uint64(len(data)-p) < uint64(v) {
 			return fmt.Errorf("%w: entry %d past data end", errTorn, i)
 		}
-		fn(i, data[p:p+int(v)])
+		fn(r, data[p:p+int(v)])
 		p += int(v)
+		r++
 	}
-	return nil
+	if uint32(r) != records {
+		return fmt.Errorf("%w: %d records in the entries, the header says %d", errTorn, r, records)
+	}
+	return unsupported
 }

@@ -1,6 +1,7 @@
 // Package stream is the storage of x-queue-type: stream queues: an append-only log of
 // records, numbered by consecutive offsets from 0, kept as segment files that are written
-// once, read sequentially and deleted whole by retention. It does no AMQP; the broker maps
+// once, read sequentially and deleted whole by retention. Its records are AMQP 1.0 messages
+// (amqp10.go converts them from and to AMQP 0-9-1 content headers, on bytes); the broker maps
 // queue arguments and consumers onto it.
 //
 // # Files
@@ -30,23 +31,101 @@
 //	8  timestamp, ms since 1970 (i64)        44 bloom filter size (u8) = 0, reserved (3 bytes)
 //	16 epoch (u64) = 1                       48 data: entries; then the trailer
 //
-// Each entry is an osiris simple entry: a u32 whose top bit is 0 (simple, not a sub-batch)
-// and whose low 31 bits are the record's length, then the record. One record is one entry,
-// so an offset is an entry's position, as in osiris. The 4-byte trailer is Warren's: a
+// Warren writes osiris simple entries: a u32 whose top bit is 0 (simple, not a sub-batch)
+// and whose low 31 bits are the record's length, then the record; one record per entry. It
+// also reads sub-batch entries, which stream-protocol publishers send to batch records and
+// osiris stores as they come: a byte 0x80 | compression << 4, the number of records (u16),
+// the uncompressed and the stored length (u32 each), then the records, each a u32 length and
+// its bytes. As in osiris, an offset numbers records, not entries (a chunk header counts both),
+// so a reader can start inside a batch. Uncompressed batches (compression 0) are read;
+// compressed ones (gzip, snappy, lz4, zstd) are kept whole by recovery and a reader stops at
+// them with ErrCompressedBatch. The 4-byte trailer is Warren's: a
 // CRC32C (Castagnoli) over header and data, so a torn or damaged header is caught as well as
 // damaged data; the header's CRC32 covers the data only, as osiris and its clients expect.
 //
-// How the RabbitMQ stream protocol (port 5552) can serve these files without re-encoding:
-// its Deliver frame is the frame header, key 8, version, subscription id (and, from version
-// 2, the committed chunk id), followed by the chunk as osiris stores it minus the bloom filter
-// and the trailer. With a bloom size of 0 those are the bytes [pos, pos+48+data length) of the
-// segment file, where pos comes from the index, so a stream-protocol front end can write the
-// frame header and then sendfile(2) that range, unchanged, to the client; clients check the
-// data CRC32 in the header. Two conditions, for the broker to keep: records must be AMQP 1.0
-// encoded messages, as RabbitMQ stores them (the stream protocol carries AMQP 1.0 messages);
-// and delivery must start on a chunk boundary, with the client skipping the entries before
-// the offset it asked for, as RabbitMQ's clients do. Sub-batch entries (compressed batches
-// from stream-protocol publishers) are not written yet; a reader reports them as unsupported.
+// # Records: AMQP 1.0 messages (format v3)
+//
+// A record (the bytes of an entry) is an AMQP 1.0 message, as RabbitMQ 3.10 stores a message
+// published over AMQP 0-9-1 into a stream (rabbit_stream_queue, rabbit_msg_record): AMQP 1.0
+// sections (described types with smallulong descriptors) back to back, in this order, each only
+// when it has something to say. AppendAMQP10Head writes them from the 0-9-1 content header's
+// bytes; DecodeAMQP091 converts back for 0-9-1 consumers; neither uses maps or reflection.
+//
+//	header (0x70)          list: durable = delivery-mode 2 true / 1 false / else null,
+//	                       priority (ubyte). RabbitMQ 3.10 puts these two in annotations;
+//	                       3.13+ in this section, which is the AMQP 1.0 place for them
+//	message-annotations    map, symbol keys: x-exchange, x-routing-key (both left out for the
+//	(0x72)                 default exchange with the stream's name as key, what RabbitMQ's
+//	                       reader assumes when absent), x-basic-type, x-basic-app-id,
+//	                       x-basic-expiration (RabbitMQ's keys, utf8 values),
+//	                       x-basic-delivery-mode (ubyte, only for a mode other than 1 or 2),
+//	                       x-basic-cluster-id and x-basic-timestamp (Warren's: cluster-id, and
+//	                       a timestamp too large for milliseconds, as a ulong of seconds)
+//	properties (0x73)      list: message-id (utf8), user-id (binary), to, subject (null),
+//	                       reply-to, correlation-id (utf8), content-type, content-encoding
+//	                       (symbol), absolute-expiry-time (null), creation-time (timestamp
+//	                       = the 0-9-1 timestamp x 1000); trailing nulls left out
+//	application-properties the 0-9-1 headers, in their order, utf8 keys. Values: t boolean,
+//	(0x74)                 b byte, B ubyte, s short, u ushort, I int, i uint, l and L long,
+//	                       f float, d double, S utf8, x binary, T timestamp (ms), V null,
+//	                       D decimal64 (exact: scale and int32 value fit), F map (utf8 keys),
+//	                       A list
+//	data (0x75)            the body, binary; its bytes are the publisher's, appended after the
+//	                       head without a copy (a record ends with the body)
+//
+// RabbitMQ 3.10 leaves headers whose value is a table or an array out of the stream (and fails
+// on a decimal); Warren keeps them, as maps and lists, so that a 0-9-1 consumer gets every
+// header it was sent (AMQP 1.0 restricts application-properties to simple values; RabbitMQ's
+// own decoder and the stream clients' codecs read maps and lists there). The only other
+// liberty: type, app-id and cluster-id are annotations rather than application-properties
+// (RabbitMQ 3.10 puts type and app-id there), so a header named x-basic-type stays a header.
+// A 16-byte persistent message published to the stream's own name is a 28-byte record (v2:
+// 22 bytes).
+//
+// Decoding for a 0-9-1 consumer rebuilds the content header (class 60, weight 0, the body's
+// size) with the properties above, adds the x-stream-offset header (a long, replacing one the
+// publisher set), and accepts what other AMQP 1.0 writers produce, as RabbitMQ's
+// to_amqp091 does: symbolic descriptors, 8- and 32-bit forms, x-basic-delivery-mode and
+// x-basic-priority annotations (RabbitMQ 3.10), header ttl as expiration, group-id as app-id,
+// ulong and uuid message ids; a body that is not exactly one data section is delivered as its
+// encoded sections with type amqp-1.0. Header values 0-9-1 has no type for (char, uuid,
+// decimal32/128, described values) are left out; a message without a body section, or with
+// a malformed one, is an error (the consumer skips the record and logs it).
+//
+// Records written before v3 start with their version byte, 1 or 2 (an AMQP 1.0 message starts
+// with 0, a described type), and are still read (broker/stream.go), so one stream may hold
+// all three formats; the broker still writes v2 when a content header cannot be converted
+// (malformed, or class, weight or body size other than the usual), which its front end does
+// not let through.
+//
+// # Serving chunks on the stream protocol (port 5552)
+//
+// The stream protocol's Deliver frame (PROTOCOL.adoc in rabbitmq-server's rabbitmq_stream) is
+//
+//	Size u32, Key u16 = 8, Version u16 (1 or 2), SubscriptionId u8,
+//	[CommittedChunkId u64, version 2 only], then the OsirisChunk:
+//	MagicVersion, ChunkType, NumEntries, NumRecords, Timestamp, Epoch, ChunkFirstOffset,
+//	ChunkCrc, DataLength, TrailerLength, Reserved (together the 48-byte header above), then
+//	DataLength bytes of entries
+//
+// rabbitmq-stream-go-client reads exactly that: the 48 header bytes, then DataLength bytes,
+// which it checks against ChunkCrc and splits into entries, each an AMQP 1.0 message it
+// decodes with its amqp codec; it skips the entries before the offset it asked for. Every
+// record being an AMQP 1.0 message (v3), a front end serves a chunk at file position pos
+// (from the index) like this, with no re-encoding:
+//
+//   - the server writes the frame head: Size (= 2+2+1 [+8] + 48 + DataLength), Key, Version,
+//     SubscriptionId [, CommittedChunkId], from its own state;
+//   - then the chunk header, bytes [pos, pos+48) of the segment file, with bytes 40-43
+//     (TrailerLength) set to 0, because the trailer is not sent (osiris does not send its
+//     trailer either; the Go client reads the field and ignores it);
+//   - then the data, bytes [pos+48, pos+48+DataLength), with sendfile(2): unchanged.
+//
+// Conditions for the broker to keep: a chunk must hold only v3 records (the broker writes
+// only v3 since format v3; a segment written earlier, or a chunk with a v2 record, needs a
+// conversion - the first record byte of each entry tells); delivery starts on a chunk
+// boundary; and the server must not send a chunk before it is synced (readers already see
+// only synced chunks).
 //
 // # Writing: group commit
 //

@@ -2,6 +2,7 @@ package stream
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -71,9 +72,15 @@ type Reader struct {
 	// The chunk being returned.
 	data []byte
 	left int    // entries not yet returned
-	off  uint64 // offset of the next entry in data
+	off  uint64 // offset of the next record
 	tsMs int64
+	// The sub-batch entry being returned (records of a stream-protocol batch).
+	sub     []byte
+	subLeft int
 }
+
+// more reports whether the current chunk has records left to return.
+func (r *Reader) more() bool { return r.left > 0 || r.subLeft > 0 }
 
 // NewReader returns a reader positioned by spec. A position before the start of the stream
 // (removed by retention) reads from the start; past the end, from the next record appended.
@@ -150,7 +157,7 @@ func (r *Reader) seek(spec Spec) error {
 	}
 	r.closeFile()
 	r.seg, r.next, r.pos = seg, target, pos
-	r.left = 0
+	r.left, r.subLeft = 0, 0
 	return nil
 }
 
@@ -160,7 +167,7 @@ func (r *Reader) Offset() uint64 { return r.next }
 // TryNext returns the next record, or ok false when the reader has caught up.
 func (r *Reader) TryNext() (rec Record, ok bool, err error) {
 	for {
-		if r.left > 0 {
+		if r.more() {
 			return r.entry(), true, nil
 		}
 		got, _, err := r.fill()
@@ -174,7 +181,7 @@ func (r *Reader) TryNext() (rec Record, ok bool, err error) {
 // caught up. It returns ctx's error when ctx ends and ErrClosed when the stream closes.
 func (r *Reader) Next(ctx context.Context) (Record, error) {
 	for {
-		if r.left > 0 {
+		if r.more() {
 			return r.entry(), nil
 		}
 		got, notify, err := r.fill()
@@ -195,12 +202,28 @@ func (r *Reader) Next(ctx context.Context) (Record, error) {
 	}
 }
 
-// entry decodes the next entry of the current chunk; entries were checked by fill.
+// entry decodes the next record of the current chunk; entries were checked by fill.
 func (r *Reader) entry() Record {
-	n := int(uint32(r.data[0])<<24 | uint32(r.data[1])<<16 | uint32(r.data[2])<<8 | uint32(r.data[3]))
-	rec := Record{Offset: r.off, Timestamp: time.UnixMilli(r.tsMs), Data: r.data[entryHeaderSize : entryHeaderSize+n : entryHeaderSize+n]}
-	r.data = r.data[entryHeaderSize+n:]
-	r.left--
+	if r.subLeft == 0 && r.data[0]&0x80 != 0 {
+		// A sub-batch entry (uncompressed, checked by fill): its records come one by one.
+		n := int(binary.BigEndian.Uint32(r.data[7:]))
+		r.subLeft = int(binary.BigEndian.Uint16(r.data[1:]))
+		r.sub = r.data[subBatchHeaderSize : subBatchHeaderSize+n]
+		r.data = r.data[subBatchHeaderSize+n:]
+		r.left--
+	}
+	var rec Record
+	if r.subLeft > 0 {
+		n := int(binary.BigEndian.Uint32(r.sub))
+		rec = Record{Offset: r.off, Timestamp: time.UnixMilli(r.tsMs), Data: r.sub[entryHeaderSize : entryHeaderSize+n : entryHeaderSize+n]}
+		r.sub = r.sub[entryHeaderSize+n:]
+		r.subLeft--
+	} else {
+		n := int(uint32(r.data[0])<<24 | uint32(r.data[1])<<16 | uint32(r.data[2])<<8 | uint32(r.data[3]))
+		rec = Record{Offset: r.off, Timestamp: time.UnixMilli(r.tsMs), Data: r.data[entryHeaderSize : entryHeaderSize+n : entryHeaderSize+n]}
+		r.data = r.data[entryHeaderSize+n:]
+		r.left--
+	}
 	r.off++
 	r.next = r.off
 	return rec
@@ -267,22 +290,22 @@ func (r *Reader) fill() (bool, <-chan struct{}, error) {
 		if err != nil {
 			return false, nil, fmt.Errorf("stream: %s at byte %d: %w", seg.path, r.pos, err)
 		}
-		if err := entries(data, int(h.numEntries), func(int, []byte) {}); err != nil {
+		if err := entries(data, int(h.numEntries), h.numRecords, func(int, []byte) {}); err != nil {
 			return false, nil, fmt.Errorf("stream: %s at byte %d: %w", seg.path, r.pos, err)
 		}
 		r.pos += h.size()
 		r.data, r.left, r.off, r.tsMs = data, int(h.numEntries), h.firstOffset, h.timestamp
+		r.sub, r.subLeft = nil, 0
 		// Skip the records before the position asked for (numeric offsets inside a chunk).
-		for r.left > 0 && r.off < r.next {
-			n := int(uint32(r.data[0])<<24 | uint32(r.data[1])<<16 | uint32(r.data[2])<<8 | uint32(r.data[3]))
-			r.data = r.data[entryHeaderSize+n:]
-			r.left--
-			r.off++
+		target := r.next
+		for r.more() && r.off < target {
+			r.entry()
 		}
-		if r.left > 0 {
+		if r.more() {
 			r.next = r.off
 			return true, nil, nil
 		}
+		r.next = max(r.next, target)
 	}
 }
 
@@ -341,5 +364,5 @@ func (r *Reader) closeFile() {
 func (r *Reader) Close() {
 	r.closeFile()
 	r.releaseWindow()
-	r.left = 0
+	r.left, r.subLeft = 0, 0
 }

@@ -244,8 +244,8 @@ func (seg *segment) recover(truncate bool) (dropped int64, err error) {
 			if err != nil {
 				break
 			}
-			if err := entries(data, int(h.numEntries), func(int, []byte) {}); err != nil {
-				break
+			if err := entries(data, int(h.numEntries), h.numRecords, func(int, []byte) {}); err != nil && !errors.Is(err, ErrCompressedBatch) {
+				break // a compressed batch is a whole chunk: kept, though readers cannot read it
 			}
 			rec = appendIdx(rec[:0], idxRecord{offset: h.firstOffset, ts: h.timestamp, pos: end, n: h.numRecords})
 			iw.Write(rec)

@@ -598,7 +598,7 @@ func TestChunkChecks(t *testing.T) {
 		t.Fatal(err)
 	}
 	var got [][]byte
-	if err := entries(data, 3, func(_ int, r []byte) { got = append(got, r) }); err != nil {
+	if err := entries(data, 3, 3, func(_ int, r []byte) { got = append(got, r) }); err != nil {
 		t.Fatal(err)
 	}
 	for i := range recs {
