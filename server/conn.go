@@ -125,7 +125,7 @@ func (c *conn) recoverPanic() {
 // open performs the TLS and AMQP handshakes; false means the connection is done.
 func (c *conn) open() (ok bool) {
 	defer c.recoverPanic()
-	c.fr = amqp.NewFrameReader(c.nc, 128<<10)
+	c.fr = amqp.NewFrameReader(newSocketReader(c.nc), 128<<10)
 	c.fr.SetMaxFrameSize(amqp.FrameMinSize)
 	deadline := time.Now().Add(c.srv.handshakeTimeout())
 	_ = c.nc.SetReadDeadline(deadline)

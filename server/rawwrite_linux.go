@@ -21,3 +21,13 @@ func rawWrite(fd uintptr, b []byte) (int, error) {
 	}
 	return int(n), nil
 }
+
+// rawRead is read(2) on a non-blocking socket, made as a raw system call for the reason
+// rawWrite is (see rawReader).
+func rawRead(fd uintptr, b []byte) (int, error) {
+	n, _, errno := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(n), nil
+}

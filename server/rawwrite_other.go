@@ -9,3 +9,5 @@ import "syscall"
 const canInline = false
 
 func rawWrite(uintptr, []byte) (int, error) { return 0, syscall.EWINDOWS }
+
+func rawRead(uintptr, []byte) (int, error) { return 0, syscall.EWINDOWS }

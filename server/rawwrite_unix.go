@@ -9,3 +9,6 @@ const canInline = true
 
 // rawWrite is write(2) on a non-blocking socket.
 func rawWrite(fd uintptr, b []byte) (int, error) { return syscall.Write(int(fd), b) }
+
+// rawRead is read(2) on a non-blocking socket.
+func rawRead(fd uintptr, b []byte) (int, error) { return syscall.Read(int(fd), b) }

@@ -1,7 +1,9 @@
 package server
 
 import (
+	"io"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -58,6 +60,8 @@ type writer struct {
 	inN     int
 	inErr   error
 	writeFd func(fd uintptr) bool
+	// waitFd is w.writeAllToFd, the flusher's callback (see writeAll).
+	waitFd  func(fd uintptr) bool
 	mu      sync.Mutex
 	buf     []byte
 	spare   []byte // the buffer of the previous flush, reused for appends
@@ -90,6 +94,7 @@ func newWriter(nc net.Conn, onDrain func()) *writer {
 		if rc, err := sc.SyscallConn(); err == nil {
 			w.raw = rc
 			w.writeFd = w.writeToFd
+			w.waitFd = w.writeAllToFd
 		}
 	}
 	return w
@@ -256,7 +261,7 @@ func (w *writer) run() {
 		w.buf = w.spare[:0]
 		w.spare = nil
 		w.mu.Unlock()
-		if _, err := w.nc.Write(b); err != nil {
+		if err := w.writeAll(b); err != nil {
 			w.mu.Lock()
 			w.running = false
 			w.mu.Unlock()
@@ -306,6 +311,48 @@ func (w *writer) writeToFd(fd uintptr) bool {
 		if m == 0 {
 			break
 		}
+	}
+	return true
+}
+
+// writeAll writes b in full for the flusher. With a raw descriptor it writes with raw
+// write(2)s and waits in the netpoller while the socket is full, as net.Conn.Write does, but
+// without entering a blocking-syscall section per write: that woke the runtime's sysmon thread
+// with a futex whenever the broker had been idle (see rawWrite). Without one, nc.Write.
+func (w *writer) writeAll(b []byte) error {
+	if w.raw == nil {
+		_, err := w.nc.Write(b)
+		return err
+	}
+	w.inB, w.inN, w.inErr = b, 0, nil
+	err := w.raw.Write(w.waitFd)
+	werr := w.inErr
+	w.inB, w.inErr = nil, nil
+	if err != nil {
+		return err
+	}
+	return werr
+}
+
+// writeAllToFd is the RawConn.Write callback of writeAll: it writes w.inB from w.inN on until
+// it is written (true), fails (true, w.inErr set) or the socket is full (false: wait until it is
+// writable, then call again).
+func (w *writer) writeAllToFd(fd uintptr) bool {
+	for w.inN < len(w.inB) {
+		m, err := rawWrite(fd, w.inB[w.inN:])
+		switch {
+		case err == syscall.EINTR:
+			continue
+		case err == syscall.EAGAIN:
+			return false
+		case err != nil:
+			w.inErr = os.NewSyscallError("write", err)
+			return true
+		case m == 0:
+			w.inErr = io.ErrShortWrite
+			return true
+		}
+		w.inN += m
 	}
 	return true
 }

@@ -305,3 +305,48 @@ func TestWriterInlinePartialAndOrder(t *testing.T) {
 		t.Fatalf("sent octets %d, want %d", got, len(out))
 	}
 }
+
+// The flusher waits in the netpoller while the socket is full (raw writes, writeAll); a kill
+// meanwhile ends the wait and the flusher, and a write error reaches it as net.Conn.Write's would.
+func TestWriterFlusherWaitsAndDies(t *testing.T) {
+	client, srv := tcpPair(t)
+	defer client.Close()
+	_ = srv.(*net.TCPConn).SetWriteBuffer(16 << 10)
+	_ = client.(*net.TCPConn).SetReadBuffer(16 << 10)
+	w := newWriter(srv, nil)
+	if w.raw == nil && canInline {
+		t.Fatal("TCP connection without a raw fd")
+	}
+	b := w.lock()
+	w.unlock(append(b, make([]byte, 1<<20)...)) // more than the socket holds: the flusher waits
+	deadline := time.Now().Add(5 * time.Second)
+	for w.sentOct.Load() != 0 || !w.isRunning() {
+		if time.Now().After(deadline) {
+			t.Fatalf("flusher not waiting on the full socket (sent %d)", w.sentOct.Load())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	w.kill()
+	for w.isRunning() {
+		if time.Now().After(deadline) {
+			t.Fatal("flusher still running after kill")
+		}
+		time.Sleep(time.Millisecond)
+	}
+
+	// A peer that is gone: the flusher's write fails and kills the writer.
+	c2, s2 := tcpPair(t)
+	w2 := newWriter(s2, nil)
+	_ = c2.(*net.TCPConn).SetLinger(0)
+	c2.Close() // RST
+	for i := 0; i < 100; i++ {
+		b := w2.lock()
+		w2.unlock(append(b, make([]byte, 64<<10)...))
+		select {
+		case <-w2.done:
+			return
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	t.Fatal("writer to a reset connection never died")
+}
