@@ -469,7 +469,7 @@ func (v *VHost) setPolicies(ps []*Policy) {
 		}
 		if qs.sq != nil {
 			streams = append(streams, streamChange{qs.sq, e.stream})
-		} else if e.opts != qs.q.Options() {
+		} else if qs.qq == nil && e.opts != qs.q.Options() { // a quorum queue's limits are its log's
 			changes = append(changes, change{qs, e.opts})
 		}
 	}

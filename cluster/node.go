@@ -65,6 +65,9 @@ type Node struct {
 	check *ConfigCheck
 	// restart is this process's node_restarted command, proposed at start.
 	restart Command
+	// quorum watches the other nodes for the quorum queues' groups (quorum.go).
+	quorum     *quorumWatch
+	quorumDone chan struct{}
 
 	mu     sync.Mutex
 	digest string
@@ -94,7 +97,8 @@ func StartNode(cfg NodeConfig, b *broker.Broker) (*Node, error) {
 		return nil, fmt.Errorf("cluster: starting node %s: %w", cfg.NodeName, err)
 	}
 	n := &Node{cfg: cfg, log: log, host: h, digest: cfg.ConfigDigest, nodes: maps.Clone(cfg.Nodes),
-		kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+		kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
+		quorum: newQuorumWatch(), quorumDone: make(chan struct{})}
 	n.check = NewConfigCheck(cfg.NodeName, cfg.ConfigDigest, log)
 	n.meta = NewMetadata(b, log)
 	// The replicator is set before the group opens: replaying the log applies queue declares,
@@ -112,6 +116,10 @@ func StartNode(cfg NodeConfig, b *broker.Broker) (*Node, error) {
 		return nil, fmt.Errorf("cluster: opening the status group: %w", err)
 	}
 	go n.statusLoop()
+	go func() {
+		defer close(n.quorumDone)
+		n.quorumWatchLoop()
+	}()
 	log.Info("cluster node started", "cluster", cfg.Name, "node", cfg.NodeName, "listen", h.Addr(), "nodes", len(cfg.Nodes))
 	return n, nil
 }
@@ -254,6 +262,7 @@ func (n *Node) Close() error {
 	close(n.stop)
 	err := n.host.Close()
 	<-n.done
+	<-n.quorumDone
 	return err
 }
 

@@ -1,0 +1,363 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	"github.com/warrenmq/warren/broker"
+	"github.com/warrenmq/warren/server"
+)
+
+// raftNode is one in-process cluster member: an AMQP server whose broker is attached to a
+// real cluster Node (multiraft over loopback TCP).
+type raftNode struct {
+	name string
+	srv  *server.Server
+	node *Node
+	url  string
+	once sync.Once
+}
+
+func (n *raftNode) kill() {
+	n.once.Do(func() {
+		_ = n.srv.Close()
+		_ = n.node.Close()
+	})
+}
+
+// crash stops the node's Raft host before its AMQP server: nothing of what its clients held
+// is given back through the log, as after a kill -9.
+func (n *raftNode) crash() {
+	n.once.Do(func() {
+		_ = n.node.Close()
+		_ = n.srv.Close()
+	})
+}
+
+func freeLoopback(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// startRaftCluster starts names as a cluster of real nodes (Raft log in temp dirs, fast ticks).
+func startRaftCluster(t *testing.T, names ...string) map[string]*raftNode {
+	t.Helper()
+	peers := map[string]string{}
+	for _, n := range names {
+		peers[n] = freeLoopback(t)
+	}
+	nodes := map[string]*raftNode{}
+	for _, name := range names {
+		rn := &raftNode{name: name}
+		cfg := server.DefaultConfig()
+		cfg.Listen = "127.0.0.1:0"
+		cfg.DataDir = t.TempDir()
+		cfg.Logger = quietLog()
+		nc := NodeConfig{Name: "qtest", NodeName: name, Listen: peers[name], Nodes: peers, Secret: "quorum-test-secret-0123456789",
+			DataDir: cfg.DataDir, Logger: quietLog(), TickInterval: 20 * time.Millisecond, ElectionTicks: 10, NoSync: true}
+		cfg.Attach = func(b *broker.Broker) error {
+			n, err := StartNode(nc, b)
+			rn.node = n
+			return err
+		}
+		s, err := server.New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Start(); err != nil {
+			t.Fatal(err)
+		}
+		rn.srv = s
+		rn.url = "amqp://guest:guest@" + s.Addr().String() + "/"
+		nodes[name] = rn
+		t.Cleanup(rn.kill)
+	}
+	return nodes
+}
+
+// declareQuorum declares a quorum queue through n, retrying while the metadata group elects
+// its first leader.
+func declareQuorum(t *testing.T, url, name string, args amqp091.Table) {
+	t.Helper()
+	if args == nil {
+		args = amqp091.Table{}
+	}
+	args["x-queue-type"] = "quorum"
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		c, err := amqp091.Dial(url)
+		if err == nil {
+			ch, cerr := c.Channel()
+			if cerr == nil {
+				_, err = ch.QueueDeclare(name, true, false, false, false, args)
+			} else {
+				err = cerr
+			}
+			_ = c.Close()
+			if err == nil {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("declare %s: %v", name, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func publishConfirmed(t *testing.T, ch *amqp091.Channel, queue string, bodies ...string) {
+	t.Helper()
+	if err := ch.Confirm(false); err != nil {
+		t.Fatal(err)
+	}
+	var dcs []*amqp091.DeferredConfirmation
+	for _, b := range bodies {
+		dc, err := ch.PublishWithDeferredConfirm("", queue, false, false, amqp091.Publishing{DeliveryMode: 2, Body: []byte(b)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		dcs = append(dcs, dc)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for i, dc := range dcs {
+		ok, err := dc.WaitContext(ctx)
+		if err != nil || !ok {
+			t.Fatalf("publish %d (%s): confirmed %v, %v", i, bodies[i], ok, err)
+		}
+	}
+}
+
+func deliveryCount(d amqp091.Delivery) int64 {
+	switch v := d.Headers["x-delivery-count"].(type) {
+	case int64:
+		return v
+	case int32:
+		return int64(v)
+	}
+	return 0
+}
+
+func recv(t *testing.T, ds <-chan amqp091.Delivery) amqp091.Delivery {
+	t.Helper()
+	select {
+	case d, ok := <-ds:
+		if !ok {
+			t.Fatal("consumer closed")
+		}
+		return d
+	case <-time.After(15 * time.Second):
+		t.Fatal("no delivery within 15s")
+	}
+	return amqp091.Delivery{}
+}
+
+// TestQuorumQueueAcrossNodes: a quorum queue declared on n1 takes publishes with confirms on
+// n2 and serves a consumer on n3 and basic.get on n1; a channel closed with unacked messages
+// requeues them, redelivered with x-delivery-count 1; a nack without requeue drops.
+func TestQuorumQueueAcrossNodes(t *testing.T) {
+	nodes := startRaftCluster(t, "n1", "n2", "n3")
+	declareQuorum(t, nodes["n1"].url, "qq", nil)
+
+	_, chx := dial(t, nodes["n1"].url)
+	if _, err := chx.QueueDeclare("qq-transient", false, false, false, false, amqp091.Table{"x-queue-type": "quorum"}); amqpCode(err) != 406 {
+		t.Fatalf("non-durable quorum declare: %v", err)
+	}
+	_, ch1 := dial(t, nodes["n1"].url)
+
+	_, ch2 := dial(t, nodes["n2"].url)
+	var bodies []string
+	for i := range 50 {
+		bodies = append(bodies, fmt.Sprintf("m%02d", i))
+	}
+	publishConfirmed(t, ch2, "qq", bodies...)
+
+	_, ch3 := dial(t, nodes["n3"].url)
+	if err := ch3.Qos(10, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	ds, err := ch3.Consume("qq", "c3", false, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 50 {
+		d := recv(t, ds)
+		if string(d.Body) != bodies[i] || d.Redelivered || deliveryCount(d) != 0 {
+			t.Fatalf("delivery %d: %q redelivered=%v count=%d", i, d.Body, d.Redelivered, deliveryCount(d))
+		}
+		if err := d.Ack(false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := ch3.Cancel("c3", false); err != nil {
+		t.Fatal(err)
+	}
+
+	// basic.get on n1, ack; then empty.
+	publishConfirmed(t, ch2, "qq", "g1")
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		d, ok, err := ch1.Get("qq", false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok {
+			if string(d.Body) != "g1" {
+				t.Fatalf("get: %q", d.Body)
+			}
+			if err := d.Ack(false); err != nil {
+				t.Fatal(err)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("basic.get found nothing")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	// Unacked on a channel that closes: back at the head, delivery count 1.
+	publishConfirmed(t, ch2, "qq", "r1", "r2", "r3")
+	c4, ch4 := dial(t, nodes["n2"].url)
+	ds4, err := ch4.Consume("qq", "c4", false, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		recv(t, ds4)
+	}
+	_ = c4.Close()
+	_, ch5 := dial(t, nodes["n3"].url)
+	ds5, err := ch5.Consume("qq", "c5", false, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"r1", "r2", "r3"} {
+		d := recv(t, ds5)
+		if string(d.Body) != want || !d.Redelivered || deliveryCount(d) != 1 {
+			t.Fatalf("redelivery: %q redelivered=%v count=%d, want %s", d.Body, d.Redelivered, deliveryCount(d), want)
+		}
+		if want == "r2" {
+			if err := d.Nack(false, false); err != nil { // dropped: no dead-letter exchange
+				t.Fatal(err)
+			}
+			continue
+		}
+		if err := d.Ack(false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case d := <-ds5:
+		t.Fatalf("unexpected delivery %q", d.Body)
+	case <-time.After(300 * time.Millisecond):
+	}
+}
+
+// TestQuorumQueueLeaderKilled: the node leading the queue's group dies; a publisher on another
+// node gets its confirms from the new leader (the time is logged), a consumer on a third node
+// keeps receiving, and nothing confirmed is lost.
+func TestQuorumQueueLeaderKilled(t *testing.T) {
+	nodes := startRaftCluster(t, "n1", "n2", "n3")
+	declareQuorum(t, nodes["n1"].url, "qk", nil)
+	var leader string
+	deadline := time.Now().Add(10 * time.Second)
+	for leader == "" && time.Now().Before(deadline) {
+		if st, ok := nodes["n1"].node.QuorumStatus("/", "qk"); ok {
+			leader = st.Leader
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if leader == "" {
+		t.Fatal("no leader for the queue's group")
+	}
+	var others []string
+	for n := range nodes {
+		if n != leader {
+			others = append(others, n)
+		}
+	}
+	pubNode, consNode := nodes[others[0]], nodes[others[1]]
+	_, pch := dial(t, pubNode.url)
+	publishConfirmed(t, pch, "qk", "a1", "a2", "a3")
+	_, cch := dial(t, consNode.url)
+	ds, err := cch.Consume("qk", "c", false, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for range 3 {
+		d := recv(t, ds)
+		got[string(d.Body)] = true
+		_ = d.Ack(false)
+	}
+
+	nodes[leader].kill()
+	start := time.Now()
+	publishConfirmed(t, pch, "qk", "b1")
+	t.Logf("leader %s killed: first confirm after %v", leader, time.Since(start))
+	publishConfirmed(t, pch, "qk", "b2", "b3")
+	for range 3 {
+		d := recv(t, ds)
+		got[string(d.Body)] = true
+		_ = d.Ack(false)
+	}
+	for _, b := range []string{"a1", "a2", "a3", "b1", "b2", "b3"} {
+		if !got[b] {
+			t.Fatalf("%s not delivered (got %v)", b, got)
+		}
+	}
+}
+
+// TestQuorumQueueConsumerNodeDies: messages a dead node's consumer held unacked come back to
+// a consumer on another node once the node is seen down, with x-delivery-count 1.
+func TestQuorumQueueConsumerNodeDies(t *testing.T) {
+	old := QuorumNodeDownAfter
+	// Statuses come every StatusInterval: a node is down after one missed report (the
+	// default waits for three).
+	QuorumNodeDownAfter = StatusInterval + 2*time.Second
+	t.Cleanup(func() { QuorumNodeDownAfter = old })
+	nodes := startRaftCluster(t, "n1", "n2", "n3")
+	declareQuorum(t, nodes["n1"].url, "qd", nil)
+	_, pch := dial(t, nodes["n1"].url)
+	publishConfirmed(t, pch, "qd", "x1", "x2")
+	_, dch := dial(t, nodes["n3"].url)
+	ds, err := dch.Consume("qd", "doomed", false, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recv(t, ds)
+	recv(t, ds)
+	start := time.Now()
+	nodes["n3"].crash()
+	_, cch := dial(t, nodes["n2"].url)
+	ds2, err := cch.Consume("qd", "heir", false, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The status board reports every StatusInterval; the watcher waits for a change that
+	// does not come for QuorumNodeDownAfter.
+	for _, want := range []string{"x1", "x2"} {
+		select {
+		case d := <-ds2:
+			if string(d.Body) != want || !d.Redelivered || deliveryCount(d) != 1 {
+				t.Fatalf("got %q redelivered=%v count=%d, want %s count 1", d.Body, d.Redelivered, deliveryCount(d), want)
+			}
+			_ = d.Ack(false)
+			t.Logf("%s redelivered %v after the crash", want, time.Since(start))
+		case <-time.After(3*StatusInterval + 10*time.Second):
+			t.Fatalf("%s not redelivered after its consumer's node died", want)
+		}
+	}
+}
