@@ -318,6 +318,7 @@ func (v *VHost) finishQueueRemoval(qs *Queue) int {
 	consumers, n := qs.q.Close()
 	qs.closeStream(true)
 	if qs.qq != nil {
+		n, _ = qs.qq.m.Counts() // the log's ready messages, not this node's share
 		qs.qq.close()
 	}
 	for _, c := range consumers {

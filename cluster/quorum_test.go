@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"sort"
 	"sync"
 	"testing"
 	"time"
@@ -40,7 +41,7 @@ func (n *raftNode) crash() {
 	})
 }
 
-func freeLoopback(t *testing.T) string {
+func freeLoopback(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -51,7 +52,16 @@ func freeLoopback(t *testing.T) string {
 }
 
 // startRaftCluster starts names as a cluster of real nodes (Raft log in temp dirs, fast ticks).
-func startRaftCluster(t *testing.T, names ...string) map[string]*raftNode {
+func startRaftCluster(t testing.TB, names ...string) map[string]*raftNode {
+	t.Helper()
+	return startRaftClusterWith(t, func(nc *NodeConfig) {
+		nc.TickInterval, nc.ElectionTicks, nc.NoSync = 20*time.Millisecond, 10, true
+	}, names...)
+}
+
+// startRaftClusterWith is startRaftCluster with the nodes' configuration changed by tweak
+// (nil: multiraft's default timing, with fsync).
+func startRaftClusterWith(t testing.TB, tweak func(*NodeConfig), names ...string) map[string]*raftNode {
 	t.Helper()
 	peers := map[string]string{}
 	for _, n := range names {
@@ -65,7 +75,10 @@ func startRaftCluster(t *testing.T, names ...string) map[string]*raftNode {
 		cfg.DataDir = t.TempDir()
 		cfg.Logger = quietLog()
 		nc := NodeConfig{Name: "qtest", NodeName: name, Listen: peers[name], Nodes: peers, Secret: "quorum-test-secret-0123456789",
-			DataDir: cfg.DataDir, Logger: quietLog(), TickInterval: 20 * time.Millisecond, ElectionTicks: 10, NoSync: true}
+			DataDir: cfg.DataDir, Logger: quietLog()}
+		if tweak != nil {
+			tweak(&nc)
+		}
 		cfg.Attach = func(b *broker.Broker) error {
 			n, err := StartNode(nc, b)
 			rn.node = n
@@ -86,9 +99,41 @@ func startRaftCluster(t *testing.T, names ...string) map[string]*raftNode {
 	return nodes
 }
 
-// declareQuorum declares a quorum queue through n, retrying while the metadata group elects
-// its first leader.
-func declareQuorum(t *testing.T, url, name string, args amqp091.Table) {
+// declareQuorum declares a quorum queue through node on, retrying while the metadata group
+// elects its first leader, and waits until every node has applied the declare (a follower
+// may apply it a little after the declaring node answered).
+func declareQuorum(t testing.TB, nodes map[string]*raftNode, on, name string, args amqp091.Table) {
+	t.Helper()
+	declareQuorumAt(t, nodes[on].url, name, args)
+	for _, n := range nodes {
+		waitQueue(t, n.url, name)
+	}
+}
+
+// waitQueue waits until a passive declare of name succeeds on url.
+func waitQueue(t testing.TB, url, name string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := amqp091.Dial(url)
+		if err == nil {
+			var ch *amqp091.Channel
+			if ch, err = c.Channel(); err == nil {
+				_, err = ch.QueueDeclarePassive(name, true, false, false, false, nil)
+			}
+			_ = c.Close()
+			if err == nil {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("queue %s not on %s: %v", name, url, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func declareQuorumAt(t testing.TB, url, name string, args amqp091.Table) {
 	t.Helper()
 	if args == nil {
 		args = amqp091.Table{}
@@ -116,7 +161,34 @@ func declareQuorum(t *testing.T, url, name string, args amqp091.Table) {
 	}
 }
 
-func publishConfirmed(t *testing.T, ch *amqp091.Channel, queue string, bodies ...string) {
+// quorumLeader is the node leading queue's group, and the others.
+func quorumLeader(t testing.TB, nodes map[string]*raftNode, queue string) (string, []string) {
+	t.Helper()
+	var leader string
+	deadline := time.Now().Add(15 * time.Second)
+	for leader == "" && time.Now().Before(deadline) {
+		for _, n := range nodes {
+			if st, ok := n.node.QuorumStatus("/", queue); ok && st.Leader != "" {
+				leader = st.Leader
+				break
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if leader == "" {
+		t.Fatal("no leader for the queue's group")
+	}
+	var others []string
+	for n := range nodes {
+		if n != leader {
+			others = append(others, n)
+		}
+	}
+	sort.Strings(others)
+	return leader, others
+}
+
+func publishConfirmed(t testing.TB, ch *amqp091.Channel, queue string, bodies ...string) {
 	t.Helper()
 	if err := ch.Confirm(false); err != nil {
 		t.Fatal(err)
@@ -149,7 +221,7 @@ func deliveryCount(d amqp091.Delivery) int64 {
 	return 0
 }
 
-func recv(t *testing.T, ds <-chan amqp091.Delivery) amqp091.Delivery {
+func recv(t testing.TB, ds <-chan amqp091.Delivery) amqp091.Delivery {
 	t.Helper()
 	select {
 	case d, ok := <-ds:
@@ -168,7 +240,7 @@ func recv(t *testing.T, ds <-chan amqp091.Delivery) amqp091.Delivery {
 // requeues them, redelivered with x-delivery-count 1; a nack without requeue drops.
 func TestQuorumQueueAcrossNodes(t *testing.T) {
 	nodes := startRaftCluster(t, "n1", "n2", "n3")
-	declareQuorum(t, nodes["n1"].url, "qq", nil)
+	declareQuorum(t, nodes, "n1", "qq", nil)
 
 	_, chx := dial(t, nodes["n1"].url)
 	if _, err := chx.QueueDeclare("qq-transient", false, false, false, false, amqp091.Table{"x-queue-type": "quorum"}); amqpCode(err) != 406 {
@@ -270,24 +342,8 @@ func TestQuorumQueueAcrossNodes(t *testing.T) {
 // keeps receiving, and nothing confirmed is lost.
 func TestQuorumQueueLeaderKilled(t *testing.T) {
 	nodes := startRaftCluster(t, "n1", "n2", "n3")
-	declareQuorum(t, nodes["n1"].url, "qk", nil)
-	var leader string
-	deadline := time.Now().Add(10 * time.Second)
-	for leader == "" && time.Now().Before(deadline) {
-		if st, ok := nodes["n1"].node.QuorumStatus("/", "qk"); ok {
-			leader = st.Leader
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if leader == "" {
-		t.Fatal("no leader for the queue's group")
-	}
-	var others []string
-	for n := range nodes {
-		if n != leader {
-			others = append(others, n)
-		}
-	}
+	declareQuorum(t, nodes, "n1", "qk", nil)
+	leader, others := quorumLeader(t, nodes, "qk")
 	pubNode, consNode := nodes[others[0]], nodes[others[1]]
 	_, pch := dial(t, pubNode.url)
 	publishConfirmed(t, pch, "qk", "a1", "a2", "a3")
@@ -329,7 +385,7 @@ func TestQuorumQueueConsumerNodeDies(t *testing.T) {
 	QuorumNodeDownAfter = StatusInterval + 2*time.Second
 	t.Cleanup(func() { QuorumNodeDownAfter = old })
 	nodes := startRaftCluster(t, "n1", "n2", "n3")
-	declareQuorum(t, nodes["n1"].url, "qd", nil)
+	declareQuorum(t, nodes, "n1", "qd", nil)
 	_, pch := dial(t, nodes["n1"].url)
 	publishConfirmed(t, pch, "qd", "x1", "x2")
 	_, dch := dial(t, nodes["n3"].url)
