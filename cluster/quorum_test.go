@@ -417,3 +417,86 @@ func TestQuorumQueueConsumerNodeDies(t *testing.T) {
 		}
 	}
 }
+
+// TestQuorumQueueLimits: x-delivery-limit dead-letters (at most once, to another quorum
+// queue) a message requeued past the limit; x-max-length drops the head (drop-head) or nacks
+// the publish (reject-publish).
+func TestQuorumQueueLimits(t *testing.T) {
+	nodes := startRaftCluster(t, "n1", "n2", "n3")
+	declareQuorum(t, nodes, "n1", "dlq", nil)
+	declareQuorum(t, nodes, "n1", "limited", amqp091.Table{"x-delivery-limit": int32(1),
+		"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "dlq"})
+	declareQuorum(t, nodes, "n2", "head", amqp091.Table{"x-max-length": int32(2)})
+	declareQuorum(t, nodes, "n3", "reject", amqp091.Table{"x-max-length": int32(1), "x-overflow": "reject-publish"})
+
+	_, pch := dial(t, nodes["n1"].url)
+	publishConfirmed(t, pch, "limited", "L")
+	_, cch := dial(t, nodes["n2"].url)
+	ds, err := cch.Consume("limited", "c", false, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		d := recv(t, ds)
+		if string(d.Body) != "L" || deliveryCount(d) != int64(i) {
+			t.Fatalf("delivery %d: %q count %d", i, d.Body, deliveryCount(d))
+		}
+		if err := d.Nack(false, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, gch := dial(t, nodes["n3"].url)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		d, ok, err := gch.Get("dlq", true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok {
+			death, _ := d.Headers["x-death"].([]any)
+			if string(d.Body) != "L" || len(death) != 1 {
+				t.Fatalf("dead-lettered: %q x-death %v", d.Body, d.Headers["x-death"])
+			}
+			if reason := death[0].(amqp091.Table)["reason"]; reason != "delivery_limit" {
+				t.Fatalf("x-death reason %v", reason)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("nothing dead-lettered")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	select {
+	case d := <-ds:
+		t.Fatalf("delivered past the limit: %q", d.Body)
+	case <-time.After(200 * time.Millisecond):
+	}
+
+	publishConfirmed(t, pch, "head", "h1", "h2", "h3")
+	for _, want := range []string{"h2", "h3"} {
+		d, ok, err := gch.Get("head", true)
+		if err != nil || !ok || string(d.Body) != want {
+			t.Fatalf("drop-head: got %q %v %v, want %s", d.Body, ok, err, want)
+		}
+	}
+
+	if err := pch.Confirm(false); err != nil {
+		t.Fatal(err)
+	}
+	var acks []bool
+	for _, b := range []string{"r1", "r2"} {
+		dc, err := pch.PublishWithDeferredConfirm("", "reject", false, false, amqp091.Publishing{DeliveryMode: 2, Body: []byte(b)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ok, err := dc.WaitContext(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		acks = append(acks, ok)
+	}
+	if !acks[0] || acks[1] {
+		t.Fatalf("reject-publish confirms %v, want ack then nack", acks)
+	}
+}
