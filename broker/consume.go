@@ -171,6 +171,10 @@ func (qs *Queue) Delivered(e *queue.Entry, deliveries uint32, noAck bool) {
 	if deliveries > 0 {
 		qs.counters.redeliver.n.Add(1)
 	}
+	if qs.qq != nil {
+		qs.qq.delivered(e, noAck)
+		return
+	}
 	qs.journal(e, deliveries, noAck)
 }
 

@@ -100,6 +100,9 @@ type quorumQueue struct {
 	cond    *sync.Cond // publishers waiting for room (quorumMaxPending)
 	pending []quorumOp
 	wake    chan struct{}
+	// marks are deliveries made (Delivered commands), noAck no-ack deliveries (settled),
+	// both proposed ahead of the next batch.
+	marks, noAck []uint64
 
 	emu    sync.Mutex
 	events []quorumEvent
@@ -238,6 +241,15 @@ func (qq *quorumQueue) proposeLoop() {
 		}
 		for {
 			qq.mu.Lock()
+			var prefix []quorum.Command
+			if len(qq.marks) > 0 {
+				prefix = append(prefix, quorum.Command{Kind: quorum.KindDelivered, Node: qq.node, IDs: qq.marks})
+				qq.marks = nil
+			}
+			if len(qq.noAck) > 0 {
+				prefix = append(prefix, quorum.Command{Kind: quorum.KindSettle, Node: qq.node, IDs: qq.noAck})
+				qq.noAck = nil
+			}
 			n, size := 0, 0
 			for n < len(qq.pending) && (n == 0 || size+qq.pending[n].size <= quorumMaxBatch) {
 				size += qq.pending[n].size
@@ -250,12 +262,12 @@ func (qq *quorumQueue) proposeLoop() {
 			}
 			qq.cond.Broadcast()
 			qq.mu.Unlock()
-			if len(ops) == 0 {
+			if len(ops) == 0 && len(prefix) == 0 {
 				break
 			}
-			batch := quorum.Command{Kind: quorum.KindBatch, Batch: make([]quorum.Command, len(ops))}
+			batch := quorum.Command{Kind: quorum.KindBatch, Batch: prefix}
 			for i := range ops {
-				batch.Batch[i] = ops[i].cmd
+				batch.Batch = append(batch.Batch, ops[i].cmd)
 			}
 			out, err := qq.g.Propose(qq.ctx, batch.Encoded())
 			rs, _ := out.([]quorum.Result)
@@ -270,8 +282,8 @@ func (qq *quorumQueue) proposeLoop() {
 					continue
 				}
 				var r quorum.Result
-				if i < len(rs) {
-					r = rs[i]
+				if j := len(prefix) + i; j < len(rs) {
+					r = rs[j]
 				}
 				op.done(r, err)
 			}
@@ -449,6 +461,23 @@ func (qq *quorumQueue) consumerRemoved() {
 	}
 }
 
+// delivered records that an entry of the local queue reached a client: a no-ack delivery is
+// settled, another is marked (so that a NodeDown counts it a delivery). Under load the
+// proposer is busy and they ride with its next batch; idle, they make one proposal.
+func (qq *quorumQueue) delivered(e *queue.Entry, noAck bool) {
+	qq.mu.Lock()
+	if noAck {
+		qq.noAck = append(qq.noAck, e.Seq)
+	} else {
+		qq.marks = append(qq.marks, e.Seq)
+	}
+	qq.mu.Unlock()
+	select {
+	case qq.wake <- struct{}{}:
+	default:
+	}
+}
+
 // settle turns a settlement of deliveries into its command; nothing waits for it.
 func (qq *quorumQueue) settle(kind Settlement, es []*queue.Entry) {
 	ids := make([]uint64, len(es))
@@ -481,9 +510,7 @@ func (qq *quorumQueue) settle(kind Settlement, es []*queue.Entry) {
 func (qq *quorumQueue) get(noAck bool) (*queue.Entry, int, bool, *amqp.Error) {
 	ready, _ := qq.m.Counts()
 	if e, remaining, ok := qq.qs.q.Get(noAck); ok {
-		if noAck {
-			qq.submit(quorum.Command{Kind: quorum.KindSettle, Node: qq.node, IDs: []uint64{e.Seq}}, nil)
-		}
+		qq.delivered(e, noAck)
 		return e, remaining + ready, true, nil
 	}
 	type got struct {

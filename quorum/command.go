@@ -20,6 +20,7 @@ const (
 	KindGet                      // the head taken for Node (NoAck: and settled at once)
 	KindNodeDown                 // everything Node held returned, its credit zeroed
 	KindPurge                    // the ready messages dropped
+	KindDelivered                // IDs held by Node reached a client (NodeDown counts them)
 	kindEnd
 )
 
@@ -44,6 +45,8 @@ type Msg struct {
 	Header     []byte
 	Body       []byte
 	Count      uint32 // deliveries returned: RabbitMQ's delivery-count
+	// Delivered: held by a node that reported it reached a client (state, not a command's).
+	Delivered bool
 }
 
 func (m *Msg) size() int64 { return int64(len(m.Body)) }
@@ -66,7 +69,7 @@ func (c Command) Encode(b []byte) []byte {
 	case KindCheckout:
 		b = appendString(b, c.Node)
 		b = binary.AppendUvarint(b, uint64(c.Credit))
-	case KindSettle, KindDiscard, KindReturn:
+	case KindSettle, KindDiscard, KindReturn, KindDelivered:
 		b = appendString(b, c.Node)
 		b = appendIDs(b, c.IDs)
 		if c.Kind == KindReturn {
@@ -131,6 +134,7 @@ func appendMsg(b []byte, m *Msg, withState bool) []byte {
 	if withState {
 		b = binary.AppendUvarint(b, m.ID)
 		b = binary.AppendUvarint(b, uint64(m.Count))
+		b = appendBool(b, m.Delivered)
 	}
 	b = appendString(b, m.Exchange)
 	b = appendString(b, m.RoutingKey)
@@ -217,6 +221,7 @@ func (d *decoder) msg(withState bool) *Msg {
 			d.fail("delivery count")
 		}
 		m.Count = uint32(c)
+		m.Delivered = d.bool("delivered")
 	}
 	m.Exchange = d.string("exchange")
 	m.RoutingKey = d.string("routing key")
@@ -259,7 +264,7 @@ func (d *decoder) command(depth int) Command {
 			d.fail("credit")
 		}
 		c.Credit = uint32(cr)
-	case KindSettle, KindDiscard, KindReturn:
+	case KindSettle, KindDiscard, KindReturn, KindDelivered:
 		c.Node = d.string("node")
 		c.IDs = d.ids()
 		if c.Kind == KindReturn {

@@ -191,6 +191,7 @@ func (m *Machine) apply(c *Command) Result {
 	case KindGet:
 		msg := m.popHead()
 		if msg != nil && !c.NoAck {
+			msg.Delivered = true // basic.get hands it to the client at once
 			m.node(c.Node, true).out[msg.ID] = msg
 		}
 		if msg != nil {
@@ -198,6 +199,14 @@ func (m *Machine) apply(c *Command) Result {
 			r.Msg = &cp
 		}
 		r.Remaining = m.readyLen()
+	case KindDelivered:
+		if n := m.node(c.Node, false); n != nil {
+			for _, id := range c.IDs {
+				if msg, ok := n.out[id]; ok {
+					msg.Delivered = true
+				}
+			}
+		}
 	case KindNodeDown:
 		if n := m.node(c.Node, false); n != nil {
 			ids := make([]uint64, 0, len(n.out))
@@ -206,7 +215,9 @@ func (m *Machine) apply(c *Command) Result {
 			}
 			slices.Sort(ids)
 			for _, id := range ids {
-				if d, dropped := m.giveBack(n.out[id], true); dropped {
+				// Only what reached a client counts a delivery; the rest of the node's
+				// window goes back as it was.
+				if d, dropped := m.giveBack(n.out[id], n.out[id].Delivered); dropped {
 					r.Dropped = append(r.Dropped, d)
 				}
 			}
@@ -228,6 +239,7 @@ func (m *Machine) apply(c *Command) Result {
 // giveBack returns a held message to the head; a delivered one counts a delivery and is
 // dropped past the delivery limit.
 func (m *Machine) giveBack(msg *Msg, delivered bool) (Dropped, bool) {
+	msg.Delivered = false
 	if delivered {
 		msg.Count++
 		if m.limits.DeliveryLimit >= 0 && int64(msg.Count) > m.limits.DeliveryLimit {

@@ -120,12 +120,19 @@ func TestMachine(t *testing.T) {
 		{"max bytes drop-head", Limits{MaxLength: -1, MaxBytes: 3, DeliveryLimit: -1}, []step{
 			{cmd: enq("aa", "bb"), dropped: []string{"aa"}, ready: 1},
 		}},
-		{"node down returns with a count", NoLimits(), []step{
+		{"node down counts what was delivered", NoLimits(), []step{
 			{cmd: co("n1", 2)},
 			{cmd: co("n2", 2)},
 			{cmd: enq("a", "b", "c"), assigned: map[string][]uint64{"n1": {1, 3}, "n2": {2}}, held: 3},
+			{cmd: ids(KindDelivered, "n1", 3), held: 3},
 			{cmd: Command{Kind: KindNodeDown, Node: "n1"}, assigned: map[string][]uint64{"n2": {1}}, ready: 1, held: 2},
 			{cmd: Command{Kind: KindGet, Node: "n3", NoAck: true}, get: "c", count: 1, held: 2},
+		}},
+		{"node down after get counts it", NoLimits(), []step{
+			{cmd: enq("a"), ready: 1},
+			{cmd: Command{Kind: KindGet, Node: "n1"}, get: "a", held: 1},
+			{cmd: Command{Kind: KindNodeDown, Node: "n1"}, ready: 1},
+			{cmd: Command{Kind: KindGet, Node: "n2", NoAck: true}, get: "a", count: 1},
 		}},
 		{"checkout zero stops assignment", NoLimits(), []step{
 			{cmd: co("n1", 1)},
@@ -249,6 +256,7 @@ func TestCommandRoundTrip(t *testing.T) {
 		{Kind: KindGet, Node: "n", NoAck: true},
 		{Kind: KindNodeDown, Node: "n3"},
 		{Kind: KindPurge},
+		{Kind: KindDelivered, Node: "n", IDs: []uint64{5}},
 	}
 	cmds = append(cmds, Command{Kind: KindBatch, Batch: slices.Clone(cmds)})
 	for _, c := range cmds {

@@ -169,11 +169,17 @@ func TestThreeReplicasLeaderKilled(t *testing.T) {
 	}
 	c.propose(lead, Command{Kind: KindCheckout, Node: lead, Credit: n})
 	waitFor(t, "assignment to the leader", func() bool { return len(c.reps[lead].received()) == n })
-	for k, v := range c.reps[lead].received() {
+	var delivered []uint64
+	r := c.reps[lead]
+	r.mu.Lock()
+	for k, v := range r.got {
 		if v != 0 {
 			t.Fatalf("first delivery of %s has count %d", k, v)
 		}
+		delivered = append(delivered, r.ids[k])
 	}
+	r.mu.Unlock()
+	c.propose(lead, Command{Kind: KindDelivered, Node: lead, IDs: delivered})
 	killed := lead
 	c.stop(killed)
 	start := time.Now()
@@ -188,7 +194,7 @@ func TestThreeReplicasLeaderKilled(t *testing.T) {
 	}
 	// Settle half; restart the killed node: it catches up to the same counts.
 	var ids []uint64
-	r := c.reps[cons]
+	r = c.reps[cons]
 	r.mu.Lock()
 	for i := 0; i < n/2; i++ {
 		ids = append(ids, r.ids[fmt.Sprintf("m%02d", i)])
