@@ -11,16 +11,16 @@ type Kind uint8
 
 // The commands of a quorum queue's log.
 const (
-	KindBatch    Kind = iota + 1 // several commands in one entry (one proposer's round)
-	KindEnqueue                  // Msgs appended
-	KindCheckout                 // Node's credit set to Credit
-	KindSettle                   // IDs held by Node acked
-	KindReturn                   // IDs held by Node back at the head (Delivered: counts a delivery)
-	KindDiscard                  // IDs held by Node rejected: dropped for dead-lettering
-	KindGet                      // the head taken for Node (NoAck: and settled at once)
-	KindNodeDown                 // everything Node held returned, its credit zeroed
-	KindPurge                    // the ready messages dropped
-	KindDelivered                // IDs held by Node reached a client (NodeDown counts them)
+	KindBatch     Kind = iota + 1 // several commands in one entry (one proposer's round)
+	KindEnqueue                   // Msgs appended
+	KindCheckout                  // Node's credit set to Credit
+	KindSettle                    // IDs held by Node acked
+	KindReturn                    // IDs held by Node back at the head (Delivered: counts a delivery)
+	KindDiscard                   // IDs held by Node rejected: dropped for dead-lettering
+	KindGet                       // the head taken for Node (NoAck: and settled at once)
+	KindNodeDown                  // everything Node held returned, its credit zeroed
+	KindPurge                     // the ready messages dropped
+	KindDelivered                 // IDs held by Node reached a client (NodeDown counts them)
 	kindEnd
 )
 
