@@ -113,10 +113,6 @@ type quorumQueue struct {
 	ready bool
 
 	consumers atomic.Int32
-	// gets are basic.get deliveries taken from the log, not from the local queue: their
-	// settlement must not touch the local queue's unacked count.
-	gmu  sync.Mutex
-	gets map[*queue.Entry]struct{}
 }
 
 // openQuorum creates a quorum queue's local Queue and opens its group; handled is false when
@@ -130,9 +126,14 @@ func (v *VHost) openQuorum(op TopologyOp, spec queueSpec) (qs *Queue, handled bo
 	m := op.Queue
 	qs = &Queue{v: v, name: m.Name, declDur: m.Durable, autoDelete: m.AutoDelete, args: m.Args, spec: spec}
 	qs.epoch.Store(op.Epoch)
-	qs.q = queue.New(m.Name, queue.NoLimits(), queue.Hooks{})
 	qq := &quorumQueue{qs: qs, node: v.b.replicator.LocalNode(), stop: make(chan struct{}),
-		wake: make(chan struct{}, 1), ewake: make(chan struct{}, 1), gets: map[*queue.Entry]struct{}{}}
+		wake: make(chan struct{}, 1), ewake: make(chan struct{}, 1)}
+	// The local queue only dispatches. A delivery limit of 0 makes every local requeue (a
+	// channel closing with unacked deliveries, basic.recover) a drop, which localDropped
+	// hands back to the log: requeueing, and the delivery count, are the log's.
+	opts := queue.NoLimits()
+	opts.DeliveryLimit = 0
+	qs.q = queue.New(m.Name, opts, queue.Hooks{Dropped: qq.localDropped})
 	qq.cond = sync.NewCond(&qq.mu)
 	qq.ctx, qq.cancel = context.WithCancel(context.Background())
 	limits := quorum.Limits{MaxLength: spec.opts.MaxLength, MaxBytes: spec.opts.MaxLengthBytes, DeliveryLimit: spec.opts.DeliveryLimit}
@@ -438,6 +439,9 @@ func (qq *quorumQueue) consumerAdded() {
 // gives back what it holds undelivered (and what its consumers' channels requeued).
 func (qq *quorumQueue) consumerRemoved() {
 	if qq.consumers.Add(-1) != 0 {
+		// Others remain; localDropped may have zeroed the credit while a consumer was being
+		// added: checked out again (the command is idempotent).
+		qq.submit(quorum.Command{Kind: quorum.KindCheckout, Node: qq.node, Credit: quorumNodeCredit}, nil)
 		return
 	}
 	qq.submit(quorum.Command{Kind: quorum.KindCheckout, Node: qq.node, Credit: 0}, nil)
@@ -478,22 +482,33 @@ func (qq *quorumQueue) delivered(e *queue.Entry, noAck bool) {
 	}
 }
 
+// localDropped is the local queue's Dropped hook: a local requeue (over the delivery limit
+// of 0) goes back to the log as a delivered return. Purged entries (a revoke, the queue
+// closing) were the log's already.
+func (qq *quorumQueue) localDropped(_ *queue.Queue, es []*queue.Entry, why queue.Reason) {
+	if why != queue.DeliveryLimit || len(es) == 0 {
+		return
+	}
+	ids := make([]uint64, len(es))
+	for i, e := range es {
+		ids[i] = e.Seq
+	}
+	if qq.qs.q.Counts().Consumers == 0 {
+		// The last local consumer went with its channel (consumerRemoved follows): stop
+		// taking messages first, or the returned ones would be assigned here again.
+		qq.submit(quorum.Command{Kind: quorum.KindCheckout, Node: qq.node, Credit: 0}, nil)
+	}
+	qq.submit(quorum.Command{Kind: quorum.KindReturn, Node: qq.node, IDs: ids, Delivered: true}, qq.dropped)
+}
+
 // settle turns a settlement of deliveries into its command; nothing waits for it.
 func (qq *quorumQueue) settle(kind Settlement, es []*queue.Entry) {
 	ids := make([]uint64, len(es))
-	local := 0
-	qq.gmu.Lock()
 	for i, e := range es {
 		ids[i] = e.Seq
-		if _, ok := qq.gets[e]; ok {
-			delete(qq.gets, e)
-		} else {
-			local++
-		}
 	}
-	qq.gmu.Unlock()
 	// The local queue only counts them out: requeue and dead-lettering are the log's.
-	qq.qs.q.Ack(local)
+	qq.qs.q.Ack(len(es))
 	switch kind {
 	case Ack:
 		qq.qs.counters.ack.n.Add(uint64(len(es)))
@@ -506,13 +521,28 @@ func (qq *quorumQueue) settle(kind Settlement, es []*queue.Entry) {
 }
 
 // get is basic.get: a message this node holds undelivered, else the queue's head through the
-// log.
+// log. A message taken from the log for a get that will be acked goes through the local queue
+// (pushed, then taken), so that its settlement, or its requeue when the channel closes, finds
+// it counted there like any other; a local consumer may take it first, then the next is
+// fetched (three tries).
 func (qq *quorumQueue) get(noAck bool) (*queue.Entry, int, bool, *amqp.Error) {
-	ready, _ := qq.m.Counts()
-	if e, remaining, ok := qq.qs.q.Get(noAck); ok {
-		qq.delivered(e, noAck)
-		return e, remaining + ready, true, nil
+	for range 3 {
+		ready, _ := qq.m.Counts()
+		if e, remaining, ok := qq.qs.q.Get(noAck); ok {
+			qq.delivered(e, noAck)
+			return e, remaining + ready, true, nil
+		}
+		e, remaining, ok, err := qq.getFromLog(noAck)
+		if err != nil || !ok || noAck {
+			return e, remaining, ok, err
+		}
+		qq.qs.q.Push(e)
 	}
+	return nil, 0, false, nil
+}
+
+// getFromLog takes the queue's head for this node through the log.
+func (qq *quorumQueue) getFromLog(noAck bool) (*queue.Entry, int, bool, *amqp.Error) {
 	type got struct {
 		r   quorum.Result
 		err error
@@ -527,11 +557,8 @@ func (qq *quorumQueue) get(noAck bool) (*queue.Entry, int, bool, *amqp.Error) {
 		return nil, 0, false, nil
 	}
 	e := quorumEntry(res.r.Msg)
-	e.Deliveries++ // as queue.Get counts the delivery it makes
-	if !noAck {
-		qq.gmu.Lock()
-		qq.gets[e] = struct{}{}
-		qq.gmu.Unlock()
+	if noAck {
+		e.Deliveries++ // as queue.Get counts the delivery it makes
 	}
 	return e, res.r.Remaining, true, nil
 }

@@ -607,3 +607,85 @@ func TestQuorumQueueNoAckConsumer(t *testing.T) {
 
 // quorumCreditForTest is broker's quorumNodeCredit (unexported there).
 const quorumCreditForTest = 256
+
+// TestQuorumQueueTransaction: tx.commit-ok comes once the publishes are committed (they are
+// readable on another node right after it), and a transaction's acks settle.
+func TestQuorumQueueTransaction(t *testing.T) {
+	nodes := startRaftCluster(t, "n1", "n2", "n3")
+	declareQuorum(t, nodes, "n1", "qt", nil)
+	_, tch := dial(t, nodes["n2"].url)
+	if err := tch.Tx(); err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range []string{"t1", "t2"} {
+		if err := tch.Publish("", "qt", false, false, amqp091.Publishing{DeliveryMode: 2, Body: []byte(b)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tch.TxCommit(); err != nil {
+		t.Fatal(err)
+	}
+	// Committed means applied on n2; n3 may apply it a moment later.
+	_, gch := dial(t, nodes["n3"].url)
+	for _, want := range []string{"t1", "t2"} {
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			d, ok, err := gch.Get("qt", false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ok {
+				if string(d.Body) != want {
+					t.Fatalf("got %q, want %s", d.Body, want)
+				}
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s not there after tx.commit-ok", want)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	// Both gets are unacked on gch; ack them in a transaction, then nothing comes back when
+	// the channel closes.
+	if err := gch.Tx(); err != nil {
+		t.Fatal(err)
+	}
+	if err := gch.Ack(2, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := gch.TxCommit(); err != nil {
+		t.Fatal(err)
+	}
+	if err := gch.Close(); err != nil {
+		t.Fatal(err)
+	}
+	_, ch := dial(t, nodes["n1"].url)
+	time.Sleep(200 * time.Millisecond)
+	if d, ok, err := ch.Get("qt", true); err != nil || ok {
+		t.Fatalf("after the acks: %q %v %v", d.Body, ok, err)
+	}
+}
+
+// TestQuorumQueueGetThenClose: a basic.get left unacked when its channel closes goes back to
+// the queue (x-delivery-count 1), where a consumer of another node gets it.
+func TestQuorumQueueGetThenClose(t *testing.T) {
+	nodes := startRaftCluster(t, "n1", "n2", "n3")
+	declareQuorum(t, nodes, "n1", "qg", nil)
+	_, pch := dial(t, nodes["n1"].url)
+	publishConfirmed(t, pch, "qg", "g")
+	c, gch := dial(t, nodes["n2"].url)
+	d, ok, err := gch.Get("qg", false)
+	if err != nil || !ok || string(d.Body) != "g" || d.Redelivered {
+		t.Fatalf("get: %q %v %v redelivered=%v", d.Body, ok, err, d.Redelivered)
+	}
+	_ = c.Close()
+	_, cch := dial(t, nodes["n3"].url)
+	ds, err := cch.Consume("qg", "c", false, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := recv(t, ds); string(d.Body) != "g" || !d.Redelivered || deliveryCount(d) != 1 {
+		t.Fatalf("after the close: %q redelivered=%v count=%d", d.Body, d.Redelivered, deliveryCount(d))
+	}
+}
