@@ -5,6 +5,7 @@ import (
 	"errors"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/warrenmq/warren/amqp"
 	"github.com/warrenmq/warren/queue"
@@ -96,6 +97,10 @@ type quorumQueue struct {
 	stop   chan struct{}
 	once   sync.Once
 
+	// rearm tells the proposer the head's expiry changed (Applied hook).
+	rearm     chan struct{}
+	headArmed atomic.Int64
+
 	mu      sync.Mutex
 	cond    *sync.Cond // publishers waiting for room (quorumMaxPending)
 	pending []quorumOp
@@ -127,7 +132,7 @@ func (v *VHost) openQuorum(op TopologyOp, spec queueSpec) (qs *Queue, handled bo
 	qs = &Queue{v: v, name: m.Name, declDur: m.Durable, autoDelete: m.AutoDelete, args: m.Args, spec: spec}
 	qs.epoch.Store(op.Epoch)
 	qq := &quorumQueue{qs: qs, node: v.b.replicator.LocalNode(), stop: make(chan struct{}),
-		wake: make(chan struct{}, 1), ewake: make(chan struct{}, 1)}
+		wake: make(chan struct{}, 1), ewake: make(chan struct{}, 1), rearm: make(chan struct{}, 1)}
 	// The local queue only dispatches. A delivery limit of 0 makes every local requeue (a
 	// channel closing with unacked deliveries, basic.recover) a drop, which localDropped
 	// hands back to the log: requeueing, and the delivery count, are the log's.
@@ -140,7 +145,7 @@ func (v *VHost) openQuorum(op TopologyOp, spec queueSpec) (qs *Queue, handled bo
 	if spec.opts.Overflow != queue.DropHead {
 		limits.Overflow = quorum.RejectPublish
 	}
-	qq.m = quorum.New(limits, quorum.Hooks{Assigned: qq.assigned, Revoked: qq.revoked})
+	qq.m = quorum.New(limits, quorum.Hooks{Assigned: qq.assigned, Revoked: qq.revoked, Applied: qq.applied})
 	g, gerr := qgs.OpenQuorum(v.name, m.Name, op.Epoch, qq.m, qq.nodeDown)
 	if errors.Is(gerr, ErrQuorumUnavailable) {
 		return nil, false, nil
@@ -207,7 +212,7 @@ func (qq *quorumQueue) submit(cmd quorum.Command, done func(quorum.Result, error
 // dead-letter path does not: it may run on this queue's own proposer.
 func (qq *quorumQueue) publish(msg *queue.Message, done func(quorum.Result, error), block bool) {
 	cmd := quorum.Command{Kind: quorum.KindEnqueue, Msgs: []*quorum.Msg{{Exchange: msg.Exchange, RoutingKey: msg.RoutingKey,
-		Header: msg.Header, Body: msg.Body}}}
+		Header: msg.Header, Body: msg.Body, Expires: qq.expires(msg)}}}
 	qq.mu.Lock()
 	for block && len(qq.pending) >= quorumMaxPending && !qq.stopped() {
 		qq.cond.Wait()
@@ -220,6 +225,22 @@ func (qq *quorumQueue) publish(msg *queue.Message, done func(quorum.Result, erro
 	}
 }
 
+// expires is a new message's expiry (unix ms, 0 never) by this node's clock: its expiration
+// property or the queue's x-message-ttl, the earlier. (Policies are per node and are not
+// applied to quorum queues.)
+func (qq *quorumQueue) expires(msg *queue.Message) int64 {
+	var at int64
+	if msg.ExpiresAt != 0 {
+		at = (msg.ExpiresAt + 999_999) / 1_000_000
+	}
+	if ttl := qq.qs.spec.opts.MessageTTL; ttl >= 0 {
+		if t := time.Now().UnixMilli() + ttl.Milliseconds(); at == 0 || t < at {
+			at = t
+		}
+	}
+	return at
+}
+
 func cmdSize(c *quorum.Command) int {
 	n := 16 + 8*len(c.IDs)
 	for _, m := range c.Msgs {
@@ -230,9 +251,35 @@ func cmdSize(c *quorum.Command) int {
 
 // proposeLoop proposes what was submitted, one batch at a time, in submission order.
 func (qq *quorumQueue) proposeLoop() {
+	expiry := time.NewTimer(time.Hour)
+	expiry.Stop()
+	defer expiry.Stop()
+	tick := false
 	for {
 		select {
 		case <-qq.wake:
+		case <-qq.rearm:
+			if at := qq.m.HeadExpires(); at > 0 {
+				expiry.Reset(time.Until(time.UnixMilli(at + 1)))
+			}
+			continue
+		case <-expiry.C:
+			// The head's time has come: the leader proposes an empty batch (its clock moves
+			// the queue's time). Every node looks again a second later while the head is
+			// still there (a leader change, another node's clock).
+			at := qq.m.HeadExpires()
+			if at == 0 {
+				continue
+			}
+			if wait := time.Until(time.UnixMilli(at + 1)); wait > 0 {
+				expiry.Reset(wait)
+				continue
+			}
+			expiry.Reset(time.Second)
+			if l, ok := qq.g.Leader(); !ok || l != qq.node {
+				continue
+			}
+			tick = true
 		case <-qq.stop:
 			qq.failPending(errQuorumGone)
 			return
@@ -263,10 +310,11 @@ func (qq *quorumQueue) proposeLoop() {
 			}
 			qq.cond.Broadcast()
 			qq.mu.Unlock()
-			if len(ops) == 0 && len(prefix) == 0 {
+			if len(ops) == 0 && len(prefix) == 0 && !tick {
 				break
 			}
-			batch := quorum.Command{Kind: quorum.KindBatch, Batch: prefix}
+			tick = false
+			batch := quorum.Command{Kind: quorum.KindBatch, Batch: prefix, Now: time.Now().UnixMilli()}
 			for i := range ops {
 				batch.Batch = append(batch.Batch, ops[i].cmd)
 			}
@@ -288,6 +336,9 @@ func (qq *quorumQueue) proposeLoop() {
 				}
 				op.done(r, err)
 			}
+			if err == nil && len(rs) > len(batch.Batch) {
+				qq.dropped(rs[len(rs)-1], nil) // messages that expired at the head
+			}
 			if err != nil && qq.stopped() {
 				qq.failPending(errQuorumGone)
 				return
@@ -296,6 +347,19 @@ func (qq *quorumQueue) proposeLoop() {
 				qq.qs.v.b.log.Error("quorum queue: proposal failed", "queue", qq.qs.name, "vhost", qq.qs.v.name, "err", err)
 			}
 		}
+	}
+}
+
+// applied is the state machine's Applied hook (the Raft loop): when the head's expiry
+// changed, the proposer re-arms its timer, on every node (whichever leads proposes).
+func (qq *quorumQueue) applied() {
+	at := qq.m.HeadExpires()
+	if at == 0 || qq.headArmed.Swap(at) == at {
+		return
+	}
+	select {
+	case qq.rearm <- struct{}{}:
+	default:
 	}
 }
 
@@ -412,6 +476,8 @@ func (qq *quorumQueue) dropped(r quorum.Result, err error) {
 			why = queue.MaxLen
 		case quorum.DeliveryLimit:
 			why = queue.DeliveryLimit
+		case quorum.Expired:
+			why = queue.Expired
 		}
 		if _, ok := byReason[why]; !ok {
 			order = append(order, why)

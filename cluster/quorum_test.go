@@ -405,6 +405,7 @@ func TestQuorumQueueConsumerNodeDies(t *testing.T) {
 	}
 	recv(t, ds)
 	recv(t, ds)
+	time.Sleep(500 * time.Millisecond) // the deliveries' marks reach the log (see SurvivesRestarts)
 	start := time.Now()
 	nodes["n3"].crash()
 	_, cch := dial(t, nodes["n2"].url)
@@ -687,5 +688,56 @@ func TestQuorumQueueGetThenClose(t *testing.T) {
 	}
 	if d := recv(t, ds); string(d.Body) != "g" || !d.Redelivered || deliveryCount(d) != 1 {
 		t.Fatalf("after the close: %q redelivered=%v count=%d", d.Body, d.Redelivered, deliveryCount(d))
+	}
+}
+
+// TestQuorumQueueTTL: x-message-ttl and the expiration property expire messages of an idle
+// quorum queue at its head (the leader proposes the time), dead-lettered with reason expired.
+func TestQuorumQueueTTL(t *testing.T) {
+	nodes := startRaftCluster(t, "n1", "n2", "n3")
+	declareQuorum(t, nodes, "n1", "ttl-dlq", nil)
+	declareQuorum(t, nodes, "n2", "ttl", amqp091.Table{"x-message-ttl": int32(300),
+		"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "ttl-dlq"})
+	_, pch := dial(t, nodes["n3"].url)
+	if err := pch.Confirm(false); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	for _, p := range []amqp091.Publishing{{Body: []byte("ttl")}, {Body: []byte("exp"), Expiration: "100"}} {
+		p.DeliveryMode = 2
+		dc, err := pch.PublishWithDeferredConfirm("", "ttl", false, false, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok, err := dc.WaitContext(t.Context()); !ok || err != nil {
+			t.Fatalf("confirm: %v %v", ok, err)
+		}
+	}
+	_, gch := dial(t, nodes["n1"].url)
+	for _, want := range []string{"ttl", "exp"} {
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			d, ok, err := gch.Get("ttl-dlq", true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ok {
+				death, _ := d.Headers["x-death"].([]any)
+				if string(d.Body) != want || len(death) != 1 || death[0].(amqp091.Table)["reason"] != "expired" {
+					t.Fatalf("dead-lettered %q x-death %v, want %s expired", d.Body, d.Headers["x-death"], want)
+				}
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s not expired", want)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	if took := time.Since(start); took < 300*time.Millisecond {
+		t.Fatalf("expired after %v, before the queue's TTL", took)
+	}
+	if _, ok, _ := gch.Get("ttl", true); ok {
+		t.Fatal("an expired message is still in the queue")
 	}
 }

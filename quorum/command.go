@@ -34,6 +34,9 @@ type Command struct {
 	Delivered bool // KindReturn: the messages had reached a client (their count goes up)
 	NoAck     bool // KindGet
 	Batch     []Command
+	// Now is the proposer's clock (unix ms) for a batch: the queue's time moves to the
+	// highest Now applied, and messages whose Expires is before it expire at the head.
+	Now int64
 }
 
 // Msg is a message of the queue. Header is the publisher's content header, sent verbatim
@@ -45,6 +48,9 @@ type Msg struct {
 	Header     []byte
 	Body       []byte
 	Count      uint32 // deliveries returned: RabbitMQ's delivery-count
+	// Expires is when the message expires (unix ms, from the proposer's clock: x-message-ttl
+	// or its expiration property); 0 never.
+	Expires int64
 	// Delivered: held by a node that reported it reached a client (state, not a command's).
 	Delivered bool
 }
@@ -57,6 +63,7 @@ func (c Command) Encode(b []byte) []byte {
 	b = append(b, byte(c.Kind))
 	switch c.Kind {
 	case KindBatch:
+		b = binary.AppendUvarint(b, uint64(max(c.Now, 0)))
 		b = binary.AppendUvarint(b, uint64(len(c.Batch)))
 		for i := range c.Batch {
 			b = c.Batch[i].Encode(b)
@@ -136,6 +143,7 @@ func appendMsg(b []byte, m *Msg, withState bool) []byte {
 		b = binary.AppendUvarint(b, uint64(m.Count))
 		b = appendBool(b, m.Delivered)
 	}
+	b = binary.AppendUvarint(b, uint64(max(m.Expires, 0)))
 	b = appendString(b, m.Exchange)
 	b = appendString(b, m.RoutingKey)
 	b = appendBytes(b, m.Header)
@@ -176,6 +184,16 @@ func (d *decoder) count(what string, min int) int {
 		return 0
 	}
 	return int(n)
+}
+
+// int63 reads a uvarint that must fit an int64.
+func (d *decoder) int63(what string) int64 {
+	v := d.uvarint(what)
+	if v > 1<<63-1 {
+		d.fail(what)
+		return 0
+	}
+	return int64(v)
 }
 
 func (d *decoder) bytes(what string) []byte {
@@ -223,6 +241,7 @@ func (d *decoder) msg(withState bool) *Msg {
 		m.Count = uint32(c)
 		m.Delivered = d.bool("delivered")
 	}
+	m.Expires = d.int63("expires")
 	m.Exchange = d.string("exchange")
 	m.RoutingKey = d.string("routing key")
 	m.Header = d.bytes("header")
@@ -246,6 +265,7 @@ func (d *decoder) command(depth int) Command {
 			d.fail("nested batch")
 			return c
 		}
+		c.Now = d.int63("now")
 		n := d.count("batch", 1)
 		c.Batch = make([]Command, 0, n)
 		for i := 0; i < n && d.err == nil; i++ {

@@ -38,6 +38,7 @@ const (
 	Rejected      Reason = iota + 1 // basic.reject / nack without requeue
 	MaxLen                          // drop-head overflow
 	DeliveryLimit                   // returned more than x-delivery-limit times
+	Expired                         // its Expires passed while it was at the head
 )
 
 // Dropped is a message that left the queue without an ack: the proposer of the command that
@@ -68,6 +69,8 @@ type Hooks struct {
 	Assigned func(node string, msgs []Msg)
 	// Revoked: what node held was taken back (NodeDown); its copies must be dropped.
 	Revoked func(node string)
+	// Applied: an entry was applied (HeadExpires may have changed).
+	Applied func()
 }
 
 // nodeState is what one node holds.
@@ -83,6 +86,8 @@ type Machine struct {
 	hooks  Hooks
 
 	nextID  uint64
+	now     int64 // the highest batch Now applied (unix ms)
+	expired []Dropped
 	returns []*Msg // returned messages, by ID: delivered before ready ones
 	ready   []*Msg // FIFO from head
 	head    int
@@ -91,6 +96,7 @@ type Machine struct {
 	cursor  int // round-robin position in nodes
 
 	readyN, heldN atomic.Int64 // for Counts from other goroutines
+	headExpires   atomic.Int64 // the head's Expires, for HeadExpires
 	assigned      map[string][]Msg
 }
 
@@ -116,14 +122,27 @@ func (m *Machine) Apply(_ uint64, cmd []byte) any {
 	}
 	var out any
 	if c.Kind == KindBatch {
-		rs := make([]Result, len(c.Batch))
+		m.now = max(m.now, c.Now)
+		rs := make([]Result, len(c.Batch), len(c.Batch)+1)
 		for i := range c.Batch {
 			rs[i] = m.apply(&c.Batch[i])
 		}
+		m.expireHead()
+		m.assign()
+		if len(m.expired) > 0 {
+			// One more result past the batch's: the messages that expired, for the
+			// proposer to dead-letter.
+			rs = append(rs, Result{Dropped: m.expired})
+			m.expired = nil
+		}
 		out = rs
 	} else {
-		out = m.apply(&c)
+		r := m.apply(&c)
+		r.Dropped = append(r.Dropped, m.expired...)
+		m.expired = nil
+		out = r
 	}
+	m.headExpires.Store(m.headExpiry())
 	m.flushAssigned()
 	m.readyN.Store(int64(m.readyLen()))
 	held := 0
@@ -131,6 +150,9 @@ func (m *Machine) Apply(_ uint64, cmd []byte) any {
 		held += len(n.out)
 	}
 	m.heldN.Store(int64(held))
+	if m.hooks.Applied != nil {
+		m.hooks.Applied()
+	}
 	return out
 }
 
@@ -232,9 +254,47 @@ func (m *Machine) apply(c *Command) Result {
 		r.Purged = m.readyLen()
 		m.returns, m.ready, m.head, m.bytes = nil, nil, 0, 0
 	}
+	m.expireHead()
 	m.assign()
 	return r
 }
+
+// expireHead drops the messages at the head whose Expires is before the queue's time (as
+// RabbitMQ, only the head expires: a message behind an unexpired one waits for it).
+func (m *Machine) expireHead() {
+	for {
+		var head *Msg
+		switch {
+		case len(m.returns) > 0:
+			head = m.returns[0]
+		case m.head < len(m.ready):
+			head = m.ready[m.head]
+		default:
+			return
+		}
+		if head.Expires == 0 || head.Expires >= m.now {
+			return
+		}
+		m.popHead()
+		m.expired = append(m.expired, Dropped{Msg: head, Reason: Expired})
+	}
+}
+
+// headExpiry is the head's Expires (0: none, or an empty queue).
+func (m *Machine) headExpiry() int64 {
+	switch {
+	case len(m.returns) > 0:
+		return m.returns[0].Expires
+	case m.head < len(m.ready):
+		return m.ready[m.head].Expires
+	}
+	return 0
+}
+
+// HeadExpires is when the head message expires (unix ms, 0: never or empty): the broker
+// proposes an empty batch then, so that an idle queue's messages expire too. Safe from any
+// goroutine.
+func (m *Machine) HeadExpires() int64 { return m.headExpires.Load() }
 
 // giveBack returns a held message to the head; a delivered one counts a delivery and is
 // dropped past the delivery limit.
@@ -398,6 +458,7 @@ const snapshotVersion = 1
 func (m *Machine) Snapshot() ([]byte, error) {
 	b := []byte{snapshotVersion}
 	b = binary.AppendUvarint(b, m.nextID)
+	b = binary.AppendUvarint(b, uint64(max(m.now, 0)))
 	b = binary.AppendUvarint(b, uint64(m.cursor))
 	b = binary.AppendUvarint(b, uint64(m.readyLen()))
 	for _, msg := range m.returns {
@@ -429,6 +490,7 @@ func (m *Machine) Restore(b []byte) error {
 		}
 		d := decoder{b: b[1:]}
 		fresh.nextID = d.uvarint("next id")
+		fresh.now = d.int63("now")
 		fresh.cursor = int(d.uvarint("cursor"))
 		n := d.count("ready", 6)
 		for i := 0; i < n && d.err == nil; i++ {
@@ -464,8 +526,10 @@ func (m *Machine) Restore(b []byte) error {
 			fresh.cursor = 0
 		}
 	}
-	m.nextID, m.cursor, m.returns, m.ready, m.head, m.bytes, m.nodes =
-		fresh.nextID, fresh.cursor, nil, fresh.ready, 0, fresh.bytes, fresh.nodes
+	m.nextID, m.now, m.cursor, m.returns, m.ready, m.head, m.bytes, m.nodes =
+		fresh.nextID, fresh.now, fresh.cursor, nil, fresh.ready, 0, fresh.bytes, fresh.nodes
+	m.expired = nil
+	m.headExpires.Store(m.headExpiry())
 	m.readyN.Store(int64(m.readyLen()))
 	held := 0
 	for _, n := range m.nodes {

@@ -269,3 +269,65 @@ func TestCommandRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// TestExpiry: messages expire at the head once a batch's Now passes their Expires; the
+// expired come back as one more result after the batch's own; a message behind an
+// unexpired head, or held by a node, does not expire.
+func TestExpiry(t *testing.T) {
+	msg := func(body string, expires int64) *Msg {
+		return &Msg{Body: []byte(body), Expires: expires}
+	}
+	batch := func(now int64, cs ...Command) Command { return Command{Kind: KindBatch, Now: now, Batch: cs} }
+	tests := []struct {
+		name    string
+		cmds    []Command
+		expired []string // by the last batch
+		ready   int
+	}{
+		{"expires at the head", []Command{
+			batch(1000, Command{Kind: KindEnqueue, Msgs: []*Msg{msg("a", 1500), msg("b", 0)}}),
+			batch(1600),
+		}, []string{"a"}, 1},
+		{"not before its time", []Command{
+			batch(1000, Command{Kind: KindEnqueue, Msgs: []*Msg{msg("a", 1500)}}),
+			batch(1500),
+		}, nil, 1},
+		{"behind an unexpired head", []Command{
+			batch(1000, Command{Kind: KindEnqueue, Msgs: []*Msg{msg("a", 0), msg("b", 1100)}}),
+			batch(2000),
+		}, nil, 2},
+		{"time never goes back", []Command{
+			batch(3000),
+			batch(1000, Command{Kind: KindEnqueue, Msgs: []*Msg{msg("a", 2000)}}),
+		}, []string{"a"}, 0},
+		{"held by a node", []Command{
+			batch(1000, Command{Kind: KindCheckout, Node: "n1", Credit: 1}, Command{Kind: KindEnqueue, Msgs: []*Msg{msg("a", 1500), msg("b", 1500)}}),
+			batch(2000),
+		}, []string{"b"}, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := New(NoLimits(), Hooks{})
+			var rs []Result
+			for _, c := range tt.cmds {
+				rs = m.Apply(0, c.Encoded()).([]Result)
+			}
+			last := tt.cmds[len(tt.cmds)-1]
+			var got []string
+			if len(rs) > len(last.Batch) {
+				got = bodiesOf(rs[len(rs)-1].Dropped)
+				for _, d := range rs[len(rs)-1].Dropped {
+					if d.Reason != Expired {
+						t.Errorf("reason %v", d.Reason)
+					}
+				}
+			}
+			if !slices.Equal(got, tt.expired) {
+				t.Errorf("expired %v, want %v", got, tt.expired)
+			}
+			if r, _ := m.Counts(); r != tt.ready {
+				t.Errorf("ready %d, want %d", r, tt.ready)
+			}
+		})
+	}
+}
