@@ -720,3 +720,15 @@ func (qq *quorumQueue) publishQuorum(msg *queue.Message, wait bool) (refused boo
 	qq.publish(msg, qq.enqueued(func(err error) { ch <- err }), true)
 	return <-ch != nil
 }
+
+// infoCounts are the counts the management API shows: for a quorum queue, the ready messages
+// are the log's (the whole queue's backlog) plus those this node holds undelivered; unacked
+// and consumers are this node's.
+func (qs *Queue) infoCounts() queue.Stats {
+	st := qs.q.Counts()
+	if qs.qq != nil {
+		ready, _ := qs.qq.m.Counts()
+		st.Ready += ready
+	}
+	return st
+}

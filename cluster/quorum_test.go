@@ -264,6 +264,12 @@ func TestQuorumQueueAcrossNodes(t *testing.T) {
 		bodies = append(bodies, fmt.Sprintf("m%02d", i))
 	}
 	publishConfirmed(t, ch2, "qq", bodies...)
+	// The management API's count is the queue's backlog on every node (n1 applies a moment
+	// after n2 confirmed).
+	waitFor(t, "n1's count", func() bool {
+		info, ok := nodes["n1"].srv.Broker().VHost("/").QueueInfo("qq")
+		return ok && info.Counts.Ready == 50
+	})
 
 	_, ch3 := dial(t, nodes["n3"].url)
 	if err := ch3.Qos(10, 0, false); err != nil {
@@ -739,5 +745,16 @@ func TestQuorumQueueTTL(t *testing.T) {
 	}
 	if _, ok, _ := gch.Get("ttl", true); ok {
 		t.Fatal("an expired message is still in the queue")
+	}
+}
+
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
