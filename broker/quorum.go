@@ -69,6 +69,11 @@ const quorumMaxPending = 8192
 // and a larger entry is sent alone, so larger batches only add latency.
 const quorumMaxBatch = 1 << 20
 
+// quorumOpTimeout bounds how long basic.get and queue.purge wait for the queue's log (no
+// majority): the client gets RabbitMQ's 541 instead of a channel that hangs, as for a
+// metadata change (cluster.DefaultProposeTimeout).
+const quorumOpTimeout = 10 * time.Second
+
 // errQuorumRefused is a publish refused by a full reject-publish quorum queue: its confirm is
 // a nack.
 var errQuorumRefused = errors.New("quorum queue full (reject-publish)")
@@ -614,8 +619,34 @@ func (qq *quorumQueue) getFromLog(noAck bool) (*queue.Entry, int, bool, *amqp.Er
 		err error
 	}
 	ch := make(chan got, 1)
-	qq.submit(quorum.Command{Kind: quorum.KindGet, Node: qq.node, NoAck: noAck}, func(r quorum.Result, err error) { ch <- got{r, err} })
-	res := <-ch
+	// decided: whichever of the answer and the timeout comes first wins; a late answer's
+	// message goes back to the queue (or, taken with no-ack, is lost as RabbitMQ's would be).
+	var decided atomic.Bool
+	qq.submit(quorum.Command{Kind: quorum.KindGet, Node: qq.node, NoAck: noAck}, func(r quorum.Result, err error) {
+		if decided.CompareAndSwap(false, true) {
+			ch <- got{r, err}
+			return
+		}
+		if err != nil || r.Msg == nil {
+			return
+		}
+		if noAck {
+			qq.qs.v.b.log.Warn("quorum queue: a message taken by a basic.get that timed out is lost", "queue", qq.qs.name, "vhost", qq.qs.v.name)
+			return
+		}
+		qq.submit(quorum.Command{Kind: quorum.KindReturn, Node: qq.node, IDs: []uint64{r.Msg.ID}}, qq.dropped)
+	})
+	timer := time.NewTimer(quorumOpTimeout)
+	defer timer.Stop()
+	var res got
+	select {
+	case res = <-ch:
+	case <-timer.C:
+		if decided.CompareAndSwap(false, true) {
+			return nil, 0, false, amqp.Errorf(amqp.InternalError, "quorum queue '%s' in vhost '%s' unavailable: no majority within %v", qq.qs.name, qq.qs.v.name, quorumOpTimeout)
+		}
+		res = <-ch
+	}
 	if res.err != nil {
 		return nil, 0, false, amqp.Errorf(amqp.InternalError, "quorum queue '%s' in vhost '%s' unavailable: %v", qq.qs.name, qq.qs.v.name, res.err)
 	}
@@ -634,7 +665,13 @@ func (qq *quorumQueue) purge() (int, *amqp.Error) {
 	ch := make(chan quorum.Result, 1)
 	var perr error
 	qq.submit(quorum.Command{Kind: quorum.KindPurge}, func(r quorum.Result, err error) { perr = err; ch <- r })
-	r := <-ch
+	var r quorum.Result
+	select {
+	case r = <-ch:
+	case <-time.After(quorumOpTimeout):
+		// The purge may still happen: as a metadata change that times out (RabbitMQ's 541).
+		return 0, amqp.Errorf(amqp.InternalError, "quorum queue '%s' in vhost '%s' unavailable: no majority within %v", qq.qs.name, qq.qs.v.name, quorumOpTimeout)
+	}
 	if perr != nil {
 		return 0, amqp.Errorf(amqp.InternalError, "quorum queue '%s' in vhost '%s' unavailable: %v", qq.qs.name, qq.qs.v.name, perr)
 	}

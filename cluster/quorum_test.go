@@ -758,3 +758,33 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestQuorumQueueNoMajority: with two of three nodes down, basic.get on the third answers
+// 541 after the operation timeout instead of hanging; once a second node is back, the
+// message is there.
+func TestQuorumQueueNoMajority(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits for the 10 s operation timeout")
+	}
+	nodes := startRaftCluster(t, "n1", "n2", "n3")
+	declareQuorum(t, nodes, "n1", "qm", nil)
+	_, pch := dial(t, nodes["n1"].url)
+	publishConfirmed(t, pch, "qm", "m")
+	nodes["n2"].crash()
+	nodes["n3"].crash()
+	_, gch := dial(t, nodes["n1"].url)
+	start := time.Now()
+	if _, _, err := gch.Get("qm", false); amqpCode(err) != 541 {
+		t.Fatalf("get without a majority: %v", err)
+	}
+	t.Logf("541 after %v", time.Since(start))
+	nodes["n2"].start()
+	_, gch2 := dial(t, nodes["n1"].url)
+	waitFor(t, "the message once a majority is back", func() bool {
+		d, ok, err := gch2.Get("qm", true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ok && string(d.Body) == "m"
+	})
+}
