@@ -3,7 +3,6 @@ package cluster
 import (
 	"crypto/sha256"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"strconv"
 	"sync"
@@ -30,7 +29,7 @@ var QuorumNodeDownAfter = 3 * StatusInterval
 
 // errNoHost: the replicator's log is not a multiraft group (in-process tests with a shared
 // memory log), so there is no host to run a quorum queue's group on.
-var errNoHost = errors.New("cluster: no Raft host for quorum queues")
+var errNoHost = fmt.Errorf("cluster: no Raft host: %w", broker.ErrQuorumUnavailable)
 
 // OpenQuorum implements broker.QuorumGroups: it starts (or rejoins) the queue's Raft group on
 // this node's host, every cluster member a voter. nodeDown is called (on a goroutine of the

@@ -11,6 +11,7 @@ import (
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
+	"github.com/warrenmq/warren/amqp"
 	"github.com/warrenmq/warren/broker"
 	"github.com/warrenmq/warren/server"
 )
@@ -787,4 +788,21 @@ func TestQuorumQueueNoMajority(t *testing.T) {
 		}
 		return ok && string(d.Body) == "m"
 	})
+}
+
+// TestQuorumQueueWithoutHost: brokers sharing an in-memory log (no Raft host) keep a quorum
+// queue a durable classic queue homed on its declaring node, as before quorum queues.
+func TestQuorumQueueWithoutHost(t *testing.T) {
+	tc := newTestCluster(t, 2, false)
+	args := amqp.Table{"x-queue-type": "quorum"}
+	if _, err := tc.vhost(0).DeclareQueue(actor(1), broker.QueueSpec{Name: "cq", Durable: true, Args: args}); err != nil {
+		t.Fatal(err)
+	}
+	qs, err := tc.vhost(1).Queue(actor(1), "cq")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if qs.Home() != "n1" {
+		t.Fatalf("home %q, want n1", qs.Home())
+	}
 }
