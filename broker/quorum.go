@@ -143,10 +143,12 @@ func (v *VHost) openQuorum(op TopologyOp, spec queueSpec) (qs *Queue, handled bo
 	// hands back to the log: requeueing, and the delivery count, are the log's.
 	opts := queue.NoLimits()
 	opts.DeliveryLimit = 0
+	opts.SingleActiveConsumer = spec.opts.SingleActiveConsumer
 	qs.q = queue.New(m.Name, opts, queue.Hooks{Dropped: qq.localDropped})
 	qq.cond = sync.NewCond(&qq.mu)
 	qq.ctx, qq.cancel = context.WithCancel(context.Background())
-	limits := quorum.Limits{MaxLength: spec.opts.MaxLength, MaxBytes: spec.opts.MaxLengthBytes, DeliveryLimit: spec.opts.DeliveryLimit}
+	limits := quorum.Limits{MaxLength: spec.opts.MaxLength, MaxBytes: spec.opts.MaxLengthBytes, DeliveryLimit: spec.opts.DeliveryLimit,
+		SingleActive: spec.opts.SingleActiveConsumer}
 	if spec.opts.Overflow != queue.DropHead {
 		limits.Overflow = quorum.RejectPublish
 	}

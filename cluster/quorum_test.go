@@ -806,3 +806,52 @@ func TestQuorumQueueWithoutHost(t *testing.T) {
 		t.Fatalf("home %q, want n1", qs.Home())
 	}
 }
+
+// TestQuorumQueueSingleActiveConsumer: with x-single-active-consumer one consumer of the
+// cluster receives; when it is cancelled, a consumer on another node takes over.
+func TestQuorumQueueSingleActiveConsumer(t *testing.T) {
+	nodes := startRaftCluster(t, "n1", "n2", "n3")
+	declareQuorum(t, nodes, "n1", "qs", amqp091.Table{"x-single-active-consumer": true})
+	_, ach := dial(t, nodes["n2"].url)
+	ads, err := ach.Consume("qs", "a", false, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The first consumer's checkout is in the log before the second's: wait for a delivery.
+	_, pch := dial(t, nodes["n1"].url)
+	publishConfirmed(t, pch, "qs", "first")
+	if d := recv(t, ads); string(d.Body) != "first" {
+		t.Fatalf("a got %q", d.Body)
+	} else {
+		_ = d.Ack(false)
+	}
+	_, bch := dial(t, nodes["n3"].url)
+	bds, err := bch.Consume("qs", "b", false, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var bodies []string
+	for i := range 10 {
+		bodies = append(bodies, fmt.Sprint(i))
+	}
+	publishConfirmed(t, pch, "qs", bodies...)
+	for _, want := range bodies {
+		d := recv(t, ads)
+		if string(d.Body) != want {
+			t.Fatalf("a got %q, want %s", d.Body, want)
+		}
+		_ = d.Ack(false)
+	}
+	select {
+	case d := <-bds:
+		t.Fatalf("the inactive consumer got %q", d.Body)
+	case <-time.After(200 * time.Millisecond):
+	}
+	if err := ach.Cancel("a", false); err != nil {
+		t.Fatal(err)
+	}
+	publishConfirmed(t, pch, "qs", "after")
+	if d := recv(t, bds); string(d.Body) != "after" {
+		t.Fatalf("b got %q", d.Body)
+	}
+}

@@ -25,6 +25,10 @@ type Limits struct {
 	MaxLength, MaxBytes int64
 	Overflow            Overflow
 	DeliveryLimit       int64
+	// SingleActive (x-single-active-consumer): only one node takes messages at a time, the
+	// one that checked out first among those with credit; its local queue keeps one
+	// consumer active, so one consumer of the cluster receives.
+	SingleActive bool
 }
 
 // NoLimits is Limits with every bound off.
@@ -78,6 +82,7 @@ type nodeState struct {
 	name   string
 	credit uint32
 	out    map[uint64]*Msg
+	since  uint64 // when its credit last went from 0 (checkout order, for SingleActive)
 }
 
 // Machine is a quorum queue's state: it implements multiraft.StateMachine.
@@ -86,7 +91,8 @@ type Machine struct {
 	hooks  Hooks
 
 	nextID  uint64
-	now     int64 // the highest batch Now applied (unix ms)
+	seq     uint64 // checkouts counted, for nodeState.since
+	now     int64  // the highest batch Now applied (unix ms)
 	expired []Dropped
 	returns []*Msg // returned messages, by ID: delivered before ready ones
 	ready   []*Msg // FIFO from head
@@ -178,6 +184,10 @@ func (m *Machine) apply(c *Command) Result {
 	case KindCheckout:
 		n := m.node(c.Node, c.Credit > 0)
 		if n != nil {
+			if n.credit == 0 && c.Credit > 0 {
+				m.seq++
+				n.since = m.seq
+			}
 			n.credit = c.Credit
 			m.dropIdle(n)
 		}
@@ -384,6 +394,10 @@ func (m *Machine) popHead() *Msg {
 // assign hands ready messages to nodes with free credit, one at a time round-robin from the
 // cursor, and records them for the Assigned hook.
 func (m *Machine) assign() {
+	if m.limits.SingleActive {
+		m.assignActive()
+		return
+	}
 	for m.readyLen() > 0 && len(m.nodes) > 0 {
 		given := false
 		for range m.nodes {
@@ -405,6 +419,27 @@ func (m *Machine) assign() {
 		}
 		if !given {
 			return
+		}
+	}
+}
+
+// assignActive is assign for a single-active-consumer queue: only the node with credit that
+// checked out first takes messages.
+func (m *Machine) assignActive() {
+	var active *nodeState
+	for _, n := range m.nodes {
+		if n.credit > 0 && (active == nil || n.since < active.since) {
+			active = n
+		}
+	}
+	for active != nil && m.readyLen() > 0 && uint32(len(active.out)) < active.credit {
+		msg := m.popHead()
+		active.out[msg.ID] = msg
+		if m.hooks.Assigned != nil {
+			if m.assigned == nil {
+				m.assigned = map[string][]Msg{}
+			}
+			m.assigned[active.name] = append(m.assigned[active.name], *msg)
 		}
 	}
 }
@@ -459,6 +494,7 @@ func (m *Machine) Snapshot() ([]byte, error) {
 	b := []byte{snapshotVersion}
 	b = binary.AppendUvarint(b, m.nextID)
 	b = binary.AppendUvarint(b, uint64(max(m.now, 0)))
+	b = binary.AppendUvarint(b, m.seq)
 	b = binary.AppendUvarint(b, uint64(m.cursor))
 	b = binary.AppendUvarint(b, uint64(m.readyLen()))
 	for _, msg := range m.returns {
@@ -471,6 +507,7 @@ func (m *Machine) Snapshot() ([]byte, error) {
 	for _, n := range m.nodes {
 		b = appendString(b, n.name)
 		b = binary.AppendUvarint(b, uint64(n.credit))
+		b = binary.AppendUvarint(b, n.since)
 		held := m.Held(n.name)
 		b = binary.AppendUvarint(b, uint64(len(held)))
 		for _, msg := range held {
@@ -491,6 +528,7 @@ func (m *Machine) Restore(b []byte) error {
 		d := decoder{b: b[1:]}
 		fresh.nextID = d.uvarint("next id")
 		fresh.now = d.int63("now")
+		fresh.seq = d.uvarint("checkout seq")
 		fresh.cursor = int(d.uvarint("cursor"))
 		n := d.count("ready", 6)
 		for i := 0; i < n && d.err == nil; i++ {
@@ -506,6 +544,7 @@ func (m *Machine) Restore(b []byte) error {
 				d.fail("credit")
 			}
 			ns.credit = uint32(cr)
+			ns.since = d.uvarint("since")
 			k := d.count("held", 6)
 			for j := 0; j < k && d.err == nil; j++ {
 				msg := d.msg(true)
@@ -526,8 +565,8 @@ func (m *Machine) Restore(b []byte) error {
 			fresh.cursor = 0
 		}
 	}
-	m.nextID, m.now, m.cursor, m.returns, m.ready, m.head, m.bytes, m.nodes =
-		fresh.nextID, fresh.now, fresh.cursor, nil, fresh.ready, 0, fresh.bytes, fresh.nodes
+	m.nextID, m.now, m.seq, m.cursor, m.returns, m.ready, m.head, m.bytes, m.nodes =
+		fresh.nextID, fresh.now, fresh.seq, fresh.cursor, nil, fresh.ready, 0, fresh.bytes, fresh.nodes
 	m.expired = nil
 	m.headExpires.Store(m.headExpiry())
 	m.readyN.Store(int64(m.readyLen()))

@@ -140,6 +140,14 @@ func TestMachine(t *testing.T) {
 			{cmd: co("n1", 0), ready: 1, held: 1},
 			{cmd: ids(KindSettle, "n1", 1), ready: 1},
 		}},
+		{"single active: the first node to check out takes everything", Limits{MaxLength: -1, MaxBytes: -1, DeliveryLimit: -1, SingleActive: true}, []step{
+			{cmd: co("n2", 2)},
+			{cmd: co("n1", 2)},
+			{cmd: enq("a", "b", "c"), assigned: map[string][]uint64{"n2": {1, 2}}, ready: 1, held: 2},
+			{cmd: co("n2", 0), assigned: map[string][]uint64{"n1": {3}}, held: 3}, // n1 is active now
+			{cmd: ret("n2", true, 1, 2), assigned: map[string][]uint64{"n1": {1}}, ready: 1, held: 2},
+			{cmd: co("n2", 5), ready: 1, held: 2}, // back, but behind n1 now
+		}},
 		{"purge keeps held", NoLimits(), []step{
 			{cmd: enq("a", "b", "c"), ready: 3},
 			{cmd: Command{Kind: KindGet, Node: "n1"}, get: "a", ready: 2, held: 1},
