@@ -16,12 +16,14 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
+	"github.com/warrenmq/warren/cluster/faultproxy"
 	"github.com/warrenmq/warren/ctl"
 )
 
@@ -35,6 +37,13 @@ type testCluster struct {
 	cfgs  map[string]string // node -> config file
 	dirs  map[string]string // node -> data dir
 	nodes map[string]*clusterChild
+	addrs map[string]string // node -> its inter-node listener
+	// members are the nodes each config lists (names unless changed: a node added later).
+	members []string
+	// peer, when set, is the address node from dials to reach node to (a faultproxy).
+	peer func(from, to string) string
+	// env are extra environment variables of every node (WARREN_...=...).
+	env []string
 }
 
 // clusterChild is one running node with its management API address.
@@ -56,36 +65,48 @@ func freePort(t *testing.T) string {
 }
 
 func newTestCluster(t *testing.T, names ...string) *testCluster {
-	tc := &testCluster{t: t, names: names, cfgs: map[string]string{}, dirs: map[string]string{}, nodes: map[string]*clusterChild{}}
-	addrs := map[string]string{}
-	var list strings.Builder
-	for _, n := range names {
-		addrs[n] = freePort(t)
-		fmt.Fprintf(&list, "    - {name: %s, address: %q}\n", n, addrs[n])
-	}
+	tc := &testCluster{t: t, names: names, cfgs: map[string]string{}, dirs: map[string]string{}, nodes: map[string]*clusterChild{},
+		addrs: map[string]string{}, members: names}
 	root := t.TempDir()
 	for _, n := range names {
+		tc.addrs[n] = freePort(t)
 		dir := filepath.Join(root, n)
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			t.Fatal(err)
 		}
-		cfg := fmt.Sprintf("cluster:\n  name: test\n  node_name: %s\n  listen: %q\n  secret: \"a-test-secret-of-enough-length\"\n  nodes:\n%s", n, addrs[n], list.String())
 		tc.cfgs[n] = filepath.Join(dir, "config.yaml")
 		tc.dirs[n] = filepath.Join(dir, "data")
-		if err := os.WriteFile(tc.cfgs[n], []byte(cfg), 0o600); err != nil {
-			t.Fatal(err)
-		}
 	}
+	tc.writeConfigs()
 	return tc
 }
 
+// writeConfigs writes every node's config.yaml listing tc.members (as reached through tc.peer).
+func (tc *testCluster) writeConfigs() {
+	for _, n := range tc.names {
+		var list strings.Builder
+		for _, m := range tc.members {
+			addr := tc.addrs[m]
+			if tc.peer != nil && m != n {
+				addr = tc.peer(n, m)
+			}
+			fmt.Fprintf(&list, "    - {name: %s, address: %q}\n", m, addr)
+		}
+		cfg := fmt.Sprintf("cluster:\n  name: test\n  node_name: %s\n  listen: %q\n  secret: \"a-test-secret-of-enough-length\"\n  nodes:\n%s", n, tc.addrs[n], list.String())
+		if err := os.WriteFile(tc.cfgs[n], []byte(cfg), 0o600); err != nil {
+			tc.t.Fatal(err)
+		}
+	}
+}
+
 // spawn starts node n without waiting for it.
-func (tc *testCluster) spawn(n string) *clusterChild {
+func (tc *testCluster) spawn(n string, extraEnv ...string) *clusterChild {
 	t := tc.t
 	cmd := exec.Command(os.Args[0], "-config", tc.cfgs[n], "-listen", "127.0.0.1:0", "-data-dir", tc.dirs[n])
 	cmd.Dir = filepath.Dir(tc.cfgs[n])
 	env := []string{asMainEnv + "=1", "GORACE=" + strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"),
 		envPrefix + "MANAGEMENT_LISTEN=127.0.0.1:0", envPrefix + "PROMETHEUS_LISTEN="}
+	env = append(append(env, tc.env...), extraEnv...)
 	if lvl := os.Getenv("CLUSTER_TEST_LOG_LEVEL"); lvl != "" { // e.g. debug, to see Raft's messages
 		env = append(env, envPrefix+"LOG_LEVEL="+lvl)
 	}
@@ -224,6 +245,51 @@ func (c *clusterChild) topology() (string, error) {
 	return strings.Join(lines, "\n"), nil
 }
 
+// running lists the nodes whose process runs.
+func (tc *testCluster) running() []string {
+	var out []string
+	for _, n := range tc.names {
+		if c := tc.nodes[n]; c != nil {
+			select {
+			case <-c.done:
+			default:
+				out = append(out, n)
+			}
+		}
+	}
+	return out
+}
+
+// queueNames is the set of queue names c's management API lists.
+func (c *clusterChild) queueNames() (map[string]bool, error) {
+	var qs []map[string]any
+	if err := c.api("/api/queues", &qs); err != nil {
+		return nil, err
+	}
+	out := map[string]bool{}
+	for _, q := range qs {
+		out[fmt.Sprint(q["name"])] = true
+	}
+	return out, nil
+}
+
+// passiveUntil waits until a passive declare of queue name on c succeeds.
+func passiveUntil(t *testing.T, c *clusterChild, name string, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		ch := channelOn(t, c)
+		_, err := ch.QueueDeclarePassive(name, true, false, false, false, nil)
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s does not know queue %s after %v: %v", c.name, name, within, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 // channelOn opens a channel on a new connection to c.
 func channelOn(t *testing.T, c *clusterChild) *amqp091.Channel {
 	t.Helper()
@@ -288,7 +354,7 @@ func (tc *testCluster) sameTopology(within time.Duration) string {
 	for {
 		var first, firstNode string
 		differ := ""
-		for _, n := range tc.names {
+		for _, n := range tc.running() {
 			c := tc.nodes[n]
 			top, err := c.topology()
 			if err != nil {
@@ -573,6 +639,261 @@ func measureDeclares(t *testing.T, tc *testCluster) {
 	all := time.Since(start)
 	t.Logf("declare rate, 3 nodes: 1 channel in sequence %.0f/s (%v each); 12 channels on 3 nodes %.0f/s",
 		seq/one.Seconds(), (one / seq).Round(10*time.Microsecond), 12*per/all.Seconds())
+}
+
+// TestClusterJoinAndDeadNode: a fourth node joins a running 3-node cluster (the running nodes
+// reload their lists, the new node starts with cluster.join) and gets the topology; a node
+// killed with SIGKILL and silent for cluster.node_timeout is taken for dead: its exclusive and
+// non-durable queues go, its durable queue answers RabbitMQ's 404; restarted, it serves its
+// durable queue with the confirmed message; a joiner wiped of its data directory rejoins.
+func TestClusterJoinAndDeadNode(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts four broker processes")
+	}
+	tc := newTestCluster(t, "n1", "n2", "n3", "n4")
+	tc.env = []string{envPrefix + "CLUSTER_NODE_TIMEOUT=3s"}
+	tc.members = []string{"n1", "n2", "n3"}
+	tc.writeConfigs()
+	tc.start("n1", "n2", "n3")
+	n1, n3 := tc.nodes["n1"], tc.nodes["n3"]
+	n1.leader(15 * time.Second)
+	declareUntil(t, n1, "q-before-join", 15*time.Second)
+
+	// n4 joins: the running nodes first, then n4 as a joiner.
+	tc.members = tc.names
+	tc.writeConfigs()
+	for _, n := range []string{"n1", "n2", "n3"} {
+		if err := tc.nodes[n].cmd.Process.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n4 := tc.spawn("n4", envPrefix+"CLUSTER_JOIN=true").wait()
+	passiveUntil(t, n4, "q-before-join", 15*time.Second)
+	declareUntil(t, n4, "q-on-n4", 10*time.Second)
+	tc.sameTopology(10 * time.Second)
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		var nodes []apiNode
+		err := n1.api("/api/nodes", &nodes)
+		voters := 0
+		for _, m := range nodes {
+			if m.Voter {
+				voters++
+			}
+		}
+		if err == nil && voters == 4 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("n4 not a voter: %+v %v", nodes, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	// On n3: a durable queue with a confirmed persistent message, a transient queue, an
+	// exclusive queue of a connection that stays open until n3 dies.
+	ch3 := channelOn(t, n3)
+	for _, q := range []struct {
+		name               string
+		durable, exclusive bool
+	}{{"d3", true, false}, {"t3", false, false}, {"e3", false, true}} {
+		if _, err := ch3.QueueDeclare(q.name, q.durable, false, q.exclusive, false, nil); err != nil {
+			t.Fatalf("declare %s on n3: %v", q.name, err)
+		}
+	}
+	if err := ch3.Confirm(false); err != nil {
+		t.Fatal(err)
+	}
+	confirms := ch3.NotifyPublish(make(chan amqp091.Confirmation, 1))
+	if err := ch3.Publish("", "d3", false, false, amqp091.Publishing{DeliveryMode: amqp091.Persistent, Body: []byte("kept")}); err != nil {
+		t.Fatal(err)
+	}
+	if c := <-confirms; !c.Ack {
+		t.Fatal("publish to d3 on its home n3 nacked")
+	}
+	tc.sameTopology(10 * time.Second)
+
+	n3.kill()
+	killed := time.Now()
+	deadline = time.Now().Add(20 * time.Second)
+	for {
+		qs, err := n1.queueNames()
+		if err == nil && !qs["t3"] && !qs["e3"] && qs["d3"] {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("n1 still lists n3's transient or exclusive queues %v after n3 died (%v)", qs, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("n3 killed: its exclusive and transient queues gone after %v (node_timeout 3s)", time.Since(killed).Round(time.Millisecond))
+	_, err := channelOn(t, n1).QueueDeclare("d3", true, false, false, false, nil)
+	if want := "home node 'n3' of durable queue 'd3' in vhost '/' is down or inaccessible"; amqpCode(err) != amqp091.NotFound || !strings.Contains(err.Error(), want) {
+		t.Fatalf("declare of d3 (home n3 dead) on n1: %v, want 404 %q", err, want)
+	}
+
+	// n3 comes back with its durable queue and message.
+	n3 = tc.spawn("n3").wait()
+	msg, ok, err := channelOn(t, n3).Get("d3", true)
+	if err != nil || !ok || string(msg.Body) != "kept" {
+		t.Fatalf("basic.get d3 on the restarted n3: %q %v %v", msg.Body, ok, err)
+	}
+	declareUntil(t, n1, "d3", 10*time.Second)
+
+	// n4, wiped, rejoins as a joiner and gets the whole topology.
+	n4.stop()
+	if err := os.RemoveAll(tc.dirs["n4"]); err != nil {
+		t.Fatal(err)
+	}
+	n4 = tc.spawn("n4", envPrefix+"CLUSTER_JOIN=true").wait()
+	passiveUntil(t, n4, "d3", 15*time.Second)
+	top := tc.sameTopology(15 * time.Second)
+	for _, want := range []string{"queue / q-before-join ", "queue / q-on-n4 ", "queue / d3 "} {
+		if !strings.Contains(top, want) {
+			t.Errorf("final topology lacks %q:\n%s", want, top)
+		}
+	}
+	for _, n := range tc.running() {
+		tc.nodes[n].stop()
+	}
+}
+
+// declareOnce declares durable queue name on a new connection to c and returns the error (nil:
+// declare-ok) and how long the answer took; a declare still unanswered after within counts as
+// hanging (an error).
+func declareOnce(c *clusterChild, name string, within time.Duration) (error, time.Duration) {
+	start := time.Now()
+	done := make(chan error, 1)
+	go func() {
+		conn, err := amqp091.DialConfig("amqp://guest:guest@"+c.addr+"/", amqp091.Config{Dial: amqp091.DefaultDial(5 * time.Second)})
+		if err != nil {
+			done <- err
+			return
+		}
+		defer conn.Close()
+		ch, err := conn.Channel()
+		if err == nil {
+			_, err = ch.QueueDeclare(name, true, false, false, false, nil)
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		return err, time.Since(start)
+	case <-time.After(within):
+		return fmt.Errorf("declare of %s on %s unanswered after %v", name, c.name, within), time.Since(start)
+	}
+}
+
+// TestClusterPartition: every inter-node connection goes through a faultproxy; one node is
+// cut off from the two others (the Raft leader, then a follower). The majority keeps serving
+// declares; the cut-off node answers its declares with an error in bounded time (541, never a
+// hang); after healing, every node has the same topology and every declare that returned
+// declare-ok is in it.
+func TestClusterPartition(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts three broker processes")
+	}
+	tc := newTestCluster(t, "n1", "n2", "n3")
+	proxies := map[[2]string]*faultproxy.Proxy{}
+	for _, from := range tc.names {
+		for _, to := range tc.names {
+			if from != to {
+				p, err := faultproxy.New(tc.addrs[to])
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { _ = p.Close() })
+				proxies[[2]string{from, to}] = p
+			}
+		}
+	}
+	tc.peer = func(from, to string) string { return proxies[[2]string{from, to}].Addr() }
+	tc.writeConfigs()
+	tc.start(tc.names...)
+	n1 := tc.nodes["n1"]
+	n1.leader(15 * time.Second)
+	declareUntil(t, n1, "before-partition", 15*time.Second)
+	var acked []string // every queue that got declare-ok
+	acked = append(acked, "before-partition")
+
+	isolate := func(node string, cut bool) {
+		for k, p := range proxies {
+			if k[0] == node || k[1] == node {
+				if cut {
+					p.Partition()
+				} else {
+					p.Heal()
+				}
+			}
+		}
+	}
+	for round, which := range []string{"leader", "follower"} {
+		leader := n1.leader(10 * time.Second)
+		victim := leader
+		if which == "follower" {
+			for _, n := range tc.names {
+				if n != leader {
+					victim = n
+					break
+				}
+			}
+		}
+		isolate(victim, true)
+		cut := time.Now()
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		majorityOK := map[string]int{}
+		var minorityErrs []string
+		for _, n := range tc.names {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; time.Since(cut) < 12*time.Second; i++ {
+					name := fmt.Sprintf("r%d-%s-%d", round, n, i)
+					err, took := declareOnce(tc.nodes[n], name, 15*time.Second)
+					mu.Lock()
+					if err == nil {
+						acked = append(acked, name)
+						if n != victim {
+							majorityOK[n]++
+						}
+					} else if n == victim {
+						minorityErrs = append(minorityErrs, fmt.Sprintf("%s after %v: %v", name, took.Round(time.Millisecond), err))
+					}
+					mu.Unlock()
+					time.Sleep(50 * time.Millisecond) // a steady trickle, not a benchmark
+				}
+			}()
+		}
+		wg.Wait()
+		isolate(victim, false)
+		t.Logf("%s %s cut off for 12s: declare-ok on the majority %v; on %s: %d errors (%v)", which, victim, majorityOK, victim, len(minorityErrs), minorityErrs)
+		for _, n := range tc.names {
+			if n != victim && majorityOK[n] == 0 {
+				t.Errorf("majority node %s served no declare while %s was cut off", n, victim)
+			}
+		}
+		if len(minorityErrs) == 0 {
+			t.Errorf("the cut-off %s answered no declare with an error", victim)
+		}
+		for _, e := range minorityErrs {
+			if strings.Contains(e, "unanswered") {
+				t.Errorf("a declare on the cut-off node hung: %s", e)
+			} else if !strings.Contains(e, "541") && !strings.Contains(e, "cluster metadata unavailable") {
+				t.Errorf("a declare on the cut-off node failed otherwise than with 541: %s", e)
+			}
+		}
+		top := tc.sameTopology(20 * time.Second)
+		for _, q := range acked {
+			if !strings.Contains(top, "queue / "+q+" ") {
+				t.Errorf("after healing, queue %s (declare-ok) is missing", q)
+			}
+		}
+	}
+	for _, n := range tc.names {
+		tc.nodes[n].stop()
+	}
 }
 
 // TestSingleNodeHasNoCluster: without a cluster section nothing of the cluster starts (no Raft

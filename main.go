@@ -240,7 +240,8 @@ func clusterConfig(cfg *config.Settings, logger *slog.Logger) (cluster.NodeConfi
 		return cluster.NodeConfig{}, errors.New("cluster: a cluster node needs a data directory (storage.data_dir or -data-dir) for its Raft log")
 	}
 	nc := cluster.NodeConfig{Name: c.Name, NodeName: c.NodeName, Listen: c.Listen, Nodes: clusterNodes(c),
-		Secret: c.Secret.Reveal(), DataDir: cfg.Server.DataDir, ConfigDigest: cfg.AccessDigest(), Logger: logger}
+		Secret: c.Secret.Reveal(), DataDir: cfg.Server.DataDir, ConfigDigest: cfg.AccessDigest(), Logger: logger,
+		Join: c.Join, NodeTimeout: c.NodeTimeout}
 	if c.TLS.CertFile != "" {
 		t, err := cluster.LoadTLS(c.TLS.CertFile, c.TLS.KeyFile, c.TLS.CAFile)
 		if err != nil {

@@ -31,6 +31,13 @@ const (
 	OpNodeRestarted = "node_restarted"
 	// OpSetNodes sets the members a balanced queue may be homed on.
 	OpSetNodes = "set_nodes"
+	// OpNodeDown marks node Node dead (silent for cluster.node_timeout; the leader proposes it):
+	// its connections' exclusive queues and its non-durable queues are deleted, as RabbitMQ does
+	// when a node goes down, and its durable queues answer 404 until OpNodeUp or
+	// OpNodeRestarted.
+	OpNodeDown = "node_down"
+	// OpNodeUp marks node Node alive again (its status reports came back).
+	OpNodeUp = "node_up"
 )
 
 // maxShortStr is AMQP's short-string limit: names and routing keys longer than this never come
@@ -98,7 +105,7 @@ func DecodeCommand(b []byte) (Command, error) {
 		if c.VHost == "" && c.Op != OpDropOwner {
 			return Command{}, fmt.Errorf("cluster: %s command without a vhost", c.Op)
 		}
-	case OpNodeGone, OpNodeRestarted, OpSetNodes:
+	case OpNodeGone, OpNodeRestarted, OpSetNodes, OpNodeDown, OpNodeUp:
 	default:
 		return Command{}, fmt.Errorf("cluster: unknown command %q", c.Op)
 	}
@@ -110,7 +117,7 @@ func DecodeCommand(b []byte) (Command, error) {
 	if (c.Op == OpDeclareQueue || c.Op == OpDeleteQueue || c.Op == OpDeclareExchange) && c.Name == "" {
 		return Command{}, fmt.Errorf("cluster: %s command without a name", c.Op)
 	}
-	if (c.Op == OpDropOwner || c.Op == OpNodeGone || c.Op == OpNodeRestarted) && c.Node == "" {
+	if (c.Op == OpDropOwner || c.Op == OpNodeGone || c.Op == OpNodeRestarted || c.Op == OpNodeDown || c.Op == OpNodeUp) && c.Node == "" {
 		return Command{}, fmt.Errorf("cluster: %s command without a node", c.Op)
 	}
 	if _, err := decodeArgs(c.Args); err != nil {

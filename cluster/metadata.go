@@ -60,6 +60,10 @@ type Metadata struct {
 
 	mu sync.Mutex
 	st state
+	// ops are the broker changes the command being applied queued (apply, then flush).
+	ops []broker.TopologyOp
+	// worker runs the broker's part off the Raft loop; nil: inside Apply.
+	worker *applyWorker
 }
 
 // stateVersion is the version of the snapshot encoding.
@@ -70,7 +74,9 @@ type state struct {
 	V     int    `json:"v"`
 	Index uint64 `json:"index"` // last applied log index
 	// Nodes are the members balanced queues are spread over (set_nodes), sorted.
-	Nodes  []string               `json:"nodes,omitempty"`
+	Nodes []string `json:"nodes,omitempty"`
+	// Down are the nodes taken for dead (node_down, until node_up or node_restarted), sorted.
+	Down   []string               `json:"down,omitempty"`
 	VHosts map[string]*vhostState `json:"vhosts"`
 }
 
@@ -145,10 +151,39 @@ func (m *Metadata) AppliedIndex() uint64 {
 
 // Apply applies one log entry and returns its Result. A corrupt entry changes nothing and is
 // refused with 541 (every node refuses it alike).
+//
+// With the worker started (StartWorker, as a Node does), Apply only decides: it updates the
+// state and queues the broker's part (a queue delete may remove millions of stored messages)
+// for the worker, which runs the queued parts one at a time in log order; Apply then returns an
+// *Applying the proposer waits on. Without it (tests of the state machine) the broker's part
+// runs inside Apply and Apply returns the Result.
 func (m *Metadata) Apply(index uint64, cmd []byte) any {
-	c, err := DecodeCommand(cmd)
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	res := m.decide(index, cmd)
+	return m.flush(res)
+}
+
+// flush hands the broker the changes the last decision queued (m.mu held): at once without a
+// worker, else to the worker, returning what the proposer waits on.
+func (m *Metadata) flush(res Result) any {
+	ops := m.ops
+	m.ops = nil
+	if m.worker == nil {
+		for _, op := range ops {
+			res.Messages += m.applyNow(op).Messages
+		}
+		return res
+	}
+	a := &Applying{done: make(chan struct{}), res: res}
+	m.worker.push(applyJob{ops: ops, done: a})
+	return a
+}
+
+// decide applies command cmd at index to the state (m.mu held) and queues in m.ops what the
+// broker must do.
+func (m *Metadata) decide(index uint64, cmd []byte) Result {
+	c, err := DecodeCommand(cmd)
 	if index > m.st.Index {
 		m.st.Index = index
 	}
@@ -163,7 +198,19 @@ func (m *Metadata) Apply(index uint64, cmd []byte) any {
 		m.st.Nodes = slices.Compact(nodes)
 		return Result{}
 	case OpNodeGone, OpDropOwner, OpNodeRestarted:
+		if c.Op == OpNodeRestarted {
+			m.setDown(c.Node, false)
+		}
 		m.dropOwners(c)
+		return Result{}
+	case OpNodeDown:
+		if !slices.Contains(m.st.Down, c.Node) {
+			m.setDown(c.Node, true)
+			m.nodeDown(c.Node)
+		}
+		return Result{}
+	case OpNodeUp:
+		m.setDown(c.Node, false)
 		return Result{}
 	}
 	vs := m.vhost(c.VHost)
@@ -184,6 +231,60 @@ func (m *Metadata) Apply(index uint64, cmd []byte) any {
 	}
 }
 
+// setDown adds node to (or removes it from) the nodes taken for dead.
+func (m *Metadata) setDown(node string, down bool) {
+	i, found := slices.BinarySearch(m.st.Down, node)
+	switch {
+	case down && !found:
+		m.st.Down = slices.Insert(m.st.Down, i, node)
+	case !down && found:
+		m.st.Down = slices.Delete(m.st.Down, i, i+1)
+		if len(m.st.Down) == 0 {
+			m.st.Down = nil
+		}
+	}
+}
+
+// IsDown reports whether node is taken for dead by the replicated state (node_down applied,
+// no node_up or node_restarted since).
+func (m *Metadata) IsDown(node string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	_, found := slices.BinarySearch(m.st.Down, node)
+	return found
+}
+
+// nodeDown deletes what RabbitMQ deletes when a node goes down: the exclusive queues of its
+// connections (they are gone) and the non-durable queues homed on it (their messages are gone),
+// in vhost and name order.
+func (m *Metadata) nodeDown(node string) {
+	for _, vn := range sortedKeys(m.st.VHosts) {
+		vs := m.st.VHosts[vn]
+		var names []string
+		for name, q := range vs.Queues {
+			if (q.Exclusive && q.OwnerNode == node) || (!q.Durable && q.Home == node) {
+				names = append(names, name)
+			}
+		}
+		slices.Sort(names)
+		for _, name := range names {
+			m.removeQueue(vs, vn, name, vs.Queues[name])
+		}
+	}
+}
+
+// errHomeDown is RabbitMQ's answer for a durable queue whose home node is down
+// (rabbit_amqqueue:absent with nodedown).
+func errHomeDown(vhost, name, home string) *amqp.Error {
+	return amqp.Errorf(amqp.NotFound, "home node '%s' of durable queue '%s' in vhost '%s' is down or inaccessible", home, name, vhost)
+}
+
+// homeDown reports whether q's home node is taken for dead.
+func (m *Metadata) homeDown(q *queueRec) bool {
+	_, found := slices.BinarySearch(m.st.Down, q.Home)
+	return found
+}
+
 // vhost is the state of a vhost, created with its default exchanges on first use.
 func (m *Metadata) vhost(name string) *vhostState {
 	vs := m.st.VHosts[name]
@@ -197,12 +298,16 @@ func (m *Metadata) vhost(name string) *vhostState {
 	return vs
 }
 
-// apply hands an accepted change to the local broker; a failure there (a store write) is
-// logged: the log has decided, and this node's registry is behind until it restarts.
-func (m *Metadata) apply(op broker.TopologyOp) broker.TopologyResult {
-	if m.applier == nil {
-		return broker.TopologyResult{}
+// apply queues an accepted change for the local broker (m.mu held); flush hands it over.
+func (m *Metadata) apply(op broker.TopologyOp) {
+	if m.applier != nil {
+		m.ops = append(m.ops, op)
 	}
+}
+
+// applyNow makes the local broker apply one accepted change; a failure there (a store write) is
+// logged: the log has decided, and this node's registry is behind until it restarts.
+func (m *Metadata) applyNow(op broker.TopologyOp) broker.TopologyResult {
 	res, err := m.applier.ApplyTopology(op)
 	if err != nil {
 		m.log.Error("cluster: applying a topology change locally", "vhost", op.VHost, "kind", op.Kind, "err", err)
@@ -253,6 +358,10 @@ func owns(q *queueRec, c Command) bool {
 func (m *Metadata) declareQueue(vs *vhostState, c Command, args amqp.Table, index uint64) Result {
 	got := broker.QueueSpec{Name: c.Name, Durable: c.Durable, Exclusive: c.Exclusive, AutoDelete: c.AutoDelete, Args: args}
 	if q := vs.Queues[c.Name]; q != nil {
+		if m.homeDown(q) {
+			// As RabbitMQ: an existing queue whose node is down is absent, before any check.
+			return resultOf(errHomeDown(c.VHost, c.Name, q.Home))
+		}
 		if q.Exclusive && !owns(q, c) {
 			return resultOf(broker.ErrLocked(c.VHost, c.Name))
 		}
@@ -306,16 +415,18 @@ func (m *Metadata) deleteQueue(vs *vhostState, c Command) Result {
 		if q.Epoch != c.Epoch {
 			return Result{}
 		}
+	} else if m.homeDown(q) {
+		return resultOf(errHomeDown(c.VHost, c.Name, q.Home))
 	} else if q.Exclusive && !owns(q, c) {
 		return resultOf(broker.ErrLocked(c.VHost, c.Name))
 	}
-	res := m.removeQueue(vs, c.VHost, c.Name, q)
-	return Result{Messages: res.Messages}
+	m.removeQueue(vs, c.VHost, c.Name, q)
+	return Result{} // Messages: counted by flush from the broker's delete
 }
 
 // removeQueue deletes a queue and its bindings (and the auto-delete exchanges left without
 // bindings), then tells the broker.
-func (m *Metadata) removeQueue(vs *vhostState, vhost, name string, q *queueRec) broker.TopologyResult {
+func (m *Metadata) removeQueue(vs *vhostState, vhost, name string, q *queueRec) {
 	delete(vs.Queues, name)
 	var sources []string
 	for b := range vs.bindings {
@@ -327,7 +438,7 @@ func (m *Metadata) removeQueue(vs *vhostState, vhost, name string, q *queueRec) 
 	for _, s := range sources {
 		vs.maybeAutoDelete(s)
 	}
-	return m.apply(broker.TopologyOp{Kind: broker.OpDeleteQueue, VHost: vhost, Queue: broker.QueueSpec{Name: name}, Epoch: q.Epoch})
+	m.apply(broker.TopologyOp{Kind: broker.OpDeleteQueue, VHost: vhost, Queue: broker.QueueSpec{Name: name}, Epoch: q.Epoch})
 }
 
 // dropOwners deletes the exclusive queues of a connection (drop_owner), of every connection of
@@ -471,7 +582,15 @@ func (vs *vhostState) maybeAutoDelete(name string) {
 
 // Snapshot is the whole state, encoded as versioned JSON (bindings sorted, map keys sorted by
 // encoding/json): equal states have equal snapshots.
+//
+// With the worker, it first waits until the broker has applied every change decided so far, so
+// that a snapshot never runs ahead of the node's own store (a restart from it would not replay
+// a delete the broker had not yet made). Snapshots are rare (every multiraft SnapshotEvery
+// entries).
 func (m *Metadata) Snapshot() ([]byte, error) {
+	if w := m.worker; w != nil {
+		w.drain()
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, vs := range m.st.VHosts {
@@ -519,6 +638,8 @@ func decodeSnapshot(b []byte) (state, error) {
 	if st.VHosts == nil {
 		st.VHosts = map[string]*vhostState{}
 	}
+	slices.Sort(st.Down) // searched with BinarySearch
+	st.Down = slices.Compact(st.Down)
 	for name, vs := range st.VHosts {
 		if vs == nil {
 			return state{}, fmt.Errorf("cluster: metadata snapshot: vhost %q has no state", name)
@@ -625,6 +746,7 @@ func (m *Metadata) Restore(b []byte) error {
 			}
 		}
 	}
+	m.flush(Result{})
 	return nil
 }
 

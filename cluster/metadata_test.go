@@ -104,6 +104,24 @@ func TestMetadataApply(t *testing.T) {
 			{cmd: with(q("n1s", "n1", 1<<32|5), func(c *Command) { c.Exclusive = true })},
 			{cmd: RestartCommand("n2", 2<<32)},
 		}, queues: map[string]bool{"old": false, "new": true, "n1s": true}},
+		{name: "node_down deletes the node's exclusive and non-durable queues; its durable ones answer 404 until node_up", steps: []step{
+			{cmd: with(q("excl", "n2", 5), func(c *Command) { c.Exclusive = true })},
+			{cmd: with(q("transient", "n2", 0), func(c *Command) { c.Durable = false })},
+			{cmd: q("durable", "n2", 6)},
+			{cmd: with(q("n1transient", "n1", 0), func(c *Command) { c.Durable = false })},
+			{cmd: Command{Op: OpNodeDown, Node: "n2"}},
+			{cmd: Command{Op: OpNodeDown, Node: "n2"}}, // again: nothing more
+			{cmd: q("durable", "n1", 1), code: amqp.NotFound, text: "home node 'n2' of durable queue 'durable' in vhost '/' is down or inaccessible"},
+			{cmd: Command{Op: OpDeleteQueue, VHost: "/", Name: "durable", Node: "n1"}, code: amqp.NotFound, text: "is down or inaccessible"},
+			{cmd: Command{Op: OpNodeUp, Node: "n2"}},
+			{cmd: q("durable", "n1", 1)},
+		}, queues: map[string]bool{"excl": false, "transient": false, "durable": true, "n1transient": true}},
+		{name: "node_restarted ends node_down", steps: []step{
+			{cmd: q("durable", "n2", 6)},
+			{cmd: Command{Op: OpNodeDown, Node: "n2"}},
+			{cmd: RestartCommand("n2", 2<<32)},
+			{cmd: q("durable", "n3", 1)},
+		}, queues: map[string]bool{"durable": true}},
 		{name: "bind needs both ends", steps: []step{
 			{cmd: q("a", "n1", 1)},
 			{cmd: bind("nope", "a", "k", "n1", 1), code: amqp.NotFound, text: "no exchange 'nope' in vhost '/'"},
@@ -221,6 +239,7 @@ func TestMetadataReplicasAgreeAndSnapshot(t *testing.T) {
 		{Op: OpBind, VHost: "/", Source: "orders", Destination: "eu", Key: "eu.#"},
 		{Op: OpBind, VHost: "/", Source: "orders", Destination: "eu", Key: "x", Args: args(t, amqp.Table{"x-match": "all", "n": int32(-1), "s": "\xff\xfe"})},
 		{Op: OpBind, VHost: "/", Source: "amq.fanout", Destination: "orders", ToExchange: true},
+		{Op: OpNodeDown}, // of n3 (Node set below): the down set travels in the snapshot
 	}
 	for i, c := range cmds {
 		c.Node = []string{"n1", "n2", "n3"}[i%3]
@@ -251,6 +270,9 @@ func TestMetadataReplicasAgreeAndSnapshot(t *testing.T) {
 		if op.Kind == broker.OpBind && op.Binding.Key == "x" && (op.Binding.Args["n"] != int32(-1) || op.Binding.Args["s"] != "\xff\xfe") {
 			t.Errorf("binding arguments changed through the snapshot: %v", op.Binding.Args)
 		}
+	}
+	if !fresh.IsDown("n3") || fresh.IsDown("n1") {
+		t.Errorf("restored down set: n3 %v, n1 %v; want n3 only", fresh.IsDown("n3"), fresh.IsDown("n1"))
 	}
 	again, _ := fresh.Snapshot()
 	if !bytes.Equal(again, snaps[0]) {

@@ -22,6 +22,13 @@ import (
 // than three intervals is reported as not running.
 const StatusInterval = 5 * time.Second
 
+// DefaultNodeTimeout is NodeConfig.NodeTimeout's default: RabbitMQ's net_ticktime.
+const DefaultNodeTimeout = 60 * time.Second
+
+// DefaultCatchUpTimeout is NodeConfig.CatchUpTimeout's default: as long as a client's declare
+// waits for the log.
+const DefaultCatchUpTimeout = DefaultProposeTimeout
+
 // NodeConfig is what a Node needs from the cluster section of config.yaml.
 type NodeConfig struct {
 	// Name is cluster.name. It is mixed into the secret, so that nodes of two clusters sharing a
@@ -41,10 +48,16 @@ type NodeConfig struct {
 	ConfigDigest string
 	// Logger receives the cluster's diagnostics; nil means slog.Default().
 	Logger *slog.Logger
-	// Join starts a node added to a running cluster: with no Raft state it waits for the
-	// leader's log instead of bootstrapping (multiraft.Config.Join). No configuration key sets
-	// it yet.
+	// Join starts a node added to a running cluster (cluster.join): with no Raft state it waits
+	// for the leader's log instead of bootstrapping (multiraft.Config.Join).
 	Join bool
+	// NodeTimeout is cluster.node_timeout: a member silent for that long is taken for dead by
+	// the leader (node_down); 0 means DefaultNodeTimeout. Status reports go out at least four
+	// times per timeout.
+	NodeTimeout time.Duration
+	// CatchUpTimeout bounds how long StartNode waits for the metadata log to catch up before
+	// the node serves clients; 0 means DefaultCatchUpTimeout.
+	CatchUpTimeout time.Duration
 
 	// Raft timing and durability, zero for multiraft's defaults (tests shorten them).
 	TickInterval  time.Duration
@@ -68,6 +81,13 @@ type Node struct {
 	// quorum watches the other nodes for the quorum queues' groups (quorum.go).
 	quorum     *quorumWatch
 	quorumDone chan struct{}
+	// statusEvery is how often the node reports its status and the leader looks for dead
+	// members: StatusInterval, or a quarter of the node timeout when that is shorter.
+	statusEvery time.Duration
+	// restartSent: the node_restarted command committed (StartNode's catch-up).
+	restartSent bool
+	// watch is the leader's view of when each member was last heard from (statusLoop only).
+	watch map[string]time.Time
 
 	mu     sync.Mutex
 	digest string
@@ -106,22 +126,65 @@ func StartNode(cfg NodeConfig, b *broker.Broker) (*Node, error) {
 	// StartNode returns (no client is served yet), when n.mg is set.
 	b.SetReplicator(NewReplicator(cfg.NodeName, nodeLog{n}))
 	n.restart = RestartCommand(cfg.NodeName, b.Incarnation())
+	if n.cfg.NodeTimeout <= 0 {
+		n.cfg.NodeTimeout = DefaultNodeTimeout
+	}
+	if n.cfg.CatchUpTimeout <= 0 {
+		n.cfg.CatchUpTimeout = DefaultCatchUpTimeout
+	}
+	n.statusEvery = min(StatusInterval, n.cfg.NodeTimeout/4)
+	// The broker's part of each command runs off the Raft loop (see Metadata.Apply).
+	n.meta.StartWorker()
 	if n.mg, err = h.Group(multiraft.MetadataGroup, n.meta); err != nil {
 		_ = h.Close()
+		n.meta.StopWorker()
 		return nil, fmt.Errorf("cluster: opening the metadata group: %w", err)
 	}
 	n.board = NewStatusBoard(n.check)
 	if n.sg, err = h.Group(StatusGroup, n.board); err != nil {
 		_ = h.Close()
+		n.meta.StopWorker()
 		return nil, fmt.Errorf("cluster: opening the status group: %w", err)
 	}
+	n.catchUp()
 	go n.statusLoop()
 	go func() {
 		defer close(n.quorumDone)
 		n.quorumWatchLoop()
 	}()
-	log.Info("cluster node started", "cluster", cfg.Name, "node", cfg.NodeName, "listen", h.Addr(), "nodes", len(cfg.Nodes))
+	log.Info("cluster node started", "cluster", cfg.Name, "node", cfg.NodeName, "listen", h.Addr(), "nodes", len(cfg.Nodes), "join", cfg.Join)
 	return n, nil
+}
+
+// catchUp waits, at most CatchUpTimeout, until this node's broker has the topology the cluster
+// had when it started, so that its first client never sees an older one (a declare-ok on
+// another node, then 404 here). First the node's own log up to the commit index it had stored
+// (no network needed), then a round trip through the leader: its node_restarted command
+// (which it must propose anyway) commits after everything committed before it, and applies
+// here after all of it. Without a majority the node serves what it has after the timeout, and
+// says so.
+func (n *Node) catchUp() {
+	start := time.Now()
+	deadline := start.Add(n.cfg.CatchUpTimeout)
+	stored := n.mg.Status().Commit
+	for n.mg.Status().Applied < stored && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	out, err := n.mg.Propose(ctx, n.restart.Encode())
+	if a, ok := out.(*Applying); ok && err == nil {
+		_, err = a.Wait(ctx)
+	}
+	st := n.mg.Status()
+	if err != nil {
+		n.meta.Drain()
+		n.log.Warn("cluster: serving clients before the metadata caught up with the cluster (no majority reachable?); the topology may be behind until it does",
+			"waited", time.Since(start).Round(time.Millisecond), "stored_commit_index", stored, "applied_index", st.Applied, "err", err)
+		return
+	}
+	n.restartSent = true
+	n.log.Info("cluster: metadata caught up", "took", time.Since(start).Round(time.Millisecond), "stored_commit_index", stored, "applied_index", st.Applied, "commit_index", st.Commit)
 }
 
 // LoadTLS builds the mutual TLS configuration of the inter-node connections from cluster.tls:
@@ -154,20 +217,22 @@ func (l nodeLog) Propose(ctx context.Context, cmd []byte) (any, error) {
 // Addr is the inter-node listener's address.
 func (n *Node) Addr() string { return n.host.Addr() }
 
-// statusLoop proposes this node's status now, when kicked (a reload) and every
-// StatusInterval, the member list (set_nodes) once at start and after every change of it, and
-// node_restarted once at start (the exclusive queues of the previous process's connections go).
+// statusLoop proposes this node's status now, when kicked (a reload) and every statusEvery
+// (the leader then also looks for dead members, watchMembers), the member list (set_nodes)
+// once at start and after every change of it, and node_restarted once at start unless the
+// catch-up committed it (the exclusive queues of the previous process's connections go).
 func (n *Node) statusLoop() {
 	defer close(n.done)
-	t := time.NewTicker(StatusInterval)
+	t := time.NewTicker(n.statusEvery)
 	defer t.Stop()
-	membersSent, restartSent := false, false
+	membersSent, restartSent := false, n.restartSent
 	for {
-		ctx, cancel := context.WithTimeout(context.Background(), StatusInterval)
+		ctx, cancel := context.WithTimeout(context.Background(), n.statusEvery)
 		if !restartSent {
 			_, err := n.mg.Propose(ctx, n.restart.Encode())
 			restartSent = err == nil
 		}
+		n.watchMembers(ctx)
 		if !membersSent {
 			membersSent = n.proposeMembers(ctx) == nil
 		}
@@ -181,6 +246,60 @@ func (n *Node) statusLoop() {
 		case <-n.kick:
 			membersSent = false
 		case <-t.C:
+		}
+	}
+}
+
+// watchMembers (leader only) proposes node_down for a member not heard from (no status
+// arrived, by this node's clock) for NodeTimeout, and node_up for a member taken for dead whose
+// statuses came back. A node that just became leader gives every member a full timeout from
+// then. Only the leader decides, so one view of the clock decides, and the leader has a
+// majority behind it (CheckQuorum): a node cut off from the majority never declares the
+// others dead.
+func (n *Node) watchMembers(ctx context.Context) {
+	if n.mg.Status().State != "StateLeader" {
+		n.watch = nil
+		return
+	}
+	now := time.Now()
+	if n.watch == nil {
+		n.watch = map[string]time.Time{}
+	}
+	n.mu.Lock()
+	nodes := slices.Sorted(maps.Keys(n.nodes))
+	n.mu.Unlock()
+	for _, name := range nodes {
+		if name == n.cfg.NodeName {
+			continue
+		}
+		seen, ok := n.watch[name]
+		if !ok {
+			seen = now
+		}
+		if at, ok := n.check.Arrived(name); ok && at.After(seen) {
+			seen = at
+		}
+		n.watch[name] = seen
+		silent := now.Sub(seen)
+		down := n.meta.IsDown(name)
+		var c Command
+		switch {
+		case !down && silent > n.cfg.NodeTimeout:
+			c = Command{Op: OpNodeDown, Node: name}
+		case down && silent < 2*n.statusEvery:
+			c = Command{Op: OpNodeUp, Node: name}
+		default:
+			continue
+		}
+		if _, err := n.mg.Propose(ctx, c.Encode()); err != nil {
+			n.log.Warn("cluster: could not record a member's state", "node", name, "op", c.Op, "err", err)
+			continue
+		}
+		if c.Op == OpNodeDown {
+			n.log.Warn("cluster: member taken for dead: its exclusive and non-durable queues are deleted, its durable queues are unavailable until it returns",
+				"node", name, "silent", silent.Round(time.Millisecond), "node_timeout", n.cfg.NodeTimeout)
+		} else {
+			n.log.Info("cluster: member back", "node", name)
 		}
 	}
 }
@@ -263,6 +382,7 @@ func (n *Node) Close() error {
 	err := n.host.Close()
 	<-n.done
 	<-n.quorumDone
+	n.meta.StopWorker()
 	return err
 }
 
@@ -317,7 +437,7 @@ func (n *Node) Status() Status {
 			m.ConfigDigest, m.AppliedIndex, m.LastSeen = s.ConfigDigest, s.AppliedIndex, s.At
 		}
 		if at, ok := n.check.Arrived(name); ok {
-			m.Running = now.Sub(at) < 3*StatusInterval
+			m.Running = now.Sub(at) < 3*n.statusEvery
 		}
 		if name == n.cfg.NodeName {
 			m.Running, m.ConfigDigest, m.AppliedIndex = true, digest, gs.Applied

@@ -3,6 +3,7 @@ package cluster
 import (
 	"crypto/sha256"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"strconv"
 	"sync"
@@ -15,11 +16,12 @@ import (
 
 // QuorumGroupID is the multiraft group of a quorum queue: derived from its vhost, name and
 // epoch (the metadata log index of its declare), so every node computes the same ID without
-// agreeing on it, and a queue declared again after a delete is a new group. The top bit is
-// set: the IDs never meet the fixed groups (MetadataGroup, StatusGroup).
+// agreeing on it, and a queue declared again after a delete is a new group. Bit 62 is set
+// and bit 63 clear: the IDs are in multiraft's range (1 to 2^63-1) and never meet the fixed
+// groups (MetadataGroup, StatusGroup).
 func QuorumGroupID(vhost, name string, epoch uint64) uint64 {
 	sum := sha256.Sum256([]byte("warren-quorum\x00" + vhost + "\x00" + name + "\x00" + strconv.FormatUint(epoch, 10)))
-	return binary.BigEndian.Uint64(sum[:8]) | 1<<63
+	return binary.BigEndian.Uint64(sum[:8])&(1<<62-1) | 1<<62
 }
 
 // QuorumNodeDownAfter is how long a node's status may stay unchanged before its quorum
@@ -73,9 +75,17 @@ func (n *Node) QuorumStatus(vhost, name string) (st multiraft.GroupStatus, ok bo
 // Done implements broker.QuorumGroup: closed when the node stops.
 func (g *quorumGroup) Done() <-chan struct{} { return g.n.stop }
 
-// Close implements broker.QuorumGroup: the queue is deleted; the node stops watching for it.
-// The group itself keeps its log until multiraft can remove a group.
-func (g *quorumGroup) Close() { g.n.quorum.remove(g) }
+// Close implements broker.QuorumGroup: the queue is deleted; the node stops watching for it
+// and deletes its replica of the group (log, snapshot) on a goroutine of its own: Close runs
+// where the metadata log applies the delete, on the host's loop, which DeleteGroup waits for.
+func (g *quorumGroup) Close() {
+	g.n.quorum.remove(g)
+	go func() {
+		if err := g.n.host.DeleteGroup(g.ID()); err != nil && !errors.Is(err, multiraft.ErrClosed) {
+			g.n.log.Error("cluster: deleting a quorum queue's group", "vhost", g.vhost, "queue", g.name, "err", err)
+		}
+	}()
+}
 
 // quorumWatch tells the quorum queues of a node when another node stops reporting.
 type quorumWatch struct {

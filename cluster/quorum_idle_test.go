@@ -52,7 +52,7 @@ func BenchmarkQuorumQueuesIdle(b *testing.B) {
 		}
 	}
 	declared := time.Since(start)
-	waitFor(b, "every group's leader", func() bool {
+	waitQuorum(b, "every group's leader", func() bool {
 		for i := range n {
 			st, ok := nodes["n3"].node.QuorumStatus("/", fmt.Sprintf("idle-%d", i))
 			if !ok || st.Leader == "" {

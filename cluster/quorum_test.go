@@ -3,7 +3,9 @@ package cluster
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
+	"os"
 	"sort"
 	"sync"
 	"testing"
@@ -47,8 +49,15 @@ func (n *raftNode) crash() {
 
 // start starts (or restarts, after kill or crash) the node.
 func (n *raftNode) start() {
-	t := n.t
-	t.Helper()
+	n.t.Helper()
+	if err := n.startE(); err != nil {
+		n.t.Fatal(err)
+	}
+}
+
+// startE is start returning its error (for starting nodes in parallel: a node waits at start
+// until the metadata log has a leader).
+func (n *raftNode) startE() error {
 	cfg := server.DefaultConfig()
 	cfg.Listen = "127.0.0.1:0"
 	cfg.DataDir = n.nc.DataDir
@@ -60,13 +69,14 @@ func (n *raftNode) start() {
 	}
 	s, err := server.New(cfg)
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	if err := s.Start(); err != nil {
-		t.Fatal(err)
+		return err
 	}
 	n.srv, n.once = s, &sync.Once{}
 	n.url = "amqp://guest:guest@" + s.Addr().String() + "/"
+	return nil
 }
 
 func freeLoopback(t testing.TB) string {
@@ -99,13 +109,32 @@ func startRaftClusterWith(t testing.TB, tweak func(*NodeConfig), names ...string
 	for _, name := range names {
 		rn := &raftNode{t: t, name: name}
 		rn.nc = NodeConfig{Name: "qtest", NodeName: name, Listen: peers[name], Nodes: peers, Secret: "quorum-test-secret-0123456789",
-			DataDir: t.TempDir(), Logger: quietLog()}
+			DataDir: t.TempDir(), Logger: testQuorumLog()}
 		if tweak != nil {
 			tweak(&rn.nc)
 		}
-		rn.start()
 		nodes[name] = rn
-		t.Cleanup(func() { rn.kill() })
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, len(nodes))
+	for _, rn := range nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := rn.startE(); err != nil {
+				errs <- fmt.Errorf("node %s: %w", rn.name, err)
+			}
+		}()
+	}
+	wg.Wait()
+	for _, rn := range nodes {
+		if rn.srv != nil {
+			t.Cleanup(func() { rn.kill() })
+		}
+	}
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
 	}
 	return nodes
 }
@@ -267,7 +296,7 @@ func TestQuorumQueueAcrossNodes(t *testing.T) {
 	publishConfirmed(t, ch2, "qq", bodies...)
 	// The management API's count is the queue's backlog on every node (n1 applies a moment
 	// after n2 confirmed).
-	waitFor(t, "n1's count", func() bool {
+	waitQuorum(t, "n1's count", func() bool {
 		info, ok := nodes["n1"].srv.Broker().VHost("/").QueueInfo("qq")
 		return ok && info.Counts.Ready == 50
 	})
@@ -749,7 +778,8 @@ func TestQuorumQueueTTL(t *testing.T) {
 	}
 }
 
-func waitFor(t testing.TB, what string, cond func() bool) {
+// waitQuorum waits up to 10 s for cond.
+func waitQuorum(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for !cond() {
@@ -781,7 +811,7 @@ func TestQuorumQueueNoMajority(t *testing.T) {
 	t.Logf("541 after %v", time.Since(start))
 	nodes["n2"].start()
 	_, gch2 := dial(t, nodes["n1"].url)
-	waitFor(t, "the message once a majority is back", func() bool {
+	waitQuorum(t, "the message once a majority is back", func() bool {
 		d, ok, err := gch2.Get("qm", true)
 		if err != nil {
 			t.Fatal(err)
@@ -854,4 +884,39 @@ func TestQuorumQueueSingleActiveConsumer(t *testing.T) {
 	if d := recv(t, bds); string(d.Body) != "after" {
 		t.Fatalf("b got %q", d.Body)
 	}
+}
+
+// TestQuorumQueueDeleteDropsGroup: queue.delete answers the queue's backlog, and every node
+// deletes its replica of the queue's group.
+func TestQuorumQueueDeleteDropsGroup(t *testing.T) {
+	nodes := startRaftCluster(t, "n1", "n2", "n3")
+	groups := func() map[string]int {
+		out := map[string]int{}
+		for name, n := range nodes {
+			out[name] = n.node.host.Stats().Groups
+		}
+		return out
+	}
+	before := groups()
+	declareQuorum(t, nodes, "n1", "qdel", nil)
+	_, ch := dial(t, nodes["n2"].url)
+	publishConfirmed(t, ch, "qdel", "a", "b")
+	n, err := ch.QueueDelete("qdel", false, false, false)
+	if err != nil || n != 2 {
+		t.Fatalf("delete: %d messages, %v", n, err)
+	}
+	waitQuorum(t, "every node's replica of the group deleted", func() bool {
+		now := groups()
+		for name := range nodes {
+			if now[name] != before[name] {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// testQuorumLog shows the nodes' errors (a failed group open, a failed proposal) on stderr.
+func testQuorumLog() *slog.Logger {
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
 }

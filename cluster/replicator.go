@@ -60,8 +60,17 @@ func (r *Replicator) Replicate(ctx context.Context, op broker.TopologyOp) (broke
 	if err != nil {
 		return broker.TopologyResult{}, amqp.Errorf(amqp.InternalError, "cluster metadata unavailable: %s %s in vhost '%s': %v", c.Op, c.Name, c.VHost, err)
 	}
-	res, ok := out.(Result)
-	if !ok {
+	var res Result
+	switch v := out.(type) {
+	case Result:
+		res = v
+	case *Applying:
+		// Decided by the log; wait until this node's broker has applied it, so that the
+		// client's next command sees it here.
+		if res, err = v.Wait(ctx); err != nil {
+			return broker.TopologyResult{}, amqp.Errorf(amqp.InternalError, "cluster: %s %s in vhost '%s' is decided but not yet applied on this node: %v", c.Op, c.Name, c.VHost, err)
+		}
+	default:
 		return broker.TopologyResult{}, amqp.Errorf(amqp.InternalError, "cluster: the log returned %T for a metadata command", out)
 	}
 	return broker.TopologyResult{Messages: res.Messages, Epoch: res.Epoch}, res.Err()

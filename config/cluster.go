@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"slices"
+	"time"
 )
 
 // ClusterSettings are the cluster section: which cluster this node belongs to, its name, the
@@ -25,7 +26,20 @@ type ClusterSettings struct {
 	Secret Secret
 	// TLS is cluster.tls: mutual TLS between nodes when CertFile is set.
 	TLS ClusterTLS
+	// Join is cluster.join: a node with no Raft state waits for the cluster's leader to add it
+	// and send it the log, instead of bootstrapping a cluster from Nodes. Set it on a node added
+	// to a running cluster (and on a node restarted with an empty data directory after the
+	// membership changed). It is read at start only.
+	Join bool
+	// NodeTimeout is cluster.node_timeout: how long a member may stay silent before the leader
+	// takes it for dead (RabbitMQ's net_ticktime, 60 s): its connections' exclusive queues and
+	// its non-durable queues are deleted, its durable queues answer 404 until it returns.
+	// 0 means DefaultNodeTimeout.
+	NodeTimeout time.Duration
 }
+
+// DefaultNodeTimeout is cluster.node_timeout's default, RabbitMQ's net_ticktime.
+const DefaultNodeTimeout = 60 * time.Second
 
 // ClusterNode is one entry of cluster.nodes.
 type ClusterNode struct {
@@ -129,6 +143,22 @@ var clusterKeys = []key{
 	}},
 	{name: "cluster.tls.cert_file", set: func(s *Settings, raw any) (err error) { s.Cluster.TLS.CertFile, err = toString(raw); return }},
 	{name: "cluster.tls.key_file", set: func(s *Settings, raw any) (err error) { s.Cluster.TLS.KeyFile, err = toString(raw); return }},
+	{name: "cluster.join", set: func(s *Settings, raw any) (err error) { s.Cluster.Join, err = toBool(raw); return }},
+	{name: "cluster.node_timeout", set: func(s *Settings, raw any) error {
+		v, err := toString(raw)
+		if err != nil {
+			return err
+		}
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return fmt.Errorf("%q is not a duration (examples: 60s, 2m)", v)
+		}
+		if d < time.Second {
+			return fmt.Errorf("%s is under 1s: a node would be taken for dead between two of its status reports", d)
+		}
+		s.Cluster.NodeTimeout = d
+		return nil
+	}},
 	{name: "cluster.tls.ca_file", set: func(s *Settings, raw any) (err error) { s.Cluster.TLS.CAFile, err = toString(raw); return }},
 }
 

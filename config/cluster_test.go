@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 const clusterSecret = "s3cret-cookie-0123456789"
@@ -31,9 +32,24 @@ func TestClusterConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := ClusterSettings{Name: "prod", NodeName: "n2", Listen: "127.0.0.1:25672", Secret: clusterSecret,
-		Nodes: []ClusterNode{{"n1", "10.0.0.1:25672"}, {"n2", "10.0.0.2:25672"}, {"n3", "10.0.0.3:25672"}}}
+		Nodes: []ClusterNode{{"n1", "10.0.0.1:25672"}, {"n2", "10.0.0.2:25672"}, {"n3", "10.0.0.3:25672"}}, NodeTimeout: DefaultNodeTimeout}
 	if !reflect.DeepEqual(s.Cluster, want) {
 		t.Errorf("got %+v\nwant %+v", s.Cluster, want)
+	}
+	// cluster.join and cluster.node_timeout, from the file and the environment.
+	s, err = Load([]string{"-config", writeConfig(t, clusterFile+"  join: true\n  node_timeout: 90s\n")}, envMap(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !s.Cluster.Join || s.Cluster.NodeTimeout != 90*time.Second {
+		t.Errorf("join/node_timeout from the file: %v %v", s.Cluster.Join, s.Cluster.NodeTimeout)
+	}
+	s, err = Load([]string{"-config", writeConfig(t, clusterFile)}, envMap(map[string]string{"WARREN_CLUSTER_JOIN": "true", "WARREN_CLUSTER_NODE_TIMEOUT": "3s"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !s.Cluster.Join || s.Cluster.NodeTimeout != 3*time.Second {
+		t.Errorf("join/node_timeout from the environment: %v %v", s.Cluster.Join, s.Cluster.NodeTimeout)
 	}
 	// Without a cluster section: a single node, nothing set.
 	s, err = Load([]string{"-config", writeConfig(t, "log: {level: info}\n")}, envMap(nil))
@@ -86,6 +102,12 @@ func TestClusterConfigErrors(t *testing.T) {
 		{"half tls", clusterFile + "  tls:\n    cert_file: /c.pem\n    key_file: /k.pem\n",
 			[]string{"config: cluster.tls.ca_file: must be set: mutual TLS", "line 11)"}},
 		{"unknown key", clusterFile + "  cookie: x\n", []string{`config: unknown key "cluster.cookie"`, "line 11)"}},
+		{"bad node_timeout", clusterFile + "  node_timeout: soon\n",
+			[]string{`config: cluster.node_timeout: "soon" is not a duration`, "line 11)"}},
+		{"node_timeout too short", clusterFile + "  node_timeout: 100ms\n",
+			[]string{"config: cluster.node_timeout: 100ms is under 1s", "line 11)"}},
+		{"join not a bool", clusterFile + "  join: maybe\n",
+			[]string{"config: cluster.join:", "line 11)"}},
 		{"secret not a string", strings.Replace(clusterFile, clusterSecret, "[a, b]", 1),
 			[]string{"config: cluster.secret: expected a string", "line 6)"}},
 	}

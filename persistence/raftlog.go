@@ -1,11 +1,13 @@
 package persistence
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/dgraph-io/badger/v4/options"
@@ -25,12 +27,17 @@ import (
 //	'h' group(8)          -> raftpb.HardState
 //	's' group(8)          -> raftpb.Snapshot (metadata and state machine data)
 //	't' group(8)          -> truncated index(8) term(8): entries up to it are compacted
+//	'x' group(8)          -> (empty) tombstone: the group was deleted on this node
 const (
 	rlEntry     = 'e'
 	rlHardState = 'h'
 	rlSnapshot  = 's'
 	rlTrunc     = 't'
+	rlTombstone = 'x'
 )
+
+// rlKinds are the key kinds stored per group.
+var rlKinds = []byte{rlEntry, rlHardState, rlSnapshot, rlTrunc}
 
 // RaftLogOptions configures OpenRaftLog.
 type RaftLogOptions struct {
@@ -41,6 +48,11 @@ type RaftLogOptions struct {
 	// NoSync skips the fsync after each Save (tests and benchmarks only: a crash may lose
 	// entries this node acknowledged, which Raft's safety argument does not allow).
 	NoSync bool
+	// GCInterval is how often the value log is collected (default 1 minute; negative: never,
+	// RunGC only).
+	GCInterval time.Duration
+	// ValueLogFileSize is the size of a value-log file (default 64 MiB; tests use less).
+	ValueLogFileSize int64
 }
 
 // RaftLog is the durable Raft state of every Raft group of one node: entries, hard state,
@@ -50,6 +62,14 @@ type RaftLog struct {
 	db     *badger.DB
 	log    *slog.Logger
 	noSync bool
+
+	// wmu: writes hold it shared, value-log GC exclusive. Badger's rewrite of a value-log
+	// file reads the memtables' version counters without the lock their writers hold (see
+	// Store.runGC), so no write may run meanwhile; a rewrite is one file, so a Save waits
+	// at most that long.
+	wmu    sync.RWMutex
+	gcStop chan struct{}
+	gcDone chan struct{}
 
 	mu     sync.Mutex
 	groups map[uint64]*RaftStorage
@@ -80,7 +100,7 @@ func OpenRaftLog(dir string, opts RaftLogOptions) (*RaftLog, error) {
 		WithNumMemtables(2).
 		WithValueThreshold(1 << 10).
 		WithCompression(options.None).
-		WithValueLogFileSize(64 << 20).
+		WithValueLogFileSize(cmp.Or(opts.ValueLogFileSize, 64<<20)).
 		WithBlockCacheSize(4 << 20).
 		WithIndexCacheSize(2 << 20).
 		WithNumCompactors(2)
@@ -91,11 +111,69 @@ func OpenRaftLog(dir string, opts RaftLogOptions) (*RaftLog, error) {
 	if err != nil {
 		return nil, fmt.Errorf("persistence: open raft log %s: %w", dirName(dir), err)
 	}
-	return &RaftLog{db: db, log: log, noSync: opts.NoSync, groups: make(map[uint64]*RaftStorage)}, nil
+	l := &RaftLog{db: db, log: log, noSync: opts.NoSync, groups: make(map[uint64]*RaftStorage),
+		gcStop: make(chan struct{}), gcDone: make(chan struct{})}
+	if every := cmp.Or(opts.GCInterval, time.Minute); every > 0 && !opts.InMemory {
+		go l.gcLoop(every)
+	} else {
+		close(l.gcDone)
+	}
+	return l, nil
+}
+
+// update runs a write transaction (shared with other writes, exclusive of value-log GC).
+func (l *RaftLog) update(f func(*badger.Txn) error) error {
+	l.wmu.RLock()
+	defer l.wmu.RUnlock()
+	return l.db.Update(f)
+}
+
+// The Raft log's values above 1 KiB (a quorum queue's messages) live in the value log, whose
+// files badger reclaims only through RunValueLogGC: without it the log's disk use would
+// follow its history, however often the groups compact. gcLoop collects every interval.
+func (l *RaftLog) gcLoop(every time.Duration) {
+	defer close(l.gcDone)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-l.gcStop:
+			return
+		case <-t.C:
+			if _, err := l.RunGC(); err != nil {
+				l.log.Warn("raft log value-log GC failed", "err", err)
+			}
+		}
+	}
+}
+
+// RunGC rewrites value-log files that are at least half garbage (entries compacted or
+// dropped), one at a time, up to 16 of them, and returns how many it rewrote.
+func (l *RaftLog) RunGC() (int, error) {
+	n := 0
+	for ; n < 16; n++ {
+		select {
+		case <-l.gcStop:
+			return n, nil
+		default:
+		}
+		l.wmu.Lock()
+		err := l.db.RunValueLogGC(0.5)
+		l.wmu.Unlock()
+		if errors.Is(err, badger.ErrNoRewrite) || errors.Is(err, badger.ErrRejected) {
+			return n, nil
+		}
+		if err != nil {
+			return n, fmt.Errorf("persistence: raft log value-log GC: %w", err)
+		}
+	}
+	return n, nil
 }
 
 // Close syncs and closes the database. Storages of the log must not be used afterwards.
 func (l *RaftLog) Close() error {
+	close(l.gcStop)
+	<-l.gcDone
 	if err := l.sync(); err != nil {
 		_ = l.db.Close()
 		return fmt.Errorf("persistence: close raft log: %w", err)
@@ -178,17 +256,120 @@ func (l *RaftLog) Storage(group uint64) (*RaftStorage, error) {
 	return s, nil
 }
 
-// DropGroup deletes everything stored for group (a group this node no longer serves).
+// DropGroup deletes everything stored for group (a group this node no longer serves), in
+// transactions of at most DropBatch keys, so that a long log neither builds one huge
+// transaction nor holds up the Saves of other groups for long (badger's DropPrefix would
+// block every write to the database while it runs). The caller makes sure nothing else
+// writes the group meanwhile; a crash part way leaves some of its keys, which a tombstone
+// (MarkDeleted) lets the caller find and drop again.
 func (l *RaftLog) DropGroup(group uint64) error {
 	l.mu.Lock()
 	delete(l.groups, group)
 	l.mu.Unlock()
-	for _, kind := range []byte{rlEntry, rlHardState, rlSnapshot, rlTrunc} {
-		if err := l.db.DropPrefix(rlKey(kind, group)); err != nil {
-			return fmt.Errorf("persistence: drop raft group %d: %w", group, err)
+	for _, kind := range rlKinds {
+		prefix := rlKey(kind, group)
+		for {
+			var keys [][]byte
+			err := l.db.View(func(txn *badger.Txn) error {
+				opt := badger.DefaultIteratorOptions
+				opt.Prefix = prefix
+				opt.PrefetchValues = false
+				it := txn.NewIterator(opt)
+				defer it.Close()
+				for it.Rewind(); it.Valid() && len(keys) < DropBatch; it.Next() {
+					keys = append(keys, it.Item().KeyCopy(nil))
+				}
+				return nil
+			})
+			if err == nil && len(keys) > 0 {
+				err = l.update(func(txn *badger.Txn) error {
+					for _, k := range keys {
+						if err := txn.Delete(k); err != nil {
+							return err
+						}
+					}
+					return nil
+				})
+			}
+			if err != nil {
+				return fmt.Errorf("persistence: drop raft group %d: %w", group, err)
+			}
+			if len(keys) < DropBatch {
+				break
+			}
 		}
 	}
 	return nil
+}
+
+// DropBatch is the most keys DropGroup deletes in one transaction.
+const DropBatch = 1024
+
+// MarkDeleted records (synced) that group is deleted on this node, before its keys are
+// dropped: after a crash, Tombstones says which groups to drop again.
+func (l *RaftLog) MarkDeleted(group uint64) error {
+	err := l.update(func(txn *badger.Txn) error { return txn.Set(rlKey(rlTombstone, group), nil) })
+	if err == nil {
+		err = l.sync()
+	}
+	if err != nil {
+		return fmt.Errorf("persistence: raft group %d: write tombstone: %w", group, err)
+	}
+	return nil
+}
+
+// ClearTombstone removes group's tombstone (the group is created again).
+func (l *RaftLog) ClearTombstone(group uint64) error {
+	if err := l.update(func(txn *badger.Txn) error { return txn.Delete(rlKey(rlTombstone, group)) }); err != nil {
+		return fmt.Errorf("persistence: raft group %d: clear tombstone: %w", group, err)
+	}
+	return nil
+}
+
+// Tombstones lists the groups marked deleted.
+func (l *RaftLog) Tombstones() ([]uint64, error) {
+	var ids []uint64
+	err := l.db.View(func(txn *badger.Txn) error {
+		opt := badger.DefaultIteratorOptions
+		opt.Prefix = []byte{rlTombstone}
+		opt.PrefetchValues = false
+		it := txn.NewIterator(opt)
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			if k := it.Item().Key(); len(k) == 9 {
+				ids = append(ids, binary.BigEndian.Uint64(k[1:]))
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("persistence: raft log tombstones: %w", err)
+	}
+	return ids, nil
+}
+
+// GroupDiskUsage counts the keys stored for group and their size (keys and values as
+// badger reports them): a group's disk use, which follows its snapshot plus the entries
+// after it, not its history.
+func (l *RaftLog) GroupDiskUsage(group uint64) (keys int, bytes int64, err error) {
+	err = l.db.View(func(txn *badger.Txn) error {
+		for _, kind := range rlKinds {
+			opt := badger.DefaultIteratorOptions
+			opt.Prefix = rlKey(kind, group)
+			opt.PrefetchValues = false
+			it := txn.NewIterator(opt)
+			for it.Rewind(); it.Valid(); it.Next() {
+				keys++
+				bytes += it.Item().EstimatedSize()
+			}
+			it.Close()
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, 0, fmt.Errorf("persistence: raft group %d: disk usage: %w", group, err)
+	}
+	return keys, bytes, nil
 }
 
 func getProto(txn *badger.Txn, key []byte, m proto.Message) error {
@@ -327,6 +508,8 @@ func (l *RaftLog) Save(updates []RaftUpdate, sync bool) error {
 		lastIndex, lastTerm  uint64
 		truncIndex, truncTrm uint64
 	}
+	l.wmu.RLock()
+	defer l.wmu.RUnlock()
 	w := &rlWriter{db: l.db, t: l.testHooks}
 	defer w.discard()
 	results := make([]*after, 0, len(updates))
@@ -637,7 +820,7 @@ func (s *RaftStorage) CreateSnapshot(i uint64, cs *pb.ConfState, data []byte, ke
 	if err != nil {
 		return fmt.Errorf("persistence: raft group %d: encode hard state: %w", s.group, err)
 	}
-	err = s.log.db.Update(func(txn *badger.Txn) error {
+	err = s.log.update(func(txn *badger.Txn) error {
 		if err := txn.Set(rlKey(rlSnapshot, s.group), b); err != nil {
 			return err
 		}
@@ -674,6 +857,8 @@ func (s *RaftStorage) Compact(index uint64) error {
 	if err != nil {
 		return fmt.Errorf("persistence: raft group %d: compact to %d: %w", s.group, index, err)
 	}
+	s.log.wmu.RLock()
+	defer s.log.wmu.RUnlock()
 	w := &rlWriter{db: s.log.db}
 	defer w.discard()
 	// The truncation record first: a crash after it and before the deletions leaves entries

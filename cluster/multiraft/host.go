@@ -1,6 +1,7 @@
 package multiraft
 
 import (
+	"cmp"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
@@ -32,6 +33,7 @@ const (
 	DefaultElectionTicks  = 8
 	DefaultHeartbeatTicks = 1
 	DefaultSnapshotEvery  = 10000
+	DefaultSnapshotBytes  = 16 << 20
 )
 
 // ErrClosed is returned by calls on a closed Host or its groups.
@@ -73,9 +75,13 @@ type Config struct {
 	TickInterval                  time.Duration
 	ElectionTicks, HeartbeatTicks int
 	// SnapshotEvery is the number of applied entries after which a group snapshots its state
-	// machine and compacts its log (default 10000). That many entries are kept behind the
-	// snapshot for followers that are slightly behind.
+	// machine and compacts its log (default 10000); SnapshotBytes the size of the commands
+	// applied (default 16 MiB), whichever comes first. The log is compacted up to the
+	// previous snapshot: the entries since it are kept for followers that are slightly
+	// behind, so a group's log holds at most two such intervals whatever its history.
+	// GroupOptions override both per group.
 	SnapshotEvery uint64
+	SnapshotBytes uint64
 	// Join says this node joins an existing cluster: groups with no local state wait for the
 	// leader to send them the log (or a snapshot) instead of bootstrapping with Peers. Set it
 	// for a node added to a running cluster, or restarted with an empty data directory after
@@ -115,6 +121,14 @@ type Host struct {
 	names  map[uint64]string // raft ID -> node name
 	dirty  map[uint64]*Group
 	closed bool
+	// deleted holds the groups with a tombstone: deleted on this node, their keys being
+	// dropped until the channel is closed.
+	deleted map[uint64]chan struct{}
+	bg      sync.WaitGroup // drops of deleted groups (Close waits for them)
+
+	detachCh chan detachReq // DeleteGroup -> loop
+
+	lastLive map[uint64]peerLiveness // peers' liveness at the last tick (loop goroutine)
 
 	saves atomic.Uint64 // Raft log writes (each one sync), for Stats
 
@@ -158,6 +172,9 @@ func NewHost(cfg Config) (*Host, error) {
 	if cfg.SnapshotEvery == 0 {
 		cfg.SnapshotEvery = DefaultSnapshotEvery
 	}
+	if cfg.SnapshotBytes == 0 {
+		cfg.SnapshotBytes = DefaultSnapshotBytes
+	}
 	log := cfg.Logger.With("node", cfg.NodeName)
 	dir := filepath.Join(cfg.DataDir, "raft")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -173,10 +190,29 @@ func NewHost(cfg Config) (*Host, error) {
 		cfg: cfg, id: NodeID(cfg.NodeName), log: log, rlog: rlog,
 		incarnation: binary.BigEndian.Uint64(inc[:]),
 		groups:      make(map[uint64]*Group), peers: maps(cfg.Peers), names: names,
-		dirty: make(map[uint64]*Group),
-		wake:  make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
+		dirty: make(map[uint64]*Group), deleted: make(map[uint64]chan struct{}), detachCh: make(chan detachReq),
+		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
 	}
-	h.tr, err = newTransport(cfg.NodeName, cfg.ListenAddr, cfg.Secret, cfg.TLS, log, h)
+	// Deletions a crash interrupted are finished in the background; a group created again
+	// meanwhile waits for its drop (group0).
+	tombs, err := rlog.Tombstones()
+	if err != nil {
+		_ = rlog.Close()
+		return nil, fmt.Errorf("multiraft: %w", err)
+	}
+	for _, id := range tombs {
+		ch := make(chan struct{})
+		h.deleted[id] = ch
+		h.bg.Add(1)
+		go func() {
+			defer h.bg.Done()
+			defer close(ch)
+			if err := rlog.DropGroup(id); err != nil {
+				log.Error("dropping a deleted raft group failed", "group", id, "err", err)
+			}
+		}()
+	}
+	h.tr, err = newTransport(cfg.NodeName, cfg.ListenAddr, cfg.Secret, cfg.TLS, log, h, cfg.TickInterval)
 	if err != nil {
 		_ = rlog.Close()
 		return nil, err
@@ -222,16 +258,29 @@ type Stats struct {
 	MessagesSent     uint64 // Raft messages written to peers
 	MessagesReceived uint64
 	Frames           uint64 // writes to peer connections (each carries a batch of messages)
+	NodeHeartbeats   uint64 // frames with no message: one per idle node pair and tick
 	LogSaves         uint64 // Raft log writes, each one sync for every group with work
+	Quiesced         int    // groups not ticked now (idle and caught up)
 }
 
 // Stats returns the host's counters.
 func (h *Host) Stats() Stats {
 	h.mu.Lock()
-	n := len(h.groups)
+	gs := make([]*Group, 0, len(h.groups))
+	for _, g := range h.groups {
+		gs = append(gs, g)
+	}
 	h.mu.Unlock()
-	return Stats{Groups: n, MessagesSent: h.tr.sent.Load(), MessagesReceived: h.tr.received.Load(),
-		Frames: h.tr.frames.Load(), LogSaves: h.saves.Load()}
+	q := 0
+	for _, g := range gs {
+		g.mu.Lock()
+		if g.quiesced {
+			q++
+		}
+		g.mu.Unlock()
+	}
+	return Stats{Groups: len(gs), MessagesSent: h.tr.sent.Load(), MessagesReceived: h.tr.received.Load(),
+		Frames: h.tr.frames.Load(), NodeHeartbeats: h.tr.heartbeats.Load(), LogSaves: h.saves.Load(), Quiesced: q}
 }
 
 // ID is this node's Raft ID (NodeID of its name).
@@ -247,6 +296,7 @@ func (h *Host) Close() error {
 		close(h.stop)
 		<-h.done
 		h.tr.close()
+		h.bg.Wait()
 		h.closeErr = h.rlog.Close()
 	})
 	return h.closeErr
@@ -282,10 +332,50 @@ func (h *Host) SetPeers(peers map[string]string) error {
 // Group starts (or, after a restart, rejoins) group id with sm as its state machine. All
 // members call it with the same id. A group with no local state bootstraps with the current
 // peers as members (unless Config.Join); a group with state restores sm from its snapshot and
-// replays the log after it.
+// replays the log after it. Its members follow the host's peers (SetPeers); GroupWith places
+// a group on some of the nodes only.
 func (h *Host) Group(id uint64, sm StateMachine) (*Group, error) {
-	if id == 0 {
-		return nil, errors.New("multiraft: group id 0 is reserved")
+	return h.group0(id, sm, GroupOptions{Join: h.cfg.Join}, true)
+}
+
+// GroupOptions configure a group started with GroupWith.
+type GroupOptions struct {
+	// Voters are the node names of the group's members when it bootstraps (no local state
+	// and not Join): a quorum queue of three replicas in a five-node cluster lives on three
+	// of them. Every member must pass the same list; this node must be in it. After that the
+	// members change only through AddMember and RemoveMember (SetPeers leaves the group
+	// alone), and a group with local state takes its members from its log.
+	Voters []string
+	// Join says the group has no local state here and is being added to a running group:
+	// it waits for the leader to send it the log or a snapshot (call AddMember for this node
+	// on a member). Voters is then not used.
+	Join bool
+	// SnapshotEvery and SnapshotBytes override the host's (Config) for this group: a quorum
+	// queue's log is compacted after its state machine's snapshot so that its disk use
+	// follows its backlog, not its history. 0: the host's.
+	SnapshotEvery, SnapshotBytes uint64
+}
+
+// GroupWith starts (or, after a restart, rejoins) group id on the members opts names: the
+// other nodes never start it and never receive its messages.
+func (h *Host) GroupWith(id uint64, sm StateMachine, opts GroupOptions) (*Group, error) {
+	if !opts.Join {
+		if len(opts.Voters) == 0 {
+			return nil, fmt.Errorf("multiraft: group %d: GroupOptions needs Voters or Join", id)
+		}
+		if !slices.Contains(opts.Voters, h.cfg.NodeName) {
+			return nil, fmt.Errorf("multiraft: group %d: this node %q is not one of its voters %v (start it with Join to add it)", id, h.cfg.NodeName, opts.Voters)
+		}
+	}
+	return h.group0(id, sm, opts, false)
+}
+
+func (h *Host) group0(id uint64, sm StateMachine, opts GroupOptions, followPeers bool) (*Group, error) {
+	if id == 0 || id >= quiesceFlag {
+		return nil, fmt.Errorf("multiraft: group id %d out of range (1 to 2^63-1)", id)
+	}
+	if err := h.undelete(id); err != nil {
+		return nil, err
 	}
 	h.mu.Lock()
 	if h.closed {
@@ -296,9 +386,22 @@ func (h *Host) Group(id uint64, sm StateMachine) (*Group, error) {
 		h.mu.Unlock()
 		return nil, fmt.Errorf("multiraft: group %d already started", id)
 	}
-	peers := make([]raft.Peer, 0, len(h.peers))
-	for name := range h.peers {
-		peers = append(peers, raft.Peer{ID: NodeID(name)})
+	var peers []raft.Peer
+	if followPeers {
+		for name := range h.peers {
+			peers = append(peers, raft.Peer{ID: NodeID(name)})
+		}
+	} else {
+		for _, name := range opts.Voters {
+			if _, ok := h.peers[name]; !ok && !opts.Join {
+				h.mu.Unlock()
+				return nil, fmt.Errorf("multiraft: group %d: voter %q is not a cluster peer", id, name)
+			}
+			id := NodeID(name)
+			if !slices.ContainsFunc(peers, func(p raft.Peer) bool { return p.ID == id }) {
+				peers = append(peers, raft.Peer{ID: id})
+			}
+		}
 	}
 	h.mu.Unlock()
 	// Bootstrap entries must be identical on every member: sorted by ID.
@@ -308,7 +411,8 @@ func (h *Host) Group(id uint64, sm StateMachine) (*Group, error) {
 	if err != nil {
 		return nil, fmt.Errorf("multiraft: group %d: %w", id, err)
 	}
-	g := &Group{h: h, id: id, sm: sm, storage: st, pending: make(map[uint64]*pendingProp), placedAt: make(map[uint64]uint64), dedupe: make(dedupeTable),
+	g := &Group{h: h, id: id, sm: sm, storage: st, followPeers: followPeers, done: make(chan struct{}),
+		snapEvery: cmp.Or(opts.SnapshotEvery, h.cfg.SnapshotEvery), snapBytes: cmp.Or(opts.SnapshotBytes, h.cfg.SnapshotBytes), pending: make(map[uint64]*pendingProp), placedAt: make(map[uint64]uint64), dedupe: make(dedupeTable),
 		log: h.log.With("group", id)}
 	hs, cs, _ := st.InitialState()
 	g.confState = cs
@@ -340,7 +444,7 @@ func (h *Host) Group(id uint64, sm StateMachine) (*Group, error) {
 		return nil, fmt.Errorf("multiraft: group %d: %w", id, err)
 	}
 	last, _ := st.LastIndex()
-	if last == 0 && raft.IsEmptyHardState(hs) && !h.cfg.Join {
+	if last == 0 && raft.IsEmptyHardState(hs) && !opts.Join {
 		if err := rn.Bootstrap(peers); err != nil {
 			return nil, fmt.Errorf("multiraft: group %d: bootstrap: %w", id, err)
 		}
@@ -366,6 +470,9 @@ func (h *Host) kick() {
 }
 
 func (h *Host) markDirty(g *Group) {
+	if g.deleted.Load() {
+		return // detached: never saved again
+	}
 	h.mu.Lock()
 	h.dirty[g.id] = g
 	h.mu.Unlock()
@@ -387,6 +494,8 @@ func (h *Host) group(id uint64) *Group {
 
 // deliver implements transportHooks: a message from a peer steps its group.
 func (h *Host) deliver(group uint64, m *pb.Message) {
+	quiesce := group&quiesceFlag != 0
+	group &^= quiesceFlag
 	g := h.group(group)
 	if g == nil {
 		return // not (yet) a member here; Raft retransmits
@@ -394,6 +503,7 @@ func (h *Host) deliver(group uint64, m *pb.Message) {
 	if g.failed.Load() != nil {
 		return // stopped on this node (see Group.fail)
 	}
+	commit := m.GetCommit()
 	if m.GetType() == pb.MessageType_MsgHeartbeat {
 		// A heartbeat's commit index is at most what the leader believes this node has
 		// stored. A node restarted with an empty data directory has less, which raft treats
@@ -408,7 +518,21 @@ func (h *Host) deliver(group uint64, m *pb.Message) {
 	if m.GetType() == pb.MessageType_MsgAppResp && m.GetReject() {
 		g.handOverIfLogLost(m)
 	}
+	switch {
+	case quiesce && m.GetType() == pb.MessageType_MsgHeartbeat:
+		// A leader's quiesce heartbeat: stepped, then quiesceFollowerLocked.
+	case m.GetType() == pb.MessageType_MsgHeartbeatResp && !quiesce:
+		// An answer to a heartbeat (a quiesced leader gets them for its quiesce heartbeats).
+	default:
+		// Anything else is activity, a follower's wake-up call (a flagged heartbeat
+		// answer, see wakeOnPeerEventLocked) included.
+		g.quiesced = false
+		quiesce = false
+	}
 	err := g.rn.Step(m)
+	if quiesce {
+		g.quiesceFollowerLocked(m, commit)
+	}
 	g.mu.Unlock()
 	if err != nil && !errors.Is(err, raft.ErrStepPeerNotFound) {
 		g.log.Debug("raft step", "type", m.GetType().String(), "err", err)
@@ -490,6 +614,9 @@ func (h *Host) run() {
 			ticks++
 			h.tickAll(ticks%uint64(h.cfg.ElectionTicks) == 0)
 		case <-h.wake:
+		case r := <-h.detachCh:
+			h.detach(r.g)
+			close(r.done)
 		}
 		if err := h.ready(); err != nil {
 			// The log cannot be written: Raft's promises no longer hold on this node. Stop
@@ -517,11 +644,11 @@ func (h *Host) failPending() {
 }
 
 func (h *Host) tickAll(reconcile bool) {
+	live, changed := h.peerEvents()
 	h.mu.Lock()
 	gs := make([]*Group, 0, len(h.groups))
 	for _, g := range h.groups {
 		gs = append(gs, g)
-		h.dirty[g.id] = g
 	}
 	var desired []uint64
 	if reconcile {
@@ -530,16 +657,38 @@ func (h *Host) tickAll(reconcile bool) {
 		}
 	}
 	h.mu.Unlock()
+	q := quiesceRound{live: live, out: make(map[uint64][]outMsg)}
+	var dirty []*Group
 	for _, g := range gs {
 		if g.failed.Load() != nil {
 			continue
 		}
 		g.mu.Lock()
-		g.rn.Tick()
-		if reconcile {
+		if g.quiesced && len(changed) > 0 {
+			g.wakeOnPeerEventLocked(changed, &q)
+		}
+		if reconcile && g.followPeers {
 			g.reconcile(desired)
 		}
+		if !g.quiesced {
+			// Before the tick: a leader's tick makes heartbeats (a Ready).
+			g.maybeQuiesceLocked(&q)
+		}
+		if !g.quiesced {
+			g.rn.Tick()
+			dirty = append(dirty, g)
+		}
 		g.mu.Unlock()
+	}
+	h.mu.Lock()
+	for _, g := range dirty {
+		h.dirty[g.id] = g
+	}
+	h.mu.Unlock()
+	for to, ms := range q.out {
+		if name, ok := h.nameOf(to); ok {
+			h.tr.send(name, ms)
+		}
 	}
 }
 
@@ -562,7 +711,7 @@ func (h *Host) ready() error {
 	var updates []persistence.RaftUpdate
 	mustSync := false
 	for _, g := range dirty {
-		if g.failed.Load() != nil {
+		if g.failed.Load() != nil || g.deleted.Load() {
 			continue // stopped: takes no further part
 		}
 		g.mu.Lock()
@@ -623,6 +772,9 @@ type Group struct {
 	sm      StateMachine
 	storage *persistence.RaftStorage
 	log     *slog.Logger
+	// followPeers: the members are the host's peers, reconciled after SetPeers (Host.Group);
+	// false: they change only through AddMember and RemoveMember (GroupWith).
+	followPeers bool
 
 	mu sync.Mutex // guards rn and lostLogHandover
 	rn *raft.RawNode
@@ -635,6 +787,9 @@ type Group struct {
 	// Owned by the loop goroutine (and Group before it starts).
 	confState          *pb.ConfState
 	snapIndex          uint64
+	snapEvery          uint64 // entries between snapshots
+	snapBytes          uint64 // command bytes between snapshots
+	bytesSinceSnap     uint64 // command bytes applied since the last snapshot (0 at start)
 	lastConfChange     time.Time
 	lastConfChangeFrom *pb.ConfState
 
@@ -658,6 +813,14 @@ type Group struct {
 	// restore); nil while it runs. Once set, the loop no longer ticks, steps or applies it.
 	failed  atomic.Pointer[error]
 	nextReq atomic.Uint64
+
+	// quiesced (g.mu): the group is idle and caught up everywhere, so it is not ticked:
+	// no heartbeats from its leader, no election timer on its followers (quiesce.go).
+	quiesced bool
+
+	// deleted is set (and done closed) when DeleteGroup detached the group from the loop.
+	deleted atomic.Bool
+	done    chan struct{}
 }
 
 // ID is the group's id.
@@ -695,6 +858,7 @@ func (g *Group) reconcile(desired []uint64) {
 	if cc == nil {
 		return
 	}
+	g.quiesced = false
 	if err := g.rn.ProposeConfChange(cc); err != nil {
 		g.log.Debug("conf change not proposed", "change", cc.GetType().String(), "node", cc.GetNodeId(), "err", err)
 		return
@@ -730,6 +894,7 @@ func (g *Group) apply(rd raft.Ready) {
 		}
 		g.confState = pb.EnsureConfState(md.GetConfState())
 		g.applied, g.snapIndex = md.GetIndex(), md.GetIndex()
+		g.bytesSinceSnap = 0
 		g.appliedIndex.Store(g.applied)
 	}
 	for _, e := range rd.CommittedEntries {
@@ -747,6 +912,7 @@ func (g *Group) apply(rd raft.Ready) {
 		switch e.GetType() {
 		case pb.EntryType_EntryNormal:
 			d := e.GetData()
+			g.bytesSinceSnap += uint64(len(d))
 			if len(d) == 0 {
 				break // a new leader's empty entry
 			}
@@ -784,18 +950,18 @@ func (g *Group) apply(rd raft.Ready) {
 		g.applied = idx
 		g.appliedIndex.Store(idx)
 	}
-	every := g.h.cfg.SnapshotEvery
-	if g.applied-g.snapIndex >= every {
+	if since := g.applied - g.snapIndex; since > 0 && (since >= g.snapEvery || g.bytesSinceSnap >= g.snapBytes) {
 		data, err := g.snapshot()
 		if err != nil {
 			g.log.Error("state machine snapshot failed", "index", g.applied, "err", err)
 			return
 		}
-		if err := g.storage.CreateSnapshot(g.applied, g.confState, data, every); err != nil {
+		// Compacted up to the previous snapshot: one interval of entries stays behind.
+		if err := g.storage.CreateSnapshot(g.applied, g.confState, data, since); err != nil {
 			g.log.Error("raft snapshot failed", "index", g.applied, "err", err)
 			return
 		}
-		g.snapIndex = g.applied
+		g.snapIndex, g.bytesSinceSnap = g.applied, 0
 	}
 }
 
@@ -823,19 +989,22 @@ type GroupStatus struct {
 	// Failed is why the group stopped on this node ("" while it runs): its state machine
 	// could not restore a snapshot, so nothing more is applied here.
 	Failed string
+	// Quiesced: idle, not ticked (no heartbeats, no election timer) until activity.
+	Quiesced bool
 }
 
 // Status reports the group's term, indices, leader and members.
 func (g *Group) Status() GroupStatus {
 	g.mu.Lock()
 	bs := g.rn.BasicStatus()
+	quiesced := g.quiesced
 	var voters []uint64
 	for id := range g.rn.Status().Config.Voters.IDs() {
 		voters = append(voters, id)
 	}
 	g.mu.Unlock()
 	st := GroupStatus{Group: g.id, Node: g.h.cfg.NodeName, State: bs.RaftState.String(),
-		Term: bs.HardState.GetTerm(), Commit: bs.HardState.GetCommit(), Applied: g.appliedIndex.Load()}
+		Term: bs.HardState.GetTerm(), Commit: bs.HardState.GetCommit(), Applied: g.appliedIndex.Load(), Quiesced: quiesced}
 	if bs.Lead != raft.None {
 		st.Leader, _ = g.h.nameOf(bs.Lead)
 	}

@@ -333,6 +333,9 @@ func (g *Group) Propose(ctx context.Context, cmd []byte) (any, error) {
 			case <-g.h.stop:
 				timer.Stop()
 				return nil, ErrClosed
+			case <-g.done:
+				timer.Stop()
+				return nil, ErrClosed
 			}
 		}
 		timer.Stop()
@@ -343,6 +346,7 @@ func (g *Group) Propose(ctx context.Context, cmd []byte) (any, error) {
 func (g *Group) submit(ctx context.Context, data []byte) error {
 	for {
 		g.mu.Lock()
+		g.quiesced = false
 		err := g.rn.Propose(data)
 		g.mu.Unlock()
 		if err == nil {
@@ -356,6 +360,8 @@ func (g *Group) submit(ctx context.Context, data []byte) error {
 		case <-ctx.Done():
 			return fmt.Errorf("multiraft: group %d: no leader: %w", g.id, ctx.Err())
 		case <-g.h.stop:
+			return ErrClosed
+		case <-g.done:
 			return ErrClosed
 		case <-time.After(g.h.cfg.TickInterval / 2):
 		}

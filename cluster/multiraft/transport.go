@@ -28,6 +28,11 @@ import (
 //	acceptor -> dialer   HMAC-SHA256(secret, "accept" nonceD nonceA acceptorName 0 dialerName)
 //	then, both ways:     frames: len(4 BE) uvarint(count) { uvarint(group) uvarint(len) raftpb.Message }*
 //
+// A frame with no message (count 0) is the node pair's heartbeat: each side writes one when
+// it wrote nothing for a heartbeat interval (the host's tick), so a peer's liveness is known
+// from one heartbeat per node pair, however many groups are idle (quiesce.go). A group field
+// with quiesceFlag set carries a leader's quiesce heartbeat for the group.
+//
 // Both sides prove they hold the cluster secret without sending it; the fresh nonces make a
 // recorded handshake useless. Confidentiality and integrity of the frames need the optional
 // mutual TLS underneath.
@@ -76,11 +81,14 @@ type transport struct {
 
 	stop chan struct{}
 	wg   sync.WaitGroup
+	// hbEvery is how long a connection may stay silent before a heartbeat frame is written
+	// (0: never, tests of the wire alone).
+	hbEvery time.Duration
 
-	sent, received, frames atomic.Uint64
+	sent, received, frames, heartbeats atomic.Uint64
 }
 
-func newTransport(self, listen string, secret []byte, tlsCfg *tls.Config, log *slog.Logger, hooks transportHooks) (*transport, error) {
+func newTransport(self, listen string, secret []byte, tlsCfg *tls.Config, log *slog.Logger, hooks transportHooks, hbEvery time.Duration) (*transport, error) {
 	ln, err := net.Listen("tcp", listen)
 	if err != nil {
 		return nil, fmt.Errorf("multiraft: listen on %s: %w", listen, err)
@@ -89,7 +97,7 @@ func newTransport(self, listen string, secret []byte, tlsCfg *tls.Config, log *s
 		ln = tls.NewListener(ln, tlsCfg)
 	}
 	t := &transport{self: self, secret: secret, tls: tlsCfg, log: log, hooks: hooks, ln: ln,
-		peers: make(map[string]*peer), stop: make(chan struct{})}
+		peers: make(map[string]*peer), stop: make(chan struct{}), hbEvery: hbEvery}
 	t.wg.Add(1)
 	go t.acceptLoop()
 	return t, nil
@@ -287,6 +295,35 @@ type peer struct {
 	wake     chan struct{}
 	accepted chan net.Conn
 	stop     chan struct{}
+
+	// Liveness: connected while a connection is served, epoch counts connections (a peer
+	// that restarted comes back on a new one), lastHeard is when a frame last arrived
+	// (unix nanoseconds).
+	connected atomic.Bool
+	epoch     atomic.Uint64
+	lastHeard atomic.Int64
+}
+
+// peerLiveness is what the host sees of a peer: whether it is heard from, and on which
+// connection.
+type peerLiveness struct {
+	alive bool
+	epoch uint64
+}
+
+// liveness reports every peer's state: alive if connected and heard within timeout.
+func (t *transport) liveness(timeout time.Duration) map[uint64]peerLiveness {
+	now := time.Now().UnixNano()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	m := make(map[uint64]peerLiveness, len(t.peers))
+	for _, p := range t.peers {
+		m[p.id] = peerLiveness{
+			alive: p.connected.Load() && now-p.lastHeard.Load() < int64(timeout),
+			epoch: p.epoch.Load(),
+		}
+	}
+	return m
 }
 
 func (p *peer) enqueue(ms []outMsg) {
@@ -409,6 +446,17 @@ func (p *peer) dropQueued() {
 
 // serve runs the connection until it fails (true: connect again) or the peer stops (false).
 func (p *peer) serve(c net.Conn) bool {
+	p.lastHeard.Store(time.Now().UnixNano())
+	p.epoch.Add(1)
+	p.connected.Store(true)
+	defer p.connected.Store(false)
+	var hb <-chan time.Time
+	if p.t.hbEvery > 0 {
+		tk := time.NewTicker(p.t.hbEvery)
+		defer tk.Stop()
+		hb = tk.C
+	}
+	lastWrite := time.Now()
 	readDone := make(chan struct{})
 	go func() {
 		defer close(readDone)
@@ -437,16 +485,19 @@ func (p *peer) serve(c net.Conn) bool {
 				p.readLoop(c)
 			}()
 			w.Reset(c)
+			p.epoch.Add(1)
 			continue
 		case <-p.wake:
+		case <-hb:
 		}
 		p.mu.Lock()
 		batch := p.queue
 		p.queue = nil
 		p.mu.Unlock()
-		if len(batch) == 0 {
+		if len(batch) == 0 && (hb == nil || time.Since(lastWrite) < p.t.hbEvery*9/10) {
 			continue
 		}
+		lastWrite = time.Now()
 		var err error
 		buf, err = encodeFrame(buf[:0], batch)
 		if err == nil {
@@ -463,6 +514,9 @@ func (p *peer) serve(c net.Conn) bool {
 			return true
 		}
 		p.t.frames.Add(1)
+		if len(batch) == 0 {
+			p.t.heartbeats.Add(1)
+		}
 		p.t.sent.Add(uint64(len(batch)))
 		for _, m := range batch {
 			if m.msg.GetType() == pb.MessageType_MsgSnap {
@@ -542,6 +596,7 @@ func (p *peer) readLoop(c net.Conn) {
 		if _, err := io.ReadFull(r, payload); err != nil {
 			return
 		}
+		p.lastHeard.Store(time.Now().UnixNano())
 		err := decodeFrame(payload, func(group uint64, m *pb.Message) {
 			// A peer speaks only for itself.
 			if m.GetFrom() != p.id {
@@ -556,3 +611,7 @@ func (p *peer) readLoop(c net.Conn) {
 		}
 	}
 }
+
+// quiesceFlag marks, in a frame's group field, a leader's quiesce heartbeat (see quiesce.go);
+// group ids stay below it.
+const quiesceFlag uint64 = 1 << 63

