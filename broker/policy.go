@@ -459,7 +459,7 @@ func (v *VHost) setPolicies(ps []*Policy) {
 		qs.dl.Store(e.dl)
 		qs.consumerTimeout.Store(int64(e.consumerTimeout))
 		qs.policy = e.policy
-		if e.expires != qs.expires {
+		if e.expires != qs.expires && qs.qq == nil { // not on quorum queues (registerQuorumLocked)
 			qs.expires = e.expires
 			if qs.expiryTimer != nil {
 				qs.expiryTimer.Stop()

@@ -175,7 +175,9 @@ func (v *VHost) registerQuorumLocked(qs *Queue) {
 	e := v.effectiveLocked(qs.name, qs.spec, qs.args)
 	qs.dl.Store(e.dl)
 	qs.consumerTimeout.Store(int64(e.consumerTimeout))
-	qs.expires, qs.policy = e.expires, e.policy
+	// No x-expires: each node sees only its own consumers and gets, so one node's timer
+	// would delete a queue used on another. Not applied to quorum queues in a cluster yet.
+	qs.policy = e.policy
 	v.queues[qs.name] = qs
 	v.b.stats.queuesCreated.Add(1)
 }
