@@ -696,6 +696,12 @@ func (v *VHost) appendToQuorums(msg *queue.Message, targets []*Queue, done func(
 	if n == 0 {
 		return targets, done, nil
 	}
+	// In a function of its own, as appendToStreams: its closures must not weigh on every
+	// publish to other queues.
+	return v.appendToQuorumsSlow(msg, targets, done, n)
+}
+
+func (v *VHost) appendToQuorumsSlow(msg *queue.Message, targets []*Queue, done func(error), n int) (out []*Queue, joined func(error), rest func(error)) {
 	out = make([]*Queue, 0, len(targets)-n)
 	for _, qs := range targets {
 		if qs.qq == nil {
