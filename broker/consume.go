@@ -70,6 +70,9 @@ func (v *VHost) ConsumeWith(a Actor, name string, c Consumer, o ConsumeOptions, 
 		qs.expiryTimer.Stop()
 	}
 	v.mu.Unlock()
+	if qs.qq != nil {
+		qs.qq.consumerAdded()
+	}
 	if started != nil {
 		started(qs)
 	}
@@ -94,6 +97,9 @@ func (v *VHost) Cancel(qs *Queue, c Consumer, exclusive bool) {
 func (v *VHost) ConsumerRemoved(qs *Queue, exclusive bool) {
 	if qs.sq != nil {
 		qs.streamConsumerGone()
+	}
+	if qs.qq != nil {
+		qs.qq.consumerRemoved()
 	}
 	v.mu.Lock()
 	qs.consumers--
@@ -127,7 +133,14 @@ func (v *VHost) Get(a Actor, name string, noAck bool) (qs *Queue, e *queue.Entry
 		return nil, nil, 0, false, amqp.Errorf(amqp.NotImplemented, "basic.get not supported by stream queues %s", qs.rs())
 	}
 	v.touch(qs)
-	e, remaining, ok = qs.q.Get(noAck)
+	if qs.qq != nil {
+		e, remaining, ok, err = qs.qq.get(noAck)
+		if err != nil {
+			return nil, nil, 0, false, err
+		}
+	} else {
+		e, remaining, ok = qs.q.Get(noAck)
+	}
 	c := &qs.counters
 	switch {
 	case !ok:
@@ -157,6 +170,10 @@ func (qs *Queue) Delivered(e *queue.Entry, deliveries uint32, noAck bool) {
 	}
 	if deliveries > 0 {
 		qs.counters.redeliver.n.Add(1)
+	}
+	if qs.qq != nil {
+		qs.qq.delivered(e, noAck)
+		return
 	}
 	qs.journal(e, deliveries, noAck)
 }
@@ -215,6 +232,10 @@ const (
 func (qs *Queue) Settle(kind Settlement, es []*queue.Entry, batch *persistence.Batch) {
 	if qs.sq != nil {
 		qs.kickStream() // a stream's acks only return credit
+		return
+	}
+	if qs.qq != nil {
+		qs.qq.settle(kind, es)
 		return
 	}
 	switch kind {

@@ -98,7 +98,7 @@ func (qs *Queue) Info() QueueInfo {
 	return QueueInfo{
 		VHost: v.name, Name: qs.name, Durable: qs.declDur && !qs.exclusive, AutoDelete: qs.autoDelete,
 		Exclusive: qs.exclusive, Owner: qs.owner, Quorum: qs.spec.quorum, Args: qs.args, Policy: pol,
-		Counts: qs.q.Counts(), Stats: qs.counters.snapshot(),
+		Counts: qs.infoCounts(), Stats: qs.counters.snapshot(),
 	}
 }
 

@@ -460,7 +460,7 @@ func (v *VHost) setPolicies(ps []*Policy) {
 		qs.dl.Store(e.dl)
 		qs.consumerTimeout.Store(int64(e.consumerTimeout))
 		qs.policy = e.policy
-		if e.expires != qs.expires {
+		if e.expires != qs.expires && qs.qq == nil { // not on quorum queues (registerQuorumLocked)
 			qs.expires = e.expires
 			if qs.expiryTimer != nil {
 				qs.expiryTimer.Stop()
@@ -470,7 +470,7 @@ func (v *VHost) setPolicies(ps []*Policy) {
 		}
 		if qs.sq != nil {
 			streams = append(streams, streamChange{qs.sq, e.stream})
-		} else if e.opts != qs.q.Options() {
+		} else if qs.qq == nil && e.opts != qs.q.Options() { // a quorum queue's limits are its log's
 			changes = append(changes, change{qs, e.opts})
 		}
 	}

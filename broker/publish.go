@@ -177,7 +177,7 @@ func (v *VHost) prepare(msg *queue.Message, targets []*Queue, batch *persistence
 	// entries (VHost.deleting).
 	pub := persistence.Publish{NewEntries: true}
 	for i, qs := range targets {
-		if qs.sq != nil {
+		if qs.sq != nil || qs.qq != nil {
 			p.entries[i] = nil // appended to its log by push; scratch may hold an old entry
 			continue
 		}
@@ -213,6 +213,10 @@ func (v *VHost) push(p prepared, publisher bool) bool {
 			qs.sq.log.Append(encodeStreamRecord(p.msg), func(uint64, error) {})
 			continue
 		}
+		if qs.qq != nil {
+			refused = qs.qq.publishQuorum(p.msg, publisher) || refused
+			continue
+		}
 		switch qs.q.Push(p.entries[i]) {
 		case queue.Enqueued:
 			qs.counters.publish.n.Add(1)
@@ -234,7 +238,9 @@ func (v *VHost) push(p prepared, publisher bool) bool {
 // which onDisk reports is needed. scratch is a buffer for the entries, reused across calls by
 // one goroutine.
 func (v *VHost) enqueue(msg *queue.Message, targets []*Queue, done func(error), scratch *[]*queue.Entry) (refused, onDisk bool) {
-	// Stream queues get the message in their log; a confirm waits for their sync too.
+	// Quorum queues get a proposal, stream queues the message in their log; a confirm waits
+	// for their commit and sync too. quorumRest is the part of a quorum join that is the rest.
+	targets, done, quorumRest := v.appendToQuorums(msg, targets, done)
 	targets, done, streamed := appendToStreams(msg, targets, done)
 	var batch *persistence.Batch // only persistent messages for durable queues need one
 	if onDisk = needsDisk(msg, targets); onDisk {
@@ -247,6 +253,12 @@ func (v *VHost) enqueue(msg *queue.Message, targets []*Queue, done func(error), 
 	refused = v.push(p, true)
 	clear(p.entries) // the queues own the entries now; drop our references
 	*scratch = p.entries[:0]
+	if quorumRest != nil {
+		if !onDisk && !streamed {
+			quorumRest(nil) // the rest needed nothing asynchronous
+		}
+		return refused, true
+	}
 	return refused, onDisk || streamed
 }
 
@@ -363,6 +375,10 @@ func (t *Txn) Commit(unroutable func(*queue.Message)) error {
 	for _, x := range settles {
 		if x.qs.sq != nil {
 			x.qs.kickStream() // a stream's acks only return credit
+			continue
+		}
+		if x.qs.qq != nil {
+			x.qs.qq.settle(x.kind, x.es)
 			continue
 		}
 		switch x.kind {

@@ -174,11 +174,16 @@ func (v *VHost) checkNewQueue(a Actor, name string, m QueueSpec) (queueSpec, *am
 		aerr.Text = fillQueueName(aerr.Text, name, v.name)
 		return queueSpec{}, aerr
 	}
-	if spec.quorum && !m.Durable {
-		return queueSpec{}, amqp.Errorf(amqp.PreconditionFailed, "invalid property 'non-durable' for queue '%s' in vhost '%s'", name, v.name)
+	// RabbitMQ 3.10 (rabbit_quorum_queue:declare) checks auto-delete, then exclusive, then
+	// durable.
+	if spec.quorum && m.AutoDelete {
+		return queueSpec{}, amqp.Errorf(amqp.PreconditionFailed, "invalid property 'auto-delete' for queue '%s' in vhost '%s'", name, v.name)
 	}
 	if spec.quorum && m.Exclusive {
 		return queueSpec{}, amqp.Errorf(amqp.PreconditionFailed, "invalid property 'exclusive-owner' for queue '%s' in vhost '%s'", name, v.name)
+	}
+	if spec.quorum && !m.Durable {
+		return queueSpec{}, amqp.Errorf(amqp.PreconditionFailed, "invalid property 'non-durable' for queue '%s' in vhost '%s'", name, v.name)
 	}
 	return spec, nil
 }
@@ -275,6 +280,9 @@ func (v *VHost) PurgeQueue(a Actor, name string) (int, *amqp.Error) {
 	if qs.sq != nil {
 		return 0, amqp.Errorf(amqp.NotImplemented, "queue.purge not supported by stream queues %s", qs.rs())
 	}
+	if qs.qq != nil {
+		return qs.qq.purge()
+	}
 	return qs.q.Purge(), nil
 }
 
@@ -309,6 +317,10 @@ func (v *VHost) finishQueueRemoval(qs *Queue) int {
 	v.proposeLocalRemoval(qs)
 	consumers, n := qs.q.Close()
 	qs.closeStream(true)
+	if qs.qq != nil {
+		n, _ = qs.qq.m.Counts() // the log's ready messages, not this node's share
+		qs.qq.close()
+	}
 	for _, c := range consumers {
 		if cs, ok := c.(Consumer); ok {
 			cs.QueueDeleted()

@@ -363,6 +363,20 @@ func (v *VHost) applyDeclareQueue(op TopologyOp) *amqp.Error {
 		v.mu.Unlock()
 		return nil
 	}
+	if spec, _ := parseQueueArgs(m.Args); spec.quorum {
+		// Every node has a quorum queue: its messages are in the queue's Raft group.
+		v.mu.Unlock()
+		qs, handled, err := v.openQuorum(op, spec)
+		if handled {
+			if err == nil {
+				v.mu.Lock()
+				v.registerQuorumLocked(qs)
+				v.mu.Unlock()
+			}
+			return err
+		}
+		v.mu.Lock()
+	}
 	owner := v.b.ownerFor(op)
 	if !local {
 		qs := v.newRemoteQueue(m, op.Home, owner)

@@ -49,6 +49,8 @@ type Queue struct {
 	spec       queueSpec // from args; policies combine with it
 	// sq is the log of an x-queue-type: stream queue; nil for other queues.
 	sq *streamQueue
+	// qq is a cluster's quorum queue (its Raft group, quorum.go); nil for other queues.
+	qq *quorumQueue
 	// home is the node a queue homed on another cluster node lives on ("" for a queue of this
 	// node), set before the queue is visible. epoch is the cluster log index of its declare (0
 	// on a single node; set late for a queue restored from the store before the log replayed,

@@ -81,6 +81,9 @@ type Node struct {
 	check *ConfigCheck
 	// restart is this process's node_restarted command, proposed at start.
 	restart Command
+	// quorum watches the other nodes for the quorum queues' groups (quorum.go).
+	quorum     *quorumWatch
+	quorumDone chan struct{}
 	// statusEvery is how often the node reports its status and the leader looks for dead
 	// members: StatusInterval, or a quarter of the node timeout when that is shorter.
 	statusEvery time.Duration
@@ -120,7 +123,8 @@ func StartNode(cfg NodeConfig, b *broker.Broker) (*Node, error) {
 		return nil, fmt.Errorf("cluster: starting node %s: %w", cfg.NodeName, err)
 	}
 	n := &Node{cfg: cfg, log: log, host: h, digest: cfg.ConfigDigest, nodes: maps.Clone(cfg.Nodes),
-		kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+		kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
+		quorum: newQuorumWatch(), quorumDone: make(chan struct{})}
 	n.check = NewConfigCheck(cfg.NodeName, cfg.ConfigDigest, log)
 	n.meta = NewMetadata(b, log)
 	// The replicator is set before the group opens: replaying the log applies queue declares,
@@ -153,6 +157,10 @@ func StartNode(cfg NodeConfig, b *broker.Broker) (*Node, error) {
 	n.catchUp()
 	n.startLink(b)
 	go n.statusLoop()
+	go func() {
+		defer close(n.quorumDone)
+		n.quorumWatchLoop()
+	}()
 	log.Info("cluster node started", "cluster", cfg.Name, "node", cfg.NodeName, "listen", h.Addr(), "nodes", len(cfg.Nodes), "join", cfg.Join)
 	return n, nil
 }
@@ -384,6 +392,7 @@ func (n *Node) Close() error {
 	n.link.Close()
 	err := n.host.Close()
 	<-n.done
+	<-n.quorumDone
 	n.meta.StopWorker()
 	return err
 }

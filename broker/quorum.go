@@ -1,0 +1,781 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/warrenmq/warren/amqp"
+	"github.com/warrenmq/warren/queue"
+	"github.com/warrenmq/warren/quorum"
+)
+
+// Quorum queues in a cluster (x-queue-type: quorum). The queue's messages live in a Raft group
+// of their own (package quorum is its state machine, the cluster runs the group); every node
+// has the queue, none is its home. On each node:
+//
+//   - a publish is an Enqueue proposal; its confirm (or tx.commit-ok) waits until the entry is
+//     committed and applied here, so a majority has it on disk;
+//   - the node's consumers hold a checkout (credit quorumNodeCredit) while there is at least
+//     one; the messages the log assigns to the node are pushed into the Queue's local
+//     queue.Queue, which dispatches them to the local consumers as for a classic queue
+//     (prefetch, priorities), and acks, rejects and requeues become Settle, Discard and Return
+//     proposals;
+//   - two goroutines per queue: the proposer (one proposal in flight, everything submitted
+//     meanwhile batched into the next) and the deliverer (pushes assignments, off the Raft
+//     loop, which must stay quick).
+//
+// Without a cluster (or in tests whose log is not a Raft host) a quorum queue is a durable
+// classic queue, as before: a group of one whose confirms mean "on this node's disk".
+
+// QuorumGroup is a quorum queue's Raft group on this node, implemented by the cluster.
+type QuorumGroup interface {
+	// Propose replicates cmd and returns, once applied here, the state machine's result.
+	Propose(ctx context.Context, cmd []byte) (any, error)
+	// Leader is the group's current leader, if known.
+	Leader() (string, bool)
+	// Done is closed when the node stops.
+	Done() <-chan struct{}
+	// Close tells the cluster the queue is gone on this node.
+	Close()
+}
+
+// QuorumGroups is implemented by a cluster replicator that runs quorum queues' groups.
+type QuorumGroups interface {
+	// OpenQuorum starts (or rejoins after a restart) the group of the queue declared at epoch,
+	// with sm as its state machine. nodeDown is called when another node stops reporting.
+	// ErrQuorumUnavailable: no group can run here (the queue stays a classic one).
+	OpenQuorum(vhost, name string, epoch uint64, sm *quorum.Machine, nodeDown func(node string)) (QuorumGroup, error)
+}
+
+// ErrQuorumUnavailable is returned by QuorumGroups.OpenQuorum when the cluster has no Raft host
+// to run a queue's group on.
+var ErrQuorumUnavailable = errors.New("quorum queues need a Raft host")
+
+// quorumNodeCredit is how many messages a node with consumers may hold unsettled. It is a
+// window, not a consumer's prefetch: large enough to keep a fast consumer busy across the
+// Raft round trip of its acks, small enough that a node does not hoard a backlog that another
+// node's idle consumer could take.
+const quorumNodeCredit = 256
+
+// quorumMaxPending bounds the publishes waiting for the proposer on one node: a publisher
+// beyond it waits (as flow control would), so memory stays bounded when Raft is slower than
+// the publishers.
+const quorumMaxPending = 8192
+
+// quorumMaxBatch bounds one proposal's size (bytes of bodies): raft's MaxSizePerMsg is 1 MiB
+// and a larger entry is sent alone, so larger batches only add latency.
+const quorumMaxBatch = 1 << 20
+
+// quorumOpTimeout bounds how long basic.get and queue.purge wait for the queue's log (no
+// majority): the client gets RabbitMQ's 541 instead of a channel that hangs, as for a
+// metadata change (cluster.DefaultProposeTimeout).
+const quorumOpTimeout = 10 * time.Second
+
+// errQuorumRefused is a publish refused by a full reject-publish quorum queue: its confirm is
+// a nack.
+var errQuorumRefused = errors.New("quorum queue full (reject-publish)")
+
+var errQuorumGone = errors.New("quorum queue deleted")
+
+type quorumOp struct {
+	cmd  quorum.Command
+	done func(quorum.Result, error) // nil: nothing to do with the result
+	size int
+}
+
+type quorumEvent struct {
+	msgs    []quorum.Msg
+	revoked bool
+}
+
+// quorumQueue is one quorum queue on this node.
+type quorumQueue struct {
+	qs     *Queue
+	node   string
+	m      *quorum.Machine
+	g      QuorumGroup
+	ctx    context.Context
+	cancel context.CancelFunc
+	stop   chan struct{}
+	once   sync.Once
+
+	// rearm tells the proposer the head's expiry changed (Applied hook).
+	rearm     chan struct{}
+	headArmed atomic.Int64
+
+	mu      sync.Mutex
+	cond    *sync.Cond // publishers waiting for room (quorumMaxPending)
+	pending []quorumOp
+	wake    chan struct{}
+	// marks are deliveries made (Delivered commands), noAck no-ack deliveries (settled),
+	// both proposed ahead of the next batch.
+	marks, noAck []uint64
+
+	emu    sync.Mutex
+	events []quorumEvent
+	ewake  chan struct{}
+	// ready is set by the deliverer at the first Revoked of this node: assignments replayed
+	// before it belonged to an earlier process of the node, and the NodeDown proposed at
+	// open took them back.
+	ready bool
+
+	consumers atomic.Int32
+}
+
+// openQuorum creates a quorum queue's local Queue and opens its group; handled is false when
+// the cluster cannot run quorum groups (the caller declares a classic queue). Call without
+// v.mu.
+func (v *VHost) openQuorum(op TopologyOp, spec queueSpec) (qs *Queue, handled bool, err *amqp.Error) {
+	qgs, ok := v.b.replicator.(QuorumGroups)
+	if !ok {
+		return nil, false, nil
+	}
+	m := op.Queue
+	qs = &Queue{v: v, name: m.Name, declDur: m.Durable, autoDelete: m.AutoDelete, args: m.Args, spec: spec}
+	qs.epoch.Store(op.Epoch)
+	qq := &quorumQueue{qs: qs, node: v.b.replicator.LocalNode(), stop: make(chan struct{}),
+		wake: make(chan struct{}, 1), ewake: make(chan struct{}, 1), rearm: make(chan struct{}, 1)}
+	// The local queue only dispatches. A delivery limit of 0 makes every local requeue (a
+	// channel closing with unacked deliveries, basic.recover) a drop, which localDropped
+	// hands back to the log: requeueing, and the delivery count, are the log's.
+	opts := queue.NoLimits()
+	opts.DeliveryLimit = 0
+	opts.SingleActiveConsumer = spec.opts.SingleActiveConsumer
+	qs.q = queue.New(m.Name, opts, queue.Hooks{Dropped: qq.localDropped})
+	qq.cond = sync.NewCond(&qq.mu)
+	qq.ctx, qq.cancel = context.WithCancel(context.Background())
+	limits := quorum.Limits{MaxLength: spec.opts.MaxLength, MaxBytes: spec.opts.MaxLengthBytes, DeliveryLimit: spec.opts.DeliveryLimit,
+		SingleActive: spec.opts.SingleActiveConsumer}
+	if spec.opts.Overflow != queue.DropHead {
+		limits.Overflow = quorum.RejectPublish
+	}
+	qq.m = quorum.New(limits, quorum.Hooks{Assigned: qq.assigned, Revoked: qq.revoked, Applied: qq.applied})
+	g, gerr := qgs.OpenQuorum(v.name, m.Name, op.Epoch, qq.m, qq.nodeDown)
+	if errors.Is(gerr, ErrQuorumUnavailable) {
+		return nil, false, nil
+	}
+	if gerr != nil {
+		return nil, true, amqp.Errorf(amqp.InternalError, "%v", gerr)
+	}
+	qq.g = g
+	qs.qq = qq
+	// The previous process of this node (if any) held messages; they go back first, before
+	// anything this process proposes.
+	qq.submit(quorum.Command{Kind: quorum.KindNodeDown, Node: qq.node}, qq.dropped)
+	go qq.proposeLoop()
+	go qq.deliverLoop()
+	return qs, true, nil
+}
+
+// registerQuorumLocked makes an opened quorum queue visible; call with v.mu held.
+func (v *VHost) registerQuorumLocked(qs *Queue) {
+	e := v.effectiveLocked(qs.name, qs.spec, qs.args)
+	qs.dl.Store(e.dl)
+	qs.consumerTimeout.Store(int64(e.consumerTimeout))
+	// No x-expires: each node sees only its own consumers and gets, so one node's timer
+	// would delete a queue used on another. Not applied to quorum queues in a cluster yet.
+	qs.policy = e.policy
+	v.queues[qs.name] = qs
+	v.b.stats.queuesCreated.Add(1)
+}
+
+// close stops the queue's goroutines; waiting publishers get an error (their confirms are
+// nacks).
+func (qq *quorumQueue) close() {
+	qq.once.Do(func() {
+		close(qq.stop)
+		qq.cancel()
+		qq.g.Close()
+		qq.mu.Lock()
+		qq.cond.Broadcast()
+		qq.mu.Unlock()
+	})
+}
+
+func (qq *quorumQueue) stopped() bool {
+	select {
+	case <-qq.stop:
+		return true
+	case <-qq.g.Done():
+		return true
+	default:
+		return false
+	}
+}
+
+// submit queues a command for the next proposal.
+func (qq *quorumQueue) submit(cmd quorum.Command, done func(quorum.Result, error)) {
+	qq.mu.Lock()
+	qq.pending = append(qq.pending, quorumOp{cmd: cmd, done: done, size: cmdSize(&cmd)})
+	qq.mu.Unlock()
+	select {
+	case qq.wake <- struct{}{}:
+	default:
+	}
+}
+
+// publish submits a publish; a publisher (block) waits while too many are pending. The
+// dead-letter path does not: it may run on this queue's own proposer.
+func (qq *quorumQueue) publish(msg *queue.Message, done func(quorum.Result, error), block bool) {
+	cmd := quorum.Command{Kind: quorum.KindEnqueue, Msgs: []*quorum.Msg{{Exchange: msg.Exchange, RoutingKey: msg.RoutingKey,
+		Header: msg.Header, Body: msg.Body, Expires: qq.expires(msg)}}}
+	qq.mu.Lock()
+	for block && len(qq.pending) >= quorumMaxPending && !qq.stopped() {
+		qq.cond.Wait()
+	}
+	qq.pending = append(qq.pending, quorumOp{cmd: cmd, done: done, size: len(msg.Body) + len(msg.Header)})
+	qq.mu.Unlock()
+	select {
+	case qq.wake <- struct{}{}:
+	default:
+	}
+}
+
+// expires is a new message's expiry (unix ms, 0 never) by this node's clock: its expiration
+// property or the queue's x-message-ttl, the earlier. (Policies are per node and are not
+// applied to quorum queues.)
+func (qq *quorumQueue) expires(msg *queue.Message) int64 {
+	var at int64
+	if msg.ExpiresAt != 0 {
+		at = (msg.ExpiresAt + 999_999) / 1_000_000
+	}
+	if ttl := qq.qs.spec.opts.MessageTTL; ttl >= 0 {
+		if t := time.Now().UnixMilli() + ttl.Milliseconds(); at == 0 || t < at {
+			at = t
+		}
+	}
+	return at
+}
+
+func cmdSize(c *quorum.Command) int {
+	n := 16 + 8*len(c.IDs)
+	for _, m := range c.Msgs {
+		n += len(m.Body) + len(m.Header)
+	}
+	return n
+}
+
+// proposeLoop proposes what was submitted, one batch at a time, in submission order.
+func (qq *quorumQueue) proposeLoop() {
+	expiry := time.NewTimer(time.Hour)
+	expiry.Stop()
+	defer expiry.Stop()
+	tick := false
+	for {
+		select {
+		case <-qq.wake:
+		case <-qq.rearm:
+			if at := qq.m.HeadExpires(); at > 0 {
+				expiry.Reset(time.Until(time.UnixMilli(at + 1)))
+			}
+			continue
+		case <-expiry.C:
+			// The head's time has come: the leader proposes an empty batch (its clock moves
+			// the queue's time). Every node looks again a second later while the head is
+			// still there (a leader change, another node's clock).
+			at := qq.m.HeadExpires()
+			if at == 0 {
+				continue
+			}
+			if wait := time.Until(time.UnixMilli(at + 1)); wait > 0 {
+				expiry.Reset(wait)
+				continue
+			}
+			expiry.Reset(time.Second)
+			if l, ok := qq.g.Leader(); !ok || l != qq.node {
+				continue
+			}
+			tick = true
+		case <-qq.stop:
+			qq.failPending(errQuorumGone)
+			return
+		case <-qq.g.Done():
+			qq.failPending(errQuorumGone)
+			return
+		}
+		for {
+			qq.mu.Lock()
+			var prefix []quorum.Command
+			if len(qq.marks) > 0 {
+				prefix = append(prefix, quorum.Command{Kind: quorum.KindDelivered, Node: qq.node, IDs: qq.marks})
+				qq.marks = nil
+			}
+			if len(qq.noAck) > 0 {
+				prefix = append(prefix, quorum.Command{Kind: quorum.KindSettle, Node: qq.node, IDs: qq.noAck})
+				qq.noAck = nil
+			}
+			n, size := 0, 0
+			for n < len(qq.pending) && (n == 0 || size+qq.pending[n].size <= quorumMaxBatch) {
+				size += qq.pending[n].size
+				n++
+			}
+			ops := qq.pending[:n:n]
+			qq.pending = qq.pending[n:]
+			if len(qq.pending) == 0 {
+				qq.pending = nil
+			}
+			qq.cond.Broadcast()
+			qq.mu.Unlock()
+			if len(ops) == 0 && len(prefix) == 0 && !tick {
+				break
+			}
+			tick = false
+			batch := quorum.Command{Kind: quorum.KindBatch, Batch: prefix, Now: time.Now().UnixMilli()}
+			for i := range ops {
+				batch.Batch = append(batch.Batch, ops[i].cmd)
+			}
+			out, err := qq.g.Propose(qq.ctx, batch.Encoded())
+			rs, _ := out.([]quorum.Result)
+			if err == nil && rs == nil {
+				err, _ = out.(error)
+				if err == nil {
+					err = errors.New("quorum: unexpected result")
+				}
+			}
+			for i, op := range ops {
+				if op.done == nil {
+					continue
+				}
+				var r quorum.Result
+				if j := len(prefix) + i; j < len(rs) {
+					r = rs[j]
+				}
+				op.done(r, err)
+			}
+			if err == nil && len(rs) > len(batch.Batch) {
+				qq.dropped(rs[len(rs)-1], nil) // messages that expired at the head
+			}
+			if err != nil && qq.stopped() {
+				qq.failPending(errQuorumGone)
+				return
+			}
+			if err != nil {
+				qq.qs.v.b.log.Error("quorum queue: proposal failed", "queue", qq.qs.name, "vhost", qq.qs.v.name, "err", err)
+			}
+		}
+	}
+}
+
+// applied is the state machine's Applied hook (the Raft loop): when the head's expiry
+// changed, the proposer re-arms its timer, on every node (whichever leads proposes).
+func (qq *quorumQueue) applied() {
+	at := qq.m.HeadExpires()
+	if at == 0 || qq.headArmed.Swap(at) == at {
+		return
+	}
+	select {
+	case qq.rearm <- struct{}{}:
+	default:
+	}
+}
+
+func (qq *quorumQueue) failPending(err error) {
+	qq.mu.Lock()
+	ops := qq.pending
+	qq.pending = nil
+	qq.cond.Broadcast()
+	qq.mu.Unlock()
+	for _, op := range ops {
+		if op.done != nil {
+			op.done(quorum.Result{}, err)
+		}
+	}
+}
+
+// assigned is the state machine's Assigned hook (the Raft loop): handed to the deliverer.
+func (qq *quorumQueue) assigned(node string, msgs []quorum.Msg) {
+	if node != qq.node {
+		return
+	}
+	qq.event(quorumEvent{msgs: msgs})
+}
+
+// revoked is the state machine's Revoked hook (the Raft loop).
+func (qq *quorumQueue) revoked(node string) {
+	if node != qq.node {
+		return
+	}
+	qq.event(quorumEvent{revoked: true})
+}
+
+func (qq *quorumQueue) event(ev quorumEvent) {
+	qq.emu.Lock()
+	qq.events = append(qq.events, ev)
+	qq.emu.Unlock()
+	select {
+	case qq.ewake <- struct{}{}:
+	default:
+	}
+}
+
+// deliverLoop pushes the messages assigned to this node into the local queue, in log order.
+func (qq *quorumQueue) deliverLoop() {
+	for {
+		select {
+		case <-qq.ewake:
+		case <-qq.stop:
+			return
+		case <-qq.g.Done():
+			return
+		}
+		qq.emu.Lock()
+		evs := qq.events
+		qq.events = nil
+		qq.emu.Unlock()
+		for _, ev := range evs {
+			if ev.revoked {
+				// What this node held went back to the queue: the local copies not yet
+				// delivered go (the deliveries still unacked settle nothing any more).
+				qq.qs.q.Purge()
+				qq.ready = true
+				if qq.consumers.Load() > 0 {
+					qq.submit(quorum.Command{Kind: quorum.KindCheckout, Node: qq.node, Credit: quorumNodeCredit}, nil)
+				}
+				continue
+			}
+			if !qq.ready {
+				continue
+			}
+			if qq.consumers.Load() == 0 {
+				// Assigned just before the last consumer left: back to the queue, uncounted.
+				ids := make([]uint64, len(ev.msgs))
+				for i := range ev.msgs {
+					ids[i] = ev.msgs[i].ID
+				}
+				qq.submit(quorum.Command{Kind: quorum.KindReturn, Node: qq.node, IDs: ids}, qq.dropped)
+				continue
+			}
+			for i := range ev.msgs {
+				qq.qs.q.Push(quorumEntry(&ev.msgs[i]))
+			}
+		}
+	}
+}
+
+// quorumEntry is the local queue's entry for a message of the log: its Seq is the message's
+// ID in the log (so settlements name it), Returns its delivery count.
+func quorumEntry(m *quorum.Msg) *queue.Entry {
+	msg := &queue.Message{ID: m.ID, Exchange: m.Exchange, RoutingKey: m.RoutingKey, Header: m.Header, Body: m.Body}
+	if sum, err := amqp.ScanContentHeader(m.Header); err == nil {
+		msg.Persistent = sum.DeliveryMode == 2
+		msg.Priority = sum.Priority
+	}
+	e := &queue.Entry{Seq: m.ID, Msg: msg, Returns: m.Count}
+	if m.Count > 0 {
+		e.Deliveries = 1 // redelivered
+	}
+	return e
+}
+
+// dropped dead-letters (or drops) what a command of this node took out of the queue: the
+// proposer does it, so it happens once.
+func (qq *quorumQueue) dropped(r quorum.Result, err error) {
+	if err != nil || len(r.Dropped) == 0 {
+		return
+	}
+	byReason := map[queue.Reason][]*queue.Entry{}
+	var order []queue.Reason
+	for _, d := range r.Dropped {
+		why := queue.Rejected
+		switch d.Reason {
+		case quorum.MaxLen:
+			why = queue.MaxLen
+		case quorum.DeliveryLimit:
+			why = queue.DeliveryLimit
+		case quorum.Expired:
+			why = queue.Expired
+		}
+		if _, ok := byReason[why]; !ok {
+			order = append(order, why)
+		}
+		byReason[why] = append(byReason[why], quorumEntry(d.Msg))
+	}
+	for _, why := range order {
+		qq.qs.v.dropped(qq.qs, byReason[why], why)
+	}
+}
+
+// nodeDown takes back what a node that stopped reporting held.
+func (qq *quorumQueue) nodeDown(node string) {
+	qq.submit(quorum.Command{Kind: quorum.KindNodeDown, Node: node}, qq.dropped)
+}
+
+// consumerAdded: the first local consumer checks the node out.
+func (qq *quorumQueue) consumerAdded() {
+	if qq.consumers.Add(1) == 1 {
+		qq.submit(quorum.Command{Kind: quorum.KindCheckout, Node: qq.node, Credit: quorumNodeCredit}, nil)
+	}
+}
+
+// consumerRemoved: when the last local consumer goes, the node stops taking messages and
+// gives back what it holds undelivered (and what its consumers' channels requeued).
+func (qq *quorumQueue) consumerRemoved() {
+	if qq.consumers.Add(-1) != 0 {
+		// Others remain; localDropped may have zeroed the credit while a consumer was being
+		// added: checked out again (the command is idempotent).
+		qq.submit(quorum.Command{Kind: quorum.KindCheckout, Node: qq.node, Credit: quorumNodeCredit}, nil)
+		return
+	}
+	qq.submit(quorum.Command{Kind: quorum.KindCheckout, Node: qq.node, Credit: 0}, nil)
+	var delivered, fresh []uint64
+	for {
+		e, _, ok := qq.qs.q.Get(true)
+		if !ok {
+			break
+		}
+		if e.Deliveries > 1 { // Get counted one
+			delivered = append(delivered, e.Seq)
+		} else {
+			fresh = append(fresh, e.Seq)
+		}
+	}
+	if len(fresh) > 0 {
+		qq.submit(quorum.Command{Kind: quorum.KindReturn, Node: qq.node, IDs: fresh}, qq.dropped)
+	}
+	if len(delivered) > 0 {
+		qq.submit(quorum.Command{Kind: quorum.KindReturn, Node: qq.node, IDs: delivered, Delivered: true}, qq.dropped)
+	}
+}
+
+// delivered records that an entry of the local queue reached a client: a no-ack delivery is
+// settled, another is marked (so that a NodeDown counts it a delivery). Under load the
+// proposer is busy and they ride with its next batch; idle, they make one proposal.
+func (qq *quorumQueue) delivered(e *queue.Entry, noAck bool) {
+	qq.mu.Lock()
+	if noAck {
+		qq.noAck = append(qq.noAck, e.Seq)
+	} else {
+		qq.marks = append(qq.marks, e.Seq)
+	}
+	qq.mu.Unlock()
+	select {
+	case qq.wake <- struct{}{}:
+	default:
+	}
+}
+
+// localDropped is the local queue's Dropped hook: a local requeue (over the delivery limit
+// of 0) goes back to the log as a delivered return. Purged entries (a revoke, the queue
+// closing) were the log's already.
+func (qq *quorumQueue) localDropped(_ *queue.Queue, es []*queue.Entry, why queue.Reason) {
+	if why != queue.DeliveryLimit || len(es) == 0 {
+		return
+	}
+	ids := make([]uint64, len(es))
+	for i, e := range es {
+		ids[i] = e.Seq
+	}
+	if qq.qs.q.Counts().Consumers == 0 {
+		// The last local consumer went with its channel (consumerRemoved follows): stop
+		// taking messages first, or the returned ones would be assigned here again.
+		qq.submit(quorum.Command{Kind: quorum.KindCheckout, Node: qq.node, Credit: 0}, nil)
+	}
+	qq.submit(quorum.Command{Kind: quorum.KindReturn, Node: qq.node, IDs: ids, Delivered: true}, qq.dropped)
+}
+
+// settle turns a settlement of deliveries into its command; nothing waits for it.
+func (qq *quorumQueue) settle(kind Settlement, es []*queue.Entry) {
+	ids := make([]uint64, len(es))
+	for i, e := range es {
+		ids[i] = e.Seq
+	}
+	// The local queue only counts them out: requeue and dead-lettering are the log's.
+	qq.qs.q.Ack(len(es))
+	switch kind {
+	case Ack:
+		qq.qs.counters.ack.n.Add(uint64(len(es)))
+		qq.submit(quorum.Command{Kind: quorum.KindSettle, Node: qq.node, IDs: ids}, nil)
+	case Reject:
+		qq.submit(quorum.Command{Kind: quorum.KindDiscard, Node: qq.node, IDs: ids}, qq.dropped)
+	default:
+		qq.submit(quorum.Command{Kind: quorum.KindReturn, Node: qq.node, IDs: ids, Delivered: true}, qq.dropped)
+	}
+}
+
+// get is basic.get: a message this node holds undelivered, else the queue's head through the
+// log. A message taken from the log for a get that will be acked goes through the local queue
+// (pushed, then taken), so that its settlement, or its requeue when the channel closes, finds
+// it counted there like any other; a local consumer may take it first, then the next is
+// fetched (three tries).
+func (qq *quorumQueue) get(noAck bool) (*queue.Entry, int, bool, *amqp.Error) {
+	for range 3 {
+		ready, _ := qq.m.Counts()
+		if e, remaining, ok := qq.qs.q.Get(noAck); ok {
+			qq.delivered(e, noAck)
+			return e, remaining + ready, true, nil
+		}
+		e, remaining, ok, err := qq.getFromLog(noAck)
+		if err != nil || !ok || noAck {
+			return e, remaining, ok, err
+		}
+		qq.qs.q.Push(e)
+	}
+	return nil, 0, false, nil
+}
+
+// getFromLog takes the queue's head for this node through the log.
+func (qq *quorumQueue) getFromLog(noAck bool) (*queue.Entry, int, bool, *amqp.Error) {
+	type got struct {
+		r   quorum.Result
+		err error
+	}
+	ch := make(chan got, 1)
+	// decided: whichever of the answer and the timeout comes first wins; a late answer's
+	// message goes back to the queue (or, taken with no-ack, is lost as RabbitMQ's would be).
+	var decided atomic.Bool
+	qq.submit(quorum.Command{Kind: quorum.KindGet, Node: qq.node, NoAck: noAck}, func(r quorum.Result, err error) {
+		if decided.CompareAndSwap(false, true) {
+			ch <- got{r, err}
+			return
+		}
+		if err != nil || r.Msg == nil {
+			return
+		}
+		if noAck {
+			qq.qs.v.b.log.Warn("quorum queue: a message taken by a basic.get that timed out is lost", "queue", qq.qs.name, "vhost", qq.qs.v.name)
+			return
+		}
+		qq.submit(quorum.Command{Kind: quorum.KindReturn, Node: qq.node, IDs: []uint64{r.Msg.ID}}, qq.dropped)
+	})
+	timer := time.NewTimer(quorumOpTimeout)
+	defer timer.Stop()
+	var res got
+	select {
+	case res = <-ch:
+	case <-timer.C:
+		if decided.CompareAndSwap(false, true) {
+			return nil, 0, false, amqp.Errorf(amqp.InternalError, "quorum queue '%s' in vhost '%s' unavailable: no majority within %v", qq.qs.name, qq.qs.v.name, quorumOpTimeout)
+		}
+		res = <-ch
+	}
+	if res.err != nil {
+		return nil, 0, false, amqp.Errorf(amqp.InternalError, "quorum queue '%s' in vhost '%s' unavailable: %v", qq.qs.name, qq.qs.v.name, res.err)
+	}
+	if res.r.Msg == nil {
+		return nil, 0, false, nil
+	}
+	e := quorumEntry(res.r.Msg)
+	if noAck {
+		e.Deliveries++ // as queue.Get counts the delivery it makes
+	}
+	return e, res.r.Remaining, true, nil
+}
+
+// purge is queue.purge: the log's ready messages.
+func (qq *quorumQueue) purge() (int, *amqp.Error) {
+	ch := make(chan quorum.Result, 1)
+	var perr error
+	qq.submit(quorum.Command{Kind: quorum.KindPurge}, func(r quorum.Result, err error) { perr = err; ch <- r })
+	var r quorum.Result
+	select {
+	case r = <-ch:
+	case <-time.After(quorumOpTimeout):
+		// The purge may still happen: as a metadata change that times out (RabbitMQ's 541).
+		return 0, amqp.Errorf(amqp.InternalError, "quorum queue '%s' in vhost '%s' unavailable: no majority within %v", qq.qs.name, qq.qs.v.name, quorumOpTimeout)
+	}
+	if perr != nil {
+		return 0, amqp.Errorf(amqp.InternalError, "quorum queue '%s' in vhost '%s' unavailable: %v", qq.qs.name, qq.qs.v.name, perr)
+	}
+	return r.Purged, nil
+}
+
+// appendToQuorums proposes msg to the quorum queues among targets and returns the other
+// targets. When done is not nil, it is wrapped: it runs once every quorum queue has committed
+// the message and the rest has been handled (rest is called by the caller once if the rest
+// needed nothing asynchronous). A refusal by a reject-publish queue is an error (a nack).
+func (v *VHost) appendToQuorums(msg *queue.Message, targets []*Queue, done func(error)) (out []*Queue, joined func(error), rest func(error)) {
+	n := 0
+	for _, qs := range targets {
+		if qs.qq != nil {
+			n++
+		}
+	}
+	if n == 0 {
+		return targets, done, nil
+	}
+	// In a function of its own, as appendToStreams: its closures must not weigh on every
+	// publish to other queues.
+	return v.appendToQuorumsSlow(msg, targets, done, n)
+}
+
+func (v *VHost) appendToQuorumsSlow(msg *queue.Message, targets []*Queue, done func(error), n int) (out []*Queue, joined func(error), rest func(error)) {
+	out = make([]*Queue, 0, len(targets)-n)
+	for _, qs := range targets {
+		if qs.qq == nil {
+			out = append(out, qs)
+		}
+	}
+	if done == nil {
+		for _, qs := range targets {
+			if qs.qq != nil {
+				qs.qq.publish(msg, qs.qq.enqueued(nil), true)
+			}
+		}
+		return out, nil, nil
+	}
+	var mu sync.Mutex
+	var firstErr error
+	parts := n + 1 // the quorum queues and the rest
+	joined = func(err error) {
+		mu.Lock()
+		if err != nil && firstErr == nil {
+			firstErr = err
+		}
+		parts--
+		last := parts == 0
+		mu.Unlock()
+		if last {
+			done(firstErr)
+		}
+	}
+	for _, qs := range targets {
+		if qs.qq != nil {
+			qs.qq.publish(msg, qs.qq.enqueued(joined), true)
+		}
+	}
+	return out, joined, joined
+}
+
+// enqueued is an Enqueue's completion: counted, over-limit drops dead-lettered, done told.
+func (qq *quorumQueue) enqueued(done func(error)) func(quorum.Result, error) {
+	return func(r quorum.Result, err error) {
+		if err == nil {
+			if len(r.Refused) > 0 {
+				err = errQuorumRefused
+			} else {
+				qq.qs.counters.publish.n.Add(1)
+			}
+			qq.dropped(r, nil)
+		}
+		if done != nil {
+			done(err)
+		}
+	}
+}
+
+// publishQuorum proposes msg to a quorum queue for push: a transaction's commit (wait) waits
+// until it is committed and reports a refusal; dead-lettering does not wait.
+func (qq *quorumQueue) publishQuorum(msg *queue.Message, wait bool) (refused bool) {
+	if !wait {
+		qq.publish(msg, qq.enqueued(nil), false)
+		return false
+	}
+	ch := make(chan error, 1)
+	qq.publish(msg, qq.enqueued(func(err error) { ch <- err }), true)
+	return <-ch != nil
+}
+
+// infoCounts are the counts the management API shows: for a quorum queue, the ready messages
+// are the log's (the whole queue's backlog) plus those this node holds undelivered; unacked
+// and consumers are this node's.
+func (qs *Queue) infoCounts() queue.Stats {
+	st := qs.q.Counts()
+	if qs.qq != nil {
+		ready, _ := qs.qq.m.Counts()
+		st.Ready += ready
+	}
+	return st
+}

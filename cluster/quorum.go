@@ -1,0 +1,178 @@
+package cluster
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/warrenmq/warren/broker"
+	"github.com/warrenmq/warren/cluster/multiraft"
+	"github.com/warrenmq/warren/quorum"
+)
+
+// QuorumGroupID is the multiraft group of a quorum queue: derived from its vhost, name and
+// epoch (the metadata log index of its declare), so every node computes the same ID without
+// agreeing on it, and a queue declared again after a delete is a new group. Bit 62 is set
+// and bit 63 clear: the IDs are in multiraft's range (1 to 2^63-1) and never meet the fixed
+// groups (MetadataGroup, StatusGroup).
+func QuorumGroupID(vhost, name string, epoch uint64) uint64 {
+	sum := sha256.Sum256([]byte("warren-quorum\x00" + vhost + "\x00" + name + "\x00" + strconv.FormatUint(epoch, 10)))
+	return binary.BigEndian.Uint64(sum[:8])&(1<<62-1) | 1<<62
+}
+
+// QuorumNodeDownAfter is how long a node's status may stay unchanged before its quorum
+// queue checkouts are taken back (NodeDown): three missed status reports. A restarted node
+// takes its own back at once.
+var QuorumNodeDownAfter = 3 * StatusInterval
+
+// errNoHost: the replicator's log is not a multiraft group (in-process tests with a shared
+// memory log), so there is no host to run a quorum queue's group on.
+var errNoHost = fmt.Errorf("cluster: no Raft host: %w", broker.ErrQuorumUnavailable)
+
+// OpenQuorum implements broker.QuorumGroups: it starts (or rejoins) the queue's Raft group on
+// this node's host, every cluster member a voter. nodeDown is called (on a goroutine of the
+// watcher) when another node stops reporting its status.
+func (r *Replicator) OpenQuorum(vhost, name string, epoch uint64, sm *quorum.Machine, nodeDown func(node string)) (broker.QuorumGroup, error) {
+	nl, ok := r.log.(nodeLog)
+	if !ok {
+		return nil, errNoHost
+	}
+	n := nl.n
+	g, err := n.host.Group(QuorumGroupID(vhost, name, epoch), sm)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: opening quorum queue '%s' in vhost '%s': %w", name, vhost, err)
+	}
+	qg := &quorumGroup{Group: g, n: n, nodeDown: nodeDown, vhost: vhost, name: name}
+	n.quorum.add(qg)
+	return qg, nil
+}
+
+// quorumGroup is one quorum queue's group as the broker sees it.
+type quorumGroup struct {
+	*multiraft.Group
+	n           *Node
+	nodeDown    func(string)
+	vhost, name string
+}
+
+// QuorumStatus is the Raft state of a quorum queue's group on this node; ok is false when
+// the node runs no group for that queue.
+func (n *Node) QuorumStatus(vhost, name string) (st multiraft.GroupStatus, ok bool) {
+	n.quorum.mu.Lock()
+	defer n.quorum.mu.Unlock()
+	for g := range n.quorum.groups {
+		if g.vhost == vhost && g.name == name {
+			return g.Status(), true
+		}
+	}
+	return st, false
+}
+
+// Done implements broker.QuorumGroup: closed when the node stops.
+func (g *quorumGroup) Done() <-chan struct{} { return g.n.stop }
+
+// Close implements broker.QuorumGroup: the queue is deleted; the node stops watching for it
+// and deletes its replica of the group (log, snapshot) on a goroutine of its own: Close runs
+// where the metadata log applies the delete, on the host's loop, which DeleteGroup waits for.
+func (g *quorumGroup) Close() {
+	g.n.quorum.remove(g)
+	go func() {
+		if err := g.n.host.DeleteGroup(g.ID()); err != nil && !errors.Is(err, multiraft.ErrClosed) {
+			g.n.log.Error("cluster: deleting a quorum queue's group", "vhost", g.vhost, "queue", g.name, "err", err)
+		}
+	}()
+}
+
+// quorumWatch tells the quorum queues of a node when another node stops reporting.
+type quorumWatch struct {
+	mu     sync.Mutex
+	groups map[*quorumGroup]bool
+	// seen: each node's last status time and when this node saw it change.
+	seen map[string]seenStatus
+	down map[string]bool
+}
+
+type seenStatus struct {
+	at      time.Time
+	changed time.Time
+}
+
+func newQuorumWatch() *quorumWatch {
+	return &quorumWatch{groups: map[*quorumGroup]bool{}, seen: map[string]seenStatus{}, down: map[string]bool{}}
+}
+
+func (w *quorumWatch) add(g *quorumGroup) {
+	w.mu.Lock()
+	w.groups[g] = true
+	w.mu.Unlock()
+}
+
+func (w *quorumWatch) remove(g *quorumGroup) {
+	w.mu.Lock()
+	delete(w.groups, g)
+	w.mu.Unlock()
+}
+
+// run checks the status board every second until the node stops. A node whose status has
+// not changed for QuorumNodeDownAfter (by this node's clock, so clocks need not agree) is down
+// once: every quorum queue is told, and every node proposes the NodeDown (the command is
+// idempotent, and whichever node leads a queue's group, one of them gets it through).
+func (n *Node) quorumWatchLoop() {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	started := time.Now()
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-t.C:
+		}
+		now := time.Now()
+		statuses := n.board.Nodes()
+		w := n.quorum
+		w.mu.Lock()
+		var newlyDown []string
+		for name := range n.members() {
+			if name == n.cfg.NodeName {
+				continue
+			}
+			st, ok := statuses[name]
+			s := w.seen[name]
+			if ok && !st.At.Equal(s.at) {
+				s = seenStatus{at: st.At, changed: now}
+				w.seen[name] = s
+				delete(w.down, name)
+			}
+			last := s.changed
+			if last.IsZero() {
+				last = started
+			}
+			if now.Sub(last) > QuorumNodeDownAfter && !w.down[name] {
+				w.down[name] = true
+				newlyDown = append(newlyDown, name)
+			}
+		}
+		groups := make([]*quorumGroup, 0, len(w.groups))
+		for g := range w.groups {
+			groups = append(groups, g)
+		}
+		w.mu.Unlock()
+		for _, name := range newlyDown {
+			n.log.Warn("cluster: node stopped reporting; its quorum queue checkouts are taken back", "node", name, "queues", len(groups))
+			for _, g := range groups {
+				g.nodeDown(name)
+			}
+		}
+	}
+}
+
+// members is the current cluster.nodes.
+func (n *Node) members() map[string]string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.nodes
+}

@@ -1,0 +1,74 @@
+//go:build linux
+
+package cluster
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func processRSSMB() float64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return -1
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "VmRSS:") {
+			kb, _ := strconv.Atoi(strings.Fields(line)[1])
+			return float64(kb) / 1024
+		}
+	}
+	return -1
+}
+
+// BenchmarkQuorumQueuesIdle declares QUORUM_IDLE_QUEUES (default 1000) quorum queues on three
+// nodes in this process (default Raft timing, fsync on), waits until each queue's group has
+// a leader, then reports the idle cost: CPU of the whole process over 10 s (percent of one
+// core) and its RSS. b.N is ignored: one measurement per run.
+func BenchmarkQuorumQueuesIdle(b *testing.B) {
+	n := 1000
+	if s := os.Getenv("QUORUM_IDLE_QUEUES"); s != "" {
+		n, _ = strconv.Atoi(s)
+	}
+	rssBefore := processRSSMB()
+	nodes := startRaftClusterWith(b, nil, "n1", "n2", "n3")
+	declareQuorum(b, nodes, "n1", "idle-0", nil)
+	_, ch := dialTB(b, nodes["n1"].url)
+	start := time.Now()
+	for i := 1; i < n; i++ {
+		if _, err := ch.QueueDeclare(fmt.Sprintf("idle-%d", i), true, false, false, false, map[string]any{"x-queue-type": "quorum"}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	declared := time.Since(start)
+	waitQuorum(b, "every group's leader", func() bool {
+		for i := range n {
+			st, ok := nodes["n3"].node.QuorumStatus("/", fmt.Sprintf("idle-%d", i))
+			if !ok || st.Leader == "" {
+				return false
+			}
+		}
+		return true
+	})
+	elected := time.Since(start)
+	time.Sleep(2 * time.Second)
+	cpu0, t0 := processCPU(), time.Now()
+	time.Sleep(10 * time.Second)
+	cpu := float64(processCPU()-cpu0) / float64(time.Since(t0)) * 100
+	rss := processRSSMB()
+	b.ReportMetric(cpu, "%cpu-idle")
+	b.ReportMetric(rss-rssBefore, "MB-rss")
+	b.Logf("%d quorum queues x 3 nodes in one process: declared in %v, all groups led after %v; idle CPU %.1f%% of one core, RSS %.0f MB (%.0f MB before the nodes)",
+		n, declared.Round(time.Millisecond), elected.Round(time.Millisecond), cpu, rss, rssBefore)
+}

@@ -1,0 +1,303 @@
+package quorum
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+)
+
+// Kind is a command's type.
+type Kind uint8
+
+// The commands of a quorum queue's log.
+const (
+	KindBatch     Kind = iota + 1 // several commands in one entry (one proposer's round)
+	KindEnqueue                   // Msgs appended
+	KindCheckout                  // Node's credit set to Credit
+	KindSettle                    // IDs held by Node acked
+	KindReturn                    // IDs held by Node back at the head (Delivered: counts a delivery)
+	KindDiscard                   // IDs held by Node rejected: dropped for dead-lettering
+	KindGet                       // the head taken for Node (NoAck: and settled at once)
+	KindNodeDown                  // everything Node held returned, its credit zeroed
+	KindPurge                     // the ready messages dropped
+	KindDelivered                 // IDs held by Node reached a client (NodeDown counts them)
+	kindEnd
+)
+
+// Command is one decoded command; which fields count depends on Kind.
+type Command struct {
+	Kind      Kind
+	Node      string
+	Credit    uint32
+	IDs       []uint64
+	Msgs      []*Msg
+	Delivered bool // KindReturn: the messages had reached a client (their count goes up)
+	NoAck     bool // KindGet
+	Batch     []Command
+	// Now is the proposer's clock (unix ms) for a batch: the queue's time moves to the
+	// highest Now applied, and messages whose Expires is before it expire at the head.
+	Now int64
+}
+
+// Msg is a message of the queue. Header is the publisher's content header, sent verbatim
+// (plus x-delivery-count once Count > 0).
+type Msg struct {
+	ID         uint64 // assigned by Apply, in enqueue order
+	Exchange   string
+	RoutingKey string
+	Header     []byte
+	Body       []byte
+	Count      uint32 // deliveries returned: RabbitMQ's delivery-count
+	// Expires is when the message expires (unix ms, from the proposer's clock: x-message-ttl
+	// or its expiration property); 0 never.
+	Expires int64
+	// Delivered: held by a node that reported it reached a client (state, not a command's).
+	Delivered bool
+}
+
+func (m *Msg) size() int64 { return int64(len(m.Body)) }
+
+// Encode appends the command's encoding to b: the kind, then its fields as uvarints and
+// length-prefixed bytes.
+func (c Command) Encode(b []byte) []byte {
+	b = append(b, byte(c.Kind))
+	switch c.Kind {
+	case KindBatch:
+		b = binary.AppendUvarint(b, uint64(max(c.Now, 0)))
+		b = binary.AppendUvarint(b, uint64(len(c.Batch)))
+		for i := range c.Batch {
+			b = c.Batch[i].Encode(b)
+		}
+	case KindEnqueue:
+		b = binary.AppendUvarint(b, uint64(len(c.Msgs)))
+		for _, m := range c.Msgs {
+			b = appendMsg(b, m, false)
+		}
+	case KindCheckout:
+		b = appendString(b, c.Node)
+		b = binary.AppendUvarint(b, uint64(c.Credit))
+	case KindSettle, KindDiscard, KindReturn, KindDelivered:
+		b = appendString(b, c.Node)
+		b = appendIDs(b, c.IDs)
+		if c.Kind == KindReturn {
+			b = appendBool(b, c.Delivered)
+		}
+	case KindGet:
+		b = appendString(b, c.Node)
+		b = appendBool(b, c.NoAck)
+	case KindNodeDown:
+		b = appendString(b, c.Node)
+	case KindPurge:
+	}
+	return b
+}
+
+// Encoded is the command's encoding.
+func (c Command) Encoded() []byte { return c.Encode(nil) }
+
+// ErrCorrupt is returned for a command or snapshot that does not decode.
+var ErrCorrupt = errors.New("quorum: corrupt encoding")
+
+// maxBatchDepth bounds nested batches (a proposer never nests them; a corrupt entry might).
+const maxBatchDepth = 2
+
+// DecodeCommand decodes one command; trailing bytes are an error.
+func DecodeCommand(b []byte) (Command, error) {
+	d := decoder{b: b}
+	c := d.command(0)
+	if d.err == nil && len(d.b) > 0 {
+		d.err = fmt.Errorf("%w: %d trailing bytes", ErrCorrupt, len(d.b))
+	}
+	return c, d.err
+}
+
+func appendString(b []byte, s string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(s)))
+	return append(b, s...)
+}
+
+func appendBytes(b, p []byte) []byte {
+	b = binary.AppendUvarint(b, uint64(len(p)))
+	return append(b, p...)
+}
+
+func appendBool(b []byte, v bool) []byte {
+	if v {
+		return append(b, 1)
+	}
+	return append(b, 0)
+}
+
+func appendIDs(b []byte, ids []uint64) []byte {
+	b = binary.AppendUvarint(b, uint64(len(ids)))
+	for _, id := range ids {
+		b = binary.AppendUvarint(b, id)
+	}
+	return b
+}
+
+// appendMsg encodes m; withState adds what only a snapshot carries (ID and Count).
+func appendMsg(b []byte, m *Msg, withState bool) []byte {
+	if withState {
+		b = binary.AppendUvarint(b, m.ID)
+		b = binary.AppendUvarint(b, uint64(m.Count))
+		b = appendBool(b, m.Delivered)
+	}
+	b = binary.AppendUvarint(b, uint64(max(m.Expires, 0)))
+	b = appendString(b, m.Exchange)
+	b = appendString(b, m.RoutingKey)
+	b = appendBytes(b, m.Header)
+	return appendBytes(b, m.Body)
+}
+
+// decoder reads the encoding; the first error sticks and every later read returns zero.
+type decoder struct {
+	b   []byte
+	err error
+}
+
+func (d *decoder) fail(what string) {
+	if d.err == nil {
+		d.err = fmt.Errorf("%w: %s", ErrCorrupt, what)
+	}
+	d.b = nil
+}
+
+func (d *decoder) uvarint(what string) uint64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(d.b)
+	if n <= 0 {
+		d.fail(what)
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+// count reads a length that must fit in what is left, at least min bytes per element.
+func (d *decoder) count(what string, min int) int {
+	n := d.uvarint(what)
+	if d.err == nil && n > uint64(len(d.b)/min) {
+		d.fail(what + " count")
+		return 0
+	}
+	return int(n)
+}
+
+// int63 reads a uvarint that must fit an int64.
+func (d *decoder) int63(what string) int64 {
+	v := d.uvarint(what)
+	if v > 1<<63-1 {
+		d.fail(what)
+		return 0
+	}
+	return int64(v)
+}
+
+func (d *decoder) bytes(what string) []byte {
+	n := d.count(what, 1)
+	if d.err != nil {
+		return nil
+	}
+	p := d.b[:n:n]
+	d.b = d.b[n:]
+	return p
+}
+
+func (d *decoder) string(what string) string { return string(d.bytes(what)) }
+
+func (d *decoder) bool(what string) bool {
+	if d.err != nil {
+		return false
+	}
+	if len(d.b) == 0 || d.b[0] > 1 {
+		d.fail(what)
+		return false
+	}
+	v := d.b[0] == 1
+	d.b = d.b[1:]
+	return v
+}
+
+func (d *decoder) ids() []uint64 {
+	n := d.count("ids", 1)
+	ids := make([]uint64, 0, n)
+	for i := 0; i < n && d.err == nil; i++ {
+		ids = append(ids, d.uvarint("id"))
+	}
+	return ids
+}
+
+func (d *decoder) msg(withState bool) *Msg {
+	m := &Msg{}
+	if withState {
+		m.ID = d.uvarint("message id")
+		c := d.uvarint("delivery count")
+		if c > 1<<32-1 {
+			d.fail("delivery count")
+		}
+		m.Count = uint32(c)
+		m.Delivered = d.bool("delivered")
+	}
+	m.Expires = d.int63("expires")
+	m.Exchange = d.string("exchange")
+	m.RoutingKey = d.string("routing key")
+	m.Header = d.bytes("header")
+	m.Body = d.bytes("body")
+	return m
+}
+
+func (d *decoder) command(depth int) Command {
+	if d.err != nil {
+		return Command{}
+	}
+	if len(d.b) == 0 {
+		d.fail("empty command")
+		return Command{}
+	}
+	c := Command{Kind: Kind(d.b[0])}
+	d.b = d.b[1:]
+	switch c.Kind {
+	case KindBatch:
+		if depth >= maxBatchDepth {
+			d.fail("nested batch")
+			return c
+		}
+		c.Now = d.int63("now")
+		n := d.count("batch", 1)
+		c.Batch = make([]Command, 0, n)
+		for i := 0; i < n && d.err == nil; i++ {
+			c.Batch = append(c.Batch, d.command(depth+1))
+		}
+	case KindEnqueue:
+		n := d.count("messages", 4)
+		c.Msgs = make([]*Msg, 0, n)
+		for i := 0; i < n && d.err == nil; i++ {
+			c.Msgs = append(c.Msgs, d.msg(false))
+		}
+	case KindCheckout:
+		c.Node = d.string("node")
+		cr := d.uvarint("credit")
+		if cr > 1<<32-1 {
+			d.fail("credit")
+		}
+		c.Credit = uint32(cr)
+	case KindSettle, KindDiscard, KindReturn, KindDelivered:
+		c.Node = d.string("node")
+		c.IDs = d.ids()
+		if c.Kind == KindReturn {
+			c.Delivered = d.bool("delivered")
+		}
+	case KindGet:
+		c.Node = d.string("node")
+		c.NoAck = d.bool("no-ack")
+	case KindNodeDown:
+		c.Node = d.string("node")
+	case KindPurge:
+	default:
+		d.fail(fmt.Sprintf("unknown command kind %d", c.Kind))
+	}
+	return c
+}

@@ -1,0 +1,579 @@
+package quorum
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"slices"
+	"sort"
+	"sync/atomic"
+)
+
+// Overflow is what a full queue does with a new message.
+type Overflow uint8
+
+// The overflow behaviours of a quorum queue (x-overflow); reject-publish-dlx is a classic
+// queue's only in RabbitMQ.
+const (
+	DropHead      Overflow = iota // the default: the oldest ready message is dropped
+	RejectPublish                 // the new message is refused (a confirm is a nack)
+)
+
+// Limits are a queue's bounds, from its declare arguments (the same on every replica: policies
+// are per node and do not apply here). A negative value is no limit.
+type Limits struct {
+	MaxLength, MaxBytes int64
+	Overflow            Overflow
+	DeliveryLimit       int64
+	// SingleActive (x-single-active-consumer): only one node takes messages at a time, the
+	// one that checked out first among those with credit; its local queue keeps one
+	// consumer active, so one consumer of the cluster receives.
+	SingleActive bool
+}
+
+// NoLimits is Limits with every bound off.
+func NoLimits() Limits { return Limits{MaxLength: -1, MaxBytes: -1, DeliveryLimit: -1} }
+
+// Reason says why a message was dropped; the broker dead-letters with it.
+type Reason uint8
+
+// Why messages leave a queue without an ack.
+const (
+	Rejected      Reason = iota + 1 // basic.reject / nack without requeue
+	MaxLen                          // drop-head overflow
+	DeliveryLimit                   // returned more than x-delivery-limit times
+	Expired                         // its Expires passed while it was at the head
+)
+
+// Dropped is a message that left the queue without an ack: the proposer of the command that
+// dropped it dead-letters it (at most once).
+type Dropped struct {
+	Msg    *Msg
+	Reason Reason
+}
+
+// Result is what one command produced, for its proposer.
+type Result struct {
+	// Refused lists the indexes (in the command) of enqueued messages refused by a full
+	// reject-publish queue.
+	Refused []int
+	// Msg is basic.get's message (nil: the queue was empty); Remaining the ready count after.
+	Msg       *Msg
+	Remaining int
+	// Purged is queue.purge's count.
+	Purged  int
+	Dropped []Dropped
+}
+
+// Hooks tell the broker what Apply decided for nodes. They run on the loop goroutine, after
+// the command's state change, and must only hand the work on.
+type Hooks struct {
+	// Assigned: msgs are now held by node, to be delivered to its consumers. They are
+	// copies: the state's own may change (Count) on the loop goroutine.
+	Assigned func(node string, msgs []Msg)
+	// Revoked: what node held was taken back (NodeDown); its copies must be dropped.
+	Revoked func(node string)
+	// Applied: an entry was applied (HeadExpires may have changed).
+	Applied func()
+}
+
+// nodeState is what one node holds.
+type nodeState struct {
+	name   string
+	credit uint32
+	out    map[uint64]*Msg
+	since  uint64 // when its credit last went from 0 (checkout order, for SingleActive)
+}
+
+// Machine is a quorum queue's state: it implements multiraft.StateMachine.
+type Machine struct {
+	limits Limits
+	hooks  Hooks
+
+	nextID  uint64
+	seq     uint64 // checkouts counted, for nodeState.since
+	now     int64  // the highest batch Now applied (unix ms)
+	expired []Dropped
+	returns []*Msg // returned messages, by ID: delivered before ready ones
+	ready   []*Msg // FIFO from head
+	head    int
+	bytes   int64 // of ready and returns
+	nodes   []*nodeState
+	cursor  int // round-robin position in nodes
+
+	readyN, heldN atomic.Int64 // for Counts from other goroutines
+	headExpires   atomic.Int64 // the head's Expires, for HeadExpires
+	assigned      map[string][]Msg
+}
+
+// New returns an empty queue with limits.
+func New(limits Limits, hooks Hooks) *Machine {
+	return &Machine{limits: limits, hooks: hooks, nextID: 1}
+}
+
+// Counts are the queue's ready messages and those held by nodes (unsettled).
+func (m *Machine) Counts() (ready, held int) {
+	return int(m.readyN.Load()), int(m.heldN.Load())
+}
+
+// Apply implements multiraft.StateMachine: cmd is an encoded Command. The result is a
+// Result, []Result for a batch, or an error for an entry that does not decode (ignored alike
+// on every replica).
+func (m *Machine) Apply(_ uint64, cmd []byte) any {
+	// The messages keep slices of the entry: a copy of their own, whatever the log does
+	// with its buffers.
+	c, err := DecodeCommand(bytes.Clone(cmd))
+	if err != nil {
+		return err
+	}
+	var out any
+	if c.Kind == KindBatch {
+		m.now = max(m.now, c.Now)
+		rs := make([]Result, len(c.Batch), len(c.Batch)+1)
+		for i := range c.Batch {
+			rs[i] = m.apply(&c.Batch[i])
+		}
+		m.expireHead()
+		m.assign()
+		if len(m.expired) > 0 {
+			// One more result past the batch's: the messages that expired, for the
+			// proposer to dead-letter.
+			rs = append(rs, Result{Dropped: m.expired})
+			m.expired = nil
+		}
+		out = rs
+	} else {
+		r := m.apply(&c)
+		r.Dropped = append(r.Dropped, m.expired...)
+		m.expired = nil
+		out = r
+	}
+	m.headExpires.Store(m.headExpiry())
+	m.flushAssigned()
+	m.readyN.Store(int64(m.readyLen()))
+	held := 0
+	for _, n := range m.nodes {
+		held += len(n.out)
+	}
+	m.heldN.Store(int64(held))
+	if m.hooks.Applied != nil {
+		m.hooks.Applied()
+	}
+	return out
+}
+
+func (m *Machine) apply(c *Command) Result {
+	var r Result
+	switch c.Kind {
+	case KindEnqueue:
+		for i, msg := range c.Msgs {
+			if m.limits.Overflow == RejectPublish && m.full(msg.size()) {
+				r.Refused = append(r.Refused, i)
+				continue
+			}
+			msg.ID = m.nextID
+			m.nextID++
+			msg.Count = 0
+			m.ready = append(m.ready, msg)
+			m.bytes += msg.size()
+			for m.over() {
+				d := m.popHead()
+				r.Dropped = append(r.Dropped, Dropped{Msg: d, Reason: MaxLen})
+			}
+		}
+	case KindCheckout:
+		n := m.node(c.Node, c.Credit > 0)
+		if n != nil {
+			if n.credit == 0 && c.Credit > 0 {
+				m.seq++
+				n.since = m.seq
+			}
+			n.credit = c.Credit
+			m.dropIdle(n)
+		}
+	case KindSettle:
+		if n := m.node(c.Node, false); n != nil {
+			for _, id := range c.IDs {
+				delete(n.out, id)
+			}
+			m.dropIdle(n)
+		}
+	case KindReturn:
+		if n := m.node(c.Node, false); n != nil {
+			for _, id := range c.IDs {
+				if msg, ok := n.out[id]; ok {
+					delete(n.out, id)
+					if d, dropped := m.giveBack(msg, c.Delivered); dropped {
+						r.Dropped = append(r.Dropped, d)
+					}
+				}
+			}
+			m.dropIdle(n)
+		}
+	case KindDiscard:
+		if n := m.node(c.Node, false); n != nil {
+			for _, id := range c.IDs {
+				if msg, ok := n.out[id]; ok {
+					delete(n.out, id)
+					r.Dropped = append(r.Dropped, Dropped{Msg: msg, Reason: Rejected})
+				}
+			}
+			m.dropIdle(n)
+		}
+	case KindGet:
+		msg := m.popHead()
+		if msg != nil && !c.NoAck {
+			msg.Delivered = true // basic.get hands it to the client at once
+			m.node(c.Node, true).out[msg.ID] = msg
+		}
+		if msg != nil {
+			cp := *msg // the state's copy may change later (Count)
+			r.Msg = &cp
+		}
+		r.Remaining = m.readyLen()
+	case KindDelivered:
+		if n := m.node(c.Node, false); n != nil {
+			for _, id := range c.IDs {
+				if msg, ok := n.out[id]; ok {
+					msg.Delivered = true
+				}
+			}
+		}
+	case KindNodeDown:
+		if n := m.node(c.Node, false); n != nil {
+			ids := make([]uint64, 0, len(n.out))
+			for id := range n.out {
+				ids = append(ids, id)
+			}
+			slices.Sort(ids)
+			for _, id := range ids {
+				// Only what reached a client counts a delivery; the rest of the node's
+				// window goes back as it was.
+				if d, dropped := m.giveBack(n.out[id], n.out[id].Delivered); dropped {
+					r.Dropped = append(r.Dropped, d)
+				}
+			}
+			clear(n.out)
+			n.credit = 0
+			m.dropIdle(n)
+		}
+		if m.hooks.Revoked != nil {
+			m.hooks.Revoked(c.Node)
+		}
+	case KindPurge:
+		r.Purged = m.readyLen()
+		m.returns, m.ready, m.head, m.bytes = nil, nil, 0, 0
+	}
+	m.expireHead()
+	m.assign()
+	return r
+}
+
+// expireHead drops the messages at the head whose Expires is before the queue's time (as
+// RabbitMQ, only the head expires: a message behind an unexpired one waits for it).
+func (m *Machine) expireHead() {
+	for {
+		var head *Msg
+		switch {
+		case len(m.returns) > 0:
+			head = m.returns[0]
+		case m.head < len(m.ready):
+			head = m.ready[m.head]
+		default:
+			return
+		}
+		if head.Expires == 0 || head.Expires >= m.now {
+			return
+		}
+		m.popHead()
+		m.expired = append(m.expired, Dropped{Msg: head, Reason: Expired})
+	}
+}
+
+// headExpiry is the head's Expires (0: none, or an empty queue).
+func (m *Machine) headExpiry() int64 {
+	switch {
+	case len(m.returns) > 0:
+		return m.returns[0].Expires
+	case m.head < len(m.ready):
+		return m.ready[m.head].Expires
+	}
+	return 0
+}
+
+// HeadExpires is when the head message expires (unix ms, 0: never or empty): the broker
+// proposes an empty batch then, so that an idle queue's messages expire too. Safe from any
+// goroutine.
+func (m *Machine) HeadExpires() int64 { return m.headExpires.Load() }
+
+// giveBack returns a held message to the head; a delivered one counts a delivery and is
+// dropped past the delivery limit.
+func (m *Machine) giveBack(msg *Msg, delivered bool) (Dropped, bool) {
+	msg.Delivered = false
+	if delivered {
+		msg.Count++
+		if m.limits.DeliveryLimit >= 0 && int64(msg.Count) > m.limits.DeliveryLimit {
+			return Dropped{Msg: msg, Reason: DeliveryLimit}, true
+		}
+	}
+	i := sort.Search(len(m.returns), func(i int) bool { return m.returns[i].ID > msg.ID })
+	m.returns = slices.Insert(m.returns, i, msg)
+	m.bytes += msg.size()
+	return Dropped{}, false
+}
+
+// node finds a node's state, creating it when create is set. Nodes stay sorted by name.
+func (m *Machine) node(name string, create bool) *nodeState {
+	i := sort.Search(len(m.nodes), func(i int) bool { return m.nodes[i].name >= name })
+	if i < len(m.nodes) && m.nodes[i].name == name {
+		return m.nodes[i]
+	}
+	if !create {
+		return nil
+	}
+	n := &nodeState{name: name, out: map[uint64]*Msg{}}
+	m.nodes = slices.Insert(m.nodes, i, n)
+	if i < m.cursor {
+		m.cursor++
+	}
+	return n
+}
+
+// dropIdle forgets a node that holds nothing and has no credit (state stays small).
+func (m *Machine) dropIdle(n *nodeState) {
+	if n.credit > 0 || len(n.out) > 0 {
+		return
+	}
+	i := slices.Index(m.nodes, n)
+	m.nodes = slices.Delete(m.nodes, i, i+1)
+	if i < m.cursor {
+		m.cursor--
+	}
+	if m.cursor >= len(m.nodes) {
+		m.cursor = 0
+	}
+}
+
+func (m *Machine) readyLen() int { return len(m.returns) + len(m.ready) - m.head }
+
+func (m *Machine) full(size int64) bool {
+	l := m.limits
+	return (l.MaxLength >= 0 && int64(m.readyLen()) >= l.MaxLength) ||
+		(l.MaxBytes >= 0 && m.bytes+size > l.MaxBytes)
+}
+
+func (m *Machine) over() bool {
+	l := m.limits
+	return (l.MaxLength >= 0 && int64(m.readyLen()) > l.MaxLength) ||
+		(l.MaxBytes >= 0 && m.bytes > l.MaxBytes && m.readyLen() > 0)
+}
+
+// popHead takes the next message to deliver: returned ones first, by ID, then ready ones.
+func (m *Machine) popHead() *Msg {
+	var msg *Msg
+	switch {
+	case len(m.returns) > 0:
+		msg = m.returns[0]
+		m.returns[0] = nil
+		m.returns = m.returns[1:]
+	case m.head < len(m.ready):
+		msg = m.ready[m.head]
+		m.ready[m.head] = nil
+		m.head++
+		if m.head > 1024 && m.head*2 > len(m.ready) {
+			m.ready = append([]*Msg(nil), m.ready[m.head:]...)
+			m.head = 0
+		}
+	default:
+		return nil
+	}
+	m.bytes -= msg.size()
+	return msg
+}
+
+// assign hands ready messages to nodes with free credit, one at a time round-robin from the
+// cursor, and records them for the Assigned hook.
+func (m *Machine) assign() {
+	if m.limits.SingleActive {
+		m.assignActive()
+		return
+	}
+	for m.readyLen() > 0 && len(m.nodes) > 0 {
+		given := false
+		for range m.nodes {
+			n := m.nodes[m.cursor]
+			m.cursor = (m.cursor + 1) % len(m.nodes)
+			if uint32(len(n.out)) >= n.credit {
+				continue
+			}
+			msg := m.popHead()
+			n.out[msg.ID] = msg
+			if m.hooks.Assigned != nil {
+				if m.assigned == nil {
+					m.assigned = map[string][]Msg{}
+				}
+				m.assigned[n.name] = append(m.assigned[n.name], *msg)
+			}
+			given = true
+			break
+		}
+		if !given {
+			return
+		}
+	}
+}
+
+// assignActive is assign for a single-active-consumer queue: only the node with credit that
+// checked out first takes messages.
+func (m *Machine) assignActive() {
+	var active *nodeState
+	for _, n := range m.nodes {
+		if n.credit > 0 && (active == nil || n.since < active.since) {
+			active = n
+		}
+	}
+	for active != nil && m.readyLen() > 0 && uint32(len(active.out)) < active.credit {
+		msg := m.popHead()
+		active.out[msg.ID] = msg
+		if m.hooks.Assigned != nil {
+			if m.assigned == nil {
+				m.assigned = map[string][]Msg{}
+			}
+			m.assigned[active.name] = append(m.assigned[active.name], *msg)
+		}
+	}
+}
+
+// flushAssigned calls the Assigned hook once per node for the entry's assignments, nodes in
+// name order.
+func (m *Machine) flushAssigned() {
+	if len(m.assigned) == 0 {
+		return
+	}
+	names := make([]string, 0, len(m.assigned))
+	for name := range m.assigned {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		m.hooks.Assigned(name, m.assigned[name])
+	}
+	clear(m.assigned)
+}
+
+// Held returns the messages node holds, by ID. Loop goroutine only (or a quiescent machine).
+func (m *Machine) Held(node string) []*Msg {
+	n := m.node(node, false)
+	if n == nil {
+		return nil
+	}
+	out := make([]*Msg, 0, len(n.out))
+	for _, msg := range n.out {
+		out = append(out, msg)
+	}
+	slices.SortFunc(out, func(a, b *Msg) int { return cmpU64(a.ID, b.ID) })
+	return out
+}
+
+func cmpU64(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// snapshotVersion is the first byte of a snapshot.
+const snapshotVersion = 1
+
+// Snapshot implements multiraft.StateMachine: the whole state, messages included, so that
+// the log behind it can go and a queue's disk follows its backlog.
+func (m *Machine) Snapshot() ([]byte, error) {
+	b := []byte{snapshotVersion}
+	b = binary.AppendUvarint(b, m.nextID)
+	b = binary.AppendUvarint(b, uint64(max(m.now, 0)))
+	b = binary.AppendUvarint(b, m.seq)
+	b = binary.AppendUvarint(b, uint64(m.cursor))
+	b = binary.AppendUvarint(b, uint64(m.readyLen()))
+	for _, msg := range m.returns {
+		b = appendMsg(b, msg, true)
+	}
+	for _, msg := range m.ready[m.head:] {
+		b = appendMsg(b, msg, true)
+	}
+	b = binary.AppendUvarint(b, uint64(len(m.nodes)))
+	for _, n := range m.nodes {
+		b = appendString(b, n.name)
+		b = binary.AppendUvarint(b, uint64(n.credit))
+		b = binary.AppendUvarint(b, n.since)
+		held := m.Held(n.name)
+		b = binary.AppendUvarint(b, uint64(len(held)))
+		for _, msg := range held {
+			b = appendMsg(b, msg, true)
+		}
+	}
+	return b, nil
+}
+
+// Restore implements multiraft.StateMachine. Returned and ready messages are one list in a
+// snapshot (returned first), which keeps the delivery order.
+func (m *Machine) Restore(b []byte) error {
+	fresh := New(m.limits, m.hooks)
+	if len(b) > 0 {
+		if b[0] != snapshotVersion {
+			return fmt.Errorf("quorum: snapshot version %d unknown", b[0])
+		}
+		d := decoder{b: b[1:]}
+		fresh.nextID = d.uvarint("next id")
+		fresh.now = d.int63("now")
+		fresh.seq = d.uvarint("checkout seq")
+		fresh.cursor = int(d.uvarint("cursor"))
+		n := d.count("ready", 6)
+		for i := 0; i < n && d.err == nil; i++ {
+			msg := d.msg(true)
+			fresh.ready = append(fresh.ready, msg)
+			fresh.bytes += msg.size()
+		}
+		nn := d.count("nodes", 3)
+		for i := 0; i < nn && d.err == nil; i++ {
+			ns := &nodeState{name: d.string("node"), out: map[uint64]*Msg{}}
+			cr := d.uvarint("credit")
+			if cr > 1<<32-1 {
+				d.fail("credit")
+			}
+			ns.credit = uint32(cr)
+			ns.since = d.uvarint("since")
+			k := d.count("held", 6)
+			for j := 0; j < k && d.err == nil; j++ {
+				msg := d.msg(true)
+				ns.out[msg.ID] = msg
+			}
+			if len(fresh.nodes) > 0 && fresh.nodes[len(fresh.nodes)-1].name >= ns.name {
+				d.fail("nodes out of order")
+			}
+			fresh.nodes = append(fresh.nodes, ns)
+		}
+		if d.err == nil && len(d.b) > 0 {
+			d.fail("trailing bytes")
+		}
+		if d.err != nil {
+			return fmt.Errorf("quorum: restoring snapshot: %w", d.err)
+		}
+		if fresh.cursor >= len(fresh.nodes) {
+			fresh.cursor = 0
+		}
+	}
+	m.nextID, m.now, m.seq, m.cursor, m.returns, m.ready, m.head, m.bytes, m.nodes =
+		fresh.nextID, fresh.now, fresh.seq, fresh.cursor, nil, fresh.ready, 0, fresh.bytes, fresh.nodes
+	m.expired = nil
+	m.headExpires.Store(m.headExpiry())
+	m.readyN.Store(int64(m.readyLen()))
+	held := 0
+	for _, n := range m.nodes {
+		held += len(n.out)
+	}
+	m.heldN.Store(int64(held))
+	return nil
+}

@@ -1,0 +1,341 @@
+package quorum
+
+import (
+	"reflect"
+	"slices"
+	"testing"
+)
+
+// rec records the hooks' calls.
+type rec struct {
+	assigned map[string][]uint64
+	counts   map[uint64]uint32
+	revoked  []string
+}
+
+func newRec() *rec { return &rec{assigned: map[string][]uint64{}, counts: map[uint64]uint32{}} }
+
+func (r *rec) hooks() Hooks {
+	return Hooks{
+		Assigned: func(node string, msgs []Msg) {
+			for _, m := range msgs {
+				r.assigned[node] = append(r.assigned[node], m.ID)
+				r.counts[m.ID] = m.Count
+			}
+		},
+		Revoked: func(node string) { r.revoked = append(r.revoked, node) },
+	}
+}
+
+func enq(bodies ...string) Command {
+	c := Command{Kind: KindEnqueue}
+	for _, b := range bodies {
+		c.Msgs = append(c.Msgs, &Msg{RoutingKey: "q", Header: []byte{1, 2}, Body: []byte(b)})
+	}
+	return c
+}
+
+func run(t *testing.T, m *Machine, c Command) Result {
+	t.Helper()
+	out := m.Apply(0, c.Encoded())
+	r, ok := out.(Result)
+	if !ok {
+		t.Fatalf("Apply(%v) = %v", c.Kind, out)
+	}
+	return r
+}
+
+func bodiesOf(ds []Dropped) []string {
+	var out []string
+	for _, d := range ds {
+		out = append(out, string(d.Msg.Body))
+	}
+	return out
+}
+
+func TestMachine(t *testing.T) {
+	type step struct {
+		cmd      Command
+		assigned map[string][]uint64 // assignments made by this step
+		dropped  []string            // bodies dropped by this step
+		refused  []int
+		get      string // basic.get's body ("" none)
+		count    uint32 // basic.get's delivery count
+		ready    int    // ready count after
+		held     int    // held count after
+	}
+	co := func(n string, credit uint32) Command { return Command{Kind: KindCheckout, Node: n, Credit: credit} }
+	ids := func(kind Kind, n string, ids ...uint64) Command { return Command{Kind: kind, Node: n, IDs: ids} }
+	ret := func(n string, delivered bool, ids ...uint64) Command {
+		return Command{Kind: KindReturn, Node: n, IDs: ids, Delivered: delivered}
+	}
+	tests := []struct {
+		name   string
+		limits Limits
+		steps  []step
+	}{
+		{"enqueue then checkout assigns up to credit", NoLimits(), []step{
+			{cmd: enq("a", "b", "c"), ready: 3},
+			{cmd: co("n1", 2), assigned: map[string][]uint64{"n1": {1, 2}}, ready: 1, held: 2},
+			{cmd: ids(KindSettle, "n1", 1), assigned: map[string][]uint64{"n1": {3}}, held: 2},
+			{cmd: ids(KindSettle, "n1", 2, 3), held: 0},
+		}},
+		{"round robin over nodes", NoLimits(), []step{
+			{cmd: co("n2", 10)},
+			{cmd: co("n1", 10)},
+			{cmd: enq("a", "b", "c", "d"), assigned: map[string][]uint64{"n1": {1, 3}, "n2": {2, 4}}, held: 4},
+		}},
+		{"returned goes back to the head with a count", NoLimits(), []step{
+			{cmd: enq("a", "b"), ready: 2},
+			{cmd: Command{Kind: KindGet, Node: "n1"}, get: "a", ready: 1, held: 1},
+			{cmd: ret("n1", true, 1), ready: 2},
+			{cmd: Command{Kind: KindGet, Node: "n1", NoAck: true}, get: "a", count: 1, ready: 1},
+		}},
+		{"undelivered return counts nothing", NoLimits(), []step{
+			{cmd: enq("a"), ready: 1},
+			{cmd: Command{Kind: KindGet, Node: "n1"}, get: "a", held: 1},
+			{cmd: ret("n1", false, 1), ready: 1},
+			{cmd: Command{Kind: KindGet, Node: "n1"}, get: "a", count: 0, held: 1},
+		}},
+		{"delivery limit drops", Limits{MaxLength: -1, MaxBytes: -1, DeliveryLimit: 1}, []step{
+			{cmd: enq("a"), ready: 1},
+			{cmd: Command{Kind: KindGet, Node: "n1"}, get: "a", held: 1},
+			{cmd: ret("n1", true, 1), ready: 1},
+			{cmd: Command{Kind: KindGet, Node: "n1"}, get: "a", count: 1, held: 1},
+			{cmd: ret("n1", true, 1), dropped: []string{"a"}},
+		}},
+		{"discard drops for dead-lettering", NoLimits(), []step{
+			{cmd: co("n1", 5)},
+			{cmd: enq("a", "b"), assigned: map[string][]uint64{"n1": {1, 2}}, held: 2},
+			{cmd: ids(KindDiscard, "n1", 2, 9), dropped: []string{"b"}, held: 1},
+		}},
+		{"drop-head", Limits{MaxLength: 2, MaxBytes: -1, DeliveryLimit: -1}, []step{
+			{cmd: enq("a", "b", "c"), dropped: []string{"a"}, ready: 2},
+			{cmd: Command{Kind: KindGet, Node: "n1", NoAck: true}, get: "b", ready: 1},
+		}},
+		{"reject-publish", Limits{MaxLength: 2, MaxBytes: -1, Overflow: RejectPublish, DeliveryLimit: -1}, []step{
+			{cmd: enq("a", "b", "c"), refused: []int{2}, ready: 2},
+			{cmd: enq("d"), refused: []int{0}, ready: 2},
+		}},
+		{"max bytes drop-head", Limits{MaxLength: -1, MaxBytes: 3, DeliveryLimit: -1}, []step{
+			{cmd: enq("aa", "bb"), dropped: []string{"aa"}, ready: 1},
+		}},
+		{"node down counts what was delivered", NoLimits(), []step{
+			{cmd: co("n1", 2)},
+			{cmd: co("n2", 2)},
+			{cmd: enq("a", "b", "c"), assigned: map[string][]uint64{"n1": {1, 3}, "n2": {2}}, held: 3},
+			{cmd: ids(KindDelivered, "n1", 3), held: 3},
+			{cmd: Command{Kind: KindNodeDown, Node: "n1"}, assigned: map[string][]uint64{"n2": {1}}, ready: 1, held: 2},
+			{cmd: Command{Kind: KindGet, Node: "n3", NoAck: true}, get: "c", count: 1, held: 2},
+		}},
+		{"node down after get counts it", NoLimits(), []step{
+			{cmd: enq("a"), ready: 1},
+			{cmd: Command{Kind: KindGet, Node: "n1"}, get: "a", held: 1},
+			{cmd: Command{Kind: KindNodeDown, Node: "n1"}, ready: 1},
+			{cmd: Command{Kind: KindGet, Node: "n2", NoAck: true}, get: "a", count: 1},
+		}},
+		{"checkout zero stops assignment", NoLimits(), []step{
+			{cmd: co("n1", 1)},
+			{cmd: enq("a", "b"), assigned: map[string][]uint64{"n1": {1}}, ready: 1, held: 1},
+			{cmd: co("n1", 0), ready: 1, held: 1},
+			{cmd: ids(KindSettle, "n1", 1), ready: 1},
+		}},
+		{"single active: the first node to check out takes everything", Limits{MaxLength: -1, MaxBytes: -1, DeliveryLimit: -1, SingleActive: true}, []step{
+			{cmd: co("n2", 2)},
+			{cmd: co("n1", 2)},
+			{cmd: enq("a", "b", "c"), assigned: map[string][]uint64{"n2": {1, 2}}, ready: 1, held: 2},
+			{cmd: co("n2", 0), assigned: map[string][]uint64{"n1": {3}}, held: 3}, // n1 is active now
+			{cmd: ret("n2", true, 1, 2), assigned: map[string][]uint64{"n1": {1}}, ready: 1, held: 2},
+			{cmd: co("n2", 5), ready: 1, held: 2}, // back, but behind n1 now
+		}},
+		{"purge keeps held", NoLimits(), []step{
+			{cmd: enq("a", "b", "c"), ready: 3},
+			{cmd: Command{Kind: KindGet, Node: "n1"}, get: "a", ready: 2, held: 1},
+			{cmd: Command{Kind: KindPurge}, held: 1},
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := newRec()
+			m := New(tt.limits, r.hooks())
+			for i, s := range tt.steps {
+				r.assigned = map[string][]uint64{}
+				res := run(t, m, s.cmd)
+				want := s.assigned
+				if want == nil {
+					want = map[string][]uint64{}
+				}
+				if !reflect.DeepEqual(r.assigned, want) {
+					t.Errorf("step %d: assigned %v, want %v", i, r.assigned, want)
+				}
+				if got := bodiesOf(res.Dropped); !slices.Equal(got, s.dropped) {
+					t.Errorf("step %d: dropped %v, want %v", i, got, s.dropped)
+				}
+				if !slices.Equal(res.Refused, s.refused) {
+					t.Errorf("step %d: refused %v, want %v", i, res.Refused, s.refused)
+				}
+				if s.cmd.Kind == KindGet {
+					if res.Msg == nil || string(res.Msg.Body) != s.get || res.Msg.Count != s.count {
+						t.Errorf("step %d: get %+v, want %q count %d", i, res.Msg, s.get, s.count)
+					}
+				}
+				if ready, held := m.Counts(); ready != s.ready || held != s.held {
+					t.Errorf("step %d: ready %d held %d, want %d %d", i, ready, held, s.ready, s.held)
+				}
+			}
+		})
+	}
+}
+
+func TestBatchResults(t *testing.T) {
+	m := New(Limits{MaxLength: 1, MaxBytes: -1, Overflow: RejectPublish, DeliveryLimit: -1}, Hooks{})
+	c := Command{Kind: KindBatch, Batch: []Command{enq("a"), enq("b"), {Kind: KindGet, Node: "n", NoAck: true}}}
+	rs, ok := m.Apply(1, c.Encoded()).([]Result)
+	if !ok || len(rs) != 3 {
+		t.Fatalf("batch result %v", rs)
+	}
+	if len(rs[0].Refused) != 0 || !slices.Equal(rs[1].Refused, []int{0}) || rs[2].Msg == nil || string(rs[2].Msg.Body) != "a" {
+		t.Fatalf("batch results %+v", rs)
+	}
+}
+
+func TestGetEmpty(t *testing.T) {
+	m := New(NoLimits(), Hooks{})
+	if r := run(t, m, Command{Kind: KindGet, Node: "n"}); r.Msg != nil {
+		t.Fatalf("get on empty: %+v", r.Msg)
+	}
+}
+
+func TestCorruptEntryIsAnError(t *testing.T) {
+	m := New(NoLimits(), Hooks{})
+	if _, ok := m.Apply(1, []byte{0xff}).(error); !ok {
+		t.Fatal("a corrupt entry must apply as an error")
+	}
+}
+
+// TestSnapshotRoundTrip: a restored machine continues exactly as the original.
+func TestSnapshotRoundTrip(t *testing.T) {
+	a := New(NoLimits(), Hooks{})
+	for _, c := range []Command{
+		enq("a", "b", "c", "d", "e"),
+		{Kind: KindCheckout, Node: "n2", Credit: 1},
+		{Kind: KindCheckout, Node: "n1", Credit: 1},
+		{Kind: KindGet, Node: "n3"},
+		{Kind: KindReturn, Node: "n2", IDs: []uint64{1}, Delivered: true},
+	} {
+		run(t, a, c)
+	}
+	snap, err := a.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := New(NoLimits(), Hooks{})
+	if err := b.Restore(snap); err != nil {
+		t.Fatal(err)
+	}
+	again, _ := b.Snapshot()
+	if !slices.Equal(snap, again) {
+		t.Fatal("snapshot of the restored state differs")
+	}
+	for _, c := range []Command{enq("f"), {Kind: KindNodeDown, Node: "n1"}, {Kind: KindGet, Node: "x", NoAck: true}} {
+		ra, rb := run(t, a, c), run(t, b, c)
+		if !reflect.DeepEqual(ra, rb) {
+			t.Fatalf("after restore, %v: %+v vs %+v", c.Kind, ra, rb)
+		}
+	}
+	if err := b.Restore(nil); err != nil {
+		t.Fatal(err)
+	}
+	if r, h := b.Counts(); r != 0 || h != 0 {
+		t.Fatalf("restore of nothing: %d %d", r, h)
+	}
+	if err := b.Restore(append(snap, 0)); err == nil {
+		t.Fatal("trailing bytes accepted")
+	}
+}
+
+func TestCommandRoundTrip(t *testing.T) {
+	cmds := []Command{
+		enq("x", ""),
+		{Kind: KindCheckout, Node: "n1", Credit: 7},
+		{Kind: KindSettle, Node: "n1", IDs: []uint64{1, 300, 1 << 40}},
+		{Kind: KindReturn, Node: "n", IDs: []uint64{2}, Delivered: true},
+		{Kind: KindDiscard, Node: "n", IDs: []uint64{}},
+		{Kind: KindGet, Node: "n", NoAck: true},
+		{Kind: KindNodeDown, Node: "n3"},
+		{Kind: KindPurge},
+		{Kind: KindDelivered, Node: "n", IDs: []uint64{5}},
+	}
+	cmds = append(cmds, Command{Kind: KindBatch, Batch: slices.Clone(cmds)})
+	for _, c := range cmds {
+		got, err := DecodeCommand(c.Encoded())
+		if err != nil {
+			t.Fatalf("%v: %v", c.Kind, err)
+		}
+		if !slices.Equal(got.Encoded(), c.Encoded()) {
+			t.Fatalf("%v: round trip differs", c.Kind)
+		}
+	}
+}
+
+// TestExpiry: messages expire at the head once a batch's Now passes their Expires; the
+// expired come back as one more result after the batch's own; a message behind an
+// unexpired head, or held by a node, does not expire.
+func TestExpiry(t *testing.T) {
+	msg := func(body string, expires int64) *Msg {
+		return &Msg{Body: []byte(body), Expires: expires}
+	}
+	batch := func(now int64, cs ...Command) Command { return Command{Kind: KindBatch, Now: now, Batch: cs} }
+	tests := []struct {
+		name    string
+		cmds    []Command
+		expired []string // by the last batch
+		ready   int
+	}{
+		{"expires at the head", []Command{
+			batch(1000, Command{Kind: KindEnqueue, Msgs: []*Msg{msg("a", 1500), msg("b", 0)}}),
+			batch(1600),
+		}, []string{"a"}, 1},
+		{"not before its time", []Command{
+			batch(1000, Command{Kind: KindEnqueue, Msgs: []*Msg{msg("a", 1500)}}),
+			batch(1500),
+		}, nil, 1},
+		{"behind an unexpired head", []Command{
+			batch(1000, Command{Kind: KindEnqueue, Msgs: []*Msg{msg("a", 0), msg("b", 1100)}}),
+			batch(2000),
+		}, nil, 2},
+		{"time never goes back", []Command{
+			batch(3000),
+			batch(1000, Command{Kind: KindEnqueue, Msgs: []*Msg{msg("a", 2000)}}),
+		}, []string{"a"}, 0},
+		{"held by a node", []Command{
+			batch(1000, Command{Kind: KindCheckout, Node: "n1", Credit: 1}, Command{Kind: KindEnqueue, Msgs: []*Msg{msg("a", 1500), msg("b", 1500)}}),
+			batch(2000),
+		}, []string{"b"}, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := New(NoLimits(), Hooks{})
+			var rs []Result
+			for _, c := range tt.cmds {
+				rs = m.Apply(0, c.Encoded()).([]Result)
+			}
+			last := tt.cmds[len(tt.cmds)-1]
+			var got []string
+			if len(rs) > len(last.Batch) {
+				got = bodiesOf(rs[len(rs)-1].Dropped)
+				for _, d := range rs[len(rs)-1].Dropped {
+					if d.Reason != Expired {
+						t.Errorf("reason %v", d.Reason)
+					}
+				}
+			}
+			if !slices.Equal(got, tt.expired) {
+				t.Errorf("expired %v, want %v", got, tt.expired)
+			}
+			if r, _ := m.Counts(); r != tt.ready {
+				t.Errorf("ready %d, want %d", r, tt.ready)
+			}
+		})
+	}
+}
