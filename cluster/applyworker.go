@@ -98,6 +98,13 @@ func (w *applyWorker) drain() {
 	w.mu.Unlock()
 }
 
+// idle reports whether the worker has nothing queued or running.
+func (w *applyWorker) idle() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.q) == 0 && !w.busy
+}
+
 func (w *applyWorker) run() {
 	defer close(w.exited)
 	for {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/warrenmq/warren/amqp"
 	"github.com/warrenmq/warren/broker"
+	"github.com/warrenmq/warren/cluster/multiraft"
 )
 
 // Applier is the local broker: it makes its registry follow the changes the log accepted.
@@ -583,13 +584,15 @@ func (vs *vhostState) maybeAutoDelete(name string) {
 // Snapshot is the whole state, encoded as versioned JSON (bindings sorted, map keys sorted by
 // encoding/json): equal states have equal snapshots.
 //
-// With the worker, it first waits until the broker has applied every change decided so far, so
-// that a snapshot never runs ahead of the node's own store (a restart from it would not replay
-// a delete the broker had not yet made). Snapshots are rare (every multiraft SnapshotEvery
-// entries).
+// With the worker, it snapshots only once the broker has applied every change decided so far,
+// so that a snapshot never runs ahead of the node's own store (a restart from it would not
+// replay a delete the broker had not yet made). While the worker is busy it returns
+// multiraft.ErrSnapshotLater rather than wait: Snapshot runs on the host's loop, and waiting
+// there for a slow delete would stall every group. Snapshot and Apply run on that loop alone,
+// so nothing is queued between the check and the encoding.
 func (m *Metadata) Snapshot() ([]byte, error) {
-	if w := m.worker; w != nil {
-		w.drain()
+	if w := m.worker; w != nil && !w.idle() {
+		return nil, multiraft.ErrSnapshotLater
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"sync"
 	"testing"
@@ -212,10 +213,20 @@ func TestNodeDownDropsItsQueues(t *testing.T) {
 // TestSlowApplyDoesNotStallOtherGroups: while the broker takes its time over one change (a
 // queue delete of many stored messages), the Raft loop goes on: another group commits, and a
 // later metadata command is decided (its broker part waits its turn, in log order).
+//
+// With SnapshotEvery 3 the metadata group wants a snapshot while the broker is busy: the
+// snapshot waits for a later round (multiraft.ErrSnapshotLater) instead of holding the loop.
 func TestSlowApplyDoesNotStallOtherGroups(t *testing.T) {
+	for _, every := range []uint64{0, 3} {
+		t.Run(fmt.Sprintf("SnapshotEvery=%d", every), func(t *testing.T) { testSlowApply(t, every) })
+	}
+}
+
+func testSlowApply(t *testing.T, snapshotEvery uint64) {
 	addr := freeAddr(t)
 	h, err := multiraft.NewHost(multiraft.Config{NodeName: "n1", ListenAddr: addr, Peers: map[string]string{"n1": addr},
-		Secret: []byte("s"), DataDir: t.TempDir(), Logger: quietLog(), TickInterval: 10 * time.Millisecond, NoSync: true})
+		Secret: []byte("s"), DataDir: t.TempDir(), Logger: quietLog(), TickInterval: 10 * time.Millisecond, NoSync: true,
+		SnapshotEvery: snapshotEvery})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -260,6 +271,18 @@ func TestSlowApplyDoesNotStallOtherGroups(t *testing.T) {
 	if _, err := next.(*Applying).Wait(short); err == nil {
 		t.Fatal("a later change reached the broker before the delete before it")
 	}
+	// More metadata entries (a snapshot falls due among them) and the other group still go on.
+	for i := range 4 {
+		again, cancelAgain := context.WithTimeout(t.Context(), 2*time.Second)
+		_, err := mg.Propose(again, (&Command{Op: OpDeclareExchange, VHost: "/", Name: fmt.Sprintf("x%d", i), Type: "direct"}).Encode())
+		if err == nil {
+			_, err = other.Propose(again, []byte(`{"node":"n1","at":"2026-01-01T00:00:01Z"}`))
+		}
+		cancelAgain()
+		if err != nil {
+			t.Fatalf("proposal %d stalled behind a slow apply: %v", i, err)
+		}
+	}
 	slow.release <- struct{}{}
 	res, err := del.(*Applying).Wait(ctx)
 	if err != nil || res.Messages != 42 {
@@ -268,8 +291,9 @@ func TestSlowApplyDoesNotStallOtherGroups(t *testing.T) {
 	if _, err := next.(*Applying).Wait(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if got := slow.kinds(); len(got) != 3 || got[0] != broker.OpDeclareQueue || got[1] != broker.OpDeleteQueue || got[2] != broker.OpDeclareQueue {
-		t.Fatalf("broker saw %v, want declare, delete, declare", got)
+	m.Drain()
+	if got := slow.kinds(); len(got) != 7 || got[0] != broker.OpDeclareQueue || got[1] != broker.OpDeleteQueue || got[2] != broker.OpDeclareQueue {
+		t.Fatalf("broker saw %v, want declare, delete, declare, then 4 exchange declares", got)
 	}
 }
 
