@@ -204,9 +204,54 @@ func TestNodeDownDropsItsQueues(t *testing.T) {
 		t.Fatalf("declare of a queue whose home is down: %v", err)
 	}
 	ns.start("n3", false, nil)
+	// Back, and not taken for dead again while it serves: the leader's last status of n3 is
+	// from before it stopped, more than a node timeout ago.
+	waitFor(t, 5*time.Second, "n1 sees n3 back", func() bool { return !ns.node("n1").meta.IsDown("n3") })
+	for end := time.Now().Add(2*ns.timeout + time.Second/2); time.Now().Before(end); time.Sleep(5 * time.Millisecond) {
+		if ns.node("n1").meta.IsDown("n3") {
+			t.Fatal("n3, restarted and serving, was taken for dead again")
+		}
+	}
 	ns.declare("n1", "durable3")
 	if !hasQueue(ns.broker("n3"), "durable3") {
 		t.Errorf("n3 lost its durable queue")
+	}
+}
+
+// leader is the name of the node that leads the metadata group ("" while none does).
+func (ns *nodeSet) leader() string {
+	for _, name := range ns.runningNodes() {
+		if n := ns.node(name); n != nil && n.mg.Status().State == "StateLeader" {
+			return name
+		}
+	}
+	return ""
+}
+
+// TestDeadNodeStaysDownAcrossElections: a new leader starts with no view of when members were
+// last heard from; a member already taken for dead must not be brought back (node_up) by that
+// alone, and then taken for dead again one timeout later.
+func TestDeadNodeStaysDownAcrossElections(t *testing.T) {
+	ns := newNodeSet(t, "n1", "n2", "n3", "n4", "n5")
+	ns.timeout = time.Second
+	ns.startAll(false, nil, "n1", "n2", "n3", "n4", "n5")
+	var lead string
+	waitFor(t, 10*time.Second, "a leader", func() bool { lead = ns.leader(); return lead != "" })
+	dead := "n1"
+	if lead == dead {
+		dead = "n2"
+	}
+	ns.stop(dead)
+	waitFor(t, 10*time.Second, dead+" taken for dead", func() bool { return ns.node(lead).meta.IsDown(dead) })
+	ns.stop(lead)
+	var next string
+	waitFor(t, 10*time.Second, "a new leader", func() bool { next = ns.leader(); return next != "" })
+	// The new leader has ticked several times within 3 s (every 250 ms here).
+	watcher := ns.node(next)
+	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); time.Sleep(5 * time.Millisecond) {
+		if !watcher.meta.IsDown(dead) {
+			t.Fatalf("%s, dead, was brought back up by the new leader %s", dead, next)
+		}
 	}
 }
 
@@ -291,7 +336,9 @@ func testSlowApply(t *testing.T, snapshotEvery uint64) {
 	if _, err := next.(*Applying).Wait(ctx); err != nil {
 		t.Fatal(err)
 	}
-	m.Drain()
+	if err := m.Drain(ctx); err != nil {
+		t.Fatal(err)
+	}
 	if got := slow.kinds(); len(got) != 7 || got[0] != broker.OpDeclareQueue || got[1] != broker.OpDeleteQueue || got[2] != broker.OpDeclareQueue {
 		t.Fatalf("broker saw %v, want declare, delete, declare, then 4 exchange declares", got)
 	}
