@@ -53,8 +53,11 @@ func resultOf(err *amqp.Error) Result {
 // state and the command, so every node decides every command alike; the local broker is then
 // told of accepted changes through the Applier.
 //
-// Lock order: Metadata.mu is taken by the log's apply goroutine and held while the Applier
-// runs, so it sits above every lock of the broker; the broker never calls into Metadata.
+// Lock order: Metadata.mu is taken by the Raft host's loop (Apply, Snapshot, Restore) and by
+// readers (IsDown, AppliedIndex). Without the worker it is held while the Applier runs, so it
+// sits above every lock of the broker; with the worker (a Node's case) the Applier runs on the
+// worker goroutine without it, and the worker's own mutex is never held across the Applier
+// either. The broker never calls into Metadata.
 type Metadata struct {
 	log     *slog.Logger
 	applier Applier // nil: the state alone (tests of the state machine)
@@ -384,7 +387,8 @@ func (m *Metadata) declareQueue(vs *vhostState, c Command, args amqp.Table, inde
 
 // home decides a new queue's home node, as RabbitMQ's queue_leader_locator: client-local (the
 // default, and always for an exclusive queue) is the node the client declared it on; balanced
-// is the member with the fewest queues (the first in name order on a tie).
+// is the member not taken for dead with the fewest queues (the first in name order on a tie),
+// or the client's node when every member is taken for dead.
 func (m *Metadata) home(c Command, args amqp.Table) string {
 	loc, _ := args["x-queue-leader-locator"].(string)
 	if c.Exclusive || loc != "balanced" || len(m.st.Nodes) == 0 {
@@ -396,11 +400,17 @@ func (m *Metadata) home(c Command, args amqp.Table) string {
 			count[q.Home]++
 		}
 	}
-	best := m.st.Nodes[0]
-	for _, n := range m.st.Nodes[1:] {
-		if count[n] < count[best] {
+	best := ""
+	for _, n := range m.st.Nodes {
+		if _, down := slices.BinarySearch(m.st.Down, n); down {
+			continue
+		}
+		if best == "" || count[n] < count[best] {
 			best = n
 		}
+	}
+	if best == "" {
+		return c.Node
 	}
 	return best
 }

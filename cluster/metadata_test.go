@@ -216,6 +216,35 @@ func TestQueueHome(t *testing.T) {
 			t.Errorf("%s: home %s, want %s", tc.name, got, tc.want)
 		}
 	}
+	// Queues per home now: n1 2, n2 2, n3 3. A member taken for dead is never chosen; with
+	// every member down the client's node is.
+	for _, tc := range []struct {
+		name string
+		down []string
+		node string
+		want string
+	}{
+		{"fewest queues", nil, "n3", "n1"},
+		{"fewest queues is down", []string{"n1"}, "n3", "n2"},
+		{"all but the busiest down", []string{"n1", "n2"}, "n1", "n3"},
+		{"every member down", []string{"n1", "n2", "n3"}, "n2", "n2"},
+	} {
+		for _, n := range tc.down {
+			apply(Command{Op: OpNodeDown, Node: n})
+		}
+		res := apply(Command{Op: OpDeclareQueue, VHost: "/", Name: "d-" + tc.name, Node: tc.node, Args: balanced})
+		if res.Home != tc.want {
+			t.Errorf("%s: home %s, want %s", tc.name, res.Home, tc.want)
+		}
+		// Undo the declare and the downs: each case starts from the same counts.
+		apply(Command{Op: OpDeleteQueue, VHost: "/", Name: "d-" + tc.name, Node: tc.node, Epoch: res.Epoch})
+		if m.st.VHosts["/"].Queues["d-"+tc.name] != nil {
+			t.Fatalf("%s: the declared queue was not deleted", tc.name)
+		}
+		for _, n := range tc.down {
+			apply(Command{Op: OpNodeUp, Node: n})
+		}
+	}
 }
 
 // Three state machines fed by one log end with identical state, and a snapshot restored into
