@@ -201,7 +201,14 @@ func (m *Metadata) decide(index uint64, cmd []byte) Result {
 		slices.Sort(nodes)
 		m.st.Nodes = slices.Compact(nodes)
 		return Result{}
-	case OpNodeGone, OpDropOwner, OpNodeRestarted:
+	case OpNodeGone:
+		// The node left the cluster: it is no longer down but gone. What went with its
+		// connections and its memory goes (as node_down); its durable queues stay, answer 404
+		// while their home is not a member, and can be deleted (deleteQueue).
+		m.setDown(c.Node, false)
+		m.nodeDown(c.Node)
+		return Result{}
+	case OpDropOwner, OpNodeRestarted:
 		if c.Op == OpNodeRestarted {
 			m.setDown(c.Node, false)
 		}
@@ -289,6 +296,16 @@ func (m *Metadata) homeDown(q *queueRec) bool {
 	return found
 }
 
+// homeGone reports whether q's home node is no longer a member (set_nodes without it, after a
+// node_gone): its messages are out of reach for good. With no member list yet, every node is one.
+func (m *Metadata) homeGone(q *queueRec) bool {
+	if len(m.st.Nodes) == 0 {
+		return false
+	}
+	_, found := slices.BinarySearch(m.st.Nodes, q.Home)
+	return !found
+}
+
 // vhost is the state of a vhost, created with its default exchanges on first use.
 func (m *Metadata) vhost(name string) *vhostState {
 	vs := m.st.VHosts[name]
@@ -362,7 +379,7 @@ func owns(q *queueRec, c Command) bool {
 func (m *Metadata) declareQueue(vs *vhostState, c Command, args amqp.Table, index uint64) Result {
 	got := broker.QueueSpec{Name: c.Name, Durable: c.Durable, Exclusive: c.Exclusive, AutoDelete: c.AutoDelete, Args: args}
 	if q := vs.Queues[c.Name]; q != nil {
-		if m.homeDown(q) {
+		if m.homeDown(q) || m.homeGone(q) {
 			// As RabbitMQ: an existing queue whose node is down is absent, before any check.
 			return resultOf(errHomeDown(c.VHost, c.Name, q.Home))
 		}
@@ -426,7 +443,9 @@ func (m *Metadata) deleteQueue(vs *vhostState, c Command) Result {
 		if q.Epoch != c.Epoch {
 			return Result{}
 		}
-	} else if m.homeDown(q) {
+	} else if m.homeDown(q) && !m.homeGone(q) {
+		// A queue whose home left the cluster can be deleted (it never comes back), as
+		// RabbitMQ's forget_cluster_node deletes them; one whose home is down may.
 		return resultOf(errHomeDown(c.VHost, c.Name, q.Home))
 	} else if q.Exclusive && !owns(q, c) {
 		return resultOf(broker.ErrLocked(c.VHost, c.Name))

@@ -63,6 +63,8 @@ func TestMetadataApply(t *testing.T) {
 		queues    map[string]bool
 		exchanges map[string]bool
 		bindings  int
+		// notDown are nodes that must not be taken for dead at the end.
+		notDown []string
 	}{
 		{name: "declare is idempotent", steps: []step{{cmd: q("a", "n1", 1)}, {cmd: q("a", "n2", 7)}},
 			queues: map[string]bool{"a": true}},
@@ -116,6 +118,24 @@ func TestMetadataApply(t *testing.T) {
 			{cmd: Command{Op: OpNodeUp, Node: "n2"}},
 			{cmd: q("durable", "n1", 1)},
 		}, queues: map[string]bool{"excl": false, "transient": false, "durable": true, "n1transient": true}},
+		{name: "node_gone ends node_down; the gone node's durable queues can be deleted and declared anew", steps: []step{
+			{cmd: Command{Op: OpSetNodes, Nodes: []string{"n1", "n2", "n3"}}},
+			{cmd: q("durable", "n2", 6)},
+			{cmd: with(q("transient", "n2", 0), func(c *Command) { c.Durable = false })},
+			{cmd: with(q("excl", "n2", 5), func(c *Command) { c.Exclusive = true })},
+			{cmd: Command{Op: OpNodeDown, Node: "n2"}},
+			{cmd: Command{Op: OpSetNodes, Nodes: []string{"n1", "n3"}}},
+			{cmd: Command{Op: OpNodeGone, Node: "n2"}},
+			{cmd: q("durable", "n1", 1), code: amqp.NotFound, text: "home node 'n2' of durable queue 'durable' in vhost '/' is down or inaccessible"},
+			{cmd: Command{Op: OpDeleteQueue, VHost: "/", Name: "durable", Node: "n1"}},
+			{cmd: q("durable", "n1", 1)},
+		}, queues: map[string]bool{"durable": true, "transient": false, "excl": false}, notDown: []string{"n2"}},
+		{name: "a member's queue whose home is down cannot be deleted", steps: []step{
+			{cmd: Command{Op: OpSetNodes, Nodes: []string{"n1", "n2"}}},
+			{cmd: q("durable", "n2", 6)},
+			{cmd: Command{Op: OpNodeDown, Node: "n2"}},
+			{cmd: Command{Op: OpDeleteQueue, VHost: "/", Name: "durable", Node: "n1"}, code: amqp.NotFound, text: "is down or inaccessible"},
+		}, queues: map[string]bool{"durable": true}},
 		{name: "node_restarted ends node_down", steps: []step{
 			{cmd: q("durable", "n2", 6)},
 			{cmd: Command{Op: OpNodeDown, Node: "n2"}},
@@ -166,6 +186,11 @@ func TestMetadataApply(t *testing.T) {
 				res := m.Apply(uint64(i+1), c.Encode()).(Result)
 				if res.Code != s.code || !strings.Contains(res.Text, s.text) {
 					t.Fatalf("step %d (%s): got %d %q, want %d containing %q", i, c.Op, res.Code, res.Text, s.code, s.text)
+				}
+			}
+			for _, n := range tt.notDown {
+				if m.IsDown(n) {
+					t.Errorf("%s still taken for dead", n)
 				}
 			}
 			vs := m.st.VHosts["/"]
