@@ -29,7 +29,10 @@ type ledger struct {
 	// nacked counts publishes the broker nacked; unknown those whose connection died before
 	// the confirm came (they may or may not be delivered).
 	nacked, unknown int
-	// received[queue][seq] counts deliveries.
+	// received[queue][seq] counts deliveries whose ack the broker is known to have processed:
+	// those of a consumer session whose connection then closed cleanly (close-ok comes after
+	// the acks before it). Deliveries of a session that died are not counted: their acks may
+	// never have arrived, so the broker owes them again.
 	received map[string]map[uint64]int
 	// hung are operations that got no answer in time.
 	hung []string
@@ -151,10 +154,27 @@ func publisher(ctx context.Context, l *ledger, addr, q string, interval time.Dur
 	}
 }
 
+// settle records a consumer session's deliveries of queue q as received once its connection
+// closed cleanly (closeErr nil): every ack sent before the close was processed by the broker.
+func (l *ledger) settle(q string, seqs []uint64, closeErr error) {
+	if closeErr != nil || len(seqs) == 0 {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.received[q] == nil {
+		l.received[q] = map[uint64]int{}
+	}
+	for _, s := range seqs {
+		l.received[q][s]++
+	}
+}
+
 // consumer consumes queue q on the node at addr with manual acks until ctx ends, recording
-// every delivery; it reconnects after a failure. With pauses, it consumes for 1 to 4 s, then
-// stays away for 0.5 to 3 s, so that the queue holds a backlog when a fault strikes (messages
-// that must come back from the home node's disk after a kill -9).
+// the deliveries of every session that ends with a clean close (ledger.settle); it reconnects
+// after a failure. With pauses, it consumes for 1 to 4 s, then stays away for 0.5 to 3 s, so
+// that the queue holds a backlog when a fault strikes (messages that must come back from the
+// home node's disk after a kill -9).
 func consumer(ctx context.Context, l *ledger, addr, q string, pauses bool) {
 	for ctx.Err() == nil {
 		var turn <-chan time.Time
@@ -178,14 +198,15 @@ func consumer(ctx context.Context, l *ledger, addr, q string, pauses bool) {
 			sleepCtx(ctx, 200*time.Millisecond)
 			continue
 		}
+		var pending []uint64 // this session's deliveries, acked
+		pause := false
 	deliveries:
 		for {
 			select {
 			case <-ctx.Done():
 				break deliveries
 			case <-turn:
-				conn.Close() // unacked deliveries go back to the queue
-				sleepCtx(ctx, 500*time.Millisecond+rand.N(2500*time.Millisecond))
+				pause = true
 				break deliveries
 			case d, ok := <-ds:
 				if !ok {
@@ -194,17 +215,17 @@ func consumer(ctx context.Context, l *ledger, addr, q string, pauses bool) {
 				name, seqText, found := strings.Cut(string(d.Body), ":")
 				seq, err := strconv.ParseUint(seqText, 10, 64)
 				if found && err == nil && name == q {
-					l.mu.Lock()
-					if l.received[q] == nil {
-						l.received[q] = map[uint64]int{}
-					}
-					l.received[q][seq]++
-					l.mu.Unlock()
+					pending = append(pending, seq)
 				}
 				_ = d.Ack(false)
 			}
 		}
-		conn.Close()
+		// Unacked deliveries go back to the queue; the acked ones count once the close-ok
+		// says the broker processed them.
+		l.settle(q, pending, conn.Close())
+		if pause {
+			sleepCtx(ctx, 500*time.Millisecond+rand.N(2500*time.Millisecond))
+		}
 	}
 }
 

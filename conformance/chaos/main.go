@@ -332,23 +332,22 @@ func chaos(ctx context.Context, o options, f *fleet, logf func(string, ...any)) 
 	}
 	stopPub()
 	pubs.Wait()
-	// Consumers that never pause drain what is left.
+	// The load's consumers stop (their sessions' deliveries count once each closes cleanly).
 	stopCon()
 	cons.Wait()
-	conCtx, stopCon = context.WithCancel(ctx)
-	defer stopCon()
-	for q, home := range p.homes {
-		addr := f.node(home).amqp
-		cons.Add(1)
-		go func() { defer cons.Done(); consumer(conCtx, l, addr, q, false) }()
-	}
-	// Consumers drain what was confirmed.
+	// Consumers drain what was confirmed, in rounds of 2 s: a delivery counts only once its
+	// session closed cleanly (ledger.settle), so each round ends with a close.
 	drainEnd := time.Now().Add(30 * time.Second)
 	for time.Now().Before(drainEnd) && len(l.lost(excludedBelow)) > 0 {
-		time.Sleep(200 * time.Millisecond)
+		roundCtx, endRound := context.WithTimeout(ctx, 2*time.Second)
+		for q, home := range p.homes {
+			addr := f.node(home).amqp
+			cons.Add(1)
+			go func() { defer cons.Done(); consumer(roundCtx, l, addr, q, false) }()
+		}
+		cons.Wait()
+		endRound()
 	}
-	stopCon()
-	cons.Wait()
 
 	faultList := []string{}
 	for _, k := range allFaults {
