@@ -255,6 +255,39 @@ func TestDeadNodeStaysDownAcrossElections(t *testing.T) {
 	}
 }
 
+// TestRestartedMemberGetsFullTimeout: a member taken for dead that comes back through
+// node_restarted (proposed by the restarted node during its catch-up, before its first status)
+// gets a full node timeout from when the leader sees it back, not the leader's last status of
+// it from before it died. Here node_restarted is proposed for a node that stays dead: the leader
+// takes it for dead again only after a timeout.
+func TestRestartedMemberGetsFullTimeout(t *testing.T) {
+	ns := newNodeSet(t, "n1", "n2", "n3")
+	ns.timeout = time.Second
+	ns.startAll(false, nil, "n1", "n2", "n3")
+	var lead string
+	waitFor(t, 10*time.Second, "a leader", func() bool { lead = ns.leader(); return lead != "" })
+	dead := "n1"
+	if lead == dead {
+		dead = "n2"
+	}
+	ns.stop(dead)
+	n := ns.node(lead)
+	waitFor(t, 10*time.Second, dead+" taken for dead", func() bool { return n.meta.IsDown(dead) })
+	restart := RestartCommand(dead, 99<<32)
+	if _, err := n.mg.Propose(t.Context(), restart.Encode()); err != nil {
+		t.Fatal(err)
+	}
+	up := time.Now()
+	if n.meta.IsDown(dead) {
+		t.Fatal("node_restarted did not end node_down")
+	}
+	waitFor(t, 10*time.Second, dead+" taken for dead again", func() bool { return n.meta.IsDown(dead) })
+	// A full timeout (1 s) from the leader's next look; without it, the next look (every 250 ms).
+	if back := time.Since(up); back < 600*time.Millisecond {
+		t.Errorf("%s taken for dead again %v after it came back, want about a node timeout (1 s)", dead, back.Round(time.Millisecond))
+	}
+}
+
 // TestSlowApplyDoesNotStallOtherGroups: while the broker takes its time over one change (a
 // queue delete of many stored messages), the Raft loop goes on: another group commits, and a
 // later metadata command is decided (its broker part waits its turn, in log order).
