@@ -80,7 +80,10 @@ type state struct {
 	// Nodes are the members balanced queues are spread over (set_nodes), sorted.
 	Nodes []string `json:"nodes,omitempty"`
 	// Down are the nodes taken for dead (node_down, until node_up or node_restarted), sorted.
-	Down   []string               `json:"down,omitempty"`
+	Down []string `json:"down,omitempty"`
+	// Gone are the nodes removed from the cluster (node_gone, until a set_nodes lists them or
+	// they propose node_restarted), sorted.
+	Gone   []string               `json:"gone,omitempty"`
 	VHosts map[string]*vhostState `json:"vhosts"`
 }
 
@@ -200,17 +203,22 @@ func (m *Metadata) decide(index uint64, cmd []byte) Result {
 		nodes := slices.Clone(c.Nodes)
 		slices.Sort(nodes)
 		m.st.Nodes = slices.Compact(nodes)
+		for _, n := range m.st.Nodes {
+			m.st.Gone = setIn(m.st.Gone, n, false) // added again
+		}
 		return Result{}
 	case OpNodeGone:
 		// The node left the cluster: it is no longer down but gone. What went with its
-		// connections and its memory goes (as node_down); its durable queues stay, answer 404
-		// while their home is not a member, and can be deleted (deleteQueue).
+		// connections and its memory goes (as node_down); its durable queues stay, answer 404,
+		// and can be deleted (deleteQueue).
 		m.setDown(c.Node, false)
+		m.st.Gone = setIn(m.st.Gone, c.Node, true)
 		m.nodeDown(c.Node)
 		return Result{}
 	case OpDropOwner, OpNodeRestarted:
 		if c.Op == OpNodeRestarted {
 			m.setDown(c.Node, false)
+			m.st.Gone = setIn(m.st.Gone, c.Node, false) // it runs
 		}
 		m.dropOwners(c)
 		return Result{}
@@ -244,16 +252,22 @@ func (m *Metadata) decide(index uint64, cmd []byte) Result {
 
 // setDown adds node to (or removes it from) the nodes taken for dead.
 func (m *Metadata) setDown(node string, down bool) {
-	i, found := slices.BinarySearch(m.st.Down, node)
+	m.st.Down = setIn(m.st.Down, node, down)
+}
+
+// setIn adds name to (in) or removes it from sorted set, which it returns (nil when empty).
+func setIn(set []string, name string, in bool) []string {
+	i, found := slices.BinarySearch(set, name)
 	switch {
-	case down && !found:
-		m.st.Down = slices.Insert(m.st.Down, i, node)
-	case !down && found:
-		m.st.Down = slices.Delete(m.st.Down, i, i+1)
-		if len(m.st.Down) == 0 {
-			m.st.Down = nil
+	case in && !found:
+		set = slices.Insert(set, i, name)
+	case !in && found:
+		set = slices.Delete(set, i, i+1)
+		if len(set) == 0 {
+			set = nil
 		}
 	}
+	return set
 }
 
 // IsDown reports whether node is taken for dead by the replicated state (node_down applied,
@@ -296,14 +310,11 @@ func (m *Metadata) homeDown(q *queueRec) bool {
 	return found
 }
 
-// homeGone reports whether q's home node is no longer a member (set_nodes without it, after a
-// node_gone): its messages are out of reach for good. With no member list yet, every node is one.
+// homeGone reports whether q's home node left the cluster (node_gone): its messages are out of
+// reach for good.
 func (m *Metadata) homeGone(q *queueRec) bool {
-	if len(m.st.Nodes) == 0 {
-		return false
-	}
-	_, found := slices.BinarySearch(m.st.Nodes, q.Home)
-	return !found
+	_, found := slices.BinarySearch(m.st.Gone, q.Home)
+	return found
 }
 
 // vhost is the state of a vhost, created with its default exchanges on first use.
@@ -672,6 +683,8 @@ func decodeSnapshot(b []byte) (state, error) {
 	}
 	slices.Sort(st.Down) // searched with BinarySearch
 	st.Down = slices.Compact(st.Down)
+	slices.Sort(st.Gone)
+	st.Gone = slices.Compact(st.Gone)
 	for name, vs := range st.VHosts {
 		if vs == nil {
 			return state{}, fmt.Errorf("cluster: metadata snapshot: vhost %q has no state", name)

@@ -129,7 +129,11 @@ func TestMetadataApply(t *testing.T) {
 			{cmd: q("durable", "n1", 1), code: amqp.NotFound, text: "home node 'n2' of durable queue 'durable' in vhost '/' is down or inaccessible"},
 			{cmd: Command{Op: OpDeleteQueue, VHost: "/", Name: "durable", Node: "n1"}},
 			{cmd: q("durable", "n1", 1)},
-		}, queues: map[string]bool{"durable": true, "transient": false, "excl": false}, notDown: []string{"n2"}},
+			{cmd: q("durable2", "n2", 7)}, // a late command of n2's
+			{cmd: q("durable2", "n1", 1), code: amqp.NotFound, text: "home node 'n2'"},
+			{cmd: Command{Op: OpSetNodes, Nodes: []string{"n1", "n2", "n3"}}}, // n2 added again
+			{cmd: q("durable2", "n1", 1)},
+		}, queues: map[string]bool{"durable": true, "durable2": true, "transient": false, "excl": false}, notDown: []string{"n2"}},
 		{name: "a member's queue whose home is down cannot be deleted", steps: []step{
 			{cmd: Command{Op: OpSetNodes, Nodes: []string{"n1", "n2"}}},
 			{cmd: q("durable", "n2", 6)},
