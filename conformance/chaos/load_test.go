@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"maps"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -15,26 +16,28 @@ import (
 	"github.com/warrenmq/warren/embedded"
 )
 
-// TestLedgerSettle: a consumer session's deliveries count as received only when its connection
-// closed cleanly; a session that died may not have had its acks processed, so the broker owes
-// those messages again and the ledger must not take them as delivered.
+// TestLedgerSettle: acked deliveries count as received only once a synchronous answer says the
+// broker processed their acks; those of a session that died first are in doubt (neither
+// received nor lost) until delivered again, and a confirmed message never delivered is lost.
 func TestLedgerSettle(t *testing.T) {
 	tests := []struct {
 		name     string
 		sessions [][]uint64
-		closeErr []error
+		syncErr  []error
 		want     map[uint64]int
+		lost     []string
 	}{
-		{"clean close counts", [][]uint64{{1, 2}}, []error{nil}, map[uint64]int{1: 1, 2: 1}},
-		{"died session does not count", [][]uint64{{1, 2}}, []error{amqp.ErrClosed}, map[uint64]int{}},
+		{"settled counts", [][]uint64{{1, 2}}, []error{nil}, map[uint64]int{1: 1, 2: 1}, []string{"q #3"}},
+		{"died session is in doubt, not received", [][]uint64{{1, 2}}, []error{amqp.ErrClosed}, map[uint64]int{}, []string{"q #3"}},
 		{"redelivered after a died session counts once", [][]uint64{{1, 2}, {1, 2, 3}}, []error{errors.New("reset"), nil},
-			map[uint64]int{1: 1, 2: 1, 3: 1}},
-		{"a duplicate across clean sessions counts twice", [][]uint64{{1}, {1}}, []error{nil, nil}, map[uint64]int{1: 2}},
+			map[uint64]int{1: 1, 2: 1, 3: 1}, nil},
+		{"a duplicate across settled sessions counts twice", [][]uint64{{1}, {1}}, []error{nil, nil}, map[uint64]int{1: 2}, []string{"q #2", "q #3"}},
 	}
 	for _, tt := range tests {
 		l := newLedger([]string{"q"})
+		l.confirmed["q"] = map[uint64]bool{1: true, 2: true, 3: true}
 		for i, s := range tt.sessions {
-			l.settle("q", s, tt.closeErr[i])
+			l.settle("q", s, tt.syncErr[i])
 		}
 		got := l.received["q"]
 		if got == nil {
@@ -42,6 +45,9 @@ func TestLedgerSettle(t *testing.T) {
 		}
 		if !maps.Equal(got, tt.want) {
 			t.Errorf("%s: received %v, want %v", tt.name, got, tt.want)
+		}
+		if lost := l.lost(nil); !slices.Equal(lost, tt.lost) {
+			t.Errorf("%s: lost %v, want %v", tt.name, lost, tt.lost)
 		}
 	}
 }
