@@ -73,14 +73,26 @@ func (m *Metadata) StopWorker() {
 }
 
 // Drain waits until the broker has applied every change decided so far (no-op without the
-// worker).
-func (m *Metadata) Drain() {
+// worker, or once it stopped), or until ctx ends (its error then).
+func (m *Metadata) Drain(ctx context.Context) error {
 	m.mu.Lock()
 	w := m.worker
 	m.mu.Unlock()
-	if w != nil {
-		w.drain()
+	if w == nil {
+		return nil
 	}
+	// A job with no ops: the worker runs jobs in order, so it is done once all before it are.
+	mark := &Applying{done: make(chan struct{})}
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		return nil
+	}
+	w.q = append(w.q, applyJob{done: mark})
+	w.cond.Broadcast()
+	w.mu.Unlock()
+	_, err := mark.Wait(ctx)
+	return err
 }
 
 func (w *applyWorker) push(j applyJob) {
@@ -90,12 +102,11 @@ func (w *applyWorker) push(j applyJob) {
 	w.mu.Unlock()
 }
 
-func (w *applyWorker) drain() {
+// idle reports whether the worker has nothing queued or running.
+func (w *applyWorker) idle() bool {
 	w.mu.Lock()
-	for (len(w.q) > 0 || w.busy) && !w.closed {
-		w.cond.Wait()
-	}
-	w.mu.Unlock()
+	defer w.mu.Unlock()
+	return len(w.q) == 0 && !w.busy
 }
 
 func (w *applyWorker) run() {

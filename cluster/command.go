@@ -22,8 +22,10 @@ const (
 	OpUnbind          = "unbind"
 	// OpDropOwner deletes the exclusive queues of connection Conn of node Node.
 	OpDropOwner = "drop_owner"
-	// OpNodeGone deletes the exclusive queues of every connection of node Node (the node left
-	// or died: its connections are gone).
+	// OpNodeGone says node Node left the cluster (a reload without it): it is no longer down,
+	// the exclusive queues of its connections and its non-durable queues are deleted, and its
+	// durable queues answer 404 and can be deleted, until a set_nodes lists it again or it
+	// proposes node_restarted.
 	OpNodeGone = "node_gone"
 	// OpNodeRestarted deletes the exclusive queues of node Node's connections of earlier
 	// processes: those whose owner's incarnation (broker.IncarnationOf) is not Conn's. A node

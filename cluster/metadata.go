@@ -11,6 +11,7 @@ import (
 
 	"github.com/warrenmq/warren/amqp"
 	"github.com/warrenmq/warren/broker"
+	"github.com/warrenmq/warren/cluster/multiraft"
 )
 
 // Applier is the local broker: it makes its registry follow the changes the log accepted.
@@ -52,8 +53,11 @@ func resultOf(err *amqp.Error) Result {
 // state and the command, so every node decides every command alike; the local broker is then
 // told of accepted changes through the Applier.
 //
-// Lock order: Metadata.mu is taken by the log's apply goroutine and held while the Applier
-// runs, so it sits above every lock of the broker; the broker never calls into Metadata.
+// Lock order: Metadata.mu is taken by the Raft host's loop (Apply, Snapshot, Restore) and by
+// readers (IsDown, AppliedIndex). Without the worker it is held while the Applier runs, so it
+// sits above every lock of the broker; with the worker (a Node's case) the Applier runs on the
+// worker goroutine without it, and the worker's own mutex is never held across the Applier
+// either. The broker never calls into Metadata.
 type Metadata struct {
 	log     *slog.Logger
 	applier Applier // nil: the state alone (tests of the state machine)
@@ -76,7 +80,10 @@ type state struct {
 	// Nodes are the members balanced queues are spread over (set_nodes), sorted.
 	Nodes []string `json:"nodes,omitempty"`
 	// Down are the nodes taken for dead (node_down, until node_up or node_restarted), sorted.
-	Down   []string               `json:"down,omitempty"`
+	Down []string `json:"down,omitempty"`
+	// Gone are the nodes removed from the cluster (node_gone, until a set_nodes lists them or
+	// they propose node_restarted), sorted.
+	Gone   []string               `json:"gone,omitempty"`
 	VHosts map[string]*vhostState `json:"vhosts"`
 }
 
@@ -196,10 +203,22 @@ func (m *Metadata) decide(index uint64, cmd []byte) Result {
 		nodes := slices.Clone(c.Nodes)
 		slices.Sort(nodes)
 		m.st.Nodes = slices.Compact(nodes)
+		for _, n := range m.st.Nodes {
+			m.st.Gone = setIn(m.st.Gone, n, false) // added again
+		}
 		return Result{}
-	case OpNodeGone, OpDropOwner, OpNodeRestarted:
+	case OpNodeGone:
+		// The node left the cluster: it is no longer down but gone. What went with its
+		// connections and its memory goes (as node_down); its durable queues stay, answer 404,
+		// and can be deleted (deleteQueue).
+		m.setDown(c.Node, false)
+		m.st.Gone = setIn(m.st.Gone, c.Node, true)
+		m.nodeDown(c.Node)
+		return Result{}
+	case OpDropOwner, OpNodeRestarted:
 		if c.Op == OpNodeRestarted {
 			m.setDown(c.Node, false)
+			m.st.Gone = setIn(m.st.Gone, c.Node, false) // it runs
 		}
 		m.dropOwners(c)
 		return Result{}
@@ -233,16 +252,22 @@ func (m *Metadata) decide(index uint64, cmd []byte) Result {
 
 // setDown adds node to (or removes it from) the nodes taken for dead.
 func (m *Metadata) setDown(node string, down bool) {
-	i, found := slices.BinarySearch(m.st.Down, node)
+	m.st.Down = setIn(m.st.Down, node, down)
+}
+
+// setIn adds name to (in) or removes it from sorted set, which it returns (nil when empty).
+func setIn(set []string, name string, in bool) []string {
+	i, found := slices.BinarySearch(set, name)
 	switch {
-	case down && !found:
-		m.st.Down = slices.Insert(m.st.Down, i, node)
-	case !down && found:
-		m.st.Down = slices.Delete(m.st.Down, i, i+1)
-		if len(m.st.Down) == 0 {
-			m.st.Down = nil
+	case in && !found:
+		set = slices.Insert(set, i, name)
+	case !in && found:
+		set = slices.Delete(set, i, i+1)
+		if len(set) == 0 {
+			set = nil
 		}
 	}
+	return set
 }
 
 // IsDown reports whether node is taken for dead by the replicated state (node_down applied,
@@ -282,6 +307,13 @@ func errHomeDown(vhost, name, home string) *amqp.Error {
 // homeDown reports whether q's home node is taken for dead.
 func (m *Metadata) homeDown(q *queueRec) bool {
 	_, found := slices.BinarySearch(m.st.Down, q.Home)
+	return found
+}
+
+// homeGone reports whether q's home node left the cluster (node_gone): its messages are out of
+// reach for good.
+func (m *Metadata) homeGone(q *queueRec) bool {
+	_, found := slices.BinarySearch(m.st.Gone, q.Home)
 	return found
 }
 
@@ -358,7 +390,7 @@ func owns(q *queueRec, c Command) bool {
 func (m *Metadata) declareQueue(vs *vhostState, c Command, args amqp.Table, index uint64) Result {
 	got := broker.QueueSpec{Name: c.Name, Durable: c.Durable, Exclusive: c.Exclusive, AutoDelete: c.AutoDelete, Args: args}
 	if q := vs.Queues[c.Name]; q != nil {
-		if m.homeDown(q) {
+		if m.homeDown(q) || m.homeGone(q) {
 			// As RabbitMQ: an existing queue whose node is down is absent, before any check.
 			return resultOf(errHomeDown(c.VHost, c.Name, q.Home))
 		}
@@ -383,7 +415,8 @@ func (m *Metadata) declareQueue(vs *vhostState, c Command, args amqp.Table, inde
 
 // home decides a new queue's home node, as RabbitMQ's queue_leader_locator: client-local (the
 // default, and always for an exclusive queue) is the node the client declared it on; balanced
-// is the member with the fewest queues (the first in name order on a tie).
+// is the member not taken for dead with the fewest queues (the first in name order on a tie),
+// or the client's node when every member is taken for dead.
 func (m *Metadata) home(c Command, args amqp.Table) string {
 	loc, _ := args["x-queue-leader-locator"].(string)
 	if _, set := args["x-queue-leader-locator"]; !set {
@@ -398,11 +431,17 @@ func (m *Metadata) home(c Command, args amqp.Table) string {
 			count[q.Home]++
 		}
 	}
-	best := m.st.Nodes[0]
-	for _, n := range m.st.Nodes[1:] {
-		if count[n] < count[best] {
+	best := ""
+	for _, n := range m.st.Nodes {
+		if _, down := slices.BinarySearch(m.st.Down, n); down {
+			continue
+		}
+		if best == "" || count[n] < count[best] {
 			best = n
 		}
+	}
+	if best == "" {
+		return c.Node
 	}
 	return best
 }
@@ -418,7 +457,9 @@ func (m *Metadata) deleteQueue(vs *vhostState, c Command) Result {
 		if q.Epoch != c.Epoch {
 			return Result{}
 		}
-	} else if m.homeDown(q) {
+	} else if m.homeDown(q) && !m.homeGone(q) {
+		// A queue whose home left the cluster can be deleted (it never comes back), as
+		// RabbitMQ's forget_cluster_node deletes them; one whose home is down may.
 		return resultOf(errHomeDown(c.VHost, c.Name, q.Home))
 	} else if q.Exclusive && !owns(q, c) {
 		return resultOf(broker.ErrLocked(c.VHost, c.Name))
@@ -586,13 +627,15 @@ func (vs *vhostState) maybeAutoDelete(name string) {
 // Snapshot is the whole state, encoded as versioned JSON (bindings sorted, map keys sorted by
 // encoding/json): equal states have equal snapshots.
 //
-// With the worker, it first waits until the broker has applied every change decided so far, so
-// that a snapshot never runs ahead of the node's own store (a restart from it would not replay
-// a delete the broker had not yet made). Snapshots are rare (every multiraft SnapshotEvery
-// entries).
+// With the worker, it snapshots only once the broker has applied every change decided so far,
+// so that a snapshot never runs ahead of the node's own store (a restart from it would not
+// replay a delete the broker had not yet made). While the worker is busy it returns
+// multiraft.ErrSnapshotLater rather than wait: Snapshot runs on the host's loop, and waiting
+// there for a slow delete would stall every group. Snapshot and Apply run on that loop alone,
+// so nothing is queued between the check and the encoding.
 func (m *Metadata) Snapshot() ([]byte, error) {
-	if w := m.worker; w != nil {
-		w.drain()
+	if w := m.worker; w != nil && !w.idle() {
+		return nil, multiraft.ErrSnapshotLater
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -643,6 +686,8 @@ func decodeSnapshot(b []byte) (state, error) {
 	}
 	slices.Sort(st.Down) // searched with BinarySearch
 	st.Down = slices.Compact(st.Down)
+	slices.Sort(st.Gone)
+	st.Gone = slices.Compact(st.Gone)
 	for name, vs := range st.VHosts {
 		if vs == nil {
 			return state{}, fmt.Errorf("cluster: metadata snapshot: vhost %q has no state", name)

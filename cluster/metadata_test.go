@@ -63,6 +63,8 @@ func TestMetadataApply(t *testing.T) {
 		queues    map[string]bool
 		exchanges map[string]bool
 		bindings  int
+		// notDown are nodes that must not be taken for dead at the end.
+		notDown []string
 	}{
 		{name: "declare is idempotent", steps: []step{{cmd: q("a", "n1", 1)}, {cmd: q("a", "n2", 7)}},
 			queues: map[string]bool{"a": true}},
@@ -116,6 +118,28 @@ func TestMetadataApply(t *testing.T) {
 			{cmd: Command{Op: OpNodeUp, Node: "n2"}},
 			{cmd: q("durable", "n1", 1)},
 		}, queues: map[string]bool{"excl": false, "transient": false, "durable": true, "n1transient": true}},
+		{name: "node_gone ends node_down; the gone node's durable queues can be deleted and declared anew", steps: []step{
+			{cmd: Command{Op: OpSetNodes, Nodes: []string{"n1", "n2", "n3"}}},
+			{cmd: q("durable", "n2", 6)},
+			{cmd: with(q("transient", "n2", 0), func(c *Command) { c.Durable = false })},
+			{cmd: with(q("excl", "n2", 5), func(c *Command) { c.Exclusive = true })},
+			{cmd: Command{Op: OpNodeDown, Node: "n2"}},
+			{cmd: Command{Op: OpSetNodes, Nodes: []string{"n1", "n3"}}},
+			{cmd: Command{Op: OpNodeGone, Node: "n2"}},
+			{cmd: q("durable", "n1", 1), code: amqp.NotFound, text: "home node 'n2' of durable queue 'durable' in vhost '/' is down or inaccessible"},
+			{cmd: Command{Op: OpDeleteQueue, VHost: "/", Name: "durable", Node: "n1"}},
+			{cmd: q("durable", "n1", 1)},
+			{cmd: q("durable2", "n2", 7)}, // a late command of n2's
+			{cmd: q("durable2", "n1", 1), code: amqp.NotFound, text: "home node 'n2'"},
+			{cmd: Command{Op: OpSetNodes, Nodes: []string{"n1", "n2", "n3"}}}, // n2 added again
+			{cmd: q("durable2", "n1", 1)},
+		}, queues: map[string]bool{"durable": true, "durable2": true, "transient": false, "excl": false}, notDown: []string{"n2"}},
+		{name: "a member's queue whose home is down cannot be deleted", steps: []step{
+			{cmd: Command{Op: OpSetNodes, Nodes: []string{"n1", "n2"}}},
+			{cmd: q("durable", "n2", 6)},
+			{cmd: Command{Op: OpNodeDown, Node: "n2"}},
+			{cmd: Command{Op: OpDeleteQueue, VHost: "/", Name: "durable", Node: "n1"}, code: amqp.NotFound, text: "is down or inaccessible"},
+		}, queues: map[string]bool{"durable": true}},
 		{name: "node_restarted ends node_down", steps: []step{
 			{cmd: q("durable", "n2", 6)},
 			{cmd: Command{Op: OpNodeDown, Node: "n2"}},
@@ -168,6 +192,11 @@ func TestMetadataApply(t *testing.T) {
 					t.Fatalf("step %d (%s): got %d %q, want %d containing %q", i, c.Op, res.Code, res.Text, s.code, s.text)
 				}
 			}
+			for _, n := range tt.notDown {
+				if m.IsDown(n) {
+					t.Errorf("%s still taken for dead", n)
+				}
+			}
 			vs := m.st.VHosts["/"]
 			for name, want := range tt.queues {
 				if got := vs.Queues[name] != nil; got != want {
@@ -214,6 +243,35 @@ func TestQueueHome(t *testing.T) {
 	} {
 		if got := apply(tc.c).Home; got != tc.want {
 			t.Errorf("%s: home %s, want %s", tc.name, got, tc.want)
+		}
+	}
+	// Queues per home now: n1 2, n2 2, n3 3. A member taken for dead is never chosen; with
+	// every member down the client's node is.
+	for _, tc := range []struct {
+		name string
+		down []string
+		node string
+		want string
+	}{
+		{"fewest queues", nil, "n3", "n1"},
+		{"fewest queues is down", []string{"n1"}, "n3", "n2"},
+		{"all but the busiest down", []string{"n1", "n2"}, "n1", "n3"},
+		{"every member down", []string{"n1", "n2", "n3"}, "n2", "n2"},
+	} {
+		for _, n := range tc.down {
+			apply(Command{Op: OpNodeDown, Node: n})
+		}
+		res := apply(Command{Op: OpDeclareQueue, VHost: "/", Name: "d-" + tc.name, Node: tc.node, Args: balanced})
+		if res.Home != tc.want {
+			t.Errorf("%s: home %s, want %s", tc.name, res.Home, tc.want)
+		}
+		// Undo the declare and the downs: each case starts from the same counts.
+		apply(Command{Op: OpDeleteQueue, VHost: "/", Name: "d-" + tc.name, Node: tc.node, Epoch: res.Epoch})
+		if m.st.VHosts["/"].Queues["d-"+tc.name] != nil {
+			t.Fatalf("%s: the declared queue was not deleted", tc.name)
+		}
+		for _, n := range tc.down {
+			apply(Command{Op: OpNodeUp, Node: n})
 		}
 	}
 }

@@ -89,8 +89,10 @@ type Node struct {
 	statusEvery time.Duration
 	// restartSent: the node_restarted command committed (StartNode's catch-up).
 	restartSent bool
-	// watch is the leader's view of when each member was last heard from (statusLoop only).
-	watch map[string]time.Time
+	// watch is the leader's view of when each member was last heard from, and watchDown
+	// whether it was taken for dead at the last look (statusLoop only).
+	watch     map[string]time.Time
+	watchDown map[string]bool
 	// link is the data link to the other nodes (link_node.go), on broker.
 	link   *Link
 	broker *broker.Broker
@@ -175,19 +177,38 @@ func StartNode(cfg NodeConfig, b *broker.Broker) (*Node, error) {
 func (n *Node) catchUp() {
 	start := time.Now()
 	deadline := start.Add(n.cfg.CatchUpTimeout)
+	// One status report now, alongside: the leader may still hold this node's last status
+	// from before a crash, and the regular reports start only after the catch-up, which can
+	// take longer than what is left of the node timeout.
+	statusCtx, cancelStatus := context.WithDeadline(context.Background(), deadline)
+	statusDone := make(chan struct{})
+	go func() {
+		defer close(statusDone)
+		if err := n.proposeStatus(statusCtx); err != nil {
+			n.log.Debug("cluster: first status not reported during the catch-up", "err", err)
+		}
+	}()
+	defer func() {
+		<-statusDone // bounded by the deadline
+		cancelStatus()
+	}()
 	stored := n.mg.Status().Commit
 	for n.mg.Status().Applied < stored && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
+	// The broker's part of those entries runs on the apply worker: it too, within the deadline
+	// (a delete of a queue of millions of stored messages can take long).
+	if err := n.meta.Drain(ctx); err != nil {
+		n.log.Warn("cluster: the broker had not applied the node's own log when the catch-up timed out", "err", err)
+	}
 	out, err := n.mg.Propose(ctx, n.restart.Encode())
 	if a, ok := out.(*Applying); ok && err == nil {
 		_, err = a.Wait(ctx)
 	}
 	st := n.mg.Status()
 	if err != nil {
-		n.meta.Drain()
 		n.log.Warn("cluster: serving clients before the metadata caught up with the cluster (no majority reachable?); the topology may be behind until it does",
 			"waited", time.Since(start).Round(time.Millisecond), "stored_commit_index", stored, "applied_index", st.Applied, "err", err)
 		return
@@ -261,18 +282,21 @@ func (n *Node) statusLoop() {
 
 // watchMembers (leader only) proposes node_down for a member not heard from (no status
 // arrived, by this node's clock) for NodeTimeout, and node_up for a member taken for dead whose
-// statuses came back. A node that just became leader gives every member a full timeout from
-// then. Only the leader decides, so one view of the clock decides, and the leader has a
-// majority behind it (CheckQuorum): a node cut off from the majority never declares the
-// others dead.
+// statuses came back. A node that just became leader gives every live member a full timeout
+// from then, but not a member already taken for dead: only a status arriving brings that one
+// back (else every election would bring a dead node up, and one timeout later down again). A
+// member that comes back otherwise (node_restarted, from the restarted node itself) gets a
+// full timeout from when this leader sees it back: its last status may be from before it died.
+// Only the leader decides, so one view of the clock decides, and the leader has a majority
+// behind it (CheckQuorum): a node cut off from the majority never declares the others dead.
 func (n *Node) watchMembers(ctx context.Context) {
 	if n.mg.Status().State != "StateLeader" {
-		n.watch = nil
+		n.watch, n.watchDown = nil, nil
 		return
 	}
 	now := time.Now()
 	if n.watch == nil {
-		n.watch = map[string]time.Time{}
+		n.watch, n.watchDown = map[string]time.Time{}, map[string]bool{}
 	}
 	n.mu.Lock()
 	nodes := slices.Sorted(maps.Keys(n.nodes))
@@ -281,16 +305,20 @@ func (n *Node) watchMembers(ctx context.Context) {
 		if name == n.cfg.NodeName {
 			continue
 		}
+		down := n.meta.IsDown(name)
 		seen, ok := n.watch[name]
-		if !ok {
+		switch {
+		case !ok && down:
+			seen = time.Time{} // only a status that arrives counts
+		case !ok, n.watchDown[name] && !down:
 			seen = now
 		}
 		if at, ok := n.check.Arrived(name); ok && at.After(seen) {
 			seen = at
 		}
 		n.watch[name] = seen
+		n.watchDown[name] = down
 		silent := now.Sub(seen)
-		down := n.meta.IsDown(name)
 		var c Command
 		switch {
 		case !down && silent > n.cfg.NodeTimeout:
@@ -304,6 +332,7 @@ func (n *Node) watchMembers(ctx context.Context) {
 			n.log.Warn("cluster: could not record a member's state", "node", name, "op", c.Op, "err", err)
 			continue
 		}
+		n.watchDown[name] = c.Op == OpNodeDown
 		if c.Op == OpNodeDown {
 			n.log.Warn("cluster: member taken for dead: its exclusive and non-durable queues are deleted, its durable queues are unavailable until it returns",
 				"node", name, "silent", silent.Round(time.Millisecond), "node_timeout", n.cfg.NodeTimeout)

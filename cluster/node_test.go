@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"sync"
 	"testing"
@@ -203,19 +204,107 @@ func TestNodeDownDropsItsQueues(t *testing.T) {
 		t.Fatalf("declare of a queue whose home is down: %v", err)
 	}
 	ns.start("n3", false, nil)
+	// Back, and not taken for dead again while it serves: the leader's last status of n3 is
+	// from before it stopped, more than a node timeout ago.
+	waitFor(t, 5*time.Second, "n1 sees n3 back", func() bool { return !ns.node("n1").meta.IsDown("n3") })
+	for end := time.Now().Add(2*ns.timeout + time.Second/2); time.Now().Before(end); time.Sleep(5 * time.Millisecond) {
+		if ns.node("n1").meta.IsDown("n3") {
+			t.Fatal("n3, restarted and serving, was taken for dead again")
+		}
+	}
 	ns.declare("n1", "durable3")
 	if !hasQueue(ns.broker("n3"), "durable3") {
 		t.Errorf("n3 lost its durable queue")
 	}
 }
 
+// leader is the name of the node that leads the metadata group ("" while none does).
+func (ns *nodeSet) leader() string {
+	for _, name := range ns.runningNodes() {
+		if n := ns.node(name); n != nil && n.mg.Status().State == "StateLeader" {
+			return name
+		}
+	}
+	return ""
+}
+
+// TestDeadNodeStaysDownAcrossElections: a new leader starts with no view of when members were
+// last heard from; a member already taken for dead must not be brought back (node_up) by that
+// alone, and then taken for dead again one timeout later.
+func TestDeadNodeStaysDownAcrossElections(t *testing.T) {
+	ns := newNodeSet(t, "n1", "n2", "n3", "n4", "n5")
+	ns.timeout = time.Second
+	ns.startAll(false, nil, "n1", "n2", "n3", "n4", "n5")
+	var lead string
+	waitFor(t, 10*time.Second, "a leader", func() bool { lead = ns.leader(); return lead != "" })
+	dead := "n1"
+	if lead == dead {
+		dead = "n2"
+	}
+	ns.stop(dead)
+	waitFor(t, 10*time.Second, dead+" taken for dead", func() bool { return ns.node(lead).meta.IsDown(dead) })
+	ns.stop(lead)
+	var next string
+	waitFor(t, 10*time.Second, "a new leader", func() bool { next = ns.leader(); return next != "" })
+	// The new leader has ticked several times within 3 s (every 250 ms here).
+	watcher := ns.node(next)
+	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); time.Sleep(5 * time.Millisecond) {
+		if !watcher.meta.IsDown(dead) {
+			t.Fatalf("%s, dead, was brought back up by the new leader %s", dead, next)
+		}
+	}
+}
+
+// TestRestartedMemberGetsFullTimeout: a member taken for dead that comes back through
+// node_restarted (proposed by the restarted node during its catch-up, before its first status)
+// gets a full node timeout from when the leader sees it back, not the leader's last status of
+// it from before it died. Here node_restarted is proposed for a node that stays dead: the leader
+// takes it for dead again only after a timeout.
+func TestRestartedMemberGetsFullTimeout(t *testing.T) {
+	ns := newNodeSet(t, "n1", "n2", "n3")
+	ns.timeout = time.Second
+	ns.startAll(false, nil, "n1", "n2", "n3")
+	var lead string
+	waitFor(t, 10*time.Second, "a leader", func() bool { lead = ns.leader(); return lead != "" })
+	dead := "n1"
+	if lead == dead {
+		dead = "n2"
+	}
+	ns.stop(dead)
+	n := ns.node(lead)
+	waitFor(t, 10*time.Second, dead+" taken for dead", func() bool { return n.meta.IsDown(dead) })
+	restart := RestartCommand(dead, 99<<32)
+	if _, err := n.mg.Propose(t.Context(), restart.Encode()); err != nil {
+		t.Fatal(err)
+	}
+	up := time.Now()
+	if n.meta.IsDown(dead) {
+		t.Fatal("node_restarted did not end node_down")
+	}
+	waitFor(t, 10*time.Second, dead+" taken for dead again", func() bool { return n.meta.IsDown(dead) })
+	// A full timeout (1 s) from the leader's next look; without it, the next look (every 250 ms).
+	if back := time.Since(up); back < 600*time.Millisecond {
+		t.Errorf("%s taken for dead again %v after it came back, want about a node timeout (1 s)", dead, back.Round(time.Millisecond))
+	}
+}
+
 // TestSlowApplyDoesNotStallOtherGroups: while the broker takes its time over one change (a
 // queue delete of many stored messages), the Raft loop goes on: another group commits, and a
 // later metadata command is decided (its broker part waits its turn, in log order).
+//
+// With SnapshotEvery 3 the metadata group wants a snapshot while the broker is busy: the
+// snapshot waits for a later round (multiraft.ErrSnapshotLater) instead of holding the loop.
 func TestSlowApplyDoesNotStallOtherGroups(t *testing.T) {
+	for _, every := range []uint64{0, 3} {
+		t.Run(fmt.Sprintf("SnapshotEvery=%d", every), func(t *testing.T) { testSlowApply(t, every) })
+	}
+}
+
+func testSlowApply(t *testing.T, snapshotEvery uint64) {
 	addr := freeAddr(t)
 	h, err := multiraft.NewHost(multiraft.Config{NodeName: "n1", ListenAddr: addr, Peers: map[string]string{"n1": addr},
-		Secret: []byte("s"), DataDir: t.TempDir(), Logger: quietLog(), TickInterval: 10 * time.Millisecond, NoSync: true})
+		Secret: []byte("s"), DataDir: t.TempDir(), Logger: quietLog(), TickInterval: 10 * time.Millisecond, NoSync: true,
+		SnapshotEvery: snapshotEvery})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -260,6 +349,18 @@ func TestSlowApplyDoesNotStallOtherGroups(t *testing.T) {
 	if _, err := next.(*Applying).Wait(short); err == nil {
 		t.Fatal("a later change reached the broker before the delete before it")
 	}
+	// More metadata entries (a snapshot falls due among them) and the other group still go on.
+	for i := range 4 {
+		again, cancelAgain := context.WithTimeout(t.Context(), 2*time.Second)
+		_, err := mg.Propose(again, (&Command{Op: OpDeclareExchange, VHost: "/", Name: fmt.Sprintf("x%d", i), Type: "direct"}).Encode())
+		if err == nil {
+			_, err = other.Propose(again, []byte(`{"node":"n1","at":"2026-01-01T00:00:01Z"}`))
+		}
+		cancelAgain()
+		if err != nil {
+			t.Fatalf("proposal %d stalled behind a slow apply: %v", i, err)
+		}
+	}
 	slow.release <- struct{}{}
 	res, err := del.(*Applying).Wait(ctx)
 	if err != nil || res.Messages != 42 {
@@ -268,8 +369,11 @@ func TestSlowApplyDoesNotStallOtherGroups(t *testing.T) {
 	if _, err := next.(*Applying).Wait(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if got := slow.kinds(); len(got) != 3 || got[0] != broker.OpDeclareQueue || got[1] != broker.OpDeleteQueue || got[2] != broker.OpDeclareQueue {
-		t.Fatalf("broker saw %v, want declare, delete, declare", got)
+	if err := m.Drain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := slow.kinds(); len(got) != 7 || got[0] != broker.OpDeclareQueue || got[1] != broker.OpDeleteQueue || got[2] != broker.OpDeclareQueue {
+		t.Fatalf("broker saw %v, want declare, delete, declare, then 4 exchange declares", got)
 	}
 }
 

@@ -39,13 +39,19 @@ const (
 // ErrClosed is returned by calls on a closed Host or its groups.
 var ErrClosed = errors.New("multiraft: host closed")
 
+// ErrSnapshotLater is what a StateMachine's Snapshot returns when it cannot snapshot now
+// without waiting (work of its own still in flight): the group tries again on a later round,
+// without logging an error, and keeps its log until then.
+var ErrSnapshotLater = errors.New("multiraft: snapshot later")
+
 // StateMachine is the replicated state of one group (cluster metadata now, a quorum queue
 // later). Its methods are called from the host's Ready loop, one at a time.
 type StateMachine interface {
 	// Apply applies a committed command. It is called with committed entries in log order,
 	// on every member; the result goes to the proposer (Propose's return value).
 	Apply(index uint64, cmd []byte) any
-	// Snapshot returns the state as of the last applied index (for log compaction).
+	// Snapshot returns the state as of the last applied index (for log compaction), or
+	// ErrSnapshotLater to be asked again after a later round of applies.
 	Snapshot() ([]byte, error)
 	// Restore replaces the state (a member catching up, or a restart).
 	Restore(snapshot []byte) error
@@ -952,6 +958,9 @@ func (g *Group) apply(rd raft.Ready) {
 	}
 	if since := g.applied - g.snapIndex; since > 0 && (since >= g.snapEvery || g.bytesSinceSnap >= g.snapBytes) {
 		data, err := g.snapshot()
+		if errors.Is(err, ErrSnapshotLater) {
+			return
+		}
 		if err != nil {
 			g.log.Error("state machine snapshot failed", "index", g.applied, "err", err)
 			return

@@ -29,8 +29,13 @@ type ledger struct {
 	// nacked counts publishes the broker nacked; unknown those whose connection died before
 	// the confirm came (they may or may not be delivered).
 	nacked, unknown int
-	// received[queue][seq] counts deliveries.
+	// received[queue][seq] counts deliveries whose ack the broker is known to have processed:
+	// a synchronous method on the consumer's channel (basic.qos) or its connection's close
+	// answered after the ack (a channel's methods are processed in order). A delivery acked
+	// but not known processed when its session died is inDoubt until delivered again: the
+	// broker may have processed the ack (the message is rightly gone) or not (it owes it).
 	received map[string]map[uint64]int
+	inDoubt  map[string]map[uint64]bool
 	// hung are operations that got no answer in time.
 	hung []string
 	// seq is each checked queue's last publish sequence number (set up front, then read
@@ -40,7 +45,8 @@ type ledger struct {
 
 func newLedger(queues []string) *ledger {
 	l := &ledger{declareErrs: map[string]int{}, confirmed: map[string]map[uint64]bool{}, received: map[string]map[uint64]int{},
-		seq: map[string]*atomic.Uint64{}}
+		inDoubt: map[string]map[uint64]bool{},
+		seq:     map[string]*atomic.Uint64{}}
 	for _, q := range queues {
 		l.seq[q] = new(atomic.Uint64)
 	}
@@ -151,10 +157,42 @@ func publisher(ctx context.Context, l *ledger, addr, q string, interval time.Dur
 	}
 }
 
+// settle records acked deliveries seqs of queue q: received when syncErr is nil (a
+// synchronous method answered after their acks, so the broker processed them), in doubt when
+// the session died first.
+func (l *ledger) settle(q string, seqs []uint64, syncErr error) {
+	if len(seqs) == 0 {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if syncErr != nil {
+		if l.inDoubt[q] == nil {
+			l.inDoubt[q] = map[uint64]bool{}
+		}
+		for _, s := range seqs {
+			l.inDoubt[q][s] = true
+		}
+		return
+	}
+	if l.received[q] == nil {
+		l.received[q] = map[uint64]int{}
+	}
+	for _, s := range seqs {
+		l.received[q][s]++
+	}
+}
+
+// settleEvery bounds the acked deliveries a consumer holds unsettled: at most that many are in
+// doubt when its session dies.
+const settleEvery = 20
+
 // consumer consumes queue q on the node at addr with manual acks until ctx ends, recording
-// every delivery; it reconnects after a failure. With pauses, it consumes for 1 to 4 s, then
-// stays away for 0.5 to 3 s, so that the queue holds a backlog when a fault strikes (messages
-// that must come back from the home node's disk after a kill -9).
+// deliveries once the broker is known to have processed their acks (ledger.settle: a basic.qos
+// round trip whenever no delivery is waiting or settleEvery are unsettled, and the close); it
+// reconnects after a failure. With pauses, it consumes for 1 to 4 s, then stays away for 0.5 to 3 s, so
+// that the queue holds a backlog when a fault strikes (messages that must come back from the
+// home node's disk after a kill -9).
 func consumer(ctx context.Context, l *ledger, addr, q string, pauses bool) {
 	for ctx.Err() == nil {
 		var turn <-chan time.Time
@@ -178,14 +216,15 @@ func consumer(ctx context.Context, l *ledger, addr, q string, pauses bool) {
 			sleepCtx(ctx, 200*time.Millisecond)
 			continue
 		}
+		var pending []uint64 // this session's acked deliveries not yet settled
+		pause := false
 	deliveries:
 		for {
 			select {
 			case <-ctx.Done():
 				break deliveries
 			case <-turn:
-				conn.Close() // unacked deliveries go back to the queue
-				sleepCtx(ctx, 500*time.Millisecond+rand.N(2500*time.Millisecond))
+				pause = true
 				break deliveries
 			case d, ok := <-ds:
 				if !ok {
@@ -194,17 +233,27 @@ func consumer(ctx context.Context, l *ledger, addr, q string, pauses bool) {
 				name, seqText, found := strings.Cut(string(d.Body), ":")
 				seq, err := strconv.ParseUint(seqText, 10, 64)
 				if found && err == nil && name == q {
-					l.mu.Lock()
-					if l.received[q] == nil {
-						l.received[q] = map[uint64]int{}
-					}
-					l.received[q][seq]++
-					l.mu.Unlock()
+					pending = append(pending, seq)
 				}
-				_ = d.Ack(false)
+				if err := d.Ack(false); err != nil {
+					break deliveries
+				}
+				if len(ds) == 0 || len(pending) >= settleEvery {
+					// qos-ok comes after the broker processed the acks sent before it.
+					if err := ch.Qos(100, 0, false); err != nil {
+						break deliveries
+					}
+					l.settle(q, pending, nil)
+					pending = pending[:0]
+				}
 			}
 		}
-		conn.Close()
+		// Unacked deliveries go back to the queue; the acked ones left count once the
+		// close-ok says the broker processed their acks, else they are in doubt.
+		l.settle(q, pending, conn.Close())
+		if pause {
+			sleepCtx(ctx, 500*time.Millisecond+rand.N(2500*time.Millisecond))
+		}
 	}
 }
 

@@ -332,23 +332,22 @@ func chaos(ctx context.Context, o options, f *fleet, logf func(string, ...any)) 
 	}
 	stopPub()
 	pubs.Wait()
-	// Consumers that never pause drain what is left.
+	// The load's consumers stop (their sessions' deliveries count once each closes cleanly).
 	stopCon()
 	cons.Wait()
-	conCtx, stopCon = context.WithCancel(ctx)
-	defer stopCon()
-	for q, home := range p.homes {
-		addr := f.node(home).amqp
-		cons.Add(1)
-		go func() { defer cons.Done(); consumer(conCtx, l, addr, q, false) }()
-	}
-	// Consumers drain what was confirmed.
+	// Consumers drain what was confirmed, in rounds of 2 s: a delivery counts only once its
+	// session closed cleanly (ledger.settle), so each round ends with a close.
 	drainEnd := time.Now().Add(30 * time.Second)
 	for time.Now().Before(drainEnd) && len(l.lost(excludedBelow)) > 0 {
-		time.Sleep(200 * time.Millisecond)
+		roundCtx, endRound := context.WithTimeout(ctx, 2*time.Second)
+		for q, home := range p.homes {
+			addr := f.node(home).amqp
+			cons.Add(1)
+			go func() { defer cons.Done(); consumer(roundCtx, l, addr, q, false) }()
+		}
+		cons.Wait()
+		endRound()
 	}
-	stopCon()
-	cons.Wait()
 
 	faultList := []string{}
 	for _, k := range allFaults {
@@ -409,7 +408,8 @@ func declaresResume(ctx context.Context, f *fleet, l *ledger, killed string, qar
 	return 0, false
 }
 
-// lost lists the confirmed messages not received, leaving out those below excludedBelow.
+// lost lists the confirmed messages not received, leaving out those below excludedBelow and
+// those in doubt (see ledger.inDoubt).
 func (l *ledger) lost(excludedBelow map[string]uint64) []string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -419,7 +419,7 @@ func (l *ledger) lost(excludedBelow map[string]uint64) []string {
 			if s <= excludedBelow[q] {
 				continue
 			}
-			if l.received[q][s] == 0 {
+			if l.received[q][s] == 0 && !l.inDoubt[q][s] {
 				out = append(out, fmt.Sprintf("%s #%d", q, s))
 			}
 		}
@@ -482,7 +482,7 @@ func check(f *fleet, l *ledger, p plan, excludedBelow map[string]uint64, logf fu
 	logf("checked: %d queues that got declare-ok exist on all 3 nodes: %d missing (declare errors by reply code: %s)", len(declared), missing, declareErrs)
 	// 3. Every confirmed message delivered.
 	l.mu.Lock()
-	confirmed, delivered, excluded, dups := 0, 0, 0, 0
+	confirmed, delivered, excluded, dups, inDoubt := 0, 0, 0, 0, 0
 	for q, seqs := range l.confirmed {
 		for s := range seqs {
 			if s <= excludedBelow[q] {
@@ -490,8 +490,11 @@ func check(f *fleet, l *ledger, p plan, excludedBelow map[string]uint64, logf fu
 				continue
 			}
 			confirmed++
-			if l.received[q][s] > 0 {
+			switch {
+			case l.received[q][s] > 0:
 				delivered++
+			case l.inDoubt[q][s]:
+				inDoubt++
 			}
 		}
 	}
@@ -502,8 +505,8 @@ func check(f *fleet, l *ledger, p plan, excludedBelow map[string]uint64, logf fu
 	}
 	l.mu.Unlock()
 	lost := l.lost(excludedBelow)
-	logf("checked: %d confirmed persistent messages to durable queues on surviving homes: %d delivered, %d lost; %d redelivered duplicates; %d excluded (home wiped, %s queues); %d nacked, %d unconfirmed when a connection died",
-		confirmed, delivered, len(lost), dups, excluded, p.queueTypeName(), nacked, unknown)
+	logf("checked: %d confirmed persistent messages to durable queues on surviving homes: %d delivered, %d lost; %d in doubt (acked just before the consumer's connection died, at most %d per session, not delivered again); %d redelivered duplicates; %d excluded (home wiped, %s queues); %d nacked, %d unconfirmed when a connection died",
+		confirmed, delivered, len(lost), inDoubt, settleEvery, dups, excluded, p.queueTypeName(), nacked, unknown)
 	for i, m := range lost {
 		if i == 10 {
 			violations = append(violations, fmt.Sprintf("... and %d more lost", len(lost)-10))
