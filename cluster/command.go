@@ -121,7 +121,7 @@ func DecodeCommand(b []byte) (Command, error) {
 			return Command{}, fmt.Errorf("cluster: %s command with a name of %d bytes", c.Op, len(s))
 		}
 	}
-	if (c.Op == OpDeclareQueue || c.Op == OpDeleteQueue || c.Op == OpDeclareExchange) && c.Name == "" {
+	if (c.Op == OpDeclareQueue || c.Op == OpDeleteQueue || c.Op == OpDeclareExchange || c.Op == OpDeleteExchange) && c.Name == "" {
 		return Command{}, fmt.Errorf("cluster: %s command without a name", c.Op)
 	}
 	if (c.Op == OpDropOwner || c.Op == OpNodeGone || c.Op == OpNodeRestarted || c.Op == OpNodeDown || c.Op == OpNodeUp) && c.Node == "" {

@@ -370,6 +370,7 @@ func TestDecodeCommandErrors(t *testing.T) {
 		{`{"v":1,"op":"nope"}`, `unknown command "nope"`},
 		{`{"v":1,"op":"bind"}`, "bind command without a vhost"},
 		{`{"v":1,"op":"declare_queue","vhost":"/"}`, "declare_queue command without a name"},
+		{`{"v":1,"op":"delete_exchange","vhost":"/"}`, "delete_exchange command without a name"}, // the default exchange: never replicated, never removed
 		{`{"v":1,"op":"node_gone"}`, "node_gone command without a node"},
 		{`{"v":1,"op":"node_restarted","conn":4294967296}`, "node_restarted command without a node"},
 		{`{"v":1,"op":"declare_queue","vhost":"/","name":"q","args":"AAAAAQ=="}`, "arguments:"},

@@ -2,12 +2,12 @@
 
 package server
 
-import "syscall"
+import "errors"
 
 // canInline is false where a socket's descriptor cannot be written directly: every write
 // goes through the writer's flusher goroutine.
 const canInline = false
 
-func rawWrite(uintptr, []byte) (int, error) { return 0, syscall.EWINDOWS }
+func rawWrite(uintptr, []byte) (int, error) { return 0, errors.ErrUnsupported }
 
-func rawRead(uintptr, []byte) (int, error) { return 0, syscall.EWINDOWS }
+func rawRead(uintptr, []byte) (int, error) { return 0, errors.ErrUnsupported }

@@ -320,13 +320,27 @@ func TestWriterFlusherWaitsAndDies(t *testing.T) {
 	b := w.lock()
 	w.unlock(append(b, make([]byte, 1<<20)...)) // more than the socket holds: the flusher waits
 	deadline := time.Now().Add(5 * time.Second)
-	for w.sentOct.Load() != 0 || !w.isRunning() {
+	// The flusher has taken the buffer (running, nothing left to append to) and, after a
+	// moment, is parked in the netpoller on the full socket.
+	for {
+		w.mu.Lock()
+		taken := w.running && len(w.buf) == 0
+		w.mu.Unlock()
+		if taken && w.sentOct.Load() == 0 {
+			break
+		}
 		if time.Now().After(deadline) {
 			t.Fatalf("flusher not waiting on the full socket (sent %d)", w.sentOct.Load())
 		}
 		time.Sleep(time.Millisecond)
 	}
+	time.Sleep(20 * time.Millisecond)
 	w.kill()
+	select {
+	case <-w.done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("writer not dead after kill")
+	}
 	for w.isRunning() {
 		if time.Now().After(deadline) {
 			t.Fatal("flusher still running after kill")
