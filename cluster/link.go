@@ -413,12 +413,14 @@ func (p *peer) send(pc *pubConn, it fwdItem) *pubConn {
 		}
 	}
 	p.syncAcks(it.acks)
-	if err := pc.publish(it, len(p.fwd) > 0); err != nil {
+	if queued, err := pc.publish(it, len(p.fwd) > 0); err != nil {
 		// The connection is broken: what is unconfirmed on it (this one too) fails.
 		if !errors.Is(err, errLinkClosed) {
 			err = fmt.Errorf("cluster link to node %s: %w", p.node, err)
 		}
-		it.finish(err)
+		if !queued {
+			it.finish(err)
+		}
 		pc.confirms.kill(err)
 		pc.close()
 		return nil

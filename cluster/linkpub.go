@@ -188,24 +188,26 @@ func (c *pubConn) flush() error {
 }
 
 // publish buffers one forward (after a slot of the confirm window is free) and writes the
-// buffer when more is not coming (more false) or it is large. done gets the confirm.
-func (c *pubConn) publish(it fwdItem, more bool) error {
+// buffer when more is not coming (more false) or it is large. Once queued is true the
+// forward's done belongs to the confirm queue (a confirm, or its kill, runs it); before, an
+// error leaves it to the caller.
+func (c *pubConn) publish(it fwdItem, more bool) (queued bool, err error) {
 	select {
 	case c.slots <- struct{}{}:
 	default:
 		// The window is full: what is buffered must go out for confirms to come back.
 		if err := c.flush(); err != nil {
-			return err
+			return false, err
 		}
 		select {
 		case c.slots <- struct{}{}:
 		case <-c.confirms.gone:
-			return c.confirms.err()
+			return false, c.confirms.err()
 		}
 	}
 	if err := c.confirms.push(it.done); err != nil {
 		<-c.slots
-		return err
+		return false, err
 	}
 	c.env = broker.EncodeForward(c.env[:0], it.queues, it.msg.Exchange, it.msg.RoutingKey, it.msg.Header, it.msg.Body)
 	mode := uint8(1)
@@ -231,9 +233,9 @@ func (c *pubConn) publish(it fwdItem, more bool) error {
 	big := len(c.wbuf) >= pubFlushBytes
 	c.wmu.Unlock()
 	if !more || big {
-		return c.flush()
+		return true, c.flush()
 	}
-	return nil
+	return true, nil
 }
 
 // heartbeats sends a heartbeat every half interval until the connection ends.

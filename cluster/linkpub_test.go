@@ -2,8 +2,11 @@ package cluster
 
 import (
 	"errors"
+	"net"
 	"slices"
 	"testing"
+
+	"github.com/warrenmq/warren/queue"
 )
 
 // TestConfirmQueue checks the forwarding channel's confirm bookkeeping: single and multiple
@@ -78,5 +81,35 @@ func TestConfirmQueueReusesArray(t *testing.T) {
 	}
 	if cap(q.items) > 64 {
 		t.Errorf("array grew to %d", cap(q.items))
+	}
+}
+
+// TestForwardWriteFailureSettlesOnce checks that a forward whose write fails is failed exactly
+// once (its done runs once, as a nack to the client), whether the failure comes before it is
+// queued for a confirm or after.
+func TestForwardWriteFailureSettlesOnce(t *testing.T) {
+	l := NewLink(LinkConfig{Cluster: "c", Node: "n2", Secret: "0123456789abcdef", Addr: func(string) string { return "" }, Logger: quietLog()})
+	defer l.Close()
+	for _, full := range []bool{false, true} {
+		local, remote := net.Pipe()
+		_ = remote.Close() // every write fails
+		c := &pubConn{node: "n1", nc: local, frameMax: pubFrameMax, confirms: newConfirmQueue(),
+			slots: make(chan struct{}, forwardWindow), done: make(chan struct{})}
+		if full {
+			for range forwardWindow {
+				c.slots <- struct{}{} // the window is full: the flush fails before queueing
+			}
+			c.wbuf = append(c.wbuf, "earlier forwards"...)
+		}
+		p := &peer{l: l, node: "n1", vhost: "/", fwd: make(chan fwdItem, 1)}
+		var calls int
+		var got error
+		it := fwdItem{queues: []string{"q"}, msg: &queue.Message{Body: []byte("x")}, done: func(err error) { calls++; got = err }}
+		if next := p.send(c, it); next != nil {
+			t.Errorf("full=%v: send kept a broken connection", full)
+		}
+		if calls != 1 || got == nil {
+			t.Errorf("full=%v: done ran %d times, last error %v; want once with an error", full, calls, got)
+		}
 	}
 }
