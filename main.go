@@ -241,7 +241,7 @@ func clusterConfig(cfg *config.Settings, logger *slog.Logger) (cluster.NodeConfi
 	}
 	nc := cluster.NodeConfig{Name: c.Name, NodeName: c.NodeName, Listen: c.Listen, Nodes: clusterNodes(c),
 		Secret: c.Secret.Reveal(), DataDir: cfg.Server.DataDir, ConfigDigest: cfg.AccessDigest(), Logger: logger,
-		Join: c.Join, NodeTimeout: c.NodeTimeout}
+		Join: c.Join, NodeTimeout: c.NodeTimeout, QueueLeaderLocator: c.QueueLeaderLocator}
 	if c.TLS.CertFile != "" {
 		t, err := cluster.LoadTLS(c.TLS.CertFile, c.TLS.KeyFile, c.TLS.CAFile)
 		if err != nil {

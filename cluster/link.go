@@ -1,7 +1,6 @@
 package cluster
 
 import (
-	"context"
 	"crypto/hmac"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -170,7 +169,8 @@ type peer struct {
 	syncCh     *amqp091.Channel // the proxy connection's channel for syncAcks (sender only)
 
 	mu       sync.Mutex
-	conns    [2]*amqp091.Connection // connPub, connProxy
+	conns    [2]*amqp091.Connection // connProxy only: forwards use pub
+	pub      *pubConn               // the forwarding connection (sender goroutine's)
 	failedAt time.Time
 	lastErr  error
 }
@@ -252,9 +252,16 @@ func (p *peer) drop(c *amqp091.Connection) {
 			p.conns[i] = nil
 		}
 	}
+	var pub *pubConn
+	if c == nil {
+		pub, p.pub = p.pub, nil
+	}
 	p.mu.Unlock()
 	for _, c := range gone {
 		go func() { _ = c.Close() }()
+	}
+	if pub != nil {
+		pub.close()
 	}
 }
 
@@ -376,80 +383,17 @@ func (p *peer) barrier() {
 	}
 }
 
-// pending are the forwards published on one link channel and not yet confirmed, in publish
-// order (the channel's confirm tags are 1, 2, ...).
-type pending struct {
-	mu    sync.Mutex
-	items []func(error)
-	dead  error
-	gone  chan struct{} // closed with dead
-}
-
-func (q *pending) err() error {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	return q.dead
-}
-
-func (q *pending) push(done func(error)) error {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if q.dead != nil {
-		return q.dead
-	}
-	q.items = append(q.items, done)
-	return nil
-}
-
-func (q *pending) pop() func(error) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if len(q.items) == 0 {
-		return nil
-	}
-	f := q.items[0]
-	q.items[0] = nil
-	q.items = q.items[1:]
-	return f
-}
-
-// kill fails every pending forward: its channel is gone, so its confirms never come.
-func (q *pending) kill(err error) {
-	q.mu.Lock()
-	if q.dead != nil {
-		q.mu.Unlock()
-		return
-	}
-	items := q.items
-	q.items, q.dead = nil, err
-	close(q.gone)
-	q.mu.Unlock()
-	for _, f := range items {
-		if f != nil {
-			f(err)
-		}
-	}
-}
-
-// pubChannel is the link channel forwards are published on, in confirm mode.
-type pubChannel struct {
-	ch      *amqp091.Channel
-	pending *pending
-	buf     []byte
-	slots   chan struct{} // one per unconfirmed forward (forwardWindow)
-}
-
-// sendLoop publishes the peer's forwards in order, on one link channel (opened again after a
-// loss), one goroutine per peer.
+// sendLoop publishes the peer's forwards in order, on its forwarding connection (dialled
+// again after a loss), one goroutine per peer.
 func (p *peer) sendLoop() {
-	var pc *pubChannel
+	var pc *pubConn
 	for {
 		select {
 		case it := <-p.fwd:
 			pc = p.send(pc, it)
 		case <-p.l.stop:
 			if pc != nil {
-				pc.pending.kill(errLinkClosed)
+				pc.close()
 			}
 			p.failQueued(errLinkClosed)
 			return
@@ -457,48 +401,31 @@ func (p *peer) sendLoop() {
 	}
 }
 
-// send publishes one forward on pc (opened first when there is none) and returns the channel
-// to use for the next one (nil once it broke).
-func (p *peer) send(pc *pubChannel, it fwdItem) *pubChannel {
-	if pc == nil || pc.pending.isDead() {
+// send publishes one forward on pc (dialled first when there is none) and returns the
+// connection to use for the next one (nil once it broke).
+func (p *peer) send(pc *pubConn, it fwdItem) *pubConn {
+	if pc == nil || pc.dead() {
 		var err error
-		if pc, err = p.openPublisher(); err != nil {
+		if pc, err = p.dialPublisher(); err != nil {
 			it.finish(err)
 			p.failQueued(err) // a peer down: every waiting forward is nacked now
 			return nil
 		}
 	}
 	p.syncAcks(it.acks)
-	select {
-	case pc.slots <- struct{}{}:
-	case <-pc.pending.gone:
-		it.finish(pc.pending.err())
-		return nil
-	}
-	if err := pc.pending.push(it.done); err != nil {
-		it.finish(err)
-		return nil
-	}
-	pc.buf = broker.EncodeForward(pc.buf[:0], it.queues, it.msg.Exchange, it.msg.RoutingKey, it.msg.Header, it.msg.Body)
-	mode := amqp091.Transient
-	if it.persistent {
-		mode = amqp091.Persistent
-	}
-	// amqp091-go writes the frames before Publish returns, so the buffer is reused.
-	err := pc.ch.PublishWithContext(context.Background(), broker.ForwardExchange, "", false, false,
-		amqp091.Publishing{DeliveryMode: mode, Body: pc.buf})
-	if err != nil {
-		// The channel is broken: what is pending on it (this one too) fails.
-		pc.pending.kill(fmt.Errorf("cluster link to node %s: %w", p.node, err))
+	if queued, err := pc.publish(it, len(p.fwd) > 0); err != nil {
+		// The connection is broken: what is unconfirmed on it (this one too) fails.
+		if !errors.Is(err, errLinkClosed) {
+			err = fmt.Errorf("cluster link to node %s: %w", p.node, err)
+		}
+		if !queued {
+			it.finish(err)
+		}
+		pc.confirms.kill(err)
+		pc.close()
 		return nil
 	}
 	return pc
-}
-
-func (q *pending) isDead() bool {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	return q.dead != nil
 }
 
 // failQueued fails the forwards waiting in the queue now (not those arriving later).
@@ -513,38 +440,31 @@ func (p *peer) failQueued(err error) {
 	}
 }
 
-// openPublisher opens the forwarding channel and starts its confirm goroutine.
-func (p *peer) openPublisher() (*pubChannel, error) {
-	c, err := p.connect(connPub)
-	if err != nil {
-		return nil, err
+// dialPublisher dials the peer's forwarding connection (pubConn); a peer that failed is not
+// dialled again for redialAfter.
+func (p *peer) dialPublisher() (*pubConn, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.pub != nil {
+		p.pub.close()
+		p.pub = nil
 	}
-	var ch *amqp091.Channel
-	err = p.within(c, func() error {
-		var err error
-		if ch, err = c.Channel(); err != nil {
-			return err
-		}
-		return ch.Confirm(false)
-	})
-	if err != nil {
-		return nil, fmt.Errorf("cluster link to node %s: opening the forwarding channel: %w", p.node, err)
+	if time.Since(p.failedAt) < redialAfter {
+		return nil, p.lastErr
 	}
-	pc := &pubChannel{ch: ch, pending: &pending{gone: make(chan struct{})}, slots: make(chan struct{}, forwardWindow)}
-	confirms := ch.NotifyPublish(make(chan amqp091.Confirmation, forwardQueueLen))
-	go func() {
-		for cf := range confirms {
-			if f := pc.pending.pop(); f != nil {
-				<-pc.slots
-				if cf.Ack {
-					f(nil)
-				} else {
-					f(fmt.Errorf("cluster: node %s refused a forwarded message", p.node))
-				}
-			}
-		}
-		pc.pending.kill(fmt.Errorf("cluster link to node %s lost", p.node))
-	}()
+	addr := p.l.cfg.Addr(p.node)
+	if addr == "" {
+		p.failedAt, p.lastErr = time.Now(), fmt.Errorf("cluster link: AMQP address of node %s not known yet", p.node)
+		return nil, p.lastErr
+	}
+	pc, err := dialPub(addr, p.vhost, "warren-link "+p.l.cfg.Node+" -> "+p.node, p.l.auth.response(p.l.cfg.Node),
+		p.l.cfg.Heartbeat, p.l.cfg.Timeout, p.node)
+	if err != nil {
+		p.failedAt, p.lastErr = time.Now(), fmt.Errorf("cluster link to node %s (%s): %w", p.node, addr, err)
+		p.l.log.Warn("cluster: link connection failed", "node", p.node, "vhost", p.vhost, "err", err)
+		return nil, p.lastErr
+	}
+	p.pub = pc
 	return pc, nil
 }
 
@@ -852,8 +772,11 @@ func (a *LinkAuth) VerifyLink(response string) (string, bool) {
 
 // client is the amqp091-go authentication of node's link connections.
 func (a *LinkAuth) client(node string) amqp091.Authentication {
-	return linkLogin{response: node + "\x00" + a.mac(node)}
+	return linkLogin{response: a.response(node)}
 }
+
+// response is node's link login response.
+func (a *LinkAuth) response(node string) string { return node + "\x00" + a.mac(node) }
 
 type linkLogin struct{ response string }
 

@@ -7,8 +7,8 @@ import (
 )
 
 // This is bench/coalesce.go's coalescingConn (the bench's amqp091-go connections), for the
-// link's forwarding connection: amqp091-go flushes after every publish, one write(2) per
-// forwarded message; here Write only appends to a bounded buffer and a flusher goroutine
+// link's proxy connection (the forwarding connection, pubConn, batches its own writes):
+// amqp091-go flushes after every frame it sends, one write(2) per ack; here Write only appends to a bounded buffer and a flusher goroutine
 // writes whatever accumulated while its previous write was in flight. An idle link sends at
 // once, a busy one in large batches; the byte stream is unchanged.
 

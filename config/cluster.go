@@ -36,7 +36,18 @@ type ClusterSettings struct {
 	// its non-durable queues are deleted, its durable queues answer 404 until it returns.
 	// 0 means DefaultNodeTimeout.
 	NodeTimeout time.Duration
+	// QueueLeaderLocator is cluster.queue_leader_locator: where a queue declared without an
+	// x-queue-leader-locator argument is homed, RabbitMQ's queue_leader_locator: "client-local"
+	// (the default, the node the client is connected to) or "balanced" (the node with the fewest
+	// queues). It is read at start only.
+	QueueLeaderLocator string
 }
+
+// Queue leader locators accepted by cluster.queue_leader_locator (RabbitMQ's names).
+const (
+	LocatorClientLocal = "client-local"
+	LocatorBalanced    = "balanced"
+)
 
 // DefaultNodeTimeout is cluster.node_timeout's default, RabbitMQ's net_ticktime.
 const DefaultNodeTimeout = 60 * time.Second
@@ -157,6 +168,21 @@ var clusterKeys = []key{
 			return fmt.Errorf("%s is under 1s: a node would be taken for dead between two of its status reports", d)
 		}
 		s.Cluster.NodeTimeout = d
+		return nil
+	}},
+	{name: "cluster.queue_leader_locator", set: func(s *Settings, raw any) error {
+		v, err := toString(raw)
+		if err != nil {
+			return err
+		}
+		switch v {
+		case LocatorClientLocal, LocatorBalanced:
+		case "":
+			v = LocatorClientLocal
+		default:
+			return fmt.Errorf("%q is not a queue leader locator (client-local or balanced)", v)
+		}
+		s.Cluster.QueueLeaderLocator = v
 		return nil
 	}},
 	{name: "cluster.tls.ca_file", set: func(s *Settings, raw any) (err error) { s.Cluster.TLS.CAFile, err = toString(raw); return }},

@@ -32,7 +32,8 @@ func TestClusterConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := ClusterSettings{Name: "prod", NodeName: "n2", Listen: "127.0.0.1:25672", Secret: clusterSecret,
-		Nodes: []ClusterNode{{"n1", "10.0.0.1:25672"}, {"n2", "10.0.0.2:25672"}, {"n3", "10.0.0.3:25672"}}, NodeTimeout: DefaultNodeTimeout}
+		Nodes: []ClusterNode{{"n1", "10.0.0.1:25672"}, {"n2", "10.0.0.2:25672"}, {"n3", "10.0.0.3:25672"}}, NodeTimeout: DefaultNodeTimeout,
+		QueueLeaderLocator: LocatorClientLocal}
 	if !reflect.DeepEqual(s.Cluster, want) {
 		t.Errorf("got %+v\nwant %+v", s.Cluster, want)
 	}
@@ -50,6 +51,26 @@ func TestClusterConfig(t *testing.T) {
 	}
 	if !s.Cluster.Join || s.Cluster.NodeTimeout != 3*time.Second {
 		t.Errorf("join/node_timeout from the environment: %v %v", s.Cluster.Join, s.Cluster.NodeTimeout)
+	}
+	// cluster.queue_leader_locator, from the file and the environment.
+	for _, tt := range []struct{ file, env, want string }{
+		{"  queue_leader_locator: balanced\n", "", LocatorBalanced},
+		{"  queue_leader_locator: client-local\n", "", LocatorClientLocal},
+		{"  queue_leader_locator: \"\"\n", "", LocatorClientLocal},
+		{"", "balanced", LocatorBalanced},
+		{"  queue_leader_locator: balanced\n", "client-local", LocatorClientLocal},
+	} {
+		env := map[string]string{}
+		if tt.env != "" {
+			env["WARREN_CLUSTER_QUEUE_LEADER_LOCATOR"] = tt.env
+		}
+		s, err = Load([]string{"-config", writeConfig(t, clusterFile+tt.file)}, envMap(env))
+		if err != nil {
+			t.Fatalf("%q %q: %v", tt.file, tt.env, err)
+		}
+		if s.Cluster.QueueLeaderLocator != tt.want {
+			t.Errorf("file %q env %q: queue_leader_locator %q, want %q", tt.file, tt.env, s.Cluster.QueueLeaderLocator, tt.want)
+		}
 	}
 	// Without a cluster section: a single node, nothing set.
 	s, err = Load([]string{"-config", writeConfig(t, "log: {level: info}\n")}, envMap(nil))
@@ -106,6 +127,10 @@ func TestClusterConfigErrors(t *testing.T) {
 			[]string{`config: cluster.node_timeout: "soon" is not a duration`, "line 11)"}},
 		{"node_timeout too short", clusterFile + "  node_timeout: 100ms\n",
 			[]string{"config: cluster.node_timeout: 100ms is under 1s", "line 11)"}},
+		{"bad queue_leader_locator", clusterFile + "  queue_leader_locator: random\n",
+			[]string{`config: cluster.queue_leader_locator: "random" is not a queue leader locator (client-local or balanced)`, "line 11)"}},
+		{"queue_leader_locator not a string", clusterFile + "  queue_leader_locator: [a]\n",
+			[]string{"config: cluster.queue_leader_locator:", "line 11)"}},
 		{"join not a bool", clusterFile + "  join: maybe\n",
 			[]string{"config: cluster.join:", "line 11)"}},
 		{"secret not a string", strings.Replace(clusterFile, clusterSecret, "[a, b]", 1),

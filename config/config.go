@@ -259,7 +259,7 @@ func envName(k string) string {
 // Default is what Warren runs with when nothing is configured.
 func Default() Settings {
 	return Settings{Server: server.DefaultConfig(), LogLevel: slog.LevelInfo, LogFormat: "text",
-		ManagementListen: "0.0.0.0:15672", PrometheusListen: "0.0.0.0:15692", Cluster: ClusterSettings{NodeTimeout: DefaultNodeTimeout}}
+		ManagementListen: "0.0.0.0:15672", PrometheusListen: "0.0.0.0:15692", Cluster: ClusterSettings{NodeTimeout: DefaultNodeTimeout, QueueLeaderLocator: LocatorClientLocal}}
 }
 
 // Load builds the settings from, in increasing precedence: built-in defaults, the YAML file

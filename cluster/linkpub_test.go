@@ -1,0 +1,115 @@
+package cluster
+
+import (
+	"errors"
+	"net"
+	"slices"
+	"testing"
+
+	"github.com/warrenmq/warren/queue"
+)
+
+// TestConfirmQueue checks the forwarding channel's confirm bookkeeping: single and multiple
+// confirms, out of order, nacks, unknown tags, and the failure of what is left when the
+// connection ends.
+func TestConfirmQueue(t *testing.T) {
+	nack := errors.New("nack")
+	type settle struct {
+		tag      uint64
+		multiple bool
+		err      error
+		want     int // callbacks run
+	}
+	tests := []struct {
+		name    string
+		pushed  int
+		settles []settle
+		// outcome per tag (1-based index - 1): "ack", "nack", "dead" or "" (still pending).
+		want []string
+	}{
+		{"in order", 3, []settle{{1, false, nil, 1}, {2, false, nil, 1}, {3, false, nil, 1}}, []string{"ack", "ack", "ack"}},
+		{"multiple", 4, []settle{{3, true, nil, 3}}, []string{"ack", "ack", "ack", "dead"}},
+		{"out of order", 3, []settle{{2, false, nil, 1}, {1, false, nack, 1}, {3, true, nil, 1}}, []string{"nack", "ack", "ack"}},
+		{"multiple after a single", 4, []settle{{3, false, nil, 1}, {4, true, nack, 3}}, []string{"nack", "nack", "ack", "nack"}},
+		{"unknown and repeated tags", 2, []settle{{5, false, nil, 0}, {1, false, nil, 1}, {1, false, nil, 0}, {0, true, nil, 0}}, []string{"ack", "dead"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			q := newConfirmQueue()
+			got := make([]string, tt.pushed)
+			for i := range tt.pushed {
+				if err := q.push(func(err error) {
+					switch {
+					case err == nil:
+						got[i] = "ack"
+					case errors.Is(err, nack):
+						got[i] = "nack"
+					default:
+						got[i] = "dead"
+					}
+				}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for _, s := range tt.settles {
+				if n := q.settle(s.tag, s.multiple, s.err); n != s.want {
+					t.Errorf("settle(%d, %v): %d callbacks, want %d", s.tag, s.multiple, n, s.want)
+				}
+			}
+			q.kill(errLinkClosed)
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("outcomes %q, want %q", got, tt.want)
+			}
+			if err := q.push(nil); !errors.Is(err, errLinkClosed) {
+				t.Errorf("push after kill: %v", err)
+			}
+		})
+	}
+}
+
+// TestConfirmQueueReusesArray checks that a window settled completely does not grow the
+// queue's array forever (tags keep counting from where they were).
+func TestConfirmQueueReusesArray(t *testing.T) {
+	q := newConfirmQueue()
+	for round := range 100 {
+		for range 10 {
+			_ = q.push(nil)
+		}
+		if n := q.settle(uint64(round*10+10), true, nil); n != 10 {
+			t.Fatalf("round %d: settled %d", round, n)
+		}
+	}
+	if cap(q.items) > 64 {
+		t.Errorf("array grew to %d", cap(q.items))
+	}
+}
+
+// TestForwardWriteFailureSettlesOnce checks that a forward whose write fails is failed exactly
+// once (its done runs once, as a nack to the client), whether the failure comes before it is
+// queued for a confirm or after.
+func TestForwardWriteFailureSettlesOnce(t *testing.T) {
+	l := NewLink(LinkConfig{Cluster: "c", Node: "n2", Secret: "0123456789abcdef", Addr: func(string) string { return "" }, Logger: quietLog()})
+	defer l.Close()
+	for _, full := range []bool{false, true} {
+		local, remote := net.Pipe()
+		_ = remote.Close() // every write fails
+		c := &pubConn{node: "n1", nc: local, frameMax: pubFrameMax, confirms: newConfirmQueue(),
+			slots: make(chan struct{}, forwardWindow), done: make(chan struct{})}
+		if full {
+			for range forwardWindow {
+				c.slots <- struct{}{} // the window is full: the flush fails before queueing
+			}
+			c.wbuf = append(c.wbuf, "earlier forwards"...)
+		}
+		p := &peer{l: l, node: "n1", vhost: "/", fwd: make(chan fwdItem, 1)}
+		var calls int
+		var got error
+		it := fwdItem{queues: []string{"q"}, msg: &queue.Message{Body: []byte("x")}, done: func(err error) { calls++; got = err }}
+		if next := p.send(c, it); next != nil {
+			t.Errorf("full=%v: send kept a broken connection", full)
+		}
+		if calls != 1 || got == nil {
+			t.Errorf("full=%v: done ran %d times, last error %v; want once with an error", full, calls, got)
+		}
+	}
+}
