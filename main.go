@@ -222,6 +222,9 @@ func reload(srv *server.Server, cn *cluster.Node, running *config.Settings, args
 		logger.Error("config reload rejected, running configuration kept", "trigger", why, "err", err)
 		return running
 	}
+	if keys := config.ClusterStartOnlyKeys(&running.Cluster, &cfg.Cluster); len(keys) > 0 {
+		logger.Warn("config reload: changed settings need a restart to take effect", "keys", keys)
+	}
 	if cn != nil {
 		// The broker's part is applied; a failure here (a node name colliding with another's
 		// Raft ID) leaves the old member set and is logged, as a rejected reload is.

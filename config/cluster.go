@@ -267,3 +267,20 @@ func CheckClusterReload(running, next *ClusterSettings) error {
 	}
 	return nil
 }
+
+// ClusterStartOnlyKeys names the cluster keys that differ between running and next but are
+// read only at start (a reload keeps the running values): the caller warns about them, since
+// a reload that silently ignores an edit looks like one that applied it.
+func ClusterStartOnlyKeys(running, next *ClusterSettings) []string {
+	var keys []string
+	if running.Join != next.Join {
+		keys = append(keys, "cluster.join")
+	}
+	if running.NodeTimeout != next.NodeTimeout {
+		keys = append(keys, "cluster.node_timeout")
+	}
+	if running.QueueLeaderLocator != next.QueueLeaderLocator {
+		keys = append(keys, "cluster.queue_leader_locator")
+	}
+	return keys
+}
