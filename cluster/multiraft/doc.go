@@ -81,7 +81,11 @@
 // and quiesced followers whose leader is there wake, send the leader a wake-up call and
 // campaign after the usual election timeout if no heartbeat comes. PreVote keeps a follower
 // that woke for nothing (a late node heartbeat on a busy machine) from disrupting: the
-// others are in their leader's lease. quiesce.go has the details.
+// others are in their leader's lease. They stay in it because a quiesced follower woken by a
+// message from another node than its leader (a pre-vote from a node cut off from the leader
+// alone) also sends the leader a wake-up call, whose heartbeats then resume; otherwise that
+// follower would fall out of the lease and vote the cut-off node in beside the quiesced old
+// leader. quiesce.go has the details.
 //
 // # Log compaction
 //

@@ -518,6 +518,7 @@ func (h *Host) deliver(group uint64, m *pb.Message) {
 	if m.GetType() == pb.MessageType_MsgAppResp && m.GetReject() {
 		g.handOverIfLogLost(m)
 	}
+	var wakeLeader []outMsg
 	switch {
 	case quiesce && m.GetType() == pb.MessageType_MsgHeartbeat:
 		// A leader's quiesce heartbeat: stepped, then quiesceFollowerLocked.
@@ -526,6 +527,9 @@ func (h *Host) deliver(group uint64, m *pb.Message) {
 	default:
 		// Anything else is activity, a follower's wake-up call (a flagged heartbeat
 		// answer, see wakeOnPeerEventLocked) included.
+		if g.quiesced {
+			wakeLeader = g.wakeLeaderLocked(m.GetFrom())
+		}
 		g.quiesced = false
 		quiesce = false
 	}
@@ -534,6 +538,11 @@ func (h *Host) deliver(group uint64, m *pb.Message) {
 		g.quiesceFollowerLocked(m, commit)
 	}
 	g.mu.Unlock()
+	if len(wakeLeader) > 0 {
+		if name, ok := h.nameOf(wakeLeader[0].msg.GetTo()); ok {
+			h.tr.send(name, wakeLeader)
+		}
+	}
 	if err != nil && !errors.Is(err, raft.ErrStepPeerNotFound) {
 		g.log.Debug("raft step", "type", m.GetType().String(), "err", err)
 	}
