@@ -200,20 +200,25 @@ func NewHost(cfg Config) (*Host, error) {
 		_ = rlog.Close()
 		return nil, fmt.Errorf("multiraft: %w", err)
 	}
-	for _, id := range tombs {
-		ch := make(chan struct{})
-		h.deleted[id] = ch
+	if len(tombs) > 0 {
+		// One goroutine drops them one after the other: a node with many deletions pending
+		// does not start as many concurrent drops.
+		chs := make([]chan struct{}, len(tombs))
+		for i, id := range tombs {
+			chs[i] = make(chan struct{})
+			h.deleted[id] = chs[i]
+		}
 		h.bg.Add(1)
 		go func() {
 			defer h.bg.Done()
-			defer close(ch)
-			if err := rlog.DropGroup(id); err != nil {
-				log.Error("dropping a deleted raft group failed", "group", id, "err", err)
+			for i, id := range tombs {
+				h.finishDrop(id, chs[i], rlog.DropGroup(id))
 			}
 		}()
 	}
 	h.tr, err = newTransport(cfg.NodeName, cfg.ListenAddr, cfg.Secret, cfg.TLS, log, h, cfg.TickInterval)
 	if err != nil {
+		h.bg.Wait() // the drops use rlog
 		_ = rlog.Close()
 		return nil, err
 	}
