@@ -71,6 +71,9 @@ type RaftLog struct {
 	gcStop chan struct{}
 	gcDone chan struct{}
 
+	closeOnce sync.Once
+	closeErr  error
+
 	mu     sync.Mutex
 	groups map[uint64]*RaftStorage
 
@@ -171,17 +174,21 @@ func (l *RaftLog) RunGC() (int, error) {
 }
 
 // Close syncs and closes the database. Storages of the log must not be used afterwards.
+// Calls after the first return its result.
 func (l *RaftLog) Close() error {
-	close(l.gcStop)
-	<-l.gcDone
-	if err := l.sync(); err != nil {
-		_ = l.db.Close()
-		return fmt.Errorf("persistence: close raft log: %w", err)
-	}
-	if err := l.db.Close(); err != nil {
-		return fmt.Errorf("persistence: close raft log: %w", err)
-	}
-	return nil
+	l.closeOnce.Do(func() {
+		close(l.gcStop)
+		<-l.gcDone
+		if err := l.sync(); err != nil {
+			_ = l.db.Close()
+			l.closeErr = fmt.Errorf("persistence: close raft log: %w", err)
+			return
+		}
+		if err := l.db.Close(); err != nil {
+			l.closeErr = fmt.Errorf("persistence: close raft log: %w", err)
+		}
+	})
+	return l.closeErr
 }
 
 func rlKey(kind byte, group uint64) []byte {

@@ -1,6 +1,9 @@
 package multiraft
 
-import "fmt"
+import (
+	"errors"
+	"fmt"
+)
 
 // Deleting a group (a quorum queue deleted, or a replica moved off this node) detaches it
 // from the loop, writes a tombstone, then drops its keys from the Raft log in bounded
@@ -12,6 +15,10 @@ import "fmt"
 // after the other, in one goroutine), and creating the group again waits for that. Once the
 // keys are dropped the tombstone is cleared.
 
+// ErrStopped is returned by calls that need the host's loop after it stopped serving its
+// groups because the Raft log could not be written (the host still needs Close).
+var ErrStopped = errors.New("multiraft: host stopped serving (raft log write failed)")
+
 type detachReq struct {
 	g    *Group
 	done chan struct{}
@@ -22,7 +29,8 @@ type detachReq struct {
 // membership: remove this node from the group first (RemoveMember) when the other members
 // go on. Deleting a group this node does not run (or no longer has) deletes whatever is
 // stored for it. The same id may be used again afterwards with Group or GroupWith, which
-// starts a new group with no state: every member must have deleted the old one.
+// starts a new group with no state: every member must have deleted the old one. On a host
+// that stopped serving because its log could not be written it returns ErrStopped.
 func (h *Host) DeleteGroup(id uint64) error {
 	h.mu.Lock()
 	if h.closed {
@@ -47,7 +55,10 @@ func (h *Host) DeleteGroup(id uint64) error {
 			<-r.done
 		case <-h.done:
 			close(ch)
-			return ErrClosed // the loop stopped (closing, or the log failed)
+			return ErrClosed // the loop stopped (closing)
+		case <-h.dead:
+			close(ch)
+			return ErrStopped
 		}
 	}
 	if err := h.rlog.MarkDeleted(id); err != nil {

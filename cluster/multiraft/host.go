@@ -137,6 +137,10 @@ type Host struct {
 	done      chan struct{}
 	closeOnce sync.Once
 	closeErr  error
+
+	// dead is closed when the loop stopped serving on its own (the log could not be
+	// written); the host still waits for Close.
+	dead chan struct{}
 }
 
 // NewHost opens the data directory, starts the listener and the loop.
@@ -191,7 +195,7 @@ func NewHost(cfg Config) (*Host, error) {
 		incarnation: binary.BigEndian.Uint64(inc[:]),
 		groups:      make(map[uint64]*Group), peers: maps(cfg.Peers), names: names,
 		dirty: make(map[uint64]*Group), deleted: make(map[uint64]chan struct{}), detachCh: make(chan detachReq),
-		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
+		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}), dead: make(chan struct{}),
 	}
 	// Deletions a crash interrupted are finished in the background; a group created again
 	// meanwhile waits for its drop (group0).
@@ -636,8 +640,13 @@ func (h *Host) run() {
 			// The log cannot be written: Raft's promises no longer hold on this node. Stop
 			// taking part rather than acknowledge what is not on disk.
 			h.log.Error("raft log write failed; this node stops serving its groups", "err", err)
-			<-h.stop
 			h.failPending()
+			close(h.dead)
+			// The peers must see this node go, as if it had crashed: while the transport
+			// writes node heartbeats they count it live, and the groups it leads, quiesced,
+			// would never elect another leader.
+			h.tr.close()
+			<-h.stop
 			return
 		}
 	}
