@@ -34,6 +34,10 @@ import (
 // peers die), and a quiesced follower whose leader is there wakes: its election timer runs
 // again, so it campaigns after the usual election timeout if the leader is really gone. With
 // PreVote the others, still in their leader's lease, refuse a follower that woke for nothing.
+// A woken leader's CheckQuorum may take up to two election timeouts, not one: raft clears a
+// follower's RecentActive flag only at each quorum check, and the flags still hold what the
+// leader heard before it quiesced, so the first check after waking may pass on them. The
+// followers are not held back meanwhile: out of the leader's lease they elect another.
 // A quiesce heartbeat that is lost leaves a follower ticking: it campaigns, which wakes the
 // leader, whose heartbeats then keep the follower down as in any group.
 
