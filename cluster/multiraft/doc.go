@@ -61,8 +61,10 @@
 // caller's goroutine: the loop goes on meanwhile. Groups are created only by Group and
 // GroupWith, never by a message, so a late message from a peer still running the group is
 // dropped like any message for a group this node does not run. The tombstone makes the
-// deletion survive a crash (the host drops a tombstoned group's keys at start); creating the
-// id again waits for the drop and clears it.
+// deletion survive a crash (the host drops the tombstoned groups' keys at start, one after
+// the other in one goroutine); it is cleared once the keys are dropped, and creating the id
+// again waits for the drop. A host whose log write failed (its loop stopped) answers
+// DeleteGroup with ErrStopped.
 //
 // # Quiescing
 //
