@@ -1,6 +1,9 @@
 package multiraft
 
-import "fmt"
+import (
+	"errors"
+	"fmt"
+)
 
 // Deleting a group (a quorum queue deleted, or a replica moved off this node) detaches it
 // from the loop, writes a tombstone, then drops its keys from the Raft log in bounded
@@ -8,8 +11,13 @@ import "fmt"
 // the other groups meanwhile. Groups are only ever created by Group and GroupWith, never by a
 // message, so a late message from a peer still running the group is dropped like any message
 // for a group this node does not run, and writes nothing. The tombstone makes the deletion
-// survive a crash: at start the host drops the keys of every tombstoned group again, and
-// creating the group again waits for that and clears it.
+// survive a crash: at start the host drops the keys of every tombstoned group again (one
+// after the other, in one goroutine), and creating the group again waits for that. Once the
+// keys are dropped the tombstone is cleared.
+
+// ErrStopped is returned by calls that need the host's loop after it stopped serving its
+// groups because the Raft log could not be written (the host still needs Close).
+var ErrStopped = errors.New("multiraft: host stopped serving (raft log write failed)")
 
 type detachReq struct {
 	g    *Group
@@ -21,7 +29,8 @@ type detachReq struct {
 // membership: remove this node from the group first (RemoveMember) when the other members
 // go on. Deleting a group this node does not run (or no longer has) deletes whatever is
 // stored for it. The same id may be used again afterwards with Group or GroupWith, which
-// starts a new group with no state: every member must have deleted the old one.
+// starts a new group with no state: every member must have deleted the old one. On a host
+// that stopped serving because its log could not be written it returns ErrStopped.
 func (h *Host) DeleteGroup(id uint64) error {
 	h.mu.Lock()
 	if h.closed {
@@ -39,23 +48,49 @@ func (h *Host) DeleteGroup(id uint64) error {
 	h.bg.Add(1)
 	h.mu.Unlock()
 	defer h.bg.Done()
-	defer close(ch)
 	if g != nil {
 		r := detachReq{g: g, done: make(chan struct{})}
 		select {
 		case h.detachCh <- r:
 			<-r.done
 		case <-h.done:
-			return ErrClosed // the loop stopped (closing, or the log failed)
+			close(ch)
+			return ErrClosed // the loop stopped (closing)
+		case <-h.dead:
+			close(ch)
+			return ErrStopped
 		}
 	}
 	if err := h.rlog.MarkDeleted(id); err != nil {
+		close(ch)
 		return fmt.Errorf("multiraft: delete group %d: %w", id, err)
 	}
-	if err := h.rlog.DropGroup(id); err != nil {
+	if err := h.finishDrop(id, ch, h.rlog.DropGroup(id)); err != nil {
 		return fmt.Errorf("multiraft: delete group %d: %w", id, err)
 	}
 	h.log.Info("raft group deleted", "group", id)
+	return nil
+}
+
+// finishDrop ends the deletion of group id whose drop returned err, and closes ch (its
+// entry in h.deleted). Dropped, the group needs its tombstone no more: it is cleared, and
+// so is the entry, so that neither the tombstones nor the map grow with every group ever
+// deleted. A failed drop keeps both: the next start, or creating the group again, drops
+// again.
+func (h *Host) finishDrop(id uint64, ch chan struct{}, err error) error {
+	defer close(ch)
+	if err == nil {
+		err = h.rlog.ClearTombstone(id)
+	}
+	if err != nil {
+		h.log.Error("dropping a deleted raft group failed", "group", id, "err", err)
+		return err
+	}
+	h.mu.Lock()
+	if h.deleted[id] == ch {
+		delete(h.deleted, id)
+	}
+	h.mu.Unlock()
 	return nil
 }
 

@@ -149,3 +149,54 @@ func TestDeleteGroup(t *testing.T) {
 		t.Fatalf("tombstoned group not dropped at start: %d keys", k)
 	}
 }
+
+// A deletion that completed leaves no tombstone and no entry in the host's map, whether
+// DeleteGroup did it or the start after a crash (which drops every tombstoned group, one
+// after the other).
+func TestDeleteGroupClearsTombstones(t *testing.T) {
+	c := newTestCluster(t, 1, nil)
+	h := c.hosts["n1"]
+	voters := []string{"n1"}
+	for id := uint64(2); id <= 5; id++ {
+		gs, _ := c.groupsOn(id, voters, GroupOptions{Voters: voters})
+		propose(t, gs[waitLeader(t, gs, 10*time.Second)], "x")
+	}
+	check := func(h *Host, ids ...uint64) {
+		t.Helper()
+		if ts, err := h.rlog.Tombstones(); err != nil || len(ts) != 0 {
+			t.Errorf("tombstones %v (err %v), want none", ts, err)
+		}
+		h.mu.Lock()
+		n := len(h.deleted)
+		h.mu.Unlock()
+		if n != 0 {
+			t.Errorf("%d deletions still in the host's map", n)
+		}
+		for _, id := range ids {
+			if k := diskKeys(t, h, id); k != 0 {
+				t.Errorf("group %d: %d keys left", id, k)
+			}
+		}
+	}
+	if err := h.DeleteGroup(2); err != nil {
+		t.Fatal(err)
+	}
+	check(h, 2)
+
+	c.stop("n1")
+	rl, err := persistence.OpenRaftLog(filepath.Join(c.dirs["n1"], "raft"), persistence.RaftLogOptions{Logger: testLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []uint64{3, 4, 5} {
+		if err := rl.MarkDeleted(id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := rl.Close(); err != nil {
+		t.Fatal(err)
+	}
+	h = c.start("n1")
+	h.bg.Wait() // the drops started at open
+	check(h, 3, 4, 5)
+}

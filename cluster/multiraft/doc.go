@@ -61,8 +61,10 @@
 // caller's goroutine: the loop goes on meanwhile. Groups are created only by Group and
 // GroupWith, never by a message, so a late message from a peer still running the group is
 // dropped like any message for a group this node does not run. The tombstone makes the
-// deletion survive a crash (the host drops a tombstoned group's keys at start); creating the
-// id again waits for the drop and clears it.
+// deletion survive a crash (the host drops the tombstoned groups' keys at start, one after
+// the other in one goroutine); it is cleared once the keys are dropped, and creating the id
+// again waits for the drop. A host whose log write failed (its loop stopped) answers
+// DeleteGroup with ErrStopped.
 //
 // # Quiescing
 //
@@ -81,7 +83,11 @@
 // and quiesced followers whose leader is there wake, send the leader a wake-up call and
 // campaign after the usual election timeout if no heartbeat comes. PreVote keeps a follower
 // that woke for nothing (a late node heartbeat on a busy machine) from disrupting: the
-// others are in their leader's lease. quiesce.go has the details.
+// others are in their leader's lease. They stay in it because a quiesced follower woken by a
+// message from another node than its leader (a pre-vote from a node cut off from the leader
+// alone) also sends the leader a wake-up call, whose heartbeats then resume; otherwise that
+// follower would fall out of the lease and vote the cut-off node in beside the quiesced old
+// leader. quiesce.go has the details.
 //
 // # Log compaction
 //

@@ -143,6 +143,10 @@ type Host struct {
 	done      chan struct{}
 	closeOnce sync.Once
 	closeErr  error
+
+	// dead is closed when the loop stopped serving on its own (the log could not be
+	// written); the host still waits for Close.
+	dead chan struct{}
 }
 
 // NewHost opens the data directory, starts the listener and the loop.
@@ -197,7 +201,7 @@ func NewHost(cfg Config) (*Host, error) {
 		incarnation: binary.BigEndian.Uint64(inc[:]),
 		groups:      make(map[uint64]*Group), peers: maps(cfg.Peers), names: names,
 		dirty: make(map[uint64]*Group), deleted: make(map[uint64]chan struct{}), detachCh: make(chan detachReq),
-		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
+		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}), dead: make(chan struct{}),
 	}
 	// Deletions a crash interrupted are finished in the background; a group created again
 	// meanwhile waits for its drop (group0).
@@ -206,20 +210,25 @@ func NewHost(cfg Config) (*Host, error) {
 		_ = rlog.Close()
 		return nil, fmt.Errorf("multiraft: %w", err)
 	}
-	for _, id := range tombs {
-		ch := make(chan struct{})
-		h.deleted[id] = ch
+	if len(tombs) > 0 {
+		// One goroutine drops them one after the other: a node with many deletions pending
+		// does not start as many concurrent drops.
+		chs := make([]chan struct{}, len(tombs))
+		for i, id := range tombs {
+			chs[i] = make(chan struct{})
+			h.deleted[id] = chs[i]
+		}
 		h.bg.Add(1)
 		go func() {
 			defer h.bg.Done()
-			defer close(ch)
-			if err := rlog.DropGroup(id); err != nil {
-				log.Error("dropping a deleted raft group failed", "group", id, "err", err)
+			for i, id := range tombs {
+				h.finishDrop(id, chs[i], rlog.DropGroup(id))
 			}
 		}()
 	}
 	h.tr, err = newTransport(cfg.NodeName, cfg.ListenAddr, cfg.Secret, cfg.TLS, log, h, cfg.TickInterval)
 	if err != nil {
+		h.bg.Wait() // the drops use rlog
 		_ = rlog.Close()
 		return nil, err
 	}
@@ -524,6 +533,7 @@ func (h *Host) deliver(group uint64, m *pb.Message) {
 	if m.GetType() == pb.MessageType_MsgAppResp && m.GetReject() {
 		g.handOverIfLogLost(m)
 	}
+	var wakeLeader []outMsg
 	switch {
 	case quiesce && m.GetType() == pb.MessageType_MsgHeartbeat:
 		// A leader's quiesce heartbeat: stepped, then quiesceFollowerLocked.
@@ -532,6 +542,9 @@ func (h *Host) deliver(group uint64, m *pb.Message) {
 	default:
 		// Anything else is activity, a follower's wake-up call (a flagged heartbeat
 		// answer, see wakeOnPeerEventLocked) included.
+		if g.quiesced {
+			wakeLeader = g.wakeLeaderLocked(m.GetFrom())
+		}
 		g.quiesced = false
 		quiesce = false
 	}
@@ -540,6 +553,11 @@ func (h *Host) deliver(group uint64, m *pb.Message) {
 		g.quiesceFollowerLocked(m, commit)
 	}
 	g.mu.Unlock()
+	if len(wakeLeader) > 0 {
+		if name, ok := h.nameOf(wakeLeader[0].msg.GetTo()); ok {
+			h.tr.send(name, wakeLeader)
+		}
+	}
 	if err != nil && !errors.Is(err, raft.ErrStepPeerNotFound) {
 		g.log.Debug("raft step", "type", m.GetType().String(), "err", err)
 	}
@@ -628,8 +646,13 @@ func (h *Host) run() {
 			// The log cannot be written: Raft's promises no longer hold on this node. Stop
 			// taking part rather than acknowledge what is not on disk.
 			h.log.Error("raft log write failed; this node stops serving its groups", "err", err)
-			<-h.stop
 			h.failPending()
+			close(h.dead)
+			// The peers must see this node go, as if it had crashed: while the transport
+			// writes node heartbeats they count it live, and the groups it leads, quiesced,
+			// would never elect another leader.
+			h.tr.close()
+			<-h.stop
 			return
 		}
 	}

@@ -445,3 +445,46 @@ func TestFailedRestoreStopsGroup(t *testing.T) {
 		t.Errorf("Propose on the stopped group: %v, want ErrClosed", err)
 	}
 }
+
+// A node whose Raft log can no longer be written stops serving, and must look dead to its
+// peers: the quiesced group it leads elects another leader, and DeleteGroup on it returns
+// ErrStopped instead of blocking until Close.
+func TestLogFailureLooksLikeACrash(t *testing.T) {
+	c := newTestCluster(t, 3, productionTiming)
+	gs, _ := c.groups(MetadataGroup)
+	lead := waitLeader(t, gs, 10*time.Second)
+	propose(t, gs[lead], "x")
+	waitQuiesced(t, c, c.names, 1, 10*time.Second)
+	h := c.hosts[lead]
+	// The disk fails: every write of the log returns an error from now on.
+	if err := h.rlog.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	_, _ = gs[lead].Propose(ctx, []byte("never stored"))
+	cancel()
+	select {
+	case <-h.dead:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the loop did not stop on the failed write")
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- h.DeleteGroup(MetadataGroup) }()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, ErrStopped) {
+			t.Errorf("DeleteGroup: %v, want ErrStopped", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("DeleteGroup blocks on a host whose loop stopped")
+	}
+	rest := map[string]*Group{}
+	for name, g := range gs {
+		if name != lead {
+			rest[name] = g
+		}
+	}
+	if nl := waitLeader(t, rest, 10*time.Second); nl == lead {
+		t.Fatalf("leader still %s", lead)
+	}
+}

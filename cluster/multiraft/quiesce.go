@@ -22,8 +22,9 @@ import (
 //     stops ticking if it is then a follower of that leader, in its term, at its commit index.
 //   - Anything else wakes a group: a proposal or conf change on any member (a follower's is
 //     forwarded, which wakes the leader), any message but a heartbeat's answer, and a change of
-//     a peer's liveness. A follower woken by its leader's node changing sends the leader a
-//     wake-up call (a heartbeat answer flagged with quiesceFlag).
+//     a peer's liveness. A follower woken by its leader's node changing, or by a message from
+//     another node than its leader (wakeLeaderLocked), sends the leader a wake-up call (a
+//     heartbeat answer flagged with quiesceFlag).
 //
 // Liveness is per node pair, not per group: the transport writes an empty frame on a
 // connection that was silent for a tick, and a peer is live while connected and heard from
@@ -33,6 +34,10 @@ import (
 // peers die), and a quiesced follower whose leader is there wakes: its election timer runs
 // again, so it campaigns after the usual election timeout if the leader is really gone. With
 // PreVote the others, still in their leader's lease, refuse a follower that woke for nothing.
+// A woken leader's CheckQuorum may take up to two election timeouts, not one: raft clears a
+// follower's RecentActive flag only at each quorum check, and the flags still hold what the
+// leader heard before it quiesced, so the first check after waking may pass on them. The
+// followers are not held back meanwhile: out of the leader's lease they elect another.
 // A quiesce heartbeat that is lost leaves a follower ticking: it campaigns, which wakes the
 // leader, whose heartbeats then keep the follower down as in any group.
 
@@ -81,9 +86,7 @@ func (g *Group) wakeOnPeerEventLocked(changed map[uint64]bool, q *quiesceRound) 
 		if bs.Lead == raft.None || changed[bs.Lead] {
 			g.quiesced = false
 			if lead := bs.Lead; lead != raft.None {
-				term := bs.HardState.GetTerm()
-				m := &pb.Message{Type: pb.MessageType_MsgHeartbeatResp.Enum(), To: &lead, From: &g.h.id, Term: &term}
-				q.out[lead] = append(q.out[lead], outMsg{group: g.id | quiesceFlag, msg: m})
+				q.out[lead] = append(q.out[lead], g.wakeUpCall(lead, bs.HardState.GetTerm()))
 			}
 		}
 		return
@@ -156,4 +159,26 @@ func (g *Group) quiesceFollowerLocked(m *pb.Message, commit uint64) {
 		bs.HardState.GetCommit() == commit {
 		g.quiesced = true
 	}
+}
+
+// wakeUpCall is a follower's call to its quiesced leader to wake up: a heartbeat answer
+// flagged with quiesceFlag, which the leader steps as activity (Host.deliver).
+func (g *Group) wakeUpCall(lead, term uint64) outMsg {
+	m := &pb.Message{Type: pb.MessageType_MsgHeartbeatResp.Enum(), To: &lead, From: &g.h.id, Term: &term}
+	return outMsg{group: g.id | quiesceFlag, msg: m}
+}
+
+// wakeLeaderLocked returns the wake-up call a quiesced follower sends its leader when a
+// message from another node (from) wakes it (g.mu held, before stepping the message; the
+// caller sends it once g.mu is released). Without it, a follower woken by the pre-votes of
+// a node cut off from the leader alone ticks with no heartbeat from the still quiesced
+// leader, falls out of the leader's lease, and votes the cut-off node in, while the old
+// leader stays quiesced in StateLeader: two leaders. Woken, the leader heartbeats this
+// follower again and keeps it in the lease, so the pre-votes fail.
+func (g *Group) wakeLeaderLocked(from uint64) []outMsg {
+	bs := g.rn.BasicStatus()
+	if bs.RaftState != raft.StateFollower || bs.Lead == raft.None || bs.Lead == from || bs.Lead == g.h.id {
+		return nil
+	}
+	return []outMsg{g.wakeUpCall(bs.Lead, bs.HardState.GetTerm())}
 }

@@ -95,9 +95,14 @@ func TestQuiesceIdleGroups(t *testing.T) {
 	if !gs[follower].Status().Quiesced {
 		t.Fatal("follower not quiesced")
 	}
+	applied0 := gs[lead].Status().Applied
 	propose(t, gs[follower], "wake")
-	if gs[lead].Status().Quiesced && gs[lead].Status().Applied < 2 {
-		t.Error("leader still quiesced after a proposal")
+	// The leader committed the entry before the follower could apply it, and applies it in
+	// the same round it sent the commit index (just after): it woke.
+	for deadline := time.Now().Add(2 * time.Second); gs[lead].Status().Applied <= applied0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("leader's applied index still %d after a proposal: it did not wake", applied0)
+		}
 	}
 	waitQuiesced(t, c, c.names, n, 10*time.Second)
 	for name, g := range gs {
@@ -289,5 +294,51 @@ func TestWokenFollowerWakesLeader(t *testing.T) {
 	}
 	if st := g.Status(); st.Term != term || st.Leader != lead {
 		t.Errorf("term %d -> %d, leader %s -> %s", term, st.Term, lead, st.Leader)
+	}
+}
+
+// A single follower cut off from its quiesced leader (only that pair's bytes dropped) must
+// not depose it: its pre-votes wake the other follower, which wakes the leader (a wake-up
+// call), whose heartbeats keep that follower in its lease. Without the wake-up call the other
+// follower, ticking with no heartbeat, falls out of the lease, votes the cut-off node in, and
+// the old leader stays quiesced in StateLeader beside the new one.
+func TestQuiescedLeaderOneFollowerCutOff(t *testing.T) {
+	c := newTestCluster(t, 3, productionTiming)
+	gs, _ := c.groups(MetadataGroup)
+	lead := waitLeader(t, gs, 10*time.Second)
+	propose(t, gs[lead], "x")
+	waitQuiesced(t, c, c.names, 1, 10*time.Second)
+	term := gs[lead].Status().Term
+	var cut string
+	for _, name := range c.names {
+		if name != lead {
+			cut = name
+			break
+		}
+	}
+	c.proxies[pairKey(lead, cut)].SetDrop(true)
+	defer c.proxies[pairKey(lead, cut)].SetDrop(false)
+	// Several election timeouts (8 to 16 ticks of 100 ms).
+	deadline := time.Now().Add(6 * time.Second)
+	for time.Now().Before(deadline) {
+		var leaders []string
+		for name, g := range gs {
+			if g.Status().State == "StateLeader" {
+				leaders = append(leaders, name)
+			}
+		}
+		if len(leaders) != 1 || leaders[0] != lead {
+			sort.Strings(leaders)
+			t.Fatalf("leaders %v, want only %s (the node cut off from it: %s)", leaders, lead, cut)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for name, g := range gs {
+		if name == cut {
+			continue
+		}
+		if st := g.Status(); st.Term != term || st.Leader != lead {
+			t.Errorf("%s: term %d -> %d, leader %s -> %s", name, term, st.Term, lead, st.Leader)
+		}
 	}
 }
