@@ -988,13 +988,26 @@ func (g *Group) apply(rd raft.Ready) {
 			g.log.Error("state machine snapshot failed", "index", g.applied, "err", err)
 			return
 		}
-		// Compacted up to the previous snapshot: one interval of entries stays behind.
-		if err := g.storage.CreateSnapshot(g.applied, g.confState, data, since); err != nil {
+		// One interval of entries stays behind (a follower a little behind catches up from the
+		// log, not a snapshot) - the configured interval, not this one: a round that applied
+		// many entries at once would otherwise keep all of them.
+		if err := g.storage.CreateSnapshot(g.applied, g.confState, data, g.keepAfterSnapshot(since)); err != nil {
 			g.log.Error("raft snapshot failed", "index", g.applied, "err", err)
 			return
 		}
 		g.snapIndex, g.bytesSinceSnap = g.applied, 0
 	}
+}
+
+// keepAfterSnapshot is how many of the since entries applied after the last snapshot the log
+// keeps behind a new one: at most SnapshotEvery, and at most the share of them that fits in
+// SnapshotBytes when they overran it.
+func (g *Group) keepAfterSnapshot(since uint64) uint64 {
+	keep := min(since, g.snapEvery)
+	if g.bytesSinceSnap > g.snapBytes && g.snapBytes > 0 {
+		keep = min(keep, max(1, since*g.snapBytes/g.bytesSinceSnap))
+	}
+	return keep
 }
 
 // Leader is the current leader's node name, if one is known.
