@@ -779,3 +779,11 @@ func (qs *Queue) infoCounts() queue.Stats {
 	}
 	return st
 }
+
+// DeclareCounts are queue.declare-ok's message and consumer counts: the local queue's, and
+// for a quorum queue the log's ready messages too (those not checked out to a node), as
+// RabbitMQ counts a quorum queue's ready messages whichever node answers.
+func (qs *Queue) DeclareCounts() (ready, consumers int) {
+	st := qs.infoCounts()
+	return st.Ready, st.Consumers
+}
