@@ -215,6 +215,26 @@ func quorumAllowed(args amqp.Table) bool {
 	return args["x-overflow"] != "reject-publish-dlx"
 }
 
+// quorumDifferences are the tests whose expectation is a classic queue's and that RabbitMQ
+// 3.10.8's own quorum queues fail too (measured: this suite with -queue-type quorum against
+// RabbitMQ 3.10.8, same failure): skipped under -queue-type quorum, with the reason.
+var quorumDifferences = map[string]string{
+	"TestArticleRedeliveryPosition": "a quorum queue does not put a rolled-back (requeued) message back at its original position: RabbitMQ 3.10.8 quorum queues fail this test the same way",
+}
+
+// skipQuorumDifference skips t under -queue-type quorum if its expectation is one that RabbitMQ's
+// quorum queues do not meet either.
+func skipQuorumDifference(t *testing.T) {
+	t.Helper()
+	if !quorumRun() {
+		return
+	}
+	top, _, _ := strings.Cut(t.Name(), "/")
+	if why, ok := quorumDifferences[top]; ok {
+		t.Skip("quorum queues: " + why)
+	}
+}
+
 // declaredAs returns the durable flag and arguments declareQueue sends for args: for tests that
 // redeclare a queue of declareQueue's and want it equivalent (or all but one property).
 func declaredAs(args amqp.Table) (bool, amqp.Table) {
@@ -232,6 +252,7 @@ func declaredAs(args amqp.Table) (bool, amqp.Table) {
 // deletion; with -queue-type quorum, a durable quorum queue when args allow it.
 func declareQueue(t *testing.T, ch *amqp.Channel, args amqp.Table) string {
 	t.Helper()
+	skipQuorumDifference(t)
 	name := uname(t, "q")
 	durable, args := declaredAs(args)
 	if _, err := ch.QueueDeclare(name, durable, false, false, false, args); err != nil {
