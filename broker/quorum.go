@@ -796,6 +796,10 @@ func (qs *Queue) infoCounts() queue.Stats {
 // for a quorum queue the log's ready messages too (those not checked out to a node), as
 // RabbitMQ counts a quorum queue's ready messages whichever node answers.
 func (qs *Queue) DeclareCounts() (ready, consumers int) {
-	st := qs.infoCounts()
+	st := qs.q.Stats() // Stats, not Counts: expired heads and due delayed messages first
+	if qs.qq != nil {
+		n, _ := qs.qq.m.Counts()
+		st.Ready += n
+	}
 	return st.Ready, st.Consumers
 }
