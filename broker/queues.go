@@ -253,7 +253,7 @@ func (v *VHost) DeleteQueue(a Actor, name string, ifUnused, ifEmpty bool) (int, 
 		v.mu.Unlock()
 		return 0, v.errLocked(name)
 	}
-	st := qs.q.Counts()
+	st := qs.infoCounts() // a quorum queue's log counts
 	if ifUnused && st.Consumers > 0 {
 		v.mu.Unlock()
 		return 0, amqp.Errorf(amqp.PreconditionFailed, "queue '%s' in vhost '%s' in use", name, v.name)

@@ -664,11 +664,23 @@ func (qq *quorumQueue) getFromLog(noAck bool) (*queue.Entry, int, bool, *amqp.Er
 	return e, res.r.Remaining, true, nil
 }
 
-// purge is queue.purge: the log's ready messages.
+// purge is queue.purge: the log's ready messages and those assigned to this node but not
+// delivered (ready to a client, as RabbitMQ counts them: only unacked messages stay).
 func (qq *quorumQueue) purge() (int, *amqp.Error) {
+	var local []uint64
+	for {
+		e, _, ok := qq.qs.q.Get(true)
+		if !ok {
+			break
+		}
+		local = append(local, e.Seq)
+	}
+	if len(local) > 0 {
+		qq.submit(quorum.Command{Kind: quorum.KindSettle, Node: qq.node, IDs: local}, nil)
+	}
 	ch := make(chan quorum.Result, 1)
 	var perr error
-	qq.submit(quorum.Command{Kind: quorum.KindPurge}, func(r quorum.Result, err error) { perr = err; ch <- r })
+	qq.submit(quorum.Command{Kind: quorum.KindPurge}, func(r quorum.Result, err error) { perr = err; r.Purged += len(local); ch <- r })
 	var r quorum.Result
 	select {
 	case r = <-ch:
@@ -778,4 +790,16 @@ func (qs *Queue) infoCounts() queue.Stats {
 		st.Ready += ready
 	}
 	return st
+}
+
+// DeclareCounts are queue.declare-ok's message and consumer counts: the local queue's, and
+// for a quorum queue the log's ready messages too (those not checked out to a node), as
+// RabbitMQ counts a quorum queue's ready messages whichever node answers.
+func (qs *Queue) DeclareCounts() (ready, consumers int) {
+	st := qs.q.Stats() // Stats, not Counts: expired heads and due delayed messages first
+	if qs.qq != nil {
+		n, _ := qs.qq.m.Counts()
+		st.Ready += n
+	}
+	return st.Ready, st.Consumers
 }

@@ -196,7 +196,7 @@ func (v *VHost) replicatedDeleteQueue(a Actor, name string, ifUnused, ifEmpty bo
 	qs := v.queues[name]
 	var err *amqp.Error
 	if qs != nil && qs.home == "" && (!qs.exclusive || qs.owner == a.Owner) {
-		st := qs.q.Counts()
+		st := qs.infoCounts() // a quorum queue's log counts
 		switch {
 		case ifUnused && st.Consumers > 0:
 			err = amqp.Errorf(amqp.PreconditionFailed, "queue '%s' in vhost '%s' in use", name, v.name)

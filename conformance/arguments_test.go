@@ -54,7 +54,11 @@ func TestArgumentsWrongQueueType(t *testing.T) {
 		q := declareQueue(t, ch, nil)
 		_, err := ch.Consume(q, "", false, false, false, false, amqp.Table{"x-stream-offset": "first"})
 		ae := expectChannelClosed(t, c, err, amqp.PreconditionFailed)
-		want := fmt.Sprintf("PRECONDITION_FAILED - invalid arg 'x-stream-offset' for queue '%s' in vhost '/' of queue type rabbit_classic_queue", q)
+		typ := "rabbit_classic_queue"
+		if quorumRun() {
+			typ = "rabbit_quorum_queue"
+		}
+		want := fmt.Sprintf("PRECONDITION_FAILED - invalid arg 'x-stream-offset' for queue '%s' in vhost '/' of queue type %s", q, typ)
 		if ae.Reason != want {
 			t.Errorf("reply text = %q, want %q", ae.Reason, want)
 		}

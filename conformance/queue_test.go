@@ -44,7 +44,8 @@ func TestQueueDeclareOkCounts(t *testing.T) {
 	consume(t, cch2, q, false)
 	// Both consumers hold unacked messages now; declare-ok counts only ready messages.
 	eventually(t, "all messages delivered", func() bool { m, _ := queueCounts(t, q); return m == 0 })
-	st, err := ch.QueueDeclare(q, false, false, false, false, nil)
+	durable, args := declaredAs(nil)
+	st, err := ch.QueueDeclare(q, durable, false, false, false, args)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,22 +77,26 @@ func TestQueueErrors(t *testing.T) {
 		}, amqp.NotFound, "NOT_FOUND - no queue 'conf-missing-queue' in vhost '/'"},
 		{"redeclare-durable", func(t *testing.T, ch *amqp.Channel) error {
 			q := declareQueue(t, ch, nil)
-			_, err := ch.QueueDeclare(q, true, false, false, false, nil)
+			durable, args := declaredAs(nil)
+			_, err := ch.QueueDeclare(q, !durable, false, false, false, args)
 			return err
 		}, amqp.PreconditionFailed, "PRECONDITION_FAILED - inequivalent arg 'durable' for queue '"},
 		{"redeclare-auto-delete", func(t *testing.T, ch *amqp.Channel) error {
 			q := declareQueue(t, ch, nil)
-			_, err := ch.QueueDeclare(q, false, true, false, false, nil)
+			durable, args := declaredAs(nil)
+			_, err := ch.QueueDeclare(q, durable, true, false, false, args)
 			return err
 		}, amqp.PreconditionFailed, "PRECONDITION_FAILED - inequivalent arg 'auto_delete' for queue '"},
 		{"redeclare-args", func(t *testing.T, ch *amqp.Channel) error {
 			q := declareQueue(t, ch, amqp.Table{"x-max-length": int32(10)})
-			_, err := ch.QueueDeclare(q, false, false, false, false, amqp.Table{"x-max-length": int32(20)})
+			durable, args := declaredAs(amqp.Table{"x-max-length": int32(20)})
+			_, err := ch.QueueDeclare(q, durable, false, false, false, args)
 			return err
 		}, amqp.PreconditionFailed, "PRECONDITION_FAILED - inequivalent arg 'x-max-length' for queue '"},
 		{"redeclare-missing-arg", func(t *testing.T, ch *amqp.Channel) error {
 			q := declareQueue(t, ch, amqp.Table{"x-message-ttl": int32(1000)})
-			_, err := ch.QueueDeclare(q, false, false, false, false, nil)
+			durable, args := declaredAs(nil)
+			_, err := ch.QueueDeclare(q, durable, false, false, false, args)
 			return err
 		}, amqp.PreconditionFailed, "PRECONDITION_FAILED - inequivalent arg 'x-message-ttl' for queue '"},
 		{"bind-missing-queue", func(t *testing.T, ch *amqp.Channel) error {

@@ -432,8 +432,7 @@ func (ch *channel) dispatch(m amqp.Method) *amqp.Error {
 			return err
 		}
 		if !m.NoWait {
-			st := qs.Q().Stats()
-			ready, consumers := st.Ready, st.Consumers
+			ready, consumers := qs.DeclareCounts()
 			if qs.Home() != "" {
 				if ready, consumers, err = ch.remoteCounts(qs); err != nil {
 					return err
