@@ -36,6 +36,15 @@ type ledger struct {
 	// broker may have processed the ack (the message is rightly gone) or not (it owes it).
 	received map[string]map[uint64]int
 	inDoubt  map[string]map[uint64]bool
+	// fresh[queue] is the highest sequence number delivered without the redelivered flag. The
+	// one publisher of a queue publishes one message at a time, so a first delivery (not
+	// redelivered) of a lower or equal number breaks per-publisher order: outOfOrder counts
+	// them (orderSamples keeps the first few), redelivered the deliveries flagged redelivered
+	// (exempt: a requeue puts a message back ahead of later ones).
+	fresh        map[string]uint64
+	outOfOrder   int
+	orderSamples []string
+	redelivered  int
 	// hung are operations that got no answer in time.
 	hung []string
 	// seq is each checked queue's last publish sequence number (set up front, then read
@@ -45,8 +54,8 @@ type ledger struct {
 
 func newLedger(queues []string) *ledger {
 	l := &ledger{declareErrs: map[string]int{}, confirmed: map[string]map[uint64]bool{}, received: map[string]map[uint64]int{},
-		inDoubt: map[string]map[uint64]bool{},
-		seq:     map[string]*atomic.Uint64{}}
+		inDoubt: map[string]map[uint64]bool{}, fresh: map[string]uint64{},
+		seq: map[string]*atomic.Uint64{}}
 	for _, q := range queues {
 		l.seq[q] = new(atomic.Uint64)
 	}
@@ -183,6 +192,25 @@ func (l *ledger) settle(q string, seqs []uint64, syncErr error) {
 	}
 }
 
+// delivered records a delivery of seq of queue q for the order check: a first delivery must
+// carry a higher number than every first delivery of q before it.
+func (l *ledger) delivered(q string, seq uint64, redelivered bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if redelivered {
+		l.redelivered++
+		return
+	}
+	if last := l.fresh[q]; seq <= last {
+		l.outOfOrder++
+		if len(l.orderSamples) < 10 {
+			l.orderSamples = append(l.orderSamples, fmt.Sprintf("%s #%d delivered (not redelivered) after #%d", q, seq, last))
+		}
+		return
+	}
+	l.fresh[q] = seq
+}
+
 // settleEvery bounds the acked deliveries a consumer holds unsettled: at most that many are in
 // doubt when its session dies.
 const settleEvery = 20
@@ -234,6 +262,7 @@ func consumer(ctx context.Context, l *ledger, addr, q string, pauses bool) {
 				seq, err := strconv.ParseUint(seqText, 10, 64)
 				if found && err == nil && name == q {
 					pending = append(pending, seq)
+					l.delivered(q, seq, d.Redelivered)
 				}
 				if err := d.Ack(false); err != nil {
 					break deliveries
