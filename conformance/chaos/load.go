@@ -37,12 +37,16 @@ type ledger struct {
 	received map[string]map[uint64]int
 	inDoubt  map[string]map[uint64]bool
 	// fresh[queue] is the highest sequence number delivered without the redelivered flag. The
-	// one publisher of a queue publishes one message at a time, so a first delivery (not
-	// redelivered) of a lower or equal number breaks per-publisher order: outOfOrder counts
-	// them (orderSamples keeps the first few), redelivered the deliveries flagged redelivered
-	// (exempt: a requeue puts a message back ahead of later ones).
+	// one publisher of a queue publishes one message at a time, so a delivery not flagged
+	// redelivered of a lower number breaks per-publisher order: outOfOrder counts those never
+	// delivered before, unflagged those delivered before (a redelivery without the
+	// redelivered flag); orderSamples keeps the first few of both. redelivered counts the
+	// deliveries flagged redelivered (exempt: a requeue puts a message back ahead of later
+	// ones). seen[queue] holds every number delivered.
 	fresh        map[string]uint64
+	seen         map[string]map[uint64]bool
 	outOfOrder   int
+	unflagged    int
 	orderSamples []string
 	redelivered  int
 	// hung are operations that got no answer in time.
@@ -54,7 +58,7 @@ type ledger struct {
 
 func newLedger(queues []string) *ledger {
 	l := &ledger{declareErrs: map[string]int{}, confirmed: map[string]map[uint64]bool{}, received: map[string]map[uint64]int{},
-		inDoubt: map[string]map[uint64]bool{}, fresh: map[string]uint64{},
+		inDoubt: map[string]map[uint64]bool{}, fresh: map[string]uint64{}, seen: map[string]map[uint64]bool{},
 		seq: map[string]*atomic.Uint64{}}
 	for _, q := range queues {
 		l.seq[q] = new(atomic.Uint64)
@@ -197,14 +201,25 @@ func (l *ledger) settle(q string, seqs []uint64, syncErr error) {
 func (l *ledger) delivered(q string, seq uint64, redelivered bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	before := l.seen[q][seq]
+	if l.seen[q] == nil {
+		l.seen[q] = map[uint64]bool{}
+	}
+	l.seen[q][seq] = true
 	if redelivered {
 		l.redelivered++
 		return
 	}
-	if last := l.fresh[q]; seq <= last {
-		l.outOfOrder++
+	if last := l.fresh[q]; seq <= last || before {
+		what := "first delivery"
+		if before {
+			l.unflagged++
+			what = "redelivery without the redelivered flag"
+		} else {
+			l.outOfOrder++
+		}
 		if len(l.orderSamples) < 10 {
-			l.orderSamples = append(l.orderSamples, fmt.Sprintf("%s #%d delivered (not redelivered) after #%d", q, seq, last))
+			l.orderSamples = append(l.orderSamples, fmt.Sprintf("%s #%d: %s after #%d", q, seq, what, last))
 		}
 		return
 	}

@@ -28,9 +28,10 @@
 //     confirmed before its home node was wiped are legitimately lost with the data directory:
 //     they are left out of the check and counted as excluded (a quorum queue keeps them: with
 //     -queue-type quorum nothing is excluded);
-//   - order per publisher: every first delivery (not flagged redelivered) of a queue carries a
-//     higher sequence number than the first deliveries before it (each queue has one
-//     publisher, one message in flight at a time); redeliveries are counted and exempt;
+//   - order per publisher: every delivery not flagged redelivered of a queue carries a higher
+//     sequence number than those before it (each queue has one publisher, one message in
+//     flight at a time); a lower one is out of order, or, when it was delivered before, a
+//     redelivery without the redelivered flag; flagged redeliveries are counted and exempt;
 //   - no declare and no confirm went unanswered (a hang);
 //   - no node reported a data race (with -race, warren is built with the race detector).
 //
@@ -528,14 +529,15 @@ func check(f *fleet, l *ledger, p plan, excludedBelow map[string]uint64, logf fu
 	}
 	// 3b. Order per publisher: first deliveries (not flagged redelivered) in publish order.
 	l.mu.Lock()
-	outOfOrder, samples, redelivered := l.outOfOrder, slices.Clone(l.orderSamples), l.redelivered
+	outOfOrder, unflagged, samples, redelivered := l.outOfOrder, l.unflagged, slices.Clone(l.orderSamples), l.redelivered
 	l.mu.Unlock()
-	logf("checked: order per publisher holds except for redeliveries: %d first deliveries out of order (%d deliveries flagged redelivered, exempt)", outOfOrder, redelivered)
+	logf("checked: order per publisher holds except for redeliveries: %d first deliveries out of order, %d redeliveries without the redelivered flag (%d deliveries flagged redelivered, exempt)",
+		outOfOrder, unflagged, redelivered)
 	for _, s := range samples {
-		violations = append(violations, "out of order: "+s)
+		violations = append(violations, "order: "+s)
 	}
-	if outOfOrder > len(samples) {
-		violations = append(violations, fmt.Sprintf("... and %d more out of order", outOfOrder-len(samples)))
+	if n := outOfOrder + unflagged; n > len(samples) {
+		violations = append(violations, fmt.Sprintf("... and %d more order violations", n-len(samples)))
 	}
 	// 4. No node reported a data race (a warren built with -race).
 	races := 0
