@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -372,6 +373,25 @@ func (qq *quorumQueue) proposeLoop() {
 			if err != nil && qq.stopped() {
 				qq.failPending(errQuorumGone)
 				return
+			}
+			if err != nil && len(prefix) > 0 {
+				// The marks and no-ack settlements go again with the next batch (both are
+				// idempotent): a Delivered mark lost here would let a return or a NodeDown
+				// give the message back uncounted, redelivered without the redelivered flag.
+				qq.mu.Lock()
+				for _, c := range prefix {
+					if c.Kind == quorum.KindDelivered {
+						qq.marks = append(slices.Clone(c.IDs), qq.marks...)
+					} else {
+						qq.noAck = append(slices.Clone(c.IDs), qq.noAck...)
+					}
+				}
+				qq.mu.Unlock()
+				// Not at once: an error that lasts (a failed group) would spin.
+				select {
+				case <-qq.stop:
+				case <-time.After(100 * time.Millisecond):
+				}
 			}
 			if err != nil {
 				qq.qs.v.b.log.Error("quorum queue: proposal failed", "queue", qq.qs.name, "vhost", qq.qs.v.name, "err", err)
