@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -89,6 +90,7 @@ type quorumOp struct {
 type quorumEvent struct {
 	msgs    []quorum.Msg
 	revoked bool
+	rev     uint64 // the Revoked's number (quorum.Result.Revocation)
 }
 
 // quorumQueue is one quorum queue on this node.
@@ -117,10 +119,22 @@ type quorumQueue struct {
 	emu    sync.Mutex
 	events []quorumEvent
 	ewake  chan struct{}
-	// ready is set by the deliverer at the first Revoked of this node: assignments replayed
-	// before it belonged to an earlier process of the node, and the NodeDown proposed at
-	// open took them back.
-	ready bool
+	// ready is set by the deliverer at the Revoked of the NodeDown this process proposed at
+	// open (its Revocation is readyAt, known once opened is closed; the deliverer waits for
+	// it): assignments before it, replayed from the log, belonged to an earlier process of
+	// the node (or, on a node restarted with a wiped data directory, to the node's whole
+	// history), and that NodeDown took them back. Not at the first Revoked of this node: the
+	// log replays every earlier one, and the assignments after those would reach this
+	// process's consumers a second time, not flagged redelivered.
+	ready     bool
+	readyAt   uint64
+	opened    chan struct{}
+	openOnce  sync.Once
+	propMu    sync.Mutex
+	propAbort context.CancelFunc // ends the proposal in flight (restored)
+	// revocations counts the Revoked hook's calls, as the machine counts its NodeDowns (Raft
+	// loop only).
+	revocations uint64
 
 	consumers atomic.Int32
 }
@@ -137,7 +151,7 @@ func (v *VHost) openQuorum(op TopologyOp, spec queueSpec) (qs *Queue, handled bo
 	qs = &Queue{v: v, name: m.Name, declDur: m.Durable, autoDelete: m.AutoDelete, args: m.Args, spec: spec}
 	qs.epoch.Store(op.Epoch)
 	qq := &quorumQueue{qs: qs, node: v.b.replicator.LocalNode(), stop: make(chan struct{}),
-		wake: make(chan struct{}, 1), ewake: make(chan struct{}, 1), rearm: make(chan struct{}, 1)}
+		wake: make(chan struct{}, 1), ewake: make(chan struct{}, 1), rearm: make(chan struct{}, 1), opened: make(chan struct{})}
 	// The local queue only dispatches. A delivery limit of 0 makes every local requeue (a
 	// channel closing with unacked deliveries, basic.recover) a drop, which localDropped
 	// hands back to the log: requeueing, and the delivery count, are the log's.
@@ -152,7 +166,7 @@ func (v *VHost) openQuorum(op TopologyOp, spec queueSpec) (qs *Queue, handled bo
 	if spec.opts.Overflow != queue.DropHead {
 		limits.Overflow = quorum.RejectPublish
 	}
-	qq.m = quorum.New(limits, quorum.Hooks{Assigned: qq.assigned, Revoked: qq.revoked, Applied: qq.applied})
+	qq.m = quorum.New(limits, quorum.Hooks{Assigned: qq.assigned, Revoked: qq.revoked, Applied: qq.applied, Restored: qq.restored})
 	g, gerr := qgs.OpenQuorum(v.name, m.Name, op.Epoch, qq.m, qq.nodeDown)
 	if errors.Is(gerr, ErrQuorumUnavailable) {
 		return nil, false, nil
@@ -164,7 +178,7 @@ func (v *VHost) openQuorum(op TopologyOp, spec queueSpec) (qs *Queue, handled bo
 	qs.qq = qq
 	// The previous process of this node (if any) held messages; they go back first, before
 	// anything this process proposes.
-	qq.submit(quorum.Command{Kind: quorum.KindNodeDown, Node: qq.node}, qq.dropped)
+	qq.downSelf()
 	go qq.proposeLoop()
 	go qq.deliverLoop()
 	return qs, true, nil
@@ -327,7 +341,15 @@ func (qq *quorumQueue) proposeLoop() {
 			for i := range ops {
 				batch.Batch = append(batch.Batch, ops[i].cmd)
 			}
-			out, err := qq.g.Propose(qq.ctx, batch.Encoded())
+			pctx, abort := context.WithCancel(qq.ctx)
+			qq.propMu.Lock()
+			qq.propAbort = abort
+			qq.propMu.Unlock()
+			out, err := qq.g.Propose(pctx, batch.Encoded())
+			qq.propMu.Lock()
+			qq.propAbort = nil
+			qq.propMu.Unlock()
+			abort()
 			rs, _ := out.([]quorum.Result)
 			if err == nil && rs == nil {
 				err, _ = out.(error)
@@ -351,6 +373,25 @@ func (qq *quorumQueue) proposeLoop() {
 			if err != nil && qq.stopped() {
 				qq.failPending(errQuorumGone)
 				return
+			}
+			if err != nil && len(prefix) > 0 {
+				// The marks and no-ack settlements go again with the next batch (both are
+				// idempotent): a Delivered mark lost here would let a return or a NodeDown
+				// give the message back uncounted, redelivered without the redelivered flag.
+				qq.mu.Lock()
+				for _, c := range prefix {
+					if c.Kind == quorum.KindDelivered {
+						qq.marks = append(slices.Clone(c.IDs), qq.marks...)
+					} else {
+						qq.noAck = append(slices.Clone(c.IDs), qq.noAck...)
+					}
+				}
+				qq.mu.Unlock()
+				// Not at once: an error that lasts (a failed group) would spin.
+				select {
+				case <-qq.stop:
+				case <-time.After(100 * time.Millisecond):
+				}
 			}
 			if err != nil {
 				qq.qs.v.b.log.Error("quorum queue: proposal failed", "queue", qq.qs.name, "vhost", qq.qs.v.name, "err", err)
@@ -395,10 +436,11 @@ func (qq *quorumQueue) assigned(node string, msgs []quorum.Msg) {
 
 // revoked is the state machine's Revoked hook (the Raft loop).
 func (qq *quorumQueue) revoked(node string) {
+	qq.revocations++
 	if node != qq.node {
 		return
 	}
-	qq.event(quorumEvent{revoked: true})
+	qq.event(quorumEvent{revoked: true, rev: qq.revocations})
 }
 
 func (qq *quorumQueue) event(ev quorumEvent) {
@@ -413,6 +455,15 @@ func (qq *quorumQueue) event(ev quorumEvent) {
 
 // deliverLoop pushes the messages assigned to this node into the local queue, in log order.
 func (qq *quorumQueue) deliverLoop() {
+	// Nothing is handed on before this process's NodeDown is applied (readyAt): the events
+	// wait in qq.events, and ewake holds their signal.
+	select {
+	case <-qq.opened:
+	case <-qq.stop:
+		return
+	case <-qq.g.Done():
+		return
+	}
 	for {
 		select {
 		case <-qq.ewake:
@@ -430,8 +481,10 @@ func (qq *quorumQueue) deliverLoop() {
 				// What this node held went back to the queue: the local copies not yet
 				// delivered go (the deliveries still unacked settle nothing any more).
 				qq.qs.q.Purge()
-				qq.ready = true
-				if qq.consumers.Load() > 0 {
+				if ev.rev >= qq.readyAt {
+					qq.ready = true
+				}
+				if qq.ready && qq.consumers.Load() > 0 {
 					qq.submit(quorum.Command{Kind: quorum.KindCheckout, Node: qq.node, Credit: quorumNodeCredit}, nil)
 				}
 				continue
@@ -496,6 +549,39 @@ func (qq *quorumQueue) dropped(r quorum.Result, err error) {
 	for _, why := range order {
 		qq.qs.v.dropped(qq.qs, byReason[why], why)
 	}
+}
+
+// downSelf proposes NodeDown for this node, again until it is applied: what the node holds
+// goes back to the queue. The first one applied opens the deliverer (readyAt).
+func (qq *quorumQueue) downSelf() {
+	qq.submit(quorum.Command{Kind: quorum.KindNodeDown, Node: qq.node}, func(r quorum.Result, err error) {
+		qq.dropped(r, err)
+		if err != nil {
+			if !qq.stopped() {
+				qq.downSelf()
+			}
+			return
+		}
+		qq.openOnce.Do(func() {
+			qq.readyAt = r.Revocation
+			close(qq.opened)
+		})
+	})
+}
+
+// restored is the state machine's Restored hook (the Raft loop): a snapshot from the leader
+// replaced the state (a node that was down long, or wiped). What the snapshot says this node
+// holds came with no Assigned, so it would stay checked out here undelivered, and the
+// proposal in flight may be inside the snapshot, where its result never comes: it is ended
+// (its callers get an error: a publish is nacked, the NodeDown proposed again), and a
+// NodeDown takes back what this node holds.
+func (qq *quorumQueue) restored() {
+	qq.propMu.Lock()
+	if qq.propAbort != nil {
+		qq.propAbort()
+	}
+	qq.propMu.Unlock()
+	qq.downSelf()
 }
 
 // nodeDown takes back what a node that stopped reporting held.

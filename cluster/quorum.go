@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -24,18 +25,17 @@ func QuorumGroupID(vhost, name string, epoch uint64) uint64 {
 	return binary.BigEndian.Uint64(sum[:8])&(1<<62-1) | 1<<62
 }
 
-// QuorumNodeDownAfter is how long a node's status may stay unchanged before its quorum
-// queue checkouts are taken back (NodeDown): three missed status reports. A restarted node
-// takes its own back at once.
-var QuorumNodeDownAfter = 3 * StatusInterval
+// quorumWatchEvery is how often the quorum queues look at the metadata's dead nodes: a
+// node_down reaches the queues at most this long after it is applied.
+const quorumWatchEvery = 250 * time.Millisecond
 
 // errNoHost: the replicator's log is not a multiraft group (in-process tests with a shared
 // memory log), so there is no host to run a quorum queue's group on.
 var errNoHost = fmt.Errorf("cluster: no Raft host: %w", broker.ErrQuorumUnavailable)
 
 // OpenQuorum implements broker.QuorumGroups: it starts (or rejoins) the queue's Raft group on
-// this node's host, every cluster member a voter. nodeDown is called (on a goroutine of the
-// watcher) when another node stops reporting its status.
+// this node's host, every cluster member a voter. nodeDown is called (on the watcher's
+// goroutine) when the metadata takes another node for dead (node_down, quorumWatchLoop).
 func (r *Replicator) OpenQuorum(vhost, name string, epoch uint64, sm *quorum.Machine, nodeDown func(node string)) (broker.QuorumGroup, error) {
 	nl, ok := r.log.(nodeLog)
 	if !ok {
@@ -87,22 +87,19 @@ func (g *quorumGroup) Close() {
 	}()
 }
 
-// quorumWatch tells the quorum queues of a node when another node stops reporting.
+// quorumWatch tells the quorum queues of a node when the metadata takes another node for
+// dead. There is one notion of dead in a cluster: the metadata's node_down, proposed by its
+// leader after cluster.node_timeout of silence (watchMembers); the quorum queues follow it
+// rather than running a detector of their own with another timeout.
 type quorumWatch struct {
 	mu     sync.Mutex
 	groups map[*quorumGroup]bool
-	// seen: each node's last status time and when this node saw it change.
-	seen map[string]seenStatus
+	// down: the nodes the queues were told about, until the metadata brings them up again.
 	down map[string]bool
 }
 
-type seenStatus struct {
-	at      time.Time
-	changed time.Time
-}
-
 func newQuorumWatch() *quorumWatch {
-	return &quorumWatch{groups: map[*quorumGroup]bool{}, seen: map[string]seenStatus{}, down: map[string]bool{}}
+	return &quorumWatch{groups: map[*quorumGroup]bool{}, down: map[string]bool{}}
 }
 
 func (w *quorumWatch) add(g *quorumGroup) {
@@ -117,43 +114,43 @@ func (w *quorumWatch) remove(g *quorumGroup) {
 	w.mu.Unlock()
 }
 
-// run checks the status board every second until the node stops. A node whose status has
-// not changed for QuorumNodeDownAfter (by this node's clock, so clocks need not agree) is down
-// once: every quorum queue is told, and every node proposes the NodeDown (the command is
-// idempotent, and whichever node leads a queue's group, one of them gets it through).
+// quorumWatchLoop looks at the metadata's dead members every quorumWatchEvery until the node
+// stops. A member newly taken for dead (node_down) is told to every quorum queue, whose
+// NodeDown takes back its checkouts; every node proposes it (the command is idempotent, and
+// whichever node leads a queue's group, one of them gets it through). A member brought back
+// (node_up, node_restarted) is forgotten, so that its next death counts again. The current
+// state is read, not the log's history: a node replaying old node_downs at start does not
+// take back checkouts their nodes made since. A queue opened later than a node_down still
+// gets it: the loop tells every group it has not told (the command is idempotent). A
+// restarted node takes its own checkouts back at once (openQuorum), not after a timeout.
 func (n *Node) quorumWatchLoop() {
-	t := time.NewTicker(time.Second)
+	t := time.NewTicker(quorumWatchEvery)
 	defer t.Stop()
-	started := time.Now()
+	told := map[*quorumGroup]map[string]bool{}
 	for {
 		select {
 		case <-n.stop:
 			return
 		case <-t.C:
 		}
-		now := time.Now()
-		statuses := n.board.Nodes()
+		var down []string
+		for name := range n.members() {
+			if name != n.cfg.NodeName && n.meta.IsDown(name) {
+				down = append(down, name)
+			}
+		}
 		w := n.quorum
 		w.mu.Lock()
 		var newlyDown []string
-		for name := range n.members() {
-			if name == n.cfg.NodeName {
-				continue
-			}
-			st, ok := statuses[name]
-			s := w.seen[name]
-			if ok && !st.At.Equal(s.at) {
-				s = seenStatus{at: st.At, changed: now}
-				w.seen[name] = s
-				delete(w.down, name)
-			}
-			last := s.changed
-			if last.IsZero() {
-				last = started
-			}
-			if now.Sub(last) > QuorumNodeDownAfter && !w.down[name] {
+		for _, name := range down {
+			if !w.down[name] {
 				w.down[name] = true
 				newlyDown = append(newlyDown, name)
+			}
+		}
+		for name := range w.down {
+			if !slices.Contains(down, name) {
+				delete(w.down, name)
 			}
 		}
 		groups := make([]*quorumGroup, 0, len(w.groups))
@@ -162,9 +159,31 @@ func (n *Node) quorumWatchLoop() {
 		}
 		w.mu.Unlock()
 		for _, name := range newlyDown {
-			n.log.Warn("cluster: node stopped reporting; its quorum queue checkouts are taken back", "node", name, "queues", len(groups))
-			for _, g := range groups {
-				g.nodeDown(name)
+			n.log.Warn("cluster: member taken for dead; its quorum queue checkouts are taken back", "node", name, "queues", len(groups))
+		}
+		live := make(map[*quorumGroup]bool, len(groups))
+		for _, g := range groups {
+			live[g] = true
+			seen := told[g]
+			if seen == nil {
+				seen = map[string]bool{}
+				told[g] = seen
+			}
+			for name := range seen {
+				if !slices.Contains(down, name) {
+					delete(seen, name) // back: its next death counts again
+				}
+			}
+			for _, name := range down {
+				if !seen[name] {
+					seen[name] = true
+					g.nodeDown(name)
+				}
+			}
+		}
+		for g := range told {
+			if !live[g] {
+				delete(told, g)
 			}
 		}
 	}

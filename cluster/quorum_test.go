@@ -423,14 +423,15 @@ func TestQuorumQueueLeaderKilled(t *testing.T) {
 }
 
 // TestQuorumQueueConsumerNodeDies: messages a dead node's consumer held unacked come back to
-// a consumer on another node once the node is seen down, with x-delivery-count 1.
+// a consumer on another node once the metadata takes the node for dead (node_down after
+// cluster.node_timeout, the cluster's one failure detector), with x-delivery-count 1: not
+// before the node_down, and not a separate, longer, quorum-only timeout after it.
 func TestQuorumQueueConsumerNodeDies(t *testing.T) {
-	old := QuorumNodeDownAfter
-	// Statuses come every StatusInterval: a node is down after one missed report (the
-	// default waits for three).
-	QuorumNodeDownAfter = StatusInterval + 2*time.Second
-	t.Cleanup(func() { QuorumNodeDownAfter = old })
-	nodes := startRaftCluster(t, "n1", "n2", "n3")
+	const timeout = 2 * time.Second
+	nodes := startRaftClusterWith(t, func(nc *NodeConfig) {
+		nc.TickInterval, nc.ElectionTicks, nc.NoSync = 20*time.Millisecond, 10, true
+		nc.NodeTimeout = timeout
+	}, "n1", "n2", "n3")
 	declareQuorum(t, nodes, "n1", "qd", nil)
 	_, pch := dial(t, nodes["n1"].url)
 	publishConfirmed(t, pch, "qd", "x1", "x2")
@@ -449,18 +450,21 @@ func TestQuorumQueueConsumerNodeDies(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The status board reports every StatusInterval; the watcher waits for a change that
-	// does not come for QuorumNodeDownAfter.
 	for _, want := range []string{"x1", "x2"} {
 		select {
 		case d := <-ds2:
+			if !nodes["n2"].node.meta.IsDown("n3") {
+				t.Fatalf("%s redelivered %v after the crash, before the metadata took n3 for dead", d.Body, time.Since(start))
+			}
 			if string(d.Body) != want || !d.Redelivered || deliveryCount(d) != 1 {
 				t.Fatalf("got %q redelivered=%v count=%d, want %s count 1", d.Body, d.Redelivered, deliveryCount(d), want)
 			}
 			_ = d.Ack(false)
 			t.Logf("%s redelivered %v after the crash", want, time.Since(start))
-		case <-time.After(3*StatusInterval + 10*time.Second):
-			t.Fatalf("%s not redelivered after its consumer's node died", want)
+		case <-time.After(timeout + 2*StatusInterval):
+			// node_down comes within node_timeout plus a status period of the leader's
+			// watch; the quorum queues follow within quorumWatchEvery.
+			t.Fatalf("%s not redelivered %v after its consumer's node died (node_timeout %v)", want, time.Since(start), timeout)
 		}
 	}
 }

@@ -63,6 +63,11 @@ type Result struct {
 	// Purged is queue.purge's count.
 	Purged  int
 	Dropped []Dropped
+	// Revocation is NodeDown's number among the NodeDowns this Machine value applied (1, 2,
+	// ...; one Revoked hook call each): a count local to this process's replica, not part of
+	// the replicated state, by which the broker tells the Revoked of its own NodeDown from
+	// those replayed from the log before it.
+	Revocation uint64
 }
 
 // Hooks tell the broker what Apply decided for nodes. They run on the loop goroutine, after
@@ -75,6 +80,9 @@ type Hooks struct {
 	Revoked func(node string)
 	// Applied: an entry was applied (HeadExpires may have changed).
 	Applied func()
+	// Restored: the state was replaced by a snapshot (Restore). No Assigned came for what
+	// the snapshot's nodes hold, and a proposal the snapshot covers gets no result here.
+	Restored func()
 }
 
 // nodeState is what one node holds.
@@ -89,6 +97,9 @@ type nodeState struct {
 type Machine struct {
 	limits Limits
 	hooks  Hooks
+	// revocations counts the NodeDowns applied by this value (Result.Revocation); local,
+	// neither snapshotted nor restored.
+	revocations uint64
 
 	nextID  uint64
 	seq     uint64 // checkouts counted, for nodeState.since
@@ -257,6 +268,8 @@ func (m *Machine) apply(c *Command) Result {
 			n.credit = 0
 			m.dropIdle(n)
 		}
+		m.revocations++
+		r.Revocation = m.revocations
 		if m.hooks.Revoked != nil {
 			m.hooks.Revoked(c.Node)
 		}
@@ -575,5 +588,8 @@ func (m *Machine) Restore(b []byte) error {
 		held += len(n.out)
 	}
 	m.heldN.Store(int64(held))
+	if m.hooks.Restored != nil {
+		m.hooks.Restored()
+	}
 	return nil
 }

@@ -339,3 +339,52 @@ func TestExpiry(t *testing.T) {
 		})
 	}
 }
+
+// TestRevocationNumbers: every NodeDown, of any node, held anything or not, gets the next
+// number of this Machine value in its Result, one per Revoked hook call: the broker tells
+// the Revoked of its own NodeDown from those the log replays before it by this number.
+func TestRevocationNumbers(t *testing.T) {
+	r := newRec()
+	m := New(Limits{}, r.hooks())
+	run(t, m, enq("a", "b"))
+	run(t, m, Command{Kind: KindCheckout, Node: "n1", Credit: 1})
+	for i, node := range []string{"n1", "n2", "n1"} {
+		res := run(t, m, Command{Kind: KindNodeDown, Node: node})
+		if want := uint64(i + 1); res.Revocation != want || len(r.revoked) != i+1 {
+			t.Fatalf("NodeDown %d (%s): Revocation %d, %d Revoked calls; want %d", i, node, res.Revocation, len(r.revoked), want)
+		}
+	}
+	if res := run(t, m, enq("c")); res.Revocation != 0 {
+		t.Fatalf("enqueue: Revocation %d, want 0", res.Revocation)
+	}
+}
+
+// TestRestoredHook: a snapshot restore tells the broker (Restored), since what the snapshot's
+// nodes hold came without Assigned; the NodeDown numbering goes on across it (local count).
+func TestRestoredHook(t *testing.T) {
+	src := New(Limits{}, Hooks{})
+	run(t, src, enq("a"))
+	run(t, src, Command{Kind: KindCheckout, Node: "n1", Credit: 1})
+	snap, err := src.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	restored := 0
+	h := newRec().hooks()
+	h.Restored = func() { restored++ }
+	m := New(Limits{}, h)
+	run(t, m, Command{Kind: KindNodeDown, Node: "n2"})
+	if err := m.Restore(snap); err != nil {
+		t.Fatal(err)
+	}
+	if restored != 1 {
+		t.Fatalf("Restored called %d times, want 1", restored)
+	}
+	sr, sh := src.Counts()
+	if r, h := m.Counts(); r != sr || h != sh {
+		t.Fatalf("restored counts %d ready %d held, the source's %d and %d", r, h, sr, sh)
+	}
+	if r := run(t, m, Command{Kind: KindNodeDown, Node: "n1"}); r.Revocation != 2 {
+		t.Fatalf("Revocation %d after restore, want 2", r.Revocation)
+	}
+}

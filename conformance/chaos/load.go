@@ -36,6 +36,19 @@ type ledger struct {
 	// broker may have processed the ack (the message is rightly gone) or not (it owes it).
 	received map[string]map[uint64]int
 	inDoubt  map[string]map[uint64]bool
+	// fresh[queue] is the highest sequence number delivered without the redelivered flag. The
+	// one publisher of a queue publishes one message at a time, so a delivery not flagged
+	// redelivered of a lower number breaks per-publisher order: outOfOrder counts those never
+	// delivered before, unflagged those delivered before (a redelivery without the
+	// redelivered flag); orderSamples keeps the first few of both. redelivered counts the
+	// deliveries flagged redelivered (exempt: a requeue puts a message back ahead of later
+	// ones). seen[queue] holds every number delivered.
+	fresh        map[string]uint64
+	seen         map[string]map[uint64]bool
+	outOfOrder   int
+	unflagged    int
+	orderSamples []string
+	redelivered  int
 	// hung are operations that got no answer in time.
 	hung []string
 	// seq is each checked queue's last publish sequence number (set up front, then read
@@ -45,8 +58,8 @@ type ledger struct {
 
 func newLedger(queues []string) *ledger {
 	l := &ledger{declareErrs: map[string]int{}, confirmed: map[string]map[uint64]bool{}, received: map[string]map[uint64]int{},
-		inDoubt: map[string]map[uint64]bool{},
-		seq:     map[string]*atomic.Uint64{}}
+		inDoubt: map[string]map[uint64]bool{}, fresh: map[string]uint64{}, seen: map[string]map[uint64]bool{},
+		seq: map[string]*atomic.Uint64{}}
 	for _, q := range queues {
 		l.seq[q] = new(atomic.Uint64)
 	}
@@ -183,6 +196,36 @@ func (l *ledger) settle(q string, seqs []uint64, syncErr error) {
 	}
 }
 
+// delivered records a delivery of seq of queue q for the order check: a first delivery must
+// carry a higher number than every first delivery of q before it.
+func (l *ledger) delivered(q string, seq uint64, redelivered bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	before := l.seen[q][seq]
+	if l.seen[q] == nil {
+		l.seen[q] = map[uint64]bool{}
+	}
+	l.seen[q][seq] = true
+	if redelivered {
+		l.redelivered++
+		return
+	}
+	if last := l.fresh[q]; seq <= last || before {
+		what := "first delivery"
+		if before {
+			l.unflagged++
+			what = "redelivery without the redelivered flag"
+		} else {
+			l.outOfOrder++
+		}
+		if len(l.orderSamples) < 10 {
+			l.orderSamples = append(l.orderSamples, fmt.Sprintf("%s #%d: %s after #%d", q, seq, what, last))
+		}
+		return
+	}
+	l.fresh[q] = seq
+}
+
 // settleEvery bounds the acked deliveries a consumer holds unsettled: at most that many are in
 // doubt when its session dies.
 const settleEvery = 20
@@ -234,6 +277,7 @@ func consumer(ctx context.Context, l *ledger, addr, q string, pauses bool) {
 				seq, err := strconv.ParseUint(seqText, 10, 64)
 				if found && err == nil && name == q {
 					pending = append(pending, seq)
+					l.delivered(q, seq, d.Redelivered)
 				}
 				if err := d.Ack(false); err != nil {
 					break deliveries

@@ -88,3 +88,37 @@ func TestConsumerSettlesOnClose(t *testing.T) {
 		t.Errorf("%d messages left in the queue: acks not processed", q.Messages)
 	}
 }
+
+// TestLedgerOrder: first deliveries must come in publish order per queue; redeliveries are
+// exempt (counted), and a first delivery at or below an earlier one is out of order.
+func TestLedgerOrder(t *testing.T) {
+	type dl struct {
+		q           string
+		seq         uint64
+		redelivered bool
+	}
+	tests := []struct {
+		name        string
+		ds          []dl
+		outOfOrder  int
+		unflagged   int
+		redelivered int
+	}{
+		{"in order", []dl{{"q", 1, false}, {"q", 2, false}, {"q", 5, false}}, 0, 0, 0},
+		{"redelivery of an earlier one is exempt", []dl{{"q", 1, false}, {"q", 2, false}, {"q", 1, true}, {"q", 3, false}}, 0, 0, 1},
+		{"first delivery after a later one", []dl{{"q", 1, false}, {"q", 3, false}, {"q", 2, false}}, 1, 0, 0},
+		{"duplicate not flagged redelivered", []dl{{"q", 1, false}, {"q", 1, false}}, 0, 1, 0},
+		{"unflagged redelivery of an earlier one", []dl{{"q", 1, false}, {"q", 2, false}, {"q", 1, false}}, 0, 1, 0},
+		{"queues are independent", []dl{{"a", 5, false}, {"b", 1, false}, {"a", 6, false}, {"b", 2, false}}, 0, 0, 0},
+	}
+	for _, tt := range tests {
+		l := newLedger([]string{"q", "a", "b"})
+		for _, d := range tt.ds {
+			l.delivered(d.q, d.seq, d.redelivered)
+		}
+		if l.outOfOrder != tt.outOfOrder || l.unflagged != tt.unflagged || l.redelivered != tt.redelivered || len(l.orderSamples) != tt.outOfOrder+tt.unflagged {
+			t.Errorf("%s: out of order %d, unflagged %d (samples %v), redelivered %d; want %d, %d, %d",
+				tt.name, l.outOfOrder, l.unflagged, l.orderSamples, l.redelivered, tt.outOfOrder, tt.unflagged, tt.redelivered)
+		}
+	}
+}
