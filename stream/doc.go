@@ -38,8 +38,10 @@
 // the uncompressed and the stored length (u32 each), then the records, each a u32 length and
 // its bytes. As in osiris, an offset numbers records, not entries (a chunk header counts both),
 // so a reader can start inside a batch. Uncompressed batches (compression 0) are read;
-// compressed ones (gzip, snappy, lz4, zstd) are kept whole by recovery and a reader stops at
-// them with ErrCompressedBatch. The 4-byte trailer is Warren's: a
+// compressed ones (gzip, snappy, lz4, zstd) are kept whole by recovery and readers pass over
+// them: their records keep their offsets but are never returned (Stream.CompressedSkipped
+// counts them, the first is logged), as stopping there would stop every reader before them
+// for good. The 4-byte trailer is Warren's: a
 // CRC32C (Castagnoli) over header and data, so a torn or damaged header is caught as well as
 // damaged data; the header's CRC32 covers the data only, as osiris and its clients expect.
 //
