@@ -70,6 +70,8 @@
 //	                   write; a non-blocking write(2) of an idle connection may be made
 //	                   under the locks above it (Consumer.Deliver), never one that waits.
 //	persistence        the journal's queue (Store.Submit): a leaf, taken under any of the above
+//	streamQueue.applyMu serialises setRetention (stream.go): taken before streamQueue.mu,
+//	                   never under VHost.mu, held across the log's file removal
 //	streamQueue.mu     a stream queue's consumer set (stream.go); never under VHost.mu; Gone
 //	                   takes channel.mu under it. The log's own locks (package stream) are
 //	                   leaves.

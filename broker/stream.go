@@ -51,6 +51,8 @@ type streamConsumer struct {
 	kick   chan struct{} // credit may be back
 	cancel context.CancelFunc
 	done   chan struct{}
+	// exclusive is basic.consume's flag, released by cancelByBroker.
+	exclusive bool
 }
 
 // StreamSink is a Consumer of a stream queue. Gone reports that the front end removed the
@@ -383,7 +385,7 @@ func (v *VHost) ConsumeStream(a Actor, name string, c StreamSink, m StreamConsum
 		return nil, amqp.Errorf(amqp.InternalError, "reading stream '%s': %v", name, rerr)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	sc := &streamConsumer{qs: qs, c: c, r: r, kick: make(chan struct{}, 1), cancel: cancel, done: make(chan struct{})}
+	sc := &streamConsumer{qs: qs, c: c, r: r, kick: make(chan struct{}, 1), cancel: cancel, done: make(chan struct{}), exclusive: m.Exclusive}
 	qs.sq.mu.Lock()
 	if qs.sq.closed {
 		qs.sq.mu.Unlock()
@@ -416,7 +418,8 @@ func (sc *streamConsumer) run(ctx context.Context, c StreamSink) {
 		rec, err := sc.r.Next(ctx)
 		if err != nil {
 			if !errors.Is(err, context.Canceled) && !errors.Is(err, stream.ErrClosed) {
-				sc.qs.v.b.log.Error("stream consumer stopped", "queue", sc.qs.name, "err", err)
+				sc.qs.v.b.log.Error("stream consumer cancelled: reading the stream failed", "queue", sc.qs.name, "err", err)
+				sc.cancelByBroker()
 			}
 			return
 		}
@@ -437,6 +440,28 @@ func (sc *streamConsumer) run(ctx context.Context, c StreamSink) {
 			}
 		}
 	}
+}
+
+// cancelByBroker ends a consumer whose reader failed (a damaged chunk, an I/O error) as a
+// deleted queue ends its consumers: basic.cancel to clients that understand it, and the
+// consumer's hold on the queue (count, exclusive use) released. Without it the client would
+// wait forever for deliveries that never come. Called by the consumer's own goroutine.
+func (sc *streamConsumer) cancelByBroker() {
+	sq := sc.qs.sq
+	sq.mu.Lock()
+	_, mine := sq.consumers[sc]
+	// Out of the set first: ConsumerRemoved (below, or the front end's) stops the gone
+	// consumers it finds there and waits for them, which would be this goroutine.
+	delete(sq.consumers, sc)
+	sq.mu.Unlock()
+	if !mine || sc.c.(StreamSink).Gone() {
+		// closeStream took it, or the front end removed it (cancel, channel close) and
+		// releases it itself. A front-end cancel racing between Gone and QueueDeleted would
+		// release it twice; the Consumer interface cannot say which of the two removed it.
+		return
+	}
+	sc.c.QueueDeleted()
+	sc.qs.v.ConsumerRemoved(sc.qs, sc.exclusive)
 }
 
 // forget drops the consumer from its queue's set once its goroutine ends.

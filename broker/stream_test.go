@@ -3,7 +3,10 @@ package broker
 import (
 	"bytes"
 	"encoding/binary"
+	"io/fs"
 	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -460,5 +463,69 @@ func TestStreamRetentionOrder(t *testing.T) {
 	sq.mu.Unlock()
 	if got != 50000 {
 		t.Fatalf("retention %d after crossing updates, want 50000 (the newest)", got)
+	}
+}
+
+// TestStreamConsumerCancelledOnReadError damages a committed chunk: the consumer reading it
+// is cancelled as for a deleted queue (QueueDeleted, so the client gets basic.cancel) instead
+// of its goroutine ending silently, and its hold on the queue is released (an exclusive
+// consumer can then subscribe).
+func TestStreamConsumerCancelledOnReadError(t *testing.T) {
+	dir := t.TempDir()
+	b := newTestBroker(t, dir)
+	v := b.VHost("/")
+	if _, err := v.DeclareQueue(System, QueueSpec{Name: "s", Durable: true, Args: amqp.Table{"x-queue-type": "stream"}}); err != nil {
+		t.Fatal(err)
+	}
+	p := v.NewPublisher()
+	publish(t, v, p, "", "s", "ok")
+	publish(t, v, p, "", "s", "damaged")
+	var segs []string
+	filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err == nil && strings.HasSuffix(path, ".segment") {
+			segs = append(segs, path)
+		}
+		return nil
+	})
+	if len(segs) != 1 {
+		t.Fatalf("segments %v", segs)
+	}
+	// The file may be preallocated past its chunks: damage the second record's body, so that
+	// its chunk's CRCs no longer match.
+	data, err := os.ReadFile(segs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := bytes.Index(data, []byte("damaged"))
+	if at < 0 {
+		t.Fatal("record not found in the segment")
+	}
+	data[at] ^= 0xff
+	if err := os.WriteFile(segs[0], data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	sink := newStreamSink()
+	qs, aerr := v.ConsumeStream(System, "s", sink, StreamConsume{Exclusive: true, Prefetch: 1, Args: amqp.Table{"x-stream-offset": "first"}}, nil)
+	if aerr != nil {
+		t.Fatal(aerr)
+	}
+	if got := sink.await(t, 1); string(got[0].Msg.Body) != "ok" {
+		t.Fatalf("first delivery %q", got[0].Msg.Body)
+	}
+	sink.ack(qs)
+	select {
+	case <-sink.deleted:
+	case <-time.After(5 * time.Second):
+		t.Fatal("consumer of a damaged chunk not cancelled")
+	}
+	v.mu.RLock()
+	n, excl := qs.consumers, qs.exclusiveConsumer
+	v.mu.RUnlock()
+	if n != 0 || excl {
+		t.Fatalf("after the cancel: %d consumers, exclusive %v; want 0, false", n, excl)
+	}
+	if _, err := v.ConsumeStream(System, "s", newStreamSink(), StreamConsume{Exclusive: true, Prefetch: 1}, nil); err != nil {
+		t.Fatalf("exclusive consume after the cancel: %v", err)
 	}
 }

@@ -716,6 +716,9 @@ func DecodeAMQP091(rec []byte, offset int64, withOffset bool) (Message091, error
 	}
 	v, ok = str(7)
 	short(fClusterID, v, ok)
+	if len(b) > maxHeader091(len(rec)) {
+		return Message091{}, errBadMessage
+	}
 	binary.BigEndian.PutUint16(b[12:], flags)
 	hl := len(b)
 	b = append(b, body...)
@@ -1183,7 +1186,11 @@ func appendWith091(dst, b []byte, p, end int, c byte, depth int) ([]byte, bool, 
 	case t10List0, t10List8, t10List32:
 		dst = append(dst, 'A', 0, 0, 0, 0)
 		at := len(dst)
+		limit := maxHeader091(len(b))
 		err := forList(b, p-1, func(_ int, s span) error {
+			if len(dst) > limit {
+				return errBadMessage
+			}
 			var err error
 			dst, _, err = appendField091(dst, b, s, depth+1)
 			return err
@@ -1216,7 +1223,14 @@ func appendWith091(dst, b []byte, p, end int, c byte, depth int) ([]byte, bool, 
 		}
 		dst = append(dst, 'A', 0, 0, 0, 0)
 		at := len(dst)
+		limit := maxHeader091(len(b))
 		for i := 0; i < count; i++ {
+			if len(dst) > limit {
+				// Zero-width elements (null, uint0, list0...) cost no input bytes: without a
+				// budget shared by the whole record, lists of such arrays turn kilobytes into
+				// gigabytes (and wrap the uint32 lengths).
+				return dst, false, errBadMessage
+			}
 			e, err := skipWith(b[:end], q, ec)
 			if err != nil {
 				return dst, false, err
@@ -1233,6 +1247,16 @@ func appendWith091(dst, b []byte, p, end int, c byte, depth int) ([]byte, bool, 
 		return dst, true, nil
 	}
 	return dst, false, nil // char, uuid, decimal32/128: no 0-9-1 type
+}
+
+// maxHeader091 bounds the 0-9-1 content header DecodeAMQP091 makes of a record of recLen
+// bytes. Outside arrays no AMQP 1.0 value of n bytes becomes more than 9n bytes (ulong0 in a
+// list: 1 byte, 'l' and 8); arrays of zero-width elements are the only unbounded expansion,
+// and the decoder checks this budget, shared by the whole record, while it expands them. The
+// constant leaves room for legitimate small arrays of such elements; the cap keeps the
+// uint32 table lengths from wrapping.
+func maxHeader091(recLen int) int {
+	return int(min(16*int64(recLen)+1<<16, math.MaxInt32)) // int64: no overflow where int is 32 bits
 }
 
 // lenPrefix is the width of a variable or compound type's size prefix.

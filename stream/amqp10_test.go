@@ -3,6 +3,7 @@ package stream
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"math"
 	"reflect"
 	"strings"
@@ -352,5 +353,79 @@ func FuzzDecodeAMQP091(f *testing.F) {
 		if _, err := amqp.DecodeContentHeader(m.Header); err != nil {
 			t.Fatalf("accepted record gives a bad content header: %v\n% x", err, m.Header)
 		}
+		if len(m.Header) > maxHeader091(len(rec)) {
+			t.Fatalf("a %d-byte record gives a %d-byte content header", len(rec), len(m.Header))
+		}
 	})
+}
+
+// TestDecodeAMQP091ZeroWidthArrays: arrays of zero-width elements (no input bytes each) in a
+// list must not expand without bound; a record whose header would pass the budget is refused,
+// and a small legitimate array of them still converts.
+func TestDecodeAMQP091ZeroWidthArrays(t *testing.T) {
+	// app-properties {"a": [ array32 of 65536 ulong0 ] x n } in a list32, then a data section.
+	rec := func(n, count int, ctor byte) []byte {
+		el := []byte{0xf0}
+		el = binary.BigEndian.AppendUint32(el, 5)
+		el = binary.BigEndian.AppendUint32(el, uint32(count))
+		el = append(el, ctor)
+		var items []byte
+		for range n {
+			items = append(items, el...)
+		}
+		list := []byte{0xd0}
+		list = binary.BigEndian.AppendUint32(list, uint32(4+len(items)))
+		list = binary.BigEndian.AppendUint32(list, uint32(n))
+		list = append(list, items...)
+		entries := append([]byte{0xa1, 1, 'a'}, list...)
+		m := []byte{0x00, 0x53, 0x74, 0xd1}
+		m = binary.BigEndian.AppendUint32(m, uint32(4+len(entries)))
+		m = binary.BigEndian.AppendUint32(m, 2)
+		m = append(m, entries...)
+		return append(m, 0x00, 0x53, 0x75, 0xa0, 2, 'h', 'i')
+	}
+	tests := []struct {
+		name        string
+		n, count    int
+		ctor        byte
+		wantErr     bool
+		wantEntries int
+	}{
+		{"ulong0 bomb", 2400, 1 << 16, 0x44, true, 0},
+		{"list0 bomb", 2400, 1 << 16, 0x45, true, 0},
+		{"null bomb", 100, 1 << 16, 0x40, true, 0},
+		{"small null arrays", 2, 100, 0x40, false, 100},
+		{"small uint0 arrays", 3, 10, 0x43, false, 10},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := rec(tt.n, tt.count, tt.ctor)
+			m, err := DecodeAMQP091(r, 1, false)
+			if tt.wantErr {
+				if !errors.Is(err, errBadMessage) {
+					t.Fatalf("a %d-byte record: err %v, header %d bytes; want errBadMessage", len(r), err, len(m.Header))
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			h, err := amqp.DecodeContentHeader(m.Header)
+			if err != nil {
+				t.Fatal(err)
+			}
+			l, ok := h.Props.Headers["a"].([]any)
+			if !ok || len(l) != tt.n {
+				t.Fatalf("headers %v", h.Props.Headers)
+			}
+			for _, e := range l {
+				if a, ok := e.([]any); !ok || len(a) != tt.wantEntries {
+					t.Fatalf("element %v, want an array of %d", e, tt.wantEntries)
+				}
+			}
+			if string(m.Body) != "hi" {
+				t.Fatalf("body %q", m.Body)
+			}
+		})
+	}
 }

@@ -38,8 +38,10 @@
 // the uncompressed and the stored length (u32 each), then the records, each a u32 length and
 // its bytes. As in osiris, an offset numbers records, not entries (a chunk header counts both),
 // so a reader can start inside a batch. Uncompressed batches (compression 0) are read;
-// compressed ones (gzip, snappy, lz4, zstd) are kept whole by recovery and a reader stops at
-// them with ErrCompressedBatch. The 4-byte trailer is Warren's: a
+// compressed ones (gzip, snappy, lz4, zstd) are kept whole by recovery and readers pass over
+// them: their records keep their offsets but are never returned (Stream.CompressedSkipped
+// counts them, the first is logged), as stopping there would stop every reader before them
+// for good. The 4-byte trailer is Warren's: a
 // CRC32C (Castagnoli) over header and data, so a torn or damaged header is caught as well as
 // damaged data; the header's CRC32 covers the data only, as osiris and its clients expect.
 //
@@ -79,6 +81,13 @@
 // own decoder and the stream clients' codecs read maps and lists there). The only other
 // liberty: type, app-id and cluster-id are annotations rather than application-properties
 // (RabbitMQ 3.10 puts type and app-id there), so a header named x-basic-type stays a header.
+// A 0-9-1 long string (S) is written as utf8 whether or not its bytes are valid UTF-8, as
+// RabbitMQ 3.10's rabbit_msg_record does (from_091(longstr, V) -> {utf8, V}), so it comes back
+// to a 0-9-1 consumer as the S it was. Later RabbitMQs (mc_amqpl) check and write invalid
+// UTF-8 as binary, which a 0-9-1 reader then gets as x: Warren does not, as it would cost a
+// UTF-8 check of every header string on publish and lose the S on the way back. Both
+// liberties (maps and lists, str with invalid UTF-8) are for a port 5552 front end to
+// handle: strict AMQP 1.0 decoders may refuse them.
 // A 16-byte persistent message published to the stream's own name is a 28-byte record (v2:
 // 22 bytes).
 //

@@ -226,7 +226,23 @@ func (r *Reader) entry() Record {
 	}
 	r.off++
 	r.next = r.off
+	r.skipCompressed()
 	return rec
+}
+
+// skipCompressed passes over compressed sub-batch entries at the reader's position in the
+// current chunk, so that more reports only records the reader can return. Their records keep
+// their offsets (the chunk counts them) but are never returned; the stream counts and logs them.
+func (r *Reader) skipCompressed() {
+	for r.subLeft == 0 && r.left > 0 && r.data[0]&0x80 != 0 && r.data[0]>>4&7 != 0 {
+		count := int(binary.BigEndian.Uint16(r.data[1:]))
+		n := int(binary.BigEndian.Uint32(r.data[7:]))
+		r.data = r.data[subBatchHeaderSize+n:]
+		r.left--
+		r.s.skippedCompressed(r.off, count)
+		r.off += uint64(count)
+		r.next = r.off
+	}
 }
 
 // fill loads the next chunk holding records at or after r.next. It reports false, with the
@@ -290,7 +306,9 @@ func (r *Reader) fill() (bool, <-chan struct{}, error) {
 		if err != nil {
 			return false, nil, fmt.Errorf("stream: %s at byte %d: %w", seg.path, r.pos, err)
 		}
-		if err := entries(data, int(h.numEntries), h.numRecords, func(int, []byte) {}); err != nil {
+		// Compressed sub-batches are passed over (skipCompressed), not an error: stopping there
+		// would stop every reader before them for good.
+		if err := entries(data, int(h.numEntries), h.numRecords, func(int, []byte) {}); err != nil && !errors.Is(err, ErrCompressedBatch) {
 			return false, nil, fmt.Errorf("stream: %s at byte %d: %w", seg.path, r.pos, err)
 		}
 		r.pos += h.size()
@@ -298,6 +316,7 @@ func (r *Reader) fill() (bool, <-chan struct{}, error) {
 		r.sub, r.subLeft = nil, 0
 		// Skip the records before the position asked for (numeric offsets inside a chunk).
 		target := r.next
+		r.skipCompressed()
 		for r.more() && r.off < target {
 			r.entry()
 		}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -102,6 +103,11 @@ type Stream struct {
 	zeroTo  int64    // actF holds synced zeros from wsize up to here
 	zeroing *zeroing // a zero-fill in progress, or nil
 	zeroed  bool     // a zero-fill was started on actF: trim it before sealing or closing
+
+	// Records of compressed sub-batch entries readers passed over (reader.go), and whether
+	// that was logged: once per stream, not once per reader or record.
+	compressedSkipped atomic.Uint64
+	compressedLogged  atomic.Bool
 }
 
 // Open opens (or creates) the stream stored in dir. It verifies the active segment, cuts off
@@ -589,6 +595,21 @@ type Info struct {
 	Next     uint64 // offset the next record will get; First == Next when the stream is empty
 	Bytes    int64  // bytes of the segment files (index files excluded)
 	Segments int
+}
+
+// CompressedSkipped returns how many records of compressed sub-batch entries (which Warren
+// cannot decompress) readers have passed over since the stream was opened; a record is counted
+// once for every reader that passes it.
+func (s *Stream) CompressedSkipped() uint64 { return s.compressedSkipped.Load() }
+
+// skippedCompressed counts n records of a compressed sub-batch at offset off that a reader
+// passed over, logging the first time it happens on this stream.
+func (s *Stream) skippedCompressed(off uint64, n int) {
+	s.compressedSkipped.Add(uint64(n))
+	if s.compressedLogged.CompareAndSwap(false, true) {
+		s.log.Warn("stream: readers skip the records of compressed sub-batch entries (not supported)",
+			"dir", s.dir, "offset", off, "records", n)
+	}
 }
 
 // Info returns the stream's current extent.

@@ -1,6 +1,7 @@
 package stream
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"hash/crc32"
@@ -46,8 +47,8 @@ func rawChunk(first uint64, records uint32, es ...[]byte) []byte {
 
 // TestSubBatchEntries reads chunks written by a stream-protocol publisher's batches: records
 // of an uncompressed sub-batch entry get an offset each (also when a reader starts inside the
-// batch), a compressed one is kept by recovery and reported by the reader, and appends after
-// them are numbered on.
+// batch), a compressed one is kept by recovery and passed over by readers (its records keep
+// their offsets, counted by the stream), and appends after them are numbered on.
 func TestSubBatchEntries(t *testing.T) {
 	dir := t.TempDir()
 	s := openT(t, dir, Options{})
@@ -68,41 +69,63 @@ func TestSubBatchEntries(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.Write(rawChunk(2, 4, subBatchEntry(0, "s0", "s1", "s2"), simpleEntry("after")))
-	f.Write(rawChunk(6, 2, subBatchEntry(1, "z0", "z1")))
+	f.Write(rawChunk(6, 4, simpleEntry("pre"), subBatchEntry(1, "z0", "z1"), simpleEntry("tail")))
+	f.Write(rawChunk(10, 2, subBatchEntry(3, "y0", "y1"))) // a chunk of nothing readable
 	f.Close()
 
 	s = openT(t, dir, Options{})
 	defer s.Close()
-	if info := s.Info(); info.Next != 8 {
-		t.Fatalf("recovered stream ends at %d, want 8 (every record of the batches counted)", info.Next)
+	if info := s.Info(); info.Next != 12 {
+		t.Fatalf("recovered stream ends at %d, want 12 (every record of the batches counted)", info.Next)
 	}
-	want := []string{"a", "b", "s0", "s1", "s2", "after"}
-	for _, start := range []uint64{0, 3, 5} {
+	readable := map[uint64]string{0: "a", 1: "b", 2: "s0", 3: "s1", 4: "s2", 5: "after", 6: "pre", 9: "tail"}
+	for _, start := range []uint64{0, 3, 5, 7, 8, 9, 10} {
 		r, err := s.NewReader(AtOffset(start))
 		if err != nil {
 			t.Fatal(err)
 		}
-		for off := start; off < uint64(len(want)); off++ {
+		for off := start; off < 12; off++ {
+			want, ok := readable[off]
+			if !ok {
+				continue // in a compressed batch
+			}
 			rec, ok, err := r.TryNext()
-			if err != nil || !ok || rec.Offset != off || string(rec.Data) != want[off] {
+			if err != nil || !ok || rec.Offset != off || string(rec.Data) != want {
 				t.Fatalf("from %d: record %d = %d %q %v %v", start, off, rec.Offset, rec.Data, ok, err)
 			}
 		}
-		if _, _, err := r.TryNext(); !errors.Is(err, ErrCompressedBatch) {
-			t.Fatalf("from %d: compressed batch: %v", start, err)
+		if rec, ok, err := r.TryNext(); err != nil || ok {
+			t.Fatalf("from %d: past the end: %d %q %v %v", start, rec.Offset, rec.Data, ok, err)
+		}
+		if r.Offset() != 12 {
+			t.Fatalf("from %d: reader at %d after the compressed batches, want 12", start, r.Offset())
 		}
 		r.Close()
 	}
-	if off, err := s.AppendSync([]byte("next")); err != nil || off != 8 {
+	if s.CompressedSkipped() == 0 {
+		t.Fatal("compressed records passed over but not counted")
+	}
+	if off, err := s.AppendSync([]byte("next")); err != nil || off != 12 {
 		t.Fatalf("append after the batches: offset %d, %v", off, err)
 	}
-	r, err := s.NewReader(AtOffset(8))
+	r, err := s.NewReader(AtOffset(12))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	if rec, ok, err := r.TryNext(); err != nil || !ok || rec.Offset != 8 || string(rec.Data) != "next" {
-		t.Fatalf("record 8: %d %q %v %v", rec.Offset, rec.Data, ok, err)
+	if rec, ok, err := r.TryNext(); err != nil || !ok || rec.Offset != 12 || string(rec.Data) != "next" {
+		t.Fatalf("record 12: %d %q %v %v", rec.Offset, rec.Data, ok, err)
+	}
+	// A reader waiting in Next gets the record after the compressed batch, not an error.
+	r2, err := s.NewReader(AtOffset(7))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r2.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if rec, err := r2.Next(ctx); err != nil || rec.Offset != 9 || string(rec.Data) != "tail" {
+		t.Fatalf("Next from 7: %d %q %v", rec.Offset, rec.Data, err)
 	}
 }
 
