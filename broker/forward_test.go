@@ -2,8 +2,13 @@ package broker
 
 import (
 	"bytes"
+	"math"
 	"slices"
 	"testing"
+	"time"
+
+	"github.com/warrenmq/warren/amqp"
+	"github.com/warrenmq/warren/queue"
 )
 
 func TestForwardEnvelope(t *testing.T) {
@@ -27,7 +32,7 @@ func TestForwardEnvelope(t *testing.T) {
 			t.Fatalf("%s: got %+v", tc.name, f)
 		}
 	}
-	for _, bad := range [][]byte{nil, {'W'}, {'W', 2, 0}, {'X', 1, 0}, {'W', 1, 5}, {'W', 1, 1, 9, 'a'}, {'W', 1, 0, 0, 0}} {
+	for _, bad := range [][]byte{nil, {'W'}, {'W', 3, 0}, {'X', 1, 0}, {'W', 1, 5}, {'W', 1, 1, 9, 'a'}, {'W', 1, 0, 0, 0}} {
 		if _, err := DecodeForward(bad); err == nil {
 			t.Errorf("%q decoded", bad)
 		}
@@ -37,6 +42,7 @@ func TestForwardEnvelope(t *testing.T) {
 func FuzzDecodeForward(f *testing.F) {
 	f.Add(EncodeForward(nil, []string{"q1", "q2"}, "ex", "rk", []byte{0, 60}, []byte("body")))
 	f.Add([]byte{'W', 1, 0xff, 0xff, 0xff, 0xff, 0x0f})
+	f.Add(EncodeForwardMessage(nil, 99, []string{"q"}, &queue.Message{Exchange: "x", Header: []byte{0, 60}, Body: []byte("b"), ExpiresAt: 1}))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		fw, err := DecodeForward(b)
 		if err != nil {
@@ -47,4 +53,141 @@ func FuzzDecodeForward(f *testing.F) {
 			t.Fatalf("re-encoded envelope does not decode: %v", err)
 		}
 	})
+}
+
+// forwardEnvelope is a v2 envelope of body for queues, with the sender's metadata index idx.
+func forwardEnvelope(t *testing.T, idx uint64, expiresAt int64, queues ...string) Forwarded {
+	t.Helper()
+	props := amqp.Properties{DeliveryMode: 1}
+	body := []byte("payload")
+	msg := &queue.Message{Exchange: "ex", RoutingKey: "rk", Body: body, ExpiresAt: expiresAt,
+		Header: amqp.AppendContentHeader(nil, amqp.ClassBasic, uint64(len(body)), &props)}
+	f, err := DecodeForward(EncodeForwardMessage(nil, idx, queues, msg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func TestForwardEnvelopeV2(t *testing.T) {
+	props := amqp.Properties{}
+	hdr := amqp.AppendContentHeader(nil, amqp.ClassBasic, 4, &props)
+	for _, tc := range []struct {
+		name      string
+		idx       uint64
+		expiresAt int64
+		ttlMin    uint64 // TTL decoded at least (0: exactly 0)
+		ttlMax    uint64
+	}{
+		{"no expiry", 42, 0, 0, 0},
+		{"an hour left", 1 << 40, time.Now().Add(time.Hour).UnixNano(), uint64(59 * time.Minute), uint64(time.Hour) + 1},
+		{"already expired", 1, time.Now().Add(-time.Second).UnixNano(), 1, 1},
+		{"saturated", 7, math.MaxInt64, math.MaxInt64, math.MaxInt64},
+	} {
+		msg := &queue.Message{Exchange: "e", RoutingKey: "k", Header: hdr, Body: []byte("body"), ExpiresAt: tc.expiresAt}
+		f, err := DecodeForward(EncodeForwardMessage(nil, tc.idx, []string{"a", "b"}, msg))
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if f.MetaIndex != tc.idx || f.TTL < tc.ttlMin || f.TTL > tc.ttlMax || !f.v2 ||
+			!slices.Equal(f.Queues, []string{"a", "b"}) || f.Exchange != "e" || f.RoutingKey != "k" ||
+			!bytes.Equal(f.Header, hdr) || string(f.Body) != "body" {
+			t.Fatalf("%s: got %+v", tc.name, f)
+		}
+	}
+	for _, bad := range [][]byte{{'W', 2}, {'W', 2, 1}, {'W', 2, 1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01}, {'W', 3, 0, 0}} {
+		if _, err := DecodeForward(bad); err == nil {
+			t.Errorf("%q decoded", bad)
+		}
+	}
+}
+
+// TestDeliverForwardedLaggingHome is a home node behind on the metadata log: a forward naming
+// a queue it has not learnt of yet waits until it has applied as much as the sender had, and
+// is refused (never confirmed) when it does not get there in time.
+func TestDeliverForwardedLaggingHome(t *testing.T) {
+	defer func(d time.Duration) { forwardTopologyWait = d }(forwardTopologyWait)
+	forwardTopologyWait = 300 * time.Millisecond
+	for _, tc := range []struct {
+		name        string
+		v1          bool          // a first-format envelope (no index)
+		declareIn   time.Duration // when the queue appears (<0: never)
+		appliedThen uint64        // the index reported with it
+		wantRouted  bool
+		wantRefused bool
+	}{
+		{"declared while waiting", false, 50 * time.Millisecond, 10, true, false},
+		{"never declared, home caught up: deleted, skipped", false, -1, 10, false, false},
+		{"never caught up: refused", false, -1, 0, false, true},
+		{"first format, unknown queue: refused", true, -1, 10, false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := newTestBroker(t, "")
+			v := b.VHost("/")
+			b.TopologyApplied(5)
+			f := forwardEnvelope(t, 10, 0, "late")
+			if tc.v1 {
+				var err error
+				if f, err = DecodeForward(EncodeForward(nil, f.Queues, f.Exchange, f.RoutingKey, f.Header, f.Body)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tc.appliedThen > 0 {
+				go func() {
+					if tc.declareIn >= 0 {
+						time.Sleep(tc.declareIn)
+						if _, err := v.DeclareQueue(System, QueueSpec{Name: "late"}); err != nil {
+							t.Error(err)
+						}
+					} else {
+						time.Sleep(50 * time.Millisecond)
+					}
+					b.TopologyApplied(tc.appliedThen)
+				}()
+			}
+			var scratch []*queue.Entry
+			res, _, aerr := v.DeliverForwarded(f, nil, &scratch)
+			if aerr != nil {
+				t.Fatal(aerr)
+			}
+			if res.Routed != tc.wantRouted || res.Refused != tc.wantRefused {
+				t.Fatalf("got %+v, want routed %v refused %v", res, tc.wantRouted, tc.wantRefused)
+			}
+			if tc.wantRouted {
+				if _, _, _, ok, err := v.Get(System, "late", true); !ok || err != nil {
+					t.Fatalf("message not in the queue: %v %v", ok, err)
+				}
+			}
+		})
+	}
+}
+
+func TestDeliverForwardedChecks(t *testing.T) {
+	b := newTestBroker(t, "")
+	v := b.VHost("/")
+	if _, err := v.DeclareQueue(System, QueueSpec{Name: "q"}); err != nil {
+		t.Fatal(err)
+	}
+	var scratch []*queue.Entry
+
+	// The content header's body size must match the body carried.
+	f := forwardEnvelope(t, 1, 0, "q")
+	f.Body = f.Body[:3]
+	if _, _, aerr := v.DeliverForwarded(f, nil, &scratch); aerr == nil || aerr.Code != amqp.SyntaxError {
+		t.Fatalf("short body: %v", aerr)
+	}
+
+	// The remaining time to live carries over: an hour left stays about an hour, whatever
+	// the header's expiration says (none here).
+	exp := time.Now().Add(time.Hour).UnixNano()
+	if res, _, aerr := v.DeliverForwarded(forwardEnvelope(t, 1, exp, "q"), nil, &scratch); aerr != nil || !res.Routed {
+		t.Fatalf("%+v %v", res, aerr)
+	}
+	_, e, _, ok, err := v.Get(System, "q", true)
+	if !ok || err != nil {
+		t.Fatalf("get: %v %v", ok, err)
+	}
+	if d := e.Msg.ExpiresAt - exp; d < -int64(time.Second) || d > int64(time.Second) {
+		t.Fatalf("expiry moved by %v", time.Duration(d))
+	}
 }

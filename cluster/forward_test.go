@@ -3,6 +3,7 @@ package cluster
 import (
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -30,6 +31,13 @@ func startLinked(t *testing.T, n int) *linkedCluster {
 // and each node's default queue leader locator (nil: client-local everywhere).
 func startLinkedWith(t *testing.T, n int, members []string, locators []string) *linkedCluster {
 	t.Helper()
+	return startLinkedPrep(t, n, members, locators, nil)
+}
+
+// startLinkedPrep is startLinkedWith with prep (when not nil) called on each node's metadata
+// state machine before it joins the log.
+func startLinkedPrep(t *testing.T, n int, members []string, locators []string, prep func(i int, m *Metadata)) *linkedCluster {
+	t.Helper()
 	log := &memLog{down: map[int]bool{}}
 	lc := &linkedCluster{addrs: map[string]string{}}
 	var nodes []string
@@ -45,7 +53,11 @@ func startLinkedWith(t *testing.T, n int, members []string, locators []string) *
 		name := fmt.Sprintf("n%d", i+1)
 		nodes = append(nodes, name)
 		b := s.Broker()
-		r := NewReplicator(name, log.join(NewMetadata(b, quietLog())))
+		meta := NewMetadata(b, quietLog())
+		if prep != nil {
+			prep(i, meta)
+		}
+		r := NewReplicator(name, log.join(meta))
 		if i < len(locators) {
 			r.SetLocator(locators[i])
 		}
@@ -228,5 +240,44 @@ func TestAMQPAddrFor(t *testing.T) {
 		if got := amqpAddrFor(tc.reported, tc.cluster); got != tc.want {
 			t.Errorf("amqpAddrFor(%q, %q) = %q, want %q", tc.reported, tc.cluster, got, tc.want)
 		}
+	}
+}
+
+// A home node behind on the metadata log (its broker applies each entry 300 ms late) gets a
+// forward for a queue another node just declared there: it waits until it has applied the
+// declare, keeps the message and confirms it; before, the forward skipped the queue it did
+// not know yet and the confirm was an ack for a message kept nowhere.
+func TestForwardToLaggingHome(t *testing.T) {
+	var lag atomic.Bool
+	lc := startLinkedPrep(t, 2, []string{"n1"}, []string{"", "balanced"}, func(i int, m *Metadata) {
+		if i != 0 {
+			return
+		}
+		m.testApplyDelay = func() {
+			if lag.Load() {
+				time.Sleep(300 * time.Millisecond)
+			}
+		}
+		m.StartWorker()
+		t.Cleanup(m.StopWorker)
+	})
+	_, ch1 := dial(t, lc.urls[0])
+	_, ch2 := dial(t, lc.urls[1])
+	if err := ch2.Confirm(false); err != nil {
+		t.Fatal(err)
+	}
+	confirms := ch2.NotifyPublish(make(chan amqp091.Confirmation, 1))
+	lag.Store(true)
+	// Balanced over the members {n1}: homed on n1. no-wait: declare-ok's counts would ask n1.
+	if _, err := ch2.QueueDeclare("lagging", false, false, false, true, nil); err != nil {
+		t.Fatal(err)
+	}
+	if !confirmOne(t, ch2, confirms, "", "lagging", amqp091.Publishing{Body: []byte("kept")}) {
+		t.Fatal("forward to a lagging home nacked")
+	}
+	lag.Store(false)
+	d, ok := getBody(t, ch1, "lagging")
+	if !ok || string(d.Body) != "kept" {
+		t.Fatalf("home has %q (%v), want the confirmed message", d.Body, ok)
 	}
 }

@@ -72,6 +72,7 @@ type Link struct {
 	log  *slog.Logger
 	auth *LinkAuth
 	stop chan struct{}
+	b    *broker.Broker // set by Install: its TopologyIndex goes with each forward
 
 	mu     sync.Mutex
 	peers  map[peerKey]*peer
@@ -100,6 +101,7 @@ func (l *Link) Auth() *LinkAuth { return l.auth }
 
 // Install makes b use the link: forwarding, proxying and the link login.
 func (l *Link) Install(b *broker.Broker) {
+	l.b = b
 	b.SetForwarder(l)
 	b.SetProxy(l)
 	b.SetLinkAuth(l.auth)
@@ -479,7 +481,7 @@ func (p *peer) send(pc *pubChannel, it fwdItem) *pubChannel {
 		it.finish(err)
 		return nil
 	}
-	pc.buf = broker.EncodeForward(pc.buf[:0], it.queues, it.msg.Exchange, it.msg.RoutingKey, it.msg.Header, it.msg.Body)
+	pc.buf = broker.EncodeForwardMessage(pc.buf[:0], p.l.b.TopologyIndex(), it.queues, it.msg)
 	mode := amqp091.Transient
 	if it.persistent {
 		mode = amqp091.Persistent
