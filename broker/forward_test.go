@@ -2,8 +2,11 @@ package broker
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"math"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -189,5 +192,88 @@ func TestDeliverForwardedChecks(t *testing.T) {
 	}
 	if d := e.Msg.ExpiresAt - exp; d < -int64(time.Second) || d > int64(time.Second) {
 		t.Fatalf("expiry moved by %v", time.Duration(d))
+	}
+}
+
+// testReplicator makes a test broker cluster member "A" whose changes apply at once.
+type testReplicator struct{ b *Broker }
+
+func (r testReplicator) LocalNode() string { return "A" }
+
+func (r testReplicator) Replicate(_ context.Context, op TopologyOp) (TopologyResult, *amqp.Error) {
+	if op.Home == "" {
+		op.Home = "A"
+	}
+	return r.b.ApplyTopology(op)
+}
+
+// testForwarder answers every forward with err, at once, and counts them.
+type testForwarder struct {
+	err error
+	n   atomic.Int32
+}
+
+func (f *testForwarder) Forward(home, vhost string, queues []string, msg *queue.Message, done func(error)) {
+	f.n.Add(1)
+	if done != nil {
+		done(f.err)
+	}
+}
+
+// A transaction publishing to a queue of this node and one of node B: when B does not accept
+// its copy, the commit fails (541 at the front end) and nothing is applied here; when it does,
+// both have it.
+func TestTxCommitForwardFails(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		err     error
+		wantErr bool
+		ready   int
+	}{
+		{"home accepts", nil, false, 1},
+		{"home refuses", errors.New("nacked by B"), true, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := newTestBroker(t, "")
+			b.SetReplicator(testReplicator{b})
+			fw := &testForwarder{err: tc.err}
+			b.SetForwarder(fw)
+			v := b.VHost("/")
+			for _, op := range []TopologyOp{
+				{Kind: OpDeclareExchange, VHost: "/", Exchange: ExchangeSpec{Name: "fan", Type: "fanout"}},
+				{Kind: OpDeclareQueue, VHost: "/", Queue: QueueSpec{Name: "here"}, Home: "A"},
+				{Kind: OpDeclareQueue, VHost: "/", Queue: QueueSpec{Name: "there"}, Home: "B"},
+				{Kind: OpBind, VHost: "/", Binding: BindingSpec{Source: "fan", Destination: "here"}},
+				{Kind: OpBind, VHost: "/", Binding: BindingSpec{Source: "fan", Destination: "there"}},
+			} {
+				if _, err := b.ApplyTopology(op); err != nil {
+					t.Fatal(err)
+				}
+			}
+			ex, aerr := v.Exchange("fan")
+			if aerr != nil {
+				t.Fatal(aerr)
+			}
+			props := amqp.Properties{}
+			header := amqp.AppendContentHeader(nil, amqp.ClassBasic, 1, &props)
+			sum, _ := amqp.ScanContentHeader(header)
+			msg, aerr := b.NewMessage(ex, "", header, &sum, []byte("x"))
+			if aerr != nil {
+				t.Fatal(aerr)
+			}
+			tx := v.NewTxn()
+			tx.Publish(ex, msg, false)
+			err := tx.Commit(nil)
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("commit: %v", err)
+			}
+			qs, aerr := v.Queue(System, "here")
+			if aerr != nil {
+				t.Fatal(aerr)
+			}
+			if got := qs.Q().Stats().Ready; got != tc.ready || fw.n.Load() != 1 {
+				t.Fatalf("local queue has %d, want %d; %d forwards", got, tc.ready, fw.n.Load())
+			}
+		})
 	}
 }
