@@ -294,7 +294,8 @@ const (
 // ForwardEnvelopeSlack is how much larger than limits.max_message_size a forwarded envelope's
 // body may be on a link connection: the envelope adds the queue names, the exchange, the
 // routing key and the publisher's content header to a body the sending node has already held
-// to its own limit. (The home checks the inner body against its limit after decoding.)
+// to its own limits.max_message_size; the home does not check the inner body again (so set the
+// limit alike on every node: a larger one on the client's node is the one that counts).
 const ForwardEnvelopeSlack = 4 << 20
 
 // EncodeForwardMessage is the body a link publishes to ForwardExchange: the sender's metadata

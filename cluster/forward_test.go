@@ -31,12 +31,12 @@ func startLinked(t *testing.T, n int) *linkedCluster {
 // and each node's default queue leader locator (nil: client-local everywhere).
 func startLinkedWith(t *testing.T, n int, members []string, locators []string) *linkedCluster {
 	t.Helper()
-	return startLinkedPrep(t, n, members, locators, nil)
+	return startLinkedPrep(t, n, members, locators, nil, nil)
 }
 
-// startLinkedPrep is startLinkedWith with prep (when not nil) called on each node's metadata
-// state machine before it joins the log.
-func startLinkedPrep(t *testing.T, n int, members []string, locators []string, prep func(i int, m *Metadata)) *linkedCluster {
+// startLinkedPrep is startLinkedWith with conf (when not nil) called on each node's server
+// configuration, and prep (when not nil) on its metadata state machine before it joins the log.
+func startLinkedPrep(t *testing.T, n int, members []string, locators []string, conf func(*server.Config), prep func(i int, m *Metadata)) *linkedCluster {
 	t.Helper()
 	log := &memLog{down: map[int]bool{}}
 	lc := &linkedCluster{addrs: map[string]string{}}
@@ -46,6 +46,9 @@ func startLinkedPrep(t *testing.T, n int, members []string, locators []string, p
 		cfg.Listen = "127.0.0.1:0"
 		cfg.DataDir = ""
 		cfg.Logger = quietLog()
+		if conf != nil {
+			conf(&cfg)
+		}
 		s, err := server.New(cfg)
 		if err != nil {
 			t.Fatal(err)
@@ -249,7 +252,7 @@ func TestAMQPAddrFor(t *testing.T) {
 // not know yet and the confirm was an ack for a message kept nowhere.
 func TestForwardToLaggingHome(t *testing.T) {
 	var lag atomic.Bool
-	lc := startLinkedPrep(t, 2, []string{"n1"}, []string{"", "balanced"}, func(i int, m *Metadata) {
+	lc := startLinkedPrep(t, 2, []string{"n1"}, []string{"", "balanced"}, nil, func(i int, m *Metadata) {
 		if i != 0 {
 			return
 		}
@@ -279,5 +282,30 @@ func TestForwardToLaggingHome(t *testing.T) {
 	d, ok := getBody(t, ch1, "lagging")
 	if !ok || string(d.Body) != "kept" {
 		t.Fatalf("home has %q (%v), want the confirmed message", d.Body, ok)
+	}
+}
+
+// A message of exactly limits.max_message_size published on n2 to a queue homed on n1 grows
+// past the limit in its envelope: n1 takes the envelope (the limit plus the envelope's slack)
+// instead of closing the forwarding channel with 406, and the publish is confirmed.
+func TestForwardMaxSizeMessage(t *testing.T) {
+	const max = 4096
+	lc := startLinkedPrep(t, 2, nil, nil, func(c *server.Config) { c.MaxMessageSize = max }, nil)
+	_, ch1 := dial(t, lc.urls[0])
+	_, ch2 := dial(t, lc.urls[1])
+	if _, err := ch1.QueueDeclare("big", false, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := ch2.Confirm(false); err != nil {
+		t.Fatal(err)
+	}
+	confirms := ch2.NotifyPublish(make(chan amqp091.Confirmation, 1))
+	body := make([]byte, max)
+	if !confirmOne(t, ch2, confirms, "", "big", amqp091.Publishing{Body: body, Headers: amqp091.Table{"h": "v"}}) {
+		t.Fatal("a message of the maximum size forwarded to its home was nacked")
+	}
+	d, ok := getBody(t, ch1, "big")
+	if !ok || len(d.Body) != max {
+		t.Fatalf("home has %d bytes (%v), want %d", len(d.Body), ok, max)
 	}
 }

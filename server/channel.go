@@ -216,6 +216,11 @@ func (ch *channel) contentHeader(p []byte) *amqp.Error {
 	// allocation; a larger one is allocated by contentBody as a copy of its frame, which spares
 	// zeroing it first.
 	maxSize := uint64(ch.c.srv.maxMessageSize())
+	if ch.c.link && ch.pubM != nil && ch.pubM.Exchange == broker.ForwardExchange {
+		// Another node's envelope: its body is a message the sending node held to its limit,
+		// wrapped with the queue names and the content header (broker.ForwardEnvelopeSlack).
+		maxSize += broker.ForwardEnvelopeSlack
+	}
 	hdr, buf := p, []byte(nil)
 	if !ch.closing && len(p) >= 12 {
 		if size := binary.BigEndian.Uint64(p[4:12]); size < separateBodyMin {
