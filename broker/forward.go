@@ -35,6 +35,73 @@ type clusterHooks struct {
 	linkAuth  LinkAuth
 	amqpAddr  atomic.Pointer[string]
 	topo      topoProgress
+	bg        bgForwards
+}
+
+// bgForwards holds the forwards of callers that must never wait for room on the link: a
+// queue's TTL timer or the store's reader dead-lettering, the delayed exchange's timer routing
+// a due message. Nobody confirms these (at most once, as RabbitMQ's classic dead-lettering), so
+// when bgForwardMax are waiting one more is dropped and counted instead of stalling the timer or
+// the reader. One goroutine, started when the first arrives and ending once they are all
+// handed to the Forwarder, passes them on in order (it may wait there for room).
+type bgForwards struct {
+	mu      sync.Mutex
+	q       []bgForward
+	running bool
+	dropped atomic.Uint64
+}
+
+type bgForward struct {
+	home, vhost string
+	queues      []string
+	msg         *queue.Message
+}
+
+// bgForwardMax bounds the forwards waiting in bgForwards.
+const bgForwardMax = 4096
+
+// ForwardsDropped is the number of unconfirmed forwards (dead-lettered or delayed messages for
+// queues of other nodes) dropped because too many were waiting for the link.
+func (b *Broker) ForwardsDropped() uint64 { return b.cluster.bg.dropped.Load() }
+
+// forwardNoWait forwards msg to home for queues without a confirm and without waiting: queued
+// for the bgForwards goroutine, or dropped (and counted) when that queue is full.
+func (b *Broker) forwardNoWait(home, vhost string, queues []string, msg *queue.Message) {
+	g := &b.cluster.bg
+	g.mu.Lock()
+	if len(g.q) >= bgForwardMax {
+		g.mu.Unlock()
+		if n := g.dropped.Add(1); n&(n-1) == 0 { // the 1st, 2nd, 4th, ... drop: say it, not flood
+			b.log.Warn("cluster: unconfirmed forward dropped, too many waiting for the link",
+				"home", home, "vhost", vhost, "dropped_total", n)
+		}
+		return
+	}
+	g.q = append(g.q, bgForward{home: home, vhost: vhost, queues: queues, msg: msg})
+	start := !g.running
+	g.running = true
+	g.mu.Unlock()
+	if start {
+		go b.runBgForwards()
+	}
+}
+
+func (b *Broker) runBgForwards() {
+	g := &b.cluster.bg
+	for {
+		g.mu.Lock()
+		if len(g.q) == 0 {
+			g.running = false
+			g.q = nil // let a burst's backing array go
+			g.mu.Unlock()
+			return
+		}
+		f := g.q[0]
+		g.q[0] = bgForward{}
+		g.q = g.q[1:]
+		g.mu.Unlock()
+		b.cluster.forwarder.Forward(f.home, f.vhost, f.queues, f.msg, nil)
+	}
 }
 
 // topoProgress is how far this broker has applied the cluster's metadata log: the index of the
@@ -202,6 +269,11 @@ func (p *Publisher) publishSplit(msg *queue.Message, targets []*Queue, done func
 			}
 		}
 		remote = append(remote[:i+1], rest[:k]...)
+		if f == nil && p.noWait {
+			v.b.forwardNoWait(home, v.name, names, msg)
+			i++
+			continue
+		}
 		var fdone func(error)
 		if f != nil {
 			f.n.Add(1)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"math"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -275,5 +276,70 @@ func TestTxCommitForwardFails(t *testing.T) {
 				t.Fatalf("local queue has %d, want %d; %d forwards", got, tc.ready, fw.n.Load())
 			}
 		})
+	}
+}
+
+// blockingForwarder holds every Forward until release is closed, recording message IDs.
+type blockingForwarder struct {
+	release chan struct{}
+	mu      sync.Mutex
+	ids     []uint64
+}
+
+func (f *blockingForwarder) Forward(home, vhost string, queues []string, msg *queue.Message, done func(error)) {
+	<-f.release
+	f.mu.Lock()
+	f.ids = append(f.ids, msg.ID)
+	f.mu.Unlock()
+}
+
+// Forwards nobody confirms (dead-lettering, the delayed exchange's timer) never wait for a
+// link that has no room: past bgForwardMax waiting they are dropped and counted, and the
+// others still go, in order, once the link takes them.
+func TestForwardNoWait(t *testing.T) {
+	b := newTestBroker(t, "")
+	fw := &blockingForwarder{release: make(chan struct{})}
+	b.SetForwarder(fw)
+	const n = bgForwardMax + 50
+	start := time.Now()
+	for i := range n {
+		b.forwardNoWait("B", "/", []string{"q"}, &queue.Message{ID: uint64(i + 1)})
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("forwardNoWait waited %v", d)
+	}
+	dropped := b.ForwardsDropped()
+	if dropped < 49 || dropped > 50 { // the goroutine may have taken the first one out already
+		t.Fatalf("dropped %d, want 49 or 50", dropped)
+	}
+	close(fw.release)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		fw.mu.Lock()
+		got := len(fw.ids)
+		ordered := slices.IsSorted(fw.ids)
+		fw.mu.Unlock()
+		if !ordered {
+			t.Fatal("forwards out of order")
+		}
+		if uint64(got)+dropped == n {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d forwarded + %d dropped, want %d", got, dropped, n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	b.cluster.bg.mu.Lock()
+	running := b.cluster.bg.running
+	b.cluster.bg.mu.Unlock()
+	for i := 0; running && i < 100; i++ { // it ends once the queue is empty
+		time.Sleep(10 * time.Millisecond)
+		b.cluster.bg.mu.Lock()
+		running = b.cluster.bg.running
+		b.cluster.bg.mu.Unlock()
+	}
+	if running {
+		t.Fatal("forwarding goroutine still running with nothing queued")
 	}
 }

@@ -18,6 +18,9 @@ type Publisher struct {
 	count    uint64 // publishes, for Flow
 	// localBuf and remoteBuf are publishSplit's reusable target buffers (forward.go).
 	localBuf, remoteBuf []*Queue
+	// noWait makes publishes without a confirm (done nil) forward to other nodes without
+	// waiting for room on the link (Broker.forwardNoWait): set for a timer's publisher.
+	noWait bool
 
 	// Exchange counters are gathered here and added to the exchange every exchangeStatsBatch
 	// publishes (or when the exchange changes, or at Flush): an atomic add per publish on the
