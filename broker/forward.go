@@ -116,9 +116,11 @@ type topoProgress struct {
 
 // forwardTopologyWait bounds how long a forward naming a queue this node does not know yet
 // waits for this node to apply the metadata log as far as the sender had (a variable for
-// tests). It runs on the forwarding link connection's reader, so forwards behind it wait too:
-// they would need the same entries.
-var forwardTopologyWait = 5 * time.Second
+// tests). It runs on the forwarding link connection's reader, so forwards behind it wait too
+// (they would need the same entries), and that reader reads nothing meanwhile: the home's
+// heartbeat monitor closes a connection it has read nothing from for two heartbeat intervals
+// (the link's are 2 s), so the wait stays well below 4 s.
+var forwardTopologyWait = 3 * time.Second
 
 // TopologyApplied records that this broker has applied the cluster's metadata log up to index
 // (every entry up to it, whether or not it changed the topology). The cluster calls it after
