@@ -507,7 +507,12 @@ func (v *VHost) DeliverForwarded(f Forwarded, done func(error), scratch *[]*queu
 	case f.TTL == math.MaxInt64:
 		msg.ExpiresAt = math.MaxInt64
 	case f.TTL > 0:
-		msg.ExpiresAt = time.Now().UnixNano() + int64(f.TTL-1)
+		now := time.Now().UnixNano()
+		if left := int64(f.TTL - 1); left > math.MaxInt64-now {
+			msg.ExpiresAt = math.MaxInt64 // saturated, as expiresAfter does
+		} else {
+			msg.ExpiresAt = now + left
+		}
 	case !f.v2 && sum.Expiration != "":
 		// A first-format envelope: the expiration counts again from here.
 		if ms, err := strconv.ParseInt(sum.Expiration, 10, 64); err == nil && ms >= 0 {

@@ -194,6 +194,16 @@ func TestDeliverForwardedChecks(t *testing.T) {
 	if d := e.Msg.ExpiresAt - exp; d < -int64(time.Second) || d > int64(time.Second) {
 		t.Fatalf("expiry moved by %v", time.Duration(d))
 	}
+
+	// A time to live past the end of time saturates instead of wrapping into the past.
+	f = forwardEnvelope(t, 1, 0, "q")
+	f.TTL = math.MaxInt64 - 1
+	if res, _, aerr := v.DeliverForwarded(f, nil, &scratch); aerr != nil || !res.Routed {
+		t.Fatalf("%+v %v", res, aerr)
+	}
+	if _, e, _, ok, _ := v.Get(System, "q", true); !ok || e.Msg.ExpiresAt != math.MaxInt64 {
+		t.Fatalf("got %v, expiry %d", ok, e.Msg.ExpiresAt)
+	}
 }
 
 // testReplicator makes a test broker cluster member "A" whose changes apply at once.
