@@ -309,3 +309,31 @@ func TestForwardMaxSizeMessage(t *testing.T) {
 		t.Fatalf("home has %d bytes (%v), want %d", len(d.Body), ok, max)
 	}
 }
+
+// A queue declared on n2 and homed on n1, which is behind on the metadata log: declare-ok's
+// counts come from n1, which answers 404 until it has applied the declare; the declare (and a
+// passive one) waits for it instead of failing the channel with 404.
+func TestDeclareOnLaggingHome(t *testing.T) {
+	var lag atomic.Bool
+	lc := startLinkedPrep(t, 2, []string{"n1"}, []string{"", "balanced"}, nil, func(i int, m *Metadata) {
+		if i != 0 {
+			return
+		}
+		m.testApplyDelay = func() {
+			if lag.Load() {
+				time.Sleep(300 * time.Millisecond)
+			}
+		}
+		m.StartWorker()
+		t.Cleanup(m.StopWorker)
+	})
+	_, ch2 := dial(t, lc.urls[1])
+	lag.Store(true)
+	if _, err := ch2.QueueDeclare("lagging", false, false, false, false, nil); err != nil {
+		t.Fatalf("declare of a queue homed on a lagging node: %v", err)
+	}
+	if _, err := ch2.QueueDeclarePassive("lagging", false, false, false, false, nil); err != nil {
+		t.Fatalf("passive declare: %v", err)
+	}
+	lag.Store(false)
+}
