@@ -114,9 +114,10 @@ func (v *VHost) deadLetter(qs *Queue, dl *dlConfig, es []*queue.Entry, why queue
 	for _, p := range ps {
 		v.push(p, false)
 	}
-	// At most once, as RabbitMQ's classic dead-lettering: nobody waits for these.
+	// At most once, as RabbitMQ's classic dead-lettering: nobody waits for these, and this
+	// runs on a TTL timer or the store's reader, which must not wait for the link either.
 	for _, f := range forwards {
-		v.b.cluster.forwarder.Forward(f.home, v.name, f.queues, f.msg, nil)
+		v.b.forwardNoWait(f.home, v.name, f.queues, f.msg)
 	}
 }
 

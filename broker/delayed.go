@@ -736,6 +736,7 @@ func (d *delayer) route(ex *Exchange, h *heldMsg) {
 	p := d.pubs[v]
 	if p == nil {
 		p = v.NewPublisher()
+		p.noWait = true // runs on the delayer's timer: never wait for the link
 		d.pubs[v] = p
 	}
 	sum, err := amqp.ScanContentHeader(h.header)

@@ -45,10 +45,21 @@
 //     confirms run there), a max-age timer, and one goroutine per consumer that reads the log
 //     and calls Consumer.Deliver with no broker lock held, waiting for credit (Settle kicks it)
 //     or for new records.
+//   - a cluster member (package cluster, forward.go): the metadata log's apply worker, which
+//     calls ApplyTopology and then TopologyApplied, one log entry at a time. The data link
+//     (cluster/link.go) runs, per (peer node, vhost), one sender goroutine that publishes the
+//     forwards in order and one goroutine reading that channel's confirms (a forward's done
+//     runs there); per proxied consumer one relay goroutine that calls Consumer.Deliver with
+//     no link lock held; per link connection amqp091-go's reader and heartbeater and the
+//     coalescing writer's flusher. Forwards nobody confirms (dead-lettering, the delayed
+//     exchange's timer) are handed to the link by one goroutine of the broker (bgForwards),
+//     started when one is queued and ending when none is left. On the home node, a forwarded
+//     message is enqueued on the link connection's reader (DeliverForwarded), which may wait
+//     up to forwardTopologyWait for the metadata log (with no lock held).
 //
 // Deliveries (Consumer.Deliver) run on whichever goroutine made messages deliverable: a
 // publisher's reader, a consumer's reader acking (credit), a writer that drained (kick), a queue
-// timer, the store's reader.
+// timer, the store's reader, a proxied consumer's relay.
 //
 // # Lock order
 //
@@ -78,8 +89,28 @@
 //
 // The AMQP front end's own tables sit beside this chain, never around a call into the core:
 //
-//	Server.mu          the connection table and the limits' counts (package server)
+//	Server.mu          the connection table and the limits' counts (package server). A
+//	                   cluster's link connections are connections like any other: they count
+//	                   against limits.max_connections and a vhost's max-connections on the
+//	                   home node (two per peer node and vhost), so leave room for them.
 //	conn.chMu          one connection's channel table; under it, channel.mu (listings)
+//
+// The cluster's data link (package cluster) has its own locks, never held around a call into
+// the core, and the core's are never held around a call into the link (Forwarder.Forward,
+// the Proxy's calls and a proxied consumer's Deliver run with none of the list above held):
+//
+//	Link.mu              the peer table (cluster/link.go); a leaf
+//	peer.mu              a peer's two connections; held while dialling one (bounded by the
+//	                     link's timeout), so under it the connection's own locks and
+//	                     coalescingConn.mu
+//	proxyChannel.mu      orders a proxied channel's settlements before its close; held while
+//	                     writing a frame, so under it coalescingConn.mu
+//	coalescingConn.mu    a link socket's output buffer (cluster/linkconn.go); a leaf
+//	peer.waitMu          the barrier waiters of a peer; a leaf
+//	pending.mu           the unconfirmed forwards of a link channel; a leaf
+//
+// Two of the core's are leaves used only by the cluster's paths: topoProgress.mu (the applied
+// metadata index, forward.go) and bgForwards.mu (the forwards nobody waits for, forward.go).
 //
 // What may run under which lock:
 //

@@ -4,7 +4,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
+	"strconv"
+	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/warrenmq/warren/amqp"
 	"github.com/warrenmq/warren/queue"
@@ -30,6 +34,147 @@ type clusterHooks struct {
 	proxy     Proxy
 	linkAuth  LinkAuth
 	amqpAddr  atomic.Pointer[string]
+	topo      topoProgress
+	bg        bgForwards
+}
+
+// bgForwards holds the forwards of callers that must never wait for room on the link: a
+// queue's TTL timer or the store's reader dead-lettering, the delayed exchange's timer routing
+// a due message. Nobody confirms these (at most once, as RabbitMQ's classic dead-lettering), so
+// when bgForwardMax are waiting one more is dropped and counted instead of stalling the timer or
+// the reader. One goroutine, started when the first arrives and ending once they are all
+// handed to the Forwarder, passes them on in order (it may wait there for room).
+type bgForwards struct {
+	mu      sync.Mutex
+	q       []bgForward
+	running bool
+	dropped atomic.Uint64
+}
+
+type bgForward struct {
+	home, vhost string
+	queues      []string
+	msg         *queue.Message
+}
+
+// bgForwardMax bounds the forwards waiting in bgForwards.
+const bgForwardMax = 4096
+
+// ForwardsDropped is the number of unconfirmed forwards (dead-lettered or delayed messages for
+// queues of other nodes) dropped because too many were waiting for the link.
+func (b *Broker) ForwardsDropped() uint64 { return b.cluster.bg.dropped.Load() }
+
+// forwardNoWait forwards msg to home for queues without a confirm and without waiting: queued
+// for the bgForwards goroutine, or dropped (and counted) when that queue is full.
+func (b *Broker) forwardNoWait(home, vhost string, queues []string, msg *queue.Message) {
+	g := &b.cluster.bg
+	g.mu.Lock()
+	if len(g.q) >= bgForwardMax {
+		g.mu.Unlock()
+		if n := g.dropped.Add(1); n&(n-1) == 0 { // the 1st, 2nd, 4th, ... drop: say it, not flood
+			b.log.Warn("cluster: unconfirmed forward dropped, too many waiting for the link",
+				"home", home, "vhost", vhost, "dropped_total", n)
+		}
+		return
+	}
+	g.q = append(g.q, bgForward{home: home, vhost: vhost, queues: queues, msg: msg})
+	start := !g.running
+	g.running = true
+	g.mu.Unlock()
+	if start {
+		go b.runBgForwards()
+	}
+}
+
+func (b *Broker) runBgForwards() {
+	g := &b.cluster.bg
+	for {
+		g.mu.Lock()
+		if len(g.q) == 0 {
+			g.running = false
+			g.q = nil // let a burst's backing array go
+			g.mu.Unlock()
+			return
+		}
+		f := g.q[0]
+		g.q[0] = bgForward{}
+		g.q = g.q[1:]
+		g.mu.Unlock()
+		b.cluster.forwarder.Forward(f.home, f.vhost, f.queues, f.msg, nil)
+	}
+}
+
+// topoProgress is how far this broker has applied the cluster's metadata log: the index of the
+// last log entry whose topology change (if any) the broker has made. A forwarded message
+// carries the sender's (EncodeForwardMessage): the sender routed it to queues it knew at that
+// index, so a home node that has applied as much and still lacks a queue knows it was deleted.
+type topoProgress struct {
+	mu    sync.Mutex
+	index uint64
+	moved chan struct{} // closed and replaced whenever index advances
+}
+
+// forwardTopologyWait bounds how long a forward naming a queue this node does not know yet
+// waits for this node to apply the metadata log as far as the sender had (a variable for
+// tests). It runs on the forwarding link connection's reader, so forwards behind it wait too
+// (they would need the same entries), and that reader reads nothing meanwhile: the home's
+// heartbeat monitor closes a connection it has read nothing from for two heartbeat intervals
+// (the link's are 2 s), so the wait stays well below 4 s.
+var forwardTopologyWait = 3 * time.Second
+
+// TopologyApplied records that this broker has applied the cluster's metadata log up to index
+// (every entry up to it, whether or not it changed the topology). The cluster calls it after
+// each entry's ApplyTopology calls have returned; a smaller index than the last is ignored.
+func (b *Broker) TopologyApplied(index uint64) {
+	t := &b.cluster.topo
+	t.mu.Lock()
+	if index > t.index {
+		t.index = index
+		if t.moved != nil {
+			close(t.moved)
+			t.moved = nil
+		}
+	}
+	t.mu.Unlock()
+}
+
+// TopologyIndex is the last metadata log index TopologyApplied recorded (0: none, or no
+// cluster). A nil broker has 0, so that a link built without one still encodes forwards.
+func (b *Broker) TopologyIndex() uint64 {
+	if b == nil {
+		return 0
+	}
+	t := &b.cluster.topo
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.index
+}
+
+// awaitTopology waits until TopologyIndex reaches index, at most d; it reports whether it did.
+func (b *Broker) awaitTopology(index uint64, d time.Duration) bool {
+	t := &b.cluster.topo
+	var timer *time.Timer
+	for {
+		t.mu.Lock()
+		if t.index >= index {
+			t.mu.Unlock()
+			return true
+		}
+		if t.moved == nil {
+			t.moved = make(chan struct{})
+		}
+		moved := t.moved
+		t.mu.Unlock()
+		if timer == nil {
+			timer = time.NewTimer(d)
+			defer timer.Stop()
+		}
+		select {
+		case <-moved:
+		case <-timer.C:
+			return b.TopologyIndex() >= index
+		}
+	}
 }
 
 // SetForwarder installs the cluster's forwarder (see Forwarder). Call it before front ends serve.
@@ -126,6 +271,11 @@ func (p *Publisher) publishSplit(msg *queue.Message, targets []*Queue, done func
 			}
 		}
 		remote = append(remote[:i+1], rest[:k]...)
+		if f == nil && p.noWait {
+			v.b.forwardNoWait(home, v.name, names, msg)
+			i++
+			continue
+		}
 		var fdone func(error)
 		if f != nil {
 			f.n.Add(1)
@@ -187,25 +337,76 @@ func (v *VHost) forwardAll(fs []txForward) error {
 	return first
 }
 
-// Forwarded is a message another node forwarded to queues of this node (see EncodeForward).
+// Forwarded is a message another node forwarded to queues of this node (see
+// EncodeForwardMessage).
 type Forwarded struct {
+	// MetaIndex is the sender's TopologyIndex when it sent the message (0: not carried, an
+	// EncodeForward envelope).
+	MetaIndex uint64
+	// TTL is the time the message had left to live when it was sent, plus one nanosecond
+	// (0: no expiry, or not carried: then the header's expiration counts from the arrival).
+	TTL        uint64
 	Queues     []string
 	Exchange   string
 	RoutingKey string
 	Header     []byte // the publisher's content header, verbatim
 	Body       []byte
+	// v2 is set for an EncodeForwardMessage envelope (MetaIndex and TTL carried).
+	v2 bool
 }
 
-// forwardMagic starts every forwarded envelope; its second byte is the format's version.
-var forwardMagic = [2]byte{'W', 1}
+// forwardMagic starts every forwarded envelope; its second byte is the format's version:
+// forwardV1 (EncodeForward) or forwardV2 (EncodeForwardMessage, with the sender's metadata
+// index and the message's remaining time to live).
+var forwardMagic = [2]byte{'W', forwardV1}
 
-// EncodeForward is the body a link publishes to ForwardExchange: the target queues, the
-// original exchange and routing key, the publisher's raw content header and its body. Carrying
-// the header verbatim keeps every property exactly as the publisher sent it, and naming the
-// queues delivers to exactly them: the home node routes nothing again (no CC/BCC, alternate
-// exchange or binding changed meanwhile can add or remove a target).
+const (
+	forwardV1 = 1
+	forwardV2 = 2
+)
+
+// ForwardEnvelopeSlack is how much larger than limits.max_message_size a forwarded envelope's
+// body may be on a link connection: the envelope adds the queue names, the exchange, the
+// routing key and the publisher's content header to a body the sending node has already held
+// to its own limits.max_message_size; the home does not check the inner body again (so set the
+// limit alike on every node: a larger one on the client's node is the one that counts).
+const ForwardEnvelopeSlack = 4 << 20
+
+// EncodeForwardMessage is the body a link publishes to ForwardExchange: the sender's metadata
+// index (b.TopologyIndex(), which lets the home wait until it knows the queues), msg's remaining
+// time to live, the target queues, msg's exchange and routing key, its raw content header and
+// its body. Carrying the header verbatim keeps every property exactly as the publisher sent it,
+// and naming the queues delivers to exactly them: the home node routes nothing again (no
+// CC/BCC, alternate exchange or binding changed meanwhile can add or remove a target). The
+// time to live travels as a duration, not a time, so clocks that differ between nodes do not
+// shift it.
+func EncodeForwardMessage(dst []byte, metaIndex uint64, queues []string, msg *queue.Message) []byte {
+	dst = append(dst, forwardMagic[0], forwardV2)
+	dst = binary.AppendUvarint(dst, metaIndex)
+	var ttl uint64
+	if msg.ExpiresAt != 0 {
+		if msg.ExpiresAt == math.MaxInt64 {
+			ttl = math.MaxInt64
+		} else if left := msg.ExpiresAt - time.Now().UnixNano(); left > 0 {
+			ttl = uint64(left) + 1
+		} else {
+			ttl = 1 // expired on the way: dropped (or dead-lettered) on arrival
+		}
+	}
+	dst = binary.AppendUvarint(dst, ttl)
+	return appendForward(dst, queues, msg.Exchange, msg.RoutingKey, msg.Header, msg.Body)
+}
+
+// EncodeForward is the first envelope format, without the sender's metadata index or the
+// remaining time to live: a home receiving it refuses a message for a queue it does not know
+// (it cannot tell a queue deleted from one it has not learnt of yet), and a message's
+// expiration counts again from its arrival. Prefer EncodeForwardMessage.
 func EncodeForward(dst []byte, queues []string, exchange, routingKey string, header, body []byte) []byte {
 	dst = append(dst, forwardMagic[:]...)
+	return appendForward(dst, queues, exchange, routingKey, header, body)
+}
+
+func appendForward(dst []byte, queues []string, exchange, routingKey string, header, body []byte) []byte {
 	dst = binary.AppendUvarint(dst, uint64(len(queues)))
 	for _, q := range queues {
 		dst = appendBytes(dst, q)
@@ -221,13 +422,27 @@ func appendBytes(dst []byte, s string) []byte {
 	return append(dst, s...)
 }
 
-// DecodeForward reads an EncodeForward envelope. Header and Body alias b.
+// DecodeForward reads an envelope of either format. Header and Body alias b.
 func DecodeForward(b []byte) (Forwarded, error) {
 	var f Forwarded
-	if len(b) < 2 || b[0] != forwardMagic[0] || b[1] != forwardMagic[1] {
+	if len(b) < 2 || b[0] != forwardMagic[0] || (b[1] != forwardV1 && b[1] != forwardV2) {
 		return f, errors.New("forwarded message: bad envelope")
 	}
+	v2 := b[1] == forwardV2
 	b = b[2:]
+	if v2 {
+		idx, k := binary.Uvarint(b)
+		if k <= 0 {
+			return f, errors.New("forwarded message: bad metadata index")
+		}
+		b = b[k:]
+		ttl, k := binary.Uvarint(b)
+		if k <= 0 || ttl > math.MaxInt64 {
+			return f, errors.New("forwarded message: bad time to live")
+		}
+		b = b[k:]
+		f.MetaIndex, f.TTL, f.v2 = idx, ttl, true
+	}
 	n, k := binary.Uvarint(b)
 	if k <= 0 || n > 65535 || n > uint64(len(b)) {
 		return f, errors.New("forwarded message: bad queue count")
@@ -267,42 +482,80 @@ func DecodeForward(b []byte) (Forwarded, error) {
 }
 
 // DeliverForwarded enqueues a message another node forwarded to queues of this node: exactly
-// the named queues, with nothing routed again. A queue that is gone (deleted meanwhile) is
-// skipped, as a publish routed after the delete would have; a queue that is not this node's
-// refuses it. done runs as for Publish when the result says OnDisk; scratch is the caller's
-// reusable entry buffer. The queues it reached are returned for flow control (Publisher.Flow).
+// the named queues, with nothing routed again. A queue this node does not know is waited for
+// (up to forwardTopologyWait) while this node has applied less of the metadata log than the
+// sender had (f.MetaIndex): the sender routed to it, so its declare is at most there. A queue
+// still unknown once this node has applied as much was deleted meanwhile and is skipped, as a
+// publish routed after the delete would have; one still unknown after the wait, or unknown
+// with no index carried, refuses the message (a nack to the sender: never a confirm for a
+// message kept nowhere); so does a queue that is not this node's. done runs as for Publish
+// when the result says OnDisk; scratch is the caller's reusable entry buffer. The queues it
+// reached are returned for flow control (Publisher.Flow).
 func (v *VHost) DeliverForwarded(f Forwarded, done func(error), scratch *[]*queue.Entry) (PublishResult, []*Queue, *amqp.Error) {
 	sum, err := amqp.ScanContentHeader(f.Header)
 	if err != nil {
 		return PublishResult{}, nil, amqp.Errorf(amqp.SyntaxError, "forwarded message: %v", err)
 	}
+	if sum.BodySize != uint64(len(f.Body)) {
+		return PublishResult{}, nil, amqp.Errorf(amqp.SyntaxError, "forwarded message: content header says %d bytes, body has %d", sum.BodySize, len(f.Body))
+	}
 	msg := &queue.Message{
 		ID: v.b.NextMessageID(), Exchange: f.Exchange, RoutingKey: f.RoutingKey,
 		Header: f.Header, Body: f.Body, Persistent: sum.DeliveryMode == 2, Priority: sum.Priority,
 	}
-	if sum.Expiration != "" {
-		var ms int64
-		if _, err := fmt.Sscan(sum.Expiration, &ms); err == nil && ms >= 0 {
+	switch {
+	case f.TTL == math.MaxInt64:
+		msg.ExpiresAt = math.MaxInt64
+	case f.TTL > 0:
+		now := time.Now().UnixNano()
+		if left := int64(f.TTL - 1); left > math.MaxInt64-now {
+			msg.ExpiresAt = math.MaxInt64 // saturated, as expiresAfter does
+		} else {
+			msg.ExpiresAt = now + left
+		}
+	case !f.v2 && sum.Expiration != "":
+		// A first-format envelope: the expiration counts again from here.
+		if ms, err := strconv.ParseInt(sum.Expiration, 10, 64); err == nil && ms >= 0 {
 			msg.ExpiresAt = expiresAfter(ms)
 		}
 	}
-	var targets []*Queue
-	refused := false
+	targets, missing, refused := v.forwardTargets(f.Queues, nil)
+	if missing {
+		switch {
+		case f.MetaIndex == 0:
+			refused = true
+		case v.b.TopologyIndex() < f.MetaIndex:
+			caughtUp := v.b.awaitTopology(f.MetaIndex, forwardTopologyWait)
+			targets, missing, refused = v.forwardTargets(f.Queues, targets[:0])
+			if missing && !caughtUp {
+				v.b.log.Warn("cluster: refusing a forwarded message for a queue this node does not know yet",
+					"vhost", v.name, "sender_index", f.MetaIndex, "applied_index", v.b.TopologyIndex())
+				refused = true
+			}
+		}
+	}
+	if len(targets) == 0 {
+		return PublishResult{Refused: refused}, nil, nil
+	}
+	r, onDisk := v.enqueue(msg, targets, done, scratch)
+	return PublishResult{Routed: true, Refused: refused || r, OnDisk: onDisk}, targets, nil
+}
+
+// forwardTargets looks the named queues up (appending them to targets): missing reports a
+// name this node does not know, refused one homed on another node.
+func (v *VHost) forwardTargets(names []string, targets []*Queue) (_ []*Queue, missing, refused bool) {
 	v.mu.RLock()
-	for _, name := range f.Queues {
+	defer v.mu.RUnlock()
+	for _, name := range names {
 		qs := v.queues[name]
 		switch {
 		case qs == nil:
+			missing = true
 		case qs.home != "":
 			refused = true
 		default:
 			targets = append(targets, qs)
 		}
 	}
-	v.mu.RUnlock()
-	if len(targets) == 0 {
-		return PublishResult{Refused: refused}, nil, nil
-	}
-	r, onDisk := v.enqueue(msg, targets, done, scratch)
-	return PublishResult{Routed: true, Refused: refused || r, OnDisk: onDisk}, targets, nil
+	return targets, missing, refused
 }

@@ -18,6 +18,9 @@ type Publisher struct {
 	count    uint64 // publishes, for Flow
 	// localBuf and remoteBuf are publishSplit's reusable target buffers (forward.go).
 	localBuf, remoteBuf []*Queue
+	// noWait makes publishes without a confirm (done nil) forward to other nodes without
+	// waiting for room on the link (Broker.forwardNoWait): set for a timer's publisher.
+	noWait bool
 
 	// Exchange counters are gathered here and added to the exchange every exchangeStatsBatch
 	// publishes (or when the exchange changes, or at Flush): an atomic add per publish on the
@@ -355,6 +358,14 @@ func (t *Txn) Commit(unroutable func(*queue.Message)) error {
 	}
 	settles := t.settles
 	t.publishes, t.settles = nil, nil
+	// Messages for queues of other nodes go first, and commit-ok waits until their homes
+	// accepted them: a home that refuses one (or cannot be reached) fails the commit before
+	// anything is applied here, so the client's 541 means nothing of it took effect locally.
+	// The homes that did accept keep their copies: a retried transaction duplicates those,
+	// which is better than a commit-ok for a message kept nowhere.
+	if err := v.forwardAll(forwards); err != nil {
+		return fmt.Errorf("tx.commit: a message for a queue of another node was not accepted: %w", err)
+	}
 	// The held messages are written in the batch's transaction: on a failure nothing is
 	// durable, so nothing is applied.
 	if err := v.b.delayed.commitTx(&batch, holds); err != nil {
@@ -362,12 +373,6 @@ func (t *Txn) Commit(unroutable func(*queue.Message)) error {
 	}
 	for _, p := range pubs {
 		v.push(p, true)
-	}
-	// Messages for queues of other nodes: commit-ok waits until their homes accepted them.
-	// Their failure cannot undo the local part any more; it is logged, and the message is lost
-	// as to a queue whose node is down.
-	if err := v.forwardAll(forwards); err != nil {
-		v.b.log.Warn("tx.commit: a message for a queue of another node was not accepted", "vhost", v.name, "err", err)
 	}
 	for _, m := range replies {
 		v.b.deliverReply(m)

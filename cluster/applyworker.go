@@ -29,6 +29,9 @@ func (a *Applying) Wait(ctx context.Context) (Result, error) {
 type applyJob struct {
 	ops  []broker.TopologyOp
 	done *Applying // nil: nobody waits
+	// index is the log index the job completes (0: a Drain mark), reported to the broker
+	// (broker.Broker.TopologyApplied) once its ops are applied.
+	index uint64
 }
 
 // applyWorker runs the broker's part of the metadata log off the Raft host's loop, one job at a
@@ -125,10 +128,14 @@ func (w *applyWorker) run() {
 		w.q = w.q[1:]
 		w.busy = true
 		w.mu.Unlock()
+		if d := w.m.testApplyDelay; d != nil {
+			d()
+		}
 		msgs := 0
 		for _, op := range j.ops {
 			msgs += w.m.applyNow(op).Messages
 		}
+		w.m.reportApplied(j.index)
 		if j.done != nil {
 			j.done.res.Messages += msgs
 			close(j.done.done)

@@ -3,6 +3,7 @@ package cluster
 import (
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -30,6 +31,13 @@ func startLinked(t *testing.T, n int) *linkedCluster {
 // and each node's default queue leader locator (nil: client-local everywhere).
 func startLinkedWith(t *testing.T, n int, members []string, locators []string) *linkedCluster {
 	t.Helper()
+	return startLinkedPrep(t, n, members, locators, nil, nil)
+}
+
+// startLinkedPrep is startLinkedWith with conf (when not nil) called on each node's server
+// configuration, and prep (when not nil) on its metadata state machine before it joins the log.
+func startLinkedPrep(t *testing.T, n int, members []string, locators []string, conf func(*server.Config), prep func(i int, m *Metadata)) *linkedCluster {
+	t.Helper()
 	log := &memLog{down: map[int]bool{}}
 	lc := &linkedCluster{addrs: map[string]string{}}
 	var nodes []string
@@ -38,6 +46,9 @@ func startLinkedWith(t *testing.T, n int, members []string, locators []string) *
 		cfg.Listen = "127.0.0.1:0"
 		cfg.DataDir = ""
 		cfg.Logger = quietLog()
+		if conf != nil {
+			conf(&cfg)
+		}
 		s, err := server.New(cfg)
 		if err != nil {
 			t.Fatal(err)
@@ -45,7 +56,11 @@ func startLinkedWith(t *testing.T, n int, members []string, locators []string) *
 		name := fmt.Sprintf("n%d", i+1)
 		nodes = append(nodes, name)
 		b := s.Broker()
-		r := NewReplicator(name, log.join(NewMetadata(b, quietLog())))
+		meta := NewMetadata(b, quietLog())
+		if prep != nil {
+			prep(i, meta)
+		}
+		r := NewReplicator(name, log.join(meta))
 		if i < len(locators) {
 			r.SetLocator(locators[i])
 		}
@@ -229,4 +244,96 @@ func TestAMQPAddrFor(t *testing.T) {
 			t.Errorf("amqpAddrFor(%q, %q) = %q, want %q", tc.reported, tc.cluster, got, tc.want)
 		}
 	}
+}
+
+// A home node behind on the metadata log (its broker applies each entry 300 ms late) gets a
+// forward for a queue another node just declared there: it waits until it has applied the
+// declare, keeps the message and confirms it; before, the forward skipped the queue it did
+// not know yet and the confirm was an ack for a message kept nowhere.
+func TestForwardToLaggingHome(t *testing.T) {
+	var lag atomic.Bool
+	lc := startLinkedPrep(t, 2, []string{"n1"}, []string{"", "balanced"}, nil, func(i int, m *Metadata) {
+		if i != 0 {
+			return
+		}
+		m.testApplyDelay = func() {
+			if lag.Load() {
+				time.Sleep(300 * time.Millisecond)
+			}
+		}
+		m.StartWorker()
+		t.Cleanup(m.StopWorker)
+	})
+	_, ch1 := dial(t, lc.urls[0])
+	_, ch2 := dial(t, lc.urls[1])
+	if err := ch2.Confirm(false); err != nil {
+		t.Fatal(err)
+	}
+	confirms := ch2.NotifyPublish(make(chan amqp091.Confirmation, 1))
+	lag.Store(true)
+	// Balanced over the members {n1}: homed on n1. no-wait: declare-ok's counts would ask n1.
+	if _, err := ch2.QueueDeclare("lagging", false, false, false, true, nil); err != nil {
+		t.Fatal(err)
+	}
+	if !confirmOne(t, ch2, confirms, "", "lagging", amqp091.Publishing{Body: []byte("kept")}) {
+		t.Fatal("forward to a lagging home nacked")
+	}
+	lag.Store(false)
+	d, ok := getBody(t, ch1, "lagging")
+	if !ok || string(d.Body) != "kept" {
+		t.Fatalf("home has %q (%v), want the confirmed message", d.Body, ok)
+	}
+}
+
+// A message of exactly limits.max_message_size published on n2 to a queue homed on n1 grows
+// past the limit in its envelope: n1 takes the envelope (the limit plus the envelope's slack)
+// instead of closing the forwarding channel with 406, and the publish is confirmed.
+func TestForwardMaxSizeMessage(t *testing.T) {
+	const max = 4096
+	lc := startLinkedPrep(t, 2, nil, nil, func(c *server.Config) { c.MaxMessageSize = max }, nil)
+	_, ch1 := dial(t, lc.urls[0])
+	_, ch2 := dial(t, lc.urls[1])
+	if _, err := ch1.QueueDeclare("big", false, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := ch2.Confirm(false); err != nil {
+		t.Fatal(err)
+	}
+	confirms := ch2.NotifyPublish(make(chan amqp091.Confirmation, 1))
+	body := make([]byte, max)
+	if !confirmOne(t, ch2, confirms, "", "big", amqp091.Publishing{Body: body, Headers: amqp091.Table{"h": "v"}}) {
+		t.Fatal("a message of the maximum size forwarded to its home was nacked")
+	}
+	d, ok := getBody(t, ch1, "big")
+	if !ok || len(d.Body) != max {
+		t.Fatalf("home has %d bytes (%v), want %d", len(d.Body), ok, max)
+	}
+}
+
+// A queue declared on n2 and homed on n1, which is behind on the metadata log: declare-ok's
+// counts come from n1, which answers 404 until it has applied the declare; the declare (and a
+// passive one) waits for it instead of failing the channel with 404.
+func TestDeclareOnLaggingHome(t *testing.T) {
+	var lag atomic.Bool
+	lc := startLinkedPrep(t, 2, []string{"n1"}, []string{"", "balanced"}, nil, func(i int, m *Metadata) {
+		if i != 0 {
+			return
+		}
+		m.testApplyDelay = func() {
+			if lag.Load() {
+				time.Sleep(300 * time.Millisecond)
+			}
+		}
+		m.StartWorker()
+		t.Cleanup(m.StopWorker)
+	})
+	_, ch2 := dial(t, lc.urls[1])
+	lag.Store(true)
+	if _, err := ch2.QueueDeclare("lagging", false, false, false, false, nil); err != nil {
+		t.Fatalf("declare of a queue homed on a lagging node: %v", err)
+	}
+	if _, err := ch2.QueueDeclarePassive("lagging", false, false, false, false, nil); err != nil {
+		t.Fatalf("passive declare: %v", err)
+	}
+	lag.Store(false)
 }

@@ -71,6 +71,7 @@ type Link struct {
 	log  *slog.Logger
 	auth *LinkAuth
 	stop chan struct{}
+	b    *broker.Broker // set by Install: its TopologyIndex goes with each forward
 
 	mu     sync.Mutex
 	peers  map[peerKey]*peer
@@ -99,6 +100,7 @@ func (l *Link) Auth() *LinkAuth { return l.auth }
 
 // Install makes b use the link: forwarding, proxying and the link login.
 func (l *Link) Install(b *broker.Broker) {
+	l.b = b
 	b.SetForwarder(l)
 	b.SetProxy(l)
 	b.SetLinkAuth(l.auth)
@@ -413,7 +415,7 @@ func (p *peer) send(pc *pubConn, it fwdItem) *pubConn {
 		}
 	}
 	p.syncAcks(it.acks)
-	if queued, err := pc.publish(it, len(p.fwd) > 0); err != nil {
+	if queued, err := pc.publish(it, p.l.topologyIndex(), len(p.fwd) > 0); err != nil {
 		// The connection is broken: what is unconfirmed on it (this one too) fails.
 		if !errors.Is(err, errLinkClosed) {
 			err = fmt.Errorf("cluster link to node %s: %w", p.node, err)
@@ -847,4 +849,12 @@ func (l *Link) onChannel(home, vhost string, f func(*amqp091.Channel) error) *am
 		return linkError(home, err)
 	}
 	return nil
+}
+
+// topologyIndex is the metadata log index the link's broker has applied (0 before Install).
+func (l *Link) topologyIndex() uint64 {
+	if l.b == nil {
+		return 0
+	}
+	return l.b.TopologyIndex()
 }

@@ -190,8 +190,9 @@ func (c *pubConn) flush() error {
 // publish buffers one forward (after a slot of the confirm window is free) and writes the
 // buffer when more is not coming (more false) or it is large. Once queued is true the
 // forward's done belongs to the confirm queue (a confirm, or its kill, runs it); before, an
-// error leaves it to the caller.
-func (c *pubConn) publish(it fwdItem, more bool) (queued bool, err error) {
+// error leaves it to the caller. metaIndex is the sender's applied metadata index: a home
+// behind it waits before it takes a queue it does not know for deleted.
+func (c *pubConn) publish(it fwdItem, metaIndex uint64, more bool) (queued bool, err error) {
 	select {
 	case c.slots <- struct{}{}:
 	default:
@@ -209,7 +210,7 @@ func (c *pubConn) publish(it fwdItem, more bool) (queued bool, err error) {
 		<-c.slots
 		return false, err
 	}
-	c.env = broker.EncodeForward(c.env[:0], it.queues, it.msg.Exchange, it.msg.RoutingKey, it.msg.Header, it.msg.Body)
+	c.env = broker.EncodeForwardMessage(c.env[:0], metaIndex, it.queues, it.msg)
 	mode := uint8(1)
 	if it.persistent {
 		mode = 2

@@ -68,6 +68,22 @@ type Metadata struct {
 	ops []broker.TopologyOp
 	// worker runs the broker's part off the Raft loop; nil: inside Apply.
 	worker *applyWorker
+	// testApplyDelay, when set (by tests, before the worker starts), runs on the worker before
+	// each job: a node that lags behind the log.
+	testApplyDelay func()
+}
+
+// topologyProgress is implemented by an Applier that wants to know how far the log is applied
+// (*broker.Broker: a forwarded message waits for the queues the sender knew).
+type topologyProgress interface {
+	TopologyApplied(index uint64)
+}
+
+// reportApplied tells the applier that every entry up to index has been applied (0: nothing).
+func (m *Metadata) reportApplied(index uint64) {
+	if p, ok := m.applier.(topologyProgress); ok && index > 0 {
+		p.TopologyApplied(index)
+	}
 }
 
 // stateVersion is the version of the snapshot encoding.
@@ -180,10 +196,11 @@ func (m *Metadata) flush(res Result) any {
 		for _, op := range ops {
 			res.Messages += m.applyNow(op).Messages
 		}
+		m.reportApplied(m.st.Index)
 		return res
 	}
 	a := &Applying{done: make(chan struct{}), res: res}
-	m.worker.push(applyJob{ops: ops, done: a})
+	m.worker.push(applyJob{ops: ops, done: a, index: m.st.Index})
 	return a
 }
 

@@ -216,6 +216,11 @@ func (ch *channel) contentHeader(p []byte) *amqp.Error {
 	// allocation; a larger one is allocated by contentBody as a copy of its frame, which spares
 	// zeroing it first.
 	maxSize := uint64(ch.c.srv.maxMessageSize())
+	if ch.c.link && ch.pubM != nil && ch.pubM.Exchange == broker.ForwardExchange {
+		// Another node's envelope: its body is a message the sending node held to its limit,
+		// wrapped with the queue names and the content header (broker.ForwardEnvelopeSlack).
+		maxSize += broker.ForwardEnvelopeSlack
+	}
 	hdr, buf := p, []byte(nil)
 	if !ch.closing && len(p) >= 12 {
 		if size := binary.BigEndian.Uint64(p[4:12]); size < separateBodyMin {
@@ -434,7 +439,7 @@ func (ch *channel) dispatch(m amqp.Method) *amqp.Error {
 		if !m.NoWait {
 			ready, consumers := qs.DeclareCounts()
 			if qs.Home() != "" {
-				if ready, consumers, err = ch.remoteCounts(qs); err != nil {
+				if ready, consumers, err = ch.remoteCountsAfterDeclare(qs); err != nil {
 					return err
 				}
 			}
@@ -516,6 +521,28 @@ func (ch *channel) dispatch(m amqp.Method) *amqp.Error {
 // --- publish
 
 // basicError is err as a channel exception of basic.publish.
+// declareCountsWait bounds how long declare-ok waits for a queue's home node to learn of the
+// queue.
+const declareCountsWait = 3 * time.Second
+
+// remoteCountsAfterDeclare asks qs's home for declare-ok's counts. A home behind on the
+// metadata log does not know a queue this node has just seen declared (the declare waits only
+// for this node's apply) and answers 404: while qs is still this node's entry for the name, the
+// question is asked again, backing off, up to declareCountsWait.
+func (ch *channel) remoteCountsAfterDeclare(qs *broker.Queue) (int, int, *amqp.Error) {
+	deadline := time.Now().Add(declareCountsWait)
+	for pause := 20 * time.Millisecond; ; pause = min(2*pause, 500*time.Millisecond) {
+		ready, consumers, err := ch.remoteCounts(qs)
+		if err == nil || err.Code != amqp.NotFound || time.Now().Add(pause).After(deadline) {
+			return ready, consumers, err
+		}
+		if cur, lerr := ch.v.Queue(broker.System, qs.Name()); lerr != nil || cur != qs {
+			return ready, consumers, err // deleted (or declared again) meanwhile: the 404 stands
+		}
+		time.Sleep(pause)
+	}
+}
+
 func basicError(e *amqp.Error) *amqp.Error {
 	e.ClassID, e.MethodID = amqp.ClassBasic, 40
 	return e
