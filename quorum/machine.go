@@ -485,8 +485,10 @@ func cmpU64(a, b uint64) int {
 	return 0
 }
 
-// snapshotVersion is the first byte of a snapshot.
-const snapshotVersion = 1
+// snapshotVersion is the first byte of a snapshot. Version 2 adds the count of returned
+// messages before the list (version 1 had them as ready ones: a message returned after the
+// restore then went before them, not among them by ID, and replicas' heads differed).
+const snapshotVersion = 2
 
 // Snapshot implements multiraft.StateMachine: the whole state, messages included, so that
 // the log behind it can go and a queue's disk follows its backlog.
@@ -496,6 +498,7 @@ func (m *Machine) Snapshot() ([]byte, error) {
 	b = binary.AppendUvarint(b, uint64(max(m.now, 0)))
 	b = binary.AppendUvarint(b, m.seq)
 	b = binary.AppendUvarint(b, uint64(m.cursor))
+	b = binary.AppendUvarint(b, uint64(len(m.returns)))
 	b = binary.AppendUvarint(b, uint64(m.readyLen()))
 	for _, msg := range m.returns {
 		b = appendMsg(b, msg, true)
@@ -518,11 +521,12 @@ func (m *Machine) Snapshot() ([]byte, error) {
 }
 
 // Restore implements multiraft.StateMachine. Returned and ready messages are one list in a
-// snapshot (returned first), which keeps the delivery order.
+// snapshot (returned first, their count before it), which keeps the delivery order. A
+// version 1 snapshot (no count) restores them all as ready.
 func (m *Machine) Restore(b []byte) error {
 	fresh := New(m.limits, m.hooks)
 	if len(b) > 0 {
-		if b[0] != snapshotVersion {
+		if b[0] != 1 && b[0] != snapshotVersion {
 			return fmt.Errorf("quorum: snapshot version %d unknown", b[0])
 		}
 		d := decoder{b: b[1:]}
@@ -530,10 +534,25 @@ func (m *Machine) Restore(b []byte) error {
 		fresh.now = d.int63("now")
 		fresh.seq = d.uvarint("checkout seq")
 		fresh.cursor = int(d.uvarint("cursor"))
+		var nret uint64
+		if b[0] >= 2 {
+			nret = d.uvarint("returns")
+		}
 		n := d.count("ready", 6)
+		if d.err == nil && nret > uint64(n) {
+			d.fail("returns")
+		}
 		for i := 0; i < n && d.err == nil; i++ {
 			msg := d.msg(true)
-			fresh.ready = append(fresh.ready, msg)
+			if uint64(i) < nret {
+				// giveBack inserts by ID: the list must be sorted.
+				if k := len(fresh.returns); k > 0 && fresh.returns[k-1].ID >= msg.ID {
+					d.fail("returns out of order")
+				}
+				fresh.returns = append(fresh.returns, msg)
+			} else {
+				fresh.ready = append(fresh.ready, msg)
+			}
 			fresh.bytes += msg.size()
 		}
 		nn := d.count("nodes", 3)
@@ -566,7 +585,7 @@ func (m *Machine) Restore(b []byte) error {
 		}
 	}
 	m.nextID, m.now, m.seq, m.cursor, m.returns, m.ready, m.head, m.bytes, m.nodes =
-		fresh.nextID, fresh.now, fresh.seq, fresh.cursor, nil, fresh.ready, 0, fresh.bytes, fresh.nodes
+		fresh.nextID, fresh.now, fresh.seq, fresh.cursor, fresh.returns, fresh.ready, 0, fresh.bytes, fresh.nodes
 	m.expired = nil
 	m.headExpires.Store(m.headExpiry())
 	m.readyN.Store(int64(m.readyLen()))
