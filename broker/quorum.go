@@ -109,6 +109,9 @@ type quorumQueue struct {
 	mu      sync.Mutex
 	cond    *sync.Cond // publishers waiting for room (quorumMaxPending)
 	pending []quorumOp
+	// gone is set when the proposer has stopped (failPending): what is submitted after is
+	// answered with errQuorumGone at once, or its confirm would never come.
+	gone bool
 	wake    chan struct{}
 	// marks are deliveries made (Delivered commands), noAck no-ack deliveries (settled),
 	// both proposed ahead of the next batch.
@@ -209,6 +212,13 @@ func (qq *quorumQueue) stopped() bool {
 // submit queues a command for the next proposal.
 func (qq *quorumQueue) submit(cmd quorum.Command, done func(quorum.Result, error)) {
 	qq.mu.Lock()
+	if qq.gone {
+		qq.mu.Unlock()
+		if done != nil {
+			done(quorum.Result{}, errQuorumGone)
+		}
+		return
+	}
 	qq.pending = append(qq.pending, quorumOp{cmd: cmd, done: done, size: cmdSize(&cmd)})
 	qq.mu.Unlock()
 	select {
@@ -225,6 +235,11 @@ func (qq *quorumQueue) publish(msg *queue.Message, done func(quorum.Result, erro
 	qq.mu.Lock()
 	for block && len(qq.pending) >= quorumMaxPending && !qq.stopped() {
 		qq.cond.Wait()
+	}
+	if qq.gone {
+		qq.mu.Unlock()
+		done(quorum.Result{}, errQuorumGone)
+		return
 	}
 	qq.pending = append(qq.pending, quorumOp{cmd: cmd, done: done, size: len(msg.Body) + len(msg.Header)})
 	qq.mu.Unlock()
@@ -372,8 +387,11 @@ func (qq *quorumQueue) applied() {
 	}
 }
 
+// failPending answers what waits for the stopped proposer with err; anything submitted
+// later is answered at once (gone).
 func (qq *quorumQueue) failPending(err error) {
 	qq.mu.Lock()
+	qq.gone = true
 	ops := qq.pending
 	qq.pending = nil
 	qq.cond.Broadcast()

@@ -1,0 +1,103 @@
+package broker
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/warrenmq/warren/queue"
+	"github.com/warrenmq/warren/quorum"
+)
+
+// fakeQuorumGroup is a group of one: a proposal applies at once to the machine.
+type fakeQuorumGroup struct {
+	m    *quorum.Machine
+	done chan struct{}
+	mu   sync.Mutex
+	idx  uint64
+	// hold, when set, makes proposals wait for their context (a result that never comes).
+	hold bool
+}
+
+func (g *fakeQuorumGroup) Propose(ctx context.Context, cmd []byte) (any, error) {
+	g.mu.Lock()
+	hold := g.hold
+	g.mu.Unlock()
+	if hold {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.idx++
+	return g.m.Apply(g.idx, cmd), nil
+}
+
+func (g *fakeQuorumGroup) Leader() (string, bool)  { return "n1", true }
+func (g *fakeQuorumGroup) Done() <-chan struct{} { return g.done }
+func (g *fakeQuorumGroup) Close()                 {}
+
+// newTestQuorum is a quorum queue on node n1 without a vhost (nothing it drops may be
+// dead-lettered), its group a fakeQuorumGroup. exited is closed when its proposer returns.
+func newTestQuorum(t *testing.T, limits quorum.Limits) (qq *quorumQueue, g *fakeQuorumGroup, exited chan struct{}) {
+	t.Helper()
+	spec := queueSpec{opts: queue.NoLimits()}
+	qs := &Queue{name: "q", spec: spec}
+	qq = &quorumQueue{qs: qs, node: "n1", stop: make(chan struct{}),
+		wake: make(chan struct{}, 1), ewake: make(chan struct{}, 1), rearm: make(chan struct{}, 1)}
+	opts := queue.NoLimits()
+	opts.DeliveryLimit = 0
+	qs.q = queue.New("q", opts, queue.Hooks{Dropped: qq.localDropped})
+	qq.cond = sync.NewCond(&qq.mu)
+	qq.ctx, qq.cancel = context.WithCancel(context.Background())
+	qq.m = quorum.New(limits, quorum.Hooks{Assigned: qq.assigned, Revoked: qq.revoked, Applied: qq.applied})
+	g = &fakeQuorumGroup{m: qq.m, done: make(chan struct{})}
+	qq.g = g
+	qs.qq = qq
+	qq.submit(quorum.Command{Kind: quorum.KindNodeDown, Node: qq.node}, nil)
+	exited = make(chan struct{})
+	go func() { qq.proposeLoop(); close(exited) }()
+	go qq.deliverLoop()
+	t.Cleanup(func() { qq.close(); <-exited })
+	return qq, g, exited
+}
+
+// propose submits cmd and waits for its result.
+func propose(t *testing.T, qq *quorumQueue, cmd quorum.Command) (quorum.Result, error) {
+	t.Helper()
+	type res struct {
+		r   quorum.Result
+		err error
+	}
+	ch := make(chan res, 1)
+	qq.submit(cmd, func(r quorum.Result, err error) { ch <- res{r, err} })
+	select {
+	case x := <-ch:
+		return x.r, x.err
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%v: no answer", cmd.Kind)
+		return quorum.Result{}, nil
+	}
+}
+
+// TestQuorumSubmitAfterStop: a command submitted after the proposer stopped (the queue
+// deleted, the node stopping) is answered with an error, not left waiting forever.
+func TestQuorumSubmitAfterStop(t *testing.T) {
+	qq, _, exited := newTestQuorum(t, quorum.NoLimits())
+	qq.close()
+	<-exited
+	errs := make(chan error, 2)
+	qq.submit(quorum.Command{Kind: quorum.KindPurge}, func(_ quorum.Result, err error) { errs <- err })
+	qq.publish(&queue.Message{Body: []byte("x")}, func(_ quorum.Result, err error) { errs <- err }, true)
+	for range 2 {
+		select {
+		case err := <-errs:
+			if err != errQuorumGone {
+				t.Fatalf("err = %v, want errQuorumGone", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("a command submitted after the stop was never answered")
+		}
+	}
+}
