@@ -109,13 +109,13 @@ type quorumQueue struct {
 	mu      sync.Mutex
 	cond    *sync.Cond // publishers waiting for room (quorumMaxPending)
 	pending []quorumOp
-	// gone is set when the proposer has stopped (failPending): what is submitted after is
-	// answered with errQuorumGone at once, or its confirm would never come.
-	gone bool
 	wake    chan struct{}
 	// marks are deliveries made (Delivered commands), noAck no-ack deliveries (settled),
 	// both proposed ahead of the next batch.
 	marks, noAck []uint64
+	// gone is set when the proposer has stopped (failPending): what is submitted after is
+	// answered with errQuorumGone at once, or its confirm would never come.
+	gone bool
 
 	emu    sync.Mutex
 	events []quorumEvent

@@ -34,8 +34,8 @@ func (g *fakeQuorumGroup) Propose(ctx context.Context, cmd []byte) (any, error) 
 	return g.m.Apply(g.idx, cmd), nil
 }
 
-func (g *fakeQuorumGroup) Leader() (string, bool)  { return "n1", true }
-func (g *fakeQuorumGroup) Done() <-chan struct{} { return g.done }
+func (g *fakeQuorumGroup) Leader() (string, bool) { return "n1", true }
+func (g *fakeQuorumGroup) Done() <-chan struct{}  { return g.done }
 func (g *fakeQuorumGroup) Close()                 {}
 
 // newTestQuorum is a quorum queue on node n1 without a vhost (nothing it drops may be
