@@ -538,23 +538,19 @@ func (qq *quorumQueue) consumerRemoved() {
 		return
 	}
 	qq.submit(quorum.Command{Kind: quorum.KindCheckout, Node: qq.node, Credit: 0}, nil)
-	var delivered, fresh []uint64
+	// Everything still in the local queue is undelivered here: a local requeue of a delivery
+	// left it at once (localDropped). An entry's Deliveries only says it was delivered
+	// elsewhere before (quorumEntry), which the log has counted already.
+	var fresh []uint64
 	for {
 		e, _, ok := qq.qs.q.Get(true)
 		if !ok {
 			break
 		}
-		if e.Deliveries > 1 { // Get counted one
-			delivered = append(delivered, e.Seq)
-		} else {
-			fresh = append(fresh, e.Seq)
-		}
+		fresh = append(fresh, e.Seq)
 	}
 	if len(fresh) > 0 {
 		qq.submit(quorum.Command{Kind: quorum.KindReturn, Node: qq.node, IDs: fresh}, qq.dropped)
-	}
-	if len(delivered) > 0 {
-		qq.submit(quorum.Command{Kind: quorum.KindReturn, Node: qq.node, IDs: delivered, Delivered: true}, qq.dropped)
 	}
 }
 

@@ -101,3 +101,37 @@ func TestQuorumSubmitAfterStop(t *testing.T) {
 		}
 	}
 }
+
+// TestQuorumConsumerRemovedReturnsUndelivered: when the last local consumer goes, the
+// messages the node holds undelivered go back uncounted, a redelivered one (x-delivery-count
+// 1 from another node) included: counting it again would dead-letter it unseen at the
+// delivery limit.
+func TestQuorumConsumerRemovedReturnsUndelivered(t *testing.T) {
+	qq, _, _ := newTestQuorum(t, quorum.NoLimits())
+	if _, err := propose(t, qq, quorum.Command{Kind: quorum.KindEnqueue, Msgs: []*quorum.Msg{{Body: []byte("m")}}}); err != nil {
+		t.Fatal(err)
+	}
+	// Delivered on n2 (a basic.get), which then went down: back with a count of 1.
+	if r, err := propose(t, qq, quorum.Command{Kind: quorum.KindGet, Node: "n2"}); err != nil || r.Msg == nil {
+		t.Fatalf("get: %+v %v", r, err)
+	}
+	if _, err := propose(t, qq, quorum.Command{Kind: quorum.KindNodeDown, Node: "n2"}); err != nil {
+		t.Fatal(err)
+	}
+	qq.consumerAdded()
+	deadline := time.Now().Add(10 * time.Second)
+	for qq.qs.q.Counts().Ready != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the message never reached the local queue")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	qq.consumerRemoved()
+	r, err := propose(t, qq, quorum.Command{Kind: quorum.KindGet, Node: "n3", NoAck: true})
+	if err != nil || r.Msg == nil {
+		t.Fatalf("get: %+v %v", r, err)
+	}
+	if r.Msg.Count != 1 {
+		t.Fatalf("delivery count %d after a return of an undelivered message, want 1", r.Msg.Count)
+	}
+}
