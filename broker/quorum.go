@@ -155,7 +155,8 @@ func (v *VHost) openQuorum(op TopologyOp, spec queueSpec) (qs *Queue, handled bo
 	if spec.opts.Overflow != queue.DropHead {
 		limits.Overflow = quorum.RejectPublish
 	}
-	qq.m = quorum.New(limits, quorum.Hooks{Assigned: qq.assigned, Revoked: qq.revoked, Applied: qq.applied})
+	qq.m = quorum.New(limits, quorum.Hooks{Assigned: qq.assigned, Revoked: qq.revoked, Applied: qq.applied,
+		Restored: qq.restored})
 	g, gerr := qgs.OpenQuorum(v.name, m.Name, op.Epoch, qq.m, qq.nodeDown)
 	if errors.Is(gerr, ErrQuorumUnavailable) {
 		return nil, false, nil
@@ -409,6 +410,16 @@ func (qq *quorumQueue) assigned(node string, msgs []quorum.Msg) {
 		return
 	}
 	qq.event(quorumEvent{msgs: msgs})
+}
+
+// restored is the state machine's Restored hook (the Raft loop): the state came from a
+// snapshot, so what this node holds in it may not be what the deliverer was told. The node
+// gives it all back (a NodeDown of its own, in order behind everything proposed so far); its
+// Revoked then drops the local copies and checks out again. Deliveries still unacked by
+// clients settle nothing after that: their messages are delivered again (at least once).
+func (qq *quorumQueue) restored() {
+	qq.submit(quorum.Command{Kind: quorum.KindNodeDown, Node: qq.node}, qq.dropped)
+	qq.applied() // the head may have changed
 }
 
 // revoked is the state machine's Revoked hook (the Raft loop).

@@ -51,7 +51,8 @@ func newTestQuorum(t *testing.T, limits quorum.Limits) (qq *quorumQueue, g *fake
 	qs.q = queue.New("q", opts, queue.Hooks{Dropped: qq.localDropped})
 	qq.cond = sync.NewCond(&qq.mu)
 	qq.ctx, qq.cancel = context.WithCancel(context.Background())
-	qq.m = quorum.New(limits, quorum.Hooks{Assigned: qq.assigned, Revoked: qq.revoked, Applied: qq.applied})
+	qq.m = quorum.New(limits, quorum.Hooks{Assigned: qq.assigned, Revoked: qq.revoked, Applied: qq.applied,
+		Restored: qq.restored})
 	g = &fakeQuorumGroup{m: qq.m, done: make(chan struct{})}
 	qq.g = g
 	qs.qq = qq
@@ -133,5 +134,50 @@ func TestQuorumConsumerRemovedReturnsUndelivered(t *testing.T) {
 	}
 	if r.Msg.Count != 1 {
 		t.Fatalf("delivery count %d after a return of an undelivered message, want 1", r.Msg.Count)
+	}
+}
+
+// TestQuorumResyncAfterRestore: after a snapshot replaces the state (a lagging replica), the
+// node delivers what the restored state says it holds, not what it was told before.
+func TestQuorumResyncAfterRestore(t *testing.T) {
+	qq, g, _ := newTestQuorum(t, quorum.NoLimits())
+	if _, err := propose(t, qq, quorum.Command{Kind: quorum.KindEnqueue, Msgs: []*quorum.Msg{{Body: []byte("a")}}}); err != nil {
+		t.Fatal(err)
+	}
+	qq.consumerAdded()
+	deadline := time.Now().Add(10 * time.Second)
+	for qq.qs.q.Counts().Ready != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("a never reached the local queue")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	// The group's state as the others have it: n2 took a, n1 holds b.
+	other := quorum.New(quorum.NoLimits(), quorum.Hooks{})
+	for i, c := range []quorum.Command{
+		{Kind: quorum.KindEnqueue, Msgs: []*quorum.Msg{{Body: []byte("a")}, {Body: []byte("b")}}},
+		{Kind: quorum.KindCheckout, Node: "n2", Credit: 1},
+		{Kind: quorum.KindCheckout, Node: "n1", Credit: quorumNodeCredit},
+	} {
+		other.Apply(uint64(i+1), c.Encoded())
+	}
+	snap, err := other.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.mu.Lock() // as the loop goroutine: no Apply meanwhile
+	err = qq.m.Restore(snap)
+	g.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if e, _, ok := qq.qs.q.Get(true); ok && string(e.Msg.Body) == "b" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("b, held by this node after the restore, never reached the local queue")
+		}
+		time.Sleep(time.Millisecond)
 	}
 }

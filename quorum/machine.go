@@ -75,6 +75,11 @@ type Hooks struct {
 	Revoked func(node string)
 	// Applied: an entry was applied (HeadExpires may have changed).
 	Applied func()
+	// Restored: the state was replaced by a snapshot (a lagging replica catching up, or a
+	// restart). No Assigned or Revoked call covers the change: what a node holds now may not
+	// be what it was told, so the node must drop its copies and take its share again (a
+	// NodeDown of its own, then a Checkout).
+	Restored func()
 }
 
 // nodeState is what one node holds.
@@ -594,5 +599,8 @@ func (m *Machine) Restore(b []byte) error {
 		held += len(n.out)
 	}
 	m.heldN.Store(int64(held))
+	if m.hooks.Restored != nil {
+		m.hooks.Restored()
+	}
 	return nil
 }

@@ -313,6 +313,25 @@ func TestRestoreVersion1(t *testing.T) {
 	}
 }
 
+// TestRestoreCallsRestored: a restore tells the broker (its per-node view is stale); a
+// failed one does not (the state did not change).
+func TestRestoreCallsRestored(t *testing.T) {
+	a := New(NoLimits(), Hooks{})
+	run(t, a, enq("a"))
+	snap, _ := a.Snapshot()
+	calls := 0
+	b := New(NoLimits(), Hooks{Restored: func() { calls++ }})
+	if err := b.Restore(snap); err != nil {
+		t.Fatal(err)
+	}
+	if calls != 1 {
+		t.Fatalf("Restored called %d times, want 1", calls)
+	}
+	if err := b.Restore(append(snap, 0)); err == nil || calls != 1 {
+		t.Fatalf("failed restore: err %v, Restored calls %d", err, calls)
+	}
+}
+
 func TestCommandRoundTrip(t *testing.T) {
 	cmds := []Command{
 		enq("x", ""),
