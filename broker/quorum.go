@@ -74,6 +74,14 @@ const quorumMaxBatch = 1 << 20
 // metadata change (cluster.DefaultProposeTimeout).
 const quorumOpTimeout = 10 * time.Second
 
+// quorumProposeTimeout bounds how long the proposer waits for one proposal's result. The log
+// may never give one (an entry applied here through a snapshot, not one by one): past it, the
+// outcome is unknown. Publishes are nacked (a retry could enqueue twice); settlements,
+// returns, checkouts and node-downs are proposed again (applying them twice changes nothing
+// that matters), so that nothing stays held for ever. A proposer that waited without a
+// bound stalled everything behind it.
+const quorumProposeTimeout = 30 * time.Second
+
 // errQuorumRefused is a publish refused by a full reject-publish quorum queue: its confirm is
 // a nack.
 var errQuorumRefused = errors.New("quorum queue full (reject-publish)")
@@ -126,6 +134,9 @@ type quorumQueue struct {
 	ready bool
 
 	consumers atomic.Int32
+
+	// proposeTimeout is quorumProposeTimeout (shorter in tests).
+	proposeTimeout time.Duration
 }
 
 // openQuorum creates a quorum queue's local Queue and opens its group; handled is false when
@@ -140,7 +151,8 @@ func (v *VHost) openQuorum(op TopologyOp, spec queueSpec) (qs *Queue, handled bo
 	qs = &Queue{v: v, name: m.Name, declDur: m.Durable, autoDelete: m.AutoDelete, args: m.Args, spec: spec}
 	qs.epoch.Store(op.Epoch)
 	qq := &quorumQueue{qs: qs, node: v.b.replicator.LocalNode(), stop: make(chan struct{}),
-		wake: make(chan struct{}, 1), ewake: make(chan struct{}, 1), rearm: make(chan struct{}, 1)}
+		wake: make(chan struct{}, 1), ewake: make(chan struct{}, 1), rearm: make(chan struct{}, 1),
+		proposeTimeout: quorumProposeTimeout}
 	// The local queue only dispatches. A delivery limit of 0 makes every local requeue (a
 	// channel closing with unacked deliveries, basic.recover) a drop, which localDropped
 	// hands back to the log: requeueing, and the delivery count, are the log's.
@@ -343,13 +355,18 @@ func (qq *quorumQueue) proposeLoop() {
 			for i := range ops {
 				batch.Batch = append(batch.Batch, ops[i].cmd)
 			}
-			out, err := qq.g.Propose(qq.ctx, batch.Encoded())
+			ctx, cancel := context.WithTimeout(qq.ctx, qq.proposeTimeout)
+			out, err := qq.g.Propose(ctx, batch.Encoded())
+			cancel()
 			rs, _ := out.([]quorum.Result)
 			if err == nil && rs == nil {
 				err, _ = out.(error)
 				if err == nil {
 					err = errors.New("quorum: unexpected result")
 				}
+			}
+			if err != nil && errors.Is(err, context.DeadlineExceeded) && !qq.stopped() {
+				ops = qq.retryUnknown(prefix, ops)
 			}
 			for i, op := range ops {
 				if op.done == nil {
@@ -373,6 +390,32 @@ func (qq *quorumQueue) proposeLoop() {
 			}
 		}
 	}
+}
+
+// retryUnknown puts the commands of a batch whose outcome is unknown (quorumProposeTimeout)
+// that may be applied twice back in front of the pending ones, in order, and returns the
+// others (enqueues, gets, purges), which fail.
+func (qq *quorumQueue) retryUnknown(prefix []quorum.Command, ops []quorumOp) (failed []quorumOp) {
+	var again []quorumOp
+	for _, c := range prefix {
+		again = append(again, quorumOp{cmd: c, size: cmdSize(&c)})
+	}
+	for _, op := range ops {
+		switch op.cmd.Kind {
+		case quorum.KindEnqueue, quorum.KindGet, quorum.KindPurge:
+			failed = append(failed, op)
+		default:
+			again = append(again, op)
+		}
+	}
+	qq.mu.Lock()
+	qq.pending = append(again, qq.pending...)
+	qq.mu.Unlock()
+	select {
+	case qq.wake <- struct{}{}:
+	default:
+	}
+	return failed
 }
 
 // applied is the state machine's Applied hook (the Raft loop): when the head's expiry

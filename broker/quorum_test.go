@@ -2,6 +2,9 @@ package broker
 
 import (
 	"context"
+	"errors"
+	"io"
+	"log/slog"
 	"sync"
 	"testing"
 	"time"
@@ -43,7 +46,7 @@ func (g *fakeQuorumGroup) Close()                 {}
 func newTestQuorum(t *testing.T, limits quorum.Limits) (qq *quorumQueue, g *fakeQuorumGroup, exited chan struct{}) {
 	t.Helper()
 	spec := queueSpec{opts: queue.NoLimits()}
-	qs := &Queue{name: "q", spec: spec}
+	qs := &Queue{name: "q", spec: spec, v: &VHost{name: "/", b: &Broker{log: slog.New(slog.NewTextHandler(io.Discard, nil))}}}
 	qq = &quorumQueue{qs: qs, node: "n1", stop: make(chan struct{}),
 		wake: make(chan struct{}, 1), ewake: make(chan struct{}, 1), rearm: make(chan struct{}, 1)}
 	opts := queue.NoLimits()
@@ -53,6 +56,7 @@ func newTestQuorum(t *testing.T, limits quorum.Limits) (qq *quorumQueue, g *fake
 	qq.ctx, qq.cancel = context.WithCancel(context.Background())
 	qq.m = quorum.New(limits, quorum.Hooks{Assigned: qq.assigned, Revoked: qq.revoked, Applied: qq.applied,
 		Restored: qq.restored})
+	qq.proposeTimeout = quorumProposeTimeout
 	g = &fakeQuorumGroup{m: qq.m, done: make(chan struct{})}
 	qq.g = g
 	qs.qq = qq
@@ -177,6 +181,45 @@ func TestQuorumResyncAfterRestore(t *testing.T) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatal("b, held by this node after the restore, never reached the local queue")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestQuorumProposalTimeout: a proposal whose result never comes does not stall the queue:
+// past the deadline a publish is nacked, and a checkout is proposed again.
+func TestQuorumProposalTimeout(t *testing.T) {
+	qq, g, _ := newTestQuorum(t, quorum.NoLimits())
+	if _, err := propose(t, qq, quorum.Command{Kind: quorum.KindCheckout, Node: "n0", Credit: 0}); err != nil {
+		t.Fatal(err) // the NodeDown of the start is applied
+	}
+	qq.mu.Lock()
+	qq.proposeTimeout = 50 * time.Millisecond
+	qq.mu.Unlock()
+	g.mu.Lock()
+	g.hold = true
+	g.mu.Unlock()
+	nack := make(chan error, 1)
+	qq.publish(&queue.Message{Body: []byte("x")}, func(_ quorum.Result, err error) { nack <- err }, true)
+	qq.consumerAdded() // its checkout is lost in the first proposal, proposed again
+	select {
+	case err := <-nack:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("publish: %v, want a deadline error", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a publish whose proposal never completes was never answered")
+	}
+	g.mu.Lock()
+	g.hold = false
+	g.mu.Unlock()
+	if _, err := propose(t, qq, quorum.Command{Kind: quorum.KindEnqueue, Msgs: []*quorum.Msg{{Body: []byte("a")}}}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for qq.qs.q.Counts().Ready != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the checkout was lost with its proposal: nothing assigned to this node")
 		}
 		time.Sleep(time.Millisecond)
 	}
