@@ -226,6 +226,9 @@ func (m *Machine) apply(c *Command) Result {
 			m.dropIdle(n)
 		}
 	case KindGet:
+		// The batch's time may have passed the head's expiry: it goes first, never to a
+		// client (reported with the batch's expired messages).
+		m.expireHead()
 		msg := m.popHead()
 		if msg != nil && !c.NoAck {
 			msg.Delivered = true // basic.get hands it to the client at once

@@ -417,3 +417,19 @@ func TestExpiry(t *testing.T) {
 		})
 	}
 }
+
+// TestGetSkipsExpired: basic.get in a batch whose time has passed the head's expiry gets the
+// next message; the expired one is dropped as expired (RabbitMQ never hands out an expired
+// message).
+func TestGetSkipsExpired(t *testing.T) {
+	m := New(NoLimits(), Hooks{})
+	m.Apply(1, Command{Kind: KindBatch, Now: 1000, Batch: []Command{{Kind: KindEnqueue, Msgs: []*Msg{
+		{Body: []byte("a"), Expires: 1500}, {Body: []byte("b")}}}}}.Encoded())
+	rs := m.Apply(2, Command{Kind: KindBatch, Now: 2000, Batch: []Command{{Kind: KindGet, Node: "n1", NoAck: true}}}.Encoded()).([]Result)
+	if rs[0].Msg == nil || string(rs[0].Msg.Body) != "b" {
+		t.Fatalf("get: %+v, want b", rs[0].Msg)
+	}
+	if len(rs) != 2 || !slices.Equal(bodiesOf(rs[1].Dropped), []string{"a"}) {
+		t.Fatalf("results %+v: want a expired", rs)
+	}
+}
