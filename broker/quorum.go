@@ -164,8 +164,9 @@ func (v *VHost) openQuorum(op TopologyOp, spec queueSpec) (qs *Queue, handled bo
 	qq.ctx, qq.cancel = context.WithCancel(context.Background())
 	limits := quorum.Limits{MaxLength: spec.opts.MaxLength, MaxBytes: spec.opts.MaxLengthBytes, DeliveryLimit: spec.opts.DeliveryLimit,
 		SingleActive: spec.opts.SingleActiveConsumer}
-	if spec.opts.Overflow != queue.DropHead {
-		limits.Overflow = quorum.RejectPublish
+	limits.Overflow = quorumOverflow(spec.opts.Overflow)
+	if spec.opts.Overflow == queue.RejectPublishDLX {
+		v.b.log.Warn("invalid overflow strategy reject-publish-dlx for a quorum queue: drop-head", "queue", m.Name, "vhost", v.name)
 	}
 	qq.m = quorum.New(limits, quorum.Hooks{Assigned: qq.assigned, Revoked: qq.revoked, Applied: qq.applied,
 		Restored: qq.restored})
@@ -184,6 +185,16 @@ func (v *VHost) openQuorum(op TopologyOp, spec queueSpec) (qs *Queue, handled bo
 	go qq.proposeLoop()
 	go qq.deliverLoop()
 	return qs, true, nil
+}
+
+// quorumOverflow is a quorum queue's overflow for x-overflow: reject-publish-dlx is a classic
+// queue's only, and RabbitMQ's quorum queue falls back to its default, drop-head (with a
+// warning), as here.
+func quorumOverflow(o queue.Overflow) quorum.Overflow {
+	if o == queue.RejectPublish {
+		return quorum.RejectPublish
+	}
+	return quorum.DropHead
 }
 
 // registerQuorumLocked makes an opened quorum queue visible; call with v.mu held.

@@ -224,3 +224,20 @@ func TestQuorumProposalTimeout(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// TestQuorumOverflow: x-overflow for a quorum queue, as RabbitMQ's (rabbit_quorum_queue
+// overflow/3: reject-publish-dlx is invalid there and falls back to drop-head).
+func TestQuorumOverflow(t *testing.T) {
+	for _, tt := range []struct {
+		in   queue.Overflow
+		want quorum.Overflow
+	}{
+		{queue.DropHead, quorum.DropHead},
+		{queue.RejectPublish, quorum.RejectPublish},
+		{queue.RejectPublishDLX, quorum.DropHead},
+	} {
+		if got := quorumOverflow(tt.in); got != tt.want {
+			t.Errorf("quorumOverflow(%v) = %v, want %v", tt.in, got, tt.want)
+		}
+	}
+}
