@@ -73,6 +73,10 @@
 //	streamQueue.mu     a stream queue's consumer set (stream.go); never under VHost.mu; Gone
 //	                   takes channel.mu under it. The log's own locks (package stream) are
 //	                   leaves.
+//	quorumQueue.mu     a quorum queue's pending proposals (quorum.go): a leaf, taken under
+//	                   queue.Queue.mu and channel.mu (Queue.Delivered from Consumer.Deliver)
+//	quorumQueue.emu    a quorum queue's events for its deliverer: a leaf, taken by the Raft
+//	                   loop's hooks and the deliverer
 //
 // The AMQP front end's own tables sit beside this chain, never around a call into the core:
 //
