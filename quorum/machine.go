@@ -1,7 +1,6 @@
 package quorum
 
 import (
-	"bytes"
 	"encoding/binary"
 	"fmt"
 	"slices"
@@ -125,12 +124,14 @@ func (m *Machine) Counts() (ready, held int) {
 // Result, []Result for a batch, or an error for an entry that does not decode (ignored alike
 // on every replica).
 func (m *Machine) Apply(_ uint64, cmd []byte) any {
-	// The messages keep slices of the entry: a copy of their own, whatever the log does
-	// with its buffers.
-	c, err := DecodeCommand(bytes.Clone(cmd))
+	c, err := DecodeCommand(cmd)
 	if err != nil {
 		return err
 	}
+	// The messages keep slices of the entry: each gets a copy of its own, whatever the log
+	// does with its buffers, and so that one message left in the queue does not keep a
+	// whole batch's entry (up to 1 MiB) alive.
+	ownCommand(&c)
 	var out any
 	if c.Kind == KindBatch {
 		m.now = max(m.now, c.Now)
@@ -165,6 +166,25 @@ func (m *Machine) Apply(_ uint64, cmd []byte) any {
 		m.hooks.Applied()
 	}
 	return out
+}
+
+// ownCommand gives c's messages copies of their header and body (one allocation each).
+func ownCommand(c *Command) {
+	for _, msg := range c.Msgs {
+		ownMsg(msg)
+	}
+	for i := range c.Batch {
+		ownCommand(&c.Batch[i])
+	}
+}
+
+// ownMsg replaces msg's header and body, slices of a decoded buffer, with a copy of its own.
+func ownMsg(msg *Msg) {
+	h := len(msg.Header)
+	buf := make([]byte, h+len(msg.Body))
+	copy(buf, msg.Header)
+	copy(buf[h:], msg.Body)
+	msg.Header, msg.Body = buf[:h:h], buf[h:]
 }
 
 func (m *Machine) apply(c *Command) Result {
@@ -552,6 +572,7 @@ func (m *Machine) Restore(b []byte) error {
 		}
 		for i := 0; i < n && d.err == nil; i++ {
 			msg := d.msg(true)
+			ownMsg(msg) // not the whole snapshot's buffer
 			if uint64(i) < nret {
 				// giveBack inserts by ID: the list must be sorted.
 				if k := len(fresh.returns); k > 0 && fresh.returns[k-1].ID >= msg.ID {
@@ -575,6 +596,7 @@ func (m *Machine) Restore(b []byte) error {
 			k := d.count("held", 6)
 			for j := 0; j < k && d.err == nil; j++ {
 				msg := d.msg(true)
+				ownMsg(msg)
 				ns.out[msg.ID] = msg
 			}
 			if len(fresh.nodes) > 0 && fresh.nodes[len(fresh.nodes)-1].name >= ns.name {
