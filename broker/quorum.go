@@ -60,6 +60,10 @@ var ErrQuorumUnavailable = errors.New("quorum queues need a Raft host")
 // node's idle consumer could take.
 const quorumNodeCredit = 256
 
+// creditUnknown is quorumQueue.credit when a proposal failed: no credit the consumers want
+// equals it, so the next batch proposes one.
+const creditUnknown = ^uint32(0)
+
 // quorumMaxPending bounds the publishes waiting for the proposer on one node: a publisher
 // beyond it waits (as flow control would), so memory stays bounded when Raft is slower than
 // the publishers.
@@ -124,6 +128,17 @@ type quorumQueue struct {
 	// gone is set when the proposer has stopped (failPending): what is submitted after is
 	// answered with errQuorumGone at once, or its confirm would never come.
 	gone bool
+	// credit is this node's credit in the log as last proposed (0 after a revoke);
+	// creditCheck asks the proposer to compare it with what the consumers want. The proposer
+	// alone decides the credit, from consumers, when it builds a batch: callers racing to
+	// propose checkouts left a node with consumers at credit 0.
+	credit      uint32
+	creditCheck bool
+
+	// dmu orders the deliverer's pushes against the last consumer leaving (consumerRemoved
+	// empties the local queue under it): no message is pushed into a local queue after its
+	// last consumer went, where it would stay. Taken above queue.Queue.mu.
+	dmu sync.Mutex
 
 	emu    sync.Mutex
 	events []quorumEvent
@@ -338,6 +353,17 @@ func (qq *quorumQueue) proposeLoop() {
 		for {
 			qq.mu.Lock()
 			var prefix []quorum.Command
+			if qq.creditCheck {
+				qq.creditCheck = false
+				want := uint32(0)
+				if qq.consumers.Load() > 0 {
+					want = quorumNodeCredit
+				}
+				if want != qq.credit {
+					qq.credit = want
+					prefix = append(prefix, quorum.Command{Kind: quorum.KindCheckout, Node: qq.node, Credit: want})
+				}
+			}
 			if len(qq.marks) > 0 {
 				prefix = append(prefix, quorum.Command{Kind: quorum.KindDelivered, Node: qq.node, IDs: qq.marks})
 				qq.marks = nil
@@ -379,6 +405,12 @@ func (qq *quorumQueue) proposeLoop() {
 			if err != nil && errors.Is(err, context.DeadlineExceeded) && !qq.stopped() {
 				ops = qq.retryUnknown(prefix, ops)
 			}
+			if err != nil {
+				// A checkout in the batch may be lost: the credit is unknown, proposed again.
+				qq.mu.Lock()
+				qq.credit, qq.creditCheck = creditUnknown, true
+				qq.mu.Unlock()
+			}
 			for i, op := range ops {
 				if op.done == nil {
 					continue
@@ -398,6 +430,13 @@ func (qq *quorumQueue) proposeLoop() {
 			}
 			if err != nil {
 				qq.qs.v.b.log.Error("quorum queue: proposal failed", "queue", qq.qs.name, "vhost", qq.qs.v.name, "err", err)
+				if !errors.Is(err, context.DeadlineExceeded) {
+					// At once again (the credit): not faster than this.
+					select {
+					case <-time.After(100 * time.Millisecond):
+					case <-qq.stop:
+					}
+				}
 			}
 		}
 	}
@@ -514,15 +553,15 @@ func (qq *quorumQueue) deliverLoop() {
 				// delivered go (the deliveries still unacked settle nothing any more).
 				qq.qs.q.Purge()
 				qq.ready = true
-				if qq.consumers.Load() > 0 {
-					qq.submit(quorum.Command{Kind: quorum.KindCheckout, Node: qq.node, Credit: quorumNodeCredit}, nil)
-				}
+				qq.recheckCredit(true) // the NodeDown zeroed it
 				continue
 			}
 			if !qq.ready {
 				continue
 			}
+			qq.dmu.Lock()
 			if qq.consumers.Load() == 0 {
+				qq.dmu.Unlock()
 				// Assigned just before the last consumer left: back to the queue, uncounted.
 				ids := make([]uint64, len(ev.msgs))
 				for i := range ev.msgs {
@@ -534,6 +573,7 @@ func (qq *quorumQueue) deliverLoop() {
 			for i := range ev.msgs {
 				qq.qs.q.Push(quorumEntry(&ev.msgs[i]))
 			}
+			qq.dmu.Unlock()
 		}
 	}
 }
@@ -586,23 +626,40 @@ func (qq *quorumQueue) nodeDown(node string) {
 	qq.submit(quorum.Command{Kind: quorum.KindNodeDown, Node: node}, qq.dropped)
 }
 
+// recheckCredit asks the proposer to propose this node's credit again if the consumers
+// want another one (revoked: the log's is 0 now).
+func (qq *quorumQueue) recheckCredit(revoked bool) {
+	qq.mu.Lock()
+	if revoked {
+		qq.credit = 0
+	}
+	qq.creditCheck = true
+	qq.mu.Unlock()
+	select {
+	case qq.wake <- struct{}{}:
+	default:
+	}
+}
+
 // consumerAdded: the first local consumer checks the node out.
 func (qq *quorumQueue) consumerAdded() {
-	if qq.consumers.Add(1) == 1 {
-		qq.submit(quorum.Command{Kind: quorum.KindCheckout, Node: qq.node, Credit: quorumNodeCredit}, nil)
-	}
+	qq.dmu.Lock()
+	qq.consumers.Add(1)
+	qq.dmu.Unlock()
+	qq.recheckCredit(false)
 }
 
 // consumerRemoved: when the last local consumer goes, the node stops taking messages and
 // gives back what it holds undelivered (and what its consumers' channels requeued).
 func (qq *quorumQueue) consumerRemoved() {
+	qq.dmu.Lock()
 	if qq.consumers.Add(-1) != 0 {
-		// Others remain; localDropped may have zeroed the credit while a consumer was being
-		// added: checked out again (the command is idempotent).
-		qq.submit(quorum.Command{Kind: quorum.KindCheckout, Node: qq.node, Credit: quorumNodeCredit}, nil)
+		qq.dmu.Unlock()
 		return
 	}
-	qq.submit(quorum.Command{Kind: quorum.KindCheckout, Node: qq.node, Credit: 0}, nil)
+	// The credit goes to 0 in the batch before the returns (or an earlier one), so they are
+	// not assigned here again.
+	qq.recheckCredit(false)
 	// Everything still in the local queue is undelivered here: a local requeue of a delivery
 	// left it at once (localDropped). An entry's Deliveries only says it was delivered
 	// elsewhere before (quorumEntry), which the log has counted already.
@@ -614,6 +671,7 @@ func (qq *quorumQueue) consumerRemoved() {
 		}
 		fresh = append(fresh, e.Seq)
 	}
+	qq.dmu.Unlock()
 	if len(fresh) > 0 {
 		qq.submit(quorum.Command{Kind: quorum.KindReturn, Node: qq.node, IDs: fresh}, qq.dropped)
 	}
@@ -638,7 +696,9 @@ func (qq *quorumQueue) delivered(e *queue.Entry, noAck bool) {
 
 // localDropped is the local queue's Dropped hook: a local requeue (over the delivery limit
 // of 0) goes back to the log as a delivered return. Purged entries (a revoke, the queue
-// closing) were the log's already.
+// closing) were the log's already. When the requeue is a channel closing with the node's
+// last consumer, the messages may be assigned here again before consumerRemoved; it gives
+// them back, uncounted.
 func (qq *quorumQueue) localDropped(_ *queue.Queue, es []*queue.Entry, why queue.Reason) {
 	if why != queue.DeliveryLimit || len(es) == 0 {
 		return
@@ -646,11 +706,6 @@ func (qq *quorumQueue) localDropped(_ *queue.Queue, es []*queue.Entry, why queue
 	ids := make([]uint64, len(es))
 	for i, e := range es {
 		ids[i] = e.Seq
-	}
-	if qq.qs.q.Counts().Consumers == 0 {
-		// The last local consumer went with its channel (consumerRemoved follows): stop
-		// taking messages first, or the returned ones would be assigned here again.
-		qq.submit(quorum.Command{Kind: quorum.KindCheckout, Node: qq.node, Credit: 0}, nil)
 	}
 	qq.submit(quorum.Command{Kind: quorum.KindReturn, Node: qq.node, IDs: ids, Delivered: true}, qq.dropped)
 }

@@ -241,3 +241,31 @@ func TestQuorumOverflow(t *testing.T) {
 		}
 	}
 }
+
+// TestQuorumCreditFollowsConsumers: a local requeue while the local queue has no consumer
+// registered yet (a consumer being added) must not leave the node at credit 0 with a
+// consumer: the returned message comes back to this node.
+func TestQuorumCreditFollowsConsumers(t *testing.T) {
+	qq, _, _ := newTestQuorum(t, quorum.NoLimits())
+	if _, err := propose(t, qq, quorum.Command{Kind: quorum.KindEnqueue, Msgs: []*quorum.Msg{{Body: []byte("a")}}}); err != nil {
+		t.Fatal(err)
+	}
+	qq.consumerAdded()
+	waitReady := func(what string) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for qq.qs.q.Counts().Ready != 1 {
+			if time.Now().After(deadline) {
+				t.Fatal(what)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	waitReady("a never reached the local queue")
+	e, _, ok := qq.qs.q.Get(false) // delivered, unacked
+	if !ok {
+		t.Fatal("no entry")
+	}
+	qq.localDropped(qq.qs.q, []*queue.Entry{e}, queue.DeliveryLimit) // requeued locally
+	waitReady("the requeued message never came back to the node with a consumer")
+}
