@@ -388,7 +388,13 @@ func (qq *quorumQueue) proposeLoop() {
 				break
 			}
 			tick = false
-			batch := quorum.Command{Kind: quorum.KindBatch, Batch: prefix, Now: time.Now().UnixMilli()}
+			// The queue's time comes from the leader's clock only: as the highest Now applied,
+			// one node whose clock runs ahead would expire every message early.
+			var now int64
+			if l, ok := qq.g.Leader(); ok && l == qq.node {
+				now = time.Now().UnixMilli()
+			}
+			batch := quorum.Command{Kind: quorum.KindBatch, Batch: prefix, Now: now}
 			for i := range ops {
 				batch.Batch = append(batch.Batch, ops[i].cmd)
 			}

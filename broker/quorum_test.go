@@ -21,6 +21,9 @@ type fakeQuorumGroup struct {
 	idx  uint64
 	// hold, when set, makes proposals wait for their context (a result that never comes).
 	hold bool
+	// leader is the group's leader ("" : n1); nows the Now of each batch proposed.
+	leader string
+	nows   []int64
 }
 
 func (g *fakeQuorumGroup) Propose(ctx context.Context, cmd []byte) (any, error) {
@@ -33,13 +36,23 @@ func (g *fakeQuorumGroup) Propose(ctx context.Context, cmd []byte) (any, error) 
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if c, err := quorum.DecodeCommand(cmd); err == nil && c.Kind == quorum.KindBatch {
+		g.nows = append(g.nows, c.Now)
+	}
 	g.idx++
 	return g.m.Apply(g.idx, cmd), nil
 }
 
-func (g *fakeQuorumGroup) Leader() (string, bool) { return "n1", true }
-func (g *fakeQuorumGroup) Done() <-chan struct{}  { return g.done }
-func (g *fakeQuorumGroup) Close()                 {}
+func (g *fakeQuorumGroup) Leader() (string, bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.leader == "" {
+		return "n1", true
+	}
+	return g.leader, true
+}
+func (g *fakeQuorumGroup) Done() <-chan struct{} { return g.done }
+func (g *fakeQuorumGroup) Close()                {}
 
 // newTestQuorum is a quorum queue on node n1 without a vhost (nothing it drops may be
 // dead-lettered), its group a fakeQuorumGroup. exited is closed when its proposer returns.
@@ -268,4 +281,28 @@ func TestQuorumCreditFollowsConsumers(t *testing.T) {
 	}
 	qq.localDropped(qq.qs.q, []*queue.Entry{e}, queue.DeliveryLimit) // requeued locally
 	waitReady("the requeued message never came back to the node with a consumer")
+}
+
+// TestQuorumTimeFromLeader: only the leader's batches carry its clock; a follower's would
+// move the queue's time to the fastest clock of the cluster.
+func TestQuorumTimeFromLeader(t *testing.T) {
+	qq, g, _ := newTestQuorum(t, quorum.NoLimits())
+	for _, leader := range []string{"n2", "n1"} {
+		g.mu.Lock()
+		g.leader, g.nows = leader, nil
+		g.mu.Unlock()
+		if _, err := propose(t, qq, quorum.Command{Kind: quorum.KindEnqueue, Msgs: []*quorum.Msg{{Body: []byte("a")}}}); err != nil {
+			t.Fatal(err)
+		}
+		g.mu.Lock()
+		nows := g.nows
+		g.mu.Unlock()
+		if len(nows) == 0 {
+			t.Fatal("no batch proposed")
+		}
+		last := nows[len(nows)-1]
+		if leads := leader == qq.node; leads != (last > 0) {
+			t.Errorf("leader %s: batch Now %d", leader, last)
+		}
+	}
 }
