@@ -62,6 +62,8 @@
 //	                   counts, deleting, opening
 //	delayer.mu         the held messages of x-delayed-message exchanges in memory (delayed.go);
 //	                   under it only store submissions
+//	quorumQueue.dmu    a quorum queue's pushes to its local queue against its last consumer
+//	                   leaving (quorum.go); taken with no broker lock held
 //	queue.Queue.mu     one queue's messages and consumers (package queue)
 //	channel.mu         a channel's consumers, unacked deliveries and prefetch (package server;
 //	                   taken by Consumer.Deliver under queue.Queue.mu)
