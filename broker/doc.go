@@ -73,6 +73,8 @@
 //	                   counts, deleting, opening
 //	delayer.mu         the held messages of x-delayed-message exchanges in memory (delayed.go);
 //	                   under it only store submissions
+//	quorumQueue.dmu    a quorum queue's pushes to its local queue against its last consumer
+//	                   leaving (quorum.go); taken with no broker lock held
 //	queue.Queue.mu     one queue's messages and consumers (package queue)
 //	channel.mu         a channel's consumers, unacked deliveries and prefetch (package server;
 //	                   taken by Consumer.Deliver under queue.Queue.mu)
@@ -86,6 +88,10 @@
 //	streamQueue.mu     a stream queue's consumer set (stream.go); never under VHost.mu; Gone
 //	                   takes channel.mu under it. The log's own locks (package stream) are
 //	                   leaves.
+//	quorumQueue.mu     a quorum queue's pending proposals (quorum.go): a leaf, taken under
+//	                   queue.Queue.mu and channel.mu (Queue.Delivered from Consumer.Deliver)
+//	quorumQueue.emu    a quorum queue's events for its deliverer: a leaf, taken by the Raft
+//	                   loop's hooks and the deliverer
 //
 // The AMQP front end's own tables sit beside this chain, never around a call into the core:
 //

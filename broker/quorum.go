@@ -61,6 +61,10 @@ var ErrQuorumUnavailable = errors.New("quorum queues need a Raft host")
 // node's idle consumer could take.
 const quorumNodeCredit = 256
 
+// creditUnknown is quorumQueue.credit when a proposal failed: no credit the consumers want
+// equals it, so the next batch proposes one.
+const creditUnknown = ^uint32(0)
+
 // quorumMaxPending bounds the publishes waiting for the proposer on one node: a publisher
 // beyond it waits (as flow control would), so memory stays bounded when Raft is slower than
 // the publishers.
@@ -74,6 +78,14 @@ const quorumMaxBatch = 1 << 20
 // majority): the client gets RabbitMQ's 541 instead of a channel that hangs, as for a
 // metadata change (cluster.DefaultProposeTimeout).
 const quorumOpTimeout = 10 * time.Second
+
+// quorumProposeTimeout bounds how long the proposer waits for one proposal's result. The log
+// may never give one (an entry applied here through a snapshot, not one by one): past it, the
+// outcome is unknown. Publishes are nacked (a retry could enqueue twice); settlements,
+// returns, checkouts and node-downs are proposed again (applying them twice changes nothing
+// that matters), so that nothing stays held for ever. A proposer that waited without a
+// bound stalled everything behind it.
+const quorumProposeTimeout = 30 * time.Second
 
 // errQuorumRefused is a publish refused by a full reject-publish quorum queue: its confirm is
 // a nack.
@@ -115,6 +127,20 @@ type quorumQueue struct {
 	// marks are deliveries made (Delivered commands), noAck no-ack deliveries (settled),
 	// both proposed ahead of the next batch.
 	marks, noAck []uint64
+	// gone is set when the proposer has stopped (failPending): what is submitted after is
+	// answered with errQuorumGone at once, or its confirm would never come.
+	gone bool
+	// credit is this node's credit in the log as last proposed (0 after a revoke);
+	// creditCheck asks the proposer to compare it with what the consumers want. The proposer
+	// alone decides the credit, from consumers, when it builds a batch: callers racing to
+	// propose checkouts left a node with consumers at credit 0.
+	credit      uint32
+	creditCheck bool
+
+	// dmu orders the deliverer's pushes against the last consumer leaving (consumerRemoved
+	// empties the local queue under it): no message is pushed into a local queue after its
+	// last consumer went, where it would stay. Taken above queue.Queue.mu.
+	dmu sync.Mutex
 
 	emu    sync.Mutex
 	events []quorumEvent
@@ -137,6 +163,9 @@ type quorumQueue struct {
 	revocations uint64
 
 	consumers atomic.Int32
+
+	// proposeTimeout is quorumProposeTimeout (shorter in tests).
+	proposeTimeout time.Duration
 }
 
 // openQuorum creates a quorum queue's local Queue and opens its group; handled is false when
@@ -151,7 +180,8 @@ func (v *VHost) openQuorum(op TopologyOp, spec queueSpec) (qs *Queue, handled bo
 	qs = &Queue{v: v, name: m.Name, declDur: m.Durable, autoDelete: m.AutoDelete, args: m.Args, spec: spec}
 	qs.epoch.Store(op.Epoch)
 	qq := &quorumQueue{qs: qs, node: v.b.replicator.LocalNode(), stop: make(chan struct{}),
-		wake: make(chan struct{}, 1), ewake: make(chan struct{}, 1), rearm: make(chan struct{}, 1), opened: make(chan struct{})}
+		wake: make(chan struct{}, 1), ewake: make(chan struct{}, 1), rearm: make(chan struct{}, 1), opened: make(chan struct{}),
+		proposeTimeout: quorumProposeTimeout}
 	// The local queue only dispatches. A delivery limit of 0 makes every local requeue (a
 	// channel closing with unacked deliveries, basic.recover) a drop, which localDropped
 	// hands back to the log: requeueing, and the delivery count, are the log's.
@@ -163,8 +193,9 @@ func (v *VHost) openQuorum(op TopologyOp, spec queueSpec) (qs *Queue, handled bo
 	qq.ctx, qq.cancel = context.WithCancel(context.Background())
 	limits := quorum.Limits{MaxLength: spec.opts.MaxLength, MaxBytes: spec.opts.MaxLengthBytes, DeliveryLimit: spec.opts.DeliveryLimit,
 		SingleActive: spec.opts.SingleActiveConsumer}
-	if spec.opts.Overflow != queue.DropHead {
-		limits.Overflow = quorum.RejectPublish
+	limits.Overflow = quorumOverflow(spec.opts.Overflow)
+	if spec.opts.Overflow == queue.RejectPublishDLX {
+		v.b.log.Warn("invalid overflow strategy reject-publish-dlx for a quorum queue: drop-head", "queue", m.Name, "vhost", v.name)
 	}
 	qq.m = quorum.New(limits, quorum.Hooks{Assigned: qq.assigned, Revoked: qq.revoked, Applied: qq.applied, Restored: qq.restored})
 	g, gerr := qgs.OpenQuorum(v.name, m.Name, op.Epoch, qq.m, qq.nodeDown)
@@ -182,6 +213,16 @@ func (v *VHost) openQuorum(op TopologyOp, spec queueSpec) (qs *Queue, handled bo
 	go qq.proposeLoop()
 	go qq.deliverLoop()
 	return qs, true, nil
+}
+
+// quorumOverflow is a quorum queue's overflow for x-overflow: reject-publish-dlx is a classic
+// queue's only, and RabbitMQ's quorum queue falls back to its default, drop-head (with a
+// warning), as here.
+func quorumOverflow(o queue.Overflow) quorum.Overflow {
+	if o == queue.RejectPublish {
+		return quorum.RejectPublish
+	}
+	return quorum.DropHead
 }
 
 // registerQuorumLocked makes an opened quorum queue visible; call with v.mu held.
@@ -223,6 +264,13 @@ func (qq *quorumQueue) stopped() bool {
 // submit queues a command for the next proposal.
 func (qq *quorumQueue) submit(cmd quorum.Command, done func(quorum.Result, error)) {
 	qq.mu.Lock()
+	if qq.gone {
+		qq.mu.Unlock()
+		if done != nil {
+			done(quorum.Result{}, errQuorumGone)
+		}
+		return
+	}
 	qq.pending = append(qq.pending, quorumOp{cmd: cmd, done: done, size: cmdSize(&cmd)})
 	qq.mu.Unlock()
 	select {
@@ -239,6 +287,11 @@ func (qq *quorumQueue) publish(msg *queue.Message, done func(quorum.Result, erro
 	qq.mu.Lock()
 	for block && len(qq.pending) >= quorumMaxPending && !qq.stopped() {
 		qq.cond.Wait()
+	}
+	if qq.gone {
+		qq.mu.Unlock()
+		done(quorum.Result{}, errQuorumGone)
+		return
 	}
 	qq.pending = append(qq.pending, quorumOp{cmd: cmd, done: done, size: len(msg.Body) + len(msg.Header)})
 	qq.mu.Unlock()
@@ -312,7 +365,28 @@ func (qq *quorumQueue) proposeLoop() {
 		}
 		for {
 			qq.mu.Lock()
-			var prefix []quorum.Command
+			// A credit given goes last in its batch: a checkout before the returns of the same
+			// batch would assign the ready messages behind them first (a requeued message must
+			// come back ahead of those). A credit taken away goes first.
+			var prefix, checkout []quorum.Command
+			if qq.creditCheck {
+				qq.creditCheck = false
+				want := uint32(0)
+				if qq.consumers.Load() > 0 {
+					want = quorumNodeCredit
+				}
+				if want != qq.credit {
+					qq.credit = want
+					c := quorum.Command{Kind: quorum.KindCheckout, Node: qq.node, Credit: want}
+					if want == 0 {
+						// Down to nothing: first, or the returns of the same batch (the
+						// last consumer's) would be assigned straight back to this node.
+						prefix = append(prefix, c)
+					} else {
+						checkout = append(checkout, c)
+					}
+				}
+			}
 			if len(qq.marks) > 0 {
 				prefix = append(prefix, quorum.Command{Kind: quorum.KindDelivered, Node: qq.node, IDs: qq.marks})
 				qq.marks = nil
@@ -333,15 +407,24 @@ func (qq *quorumQueue) proposeLoop() {
 			}
 			qq.cond.Broadcast()
 			qq.mu.Unlock()
-			if len(ops) == 0 && len(prefix) == 0 && !tick {
+			if len(ops) == 0 && len(prefix) == 0 && len(checkout) == 0 && !tick {
 				break
 			}
 			tick = false
-			batch := quorum.Command{Kind: quorum.KindBatch, Batch: prefix, Now: time.Now().UnixMilli()}
+			// The queue's time comes from the leader's clock only: as the highest Now applied,
+			// one node whose clock runs ahead would expire every message early.
+			var now int64
+			if l, ok := qq.g.Leader(); ok && l == qq.node {
+				now = time.Now().UnixMilli()
+			}
+			batch := quorum.Command{Kind: quorum.KindBatch, Batch: prefix, Now: now}
 			for i := range ops {
 				batch.Batch = append(batch.Batch, ops[i].cmd)
 			}
-			pctx, abort := context.WithCancel(qq.ctx)
+			batch.Batch = append(batch.Batch, checkout...)
+			// Bounded (a result lost to a snapshot or a dropped copy must not hold the queue
+			// forever), and abortable by restored.
+			pctx, abort := context.WithTimeout(qq.ctx, qq.proposeTimeout)
 			qq.propMu.Lock()
 			qq.propAbort = abort
 			qq.propMu.Unlock()
@@ -356,6 +439,15 @@ func (qq *quorumQueue) proposeLoop() {
 				if err == nil {
 					err = errors.New("quorum: unexpected result")
 				}
+			}
+			if err != nil && errors.Is(err, context.DeadlineExceeded) && !qq.stopped() {
+				ops = qq.retryUnknown(prefix, ops)
+			}
+			if err != nil {
+				// A checkout in the batch may be lost: the credit is unknown, proposed again.
+				qq.mu.Lock()
+				qq.credit, qq.creditCheck = creditUnknown, true
+				qq.mu.Unlock()
 			}
 			for i, op := range ops {
 				if op.done == nil {
@@ -382,7 +474,7 @@ func (qq *quorumQueue) proposeLoop() {
 				for _, c := range prefix {
 					if c.Kind == quorum.KindDelivered {
 						qq.marks = append(slices.Clone(c.IDs), qq.marks...)
-					} else {
+					} else if c.Kind == quorum.KindSettle {
 						qq.noAck = append(slices.Clone(c.IDs), qq.noAck...)
 					}
 				}
@@ -395,9 +487,42 @@ func (qq *quorumQueue) proposeLoop() {
 			}
 			if err != nil {
 				qq.qs.v.b.log.Error("quorum queue: proposal failed", "queue", qq.qs.name, "vhost", qq.qs.v.name, "err", err)
+				if !errors.Is(err, context.DeadlineExceeded) {
+					// At once again (the credit): not faster than this.
+					select {
+					case <-time.After(100 * time.Millisecond):
+					case <-qq.stop:
+					}
+				}
 			}
 		}
 	}
+}
+
+// retryUnknown puts the commands of a batch whose outcome is unknown (quorumProposeTimeout)
+// that may be applied twice back in front of the pending ones, in order, and returns the
+// others (enqueues, gets, purges), which fail.
+func (qq *quorumQueue) retryUnknown(prefix []quorum.Command, ops []quorumOp) (failed []quorumOp) {
+	var again []quorumOp
+	for _, c := range prefix {
+		again = append(again, quorumOp{cmd: c, size: cmdSize(&c)})
+	}
+	for _, op := range ops {
+		switch op.cmd.Kind {
+		case quorum.KindEnqueue, quorum.KindGet, quorum.KindPurge:
+			failed = append(failed, op)
+		default:
+			again = append(again, op)
+		}
+	}
+	qq.mu.Lock()
+	qq.pending = append(again, qq.pending...)
+	qq.mu.Unlock()
+	select {
+	case qq.wake <- struct{}{}:
+	default:
+	}
+	return failed
 }
 
 // applied is the state machine's Applied hook (the Raft loop): when the head's expiry
@@ -413,8 +538,11 @@ func (qq *quorumQueue) applied() {
 	}
 }
 
+// failPending answers what waits for the stopped proposer with err; anything submitted
+// later is answered at once (gone).
 func (qq *quorumQueue) failPending(err error) {
 	qq.mu.Lock()
+	qq.gone = true
 	ops := qq.pending
 	qq.pending = nil
 	qq.cond.Broadcast()
@@ -484,15 +612,17 @@ func (qq *quorumQueue) deliverLoop() {
 				if ev.rev >= qq.readyAt {
 					qq.ready = true
 				}
-				if qq.ready && qq.consumers.Load() > 0 {
-					qq.submit(quorum.Command{Kind: quorum.KindCheckout, Node: qq.node, Credit: quorumNodeCredit}, nil)
+				if qq.ready {
+					qq.recheckCredit(true) // the NodeDown zeroed it
 				}
 				continue
 			}
 			if !qq.ready {
 				continue
 			}
+			qq.dmu.Lock()
 			if qq.consumers.Load() == 0 {
+				qq.dmu.Unlock()
 				// Assigned just before the last consumer left: back to the queue, uncounted.
 				ids := make([]uint64, len(ev.msgs))
 				for i := range ev.msgs {
@@ -504,6 +634,7 @@ func (qq *quorumQueue) deliverLoop() {
 			for i := range ev.msgs {
 				qq.qs.q.Push(quorumEntry(&ev.msgs[i]))
 			}
+			qq.dmu.Unlock()
 		}
 	}
 }
@@ -589,40 +720,54 @@ func (qq *quorumQueue) nodeDown(node string) {
 	qq.submit(quorum.Command{Kind: quorum.KindNodeDown, Node: node}, qq.dropped)
 }
 
+// recheckCredit asks the proposer to propose this node's credit again if the consumers
+// want another one (revoked: the log's is 0 now).
+func (qq *quorumQueue) recheckCredit(revoked bool) {
+	qq.mu.Lock()
+	if revoked {
+		qq.credit = 0
+	}
+	qq.creditCheck = true
+	qq.mu.Unlock()
+	select {
+	case qq.wake <- struct{}{}:
+	default:
+	}
+}
+
 // consumerAdded: the first local consumer checks the node out.
 func (qq *quorumQueue) consumerAdded() {
-	if qq.consumers.Add(1) == 1 {
-		qq.submit(quorum.Command{Kind: quorum.KindCheckout, Node: qq.node, Credit: quorumNodeCredit}, nil)
-	}
+	qq.dmu.Lock()
+	qq.consumers.Add(1)
+	qq.dmu.Unlock()
+	qq.recheckCredit(false)
 }
 
 // consumerRemoved: when the last local consumer goes, the node stops taking messages and
 // gives back what it holds undelivered (and what its consumers' channels requeued).
 func (qq *quorumQueue) consumerRemoved() {
+	qq.dmu.Lock()
 	if qq.consumers.Add(-1) != 0 {
-		// Others remain; localDropped may have zeroed the credit while a consumer was being
-		// added: checked out again (the command is idempotent).
-		qq.submit(quorum.Command{Kind: quorum.KindCheckout, Node: qq.node, Credit: quorumNodeCredit}, nil)
+		qq.dmu.Unlock()
 		return
 	}
-	qq.submit(quorum.Command{Kind: quorum.KindCheckout, Node: qq.node, Credit: 0}, nil)
-	var delivered, fresh []uint64
+	// The credit goes to 0 in the batch before the returns (or an earlier one), so they are
+	// not assigned here again.
+	qq.recheckCredit(false)
+	// Everything still in the local queue is undelivered here: a local requeue of a delivery
+	// left it at once (localDropped). An entry's Deliveries only says it was delivered
+	// elsewhere before (quorumEntry), which the log has counted already.
+	var fresh []uint64
 	for {
 		e, _, ok := qq.qs.q.Get(true)
 		if !ok {
 			break
 		}
-		if e.Deliveries > 1 { // Get counted one
-			delivered = append(delivered, e.Seq)
-		} else {
-			fresh = append(fresh, e.Seq)
-		}
+		fresh = append(fresh, e.Seq)
 	}
+	qq.dmu.Unlock()
 	if len(fresh) > 0 {
 		qq.submit(quorum.Command{Kind: quorum.KindReturn, Node: qq.node, IDs: fresh}, qq.dropped)
-	}
-	if len(delivered) > 0 {
-		qq.submit(quorum.Command{Kind: quorum.KindReturn, Node: qq.node, IDs: delivered, Delivered: true}, qq.dropped)
 	}
 }
 
@@ -645,7 +790,9 @@ func (qq *quorumQueue) delivered(e *queue.Entry, noAck bool) {
 
 // localDropped is the local queue's Dropped hook: a local requeue (over the delivery limit
 // of 0) goes back to the log as a delivered return. Purged entries (a revoke, the queue
-// closing) were the log's already.
+// closing) were the log's already. When the requeue is a channel closing with the node's
+// last consumer, the messages may be assigned here again before consumerRemoved; it gives
+// them back, uncounted.
 func (qq *quorumQueue) localDropped(_ *queue.Queue, es []*queue.Entry, why queue.Reason) {
 	if why != queue.DeliveryLimit || len(es) == 0 {
 		return
@@ -653,11 +800,6 @@ func (qq *quorumQueue) localDropped(_ *queue.Queue, es []*queue.Entry, why queue
 	ids := make([]uint64, len(es))
 	for i, e := range es {
 		ids[i] = e.Seq
-	}
-	if qq.qs.q.Counts().Consumers == 0 {
-		// The last local consumer went with its channel (consumerRemoved follows): stop
-		// taking messages first, or the returned ones would be assigned here again.
-		qq.submit(quorum.Command{Kind: quorum.KindCheckout, Node: qq.node, Credit: 0}, nil)
 	}
 	qq.submit(quorum.Command{Kind: quorum.KindReturn, Node: qq.node, IDs: ids, Delivered: true}, qq.dropped)
 }

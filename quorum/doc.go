@@ -19,17 +19,19 @@
 //     a delivery (x-delivery-count) when the message had reached a client; a message returned
 //     more than x-delivery-limit times is dropped (and, by the broker, dead-lettered).
 //     Discard removes rejected messages, returned to the proposer for dead-lettering.
-//   - Get takes the head for basic.get; NodeDown returns everything a node held, each with
-//     its delivery count incremented, and zeroes its credit: the leader proposes it for a node
-//     that stopped reporting, a restarted node for its previous process.
+//   - Get takes the head for basic.get; NodeDown returns everything a node held and zeroes
+//     its credit; only the messages that reached a client (Delivered marks them) count a
+//     delivery. The leader proposes it for a node that stopped reporting, a restarted node
+//     for its previous process, and a node whose state was restored from a snapshot for
+//     itself (its view of what it holds is stale).
 //   - Purge drops the ready messages.
 //
 // The grain is the node rather than the consumer because the broker's front ends already
 // dispatch among consumers of a local queue (prefetch, priorities, single active consumer,
 // requeue on channel close): a node's checkout feeds that local queue, which needs no change.
 // The price: a node's credit is a window (broker/quorum.go), so messages assigned to a node
-// wait there while another node's consumer may be idle, and a message assigned to a node that
-// dies counts one delivery even if no client had it yet.
+// wait there while another node's consumer may be idle, and a message a client had from a
+// node that dies counts one delivery even if the client processed it.
 //
 // # Determinism
 //
@@ -41,6 +43,6 @@
 // # Goroutines
 //
 // Apply, Snapshot and Restore run on the multiraft host's loop goroutine, one at a time. The
-// Assigned and Revoked hooks are called there too and must only hand work to another
-// goroutine. Counts is safe from any goroutine (atomics).
+// hooks (Assigned, Revoked, Applied, Restored) are called there too and must only hand work
+// to another goroutine. Counts is safe from any goroutine (atomics).
 package quorum

@@ -1,7 +1,6 @@
 package quorum
 
 import (
-	"bytes"
 	"encoding/binary"
 	"fmt"
 	"slices"
@@ -80,8 +79,10 @@ type Hooks struct {
 	Revoked func(node string)
 	// Applied: an entry was applied (HeadExpires may have changed).
 	Applied func()
-	// Restored: the state was replaced by a snapshot (Restore). No Assigned came for what
-	// the snapshot's nodes hold, and a proposal the snapshot covers gets no result here.
+	// Restored: the state was replaced by a snapshot (a lagging replica catching up, or a
+	// restart). No Assigned or Revoked call covers the change, and a proposal the snapshot
+	// covers gets no result here: what a node holds now may not be what it was told, so the
+	// node must drop its copies and take its share again.
 	Restored func()
 }
 
@@ -131,12 +132,14 @@ func (m *Machine) Counts() (ready, held int) {
 // Result, []Result for a batch, or an error for an entry that does not decode (ignored alike
 // on every replica).
 func (m *Machine) Apply(_ uint64, cmd []byte) any {
-	// The messages keep slices of the entry: a copy of their own, whatever the log does
-	// with its buffers.
-	c, err := DecodeCommand(bytes.Clone(cmd))
+	c, err := DecodeCommand(cmd)
 	if err != nil {
 		return err
 	}
+	// The messages keep slices of the entry: each gets a copy of its own, whatever the log
+	// does with its buffers, and so that one message left in the queue does not keep a
+	// whole batch's entry (up to 1 MiB) alive.
+	ownCommand(&c)
 	var out any
 	if c.Kind == KindBatch {
 		m.now = max(m.now, c.Now)
@@ -171,6 +174,25 @@ func (m *Machine) Apply(_ uint64, cmd []byte) any {
 		m.hooks.Applied()
 	}
 	return out
+}
+
+// ownCommand gives c's messages copies of their header and body (one allocation each).
+func ownCommand(c *Command) {
+	for _, msg := range c.Msgs {
+		ownMsg(msg)
+	}
+	for i := range c.Batch {
+		ownCommand(&c.Batch[i])
+	}
+}
+
+// ownMsg replaces msg's header and body, slices of a decoded buffer, with a copy of its own.
+func ownMsg(msg *Msg) {
+	h := len(msg.Header)
+	buf := make([]byte, h+len(msg.Body))
+	copy(buf, msg.Header)
+	copy(buf[h:], msg.Body)
+	msg.Header, msg.Body = buf[:h:h], buf[h:]
 }
 
 func (m *Machine) apply(c *Command) Result {
@@ -232,6 +254,9 @@ func (m *Machine) apply(c *Command) Result {
 			m.dropIdle(n)
 		}
 	case KindGet:
+		// The batch's time may have passed the head's expiry: it goes first, never to a
+		// client (reported with the batch's expired messages).
+		m.expireHead()
 		msg := m.popHead()
 		if msg != nil && !c.NoAck {
 			msg.Delivered = true // basic.get hands it to the client at once
@@ -498,8 +523,10 @@ func cmpU64(a, b uint64) int {
 	return 0
 }
 
-// snapshotVersion is the first byte of a snapshot.
-const snapshotVersion = 1
+// snapshotVersion is the first byte of a snapshot. Version 2 adds the count of returned
+// messages before the list (version 1 had them as ready ones: a message returned after the
+// restore then went before them, not among them by ID, and replicas' heads differed).
+const snapshotVersion = 2
 
 // Snapshot implements multiraft.StateMachine: the whole state, messages included, so that
 // the log behind it can go and a queue's disk follows its backlog.
@@ -509,6 +536,7 @@ func (m *Machine) Snapshot() ([]byte, error) {
 	b = binary.AppendUvarint(b, uint64(max(m.now, 0)))
 	b = binary.AppendUvarint(b, m.seq)
 	b = binary.AppendUvarint(b, uint64(m.cursor))
+	b = binary.AppendUvarint(b, uint64(len(m.returns)))
 	b = binary.AppendUvarint(b, uint64(m.readyLen()))
 	for _, msg := range m.returns {
 		b = appendMsg(b, msg, true)
@@ -531,11 +559,12 @@ func (m *Machine) Snapshot() ([]byte, error) {
 }
 
 // Restore implements multiraft.StateMachine. Returned and ready messages are one list in a
-// snapshot (returned first), which keeps the delivery order.
+// snapshot (returned first, their count before it), which keeps the delivery order. A
+// version 1 snapshot (no count) restores them all as ready.
 func (m *Machine) Restore(b []byte) error {
 	fresh := New(m.limits, m.hooks)
 	if len(b) > 0 {
-		if b[0] != snapshotVersion {
+		if b[0] != 1 && b[0] != snapshotVersion {
 			return fmt.Errorf("quorum: snapshot version %d unknown", b[0])
 		}
 		d := decoder{b: b[1:]}
@@ -543,10 +572,26 @@ func (m *Machine) Restore(b []byte) error {
 		fresh.now = d.int63("now")
 		fresh.seq = d.uvarint("checkout seq")
 		fresh.cursor = int(d.uvarint("cursor"))
+		var nret uint64
+		if b[0] >= 2 {
+			nret = d.uvarint("returns")
+		}
 		n := d.count("ready", 6)
+		if d.err == nil && nret > uint64(n) {
+			d.fail("returns")
+		}
 		for i := 0; i < n && d.err == nil; i++ {
 			msg := d.msg(true)
-			fresh.ready = append(fresh.ready, msg)
+			ownMsg(msg) // not the whole snapshot's buffer
+			if uint64(i) < nret {
+				// giveBack inserts by ID: the list must be sorted.
+				if k := len(fresh.returns); k > 0 && fresh.returns[k-1].ID >= msg.ID {
+					d.fail("returns out of order")
+				}
+				fresh.returns = append(fresh.returns, msg)
+			} else {
+				fresh.ready = append(fresh.ready, msg)
+			}
 			fresh.bytes += msg.size()
 		}
 		nn := d.count("nodes", 3)
@@ -561,6 +606,7 @@ func (m *Machine) Restore(b []byte) error {
 			k := d.count("held", 6)
 			for j := 0; j < k && d.err == nil; j++ {
 				msg := d.msg(true)
+				ownMsg(msg)
 				ns.out[msg.ID] = msg
 			}
 			if len(fresh.nodes) > 0 && fresh.nodes[len(fresh.nodes)-1].name >= ns.name {
@@ -579,7 +625,7 @@ func (m *Machine) Restore(b []byte) error {
 		}
 	}
 	m.nextID, m.now, m.seq, m.cursor, m.returns, m.ready, m.head, m.bytes, m.nodes =
-		fresh.nextID, fresh.now, fresh.seq, fresh.cursor, nil, fresh.ready, 0, fresh.bytes, fresh.nodes
+		fresh.nextID, fresh.now, fresh.seq, fresh.cursor, fresh.returns, fresh.ready, 0, fresh.bytes, fresh.nodes
 	m.expired = nil
 	m.headExpires.Store(m.headExpiry())
 	m.readyN.Store(int64(m.readyLen()))

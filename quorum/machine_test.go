@@ -254,6 +254,84 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	}
 }
 
+// TestSnapshotKeepsReturns: returned messages stay apart from ready ones across a snapshot;
+// a message returned after the restore goes among them by ID, before the ready ones, as on a
+// replica that never restored (one list in the snapshot gave the replicas different heads).
+func TestSnapshotKeepsReturns(t *testing.T) {
+	a := New(NoLimits(), Hooks{})
+	for _, c := range []Command{
+		enq("a", "b", "c", "d"),
+		{Kind: KindCheckout, Node: "n1", Credit: 2}, // holds a, b
+		{Kind: KindCheckout, Node: "n1", Credit: 0},
+		{Kind: KindReturn, Node: "n1", IDs: []uint64{1}}, // a waits among the returns
+	} {
+		run(t, a, c)
+	}
+	snap, err := a.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := New(NoLimits(), Hooks{})
+	if err := b.Restore(snap); err != nil {
+		t.Fatal(err)
+	}
+	ret := Command{Kind: KindReturn, Node: "n1", IDs: []uint64{2}}
+	run(t, a, ret)
+	run(t, b, ret)
+	sa, _ := a.Snapshot()
+	sb, _ := b.Snapshot()
+	if !slices.Equal(sa, sb) {
+		t.Fatal("the restored replica's state diverged")
+	}
+	for _, want := range []string{"a", "b", "c", "d"} {
+		ga := run(t, a, Command{Kind: KindGet, Node: "x", NoAck: true})
+		gb := run(t, b, Command{Kind: KindGet, Node: "x", NoAck: true})
+		if ga.Msg == nil || gb.Msg == nil || string(ga.Msg.Body) != want || string(gb.Msg.Body) != want {
+			t.Fatalf("get: want %q, original %+v, restored %+v", want, ga.Msg, gb.Msg)
+		}
+	}
+}
+
+// TestRestoreVersion1: a snapshot of the first version (returned and ready messages in one
+// list) still restores, all of them ready, in order.
+func TestRestoreVersion1(t *testing.T) {
+	// version 1, next id 3, now 0, seq 0, cursor 0, two messages, no nodes.
+	var v1 []byte
+	v1 = append(v1, 1, 3, 0, 0, 0, 2)
+	for i, body := range []string{"a", "b"} {
+		v1 = appendMsg(v1, &Msg{ID: uint64(i + 1), Body: []byte(body)}, true)
+	}
+	v1 = append(v1, 0)
+	m := New(NoLimits(), Hooks{})
+	if err := m.Restore(v1); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"a", "b"} {
+		if g := run(t, m, Command{Kind: KindGet, Node: "x", NoAck: true}); g.Msg == nil || string(g.Msg.Body) != want {
+			t.Fatalf("get: want %q, got %+v", want, g.Msg)
+		}
+	}
+}
+
+// TestRestoreCallsRestored: a restore tells the broker (its per-node view is stale); a
+// failed one does not (the state did not change).
+func TestRestoreCallsRestored(t *testing.T) {
+	a := New(NoLimits(), Hooks{})
+	run(t, a, enq("a"))
+	snap, _ := a.Snapshot()
+	calls := 0
+	b := New(NoLimits(), Hooks{Restored: func() { calls++ }})
+	if err := b.Restore(snap); err != nil {
+		t.Fatal(err)
+	}
+	if calls != 1 {
+		t.Fatalf("Restored called %d times, want 1", calls)
+	}
+	if err := b.Restore(append(snap, 0)); err == nil || calls != 1 {
+		t.Fatalf("failed restore: err %v, Restored calls %d", err, calls)
+	}
+}
+
 func TestCommandRoundTrip(t *testing.T) {
 	cmds := []Command{
 		enq("x", ""),
@@ -386,5 +464,56 @@ func TestRestoredHook(t *testing.T) {
 	}
 	if r := run(t, m, Command{Kind: KindNodeDown, Node: "n1"}); r.Revocation != 2 {
 		t.Fatalf("Revocation %d after restore, want 2", r.Revocation)
+	}
+}
+
+// TestGetSkipsExpired: basic.get in a batch whose time has passed the head's expiry gets the
+// next message; the expired one is dropped as expired (RabbitMQ never hands out an expired
+// message).
+func TestGetSkipsExpired(t *testing.T) {
+	m := New(NoLimits(), Hooks{})
+	m.Apply(1, Command{Kind: KindBatch, Now: 1000, Batch: []Command{{Kind: KindEnqueue, Msgs: []*Msg{
+		{Body: []byte("a"), Expires: 1500}, {Body: []byte("b")}}}}}.Encoded())
+	rs := m.Apply(2, Command{Kind: KindBatch, Now: 2000, Batch: []Command{{Kind: KindGet, Node: "n1", NoAck: true}}}.Encoded()).([]Result)
+	if rs[0].Msg == nil || string(rs[0].Msg.Body) != "b" {
+		t.Fatalf("get: %+v, want b", rs[0].Msg)
+	}
+	if len(rs) != 2 || !slices.Equal(bodiesOf(rs[1].Dropped), []string{"a"}) {
+		t.Fatalf("results %+v: want a expired", rs)
+	}
+}
+
+// TestApplyCopiesMessages: the queued messages do not share the entry's buffer (the log may
+// reuse it), and each has its own copy (one kept message must not keep a batch's entry).
+func TestApplyCopiesMessages(t *testing.T) {
+	m := New(NoLimits(), Hooks{})
+	cmd := Command{Kind: KindBatch, Batch: []Command{enq("aaaa", "bbbb")}}.Encoded()
+	m.Apply(1, cmd)
+	clear(cmd)
+	for _, want := range []string{"aaaa", "bbbb"} {
+		g := run(t, m, Command{Kind: KindGet, Node: "x", NoAck: true})
+		if g.Msg == nil || string(g.Msg.Body) != want || !slices.Equal(g.Msg.Header, []byte{1, 2}) {
+			t.Fatalf("get: %+v, want %q", g.Msg, want)
+		}
+		if cap(g.Msg.Body) != len(g.Msg.Body) {
+			t.Fatalf("body cap %d > len %d: it shares a buffer", cap(g.Msg.Body), len(g.Msg.Body))
+		}
+	}
+}
+
+// BenchmarkApplyBatch: a proposer's batch of 64 1 KiB publishes, settled at once (the
+// queue stays small).
+func BenchmarkApplyBatch(b *testing.B) {
+	m := New(NoLimits(), Hooks{})
+	body := make([]byte, 1024)
+	var msgs []*Msg
+	for range 64 {
+		msgs = append(msgs, &Msg{RoutingKey: "q", Header: []byte{1, 2}, Body: body})
+	}
+	cmd := Command{Kind: KindBatch, Batch: []Command{{Kind: KindEnqueue, Msgs: msgs}, {Kind: KindPurge}}}.Encoded()
+	b.SetBytes(int64(len(cmd)))
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		m.Apply(uint64(i), cmd)
 	}
 }
