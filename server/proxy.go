@@ -149,6 +149,14 @@ func (ch *channel) consumeRemote(m *amqp.BasicConsume, cs *consumer) (handled bo
 	rs.pc = pc
 	cs.qs, cs.remote = qs, pc
 	ch.mu.Lock()
+	if ch.closed {
+		// Closed off the reader goroutine (consumer timeout, link error) while the home was
+		// asked: closeRemote has run, so a link channel registered now would stay open, its
+		// deliveries refused here and requeued there in a loop until the reader's shutdown.
+		ch.mu.Unlock()
+		pc.Close()
+		return true, nil
+	}
 	cs.prefetch = ch.consumerPrefetch
 	ch.consumers[cs.tag] = cs
 	if ch.remote == nil {
