@@ -313,3 +313,45 @@ func TestProxyTransactions(t *testing.T) {
 	}
 	ready(t, ch1, "tx", 1)
 }
+
+// A proxied consumer cancelled while the channel's global prefetch holds a delivery of its on
+// this node: the held delivery goes back to the home queue (it was never seen by the client),
+// not left unacked there until the channel closes.
+func TestProxyCancelRequeuesHeld(t *testing.T) {
+	lc := startLinked(t, 3)
+	_, ch1 := dial(t, lc.urls[0])
+	_, ch2 := dial(t, lc.urls[1])
+	for _, q := range []string{"h1", "h2"} {
+		if _, err := ch1.QueueDeclare(q, true, false, false, false, nil); err != nil {
+			t.Fatal(err)
+		}
+		publishN(t, ch1, q, 0, 1)
+		ready(t, ch1, q, 1)
+	}
+	if err := ch2.Qos(1, 0, true); err != nil {
+		t.Fatal(err)
+	}
+	ds1, err := ch2.Consume("h1", "c1", false, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next(t, ds1)
+	ds2, err := ch2.Consume("h2", "c2", false, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	none(t, ds2, "global prefetch 1 reached")
+	ready(t, ch1, "h2", 0) // delivered by the home, held on n2
+	if err := ch2.Cancel("c2", false); err != nil {
+		t.Fatal(err)
+	}
+	ready(t, ch1, "h2", 1)
+	// The credit freed by an ack delivers nothing of the cancelled consumer.
+	if err := ch2.Ack(1, false); err != nil {
+		t.Fatal(err)
+	}
+	if d, ok := <-ds2; ok { // closed by the client library at the cancel-ok
+		t.Fatalf("after cancel: delivery %q", d.Body)
+	}
+	ready(t, ch1, "h2", 1)
+}

@@ -734,14 +734,25 @@ func (ch *channel) cancel(tag string) {
 	if cs != nil && cs.remote != nil {
 		// On its home first: what the home delivered before its cancel-ok still reaches the
 		// client. The link channel stays open for the acks of what it delivered (proxy.go).
+		rcs := cs
 		ch.mu.Unlock()
 		cs.remote.Cancel()
 		ch.mu.Lock()
-		cs = ch.consumers[tag] // gone meanwhile if the home ended it
+		if ch.consumers[tag] == rcs {
+			delete(ch.consumers, tag)
+		}
+		// What it delivered over the channel's global prefetch, still held here, was never
+		// seen by the client: back to the home queue.
+		held := ch.takeHeldLocked(rcs)
+		ch.mu.Unlock()
+		for _, h := range held {
+			h.rs.pc.Settle(broker.Requeue, h.d.Tag, false)
+		}
+		return
 	}
 	delete(ch.consumers, tag)
 	ch.mu.Unlock()
-	if cs == nil || cs.remote != nil {
+	if cs == nil {
 		return
 	}
 	ch.v.Cancel(cs.qs, cs, cs.exclusive)

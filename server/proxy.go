@@ -28,6 +28,26 @@ type heldDelivery struct {
 	d  broker.ProxyDelivery
 }
 
+// takeHeldLocked removes the held deliveries of cs (cancelled) for the caller to requeue on
+// their home; call with ch.mu held.
+func (ch *channel) takeHeldLocked(cs *consumer) []heldDelivery {
+	if ch.remote == nil {
+		return nil
+	}
+	var mine []heldDelivery
+	kept := ch.remote.held[:0]
+	for _, h := range ch.remote.held {
+		if h.rs.cs == cs {
+			mine = append(mine, h)
+		} else {
+			kept = append(kept, h)
+		}
+	}
+	clear(ch.remote.held[len(kept):])
+	ch.remote.held = kept
+	return mine
+}
+
 // remoteSink relays a proxied consumer's deliveries into the channel.
 type remoteSink struct {
 	cs *consumer
@@ -85,19 +105,22 @@ func (ch *channel) sendHeld() {
 		ch.mu.Unlock()
 		return
 	}
+	// Those of gone consumers go back whatever the credit: held here, they would stay
+	// unacked on the home (and count against its consumer timeout).
 	held := ch.remote.held
-	n := 0
-	for n < len(held) && (ch.prefetch == 0 || ch.inflight < ch.prefetch) {
-		h := held[n]
-		n++
-		if ch.closed || ch.consumers[h.rs.cs.tag] != h.rs.cs {
+	kept := held[:0]
+	for _, h := range held {
+		switch {
+		case ch.closed || ch.consumers[h.rs.cs.tag] != h.rs.cs:
 			back = append(back, h)
-			continue
+		case ch.prefetch == 0 || ch.inflight < ch.prefetch:
+			h.rs.writeLocked(h.d)
+		default:
+			kept = append(kept, h)
 		}
-		h.rs.writeLocked(h.d)
 	}
-	clear(held[:n])
-	ch.remote.held = held[n:]
+	clear(held[len(kept):])
+	ch.remote.held = kept
 	ch.mu.Unlock()
 	for _, h := range back {
 		h.rs.pc.Settle(broker.Requeue, h.d.Tag, false)
