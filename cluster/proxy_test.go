@@ -355,3 +355,45 @@ func TestProxyCancelRequeuesHeld(t *testing.T) {
 	}
 	ready(t, ch1, "h2", 1)
 }
+
+// Consume/cancel loops on n2 of a queue homed on n1 do not use up n1's channels (2047 per
+// link connection): a cancelled consumer's link channel closes once what it delivered is
+// settled, at once when nothing is.
+func TestProxyCancelClosesLinkChannel(t *testing.T) {
+	lc := startLinked(t, 3)
+	_, ch1 := dial(t, lc.urls[0])
+	_, ch2 := dial(t, lc.urls[1])
+	if _, err := ch1.QueueDeclare("loop", true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	// One with a delivery unacked at the cancel: its link channel stays for the ack.
+	publishN(t, ch1, "loop", 0, 1)
+	ds, err := ch2.Consume("loop", "first", false, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := next(t, ds)
+	if err := ch2.Cancel("first", false); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2100 {
+		tag := fmt.Sprint("c", i)
+		if _, err := ch2.Consume("loop", tag, false, false, false, false, nil); err != nil {
+			t.Fatalf("consume %d: %v", i, err)
+		}
+		if err := ch2.Cancel(tag, false); err != nil {
+			t.Fatalf("cancel %d: %v", i, err)
+		}
+	}
+	// The first consumer's ack still reaches the home.
+	if err := d.Ack(false); err != nil {
+		t.Fatal(err)
+	}
+	ready(t, ch1, "loop", 0)
+	if err := ch2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Acked, so not requeued by the close (the link channel closes asynchronously).
+	time.Sleep(300 * time.Millisecond)
+	ready(t, ch1, "loop", 0)
+}

@@ -620,6 +620,9 @@ type consumer struct {
 	prefetch  int
 	unacked   int                 // guarded by ch.mu
 	remote    broker.ProxyChannel // a consumer of a queue of another node: its link channel (proxy.go)
+	// cancelled: a proxied consumer the client cancelled; its link channel closes once
+	// unacked is 0 (guarded by ch.mu).
+	cancelled bool
 }
 
 // Deliver is called by the queue with its lock held.
@@ -733,7 +736,8 @@ func (ch *channel) cancel(tag string) {
 	cs := ch.consumers[tag]
 	if cs != nil && cs.remote != nil {
 		// On its home first: what the home delivered before its cancel-ok still reaches the
-		// client. The link channel stays open for the acks of what it delivered (proxy.go).
+		// client. The link channel stays open for the acks of what it delivered, then closes
+		// (closeDrained).
 		rcs := cs
 		ch.mu.Unlock()
 		cs.remote.Cancel()
@@ -744,10 +748,12 @@ func (ch *channel) cancel(tag string) {
 		// What it delivered over the channel's global prefetch, still held here, was never
 		// seen by the client: back to the home queue.
 		held := ch.takeHeldLocked(rcs)
+		rcs.cancelled = true
 		ch.mu.Unlock()
 		for _, h := range held {
 			h.rs.pc.Settle(broker.Requeue, h.d.Tag, false)
 		}
+		ch.closeDrained([]delivery{{cons: rcs}})
 		return
 	}
 	delete(ch.consumers, tag)
@@ -1085,6 +1091,9 @@ func (ch *channel) commit() *amqp.Error {
 	}
 	for _, s := range tx.settles {
 		ch.released(s.ds)
+	}
+	for _, s := range remote {
+		ch.closeDrained(s.ds)
 	}
 	if len(tx.settles) > 0 {
 		ch.kickConsumers()

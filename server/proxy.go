@@ -1,6 +1,8 @@
 package server
 
 import (
+	"slices"
+
 	"github.com/warrenmq/warren/amqp"
 	"github.com/warrenmq/warren/broker"
 )
@@ -11,8 +13,9 @@ import (
 // gives the deliveries its own delivery tags and maps settlements back to the link's.
 
 // remoteLinks are the link channels a channel opened: its proxied consumers' (kept after a
-// cancel, for the acks of what they delivered) and one getter per home node. All are closed
-// with the channel, which requeues on the home nodes what the client had not settled.
+// cancel until what they delivered is settled, see closeDrained) and one getter per home node.
+// All are closed with the channel, which requeues on the home nodes what the client had not
+// settled.
 type remoteLinks struct {
 	all     []broker.ProxyChannel
 	getters map[string]broker.ProxyGetter
@@ -234,8 +237,14 @@ func (ch *channel) getRemote(m *amqp.BasicGet) (handled bool, err *amqp.Error) {
 	if err != nil {
 		// The home closed the link channel: a new one is opened for the next get.
 		ch.mu.Lock()
-		if ch.remote != nil && ch.remote.getters[qs.Home()] == g {
-			delete(ch.remote.getters, qs.Home())
+		if ch.remote != nil {
+			if ch.remote.getters[qs.Home()] == g {
+				delete(ch.remote.getters, qs.Home())
+			}
+			// Closed by the failed get: nothing of it to close with the channel.
+			if i := slices.IndexFunc(ch.remote.all, func(pc broker.ProxyChannel) bool { return pc == g }); i >= 0 {
+				ch.remote.all = slices.Delete(ch.remote.all, i, i+1)
+			}
 		}
 		ch.mu.Unlock()
 		return true, err
@@ -327,8 +336,31 @@ func (ch *channel) applyRemote(kind broker.Settlement, ds []delivery, multiple b
 	}
 	starved := ch.released(ds)
 	ch.settleRemote(kind, ds, multiple)
+	ch.closeDrained(ds)
 	if starved {
 		ch.kickConsumers()
+	}
+}
+
+// closeDrained closes the link channels of the cancelled proxied consumers of ds that have
+// nothing unsettled left (their settlements already sent): kept open until the client channel
+// closed, a consume/cancel loop would use up the home's channels.
+func (ch *channel) closeDrained(ds []delivery) {
+	var done []broker.ProxyChannel
+	ch.mu.Lock()
+	for _, d := range ds {
+		cs := d.cons
+		if cs == nil || cs.remote == nil || !cs.cancelled || cs.unacked > 0 || ch.remote == nil {
+			continue
+		}
+		if i := slices.Index(ch.remote.all, cs.remote); i >= 0 {
+			ch.remote.all = slices.Delete(ch.remote.all, i, i+1)
+			done = append(done, cs.remote)
+		}
+	}
+	ch.mu.Unlock()
+	for _, pc := range done {
+		pc.Close()
 	}
 }
 
