@@ -6,6 +6,9 @@ import (
 	"time"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	"github.com/warrenmq/warren/amqp"
+	"github.com/warrenmq/warren/broker"
 )
 
 func next(t *testing.T, ds <-chan amqp091.Delivery) amqp091.Delivery {
@@ -396,4 +399,53 @@ func TestProxyCancelClosesLinkChannel(t *testing.T) {
 	// Acked, so not requeued by the close (the link channel closes asynchronously).
 	time.Sleep(300 * time.Millisecond)
 	ready(t, ch1, "loop", 0)
+}
+
+type nopSink struct{}
+
+func (nopSink) Deliver(broker.ProxyDelivery) bool { return false }
+func (nopSink) Ended(*amqp.Error)                 {}
+
+// A proxied cancel that times out drops only the proxy connection it waited on: the peer's
+// forwarding connection (and the forwards in flight on it) is not the culprit.
+func TestProxyCancelTimeoutKeepsForwarding(t *testing.T) {
+	lc := startLinked(t, 2)
+	_, ch1 := dial(t, lc.urls[0])
+	_, ch2 := dial(t, lc.urls[1])
+	if _, err := ch1.QueueDeclare("slow", true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	publishN(t, ch2, "slow", 0, 1) // forwarded to n1: the forwarding connection is up
+	ready(t, ch1, "slow", 1)
+	l := lc.links[1]
+	p, err := l.peer("n1", "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.mu.Lock()
+	pub := p.pub
+	p.mu.Unlock()
+	if pub == nil {
+		t.Fatal("no forwarding connection after a forward")
+	}
+	bpc, aerr := l.Consume("n1", "/", "slow", broker.ProxyConsume{Tag: "t", Prefetch: 1}, nopSink{})
+	if aerr != nil {
+		t.Fatal(aerr)
+	}
+	pc := bpc.(*proxyChannel)
+	// A cancel whose write cannot go out stands for a home that does not answer.
+	pc.mu.Lock()
+	pc.Cancel() // returns after the link timeout
+	pc.mu.Unlock()
+	p.mu.Lock()
+	after, proxy := p.pub, p.conns[connProxy]
+	p.mu.Unlock()
+	if after != pub {
+		t.Fatal("the forwarding connection was dropped by a proxied cancel's timeout")
+	}
+	if proxy != nil {
+		t.Fatal("the proxy connection was kept after its wait timed out")
+	}
+	publishN(t, ch2, "slow", 1, 2)
+	ready(t, ch1, "slow", 2)
 }
