@@ -522,7 +522,7 @@ func (l *Link) Consume(home, vhost, queueName string, o broker.ProxyConsume, sin
 	if err != nil {
 		return nil, linkError(home, err)
 	}
-	return &proxyChannel{p: p, ch: ch, tag: o.Tag, noAck: o.NoAck, deliveries: deliveries, sink: sink,
+	return &proxyChannel{p: p, c: c, ch: ch, tag: o.Tag, noAck: o.NoAck, deliveries: deliveries, sink: sink,
 		closes: ch.NotifyClose(make(chan *amqp091.Error, 1))}, nil
 }
 
@@ -545,12 +545,15 @@ func (l *Link) Getter(home, vhost string) (broker.ProxyGetter, *amqp.Error) {
 	if err != nil {
 		return nil, linkError(home, err)
 	}
-	return &proxyChannel{p: p, ch: ch}, nil
+	return &proxyChannel{p: p, c: c, ch: ch}, nil
 }
 
 // proxyChannel is one link channel of a proxied consumer or getter.
 type proxyChannel struct {
-	p          *peer
+	p *peer
+	// c is the proxy connection ch is on: a wait on ch that times out drops only c, not the
+	// peer's forwarding connection (its in-flight forwards would be nacked for nothing).
+	c          *amqp091.Connection
 	ch         *amqp091.Channel
 	tag        string
 	noAck      bool
@@ -629,7 +632,7 @@ func (pc *proxyChannel) Settle(kind broker.Settlement, tag uint64, multiple bool
 // before its own cancel-ok, as from a local queue, and nothing is delivered after it.
 func (pc *proxyChannel) Cancel() {
 	pc.stopped.Store(true)
-	_ = pc.p.within(nil, func() error { return pc.send(func() error { return pc.ch.Cancel(pc.tag, false) }) })
+	_ = pc.p.within(pc.c, func() error { return pc.send(func() error { return pc.ch.Cancel(pc.tag, false) }) })
 	if pc.relayDone == nil {
 		return
 	}
@@ -656,7 +659,7 @@ func (pc *proxyChannel) Get(queueName string, noAck bool) (broker.ProxyDelivery,
 	var d amqp091.Delivery
 	var ok bool
 	pc.p.barrier()
-	err := pc.p.within(nil, func() error {
+	err := pc.p.within(pc.c, func() error {
 		var err error
 		d, ok, err = pc.ch.Get(queueName, noAck)
 		return err

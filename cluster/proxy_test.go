@@ -6,6 +6,9 @@ import (
 	"time"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	"github.com/warrenmq/warren/amqp"
+	"github.com/warrenmq/warren/broker"
 )
 
 func next(t *testing.T, ds <-chan amqp091.Delivery) amqp091.Delivery {
@@ -312,4 +315,137 @@ func TestProxyTransactions(t *testing.T) {
 		t.Fatal(err)
 	}
 	ready(t, ch1, "tx", 1)
+}
+
+// A proxied consumer cancelled while the channel's global prefetch holds a delivery of its on
+// this node: the held delivery goes back to the home queue (it was never seen by the client),
+// not left unacked there until the channel closes.
+func TestProxyCancelRequeuesHeld(t *testing.T) {
+	lc := startLinked(t, 3)
+	_, ch1 := dial(t, lc.urls[0])
+	_, ch2 := dial(t, lc.urls[1])
+	for _, q := range []string{"h1", "h2"} {
+		if _, err := ch1.QueueDeclare(q, true, false, false, false, nil); err != nil {
+			t.Fatal(err)
+		}
+		publishN(t, ch1, q, 0, 1)
+		ready(t, ch1, q, 1)
+	}
+	if err := ch2.Qos(1, 0, true); err != nil {
+		t.Fatal(err)
+	}
+	ds1, err := ch2.Consume("h1", "c1", false, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next(t, ds1)
+	ds2, err := ch2.Consume("h2", "c2", false, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	none(t, ds2, "global prefetch 1 reached")
+	ready(t, ch1, "h2", 0) // delivered by the home, held on n2
+	if err := ch2.Cancel("c2", false); err != nil {
+		t.Fatal(err)
+	}
+	ready(t, ch1, "h2", 1)
+	// The credit freed by an ack delivers nothing of the cancelled consumer.
+	if err := ch2.Ack(1, false); err != nil {
+		t.Fatal(err)
+	}
+	if d, ok := <-ds2; ok { // closed by the client library at the cancel-ok
+		t.Fatalf("after cancel: delivery %q", d.Body)
+	}
+	ready(t, ch1, "h2", 1)
+}
+
+// Consume/cancel loops on n2 of a queue homed on n1 do not use up n1's channels (2047 per
+// link connection): a cancelled consumer's link channel closes once what it delivered is
+// settled, at once when nothing is.
+func TestProxyCancelClosesLinkChannel(t *testing.T) {
+	lc := startLinked(t, 3)
+	_, ch1 := dial(t, lc.urls[0])
+	_, ch2 := dial(t, lc.urls[1])
+	if _, err := ch1.QueueDeclare("loop", true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	// One with a delivery unacked at the cancel: its link channel stays for the ack.
+	publishN(t, ch1, "loop", 0, 1)
+	ds, err := ch2.Consume("loop", "first", false, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := next(t, ds)
+	if err := ch2.Cancel("first", false); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2100 {
+		tag := fmt.Sprint("c", i)
+		if _, err := ch2.Consume("loop", tag, false, false, false, false, nil); err != nil {
+			t.Fatalf("consume %d: %v", i, err)
+		}
+		if err := ch2.Cancel(tag, false); err != nil {
+			t.Fatalf("cancel %d: %v", i, err)
+		}
+	}
+	// The first consumer's ack still reaches the home.
+	if err := d.Ack(false); err != nil {
+		t.Fatal(err)
+	}
+	ready(t, ch1, "loop", 0)
+	if err := ch2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Acked, so not requeued by the close (the link channel closes asynchronously).
+	time.Sleep(300 * time.Millisecond)
+	ready(t, ch1, "loop", 0)
+}
+
+type nopSink struct{}
+
+func (nopSink) Deliver(broker.ProxyDelivery) bool { return false }
+func (nopSink) Ended(*amqp.Error)                 {}
+
+// A proxied cancel that times out drops only the proxy connection it waited on: the peer's
+// forwarding connection (and the forwards in flight on it) is not the culprit.
+func TestProxyCancelTimeoutKeepsForwarding(t *testing.T) {
+	lc := startLinked(t, 2)
+	_, ch1 := dial(t, lc.urls[0])
+	_, ch2 := dial(t, lc.urls[1])
+	if _, err := ch1.QueueDeclare("slow", true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	publishN(t, ch2, "slow", 0, 1) // forwarded to n1: the forwarding connection is up
+	ready(t, ch1, "slow", 1)
+	l := lc.links[1]
+	p, err := l.peer("n1", "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.mu.Lock()
+	pub := p.pub
+	p.mu.Unlock()
+	if pub == nil {
+		t.Fatal("no forwarding connection after a forward")
+	}
+	bpc, aerr := l.Consume("n1", "/", "slow", broker.ProxyConsume{Tag: "t", Prefetch: 1}, nopSink{})
+	if aerr != nil {
+		t.Fatal(aerr)
+	}
+	pc := bpc.(*proxyChannel)
+	// A cancel whose write cannot go out stands for a home that does not answer.
+	pc.mu.Lock()
+	pc.Cancel() // returns after the link timeout
+	pc.mu.Unlock()
+	p.mu.Lock()
+	after, proxy := p.pub, p.conns[connProxy]
+	p.mu.Unlock()
+	if after != pub {
+		t.Fatal("the forwarding connection was dropped by a proxied cancel's timeout")
+	}
+	if proxy != nil {
+		t.Fatal("the proxy connection was kept after its wait timed out")
+	}
+	publishN(t, ch2, "slow", 1, 2)
+	ready(t, ch1, "slow", 2)
 }

@@ -620,6 +620,9 @@ type consumer struct {
 	prefetch  int
 	unacked   int                 // guarded by ch.mu
 	remote    broker.ProxyChannel // a consumer of a queue of another node: its link channel (proxy.go)
+	// cancelled: a proxied consumer the client cancelled; its link channel closes once
+	// unacked is 0 (guarded by ch.mu).
+	cancelled bool
 }
 
 // Deliver is called by the queue with its lock held.
@@ -733,15 +736,29 @@ func (ch *channel) cancel(tag string) {
 	cs := ch.consumers[tag]
 	if cs != nil && cs.remote != nil {
 		// On its home first: what the home delivered before its cancel-ok still reaches the
-		// client. The link channel stays open for the acks of what it delivered (proxy.go).
+		// client. The link channel stays open for the acks of what it delivered, then closes
+		// (closeDrained).
+		rcs := cs
 		ch.mu.Unlock()
 		cs.remote.Cancel()
 		ch.mu.Lock()
-		cs = ch.consumers[tag] // gone meanwhile if the home ended it
+		if ch.consumers[tag] == rcs {
+			delete(ch.consumers, tag)
+		}
+		// What it delivered over the channel's global prefetch, still held here, was never
+		// seen by the client: back to the home queue.
+		held := ch.takeHeldLocked(rcs)
+		rcs.cancelled = true
+		ch.mu.Unlock()
+		for _, h := range held {
+			h.rs.pc.Settle(broker.Requeue, h.d.Tag, false)
+		}
+		ch.closeDrained([]delivery{{cons: rcs}})
+		return
 	}
 	delete(ch.consumers, tag)
 	ch.mu.Unlock()
-	if cs == nil || cs.remote != nil {
+	if cs == nil {
 		return
 	}
 	ch.v.Cancel(cs.qs, cs, cs.exclusive)
@@ -1074,6 +1091,9 @@ func (ch *channel) commit() *amqp.Error {
 	}
 	for _, s := range tx.settles {
 		ch.released(s.ds)
+	}
+	for _, s := range remote {
+		ch.closeDrained(s.ds)
 	}
 	if len(tx.settles) > 0 {
 		ch.kickConsumers()

@@ -1,6 +1,8 @@
 package server
 
 import (
+	"slices"
+
 	"github.com/warrenmq/warren/amqp"
 	"github.com/warrenmq/warren/broker"
 )
@@ -11,8 +13,9 @@ import (
 // gives the deliveries its own delivery tags and maps settlements back to the link's.
 
 // remoteLinks are the link channels a channel opened: its proxied consumers' (kept after a
-// cancel, for the acks of what they delivered) and one getter per home node. All are closed
-// with the channel, which requeues on the home nodes what the client had not settled.
+// cancel until what they delivered is settled, see closeDrained) and one getter per home node.
+// All are closed with the channel, which requeues on the home nodes what the client had not
+// settled.
 type remoteLinks struct {
 	all     []broker.ProxyChannel
 	getters map[string]broker.ProxyGetter
@@ -26,6 +29,26 @@ type remoteLinks struct {
 type heldDelivery struct {
 	rs *remoteSink
 	d  broker.ProxyDelivery
+}
+
+// takeHeldLocked removes the held deliveries of cs (cancelled) for the caller to requeue on
+// their home; call with ch.mu held.
+func (ch *channel) takeHeldLocked(cs *consumer) []heldDelivery {
+	if ch.remote == nil {
+		return nil
+	}
+	var mine []heldDelivery
+	kept := ch.remote.held[:0]
+	for _, h := range ch.remote.held {
+		if h.rs.cs == cs {
+			mine = append(mine, h)
+		} else {
+			kept = append(kept, h)
+		}
+	}
+	clear(ch.remote.held[len(kept):])
+	ch.remote.held = kept
+	return mine
 }
 
 // remoteSink relays a proxied consumer's deliveries into the channel.
@@ -85,19 +108,22 @@ func (ch *channel) sendHeld() {
 		ch.mu.Unlock()
 		return
 	}
+	// Those of gone consumers go back whatever the credit: held here, they would stay
+	// unacked on the home (and count against its consumer timeout).
 	held := ch.remote.held
-	n := 0
-	for n < len(held) && (ch.prefetch == 0 || ch.inflight < ch.prefetch) {
-		h := held[n]
-		n++
-		if ch.closed || ch.consumers[h.rs.cs.tag] != h.rs.cs {
+	kept := held[:0]
+	for _, h := range held {
+		switch {
+		case ch.closed || ch.consumers[h.rs.cs.tag] != h.rs.cs:
 			back = append(back, h)
-			continue
+		case ch.prefetch == 0 || ch.inflight < ch.prefetch:
+			h.rs.writeLocked(h.d)
+		default:
+			kept = append(kept, h)
 		}
-		h.rs.writeLocked(h.d)
 	}
-	clear(held[:n])
-	ch.remote.held = held[n:]
+	clear(held[len(kept):])
+	ch.remote.held = kept
 	ch.mu.Unlock()
 	for _, h := range back {
 		h.rs.pc.Settle(broker.Requeue, h.d.Tag, false)
@@ -149,6 +175,14 @@ func (ch *channel) consumeRemote(m *amqp.BasicConsume, cs *consumer) (handled bo
 	rs.pc = pc
 	cs.qs, cs.remote = qs, pc
 	ch.mu.Lock()
+	if ch.closed {
+		// Closed off the reader goroutine (consumer timeout, link error) while the home was
+		// asked: closeRemote has run, so a link channel registered now would stay open, its
+		// deliveries refused here and requeued there in a loop until the reader's shutdown.
+		ch.mu.Unlock()
+		pc.Close()
+		return true, nil
+	}
 	cs.prefetch = ch.consumerPrefetch
 	ch.consumers[cs.tag] = cs
 	if ch.remote == nil {
@@ -203,8 +237,14 @@ func (ch *channel) getRemote(m *amqp.BasicGet) (handled bool, err *amqp.Error) {
 	if err != nil {
 		// The home closed the link channel: a new one is opened for the next get.
 		ch.mu.Lock()
-		if ch.remote != nil && ch.remote.getters[qs.Home()] == g {
-			delete(ch.remote.getters, qs.Home())
+		if ch.remote != nil {
+			if ch.remote.getters[qs.Home()] == g {
+				delete(ch.remote.getters, qs.Home())
+			}
+			// Closed by the failed get: nothing of it to close with the channel.
+			if i := slices.IndexFunc(ch.remote.all, func(pc broker.ProxyChannel) bool { return pc == g }); i >= 0 {
+				ch.remote.all = slices.Delete(ch.remote.all, i, i+1)
+			}
 		}
 		ch.mu.Unlock()
 		return true, err
@@ -296,8 +336,31 @@ func (ch *channel) applyRemote(kind broker.Settlement, ds []delivery, multiple b
 	}
 	starved := ch.released(ds)
 	ch.settleRemote(kind, ds, multiple)
+	ch.closeDrained(ds)
 	if starved {
 		ch.kickConsumers()
+	}
+}
+
+// closeDrained closes the link channels of the cancelled proxied consumers of ds that have
+// nothing unsettled left (their settlements already sent): kept open until the client channel
+// closed, a consume/cancel loop would use up the home's channels.
+func (ch *channel) closeDrained(ds []delivery) {
+	var done []broker.ProxyChannel
+	ch.mu.Lock()
+	for _, d := range ds {
+		cs := d.cons
+		if cs == nil || cs.remote == nil || !cs.cancelled || cs.unacked > 0 || ch.remote == nil {
+			continue
+		}
+		if i := slices.Index(ch.remote.all, cs.remote); i >= 0 {
+			ch.remote.all = slices.Delete(ch.remote.all, i, i+1)
+			done = append(done, cs.remote)
+		}
+	}
+	ch.mu.Unlock()
+	for _, pc := range done {
+		pc.Close()
 	}
 }
 
