@@ -2,130 +2,19 @@ package bench
 
 import (
 	"net"
-	"sync"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/warrenmq/warren/internal/coalesce"
 )
 
-// maxPending bounds the bytes a coalescingConn buffers: beyond it writers
-// block, so the broker's TCP backpressure (how RabbitMQ's flow control
-// reaches a publisher) still throttles the generator.
-const maxPending = 1 << 20
-
-// coalescingConn batches writes into fewer syscalls. amqp091-go flushes its
-// bufio.Writer after every publish, i.e. one write(2) per message, which on
-// a small host costs the generator more CPU than the broker spends on the
-// message. Here Write only appends to a buffer and a flusher goroutine writes
-// whatever accumulated while its previous write was in flight: an idle
-// connection sends at once (one goroutine hand-off of latency), a busy one
-// sends large batches. Byte order is preserved, so the AMQP stream is the
-// same as without it.
-type coalescingConn struct {
-	net.Conn
-	mu      sync.Mutex
-	space   *sync.Cond // signalled when buf drains or the conn fails
-	buf     []byte
-	spare   []byte
-	err     error
-	closed  bool
-	wake    chan struct{}
-	flushed chan struct{}
-}
-
-func newCoalescingConn(c net.Conn) *coalescingConn {
-	cc := &coalescingConn{
-		Conn:    c,
-		buf:     make([]byte, 0, 64<<10),
-		spare:   make([]byte, 0, 64<<10),
-		wake:    make(chan struct{}, 1),
-		flushed: make(chan struct{}),
-	}
-	cc.space = sync.NewCond(&cc.mu)
-	go cc.flusher()
-	return cc
-}
-
-// Write queues p; an error means an earlier flush failed or the conn closed.
-func (c *coalescingConn) Write(p []byte) (int, error) {
-	c.mu.Lock()
-	for len(c.buf) >= maxPending && c.err == nil && !c.closed {
-		c.space.Wait()
-	}
-	if c.err != nil || c.closed {
-		err := c.err
-		c.mu.Unlock()
-		if err == nil {
-			err = net.ErrClosed
-		}
-		return 0, err
-	}
-	c.buf = append(c.buf, p...)
-	c.mu.Unlock()
-	select {
-	case c.wake <- struct{}{}:
-	default: // a wake-up is already pending; the flusher will see p
-	}
-	return len(p), nil
-}
-
-func (c *coalescingConn) flusher() {
-	defer close(c.flushed)
-	for range c.wake {
-		for {
-			c.mu.Lock()
-			if len(c.buf) == 0 || c.err != nil {
-				done := c.closed || c.err != nil
-				c.space.Broadcast()
-				c.mu.Unlock()
-				if done {
-					return
-				}
-				break
-			}
-			out := c.buf
-			c.buf = c.spare[:0]
-			c.mu.Unlock()
-			_, err := c.Conn.Write(out)
-			c.mu.Lock()
-			c.spare = out[:0]
-			if err != nil {
-				c.err = err
-			}
-			c.space.Broadcast()
-			c.mu.Unlock()
-		}
-	}
-}
-
-// Close sends what is still queued (bounded by a short deadline so a stuck
-// peer cannot hang shutdown) and closes the socket.
-func (c *coalescingConn) Close() error {
-	c.mu.Lock()
-	if c.closed {
-		c.mu.Unlock()
-		return net.ErrClosed
-	}
-	c.closed = true
-	c.space.Broadcast()
-	c.mu.Unlock()
-	select {
-	case c.wake <- struct{}{}:
-	default:
-	}
-	c.Conn.SetWriteDeadline(time.Now().Add(2 * time.Second))
-	select {
-	case <-c.flushed:
-	case <-time.After(3 * time.Second):
-	}
-	return c.Conn.Close()
-}
-
-// coalescingDial is an amqp.Config.Dial that wraps amqp091-go's default dialer.
+// coalescingDial is an amqp.Config.Dial that wraps amqp091-go's default dialer in a
+// coalesce.Conn (see package coalesce: one write(2) per publish otherwise).
 func coalescingDial(network, addr string) (net.Conn, error) {
 	conn, err := amqp.DefaultDial(30*time.Second)(network, addr)
 	if err != nil {
 		return nil, err
 	}
-	return newCoalescingConn(conn), nil
+	return coalesce.New(conn), nil
 }

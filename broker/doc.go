@@ -108,10 +108,10 @@
 //	Link.mu              the peer table (cluster/link.go); a leaf
 //	peer.mu              a peer's two connections; held while dialling one (bounded by the
 //	                     link's timeout), so under it the connection's own locks and
-//	                     coalescingConn.mu
+//	                     coalesce.Conn.mu
 //	proxyChannel.mu      orders a proxied channel's settlements before its close; held while
-//	                     writing a frame, so under it coalescingConn.mu
-//	coalescingConn.mu    a link socket's output buffer (cluster/linkconn.go); a leaf
+//	                     writing a frame, so under it coalesce.Conn.mu
+//	coalesce.Conn.mu     a link socket's output buffer (internal/coalesce); a leaf
 //	peer.waitMu          the barrier waiters of a peer; a leaf
 //	pending.mu           the unconfirmed forwards of a link channel; a leaf
 //
