@@ -85,7 +85,7 @@ func (ns *nodeSet) startErr(name string, join bool, peers map[string]string) (*N
 	}
 	n, err := StartNode(NodeConfig{Name: "test", NodeName: name, Listen: ns.addrs[name], Nodes: peers,
 		Secret: "a-test-secret-of-enough-length", DataDir: ns.dirs[name], Logger: quietLog(), Join: join,
-		TickInterval: 20 * time.Millisecond, ElectionTicks: 10, NoSync: true, NodeTimeout: ns.timeout, CatchUpTimeout: 5 * time.Second}, b)
+		TickInterval: 20 * time.Millisecond, ElectionTicks: 10, NoSync: true, NodeTimeout: ns.timeout, CatchUpTimeout: 30 * time.Second}, b)
 	if err != nil {
 		_ = b.Close()
 		return nil, err

@@ -162,18 +162,24 @@ func (m *Machine) Apply(_ uint64, cmd []byte) any {
 		m.expired = nil
 		out = r
 	}
-	m.headExpires.Store(m.headExpiry())
 	m.flushAssigned()
+	m.storeCounts()
+	if m.hooks.Applied != nil {
+		m.hooks.Applied()
+	}
+	return out
+}
+
+// storeCounts publishes the head's expiry and the ready and held counts the broker reads
+// without the Raft loop (after an Apply or a Restore).
+func (m *Machine) storeCounts() {
+	m.headExpires.Store(m.headExpiry())
 	m.readyN.Store(int64(m.readyLen()))
 	held := 0
 	for _, n := range m.nodes {
 		held += len(n.out)
 	}
 	m.heldN.Store(int64(held))
-	if m.hooks.Applied != nil {
-		m.hooks.Applied()
-	}
-	return out
 }
 
 // ownCommand gives c's messages copies of their header and body (one allocation each).
@@ -627,13 +633,7 @@ func (m *Machine) Restore(b []byte) error {
 	m.nextID, m.now, m.seq, m.cursor, m.returns, m.ready, m.head, m.bytes, m.nodes =
 		fresh.nextID, fresh.now, fresh.seq, fresh.cursor, fresh.returns, fresh.ready, 0, fresh.bytes, fresh.nodes
 	m.expired = nil
-	m.headExpires.Store(m.headExpiry())
-	m.readyN.Store(int64(m.readyLen()))
-	held := 0
-	for _, n := range m.nodes {
-		held += len(n.out)
-	}
-	m.heldN.Store(int64(held))
+	m.storeCounts()
 	if m.hooks.Restored != nil {
 		m.hooks.Restored()
 	}
