@@ -470,7 +470,7 @@ func (c *conn) handshake() error {
 		// RabbitMQ drops the socket without a close for a mechanism it never offered.
 		return fmt.Errorf("%w %q", errUnknownMechanism, so.Mechanism)
 	}
-	user, err := c.srv.authenticate(so.Mechanism, so.Response, c.peerCN, c.nc.RemoteAddr())
+	user, err := c.srv.authenticate(so.Mechanism, so.Response, c.peerCN, c.nc.RemoteAddr(), c.secure)
 	if err != nil {
 		delay := c.srv.logins.failed(c.nc.RemoteAddr(), time.Now())
 		select {

@@ -1,6 +1,9 @@
 package server
 
 import (
+	"net"
+	"unicode"
+
 	"github.com/warrenmq/warren/amqp"
 	"github.com/warrenmq/warren/broker"
 )
@@ -8,19 +11,60 @@ import (
 // This file is the home-node half of a cluster's data link: the login of another node's link
 // connection, and the messages it forwards to queues of this node.
 
-// authenticateLink checks a login with broker.LinkMechanism, offered only by a cluster member.
-// The user is the connecting node, which may use every vhost (it checked its own client).
-func (s *Server) authenticateLink(response string, refused *amqp.Error) (string, error) {
+// authenticateLink checks a login with broker.LinkMechanism, offered only by a cluster member:
+// start-ok's response names the connecting node, secure sends it a fresh challenge and
+// returns its answer, which must prove the cluster's secret (broker.LinkAuth). The user is
+// the connecting node, which may use every vhost (it checked its own client). Nothing of the
+// answer is logged: the node name is all a refusal tells.
+func (s *Server) authenticateLink(response string, refused *amqp.Error, secure func(challenge string) (string, error), remote net.Addr) (string, error) {
 	la := s.b.LinkAuth()
 	if la == nil {
 		return "", refused
 	}
-	node, ok := la.VerifyLink(response)
-	if !ok {
-		s.log.Warn("cluster: refused a link login that does not carry this cluster's secret")
+	node := response
+	if !validLinkNode(node) {
+		s.log.Warn("cluster: refused a link login without a valid node name", "remote", remote.String())
+		return "", refused
+	}
+	challenge := la.LinkChallenge()
+	answer, err := secure(challenge)
+	if err != nil {
+		return "", err
+	}
+	if !la.VerifyLink(node, challenge, answer) {
+		s.log.Warn("cluster: refused a link login that does not prove this cluster's secret", "node", node, "remote", remote.String())
 		return "", refused
 	}
 	return "cluster-link:" + node, nil
+}
+
+// validLinkNode reports whether a link login's node name is one a log line can carry: short,
+// printable, no spaces.
+func validLinkNode(node string) bool {
+	if node == "" || len(node) > 255 {
+		return false
+	}
+	for _, r := range node {
+		if r <= ' ' || r == 0x7f || !unicode.IsPrint(r) {
+			return false
+		}
+	}
+	return true
+}
+
+// secure is the connection.secure step of the handshake: it sends challenge and returns the
+// response of the client's connection.secure-ok.
+func (c *conn) secure(challenge string) (string, error) {
+	c.writeMethod(0, &amqp.ConnectionSecure{Challenge: challenge})
+	m, err := c.readMethod()
+	if err != nil {
+		return "", err
+	}
+	ok, isOk := m.(*amqp.ConnectionSecureOk)
+	if !isOk {
+		return "", commandInvalid(m, "expected connection.secure-ok")
+	}
+	return ok.Response, nil
 }
 
 // finishForwarded completes a publish to broker.ForwardExchange on a link connection: the body
