@@ -1,6 +1,9 @@
 package server
 
 import (
+	"crypto/tls"
+	"fmt"
+	"io"
 	"net"
 	"unicode"
 
@@ -65,6 +68,70 @@ func (c *conn) secure(challenge string) (string, error) {
 		return "", commandInvalid(m, "expected connection.secure-ok")
 	}
 	return ok.Response, nil
+}
+
+// tlsHandshakeRecord is the first byte of a TLS connection (a handshake record holding the
+// ClientHello); an AMQP client's first byte is the 'A' of its protocol header.
+const tlsHandshakeRecord = 0x16
+
+// acceptLinkTLS wraps the connection in the cluster's mutual TLS when this node's links use TLS
+// (cluster.tls) and the client opens with a TLS handshake. The other nodes' link connections
+// come to the AMQP listener, the address every node publishes in its status, so its first
+// byte tells a peer's TLS ClientHello from an AMQP client, which is served as before. The TLS
+// configuration requires a client certificate signed by the cluster's CA; a connection
+// accepted this way (linkTLS) is the only kind offered the link login.
+func (c *conn) acceptLinkTLS() error {
+	la := c.srv.b.LinkAuth()
+	if la == nil || la.LinkTLS() == nil {
+		return nil
+	}
+	if _, ok := c.nc.(*tls.Conn); ok {
+		return nil // from the amqps listener: a client's TLS, not the cluster's
+	}
+	first, nc, err := peekByte(c.nc)
+	if err != nil {
+		return fmt.Errorf("reading the first byte: %w", err)
+	}
+	if first == tlsHandshakeRecord {
+		nc = tls.Server(nc, la.LinkTLS())
+		c.linkTLS = true
+	}
+	if nc != c.nc {
+		c.nc = nc
+		c.w = newWriter(nc, c.onDrain) // nothing was written yet
+	}
+	return nil
+}
+
+// offersLink reports whether the connection is offered the link login: on a cluster member,
+// and when the cluster's links use TLS, only over it.
+func (c *conn) offersLink() bool {
+	la := c.srv.b.LinkAuth()
+	return la != nil && (la.LinkTLS() == nil || c.linkTLS)
+}
+
+// prefixConn is a conn whose first bytes were read already: Read returns them first.
+type prefixConn struct {
+	net.Conn
+	prefix []byte
+}
+
+func (p *prefixConn) Read(b []byte) (int, error) {
+	if len(p.prefix) > 0 {
+		n := copy(b, p.prefix)
+		p.prefix = p.prefix[n:]
+		return n, nil
+	}
+	return p.Conn.Read(b)
+}
+
+// peekWrapped reads the first byte of nc and returns a conn that reads it again.
+func peekWrapped(nc net.Conn) (byte, net.Conn, error) {
+	var b [1]byte
+	if _, err := io.ReadFull(nc, b[:]); err != nil {
+		return 0, nc, err
+	}
+	return b[0], &prefixConn{Conn: nc, prefix: b[:]}, nil
 }
 
 // finishForwarded completes a publish to broker.ForwardExchange on a link connection: the body
