@@ -23,7 +23,7 @@ import (
 
 // testCA makes a CA and a certificate for 127.0.0.1 signed by it, as the mutual TLS
 // configuration of a node (LoadTLS's shape: the CA both verifies servers and clients).
-func testCA(t *testing.T, name string) *tls.Config {
+func testCA(t testing.TB, name string) *tls.Config {
 	t.Helper()
 	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	ca := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name + " ca"},
@@ -49,8 +49,9 @@ func testCA(t *testing.T, name string) *tls.Config {
 		RootCAs: pool, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS12}
 }
 
-// startLinkedTLS is startLinked with every node's link over the mutual TLS of cfg.
-func startLinkedTLS(t *testing.T, n int, cfg *tls.Config) *linkedCluster {
+// startLinkedTLS is startLinked with every node's link over the mutual TLS of cfg (plain TCP
+// when nil).
+func startLinkedTLS(t testing.TB, n int, cfg *tls.Config) *linkedCluster {
 	t.Helper()
 	log := &memLog{down: map[int]bool{}}
 	lc := &linkedCluster{addrs: map[string]string{}}
