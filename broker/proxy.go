@@ -1,6 +1,8 @@
 package broker
 
 import (
+	"crypto/tls"
+
 	"github.com/warrenmq/warren/amqp"
 )
 
@@ -90,10 +92,18 @@ func (b *Broker) Proxy() Proxy { return b.cluster.proxy }
 // cluster member (one with a LinkAuth).
 const LinkMechanism = "WARREN-LINK"
 
-// LinkAuth checks the login of another node's link connection (mechanism LinkMechanism).
+// LinkAuth checks the login of another node's link connection (mechanism LinkMechanism). The
+// login is a challenge-response, so that a captured login cannot be replayed: start-ok's
+// response names the connecting node, the server sends a fresh LinkChallenge in
+// connection.secure, and VerifyLink checks the answer in secure-ok.
 type LinkAuth interface {
-	// VerifyLink checks a start-ok response and returns the connecting node's name.
-	VerifyLink(response string) (node string, ok bool)
+	// LinkChallenge returns a fresh random challenge, never used before.
+	LinkChallenge() string
+	// VerifyLink reports whether response answers challenge for the connecting node.
+	VerifyLink(node, challenge, response string) bool
+	// LinkTLS is the mutual TLS link connections must arrive over, nil when links are plain
+	// TCP (no cluster.tls).
+	LinkTLS() *tls.Config
 }
 
 // SetLinkAuth installs the check of link logins. Call it before front ends serve.

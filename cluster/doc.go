@@ -38,4 +38,28 @@
 // node the messages routed to its queues (broker.Forwarder) and proxies consumers, basic.get,
 // acks and counts of queues homed elsewhere (broker.Proxy). Node starts it (link_node.go);
 // each node's AMQP address reaches the others in its NodeStatus.
+//
+// # Security
+//
+// Every inter-node connection proves knowledge of cluster.secret without sending it, bound to
+// cluster.name, and cluster.tls (mutual TLS, LoadTLS: one CA signs every node's certificate)
+// wraps all of them when set. The Raft transport authenticates its own handshake (multiraft).
+// The data link logs in with WARREN-LINK, a challenge-response over AMQP's connection.secure
+// (LinkAuth): start-ok names the node, the server sends 32 fresh random bytes, and secure-ok
+// answers with an HMAC-SHA256 of (cluster, challenge, client node, server node) keyed with the
+// cluster name and secret, compared in constant time. A captured login cannot be replayed: the
+// next connection gets another challenge. amqp091-go cannot answer connection.secure, so the
+// proxy connections' socket does (loginConn).
+//
+// With cluster.tls the link runs over mutual TLS with the same certificates as the Raft
+// transport, on the AMQP listener itself: the server tells a TLS ClientHello (first byte 0x16,
+// peeked with MSG_PEEK so plain clients keep the raw-socket path) from an AMQP client ("AMQP")
+// and wraps the former with cluster.tls, which requires a client certificate of the cluster's
+// CA; only a connection accepted that way is offered WARREN-LINK, so a link cannot be
+// downgraded to plain TCP. Dialling the amqps listener instead would tie the link to the
+// client-facing certificates, CA and peer-verification settings (tls.*), which may differ from
+// the cluster's or be absent, and a port of its own would need another key and another address
+// in NodeStatus; the AMQP listener is already the address every node publishes. A relay of a
+// whole login by a man in the middle is what TLS rules out: without cluster.tls, run the
+// cluster on a private network.
 package cluster

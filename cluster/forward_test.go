@@ -212,27 +212,6 @@ func TestForwardPublishToHomes(t *testing.T) {
 	}
 }
 
-// A link login needs the cluster's secret: a wrong HMAC, another cluster's name or a node
-// without the mechanism configured are refused.
-func TestLinkAuth(t *testing.T) {
-	a := NewLinkAuth("c1", "secret-secret-secret")
-	good := a.client("n2").Response()
-	if node, ok := a.VerifyLink(good); !ok || node != "n2" {
-		t.Fatalf("own response refused: %q %v", node, ok)
-	}
-	for _, tc := range []struct{ name, resp string }{
-		{"other cluster", NewLinkAuth("c2", "secret-secret-secret").client("n2").Response()},
-		{"other secret", NewLinkAuth("c1", "another-secret-secret").client("n2").Response()},
-		{"node renamed", "n3" + good[2:]},
-		{"no separator", "n2"},
-		{"empty", ""},
-	} {
-		if _, ok := a.VerifyLink(tc.resp); ok {
-			t.Errorf("%s: accepted", tc.name)
-		}
-	}
-}
-
 func TestAMQPAddrFor(t *testing.T) {
 	for _, tc := range []struct{ reported, cluster, want string }{
 		{"127.0.0.1:5682", "127.0.0.1:25682", "127.0.0.1:5682"},

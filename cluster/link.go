@@ -2,8 +2,11 @@ package cluster
 
 import (
 	"crypto/hmac"
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
+	"crypto/tls"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -33,6 +36,9 @@ type LinkConfig struct {
 	// Cluster and Node are cluster.name and this node's cluster.node_name; Secret is
 	// cluster.secret. The link login proves knowledge of the secret (see LinkAuth).
 	Cluster, Node, Secret string
+	// TLS is the cluster's mutual TLS (cluster.tls, LoadTLS), nil for none: link connections
+	// then go over TLS with it, and the link login is taken only over it.
+	TLS *tls.Config
 	// Addr returns the AMQP address of a node ("" while unknown).
 	Addr func(node string) string
 	// Logger receives the link's diagnostics; nil means slog.Default().
@@ -91,7 +97,7 @@ func NewLink(cfg LinkConfig) *Link {
 	if cfg.Heartbeat == 0 {
 		cfg.Heartbeat = DefaultLinkHeartbeat
 	}
-	return &Link{cfg: cfg, log: cfg.Logger, auth: NewLinkAuth(cfg.Cluster, cfg.Secret), stop: make(chan struct{}),
+	return &Link{cfg: cfg, log: cfg.Logger, auth: NewLinkAuth(cfg.Cluster, cfg.Node, cfg.Secret, cfg.TLS), stop: make(chan struct{}),
 		peers: map[peerKey]*peer{}}
 }
 
@@ -225,12 +231,13 @@ func (p *peer) connect(kind int) (*amqp091.Connection, error) {
 		p.failedAt, p.lastErr = time.Now(), fmt.Errorf("cluster link: AMQP address of node %s not known yet", p.node)
 		return nil, p.lastErr
 	}
+	login := p.l.auth.login(p.node)
 	cfg := amqp091.Config{
-		SASL:      []amqp091.Authentication{p.l.auth.client(p.l.cfg.Node)},
+		SASL:      []amqp091.Authentication{login},
 		Vhost:     p.vhost,
 		Heartbeat: p.l.cfg.Heartbeat,
 		Locale:    "en_US",
-		Dial:      coalescingDial(p.l.cfg.Timeout),
+		Dial:      proxyDial(p.l.cfg.TLS, p.l.cfg.Timeout, login),
 		Properties: amqp091.Table{"connection_name": "warren-link " + p.l.cfg.Node + " -> " + p.node,
 			"capabilities": amqp091.Table{"consumer_cancel_notify": true, "publisher_confirms": true}},
 	}
@@ -459,8 +466,8 @@ func (p *peer) dialPublisher() (*pubConn, error) {
 		p.failedAt, p.lastErr = time.Now(), fmt.Errorf("cluster link: AMQP address of node %s not known yet", p.node)
 		return nil, p.lastErr
 	}
-	pc, err := dialPub(addr, p.vhost, "warren-link "+p.l.cfg.Node+" -> "+p.node, p.l.auth.response(p.l.cfg.Node),
-		p.l.cfg.Heartbeat, p.l.cfg.Timeout, p.node)
+	pc, err := dialPub(addr, p.vhost, "warren-link "+p.l.cfg.Node+" -> "+p.node, p.l.auth.login(p.node),
+		p.l.cfg.TLS, p.l.cfg.Heartbeat, p.l.cfg.Timeout)
 	if err != nil {
 		p.failedAt, p.lastErr = time.Now(), fmt.Errorf("cluster link to node %s (%s): %w", p.node, addr, err)
 		p.l.log.Warn("cluster: link connection failed", "node", p.node, "vhost", p.vhost, "err", err)
@@ -744,49 +751,80 @@ func fromValue091(v any) any {
 
 // --- the link login
 
-// LinkAuth is the login of link connections (broker.LinkMechanism): the response is the
-// connecting node's name and an HMAC-SHA256 of (cluster name, node name) keyed with the
-// cluster's name and secret. The secret itself never crosses the wire, and a cluster of
-// another name refuses it even with the same secret. (The response does not depend on a
-// server challenge, so whoever can read the traffic can replay it: protect the links with
-// the AMQP listener's TLS where that matters.)
+// LinkAuth is the login of link connections (broker.LinkMechanism), a challenge-response:
+// start-ok's response is the connecting node's name, the server sends a fresh random
+// challenge in connection.secure, and the client answers in secure-ok with an HMAC-SHA256,
+// keyed with the cluster's name and secret, of (cluster name, challenge, client node, server
+// node). The secret never crosses the wire; a captured login is worthless, since the next
+// login gets another challenge; an answer for one server node is refused by the others, and
+// a cluster of another name refuses it even with the same secret. (A man in the middle can
+// still relay a whole login: cluster.tls, which wraps the links in mutual TLS, rules that out.)
 type LinkAuth struct {
-	cluster string
-	key     []byte
+	cluster, node string
+	key           []byte
+	tls           *tls.Config
 }
 
-// NewLinkAuth returns the link login of a cluster.
-func NewLinkAuth(cluster, secret string) *LinkAuth {
-	return &LinkAuth{cluster: cluster, key: []byte(cluster + "\x00" + secret)}
+// linkLoginVersion starts every MAC input, so that no other use of the key can produce one.
+const linkLoginVersion = "warren-link-v2"
+
+// NewLinkAuth returns the link login of node in cluster, with the cluster's secret. tlsCfg is
+// the cluster's mutual TLS (cluster.tls, LoadTLS) that link connections use, nil for none.
+func NewLinkAuth(cluster, node, secret string, tlsCfg *tls.Config) *LinkAuth {
+	return &LinkAuth{cluster: cluster, node: node, key: []byte(cluster + "\x00" + secret), tls: tlsCfg}
 }
 
-func (a *LinkAuth) mac(node string) string {
+// answer is client's answer to challenge from server: each field length-prefixed, so that no
+// two different logins give the same MAC input.
+func (a *LinkAuth) answer(challenge, client, server string) string {
 	m := hmac.New(sha256.New, a.key)
-	m.Write([]byte("warren-link\x00" + a.cluster + "\x00" + node))
+	var n [4]byte
+	for _, f := range []string{linkLoginVersion, a.cluster, challenge, client, server} {
+		binary.BigEndian.PutUint32(n[:], uint32(len(f)))
+		m.Write(n[:])
+		m.Write([]byte(f))
+	}
 	return hex.EncodeToString(m.Sum(nil))
 }
 
-// VerifyLink implements broker.LinkAuth.
-func (a *LinkAuth) VerifyLink(response string) (string, bool) {
-	node, sum, ok := strings.Cut(response, "\x00")
-	if !ok || node == "" {
-		return "", false
+// linkChallengeLen is the challenge's random bytes: 256 bits never repeat.
+const linkChallengeLen = 32
+
+// LinkChallenge implements broker.LinkAuth: 32 random bytes, hex-encoded.
+func (a *LinkAuth) LinkChallenge() string {
+	var b [linkChallengeLen]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails (Go 1.24 and later)
+	return hex.EncodeToString(b[:])
+}
+
+// VerifyLink implements broker.LinkAuth: response must be node's answer to challenge for this
+// node, compared in constant time.
+func (a *LinkAuth) VerifyLink(node, challenge, response string) bool {
+	if node == "" || len(challenge) != 2*linkChallengeLen {
+		return false
 	}
-	return node, subtle.ConstantTimeCompare([]byte(sum), []byte(a.mac(node))) == 1
+	return subtle.ConstantTimeCompare([]byte(response), []byte(a.answer(challenge, node, a.node))) == 1
 }
 
-// client is the amqp091-go authentication of node's link connections.
-func (a *LinkAuth) client(node string) amqp091.Authentication {
-	return linkLogin{response: a.response(node)}
+// LinkTLS implements broker.LinkAuth.
+func (a *LinkAuth) LinkTLS() *tls.Config { return a.tls }
+
+// login is this node's side of a link login to server.
+func (a *LinkAuth) login(server string) linkLogin { return linkLogin{a: a, server: server} }
+
+// linkLogin is one node's link login to one server node. As an amqp091.Authentication it gives
+// start-ok's response; the challenge, which amqp091-go cannot answer, is answered by the
+// connection it dials (loginConn).
+type linkLogin struct {
+	a      *LinkAuth
+	server string
 }
-
-// response is node's link login response.
-func (a *LinkAuth) response(node string) string { return node + "\x00" + a.mac(node) }
-
-type linkLogin struct{ response string }
 
 func (l linkLogin) Mechanism() string { return broker.LinkMechanism }
-func (l linkLogin) Response() string  { return l.response }
+func (l linkLogin) Response() string  { return l.a.node }
+
+// answer is secure-ok's response to the server's challenge.
+func (l linkLogin) answer(challenge string) string { return l.a.answer(challenge, l.a.node, l.server) }
 
 // amqpAddrFor is the address to dial for a node's AMQP listener: its reported listener address,
 // with the host of its cluster address when it listens on every interface.

@@ -11,7 +11,7 @@ import (
 // is reported again as soon as the AMQP listener is up.
 func (n *Node) startLink(b *broker.Broker) {
 	n.broker = b
-	n.link = NewLink(LinkConfig{Cluster: n.cfg.Name, Node: n.cfg.NodeName, Secret: n.cfg.Secret, Addr: n.peerAMQPAddr, Logger: n.log})
+	n.link = NewLink(LinkConfig{Cluster: n.cfg.Name, Node: n.cfg.NodeName, Secret: n.cfg.Secret, TLS: n.cfg.TLS, Addr: n.peerAMQPAddr, Logger: n.log})
 	n.link.Install(b)
 	go func() {
 		for b.AMQPAddr() == "" {

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"crypto/tls"
 	"fmt"
 	"net"
 	"strings"
@@ -48,18 +49,18 @@ type pubConn struct {
 	done     chan struct{} // closed when the reader ends
 }
 
-// dialPub connects to addr and opens a forwarding channel in confirm mode, all bounded by
-// timeout.
-func dialPub(addr, vhost, name, response string, heartbeat, timeout time.Duration, node string) (*pubConn, error) {
-	nc, err := net.DialTimeout("tcp", addr, timeout)
+// dialPub connects to addr (over the cluster's TLS when tlsCfg is set), logs in and opens a
+// forwarding channel in confirm mode, all bounded by timeout.
+func dialPub(addr, vhost, name string, login linkLogin, tlsCfg *tls.Config, heartbeat, timeout time.Duration) (*pubConn, error) {
+	nc, err := dialLink(addr, tlsCfg, timeout)
 	if err != nil {
 		return nil, err
 	}
-	c := &pubConn{node: node, nc: nc, fr: amqp.NewFrameReader(nc, 16<<10), frameMax: pubFrameMax,
+	c := &pubConn{node: login.server, nc: nc, fr: amqp.NewFrameReader(nc, 16<<10), frameMax: pubFrameMax,
 		wbuf: make([]byte, 0, pubFlushBytes+pubFrameMax), confirms: newConfirmQueue(),
 		slots: make(chan struct{}, forwardWindow), done: make(chan struct{})}
 	_ = nc.SetDeadline(time.Now().Add(timeout))
-	if err := c.handshake(vhost, name, response, heartbeat); err != nil {
+	if err := c.handshake(vhost, name, login, heartbeat); err != nil {
 		_ = nc.Close()
 		return nil, err
 	}
@@ -71,7 +72,7 @@ func dialPub(addr, vhost, name, response string, heartbeat, timeout time.Duratio
 	return c, nil
 }
 
-func (c *pubConn) handshake(vhost, name, response string, heartbeat time.Duration) error {
+func (c *pubConn) handshake(vhost, name string, login linkLogin, heartbeat time.Duration) error {
 	if _, err := c.nc.Write(amqp.ProtocolHeader); err != nil {
 		return err
 	}
@@ -85,7 +86,15 @@ func (c *pubConn) handshake(vhost, name, response string, heartbeat time.Duratio
 	c.buffer(0, &amqp.ConnectionStartOk{
 		ClientProperties: amqp.Table{"product": "warren-link", "connection_name": name,
 			"capabilities": amqp.Table{"publisher_confirms": true, "basic.nack": true}},
-		Mechanism: broker.LinkMechanism, Response: response, Locale: "en_US"})
+		Mechanism: broker.LinkMechanism, Response: login.Response(), Locale: "en_US"})
+	if err := c.flush(); err != nil {
+		return err
+	}
+	m, err = c.expect("connection.secure")
+	if err != nil {
+		return err
+	}
+	c.buffer(0, &amqp.ConnectionSecureOk{Response: login.answer(m.(*amqp.ConnectionSecure).Challenge)})
 	if err := c.flush(); err != nil {
 		return err
 	}

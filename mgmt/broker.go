@@ -151,6 +151,10 @@ type WarrenStats struct {
 	Fsync                 Histogram
 	PagedOutMessages      int64  // ready messages whose bodies live only on disk
 	FlowPauses            uint64 // times a publisher was held by flow control
+	// ForwardsDropped counts the messages a cluster node dropped instead of forwarding them to
+	// their home node (dead-lettered or delayed messages, which no publisher waits for, when
+	// the forward queue was full); always 0 on a single node.
+	ForwardsDropped uint64
 }
 
 // Histogram is a cumulative histogram in Prometheus' form: Buckets maps an upper bound to the

@@ -216,6 +216,7 @@ var (
 	dFsync           = desc("warren_journal_fsync_seconds", "Time the store's sync took per group commit")
 	dPagedOut        = desc("warren_messages_paged_out", "Ready messages whose bodies live only on disk")
 	dFlowPauses      = desc("warren_flow_control_pauses_total", "Times a publisher was held by flow control")
+	dFwdDropped      = desc("warren_cluster_forwards_dropped_total", "Dead-lettered or delayed messages a cluster node dropped instead of forwarding them to their home node")
 )
 
 // queueFamily is one rabbitmq_queue_* gauge: summed on /metrics, per queue on /metrics/per-object.
@@ -260,7 +261,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		dChPublished, dChConfirmed, dChDropped, dChReturned, dChDelivered, dChDeliveredAk, dChRedelivered,
 		dChAcked, dChGet, dChGetAck, dChGetEmpty, dChConsumers, dChUnacked, dChUnconfirmed, dChUncommitted,
 		dChAcksUncomm, dChPrefetch, dConnChannels, dConnInBytes, dConnOutBytes, dConnInPkts, dConnOutPkts,
-		dJournalCommits, dJournalMessages, dFsync, dPagedOut, dFlowPauses,
+		dJournalCommits, dJournalMessages, dFsync, dPagedOut, dFlowPauses, dFwdDropped,
 	} {
 		ch <- d
 	}
@@ -399,4 +400,5 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstHistogram(dFsync, w.Fsync.Count, w.Fsync.Sum, w.Fsync.Buckets)
 	gauge(dPagedOut, float64(w.PagedOutMessages))
 	count(dFlowPauses, w.FlowPauses)
+	count(dFwdDropped, w.ForwardsDropped)
 }

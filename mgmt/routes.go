@@ -244,6 +244,11 @@ func (a *api) overview(w http.ResponseWriter, r *http.Request) {
 		"sample_retention_policies":     obj{"global": []int{600, 3600, 28800}, "basic": []int{600, 3600}, "detailed": []int{600}},
 		"release_series_support_status": "supported",
 	}
+	if o.Cluster != nil {
+		// Warren's own: messages a node could not forward to their queues' home (see
+		// WarrenStats.ForwardsDropped); RabbitMQ has no such loss to report.
+		res["cluster_forwards_dropped"] = o.Warren.ForwardsDropped
+	}
 	one(w, r, res)
 }
 

@@ -175,6 +175,7 @@ func (m *Management) Overview() mgmt.Overview {
 		ChannelsOpened: c.ChannelsOpened, ChannelsClosed: c.ChannelsClosed,
 		QueuesCreated: bs.QueuesCreated, QueuesDeclared: bs.QueuesCreated, QueuesDeleted: bs.QueuesDeleted}
 	o.Warren.FlowPauses = bs.FlowPauses
+	o.Warren.ForwardsDropped = m.b.ForwardsDropped()
 	r := m.s.Resources()
 	o.MemUsed, o.MemLimit, o.MemAlarm = r.MemUsed, r.MemLimit, r.MemAlarm
 	o.DiskFree, o.DiskFreeLimit, o.DiskAlarm = r.DiskFree, r.DiskFreeLimit, r.DiskAlarm

@@ -15,8 +15,9 @@ import (
 // authenticate checks a start-ok response and returns the user name. Failures are 403
 // ACCESS_REFUSED with RabbitMQ's wording, sent as connection.close because Warren advertises
 // authentication_failure_close. EXTERNAL logs in as the common name of the verified TLS client
-// certificate (peerCN), as RabbitMQ's rabbitmq_auth_mechanism_ssl does by default.
-func (s *Server) authenticate(mechanism, response, peerCN string, remote net.Addr) (string, error) {
+// certificate (peerCN), as RabbitMQ's rabbitmq_auth_mechanism_ssl does by default. secure is
+// the handshake's connection.secure step, for a mechanism with a challenge (the link login's).
+func (s *Server) authenticate(mechanism, response, peerCN string, remote net.Addr, secure func(challenge string) (string, error)) (string, error) {
 	rt := s.rt.Load()
 	refused := amqp.Errorf(amqp.AccessRefused, "Login was refused using authentication mechanism %s. For details see the broker logfile.", mechanism)
 	var user, pass string
@@ -27,7 +28,7 @@ func (s *Server) authenticate(mechanism, response, peerCN string, remote net.Add
 		}
 		user = peerCN
 	case broker.LinkMechanism:
-		return s.authenticateLink(response, refused)
+		return s.authenticateLink(response, refused, secure, remote)
 	case "PLAIN":
 		// authzid NUL authcid NUL password
 		parts := bytes.SplitN([]byte(response), []byte{0}, 3)

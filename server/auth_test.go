@@ -69,7 +69,7 @@ func TestPlainRefusesAuthzid(t *testing.T) {
 		{"guest\x00guest\x00guest", false},
 		{"\x00guest\x00wrong", false},
 	} {
-		_, err := s.authenticate("PLAIN", tc.response, "", local)
+		_, err := s.authenticate("PLAIN", tc.response, "", local, nil)
 		if (err == nil) != tc.ok {
 			t.Errorf("PLAIN %q: err %v, want ok=%v", tc.response, err, tc.ok)
 		}

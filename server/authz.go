@@ -327,6 +327,18 @@ func (c *conn) openVHost(name string) (*broker.VHost, *amqp.Error) {
 	// Loaded under s.mu: either a reload's pass over the connections (under s.mu too) sees
 	// this one, or this one sees the new configuration.
 	rt := s.rt.Load()
+	if c.link {
+		// Another node's link is the cluster's own traffic, as RabbitMQ's inter-node
+		// distribution: no client limit counts it and no listing shows it (it is in
+		// openConns, unlisted, only so that a deleted vhost closes it).
+		if s.closed {
+			return nil, amqp.Errorf(amqp.ConnectionForced, "broker forced connection closure with reason 'shutdown'")
+		}
+		s.openConns[c] = struct{}{}
+		c.counted = true
+		c.vhost = v
+		return v, nil
+	}
 	if rt.cfg.MaxConnections.reached(s.opened) {
 		n, _ := rt.cfg.MaxConnections.Value()
 		return nil, amqp.Errorf(amqp.NotAllowed, "connection refused: node connection limit (%d) is reached", n)
@@ -339,7 +351,7 @@ func (c *conn) openVHost(name string) (*broker.VHost, *amqp.Error) {
 		n, _ := u.MaxConnections.Value()
 		return nil, amqp.Errorf(amqp.NotAllowed, "connection refused for user '%s': user connection limit (%d) is reached", c.user, n)
 	}
-	if !c.link && rt.perms[userVHost{c.user, name}] == nil {
+	if rt.perms[userVHost{c.user, name}] == nil {
 		return nil, amqp.Errorf(amqp.NotAllowed, "access to vhost '%s' refused for user '%s'", name, c.user)
 	}
 	if s.closed {
@@ -358,6 +370,9 @@ func (c *conn) openVHost(name string) (*broker.VHost, *amqp.Error) {
 // openChannel counts a new channel against the user's channel limit (530, as RabbitMQ).
 func (c *conn) openChannel() *amqp.Error {
 	s := c.srv
+	if c.link {
+		return nil // the cluster's own, counted nowhere (see openVHost)
+	}
 	u := s.rt.Load().users[c.user]
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -372,7 +387,7 @@ func (c *conn) openChannel() *amqp.Error {
 
 // channelsClosed gives n channels back to the user's channel count.
 func (c *conn) channelsClosed(n int) {
-	if n == 0 {
+	if n == 0 || c.link {
 		return
 	}
 	s := c.srv
@@ -391,6 +406,9 @@ func (s *Server) uncountLocked(c *conn) {
 	}
 	c.counted = false
 	delete(s.openConns, c)
+	if c.link {
+		return // never counted (openVHost)
+	}
 	s.churn.connsClosed.Add(1)
 	s.opened--
 	if s.vhostConns[c.vhost.Name()]--; s.vhostConns[c.vhost.Name()] <= 0 {

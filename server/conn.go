@@ -50,6 +50,7 @@ type conn struct {
 
 	cancelNotify  bool        // client understands server-sent basic.cancel
 	link          bool        // another cluster node's data link (logged in with broker.LinkMechanism)
+	linkTLS       bool        // arrived over the cluster's mutual TLS (acceptLinkTLS)
 	blockedNotify bool        // client understands connection.blocked
 	publisher     atomic.Bool // has published: subject to resource alarms
 	blocked       atomic.Bool // held by an alarm: heartbeats are not expected meanwhile
@@ -125,10 +126,14 @@ func (c *conn) recoverPanic() {
 // open performs the TLS and AMQP handshakes; false means the connection is done.
 func (c *conn) open() (ok bool) {
 	defer c.recoverPanic()
-	c.fr = amqp.NewFrameReader(newSocketReader(c.nc), 128<<10)
-	c.fr.SetMaxFrameSize(amqp.FrameMinSize)
 	deadline := time.Now().Add(c.srv.handshakeTimeout())
 	_ = c.nc.SetReadDeadline(deadline)
+	if err := c.acceptLinkTLS(); err != nil {
+		c.log.Info("connection closed before the handshake", "err", err)
+		return false
+	}
+	c.fr = amqp.NewFrameReader(newSocketReader(c.nc), 128<<10)
+	c.fr.SetMaxFrameSize(amqp.FrameMinSize)
 	if tc, ok := c.nc.(*tls.Conn); ok {
 		if err := c.tlsHandshake(tc, deadline); err != nil {
 			c.log.Info("TLS handshake failed", "err", err)
@@ -443,7 +448,7 @@ func (c *conn) handshake() error {
 		// As RabbitMQ's rabbitmq_auth_mechanism_ssl: offered only to clients with a certificate.
 		mechanisms += " EXTERNAL"
 	}
-	if c.srv.b.LinkAuth() != nil {
+	if c.offersLink() {
 		mechanisms += " " + broker.LinkMechanism // a cluster member takes its peers' links
 	}
 	c.writeMethod(0, &amqp.ConnectionStart{
@@ -470,7 +475,7 @@ func (c *conn) handshake() error {
 		// RabbitMQ drops the socket without a close for a mechanism it never offered.
 		return fmt.Errorf("%w %q", errUnknownMechanism, so.Mechanism)
 	}
-	user, err := c.srv.authenticate(so.Mechanism, so.Response, c.peerCN, c.nc.RemoteAddr())
+	user, err := c.srv.authenticate(so.Mechanism, so.Response, c.peerCN, c.nc.RemoteAddr(), c.secure)
 	if err != nil {
 		delay := c.srv.logins.failed(c.nc.RemoteAddr(), time.Now())
 		select {
@@ -664,7 +669,7 @@ func (c *conn) tlsHandshake(tc *tls.Conn, deadline time.Time) error {
 		return err
 	}
 	st := tc.ConnectionState()
-	if len(st.VerifiedChains) > 0 && len(st.PeerCertificates) > 0 {
+	if len(st.VerifiedChains) > 0 && len(st.PeerCertificates) > 0 && !c.linkTLS { // a node's certificate is no user's
 		c.peerCN = st.PeerCertificates[0].Subject.CommonName
 	}
 	c.log = c.log.With("tls", tls.VersionName(st.Version))

@@ -106,14 +106,11 @@ func splitAddr(a net.Addr) (string, int) {
 	return a.String(), 0
 }
 
-// Connections lists the open client connections (past connection.open), oldest first.
+// Connections lists the open client connections (past connection.open), oldest first. Other
+// nodes' link connections are not listed: like RabbitMQ's inter-node traffic, they are the
+// cluster's own, not clients'.
 func (s *Server) Connections() []ConnectionInfo {
-	s.mu.Lock()
-	conns := make([]*conn, 0, len(s.openConns))
-	for c := range s.openConns {
-		conns = append(conns, c)
-	}
-	s.mu.Unlock()
+	conns := s.clientConns()
 	sort.Slice(conns, func(i, j int) bool { return conns[i].id < conns[j].id })
 	out := make([]ConnectionInfo, len(conns))
 	for i, c := range conns {
@@ -140,6 +137,19 @@ func (c *conn) info() ConnectionInfo {
 	}
 }
 
+// clientConns are the open connections but the other nodes' links (see Connections).
+func (s *Server) clientConns() []*conn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	conns := make([]*conn, 0, len(s.openConns))
+	for c := range s.openConns {
+		if !c.link {
+			conns = append(conns, c)
+		}
+	}
+	return conns
+}
+
 // ErrNoConnection is CloseConnection's error for a name no open connection has.
 var ErrNoConnection = errors.New("no such connection")
 
@@ -149,7 +159,7 @@ func (s *Server) CloseConnection(name, reason string) error {
 	s.mu.Lock()
 	var victim *conn
 	for c := range s.openConns {
-		if connName(c.nc) == name {
+		if !c.link && connName(c.nc) == name {
 			victim = c
 			break
 		}
@@ -192,12 +202,7 @@ type ConsumerInfo struct {
 func (s *Server) Channels() ([]ChannelInfo, []ConsumerInfo) {
 	var chans []ChannelInfo
 	var cons []ConsumerInfo
-	s.mu.Lock()
-	conns := make([]*conn, 0, len(s.openConns))
-	for c := range s.openConns {
-		conns = append(conns, c)
-	}
-	s.mu.Unlock()
+	conns := s.clientConns()
 	sort.Slice(conns, func(i, j int) bool { return conns[i].id < conns[j].id })
 	for _, c := range conns {
 		ci := c.info()

@@ -1,6 +1,12 @@
 package server
 
 import (
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"unicode"
+
 	"github.com/warrenmq/warren/amqp"
 	"github.com/warrenmq/warren/broker"
 )
@@ -8,19 +14,124 @@ import (
 // This file is the home-node half of a cluster's data link: the login of another node's link
 // connection, and the messages it forwards to queues of this node.
 
-// authenticateLink checks a login with broker.LinkMechanism, offered only by a cluster member.
-// The user is the connecting node, which may use every vhost (it checked its own client).
-func (s *Server) authenticateLink(response string, refused *amqp.Error) (string, error) {
+// authenticateLink checks a login with broker.LinkMechanism, offered only by a cluster member:
+// start-ok's response names the connecting node, secure sends it a fresh challenge and
+// returns its answer, which must prove the cluster's secret (broker.LinkAuth). The user is
+// the connecting node, which may use every vhost (it checked its own client). Nothing of the
+// answer is logged: the node name is all a refusal tells.
+func (s *Server) authenticateLink(response string, refused *amqp.Error, secure func(challenge string) (string, error), remote net.Addr) (string, error) {
 	la := s.b.LinkAuth()
 	if la == nil {
 		return "", refused
 	}
-	node, ok := la.VerifyLink(response)
-	if !ok {
-		s.log.Warn("cluster: refused a link login that does not carry this cluster's secret")
+	node := response
+	if !validLinkNode(node) {
+		s.log.Warn("cluster: refused a link login without a valid node name", "remote", remote.String())
+		return "", refused
+	}
+	challenge := la.LinkChallenge()
+	answer, err := secure(challenge)
+	if err != nil {
+		return "", err
+	}
+	if !la.VerifyLink(node, challenge, answer) {
+		s.log.Warn("cluster: refused a link login that does not prove this cluster's secret", "node", node, "remote", remote.String())
 		return "", refused
 	}
 	return "cluster-link:" + node, nil
+}
+
+// validLinkNode reports whether a link login's node name is one a log line can carry: short,
+// printable, no spaces.
+func validLinkNode(node string) bool {
+	if node == "" || len(node) > 255 {
+		return false
+	}
+	for _, r := range node {
+		if r <= ' ' || r == 0x7f || !unicode.IsPrint(r) {
+			return false
+		}
+	}
+	return true
+}
+
+// secure is the connection.secure step of the handshake: it sends challenge and returns the
+// response of the client's connection.secure-ok.
+func (c *conn) secure(challenge string) (string, error) {
+	c.writeMethod(0, &amqp.ConnectionSecure{Challenge: challenge})
+	m, err := c.readMethod()
+	if err != nil {
+		return "", err
+	}
+	ok, isOk := m.(*amqp.ConnectionSecureOk)
+	if !isOk {
+		return "", commandInvalid(m, "expected connection.secure-ok")
+	}
+	return ok.Response, nil
+}
+
+// tlsHandshakeRecord is the first byte of a TLS connection (a handshake record holding the
+// ClientHello); an AMQP client's first byte is the 'A' of its protocol header.
+const tlsHandshakeRecord = 0x16
+
+// acceptLinkTLS wraps the connection in the cluster's mutual TLS when this node's links use TLS
+// (cluster.tls) and the client opens with a TLS handshake. The other nodes' link connections
+// come to the AMQP listener, the address every node publishes in its status, so its first
+// byte tells a peer's TLS ClientHello from an AMQP client, which is served as before. The TLS
+// configuration requires a client certificate signed by the cluster's CA; a connection
+// accepted this way (linkTLS) is the only kind offered the link login.
+func (c *conn) acceptLinkTLS() error {
+	la := c.srv.b.LinkAuth()
+	if la == nil || la.LinkTLS() == nil {
+		return nil
+	}
+	if _, ok := c.nc.(*tls.Conn); ok {
+		return nil // from the amqps listener: a client's TLS, not the cluster's
+	}
+	first, nc, err := peekByte(c.nc)
+	if err != nil {
+		return fmt.Errorf("reading the first byte: %w", err)
+	}
+	if first == tlsHandshakeRecord {
+		nc = tls.Server(nc, la.LinkTLS())
+		c.linkTLS = true
+	}
+	if nc != c.nc {
+		c.nc = nc
+		c.w = newWriter(nc, c.onDrain) // nothing was written yet
+	}
+	return nil
+}
+
+// offersLink reports whether the connection is offered the link login: on a cluster member,
+// and when the cluster's links use TLS, only over it.
+func (c *conn) offersLink() bool {
+	la := c.srv.b.LinkAuth()
+	return la != nil && (la.LinkTLS() == nil || c.linkTLS)
+}
+
+// prefixConn is a conn whose first bytes were read already: Read returns them first.
+type prefixConn struct {
+	net.Conn
+	prefix []byte
+}
+
+func (p *prefixConn) Read(b []byte) (int, error) {
+	if len(p.prefix) > 0 {
+		n := copy(b, p.prefix)
+		p.prefix = p.prefix[n:]
+		return n, nil
+	}
+	return p.Conn.Read(b)
+}
+
+// peekWrapped reads the first byte of nc and returns a conn that reads it again.
+func peekWrapped(nc net.Conn) (byte, net.Conn, error) {
+	var b [1]byte
+	if _, err := io.ReadFull(nc, b[:]); err != nil {
+		return 0, nc, err
+	}
+	return b[0], &prefixConn{Conn: nc, prefix: b[:]}, nil
 }
 
 // finishForwarded completes a publish to broker.ForwardExchange on a link connection: the body
