@@ -76,6 +76,13 @@ func BenchmarkPointB(b *testing.B) {
 		return res.ConsumeRate
 	}
 	var s, c []float64
+	if *pointBOnly == "cross" {
+		// For a CPU profile of the cross-node path alone.
+		for b.Loop() {
+			b.Logf("cross-node %.0f msgs/s", run(lc.urls[1]))
+		}
+		return
+	}
 	for b.Loop() {
 		s = append(s, run(single.urls[0]))
 		c = append(c, run(lc.urls[1]))
@@ -87,5 +94,7 @@ func BenchmarkPointB(b *testing.B) {
 	b.ReportMetric(mc, "cross-msgs/s")
 	b.ReportMetric(mc/ms, "cross/single")
 }
+
+var pointBOnly = flag.String("pointb.only", "", "BenchmarkPointB: \"cross\" runs the cross-node runs only")
 
 var pointBDuration = flag.Duration("pointb.duration", 5*time.Second, "BenchmarkPointB: duration of each run")

@@ -452,3 +452,90 @@ func TestProxyCancelTimeoutKeepsForwarding(t *testing.T) {
 	publishN(t, ch2, "slow", 1, 2)
 	ready(t, ch1, "slow", 2)
 }
+
+// proxyChannels is the number of link channels of node i's proxy connection to home (0
+// without one).
+func (lc *linkedCluster) proxyChannels(t *testing.T, i int, home string) int {
+	t.Helper()
+	p, err := lc.links[i].peer(home, "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.mu.Lock()
+	c := p.proxy
+	p.mu.Unlock()
+	if c == nil {
+		return 0
+	}
+	return c.channels()
+}
+
+// A proxied consumer that its home ends (the queue deleted there) releases its link channel:
+// at once when nothing it delivered is unsettled, else once the client settled it.
+func TestProxyHomeCancelReleasesLinkChannel(t *testing.T) {
+	lc := startLinked(t, 2)
+	_, ch1 := dial(t, lc.urls[0])
+	_, ch2 := dial(t, lc.urls[1])
+	for _, q := range []string{"idle", "busy", "keep"} {
+		if _, err := ch1.QueueDeclare(q, false, false, false, false, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A consumer that stays, so that the proxy connection exists for the baseline.
+	if _, err := ch2.Consume("keep", "keep", false, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	base := lc.proxyChannels(t, 1, "n1")
+	if base == 0 {
+		t.Fatal("no proxy connection after a proxied consume")
+	}
+	cancels := ch2.NotifyCancel(make(chan string, 4))
+	awaitCancel := func(want string) {
+		t.Helper()
+		select {
+		case tag := <-cancels:
+			if tag != want {
+				t.Fatalf("cancelled %q, want %q", tag, want)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("no basic.cancel of %s", want)
+		}
+	}
+	settles := func(want int) {
+		t.Helper()
+		waitFor(t, 5*time.Second, fmt.Sprintf("%d link channels", want), func() bool { return lc.proxyChannels(t, 1, "n1") == want })
+	}
+
+	// Nothing unsettled: the link channel goes with the cancel.
+	if _, err := ch2.Consume("idle", "idle", false, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	if n := lc.proxyChannels(t, 1, "n1"); n != base+1 {
+		t.Fatalf("%d link channels with a second consumer, want %d", n, base+1)
+	}
+	if _, err := ch1.QueueDelete("idle", false, false, false); err != nil {
+		t.Fatal(err)
+	}
+	awaitCancel("idle")
+	settles(base)
+
+	// A delivery unacked at the home's cancel: the link channel stays for its ack.
+	publishN(t, ch1, "busy", 0, 1)
+	ds, err := ch2.Consume("busy", "busy", false, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := next(t, ds)
+	if _, err := ch1.QueueDelete("busy", false, false, false); err != nil {
+		t.Fatal(err)
+	}
+	awaitCancel("busy")
+	time.Sleep(100 * time.Millisecond)
+	if n := lc.proxyChannels(t, 1, "n1"); n != base+1 {
+		t.Fatalf("%d link channels with a delivery unacked, want %d", n, base+1)
+	}
+	if err := d.Ack(false); err != nil {
+		t.Fatal(err)
+	}
+	settles(base)
+}

@@ -136,6 +136,16 @@ func (ch *channel) sendHeld() {
 func (rs *remoteSink) Ended(err *amqp.Error) {
 	if err == nil {
 		rs.cs.QueueDeleted()
+		// Its link channel goes once what it delivered is settled (at once when nothing
+		// is), as after the client's own cancel: kept, it would hold one of the home's
+		// channels until the client's channel closed. What it held over the channel's
+		// global prefetch goes back to the home with the link channel's close.
+		ch := rs.cs.ch
+		ch.mu.Lock()
+		rs.cs.cancelled = true
+		ch.takeHeldLocked(rs.cs)
+		ch.mu.Unlock()
+		ch.closeDrained([]delivery{{cons: rs.cs}})
 		return
 	}
 	ch := rs.cs.ch
