@@ -442,7 +442,13 @@ func (l *Link) Consume(home, vhost, queueName string, o broker.ProxyConsume, sin
 	if err != nil {
 		return nil, linkError(home, err)
 	}
-	lc.sink, lc.noAck, lc.tag, lc.started = sink, o.NoAck, o.Tag, make(chan struct{})
+	lc.sink, lc.tag, lc.started = sink, o.Tag, make(chan struct{})
+	if o.NoAck {
+		// Consumed with acks and the link's window: see noAckWindow. The client's prefetch
+		// limits do not apply to a no-ack consumer, on the home either.
+		lc.credit = true
+		o.NoAck, o.Prefetch, o.ChannelPrefetch = false, noAckWindow, 0
+	}
 	err = func() error {
 		if o.ChannelPrefetch > 0 {
 			if _, err := lc.call(&amqp.BasicQos{PrefetchCount: uint16(o.ChannelPrefetch), Global: true}, "basic.qos-ok"); err != nil {

@@ -30,6 +30,16 @@ import (
 // proxyFrameMax is the frame size the proxy connection asks for (the home may lower it).
 const proxyFrameMax = 128 << 10
 
+// A no-ack proxied consumer takes the home's messages with acknowledgements and a window of
+// noAckWindow (basic.qos on its link channel), and this node acks them once they are handed to
+// the client (broker.ProxyChannel.Written): a client whose socket is congested holds at most
+// the window here. The acks go as one multiple ack per noAckAckBatch, and whatever is pending
+// when the link has nothing more to read (or the channel closes).
+const (
+	noAckWindow   = 512
+	noAckAckBatch = 64
+)
+
 // proxyConn is a peer's proxy connection.
 type proxyConn struct {
 	node     string
@@ -47,6 +57,9 @@ type proxyConn struct {
 	chans  map[uint16]*linkChan
 	nextID uint16
 	dead   error // set when the connection ended
+
+	dirtyMu sync.Mutex
+	dirty   []*linkChan // no-ack consumers with acks pending (flushAcks)
 
 	closing atomic.Bool
 	done    chan struct{} // closed when the read loop ends
@@ -285,8 +298,11 @@ func (c *proxyConn) channel(id uint16) *linkChan {
 func (c *proxyConn) read() error {
 	var last *linkChan // the channel of the previous frame: most frames continue a delivery
 	for {
-		if c.hb > 0 && c.fr.Buffered() == 0 {
-			_ = c.nc.SetReadDeadline(time.Now().Add(3 * c.hb))
+		if c.fr.Buffered() == 0 {
+			c.flushAcks() // the next read may wait: what was written is acked first
+			if c.hb > 0 {
+				_ = c.nc.SetReadDeadline(time.Now().Add(3 * c.hb))
+			}
 		}
 		f, err := c.fr.ReadFrame()
 		if err != nil {
@@ -320,6 +336,20 @@ func (c *proxyConn) read() error {
 		if err := last.frame(f); err != nil {
 			return err
 		}
+	}
+}
+
+// flushAcks sends the acks pending on no-ack consumers' channels (see noAckWindow).
+func (c *proxyConn) flushAcks() {
+	c.dirtyMu.Lock()
+	dirty := c.dirty
+	c.dirty = nil
+	c.dirtyMu.Unlock()
+	for _, lc := range dirty {
+		lc.mu.Lock()
+		lc.dirty = false
+		lc.flushAckLocked()
+		lc.mu.Unlock()
 	}
 }
 
@@ -366,10 +396,16 @@ type linkChan struct {
 	closing bool  // channel.close sent (or the channel ended)
 	err     error // why it ended
 
+	// A no-ack consumer's acks of what was written (see noAckWindow), under mu.
+	credit     bool // the consumer is a no-ack one consumed with acks (Written)
+	ackTag     uint64
+	ackPending int
+	dirty      bool        // in c.dirty
+	relaying   atomic.Bool // the read loop is in sink.Deliver: it flushes the acks when idle
+
 	// The consumer (nil for a getter): its sink, flags and state; read loop only, except
 	// started and stopped.
 	sink    broker.ProxySink
-	noAck   bool
 	tag     string
 	started chan struct{} // closed by Start (or Close): deliveries wait for it
 	startMu sync.Once
@@ -531,7 +567,10 @@ func (lc *linkChan) complete() {
 	if closing {
 		return // the home requeues it when the channel.close arrives
 	}
-	if !lc.sink.Deliver(d) && !lc.noAck {
+	lc.relaying.Store(true)
+	taken := lc.sink.Deliver(d)
+	lc.relaying.Store(false)
+	if !taken {
 		// The consumer is gone on this node: the message goes back to its place.
 		lc.settle(broker.Requeue, d.Tag, false)
 	}
@@ -635,6 +674,40 @@ func (lc *linkChan) settle(kind broker.Settlement, tag uint64, multiple bool) {
 	}
 }
 
+// written records that the delivery tag of a no-ack consumer reached the client: acked now
+// when a batch is complete or the read loop is not relaying (it will not flush), else when it
+// is idle.
+func (lc *linkChan) written(tag uint64) {
+	lc.mu.Lock()
+	defer lc.mu.Unlock()
+	if lc.closing || !lc.credit {
+		return
+	}
+	// Deliveries are written in the order they arrived (the sink keeps each consumer's order),
+	// so one multiple ack covers every earlier one.
+	lc.ackTag = max(lc.ackTag, tag)
+	lc.ackPending++
+	if lc.ackPending >= noAckAckBatch || !lc.relaying.Load() {
+		lc.flushAckLocked()
+		return
+	}
+	if !lc.dirty {
+		lc.dirty = true
+		lc.c.dirtyMu.Lock()
+		lc.c.dirty = append(lc.c.dirty, lc)
+		lc.c.dirtyMu.Unlock()
+	}
+}
+
+// flushAckLocked sends the pending acks of a no-ack consumer; call with mu held.
+func (lc *linkChan) flushAckLocked() {
+	if lc.ackPending == 0 || lc.closing {
+		return
+	}
+	_ = lc.c.writeAck(lc.id, false, lc.ackTag, true, false)
+	lc.ackPending = 0
+}
+
 // closeAsync sends channel.close (once); the read loop drops the channel at the close-ok.
 func (lc *linkChan) closeAsync() {
 	lc.mu.Lock()
@@ -642,6 +715,8 @@ func (lc *linkChan) closeAsync() {
 		lc.mu.Unlock()
 		return
 	}
+	// What the client got is acked first, or the close would requeue it for a second delivery.
+	lc.flushAckLocked()
 	lc.closing = true
 	err := lc.c.write(lc.id, &amqp.ChannelClose{ReplyCode: amqp.ReplySuccess, ReplyText: "closed"})
 	lc.mu.Unlock()
@@ -668,6 +743,9 @@ func (pc *proxyChannel) Settle(kind broker.Settlement, tag uint64, multiple bool
 	// Counted once written: a forward that syncAcks covers comes after it (see peer).
 	pc.p.acksSent.Add(1)
 }
+
+// Written implements broker.ProxyChannel.
+func (pc *proxyChannel) Written(tag uint64) { pc.lc.written(tag) }
 
 // Cancel implements broker.ProxyChannel. It waits (bounded) for the home's cancel-ok: the read
 // loop has then passed on what the home delivered before it, so the client gets those before

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"fmt"
+	"net"
 	"testing"
 	"time"
 
@@ -538,4 +539,118 @@ func TestProxyHomeCancelReleasesLinkChannel(t *testing.T) {
 		t.Fatal(err)
 	}
 	settles(base)
+}
+
+// A proxied no-ack consumer whose client does not read: the deliveries the home sends stop
+// once the link's window is out (noAckWindow), instead of the home's whole backlog piling up
+// in this node's memory; once the client reads, every message arrives, in order, and none is
+// left on the home.
+func TestProxyNoAckCongestedClientBounded(t *testing.T) {
+	lc := startLinked(t, 2)
+	_, ch1 := dial(t, lc.urls[0])
+	if _, err := ch1.QueueDeclare("flood", false, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	const total, size = 20000, 2048 // 40 MiB: ten times the client writer's high water
+	body := make([]byte, size)
+	for i := range total {
+		body[0], body[1], body[2] = byte(i>>16), byte(i>>8), byte(i)
+		if err := ch1.Publish("", "flood", false, false, amqp091.Publishing{Body: body}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ready(t, ch1, "flood", total)
+
+	// A raw client that sends basic.consume and then reads nothing.
+	addr := lc.servers[1].Addr().String()
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if tc, ok := nc.(*net.TCPConn); ok {
+		_ = tc.SetReadBuffer(64 << 10)
+	}
+	fr := amqp.NewFrameReader(nc, 64<<10)
+	if _, err := linkHelloPlain(nc, fr); err != nil {
+		t.Fatal(err)
+	}
+	var out []byte
+	out = amqp.AppendMethodFrame(out, 1, &amqp.ChannelOpen{})
+	out = amqp.AppendMethodFrame(out, 1, &amqp.BasicConsume{Queue: "flood", ConsumerTag: "slow", NoAck: true})
+	if _, err := nc.Write(out); err != nil {
+		t.Fatal(err)
+	}
+	// The home's messages: those still ready there plus those it sent and the link has not
+	// acked are the ones this node does not hold; the rest went to the client's socket or sit
+	// in its writer. Wait for the flow to stop, then check how much left the home.
+	var left int
+	prev := -1
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(300 * time.Millisecond) {
+		st, err := ch1.QueueDeclarePassive("flood", false, false, false, false, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Messages == prev {
+			break
+		}
+		prev = st.Messages
+	}
+	left = prev
+	// Taken from the home: the socket buffers (a few MiB on loopback), the writer's 4 MiB high
+	// water and the link's window. Without the window it is the whole backlog.
+	taken := total - left
+	t.Logf("the home still has %d of %d ready; %d taken (%d MiB)", left, total, taken, taken*size>>20)
+	if bound := (16<<20)/size + noAckWindow; taken > bound {
+		t.Fatalf("%d messages (%d MiB) left the home for a client that reads nothing, want at most %d", taken, taken*size>>20, bound)
+	}
+	// The client reads: everything arrives in order.
+	_ = nc.SetReadDeadline(time.Now().Add(30 * time.Second))
+	next := 0
+	for next < total {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("after %d deliveries: %v", next, err)
+		}
+		if f.Type == amqp.FrameBody {
+			if got := int(f.Payload[0])<<16 | int(f.Payload[1])<<8 | int(f.Payload[2]); got != next {
+				t.Fatalf("delivery %d is message %d", next, got)
+			}
+			next++
+		}
+	}
+	ready(t, ch1, "flood", 0)
+}
+
+// linkHelloPlain is a client's connection handshake as guest (PLAIN), for raw-frame tests.
+func linkHelloPlain(nc net.Conn, fr *amqp.FrameReader) (amqp.Method, error) {
+	if _, err := nc.Write(amqp.ProtocolHeader); err != nil {
+		return nil, err
+	}
+	read := func() (amqp.Method, error) {
+		f, err := fr.ReadNonHeartbeat()
+		if err != nil {
+			return nil, err
+		}
+		return amqp.DecodeMethod(f.Payload)
+	}
+	if _, err := read(); err != nil { // start
+		return nil, err
+	}
+	out := amqp.AppendMethodFrame(nil, 0, &amqp.ConnectionStartOk{ClientProperties: amqp.Table{"capabilities": amqp.Table{"consumer_cancel_notify": true}},
+		Mechanism: "PLAIN", Response: "\x00guest\x00guest", Locale: "en_US"})
+	if _, err := nc.Write(out); err != nil {
+		return nil, err
+	}
+	m, err := read() // tune
+	if err != nil {
+		return nil, err
+	}
+	tune := m.(*amqp.ConnectionTune)
+	out = amqp.AppendMethodFrame(nil, 0, &amqp.ConnectionTuneOk{ChannelMax: tune.ChannelMax, FrameMax: tune.FrameMax})
+	out = amqp.AppendMethodFrame(out, 0, &amqp.ConnectionOpen{VirtualHost: "/"})
+	if _, err := nc.Write(out); err != nil {
+		return nil, err
+	}
+	return read() // open-ok
 }
