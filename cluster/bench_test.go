@@ -62,7 +62,10 @@ func BenchmarkPointB(b *testing.B) {
 	if _, err := ch1.QueueDeclare("pointb-1", false, false, false, false, nil); err != nil {
 		b.Fatal(err)
 	}
-	run := func(url string) float64 {
+	// run returns the consume rate and the process's CPU time per message consumed (load
+	// generator and nodes together), which a loaded machine disturbs less than the rate.
+	run := func(url string) (float64, float64) {
+		cpu0 := processCPU()
 		var out bytes.Buffer
 		err := bench.Run([]string{"-url", url, "-size", "1024", "-autoack=false", "-prefetch", "100", "-multi-ack", "10",
 			"-duration", pointBDuration.String(), "-queue-prefix", "pointb", "-keep", "-json", "-quiet"}, &out)
@@ -73,26 +76,34 @@ func BenchmarkPointB(b *testing.B) {
 		if err := json.Unmarshal(out.Bytes(), &res); err != nil {
 			b.Fatalf("bench output: %v\n%s", err, out.String())
 		}
-		return res.ConsumeRate
+		us := float64((processCPU() - cpu0).Microseconds()) / float64(max(res.Received, 1))
+		return res.ConsumeRate, us
 	}
 	var s, c []float64
 	if *pointBOnly == "cross" {
 		// For a CPU profile of the cross-node path alone.
 		for b.Loop() {
-			b.Logf("cross-node %.0f msgs/s", run(lc.urls[1]))
+			r, us := run(lc.urls[1])
+			b.Logf("cross-node %.0f msgs/s, %.2f CPU-us/msg", r, us)
 		}
 		return
 	}
+	var su, cu []float64
 	for b.Loop() {
-		s = append(s, run(single.urls[0]))
-		c = append(c, run(lc.urls[1]))
-		b.Logf("single %.0f msgs/s, cross-node %.0f msgs/s, ratio %.2f", s[len(s)-1], c[len(c)-1], c[len(c)-1]/s[len(s)-1])
+		r, us := run(single.urls[0])
+		s, su = append(s, r), append(su, us)
+		r, us = run(lc.urls[1])
+		c, cu = append(c, r), append(cu, us)
+		b.Logf("single %.0f msgs/s %.2f CPU-us/msg, cross-node %.0f msgs/s %.2f CPU-us/msg, ratio %.2f",
+			s[len(s)-1], su[len(su)-1], c[len(c)-1], cu[len(cu)-1], c[len(c)-1]/s[len(s)-1])
 	}
 	med := func(xs []float64) float64 { slices.Sort(xs); return xs[len(xs)/2] }
 	ms, mc := med(s), med(c)
 	b.ReportMetric(ms, "single-msgs/s")
 	b.ReportMetric(mc, "cross-msgs/s")
 	b.ReportMetric(mc/ms, "cross/single")
+	b.ReportMetric(med(su), "single-CPU-us/msg")
+	b.ReportMetric(med(cu), "cross-CPU-us/msg")
 }
 
 var pointBOnly = flag.String("pointb.only", "", "BenchmarkPointB: \"cross\" runs the cross-node runs only")
