@@ -11,7 +11,6 @@ import (
 
 	"github.com/warrenmq/warren/amqp"
 	"github.com/warrenmq/warren/broker"
-	"github.com/warrenmq/warren/internal/coalesce"
 )
 
 // The proxy connection of a peer, on Warren's own amqp codec instead of amqp091-go: proxied
@@ -20,7 +19,7 @@ import (
 // while spending a third of the client node's CPU. Here one read loop decodes basic.deliver in
 // place (its strings are reused while they repeat), assembles header and body into one
 // allocation, and hands the delivery straight to the client's channel (broker.ProxySink).
-// Settlements are appended to a coalescing writer (internal/coalesce): under load many go out in
+// Settlements are appended to a coalescing writer (linkWriter): under load many go out in
 // one write(2), and a multiple ack stays one frame.
 //
 // Each link channel carries one synchronous request at a time (call); the read loop answers it
@@ -44,7 +43,7 @@ const (
 type proxyConn struct {
 	node     string
 	nc       net.Conn
-	w        *coalesce.Conn // nc's writes, batched
+	w        *linkWriter // nc's writes, batched
 	fr       *amqp.FrameReader
 	frameMax uint32
 	hb       time.Duration
@@ -165,7 +164,7 @@ func dialProxy(addr, vhost, name, response string, heartbeat, timeout time.Durat
 		return nil, err
 	}
 	_ = nc.SetDeadline(time.Time{})
-	c := &proxyConn{node: node, nc: nc, w: coalesce.New(nc), fr: fr, frameMax: t.frameMax, hb: t.heartbeat,
+	c := &proxyConn{node: node, nc: nc, w: newLinkWriter(nc), fr: fr, frameMax: t.frameMax, hb: t.heartbeat,
 		chMax: t.channelMax, chans: map[uint16]*linkChan{}, done: make(chan struct{})}
 	go c.readLoop()
 	if c.hb > 0 {
