@@ -69,6 +69,12 @@ type ProxyChannel interface {
 	// to it) on the home node. A channel that is gone ignores it: its deliveries went back to
 	// their queue when it closed.
 	Settle(kind Settlement, tag uint64, multiple bool)
+	// Written tells that a delivery of a NoAck consumer has been handed to the client (its
+	// connection's writer). Such a consumer takes the home's messages with acknowledgements
+	// and a window of the link's own, and the link acks what was written: a client whose
+	// socket is congested stops the home's deliveries once the window is out, instead of
+	// letting them pile up on this node.
+	Written(tag uint64)
 	// Cancel stops the consumer on the home node; its unsettled deliveries stay unsettled.
 	Cancel()
 	// Close closes the link channel: the home node requeues what is unsettled on it.

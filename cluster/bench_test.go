@@ -1,9 +1,15 @@
 package cluster
 
 import (
+	"bytes"
+	"encoding/json"
+	"flag"
 	"fmt"
+	"slices"
 	"testing"
+	"time"
 
+	"github.com/warrenmq/warren/bench"
 	"github.com/warrenmq/warren/broker"
 )
 
@@ -41,3 +47,65 @@ func BenchmarkDeclareBind(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkPointB is bench/compare.sh's point b (transient 1 KiB, 1 producer, 1 consumer,
+// manual ack, prefetch 100, multi-ack 10; warren bench's lean client) run interleaved on a
+// single node and across nodes: a 2-node in-process cluster, the queue homed on n1, producer
+// and consumer on n2, so every message is forwarded and every delivery and ack proxied. Each
+// iteration runs both for -pointb.duration and reports their rates and the ratio. Everything
+// (load generator, both nodes) shares this process: compare the ratio, not the rates, with
+// compare.sh's. Run with -benchtime=Nx for N interleaved pairs.
+func BenchmarkPointB(b *testing.B) {
+	single := startLinkedPrep(b, 1, nil, nil, nil, nil)
+	lc := startLinkedPrep(b, 2, nil, nil, nil, nil)
+	_, ch1 := dialTB(b, lc.urls[0])
+	if _, err := ch1.QueueDeclare("pointb-1", false, false, false, false, nil); err != nil {
+		b.Fatal(err)
+	}
+	// run returns the consume rate and the process's CPU time per message consumed (load
+	// generator and nodes together), which a loaded machine disturbs less than the rate.
+	run := func(url string) (float64, float64) {
+		cpu0 := processCPU()
+		var out bytes.Buffer
+		err := bench.Run([]string{"-url", url, "-size", "1024", "-autoack=false", "-prefetch", "100", "-multi-ack", "10",
+			"-duration", pointBDuration.String(), "-queue-prefix", "pointb", "-keep", "-json", "-quiet"}, &out)
+		if err != nil {
+			b.Fatalf("bench: %v\n%s", err, out.String())
+		}
+		var res bench.Result
+		if err := json.Unmarshal(out.Bytes(), &res); err != nil {
+			b.Fatalf("bench output: %v\n%s", err, out.String())
+		}
+		us := float64((processCPU() - cpu0).Microseconds()) / float64(max(res.Received, 1))
+		return res.ConsumeRate, us
+	}
+	var s, c []float64
+	if *pointBOnly == "cross" {
+		// For a CPU profile of the cross-node path alone.
+		for b.Loop() {
+			r, us := run(lc.urls[1])
+			b.Logf("cross-node %.0f msgs/s, %.2f CPU-us/msg", r, us)
+		}
+		return
+	}
+	var su, cu []float64
+	for b.Loop() {
+		r, us := run(single.urls[0])
+		s, su = append(s, r), append(su, us)
+		r, us = run(lc.urls[1])
+		c, cu = append(c, r), append(cu, us)
+		b.Logf("single %.0f msgs/s %.2f CPU-us/msg, cross-node %.0f msgs/s %.2f CPU-us/msg, ratio %.2f",
+			s[len(s)-1], su[len(su)-1], c[len(c)-1], cu[len(cu)-1], c[len(c)-1]/s[len(s)-1])
+	}
+	med := func(xs []float64) float64 { slices.Sort(xs); return xs[len(xs)/2] }
+	ms, mc := med(s), med(c)
+	b.ReportMetric(ms, "single-msgs/s")
+	b.ReportMetric(mc, "cross-msgs/s")
+	b.ReportMetric(mc/ms, "cross/single")
+	b.ReportMetric(med(su), "single-CPU-us/msg")
+	b.ReportMetric(med(cu), "cross-CPU-us/msg")
+}
+
+var pointBOnly = flag.String("pointb.only", "", "BenchmarkPointB: \"cross\" runs the cross-node runs only")
+
+var pointBDuration = flag.Duration("pointb.duration", 5*time.Second, "BenchmarkPointB: duration of each run")

@@ -48,8 +48,7 @@
 // (LinkAuth): start-ok names the node, the server sends 32 fresh random bytes, and secure-ok
 // answers with an HMAC-SHA256 of (cluster, challenge, client node, server node) keyed with the
 // cluster name and secret, compared in constant time. A captured login cannot be replayed: the
-// next connection gets another challenge. amqp091-go cannot answer connection.secure, so the
-// proxy connections' socket does (loginConn).
+// next connection gets another challenge.
 //
 // With cluster.tls the link runs over mutual TLS with the same certificates as the Raft
 // transport, on the AMQP listener itself: the server tells a TLS ClientHello (first byte 0x16,

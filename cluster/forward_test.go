@@ -36,7 +36,7 @@ func startLinkedWith(t *testing.T, n int, members []string, locators []string) *
 
 // startLinkedPrep is startLinkedWith with conf (when not nil) called on each node's server
 // configuration, and prep (when not nil) on its metadata state machine before it joins the log.
-func startLinkedPrep(t *testing.T, n int, members []string, locators []string, conf func(*server.Config), prep func(i int, m *Metadata)) *linkedCluster {
+func startLinkedPrep(t testing.TB, n int, members []string, locators []string, conf func(*server.Config), prep func(i int, m *Metadata)) *linkedCluster {
 	t.Helper()
 	log := &memLog{down: map[int]bool{}}
 	lc := &linkedCluster{addrs: map[string]string{}}

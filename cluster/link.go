@@ -12,12 +12,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/warrenmq/warren/amqp"
 	"github.com/warrenmq/warren/broker"
@@ -25,8 +22,8 @@ import (
 )
 
 // The data link: messages and deliveries between nodes, apart from Raft. Each node opens AMQP
-// 0-9-1 connections (amqp091-go as the client) to the AMQP listeners of the other nodes, one per
-// (node, vhost), logged in with broker.LinkMechanism. Over them it forwards the publishes of its
+// 0-9-1 connections (lean clients on Warren's amqp codec: linkpub.go, linkcons.go) to the AMQP
+// listeners of the other nodes, two per (node, vhost), logged in with broker.LinkMechanism. Over them it forwards the publishes of its
 // clients to the home nodes of their queues (Forward), and proxies its clients' consumers and
 // basic.get of queues homed elsewhere (Consume, Getter): the home node's queue does everything,
 // this node relays.
@@ -125,7 +122,7 @@ func (l *Link) Close() {
 	l.peers = map[peerKey]*peer{}
 	l.mu.Unlock()
 	for _, p := range peers {
-		p.drop(nil)
+		p.drop()
 	}
 }
 
@@ -174,20 +171,14 @@ type peer struct {
 	// the last syncAcks covered (sender goroutine only).
 	acksSent   atomic.Uint64
 	acksSynced uint64
-	syncCh     *amqp091.Channel // the proxy connection's channel for syncAcks (sender only)
+	syncCh     *linkChan // the proxy connection's channel for syncAcks (sender only)
 
 	mu       sync.Mutex
-	conns    [2]*amqp091.Connection // connProxy only: forwards use pub
-	pub      *pubConn               // the forwarding connection (sender goroutine's)
+	proxy    *proxyConn // the proxy connection (linkcons.go)
+	pub      *pubConn   // the forwarding connection (sender goroutine's)
 	failedAt time.Time
 	lastErr  error
 }
-
-// The two connections of a peer (see peer).
-const (
-	connPub   = 0
-	connProxy = 1
-)
 
 // forwardWindow bounds the forwards published to a peer and not yet confirmed.
 const forwardWindow = 512
@@ -213,16 +204,15 @@ func (p *peer) complete() {
 	p.waitMu.Unlock()
 }
 
-// connect returns the peer's connection, dialling it when there is none (bounded by the
-// timeout; a peer that failed is not dialled again for redialAfter). The socket batches
-// writes (coalescingConn).
-func (p *peer) connect(kind int) (*amqp091.Connection, error) {
+// connect returns the peer's proxy connection, dialling it when there is none (bounded by the
+// timeout; a peer that failed is not dialled again for redialAfter).
+func (p *peer) connect() (*proxyConn, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if c := p.conns[kind]; c != nil && !c.IsClosed() {
+	if c := p.proxy; c != nil && !c.isDead() && !c.closing.Load() {
 		return c, nil
 	}
-	p.conns[kind] = nil
+	p.proxy = nil
 	if time.Since(p.failedAt) < redialAfter {
 		return nil, p.lastErr
 	}
@@ -231,43 +221,25 @@ func (p *peer) connect(kind int) (*amqp091.Connection, error) {
 		p.failedAt, p.lastErr = time.Now(), fmt.Errorf("cluster link: AMQP address of node %s not known yet", p.node)
 		return nil, p.lastErr
 	}
-	login := p.l.auth.login(p.node)
-	cfg := amqp091.Config{
-		SASL:      []amqp091.Authentication{login},
-		Vhost:     p.vhost,
-		Heartbeat: p.l.cfg.Heartbeat,
-		Locale:    "en_US",
-		Dial:      proxyDial(p.l.cfg.TLS, p.l.cfg.Timeout, login),
-		Properties: amqp091.Table{"connection_name": "warren-link " + p.l.cfg.Node + " -> " + p.node,
-			"capabilities": amqp091.Table{"consumer_cancel_notify": true, "publisher_confirms": true}},
-	}
-	c, err := amqp091.DialConfig("amqp://"+addr+"/", cfg)
+	c, err := dialProxy(addr, p.vhost, "warren-link "+p.l.cfg.Node+" -> "+p.node, p.l.auth.login(p.node),
+		p.l.cfg.TLS, p.l.cfg.Heartbeat, p.l.cfg.Timeout, p.node)
 	if err != nil {
 		p.failedAt, p.lastErr = time.Now(), fmt.Errorf("cluster link to node %s (%s): %w", p.node, addr, err)
 		p.l.log.Warn("cluster: link connection failed", "node", p.node, "vhost", p.vhost, "err", err)
 		return nil, p.lastErr
 	}
-	p.conns[kind] = c
+	p.proxy = c
 	return c, nil
 }
 
-// drop closes c (the peer's connections when nil), e.g. after a wait on it timed out.
-func (p *peer) drop(c *amqp091.Connection) {
-	var gone []*amqp091.Connection
+// drop closes the peer's connections.
+func (p *peer) drop() {
 	p.mu.Lock()
-	for i, pc := range p.conns {
-		if pc != nil && (c == nil || c == pc) {
-			gone = append(gone, pc)
-			p.conns[i] = nil
-		}
-	}
-	var pub *pubConn
-	if c == nil {
-		pub, p.pub = p.pub, nil
-	}
+	proxy, pub := p.proxy, p.pub
+	p.proxy, p.pub = nil, nil
 	p.mu.Unlock()
-	for _, c := range gone {
-		go func() { _ = c.Close() }()
+	if proxy != nil {
+		proxy.close()
 	}
 	if pub != nil {
 		pub.close()
@@ -282,41 +254,20 @@ func (p *peer) syncAcks(acks uint64) {
 		return
 	}
 	target := p.acksSent.Load()
-	c, err := p.connect(connProxy)
+	c, err := p.connect()
 	if err == nil {
-		err = p.within(c, func() error {
-			if p.syncCh == nil || p.syncCh.IsClosed() {
-				ch, err := c.Channel()
-				if err != nil {
-					return err
-				}
-				p.syncCh = ch
-			}
-			return p.syncCh.Qos(0, 0, false)
-		})
+		if p.syncCh == nil || p.syncCh.c != c || p.syncCh.isClosing() {
+			p.syncCh, err = c.open(p.l.cfg.Timeout)
+		}
+		if err == nil {
+			_, err = p.syncCh.call(&amqp.BasicQos{}, "basic.qos-ok")
+		}
 	}
 	if err != nil {
 		// The proxy connection is gone, and the home requeued what it had: nothing to order.
 		p.syncCh = nil
 	}
 	p.acksSynced = target
-}
-
-// within runs f, a call that waits for the peer, giving up after the timeout: then the
-// connection is dropped, which ends f (and every other wait on that connection) with an error.
-func (p *peer) within(c *amqp091.Connection, f func() error) error {
-	done := make(chan error, 1)
-	go func() { done <- f() }()
-	t := time.NewTimer(p.l.cfg.Timeout)
-	defer t.Stop()
-	select {
-	case err := <-done:
-		return err
-	case <-t.C:
-		p.l.log.Warn("cluster: link peer not answering, reconnecting", "node", p.node, "vhost", p.vhost)
-		p.drop(c)
-		return errLinkTimeout
-	}
 }
 
 // --- forwarding
@@ -479,22 +430,6 @@ func (p *peer) dialPublisher() (*pubConn, error) {
 
 // --- proxied consumers and basic.get
 
-// linkError turns an error of the link into the client's: the home node's channel error
-// (its code and text) as it is, anything else (unreachable, timed out) RabbitMQ's 541.
-func linkError(node string, err error) *amqp.Error {
-	var ae *amqp091.Error
-	if errors.As(err, &ae) && ae.Server && ae.Recover {
-		// The reason arrives as the home wrote it, "NAME - text"; the client's error gets
-		// the text, to which the name is added again when it is sent.
-		text := ae.Reason
-		if name, rest, ok := strings.Cut(text, " - "); ok && name == strings.ToUpper(name) && !strings.Contains(name, " ") {
-			text = rest
-		}
-		return amqp.Errorf(uint16(ae.Code), "%s", text)
-	}
-	return amqp.Errorf(amqp.InternalError, "cluster: queue's node %s not reachable: %v", node, err)
-}
-
 // Consume implements broker.Proxy.
 func (l *Link) Consume(home, vhost, queueName string, o broker.ProxyConsume, sink broker.ProxySink) (broker.ProxyChannel, *amqp.Error) {
 	p, err := l.peer(home, vhost)
@@ -502,35 +437,42 @@ func (l *Link) Consume(home, vhost, queueName string, o broker.ProxyConsume, sin
 		return nil, linkError(home, err)
 	}
 	p.barrier()
-	c, err := p.connect(connProxy)
+	c, err := p.connect()
 	if err != nil {
 		return nil, linkError(home, err)
 	}
-	var ch *amqp091.Channel
-	var deliveries <-chan amqp091.Delivery
-	err = p.within(c, func() error {
-		var err error
-		if ch, err = c.Channel(); err != nil {
-			return err
-		}
+	lc, err := c.open(l.cfg.Timeout)
+	if err != nil {
+		return nil, linkError(home, err)
+	}
+	lc.sink, lc.tag, lc.started = sink, o.Tag, make(chan struct{})
+	if o.NoAck {
+		// Consumed with acks and the link's window: see noAckWindow. The client's prefetch
+		// limits do not apply to a no-ack consumer, on the home either.
+		lc.credit = true
+		o.NoAck, o.Prefetch, o.ChannelPrefetch = false, noAckWindow, 0
+	}
+	err = func() error {
 		if o.ChannelPrefetch > 0 {
-			if err := ch.Qos(o.ChannelPrefetch, 0, true); err != nil {
+			if _, err := lc.call(&amqp.BasicQos{PrefetchCount: uint16(o.ChannelPrefetch), Global: true}, "basic.qos-ok"); err != nil {
 				return err
 			}
 		}
 		if o.Prefetch > 0 {
-			if err := ch.Qos(o.Prefetch, 0, false); err != nil {
+			if _, err := lc.call(&amqp.BasicQos{PrefetchCount: uint16(o.Prefetch)}, "basic.qos-ok"); err != nil {
 				return err
 			}
 		}
-		deliveries, err = ch.Consume(queueName, o.Tag, o.NoAck, o.Exclusive, false, false, toTable091(o.Args))
+		_, err := lc.call(&amqp.BasicConsume{Queue: queueName, ConsumerTag: o.Tag, NoAck: o.NoAck, Exclusive: o.Exclusive,
+			Arguments: o.Args}, "basic.consume-ok")
 		return err
-	})
+	}()
 	if err != nil {
+		lc.stopped.Store(true)
+		lc.closeAsync()
 		return nil, linkError(home, err)
 	}
-	return &proxyChannel{p: p, c: c, ch: ch, tag: o.Tag, noAck: o.NoAck, deliveries: deliveries, sink: sink,
-		closes: ch.NotifyClose(make(chan *amqp091.Error, 1))}, nil
+	return &proxyChannel{p: p, lc: lc}, nil
 }
 
 // Getter implements broker.Proxy.
@@ -539,214 +481,16 @@ func (l *Link) Getter(home, vhost string) (broker.ProxyGetter, *amqp.Error) {
 	if err != nil {
 		return nil, linkError(home, err)
 	}
-	c, err := p.connect(connProxy)
+	c, err := p.connect()
 	if err != nil {
 		return nil, linkError(home, err)
 	}
-	var ch *amqp091.Channel
-	err = p.within(c, func() error {
-		var err error
-		ch, err = c.Channel()
-		return err
-	})
+	lc, err := c.open(l.cfg.Timeout)
 	if err != nil {
 		return nil, linkError(home, err)
 	}
-	return &proxyChannel{p: p, c: c, ch: ch}, nil
-}
-
-// proxyChannel is one link channel of a proxied consumer or getter.
-type proxyChannel struct {
-	p *peer
-	// c is the proxy connection ch is on: a wait on ch that times out drops only c, not the
-	// peer's forwarding connection (its in-flight forwards would be nacked for nothing).
-	c          *amqp091.Connection
-	ch         *amqp091.Channel
-	tag        string
-	noAck      bool
-	deliveries <-chan amqp091.Delivery
-	closes     chan *amqp091.Error
-	sink       broker.ProxySink
-	relayDone  chan struct{} // closed when the relay goroutine ends (Start)
-	// stopped: Cancel or Close was called, so the end of the deliveries is not news.
-	stopped atomic.Bool
-	// mu orders settlements before the channel.close: a frame on a channel the home has
-	// closed is a connection error there, which would end every other use of the link.
-	mu     sync.Mutex
-	closed bool
-}
-
-// send runs f, which writes a frame on the channel, unless the channel is closing.
-func (pc *proxyChannel) send(f func() error) error {
-	pc.mu.Lock()
-	defer pc.mu.Unlock()
-	if pc.closed {
-		return amqp091.ErrClosed
-	}
-	return f()
-}
-
-// Start implements broker.ProxyChannel: the relay goroutine of the consumer.
-func (pc *proxyChannel) Start() {
-	if pc.deliveries == nil {
-		return
-	}
-	pc.relayDone = make(chan struct{})
-	go func() {
-		defer close(pc.relayDone)
-		for d := range pc.deliveries {
-			if !pc.sink.Deliver(fromDelivery(d)) && !pc.noAck {
-				// The consumer is gone on this node: the message goes back to its place.
-				_ = pc.send(func() error { return pc.ch.Nack(d.DeliveryTag, false, true) })
-			}
-		}
-		if pc.stopped.Load() {
-			return
-		}
-		var err *amqp.Error
-		select {
-		case e := <-pc.closes: // sent before the deliveries end
-			if e != nil && e.Server && e.Recover {
-				err = linkError(pc.p.node, e)
-			}
-		default:
-		}
-		pc.sink.Ended(err)
-	}()
-}
-
-// Settle implements broker.ProxyChannel.
-func (pc *proxyChannel) Settle(kind broker.Settlement, tag uint64, multiple bool) {
-	// Counted once written: a forward that syncAcks covers comes after it (see peer).
-	defer pc.p.acksSent.Add(1)
-	err := pc.send(func() error {
-		switch kind {
-		case broker.Ack:
-			return pc.ch.Ack(tag, multiple)
-		case broker.Reject:
-			return pc.ch.Nack(tag, multiple, false)
-		default:
-			return pc.ch.Nack(tag, multiple, true)
-		}
-	})
-	if err != nil && !errors.Is(err, amqp091.ErrClosed) {
-		pc.p.l.log.Debug("cluster: settling a proxied delivery", "node", pc.p.node, "err", err)
-	}
-}
-
-// Cancel implements broker.ProxyChannel. It waits (bounded) for the home's cancel-ok and for
-// the relay to pass on what the home delivered before it, so that the client gets those
-// before its own cancel-ok, as from a local queue, and nothing is delivered after it.
-func (pc *proxyChannel) Cancel() {
-	pc.stopped.Store(true)
-	_ = pc.p.within(pc.c, func() error { return pc.send(func() error { return pc.ch.Cancel(pc.tag, false) }) })
-	if pc.relayDone == nil {
-		return
-	}
-	t := time.NewTimer(pc.p.l.cfg.Timeout)
-	defer t.Stop()
-	select {
-	case <-pc.relayDone:
-	case <-t.C:
-	}
-}
-
-// Close implements broker.ProxyChannel. Not waited for either: the home requeues what is
-// unsettled when the channel.close arrives (or the connection goes).
-func (pc *proxyChannel) Close() {
-	pc.stopped.Store(true)
-	pc.mu.Lock()
-	pc.closed = true
-	pc.mu.Unlock()
-	go func() { _ = pc.ch.Close() }()
-}
-
-// Get implements broker.ProxyGetter.
-func (pc *proxyChannel) Get(queueName string, noAck bool) (broker.ProxyDelivery, bool, *amqp.Error) {
-	var d amqp091.Delivery
-	var ok bool
-	pc.p.barrier()
-	err := pc.p.within(pc.c, func() error {
-		var err error
-		d, ok, err = pc.ch.Get(queueName, noAck)
-		return err
-	})
-	if err != nil {
-		pc.Close()
-		return broker.ProxyDelivery{}, false, linkError(pc.p.node, err)
-	}
-	if !ok {
-		return broker.ProxyDelivery{}, false, nil
-	}
-	return fromDelivery(d), true, nil
-}
-
-// fromDelivery is a delivery of the home node as this node relays it: the content header is
-// encoded again from the properties amqp091-go decoded.
-func fromDelivery(d amqp091.Delivery) broker.ProxyDelivery {
-	props := amqp.Properties{ContentType: d.ContentType, ContentEncoding: d.ContentEncoding, Headers: fromTable091(d.Headers),
-		DeliveryMode: d.DeliveryMode, Priority: d.Priority, CorrelationID: d.CorrelationId, ReplyTo: d.ReplyTo,
-		Expiration: d.Expiration, MessageID: d.MessageId, Timestamp: d.Timestamp, Type: d.Type, UserID: d.UserId, AppID: d.AppId}
-	return broker.ProxyDelivery{Tag: d.DeliveryTag, Redelivered: d.Redelivered, Exchange: d.Exchange, RoutingKey: d.RoutingKey,
-		Header: amqp.AppendContentHeader(nil, amqp.ClassBasic, uint64(len(d.Body)), &props), Body: d.Body, MessageCount: d.MessageCount}
-}
-
-func toTable091(t amqp.Table) amqp091.Table {
-	if t == nil {
-		return nil
-	}
-	out := make(amqp091.Table, len(t))
-	for k, v := range t {
-		out[k] = toValue091(v)
-	}
-	return out
-}
-
-func toValue091(v any) any {
-	switch v := v.(type) {
-	case amqp.Table:
-		return toTable091(v)
-	case map[string]any:
-		return toTable091(amqp.Table(v))
-	case amqp.Decimal:
-		return amqp091.Decimal{Scale: v.Scale, Value: v.Value}
-	case []any:
-		out := make([]any, len(v))
-		for i, x := range v {
-			out[i] = toValue091(x)
-		}
-		return out
-	case int:
-		return int64(v)
-	}
-	return v
-}
-
-func fromTable091(t amqp091.Table) amqp.Table {
-	if t == nil {
-		return nil
-	}
-	out := make(amqp.Table, len(t))
-	for k, v := range t {
-		out[k] = fromValue091(v)
-	}
-	return out
-}
-
-func fromValue091(v any) any {
-	switch v := v.(type) {
-	case amqp091.Table:
-		return fromTable091(v)
-	case amqp091.Decimal:
-		return amqp.Decimal{Scale: v.Scale, Value: v.Value}
-	case []any:
-		out := make([]any, len(v))
-		for i, x := range v {
-			out[i] = fromValue091(x)
-		}
-		return out
-	}
-	return v
+	lc.getResults = make(chan getResult, 1)
+	return &proxyChannel{p: p, lc: lc}, nil
 }
 
 // --- the link login
@@ -812,16 +556,14 @@ func (a *LinkAuth) LinkTLS() *tls.Config { return a.tls }
 // login is this node's side of a link login to server.
 func (a *LinkAuth) login(server string) linkLogin { return linkLogin{a: a, server: server} }
 
-// linkLogin is one node's link login to one server node. As an amqp091.Authentication it gives
-// start-ok's response; the challenge, which amqp091-go cannot answer, is answered by the
-// connection it dials (loginConn).
+// linkLogin is one node's link login to one server node: start-ok's response, then secure-ok's
+// answer to the server's challenge.
 type linkLogin struct {
 	a      *LinkAuth
 	server string
 }
 
-func (l linkLogin) Mechanism() string { return broker.LinkMechanism }
-func (l linkLogin) Response() string  { return l.a.node }
+func (l linkLogin) Response() string { return l.a.node }
 
 // answer is secure-ok's response to the server's challenge.
 func (l linkLogin) answer(challenge string) string { return l.a.answer(challenge, l.a.node, l.server) }
@@ -846,46 +588,50 @@ func amqpAddrFor(reported, clusterAddr string) string {
 // Counts implements broker.Proxy: a passive queue.declare on the home, on a channel of its own
 // (a missing queue closes it).
 func (l *Link) Counts(home, vhost, queueName string) (int, int, *amqp.Error) {
-	var st amqp091.Queue
-	err := l.onChannel(home, vhost, func(ch *amqp091.Channel) error {
-		var err error
-		st, err = ch.QueueDeclarePassive(queueName, false, false, false, false, nil)
+	var ok *amqp.QueueDeclareOk
+	err := l.onChannel(home, vhost, func(lc *linkChan) error {
+		m, err := lc.call(&amqp.QueueDeclare{Queue: queueName, Passive: true}, "queue.declare-ok")
+		if err == nil {
+			ok = m.(*amqp.QueueDeclareOk)
+		}
 		return err
 	})
-	return st.Messages, st.Consumers, err
+	if err != nil {
+		return 0, 0, err
+	}
+	return int(ok.MessageCount), int(ok.ConsumerCount), nil
 }
 
 // Purge implements broker.Proxy.
 func (l *Link) Purge(home, vhost, queueName string) (int, *amqp.Error) {
 	var n int
-	err := l.onChannel(home, vhost, func(ch *amqp091.Channel) error {
-		var err error
-		n, err = ch.QueuePurge(queueName, false)
+	err := l.onChannel(home, vhost, func(lc *linkChan) error {
+		m, err := lc.call(&amqp.QueuePurge{Queue: queueName}, "queue.purge-ok")
+		if err == nil {
+			n = int(m.(*amqp.QueuePurgeOk).MessageCount)
+		}
 		return err
 	})
 	return n, err
 }
 
-// onChannel runs f on a new link channel to home (after the forwards queued so far), bounded
-// by the timeout, and closes the channel.
-func (l *Link) onChannel(home, vhost string, f func(*amqp091.Channel) error) *amqp.Error {
+// onChannel runs f on a new link channel to home (after the forwards queued so far), and
+// closes the channel; every wait is bounded by the timeout.
+func (l *Link) onChannel(home, vhost string, f func(*linkChan) error) *amqp.Error {
 	p, err := l.peer(home, vhost)
 	if err != nil {
 		return linkError(home, err)
 	}
 	p.barrier()
-	c, err := p.connect(connProxy)
+	c, err := p.connect()
 	if err != nil {
 		return linkError(home, err)
 	}
-	err = p.within(c, func() error {
-		ch, err := c.Channel()
-		if err != nil {
-			return err
-		}
-		defer func() { go func() { _ = ch.Close() }() }()
-		return f(ch)
-	})
+	lc, err := c.open(l.cfg.Timeout)
+	if err == nil {
+		err = f(lc)
+		lc.closeAsync()
+	}
 	if err != nil {
 		return linkError(home, err)
 	}

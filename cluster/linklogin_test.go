@@ -203,7 +203,7 @@ func TestLinkWrongSecretRefusedNotLogged(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := p.connect(connProxy); err == nil || !strings.Contains(err.Error(), "403") {
+	if _, err := p.connect(); err == nil || !strings.Contains(err.Error(), "403") {
 		t.Fatalf("proxy connection with the wrong secret: %v, want a 403", err)
 	}
 	// And the right one gets in on both.
@@ -266,7 +266,7 @@ func TestSingleNodeRefusesLinkLogin(t *testing.T) {
 		t.Fatalf("single node offers %q", start.Mechanisms)
 	}
 	login := NewLinkAuth("test", "n2", testSecret, nil).login("n1")
-	if _, err := c.Write(amqp.AppendMethodFrame(nil, 0, &amqp.ConnectionStartOk{Mechanism: login.Mechanism(), Response: login.Response(), Locale: "en_US"})); err != nil {
+	if _, err := c.Write(amqp.AppendMethodFrame(nil, 0, &amqp.ConnectionStartOk{Mechanism: broker.LinkMechanism, Response: login.Response(), Locale: "en_US"})); err != nil {
 		t.Fatal(err)
 	}
 	if cl, names := readUntilClose(t, c); cl != nil || len(names) != 0 {

@@ -4,7 +4,6 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -73,59 +72,18 @@ func dialPub(addr, vhost, name string, login linkLogin, tlsCfg *tls.Config, hear
 }
 
 func (c *pubConn) handshake(vhost, name string, login linkLogin, heartbeat time.Duration) error {
-	if _, err := c.nc.Write(amqp.ProtocolHeader); err != nil {
-		return err
-	}
-	m, err := c.expect("connection.start")
+	t, err := linkHello(c.nc, c.fr, vhost, name, login,
+		amqp.Table{"publisher_confirms": true, "basic.nack": true}, heartbeat, c.frameMax)
 	if err != nil {
 		return err
 	}
-	if !strings.Contains(" "+m.(*amqp.ConnectionStart).Mechanisms+" ", " "+broker.LinkMechanism+" ") {
-		return fmt.Errorf("the node does not offer the %s login (not a member of this cluster?)", broker.LinkMechanism)
-	}
-	c.buffer(0, &amqp.ConnectionStartOk{
-		ClientProperties: amqp.Table{"product": "warren-link", "connection_name": name,
-			"capabilities": amqp.Table{"publisher_confirms": true, "basic.nack": true}},
-		Mechanism: broker.LinkMechanism, Response: login.Response(), Locale: "en_US"})
-	if err := c.flush(); err != nil {
-		return err
-	}
-	m, err = c.expect("connection.secure")
-	if err != nil {
-		return err
-	}
-	c.buffer(0, &amqp.ConnectionSecureOk{Response: login.answer(m.(*amqp.ConnectionSecure).Challenge)})
-	if err := c.flush(); err != nil {
-		return err
-	}
-	m, err = c.expect("connection.tune")
-	if err != nil {
-		return err
-	}
-	tune := m.(*amqp.ConnectionTune)
-	if tune.FrameMax != 0 && tune.FrameMax < c.frameMax {
-		c.frameMax = tune.FrameMax
-	}
-	c.fr.SetMaxFrameSize(c.frameMax)
-	// amqp091-go's rule, which the link used before: the smaller of both offers, either when
-	// the other has none.
-	hb := uint16((heartbeat + time.Second - 1) / time.Second)
-	if hb == 0 || (tune.Heartbeat != 0 && tune.Heartbeat < hb) {
-		hb = tune.Heartbeat
-	}
-	c.hb = time.Duration(hb) * time.Second
-	channelMax := tune.ChannelMax
-	if channelMax == 0 {
-		channelMax = 2047
-	}
-	c.buffer(0, &amqp.ConnectionTuneOk{ChannelMax: channelMax, FrameMax: c.frameMax, Heartbeat: hb})
-	c.buffer(0, &amqp.ConnectionOpen{VirtualHost: vhost})
+	c.frameMax, c.hb = t.frameMax, t.heartbeat
 	c.buffer(pubChannelID, &amqp.ChannelOpen{})
 	c.buffer(pubChannelID, &amqp.ConfirmSelect{})
 	if err := c.flush(); err != nil {
 		return err
 	}
-	for _, want := range []string{"connection.open-ok", "channel.open-ok", "confirm.select-ok"} {
+	for _, want := range []string{"channel.open-ok", "confirm.select-ok"} {
 		if _, err := c.expect(want); err != nil {
 			return err
 		}

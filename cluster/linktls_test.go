@@ -111,7 +111,7 @@ func TestLinkMutualTLS(t *testing.T) {
 	if !confirmOne(t, ch2, confirms, "", "q1", amqp091.Publishing{Body: []byte("over tls")}) {
 		t.Fatal("forward over the TLS link nacked")
 	}
-	// Consumed on n2 from n1, proxied over the TLS link (amqp091-go and loginConn).
+	// Consumed on n2 from n1, proxied over the TLS link (the lean proxy client).
 	msgs, err := ch2.Consume("q1", "", false, false, false, false, nil)
 	if err != nil {
 		t.Fatal(err)

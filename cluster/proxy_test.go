@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"fmt"
+	"net"
 	"testing"
 	"time"
 
@@ -433,19 +434,223 @@ func TestProxyCancelTimeoutKeepsForwarding(t *testing.T) {
 		t.Fatal(aerr)
 	}
 	pc := bpc.(*proxyChannel)
-	// A cancel whose write cannot go out stands for a home that does not answer.
-	pc.mu.Lock()
+	// A channel whose replies are dropped here stands for a home that does not answer.
+	pc.lc.drop()
+	start := time.Now()
 	pc.Cancel() // returns after the link timeout
-	pc.mu.Unlock()
+	if d := time.Since(start); d < time.Second {
+		t.Fatalf("cancel returned after %v without its cancel-ok", d)
+	}
 	p.mu.Lock()
-	after, proxy := p.pub, p.conns[connProxy]
+	after, proxy := p.pub, p.proxy
 	p.mu.Unlock()
 	if after != pub {
 		t.Fatal("the forwarding connection was dropped by a proxied cancel's timeout")
 	}
-	if proxy != nil {
+	if proxy != nil && !proxy.closing.Load() {
 		t.Fatal("the proxy connection was kept after its wait timed out")
 	}
 	publishN(t, ch2, "slow", 1, 2)
 	ready(t, ch1, "slow", 2)
+}
+
+// proxyChannels is the number of link channels of node i's proxy connection to home (0
+// without one).
+func (lc *linkedCluster) proxyChannels(t *testing.T, i int, home string) int {
+	t.Helper()
+	p, err := lc.links[i].peer(home, "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.mu.Lock()
+	c := p.proxy
+	p.mu.Unlock()
+	if c == nil {
+		return 0
+	}
+	return c.channels()
+}
+
+// A proxied consumer that its home ends (the queue deleted there) releases its link channel:
+// at once when nothing it delivered is unsettled, else once the client settled it.
+func TestProxyHomeCancelReleasesLinkChannel(t *testing.T) {
+	lc := startLinked(t, 2)
+	_, ch1 := dial(t, lc.urls[0])
+	_, ch2 := dial(t, lc.urls[1])
+	for _, q := range []string{"idle", "busy", "keep"} {
+		if _, err := ch1.QueueDeclare(q, false, false, false, false, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A consumer that stays, so that the proxy connection exists for the baseline.
+	if _, err := ch2.Consume("keep", "keep", false, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	base := lc.proxyChannels(t, 1, "n1")
+	if base == 0 {
+		t.Fatal("no proxy connection after a proxied consume")
+	}
+	cancels := ch2.NotifyCancel(make(chan string, 4))
+	awaitCancel := func(want string) {
+		t.Helper()
+		select {
+		case tag := <-cancels:
+			if tag != want {
+				t.Fatalf("cancelled %q, want %q", tag, want)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("no basic.cancel of %s", want)
+		}
+	}
+	settles := func(want int) {
+		t.Helper()
+		waitFor(t, 5*time.Second, fmt.Sprintf("%d link channels", want), func() bool { return lc.proxyChannels(t, 1, "n1") == want })
+	}
+
+	// Nothing unsettled: the link channel goes with the cancel.
+	if _, err := ch2.Consume("idle", "idle", false, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	if n := lc.proxyChannels(t, 1, "n1"); n != base+1 {
+		t.Fatalf("%d link channels with a second consumer, want %d", n, base+1)
+	}
+	if _, err := ch1.QueueDelete("idle", false, false, false); err != nil {
+		t.Fatal(err)
+	}
+	awaitCancel("idle")
+	settles(base)
+
+	// A delivery unacked at the home's cancel: the link channel stays for its ack.
+	publishN(t, ch1, "busy", 0, 1)
+	ds, err := ch2.Consume("busy", "busy", false, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := next(t, ds)
+	if _, err := ch1.QueueDelete("busy", false, false, false); err != nil {
+		t.Fatal(err)
+	}
+	awaitCancel("busy")
+	time.Sleep(100 * time.Millisecond)
+	if n := lc.proxyChannels(t, 1, "n1"); n != base+1 {
+		t.Fatalf("%d link channels with a delivery unacked, want %d", n, base+1)
+	}
+	if err := d.Ack(false); err != nil {
+		t.Fatal(err)
+	}
+	settles(base)
+}
+
+// A proxied no-ack consumer whose client does not read: the deliveries the home sends stop
+// once the link's window is out (noAckWindow), instead of the home's whole backlog piling up
+// in this node's memory; once the client reads, every message arrives, in order, and none is
+// left on the home.
+func TestProxyNoAckCongestedClientBounded(t *testing.T) {
+	lc := startLinked(t, 2)
+	_, ch1 := dial(t, lc.urls[0])
+	if _, err := ch1.QueueDeclare("flood", false, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	const total, size = 20000, 2048 // 40 MiB: ten times the client writer's high water
+	body := make([]byte, size)
+	for i := range total {
+		body[0], body[1], body[2] = byte(i>>16), byte(i>>8), byte(i)
+		if err := ch1.Publish("", "flood", false, false, amqp091.Publishing{Body: body}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ready(t, ch1, "flood", total)
+
+	// A raw client that sends basic.consume and then reads nothing.
+	addr := lc.servers[1].Addr().String()
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if tc, ok := nc.(*net.TCPConn); ok {
+		_ = tc.SetReadBuffer(64 << 10)
+	}
+	fr := amqp.NewFrameReader(nc, 64<<10)
+	if _, err := linkHelloPlain(nc, fr); err != nil {
+		t.Fatal(err)
+	}
+	var out []byte
+	out = amqp.AppendMethodFrame(out, 1, &amqp.ChannelOpen{})
+	out = amqp.AppendMethodFrame(out, 1, &amqp.BasicConsume{Queue: "flood", ConsumerTag: "slow", NoAck: true})
+	if _, err := nc.Write(out); err != nil {
+		t.Fatal(err)
+	}
+	// The home's messages: those still ready there plus those it sent and the link has not
+	// acked are the ones this node does not hold; the rest went to the client's socket or sit
+	// in its writer. Wait for the flow to stop, then check how much left the home.
+	var left int
+	prev := -1
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(300 * time.Millisecond) {
+		st, err := ch1.QueueDeclarePassive("flood", false, false, false, false, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Messages == prev {
+			break
+		}
+		prev = st.Messages
+	}
+	left = prev
+	// Taken from the home: the socket buffers (a few MiB on loopback), the writer's 4 MiB high
+	// water and the link's window. Without the window it is the whole backlog.
+	taken := total - left
+	t.Logf("the home still has %d of %d ready; %d taken (%d MiB)", left, total, taken, taken*size>>20)
+	if bound := (16<<20)/size + noAckWindow; taken > bound {
+		t.Fatalf("%d messages (%d MiB) left the home for a client that reads nothing, want at most %d", taken, taken*size>>20, bound)
+	}
+	// The client reads: everything arrives in order.
+	_ = nc.SetReadDeadline(time.Now().Add(30 * time.Second))
+	next := 0
+	for next < total {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("after %d deliveries: %v", next, err)
+		}
+		if f.Type == amqp.FrameBody {
+			if got := int(f.Payload[0])<<16 | int(f.Payload[1])<<8 | int(f.Payload[2]); got != next {
+				t.Fatalf("delivery %d is message %d", next, got)
+			}
+			next++
+		}
+	}
+	ready(t, ch1, "flood", 0)
+}
+
+// linkHelloPlain is a client's connection handshake as guest (PLAIN), for raw-frame tests.
+func linkHelloPlain(nc net.Conn, fr *amqp.FrameReader) (amqp.Method, error) {
+	if _, err := nc.Write(amqp.ProtocolHeader); err != nil {
+		return nil, err
+	}
+	read := func() (amqp.Method, error) {
+		f, err := fr.ReadNonHeartbeat()
+		if err != nil {
+			return nil, err
+		}
+		return amqp.DecodeMethod(f.Payload)
+	}
+	if _, err := read(); err != nil { // start
+		return nil, err
+	}
+	out := amqp.AppendMethodFrame(nil, 0, &amqp.ConnectionStartOk{ClientProperties: amqp.Table{"capabilities": amqp.Table{"consumer_cancel_notify": true}},
+		Mechanism: "PLAIN", Response: "\x00guest\x00guest", Locale: "en_US"})
+	if _, err := nc.Write(out); err != nil {
+		return nil, err
+	}
+	m, err := read() // tune
+	if err != nil {
+		return nil, err
+	}
+	tune := m.(*amqp.ConnectionTune)
+	out = amqp.AppendMethodFrame(nil, 0, &amqp.ConnectionTuneOk{ChannelMax: tune.ChannelMax, FrameMax: tune.FrameMax})
+	out = amqp.AppendMethodFrame(out, 0, &amqp.ConnectionOpen{VirtualHost: "/"})
+	if _, err := nc.Write(out); err != nil {
+		return nil, err
+	}
+	return read() // open-ok
 }

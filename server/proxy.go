@@ -42,6 +42,7 @@ func (ch *channel) takeHeldLocked(cs *consumer) []heldDelivery {
 	for _, h := range ch.remote.held {
 		if h.rs.cs == cs {
 			mine = append(mine, h)
+			h.rs.held--
 		} else {
 			kept = append(kept, h)
 		}
@@ -55,9 +56,15 @@ func (ch *channel) takeHeldLocked(cs *consumer) []heldDelivery {
 type remoteSink struct {
 	cs *consumer
 	pc broker.ProxyChannel
+	// held counts this consumer's deliveries in ch.remote.held (under ch.mu): while there
+	// are, new ones wait behind them, in order.
+	held int
 }
 
-// Deliver implements broker.ProxySink (on the link's relay goroutine).
+// Deliver implements broker.ProxySink (on the link's relay goroutine). A delivery waits here
+// (held) while the client's socket is congested, as local deliveries wait in their queue: the
+// home's window (the client's prefetch, or for a no-ack consumer the link's, see
+// broker.ProxyChannel.Written) bounds how many; the writer's drain sends them (kickConsumers).
 func (rs *remoteSink) Deliver(d broker.ProxyDelivery) bool {
 	cs := rs.cs
 	ch := cs.ch
@@ -66,25 +73,31 @@ func (rs *remoteSink) Deliver(d broker.ProxyDelivery) bool {
 		ch.mu.Unlock()
 		return false
 	}
-	if !cs.noAck && ch.prefetch > 0 && (ch.inflight >= ch.prefetch || len(ch.remote.held) > 0) {
+	hold := rs.held > 0 ||
+		(!cs.noAck && ch.prefetch > 0 && (ch.inflight >= ch.prefetch || len(ch.remote.held) > 0))
+	w := ch.c.w
+	b := w.lock()
+	if hold || w.congestedLocked() {
+		w.unlock(b)
 		ch.remote.held = append(ch.remote.held, heldDelivery{rs: rs, d: d})
+		rs.held++
 		ch.starved = true
 		ch.mu.Unlock()
 		return true
 	}
-	rs.writeLocked(d)
+	rs.writeLocked(b, d)
 	ch.mu.Unlock()
 	return true
 }
 
-// writeLocked sends a delivery to the client; call with ch.mu held.
-func (rs *remoteSink) writeLocked(d broker.ProxyDelivery) {
+// writeLocked sends a delivery to the client; call with ch.mu held and b from ch.c.w.lock(),
+// which it unlocks.
+func (rs *remoteSink) writeLocked(b []byte, d broker.ProxyDelivery) {
 	cs := rs.cs
 	ch := cs.ch
 	ch.nextTag++
 	tag := ch.nextTag
 	w := ch.c.w
-	b := w.lock()
 	start := len(b)
 	b = amqp.BeginMethodFrame(b, ch.id)
 	m := amqp.BasicDeliver{ConsumerTag: cs.tag, DeliveryTag: tag, Redelivered: d.Redelivered, Exchange: d.Exchange, RoutingKey: d.RoutingKey}
@@ -92,11 +105,13 @@ func (rs *remoteSink) writeLocked(d broker.ProxyDelivery) {
 	b = amqp.EndMethodFrame(b, start)
 	b = amqp.AppendContent(b, ch.id, d.Header, d.Body, ch.c.frameMax)
 	w.unlock(b)
-	if !cs.noAck {
-		ch.unacked = append(ch.unacked, delivery{tag: tag, qs: cs.qs, cons: cs, rem: rs.pc, rtag: d.Tag})
-		cs.unacked++
-		ch.inflight++
+	if cs.noAck {
+		rs.pc.Written(d.Tag)
+		return
 	}
+	ch.unacked = append(ch.unacked, delivery{tag: tag, qs: cs.qs, cons: cs, rem: rs.pc, rtag: d.Tag})
+	cs.unacked++
+	ch.inflight++
 }
 
 // sendHeld sends the held deliveries the channel's global prefetch now allows (after a
@@ -110,17 +125,29 @@ func (ch *channel) sendHeld() {
 	}
 	// Those of gone consumers go back whatever the credit: held here, they would stay
 	// unacked on the home (and count against its consumer timeout).
+	// A congested client takes nothing more (the writer's drain calls this again); a delivery
+	// kept makes every later one of its consumer wait too, so each consumer's stay in order.
 	held := ch.remote.held
 	kept := held[:0]
+	w := ch.c.w
+	congested := false
 	for _, h := range held {
 		switch {
 		case ch.closed || ch.consumers[h.rs.cs.tag] != h.rs.cs:
 			back = append(back, h)
-		case ch.prefetch == 0 || ch.inflight < ch.prefetch:
-			h.rs.writeLocked(h.d)
-		default:
-			kept = append(kept, h)
+			h.rs.held--
+			continue
+		case congested:
+		case h.rs.cs.noAck || ch.prefetch == 0 || ch.inflight < ch.prefetch:
+			b := w.lock()
+			if congested = w.congestedLocked(); !congested {
+				h.rs.held--
+				h.rs.writeLocked(b, h.d)
+				continue
+			}
+			w.unlock(b)
 		}
+		kept = append(kept, h)
 	}
 	clear(held[len(kept):])
 	ch.remote.held = kept
@@ -136,6 +163,16 @@ func (ch *channel) sendHeld() {
 func (rs *remoteSink) Ended(err *amqp.Error) {
 	if err == nil {
 		rs.cs.QueueDeleted()
+		// Its link channel goes once what it delivered is settled (at once when nothing
+		// is), as after the client's own cancel: kept, it would hold one of the home's
+		// channels until the client's channel closed. What it held over the channel's
+		// global prefetch goes back to the home with the link channel's close.
+		ch := rs.cs.ch
+		ch.mu.Lock()
+		rs.cs.cancelled = true
+		ch.takeHeldLocked(rs.cs)
+		ch.mu.Unlock()
+		ch.closeDrained([]delivery{{cons: rs.cs}})
 		return
 	}
 	ch := rs.cs.ch
