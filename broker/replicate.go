@@ -164,9 +164,9 @@ func (v *VHost) replicatedDeclareQueue(a Actor, name string, m QueueSpec) (*Queu
 		var spec queueSpec
 		spec, err = v.checkNewQueue(a, name, m)
 		if err == nil && spec.stream {
-			// A stream's log is opened outside v.mu after its name is reserved; the log's apply
-			// path does not do that yet, so it is refused before the log.
-			err = errNotInCluster("x-queue-type 'stream'")
+			// The stream's own checks (its arguments, durable, not exclusive), made here so
+			// that a declare the home node would refuse never reaches the log.
+			_, err = checkStreamDeclare(name, v.name, m)
 		}
 	}
 	v.mu.RUnlock()
@@ -385,13 +385,22 @@ func (v *VHost) applyDeclareQueue(op TopologyOp) *amqp.Error {
 		v.mu.Unlock()
 		return nil
 	}
-	_, synced, err := v.newQueue(Actor{Owner: owner}, m.Name, m, op.Epoch)
+	qs, synced, err := v.newQueue(Actor{Owner: owner}, m.Name, m, op.Epoch)
 	if err != nil {
 		v.mu.Unlock()
 		v.b.log.Error("cluster: applying a queue declare", "vhost", v.name, "queue", m.Name, "err", err)
 		return err
 	}
 	v.mu.Unlock()
+	if qs.spec.stream {
+		// A stream homed here: newQueue reserved its name, its log is created (files synced)
+		// without v.mu, as DeclareQueue does on a single node. The other nodes have a remote
+		// entry: publishes are forwarded here, their consumers proxied (stream.go).
+		if synced, err = v.openReservedStream(qs, m); err != nil {
+			v.b.log.Error("cluster: opening a declared stream", "vhost", v.name, "queue", m.Name, "err", err)
+			return err
+		}
+	}
 	if err := wait(synced, "storing queue"); err != nil {
 		v.b.log.Error("cluster: storing a declared queue", "vhost", v.name, "queue", m.Name, "err", err)
 		return err
