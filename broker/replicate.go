@@ -60,7 +60,9 @@ type TopologyOp struct {
 	// declared, the one allowed to use one.
 	Owner     OwnerID
 	OwnerNode string
-	// Home is the node a declared queue lives on (decided by the log from x-queue-leader-locator).
+	// Home is the node a declared queue lives on (decided by the log from x-queue-leader-locator),
+	// or the node that holds a declared x-delayed-message exchange's messages (its declaring
+	// node).
 	Home string
 	// Epoch identifies one incarnation of a queue (the log index of its declare): a delete
 	// proposed after a local removal (auto-delete, x-expires) names the incarnation it removed,
@@ -251,11 +253,6 @@ func (v *VHost) replicatedDropExclusive(owner OwnerID) {
 	}
 }
 
-// errNotInCluster is the 540 for a feature a cluster member refuses before proposing it.
-func errNotInCluster(what string) *amqp.Error {
-	return amqp.Errorf(amqp.NotImplemented, "%s not supported in a Warren cluster yet", what)
-}
-
 // ownerFor is the local owner of an exclusive queue the log says is owned by op's connection:
 // that connection if it is one of this process, else remoteOwner. A connection of an earlier
 // process of this node (replayed after a restart) is gone: its id may be reused by a new
@@ -283,7 +280,7 @@ func (b *Broker) ApplyTopology(op TopologyOp) (TopologyResult, *amqp.Error) {
 	}
 	switch op.Kind {
 	case OpDeclareExchange:
-		return TopologyResult{}, v.applyDeclareExchange(op.Exchange)
+		return TopologyResult{}, v.applyDeclareExchange(op.Exchange, op.Home)
 	case OpDeleteExchange:
 		var sw storeWaits
 		v.mu.Lock()
@@ -313,19 +310,48 @@ func (b *Broker) ApplyTopology(op TopologyOp) (TopologyResult, *amqp.Error) {
 	return TopologyResult{}, nil
 }
 
-func (v *VHost) applyDeclareExchange(m ExchangeSpec) *amqp.Error {
+// applyDeclareExchange creates an exchange the log declared. An x-delayed-message exchange
+// holds its messages on its home node (delayed.go): there it is a delayed exchange of this
+// node's delayer; elsewhere its delayed publishes are forwarded to the home.
+func (v *VHost) applyDeclareExchange(m ExchangeSpec, home string) *amqp.Error {
 	kind, ok := exchange.ParseKind(m.Type)
+	var delayed *delayedExchange
+	remote := ""
+	if m.Type == delayedType {
+		k, err := parseDelayedType(m.Args) // checked by the proposing node: cannot fail
+		if err != nil {
+			return err
+		}
+		kind, ok = k, true
+		delayed = &delayedExchange{v: v}
+		if home != "" && home != v.b.replicator.LocalNode() {
+			remote = home
+			delayed.home.Store(&remote)
+		}
+	}
 	if !ok {
 		return amqp.Errorf(amqp.CommandInvalid, "unknown exchange type '%s'", m.Type)
 	}
 	v.mu.Lock()
-	if v.exchanges[m.Name] != nil {
+	if ex := v.exchanges[m.Name]; ex != nil {
+		var sw storeWaits
+		if ex.delayed != nil && remote != "" && ex.delayed.remoteHome() == "" {
+			// Restored from this node's store as one of its own (the store does not know
+			// homes) before the log said where it lives: its held messages are the home's.
+			v.b.delayed.unregister(ex, &sw)
+			ex.delayed.home.Store(&remote)
+		}
 		v.mu.Unlock()
+		sw.wait(v.b, "deleting delayed exchange")
 		return nil
 	}
+	if delayed != nil && remote == "" {
+		delayed.inc = v.b.delayed.newIncarnation()
+	}
 	ex := &Exchange{name: m.Name, kind: kind, durable: m.Durable, autoDelete: m.AutoDelete, internal: m.Internal,
-		args: m.Args, router: exchange.NewRouter(kind)}
+		args: m.Args, router: exchange.NewRouter(kind), delayed: delayed}
 	var synced chan error
+	var sw storeWaits
 	if ex.durable && v.b.store != nil {
 		args, aerr := encodeArgs(ex.args)
 		if aerr != nil {
@@ -334,12 +360,19 @@ func (v *VHost) applyDeclareExchange(m ExchangeSpec) *amqp.Error {
 		}
 		var done func(error)
 		done, synced = submitted()
-		v.b.store.PutExchangeAsync(persistence.ExchangeRecord{VHost: v.name, Name: ex.name, Kind: ex.kind.String(), Durable: true,
+		v.b.store.PutExchangeAsync(persistence.ExchangeRecord{VHost: v.name, Name: ex.name, Kind: ex.typeName(), Durable: true,
 			AutoDelete: ex.autoDelete, Internal: ex.internal, Args: args}, done)
+		if delayed != nil && remote == "" {
+			v.b.store.PutDelayedExchangeAsync(v.name, ex.name, delayed.inc, sw.add(v.b, "storing delayed exchange"))
+		}
+	}
+	if delayed != nil && remote == "" {
+		v.b.delayed.register(ex)
 	}
 	ex.alternate = v.alternateLocked(ex)
 	v.exchanges[ex.name] = ex
 	v.mu.Unlock()
+	sw.wait(v.b, "storing delayed exchange")
 	return wait(synced, "storing exchange")
 }
 
