@@ -12,10 +12,9 @@ import (
 	"github.com/warrenmq/warren/broker"
 )
 
-// conformanceSkip are the conformance tests of features a cluster refuses before anything
-// reaches the log (docs/cluster.md, Not done yet): x-delayed-message exchanges and stream
-// queues (540 NOT_IMPLEMENTED on a cluster member).
-const conformanceSkip = "^(TestDelayed|TestStream|TestWireClusterIDProperty)"
+// conformanceSkip are the conformance tests a cluster does not pass (docs/cluster.md, Not
+// done yet).
+const conformanceSkip = "^(TestWireClusterIDProperty)"
 
 // The conformance suite, unchanged, against node n2 of a three-node cluster whose queues are
 // homed on n1 and n3: n2 declares with the balanced locator over the members n1 and n3, so

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -117,6 +118,40 @@ func TestClusterStreamAcrossNodes(t *testing.T) {
 	_, err := nch.Consume(q, "", false, false, false, false, nil)
 	if code := amqpCode(err); code != amqp091.PreconditionFailed {
 		t.Errorf("consume without prefetch on n3: %v, want 406", err)
+	}
+
+	// What the home would refuse with a connection error (540) is refused on n3, the client's
+	// node, with RabbitMQ's code and text; the link to n1 is untouched.
+	rs := fmt.Sprintf("queue '%s' in vhost '/'", q)
+	for _, tc := range []struct {
+		name string
+		op   func(ch *amqp091.Channel) error
+		text string
+	}{
+		{"no-ack consume", func(ch *amqp091.Channel) error {
+			if err := ch.Qos(10, 0, false); err != nil {
+				return err
+			}
+			_, err := ch.Consume(q, "", true, false, false, false, nil)
+			return err
+		}, "NOT_IMPLEMENTED - automatic acknowledgement not supported by stream queues " + rs},
+		{"basic.get", func(ch *amqp091.Channel) error {
+			_, _, err := ch.Get(q, false)
+			return err
+		}, "NOT_IMPLEMENTED - basic.get not supported by stream queues " + rs},
+		{"queue.purge", func(ch *amqp091.Channel) error {
+			_, err := ch.QueuePurge(q, false)
+			return err
+		}, "NOT_IMPLEMENTED - queue.purge not supported by stream queues " + rs},
+	} {
+		_, ch := dial(t, nodes["n3"].url)
+		var ae *amqp091.Error
+		if err := tc.op(ch); !errors.As(err, &ae) || ae.Code != amqp091.NotImplemented || ae.Reason != tc.text {
+			t.Errorf("%s on n3: %v, want 540 %q", tc.name, err, tc.text)
+		}
+	}
+	if got, err := streamReadAt(t, nodes["n3"].url, q, int64(4), quiet); err != nil || strings.Join(got, " ") != "4@4" {
+		t.Errorf("n3 after the refusals, from offset 4: read %q, %v", got, err)
 	}
 
 	nodes["n1"].crash()
