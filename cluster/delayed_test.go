@@ -239,3 +239,57 @@ func TestClusterDelayedSurvivesRestarts(t *testing.T) {
 		t.Fatalf("delayed message published on the restarted n3: %v %q", ok, d.Body)
 	}
 }
+
+// The state machine records a delayed exchange's home (its declaring node; none for other
+// types), keeps it on a redeclare from another node, and carries it through a snapshot: a node
+// restoring one declares the exchange with the same home.
+func TestMetadataDelayedExchangeHome(t *testing.T) {
+	rec := &recorder{}
+	m := NewMetadata(rec, quietLog())
+	var i uint64
+	apply := func(c Command) Result {
+		i++
+		return m.Apply(i, c.Encode()).(Result)
+	}
+	delayedArgs := args(t, amqp.Table{"x-delayed-type": "direct"})
+	if r := apply(Command{Op: OpDeclareExchange, VHost: "/", Name: "dx", Type: "x-delayed-message", Durable: true,
+		Args: delayedArgs, Node: "n2"}); r.Err() != nil || r.Home != "n2" {
+		t.Fatalf("declare on n2: %+v", r)
+	}
+	if r := apply(Command{Op: OpDeclareExchange, VHost: "/", Name: "dx", Type: "x-delayed-message", Durable: true,
+		Args: delayedArgs, Node: "n3"}); r.Err() != nil {
+		t.Fatalf("redeclare on n3: %+v", r)
+	}
+	if r := apply(Command{Op: OpDeclareExchange, VHost: "/", Name: "plain", Type: "direct", Node: "n3"}); r.Err() != nil || r.Home != "" {
+		t.Fatalf("direct exchange: %+v", r)
+	}
+	homes := map[string]string{}
+	for _, op := range rec.ops {
+		if op.Kind == broker.OpDeclareExchange {
+			homes[op.Exchange.Name] = op.Home
+		}
+	}
+	if len(rec.ops) != 2 || homes["dx"] != "n2" || homes["plain"] != "" {
+		t.Fatalf("broker told %d changes, homes %v; want 2, dx on n2, plain none", len(rec.ops), homes)
+	}
+	snap, err := m.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fresh := &recorder{}
+	if err := NewMetadata(fresh, quietLog()).Restore(snap); err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, op := range fresh.ops {
+		if op.Kind == broker.OpDeclareExchange && op.Exchange.Name == "dx" {
+			found = true
+			if op.Home != "n2" || op.Exchange.Type != "x-delayed-message" {
+				t.Errorf("restored dx: home %q type %q, want n2 x-delayed-message", op.Home, op.Exchange.Type)
+			}
+		}
+	}
+	if !found {
+		t.Error("restoring the snapshot declared no dx")
+	}
+}
