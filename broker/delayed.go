@@ -3,6 +3,7 @@ package broker
 import (
 	"bytes"
 	"container/heap"
+	"fmt"
 	"math"
 	"slices"
 	"strconv"
@@ -13,6 +14,7 @@ import (
 	"github.com/warrenmq/warren/amqp"
 	"github.com/warrenmq/warren/exchange"
 	"github.com/warrenmq/warren/persistence"
+	"github.com/warrenmq/warren/queue"
 )
 
 // The x-delayed-message exchange, with the semantics of RabbitMQ's delayed-message-exchange
@@ -46,11 +48,28 @@ const (
 	delayMaxMemBytes = 32 << 20
 )
 
+// DelayedExchangeType is the exchange type of the delayed-message plugin's exchanges.
+const DelayedExchangeType = delayedType
+
 // delayedExchange is what an x-delayed-message exchange has beside its x-delayed-type router.
 type delayedExchange struct {
 	v *VHost
 	// inc is this life of the exchange: its held messages are stored under it.
 	inc uint64
+	// home, when set, is the cluster node that holds the exchange's messages (the node that
+	// declared it, recorded in the replicated metadata): this node forwards its delayed
+	// publishes there (forwardHeld) and holds none itself. Unset: this node holds them (a
+	// single node, or the home). Atomic: a node that restored the exchange from its store
+	// learns from the log that it lives elsewhere while publishers may read it.
+	home atomic.Pointer[string]
+}
+
+// remoteHome is the node holding the exchange's messages when it is not this one, else "".
+func (de *delayedExchange) remoteHome() string {
+	if h := de.home.Load(); h != nil {
+		return *h
+	}
+	return ""
 }
 
 // typeName is the exchange's type as declared.
@@ -163,6 +182,9 @@ func (realClock) AfterFunc(d time.Duration, f func()) delayTimer {
 
 // heldMsg is a held message in memory.
 type heldMsg struct {
+	// fwd, when set, is the exchange homed on another node whose home is to hold this message
+	// (forwardHeld); header is then the publisher's, x-delay intact.
+	fwd        *Exchange
 	key        persistence.DelayedKey
 	inMem      bool // in the heap (or routed): a late commit must not add it again
 	synced     bool // its write has committed (read from disk, or committed called)
@@ -284,8 +306,12 @@ func (d *delayer) register(ex *Exchange) {
 }
 
 // unregister drops ex's held messages: at once from memory, in the background from disk.
-// Called under VHost.mu with the exchange's store deletion (sw) submitted.
+// Called under VHost.mu with the exchange's store deletion (sw) submitted. An exchange homed
+// on another node holds nothing here.
 func (d *delayer) unregister(ex *Exchange, sw *storeWaits) {
+	if ex.delayed.remoteHome() != "" {
+		return
+	}
 	inc := ex.delayed.inc
 	d.mu.Lock()
 	delete(d.live, inc)
@@ -400,6 +426,10 @@ func (d *delayer) prepare(ex *Exchange, routingKey string, header, headersRaw, b
 	if !ok {
 		return nil
 	}
+	if ex.delayed.remoteHome() != "" {
+		// Held by the exchange's home: the delay counts from the message's arrival there.
+		return &heldMsg{fwd: ex, routingKey: routingKey, header: header, body: body}
+	}
 	nh, err := withDelayHeader(header, ms)
 	if err != nil {
 		return nil
@@ -414,6 +444,10 @@ func (d *delayer) prepare(ex *Exchange, routingKey string, header, headersRaw, b
 // reports whether done waits for the store; false when the exchange is gone (h is dropped, as
 // a publish to a deleted exchange) or there is no store.
 func (d *delayer) add(h *heldMsg, done func(error)) (onDisk bool) {
+	if h.fwd != nil {
+		d.forwardHeld(h, done)
+		return true
+	}
 	d.mu.Lock()
 	if d.closed || d.live[h.key.Incarnation] == nil {
 		d.mu.Unlock()
@@ -454,6 +488,29 @@ func (d *delayer) add(h *heldMsg, done func(error)) (onDisk bool) {
 		d.store.AwaitRoom(journalRoom)
 	}
 	return d.store != nil
+}
+
+// forwardHeld hands a delayed publish to an exchange homed on another node to that home
+// (Forwarder.Forward with no queues: DeliverForwarded holds it there). done, when not nil,
+// runs once the home has stored it (synced, with a store) or with the error of a home that
+// refused it or could not be reached: a confirm is then a nack, never an ack for a message
+// held nowhere. Without a forwarder (the link not running) it is refused at once.
+func (d *delayer) forwardHeld(h *heldMsg, done func(error)) {
+	ex := h.fwd
+	home := ex.delayed.remoteHome()
+	fw := d.b.cluster.forwarder
+	sum, err := amqp.ScanContentHeader(h.header)
+	if fw == nil || err != nil {
+		if done != nil {
+			done(errForwardRefused)
+		}
+		return
+	}
+	// No ExpiresAt: the expiration property counts from when the home routes the message, as
+	// for a message held here (route).
+	msg := &queue.Message{ID: d.b.NextMessageID(), Exchange: ex.name, RoutingKey: h.routingKey, Header: h.header,
+		Body: h.body, Persistent: sum.DeliveryMode == 2, Priority: sum.Priority}
+	fw.Forward(home, ex.delayed.v.name, nil, msg, done)
 }
 
 // place puts a newly stored message in memory when its key is within the frontier. Called
@@ -812,6 +869,31 @@ func (b *Broker) startDelayed() error {
 // caller's promise to the front end). The held messages are placed only once committed. Without
 // a store they are held in memory.
 func (d *delayer) commitTx(batch *persistence.Batch, hs []*heldMsg) error {
+	// Those for exchanges homed on other nodes go first, and the commit waits until their
+	// homes stored them: a failure fails the commit before anything is applied here.
+	if remote := slices.IndexFunc(hs, func(h *heldMsg) bool { return h.fwd != nil }); remote >= 0 {
+		errs := make(chan error, len(hs))
+		n := 0
+		local := hs[:0:0]
+		for _, h := range hs {
+			if h.fwd == nil {
+				local = append(local, h)
+				continue
+			}
+			n++
+			d.forwardHeld(h, func(err error) { errs <- err })
+		}
+		var first error
+		for range n {
+			if err := <-errs; err != nil && first == nil {
+				first = err
+			}
+		}
+		if first != nil {
+			return fmt.Errorf("a delayed message for the home node of its exchange was not accepted: %w", first)
+		}
+		hs = local
+	}
 	if d.store == nil {
 		for _, h := range hs {
 			d.add(h, nil)

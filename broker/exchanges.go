@@ -54,10 +54,17 @@ func (v *VHost) DeclareExchange(a Actor, m ExchangeSpec) *amqp.Error {
 	}
 	if v.b.replicator != nil {
 		if m.Type == delayedType {
-			// Applying it needs a delayed-message incarnation and store on every node, which the
-			// log's apply path does not do yet: refused before the log, never a declare-ok for
-			// an exchange no node has.
-			return errNotInCluster("exchange type '" + delayedType + "'")
+			// x-delayed-type is checked before the log (as by the plugin, on creation only),
+			// so that applying the declare cannot fail on any node. The log makes this node
+			// the exchange's home (replicate.go, delayed.go).
+			v.mu.RLock()
+			exists := v.exchanges[m.Name] != nil
+			v.mu.RUnlock()
+			if !exists {
+				if _, err := parseDelayedType(m.Args); err != nil {
+					return err
+				}
+			}
 		}
 		_, err := v.replicate(a, TopologyOp{Kind: OpDeclareExchange, Exchange: m})
 		return err

@@ -377,7 +377,9 @@ const ForwardEnvelopeSlack = 4 << 20
 // time to live, the target queues, msg's exchange and routing key, its raw content header and
 // its body. Carrying the header verbatim keeps every property exactly as the publisher sent it,
 // and naming the queues delivers to exactly them: the home node routes nothing again (no
-// CC/BCC, alternate exchange or binding changed meanwhile can add or remove a target). The
+// CC/BCC, alternate exchange or binding changed meanwhile can add or remove a target). An
+// envelope naming no queue is a delayed publish to the x-delayed-message exchange it names,
+// which the receiving node holds (delayer.forwardHeld): that node routes it when due. The
 // time to live travels as a duration, not a time, so clocks that differ between nodes do not
 // shift it.
 func EncodeForwardMessage(dst []byte, metaIndex uint64, queues []string, msg *queue.Message) []byte {
@@ -519,6 +521,9 @@ func (v *VHost) DeliverForwarded(f Forwarded, done func(error), scratch *[]*queu
 			msg.ExpiresAt = expiresAfter(ms)
 		}
 	}
+	if len(f.Queues) == 0 {
+		return v.deliverForwardedDelayed(f, msg, sum.HeadersRaw, done)
+	}
 	targets, missing, refused := v.forwardTargets(f.Queues, nil)
 	if missing {
 		switch {
@@ -539,6 +544,38 @@ func (v *VHost) DeliverForwarded(f Forwarded, done func(error), scratch *[]*queu
 	}
 	r, onDisk := v.enqueue(msg, targets, done, scratch)
 	return PublishResult{Routed: true, Refused: refused || r, OnDisk: onDisk}, targets, nil
+}
+
+// deliverForwardedDelayed holds a delayed publish another node forwarded to the
+// x-delayed-message exchange f.Exchange, homed here (an envelope naming no queue, see
+// delayer.forwardHeld): published through the exchange as on this node, so it is stored (done
+// once synced) and routed when due. An exchange this node does not know is waited for as a
+// queue is (DeliverForwarded); one still unknown, or not homed here, refuses the message.
+func (v *VHost) deliverForwardedDelayed(f Forwarded, msg *queue.Message, headersRaw []byte, done func(error)) (PublishResult, []*Queue, *amqp.Error) {
+	ex := v.heldHere(f.Exchange)
+	if ex == nil && f.MetaIndex != 0 && v.b.TopologyIndex() < f.MetaIndex {
+		v.b.awaitTopology(f.MetaIndex, forwardTopologyWait)
+		ex = v.heldHere(f.Exchange)
+	}
+	if ex == nil {
+		v.b.log.Warn("cluster: refusing a forwarded delayed message for an exchange not held on this node",
+			"vhost", v.name, "exchange", f.Exchange)
+		return PublishResult{Refused: true}, nil, nil
+	}
+	p := v.NewPublisher()
+	res, targets := p.Publish(ex, msg, headersRaw, done)
+	p.Flush()
+	return res, targets, nil
+}
+
+// heldHere is the named x-delayed-message exchange when this node holds its messages, else nil.
+func (v *VHost) heldHere(name string) *Exchange {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	if ex := v.exchanges[name]; ex != nil && ex.delayed != nil && ex.delayed.remoteHome() == "" {
+		return ex
+	}
+	return nil
 }
 
 // forwardTargets looks the named queues up (appending them to targets): missing reports a

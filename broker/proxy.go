@@ -88,8 +88,9 @@ type ProxyGetter interface {
 	Get(queue string, noAck bool) (d ProxyDelivery, ok bool, err *amqp.Error)
 }
 
-// SetProxy installs the cluster's proxy (see Proxy). Call it before front ends serve.
-func (b *Broker) SetProxy(p Proxy) { b.cluster.proxy = p }
+// SetProxy installs the cluster's proxy (see Proxy), with the stream refusals made on this
+// node (streamChecks, stream.go). Call it before front ends serve.
+func (b *Broker) SetProxy(p Proxy) { b.cluster.proxy = withStreamChecks(b, p) }
 
 // Proxy is the cluster's proxy, nil on a single node.
 func (b *Broker) Proxy() Proxy { return b.cluster.proxy }

@@ -60,7 +60,9 @@ type TopologyOp struct {
 	// declared, the one allowed to use one.
 	Owner     OwnerID
 	OwnerNode string
-	// Home is the node a declared queue lives on (decided by the log from x-queue-leader-locator).
+	// Home is the node a declared queue lives on (decided by the log from x-queue-leader-locator),
+	// or the node that holds a declared x-delayed-message exchange's messages (its declaring
+	// node).
 	Home string
 	// Epoch identifies one incarnation of a queue (the log index of its declare): a delete
 	// proposed after a local removal (auto-delete, x-expires) names the incarnation it removed,
@@ -164,9 +166,9 @@ func (v *VHost) replicatedDeclareQueue(a Actor, name string, m QueueSpec) (*Queu
 		var spec queueSpec
 		spec, err = v.checkNewQueue(a, name, m)
 		if err == nil && spec.stream {
-			// A stream's log is opened outside v.mu after its name is reserved; the log's apply
-			// path does not do that yet, so it is refused before the log.
-			err = errNotInCluster("x-queue-type 'stream'")
+			// The stream's own checks (its arguments, durable, not exclusive), made here so
+			// that a declare the home node would refuse never reaches the log.
+			_, err = checkStreamDeclare(name, v.name, m)
 		}
 	}
 	v.mu.RUnlock()
@@ -251,11 +253,6 @@ func (v *VHost) replicatedDropExclusive(owner OwnerID) {
 	}
 }
 
-// errNotInCluster is the 540 for a feature a cluster member refuses before proposing it.
-func errNotInCluster(what string) *amqp.Error {
-	return amqp.Errorf(amqp.NotImplemented, "%s not supported in a Warren cluster yet", what)
-}
-
 // ownerFor is the local owner of an exclusive queue the log says is owned by op's connection:
 // that connection if it is one of this process, else remoteOwner. A connection of an earlier
 // process of this node (replayed after a restart) is gone: its id may be reused by a new
@@ -283,7 +280,7 @@ func (b *Broker) ApplyTopology(op TopologyOp) (TopologyResult, *amqp.Error) {
 	}
 	switch op.Kind {
 	case OpDeclareExchange:
-		return TopologyResult{}, v.applyDeclareExchange(op.Exchange)
+		return TopologyResult{}, v.applyDeclareExchange(op.Exchange, op.Home)
 	case OpDeleteExchange:
 		var sw storeWaits
 		v.mu.Lock()
@@ -313,19 +310,48 @@ func (b *Broker) ApplyTopology(op TopologyOp) (TopologyResult, *amqp.Error) {
 	return TopologyResult{}, nil
 }
 
-func (v *VHost) applyDeclareExchange(m ExchangeSpec) *amqp.Error {
+// applyDeclareExchange creates an exchange the log declared. An x-delayed-message exchange
+// holds its messages on its home node (delayed.go): there it is a delayed exchange of this
+// node's delayer; elsewhere its delayed publishes are forwarded to the home.
+func (v *VHost) applyDeclareExchange(m ExchangeSpec, home string) *amqp.Error {
 	kind, ok := exchange.ParseKind(m.Type)
+	var delayed *delayedExchange
+	remote := ""
+	if m.Type == delayedType {
+		k, err := parseDelayedType(m.Args) // checked by the proposing node: cannot fail
+		if err != nil {
+			return err
+		}
+		kind, ok = k, true
+		delayed = &delayedExchange{v: v}
+		if home != "" && home != v.b.replicator.LocalNode() {
+			remote = home
+			delayed.home.Store(&remote)
+		}
+	}
 	if !ok {
 		return amqp.Errorf(amqp.CommandInvalid, "unknown exchange type '%s'", m.Type)
 	}
 	v.mu.Lock()
-	if v.exchanges[m.Name] != nil {
+	if ex := v.exchanges[m.Name]; ex != nil {
+		var sw storeWaits
+		if ex.delayed != nil && remote != "" && ex.delayed.remoteHome() == "" {
+			// Restored from this node's store as one of its own (the store does not know
+			// homes) before the log said where it lives: its held messages are the home's.
+			v.b.delayed.unregister(ex, &sw)
+			ex.delayed.home.Store(&remote)
+		}
 		v.mu.Unlock()
+		sw.wait(v.b, "deleting delayed exchange")
 		return nil
 	}
+	if delayed != nil && remote == "" {
+		delayed.inc = v.b.delayed.newIncarnation()
+	}
 	ex := &Exchange{name: m.Name, kind: kind, durable: m.Durable, autoDelete: m.AutoDelete, internal: m.Internal,
-		args: m.Args, router: exchange.NewRouter(kind)}
+		args: m.Args, router: exchange.NewRouter(kind), delayed: delayed}
 	var synced chan error
+	var sw storeWaits
 	if ex.durable && v.b.store != nil {
 		args, aerr := encodeArgs(ex.args)
 		if aerr != nil {
@@ -334,12 +360,19 @@ func (v *VHost) applyDeclareExchange(m ExchangeSpec) *amqp.Error {
 		}
 		var done func(error)
 		done, synced = submitted()
-		v.b.store.PutExchangeAsync(persistence.ExchangeRecord{VHost: v.name, Name: ex.name, Kind: ex.kind.String(), Durable: true,
+		v.b.store.PutExchangeAsync(persistence.ExchangeRecord{VHost: v.name, Name: ex.name, Kind: ex.typeName(), Durable: true,
 			AutoDelete: ex.autoDelete, Internal: ex.internal, Args: args}, done)
+		if delayed != nil && remote == "" {
+			v.b.store.PutDelayedExchangeAsync(v.name, ex.name, delayed.inc, sw.add(v.b, "storing delayed exchange"))
+		}
+	}
+	if delayed != nil && remote == "" {
+		v.b.delayed.register(ex)
 	}
 	ex.alternate = v.alternateLocked(ex)
 	v.exchanges[ex.name] = ex
 	v.mu.Unlock()
+	sw.wait(v.b, "storing delayed exchange")
 	return wait(synced, "storing exchange")
 }
 
@@ -385,13 +418,22 @@ func (v *VHost) applyDeclareQueue(op TopologyOp) *amqp.Error {
 		v.mu.Unlock()
 		return nil
 	}
-	_, synced, err := v.newQueue(Actor{Owner: owner}, m.Name, m, op.Epoch)
+	qs, synced, err := v.newQueue(Actor{Owner: owner}, m.Name, m, op.Epoch)
 	if err != nil {
 		v.mu.Unlock()
 		v.b.log.Error("cluster: applying a queue declare", "vhost", v.name, "queue", m.Name, "err", err)
 		return err
 	}
 	v.mu.Unlock()
+	if qs.spec.stream {
+		// A stream homed here: newQueue reserved its name, its log is created (files synced)
+		// without v.mu, as DeclareQueue does on a single node. The other nodes have a remote
+		// entry: publishes are forwarded here, their consumers proxied (stream.go).
+		if synced, err = v.openReservedStream(qs, m); err != nil {
+			v.b.log.Error("cluster: opening a declared stream", "vhost", v.name, "queue", m.Name, "err", err)
+			return err
+		}
+	}
 	if err := wait(synced, "storing queue"); err != nil {
 		v.b.log.Error("cluster: storing a declared queue", "vhost", v.name, "queue", m.Name, "err", err)
 		return err

@@ -878,3 +878,83 @@ func awaitStreams(targets []*Queue) {
 		}
 	}
 }
+
+// streamChecks is the Proxy a cluster member uses (SetProxy): the cluster's, with the refusals
+// a stream's home would answer with a connection error (540 NOT_IMPLEMENTED: a no-ack consumer,
+// basic.get, queue.purge) made on the client's node instead, from the stream's remote entry.
+// Sent to the home, they would close the link connection every proxied consumer of that
+// home shares, and reach the client as a 541; here they close the client's connection with
+// RabbitMQ's 540, as on the home. The checks the home answers with a channel error (406: no
+// prefetch, a bad x-stream-offset) stay the home's: they arrive with their code.
+type streamChecks struct {
+	Proxy
+	b *Broker
+}
+
+func withStreamChecks(b *Broker, p Proxy) Proxy {
+	if p == nil {
+		return nil
+	}
+	return streamChecks{Proxy: p, b: b}
+}
+
+// remoteStream is the remote entry of vhost's stream queue name, nil when name is not a stream
+// homed on another node.
+func (b *Broker) remoteStream(vhost, name string) *Queue {
+	v := b.VHost(vhost)
+	if v == nil {
+		return nil
+	}
+	v.mu.RLock()
+	qs := v.queues[name]
+	v.mu.RUnlock()
+	if qs == nil || qs.home == "" || !qs.spec.stream {
+		return nil
+	}
+	return qs
+}
+
+// Consume implements Proxy. As ConsumeStream, a missing prefetch (406, the home's answer) is
+// checked before no-ack.
+func (p streamChecks) Consume(home, vhost, queue string, o ProxyConsume, sink ProxySink) (ProxyChannel, *amqp.Error) {
+	if o.NoAck && o.Prefetch > 0 {
+		if qs := p.b.remoteStream(vhost, queue); qs != nil {
+			return nil, amqp.Errorf(amqp.NotImplemented, "automatic acknowledgement not supported by stream queues %s", qs.rs())
+		}
+	}
+	return p.Proxy.Consume(home, vhost, queue, o, sink)
+}
+
+// Getter implements Proxy.
+func (p streamChecks) Getter(home, vhost string) (ProxyGetter, *amqp.Error) {
+	g, err := p.Proxy.Getter(home, vhost)
+	if err != nil {
+		return nil, err
+	}
+	return streamGetter{ProxyGetter: g, b: p.b, vhost: vhost}, nil
+}
+
+// Purge implements Proxy.
+func (p streamChecks) Purge(home, vhost, queue string) (int, *amqp.Error) {
+	if qs := p.b.remoteStream(vhost, queue); qs != nil {
+		return 0, amqp.Errorf(amqp.NotImplemented, "queue.purge not supported by stream queues %s", qs.rs())
+	}
+	return p.Proxy.Purge(home, vhost, queue)
+}
+
+// streamGetter refuses basic.get of a stream homed elsewhere (see streamChecks).
+type streamGetter struct {
+	ProxyGetter
+	b     *Broker
+	vhost string
+}
+
+// Get implements ProxyGetter.
+func (g streamGetter) Get(queue string, noAck bool) (ProxyDelivery, bool, *amqp.Error) {
+	if qs := g.b.remoteStream(g.vhost, queue); qs != nil {
+		// As a get the home refused: its link channel is closed (the front end drops it).
+		g.ProxyGetter.Close()
+		return ProxyDelivery{}, false, amqp.Errorf(amqp.NotImplemented, "basic.get not supported by stream queues %s", qs.rs())
+	}
+	return g.ProxyGetter.Get(queue, noAck)
+}

@@ -494,30 +494,6 @@ func TestClusterRefusesNonUTF8Names(t *testing.T) {
 	}
 }
 
-// Delayed-message exchanges and stream queues are not yet created by the log's apply path: a
-// cluster member refuses them before proposing (540), never a declare-ok for something no node has.
-func TestClusterRefusesDelayedAndStream(t *testing.T) {
-	tc := newTestCluster(t, 2, true)
-	entries := len(tc.log.entries)
-	err := tc.vhost(0).DeclareExchange(broker.System, broker.ExchangeSpec{Name: "later", Type: "x-delayed-message", Durable: true,
-		Args: amqp.Table{"x-delayed-type": "direct"}})
-	if err == nil || err.Code != amqp.NotImplemented || !strings.Contains(err.Text, "not supported in a Warren cluster yet") {
-		t.Fatalf("x-delayed-message declare: %v", err)
-	}
-	_, err = tc.vhost(1).DeclareQueue(broker.System, broker.QueueSpec{Name: "s", Durable: true, Args: amqp.Table{"x-queue-type": "stream"}})
-	if err == nil || err.Code != amqp.NotImplemented || !strings.Contains(err.Text, "not supported in a Warren cluster yet") {
-		t.Fatalf("stream declare: %v", err)
-	}
-	if len(tc.log.entries) != entries {
-		t.Errorf("refused declares reached the log: %d entries, want %d", len(tc.log.entries), entries)
-	}
-	// The name is free: no reservation leaked.
-	if _, err := tc.vhost(1).DeclareQueue(broker.System, broker.QueueSpec{Name: "s", Durable: true}); err != nil {
-		t.Fatalf("declare of the name after the refusal: %v", err)
-	}
-	tc.sameTopology(t)
-}
-
 // A restart replays a delete of an earlier queue of a name: it must not delete the queue of that
 // name restored from the store (a later incarnation) with its confirmed messages. The queue's
 // stored epoch tells the incarnations apart.

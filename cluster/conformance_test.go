@@ -6,16 +6,24 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/warrenmq/warren/broker"
 )
 
-// conformanceSkip are the conformance tests of features a cluster refuses before anything
-// reaches the log (docs/cluster.md, Not done yet): x-delayed-message exchanges and stream
-// queues (540 NOT_IMPLEMENTED on a cluster member).
-const conformanceSkip = "^(TestDelayed|TestStream)"
+// conformanceSkip are the conformance tests a cluster does not pass (docs/cluster.md, Not
+// done yet), by name: none now; the place to list one.
+var conformanceSkip []string
+
+// skipPattern is go test's -skip pattern for the tests named (an empty one skips nothing).
+func skipPattern(names []string) string {
+	if len(names) == 0 {
+		return ""
+	}
+	return "^(" + strings.Join(names, "|") + ")$"
+}
 
 // The conformance suite, unchanged, against node n2 of a three-node cluster whose queues are
 // homed on n1 and n3: n2 declares with the balanced locator over the members n1 and n3, so
@@ -56,8 +64,8 @@ func TestConformanceAcrossNodes(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 	args := []string{"test", "-count=1", "."}
-	if conformanceSkip != "" {
-		args = append(args, "-skip", conformanceSkip)
+	if skip := skipPattern(conformanceSkip); skip != "" {
+		args = append(args, "-skip", skip)
 	}
 	if testing.Verbose() {
 		args = append(args, "-v")

@@ -29,7 +29,8 @@ type Result struct {
 	Messages int
 	// Epoch is the incarnation (log index of the declare) of the queue declared or found.
 	Epoch uint64
-	// Home is the home node of the queue declared or found.
+	// Home is the home node of the queue declared or found, or of the x-delayed-message
+	// exchange declared.
 	Home string
 }
 
@@ -117,6 +118,9 @@ type exchangeRec struct {
 	AutoDelete bool   `json:"auto_delete,omitempty"`
 	Internal   bool   `json:"internal,omitempty"`
 	Args       []byte `json:"args,omitempty"`
+	// Home is the node that holds an x-delayed-message exchange's messages until they are
+	// due: the node that declared it. "" for the other types (they hold nothing).
+	Home string `json:"home,omitempty"`
 }
 
 type queueRec struct {
@@ -382,9 +386,14 @@ func (m *Metadata) declareExchange(vs *vhostState, c Command, args amqp.Table) R
 	if err := broker.CheckExchangeEquivalent(c.VHost, got, got); err != nil {
 		return resultOf(err) // an unknown type
 	}
-	vs.Exchanges[c.Name] = &exchangeRec{Type: c.Type, Durable: c.Durable, AutoDelete: c.AutoDelete, Internal: c.Internal, Args: c.Args}
-	m.apply(broker.TopologyOp{Kind: broker.OpDeclareExchange, VHost: c.VHost, Exchange: got})
-	return Result{}
+	x := &exchangeRec{Type: c.Type, Durable: c.Durable, AutoDelete: c.AutoDelete, Internal: c.Internal, Args: c.Args}
+	if c.Type == broker.DelayedExchangeType {
+		// Its held messages live on one node, as a classic queue's: the declaring one.
+		x.Home = c.Node
+	}
+	vs.Exchanges[c.Name] = x
+	m.apply(broker.TopologyOp{Kind: broker.OpDeclareExchange, VHost: c.VHost, Exchange: got, Home: x.Home})
+	return Result{Home: x.Home}
 }
 
 func (m *Metadata) deleteExchange(vs *vhostState, c Command) Result {
@@ -794,7 +803,8 @@ func (m *Metadata) Restore(b []byte) error {
 		}
 		for _, xn := range sortedKeys(now.Exchanges) {
 			if was.Exchanges[xn] == nil {
-				m.apply(broker.TopologyOp{Kind: broker.OpDeclareExchange, VHost: vn, Exchange: exchangeSpec(xn, now.Exchanges[xn])})
+				m.apply(broker.TopologyOp{Kind: broker.OpDeclareExchange, VHost: vn, Exchange: exchangeSpec(xn, now.Exchanges[xn]),
+					Home: now.Exchanges[xn].Home})
 			}
 		}
 		for _, qn := range sortedKeys(now.Queues) {
