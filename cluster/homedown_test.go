@@ -8,6 +8,7 @@ import (
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
+	"github.com/warrenmq/warren/amqp"
 	"github.com/warrenmq/warren/broker"
 )
 
@@ -236,5 +237,83 @@ func TestProxyOnLaggingHome(t *testing.T) {
 	}
 	if d := time.Since(start); d > time.Second {
 		t.Fatalf("get of a missing queue took %v", d)
+	}
+}
+
+// The state machine's verdicts for queues of a dead or removed node, and NodeDown's view, which
+// follows node_down, node_up, node_gone, node_restarted and a snapshot restore.
+func TestMetadataHomeDown(t *testing.T) {
+	quorum := args(t, amqp.Table{"x-queue-type": "quorum"})
+	q := func(name string, a []byte) Command {
+		return Command{Op: OpDeclareQueue, VHost: "/", Name: name, Durable: true, Node: "n1", Args: a}
+	}
+	node := func(op, n string) Command { return Command{Op: op, Node: n} }
+	bind := func(op, key string) Command {
+		return Command{Op: op, VHost: "/", Source: "amq.direct", Destination: "dq", Key: key, Node: "n2"}
+	}
+	del := func(name string) Command { return Command{Op: OpDeleteQueue, VHost: "/", Name: name, Node: "n2"} }
+	const down = "NOT_FOUND - home node 'n1' of durable queue 'dq' in vhost '/' is down or inaccessible"
+	type step struct {
+		cmd  Command
+		code uint16
+		text string
+		// n1Down is NodeDown("n1") after the step.
+		n1Down bool
+	}
+	tests := []struct {
+		name  string
+		steps []step
+	}{
+		{"node_down: 404 for declare, bind, unbind (bound or not), delete; quorum queues unaffected", []step{
+			{cmd: q("dq", nil)}, {cmd: q("qq", quorum)}, {cmd: bind(OpBind, "k")},
+			{cmd: node(OpNodeDown, "n1"), n1Down: true},
+			{cmd: q("dq", nil), code: amqp.NotFound, text: down, n1Down: true},
+			{cmd: bind(OpBind, "k2"), code: amqp.NotFound, text: down, n1Down: true},
+			{cmd: bind(OpUnbind, "k"), code: amqp.NotFound, text: down, n1Down: true},
+			{cmd: bind(OpUnbind, "none"), code: amqp.NotFound, text: down, n1Down: true},
+			{cmd: del("dq"), code: amqp.NotFound, text: down, n1Down: true},
+			{cmd: q("qq", quorum), n1Down: true},
+			{cmd: del("qq"), n1Down: true},
+			{cmd: node(OpNodeUp, "n1")},
+			{cmd: bind(OpUnbind, "k")},
+			{cmd: del("dq")},
+		}},
+		{"node_gone: 404 for a declare, the delete succeeds; node_restarted ends it", []step{
+			{cmd: q("dq", nil)},
+			{cmd: node(OpNodeGone, "n1"), n1Down: true},
+			{cmd: q("dq", nil), code: amqp.NotFound, text: down, n1Down: true},
+			{cmd: bind(OpBind, "k"), code: amqp.NotFound, text: down, n1Down: true},
+			{cmd: del("dq"), n1Down: true},
+			{cmd: RestartCommand("n1", 2)},
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			m := NewMetadata(nil, quietLog())
+			for i, s := range tc.steps {
+				r := m.Apply(uint64(i+1), s.cmd.Encode()).(Result)
+				if r.Code != s.code || (s.text != "" && r.Text != s.text) {
+					t.Fatalf("step %d (%s): %d %q, want %d %q", i, s.cmd.Op, r.Code, r.Text, s.code, s.text)
+				}
+				if got := m.NodeDown("n1"); got != s.n1Down {
+					t.Fatalf("step %d (%s): NodeDown(n1) %v, want %v", i, s.cmd.Op, got, s.n1Down)
+				}
+			}
+		})
+	}
+	// A snapshot carries the view to a node that restores it.
+	m := NewMetadata(nil, quietLog())
+	down3 := node(OpNodeDown, "n3")
+	m.Apply(1, down3.Encode())
+	snap, err := m.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := NewMetadata(nil, quietLog())
+	if err := r.Restore(snap); err != nil {
+		t.Fatal(err)
+	}
+	if !r.NodeDown("n3") || r.NodeDown("n1") {
+		t.Fatalf("restored NodeDown: n3 %v, n1 %v", r.NodeDown("n3"), r.NodeDown("n1"))
 	}
 }
