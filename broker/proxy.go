@@ -145,6 +145,15 @@ func (v *VHost) HomeDown(qs *Queue) *amqp.Error {
 	return ErrHomeDown(v.name, qs.name, qs.home)
 }
 
+// QueueHomeDown reports whether the named queue lives on another node that the cluster takes
+// for dead (the management API's state "down", as RabbitMQ shows such a queue).
+func (v *VHost) QueueHomeDown(name string) bool {
+	v.mu.RLock()
+	qs := v.queues[name]
+	v.mu.RUnlock()
+	return v.HomeDown(qs) != nil
+}
+
 // RemoteQueue makes basic.consume's and basic.get's checks for a (read permission, the queue
 // exists, it is not another connection's exclusive queue, its home node is not down) and
 // returns the queue when it lives on another node and a proxy can reach it; nil (and no error)
