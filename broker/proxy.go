@@ -145,6 +145,18 @@ func (v *VHost) HomeDown(qs *Queue) *amqp.Error {
 	return ErrHomeDown(v.name, qs.name, qs.home)
 }
 
+// HomeUnreachable is ErrHomeDown for a durable queue of another node that the data link could
+// not reach (err, its 541), before the cluster takes the node for dead: RabbitMQ's answer once
+// its call to the queue's node fails, a 404 that closes the channel rather than the
+// connection. Anything else (another error, a non-durable queue, which RabbitMQ deletes once
+// the node is known down but which Warren cannot yet call absent) is err unchanged.
+func (v *VHost) HomeUnreachable(qs *Queue, err *amqp.Error) *amqp.Error {
+	if err == nil || err.Code != amqp.InternalError || qs == nil || qs.home == "" || !qs.declDur || qs.exclusive {
+		return err
+	}
+	return ErrHomeDown(v.name, qs.name, qs.home)
+}
+
 // QueueHomeDown reports whether the named queue lives on another node that the cluster takes
 // for dead (the management API's state "down", as RabbitMQ shows such a queue).
 func (v *VHost) QueueHomeDown(name string) bool {

@@ -317,3 +317,66 @@ func TestMetadataHomeDown(t *testing.T) {
 		t.Fatalf("restored NodeDown: n3 %v, n1 %v", r.NodeDown("n3"), r.NodeDown("n1"))
 	}
 }
+
+// Before the cluster takes a stopped home for dead, the link cannot reach it: a consume, get,
+// purge, passive declare or delete of its durable queue on another node answers RabbitMQ's 404
+// "down or inaccessible" (closing the channel, not the connection), in bounded time; a
+// non-durable queue's stays the link's 541 (RabbitMQ would delete it once the node is known
+// down; until then Warren cannot call it absent).
+func TestHomeUnreachableBeforeNodeDown(t *testing.T) {
+	lc := startLinkedPrep(t, 3, nil, nil, nil, withLiveness)
+	_, ch3 := dial(t, lc.urls[2])
+	if _, err := ch3.QueueDeclare("d3", true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ch3.QueueDeclare("t3", false, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	_, ch2 := dial(t, lc.urls[1])
+	if _, err := ch2.QueueDeclarePassive("d3", true, false, false, false, nil); err != nil {
+		t.Fatal(err) // the link to n3 works
+	}
+	_ = lc.servers[2].Close()
+
+	const down = "NOT_FOUND - home node 'n3' of durable queue 'd3' in vhost '/' is down or inaccessible"
+	for _, tc := range []struct {
+		name string
+		call func(ch *amqp091.Channel) error
+		code int
+	}{
+		{"consume", func(ch *amqp091.Channel) error {
+			_, err := ch.Consume("d3", "", false, false, false, false, nil)
+			return err
+		}, 404},
+		{"get", func(ch *amqp091.Channel) error {
+			_, _, err := ch.Get("d3", false)
+			return err
+		}, 404},
+		{"purge", func(ch *amqp091.Channel) error {
+			_, err := ch.QueuePurge("d3", false)
+			return err
+		}, 404},
+		{"passive declare", func(ch *amqp091.Channel) error {
+			_, err := ch.QueueDeclarePassive("d3", true, false, false, false, nil)
+			return err
+		}, 404},
+		{"delete", func(ch *amqp091.Channel) error {
+			_, err := ch.QueueDelete("d3", false, false, false)
+			return err
+		}, 404},
+		{"consume of a transient queue", func(ch *amqp091.Channel) error {
+			_, err := ch.Consume("t3", "", false, false, false, false, nil)
+			return err
+		}, 541},
+	} {
+		_, ch := dial(t, lc.urls[1])
+		start := time.Now()
+		code, reason := amqpErr(tc.call(ch))
+		if took := time.Since(start); took > 6*time.Second {
+			t.Errorf("%s with n3 unreachable took %v", tc.name, took)
+		}
+		if code != tc.code || (code == 404 && reason != down) {
+			t.Errorf("%s with n3 unreachable: %d %q, want %d", tc.name, code, reason, tc.code)
+		}
+	}
+}

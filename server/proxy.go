@@ -303,12 +303,15 @@ const homeLagWait = 3 * time.Second
 // this node knows it does, from the log, so the 404 is the home's lag, not the answer. Once
 // this node has applied a delete of the queue (or a declare of another one of the name, or the
 // home's node_down), the 404 stands, as it would on one node.
+//
+// A home the link cannot reach is, for a durable queue, RabbitMQ's 404 "down or inaccessible"
+// (broker.VHost.HomeUnreachable), not the link's 541.
 func (ch *channel) whileHomeLags(qs *broker.Queue, f func() *amqp.Error) *amqp.Error {
 	deadline := time.Now().Add(homeLagWait)
 	for pause := 10 * time.Millisecond; ; pause = min(2*pause, 250*time.Millisecond) {
 		err := f()
 		if err == nil || err.Code != amqp.NotFound || time.Now().Add(pause).After(deadline) {
-			return err
+			return ch.v.HomeUnreachable(qs, err)
 		}
 		if cur, lerr := ch.v.Queue(broker.System, qs.Name()); lerr != nil || cur != qs {
 			return err
@@ -469,7 +472,7 @@ func (ch *channel) deleteQueue(name string, ifUnused, ifEmpty bool) (int, *amqp.
 	}
 	ready, consumers, err := ch.c.srv.b.Proxy().Counts(home, ch.v.Name(), name)
 	if err != nil {
-		return 0, err
+		return 0, ch.v.HomeUnreachable(qs, err)
 	}
 	switch {
 	case ifUnused && consumers > 0:
