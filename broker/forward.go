@@ -36,6 +36,7 @@ type clusterHooks struct {
 	amqpAddr  atomic.Pointer[string]
 	topo      topoProgress
 	bg        bgForwards
+	liveness  NodeLiveness // nil: no node is ever taken for dead (a single node)
 }
 
 // bgForwards holds the forwards of callers that must never wait for room on the link: a

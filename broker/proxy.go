@@ -131,10 +131,64 @@ func (b *Broker) AMQPAddr() string {
 	return ""
 }
 
+// NodeLiveness tells which nodes the cluster takes for dead: silent for its node timeout
+// (RabbitMQ's nodedown) or removed from it. The cluster's metadata implements it from the
+// replicated state, without a lock (the broker asks it on client goroutines, which may hold
+// broker locks, and the metadata holds its own lock while it applies changes to the broker).
+type NodeLiveness interface {
+	// NodeDown reports whether node is taken for dead or has left the cluster.
+	NodeDown(node string) bool
+}
+
+// SetNodeLiveness installs the cluster's view of dead nodes (see NodeLiveness). Call it
+// before front ends serve.
+func (b *Broker) SetNodeLiveness(l NodeLiveness) { b.cluster.liveness = l }
+
+// ErrHomeDown is RabbitMQ's answer (rabbit_misc:absent with nodedown) for a durable classic
+// queue whose home node is down: 404 NOT_FOUND, for a declare (passive or not), a delete, a
+// bind or unbind, a purge, a consume or a get of it.
+func ErrHomeDown(vhost, name, home string) *amqp.Error {
+	return amqp.Errorf(amqp.NotFound, "home node '%s' of durable queue '%s' in vhost '%s' is down or inaccessible", home, name, vhost)
+}
+
+// HomeDown returns ErrHomeDown when qs lives on another node that the cluster takes for dead,
+// else nil (this node's queue, a live home, a single node). Only durable queues are left to
+// answer it: the cluster deletes the others of a dead node.
+func (v *VHost) HomeDown(qs *Queue) *amqp.Error {
+	l := v.b.cluster.liveness
+	if l == nil || qs == nil || qs.home == "" || !l.NodeDown(qs.home) {
+		return nil
+	}
+	return ErrHomeDown(v.name, qs.name, qs.home)
+}
+
+// HomeUnreachable is ErrHomeDown for a durable queue of another node that the data link could
+// not reach (err, its 541), before the cluster takes the node for dead: RabbitMQ's answer once
+// its call to the queue's node fails, a 404 that closes the channel rather than the
+// connection. Anything else (another error, a non-durable queue, which RabbitMQ deletes once
+// the node is known down but which Warren cannot yet call absent) is err unchanged.
+func (v *VHost) HomeUnreachable(qs *Queue, err *amqp.Error) *amqp.Error {
+	if err == nil || err.Code != amqp.InternalError || qs == nil || qs.home == "" || !qs.declDur || qs.exclusive {
+		return err
+	}
+	return ErrHomeDown(v.name, qs.name, qs.home)
+}
+
+// QueueHomeDown reports whether the named queue lives on another node that the cluster takes
+// for dead (the management API's state "down", as RabbitMQ shows such a queue).
+func (v *VHost) QueueHomeDown(name string) bool {
+	v.mu.RLock()
+	qs := v.queues[name]
+	v.mu.RUnlock()
+	return v.HomeDown(qs) != nil
+}
+
 // RemoteQueue makes basic.consume's and basic.get's checks for a (read permission, the queue
-// exists, it is not another connection's exclusive queue) and returns the queue when it lives
-// on another node and a proxy can reach it; nil (and no error) when the queue is this node's
-// or there is no proxy, for the local path to handle.
+// exists, it is not another connection's exclusive queue, its home node is not down) and
+// returns the queue when it lives on another node and a proxy can reach it; nil (and no error)
+// when the queue is this node's or there is no proxy, for the local path to handle. The order
+// is RabbitMQ's: the permission, then the queue's presence (404, the home-down 404 included),
+// then its exclusivity.
 func (v *VHost) RemoteQueue(a Actor, name string) (*Queue, *amqp.Error) {
 	if v.b.cluster.proxy == nil {
 		return nil, nil
@@ -149,6 +203,12 @@ func (v *VHost) RemoteQueue(a Actor, name string) (*Queue, *amqp.Error) {
 		return nil, err
 	}
 	v.mu.Lock()
+	if qs = v.queues[name]; qs != nil && qs.home != "" {
+		if err := v.HomeDown(qs); err != nil {
+			v.mu.Unlock()
+			return nil, err
+		}
+	}
 	qs, err := v.lookupQueue(a, name)
 	v.mu.Unlock()
 	if err != nil {

@@ -38,6 +38,9 @@ func (v *VHost) DeclareQueue(a Actor, m QueueSpec) (*Queue, *amqp.Error) {
 		if name == "" {
 			return nil, v.errNoQueue(name)
 		}
+		if err := v.HomeDown(v.queues[name]); err != nil {
+			return nil, err // RabbitMQ: absent (its node is down) before any other check
+		}
 		qs, err := v.lookupQueue(a, name)
 		if err != nil {
 			return nil, err

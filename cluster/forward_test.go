@@ -18,6 +18,7 @@ type linkedCluster struct {
 	servers []*server.Server
 	urls    []string
 	links   []*Link
+	log     *memLog // the shared metadata log (tests propose node_down on it)
 	mu      sync.Mutex
 	addrs   map[string]string
 }
@@ -39,7 +40,7 @@ func startLinkedWith(t *testing.T, n int, members []string, locators []string) *
 func startLinkedPrep(t testing.TB, n int, members []string, locators []string, conf func(*server.Config), prep func(i int, m *Metadata)) *linkedCluster {
 	t.Helper()
 	log := &memLog{down: map[int]bool{}}
-	lc := &linkedCluster{addrs: map[string]string{}}
+	lc := &linkedCluster{addrs: map[string]string{}, log: log}
 	var nodes []string
 	for i := range n {
 		cfg := server.DefaultConfig()

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/warrenmq/warren/amqp"
 	"github.com/warrenmq/warren/broker"
@@ -58,7 +59,8 @@ func resultOf(err *amqp.Error) Result {
 // readers (IsDown, AppliedIndex). Without the worker it is held while the Applier runs, so it
 // sits above every lock of the broker; with the worker (a Node's case) the Applier runs on the
 // worker goroutine without it, and the worker's own mutex is never held across the Applier
-// either. The broker never calls into Metadata.
+// either. The broker calls into Metadata only through NodeDown (broker.NodeLiveness), which
+// takes no lock.
 type Metadata struct {
 	log     *slog.Logger
 	applier Applier // nil: the state alone (tests of the state machine)
@@ -72,6 +74,31 @@ type Metadata struct {
 	// testApplyDelay, when set (by tests, before the worker starts), runs on the worker before
 	// each job: a node that lags behind the log.
 	testApplyDelay func()
+	// unreachable is the set of nodes taken for dead or gone (st.Down and st.Gone), replaced
+	// whenever either changes, for NodeDown: read without m.mu by the broker's client
+	// goroutines, which may hold broker locks that the Applier takes under m.mu.
+	unreachable atomic.Pointer[map[string]bool]
+}
+
+// NodeDown implements broker.NodeLiveness: node is taken for dead (node_down) or has left the
+// cluster (node_gone), as of the last command applied. Its durable classic queues then answer
+// RabbitMQ's 404 "home node ... is down or inaccessible".
+func (m *Metadata) NodeDown(node string) bool {
+	p := m.unreachable.Load()
+	return p != nil && (*p)[node]
+}
+
+// publishUnreachable refreshes the set NodeDown reads (m.mu held), after st.Down or st.Gone
+// changed.
+func (m *Metadata) publishUnreachable() {
+	set := make(map[string]bool, len(m.st.Down)+len(m.st.Gone))
+	for _, n := range m.st.Down {
+		set[n] = true
+	}
+	for _, n := range m.st.Gone {
+		set[n] = true
+	}
+	m.unreachable.Store(&set)
 }
 
 // topologyProgress is implemented by an Applier that wants to know how far the log is applied
@@ -220,6 +247,10 @@ func (m *Metadata) decide(index uint64, cmd []byte) Result {
 		return Result{Code: amqp.InternalError, Text: amqp.ReplyName(amqp.InternalError) + " - " + err.Error()}
 	}
 	switch c.Op {
+	case OpSetNodes, OpNodeGone, OpDropOwner, OpNodeRestarted, OpNodeDown, OpNodeUp:
+		defer m.publishUnreachable()
+	}
+	switch c.Op {
 	case OpSetNodes:
 		nodes := slices.Clone(c.Nodes)
 		slices.Sort(nodes)
@@ -322,20 +353,41 @@ func (m *Metadata) nodeDown(node string) {
 // errHomeDown is RabbitMQ's answer for a durable queue whose home node is down
 // (rabbit_amqqueue:absent with nodedown).
 func errHomeDown(vhost, name, home string) *amqp.Error {
-	return amqp.Errorf(amqp.NotFound, "home node '%s' of durable queue '%s' in vhost '%s' is down or inaccessible", home, name, vhost)
+	return broker.ErrHomeDown(vhost, name, home)
 }
 
-// homeDown reports whether q's home node is taken for dead.
+// homeDown reports whether q's home node is taken for dead. A quorum queue has no home that
+// matters (every member holds it; Home is only the node that declared it), so it never is.
 func (m *Metadata) homeDown(q *queueRec) bool {
 	_, found := slices.BinarySearch(m.st.Down, q.Home)
-	return found
+	return found && !q.quorum()
 }
 
 // homeGone reports whether q's home node left the cluster (node_gone): its messages are out of
-// reach for good.
+// reach for good. Never for a quorum queue (see homeDown).
 func (m *Metadata) homeGone(q *queueRec) bool {
 	_, found := slices.BinarySearch(m.st.Gone, q.Home)
-	return found
+	return found && !q.quorum()
+}
+
+// quorum reports whether q is a quorum queue (x-queue-type quorum).
+func (q *queueRec) quorum() bool {
+	args, _ := decodeArgs(q.Args)
+	t, _ := args["x-queue-type"].(string)
+	return t == "quorum"
+}
+
+// absent is RabbitMQ's error for a binding or unbinding of queue dest whose home node is down
+// or gone (rabbit_binding's absent errors, answered before anything else about the binding),
+// nil otherwise.
+func (m *Metadata) absent(vs *vhostState, c Command) *amqp.Error {
+	if c.ToExchange {
+		return nil
+	}
+	if q := vs.Queues[c.Destination]; q != nil && (m.homeDown(q) || m.homeGone(q)) {
+		return errHomeDown(c.VHost, c.Destination, q.Home)
+	}
+	return nil
 }
 
 // vhost is the state of a vhost, created with its default exchanges on first use.
@@ -584,6 +636,9 @@ func bindingSpec(c Command, args amqp.Table) broker.BindingSpec {
 }
 
 func (m *Metadata) bind(vs *vhostState, c Command, args amqp.Table) Result {
+	if err := m.absent(vs, c); err != nil {
+		return resultOf(err)
+	}
 	if err := vs.bindingEnds(c); err != nil {
 		return resultOf(err)
 	}
@@ -597,6 +652,10 @@ func (m *Metadata) bind(vs *vhostState, c Command, args amqp.Table) Result {
 }
 
 func (m *Metadata) unbind(vs *vhostState, c Command, args amqp.Table) Result {
+	if err := m.absent(vs, c); err != nil {
+		// RabbitMQ 3.10 (absent_errs_only): even when there is no such binding.
+		return resultOf(err)
+	}
 	k := keyOf(c)
 	_, exists := vs.bindings[k]
 	if err := vs.bindingEnds(c); err != nil {
@@ -765,6 +824,7 @@ func (m *Metadata) Restore(b []byte) error {
 	defer m.mu.Unlock()
 	old := m.st
 	m.st = st
+	m.publishUnreachable()
 	names := func(mp map[string]*vhostState) []string {
 		out := make([]string, 0, len(mp))
 		for n := range mp {

@@ -129,6 +129,8 @@ func StartNode(cfg NodeConfig, b *broker.Broker) (*Node, error) {
 		quorum: newQuorumWatch(), quorumDone: make(chan struct{})}
 	n.check = NewConfigCheck(cfg.NodeName, cfg.ConfigDigest, log)
 	n.meta = NewMetadata(b, log)
+	// Queues of nodes the log takes for dead answer RabbitMQ's 404 on this node's clients.
+	b.SetNodeLiveness(n.meta)
 	// The replicator is set before the group opens: replaying the log applies queue declares,
 	// which ask the broker's replicator which node is local. Nothing proposes through it before
 	// StartNode returns (no client is served yet), when n.mg is set.

@@ -304,6 +304,8 @@ func (m *Management) queueInfo(q broker.QueueInfo, owners map[broker.OwnerID]str
 	}
 	if q.Quorum {
 		info.Type = "quorum"
+	} else if v := m.b.VHost(q.VHost); v != nil && v.QueueHomeDown(q.Name) {
+		info.State = "down" // RabbitMQ's state for a classic queue whose node is down
 	}
 	info.Messages = info.MessagesReady + info.MessagesUnacked
 	info.Bytes = info.BytesReady

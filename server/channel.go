@@ -521,26 +521,17 @@ func (ch *channel) dispatch(m amqp.Method) *amqp.Error {
 // --- publish
 
 // basicError is err as a channel exception of basic.publish.
-// declareCountsWait bounds how long declare-ok waits for a queue's home node to learn of the
-// queue.
-const declareCountsWait = 3 * time.Second
-
 // remoteCountsAfterDeclare asks qs's home for declare-ok's counts. A home behind on the
 // metadata log does not know a queue this node has just seen declared (the declare waits only
 // for this node's apply) and answers 404: while qs is still this node's entry for the name, the
-// question is asked again, backing off, up to declareCountsWait.
-func (ch *channel) remoteCountsAfterDeclare(qs *broker.Queue) (int, int, *amqp.Error) {
-	deadline := time.Now().Add(declareCountsWait)
-	for pause := 20 * time.Millisecond; ; pause = min(2*pause, 500*time.Millisecond) {
-		ready, consumers, err := ch.remoteCounts(qs)
-		if err == nil || err.Code != amqp.NotFound || time.Now().Add(pause).After(deadline) {
-			return ready, consumers, err
-		}
-		if cur, lerr := ch.v.Queue(broker.System, qs.Name()); lerr != nil || cur != qs {
-			return ready, consumers, err // deleted (or declared again) meanwhile: the 404 stands
-		}
-		time.Sleep(pause)
-	}
+// question is asked again (whileHomeLags).
+func (ch *channel) remoteCountsAfterDeclare(qs *broker.Queue) (ready, consumers int, err *amqp.Error) {
+	err = ch.whileHomeLags(qs, func() *amqp.Error {
+		var err *amqp.Error
+		ready, consumers, err = ch.remoteCounts(qs)
+		return err
+	})
+	return ready, consumers, err
 }
 
 func basicError(e *amqp.Error) *amqp.Error {

@@ -2,6 +2,7 @@ package server
 
 import (
 	"slices"
+	"time"
 
 	"github.com/warrenmq/warren/amqp"
 	"github.com/warrenmq/warren/broker"
@@ -204,8 +205,13 @@ func (ch *channel) consumeRemote(m *amqp.BasicConsume, cs *consumer) (handled bo
 	prefetch, chPrefetch := ch.consumerPrefetch, ch.prefetch
 	ch.mu.Unlock()
 	rs := &remoteSink{cs: cs}
-	pc, err := p.Consume(qs.Home(), ch.v.Name(), m.Queue, broker.ProxyConsume{Tag: cs.tag, NoAck: m.NoAck,
-		Exclusive: m.Exclusive, Args: m.Arguments, Prefetch: prefetch, ChannelPrefetch: chPrefetch}, rs)
+	var pc broker.ProxyChannel
+	err = ch.whileHomeLags(qs, func() *amqp.Error {
+		var err *amqp.Error
+		pc, err = p.Consume(qs.Home(), ch.v.Name(), m.Queue, broker.ProxyConsume{Tag: cs.tag, NoAck: m.NoAck,
+			Exclusive: m.Exclusive, Args: m.Arguments, Prefetch: prefetch, ChannelPrefetch: chPrefetch}, rs)
+		return err
+	})
 	if err != nil {
 		return true, err
 	}
@@ -247,43 +253,15 @@ func (ch *channel) getRemote(m *amqp.BasicGet) (handled bool, err *amqp.Error) {
 	if qs == nil {
 		return false, nil
 	}
-	ch.mu.Lock()
+	var d broker.ProxyDelivery
+	var ok bool
 	var g broker.ProxyGetter
-	if ch.remote != nil {
-		g = ch.remote.getters[qs.Home()]
-	}
-	ch.mu.Unlock()
-	if g == nil {
-		if g, err = p.Getter(qs.Home(), ch.v.Name()); err != nil {
-			return true, err
-		}
-		ch.mu.Lock()
-		// ch.remote may have gone meanwhile (the channel closed off the reader goroutine):
-		// a new one is closed by the reader's shutdown.
-		if ch.remote == nil {
-			ch.remote = &remoteLinks{}
-		}
-		if ch.remote.getters == nil {
-			ch.remote.getters = map[string]broker.ProxyGetter{}
-		}
-		ch.remote.getters[qs.Home()] = g
-		ch.remote.all = append(ch.remote.all, g)
-		ch.mu.Unlock()
-	}
-	d, ok, err := g.Get(m.Queue, m.NoAck)
+	err = ch.whileHomeLags(qs, func() *amqp.Error {
+		var err *amqp.Error
+		g, d, ok, err = ch.getOnce(p, qs, m)
+		return err
+	})
 	if err != nil {
-		// The home closed the link channel: a new one is opened for the next get.
-		ch.mu.Lock()
-		if ch.remote != nil {
-			if ch.remote.getters[qs.Home()] == g {
-				delete(ch.remote.getters, qs.Home())
-			}
-			// Closed by the failed get: nothing of it to close with the channel.
-			if i := slices.IndexFunc(ch.remote.all, func(pc broker.ProxyChannel) bool { return pc == g }); i >= 0 {
-				ch.remote.all = slices.Delete(ch.remote.all, i, i+1)
-			}
-		}
-		ch.mu.Unlock()
 		return true, err
 	}
 	if !ok {
@@ -305,6 +283,81 @@ func (ch *channel) getRemote(m *amqp.BasicGet) (handled bool, err *amqp.Error) {
 	}
 	ch.mu.Unlock()
 	return true, nil
+}
+
+// getOnce is one basic.get of qs on its home, on the channel's getter for that home (opened
+// when there is none); a failed get forgets the getter, whose link channel the home closed.
+func (ch *channel) getOnce(p broker.Proxy, qs *broker.Queue, m *amqp.BasicGet) (g broker.ProxyGetter, d broker.ProxyDelivery, ok bool, err *amqp.Error) {
+	ch.mu.Lock()
+	if ch.remote != nil {
+		g = ch.remote.getters[qs.Home()]
+	}
+	ch.mu.Unlock()
+	if g == nil {
+		if g, err = p.Getter(qs.Home(), ch.v.Name()); err != nil {
+			return nil, d, false, err
+		}
+		ch.mu.Lock()
+		// ch.remote may have gone meanwhile (the channel closed off the reader goroutine):
+		// a new one is closed by the reader's shutdown.
+		if ch.remote == nil {
+			ch.remote = &remoteLinks{}
+		}
+		if ch.remote.getters == nil {
+			ch.remote.getters = map[string]broker.ProxyGetter{}
+		}
+		ch.remote.getters[qs.Home()] = g
+		ch.remote.all = append(ch.remote.all, g)
+		ch.mu.Unlock()
+	}
+	d, ok, err = g.Get(m.Queue, m.NoAck)
+	if err != nil {
+		// The home closed the link channel: a new one is opened for the next get.
+		ch.mu.Lock()
+		if ch.remote != nil {
+			if ch.remote.getters[qs.Home()] == g {
+				delete(ch.remote.getters, qs.Home())
+			}
+			// Closed by the failed get: nothing of it to close with the channel.
+			if i := slices.IndexFunc(ch.remote.all, func(pc broker.ProxyChannel) bool { return pc == g }); i >= 0 {
+				ch.remote.all = slices.Delete(ch.remote.all, i, i+1)
+			}
+		}
+		ch.mu.Unlock()
+		return nil, d, false, err
+	}
+	return g, d, ok, nil
+}
+
+// homeLagWait bounds how long a proxied consume, get or purge that the home node answers 404
+// is asked again while this node still has the queue homed there.
+const homeLagWait = 3 * time.Second
+
+// whileHomeLags runs f, a call on qs's home node, and runs it again, backing off, up to
+// homeLagWait, while it fails with 404 NOT_FOUND and qs is still this node's live entry for
+// its name. A home that lags behind on the metadata log (a client declared the queue through
+// this node, which applied the declare, and consumes at once) does not know the queue yet;
+// this node knows it does, from the log, so the 404 is the home's lag, not the answer. Once
+// this node has applied a delete of the queue (or a declare of another one of the name, or the
+// home's node_down), the 404 stands, as it would on one node.
+//
+// A home the link cannot reach is, for a durable queue, RabbitMQ's 404 "down or inaccessible"
+// (broker.VHost.HomeUnreachable), not the link's 541.
+func (ch *channel) whileHomeLags(qs *broker.Queue, f func() *amqp.Error) *amqp.Error {
+	deadline := time.Now().Add(homeLagWait)
+	for pause := 10 * time.Millisecond; ; pause = min(2*pause, 250*time.Millisecond) {
+		err := f()
+		if err == nil || err.Code != amqp.NotFound || time.Now().Add(pause).After(deadline) {
+			return ch.v.HomeUnreachable(qs, err)
+		}
+		if cur, lerr := ch.v.Queue(broker.System, qs.Name()); lerr != nil || cur != qs {
+			return err
+		}
+		if derr := ch.v.HomeDown(qs); derr != nil {
+			return derr
+		}
+		time.Sleep(pause)
+	}
 }
 
 // splitRemote moves the proxied deliveries of ds out (in place) and returns the local ones
@@ -408,6 +461,9 @@ func (ch *channel) remoteCounts(qs *broker.Queue) (ready, consumers int, err *am
 	if p == nil {
 		return 0, 0, nil
 	}
+	if err := ch.v.HomeDown(qs); err != nil {
+		return 0, 0, err // not the link's 541 after a failed dial
+	}
 	return p.Counts(qs.Home(), ch.v.Name(), qs.Name())
 }
 
@@ -419,7 +475,13 @@ func (ch *channel) purge(name string) (int, *amqp.Error) {
 			return 0, err
 		}
 		if qs != nil {
-			return p.Purge(qs.Home(), ch.v.Name(), name)
+			var n int
+			err = ch.whileHomeLags(qs, func() *amqp.Error {
+				var err *amqp.Error
+				n, err = p.Purge(qs.Home(), ch.v.Name(), name)
+				return err
+			})
+			return n, err
 		}
 	}
 	return ch.v.PurgeQueue(ch.c.actor, name)
@@ -440,9 +502,14 @@ func (ch *channel) deleteQueue(name string, ifUnused, ifEmpty bool) (int, *amqp.
 	if err != nil {
 		return 0, err
 	}
+	if ch.v.HomeDown(qs) != nil {
+		// Nothing to count on a dead home: the log decides (RabbitMQ's 404 for a node that is
+		// down; the delete, for one removed from the cluster).
+		return ch.v.DeleteQueue(ch.c.actor, name, false, false)
+	}
 	ready, consumers, err := ch.c.srv.b.Proxy().Counts(home, ch.v.Name(), name)
 	if err != nil {
-		return 0, err
+		return 0, ch.v.HomeUnreachable(qs, err)
 	}
 	switch {
 	case ifUnused && consumers > 0:
