@@ -673,6 +673,12 @@ func (h *Host) tickAll(reconcile bool) {
 			desired = append(desired, NodeID(name))
 		}
 	}
+	others := make([]uint64, 0, len(h.peers))
+	for name := range h.peers {
+		if id := NodeID(name); id != h.id {
+			others = append(others, id)
+		}
+	}
 	h.mu.Unlock()
 	q := quiesceRound{live: live, out: make(map[uint64][]outMsg)}
 	var dirty []*Group
@@ -686,6 +692,9 @@ func (h *Host) tickAll(reconcile bool) {
 		}
 		if reconcile && g.followPeers {
 			g.reconcile(desired)
+		}
+		if g.lostLog.Load() {
+			g.callLeaderIfLostLocked(others, &q)
 		}
 		if !g.quiesced {
 			// Before the tick: a leader's tick makes heartbeats (a Ready).
@@ -809,6 +818,8 @@ type Group struct {
 	// lostLog: this replica lost its log and votes (GroupOptions.Join on a host that
 	// lost its state) and has not yet got it back from a leader (lostlog.go).
 	lostLog atomic.Bool
+	// lostTicks counts the ticks of a replica that lost its log (loop goroutine, g.mu).
+	lostTicks int
 	// lastLead is the last leader this node knew (loop goroutine): when another one is
 	// elected, proposals not yet in this node's log are sent again (resendUnplaced).
 	lastLead uint64

@@ -173,3 +173,24 @@ func (g *Group) lostLogStepLocked(m *pb.Message, commit uint64) []outMsg {
 		Index: &commit, Reject: &reject, RejectHint: &last}
 	return []outMsg{{group: g.id, msg: resp}}
 }
+
+// callLeaderIfLostLocked (loop goroutine, g.mu held, every tick of a replica that lost its
+// log) sends, every election timeout, a wake-up call to its leader, or to every other node
+// while it knows none: the leader may have quiesced before this node opened the group (its
+// heartbeats were dropped here meanwhile), trusting the match index this node had; and
+// this node, with no configuration before the leader's snapshot, never campaigns. Woken,
+// the leader heartbeats it, and the answer (lostLogStepLocked) brings the snapshot.
+func (g *Group) callLeaderIfLostLocked(others []uint64, q *quiesceRound) {
+	g.lostTicks++
+	if g.lostTicks%g.h.cfg.ElectionTicks != 1 {
+		return
+	}
+	bs := g.rn.BasicStatus()
+	to := others
+	if bs.Lead != raft.None && bs.Lead != g.h.id {
+		to = []uint64{bs.Lead}
+	}
+	for _, id := range to {
+		q.out[id] = append(q.out[id], g.wakeUpCall(id, bs.HardState.GetTerm()))
+	}
+}

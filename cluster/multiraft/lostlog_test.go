@@ -37,6 +37,10 @@ func TestWipedFollowersCatchUpInIdleGroup(t *testing.T) {
 				cfg := c.config(victim)
 				cfg.Join = true
 				h := c.startWith(victim, cfg)
+				// The group opens a while after the host connected, as a quorum queue's does
+				// after the metadata's catch-up: the leader, woken by the reconnection, has
+				// quiesced again meanwhile, its heartbeats to the group dropped here.
+				time.Sleep(time.Duration(10*cfg.ElectionTicks) * cfg.TickInterval)
 				sm := &logSM{}
 				g, err := h.Group(MetadataGroup, sm)
 				if err != nil {
