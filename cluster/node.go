@@ -159,6 +159,9 @@ func StartNode(cfg NodeConfig, b *broker.Broker) (*Node, error) {
 		return nil, fmt.Errorf("cluster: opening the status group: %w", err)
 	}
 	n.catchUp()
+	// The groups of the queues declared before this node started are open now; any group
+	// it opens later is new, never one whose log it lost with a wiped data directory.
+	h.NewGroupsFromNow()
 	n.startLink(b)
 	go n.statusLoop()
 	go func() {

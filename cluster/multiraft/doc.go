@@ -53,6 +53,13 @@
 // GroupOptions.Join and waits for the leader, which sends it a snapshot and the log's tail
 // when the log it would need is compacted.
 //
+// # Wiped nodes
+//
+// A node back with an empty data directory (Config.Join) keeps its Raft ID but lost its log
+// and votes: its groups grant no vote until a leader has given the log back, and a leader
+// sends such a follower a snapshot, since raft never resends below its old match index
+// (lostlog.go has the details).
+//
 // # Deletion
 //
 // Host.DeleteGroup detaches a group from the loop (between two rounds, so no Ready of it is

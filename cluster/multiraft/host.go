@@ -147,6 +147,11 @@ type Host struct {
 	// dead is closed when the loop stopped serving on its own (the log could not be
 	// written); the host still waits for Close.
 	dead chan struct{}
+
+	// lostState: this host joined (Config.Join) with an empty Raft log, so the groups it
+	// opens with no local state are ones whose log and votes it lost (a wiped data
+	// directory), until NewGroupsFromNow (lostlog.go).
+	lostState atomic.Bool
 }
 
 // NewHost opens the data directory, starts the listener and the loop.
@@ -187,6 +192,9 @@ func NewHost(cfg Config) (*Host, error) {
 	}
 	log := cfg.Logger.With("node", cfg.NodeName)
 	dir := filepath.Join(cfg.DataDir, "raft")
+	// An empty or missing log directory: a new node, or one whose data directory was wiped.
+	entries, _ := os.ReadDir(dir)
+	fresh := len(entries) == 0
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("multiraft: %w", err)
 	}
@@ -232,6 +240,7 @@ func NewHost(cfg Config) (*Host, error) {
 		_ = rlog.Close()
 		return nil, err
 	}
+	h.lostState.Store(fresh && cfg.Join)
 	h.tr.setPeers(cfg.Peers)
 	go h.run()
 	return h, nil
@@ -464,6 +473,10 @@ func (h *Host) group0(id uint64, sm StateMachine, opts GroupOptions, followPeers
 			return nil, fmt.Errorf("multiraft: group %d: bootstrap: %w", id, err)
 		}
 	}
+	if last == 0 && raft.IsEmptyHardState(hs) && opts.Join && h.lostState.Load() {
+		g.lostLog.Store(true)
+		g.log.Info("group opened without the Raft log this node had (wiped data directory?): it votes again once a leader has sent it the log")
+	}
 	g.rn = rn
 	h.mu.Lock()
 	if _, ok := h.groups[id]; ok || h.closed {
@@ -519,6 +532,9 @@ func (h *Host) deliver(group uint64, m *pb.Message) {
 		return // stopped on this node (see Group.fail)
 	}
 	commit := m.GetCommit()
+	if g.lostLog.Load() && (m.GetType() == pb.MessageType_MsgVote || m.GetType() == pb.MessageType_MsgPreVote) {
+		return // no vote before the log is back (lostlog.go); the candidate times out
+	}
 	if m.GetType() == pb.MessageType_MsgHeartbeat {
 		// A heartbeat's commit index is at most what the leader believes this node has
 		// stored. A node restarted with an empty data directory has less, which raft treats
@@ -531,7 +547,7 @@ func (h *Host) deliver(group uint64, m *pb.Message) {
 	}
 	g.mu.Lock()
 	if m.GetType() == pb.MessageType_MsgAppResp && m.GetReject() {
-		g.handOverIfLogLost(m)
+		g.noteLostLogLocked(m)
 	}
 	var wakeLeader []outMsg
 	switch {
@@ -552,53 +568,25 @@ func (h *Host) deliver(group uint64, m *pb.Message) {
 	if quiesce {
 		g.quiesceFollowerLocked(m, commit)
 	}
+	var lostLogReply []outMsg
+	if g.lostLog.Load() {
+		lostLogReply = g.lostLogStepLocked(m, commit)
+	}
 	g.mu.Unlock()
 	if len(wakeLeader) > 0 {
 		if name, ok := h.nameOf(wakeLeader[0].msg.GetTo()); ok {
 			h.tr.send(name, wakeLeader)
 		}
 	}
+	if len(lostLogReply) > 0 {
+		if name, ok := h.nameOf(lostLogReply[0].msg.GetTo()); ok {
+			h.tr.send(name, lostLogReply)
+		}
+	}
 	if err != nil && !errors.Is(err, raft.ErrStepPeerNotFound) {
 		g.log.Debug("raft step", "type", m.GetType().String(), "err", err)
 	}
 	h.markDirty(g)
-}
-
-// handOverIfLogLost handles a follower that lost its log (restarted with an empty data
-// directory): it rejects appends below the index it had acknowledged, and raft's leader ignores
-// a rejection at or below a follower's match index as stale, so it would never send the
-// follower the entries again. A new leader starts with no match index for anyone and probes
-// down to what the follower has: the leader hands leadership to an up-to-date other voter (at
-// most once per election timeout). With no such voter the follower waits for the next leader
-// change. Call with g.mu held, before stepping m.
-func (g *Group) handOverIfLogLost(m *pb.Message) {
-	st := g.rn.Status()
-	if st.RaftState != raft.StateLeader {
-		return
-	}
-	pr, ok := st.Progress[m.GetFrom()]
-	if !ok || m.GetRejectHint() >= pr.Match || st.LeadTransferee != raft.None {
-		return
-	}
-	now := time.Now()
-	if now.Sub(g.lostLogHandover) < time.Duration(g.h.cfg.ElectionTicks)*g.h.cfg.TickInterval {
-		return
-	}
-	var to, best uint64
-	for id, p := range st.Progress {
-		if id != st.ID && id != m.GetFrom() && !p.IsLearner && p.Match >= best {
-			to, best = id, p.Match
-		}
-	}
-	if to == raft.None || best < st.HardState.GetCommit() {
-		return
-	}
-	g.lostLogHandover = now
-	from, _ := g.h.nameOf(m.GetFrom())
-	target, _ := g.h.nameOf(to)
-	g.log.Warn("a follower lost its Raft log (restarted with an empty data directory?); handing leadership over so that a new leader sends it the log",
-		"follower", from, "had", pr.Match, "has", m.GetRejectHint(), "new_leader", target)
-	g.rn.TransferLeader(to)
 }
 
 func (h *Host) unreachable(group, id uint64, snap bool) {
@@ -685,6 +673,12 @@ func (h *Host) tickAll(reconcile bool) {
 			desired = append(desired, NodeID(name))
 		}
 	}
+	others := make([]uint64, 0, len(h.peers))
+	for name := range h.peers {
+		if id := NodeID(name); id != h.id {
+			others = append(others, id)
+		}
+	}
 	h.mu.Unlock()
 	q := quiesceRound{live: live, out: make(map[uint64][]outMsg)}
 	var dirty []*Group
@@ -698,6 +692,9 @@ func (h *Host) tickAll(reconcile bool) {
 		}
 		if reconcile && g.followPeers {
 			g.reconcile(desired)
+		}
+		if g.lostLog.Load() {
+			g.callLeaderIfLostLocked(others, &q)
 		}
 		if !g.quiesced {
 			// Before the tick: a leader's tick makes heartbeats (a Ready).
@@ -755,6 +752,9 @@ func (h *Host) ready() error {
 		g.mu.Unlock()
 	}
 	if len(work) == 0 {
+		for _, g := range dirty {
+			g.sendLostLogSnapshots()
+		}
 		return nil
 	}
 	if len(updates) > 0 {
@@ -791,6 +791,9 @@ func (h *Host) ready() error {
 			h.markDirty(w.g)
 		}
 	}
+	for _, g := range dirty {
+		g.sendLostLogSnapshots()
+	}
 	return nil
 }
 
@@ -805,10 +808,18 @@ type Group struct {
 	// false: they change only through AddMember and RemoveMember (GroupWith).
 	followPeers bool
 
-	mu sync.Mutex // guards rn and lostLogHandover
+	mu sync.Mutex // guards rn and lostFollowers
 	rn *raft.RawNode
-	// lostLogHandover is when this leader last handed over for a follower that lost its log.
-	lostLogHandover time.Time
+	// lostFollowers (leader, g.mu): the followers that lost their log (a rejection below
+	// what they had acknowledged) and the index a snapshot sent to them must reach;
+	// lostSent (loop goroutine) when one was last sent to each (lostlog.go).
+	lostFollowers map[uint64]uint64
+	lostSent      map[uint64]time.Time
+	// lostLog: this replica lost its log and votes (GroupOptions.Join on a host that
+	// lost its state) and has not yet got it back from a leader (lostlog.go).
+	lostLog atomic.Bool
+	// lostTicks counts the ticks of a replica that lost its log (loop goroutine, g.mu).
+	lostTicks int
 	// lastLead is the last leader this node knew (loop goroutine): when another one is
 	// elected, proposals not yet in this node's log are sent again (resendUnplaced).
 	lastLead uint64

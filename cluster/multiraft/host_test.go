@@ -171,10 +171,10 @@ func TestRestartRestoresState(t *testing.T) {
 	sameLogs(t, sms)
 }
 
-// A node restarted with an empty data directory rejoins and catches up: through a snapshot
-// when the leader compacted the log it would need, both as an initial member that bootstraps
-// again and with Join set; and through the log when nothing was compacted, which needs the
-// leader to hand over (raft ignores the node's rejections below the index it had acknowledged).
+// A node restarted with an empty data directory rejoins and catches up through a snapshot,
+// as an initial member that bootstraps again and with Join set: raft ignores the node's
+// rejections below the index it had acknowledged, so the leader sends one whether it
+// compacted the log the node would need or not (lostlog.go).
 func TestRejoinWithEmptyDataDir(t *testing.T) {
 	for _, tc := range []struct {
 		join     bool
@@ -215,8 +215,8 @@ func TestRejoinWithEmptyDataDir(t *testing.T) {
 			gs[victim], sms[victim] = g, sm
 			waitApplied(t, sms, 100, 15*time.Second)
 			sameLogs(t, sms)
-			if got := sm.restoreCount() > 0; got != tc.snapshot {
-				t.Errorf("%s caught up with a snapshot: %v, want %v", victim, got, tc.snapshot)
+			if sm.restoreCount() == 0 {
+				t.Errorf("%s caught up without a snapshot", victim)
 			}
 			propose(t, gs[victim], "from-rejoined")
 			waitApplied(t, sms, 101, 10*time.Second)
