@@ -105,6 +105,7 @@ type Machine struct {
 	nextID  uint64
 	seq     uint64 // checkouts counted, for nodeState.since
 	now     int64  // the highest batch Now applied (unix ms)
+	clock   int64  // a follower's KindClock, for the rest of its batch only
 	expired []Dropped
 	returns []*Msg // returned messages, by ID: delivered before ready ones
 	ready   []*Msg // FIFO from head
@@ -162,6 +163,7 @@ func (m *Machine) Apply(_ uint64, cmd []byte) any {
 		m.expired = nil
 		out = r
 	}
+	m.clock = 0
 	m.flushAssigned()
 	m.storeCounts()
 	if m.hooks.Applied != nil {
@@ -304,6 +306,8 @@ func (m *Machine) apply(c *Command) Result {
 		if m.hooks.Revoked != nil {
 			m.hooks.Revoked(c.Node)
 		}
+	case KindClock:
+		m.clock = max(m.clock, c.Now)
 	case KindPurge:
 		r.Purged = m.readyLen()
 		m.returns, m.ready, m.head, m.bytes = nil, nil, 0, 0
@@ -326,7 +330,7 @@ func (m *Machine) expireHead() {
 		default:
 			return
 		}
-		if head.Expires == 0 || head.Expires >= m.now {
+		if head.Expires == 0 || head.Expires >= max(m.now, m.clock) {
 			return
 		}
 		m.popHead()

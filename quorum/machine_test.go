@@ -343,6 +343,7 @@ func TestCommandRoundTrip(t *testing.T) {
 		{Kind: KindNodeDown, Node: "n3"},
 		{Kind: KindPurge},
 		{Kind: KindDelivered, Node: "n", IDs: []uint64{5}},
+		{Kind: KindClock, Now: 1796337864116},
 	}
 	cmds = append(cmds, Command{Kind: KindBatch, Batch: slices.Clone(cmds)})
 	for _, c := range cmds {
@@ -386,6 +387,14 @@ func TestExpiry(t *testing.T) {
 			batch(3000),
 			batch(1000, Command{Kind: KindEnqueue, Msgs: []*Msg{msg("a", 2000)}}),
 		}, []string{"a"}, 0},
+		{"a follower's clock expires in its batch", []Command{
+			batch(1000, Command{Kind: KindEnqueue, Msgs: []*Msg{msg("a", 1500), msg("b", 0)}}),
+			batch(0, Command{Kind: KindClock, Now: 1600}),
+		}, []string{"a"}, 1},
+		{"a follower's clock does not move the queue's time", []Command{
+			batch(1000, Command{Kind: KindClock, Now: 5000}),
+			batch(0, Command{Kind: KindEnqueue, Msgs: []*Msg{msg("a", 1500)}}),
+		}, nil, 1},
 		{"held by a node", []Command{
 			batch(1000, Command{Kind: KindCheckout, Node: "n1", Credit: 1}, Command{Kind: KindEnqueue, Msgs: []*Msg{msg("a", 1500), msg("b", 1500)}}),
 			batch(2000),
