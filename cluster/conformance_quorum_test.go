@@ -20,8 +20,6 @@ var quorumKnownBugs = []string{
 	"TestSingleActiveConsumer",
 	// x-expires does not delete an unused quorum queue in a cluster.
 	"TestQueueExpires",
-	// Requeued messages that push the queue over x-max-length are not dropped/dead-lettered.
-	"TestMaxLengthCountsReadyOnly",
 	// x-redelivery-delay (Warren's extension) is not applied: a requeue returns the message
 	// to the log at once.
 	"TestExtRedeliveryBackoff",

@@ -250,6 +250,7 @@ func (m *Machine) apply(c *Command) Result {
 				}
 			}
 			m.dropIdle(n)
+			m.dropOver(&r)
 		}
 	case KindDiscard:
 		if n := m.node(c.Node, false); n != nil {
@@ -300,6 +301,7 @@ func (m *Machine) apply(c *Command) Result {
 			clear(n.out)
 			n.credit = 0
 			m.dropIdle(n)
+			m.dropOver(&r)
 		}
 		m.revocations++
 		r.Revocation = m.revocations
@@ -368,6 +370,18 @@ func (m *Machine) giveBack(msg *Msg, delivered bool) (Dropped, bool) {
 	m.returns = slices.Insert(m.returns, i, msg)
 	m.bytes += msg.size()
 	return Dropped{}, false
+}
+
+// dropOver drops from the head while the queue is over its length limits (drop-head only):
+// a requeue may push it over, and, as RabbitMQ's requeue, the oldest go (a reject-publish
+// queue keeps them: only publishes are refused).
+func (m *Machine) dropOver(r *Result) {
+	if m.limits.Overflow != DropHead {
+		return
+	}
+	for m.over() {
+		r.Dropped = append(r.Dropped, Dropped{Msg: m.popHead(), Reason: MaxLen})
+	}
 }
 
 // node finds a node's state, creating it when create is set. Nodes stay sorted by name.

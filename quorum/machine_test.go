@@ -526,3 +526,43 @@ func BenchmarkApplyBatch(b *testing.B) {
 		m.Apply(uint64(i), cmd)
 	}
 }
+
+// TestRequeueOverMaxLength: returns that push the queue over x-max-length drop the head
+// (drop-head, dead-lettered with maxlen), as RabbitMQ's requeue does; a reject-publish queue
+// keeps them (only publishes are refused). Same for a NodeDown's returns.
+func TestRequeueOverMaxLength(t *testing.T) {
+	tests := []struct {
+		name     string
+		overflow Overflow
+		back     Command
+		dropped  []string
+		ready    int
+	}{
+		{"return drop-head", DropHead, Command{Kind: KindReturn, Node: "n1", IDs: []uint64{1, 2}, Delivered: true}, []string{"0", "1"}, 2},
+		{"node down drop-head", DropHead, Command{Kind: KindNodeDown, Node: "n1"}, []string{"0", "1"}, 2},
+		{"return reject-publish", RejectPublish, Command{Kind: KindReturn, Node: "n1", IDs: []uint64{1, 2}, Delivered: true}, nil, 4},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			l := NoLimits()
+			l.MaxLength, l.Overflow = 2, tt.overflow
+			m := New(l, Hooks{})
+			run(t, m, Command{Kind: KindCheckout, Node: "n1", Credit: 2})
+			run(t, m, enq("0", "1"))
+			run(t, m, Command{Kind: KindCheckout, Node: "n1", Credit: 0})
+			run(t, m, enq("2", "3"))
+			r := run(t, m, tt.back)
+			if got := bodiesOf(r.Dropped); !slices.Equal(got, tt.dropped) {
+				t.Fatalf("dropped %v, want %v", got, tt.dropped)
+			}
+			for _, d := range r.Dropped {
+				if d.Reason != MaxLen {
+					t.Fatalf("reason %v", d.Reason)
+				}
+			}
+			if ready, _ := m.Counts(); ready != tt.ready {
+				t.Fatalf("ready %d, want %d", ready, tt.ready)
+			}
+		})
+	}
+}
