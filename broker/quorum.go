@@ -219,6 +219,9 @@ func (v *VHost) openQuorum(op TopologyOp, spec queueSpec) (qs *Queue, handled bo
 	limits := quorum.Limits{MaxLength: spec.opts.MaxLength, MaxBytes: spec.opts.MaxLengthBytes, DeliveryLimit: spec.opts.DeliveryLimit,
 		SingleActive: spec.opts.SingleActiveConsumer}
 	limits.Overflow = quorumOverflow(spec.opts.Overflow)
+	limits.RedeliveryDelay = spec.opts.RedeliveryDelay.Milliseconds()
+	limits.RedeliveryMaxDelay = spec.opts.RedeliveryMaxDelay.Milliseconds()
+	limits.RedeliveryBackoff = spec.opts.RedeliveryBackoff
 	if spec.opts.Overflow == queue.RejectPublishDLX {
 		v.b.log.Warn("invalid overflow strategy reject-publish-dlx for a quorum queue: drop-head", "queue", m.Name, "vhost", v.name)
 	}
@@ -384,7 +387,7 @@ func (qq *quorumQueue) proposeLoop() {
 		select {
 		case <-qq.wake:
 		case <-qq.rearm:
-			if at := qq.m.HeadExpires(); at > 0 {
+			if at := qq.m.NextDue(); at > 0 {
 				expiry.Reset(time.Until(time.UnixMilli(at + 1)))
 			}
 			continue
@@ -392,7 +395,7 @@ func (qq *quorumQueue) proposeLoop() {
 			// The head's time has come: the leader proposes an empty batch (its clock moves
 			// the queue's time). Every node looks again a second later while the head is
 			// still there (a leader change, another node's clock).
-			at := qq.m.HeadExpires()
+			at := qq.m.NextDue()
 			if at == 0 {
 				// The head went (to a consumer, say) before its time: the next head, which
 				// may be the same message returned, arms the timer again (applied).
@@ -477,9 +480,10 @@ func (qq *quorumQueue) proposeLoop() {
 			batch := quorum.Command{Kind: quorum.KindBatch, Batch: prefix, Now: now}
 			clockAt := len(ops) // ops from clockAt on have their result one further
 			for i := range ops {
-				if now == 0 && clockAt == len(ops) && ops[i].cmd.Kind == quorum.KindGet {
-					// A follower's basic.get: its clock, for this batch only, so that it
-					// does not take a head that expired since the leader's last proposal.
+				if k := ops[i].cmd.Kind; now == 0 && clockAt == len(ops) && (k == quorum.KindGet || k == quorum.KindReturn) {
+					// A follower's basic.get or return: its clock, for this batch only, so
+					// that it does not take a head that expired since the leader's last
+					// proposal, and a redelivery delay counts from now.
 					batch.Batch = append(batch.Batch, quorum.Command{Kind: quorum.KindClock, Now: time.Now().UnixMilli()})
 					clockAt = i
 				}
@@ -596,7 +600,7 @@ func (qq *quorumQueue) retryUnknown(prefix []quorum.Command, ops []quorumOp) (fa
 // applied is the state machine's Applied hook (the Raft loop): when the head's expiry
 // changed, the proposer re-arms its timer, on every node (whichever leads proposes).
 func (qq *quorumQueue) applied() {
-	at := qq.m.HeadExpires()
+	at := qq.m.NextDue()
 	if at == 0 || qq.headArmed.Swap(at) == at {
 		return
 	}

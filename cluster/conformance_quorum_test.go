@@ -20,9 +20,6 @@ var quorumKnownBugs = []string{
 	"TestSingleActiveConsumer",
 	// x-expires does not delete an unused quorum queue in a cluster.
 	"TestQueueExpires",
-	// x-redelivery-delay (Warren's extension) is not applied: a requeue returns the message
-	// to the log at once.
-	"TestExtRedeliveryBackoff",
 }
 
 // runQuorumConformance runs the conformance suite with -queue-type quorum (every queue

@@ -566,3 +566,65 @@ func TestRequeueOverMaxLength(t *testing.T) {
 		})
 	}
 }
+
+// TestRedeliveryDelay: a message returned after a delivery is ready again only when the
+// queue's time reaches the return's time plus its delay (x-redelivery-delay, backoff, cap);
+// until then it counts as ready but is not assigned; a snapshot keeps it delayed.
+func TestRedeliveryDelay(t *testing.T) {
+	tests := []struct {
+		name    string
+		delay   int64
+		backoff float64
+		maxDel  int64
+		returns int   // deliveries returned before the checked one
+		due     int64 // after the last return at time 1000
+	}{
+		{"plain", 40, 0, 0, 1, 1040},
+		{"backoff second", 40, 3, 0, 2, 1120},
+		{"backoff capped", 40, 3, 200, 3, 1200},
+		{"uncapped third", 40, 3, 0, 3, 1360},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			l := NoLimits()
+			l.RedeliveryDelay, l.RedeliveryBackoff, l.RedeliveryMaxDelay = tt.delay, tt.backoff, tt.maxDel
+			r := newRec()
+			m := New(l, r.hooks())
+			batch := func(now int64, cs ...Command) { m.Apply(0, Command{Kind: KindBatch, Now: now, Batch: cs}.Encoded()) }
+			batch(1000, Command{Kind: KindCheckout, Node: "n1", Credit: 1}, enq("a"))
+			for i := 0; i < tt.returns; i++ {
+				batch(1000, Command{Kind: KindReturn, Node: "n1", IDs: []uint64{1}, Delivered: true})
+				if i < tt.returns-1 {
+					batch(5000 * int64(i+1)) // due: assigned again
+					m.now = 1000             // the checked return happens at 1000
+				}
+			}
+			if got := m.NextDue(); got != tt.due {
+				t.Fatalf("NextDue %d, want %d", got, tt.due)
+			}
+			if ready, held := m.Counts(); ready != 1 || held != 0 {
+				t.Fatalf("counts %d/%d, want 1 ready", ready, held)
+			}
+			snap, err := m.Snapshot()
+			if err != nil {
+				t.Fatal(err)
+			}
+			m2 := New(l, Hooks{})
+			if err := m2.Restore(snap); err != nil {
+				t.Fatal(err)
+			}
+			if m2.NextDue() != tt.due {
+				t.Fatalf("restored NextDue %d, want %d", m2.NextDue(), tt.due)
+			}
+			before := len(r.assigned["n1"])
+			batch(tt.due - 1)
+			if len(r.assigned["n1"]) != before {
+				t.Fatal("assigned before its delay")
+			}
+			batch(tt.due)
+			if len(r.assigned["n1"]) != before+1 || r.counts[1] != uint32(tt.returns) {
+				t.Fatalf("not assigned when due (assigned %v, count %d)", r.assigned["n1"], r.counts[1])
+			}
+		})
+	}
+}
