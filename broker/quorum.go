@@ -188,6 +188,8 @@ type quorumQueue struct {
 	revocations uint64
 
 	consumers atomic.Int32
+	// expiring is set while an x-expires delete of the queue is under way (expireQuorum).
+	expiring atomic.Bool
 
 	// proposeTimeout is quorumProposeTimeout (shorter in tests).
 	proposeTimeout time.Duration
@@ -222,6 +224,9 @@ func (v *VHost) openQuorum(op TopologyOp, spec queueSpec) (qs *Queue, handled bo
 	limits.RedeliveryDelay = spec.opts.RedeliveryDelay.Milliseconds()
 	limits.RedeliveryMaxDelay = spec.opts.RedeliveryMaxDelay.Milliseconds()
 	limits.RedeliveryBackoff = spec.opts.RedeliveryBackoff
+	if spec.expires > 0 {
+		limits.Expires = max(spec.expires.Milliseconds(), 1)
+	}
 	if spec.opts.Overflow == queue.RejectPublishDLX {
 		v.b.log.Warn("invalid overflow strategy reject-publish-dlx for a quorum queue: drop-head", "queue", m.Name, "vhost", v.name)
 	}
@@ -241,6 +246,22 @@ func (v *VHost) openQuorum(op TopologyOp, spec queueSpec) (qs *Queue, handled bo
 	go qq.proposeLoop()
 	go qq.deliverLoop()
 	return qs, true, nil
+}
+
+// expireQuorum deletes the queue through the metadata log once the log found it unused for
+// its x-expires (quorum.Machine.Expired): the node whose proposal applied it does, once.
+// The delete runs on a goroutine of its own: it waits for the metadata log, which closes
+// this queue (and so waits for this proposer).
+func (qq *quorumQueue) expireQuorum() {
+	if !qq.expiring.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		if _, err := qq.qs.v.DeleteQueue(System, qq.qs.name, false, false); err != nil {
+			qq.qs.v.b.log.Warn("quorum queue: deleting an expired queue", "queue", qq.qs.name, "vhost", qq.qs.v.name, "err", err)
+			qq.expiring.Store(false) // the next proposal that finds it expired tries again
+		}
+	}()
 }
 
 // awaitQuorumOpen waits, when name is a quorum queue, until its group has committed this
@@ -265,6 +286,18 @@ func (v *VHost) awaitQuorumOpen(name string) {
 	case <-qq.stop:
 	case <-qq.g.Done():
 	}
+	if qs.spec.expires > 0 {
+		// A declare renews an x-expires queue's lease (the log's use), counted from the
+		// declare-ok, not from before the new group's election. Applied before the reply:
+		// the client's next command may come later than x-expires after the last use the
+		// log knew of.
+		select {
+		case <-qq.barrierWith(quorum.Command{Kind: quorum.KindTouch}):
+		case <-timer.C:
+		case <-qq.stop:
+		case <-qq.g.Done():
+		}
+	}
 }
 
 // quorumOverflow is a quorum queue's overflow for x-overflow: reject-publish-dlx is a classic
@@ -282,8 +315,10 @@ func (v *VHost) registerQuorumLocked(qs *Queue) {
 	e := v.effectiveLocked(qs.name, qs.spec, qs.args)
 	qs.dl.Store(e.dl)
 	qs.consumerTimeout.Store(int64(e.consumerTimeout))
-	// No x-expires: each node sees only its own consumers and gets, so one node's timer
-	// would delete a queue used on another. Not applied to quorum queues in a cluster yet.
+	// No x-expires timer here: each node sees only its own consumers and gets, so one node's
+	// timer would delete a queue used on another. The log decides (quorum.Limits.Expires,
+	// from the declare's x-expires; policies are per node and do not apply), and its
+	// leader deletes the queue (expireQuorum).
 	qs.policy = e.policy
 	v.queues[qs.name] = qs
 	v.b.stats.queuesCreated.Add(1)
@@ -480,7 +515,7 @@ func (qq *quorumQueue) proposeLoop() {
 			batch := quorum.Command{Kind: quorum.KindBatch, Batch: prefix, Now: now}
 			clockAt := len(ops) // ops from clockAt on have their result one further
 			for i := range ops {
-				if k := ops[i].cmd.Kind; now == 0 && clockAt == len(ops) && (k == quorum.KindGet || k == quorum.KindReturn) {
+				if k := ops[i].cmd.Kind; now == 0 && clockAt == len(ops) && (k == quorum.KindGet || k == quorum.KindReturn || k == quorum.KindTouch) {
 					// A follower's basic.get or return: its clock, for this batch only, so
 					// that it does not take a head that expired since the leader's last
 					// proposal, and a redelivery delay counts from now.
@@ -533,6 +568,9 @@ func (qq *quorumQueue) proposeLoop() {
 			}
 			if err == nil && len(rs) > len(batch.Batch) {
 				qq.dropped(rs[len(rs)-1], nil) // messages that expired at the head
+			}
+			if err == nil && qq.m.Expired() {
+				qq.expireQuorum()
 			}
 			if err != nil && qq.stopped() {
 				qq.failPending(errQuorumGone)
@@ -881,8 +919,13 @@ func (qq *quorumQueue) awaitGivenBack() {
 // barrier submits a command that changes nothing (an empty Delivered) and returns a channel
 // closed once it is applied here, or failed: everything submitted before it is applied then.
 func (qq *quorumQueue) barrier() <-chan struct{} {
+	return qq.barrierWith(quorum.Command{Kind: quorum.KindDelivered, Node: qq.node})
+}
+
+// barrierWith submits cmd and returns a channel closed once it is applied here, or failed.
+func (qq *quorumQueue) barrierWith(cmd quorum.Command) <-chan struct{} {
 	done := make(chan struct{})
-	qq.submit(quorum.Command{Kind: quorum.KindDelivered, Node: qq.node}, func(quorum.Result, error) { close(done) })
+	qq.submit(cmd, func(quorum.Result, error) { close(done) })
 	return done
 }
 

@@ -18,8 +18,6 @@ var quorumKnownBugs = []string{
 	// With x-single-active-consumer, the messages assigned to the node but not delivered are
 	// delivered before those the closed channel returned (want the returned ones first).
 	"TestSingleActiveConsumer",
-	// x-expires does not delete an unused quorum queue in a cluster.
-	"TestQueueExpires",
 }
 
 // runQuorumConformance runs the conformance suite with -queue-type quorum (every queue

@@ -26,6 +26,9 @@ const (
 	// ahead must not expire every later message early). A follower's basic.get must not
 	// hand out a head that expired while no leader proposal moved the queue's time.
 	KindClock
+	// KindTouch is a use of the queue that the log does not see otherwise (a redeclare): it
+	// restarts the x-expires countdown.
+	KindTouch
 	kindEnd
 )
 
@@ -94,7 +97,7 @@ func (c Command) Encode(b []byte) []byte {
 		b = appendString(b, c.Node)
 	case KindClock:
 		b = binary.AppendUvarint(b, uint64(max(c.Now, 0)))
-	case KindPurge:
+	case KindPurge, KindTouch:
 	}
 	return b
 }
@@ -304,7 +307,7 @@ func (d *decoder) command(depth int) Command {
 		c.Node = d.string("node")
 	case KindClock:
 		c.Now = d.int63("clock")
-	case KindPurge:
+	case KindPurge, KindTouch:
 	default:
 		d.fail(fmt.Sprintf("unknown command kind %d", c.Kind))
 	}

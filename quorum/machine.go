@@ -34,6 +34,10 @@ type Limits struct {
 	// RedeliveryMaxDelay (ms; 0 no cap), as on a classic queue.
 	RedeliveryDelay, RedeliveryMaxDelay int64
 	RedeliveryBackoff                   float64
+	// Expires (x-expires, ms; 0 none): the queue is unused that long, by the queue's time,
+	// with no node holding a checkout (no consumer anywhere), since its last basic.get,
+	// checkout or KindTouch: Expired reports it, and the broker deletes the queue.
+	Expires int64
 }
 
 // NoLimits is Limits with every bound off.
@@ -149,6 +153,7 @@ type Machine struct {
 	// delayed are returned messages waiting for their redelivery delay, by due time (then
 	// ID); they join returns when the queue's time reaches it.
 	delayed []delayedMsg
+	used    int64  // the queue's time of its last use (x-expires); 0 before any time is known
 	ready   []*Msg // FIFO from head
 	head    int
 	bytes   int64 // of ready and returns
@@ -158,6 +163,7 @@ type Machine struct {
 	readyN, heldN atomic.Int64 // for Counts from other goroutines
 	headExpires   atomic.Int64 // the head's Expires, for HeadExpires
 	nextDue       atomic.Int64 // for NextDue
+	expiredQ      atomic.Bool  // for Expired
 	assigned      map[string][]Msg
 }
 
@@ -206,9 +212,12 @@ func (m *Machine) Apply(_ uint64, cmd []byte) any {
 		m.expired = nil
 		out = r
 	}
+	if m.used == 0 {
+		m.touch() // the queue's first known time: the countdown starts at its creation
+	}
+	m.storeCounts() // with the batch's clock: Expired may be by a follower's
 	m.clock = 0
 	m.flushAssigned()
-	m.storeCounts()
 	if m.hooks.Applied != nil {
 		m.hooks.Applied()
 	}
@@ -223,7 +232,11 @@ func (m *Machine) storeCounts() {
 	if len(m.delayed) > 0 && (due == 0 || m.delayed[0].at < due) {
 		due = m.delayed[0].at
 	}
+	if at := m.idleDue(); at > 0 && (due == 0 || at < due) {
+		due = at
+	}
 	m.nextDue.Store(due)
+	m.expiredQ.Store(m.idleDue() > 0 && m.time() >= m.idleDue())
 	m.readyN.Store(int64(m.readyLen() + len(m.delayed)))
 	held := 0
 	for _, n := range m.nodes {
@@ -271,6 +284,7 @@ func (m *Machine) apply(c *Command) Result {
 			}
 		}
 	case KindCheckout:
+		m.touch() // a consumer came or went: in use, or the countdown starts now
 		n := m.node(c.Node, c.Credit > 0)
 		if n != nil {
 			if n.credit == 0 && c.Credit > 0 {
@@ -311,6 +325,7 @@ func (m *Machine) apply(c *Command) Result {
 			m.dropIdle(n)
 		}
 	case KindGet:
+		m.touch()
 		// The batch's time may have passed the head's expiry: it goes first, never to a
 		// client (reported with the batch's expired messages).
 		m.expireHead()
@@ -358,6 +373,8 @@ func (m *Machine) apply(c *Command) Result {
 		}
 	case KindClock:
 		m.clock = max(m.clock, c.Now)
+	case KindTouch:
+		m.touch()
 	case KindPurge:
 		r.Purged = m.readyLen() + len(m.delayed)
 		m.returns, m.ready, m.head, m.bytes, m.delayed = nil, nil, 0, 0, nil
@@ -409,6 +426,31 @@ func (m *Machine) HeadExpires() int64 { return m.headExpires.Load() }
 // the first delayed redelivery, whichever comes first. The broker's leader proposes an empty
 // batch then (its clock moves the queue's time). Safe from any goroutine.
 func (m *Machine) NextDue() int64 { return m.nextDue.Load() }
+
+// Expired reports that the queue went unused for its x-expires (Limits.Expires) by the
+// queue's time: the broker deletes it. Safe from any goroutine.
+func (m *Machine) Expired() bool { return m.expiredQ.Load() }
+
+// idleDue is when an unused queue expires (queue time; 0: never, or in use: a node holds a
+// checkout).
+func (m *Machine) idleDue() int64 {
+	if m.limits.Expires <= 0 || m.used == 0 {
+		return 0
+	}
+	for _, n := range m.nodes {
+		if n.credit > 0 {
+			return 0
+		}
+	}
+	return m.used + m.limits.Expires
+}
+
+// touch records a use of the queue (x-expires).
+func (m *Machine) touch() {
+	if t := m.time(); t > m.used {
+		m.used = t
+	}
+}
 
 // time is the queue's time for the command being applied: the leader's, or a follower's
 // clock for the rest of its batch (KindClock) when that is later.
@@ -636,7 +678,8 @@ func cmpU64(a, b uint64) int {
 // messages before the list (version 1 had them as ready ones: a message returned after the
 // restore then went before them, not among them by ID, and replicas' heads differed).
 //
-// Version 3 adds the delayed redeliveries (their due time and message) after the nodes.
+// Version 3 adds the delayed redeliveries (their due time and message) after the nodes, then
+// the time of the queue's last use (x-expires).
 const snapshotVersion = 3
 
 // Snapshot implements multiraft.StateMachine: the whole state, messages included, so that
@@ -671,6 +714,7 @@ func (m *Machine) Snapshot() ([]byte, error) {
 		b = binary.AppendUvarint(b, uint64(max(dm.at, 0)))
 		b = appendMsg(b, dm.msg, true)
 	}
+	b = binary.AppendUvarint(b, uint64(max(m.used, 0)))
 	return b, nil
 }
 
@@ -741,6 +785,7 @@ func (m *Machine) Restore(b []byte) error {
 				}
 				fresh.delayed = append(fresh.delayed, delayedMsg{at: at, msg: msg})
 			}
+			fresh.used = d.int63("used")
 		}
 		if d.err == nil && len(d.b) > 0 {
 			d.fail("trailing bytes")
@@ -754,6 +799,7 @@ func (m *Machine) Restore(b []byte) error {
 	}
 	m.nextID, m.now, m.seq, m.cursor, m.returns, m.ready, m.head, m.bytes, m.nodes, m.delayed =
 		fresh.nextID, fresh.now, fresh.seq, fresh.cursor, fresh.returns, fresh.ready, 0, fresh.bytes, fresh.nodes, fresh.delayed
+	m.used = fresh.used
 	m.expired = nil
 	m.storeCounts()
 	if m.hooks.Restored != nil {

@@ -3,6 +3,7 @@ package quorum
 import (
 	"reflect"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -624,6 +625,51 @@ func TestRedeliveryDelay(t *testing.T) {
 			batch(tt.due)
 			if len(r.assigned["n1"]) != before+1 || r.counts[1] != uint32(tt.returns) {
 				t.Fatalf("not assigned when due (assigned %v, count %d)", r.assigned["n1"], r.counts[1])
+			}
+		})
+	}
+}
+
+// TestQueueExpires: x-expires counts from the last use by the queue's time (the first known
+// time, a basic.get, a checkout given or taken back, a touch), never while a node holds a
+// checkout; a snapshot keeps the last use.
+func TestQueueExpires(t *testing.T) {
+	batch := func(now int64, cs ...Command) Command { return Command{Kind: KindBatch, Now: now, Batch: cs} }
+	tests := []struct {
+		name    string
+		cmds    []Command
+		expired bool
+		due     int64
+	}{
+		{"unused", []Command{batch(1000), batch(1100)}, true, 1100},
+		{"not yet", []Command{batch(1000), batch(1099)}, false, 1100},
+		{"get renews", []Command{batch(1000), batch(1050, Command{Kind: KindGet, Node: "n1", NoAck: true}), batch(1100)}, false, 1150},
+		{"touch renews", []Command{batch(1000), batch(1050, Command{Kind: KindTouch}), batch(1149)}, false, 1150},
+		{"a consumer keeps it", []Command{batch(1000, Command{Kind: KindCheckout, Node: "n1", Credit: 1}), batch(5000)}, false, 0},
+		{"the last consumer leaving restarts it", []Command{batch(1000, Command{Kind: KindCheckout, Node: "n1", Credit: 1}),
+			batch(5000, Command{Kind: KindCheckout, Node: "n1", Credit: 0}), batch(5100)}, true, 5100},
+		{"a follower's clock", []Command{batch(1000), batch(0, Command{Kind: KindClock, Now: 1200})}, true, 1100},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			l := NoLimits()
+			l.Expires = 100
+			m := New(l, Hooks{})
+			for _, c := range tt.cmds {
+				m.Apply(0, c.Encoded())
+			}
+			if m.Expired() != tt.expired {
+				t.Fatalf("Expired %v, want %v", m.Expired(), tt.expired)
+			}
+			if m.NextDue() != tt.due {
+				t.Fatalf("NextDue %d, want %d", m.NextDue(), tt.due)
+			}
+			snap, _ := m.Snapshot()
+			m2 := New(l, Hooks{})
+			// A follower's clock is its batch's only: a restored replica does not have it.
+			want := tt.expired && !strings.Contains(tt.name, "follower")
+			if err := m2.Restore(snap); err != nil || m2.Expired() != want || m2.NextDue() != tt.due {
+				t.Fatalf("restored: err %v, Expired %v, NextDue %d", err, m2.Expired(), m2.NextDue())
 			}
 		})
 	}
