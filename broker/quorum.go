@@ -55,11 +55,33 @@ type QuorumGroups interface {
 // to run a queue's group on.
 var ErrQuorumUnavailable = errors.New("quorum queues need a Raft host")
 
-// quorumNodeCredit is how many messages a node with consumers may hold unsettled. It is a
-// window, not a consumer's prefetch: large enough to keep a fast consumer busy across the
-// Raft round trip of its acks, small enough that a node does not hoard a backlog that another
-// node's idle consumer could take.
+// quorumNodeCredit is how many messages a node with consumers may hold undelivered, beyond
+// those its consumers hold unacked (quorumCredit). It is a window, not a consumer's
+// prefetch: large enough to keep a fast consumer busy across the Raft round trip of its acks,
+// small enough that a node does not hoard a backlog that another node's idle consumer could
+// take.
 const quorumNodeCredit = 256
+
+// quorumCredit is the credit a node with consumers asks for when they hold unacked deliveries
+// and it has credit now: a window of quorumNodeCredit undelivered messages on top of the
+// unacked ones, in steps of quorumNodeCredit (so that not every delivery proposes a
+// checkout), lowered only when it is two steps too high. A consumer with unlimited prefetch
+// thus gets the whole backlog, a window at a time, while consumers with a prefetch keep the
+// node's share bounded by their prefetch plus the window.
+func quorumCredit(unacked int, credit uint32) uint32 {
+	target := (uint64(unacked)/quorumNodeCredit + 2) * quorumNodeCredit
+	if unacked%quorumNodeCredit == 0 {
+		target -= quorumNodeCredit
+	}
+	target = min(target, uint64(creditUnknown-quorumNodeCredit))
+	switch {
+	case credit == creditUnknown || credit == 0 || uint64(credit) < target:
+		return uint32(target)
+	case uint64(credit) > target+quorumNodeCredit:
+		return uint32(target)
+	}
+	return credit
+}
 
 // creditUnknown is quorumQueue.credit when a proposal failed: no credit the consumers want
 // equals it, so the next batch proposes one.
@@ -103,6 +125,9 @@ type quorumEvent struct {
 	msgs    []quorum.Msg
 	revoked bool
 	rev     uint64 // the Revoked's number (quorum.Result.Revocation)
+	// flushed, when not nil, is closed by the deliverer when it reaches the event: every
+	// assignment applied before it has been handed on (or given back).
+	flushed chan struct{}
 }
 
 // quorumQueue is one quorum queue on this node.
@@ -163,6 +188,8 @@ type quorumQueue struct {
 	revocations uint64
 
 	consumers atomic.Int32
+	// expiring is set while an x-expires delete of the queue is under way (expireQuorum).
+	expiring atomic.Bool
 
 	// proposeTimeout is quorumProposeTimeout (shorter in tests).
 	proposeTimeout time.Duration
@@ -194,6 +221,12 @@ func (v *VHost) openQuorum(op TopologyOp, spec queueSpec) (qs *Queue, handled bo
 	limits := quorum.Limits{MaxLength: spec.opts.MaxLength, MaxBytes: spec.opts.MaxLengthBytes, DeliveryLimit: spec.opts.DeliveryLimit,
 		SingleActive: spec.opts.SingleActiveConsumer}
 	limits.Overflow = quorumOverflow(spec.opts.Overflow)
+	limits.RedeliveryDelay = spec.opts.RedeliveryDelay.Milliseconds()
+	limits.RedeliveryMaxDelay = spec.opts.RedeliveryMaxDelay.Milliseconds()
+	limits.RedeliveryBackoff = spec.opts.RedeliveryBackoff
+	if spec.expires > 0 {
+		limits.Expires = max(spec.expires.Milliseconds(), 1)
+	}
 	if spec.opts.Overflow == queue.RejectPublishDLX {
 		v.b.log.Warn("invalid overflow strategy reject-publish-dlx for a quorum queue: drop-head", "queue", m.Name, "vhost", v.name)
 	}
@@ -215,6 +248,58 @@ func (v *VHost) openQuorum(op TopologyOp, spec queueSpec) (qs *Queue, handled bo
 	return qs, true, nil
 }
 
+// expireQuorum deletes the queue through the metadata log once the log found it unused for
+// its x-expires (quorum.Machine.Expired): the node whose proposal applied it does, once.
+// The delete runs on a goroutine of its own: it waits for the metadata log, which closes
+// this queue (and so waits for this proposer).
+func (qq *quorumQueue) expireQuorum() {
+	if !qq.expiring.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		if _, err := qq.qs.v.DeleteQueue(System, qq.qs.name, false, false); err != nil {
+			qq.qs.v.b.log.Warn("quorum queue: deleting an expired queue", "queue", qq.qs.name, "vhost", qq.qs.v.name, "err", err)
+			qq.expiring.Store(false) // the next proposal that finds it expired tries again
+		}
+	}()
+}
+
+// awaitQuorumOpen waits, when name is a quorum queue, until its group has committed this
+// process's first entry (the NodeDown of openQuorum), at most quorumOpTimeout. As RabbitMQ's
+// declare of a quorum queue returns once its Raft cluster has a leader: a publish right after
+// declare-ok is then committed in one round, not after the new group's first election (which
+// took longer than a 100 ms x-message-ttl under load, expiring the message before a
+// basic.get). Call without v.mu.
+func (v *VHost) awaitQuorumOpen(name string) {
+	v.mu.RLock()
+	qs := v.queues[name]
+	v.mu.RUnlock()
+	if qs == nil || qs.qq == nil {
+		return
+	}
+	qq := qs.qq
+	timer := time.NewTimer(quorumOpTimeout)
+	defer timer.Stop()
+	select {
+	case <-qq.opened:
+	case <-timer.C:
+	case <-qq.stop:
+	case <-qq.g.Done():
+	}
+	if qs.spec.expires > 0 {
+		// A declare renews an x-expires queue's lease (the log's use), counted from the
+		// declare-ok, not from before the new group's election. Applied before the reply:
+		// the client's next command may come later than x-expires after the last use the
+		// log knew of.
+		select {
+		case <-qq.barrierWith(quorum.Command{Kind: quorum.KindTouch}):
+		case <-timer.C:
+		case <-qq.stop:
+		case <-qq.g.Done():
+		}
+	}
+}
+
 // quorumOverflow is a quorum queue's overflow for x-overflow: reject-publish-dlx is a classic
 // queue's only, and RabbitMQ's quorum queue falls back to its default, drop-head (with a
 // warning), as here.
@@ -230,8 +315,10 @@ func (v *VHost) registerQuorumLocked(qs *Queue) {
 	e := v.effectiveLocked(qs.name, qs.spec, qs.args)
 	qs.dl.Store(e.dl)
 	qs.consumerTimeout.Store(int64(e.consumerTimeout))
-	// No x-expires: each node sees only its own consumers and gets, so one node's timer
-	// would delete a queue used on another. Not applied to quorum queues in a cluster yet.
+	// No x-expires timer here: each node sees only its own consumers and gets, so one node's
+	// timer would delete a queue used on another. The log decides (quorum.Limits.Expires,
+	// from the declare's x-expires; policies are per node and do not apply), and its
+	// leader deletes the queue (expireQuorum).
 	qs.policy = e.policy
 	v.queues[qs.name] = qs
 	v.b.stats.queuesCreated.Add(1)
@@ -335,7 +422,7 @@ func (qq *quorumQueue) proposeLoop() {
 		select {
 		case <-qq.wake:
 		case <-qq.rearm:
-			if at := qq.m.HeadExpires(); at > 0 {
+			if at := qq.m.NextDue(); at > 0 {
 				expiry.Reset(time.Until(time.UnixMilli(at + 1)))
 			}
 			continue
@@ -343,8 +430,11 @@ func (qq *quorumQueue) proposeLoop() {
 			// The head's time has come: the leader proposes an empty batch (its clock moves
 			// the queue's time). Every node looks again a second later while the head is
 			// still there (a leader change, another node's clock).
-			at := qq.m.HeadExpires()
+			at := qq.m.NextDue()
 			if at == 0 {
+				// The head went (to a consumer, say) before its time: the next head, which
+				// may be the same message returned, arms the timer again (applied).
+				qq.headArmed.Store(0)
 				continue
 			}
 			if wait := time.Until(time.UnixMilli(at + 1)); wait > 0 {
@@ -364,6 +454,11 @@ func (qq *quorumQueue) proposeLoop() {
 			return
 		}
 		for {
+			// The unacked deliveries size the credit (quorumCredit): read before qq.mu, a leaf.
+			unacked := 0
+			if qq.consumers.Load() > 0 {
+				unacked = qq.qs.q.Counts().Unacked
+			}
 			qq.mu.Lock()
 			// A credit given goes last in its batch: a checkout before the returns of the same
 			// batch would assign the ready messages behind them first (a requeued message must
@@ -373,7 +468,7 @@ func (qq *quorumQueue) proposeLoop() {
 				qq.creditCheck = false
 				want := uint32(0)
 				if qq.consumers.Load() > 0 {
-					want = quorumNodeCredit
+					want = quorumCredit(unacked, qq.credit)
 				}
 				if want != qq.credit {
 					qq.credit = want
@@ -418,7 +513,15 @@ func (qq *quorumQueue) proposeLoop() {
 				now = time.Now().UnixMilli()
 			}
 			batch := quorum.Command{Kind: quorum.KindBatch, Batch: prefix, Now: now}
+			clockAt := len(ops) // ops from clockAt on have their result one further
 			for i := range ops {
+				if k := ops[i].cmd.Kind; now == 0 && clockAt == len(ops) && (k == quorum.KindGet || k == quorum.KindReturn || k == quorum.KindTouch) {
+					// A follower's basic.get or return: its clock, for this batch only, so
+					// that it does not take a head that expired since the leader's last
+					// proposal, and a redelivery delay counts from now.
+					batch.Batch = append(batch.Batch, quorum.Command{Kind: quorum.KindClock, Now: time.Now().UnixMilli()})
+					clockAt = i
+				}
 				batch.Batch = append(batch.Batch, ops[i].cmd)
 			}
 			batch.Batch = append(batch.Batch, checkout...)
@@ -454,13 +557,20 @@ func (qq *quorumQueue) proposeLoop() {
 					continue
 				}
 				var r quorum.Result
-				if j := len(prefix) + i; j < len(rs) {
+				j := len(prefix) + i
+				if i >= clockAt {
+					j++
+				}
+				if j < len(rs) {
 					r = rs[j]
 				}
 				op.done(r, err)
 			}
 			if err == nil && len(rs) > len(batch.Batch) {
 				qq.dropped(rs[len(rs)-1], nil) // messages that expired at the head
+			}
+			if err == nil && qq.m.Expired() {
+				qq.expireQuorum()
 			}
 			if err != nil && qq.stopped() {
 				qq.failPending(errQuorumGone)
@@ -528,7 +638,7 @@ func (qq *quorumQueue) retryUnknown(prefix []quorum.Command, ops []quorumOp) (fa
 // applied is the state machine's Applied hook (the Raft loop): when the head's expiry
 // changed, the proposer re-arms its timer, on every node (whichever leads proposes).
 func (qq *quorumQueue) applied() {
-	at := qq.m.HeadExpires()
+	at := qq.m.NextDue()
 	if at == 0 || qq.headArmed.Swap(at) == at {
 		return
 	}
@@ -605,6 +715,10 @@ func (qq *quorumQueue) deliverLoop() {
 		qq.events = nil
 		qq.emu.Unlock()
 		for _, ev := range evs {
+			if ev.flushed != nil {
+				close(ev.flushed)
+				continue
+			}
 			if ev.revoked {
 				// What this node held went back to the queue: the local copies not yet
 				// delivered go (the deliveries still unacked settle nothing any more).
@@ -769,6 +883,50 @@ func (qq *quorumQueue) consumerRemoved() {
 	if len(fresh) > 0 {
 		qq.submit(quorum.Command{Kind: quorum.KindReturn, Node: qq.node, IDs: fresh}, qq.dropped)
 	}
+	qq.awaitGivenBack()
+}
+
+// awaitGivenBack returns once what the node's last consumer left is back in the log, so
+// that the channel.close-ok or basic.cancel-ok that follows (and a basic.get after it) finds
+// the queue as a classic queue's would be: the credit's drop to 0 and the returns submitted
+// before are applied (a barrier proposal behind them), then the deliverer has given back what
+// was assigned here before that (a flush event behind the assignments), then its returns are
+// applied (a second barrier). Bounded by quorumOpTimeout.
+func (qq *quorumQueue) awaitGivenBack() {
+	timer := time.NewTimer(quorumOpTimeout)
+	defer timer.Stop()
+	wait := func(ch <-chan struct{}) bool {
+		select {
+		case <-ch:
+			return true
+		case <-timer.C:
+		case <-qq.stop:
+		case <-qq.g.Done():
+		}
+		return false
+	}
+	if !wait(qq.barrier()) {
+		return
+	}
+	flushed := make(chan struct{})
+	qq.event(quorumEvent{flushed: flushed})
+	if !wait(flushed) {
+		return
+	}
+	wait(qq.barrier())
+}
+
+// barrier submits a command that changes nothing (an empty Delivered) and returns a channel
+// closed once it is applied here, or failed: everything submitted before it is applied then.
+func (qq *quorumQueue) barrier() <-chan struct{} {
+	return qq.barrierWith(quorum.Command{Kind: quorum.KindDelivered, Node: qq.node})
+}
+
+// barrierWith submits cmd and returns a channel closed once it is applied here, or failed.
+func (qq *quorumQueue) barrierWith(cmd quorum.Command) <-chan struct{} {
+	done := make(chan struct{})
+	qq.submit(cmd, func(quorum.Result, error) { close(done) })
+	return done
 }
 
 // delivered records that an entry of the local queue reached a client: a no-ack delivery is
@@ -780,6 +938,7 @@ func (qq *quorumQueue) delivered(e *queue.Entry, noAck bool) {
 		qq.noAck = append(qq.noAck, e.Seq)
 	} else {
 		qq.marks = append(qq.marks, e.Seq)
+		qq.creditCheck = true // one more unacked: the credit may grow (quorumCredit)
 	}
 	qq.mu.Unlock()
 	select {
@@ -793,6 +952,12 @@ func (qq *quorumQueue) delivered(e *queue.Entry, noAck bool) {
 // closing) were the log's already. When the requeue is a channel closing with the node's
 // last consumer, the messages may be assigned here again before consumerRemoved; it gives
 // them back, uncounted.
+//
+// It returns once the return is applied here (or failed, or quorumOpTimeout passed): the
+// local requeues are a closing channel's (RemoveConsumers, on the connection's reader, which
+// sends channel.close-ok after it), and as for a classic queue, whose requeue is done before
+// close-ok, a basic.get or a consumer that follows the close must find them back in the
+// queue.
 func (qq *quorumQueue) localDropped(_ *queue.Queue, es []*queue.Entry, why queue.Reason) {
 	if why != queue.DeliveryLimit || len(es) == 0 {
 		return
@@ -801,7 +966,18 @@ func (qq *quorumQueue) localDropped(_ *queue.Queue, es []*queue.Entry, why queue
 	for i, e := range es {
 		ids[i] = e.Seq
 	}
-	qq.submit(quorum.Command{Kind: quorum.KindReturn, Node: qq.node, IDs: ids, Delivered: true}, qq.dropped)
+	applied := make(chan struct{})
+	qq.submit(quorum.Command{Kind: quorum.KindReturn, Node: qq.node, IDs: ids, Delivered: true}, func(r quorum.Result, err error) {
+		close(applied)
+		qq.dropped(r, err)
+	})
+	timer := time.NewTimer(quorumOpTimeout)
+	defer timer.Stop()
+	select {
+	case <-applied:
+	case <-timer.C:
+	case <-qq.stop:
+	}
 }
 
 // settle turns a settlement of deliveries into its command; nothing waits for it.

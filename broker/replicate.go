@@ -179,6 +179,7 @@ func (v *VHost) replicatedDeclareQueue(a Actor, name string, m QueueSpec) (*Queu
 	if _, err := v.replicate(a, TopologyOp{Kind: OpDeclareQueue, Queue: m}); err != nil {
 		return nil, err
 	}
+	v.awaitQuorumOpen(name)
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	qs := v.queues[name]

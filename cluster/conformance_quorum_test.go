@@ -14,26 +14,11 @@ import (
 // fails there differently). Listed, not hidden: NOTES-qconf.md says what each needs; remove a
 // name when its bug is fixed. Everything else of the suite must pass.
 var quorumKnownBugs = []string{
-	// A node's checkout is 256 messages whatever its consumers' prefetch: a consumer with
-	// unlimited prefetch that acks nothing gets 256 of 500 (RabbitMQ delivers all 500).
-	"TestBasicOrderPreserved",
 	// With x-single-active-consumer, the messages assigned to the node but not delivered are
-	// delivered before those the closed channel returned (want the returned ones first).
+	// delivered before those the closed channel returned (want the returned ones first): the
+	// local queue dispatches its window to the new active consumer before its Dropped hook
+	// hands the requeued ones to the log (NOTES-qbugs.md has the options).
 	"TestSingleActiveConsumer",
-	// x-expires does not delete an unused quorum queue in a cluster.
-	"TestQueueExpires",
-	// Requeued messages that push the queue over x-max-length are not dropped/dead-lettered.
-	"TestMaxLengthCountsReadyOnly",
-	// x-redelivery-delay (Warren's extension) is not applied: a requeue returns the message
-	// to the log at once.
-	"TestExtRedeliveryBackoff",
-	// channel.close-ok is sent before the closed channel's returns are committed, so a
-	// basic.get right after the close may find the queue empty (intermittent).
-	"TestBasicAckNackReject", "TestTTLExpiredWhileUnackedDeadLettersOnRequeue",
-	// Two unconfirmed publishes (the second expiring in 1 ms) and, 300 ms later, the queue
-	// counts 0 instead of 2; seen at load average 12-24 on 2 cores, passed at lower load.
-	// Cause not established (publishes not applied yet, or the expiry dropping both).
-	"TestDeadLetterTTLOnlyAtHead",
 	// Runs since x-delayed-message exchanges work in a cluster: its three undelayed messages
 	// (routed at once, as by any exchange) reach the consumer of the quorum queue in 266-406
 	// ms against the test's 250 ms bound, seen at load average 17-21 on 2 cores with the

@@ -21,6 +21,14 @@ const (
 	KindNodeDown                  // everything Node held returned, its credit zeroed
 	KindPurge                     // the ready messages dropped
 	KindDelivered                 // IDs held by Node reached a client (NodeDown counts them)
+	// KindClock is a follower's clock (Now) for the rest of its batch only: the head may
+	// expire by it, but the queue's time does not move to it (a follower whose clock runs
+	// ahead must not expire every later message early). A follower's basic.get must not
+	// hand out a head that expired while no leader proposal moved the queue's time.
+	KindClock
+	// KindTouch is a use of the queue that the log does not see otherwise (a redeclare): it
+	// restarts the x-expires countdown.
+	KindTouch
 	kindEnd
 )
 
@@ -87,7 +95,9 @@ func (c Command) Encode(b []byte) []byte {
 		b = appendBool(b, c.NoAck)
 	case KindNodeDown:
 		b = appendString(b, c.Node)
-	case KindPurge:
+	case KindClock:
+		b = binary.AppendUvarint(b, uint64(max(c.Now, 0)))
+	case KindPurge, KindTouch:
 	}
 	return b
 }
@@ -295,7 +305,9 @@ func (d *decoder) command(depth int) Command {
 		c.NoAck = d.bool("no-ack")
 	case KindNodeDown:
 		c.Node = d.string("node")
-	case KindPurge:
+	case KindClock:
+		c.Now = d.int63("clock")
+	case KindPurge, KindTouch:
 	default:
 		d.fail(fmt.Sprintf("unknown command kind %d", c.Kind))
 	}

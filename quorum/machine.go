@@ -28,10 +28,46 @@ type Limits struct {
 	// one that checked out first among those with credit; its local queue keeps one
 	// consumer active, so one consumer of the cluster receives.
 	SingleActive bool
+	// RedeliveryDelay (Warren's x-redelivery-delay, ms; 0 none): a message returned after
+	// it reached a client is ready again only that long after the return, by the queue's
+	// time; multiplied by RedeliveryBackoff (when > 1) per earlier delivery, capped at
+	// RedeliveryMaxDelay (ms; 0 no cap), as on a classic queue.
+	RedeliveryDelay, RedeliveryMaxDelay int64
+	RedeliveryBackoff                   float64
+	// Expires (x-expires, ms; 0 none): the queue is unused that long, by the queue's time,
+	// with no node holding a checkout (no consumer anywhere), since its last basic.get,
+	// checkout or KindTouch: Expired reports it, and the broker deletes the queue.
+	Expires int64
 }
 
 // NoLimits is Limits with every bound off.
 func NoLimits() Limits { return Limits{MaxLength: -1, MaxBytes: -1, DeliveryLimit: -1} }
+
+// redeliveryDelay is the delay (ms) of a message returned with count deliveries, as a
+// classic queue's (queue.Queue.redeliveryDelay): a product computed step by step, so that
+// every replica gets the same value.
+func (l Limits) redeliveryDelay(count uint32) int64 {
+	if l.RedeliveryDelay <= 0 {
+		return 0
+	}
+	d := float64(l.RedeliveryDelay)
+	capped := func(v float64) int64 {
+		if l.RedeliveryMaxDelay > 0 && v > float64(l.RedeliveryMaxDelay) {
+			return l.RedeliveryMaxDelay
+		}
+		if v > 1<<53 {
+			return 1 << 53
+		}
+		return int64(v)
+	}
+	if l.RedeliveryBackoff <= 1 {
+		return capped(d)
+	}
+	for i := uint32(1); i < count && d <= 1<<53 && (l.RedeliveryMaxDelay <= 0 || d <= float64(l.RedeliveryMaxDelay)); i++ {
+		d *= l.RedeliveryBackoff
+	}
+	return capped(d)
+}
 
 // Reason says why a message was dropped; the broker dead-letters with it.
 type Reason uint8
@@ -86,6 +122,12 @@ type Hooks struct {
 	Restored func()
 }
 
+// delayedMsg is a returned message and when it is ready again (queue time, unix ms).
+type delayedMsg struct {
+	at  int64
+	msg *Msg
+}
+
 // nodeState is what one node holds.
 type nodeState struct {
 	name   string
@@ -105,8 +147,13 @@ type Machine struct {
 	nextID  uint64
 	seq     uint64 // checkouts counted, for nodeState.since
 	now     int64  // the highest batch Now applied (unix ms)
+	clock   int64  // a follower's KindClock, for the rest of its batch only
 	expired []Dropped
 	returns []*Msg // returned messages, by ID: delivered before ready ones
+	// delayed are returned messages waiting for their redelivery delay, by due time (then
+	// ID); they join returns when the queue's time reaches it.
+	delayed []delayedMsg
+	used    int64  // the queue's time of its last use (x-expires); 0 before any time is known
 	ready   []*Msg // FIFO from head
 	head    int
 	bytes   int64 // of ready and returns
@@ -115,6 +162,8 @@ type Machine struct {
 
 	readyN, heldN atomic.Int64 // for Counts from other goroutines
 	headExpires   atomic.Int64 // the head's Expires, for HeadExpires
+	nextDue       atomic.Int64 // for NextDue
+	expiredQ      atomic.Bool  // for Expired
 	assigned      map[string][]Msg
 }
 
@@ -147,6 +196,7 @@ func (m *Machine) Apply(_ uint64, cmd []byte) any {
 		for i := range c.Batch {
 			rs[i] = m.apply(&c.Batch[i])
 		}
+		m.promote()
 		m.expireHead()
 		m.assign()
 		if len(m.expired) > 0 {
@@ -162,8 +212,12 @@ func (m *Machine) Apply(_ uint64, cmd []byte) any {
 		m.expired = nil
 		out = r
 	}
+	if m.used == 0 {
+		m.touch() // the queue's first known time: the countdown starts at its creation
+	}
+	m.storeCounts() // with the batch's clock: Expired may be by a follower's
+	m.clock = 0
 	m.flushAssigned()
-	m.storeCounts()
 	if m.hooks.Applied != nil {
 		m.hooks.Applied()
 	}
@@ -174,7 +228,16 @@ func (m *Machine) Apply(_ uint64, cmd []byte) any {
 // without the Raft loop (after an Apply or a Restore).
 func (m *Machine) storeCounts() {
 	m.headExpires.Store(m.headExpiry())
-	m.readyN.Store(int64(m.readyLen()))
+	due := m.headExpiry()
+	if len(m.delayed) > 0 && (due == 0 || m.delayed[0].at < due) {
+		due = m.delayed[0].at
+	}
+	if at := m.idleDue(); at > 0 && (due == 0 || at < due) {
+		due = at
+	}
+	m.nextDue.Store(due)
+	m.expiredQ.Store(m.idleDue() > 0 && m.time() >= m.idleDue())
+	m.readyN.Store(int64(m.readyLen() + len(m.delayed)))
 	held := 0
 	for _, n := range m.nodes {
 		held += len(n.out)
@@ -221,6 +284,7 @@ func (m *Machine) apply(c *Command) Result {
 			}
 		}
 	case KindCheckout:
+		m.touch() // a consumer came or went: in use, or the countdown starts now
 		n := m.node(c.Node, c.Credit > 0)
 		if n != nil {
 			if n.credit == 0 && c.Credit > 0 {
@@ -248,6 +312,7 @@ func (m *Machine) apply(c *Command) Result {
 				}
 			}
 			m.dropIdle(n)
+			m.dropOver(&r)
 		}
 	case KindDiscard:
 		if n := m.node(c.Node, false); n != nil {
@@ -260,6 +325,7 @@ func (m *Machine) apply(c *Command) Result {
 			m.dropIdle(n)
 		}
 	case KindGet:
+		m.touch()
 		// The batch's time may have passed the head's expiry: it goes first, never to a
 		// client (reported with the batch's expired messages).
 		m.expireHead()
@@ -298,16 +364,22 @@ func (m *Machine) apply(c *Command) Result {
 			clear(n.out)
 			n.credit = 0
 			m.dropIdle(n)
+			m.dropOver(&r)
 		}
 		m.revocations++
 		r.Revocation = m.revocations
 		if m.hooks.Revoked != nil {
 			m.hooks.Revoked(c.Node)
 		}
+	case KindClock:
+		m.clock = max(m.clock, c.Now)
+	case KindTouch:
+		m.touch()
 	case KindPurge:
-		r.Purged = m.readyLen()
-		m.returns, m.ready, m.head, m.bytes = nil, nil, 0, 0
+		r.Purged = m.readyLen() + len(m.delayed)
+		m.returns, m.ready, m.head, m.bytes, m.delayed = nil, nil, 0, 0, nil
 	}
+	m.promote()
 	m.expireHead()
 	m.assign()
 	return r
@@ -326,7 +398,7 @@ func (m *Machine) expireHead() {
 		default:
 			return
 		}
-		if head.Expires == 0 || head.Expires >= m.now {
+		if head.Expires == 0 || head.Expires >= m.time() {
 			return
 		}
 		m.popHead()
@@ -350,6 +422,60 @@ func (m *Machine) headExpiry() int64 {
 // goroutine.
 func (m *Machine) HeadExpires() int64 { return m.headExpires.Load() }
 
+// NextDue is when the queue's time next matters (unix ms, 0: never): the head's expiry or
+// the first delayed redelivery, whichever comes first. The broker's leader proposes an empty
+// batch then (its clock moves the queue's time). Safe from any goroutine.
+func (m *Machine) NextDue() int64 { return m.nextDue.Load() }
+
+// Expired reports that the queue went unused for its x-expires (Limits.Expires) by the
+// queue's time: the broker deletes it. Safe from any goroutine.
+func (m *Machine) Expired() bool { return m.expiredQ.Load() }
+
+// idleDue is when an unused queue expires (queue time; 0: never, or in use: a node holds a
+// checkout).
+func (m *Machine) idleDue() int64 {
+	if m.limits.Expires <= 0 || m.used == 0 {
+		return 0
+	}
+	for _, n := range m.nodes {
+		if n.credit > 0 {
+			return 0
+		}
+	}
+	return m.used + m.limits.Expires
+}
+
+// touch records a use of the queue (x-expires).
+func (m *Machine) touch() {
+	if t := m.time(); t > m.used {
+		m.used = t
+	}
+}
+
+// time is the queue's time for the command being applied: the leader's, or a follower's
+// clock for the rest of its batch (KindClock) when that is later.
+func (m *Machine) time() int64 { return max(m.now, m.clock) }
+
+// promote moves the delayed messages whose time has come to the returned ones.
+func (m *Machine) promote() {
+	now := m.time()
+	n := 0
+	for n < len(m.delayed) && m.delayed[n].at <= now {
+		m.insertReturn(m.delayed[n].msg)
+		n++
+	}
+	if n > 0 {
+		m.delayed = slices.Delete(m.delayed, 0, n)
+	}
+}
+
+// insertReturn puts msg among the returned messages, by ID.
+func (m *Machine) insertReturn(msg *Msg) {
+	i := sort.Search(len(m.returns), func(i int) bool { return m.returns[i].ID > msg.ID })
+	m.returns = slices.Insert(m.returns, i, msg)
+	m.bytes += msg.size()
+}
+
 // giveBack returns a held message to the head; a delivered one counts a delivery and is
 // dropped past the delivery limit.
 func (m *Machine) giveBack(msg *Msg, delivered bool) (Dropped, bool) {
@@ -359,11 +485,30 @@ func (m *Machine) giveBack(msg *Msg, delivered bool) (Dropped, bool) {
 		if m.limits.DeliveryLimit >= 0 && int64(msg.Count) > m.limits.DeliveryLimit {
 			return Dropped{Msg: msg, Reason: DeliveryLimit}, true
 		}
+		if d := m.limits.redeliveryDelay(msg.Count); d > 0 {
+			at := m.time() + d
+			i := sort.Search(len(m.delayed), func(i int) bool {
+				x := m.delayed[i]
+				return x.at > at || (x.at == at && x.msg.ID > msg.ID)
+			})
+			m.delayed = slices.Insert(m.delayed, i, delayedMsg{at: at, msg: msg})
+			return Dropped{}, false
+		}
 	}
-	i := sort.Search(len(m.returns), func(i int) bool { return m.returns[i].ID > msg.ID })
-	m.returns = slices.Insert(m.returns, i, msg)
-	m.bytes += msg.size()
+	m.insertReturn(msg)
 	return Dropped{}, false
+}
+
+// dropOver drops from the head while the queue is over its length limits (drop-head only):
+// a requeue may push it over, and, as RabbitMQ's requeue, the oldest go (a reject-publish
+// queue keeps them: only publishes are refused).
+func (m *Machine) dropOver(r *Result) {
+	if m.limits.Overflow != DropHead {
+		return
+	}
+	for m.over() {
+		r.Dropped = append(r.Dropped, Dropped{Msg: m.popHead(), Reason: MaxLen})
+	}
 }
 
 // node finds a node's state, creating it when create is set. Nodes stay sorted by name.
@@ -532,7 +677,10 @@ func cmpU64(a, b uint64) int {
 // snapshotVersion is the first byte of a snapshot. Version 2 adds the count of returned
 // messages before the list (version 1 had them as ready ones: a message returned after the
 // restore then went before them, not among them by ID, and replicas' heads differed).
-const snapshotVersion = 2
+//
+// Version 3 adds the delayed redeliveries (their due time and message) after the nodes, then
+// the time of the queue's last use (x-expires).
+const snapshotVersion = 3
 
 // Snapshot implements multiraft.StateMachine: the whole state, messages included, so that
 // the log behind it can go and a queue's disk follows its backlog.
@@ -561,6 +709,12 @@ func (m *Machine) Snapshot() ([]byte, error) {
 			b = appendMsg(b, msg, true)
 		}
 	}
+	b = binary.AppendUvarint(b, uint64(len(m.delayed)))
+	for _, dm := range m.delayed {
+		b = binary.AppendUvarint(b, uint64(max(dm.at, 0)))
+		b = appendMsg(b, dm.msg, true)
+	}
+	b = binary.AppendUvarint(b, uint64(max(m.used, 0)))
 	return b, nil
 }
 
@@ -570,7 +724,7 @@ func (m *Machine) Snapshot() ([]byte, error) {
 func (m *Machine) Restore(b []byte) error {
 	fresh := New(m.limits, m.hooks)
 	if len(b) > 0 {
-		if b[0] != 1 && b[0] != snapshotVersion {
+		if b[0] < 1 || b[0] > snapshotVersion {
 			return fmt.Errorf("quorum: snapshot version %d unknown", b[0])
 		}
 		d := decoder{b: b[1:]}
@@ -620,6 +774,19 @@ func (m *Machine) Restore(b []byte) error {
 			}
 			fresh.nodes = append(fresh.nodes, ns)
 		}
+		if b[0] >= 3 {
+			nd := d.count("delayed", 7)
+			for i := 0; i < nd && d.err == nil; i++ {
+				at := d.int63("due")
+				msg := d.msg(true)
+				ownMsg(msg)
+				if k := len(fresh.delayed); k > 0 && fresh.delayed[k-1].at > at {
+					d.fail("delayed out of order")
+				}
+				fresh.delayed = append(fresh.delayed, delayedMsg{at: at, msg: msg})
+			}
+			fresh.used = d.int63("used")
+		}
 		if d.err == nil && len(d.b) > 0 {
 			d.fail("trailing bytes")
 		}
@@ -630,8 +797,9 @@ func (m *Machine) Restore(b []byte) error {
 			fresh.cursor = 0
 		}
 	}
-	m.nextID, m.now, m.seq, m.cursor, m.returns, m.ready, m.head, m.bytes, m.nodes =
-		fresh.nextID, fresh.now, fresh.seq, fresh.cursor, fresh.returns, fresh.ready, 0, fresh.bytes, fresh.nodes
+	m.nextID, m.now, m.seq, m.cursor, m.returns, m.ready, m.head, m.bytes, m.nodes, m.delayed =
+		fresh.nextID, fresh.now, fresh.seq, fresh.cursor, fresh.returns, fresh.ready, 0, fresh.bytes, fresh.nodes, fresh.delayed
+	m.used = fresh.used
 	m.expired = nil
 	m.storeCounts()
 	if m.hooks.Restored != nil {

@@ -3,6 +3,7 @@ package quorum
 import (
 	"reflect"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -343,6 +344,7 @@ func TestCommandRoundTrip(t *testing.T) {
 		{Kind: KindNodeDown, Node: "n3"},
 		{Kind: KindPurge},
 		{Kind: KindDelivered, Node: "n", IDs: []uint64{5}},
+		{Kind: KindClock, Now: 1796337864116},
 	}
 	cmds = append(cmds, Command{Kind: KindBatch, Batch: slices.Clone(cmds)})
 	for _, c := range cmds {
@@ -386,6 +388,14 @@ func TestExpiry(t *testing.T) {
 			batch(3000),
 			batch(1000, Command{Kind: KindEnqueue, Msgs: []*Msg{msg("a", 2000)}}),
 		}, []string{"a"}, 0},
+		{"a follower's clock expires in its batch", []Command{
+			batch(1000, Command{Kind: KindEnqueue, Msgs: []*Msg{msg("a", 1500), msg("b", 0)}}),
+			batch(0, Command{Kind: KindClock, Now: 1600}),
+		}, []string{"a"}, 1},
+		{"a follower's clock does not move the queue's time", []Command{
+			batch(1000, Command{Kind: KindClock, Now: 5000}),
+			batch(0, Command{Kind: KindEnqueue, Msgs: []*Msg{msg("a", 1500)}}),
+		}, nil, 1},
 		{"held by a node", []Command{
 			batch(1000, Command{Kind: KindCheckout, Node: "n1", Credit: 1}, Command{Kind: KindEnqueue, Msgs: []*Msg{msg("a", 1500), msg("b", 1500)}}),
 			batch(2000),
@@ -515,5 +525,152 @@ func BenchmarkApplyBatch(b *testing.B) {
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {
 		m.Apply(uint64(i), cmd)
+	}
+}
+
+// TestRequeueOverMaxLength: returns that push the queue over x-max-length drop the head
+// (drop-head, dead-lettered with maxlen), as RabbitMQ's requeue does; a reject-publish queue
+// keeps them (only publishes are refused). Same for a NodeDown's returns.
+func TestRequeueOverMaxLength(t *testing.T) {
+	tests := []struct {
+		name     string
+		overflow Overflow
+		back     Command
+		dropped  []string
+		ready    int
+	}{
+		{"return drop-head", DropHead, Command{Kind: KindReturn, Node: "n1", IDs: []uint64{1, 2}, Delivered: true}, []string{"0", "1"}, 2},
+		{"node down drop-head", DropHead, Command{Kind: KindNodeDown, Node: "n1"}, []string{"0", "1"}, 2},
+		{"return reject-publish", RejectPublish, Command{Kind: KindReturn, Node: "n1", IDs: []uint64{1, 2}, Delivered: true}, nil, 4},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			l := NoLimits()
+			l.MaxLength, l.Overflow = 2, tt.overflow
+			m := New(l, Hooks{})
+			run(t, m, Command{Kind: KindCheckout, Node: "n1", Credit: 2})
+			run(t, m, enq("0", "1"))
+			run(t, m, Command{Kind: KindCheckout, Node: "n1", Credit: 0})
+			run(t, m, enq("2", "3"))
+			r := run(t, m, tt.back)
+			if got := bodiesOf(r.Dropped); !slices.Equal(got, tt.dropped) {
+				t.Fatalf("dropped %v, want %v", got, tt.dropped)
+			}
+			for _, d := range r.Dropped {
+				if d.Reason != MaxLen {
+					t.Fatalf("reason %v", d.Reason)
+				}
+			}
+			if ready, _ := m.Counts(); ready != tt.ready {
+				t.Fatalf("ready %d, want %d", ready, tt.ready)
+			}
+		})
+	}
+}
+
+// TestRedeliveryDelay: a message returned after a delivery is ready again only when the
+// queue's time reaches the return's time plus its delay (x-redelivery-delay, backoff, cap);
+// until then it counts as ready but is not assigned; a snapshot keeps it delayed.
+func TestRedeliveryDelay(t *testing.T) {
+	tests := []struct {
+		name    string
+		delay   int64
+		backoff float64
+		maxDel  int64
+		returns int   // deliveries returned before the checked one
+		due     int64 // after the last return at time 1000
+	}{
+		{"plain", 40, 0, 0, 1, 1040},
+		{"backoff second", 40, 3, 0, 2, 1120},
+		{"backoff capped", 40, 3, 200, 3, 1200},
+		{"uncapped third", 40, 3, 0, 3, 1360},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			l := NoLimits()
+			l.RedeliveryDelay, l.RedeliveryBackoff, l.RedeliveryMaxDelay = tt.delay, tt.backoff, tt.maxDel
+			r := newRec()
+			m := New(l, r.hooks())
+			batch := func(now int64, cs ...Command) { m.Apply(0, Command{Kind: KindBatch, Now: now, Batch: cs}.Encoded()) }
+			batch(1000, Command{Kind: KindCheckout, Node: "n1", Credit: 1}, enq("a"))
+			for i := 0; i < tt.returns; i++ {
+				batch(1000, Command{Kind: KindReturn, Node: "n1", IDs: []uint64{1}, Delivered: true})
+				if i < tt.returns-1 {
+					batch(5000 * int64(i+1)) // due: assigned again
+					m.now = 1000             // the checked return happens at 1000
+				}
+			}
+			if got := m.NextDue(); got != tt.due {
+				t.Fatalf("NextDue %d, want %d", got, tt.due)
+			}
+			if ready, held := m.Counts(); ready != 1 || held != 0 {
+				t.Fatalf("counts %d/%d, want 1 ready", ready, held)
+			}
+			snap, err := m.Snapshot()
+			if err != nil {
+				t.Fatal(err)
+			}
+			m2 := New(l, Hooks{})
+			if err := m2.Restore(snap); err != nil {
+				t.Fatal(err)
+			}
+			if m2.NextDue() != tt.due {
+				t.Fatalf("restored NextDue %d, want %d", m2.NextDue(), tt.due)
+			}
+			before := len(r.assigned["n1"])
+			batch(tt.due - 1)
+			if len(r.assigned["n1"]) != before {
+				t.Fatal("assigned before its delay")
+			}
+			batch(tt.due)
+			if len(r.assigned["n1"]) != before+1 || r.counts[1] != uint32(tt.returns) {
+				t.Fatalf("not assigned when due (assigned %v, count %d)", r.assigned["n1"], r.counts[1])
+			}
+		})
+	}
+}
+
+// TestQueueExpires: x-expires counts from the last use by the queue's time (the first known
+// time, a basic.get, a checkout given or taken back, a touch), never while a node holds a
+// checkout; a snapshot keeps the last use.
+func TestQueueExpires(t *testing.T) {
+	batch := func(now int64, cs ...Command) Command { return Command{Kind: KindBatch, Now: now, Batch: cs} }
+	tests := []struct {
+		name    string
+		cmds    []Command
+		expired bool
+		due     int64
+	}{
+		{"unused", []Command{batch(1000), batch(1100)}, true, 1100},
+		{"not yet", []Command{batch(1000), batch(1099)}, false, 1100},
+		{"get renews", []Command{batch(1000), batch(1050, Command{Kind: KindGet, Node: "n1", NoAck: true}), batch(1100)}, false, 1150},
+		{"touch renews", []Command{batch(1000), batch(1050, Command{Kind: KindTouch}), batch(1149)}, false, 1150},
+		{"a consumer keeps it", []Command{batch(1000, Command{Kind: KindCheckout, Node: "n1", Credit: 1}), batch(5000)}, false, 0},
+		{"the last consumer leaving restarts it", []Command{batch(1000, Command{Kind: KindCheckout, Node: "n1", Credit: 1}),
+			batch(5000, Command{Kind: KindCheckout, Node: "n1", Credit: 0}), batch(5100)}, true, 5100},
+		{"a follower's clock", []Command{batch(1000), batch(0, Command{Kind: KindClock, Now: 1200})}, true, 1100},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			l := NoLimits()
+			l.Expires = 100
+			m := New(l, Hooks{})
+			for _, c := range tt.cmds {
+				m.Apply(0, c.Encoded())
+			}
+			if m.Expired() != tt.expired {
+				t.Fatalf("Expired %v, want %v", m.Expired(), tt.expired)
+			}
+			if m.NextDue() != tt.due {
+				t.Fatalf("NextDue %d, want %d", m.NextDue(), tt.due)
+			}
+			snap, _ := m.Snapshot()
+			m2 := New(l, Hooks{})
+			// A follower's clock is its batch's only: a restored replica does not have it.
+			want := tt.expired && !strings.Contains(tt.name, "follower")
+			if err := m2.Restore(snap); err != nil || m2.Expired() != want || m2.NextDue() != tt.due {
+				t.Fatalf("restored: err %v, Expired %v, NextDue %d", err, m2.Expired(), m2.NextDue())
+			}
+		})
 	}
 }
