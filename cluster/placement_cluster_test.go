@@ -120,8 +120,6 @@ func TestQuorumPlacementGroupSize(t *testing.T) {
 // (the new replicas catch up from a snapshot and the log's tail); its only original replica
 // is killed and the messages are still there; the dead node is removed and the queue shrinks
 // to one replica, whose former replica deletes its copy and still reaches the queue.
-var bigN = 0
-
 func TestQuorumMembersGrowShrink(t *testing.T) {
 	nodes := startRaftCluster(t, "n1", "n2", "n3")
 	declareQuorum(t, nodes, "n1", "qm", amqp091.Table{"x-quorum-initial-group-size": int32(1)})
@@ -138,7 +136,7 @@ func TestQuorumMembersGrowShrink(t *testing.T) {
 		t.Fatal(err)
 	}
 	big := string(bytes.Repeat([]byte("x"), 1<<20))
-	for i := range bigN {
+	for i := range 18 {
 		publishConfirmed(t, ch1, "qm", fmt.Sprint(i, big))
 		if d := recv(t, ds1); len(d.Body) != len(big)+len(fmt.Sprint(i)) {
 			t.Fatalf("big message %d: %d bytes", i, len(d.Body))
