@@ -71,6 +71,7 @@ Flags (anywhere on the line):
                        purge_queue, delete_queue, add_member and delete_member (default /)
   --formatter FORMAT   table (default) or json
   --if-empty, --if-unused   conditions for delete_queue
+  --vhost-pattern RE, --queue-pattern RE   queues grow picks (default all)
   --timeout DURATION   HTTP timeout (default 30s)
 `
 
