@@ -111,7 +111,7 @@ func run(args []string, lookupEnv func(string) (string, bool), stderr io.Writer,
 	}
 	web, err := node.ServeHTTP(srv, node.HTTPOptions{ManagementListen: cfg.ManagementListen, CertFile: cfg.ManagementCertFile,
 		KeyFile: cfg.ManagementKeyFile, PrometheusListen: cfg.PrometheusListen, Logger: logger, DataDir: cfg.Server.DataDir,
-		ConfigFiles: configFiles, Cluster: clusterStatus(cn)})
+		ConfigFiles: configFiles, Cluster: clusterStatus(cn), Quorum: cn})
 	if err != nil {
 		fmt.Fprintln(stderr, "warren:", err)
 		_ = srv.Close()

@@ -203,6 +203,12 @@ func (v *VHost) openQuorum(op TopologyOp, spec queueSpec) (qs *Queue, handled bo
 	if !ok {
 		return nil, false, nil
 	}
+	if !quorumMember(op.Members, v.b.replicator.LocalNode()) {
+		// Not a replica: the caller makes a remote entry homed on op.Home, a member, and the
+		// data link's proxy reaches the queue there as for a classic queue homed elsewhere
+		// (docs/quorum.md, Placement).
+		return nil, false, nil
+	}
 	m := op.Queue
 	qs = &Queue{v: v, name: m.Name, declDur: m.Durable, autoDelete: m.AutoDelete, args: m.Args, spec: spec}
 	qs.epoch.Store(op.Epoch)
@@ -297,6 +303,75 @@ func (v *VHost) awaitQuorumOpen(name string) {
 		case <-qq.stop:
 		case <-qq.g.Done():
 		}
+	}
+}
+
+// quorumMember reports whether node runs the group of a quorum queue with replicas members
+// (nil: every node).
+func quorumMember(members []string, node string) bool {
+	return members == nil || slices.Contains(members, node)
+}
+
+// applyQuorumMembers follows a change of a quorum queue's replicas (OpQuorumMembers). A node
+// added opens the queue's group as a joining member (the group's leader adds it and sends it
+// a snapshot and the log's tail) in place of its remote entry; consumers proxied through the
+// old entry keep their link channels to the home node. A node removed closes its copy of the
+// group, which deletes its log and snapshot, cancels its local consumers (basic.cancel: the
+// client consumes again and is proxied to a replica) and becomes a remote entry homed on
+// op.Home. A node that is not a replica follows a new home (the old one went down). Anything
+// else (the node's role unchanged, another incarnation) changes nothing.
+func (v *VHost) applyQuorumMembers(op TopologyOp) {
+	member := quorumMember(op.Members, v.b.replicator.LocalNode())
+	name := op.Queue.Name
+	v.mu.Lock()
+	qs := v.queues[name]
+	if qs == nil || (op.Epoch != 0 && qs.epoch.Load() != op.Epoch) {
+		v.mu.Unlock()
+		return
+	}
+	spec := QueueSpec{Name: name, Durable: qs.declDur, AutoDelete: qs.autoDelete, Args: qs.args}
+	switch {
+	case member && qs.qq == nil && qs.home != "":
+		v.mu.Unlock()
+		nq, handled, err := v.openQuorum(TopologyOp{Kind: OpDeclareQueue, VHost: v.name, Queue: spec, Epoch: qs.epoch.Load(), Members: op.Members}, qs.spec)
+		if !handled || err != nil {
+			v.b.log.Error("cluster: opening a quorum queue's group on a new member", "vhost", v.name, "queue", name, "err", err)
+			return
+		}
+		v.mu.Lock()
+		if v.queues[name] != qs {
+			v.mu.Unlock()
+			nq.qq.close() // deleted meanwhile
+			return
+		}
+		e := v.effectiveLocked(nq.name, nq.spec, nq.args)
+		nq.dl.Store(e.dl)
+		nq.consumerTimeout.Store(int64(e.consumerTimeout))
+		nq.policy = e.policy
+		v.queues[name] = nq
+		v.mu.Unlock()
+		v.b.log.Info("cluster: this node became a replica of a quorum queue", "vhost", v.name, "queue", name)
+	case !member && qs.qq != nil:
+		rq := v.newRemoteQueue(spec, op.Home, qs.owner)
+		rq.epoch.Store(qs.epoch.Load())
+		v.queues[name] = rq
+		v.mu.Unlock()
+		consumers, _ := qs.q.Close()
+		qs.qq.close()
+		for _, c := range consumers {
+			if cs, ok := c.(Consumer); ok {
+				cs.QueueDeleted()
+			}
+		}
+		v.b.log.Info("cluster: this node is no longer a replica of a quorum queue; its copy is deleted", "vhost", v.name, "queue", name, "home", op.Home)
+	case !member && qs.qq == nil && qs.home != "" && op.Home != "" && qs.home != op.Home:
+		// The home went down: a new entry, so that nothing reads a home that changes.
+		rq := v.newRemoteQueue(spec, op.Home, qs.owner)
+		rq.epoch.Store(qs.epoch.Load())
+		v.queues[name] = rq
+		v.mu.Unlock()
+	default:
+		v.mu.Unlock()
 	}
 }
 

@@ -41,6 +41,10 @@ const (
 	OpUnbind
 	// OpDropOwner deletes the exclusive queues of a closed connection (Owner on OwnerNode).
 	OpDropOwner
+	// OpQuorumMembers changes a quorum queue's replicas to Members (the log applies it; a
+	// front end never proposes it): a node added opens the queue's group, a node removed
+	// closes it and drops its copy, and reaches the queue through Home like the others.
+	OpQuorumMembers
 )
 
 // TopologyOp is one change of a vhost's topology: what a front end asked for (Replicate), and
@@ -64,6 +68,9 @@ type TopologyOp struct {
 	// or the node that holds a declared x-delayed-message exchange's messages (its declaring
 	// node).
 	Home string
+	// Members are a quorum queue's replicas (OpDeclareQueue, OpQuorumMembers): the nodes that
+	// run its group; nil: every node. The others reach the queue through Home, a member.
+	Members []string
 	// Epoch identifies one incarnation of a queue (the log index of its declare): a delete
 	// proposed after a local removal (auto-delete, x-expires) names the incarnation it removed,
 	// so it never deletes a queue declared again under the name since. 0 matches any.
@@ -307,6 +314,8 @@ func (b *Broker) ApplyTopology(op TopologyOp) (TopologyResult, *amqp.Error) {
 		return TopologyResult{}, v.applyBind(op.Binding)
 	case OpUnbind:
 		v.applyUnbind(op.Binding)
+	case OpQuorumMembers:
+		v.applyQuorumMembers(op)
 	}
 	return TopologyResult{}, nil
 }

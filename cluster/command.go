@@ -40,6 +40,9 @@ const (
 	OpNodeDown = "node_down"
 	// OpNodeUp marks node Node alive again (its status reports came back).
 	OpNodeUp = "node_up"
+	// OpQuorumMember adds node Node to (Type "add") or removes it from (Type "delete", then
+	// "removed" once out of the Raft group) the replicas of quorum queue Name (placement.go).
+	OpQuorumMember = "quorum_member"
 )
 
 // maxShortStr is AMQP's short-string limit: names and routing keys longer than this never come
@@ -52,7 +55,8 @@ type Command struct {
 	V     int    `json:"v"`
 	Op    string `json:"op"`
 	VHost string `json:"vhost,omitempty"`
-	// Name is the exchange or queue declared or deleted; Type an exchange's type.
+	// Name is the exchange or queue declared or deleted; Type an exchange's type, or a
+	// quorum_member's change (add, delete).
 	Name string `json:"name,omitempty"`
 	Type string `json:"type,omitempty"`
 
@@ -108,7 +112,7 @@ func DecodeCommand(b []byte) (Command, error) {
 		return Command{}, fmt.Errorf("cluster: command version %d, this node knows %d", c.V, commandVersion)
 	}
 	switch c.Op {
-	case OpDeclareExchange, OpDeleteExchange, OpDeclareQueue, OpDeleteQueue, OpBind, OpUnbind, OpDropOwner:
+	case OpDeclareExchange, OpDeleteExchange, OpDeclareQueue, OpDeleteQueue, OpBind, OpUnbind, OpDropOwner, OpQuorumMember:
 		if c.VHost == "" && c.Op != OpDropOwner {
 			return Command{}, fmt.Errorf("cluster: %s command without a vhost", c.Op)
 		}
@@ -121,10 +125,13 @@ func DecodeCommand(b []byte) (Command, error) {
 			return Command{}, fmt.Errorf("cluster: %s command with a name of %d bytes", c.Op, len(s))
 		}
 	}
-	if (c.Op == OpDeclareQueue || c.Op == OpDeleteQueue || c.Op == OpDeclareExchange || c.Op == OpDeleteExchange) && c.Name == "" {
+	if c.Op == OpQuorumMember && c.Type != memberAdd && c.Type != memberDelete && c.Type != memberRemoved {
+		return Command{}, fmt.Errorf("cluster: %s command with change %q", c.Op, c.Type)
+	}
+	if (c.Op == OpDeclareQueue || c.Op == OpDeleteQueue || c.Op == OpDeclareExchange || c.Op == OpDeleteExchange || c.Op == OpQuorumMember) && c.Name == "" {
 		return Command{}, fmt.Errorf("cluster: %s command without a name", c.Op)
 	}
-	if (c.Op == OpDropOwner || c.Op == OpNodeGone || c.Op == OpNodeRestarted || c.Op == OpNodeDown || c.Op == OpNodeUp) && c.Node == "" {
+	if (c.Op == OpDropOwner || c.Op == OpNodeGone || c.Op == OpNodeRestarted || c.Op == OpNodeDown || c.Op == OpNodeUp || c.Op == OpQuorumMember) && c.Node == "" {
 		return Command{}, fmt.Errorf("cluster: %s command without a node", c.Op)
 	}
 	if _, err := decodeArgs(c.Args); err != nil {

@@ -71,6 +71,8 @@ type Metadata struct {
 	ops []broker.TopologyOp
 	// worker runs the broker's part off the Raft loop; nil: inside Apply.
 	worker *applyWorker
+	// membersGen counts the changes of quorum queues' members (MembersGen).
+	membersGen uint64
 	// testApplyDelay, when set (by tests, before the worker starts), runs on the worker before
 	// each job: a node that lags behind the log.
 	testApplyDelay func()
@@ -160,6 +162,19 @@ type queueRec struct {
 	OwnerNode string `json:"owner_node,omitempty"`
 	Owner     uint64 `json:"owner,omitempty"`
 	Epoch     uint64 `json:"epoch"`
+	// Members are a quorum queue's replicas, sorted: the nodes that run its Raft group (Home,
+	// the leader the locator chose, is one of them). nil: every cluster member (a quorum queue
+	// declared before placement existed, or before any set_nodes was applied).
+	Members []string `json:"members,omitempty"`
+	// Voters are the members the group was created with: every one of them bootstraps it with
+	// this list (multiraft needs identical bootstrap entries); a member added later joins
+	// the running group instead.
+	Voters []string `json:"voters,omitempty"`
+	// Leaving are the members being removed (delete_member): still replicas until the
+	// group's leader has taken them out of the Raft configuration, then removed from Members
+	// by a quorum_member "removed" (a copy deleted before that could leave the group
+	// without a majority).
+	Leaving []string `json:"leaving,omitempty"`
 }
 
 // bindingKey is one binding; Args is the binding's argument table encoding.
@@ -297,6 +312,8 @@ func (m *Metadata) decide(index uint64, cmd []byte) Result {
 		return m.deleteQueue(vs, c)
 	case OpBind:
 		return m.bind(vs, c, args)
+	case OpQuorumMember:
+		return m.quorumMember(vs, c)
 	default: // OpUnbind
 		return m.unbind(vs, c, args)
 	}
@@ -348,6 +365,7 @@ func (m *Metadata) nodeDown(node string) {
 			m.removeQueue(vs, vn, name, vs.Queues[name])
 		}
 	}
+	m.rehomeQuorum(node)
 }
 
 // errHomeDown is RabbitMQ's answer for a durable queue whose home node is down
@@ -482,12 +500,16 @@ func (m *Metadata) declareQueue(vs *vhostState, c Command, args amqp.Table, inde
 	}
 	q := &queueRec{Durable: c.Durable, Exclusive: c.Exclusive, AutoDelete: c.AutoDelete, Args: c.Args,
 		Home: m.home(c, args), Epoch: index}
+	if isQuorum(args) {
+		q.Home, q.Members = m.placeQuorum(c, args)
+		q.Voters = q.Members
+	}
 	if c.Exclusive {
 		q.OwnerNode, q.Owner = c.Node, c.Conn
 	}
 	vs.Queues[c.Name] = q
 	m.apply(broker.TopologyOp{Kind: broker.OpDeclareQueue, VHost: c.VHost, Queue: got, Home: q.Home,
-		OwnerNode: q.OwnerNode, Owner: broker.OwnerID(q.Owner), Epoch: q.Epoch})
+		OwnerNode: q.OwnerNode, Owner: broker.OwnerID(q.Owner), Epoch: q.Epoch, Members: q.Members})
 	return Result{Epoch: q.Epoch, Home: q.Home}
 }
 
@@ -825,6 +847,7 @@ func (m *Metadata) Restore(b []byte) error {
 	old := m.st
 	m.st = st
 	m.publishUnreachable()
+	m.membersGen++
 	names := func(mp map[string]*vhostState) []string {
 		out := make([]string, 0, len(mp))
 		for n := range mp {
@@ -871,7 +894,10 @@ func (m *Metadata) Restore(b []byte) error {
 			q := now.Queues[qn]
 			if w := was.Queues[qn]; w == nil || w.Epoch != q.Epoch {
 				m.apply(broker.TopologyOp{Kind: broker.OpDeclareQueue, VHost: vn, Queue: queueSpec(qn, q), Home: q.Home,
-					OwnerNode: q.OwnerNode, Owner: broker.OwnerID(q.Owner), Epoch: q.Epoch})
+					OwnerNode: q.OwnerNode, Owner: broker.OwnerID(q.Owner), Epoch: q.Epoch, Members: q.Members})
+			} else if !slices.Equal(w.Members, q.Members) {
+				m.apply(broker.TopologyOp{Kind: broker.OpQuorumMembers, VHost: vn, Queue: broker.QueueSpec{Name: qn}, Home: q.Home,
+					Epoch: q.Epoch, Members: q.Members})
 			}
 		}
 		for _, k := range now.sortedBindings() {

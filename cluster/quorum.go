@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
@@ -8,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/warrenmq/warren/broker"
@@ -34,19 +36,41 @@ const quorumWatchEvery = 250 * time.Millisecond
 var errNoHost = fmt.Errorf("cluster: no Raft host: %w", broker.ErrQuorumUnavailable)
 
 // OpenQuorum implements broker.QuorumGroups: it starts (or rejoins) the queue's Raft group on
-// this node's host, every cluster member a voter. nodeDown is called (on the watcher's
-// goroutine) when the metadata takes another node for dead (node_down, quorumWatchLoop).
+// this node's host, on the replicas the metadata placed it on (placement.go): the members it
+// was created with bootstrap it with that list; a member added since joins the running group
+// (its leader adds it, reconcileQuorum, and sends it a snapshot and the log's tail). A queue
+// declared before placement (no members recorded) runs on every cluster member. nodeDown is
+// called (on the watcher's goroutine) when the metadata takes another node for dead
+// (node_down, quorumWatchLoop).
 func (r *Replicator) OpenQuorum(vhost, name string, epoch uint64, sm *quorum.Machine, nodeDown func(node string)) (broker.QuorumGroup, error) {
 	nl, ok := r.log.(nodeLog)
 	if !ok {
 		return nil, errNoHost
 	}
 	n := nl.n
-	g, err := n.host.Group(QuorumGroupID(vhost, name, epoch), sm)
+	id := QuorumGroupID(vhost, name, epoch)
+	// The placement is the metadata's now, which may be ahead of the declare being applied:
+	// its voters never change for an epoch, and its members only through quorum_member
+	// commands, which the broker applies after this one.
+	p, ok := n.meta.QuorumPlacement(vhost, name)
+	if !ok || p.Epoch != epoch {
+		return nil, fmt.Errorf("cluster: quorum queue '%s' in vhost '%s' was deleted since (declared at %d)", name, vhost, epoch)
+	}
+	var g *multiraft.Group
+	var err error
+	if p.Voters == nil {
+		g, err = n.host.Group(id, sm)
+	} else {
+		// Join unless the members are still the ones it was created with: a node added
+		// later, or an original member removed and added back (its copy was deleted), waits
+		// for the leader rather than bootstrapping a configuration the group left.
+		join := !slices.Equal(p.Members, p.Voters) || !slices.Contains(p.Voters, n.cfg.NodeName)
+		g, err = n.host.GroupWith(id, sm, multiraft.GroupOptions{Voters: p.Voters, Join: join})
+	}
 	if err != nil {
 		return nil, fmt.Errorf("cluster: opening quorum queue '%s' in vhost '%s': %w", name, vhost, err)
 	}
-	qg := &quorumGroup{Group: g, n: n, nodeDown: nodeDown, vhost: vhost, name: name}
+	qg := &quorumGroup{Group: g, n: n, nodeDown: nodeDown, vhost: vhost, name: name, epoch: epoch, placed: p.Voters != nil}
 	n.quorum.add(qg)
 	return qg, nil
 }
@@ -57,6 +81,11 @@ type quorumGroup struct {
 	n           *Node
 	nodeDown    func(string)
 	vhost, name string
+	epoch       uint64
+	// placed: the group's members are the metadata's (not every cluster member).
+	placed bool
+	// changing is set while a membership change of this group runs (reconcileQuorum).
+	changing atomic.Bool
 }
 
 // QuorumStatus is the Raft state of a quorum queue's group on this node; ok is false when
@@ -94,23 +123,31 @@ func (g *quorumGroup) Close() {
 type quorumWatch struct {
 	mu     sync.Mutex
 	groups map[*quorumGroup]bool
+	// unsettled are the placed groups whose voters may differ from the metadata's members
+	// (opened since, or the members changed: gen); reconcileQuorum looks at them only.
+	unsettled map[*quorumGroup]bool
+	gen       uint64
 	// down: the nodes the queues were told about, until the metadata brings them up again.
 	down map[string]bool
 }
 
 func newQuorumWatch() *quorumWatch {
-	return &quorumWatch{groups: map[*quorumGroup]bool{}, down: map[string]bool{}}
+	return &quorumWatch{groups: map[*quorumGroup]bool{}, unsettled: map[*quorumGroup]bool{}, down: map[string]bool{}}
 }
 
 func (w *quorumWatch) add(g *quorumGroup) {
 	w.mu.Lock()
 	w.groups[g] = true
+	if g.placed {
+		w.unsettled[g] = true
+	}
 	w.mu.Unlock()
 }
 
 func (w *quorumWatch) remove(g *quorumGroup) {
 	w.mu.Lock()
 	delete(w.groups, g)
+	delete(w.unsettled, g)
 	w.mu.Unlock()
 }
 
@@ -186,7 +223,127 @@ func (n *Node) quorumWatchLoop() {
 				delete(told, g)
 			}
 		}
+		n.reconcileQuorum()
 	}
+}
+
+// quorumChangeTimeout bounds one membership change of a quorum queue's group; a change not
+// done by then is tried again at a later tick.
+const quorumChangeTimeout = 30 * time.Second
+
+// reconcileQuorum makes the groups this node leads follow the metadata's members: one
+// AddMember or RemoveMember at a time per group, on a goroutine of its own. Only the groups
+// that may differ are looked at (opened since, or any member set changed since: the
+// metadata's generation), so that an idle node with thousands of groups does nothing here.
+// An added member is in the metadata first (quorum_member add): it opens the group as a
+// joiner, and the group's leader, whichever node it is by then, adds it to the Raft
+// configuration. A removed one is marked leaving (delete): the leader takes it out of the
+// configuration, then any replica that applied that records it removed, and only then does
+// the removed node delete its copy, so that the group keeps its majority throughout.
+func (n *Node) reconcileQuorum() {
+	w := n.quorum
+	gen := n.meta.MembersGen()
+	w.mu.Lock()
+	if gen != w.gen {
+		w.gen = gen
+		for g := range w.groups {
+			if g.placed {
+				w.unsettled[g] = true
+			}
+		}
+	}
+	groups := make([]*quorumGroup, 0, len(w.unsettled))
+	for g := range w.unsettled {
+		groups = append(groups, g)
+	}
+	w.mu.Unlock()
+	for _, g := range groups {
+		p, ok := n.meta.QuorumPlacement(g.vhost, g.name)
+		if !ok || p.Epoch != g.epoch || p.Members == nil {
+			w.settle(g) // deleted: the broker closes it
+			continue
+		}
+		want := slices.DeleteFunc(slices.Clone(p.Members), func(m string) bool { return slices.Contains(p.Leaving, m) })
+		cur := g.Members()
+		if len(cur) == 0 {
+			continue // joining: no configuration yet
+		}
+		var gone []string // leaving and out of the configuration: their copies may go
+		for _, m := range p.Leaving {
+			if !slices.Contains(cur, m) {
+				gone = append(gone, m)
+			}
+		}
+		if slices.Equal(cur, want) && len(p.Leaving) == len(gone) && len(gone) == 0 {
+			w.settle(g)
+			continue
+		}
+		if !g.changing.CompareAndSwap(false, true) {
+			continue
+		}
+		if len(gone) > 0 {
+			// Any replica that applied the removal says so (the removed node itself may
+			// never learn that the entry removing it committed).
+			go func() {
+				defer g.changing.Store(false)
+				for _, m := range gone {
+					if err := n.quorumMember(context.Background(), g.vhost, g.name, m, memberRemoved); err != nil {
+						n.log.Warn("cluster: recording a quorum queue replica removed", "vhost", g.vhost, "queue", g.name, "node", m, "err", err)
+						return
+					}
+				}
+			}()
+			continue
+		}
+		if l, ok := g.Leader(); !ok || l != n.cfg.NodeName {
+			g.changing.Store(false)
+			continue // the leader does it; this node looks again while they differ
+		}
+		var node string
+		add := true
+		for _, m := range want {
+			if !slices.Contains(cur, m) {
+				node = m
+				break
+			}
+		}
+		if node == "" {
+			add = false
+			for _, m := range cur {
+				if !slices.Contains(want, m) {
+					node = m
+					break
+				}
+			}
+		}
+		if node == "" {
+			g.changing.Store(false)
+			continue
+		}
+		go func() {
+			defer g.changing.Store(false)
+			ctx, cancel := context.WithTimeout(context.Background(), quorumChangeTimeout)
+			defer cancel()
+			var err error
+			if add {
+				err = g.AddMember(ctx, node)
+			} else {
+				err = g.RemoveMember(ctx, node)
+			}
+			if err != nil && !errors.Is(err, multiraft.ErrClosed) {
+				n.log.Warn("cluster: changing a quorum queue's replicas", "vhost", g.vhost, "queue", g.name, "node", node, "add", add, "err", err)
+				return
+			}
+			n.log.Info("cluster: quorum queue replicas changed", "vhost", g.vhost, "queue", g.name, "node", node, "add", add)
+		}()
+	}
+}
+
+// settle takes g off the groups reconcileQuorum looks at.
+func (w *quorumWatch) settle(g *quorumGroup) {
+	w.mu.Lock()
+	delete(w.unsettled, g)
+	w.mu.Unlock()
 }
 
 // members is the current cluster.nodes.

@@ -68,9 +68,10 @@ Flags (anywhere on the line):
   -u USER              user name (env WARREN_CTL_USER; default guest)
   -p PASSWORD          password (env WARREN_CTL_PASSWORD; default guest)
   --vhost VHOST        virtual host for list_queues, list_exchanges, list_bindings, list_consumers,
-                       purge_queue and delete_queue (default /)
+                       purge_queue, delete_queue, add_member and delete_member (default /)
   --formatter FORMAT   table (default) or json
   --if-empty, --if-unused   conditions for delete_queue
+  --vhost-pattern RE, --queue-pattern RE   queues grow picks (default all)
   --timeout DURATION   HTTP timeout (default 30s)
 `
 
@@ -80,6 +81,8 @@ type options struct {
 	vhost               string
 	formatter           string
 	ifEmpty, ifUnused   bool
+	vhostPattern        string // grow's --vhost-pattern
+	queuePattern        string // grow's --queue-pattern
 	timeout             time.Duration
 	args                []string // command and its positional arguments
 }
@@ -148,6 +151,10 @@ func parseArgs(args []string) (options, error) {
 			o.password = val
 		case "vhost":
 			o.vhost = val
+		case "vhost-pattern":
+			o.vhostPattern = val
+		case "queue-pattern":
+			o.queuePattern = val
 		case "formatter", "f":
 			if val != "table" && val != "json" {
 				return o, fmt.Errorf("--formatter must be table or json, not %q", val)
@@ -219,6 +226,12 @@ func Run(args []string, stdout, stderr io.Writer) int {
 		err = r.closeConnection(rest)
 	case "export_definitions":
 		err = r.exportDefinitions(rest)
+	case "add_member", "delete_member":
+		err = r.member(cmd, rest)
+	case "grow":
+		err = r.grow(rest)
+	case "shrink":
+		err = r.shrink(rest)
 	default:
 		fmt.Fprintf(stderr, "Error: unknown command %q\n\n%s", cmd, usage)
 		return exitUsage
@@ -285,7 +298,23 @@ type client struct {
 
 // do sends one request and decodes a JSON answer into out (when not nil).
 func (c *client) do(method, path string, header http.Header, out any) error {
-	req, err := http.NewRequest(method, c.base+path, nil)
+	return c.send(method, path, nil, header, out)
+}
+
+// send is do with a JSON request body (none when body is nil).
+func (c *client) send(method, path string, body any, header http.Header, out any) error {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequest(method, c.base+path, rd)
+	if body != nil && err == nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	if err != nil {
 		return &usageError{msg: fmt.Sprintf("bad URL %q: %v", c.base, err)}
 	}
@@ -298,7 +327,7 @@ func (c *client) do(method, path string, header http.Header, out any) error {
 		return &connectError{url: c.base, err: err}
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
+	answer, err := io.ReadAll(resp.Body)
 	if err != nil {
 		return &connectError{url: c.base, err: err}
 	}
@@ -308,7 +337,7 @@ func (c *client) do(method, path string, header http.Header, out any) error {
 			Error  string `json:"error"`
 			Reason any    `json:"reason"`
 		}
-		if json.Unmarshal(body, &eb) == nil {
+		if json.Unmarshal(answer, &eb) == nil {
 			e.errText = eb.Error
 			if s, ok := eb.Reason.(string); ok {
 				e.text = s
@@ -316,14 +345,14 @@ func (c *client) do(method, path string, header http.Header, out any) error {
 				e.text = fmt.Sprint(eb.Reason)
 			}
 		} else {
-			e.text = strings.TrimSpace(string(body))
+			e.text = strings.TrimSpace(string(answer))
 		}
 		return e
 	}
-	if out == nil || len(body) == 0 {
+	if out == nil || len(answer) == 0 {
 		return nil
 	}
-	d := json.NewDecoder(bytes.NewReader(body))
+	d := json.NewDecoder(bytes.NewReader(answer))
 	d.UseNumber()
 	if err := d.Decode(out); err != nil {
 		return fmt.Errorf("%s: answer is not JSON (is %s a management API?): %w", path, c.base, err)
@@ -639,4 +668,61 @@ func (r *runner) exportDefinitions(args []string) error {
 	}
 	fmt.Fprintf(r.out, "Exported definitions to %s\n", args[0])
 	return nil
+}
+
+// member is add_member or delete_member QUEUE NODE (Warren's endpoint: RabbitMQ 3.10's
+// management API has none, rabbitmq-queues talks Erlang distribution).
+func (r *runner) member(cmd string, args []string) error {
+	if len(args) != 2 {
+		return &usageError{msg: cmd + " takes a queue name and a node name"}
+	}
+	path := "/api/queues/" + url.PathEscape(r.o.vhost) + "/" + url.PathEscape(args[0]) + "/members"
+	if cmd == "add_member" {
+		if err := r.c.send("POST", path, map[string]string{"node": args[1]}, nil, nil); err != nil {
+			return err
+		}
+		fmt.Fprintf(r.out, "Added a replica of quorum queue %q in vhost %q on node %q\n", args[0], r.o.vhost, args[1])
+		return nil
+	}
+	if err := r.c.do("DELETE", path+"/"+url.PathEscape(args[1]), nil, nil); err != nil {
+		return err
+	}
+	fmt.Fprintf(r.out, "Removed the replica of quorum queue %q in vhost %q on node %q\n", args[0], r.o.vhost, args[1])
+	return nil
+}
+
+func (r *runner) grow(args []string) error {
+	if len(args) != 2 || (args[1] != "all" && args[1] != "even") {
+		return &usageError{msg: "grow takes a node name and all or even"}
+	}
+	var res []map[string]any
+	body := map[string]string{"strategy": args[1], "vhost_pattern": r.o.vhostPattern, "queue_pattern": r.o.queuePattern}
+	if err := r.c.send("POST", "/api/nodes/"+url.PathEscape(args[0])+"/quorum/grow", body, nil, &res); err != nil {
+		return err
+	}
+	return r.memberChanges(res)
+}
+
+func (r *runner) shrink(args []string) error {
+	if len(args) != 1 {
+		return &usageError{msg: "shrink takes a node name"}
+	}
+	var res []map[string]any
+	if err := r.c.send("POST", "/api/nodes/"+url.PathEscape(args[0])+"/quorum/shrink", nil, nil, &res); err != nil {
+		return err
+	}
+	return r.memberChanges(res)
+}
+
+// memberChanges prints grow's or shrink's outcome per queue, as rabbitmq-queues does.
+func (r *runner) memberChanges(res []map[string]any) error {
+	if r.o.formatter == "json" {
+		return r.json(res)
+	}
+	tw := tabwriter.NewWriter(r.out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "vhost\tname\tsize\tresult")
+	for _, c := range res {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", cell(c["vhost"]), cell(c["name"]), cell(c["size"]), cell(c["result"]))
+	}
+	return tw.Flush()
 }

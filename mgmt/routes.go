@@ -26,6 +26,7 @@ func (a *api) routes() {
 	h("GET /api/nodes/{node}", a.node)
 	h("GET /api/whoami", a.whoami)
 	h("GET /api/extensions", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, 200, []obj{}) })
+	a.quorumRoutes()
 
 	h("GET /api/connections", a.connections)
 	h("GET /api/vhosts/{vhost}/connections", a.connections)

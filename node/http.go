@@ -26,6 +26,8 @@ type HTTPOptions struct {
 	ConfigFiles       []string
 	// Cluster reports the cluster's state on a cluster node (nil on a single node).
 	Cluster func() cluster.Status
+	// Quorum is the cluster node that changes quorum queues' replicas (nil on a single node).
+	Quorum *cluster.Node
 }
 
 // HTTP is the node's running HTTP front ends: the management API and the Prometheus metrics.
@@ -79,7 +81,7 @@ func ServeHTTP(s *server.Server, o HTTPOptions) (*HTTP, error) {
 		prLn, h.prAddr = ln, ln.Addr()
 		listeners = append(listeners, listenerOf("http/prometheus", ln.Addr()))
 	}
-	m := NewManagement(s, Options{Listeners: listeners, DataDir: o.DataDir, ConfigFiles: o.ConfigFiles, Cluster: o.Cluster})
+	m := NewManagement(s, Options{Listeners: listeners, DataDir: o.DataDir, ConfigFiles: o.ConfigFiles, Cluster: o.Cluster, Quorum: o.Quorum})
 	serve := func(ln net.Listener, handler http.Handler, what string) {
 		hs := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 		h.servers = append(h.servers, hs)

@@ -36,6 +36,7 @@ type Management struct {
 	dataDir   string
 	config    []string
 	cluster   func() cluster.Status // nil on a single node
+	quorum    *cluster.Node         // nil on a single node
 }
 
 // Options are what Management cannot read from the server: the node's name and the HTTP
@@ -48,6 +49,8 @@ type Options struct {
 	// Cluster reports the cluster on a cluster node: the node is then named by its
 	// cluster.node_name and the cluster by cluster.name. Nil on a single node.
 	Cluster func() cluster.Status
+	// Quorum is the cluster node that changes quorum queues' replicas (nil on a single node).
+	Quorum *cluster.Node
 }
 
 // NewManagement returns the management view of s.
@@ -60,7 +63,7 @@ func NewManagement(s *server.Server, opts Options) *Management {
 		host, _ := os.Hostname()
 		name = "warren@" + host
 	}
-	m := &Management{s: s, b: s.Broker(), started: time.Now(), node: name, dataDir: opts.DataDir, config: opts.ConfigFiles, cluster: opts.Cluster}
+	m := &Management{s: s, b: s.Broker(), started: time.Now(), node: name, dataDir: opts.DataDir, config: opts.ConfigFiles, cluster: opts.Cluster, quorum: opts.Quorum}
 	for _, a := range []net.Addr{s.Addr(), s.TLSAddr()} {
 		if a == nil {
 			continue

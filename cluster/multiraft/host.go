@@ -937,6 +937,7 @@ func (g *Group) apply(rd raft.Ready) {
 		g.bytesSinceSnap = 0
 		g.appliedIndex.Store(g.applied)
 	}
+	snapNow := false // a member was added: snapshot whatever the intervals say
 	for _, e := range rd.CommittedEntries {
 		idx := e.GetIndex()
 		if idx <= g.applied {
@@ -977,6 +978,11 @@ func (g *Group) apply(rd raft.Ready) {
 			g.mu.Lock()
 			g.confState = g.rn.ApplyConfChange(&cc)
 			g.mu.Unlock()
+			if cc.GetType() == pb.ConfChangeType_ConfChangeAddNode && g.snapIndex > 0 {
+				// A member added to a compacted log catches up from a snapshot, and raft
+				// refuses one whose configuration lacks it: snapshot again, with it in.
+				snapNow = true
+			}
 		case pb.EntryType_EntryConfChangeV2:
 			var cc pb.ConfChangeV2
 			if err := proto.Unmarshal(e.GetData(), &cc); err != nil {
@@ -990,7 +996,7 @@ func (g *Group) apply(rd raft.Ready) {
 		g.applied = idx
 		g.appliedIndex.Store(idx)
 	}
-	if since := g.applied - g.snapIndex; since > 0 && (since >= g.snapEvery || g.bytesSinceSnap >= g.snapBytes) {
+	if since := g.applied - g.snapIndex; since > 0 && (snapNow || since >= g.snapEvery || g.bytesSinceSnap >= g.snapBytes) {
 		data, err := g.snapshot()
 		if errors.Is(err, ErrSnapshotLater) {
 			return
