@@ -44,8 +44,8 @@ func argTypeError(key string, v any) *amqp.Error {
 	return amqp.Errorf(amqp.PreconditionFailed, "invalid type '%s' for arg '%s' in queue '' in vhost ''", typeName(v), key)
 }
 
-// intArg reads an integer-typed argument. RabbitMQ accepts any AMQP integer type.
-func intArg(v any) (int64, bool) {
+// IntArg reads an integer-typed argument. RabbitMQ accepts any AMQP integer type.
+func IntArg(v any) (int64, bool) {
 	switch n := v.(type) {
 	case int8:
 		return int64(n), true
@@ -149,7 +149,7 @@ func parseQueueArgs(args amqp.Table) (queueSpec, *amqp.Error) {
 		if !ok {
 			return 0, false, nil
 		}
-		n, isInt := intArg(v)
+		n, isInt := IntArg(v)
 		if !isInt {
 			return 0, false, argTextError(key, fmt.Sprintf("\"expected integer, got %s\"", typeName(v)))
 		}
@@ -176,7 +176,7 @@ func parseQueueArgs(args amqp.Table) (queueSpec, *amqp.Error) {
 		spec.opts.MessageTTL = d
 	}
 	if v, ok := args["x-expires"]; ok {
-		if n, isInt := intArg(v); isInt && n == 0 {
+		if n, isInt := IntArg(v); isInt && n == 0 {
 			return spec, argError("x-expires", "value_zero", n)
 		}
 	}
@@ -223,7 +223,7 @@ func parseQueueArgs(args amqp.Table) (queueSpec, *amqp.Error) {
 		case float32:
 			f = float64(x)
 		default:
-			n, isInt := intArg(v)
+			n, isInt := IntArg(v)
 			if !isInt {
 				return spec, argError("x-redelivery-backoff", "unacceptable_type", typeName(v))
 			}
@@ -265,7 +265,7 @@ func parseQueueArgs(args amqp.Table) (queueSpec, *amqp.Error) {
 	}
 	if v, ok := args["x-max-priority"]; ok {
 		// RabbitMQ 3.10.8 (measured): an integer 0..255, 0 meaning a plain queue.
-		n, isInt := intArg(v)
+		n, isInt := IntArg(v)
 		switch {
 		case !isInt:
 			return spec, argTextError("x-max-priority", fmt.Sprintf("\"expected integer, got %s\"", typeName(v)))
@@ -309,7 +309,7 @@ func (spec *queueSpec) parseStorageArgs(args amqp.Table) *amqp.Error {
 		if !ok {
 			return 0, false, nil
 		}
-		n, isInt := intArg(v)
+		n, isInt := IntArg(v)
 		if !isInt {
 			return 0, false, argTextError(key, fmt.Sprintf("\"expected integer, got %s\"", typeName(v)))
 		}

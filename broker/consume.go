@@ -286,7 +286,7 @@ func parseConsumeArgs(args amqp.Table, quorum bool) (queue.ConsumerOptions, *amq
 		}
 	}
 	if v, ok := args["x-priority"]; ok {
-		n, isInt := intArg(v)
+		n, isInt := IntArg(v)
 		if !isInt {
 			return o, argTextError("x-priority", fmt.Sprintf("\"expected integer, got %s\"", typeName(v)))
 		}

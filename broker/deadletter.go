@@ -162,7 +162,7 @@ func deadLetterMessage(id uint64, m *queue.Message, queueName string, dl *dlConf
 		}
 		found = cp
 	}
-	n, _ := intArg(found["count"])
+	n, _ := IntArg(found["count"])
 	found["count"] = n + 1
 	found["time"] = time.Now().Truncate(time.Second)
 	headers["x-death"] = append([]any{found}, rest...)

@@ -223,7 +223,7 @@ func policyInt(v any) (int64, bool) {
 		}
 		return int64(n), true
 	}
-	return intArg(v)
+	return IntArg(v)
 }
 
 func policyFloat(v any) (float64, bool) {

@@ -110,11 +110,11 @@ func checkStreamDeclare(name, vhost string, m QueueSpec) (stream.Options, *amqp.
 func streamOptions(args amqp.Table) (stream.Options, *amqp.Error) {
 	var o stream.Options
 	if v, ok := args["x-max-length-bytes"]; ok {
-		n, _ := intArg(v) // parseQueueArgs checked it
+		n, _ := IntArg(v) // parseQueueArgs checked it
 		o.MaxLengthBytes = n
 	}
 	if v, ok := args["x-stream-max-segment-size-bytes"]; ok {
-		n, isInt := intArg(v)
+		n, isInt := IntArg(v)
 		if !isInt {
 			return o, argTextError("x-stream-max-segment-size-bytes", fmt.Sprintf("\"expected integer, got %s\"", typeName(v)))
 		}
@@ -329,7 +329,7 @@ func streamOffset(qs *Queue, args amqp.Table, now time.Time) (stream.Spec, *amqp
 	case time.Time:
 		return stream.AtTime(x), nil
 	}
-	n, isInt := intArg(v)
+	n, isInt := IntArg(v)
 	if !isInt {
 		return bad()
 	}

@@ -25,23 +25,8 @@ func isQuorum(args amqp.Table) bool {
 // quorumGroupSize is x-quorum-initial-group-size (validated by the declaring node: a
 // positive integer), or the default.
 func quorumGroupSize(args amqp.Table) int {
-	var n int64
-	switch v := args["x-quorum-initial-group-size"].(type) {
-	case int8:
-		n = int64(v)
-	case int16:
-		n = int64(v)
-	case int32:
-		n = int64(v)
-	case int64:
-		n = v
-	case uint8:
-		n = int64(v)
-	case uint16:
-		n = int64(v)
-	case uint32:
-		n = int64(v)
-	default:
+	n, ok := broker.IntArg(args["x-quorum-initial-group-size"])
+	if !ok {
 		return defaultQuorumGroupSize
 	}
 	if n < 1 {
