@@ -258,6 +258,9 @@ func (t *throughput) declare(ch *amqp.Channel) error {
 	if cfg.Stream {
 		args = streamArgs()
 	}
+	if cfg.Quorum {
+		args = amqp.Table{"x-queue-type": "quorum"}
+	}
 	for _, q := range t.queues {
 		if _, err := ch.QueueDeclare(q, cfg.Persistent, false, false, false, args); err != nil {
 			return fmt.Errorf("bench: declare queue %s: %w", q, err)
