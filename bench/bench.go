@@ -270,8 +270,13 @@ type Result struct {
 	Nacked         int64           `json:"nacked,omitempty"`
 	ConfirmRate    float64         `json:"confirm_rate,omitempty"`
 	ConfirmLatency *LatencySummary `json:"confirm_latency,omitempty"`
-	Latency        *LatencySummary `json:"latency,omitempty"`
-	Backlog        int64           `json:"backlog,omitempty"` // drain: messages found at start
+	// The longest time one producer went without a confirm, and the wall clock (Unix ms) of
+	// the confirm that ended it: with a node killed during the run, that confirm is the first
+	// after the kill (compare.sh qf).
+	ConfirmGapMaxMs     float64         `json:"confirm_gap_max_ms,omitempty"`
+	ConfirmGapEndUnixMs int64           `json:"confirm_gap_end_unix_ms,omitempty"`
+	Latency             *LatencySummary `json:"latency,omitempty"`
+	Backlog             int64           `json:"backlog,omitempty"` // drain: messages found at start
 
 	Connections    int64           `json:"connections,omitempty"`
 	ConnRate       float64         `json:"conn_rate,omitempty"`

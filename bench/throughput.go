@@ -28,6 +28,25 @@ type producer struct {
 	nacked    atomic.Int64
 	doneAt    atomic.Int64 // nowNanos() when a -pmessages producer finished, 0 while running
 	confLat   Histogram
+	gap       confirmGap
+}
+
+// confirmGap tracks the longest interval between two consecutive confirms of one producer, and
+// when it ended: a failover measurement (compare.sh qf) kills a node at a known time and takes
+// the end of the gap that spans the kill as the first confirm after it. Only the goroutine that
+// handles the producer's confirms calls note; the atomics let the result be read after the run.
+type confirmGap struct {
+	last   int64        // nowNanos() of the previous confirm; 0 before the first
+	max    atomic.Int64 // longest gap, ns
+	endsAt atomic.Int64 // wall clock (Unix ms) of the confirm that ended it
+}
+
+func (g *confirmGap) note(now int64) {
+	if g.last != 0 && now-g.last > g.max.Load() {
+		g.max.Store(now - g.last)
+		g.endsAt.Store(time.Now().UnixMilli())
+	}
+	g.last = now
 }
 
 // consumer is one consuming connection bound to one queue.
@@ -240,6 +259,11 @@ loop:
 	res.ConfirmRate = rate(final.confirmed, pubSecs)
 	if cfg.Confirm > 0 {
 		res.ConfirmLatency = final.conf.Summary()
+		for _, p := range t.producers {
+			if g := float64(p.gap.max.Load()) / 1e6; g > res.ConfirmGapMaxMs {
+				res.ConfirmGapMaxMs, res.ConfirmGapEndUnixMs = g, p.gap.endsAt.Load()
+			}
+		}
 	}
 	res.Producers, res.Consumers = len(t.producers), len(t.consumers)
 	// A drained backlog was stamped by another process's clock: no latency.
@@ -443,6 +467,7 @@ func (t *throughput) publish(p *producer, startNs int64) {
 	outstanding := 0
 	onConfirm := func(c amqp.Confirmation) {
 		outstanding--
+		p.gap.note(nowNanos())
 		if c.Ack {
 			p.confirmed.Add(1)
 		} else {
@@ -845,6 +870,7 @@ func (t *throughput) confirmReader(p *producer) {
 	if w := p.window; w != nil {
 		h.confirm = func(tag uint64, multiple, nack bool) {
 			now := nowNanos()
+			p.gap.note(now)
 			w.settle(tag, multiple, func(tag uint64) {
 				if nack {
 					p.nacked.Add(1)
