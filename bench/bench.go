@@ -273,10 +273,13 @@ type Result struct {
 	// The longest time one producer went without a confirm, and the wall clock (Unix ms) of
 	// the confirm that ended it: with a node killed during the run, that confirm is the first
 	// after the kill (compare.sh qf).
-	ConfirmGapMaxMs     float64         `json:"confirm_gap_max_ms,omitempty"`
-	ConfirmGapEndUnixMs int64           `json:"confirm_gap_end_unix_ms,omitempty"`
-	Latency             *LatencySummary `json:"latency,omitempty"`
-	Backlog             int64           `json:"backlog,omitempty"` // drain: messages found at start
+	ConfirmGapMaxMs     float64 `json:"confirm_gap_max_ms,omitempty"`
+	ConfirmGapEndUnixMs int64   `json:"confirm_gap_end_unix_ms,omitempty"`
+	// Every gap of 50 ms or more without a confirm, [start, end] in Unix ms (at most 100 a
+	// producer): the one spanning a kill ends at the first confirm after it.
+	ConfirmGaps [][2]int64      `json:"confirm_gaps,omitempty"`
+	Latency     *LatencySummary `json:"latency,omitempty"`
+	Backlog     int64           `json:"backlog,omitempty"` // drain: messages found at start
 
 	Connections    int64           `json:"connections,omitempty"`
 	ConnRate       float64         `json:"conn_rate,omitempty"`

@@ -43,7 +43,17 @@
 #      free loopback ports, temp data dirs; stopped at the end) unless WARREN_QURL is given, and
 #      against the 3-node RabbitMQ cluster of bench/rabbit-cluster.sh (RABBIT_QURL, default its
 #      rq1 on 127.0.0.1:5681), started here when it does not answer and RQ_START=1 (root).
-#      Not in the default POINTS: POINTS="q1 q4" bench/compare.sh
+#   qf leader failover: a publisher (1 KiB persistent, confirm window 256, 2000 msgs/s, no
+#      consumer) on one node of the cluster; after QF_AFTER (default 8s) one node is killed -9:
+#      run r kills n3, n2, n1 (r = 1, 2, 3; the publisher is on n1, n1, n2), so REPEATS=3 kills
+#      each node once and one of the kills at least hits the queue's leader. Reported: the
+#      time from the kill to the first confirm after it (the end of the confirm gap of 50 ms or
+#      more that spans the kill; 0: none did, the first confirm came within 50 ms), per run;
+#      the victim is restarted after.
+#      RabbitMQ's leader is read before the kill (rabbit-cluster.sh leader); Warren does not
+#      expose a queue's Raft leader, hence killing each node in turn. Needs the clusters this
+#      script starts (Warren) and bench/rabbit-cluster.sh's (RabbitMQ).
+#      Not in the default POINTS: POINTS="q1 q4 qf" bench/compare.sh
 #   dl delayed messages (issue 18): DL_MESSAGES persistent messages through an
 #      x-delayed-message exchange, due times spread over DL_SPAN: lateness (arrival - due)
 #      and the broker's largest RSS. Warren only (RabbitMQ's Debian package lacks the plugin);
@@ -167,6 +177,7 @@ free_port() {
 # directory and ports (docs/cluster.md "Running a 3-node cluster on one machine").
 QCLUSTER_PIDS=()
 QCLUSTER_DIR=""
+WARREN_QURLS=() # the cluster's three AMQP URLs, when this script started it
 stop_warren_cluster() {
 	local pid
 	for pid in "${QCLUSTER_PIDS[@]}"; do
@@ -180,10 +191,31 @@ stop_warren_cluster() {
 	QCLUSTER_DIR=""
 }
 
+# launch_warren_node N: start node nN of the q cluster (its config written by start_warren_cluster).
+launch_warren_node() {
+	local n=$1
+	(cd "$QCLUSTER_DIR/n$n" && exec "$OUT/warren" -config "$QCLUSTER_DIR/n$n/config.yaml") 2>>"$QCLUSTER_DIR/n$n/log" &
+	QCLUSTER_PIDS[n - 1]=$!
+}
+
+# await_warren_node N: wait until node nN logged "warren ready" (since its log was SKIP bytes).
+await_warren_node() {
+	local n=$1 skip=${2:-0} log=$QCLUSTER_DIR/n$1/log addr=""
+	for _ in $(seq 300); do
+		addr=$(tail -c +$((skip + 1)) "$log" | sed -n 's/.*msg="warren ready" addr=\([^ ]*\).*/\1/p')
+		[[ -n $addr ]] && return 0
+		kill -0 "${QCLUSTER_PIDS[n - 1]}" 2>/dev/null || break
+		sleep 0.1
+	done
+	echo "compare.sh: Warren cluster node n$n did not start:" >&2
+	cat "$log" >&2
+	exit 1
+}
+
 start_warren_cluster() {
 	[[ -n $WARREN_BUILT ]] || { go build -o "$OUT/warren" . && WARREN_BUILT=1; }
 	QCLUSTER_DIR=$(mktemp -d /tmp/warren-compare-cluster.XXXXXX)
-	local n amqp=() raft=() nodes="" log addr
+	local n amqp=() raft=() nodes=""
 	for n in 1 2 3; do
 		amqp+=("$(free_port)")
 		raft+=("$(free_port)")
@@ -191,6 +223,7 @@ start_warren_cluster() {
 	for n in 1 2 3; do
 		nodes+="{name: n$n, address: 127.0.0.1:${raft[$((n - 1))]}}, "
 	done
+	WARREN_QURLS=()
 	for n in 1 2 3; do
 		mkdir -p "$QCLUSTER_DIR/n$n"
 		cat >"$QCLUSTER_DIR/n$n/config.yaml" <<END
@@ -205,21 +238,13 @@ cluster:
   secret: "compare-sh-bench-only-secret"
   nodes: [${nodes%, }]
 END
-		(cd "$QCLUSTER_DIR/n$n" && exec "$OUT/warren" -config "$QCLUSTER_DIR/n$n/config.yaml") 2>"$QCLUSTER_DIR/n$n/log" &
-		QCLUSTER_PIDS+=($!)
+		WARREN_QURLS+=("amqp://guest:guest@127.0.0.1:${amqp[$((n - 1))]}/")
+		launch_warren_node "$n"
 	done
 	for n in 1 2 3; do
-		log=$QCLUSTER_DIR/n$n/log
-		addr=""
-		for _ in $(seq 300); do
-			addr=$(sed -n 's/.*msg="warren ready" addr=\([^ ]*\).*/\1/p' "$log")
-			[[ -n $addr ]] && break
-			kill -0 "${QCLUSTER_PIDS[$((n - 1))]}" 2>/dev/null || break
-			sleep 0.1
-		done
-		[[ -n $addr ]] || { echo "compare.sh: Warren cluster node n$n did not start:" >&2; cat "$log" >&2; exit 1; }
+		await_warren_node "$n"
 	done
-	WARREN_QURL="amqp://guest:guest@127.0.0.1:${amqp[0]}/"
+	WARREN_QURL=${WARREN_QURLS[0]}
 	WARREN_QPID=${QCLUSTER_PIDS[0]}
 	echo "compare.sh: started a 3-node Warren cluster (pids ${QCLUSTER_PIDS[*]}), node 1 at $WARREN_QURL, data in $QCLUSTER_DIR" >&2
 }
@@ -277,7 +302,7 @@ fi
 # The quorum points (q1, q4) run against 3-node clusters, not the brokers above.
 QPOINTS=""
 for p in $POINTS; do
-	[[ $p =~ ^q[0-9]+$ ]] && QPOINTS+=" $p"
+	[[ $p =~ ^q([0-9]+|f)$ ]] && QPOINTS+=" $p"
 done
 RABBIT_QURL=${RABBIT_QURL:-amqp://guest:guest@127.0.0.1:5681/}
 RABBIT_Q_OK=""
@@ -398,6 +423,10 @@ DESC[q4]="quorum queues, 3 nodes: 4p/4q/4c persistent 1 KiB, confirm window 256,
 ARGS[q4]="-quorum -producers 4 -queues 4 -consumers 4 -size 1024 -confirm 256 -autoack=false -prefetch 100"
 METRICS[q1]=${METRICS[c]}
 METRICS[q4]=${METRICS[c]}
+QF_AFTER=${QF_AFTER:-8}
+DESC[qf]="leader failover: kill -9 of a node under a confirming publisher on another (1 KiB persistent, confirm window 256, 2000 msgs/s)"
+ARGS[qf]="-quorum -size 1024 -confirm 256 -rate 2000 -consumers 0"
+METRICS[qf]="run 1 (kill n3, publisher on n1): kill to first confirm ms (lo)~.failover_ms~qfr1;run 2 (kill n2, publisher on n1): kill to first confirm ms (lo)~.failover_ms~qfr2;run 3 (kill n1, publisher on n2): kill to first confirm ms (lo)~.failover_ms~qfr3"
 
 # Issue 18's queue-feature points (bench/features.go).
 DESC[pq]="x-max-priority 10, priorities 0-9, 1 KiB, 1p/1c manual ack prefetch 100, multi-ack 10"
@@ -443,6 +472,11 @@ run_point() {
 		stop_warren
 		start_warren
 		URL[warren]=$WARREN_URL PID[warren]=$WARREN_PID
+	fi
+	if [[ $p == qf ]]; then
+		run_failover "$b" "$r"
+		settle
+		return
 	fi
 	if [[ $p =~ ^q[0-9]+$ ]]; then
 		local qurl qpid
@@ -519,6 +553,59 @@ run_point() {
 		;;
 	esac
 	settle
+}
+
+# run_failover BROKER RUN: point qf (see the header). Writes qfrRUN-BROKER-RUN.json with
+# failover_ms, the victim and, for RabbitMQ, the leader before the kill.
+run_failover() {
+	local b=$1 r=$2 victim pub urls=() f kill_ms leader="" bpid lim=$((QF_AFTER + 60))
+	victim=$((3 - (r - 1) % 3))
+	pub=1
+	((victim == 1)) && pub=2
+	if [[ $b == warren ]]; then
+		((${#WARREN_QURLS[@]} == 3)) || { echo "  qf: needs the Warren cluster this script starts" >&2; return 0; }
+		urls=("${WARREN_QURLS[@]}")
+	else
+		[[ -n $RABBIT_Q_OK ]] || return 0
+		read -ra urls <<<"$(bench/rabbit-cluster.sh urls)"
+	fi
+	f=$OUT/qfr$r-$b-$r.json
+	local q="compare-qf-$r"
+	echo "point qf ($b cluster, run $r/$REPEATS): publisher on n$pub, kill -9 of n$victim after ${QF_AFTER}s" >&2
+	# shellcheck disable=SC2086
+	timeout "$lim" "$BIN" -json -url "${urls[$((pub - 1))]}" -queue-prefix "$q" -duration "$((QF_AFTER + 12))s" \
+		${ARGS[qf]} >"$f.run" 2>"${f%.json}.err" &
+	bpid=$!
+	sleep "$QF_AFTER"
+	if [[ $b == warren ]]; then
+		kill -9 "${QCLUSTER_PIDS[$((victim - 1))]}"
+		kill_ms=$(date +%s%3N)
+		wait "${QCLUSTER_PIDS[$((victim - 1))]}" 2>/dev/null || true
+	else
+		leader=$(bench/rabbit-cluster.sh leader "$q-1" || true)
+		kill_ms=$(bench/rabbit-cluster.sh kill9 "$victim")
+	fi
+	if ! wait "$bpid"; then
+		echo "  failed: $(tail -n 1 "${f%.json}.err")" >&2
+		rm -f "$f.run"
+	else
+		jq --argjson k "$kill_ms" --arg v "n$victim" --arg l "$leader" \
+			'{failover_ms: ([(.confirm_gaps // [])[] | select(.[0] <= $k and .[1] >= $k) | .[1] - $k] | min // 0),
+			  confirm_gap_max_ms, confirmed, nacked, victim: $v, leader_before: $l, server, loadavg}' "$f.run" >"$f"
+		rm -f "$f.run"
+	fi
+	# Bring the victim back before the next run (the next kill needs a majority without it).
+	if [[ $b == warren ]]; then
+		local skip
+		skip=$(stat -c %s "$QCLUSTER_DIR/n$victim/log")
+		launch_warren_node "$victim"
+		await_warren_node "$victim" "$skip"
+		((victim == 1)) && WARREN_QPID=${QCLUSTER_PIDS[0]}
+	else
+		bench/rabbit-cluster.sh restart "$victim"
+		((victim == 1)) && RABBIT_QPID=$(pid_of_url "$RABBIT_QURL")
+	fi
+	sleep 3 # the restarted node catches up with the groups' logs
 }
 
 # stream_dir BROKER: where the broker keeps its streams (for sd's disk use), or nothing.
@@ -656,6 +743,14 @@ for p in $POINTS; do
 			read -r rb rs < <(stats "$prefix" rabbit "$expr")
 		fi
 		echo "| $p | $desc | $label | $w | $rb | $(ratio "$w" "$rb") | $ws / $rs |"
+	done
+done
+for p in $POINTS; do
+	[[ $p == qf ]] || continue
+	for b in "${BROKERS[@]}"; do
+		for f in "$OUT"/qfr*-"$b"-*.json; do
+			[[ -e $f ]] && echo "- qf ($b): $(jq -r '"killed \(.victim)\(if .leader_before != "" then " (queue leader before: \(.leader_before))" else "" end): first confirm after \(.failover_ms) ms; longest confirm gap \(.confirm_gap_max_ms) ms; confirmed \(.confirmed), nacked \(.nacked // 0)"' "$f")"
+		done
 	done
 done
 for p in $POINTS; do

@@ -6,6 +6,9 @@
 #   bench/rabbit-cluster.sh stop     stop those three nodes and delete their data
 #   bench/rabbit-cluster.sh status   cluster_status as rq1 sees it
 #   bench/rabbit-cluster.sh urls     the three AMQP URLs, space-separated
+#   bench/rabbit-cluster.sh leader Q  the node leading quorum queue Q (vhost /): rq1, rq2 or rq3
+#   bench/rabbit-cluster.sh kill9 N   kill -9 node rqN (its beam.smp); prints the Unix ms of the kill
+#   bench/rabbit-cluster.sh restart N start rqN again (it rejoins from its data) and wait for it
 #
 # The nodes are independent of the system RabbitMQ (rabbit@host on 5672, which other people use):
 # their own RABBITMQ_NODENAME, RABBITMQ_NODE_PORT (RQ_PORT, RQ_PORT+1, RQ_PORT+2; default 5681),
@@ -52,6 +55,30 @@ env_for() {
 		"RABBITMQ_CONF_ENV_FILE=$RQ_DIR/rabbitmq-env.conf"
 }
 
+# launch I: start node I (0-based) in the background.
+launch() {
+	# shellcheck disable=SC2046 # env_for yields one word per variable on purpose
+	env $(env_for "$1") "$RQ_BIN/rabbitmq-server" -detached
+}
+
+# await NODE: wait until NODE has booted.
+await() {
+	local n=$1 t
+	# await_startup needs the node registered with epmd first: poll until it answers.
+	for t in $(seq 120); do
+		ctl "$n" ping >/dev/null 2>&1 && break
+		((t < 120)) || { echo "rabbit-cluster.sh: $n did not start; see $RQ_DIR/log" >&2; exit 1; }
+		sleep 0.5
+	done
+	ctl "$n" await_startup --timeout 120
+}
+
+# node_index N: 0-based index of rqN, or an error.
+node_index() {
+	[[ $1 =~ ^[123]$ ]] || { echo "rabbit-cluster.sh: node number $1: want 1, 2 or 3" >&2; exit 2; }
+	echo $(($1 - 1))
+}
+
 ctl() {
 	local n=$1
 	shift
@@ -81,18 +108,10 @@ start() {
 	for ((i = 0; i < 3; i++)); do
 		# Loopback only, and guest may log in from there (as on the system node).
 		printf 'listeners.tcp.default = 127.0.0.1:%d\n' $((RQ_PORT + i)) >"$RQ_DIR/${NODES[$i]}.conf"
-		# shellcheck disable=SC2046 # env_for yields one word per variable on purpose
-		env $(env_for "$i") "$RQ_BIN/rabbitmq-server" -detached
+		launch "$i"
 	done
 	for n in "${NODES[@]}"; do
-		# await_startup needs the node registered with epmd first: poll until it answers.
-		local t
-		for t in $(seq 120); do
-			ctl "$n" ping >/dev/null 2>&1 && break
-			((t < 120)) || { echo "rabbit-cluster.sh: $n did not start; see $RQ_DIR/log" >&2; exit 1; }
-			sleep 0.5
-		done
-		ctl "$n" await_startup --timeout 120
+		await "$n"
 	done
 	for n in "${NODES[@]:1}"; do
 		ctl "$n" stop_app
@@ -126,8 +145,29 @@ start) start ;;
 stop) stop ;;
 status) ctl rq1 cluster_status ;;
 urls) urls ;;
+leader)
+	# Any running node answers; the leader is reported as rqN@localhost.
+	for n in "${NODES[@]}"; do
+		if out=$(ctl "$n" list_queues name leader --formatter json 2>/dev/null); then
+			jq -r --arg q "${2:?queue name}" '.[] | select(.name == $q) | .leader | sub("@.*"; "")' <<<"$out"
+			exit 0
+		fi
+	done
+	exit 1
+	;;
+kill9)
+	i=$(node_index "${2:-}")
+	pid=$(cat "$RQ_DIR/${NODES[$i]}.pid")
+	kill -9 "$pid"
+	date +%s%3N
+	;;
+restart)
+	i=$(node_index "${2:-}")
+	launch "$i"
+	await "${NODES[$i]}"
+	;;
 *)
-	echo "usage: $0 start|stop|status|urls" >&2
+	echo "usage: $0 start|stop|status|urls|leader QUEUE|kill9 N|restart N" >&2
 	exit 2
 	;;
 esac

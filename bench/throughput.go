@@ -3,6 +3,7 @@ package bench
 import (
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -39,14 +40,39 @@ type confirmGap struct {
 	last   int64        // nowNanos() of the previous confirm; 0 before the first
 	max    atomic.Int64 // longest gap, ns
 	endsAt atomic.Int64 // wall clock (Unix ms) of the confirm that ended it
+
+	mu   sync.Mutex
+	long [][2]int64 // gaps of at least longGap: [start, end] wall clock, Unix ms (at most maxLongGaps)
 }
 
+const (
+	longGap     = 50 * time.Millisecond
+	maxLongGaps = 100
+)
+
 func (g *confirmGap) note(now int64) {
-	if g.last != 0 && now-g.last > g.max.Load() {
-		g.max.Store(now - g.last)
-		g.endsAt.Store(time.Now().UnixMilli())
+	if g.last != 0 {
+		gap := now - g.last
+		if gap > g.max.Load() {
+			g.max.Store(gap)
+			g.endsAt.Store(time.Now().UnixMilli())
+		}
+		if gap >= int64(longGap) {
+			end := time.Now().UnixMilli()
+			g.mu.Lock()
+			if len(g.long) < maxLongGaps {
+				g.long = append(g.long, [2]int64{end - gap/1e6, end})
+			}
+			g.mu.Unlock()
+		}
 	}
 	g.last = now
+}
+
+func (g *confirmGap) longGaps() [][2]int64 {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return slices.Clone(g.long)
 }
 
 // consumer is one consuming connection bound to one queue.
@@ -263,6 +289,7 @@ loop:
 			if g := float64(p.gap.max.Load()) / 1e6; g > res.ConfirmGapMaxMs {
 				res.ConfirmGapMaxMs, res.ConfirmGapEndUnixMs = g, p.gap.endsAt.Load()
 			}
+			res.ConfirmGaps = append(res.ConfirmGaps, p.gap.longGaps()...)
 		}
 	}
 	res.Producers, res.Consumers = len(t.producers), len(t.consumers)
