@@ -103,6 +103,9 @@ type Config struct {
 	StreamOffset string // stream consumers' x-stream-offset: first, last, next, spread or a number
 	StreamLength int64  // -drain -stream: messages in each stream
 
+	// Quorum queues are x-queue-type: quorum (durable, as RabbitMQ requires; issue 21's points).
+	Quorum bool
+
 	server *serverInfo // what the broker said about itself; set by Run
 }
 
@@ -170,6 +173,7 @@ func ParseFlags(args []string, out io.Writer) (Config, error) {
 	fs.DurationVar(&c.RampP99, "ramp-p99", 100*time.Millisecond, "ramp mode: a step passes while its end-to-end p99 stays under this")
 	fs.StringVar(&c.FloorAddr, "floor-addr", "", "floor mode: host:port of a forwarder already running (-broker-pid its PID); empty = start one in a child process")
 	fs.BoolVar(&c.Stream, "stream", false, "declare the queues as streams (x-queue-type: stream, durable; implies -persistent); consumers need -autoack=false and -prefetch")
+	fs.BoolVar(&c.Quorum, "quorum", false, "declare the queues as quorum queues (x-queue-type: quorum, durable; implies -persistent)")
 	fs.StringVar(&c.StreamOffset, "stream-offset", "next", "with -stream: consumers' x-stream-offset: first, last, next, an offset, or spread (consumer i of n on a stream starts at i*N/n of -stream-length N; needs -drain)")
 	fs.Int64Var(&c.StreamLength, "stream-length", 0, "with -drain -stream: messages in each stream; each consumer reads from its offset to the end")
 	fs.DurationVar(&c.DelaySpan, "delay-span", 0, "delayed mode (x-delayed-message, see delayed.go): spread the due times of the -pmessages messages over this (0: 1m)")
@@ -186,8 +190,8 @@ func ParseFlags(args []string, out io.Writer) (Config, error) {
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	c.DurationSet = set["duration"]
 	c.manyDefaults(set)
-	if c.Stream {
-		c.Persistent = true // streams are durable
+	if c.Stream || c.Quorum {
+		c.Persistent = true // streams and quorum queues are durable
 	}
 	return c, c.validate()
 }
@@ -223,6 +227,8 @@ func (c *Config) validate() error {
 		return errors.New("bench: -count must be >= 1")
 	case c.Mode == "churn" && c.Producers < 1:
 		return errors.New("bench: churn mode needs -producers >= 1")
+	case c.Quorum && c.Stream:
+		return errors.New("bench: -quorum and -stream are exclusive (one x-queue-type)")
 	}
 	if err := c.validateStream(); err != nil {
 		return err
@@ -251,6 +257,7 @@ type Result struct {
 	Fanout     int     `json:"fanout,omitempty"`
 	Rate       float64 `json:"rate,omitempty"`
 	Stream     bool    `json:"stream,omitempty"`
+	Quorum     bool    `json:"quorum,omitempty"`
 	Offset     string  `json:"stream_offset,omitempty"`
 	Seconds    float64 `json:"seconds"`
 
@@ -263,8 +270,16 @@ type Result struct {
 	Nacked         int64           `json:"nacked,omitempty"`
 	ConfirmRate    float64         `json:"confirm_rate,omitempty"`
 	ConfirmLatency *LatencySummary `json:"confirm_latency,omitempty"`
-	Latency        *LatencySummary `json:"latency,omitempty"`
-	Backlog        int64           `json:"backlog,omitempty"` // drain: messages found at start
+	// The longest time one producer went without a confirm, and the wall clock (Unix ms) of
+	// the confirm that ended it: with a node killed during the run, that confirm is the first
+	// after the kill (compare.sh qf).
+	ConfirmGapMaxMs     float64 `json:"confirm_gap_max_ms,omitempty"`
+	ConfirmGapEndUnixMs int64   `json:"confirm_gap_end_unix_ms,omitempty"`
+	// Every gap of 50 ms or more without a confirm, [start, end] in Unix ms (at most 100 a
+	// producer): the one spanning a kill ends at the first confirm after it.
+	ConfirmGaps [][2]int64      `json:"confirm_gaps,omitempty"`
+	Latency     *LatencySummary `json:"latency,omitempty"`
+	Backlog     int64           `json:"backlog,omitempty"` // drain: messages found at start
 
 	Connections    int64           `json:"connections,omitempty"`
 	ConnRate       float64         `json:"conn_rate,omitempty"`
@@ -339,7 +354,7 @@ func Run(args []string, stdout io.Writer) error {
 		Mode: cfg.Mode, URL: redact(cfg.URL), Client: cfg.Client, Producers: cfg.Producers, Consumers: cfg.Consumers,
 		Queues: cfg.Queues, Size: cfg.Size, Persistent: cfg.Persistent, Confirm: cfg.Confirm,
 		AutoAck: cfg.AutoAck, Prefetch: cfg.Prefetch, MultiAck: cfg.MultiAck, Fanout: cfg.Fanout, Rate: cfg.Rate,
-		Stream: cfg.Stream,
+		Stream: cfg.Stream, Quorum: cfg.Quorum,
 	}
 	if cfg.Stream {
 		res.Offset = cfg.StreamOffset

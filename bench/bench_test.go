@@ -78,6 +78,8 @@ func TestParseFlags(t *testing.T) {
 		{name: "zero duration", args: []string{"-duration", "0s"}, wantErr: "-duration"},
 		{name: "churn without workers", args: []string{"-mode", "churn", "-producers", "0"}, wantErr: "churn"},
 		{name: "bad url", args: []string{"-url", "http://x"}, wantErr: "bad -url"},
+		{name: "quorum implies persistent", args: []string{"-quorum"}, want: func(c *Config) { c.Quorum, c.Persistent = true, true }},
+		{name: "quorum and stream exclusive", args: []string{"-quorum", "-stream", "-autoack=false", "-prefetch", "10"}, wantErr: "exclusive"},
 		{name: "stray argument", args: []string{"extra"}, wantErr: "unexpected arguments"},
 		{name: "unknown flag", args: []string{"-nope"}, wantErr: "not defined"},
 	}

@@ -36,6 +36,25 @@
 #   rpc16  issue 18: the same with 16 concurrent callers
 #   sac    issue 18: single-active-consumer failover, cancel of the active consumer to the first
 #          delivery on the next, over a backlog (bench -mode sac; stalls: no delivery in 5 s)
+#   q1 quorum queues (issue 21), 3-node clusters: 1 KiB persistent, confirm window 256, manual
+#      ack (prefetch 100), 1p/1c, x-queue-type quorum; client on node 1 of each cluster
+#   q4 the same, 4 producers / 4 queues / 4 consumers (queue leaders fall where they fall)
+#      The q points run against a 3-node Warren cluster this script starts (three processes,
+#      free loopback ports, temp data dirs; stopped at the end) unless WARREN_QURL is given, and
+#      against the 3-node RabbitMQ cluster of bench/rabbit-cluster.sh (RABBIT_QURL, default its
+#      rq1 on 127.0.0.1:5681), started here when it does not answer and RQ_START=1 (root).
+#   qf leader failover: a publisher (1 KiB persistent, confirm window 256, 2000 msgs/s, no
+#      consumer) on one node of the cluster; after QF_AFTER (default 8s) one node is killed -9:
+#      run r kills n3, n2, n1 (r = 1, 2, 3; the publisher is on n1, n1, n2), the node the run's
+#      queue was declared through, which leads its group on RabbitMQ (reported before the kill).
+#      Warren does not expose a group's leader: one queue serves its three runs, so that killing
+#      each node in turn kills the leader at least once. REPEATS=3 kills each node once. The
+#      time from the kill to the first confirm after it (the end of the confirm gap of 50 ms or
+#      more that spans the kill; 0: none did, the first confirm came within 50 ms), per run;
+#      the victim is restarted after.
+#      Needs the clusters this
+#      script starts (Warren) and bench/rabbit-cluster.sh's (RabbitMQ).
+#      Not in the default POINTS: POINTS="q1 q4 qf" bench/compare.sh
 #   dl delayed messages (issue 18): DL_MESSAGES persistent messages through an
 #      x-delayed-message exchange, due times spread over DL_SPAN: lateness (arrival - due)
 #      and the broker's largest RSS. Warren only (RabbitMQ's Debian package lacks the plugin);
@@ -71,6 +90,8 @@
 #               (default: the data dir of the Warren this script starts; RabbitMQ's Debian
 #               default /var/lib/rabbitmq/mnesia/rabbit@<short hostname>/stream)
 #   DL_MESSAGES, DL_SPAN  point dl: messages (default 1000000) and span of due times (default 10m)
+#   WARREN_QURL, RABBIT_QURL  node 1 of the Warren / RabbitMQ 3-node clusters for the q points
+#   RQ_START    1: start (and at the end stop) bench/rabbit-cluster.sh if RABBIT_QURL does not answer
 #   BENCH_ARGS  extra arguments for every bench run, e.g. "-client amqp091"
 #   OUT         directory for the raw JSON results (default: a new temp dir)
 #   BENCH_BIN   prebuilt warren-bench binary (default: built from this tree)
@@ -124,7 +145,6 @@ stop_warren() {
 		WARREN_STARTED=""
 	fi
 }
-trap stop_warren EXIT
 
 # start_warren: build (once) and start Warren on a free loopback port with a new data directory.
 start_warren() {
@@ -148,6 +168,98 @@ start_warren() {
 	WARREN_URL="amqp://guest:guest@$addr/"
 	echo "compare.sh: started Warren (pid $WARREN_PID) at $addr, data in $WARREN_DATA" >&2
 }
+
+# free_port: a free loopback TCP port (the kernel's choice; closed again at once).
+free_port() {
+	python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# A 3-node Warren cluster for the q points: three processes with their own config file, data
+# directory and ports (docs/cluster.md "Running a 3-node cluster on one machine").
+QCLUSTER_PIDS=()
+QCLUSTER_DIR=""
+WARREN_QURLS=() # the cluster's three AMQP URLs, when this script started it
+stop_warren_cluster() {
+	local pid
+	for pid in "${QCLUSTER_PIDS[@]}"; do
+		kill "$pid" 2>/dev/null || true
+	done
+	for pid in "${QCLUSTER_PIDS[@]}"; do
+		wait "$pid" 2>/dev/null || true
+	done
+	QCLUSTER_PIDS=()
+	[[ -n $QCLUSTER_DIR ]] && rm -rf "$QCLUSTER_DIR"
+	QCLUSTER_DIR=""
+}
+
+# launch_warren_node N: start node nN of the q cluster (its config written by start_warren_cluster).
+launch_warren_node() {
+	local n=$1
+	(cd "$QCLUSTER_DIR/n$n" && exec "$OUT/warren" -config "$QCLUSTER_DIR/n$n/config.yaml") 2>>"$QCLUSTER_DIR/n$n/log" &
+	QCLUSTER_PIDS[n - 1]=$!
+}
+
+# await_warren_node N: wait until node nN logged "warren ready" (since its log was SKIP bytes).
+await_warren_node() {
+	local n=$1 skip=${2:-0} log=$QCLUSTER_DIR/n$1/log addr=""
+	for _ in $(seq 300); do
+		addr=$(tail -c +$((skip + 1)) "$log" | sed -n 's/.*msg="warren ready" addr=\([^ ]*\).*/\1/p')
+		[[ -n $addr ]] && return 0
+		kill -0 "${QCLUSTER_PIDS[n - 1]}" 2>/dev/null || break
+		sleep 0.1
+	done
+	echo "compare.sh: Warren cluster node n$n did not start:" >&2
+	cat "$log" >&2
+	exit 1
+}
+
+start_warren_cluster() {
+	[[ -n $WARREN_BUILT ]] || { go build -o "$OUT/warren" . && WARREN_BUILT=1; }
+	QCLUSTER_DIR=$(mktemp -d /tmp/warren-compare-cluster.XXXXXX)
+	local n amqp=() raft=() nodes=""
+	for n in 1 2 3; do
+		amqp+=("$(free_port)")
+		raft+=("$(free_port)")
+	done
+	for n in 1 2 3; do
+		nodes+="{name: n$n, address: 127.0.0.1:${raft[$((n - 1))]}}, "
+	done
+	WARREN_QURLS=()
+	for n in 1 2 3; do
+		mkdir -p "$QCLUSTER_DIR/n$n"
+		cat >"$QCLUSTER_DIR/n$n/config.yaml" <<END
+amqp: {listen: "127.0.0.1:${amqp[$((n - 1))]}"}
+management: {listen: ""}
+prometheus: {listen: ""}
+storage: {dir: $QCLUSTER_DIR/n$n/data}
+cluster:
+  name: compare
+  node_name: n$n
+  listen: "127.0.0.1:${raft[$((n - 1))]}"
+  secret: "compare-sh-bench-only-secret"
+  nodes: [${nodes%, }]
+END
+		WARREN_QURLS+=("amqp://guest:guest@127.0.0.1:${amqp[$((n - 1))]}/")
+		launch_warren_node "$n"
+	done
+	for n in 1 2 3; do
+		await_warren_node "$n"
+	done
+	WARREN_QURL=${WARREN_QURLS[0]}
+	WARREN_QPID=${QCLUSTER_PIDS[0]}
+	echo "compare.sh: started a 3-node Warren cluster (pids ${QCLUSTER_PIDS[*]}), node 1 at $WARREN_QURL, data in $QCLUSTER_DIR" >&2
+}
+
+RQ_STARTED=""
+stop_all() {
+	stop_warren
+	stop_warren_cluster
+	if [[ -n $RQ_STARTED ]]; then
+		bench/rabbit-cluster.sh stop || true
+		RQ_STARTED=""
+	fi
+}
+trap stop_all EXIT
 
 # The memory points measure a fresh Warren when this script runs it: RSS after earlier points
 # is mostly heap kept from their backlogs, which says nothing about connections or queues.
@@ -182,8 +294,37 @@ else
 	reachable "$WARREN_URL" || { echo "compare.sh: Warren not reachable at $WARREN_URL" >&2; exit 1; }
 	if reachable "$RABBIT_URL"; then
 		BROKERS+=(rabbit)
+		RABBIT_SINGLE_OK=1
 	else
 		echo "compare.sh: RabbitMQ not reachable at $RABBIT_URL, skipping it" >&2
+	fi
+fi
+
+# The quorum points (q1, q4) run against 3-node clusters, not the brokers above.
+QPOINTS=""
+for p in $POINTS; do
+	[[ $p =~ ^q([0-9]+|f)$ ]] && QPOINTS+=" $p"
+done
+RABBIT_QURL=${RABBIT_QURL:-amqp://guest:guest@127.0.0.1:5681/}
+RABBIT_Q_OK=""
+if [[ -n $QPOINTS && -z ${TABLE_ONLY:-} ]]; then
+	[[ -n ${WARREN_QURL:-} ]] || start_warren_cluster
+	WARREN_QPID=${WARREN_QPID:-$(pid_of_url "$WARREN_QURL")}
+	# The first declare waits for the metadata group's first election.
+	for _ in 1 2 3; do
+		reachable "$WARREN_QURL" && break
+	done
+	reachable "$WARREN_QURL" || { echo "compare.sh: Warren cluster not reachable at $WARREN_QURL" >&2; exit 1; }
+	if ! reachable "$RABBIT_QURL" && [[ ${RQ_START:-} == 1 ]]; then
+		bench/rabbit-cluster.sh start
+		RQ_STARTED=1
+	fi
+	if reachable "$RABBIT_QURL"; then
+		RABBIT_Q_OK=1
+		RABBIT_QPID=$(pid_of_url "$RABBIT_QURL")
+		[[ " ${BROKERS[*]} " == *" rabbit "* ]] || BROKERS+=(rabbit)
+	else
+		echo "compare.sh: RabbitMQ cluster not reachable at $RABBIT_QURL (bench/rabbit-cluster.sh start, or RQ_START=1), skipping it" >&2
 	fi
 fi
 
@@ -276,6 +417,18 @@ AT_MAX='(.ramp_max_clients) as $m | [.ramp[] | select(.clients == $m)][0]'
 METRICS[n]="clients kept under p99 100 ms (hi)~.ramp_max_clients // 0;msgs/s at that count (hi)~$AT_MAX | .consume_rate;p99 ms at that count (lo)~$AT_MAX | .p99_ms;broker CPU % at that count~$AT_MAX | .broker_cpu_percent"
 METRICS[dl]="published msg/s (hi)~.publish_rate;lateness p50 ms (lo)~.latency.p50_ms;lateness p99 ms (lo)~.latency.p99_ms;lateness max ms (lo)~.latency.max_ms;largest RSS MB (lo)~.rss_bytes / 1e6 | round;received (hi)~.received"
 
+# Issue 21's quorum-queue points, on 3-node clusters (see run_point).
+DESC[q1]="quorum queue, 3 nodes: 1p/1c persistent 1 KiB, confirm window 256, manual ack (prefetch 100)"
+ARGS[q1]="-quorum -size 1024 -confirm 256 -autoack=false -prefetch 100"
+DESC[q4]="quorum queues, 3 nodes: 4p/4q/4c persistent 1 KiB, confirm window 256, manual ack (prefetch 100)"
+ARGS[q4]="-quorum -producers 4 -queues 4 -consumers 4 -size 1024 -confirm 256 -autoack=false -prefetch 100"
+METRICS[q1]=${METRICS[c]}
+METRICS[q4]=${METRICS[c]}
+QF_AFTER=${QF_AFTER:-8}
+DESC[qf]="leader failover: kill -9 of a node under a confirming publisher on another (1 KiB persistent, confirm window 256, 2000 msgs/s)"
+ARGS[qf]="-quorum -size 1024 -confirm 256 -rate 2000 -consumers 0"
+METRICS[qf]="run 1 (kill n3, publisher on n1): kill to first confirm ms (lo)~.failover_ms~qfr1;run 2 (kill n2, publisher on n1): kill to first confirm ms (lo)~.failover_ms~qfr2;run 3 (kill n1, publisher on n2): kill to first confirm ms (lo)~.failover_ms~qfr3"
+
 # Issue 18's queue-feature points (bench/features.go).
 DESC[pq]="x-max-priority 10, priorities 0-9, 1 KiB, 1p/1c manual ack prefetch 100, multi-ack 10"
 ARGS[pq]="-mode priority -size 1024 -autoack=false -prefetch 100 -multi-ack 10"
@@ -321,6 +474,30 @@ run_point() {
 		start_warren
 		URL[warren]=$WARREN_URL PID[warren]=$WARREN_PID
 	fi
+	if [[ $p == qf ]]; then
+		run_failover "$b" "$r"
+		settle
+		return
+	fi
+	if [[ $p =~ ^q[0-9]+$ ]]; then
+		local qurl qpid
+		if [[ $b == warren ]]; then
+			qurl=$WARREN_QURL qpid=${WARREN_QPID:-0}
+		else
+			[[ -n $RABBIT_Q_OK ]] || return 0
+			qurl=$RABBIT_QURL qpid=${RABBIT_QPID:-0}
+		fi
+		echo "point $p ($b cluster, run $r/$REPEATS): ${ARGS[$p]}" >&2
+		# The later -url and -broker-pid override those bench() puts first (node 1's PID: RSS and
+		# CPU of one node of three).
+		# shellcheck disable=SC2086
+		bench "$b" "$OUT/$p-$b-$r.json" "$limit" -duration "$DURATION" -queue-prefix "compare-$p" ${ARGS[$p]} \
+			-url "$qurl" -broker-pid "${qpid:-0}" || true
+		settle
+		return
+	fi
+	# Only the q points need RabbitMQ when only its cluster answers.
+	[[ $b == rabbit && -z ${RABBIT_SINGLE_OK:-} && -z ${TABLE_ONLY:-} ]] && return 0
 	case $p in
 	sc | sd)
 		run_stream_point "$p" "$b" "$r"
@@ -377,6 +554,73 @@ run_point() {
 		;;
 	esac
 	settle
+}
+
+# run_failover BROKER RUN: point qf (see the header). Writes qfrRUN-BROKER-RUN.json with
+# failover_ms, the victim and, for RabbitMQ, the leader before the kill.
+run_failover() {
+	local b=$1 r=$2 victim pub urls=() f kill_ms leader="" bpid lim=$((QF_AFTER + 60))
+	victim=$((3 - (r - 1) % 3))
+	pub=1
+	((victim == 1)) && pub=2
+	if [[ $b == warren ]]; then
+		((${#WARREN_QURLS[@]} == 3)) || { echo "  qf: needs the Warren cluster this script starts" >&2; return 0; }
+		urls=("${WARREN_QURLS[@]}")
+	else
+		[[ -n $RABBIT_Q_OK ]] || return 0
+		read -ra urls <<<"$(bench/rabbit-cluster.sh urls)"
+	fi
+	f=$OUT/qfr$r-$b-$r.json
+	local q="compare-qf-$r" keep=()
+	if [[ $b == warren ]]; then
+		# Warren does not say which node leads a queue's group, and a new queue's group tends
+		# not to be led by the node it was declared through: one queue for the three runs, so
+		# that killing each node in turn kills its leader at least once (the leader changes
+		# only when it is killed). Kept until the last run.
+		q=compare-qf
+		((r < REPEATS)) && keep=(-keep)
+	fi
+	echo "point qf ($b cluster, run $r/$REPEATS): queue declared on n$victim, publisher on n$pub, kill -9 of n$victim after ${QF_AFTER}s" >&2
+	# Declared through the victim, which then leads the queue's group (RabbitMQ's client-local
+	# placement; Warren does not say which node leads: the confirm gap tells): a publisher
+	# on its own node would keep the leader out of reach of the kill.
+	# shellcheck disable=SC2086
+	timeout 60 "$BIN" -url "${urls[$((victim - 1))]}" -queue-prefix "$q" ${ARGS[qf]} -pmessages 1 -confirm 1 -keep \
+		-duration 30s >/dev/null 2>"${f%.json}.err" || true
+	# shellcheck disable=SC2086
+	timeout "$lim" "$BIN" -json -url "${urls[$((pub - 1))]}" -queue-prefix "$q" -duration "$((QF_AFTER + 12))s" \
+		${ARGS[qf]} "${keep[@]}" >"$f.run" 2>"${f%.json}.err" &
+	bpid=$!
+	sleep "$QF_AFTER"
+	if [[ $b == warren ]]; then
+		kill -9 "${QCLUSTER_PIDS[$((victim - 1))]}"
+		kill_ms=$(date +%s%3N)
+		wait "${QCLUSTER_PIDS[$((victim - 1))]}" 2>/dev/null || true
+	else
+		leader=$(bench/rabbit-cluster.sh leader "$q-1" || true)
+		kill_ms=$(bench/rabbit-cluster.sh kill9 "$victim")
+	fi
+	if ! wait "$bpid"; then
+		echo "  failed: $(tail -n 1 "${f%.json}.err")" >&2
+		rm -f "$f.run"
+	else
+		jq --argjson k "$kill_ms" --arg v "n$victim" --arg l "$leader" \
+			'{failover_ms: ([(.confirm_gaps // [])[] | select(.[0] <= $k and .[1] >= $k) | .[1] - $k] | min // 0),
+			  confirm_gap_max_ms, confirmed, nacked, victim: $v, leader_before: $l, server, loadavg}' "$f.run" >"$f"
+		rm -f "$f.run"
+	fi
+	# Bring the victim back before the next run (the next kill needs a majority without it).
+	if [[ $b == warren ]]; then
+		local skip
+		skip=$(stat -c %s "$QCLUSTER_DIR/n$victim/log")
+		launch_warren_node "$victim"
+		await_warren_node "$victim" "$skip"
+		((victim == 1)) && WARREN_QPID=${QCLUSTER_PIDS[0]}
+	else
+		bench/rabbit-cluster.sh restart "$victim"
+		((victim == 1)) && RABBIT_QPID=$(pid_of_url "$RABBIT_QURL")
+	fi
+	sleep 3 # the restarted node catches up with the groups' logs
 }
 
 # stream_dir BROKER: where the broker keeps its streams (for sd's disk use), or nothing.
@@ -514,6 +758,14 @@ for p in $POINTS; do
 			read -r rb rs < <(stats "$prefix" rabbit "$expr")
 		fi
 		echo "| $p | $desc | $label | $w | $rb | $(ratio "$w" "$rb") | $ws / $rs |"
+	done
+done
+for p in $POINTS; do
+	[[ $p == qf ]] || continue
+	for b in "${BROKERS[@]}"; do
+		for f in "$OUT"/qfr*-"$b"-*.json; do
+			[[ -e $f ]] && echo "- qf ($b): $(jq -r '"killed \(.victim)\(if .leader_before != "" then " (queue leader before: \(.leader_before))" else "" end): first confirm after \(.failover_ms) ms; longest confirm gap \(.confirm_gap_max_ms) ms; confirmed \(.confirmed), nacked \(.nacked // 0)"' "$f")"
+		done
 	done
 done
 for p in $POINTS; do

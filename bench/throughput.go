@@ -3,6 +3,7 @@ package bench
 import (
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -28,6 +29,50 @@ type producer struct {
 	nacked    atomic.Int64
 	doneAt    atomic.Int64 // nowNanos() when a -pmessages producer finished, 0 while running
 	confLat   Histogram
+	gap       confirmGap
+}
+
+// confirmGap tracks the longest interval between two consecutive confirms of one producer, and
+// when it ended: a failover measurement (compare.sh qf) kills a node at a known time and takes
+// the end of the gap that spans the kill as the first confirm after it. Only the goroutine that
+// handles the producer's confirms calls note; the atomics let the result be read after the run.
+type confirmGap struct {
+	last   int64        // nowNanos() of the previous confirm; 0 before the first
+	max    atomic.Int64 // longest gap, ns
+	endsAt atomic.Int64 // wall clock (Unix ms) of the confirm that ended it
+
+	mu   sync.Mutex
+	long [][2]int64 // gaps of at least longGap: [start, end] wall clock, Unix ms (at most maxLongGaps)
+}
+
+const (
+	longGap     = 50 * time.Millisecond
+	maxLongGaps = 100
+)
+
+func (g *confirmGap) note(now int64) {
+	if g.last != 0 {
+		gap := now - g.last
+		if gap > g.max.Load() {
+			g.max.Store(gap)
+			g.endsAt.Store(time.Now().UnixMilli())
+		}
+		if gap >= int64(longGap) {
+			end := time.Now().UnixMilli()
+			g.mu.Lock()
+			if len(g.long) < maxLongGaps {
+				g.long = append(g.long, [2]int64{end - gap/1e6, end})
+			}
+			g.mu.Unlock()
+		}
+	}
+	g.last = now
+}
+
+func (g *confirmGap) longGaps() [][2]int64 {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return slices.Clone(g.long)
 }
 
 // consumer is one consuming connection bound to one queue.
@@ -240,6 +285,12 @@ loop:
 	res.ConfirmRate = rate(final.confirmed, pubSecs)
 	if cfg.Confirm > 0 {
 		res.ConfirmLatency = final.conf.Summary()
+		for _, p := range t.producers {
+			if g := float64(p.gap.max.Load()) / 1e6; g > res.ConfirmGapMaxMs {
+				res.ConfirmGapMaxMs, res.ConfirmGapEndUnixMs = g, p.gap.endsAt.Load()
+			}
+			res.ConfirmGaps = append(res.ConfirmGaps, p.gap.longGaps()...)
+		}
 	}
 	res.Producers, res.Consumers = len(t.producers), len(t.consumers)
 	// A drained backlog was stamped by another process's clock: no latency.
@@ -257,6 +308,9 @@ func (t *throughput) declare(ch *amqp.Channel) error {
 	var args amqp.Table
 	if cfg.Stream {
 		args = streamArgs()
+	}
+	if cfg.Quorum {
+		args = amqp.Table{"x-queue-type": "quorum"}
 	}
 	for _, q := range t.queues {
 		if _, err := ch.QueueDeclare(q, cfg.Persistent, false, false, false, args); err != nil {
@@ -440,6 +494,7 @@ func (t *throughput) publish(p *producer, startNs int64) {
 	outstanding := 0
 	onConfirm := func(c amqp.Confirmation) {
 		outstanding--
+		p.gap.note(nowNanos())
 		if c.Ack {
 			p.confirmed.Add(1)
 		} else {
@@ -842,6 +897,7 @@ func (t *throughput) confirmReader(p *producer) {
 	if w := p.window; w != nil {
 		h.confirm = func(tag uint64, multiple, nack bool) {
 			now := nowNanos()
+			p.gap.note(now)
 			w.settle(tag, multiple, func(tag uint64) {
 				if nack {
 					p.nacked.Add(1)

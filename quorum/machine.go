@@ -685,37 +685,119 @@ const snapshotVersion = 3
 // Snapshot implements multiraft.StateMachine: the whole state, messages included, so that
 // the log behind it can go and a queue's disk follows its backlog.
 func (m *Machine) Snapshot() ([]byte, error) {
-	b := []byte{snapshotVersion}
-	b = binary.AppendUvarint(b, m.nextID)
-	b = binary.AppendUvarint(b, uint64(max(m.now, 0)))
-	b = binary.AppendUvarint(b, m.seq)
-	b = binary.AppendUvarint(b, uint64(m.cursor))
-	b = binary.AppendUvarint(b, uint64(len(m.returns)))
-	b = binary.AppendUvarint(b, uint64(m.readyLen()))
-	for _, msg := range m.returns {
-		b = appendMsg(b, msg, true)
+	return m.view().encode(), nil
+}
+
+// StartSnapshot implements multiraft.SnapshotStarter: it takes an immutable view of the state
+// (a copy of the message pointers and of the fields a command may change later, Count and
+// Delivered: 16 bytes a message, where the encoding copies every body) and returns the
+// encoding of that view, which multiraft runs on another goroutine while this machine goes on
+// applying. A message's ID, Exchange, RoutingKey, Header, Body and Expires are never written
+// once it is in the queue, so the encoder reads them through the shared pointers.
+func (m *Machine) StartSnapshot() (func() ([]byte, error), error) {
+	v := m.view()
+	return func() ([]byte, error) { return v.encode(), nil }, nil
+}
+
+// snapMsg is a message as of a snapshot's view.
+type snapMsg struct {
+	msg       *Msg // immutable fields only (see StartSnapshot)
+	count     uint32
+	delivered bool
+}
+
+type snapNode struct {
+	name   string
+	credit uint32
+	since  uint64
+	held   []snapMsg
+}
+
+// snapView is the state a snapshot encodes, detached from the live Machine.
+type snapView struct {
+	nextID, seq uint64
+	now         int64
+	cursor      int
+	nret        int
+	msgs        []snapMsg // returned ones first, then ready ones
+	nodes       []snapNode
+	delayed     []snapDelayed
+	used        int64
+}
+
+// snapDelayed is a delayed redelivery as of a snapshot's view.
+type snapDelayed struct {
+	at int64
+	snapMsg
+}
+
+func snapMsgs(dst []snapMsg, msgs []*Msg) []snapMsg {
+	for _, msg := range msgs {
+		dst = append(dst, snapMsg{msg: msg, count: msg.Count, delivered: msg.Delivered})
 	}
-	for _, msg := range m.ready[m.head:] {
-		b = appendMsg(b, msg, true)
-	}
-	b = binary.AppendUvarint(b, uint64(len(m.nodes)))
+	return dst
+}
+
+// view captures the state (Raft loop goroutine; O(messages) pointer copies, no body bytes).
+func (m *Machine) view() *snapView {
+	v := &snapView{nextID: m.nextID, seq: m.seq, now: m.now, cursor: m.cursor, nret: len(m.returns), used: m.used}
+	v.msgs = make([]snapMsg, 0, len(m.returns)+m.readyLen())
+	v.msgs = snapMsgs(v.msgs, m.returns)
+	v.msgs = snapMsgs(v.msgs, m.ready[m.head:])
+	v.nodes = make([]snapNode, 0, len(m.nodes))
 	for _, n := range m.nodes {
+		held := m.Held(n.name)
+		v.nodes = append(v.nodes, snapNode{name: n.name, credit: n.credit, since: n.since, held: snapMsgs(make([]snapMsg, 0, len(held)), held)})
+	}
+	v.delayed = make([]snapDelayed, 0, len(m.delayed))
+	for _, dm := range m.delayed {
+		v.delayed = append(v.delayed, snapDelayed{at: dm.at, snapMsg: snapMsg{msg: dm.msg, count: dm.msg.Count, delivered: dm.msg.Delivered}})
+	}
+	return v
+}
+
+// encode writes the snapshot (snapshotVersion), see Restore.
+func (v *snapView) encode() []byte {
+	size := 64
+	for _, sm := range v.msgs {
+		size += 32 + len(sm.msg.Exchange) + len(sm.msg.RoutingKey) + len(sm.msg.Header) + len(sm.msg.Body)
+	}
+	b := make([]byte, 0, size) // one allocation for the bodies, not a doubling series
+	b = append(b, snapshotVersion)
+	b = binary.AppendUvarint(b, v.nextID)
+	b = binary.AppendUvarint(b, uint64(max(v.now, 0)))
+	b = binary.AppendUvarint(b, v.seq)
+	b = binary.AppendUvarint(b, uint64(v.cursor))
+	b = binary.AppendUvarint(b, uint64(v.nret))
+	b = binary.AppendUvarint(b, uint64(len(v.msgs))) // returned and ready
+	for _, sm := range v.msgs {
+		b = appendSnapMsg(b, sm)
+	}
+	b = binary.AppendUvarint(b, uint64(len(v.nodes)))
+	for _, n := range v.nodes {
 		b = appendString(b, n.name)
 		b = binary.AppendUvarint(b, uint64(n.credit))
 		b = binary.AppendUvarint(b, n.since)
-		held := m.Held(n.name)
-		b = binary.AppendUvarint(b, uint64(len(held)))
-		for _, msg := range held {
-			b = appendMsg(b, msg, true)
+		b = binary.AppendUvarint(b, uint64(len(n.held)))
+		for _, sm := range n.held {
+			b = appendSnapMsg(b, sm)
 		}
 	}
-	b = binary.AppendUvarint(b, uint64(len(m.delayed)))
-	for _, dm := range m.delayed {
+	b = binary.AppendUvarint(b, uint64(len(v.delayed)))
+	for _, dm := range v.delayed {
 		b = binary.AppendUvarint(b, uint64(max(dm.at, 0)))
-		b = appendMsg(b, dm.msg, true)
+		b = appendSnapMsg(b, dm.snapMsg)
 	}
-	b = binary.AppendUvarint(b, uint64(max(m.used, 0)))
-	return b, nil
+	b = binary.AppendUvarint(b, uint64(max(v.used, 0)))
+	return b
+}
+
+// appendSnapMsg is appendMsg(b, msg, true) with the view's Count and Delivered.
+func appendSnapMsg(b []byte, sm snapMsg) []byte {
+	b = binary.AppendUvarint(b, sm.msg.ID)
+	b = binary.AppendUvarint(b, uint64(sm.count))
+	b = appendBool(b, sm.delivered)
+	return appendMsg(b, sm.msg, false)
 }
 
 // Restore implements multiraft.StateMachine. Returned and ready messages are one list in a

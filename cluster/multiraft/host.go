@@ -132,7 +132,8 @@ type Host struct {
 	deleted map[uint64]chan struct{}
 	bg      sync.WaitGroup // drops of deleted groups (Close waits for them)
 
-	detachCh chan detachReq // DeleteGroup -> loop
+	detachCh chan detachReq  // DeleteGroup -> loop
+	snapDone chan snapResult // snapshots encoded off the loop -> loop (snapasync.go)
 
 	lastLive map[uint64]peerLiveness // peers' liveness at the last tick (loop goroutine)
 
@@ -209,7 +210,8 @@ func NewHost(cfg Config) (*Host, error) {
 		incarnation: binary.BigEndian.Uint64(inc[:]),
 		groups:      make(map[uint64]*Group), peers: maps(cfg.Peers), names: names,
 		dirty: make(map[uint64]*Group), deleted: make(map[uint64]chan struct{}), detachCh: make(chan detachReq),
-		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}), dead: make(chan struct{}),
+		snapDone: make(chan snapResult),
+		wake:     make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}), dead: make(chan struct{}),
 	}
 	// Deletions a crash interrupted are finished in the background; a group created again
 	// meanwhile waits for its drop (group0).
@@ -629,6 +631,8 @@ func (h *Host) run() {
 		case r := <-h.detachCh:
 			h.detach(r.g)
 			close(r.done)
+		case r := <-h.snapDone:
+			h.finishSnapshot(r)
 		}
 		if err := h.ready(); err != nil {
 			// The log cannot be written: Raft's promises no longer hold on this node. Stop
@@ -827,6 +831,7 @@ type Group struct {
 	// Owned by the loop goroutine (and Group before it starts).
 	confState          *pb.ConfState
 	snapIndex          uint64
+	snapRunning        bool   // a snapshot is being encoded off the loop (snapasync.go)
 	snapEvery          uint64 // entries between snapshots
 	snapBytes          uint64 // command bytes between snapshots
 	bytesSinceSnap     uint64 // command bytes applied since the last snapshot (0 at start)
@@ -997,6 +1002,12 @@ func (g *Group) apply(rd raft.Ready) {
 		g.appliedIndex.Store(idx)
 	}
 	if since := g.applied - g.snapIndex; since > 0 && (snapNow || since >= g.snapEvery || g.bytesSinceSnap >= g.snapBytes) {
+		// A member was added (snapNow): the snapshot must be of this index, whose
+		// configuration has the new node, so it is taken here even while an off-loop one of
+		// an earlier index is in flight (finishSnapshot drops that one as stale).
+		if !snapNow && g.startSnapshot(since) {
+			return // off the loop (snapasync.go)
+		}
 		data, err := g.snapshot()
 		if errors.Is(err, ErrSnapshotLater) {
 			return
