@@ -418,6 +418,10 @@ type linkChan struct {
 	started chan struct{} // closed by Start (or Close): deliveries wait for it
 	startMu sync.Once
 	stopped atomic.Bool // Cancel or Close was called: the end of the consumer is not news
+	// consuming: the home accepted the consume (consume-ok read). Before it, a close of the
+	// channel is the failed consume's answer, for Consume's caller (which may ask again while
+	// the home lags), not news for the sink.
+	consuming atomic.Bool
 
 	// The delivery being assembled (read loop only).
 	inMsg      bool
@@ -485,7 +489,7 @@ func (lc *linkChan) end(err error, ended *amqp.Error) {
 	close(lc.gone)
 	lc.mu.Unlock()
 	lc.release()
-	if lc.sink != nil && !lc.stopped.Load() {
+	if lc.sink != nil && lc.consuming.Load() && !lc.stopped.Load() {
 		lc.sink.Ended(ended)
 	}
 }
@@ -656,6 +660,9 @@ func (lc *linkChan) method(m amqp.Method) error {
 		lc.drop()
 		lc.end(errLinkClosed, nil)
 	default:
+		if _, ok := m.(*amqp.BasicConsumeOk); ok {
+			lc.consuming.Store(true) // before any delivery and before the caller's return
+		}
 		select {
 		case lc.reply <- m:
 		default:
