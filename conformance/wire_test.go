@@ -874,9 +874,11 @@ func TestWireUpdateSecret(t *testing.T) {
 // basic.recover; requeue=false is 540 NOT_IMPLEMENTED, a connection exception, as in RabbitMQ.
 func TestWireRecoverAsync(t *testing.T) {
 	t.Parallel()
-	_, ach := setup(t)
+	ac, ach := setup(t)
 	q := declareQueue(t, ach, nil)
-	publish(t, ach, "", q, "m")
+	// Confirmed: the get comes on another connection, and no broker orders one connection's
+	// publish before another's get (a quorum queue's publish may still be committing).
+	publishConfirmed(t, ac, "", q, "m")
 	w := wdial(t)
 	w.handshake(handshakeOpts{})
 	w.openChannel(1)
