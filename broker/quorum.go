@@ -829,7 +829,8 @@ func (qq *quorumQueue) deliverLoop() {
 }
 
 // quorumEntry is the local queue's entry for a message of the log: its Seq is the message's
-// ID in the log (so settlements name it), Returns its delivery count.
+// ID in the log (so settlements name it), Returns its delivery count; it is delivered
+// flagged redelivered once counted or once it may have reached a client (Msg.Redelivered).
 func quorumEntry(m *quorum.Msg) *queue.Entry {
 	msg := &queue.Message{ID: m.ID, Exchange: m.Exchange, RoutingKey: m.RoutingKey, Header: m.Header, Body: m.Body}
 	if sum, err := amqp.ScanContentHeader(m.Header); err == nil {
@@ -837,7 +838,7 @@ func quorumEntry(m *quorum.Msg) *queue.Entry {
 		msg.Priority = sum.Priority
 	}
 	e := &queue.Entry{Seq: m.ID, Msg: msg, Returns: m.Count}
-	if m.Count > 0 {
+	if m.Count > 0 || m.Redelivered {
 		e.Deliveries = 1 // redelivered
 	}
 	return e
