@@ -125,6 +125,9 @@ type quorumEvent struct {
 	msgs    []quorum.Msg
 	revoked bool
 	rev     uint64 // the Revoked's number (quorum.Result.Revocation)
+	// restored: a snapshot replaced the state (the Restored hook); nothing is handed on
+	// until a NodeDown of this node applied after it.
+	restored bool
 	// flushed, when not nil, is closed by the deliverer when it reaches the event: every
 	// assignment applied before it has been handed on (or given back).
 	flushed chan struct{}
@@ -794,11 +797,22 @@ func (qq *quorumQueue) deliverLoop() {
 				close(ev.flushed)
 				continue
 			}
+			if ev.restored {
+				// What the local copies stand for is unknown now (restored): they go, and
+				// what comes next waits for the NodeDown that follows.
+				qq.qs.q.Purge()
+				qq.ready = false
+				continue
+			}
 			if ev.revoked {
 				// What this node held went back to the queue: the local copies not yet
 				// delivered go (the deliveries still unacked settle nothing any more).
 				qq.qs.q.Purge()
 				if ev.rev >= qq.readyAt {
+					// At or after this process's own NodeDown of the open. After a restore
+					// (ready false again), any NodeDown of this node will do: the events
+					// come in apply order, so it is one applied after the snapshot, and its
+					// number is past readyAt.
 					qq.ready = true
 				}
 				if qq.ready {
@@ -829,7 +843,8 @@ func (qq *quorumQueue) deliverLoop() {
 }
 
 // quorumEntry is the local queue's entry for a message of the log: its Seq is the message's
-// ID in the log (so settlements name it), Returns its delivery count.
+// ID in the log (so settlements name it), Returns its delivery count; it is delivered
+// flagged redelivered once counted or once it may have reached a client (Msg.Redelivered).
 func quorumEntry(m *quorum.Msg) *queue.Entry {
 	msg := &queue.Message{ID: m.ID, Exchange: m.Exchange, RoutingKey: m.RoutingKey, Header: m.Header, Body: m.Body}
 	if sum, err := amqp.ScanContentHeader(m.Header); err == nil {
@@ -837,7 +852,7 @@ func quorumEntry(m *quorum.Msg) *queue.Entry {
 		msg.Priority = sum.Priority
 	}
 	e := &queue.Entry{Seq: m.ID, Msg: msg, Returns: m.Count}
-	if m.Count > 0 {
+	if m.Count > 0 || m.Redelivered {
 		e.Deliveries = 1 // redelivered
 	}
 	return e
@@ -896,6 +911,12 @@ func (qq *quorumQueue) downSelf() {
 // (its callers get an error: a publish is nacked, the NodeDown proposed again), and a
 // NodeDown takes back what this node holds.
 func (qq *quorumQueue) restored() {
+	// The snapshot may say this node holds messages assigned in entries it never applied one
+	// by one: no Assigned came for them. The entries after it assign later messages here,
+	// which would reach the consumers first (first deliveries out of order). The deliverer
+	// hands nothing on from here until a NodeDown of this node, applied after the restore,
+	// took everything back (downSelf's, or another node's: either takes back all).
+	qq.event(quorumEvent{restored: true})
 	qq.propMu.Lock()
 	if qq.propAbort != nil {
 		qq.propAbort()

@@ -61,6 +61,12 @@ type Msg struct {
 	Expires int64
 	// Delivered: held by a node that reported it reached a client (state, not a command's).
 	Delivered bool
+	// Redelivered: it may have reached a client before, uncounted (state, not a command's):
+	// it was held by a node taken back by NodeDown (dead, restarted, or caught up by a
+	// snapshot) before the node's Delivered mark for it was applied. AMQP's redelivered flag
+	// means "may have been delivered before", so its later deliveries carry it; Count (the
+	// delivery limit, x-delivery-count) counts only the deliveries the log knows of.
+	Redelivered bool
 }
 
 func (m *Msg) size() int64 { return int64(len(m.Body)) }
@@ -151,7 +157,16 @@ func appendMsg(b []byte, m *Msg, withState bool) []byte {
 	if withState {
 		b = binary.AppendUvarint(b, m.ID)
 		b = binary.AppendUvarint(b, uint64(m.Count))
-		b = appendBool(b, m.Delivered)
+		// The state byte: bit 0 Delivered, bit 1 Redelivered (snapshot version 4; before,
+		// only 0 or 1).
+		var st byte
+		if m.Delivered {
+			st |= 1
+		}
+		if m.Redelivered {
+			st |= 2
+		}
+		b = append(b, st)
 	}
 	b = binary.AppendUvarint(b, uint64(max(m.Expires, 0)))
 	b = appendString(b, m.Exchange)
@@ -218,6 +233,19 @@ func (d *decoder) bytes(what string) []byte {
 
 func (d *decoder) string(what string) string { return string(d.bytes(what)) }
 
+func (d *decoder) byte(what string) byte {
+	if d.err != nil {
+		return 0
+	}
+	if len(d.b) == 0 {
+		d.fail(what)
+		return 0
+	}
+	v := d.b[0]
+	d.b = d.b[1:]
+	return v
+}
+
 func (d *decoder) bool(what string) bool {
 	if d.err != nil {
 		return false
@@ -249,7 +277,11 @@ func (d *decoder) msg(withState bool) *Msg {
 			d.fail("delivery count")
 		}
 		m.Count = uint32(c)
-		m.Delivered = d.bool("delivered")
+		st := d.byte("message state")
+		if st > 3 {
+			d.fail("message state")
+		}
+		m.Delivered, m.Redelivered = st&1 != 0, st&2 != 0
 	}
 	m.Expires = d.int63("expires")
 	m.Exchange = d.string("exchange")

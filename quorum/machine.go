@@ -355,9 +355,18 @@ func (m *Machine) apply(c *Command) Result {
 			}
 			slices.Sort(ids)
 			for _, id := range ids {
-				// Only what reached a client counts a delivery; the rest of the node's
-				// window goes back as it was.
-				if d, dropped := m.giveBack(n.out[id], n.out[id].Delivered); dropped {
+				// Only what the log knows reached a client counts a delivery. The rest of
+				// the node's window may have reached one too: the node proposes its
+				// Delivered marks after the delivery, and a node that died, restarted or
+				// lost its proposal to a snapshot may have had marks in flight. It is
+				// flagged redelivered (AMQP: "may have been delivered before"), not
+				// counted (RabbitMQ counts only checked-out messages, which are all sent
+				// to its consumers; most of a node's window here never left the node).
+				msg := n.out[id]
+				if !msg.Delivered {
+					msg.Redelivered = true
+				}
+				if d, dropped := m.giveBack(msg, msg.Delivered); dropped {
 					r.Dropped = append(r.Dropped, d)
 				}
 			}
@@ -680,7 +689,10 @@ func cmpU64(a, b uint64) int {
 //
 // Version 3 adds the delayed redeliveries (their due time and message) after the nodes, then
 // the time of the queue's last use (x-expires).
-const snapshotVersion = 3
+//
+// Version 4: a message's state byte may have bit 1 set (Msg.Redelivered); the layout is
+// version 3's.
+const snapshotVersion = 4
 
 // Snapshot implements multiraft.StateMachine: the whole state, messages included, so that
 // the log behind it can go and a queue's disk follows its backlog.

@@ -674,3 +674,61 @@ func TestQueueExpires(t *testing.T) {
 		})
 	}
 }
+
+// TestNodeDownFlagsUnmarkedRedelivered: a node proposes a message's Delivered mark after
+// delivering it, so what a NodeDown takes back unmarked may have reached a client (the
+// chaos run's redeliveries without the redelivered flag, after a kill -9 or a wipe). It
+// comes back flagged Redelivered, its Count (delivery limit, x-delivery-count) unchanged;
+// a marked one is counted as before; a Return of a node that knows it never delivered
+// (Delivered false) flags nothing. The flag survives a snapshot and later returns.
+func TestNodeDownFlagsUnmarkedRedelivered(t *testing.T) {
+	type want struct {
+		count       uint32
+		redelivered bool
+	}
+	for _, tc := range []struct {
+		name string
+		cmds []Command // after enqueue a, b, c and n1's checkout of all three
+		want map[uint64]want
+	}{
+		{"node down, nothing marked", []Command{{Kind: KindNodeDown, Node: "n1"}},
+			map[uint64]want{1: {0, true}, 2: {0, true}, 3: {0, true}}},
+		{"node down, one marked", []Command{{Kind: KindDelivered, Node: "n1", IDs: []uint64{2}}, {Kind: KindNodeDown, Node: "n1"}},
+			map[uint64]want{1: {0, true}, 2: {1, false}, 3: {0, true}}},
+		{"return undelivered", []Command{{Kind: KindCheckout, Node: "n1"}, {Kind: KindReturn, Node: "n1", IDs: []uint64{1, 2, 3}}},
+			map[uint64]want{1: {0, false}, 2: {0, false}, 3: {0, false}}},
+		{"node down then return undelivered", []Command{
+			{Kind: KindNodeDown, Node: "n1"}, {Kind: KindCheckout, Node: "n1", Credit: 3},
+			{Kind: KindCheckout, Node: "n1"}, {Kind: KindReturn, Node: "n1", IDs: []uint64{1, 2, 3}}},
+			map[uint64]want{1: {0, true}, 2: {0, true}, 3: {0, true}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := New(NoLimits(), Hooks{})
+			run(t, m, enq("a", "b", "c"))
+			run(t, m, Command{Kind: KindCheckout, Node: "n1", Credit: 3})
+			for _, c := range tc.cmds {
+				run(t, m, c)
+			}
+			// Through a snapshot, then to a new node one at a time (as its deliverer sees them).
+			snap, err := m.Snapshot()
+			if err != nil {
+				t.Fatal(err)
+			}
+			m2 := New(NoLimits(), Hooks{})
+			if err := m2.Restore(snap); err != nil {
+				t.Fatal(err)
+			}
+			got := map[uint64]want{}
+			for range 3 {
+				r := run(t, m2, Command{Kind: KindGet, Node: "n2", NoAck: true})
+				if r.Msg == nil {
+					t.Fatal("queue empty")
+				}
+				got[r.Msg.ID] = want{r.Msg.Count, r.Msg.Redelivered}
+			}
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Fatalf("got %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
