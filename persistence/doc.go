@@ -130,4 +130,10 @@
 // missing messages all fail Open with an error naming the directory. Unreferenced messages
 // are deleted. Damage to the newest part of badger's write-ahead log (.mem) cannot be
 // told apart from a torn write and is truncated by badger.
+//
+// # Raft log
+//
+// RaftLog, the separate database of a cluster node's Raft groups, stores a snapshot larger
+// than 4 MiB (more than badger takes in one value) in chunks written before the key that
+// names them, so a crash part way leaves the previous snapshot whole (see raftlog.go).
 package persistence

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -26,19 +27,46 @@ import (
 //
 //	'e' group(8) index(8) -> raftpb.Entry
 //	'h' group(8)          -> raftpb.HardState
-//	's' group(8)          -> raftpb.Snapshot (metadata and state machine data)
+//	's' group(8)          -> raftpb.Snapshot (metadata and state machine data), or a chunked
+//	                         snapshot's header (see snapHeader)
+//	'c' group(8) index(8) chunk(4) -> one chunk of the data of the snapshot at index
 //	't' group(8)          -> truncated index(8) term(8): entries up to it are compacted
 //	'x' group(8)          -> (empty) tombstone: the group was deleted on this node
 const (
 	rlEntry     = 'e'
 	rlHardState = 'h'
 	rlSnapshot  = 's'
+	rlChunk     = 'c'
 	rlTrunc     = 't'
 	rlTombstone = 'x'
 )
 
 // rlKinds are the key kinds stored per group.
-var rlKinds = []byte{rlEntry, rlHardState, rlSnapshot, rlTrunc}
+var rlKinds = []byte{rlEntry, rlHardState, rlSnapshot, rlChunk, rlTrunc}
+
+// A snapshot's data may be larger than badger takes in one value (a value-log file: a
+// quorum queue's backlog of more than 16 MiB), so data above chunkSize is stored in chunks
+// under 'c' keys of the snapshot's index, written first, and the 's' key then holds a
+// header that names them: until the header is committed the chunks are invisible, so a
+// crash part way leaves the previous snapshot whole; chunks of other indices (the previous
+// snapshot, or one a crash left without header) are deleted after the header is committed.
+// A header starts with snapChunked, which no marshalled raftpb.Snapshot starts with (field
+// number 0 does not exist), so snapshots stored whole (small ones, and those of older
+// versions) are read as before.
+//
+//	snapChunked(1) index(8) chunks(4) dataLen(8) raftpb.Snapshot (metadata, no data)
+const (
+	snapChunked   = 0x00
+	snapHeaderLen = 1 + 8 + 4 + 8
+	// maxSnapChunk is the largest chunk: a quarter of a default value-log file, so a chunk
+	// never makes badger rotate a file much past its size.
+	maxSnapChunk = 4 << 20
+)
+
+func rlChunkKey(group, index uint64, n uint32) []byte {
+	k := binary.BigEndian.AppendUint64(rlKey(rlChunk, group), index)
+	return binary.BigEndian.AppendUint32(k, n)
+}
 
 // DefaultRaftValueLogFileSize is RaftLogOptions.ValueLogFileSize's default. A value-log GC
 // rewrite holds every Save of the node (every group's) for the time it takes to rewrite one
@@ -83,6 +111,10 @@ type RaftLog struct {
 	closeOnce sync.Once
 	closeErr  error
 
+	// chunkSize is the largest snapshot stored in one value and the size of the chunks of
+	// larger ones: maxSnapChunk, or half a value-log file when files are smaller (tests).
+	chunkSize int
+
 	mu     sync.Mutex
 	groups map[uint64]*RaftStorage
 
@@ -95,6 +127,7 @@ func OpenRaftLog(dir string, opts RaftLogOptions) (*RaftLog, error) {
 	if log == nil {
 		log = slog.Default()
 	}
+	vlogFile := cmp.Or(opts.ValueLogFileSize, DefaultRaftValueLogFileSize)
 	bo := badger.DefaultOptions(dir).
 		WithInMemory(opts.InMemory).
 		// Syncs are explicit (Save's sync argument): a round that only moves commit indices
@@ -112,7 +145,7 @@ func OpenRaftLog(dir string, opts RaftLogOptions) (*RaftLog, error) {
 		WithNumMemtables(2).
 		WithValueThreshold(1 << 10).
 		WithCompression(options.None).
-		WithValueLogFileSize(cmp.Or(opts.ValueLogFileSize, DefaultRaftValueLogFileSize)).
+		WithValueLogFileSize(vlogFile).
 		WithBlockCacheSize(4 << 20).
 		WithIndexCacheSize(2 << 20).
 		WithNumCompactors(2)
@@ -124,7 +157,7 @@ func OpenRaftLog(dir string, opts RaftLogOptions) (*RaftLog, error) {
 		return nil, fmt.Errorf("persistence: open raft log %s: %w", dirName(dir), err)
 	}
 	l := &RaftLog{db: db, log: log, noSync: opts.NoSync, groups: make(map[uint64]*RaftStorage),
-		gcStop: make(chan struct{}), gcDone: make(chan struct{})}
+		gcStop: make(chan struct{}), gcDone: make(chan struct{}), chunkSize: int(min(maxSnapChunk, vlogFile/2))}
 	if every := cmp.Or(opts.GCInterval, time.Minute); every > 0 && !opts.InMemory {
 		go l.gcLoop(every)
 	} else {
@@ -137,7 +170,7 @@ func OpenRaftLog(dir string, opts RaftLogOptions) (*RaftLog, error) {
 func (l *RaftLog) update(f func(*badger.Txn) error) error {
 	l.wmu.RLock()
 	defer l.wmu.RUnlock()
-	return l.db.Update(f)
+	return oneLine(l.db.Update(f))
 }
 
 // The Raft log's values above 1 KiB (a quorum queue's messages) live in the value log, whose
@@ -238,8 +271,8 @@ func (l *RaftLog) Storage(group uint64) (*RaftStorage, error) {
 		if err := getProto(txn, rlKey(rlHardState, group), s.hs); err != nil {
 			return err
 		}
-		var snap pb.Snapshot
-		if err := getProto(txn, rlKey(rlSnapshot, group), &snap); err != nil {
+		snap, err := readSnapshot(txn, group, false)
+		if err != nil {
 			return err
 		}
 		if snap.Metadata != nil {
@@ -413,6 +446,155 @@ func getProto(txn *badger.Txn, key []byte, m proto.Message) error {
 	return item.Value(func(v []byte) error { return proto.Unmarshal(v, m) })
 }
 
+// readSnapshot reads group's stored snapshot in txn (an empty one when there is none); with
+// data false the data is left out (a chunked snapshot's chunks are not read).
+func readSnapshot(txn *badger.Txn, group uint64, data bool) (*pb.Snapshot, error) {
+	snap := &pb.Snapshot{}
+	item, err := txn.Get(rlKey(rlSnapshot, group))
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return snap, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	v, err := item.ValueCopy(nil)
+	if err != nil {
+		return nil, err
+	}
+	if len(v) == 0 || v[0] != snapChunked {
+		// Stored whole.
+		if err := proto.Unmarshal(v, snap); err != nil {
+			return nil, err
+		}
+		if !data {
+			snap.Data = nil
+		}
+		return snap, nil
+	}
+	if len(v) < snapHeaderLen {
+		return nil, fmt.Errorf("snapshot header of group %d: %w", group, errCorrupt)
+	}
+	index, n, size := binary.BigEndian.Uint64(v[1:]), binary.BigEndian.Uint32(v[9:]), binary.BigEndian.Uint64(v[13:])
+	if err := proto.Unmarshal(v[snapHeaderLen:], snap); err != nil {
+		return nil, err
+	}
+	// A value is below 4 GiB (badger's limit on a value-log file), so a size beyond n of
+	// them is a corrupt header, not an allocation to attempt.
+	if snap.GetMetadata().GetIndex() != index || size > uint64(n)<<32 {
+		return nil, fmt.Errorf("snapshot header of group %d: %w", group, errCorrupt)
+	}
+	if !data {
+		return snap, nil
+	}
+	buf := make([]byte, 0, size)
+	for k := uint32(0); k < n; k++ {
+		item, err := txn.Get(rlChunkKey(group, index, k))
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			return nil, fmt.Errorf("snapshot %d of group %d: chunk %d of %d missing: %w", index, group, k, n, errCorrupt)
+		}
+		if err != nil {
+			return nil, err
+		}
+		if err := item.Value(func(v []byte) error { buf = append(buf, v...); return nil }); err != nil {
+			return nil, err
+		}
+	}
+	if uint64(len(buf)) != size {
+		return nil, fmt.Errorf("snapshot %d of group %d: %d bytes in chunks, header says %d: %w", index, group, len(buf), size, errCorrupt)
+	}
+	snap.Data = buf
+	return snap, nil
+}
+
+// writeSnapshot writes the chunks of snap's data (none when it fits in one value) through
+// w, in as many transactions as they take, and returns the write of the 's' key that makes
+// the snapshot the group's (a header naming the chunks, or the whole snapshot), which the
+// caller commits after them, and the number of chunks.
+func (l *RaftLog) writeSnapshot(w *rlWriter, group uint64, snap *pb.Snapshot) (func(*badger.Txn) error, uint32, error) {
+	md := pb.EnsureSnapshotMetadata(snap.Metadata)
+	data := snap.GetData()
+	if len(data) <= l.chunkSize {
+		b, err := proto.Marshal(snap)
+		if err != nil {
+			return nil, 0, fmt.Errorf("encode snapshot: %w", err)
+		}
+		return func(t *badger.Txn) error { return t.Set(rlKey(rlSnapshot, group), b) }, 0, nil
+	}
+	index := md.GetIndex()
+	var n uint32
+	for off := 0; off < len(data); off += l.chunkSize {
+		chunk := data[off:min(off+l.chunkSize, len(data))]
+		if err := w.set(rlChunkKey(group, index, n), chunk); err != nil {
+			return nil, 0, fmt.Errorf("write snapshot chunk %d: %w", n, err)
+		}
+		n++
+	}
+	mb, err := proto.Marshal(&pb.Snapshot{Metadata: md})
+	if err != nil {
+		return nil, 0, fmt.Errorf("encode snapshot: %w", err)
+	}
+	head := make([]byte, snapHeaderLen, snapHeaderLen+len(mb))
+	head[0] = snapChunked
+	binary.BigEndian.PutUint64(head[1:], index)
+	binary.BigEndian.PutUint32(head[9:], n)
+	binary.BigEndian.PutUint64(head[13:], uint64(len(data)))
+	head = append(head, mb...)
+	return func(t *badger.Txn) error { return t.Set(rlKey(rlSnapshot, group), head) }, n, nil
+}
+
+// dropStaleChunks deletes, through w, group's snapshot chunks other than the n chunks of
+// the snapshot at index (the committed one): those of the snapshot it replaced, and any a
+// crash left without their header.
+func (l *RaftLog) dropStaleChunks(w *rlWriter, group, index uint64, n uint32) error {
+	var stale [][]byte
+	err := l.db.View(func(txn *badger.Txn) error {
+		opt := badger.DefaultIteratorOptions
+		opt.Prefix = rlKey(rlChunk, group)
+		opt.PrefetchValues = false
+		it := txn.NewIterator(opt)
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			k := it.Item().Key()
+			if len(k) != 9+8+4 || binary.BigEndian.Uint64(k[9:]) != index || binary.BigEndian.Uint32(k[17:]) >= n {
+				stale = append(stale, it.Item().KeyCopy(nil))
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("list snapshot chunks: %w", err)
+	}
+	for _, k := range stale {
+		if err := w.del(k); err != nil {
+			return fmt.Errorf("drop snapshot chunk: %w", err)
+		}
+	}
+	return nil
+}
+
+// badgerErr keeps only the first line of a badger error: badger appends a hex dump of the
+// value to some (a value over its size limit), and a Raft log value holds message bodies,
+// which must not reach the logs. errors.Is and As still see the original.
+type badgerErr struct{ err error }
+
+func (e badgerErr) Error() string {
+	msg := e.err.Error()
+	if i := strings.IndexByte(msg, '\n'); i >= 0 {
+		return strings.TrimRight(msg[:i], " :.") + " (value dump omitted)"
+	}
+	return msg
+}
+
+func (e badgerErr) Unwrap() error { return e.err }
+
+// oneLine wraps a badger error in badgerErr (nil stays nil).
+func oneLine(err error) error {
+	if err == nil {
+		return nil
+	}
+	return badgerErr{err}
+}
+
 // RaftUpdate is what one group's Ready asks to persist: a snapshot received from the leader
 // (applied first), new entries (replacing any conflicting suffix), and the hard state.
 type RaftUpdate struct {
@@ -461,7 +643,7 @@ func (w *rlWriter) op(f func(*badger.Txn) error) error {
 		w.t.inTxnOps++
 	}
 	w.n++
-	return err
+	return oneLine(err)
 }
 
 // atomically applies ops in one transaction of their own: what was written before is
@@ -473,7 +655,7 @@ func (w *rlWriter) atomically(ops ...func(*badger.Txn) error) error {
 	w.txn = w.db.NewTransaction(true)
 	for _, f := range ops {
 		if err := f(w.txn); err != nil {
-			return err
+			return oneLine(err)
 		}
 		w.n++
 	}
@@ -509,7 +691,7 @@ func (w *rlWriter) commit() error {
 		w.txn.Discard()
 	}
 	w.txn = nil
-	return err
+	return oneLine(err)
 }
 
 func (w *rlWriter) discard() {
@@ -566,13 +748,14 @@ func (l *RaftLog) Save(updates []RaftUpdate, sync bool) error {
 			// Only then the old entries go: those at or below the snapshot are not read any
 			// more; those above it (a suffix that conflicted with the snapshot, never
 			// committed) go from the highest down, so that what is left is always a log.
+			// A large snapshot's chunks go before all of them (see writeSnapshot).
 			md := pb.EnsureSnapshotMetadata(u.Snapshot.Metadata)
-			b, err := proto.Marshal(u.Snapshot)
+			setSnap, chunks, err := l.writeSnapshot(w, u.Group, u.Snapshot)
 			if err != nil {
-				return fmt.Errorf("persistence: raft group %d: encode snapshot: %w", u.Group, err)
+				return fmt.Errorf("persistence: raft group %d: %w", u.Group, err)
 			}
 			ops := []func(*badger.Txn) error{
-				func(t *badger.Txn) error { return t.Set(rlKey(rlSnapshot, u.Group), b) },
+				setSnap,
 				func(t *badger.Txn) error {
 					return t.Set(rlKey(rlTrunc, u.Group), truncValue(md.GetIndex(), md.GetTerm()))
 				},
@@ -588,6 +771,9 @@ func (l *RaftLog) Save(updates []RaftUpdate, sync bool) error {
 			}
 			if err := w.atomically(ops...); err != nil {
 				return fmt.Errorf("persistence: raft group %d: install snapshot: %w", u.Group, err)
+			}
+			if err := l.dropStaleChunks(w, u.Group, md.GetIndex(), chunks); err != nil {
+				return fmt.Errorf("persistence: raft group %d: %w", u.Group, err)
 			}
 			for i := a.lastIndex; i >= first && i > 0; i-- {
 				if err := w.del(rlEntryKey(u.Group, i)); err != nil {
@@ -806,9 +992,11 @@ func (s *RaftStorage) FirstIndex() (uint64, error) {
 // Snapshot implements raft.Storage: the latest snapshot, read from disk (it may be large,
 // so it is not kept in memory).
 func (s *RaftStorage) Snapshot() (*pb.Snapshot, error) {
-	snap := &pb.Snapshot{}
+	var snap *pb.Snapshot
 	err := s.log.db.View(func(txn *badger.Txn) error {
-		return getProto(txn, rlKey(rlSnapshot, s.group), snap)
+		var err error
+		snap, err = readSnapshot(txn, s.group, true)
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("persistence: raft group %d: read snapshot: %w", s.group, err)
@@ -838,10 +1026,6 @@ func (s *RaftStorage) CreateSnapshot(i uint64, cs *pb.ConfState, data []byte, ke
 		return raft.ErrSnapOutOfDate
 	}
 	md := &pb.SnapshotMetadata{Index: &i, Term: &term, ConfState: proto.Clone(pb.EnsureConfState(cs)).(*pb.ConfState)}
-	b, err := proto.Marshal(&pb.Snapshot{Metadata: md, Data: data})
-	if err != nil {
-		return fmt.Errorf("persistence: raft group %d: encode snapshot: %w", s.group, err)
-	}
 	// The hard state goes with it: its commit index (at least i) may have been saved without
 	// a sync, and a restart from this snapshot needs commit >= the snapshot's index.
 	s.mu.Lock()
@@ -850,25 +1034,41 @@ func (s *RaftStorage) CreateSnapshot(i uint64, cs *pb.ConfState, data []byte, ke
 	if err != nil {
 		return fmt.Errorf("persistence: raft group %d: encode hard state: %w", s.group, err)
 	}
-	err = s.log.update(func(txn *badger.Txn) error {
-		if err := txn.Set(rlKey(rlSnapshot, s.group), b); err != nil {
-			return err
-		}
-		return txn.Set(rlKey(rlHardState, s.group), hs)
-	})
-	if err == nil {
-		err = s.log.sync()
-	}
-	if err != nil {
+	if err := s.writeSnapshot(&pb.Snapshot{Metadata: md, Data: data}, hs); err != nil {
 		return fmt.Errorf("persistence: raft group %d: write snapshot: %w", s.group, err)
 	}
-	s.mu.Lock()
-	s.snapMeta = md
-	s.mu.Unlock()
 	if i > keep {
 		return s.Compact(i - keep)
 	}
 	return nil
+}
+
+// writeSnapshot stores snap with the hard state hs: a large snapshot's chunks first, then
+// its header (or the whole snapshot) with the hard state in one transaction, synced; then
+// the chunks of the snapshot it replaces go.
+func (s *RaftStorage) writeSnapshot(snap *pb.Snapshot, hs []byte) error {
+	s.log.wmu.RLock()
+	defer s.log.wmu.RUnlock()
+	w := &rlWriter{db: s.log.db, t: s.log.testHooks}
+	defer w.discard()
+	setSnap, chunks, err := s.log.writeSnapshot(w, s.group, snap)
+	if err != nil {
+		return err
+	}
+	err = w.atomically(setSnap, func(t *badger.Txn) error { return t.Set(rlKey(rlHardState, s.group), hs) })
+	if err == nil {
+		err = s.log.sync()
+	}
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.snapMeta = snap.Metadata
+	s.mu.Unlock()
+	if err := s.log.dropStaleChunks(w, s.group, snap.Metadata.GetIndex(), chunks); err != nil {
+		return err
+	}
+	return w.commit()
 }
 
 // Compact discards the entries up to and including index (never beyond the snapshot, whose
