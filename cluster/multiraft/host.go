@@ -470,12 +470,18 @@ func (h *Host) group0(id uint64, sm StateMachine, opts GroupOptions, followPeers
 		return nil, fmt.Errorf("multiraft: group %d: %w", id, err)
 	}
 	last, _ := st.LastIndex()
-	if last == 0 && raft.IsEmptyHardState(hs) && !opts.Join {
+	noState := last == 0 && raft.IsEmptyHardState(hs)
+	// A host that lost its state takes every group it opens with no local state for one
+	// whose log it lost, whatever opts.Join says: a quorum queue's original voter opens its
+	// group with Join false, and bootstrapping would give it a configuration, hence a vote
+	// and an election timer, with an empty log. It waits for the leader instead.
+	lost := noState && h.lostState.Load()
+	if noState && !opts.Join && !lost {
 		if err := rn.Bootstrap(peers); err != nil {
 			return nil, fmt.Errorf("multiraft: group %d: bootstrap: %w", id, err)
 		}
 	}
-	if last == 0 && raft.IsEmptyHardState(hs) && opts.Join && h.lostState.Load() {
+	if lost {
 		g.lostLog.Store(true)
 		g.log.Info("group opened without the Raft log this node had (wiped data directory?): it votes again once a leader has sent it the log")
 	}
@@ -819,8 +825,8 @@ type Group struct {
 	// lostSent (loop goroutine) when one was last sent to each (lostlog.go).
 	lostFollowers map[uint64]uint64
 	lostSent      map[uint64]time.Time
-	// lostLog: this replica lost its log and votes (GroupOptions.Join on a host that
-	// lost its state) and has not yet got it back from a leader (lostlog.go).
+	// lostLog: this replica lost its log and votes (opened with no local state on a host
+	// that lost its state) and has not yet got it back from a leader (lostlog.go).
 	lostLog atomic.Bool
 	// lostTicks counts the ticks of a replica that lost its log (loop goroutine, g.mu).
 	lostTicks int

@@ -3,6 +3,7 @@ package multiraft
 import (
 	"fmt"
 	"os"
+	"slices"
 	"testing"
 	"time"
 )
@@ -101,5 +102,59 @@ func TestLostLogOnlyForGroupsOfAWipedJoiner(t *testing.T) {
 	}
 	if old.LostLog() {
 		t.Error("the wiped joiner's metadata group never got its log back")
+	}
+}
+
+// A placed group (GroupWith) opened with its original voters and Join false, as a quorum
+// queue's is on a member whose member list never changed, is taken for lost on a wiped
+// joiner all the same: bootstrapping it would give it a configuration, hence a vote and an
+// election timer, with an empty log (the hazard lostlog.go guards against).
+func TestWipedVoterOfPlacedGroupIsLost(t *testing.T) {
+	c := newTestCluster(t, 3, nil)
+	const id = MetadataGroup + 7
+	opts := GroupOptions{Voters: slices.Clone(c.names)}
+	gs, sms := map[string]*Group{}, map[string]*logSM{}
+	for _, name := range c.names {
+		sm := &logSM{}
+		g, err := c.hosts[name].GroupWith(id, sm, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		gs[name], sms[name] = g, sm
+	}
+	lead := waitLeader(t, gs, 10*time.Second)
+	const n = 5
+	for i := 0; i < n; i++ {
+		propose(t, gs[lead], fmt.Sprintf("c%d", i))
+	}
+	waitApplied(t, sms, n, 10*time.Second)
+	victim := c.names[0]
+	if victim == lead {
+		victim = c.names[1]
+	}
+	c.stop(victim)
+	c.dirs[victim] = t.TempDir()
+	cfg := c.config(victim)
+	cfg.Join = true
+	h := c.startWith(victim, cfg)
+	sm := &logSM{}
+	g, err := h.GroupWith(id, sm, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !g.LostLog() {
+		t.Fatal("a wiped joiner's placed group (Join false) is not taken for lost: it bootstrapped and votes")
+	}
+	gs[victim], sms[victim] = g, sm
+	waitApplied(t, sms, n, 15*time.Second)
+	deadline := time.Now().Add(10 * time.Second)
+	for g.LostLog() && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if g.LostLog() {
+		t.Fatal("the placed group never got its log back")
+	}
+	if got := sameLogs(t, sms); len(got) != n {
+		t.Fatalf("log after the wipe: %v", got)
 	}
 }
