@@ -2,6 +2,10 @@ package multiraft
 
 import (
 	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
 	"time"
 
 	pb "go.etcd.io/raft/v3/raftpb"
@@ -38,7 +42,11 @@ import (
 
 // NewGroupsFromNow says that the groups opened from now on with no local state are new to
 // this node, not ones whose log it lost with its data directory: they vote from the start.
-func (h *Host) NewGroupsFromNow() { h.lostState.Store(false) }
+func (h *Host) NewGroupsFromNow() {
+	if h.lostState.Swap(false) {
+		h.unmarkLost(lostHostMarker)
+	}
+}
 
 // LostLog reports whether this replica lost its log and votes with its data directory and
 // has not yet got them back from a leader.
@@ -161,6 +169,7 @@ func (g *Group) lostLogStepLocked(m *pb.Message, commit uint64) []outMsg {
 	}
 	if bs.GetCommit() >= want {
 		g.lostLog.Store(false)
+		g.h.unmarkLost(groupMarker(g.id))
 		g.log.Info("the leader gave back the Raft log this node lost; it votes again", "commit", bs.GetCommit())
 		return nil
 	}
@@ -192,5 +201,62 @@ func (g *Group) callLeaderIfLostLocked(others []uint64, q *quiesceRound) {
 	}
 	for _, id := range to {
 		q.out[id] = append(q.out[id], g.wakeUpCall(id, bs.HardState.GetTerm()))
+	}
+}
+
+// The lost state outlives a restart: a node wiped, restarted and restarted again before its
+// groups caught up would otherwise find state of its own in them (a hard state, some of the
+// log) and vote again, or open the groups it had not opened yet as new ones. So it is kept
+// on disk in lostDir of the data directory: a file lostHostMarker while the host's groups
+// with no local state are lost (until NewGroupsFromNow), and a file per group (its id in
+// decimal) while that group's replica is lost (until a leader gave its log back).
+const (
+	lostDir        = "raft-lost"
+	lostHostMarker = "host"
+)
+
+func (h *Host) lostPath(name string) string { return filepath.Join(h.cfg.DataDir, lostDir, name) }
+
+func groupMarker(id uint64) string { return strconv.FormatUint(id, 10) }
+
+// lostMarked reports whether the marker name exists.
+func (h *Host) lostMarked(name string) bool {
+	_, err := os.Stat(h.lostPath(name))
+	return err == nil
+}
+
+// markLost creates the marker name, durably (unless NoSync): it must be on disk before
+// anything the replica it stands for persists.
+func (h *Host) markLost(name string) error {
+	dir := filepath.Join(h.cfg.DataDir, lostDir)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("multiraft: lost-log marker: %w", err)
+	}
+	f, err := os.Create(h.lostPath(name))
+	if err != nil {
+		return fmt.Errorf("multiraft: lost-log marker: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("multiraft: lost-log marker: %w", err)
+	}
+	if h.cfg.NoSync {
+		return nil
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("multiraft: lost-log marker: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("multiraft: lost-log marker: %w", err)
+	}
+	return nil
+}
+
+// unmarkLost removes the marker name. A failure is logged: the replica then stays lost
+// after a restart until a leader gives its log back again, which is safe.
+func (h *Host) unmarkLost(name string) {
+	if err := os.Remove(h.lostPath(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		h.log.Warn("lost-log marker not removed", "marker", name, "err", err)
 	}
 }

@@ -158,3 +158,86 @@ func TestWipedVoterOfPlacedGroupIsLost(t *testing.T) {
 		t.Fatalf("log after the wipe: %v", got)
 	}
 }
+
+// A wiped joiner restarted before its groups caught up (its peers down) is still lost after
+// the restart, although it now has state of its own and starts without Join: the group it
+// had opened stays lost, and so does one it opens for the first time before
+// NewGroupsFromNow. Once the peers are back and the log is back, a further restart finds
+// nothing lost. Before the markers the lost state lived in memory only.
+func TestLostLogSurvivesRestart(t *testing.T) {
+	c := newTestCluster(t, 3, nil)
+	gs, sms := c.groups(MetadataGroup)
+	lead := waitLeader(t, gs, 10*time.Second)
+	const n = 5
+	for i := 0; i < n; i++ {
+		propose(t, gs[lead], fmt.Sprintf("c%d", i))
+	}
+	waitApplied(t, sms, n, 10*time.Second)
+	victim := "n3"
+	for _, name := range c.names {
+		c.stop(name)
+	}
+	c.dirs[victim] = t.TempDir()
+	cfg := c.config(victim)
+	cfg.Join = true
+	h := c.startWith(victim, cfg)
+	g, err := h.Group(MetadataGroup, &logSM{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !g.LostLog() {
+		t.Fatal("the wiped joiner's group is not lost")
+	}
+	time.Sleep(time.Duration(3*cfg.ElectionTicks) * cfg.TickInterval) // a hard state may be saved
+	c.stop(victim)
+
+	h = c.start(victim) // no Join: a plain restart
+	g, err = h.Group(MetadataGroup, &logSM{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !g.LostLog() {
+		t.Fatal("after a second restart the group that had not caught up is no longer taken for lost")
+	}
+	other, err := h.Group(MetadataGroup+100, &logSM{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !other.LostLog() {
+		t.Error("after a second restart a group opened before NewGroupsFromNow is not taken for lost")
+	}
+	h.NewGroupsFromNow()
+
+	gs, sms = map[string]*Group{victim: g}, map[string]*logSM{}
+	for _, name := range []string{"n1", "n2"} {
+		sm := &logSM{}
+		gg, err := c.start(name).Group(MetadataGroup, sm)
+		if err != nil {
+			t.Fatal(err)
+		}
+		gs[name], sms[name] = gg, sm
+	}
+	waitLeader(t, gs, 15*time.Second)
+	deadline := time.Now().Add(15 * time.Second)
+	for g.LostLog() && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if g.LostLog() {
+		t.Fatal("the group never got its log back")
+	}
+	c.stop(victim)
+	h = c.start(victim)
+	if g, err = h.Group(MetadataGroup, &logSM{}); err != nil {
+		t.Fatal(err)
+	}
+	if g.LostLog() {
+		t.Error("a group whose log came back is taken for lost after a restart")
+	}
+	fresh, err := h.Group(MetadataGroup+200, &logSM{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fresh.LostLog() {
+		t.Error("a restart after NewGroupsFromNow takes a new group for lost")
+	}
+}
