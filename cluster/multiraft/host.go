@@ -789,7 +789,11 @@ func (h *Host) ready() error {
 	// Messages leave only once what they acknowledge is on disk.
 	out := make(map[uint64][]outMsg)
 	for _, w := range work {
+		lost := w.g.lostLog.Load()
 		for _, m := range w.rd.Messages {
+			if lost && (m.GetType() == pb.MessageType_MsgVote || m.GetType() == pb.MessageType_MsgPreVote) {
+				continue // a replica that lost its log does not campaign (lostlog.go)
+			}
 			out[m.GetTo()] = append(out[m.GetTo()], outMsg{group: w.g.id, msg: m})
 		}
 	}

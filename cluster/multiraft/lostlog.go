@@ -21,7 +21,8 @@ import (
 //     make a majority with another empty replica (a second wiped node that has not caught
 //     up yet) and elect a leader without those entries: confirmed messages vanish, and the
 //     old leader's log conflicts with the new one's below its commit index. So a replica
-//     that lost its log (Group.lostLog) grants no vote and no pre-vote until a leader has
+//     that lost its log (Group.lostLog) grants no vote and no pre-vote, and asks for none
+//     (Host.ready drops its own), until a leader has
 //     given it the log up to that leader's commit index; a leader has every committed
 //     entry, so from then on it holds whatever it had acknowledged.
 //   - Liveness. raft's leader keeps a follower's match index, never sends it entries at or
@@ -148,8 +149,8 @@ func (g *Group) sendLostLogSnapshots() {
 
 // lostLogStepLocked (g.mu held, after stepping m) is the side of a replica that lost its
 // log: once a message of its leader shows it has the leader's commit index (commit is the
-// message's, before deliver clamped a heartbeat's), it has every committed entry again and
-// votes again; a heartbeat whose commit index it does not have is answered with a rejection
+// message's, before deliver clamped a heartbeat's), and the entry there is of the leader's
+// term, it has every committed entry again and votes again; a heartbeat whose commit index it does not have is answered with a rejection
 // naming its last index, which makes the leader send a snapshot (noteLostLogLocked).
 func (g *Group) lostLogStepLocked(m *pb.Message, commit uint64) []outMsg {
 	bs := g.rn.BasicStatus()
@@ -167,14 +168,22 @@ func (g *Group) lostLogStepLocked(m *pb.Message, commit uint64) []outMsg {
 	if want == 0 {
 		return nil
 	}
-	if bs.GetCommit() >= want {
+	// A heartbeat's commit index is min(match, committed): after a leader change the new
+	// leader's match for this node can be below the real commit index, so reaching it proves
+	// nothing. An entry of the leader's term at this node's commit index does: the leader's
+	// first entry of its term follows every entry committed before it, and this node
+	// acknowledged to this leader whatever it had acknowledged in this term (its match).
+	// The entry must be in storage (persisted), not only stepped: the marker goes next.
+	if term, err := g.storage.Term(bs.GetCommit()); bs.GetCommit() >= want && err == nil && term == bs.GetTerm() {
 		g.lostLog.Store(false)
 		g.h.unmarkLost(groupMarker(g.id))
 		g.log.Info("the leader gave back the Raft log this node lost; it votes again", "commit", bs.GetCommit())
 		return nil
 	}
-	if m.GetType() != pb.MessageType_MsgHeartbeat {
-		return nil // raft rejects an append it cannot take: the leader hears of it anyway
+	if m.GetType() != pb.MessageType_MsgHeartbeat || bs.GetCommit() >= want {
+		// raft rejects an append it cannot take: the leader hears of it anyway. At want
+		// already: the leader's entries of its term reach this node by the way.
+		return nil
 	}
 	last, _ := g.storage.LastIndex()
 	to, from, term, reject := bs.Lead, g.h.id, bs.GetTerm(), true

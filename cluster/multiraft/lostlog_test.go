@@ -241,3 +241,63 @@ func TestLostLogSurvivesRestart(t *testing.T) {
 		t.Error("a restart after NewGroupsFromNow takes a new group for lost")
 	}
 }
+
+// A replica still lost after a restart (its marker there) has a configuration from its
+// log: it must not campaign, or with a peer whose log is no longer than its own it is
+// elected without the entries it lost. With that peer alone up, no leader is elected
+// (the lost replica's vote is missing and it asks for none); once a third node is back,
+// they elect one, and the lost replica gets the log and votes again.
+func TestLostReplicaDoesNotCampaign(t *testing.T) {
+	c := newTestCluster(t, 3, nil)
+	gs, sms := c.groups(MetadataGroup)
+	lead := waitLeader(t, gs, 10*time.Second)
+	const n = 5
+	for i := 0; i < n; i++ {
+		propose(t, gs[lead], fmt.Sprintf("c%d", i))
+	}
+	waitApplied(t, sms, n, 10*time.Second)
+	for _, name := range c.names {
+		c.stop(name)
+	}
+	// What a wipe, a restart and a stop before catching up leave: state, and the marker.
+	h := &Host{cfg: c.config("n3")}
+	if err := h.markLost(groupMarker(MetadataGroup)); err != nil {
+		t.Fatal(err)
+	}
+	gs, sms = map[string]*Group{}, map[string]*logSM{}
+	for _, name := range []string{"n1", "n3"} {
+		sm := &logSM{}
+		g, err := c.start(name).Group(MetadataGroup, sm)
+		if err != nil {
+			t.Fatal(err)
+		}
+		gs[name], sms[name] = g, sm
+	}
+	if !gs["n3"].LostLog() {
+		t.Fatal("the marked group is not lost")
+	}
+	cfg := c.config("n3")
+	deadline := time.Now().Add(time.Duration(10*cfg.ElectionTicks) * cfg.TickInterval)
+	for time.Now().Before(deadline) {
+		for name, g := range gs {
+			if l, ok := g.Leader(); ok {
+				t.Fatalf("%s sees leader %s elected with the vote of (or by) the replica that lost its log", name, l)
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	sm := &logSM{}
+	g, err := c.start("n2").Group(MetadataGroup, sm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs["n2"], sms["n2"] = g, sm
+	waitLeader(t, gs, 15*time.Second)
+	deadline = time.Now().Add(15 * time.Second)
+	for gs["n3"].LostLog() && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if gs["n3"].LostLog() {
+		t.Fatal("the lost replica never got its log back")
+	}
+}
