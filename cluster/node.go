@@ -159,9 +159,13 @@ func StartNode(cfg NodeConfig, b *broker.Broker) (*Node, error) {
 		return nil, fmt.Errorf("cluster: opening the status group: %w", err)
 	}
 	n.catchUp()
-	// The groups of the queues declared before this node started are open now; any group
-	// it opens later is new, never one whose log it lost with a wiped data directory.
-	h.NewGroupsFromNow()
+	if n.restartSent {
+		// The groups of the queues declared before this node started are open now; any
+		// group it opens later is new, never one whose log it lost with a wiped data
+		// directory. After a catch-up that timed out, statusLoop says so once the restart
+		// command applied: until then a late metadata snapshot may still open old groups.
+		h.NewGroupsFromNow()
+	}
 	n.startLink(b)
 	go n.statusLoop()
 	go func() {
@@ -261,11 +265,25 @@ func (n *Node) statusLoop() {
 	t := time.NewTicker(n.statusEvery)
 	defer t.Stop()
 	membersSent, restartSent := false, n.restartSent
+	var restarting *Applying // node_restarted committed, the broker not yet through it
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), n.statusEvery)
 		if !restartSent {
-			_, err := n.mg.Propose(ctx, n.restart.Encode())
+			out, err := n.mg.Propose(ctx, n.restart.Encode())
 			restartSent = err == nil
+			if a, ok := out.(*Applying); ok && err == nil {
+				restarting = a
+			} else if err == nil {
+				n.host.NewGroupsFromNow()
+			}
+		}
+		if restarting != nil {
+			// Everything the log decided before this node's restart is applied here once
+			// its node_restarted is: groups opened from now on are new (StartNode).
+			if _, err := restarting.Wait(ctx); err == nil {
+				n.host.NewGroupsFromNow()
+				restarting = nil
+			}
 		}
 		n.watchMembers(ctx)
 		if !membersSent {

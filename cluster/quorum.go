@@ -61,9 +61,14 @@ func (r *Replicator) OpenQuorum(vhost, name string, epoch uint64, sm *quorum.Mac
 	if p.Voters == nil {
 		g, err = n.host.Group(id, sm)
 	} else {
-		// Join unless the members are still the ones it was created with: a node added
-		// later, or an original member removed and added back (its copy was deleted), waits
-		// for the leader rather than bootstrapping a configuration the group left.
+		// Join unless this node is an original voter and the members are still exactly the
+		// list the group was created with (same order): a node added later waits for the
+		// leader rather than bootstrapping a configuration the group left. An original
+		// member removed (its copy deleted) and added back is appended to the members, so
+		// it joins too, unless it was the last of them and the list is the original again:
+		// then it bootstraps with the entries every original member has at the start of its
+		// log, and the leader's log overrides whatever follows. A node that lost its data
+		// directory waits for the leader either way (multiraft's lost state, lostlog.go).
 		join := !slices.Equal(p.Members, p.Voters) || !slices.Contains(p.Voters, n.cfg.NodeName)
 		g, err = n.host.GroupWith(id, sm, multiraft.GroupOptions{Voters: p.Voters, Join: join})
 	}

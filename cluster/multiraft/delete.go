@@ -65,6 +65,7 @@ func (h *Host) DeleteGroup(id uint64) error {
 		close(ch)
 		return fmt.Errorf("multiraft: delete group %d: %w", id, err)
 	}
+	h.unmarkLost(groupMarker(id)) // a group created again with this id is a new one
 	if err := h.finishDrop(id, ch, h.rlog.DropGroup(id)); err != nil {
 		return fmt.Errorf("multiraft: delete group %d: %w", id, err)
 	}

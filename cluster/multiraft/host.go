@@ -151,7 +151,8 @@ type Host struct {
 
 	// lostState: this host joined (Config.Join) with an empty Raft log, so the groups it
 	// opens with no local state are ones whose log and votes it lost (a wiped data
-	// directory), until NewGroupsFromNow (lostlog.go).
+	// directory), until NewGroupsFromNow (lostlog.go); kept on disk across restarts
+	// (lostHostMarker).
 	lostState atomic.Bool
 }
 
@@ -199,6 +200,15 @@ func NewHost(cfg Config) (*Host, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("multiraft: %w", err)
 	}
+	// The host's lost state goes on disk before the log is created (lostlog.go): a crash in
+	// between leaves the log directory empty, and the next start fresh again.
+	lostHost := &Host{cfg: cfg, log: log}
+	if fresh && cfg.Join {
+		if err := lostHost.markLost(lostHostMarker); err != nil {
+			return nil, err
+		}
+	}
+	lostState := lostHost.lostMarked(lostHostMarker)
 	rlog, err := persistence.OpenRaftLog(dir, persistence.RaftLogOptions{Logger: log, NoSync: cfg.NoSync})
 	if err != nil {
 		return nil, fmt.Errorf("multiraft: %w", err)
@@ -242,7 +252,7 @@ func NewHost(cfg Config) (*Host, error) {
 		_ = rlog.Close()
 		return nil, err
 	}
-	h.lostState.Store(fresh && cfg.Join)
+	h.lostState.Store(lostState)
 	h.tr.setPeers(cfg.Peers)
 	go h.run()
 	return h, nil
@@ -470,12 +480,21 @@ func (h *Host) group0(id uint64, sm StateMachine, opts GroupOptions, followPeers
 		return nil, fmt.Errorf("multiraft: group %d: %w", id, err)
 	}
 	last, _ := st.LastIndex()
-	if last == 0 && raft.IsEmptyHardState(hs) && !opts.Join {
+	noState := last == 0 && raft.IsEmptyHardState(hs)
+	// A host that lost its state takes every group it opens with no local state for one
+	// whose log it lost, whatever opts.Join says: a quorum queue's original voter opens its
+	// group with Join false, and bootstrapping would give it a configuration, hence a vote
+	// and an election timer, with an empty log. It waits for the leader instead.
+	lost := noState && h.lostState.Load() || h.lostMarked(groupMarker(id))
+	if noState && !opts.Join && !lost {
 		if err := rn.Bootstrap(peers); err != nil {
 			return nil, fmt.Errorf("multiraft: group %d: bootstrap: %w", id, err)
 		}
 	}
-	if last == 0 && raft.IsEmptyHardState(hs) && opts.Join && h.lostState.Load() {
+	if lost {
+		if err := h.markLost(groupMarker(id)); err != nil {
+			return nil, fmt.Errorf("multiraft: group %d: %w", id, err)
+		}
 		g.lostLog.Store(true)
 		g.log.Info("group opened without the Raft log this node had (wiped data directory?): it votes again once a leader has sent it the log")
 	}
@@ -770,7 +789,11 @@ func (h *Host) ready() error {
 	// Messages leave only once what they acknowledge is on disk.
 	out := make(map[uint64][]outMsg)
 	for _, w := range work {
+		lost := w.g.lostLog.Load()
 		for _, m := range w.rd.Messages {
+			if lost && (m.GetType() == pb.MessageType_MsgVote || m.GetType() == pb.MessageType_MsgPreVote) {
+				continue // a replica that lost its log does not campaign (lostlog.go)
+			}
 			out[m.GetTo()] = append(out[m.GetTo()], outMsg{group: w.g.id, msg: m})
 		}
 	}
@@ -819,8 +842,8 @@ type Group struct {
 	// lostSent (loop goroutine) when one was last sent to each (lostlog.go).
 	lostFollowers map[uint64]uint64
 	lostSent      map[uint64]time.Time
-	// lostLog: this replica lost its log and votes (GroupOptions.Join on a host that
-	// lost its state) and has not yet got it back from a leader (lostlog.go).
+	// lostLog: this replica lost its log and votes (opened with no local state on a host
+	// that lost its state) and has not yet got it back from a leader (lostlog.go).
 	lostLog atomic.Bool
 	// lostTicks counts the ticks of a replica that lost its log (loop goroutine, g.mu).
 	lostTicks int

@@ -2,6 +2,10 @@ package multiraft
 
 import (
 	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
 	"time"
 
 	pb "go.etcd.io/raft/v3/raftpb"
@@ -17,7 +21,8 @@ import (
 //     make a majority with another empty replica (a second wiped node that has not caught
 //     up yet) and elect a leader without those entries: confirmed messages vanish, and the
 //     old leader's log conflicts with the new one's below its commit index. So a replica
-//     that lost its log (Group.lostLog) grants no vote and no pre-vote until a leader has
+//     that lost its log (Group.lostLog) grants no vote and no pre-vote, and asks for none
+//     (Host.ready drops its own), until a leader has
 //     given it the log up to that leader's commit index; a leader has every committed
 //     entry, so from then on it holds whatever it had acknowledged.
 //   - Liveness. raft's leader keeps a follower's match index, never sends it entries at or
@@ -38,7 +43,11 @@ import (
 
 // NewGroupsFromNow says that the groups opened from now on with no local state are new to
 // this node, not ones whose log it lost with its data directory: they vote from the start.
-func (h *Host) NewGroupsFromNow() { h.lostState.Store(false) }
+func (h *Host) NewGroupsFromNow() {
+	if h.lostState.Swap(false) {
+		h.unmarkLost(lostHostMarker)
+	}
+}
 
 // LostLog reports whether this replica lost its log and votes with its data directory and
 // has not yet got them back from a leader.
@@ -140,8 +149,8 @@ func (g *Group) sendLostLogSnapshots() {
 
 // lostLogStepLocked (g.mu held, after stepping m) is the side of a replica that lost its
 // log: once a message of its leader shows it has the leader's commit index (commit is the
-// message's, before deliver clamped a heartbeat's), it has every committed entry again and
-// votes again; a heartbeat whose commit index it does not have is answered with a rejection
+// message's, before deliver clamped a heartbeat's), and the entry there is of the leader's
+// term, it has every committed entry again and votes again; a heartbeat whose commit index it does not have is answered with a rejection
 // naming its last index, which makes the leader send a snapshot (noteLostLogLocked).
 func (g *Group) lostLogStepLocked(m *pb.Message, commit uint64) []outMsg {
 	bs := g.rn.BasicStatus()
@@ -159,13 +168,22 @@ func (g *Group) lostLogStepLocked(m *pb.Message, commit uint64) []outMsg {
 	if want == 0 {
 		return nil
 	}
-	if bs.GetCommit() >= want {
+	// A heartbeat's commit index is min(match, committed): after a leader change the new
+	// leader's match for this node can be below the real commit index, so reaching it proves
+	// nothing. An entry of the leader's term at this node's commit index does: the leader's
+	// first entry of its term follows every entry committed before it, and this node
+	// acknowledged to this leader whatever it had acknowledged in this term (its match).
+	// The entry must be in storage (persisted), not only stepped: the marker goes next.
+	if term, err := g.storage.Term(bs.GetCommit()); bs.GetCommit() >= want && err == nil && term == bs.GetTerm() {
 		g.lostLog.Store(false)
+		g.h.unmarkLost(groupMarker(g.id))
 		g.log.Info("the leader gave back the Raft log this node lost; it votes again", "commit", bs.GetCommit())
 		return nil
 	}
-	if m.GetType() != pb.MessageType_MsgHeartbeat {
-		return nil // raft rejects an append it cannot take: the leader hears of it anyway
+	if m.GetType() != pb.MessageType_MsgHeartbeat || bs.GetCommit() >= want {
+		// raft rejects an append it cannot take: the leader hears of it anyway. At want
+		// already: the leader's entries of its term reach this node by the way.
+		return nil
 	}
 	last, _ := g.storage.LastIndex()
 	to, from, term, reject := bs.Lead, g.h.id, bs.GetTerm(), true
@@ -192,5 +210,62 @@ func (g *Group) callLeaderIfLostLocked(others []uint64, q *quiesceRound) {
 	}
 	for _, id := range to {
 		q.out[id] = append(q.out[id], g.wakeUpCall(id, bs.HardState.GetTerm()))
+	}
+}
+
+// The lost state outlives a restart: a node wiped, restarted and restarted again before its
+// groups caught up would otherwise find state of its own in them (a hard state, some of the
+// log) and vote again, or open the groups it had not opened yet as new ones. So it is kept
+// on disk in lostDir of the data directory: a file lostHostMarker while the host's groups
+// with no local state are lost (until NewGroupsFromNow), and a file per group (its id in
+// decimal) while that group's replica is lost (until a leader gave its log back).
+const (
+	lostDir        = "raft-lost"
+	lostHostMarker = "host"
+)
+
+func (h *Host) lostPath(name string) string { return filepath.Join(h.cfg.DataDir, lostDir, name) }
+
+func groupMarker(id uint64) string { return strconv.FormatUint(id, 10) }
+
+// lostMarked reports whether the marker name exists.
+func (h *Host) lostMarked(name string) bool {
+	_, err := os.Stat(h.lostPath(name))
+	return err == nil
+}
+
+// markLost creates the marker name, durably (unless NoSync): it must be on disk before
+// anything the replica it stands for persists.
+func (h *Host) markLost(name string) error {
+	dir := filepath.Join(h.cfg.DataDir, lostDir)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("multiraft: lost-log marker: %w", err)
+	}
+	f, err := os.Create(h.lostPath(name))
+	if err != nil {
+		return fmt.Errorf("multiraft: lost-log marker: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("multiraft: lost-log marker: %w", err)
+	}
+	if h.cfg.NoSync {
+		return nil
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("multiraft: lost-log marker: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("multiraft: lost-log marker: %w", err)
+	}
+	return nil
+}
+
+// unmarkLost removes the marker name. A failure is logged: the replica then stays lost
+// after a restart until a leader gives its log back again, which is safe.
+func (h *Host) unmarkLost(name string) {
+	if err := os.Remove(h.lostPath(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		h.log.Warn("lost-log marker not removed", "marker", name, "err", err)
 	}
 }
