@@ -190,6 +190,9 @@ type quorumQueue struct {
 	consumers atomic.Int32
 	// expiring is set while an x-expires delete of the queue is under way (expireQuorum).
 	expiring atomic.Bool
+	// members are the queue's replicas as this node last applied them (nil: every node);
+	// v.mu guards it (applyQuorumMembers).
+	members []string
 
 	// proposeTimeout is quorumProposeTimeout (shorter in tests).
 	proposeTimeout time.Duration
@@ -214,7 +217,7 @@ func (v *VHost) openQuorum(op TopologyOp, spec queueSpec) (qs *Queue, handled bo
 	qs.epoch.Store(op.Epoch)
 	qq := &quorumQueue{qs: qs, node: v.b.replicator.LocalNode(), stop: make(chan struct{}),
 		wake: make(chan struct{}, 1), ewake: make(chan struct{}, 1), rearm: make(chan struct{}, 1), opened: make(chan struct{}),
-		proposeTimeout: quorumProposeTimeout}
+		proposeTimeout: quorumProposeTimeout, members: slices.Clone(op.Members)}
 	// The local queue only dispatches. A delivery limit of 0 makes every local requeue (a
 	// channel closing with unacked deliveries, basic.recover) a drop, which localDropped
 	// hands back to the log: requeueing, and the delivery count, are the log's.
@@ -370,9 +373,39 @@ func (v *VHost) applyQuorumMembers(op TopologyOp) {
 		rq.epoch.Store(qs.epoch.Load())
 		v.queues[name] = rq
 		v.mu.Unlock()
+	case member && qs.qq != nil && qs.qq.members != nil && op.Members != nil:
+		// Members removed are out of the group's configuration (the metadata records them
+		// removed only then) and their copies close: what they held (a checkout's credit,
+		// deliveries unacked) would stay theirs in the log for ever, and the log would keep
+		// assigning them messages. Every remaining replica proposes their NodeDown (it is
+		// idempotent). It names the removed node alone: the consumers that reach the queue
+		// through the proxy are checked out in the name of the replica they reach.
+		var removed []string
+		for _, m := range qs.qq.members {
+			if !slices.Contains(op.Members, m) {
+				removed = append(removed, m)
+			}
+		}
+		qs.qq.members = slices.Clone(op.Members)
+		qq := qs.qq
+		v.mu.Unlock()
+		for _, node := range removed {
+			qq.removedDown(node)
+		}
 	default:
 		v.mu.Unlock()
 	}
+}
+
+// removedDown proposes NodeDown for node, a replica removed from the group, again until it
+// is applied (or the queue closes here): nothing else would take back what it held.
+func (qq *quorumQueue) removedDown(node string) {
+	qq.submit(quorum.Command{Kind: quorum.KindNodeDown, Node: node}, func(r quorum.Result, err error) {
+		qq.dropped(r, err)
+		if err != nil && !qq.stopped() {
+			qq.removedDown(node)
+		}
+	})
 }
 
 // quorumOverflow is a quorum queue's overflow for x-overflow: reject-publish-dlx is a classic
