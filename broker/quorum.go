@@ -260,13 +260,18 @@ func (v *VHost) openQuorum(op TopologyOp, spec queueSpec) (qs *Queue, handled bo
 // expireQuorum deletes the queue through the metadata log once the log found it unused for
 // its x-expires (quorum.Machine.Expired): the node whose proposal applied it does, once.
 // The delete runs on a goroutine of its own: it waits for the metadata log, which closes
-// this queue (and so waits for this proposer).
+// this queue (and so waits for this proposer). It names the queue's epoch, as
+// proposeLocalRemoval does: a delete that reaches the log after the queue was deleted and
+// declared again must not remove the new queue (epoch 0 matches any incarnation).
 func (qq *quorumQueue) expireQuorum() {
 	if !qq.expiring.CompareAndSwap(false, true) {
 		return
 	}
+	v := qq.qs.v
+	op := TopologyOp{Kind: OpDeleteQueue, VHost: v.name, Queue: QueueSpec{Name: qq.qs.name}, Epoch: qq.qs.epoch.Load(),
+		Owner: v.b.clusterOwner(qq.qs.owner), OwnerNode: v.b.replicator.LocalNode()}
 	go func() {
-		if _, err := qq.qs.v.DeleteQueue(System, qq.qs.name, false, false); err != nil {
+		if _, err := v.b.replicator.Replicate(context.Background(), op); err != nil {
 			qq.qs.v.b.log.Warn("quorum queue: deleting an expired queue", "queue", qq.qs.name, "vhost", qq.qs.v.name, "err", err)
 			qq.expiring.Store(false) // the next proposal that finds it expired tries again
 		}
