@@ -122,6 +122,10 @@ func TestQuorumMemberCommand(t *testing.T) {
 		{member(memberDelete, "n2", "q"), amqp.PreconditionFailed, []string{"n2"}, nil, "n2", false},
 		{member(memberAdd, "n3", "q"), 0, []string{"n2", "n3"}, nil, "n2", true},
 		{Command{Op: OpNodeDown, Node: "n2"}, 0, []string{"n2", "n3"}, nil, "n3", true},
+		// A node that is down cannot be added (RabbitMQ: node_not_running): a queue of one
+		// replica would be unavailable until it is back.
+		{Command{Op: OpNodeDown, Node: "n1"}, 0, []string{"n2", "n3"}, nil, "n3", false},
+		{member(memberAdd, "n1", "q"), amqp.PreconditionFailed, []string{"n2", "n3"}, nil, "n3", false},
 	}
 	for i, s := range steps {
 		rec.ops = nil
