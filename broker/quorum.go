@@ -101,6 +101,9 @@ const quorumMaxBatch = 1 << 20
 // metadata change (cluster.DefaultProposeTimeout).
 const quorumOpTimeout = 10 * time.Second
 
+// quorumOpenTimeout bounds awaitQuorumOpen as a whole: quorumOpTimeout (shorter in tests).
+var quorumOpenTimeout = quorumOpTimeout
+
 // quorumProposeTimeout bounds how long the proposer waits for one proposal's result. The log
 // may never give one (an entry applied here through a snapshot, not one by one): past it, the
 // outcome is unknown. Publishes are nacked (a retry could enqueue twice); settlements,
@@ -292,11 +295,13 @@ func (v *VHost) awaitQuorumOpen(name string) {
 		return
 	}
 	qq := qs.qq
-	timer := time.NewTimer(quorumOpTimeout)
-	defer timer.Stop()
+	// One deadline for both waits: a timer's channel fires once, and a second wait on it
+	// after the first ended on it never ended.
+	ctx, cancel := context.WithTimeout(context.Background(), quorumOpenTimeout)
+	defer cancel()
 	select {
 	case <-qq.opened:
-	case <-timer.C:
+	case <-ctx.Done():
 	case <-qq.stop:
 	case <-qq.g.Done():
 	}
@@ -307,7 +312,7 @@ func (v *VHost) awaitQuorumOpen(name string) {
 		// log knew of.
 		select {
 		case <-qq.barrierWith(quorum.Command{Kind: quorum.KindTouch}):
-		case <-timer.C:
+		case <-ctx.Done():
 		case <-qq.stop:
 		case <-qq.g.Done():
 		}

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"sync"
 	"testing"
 	"time"
 
@@ -45,5 +46,54 @@ func TestExpireQuorumNamesEpoch(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("no delete proposed")
+	}
+}
+
+// stuckGroup is a QuorumGroup whose log never answers.
+type stuckGroup struct{ done chan struct{} }
+
+func (g stuckGroup) Propose(ctx context.Context, _ []byte) (any, error) {
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+func (g stuckGroup) Leader() (string, bool) { return "", false }
+func (g stuckGroup) Done() <-chan struct{}  { return g.done }
+func (g stuckGroup) Close()                 {}
+
+// TestAwaitQuorumOpenBounded: with a log that never commits (no majority), the declare of an
+// x-expires quorum queue waits for the group's first entry and then for its KindTouch at
+// most quorumOpenTimeout in all: once the first wait used the whole timeout, the second
+// waited on a timer already fired, for ever.
+func TestAwaitQuorumOpenBounded(t *testing.T) {
+	old := quorumOpenTimeout
+	quorumOpenTimeout = 100 * time.Millisecond
+	defer func() { quorumOpenTimeout = old }()
+	b := newTestBroker(t, "")
+	v := b.VHost("/")
+	qs := &Queue{v: v, name: "qo"}
+	qs.spec.expires = time.Minute
+	qq := &quorumQueue{qs: qs, stop: make(chan struct{}), wake: make(chan struct{}, 1), opened: make(chan struct{}),
+		g: stuckGroup{done: make(chan struct{})}}
+	qq.cond = sync.NewCond(&qq.mu)
+	qs.qq = qq
+	v.mu.Lock()
+	v.queues["qo"] = qs
+	v.mu.Unlock()
+	defer func() {
+		v.mu.Lock()
+		delete(v.queues, "qo")
+		v.mu.Unlock()
+	}()
+	returned := make(chan struct{})
+	go func() {
+		v.awaitQuorumOpen("qo")
+		close(returned)
+	}()
+	select {
+	case <-returned:
+	case <-time.After(5 * time.Second):
+		close(qq.stop) // lets the goroutine end
+		<-returned
+		t.Fatal("awaitQuorumOpen did not return within its timeout")
 	}
 }
