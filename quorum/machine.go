@@ -326,8 +326,11 @@ func (m *Machine) apply(c *Command) Result {
 		}
 	case KindGet:
 		m.touch()
-		// The batch's time may have passed the head's expiry: it goes first, never to a
-		// client (reported with the batch's expired messages).
+		// The batch's time may have passed delayed redeliveries' due times (they are ready
+		// now) and the head's expiry (it goes first, never to a client, reported with the
+		// batch's expired messages): a get first in a leader's batch comes before the
+		// promote at the end of any command.
+		m.promote()
 		m.expireHead()
 		msg := m.popHead()
 		if msg != nil && !c.NoAck {
