@@ -58,3 +58,48 @@ func TestQuorumShrinkGivesBackHeld(t *testing.T) {
 		t.Fatalf("consumed on n2 %v, want %v", got, want)
 	}
 }
+
+// TestConsumerTimeoutNotHeldByQuorum: a consumer timeout on a quorum queue whose log has no
+// majority does not hold up the server's consumer-timeout loop: the requeue of its unacked
+// delivery waits for the log (up to quorumOpTimeout, twice), and another channel's timeout,
+// on a classic queue, must close that channel on time meanwhile.
+func TestConsumerTimeoutNotHeldByQuorum(t *testing.T) {
+	nodes := startRaftCluster(t, "n1", "n2", "n3")
+	declareQuorum(t, nodes, "n1", "qt", amqp091.Table{"x-quorum-initial-group-size": int32(3), "x-consumer-timeout": int32(1500)})
+	waitQuorum(t, "qt's group on every node", func() bool { return slices.Equal(runsGroup(nodes, "qt"), []string{"n1", "n2", "n3"}) })
+	_, ch := dial(t, nodes["n1"].url)
+	if _, err := ch.QueueDeclare("ct", false, false, false, false, amqp091.Table{"x-consumer-timeout": int32(2500)}); err != nil {
+		t.Fatal(err)
+	}
+	publishConfirmed(t, ch, "qt", "q")
+	publishConfirmed(t, ch, "ct", "c")
+
+	_, chq := dial(t, nodes["n1"].url)
+	dq, err := chq.Consume("qt", "", false, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recv(t, dq)
+	// The log loses its majority before qt's timeout.
+	nodes["n2"].crash()
+	nodes["n3"].crash()
+	_, chc := dial(t, nodes["n1"].url)
+	closed := chc.NotifyClose(make(chan *amqp091.Error, 1))
+	dc, err := chc.Consume("ct", "", false, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recv(t, dc)
+	start := time.Now()
+	select {
+	case e := <-closed:
+		if e == nil || e.Code != 406 {
+			t.Fatalf("ct's channel closed with %v, want 406", e)
+		}
+		if took := time.Since(start); took > 6*time.Second {
+			t.Fatalf("ct's channel closed after %v (timeout 2.5 s)", took)
+		}
+	case <-time.After(8 * time.Second):
+		t.Fatal("ct's channel not closed 8 s after its delivery (timeout 2.5 s)")
+	}
+}
