@@ -101,6 +101,9 @@ const quorumMaxBatch = 1 << 20
 // metadata change (cluster.DefaultProposeTimeout).
 const quorumOpTimeout = 10 * time.Second
 
+// quorumOpenTimeout bounds awaitQuorumOpen as a whole: quorumOpTimeout (shorter in tests).
+var quorumOpenTimeout = quorumOpTimeout
+
 // quorumProposeTimeout bounds how long the proposer waits for one proposal's result. The log
 // may never give one (an entry applied here through a snapshot, not one by one): past it, the
 // outcome is unknown. Publishes are nacked (a retry could enqueue twice); settlements,
@@ -193,6 +196,9 @@ type quorumQueue struct {
 	consumers atomic.Int32
 	// expiring is set while an x-expires delete of the queue is under way (expireQuorum).
 	expiring atomic.Bool
+	// members are the queue's replicas as this node last applied them (nil: every node);
+	// v.mu guards it (applyQuorumMembers).
+	members []string
 
 	// proposeTimeout is quorumProposeTimeout (shorter in tests).
 	proposeTimeout time.Duration
@@ -217,7 +223,7 @@ func (v *VHost) openQuorum(op TopologyOp, spec queueSpec) (qs *Queue, handled bo
 	qs.epoch.Store(op.Epoch)
 	qq := &quorumQueue{qs: qs, node: v.b.replicator.LocalNode(), stop: make(chan struct{}),
 		wake: make(chan struct{}, 1), ewake: make(chan struct{}, 1), rearm: make(chan struct{}, 1), opened: make(chan struct{}),
-		proposeTimeout: quorumProposeTimeout}
+		proposeTimeout: quorumProposeTimeout, members: slices.Clone(op.Members)}
 	// The local queue only dispatches. A delivery limit of 0 makes every local requeue (a
 	// channel closing with unacked deliveries, basic.recover) a drop, which localDropped
 	// hands back to the log: requeueing, and the delivery count, are the log's.
@@ -260,13 +266,18 @@ func (v *VHost) openQuorum(op TopologyOp, spec queueSpec) (qs *Queue, handled bo
 // expireQuorum deletes the queue through the metadata log once the log found it unused for
 // its x-expires (quorum.Machine.Expired): the node whose proposal applied it does, once.
 // The delete runs on a goroutine of its own: it waits for the metadata log, which closes
-// this queue (and so waits for this proposer).
+// this queue (and so waits for this proposer). It names the queue's epoch, as
+// proposeLocalRemoval does: a delete that reaches the log after the queue was deleted and
+// declared again must not remove the new queue (epoch 0 matches any incarnation).
 func (qq *quorumQueue) expireQuorum() {
 	if !qq.expiring.CompareAndSwap(false, true) {
 		return
 	}
+	v := qq.qs.v
+	op := TopologyOp{Kind: OpDeleteQueue, VHost: v.name, Queue: QueueSpec{Name: qq.qs.name}, Epoch: qq.qs.epoch.Load(),
+		Owner: v.b.clusterOwner(qq.qs.owner), OwnerNode: v.b.replicator.LocalNode()}
 	go func() {
-		if _, err := qq.qs.v.DeleteQueue(System, qq.qs.name, false, false); err != nil {
+		if _, err := v.b.replicator.Replicate(context.Background(), op); err != nil {
 			qq.qs.v.b.log.Warn("quorum queue: deleting an expired queue", "queue", qq.qs.name, "vhost", qq.qs.v.name, "err", err)
 			qq.expiring.Store(false) // the next proposal that finds it expired tries again
 		}
@@ -287,11 +298,13 @@ func (v *VHost) awaitQuorumOpen(name string) {
 		return
 	}
 	qq := qs.qq
-	timer := time.NewTimer(quorumOpTimeout)
-	defer timer.Stop()
+	// One deadline for both waits: a timer's channel fires once, and a second wait on it
+	// after the first ended on it never ended.
+	ctx, cancel := context.WithTimeout(context.Background(), quorumOpenTimeout)
+	defer cancel()
 	select {
 	case <-qq.opened:
-	case <-timer.C:
+	case <-ctx.Done():
 	case <-qq.stop:
 	case <-qq.g.Done():
 	}
@@ -302,7 +315,7 @@ func (v *VHost) awaitQuorumOpen(name string) {
 		// log knew of.
 		select {
 		case <-qq.barrierWith(quorum.Command{Kind: quorum.KindTouch}):
-		case <-timer.C:
+		case <-ctx.Done():
 		case <-qq.stop:
 		case <-qq.g.Done():
 		}
@@ -373,9 +386,39 @@ func (v *VHost) applyQuorumMembers(op TopologyOp) {
 		rq.epoch.Store(qs.epoch.Load())
 		v.queues[name] = rq
 		v.mu.Unlock()
+	case member && qs.qq != nil && qs.qq.members != nil && op.Members != nil:
+		// Members removed are out of the group's configuration (the metadata records them
+		// removed only then) and their copies close: what they held (a checkout's credit,
+		// deliveries unacked) would stay theirs in the log for ever, and the log would keep
+		// assigning them messages. Every remaining replica proposes their NodeDown (it is
+		// idempotent). It names the removed node alone: the consumers that reach the queue
+		// through the proxy are checked out in the name of the replica they reach.
+		var removed []string
+		for _, m := range qs.qq.members {
+			if !slices.Contains(op.Members, m) {
+				removed = append(removed, m)
+			}
+		}
+		qs.qq.members = slices.Clone(op.Members)
+		qq := qs.qq
+		v.mu.Unlock()
+		for _, node := range removed {
+			qq.removedDown(node)
+		}
 	default:
 		v.mu.Unlock()
 	}
+}
+
+// removedDown proposes NodeDown for node, a replica removed from the group, again until it
+// is applied (or the queue closes here): nothing else would take back what it held.
+func (qq *quorumQueue) removedDown(node string) {
+	qq.submit(quorum.Command{Kind: quorum.KindNodeDown, Node: node}, func(r quorum.Result, err error) {
+		qq.dropped(r, err)
+		if err != nil && !qq.stopped() {
+			qq.removedDown(node)
+		}
+	})
 }
 
 // quorumOverflow is a quorum queue's overflow for x-overflow: reject-publish-dlx is a classic

@@ -895,7 +895,9 @@ func (m *Metadata) Restore(b []byte) error {
 			if w := was.Queues[qn]; w == nil || w.Epoch != q.Epoch {
 				m.apply(broker.TopologyOp{Kind: broker.OpDeclareQueue, VHost: vn, Queue: queueSpec(qn, q), Home: q.Home,
 					OwnerNode: q.OwnerNode, Owner: broker.OwnerID(q.Owner), Epoch: q.Epoch, Members: q.Members})
-			} else if !slices.Equal(w.Members, q.Members) {
+			} else if !slices.Equal(w.Members, q.Members) || w.Home != q.Home {
+				// A rehome (the home went down inside the gap) changes the home alone: the
+				// nodes that are not replicas must follow it too.
 				m.apply(broker.TopologyOp{Kind: broker.OpQuorumMembers, VHost: vn, Queue: broker.QueueSpec{Name: qn}, Home: q.Home,
 					Epoch: q.Epoch, Members: q.Members})
 			}

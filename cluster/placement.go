@@ -143,6 +143,11 @@ func (m *Metadata) quorumMember(vs *vhostState, c Command) Result {
 		if !slices.Contains(m.st.Nodes, c.Node) {
 			return resultOf(amqp.Errorf(amqp.NotFound, "node '%s' is not a cluster member", c.Node))
 		}
+		if m.isDownOrGone(c.Node) {
+			// As RabbitMQ's add_member ({error, node_not_running}): a replica on a node that
+			// is down runs nothing, and a queue of one replica would wait for it.
+			return resultOf(amqp.Errorf(amqp.PreconditionFailed, "node '%s' is not running (node_not_running); quorum queue '%s' in vhost '%s' keeps its members", c.Node, c.Name, c.VHost))
+		}
 		if leaving {
 			return resultOf(amqp.Errorf(amqp.PreconditionFailed, "node '%s' is being removed from quorum queue '%s' in vhost '%s'; add it again once it is gone", c.Node, c.Name, c.VHost))
 		}

@@ -122,6 +122,10 @@ func TestQuorumMemberCommand(t *testing.T) {
 		{member(memberDelete, "n2", "q"), amqp.PreconditionFailed, []string{"n2"}, nil, "n2", false},
 		{member(memberAdd, "n3", "q"), 0, []string{"n2", "n3"}, nil, "n2", true},
 		{Command{Op: OpNodeDown, Node: "n2"}, 0, []string{"n2", "n3"}, nil, "n3", true},
+		// A node that is down cannot be added (RabbitMQ: node_not_running): a queue of one
+		// replica would be unavailable until it is back.
+		{Command{Op: OpNodeDown, Node: "n1"}, 0, []string{"n2", "n3"}, nil, "n3", false},
+		{member(memberAdd, "n1", "q"), amqp.PreconditionFailed, []string{"n2", "n3"}, nil, "n3", false},
 	}
 	for i, s := range steps {
 		rec.ops = nil
@@ -151,4 +155,50 @@ func TestQuorumMemberCommand(t *testing.T) {
 	if p, _ := m2.QuorumPlacement("/", "q"); !slices.Equal(p.Members, []string{"n2", "n3"}) || p.Home != "n3" || !slices.Equal(p.Voters, []string{"n1"}) {
 		t.Fatalf("restored placement %+v", p)
 	}
+}
+
+// TestRestoreRehome: a snapshot whose quorum queue moved its home (its home went down inside
+// the snapshot's gap) tells the broker the new home, although the members are the same.
+func TestRestoreRehome(t *testing.T) {
+	m := NewMetadata(nil, quietLog())
+	idx := uint64(0)
+	apply := func(c Command) {
+		idx++
+		if r := m.Apply(idx, c.Encode()).(Result); r.Code != 0 {
+			t.Fatalf("%+v: %d %s", c, r.Code, r.Text)
+		}
+	}
+	apply(Command{Op: OpSetNodes, Nodes: []string{"n1", "n2", "n3"}})
+	apply(Command{Op: OpDeclareQueue, VHost: "/", Name: "q", Durable: true, Node: "n1",
+		Args: args(t, amqp.Table{"x-queue-type": "quorum", "x-quorum-initial-group-size": int32(2)})})
+	before, err := m.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p0, _ := m.QuorumPlacement("/", "q")
+	apply(Command{Op: OpNodeDown, Node: p0.Home})
+	p1, _ := m.QuorumPlacement("/", "q")
+	if p1.Home == p0.Home || !slices.Equal(p1.Members, p0.Members) {
+		t.Fatalf("placement %+v after %s went down (was %+v)", p1, p0.Home, p0)
+	}
+	after, err := m.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	rec := &recorder{}
+	m2 := NewMetadata(rec, quietLog())
+	if err := m2.Restore(before); err != nil {
+		t.Fatal(err)
+	}
+	rec.ops = nil
+	if err := m2.Restore(after); err != nil {
+		t.Fatal(err)
+	}
+	for _, op := range rec.ops {
+		if op.Kind == broker.OpQuorumMembers && op.Queue.Name == "q" && op.Home == p1.Home && slices.Equal(op.Members, p1.Members) {
+			return
+		}
+	}
+	t.Fatalf("the broker was not told q's new home %s: %+v", p1.Home, rec.ops)
 }

@@ -326,8 +326,11 @@ func (m *Machine) apply(c *Command) Result {
 		}
 	case KindGet:
 		m.touch()
-		// The batch's time may have passed the head's expiry: it goes first, never to a
-		// client (reported with the batch's expired messages).
+		// The batch's time may have passed delayed redeliveries' due times (they are ready
+		// now) and the head's expiry (it goes first, never to a client, reported with the
+		// batch's expired messages): a get first in a leader's batch comes before the
+		// promote at the end of any command.
+		m.promote()
 		m.expireHead()
 		msg := m.popHead()
 		if msg != nil && !c.NoAck {
@@ -713,9 +716,10 @@ func (m *Machine) StartSnapshot() (func() ([]byte, error), error) {
 
 // snapMsg is a message as of a snapshot's view.
 type snapMsg struct {
-	msg       *Msg // immutable fields only (see StartSnapshot)
-	count     uint32
-	delivered bool
+	msg         *Msg // immutable fields only (see StartSnapshot)
+	count       uint32
+	delivered   bool
+	redelivered bool
 }
 
 type snapNode struct {
@@ -745,7 +749,7 @@ type snapDelayed struct {
 
 func snapMsgs(dst []snapMsg, msgs []*Msg) []snapMsg {
 	for _, msg := range msgs {
-		dst = append(dst, snapMsg{msg: msg, count: msg.Count, delivered: msg.Delivered})
+		dst = append(dst, snapMsg{msg: msg, count: msg.Count, delivered: msg.Delivered, redelivered: msg.Redelivered})
 	}
 	return dst
 }
@@ -763,7 +767,7 @@ func (m *Machine) view() *snapView {
 	}
 	v.delayed = make([]snapDelayed, 0, len(m.delayed))
 	for _, dm := range m.delayed {
-		v.delayed = append(v.delayed, snapDelayed{at: dm.at, snapMsg: snapMsg{msg: dm.msg, count: dm.msg.Count, delivered: dm.msg.Delivered}})
+		v.delayed = append(v.delayed, snapDelayed{at: dm.at, snapMsg: snapMsg{msg: dm.msg, count: dm.msg.Count, delivered: dm.msg.Delivered, redelivered: dm.msg.Redelivered}})
 	}
 	return v
 }
@@ -804,11 +808,18 @@ func (v *snapView) encode() []byte {
 	return b
 }
 
-// appendSnapMsg is appendMsg(b, msg, true) with the view's Count and Delivered.
+// appendSnapMsg is appendMsg(b, msg, true) with the view's Count, Delivered and Redelivered.
 func appendSnapMsg(b []byte, sm snapMsg) []byte {
 	b = binary.AppendUvarint(b, sm.msg.ID)
 	b = binary.AppendUvarint(b, uint64(sm.count))
-	b = appendBool(b, sm.delivered)
+	var st byte // as appendMsg's state byte: bit 0 Delivered, bit 1 Redelivered
+	if sm.delivered {
+		st |= 1
+	}
+	if sm.redelivered {
+		st |= 2
+	}
+	b = append(b, st)
 	return appendMsg(b, sm.msg, false)
 }
 

@@ -732,3 +732,20 @@ func TestNodeDownFlagsUnmarkedRedelivered(t *testing.T) {
 		})
 	}
 }
+
+// TestGetPromotesDue: a basic.get first in a batch whose time is past a delayed redelivery's
+// due time gets that message: the due messages are promoted before the get, not after it.
+func TestGetPromotesDue(t *testing.T) {
+	l := NoLimits()
+	l.RedeliveryDelay = 40
+	m := New(l, Hooks{})
+	batch := func(now int64, cs ...Command) []Result {
+		return m.Apply(0, Command{Kind: KindBatch, Now: now, Batch: cs}.Encoded()).([]Result)
+	}
+	batch(1000, enq("a"), Command{Kind: KindGet, Node: "n1"})
+	batch(1000, Command{Kind: KindReturn, Node: "n1", IDs: []uint64{1}, Delivered: true})
+	rs := batch(2000, Command{Kind: KindGet, Node: "n1", NoAck: true})
+	if rs[0].Msg == nil || string(rs[0].Msg.Body) != "a" || rs[0].Msg.Count != 1 {
+		t.Fatalf("get past the due time: %+v", rs[0].Msg)
+	}
+}

@@ -1266,8 +1266,14 @@ func (ch *channel) timeOut(e *amqp.Error) {
 	}
 	ch.c.log.Warn("consumer timeout: delivery not acknowledged in time, closing channel", "channel", ch.id, "text", e.Text)
 	ch.timedOut.Store(true)
-	ch.releaseHeld(ch.detach())
-	ch.c.writeMethod(ch.id, &amqp.ChannelClose{ReplyCode: e.Code, ReplyText: e.Text})
+	// The release runs off the caller, the server's consumer-timeout loop shared by every
+	// channel: a quorum queue's requeue waits for its log (up to its operation timeout,
+	// without a majority), and every other channel's timeout would wait behind it.
+	consumers, ds := ch.detach()
+	go func() {
+		ch.releaseHeld(consumers, ds)
+		ch.c.writeMethod(ch.id, &amqp.ChannelClose{ReplyCode: e.Code, ReplyText: e.Text})
+	}()
 }
 
 // --- publisher confirms
