@@ -40,8 +40,7 @@ type clusterHooks struct {
 }
 
 // bgForwards holds the forwards of callers that must never wait for room on the link: a
-// queue's TTL timer or the store's reader dead-lettering, the delayed exchange's timer routing
-// a due message. Nobody confirms these (at most once, as RabbitMQ's classic dead-lettering), so
+// queue's TTL timer or the store's reader dead-lettering. Nobody confirms these (at most once, as RabbitMQ's classic dead-lettering), so
 // when bgForwardMax are waiting one more is dropped and counted instead of stalling the timer or
 // the reader. One goroutine, started when the first arrives and ending once they are all
 // handed to the Forwarder, passes them on in order (it may wait there for room).
@@ -61,8 +60,8 @@ type bgForward struct {
 // bgForwardMax bounds the forwards waiting in bgForwards.
 const bgForwardMax = 4096
 
-// ForwardsDropped is the number of unconfirmed forwards (dead-lettered or delayed messages for
-// queues of other nodes) dropped because too many were waiting for the link.
+// ForwardsDropped is the number of unconfirmed forwards (dead-lettered messages for queues of
+// other nodes) dropped because too many were waiting for the link.
 func (b *Broker) ForwardsDropped() uint64 { return b.cluster.bg.dropped.Load() }
 
 // forwardNoWait forwards msg to home for queues without a confirm and without waiting: queued
@@ -273,7 +272,8 @@ func (p *Publisher) publishSplit(msg *queue.Message, targets []*Queue, done func
 		}
 		remote = append(remote[:i+1], rest[:k]...)
 		if f == nil && p.noWait {
-			v.b.forwardNoWait(home, v.name, names, msg)
+			// The delayer's publisher: it forwards due messages confirmed, off its timer.
+			v.b.delayed.collectRemote(home, v.name, names, msg)
 			i++
 			continue
 		}
