@@ -251,6 +251,7 @@ type delayer struct {
 	seq      uint64
 	lastInc  uint64
 	closed   bool
+	started  bool // the timer may be armed (start, Broker.StartDelayed)
 	readErrs int
 	state    *persistence.DelayedState // loaded at restore, nil after start
 
@@ -383,8 +384,9 @@ func (d *delayer) startDrop(inc uint64) {
 }
 
 // start resumes after restore: incarnations on disk that no restored exchange owns (transient
-// exchanges, or deletes interrupted by a crash) are dropped, and the timer is armed.
-func (d *delayer) start(st persistence.DelayedState) {
+// exchanges, or deletes interrupted by a crash) are dropped, and the timer is armed when arm is
+// set (else by Broker.StartDelayed).
+func (d *delayer) start(st persistence.DelayedState, arm bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.held.Store(st.Count)
@@ -395,7 +397,10 @@ func (d *delayer) start(st persistence.DelayedState) {
 			d.startDrop(inc)
 		}
 	}
-	d.arm(d.clock.Now())
+	if arm {
+		d.started = true
+		d.arm(d.clock.Now())
+	}
 }
 
 // close stops the timer and waits for a delivery round and the background drops in progress.
@@ -620,7 +625,7 @@ func (d *delayer) evict() {
 // arm starts a read ahead if one is due and sets the timer for the next due message or read.
 // Called with d.mu held.
 func (d *delayer) arm(now time.Time) {
-	if d.closed {
+	if d.closed || !d.started {
 		return
 	}
 	nowMs := now.UnixMilli()
@@ -975,15 +980,31 @@ func persistenceWait(submit func(func(error))) error {
 	return <-ch
 }
 
-// startDelayed starts routing held messages, after restore.
-func (b *Broker) startDelayed() error {
+// startDelayed loads the held messages' state after restore, and starts routing them when arm
+// is set (else StartDelayed does).
+func (b *Broker) startDelayed(arm bool) error {
 	st, err := b.delayed.loadState()
 	if err != nil {
 		return err
 	}
-	b.delayed.start(*st)
+	b.delayed.start(*st, arm)
 	b.delayed.state = nil
 	return nil
+}
+
+// StartDelayed starts routing the delayed exchanges' held messages when broker.New was told to
+// defer it (Options.DeferDelayed): a cluster member calls it once it has caught up with the
+// metadata log and installed its forwarder. Calling it again, or without a deferral, does
+// nothing.
+func (b *Broker) StartDelayed() {
+	d := b.delayed
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.started {
+		return
+	}
+	d.started = true
+	d.arm(d.clock.Now())
 }
 
 // commitTx writes a transaction's batch and its held messages hs in one journal transaction

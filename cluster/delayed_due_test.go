@@ -91,3 +91,27 @@ func TestClusterDelayedBurstToRemoteQueue(t *testing.T) {
 			acked, got, nodes["n1"].srv.Broker().ForwardsDropped())
 	}
 }
+
+// A confirmed delayed message for a queue of another node that comes due while the exchange's
+// home is down is routed there when the home restarts: the home arms its timer only once it
+// replayed the metadata log (the binding) and installed its forwarder.
+func TestClusterDelayedOverdueAtHomeRestart(t *testing.T) {
+	nodes := startRaftCluster(t, "n1", "n2", "n3")
+	declareDelayedFanout(t, nodes, "n1", "n2")
+	_, ch3 := dial(t, nodes["n3"].url)
+	if err := ch3.Confirm(false); err != nil {
+		t.Fatal(err)
+	}
+	if !delayedPublish(t, ch3, "dx", "", "overdue", 300) {
+		t.Fatal("delayed publish nacked")
+	}
+	nodes["n1"].crash()
+	time.Sleep(time.Second)
+	nodes["n1"].start()
+	_, ch2 := dial(t, nodes["n2"].url)
+	d, ok := awaitGet(t, ch2, "dq", 10*time.Second)
+	if !ok || string(d.Body) != "overdue" {
+		t.Fatalf("confirmed delayed message that came due while its home was down: got %v %q (held on n1 now %d)",
+			ok, d.Body, nodes["n1"].srv.Broker().DelayedStats().Held)
+	}
+}
