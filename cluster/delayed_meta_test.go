@@ -1,0 +1,73 @@
+package cluster
+
+import (
+	"fmt"
+	"testing"
+
+	"github.com/warrenmq/warren/amqp"
+	"github.com/warrenmq/warren/broker"
+)
+
+// A node that missed a delayed exchange's delete and its declare again on another node, and
+// catches up from a snapshot, deletes its stale exchange and declares the new one with the new
+// home, bound again as the snapshot says.
+func TestMetadataRestoreRedeclaredDelayedExchange(t *testing.T) {
+	m := NewMetadata(&recorder{}, quietLog())
+	var i uint64
+	apply := func(c Command) {
+		t.Helper()
+		i++
+		if r := m.Apply(i, c.Encode()).(Result); r.Err() != nil {
+			t.Fatalf("%v: %v", c.Op, r.Err())
+		}
+	}
+	delayedArgs := args(t, amqp.Table{"x-delayed-type": "fanout"})
+	declare := func(node string) {
+		apply(Command{Op: OpDeclareExchange, VHost: "/", Name: "dx", Type: "x-delayed-message", Durable: true, Args: delayedArgs, Node: node})
+		apply(Command{Op: OpBind, VHost: "/", Source: "dx", Destination: "q", Node: node})
+	}
+	apply(Command{Op: OpDeclareQueue, VHost: "/", Name: "q", Durable: true, Node: "n1"})
+	declare("n1")
+	before, err := m.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	apply(Command{Op: OpDeleteExchange, VHost: "/", Name: "dx", Node: "n2"})
+	declare("n2")
+	after, err := m.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	rec := &recorder{}
+	stale := NewMetadata(rec, quietLog())
+	if err := stale.Restore(before); err != nil {
+		t.Fatal(err)
+	}
+	rec.ops = nil
+	if err := stale.Restore(after); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, op := range rec.ops {
+		switch op.Kind {
+		case broker.OpDeleteExchange:
+			got = append(got, "delete "+op.Exchange.Name)
+		case broker.OpDeclareExchange:
+			got = append(got, "declare "+op.Exchange.Name+" home "+op.Home)
+		case broker.OpBind:
+			got = append(got, "bind "+op.Binding.Source+" "+op.Binding.Destination)
+		default:
+			got = append(got, fmt.Sprint("op ", op.Kind))
+		}
+	}
+	want := []string{"delete dx", "declare dx home n2", "bind dx q"}
+	if len(got) != len(want) {
+		t.Fatalf("restore told the broker %q, want %q", got, want)
+	}
+	for k := range want {
+		if got[k] != want[k] {
+			t.Fatalf("restore told the broker %q, want %q", got, want)
+		}
+	}
+}
