@@ -71,3 +71,55 @@ func TestMetadataRestoreRedeclaredDelayedExchange(t *testing.T) {
 		}
 	}
 }
+
+// A delayed exchange whose home leaves the cluster (node_gone) moves to the first member
+// neither down nor gone, the same on every node: declared again there, and bound again.
+func TestMetadataDelayedExchangeRehomedOnNodeGone(t *testing.T) {
+	for _, tc := range []struct {
+		name, down, want string
+	}{
+		{"first member", "", "n1"},
+		{"first member down", "n1", "n3"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := &recorder{}
+			m := NewMetadata(rec, quietLog())
+			var i uint64
+			apply := func(c Command) {
+				t.Helper()
+				i++
+				if r := m.Apply(i, c.Encode()).(Result); r.Err() != nil {
+					t.Fatalf("%v: %v", c.Op, r.Err())
+				}
+			}
+			apply(Command{Op: OpSetNodes, Nodes: []string{"n1", "n2", "n3"}})
+			apply(Command{Op: OpDeclareQueue, VHost: "/", Name: "q", Durable: true, Node: "n3"})
+			apply(Command{Op: OpDeclareExchange, VHost: "/", Name: "dx", Type: "x-delayed-message", Durable: true,
+				Args: args(t, amqp.Table{"x-delayed-type": "fanout"}), Node: "n2"})
+			apply(Command{Op: OpBind, VHost: "/", Source: "dx", Destination: "q", Node: "n2"})
+			if tc.down != "" {
+				apply(Command{Op: OpNodeDown, Node: tc.down})
+			}
+			rec.ops = nil
+			apply(Command{Op: OpNodeGone, Node: "n2"})
+			var got []string
+			for _, op := range rec.ops {
+				switch op.Kind {
+				case broker.OpDeleteExchange:
+					got = append(got, "delete "+op.Exchange.Name)
+				case broker.OpDeclareExchange:
+					got = append(got, "declare "+op.Exchange.Name+" home "+op.Home)
+				case broker.OpBind:
+					got = append(got, "bind "+op.Binding.Source+" "+op.Binding.Destination)
+				}
+			}
+			want := fmt.Sprint([]string{"delete dx", "declare dx home " + tc.want, "bind dx q"})
+			if fmt.Sprint(got) != want {
+				t.Fatalf("node_gone n2 told the broker %q, want %s", got, want)
+			}
+			if home := m.st.VHosts["/"].Exchanges["dx"].Home; home != tc.want {
+				t.Errorf("dx's recorded home %q, want %q", home, tc.want)
+			}
+		})
+	}
+}

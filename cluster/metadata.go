@@ -286,6 +286,7 @@ func (m *Metadata) decide(index uint64, cmd []byte) Result {
 		m.setDown(c.Node, false)
 		m.st.Gone = setIn(m.st.Gone, c.Node, true)
 		m.nodeDown(c.Node)
+		m.rehomeExchanges(c.Node, index)
 		return Result{}
 	case OpDropOwner, OpNodeRestarted:
 		if c.Op == OpNodeRestarted {
@@ -923,6 +924,47 @@ func (m *Metadata) Restore(b []byte) error {
 	}
 	m.flush(Result{})
 	return nil
+}
+
+// rehomeExchanges moves the delayed exchanges homed on node, which left the cluster, to the
+// first member (in st.Nodes' order) neither down nor gone, the same on every node: without it
+// their delayed publishes would be forwarded to a node that never comes back. The messages
+// node held are lost with it. The broker deletes the exchange and declares it with its new
+// home (at index, its new epoch), then binds it again. With no such member they stay.
+func (m *Metadata) rehomeExchanges(node string, index uint64) {
+	home := ""
+	for _, n := range m.st.Nodes {
+		_, down := slices.BinarySearch(m.st.Down, n)
+		_, gone := slices.BinarySearch(m.st.Gone, n)
+		if n != node && !down && !gone {
+			home = n
+			break
+		}
+	}
+	if home == "" {
+		return
+	}
+	for _, vn := range sortedKeys(m.st.VHosts) {
+		vs := m.st.VHosts[vn]
+		for _, xn := range sortedKeys(vs.Exchanges) {
+			x := vs.Exchanges[xn]
+			if x.Home != node {
+				continue
+			}
+			x.Home, x.Epoch = home, index
+			m.log.Warn("cluster: delayed exchange moved to another node, its home left the cluster (messages it held are lost)",
+				"vhost", vn, "exchange", xn, "old_home", node, "home", home)
+			m.apply(broker.TopologyOp{Kind: broker.OpDeleteExchange, VHost: vn, Exchange: broker.ExchangeSpec{Name: xn}})
+			m.apply(broker.TopologyOp{Kind: broker.OpDeclareExchange, VHost: vn, Exchange: exchangeSpec(xn, x), Home: home})
+			for _, k := range vs.sortedBindings() {
+				if k.Source == xn || (k.ToExchange && k.Destination == xn) {
+					args, _ := decodeArgs([]byte(k.Args))
+					m.apply(broker.TopologyOp{Kind: broker.OpBind, VHost: vn, Binding: broker.BindingSpec{Source: k.Source,
+						Destination: k.Destination, ToExchange: k.ToExchange, Key: k.Key, Args: args}})
+				}
+			}
+		}
+	}
 }
 
 // exchangeRenewed reports whether x, in a snapshot, is another exchange than w of the same
