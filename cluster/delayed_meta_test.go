@@ -123,3 +123,35 @@ func TestMetadataDelayedExchangeRehomedOnNodeGone(t *testing.T) {
 		})
 	}
 }
+
+// The log refuses a new delayed exchange with a bad x-delayed-type (as the proposing node
+// does), with the plugin's codes: no node is told to build an exchange it cannot.
+func TestMetadataRefusesBadDelayedType(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args amqp.Table
+		code uint16
+	}{
+		{"missing", nil, amqp.PreconditionFailed},
+		{"not a string", amqp.Table{"x-delayed-type": int32(1)}, amqp.PreconditionFailed},
+		{"unknown type", amqp.Table{"x-delayed-type": "nonsense"}, amqp.CommandInvalid},
+		{"itself", amqp.Table{"x-delayed-type": "x-delayed-message"}, amqp.CommandInvalid},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := &recorder{}
+			m := NewMetadata(rec, quietLog())
+			var raw []byte
+			if tc.args != nil {
+				raw = args(t, tc.args)
+			}
+			c := Command{Op: OpDeclareExchange, VHost: "/", Name: "dx", Type: "x-delayed-message", Durable: true, Args: raw, Node: "n1"}
+			r := m.Apply(1, c.Encode()).(Result)
+			if r.Code != tc.code {
+				t.Errorf("declare: code %d (%s), want %d", r.Code, r.Text, tc.code)
+			}
+			if len(rec.ops) != 0 {
+				t.Errorf("the broker was told %d changes, want none", len(rec.ops))
+			}
+		})
+	}
+}

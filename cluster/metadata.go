@@ -462,6 +462,13 @@ func (m *Metadata) declareExchange(vs *vhostState, c Command, args amqp.Table, i
 	if err := broker.CheckExchangeEquivalent(c.VHost, got, got); err != nil {
 		return resultOf(err) // an unknown type
 	}
+	if c.Type == broker.DelayedExchangeType {
+		// Checked by the proposing node too (VHost.DeclareExchange); one that did not (an
+		// older version, a stale one) must not put an exchange no node can build in the log.
+		if err := broker.CheckDelayedType(args); err != nil {
+			return resultOf(err)
+		}
+	}
 	x := &exchangeRec{Type: c.Type, Durable: c.Durable, AutoDelete: c.AutoDelete, Internal: c.Internal, Args: c.Args, Epoch: index}
 	if c.Type == broker.DelayedExchangeType {
 		// Its held messages live on one node, as a classic queue's: the declaring one.
