@@ -267,8 +267,9 @@ type delayer struct {
 	routed  atomic.Uint64
 	dropped atomic.Uint64 // held messages whose exchange was deleted
 
-	deliverMu sync.Mutex  // one delivery round at a time, in due order
-	remoteOut []bgForward // the forwards of the message being routed (collectRemote), under deliverMu
+	deliverMu sync.Mutex    // one delivery round at a time, in due order
+	remoteOut []bgForward   // the forwards of the message being routed (collectRemote), under deliverMu
+	stop      chan struct{} // closed by close: forwardDue gives up waiting
 	pubs      map[*VHost]*Publisher
 	drops     sync.WaitGroup // background drops and the read ahead in flight
 }
@@ -277,7 +278,7 @@ func newDelayer(b *Broker, clock delayClock) *delayer {
 	return &delayer{
 		b: b, store: b.store, clock: clock, window: delayWindow, maxMem: delayMaxMem, maxMemBytes: delayMaxMemBytes,
 		live: map[uint64]*Exchange{}, recent: map[dkey]struct{}{}, pubs: map[*VHost]*Publisher{}, unsynced: map[*heldMsg]bool{},
-		pending: map[dkey]struct{}{},
+		pending: map[dkey]struct{}{}, stop: make(chan struct{}),
 	}
 }
 
@@ -414,6 +415,9 @@ func (d *delayer) start(st persistence.DelayedState, arm bool) {
 // close stops the timer and waits for a delivery round and the background drops in progress.
 func (d *delayer) close() {
 	d.mu.Lock()
+	if !d.closed {
+		close(d.stop)
+	}
 	d.closed = true
 	if d.timer != nil {
 		d.timer.Stop()
@@ -863,7 +867,12 @@ func (d *delayer) forwardDue(list []dueForward) {
 		nfailed := 0
 		var firstErr error
 		for range n {
-			r := <-results
+			var r result
+			select {
+			case r = <-results:
+			case <-d.stop:
+				return // closing: the stored messages stay, routed again at the next start
+			}
 			if r.err != nil {
 				failed[r.i][r.j] = true
 				nfailed++
@@ -899,7 +908,11 @@ func (d *delayer) forwardDue(list []dueForward) {
 			d.b.log.Warn("delayed messages for queues of other nodes not accepted, retrying",
 				"messages", len(list), "forwards_failed", nfailed, "err", firstErr, "retry_in", backoff, "attempt", attempt)
 		}
-		time.Sleep(backoff)
+		select {
+		case <-time.After(backoff):
+		case <-d.stop:
+			return
+		}
 		backoff = min(2*backoff, delayedRetryMax)
 	}
 }
