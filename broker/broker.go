@@ -24,6 +24,10 @@ type Options struct {
 	// ignored, and kept on disk).
 	VHosts []VHostSettings
 	Logger *slog.Logger
+	// DeferDelayed leaves the delayed exchanges' timer unarmed until StartDelayed: a cluster
+	// member must not route a message that came due while it was down before it has replayed
+	// the metadata log (bindings to queues of other nodes) and installed its forwarder.
+	DeferDelayed bool
 }
 
 // VHostSettings are what the configuration says of one vhost.
@@ -127,7 +131,7 @@ func New(opts Options) (*Broker, error) {
 			return nil, fmt.Errorf("restoring durable state from %s: %w", opts.DataDir, err)
 		}
 	}
-	if err := b.startDelayed(); err != nil {
+	if err := b.startDelayed(!opts.DeferDelayed); err != nil {
 		if b.store != nil {
 			_ = b.store.Close()
 		}

@@ -101,6 +101,14 @@ func parseDelayedType(args amqp.Table) (exchange.Kind, *amqp.Error) {
 	return kind, nil
 }
 
+// CheckDelayedType validates a new x-delayed-message exchange's arguments as the plugin does
+// (x-delayed-type naming an existing type), with its reply code: the cluster's log checks them
+// too, so that no node applies an exchange it cannot build.
+func CheckDelayedType(args amqp.Table) *amqp.Error {
+	_, err := parseDelayedType(args)
+	return err
+}
+
 // delayOf reads a message's x-delay as the plugin does: integers, strings holding an integer
 // and floats (truncated). ok is false when the message routes at once (absent, not a number,
 // zero, negative or beyond maxDelay).
@@ -251,6 +259,7 @@ type delayer struct {
 	seq      uint64
 	lastInc  uint64
 	closed   bool
+	started  bool // the timer may be armed (start, Broker.StartDelayed)
 	readErrs int
 	state    *persistence.DelayedState // loaded at restore, nil after start
 
@@ -258,7 +267,9 @@ type delayer struct {
 	routed  atomic.Uint64
 	dropped atomic.Uint64 // held messages whose exchange was deleted
 
-	deliverMu sync.Mutex // one delivery round at a time, in due order
+	deliverMu sync.Mutex    // one delivery round at a time, in due order
+	remoteOut []bgForward   // the forwards of the message being routed (collectRemote), under deliverMu
+	stop      chan struct{} // closed by close: forwardDue gives up waiting
 	pubs      map[*VHost]*Publisher
 	drops     sync.WaitGroup // background drops and the read ahead in flight
 }
@@ -267,7 +278,7 @@ func newDelayer(b *Broker, clock delayClock) *delayer {
 	return &delayer{
 		b: b, store: b.store, clock: clock, window: delayWindow, maxMem: delayMaxMem, maxMemBytes: delayMaxMemBytes,
 		live: map[uint64]*Exchange{}, recent: map[dkey]struct{}{}, pubs: map[*VHost]*Publisher{}, unsynced: map[*heldMsg]bool{},
-		pending: map[dkey]struct{}{},
+		pending: map[dkey]struct{}{}, stop: make(chan struct{}),
 	}
 }
 
@@ -382,8 +393,9 @@ func (d *delayer) startDrop(inc uint64) {
 }
 
 // start resumes after restore: incarnations on disk that no restored exchange owns (transient
-// exchanges, or deletes interrupted by a crash) are dropped, and the timer is armed.
-func (d *delayer) start(st persistence.DelayedState) {
+// exchanges, or deletes interrupted by a crash) are dropped, and the timer is armed when arm is
+// set (else by Broker.StartDelayed).
+func (d *delayer) start(st persistence.DelayedState, arm bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.held.Store(st.Count)
@@ -394,12 +406,18 @@ func (d *delayer) start(st persistence.DelayedState) {
 			d.startDrop(inc)
 		}
 	}
-	d.arm(d.clock.Now())
+	if arm {
+		d.started = true
+		d.arm(d.clock.Now())
+	}
 }
 
 // close stops the timer and waits for a delivery round and the background drops in progress.
 func (d *delayer) close() {
 	d.mu.Lock()
+	if !d.closed {
+		close(d.stop)
+	}
 	d.closed = true
 	if d.timer != nil {
 		d.timer.Stop()
@@ -619,7 +637,7 @@ func (d *delayer) evict() {
 // arm starts a read ahead if one is due and sets the timer for the next due message or read.
 // Called with d.mu held.
 func (d *delayer) arm(now time.Time) {
-	if d.closed {
+	if d.closed || !d.started {
 		return
 	}
 	nowMs := now.UnixMilli()
@@ -756,34 +774,164 @@ func (d *delayer) fire() {
 	d.mu.Unlock()
 
 	var keys []persistence.DelayedKey
+	var remote []dueForward
 	for _, x := range batch {
-		keys = append(keys, x.h.key)
 		d.held.Add(-1)
 		if x.ex == nil {
+			keys = append(keys, x.h.key)
 			d.dropped.Add(1)
 			continue
 		}
+		d.remoteOut = d.remoteOut[:0]
 		d.route(x.ex, x.h)
+		if len(d.remoteOut) == 0 {
+			keys = append(keys, x.h.key)
+			continue
+		}
+		// Copies for queues of other nodes: the stored message stays until every home
+		// confirmed its copy (forwardDue).
+		remote = append(remote, dueForward{key: x.h.key, fwds: slices.Clone(d.remoteOut)})
 	}
+	clear(d.remoteOut)
+	d.remoteOut = d.remoteOut[:0]
 	for _, p := range d.pubs {
 		p.Flush()
 	}
-	if d.store != nil && len(keys) > 0 {
-		// Submitted after the routed copies' publish batches: removed with or after them.
-		d.store.RemoveDelayedAsync(keys, func(err error) {
-			if err != nil {
-				d.b.log.Error("removing routed delayed messages", "err", err)
-			}
-			d.mu.Lock()
-			for _, k := range keys {
-				delete(d.recent, dk(k))
-			}
-			d.mu.Unlock()
-		})
+	if len(remote) > 0 {
+		d.mu.Lock()
+		if !d.closed {
+			d.drops.Add(1)
+			go d.forwardDue(remote)
+		}
+		d.mu.Unlock()
 	}
+	// Submitted after the routed copies' publish batches: removed with or after them.
+	d.removeRouted(keys)
 	d.mu.Lock()
 	d.arm(d.clock.Now())
 	d.mu.Unlock()
+}
+
+// dueForward is a routed due message's copies for queues of other nodes, not all confirmed yet.
+type dueForward struct {
+	key  persistence.DelayedKey
+	fwds []bgForward // those not confirmed yet
+}
+
+// delayedRetryMax bounds the back-off between forwards of a due message that a home refused or
+// that could not reach it.
+const delayedRetryMax = time.Second
+
+// collectRemote takes a forward of the message being routed (route) to queues of another
+// node: fire sends it confirmed, off the timer goroutine (forwardDue). Called by publishSplit on
+// the delayer's publisher, under deliverMu.
+func (d *delayer) collectRemote(home, vhost string, queues []string, msg *queue.Message) {
+	d.remoteOut = append(d.remoteOut, bgForward{home: home, vhost: vhost, queues: queues, msg: msg})
+}
+
+// forwardDue forwards due messages to queues of other nodes with confirms, in order, and
+// removes each stored message once every home accepted its copy; a refused or failed forward is
+// sent again after a back-off (its stored message stays, so a restart meanwhile routes it
+// again: at least once). A message whose exchange was deleted meanwhile is dropped. It runs on
+// a goroutine of its own (a forward may wait for room on the link).
+func (d *delayer) forwardDue(list []dueForward) {
+	defer d.drops.Done()
+	fw := d.b.cluster.forwarder
+	backoff := 20 * time.Millisecond
+	attempt := 0
+	for len(list) > 0 {
+		d.mu.Lock()
+		closed := d.closed
+		d.mu.Unlock()
+		if closed {
+			return // the stored messages stay: routed again at the next start
+		}
+		type result struct {
+			i, j int
+			err  error
+		}
+		n := 0
+		for i := range list {
+			n += len(list[i].fwds)
+		}
+		results := make(chan result, n)
+		for i := range list {
+			for j, f := range list[i].fwds {
+				fw.Forward(f.home, f.vhost, f.queues, f.msg, func(err error) { results <- result{i, j, err} })
+			}
+		}
+		failed := make([][]bool, len(list))
+		for i := range list {
+			failed[i] = make([]bool, len(list[i].fwds))
+		}
+		nfailed := 0
+		var firstErr error
+		for range n {
+			var r result
+			select {
+			case r = <-results:
+			case <-d.stop:
+				return // closing: the stored messages stay, routed again at the next start
+			}
+			if r.err != nil {
+				failed[r.i][r.j] = true
+				nfailed++
+				if firstErr == nil {
+					firstErr = r.err
+				}
+			}
+		}
+		var done []persistence.DelayedKey
+		kept := list[:0]
+		d.mu.Lock()
+		for i, x := range list {
+			fwds := x.fwds[:0]
+			for j, f := range x.fwds {
+				if failed[i][j] {
+					fwds = append(fwds, f)
+				}
+			}
+			if len(fwds) == 0 || d.live[x.key.Incarnation] == nil {
+				done = append(done, x.key)
+				continue
+			}
+			kept = append(kept, dueForward{key: x.key, fwds: fwds})
+		}
+		d.mu.Unlock()
+		clear(list[len(kept):])
+		list = kept
+		d.removeRouted(done)
+		if len(list) == 0 {
+			return
+		}
+		if attempt++; attempt&(attempt-1) == 0 { // the 1st, 2nd, 4th, ... failure: say it, not flood
+			d.b.log.Warn("delayed messages for queues of other nodes not accepted, retrying",
+				"messages", len(list), "forwards_failed", nfailed, "err", firstErr, "retry_in", backoff, "attempt", attempt)
+		}
+		select {
+		case <-time.After(backoff):
+		case <-d.stop:
+			return
+		}
+		backoff = min(2*backoff, delayedRetryMax)
+	}
+}
+
+// removeRouted removes routed messages from the store (without one, there is nothing to do).
+func (d *delayer) removeRouted(keys []persistence.DelayedKey) {
+	if d.store == nil || len(keys) == 0 {
+		return
+	}
+	d.store.RemoveDelayedAsync(keys, func(err error) {
+		if err != nil {
+			d.b.log.Error("removing routed delayed messages", "err", err)
+		}
+		d.mu.Lock()
+		for _, k := range keys {
+			delete(d.recent, dk(k))
+		}
+		d.mu.Unlock()
+	})
 }
 
 // route publishes a due message through its exchange's x-delayed-type routing, as a new
@@ -793,7 +941,7 @@ func (d *delayer) route(ex *Exchange, h *heldMsg) {
 	p := d.pubs[v]
 	if p == nil {
 		p = v.NewPublisher()
-		p.noWait = true // runs on the delayer's timer: never wait for the link
+		p.noWait = true // copies for other nodes go to collectRemote: fire confirms them
 		d.pubs[v] = p
 	}
 	sum, err := amqp.ScanContentHeader(h.header)
@@ -853,15 +1001,31 @@ func persistenceWait(submit func(func(error))) error {
 	return <-ch
 }
 
-// startDelayed starts routing held messages, after restore.
-func (b *Broker) startDelayed() error {
+// startDelayed loads the held messages' state after restore, and starts routing them when arm
+// is set (else StartDelayed does).
+func (b *Broker) startDelayed(arm bool) error {
 	st, err := b.delayed.loadState()
 	if err != nil {
 		return err
 	}
-	b.delayed.start(*st)
+	b.delayed.start(*st, arm)
 	b.delayed.state = nil
 	return nil
+}
+
+// StartDelayed starts routing the delayed exchanges' held messages when broker.New was told to
+// defer it (Options.DeferDelayed): a cluster member calls it once it has caught up with the
+// metadata log and installed its forwarder. Calling it again, or without a deferral, does
+// nothing.
+func (b *Broker) StartDelayed() {
+	d := b.delayed
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.started {
+		return
+	}
+	d.started = true
+	d.arm(d.clock.Now())
 }
 
 // commitTx writes a transaction's batch and its held messages hs in one journal transaction

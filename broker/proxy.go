@@ -156,7 +156,8 @@ func ErrHomeDown(vhost, name, home string) *amqp.Error {
 // answer it: the cluster deletes the others of a dead node.
 func (v *VHost) HomeDown(qs *Queue) *amqp.Error {
 	l := v.b.cluster.liveness
-	if l == nil || qs == nil || qs.home == "" || !l.NodeDown(qs.home) {
+	// A quorum queue is never home-down (the metadata says so too): its other members serve it.
+	if l == nil || qs == nil || qs.home == "" || qs.spec.quorum || !l.NodeDown(qs.home) {
 		return nil
 	}
 	return ErrHomeDown(v.name, qs.name, qs.home)
@@ -166,9 +167,10 @@ func (v *VHost) HomeDown(qs *Queue) *amqp.Error {
 // not reach (err, its 541), before the cluster takes the node for dead: RabbitMQ's answer once
 // its call to the queue's node fails, a 404 that closes the channel rather than the
 // connection. Anything else (another error, a non-durable queue, which RabbitMQ deletes once
-// the node is known down but which Warren cannot yet call absent) is err unchanged.
+// the node is known down but which Warren cannot yet call absent, a quorum queue, which other
+// members serve) is err unchanged.
 func (v *VHost) HomeUnreachable(qs *Queue, err *amqp.Error) *amqp.Error {
-	if err == nil || err.Code != amqp.InternalError || qs == nil || qs.home == "" || !qs.declDur || qs.exclusive {
+	if err == nil || err.Code != amqp.InternalError || qs == nil || qs.home == "" || !qs.declDur || qs.exclusive || qs.spec.quorum {
 		return err
 	}
 	return ErrHomeDown(v.name, qs.name, qs.home)

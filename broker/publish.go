@@ -18,8 +18,9 @@ type Publisher struct {
 	count    uint64 // publishes, for Flow
 	// localBuf and remoteBuf are publishSplit's reusable target buffers (forward.go).
 	localBuf, remoteBuf []*Queue
-	// noWait makes publishes without a confirm (done nil) forward to other nodes without
-	// waiting for room on the link (Broker.forwardNoWait): set for a timer's publisher.
+	// noWait hands the forwards to other nodes of publishes without a confirm (done nil) to
+	// the delayer (delayer.collectRemote), which confirms them off its timer goroutine: set for
+	// the delayer's publishers.
 	noWait bool
 
 	// Exchange counters are gathered here and added to the exchange every exchangeStatsBatch

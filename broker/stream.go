@@ -914,11 +914,16 @@ func (b *Broker) remoteStream(vhost, name string) *Queue {
 	return qs
 }
 
-// Consume implements Proxy. As ConsumeStream, a missing prefetch (406, the home's answer) is
-// checked before no-ack.
+// Consume implements Proxy. As ConsumeStream, a missing prefetch (406) is checked before
+// no-ack (540). A no-ack consume is answered here whatever its prefetch: the link turns it
+// into an acknowledging consume with a window, so the home would never see the missing
+// prefetch.
 func (p streamChecks) Consume(home, vhost, queue string, o ProxyConsume, sink ProxySink) (ProxyChannel, *amqp.Error) {
-	if o.NoAck && o.Prefetch > 0 {
+	if o.NoAck {
 		if qs := p.b.remoteStream(vhost, queue); qs != nil {
+			if o.Prefetch == 0 {
+				return nil, amqp.Errorf(amqp.PreconditionFailed, "consumer prefetch count is not set for '%s'", qs.rs())
+			}
 			return nil, amqp.Errorf(amqp.NotImplemented, "automatic acknowledgement not supported by stream queues %s", qs.rs())
 		}
 	}

@@ -148,8 +148,13 @@ type exchangeRec struct {
 	Internal   bool   `json:"internal,omitempty"`
 	Args       []byte `json:"args,omitempty"`
 	// Home is the node that holds an x-delayed-message exchange's messages until they are
-	// due: the node that declared it. "" for the other types (they hold nothing).
+	// due: the node that declared it (or the one it moved to when that node left the cluster,
+	// node_gone). "" for the other types (they hold nothing).
 	Home string `json:"home,omitempty"`
+	// Epoch is the log index of the declare (or of the node_gone that moved its home): a
+	// snapshot with another epoch (Restore) has a different exchange of the same name, which
+	// the broker must delete and declare again. 0 in snapshots of earlier versions.
+	Epoch uint64 `json:"epoch,omitempty"`
 }
 
 type queueRec struct {
@@ -281,6 +286,7 @@ func (m *Metadata) decide(index uint64, cmd []byte) Result {
 		m.setDown(c.Node, false)
 		m.st.Gone = setIn(m.st.Gone, c.Node, true)
 		m.nodeDown(c.Node)
+		m.rehomeExchanges(c.Node, index)
 		return Result{}
 	case OpDropOwner, OpNodeRestarted:
 		if c.Op == OpNodeRestarted {
@@ -303,7 +309,7 @@ func (m *Metadata) decide(index uint64, cmd []byte) Result {
 	args, _ := decodeArgs(c.Args) // checked by DecodeCommand
 	switch c.Op {
 	case OpDeclareExchange:
-		return m.declareExchange(vs, c, args)
+		return m.declareExchange(vs, c, args, index)
 	case OpDeleteExchange:
 		return m.deleteExchange(vs, c)
 	case OpDeclareQueue:
@@ -448,7 +454,7 @@ func queueSpec(name string, q *queueRec) broker.QueueSpec {
 	return broker.QueueSpec{Name: name, Durable: q.Durable, Exclusive: q.Exclusive, AutoDelete: q.AutoDelete, Args: args}
 }
 
-func (m *Metadata) declareExchange(vs *vhostState, c Command, args amqp.Table) Result {
+func (m *Metadata) declareExchange(vs *vhostState, c Command, args amqp.Table, index uint64) Result {
 	got := broker.ExchangeSpec{Name: c.Name, Type: c.Type, Durable: c.Durable, AutoDelete: c.AutoDelete, Internal: c.Internal, Args: args}
 	if x := vs.Exchanges[c.Name]; x != nil {
 		return resultOf(broker.CheckExchangeEquivalent(c.VHost, exchangeSpec(c.Name, x), got))
@@ -456,7 +462,14 @@ func (m *Metadata) declareExchange(vs *vhostState, c Command, args amqp.Table) R
 	if err := broker.CheckExchangeEquivalent(c.VHost, got, got); err != nil {
 		return resultOf(err) // an unknown type
 	}
-	x := &exchangeRec{Type: c.Type, Durable: c.Durable, AutoDelete: c.AutoDelete, Internal: c.Internal, Args: c.Args}
+	if c.Type == broker.DelayedExchangeType {
+		// Checked by the proposing node too (VHost.DeclareExchange); one that did not (an
+		// older version, a stale one) must not put an exchange no node can build in the log.
+		if err := broker.CheckDelayedType(args); err != nil {
+			return resultOf(err)
+		}
+	}
+	x := &exchangeRec{Type: c.Type, Durable: c.Durable, AutoDelete: c.AutoDelete, Internal: c.Internal, Args: c.Args, Epoch: index}
 	if c.Type == broker.DelayedExchangeType {
 		// Its held messages live on one node, as a classic queue's: the declaring one.
 		x.Home = c.Node
@@ -874,7 +887,7 @@ func (m *Metadata) Restore(b []byte) error {
 			}
 		}
 		for _, xn := range sortedKeys(was.Exchanges) {
-			if now.Exchanges[xn] == nil {
+			if x := now.Exchanges[xn]; x == nil || exchangeRenewed(was.Exchanges[xn], x) {
 				m.apply(broker.TopologyOp{Kind: broker.OpDeleteExchange, VHost: vn, Exchange: broker.ExchangeSpec{Name: xn}})
 			}
 		}
@@ -884,8 +897,12 @@ func (m *Metadata) Restore(b []byte) error {
 		if was == nil {
 			was = empty
 		}
+		// Exchanges and queues deleted and declared again (another epoch): the broker lost
+		// their bindings with the delete, so those the snapshot has are bound again.
+		renewed := map[string]bool{}
 		for _, xn := range sortedKeys(now.Exchanges) {
-			if was.Exchanges[xn] == nil {
+			if w := was.Exchanges[xn]; w == nil || exchangeRenewed(w, now.Exchanges[xn]) {
+				renewed["x\x00"+xn] = w != nil
 				m.apply(broker.TopologyOp{Kind: broker.OpDeclareExchange, VHost: vn, Exchange: exchangeSpec(xn, now.Exchanges[xn]),
 					Home: now.Exchanges[xn].Home})
 			}
@@ -893,6 +910,7 @@ func (m *Metadata) Restore(b []byte) error {
 		for _, qn := range sortedKeys(now.Queues) {
 			q := now.Queues[qn]
 			if w := was.Queues[qn]; w == nil || w.Epoch != q.Epoch {
+				renewed["q\x00"+qn] = w != nil
 				m.apply(broker.TopologyOp{Kind: broker.OpDeclareQueue, VHost: vn, Queue: queueSpec(qn, q), Home: q.Home,
 					OwnerNode: q.OwnerNode, Owner: broker.OwnerID(q.Owner), Epoch: q.Epoch, Members: q.Members})
 			} else if !slices.Equal(w.Members, q.Members) || w.Home != q.Home {
@@ -903,7 +921,11 @@ func (m *Metadata) Restore(b []byte) error {
 			}
 		}
 		for _, k := range now.sortedBindings() {
-			if _, ok := was.bindings[k]; !ok {
+			dest := "q\x00" + k.Destination
+			if k.ToExchange {
+				dest = "x\x00" + k.Destination
+			}
+			if _, ok := was.bindings[k]; !ok || renewed["x\x00"+k.Source] || renewed[dest] {
 				args, _ := decodeArgs([]byte(k.Args))
 				m.apply(broker.TopologyOp{Kind: broker.OpBind, VHost: vn, Binding: broker.BindingSpec{Source: k.Source, Destination: k.Destination, ToExchange: k.ToExchange, Key: k.Key, Args: args}})
 			}
@@ -911,6 +933,54 @@ func (m *Metadata) Restore(b []byte) error {
 	}
 	m.flush(Result{})
 	return nil
+}
+
+// rehomeExchanges moves the delayed exchanges homed on node, which left the cluster, to the
+// first member (in st.Nodes' order) neither down nor gone, the same on every node: without it
+// their delayed publishes would be forwarded to a node that never comes back. The messages
+// node held are lost with it. The broker deletes the exchange and declares it with its new
+// home (at index, its new epoch), then binds it again. With no such member they stay.
+func (m *Metadata) rehomeExchanges(node string, index uint64) {
+	home := ""
+	for _, n := range m.st.Nodes {
+		_, down := slices.BinarySearch(m.st.Down, n)
+		_, gone := slices.BinarySearch(m.st.Gone, n)
+		if n != node && !down && !gone {
+			home = n
+			break
+		}
+	}
+	if home == "" {
+		return
+	}
+	for _, vn := range sortedKeys(m.st.VHosts) {
+		vs := m.st.VHosts[vn]
+		for _, xn := range sortedKeys(vs.Exchanges) {
+			x := vs.Exchanges[xn]
+			if x.Home != node {
+				continue
+			}
+			x.Home, x.Epoch = home, index
+			m.log.Warn("cluster: delayed exchange moved to another node, its home left the cluster (messages it held are lost)",
+				"vhost", vn, "exchange", xn, "old_home", node, "home", home)
+			m.apply(broker.TopologyOp{Kind: broker.OpDeleteExchange, VHost: vn, Exchange: broker.ExchangeSpec{Name: xn}})
+			m.apply(broker.TopologyOp{Kind: broker.OpDeclareExchange, VHost: vn, Exchange: exchangeSpec(xn, x), Home: home})
+			for _, k := range vs.sortedBindings() {
+				if k.Source == xn || (k.ToExchange && k.Destination == xn) {
+					args, _ := decodeArgs([]byte(k.Args))
+					m.apply(broker.TopologyOp{Kind: broker.OpBind, VHost: vn, Binding: broker.BindingSpec{Source: k.Source,
+						Destination: k.Destination, ToExchange: k.ToExchange, Key: k.Key, Args: args}})
+				}
+			}
+		}
+	}
+}
+
+// exchangeRenewed reports whether x, in a snapshot, is another exchange than w of the same
+// name, which this node had: deleted and declared again meanwhile (another epoch; 0 is a
+// snapshot of an earlier version, which did not record it), or moved to another home.
+func exchangeRenewed(w, x *exchangeRec) bool {
+	return w.Home != x.Home || w.Type != x.Type || (w.Epoch != 0 && x.Epoch != 0 && w.Epoch != x.Epoch)
 }
 
 func sortedKeys[V any](mp map[string]V) []string {

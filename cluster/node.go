@@ -167,6 +167,9 @@ func StartNode(cfg NodeConfig, b *broker.Broker) (*Node, error) {
 		h.NewGroupsFromNow()
 	}
 	n.startLink(b)
+	// Only now, with the topology caught up and the forwarder installed, may a message that
+	// came due while this node was down be routed (to queues of other nodes too).
+	b.StartDelayed()
 	go n.statusLoop()
 	go func() {
 		defer close(n.quorumDone)

@@ -119,6 +119,15 @@ func TestClusterStreamAcrossNodes(t *testing.T) {
 	if code := amqpCode(err); code != amqp091.PreconditionFailed {
 		t.Errorf("consume without prefetch on n3: %v, want 406", err)
 	}
+	// A no-ack consume without prefetch too, with the home's code and text (the link turns a
+	// no-ack consume into an acknowledging one with a window: the home never sees it).
+	_, hch := dial(t, nodes["n1"].url)
+	_, herr := hch.Consume(q, "", true, false, false, false, nil)
+	_, nch = dial(t, nodes["n3"].url)
+	_, err = nch.Consume(q, "", true, false, false, false, nil)
+	if amqpCode(herr) != amqp091.PreconditionFailed || fmt.Sprint(err) != fmt.Sprint(herr) {
+		t.Errorf("no-ack consume without prefetch on n3: %v; on the home n1: %v; want the home's 406", err, herr)
+	}
 
 	// What the home would refuse with a connection error (540) is refused on n3, the client's
 	// node, with RabbitMQ's code and text; the link to n1 is untouched.

@@ -85,7 +85,10 @@ func New(cfg Config) (*Server, error) {
 		log.Warn("a client that goes while its connection is blocked by an alarm is noticed only when the alarm clears (the check needs Linux's TCP_INFO)")
 	}
 	s.alarms.memLimit.Store(memoryLimit(cfg))
-	opts := broker.Options{DataDir: cfg.DataDir, MaxRAMMessages: cfg.MaxRAMMessages, VHosts: rt.vhostSettings(), Logger: log}
+	// With Attach (a cluster member) the delayed messages are routed only once it returned
+	// (cluster.StartNode caught up and installed the forwarder).
+	opts := broker.Options{DataDir: cfg.DataDir, MaxRAMMessages: cfg.MaxRAMMessages, VHosts: rt.vhostSettings(), Logger: log,
+		DeferDelayed: cfg.Attach != nil}
 	if limit := s.alarms.memLimit.Load(); limit > 0 {
 		// As RabbitMQ's vm_memory_high_watermark_paging_ratio: queues page out message bodies
 		// well before the memory alarm would block publishers.
@@ -101,6 +104,7 @@ func New(cfg Config) (*Server, error) {
 			_ = b.Close()
 			return nil, err
 		}
+		b.StartDelayed()
 	}
 	if errs := s.declareTopology(&cfg); len(errs) > 0 {
 		_ = b.Close()

@@ -1,0 +1,84 @@
+package broker
+
+import (
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/warrenmq/warren/amqp"
+	"github.com/warrenmq/warren/queue"
+)
+
+// flakyForwarder refuses the first fails forwards, then accepts, recording the queues of each.
+type flakyForwarder struct {
+	mu     sync.Mutex
+	fails  int
+	calls  int
+	queues [][]string
+}
+
+func (f *flakyForwarder) Forward(home, vhost string, queues []string, msg *queue.Message, done func(error)) {
+	f.mu.Lock()
+	f.calls++
+	f.queues = append(f.queues, queues)
+	fail := f.calls <= f.fails
+	f.mu.Unlock()
+	if done == nil {
+		return
+	}
+	if fail {
+		done(errors.New("nacked by B"))
+		return
+	}
+	done(nil)
+}
+
+func (f *flakyForwarder) count() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.calls
+}
+
+// A due delayed message for a queue of node B is forwarded with a confirm; refused, it is sent
+// again (to B only: the local queue has its copy once) until B accepts it, then no more.
+func TestDelayedDueForwardRetried(t *testing.T) {
+	b := newTestBroker(t, t.TempDir())
+	b.SetReplicator(testReplicator{b})
+	fw := &flakyForwarder{fails: 2}
+	b.SetForwarder(fw)
+	v := b.VHost("/")
+	for _, op := range []TopologyOp{
+		{Kind: OpDeclareExchange, VHost: "/", Exchange: ExchangeSpec{Name: "dx", Type: delayedType, Durable: true,
+			Args: amqp.Table{delayedTypeArg: "fanout"}}, Home: "A"},
+		{Kind: OpDeclareQueue, VHost: "/", Queue: QueueSpec{Name: "here", Durable: true}, Home: "A"},
+		{Kind: OpDeclareQueue, VHost: "/", Queue: QueueSpec{Name: "there", Durable: true}, Home: "B"},
+		{Kind: OpBind, VHost: "/", Binding: BindingSpec{Source: "dx", Destination: "here"}},
+		{Kind: OpBind, VHost: "/", Binding: BindingSpec{Source: "dx", Destination: "there"}},
+	} {
+		if _, err := b.ApplyTopology(op); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publishDelayed(t, v, v.NewPublisher(), "dx", "", "m", int32(20), true)
+	deadline := time.Now().Add(5 * time.Second)
+	for fw.count() < 3 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond) // a retry too many would come within this
+	if n := fw.count(); n != 3 {
+		t.Fatalf("%d forwards, want 3 (two refused, then accepted)", n)
+	}
+	for _, qs := range fw.queues {
+		if len(qs) != 1 || qs[0] != "there" {
+			t.Fatalf("forwarded for queues %v, want [there]", qs)
+		}
+	}
+	qs, aerr := v.Queue(System, "here")
+	if aerr != nil {
+		t.Fatal(aerr)
+	}
+	if got := qs.Q().Stats().Ready; got != 1 {
+		t.Fatalf("local queue has %d, want 1", got)
+	}
+}
