@@ -445,7 +445,10 @@ func (l *Link) Consume(home, vhost, queueName string, o broker.ProxyConsume, sin
 	if err != nil {
 		return nil, linkError(home, err)
 	}
-	lc.sink, lc.tag, lc.started = sink, o.Tag, make(chan struct{})
+	lc.tag, lc.started = o.Tag, make(chan struct{})
+	lc.mu.Lock()
+	lc.pending = sink // the read loop installs it at consume-ok
+	lc.mu.Unlock()
 	if o.NoAck {
 		// Consumed with acks and the link's window: see noAckWindow. The client's prefetch
 		// limits do not apply to a no-ack consumer, on the home either.

@@ -414,14 +414,11 @@ type linkChan struct {
 	// The consumer (nil for a getter): its sink, flags and state; read loop only, except
 	// started and stopped.
 	sink    broker.ProxySink
+	pending broker.ProxySink // the sink until consume-ok (under mu): see method
 	tag     string
 	started chan struct{} // closed by Start (or Close): deliveries wait for it
 	startMu sync.Once
 	stopped atomic.Bool // Cancel or Close was called: the end of the consumer is not news
-	// consuming: the home accepted the consume (consume-ok read). Before it, a close of the
-	// channel is the failed consume's answer, for Consume's caller (which may ask again while
-	// the home lags), not news for the sink.
-	consuming atomic.Bool
 
 	// The delivery being assembled (read loop only).
 	inMsg      bool
@@ -489,8 +486,8 @@ func (lc *linkChan) end(err error, ended *amqp.Error) {
 	close(lc.gone)
 	lc.mu.Unlock()
 	lc.release()
-	if lc.sink != nil && lc.consuming.Load() && !lc.stopped.Load() {
-		lc.sink.Ended(ended)
+	if !lc.stopped.Load() && lc.sink != nil {
+		go lc.sink.Ended(ended) // off the read loop: see proxyChannel.Close
 	}
 }
 
@@ -646,7 +643,7 @@ func (lc *linkChan) method(m amqp.Method) error {
 		// The home cancelled the consumer (its queue was deleted). What it delivered can still
 		// be settled, so the channel stays until the client's channel lets it go.
 		if lc.sink != nil && !lc.stopped.Swap(true) {
-			lc.sink.Ended(nil)
+			go lc.sink.Ended(nil) // off the read loop: see proxyChannel.Close
 		}
 	case *amqp.ChannelClose:
 		_ = lc.c.write(lc.id, &amqp.ChannelCloseOk{})
@@ -661,7 +658,15 @@ func (lc *linkChan) method(m amqp.Method) error {
 		lc.end(errLinkClosed, nil)
 	default:
 		if _, ok := m.(*amqp.BasicConsumeOk); ok {
-			lc.consuming.Store(true) // before any delivery and before the caller's return
+			// The consumer exists from here: its deliveries follow, and a channel.close of the
+			// home now ends it (Ended). One before it (a 404 of a queue the home does not know
+			// yet) is the consume's error only: the client's node may ask again
+			// (server's whileHomeLags) on a channel it has not closed.
+			lc.mu.Lock()
+			if lc.pending != nil {
+				lc.sink, lc.pending = lc.pending, nil
+			}
+			lc.mu.Unlock()
 		}
 		select {
 		case lc.reply <- m:
@@ -738,6 +743,7 @@ func (lc *linkChan) closeAsync() {
 	lc.release()
 	if err != nil {
 		lc.drop()
+		lc.end(err, nil) // no close-ok will come: Close does not wait for one
 	}
 }
 
@@ -774,11 +780,25 @@ func (pc *proxyChannel) Cancel() {
 	_, _ = lc.call(&amqp.BasicCancel{ConsumerTag: lc.tag}, "basic.cancel-ok")
 }
 
-// Close implements broker.ProxyChannel. Not waited for: the home requeues what is unsettled
-// when the channel.close arrives (or the connection goes).
+// Close implements broker.ProxyChannel. It waits (bounded, as call) for the home's close-ok:
+// the home has then requeued what was unsettled on the link channel, so once the client has
+// its own channel.close-ok those messages are back in their queue, as RabbitMQ promises, for
+// a basic.get or consume that comes next on any connection of any node. (Not waiting let a
+// client's get on another link channel, or through another node, reach the home first and
+// find the queue empty.) The read loop never calls it: the sinks' Ended, which may close
+// other link channels, runs on a goroutine of its own (end), and Deliver closes none.
 func (pc *proxyChannel) Close() {
-	pc.lc.stopped.Store(true)
-	pc.lc.closeAsync()
+	lc := pc.lc
+	lc.stopped.Store(true)
+	lc.closeAsync()
+	t := time.NewTimer(lc.timeout)
+	defer t.Stop()
+	select {
+	case <-lc.gone: // the home's close-ok (or its own close, or the connection's end)
+	case <-lc.c.done: // the connection ended: the home requeues everything of it
+	case <-t.C:
+		lc.c.close() // as a call's timeout: the home requeues when the connection goes
+	}
 }
 
 // Get implements broker.ProxyGetter.

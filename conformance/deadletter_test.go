@@ -339,11 +339,14 @@ func TestQueueExpires(t *testing.T) {
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
-	// A consumer keeps the queue in use.
-	q2 := declareQueue(t, ch, amqp.Table{"x-expires": int32(100)})
+	// A consumer keeps the queue in use. The queue must first live until the consume reaches
+	// it: 100 ms was the load's bound, not the broker's (through another node of a loaded
+	// cluster the declare's count request and the consume took longer, and the queue expired
+	// before the consumer came), so this one has a second.
+	q2 := declareQueue(t, ch, amqp.Table{"x-expires": int32(1000)})
 	d := consume(t, ch, q2, true)
 	expectNoDelivery(t, d)
-	time.Sleep(200 * time.Millisecond) // well beyond x-expires; the queue must survive it
+	time.Sleep(1500 * time.Millisecond) // well beyond x-expires; the queue must survive it
 	if !queueExists(t, q2) {
 		t.Fatal("queue with a consumer expired")
 	}

@@ -439,7 +439,7 @@ func (ch *channel) dispatch(m amqp.Method) *amqp.Error {
 		if !m.NoWait {
 			ready, consumers := qs.DeclareCounts()
 			if qs.Home() != "" {
-				if ready, consumers, err = ch.remoteCountsAfterDeclare(qs); err != nil {
+				if ready, consumers, err = ch.remoteCountsAfterDeclare(qs, m.Passive); err != nil {
 					return err
 				}
 			}
@@ -525,12 +525,23 @@ func (ch *channel) dispatch(m amqp.Method) *amqp.Error {
 // metadata log does not know a queue this node has just seen declared (the declare waits only
 // for this node's apply) and answers 404: while qs is still this node's entry for the name, the
 // question is asked again (whileHomeLags).
-func (ch *channel) remoteCountsAfterDeclare(qs *broker.Queue) (ready, consumers int, err *amqp.Error) {
+//
+// A queue that is gone by the time the home is asked (an x-expires of 100 ms runs out on the
+// home before the question arrives; another client deletes it) was declared all the same:
+// this node has applied the declare, and then the delete. A declare (not a passive one, which
+// asks whether the queue is there now) gets its declare-ok with zero counts, as on one node,
+// where the queue expires after the declare-ok, rather than a 404 for a queue it created.
+func (ch *channel) remoteCountsAfterDeclare(qs *broker.Queue, passive bool) (ready, consumers int, err *amqp.Error) {
 	err = ch.whileHomeLags(qs, func() *amqp.Error {
 		var err *amqp.Error
 		ready, consumers, err = ch.remoteCounts(qs)
 		return err
 	})
+	if err != nil && err.Code == amqp.NotFound && !passive {
+		if cur, lerr := ch.v.Queue(broker.System, qs.Name()); lerr != nil || cur != qs {
+			return 0, 0, nil
+		}
+	}
 	return ready, consumers, err
 }
 
