@@ -38,6 +38,9 @@ const proxyFrameMax = 128 << 10
 const (
 	noAckWindow   = 512
 	noAckAckBatch = 64
+	// ackFlushFrames bounds the frames the read loop reads between two flushes of the pending
+	// acks (flushAcks).
+	ackFlushFrames = 64
 )
 
 // proxyConn is a peer's proxy connection.
@@ -230,19 +233,52 @@ func (c *proxyConn) writeAck(channel uint16, nack bool, tag uint64, multiple, re
 	return err
 }
 
+// heartbeats sends a heartbeat every half interval and ends the connection when the home was
+// silent for three intervals (readWatch), until the connection ends.
 func (c *proxyConn) heartbeats() {
 	t := time.NewTicker(c.hb / 2)
 	defer t.Stop()
 	hb := amqp.AppendHeartbeat(nil)
+	watch := newReadWatch(c.nc, c.fr, 3*c.hb)
 	for {
 		select {
 		case <-c.done:
 			return
-		case <-t.C:
+		case now := <-t.C:
+			watch.check(now)
 		}
 		if _, err := c.w.Write(hb); err != nil {
 			return
 		}
+	}
+}
+
+// readWatch finds a link's home gone when nothing at all was read from it for a while
+// (RabbitMQ's rule: any byte is a sign of life, not only heartbeat frames). It replaces a read
+// deadline refreshed between frames: the reader's buffer of a busy link nearly always holds
+// part of a frame, so such a deadline was seldom refreshed and a steady burst of deliveries
+// timed the connection out three heartbeats in.
+type readWatch struct {
+	nc      net.Conn
+	fr      *amqp.FrameReader
+	timeout time.Duration
+	bytes   uint64    // fr's count at the last move
+	moved   time.Time // when it last moved
+}
+
+func newReadWatch(nc net.Conn, fr *amqp.FrameReader, timeout time.Duration) *readWatch {
+	return &readWatch{nc: nc, fr: fr, timeout: timeout, bytes: fr.BytesRead(), moved: time.Now()}
+}
+
+// check ends the reader's wait (a deadline in the past: its read fails with a timeout) when
+// nothing was read since timeout before now.
+func (w *readWatch) check(now time.Time) {
+	if n := w.fr.BytesRead(); n != w.bytes {
+		w.bytes, w.moved = n, now
+		return
+	}
+	if now.Sub(w.moved) >= w.timeout {
+		_ = w.nc.SetReadDeadline(time.Unix(1, 0))
 	}
 }
 
@@ -305,12 +341,13 @@ func (c *proxyConn) channel(id uint16) *linkChan {
 
 func (c *proxyConn) read() error {
 	var last *linkChan // the channel of the previous frame: most frames continue a delivery
+	// Pending no-ack acks go before a read that may wait, and every ackFlushFrames frames
+	// besides: a busy link's buffer may never run empty.
+	frames := 0
 	for {
-		if c.fr.Buffered() == 0 {
-			c.flushAcks() // the next read may wait: what was written is acked first
-			if c.hb > 0 {
-				_ = c.nc.SetReadDeadline(time.Now().Add(3 * c.hb))
-			}
+		if frames++; frames >= ackFlushFrames || c.fr.Buffered() == 0 {
+			frames = 0
+			c.flushAcks()
 		}
 		f, err := c.fr.ReadFrame()
 		if err != nil {

@@ -1,0 +1,106 @@
+package cluster
+
+import (
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/warrenmq/warren/amqp"
+)
+
+// streamSplitFrames plays a home that never stops sending but whose stream, at every moment,
+// ends inside a frame: its first write is half a heartbeat frame, each later one the rest of
+// one frame and the start of the next. The reader's buffer then always holds part of a frame
+// when it waits for more, as on a busy link carrying large bodies.
+func streamSplitFrames(t *testing.T, nc net.Conn, stop <-chan struct{}) {
+	t.Helper()
+	go func() { _, _ = io.Copy(io.Discard, nc) }() // the client's heartbeats
+	hb := amqp.AppendHeartbeat(nil)
+	if _, err := nc.Write(hb[:4]); err != nil {
+		return
+	}
+	pair := append(append([]byte(nil), hb[4:]...), hb[:4]...)
+	for {
+		select {
+		case <-stop:
+			return
+		case <-time.After(5 * time.Millisecond):
+		}
+		if _, err := nc.Write(pair); err != nil {
+			return
+		}
+	}
+}
+
+// linkPair is a TCP connection on loopback: the client's end and the home's.
+func linkPair(t *testing.T) (client, home net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		accepted <- c
+	}()
+	client, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	home = <-accepted
+	if home == nil {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { _ = client.Close(); _ = home.Close() })
+	return client, home
+}
+
+// A link connection that keeps receiving stays up however its stream splits into reads: the
+// home is taken for gone only when nothing at all arrived for three heartbeats. The read
+// deadline used to be refreshed only when no partial frame was buffered, so a busy proxy
+// connection died three heartbeats into a steady burst, cancelling every proxied consumer.
+func TestLinkBusyStreamKeepsConnection(t *testing.T) {
+	const hb = 200 * time.Millisecond
+	t.Run("proxy", func(t *testing.T) {
+		nc, home := linkPair(t)
+		c := &proxyConn{node: "n1", nc: nc, w: newLinkWriter(nc), fr: amqp.NewFrameReader(nc, 64<<10), frameMax: proxyFrameMax,
+			hb: hb, chMax: 16, chans: map[uint16]*linkChan{}, done: make(chan struct{})}
+		stop := make(chan struct{})
+		go streamSplitFrames(t, home, stop)
+		go c.readLoop()
+		go c.heartbeats()
+		time.Sleep(6 * hb)
+		if c.isDead() {
+			t.Fatal("busy connection dropped")
+		}
+		// A home that goes silent is still found dead.
+		close(stop)
+		select {
+		case <-c.done:
+		case <-time.After(10 * hb):
+			t.Fatal("silent home not found dead within 10 heartbeats")
+		}
+	})
+	t.Run("forward", func(t *testing.T) {
+		nc, home := linkPair(t)
+		c := &pubConn{node: "n1", nc: nc, fr: amqp.NewFrameReader(nc, 16<<10), frameMax: pubFrameMax, hb: hb,
+			confirms: newConfirmQueue(), slots: make(chan struct{}, forwardWindow), done: make(chan struct{})}
+		stop := make(chan struct{})
+		go streamSplitFrames(t, home, stop)
+		go c.readLoop()
+		go c.heartbeats()
+		time.Sleep(6 * hb)
+		if c.dead() {
+			t.Fatalf("busy connection dropped: %v", c.confirms.err())
+		}
+		close(stop)
+		select {
+		case <-c.done:
+		case <-time.After(10 * hb):
+			t.Fatal("silent home not found dead within 10 heartbeats")
+		}
+	})
+}
