@@ -581,7 +581,7 @@ func (lc *linkChan) frame(f amqp.Frame) error {
 		lc.buf = make([]byte, len(p), len(p)+int(size))
 		copy(lc.buf, p)
 		if size == 0 {
-			lc.complete()
+			return lc.complete()
 		}
 		return nil
 	case amqp.FrameBody:
@@ -590,7 +590,7 @@ func (lc *linkChan) frame(f amqp.Frame) error {
 		}
 		lc.buf = append(lc.buf, f.Payload...)
 		if len(lc.buf) == cap(lc.buf) {
-			lc.complete()
+			return lc.complete()
 		}
 		return nil
 	}
@@ -598,23 +598,22 @@ func (lc *linkChan) frame(f amqp.Frame) error {
 }
 
 // complete hands the assembled message on: to the sink (a consumer's) or to the waiting Get.
-func (lc *linkChan) complete() {
+func (lc *linkChan) complete() error {
 	d := lc.d
 	d.Header, d.Body = lc.buf[:lc.hdrLen:lc.hdrLen], lc.buf[lc.hdrLen:]
 	lc.buf, lc.inMsg, lc.d = nil, false, broker.ProxyDelivery{}
 	if lc.get {
-		lc.getResults <- getResult{d: d, ok: true}
-		return
+		return lc.getResult(getResult{d: d, ok: true}, "basic.get-ok")
 	}
 	if lc.sink == nil {
-		return
+		return nil
 	}
 	<-lc.started
 	lc.mu.Lock()
 	closing := lc.closing
 	lc.mu.Unlock()
 	if closing {
-		return // the home requeues it when the channel.close arrives
+		return nil // the home requeues it when the channel.close arrives
 	}
 	lc.relaying.Store(true)
 	taken := lc.sink.Deliver(d)
@@ -622,6 +621,20 @@ func (lc *linkChan) complete() {
 	if !taken {
 		// The consumer is gone on this node: the message goes back to its place.
 		lc.settle(broker.Requeue, d.Tag, false)
+	}
+	return nil
+}
+
+// getResult hands a basic.get's answer to the waiting Get without waiting: an answer nobody
+// asked for (a consumer's channel has no getResults, a getter's holds at most the one
+// asked) is the home's protocol error, which drops the connection rather than hang the read
+// loop.
+func (lc *linkChan) getResult(r getResult, name string) error {
+	select {
+	case lc.getResults <- r:
+		return nil
+	default:
+		return fmt.Errorf("channel %d: unexpected %s", lc.id, name)
 	}
 }
 
@@ -674,11 +687,14 @@ func (lc *linkChan) scanDeliver(p []byte) (broker.ProxyDelivery, bool) {
 func (lc *linkChan) method(m amqp.Method) error {
 	switch m := m.(type) {
 	case *amqp.BasicGetOk:
+		if lc.getResults == nil {
+			return fmt.Errorf("channel %d: unexpected %s", lc.id, m.Name())
+		}
 		lc.d = broker.ProxyDelivery{Tag: m.DeliveryTag, Redelivered: m.Redelivered, Exchange: m.Exchange,
 			RoutingKey: m.RoutingKey, MessageCount: m.MessageCount}
 		lc.inMsg, lc.get = true, true
 	case *amqp.BasicGetEmpty:
-		lc.getResults <- getResult{}
+		return lc.getResult(getResult{}, m.Name())
 	case *amqp.BasicCancel:
 		// The home cancelled the consumer (its queue was deleted). What it delivered can still
 		// be settled, so the channel stays until the client's channel lets it go.

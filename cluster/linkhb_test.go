@@ -104,3 +104,60 @@ func TestLinkBusyStreamKeepsConnection(t *testing.T) {
 		}
 	})
 }
+
+// testProxyConn is a proxy connection on loopback to a home the test plays, with the link
+// channels given (the connection's read loop runs).
+func testProxyConn(t *testing.T, chans ...*linkChan) (*proxyConn, net.Conn) {
+	t.Helper()
+	nc, home := linkPair(t)
+	c := &proxyConn{node: "n1", nc: nc, w: newLinkWriter(nc), fr: amqp.NewFrameReader(nc, 64<<10), frameMax: proxyFrameMax,
+		chMax: 16, chans: map[uint16]*linkChan{}, done: make(chan struct{})}
+	for _, lc := range chans {
+		lc.c = c
+		c.chans[lc.id] = lc
+	}
+	go c.readLoop()
+	t.Cleanup(c.close)
+	return c, home
+}
+
+func newTestLinkChan(id uint16) *linkChan {
+	return &linkChan{id: id, reply: make(chan amqp.Method, 1), gone: make(chan struct{}), timeout: time.Second}
+}
+
+// A basic.get answer nobody asked for is the home's protocol error: the connection drops
+// instead of the read loop waiting forever to hand it on (and with it every channel on it).
+func TestProxyUnexpectedGetAnswerDropsConnection(t *testing.T) {
+	getOk := func(ch uint16) []byte {
+		b := amqp.AppendMethodFrame(nil, ch, &amqp.BasicGetOk{DeliveryTag: 1, RoutingKey: "q"})
+		b = append(b, amqp.FrameHeader, byte(ch>>8), byte(ch), 0, 0, 0, 14, 0, 60, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, amqp.FrameEnd)
+		return b
+	}
+	for _, tc := range []struct {
+		name   string
+		getter bool
+		frames []byte
+	}{
+		{"get-empty on a consumer's channel", false, amqp.AppendMethodFrame(nil, 1, &amqp.BasicGetEmpty{})},
+		{"get-ok on a consumer's channel", false, getOk(1)},
+		{"two get-empty, none asked", true, amqp.AppendMethodFrame(amqp.AppendMethodFrame(nil, 1, &amqp.BasicGetEmpty{}), 1, &amqp.BasicGetEmpty{})},
+		{"two get-ok, none asked", true, append(getOk(1), getOk(1)...)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			lc := newTestLinkChan(1)
+			if tc.getter {
+				lc.getResults = make(chan getResult, 1)
+			}
+			c, home := testProxyConn(t, lc)
+			go func() { _, _ = io.Copy(io.Discard, home) }()
+			if _, err := home.Write(tc.frames); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-c.done:
+			case <-time.After(2 * time.Second):
+				t.Fatal("read loop stuck on an unexpected basic.get answer")
+			}
+		})
+	}
+}
