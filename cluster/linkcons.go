@@ -702,7 +702,14 @@ func (lc *linkChan) method(m amqp.Method) error {
 			lc.sink.Ended(nil)
 		}
 	case *amqp.ChannelClose:
+		// closing is set with the close-ok written, under mu: no settlement, call or get goes
+		// after it on a channel the home has ended. A close of ours that crossed the home's is
+		// answered too (the spec, and the home's channel waits for the close-ok of its own close);
+		// the home's close-ok for ours then arrives on a dropped channel and is ignored.
+		lc.mu.Lock()
+		lc.closing = true
 		_ = lc.c.write(lc.id, &amqp.ChannelCloseOk{})
+		lc.mu.Unlock()
 		lc.drop()
 		text := m.ReplyText
 		if name, rest, ok := strings.Cut(text, " - "); ok && name == strings.ToUpper(name) && !strings.Contains(name, " ") {

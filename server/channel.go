@@ -192,8 +192,10 @@ func (ch *channel) closingMethod(m amqp.Method) {
 	case *amqp.ChannelCloseOk:
 		ch.c.removeChannel(ch.id)
 	case *amqp.ChannelClose:
+		// The client's close crossed ours: it is answered, and the channel stays until the
+		// close-ok for ours, which the client sends as well (RabbitMQ's behaviour); removing it
+		// here made that close-ok a 504 connection error.
 		ch.c.writeMethod(ch.id, &amqp.ChannelCloseOk{})
-		ch.c.removeChannel(ch.id)
 	case *amqp.BasicPublish:
 		ch.pubM = m.(*amqp.BasicPublish)
 	}
