@@ -373,7 +373,8 @@ func (c *proxyConn) read() error {
 			}
 			continue // connection.blocked and unblocked: the writes wait on TCP anyway
 		}
-		if last == nil || last.id != f.Channel {
+		// A dropped channel's id may belong to a new channel by now.
+		if last == nil || last.id != f.Channel || last.dropped.Load() {
 			if last = c.channel(f.Channel); last == nil {
 				continue // a late frame of a channel closed here
 			}
@@ -434,6 +435,9 @@ type linkChan struct {
 	callMu sync.Mutex       // one synchronous request at a time
 	reply  chan amqp.Method // its answer, from the read loop
 	gone   chan struct{}    // closed when the channel ended (closed by either side, or the connection)
+	// dropped: the channel left the connection's table (drop); the read loop then looks its
+	// id up again.
+	dropped atomic.Bool
 
 	// mu orders settlements before the channel.close: a frame on a channel the home has
 	// closed is a connection error there, which would end every other use of the link.
@@ -544,6 +548,7 @@ func (lc *linkChan) drop() {
 	if lc.c.chans[lc.id] == lc {
 		delete(lc.c.chans, lc.id)
 	}
+	lc.dropped.Store(true)
 	lc.c.mu.Unlock()
 }
 

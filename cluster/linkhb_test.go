@@ -161,3 +161,38 @@ func TestProxyUnexpectedGetAnswerDropsConnection(t *testing.T) {
 		})
 	}
 }
+
+// Frames for a channel id go to the channel that holds the id now, not to the one the read
+// loop saw last under it when that one was dropped meanwhile (ids are reused once they
+// cycle).
+func TestProxyReadLoopForgetsDroppedChannel(t *testing.T) {
+	old := newTestLinkChan(1)
+	c, home := testProxyConn(t, old)
+	go func() { _, _ = io.Copy(io.Discard, home) }()
+	if _, err := home.Write(amqp.AppendMethodFrame(nil, 1, &amqp.ChannelClose{ReplyCode: amqp.NotFound, ReplyText: "NOT_FOUND - gone"})); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-old.gone:
+	case <-time.After(2 * time.Second):
+		t.Fatal("home's channel.close not handled")
+	}
+	reused := newTestLinkChan(1)
+	reused.c = c
+	c.mu.Lock()
+	c.chans[1] = reused
+	c.mu.Unlock()
+	if _, err := home.Write(amqp.AppendMethodFrame(nil, 1, &amqp.ChannelOpenOk{})); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case m := <-reused.reply:
+		if m.Name() != "channel.open-ok" {
+			t.Fatalf("got %s", m.Name())
+		}
+	case <-old.reply:
+		t.Fatal("the frame went to the dropped channel")
+	case <-time.After(2 * time.Second):
+		t.Fatal("the frame reached no channel")
+	}
+}
