@@ -30,6 +30,14 @@ import (
 // proxyFrameMax is the frame size the proxy connection asks for (the home may lower it).
 const proxyFrameMax = 128 << 10
 
+// linkMaxBody is the largest body a home may announce: server.MaxMessageSizeLimit, the largest
+// limits.max_message_size of any node. linkBodyPrealloc is the most a content header makes the
+// read loop allocate before body frames arrive (bodies larger grow as they come).
+const (
+	linkMaxBody      = 512 << 20
+	linkBodyPrealloc = 1 << 20
+)
+
 // A no-ack proxied consumer takes the home's messages with acknowledgements and a window of
 // noAckWindow (basic.qos on its link channel), and this node acks them once they are handed to
 // the client (broker.ProxyChannel.Written): a client whose socket is congested holds at most
@@ -468,8 +476,9 @@ type linkChan struct {
 	inMsg      bool
 	get        bool
 	d          broker.ProxyDelivery
-	buf        []byte // header then body, one allocation per message
+	buf        []byte // header then body, one allocation per message (up to linkBodyPrealloc)
 	hdrLen     int
+	bodySize   int // the body's size, from the content header
 	lastEx     string
 	lastKey    string
 	getResults chan getResult
@@ -579,22 +588,24 @@ func (lc *linkChan) frame(f amqp.Frame) error {
 		p := f.Payload
 		size := uint64(p[4])<<56 | uint64(p[5])<<48 | uint64(p[6])<<40 | uint64(p[7])<<32 |
 			uint64(p[8])<<24 | uint64(p[9])<<16 | uint64(p[10])<<8 | uint64(p[11])
-		if size > 1<<31 {
+		if size > linkMaxBody {
 			return fmt.Errorf("channel %d: body of %d bytes", lc.id, size)
 		}
-		lc.hdrLen = len(p)
-		lc.buf = make([]byte, len(p), len(p)+int(size))
+		// The size is the home's claim: the buffer grows with the frames that arrive from a
+		// first allocation of at most linkBodyPrealloc (one allocation for most messages).
+		lc.hdrLen, lc.bodySize = len(p), int(size)
+		lc.buf = make([]byte, len(p), len(p)+min(int(size), linkBodyPrealloc))
 		copy(lc.buf, p)
 		if size == 0 {
 			return lc.complete()
 		}
 		return nil
 	case amqp.FrameBody:
-		if !lc.inMsg || lc.buf == nil || len(lc.buf)+len(f.Payload) > cap(lc.buf) {
+		if !lc.inMsg || lc.buf == nil || len(lc.buf)-lc.hdrLen+len(f.Payload) > lc.bodySize {
 			return fmt.Errorf("channel %d: unexpected body frame", lc.id)
 		}
 		lc.buf = append(lc.buf, f.Payload...)
-		if len(lc.buf) == cap(lc.buf) {
+		if len(lc.buf)-lc.hdrLen == lc.bodySize {
 			return lc.complete()
 		}
 		return nil

@@ -196,3 +196,66 @@ func TestProxyReadLoopForgetsDroppedChannel(t *testing.T) {
 		t.Fatal("the frame reached no channel")
 	}
 }
+
+// contentFrames is a content header announcing size bytes and the body frames of body.
+func contentFrames(ch uint16, size uint64, body []byte, frameMax int) []byte {
+	hdr := []byte{0, 60, 0, 0, byte(size >> 56), byte(size >> 48), byte(size >> 40), byte(size >> 32),
+		byte(size >> 24), byte(size >> 16), byte(size >> 8), byte(size), 0, 0}
+	frame := func(b []byte, typ byte, p []byte) []byte {
+		n := len(p)
+		b = append(b, typ, byte(ch>>8), byte(ch), byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+		return append(append(b, p...), amqp.FrameEnd)
+	}
+	b := frame(nil, amqp.FrameHeader, hdr)
+	for len(body) > 0 {
+		n := min(len(body), frameMax)
+		b = frame(b, amqp.FrameBody, body[:n])
+		body = body[n:]
+	}
+	return b
+}
+
+// A body larger than the first allocation is assembled as its frames arrive; a content header
+// announcing more than the largest message size any node accepts drops the connection instead
+// of allocating what it claims.
+func TestProxyBodySizes(t *testing.T) {
+	t.Run("multi-megabyte body", func(t *testing.T) {
+		lc := newTestLinkChan(1)
+		lc.getResults = make(chan getResult, 1)
+		_, home := testProxyConn(t, lc)
+		go func() { _, _ = io.Copy(io.Discard, home) }()
+		body := make([]byte, 3*linkBodyPrealloc+5)
+		for i := range body {
+			body[i] = byte(i * 7)
+		}
+		b := amqp.AppendMethodFrame(nil, 1, &amqp.BasicGetOk{DeliveryTag: 1, RoutingKey: "q"})
+		b = append(b, contentFrames(1, uint64(len(body)), body, proxyFrameMax-8)...)
+		if _, err := home.Write(b); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case r := <-lc.getResults:
+			if !r.ok || string(r.d.Body) != string(body) {
+				t.Fatalf("got ok %v, %d bytes, want %d", r.ok, len(r.d.Body), len(body))
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("no get result")
+		}
+	})
+	t.Run("claimed body above the limit", func(t *testing.T) {
+		lc := newTestLinkChan(1)
+		lc.getResults = make(chan getResult, 1)
+		c, home := testProxyConn(t, lc)
+		go func() { _, _ = io.Copy(io.Discard, home) }()
+		b := amqp.AppendMethodFrame(nil, 1, &amqp.BasicGetOk{DeliveryTag: 1, RoutingKey: "q"})
+		b = append(b, contentFrames(1, linkMaxBody+1, nil, 0)...)
+		if _, err := home.Write(b); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-c.done:
+		case <-time.After(5 * time.Second):
+			t.Fatal("connection kept")
+		}
+	})
+}
