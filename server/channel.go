@@ -95,6 +95,9 @@ type channel struct {
 	// one may. timedOut: the consumer timeout closed the channel off the reader goroutine; the
 	// reader finishes the close at its next frame for the channel.
 	closeSent, timedOut atomic.Bool
+	// noTimeout: a link connection's consumer on the channel asked to be exempt from the
+	// consumer timeout (broker.LinkNoTimeoutArg).
+	noTimeout atomic.Bool
 }
 
 func newChannel(c *conn, id uint16) *channel {
@@ -681,6 +684,16 @@ func (cs *consumer) QueueDeleted() {
 }
 
 func (ch *channel) consume(m *amqp.BasicConsume) *amqp.Error {
+	if _, ok := m.Arguments[broker.LinkNoTimeoutArg]; ok && ch.c.link {
+		args := make(amqp.Table, len(m.Arguments))
+		for k, v := range m.Arguments {
+			if k != broker.LinkNoTimeoutArg {
+				args[k] = v
+			}
+		}
+		m.Arguments = args
+		ch.noTimeout.Store(true)
+	}
 	tag := m.ConsumerTag
 	if tag == "" {
 		tag = broker.RandomName("amq.ctag-")
@@ -1233,7 +1246,7 @@ const maxAckMarks = 64
 func (ch *channel) consumerTimedOut(now time.Time, def time.Duration) *amqp.Error {
 	ch.mu.Lock()
 	defer ch.mu.Unlock()
-	if ch.closed || len(ch.unacked) == 0 {
+	if ch.closed || len(ch.unacked) == 0 || ch.noTimeout.Load() {
 		ch.ackMarks = ch.ackMarks[:0]
 		return nil
 	}
