@@ -99,6 +99,12 @@ func (b *Broker) Proxy() Proxy { return b.cluster.proxy }
 // cluster member (one with a LinkAuth).
 const LinkMechanism = "WARREN-LINK"
 
+// LinkNoTimeoutArg is the consume argument with which a link connection's consumer is exempt
+// from the consumer timeout on the queue's home: a no-ack proxied consumer, whose link acks
+// follow the deliveries' writes to the client and are no client's to be late with. Other
+// connections' consumes keep the argument as they gave it (it means nothing to the broker).
+const LinkNoTimeoutArg = "x-warren-link-no-timeout"
+
 // LinkAuth checks the login of another node's link connection (mechanism LinkMechanism). The
 // login is a challenge-response, so that a captured login cannot be replayed: start-ok's
 // response names the connecting node, the server sends a fresh LinkChallenge in

@@ -454,6 +454,12 @@ func (l *Link) Consume(home, vhost, queueName string, o broker.ProxyConsume, sin
 		// limits do not apply to a no-ack consumer, on the home either.
 		lc.credit = true
 		o.NoAck, o.Prefetch, o.ChannelPrefetch = false, noAckWindow, 0
+		// Nor does the home's consumer timeout: the acks follow the writes to the client.
+		args := amqp.Table{broker.LinkNoTimeoutArg: true}
+		for k, v := range o.Args {
+			args[k] = v
+		}
+		o.Args = args
 	}
 	err = func() error {
 		if o.ChannelPrefetch > 0 {

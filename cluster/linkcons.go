@@ -30,6 +30,14 @@ import (
 // proxyFrameMax is the frame size the proxy connection asks for (the home may lower it).
 const proxyFrameMax = 128 << 10
 
+// linkMaxBody is the largest body a home may announce: server.MaxMessageSizeLimit, the largest
+// limits.max_message_size of any node. linkBodyPrealloc is the most a content header makes the
+// read loop allocate before body frames arrive (bodies larger grow as they come).
+const (
+	linkMaxBody      = 512 << 20
+	linkBodyPrealloc = 1 << 20
+)
+
 // A no-ack proxied consumer takes the home's messages with acknowledgements and a window of
 // noAckWindow (basic.qos on its link channel), and this node acks them once they are handed to
 // the client (broker.ProxyChannel.Written): a client whose socket is congested holds at most
@@ -38,6 +46,9 @@ const proxyFrameMax = 128 << 10
 const (
 	noAckWindow   = 512
 	noAckAckBatch = 64
+	// ackFlushFrames bounds the frames the read loop reads between two flushes of the pending
+	// acks (flushAcks).
+	ackFlushFrames = 64
 )
 
 // proxyConn is a peer's proxy connection.
@@ -230,19 +241,52 @@ func (c *proxyConn) writeAck(channel uint16, nack bool, tag uint64, multiple, re
 	return err
 }
 
+// heartbeats sends a heartbeat every half interval and ends the connection when the home was
+// silent for three intervals (readWatch), until the connection ends.
 func (c *proxyConn) heartbeats() {
 	t := time.NewTicker(c.hb / 2)
 	defer t.Stop()
 	hb := amqp.AppendHeartbeat(nil)
+	watch := newReadWatch(c.nc, c.fr, 3*c.hb)
 	for {
 		select {
 		case <-c.done:
 			return
-		case <-t.C:
+		case now := <-t.C:
+			watch.check(now)
 		}
 		if _, err := c.w.Write(hb); err != nil {
 			return
 		}
+	}
+}
+
+// readWatch finds a link's home gone when nothing at all was read from it for a while
+// (RabbitMQ's rule: any byte is a sign of life, not only heartbeat frames). It replaces a read
+// deadline refreshed between frames: the reader's buffer of a busy link nearly always holds
+// part of a frame, so such a deadline was seldom refreshed and a steady burst of deliveries
+// timed the connection out three heartbeats in.
+type readWatch struct {
+	nc      net.Conn
+	fr      *amqp.FrameReader
+	timeout time.Duration
+	bytes   uint64    // fr's count at the last move
+	moved   time.Time // when it last moved
+}
+
+func newReadWatch(nc net.Conn, fr *amqp.FrameReader, timeout time.Duration) *readWatch {
+	return &readWatch{nc: nc, fr: fr, timeout: timeout, bytes: fr.BytesRead(), moved: time.Now()}
+}
+
+// check ends the reader's wait (a deadline in the past: its read fails with a timeout) when
+// nothing was read since timeout before now.
+func (w *readWatch) check(now time.Time) {
+	if n := w.fr.BytesRead(); n != w.bytes {
+		w.bytes, w.moved = n, now
+		return
+	}
+	if now.Sub(w.moved) >= w.timeout {
+		_ = w.nc.SetReadDeadline(time.Unix(1, 0))
 	}
 }
 
@@ -305,12 +349,13 @@ func (c *proxyConn) channel(id uint16) *linkChan {
 
 func (c *proxyConn) read() error {
 	var last *linkChan // the channel of the previous frame: most frames continue a delivery
+	// Pending no-ack acks go before a read that may wait, and every ackFlushFrames frames
+	// besides: a busy link's buffer may never run empty.
+	frames := 0
 	for {
-		if c.fr.Buffered() == 0 {
-			c.flushAcks() // the next read may wait: what was written is acked first
-			if c.hb > 0 {
-				_ = c.nc.SetReadDeadline(time.Now().Add(3 * c.hb))
-			}
+		if frames++; frames >= ackFlushFrames || c.fr.Buffered() == 0 {
+			frames = 0
+			c.flushAcks()
 		}
 		f, err := c.fr.ReadFrame()
 		if err != nil {
@@ -336,7 +381,8 @@ func (c *proxyConn) read() error {
 			}
 			continue // connection.blocked and unblocked: the writes wait on TCP anyway
 		}
-		if last == nil || last.id != f.Channel {
+		// A dropped channel's id may belong to a new channel by now.
+		if last == nil || last.id != f.Channel || last.dropped.Load() {
 			if last = c.channel(f.Channel); last == nil {
 				continue // a late frame of a channel closed here
 			}
@@ -397,6 +443,9 @@ type linkChan struct {
 	callMu sync.Mutex       // one synchronous request at a time
 	reply  chan amqp.Method // its answer, from the read loop
 	gone   chan struct{}    // closed when the channel ended (closed by either side, or the connection)
+	// dropped: the channel left the connection's table (drop); the read loop then looks its
+	// id up again.
+	dropped atomic.Bool
 
 	// mu orders settlements before the channel.close: a frame on a channel the home has
 	// closed is a connection error there, which would end every other use of the link.
@@ -424,8 +473,9 @@ type linkChan struct {
 	inMsg      bool
 	get        bool
 	d          broker.ProxyDelivery
-	buf        []byte // header then body, one allocation per message
+	buf        []byte // header then body, one allocation per message (up to linkBodyPrealloc)
 	hdrLen     int
+	bodySize   int // the body's size, from the content header
 	lastEx     string
 	lastKey    string
 	getResults chan getResult
@@ -504,6 +554,7 @@ func (lc *linkChan) drop() {
 	if lc.c.chans[lc.id] == lc {
 		delete(lc.c.chans, lc.id)
 	}
+	lc.dropped.Store(true)
 	lc.c.mu.Unlock()
 }
 
@@ -534,23 +585,25 @@ func (lc *linkChan) frame(f amqp.Frame) error {
 		p := f.Payload
 		size := uint64(p[4])<<56 | uint64(p[5])<<48 | uint64(p[6])<<40 | uint64(p[7])<<32 |
 			uint64(p[8])<<24 | uint64(p[9])<<16 | uint64(p[10])<<8 | uint64(p[11])
-		if size > 1<<31 {
+		if size > linkMaxBody {
 			return fmt.Errorf("channel %d: body of %d bytes", lc.id, size)
 		}
-		lc.hdrLen = len(p)
-		lc.buf = make([]byte, len(p), len(p)+int(size))
+		// The size is the home's claim: the buffer grows with the frames that arrive from a
+		// first allocation of at most linkBodyPrealloc (one allocation for most messages).
+		lc.hdrLen, lc.bodySize = len(p), int(size)
+		lc.buf = make([]byte, len(p), len(p)+min(int(size), linkBodyPrealloc))
 		copy(lc.buf, p)
 		if size == 0 {
-			lc.complete()
+			return lc.complete()
 		}
 		return nil
 	case amqp.FrameBody:
-		if !lc.inMsg || lc.buf == nil || len(lc.buf)+len(f.Payload) > cap(lc.buf) {
+		if !lc.inMsg || lc.buf == nil || len(lc.buf)-lc.hdrLen+len(f.Payload) > lc.bodySize {
 			return fmt.Errorf("channel %d: unexpected body frame", lc.id)
 		}
 		lc.buf = append(lc.buf, f.Payload...)
-		if len(lc.buf) == cap(lc.buf) {
-			lc.complete()
+		if len(lc.buf)-lc.hdrLen == lc.bodySize {
+			return lc.complete()
 		}
 		return nil
 	}
@@ -558,23 +611,22 @@ func (lc *linkChan) frame(f amqp.Frame) error {
 }
 
 // complete hands the assembled message on: to the sink (a consumer's) or to the waiting Get.
-func (lc *linkChan) complete() {
+func (lc *linkChan) complete() error {
 	d := lc.d
 	d.Header, d.Body = lc.buf[:lc.hdrLen:lc.hdrLen], lc.buf[lc.hdrLen:]
 	lc.buf, lc.inMsg, lc.d = nil, false, broker.ProxyDelivery{}
 	if lc.get {
-		lc.getResults <- getResult{d: d, ok: true}
-		return
+		return lc.getResult(getResult{d: d, ok: true}, "basic.get-ok")
 	}
 	if lc.sink == nil {
-		return
+		return nil
 	}
 	<-lc.started
 	lc.mu.Lock()
 	closing := lc.closing
 	lc.mu.Unlock()
 	if closing {
-		return // the home requeues it when the channel.close arrives
+		return nil // the home requeues it when the channel.close arrives
 	}
 	lc.relaying.Store(true)
 	taken := lc.sink.Deliver(d)
@@ -582,6 +634,20 @@ func (lc *linkChan) complete() {
 	if !taken {
 		// The consumer is gone on this node: the message goes back to its place.
 		lc.settle(broker.Requeue, d.Tag, false)
+	}
+	return nil
+}
+
+// getResult hands a basic.get's answer to the waiting Get without waiting: an answer nobody
+// asked for (a consumer's channel has no getResults, a getter's holds at most the one
+// asked) is the home's protocol error, which drops the connection rather than hang the read
+// loop.
+func (lc *linkChan) getResult(r getResult, name string) error {
+	select {
+	case lc.getResults <- r:
+		return nil
+	default:
+		return fmt.Errorf("channel %d: unexpected %s", lc.id, name)
 	}
 }
 
@@ -634,11 +700,14 @@ func (lc *linkChan) scanDeliver(p []byte) (broker.ProxyDelivery, bool) {
 func (lc *linkChan) method(m amqp.Method) error {
 	switch m := m.(type) {
 	case *amqp.BasicGetOk:
+		if lc.getResults == nil {
+			return fmt.Errorf("channel %d: unexpected %s", lc.id, m.Name())
+		}
 		lc.d = broker.ProxyDelivery{Tag: m.DeliveryTag, Redelivered: m.Redelivered, Exchange: m.Exchange,
 			RoutingKey: m.RoutingKey, MessageCount: m.MessageCount}
 		lc.inMsg, lc.get = true, true
 	case *amqp.BasicGetEmpty:
-		lc.getResults <- getResult{}
+		return lc.getResult(getResult{}, m.Name())
 	case *amqp.BasicCancel:
 		// The home cancelled the consumer (its queue was deleted). What it delivered can still
 		// be settled, so the channel stays until the client's channel lets it go.
@@ -646,7 +715,14 @@ func (lc *linkChan) method(m amqp.Method) error {
 			go lc.sink.Ended(nil) // off the read loop: see proxyChannel.Close
 		}
 	case *amqp.ChannelClose:
+		// closing is set with the close-ok written, under mu: no settlement, call or get goes
+		// after it on a channel the home has ended. A close of ours that crossed the home's is
+		// answered too (the spec, and the home's channel waits for the close-ok of its own close);
+		// the home's close-ok for ours then arrives on a dropped channel and is ignored.
+		lc.mu.Lock()
+		lc.closing = true
 		_ = lc.c.write(lc.id, &amqp.ChannelCloseOk{})
+		lc.mu.Unlock()
 		lc.drop()
 		text := m.ReplyText
 		if name, rest, ok := strings.Cut(text, " - "); ok && name == strings.ToUpper(name) && !strings.Contains(name, " ") {

@@ -206,15 +206,18 @@ func (c *pubConn) publish(it fwdItem, metaIndex uint64, more bool) (queued bool,
 	return true, nil
 }
 
-// heartbeats sends a heartbeat every half interval until the connection ends.
+// heartbeats sends a heartbeat every half interval and ends the connection when the home was
+// silent for three intervals (readWatch), until the connection ends.
 func (c *pubConn) heartbeats() {
 	t := time.NewTicker(c.hb / 2)
 	defer t.Stop()
+	watch := newReadWatch(c.nc, c.fr, 3*c.hb)
 	for {
 		select {
 		case <-c.done:
 			return
-		case <-t.C:
+		case now := <-t.C:
+			watch.check(now)
 		}
 		c.wmu.Lock()
 		c.wbuf = amqp.AppendHeartbeat(c.wbuf)
@@ -226,7 +229,7 @@ func (c *pubConn) heartbeats() {
 }
 
 // readLoop reads the home's confirms until the connection ends, then fails what is unconfirmed.
-// A home silent for three heartbeat intervals is taken for gone.
+// A home silent for three heartbeat intervals is taken for gone (heartbeats).
 func (c *pubConn) readLoop() {
 	err := c.read()
 	if c.closing.Load() {
@@ -239,9 +242,6 @@ func (c *pubConn) readLoop() {
 
 func (c *pubConn) read() error {
 	for {
-		if c.hb > 0 && c.fr.Buffered() == 0 {
-			_ = c.nc.SetReadDeadline(time.Now().Add(3 * c.hb))
-		}
 		f, err := c.fr.ReadFrame()
 		if err != nil {
 			return err

@@ -76,11 +76,13 @@ func (w *linkWriter) flusher() {
 	}
 }
 
-// Close sends what is queued, bounded by a second, and closes the socket.
+// Close sends what is queued, bounded by a second, and closes the socket (also after a write
+// error, which leaves the socket open).
 func (w *linkWriter) Close() error {
 	w.mu.Lock()
 	if w.err != nil {
 		w.mu.Unlock()
+		_ = w.nc.Close()
 		return net.ErrClosed
 	}
 	w.mu.Unlock()

@@ -46,3 +46,34 @@ func TestLinkWriterDoesNotBlockAndKeepsOrder(t *testing.T) {
 		t.Fatal("write after close succeeded")
 	}
 }
+
+// errConn fails every write and records its Close.
+type errConn struct {
+	net.Conn
+	closed chan struct{}
+}
+
+func (c *errConn) Write([]byte) (int, error)        { return 0, io.ErrClosedPipe }
+func (c *errConn) SetWriteDeadline(time.Time) error { return nil }
+func (c *errConn) Close() error                     { close(c.closed); return nil }
+
+// Close closes the socket also after a write failed (the socket would stay open otherwise).
+func TestLinkWriterClosesAfterWriteError(t *testing.T) {
+	nc := &errConn{closed: make(chan struct{})}
+	w := newLinkWriter(nc)
+	_, _ = w.Write([]byte{1})
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		if _, err := w.Write([]byte{1}); err != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("write error not reported")
+		}
+	}
+	_ = w.Close()
+	select {
+	case <-nc.closed:
+	default:
+		t.Fatal("socket not closed")
+	}
+}

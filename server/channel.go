@@ -95,6 +95,9 @@ type channel struct {
 	// one may. timedOut: the consumer timeout closed the channel off the reader goroutine; the
 	// reader finishes the close at its next frame for the channel.
 	closeSent, timedOut atomic.Bool
+	// noTimeout: a link connection's consumer on the channel asked to be exempt from the
+	// consumer timeout (broker.LinkNoTimeoutArg).
+	noTimeout atomic.Bool
 }
 
 func newChannel(c *conn, id uint16) *channel {
@@ -192,8 +195,10 @@ func (ch *channel) closingMethod(m amqp.Method) {
 	case *amqp.ChannelCloseOk:
 		ch.c.removeChannel(ch.id)
 	case *amqp.ChannelClose:
+		// The client's close crossed ours: it is answered, and the channel stays until the
+		// close-ok for ours, which the client sends as well (RabbitMQ's behaviour); removing it
+		// here made that close-ok a 504 connection error.
 		ch.c.writeMethod(ch.id, &amqp.ChannelCloseOk{})
-		ch.c.removeChannel(ch.id)
 	case *amqp.BasicPublish:
 		ch.pubM = m.(*amqp.BasicPublish)
 	}
@@ -690,6 +695,16 @@ func (cs *consumer) QueueDeleted() {
 }
 
 func (ch *channel) consume(m *amqp.BasicConsume) *amqp.Error {
+	if _, ok := m.Arguments[broker.LinkNoTimeoutArg]; ok && ch.c.link {
+		args := make(amqp.Table, len(m.Arguments))
+		for k, v := range m.Arguments {
+			if k != broker.LinkNoTimeoutArg {
+				args[k] = v
+			}
+		}
+		m.Arguments = args
+		ch.noTimeout.Store(true)
+	}
 	tag := m.ConsumerTag
 	if tag == "" {
 		tag = broker.RandomName("amq.ctag-")
@@ -1242,7 +1257,7 @@ const maxAckMarks = 64
 func (ch *channel) consumerTimedOut(now time.Time, def time.Duration) *amqp.Error {
 	ch.mu.Lock()
 	defer ch.mu.Unlock()
-	if ch.closed || len(ch.unacked) == 0 {
+	if ch.closed || len(ch.unacked) == 0 || ch.noTimeout.Load() {
 		ch.ackMarks = ch.ackMarks[:0]
 		return nil
 	}

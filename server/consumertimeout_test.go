@@ -6,6 +6,8 @@ import (
 	"time"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	"github.com/warrenmq/warren/broker"
 )
 
 // consumerTimeoutSetup connects to s, declares queue q with args, publishes n messages and
@@ -133,5 +135,40 @@ func TestConsumerTimeoutReload(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("a reloaded consumer_timeout did not apply")
+	}
+}
+
+// The link consumers' exemption (broker.LinkNoTimeoutArg) is honoured only on a cluster link
+// connection: a client that passes the argument is timed out as any other.
+func TestConsumerTimeoutLinkArgIgnoredFromClients(t *testing.T) {
+	s := startTestServer(t, func(c *Config) { c.ConsumerTimeout = 300 * time.Millisecond })
+	c, err := amqp091.Dial("amqp://guest:guest@" + s.Addr().String() + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	ch, err := c.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ch.QueueDeclare("ct", false, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.Publish("", "ct", false, false, amqp091.Publishing{Body: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	closes := ch.NotifyClose(make(chan *amqp091.Error, 1))
+	d, err := ch.Consume("ct", "", false, false, false, false, amqp091.Table{broker.LinkNoTimeoutArg: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-d
+	select {
+	case e := <-closes:
+		if e == nil || e.Code != 406 {
+			t.Fatalf("channel closed with %v, want the 406 of the timeout", e)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a client's consumer escaped the consumer timeout with the link argument")
 	}
 }
