@@ -99,6 +99,10 @@ func (b *Broker) Proxy() Proxy { return b.cluster.proxy }
 // cluster member (one with a LinkAuth).
 const LinkMechanism = "WARREN-LINK"
 
+// MaxMessageSize is the largest message body any node accepts: RabbitMQ's cap on
+// max_message_size (512 MiB), and so the largest a home may announce on a link.
+const MaxMessageSize = 512 << 20
+
 // LinkNoTimeoutArg is the consume argument with which a link connection's consumer is exempt
 // from the consumer timeout on the queue's home: a no-ack proxied consumer, whose link acks
 // follow the deliveries' writes to the client and are no client's to be late with. Other

@@ -30,13 +30,9 @@ import (
 // proxyFrameMax is the frame size the proxy connection asks for (the home may lower it).
 const proxyFrameMax = 128 << 10
 
-// linkMaxBody is the largest body a home may announce: server.MaxMessageSizeLimit, the largest
-// limits.max_message_size of any node. linkBodyPrealloc is the most a content header makes the
-// read loop allocate before body frames arrive (bodies larger grow as they come).
-const (
-	linkMaxBody      = 512 << 20
-	linkBodyPrealloc = 1 << 20
-)
+// linkBodyPrealloc is the most a content header makes the read loop allocate before body
+// frames arrive (bodies larger grow as they come; none may exceed broker.MaxMessageSize).
+const linkBodyPrealloc = 1 << 20
 
 // A no-ack proxied consumer takes the home's messages with acknowledgements and a window of
 // noAckWindow (basic.qos on its link channel), and this node acks them once they are handed to
@@ -585,7 +581,7 @@ func (lc *linkChan) frame(f amqp.Frame) error {
 		p := f.Payload
 		size := uint64(p[4])<<56 | uint64(p[5])<<48 | uint64(p[6])<<40 | uint64(p[7])<<32 |
 			uint64(p[8])<<24 | uint64(p[9])<<16 | uint64(p[10])<<8 | uint64(p[11])
-		if size > linkMaxBody {
+		if size > broker.MaxMessageSize {
 			return fmt.Errorf("channel %d: body of %d bytes", lc.id, size)
 		}
 		// The size is the home's claim: the buffer grows with the frames that arrive from a

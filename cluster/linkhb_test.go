@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/warrenmq/warren/amqp"
+	"github.com/warrenmq/warren/broker"
 )
 
 // streamSplitFrames plays a home that never stops sending but whose stream, at every moment,
@@ -248,7 +249,7 @@ func TestProxyBodySizes(t *testing.T) {
 		c, home := testProxyConn(t, lc)
 		go func() { _, _ = io.Copy(io.Discard, home) }()
 		b := amqp.AppendMethodFrame(nil, 1, &amqp.BasicGetOk{DeliveryTag: 1, RoutingKey: "q"})
-		b = append(b, contentFrames(1, linkMaxBody+1, nil, 0)...)
+		b = append(b, contentFrames(1, broker.MaxMessageSize+1, nil, 0)...)
 		if _, err := home.Write(b); err != nil {
 			t.Fatal(err)
 		}

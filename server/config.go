@@ -111,7 +111,7 @@ type TLSConfig struct {
 func (t TLSConfig) Enabled() bool { return t.CertFile != "" }
 
 // MaxMessageSizeLimit is the largest limits.max_message_size, RabbitMQ's cap (512 MiB).
-const MaxMessageSizeLimit = 512 << 20
+const MaxMessageSizeLimit = broker.MaxMessageSize
 
 // Config holds everything the broker needs to run. DefaultConfig gives every field a usable value.
 type Config struct {
