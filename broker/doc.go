@@ -96,9 +96,8 @@
 // The AMQP front end's own tables sit beside this chain, never around a call into the core:
 //
 //	Server.mu          the connection table and the limits' counts (package server). A
-//	                   cluster's link connections are connections like any other: they count
-//	                   against limits.max_connections and a vhost's max-connections on the
-//	                   home node (two per peer node and vhost), so leave room for them.
+//	                   cluster's link connections are in the table (a deleted vhost closes
+//	                   them) but count against no limit and are not listed.
 //	conn.chMu          one connection's channel table; under it, channel.mu (listings)
 //
 // The cluster's data link (package cluster) has its own locks, never held around a call into
@@ -107,11 +106,20 @@
 //
 //	Link.mu              the peer table (cluster/link.go); a leaf
 //	peer.mu              a peer's two connections; held while dialling one (bounded by the
-//	                     link's timeout), so under it the connection's own locks and
-//	                     coalesce.Conn.mu
-//	proxyChannel.mu      orders a proxied channel's settlements before its close; held while
-//	                     writing a frame, so under it coalesce.Conn.mu
-//	coalesce.Conn.mu     a link socket's output buffer (internal/coalesce); a leaf
+//	                     link's timeout), so under it the new connection's own locks
+//	linkChan.callMu      one request of a proxied channel at a time (cluster/linkcons.go); held
+//	                     while its answer is awaited (bounded by the link's timeout), never by
+//	                     the read loop
+//	linkChan.mu          orders a proxied channel's settlements before its close; held while
+//	                     writing a frame, so under it proxyConn.wmu and proxyConn.dirtyMu
+//	proxyConn.mu         a proxy connection's channel table; a leaf
+//	proxyConn.wmu        the frame being encoded; under it linkWriter.mu
+//	pubConn.wmu          the forwarding connection's buffer (cluster/linkpub.go); held across
+//	                     its socket write, which waits while the home does not read: a leaf,
+//	                     taken by the link's own goroutines, never by a client's
+//	linkWriter.mu        a link socket's output buffer (cluster/linkwriter.go); a leaf, never
+//	                     held across a write that waits (a writer goroutine drains it)
+//	proxyConn.dirtyMu    no-ack consumers with acks pending; a leaf
 //	peer.waitMu          the barrier waiters of a peer; a leaf
 //	pending.mu           the unconfirmed forwards of a link channel; a leaf
 //
