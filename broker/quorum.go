@@ -158,6 +158,10 @@ type quorumQueue struct {
 	// marks are deliveries made (Delivered commands), noAck no-ack deliveries (settled),
 	// both proposed ahead of the next batch.
 	marks, noAck []uint64
+	// counted and counts are the delivery counts of redeliveries the local queue made after
+	// requeueing them itself (localRequeue; a Count command), proposed with the marks.
+	counted []uint64
+	counts  []uint32
 	// gone is set when the proposer has stopped (failPending): what is submitted after is
 	// answered with errQuorumGone at once, or its confirm would never come.
 	gone bool
@@ -202,6 +206,16 @@ type quorumQueue struct {
 
 	// proposeTimeout is quorumProposeTimeout (shorter in tests).
 	proposeTimeout time.Duration
+
+	// localRequeue: the local queue requeues a closing channel's deliveries itself, in their
+	// place among the node's undelivered ones (by ID), instead of handing them back to the log
+	// (a single-active-consumer queue without a redelivery delay). The next active consumer
+	// of the node gets them first, as RabbitMQ's does: with the log's requeue it got the
+	// node's undelivered window first, dispatched before the returns reached the log. The
+	// local queue counts the requeue (Entry.Returns), enforces x-delivery-limit with the
+	// log's limit, and the node reports the counts to the log (Count commands): with the
+	// redelivery's mark, or before handing the message back (consumerRemoved, localDropped).
+	localRequeue bool
 }
 
 // openQuorum creates a quorum queue's local Queue and opens its group; handled is false when
@@ -230,6 +244,15 @@ func (v *VHost) openQuorum(op TopologyOp, spec queueSpec) (qs *Queue, handled bo
 	opts := queue.NoLimits()
 	opts.DeliveryLimit = 0
 	opts.SingleActiveConsumer = spec.opts.SingleActiveConsumer
+	if spec.opts.SingleActiveConsumer && spec.opts.RedeliveryDelay <= 0 {
+		// A requeue stays in the local queue, in order, for the node's next active
+		// consumer (localRequeue); past the queue's delivery limit (Entry.Returns is the
+		// log's count plus the local requeues) it is dropped, handed to the log, which
+		// counts that return and dead-letters it. With a redelivery delay the log keeps the
+		// message waiting: the requeue goes there.
+		opts.DeliveryLimit = spec.opts.DeliveryLimit
+		qq.localRequeue = true
+	}
 	qs.q = queue.New(m.Name, opts, queue.Hooks{Dropped: qq.localDropped})
 	qq.cond = sync.NewCond(&qq.mu)
 	qq.ctx, qq.cancel = context.WithCancel(context.Background())
@@ -603,6 +626,10 @@ func (qq *quorumQueue) proposeLoop() {
 					}
 				}
 			}
+			if len(qq.counted) > 0 {
+				prefix = append(prefix, quorum.Command{Kind: quorum.KindCount, Node: qq.node, IDs: qq.counted, Counts: qq.counts})
+				qq.counted, qq.counts = nil, nil
+			}
 			if len(qq.marks) > 0 {
 				prefix = append(prefix, quorum.Command{Kind: quorum.KindDelivered, Node: qq.node, IDs: qq.marks})
 				qq.marks = nil
@@ -705,6 +732,9 @@ func (qq *quorumQueue) proposeLoop() {
 				for _, c := range prefix {
 					if c.Kind == quorum.KindDelivered {
 						qq.marks = append(slices.Clone(c.IDs), qq.marks...)
+					} else if c.Kind == quorum.KindCount {
+						qq.counted = append(slices.Clone(c.IDs), qq.counted...)
+						qq.counts = append(slices.Clone(c.Counts), qq.counts...)
 					} else if c.Kind == quorum.KindSettle {
 						qq.noAck = append(slices.Clone(c.IDs), qq.noAck...)
 					}
@@ -1010,17 +1040,20 @@ func (qq *quorumQueue) consumerRemoved() {
 	// Everything still in the local queue is undelivered here: a local requeue of a delivery
 	// left it at once (localDropped). An entry's Deliveries only says it was delivered
 	// elsewhere before (quorumEntry), which the log has counted already.
-	var fresh []uint64
+	var fresh []*queue.Entry
 	for {
 		e, _, ok := qq.qs.q.Get(true)
 		if !ok {
 			break
 		}
-		fresh = append(fresh, e.Seq)
+		fresh = append(fresh, e)
 	}
 	qq.dmu.Unlock()
 	if len(fresh) > 0 {
-		qq.submit(quorum.Command{Kind: quorum.KindReturn, Node: qq.node, IDs: fresh}, qq.dropped)
+		// Entries requeued here (localRequeue) carry deliveries the log may not have
+		// counted: their count first, then the return, which counts nothing more.
+		qq.submitCounts(fresh, 0)
+		qq.submit(quorum.Command{Kind: quorum.KindReturn, Node: qq.node, IDs: entryIDs(fresh)}, qq.dropped)
 	}
 	qq.awaitGivenBack()
 }
@@ -1076,6 +1109,12 @@ func (qq *quorumQueue) delivered(e *queue.Entry, noAck bool) {
 	if noAck {
 		qq.noAck = append(qq.noAck, e.Seq)
 	} else {
+		if qq.localRequeue && e.Returns > 0 {
+			// A redelivery after a local requeue (or the first delivery of a counted
+			// message: raising the count to what it is changes nothing).
+			qq.counted = append(qq.counted, e.Seq)
+			qq.counts = append(qq.counts, e.Returns)
+		}
 		qq.marks = append(qq.marks, e.Seq)
 		qq.creditCheck = true // one more unacked: the credit may grow (quorumCredit)
 	}
@@ -1086,8 +1125,8 @@ func (qq *quorumQueue) delivered(e *queue.Entry, noAck bool) {
 	}
 }
 
-// localDropped is the local queue's Dropped hook: a local requeue (over the delivery limit
-// of 0) goes back to the log as a delivered return. Purged entries (a revoke, the queue
+// localDropped is the local queue's Dropped hook: a local requeue over the local delivery
+// limit (0, or the queue's own with localRequeue) goes back to the log as a delivered return. Purged entries (a revoke, the queue
 // closing) were the log's already. When the requeue is a channel closing with the node's
 // last consumer, the messages may be assigned here again before consumerRemoved; it gives
 // them back, uncounted.
@@ -1101,10 +1140,10 @@ func (qq *quorumQueue) localDropped(_ *queue.Queue, es []*queue.Entry, why queue
 	if why != queue.DeliveryLimit || len(es) == 0 {
 		return
 	}
-	ids := make([]uint64, len(es))
-	for i, e := range es {
-		ids[i] = e.Seq
-	}
+	ids := entryIDs(es)
+	// Over the local delivery limit (localRequeue): the local requeue that dropped it counted
+	// one return the log has not seen (Returns-1 deliveries before it); the return counts it.
+	qq.submitCounts(es, 1)
 	applied := make(chan struct{})
 	qq.submit(quorum.Command{Kind: quorum.KindReturn, Node: qq.node, IDs: ids, Delivered: true}, func(r quorum.Result, err error) {
 		close(applied)
@@ -1116,6 +1155,33 @@ func (qq *quorumQueue) localDropped(_ *queue.Queue, es []*queue.Entry, why queue
 	case <-applied:
 	case <-timer.C:
 	case <-qq.stop:
+	}
+}
+
+// entryIDs are the log IDs of es.
+func entryIDs(es []*queue.Entry) []uint64 {
+	ids := make([]uint64, len(es))
+	for i, e := range es {
+		ids[i] = e.Seq
+	}
+	return ids
+}
+
+// submitCounts submits a Count of es's local delivery counts less uncounted (localRequeue
+// only; entries with nothing to count are left out).
+func (qq *quorumQueue) submitCounts(es []*queue.Entry, uncounted uint32) {
+	if !qq.localRequeue {
+		return
+	}
+	c := quorum.Command{Kind: quorum.KindCount, Node: qq.node}
+	for _, e := range es {
+		if e.Returns > uncounted {
+			c.IDs = append(c.IDs, e.Seq)
+			c.Counts = append(c.Counts, e.Returns-uncounted)
+		}
+	}
+	if len(c.IDs) > 0 {
+		qq.submit(c, nil)
 	}
 }
 

@@ -14,11 +14,6 @@ import (
 // fails there differently). Listed, not hidden: each comment says what it needs; remove a
 // name when its bug is fixed. Everything else of the suite must pass.
 var quorumKnownBugs = []string{
-	// With x-single-active-consumer, the messages assigned to the node but not delivered are
-	// delivered before those the closed channel returned (want the returned ones first): the
-	// local queue dispatches its window to the new active consumer before its Dropped hook
-	// hands the requeued ones to the log (docs/quorum.md has the options).
-	"TestSingleActiveConsumer",
 	// Runs since x-delayed-message exchanges work in a cluster: its three undelayed messages
 	// (routed at once, as by any exchange) reach the consumer of the quorum queue in 266-406
 	// ms against the test's 250 ms bound, seen at load average 17-21 on 2 cores with the

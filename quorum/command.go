@@ -29,6 +29,12 @@ const (
 	// KindTouch is a use of the queue that the log does not see otherwise (a redeclare): it
 	// restarts the x-expires countdown.
 	KindTouch
+	// KindCount reports deliveries Node's local queue requeued itself (a single-active-
+	// consumer queue's closing channel: the next consumer of the node gets them first, in
+	// order): each of IDs held by Node has been returned Counts[i] times in all, and its
+	// delivery count is raised to that (never lowered: applying it twice, or after a later
+	// count, changes nothing).
+	KindCount
 	kindEnd
 )
 
@@ -39,8 +45,9 @@ type Command struct {
 	Credit    uint32
 	IDs       []uint64
 	Msgs      []*Msg
-	Delivered bool // KindReturn: the messages had reached a client (their count goes up)
-	NoAck     bool // KindGet
+	Delivered bool     // KindReturn: the messages had reached a client (their count goes up)
+	Counts    []uint32 // KindCount: the delivery count of each of IDs
+	NoAck     bool     // KindGet
 	Batch     []Command
 	// Now is the proposer's clock (unix ms) for a batch: the queue's time moves to the
 	// highest Now applied, and messages whose Expires is before it expire at the head.
@@ -95,6 +102,16 @@ func (c Command) Encode(b []byte) []byte {
 		b = appendIDs(b, c.IDs)
 		if c.Kind == KindReturn {
 			b = appendBool(b, c.Delivered)
+		}
+	case KindCount:
+		b = appendString(b, c.Node)
+		b = appendIDs(b, c.IDs)
+		for i := range c.IDs {
+			var n uint32
+			if i < len(c.Counts) {
+				n = c.Counts[i]
+			}
+			b = binary.AppendUvarint(b, uint64(n))
 		}
 	case KindGet:
 		b = appendString(b, c.Node)
@@ -331,6 +348,17 @@ func (d *decoder) command(depth int) Command {
 		c.IDs = d.ids()
 		if c.Kind == KindReturn {
 			c.Delivered = d.bool("delivered")
+		}
+	case KindCount:
+		c.Node = d.string("node")
+		c.IDs = d.ids()
+		c.Counts = make([]uint32, 0, len(c.IDs))
+		for range c.IDs {
+			n := d.uvarint("count")
+			if n > 1<<32-1 {
+				d.fail("count")
+			}
+			c.Counts = append(c.Counts, uint32(n))
 		}
 	case KindGet:
 		c.Node = d.string("node")

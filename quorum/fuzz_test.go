@@ -12,6 +12,7 @@ func FuzzDecodeCommand(f *testing.F) {
 	f.Add((&Command{Kind: KindSettle, Node: "n", IDs: []uint64{1, 2}}).Encoded())
 	f.Add((&Command{Kind: KindBatch, Batch: []Command{enq("x"), {Kind: KindGet, Node: "n"}}}).Encoded())
 	f.Add([]byte{byte(KindEnqueue), 0xff, 0xff, 0xff, 0xff, 0x0f})
+	f.Add((&Command{Kind: KindCount, Node: "n", IDs: []uint64{1, 2}, Counts: []uint32{1, 2}}).Encoded())
 	f.Fuzz(func(t *testing.T, b []byte) {
 		c, err := DecodeCommand(b)
 		if err != nil {
@@ -105,6 +106,13 @@ func FuzzMachineSequence(f *testing.F) {
 				held[node] = nil
 			case 8:
 				c = Command{Kind: KindDelivered, Node: node, IDs: append([]uint64(nil), held[node]...)}
+				if op >= 128 {
+					// A local requeue's count instead (a single-active-consumer node's).
+					c = Command{Kind: KindCount, Node: node, IDs: c.IDs}
+					for range c.IDs {
+						c.Counts = append(c.Counts, uint32(op%3))
+					}
+				}
 			case 9:
 				c = Command{Kind: KindPurge}
 			}

@@ -342,6 +342,14 @@ func (m *Machine) apply(c *Command) Result {
 			r.Msg = &cp
 		}
 		r.Remaining = m.readyLen()
+	case KindCount:
+		if n := m.node(c.Node, false); n != nil {
+			for i, id := range c.IDs {
+				if msg, ok := n.out[id]; ok && i < len(c.Counts) && c.Counts[i] > msg.Count {
+					msg.Count = c.Counts[i]
+				}
+			}
+		}
 	case KindDelivered:
 		if n := m.node(c.Node, false); n != nil {
 			for _, id := range c.IDs {

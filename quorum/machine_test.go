@@ -345,6 +345,7 @@ func TestCommandRoundTrip(t *testing.T) {
 		{Kind: KindPurge},
 		{Kind: KindDelivered, Node: "n", IDs: []uint64{5}},
 		{Kind: KindClock, Now: 1796337864116},
+		{Kind: KindCount, Node: "n", IDs: []uint64{5, 9}, Counts: []uint32{1, 300}},
 	}
 	cmds = append(cmds, Command{Kind: KindBatch, Batch: slices.Clone(cmds)})
 	for _, c := range cmds {
@@ -747,5 +748,85 @@ func TestGetPromotesDue(t *testing.T) {
 	rs := batch(2000, Command{Kind: KindGet, Node: "n1", NoAck: true})
 	if rs[0].Msg == nil || string(rs[0].Msg.Body) != "a" || rs[0].Msg.Count != 1 {
 		t.Fatalf("get past the due time: %+v", rs[0].Msg)
+	}
+}
+
+// msgStates maps every message of m (ready, returned, delayed or held) to its delivery count
+// and redelivered flag.
+func msgStates(m *Machine) map[uint64][2]any {
+	out := map[uint64][2]any{}
+	add := func(msg *Msg) { out[msg.ID] = [2]any{msg.Count, msg.Redelivered} }
+	for _, msg := range m.returns {
+		add(msg)
+	}
+	for _, msg := range m.ready[m.head:] {
+		add(msg)
+	}
+	for _, dm := range m.delayed {
+		add(dm.msg)
+	}
+	for _, n := range m.nodes {
+		for _, msg := range n.out {
+			add(msg)
+		}
+	}
+	return out
+}
+
+// TestCountAndLateMarks: a Count raises the delivery count of messages the node holds (never
+// lowers it); a Delivered mark applied after a NodeDown took the message back uncounted counts
+// that delivery once, wherever the message is now, and dead-letters it past the delivery limit
+// when it waits in the queue.
+func TestCountAndLateMarks(t *testing.T) {
+	type st = [2]any
+	co := func(n string, credit uint32) Command { return Command{Kind: KindCheckout, Node: n, Credit: credit} }
+	down := func(n string) Command { return Command{Kind: KindNodeDown, Node: n} }
+	mark := func(n string, ids ...uint64) Command { return Command{Kind: KindDelivered, Node: n, IDs: ids} }
+	count := func(n string, ids []uint64, counts ...uint32) Command {
+		return Command{Kind: KindCount, Node: n, IDs: ids, Counts: counts}
+	}
+	for _, tc := range []struct {
+		name    string
+		limit   int64
+		cmds    []Command // after enqueue a, b, c and n1's checkout of all three
+		dropped []string
+		want    map[uint64]st
+	}{
+		{"count raises, never lowers", -1, []Command{count("n1", []uint64{1, 2}, 2, 0), count("n1", []uint64{1}, 1)}, nil,
+			map[uint64]st{1: {uint32(2), false}, 2: {uint32(0), false}, 3: {uint32(0), false}}},
+		{"count of another node's message: nothing", -1, []Command{count("n2", []uint64{1}, 3)}, nil,
+			map[uint64]st{1: {uint32(0), false}, 2: {uint32(0), false}, 3: {uint32(0), false}}},
+		{"count then node down counts the marked delivery", -1, []Command{mark("n1", 1), count("n1", []uint64{1}, 1), down("n1")}, nil,
+			map[uint64]st{1: {uint32(2), false}, 2: {uint32(0), true}, 3: {uint32(0), true}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			limits := NoLimits()
+			limits.DeliveryLimit = tc.limit
+			m := New(limits, Hooks{})
+			run(t, m, enq("a", "b", "c"))
+			run(t, m, co("n1", 3))
+			var dropped []string
+			for _, c := range tc.cmds {
+				dropped = append(dropped, bodiesOf(run(t, m, c).Dropped)...)
+			}
+			if !slices.Equal(dropped, tc.dropped) {
+				t.Fatalf("dropped %v, want %v", dropped, tc.dropped)
+			}
+			if got := msgStates(m); !reflect.DeepEqual(got, tc.want) {
+				t.Fatalf("got %v, want %v", got, tc.want)
+			}
+			// A replica restored from a snapshot agrees.
+			snap, err := m.Snapshot()
+			if err != nil {
+				t.Fatal(err)
+			}
+			m2 := New(limits, Hooks{})
+			if err := m2.Restore(snap); err != nil {
+				t.Fatal(err)
+			}
+			if got := msgStates(m2); !reflect.DeepEqual(got, tc.want) {
+				t.Fatalf("restored: got %v, want %v", got, tc.want)
+			}
+		})
 	}
 }
