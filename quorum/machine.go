@@ -351,12 +351,15 @@ func (m *Machine) apply(c *Command) Result {
 			}
 		}
 	case KindDelivered:
-		if n := m.node(c.Node, false); n != nil {
-			for _, id := range c.IDs {
+		n := m.node(c.Node, false)
+		for _, id := range c.IDs {
+			if n != nil {
 				if msg, ok := n.out[id]; ok {
 					msg.Delivered = true
+					continue
 				}
 			}
+			m.lateMark(id, &r)
 		}
 	case KindNodeDown:
 		if n := m.node(c.Node, false); n != nil {
@@ -403,6 +406,49 @@ func (m *Machine) apply(c *Command) Result {
 	m.expireHead()
 	m.assign()
 	return r
+}
+
+// lateMark counts the delivery of a mark that came after a NodeDown had already taken the
+// message back uncounted (Msg.Redelivered): a node taken for dead while it was alive (a
+// partition, a stalled process) or caught up by a snapshot proposes its marks again, and
+// they reach the log after the NodeDown. RabbitMQ 3.10 counts every message a down node's
+// consumers had checked out (rabbit_fifo's return_all on noconnection); so does the log, as
+// soon as it learns of the delivery. The flag is cleared so that the mark counts once
+// (marks are proposed again after an unknown outcome). A message waiting in the queue that
+// is now past x-delivery-limit is dropped, as the NodeDown would have; one held by a node
+// is checked at its next return. Not found (settled, dropped, purged since): nothing.
+func (m *Machine) lateMark(id uint64, r *Result) {
+	count := func(msg *Msg) bool {
+		if !msg.Redelivered {
+			return false
+		}
+		msg.Redelivered = false
+		msg.Count++
+		return m.limits.DeliveryLimit >= 0 && int64(msg.Count) > m.limits.DeliveryLimit
+	}
+	if i, ok := slices.BinarySearchFunc(m.returns, id, func(x *Msg, id uint64) int { return cmpU64(x.ID, id) }); ok {
+		if msg := m.returns[i]; count(msg) {
+			m.returns = slices.Delete(m.returns, i, i+1)
+			m.bytes -= msg.size()
+			r.Dropped = append(r.Dropped, Dropped{Msg: msg, Reason: DeliveryLimit})
+		}
+		return
+	}
+	for i, dm := range m.delayed {
+		if dm.msg.ID == id {
+			if count(dm.msg) {
+				m.delayed = slices.Delete(m.delayed, i, i+1)
+				r.Dropped = append(r.Dropped, Dropped{Msg: dm.msg, Reason: DeliveryLimit})
+			}
+			return
+		}
+	}
+	for _, n := range m.nodes {
+		if msg, ok := n.out[id]; ok {
+			count(msg)
+			return
+		}
+	}
 }
 
 // expireHead drops the messages at the head whose Expires is before the queue's time (as

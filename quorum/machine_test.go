@@ -798,6 +798,14 @@ func TestCountAndLateMarks(t *testing.T) {
 			map[uint64]st{1: {uint32(0), false}, 2: {uint32(0), false}, 3: {uint32(0), false}}},
 		{"count then node down counts the marked delivery", -1, []Command{mark("n1", 1), count("n1", []uint64{1}, 1), down("n1")}, nil,
 			map[uint64]st{1: {uint32(2), false}, 2: {uint32(0), true}, 3: {uint32(0), true}}},
+		{"late mark counts once", -1, []Command{down("n1"), mark("n1", 2), mark("n1", 2)}, nil,
+			map[uint64]st{1: {uint32(0), true}, 2: {uint32(1), false}, 3: {uint32(0), true}}},
+		{"late mark of a message held by another node", -1, []Command{down("n1"), co("n2", 3), mark("n1", 1, 3)}, nil,
+			map[uint64]st{1: {uint32(1), false}, 2: {uint32(0), true}, 3: {uint32(1), false}}},
+		{"late mark past the delivery limit", 0, []Command{down("n1"), mark("n1", 2)}, []string{"b"},
+			map[uint64]st{1: {uint32(0), true}, 3: {uint32(0), true}}},
+		{"mark of a settled message: nothing", -1, []Command{{Kind: KindSettle, Node: "n1", IDs: []uint64{1}}, down("n1"), mark("n1", 1)}, nil,
+			map[uint64]st{2: {uint32(0), true}, 3: {uint32(0), true}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			limits := NoLimits()
