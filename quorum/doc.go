@@ -24,6 +24,12 @@
 //     delivery. The leader proposes it for a node that stopped reporting, a restarted node
 //     for its previous process, and a node whose state was restored from a snapshot for
 //     itself (its view of what it holds is stale).
+//   - Delivered marks messages a node handed to a client. A mark applied after a NodeDown
+//     took the message back uncounted counts that delivery then (as rabbit_fifo counts every
+//     message a down node's consumers had checked out).
+//   - Count raises the delivery count of messages a node requeued in its own local queue (a
+//     single-active-consumer queue keeps a closing channel's deliveries there, in order, for
+//     the node's next consumer).
 //   - Purge drops the ready messages.
 //
 // The grain is the node rather than the consumer because the broker's front ends already
