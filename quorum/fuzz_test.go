@@ -12,6 +12,7 @@ func FuzzDecodeCommand(f *testing.F) {
 	f.Add((&Command{Kind: KindSettle, Node: "n", IDs: []uint64{1, 2}}).Encoded())
 	f.Add((&Command{Kind: KindBatch, Batch: []Command{enq("x"), {Kind: KindGet, Node: "n"}}}).Encoded())
 	f.Add([]byte{byte(KindEnqueue), 0xff, 0xff, 0xff, 0xff, 0x0f})
+	f.Add((&Command{Kind: KindDLXSettle, IDs: []uint64{1, 5}}).Encoded())
 	f.Fuzz(func(t *testing.T, b []byte) {
 		c, err := DecodeCommand(b)
 		if err != nil {
@@ -41,6 +42,13 @@ func FuzzRestore(f *testing.F) {
 	m.Apply(2, (&Command{Kind: KindGet, Node: "n"}).Encoded())
 	s, _ := m.Snapshot()
 	f.Add(s)
+	// A version 5 snapshot: with discards (at-least-once dead-lettering).
+	d := New(Limits{MaxLength: -1, MaxBytes: -1, DeliveryLimit: -1, Overflow: RejectPublish, AtLeastOnce: true}, Hooks{})
+	d.Apply(1, enq("a", "b").Encoded())
+	d.Apply(2, (&Command{Kind: KindGet, Node: "n"}).Encoded())
+	d.Apply(3, (&Command{Kind: KindDiscard, Node: "n", IDs: []uint64{1}}).Encoded())
+	s5, _ := d.Snapshot()
+	f.Add(s5)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		_ = New(NoLimits(), Hooks{}).Restore(b)
 	})
