@@ -35,8 +35,11 @@ var quorumDLXConfirmTimeout = 2 * time.Minute
 // retries) without another signal.
 var quorumDLXTick = 250 * time.Millisecond
 
-// quorumDLXPrefetch bounds the discards published and not yet answered (RabbitMQ's
-// dead_letter_worker_consumer_prefetch).
+// quorumDLXPrefetch is the worker's window: it works on the oldest discards only, this many
+// (published and unanswered, waiting for a retry, or confirmed and not yet settled), as
+// RabbitMQ's worker checks out dead_letter_worker_consumer_prefetch (100) of them. A newer
+// discard waits until an older one is settled, and a pass costs O(window), whatever the
+// backlog of discards (an unroutable dead-letter exchange can pile up many).
 const quorumDLXPrefetch = 100
 
 // errDLXNoRoute: the dead-letter exchange is missing or routes the message nowhere.
@@ -87,6 +90,15 @@ func (v *VHost) quorumAtLeastOnce(name string, spec queueSpec, overflow quorum.O
 		return false
 	}
 	return true
+}
+
+// warnClassicAtLeastOnce says it when a quorum queue asking for at-least-once dead-lettering
+// runs as a classic queue (a single node, no Raft host: its dead-lettering is at most once).
+func (v *VHost) warnClassicAtLeastOnce(qs *Queue) {
+	if qs.spec.quorum && qs.spec.atLeastOnce {
+		v.b.log.Warn("dead-letter-strategy at-least-once needs a cluster: this quorum queue is a classic queue here and dead-letters at most once",
+			"queue", qs.name, "vhost", v.name)
+	}
 }
 
 // dlxSignal is the state machine's DeadLettered hook (the Raft loop): the worker has work.
@@ -146,7 +158,9 @@ func (d *quorumDLX) pass() {
 	if !leading && idle {
 		return
 	}
-	ds := qq.m.Discards()
+	// The items are always among the oldest discards: they are taken from the head of the
+	// list, which only loses settled entries before them and grows at its tail.
+	ds := qq.m.DiscardsHead(quorumDLXPrefetch)
 	now := time.Now()
 	var send []quorum.Dropped
 	d.mu.Lock()
@@ -157,32 +171,21 @@ func (d *quorumDLX) pass() {
 		}
 		for id := range d.items {
 			if _, ok := present[id]; !ok {
-				delete(d.items, id) // settled (by this node or another)
+				delete(d.items, id) // settled (by this node or another), or a restore
 			}
 		}
 	}
 	if leading {
-		inflight := 0
-		for _, it := range d.items {
-			if it.step == dlxSending {
-				inflight++
-			}
-		}
 		for _, x := range ds {
-			if inflight >= quorumDLXPrefetch {
-				break
-			}
 			it, ok := d.items[x.Msg.ID]
 			switch {
 			case !ok:
 			case it.step == dlxRetry && !now.Before(it.at):
 			case it.step == dlxSending && now.Sub(it.at) > quorumDLXConfirmTimeout:
-				inflight--
 			default:
 				continue
 			}
 			d.items[x.Msg.ID] = dlxItem{step: dlxSending, at: now}
-			inflight++
 			send = append(send, x)
 		}
 	}

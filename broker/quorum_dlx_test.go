@@ -150,3 +150,43 @@ func TestQuorumDLXWorker(t *testing.T) {
 		t.Fatal("the dead-lettered copy lost its delivery mode")
 	}
 }
+
+// TestQuorumDLXWorkerWindow: more discards than the worker's window all reach the target, and
+// the window moves as they are settled.
+func TestQuorumDLXWorkerWindow(t *testing.T) {
+	b := newTestBroker(t, t.TempDir())
+	v := b.VHost("/")
+	if _, err := v.DeclareQueue(System, QueueSpec{Name: "dlt", Durable: true}); err != nil {
+		t.Fatal(err)
+	}
+	qq, _ := newDLXQuorum(t, v, "dlt")
+	const n = 2*quorumDLXPrefetch + 50
+	enqueue := quorum.Command{Kind: quorum.KindEnqueue}
+	ids := make([]uint64, n)
+	for i := range n {
+		enqueue.Msgs = append(enqueue.Msgs, &quorum.Msg{RoutingKey: "src",
+			Header: amqp.AppendContentHeader(nil, 60, 1, &amqp.Properties{}), Body: []byte("m")})
+		ids[i] = uint64(i + 1)
+	}
+	if _, err := propose(t, qq, enqueue); err != nil {
+		t.Fatal(err)
+	}
+	// Held by another node, which rejects them all.
+	if _, err := propose(t, qq, quorum.Command{Kind: quorum.KindCheckout, Node: "n2", Credit: n}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := propose(t, qq, quorum.Command{Kind: quorum.KindDiscard, Node: "n2", IDs: ids}); err != nil {
+		t.Fatal(err)
+	}
+	dlt, _ := v.Queue(System, "dlt")
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		left, _ := qq.m.DiscardCounts()
+		if got := dlt.Q().Counts().Ready; left == 0 && got == n {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("discards left %d, target has %d; want 0, %d", left, got, n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -91,6 +91,15 @@ func (m *Machine) Discards() []Dropped {
 	return slices.Clone(m.dlx.list)
 }
 
+// DiscardsHead is Discards' first n at most (the dead-letter worker's window: it works on the
+// oldest ones only, as RabbitMQ's worker checks out a prefetch of them). Safe from any
+// goroutine.
+func (m *Machine) DiscardsHead(n int) []Dropped {
+	m.dlx.mu.Lock()
+	defer m.dlx.mu.Unlock()
+	return slices.Clone(m.dlx.list[:min(n, len(m.dlx.list))])
+}
+
 // DiscardCounts are the number of discards and their bodies' bytes. Safe from any goroutine.
 func (m *Machine) DiscardCounts() (n int, bytes int64) {
 	m.dlx.mu.Lock()

@@ -212,3 +212,15 @@ func TestDLXSettleRoundTrip(t *testing.T) {
 		t.Fatalf("DecodeCommand = %+v, %v", got, err)
 	}
 }
+
+func TestDiscardsHead(t *testing.T) {
+	m := New(Limits{MaxLength: -1, MaxBytes: -1, DeliveryLimit: -1, Overflow: RejectPublish, AtLeastOnce: true}, Hooks{})
+	run(t, m, enq("a", "b", "c"))
+	run(t, m, Command{Kind: KindCheckout, Node: "n1", Credit: 3})
+	run(t, m, Command{Kind: KindDiscard, Node: "n1", IDs: []uint64{1, 2, 3}})
+	for n, want := range map[int]int{0: 0, 2: 2, 5: 3} {
+		if got := m.DiscardsHead(n); len(got) != want || (want > 0 && got[0].Msg.ID != 1) {
+			t.Errorf("DiscardsHead(%d) = %d messages, want %d from ID 1", n, len(got), want)
+		}
+	}
+}
