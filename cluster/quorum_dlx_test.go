@@ -196,3 +196,42 @@ func TestQuorumDLXAtLeastOnceTargetLater(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// TestQuorumDLXAtLeastOnceRestarts: discards waiting for a route survive the crash of every
+// node (restarted from their disks: the log replayed) and are dead-lettered once a target is
+// bound.
+func TestQuorumDLXAtLeastOnceRestarts(t *testing.T) {
+	nodes := startRaftCluster(t, "n1", "n2", "n3")
+	_, ch := dial(t, nodes["n1"].url)
+	if err := ch.ExchangeDeclare("dlx3", "fanout", true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	declareQuorum(t, nodes, "n1", "src3", amqp091.Table{"x-dead-letter-exchange": "dlx3",
+		"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"})
+	publishConfirmed(t, ch, "src3", "a", "b")
+	rejectAll(t, ch, "src3", 2)
+	time.Sleep(500 * time.Millisecond) // applied everywhere; the worker finds no route
+
+	for _, n := range []string{"n1", "n2", "n3"} {
+		nodes[n].crash()
+	}
+	errs := make(chan error, 3)
+	for _, n := range []string{"n1", "n2", "n3"} {
+		go func() { errs <- nodes[n].startE() }()
+	}
+	for range 3 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, n := range nodes {
+		waitQueue(t, n.url, "src3")
+	}
+	declareQuorum(t, nodes, "n2", "dlt3", nil)
+	_, ch2 := dial(t, nodes["n2"].url)
+	if err := ch2.QueueBind("dlt3", "", "dlx3", false, nil); err != nil {
+		t.Fatal(err)
+	}
+	got := dlxAwait(t, nodes["n3"].url, "dlt3", "src3", "a", "b")
+	t.Logf("dead-lettered after the restart: %v", got)
+}
