@@ -26,6 +26,8 @@ type queueSpec struct {
 	// consumerTimeout: x-consumer-timeout (-1: not set; 0: none for this queue).
 	consumerTimeout time.Duration
 	stream          bool // x-queue-type stream: an append-only log (broker/stream.go)
+	// atLeastOnce: x-dead-letter-strategy at-least-once (quorum queues; quorum_dlx.go).
+	atLeastOnce bool
 }
 
 // argError builds RabbitMQ's text for a bad queue argument; the queue and vhost names are filled
@@ -342,7 +344,7 @@ func (spec *queueSpec) parseStorageArgs(args amqp.Table) *amqp.Error {
 		switch s {
 		case "at-most-once":
 		case "at-least-once":
-			return notSupported("x-dead-letter-strategy", "at-least-once dead-lettering")
+			spec.atLeastOnce = true
 		default:
 			return argTextError("x-dead-letter-strategy", "invalid_dlx_strategy")
 		}

@@ -83,7 +83,7 @@ var QueueArguments = map[string]ArgInfo{
 	"x-queue-mode":                    {Implemented, true, false, "lazy", "lazy keeps one ready message in memory per queue (the paging window is 1); default uses queue.max_ram_messages. Fixed when the queue is created"},
 	"x-max-in-memory-length":          {Implemented, false, true, int32(100), "caps the queue's paging window (0 behaves as 1). Fixed when the queue is created"},
 	"x-max-in-memory-bytes":           {Refused, false, true, int32(1 << 20), "per-queue byte bound of memory; Warren bounds memory with queue.max_ram_messages and the shared paging budget"},
-	"x-dead-letter-strategy":          {Implemented, false, true, "at-most-once", "at-most-once (Warren's dead-lettering); at-least-once is refused"},
+	"x-dead-letter-strategy":          {Implemented, false, true, "at-most-once", "at-most-once, or at-least-once (with x-dead-letter-exchange and x-overflow reject-publish, else at-most-once with a warning, as RabbitMQ)"},
 	"x-delivery-limit":                {Extension, true, true, int32(5), "RabbitMQ: quorum queues only; Warren also on classic queues"},
 	"x-queue-version":                 {StorageFormat, true, false, int32(2), "1 or 2, validated"},
 	"x-queue-master-locator":          {SingleNode, true, false, "client-local", ""},

@@ -135,7 +135,6 @@ func TestStorageArgErrors(t *testing.T) {
 		{with(q, "x-dead-letter-strategy", "bogus"), `invalid arg 'x-dead-letter-strategy' for queue '' in vhost '': invalid_dlx_strategy`},
 		{with(q, "x-dead-letter-strategy", int32(1)), `invalid arg 'x-dead-letter-strategy' for queue '' in vhost '': {unacceptable_type,signedint}`},
 		{with(q, "x-max-in-memory-length", int32(-1)), `invalid arg 'x-max-in-memory-length' for queue '' in vhost '': {value_negative,-1}`},
-		{with(q, "x-dead-letter-strategy", "at-least-once"), `invalid arg 'x-dead-letter-strategy' for queue '' in vhost '': not supported by Warren`},
 	} {
 		_, err := parseQueueArgs(tc.args)
 		if err == nil || err.Code != amqp.PreconditionFailed || !strings.Contains(err.Text, tc.want) {

@@ -213,6 +213,7 @@ func (v *VHost) newQueueLocked(qs *Queue) {
 	qs.expires, qs.policy = e.expires, e.policy
 	qs.q = queue.New(qs.name, e.opts, queue.Hooks{Dropped: v.onDropped(qs)})
 	v.b.enablePaging(qs, e.window)
+	v.warnClassicAtLeastOnce(qs)
 }
 
 func (v *VHost) checkQueueEquivalent(qs *Queue, m QueueSpec) *amqp.Error {

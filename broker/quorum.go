@@ -216,6 +216,8 @@ type quorumQueue struct {
 	// log's limit, and the node reports the counts to the log (Count commands): with the
 	// redelivery's mark, or before handing the message back (consumerRemoved, localDropped).
 	localRequeue bool
+	// dlx is the at-least-once dead-letter worker (nil: at-most-once; quorum_dlx.go).
+	dlx *quorumDLX
 }
 
 // openQuorum creates a quorum queue's local Queue and opens its group; handled is false when
@@ -268,7 +270,11 @@ func (v *VHost) openQuorum(op TopologyOp, spec queueSpec) (qs *Queue, handled bo
 	if spec.opts.Overflow == queue.RejectPublishDLX {
 		v.b.log.Warn("invalid overflow strategy reject-publish-dlx for a quorum queue: drop-head", "queue", m.Name, "vhost", v.name)
 	}
-	qq.m = quorum.New(limits, quorum.Hooks{Assigned: qq.assigned, Revoked: qq.revoked, Applied: qq.applied, Restored: qq.restored})
+	if limits.AtLeastOnce = v.quorumAtLeastOnce(m.Name, spec, limits.Overflow); limits.AtLeastOnce {
+		qq.dlx = newQuorumDLX(qq) // before the machine: its DeadLettered hook reads qq.dlx
+	}
+	qq.m = quorum.New(limits, quorum.Hooks{Assigned: qq.assigned, Revoked: qq.revoked, Applied: qq.applied, Restored: qq.restored,
+		DeadLettered: qq.dlxSignal})
 	g, gerr := qgs.OpenQuorum(v.name, m.Name, op.Epoch, qq.m, qq.nodeDown)
 	if errors.Is(gerr, ErrQuorumUnavailable) {
 		return nil, false, nil
@@ -283,6 +289,9 @@ func (v *VHost) openQuorum(op TopologyOp, spec queueSpec) (qs *Queue, handled bo
 	qq.downSelf()
 	go qq.proposeLoop()
 	go qq.deliverLoop()
+	if qq.dlx != nil {
+		go qq.dlx.run()
+	}
 	return qs, true, nil
 }
 

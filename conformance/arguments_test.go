@@ -87,7 +87,6 @@ func TestArgumentsNotSupported(t *testing.T) {
 	t.Parallel()
 	for _, args := range []amqp.Table{
 		{"x-queue-type": "quorum", "x-max-in-memory-bytes": int32(1000)},
-		{"x-queue-type": "quorum", "x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"},
 	} {
 		c, ch := setup(t)
 		q := uname(t, "q")

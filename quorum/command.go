@@ -120,6 +120,8 @@ func (c Command) Encode(b []byte) []byte {
 		b = appendString(b, c.Node)
 	case KindClock:
 		b = binary.AppendUvarint(b, uint64(max(c.Now, 0)))
+	case KindDLXSettle:
+		b = appendIDs(b, c.IDs)
 	case KindPurge, KindTouch:
 	}
 	return b
@@ -367,6 +369,8 @@ func (d *decoder) command(depth int) Command {
 		c.Node = d.string("node")
 	case KindClock:
 		c.Now = d.int63("clock")
+	case KindDLXSettle:
+		c.IDs = d.ids()
 	case KindPurge, KindTouch:
 	default:
 		d.fail(fmt.Sprintf("unknown command kind %d", c.Kind))

@@ -13,6 +13,7 @@ func FuzzDecodeCommand(f *testing.F) {
 	f.Add((&Command{Kind: KindBatch, Batch: []Command{enq("x"), {Kind: KindGet, Node: "n"}}}).Encoded())
 	f.Add([]byte{byte(KindEnqueue), 0xff, 0xff, 0xff, 0xff, 0x0f})
 	f.Add((&Command{Kind: KindCount, Node: "n", IDs: []uint64{1, 2}, Counts: []uint32{1, 2}}).Encoded())
+	f.Add((&Command{Kind: KindDLXSettle, IDs: []uint64{1, 5}}).Encoded())
 	f.Fuzz(func(t *testing.T, b []byte) {
 		c, err := DecodeCommand(b)
 		if err != nil {
@@ -42,6 +43,13 @@ func FuzzRestore(f *testing.F) {
 	m.Apply(2, (&Command{Kind: KindGet, Node: "n"}).Encoded())
 	s, _ := m.Snapshot()
 	f.Add(s)
+	// A version 5 snapshot: with discards (at-least-once dead-lettering).
+	d := New(Limits{MaxLength: -1, MaxBytes: -1, DeliveryLimit: -1, Overflow: RejectPublish, AtLeastOnce: true}, Hooks{})
+	d.Apply(1, enq("a", "b").Encoded())
+	d.Apply(2, (&Command{Kind: KindGet, Node: "n"}).Encoded())
+	d.Apply(3, (&Command{Kind: KindDiscard, Node: "n", IDs: []uint64{1}}).Encoded())
+	s5, _ := d.Snapshot()
+	f.Add(s5)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		_ = New(NoLimits(), Hooks{}).Restore(b)
 	})
@@ -57,6 +65,8 @@ func FuzzMachineSequence(f *testing.F) {
 	// A message returned (n1 without credit) waits at the snapshot; another returned after
 	// it must go behind it on both replicas.
 	f.Add([]byte{0, 0, 0, 0, 2, 12, 4, 8, 4, 32, 32, 32, 32, 32})
+	// At least once, reject-publish: rejects and expiries kept in the discards, then settled.
+	f.Add([]byte{64 + 8 + 3, 0, 1, 0, 2, 6, 5, 6, 5, 19, 0, 0, 2, 6, 5, 29, 19})
 	f.Fuzz(func(t *testing.T, in []byte) {
 		limits := Limits{MaxLength: -1, MaxBytes: -1, DeliveryLimit: -1}
 		if len(in) > 0 {
@@ -64,6 +74,7 @@ func FuzzMachineSequence(f *testing.F) {
 			limits.Overflow = Overflow(in[0] / 8 % 2)
 			limits.DeliveryLimit = int64(in[0]/16%4) - 1
 			limits.SingleActive = in[0] >= 128
+			limits.AtLeastOnce = in[0]&64 != 0 // discards kept until a DLXSettle
 		}
 		nodes := []string{"n1", "n2", "n3"}
 		held := map[string][]uint64{}
@@ -73,7 +84,7 @@ func FuzzMachineSequence(f *testing.F) {
 			}
 		}})
 		b := New(limits, Hooks{})
-		var enqueued, settled, dropped, refused int
+		var enqueued, settled, dropped, refused, dlxSettled int
 		now := int64(1000)
 		pick := func(node string, k byte) []uint64 {
 			ids := held[node]
@@ -115,6 +126,16 @@ func FuzzMachineSequence(f *testing.F) {
 				}
 			case 9:
 				c = Command{Kind: KindPurge}
+				if ds := a.DiscardsHead(int(op % 3)); limits.AtLeastOnce && op%20 >= 10 {
+					c = Command{Kind: KindDLXSettle, IDs: []uint64{uint64(op)}} // unknown: ignored
+					for _, d := range ds {
+						c.IDs = append(c.IDs, d.Msg.ID)
+					}
+				}
+			}
+			before := map[uint64]bool{}
+			for _, d := range a.Discards() {
+				before[d.Msg.ID] = true
 			}
 			now += 500
 			batch := Command{Kind: KindBatch, Now: now, Batch: []Command{c}}.Encoded()
@@ -137,6 +158,16 @@ func FuzzMachineSequence(f *testing.F) {
 				}
 			case KindPurge:
 				dropped += r.Purged
+			case KindDLXSettle:
+				after := map[uint64]bool{}
+				for _, d := range a.Discards() {
+					after[d.Msg.ID] = true
+				}
+				for id := range before {
+					if !after[id] {
+						dlxSettled++
+					}
+				}
 			}
 			for _, x := range rs {
 				dropped += len(x.Dropped)
@@ -158,9 +189,14 @@ func FuzzMachineSequence(f *testing.F) {
 			t.Fatal("a replica restored from a snapshot diverged")
 		}
 		ready, h := a.Counts()
+		discards, _ := a.DiscardCounts()
+		if !limits.AtLeastOnce && discards != 0 {
+			t.Fatalf("%d discards at most once", discards)
+		}
 		// Settles of IDs the node did not hold are no-ops: count what really left.
-		if got := ready + h + dropped + refused; got > enqueued || enqueued-got > settled {
-			t.Fatalf("enqueued %d: ready %d held %d dropped %d refused %d settled at most %d", enqueued, ready, h, dropped, refused, settled)
+		if got := ready + h + dropped + refused + discards + dlxSettled; got > enqueued || enqueued-got > settled {
+			t.Fatalf("enqueued %d: ready %d held %d dropped %d refused %d discards %d dlx-settled %d settled at most %d",
+				enqueued, ready, h, dropped, refused, discards, dlxSettled, settled)
 		}
 	})
 }

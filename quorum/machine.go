@@ -38,6 +38,10 @@ type Limits struct {
 	// with no node holding a checkout (no consumer anywhere), since its last basic.get,
 	// checkout or KindTouch: Expired reports it, and the broker deletes the queue.
 	Expires int64
+	// AtLeastOnce (x-dead-letter-strategy at-least-once, with a dead-letter exchange and
+	// reject-publish): dropped messages stay in the state, in the discards, until a
+	// KindDLXSettle (dlx.go); they count against MaxLength and MaxBytes.
+	AtLeastOnce bool
 }
 
 // NoLimits is Limits with every bound off.
@@ -120,6 +124,9 @@ type Hooks struct {
 	// covers gets no result here: what a node holds now may not be what it was told, so the
 	// node must drop its copies and take its share again.
 	Restored func()
+	// DeadLettered: messages went to the discards (Limits.AtLeastOnce): the dead-letter
+	// worker has work.
+	DeadLettered func()
 }
 
 // delayedMsg is a returned message and when it is ready again (queue time, unix ms).
@@ -165,6 +172,8 @@ type Machine struct {
 	nextDue       atomic.Int64 // for NextDue
 	expiredQ      atomic.Bool  // for Expired
 	assigned      map[string][]Msg
+	// dlx is the discards of at-least-once dead-lettering (dlx.go).
+	dlx dlxState
 }
 
 // New returns an empty queue with limits.
@@ -194,11 +203,12 @@ func (m *Machine) Apply(_ uint64, cmd []byte) any {
 		m.now = max(m.now, c.Now)
 		rs := make([]Result, len(c.Batch), len(c.Batch)+1)
 		for i := range c.Batch {
-			rs[i] = m.apply(&c.Batch[i])
+			rs[i] = m.applyKeep(&c.Batch[i])
 		}
 		m.promote()
 		m.expireHead()
 		m.assign()
+		m.keepDiscards(&m.expired)
 		if len(m.expired) > 0 {
 			// One more result past the batch's: the messages that expired, for the
 			// proposer to dead-letter.
@@ -207,7 +217,7 @@ func (m *Machine) Apply(_ uint64, cmd []byte) any {
 		}
 		out = rs
 	} else {
-		r := m.apply(&c)
+		r := m.applyKeep(&c)
 		r.Dropped = append(r.Dropped, m.expired...)
 		m.expired = nil
 		out = r
@@ -613,8 +623,9 @@ func (m *Machine) readyLen() int { return len(m.returns) + len(m.ready) - m.head
 
 func (m *Machine) full(size int64) bool {
 	l := m.limits
-	return (l.MaxLength >= 0 && int64(m.readyLen()) >= l.MaxLength) ||
-		(l.MaxBytes >= 0 && m.bytes+size > l.MaxBytes)
+	// The discards count, as in RabbitMQ's rabbit_fifo (always empty but with AtLeastOnce).
+	return (l.MaxLength >= 0 && int64(m.readyLen()+m.discardLen()) >= l.MaxLength) ||
+		(l.MaxBytes >= 0 && m.bytes+m.dlx.bytes+size > l.MaxBytes)
 }
 
 func (m *Machine) over() bool {
@@ -749,7 +760,11 @@ func cmpU64(a, b uint64) int {
 //
 // Version 4: a message's state byte may have bit 1 set (Msg.Redelivered); the layout is
 // version 3's.
-const snapshotVersion = 4
+//
+// Version 5 adds the discards of at-least-once dead-lettering after the last use (dlx.go). A
+// state without discards is still written as version 4, which a node of an earlier release
+// can restore.
+const snapshotVersion = 5
 
 // Snapshot implements multiraft.StateMachine: the whole state, messages included, so that
 // the log behind it can go and a queue's disk follows its backlog.
@@ -793,6 +808,7 @@ type snapView struct {
 	nodes       []snapNode
 	delayed     []snapDelayed
 	used        int64
+	discards    []Dropped // messages never written once discarded: shared
 }
 
 // snapDelayed is a delayed redelivery as of a snapshot's view.
@@ -823,6 +839,7 @@ func (m *Machine) view() *snapView {
 	for _, dm := range m.delayed {
 		v.delayed = append(v.delayed, snapDelayed{at: dm.at, snapMsg: snapMsg{msg: dm.msg, count: dm.msg.Count, delivered: dm.msg.Delivered, redelivered: dm.msg.Redelivered}})
 	}
+	v.discards = slices.Clone(m.dlx.list)
 	return v
 }
 
@@ -832,8 +849,15 @@ func (v *snapView) encode() []byte {
 	for _, sm := range v.msgs {
 		size += 32 + len(sm.msg.Exchange) + len(sm.msg.RoutingKey) + len(sm.msg.Header) + len(sm.msg.Body)
 	}
+	for _, d := range v.discards {
+		size += 32 + len(d.Msg.Exchange) + len(d.Msg.RoutingKey) + len(d.Msg.Header) + len(d.Msg.Body)
+	}
 	b := make([]byte, 0, size) // one allocation for the bodies, not a doubling series
-	b = append(b, snapshotVersion)
+	version := byte(snapshotVersion)
+	if len(v.discards) == 0 {
+		version = 4 // the same bytes: an earlier release restores it
+	}
+	b = append(b, version)
 	b = binary.AppendUvarint(b, v.nextID)
 	b = binary.AppendUvarint(b, uint64(max(v.now, 0)))
 	b = binary.AppendUvarint(b, v.seq)
@@ -859,6 +883,9 @@ func (v *snapView) encode() []byte {
 		b = appendSnapMsg(b, dm.snapMsg)
 	}
 	b = binary.AppendUvarint(b, uint64(max(v.used, 0)))
+	if version >= 5 {
+		b = appendDiscards(b, v.discards)
+	}
 	return b
 }
 
@@ -946,6 +973,9 @@ func (m *Machine) Restore(b []byte) error {
 			}
 			fresh.used = d.int63("used")
 		}
+		if b[0] >= 5 {
+			fresh.dlx.list, fresh.dlx.bytes = d.discards()
+		}
 		if d.err == nil && len(d.b) > 0 {
 			d.fail("trailing bytes")
 		}
@@ -959,6 +989,9 @@ func (m *Machine) Restore(b []byte) error {
 	m.nextID, m.now, m.seq, m.cursor, m.returns, m.ready, m.head, m.bytes, m.nodes, m.delayed =
 		fresh.nextID, fresh.now, fresh.seq, fresh.cursor, fresh.returns, fresh.ready, 0, fresh.bytes, fresh.nodes, fresh.delayed
 	m.used = fresh.used
+	m.dlx.mu.Lock()
+	m.dlx.list, m.dlx.bytes = fresh.dlx.list, fresh.dlx.bytes
+	m.dlx.mu.Unlock()
 	m.expired = nil
 	m.storeCounts()
 	if m.hooks.Restored != nil {
