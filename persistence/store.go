@@ -485,9 +485,7 @@ func (s *Store) load(fresh bool) error {
 		}
 	}
 	s.nstored.Store(c.messages)
-	if err := s.markRunning(); err != nil {
-		return err
-	}
+	s.markRunning()
 	// Garbage left in the value log by a backlog drained before the restart: reclaim it too.
 	if s.dir != "" && valueLogBytes(s.dir) > 2*c.bytes+s.opts.ValueLogFileSize {
 		s.garbageAtOpen = true
@@ -714,11 +712,14 @@ func (s *Store) Close() error {
 // marks it submitted without waiting (Queue deliveries, see Batch) may be missing: the
 // messages stored now are then recorded as possibly delivered (keyRecovered), for good,
 // since a later clean stop does not bring their lost marks back. Runs in Open, before the
-// journal starts.
-func (s *Store) markRunning() error {
+// journal starts. A failure to write (a full disk) does not fail Open: a bookkeeping key must
+// not keep the broker down. What was read still applies to this run (all stored messages
+// are flagged if not even that was read), and Close then leaves any running key in place.
+func (s *Store) markRunning() {
 	if s.opts.InMemory {
-		return nil
+		return
 	}
+	read := false // keyRunning and keyRecovered were read
 	err := s.db.Update(func(txn *badger.Txn) error {
 		_, err := txn.Get(keyRunning)
 		switch {
@@ -736,6 +737,7 @@ func (s *Store) markRunning() error {
 		} else if !errors.Is(err, badger.ErrKeyNotFound) {
 			return err
 		}
+		read = true
 		if s.unclean && s.maxID.Load() > s.recovered {
 			s.recovered = s.maxID.Load()
 			if err := txn.Set(keyRecovered, binary.BigEndian.AppendUint64(nil, s.recovered)); err != nil {
@@ -745,13 +747,16 @@ func (s *Store) markRunning() error {
 		return txn.Set(keyRunning, nil)
 	})
 	if err != nil {
-		return fmt.Errorf("write running mark: %w", err)
+		s.lost.Store(true)
+		s.log.Error("writing the running mark failed: a crash of this run may go unnoticed by the next start (its messages would not be flagged redelivered)", "dir", s.dir, "err", err)
+		if !read && s.recovered < s.maxID.Load() {
+			s.recovered = s.maxID.Load() // the previous stop cannot be told clean
+		}
 	}
 	if s.unclean {
 		s.log.Warn("the previous run stopped without closing the store: its stored messages may have been delivered and are flagged redelivered",
 			"dir", s.dir, "up_to_message_id", s.recovered)
 	}
-	return nil
 }
 
 // clearRunning deletes keyRunning at Close, after the journal committed everything: the
