@@ -190,7 +190,11 @@ func (qs *Queue) journal(e *queue.Entry, deliveries uint32, noAck bool) {
 		return
 	}
 	if deliveries == 0 || qs.q.Options().DeliveryLimit >= 0 {
-		store.Submit(&persistence.Batch{Deliveries: []persistence.DeliveryMark{{Entry: ent, Count: deliveries + 1}}}, nil)
+		// The mark counts real deliveries, Returns+1 (each delivery after the first follows
+		// a return). That is deliveries+1, except for an entry flagged redelivered only
+		// because it was stored before an unclean stop (storedEntry): its assumed delivery
+		// must not count towards x-delivery-limit after the next restart.
+		store.Submit(&persistence.Batch{Deliveries: []persistence.DeliveryMark{{Entry: ent, Count: e.Returns + 1}}}, nil)
 	}
 }
 

@@ -194,6 +194,13 @@ func (qs *Queue) storedEntry(st persistence.Stored, cache map[uint64]*queue.Mess
 	e.SharedOnDisk = st.Shared
 	e.Deliveries = st.Deliveries
 	e.Returns = st.Deliveries
+	if st.MaybeDelivered && e.Deliveries == 0 {
+		// Stored before an unclean stop, which may have lost its delivery mark (they are
+		// written after the delivery, without waiting): flag it redelivered, as a client must
+		// assume it may have processed it. Returns stays 0: not a delivery x-delivery-limit
+		// and x-delivery-count count (journal writes marks from Returns for that reason).
+		e.Deliveries = 1
+	}
 	return e
 }
 

@@ -10,6 +10,8 @@
 //
 //	0x00 'f'                                  -> format version (uint32 BE)
 //	0x00 'h'                                  -> message-id high-water mark (uint64 BE)
+//	0x00 'r'                                  -> empty: the store is open (deleted by a clean Close)
+//	0x00 'u'                                  -> highest message id stored before an unclean stop (uint64 BE)
 //	'x' str(vhost) str(name)                  -> str(kind) flags(1) bytes(args)
 //	'q' str(vhost) str(name)                  -> flags(1) bytes(args)
 //	'b' str(vhost) str(source) str(dest) toExchange(1) str(key) bytes(args) -> empty
@@ -130,6 +132,21 @@
 // missing messages all fail Open with an error naming the directory. Unreferenced messages
 // are deleted. Damage to the newest part of badger's write-ahead log (.mem) cannot be
 // told apart from a torn write and is truncated by badger.
+//
+// # Unclean stops
+//
+// Delivery marks are submitted after the delivery and without waiting (a broker must not
+// put a disk sync between a message and its consumer), so a process killed between the two
+// loses the mark, and the message would come back as never delivered. Open therefore writes
+// a running key (synced, like every commit) that a clean Close deletes after the journal
+// has committed everything; Close keeps it when a write was refused or failed. An Open that
+// finds the key records the message-id high-water mark as the recovered mark: every
+// message with an id up to it may have been delivered, and its entries are read back with
+// Stored.MaybeDelivered, now and after any later restart (a clean stop does not bring the
+// lost marks back). New messages get larger ids, so after a clean stop the marks alone
+// decide, as before. Qpid's broker (Red Hat MRG) flags every recovered persistent message
+// redelivered after any restart; this is the same rule, narrowed to the restarts that can
+// have lost marks. Nothing is rewritten at Open, whatever the backlog.
 //
 // # Raft log
 //

@@ -112,6 +112,7 @@ func (s *Store) submit(r request) {
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
+		s.lost.Store(true)
 		r.done(ErrClosed)
 		return
 	}
@@ -266,6 +267,7 @@ func (s *Store) commitGroup(reqs []request) int {
 		if r.batch != nil {
 			if err := validateBatch(r.batch); err != nil {
 				if j == 0 {
+					s.lost.Store(true)
 					r.done(err)
 					return 1
 				}
@@ -312,6 +314,7 @@ func (s *Store) commitGroup(reqs []request) int {
 		}
 		if err != nil {
 			s.setWriteError(err)
+			s.lost.Store(true) // see clearRunning
 			err = fmt.Errorf("persistence: commit to %s: %w", s.dir, err)
 			for _, r := range reqs[:n] {
 				r.done(err)
@@ -348,6 +351,7 @@ func (s *Store) commitGroup(reqs []request) int {
 				if errors.Is(err, badger.ErrTxnTooBig) {
 					err = fmt.Errorf("batch too large for one transaction: %w", err)
 				}
+				s.lost.Store(true)
 				reqs[0].done(fmt.Errorf("persistence: %w", err))
 				return 1
 			}

@@ -23,6 +23,13 @@ const (
 var (
 	keyFormat = []byte{pfxMeta, 'f'} // format version (uint32 BE)
 	keyMaxID  = []byte{pfxMeta, 'h'} // message-id high-water mark (uint64 BE)
+	// keyRunning is set while the store is open and deleted by a clean Close: found at Open,
+	// it says the previous run stopped without one (see Store.UncleanStop).
+	keyRunning = []byte{pfxMeta, 'r'}
+	// keyRecovered holds the highest message id that was stored when an Open found
+	// keyRunning (uint64 BE): those messages may have been delivered without their delivery
+	// marks reaching the disk (see Stored.MaybeDelivered).
+	keyRecovered = []byte{pfxMeta, 'u'}
 )
 
 // formatVersion is written at creation; Open migrates version 1 stores (refcounts kept only

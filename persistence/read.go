@@ -142,6 +142,7 @@ func (s *Store) read(r ReadRequest) ([]Stored, error) {
 				if st, err = idx.entry(msgs); err != nil {
 					return err
 				}
+				st.MaybeDelivered = s.maybeDelivered(st.Msg.ID)
 			case pok:
 				if st, err = pg.page(); err != nil {
 					return err
@@ -167,6 +168,10 @@ func (s *Store) read(r ReadRequest) ([]Stored, error) {
 	}
 	return out, nil
 }
+
+// maybeDelivered reports whether message id was stored before an unclean stop (see
+// Stored.MaybeDelivered); ids start at 1, so 0 means none.
+func (s *Store) maybeDelivered(id uint64) bool { return s.recovered != 0 && id <= s.recovered }
 
 // cursor walks the 8-byte sequence numbers under one prefix (a queue's index or a page
 // space). A nil cursor is empty.
@@ -263,6 +268,7 @@ func (s *Store) RecoverQueue(q QueueRef, limit int, fn func(Stored) error) (Queu
 				if err != nil {
 					return err
 				}
+				st.MaybeDelivered = s.maybeDelivered(st.Msg.ID)
 				if err := fn(st); err != nil {
 					fnErr = err
 					return err

@@ -143,6 +143,12 @@ type Store struct {
 	nstored    atomic.Int64  // messages stored, readable outside the journal
 	pageSpaces atomic.Uint64 // last page space handed out by NewPageSpace
 
+	// recovered: messages with ids up to it were stored when an Open found the previous run
+	// stopped uncleanly (keyRecovered); set by Open, read-only after.
+	recovered uint64
+	unclean   bool        // this Open found keyRunning (UncleanStop)
+	lost      atomic.Bool // a request failed or came after Close: Close leaves keyRunning set
+
 	reads readQueue
 
 	statsMu sync.Mutex
@@ -479,6 +485,7 @@ func (s *Store) load(fresh bool) error {
 		}
 	}
 	s.nstored.Store(c.messages)
+	s.markRunning()
 	// Garbage left in the value log by a backlog drained before the restart: reclaim it too.
 	if s.dir != "" && valueLogBytes(s.dir) > 2*c.bytes+s.opts.ValueLogFileSize {
 		s.garbageAtOpen = true
@@ -680,6 +687,7 @@ func (s *Store) Close() error {
 		close(s.gcStop)
 		<-s.gcDone
 		<-s.trimDone
+		s.clearRunning()
 		if err := s.db.Close(); err != nil {
 			s.closeErr = fmt.Errorf("persistence: close %s: %w", dirName(s.dir), err)
 			return
@@ -698,6 +706,78 @@ func (s *Store) Close() error {
 	})
 	return s.closeErr
 }
+
+// markRunning records, synced, that the store is open (keyRunning). If the key is already
+// there the previous run ended without Close - a crash, kill -9, power loss - and delivery
+// marks it submitted without waiting (Queue deliveries, see Batch) may be missing: the
+// messages stored now are then recorded as possibly delivered (keyRecovered), for good,
+// since a later clean stop does not bring their lost marks back. Runs in Open, before the
+// journal starts. A failure to write (a full disk) does not fail Open: a bookkeeping key must
+// not keep the broker down. What was read still applies to this run (all stored messages
+// are flagged if not even that was read), and Close then leaves any running key in place.
+func (s *Store) markRunning() {
+	if s.opts.InMemory {
+		return
+	}
+	read := false // keyRunning and keyRecovered were read
+	err := s.db.Update(func(txn *badger.Txn) error {
+		_, err := txn.Get(keyRunning)
+		switch {
+		case err == nil:
+			s.unclean = true
+		case !errors.Is(err, badger.ErrKeyNotFound):
+			return err
+		}
+		if it, err := txn.Get(keyRecovered); err == nil {
+			v, err := it.ValueCopy(nil)
+			if err != nil || len(v) != 8 {
+				return fmt.Errorf("recovered-message mark: %w", errors.Join(err, errCorrupt))
+			}
+			s.recovered = binary.BigEndian.Uint64(v)
+		} else if !errors.Is(err, badger.ErrKeyNotFound) {
+			return err
+		}
+		read = true
+		if s.unclean && s.maxID.Load() > s.recovered {
+			s.recovered = s.maxID.Load()
+			if err := txn.Set(keyRecovered, binary.BigEndian.AppendUint64(nil, s.recovered)); err != nil {
+				return err
+			}
+		}
+		return txn.Set(keyRunning, nil)
+	})
+	if err != nil {
+		s.lost.Store(true)
+		s.log.Error("writing the running mark failed: a crash of this run may go unnoticed by the next start (its messages would not be flagged redelivered)", "dir", s.dir, "err", err)
+		if !read && s.recovered < s.maxID.Load() {
+			s.recovered = s.maxID.Load() // the previous stop cannot be told clean
+		}
+	}
+	if s.unclean {
+		s.log.Warn("the previous run stopped without closing the store: its stored messages may have been delivered and are flagged redelivered",
+			"dir", s.dir, "up_to_message_id", s.recovered)
+	}
+}
+
+// clearRunning deletes keyRunning at Close, after the journal committed everything: the
+// next Open then trusts the delivery marks. Not when a write was lost (a failed commit, a
+// full disk, a Submit after Close): a delivery mark may be among them.
+func (s *Store) clearRunning() {
+	if s.opts.InMemory {
+		return
+	}
+	if s.lost.Load() || s.failed != nil {
+		s.log.Warn("some writes were not committed: the next start treats this stop as unclean", "dir", s.dir)
+		return
+	}
+	if err := s.db.Update(func(txn *badger.Txn) error { return txn.Delete(keyRunning) }); err != nil {
+		s.log.Warn("clearing the running mark failed: the next start treats this stop as unclean", "dir", s.dir, "err", err)
+	}
+}
+
+// UncleanStop reports whether the run before this Open ended without a clean Close (see
+// Stored.MaybeDelivered).
+func (s *Store) UncleanStop() bool { return s.unclean }
 
 // MaxMessageID returns the highest message id ever committed (a persisted high-water mark,
 // so it does not go back when messages are deleted); new ids must be above it.

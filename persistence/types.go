@@ -174,6 +174,12 @@ type Stored struct {
 	// Shared: the message may have index entries in other queues too (see Entry.SoleRef).
 	Shared     bool
 	Persistent bool
+	// MaybeDelivered: a durable entry whose message was already stored when the store was
+	// last opened after an unclean stop (see Store.UncleanStop). Delivery marks are written
+	// after the delivery without waiting, so such a message may have been delivered though
+	// Deliveries is 0; it is not a delivery to count (x-delivery-limit), only a reason to
+	// flag the message redelivered.
+	MaybeDelivered bool
 }
 
 // QueueInfo summarises a queue's durable index.
