@@ -183,10 +183,10 @@ func (a *api) queueJSON(q *QueueInfo, node string, now time.Time, stats bool) ob
 	o["message_stats"] = a.messageStats(key, now, queueCounters, &q.Stats)
 	if quorum {
 		// The classic queue's fields a RabbitMQ quorum queue does not have (no paging, no
-		// exclusive consumers, no idle timer), and its name for the active consumer's tag.
+		// exclusive consumers or owners, no idle timer), and its name for the active consumer's tag.
 		for _, k := range []string{"messages_paged_out", "message_bytes_paged_out", "messages_ready_ram",
 			"messages_unacknowledged_ram", "head_message_timestamp", "idle_since", "exclusive_consumer_tag",
-			"single_active_consumer_tag"} {
+			"single_active_consumer_tag", "owner_pid_details"} {
 			delete(o, k)
 		}
 		o["single_active_consumer_ctag"] = nullable(q.SingleActiveConsumerTag)
