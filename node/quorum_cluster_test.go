@@ -266,7 +266,11 @@ func TestQuorumQueueManagementCluster(t *testing.T) {
 				follower = true
 			}
 		}
-		return strings.Contains(out, "(leader: "+leader+")") && self && follower
+		if strings.Contains(out, "(leader: "+leader+")") && self && follower {
+			t.Logf("warren ctl quorum_status qq on the leader:\n%s", out)
+			return true
+		}
+		return false
 	})
 	if code, out, errs := runCtl(t, nodes["n1"], "quorum_status", "nosuch"); code != 1 || !strings.Contains(errs, "not found") {
 		t.Fatalf("quorum_status of a missing queue: %d %s %s", code, out, errs)
