@@ -278,19 +278,23 @@ func TestQuorumQueueManagementCluster(t *testing.T) {
 
 	// add_member on the node added: when ctl returns, that node's replica has applied the
 	// configuration with it (quorum_status's voters), with no waiting here.
+	start := time.Now()
 	code, out, errs := runCtl(t, nodes[outside], "add_member", "qq", outside)
 	if code != 0 {
 		t.Fatalf("add_member %s: %d %s %s", outside, code, out, errs)
 	}
+	t.Logf("warren ctl add_member returned committed after %v", time.Since(start))
 	var st map[string]any
 	getJSON(t, nodes[outside].api+"/api/queues/%2F/qq/quorum_status", &st)
 	if voters := strs(st["voters"]); !slices.Contains(voters, outside) || len(voters) != 3 {
 		t.Fatalf("quorum_status on %s right after add_member: voters %v", outside, st["voters"])
 	}
 	// delete_member asked anywhere: when ctl returns, the members no longer have it.
+	start = time.Now()
 	if code, out, errs := runCtl(t, nodes[leader], "delete_member", "qq", outside); code != 0 {
 		t.Fatalf("delete_member %s: %d %s %s", outside, code, out, errs)
 	}
+	t.Logf("warren ctl delete_member returned committed after %v", time.Since(start))
 	if got := strs(queueRow(t, nodes[leader], "qq")["members"]); !slices.Equal(got, members) {
 		t.Fatalf("qq's members right after delete_member %s: %v, want %v", outside, got, members)
 	}
