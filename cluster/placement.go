@@ -275,3 +275,11 @@ func placementOf(q *queueRec) QuorumPlacement {
 	return QuorumPlacement{Members: slices.Clone(q.Members), Voters: slices.Clone(q.Voters), Leaving: slices.Clone(q.Leaving),
 		Home: q.Home, Epoch: q.Epoch}
 }
+
+// Running reports whether the metadata takes node for a running cluster member: neither
+// down (node_down) nor gone (node_gone).
+func (m *Metadata) Running(node string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return !m.isDownOrGone(node)
+}

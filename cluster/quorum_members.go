@@ -3,11 +3,14 @@ package cluster
 import (
 	"context"
 	"fmt"
+	"maps"
 	"regexp"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/warrenmq/warren/amqp"
+	"github.com/warrenmq/warren/cluster/multiraft"
 )
 
 // Membership changes of quorum queues, as rabbitmq-queues' add_member, delete_member, grow
@@ -16,25 +19,106 @@ import (
 // a removed one deletes its copy, and the group's leader changes the Raft configuration
 // (reconcileQuorum).
 
-// AddQuorumMember adds node to the replicas of quorum queue name in vhost. The new replica
-// catches up from the group's leader (a snapshot and the log's tail) after this returns.
+// AddQuorumMember adds node to the replicas of quorum queue name in vhost and returns once
+// the group's Raft configuration has node as a voter, committed (as RabbitMQ's add_member
+// returns once the member joined): the new replica catches up from the group's leader (a
+// snapshot and the log's tail) meanwhile. This node must be able to see that: it must run
+// a replica of the queue or be node itself (a 406 otherwise, before anything changes). Past
+// MemberChangeTimeout (or ctx's end) the call fails; the member stays in the metadata and
+// the group's leader keeps adding it.
 func (n *Node) AddQuorumMember(ctx context.Context, vhost, name, node string) error {
-	return n.quorumMember(ctx, vhost, name, node, memberAdd)
+	if p, ok := n.meta.QuorumPlacement(vhost, name); ok && p.Members != nil && node != n.cfg.NodeName && !slices.Contains(p.Members, n.cfg.NodeName) {
+		return amqp.Errorf(amqp.PreconditionFailed, "node '%s' runs no replica of quorum queue '%s' in vhost '%s' and cannot see its Raft group commit a new member: run add_member on one of its replicas (%s) or on node '%s'",
+			n.cfg.NodeName, name, vhost, strings.Join(p.Members, ", "), node)
+	}
+	ctx, cancel := memberChangeContext(ctx)
+	defer cancel()
+	res, err := n.proposeMember(ctx, vhost, name, node, memberAdd)
+	if err != nil {
+		return err
+	}
+	return n.awaitMember(ctx, vhost, name, node, res.Epoch, true)
 }
 
-// DeleteQuorumMember removes node from the replicas of quorum queue name in vhost; that node
-// deletes its copy of the queue's log. Removing the last replica is refused (406).
+// DeleteQuorumMember removes node from the replicas of quorum queue name in vhost and returns
+// once the group's committed Raft configuration no longer has it (the metadata records it
+// removed only then); that node deletes its copy of the queue's log. Removing the last
+// replica is refused (406). Past MemberChangeTimeout (or ctx's end) the call fails; the
+// node stays marked leaving and the group's leader keeps removing it.
 func (n *Node) DeleteQuorumMember(ctx context.Context, vhost, name, node string) error {
-	return n.quorumMember(ctx, vhost, name, node, memberDelete)
+	ctx, cancel := memberChangeContext(ctx)
+	defer cancel()
+	res, err := n.proposeMember(ctx, vhost, name, node, memberDelete)
+	if err != nil {
+		return err
+	}
+	return n.awaitMember(ctx, vhost, name, node, res.Epoch, false)
 }
 
+// MemberChangeTimeout bounds AddQuorumMember and DeleteQuorumMember as a whole (the metadata
+// change and the Raft configuration change): below warren ctl's default HTTP timeout (30 s),
+// so that the operator gets this error rather than a client timeout.
+var MemberChangeTimeout = 25 * time.Second
+
+// memberPoll is how often a membership change's caller looks whether it is committed.
+const memberPoll = 20 * time.Millisecond
+
+func memberChangeContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, MemberChangeTimeout)
+}
+
+// awaitMember waits until the change of node's membership of the queue incarnation epoch is
+// committed in its Raft group. An add is seen in the configuration this node's replica has
+// applied (a replica applies only committed entries; the added node's own replica has it
+// once the leader sent it the log or a snapshot holding the change). A delete is seen in the
+// metadata from any node: a replica records the node removed (quorum_member "removed") only
+// after it applied the configuration without it (reconcileQuorum).
+func (n *Node) awaitMember(ctx context.Context, vhost, name, node string, epoch uint64, add bool) error {
+	what := "join"
+	if !add {
+		what = "leave"
+	}
+	t := time.NewTicker(memberPoll)
+	defer t.Stop()
+	for {
+		p, ok := n.meta.QuorumPlacement(vhost, name)
+		if !ok || p.Epoch != epoch {
+			return amqp.Errorf(amqp.NotFound, "no queue '%s' in vhost '%s' (deleted while node '%s' was to %s its Raft group)", name, vhost, node, what)
+		}
+		if add {
+			if st, ok := n.QuorumStatus(vhost, name); ok && slices.Contains(st.Members, node) {
+				return nil
+			}
+		} else if !slices.Contains(p.Members, node) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return amqp.Errorf(amqp.InternalError, "timed out waiting for node '%s' to %s the Raft group of quorum queue '%s' in vhost '%s' (%v): the change is in the cluster metadata and the group's leader keeps trying", node, what, name, vhost, ctx.Err())
+		case <-n.stop:
+			return amqp.Errorf(amqp.InternalError, "node stopping while node '%s' was to %s the Raft group of quorum queue '%s' in vhost '%s'", node, what, name, vhost)
+		case <-t.C:
+		}
+	}
+}
+
+// quorumMember proposes one quorum_member command and returns once it is applied here.
 func (n *Node) quorumMember(ctx context.Context, vhost, name, node, change string) error {
+	_, err := n.proposeMember(ctx, vhost, name, node, change)
+	return err
+}
+
+// proposeMember is quorumMember returning the command's result (the queue's epoch).
+func (n *Node) proposeMember(ctx context.Context, vhost, name, node, change string) (Result, error) {
 	c := Command{Op: OpQuorumMember, VHost: vhost, Name: name, Node: node, Type: change}
 	ctx, cancel := context.WithTimeout(ctx, DefaultProposeTimeout)
 	defer cancel()
 	out, err := n.mg.Propose(ctx, c.Encode())
 	if err != nil {
-		return amqp.Errorf(amqp.InternalError, "cluster metadata unavailable: %s %s of queue '%s' in vhost '%s': %v", change, node, name, vhost, err)
+		return Result{}, amqp.Errorf(amqp.InternalError, "cluster metadata unavailable: %s %s of queue '%s' in vhost '%s': %v", change, node, name, vhost, err)
 	}
 	var res Result
 	switch v := out.(type) {
@@ -42,15 +126,15 @@ func (n *Node) quorumMember(ctx context.Context, vhost, name, node, change strin
 		res = v
 	case *Applying:
 		if res, err = v.Wait(ctx); err != nil {
-			return amqp.Errorf(amqp.InternalError, "cluster: %s %s of queue '%s' in vhost '%s' is decided but not yet applied on this node: %v", change, node, name, vhost, err)
+			return res, amqp.Errorf(amqp.InternalError, "cluster: %s %s of queue '%s' in vhost '%s' is decided but not yet applied on this node: %v", change, node, name, vhost, err)
 		}
 	default:
-		return amqp.Errorf(amqp.InternalError, "cluster: the log returned %T for a metadata command", out)
+		return res, amqp.Errorf(amqp.InternalError, "cluster: the log returned %T for a metadata command", out)
 	}
 	if e := res.Err(); e != nil {
-		return e
+		return res, e
 	}
-	return nil
+	return res, nil
 }
 
 // MemberChange is one queue's outcome of Grow or Shrink.
@@ -72,7 +156,10 @@ type GrowSelection struct {
 }
 
 // GrowQuorum adds node as a replica of every quorum queue the selection picks that does not
-// have one there (rabbitmq-queues grow), in vhost and name order.
+// have one there (rabbitmq-queues grow), in vhost and name order. Every change is proposed
+// first and then waited for (each as AddQuorumMember: committed in the queue's group), so
+// that the groups' leaders add the replicas in parallel; MemberChangeTimeout (or ctx) bounds
+// the whole.
 func (n *Node) GrowQuorum(ctx context.Context, node string, sel GrowSelection) ([]MemberChange, error) {
 	vre, err := compilePattern(sel.VHostPattern)
 	if err != nil {
@@ -91,17 +178,16 @@ func (n *Node) GrowQuorum(ctx context.Context, node string, sel GrowSelection) (
 		if sel.Even && len(p.Members)%2 != 0 {
 			continue
 		}
-		mc := MemberChange{VHost: k[0], Name: k[1], Size: len(p.Members)}
-		if mc.Err = n.AddQuorumMember(ctx, k[0], k[1], node); mc.Err == nil {
-			mc.Size++
-		}
-		out = append(out, mc)
+		out = append(out, MemberChange{VHost: k[0], Name: k[1], Size: len(p.Members)})
 	}
+	n.changeMembers(ctx, out, node, true)
 	return out, nil
 }
 
 // ShrinkQuorum removes node from the replicas of every quorum queue that has one there
-// (rabbitmq-queues shrink); a queue whose only replica it is keeps it and reports the 406.
+// (rabbitmq-queues shrink), each as DeleteQuorumMember (committed in the queue's group); a
+// queue whose only replica it is keeps it and reports the 406. As GrowQuorum, every change is
+// proposed first and then waited for.
 func (n *Node) ShrinkQuorum(ctx context.Context, node string) []MemberChange {
 	var out []MemberChange
 	for _, k := range sortedQueues(n.meta.QuorumQueues("")) {
@@ -109,13 +195,47 @@ func (n *Node) ShrinkQuorum(ctx context.Context, node string) []MemberChange {
 		if !slices.Contains(p.Members, node) {
 			continue
 		}
-		mc := MemberChange{VHost: k[0], Name: k[1], Size: len(p.Members)}
-		if mc.Err = n.DeleteQuorumMember(ctx, k[0], k[1], node); mc.Err == nil {
-			mc.Size--
-		}
-		out = append(out, mc)
+		out = append(out, MemberChange{VHost: k[0], Name: k[1], Size: len(p.Members)})
 	}
+	n.changeMembers(ctx, out, node, false)
 	return out
+}
+
+// changeMembers adds node to (or removes it from) every queue of changes, setting each one's
+// Size (after the change) or Err: all proposals first, then the waits, under one deadline.
+func (n *Node) changeMembers(ctx context.Context, changes []MemberChange, node string, add bool) {
+	ctx, cancel := memberChangeContext(ctx)
+	defer cancel()
+	epochs := make([]uint64, len(changes))
+	for i := range changes {
+		mc := &changes[i]
+		if add {
+			if p, ok := n.meta.QuorumPlacement(mc.VHost, mc.Name); ok && node != n.cfg.NodeName && !slices.Contains(p.Members, n.cfg.NodeName) {
+				mc.Err = amqp.Errorf(amqp.PreconditionFailed, "node '%s' runs no replica of quorum queue '%s' in vhost '%s' and cannot see its Raft group commit a new member: run grow on one of its replicas (%s) or on node '%s'",
+					n.cfg.NodeName, mc.Name, mc.VHost, strings.Join(p.Members, ", "), node)
+				continue
+			}
+		}
+		change := memberDelete
+		if add {
+			change = memberAdd
+		}
+		res, err := n.proposeMember(ctx, mc.VHost, mc.Name, node, change)
+		mc.Err, epochs[i] = err, res.Epoch
+	}
+	for i := range changes {
+		mc := &changes[i]
+		if mc.Err != nil {
+			continue
+		}
+		if mc.Err = n.awaitMember(ctx, mc.VHost, mc.Name, node, epochs[i], add); mc.Err == nil {
+			if add {
+				mc.Size++
+			} else {
+				mc.Size--
+			}
+		}
+	}
 }
 
 // QuorumMembers is the placement of quorum queue name in vhost as the metadata has it.
@@ -147,4 +267,100 @@ func compilePattern(p string) (*regexp.Regexp, error) {
 		return nil, fmt.Errorf("cluster: pattern %q: %w", p, err)
 	}
 	return re, nil
+}
+
+// QuorumView is a quorum queue as this node sees it: what the management API shows of it
+// (RabbitMQ's leader, members and online) and, when this node runs a replica, that replica's
+// Raft state.
+type QuorumView struct {
+	// Members are the queue's replicas (the metadata's placement: every cluster member for a
+	// queue declared before placement), sorted; those being removed are still members.
+	Members []string
+	// Online are the members the metadata takes for running (neither down nor gone).
+	Online []string
+	// Leader is the group's Raft leader as this node's replica knows it; "" when this node
+	// runs no replica or no leader is known.
+	Leader string
+	// Home is the member that the nodes outside the group reach the queue through.
+	Home string
+	// Local is this node's replica; nil when the node runs none.
+	Local *QuorumReplica
+}
+
+// QuorumReplica is the Raft state of this node's replica of a quorum queue's group.
+type QuorumReplica struct {
+	multiraft.GroupStatus
+	multiraft.LogStatus
+}
+
+// QuorumViews are the quorum queues of vhost ("" every vhost), keyed by {vhost, name}, as
+// QuorumView describes them. One pass over this node's groups: the management API lists
+// thousands of queues through it.
+func (n *Node) QuorumViews(vhost string) map[[2]string]QuorumView {
+	placed := n.meta.QuorumQueues(vhost)
+	local := map[[2]string]*quorumGroup{}
+	n.quorum.mu.Lock()
+	for g := range n.quorum.groups {
+		if p, ok := placed[[2]string{g.vhost, g.name}]; ok && p.Epoch == g.epoch {
+			local[[2]string{g.vhost, g.name}] = g
+		}
+	}
+	n.quorum.mu.Unlock()
+	vb := viewBuilder{n: n, running: map[string]bool{}}
+	out := make(map[[2]string]QuorumView, len(placed))
+	for k, p := range placed {
+		out[k] = vb.view(p, local[k])
+	}
+	return out
+}
+
+// QuorumView is the view of quorum queue name in vhost; ok is false when there is no such
+// quorum queue.
+func (n *Node) QuorumView(vhost, name string) (QuorumView, bool) {
+	p, ok := n.meta.QuorumPlacement(vhost, name)
+	if !ok {
+		return QuorumView{}, false
+	}
+	var local *quorumGroup
+	n.quorum.mu.Lock()
+	for g := range n.quorum.groups {
+		if g.vhost == vhost && g.name == name && g.epoch == p.Epoch {
+			local = g
+		}
+	}
+	n.quorum.mu.Unlock()
+	vb := viewBuilder{n: n, running: map[string]bool{}}
+	return vb.view(p, local), true
+}
+
+// viewBuilder builds QuorumViews, asking the metadata once per node whether it runs.
+type viewBuilder struct {
+	n       *Node
+	every   []string
+	running map[string]bool
+}
+
+func (vb *viewBuilder) view(p QuorumPlacement, g *quorumGroup) QuorumView {
+	v := QuorumView{Members: p.Members, Home: p.Home}
+	if v.Members == nil {
+		if vb.every == nil {
+			vb.every = slices.Sorted(maps.Keys(vb.n.members()))
+		}
+		v.Members = vb.every
+	}
+	for _, m := range v.Members {
+		up, seen := vb.running[m]
+		if !seen {
+			up = vb.n.meta.Running(m)
+			vb.running[m] = up
+		}
+		if up {
+			v.Online = append(v.Online, m)
+		}
+	}
+	if g != nil {
+		r := &QuorumReplica{GroupStatus: g.Status(), LogStatus: g.LogStatus()}
+		v.Local, v.Leader = r, r.Leader
+	}
+	return v
 }

@@ -59,6 +59,14 @@ Commands:
   delete_queue QUEUE              delete a queue (--if-empty, --if-unused)
   close_connection NAME [REASON]  close a client connection (NAME as list_connections shows it)
   export_definitions [FILE|-]     write the definitions JSON (users, vhosts, topology) to FILE or stdout
+  quorum_status QUEUE             a quorum queue's members and leader, with each member's Raft state
+                                  as the node asked knows it (Warren cluster only)
+  add_member QUEUE NODE           add a replica of a quorum queue on NODE; returns once it joined the
+                                  queue's Raft group (committed)
+  delete_member QUEUE NODE        remove NODE's replica of a quorum queue; returns once it left the group
+  grow NODE all|even              add a replica on NODE to every quorum queue (all) or those with an
+                                  even number of replicas (even)
+  shrink NODE                     remove NODE's replica from every quorum queue
 
 Columns are the management API's field names; nested fields with dots (message_stats.publish).
 
@@ -68,7 +76,8 @@ Flags (anywhere on the line):
   -u USER              user name (env WARREN_CTL_USER; default guest)
   -p PASSWORD          password (env WARREN_CTL_PASSWORD; default guest)
   --vhost VHOST        virtual host for list_queues, list_exchanges, list_bindings, list_consumers,
-                       purge_queue, delete_queue, add_member and delete_member (default /)
+                       purge_queue, delete_queue, quorum_status, add_member and delete_member
+                       (default /)
   --formatter FORMAT   table (default) or json
   --if-empty, --if-unused   conditions for delete_queue
   --vhost-pattern RE, --queue-pattern RE   queues grow picks (default all)
@@ -226,6 +235,8 @@ func Run(args []string, stdout, stderr io.Writer) int {
 		err = r.closeConnection(rest)
 	case "export_definitions":
 		err = r.exportDefinitions(rest)
+	case "quorum_status":
+		err = r.quorumStatus(rest)
 	case "add_member", "delete_member":
 		err = r.member(cmd, rest)
 	case "grow":
@@ -723,6 +734,38 @@ func (r *runner) memberChanges(res []map[string]any) error {
 	fmt.Fprintln(tw, "vhost\tname\tsize\tresult")
 	for _, c := range res {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", cell(c["vhost"]), cell(c["name"]), cell(c["size"]), cell(c["result"]))
+	}
+	return tw.Flush()
+}
+
+// quorumStatus is quorum_status QUEUE: Warren's endpoint (RabbitMQ 3.10's management API has
+// none; rabbitmq-queues asks every member over Erlang distribution). The node asked knows
+// its own replica's Raft state and, when it leads the group, every member's log progress;
+// the reported_by column says which row comes from where.
+func (r *runner) quorumStatus(args []string) error {
+	if len(args) != 1 {
+		return &usageError{msg: "quorum_status takes exactly one queue name"}
+	}
+	var st map[string]any
+	path := "/api/queues/" + url.PathEscape(r.o.vhost) + "/" + url.PathEscape(args[0]) + "/quorum_status"
+	if err := r.c.do("GET", path, nil, &st); err != nil {
+		return err
+	}
+	if r.o.formatter == "json" {
+		return r.json(st)
+	}
+	leader := cell(st["leader"])
+	if leader == "" {
+		leader = "unknown to this node"
+	}
+	fmt.Fprintf(r.out, "Status of quorum queue %q in vhost %q on node %s (leader: %s)\n", args[0], r.o.vhost, cell(st["node"]), leader)
+	reps, _ := st["replicas"].([]any)
+	tw := tabwriter.NewWriter(r.out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "node\traft_state\tonline\tterm\tcommit_index\tapplied_index\tlast_log_index\tsnapshot_index\tmatch_index\treported_by")
+	for _, x := range reps {
+		m, _ := x.(map[string]any)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", cell(m["node"]), cell(m["raft_state"]), cell(m["online"]), cell(m["term"]),
+			cell(m["commit_index"]), cell(m["applied_index"]), cell(m["last_log_index"]), cell(m["snapshot_index"]), cell(m["match_index"]), cell(m["reported_by"]))
 	}
 	return tw.Flush()
 }

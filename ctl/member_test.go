@@ -71,3 +71,59 @@ func TestQuorumMemberCommands(t *testing.T) {
 		}
 	}
 }
+
+func (q *quorumBroker) QuorumStatus(vhost, name string) (mgmt.QuorumStatus, error) {
+	q.calls = append(q.calls, "status "+vhost+" "+name)
+	if name != "orders" {
+		return mgmt.QuorumStatus{}, mgmt.NotFound("no queue '%s' in vhost '%s'", name, vhost)
+	}
+	return mgmt.QuorumStatus{Node: "n1", Leader: "n1", Members: []string{"n1", "n2", "n3"}, Online: []string{"n1", "n2"},
+		Voters: []string{"n1", "n2", "n3"}, Replicas: []mgmt.ReplicaStatus{
+			{Node: "n1", Online: true, ReportedBy: "self", RaftState: "leader", Term: 4, Commit: 120, Applied: 120, LastIndex: 121, Snapshot: 64,
+				HasProgress: true, Match: 121, Replication: "replicate", RecentActive: true},
+			{Node: "n2", Online: true, ReportedBy: "leader", RaftState: "follower", HasProgress: true, Match: 119, Replication: "replicate", RecentActive: true},
+			{Node: "n3", ReportedBy: "leader", HasProgress: true, Match: 80, Replication: "probe"},
+		}}, nil
+}
+
+// TestQuorumStatusCommand: quorum_status prints the leader and one row per member with what
+// the node asked knows (its own replica in full, the others' match index from the leader),
+// --formatter json passes the API's answer through, and errors become exit codes.
+func TestQuorumStatusCommand(t *testing.T) {
+	b := &quorumBroker{broker: newBroker()}
+	srv := httptest.NewServer(mgmt.NewHandler(b, mgmt.Options{}))
+	defer srv.Close()
+	u := "-url=" + srv.URL
+	tests := []struct {
+		args []string
+		code int
+		out  []string // lines (fields joined by one space) or parts of stdout
+		errs string
+	}{
+		{[]string{"quorum_status", "orders"}, 0, []string{
+			`Status of quorum queue "orders" in vhost "/" on node n1 (leader: n1)`,
+			"n1 leader true 4 120 120 121 64 121 self",
+			"n2 follower true 119 leader",
+			"n3 false 80 leader",
+		}, ""},
+		{[]string{"quorum_status", "orders", "--formatter", "json"}, 0, []string{`"match_index": 80`, `"replication_state": "probe"`, `"voters": [`}, ""},
+		{[]string{"quorum_status", "nosuch"}, 1, nil, "not found"},
+		{[]string{"quorum_status"}, 64, nil, "exactly one queue name"},
+	}
+	for _, tt := range tests {
+		code, out, errs := run(t, append([]string{u}, tt.args...)...)
+		var norm []string
+		for _, l := range strings.Split(out, "\n") {
+			norm = append(norm, strings.Join(strings.Fields(l), " "))
+		}
+		joined := strings.Join(norm, "\n")
+		if code != tt.code || !strings.Contains(errs, tt.errs) {
+			t.Errorf("%v: code %d, err %q", tt.args, code, errs)
+		}
+		for _, want := range tt.out {
+			if !strings.Contains(joined, want) && !strings.Contains(out, want) {
+				t.Errorf("%v: output has no %q:\n%s", tt.args, want, out)
+			}
+		}
+	}
+}

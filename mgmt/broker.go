@@ -214,6 +214,23 @@ type QueueInfo struct {
 	IdleSince                                  time.Time // zero when active
 	HeadMessageTimestamp                       int64     // the head message's timestamp property, 0 if none
 	SingleActiveConsumerTag, ExclusiveConsumer string
+
+	// A quorum queue's replicas (Type "quorum"): Members are their nodes, Online those
+	// running, Leader the node leading its Raft group ("" when this node does not know it).
+	// Nil Members: not a quorum queue, or the broker does not say.
+	Leader          string
+	Members, Online []string
+	// Raft is this node's replica of a quorum queue's Raft group (nil: none here): the
+	// per-queue rabbitmq_raft_* metrics.
+	Raft *RaftInfo
+}
+
+// RaftInfo is a node's replica of a quorum queue's Raft group, as RabbitMQ's
+// rabbitmq_raft_* metrics report it.
+type RaftInfo struct {
+	Term                   uint64
+	CommitIndex, LastIndex uint64 // committed; last written to this node's log
+	AppliedIndex, Snapshot uint64 // applied here; latest snapshot's index (0: none)
 }
 
 // ExchangeInfo is one exchange.

@@ -118,6 +118,40 @@ func writeQueueFamilies(w *bufio.Writer, queues []QueueInfo) {
 	family("rabbitmq_queue_head_message_timestamp", "Timestamp of the first message in the queue, if any", func(q *QueueInfo) (float64, bool) {
 		return float64(q.HeadMessageTimestamp), q.HeadMessageTimestamp != 0
 	})
+	// The Raft state of the quorum queues this node runs a replica of, as RabbitMQ reports
+	// its local ra servers.
+	for _, f := range raftFamilies {
+		fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s %s\n", f.name, f.help, f.name, f.typ)
+		for i := range queues {
+			if r := queues[i].Raft; r != nil {
+				buf = append(buf[:0], f.name...)
+				buf = append(buf, labels[i]...)
+				buf = strconv.AppendUint(buf, f.val(r), 10)
+				buf = append(buf, '\n')
+				_, _ = w.Write(buf)
+			}
+		}
+	}
+}
+
+// raftFamily is one rabbitmq_raft_* metric of a quorum queue's replica: per queue on
+// /metrics/per-object, summed over the node's replicas on /metrics (as RabbitMQ aggregates).
+type raftFamily struct {
+	name, help, typ string
+	agg             *prometheus.Desc
+	val             func(*RaftInfo) uint64
+}
+
+func rf(name, help, typ string, val func(*RaftInfo) uint64) raftFamily {
+	return raftFamily{name: name, help: help, typ: typ, agg: desc(name, help), val: val}
+}
+
+var raftFamilies = []raftFamily{
+	rf("rabbitmq_raft_term_total", "Current Raft term number", "counter", func(r *RaftInfo) uint64 { return r.Term }),
+	rf("rabbitmq_raft_log_snapshot_index", "Raft log snapshot index", "gauge", func(r *RaftInfo) uint64 { return r.Snapshot }),
+	rf("rabbitmq_raft_log_last_applied_index", "Raft log last applied index", "gauge", func(r *RaftInfo) uint64 { return r.AppliedIndex }),
+	rf("rabbitmq_raft_log_commit_index", "Raft log commit index", "gauge", func(r *RaftInfo) uint64 { return r.CommitIndex }),
+	rf("rabbitmq_raft_log_last_written_index", "Raft log last written index", "gauge", func(r *RaftInfo) uint64 { return r.LastIndex }),
 }
 
 // escapeLabel escapes a label value for the text format: backslash, double quote, newline.
@@ -272,6 +306,9 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, f := range queueFamilies {
 		ch <- f.agg
 	}
+	for _, f := range raftFamilies {
+		ch <- f.agg
+	}
 }
 
 func b2f(b bool) float64 {
@@ -392,6 +429,27 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			gauge(f.agg, sums[j])
 		}
 		count(dQueuePublished, published)
+		// Emitted only on a node that runs quorum queue replicas, as RabbitMQ's.
+		raftSums := make([]uint64, len(raftFamilies))
+		replicas := 0
+		for i := range queues {
+			if r := queues[i].Raft; r != nil {
+				replicas++
+				for j, f := range raftFamilies {
+					raftSums[j] += f.val(r)
+				}
+			}
+		}
+		for j, f := range raftFamilies {
+			if replicas == 0 {
+				break
+			}
+			if f.typ == "counter" {
+				count(f.agg, raftSums[j])
+			} else {
+				gauge(f.agg, float64(raftSums[j]))
+			}
+		}
 	}
 
 	w := &o.Warren

@@ -127,6 +127,17 @@ func (a *api) queueJSON(q *QueueInfo, node string, now time.Time, stats bool) ob
 	if o["type"] == "" {
 		o["type"] = "classic"
 	}
+	quorum := q.Type == "quorum" && q.Members != nil
+	if quorum {
+		// RabbitMQ 3.10's fields of a quorum queue: its replicas, those running, and the
+		// leader, which is also its node (absent without stats, as there).
+		o["members"], o["online"] = q.Members, orNoNodes(q.Online)
+		o["leader"] = nullable(q.Leader)
+		delete(o, "node")
+		if stats {
+			o["node"] = o["leader"]
+		}
+	}
 	if !stats {
 		if q.Policy != "" {
 			o["policy"] = q.Policy
@@ -170,7 +181,25 @@ func (a *api) queueJSON(q *QueueInfo, node string, now time.Time, stats bool) ob
 	o["exclusive_consumer_tag"] = nullable(q.ExclusiveConsumer)
 	o["single_active_consumer_tag"] = nullable(q.SingleActiveConsumerTag)
 	o["message_stats"] = a.messageStats(key, now, queueCounters, &q.Stats)
+	if quorum {
+		// The classic queue's fields a RabbitMQ quorum queue does not have (no paging, no
+		// exclusive consumers or owners, no idle timer), and its name for the active consumer's tag.
+		for _, k := range []string{"messages_paged_out", "message_bytes_paged_out", "messages_ready_ram",
+			"messages_unacknowledged_ram", "head_message_timestamp", "idle_since", "exclusive_consumer_tag",
+			"single_active_consumer_tag", "owner_pid_details"} {
+			delete(o, k)
+		}
+		o["single_active_consumer_ctag"] = nullable(q.SingleActiveConsumerTag)
+	}
 	return o
+}
+
+// orNoNodes is nodes, or an empty list (JSON [] rather than null).
+func orNoNodes(nodes []string) []string {
+	if nodes == nil {
+		return []string{}
+	}
+	return nodes
 }
 
 func (a *api) exchangeJSON(e *ExchangeInfo, now time.Time, stats bool) obj {

@@ -261,11 +261,16 @@ func (m *Management) VHostExists(name string) bool { return m.b.VHost(name) != n
 func (m *Management) Queues(vhost string) []mgmt.QueueInfo {
 	var out []mgmt.QueueInfo
 	owners := map[broker.OwnerID]string{}
+	views := m.quorumViews(vhost)
 	for _, v := range m.vhosts(vhost) {
 		qs := v.Queues()
 		out = slices.Grow(out, len(qs))
 		for _, q := range qs {
-			out = append(out, m.queueInfo(q, owners))
+			info := m.queueInfo(q, owners)
+			if q.Quorum {
+				m.addQuorum(&info, views)
+			}
+			out = append(out, info)
 		}
 	}
 	return out
@@ -294,7 +299,11 @@ func (m *Management) Queue(vhost, name string) (mgmt.QueueInfo, bool) {
 	if !ok {
 		return mgmt.QueueInfo{}, false
 	}
-	return m.queueInfo(q, map[broker.OwnerID]string{}), true
+	info := m.queueInfo(q, map[broker.OwnerID]string{})
+	if q.Quorum {
+		m.addQuorum(&info, m.quorumView(vhost, name))
+	}
+	return info, true
 }
 
 func (m *Management) queueInfo(q broker.QueueInfo, owners map[broker.OwnerID]string) mgmt.QueueInfo {
