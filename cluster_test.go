@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -15,6 +16,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -53,23 +55,92 @@ type clusterChild struct {
 	mgmt string
 }
 
-// freePort returns a loopback address that was free a moment ago.
-func freePort(t *testing.T) string {
+// freePorts returns n distinct loopback addresses that were free a moment ago, for the
+// nodes' inter-node listeners: fixed ports, since a node restarts with its address.
+//
+// Every listener is held until all n are picked: picked one after the other, each closed at
+// once, the kernel handed the same port out twice now and then (7 times in 20,000 picks of
+// three here), and the configs listed an address twice. The ports come from below the
+// kernel's ephemeral range where it is known (Linux): a port from port 0 is free again
+// between the pick and the node's listen, and while a killed node is down, and any bind to
+// port 0 on the machine (the nodes' own AMQP and management listeners, other tests) may
+// take it then; below the range only an explicit bind to that port can.
+func freePorts(t *testing.T, n int) []string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	var lns []net.Listener
+	defer func() {
+		for _, ln := range lns {
+			_ = ln.Close()
+		}
+	}()
+	lo, ok := ephemeralLow()
+	for tries := 0; ok && len(lns) < n && tries < 1000; tries++ {
+		// The 10,000 ports below the range: above the well-known and registered ports a
+		// machine's services tend to use (5672, 15672, ...), mostly.
+		port := lo - 1 - rand.IntN(min(10000, lo-1025))
+		if ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
+			lns = append(lns, ln)
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	for len(lns) < n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		lns = append(lns, ln)
+	}
+	addrs := make([]string, n)
+	for i, ln := range lns {
+		addrs[i] = ln.Addr().String()
+	}
+	return addrs
+}
+
+// The cluster tests' ports are distinct, and outside the ephemeral range where it is known.
+func TestFreePorts(t *testing.T) {
+	addrs := freePorts(t, 50)
+	lo, known := ephemeralLow()
+	seen := map[string]bool{}
+	for _, a := range addrs {
+		if seen[a] {
+			t.Fatalf("%s picked twice: %v", a, addrs)
+		}
+		seen[a] = true
+		_, p, err := net.SplitHostPort(a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if port, _ := strconv.Atoi(p); known && port >= lo {
+			t.Errorf("port %d is in the ephemeral range (from %d)", port, lo)
+		}
+	}
+}
+
+// ephemeralLow is the first port of the kernel's ephemeral range (Linux), if known and high
+// enough to leave ports below it.
+func ephemeralLow() (int, bool) {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 0, false
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 2 {
+		return 0, false
+	}
+	lo, err := strconv.Atoi(f[0])
+	if err != nil || lo < 2048 {
+		return 0, false
+	}
+	return lo, true
 }
 
 func newTestCluster(t *testing.T, names ...string) *testCluster {
 	tc := &testCluster{t: t, names: names, cfgs: map[string]string{}, dirs: map[string]string{}, nodes: map[string]*clusterChild{},
 		addrs: map[string]string{}, members: names}
 	root := t.TempDir()
-	for _, n := range names {
-		tc.addrs[n] = freePort(t)
+	ports := freePorts(t, len(names))
+	for i, n := range names {
+		tc.addrs[n] = ports[i]
 		dir := filepath.Join(root, n)
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			t.Fatal(err)

@@ -95,6 +95,7 @@ type Config struct {
 	CPUProfile  string        // write the load generator's own CPU profile here
 	RampCounts  string        // ramp mode: client counts to try, ascending, comma-separated
 	RampP99     time.Duration // ramp mode: the end-to-end p99 a step must stay under
+	RampBehind  float64       // ramp mode: the share of the offered (or published) messages a step may miss
 	FloorAddr   string        // floor mode: address of a running forwarder; "" = start one
 	DelaySpan   time.Duration // delayed mode: the due times are spread over this (delayed.go)
 
@@ -171,6 +172,7 @@ func ParseFlags(args []string, out io.Writer) (Config, error) {
 	fs.StringVar(&c.Client, "client", "lean", "AMQP client for producers, consumers and churn: lean (the bench's own, cheap per message) or amqp091 (amqp091-go)")
 	fs.StringVar(&c.RampCounts, "ramp-counts", "100,200,400,600,800,1000,1200,1600,2000", "ramp mode: comma-separated client counts to try, ascending")
 	fs.DurationVar(&c.RampP99, "ramp-p99", 100*time.Millisecond, "ramp mode: a step passes while its end-to-end p99 stays under this")
+	fs.Float64Var(&c.RampBehind, "ramp-behind", 0.05, "ramp mode: a step has fallen behind when its producers sent, or its consumers received, less than 1 minus this share of what was offered, or published")
 	fs.StringVar(&c.FloorAddr, "floor-addr", "", "floor mode: host:port of a forwarder already running (-broker-pid its PID); empty = start one in a child process")
 	fs.BoolVar(&c.Stream, "stream", false, "declare the queues as streams (x-queue-type: stream, durable; implies -persistent); consumers need -autoack=false and -prefetch")
 	fs.BoolVar(&c.Quorum, "quorum", false, "declare the queues as quorum queues (x-queue-type: quorum, durable; implies -persistent)")
@@ -229,6 +231,8 @@ func (c *Config) validate() error {
 		return errors.New("bench: churn mode needs -producers >= 1")
 	case c.Quorum && c.Stream:
 		return errors.New("bench: -quorum and -stream are exclusive (one x-queue-type)")
+	case c.RampBehind < 0 || c.RampBehind >= 1:
+		return errors.New("bench: -ramp-behind must be at least 0 and under 1")
 	}
 	if err := c.validateStream(); err != nil {
 		return err
@@ -315,7 +319,8 @@ type Result struct {
 	BenchCPUPercent  float64 `json:"bench_cpu_percent,omitempty"`
 
 	// Ramp mode: one entry per count tried, and the largest count whose step kept up
-	// (consumed >= 95% of published) with its p99 under -ramp-p99 (0: none did).
+	// (sent >= 95% of offered, consumed >= 95% of published: -ramp-behind) with its p99
+	// under -ramp-p99 (0: none did).
 	Ramp          []RampStep `json:"ramp,omitempty"`
 	RampMax       int        `json:"ramp_max_clients,omitempty"`
 	RampStopCause string     `json:"ramp_stop,omitempty"`

@@ -21,7 +21,7 @@ func TestParseFlags(t *testing.T) {
 	defaults := Config{
 		URL: "amqp://guest:guest@localhost:5672/", Mode: "throughput", Producers: 1, Consumers: 1, Queues: 1,
 		Size: 16, AutoAck: true, MultiAck: 1, Duration: 10 * time.Second, QueuePrefix: "bench", Conns: 100, Count: 1000, Coalesce: true, Client: "lean",
-		RampCounts: "100,200,400,600,800,1000,1200,1600,2000", RampP99: 100 * time.Millisecond,
+		RampCounts: "100,200,400,600,800,1000,1200,1600,2000", RampP99: 100 * time.Millisecond, RampBehind: 0.05,
 		StreamOffset: "next",
 	}
 	tests := []struct {
@@ -59,10 +59,11 @@ func TestParseFlags(t *testing.T) {
 			c.Mode, c.Producers, c.Consumers, c.Queues, c.Rate, c.Size, c.AutoAck, c.Prefetch = "many", 400, 400, 2, 25, 16, true, 0
 		}},
 		{name: "throughput keeps its own defaults", args: []string{"-rate", "5"}, want: func(c *Config) { c.Rate = 5 }},
-		{name: "ramp", args: []string{"-mode", "ramp", "-ramp-counts", "10, 20", "-ramp-p99", "50ms", "-floor-addr", "h:1"}, want: func(c *Config) {
+		{name: "ramp", args: []string{"-mode", "ramp", "-ramp-counts", "10, 20", "-ramp-p99", "50ms", "-ramp-behind", "0.2", "-floor-addr", "h:1"}, want: func(c *Config) {
 			c.Mode, c.Producers, c.Consumers, c.Queues, c.Rate, c.Size, c.AutoAck, c.Prefetch = "ramp", 400, 400, 400, 25, 1024, false, 10
-			c.RampCounts, c.RampP99, c.FloorAddr = "10, 20", 50*time.Millisecond, "h:1"
+			c.RampCounts, c.RampP99, c.RampBehind, c.FloorAddr = "10, 20", 50*time.Millisecond, 0.2, "h:1"
 		}},
+		{name: "ramp-behind is a share", args: []string{"-ramp-behind", "1"}, wantErr: "-ramp-behind"},
 		{name: "ramp counts must ascend", args: []string{"-ramp-counts", "10,10"}, wantErr: "must ascend"},
 		{name: "ramp counts are counts", args: []string{"-ramp-counts", "10,x"}, wantErr: "not a positive count"},
 		{name: "bad mode", args: []string{"-mode", "nope"}, wantErr: "unknown -mode"},

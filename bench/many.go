@@ -139,8 +139,9 @@ type RampStep struct {
 
 // runRamp runs the many load at each of -ramp-counts in turn (each for -duration, on fresh
 // connections and queues) and stops at the first count whose p99 passes -ramp-p99, whose
-// consumers fall behind (under 95% of what was published reaches them) or that fails (a broker
-// out of file descriptors refuses connections). res.RampMax is the last count that passed.
+// consumers fall behind (under 95% of what was published reaches them, or the producers send
+// under 95% of what was offered: -ramp-behind 0.05) or that fails (a broker out of file
+// descriptors refuses connections). res.RampMax is the last count that passed.
 func runRamp(cfg *Config, res *Result, live io.Writer) error {
 	start := time.Now()
 	defer func() { res.Seconds = time.Since(start).Seconds() }()
@@ -148,6 +149,7 @@ func runRamp(cfg *Config, res *Result, live io.Writer) error {
 	if err != nil {
 		return err
 	}
+	keep := 1 - cfg.RampBehind
 	for _, n := range counts {
 		step := *cfg
 		step.Mode = "many"
@@ -172,7 +174,7 @@ func runRamp(cfg *Config, res *Result, live io.Writer) error {
 			res.RampStopCause = fmt.Sprintf("%d clients: %v", n, err)
 		case st.P99Ms > float64(cfg.RampP99)/1e6:
 			res.RampStopCause = fmt.Sprintf("%d clients: p99 %.1f ms > %s", n, st.P99Ms, cfg.RampP99)
-		case st.ConsumeRate < 0.95*st.PublishRate || st.PublishRate < 0.95*float64(n)*cfg.Rate:
+		case st.ConsumeRate < keep*st.PublishRate || st.PublishRate < keep*float64(n)*cfg.Rate:
 			res.RampStopCause = fmt.Sprintf("%d clients: fell behind (offered %.0f, sent %.0f, received %.0f msgs/s)",
 				n, float64(n)*cfg.Rate, st.PublishRate, st.ConsumeRate)
 		default:

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 )
@@ -50,10 +51,55 @@ func waitQuiesced(t *testing.T, c *testCluster, names []string, n int, timeout t
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("not all %d groups quiesced within %v: %v", n, timeout, state)
+			t.Fatalf("not all %d groups quiesced within %v: %v\n%s", n, timeout, state, awakeGroups(c, names))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// awakeGroups describes the groups not quiesced on the given hosts: why a group did not
+// quiesce is in its Raft state (and, on a leader, in its followers' progress and liveness).
+func awakeGroups(c *testCluster, names []string) string {
+	var b strings.Builder
+	for _, name := range names {
+		h := c.hosts[name]
+		h.mu.Lock()
+		gs := make([]*Group, 0, len(h.groups))
+		for _, g := range h.groups {
+			gs = append(gs, g)
+		}
+		h.mu.Unlock()
+		sort.Slice(gs, func(i, j int) bool { return gs[i].id < gs[j].id })
+		live := h.tr.liveness(h.livenessTimeout())
+		h.tr.mu.Lock()
+		for _, p := range h.tr.peers {
+			heard := "never"
+			if ns := p.lastHeard.Load(); ns != 0 {
+				heard = time.Since(time.Unix(0, ns)).Round(time.Millisecond).String() + " ago"
+			}
+			fmt.Fprintf(&b, "%s peer %s (%x): connected=%v epoch=%d heard %s\n", name, p.name, p.id,
+				p.connected.Load(), p.epoch.Load(), heard)
+		}
+		h.tr.mu.Unlock()
+		for _, g := range gs {
+			g.mu.Lock()
+			if g.quiesced {
+				g.mu.Unlock()
+				continue
+			}
+			st := g.rn.Status()
+			last, _ := g.storage.LastIndex()
+			fmt.Fprintf(&b, "%s group %d: %s lead=%x term=%d commit=%d applied=%d last=%d hasReady=%v\n",
+				name, g.id, st.RaftState, st.Lead, st.HardState.GetTerm(), st.HardState.GetCommit(), st.Applied, last, g.rn.HasReady())
+			for id, pr := range st.Progress {
+				if id != h.id {
+					fmt.Fprintf(&b, "    follower %x: %s live=%+v\n", id, &pr, live[id])
+				}
+			}
+			g.mu.Unlock()
+		}
+	}
+	return b.String()
 }
 
 func sentMessages(c *testCluster) uint64 {

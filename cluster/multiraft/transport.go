@@ -347,10 +347,28 @@ func (p *peer) enqueue(ms []outMsg) {
 }
 
 // handOver gives an accepted, authenticated connection to the peer; it replaces the current one.
+//
+// A stopped peer (its transport closing, or the node removed) must close the connection, not
+// keep it in p.accepted: nobody would read or write it, yet the dialer, handshake done,
+// counts it connected and writes into it, and never dials again, while the peer's node,
+// restarted, waits to be dialled. That happened when a node was closed just as its peer
+// redialled (the old connection closed first): the select below, with p.accepted free and
+// p.stop closed, may take either case, and run, returning, left the connection there.
 func (p *peer) handOver(c net.Conn) {
 	for {
 		select {
+		case <-p.stop:
+			_ = c.Close()
+			return
+		default:
+		}
+		select {
 		case p.accepted <- c:
+			select {
+			case <-p.stop: // stopped meanwhile: run may be gone
+				p.closeAccepted()
+			default:
+			}
 			return
 		case old := <-p.accepted:
 			_ = old.Close()
@@ -361,8 +379,19 @@ func (p *peer) handOver(c net.Conn) {
 	}
 }
 
+// closeAccepted closes a connection handed over and not taken (the peer stopped).
+func (p *peer) closeAccepted() {
+	select {
+	case c := <-p.accepted:
+		_ = c.Close()
+	default:
+	}
+}
+
 func (p *peer) run() {
 	defer p.t.wg.Done()
+	// One handed over before the stop and not taken (serve's select saw both).
+	defer p.closeAccepted()
 	for {
 		c := p.connect()
 		if c == nil {

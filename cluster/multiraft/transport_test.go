@@ -236,3 +236,47 @@ func TestMutualTLS(t *testing.T) {
 		}
 	})
 }
+
+// A connection handed to a stopped peer (its transport closing as the other node redials)
+// is closed, whether handOver or run sees the stop: left open, the dialer counted it
+// connected and wrote into it for good, and never reached the node once restarted
+// (TestQuiescedLeaderFailover). Each case is tried many times: before the fix a select
+// with both cases ready left the connection open about every other time.
+func TestStoppedPeerClosesHandedOverConn(t *testing.T) {
+	closed := func(t *testing.T, c net.Conn) {
+		t.Helper()
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrClosedPipe) {
+			t.Fatalf("other end: %v, want the connection closed", err)
+		}
+	}
+	newPeer := func() *peer {
+		tr := &transport{self: "b", hooks: nopHooks{}, peers: map[string]*peer{}, log: testLogger()}
+		return &peer{t: tr, name: "a", id: NodeID("a"), accepted: make(chan net.Conn, 1), stop: make(chan struct{}), wake: make(chan struct{}, 1)}
+	}
+	for _, tc := range []struct {
+		name string
+		// order runs handOver and the peer's stop in some order.
+		order func(p *peer, c net.Conn)
+	}{
+		{"handed over after the stop", func(p *peer, c net.Conn) {
+			close(p.stop)
+			p.handOver(c)
+		}},
+		{"handed over before the stop, run never took it", func(p *peer, c net.Conn) {
+			p.handOver(c)
+			close(p.stop)
+			p.t.wg.Add(1)
+			p.run() // connect sees both the connection and the stop
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for range 100 {
+				c1, c2 := net.Pipe()
+				tc.order(newPeer(), c2)
+				closed(t, c1)
+				c1.Close()
+			}
+		})
+	}
+}
