@@ -165,12 +165,22 @@ func ErrHomeDown(vhost, name, home string) *amqp.Error {
 // else nil (this node's queue, a live home, a single node). Only durable queues are left to
 // answer it: the cluster deletes the others of a dead node.
 func (v *VHost) HomeDown(qs *Queue) *amqp.Error {
-	l := v.b.cluster.liveness
-	// A quorum queue is never home-down (the metadata says so too): its other members serve it.
-	if l == nil || qs == nil || qs.home == "" || qs.spec.quorum || !l.NodeDown(qs.home) {
+	if qs == nil || !v.homeIsDown(qs) {
 		return nil
 	}
 	return ErrHomeDown(v.name, qs.name, qs.home)
+}
+
+// homeIsDown reports whether qs lives on another node that the cluster takes for dead (see
+// HomeDown). Routing asks it for every queue it reaches, so a queue of this node answers on
+// its first test, and NodeLiveness takes no lock.
+func (v *VHost) homeIsDown(qs *Queue) bool {
+	if qs.home == "" {
+		return false
+	}
+	l := v.b.cluster.liveness
+	// A quorum queue is never home-down (the metadata says so too): its other members serve it.
+	return l != nil && !qs.spec.quorum && l.NodeDown(qs.home)
 }
 
 // HomeUnreachable is ErrHomeDown for a durable queue of another node that the data link could
