@@ -15,18 +15,15 @@ import (
 // connection, and the messages it forwards to queues of this node.
 
 // authenticateLink checks a login with broker.LinkMechanism, offered only by a cluster member:
-// start-ok's response names the connecting node, secure sends it a fresh challenge and
-// returns its answer, which must prove the cluster's secret (broker.LinkAuth). The user is
-// the connecting node, which may use every vhost (it checked its own client). Nothing of the
-// answer is logged: the node name is all a refusal tells.
+// start-ok's response names the connecting node and carries its nonce, secure sends it a
+// fresh challenge and returns its answer, which must prove the cluster's secret
+// (broker.LinkAuth); then a second secure round proves this node's knowledge of the secret to
+// the connecting node, which refuses this node otherwise. The user is the connecting node,
+// which may use every vhost (it checked its own client). Nothing of the login is logged but
+// the node name and why it was refused.
 func (s *Server) authenticateLink(response string, refused *amqp.Error, secure func(challenge string) (string, error), remote net.Addr) (string, error) {
 	la := s.b.LinkAuth()
 	if la == nil {
-		return "", refused
-	}
-	node := response
-	if !validLinkNode(node) {
-		s.log.Warn("cluster: refused a link login without a valid node name", "remote", remote.String())
 		return "", refused
 	}
 	challenge := la.LinkChallenge()
@@ -34,9 +31,18 @@ func (s *Server) authenticateLink(response string, refused *amqp.Error, secure f
 	if err != nil {
 		return "", err
 	}
-	if !la.VerifyLink(node, challenge, answer) {
-		s.log.Warn("cluster: refused a link login that does not prove this cluster's secret", "node", node, "remote", remote.String())
+	node, verr := la.VerifyLink(response, challenge, answer)
+	if !validLinkNode(node) {
+		s.log.Warn("cluster: refused a link login without a valid node name", "remote", remote.String())
 		return "", refused
+	}
+	if verr != nil {
+		s.log.Warn("cluster: refused a link login", "node", node, "remote", remote.String(), "reason", verr.Error())
+		return "", refused
+	}
+	// The client checks this before it sends anything else; its secure-ok carries nothing.
+	if _, err := secure(la.LinkProof(response, challenge)); err != nil {
+		return "", err
 	}
 	return "cluster-link:" + node, nil
 }
