@@ -109,15 +109,22 @@ const MaxMessageSize = 512 << 20
 // connections' consumes keep the argument as they gave it (it means nothing to the broker).
 const LinkNoTimeoutArg = "x-warren-link-no-timeout"
 
-// LinkAuth checks the login of another node's link connection (mechanism LinkMechanism). The
-// login is a challenge-response, so that a captured login cannot be replayed: start-ok's
-// response names the connecting node, the server sends a fresh LinkChallenge in
-// connection.secure, and VerifyLink checks the answer in secure-ok.
+// LinkAuth checks the login of another node's link connection (mechanism LinkMechanism), a
+// mutual challenge-response, so that a captured login cannot be replayed and a node never
+// talks to one that cannot prove the cluster's secret: start-ok's response (start) names the
+// connecting node and carries its nonce, the server sends a fresh LinkChallenge in
+// connection.secure, VerifyLink checks the answer in secure-ok, and only then the server
+// sends its LinkProof in a second connection.secure, which the connecting node checks.
 type LinkAuth interface {
 	// LinkChallenge returns a fresh random challenge, never used before.
 	LinkChallenge() string
-	// VerifyLink reports whether response answers challenge for the connecting node.
-	VerifyLink(node, challenge, response string) bool
+	// VerifyLink checks that response answers challenge for the node that sent start. It
+	// returns that node's name as start gives it (to check and log; "" or garbage when start
+	// is malformed) and, for a refusal, why (never anything secret).
+	VerifyLink(start, challenge, response string) (node string, err error)
+	// LinkProof is this node's proof of the secret for the login of start and challenge,
+	// sent once VerifyLink accepted it.
+	LinkProof(start, challenge string) string
 	// LinkTLS is the mutual TLS link connections must arrive over, nil when links are plain
 	// TCP (no cluster.tls).
 	LinkTLS() *tls.Config
@@ -165,12 +172,22 @@ func ErrHomeDown(vhost, name, home string) *amqp.Error {
 // else nil (this node's queue, a live home, a single node). Only durable queues are left to
 // answer it: the cluster deletes the others of a dead node.
 func (v *VHost) HomeDown(qs *Queue) *amqp.Error {
-	l := v.b.cluster.liveness
-	// A quorum queue is never home-down (the metadata says so too): its other members serve it.
-	if l == nil || qs == nil || qs.home == "" || qs.spec.quorum || !l.NodeDown(qs.home) {
+	if qs == nil || !v.homeIsDown(qs) {
 		return nil
 	}
 	return ErrHomeDown(v.name, qs.name, qs.home)
+}
+
+// homeIsDown reports whether qs lives on another node that the cluster takes for dead (see
+// HomeDown). Routing asks it for every queue it reaches, so a queue of this node answers on
+// its first test, and NodeLiveness takes no lock.
+func (v *VHost) homeIsDown(qs *Queue) bool {
+	if qs.home == "" {
+		return false
+	}
+	l := v.b.cluster.liveness
+	// A quorum queue is never home-down (the metadata says so too): its other members serve it.
+	return l != nil && !qs.spec.quorum && l.NodeDown(qs.home)
 }
 
 // HomeUnreachable is ErrHomeDown for a durable queue of another node that the data link could

@@ -31,7 +31,12 @@ type RouteBuf struct {
 }
 
 // route resolves the queues a message reaches from ex, following exchange-to-exchange bindings
-// and alternate exchanges; each queue appears once however many paths lead to it.
+// and alternate exchanges; each queue appears once however many paths lead to it. A durable
+// classic queue whose home node the cluster takes for dead is no destination, as in RabbitMQ
+// 3.10 (observed on a 3-node cluster with the queue's node stopped): the message goes to the
+// other queues, an alternate exchange takes it when that queue was the exchange's only one,
+// and a publish it reaches nothing else with is unroutable (312 NO_ROUTE when mandatory, a
+// confirm ack). Nothing is kept for that queue.
 func (v *VHost) route(ex *Exchange, key string, headersRaw []byte, rb *RouteBuf) []*Queue {
 	rb.queues = rb.queues[:0]
 	rb.exSeen = rb.exSeen[:0]
@@ -44,7 +49,7 @@ func (v *VHost) route(ex *Exchange, key string, headersRaw []byte, rb *RouteBuf)
 	defer v.mu.RUnlock()
 	if ex.name == "" {
 		// What walk would do with defaultRouter, without the walk: most publishes go this way.
-		if qs := v.queues[key]; qs != nil {
+		if qs := v.queues[key]; qs != nil && !v.homeIsDown(qs) {
 			rb.queues = append(rb.queues, qs)
 		}
 		return rb.queues
@@ -75,7 +80,7 @@ func (v *VHost) route(ex *Exchange, key string, headersRaw []byte, rb *RouteBuf)
 				continue
 			}
 			qs := v.queues[d.Name]
-			if qs == nil {
+			if qs == nil || v.homeIsDown(qs) {
 				continue
 			}
 			rb.addQueue(qs)

@@ -44,11 +44,13 @@
 // Every inter-node connection proves knowledge of cluster.secret without sending it, bound to
 // cluster.name, and cluster.tls (mutual TLS, LoadTLS: one CA signs every node's certificate)
 // wraps all of them when set. The Raft transport authenticates its own handshake (multiraft).
-// The data link logs in with WARREN-LINK, a challenge-response over AMQP's connection.secure
-// (LinkAuth): start-ok names the node, the server sends 32 fresh random bytes, and secure-ok
-// answers with an HMAC-SHA256 of (cluster, challenge, client node, server node) keyed with the
-// cluster name and secret, compared in constant time. A captured login cannot be replayed: the
-// next connection gets another challenge.
+// The data link logs in with WARREN-LINK, a mutual challenge-response over AMQP's
+// connection.secure (LinkAuth): start-ok names the node and carries its nonce, the server sends
+// 32 fresh random bytes, secure-ok answers with an HMAC-SHA256 of (cluster, role, both nonces,
+// client node, server node) keyed with the cluster name and secret, and only then does the
+// server prove the same in a second connection.secure, which the client checks before it
+// sends anything else: a node that does not know the secret gets neither a login nor a
+// forwarded message. A captured login cannot be replayed: every connection has new nonces.
 //
 // With cluster.tls the link runs over mutual TLS with the same certificates as the Raft
 // transport, on the AMQP listener itself: the server tells a TLS ClientHello (first byte 0x16,

@@ -182,6 +182,26 @@ func TestHomeDownRealNodes(t *testing.T) {
 		}
 	}
 
+	// A publish with confirms routed only to dq goes past it, as on RabbitMQ: no nack (the
+	// link cannot reach n1), a 312 return when mandatory, then the ack.
+	_, chp := dial(t, sn.url("n2"))
+	if err := chp.Confirm(false); err != nil {
+		t.Fatal(err)
+	}
+	returns := chp.NotifyReturn(make(chan amqp091.Return, 1))
+	if !confirmOneMandatory(t, chp, chp.NotifyPublish(make(chan amqp091.Confirmation, 1)), "", "dq",
+		amqp091.Publishing{DeliveryMode: amqp091.Persistent, Body: []byte("lost")}) {
+		t.Error("publish to dq with n1 dead nacked, want RabbitMQ's ack")
+	}
+	select {
+	case r := <-returns:
+		if r.ReplyCode != 312 {
+			t.Errorf("return %d %s, want 312", r.ReplyCode, r.ReplyText)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("mandatory publish to dq with n1 dead not returned")
+	}
+
 	sn.start("n1")
 	waitFor(t, 15*time.Second, "n1 back", func() bool { return !sn.node("n2").meta.NodeDown("n1") })
 	// The link learns n1's new AMQP address from its first status: until then a get is the

@@ -2,6 +2,8 @@ package cluster
 
 import (
 	"errors"
+	"fmt"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -379,4 +381,147 @@ func TestHomeUnreachableBeforeNodeDown(t *testing.T) {
 			t.Errorf("%s with n3 unreachable: %d %q, want %d", tc.name, code, reason, tc.code)
 		}
 	}
+}
+
+// A publish that routes to durable queue dq, whose home n1 the cluster takes for dead, goes
+// past it as RabbitMQ 3.10 does (observed on a 3-node RabbitMQ cluster with dq's node stopped
+// by stop_app and by kill -9; NOTES-link2.md): the confirm is an ack whatever the delivery
+// mode; a mandatory publish that reaches no other queue comes back as basic.return 312
+// NO_ROUTE (before its ack); a fanout's live queue gets its copy; an exchange whose only
+// bound queue is dq hands the message to its alternate exchange; a transaction's commit
+// succeeds with the return. dq gets nothing of it: after node_up it holds only what it had.
+func TestPublishHomeDownRoutesPast(t *testing.T) {
+	lc := startLinkedPrep(t, 3, nil, nil, nil, withLiveness)
+	_, ch1 := dial(t, lc.urls[0])
+	if _, err := ch1.QueueDeclare("dq", true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	_, ch3 := dial(t, lc.urls[2])
+	if _, err := ch3.QueueDeclare("lq", true, false, false, false, nil); err != nil { // homed on n3
+		t.Fatal(err)
+	}
+	for _, x := range []struct{ name, kind, alt string }{{"fx", "fanout", ""}, {"dx", "direct", ""}, {"ae", "fanout", ""}, {"ax", "direct", "ae"}} {
+		var a amqp091.Table
+		if x.alt != "" {
+			a = amqp091.Table{"alternate-exchange": x.alt}
+		}
+		if err := ch1.ExchangeDeclare(x.name, x.kind, true, false, false, false, a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, b := range []struct{ q, key, ex string }{{"dq", "", "fx"}, {"lq", "", "fx"}, {"dq", "k", "dx"}, {"dq", "k", "ax"}, {"lq", "", "ae"}} {
+		if err := ch1.QueueBind(b.q, b.key, b.ex, false, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lc.propose(t, Command{Op: OpNodeDown, Node: "n1"})
+
+	_, ch2 := dial(t, lc.urls[1])
+	if err := ch2.Confirm(false); err != nil {
+		t.Fatal(err)
+	}
+	confirms := ch2.NotifyPublish(make(chan amqp091.Confirmation, 1))
+	returns := ch2.NotifyReturn(make(chan amqp091.Return, 1))
+	toLive := 0
+	for _, mode := range []uint8{amqp091.Persistent, amqp091.Transient} {
+		for _, tc := range []struct {
+			name, ex, key string
+			mandatory     bool
+			returned      bool // 312 NO_ROUTE
+			live          bool // lq gets a copy
+		}{
+			{"fanout to dq and lq", "fx", "", false, false, true},
+			{"fanout to dq and lq, mandatory", "fx", "", true, false, true},
+			{"default exchange to dq", "", "dq", false, false, false},
+			{"default exchange to dq, mandatory", "", "dq", true, true, false},
+			{"direct to dq only", "dx", "k", false, false, false},
+			{"direct to dq only, mandatory", "dx", "k", true, true, false},
+			{"dq only, alternate exchange to lq, mandatory", "ax", "k", true, false, true},
+		} {
+			start := time.Now()
+			if err := ch2.Publish(tc.ex, tc.key, tc.mandatory, false, amqp091.Publishing{DeliveryMode: mode, Body: []byte(tc.name)}); err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+		wait:
+			for {
+				select {
+				case r := <-returns:
+					got = append(got, fmt.Sprintf("return %d %s", r.ReplyCode, r.ReplyText))
+				case c := <-confirms:
+					got = append(got, fmt.Sprintf("ack %v", c.Ack))
+					break wait
+				case <-time.After(10 * time.Second):
+					t.Fatalf("%s: no confirm within 10 s (got %v)", tc.name, got)
+				}
+			}
+			// amqp091-go hands returns and confirms to separate channels, so a return sent
+			// before the ack may be seen after it here.
+			select {
+			case r := <-returns:
+				got = append([]string{fmt.Sprintf("return %d %s", r.ReplyCode, r.ReplyText)}, got...)
+			case <-time.After(100 * time.Millisecond):
+			}
+			want := []string{"ack true"}
+			if tc.returned {
+				want = []string{"return 312 NO_ROUTE", "ack true"}
+			}
+			if !slices.Equal(got, want) {
+				t.Errorf("%s (delivery mode %d): %v, want %v", tc.name, mode, got, want)
+			}
+			if took := time.Since(start); took > time.Second {
+				t.Errorf("%s: the confirm took %v", tc.name, took)
+			}
+			if tc.live {
+				toLive++
+			}
+		}
+	}
+	// A transaction: commit-ok, with the mandatory publish returned first.
+	_, tx := dial(t, lc.urls[1])
+	txReturns := tx.NotifyReturn(make(chan amqp091.Return, 1))
+	if err := tx.Tx(); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Publish("", "dq", true, false, amqp091.Publishing{DeliveryMode: amqp091.Persistent, Body: []byte("tx")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.TxCommit(); err != nil {
+		t.Fatalf("tx.commit of a publish to dq only: %v, want commit-ok", err)
+	}
+	select {
+	case r := <-txReturns:
+		if r.ReplyCode != 312 {
+			t.Fatalf("tx return %d %s", r.ReplyCode, r.ReplyText)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the transaction's mandatory publish to dq only was not returned")
+	}
+	ready(t, ch2, "lq", toLive)
+
+	lc.propose(t, Command{Op: OpNodeUp, Node: "n1"})
+	_, ch2 = dial(t, lc.urls[1])
+	if st, err := ch2.QueueDeclarePassive("dq", true, false, false, false, nil); err != nil || st.Messages != 0 {
+		t.Fatalf("dq after node_up: %+v %v, want it empty (nothing was routed to it while down)", st, err)
+	}
+	// And routing to it resumes.
+	if err := ch2.Publish("dx", "k", true, false, amqp091.Publishing{Body: []byte("back")}); err != nil {
+		t.Fatal(err)
+	}
+	ready(t, ch2, "dq", 1)
+}
+
+// confirmOneMandatory is confirmOne for a mandatory publish.
+func confirmOneMandatory(t *testing.T, ch *amqp091.Channel, confirms <-chan amqp091.Confirmation, ex, key string, p amqp091.Publishing) bool {
+	t.Helper()
+	if err := ch.Publish(ex, key, true, false, p); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case c := <-confirms:
+		return c.Ack
+	case <-time.After(10 * time.Second):
+		t.Fatal("no confirm within 10 s")
+	}
+	return false
 }

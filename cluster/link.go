@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -504,22 +505,44 @@ func (l *Link) Getter(home, vhost string) (broker.ProxyGetter, *amqp.Error) {
 
 // --- the link login
 
-// LinkAuth is the login of link connections (broker.LinkMechanism), a challenge-response:
-// start-ok's response is the connecting node's name, the server sends a fresh random
-// challenge in connection.secure, and the client answers in secure-ok with an HMAC-SHA256,
-// keyed with the cluster's name and secret, of (cluster name, challenge, client node, server
-// node). The secret never crosses the wire; a captured login is worthless, since the next
-// login gets another challenge; an answer for one server node is refused by the others, and
-// a cluster of another name refuses it even with the same secret. (A man in the middle can
-// still relay a whole login: cluster.tls, which wraps the links in mutual TLS, rules that out.)
+// LinkAuth is the login of link connections (broker.LinkMechanism), a mutual
+// challenge-response in two connection.secure rounds, each side proving the cluster's secret
+// over a fresh nonce of the other:
+//
+//  1. start-ok's response is the connecting node's name and a nonce of its own, 32 random
+//     bytes in hex ("n2 <64 hex digits>");
+//  2. the server sends 32 fresh random bytes (hex) in connection.secure, and the client
+//     answers in secure-ok with its MAC ("client" role) over both nonces;
+//  3. only once that answer is right, the server sends its own MAC ("server" role) over the
+//     same nonces in a second connection.secure; the client checks it before anything else
+//     and closes the connection when it is wrong (so a fake node, one that does not know the
+//     secret, never gets a forward or a proxied request); its secure-ok is empty.
+//
+// Each MAC is an HMAC-SHA256, keyed with the cluster's name and secret, of (version, cluster
+// name, role, client nonce, server challenge, client node, server node). The secret never
+// crosses the wire; a captured login is worthless, since the next login has other nonces on
+// both sides; an answer for one server node is refused by the others, and a cluster of another
+// name refuses it even with the same secret; the roles and the order of the node names keep
+// one side's MAC from passing for the other's. The client proves itself first, so a
+// connection to the AMQP port gets no MAC of the server's without the secret (nothing to try
+// guesses of a weak secret against offline). A man in the middle that can reach the real node
+// can still relay a whole login and read the (plain TCP) traffic; cluster.tls, which wraps the
+// links in mutual TLS, rules that out.
 type LinkAuth struct {
 	cluster, node string
 	key           []byte
 	tls           *tls.Config
 }
 
-// linkLoginVersion starts every MAC input, so that no other use of the key can produce one.
-const linkLoginVersion = "warren-link-v2"
+// linkLoginVersion starts every MAC input, so that no other use of the key can produce one
+// (v3: the mutual login; v2 had the client's proof only, over the server's challenge).
+const linkLoginVersion = "warren-link-v3"
+
+// The roles in a MAC input: the connecting node's proof, and the accepting node's.
+const (
+	linkRoleClient = "client"
+	linkRoleServer = "server"
+)
 
 // NewLinkAuth returns the link login of node in cluster, with the cluster's secret. tlsCfg is
 // the cluster's mutual TLS (cluster.tls, LoadTLS) that link connections use, nil for none.
@@ -527,12 +550,13 @@ func NewLinkAuth(cluster, node, secret string, tlsCfg *tls.Config) *LinkAuth {
 	return &LinkAuth{cluster: cluster, node: node, key: []byte(cluster + "\x00" + secret), tls: tlsCfg}
 }
 
-// answer is client's answer to challenge from server: each field length-prefixed, so that no
-// two different logins give the same MAC input.
-func (a *LinkAuth) answer(challenge, client, server string) string {
+// mac is role's proof for the login of client to server with the client's nonce and the
+// server's challenge: each field length-prefixed, so that no two different logins give the
+// same MAC input.
+func (a *LinkAuth) mac(role, nonce, challenge, client, server string) string {
 	m := hmac.New(sha256.New, a.key)
 	var n [4]byte
-	for _, f := range []string{linkLoginVersion, a.cluster, challenge, client, server} {
+	for _, f := range []string{linkLoginVersion, a.cluster, role, nonce, challenge, client, server} {
 		binary.BigEndian.PutUint32(n[:], uint32(len(f)))
 		m.Write(n[:])
 		m.Write([]byte(f))
@@ -540,42 +564,102 @@ func (a *LinkAuth) answer(challenge, client, server string) string {
 	return hex.EncodeToString(m.Sum(nil))
 }
 
-// linkChallengeLen is the challenge's random bytes: 256 bits never repeat.
+// linkChallengeLen is the random bytes of a challenge and of a client's nonce: 256 bits never
+// repeat.
 const linkChallengeLen = 32
 
-// LinkChallenge implements broker.LinkAuth: 32 random bytes, hex-encoded.
-func (a *LinkAuth) LinkChallenge() string {
+// randomHex is linkChallengeLen random bytes, hex-encoded.
+func randomHex() string {
 	var b [linkChallengeLen]byte
 	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails (Go 1.24 and later)
 	return hex.EncodeToString(b[:])
 }
 
-// VerifyLink implements broker.LinkAuth: response must be node's answer to challenge for this
-// node, compared in constant time.
-func (a *LinkAuth) VerifyLink(node, challenge, response string) bool {
-	if node == "" || len(challenge) != 2*linkChallengeLen {
+// isNonce reports whether s has the shape of a challenge or nonce: 2*linkChallengeLen lower-case
+// hex digits.
+func isNonce(s string) bool {
+	if len(s) != 2*linkChallengeLen {
 		return false
 	}
-	return subtle.ConstantTimeCompare([]byte(response), []byte(a.answer(challenge, node, a.node))) == 1
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// LinkChallenge implements broker.LinkAuth: 32 random bytes, hex-encoded.
+func (a *LinkAuth) LinkChallenge() string { return randomHex() }
+
+// splitLinkStart splits start-ok's response into the connecting node's name and its nonce.
+func splitLinkStart(start string) (node, nonce string, ok bool) {
+	node, nonce, ok = strings.Cut(start, " ")
+	return node, nonce, ok && node != "" && isNonce(nonce)
+}
+
+// VerifyLink implements broker.LinkAuth: response must be the client's proof for this node
+// over its nonce (in start) and challenge, compared in constant time.
+func (a *LinkAuth) VerifyLink(start, challenge, response string) (string, error) {
+	node, nonce, ok := splitLinkStart(start)
+	if !ok {
+		if node == start {
+			return node, errors.New("no nonce of the connecting node (a node of an older version?)")
+		}
+		return node, errors.New("malformed start-ok response")
+	}
+	if !isNonce(challenge) || subtle.ConstantTimeCompare([]byte(response), []byte(a.mac(linkRoleClient, nonce, challenge, node, a.node))) != 1 {
+		return node, errors.New("the answer does not prove this cluster's secret")
+	}
+	return node, nil
+}
+
+// LinkProof implements broker.LinkAuth: this node's proof, over the connecting node's nonce
+// (in start) and challenge, for that node.
+func (a *LinkAuth) LinkProof(start, challenge string) string {
+	node, nonce, _ := splitLinkStart(start)
+	return a.mac(linkRoleServer, nonce, challenge, node, a.node)
 }
 
 // LinkTLS implements broker.LinkAuth.
 func (a *LinkAuth) LinkTLS() *tls.Config { return a.tls }
 
-// login is this node's side of a link login to server.
-func (a *LinkAuth) login(server string) linkLogin { return linkLogin{a: a, server: server} }
+// login is this node's side of one link login to server, with a fresh nonce: take a new one
+// for every connection.
+func (a *LinkAuth) login(server string) linkLogin {
+	return linkLogin{a: a, server: server, nonce: randomHex()}
+}
 
-// linkLogin is one node's link login to one server node: start-ok's response, then secure-ok's
-// answer to the server's challenge.
+// linkLogin is one node's link login to one server node: start-ok's response, secure-ok's
+// answer to the server's challenge, then the check of the server's proof.
 type linkLogin struct {
 	a      *LinkAuth
 	server string
+	nonce  string // this login's own nonce, in start-ok
 }
 
-func (l linkLogin) Response() string { return l.a.node }
+// Response is start-ok's response: this node's name and the login's nonce.
+func (l linkLogin) Response() string { return l.a.node + " " + l.nonce }
 
 // answer is secure-ok's response to the server's challenge.
-func (l linkLogin) answer(challenge string) string { return l.a.answer(challenge, l.a.node, l.server) }
+func (l linkLogin) answer(challenge string) string {
+	return l.a.mac(linkRoleClient, l.nonce, challenge, l.a.node, l.server)
+}
+
+// errLinkUnproven is the refusal of a node that did not prove the cluster's secret in its
+// second connection.secure: something that is not the node (not of this cluster, another
+// secret, an impostor at its address).
+var errLinkUnproven = errors.New("the node did not prove the cluster's secret: refused (an impostor at its address, or another cluster or secret)")
+
+// verifyServer checks the server's proof, sent in its second connection.secure after its
+// challenge, in constant time.
+func (l linkLogin) verifyServer(challenge, proof string) error {
+	want := l.a.mac(linkRoleServer, l.nonce, challenge, l.a.node, l.server)
+	if subtle.ConstantTimeCompare([]byte(proof), []byte(want)) != 1 {
+		return errLinkUnproven
+	}
+	return nil
+}
 
 // amqpAddrFor is the address to dial for a node's AMQP listener: its reported listener address,
 // with the host of its cluster address when it listens on every interface.

@@ -72,6 +72,9 @@ type proxyConn struct {
 	done    chan struct{} // closed when the read loop ends
 }
 
+// errLinkHelloOrder is a method out of the handshake's order from the node linkHello talks to.
+var errLinkHelloOrder = errors.New("out of order")
+
 // linkTune is what the connection-level handshake of a link connection negotiated.
 type linkTune struct {
 	frameMax   uint32
@@ -80,8 +83,9 @@ type linkTune struct {
 }
 
 // linkHello runs the connection-level handshake of a link connection on nc (protocol header,
-// start-ok and secure-ok of the link login, tune-ok, open), bounded by nc's deadline, which the
-// caller set.
+// start-ok and the two secure rounds of the mutual link login, tune-ok, open), bounded by nc's
+// deadline, which the caller set. A node that does not prove the cluster's secret is refused
+// (errLinkUnproven) before it is sent anything but the login.
 // A close from the home comes back as an *amqp.Error with its code.
 func linkHello(nc net.Conn, fr *amqp.FrameReader, vhost, name string, login linkLogin, caps amqp.Table, heartbeat time.Duration, frameMax uint32) (linkTune, error) {
 	var t linkTune
@@ -109,7 +113,7 @@ func linkHello(nc net.Conn, fr *amqp.FrameReader, vhost, name string, login link
 			return nil, amqp.Errorf(cl.ReplyCode, "%s", cl.ReplyText)
 		}
 		if m.Name() != want {
-			return nil, fmt.Errorf("awaiting %s: got %s", want, m.Name())
+			return nil, fmt.Errorf("awaiting %s: got %s: %w", want, m.Name(), errLinkHelloOrder)
 		}
 		return m, nil
 	}
@@ -132,7 +136,23 @@ func linkHello(nc net.Conn, fr *amqp.FrameReader, vhost, name string, login link
 	if m, err = expect("connection.secure"); err != nil {
 		return t, err
 	}
-	out = amqp.AppendMethodFrame(out, 0, &amqp.ConnectionSecureOk{Response: login.answer(m.(*amqp.ConnectionSecure).Challenge)})
+	challenge := m.(*amqp.ConnectionSecure).Challenge
+	out = amqp.AppendMethodFrame(out, 0, &amqp.ConnectionSecureOk{Response: login.answer(challenge)})
+	if err := write(); err != nil {
+		return t, err
+	}
+	// The mutual half of the login: the node proves the secret in a second secure round
+	// before this node sends it anything else (a node that skips it is refused too).
+	if m, err = expect("connection.secure"); err != nil {
+		if errors.Is(err, errLinkHelloOrder) {
+			return t, fmt.Errorf("%w: %w", errLinkUnproven, err)
+		}
+		return t, err
+	}
+	if err := login.verifyServer(challenge, m.(*amqp.ConnectionSecure).Challenge); err != nil {
+		return t, err
+	}
+	out = amqp.AppendMethodFrame(out, 0, &amqp.ConnectionSecureOk{})
 	if err := write(); err != nil {
 		return t, err
 	}

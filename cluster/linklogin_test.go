@@ -18,8 +18,10 @@ import (
 
 const testSecret = "a-test-secret-of-some-length"
 
-// A link login answers one challenge for one (cluster, client node, server node) and proves
-// the secret: any other combination is refused.
+// A link login answers one challenge and one client nonce for one (cluster, client node,
+// server node) and proves the secret: any other combination is refused, each with a reason
+// that holds nothing secret. The server's proof, likewise, passes only the client that sent
+// the nonce, for the server it meant to reach.
 func TestLinkAuth(t *testing.T) {
 	server := NewLinkAuth("c1", "n1", "secret-secret-secret", nil)
 	client := NewLinkAuth("c1", "n2", "secret-secret-secret", nil)
@@ -27,22 +29,53 @@ func TestLinkAuth(t *testing.T) {
 	if ch2 := server.LinkChallenge(); ch2 == ch || len(ch) != 64 {
 		t.Fatalf("challenges %q and %q: want two different 64-hex-digit values", ch, ch2)
 	}
-	good := client.login("n1").answer(ch)
-	if !server.VerifyLink("n2", ch, good) {
-		t.Fatal("own answer refused")
+	login := client.login("n1")
+	if other := client.login("n1"); other.nonce == login.nonce || !isNonce(login.nonce) {
+		t.Fatalf("nonces %q and %q: want two different 64-hex-digit values", login.nonce, other.nonce)
 	}
-	for _, tc := range []struct{ name, node, challenge, resp string }{
-		{"other challenge (replay)", "n2", server.LinkChallenge(), good},
-		{"other cluster", "n2", ch, NewLinkAuth("c2", "n2", "secret-secret-secret", nil).login("n1").answer(ch)},
-		{"other secret", "n2", ch, NewLinkAuth("c1", "n2", "another-secret-secret", nil).login("n1").answer(ch)},
-		{"for another server node", "n2", ch, client.login("n3").answer(ch)},
-		{"claims another client node", "n3", ch, good},
-		{"short challenge", "n2", "abcd", client.login("n1").answer("abcd")},
-		{"empty node", "", ch, NewLinkAuth("c1", "", "secret-secret-secret", nil).login("n1").answer(ch)},
-		{"empty answer", "n2", ch, ""},
+	start, good := login.Response(), login.answer(ch)
+	if node, err := server.VerifyLink(start, ch, good); err != nil || node != "n2" {
+		t.Fatalf("own answer: %q %v", node, err)
+	}
+	other := client.login("n1")
+	for _, tc := range []struct{ name, start, challenge, resp string }{
+		{"other challenge (replay)", start, server.LinkChallenge(), good},
+		{"other client nonce (replay)", other.Response(), ch, good},
+		{"other cluster", start, ch, NewLinkAuth("c2", "n2", "secret-secret-secret", nil).login("n1").answer(ch)},
+		{"other secret", start, ch, NewLinkAuth("c1", "n2", "another-secret-secret", nil).login("n1").answer(ch)},
+		{"for another server node", start, ch, linkLogin{a: client, server: "n3", nonce: login.nonce}.answer(ch)},
+		{"claims another client node", "n3 " + login.nonce, ch, good},
+		{"the server's proof as the answer (reflection)", start, ch, server.LinkProof(start, ch)},
+		{"no nonce (older version)", "n2", ch, good},
+		{"short nonce", "n2 abcd", ch, good},
+		{"upper-case nonce", "n2 " + strings.ToUpper(login.nonce), ch, good},
+		{"short challenge", start, "abcd", login.answer("abcd")},
+		{"empty node", " " + login.nonce, ch, linkLogin{a: NewLinkAuth("c1", "", "secret-secret-secret", nil), server: "n1", nonce: login.nonce}.answer(ch)},
+		{"empty answer", start, ch, ""},
 	} {
-		if server.VerifyLink(tc.node, tc.challenge, tc.resp) {
+		if _, err := server.VerifyLink(tc.start, tc.challenge, tc.resp); err == nil {
 			t.Errorf("%s: accepted", tc.name)
+		} else if strings.Contains(err.Error(), "secret-secret") {
+			t.Errorf("%s: the reason shows the secret: %v", tc.name, err)
+		}
+	}
+
+	proof := server.LinkProof(start, ch)
+	if err := login.verifyServer(ch, proof); err != nil {
+		t.Fatalf("the server's own proof refused: %v", err)
+	}
+	n3 := NewLinkAuth("c1", "n3", "secret-secret-secret", nil)
+	for _, tc := range []struct{ name, challenge, proof string }{
+		{"wrong secret", ch, NewLinkAuth("c1", "n1", "another-secret-secret", nil).LinkProof(start, ch)},
+		{"other cluster", ch, NewLinkAuth("c2", "n1", "secret-secret-secret", nil).LinkProof(start, ch)},
+		{"another member's proof (n3 for n1)", ch, n3.LinkProof(start, ch)},
+		{"for another login's nonce (replay)", ch, server.LinkProof(other.Response(), ch)},
+		{"for another challenge", server.LinkChallenge(), proof},
+		{"the client's answer as the proof (reflection)", ch, good},
+		{"empty", ch, ""},
+	} {
+		if err := login.verifyServer(tc.challenge, tc.proof); !errors.Is(err, errLinkUnproven) {
+			t.Errorf("server proof %s: %v, want errLinkUnproven", tc.name, err)
 		}
 	}
 }

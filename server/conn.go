@@ -50,7 +50,7 @@ type conn struct {
 
 	cancelNotify  bool        // client understands server-sent basic.cancel
 	link          bool        // another cluster node's data link (logged in with broker.LinkMechanism)
-	linkTLS       bool        // arrived over the cluster's mutual TLS (acceptLinkTLS)
+	linkTLS       bool        // arrived over the cluster's mutual TLS (acceptLinkTLS, before the conn is registered)
 	blockedNotify bool        // client understands connection.blocked
 	publisher     atomic.Bool // has published: subject to resource alarms
 	blocked       atomic.Bool // held by an alarm: heartbeats are not expected meanwhile
@@ -126,12 +126,9 @@ func (c *conn) recoverPanic() {
 // open performs the TLS and AMQP handshakes; false means the connection is done.
 func (c *conn) open() (ok bool) {
 	defer c.recoverPanic()
-	deadline := time.Now().Add(c.srv.handshakeTimeout())
+	// From the accept: the wait for a link peer's first byte (Server.accept) counts too.
+	deadline := c.connectedAt.Add(c.srv.handshakeTimeout())
 	_ = c.nc.SetReadDeadline(deadline)
-	if err := c.acceptLinkTLS(); err != nil {
-		c.log.Info("connection closed before the handshake", "err", err)
-		return false
-	}
 	c.fr = amqp.NewFrameReader(newSocketReader(c.nc), 128<<10)
 	c.fr.SetMaxFrameSize(amqp.FrameMinSize)
 	if tc, ok := c.nc.(*tls.Conn); ok {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"time"
 	"unicode"
 
 	"github.com/warrenmq/warren/amqp"
@@ -15,18 +16,15 @@ import (
 // connection, and the messages it forwards to queues of this node.
 
 // authenticateLink checks a login with broker.LinkMechanism, offered only by a cluster member:
-// start-ok's response names the connecting node, secure sends it a fresh challenge and
-// returns its answer, which must prove the cluster's secret (broker.LinkAuth). The user is
-// the connecting node, which may use every vhost (it checked its own client). Nothing of the
-// answer is logged: the node name is all a refusal tells.
+// start-ok's response names the connecting node and carries its nonce, secure sends it a
+// fresh challenge and returns its answer, which must prove the cluster's secret
+// (broker.LinkAuth); then a second secure round proves this node's knowledge of the secret to
+// the connecting node, which refuses this node otherwise. The user is the connecting node,
+// which may use every vhost (it checked its own client). Nothing of the login is logged but
+// the node name and why it was refused.
 func (s *Server) authenticateLink(response string, refused *amqp.Error, secure func(challenge string) (string, error), remote net.Addr) (string, error) {
 	la := s.b.LinkAuth()
 	if la == nil {
-		return "", refused
-	}
-	node := response
-	if !validLinkNode(node) {
-		s.log.Warn("cluster: refused a link login without a valid node name", "remote", remote.String())
 		return "", refused
 	}
 	challenge := la.LinkChallenge()
@@ -34,9 +32,18 @@ func (s *Server) authenticateLink(response string, refused *amqp.Error, secure f
 	if err != nil {
 		return "", err
 	}
-	if !la.VerifyLink(node, challenge, answer) {
-		s.log.Warn("cluster: refused a link login that does not prove this cluster's secret", "node", node, "remote", remote.String())
+	node, verr := la.VerifyLink(response, challenge, answer)
+	if !validLinkNode(node) {
+		s.log.Warn("cluster: refused a link login without a valid node name", "remote", remote.String())
 		return "", refused
+	}
+	if verr != nil {
+		s.log.Warn("cluster: refused a link login", "node", node, "remote", remote.String(), "reason", verr.Error())
+		return "", refused
+	}
+	// The client checks this before it sends anything else; its secure-ok carries nothing.
+	if _, err := secure(la.LinkProof(response, challenge)); err != nil {
+		return "", err
 	}
 	return "cluster-link:" + node, nil
 }
@@ -74,33 +81,44 @@ func (c *conn) secure(challenge string) (string, error) {
 // ClientHello); an AMQP client's first byte is the 'A' of its protocol header.
 const tlsHandshakeRecord = 0x16
 
-// acceptLinkTLS wraps the connection in the cluster's mutual TLS when this node's links use TLS
-// (cluster.tls) and the client opens with a TLS handshake. The other nodes' link connections
-// come to the AMQP listener, the address every node publishes in its status, so its first
-// byte tells a peer's TLS ClientHello from an AMQP client, which is served as before. The TLS
-// configuration requires a client certificate signed by the cluster's CA; a connection
-// accepted this way (linkTLS) is the only kind offered the link login.
-func (c *conn) acceptLinkTLS() error {
-	la := c.srv.b.LinkAuth()
+// acceptLinkTLS wraps nc in the cluster's mutual TLS when this node's links use TLS
+// (cluster.tls) and the client opens with a TLS handshake; it returns the conn to serve and
+// whether it is the cluster's TLS. The other nodes' link connections come to the AMQP
+// listener, the address every node publishes in its status, so its first byte tells a peer's
+// TLS ClientHello from an AMQP client, which is served as before. The TLS configuration
+// requires a client certificate signed by the cluster's CA; a connection accepted this way
+// (linkTLS) is the only kind offered the link login.
+//
+// It runs before the connection is registered (Server.accept), so the goroutines that go
+// through the registered connections (Close, trimLoop, the alarms) never see its net.Conn or
+// writer change. The wait for the first byte ends at deadline (the handshake's) or when the
+// server closes: Close does not know this connection yet.
+func (s *Server) acceptLinkTLS(nc net.Conn, deadline time.Time) (net.Conn, bool, error) {
+	la := s.b.LinkAuth()
 	if la == nil || la.LinkTLS() == nil {
-		return nil
+		return nc, false, nil
 	}
-	if _, ok := c.nc.(*tls.Conn); ok {
-		return nil // from the amqps listener: a client's TLS, not the cluster's
+	if _, ok := nc.(*tls.Conn); ok {
+		return nc, false, nil // from the amqps listener: a client's TLS, not the cluster's
 	}
-	first, nc, err := peekByte(c.nc)
+	_ = nc.SetReadDeadline(deadline)
+	peeked := make(chan struct{})
+	defer close(peeked)
+	go func() {
+		select {
+		case <-s.quit:
+			_ = nc.SetReadDeadline(time.Now())
+		case <-peeked:
+		}
+	}()
+	first, pnc, err := peekByte(nc)
 	if err != nil {
-		return fmt.Errorf("reading the first byte: %w", err)
+		return nc, false, fmt.Errorf("reading the first byte: %w", err)
 	}
 	if first == tlsHandshakeRecord {
-		nc = tls.Server(nc, la.LinkTLS())
-		c.linkTLS = true
+		return tls.Server(pnc, la.LinkTLS()), true, nil
 	}
-	if nc != c.nc {
-		c.nc = nc
-		c.w = newWriter(nc, c.onDrain) // nothing was written yet
-	}
-	return nil
+	return pnc, false, nil
 }
 
 // offersLink reports whether the connection is offered the link login: on a cluster member,

@@ -295,21 +295,41 @@ func (s *Server) acceptLoop(ln net.Listener) {
 		if tc, ok := nc.(*net.TCPConn); ok {
 			_ = tc.SetNoDelay(true)
 		}
-		c := s.newConn(nc, s.connID.Add(1))
 		s.mu.Lock()
 		if s.closed {
 			s.mu.Unlock()
 			_ = nc.Close()
 			continue
 		}
-		s.conns[c] = struct{}{}
 		s.serving.Add(1)
 		s.mu.Unlock()
-		go func() {
-			defer s.serving.Done()
-			c.serve()
-		}()
+		go s.accept(nc)
 	}
+}
+
+// accept sets up an accepted socket (the cluster's link TLS, acceptLinkTLS), registers its
+// connection and serves it. The connection is registered only once its net.Conn is final: the
+// goroutines that go through the registered connections read it and its writer unlocked.
+func (s *Server) accept(nc net.Conn) {
+	defer s.serving.Done()
+	accepted := time.Now()
+	nc, linkTLS, err := s.acceptLinkTLS(nc, accepted.Add(s.handshakeTimeout()))
+	if err != nil {
+		s.log.Info("connection closed before the handshake", "remote", nc.RemoteAddr().String(), "err", err)
+		_ = nc.Close()
+		return
+	}
+	c := s.newConn(nc, s.connID.Add(1))
+	c.linkTLS, c.connectedAt = linkTLS, accepted
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		_ = nc.Close()
+		return
+	}
+	s.conns[c] = struct{}{}
+	s.mu.Unlock()
+	c.serve()
 }
 
 func (s *Server) forget(c *conn) {
