@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -84,8 +85,12 @@ func benchPoint(b *testing.B, prefix string, persistent bool, args ...string) {
 	}
 	args = append(args, strings.Fields(*pointBArgs)...)
 	// run returns the consume rate and the process's CPU time per message consumed (load
-	// generator and nodes together), which a loaded machine disturbs less than the rate.
+	// generator and nodes together), which a loaded machine disturbs less than the rate; it
+	// logs the heap allocations per message too, which the load does not disturb at all.
 	run := func(url string) (float64, float64) {
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		mallocs := ms.Mallocs
 		cpu0 := processCPU()
 		var out bytes.Buffer
 		err := bench.Run(append([]string{"-url", url, "-duration", pointBDuration.String(), "-queue-prefix", prefix,
@@ -98,12 +103,15 @@ func benchPoint(b *testing.B, prefix string, persistent bool, args ...string) {
 			b.Fatalf("bench output: %v\n%s", err, out.String())
 		}
 		us := float64((processCPU() - cpu0).Microseconds()) / float64(max(res.Received, 1))
+		runtime.ReadMemStats(&ms)
+		allocs := float64(ms.Mallocs-mallocs) / float64(max(res.Received, 1))
 		if testing.Verbose() {
 			var p50 float64
 			if res.Latency != nil {
 				p50 = res.Latency.P50Ms
 			}
-			b.Logf("%s: published %.0f msgs/s, consumed %.0f msgs/s, e2e p50 %.1f ms, %.2f CPU-us/msg", url, res.PublishRate, res.ConsumeRate, p50, us)
+			b.Logf("%s: published %.0f msgs/s, consumed %.0f msgs/s, e2e p50 %.1f ms, %.2f CPU-us/msg, %.1f allocs/msg",
+				url, res.PublishRate, res.ConsumeRate, p50, us, allocs)
 		}
 		return res.ConsumeRate, us
 	}
