@@ -5,12 +5,15 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"runtime"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/warrenmq/warren/bench"
 	"github.com/warrenmq/warren/broker"
+	"github.com/warrenmq/warren/server"
 )
 
 // BenchmarkDeclareBind measures declare + bind + delete of a queue on a single node and through
@@ -56,19 +59,42 @@ func BenchmarkDeclareBind(b *testing.B) {
 // (load generator, both nodes) shares this process: compare the ratio, not the rates, with
 // compare.sh's. Run with -benchtime=Nx for N interleaved pairs.
 func BenchmarkPointB(b *testing.B) {
-	single := startLinkedPrep(b, 1, nil, nil, nil, nil)
-	lc := startLinkedPrep(b, 2, nil, nil, nil, nil)
+	benchPoint(b, "pointb", false, "-size", "1024", "-autoack=false", "-prefetch", "100", "-multi-ack", "10")
+}
+
+// BenchmarkPointC is bench/compare.sh's point c (persistent 1 KiB to a durable queue, confirm
+// window 256, manual ack, prefetch 100) measured as BenchmarkPointB, each node with a data
+// directory: a confirm across nodes means the home synced the message.
+func BenchmarkPointC(b *testing.B) {
+	benchPoint(b, "pointc", true, "-size", "1024", "-persistent", "-confirm", "256", "-autoack=false", "-prefetch", "100")
+}
+
+// benchPoint runs warren bench with args (plus -pointb.args) on a single node and cross-node,
+// interleaved, b.N pairs; prefix names the queue, declared on n1 (durable when persistent, and
+// the nodes then get data directories).
+func benchPoint(b *testing.B, prefix string, persistent bool, args ...string) {
+	var conf func(*server.Config)
+	if persistent {
+		conf = func(c *server.Config) { c.DataDir = b.TempDir() }
+	}
+	single := startLinkedPrep(b, 1, nil, nil, conf, nil)
+	lc := startLinkedPrep(b, 2, nil, nil, conf, nil)
 	_, ch1 := dialTB(b, lc.urls[0])
-	if _, err := ch1.QueueDeclare("pointb-1", false, false, false, false, nil); err != nil {
+	if _, err := ch1.QueueDeclare(prefix+"-1", persistent, false, false, false, nil); err != nil {
 		b.Fatal(err)
 	}
+	args = append(args, strings.Fields(*pointBArgs)...)
 	// run returns the consume rate and the process's CPU time per message consumed (load
-	// generator and nodes together), which a loaded machine disturbs less than the rate.
+	// generator and nodes together), which a loaded machine disturbs less than the rate; it
+	// logs the heap allocations per message too, which the load does not disturb at all.
 	run := func(url string) (float64, float64) {
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		mallocs := ms.Mallocs
 		cpu0 := processCPU()
 		var out bytes.Buffer
-		err := bench.Run([]string{"-url", url, "-size", "1024", "-autoack=false", "-prefetch", "100", "-multi-ack", "10",
-			"-duration", pointBDuration.String(), "-queue-prefix", "pointb", "-keep", "-json", "-quiet"}, &out)
+		err := bench.Run(append([]string{"-url", url, "-duration", pointBDuration.String(), "-queue-prefix", prefix,
+			"-keep", "-json", "-quiet"}, args...), &out)
 		if err != nil {
 			b.Fatalf("bench: %v\n%s", err, out.String())
 		}
@@ -77,6 +103,16 @@ func BenchmarkPointB(b *testing.B) {
 			b.Fatalf("bench output: %v\n%s", err, out.String())
 		}
 		us := float64((processCPU() - cpu0).Microseconds()) / float64(max(res.Received, 1))
+		runtime.ReadMemStats(&ms)
+		allocs := float64(ms.Mallocs-mallocs) / float64(max(res.Received, 1))
+		if testing.Verbose() {
+			var p50 float64
+			if res.Latency != nil {
+				p50 = res.Latency.P50Ms
+			}
+			b.Logf("%s: published %.0f msgs/s, consumed %.0f msgs/s, e2e p50 %.1f ms, %.2f CPU-us/msg, %.1f allocs/msg",
+				url, res.PublishRate, res.ConsumeRate, p50, us, allocs)
+		}
 		return res.ConsumeRate, us
 	}
 	var s, c []float64
@@ -106,6 +142,8 @@ func BenchmarkPointB(b *testing.B) {
 	b.ReportMetric(med(cu), "cross-CPU-us/msg")
 }
 
-var pointBOnly = flag.String("pointb.only", "", "BenchmarkPointB: \"cross\" runs the cross-node runs only")
+var pointBOnly = flag.String("pointb.only", "", "BenchmarkPointB, BenchmarkPointC: \"cross\" runs the cross-node runs only")
 
-var pointBDuration = flag.Duration("pointb.duration", 5*time.Second, "BenchmarkPointB: duration of each run")
+var pointBDuration = flag.Duration("pointb.duration", 5*time.Second, "BenchmarkPointB, BenchmarkPointC: duration of each run")
+
+var pointBArgs = flag.String("pointb.args", "", "BenchmarkPointB, BenchmarkPointC: more warren bench arguments (space-separated; later ones win)")

@@ -277,13 +277,26 @@ type fwdItem struct {
 	acks       uint64 // the peer's acksSent when the publish was received (syncAcks)
 	queues     []string
 	msg        *queue.Message
-	done       func(error)
+	out        fwdOutcome
 	persistent bool
 }
 
-func (it fwdItem) finish(err error) {
-	if it.done != nil {
-		it.done(err)
+func (it fwdItem) finish(err error) { it.out.report(err) }
+
+// fwdOutcome is where a forward's outcome goes: the publisher's done (nil for none) and the
+// peer's count of completed forwards (barrier; p nil for none). A value, not a closure
+// wrapping done, so that a forward costs no allocation of its own.
+type fwdOutcome struct {
+	done func(error)
+	p    *peer
+}
+
+func (o fwdOutcome) report(err error) {
+	if o.done != nil {
+		o.done(err)
+	}
+	if o.p != nil {
+		o.p.complete()
 	}
 }
 
@@ -298,12 +311,7 @@ func (l *Link) Forward(home, vhost string, queues []string, msg *queue.Message, 
 		return
 	}
 	p.queued.Add(1)
-	it := fwdItem{acks: p.acksSent.Load(), queues: queues, msg: msg, persistent: msg.Persistent, done: func(err error) {
-		if done != nil {
-			done(err)
-		}
-		p.complete()
-	}}
+	it := fwdItem{acks: p.acksSent.Load(), queues: queues, msg: msg, persistent: msg.Persistent, out: fwdOutcome{done: done, p: p}}
 	select {
 	case p.fwd <- it:
 		return
@@ -349,6 +357,14 @@ func (p *peer) barrier() {
 func (p *peer) sendLoop() {
 	var pc *pubConn
 	for {
+		// A forward waiting is taken without the two-way select (cheaper, and under load the
+		// queue is seldom empty); stop is seen when the queue runs dry.
+		select {
+		case it := <-p.fwd:
+			pc = p.send(pc, it)
+			continue
+		default:
+		}
 		select {
 		case it := <-p.fwd:
 			pc = p.send(pc, it)

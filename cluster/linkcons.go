@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -485,13 +486,16 @@ type linkChan struct {
 	startMu sync.Once
 	stopped atomic.Bool // Cancel or Close was called: the end of the consumer is not news
 
-	// The delivery being assembled (read loop only).
+	// The delivery being assembled (read loop only). The content header waits in hdr, reused,
+	// until the body comes: a body in one frame then costs one allocation, header and body
+	// copied in with nothing zeroed first; a longer one grows buf frame by frame.
 	inMsg      bool
 	get        bool
 	d          broker.ProxyDelivery
-	buf        []byte // header then body, one allocation per message (up to linkBodyPrealloc)
-	hdrLen     int
-	bodySize   int // the body's size, from the content header
+	hdr        []byte // the content header received (valid while hasHdr)
+	hasHdr     bool
+	buf        []byte // header then the body so far, once body frames came (nil before)
+	bodySize   int    // the body's size, from the content header
 	lastEx     string
 	lastKey    string
 	getResults chan getResult
@@ -592,7 +596,7 @@ func (lc *linkChan) frame(f amqp.Frame) error {
 		}
 		return lc.method(m)
 	case amqp.FrameHeader:
-		if !lc.inMsg || lc.buf != nil {
+		if !lc.inMsg || lc.hasHdr {
 			return fmt.Errorf("channel %d: unexpected content header", lc.id)
 		}
 		if len(f.Payload) < 14 {
@@ -604,21 +608,36 @@ func (lc *linkChan) frame(f amqp.Frame) error {
 		if size > broker.MaxMessageSize {
 			return fmt.Errorf("channel %d: body of %d bytes", lc.id, size)
 		}
-		// The size is the home's claim: the buffer grows with the frames that arrive from a
-		// first allocation of at most linkBodyPrealloc (one allocation for most messages).
-		lc.hdrLen, lc.bodySize = len(p), int(size)
-		lc.buf = make([]byte, len(p), len(p)+min(int(size), linkBodyPrealloc))
-		copy(lc.buf, p)
+		lc.hdr, lc.hasHdr, lc.bodySize = append(lc.hdr[:0], p...), true, int(size)
 		if size == 0 {
+			lc.buf = slices.Clone(lc.hdr)
 			return lc.complete()
 		}
 		return nil
 	case amqp.FrameBody:
-		if !lc.inMsg || lc.buf == nil || len(lc.buf)-lc.hdrLen+len(f.Payload) > lc.bodySize {
+		n := len(lc.hdr)
+		got := 0
+		if lc.buf != nil {
+			got = len(lc.buf) - n
+		}
+		if !lc.inMsg || !lc.hasHdr || got+len(f.Payload) > lc.bodySize {
 			return fmt.Errorf("channel %d: unexpected body frame", lc.id)
 		}
-		lc.buf = append(lc.buf, f.Payload...)
-		if len(lc.buf)-lc.hdrLen == lc.bodySize {
+		switch {
+		case lc.buf != nil:
+			lc.buf = append(lc.buf, f.Payload...)
+		case len(f.Payload) == lc.bodySize:
+			// The whole body in one frame, the common case: the append allocates (the header's
+			// slice is full) and copies both, zeroing nothing it then overwrites.
+			lc.buf = append(lc.hdr[:n:n], f.Payload...)
+		default:
+			// The size is the home's claim: the buffer grows with the frames that arrive from
+			// a first allocation of at most linkBodyPrealloc.
+			lc.buf = make([]byte, n, n+min(lc.bodySize, linkBodyPrealloc))
+			copy(lc.buf, lc.hdr)
+			lc.buf = append(lc.buf, f.Payload...)
+		}
+		if len(lc.buf)-n == lc.bodySize {
 			return lc.complete()
 		}
 		return nil
@@ -629,8 +648,11 @@ func (lc *linkChan) frame(f amqp.Frame) error {
 // complete hands the assembled message on: to the sink (a consumer's) or to the waiting Get.
 func (lc *linkChan) complete() error {
 	d := lc.d
-	d.Header, d.Body = lc.buf[:lc.hdrLen:lc.hdrLen], lc.buf[lc.hdrLen:]
-	lc.buf, lc.inMsg, lc.d = nil, false, broker.ProxyDelivery{}
+	n := len(lc.hdr)
+	d.Header, d.Body = lc.buf[:n:n], lc.buf[n:]
+	// lc.d is left as it is (the next basic.deliver or get-ok replaces all of it): it holds
+	// only the tag, flags and the exchange and key strings kept in lastEx and lastKey anyway.
+	lc.buf, lc.hasHdr, lc.inMsg = nil, false, false
 	if lc.get {
 		return lc.getResult(getResult{d: d, ok: true}, "basic.get-ok")
 	}

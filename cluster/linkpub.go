@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"crypto/tls"
+	"encoding/binary"
 	"fmt"
 	"net"
 	"sync"
@@ -173,37 +174,66 @@ func (c *pubConn) publish(it fwdItem, metaIndex uint64, more bool) (queued bool,
 			return false, c.confirms.err()
 		}
 	}
-	if err := c.confirms.push(it.done); err != nil {
+	if err := c.confirms.push(it.out); err != nil {
 		<-c.slots
 		return false, err
 	}
-	c.env = broker.EncodeForwardMessage(c.env[:0], metaIndex, it.queues, it.msg)
-	mode := uint8(1)
-	if it.persistent {
-		mode = 2
-	}
+	// The envelope is the message's body after everything else (EncodeForwardMessage): the
+	// rest is encoded apart and the body copied once, straight into the frames.
+	head := *it.msg
+	head.Body = nil
+	c.env = broker.EncodeForwardMessage(c.env[:0], metaIndex, it.queues, &head)
 	c.wmu.Lock()
-	c.wbuf = amqp.AppendMethodFrame(c.wbuf, pubChannelID, &amqp.BasicPublish{Exchange: broker.ForwardExchange})
-	start := len(c.wbuf)
-	// The content header is written in place: class, weight, body size, flags, delivery mode.
-	c.wbuf = amqp.AppendFrame(c.wbuf, amqp.FrameHeader, pubChannelID, nil)
-	c.wbuf = c.wbuf[:len(c.wbuf)-1]
-	c.wbuf = amqp.AppendContentHeader(c.wbuf, amqp.ClassBasic, uint64(len(c.env)), &amqp.Properties{DeliveryMode: mode})
-	n := len(c.wbuf) - start - 7
-	c.wbuf[start+3], c.wbuf[start+4], c.wbuf[start+5], c.wbuf[start+6] = byte(n>>24), byte(n>>16), byte(n>>8), byte(n)
-	c.wbuf = append(c.wbuf, amqp.FrameEnd)
-	chunk := int(c.frameMax - amqp.FrameOverhead)
-	for body := c.env; len(body) > 0; {
-		k := min(chunk, len(body))
-		c.wbuf = amqp.AppendFrame(c.wbuf, amqp.FrameBody, pubChannelID, body[:k])
-		body = body[k:]
-	}
+	c.wbuf = appendForwardFrames(c.wbuf, c.frameMax, it.persistent, c.env, it.msg.Body)
 	big := len(c.wbuf) >= pubFlushBytes
 	c.wmu.Unlock()
 	if !more || big {
 		return true, c.flush()
 	}
 	return true, nil
+}
+
+// pubPublishFrame is the method frame of every forward (basic.publish to
+// broker.ForwardExchange on the forwarding channel), and pubHeaderFrames the content header
+// frames of a transient and a persistent forward with a body size of 0, which
+// appendForwardFrames sets: encoded once, as they never change.
+var (
+	pubPublishFrame = amqp.AppendMethodFrame(nil, pubChannelID, &amqp.BasicPublish{Exchange: broker.ForwardExchange})
+	pubHeaderFrames = [2][]byte{pubHeaderFrame(1), pubHeaderFrame(2)}
+)
+
+func pubHeaderFrame(mode uint8) []byte {
+	return amqp.AppendFrame(nil, amqp.FrameHeader, pubChannelID,
+		amqp.AppendContentHeader(nil, amqp.ClassBasic, 0, &amqp.Properties{DeliveryMode: mode}))
+}
+
+// pubBodySizeAt is the offset of the body size in a content header frame: after the frame's
+// type, channel and size (7 bytes), and the class and weight (4).
+const pubBodySizeAt = 7 + 4
+
+// appendForwardFrames appends the frames of one forward to dst: basic.publish, the content
+// header (delivery mode 2 when persistent) and the envelope head+body in body frames of at
+// most frameMax bytes.
+func appendForwardFrames(dst []byte, frameMax uint32, persistent bool, head, body []byte) []byte {
+	dst = append(dst, pubPublishFrame...)
+	hdr := pubHeaderFrames[0]
+	if persistent {
+		hdr = pubHeaderFrames[1]
+	}
+	at := len(dst) + pubBodySizeAt
+	dst = append(dst, hdr...)
+	binary.BigEndian.PutUint64(dst[at:], uint64(len(head)+len(body)))
+	chunk := int(frameMax - amqp.FrameOverhead)
+	for len(head)+len(body) > 0 {
+		k := min(chunk, len(head)+len(body))
+		dst = append(dst, amqp.FrameBody, byte(pubChannelID>>8), byte(pubChannelID&0xff), byte(k>>24), byte(k>>16), byte(k>>8), byte(k))
+		h := min(k, len(head))
+		dst = append(dst, head[:h]...)
+		dst = append(dst, body[:k-h]...)
+		head, body = head[h:], body[k-h:]
+		dst = append(dst, amqp.FrameEnd)
+	}
+	return dst
 }
 
 // heartbeats sends a heartbeat every half interval and ends the connection when the home was
@@ -249,11 +279,23 @@ func (c *pubConn) read() error {
 		if f.Type != amqp.FrameMethod {
 			continue // heartbeats
 		}
+		var n int
+		if tag, multiple, nack, ok := scanConfirm(f.Payload); ok {
+			// The confirms, nearly every frame read here, are read in place.
+			var err error
+			if nack {
+				err = fmt.Errorf("cluster: node %s refused a forwarded message", c.node)
+			}
+			n = c.confirms.settle(tag, multiple, err)
+			for range n {
+				<-c.slots
+			}
+			continue
+		}
 		m, err := amqp.DecodeMethod(f.Payload)
 		if err != nil {
 			return err
 		}
-		var n int
 		switch m := m.(type) {
 		case *amqp.BasicAck:
 			n = c.confirms.settle(m.DeliveryTag, m.Multiple, nil)
@@ -270,6 +312,15 @@ func (c *pubConn) read() error {
 			<-c.slots
 		}
 	}
+}
+
+// scanConfirm reads a basic.ack or basic.nack method payload in place (class 60, method 80 or
+// 120, a 64-bit tag, then the bits: multiple first); ok is false for any other method.
+func scanConfirm(p []byte) (tag uint64, multiple, nack, ok bool) {
+	if len(p) != 13 || p[0] != 0 || p[1] != 60 || p[2] != 0 || (p[3] != 80 && p[3] != 120) {
+		return 0, false, false, false
+	}
+	return binary.BigEndian.Uint64(p[4:12]), p[12]&1 != 0, p[3] == 120, true
 }
 
 // close ends the connection with the close handshake, not waited for beyond a second.
@@ -298,9 +349,17 @@ func (c *pubConn) dead() bool { return c.confirms.err() != nil }
 type confirmQueue struct {
 	mu    sync.Mutex
 	base  uint64 // the tag of items[0]
-	items []func(error)
+	items []confirmSlot
 	dead  error
 	gone  chan struct{} // closed with dead
+	fire  []fwdOutcome  // settle's outcomes to report (reused: settle has one caller, the reader)
+}
+
+// confirmSlot is one forward's place in the confirm queue; settled once its outcome is
+// reported.
+type confirmSlot struct {
+	out     fwdOutcome
+	settled bool
 }
 
 func newConfirmQueue() *confirmQueue { return &confirmQueue{base: 1, gone: make(chan struct{})} }
@@ -311,22 +370,19 @@ func (q *confirmQueue) err() error {
 	return q.dead
 }
 
-// push adds the next tag's outcome callback (nil for none is fine).
-func (q *confirmQueue) push(done func(error)) error {
+// push adds the next tag's outcome (an empty one is fine).
+func (q *confirmQueue) push(out fwdOutcome) error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.dead != nil {
 		return q.dead
 	}
-	if done == nil {
-		done = func(error) {}
-	}
-	q.items = append(q.items, done)
+	q.items = append(q.items, confirmSlot{out: out})
 	return nil
 }
 
-// settle runs the callbacks of tag (and every earlier one with multiple) with err and returns
-// how many it settled.
+// settle reports err as the outcome of tag (and of every earlier one with multiple) and
+// returns how many it settled. One goroutine at a time (the connection's reader).
 func (q *confirmQueue) settle(tag uint64, multiple bool, err error) int {
 	q.mu.Lock()
 	if tag < q.base || tag >= q.base+uint64(len(q.items)) {
@@ -338,15 +394,15 @@ func (q *confirmQueue) settle(tag uint64, multiple bool, err error) int {
 	if multiple {
 		lo = 0
 	}
-	var fs []func(error)
+	fs := q.fire[:0]
 	for j := lo; j <= i; j++ {
-		if q.items[j] != nil {
-			fs = append(fs, q.items[j])
-			q.items[j] = nil
+		if s := &q.items[j]; !s.settled {
+			fs = append(fs, s.out)
+			*s = confirmSlot{settled: true} // the outcome is reported once; drop its references
 		}
 	}
 	k := 0
-	for k < len(q.items) && q.items[k] == nil {
+	for k < len(q.items) && q.items[k].settled {
 		k++
 	}
 	q.base += uint64(k)
@@ -356,10 +412,13 @@ func (q *confirmQueue) settle(tag uint64, multiple bool, err error) int {
 		q.items = q.items[k:]
 	}
 	q.mu.Unlock()
-	for _, f := range fs {
-		f(err)
+	for _, o := range fs {
+		o.report(err)
 	}
-	return len(fs)
+	n := len(fs)
+	clear(fs)
+	q.fire = fs[:0]
+	return n
 }
 
 // kill fails every unconfirmed forward: the channel is gone, so their confirms never come.
@@ -373,9 +432,9 @@ func (q *confirmQueue) kill(err error) {
 	q.items, q.dead = nil, err
 	close(q.gone)
 	q.mu.Unlock()
-	for _, f := range items {
-		if f != nil {
-			f(err)
+	for _, s := range items {
+		if !s.settled {
+			s.out.report(err)
 		}
 	}
 }
