@@ -311,9 +311,15 @@ func (l *Link) Forward(home, vhost string, queues []string, msg *queue.Message, 
 		return
 	}
 	p.queued.Add(1)
-	it := fwdItem{acks: p.acksSent.Load(), queues: queues, msg: msg, persistent: msg.Persistent, out: fwdOutcome{done: done, p: p}}
+	p.enqueue(fwdItem{acks: p.acksSent.Load(), queues: queues, msg: msg, persistent: msg.Persistent, out: fwdOutcome{done: done, p: p}})
+}
+
+// enqueue hands it to the peer's sender goroutine, or gives it its outcome when the queue
+// stays full or the link is closed.
+func (p *peer) enqueue(it fwdItem) {
 	select {
 	case p.fwd <- it:
+		p.afterEnqueue()
 		return
 	default:
 	}
@@ -321,10 +327,22 @@ func (l *Link) Forward(home, vhost string, queues []string, msg *queue.Message, 
 	defer t.Stop()
 	select {
 	case p.fwd <- it:
+		p.afterEnqueue()
 	case <-t.C:
-		it.finish(fmt.Errorf("cluster link to node %s: forward queue full: %w", home, errLinkTimeout))
-	case <-l.stop:
+		it.finish(fmt.Errorf("cluster link to node %s: forward queue full: %w", p.node, errLinkTimeout))
+	case <-p.l.stop:
 		it.finish(errLinkClosed)
+	}
+}
+
+// afterEnqueue fails what is queued when the link closed meanwhile: the peer may have been
+// taken before Close, and the sender goroutine may have drained its queue for the last time
+// before the item went in (it exits only after it saw stop, so stop is seen here then).
+func (p *peer) afterEnqueue() {
+	select {
+	case <-p.l.stop:
+		p.failQueued(errLinkClosed)
+	default:
 	}
 }
 
@@ -541,7 +559,10 @@ func (l *Link) Getter(home, vhost string) (broker.ProxyGetter, *amqp.Error) {
 // name refuses it even with the same secret; the roles and the order of the node names keep
 // one side's MAC from passing for the other's. The client proves itself first, so a
 // connection to the AMQP port gets no MAC of the server's without the secret (nothing to try
-// guesses of a weak secret against offline). A man in the middle that can reach the real node
+// guesses of a weak secret against offline). That protection is one-sided: a fake node at a
+// peer's address gets the connecting node's MAC over a challenge it chose, so a weak secret
+// can be guessed offline from that; a long random secret, or cluster.tls (the certificate is
+// checked before any MAC is sent), rules it out. A man in the middle that can reach the real node
 // can still relay a whole login and read the (plain TCP) traffic; cluster.tls, which wraps the
 // links in mutual TLS, rules that out.
 type LinkAuth struct {

@@ -6,6 +6,7 @@ import (
 	"net"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/warrenmq/warren/amqp"
 	"github.com/warrenmq/warren/broker"
@@ -212,4 +213,24 @@ func FuzzScanConfirm(f *testing.F) {
 			t.Fatalf("%x: scanned as a confirm, decoded as %s", p, m.Name())
 		}
 	})
+}
+
+// TestForwardAfterCloseGetsOutcome checks that a forward queued to a peer taken before the
+// link closed, after its sender goroutine drained the queue for the last time, still gets its
+// outcome (it waited forever, and a barrier behind it until its timeout).
+func TestForwardAfterCloseGetsOutcome(t *testing.T) {
+	l := NewLink(LinkConfig{Cluster: "c", Node: "n2", Secret: "0123456789abcdef", Addr: func(string) string { return "" }, Logger: quietLog()})
+	// A peer with no sender goroutine stands for one whose sender already exited.
+	p := &peer{l: l, node: "n1", vhost: "/", fwd: make(chan fwdItem, 4)}
+	l.Close()
+	got := make(chan error, 1)
+	p.enqueue(fwdItem{queues: []string{"q"}, msg: &queue.Message{Body: []byte("x")}, out: fwdOutcome{done: func(err error) { got <- err }}})
+	select {
+	case err := <-got:
+		if !errors.Is(err, errLinkClosed) {
+			t.Fatalf("outcome %v, want %v", err, errLinkClosed)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a forward queued after the link closed got no outcome")
+	}
 }
