@@ -24,12 +24,6 @@ var quorumKnownBugs = []string{
 	// ms against the test's 250 ms bound, seen at load average 17-21 on 2 cores with the
 	// whole suite in parallel; passed in 1 of 3 runs. Quorum delivery latency, not the delay.
 	"TestDelayedDelivery",
-	// Intermittent under -race at load (seen by four helpers, on main as well): "0", nacked
-	// with a 300 ms x-redelivery-delay, must come before "2" once "1" is acked 350 ms later;
-	// on a quorum queue "0" is made ready again only by the leader's due-time proposal, and
-	// when that commit comes after the ack has freed the prefetch, "2" goes first. Needs the
-	// due-time promotion applied on the node's own clock before it hands on its window.
-	"TestExtRedeliveryDelay",
 }
 
 // runQuorumConformance runs the conformance suite with -queue-type quorum (every queue
