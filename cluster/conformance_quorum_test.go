@@ -19,11 +19,6 @@ var quorumKnownBugs = []string{
 	// local queue dispatches its window to the new active consumer before its Dropped hook
 	// hands the requeued ones to the log (docs/quorum.md has the options).
 	"TestSingleActiveConsumer",
-	// Runs since x-delayed-message exchanges work in a cluster: its three undelayed messages
-	// (routed at once, as by any exchange) reach the consumer of the quorum queue in 266-406
-	// ms against the test's 250 ms bound, seen at load average 17-21 on 2 cores with the
-	// whole suite in parallel; passed in 1 of 3 runs. Quorum delivery latency, not the delay.
-	"TestDelayedDelivery",
 }
 
 // runQuorumConformance runs the conformance suite with -queue-type quorum (every queue
