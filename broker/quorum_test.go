@@ -430,3 +430,16 @@ func TestQuorumDueRedeliveryBeforeWindow(t *testing.T) {
 		t.Fatal("a not flagged redelivered")
 	}
 }
+
+// TestQuorumFirstConsumerWaitsForCheckout: a node's first consumer returns (consume-ok) once
+// its checkout is applied, as RabbitMQ's checkout: the ready message is assigned by then.
+func TestQuorumFirstConsumerWaitsForCheckout(t *testing.T) {
+	qq, _, _ := newTestQuorum(t, quorum.NoLimits())
+	if _, err := propose(t, qq, quorum.Command{Kind: quorum.KindEnqueue, Msgs: []*quorum.Msg{{Body: []byte("a")}}}); err != nil {
+		t.Fatal(err)
+	}
+	qq.consumerAdded()
+	if ready, held := qq.m.Counts(); ready != 0 || held != 1 {
+		t.Fatalf("after the first consumer: %d ready, %d held; want the message checked out", ready, held)
+	}
+}
