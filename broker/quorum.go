@@ -101,6 +101,12 @@ const quorumMaxBatch = 1 << 20
 // metadata change (cluster.DefaultProposeTimeout).
 const quorumOpTimeout = 10 * time.Second
 
+// quorumPromoteWait bounds how long a node waits for a due redelivery's promotion (or the
+// first consumer's checkout) to be applied before it lets its consumers take more
+// (promoteDue, consumerAdded): one Raft round normally; without a majority the caller goes
+// on after it, unordered.
+const quorumPromoteWait = 2 * time.Second
+
 // quorumOpenTimeout bounds awaitQuorumOpen as a whole: quorumOpTimeout (shorter in tests).
 var quorumOpenTimeout = quorumOpTimeout
 
@@ -122,6 +128,13 @@ type quorumOp struct {
 	cmd  quorum.Command
 	done func(quorum.Result, error) // nil: nothing to do with the result
 	size int
+	// at is this node's clock (unix ms) when a return of deliveries was decided, on a queue
+	// with a redelivery delay: proposed as a KindAt before it, so that the delay counts
+	// from the requeue, not from the round that carries it (submitReturn).
+	at int64
+	// clock: the batch carries this node's clock for the op (a follower's KindClock; a
+	// leader's batch carries it anyway), which promotes the redeliveries due by it.
+	clock bool
 }
 
 type quorumEvent struct {
@@ -218,6 +231,16 @@ type quorumQueue struct {
 	localRequeue bool
 	// dlx is the at-least-once dead-letter worker (nil: at-most-once; quorum_dlx.go).
 	dlx *quorumDLX
+	// minRedelivery is the shortest redelivery delay of the queue (ms; 0: none): a return
+	// of deliveries waits at least that long in the log (quorum.Limits.RedeliveryDelay).
+	minRedelivery int64
+	// returnsDue are the clocks (at) of the returns of deliveries submitted and not yet
+	// answered, oldest first (qq.mu): one that may be due already is not in the log's
+	// delayed list yet (promoteDue).
+	returnsDue []int64
+	// promoting, when not nil, is closed once the promotion under way (promoteDue) has been
+	// applied and handed on (qq.mu).
+	promoting chan struct{}
 }
 
 // openQuorum creates a quorum queue's local Queue and opens its group; handled is false when
@@ -264,6 +287,13 @@ func (v *VHost) openQuorum(op TopologyOp, spec queueSpec) (qs *Queue, handled bo
 	limits.RedeliveryDelay = spec.opts.RedeliveryDelay.Milliseconds()
 	limits.RedeliveryMaxDelay = spec.opts.RedeliveryMaxDelay.Milliseconds()
 	limits.RedeliveryBackoff = spec.opts.RedeliveryBackoff
+	if limits.RedeliveryDelay > 0 {
+		// The first delay is the shortest: a backoff only lengthens later ones.
+		qq.minRedelivery = limits.RedeliveryDelay
+		if limits.RedeliveryMaxDelay > 0 {
+			qq.minRedelivery = min(qq.minRedelivery, limits.RedeliveryMaxDelay)
+		}
+	}
 	if spec.expires > 0 {
 		limits.Expires = max(spec.expires.Milliseconds(), 1)
 	}
@@ -503,19 +533,137 @@ func (qq *quorumQueue) stopped() bool {
 
 // submit queues a command for the next proposal.
 func (qq *quorumQueue) submit(cmd quorum.Command, done func(quorum.Result, error)) {
+	qq.submitOp(quorumOp{cmd: cmd, done: done, size: cmdSize(&cmd)})
+}
+
+// submitOp queues op for the next proposal. An op with a clock (at) is a return of
+// deliveries that may become due before it is applied: recorded in returnsDue until its
+// answer.
+func (qq *quorumQueue) submitOp(op quorumOp) {
 	qq.mu.Lock()
+	if op.at > 0 {
+		qq.returnsDue = append(qq.returnsDue, op.at)
+		done := op.done
+		op.done = func(r quorum.Result, err error) {
+			qq.mu.Lock()
+			if len(qq.returnsDue) > 0 {
+				qq.returnsDue = qq.returnsDue[1:]
+			}
+			if len(qq.returnsDue) == 0 {
+				qq.returnsDue = nil
+			}
+			qq.mu.Unlock()
+			if done != nil {
+				done(r, err)
+			}
+		}
+	}
 	if qq.gone {
 		qq.mu.Unlock()
-		if done != nil {
-			done(quorum.Result{}, errQuorumGone)
+		if op.done != nil {
+			op.done(quorum.Result{}, errQuorumGone)
 		}
 		return
 	}
-	qq.pending = append(qq.pending, quorumOp{cmd: cmd, done: done, size: cmdSize(&cmd)})
+	qq.pending = append(qq.pending, op)
 	qq.mu.Unlock()
 	select {
 	case qq.wake <- struct{}{}:
 	default:
+	}
+}
+
+// submitReturn submits the return of ids, held by this node (delivered: they reached a
+// client, and count a delivery). On a queue with a redelivery delay, a return of
+// deliveries carries this node's clock now: the delay counts from the requeue, as a classic
+// queue's does, not from the proposal that carries it one round or more later (with a 300
+// ms delay and an ack 350 ms after the nack, a late proposal made the message due after the
+// ack, and a later message went first).
+func (qq *quorumQueue) submitReturn(ids []uint64, delivered bool, done func(quorum.Result, error)) {
+	cmd := quorum.Command{Kind: quorum.KindReturn, Node: qq.node, IDs: ids, Delivered: delivered}
+	op := quorumOp{cmd: cmd, done: done, size: cmdSize(&cmd)}
+	if delivered && qq.minRedelivery > 0 {
+		op.at = time.Now().UnixMilli()
+	}
+	qq.submitOp(op)
+}
+
+// promoteDue is called before this node's consumers may take more messages (an ack or a
+// requeue returned credit, a basic.get, another consumer): when a delayed redelivery is due
+// by this node's clock (quorum.Machine.NextRedelivery, or a return of deliveries not applied
+// yet whose shortest delay has passed), it proposes this node's clock and waits until that
+// is applied and what it assigned here is in the local queue, at most quorumPromoteWait. So
+// the due message goes ahead of the later ones of the node's window, as on a classic queue,
+// whose dispatch promotes what is due first; before, it waited for the leader's timer, and
+// when that round came after the ack, a later message went first. Every replica applies the
+// same clock command: the state stays the same everywhere. A due promotion already under way
+// is waited for, not proposed again.
+func (qq *quorumQueue) promoteDue() {
+	if qq.minRedelivery <= 0 {
+		return
+	}
+	timer := time.NewTimer(quorumPromoteWait)
+	defer timer.Stop()
+	for range 2 { // a promotion under way may have taken its clock before this one's due time
+		now := time.Now().UnixMilli()
+		qq.mu.Lock()
+		due := len(qq.returnsDue) > 0 && qq.returnsDue[0]+qq.minRedelivery <= now
+		if at := qq.m.NextRedelivery(); at > 0 && at <= now {
+			due = true
+		}
+		if !due || qq.gone {
+			qq.mu.Unlock()
+			return
+		}
+		wait := qq.promoting
+		if wait == nil {
+			wait = make(chan struct{})
+			qq.promoting = wait
+			qq.mu.Unlock()
+			go qq.promote(wait)
+		} else {
+			qq.mu.Unlock()
+		}
+		select {
+		case <-wait:
+		case <-timer.C:
+			return
+		case <-qq.stop:
+			return
+		case <-qq.g.Done():
+			return
+		}
+	}
+}
+
+// promote proposes this node's clock (behind everything submitted before: the returns
+// included), waits until it is applied here and the deliverer has handed on what was
+// assigned up to then, and closes wait.
+func (qq *quorumQueue) promote(wait chan struct{}) {
+	defer func() {
+		qq.mu.Lock()
+		qq.promoting = nil
+		qq.mu.Unlock()
+		close(wait)
+	}()
+	applied := make(chan struct{})
+	cmd := quorum.Command{Kind: quorum.KindDelivered, Node: qq.node} // changes nothing
+	qq.submitOp(quorumOp{cmd: cmd, size: cmdSize(&cmd), clock: true, done: func(quorum.Result, error) { close(applied) }})
+	timer := time.NewTimer(quorumPromoteWait)
+	defer timer.Stop()
+	select {
+	case <-applied:
+	case <-timer.C:
+		return
+	case <-qq.stop:
+		return
+	}
+	flushed := make(chan struct{})
+	qq.event(quorumEvent{flushed: flushed})
+	select {
+	case <-flushed:
+	case <-timer.C:
+	case <-qq.stop:
 	}
 }
 
@@ -670,15 +818,20 @@ func (qq *quorumQueue) proposeLoop() {
 				now = time.Now().UnixMilli()
 			}
 			batch := quorum.Command{Kind: quorum.KindBatch, Batch: prefix, Now: now}
-			clockAt := len(ops) // ops from clockAt on have their result one further
+			resAt := make([]int, len(ops)) // ops[i]'s result is rs[resAt[i]]
+			clocked := now != 0
 			for i := range ops {
-				if k := ops[i].cmd.Kind; now == 0 && clockAt == len(ops) && (k == quorum.KindGet || k == quorum.KindReturn || k == quorum.KindTouch) {
+				if k := ops[i].cmd.Kind; !clocked && (ops[i].clock || k == quorum.KindGet || k == quorum.KindReturn || k == quorum.KindTouch) {
 					// A follower's basic.get or return: its clock, for this batch only, so
 					// that it does not take a head that expired since the leader's last
-					// proposal, and a redelivery delay counts from now.
+					// proposal, and due redeliveries are promoted by it.
 					batch.Batch = append(batch.Batch, quorum.Command{Kind: quorum.KindClock, Now: time.Now().UnixMilli()})
-					clockAt = i
+					clocked = true
 				}
+				if ops[i].at > 0 {
+					batch.Batch = append(batch.Batch, quorum.Command{Kind: quorum.KindAt, Now: ops[i].at})
+				}
+				resAt[i] = len(batch.Batch)
 				batch.Batch = append(batch.Batch, ops[i].cmd)
 			}
 			batch.Batch = append(batch.Batch, checkout...)
@@ -714,11 +867,7 @@ func (qq *quorumQueue) proposeLoop() {
 					continue
 				}
 				var r quorum.Result
-				j := len(prefix) + i
-				if i >= clockAt {
-					j++
-				}
-				if j < len(rs) {
+				if j := resAt[i]; j < len(rs) {
 					r = rs[j]
 				}
 				op.done(r, err)
@@ -1027,12 +1176,34 @@ func (qq *quorumQueue) recheckCredit(revoked bool) {
 	}
 }
 
-// consumerAdded: the first local consumer checks the node out.
+// consumerAdded: the first local consumer checks the node out, and its basic.consume-ok
+// waits until the checkout is applied (at most quorumPromoteWait), as RabbitMQ's checkout of
+// a quorum queue is synchronous: the messages published after consume-ok are then assigned
+// in their own round, not one round behind the checkout (a delivery two rounds after the
+// publish took 266-406 ms at load 17-21 in conformance TestDelayedDelivery). A further
+// consumer may take messages at once: a due redelivery goes first (promoteDue).
 func (qq *quorumQueue) consumerAdded() {
 	qq.dmu.Lock()
-	qq.consumers.Add(1)
+	first := qq.consumers.Add(1) == 1
 	qq.dmu.Unlock()
 	qq.recheckCredit(false)
+	if !first {
+		qq.promoteDue()
+		return
+	}
+	// Behind the credit check (a batch that takes this op has the checkout in it, or an
+	// earlier one had), with this node's clock: due redeliveries are promoted by it too.
+	applied := make(chan struct{})
+	cmd := quorum.Command{Kind: quorum.KindDelivered, Node: qq.node} // changes nothing
+	qq.submitOp(quorumOp{cmd: cmd, size: cmdSize(&cmd), clock: true, done: func(quorum.Result, error) { close(applied) }})
+	timer := time.NewTimer(quorumPromoteWait)
+	defer timer.Stop()
+	select {
+	case <-applied:
+	case <-timer.C:
+	case <-qq.stop:
+	case <-qq.g.Done():
+	}
 }
 
 // consumerRemoved: when the last local consumer goes, the node stops taking messages and
@@ -1154,7 +1325,7 @@ func (qq *quorumQueue) localDropped(_ *queue.Queue, es []*queue.Entry, why queue
 	// one return the log has not seen (Returns-1 deliveries before it); the return counts it.
 	qq.submitCounts(es, 1)
 	applied := make(chan struct{})
-	qq.submit(quorum.Command{Kind: quorum.KindReturn, Node: qq.node, IDs: ids, Delivered: true}, func(r quorum.Result, err error) {
+	qq.submitReturn(ids, true, func(r quorum.Result, err error) {
 		close(applied)
 		qq.dropped(r, err)
 	})
@@ -1209,8 +1380,10 @@ func (qq *quorumQueue) settle(kind Settlement, es []*queue.Entry) {
 	case Reject:
 		qq.submit(quorum.Command{Kind: quorum.KindDiscard, Node: qq.node, IDs: ids}, qq.dropped)
 	default:
-		qq.submit(quorum.Command{Kind: quorum.KindReturn, Node: qq.node, IDs: ids, Delivered: true}, qq.dropped)
+		qq.submitReturn(ids, true, qq.dropped)
 	}
+	// The credit given back lets the node's consumers take more: a due redelivery first.
+	qq.promoteDue()
 }
 
 // get is basic.get: a message this node holds undelivered, else the queue's head through the
@@ -1219,6 +1392,7 @@ func (qq *quorumQueue) settle(kind Settlement, es []*queue.Entry) {
 // it counted there like any other; a local consumer may take it first, then the next is
 // fetched (three tries).
 func (qq *quorumQueue) get(noAck bool) (*queue.Entry, int, bool, *amqp.Error) {
+	qq.promoteDue() // a due redelivery before the node's window
 	for range 3 {
 		ready, _ := qq.m.Counts()
 		if e, remaining, ok := qq.qs.q.Get(noAck); ok {

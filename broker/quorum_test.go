@@ -361,3 +361,85 @@ func TestQuorumRestoreHoldsBackLaterAssignments(t *testing.T) {
 		t.Fatalf("delivered %q, want a, b, c", got)
 	}
 }
+
+// onePrefetch is a consumer with a prefetch of 1: Busy while it holds a delivery.
+type onePrefetch struct {
+	mu   sync.Mutex
+	held bool
+	got  chan *queue.Entry
+}
+
+func (c *onePrefetch) Deliver(_ *queue.Queue, e *queue.Entry) queue.Outcome {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.held {
+		return queue.Busy
+	}
+	c.held = true
+	c.got <- e
+	return queue.Accepted
+}
+
+// settle gives the credit back, then settles e and retries delivery, as a channel does.
+func (c *onePrefetch) settle(qq *quorumQueue, kind Settlement, e *queue.Entry) {
+	c.mu.Lock()
+	c.held = false
+	c.mu.Unlock()
+	qq.settle(kind, []*queue.Entry{e})
+	qq.qs.q.Kick()
+}
+
+func (c *onePrefetch) next(t *testing.T, want string) *queue.Entry {
+	t.Helper()
+	select {
+	case e := <-c.got:
+		if string(e.Msg.Body) != want {
+			t.Fatalf("delivered %q, want %q", e.Msg.Body, want)
+		}
+		return e
+	case <-time.After(10 * time.Second):
+		t.Fatalf("no delivery, want %q", want)
+		return nil
+	}
+}
+
+// TestQuorumDueRedeliveryBeforeWindow: a message requeued with x-redelivery-delay goes, once
+// due by the node's clock, ahead of the later messages already in the node's window when an
+// ack frees the consumer's prefetch (conformance TestExtRedeliveryDelay). The group's leader
+// is another node, whose timer never promotes it here: the ack itself must.
+func TestQuorumDueRedeliveryBeforeWindow(t *testing.T) {
+	l := quorum.NoLimits()
+	l.RedeliveryDelay = 100
+	qq, g, _ := newTestQuorum(t, l)
+	qq.minRedelivery = 100
+	g.mu.Lock()
+	g.leader = "n2"
+	g.mu.Unlock()
+	if _, err := propose(t, qq, quorum.Command{Kind: quorum.KindEnqueue, Msgs: []*quorum.Msg{{Body: []byte("a")}, {Body: []byte("b")}, {Body: []byte("c")}}}); err != nil {
+		t.Fatal(err)
+	}
+	c := &onePrefetch{got: make(chan *queue.Entry, 4)}
+	qq.consumerAdded()
+	qq.qs.q.AddConsumer(c)
+	a := c.next(t, "a")
+	c.settle(qq, Requeue, a)
+	b := c.next(t, "b") // while a waits out its delay
+	time.Sleep(150 * time.Millisecond)
+	c.settle(qq, Ack, b)
+	if e := c.next(t, "a"); !e.Redelivered() {
+		t.Fatal("a not flagged redelivered")
+	}
+}
+
+// TestQuorumFirstConsumerWaitsForCheckout: a node's first consumer returns (consume-ok) once
+// its checkout is applied, as RabbitMQ's checkout: the ready message is assigned by then.
+func TestQuorumFirstConsumerWaitsForCheckout(t *testing.T) {
+	qq, _, _ := newTestQuorum(t, quorum.NoLimits())
+	if _, err := propose(t, qq, quorum.Command{Kind: quorum.KindEnqueue, Msgs: []*quorum.Msg{{Body: []byte("a")}}}); err != nil {
+		t.Fatal(err)
+	}
+	qq.consumerAdded()
+	if ready, held := qq.m.Counts(); ready != 0 || held != 1 {
+		t.Fatalf("after the first consumer: %d ready, %d held; want the message checked out", ready, held)
+	}
+}

@@ -13,19 +13,7 @@ import (
 // Warren bugs, not RabbitMQ differences (each passes against RabbitMQ 3.10.8 quorum queues, or
 // fails there differently). Listed, not hidden: each comment says what it needs; remove a
 // name when its bug is fixed. Everything else of the suite must pass.
-var quorumKnownBugs = []string{
-	// Runs since x-delayed-message exchanges work in a cluster: its three undelayed messages
-	// (routed at once, as by any exchange) reach the consumer of the quorum queue in 266-406
-	// ms against the test's 250 ms bound, seen at load average 17-21 on 2 cores with the
-	// whole suite in parallel; passed in 1 of 3 runs. Quorum delivery latency, not the delay.
-	"TestDelayedDelivery",
-	// Intermittent under -race at load (seen by four helpers, on main as well): "0", nacked
-	// with a 300 ms x-redelivery-delay, must come before "2" once "1" is acked 350 ms later;
-	// on a quorum queue "0" is made ready again only by the leader's due-time proposal, and
-	// when that commit comes after the ack has freed the prefetch, "2" goes first. Needs the
-	// due-time promotion applied on the node's own clock before it hands on its window.
-	"TestExtRedeliveryDelay",
-}
+var quorumKnownBugs = []string{}
 
 // runQuorumConformance runs the conformance suite with -queue-type quorum (every queue
 // declared through its harness is a durable quorum queue where RabbitMQ allows one) against

@@ -35,6 +35,11 @@ const (
 	// delivery count is raised to that (never lowered: applying it twice, or after a later
 	// count, changes nothing).
 	KindCount
+	// KindAt is the proposer's clock (Now) when it decided the next command of the batch (a
+	// return): the redelivery delay of what that command returns counts from then, not from
+	// when its batch was proposed (one round or more later under load), as a classic
+	// queue's counts from the requeue. For that next command only.
+	KindAt
 	kindEnd
 )
 
@@ -51,6 +56,7 @@ type Command struct {
 	Batch     []Command
 	// Now is the proposer's clock (unix ms) for a batch: the queue's time moves to the
 	// highest Now applied, and messages whose Expires is before it expire at the head.
+	// KindClock and KindAt carry a clock too (see them).
 	Now int64
 }
 
@@ -118,7 +124,7 @@ func (c Command) Encode(b []byte) []byte {
 		b = appendBool(b, c.NoAck)
 	case KindNodeDown:
 		b = appendString(b, c.Node)
-	case KindClock:
+	case KindClock, KindAt:
 		b = binary.AppendUvarint(b, uint64(max(c.Now, 0)))
 	case KindDLXSettle:
 		b = appendIDs(b, c.IDs)
@@ -367,7 +373,7 @@ func (d *decoder) command(depth int) Command {
 		c.NoAck = d.bool("no-ack")
 	case KindNodeDown:
 		c.Node = d.string("node")
-	case KindClock:
+	case KindClock, KindAt:
 		c.Now = d.int63("clock")
 	case KindDLXSettle:
 		c.IDs = d.ids()

@@ -155,6 +155,7 @@ type Machine struct {
 	seq     uint64 // checkouts counted, for nodeState.since
 	now     int64  // the highest batch Now applied (unix ms)
 	clock   int64  // a follower's KindClock, for the rest of its batch only
+	at      int64  // a KindAt, for the next command only
 	expired []Dropped
 	returns []*Msg // returned messages, by ID: delivered before ready ones
 	// delayed are returned messages waiting for their redelivery delay, by due time (then
@@ -170,6 +171,7 @@ type Machine struct {
 	readyN, heldN atomic.Int64 // for Counts from other goroutines
 	headExpires   atomic.Int64 // the head's Expires, for HeadExpires
 	nextDue       atomic.Int64 // for NextDue
+	nextRedeliver atomic.Int64 // for NextRedelivery
 	expiredQ      atomic.Bool  // for Expired
 	assigned      map[string][]Msg
 	// dlx is the discards of at-least-once dead-lettering (dlx.go).
@@ -226,7 +228,7 @@ func (m *Machine) Apply(_ uint64, cmd []byte) any {
 		m.touch() // the queue's first known time: the countdown starts at its creation
 	}
 	m.storeCounts() // with the batch's clock: Expired may be by a follower's
-	m.clock = 0
+	m.clock, m.at = 0, 0
 	m.flushAssigned()
 	if m.hooks.Applied != nil {
 		m.hooks.Applied()
@@ -246,6 +248,11 @@ func (m *Machine) storeCounts() {
 		due = at
 	}
 	m.nextDue.Store(due)
+	var redeliver int64
+	if len(m.delayed) > 0 {
+		redeliver = m.delayed[0].at
+	}
+	m.nextRedeliver.Store(redeliver)
 	m.expiredQ.Store(m.idleDue() > 0 && m.time() >= m.idleDue())
 	m.readyN.Store(int64(m.readyLen() + len(m.delayed)))
 	held := 0
@@ -406,12 +413,16 @@ func (m *Machine) apply(c *Command) Result {
 		}
 	case KindClock:
 		m.clock = max(m.clock, c.Now)
+	case KindAt:
+		m.at = c.Now
+		return r // for the next command: neither reset nor anything to promote yet
 	case KindTouch:
 		m.touch()
 	case KindPurge:
 		r.Purged = m.readyLen() + len(m.delayed)
 		m.returns, m.ready, m.head, m.bytes, m.delayed = nil, nil, 0, 0, nil
 	}
+	m.at = 0
 	m.promote()
 	m.expireHead()
 	m.assign()
@@ -498,6 +509,12 @@ func (m *Machine) headExpiry() int64 {
 // goroutine.
 func (m *Machine) HeadExpires() int64 { return m.headExpires.Load() }
 
+// NextRedelivery is when the first delayed redelivery is due (unix ms, queue time; 0: none
+// waits). A node about to hand its consumers more messages once that time has passed by its
+// own clock has the promotion applied first (broker/quorum.go, promoteDue), so that the due
+// message goes ahead of later ones, as on a classic queue. Safe from any goroutine.
+func (m *Machine) NextRedelivery() int64 { return m.nextRedeliver.Load() }
+
 // NextDue is when the queue's time next matters (unix ms, 0: never): the head's expiry or
 // the first delayed redelivery, whichever comes first. The broker's leader proposes an empty
 // batch then (its clock moves the queue's time). Safe from any goroutine.
@@ -562,7 +579,13 @@ func (m *Machine) giveBack(msg *Msg, delivered bool) (Dropped, bool) {
 			return Dropped{Msg: msg, Reason: DeliveryLimit}, true
 		}
 		if d := m.limits.redeliveryDelay(msg.Count); d > 0 {
-			at := m.time() + d
+			// From the return's own time (KindAt) when it is earlier than the queue's: the
+			// delay counts from the requeue, not from the round that carried it.
+			from := m.time()
+			if m.at > 0 && m.at < from {
+				from = m.at
+			}
+			at := from + d
 			i := sort.Search(len(m.delayed), func(i int) bool {
 				x := m.delayed[i]
 				return x.at > at || (x.at == at && x.msg.ID > msg.ID)

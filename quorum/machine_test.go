@@ -346,6 +346,7 @@ func TestCommandRoundTrip(t *testing.T) {
 		{Kind: KindDelivered, Node: "n", IDs: []uint64{5}},
 		{Kind: KindClock, Now: 1796337864116},
 		{Kind: KindCount, Node: "n", IDs: []uint64{5, 9}, Counts: []uint32{1, 300}},
+		{Kind: KindAt, Now: 1796337864117},
 	}
 	cmds = append(cmds, Command{Kind: KindBatch, Batch: slices.Clone(cmds)})
 	for _, c := range cmds {
@@ -834,6 +835,58 @@ func TestCountAndLateMarks(t *testing.T) {
 			}
 			if got := msgStates(m2); !reflect.DeepEqual(got, tc.want) {
 				t.Fatalf("restored: got %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestReturnAt: a return's delay counts from its KindAt (the node's clock at the requeue)
+// when that is earlier than the queue's time, for that return only; a KindAt later than the
+// queue's time (a clock ahead) does not lengthen the delay; NextRedelivery is the first
+// delayed message's due time, and a follower's KindClock past it promotes it.
+func TestReturnAt(t *testing.T) {
+	tests := []struct {
+		name string
+		at   int64 // 0: no KindAt
+		due  int64 // the first return's due time (batch at 1000, delay 300)
+	}{
+		{"no at", 0, 1300},
+		{"earlier", 900, 1200},
+		{"later ignored", 1100, 1300},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			l := NoLimits()
+			l.RedeliveryDelay = 300
+			r := newRec()
+			m := New(l, r.hooks())
+			batch := func(now int64, cs ...Command) { m.Apply(0, Command{Kind: KindBatch, Now: now, Batch: cs}.Encoded()) }
+			batch(500, Command{Kind: KindCheckout, Node: "n1", Credit: 3}, enq("a", "b", "c"))
+			var cs []Command
+			if tt.at > 0 {
+				cs = append(cs, Command{Kind: KindAt, Now: tt.at})
+			}
+			cs = append(cs, Command{Kind: KindReturn, Node: "n1", IDs: []uint64{1}, Delivered: true},
+				Command{Kind: KindReturn, Node: "n1", IDs: []uint64{2}, Delivered: true})
+			batch(1000, cs...)
+			if got := m.NextRedelivery(); got != tt.due {
+				t.Fatalf("NextRedelivery %d, want %d", got, tt.due)
+			}
+			// The second return had no KindAt of its own: from the queue's time.
+			if len(m.delayed) != 2 || m.delayed[1].at != 1300 {
+				t.Fatalf("delayed %+v, want the second due at 1300", m.delayed)
+			}
+			before := len(r.assigned["n1"])
+			batch(0, Command{Kind: KindClock, Now: tt.due - 1})
+			if len(r.assigned["n1"]) != before {
+				t.Fatal("promoted before its time")
+			}
+			batch(0, Command{Kind: KindClock, Now: tt.due})
+			if got := r.assigned["n1"][before:]; !slices.Contains(got, 1) {
+				t.Fatalf("not promoted by a clock at its due time: assigned %v", got)
+			}
+			if m.now != 1000 {
+				t.Fatalf("queue time moved to a follower's clock: %d", m.now)
 			}
 		})
 	}
