@@ -862,6 +862,13 @@ func (qq *quorumQueue) proposeLoop() {
 				qq.credit, qq.creditCheck = creditUnknown, true
 				qq.mu.Unlock()
 			}
+			if err == nil {
+				// A late Delivered mark may drop a message past the delivery limit
+				// (quorum's lateMark): the prefix's proposer dead-letters it.
+				for j := 0; j < len(prefix) && j < len(rs); j++ {
+					qq.dropped(rs[j], nil)
+				}
+			}
 			for i, op := range ops {
 				if op.done == nil {
 					continue
@@ -924,7 +931,8 @@ func (qq *quorumQueue) proposeLoop() {
 func (qq *quorumQueue) retryUnknown(prefix []quorum.Command, ops []quorumOp) (failed []quorumOp) {
 	var again []quorumOp
 	for _, c := range prefix {
-		again = append(again, quorumOp{cmd: c, size: cmdSize(&c)})
+		// done: what a late Delivered mark drops is dead-lettered, as in the prefix.
+		again = append(again, quorumOp{cmd: c, size: cmdSize(&c), done: qq.dropped})
 	}
 	for _, op := range ops {
 		switch op.cmd.Kind {

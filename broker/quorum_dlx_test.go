@@ -52,6 +52,14 @@ func TestQuorumAtLeastOnceFallback(t *testing.T) {
 // default exchange with routing key dlrk, its group a fakeQuorumGroup.
 func newDLXQuorum(t *testing.T, v *VHost, dlrk string) (*quorumQueue, *fakeQuorumGroup) {
 	t.Helper()
+	limits := quorum.NoLimits()
+	limits.Overflow, limits.AtLeastOnce = quorum.RejectPublish, true
+	return newDLXQuorumLimits(t, v, dlrk, limits)
+}
+
+// newDLXQuorumLimits is newDLXQuorum with limits (at-most-once unless limits.AtLeastOnce).
+func newDLXQuorumLimits(t *testing.T, v *VHost, dlrk string, limits quorum.Limits) (*quorumQueue, *fakeQuorumGroup) {
+	t.Helper()
 	qs := &Queue{name: "src", spec: queueSpec{opts: queue.NoLimits()}, v: v}
 	qs.dl.Store(&dlConfig{exchange: "", routingKey: &dlrk})
 	qq := &quorumQueue{qs: qs, node: "n1", stop: make(chan struct{}), proposeTimeout: quorumProposeTimeout,
@@ -61,9 +69,9 @@ func newDLXQuorum(t *testing.T, v *VHost, dlrk string) (*quorumQueue, *fakeQuoru
 	qs.q = queue.New("src", opts, queue.Hooks{Dropped: qq.localDropped})
 	qq.cond = sync.NewCond(&qq.mu)
 	qq.ctx, qq.cancel = context.WithCancel(context.Background())
-	qq.dlx = newQuorumDLX(qq)
-	limits := quorum.NoLimits()
-	limits.Overflow, limits.AtLeastOnce = quorum.RejectPublish, true
+	if limits.AtLeastOnce {
+		qq.dlx = newQuorumDLX(qq)
+	}
 	qq.m = quorum.New(limits, quorum.Hooks{Assigned: qq.assigned, Revoked: qq.revoked, Applied: qq.applied,
 		Restored: qq.restored, DeadLettered: qq.dlxSignal})
 	g := &fakeQuorumGroup{m: qq.m, done: make(chan struct{})}
@@ -73,7 +81,9 @@ func newDLXQuorum(t *testing.T, v *VHost, dlrk string) (*quorumQueue, *fakeQuoru
 	exited := make(chan struct{})
 	go func() { qq.proposeLoop(); close(exited) }()
 	go qq.deliverLoop()
-	go qq.dlx.run()
+	if qq.dlx != nil {
+		go qq.dlx.run()
+	}
 	t.Cleanup(func() { qq.close(); <-exited })
 	return qq, g
 }
@@ -188,5 +198,62 @@ func TestQuorumDLXWorkerWindow(t *testing.T) {
 			t.Fatalf("discards left %d, target has %d; want 0, %d", left, got, n)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestQuorumLateMarkDeadLettered: at most once, a message a late Delivered mark (this node's,
+// applied after a NodeDown took the message back) puts past x-delivery-limit is dead-lettered
+// by the proposer of the mark, though the mark rides in the batch's prefix, not as an op.
+func TestQuorumLateMarkDeadLettered(t *testing.T) {
+	b := newTestBroker(t, t.TempDir())
+	v := b.VHost("/")
+	if _, err := v.DeclareQueue(System, QueueSpec{Name: "dlt", Durable: true}); err != nil {
+		t.Fatal(err)
+	}
+	limits := quorum.NoLimits()
+	limits.DeliveryLimit = 0
+	qq, _ := newDLXQuorumLimits(t, v, "dlt", limits)
+	if _, err := propose(t, qq, quorum.Command{Kind: quorum.KindEnqueue, Msgs: []*quorum.Msg{{RoutingKey: "src",
+		Header: amqp.AppendContentHeader(nil, 60, 1, &amqp.Properties{}), Body: []byte("m")}}}); err != nil {
+		t.Fatal(err)
+	}
+	// n1 takes m, then is taken for dead before its mark is applied: m goes back uncounted.
+	if _, err := propose(t, qq, quorum.Command{Kind: quorum.KindCheckout, Node: "n1", Credit: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if _, h := qq.m.Counts(); h != 1 {
+		t.Fatalf("held %d, want 1", h)
+	}
+	if r, err := propose(t, qq, quorum.Command{Kind: quorum.KindNodeDown, Node: "n1"}); err != nil || len(r.Dropped) != 0 {
+		t.Fatalf("node down: %+v %v", r, err)
+	}
+	// n1's mark, as delivered() queues it: the proposer's prefix.
+	qq.mu.Lock()
+	qq.marks = append(qq.marks, 1)
+	qq.mu.Unlock()
+	select {
+	case qq.wake <- struct{}{}:
+	default:
+	}
+	dlt, _ := v.Queue(System, "dlt")
+	deadline := time.Now().Add(10 * time.Second)
+	for dlt.Q().Counts().Ready != 1 {
+		if time.Now().After(deadline) {
+			ready, held := qq.m.Counts()
+			t.Fatalf("never dead-lettered (source ready %d, held %d)", ready, held)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	_, e, _, ok, err := v.Get(System, "dlt", true)
+	if err != nil || !ok || string(e.Msg.Body) != "m" {
+		t.Fatalf("dead-lettered: %v %v", ok, err)
+	}
+	h, herr := amqp.DecodeContentHeader(e.Msg.Header)
+	if herr != nil {
+		t.Fatal(herr)
+	}
+	death, _ := h.Props.Headers["x-death"].([]any)
+	if len(death) != 1 || death[0].(amqp.Table)["reason"] != "delivery_limit" {
+		t.Fatalf("x-death %v", h.Props.Headers["x-death"])
 	}
 }

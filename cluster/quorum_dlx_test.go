@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -99,16 +100,39 @@ func rejectAll(t *testing.T, ch *amqp091.Channel, queue string, n int) {
 	}
 }
 
+// publishTaken publishes body to queue through a connection of its own and reports whether
+// it was confirmed (false: nacked, or an error, as while a group elects its leader).
+func publishTaken(url, queue, body string) bool {
+	c, err := amqp091.Dial(url)
+	if err != nil {
+		return false
+	}
+	defer c.Close()
+	ch, err := c.Channel()
+	if err != nil || ch.Confirm(false) != nil {
+		return false
+	}
+	dc, err := ch.PublishWithDeferredConfirm("", queue, false, false, amqp091.Publishing{DeliveryMode: 2, Body: []byte(body)})
+	if err != nil {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ok, err := dc.WaitContext(ctx)
+	return err == nil && ok
+}
+
 // TestQuorumDLXAtLeastOnceLeaderKilled: with x-dead-letter-strategy at-least-once, messages
 // rejected while the dead-letter target refuses them (full, reject-publish) stay in the
 // source queue, are not lost (at most once would have lost them: the target's nack drops
 // them), survive a kill -9 of the source's leader, and reach the target once it has room,
-// sent by the new leader, with the x-death of the at-most-once path.
+// sent by the new leader, with the x-death of the at-most-once path; then they are settled
+// (the source takes publishes again) and sent no more.
 func TestQuorumDLXAtLeastOnceLeaderKilled(t *testing.T) {
 	nodes := startRaftCluster(t, "n1", "n2", "n3")
 	declareQuorum(t, nodes, "n1", "dlt", amqp091.Table{"x-max-length": int32(3), "x-overflow": "reject-publish"})
 	declareQuorum(t, nodes, "n1", "src", amqp091.Table{"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "dlt",
-		"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"})
+		"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish", "x-max-length": int32(3)})
 	leader, others := quorumLeader(t, nodes, "src")
 	url := nodes[others[0]].url
 	_, ch := dial(t, url)
@@ -127,7 +151,10 @@ func TestQuorumDLXAtLeastOnceLeaderKilled(t *testing.T) {
 			t.Fatalf("%s: %d messages, want %d", q, st.Messages, want)
 		}
 	}
-	// The discards count against src's x-max-length: none set here, so a publish is taken.
+	// The discards count against src's x-max-length: the three fill it, a publish is refused.
+	if publishTaken(url, "src", "x0") {
+		t.Fatal("src took a publish while its three discards fill its x-max-length 3")
+	}
 	nodes[leader].crash()
 	t.Logf("killed %s, the leader of src's group", leader)
 	for _, f := range []string{"f1", "f2", "f3"} {
@@ -138,6 +165,38 @@ func TestQuorumDLXAtLeastOnceLeaderKilled(t *testing.T) {
 	}
 	got := dlxAwait(t, url, "dlt", "src", "m1", "m2", "m3")
 	t.Logf("dead-lettered after the kill: %v", got)
+
+	// Settled: src takes three publishes again, the third only with no discard left (ready
+	// 2 + discards < 3). A worker that sent them again and again, never settling, fails here.
+	taken := 0
+	deadline := time.Now().Add(30 * time.Second)
+	for taken < 3 {
+		if publishTaken(url, "src", fmt.Sprintf("x%d", taken+1)) {
+			taken++
+			continue
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the discards were never settled: src took %d of 3 publishes", taken)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// Copies sent before the settlements (at least once) are in dlt by now (a settlement
+	// follows its copy's confirm); none comes after, over more than the worker's retry
+	// interval (5 s).
+	for {
+		d, ok := dlxGet(t, url, "dlt")
+		if !ok {
+			break
+		}
+		if b := string(d.Body); b != "m1" && b != "m2" && b != "m3" {
+			t.Fatalf("dlt: %q", b)
+		}
+		got[string(d.Body)]++
+	}
+	time.Sleep(6 * time.Second)
+	if d, ok := dlxGet(t, url, "dlt"); ok {
+		t.Fatalf("%q dead-lettered again after its settlement (copies before: %v)", d.Body, got)
+	}
 }
 
 // TestQuorumDLXAtLeastOnceTargetLater: a message rejected while its dead-letter exchange

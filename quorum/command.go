@@ -80,6 +80,15 @@ type Msg struct {
 	// means "may have been delivered before", so its later deliveries carry it; Count (the
 	// delivery limit, x-delivery-count) counts only the deliveries the log knows of.
 	Redelivered bool
+	// downFrom is the node a NodeDown took the message back from before that node's Delivered
+	// mark for it was applied (state, in the snapshot since version 6): a late mark counts
+	// only from that node, and once (cleared then, or when that node holds it again, whose
+	// marks are then of the new hold). Any other node's mark for a message it no longer holds
+	// is a duplicate of one already applied (marks are proposed again after an unknown
+	// outcome), or of a hold its return counted. One node only: a later NodeDown of another
+	// holder replaces it, and the earlier node's late mark is then not counted (a delivery
+	// counted less, never one counted twice).
+	downFrom string
 }
 
 func (m *Msg) size() int64 { return int64(len(m.Body)) }
@@ -204,6 +213,9 @@ func appendMsg(b []byte, m *Msg, withState bool) []byte {
 type decoder struct {
 	b   []byte
 	err error
+	// downFrom: a message's state byte may have bit 2 set, Msg.downFrom follows it (snapshot
+	// version 6).
+	downFrom bool
 }
 
 func (d *decoder) fail(what string) {
@@ -303,10 +315,16 @@ func (d *decoder) msg(withState bool) *Msg {
 		}
 		m.Count = uint32(c)
 		st := d.byte("message state")
-		if st > 3 {
+		if st > 7 || (st&4 != 0 && !d.downFrom) {
 			d.fail("message state")
 		}
 		m.Delivered, m.Redelivered = st&1 != 0, st&2 != 0
+		if st&4 != 0 {
+			m.downFrom = d.string("down from")
+			if m.downFrom == "" {
+				d.fail("down from")
+			}
+		}
 	}
 	m.Expires = d.int63("expires")
 	m.Exchange = d.string("exchange")

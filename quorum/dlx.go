@@ -111,7 +111,8 @@ func (m *Machine) DiscardCounts() (n int, bytes int64) {
 func (m *Machine) discardLen() int { return len(m.dlx.list) }
 
 // appendDiscards writes the discards of a version 5 snapshot: their count, then each one's
-// reason and message (with its state, as the other lists).
+// reason and message (with its state, as the other lists, but for its downFrom: a discard
+// counts no late mark).
 func appendDiscards(b []byte, ds []Dropped) []byte {
 	b = binary.AppendUvarint(b, uint64(len(ds)))
 	for _, d := range ds {

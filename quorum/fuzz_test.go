@@ -50,6 +50,13 @@ func FuzzRestore(f *testing.F) {
 	d.Apply(3, (&Command{Kind: KindDiscard, Node: "n", IDs: []uint64{1}}).Encoded())
 	s5, _ := d.Snapshot()
 	f.Add(s5)
+	// A version 6 snapshot: a message taken back from a down node (Msg.downFrom).
+	l := New(NoLimits(), Hooks{})
+	l.Apply(1, enq("a").Encoded())
+	l.Apply(2, (&Command{Kind: KindCheckout, Node: "n", Credit: 1}).Encoded())
+	l.Apply(3, (&Command{Kind: KindNodeDown, Node: "n"}).Encoded())
+	s6, _ := l.Snapshot()
+	f.Add(s6)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		_ = New(NoLimits(), Hooks{}).Restore(b)
 	})

@@ -167,6 +167,9 @@ type Machine struct {
 	bytes   int64 // of ready and returns
 	nodes   []*nodeState
 	cursor  int // round-robin position in nodes
+	// delayedLate counts the delayed messages with a downFrom: lateMark looks through
+	// delayed (linearly) only when it is not zero.
+	delayedLate int
 
 	readyN, heldN atomic.Int64 // for Counts from other goroutines
 	headExpires   atomic.Int64 // the head's Expires, for HeadExpires
@@ -352,7 +355,7 @@ func (m *Machine) apply(c *Command) Result {
 		msg := m.popHead()
 		if msg != nil && !c.NoAck {
 			msg.Delivered = true // basic.get hands it to the client at once
-			m.node(c.Node, true).out[msg.ID] = msg
+			m.node(c.Node, true).hold(msg)
 		}
 		if msg != nil {
 			cp := *msg // the state's copy may change later (Count)
@@ -376,7 +379,7 @@ func (m *Machine) apply(c *Command) Result {
 					continue
 				}
 			}
-			m.lateMark(id, &r)
+			m.lateMark(c.Node, id, &r)
 		}
 	case KindNodeDown:
 		if n := m.node(c.Node, false); n != nil {
@@ -396,6 +399,7 @@ func (m *Machine) apply(c *Command) Result {
 				msg := n.out[id]
 				if !msg.Delivered {
 					msg.Redelivered = true
+					msg.downFrom = c.Node // its late mark counts (lateMark)
 				}
 				if d, dropped := m.giveBack(msg, msg.Delivered); dropped {
 					r.Dropped = append(r.Dropped, d)
@@ -420,7 +424,7 @@ func (m *Machine) apply(c *Command) Result {
 		m.touch()
 	case KindPurge:
 		r.Purged = m.readyLen() + len(m.delayed)
-		m.returns, m.ready, m.head, m.bytes, m.delayed = nil, nil, 0, 0, nil
+		m.returns, m.ready, m.head, m.bytes, m.delayed, m.delayedLate = nil, nil, 0, 0, nil, 0
 	}
 	m.at = 0
 	m.promote()
@@ -429,20 +433,23 @@ func (m *Machine) apply(c *Command) Result {
 	return r
 }
 
-// lateMark counts the delivery of a mark that came after a NodeDown had already taken the
-// message back uncounted (Msg.Redelivered): a node taken for dead while it was alive (a
-// partition, a stalled process) or caught up by a snapshot proposes its marks again, and
-// they reach the log after the NodeDown. RabbitMQ 3.10 counts every message a down node's
+// lateMark counts the delivery of node's mark that came after a NodeDown had already taken
+// the message back from node uncounted (Msg.downFrom): a node taken for dead while it was
+// alive (a partition, a stalled process) or caught up by a snapshot proposes its marks again,
+// and they reach the log after the NodeDown. RabbitMQ 3.10 counts every message a down node's
 // consumers had checked out (rabbit_fifo's return_all on noconnection); so does the log, as
-// soon as it learns of the delivery. The flag is cleared so that the mark counts once
-// (marks are proposed again after an unknown outcome). A message waiting in the queue that
-// is now past x-delivery-limit is dropped, as the NodeDown would have; one held by a node
-// is checked at its next return. Not found (settled, dropped, purged since): nothing.
-func (m *Machine) lateMark(id uint64, r *Result) {
+// soon as it learns of the delivery. Only the mark of the node the message was taken from
+// counts, and once: downFrom and Redelivered are cleared (marks are proposed again after an
+// unknown outcome, and another node's mark for a message it no longer holds is such a
+// duplicate, of a delivery its return counted). A message waiting in the queue that is now
+// past x-delivery-limit is dropped, as the NodeDown would have; one held by a node is checked
+// at its next return. Not found (settled, dropped, purged since) or not node's: nothing.
+func (m *Machine) lateMark(node string, id uint64, r *Result) {
 	count := func(msg *Msg) bool {
-		if !msg.Redelivered {
+		if msg.downFrom == "" || msg.downFrom != node {
 			return false
 		}
+		msg.downFrom = ""
 		msg.Redelivered = false
 		msg.Count++
 		return m.limits.DeliveryLimit >= 0 && int64(msg.Count) > m.limits.DeliveryLimit
@@ -455,18 +462,24 @@ func (m *Machine) lateMark(id uint64, r *Result) {
 		}
 		return
 	}
+	for _, n := range m.nodes {
+		if msg, ok := n.out[id]; ok {
+			count(msg)
+			return
+		}
+	}
+	if m.delayedLate == 0 {
+		return // none of the delayed ones can count (nor is the message ready: never taken)
+	}
 	for i, dm := range m.delayed {
 		if dm.msg.ID == id {
+			if dm.msg.downFrom == node {
+				m.delayedLate--
+			}
 			if count(dm.msg) {
 				m.delayed = slices.Delete(m.delayed, i, i+1)
 				r.Dropped = append(r.Dropped, Dropped{Msg: dm.msg, Reason: DeliveryLimit})
 			}
-			return
-		}
-	}
-	for _, n := range m.nodes {
-		if msg, ok := n.out[id]; ok {
-			count(msg)
 			return
 		}
 	}
@@ -554,6 +567,9 @@ func (m *Machine) promote() {
 	now := m.time()
 	n := 0
 	for n < len(m.delayed) && m.delayed[n].at <= now {
+		if m.delayed[n].msg.downFrom != "" {
+			m.delayedLate--
+		}
 		m.insertReturn(m.delayed[n].msg)
 		n++
 	}
@@ -591,6 +607,9 @@ func (m *Machine) giveBack(msg *Msg, delivered bool) (Dropped, bool) {
 				return x.at > at || (x.at == at && x.msg.ID > msg.ID)
 			})
 			m.delayed = slices.Insert(m.delayed, i, delayedMsg{at: at, msg: msg})
+			if msg.downFrom != "" {
+				m.delayedLate++
+			}
 			return Dropped{}, false
 		}
 	}
@@ -625,6 +644,15 @@ func (m *Machine) node(name string, create bool) *nodeState {
 		m.cursor++
 	}
 	return n
+}
+
+// hold gives msg to n. A message n had before a NodeDown took it back is n's again: n's
+// marks for it are now of this hold, counted at its return, no longer late ones.
+func (n *nodeState) hold(msg *Msg) {
+	n.out[msg.ID] = msg
+	if msg.downFrom == n.name {
+		msg.downFrom = ""
+	}
 }
 
 // dropIdle forgets a node that holds nothing and has no credit (state stays small).
@@ -696,7 +724,7 @@ func (m *Machine) assign() {
 				continue
 			}
 			msg := m.popHead()
-			n.out[msg.ID] = msg
+			n.hold(msg)
 			if m.hooks.Assigned != nil {
 				if m.assigned == nil {
 					m.assigned = map[string][]Msg{}
@@ -723,7 +751,7 @@ func (m *Machine) assignActive() {
 	}
 	for active != nil && m.readyLen() > 0 && uint32(len(active.out)) < active.credit {
 		msg := m.popHead()
-		active.out[msg.ID] = msg
+		active.hold(msg)
 		if m.hooks.Assigned != nil {
 			if m.assigned == nil {
 				m.assigned = map[string][]Msg{}
@@ -787,7 +815,11 @@ func cmpU64(a, b uint64) int {
 // Version 5 adds the discards of at-least-once dead-lettering after the last use (dlx.go). A
 // state without discards is still written as version 4, which a node of an earlier release
 // can restore.
-const snapshotVersion = 5
+//
+// Version 6: a message's state byte may have bit 2 set, then the node its late mark counts
+// from follows (Msg.downFrom); the layout is otherwise version 5's. A state without such a
+// message is still written as version 5 or 4.
+const snapshotVersion = 6
 
 // Snapshot implements multiraft.StateMachine: the whole state, messages included, so that
 // the log behind it can go and a queue's disk follows its backlog.
@@ -796,10 +828,10 @@ func (m *Machine) Snapshot() ([]byte, error) {
 }
 
 // StartSnapshot implements multiraft.SnapshotStarter: it takes an immutable view of the state
-// (a copy of the message pointers and of the fields a command may change later, Count and
-// Delivered: 16 bytes a message, where the encoding copies every body) and returns the
-// encoding of that view, which multiraft runs on another goroutine while this machine goes on
-// applying. A message's ID, Exchange, RoutingKey, Header, Body and Expires are never written
+// (a copy of the message pointers and of the fields a command may change later, Count,
+// Delivered, Redelivered and downFrom: about 32 bytes a message, where the encoding copies
+// every body) and returns the encoding of that view, which multiraft runs on another
+// goroutine while this machine goes on applying. A message's ID, Exchange, RoutingKey, Header, Body and Expires are never written
 // once it is in the queue, so the encoder reads them through the shared pointers.
 func (m *Machine) StartSnapshot() (func() ([]byte, error), error) {
 	v := m.view()
@@ -812,6 +844,7 @@ type snapMsg struct {
 	count       uint32
 	delivered   bool
 	redelivered bool
+	downFrom    string
 }
 
 type snapNode struct {
@@ -842,7 +875,7 @@ type snapDelayed struct {
 
 func snapMsgs(dst []snapMsg, msgs []*Msg) []snapMsg {
 	for _, msg := range msgs {
-		dst = append(dst, snapMsg{msg: msg, count: msg.Count, delivered: msg.Delivered, redelivered: msg.Redelivered})
+		dst = append(dst, snapMsg{msg: msg, count: msg.Count, delivered: msg.Delivered, redelivered: msg.Redelivered, downFrom: msg.downFrom})
 	}
 	return dst
 }
@@ -860,7 +893,7 @@ func (m *Machine) view() *snapView {
 	}
 	v.delayed = make([]snapDelayed, 0, len(m.delayed))
 	for _, dm := range m.delayed {
-		v.delayed = append(v.delayed, snapDelayed{at: dm.at, snapMsg: snapMsg{msg: dm.msg, count: dm.msg.Count, delivered: dm.msg.Delivered, redelivered: dm.msg.Redelivered}})
+		v.delayed = append(v.delayed, snapDelayed{at: dm.at, snapMsg: snapMsg{msg: dm.msg, count: dm.msg.Count, delivered: dm.msg.Delivered, redelivered: dm.msg.Redelivered, downFrom: dm.msg.downFrom}})
 	}
 	v.discards = slices.Clone(m.dlx.list)
 	return v
@@ -876,9 +909,13 @@ func (v *snapView) encode() []byte {
 		size += 32 + len(d.Msg.Exchange) + len(d.Msg.RoutingKey) + len(d.Msg.Header) + len(d.Msg.Body)
 	}
 	b := make([]byte, 0, size) // one allocation for the bodies, not a doubling series
-	version := byte(snapshotVersion)
-	if len(v.discards) == 0 {
-		version = 4 // the same bytes: an earlier release restores it
+	// The earliest version that has the state: an earlier release restores it.
+	version := byte(4)
+	if len(v.discards) > 0 {
+		version = 5
+	}
+	if v.hasDownFrom() {
+		version = 6
 	}
 	b = append(b, version)
 	b = binary.AppendUvarint(b, v.nextID)
@@ -912,7 +949,30 @@ func (v *snapView) encode() []byte {
 	return b
 }
 
-// appendSnapMsg is appendMsg(b, msg, true) with the view's Count, Delivered and Redelivered.
+// hasDownFrom reports that a message of the view has a downFrom (snapshot version 6).
+func (v *snapView) hasDownFrom() bool {
+	for _, sm := range v.msgs {
+		if sm.downFrom != "" {
+			return true
+		}
+	}
+	for _, n := range v.nodes {
+		for _, sm := range n.held {
+			if sm.downFrom != "" {
+				return true
+			}
+		}
+	}
+	for _, dm := range v.delayed {
+		if dm.downFrom != "" {
+			return true
+		}
+	}
+	return false
+}
+
+// appendSnapMsg is appendMsg(b, msg, true) with the view's Count, Delivered and Redelivered,
+// and its downFrom after the state byte (bit 2; version 6 only).
 func appendSnapMsg(b []byte, sm snapMsg) []byte {
 	b = binary.AppendUvarint(b, sm.msg.ID)
 	b = binary.AppendUvarint(b, uint64(sm.count))
@@ -923,7 +983,13 @@ func appendSnapMsg(b []byte, sm snapMsg) []byte {
 	if sm.redelivered {
 		st |= 2
 	}
+	if sm.downFrom != "" {
+		st |= 4
+	}
 	b = append(b, st)
+	if sm.downFrom != "" {
+		b = appendString(b, sm.downFrom)
+	}
 	return appendMsg(b, sm.msg, false)
 }
 
@@ -936,7 +1002,7 @@ func (m *Machine) Restore(b []byte) error {
 		if b[0] < 1 || b[0] > snapshotVersion {
 			return fmt.Errorf("quorum: snapshot version %d unknown", b[0])
 		}
-		d := decoder{b: b[1:]}
+		d := decoder{b: b[1:], downFrom: b[0] >= 6}
 		fresh.nextID = d.uvarint("next id")
 		fresh.now = d.int63("now")
 		fresh.seq = d.uvarint("checkout seq")
@@ -993,6 +1059,9 @@ func (m *Machine) Restore(b []byte) error {
 					d.fail("delayed out of order")
 				}
 				fresh.delayed = append(fresh.delayed, delayedMsg{at: at, msg: msg})
+				if msg.downFrom != "" {
+					fresh.delayedLate++
+				}
 			}
 			fresh.used = d.int63("used")
 		}
@@ -1011,6 +1080,7 @@ func (m *Machine) Restore(b []byte) error {
 	}
 	m.nextID, m.now, m.seq, m.cursor, m.returns, m.ready, m.head, m.bytes, m.nodes, m.delayed =
 		fresh.nextID, fresh.now, fresh.seq, fresh.cursor, fresh.returns, fresh.ready, 0, fresh.bytes, fresh.nodes, fresh.delayed
+	m.delayedLate = fresh.delayedLate
 	m.used = fresh.used
 	m.dlx.mu.Lock()
 	m.dlx.list, m.dlx.bytes = fresh.dlx.list, fresh.dlx.bytes
