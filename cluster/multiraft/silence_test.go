@@ -198,3 +198,61 @@ func TestBlackHoledPeerReconnects(t *testing.T) {
 	back := waitFor("reconnected", handshakeTimeout+10*time.Second, func(l peerLiveness) bool { return l.alive && l.epoch > epoch })
 	t.Logf("bound %v: given up after %v, connected again %v after the proxy forwarded again", a.silentLimit, gone, back)
 }
+
+// BenchmarkReadLoop reads frames of 8 small messages over loopback TCP, without and with the
+// silence deadline (renewed on every read of the 64 KiB buffer).
+func BenchmarkReadLoop(b *testing.B) {
+	var batch []outMsg
+	for i := range 8 {
+		batch = append(batch, outMsg{group: uint64(i + 1), msg: testMsg(NodeID("a"), 2, 7, string(make([]byte, 64)))})
+	}
+	frame, err := encodeFrame(nil, batch)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name  string
+		limit time.Duration
+	}{{"deadline=off", 0}, {"deadline=on", time.Second}} {
+		b.Run(tc.name, func(b *testing.B) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer ln.Close()
+			go func() {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				defer c.Close()
+				const per = 64
+				chunk := make([]byte, 0, per*len(frame))
+				for range per {
+					chunk = append(chunk, frame...)
+				}
+				for n := b.N; n > 0; n -= per {
+					out := chunk
+					if n < per {
+						out = chunk[:n*len(frame)]
+					}
+					if _, err := c.Write(out); err != nil {
+						return
+					}
+				}
+			}()
+			c, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			p := &peer{t: &transport{hooks: nopHooks{}, log: testLogger(), silentLimit: tc.limit}, name: "a", id: NodeID("a")}
+			b.SetBytes(int64(len(frame)))
+			b.ResetTimer()
+			p.readLoop(c)
+			if got := p.t.received.Load(); got != uint64(8*b.N) {
+				b.Fatalf("received %d messages, want %d", got, 8*b.N)
+			}
+		})
+	}
+}
