@@ -45,7 +45,31 @@ const (
 	// maxQueued bounds the messages waiting for one peer; beyond it new ones are dropped
 	// (Raft retransmits) and the group is told the peer is unreachable.
 	maxQueued = 16384
+	// silentBeats is how many node heartbeat intervals a connection may stay without a byte
+	// arriving before it is closed (and the dialer dials again): 20, 2 s at the default
+	// 100 ms tick. A peer machine that vanished without closing TCP (power lost, cable
+	// pulled) otherwise leaves the connection open, writes succeeding into the send buffer,
+	// so the dialer never redials and the peer, back, waits to be dialled. The host counts a
+	// silent peer dead much sooner (livenessTimeout: 4 ticks by default) and the groups act
+	// on that; closing the connection only matters for reconnecting, so the bound is 5 times
+	// the liveness timeout: a loaded machine that delays a few heartbeats, or a GC pause,
+	// does not churn connections (each new one is a new epoch, which wakes quiesced groups).
+	silentBeats = 20
+	// minSilentLimit floors that bound for fast ticks (tests tick every 10-20 ms): a 2-core
+	// machine under load stalls goroutines for hundreds of milliseconds, which must not
+	// cost a connection.
+	minSilentLimit = time.Second
 )
+
+// silentLimitFor is how long a connection with heartbeats every hbEvery may stay silent
+// before it is closed: silentBeats intervals, at least minSilentLimit; 0 (never) without
+// heartbeats, as then silence proves nothing.
+func silentLimitFor(hbEvery time.Duration) time.Duration {
+	if hbEvery <= 0 {
+		return 0
+	}
+	return max(silentBeats*hbEvery, minSilentLimit)
+}
 
 var errAuth = errors.New("cluster peer authentication failed")
 
@@ -84,6 +108,9 @@ type transport struct {
 	// hbEvery is how long a connection may stay silent before a heartbeat frame is written
 	// (0: never, tests of the wire alone).
 	hbEvery time.Duration
+	// silentLimit is how long a connection may receive nothing before it is closed
+	// (silentLimitFor(hbEvery); 0 with no heartbeats: never).
+	silentLimit time.Duration
 
 	sent, received, frames, heartbeats atomic.Uint64
 }
@@ -97,7 +124,8 @@ func newTransport(self, listen string, secret []byte, tlsCfg *tls.Config, log *s
 		ln = tls.NewListener(ln, tlsCfg)
 	}
 	t := &transport{self: self, secret: secret, tls: tlsCfg, log: log, hooks: hooks, ln: ln,
-		peers: make(map[string]*peer), stop: make(chan struct{}), hbEvery: hbEvery}
+		peers: make(map[string]*peer), stop: make(chan struct{}), hbEvery: hbEvery,
+		silentLimit: silentLimitFor(hbEvery)}
 	t.wg.Add(1)
 	go t.acceptLoop()
 	return t, nil
@@ -605,12 +633,35 @@ func decodeFrame(payload []byte, fn func(group uint64, m *pb.Message)) error {
 	return nil
 }
 
+// silenceReader reads a connection with a deadline of limit from each read: a connection
+// that brings no byte for limit fails with a timeout. Bytes, not frames, count, so a large
+// frame still arriving slowly keeps the connection; time spent delivering is not counted
+// (the deadline is set when the next read starts).
+type silenceReader struct {
+	c     net.Conn
+	limit time.Duration
+}
+
+func (r silenceReader) Read(b []byte) (int, error) {
+	if err := r.c.SetReadDeadline(time.Now().Add(r.limit)); err != nil {
+		return 0, err
+	}
+	return r.c.Read(b)
+}
+
+// readLoop delivers the frames of c until it fails, is closed, or stays silent for the
+// transport's silentLimit (then serve closes it and the dialer dials again).
 func (p *peer) readLoop(c net.Conn) {
-	r := bufio.NewReaderSize(c, 64<<10)
+	var src io.Reader = c
+	if p.t.silentLimit > 0 {
+		src = silenceReader{c: c, limit: p.t.silentLimit}
+	}
+	r := bufio.NewReaderSize(src, 64<<10)
 	var hdr [4]byte
 	var payload []byte
 	for {
 		if _, err := io.ReadFull(r, hdr[:]); err != nil {
+			p.readFailed(err)
 			return
 		}
 		n := binary.BigEndian.Uint32(hdr[:])
@@ -623,6 +674,7 @@ func (p *peer) readLoop(c net.Conn) {
 		}
 		payload = payload[:n]
 		if _, err := io.ReadFull(r, payload); err != nil {
+			p.readFailed(err)
 			return
 		}
 		p.lastHeard.Store(time.Now().UnixNano())
@@ -638,6 +690,16 @@ func (p *peer) readLoop(c net.Conn) {
 			p.t.log.Warn("cluster frame rejected", "peer", p.name, "err", err)
 			return
 		}
+	}
+}
+
+// readFailed logs why a connection's reading ended when it is the silence bound: a peer
+// gone without closing TCP is worth a line; a closed connection is the usual case.
+func (p *peer) readFailed(err error) {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		p.t.log.Info("cluster peer silent, closing its connection", "peer", p.name,
+			"silent_for", p.t.silentLimit, "dialer", p.dialer)
 	}
 }
 
