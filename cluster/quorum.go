@@ -96,10 +96,16 @@ type quorumGroup struct {
 // QuorumStatus is the Raft state of a quorum queue's group on this node; ok is false when
 // the node runs no group for that queue.
 func (n *Node) QuorumStatus(vhost, name string) (st multiraft.GroupStatus, ok bool) {
+	// Only the incarnation the metadata has: a group of a deleted queue of the same name may
+	// still be closing here.
+	p, placed := n.meta.QuorumPlacement(vhost, name)
+	if !placed {
+		return st, false
+	}
 	n.quorum.mu.Lock()
 	defer n.quorum.mu.Unlock()
 	for g := range n.quorum.groups {
-		if g.vhost == vhost && g.name == name {
+		if g.vhost == vhost && g.name == name && g.epoch == p.Epoch {
 			return g.Status(), true
 		}
 	}
