@@ -11,6 +11,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -170,7 +171,16 @@ func run(args []string, lookupEnv func(string) (string, bool), stderr io.Writer,
 	}
 	logger.Info("shutting down", "signal", sig.String())
 	done := make(chan error, 1)
-	go func() { done <- srv.Close() }()
+	go func() {
+		// The HTTP API goes first: a management request that reaches the broker while it
+		// closes could take a message whose delivery record the closing store refuses.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := web.Shutdown(ctx); err != nil {
+			logger.Warn("closing the HTTP listeners", "err", err)
+		}
+		cancel()
+		done <- srv.Close()
+	}()
 	select {
 	case err = <-done:
 	case sig = <-signals:

@@ -71,6 +71,12 @@ type Broker struct {
 	incarnation OwnerID
 	// delayed holds the messages of x-delayed-message exchanges until they are due.
 	delayed *delayer
+	// closeMu and closing make a basic.get of a classic queue that starts once Close has begun
+	// refuse instead of taking a message whose journal write the closing store would refuse
+	// (after the clean-stop marker was decided, so its loss would go unnoticed). Get holds the
+	// read lock from the check to its journal write; Close takes the write lock to set closing.
+	closeMu sync.RWMutex
+	closing bool
 }
 
 // brokerStats count events off the message path (churn) and flow-control pauses.
@@ -209,6 +215,9 @@ func (b *Broker) NextMessageID() uint64 { return b.msgID.Add(1) }
 
 // Close stops the queues' timers and closes the store. Front ends must be closed first.
 func (b *Broker) Close() error {
+	b.closeMu.Lock()
+	b.closing = true
+	b.closeMu.Unlock()
 	b.vhMu.RLock()
 	for _, v := range b.vhosts {
 		v.stopTimers()

@@ -323,3 +323,28 @@ func TestExchangeCountersBatched(t *testing.T) {
 		t.Fatalf("amq.direct after Flush: in %d out %d", in, out)
 	}
 }
+
+// A basic.get that arrives once Close has begun (a management request still running) is refused:
+// taking the message would journal a delivery the closing store refuses after it has recorded
+// the stop as clean, so the message would come back unflagged after the restart.
+func TestGetRefusedWhileClosing(t *testing.T) {
+	dir := t.TempDir()
+	b := newTestBroker(t, dir)
+	v := b.VHost("/")
+	if _, err := v.DeclareQueue(System, QueueSpec{Name: "q", Durable: true}); err != nil {
+		t.Fatal(err)
+	}
+	publish(t, v, v.NewPublisher(), "", "q", "m")
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	_, e, _, ok, aerr := v.Get(System, "q", false)
+	if aerr == nil || aerr.Code != amqp.ConnectionForced || ok || e != nil {
+		t.Fatalf("Get after Close = %v, %v, %v; want refused with %d", e, ok, aerr, amqp.ConnectionForced)
+	}
+	b2 := newTestBroker(t, dir)
+	_, e, _, ok, aerr = b2.VHost("/").Get(System, "q", false)
+	if aerr != nil || !ok || string(e.Msg.Body) != "m" || e.Deliveries != 1 {
+		t.Fatalf("after restart Get = %+v, %v, %v; want m delivered once (not redelivered)", e, ok, aerr)
+	}
+}

@@ -132,6 +132,14 @@ func (v *VHost) Get(a Actor, name string, noAck bool) (qs *Queue, e *queue.Entry
 	if qs.sq != nil {
 		return nil, nil, 0, false, amqp.Errorf(amqp.NotImplemented, "basic.get not supported by stream queues %s", qs.rs())
 	}
+	if qs.qq == nil {
+		b := v.b
+		b.closeMu.RLock()
+		defer b.closeMu.RUnlock()
+		if b.closing {
+			return nil, nil, 0, false, amqp.Errorf(amqp.ConnectionForced, "broker forced connection closure with reason 'shutdown'")
+		}
+	}
 	v.touch(qs)
 	if qs.qq != nil {
 		e, remaining, ok, err = qs.qq.get(noAck)

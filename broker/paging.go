@@ -200,6 +200,7 @@ func (qs *Queue) storedEntry(st persistence.Stored, cache map[uint64]*queue.Mess
 		// assume it may have processed it. Returns stays 0: not a delivery x-delivery-limit
 		// and x-delivery-count count (journal writes marks from Returns for that reason).
 		e.Deliveries = 1
+		e.MaybeDelivered = true // may be paged out again: see queue.Entry.MaybeDelivered
 	}
 	return e
 }

@@ -125,7 +125,7 @@ func DecodeCommand(b []byte) (Command, error) {
 			return Command{}, fmt.Errorf("cluster: %s command with a name of %d bytes", c.Op, len(s))
 		}
 	}
-	if c.Op == OpQuorumMember && c.Type != memberAdd && c.Type != memberDelete && c.Type != memberRemoved {
+	if c.Op == OpQuorumMember && c.Type != memberAdd && c.Type != memberDelete && c.Type != memberRemoved && c.Type != memberJoined {
 		return Command{}, fmt.Errorf("cluster: %s command with change %q", c.Op, c.Type)
 	}
 	if (c.Op == OpDeclareQueue || c.Op == OpDeleteQueue || c.Op == OpDeclareExchange || c.Op == OpDeleteExchange || c.Op == OpQuorumMember) && c.Name == "" {

@@ -180,6 +180,10 @@ type queueRec struct {
 	// by a quorum_member "removed" (a copy deleted before that could leave the group
 	// without a majority).
 	Leaving []string `json:"leaving,omitempty"`
+	// Joining are the members added (add_member) whose group has not yet committed a Raft
+	// configuration with them: a replica other than the joiner that applied one records it
+	// (quorum_member "joined"), so that add_member can wait for it from any node.
+	Joining []string `json:"joining,omitempty"`
 }
 
 // bindingKey is one binding; Args is the binding's argument table encoding.

@@ -113,6 +113,8 @@ const (
 	memberDelete = "delete"
 	// memberRemoved completes a delete: the group's configuration no longer has the node.
 	memberRemoved = "removed"
+	// memberJoined completes an add: the group's committed configuration has the node.
+	memberJoined = "joined"
 )
 
 // quorumMember applies quorum_member for node c.Node of quorum queue c.Name. add makes it a
@@ -156,6 +158,15 @@ func (m *Metadata) quorumMember(vs *vhostState, c Command) Result {
 		}
 		q.Members = append(slices.Clone(q.Members), c.Node)
 		slices.Sort(q.Members)
+		q.Joining = append(slices.Clone(q.Joining), c.Node)
+		slices.Sort(q.Joining)
+	case memberJoined:
+		if !slices.Contains(q.Joining, c.Node) {
+			return ok
+		}
+		q.Joining = withoutNode(q.Joining, c.Node)
+		m.membersGen++
+		return ok // the replicas do not change
 	case memberDelete:
 		if !has || leaving {
 			return ok
@@ -174,16 +185,23 @@ func (m *Metadata) quorumMember(vs *vhostState, c Command) Result {
 		if !leaving {
 			return ok
 		}
-		q.Leaving = slices.DeleteFunc(slices.Clone(q.Leaving), func(n string) bool { return n == c.Node })
-		if len(q.Leaving) == 0 {
-			q.Leaving = nil
-		}
+		q.Leaving = withoutNode(q.Leaving, c.Node)
+		q.Joining = withoutNode(q.Joining, c.Node) // removed before it was recorded joined
 		q.Members = slices.DeleteFunc(slices.Clone(q.Members), func(n string) bool { return n == c.Node })
 	}
 	m.membersGen++
 	m.apply(broker.TopologyOp{Kind: broker.OpQuorumMembers, VHost: c.VHost, Queue: broker.QueueSpec{Name: c.Name}, Home: q.Home,
 		Epoch: q.Epoch, Members: slices.Clone(q.Members)})
 	return Result{Epoch: q.Epoch, Home: q.Home}
+}
+
+// withoutNode is list without node, nil when nothing is left (list is not modified).
+func withoutNode(list []string, node string) []string {
+	out := slices.DeleteFunc(slices.Clone(list), func(n string) bool { return n == node })
+	if len(out) == 0 {
+		return nil
+	}
+	return out
 }
 
 // staying are q's members that are not leaving.
@@ -219,10 +237,11 @@ func (m *Metadata) rehomeQuorum(node string) {
 type QuorumPlacement struct {
 	// Members run the queue's group (nil: every node, a queue declared before placement);
 	// Voters are the members it was created with; Leaving the members being removed;
-	// Home is the member that nodes outside the group reach it through.
-	Members, Voters, Leaving []string
-	Home                     string
-	Epoch                    uint64
+	// Joining the members added whose group has not committed them yet; Home is the member
+	// that nodes outside the group reach it through.
+	Members, Voters, Leaving, Joining []string
+	Home                              string
+	Epoch                             uint64
 }
 
 // QuorumPlacement is the placement of quorum queue name in vhost; ok is false when no queue
@@ -273,7 +292,7 @@ func (m *Metadata) MembersGen() uint64 {
 
 func placementOf(q *queueRec) QuorumPlacement {
 	return QuorumPlacement{Members: slices.Clone(q.Members), Voters: slices.Clone(q.Voters), Leaving: slices.Clone(q.Leaving),
-		Home: q.Home, Epoch: q.Epoch}
+		Joining: slices.Clone(q.Joining), Home: q.Home, Epoch: q.Epoch}
 }
 
 // Running reports whether the metadata takes node for a running cluster member: neither

@@ -96,10 +96,16 @@ type quorumGroup struct {
 // QuorumStatus is the Raft state of a quorum queue's group on this node; ok is false when
 // the node runs no group for that queue.
 func (n *Node) QuorumStatus(vhost, name string) (st multiraft.GroupStatus, ok bool) {
+	// Only the incarnation the metadata has: a group of a deleted queue of the same name may
+	// still be closing here.
+	p, placed := n.meta.QuorumPlacement(vhost, name)
+	if !placed {
+		return st, false
+	}
 	n.quorum.mu.Lock()
 	defer n.quorum.mu.Unlock()
 	for g := range n.quorum.groups {
-		if g.vhost == vhost && g.name == name {
+		if g.vhost == vhost && g.name == name && g.epoch == p.Epoch {
 			return g.Status(), true
 		}
 	}
@@ -279,11 +285,32 @@ func (n *Node) reconcileQuorum() {
 				gone = append(gone, m)
 			}
 		}
-		if slices.Equal(cur, want) && len(p.Leaving) == len(gone) && len(gone) == 0 {
+		// Joining and in the configuration this replica applied (committed entries only):
+		// recorded joined, by a replica other than the joiner, whose own configuration may
+		// list itself before any commit (a creator re-added bootstraps with the voters).
+		var joined []string
+		for _, m := range p.Joining {
+			if m != n.cfg.NodeName && slices.Contains(cur, m) {
+				joined = append(joined, m)
+			}
+		}
+		if slices.Equal(cur, want) && len(p.Leaving) == len(gone) && len(gone) == 0 && len(p.Joining) == 0 {
 			w.settle(g)
 			continue
 		}
 		if !g.changing.CompareAndSwap(false, true) {
+			continue
+		}
+		if len(joined) > 0 {
+			go func() {
+				defer g.changing.Store(false)
+				for _, m := range joined {
+					if err := n.quorumMember(context.Background(), g.vhost, g.name, m, memberJoined); err != nil {
+						n.log.Warn("cluster: recording a quorum queue replica joined", "vhost", g.vhost, "queue", g.name, "node", m, "err", err)
+						return
+					}
+				}
+			}()
 			continue
 		}
 		if len(gone) > 0 {

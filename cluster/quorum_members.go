@@ -22,15 +22,12 @@ import (
 // AddQuorumMember adds node to the replicas of quorum queue name in vhost and returns once
 // the group's Raft configuration has node as a voter, committed (as RabbitMQ's add_member
 // returns once the member joined): the new replica catches up from the group's leader (a
-// snapshot and the log's tail) meanwhile. This node must be able to see that: it must run
-// a replica of the queue or be node itself (a 406 otherwise, before anything changes). Past
+// snapshot and the log's tail) meanwhile. Any node may run it: a replica other than node
+// records in the metadata that node joined (quorum_member "joined") once it applied a
+// configuration with it. Past
 // MemberChangeTimeout (or ctx's end) the call fails; the member stays in the metadata and
 // the group's leader keeps adding it.
 func (n *Node) AddQuorumMember(ctx context.Context, vhost, name, node string) error {
-	if p, ok := n.meta.QuorumPlacement(vhost, name); ok && p.Members != nil && node != n.cfg.NodeName && !slices.Contains(p.Members, n.cfg.NodeName) {
-		return amqp.Errorf(amqp.PreconditionFailed, "node '%s' runs no replica of quorum queue '%s' in vhost '%s' and cannot see its Raft group commit a new member: run add_member on one of its replicas (%s) or on node '%s'",
-			n.cfg.NodeName, name, vhost, strings.Join(p.Members, ", "), node)
-	}
 	ctx, cancel := memberChangeContext(ctx)
 	defer cancel()
 	res, err := n.proposeMember(ctx, vhost, name, node, memberAdd)
@@ -71,11 +68,11 @@ func memberChangeContext(ctx context.Context) (context.Context, context.CancelFu
 }
 
 // awaitMember waits until the change of node's membership of the queue incarnation epoch is
-// committed in its Raft group. An add is seen in the configuration this node's replica has
-// applied (a replica applies only committed entries; the added node's own replica has it
-// once the leader sent it the log or a snapshot holding the change). A delete is seen in the
-// metadata from any node: a replica records the node removed (quorum_member "removed") only
-// after it applied the configuration without it (reconcileQuorum).
+// committed in its Raft group, as the metadata shows it from any node: a replica other than
+// node records an added node joined (quorum_member "joined") only after it applied a
+// configuration with it (a replica applies only committed entries), and a removed one
+// removed (quorum_member "removed") only after it applied the configuration without it
+// (reconcileQuorum).
 func (n *Node) awaitMember(ctx context.Context, vhost, name, node string, epoch uint64, add bool) error {
 	what := "join"
 	if !add {
@@ -89,7 +86,7 @@ func (n *Node) awaitMember(ctx context.Context, vhost, name, node string, epoch 
 			return amqp.Errorf(amqp.NotFound, "no queue '%s' in vhost '%s' (deleted while node '%s' was to %s its Raft group)", name, vhost, node, what)
 		}
 		if add {
-			if st, ok := n.QuorumStatus(vhost, name); ok && slices.Contains(st.Members, node) {
+			if slices.Contains(p.Members, node) && !slices.Contains(p.Joining, node) {
 				return nil
 			}
 		} else if !slices.Contains(p.Members, node) {
@@ -209,13 +206,6 @@ func (n *Node) changeMembers(ctx context.Context, changes []MemberChange, node s
 	epochs := make([]uint64, len(changes))
 	for i := range changes {
 		mc := &changes[i]
-		if add {
-			if p, ok := n.meta.QuorumPlacement(mc.VHost, mc.Name); ok && node != n.cfg.NodeName && !slices.Contains(p.Members, n.cfg.NodeName) {
-				mc.Err = amqp.Errorf(amqp.PreconditionFailed, "node '%s' runs no replica of quorum queue '%s' in vhost '%s' and cannot see its Raft group commit a new member: run grow on one of its replicas (%s) or on node '%s'",
-					n.cfg.NodeName, mc.Name, mc.VHost, strings.Join(p.Members, ", "), node)
-				continue
-			}
-		}
 		change := memberDelete
 		if add {
 			change = memberAdd

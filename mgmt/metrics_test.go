@@ -342,12 +342,38 @@ func TestQuorumQueueFieldsMatchRabbitMQ(t *testing.T) {
 			t.Errorf("RabbitMQ's %q is missing", k)
 		}
 	}
-	for k := range got {
-		if _, ok := ref[k]; !ok {
+	for k, v := range got {
+		rv, ok := ref[k]
+		if !ok {
 			t.Errorf("%q is not a field of RabbitMQ's quorum queue", k)
+			continue
+		}
+		// The same JSON kind as RabbitMQ's, null only where RabbitMQ has null (clients decode
+		// leader and node as strings).
+		if jsonKind(v) != jsonKind(rv) {
+			t.Errorf("%q is a JSON %s, RabbitMQ's is a %s", k, jsonKind(v), jsonKind(rv))
 		}
 	}
 	if got["leader"] != "n1" || got["node"] != "n1" || fmt.Sprint(got["members"]) != "[n1]" || fmt.Sprint(got["online"]) != "[n1]" || got["type"] != "quorum" {
 		t.Errorf("qq1: leader %v node %v members %v online %v type %v", got["leader"], got["node"], got["members"], got["online"], got["type"])
 	}
+}
+
+// jsonKind names the JSON kind of a value decoded by encoding/json into any.
+func jsonKind(v any) string {
+	switch v.(type) {
+	case nil:
+		return "null"
+	case string:
+		return "string"
+	case float64:
+		return "number"
+	case bool:
+		return "bool"
+	case []any:
+		return "array"
+	case map[string]any:
+		return "object"
+	}
+	return fmt.Sprintf("%T", v)
 }

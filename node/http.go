@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -110,6 +111,20 @@ func (h *HTTP) ManagementAddr() net.Addr { return h.mgmtAddr }
 
 // PrometheusAddr is the metrics listener's address, nil when it is off.
 func (h *HTTP) PrometheusAddr() net.Addr { return h.prAddr }
+
+// Shutdown stops the listeners and waits for the requests in progress to finish (until ctx is
+// done, when it closes the connections left). Run it before closing the broker: a request still
+// running then (a POST .../get) would take messages whose journal writes the closing store
+// refuses after it has already decided whether the stop was clean.
+func (h *HTTP) Shutdown(ctx context.Context) error {
+	var errs []error
+	for _, hs := range h.servers {
+		if err := hs.Shutdown(ctx); err != nil {
+			errs = append(errs, err, hs.Close())
+		}
+	}
+	return errors.Join(errs...)
+}
 
 // Close stops the listeners and closes open HTTP connections.
 func (h *HTTP) Close() error {

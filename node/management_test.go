@@ -2,6 +2,7 @@ package node
 
 import (
 	"encoding/json"
+	"github.com/warrenmq/warren/cluster"
 	"io"
 	"log/slog"
 	"net/http"
@@ -244,5 +245,24 @@ func TestCtlAgainstBroker(t *testing.T) {
 	run("purge_queue", "ctl.q")
 	if st, err := ch.QueueDeclarePassive("ctl.q", false, false, false, false, nil); err != nil || st.Messages != 0 {
 		t.Fatalf("after purge_queue: %+v %v", st, err)
+	}
+}
+
+// /api/queues shows a quorum queue's leader (and node) as a string, like RabbitMQ, also on a
+// node that runs no replica or knows no leader yet: then the queue's home.
+func TestShownLeader(t *testing.T) {
+	tests := []struct {
+		name string
+		v    cluster.QuorumView
+		want string
+	}{
+		{"leader known", cluster.QuorumView{Leader: "n2", Home: "n1", Members: []string{"n1", "n2"}}, "n2"},
+		{"no local replica", cluster.QuorumView{Home: "n3", Members: []string{"n1", "n3"}}, "n3"},
+		{"no home", cluster.QuorumView{Members: []string{"n1", "n3"}}, "n1"},
+	}
+	for _, tt := range tests {
+		if got := shownLeader(tt.v); got != tt.want {
+			t.Errorf("%s: shownLeader = %q, want %q", tt.name, got, tt.want)
+		}
 	}
 }

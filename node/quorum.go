@@ -102,10 +102,26 @@ func (m *Management) addQuorum(info *mgmt.QueueInfo, views map[[2]string]cluster
 	if !ok {
 		return // declared or deleted between the two reads
 	}
-	info.Members, info.Online, info.Leader = v.Members, v.Online, v.Leader
+	info.Members, info.Online, info.Leader = v.Members, v.Online, shownLeader(v)
 	if r := v.Local; r != nil {
 		info.Raft = &mgmt.RaftInfo{Term: r.Term, CommitIndex: r.Commit, LastIndex: r.LastIndex, AppliedIndex: r.Applied, Snapshot: r.SnapshotIndex}
 	}
+}
+
+// shownLeader is the leader /api/queues shows for a quorum queue: the Raft leader this node's
+// replica knows, or else the queue's home (through which the nodes outside the group reach it),
+// or else its first member. RabbitMQ always gives a node name there, never null, and clients
+// decode it as a string.
+func shownLeader(v cluster.QuorumView) string {
+	switch {
+	case v.Leader != "":
+		return v.Leader
+	case v.Home != "":
+		return v.Home
+	case len(v.Members) > 0:
+		return v.Members[0]
+	}
+	return ""
 }
 
 // raftName is a raft state's name as rabbitmq-queues prints it: StateLeader -> leader,

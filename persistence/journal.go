@@ -38,6 +38,18 @@ type request struct {
 	done      func(error)
 }
 
+// mayLoseState reports whether refusing or failing r can lose state the next start trusts after
+// a clean stop (see clearRunning): a delivery mark, a removal or a purge (the message would come
+// back, unflagged), or an op whose effect is not known here. A refused publish or page write is
+// reported to its caller and loses nothing already stored, so it leaves the stop clean.
+func (r request) mayLoseState() bool {
+	if r.op != nil || r.exclusive != nil {
+		return true
+	}
+	b := r.batch
+	return b != nil && (len(b.Deliveries) > 0 || len(b.Removes) > 0 || len(b.Purges) > 0)
+}
+
 // errUnexpectedCut: an op purged without being marked cut; its group is committed again
 // without the requests after it.
 var errUnexpectedCut = errors.New("purge in an op not marked cut")
@@ -112,7 +124,9 @@ func (s *Store) submit(r request) {
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
-		s.lost.Store(true)
+		if r.mayLoseState() {
+			s.lost.Store(true)
+		}
 		r.done(ErrClosed)
 		return
 	}
@@ -267,7 +281,9 @@ func (s *Store) commitGroup(reqs []request) int {
 		if r.batch != nil {
 			if err := validateBatch(r.batch); err != nil {
 				if j == 0 {
-					s.lost.Store(true)
+					if r.mayLoseState() {
+						s.lost.Store(true)
+					}
 					r.done(err)
 					return 1
 				}
@@ -314,9 +330,11 @@ func (s *Store) commitGroup(reqs []request) int {
 		}
 		if err != nil {
 			s.setWriteError(err)
-			s.lost.Store(true) // see clearRunning
 			err = fmt.Errorf("persistence: commit to %s: %w", s.dir, err)
 			for _, r := range reqs[:n] {
+				if r.mayLoseState() {
+					s.lost.Store(true) // see clearRunning
+				}
 				r.done(err)
 			}
 			return n
@@ -351,7 +369,9 @@ func (s *Store) commitGroup(reqs []request) int {
 				if errors.Is(err, badger.ErrTxnTooBig) {
 					err = fmt.Errorf("batch too large for one transaction: %w", err)
 				}
-				s.lost.Store(true)
+				if reqs[0].mayLoseState() {
+					s.lost.Store(true)
+				}
 				reqs[0].done(fmt.Errorf("persistence: %w", err))
 				return 1
 			}

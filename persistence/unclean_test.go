@@ -150,8 +150,8 @@ func TestUncleanStopKill9(t *testing.T) {
 }
 
 // TestUncleanStop: what makes a stop unclean, in process. A clean Close leaves the marks in
-// charge; a Close after a write the journal refused leaves the store flagged unclean (the
-// refused batch could have held a delivery mark).
+// charge; a Close after a refused write that held a delivery mark (or a removal) leaves the
+// store flagged unclean, one that only held a publish does not.
 func TestUncleanStop(t *testing.T) {
 	tests := []struct {
 		name    string
@@ -159,8 +159,15 @@ func TestUncleanStop(t *testing.T) {
 		unclean bool
 	}{
 		{name: "clean close", before: func(*testing.T, *Store) {}},
-		{name: "refused batch", unclean: true, before: func(t *testing.T, s *Store) {
-			// Message id 0 is invalid: the journal refuses the batch.
+		{name: "refused batch with a mark", unclean: true, before: func(t *testing.T, s *Store) {
+			// Message id 0 is invalid: the journal refuses the batch, and its mark with it.
+			if err := s.Commit(&Batch{Publishes: []Publish{{Msg: &Message{}, Entries: []Entry{ent("q", 9)}}},
+				Deliveries: []DeliveryMark{{Entry: ent("q", 2), Count: 1}}}); err == nil {
+				t.Fatal("a publish of message id 0 was accepted")
+			}
+		}},
+		{name: "refused publish", before: func(t *testing.T, s *Store) {
+			// A refused publish is reported to its publisher and loses nothing stored.
 			if err := s.Commit(&Batch{Publishes: []Publish{{Msg: &Message{}, Entries: []Entry{ent("q", 9)}}}}); err == nil {
 				t.Fatal("a publish of message id 0 was accepted")
 			}

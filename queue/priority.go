@@ -115,7 +115,9 @@ const evictScan = 64
 
 // evictLast removes and returns the never-delivered entry delivered last, if it comes after
 // seq and is not the head: the one to page out when the window is over. Entries delivered
-// before (requeued) stay, as the owner's stored copy lacks their delivery state.
+// before (requeued) stay, as the owner's stored copy lacks their delivery state; an entry only
+// assumed delivered after an unclean stop (MaybeDelivered, Deliveries 1) goes, as the owner
+// flags its stored copy again when reading it back.
 func (r *prioReady) evictLast(seq uint64) *Entry {
 	scanned := 0
 	for p := range r.levels {
@@ -128,7 +130,7 @@ func (r *prioReady) evictLast(seq uint64) *Entry {
 			if p == r.top && i == 0 {
 				return nil // never the head: the queue would wait to read it back at once
 			}
-			if e.Deliveries == 0 {
+			if e.Deliveries == 0 || (e.MaybeDelivered && e.Deliveries == 1) {
 				d.removeAt(i)
 				r.n--
 				r.settleTop()

@@ -585,3 +585,31 @@ func TestPriorityDelayAndSetOptions(t *testing.T) {
 		t.Fatalf("after the delay %v, want [0 3 1]", got)
 	}
 }
+
+// evictLast pages out never delivered entries and entries only assumed delivered after an
+// unclean stop (their flag is derived again from the stored copy), never really delivered ones.
+func TestPriorityEvictLastMaybeDelivered(t *testing.T) {
+	tests := []struct {
+		name       string
+		deliveries uint32
+		maybe      bool
+		evicted    bool
+	}{
+		{"never delivered", 0, false, true},
+		{"assumed delivered after an unclean stop", 1, true, true},
+		{"delivered and requeued", 1, false, false},
+		{"assumed, then delivered and requeued", 2, true, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := newPrioReady(0)
+			r.insert(0, &Entry{Seq: 1, Msg: &Message{}})
+			last := &Entry{Seq: 2, Msg: &Message{}, Deliveries: tt.deliveries, MaybeDelivered: tt.maybe}
+			r.insert(0, last)
+			got := r.evictLast(0)
+			if (got == last) != tt.evicted {
+				t.Fatalf("evictLast = %v, want evicted %v", got, tt.evicted)
+			}
+		})
+	}
+}

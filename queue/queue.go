@@ -40,7 +40,12 @@ type Entry struct {
 	Durable bool
 	// SharedOnDisk is set by the owner when that copy may be referenced by other queues' entries.
 	SharedOnDisk bool
-	readyAt      int64
+	// MaybeDelivered is set by the owner on an entry read back from a store that stopped
+	// uncleanly: its one delivery (Deliveries 1) is assumed, not real, and the owner derives it
+	// again whenever it reads the stored copy back, so the entry may be paged out like a never
+	// delivered one as long as Deliveries is still 1.
+	MaybeDelivered bool
+	readyAt        int64
 }
 
 // Redelivered reports whether the entry was delivered before.
