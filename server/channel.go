@@ -67,6 +67,9 @@ type channel struct {
 	settleBuf  []delivery     // settle's reusable delivery buffer
 	fwdEntries []*queue.Entry // a link connection's reusable entry buffer (finishForwarded)
 	entryBuf   []*queue.Entry // apply's reusable buffer for acked entries
+
+	fwdDec broker.ForwardDecoder // a link connection's envelope decoder (finishForwarded)
+
 	confirm    bool
 	publishSeq uint64
 	// confirmMode and txMode mirror confirm and tx != nil for readers off the reader goroutine.
