@@ -279,16 +279,27 @@ func (p *Publisher) publishSplit(msg *queue.Message, targets []*Queue, done func
 	// Group the remote targets by home, keeping the first-seen order of homes.
 	for i := 0; i < len(remote); {
 		home := remote[i].home
-		names := []string{remote[i].name}
+		var names []string
 		rest := remote[i+1:]
 		k := 0
 		for _, qs := range rest {
 			if qs.home == home {
+				if names == nil {
+					names = []string{remote[i].name}
+				}
 				names = append(names, qs.name)
 			} else {
 				rest[k] = qs
 				k++
 			}
+		}
+		if names == nil {
+			// One queue of this home, the usual case: the list of the previous such publish is
+			// reused when it names the same queue (the forward keeps it until sent, read only).
+			if len(p.lastRemote) != 1 || p.lastRemote[0] != remote[i].name {
+				p.lastRemote = []string{remote[i].name}
+			}
+			names = p.lastRemote
 		}
 		remote = append(remote[:i+1], rest[:k]...)
 		if f == nil && p.noWait {
