@@ -279,16 +279,27 @@ func (p *Publisher) publishSplit(msg *queue.Message, targets []*Queue, done func
 	// Group the remote targets by home, keeping the first-seen order of homes.
 	for i := 0; i < len(remote); {
 		home := remote[i].home
-		names := []string{remote[i].name}
+		var names []string
 		rest := remote[i+1:]
 		k := 0
 		for _, qs := range rest {
 			if qs.home == home {
+				if names == nil {
+					names = []string{remote[i].name}
+				}
 				names = append(names, qs.name)
 			} else {
 				rest[k] = qs
 				k++
 			}
+		}
+		if names == nil {
+			// One queue of this home, the usual case: the list of the previous such publish is
+			// reused when it names the same queue (the forward keeps it until sent, read only).
+			if len(p.lastRemote) != 1 || p.lastRemote[0] != remote[i].name {
+				p.lastRemote = []string{remote[i].name}
+			}
+			names = p.lastRemote
 		}
 		remote = append(remote[:i+1], rest[:k]...)
 		if f == nil && p.noWait {
@@ -374,6 +385,8 @@ type Forwarded struct {
 	Body       []byte
 	// v2 is set for an EncodeForwardMessage envelope (MetaIndex and TTL carried).
 	v2 bool
+	// targets, when set (ForwardDecoder), is DeliverForwarded's reusable buffer of queues.
+	targets *[]*Queue
 }
 
 // forwardMagic starts every forwarded envelope; its second byte is the format's version:
@@ -447,6 +460,36 @@ func appendBytes(dst []byte, s string) []byte {
 
 // DecodeForward reads an envelope of either format. Header and Body alias b.
 func DecodeForward(b []byte) (Forwarded, error) {
+	return decodeForward(b, nil)
+}
+
+// ForwardDecoder decodes a stream of envelopes as DecodeForward does, for one goroutine (a
+// link's forwarding channel). A link forwards mostly to the same queues with the same exchange
+// and routing key, and those strings outlive the read buffer (every message keeps them), so
+// the decoder reuses the previous envelope's queue list and strings when they are equal
+// instead of allocating them per message. The reused queue list is shared by the messages'
+// Forwarded values and never written to. The queues DeliverForwarded returns for a Forwarded
+// from Decode live in the decoder's buffer: valid until the next Decode.
+type ForwardDecoder struct {
+	queues               []string
+	exchange, routingKey string
+	targets              []*Queue
+}
+
+// Decode reads an envelope of either format. Header and Body alias b.
+func (d *ForwardDecoder) Decode(b []byte) (Forwarded, error) {
+	return decodeForward(b, d)
+}
+
+// intern returns s as a string: *last when equal (no allocation), else a new one kept in *last.
+func intern(last *string, s []byte) string {
+	if string(s) != *last {
+		*last = string(s)
+	}
+	return *last
+}
+
+func decodeForward(b []byte, d *ForwardDecoder) (Forwarded, error) {
 	var f Forwarded
 	if len(b) < 2 || b[0] != forwardMagic[0] || (b[1] != forwardV1 && b[1] != forwardV2) {
 		return f, errors.New("forwarded message: bad envelope")
@@ -471,7 +514,6 @@ func DecodeForward(b []byte) (Forwarded, error) {
 		return f, errors.New("forwarded message: bad queue count")
 	}
 	b = b[k:]
-	f.Queues = make([]string, 0, n)
 	field := func(what string) ([]byte, error) {
 		l, k := binary.Uvarint(b)
 		if k <= 0 || l > uint64(len(b)-k) {
@@ -481,12 +523,37 @@ func DecodeForward(b []byte) (Forwarded, error) {
 		b = b[k+int(l):]
 		return out, nil
 	}
-	for range n {
-		q, err := field("queue name")
-		if err != nil {
-			return f, err
+	if d != nil && uint64(len(d.queues)) == n {
+		// The same queues as the previous envelope? Then its list is reused.
+		rest, same := b, true
+		for _, name := range d.queues {
+			q, err := field("queue name")
+			if err != nil {
+				return f, err
+			}
+			if string(q) != name {
+				same = false
+				break
+			}
 		}
-		f.Queues = append(f.Queues, string(q))
+		if same {
+			f.Queues = d.queues
+		} else {
+			b = rest
+		}
+	}
+	if f.Queues == nil {
+		f.Queues = make([]string, 0, n)
+		for range n {
+			q, err := field("queue name")
+			if err != nil {
+				return f, err
+			}
+			f.Queues = append(f.Queues, string(q))
+		}
+		if d != nil {
+			d.queues = f.Queues
+		}
 	}
 	ex, err := field("exchange")
 	if err != nil {
@@ -500,7 +567,13 @@ func DecodeForward(b []byte) (Forwarded, error) {
 	if err != nil {
 		return f, err
 	}
-	f.Exchange, f.RoutingKey, f.Header, f.Body = string(ex), string(rk), h, b
+	if d != nil {
+		f.Exchange, f.RoutingKey = intern(&d.exchange, ex), intern(&d.routingKey, rk)
+		f.targets = &d.targets
+	} else {
+		f.Exchange, f.RoutingKey = string(ex), string(rk)
+	}
+	f.Header, f.Body = h, b
 	return f, nil
 }
 
@@ -545,7 +618,11 @@ func (v *VHost) DeliverForwarded(f Forwarded, done func(error), scratch *[]*queu
 	if len(f.Queues) == 0 {
 		return v.deliverForwardedDelayed(f, msg, sum.HeadersRaw, done)
 	}
-	targets, missing, refused := v.forwardTargets(f.Queues, nil)
+	var scratch0 []*Queue
+	if f.targets != nil {
+		scratch0 = (*f.targets)[:0]
+	}
+	targets, missing, refused := v.forwardTargets(f.Queues, scratch0)
 	if missing {
 		switch {
 		case f.MetaIndex == 0:
@@ -559,6 +636,9 @@ func (v *VHost) DeliverForwarded(f Forwarded, done func(error), scratch *[]*queu
 				refused = true
 			}
 		}
+	}
+	if f.targets != nil {
+		*f.targets = targets[:0] // keep a grown buffer for the next envelope
 	}
 	if len(targets) == 0 {
 		return PublishResult{Refused: refused}, nil, nil

@@ -52,7 +52,9 @@ type ProxyDelivery struct {
 // proxied consumer; never under a broker lock).
 type ProxySink interface {
 	// Deliver hands a delivery to the client; false when the consumer is gone (cancelled, the
-	// channel closed): the link then requeues it on the home node.
+	// channel closed): the link then requeues it on the home node. d.Header and d.Body are
+	// valid only during the call (they may alias the link's read buffer, so a delivery written
+	// to the client at once is copied only there): a sink that keeps the delivery copies them.
 	Deliver(d ProxyDelivery) bool
 	// Ended tells that the home node cancelled the consumer (its queue was deleted) or that the
 	// link to it was lost (err nil), or that the home closed the consumer's channel with a

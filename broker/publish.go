@@ -18,6 +18,9 @@ type Publisher struct {
 	count    uint64 // publishes, for Flow
 	// localBuf and remoteBuf are publishSplit's reusable target buffers (forward.go).
 	localBuf, remoteBuf []*Queue
+	// lastRemote is publishSplit's last single-queue list of a forward, reused (never written
+	// to) while the next publishes forward to the same queue.
+	lastRemote []string
 	// noWait hands the forwards to other nodes of publishes without a confirm (done nil) to
 	// the delayer (delayer.collectRemote), which confirms them off its timer goroutine: set for
 	// the delayer's publishers.

@@ -610,8 +610,7 @@ func (lc *linkChan) frame(f amqp.Frame) error {
 		}
 		lc.hdr, lc.hasHdr, lc.bodySize = append(lc.hdr[:0], p...), true, int(size)
 		if size == 0 {
-			lc.buf = slices.Clone(lc.hdr)
-			return lc.complete()
+			return lc.complete(nil)
 		}
 		return nil
 	case amqp.FrameBody:
@@ -627,9 +626,9 @@ func (lc *linkChan) frame(f amqp.Frame) error {
 		case lc.buf != nil:
 			lc.buf = append(lc.buf, f.Payload...)
 		case len(f.Payload) == lc.bodySize:
-			// The whole body in one frame, the common case: the append allocates (the header's
-			// slice is full) and copies both, zeroing nothing it then overwrites.
-			lc.buf = append(lc.hdr[:n:n], f.Payload...)
+			// The whole body in one frame, the common case: handed on from the read buffer,
+			// not copied (complete).
+			return lc.complete(f.Payload)
 		default:
 			// The size is the home's claim: the buffer grows with the frames that arrive from
 			// a first allocation of at most linkBodyPrealloc.
@@ -638,22 +637,28 @@ func (lc *linkChan) frame(f amqp.Frame) error {
 			lc.buf = append(lc.buf, f.Payload...)
 		}
 		if len(lc.buf)-n == lc.bodySize {
-			return lc.complete()
+			return lc.complete(lc.buf[n:])
 		}
 		return nil
 	}
 	return nil
 }
 
-// complete hands the assembled message on: to the sink (a consumer's) or to the waiting Get.
-func (lc *linkChan) complete() error {
+// complete hands the message (lc.hdr and body) on: to the sink (a consumer's) or to the
+// waiting Get. body may alias the read buffer (a body in one frame): the sink gets it as it is
+// (broker.ProxySink.Deliver copies what it keeps; a delivery it writes to the client at once,
+// the usual case, is copied only into the client's socket buffer), a Get a copy.
+func (lc *linkChan) complete(body []byte) error {
 	d := lc.d
 	n := len(lc.hdr)
-	d.Header, d.Body = lc.buf[:n:n], lc.buf[n:]
+	d.Header, d.Body = lc.hdr[:n:n], body
 	// lc.d is left as it is (the next basic.deliver or get-ok replaces all of it): it holds
 	// only the tag, flags and the exchange and key strings kept in lastEx and lastKey anyway.
 	lc.buf, lc.hasHdr, lc.inMsg = nil, false, false
 	if lc.get {
+		// The waiting Get keeps it: one allocation for header and body.
+		buf := slices.Concat(lc.hdr, body)
+		d.Header, d.Body = buf[:n:n], buf[n:]
 		return lc.getResult(getResult{d: d, ok: true}, "basic.get-ok")
 	}
 	if lc.sink == nil {

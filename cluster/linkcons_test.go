@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/warrenmq/warren/amqp"
+	"github.com/warrenmq/warren/broker"
 )
 
 // TestProxyAssemblesMessages checks the read loop's assembly of header and body, in turn for
@@ -58,6 +59,65 @@ func TestProxyAssemblesMessages(t *testing.T) {
 		}
 		if !bytes.Equal(r.d.Body, want[i]) {
 			t.Errorf("%s: body of %d bytes, want %d", tt.name, len(r.d.Body), len(want[i]))
+		}
+	}
+}
+
+// copySink is a ProxySink that keeps copies of what it is handed (the header and body are
+// valid only during Deliver) on a channel.
+type copySink chan broker.ProxyDelivery
+
+func (s copySink) Deliver(d broker.ProxyDelivery) bool {
+	d.Header, d.Body = bytes.Clone(d.Header), bytes.Clone(d.Body)
+	s <- d
+	return true
+}
+
+func (copySink) Ended(*amqp.Error) {}
+
+// TestProxyDeliversToSink is TestProxyAssemblesMessages for a consumer's deliveries, which
+// are handed to the sink from the read buffer (a body in one frame) or the assembly buffer:
+// each must be whole while Deliver runs.
+func TestProxyDeliversToSink(t *testing.T) {
+	lc := newTestLinkChan(1)
+	sink := make(copySink, 1)
+	lc.sink, lc.started = sink, make(chan struct{})
+	lc.release() // as Start does
+	_, home := testProxyConn(t, lc)
+	go func() { _, _ = io.Copy(io.Discard, home) }()
+	for i, tt := range []struct {
+		name     string
+		size     int
+		frameMax int
+	}{
+		{"empty", 0, 100},
+		{"one frame", 1000, 4096},
+		{"one frame exactly", 100, 100},
+		{"several frames", 1000, 100},
+		{"several frames, last short", 1001, 100},
+		{"one frame again", 1000, 4096},
+	} {
+		body := bytes.Repeat([]byte{byte('a' + i)}, tt.size)
+		b := amqp.AppendMethodFrame(nil, 1, &amqp.BasicDeliver{ConsumerTag: "c", DeliveryTag: uint64(i + 1), Exchange: "x", RoutingKey: tt.name})
+		frames := contentFrames(1, uint64(tt.size), body, tt.frameMax)
+		frames[7+2], frames[7+3] = byte(i), byte(i)
+		b = append(b, frames...)
+		if _, err := home.Write(b); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case d := <-sink:
+			if d.Tag != uint64(i+1) || d.Exchange != "x" || d.RoutingKey != tt.name {
+				t.Errorf("%s: tag %d exchange %q key %q", tt.name, d.Tag, d.Exchange, d.RoutingKey)
+			}
+			if len(d.Header) != 14 || d.Header[2] != byte(i) || d.Header[3] != byte(i) {
+				t.Errorf("%s: header %x", tt.name, d.Header)
+			}
+			if !bytes.Equal(d.Body, body) {
+				t.Errorf("%s: body of %d bytes, want %d", tt.name, len(d.Body), len(body))
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s: no delivery", tt.name)
 		}
 	}
 }

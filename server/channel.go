@@ -67,6 +67,10 @@ type channel struct {
 	settleBuf  []delivery     // settle's reusable delivery buffer
 	fwdEntries []*queue.Entry // a link connection's reusable entry buffer (finishForwarded)
 	entryBuf   []*queue.Entry // apply's reusable buffer for acked entries
+
+	fwdDec broker.ForwardDecoder // a link connection's envelope decoder (finishForwarded)
+	fwdHdr []byte                // a link connection's reusable envelope content header (contentHeader)
+
 	confirm    bool
 	publishSeq uint64
 	// confirmMode and txMode mirror confirm and tx != nil for readers off the reader goroutine.
@@ -221,7 +225,8 @@ func (ch *channel) contentHeader(p []byte) *amqp.Error {
 	// allocation; a larger one is allocated by contentBody as a copy of its frame, which spares
 	// zeroing it first.
 	maxSize := uint64(ch.c.srv.maxMessageSize())
-	if ch.c.link && ch.pubM != nil && ch.pubM.Exchange == broker.ForwardExchange {
+	forward := ch.c.link && ch.pubM != nil && ch.pubM.Exchange == broker.ForwardExchange
+	if forward {
 		// Another node's envelope: its body is a message the sending node held to its limit,
 		// wrapped with the queue names and the content header (broker.ForwardEnvelopeSlack).
 		maxSize += broker.ForwardEnvelopeSlack
@@ -232,6 +237,11 @@ func (ch *channel) contentHeader(p []byte) *amqp.Error {
 			buf = make([]byte, len(p)+int(size))
 			copy(buf, p)
 			hdr = buf[:len(p):len(p)]
+		} else if forward && size <= maxSize {
+			// An envelope's own header is not kept (finishForwarded uses the one inside the
+			// envelope): it goes into the channel's reusable buffer, not a new one per message.
+			ch.fwdHdr = append(ch.fwdHdr[:0], p...)
+			hdr = ch.fwdHdr
 		} else if size <= maxSize {
 			hdr = make([]byte, len(p))
 			copy(hdr, p)

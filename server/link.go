@@ -9,7 +9,6 @@ import (
 	"unicode"
 
 	"github.com/warrenmq/warren/amqp"
-	"github.com/warrenmq/warren/broker"
 )
 
 // This file is the home-node half of a cluster's data link: the login of another node's link
@@ -157,7 +156,7 @@ func peekWrapped(nc net.Conn) (byte, net.Conn, error) {
 // always uses confirms) follows the same rules as a client's: after the sync of a persistent
 // message to a durable queue, a nack when a queue refused it.
 func (ch *channel) finishForwarded(body []byte) *amqp.Error {
-	f, err := broker.DecodeForward(body)
+	f, err := ch.fwdDec.Decode(body)
 	if err != nil {
 		return basicError(amqp.Errorf(amqp.SyntaxError, "%v", err))
 	}

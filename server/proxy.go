@@ -80,6 +80,9 @@ func (rs *remoteSink) Deliver(d broker.ProxyDelivery) bool {
 	b := w.lock()
 	if hold || w.congestedLocked() {
 		w.unlock(b)
+		// d's header and body may alias the link's read buffer: what waits gets a copy.
+		buf := slices.Concat(d.Header, d.Body)
+		d.Header, d.Body = buf[:len(d.Header):len(d.Header)], buf[len(d.Header):]
 		ch.remote.held = append(ch.remote.held, heldDelivery{rs: rs, d: d})
 		rs.held++
 		ch.starved = true
