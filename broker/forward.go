@@ -620,6 +620,9 @@ func (v *VHost) DeliverForwarded(f Forwarded, done func(error), scratch *[]*queu
 	}
 	var scratch0 []*Queue
 	if f.targets != nil {
+		// The previous envelope's queues are dropped first: the buffer must not keep a
+		// deleted queue reachable until a later envelope overwrites its slot.
+		clear((*f.targets)[:cap(*f.targets)])
 		scratch0 = (*f.targets)[:0]
 	}
 	targets, missing, refused := v.forwardTargets(f.Queues, scratch0)
