@@ -241,6 +241,11 @@ type quorumQueue struct {
 	// promoting, when not nil, is closed once the promotion under way (promoteDue) has been
 	// applied and handed on (qq.mu).
 	promoting chan struct{}
+	// promoteStuck, when not nil, is answered (closed) once the clock op of a promotion that
+	// timed out has been answered (qq.mu): until then promoteDue does not wait again, as
+	// the log is not applying (no majority), and each ack would wait the whole
+	// quorumPromoteWait on the connection's reader.
+	promoteStuck chan struct{}
 }
 
 // openQuorum creates a quorum queue's local Queue and opens its group; handled is false when
@@ -598,10 +603,29 @@ func (qq *quorumQueue) submitReturn(ids []uint64, delivered bool, done func(quor
 // when that round came after the ack, a later message went first. Every replica applies the
 // same clock command: the state stays the same everywhere. A due promotion already under way
 // is waited for, not proposed again.
+//
+// It runs on the connection's reader (settle): it does not wait while the group has no
+// leader (an election, the minority side of a partition), nor again after a promotion that
+// timed out, until that one's clock op is answered (promoteStuck); the leader's timer then
+// promotes the message when the log applies again.
 func (qq *quorumQueue) promoteDue() {
 	if qq.minRedelivery <= 0 {
 		return
 	}
+	if _, ok := qq.g.Leader(); !ok {
+		return
+	}
+	qq.mu.Lock()
+	if qq.promoteStuck != nil {
+		select {
+		case <-qq.promoteStuck:
+			qq.promoteStuck = nil
+		default:
+			qq.mu.Unlock()
+			return
+		}
+	}
+	qq.mu.Unlock()
 	timer := time.NewTimer(quorumPromoteWait)
 	defer timer.Stop()
 	for range 2 { // a promotion under way may have taken its clock before this one's due time
@@ -654,6 +678,9 @@ func (qq *quorumQueue) promote(wait chan struct{}) {
 	select {
 	case <-applied:
 	case <-timer.C:
+		qq.mu.Lock()
+		qq.promoteStuck = applied
+		qq.mu.Unlock()
 		return
 	case <-qq.stop:
 		return
