@@ -241,11 +241,12 @@ type quorumQueue struct {
 	// promoting, when not nil, is closed once the promotion under way (promoteDue) has been
 	// applied and handed on (qq.mu).
 	promoting chan struct{}
-	// promoteStuck, when not nil, is answered (closed) once the clock op of a promotion that
-	// timed out has been answered (qq.mu): until then promoteDue does not wait again, as
-	// the log is not applying (no majority), and each ack would wait the whole
-	// quorumPromoteWait on the connection's reader.
-	promoteStuck chan struct{}
+	// promoteOp, when not nil, is closed once the clock op of the last promotion has been
+	// answered (qq.mu): while it is not, and that promotion timed out (promoting nil),
+	// promoteDue neither waits nor proposes again, as the log is not applying (no
+	// majority), and each ack would wait the whole quorumPromoteWait on the connection's
+	// reader.
+	promoteOp chan struct{}
 }
 
 // openQuorum creates a quorum queue's local Queue and opens its group; handled is false when
@@ -606,7 +607,7 @@ func (qq *quorumQueue) submitReturn(ids []uint64, delivered bool, done func(quor
 //
 // It runs on the connection's reader (settle): it does not wait while the group has no
 // leader (an election, the minority side of a partition), nor again after a promotion that
-// timed out, until that one's clock op is answered (promoteStuck); the leader's timer then
+// timed out, until that one's clock op is answered (promoteOp); the leader's timer then
 // promotes the message when the log applies again.
 func (qq *quorumQueue) promoteDue() {
 	if qq.minRedelivery <= 0 {
@@ -615,17 +616,6 @@ func (qq *quorumQueue) promoteDue() {
 	if _, ok := qq.g.Leader(); !ok {
 		return
 	}
-	qq.mu.Lock()
-	if qq.promoteStuck != nil {
-		select {
-		case <-qq.promoteStuck:
-			qq.promoteStuck = nil
-		default:
-			qq.mu.Unlock()
-			return
-		}
-	}
-	qq.mu.Unlock()
 	timer := time.NewTimer(quorumPromoteWait)
 	defer timer.Stop()
 	for range 2 { // a promotion under way may have taken its clock before this one's due time
@@ -640,6 +630,15 @@ func (qq *quorumQueue) promoteDue() {
 			return
 		}
 		wait := qq.promoting
+		if wait == nil && qq.promoteOp != nil {
+			select {
+			case <-qq.promoteOp:
+				qq.promoteOp = nil
+			default: // the last promotion timed out, its clock op not answered yet
+				qq.mu.Unlock()
+				return
+			}
+		}
 		if wait == nil {
 			wait = make(chan struct{})
 			qq.promoting = wait
@@ -671,6 +670,9 @@ func (qq *quorumQueue) promote(wait chan struct{}) {
 		close(wait)
 	}()
 	applied := make(chan struct{})
+	qq.mu.Lock()
+	qq.promoteOp = applied
+	qq.mu.Unlock()
 	cmd := quorum.Command{Kind: quorum.KindDelivered, Node: qq.node} // changes nothing
 	qq.submitOp(quorumOp{cmd: cmd, size: cmdSize(&cmd), clock: true, done: func(quorum.Result, error) { close(applied) }})
 	timer := time.NewTimer(quorumPromoteWait)
@@ -678,9 +680,6 @@ func (qq *quorumQueue) promote(wait chan struct{}) {
 	select {
 	case <-applied:
 	case <-timer.C:
-		qq.mu.Lock()
-		qq.promoteStuck = applied
-		qq.mu.Unlock()
 		return
 	case <-qq.stop:
 		return
