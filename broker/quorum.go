@@ -129,8 +129,9 @@ type quorumOp struct {
 	done func(quorum.Result, error) // nil: nothing to do with the result
 	size int
 	// at is this node's clock (unix ms) when a return of deliveries was decided, on a queue
-	// with a redelivery delay: proposed as a KindAt before it, so that the delay counts
-	// from the requeue, not from the round that carries it (submitReturn).
+	// with a redelivery delay: its age when the batch is built goes as a KindAt before it,
+	// so that the delay counts from the requeue, not from the round that carries it, with
+	// no skew between this node's clock and the queue's (submitReturn).
 	at int64
 	// clock: the batch carries this node's clock for the op (a follower's KindClock; a
 	// leader's batch carries it anyway), which promotes the redeliveries due by it.
@@ -855,7 +856,9 @@ func (qq *quorumQueue) proposeLoop() {
 					clocked = true
 				}
 				if ops[i].at > 0 {
-					batch.Batch = append(batch.Batch, quorum.Command{Kind: quorum.KindAt, Now: ops[i].at})
+					// Its age, both ends on this node's clock (KindAt).
+					age := max(time.Now().UnixMilli()-ops[i].at, 0)
+					batch.Batch = append(batch.Batch, quorum.Command{Kind: quorum.KindAt, Now: age})
 				}
 				resAt[i] = len(batch.Batch)
 				batch.Batch = append(batch.Batch, ops[i].cmd)
