@@ -129,8 +129,9 @@ type quorumOp struct {
 	done func(quorum.Result, error) // nil: nothing to do with the result
 	size int
 	// at is this node's clock (unix ms) when a return of deliveries was decided, on a queue
-	// with a redelivery delay: proposed as a KindAt before it, so that the delay counts
-	// from the requeue, not from the round that carries it (submitReturn).
+	// with a redelivery delay: its age when the batch is built goes as a KindAt before it,
+	// so that the delay counts from the requeue, not from the round that carries it, with
+	// no skew between this node's clock and the queue's (submitReturn).
 	at int64
 	// clock: the batch carries this node's clock for the op (a follower's KindClock; a
 	// leader's batch carries it anyway), which promotes the redeliveries due by it.
@@ -241,6 +242,12 @@ type quorumQueue struct {
 	// promoting, when not nil, is closed once the promotion under way (promoteDue) has been
 	// applied and handed on (qq.mu).
 	promoting chan struct{}
+	// promoteOp, when not nil, is closed once the clock op of the last promotion has been
+	// answered (qq.mu): while it is not, and that promotion timed out (promoting nil),
+	// promoteDue neither waits nor proposes again, as the log is not applying (no
+	// majority), and each ack would wait the whole quorumPromoteWait on the connection's
+	// reader.
+	promoteOp chan struct{}
 }
 
 // openQuorum creates a quorum queue's local Queue and opens its group; handled is false when
@@ -598,8 +605,16 @@ func (qq *quorumQueue) submitReturn(ids []uint64, delivered bool, done func(quor
 // when that round came after the ack, a later message went first. Every replica applies the
 // same clock command: the state stays the same everywhere. A due promotion already under way
 // is waited for, not proposed again.
+//
+// It runs on the connection's reader (settle): it does not wait while the group has no
+// leader (an election, the minority side of a partition), nor again after a promotion that
+// timed out, until that one's clock op is answered (promoteOp); the leader's timer then
+// promotes the message when the log applies again.
 func (qq *quorumQueue) promoteDue() {
 	if qq.minRedelivery <= 0 {
+		return
+	}
+	if _, ok := qq.g.Leader(); !ok {
 		return
 	}
 	timer := time.NewTimer(quorumPromoteWait)
@@ -616,6 +631,15 @@ func (qq *quorumQueue) promoteDue() {
 			return
 		}
 		wait := qq.promoting
+		if wait == nil && qq.promoteOp != nil {
+			select {
+			case <-qq.promoteOp:
+				qq.promoteOp = nil
+			default: // the last promotion timed out, its clock op not answered yet
+				qq.mu.Unlock()
+				return
+			}
+		}
 		if wait == nil {
 			wait = make(chan struct{})
 			qq.promoting = wait
@@ -647,6 +671,9 @@ func (qq *quorumQueue) promote(wait chan struct{}) {
 		close(wait)
 	}()
 	applied := make(chan struct{})
+	qq.mu.Lock()
+	qq.promoteOp = applied
+	qq.mu.Unlock()
 	cmd := quorum.Command{Kind: quorum.KindDelivered, Node: qq.node} // changes nothing
 	qq.submitOp(quorumOp{cmd: cmd, size: cmdSize(&cmd), clock: true, done: func(quorum.Result, error) { close(applied) }})
 	timer := time.NewTimer(quorumPromoteWait)
@@ -829,7 +856,9 @@ func (qq *quorumQueue) proposeLoop() {
 					clocked = true
 				}
 				if ops[i].at > 0 {
-					batch.Batch = append(batch.Batch, quorum.Command{Kind: quorum.KindAt, Now: ops[i].at})
+					// Its age, both ends on this node's clock (KindAt).
+					age := max(time.Now().UnixMilli()-ops[i].at, 0)
+					batch.Batch = append(batch.Batch, quorum.Command{Kind: quorum.KindAt, Now: age})
 				}
 				resAt[i] = len(batch.Batch)
 				batch.Batch = append(batch.Batch, ops[i].cmd)

@@ -35,10 +35,13 @@ const (
 	// delivery count is raised to that (never lowered: applying it twice, or after a later
 	// count, changes nothing).
 	KindCount
-	// KindAt is the proposer's clock (Now) when it decided the next command of the batch (a
-	// return): the redelivery delay of what that command returns counts from then, not from
-	// when its batch was proposed (one round or more later under load), as a classic
-	// queue's counts from the requeue. For that next command only.
+	// KindAt is the age (Now, ms) of the next command of the batch (a return) when its batch
+	// was built: how long before, by the proposer's own clock, it decided that return. The
+	// redelivery delay of what that command returns counts from the queue's time less that
+	// age (at most the delay), not from when its batch was proposed (one round or more later
+	// under load), as a classic queue's counts from the requeue. An age, not a time: a
+	// proposer whose clock runs behind the queue's does not cancel the delay. For that next
+	// command only.
 	KindAt
 	kindEnd
 )

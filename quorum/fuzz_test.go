@@ -74,6 +74,9 @@ func FuzzMachineSequence(f *testing.F) {
 	f.Add([]byte{0, 0, 0, 0, 2, 12, 4, 8, 4, 32, 32, 32, 32, 32})
 	// At least once, reject-publish: rejects and expiries kept in the discards, then settled.
 	f.Add([]byte{64 + 8 + 3, 0, 1, 0, 2, 6, 5, 6, 5, 19, 0, 0, 2, 6, 5, 29, 19})
+	// A redelivery delay (odd length): n1 taken for dead holding a message, n2 takes it and
+	// returns it (delayed, with a KindAt), then n1's late mark counts it.
+	f.Add([]byte{0, 0, 2, 7, 22, 24, 8})
 	f.Fuzz(func(t *testing.T, in []byte) {
 		limits := Limits{MaxLength: -1, MaxBytes: -1, DeliveryLimit: -1}
 		if len(in) > 0 {
@@ -83,8 +86,12 @@ func FuzzMachineSequence(f *testing.F) {
 			limits.SingleActive = in[0] >= 128
 			limits.AtLeastOnce = in[0]&64 != 0 // discards kept until a DLXSettle
 		}
+		if len(in)%2 == 1 {
+			limits.RedeliveryDelay = 700 // returns delayed (late marks on delayed messages)
+		}
 		nodes := []string{"n1", "n2", "n3"}
 		held := map[string][]uint64{}
+		down := map[string][]uint64{} // held by a node when a NodeDown took them back
 		a := New(limits, Hooks{Assigned: func(node string, msgs []Msg) {
 			for _, m := range msgs {
 				held[node] = append(held[node], m.ID)
@@ -106,6 +113,7 @@ func FuzzMachineSequence(f *testing.F) {
 		for i, op := range in {
 			node := nodes[int(op>>4)%3]
 			var c Command
+			var pre []Command // before c in its batch
 			switch op % 10 {
 			case 0, 1:
 				c = Command{Kind: KindEnqueue, Msgs: []*Msg{{Body: []byte{op}, Expires: int64(op%3) * 1500}}}
@@ -115,16 +123,23 @@ func FuzzMachineSequence(f *testing.F) {
 				c = Command{Kind: KindSettle, Node: node, IDs: pick(node, op)}
 			case 4:
 				c = Command{Kind: KindReturn, Node: node, IDs: pick(node, op), Delivered: op%2 == 0}
+				if op%3 == 0 {
+					pre = append(pre, Command{Kind: KindAt, Now: int64(op%5) * 100}) // its age (the delay is 700)
+				}
 			case 5:
 				c = Command{Kind: KindDiscard, Node: node, IDs: pick(node, op)}
 			case 6:
 				c = Command{Kind: KindGet, Node: node, NoAck: op%2 == 0}
 			case 7:
 				c = Command{Kind: KindNodeDown, Node: node}
+				down[node] = append(down[node], held[node]...)
 				held[node] = nil
 			case 8:
 				c = Command{Kind: KindDelivered, Node: node, IDs: append([]uint64(nil), held[node]...)}
-				if op >= 128 {
+				if op%20 == 8 && len(down[node]) > 0 {
+					// A late mark: of what a NodeDown took back from the node.
+					c.IDs, down[node] = down[node], nil
+				} else if op >= 128 {
 					// A local requeue's count instead (a single-active-consumer node's).
 					c = Command{Kind: KindCount, Node: node, IDs: c.IDs}
 					for range c.IDs {
@@ -145,10 +160,21 @@ func FuzzMachineSequence(f *testing.F) {
 				before[d.Msg.ID] = true
 			}
 			now += 500
-			batch := Command{Kind: KindBatch, Now: now, Batch: []Command{c}}.Encoded()
+			batch := Command{Kind: KindBatch, Now: now, Batch: append(pre, c)}.Encoded()
 			rs := a.Apply(uint64(i), batch).([]Result)
 			b.Apply(uint64(i), batch)
-			r := rs[0]
+			r := rs[len(pre)]
+			for _, x := range []*Machine{a, b} {
+				late := 0
+				for _, d := range x.delayed {
+					if d.msg.downFrom != "" {
+						late++
+					}
+				}
+				if late != x.delayedLate {
+					t.Fatalf("delayedLate %d, want %d (the delayed messages with a downFrom)", x.delayedLate, late)
+				}
+			}
 			switch c.Kind {
 			case KindEnqueue:
 				enqueued += len(c.Msgs)

@@ -155,7 +155,8 @@ type Machine struct {
 	seq     uint64 // checkouts counted, for nodeState.since
 	now     int64  // the highest batch Now applied (unix ms)
 	clock   int64  // a follower's KindClock, for the rest of its batch only
-	at      int64  // a KindAt, for the next command only
+	age     int64  // a KindAt's age (ms), for the next command only (aged)
+	aged    bool
 	expired []Dropped
 	returns []*Msg // returned messages, by ID: delivered before ready ones
 	// delayed are returned messages waiting for their redelivery delay, by due time (then
@@ -231,7 +232,7 @@ func (m *Machine) Apply(_ uint64, cmd []byte) any {
 		m.touch() // the queue's first known time: the countdown starts at its creation
 	}
 	m.storeCounts() // with the batch's clock: Expired may be by a follower's
-	m.clock, m.at = 0, 0
+	m.clock, m.age, m.aged = 0, 0, false
 	m.flushAssigned()
 	if m.hooks.Applied != nil {
 		m.hooks.Applied()
@@ -418,7 +419,7 @@ func (m *Machine) apply(c *Command) Result {
 	case KindClock:
 		m.clock = max(m.clock, c.Now)
 	case KindAt:
-		m.at = c.Now
+		m.age, m.aged = c.Now, true
 		return r // for the next command: neither reset nor anything to promote yet
 	case KindTouch:
 		m.touch()
@@ -426,7 +427,7 @@ func (m *Machine) apply(c *Command) Result {
 		r.Purged = m.readyLen() + len(m.delayed)
 		m.returns, m.ready, m.head, m.bytes, m.delayed, m.delayedLate = nil, nil, 0, 0, nil, 0
 	}
-	m.at = 0
+	m.age, m.aged = 0, false
 	m.promote()
 	m.expireHead()
 	m.assign()
@@ -595,11 +596,13 @@ func (m *Machine) giveBack(msg *Msg, delivered bool) (Dropped, bool) {
 			return Dropped{Msg: msg, Reason: DeliveryLimit}, true
 		}
 		if d := m.limits.redeliveryDelay(msg.Count); d > 0 {
-			// From the return's own time (KindAt) when it is earlier than the queue's: the
-			// delay counts from the requeue, not from the round that carried it.
+			// From the return's own time (KindAt: its age when proposed, measured on the
+			// proposer's clock alone, so no clock skew between nodes enters it): the delay
+			// counts from the requeue, not from the round that carried it; never from
+			// further back than the delay.
 			from := m.time()
-			if m.at > 0 && m.at < from {
-				from = m.at
+			if m.aged {
+				from -= min(max(m.age, 0), d)
 			}
 			at := from + d
 			i := sort.Search(len(m.delayed), func(i int) bool {

@@ -869,19 +869,20 @@ func TestCountAndLateMarks(t *testing.T) {
 	}
 }
 
-// TestReturnAt: a return's delay counts from its KindAt (the node's clock at the requeue)
-// when that is earlier than the queue's time, for that return only; a KindAt later than the
-// queue's time (a clock ahead) does not lengthen the delay; NextRedelivery is the first
-// delayed message's due time, and a follower's KindClock past it promotes it.
+// TestReturnAt: a return's delay counts from the queue's time less its KindAt's age (how
+// long before its batch was built the proposer decided it, on its own clock: no skew), at
+// most the delay, for that return only; NextRedelivery is the first delayed message's due
+// time, and a follower's KindClock past it promotes it.
 func TestReturnAt(t *testing.T) {
 	tests := []struct {
 		name string
-		at   int64 // 0: no KindAt
-		due  int64 // the first return's due time (batch at 1000, delay 300)
+		age  int64 // -1: no KindAt
+		due  int64 // the first return's due time (batch at 1000, delay 300); 0: at once
 	}{
-		{"no at", 0, 1300},
-		{"earlier", 900, 1200},
-		{"later ignored", 1100, 1300},
+		{"no at", -1, 1300},
+		{"aged", 100, 1200},
+		{"fresh", 0, 1300},
+		{"older than the delay", 5000, 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -892,12 +893,24 @@ func TestReturnAt(t *testing.T) {
 			batch := func(now int64, cs ...Command) { m.Apply(0, Command{Kind: KindBatch, Now: now, Batch: cs}.Encoded()) }
 			batch(500, Command{Kind: KindCheckout, Node: "n1", Credit: 3}, enq("a", "b", "c"))
 			var cs []Command
-			if tt.at > 0 {
-				cs = append(cs, Command{Kind: KindAt, Now: tt.at})
+			if tt.age >= 0 {
+				cs = append(cs, Command{Kind: KindAt, Now: tt.age})
 			}
 			cs = append(cs, Command{Kind: KindReturn, Node: "n1", IDs: []uint64{1}, Delivered: true},
 				Command{Kind: KindReturn, Node: "n1", IDs: []uint64{2}, Delivered: true})
+			before := len(r.assigned["n1"])
 			batch(1000, cs...)
+			if tt.due == 0 {
+				// Due at once (from the queue's time less the whole delay): promoted by
+				// the same batch, the second still delayed.
+				if len(m.delayed) != 1 || m.delayed[0].msg.ID != 2 || m.delayed[0].at != 1300 {
+					t.Fatalf("delayed %+v, want only the second, due at 1300", m.delayed)
+				}
+				if got := r.assigned["n1"][before:]; !slices.Contains(got, 1) {
+					t.Fatalf("not promoted at once: assigned %v", got)
+				}
+				return
+			}
 			if got := m.NextRedelivery(); got != tt.due {
 				t.Fatalf("NextRedelivery %d, want %d", got, tt.due)
 			}
@@ -905,7 +918,7 @@ func TestReturnAt(t *testing.T) {
 			if len(m.delayed) != 2 || m.delayed[1].at != 1300 {
 				t.Fatalf("delayed %+v, want the second due at 1300", m.delayed)
 			}
-			before := len(r.assigned["n1"])
+			before = len(r.assigned["n1"])
 			batch(0, Command{Kind: KindClock, Now: tt.due - 1})
 			if len(r.assigned["n1"]) != before {
 				t.Fatal("promoted before its time")
