@@ -225,13 +225,6 @@ func (w *writer) congestedLocked() bool {
 	return w.dead
 }
 
-func (w *writer) congested() bool {
-	w.mu.Lock()
-	c := w.congestedLocked()
-	w.mu.Unlock()
-	return c
-}
-
 // closeAfterFlush makes the writer close the socket once everything queued so far is written.
 func (w *writer) closeAfterFlush() {
 	w.mu.Lock()
