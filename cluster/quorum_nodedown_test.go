@@ -1,8 +1,6 @@
 package cluster
 
 import (
-	"fmt"
-	"sync"
 	"testing"
 	"time"
 
@@ -41,27 +39,7 @@ func startProxiedRaftCluster(t *testing.T, tweak func(*NodeConfig), names ...str
 		}
 		nodes[from] = rn
 	}
-	var wg sync.WaitGroup
-	errs := make(chan error, len(nodes))
-	for _, rn := range nodes {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := rn.startE(); err != nil {
-				errs <- fmt.Errorf("node %s: %w", rn.name, err)
-			}
-		}()
-	}
-	wg.Wait()
-	for _, rn := range nodes {
-		if rn.srv != nil {
-			t.Cleanup(func() { rn.kill() })
-		}
-	}
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
-	}
+	startRaftNodes(t, nodes)
 	isolate := func(node string, cut bool) {
 		for k, p := range proxies {
 			if k[0] == node || k[1] == node {

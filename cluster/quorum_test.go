@@ -115,6 +115,14 @@ func startRaftClusterWith(t testing.TB, tweak func(*NodeConfig), names ...string
 		}
 		nodes[name] = rn
 	}
+	startRaftNodes(t, nodes)
+	return nodes
+}
+
+// startRaftNodes starts nodes at once (each waits for the others to form the cluster) and
+// kills them at the test's end; a node that fails to start fails the test.
+func startRaftNodes(t testing.TB, nodes map[string]*raftNode) {
+	t.Helper()
 	var wg sync.WaitGroup
 	errs := make(chan error, len(nodes))
 	for _, rn := range nodes {
@@ -136,7 +144,6 @@ func startRaftClusterWith(t testing.TB, tweak func(*NodeConfig), names ...string
 	for err := range errs {
 		t.Fatal(err)
 	}
-	return nodes
 }
 
 // declareQuorum declares a quorum queue through node on, retrying while the metadata group
