@@ -674,8 +674,7 @@ func (qq *quorumQueue) promote(wait chan struct{}) {
 	qq.mu.Lock()
 	qq.promoteOp = applied
 	qq.mu.Unlock()
-	cmd := quorum.Command{Kind: quorum.KindDelivered, Node: qq.node} // changes nothing
-	qq.submitOp(quorumOp{cmd: cmd, size: cmdSize(&cmd), clock: true, done: func(quorum.Result, error) { close(applied) }})
+	qq.submitClock(applied)
 	timer := time.NewTimer(quorumPromoteWait)
 	defer timer.Stop()
 	select {
@@ -1037,15 +1036,31 @@ func (qq *quorumQueue) event(ev quorumEvent) {
 	}
 }
 
+// submitClock proposes an empty command with this node's clock (due redeliveries are
+// promoted by it) and closes applied once it is answered, applied or failed.
+func (qq *quorumQueue) submitClock(applied chan struct{}) {
+	cmd := quorum.Command{Kind: quorum.KindDelivered, Node: qq.node} // changes nothing
+	qq.submitOp(quorumOp{cmd: cmd, size: cmdSize(&cmd), clock: true, done: func(quorum.Result, error) { close(applied) }})
+}
+
+// awaitOpened waits until this process's NodeDown is applied (qq.opened); false when the
+// queue stopped or its group ended first.
+func (qq *quorumQueue) awaitOpened() bool {
+	select {
+	case <-qq.opened:
+		return true
+	case <-qq.stop:
+		return false
+	case <-qq.g.Done():
+		return false
+	}
+}
+
 // deliverLoop pushes the messages assigned to this node into the local queue, in log order.
 func (qq *quorumQueue) deliverLoop() {
 	// Nothing is handed on before this process's NodeDown is applied (readyAt): the events
 	// wait in qq.events, and ewake holds their signal.
-	select {
-	case <-qq.opened:
-	case <-qq.stop:
-		return
-	case <-qq.g.Done():
+	if !qq.awaitOpened() {
 		return
 	}
 	for {
@@ -1231,8 +1246,7 @@ func (qq *quorumQueue) consumerAdded() {
 	// Behind the credit check (a batch that takes this op has the checkout in it, or an
 	// earlier one had), with this node's clock: due redeliveries are promoted by it too.
 	applied := make(chan struct{})
-	cmd := quorum.Command{Kind: quorum.KindDelivered, Node: qq.node} // changes nothing
-	qq.submitOp(quorumOp{cmd: cmd, size: cmdSize(&cmd), clock: true, done: func(quorum.Result, error) { close(applied) }})
+	qq.submitClock(applied)
 	timer := time.NewTimer(quorumPromoteWait)
 	defer timer.Stop()
 	select {

@@ -124,11 +124,7 @@ func (d *quorumDLX) signal() {
 // (opened): the log before it is applied, so the discards are not stale.
 func (d *quorumDLX) run() {
 	qq := d.qq
-	select {
-	case <-qq.opened:
-	case <-qq.stop:
-		return
-	case <-qq.g.Done():
+	if !qq.awaitOpened() {
 		return
 	}
 	tick := time.NewTicker(quorumDLXTick)
