@@ -282,10 +282,15 @@ func (n *Node) statusLoop() {
 		}
 		if restarting != nil {
 			// Everything the log decided before this node's restart is applied here once
-			// its node_restarted is: groups opened from now on are new (StartNode).
-			if _, err := restarting.Wait(ctx); err == nil {
+			// its node_restarted is: groups opened from now on are new (StartNode). Checked,
+			// not waited for: a wait would spend ctx, and the status this loop reports
+			// must not stop while the broker catches up (the leader would take the node
+			// for dead).
+			select {
+			case <-restarting.done:
 				n.host.NewGroupsFromNow()
 				restarting = nil
+			default:
 			}
 		}
 		n.watchMembers(ctx)
