@@ -881,8 +881,7 @@ func (m *Metadata) Restore(b []byte) error {
 		}
 		for _, k := range was.sortedBindings() {
 			if _, ok := now.bindings[k]; !ok {
-				args, _ := decodeArgs([]byte(k.Args))
-				m.apply(broker.TopologyOp{Kind: broker.OpUnbind, VHost: vn, Binding: broker.BindingSpec{Source: k.Source, Destination: k.Destination, ToExchange: k.ToExchange, Key: k.Key, Args: args}})
+				m.apply(bindingOp(broker.OpUnbind, vn, k))
 			}
 		}
 		for _, qn := range sortedKeys(was.Queues) {
@@ -930,8 +929,7 @@ func (m *Metadata) Restore(b []byte) error {
 				dest = "x\x00" + k.Destination
 			}
 			if _, ok := was.bindings[k]; !ok || renewed["x\x00"+k.Source] || renewed[dest] {
-				args, _ := decodeArgs([]byte(k.Args))
-				m.apply(broker.TopologyOp{Kind: broker.OpBind, VHost: vn, Binding: broker.BindingSpec{Source: k.Source, Destination: k.Destination, ToExchange: k.ToExchange, Key: k.Key, Args: args}})
+				m.apply(bindingOp(broker.OpBind, vn, k))
 			}
 		}
 	}
@@ -945,18 +943,11 @@ func (m *Metadata) Restore(b []byte) error {
 // node held are lost with it. The broker deletes the exchange and declares it with its new
 // home (at index, its new epoch), then binds it again. With no such member they stay.
 func (m *Metadata) rehomeExchanges(node string, index uint64) {
-	home := ""
-	for _, n := range m.st.Nodes {
-		_, down := slices.BinarySearch(m.st.Down, n)
-		_, gone := slices.BinarySearch(m.st.Gone, n)
-		if n != node && !down && !gone {
-			home = n
-			break
-		}
-	}
-	if home == "" {
+	i := slices.IndexFunc(m.st.Nodes, func(n string) bool { return n != node && !m.isDownOrGone(n) })
+	if i < 0 {
 		return
 	}
+	home := m.st.Nodes[i]
 	for _, vn := range sortedKeys(m.st.VHosts) {
 		vs := m.st.VHosts[vn]
 		for _, xn := range sortedKeys(vs.Exchanges) {
@@ -971,9 +962,7 @@ func (m *Metadata) rehomeExchanges(node string, index uint64) {
 			m.apply(broker.TopologyOp{Kind: broker.OpDeclareExchange, VHost: vn, Exchange: exchangeSpec(xn, x), Home: home})
 			for _, k := range vs.sortedBindings() {
 				if k.Source == xn || (k.ToExchange && k.Destination == xn) {
-					args, _ := decodeArgs([]byte(k.Args))
-					m.apply(broker.TopologyOp{Kind: broker.OpBind, VHost: vn, Binding: broker.BindingSpec{Source: k.Source,
-						Destination: k.Destination, ToExchange: k.ToExchange, Key: k.Key, Args: args}})
+					m.apply(bindingOp(broker.OpBind, vn, k))
 				}
 			}
 		}
@@ -994,4 +983,12 @@ func sortedKeys[V any](mp map[string]V) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// bindingOp is the broker's bind or unbind (kind) of the binding k of vhost vn. k's
+// arguments were encoded by the log, which refused undecodable ones.
+func bindingOp(kind broker.TopologyKind, vn string, k bindingKey) broker.TopologyOp {
+	args, _ := decodeArgs([]byte(k.Args))
+	return broker.TopologyOp{Kind: kind, VHost: vn, Binding: broker.BindingSpec{Source: k.Source, Destination: k.Destination,
+		ToExchange: k.ToExchange, Key: k.Key, Args: args}}
 }

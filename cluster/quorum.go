@@ -102,14 +102,23 @@ func (n *Node) QuorumStatus(vhost, name string) (st multiraft.GroupStatus, ok bo
 	if !placed {
 		return st, false
 	}
+	if g := n.localGroup(p, vhost, name); g != nil {
+		return g.Status(), true
+	}
+	return st, false
+}
+
+// localGroup is this node's group of the incarnation p of quorum queue name in vhost (nil:
+// it runs none).
+func (n *Node) localGroup(p QuorumPlacement, vhost, name string) *quorumGroup {
 	n.quorum.mu.Lock()
 	defer n.quorum.mu.Unlock()
 	for g := range n.quorum.groups {
 		if g.vhost == vhost && g.name == name && g.epoch == p.Epoch {
-			return g.Status(), true
+			return g
 		}
 	}
-	return st, false
+	return nil
 }
 
 // Done implements broker.QuorumGroup: closed when the node stops.

@@ -311,16 +311,8 @@ func (n *Node) QuorumView(vhost, name string) (QuorumView, bool) {
 	if !ok {
 		return QuorumView{}, false
 	}
-	var local *quorumGroup
-	n.quorum.mu.Lock()
-	for g := range n.quorum.groups {
-		if g.vhost == vhost && g.name == name && g.epoch == p.Epoch {
-			local = g
-		}
-	}
-	n.quorum.mu.Unlock()
 	vb := viewBuilder{n: n, running: map[string]bool{}}
-	return vb.view(p, local), true
+	return vb.view(p, n.localGroup(p, vhost, name)), true
 }
 
 // viewBuilder builds QuorumViews, asking the metadata once per node whether it runs.
