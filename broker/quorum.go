@@ -343,8 +343,7 @@ func (qq *quorumQueue) expireQuorum() {
 		return
 	}
 	v := qq.qs.v
-	op := TopologyOp{Kind: OpDeleteQueue, VHost: v.name, Queue: QueueSpec{Name: qq.qs.name}, Epoch: qq.qs.epoch.Load(),
-		Owner: v.b.clusterOwner(qq.qs.owner), OwnerNode: v.b.replicator.LocalNode()}
+	op := v.localRemovalOp(qq.qs)
 	go func() {
 		if _, err := v.b.replicator.Replicate(context.Background(), op); err != nil {
 			qq.qs.v.b.log.Warn("quorum queue: deleting an expired queue", "queue", qq.qs.name, "vhost", qq.qs.v.name, "err", err)
@@ -481,11 +480,21 @@ func (v *VHost) applyQuorumMembers(op TopologyOp) {
 
 // removedDown proposes NodeDown for node, a replica removed from the group, again until it
 // is applied (or the queue closes here): nothing else would take back what it held.
-func (qq *quorumQueue) removedDown(node string) {
+func (qq *quorumQueue) removedDown(node string) { qq.downUntilApplied(node, nil) }
+
+// downUntilApplied proposes NodeDown for node, again until it is applied (or the queue
+// closes here), dead-letters what it drops, and calls applied (if not nil) with its result.
+func (qq *quorumQueue) downUntilApplied(node string, applied func(quorum.Result)) {
 	qq.submit(quorum.Command{Kind: quorum.KindNodeDown, Node: node}, func(r quorum.Result, err error) {
 		qq.dropped(r, err)
-		if err != nil && !qq.stopped() {
-			qq.removedDown(node)
+		if err != nil {
+			if !qq.stopped() {
+				qq.downUntilApplied(node, applied)
+			}
+			return
+		}
+		if applied != nil {
+			applied(r)
 		}
 	})
 }
@@ -745,6 +754,7 @@ func (qq *quorumQueue) proposeLoop() {
 	expiry.Stop()
 	defer expiry.Stop()
 	tick := false
+	var resAt []int // ops[i]'s result is rs[resAt[i]] (reused from batch to batch)
 	for {
 		select {
 		case <-qq.wake:
@@ -844,7 +854,7 @@ func (qq *quorumQueue) proposeLoop() {
 				now = time.Now().UnixMilli()
 			}
 			batch := quorum.Command{Kind: quorum.KindBatch, Batch: prefix, Now: now}
-			resAt := make([]int, len(ops)) // ops[i]'s result is rs[resAt[i]]
+			resAt = slices.Grow(resAt[:0], len(ops))[:len(ops)]
 			clocked := now != 0
 			for i := range ops {
 				if k := ops[i].cmd.Kind; !clocked && (ops[i].clock || k == quorum.KindGet || k == quorum.KindReturn || k == quorum.KindTouch) {
@@ -1150,15 +1160,7 @@ func (qq *quorumQueue) dropped(r quorum.Result, err error) {
 	byReason := map[queue.Reason][]*queue.Entry{}
 	var order []queue.Reason
 	for _, d := range r.Dropped {
-		why := queue.Rejected
-		switch d.Reason {
-		case quorum.MaxLen:
-			why = queue.MaxLen
-		case quorum.DeliveryLimit:
-			why = queue.DeliveryLimit
-		case quorum.Expired:
-			why = queue.Expired
-		}
+		why := quorumDropReason(d.Reason)
 		if _, ok := byReason[why]; !ok {
 			order = append(order, why)
 		}
@@ -1172,14 +1174,7 @@ func (qq *quorumQueue) dropped(r quorum.Result, err error) {
 // downSelf proposes NodeDown for this node, again until it is applied: what the node holds
 // goes back to the queue. The first one applied opens the deliverer (readyAt).
 func (qq *quorumQueue) downSelf() {
-	qq.submit(quorum.Command{Kind: quorum.KindNodeDown, Node: qq.node}, func(r quorum.Result, err error) {
-		qq.dropped(r, err)
-		if err != nil {
-			if !qq.stopped() {
-				qq.downSelf()
-			}
-			return
-		}
+	qq.downUntilApplied(qq.node, func(r quorum.Result) {
 		qq.openOnce.Do(func() {
 			qq.readyAt = r.Revocation
 			close(qq.opened)
@@ -1418,10 +1413,7 @@ func (qq *quorumQueue) submitCounts(es []*queue.Entry, uncounted uint32) {
 
 // settle turns a settlement of deliveries into its command; nothing waits for it.
 func (qq *quorumQueue) settle(kind Settlement, es []*queue.Entry) {
-	ids := make([]uint64, len(es))
-	for i, e := range es {
-		ids[i] = e.Seq
-	}
+	ids := entryIDs(es)
 	// The local queue only counts them out: requeue and dead-lettering are the log's.
 	qq.qs.q.Ack(len(es))
 	switch kind {

@@ -527,13 +527,19 @@ func (v *VHost) proposeLocalRemoval(qs *Queue) {
 	if r == nil || qs.removedByLog || qs.home != "" {
 		return
 	}
-	op := TopologyOp{Kind: OpDeleteQueue, VHost: v.name, Queue: QueueSpec{Name: qs.name}, Epoch: qs.epoch.Load(),
-		Owner: v.b.clusterOwner(qs.owner), OwnerNode: r.LocalNode()}
+	op := v.localRemovalOp(qs)
 	go func() {
 		if _, err := r.Replicate(context.Background(), op); err != nil {
 			v.b.log.Error("cluster: replicating the removal of a queue", "vhost", v.name, "queue", qs.name, "err", err)
 		}
 	}()
+}
+
+// localRemovalOp is the log's removal of qs, this incarnation of it, decided by this node
+// (an auto-delete, an exclusive owner gone, an expiry).
+func (v *VHost) localRemovalOp(qs *Queue) TopologyOp {
+	return TopologyOp{Kind: OpDeleteQueue, VHost: v.name, Queue: QueueSpec{Name: qs.name}, Epoch: qs.epoch.Load(),
+		Owner: v.b.clusterOwner(qs.owner), OwnerNode: v.b.replicator.LocalNode()}
 }
 
 // ErrNoQueue is RabbitMQ's 404 for a missing queue, as the core words it.

@@ -121,6 +121,21 @@ func (n *Node) localGroup(p QuorumPlacement, vhost, name string) *quorumGroup {
 	return nil
 }
 
+// recordMembers records in the metadata, off the caller's goroutine, that nodes have
+// completed a membership change of g (kind: memberJoined or memberRemoved), then clears
+// g.changing.
+func (n *Node) recordMembers(g *quorumGroup, nodes []string, kind string) {
+	go func() {
+		defer g.changing.Store(false)
+		for _, m := range nodes {
+			if err := n.quorumMember(context.Background(), g.vhost, g.name, m, kind); err != nil {
+				n.log.Warn("cluster: recording a quorum queue replica "+kind, "vhost", g.vhost, "queue", g.name, "node", m, "err", err)
+				return
+			}
+		}
+	}()
+}
+
 // Done implements broker.QuorumGroup: closed when the node stops.
 func (g *quorumGroup) Done() <-chan struct{} { return g.n.stop }
 
@@ -311,29 +326,13 @@ func (n *Node) reconcileQuorum() {
 			continue
 		}
 		if len(joined) > 0 {
-			go func() {
-				defer g.changing.Store(false)
-				for _, m := range joined {
-					if err := n.quorumMember(context.Background(), g.vhost, g.name, m, memberJoined); err != nil {
-						n.log.Warn("cluster: recording a quorum queue replica joined", "vhost", g.vhost, "queue", g.name, "node", m, "err", err)
-						return
-					}
-				}
-			}()
+			n.recordMembers(g, joined, memberJoined)
 			continue
 		}
 		if len(gone) > 0 {
 			// Any replica that applied the removal says so (the removed node itself may
 			// never learn that the entry removing it committed).
-			go func() {
-				defer g.changing.Store(false)
-				for _, m := range gone {
-					if err := n.quorumMember(context.Background(), g.vhost, g.name, m, memberRemoved); err != nil {
-						n.log.Warn("cluster: recording a quorum queue replica removed", "vhost", g.vhost, "queue", g.name, "node", m, "err", err)
-						return
-					}
-				}
-			}()
+			n.recordMembers(g, gone, memberRemoved)
 			continue
 		}
 		if l, ok := g.Leader(); !ok || l != n.cfg.NodeName {
