@@ -1400,22 +1400,30 @@ func (t *confirmTracker) settle(seq uint64, nack bool, emit func([]confirmOp)) {
 // writer.unlock).
 func (ch *channel) writeConfirms(ops []confirmOp) {
 	w := ch.c.w
-	w.unlock(ch.appendConfirms(w.lock(), ops))
+	w.unlock(appendConfirmFrames(w.lock(), ch.id, ops))
 }
 
 // writeConfirmsAsync sends confirm frames through the connection's flusher.
 func (ch *channel) writeConfirmsAsync(ops []confirmOp) {
 	w := ch.c.w
-	w.unlockAsync(ch.appendConfirms(w.lock(), ops))
+	w.unlockAsync(appendConfirmFrames(w.lock(), ch.id, ops))
 }
 
-func (ch *channel) appendConfirms(b []byte, ops []confirmOp) []byte {
+// appendConfirmFrames appends the basic.ack and basic.nack frames of ops on channel, encoded
+// from method values on the stack (amqp.AppendMethodFrame's interface argument allocates one
+// per confirm).
+func appendConfirmFrames(b []byte, channel uint16, ops []confirmOp) []byte {
 	for _, op := range ops {
+		start := len(b)
+		b = amqp.BeginMethodFrame(b, channel)
 		if op.nack {
-			b = amqp.AppendMethodFrame(b, ch.id, &amqp.BasicNack{DeliveryTag: op.tag, Multiple: op.multiple})
+			m := amqp.BasicNack{DeliveryTag: op.tag, Multiple: op.multiple}
+			b = m.Append(b)
 		} else {
-			b = amqp.AppendMethodFrame(b, ch.id, &amqp.BasicAck{DeliveryTag: op.tag, Multiple: op.multiple})
+			m := amqp.BasicAck{DeliveryTag: op.tag, Multiple: op.multiple}
+			b = m.Append(b)
 		}
+		b = amqp.EndMethodFrame(b, start)
 	}
 	return b
 }

@@ -166,14 +166,14 @@ func (ch *channel) finishForwarded(body []byte) *amqp.Error {
 		ch.publishSeq++
 		seq = ch.publishSeq
 		ch.confirms.add(seq)
-		done = func(err error) { ch.confirms.settle(seq, err != nil, ch.writeForwardConfirmsAsync) }
+		done = func(err error) { ch.confirms.settle(seq, err != nil, ch.writeConfirmsAsync) }
 	}
 	res, targets, aerr := ch.v.DeliverForwarded(f, done, &ch.fwdEntries)
 	if aerr != nil {
 		return basicError(aerr)
 	}
 	if seq != 0 && (!res.OnDisk || res.Refused) {
-		ch.confirms.settle(seq, res.Refused, ch.writeForwardConfirms)
+		ch.confirms.settle(seq, res.Refused, ch.writeConfirms)
 	}
 	if res.Routed {
 		// Flow control as for a local publisher: the link's forwarding connection waits while
@@ -181,34 +181,4 @@ func (ch *channel) finishForwarded(body []byte) *amqp.Error {
 		ch.pub.Flow(targets)
 	}
 	return nil
-}
-
-// writeForwardConfirms and writeForwardConfirmsAsync are writeConfirms and writeConfirmsAsync
-// for a link's forwarding channel, which confirms every forwarded message: the frames are
-// encoded from method values on the stack, not one allocated per confirm.
-func (ch *channel) writeForwardConfirms(ops []confirmOp) {
-	w := ch.c.w
-	w.unlock(appendConfirmFrames(w.lock(), ch.id, ops))
-}
-
-func (ch *channel) writeForwardConfirmsAsync(ops []confirmOp) {
-	w := ch.c.w
-	w.unlockAsync(appendConfirmFrames(w.lock(), ch.id, ops))
-}
-
-// appendConfirmFrames appends the basic.ack and basic.nack frames of ops on channel.
-func appendConfirmFrames(b []byte, channel uint16, ops []confirmOp) []byte {
-	for _, op := range ops {
-		start := len(b)
-		b = amqp.BeginMethodFrame(b, channel)
-		if op.nack {
-			m := amqp.BasicNack{DeliveryTag: op.tag, Multiple: op.multiple}
-			b = m.Append(b)
-		} else {
-			m := amqp.BasicAck{DeliveryTag: op.tag, Multiple: op.multiple}
-			b = m.Append(b)
-		}
-		b = amqp.EndMethodFrame(b, start)
-	}
-	return b
 }

@@ -3,10 +3,11 @@ package server
 import (
 	"bytes"
 	"testing"
+
+	"github.com/warrenmq/warren/amqp"
 )
 
-// TestAppendConfirmFrames checks the forwarding channel's confirm frames against the ones
-// writeConfirms sends a client's channel.
+// TestAppendConfirmFrames checks the confirm frames against the general method encoder's.
 func TestAppendConfirmFrames(t *testing.T) {
 	tests := [][]confirmOp{
 		nil,
@@ -15,9 +16,15 @@ func TestAppendConfirmFrames(t *testing.T) {
 		{{tag: 3, nack: true}, {tag: 9, multiple: true}, {tag: 1 << 40, nack: true}},
 	}
 	for _, ops := range tests {
-		ch := &channel{id: 513}
-		want := ch.appendConfirms([]byte("x"), ops)
-		if got := appendConfirmFrames([]byte("x"), ch.id, ops); !bytes.Equal(got, want) {
+		want := []byte("x")
+		for _, op := range ops {
+			if op.nack {
+				want = amqp.AppendMethodFrame(want, 513, &amqp.BasicNack{DeliveryTag: op.tag, Multiple: op.multiple})
+			} else {
+				want = amqp.AppendMethodFrame(want, 513, &amqp.BasicAck{DeliveryTag: op.tag, Multiple: op.multiple})
+			}
+		}
+		if got := appendConfirmFrames([]byte("x"), 513, ops); !bytes.Equal(got, want) {
 			t.Errorf("%+v:\ngot  %x\nwant %x", ops, got, want)
 		}
 	}
