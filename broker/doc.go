@@ -24,7 +24,7 @@
 //
 // # Goroutines
 //
-// The core starts goroutines only for stream queues (below). Otherwise its code runs on the
+// The core starts goroutines only for stream and quorum queues (below). Otherwise its code runs on the
 // goroutines of its callers and of the timers and store it uses:
 //
 //   - per AMQP connection (package server): one reader goroutine that runs the handshake, reads
@@ -41,6 +41,11 @@
 //   - the store (package persistence): one journal goroutine that commits every write in
 //     groups, one reader goroutine for read-aheads (a paged queue's pagedIn callback, and the
 //     pushes and dead-letterings it causes, run there), value-log GC and trim loops.
+//   - per quorum queue (quorum.go, package cluster's group): a proposer goroutine that
+//     batches the node's commands into Raft proposals, a deliverer that pushes what the log
+//     assigned to this node into its local queue, and with at-least-once dead-lettering the
+//     leader's worker (quorum_dlx.go), which starts one goroutine per republished message that
+//     waits for its confirms.
 //   - per stream queue (stream.go): the log's writer goroutine (package stream; publishers'
 //     confirms run there), a max-age timer, and one goroutine per consumer that reads the log
 //     and calls Consumer.Deliver with no broker lock held, waiting for credit (Settle kicks it)
@@ -69,6 +74,8 @@
 //	                   a topology change (ApplyTopology); the broker never calls into the
 //	                   cluster under its own locks (Replicate runs with none held)
 //	Broker.vhMu        the vhost table (read: VHost; write: SetVHosts)
+//	Broker.closeMu     read-held by a classic queue's basic.get from its closing check to its
+//	                   journal submit (consume.go); Close write-holds it alone, to set closing
 //	VHost.mu           exchanges, queues, bindings, policies, queue ownership and consumer
 //	                   counts, deleting, opening
 //	delayer.mu         the held messages of x-delayed-message exchanges in memory (delayed.go);
@@ -92,6 +99,10 @@
 //	                   queue.Queue.mu and channel.mu (Queue.Delivered from Consumer.Deliver)
 //	quorumQueue.emu    a quorum queue's events for its deliverer: a leaf, taken by the Raft
 //	                   loop's hooks and the deliverer
+//	quorumDLX.mu       a quorum queue's at-least-once dead-letter window (quorum_dlx.go): a
+//	                   leaf, taken by its worker and by the confirm callbacks of its publishes
+//	                   (journal, link reader, quorum proposer); nothing is submitted under it.
+//	                   quorum's dlxState.mu (the discards' head) is a leaf of package quorum
 //
 // The AMQP front end's own tables sit beside this chain, never around a call into the core:
 //
