@@ -38,6 +38,15 @@ type request struct {
 	done      func(error)
 }
 
+// refuse ends r with err, a refusal or a failure; one that may have lost state makes the
+// stop unclean (see clearRunning).
+func (s *Store) refuse(r request, err error) {
+	if r.mayLoseState() {
+		s.lost.Store(true)
+	}
+	r.done(err)
+}
+
 // mayLoseState reports whether refusing or failing r can lose state the next start trusts after
 // a clean stop (see clearRunning): a delivery mark, a removal or a purge (the message would come
 // back, unflagged), or an op whose effect is not known here. A refused publish or page write is
@@ -124,10 +133,7 @@ func (s *Store) submit(r request) {
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
-		if r.mayLoseState() {
-			s.lost.Store(true)
-		}
-		r.done(ErrClosed)
+		s.refuse(r, ErrClosed)
 		return
 	}
 	// Only a change the journal acts on wakes it: the first request (it starts the lazy
@@ -263,7 +269,11 @@ func (s *Store) commitGroup(reqs []request) int {
 		if err == nil {
 			err = reqs[0].exclusive()
 		}
-		reqs[0].done(err)
+		if err != nil {
+			s.refuse(reqs[0], err)
+		} else {
+			reqs[0].done(nil)
+		}
 		return 1
 	}
 	// First decide which requests share the transaction, so that entries published and
@@ -281,10 +291,7 @@ func (s *Store) commitGroup(reqs []request) int {
 		if r.batch != nil {
 			if err := validateBatch(r.batch); err != nil {
 				if j == 0 {
-					if r.mayLoseState() {
-						s.lost.Store(true)
-					}
-					r.done(err)
+					s.refuse(r, err)
 					return 1
 				}
 				break // r fails alone next round
@@ -332,10 +339,7 @@ func (s *Store) commitGroup(reqs []request) int {
 			s.setWriteError(err)
 			err = fmt.Errorf("persistence: commit to %s: %w", s.dir, err)
 			for _, r := range reqs[:n] {
-				if r.mayLoseState() {
-					s.lost.Store(true) // see clearRunning
-				}
-				r.done(err)
+				s.refuse(r, err)
 			}
 			return n
 		}
@@ -369,10 +373,7 @@ func (s *Store) commitGroup(reqs []request) int {
 				if errors.Is(err, badger.ErrTxnTooBig) {
 					err = fmt.Errorf("batch too large for one transaction: %w", err)
 				}
-				if reqs[0].mayLoseState() {
-					s.lost.Store(true)
-				}
-				reqs[0].done(fmt.Errorf("persistence: %w", err))
+				s.refuse(reqs[0], fmt.Errorf("persistence: %w", err))
 				return 1
 			}
 			return s.commitGroup(reqs[:j])
