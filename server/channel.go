@@ -1297,19 +1297,29 @@ func (ch *channel) consumerTimedOut(now time.Time, def time.Duration) *amqp.Erro
 // unacked deliveries are released at once (the messages requeued), channel.close goes out, and
 // the reader treats the channel as closing from its next frame on.
 func (ch *channel) timeOut(e *amqp.Error) {
-	if !ch.closeSent.CompareAndSwap(false, true) {
-		return // the reader is closing it already
+	if ch.closeDetached(e) {
+		ch.c.log.Warn("consumer timeout: delivery not acknowledged in time, closing channel", "channel", ch.id, "text", e.Text)
 	}
-	ch.c.log.Warn("consumer timeout: delivery not acknowledged in time, closing channel", "channel", ch.id, "text", e.Text)
+}
+
+// closeDetached closes the channel with e from outside its reader (false: the reader is
+// closing it already): consumers and unacked deliveries are released (the messages
+// requeued) and channel.close goes out, and the reader treats the channel as closing from its
+// next frame on. The release runs off the caller, a loop shared by many channels (the
+// server's consumer timeouts, the data link's read loop): a quorum queue's requeue waits for
+// its log (up to its operation timeout, without a majority), and the others would wait
+// behind it.
+func (ch *channel) closeDetached(e *amqp.Error) bool {
+	if !ch.closeSent.CompareAndSwap(false, true) {
+		return false
+	}
 	ch.timedOut.Store(true)
-	// The release runs off the caller, the server's consumer-timeout loop shared by every
-	// channel: a quorum queue's requeue waits for its log (up to its operation timeout,
-	// without a majority), and every other channel's timeout would wait behind it.
 	consumers, ds := ch.detach()
 	go func() {
 		ch.releaseHeld(consumers, ds)
 		ch.c.writeMethod(ch.id, &amqp.ChannelClose{ReplyCode: e.Code, ReplyText: e.Text})
 	}()
+	return true
 }
 
 // --- publisher confirms

@@ -179,19 +179,7 @@ func (rs *remoteSink) Ended(err *amqp.Error) {
 		ch.closeDrained([]delivery{{cons: rs.cs}})
 		return
 	}
-	ch := rs.cs.ch
-	if !ch.closeSent.CompareAndSwap(false, true) {
-		return // the reader is closing it already
-	}
-	ch.timedOut.Store(true) // the reader treats the channel as closing from its next frame
-	// The release runs off the caller, the data link's read loop shared by every proxied
-	// consumer: a quorum queue's requeue waits for its log (up to its operation timeout,
-	// without a majority), and the link's traffic would wait behind it.
-	consumers, ds := ch.detach()
-	go func() {
-		ch.releaseHeld(consumers, ds)
-		ch.c.writeMethod(ch.id, &amqp.ChannelClose{ReplyCode: err.Code, ReplyText: err.Text})
-	}()
+	rs.cs.ch.closeDetached(err)
 }
 
 // consumeRemote handles basic.consume of a queue homed on another node; handled is false for a
