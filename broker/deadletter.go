@@ -65,24 +65,9 @@ func (v *VHost) deadLetter(qs *Queue, dl *dlConfig, es []*queue.Entry, why queue
 	var rb RouteBuf
 	if dlx != nil {
 		for _, e := range es {
-			msg, err := deadLetterMessage(v.b.NextMessageID(), e.Msg, qs.name, dl, why)
+			msg, keep, err := v.deadLetterTargets(qs, dl, dlx, e.Msg, why, &rb)
 			if err != nil {
-				v.b.log.Warn("cannot dead-letter message with malformed header", "queue", qs.name, "err", err)
 				continue
-			}
-			keys := deathKeys(e.Msg)
-			if dl.routingKey != nil {
-				keys = []string{*dl.routingKey}
-			}
-			msg.RoutingKey = keys[0]
-			targets := v.routeKeys(dlx, keys, scanHeaders(msg.Header), &rb)
-			var keep []*Queue
-			for _, t := range targets {
-				// A message expiring back into its own queue would cycle forever; RabbitMQ drops it.
-				if t == qs && why != queue.Rejected {
-					continue
-				}
-				keep = append(keep, t)
 			}
 			keep, remote := v.splitRemote(keep)
 			for home, queues := range remote {
@@ -206,4 +191,28 @@ func stringsToArray(ss []string) []any {
 		out[i] = s
 	}
 	return out
+}
+
+// deadLetterTargets is m dead-lettered from qs for why (x-death, the dead-letter routing key)
+// and the queues dlx routes it to, in a new slice; a queue's own copy is dropped but for a
+// reject: a message expiring back into its own queue would cycle forever (RabbitMQ drops it).
+// An error (logged) means m can never be dead-lettered (a malformed header).
+func (v *VHost) deadLetterTargets(qs *Queue, dl *dlConfig, dlx *Exchange, m *queue.Message, why queue.Reason, rb *RouteBuf) (*queue.Message, []*Queue, error) {
+	msg, err := deadLetterMessage(v.b.NextMessageID(), m, qs.name, dl, why)
+	if err != nil {
+		v.b.log.Warn("cannot dead-letter message with malformed header", "queue", qs.name, "err", err)
+		return nil, nil, err
+	}
+	keys := deathKeys(m)
+	if dl.routingKey != nil {
+		keys = []string{*dl.routingKey}
+	}
+	msg.RoutingKey = keys[0]
+	var keep []*Queue
+	for _, t := range v.routeKeys(dlx, keys, scanHeaders(msg.Header), rb) {
+		if t != qs || why == queue.Rejected {
+			keep = append(keep, t)
+		}
+	}
+	return msg, keep, nil
 }

@@ -285,24 +285,14 @@ func (d *quorumDLX) publish(x quorum.Dropped, done func(error)) {
 		done(errDLXNoRoute)
 		return
 	}
-	why := quorumDropReason(x.Reason)
-	e := quorumEntry(x.Msg)
-	msg, err := deadLetterMessage(v.b.NextMessageID(), e.Msg, qs.name, dl, why)
+	msg, targets, err := v.deadLetterTargets(qs, dl, dlx, quorumEntry(x.Msg).Msg, quorumDropReason(x.Reason), &d.pub.rb)
 	if err != nil {
 		// It can never be dead-lettered: dropped, as the at-most-once path drops it.
-		v.b.log.Warn("cannot dead-letter message with malformed header", "queue", qs.name, "err", err)
 		done(nil)
 		return
 	}
-	keys := deathKeys(e.Msg)
-	if dl.routingKey != nil {
-		keys = []string{*dl.routingKey}
-	}
-	msg.RoutingKey = keys[0]
-	targets := slices.Clone(v.routeKeys(dlx, keys, scanHeaders(msg.Header), &d.pub.rb))
-	// A message dead-lettered back into its own queue (but for a reject) would cycle for
-	// ever; RabbitMQ routes to the other targets, and keeps the message when none is left.
-	targets = slices.DeleteFunc(targets, func(t *Queue) bool { return t == qs && why != queue.Rejected })
+	// With no target left (a queue's own copy is dropped but for a reject), RabbitMQ keeps
+	// the message.
 	if len(targets) == 0 {
 		done(errDLXNoRoute)
 		return
