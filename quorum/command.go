@@ -110,7 +110,7 @@ func (c Command) Encode(b []byte) []byte {
 	case KindEnqueue:
 		b = binary.AppendUvarint(b, uint64(len(c.Msgs)))
 		for _, m := range c.Msgs {
-			b = appendMsg(b, m, false)
+			b = appendMsg(b, m)
 		}
 	case KindCheckout:
 		b = appendString(b, c.Node)
@@ -190,21 +190,7 @@ func appendIDs(b []byte, ids []uint64) []byte {
 }
 
 // appendMsg encodes m; withState adds what only a snapshot carries (ID and Count).
-func appendMsg(b []byte, m *Msg, withState bool) []byte {
-	if withState {
-		b = binary.AppendUvarint(b, m.ID)
-		b = binary.AppendUvarint(b, uint64(m.Count))
-		// The state byte: bit 0 Delivered, bit 1 Redelivered (snapshot version 4; before,
-		// only 0 or 1).
-		var st byte
-		if m.Delivered {
-			st |= 1
-		}
-		if m.Redelivered {
-			st |= 2
-		}
-		b = append(b, st)
-	}
+func appendMsg(b []byte, m *Msg) []byte {
 	b = binary.AppendUvarint(b, uint64(max(m.Expires, 0)))
 	b = appendString(b, m.Exchange)
 	b = appendString(b, m.RoutingKey)

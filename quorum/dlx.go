@@ -117,7 +117,9 @@ func appendDiscards(b []byte, ds []Dropped) []byte {
 	b = binary.AppendUvarint(b, uint64(len(ds)))
 	for _, d := range ds {
 		b = append(b, byte(d.Reason))
-		b = appendSnapMsg(b, snapMsg{msg: d.Msg, count: d.Msg.Count, delivered: d.Msg.Delivered, redelivered: d.Msg.Redelivered})
+		sm := snapOf(d.Msg)
+		sm.downFrom = "" // a discard is never counted again: its node is not kept
+		b = appendSnapMsg(b, sm)
 	}
 	return b
 }

@@ -876,9 +876,14 @@ type snapDelayed struct {
 	snapMsg
 }
 
+// snapOf is msg's state as of now (the Raft loop), for a snapshot's view.
+func snapOf(msg *Msg) snapMsg {
+	return snapMsg{msg: msg, count: msg.Count, delivered: msg.Delivered, redelivered: msg.Redelivered, downFrom: msg.downFrom}
+}
+
 func snapMsgs(dst []snapMsg, msgs []*Msg) []snapMsg {
 	for _, msg := range msgs {
-		dst = append(dst, snapMsg{msg: msg, count: msg.Count, delivered: msg.Delivered, redelivered: msg.Redelivered, downFrom: msg.downFrom})
+		dst = append(dst, snapOf(msg))
 	}
 	return dst
 }
@@ -896,7 +901,7 @@ func (m *Machine) view() *snapView {
 	}
 	v.delayed = make([]snapDelayed, 0, len(m.delayed))
 	for _, dm := range m.delayed {
-		v.delayed = append(v.delayed, snapDelayed{at: dm.at, snapMsg: snapMsg{msg: dm.msg, count: dm.msg.Count, delivered: dm.msg.Delivered, redelivered: dm.msg.Redelivered, downFrom: dm.msg.downFrom}})
+		v.delayed = append(v.delayed, snapDelayed{at: dm.at, snapMsg: snapOf(dm.msg)})
 	}
 	v.discards = slices.Clone(m.dlx.list)
 	return v
@@ -974,12 +979,13 @@ func (v *snapView) hasDownFrom() bool {
 	return false
 }
 
-// appendSnapMsg is appendMsg(b, msg, true) with the view's Count, Delivered and Redelivered,
-// and its downFrom after the state byte (bit 2; version 6 only).
+// appendSnapMsg is a snapshot's message: its id, the view's Count, the state byte (bit 0
+// Delivered, bit 1 Redelivered since version 4; before, only 0 or 1; bit 2 downFrom, which
+// follows the byte, version 6 only), then appendMsg.
 func appendSnapMsg(b []byte, sm snapMsg) []byte {
 	b = binary.AppendUvarint(b, sm.msg.ID)
 	b = binary.AppendUvarint(b, uint64(sm.count))
-	var st byte // as appendMsg's state byte: bit 0 Delivered, bit 1 Redelivered
+	var st byte
 	if sm.delivered {
 		st |= 1
 	}
@@ -993,7 +999,7 @@ func appendSnapMsg(b []byte, sm snapMsg) []byte {
 	if sm.downFrom != "" {
 		b = appendString(b, sm.downFrom)
 	}
-	return appendMsg(b, sm.msg, false)
+	return appendMsg(b, sm.msg)
 }
 
 // Restore implements multiraft.StateMachine. Returned and ready messages are one list in a

@@ -300,7 +300,7 @@ func TestRestoreVersion1(t *testing.T) {
 	var v1 []byte
 	v1 = append(v1, 1, 3, 0, 0, 0, 2)
 	for i, body := range []string{"a", "b"} {
-		v1 = appendMsg(v1, &Msg{ID: uint64(i + 1), Body: []byte(body)}, true)
+		v1 = appendSnapMsg(v1, snapOf(&Msg{ID: uint64(i + 1), Body: []byte(body)}))
 	}
 	v1 = append(v1, 0)
 	m := New(NoLimits(), Hooks{})
