@@ -824,9 +824,13 @@ const delayedRetryMax = time.Second
 
 // collectRemote takes a forward of the message being routed (route) to queues of another
 // node: fire sends it confirmed, off the timer goroutine (forwardDue). Called by publishSplit on
-// the delayer's publisher, under deliverMu.
+// the delayer's publisher, under deliverMu. It makes one forward per queue: the home refuses a
+// forward when any one of its queues does (a full reject-publish queue) after the others have
+// queued their copy, so a retry of the forward as a whole would put another copy in those.
 func (d *delayer) collectRemote(home, vhost string, queues []string, msg *queue.Message) {
-	d.remoteOut = append(d.remoteOut, bgForward{home: home, vhost: vhost, queues: queues, msg: msg})
+	for _, q := range queues {
+		d.remoteOut = append(d.remoteOut, bgForward{home: home, vhost: vhost, queues: []string{q}, msg: msg})
+	}
 }
 
 // forwardDue forwards due messages to queues of other nodes with confirms, in order, and
