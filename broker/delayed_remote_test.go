@@ -3,6 +3,8 @@ package broker
 import (
 	"errors"
 	"maps"
+	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -168,5 +170,46 @@ func TestDelayedDueForwardRetriedPerQueue(t *testing.T) {
 	}
 	if c["a"] != 1 {
 		t.Fatalf("queue a was sent %d copies, want 1 (only b refused)", c["a"])
+	}
+}
+
+// forwardDueGoroutines counts the goroutines running delayer.forwardDue.
+func forwardDueGoroutines() int {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			return strings.Count(string(buf[:n]), "broker.(*delayer).forwardDue(")
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+}
+
+// Due messages routed in many rounds while node B keeps refusing them are retried by one
+// goroutine, not one per round; once B accepts, they are all delivered and the goroutine ends.
+func TestDelayedDueForwardOneGoroutine(t *testing.T) {
+	fw := &queueRefuser{refuse: "b", copies: map[string]int{}, msgs: map[*queue.Message]bool{}}
+	v := delayedToB(t, fw, "b")
+	p := v.NewPublisher()
+	const n = 10
+	for i := range n {
+		publishDelayed(t, v, p, "dx", "", "m", int32(20+30*i), true)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for _, m := fw.state(); m < n && time.Now().Before(deadline); _, m = fw.state() {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, m := fw.state(); m < n {
+		t.Fatalf("%d of %d due messages forwarded", m, n)
+	}
+	if g := forwardDueGoroutines(); g != 1 {
+		t.Fatalf("%d goroutines forwarding due messages, want 1", g)
+	}
+	fw.setOpen()
+	for forwardDueGoroutines() > 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if g := forwardDueGoroutines(); g != 0 {
+		t.Fatalf("%d goroutines forwarding due messages once all were accepted, want 0", g)
 	}
 }
