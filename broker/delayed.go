@@ -272,6 +272,11 @@ type delayer struct {
 	stop      chan struct{} // closed by close: forwardDue gives up waiting
 	pubs      map[*VHost]*Publisher
 	drops     sync.WaitGroup // background drops and the read ahead in flight
+
+	// dueOut holds the routed due messages whose copies for other nodes forwardDue has not
+	// taken yet, in due order; forwarding is set while its one goroutine runs. Under mu.
+	dueOut     []dueForward
+	forwarding bool
 }
 
 func newDelayer(b *Broker, clock delayClock) *delayer {
@@ -800,8 +805,12 @@ func (d *delayer) fire() {
 	if len(remote) > 0 {
 		d.mu.Lock()
 		if !d.closed {
-			d.drops.Add(1)
-			go d.forwardDue(remote)
+			d.dueOut = append(d.dueOut, remote...)
+			if !d.forwarding {
+				d.forwarding = true
+				d.drops.Add(1)
+				go d.forwardDue()
+			}
 		}
 		d.mu.Unlock()
 	}
@@ -824,28 +833,45 @@ const delayedRetryMax = time.Second
 
 // collectRemote takes a forward of the message being routed (route) to queues of another
 // node: fire sends it confirmed, off the timer goroutine (forwardDue). Called by publishSplit on
-// the delayer's publisher, under deliverMu.
+// the delayer's publisher, under deliverMu. It makes one forward per queue: the home refuses a
+// forward when any one of its queues does (a full reject-publish queue) after the others have
+// queued their copy, so a retry of the forward as a whole would put another copy in those.
 func (d *delayer) collectRemote(home, vhost string, queues []string, msg *queue.Message) {
-	d.remoteOut = append(d.remoteOut, bgForward{home: home, vhost: vhost, queues: queues, msg: msg})
+	for _, q := range queues {
+		d.remoteOut = append(d.remoteOut, bgForward{home: home, vhost: vhost, queues: []string{q}, msg: msg})
+	}
 }
 
 // forwardDue forwards due messages to queues of other nodes with confirms, in order, and
 // removes each stored message once every home accepted its copy; a refused or failed forward is
 // sent again after a back-off (its stored message stays, so a restart meanwhile routes it
 // again: at least once). A message whose exchange was deleted meanwhile is dropped. It runs on
-// a goroutine of its own (a forward may wait for room on the link).
-func (d *delayer) forwardDue(list []dueForward) {
+// one goroutine of its own (a forward may wait for room on the link), started by fire when it
+// queues the first in dueOut; each round it takes those fire queued since, behind the ones
+// still refused, and it ends when none is left (deciding so under mu, where fire looks at
+// forwarding: nothing queued is left without a goroutine).
+func (d *delayer) forwardDue() {
 	defer d.drops.Done()
 	fw := d.b.cluster.forwarder
-	backoff := 20 * time.Millisecond
+	const backoffMin = 20 * time.Millisecond
+	backoff := backoffMin
 	attempt := 0
-	for len(list) > 0 {
+	var list []dueForward
+	for {
 		d.mu.Lock()
-		closed := d.closed
-		d.mu.Unlock()
-		if closed {
+		if d.closed {
+			d.mu.Unlock()
 			return // the stored messages stay: routed again at the next start
 		}
+		list = append(list, d.dueOut...)
+		clear(d.dueOut)
+		d.dueOut = d.dueOut[:0]
+		if len(list) == 0 {
+			d.forwarding = false
+			d.mu.Unlock()
+			return
+		}
+		d.mu.Unlock()
 		type result struct {
 			i, j int
 			err  error
@@ -902,7 +928,8 @@ func (d *delayer) forwardDue(list []dueForward) {
 		list = kept
 		d.removeRouted(done)
 		if len(list) == 0 {
-			return
+			backoff, attempt = backoffMin, 0 // those queued meanwhile go at once
+			continue
 		}
 		if attempt++; attempt&(attempt-1) == 0 { // the 1st, 2nd, 4th, ... failure: say it, not flood
 			d.b.log.Warn("delayed messages for queues of other nodes not accepted, retrying",

@@ -37,7 +37,10 @@
 //     queue (package queue), x-expires on a timer of the vhost.
 //   - delayed messages (delayed.go): one time.AfterFunc timer for the broker routes them when
 //     due; a read ahead of the stored ones (at most one at a time) and the drop of a deleted
-//     delayed exchange's stored messages each run on a goroutine of their own.
+//     delayed exchange's stored messages each run on a goroutine of their own. The copies of
+//     due messages for queues of other nodes are forwarded, confirmed and retried until
+//     accepted, by one goroutine (delayer.forwardDue), started when the timer queues one and
+//     ending when none is left.
 //   - the store (package persistence): one journal goroutine that commits every write in
 //     groups, one reader goroutine for read-aheads (a paged queue's pagedIn callback, and the
 //     pushes and dead-letterings it causes, run there), value-log GC and trim loops.
@@ -56,11 +59,12 @@
 //     forwards in order and one goroutine reading that channel's confirms (a forward's done
 //     runs there); per proxied consumer one relay goroutine that calls Consumer.Deliver with
 //     no link lock held; per link connection amqp091-go's reader and heartbeater and the
-//     coalescing writer's flusher. Forwards nobody confirms (dead-lettering, the delayed
-//     exchange's timer) are handed to the link by one goroutine of the broker (bgForwards),
-//     started when one is queued and ending when none is left. On the home node, a forwarded
-//     message is enqueued on the link connection's reader (DeliverForwarded), which may wait
-//     up to forwardTopologyWait for the metadata log (with no lock held).
+//     coalescing writer's flusher. Forwards nobody confirms (dead-lettering) are handed to the
+//     link by one goroutine of the broker (bgForwards), started when one is queued and ending
+//     when none is left; the delayed exchange's, confirmed, by the delayer's (above). On the
+//     home node, a forwarded message is enqueued on the link connection's reader
+//     (DeliverForwarded), which may wait up to forwardTopologyWait for the metadata log (with
+//     no lock held).
 //
 // Deliveries (Consumer.Deliver) run on whichever goroutine made messages deliverable: a
 // publisher's reader, a consumer's reader acking (credit), a writer that drained (kick), a queue
