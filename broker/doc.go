@@ -81,7 +81,7 @@
 //	Broker.closeMu     read-held by a classic queue's basic.get from its closing check to its
 //	                   journal submit (consume.go); Close write-holds it alone, to set closing
 //	VHost.mu           exchanges, queues, bindings, policies, queue ownership and consumer
-//	                   counts, deleting, opening
+//	                   counts, deleting, opening, unapplied
 //	delayer.mu         the held messages of x-delayed-message exchanges in memory (delayed.go);
 //	                   under it only store submissions
 //	quorumQueue.dmu    a quorum queue's pushes to its local queue against its last consumer

@@ -37,32 +37,12 @@ type clusterHooks struct {
 	topo      topoProgress
 	bg        bgForwards
 	liveness  NodeLiveness // nil: no node is ever taken for dead (a single node)
-	// unapplied holds the queues (vhost "\x00" name) the log homed here whose declare this
-	// node failed to apply (a stream's log that would not open): forwards for them are
-	// refused, not skipped as for a deleted queue and confirmed. A later declare or delete of
-	// the name applied clears it.
-	unapplied sync.Map
-}
-
-// setUnapplied records whether the declare of vhost's queue name, homed here, failed to apply.
-func (h *clusterHooks) setUnapplied(vhost, name string, failed bool) {
-	if failed {
-		h.unapplied.Store(vhost+"\x00"+name, struct{}{})
-	} else {
-		h.unapplied.Delete(vhost + "\x00" + name)
-	}
-}
-
-// isUnapplied reports whether vhost's queue name is homed here but its declare failed to apply.
-func (h *clusterHooks) isUnapplied(vhost, name string) bool {
-	_, ok := h.unapplied.Load(vhost + "\x00" + name)
-	return ok
 }
 
 // bgForwards holds the forwards of callers that must never wait for room on the link: a
-// queue's TTL timer or the store's reader dead-lettering. Nobody confirms these (at most once, as RabbitMQ's classic dead-lettering), so
-// when bgForwardMax are waiting one more is dropped and counted instead of stalling the timer or
-// the reader. One goroutine, started when the first arrives and ending once they are all
+// queue's TTL timer or the store's reader dead-lettering. Nobody confirms these (at most
+// once, as RabbitMQ's classic dead-lettering), so when bgForwardMax are waiting one more is
+// dropped and counted instead of stalling the timer or the reader. One goroutine, started when the first arrives and ending once they are all
 // handed to the Forwarder, passes them on in order (it may wait there for room).
 type bgForwards struct {
 	mu      sync.Mutex
@@ -690,7 +670,7 @@ func (v *VHost) forwardTargets(names []string, targets []*Queue) (_ []*Queue, mi
 	for _, name := range names {
 		qs := v.queues[name]
 		switch {
-		case qs == nil && v.b.cluster.isUnapplied(v.name, name):
+		case qs == nil && v.unapplied[name]:
 			refused = true // never written here: a confirm must be a nack
 		case qs == nil:
 			missing = true

@@ -299,10 +299,10 @@ func (b *Broker) ApplyTopology(op TopologyOp) (TopologyResult, *amqp.Error) {
 		sw.wait(b, "deleting durable exchange")
 	case OpDeclareQueue:
 		err := v.applyDeclareQueue(op)
-		b.cluster.setUnapplied(v.name, op.Queue.Name, err != nil && op.Home == b.replicator.LocalNode())
+		v.setUnapplied(op.Queue.Name, err != nil && op.Home == b.replicator.LocalNode())
 		return TopologyResult{Epoch: op.Epoch}, err
 	case OpDeleteQueue:
-		b.cluster.setUnapplied(v.name, op.Queue.Name, false)
+		v.setUnapplied(op.Queue.Name, false)
 		v.mu.Lock()
 		qs := v.queues[op.Queue.Name]
 		if qs == nil || (op.Epoch != 0 && qs.epoch.Load() != 0 && qs.epoch.Load() != op.Epoch) {

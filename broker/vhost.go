@@ -121,6 +121,25 @@ type VHost struct {
 	// (stream.go), closed once the queue is in queues or its open failed: a declare of the
 	// name waits, and the queue limit counts them.
 	opening map[string]chan struct{}
+	// unapplied holds the queues the cluster's log homed here whose declare this node failed
+	// to apply (a stream's log that would not open): forwards for them are refused, not
+	// skipped as for a deleted queue and confirmed. A later declare or delete of the name
+	// applied clears it (setUnapplied).
+	unapplied map[string]bool
+}
+
+// setUnapplied records whether the declare of queue name, homed here, failed to apply.
+func (v *VHost) setUnapplied(name string, failed bool) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if !failed {
+		delete(v.unapplied, name)
+		return
+	}
+	if v.unapplied == nil {
+		v.unapplied = map[string]bool{}
+	}
+	v.unapplied[name] = true
 }
 
 var defaultExchanges = []struct {
