@@ -128,7 +128,7 @@ func (n *Node) recordMembers(g *quorumGroup, nodes []string, kind string) {
 	go func() {
 		defer g.changing.Store(false)
 		for _, m := range nodes {
-			if err := n.quorumMember(context.Background(), g.vhost, g.name, m, kind); err != nil {
+			if _, err := n.proposeMember(context.Background(), g.vhost, g.name, m, kind); err != nil {
 				n.log.Warn("cluster: recording a quorum queue replica "+kind, "vhost", g.vhost, "queue", g.name, "node", m, "err", err)
 				return
 			}

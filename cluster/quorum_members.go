@@ -24,17 +24,12 @@ import (
 // returns once the member joined): the new replica catches up from the group's leader (a
 // snapshot and the log's tail) meanwhile. Any node may run it: a replica other than node
 // records in the metadata that node joined (quorum_member "joined") once it applied a
-// configuration with it. Past
-// MemberChangeTimeout (or ctx's end) the call fails; the member stays in the metadata and
-// the group's leader keeps adding it.
+// configuration with it. Past MemberChangeTimeout (or ctx's end) the call fails; the member
+// stays in the metadata and the group's leader keeps adding it.
 func (n *Node) AddQuorumMember(ctx context.Context, vhost, name, node string) error {
-	ctx, cancel := memberChangeContext(ctx)
-	defer cancel()
-	res, err := n.proposeMember(ctx, vhost, name, node, memberAdd)
-	if err != nil {
-		return err
-	}
-	return n.awaitMember(ctx, vhost, name, node, res.Epoch, true)
+	mc := []MemberChange{{VHost: vhost, Name: name}}
+	n.changeMembers(ctx, mc, node, true)
+	return mc[0].Err
 }
 
 // DeleteQuorumMember removes node from the replicas of quorum queue name in vhost and returns
@@ -43,13 +38,9 @@ func (n *Node) AddQuorumMember(ctx context.Context, vhost, name, node string) er
 // replica is refused (406). Past MemberChangeTimeout (or ctx's end) the call fails; the
 // node stays marked leaving and the group's leader keeps removing it.
 func (n *Node) DeleteQuorumMember(ctx context.Context, vhost, name, node string) error {
-	ctx, cancel := memberChangeContext(ctx)
-	defer cancel()
-	res, err := n.proposeMember(ctx, vhost, name, node, memberDelete)
-	if err != nil {
-		return err
-	}
-	return n.awaitMember(ctx, vhost, name, node, res.Epoch, false)
+	mc := []MemberChange{{VHost: vhost, Name: name}}
+	n.changeMembers(ctx, mc, node, false)
+	return mc[0].Err
 }
 
 // MemberChangeTimeout bounds AddQuorumMember and DeleteQuorumMember as a whole (the metadata
@@ -102,13 +93,8 @@ func (n *Node) awaitMember(ctx context.Context, vhost, name, node string, epoch 
 	}
 }
 
-// quorumMember proposes one quorum_member command and returns once it is applied here.
-func (n *Node) quorumMember(ctx context.Context, vhost, name, node, change string) error {
-	_, err := n.proposeMember(ctx, vhost, name, node, change)
-	return err
-}
-
-// proposeMember is quorumMember returning the command's result (the queue's epoch).
+// proposeMember proposes one quorum_member command and returns once it is applied here, with
+// its result (the queue's epoch).
 func (n *Node) proposeMember(ctx context.Context, vhost, name, node, change string) (Result, error) {
 	c := Command{Op: OpQuorumMember, VHost: vhost, Name: name, Node: node, Type: change}
 	ctx, cancel := context.WithTimeout(ctx, DefaultProposeTimeout)
