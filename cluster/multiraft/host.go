@@ -485,15 +485,18 @@ func (h *Host) group0(id uint64, sm StateMachine, opts GroupOptions, followPeers
 	// whose log it lost, whatever opts.Join says: a quorum queue's original voter opens its
 	// group with Join false, and bootstrapping would give it a configuration, hence a vote
 	// and an election timer, with an empty log. It waits for the leader instead.
-	lost := noState && h.lostState.Load() || h.lostMarked(groupMarker(id))
+	marked := h.lostMarked(groupMarker(id))
+	lost := noState && h.lostState.Load() || marked
 	if noState && !opts.Join && !lost {
 		if err := rn.Bootstrap(peers); err != nil {
 			return nil, fmt.Errorf("multiraft: group %d: bootstrap: %w", id, err)
 		}
 	}
 	if lost {
-		if err := h.markLost(groupMarker(id)); err != nil {
-			return nil, fmt.Errorf("multiraft: group %d: %w", id, err)
+		if !marked {
+			if err := h.markLost(groupMarker(id)); err != nil {
+				return nil, fmt.Errorf("multiraft: group %d: %w", id, err)
+			}
 		}
 		g.lostLog.Store(true)
 		g.log.Info("group opened without the Raft log this node had (wiped data directory?): it votes again once a leader has sent it the log")
