@@ -968,7 +968,7 @@ func (d *delayer) route(ex *Exchange, h *heldMsg) {
 	p := d.pubs[v]
 	if p == nil {
 		p = v.NewPublisher()
-		p.noWait = true // copies for other nodes go to collectRemote: fire confirms them
+		p.collect = d.collectRemote // copies for other nodes: fire forwards them confirmed
 		d.pubs[v] = p
 	}
 	sum, err := amqp.ScanContentHeader(h.header)

@@ -282,9 +282,8 @@ func (p *Publisher) publishSplit(msg *queue.Message, targets []*Queue, done func
 			names = p.lastRemote
 		}
 		remote = append(remote[:i+1], rest[:k]...)
-		if f == nil && p.noWait {
-			// The delayer's publisher: it forwards due messages confirmed, off its timer.
-			v.b.delayed.collectRemote(home, v.name, names, msg)
+		if f == nil && p.collect != nil {
+			p.collect(home, v.name, names, msg)
 			i++
 			continue
 		}

@@ -21,10 +21,10 @@ type Publisher struct {
 	// lastRemote is publishSplit's last single-queue list of a forward, reused (never written
 	// to) while the next publishes forward to the same queue.
 	lastRemote []string
-	// noWait hands the forwards to other nodes of publishes without a confirm (done nil) to
-	// the delayer (delayer.collectRemote), which confirms them off its timer goroutine: set for
-	// the delayer's publishers.
-	noWait bool
+	// collect, when set, takes the forwards to other nodes of publishes without a confirm
+	// (done nil) instead of the link: the delayer's publishers (delayer.collectRemote), which
+	// confirms them off its timer goroutine.
+	collect func(home, vhost string, queues []string, msg *queue.Message)
 
 	// Exchange counters are gathered here and added to the exchange every exchangeStatsBatch
 	// publishes (or when the exchange changes, or at Flush): an atomic add per publish on the
