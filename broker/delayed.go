@@ -101,14 +101,6 @@ func parseDelayedType(args amqp.Table) (exchange.Kind, *amqp.Error) {
 	return kind, nil
 }
 
-// CheckDelayedType validates a new x-delayed-message exchange's arguments as the plugin does
-// (x-delayed-type naming an existing type), with its reply code: the cluster's log checks them
-// too, so that no node applies an exchange it cannot build.
-func CheckDelayedType(args amqp.Table) *amqp.Error {
-	_, err := parseDelayedType(args)
-	return err
-}
-
 // delayOf reads a message's x-delay as the plugin does: integers, strings holding an integer
 // and floats (truncated). ok is false when the message routes at once (absent, not a number,
 // zero, negative or beyond maxDelay).

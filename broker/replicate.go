@@ -123,6 +123,11 @@ func (qs *Queue) Home() string { return qs.home }
 func CheckExchangeEquivalent(vhost string, cur, m ExchangeSpec) *amqp.Error {
 	ex := &Exchange{name: cur.Name, durable: cur.Durable, autoDelete: cur.AutoDelete, internal: cur.Internal, args: cur.Args}
 	if cur.Type == delayedType {
+		// x-delayed-type must name a type the node can build (the cluster's log checks a new
+		// exchange as cur too, so that no node applies one it cannot build).
+		if _, err := parseDelayedType(cur.Args); err != nil {
+			return err
+		}
 		ex.delayed = &delayedExchange{} // only its type name takes part in the check
 	} else {
 		kind, ok := exchange.ParseKind(cur.Type)

@@ -463,15 +463,11 @@ func (m *Metadata) declareExchange(vs *vhostState, c Command, args amqp.Table, i
 	if x := vs.Exchanges[c.Name]; x != nil {
 		return resultOf(broker.CheckExchangeEquivalent(c.VHost, exchangeSpec(c.Name, x), got))
 	}
+	// An unknown type, or an x-delayed-type no node can build: checked by the proposing node
+	// too (VHost.DeclareExchange); one that did not (an older version, a stale one) must not
+	// put it in the log.
 	if err := broker.CheckExchangeEquivalent(c.VHost, got, got); err != nil {
-		return resultOf(err) // an unknown type
-	}
-	if c.Type == broker.DelayedExchangeType {
-		// Checked by the proposing node too (VHost.DeclareExchange); one that did not (an
-		// older version, a stale one) must not put an exchange no node can build in the log.
-		if err := broker.CheckDelayedType(args); err != nil {
-			return resultOf(err)
-		}
+		return resultOf(err)
 	}
 	x := &exchangeRec{Type: c.Type, Durable: c.Durable, AutoDelete: c.AutoDelete, Internal: c.Internal, Args: c.Args, Epoch: index}
 	if c.Type == broker.DelayedExchangeType {
