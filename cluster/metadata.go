@@ -898,10 +898,10 @@ func (m *Metadata) Restore(b []byte) error {
 		}
 		// Exchanges and queues deleted and declared again (another epoch): the broker lost
 		// their bindings with the delete, so those the snapshot has are bound again.
-		renewed := map[string]bool{}
+		renewedX, renewedQ := map[string]bool{}, map[string]bool{} // declared again, not new
 		for _, xn := range sortedKeys(now.Exchanges) {
 			if w := was.Exchanges[xn]; w == nil || exchangeRenewed(w, now.Exchanges[xn]) {
-				renewed["x\x00"+xn] = w != nil
+				renewedX[xn] = w != nil
 				m.apply(broker.TopologyOp{Kind: broker.OpDeclareExchange, VHost: vn, Exchange: exchangeSpec(xn, now.Exchanges[xn]),
 					Home: now.Exchanges[xn].Home})
 			}
@@ -909,7 +909,7 @@ func (m *Metadata) Restore(b []byte) error {
 		for _, qn := range sortedKeys(now.Queues) {
 			q := now.Queues[qn]
 			if w := was.Queues[qn]; w == nil || w.Epoch != q.Epoch {
-				renewed["q\x00"+qn] = w != nil
+				renewedQ[qn] = w != nil
 				m.apply(broker.TopologyOp{Kind: broker.OpDeclareQueue, VHost: vn, Queue: queueSpec(qn, q), Home: q.Home,
 					OwnerNode: q.OwnerNode, Owner: broker.OwnerID(q.Owner), Epoch: q.Epoch, Members: q.Members})
 			} else if !slices.Equal(w.Members, q.Members) || w.Home != q.Home {
@@ -920,11 +920,11 @@ func (m *Metadata) Restore(b []byte) error {
 			}
 		}
 		for _, k := range now.sortedBindings() {
-			dest := "q\x00" + k.Destination
+			destRenewed := renewedQ[k.Destination]
 			if k.ToExchange {
-				dest = "x\x00" + k.Destination
+				destRenewed = renewedX[k.Destination]
 			}
-			if _, ok := was.bindings[k]; !ok || renewed["x\x00"+k.Source] || renewed[dest] {
+			if _, ok := was.bindings[k]; !ok || renewedX[k.Source] || destRenewed {
 				m.apply(bindingOp(broker.OpBind, vn, k))
 			}
 		}
