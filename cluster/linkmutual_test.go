@@ -23,6 +23,7 @@ type fakeLinkNode struct {
 	ln        net.Listener
 	proof     func(start, challenge string) string
 	skipProof bool
+	stall     chan struct{} // set: once the forwarding channel is open, it neither reads nor writes until closed
 
 	mu    sync.Mutex
 	after []string // the methods each client sent after the proof (or the skipped proof)
@@ -31,11 +32,17 @@ type fakeLinkNode struct {
 
 func newFakeLinkNode(t *testing.T, proof func(start, challenge string) string, skipProof bool) *fakeLinkNode {
 	t.Helper()
+	return startFakeLinkNode(t, &fakeLinkNode{proof: proof, skipProof: skipProof})
+}
+
+// startFakeLinkNode starts f (its proof, skipProof and stall set) listening on loopback.
+func startFakeLinkNode(t *testing.T, f *fakeLinkNode) *fakeLinkNode {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fakeLinkNode{ln: ln, proof: proof, skipProof: skipProof}
+	f.ln = ln
 	f.wg.Add(1)
 	go func() {
 		defer f.wg.Done()
@@ -116,6 +123,10 @@ func (f *fakeLinkNode) serve(c net.Conn) {
 			send(1, &amqp.ChannelOpenOk{})
 		case *amqp.ConfirmSelect:
 			send(1, &amqp.ConfirmSelectOk{})
+			if f.stall != nil {
+				<-f.stall
+				return
+			}
 		case *amqp.BasicPublish:
 			pubSeq++
 			send(1, &amqp.BasicAck{DeliveryTag: pubSeq})
