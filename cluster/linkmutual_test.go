@@ -23,7 +23,8 @@ type fakeLinkNode struct {
 	ln        net.Listener
 	proof     func(start, challenge string) string
 	skipProof bool
-	stall     chan struct{} // set: once the forwarding channel is open, it neither reads nor writes until closed
+	stall     chan struct{} // set: once it answered stallAt, it neither reads nor writes until stall closes
+	stallAt   string        // a method's name: connection.open (a proxy connection), confirm.select (forwarding)
 
 	mu    sync.Mutex
 	after []string // the methods each client sent after the proof (or the skipped proof)
@@ -123,15 +124,15 @@ func (f *fakeLinkNode) serve(c net.Conn) {
 			send(1, &amqp.ChannelOpenOk{})
 		case *amqp.ConfirmSelect:
 			send(1, &amqp.ConfirmSelectOk{})
-			if f.stall != nil {
-				<-f.stall
-				return
-			}
 		case *amqp.BasicPublish:
 			pubSeq++
 			send(1, &amqp.BasicAck{DeliveryTag: pubSeq})
 		case *amqp.ConnectionClose:
 			send(0, &amqp.ConnectionCloseOk{})
+			return
+		}
+		if f.stall != nil && m.Name() == f.stallAt {
+			<-f.stall
 			return
 		}
 	}

@@ -16,7 +16,7 @@ import (
 // the write lock the blocked sender holds: the check never ran again and the sender stayed
 // stuck until TCP gave up (about 15 minutes).
 func TestLinkForwardStalledHomeDropsConnection(t *testing.T) {
-	fake := startFakeLinkNode(t, &fakeLinkNode{proof: NewLinkAuth("test", "n1", testSecret, nil).LinkProof, stall: make(chan struct{})})
+	fake := startFakeLinkNode(t, &fakeLinkNode{proof: NewLinkAuth("test", "n1", testSecret, nil).LinkProof, stall: make(chan struct{}), stallAt: "confirm.select"})
 	t.Cleanup(func() { close(fake.stall) }) // before the fake's own cleanup waits for its connections
 	addr := fake.ln.Addr().String()
 	l := NewLink(LinkConfig{Cluster: "test", Node: "n2", Secret: testSecret, Logger: quietLog(), Timeout: 2 * time.Second,
@@ -78,5 +78,34 @@ func TestLinkForwardStalledHomeDropsConnection(t *testing.T) {
 	defer mu.Unlock()
 	if sent == 0 || failed < sent {
 		t.Fatalf("%d of %d forwards failed, want all", failed, sent)
+	}
+}
+
+// A proxy connection to a home that goes silent after the login is dropped within a few
+// heartbeats too (its silence is watched apart from its heartbeat loop since that loop no
+// longer checks it).
+func TestLinkProxyStalledHomeDropsConnection(t *testing.T) {
+	fake := startFakeLinkNode(t, &fakeLinkNode{proof: NewLinkAuth("test", "n1", testSecret, nil).LinkProof,
+		stall: make(chan struct{}), stallAt: "connection.open"})
+	t.Cleanup(func() { close(fake.stall) })
+	addr := fake.ln.Addr().String()
+	l := NewLink(LinkConfig{Cluster: "test", Node: "n2", Secret: testSecret, Logger: quietLog(), Timeout: 2 * time.Second,
+		Addr: func(string) string { return addr }})
+	defer l.Close()
+	const hb = time.Second
+	pc, err := dialProxy(addr, "/", "to a stalled fake", l.auth.login("n1"), nil, hb, 5*time.Second, "n1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.close()
+	if pc.hb != hb {
+		t.Fatalf("heartbeat %v, want %v", pc.hb, hb)
+	}
+	start := time.Now()
+	select {
+	case <-pc.done:
+		t.Logf("dropped after %v", time.Since(start))
+	case <-time.After(10 * hb):
+		t.Fatalf("proxy connection to a silent home still up after %v", time.Since(start))
 	}
 }
