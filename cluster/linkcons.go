@@ -205,6 +205,7 @@ func dialProxy(addr, vhost, name string, login linkLogin, tlsCfg *tls.Config, he
 		chMax: t.channelMax, chans: map[uint16]*linkChan{}, done: make(chan struct{})}
 	go c.readLoop()
 	if c.hb > 0 {
+		go watchReads(c.nc, c.fr, c.hb, c.done)
 		go c.heartbeats()
 	}
 	return c, nil
@@ -258,22 +259,40 @@ func (c *proxyConn) writeAck(channel uint16, nack bool, tag uint64, multiple, re
 	return err
 }
 
-// heartbeats sends a heartbeat every half interval and ends the connection when the home was
-// silent for three intervals (readWatch), until the connection ends.
+// heartbeats sends a heartbeat every half interval until the connection ends (the home's
+// silence is watched apart: watchReads).
 func (c *proxyConn) heartbeats() {
 	t := time.NewTicker(c.hb / 2)
 	defer t.Stop()
 	hb := amqp.AppendHeartbeat(nil)
-	watch := newReadWatch(c.nc, c.fr, 3*c.hb)
 	for {
 		select {
 		case <-c.done:
 			return
-		case now := <-t.C:
-			watch.check(now)
+		case <-t.C:
 		}
 		if _, err := c.w.Write(hb); err != nil {
 			return
+		}
+	}
+}
+
+// watchReads ends the reader's wait on nc when nothing was read through fr for three heartbeat
+// intervals (readWatch), checking every half interval until done closes. It runs on its own
+// goroutine and takes no lock: a writer blocked on a home that stopped reading (a partition, a
+// frozen VM: the socket neither reads nor closes) holds the connection's write lock for as
+// long as TCP retries, and a check behind that lock never ran, so the reader never ended and
+// nothing closed the socket under the writer.
+func watchReads(nc net.Conn, fr *amqp.FrameReader, hb time.Duration, done <-chan struct{}) {
+	t := time.NewTicker(hb / 2)
+	defer t.Stop()
+	watch := newReadWatch(nc, fr, 3*hb)
+	for {
+		select {
+		case <-done:
+			return
+		case now := <-t.C:
+			watch.check(now)
 		}
 	}
 }

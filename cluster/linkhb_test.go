@@ -72,6 +72,7 @@ func TestLinkBusyStreamKeepsConnection(t *testing.T) {
 		stop := make(chan struct{})
 		go streamSplitFrames(t, home, stop)
 		go c.readLoop()
+		go watchReads(nc, c.fr, hb, c.done)
 		go c.heartbeats()
 		time.Sleep(6 * hb)
 		if c.isDead() {
@@ -92,6 +93,7 @@ func TestLinkBusyStreamKeepsConnection(t *testing.T) {
 		stop := make(chan struct{})
 		go streamSplitFrames(t, home, stop)
 		go c.readLoop()
+		go watchReads(nc, c.fr, hb, c.done)
 		go c.heartbeats()
 		time.Sleep(6 * hb)
 		if c.dead() {

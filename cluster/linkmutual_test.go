@@ -23,6 +23,8 @@ type fakeLinkNode struct {
 	ln        net.Listener
 	proof     func(start, challenge string) string
 	skipProof bool
+	stall     chan struct{} // set: once it answered stallAt, it neither reads nor writes until stall closes
+	stallAt   string        // a method's name: connection.open (a proxy connection), confirm.select (forwarding)
 
 	mu    sync.Mutex
 	after []string // the methods each client sent after the proof (or the skipped proof)
@@ -31,11 +33,17 @@ type fakeLinkNode struct {
 
 func newFakeLinkNode(t *testing.T, proof func(start, challenge string) string, skipProof bool) *fakeLinkNode {
 	t.Helper()
+	return startFakeLinkNode(t, &fakeLinkNode{proof: proof, skipProof: skipProof})
+}
+
+// startFakeLinkNode starts f (its proof, skipProof and stall set) listening on loopback.
+func startFakeLinkNode(t *testing.T, f *fakeLinkNode) *fakeLinkNode {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fakeLinkNode{ln: ln, proof: proof, skipProof: skipProof}
+	f.ln = ln
 	f.wg.Add(1)
 	go func() {
 		defer f.wg.Done()
@@ -121,6 +129,10 @@ func (f *fakeLinkNode) serve(c net.Conn) {
 			send(1, &amqp.BasicAck{DeliveryTag: pubSeq})
 		case *amqp.ConnectionClose:
 			send(0, &amqp.ConnectionCloseOk{})
+			return
+		}
+		if f.stall != nil && m.Name() == f.stallAt {
+			<-f.stall
 			return
 		}
 	}

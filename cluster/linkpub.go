@@ -67,6 +67,7 @@ func dialPub(addr, vhost, name string, login linkLogin, tlsCfg *tls.Config, hear
 	_ = nc.SetDeadline(time.Time{})
 	go c.readLoop()
 	if c.hb > 0 {
+		go watchReads(c.nc, c.fr, c.hb, c.done)
 		go c.heartbeats()
 	}
 	return c, nil
@@ -236,18 +237,17 @@ func appendForwardFrames(dst []byte, frameMax uint32, persistent bool, head, bod
 	return dst
 }
 
-// heartbeats sends a heartbeat every half interval and ends the connection when the home was
-// silent for three intervals (readWatch), until the connection ends.
+// heartbeats sends a heartbeat every half interval until the connection ends. Its write can
+// wait behind a sender blocked on a home that does not read: the home's silence is watched
+// apart (watchReads), never from here.
 func (c *pubConn) heartbeats() {
 	t := time.NewTicker(c.hb / 2)
 	defer t.Stop()
-	watch := newReadWatch(c.nc, c.fr, 3*c.hb)
 	for {
 		select {
 		case <-c.done:
 			return
-		case now := <-t.C:
-			watch.check(now)
+		case <-t.C:
 		}
 		c.wmu.Lock()
 		c.wbuf = amqp.AppendHeartbeat(c.wbuf)
@@ -259,7 +259,7 @@ func (c *pubConn) heartbeats() {
 }
 
 // readLoop reads the home's confirms until the connection ends, then fails what is unconfirmed.
-// A home silent for three heartbeat intervals is taken for gone (heartbeats).
+// A home silent for three heartbeat intervals is taken for gone (watchReads).
 func (c *pubConn) readLoop() {
 	err := c.read()
 	if c.closing.Load() {
